@@ -1,0 +1,58 @@
+"""`sam-bridge` command line: one sub-command per module in `bridge.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from bridge import __version__
+from bridge.errors import BridgeError
+
+# Each module defines `register(subparsers)`, which adds its parser(s) and sets `func(args) -> int`.
+COMMAND_MODULES = ("separate", "run", "status", "presets", "config", "local_service", "service")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sam-bridge",
+        description="Isolate any sound by describing it: SAM Audio on fal, from your DAW or a folder.",
+    )
+    parser.add_argument("--version", action="version", version=f"sam-bridge {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"bridge.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"bridge.commands.{name}":
+                raise
+            continue  # command not built yet
+        module.register(subparsers)
+    return parser
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    if not getattr(args, "configures_logging", False):
+        configure_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args))
+    except BridgeError as err:
+        print(f"sam-bridge: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("sam-bridge: interrupted", file=sys.stderr)
+        return 130

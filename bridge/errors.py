@@ -1,0 +1,92 @@
+"""Errors a user can cause or meet, each with a message written for musicians, not programmers.
+
+Every error carries `message` (what happened) and `hint` (what to do). `str(err)` is both, ready to
+print in the CLI, an OSC `/sam/error`, a status file or a `.error.txt`.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error sam-bridge reports to a user."""
+
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n{self.hint}" if self.hint else self.message
+
+
+class InputError(BridgeError):
+    """The user's input (file, prompt, option, preset, request) cannot be used."""
+
+    exit_code = 2
+    kind = "bad_input"
+
+
+class SourceError(InputError):
+    """The source audio is missing, unreadable, empty or of an unsupported kind."""
+
+    kind = "bad_source"
+
+
+class PresetError(InputError):
+    """A preset file is invalid or a preset name is unknown."""
+
+    kind = "bad_preset"
+
+
+class ConfigError(InputError):
+    kind = "bad_config"
+
+
+class OutputError(BridgeError):
+    """The stems cannot be written (folder not writable, disk full)."""
+
+    kind = "output"
+
+
+class ServiceError(BridgeError):
+    """Anything that went wrong talking to the separation service."""
+
+    kind = "service"
+
+
+class AuthError(ServiceError):
+    kind = "auth"
+
+
+class ValidationError(ServiceError):
+    """The service refused the request's fields (HTTP 422)."""
+
+    kind = "validation"
+
+
+class ServiceUnavailable(ServiceError):
+    """The service could not be reached or kept failing after retries."""
+
+    kind = "unavailable"
+
+
+class RateLimited(ServiceUnavailable):
+    kind = "rate_limited"
+
+
+class JobFailed(ServiceError):
+    """The service accepted the job but it failed there."""
+
+    kind = "job_failed"
+
+
+class TimedOut(ServiceError):
+    kind = "timeout"
+
+
+class Cancelled(BridgeError):
+    exit_code = 130
+    kind = "cancelled"
