@@ -90,3 +90,9 @@ class TimedOut(ServiceError):
 class Cancelled(BridgeError):
     exit_code = 130
     kind = "cancelled"
+
+
+class SubmitUncertain(ServiceError):
+    """A submit may have reached the service but its answer was lost: never repeated blindly."""
+
+    kind = "submit_uncertain"

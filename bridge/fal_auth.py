@@ -1,0 +1,83 @@
+"""The fal API key: read once, sent only in the Authorization header, never shown anywhere else."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from bridge.errors import AuthError
+
+ENV_VAR = "FAL_KEY"
+_REDACTED = "<redacted>"
+
+
+class ApiKey:
+    """Holds the secret; its repr/str never reveal it, so it can't leak through logs or tracebacks."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: str) -> None:
+        secret = secret.strip()
+        if not secret:
+            raise AuthError(f"{ENV_VAR} is empty.", hint=missing_key_hint())
+        self._secret = secret
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiKey:
+        value = (env if env is not None else os.environ).get(ENV_VAR, "")
+        if not value.strip():
+            raise AuthError(f"{ENV_VAR} is not set, so sam-bridge cannot use SAM Audio on fal.",
+                            hint=missing_key_hint())
+        key = cls(value)
+        RedactingFilter.install(key)
+        return key
+
+    def authorization(self) -> str:
+        return f"Key {self._secret}"
+
+    def redact(self, text: str) -> str:
+        """Text with every occurrence of the secret (and each half of an id:secret pair) masked."""
+        for part in {self._secret, *(p for p in self._secret.split(":") if len(p) >= 8)}:
+            text = text.replace(part, _REDACTED)
+        return text
+
+    def __repr__(self) -> str:
+        return f"ApiKey({_REDACTED})"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("an ApiKey is not serialisable")
+
+
+def missing_key_hint() -> str:
+    return (
+        f"Create a key at https://fal.ai/dashboard/keys and set it: export {ENV_VAR}=your-key "
+        f"(Windows: setx {ENV_VAR} your-key). To try sam-bridge without a key, add --local "
+        "(the built-in stand-in service; its stems are a simple band split, not SAM Audio)."
+    )
+
+
+class RedactingFilter(logging.Filter):
+    """Last line of defence: masks the key in any log record, whoever logs it."""
+
+    def __init__(self, key: ApiKey) -> None:
+        super().__init__()
+        self._key = key
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._key.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+    @classmethod
+    def install(cls, key: ApiKey) -> None:
+        root = logging.getLogger()
+        if not any(isinstance(f, cls) for f in root.filters):
+            root.addFilter(cls(key))
+        for handler in root.handlers:
+            if not any(isinstance(f, cls) for f in handler.filters):
+                handler.addFilter(cls(key))

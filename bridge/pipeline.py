@@ -1,0 +1,349 @@
+"""The one pipeline every way in ends up in:
+
+prepare → upload → submit → wait (status + logs) → fetch result → download → conform → write → manifest.
+
+A recipe of N steps (a stem set) peels one sound after another: step k separates what step k-1 left, so
+the stems plus the final residual sum back to the source. Each step is its own paid request; the hooks
+let the job engine journal a request id BEFORE the job is reported as submitted, and resume a step by
+polling its request instead of paying again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+import soundfile as sf
+
+from bridge.audio_source import SourceInfo, frame_range, make_upload_file, probe_source, source_sha256
+from bridge.conform import ConformReport, ConformSpec, conform
+from bridge.cost import PriceTable
+from bridge.errors import Cancelled, JobFailed, SourceError
+from bridge.fal_client import FalClient, QueueStatus, RequestHandle
+from bridge.jobs import JobState
+from bridge.manifest import build_manifest
+from bridge.presets import Recipe, Step
+from bridge.request import SeparationRequest
+from bridge.stems import (
+    EXTENSIONS,
+    ensure_writable,
+    output_folder,
+    place,
+    plan_names,
+    remove_quietly,
+    temp_path_for,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+# Share of the job's progress bar each stage ends at, within one step.
+STAGE_END = {
+    JobState.preparing: 0.03, JobState.uploading: 0.15, JobState.submitted: 0.2, JobState.running: 0.75,
+    JobState.downloading: 0.85, JobState.conforming: 1.0,
+}
+
+
+class Hooks(Protocol):
+    def progress(self, state: JobState, fraction: float, message: str) -> None: ...
+
+    def submitting(self, step: int) -> None:
+        """Called just before a submit is sent (the journal marks the step 'submit may have landed')."""
+
+    def submitted(self, step: int, handle: RequestHandle) -> None:
+        """Called as soon as the service accepted step `step`; must persist `handle` before returning."""
+
+    def cancelled(self) -> bool: ...
+
+
+@dataclass
+class StepRecord:
+    label: str
+    prompt: str | None
+    request_id: str | None = None
+    report: ConformReport | None = None
+    seconds: float = 0.0
+    estimated_cost: float = 0.0
+    service_logs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class JobResult:
+    stems: dict[str, Path]
+    manifest: Path
+    flags: list[str]
+    steps: list[StepRecord]
+    estimated_cost: float
+    timings: dict[str, float]
+
+
+@dataclass
+class Pipeline:
+    client: FalClient
+    prices: PriceTable = field(default_factory=PriceTable)
+    poll_interval: float = 0.5
+
+    def run(self, request: SeparationRequest, recipe: Recipe, hooks: Hooks, workdir: Path,
+            resume: dict[int, RequestHandle] | None = None) -> JobResult:
+        return _Run(self, request, recipe, hooks, workdir, resume or {}).execute()
+
+
+class _Run:
+    """One execution of a recipe; holds what a run accumulates so the stages stay short."""
+
+    def __init__(self, pipeline: Pipeline, request: SeparationRequest, recipe: Recipe, hooks: Hooks,
+                 workdir: Path, resume: dict[int, RequestHandle]) -> None:
+        self.p, self.request, self.recipe, self.hooks = pipeline, request, recipe, hooks
+        self.workdir, self.resume = workdir, resume
+        self.timings: dict[str, float] = {}
+        self.temps: list[Path] = []
+        self.steps: list[StepRecord] = []
+        self.step_index = 0
+
+    # -- progress ----------------------------------------------------------------------------------
+
+    def report(self, state: JobState, within: float, message: str) -> None:
+        """Progress over the whole job: steps share the bar equally; `within` is 0..1 of this stage."""
+        stages = list(STAGE_END)
+        start = 0.0 if state == stages[0] else STAGE_END[stages[stages.index(state) - 1]]
+        step_fraction = start + (STAGE_END[state] - start) * min(max(within, 0.0), 1.0)
+        total = (self.step_index + step_fraction) / len(self.recipe.steps)
+        self.hooks.progress(state, round(min(total, 0.999), 4), message)
+
+    def check_cancel(self) -> None:
+        if self.hooks.cancelled():
+            raise Cancelled("Cancelled.")
+
+    def timed(self, stage: str, began: float) -> None:
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + time.monotonic() - began, 3)
+
+    # -- the job ----------------------------------------------------------------------------------
+
+    def execute(self) -> JobResult:
+        began = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.report(JobState.preparing, 0.0, "Reading the source")
+        source = probe_source(self.request.source)
+        start_frame, frames = frame_range(source, self.request.start, self.request.length)
+        folder = output_folder(source.path, self.request.project_dir, self.request.output_dir,
+                               self.recipe.output.folder)
+        ensure_writable(folder)
+        self.timed("prepare", began)
+        try:
+            stems = self.run_steps(source, start_frame, frames, folder)
+            return self.finish(source, start_frame, frames, folder, stems, began)
+        finally:
+            remove_quietly(*self.temps)
+
+    def run_steps(self, source: SourceInfo, start_frame: int, frames: int, folder: Path) -> dict[str, Path]:
+        """Run every step; returns label -> temp file of each stem (in `folder`, not yet placed)."""
+        stems: dict[str, Path] = {}
+        step_source, step_start, step_frames = source, start_frame, frames
+        last = len(self.recipe.steps) - 1
+        for index, step in enumerate(self.recipe.steps):
+            self.step_index = index
+            is_set = last > 0
+            target_label = step.label if is_set else "target"
+            target_tmp = self.new_temp(folder)
+            if index < last:  # an intermediate residual: full precision, fed to the next step
+                residual_tmp = self.workdir / f"step{index}.residual.wav"
+            else:
+                residual_tmp = self.new_temp(folder)
+            self.run_step(index, step, source, step_source, step_start, step_frames,
+                          target_tmp, residual_tmp, intermediate=index < last)
+            stems[target_label] = target_tmp
+            if index < last:
+                step_source = replace(probe_source(residual_tmp), bext=source.bext, ixml=source.ixml)
+                step_start, step_frames = 0, frames
+            else:
+                stems[self.recipe.residual_label] = residual_tmp
+        return stems
+
+    def new_temp(self, folder: Path) -> Path:
+        temp = temp_path_for(folder / "stem")
+        self.temps.append(temp)
+        return temp
+
+    def run_step(self, index: int, step: Step, original: SourceInfo, step_source: SourceInfo, start: int,
+                 frames: int, target_out: Path, residual_out: Path, *, intermediate: bool) -> ConformReport:
+        record = StepRecord(label=step.label, prompt=step.prompt)
+        self.steps.append(record)
+        began = time.monotonic()
+        handle = self.resume.get(index)
+        if handle is None:
+            handle = self.submit_step(index, step, step_source, start, frames)
+        else:
+            log.info("resuming step %d: polling request %s (not submitting again)", index, handle.request_id)
+        record.request_id = handle.request_id
+        self.report(JobState.submitted, 1.0, f"Submitted (request {handle.request_id})")
+        self.wait_for(handle, record)
+        target_file, residual_file = self.download(index, handle)
+        self.check_cancel()
+        self.report(JobState.conforming, 0.0, "Aligning and writing stems")
+        t = time.monotonic()
+        spec = ConformSpec(
+            source=step_source, start_frame=start, frames=frames,
+            # later steps of a stem set read an intermediate file: keep the first step's stem format
+            out_format=self.recipe.output.format or (self.steps[0].report.out_format if index else None),
+            out_subtype=self.recipe.output.subtype or (self.steps[0].report.out_subtype if index else None),
+            residual_method=self.recipe.output.residual.value,
+        )
+        report = conform(spec, target_file, residual_file, target_out, residual_out,
+                         progress=lambda f: self.report(JobState.conforming, f, "Aligning and writing stems"))
+        if intermediate:  # what the next step peels from: exactly source - target as written, in DOUBLE
+            write_complement(step_source, start, frames, target_out, residual_out)
+        self.timed("conform", t)
+        record.report = report
+        record.seconds = frames / original.samplerate
+        record.estimated_cost = self.p.prices.estimate(record.seconds, step.options.reranking_candidates)
+        remove_quietly(target_file, residual_file)
+        return report
+
+    def submit_step(self, index: int, step: Step, source: SourceInfo, start: int, frames: int) -> RequestHandle:
+        self.check_cancel()
+        t = time.monotonic()
+        self.report(JobState.uploading, 0.0, "Preparing the upload")
+        upload_path, content_type = make_upload_file(source, start, frames, self.workdir)
+        url = self.p.client.storage.upload(
+            upload_path, content_type,
+            progress=lambda done, total: self.report(JobState.uploading, done / max(total, 1), "Uploading"),
+        )
+        if upload_path.parent == self.workdir:
+            remove_quietly(upload_path)
+        self.timed("upload", t)
+        self.check_cancel()
+        payload: dict[str, object] = {"audio_url": url, **step.options.to_payload()}
+        endpoint = "separate"
+        if step.spans:
+            endpoint = "span-separate"
+            payload["spans"] = [span.model_dump() for span in step.spans]
+        if step.prompt:
+            payload["prompt"] = step.prompt
+        self.hooks.submitting(index)
+        handle = self.p.client.submit(endpoint, payload)
+        self.hooks.submitted(index, handle)
+        return handle
+
+    def wait_for(self, handle: RequestHandle, record: StepRecord) -> None:
+        t = time.monotonic()
+
+        def on_status(status: QueueStatus) -> None:
+            for line in status.logs[len(record.service_logs):]:
+                record.service_logs.append(line.message)
+                log.info("service: %s", line.message)
+            if status.state == "IN_QUEUE":
+                position = status.queue_position
+                self.report(JobState.running, 0.0, f"In the service's queue (position {position})"
+                            if position is not None else "In the service's queue")
+            elif status.state == "IN_PROGRESS":
+                last = record.service_logs[-1] if record.service_logs else "Separating"
+                self.report(JobState.running, 0.5, last)
+
+        try:
+            self.p.client.wait(handle, on_status=on_status, cancelled=self.hooks.cancelled,
+                               poll_interval=self.p.poll_interval)
+        except Cancelled:
+            self.p.client.cancel(handle)
+            raise
+        if self.hooks.cancelled():
+            self.p.client.cancel(handle)
+            raise Cancelled("Cancelled.")
+        self.timed("service", t)
+
+    def download(self, index: int, handle: RequestHandle) -> tuple[Path, Path]:
+        t = time.monotonic()
+        for attempt in (1, 2):
+            result = self.p.client.result(handle)
+            try:
+                files = []
+                for n, key in enumerate(("target", "residual")):
+                    entry = result.get(key)
+                    if not isinstance(entry, dict) or "url" not in entry:
+                        raise JobFailed(f"The service's result has no {key} file.")
+                    suffix = ".mp3" if "mp3" in str(entry.get("content_type", "")) + str(entry.get("url")) \
+                        else ".wav"
+                    dest = self.workdir / f"step{index}.service-{key}{suffix}"
+                    self.p.client.download(
+                        str(entry["url"]), dest,
+                        progress=lambda d, tot, n=n: self.report(
+                            JobState.downloading, (n + d / max(tot, 1)) / 2, "Downloading results"),
+                    )
+                    files.append(dest)
+                self.timed("download", t)
+                return files[0], files[1]
+            except JobFailed:
+                if attempt == 2:
+                    raise
+                log.info("result links failed; asking the service for the result again")
+        raise AssertionError("unreachable")
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def finish(self, source: SourceInfo, start_frame: int, frames: int, folder: Path,
+               stems: dict[str, Path], began: float) -> JobResult:
+        t = time.monotonic()
+        report = self.steps[-1].report
+        assert report is not None
+        extension = EXTENSIONS.get(report.out_format.upper(), ".wav")
+        is_set = len(self.recipe.steps) > 1
+        suffixes = {label: (f".{label}{extension}" if not is_set else extension) for label in stems}
+        if is_set:  # stem sets: "<source> - <stem>.wav", manifest named after the preset
+            finals = {label: plan_names(folder, source.path.name, label, [extension])[extension]
+                      for label in stems}
+            manifest_path = plan_names(folder, source.path.name, self.recipe.label, [".sam.json"])[".sam.json"]
+        else:
+            names = plan_names(folder, source.path.name, self.recipe.label, [*suffixes.values(), ".sam.json"])
+            finals = {label: names[suffix] for label, suffix in suffixes.items()}
+            manifest_path = names[".sam.json"]
+        for label, temp in stems.items():
+            place(temp, finals[label])
+        self.timed("write", t)
+        self.timings["total"] = round(time.monotonic() - began, 3)
+        flags = sorted({flag for step in self.steps if step.report for flag in step.report.flags})
+        cost = round(sum(step.estimated_cost for step in self.steps), 4)
+        manifest = build_manifest(
+            request=self.request, recipe=self.recipe, source=source, source_hash=source_sha256(source.path),
+            start_frame=start_frame, frames=frames, stems=finals, steps=self.steps, flags=flags,
+            timings=self.timings, estimated_cost=cost,
+        )
+        write_json_atomic(manifest_path, manifest, overwrite=False)
+        return JobResult(stems=finals, manifest=manifest_path, flags=flags, steps=self.steps,
+                         estimated_cost=cost, timings=self.timings)
+
+
+def write_complement(source: SourceInfo, start: int, frames: int, target: Path, out: Path,
+                     block: int = 1 << 16) -> None:
+    """out = source[start:start+frames] - target, block by block, as 64-bit float WAV (exact)."""
+    with sf.SoundFile(source.path) as src, sf.SoundFile(target) as tgt, sf.SoundFile(
+        out, "w", samplerate=source.samplerate, channels=source.channels, format="WAV", subtype="DOUBLE"
+    ) as dst:
+        src.seek(start)
+        remaining = frames
+        while remaining > 0:
+            n = min(block, remaining)
+            a = src.read(n, dtype="float64", always_2d=True)
+            b = tgt.read(n, dtype="float64", always_2d=True)
+            dst.write(a - b)
+            remaining -= n
+
+
+def clean_workdir(workdir: Path) -> None:
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def check_source_unchanged(path: Path, size: int, mtime_ns: int) -> None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise SourceError(f"The source {path} was deleted while the job ran.") from None
+    if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+        raise SourceError(f"The source {path} changed while the job ran; the stems would not match it.",
+                          hint="Retry the job once the file is final.")
+
+
+ProgressFn = Callable[[JobState, float, str], None]

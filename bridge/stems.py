@@ -1,0 +1,116 @@
+"""Where stems go and what they are called; putting files in place atomically, never overwriting.
+
+Names: `<source name> - <label>.target.wav` and `.residual.wav` (stem sets: `<source name> - <stem>.wav`),
+manifest `<source name> - <label>.sam.json`. A collision numbers the whole group: `… (2).target.wav`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bridge.errors import OutputError
+
+EXTENSIONS = {"WAV": ".wav", "WAVEX": ".wav", "RF64": ".wav", "W64": ".w64", "AIFF": ".aif", "FLAC": ".flac",
+              "CAF": ".caf"}
+TEMP_PREFIX = ".sam-partial-"  # dot-prefixed and no audio extension: no DAW or watcher takes it
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+_UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+
+
+def safe_name(text: str, max_len: int = 60) -> str:
+    """A file-name part safe on Windows, macOS and Linux; unicode letters are kept."""
+    text = unicodedata.normalize("NFC", text)
+    text = _UNSAFE.sub(" ", text)
+    text = re.sub(r"\s+", " ", text).strip(" .")
+    if len(text) > max_len:
+        text = text[:max_len].rstrip(" .")
+    if not text:
+        text = "stem"
+    if text.split(".")[0].upper() in _WINDOWS_RESERVED:
+        text = f"_{text}"
+    return text
+
+
+def output_folder(source: Path, project_dir: Path | None, output_dir: Path | None, folder: str) -> Path:
+    if output_dir is not None:
+        return output_dir
+    return (project_dir if project_dir is not None else source.parent) / folder
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create `folder` if needed and prove we can write there, before any paid work starts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=TEMP_PREFIX, suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"Cannot write stems to {folder}: {exc.strerror or exc}.",
+                          hint="Choose another output folder, or fix the folder's permissions.") from None
+
+
+def plan_names(folder: Path, source_name: str, label: str, stem_suffixes: Iterable[str]) -> dict[str, Path]:
+    """Final paths for one job's files, all with the same free number so they stay together.
+
+    `stem_suffixes` are like ".target.wav" / ".residual.wav" / ".sam.json"; the returned dict maps each
+    suffix to its path."""
+    suffixes = list(stem_suffixes)
+    base = f"{safe_name(Path(source_name).stem, 80)} - {safe_name(label, 40)}"
+    for number in range(1, 10_000):
+        stem = base if number == 1 else f"{base} ({number})"
+        paths = {suffix: folder / f"{stem}{suffix}" for suffix in suffixes}
+        if not any(p.exists() for p in paths.values()):
+            return paths
+    raise OutputError(f"Too many earlier results named {base!r} in {folder}.")
+
+
+def temp_path_for(final: Path) -> Path:
+    """A temp name beside `final` (same filesystem, so os.replace is atomic)."""
+    handle, name = tempfile.mkstemp(dir=final.parent, prefix=TEMP_PREFIX, suffix=".tmp")
+    os.close(handle)
+    return Path(name)
+
+
+def place(temp: Path, final: Path) -> None:
+    """Move a finished temp file to its final name without ever overwriting an existing file."""
+    try:
+        os.link(temp, final)  # fails with EEXIST instead of replacing
+        os.unlink(temp)
+    except FileExistsError:
+        raise OutputError(f"{final} appeared while sam-bridge was writing; it was left untouched.") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise OutputError(f"Cannot write {final}: {exc.strerror}.") from None
+        if final.exists():  # filesystem without hard links (exFAT, some SMB): check, then rename
+            raise OutputError(f"{final} appeared while sam-bridge was writing; it was left untouched.") from None
+        os.replace(temp, final)
+
+
+def write_json_atomic(path: Path, data: Any, *, overwrite: bool = True) -> None:
+    """Write JSON under a temp name, fsync, then rename; readers see the old file or the whole new one."""
+    temp = temp_path_for(path)
+    try:
+        with open(temp, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=2, ensure_ascii=False)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            place(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def remove_quietly(*paths: Path | None) -> None:
+    for path in paths:
+        if path is not None:
+            path.unlink(missing_ok=True)
