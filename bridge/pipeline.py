@@ -34,7 +34,8 @@ from bridge.stems import (
     ensure_writable,
     output_folder,
     place,
-    plan_names,
+    job_names,
+    remove_stale_temps,
     remove_quietly,
     temp_path_for,
     write_json_atomic,
@@ -89,21 +90,23 @@ class Pipeline:
     poll_interval: float = 0.5
 
     def run(self, request: SeparationRequest, recipe: Recipe, hooks: Hooks, workdir: Path,
-            resume: dict[int, RequestHandle] | None = None) -> JobResult:
-        return _Run(self, request, recipe, hooks, workdir, resume or {}).execute()
+            resume: dict[int, RequestHandle] | None = None, temp_tag: str = "") -> JobResult:
+        return _Run(self, request, recipe, hooks, workdir, resume or {}, temp_tag).execute()
 
 
 class _Run:
     """One execution of a recipe; holds what a run accumulates so the stages stay short."""
 
     def __init__(self, pipeline: Pipeline, request: SeparationRequest, recipe: Recipe, hooks: Hooks,
-                 workdir: Path, resume: dict[int, RequestHandle]) -> None:
+                 workdir: Path, resume: dict[int, RequestHandle], temp_tag: str) -> None:
         self.p, self.request, self.recipe, self.hooks = pipeline, request, recipe, hooks
         self.workdir, self.resume = workdir, resume
         self.timings: dict[str, float] = {}
         self.temps: list[Path] = []
         self.steps: list[StepRecord] = []
         self.step_index = 0
+        self.temp_tag = temp_tag
+        self.source_fingerprint = (0, 0)
 
     # -- progress ----------------------------------------------------------------------------------
 
@@ -129,10 +132,14 @@ class _Run:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.report(JobState.preparing, 0.0, "Reading the source")
         source = probe_source(self.request.source)
+        stat = source.path.stat()
+        self.source_fingerprint = (stat.st_size, stat.st_mtime_ns)
         start_frame, frames = frame_range(source, self.request.start, self.request.length)
         folder = output_folder(source.path, self.request.project_dir, self.request.output_dir,
                                self.recipe.output.folder)
         ensure_writable(folder)
+        if self.temp_tag:
+            remove_stale_temps(folder, self.temp_tag)
         self.timed("prepare", began)
         try:
             stems = self.run_steps(source, start_frame, frames, folder)
@@ -165,7 +172,7 @@ class _Run:
         return stems
 
     def new_temp(self, folder: Path) -> Path:
-        temp = temp_path_for(folder / "stem")
+        temp = temp_path_for(folder / "stem", self.temp_tag)
         self.temps.append(temp)
         return temp
 
@@ -290,16 +297,9 @@ class _Run:
         report = self.steps[-1].report
         assert report is not None
         extension = EXTENSIONS.get(report.out_format.upper(), ".wav")
-        is_set = len(self.recipe.steps) > 1
-        suffixes = {label: (f".{label}{extension}" if not is_set else extension) for label in stems}
-        if is_set:  # stem sets: "<source> - <stem>.wav", manifest named after the preset
-            finals = {label: plan_names(folder, source.path.name, label, [extension])[extension]
-                      for label in stems}
-            manifest_path = plan_names(folder, source.path.name, self.recipe.label, [".sam.json"])[".sam.json"]
-        else:
-            names = plan_names(folder, source.path.name, self.recipe.label, [*suffixes.values(), ".sam.json"])
-            finals = {label: names[suffix] for label, suffix in suffixes.items()}
-            manifest_path = names[".sam.json"]
+        check_source_unchanged(source.path, self.source_fingerprint)
+        finals, manifest_path = job_names(folder, source.path.name, self.recipe.label, list(stems), extension,
+                                          stem_set=len(self.recipe.steps) > 1)
         for label, temp in stems.items():
             place(temp, finals[label])
         self.timed("write", t)
@@ -336,12 +336,12 @@ def clean_workdir(workdir: Path) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def check_source_unchanged(path: Path, size: int, mtime_ns: int) -> None:
+def check_source_unchanged(path: Path, fingerprint: tuple[int, int]) -> None:
     try:
         stat = path.stat()
     except FileNotFoundError:
         raise SourceError(f"The source {path} was deleted while the job ran.") from None
-    if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+    if (stat.st_size, stat.st_mtime_ns) != fingerprint:
         raise SourceError(f"The source {path} changed while the job ran; the stems would not match it.",
                           hint="Retry the job once the file is final.")
 

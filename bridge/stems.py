@@ -71,9 +71,23 @@ def plan_names(folder: Path, source_name: str, label: str, stem_suffixes: Iterab
     raise OutputError(f"Too many earlier results named {base!r} in {folder}.")
 
 
-def temp_path_for(final: Path) -> Path:
+def job_names(folder: Path, source_name: str, label: str, stem_labels: list[str], extension: str,
+              stem_set: bool) -> tuple[dict[str, Path], Path]:
+    """(stem label -> final path, manifest path) for one job.
+
+    Plain presets: `<source> - <label>.target.wav`, `.residual.wav`, `.sam.json`, numbered together.
+    Stem sets: `<source> - <stem>.wav` each, manifest `<source> - <preset>.sam.json`."""
+    if stem_set:
+        stems = {s: plan_names(folder, source_name, s, [extension])[extension] for s in stem_labels}
+        return stems, plan_names(folder, source_name, label, [".sam.json"])[".sam.json"]
+    suffixes = {s: f".{s}{extension}" for s in stem_labels}
+    names = plan_names(folder, source_name, label, [*suffixes.values(), ".sam.json"])
+    return {s: names[suffix] for s, suffix in suffixes.items()}, names[".sam.json"]
+
+
+def temp_path_for(final: Path, tag: str = "") -> Path:
     """A temp name beside `final` (same filesystem, so os.replace is atomic)."""
-    handle, name = tempfile.mkstemp(dir=final.parent, prefix=TEMP_PREFIX, suffix=".tmp")
+    handle, name = tempfile.mkstemp(dir=final.parent, prefix=f"{TEMP_PREFIX}{tag}-", suffix=".tmp")
     os.close(handle)
     return Path(name)
 
@@ -108,6 +122,12 @@ def write_json_atomic(path: Path, data: Any, *, overwrite: bool = True) -> None:
             place(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def remove_stale_temps(folder: Path, tag: str) -> None:
+    """Temp files a killed run of job `tag` left behind (never a user's file: ours are dot-prefixed)."""
+    for stale in folder.glob(f"{TEMP_PREFIX}{tag}-*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def remove_quietly(*paths: Path | None) -> None:

@@ -1,0 +1,50 @@
+"""`sam-bridge config init | show`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bridge.config import DEFAULT_CONFIG_TEXT, config_path, load_config, log_dir, state_dir
+from bridge.fal_auth import ENV_VAR
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("config", help="write or show the configuration")
+    sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    init = sub.add_parser("init", help="write a commented default config (never overwrites)")
+    init.add_argument("--path", type=Path, help="where to write it (default: the user config folder)")
+    init.set_defaults(func=init_config)
+    show = sub.add_parser("show", help="print the resolved config (the key is never shown)")
+    show.add_argument("--config", type=Path, help="config file to read")
+    show.set_defaults(func=show_config)
+
+
+def init_config(args: argparse.Namespace) -> int:
+    path = args.path or config_path()
+    if path.exists():
+        print(f"{path} already exists; it was left untouched. Edit it, or remove it to start over.")
+        return 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "x", encoding="utf-8") as out:
+        out.write(DEFAULT_CONFIG_TEXT)
+    print(f"wrote {path}")
+    return 0
+
+
+def show_config(args: argparse.Namespace) -> int:
+    path = args.config or config_path()
+    config = load_config(path)
+    data = config.model_dump(mode="json")
+    if data["osc"].get("token"):
+        data["osc"]["token"] = "<redacted>"
+    print(f"# config file: {path}{'' if path.exists() else ' (not present: defaults)'}")
+    print(f"# state folder: {state_dir()}")
+    print(f"# log folder: {log_dir()}")
+    print(f"# {ENV_VAR}: {'set (<redacted>)' if os.environ.get(ENV_VAR) else 'not set (the local stand-in is used)'}")
+    print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), end="")
+    return 0

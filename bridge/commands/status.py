@@ -1,0 +1,97 @@
+"""`sam-bridge status | cancel JOB | retry JOB`: read and steer the journal, daemon running or not."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from bridge.config import state_dir
+from bridge.errors import InputError
+from bridge.jobs import JobState
+from bridge.journal import Journal
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("status", help="list jobs (the daemon's journal)")
+    p.add_argument("job", nargs="?", help="one job id (or a unique prefix)")
+    p.add_argument("--all", action="store_true", help="include finished jobs (default: recent 50)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=status)
+    c = subparsers.add_parser("cancel", help="cancel a job (also cancels its request at the service)")
+    c.add_argument("job", help="job id or unique prefix")
+    c.set_defaults(func=cancel)
+    r = subparsers.add_parser("retry", help="run a failed or cancelled job again")
+    r.add_argument("job", help="job id or unique prefix")
+    r.set_defaults(func=retry)
+
+
+def _journal() -> Journal:
+    path = state_dir() / "journal.sqlite"
+    if not path.exists():
+        raise InputError("No jobs yet: the daemon has not run for this user.",
+                         hint="Start it with `sam-bridge run`.")
+    return Journal(path)
+
+
+def _resolve(journal: Journal, prefix: str) -> str:
+    matches = journal.find_prefix(prefix)
+    if len(matches) != 1:
+        raise InputError(f"No job matches {prefix!r}." if not matches else f"{prefix!r} matches several jobs.",
+                         hint="Use `sam-bridge status` to see job ids.")
+    return matches[0]
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def status(args: argparse.Namespace) -> int:
+    journal = _journal()
+    rows = [journal.get(_resolve(journal, args.job))] if args.job else journal.recent(1000 if args.all else 50)
+    views = [r.view for r in rows if r is not None]
+    if args.json:
+        print(json.dumps([{**v.__dict__, "state": v.state.value} for v in views], indent=2, ensure_ascii=False))
+        return 0
+    if not views:
+        print("No jobs.")
+        return 0
+    now = time.time()
+    print(f"{'JOB':<12}  {'STATE':<11}  {'PROGRESS':>8}  {'AGE':>4}  {'PRESET/PROMPT':<20}  SOURCE")
+    for v in views:
+        print(f"{v.job_id:<12}  {v.state.value:<11}  {v.progress * 100:>7.0f}%  {_age(now - v.created_at):>4}  "
+              f"{v.what[:20]:<20}  {v.source}")
+        if args.job or v.state in (JobState.failed, JobState.waiting):
+            print(f"{'':<14}{(v.error or v.message).splitlines()[0] if (v.error or v.message) else ''}")
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    journal = _journal()
+    job_id = _resolve(journal, args.job)
+    row = journal.get(job_id)
+    if row is None or row.view.state.finished:
+        print(f"Job {job_id} has already finished ({row.view.state.value if row else 'unknown'}).")
+        return 1
+    journal.request_cancel(job_id)
+    print(f"Cancel requested for job {job_id}; the daemon stops it and cancels its service request.")
+    return 0
+
+
+def retry(args: argparse.Namespace) -> int:
+    journal = _journal()
+    job_id = _resolve(journal, args.job)
+    row = journal.get(job_id)
+    if row is None or row.view.state not in (JobState.failed, JobState.cancelled):
+        print(f"Job {job_id} is {row.view.state.value if row else 'unknown'}; only failed or cancelled jobs "
+              "can be retried.")
+        return 1
+    journal.clear_steps(job_id)
+    journal.set_state(job_id, JobState.queued, 0.0, "Queued again (retry)", error=None, attempts=0,
+                      not_before=0, cancel_requested=0)
+    print(f"Job {job_id} is queued again; a running daemon picks it up within seconds.")
+    return 0

@@ -1,0 +1,262 @@
+"""`sam-bridge run`: one long-running process the DAW scripts and folders talk to.
+
+It wires the parts together and nothing more: the journal and job engine, the ways in (request files,
+OSC, hot folders), the preset library (reloaded when its files change), and the files DAW scripts read
+(`daemon.json`, `presets.json` in the state folder).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from bridge import __version__
+from bridge.config import Config, config_dir, log_dir, state_dir
+from bridge.engine import EngineSettings, JobEngine
+from bridge.errors import BridgeError
+from bridge.fal_auth import ENV_VAR, RedactingFilter
+from bridge.hotfolder import HotFolder, HotFolderWatcher, default_hot_folder
+from bridge.journal import Journal
+from bridge.osc_server import OscServer, OscSettings
+from bridge.pipeline import Pipeline
+from bridge.presets import PresetLibrary
+from bridge.request_files import RequestFolder
+from bridge.service_setup import ServiceChoice, open_client
+from bridge.stems import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+class AlreadyRunning(BridgeError):
+    exit_code = 3
+
+
+@contextmanager
+def instance_lock(folder: Path) -> Iterator[None]:
+    """One daemon per user: an OS lock on `daemon.lock` (released by the OS if we die)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "daemon.lock"
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the daemon's lifetime
+    try:
+        _lock_file(handle)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise AlreadyRunning(f"sam-bridge is already running (process {holder}); only one daemon per user.",
+                             hint="Stop it first, or use `sam-bridge status` to talk to it.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def _lock_file(handle: TextIO) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+    else:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def setup_logging(verbose: int, quiet: bool) -> Path:
+    folder = log_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "daemon.log"
+    level = logging.WARNING if quiet else (logging.INFO, logging.DEBUG)[min(verbose, 1)]
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(min(level, logging.INFO))
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(level)
+    rotating = logging.handlers.RotatingFileHandler(path, maxBytes=5_000_000, backupCount=3, encoding="utf-8")
+    rotating.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    for handler in (stderr, rotating):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("watchdog").setLevel(logging.WARNING)
+    return path
+
+
+def choose_service(config: Config, local: bool, url: str | None) -> ServiceChoice:
+    if url or config.service.url and not local:
+        return ServiceChoice(url=url or config.service.url)
+    if local or config.service.mode == "local" or (config.service.mode == "auto" and not os.environ.get(ENV_VAR)):
+        return ServiceChoice(local=True, local_delay=config.service.local_delay)
+    return ServiceChoice()
+
+
+@dataclass
+class DaemonInfo:
+    requests_dir: Path
+    osc_address: tuple[str, int] | None
+    hot_folders: list[Path]
+    log_file: Path
+
+
+class Daemon:
+    """The wired-up daemon; `start()` returns once everything listens, `stop()` within a few seconds."""
+
+    def __init__(self, config: Config, choice: ServiceChoice, state: Path | None = None) -> None:
+        self.config, self.choice = config, choice
+        self.state = state or state_dir()
+        self._stack = ExitStack()
+        self._stop = threading.Event()
+        self.library = PresetLibrary.default(config_dir=config_dir())
+        self.engine: JobEngine | None = None
+
+    def start(self, log_file: Path) -> DaemonInfo:
+        stack = self._stack
+        stack.enter_context(instance_lock(self.state))
+        journal = Journal(self.state / "journal.sqlite")
+        stack.callback(journal.close)
+        client = stack.enter_context(open_client(self.choice))
+        settings = EngineSettings(
+            concurrency=self.config.concurrency, dedupe=self.config.dedupe, daily_budget=self.config.daily_budget,
+            prices=self.config.prices, workroot=self.state / "work",
+        )
+        engine = self.engine = JobEngine(journal, Pipeline(client, prices=self.config.prices), self.library,
+                                         settings)
+        engine.start()
+        stack.callback(engine.stop)
+        requests_dir = self.config.requests_dir or self.state / "requests"
+        request_folder = RequestFolder(engine, requests_dir)
+        request_folder.start()
+        stack.callback(request_folder.stop)
+        hot = self._start_hot_folders(engine)
+        osc_address = self._start_osc(engine, hot)
+        self._write_presets_file()
+        info = DaemonInfo(requests_dir, osc_address, [f.path for f in hot], log_file)
+        write_json_atomic(self.state / "daemon.json", {
+            "pid": os.getpid(), "version": __version__, "requests_dir": str(requests_dir),
+            "osc": {"host": osc_address[0], "port": osc_address[1]} if osc_address else None,
+            "presets_file": str(self.state / "presets.json"),
+            "hot_folder": str(hot[0].path) if hot else None, "hot_folders": [str(f.path) for f in hot],
+            "service": "local" if self.choice.is_stand_in else "fal",
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        stack.callback(lambda: (self.state / "daemon.json").unlink(missing_ok=True))
+        reloader = threading.Thread(target=self._reload_presets, name="preset-reload", daemon=True)
+        reloader.start()
+        return info
+
+    def _start_hot_folders(self, engine: JobEngine) -> list[HotFolder]:
+        folders = [HotFolder(path=f.path.expanduser(), preset=f.preset, output_dir=f.output_dir,
+                             recursive=f.recursive, polling=f.polling, settle_seconds=f.settle_seconds,
+                             after_success=f.after_success) for f in self.config.hot_folders]
+        if self.config.default_hot_folder:
+            folders.insert(0, HotFolder(path=default_hot_folder()))
+        if not folders:
+            return []
+        for folder in folders:
+            folder.path.mkdir(parents=True, exist_ok=True)
+        self.hot_watcher = HotFolderWatcher(
+            engine, folders, instance_id=f"{socket.gethostname()}:{os.getpid()}",
+            rescan_interval=self.config.hot_rescan_interval, preset_names=self.library.names,
+        )
+        self.hot_watcher.ensure_preset_folders(self.library.names())
+        self.hot_watcher.start()
+        self._stack.callback(self.hot_watcher.stop)
+        return folders
+
+    def _start_osc(self, engine: JobEngine, hot: list[HotFolder]) -> tuple[str, int] | None:
+        osc = self.config.osc
+        if not osc.enabled:
+            return None
+        home = Path.home()
+        roots = (home, *(f.path for f in hot))
+        settings = OscSettings(
+            host=osc.host, port=osc.port, prefix=osc.prefix, reply_port=osc.reply_port,
+            allow_clients=tuple(osc.allow_clients), token=osc.token, rate_limit=(osc.rate_limit, osc.rate_window),
+            source_roots=(*roots, *self.config.allowed_source_roots),
+            output_roots=(*roots, *self.config.allowed_output_roots),
+        )
+        server = OscServer(engine, settings, __version__)
+        server.start()
+        self._stack.callback(server.stop)
+        return server.address
+
+    def _write_presets_file(self) -> None:
+        presets = []
+        for preset in self.library.presets():
+            presets.append({
+                "name": preset.name, "description": preset.description, "tags": list(preset.tags),
+                "stems": [s.label for s in preset.stems] if preset.stems else None,
+                "origin": self.library.origin_of(preset.name),
+            })
+        write_json_atomic(self.state / "presets.json", {"presets": presets})
+
+    def _reload_presets(self) -> None:
+        while not self._stop.wait(2.0):
+            try:
+                if self.library.refresh():
+                    log.info("presets reloaded: %s", ", ".join(self.library.names()))
+                    self._write_presets_file()
+                    watcher = getattr(self, "hot_watcher", None)
+                    if watcher is not None:
+                        watcher.ensure_preset_folders(self.library.names())
+                for problem in self.library.errors():
+                    log.debug("preset problem: %s", problem)
+            except Exception:
+                log.exception("preset reload failed")
+
+    def wait(self) -> None:
+        while not self._stop.wait(0.5):
+            pass
+
+    def request_stop(self, *_args: Any) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._stack.close()
+
+
+def run_daemon(config: Config, choice: ServiceChoice, *, verbose: int = 0, quiet: bool = False,
+               out: Callable[[str], None] = print) -> int:
+    log_file = setup_logging(verbose, quiet)
+    daemon = Daemon(config, choice)
+    try:
+        info = daemon.start(log_file)
+    except BaseException:
+        daemon.stop()
+        raise
+    signal.signal(signal.SIGINT, daemon.request_stop)
+    signal.signal(signal.SIGTERM, daemon.request_stop)
+    out(f"sam-bridge {__version__} is running — {choice.describe()}")
+    out(f"  requests folder: {info.requests_dir}")
+    for folder in info.hot_folders:
+        out(f"  hot folder:      {folder}  (drop audio into a preset's subfolder)")
+    if info.osc_address:
+        out(f"  OSC:             udp://{info.osc_address[0]}:{info.osc_address[1]} (prefix {config.osc.prefix})")
+    out(f"  log file:        {info.log_file}")
+    out("Press Ctrl-C to stop; jobs in flight resume on the next start.")
+    sys.stdout.flush()
+    try:
+        daemon.wait()
+    finally:
+        log.info("stopping: no new work; in-flight jobs resume on the next start")
+        daemon.stop()
+    return 0
+
+
+__all__ = ["AlreadyRunning", "Daemon", "RedactingFilter", "run_daemon"]

@@ -1,0 +1,222 @@
+"""Request files: the way in for hosts without sockets (REAPER's Lua). A DAW script writes
+`<name>.json` atomically into the requests folder; we answer with `<name>.status.json` beside it,
+rewritten atomically at each stage. `<name>.cancel` cancels that request's job.
+
+This module knows folders and JSON, not HTTP or audio.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from bridge.errors import BridgeError
+from bridge.jobs import JobEvent, JobSink, JobState, RequestRejected
+from bridge.request import Origin, SeparationRequest
+from bridge.stems import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+STATUS_SUFFIX = ".status.json"
+STATUS_SCHEMA = 1
+STATUS_FIELDS: dict[str, str] = {
+    "schema": "status schema version (1)",
+    "request": "the request file's name",
+    "job_id": "the daemon's job id (null if the request was refused)",
+    "tag": "the request's tag, echoed",
+    "state": "queued, waiting, preparing, uploading, submitted, running, downloading, conforming, "
+    "done, failed, cancelled",
+    "progress": "0..1 over the whole job",
+    "message": "what is happening, in words",
+    "updated_at": "ISO-8601 UTC",
+    "stems": "label → absolute path, in order (`target`, `residual`; stem sets: each stem, then `other`)",
+    "manifest": "path of the `.sam.json` manifest when done",
+    "error": "what went wrong and how to retry, when failed",
+    "flags": "warnings from alignment (`weak-correlation`, `drift`, …)",
+}
+
+
+def is_request_name(name: str) -> bool:
+    return name.endswith(".json") and not name.endswith(STATUS_SUFFIX) and not name.startswith(".")
+
+
+def status_path(request_file: Path) -> Path:
+    return request_file.with_name(request_file.name[: -len(".json")] + STATUS_SUFFIX)
+
+
+class RequestFolder:
+    def __init__(self, sink: JobSink, folder: Path, rescan_interval: float = 5.0) -> None:
+        self.sink, self.folder, self.rescan_interval = sink, folder, rescan_interval
+        self._jobs: dict[str, Path] = {}  # job id -> request file
+        self._queue: queue.Queue[Path | None] = queue.Queue()
+        self._observer: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._unsubscribe = lambda: None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._unsubscribe = self.sink.subscribe(self._on_event)
+        self._observer = Observer()
+        self._observer.schedule(_Handler(self._queue), str(self.folder), recursive=False)
+        self._observer.start()
+        self._thread = threading.Thread(target=self._loop, name="request-files", daemon=True)
+        self._thread.start()
+        self._scan()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        self._unsubscribe()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _scan(self) -> None:
+        for path in sorted(self.folder.iterdir()):
+            if is_request_name(path.name) or path.name.endswith(".cancel"):
+                self._queue.put(path)
+
+    def _loop(self) -> None:
+        next_scan = time.monotonic() + self.rescan_interval
+        while not self._stop.is_set():
+            try:
+                path = self._queue.get(timeout=max(0.05, next_scan - time.monotonic()))
+            except queue.Empty:
+                self._scan()  # events can be lost (overflow, network folders): look again
+                next_scan = time.monotonic() + self.rescan_interval
+                continue
+            if path is None:
+                return
+            try:
+                if path.name.endswith(".cancel"):
+                    self._cancel(path)
+                elif is_request_name(path.name):
+                    self._take(path)
+            except Exception:
+                log.exception("request file %s could not be handled", path)
+
+    # -- one request file -------------------------------------------------------------------------
+
+    def _take(self, path: Path) -> None:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return
+        status = _read_json(status_path(path))
+        if status and status.get("request_mtime_ns") == stat.st_mtime_ns and status.get("state") in (
+            "done", "failed", "cancelled"):
+            return  # answered already
+        try:
+            request = parse_request_file(path, stat.st_mtime_ns)
+        except BridgeError as exc:
+            self._write_status(path, None, "", JobState.failed, 0.0, exc.message, error=str(exc))
+            return
+        try:
+            job_id = self.sink.submit(request)
+        except (BridgeError, RequestRejected) as exc:
+            self._write_status(path, None, request.tag, JobState.failed, 0.0, str(exc).split("\n")[0],
+                               error=str(exc))
+            return
+        with self._lock:
+            known = job_id in self._jobs
+            self._jobs[job_id] = path
+        if not known:
+            view = self.sink.get(job_id)
+            if view is not None:
+                self._write_status(path, job_id, view.tag, view.state, view.progress, view.message,
+                                   stems=view.stems, manifest=view.manifest, error=view.error)
+            log.info("request file %s → job %s", path.name, job_id)
+
+    def _cancel(self, marker: Path) -> None:
+        request_file = marker.with_name(marker.name[: -len(".cancel")] + ".json")
+        status = _read_json(status_path(request_file)) or {}
+        job_id = status.get("job_id")
+        if isinstance(job_id, str) and self.sink.cancel(job_id):
+            log.info("cancelled job %s (%s)", job_id, marker.name)
+
+    def _on_event(self, event: JobEvent) -> None:
+        with self._lock:
+            path = self._jobs.get(event.job_id)
+        if path is None:
+            return
+        self._write_status(path, event.job_id, event.tag, event.state, event.progress, event.message,
+                           stems=event.stems, manifest=event.manifest, error=event.error, flags=event.flags)
+        if event.state.finished:
+            with self._lock:
+                self._jobs.pop(event.job_id, None)
+
+    def _write_status(self, path: Path, job_id: str | None, tag: str, state: JobState, progress: float,
+                      message: str, *, stems: dict[str, str] | None = None, manifest: str | None = None,
+                      error: str | None = None, flags: tuple[str, ...] = ()) -> None:
+        try:
+            mtime_ns = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime_ns = 0
+        write_json_atomic(status_path(path), {
+            "schema": STATUS_SCHEMA, "request": path.name, "job_id": job_id, "tag": tag, "state": state.value,
+            "progress": round(progress, 4), "message": message,
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "stems": stems or {}, "manifest": manifest, "error": error, "flags": list(flags),
+            "request_mtime_ns": mtime_ns,
+        })
+
+
+def parse_request_file(path: Path, mtime_ns: int) -> SeparationRequest:
+    """A request file → SeparationRequest; BridgeError with the field and what is allowed."""
+    from bridge.errors import InputError
+
+    data = _read_json(path)
+    if data is None:
+        raise InputError(f"{path.name} is not valid JSON.", hint="Write the file whole, then rename it into place.")
+    if not isinstance(data, dict):
+        raise InputError(f"{path.name} must hold a JSON object with at least source and preset or prompt.")
+    source = data.get("source")
+    if isinstance(source, str) and source and not Path(source).is_absolute():
+        data["source"] = str(path.parent / source)  # relative to the request file
+    data.pop("origin", None)
+    data.pop("idempotency_key", None)
+    try:
+        return SeparationRequest(**data, origin=Origin.request_file,
+                                 idempotency_key=f"request-file:{path.resolve()}:{mtime_ns}")
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "request"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = f"unknown field; allowed: {', '.join(SeparationRequest.model_fields)}"
+        if first["type"] == "missing":
+            message = "required"
+        raise InputError(f"{path.name}: {field}: {message}") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, target: queue.Queue[Path | None]) -> None:
+        self.target = target
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type not in ("created", "moved", "modified", "closed"):
+            return
+        where = event.dest_path if event.event_type == "moved" else event.src_path
+        path = Path(where if isinstance(where, str) else where.decode())
+        if is_request_name(path.name) or path.name.endswith(".cancel"):
+            self.target.put(path)

@@ -1,0 +1,72 @@
+"""YAML → pydantic model, with errors that name the file, the line and the field."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydantic
+import yaml
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def node_lines(node: yaml.Node, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], int]]:
+    """(location, 1-based line) of every key and item in a composed YAML tree."""
+    yield path, node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            where = (*path, key.value)
+            yield where, key.start_mark.line + 1
+            for sub in node_lines(value, where):
+                if sub[0] != where:
+                    yield sub
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from node_lines(item, (*path, index))
+
+
+def line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
+    """Line of the deepest known part of `loc` (pydantic locations may name a missing field)."""
+    for depth in range(len(loc), -1, -1):
+        if loc[:depth] in lines:
+            return lines[loc[:depth]]
+    return 1
+
+
+def describe_error(error: Any) -> str:
+    """A pydantic error in plain words, with what is allowed."""
+    kind, message = error.get("type", ""), str(error.get("msg", "invalid"))
+    if kind == "extra_forbidden":
+        return "unknown setting (check the spelling)"
+    return message.removeprefix("Value error, ")
+
+
+def load_yaml_model(path: Path, model: type[M], error: type[Exception]) -> M:
+    """Parse `path` into `model`; raise `error("file:line: field: message; …")` on any problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{path}: cannot read it: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text) if node is not None else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise error(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise error(f"{path}:1: expected a mapping of settings (key: value)")
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        lines = dict(node_lines(node)) if node is not None else {}
+        problems = []
+        for item in exc.errors():
+            loc = tuple(item["loc"])
+            field = ".".join(str(p) for p in loc) or "(top)"
+            problems.append(f"{path}:{line_of(lines, loc)}: {field}: {describe_error(item)}")
+        raise error("\n".join(problems)) from None
