@@ -1,0 +1,405 @@
+"""Presets: the library a user picks names from, and the recipe (fal requests) a request turns into.
+
+Search path, earliest first: built-ins (`presets/` in the package), the user's config folder
+(`<user config>/sam-bridge/presets`), the project (`<project>/sam-bridge/presets`). A later folder
+overrides an earlier one by name. A broken file never takes the library down: its other presets keep
+working, and whoever asks for a broken preset gets the file's problems (file:line: field: message).
+The file format is documented in `bridge.preset_schema.EXAMPLE_PRESET_FILE`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from bridge.config import config_dir as sam_bridge_config_dir
+from bridge.errors import InputError, PresetError
+from bridge.options import OutputOptions, ServiceOptions
+from bridge.preset_files import (
+    PresetFileError,
+    PresetProblem,
+    friendly_message,
+    load_preset_file,
+    read_preset_file,
+)
+from bridge.preset_schema import (
+    EXAMPLE_PRESET_FILE,
+    RESIDUAL_OF_STEM_SET,
+    Preset,
+    StemSpec,
+    label_problem,
+    merge_options,
+    name_key,
+    slug,
+)
+from bridge.request import SeparationRequest, Span
+
+__all__ = [
+    "EXAMPLE_PRESET_FILE",
+    "Preset",
+    "PresetFileError",
+    "PresetLibrary",
+    "PresetProblem",
+    "Recipe",
+    "StemSpec",
+    "Step",
+    "load_preset_file",
+    "recipe_for",
+    "recipe_from_preset",
+    "slug",
+]
+
+log = logging.getLogger(__name__)
+
+BUILTIN, USER, PROJECT = "built-in", "user", "project"
+PRESET_SUFFIXES = (".yaml", ".yml")
+ADHOC_NAME = "prompt"
+RESIDUAL_OF_PRESET = "residual"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One fal request."""
+
+    label: str  # used in file names: "vocals", "drums"; for a single preset the recipe's label
+    prompt: str | None
+    spans: tuple[Span, ...] | None
+    options: ServiceOptions
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the pipeline runs for one request: steps peeled in order, then the residual."""
+
+    name: str  # preset name, or "prompt" for an ad-hoc prompt
+    label: str  # for file names: output.label, the preset name, or a slug of the prompt
+    steps: tuple[Step, ...]  # 1 for a plain preset; N for a stem set
+    residual_label: str  # "residual" for a plain preset, "other" for a stem set
+    output: OutputOptions
+
+
+def builtin_presets_dir() -> Path:
+    """The shipped presets: the installed `bridge.presets_builtin`, else `presets/` of a checkout."""
+    try:
+        root = resources.files("bridge.presets_builtin")
+    except ModuleNotFoundError:
+        root = None
+    if isinstance(root, Path) and root.is_dir():
+        return root
+    if root is not None:  # a package without __init__.py is a MultiplexedPath of real folders
+        for child in root.iterdir():
+            if isinstance(child, Path):
+                return child.parent
+    return Path(__file__).resolve().parent.parent / "presets"
+
+
+def user_presets_dir(config_dir: Path | None = None) -> Path:
+    return (config_dir or sam_bridge_config_dir()) / "presets"
+
+
+def project_presets_dir(project_dir: Path) -> Path:
+    return project_dir / "sam-bridge" / "presets"
+
+
+def default_search_path(
+    project_dir: Path | None = None, config_dir: Path | None = None
+) -> list[tuple[str, Path]]:
+    """(origin, folder) pairs, earliest first; `config_dir` is sam-bridge's config folder."""
+    path = [(BUILTIN, builtin_presets_dir()), (USER, user_presets_dir(config_dir))]
+    if project_dir is not None:
+        path.append((PROJECT, project_presets_dir(project_dir)))
+    return path
+
+
+Stamp = tuple[int, int, int] | None
+
+
+@dataclass(frozen=True)
+class _FileState:
+    stamp: Stamp
+    presets: list[Preset]
+    problems: list[PresetProblem]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    origin: str
+    preset: Preset | None  # None when broken
+    error: PresetError | None = None
+
+
+def _stamp(path: Path) -> Stamp:
+    # The inode catches editors that save by replacing the file, even at an identical size and mtime.
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+
+class PresetLibrary:
+    """Presets found on a search path; cheap to `refresh()` while a daemon runs."""
+
+    def __init__(self, search_path: Sequence[tuple[str, Path]], *, quiet: bool = False) -> None:
+        """`quiet`: log file problems at debug level (for a command that prints them itself)."""
+        self.search_path = tuple((origin, Path(folder)) for origin, folder in search_path)
+        self._problem_level = logging.DEBUG if quiet else logging.WARNING
+        self._lock = threading.Lock()
+        self._files: dict[Path, _FileState] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._errors: list[PresetError] = []
+        self.refresh()
+
+    @classmethod
+    def default(cls, project_dir: Path | None = None, config_dir: Path | None = None) -> PresetLibrary:
+        """Built-ins, then the user's presets (config_dir/presets), then the project's."""
+        return cls(default_search_path(project_dir, config_dir))
+
+    def refresh(self) -> bool:
+        """Re-read files added or changed (mtime/size/inode) since last time; True if anything changed."""
+        with self._lock:
+            listing = self._listing()
+            present = {path for _, path in listing}
+            removed = set(self._files) - present
+            for path in removed:
+                log.info("preset file gone: %s", path)
+                del self._files[path]
+            changed = bool(removed)
+            for _, path in listing:
+                stamp = _stamp(path)  # taken before reading: a save during the read is seen next time
+                known = self._files.get(path)
+                if known is not None and known.stamp == stamp and stamp is not None:
+                    continue
+                try:
+                    presets, problems = read_preset_file(path)
+                except Exception as exc:  # a file must never take the library (or the daemon) down
+                    log.exception("cannot read preset file %s", path)
+                    presets, problems = [], [PresetProblem(path, None, "file", f"cannot be read ({exc})")]
+                self._files[path] = _FileState(stamp, presets, problems)
+                changed = True
+                log.debug("read %d preset(s) from %s", len(presets), path)
+                for problem in problems:
+                    log.log(self._problem_level, "preset problem: %s", problem)
+            if changed:
+                self._rebuild(listing)
+            return changed
+
+    def get(self, name: str) -> Preset:
+        entry = self._entries.get(name_key(name))
+        if entry is None:
+            raise self._unknown(name)
+        if entry.preset is None:
+            assert entry.error is not None
+            raise entry.error
+        return entry.preset
+
+    def names(self) -> list[str]:
+        return [preset.name for preset in self.presets()]
+
+    def presets(self) -> list[Preset]:
+        usable = [entry.preset for entry in self._entries.values() if entry.preset is not None]
+        return sorted(usable, key=lambda preset: name_key(preset.name))
+
+    def errors(self) -> list[PresetError]:
+        return list(self._errors)
+
+    def origin_of(self, name: str) -> str:
+        entry = self._entries.get(name_key(name))
+        if entry is None:
+            raise self._unknown(name)
+        return entry.origin
+
+    def _listing(self) -> list[tuple[str, Path]]:
+        listing: list[tuple[str, Path]] = []
+        for origin, folder in self.search_path:
+            if folder.is_file():
+                listing.append((origin, folder))
+                continue
+            try:
+                files = sorted(folder.iterdir()) if folder.is_dir() else []
+            except OSError as exc:
+                log.warning("cannot list preset folder %s: %s", folder, exc)
+                continue
+            listing += [
+                (origin, path)
+                for path in files
+                if path.suffix.lower() in PRESET_SUFFIXES and not path.name.startswith(".") and path.is_file()
+            ]
+        return listing
+
+    def _rebuild(self, listing: list[tuple[str, Path]]) -> None:
+        entries: dict[str, _Entry] = {}
+        errors: list[PresetError] = []
+        defined_in: dict[str, tuple[str, Path]] = {}
+        for origin, path in listing:
+            state = self._files[path]
+            if state.problems:
+                errors.append(PresetFileError(state.problems))
+            valid_here = {name_key(preset.name) for preset in state.presets}
+            for preset in state.presets:
+                key = name_key(preset.name)
+                earlier = defined_in.get(key)
+                if earlier and earlier[0] == origin:  # two files of one folder: keep the first, say so
+                    message = f"'{preset.name}' is also defined in {earlier[1].name}; rename one of them"
+                    problem = PresetProblem(path, preset.line, "name", message, preset.name)
+                    log.log(self._problem_level, "preset problem: %s", problem)
+                    errors.append(PresetFileError([problem]))
+                    continue
+                entries[key] = _Entry(origin, preset)
+                defined_in[key] = (origin, path)
+            # A broken preset shadows earlier ones of its name: its author expects theirs, not a fallback.
+            broken: dict[str, list[PresetProblem]] = {}
+            for problem in state.problems:
+                broken.setdefault(name_key(problem.preset or path.stem), []).append(problem)
+            for key, problems in broken.items():
+                earlier = defined_in.get(key)
+                if key in valid_here or (earlier and earlier[0] == origin):
+                    continue
+                entries[key] = _Entry(origin, None, PresetFileError(problems, problems[0].preset or key))
+                defined_in[key] = (origin, path)
+        snapshot = dict(entries)
+        for key, entry in snapshot.items():
+            if entry.preset is None or entry.preset.stems is None:
+                continue
+            try:
+                entries[key] = _Entry(entry.origin, _resolve_stems(entry.preset, snapshot))
+            except PresetFileError as err:
+                log.log(self._problem_level, "%s", err.message)
+                entries[key] = _Entry(entry.origin, None, err)
+                errors.append(err)
+        self._entries, self._errors = entries, errors
+
+    def _unknown(self, name: str) -> PresetError:
+        names = self.names()
+        by_key = {name_key(known): known for known in names}
+        wanted = name_key(name)
+        close = difflib.get_close_matches(wanted, list(by_key), n=3, cutoff=0.6)
+        close += [key for key in by_key if wanted and wanted in key and key not in close][: 3 - len(close)]
+        hint = f"Did you mean {', '.join(repr(by_key[key]) for key in close)}? " if close else ""
+        hint += "`sam-bridge presets list` shows every preset; or give a prompt instead (e.g. 'dog barking')."
+        if self._errors:
+            hint += f"\nNote: {len(self._errors)} preset file problem(s) hide some presets:\n" + "\n".join(
+                f"  {problem}" for err in self._errors for problem in getattr(err, "problems", ())
+            )
+        return PresetError(f"There is no preset called '{name}'.", hint)
+
+
+def _resolve_stems(preset: Preset, entries: Mapping[str, _Entry]) -> Preset:
+    """Fill each stem's prompt and options; a stem naming a preset takes that preset's (now current) ones."""
+    assert preset.stems is not None
+    resolved: list[StemSpec] = []
+    problems: list[PresetProblem] = []
+    file = preset.origin or Path(preset.name)
+    for index, stem in enumerate(preset.stems):
+        field = f"stems[{index}]"
+        if stem.preset is None:
+            options = merge_options(ServiceOptions.model_validate({}), preset.options, stem.options)
+            resolved.append(stem.model_copy(update={"options": options}))
+            continue
+        target = entries.get(name_key(stem.preset))
+        if target is None:
+            message = f"names the preset '{stem.preset}', which does not exist (`sam-bridge presets list`)"
+        elif target.preset is None:
+            message = f"names the preset '{stem.preset}', which has a problem of its own (see its file)"
+        elif target.preset.stems is not None:
+            message = f"names '{stem.preset}', a stem set; a stem must name a single-sound preset"
+        else:
+            base = target.preset
+            options = merge_options(base.options, preset.options, stem.options)
+            resolved.append(
+                stem.model_copy(update={"prompt": base.prompt, "spans": base.spans, "options": options})
+            )
+            continue
+        problems.append(PresetProblem(file, stem.line or preset.line, field, message, preset.name))
+    if problems:
+        raise PresetFileError(problems, preset.name)
+    return preset.model_copy(update={"stems": resolved})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Recipes: what a request runs
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _with_overrides(model: Model, overrides: Mapping[str, Any]) -> Model:
+    if not overrides:
+        return model
+    try:
+        return type(model).model_validate({**model.model_dump(), **overrides})
+    except PydanticValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {friendly_message(error)}"
+            for error in exc.errors()
+        )
+        raise InputError(
+            f"An option in this request cannot be used: {details}.",
+            "Change the value as described, or leave the option out to use the preset's.",
+        ) from None
+
+
+def recipe_from_preset(
+    preset: Preset,
+    service_overrides: Mapping[str, Any] | None = None,
+    output_overrides: Mapping[str, Any] | None = None,
+    spans: Sequence[Span] | None = None,
+) -> Recipe:
+    """The steps of a (library-resolved) preset, with a request's option overrides applied."""
+    service_overrides = service_overrides or {}
+    output = _checked_output(_with_overrides(preset.output, output_overrides or {}))
+    label = output.label or slug(preset.name)
+    if preset.stems is None:
+        step_spans = tuple(spans or preset.spans or ()) or None
+        step = Step(label, preset.prompt, step_spans, _with_overrides(preset.options, service_overrides))
+        return Recipe(preset.name, label, (step,), RESIDUAL_OF_PRESET, output)
+    if spans:
+        raise InputError(
+            f"Spans cannot be used with '{preset.name}', which splits the sound into several stems.",
+            "Use a single-sound preset or a prompt together with the spans, or leave the spans out.",
+        )
+    steps: list[Step] = []
+    for stem in preset.stems:
+        if stem.prompt is None and stem.spans is None:
+            raise PresetError(
+                f"The stem '{stem.label}' of '{preset.name}' has no prompt: load it via a library."
+            )
+        stem_spans = tuple(stem.spans) if stem.spans else None
+        steps.append(
+            Step(stem.label, stem.prompt, stem_spans, _with_overrides(stem.options, service_overrides))
+        )
+    return Recipe(preset.name, label, tuple(steps), RESIDUAL_OF_STEM_SET, output)
+
+
+def recipe_for(request: SeparationRequest, library: PresetLibrary) -> Recipe:
+    """A preset name wins over a prompt; the request's options override the preset's."""
+    try:
+        service_overrides, output_overrides = request.split_options()
+    except ValueError as exc:
+        raise InputError(
+            f"This request has an option sam-bridge does not know: {exc}.", "Check the spelling."
+        ) from None
+    if request.preset is not None:
+        return recipe_from_preset(
+            library.get(request.preset), service_overrides, output_overrides, request.spans
+        )
+    output = _checked_output(_with_overrides(OutputOptions.model_validate({}), output_overrides))
+    label = output.label or (slug(request.prompt) if request.prompt else "spans")
+    options = _with_overrides(ServiceOptions.model_validate({}), service_overrides)
+    step = Step(label, request.prompt, tuple(request.spans) if request.spans else None, options)
+    return Recipe(ADHOC_NAME, label, (step,), RESIDUAL_OF_PRESET, output)
+
+
+def _checked_output(output: OutputOptions) -> OutputOptions:
+    if output.label is not None and (problem := label_problem(output.label)):
+        raise InputError(f"The label '{output.label}' cannot be used: it {problem}.", "Choose a plain word.")
+    return output
