@@ -132,7 +132,7 @@ REQUESTS: tuple[Request, ...] = (
     Request(
         "status",
         required=(),
-        optional=((_JOB_ID,),),
+        optional=((_s("job_id", "a job id; leave out to list the recent jobs"),),),
         description="One job, or the 50 most recently changed jobs when no id is given.",
         example="j-20240501-0007",
         replies=("status/job", "status/end", "error"),
@@ -195,7 +195,7 @@ REPLIES: tuple[Reply, ...] = (
     Reply("error", (_s("tag_or_job_id", "the job id, the request's tag, or \"\""), _MESSAGE),
           "A request was refused, or a job failed or was cancelled. The message names the address and "
           "says what to do.",
-          "take-3 \"/sam/separate: the file /tmp/x.wav is outside the folders sam-bridge may read …\""),
+          "take-3 \"/sam/separate: The file /tmp/x.wav is outside the folders sam-bridge may read …\""),
     Reply("cancel/ok", (_JOB_ID,), "Cancellation was requested.", "j-20240501-0007"),
     Reply("status/job", (_JOB_ID, _s("state", "job state"), Arg("progress", "f", "0..1"), _MESSAGE, _TAG),
           "One job.", "j-20240501-0007 running 0.4 \"separating on fal\" take-3"),
@@ -209,6 +209,22 @@ REPLIES: tuple[Reply, ...] = (
     Reply("unsubscribe/ok", (Arg("port", "i", "the port"),), "No longer subscribed.", "9011"),
 )
 
+NOTES = (
+    "- Replies go to the sender's address and port, or to the configured reply port (for Max's "
+    "`[udpreceive]`). A job's events go to the client that sent its `/sam/separate` and to every "
+    "subscriber.",
+    "- At most `rate_limit` separations per client per `rate_window` seconds (default 20 a minute); "
+    "more get `/sam/error` and are not queued.",
+    "- When a shared token is configured, it is the first argument of every request (before the "
+    "arguments above); it is never sent back.",
+    "- Bundles are taken apart and their messages run at once, in order (timetags are ignored); "
+    "a bundle inside a bundle is refused with `/sam/error`.",
+    "- Addresses are matched exactly (no OSC wildcards). Where a whole number (`i`) is expected, "
+    "9011.0 is accepted (Pd sends every number as a float); where a number (`f`) is expected, a whole "
+    "number is accepted.",
+    "- Requests from addresses outside the configured allowlist get no answer at all.",
+)
+
 REQUESTS_BY_NAME = {r.name: r for r in REQUESTS}
 REPLIES_BY_NAME = {r.name: r for r in REPLIES}
 
@@ -217,9 +233,9 @@ class ArgumentProblem(ValueError):
     """A request's arguments do not match its declaration; `str()` is the whole message for the user."""
 
 
-def shorten(value: object, limit: int = 60) -> str:
+def shorten(value: object, limit: int = 60, quoted: bool = True) -> str:
     """A value as it may be quoted back in an error: never the whole of an 8 KB string."""
-    text = repr(value) if not isinstance(value, str) else f'"{value}"'
+    text = repr(value) if not isinstance(value, str) else f'"{value}"' if quoted else value
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -310,7 +326,7 @@ def markdown_table(prefix: str = DEFAULT_PREFIX) -> str:
     for req in REQUESTS:
         replies = ", ".join(f"`{REPLIES_BY_NAME[name].address(prefix)}`" for name in req.replies)
         args = "<br>".join(f"`{a.signature}` {a.description}" for a in _all_args(req)) or "—"
-        example = f"`{req.address(prefix)} {req.example}`".replace(" `", "`")
+        example = "`" + " ".join(filter(None, (req.address(prefix), req.example))) + "`"
         lines.append(f"| `{req.address(prefix)}` | {_cell(args)} | {_cell(req.description)} | "
                      f"{_cell(example)} | {replies} |")
     lines += [
@@ -324,6 +340,7 @@ def markdown_table(prefix: str = DEFAULT_PREFIX) -> str:
             args += " (repeated)"
         lines.append(f"| `{rep.address(prefix)}` | {_cell(args)} | {_cell(rep.description)} | "
                      f"`{_cell(rep.address(prefix) + ' ' + rep.example)}` |")
+    lines += ["", *NOTES]
     return "\n".join(lines) + "\n"
 
 

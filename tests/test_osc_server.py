@@ -1,0 +1,352 @@
+"""Every OSC address and every reply, over real UDP on loopback, with a stand-in for the job engine."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from osc_helpers import TEST_VERSION, WAIT, OscClient, RecordingSink, done_event, running_server, write_wav
+from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_server import BlockingOSCUDPServer
+from pythonosc.udp_client import SimpleUDPClient
+
+from bridge.errors import ConfigError
+from bridge.jobs import JobEvent, JobState
+from bridge.osc_addresses import MAX_REPLY_BYTES
+from bridge.osc_server import OscServer, OscSettings
+from bridge.request import Origin, SeparationRequest
+
+
+@pytest.fixture
+def music(tmp_path: Path) -> Path:
+    root = tmp_path / "music"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def sink() -> RecordingSink:
+    return RecordingSink()
+
+
+@pytest.fixture
+def server(sink: RecordingSink, music: Path) -> Iterator[OscServer]:
+    with running_server(sink, source_roots=(music,), output_roots=(music,)) as started:
+        yield started
+
+
+@pytest.fixture
+def client(server: OscServer) -> Iterator[OscClient]:
+    device = OscClient(server.address)
+    yield device
+    device.close()
+
+
+def message(address: str, *args: object) -> bytes:
+    builder = OscMessageBuilder(address)
+    for arg in args:
+        builder.add_arg(arg)  # type: ignore[arg-type]
+    return builder.build().dgram
+
+
+def submit(client: OscClient, source: Path, what: str = "piano", tag: str = "t") -> str:
+    tag_back, job_id = client.request("/sam/separate", str(source), what, tag, reply="/sam/accepted")
+    assert tag_back == tag
+    return str(job_id)
+
+
+# --- requests and their replies ---
+
+def test_ping_answers_with_the_version_from_the_server_port(server: OscServer, client: OscClient) -> None:
+    client.send("/sam/ping")
+    pong = client.expect("/sam/pong")
+    assert pong.args == [TEST_VERSION]
+    assert pong.sender[1] == server.address[1]
+
+
+def test_separate_with_a_preset_name_in_any_case(client: OscClient, sink: RecordingSink, music: Path) -> None:
+    source = write_wav(music / "Guitar 01.wav")
+    assert client.request("/sam/separate", str(source), "VOCALS", "take-3", reply="/sam/accepted") == \
+        ["take-3", "job-1"]
+    (request,) = sink.requests
+    assert (request.preset, request.prompt) == ("Vocals", None)
+    assert request.source == source.resolve()
+    assert request.tag == "take-3" and request.origin is Origin.osc
+    assert request.project_dir is None and request.start is None and request.length is None
+
+
+def test_separate_with_a_prompt_project_and_part(client: OscClient, sink: RecordingSink, music: Path) -> None:
+    source = write_wav(music / "mix.wav")
+    project = music / "Song"  # need not exist yet
+    args = client.request("/sam/separate", str(source), "distorted guitar", "x", str(project), 1.5, 2.0,
+                          reply="/sam/accepted")
+    assert args == ["x", "job-1"]
+    (request,) = sink.requests
+    assert (request.preset, request.prompt) == (None, "distorted guitar")
+    assert request.project_dir == project.resolve()
+    assert (request.start, request.length) == (1.5, 2.0)
+
+
+def test_separate_takes_whole_numbers_for_seconds_and_empty_strings_as_not_given(
+        client: OscClient, sink: RecordingSink, music: Path) -> None:
+    source = write_wav(music / "mix.wav")
+    assert client.request("/sam/separate", str(source), "piano", "", "", 3, 4,
+                          reply="/sam/accepted") == ["", "job-1"]
+    (request,) = sink.requests
+    assert request.tag == "" and request.project_dir is None
+    assert (request.start, request.length) == (3.0, 4.0)
+    assert isinstance(request.start, float)
+
+
+def test_cancel_known_and_unknown_jobs(client: OscClient, sink: RecordingSink, music: Path) -> None:
+    job_id = submit(client, write_wav(music / "a.wav"))
+    assert client.request("/sam/cancel", job_id, reply="/sam/cancel/ok") == [job_id]
+    assert sink.cancelled == [job_id]
+    key, text = client.request("/sam/cancel", "job-404", reply="/sam/error")
+    assert key == "job-404"
+    assert text.startswith("/sam/cancel: ") and "no queued or running job" in text
+
+
+def test_status_of_one_job_of_all_jobs_and_of_an_unknown_job(
+        client: OscClient, music: Path) -> None:
+    first = submit(client, write_wav(music / "a.wav"), tag="one")
+    second = submit(client, write_wav(music / "b.wav"), tag="two")
+    assert client.request("/sam/status", first, reply="/sam/status/job") == \
+        [first, "queued", 0.0, "queued", "one"]
+    assert client.expect("/sam/status/end").args == [1]
+
+    client.send("/sam/status")
+    listed = {client.expect("/sam/status/job").args[0], client.expect("/sam/status/job").args[0]}
+    assert listed == {first, second}
+    assert client.expect("/sam/status/end").args == [2]
+
+    key, text = client.request("/sam/status", "job-404", reply="/sam/error")
+    assert key == "job-404" and "no job" in text
+
+
+def test_presets_are_split_over_small_messages_and_end_with_the_count(
+        client: OscClient, sink: RecordingSink) -> None:
+    sink.presets = [f"preset number {i:03d} with a long name" for i in range(300)]
+    client.send("/sam/presets")
+    names: list[str] = []
+    sizes: list[int] = []
+    while (got := client.receive()).address == "/sam/presets/list":
+        names += got.args
+        sizes.append(got.size)
+    assert got.address == "/sam/presets/end" and got.args == [300]
+    assert names == sink.presets
+    assert len(sizes) > 5 and max(sizes) <= 1100
+
+
+def test_no_presets_is_just_the_end(client: OscClient, sink: RecordingSink) -> None:
+    sink.presets = []
+    assert client.request("/sam/presets", reply="/sam/presets/end") == [0]
+
+
+def test_reply_port_sends_answers_to_the_configured_port(sink: RecordingSink) -> None:
+    receiver = OscClient(("127.0.0.1", 0))  # Max's [udpreceive] on a fixed port; it never sends
+    with running_server(sink, reply_port=receiver.port) as server:
+        sender = OscClient(server.address)
+        sender.send("/sam/ping")
+        assert receiver.expect("/sam/pong").args == [TEST_VERSION]
+        assert sender.nothing_waiting()
+        sender.close()
+    receiver.close()
+
+
+# --- job events ---
+
+def test_events_reach_the_submitter_stems_before_done(
+        client: OscClient, sink: RecordingSink, music: Path) -> None:
+    job_id = submit(client, write_wav(music / "Guitar 01.wav"))
+    sink.emit(JobEvent(job_id, "t", JobState.running, 0.4, "separating on fal"))
+    progress = client.expect("/sam/progress").args
+    assert progress[:2] == [job_id, "running"] and progress[2] == pytest.approx(0.4) and progress[3] == \
+        "separating on fal"
+
+    stems = {"target": str(music / "Stems/g.target.wav"), "residual": str(music / "Stems/g.residual.wav")}
+    sink.emit(done_event(job_id, stems, str(music / "Stems/g.sam.json")))
+    assert client.expect("/sam/progress").args[:3] == [job_id, "done", 1.0]
+    assert client.expect("/sam/stem").args == [job_id, "target", stems["target"]]
+    assert client.expect("/sam/stem").args == [job_id, "residual", stems["residual"]]
+    assert client.expect("/sam/done").args == [job_id, stems["target"], stems["residual"],
+                                               str(music / "Stems/g.sam.json")]
+
+
+def test_a_stem_set_is_done_with_the_first_stem_and_other(
+        client: OscClient, sink: RecordingSink, music: Path) -> None:
+    job_id = submit(client, write_wav(music / "mix.wav"), what="band")
+    stems = {"vocals": "/s/v.wav", "drums": "/s/d.wav", "other": "/s/o.wav"}
+    sink.emit(done_event(job_id, stems, "/s/mix.sam.json"))
+    client.expect("/sam/progress")
+    assert [client.expect("/sam/stem").args[1] for _ in stems] == ["vocals", "drums", "other"]
+    assert client.expect("/sam/done").args == [job_id, "/s/v.wav", "/s/o.wav", "/s/mix.sam.json"]
+
+
+@pytest.mark.parametrize("state", [JobState.failed, JobState.cancelled])
+def test_failed_and_cancelled_jobs_end_with_an_error(
+        state: JobState, client: OscClient, sink: RecordingSink, music: Path) -> None:
+    job_id = submit(client, write_wav(music / "a.wav"))
+    error = "fal refused the key. Check FAL_KEY." if state is JobState.failed else None
+    sink.emit(JobEvent(job_id, "t", state, 0.3, "Job cancelled.", error=error))
+    assert client.expect("/sam/progress").args[:2] == [job_id, state.value]
+    assert client.expect("/sam/error").args == [job_id, error or "Job cancelled."]
+
+
+def test_events_of_other_clients_jobs_are_not_sent_to_me(
+        server: OscServer, client: OscClient, sink: RecordingSink, music: Path) -> None:
+    other = OscClient(server.address)
+    mine = submit(client, write_wav(music / "a.wav"))
+    theirs = submit(other, write_wav(music / "b.wav"))
+    sink.emit(JobEvent(theirs, "t", JobState.running, 0.1, "theirs"))
+    sink.emit(JobEvent(mine, "t", JobState.running, 0.2, "mine"))
+    assert other.expect("/sam/progress").args[0] == theirs
+    assert client.expect("/sam/progress").args[0] == mine  # theirs would have arrived first
+    other.close()
+
+
+def test_subscribers_get_every_job_until_they_unsubscribe(
+        server: OscServer, client: OscClient, sink: RecordingSink, music: Path) -> None:
+    watcher = OscClient(server.address)
+    assert watcher.request("/sam/subscribe", float(watcher.port), reply="/sam/subscribe/ok") == [watcher.port]
+    job_id = submit(client, write_wav(music / "a.wav"))
+    sink.emit(JobEvent(job_id, "t", JobState.uploading, 0.1, "uploading"))
+    assert watcher.expect("/sam/progress").args[:2] == [job_id, "uploading"]
+    assert client.expect("/sam/progress").args[:2] == [job_id, "uploading"]
+
+    assert watcher.request("/sam/unsubscribe", watcher.port, reply="/sam/unsubscribe/ok") == [watcher.port]
+    sink.emit(JobEvent(job_id, "t", JobState.running, 0.5, "running"))
+    sink.emit(JobEvent(job_id, "t", JobState.running, 0.6, "still running"))
+    client.expect("/sam/progress")
+    client.expect("/sam/progress")  # the forwarder has finished the first event, watcher included
+    assert watcher.nothing_waiting()
+    watcher.close()
+
+
+class EagerSink(RecordingSink):
+    """An engine that reports the new job before `submit` even returns."""
+
+    def submit(self, request: SeparationRequest) -> str:
+        job_id = super().submit(request)
+        self.emit(JobEvent(job_id, request.tag, JobState.queued, 0.0, "queued"))
+        return job_id
+
+
+def test_accepted_comes_before_the_jobs_first_event(music: Path) -> None:
+    sink = EagerSink()
+    with running_server(sink, source_roots=(music,), output_roots=(music,)) as server:
+        client = OscClient(server.address)
+        job_id = submit(client, write_wav(music / "a.wav"))
+        assert client.expect("/sam/progress").args[:2] == [job_id, "queued"]
+        client.close()
+
+
+def test_a_burst_of_events_does_not_block_the_engine(client: OscClient, sink: RecordingSink) -> None:
+    for i in range(20_000):  # more than the event queue holds: extra ones are dropped, never waited for
+        sink.emit(JobEvent(f"nobody-{i}", "", JobState.running, 0.5, "x"))
+    assert client.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION]
+
+
+# --- bundles ---
+
+def bundle(*contents: bytes, timetag: float = IMMEDIATELY) -> bytes:
+    builder = OscBundleBuilder(timetag)  # type: ignore[arg-type]  # python-osc takes float seconds
+    built = b"#bundle\x00" + builder.build().dgram[8:16]
+    for content in contents:
+        built += len(content).to_bytes(4, "big") + content
+    return built
+
+
+def test_a_bundle_runs_its_messages_in_order(client: OscClient) -> None:
+    client.send_raw(bundle(message("/sam/ping"), message("/sam/presets")))
+    client.expect("/sam/pong")
+    assert client.expect("/sam/presets/list").args == ["piano", "Vocals", "drums"]
+    assert client.expect("/sam/presets/end").args == [3]
+
+
+def test_a_future_timetag_does_not_stall_the_server(client: OscClient) -> None:
+    client.send_raw(bundle(message("/sam/ping"), timetag=time.time() + 3600))
+    assert client.expect("/sam/pong").args == [TEST_VERSION]
+
+
+def test_a_nested_bundle_is_refused_and_its_messages_not_run(client: OscClient) -> None:
+    client.send_raw(bundle(message("/sam/ping"), bundle(message("/sam/presets"))))
+    client.expect("/sam/pong")
+    key, text = client.expect("/sam/error").args
+    assert key == "" and text.startswith("#bundle: bundles inside bundles are not supported")
+    client.send("/sam/ping")
+    client.expect("/sam/pong")  # no /sam/presets/list came in between
+
+
+# --- life cycle ---
+
+def test_stop_releases_the_port(sink: RecordingSink) -> None:
+    with running_server(sink) as server:
+        host, port = server.address
+    again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    again.bind((host, port))
+    again.close()
+
+
+def test_a_busy_port_is_a_clear_error(sink: RecordingSink) -> None:
+    with running_server(sink) as server:
+        second = OscServer(sink, OscSettings(port=server.address[1]), TEST_VERSION)
+        with pytest.raises(ConfigError, match="cannot listen") as caught:
+            second.start()
+        assert "another OSC port" in caught.value.hint
+
+
+def test_every_reply_fits_python_oscs_buffer(client: OscClient, sink: RecordingSink, music: Path) -> None:
+    job_id = submit(client, write_wav(music / "a.wav"))
+    long_path = "/" + "deep folder/" * 500 + "stem.wav"  # 6 KB each: three of them cannot all fit
+    sink.emit(done_event(job_id, {"target": long_path, "residual": long_path}, long_path))
+    client.expect("/sam/progress")
+    assert client.expect("/sam/stem").args[2] == long_path  # one fits whole
+    client.expect("/sam/stem")
+    done = client.expect("/sam/done")
+    assert done.size <= MAX_REPLY_BYTES
+    assert done.args[0] == job_id and all(a.endswith("…") or a == long_path for a in done.args[1:])
+
+
+class PythonOscDevice(BlockingOSCUDPServer):
+    def handle_timeout(self) -> None:
+        raise AssertionError("no datagram arrived within the wait")
+
+
+def test_python_oscs_own_client_and_server_understand_everything(sink: RecordingSink, music: Path) -> None:
+    """A device built on python-osc: SimpleUDPClient sends, a BlockingOSCUDPServer (8 KB buffer,
+    drops anything longer) receives on a fixed reply port."""
+    received: list[tuple[str, list[Any]]] = []
+    dispatcher = Dispatcher()
+    dispatcher.set_default_handler(lambda address, *args: received.append((address, list(args))))
+    device = PythonOscDevice(("127.0.0.1", 0), dispatcher)
+    device.timeout = WAIT
+    sink.presets = [f"a rather long preset name number {i}" for i in range(200)]
+    source = write_wav(music / "a.wav")
+    try:
+        with running_server(sink, reply_port=device.server_address[1], source_roots=(music,),
+                            output_roots=(music,)) as server:
+            sender = SimpleUDPClient(*server.address)
+            sender.send_message("/sam/presets", [])
+            while not received or received[-1][0] != "/sam/presets/end":
+                device.handle_request()
+            sender.send_message("/sam/separate", [str(source), "piano", "tag"])
+            device.handle_request()
+            job_id = received[-1][1][1]
+            long_path = "/" + "deep folder/" * 500 + "stem.wav"
+            sink.emit(done_event(job_id, {"target": long_path, "residual": long_path}, long_path))
+            while received[-1][0] != "/sam/done":
+                device.handle_request()
+    finally:
+        device.server_close()
+    names = [name for address, args in received if address == "/sam/presets/list" for name in args]
+    assert names == sink.presets
+    assert ("/sam/presets/end", [200]) in received
+    assert ("/sam/accepted", ["tag", job_id]) in received
+    assert [a for a, _ in received[-4:]] == ["/sam/progress", "/sam/stem", "/sam/stem", "/sam/done"]
