@@ -134,7 +134,7 @@ class Daemon:
             concurrency=self.config.concurrency, dedupe=self.config.dedupe, daily_budget=self.config.daily_budget,
             prices=self.config.prices, workroot=self.state / "work",
         )
-        engine = self.engine = JobEngine(journal, Pipeline(client, prices=self.config.prices), self.library,
+        engine = self.engine = JobEngine(journal, Pipeline(client, prices=self.config.prices, use_stream=False), self.library,
                                          settings)
         engine.start()
         stack.callback(engine.stop)

@@ -183,6 +183,7 @@ class JobEngine(JobSink):
                             self._finish_cancelled(row)
                     elif (row.view.state in (JobState.queued, JobState.waiting) and job_id not in self._pending
                           and job_id not in self._running):
+                        self._cancelled.discard(job_id)  # `sam-bridge retry` of a cancelled job
                         self._pending.add(job_id)
                         self._cond.notify()
                     elif row.view.state == JobState.waiting and row.not_before <= time.time():

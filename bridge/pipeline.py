@@ -88,6 +88,9 @@ class Pipeline:
     client: FalClient
     prices: PriceTable = field(default_factory=PriceTable)
     poll_interval: float = 0.5
+    # The CLI follows the server-sent status stream (fast, one connection); the daemon polls, so a
+    # cancel is acted on within `poll_interval` and dozens of jobs don't hold dozens of open streams.
+    use_stream: bool = True
 
     def run(self, request: SeparationRequest, recipe: Recipe, hooks: Hooks, workdir: Path,
             resume: dict[int, RequestHandle] | None = None, temp_tag: str = "") -> JobResult:
@@ -253,7 +256,7 @@ class _Run:
 
         try:
             self.p.client.wait(handle, on_status=on_status, cancelled=self.hooks.cancelled,
-                               poll_interval=self.p.poll_interval)
+                               poll_interval=self.p.poll_interval, use_stream=self.p.use_stream)
         except Cancelled:
             self.p.client.cancel(handle)
             raise
@@ -264,6 +267,7 @@ class _Run:
 
     def download(self, index: int, handle: RequestHandle) -> tuple[Path, Path]:
         t = time.monotonic()
+        self.report(JobState.downloading, 0.0, "Fetching the results")
         for attempt in (1, 2):
             result = self.p.client.result(handle)
             try:

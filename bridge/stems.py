@@ -12,6 +12,7 @@ import os
 import re
 import tempfile
 import unicodedata
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,9 @@ def job_names(folder: Path, source_name: str, label: str, stem_labels: list[str]
 
 
 def temp_path_for(final: Path, tag: str = "") -> Path:
-    """A temp name beside `final` (same filesystem, so os.replace is atomic)."""
-    handle, name = tempfile.mkstemp(dir=final.parent, prefix=f"{TEMP_PREFIX}{tag}-", suffix=".tmp")
-    os.close(handle)
-    return Path(name)
+    """A fresh, not yet existing temp name beside `final` (same filesystem, so the rename is atomic).
+    Writers create it exclusively, so a clash can never overwrite anything."""
+    return final.parent / f"{TEMP_PREFIX}{tag}-{uuid.uuid4().hex[:12]}.tmp"
 
 
 def place(temp: Path, final: Path) -> None:
@@ -111,7 +111,7 @@ def write_json_atomic(path: Path, data: Any, *, overwrite: bool = True) -> None:
     """Write JSON under a temp name, fsync, then rename; readers see the old file or the whole new one."""
     temp = temp_path_for(path)
     try:
-        with open(temp, "w", encoding="utf-8") as out:
+        with open(temp, "x", encoding="utf-8") as out:
             json.dump(data, out, indent=2, ensure_ascii=False)
             out.write("\n")
             out.flush()

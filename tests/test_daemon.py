@@ -1,0 +1,259 @@
+"""The daemon as a real process: request files in, stems and status files out; crashes, restarts and
+faults never lose a job and never pay twice (the local service's counters prove it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import TEST_KEY, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def make_source(path: Path, seconds: float = 2.0, rate: int = 44100, channels: int = 2,
+                subtype: str = "PCM_24", seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    mono = 0.3 * np.sin(2 * np.pi * 110 * t) + 0.1 * rng.standard_normal(n)
+    mono[:: rate // 4] += 0.5  # clicks: transients to line up
+    data = np.stack([mono * (0.5 + 0.5 * c / max(channels - 1, 1)) for c in range(channels)], axis=1)
+    sf.write(path, np.clip(data, -1, 1) * 0.7, rate, subtype=subtype)
+    return path
+
+
+def write_request(folder: Path, name: str, **fields: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = folder / f"{name}.json.tmp"
+    temp.write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}))
+    final = folder / f"{name}.json"
+    os.replace(temp, final)
+    return final
+
+
+def read_status(request: Path) -> dict[str, Any]:
+    path = request.with_name(request.name[:-5] + ".status.json")
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_state(request: Path, states: tuple[str, ...], timeout: float = 60.0) -> dict[str, Any]:
+    wait_for(lambda: read_status(request).get("state") in states, timeout=timeout,
+             what=f"{request.name} to reach {states} (last: {read_status(request)})")
+    return read_status(request)
+
+
+def requests_dir(info: dict[str, Any]) -> Path:
+    return Path(str(info["requests_dir"]))
+
+
+def test_request_file_gives_stems_and_status(daemon_factory, service, user_dirs, tmp_path: Path) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    source = make_source(user_dirs["home"] / "Guitar 01.wav")
+    before = source.read_bytes()
+    request = write_request(requests_dir(info), "take1", source=source, prompt="bass guitar", tag="t-1")
+    status = wait_state(request, ("done", "failed"))
+    assert status["state"] == "done", status
+    assert status["tag"] == "t-1" and status["progress"] == 1.0
+    assert list(status["stems"]) == ["target", "residual"]
+    target, residual = (Path(status["stems"][k]) for k in ("target", "residual"))
+    assert target.name == "Guitar 01 - bass-guitar.target.wav"
+    assert target.parent == source.parent / "Stems"
+    src, rate = sf.read(source, dtype="float64")
+    tgt, t_rate = sf.read(target, dtype="float64")
+    res, _ = sf.read(residual, dtype="float64")
+    assert t_rate == rate and tgt.shape == src.shape == res.shape
+    assert sf.info(str(target)).subtype == "PCM_24"
+    assert np.max(np.abs(src - (tgt + res))) <= 2.0 / 2**23  # nulls against the source
+    manifest = json.loads(Path(status["manifest"]).read_text())
+    assert manifest["stems"]["target"]["path"] == str(target)
+    assert source.read_bytes() == before  # the source is never touched
+    assert service.stats()["submits"] == 1
+    assert daemon.stop() == 0
+
+
+def test_kill_after_submit_resumes_without_paying_twice(daemon_factory, user_dirs, tmp_path: Path) -> None:
+    from bridge.local_service import LocalFalService
+
+    with LocalFalService(key=TEST_KEY, job_time=4.0) as slow:
+        daemon = daemon_factory(slow.url)
+        info = daemon.start()
+        source = make_source(user_dirs["home"] / "vox.wav")
+        request = write_request(requests_dir(info), "vox", source=source, prompt="vocals")
+        wait_state(request, ("submitted", "running"), timeout=30)
+        daemon.kill()  # kill -9: no chance to clean up
+        assert slow.stats()["submits"] == 1
+        restarted = daemon_factory(slow.url)
+        restarted.start()
+        status = wait_state(request, ("done", "failed"), timeout=60)
+        assert status["state"] == "done", status
+        assert slow.stats()["submits"] == 1  # polled by its request id, not submitted again
+        assert restarted.stop() == 0
+
+
+def test_kill_during_download_leaves_no_partial_stem(daemon_factory, service, user_dirs) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    source = make_source(user_dirs["home"] / "drums.wav")
+    service.faults.stall("download", seconds=4.0, times=2)
+    request = write_request(requests_dir(info), "drums", source=source, prompt="kick drum")
+    wait_state(request, ("downloading",), timeout=30)
+    daemon.kill()
+    stems = source.parent / "Stems"
+    visible = [p.name for p in stems.iterdir() if not p.name.startswith(".")] if stems.exists() else []
+    assert visible == []  # nothing a DAW or watcher could pick up
+    service.faults.clear()
+    restarted = daemon_factory(service.url)
+    restarted.start()
+    status = wait_state(request, ("done", "failed"))
+    assert status["state"] == "done", status
+    assert service.stats()["submits"] == 1
+    assert sorted(p.name for p in stems.iterdir() if not p.name.startswith(".")) == [
+        "drums - kick-drum.residual.wav", "drums - kick-drum.sam.json", "drums - kick-drum.target.wav"]
+    assert [p.name for p in stems.iterdir() if p.name.startswith(".")] == []  # temp files cleaned up
+    restarted.stop()
+
+
+def test_in_flight_limit_holds_for_fifty_requests(daemon_factory, user_dirs) -> None:
+    from bridge.local_service import LocalFalService
+
+    with LocalFalService(key=TEST_KEY, concurrency=16, job_time=0.3) as svc:
+        daemon = daemon_factory(svc.url, extra=["--concurrency", "4"])
+        info = daemon.start()
+        requests = []
+        for n in range(50):
+            source = make_source(user_dirs["home"] / f"clip{n:02d}.wav", seconds=0.3, channels=1, seed=n)
+            requests.append(write_request(requests_dir(info), f"clip{n:02d}", source=source, prompt="piano"))
+        for request in requests:
+            assert wait_state(request, ("done", "failed"), timeout=120)["state"] == "done"
+        stats = svc.stats()
+        assert stats["submits"] == 50
+        assert 2 <= stats["max_running"] <= 4
+        daemon.stop()
+
+
+def test_identical_request_reuses_result_without_submitting(daemon_factory, service, user_dirs) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    source = make_source(user_dirs["home"] / "a.wav")
+    copy = user_dirs["home"] / "b.wav"
+    copy.write_bytes(source.read_bytes())
+    first = write_request(requests_dir(info), "first", source=source, prompt="piano")
+    assert wait_state(first, ("done", "failed"))["state"] == "done"
+    second = write_request(requests_dir(info), "second", source=copy, prompt="piano")
+    status = wait_state(second, ("done", "failed"))
+    assert status["state"] == "done" and "reused" in status["message"]
+    assert service.stats()["submits"] == 1
+    manifest = json.loads(Path(status["manifest"]).read_text())
+    assert manifest["reused_from"] and manifest["estimated_cost"]["amount"] == 0.0
+    a, _ = sf.read(read_status(first)["stems"]["target"])
+    b, _ = sf.read(status["stems"]["target"])
+    assert np.array_equal(a, b)
+    daemon.stop()
+
+
+def test_sigterm_exits_cleanly_and_second_instance_is_refused(daemon_factory, service, user_dirs) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    second = subprocess.run([sys.executable, "-m", "bridge", "run", "--service-url", service.url,
+                             "--osc-port", "0"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "FAL_KEY": TEST_KEY})
+    assert second.returncode != 0
+    assert f"already running (process {info['pid']})" in second.stderr
+    began = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - began < 5.0
+    assert not (user_dirs["state"] / "daemon.json").exists()
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"prompt": "piano"}), "source: required"),
+    (json.dumps({"source": "/nope/missing.wav", "prompt": "piano"}), "does not exist"),
+    (json.dumps({"source": "SOURCE", "preset": "no-such-preset"}), "no-such-preset"),
+    (json.dumps({"source": "TEXTFILE", "prompt": "piano"}), "not"),
+    (json.dumps({"source": "SOURCE", "prompt": "piano", "colour": "red"}), "colour: unknown field"),
+])
+def test_bad_request_files_get_a_clear_status(daemon_factory, service, user_dirs, body: str,
+                                              expected: str) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    source = make_source(user_dirs["home"] / "ok.wav", seconds=0.5)
+    text_file = user_dirs["home"] / "notes.wav"
+    text_file.write_text("this is not audio at all")
+    body = body.replace("SOURCE", str(source)).replace("TEXTFILE", str(text_file))
+    folder = requests_dir(info)
+    (folder / "bad.json.tmp").write_text(body)
+    os.replace(folder / "bad.json.tmp", folder / "bad.json")
+    status = wait_state(folder / "bad.json", ("failed",), timeout=30)
+    assert expected in (status["error"] or ""), status
+    good = write_request(folder, "good", source=source, prompt="piano")  # the daemon keeps serving
+    assert wait_state(good, ("done", "failed"))["state"] == "done"
+    daemon.stop()
+
+
+def test_service_down_jobs_wait_then_finish(daemon_factory, service, user_dirs) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    service.faults.fail("token", status=503, times=1000)
+    service.faults.fail("submit", status=503, times=1000)
+    source = make_source(user_dirs["home"] / "late.wav", seconds=0.5)
+    request = write_request(requests_dir(info), "late", source=source, prompt="piano")
+    status = wait_state(request, ("waiting",), timeout=60)
+    assert "unavailable" in status["message"] and "Retrying" in status["message"]
+    service.faults.clear()
+    assert wait_state(request, ("done", "failed"), timeout=90)["state"] == "done"
+    assert service.stats()["submits"] == 1
+    daemon.stop()
+
+
+def test_unwritable_output_folder_fails_the_job_cleanly(daemon_factory, service, user_dirs) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    source = make_source(user_dirs["home"] / "x.wav", seconds=0.5)
+    blocker = user_dirs["home"] / "a-file"
+    blocker.write_text("not a folder")
+    request = write_request(requests_dir(info), "x", source=source, prompt="piano",
+                            output_dir=str(blocker / "Stems"))
+    status = wait_state(request, ("failed",))
+    assert "Cannot write stems" in status["error"]
+    assert service.stats()["submits"] == 0  # checked before anything was paid for
+    daemon.stop()
+
+
+def test_status_cancel_and_retry_commands_read_the_journal(daemon_factory, user_dirs) -> None:
+    from bridge.local_service import LocalFalService
+
+    with LocalFalService(key=TEST_KEY, job_time=30.0) as slow:
+        daemon = daemon_factory(slow.url)
+        info = daemon.start()
+        source = make_source(user_dirs["home"] / "long.wav", seconds=0.5)
+        request = write_request(requests_dir(info), "long", source=source, prompt="piano")
+        job_id = wait_state(request, ("running", "submitted"))["job_id"]
+        env = {**os.environ}
+        shown = subprocess.run([sys.executable, "-m", "bridge", "status", "--json"], capture_output=True,
+                               text=True, env=env, timeout=30)
+        assert json.loads(shown.stdout)[0]["job_id"] == job_id
+        cancelled = subprocess.run([sys.executable, "-m", "bridge", "cancel", job_id[:6]], capture_output=True,
+                                   text=True, env=env, timeout=30)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert wait_state(request, ("cancelled",), timeout=30)["state"] == "cancelled"
+        wait_for(lambda: slow.stats()["cancels"] >= 1, what="the service to see the cancel")
+        retried = subprocess.run([sys.executable, "-m", "bridge", "retry", job_id], capture_output=True,
+                                 text=True, env=env, timeout=30)
+        assert retried.returncode == 0, retried.stderr
+        wait_for(lambda: slow.stats()["submits"] == 2, what="the retried job to be submitted again")
+        daemon.stop()

@@ -1,0 +1,201 @@
+"""The real fal client over real HTTP against the local fal-protocol service on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bridge.errors import AuthError, JobFailed, ServiceUnavailable, SubmitUncertain, ValidationError
+from bridge.fal_auth import ApiKey
+from bridge.fal_client import FalClient, Timeouts
+from bridge.retry import RetryPolicy
+from tests.conftest import FAST_RETRY, TEST_KEY
+
+
+def make_wav(path: Path, seconds: float = 1.0, rate: int = 48000) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(path, 0.3 * np.sin(2 * np.pi * 100 * t) + 0.2 * np.sin(2 * np.pi * 1000 * t), rate, subtype="PCM_16")
+    return path
+
+
+def separate(client: FalClient, audio: Path, prompt: str = "bass") -> dict[str, object]:
+    url = client.storage.upload(audio, "audio/wav")
+    handle = client.submit("separate", {"audio_url": url, "prompt": prompt})
+    client.wait(handle, poll_interval=0.02)
+    return client.result(handle)
+
+
+class RecordingSleep:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+def test_round_trip_returns_mono_48k_target_and_residual(client: FalClient, service, tmp_path: Path) -> None:
+    result = separate(client, make_wav(tmp_path / "in.wav", rate=44100))
+    for key in ("target", "residual"):
+        dest = tmp_path / f"{key}.wav"
+        size = client.download(result[key]["url"], dest)  # type: ignore[index]
+        assert size == dest.stat().st_size > 0
+        info = sf.info(str(dest))
+        assert (info.samplerate, info.channels) == (48000, 1)
+        assert abs(info.frames - 48000) <= 1
+    assert service.stats()["submits"] == 1
+
+
+@pytest.mark.parametrize("mode", ["data-uri", "cdn", "multipart"])
+def test_upload_paths_deliver_the_same_bytes(service, tmp_path: Path, mode: str) -> None:
+    audio = make_wav(tmp_path / "in.wav", seconds=2.0)
+    limit = 1 << 30 if mode == "data-uri" else 0
+    with FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY,
+                   data_uri_limit=limit) as client:
+        if mode == "multipart":
+            client.storage.multipart_threshold = 50_000
+            client.storage.part_size = 40_000  # several parts, the last one short
+        url = client.storage.upload(audio, "audio/wav")
+        if mode == "data-uri":
+            assert url.startswith("data:audio/wav;base64,")
+            return
+        assert url.startswith(service.url)
+        dest = tmp_path / "back.wav"
+        client.download(url, dest)
+        assert dest.read_bytes() == audio.read_bytes()
+
+
+def test_submit_retried_after_ingress_503s_and_charged_once(service, tmp_path: Path) -> None:
+    sleeper = RecordingSleep()
+    with FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY,
+                   sleep=sleeper) as client:
+        service.faults.fail("submit", status=503, times=2)
+        result = separate(client, make_wav(tmp_path / "in.wav"))
+    assert "target" in result
+    assert service.stats()["submits"] == 1
+    assert len(sleeper.delays) >= 2
+
+
+def test_429_retry_after_is_honoured(service, tmp_path: Path) -> None:
+    sleeper = RecordingSleep()
+    with FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY,
+                   sleep=sleeper) as client:
+        audio = make_wav(tmp_path / "in.wav")
+        url = client.storage.upload(audio, "audio/wav")
+        service.faults.fail("status", status=429, times=1, retry_after=1.5)
+        handle = client.submit("separate", {"audio_url": url, "prompt": "bass"})
+        client.wait(handle, poll_interval=0.0, use_stream=False)
+    assert 1.5 in sleeper.delays
+
+
+def test_dropped_status_connection_is_recovered(client: FalClient, service, tmp_path: Path) -> None:
+    service.faults.drop("status", times=2)
+    service.faults.drop("stream", times=1)
+    result = separate(client, make_wav(tmp_path / "in.wav"))
+    assert "residual" in result
+    assert service.stats()["submits"] == 1
+
+
+def test_lost_submit_answer_is_never_repeated(client: FalClient, service, tmp_path: Path) -> None:
+    url = client.storage.upload(make_wav(tmp_path / "in.wav"), "audio/wav")
+    service.faults.lose_submit_answer(times=1)
+    with pytest.raises(SubmitUncertain) as err:
+        client.submit("separate", {"audio_url": url, "prompt": "bass"})
+    assert "never charged twice" in str(err.value)
+    assert service.stats()["submits"] == 1  # it landed once; we did not send it again
+
+
+def test_stalled_read_times_out_and_is_retried(service, tmp_path: Path) -> None:
+    with FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY,
+                   timeouts=Timeouts(read=0.3, status_read=0.3)) as client:
+        url = client.storage.upload(make_wav(tmp_path / "in.wav"), "audio/wav")
+        handle = client.submit("separate", {"audio_url": url, "prompt": "bass"})
+        service.faults.stall("status", seconds=1.0, times=1)
+        status = client.wait(handle, poll_interval=0.02, use_stream=False)
+    assert status.completed
+
+
+@pytest.mark.parametrize("key", ["", "wrong-key-value"])
+def test_bad_or_missing_key_is_an_auth_error(service, tmp_path: Path, key: str) -> None:
+    if not key:
+        with pytest.raises(AuthError, match="FAL_KEY is not set") as err:
+            ApiKey.from_env({})
+        assert "--local" in str(err.value)
+        return
+    with FalClient(ApiKey(key), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY) as client:
+        with pytest.raises(AuthError, match="refused the API key") as err:
+            client.submit("separate", {"audio_url": "data:audio/wav;base64,AAAA", "prompt": "x"})
+    assert key not in str(err.value)
+    assert service.stats()["submits"] == 0
+
+
+def test_validation_error_names_the_field(client: FalClient, service) -> None:
+    with pytest.raises(ValidationError, match="reranking_candidates"):
+        client.submit("separate", {"audio_url": "data:audio/wav;base64,AAAA", "prompt": "piano",
+                                   "reranking_candidates": 0})
+    assert service.stats()["submits"] == 0
+
+
+def test_service_down_says_nothing_was_charged(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    url = f"http://127.0.0.1:{port}"
+    with FalClient(ApiKey(TEST_KEY), queue_url=url, rest_url=url, retry=FAST_RETRY, sleep=RecordingSleep()) as c:
+        with pytest.raises(ServiceUnavailable, match="nothing was charged") as err:
+            c.submit("separate", {"audio_url": "data:audio/wav;base64,AAAA", "prompt": "piano"})
+    assert f"{FAST_RETRY.attempts} tries" in str(err.value)
+
+
+def test_failed_job_reports_service_message_and_logs(client: FalClient, service, tmp_path: Path) -> None:
+    service.faults.fail_job(message="CUDA error: out of memory")
+    with pytest.raises(JobFailed, match="out of memory") as err:
+        separate(client, make_wav(tmp_path / "in.wav"))
+    assert "Last service log lines" in str(err.value)
+
+
+def test_cancel_a_queued_request(service, tmp_path: Path) -> None:
+    from bridge.local_service import LocalFalService
+
+    with LocalFalService(key=TEST_KEY, job_time=5.0, concurrency=1) as slow, FalClient(
+            ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
+        url = client.storage.upload(make_wav(tmp_path / "in.wav"), "audio/wav")
+        first = client.submit("separate", {"audio_url": url, "prompt": "bass"})
+        second = client.submit("separate", {"audio_url": url, "prompt": "bass"})
+        assert client.status(second).queue_position is not None
+        assert client.cancel(second) == "CANCELLATION_REQUESTED"
+        assert client.cancel(first) == "CANCELLATION_REQUESTED"
+        with pytest.raises(JobFailed, match="cancelled"):
+            client.wait(second, poll_interval=0.02, use_stream=False)
+
+
+def test_expired_result_links_are_reported(client: FalClient, service, tmp_path: Path) -> None:
+    result = separate(client, make_wav(tmp_path / "in.wav"))
+    service.faults.expire_files()
+    with pytest.raises(JobFailed, match="expired"):
+        client.download(result["target"]["url"], tmp_path / "t.wav")  # type: ignore[index]
+
+
+def test_key_never_appears_in_logs_reprs_or_errors(service, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    secret = "fal-secret-id-123456:fal-secret-part-abcdef"
+    key = ApiKey(secret)
+    caplog.set_level(logging.DEBUG)
+    with FalClient(key, queue_url=service.url, rest_url=service.url,
+                   retry=RetryPolicy(attempts=2, base_delay=0.01)) as client:
+        shown = f"{client!r} {key!r} {key}"
+        with pytest.raises(AuthError) as err:
+            client.submit("separate", {"audio_url": "data:audio/wav;base64,AAAA", "prompt": "x"})
+        logging.getLogger("test").debug("client is %r", client)
+    out = capsys.readouterr()
+    everything = shown + str(err.value) + repr(err.value) + caplog.text + out.out + out.err
+    for part in (secret, "fal-secret-id-123456", "fal-secret-part-abcdef"):
+        assert part not in everything
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(key)
