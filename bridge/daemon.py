@@ -98,7 +98,7 @@ def setup_logging(verbose: int, quiet: bool) -> Path:
 
 
 def choose_service(config: Config, local: bool, url: str | None) -> ServiceChoice:
-    if url or config.service.url and not local:
+    if url or (config.service.url and not local):
         return ServiceChoice(url=url or config.service.url)
     if local or config.service.mode == "local" or (config.service.mode == "auto" and not os.environ.get(ENV_VAR)):
         return ServiceChoice(local=True, local_delay=config.service.local_delay)
@@ -134,8 +134,8 @@ class Daemon:
             concurrency=self.config.concurrency, dedupe=self.config.dedupe, daily_budget=self.config.daily_budget,
             prices=self.config.prices, workroot=self.state / "work",
         )
-        engine = self.engine = JobEngine(journal, Pipeline(client, prices=self.config.prices, use_stream=False), self.library,
-                                         settings)
+        pipeline = Pipeline(client, prices=self.config.prices, use_stream=False)
+        engine = self.engine = JobEngine(journal, pipeline, self.library, settings)
         engine.start()
         stack.callback(engine.stop)
         requests_dir = self.config.requests_dir or self.state / "requests"

@@ -82,7 +82,12 @@ SECTIONS: dict[str, Callable[[], str]] = {
 def render(text: str) -> str:
     for name, make in SECTIONS.items():
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
-        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+        body = make()
+
+        def fill(match: re.Match[str], body: str = body) -> str:  # a function: no escape processing
+            return match.group(1) + body + "\n" + match.group(2)
+
+        text = pattern.sub(fill, text)
     return text
 
 

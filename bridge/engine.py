@@ -23,7 +23,7 @@ from bridge.dedupe import dedupe_key, reuse_result
 from bridge.errors import BridgeError, Cancelled, InputError, ServiceUnavailable, SourceError, SubmitUncertain
 from bridge.fal_client import RequestHandle
 from bridge.jobs import JobEvent, JobSink, JobState, JobView, RequestRejected
-from bridge.journal import Journal, JobRow
+from bridge.journal import JobRow, Journal
 from bridge.pipeline import JobResult, Pipeline, clean_workdir
 from bridge.presets import PresetLibrary, Recipe, recipe_for
 from bridge.request import SeparationRequest
@@ -34,7 +34,7 @@ ACTIVE = (JobState.queued, JobState.waiting, JobState.preparing, JobState.upload
           JobState.running, JobState.downloading, JobState.conforming)
 
 
-class ShuttingDown(BaseException):  # noqa: N818 - not an error: unwinds a job so it resumes next start
+class ShuttingDown(BaseException):
     """Raised inside a job when the daemon stops: the job keeps its journal state and resumes later."""
 
 

@@ -83,7 +83,7 @@ class FalStorage:
         with self._token_lock:
             if self._token and self._token["expires"] - 60 > time.time():
                 return self._token
-            data = self._client.call("POST", f"{self.rest_url}/storage/auth/token", "upload",
+            data: dict[str, Any] = self._client.call("POST", f"{self.rest_url}/storage/auth/token", "upload",
                                      params={"storage_type": "fal-cdn-v3"}, json={}).json()
             data["expires"] = _parse_expiry(data.get("expires_at"))
             data["base_url"] = str(data["base_url"]).rstrip("/")

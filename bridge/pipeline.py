@@ -20,6 +20,7 @@ from typing import Protocol
 
 import soundfile as sf
 
+from bridge import bwf
 from bridge.audio_source import SourceInfo, frame_range, make_upload_file, probe_source, source_sha256
 from bridge.conform import ConformReport, ConformSpec, conform
 from bridge.cost import PriceTable
@@ -32,11 +33,11 @@ from bridge.request import SeparationRequest
 from bridge.stems import (
     EXTENSIONS,
     ensure_writable,
+    job_names,
     output_folder,
     place,
-    job_names,
-    remove_stale_temps,
     remove_quietly,
+    remove_stale_temps,
     temp_path_for,
     write_json_atomic,
 )
@@ -160,15 +161,13 @@ class _Run:
             is_set = last > 0
             target_label = step.label if is_set else "target"
             target_tmp = self.new_temp(folder)
-            if index < last:  # an intermediate residual: full precision, fed to the next step
-                residual_tmp = self.workdir / f"step{index}.residual.wav"
-            else:
-                residual_tmp = self.new_temp(folder)
+            # an intermediate residual (full precision, fed to the next step) stays in the workdir
+            residual_tmp = self.workdir / f"step{index}.residual.wav" if index < last else self.new_temp(folder)
             self.run_step(index, step, source, step_source, step_start, step_frames,
                           target_tmp, residual_tmp, intermediate=index < last)
             stems[target_label] = target_tmp
             if index < last:
-                step_source = replace(probe_source(residual_tmp), bext=source.bext, ixml=source.ixml)
+                step_source = _carry_position(probe_source(residual_tmp), source, start_frame)
                 step_start, step_frames = 0, frames
             else:
                 stems[self.recipe.residual_label] = residual_tmp
@@ -183,7 +182,6 @@ class _Run:
                  frames: int, target_out: Path, residual_out: Path, *, intermediate: bool) -> ConformReport:
         record = StepRecord(label=step.label, prompt=step.prompt)
         self.steps.append(record)
-        began = time.monotonic()
         handle = self.resume.get(index)
         if handle is None:
             handle = self.submit_step(index, step, step_source, start, frames)
@@ -196,11 +194,11 @@ class _Run:
         self.check_cancel()
         self.report(JobState.conforming, 0.0, "Aligning and writing stems")
         t = time.monotonic()
+        first = self.steps[0].report  # later steps of a stem set read an intermediate: keep step 1's format
         spec = ConformSpec(
             source=step_source, start_frame=start, frames=frames,
-            # later steps of a stem set read an intermediate file: keep the first step's stem format
-            out_format=self.recipe.output.format or (self.steps[0].report.out_format if index else None),
-            out_subtype=self.recipe.output.subtype or (self.steps[0].report.out_subtype if index else None),
+            out_format=self.recipe.output.format or (first.out_format if first else None),
+            out_subtype=self.recipe.output.subtype or (first.out_subtype if first else None),
             residual_method=self.recipe.output.residual.value,
         )
         report = conform(spec, target_file, residual_file, target_out, residual_out,
@@ -223,7 +221,7 @@ class _Run:
             upload_path, content_type,
             progress=lambda done, total: self.report(JobState.uploading, done / max(total, 1), "Uploading"),
         )
-        if upload_path.parent == self.workdir:
+        if upload_path != source.path:  # a temp file made for the upload (never the user's file)
             remove_quietly(upload_path)
         self.timed("upload", t)
         self.check_cancel()
@@ -279,11 +277,7 @@ class _Run:
                     suffix = ".mp3" if "mp3" in str(entry.get("content_type", "")) + str(entry.get("url")) \
                         else ".wav"
                     dest = self.workdir / f"step{index}.service-{key}{suffix}"
-                    self.p.client.download(
-                        str(entry["url"]), dest,
-                        progress=lambda d, tot, n=n: self.report(
-                            JobState.downloading, (n + d / max(tot, 1)) / 2, "Downloading results"),
-                    )
+                    self.p.client.download(str(entry["url"]), dest, progress=self._download_progress(n))
                     files.append(dest)
                 self.timed("download", t)
                 return files[0], files[1]
@@ -292,6 +286,12 @@ class _Run:
                     raise
                 log.info("result links failed; asking the service for the result again")
         raise AssertionError("unreachable")
+
+    def _download_progress(self, index: int) -> Callable[[int, int], None]:
+        def progress(done: int, total: int) -> None:
+            self.report(JobState.downloading, (index + done / max(total, 1)) / 2, "Downloading results")
+
+        return progress
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -318,6 +318,19 @@ class _Run:
         write_json_atomic(manifest_path, manifest, overwrite=False)
         return JobResult(stems=finals, manifest=manifest_path, flags=flags, steps=self.steps,
                          estimated_cost=cost, timings=self.timings)
+
+
+def _carry_position(intermediate: SourceInfo, original: SourceInfo, start_frame: int) -> SourceInfo:
+    """An intermediate file of a stem set, wearing the original's timeline position (bext/iXML, speaker
+    layout), so every stem of the set lands where the first one does."""
+    bext = bwf.stem_bext(original.bext, start_frame) if original.bext else None
+    ixml = original.ixml
+    if ixml is not None and bext is not None:
+        ixml = bwf.stem_ixml(ixml, bwf.time_reference(bext))
+    mask = bwf.read_channel_mask(original.path)
+    if mask is not None:
+        bwf.write_channel_mask(intermediate.path, mask)
+    return replace(intermediate, bext=bext, ixml=ixml)
 
 
 def write_complement(source: SourceInfo, start: int, frames: int, target: Path, out: Path,
@@ -349,5 +362,3 @@ def check_source_unchanged(path: Path, fingerprint: tuple[int, int]) -> None:
         raise SourceError(f"The source {path} changed while the job ran; the stems would not match it.",
                           hint="Retry the job once the file is final.")
 
-
-ProgressFn = Callable[[JobState, float, str], None]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 
 class ProgressDisplay:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._last_message = ""
         self._began = time.monotonic()
 

@@ -12,12 +12,14 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pydantic
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from bridge.errors import BridgeError
 from bridge.jobs import JobEvent, JobSink, JobState, RequestRejected
@@ -58,10 +60,10 @@ class RequestFolder:
         self.sink, self.folder, self.rescan_interval = sink, folder, rescan_interval
         self._jobs: dict[str, Path] = {}  # job id -> request file
         self._queue: queue.Queue[Path | None] = queue.Queue()
-        self._observer: Any = None
+        self._observer: BaseObserver | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._unsubscribe = lambda: None
+        self._unsubscribe: Callable[[], None] = lambda: None
         self._lock = threading.Lock()
 
     def start(self) -> None:

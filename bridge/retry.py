@@ -21,7 +21,7 @@ class RetryPolicy:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after)
         backoff = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
-        return backoff * random.uniform(*self.jitter)
+        return float(backoff * random.uniform(*self.jitter))
 
 
 def parse_retry_after(value: str | None) -> float | None:

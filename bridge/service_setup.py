@@ -43,13 +43,14 @@ def open_client(choice: ServiceChoice) -> Iterator[FalClient]:
     if choice.local:
         from bridge.local_service import LocalFalService
 
-        with LocalFalService(processing_delay=choice.local_delay) as service:
-            with FalClient(ApiKey(LOCAL_KEY), queue_url=service.url, rest_url=service.url,
-                           retry=choice.retry) as client:
-                yield client
+        with LocalFalService(processing_delay=choice.local_delay) as service, FalClient(
+            ApiKey(LOCAL_KEY), queue_url=service.url, rest_url=service.url, retry=choice.retry
+        ) as client:
+            yield client
         return
     if choice.url:  # a stand-in you started: it gets FAL_KEY if set (to test keys), else a dummy key
-        with FalClient(ApiKey(os.environ.get("FAL_KEY") or LOCAL_KEY), queue_url=choice.url, rest_url=choice.url, retry=choice.retry,
+        key = ApiKey(os.environ.get("FAL_KEY") or LOCAL_KEY)
+        with FalClient(key, queue_url=choice.url, rest_url=choice.url, retry=choice.retry,
                        timeouts=Timeouts()) as client:
             yield client
         return

@@ -257,3 +257,25 @@ def test_status_cancel_and_retry_commands_read_the_journal(daemon_factory, user_
         assert retried.returncode == 0, retried.stderr
         wait_for(lambda: slow.stats()["submits"] == 2, what="the retried job to be submitted again")
         daemon.stop()
+
+
+def test_preset_files_reload_while_running_and_bad_ones_stay_contained(daemon_factory, service, user_dirs) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    presets_file = Path(str(info["presets_file"]))
+    user_presets = user_dirs["config"] / "presets"
+    user_presets.mkdir()
+    (user_presets / "mine.yaml").write_text("name: my-shaker\nprompt: shaker\noptions:\n  acceleration: fast\n")
+    (user_presets / "broken.yaml").write_text("name: broken-one\nprompt: hats\noptions:\n  reranking_candidates: 0\n")
+    wait_for(lambda: "my-shaker" in presets_file.read_text(), what="presets.json to list the new preset")
+    source = make_source(user_dirs["home"] / "perc.wav", seconds=0.5)
+    good = write_request(requests_dir(info), "good", source=source, preset="my-shaker")
+    status = wait_state(good, ("done", "failed"))
+    assert status["state"] == "done", status
+    assert Path(status["stems"]["target"]).name == "perc - my-shaker.target.wav"
+    bad = write_request(requests_dir(info), "bad", source=source, preset="broken-one")
+    status = wait_state(bad, ("failed",))
+    assert "broken.yaml:4" in status["error"] and "reranking_candidates" in status["error"]
+    other = write_request(requests_dir(info), "other", source=source, preset="vocals")  # built-ins still work
+    assert wait_state(other, ("done", "failed"))["state"] == "done"
+    daemon.stop()

@@ -1,0 +1,115 @@
+"""The pipeline in-process against the local service: stem sets that sum back to the source, parts of a
+source (start/length) with their timeline position, and resuming a step by its request id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bridge import bwf
+from bridge.fal_client import FalClient, RequestHandle
+from bridge.jobs import JobState
+from bridge.pipeline import Pipeline
+from bridge.presets import PresetLibrary, builtin_presets_dir, recipe_for
+from bridge.request import SeparationRequest
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.states: list[JobState] = []
+        self.fractions: list[float] = []
+        self.handles: dict[int, RequestHandle] = {}
+
+    def progress(self, state: JobState, fraction: float, message: str) -> None:
+        if not self.states or self.states[-1] != state:
+            self.states.append(state)
+        self.fractions.append(fraction)
+
+    def submitting(self, step: int) -> None:
+        pass
+
+    def submitted(self, step: int, handle: RequestHandle) -> None:
+        self.handles[step] = handle
+
+    def cancelled(self) -> bool:
+        return False
+
+
+@pytest.fixture
+def library() -> PresetLibrary:
+    return PresetLibrary([("built-in", builtin_presets_dir())])
+
+
+def mix(path: Path, seconds: float = 3.0, rate: int = 44100, channels: int = 2, subtype: str = "PCM_24") -> Path:
+    rng = np.random.default_rng(7)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    mono = (0.25 * np.sin(2 * np.pi * 80 * t) + 0.2 * np.sin(2 * np.pi * 1000 * t)
+            + 0.15 * np.sin(2 * np.pi * 9000 * t) + 0.05 * rng.standard_normal(n))
+    data = np.stack([mono * g for g in np.linspace(1.0, 0.6, channels)], axis=1)
+    sf.write(path, data, rate, subtype=subtype)
+    return path
+
+
+def test_stem_set_peels_and_sums_back_to_the_source(client: FalClient, service, library, tmp_path: Path) -> None:
+    source = mix(tmp_path / "Song.wav")
+    request = SeparationRequest(source=source, preset="4-stems")
+    recipe = recipe_for(request, library)
+    hooks = Hooks()
+    result = Pipeline(client, poll_interval=0.02).run(request, recipe, hooks, tmp_path / "work")
+    assert list(result.stems) == ["vocals", "drums", "bass", "other"]
+    assert [p.name for p in result.stems.values()] == [
+        "Song - vocals.wav", "Song - drums.wav", "Song - bass.wav", "Song - other.wav"]
+    assert result.manifest.name == "Song - 4-stems.sam.json"
+    original, _ = sf.read(source, dtype="float64")
+    total = np.zeros_like(original)
+    for path in result.stems.values():
+        info = sf.info(str(path))
+        assert (info.samplerate, info.channels, info.frames, info.subtype) == (44100, 2, len(original), "PCM_24")
+        stem, _ = sf.read(path, dtype="float64")
+        total += stem
+    assert np.max(np.abs(total - original)) <= 1.5 / 2**23  # sums back to the mix, to the last bit
+    bass, _ = sf.read(result.stems["bass"], dtype="float64")
+    assert np.sqrt(np.mean(bass**2)) > 0.05  # the low band went to "bass", not nowhere
+    assert service.stats()["submits"] == 3  # one paid request per stem
+    manifest = json.loads(result.manifest.read_text())
+    assert [s["label"] for s in manifest["steps"]] == ["vocals", "drums", "bass"]
+    assert all(s["request_id"] for s in manifest["steps"])
+    assert hooks.fractions == sorted(hooks.fractions)  # the progress bar never goes back
+
+
+def test_part_of_a_source_keeps_its_timeline_position(client: FalClient, library, tmp_path: Path) -> None:
+    rate = 48000
+    source = mix(tmp_path / "Take.wav", seconds=4.0, rate=rate)
+    bext = bwf.with_time_reference(b"sam-bridge test".ljust(602, b"\0"), 1_000_000)
+    bwf.append_chunks(source, bext, None)
+    request = SeparationRequest(source=source, prompt="bass", start=1.5, length=2.0)
+    result = Pipeline(client, poll_interval=0.02).run(request, recipe_for(request, library), Hooks(),
+                                                      tmp_path / "work")
+    original, _ = sf.read(source, dtype="float64")
+    part = original[int(1.5 * rate): int(3.5 * rate)]
+    target, _ = sf.read(result.stems["target"], dtype="float64")
+    residual, _ = sf.read(result.stems["residual"], dtype="float64")
+    assert target.shape == part.shape == residual.shape
+    assert np.max(np.abs(part - target - residual)) <= 1.5 / 2**23
+    for path in result.stems.values():
+        assert bwf.time_reference(bwf.read_chunks(path).bext or b"") == 1_000_000 + int(1.5 * rate)
+
+
+def test_a_resumed_step_polls_its_request_instead_of_submitting(client: FalClient, service, library,
+                                                                tmp_path: Path) -> None:
+    source = mix(tmp_path / "Vox.wav", seconds=1.0)
+    request = SeparationRequest(source=source, prompt="vocals")
+    recipe = recipe_for(request, library)
+    first = Hooks()
+    Pipeline(client, poll_interval=0.02).run(request, recipe, first, tmp_path / "w1")
+    assert service.stats()["submits"] == 1
+    again = Hooks()
+    result = Pipeline(client, poll_interval=0.02).run(request, recipe, again, tmp_path / "w2", resume=first.handles)
+    assert service.stats()["submits"] == 1  # nothing new was paid for
+    assert again.handles == {}
+    assert result.stems["target"].name == "Vox - vocals (2).target.wav"  # never overwrites the first
