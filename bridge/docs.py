@@ -25,7 +25,9 @@ INTERNAL_REQUEST_FIELDS = {"origin", "idempotency_key"}
 
 def _type_name(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) or str(annotation)
-    return text.replace("typing.", "").replace("pathlib.", "").replace("bridge.request.", "")
+    text = text.replace("typing.", "").replace("pathlib.", "").replace("bridge.request.", "")
+    text = re.sub(r"bridge\.\w+\.", "", text)
+    return text.replace(" | None", " (optional)").replace(" | ", " or ").replace("dict[str, Any]", "object")
 
 
 def _default(field: Any) -> str:
@@ -33,6 +35,8 @@ def _default(field: Any) -> str:
         return "required"
     value = field.get_default(call_default_factory=True)
     value = getattr(value, "value", value)
+    if value == "":
+        return '`""`'
     return "—" if value in (None, {}, []) else f"`{value}`"
 
 

@@ -1,0 +1,27 @@
+"""The README's tables come from the declarations, and CI runs the README's own test command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from bridge.docs import README, SECTIONS, render
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_tables_match_the_declarations() -> None:
+    text = README.read_text(encoding="utf-8")
+    for name in SECTIONS:
+        assert f"<!-- BEGIN {name} -->" in text, name
+    assert render(text) == text, "README tables are stale: run `python -m bridge.docs`"
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    first_screen = "\n".join(README.read_text(encoding="utf-8").splitlines()[:40])
+    commands = re.findall(r"```sh\n(.*?)\n```", first_screen, re.S)
+    assert len(commands) >= 2
+    run_daemon, run_tests = commands[0], commands[1]
+    assert "sam-bridge run" in run_daemon
+    test_command = run_tests.split("&&", 2)[-1].strip()  # after creating and activating the venv
+    assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
