@@ -1,0 +1,389 @@
+"""HTTP routing of the local fal service: fal's queue, CDN storage and the `/_local` control endpoints.
+
+Each call is counted by kind, then meets its injected fault (if any), then auth, then its handler.
+Request bodies are always read to the end so keep-alive connections stay in step.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from bridge.local_service.faults import FAULT_KINDS, CallFault, error_reply
+from bridge.local_service.inputs import ENDPOINTS, InputRejected, parse_input, resolve_audio
+from bridge.local_service.queue import APP_PATH, Job
+from bridge.local_service.storage import StorageError
+
+if TYPE_CHECKING:
+    from bridge.local_service.server import LocalFalService
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BODY = 1 << 30  # data URIs of long files are big; fal documents no limit
+COPY_CHUNK = 1 << 20
+_FILE = r"/files/f/(?P<file_id>[0-9a-f]+)/(?P<name>[^/]+)"
+_REQUEST = rf"/{APP_PATH}/requests/(?P<request_id>[0-9a-f]+)"
+
+
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+    def readline(self, size: int, /) -> bytes: ...
+
+
+class BadRequestBody(Exception):
+    pass
+
+
+class BodyReader:
+    """The request body (Content-Length or chunked), read in chunks so uploads never sit in memory."""
+
+    def __init__(self, rfile: _Readable, transfer_encoding: str, content_length: str | None) -> None:
+        self._rfile = rfile
+        self._chunked = "chunked" in transfer_encoding.lower()
+        try:
+            self._remaining = 0 if self._chunked else int(content_length or 0)
+        except ValueError:
+            raise BadRequestBody("invalid Content-Length") from None
+        if self._remaining < 0:
+            raise BadRequestBody("invalid Content-Length")
+        self._chunk_left = 0
+        self._finished = not self._chunked and self._remaining == 0
+
+    def chunks(self) -> Iterator[bytes]:
+        while not self._finished:
+            data = self._read_some()
+            if data:
+                yield data
+
+    def read_all(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequestBody(f"request body larger than {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def drain(self) -> None:
+        for _chunk in self.chunks():
+            pass
+
+    def _read_some(self) -> bytes:
+        if not self._chunked:
+            data = self._rfile.read(min(COPY_CHUNK, self._remaining))
+            if not data:
+                raise ConnectionError("client closed the connection mid-body")
+            self._remaining -= len(data)
+            self._finished = self._remaining == 0
+            return data
+        if self._chunk_left == 0:
+            line = self._rfile.readline(1024)
+            if not line:
+                raise ConnectionError("client closed the connection mid-body")
+            try:
+                self._chunk_left = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise BadRequestBody("invalid chunked encoding") from None
+            if self._chunk_left == 0:
+                while self._rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                self._finished = True
+                return b""
+        data = self._rfile.read(min(COPY_CHUNK, self._chunk_left))
+        if not data:
+            raise ConnectionError("client closed the connection mid-body")
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0:
+            self._rfile.readline(16)  # CRLF after the chunk
+        return data
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any = None  # JSON-encodable, bytes, or None
+    headers: dict[str, str] = field(default_factory=dict)
+    stream: Callable[[Handler], None] | None = None  # writes the body itself (downloads, SSE)
+
+
+Route = tuple[str, str, str, str]  # (method, pattern, kind, auth: key | bearer | none)
+ROUTES: list[Route] = [
+    ("POST", r"/storage/auth/token", "token", "key"),
+    ("POST", r"/files/upload", "upload", "bearer"),
+    ("POST", r"/files/upload/multipart", "multipart", "bearer"),
+    ("PUT", _FILE + r"/multipart/(?P<upload_id>[0-9a-f]+)/(?P<part>\d+)", "multipart", "bearer"),
+    ("POST", _FILE + r"/multipart/(?P<upload_id>[0-9a-f]+)/complete", "multipart", "bearer"),
+    ("GET", _FILE, "download", "none"),
+    ("HEAD", _FILE, "download", "none"),
+    ("POST", rf"/{APP_PATH}/(?P<endpoint>{'|'.join(ENDPOINTS)})", "submit", "key"),
+    ("GET", _REQUEST + r"/status", "status", "key"),
+    ("GET", _REQUEST + r"/status/stream", "stream", "key"),
+    ("GET", _REQUEST, "result", "key"),
+    ("PUT", _REQUEST + r"/cancel", "cancel", "key"),
+    ("GET", r"/_local/stats", "local", "none"),
+    ("POST", r"/_local/faults", "local", "none"),
+]
+_COMPILED = [(method, re.compile(pattern + "/?"), kind, auth) for method, pattern, kind, auth in ROUTES]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 300  # idle keep-alive connections do not hold a thread forever
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stall
+    service: LocalFalService  # set on the subclass the server makes
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PUT = do_HEAD = do_DELETE = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("local fal: " + format, *args)  # request lines only: never headers (the key)
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        try:
+            body = BodyReader(self.rfile, self.headers.get("Transfer-Encoding", ""),
+                              self.headers.get("Content-Length"))
+        except BadRequestBody as exc:
+            self.close_connection = True
+            self._send(Reply(400, {"detail": str(exc)}))
+            return
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        try:
+            self._route(body, url.path, query)
+        except BadRequestBody as exc:
+            self.close_connection = True
+            self._send(Reply(413 if "larger" in str(exc) else 400, {"detail": str(exc)}))
+        except (ConnectionError, TimeoutError) as exc:
+            log.debug("local fal: connection ended: %s", exc)
+            self.close_connection = True
+
+    def _route(self, body: BodyReader, path: str, query: dict[str, list[str]]) -> None:
+        match = None
+        for method, pattern, kind, auth in _COMPILED:
+            found = pattern.fullmatch(path)
+            if found and method == self.command:
+                match = (found.groupdict(), kind, auth)
+                break
+        if match is None:
+            body.drain()
+            self._send(Reply(404, {"detail": "Not Found"}))
+            return
+        params, kind, auth = match
+        fault: CallFault | None = None
+        if kind in FAULT_KINDS:
+            self.service.count_call(kind)
+            fault = self.service.faults.take(kind)
+        if fault is not None and fault.action in ("fail", "drop"):
+            body.drain()
+            if fault.action == "drop":
+                self.close_connection = True
+                return
+            error = error_reply(fault)
+            self._send(Reply(error.status, error.body, error.headers))
+            return
+        reply = self._check_auth(auth) or self._handle(kind, params, query, body)
+        body.drain()
+        if fault is not None and fault.action == "stall" and self.service.stopping.wait(fault.seconds):
+            self.close_connection = True
+            return
+        if fault is not None and fault.action == "lose_answer":
+            if reply.status == 200:
+                self.close_connection = True
+                return
+            self.service.faults.give_back(fault)  # nothing was accepted: keep it for a real submit
+        self._send(reply)
+
+    def _check_auth(self, auth: str) -> Reply | None:
+        header = self.headers.get("Authorization", "")
+        if auth == "key":
+            scheme, _, key = header.partition(" ")
+            if scheme != "Key" or not key.strip():
+                return Reply(401, {"detail": "Missing authorization header. Send 'Authorization: Key "
+                                             "<your fal key>'."})
+            expected = self.service.key
+            if expected is not None and not hmac.compare_digest(key.strip().encode(), expected.encode()):
+                return Reply(403, {"detail": "Invalid key"})
+        elif auth == "bearer":
+            scheme, _, token = header.partition(" ")
+            if scheme != "Bearer" or not self.service.store.token_valid(token.strip()):
+                return Reply(401, {"detail": "Invalid or expired upload token"})
+        return None
+
+    def _handle(self, kind: str, params: dict[str, str], query: dict[str, list[str]],
+                body: BodyReader) -> Reply:
+        store = self.service.store
+        try:
+            if kind == "token":
+                return Reply(200, store.issue_token())
+            if kind == "upload":
+                record = store.save_upload(body.chunks(), self._file_name(), self._content_type())
+                return Reply(200, {"access_url": store.url_for(record)})
+            if kind == "multipart":
+                return self._multipart(params, body)
+            if kind == "download":
+                return self._download(params["file_id"])
+            if kind == "submit":
+                return self._submit(params["endpoint"], body)
+            if kind == "local":
+                return self._local(body)
+            return self._request_call(kind, params["request_id"], query)
+        except StorageError as exc:
+            return Reply(exc.status, {"detail": exc.message})
+
+    # -- storage ----------------------------------------------------------------------------------
+
+    def _multipart(self, params: dict[str, str], body: BodyReader) -> Reply:
+        store = self.service.store
+        if "upload_id" not in params:
+            record, upload_id = store.start_multipart(self._file_name(), self._content_type())
+            return Reply(200, {"access_url": store.url_for(record), "uploadId": upload_id})
+        if "part" in params:
+            etag = store.save_part(params["file_id"], params["upload_id"], int(params["part"]), body.chunks())
+            return Reply(200, b"", {"ETag": etag})
+        try:
+            parts = json.loads(body.read_all(1 << 24) or b"{}").get("parts")
+        except (ValueError, AttributeError):
+            raise StorageError(400, 'the body must be JSON: {"parts": [{"partNumber", "etag"}]}') from None
+        record = store.complete_multipart(params["file_id"], params["upload_id"], parts)
+        return Reply(200, {"access_url": store.url_for(record)})
+
+    def _download(self, file_id: str) -> Reply:
+        record = self.service.store.lookup(file_id)
+        if record is None:
+            return Reply(404, {"detail": "File not found"})
+        headers = {"Content-Type": record.content_type, "Content-Length": str(record.size)}
+
+        def send_file(handler: Handler) -> None:
+            if handler.command == "HEAD":
+                return
+            with open(record.path, "rb") as source:
+                while chunk := source.read(COPY_CHUNK):
+                    handler.wfile.write(chunk)
+
+        return Reply(200, None, headers, stream=send_file)
+
+    def _file_name(self) -> str:
+        return self.headers.get("X-Fal-File-Name", "") or "upload.bin"
+
+    def _content_type(self) -> str:
+        return self.headers.get("Content-Type", "") or "application/octet-stream"
+
+    # -- queue ------------------------------------------------------------------------------------
+
+    def _submit(self, endpoint: str, body: BodyReader) -> Reply:
+        try:
+            model_input = parse_input(endpoint, body.read_all(MAX_JSON_BODY))
+        except InputRejected as exc:
+            return Reply(422, {"detail": exc.detail})
+        source = resolve_audio(model_input.audio_url, self.service.store)
+        if model_input.audio_url.startswith("data:"):  # decoded to a file: do not keep megabytes of text
+            model_input = model_input.model_copy(update={"audio_url": "data:(decoded)"})
+        low = self.headers.get("X-Fal-Queue-Priority", "").strip().lower() == "low"
+        job, position = self.service.queue.submit(endpoint, model_input, source, low_priority=low,
+                                                  start_timeout=_seconds(self.headers.get("X-Fal-Request-Timeout")))
+        answer = {**self.service.queue.urls(job.request_id), "status": "IN_QUEUE", "queue_position": position}
+        return Reply(200, answer, {"X-Fal-Request-Id": job.request_id})
+
+    def _request_call(self, kind: str, request_id: str, query: dict[str, list[str]]) -> Reply:
+        queue = self.service.queue
+        headers = {"X-Fal-Request-Id": request_id}
+        if kind == "cancel":
+            status, answer = queue.cancel(request_id)
+            return Reply(status, answer, headers)
+        job = queue.find(request_id)
+        if job is None:
+            return Reply(404, {"detail": f"Request {request_id} not found"})
+        with_logs = query.get("logs", ["0"])[-1].lower() in ("1", "true")
+        if kind == "status":
+            status, answer, _version = queue.status(job, with_logs)
+            return Reply(status, answer, headers)
+        if kind == "stream":
+            headers |= {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                        "Transfer-Encoding": "chunked"}
+            return Reply(200, None, headers, stream=lambda handler: handler._stream_status(job, with_logs))
+        status, answer, extra = queue.result(job)
+        return Reply(status, answer, headers | extra)
+
+    def _stream_status(self, job: Job, with_logs: bool) -> None:
+        """One `data:` event per change and a `: ping` comment every ping interval; ends after
+        COMPLETED, or when the service stops."""
+        queue, interval = self.service.queue, self.service.sse_ping_interval
+        next_ping = time.monotonic() + interval
+        while True:
+            _code, answer, seen = queue.status(job, with_logs)
+            self._write_chunk(f"data: {json.dumps(answer)}\n\n".encode())
+            if answer["status"] == "COMPLETED":
+                break
+            while True:
+                changed = queue.wait_for_change(job, seen, max(0.0, next_ping - time.monotonic()))
+                if time.monotonic() >= next_ping:
+                    self._write_chunk(b": ping\n\n")
+                    next_ping = time.monotonic() + interval
+                if changed:
+                    break
+                if self.service.stopping.is_set():
+                    self.close_connection = True
+                    return
+        self._write_chunk(b"")
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    # -- control ----------------------------------------------------------------------------------
+
+    def _local(self, body: BodyReader) -> Reply:
+        if self.command == "GET":
+            return Reply(200, self.service.stats())
+        try:
+            command = json.loads(body.read_all(1 << 20) or b"{}")
+            if not isinstance(command, dict):
+                raise ValueError("the body must be a JSON object with an 'action'")
+            self.service.faults.apply(command)
+        except ValueError as exc:
+            return Reply(400, {"detail": str(exc)})
+        return Reply(200, {"ok": True})
+
+    # -- output -----------------------------------------------------------------------------------
+
+    def _send(self, reply: Reply) -> None:
+        if isinstance(reply.body, bytes):
+            payload = reply.body
+        elif reply.body is None:
+            payload = b""
+        else:
+            payload = json.dumps(reply.body).encode()
+            reply.headers.setdefault("Content-Type", "application/json")
+        self.send_response(reply.status)
+        if reply.stream is None:
+            reply.headers["Content-Length"] = str(len(payload))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if reply.stream is not None:
+            reply.stream(self)
+        elif self.command != "HEAD":
+            self.wfile.write(payload)
+        self.wfile.flush()
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
