@@ -1,0 +1,626 @@
+-- @noindex
+-- sam-bridge for REAPER: the pure logic (no `reaper.*` calls), so it runs and is tested under plain Lua.
+-- JSON, paths, state-folder discovery, item -> request, status parsing, track naming, render settings.
+-- Written for Lua 5.3 and 5.4 (REAPER 6 and 7).
+
+local M = {}
+
+M.VERSION = "0.1.0"
+M.EXT_SECTION = "sam-bridge"
+
+---------------------------------------------------------------------------------------------------
+-- JSON
+---------------------------------------------------------------------------------------------------
+
+-- `null` in decoded JSON; distinct from a missing key.
+M.null = setmetatable({}, { __tostring = function() return "null" end })
+
+-- Key order of decoded objects (the daemon's `stems` object is ordered: target first).
+local key_order = setmetatable({}, { __mode = "k" })
+
+--- Keys of a decoded JSON object in document order (falls back to sorted keys for other tables).
+function M.keys_in_order(obj)
+  local order = key_order[obj] or {}
+  local keys, listed, extra = {}, {}, {}
+  for _, k in ipairs(order) do
+    if obj[k] ~= nil then keys[#keys + 1] = k end
+    listed[k] = true
+  end
+  for k in pairs(obj) do
+    if not listed[k] then extra[#extra + 1] = k end
+  end
+  table.sort(extra, function(a, b) return tostring(a) < tostring(b) end)
+  for _, k in ipairs(extra) do keys[#keys + 1] = k end
+  return keys
+end
+
+local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
+                  ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+
+local function encode_string(s)
+  if utf8.len(s) == nil then
+    error("text is not valid UTF-8: " .. s:gsub("[^\32-\126]", "?"), 0)
+  end
+  return '"' .. s:gsub('[\0-\31"\\]', function(c)
+    return ESCAPES[c] or string.format("\\u%04x", c:byte())
+  end) .. '"'
+end
+
+local function encode_number(n)
+  if n ~= n or n == math.huge or n == -math.huge then
+    error("cannot write " .. tostring(n) .. " as JSON", 0)
+  end
+  if math.type(n) == "integer" then return string.format("%d", n) end
+  local text = string.format("%.15g", n)
+  if tonumber(text) ~= n then text = string.format("%.17g", n) end
+  return text
+end
+
+local function is_array(t)
+  local count = 0
+  for _ in pairs(t) do count = count + 1 end
+  if count == 0 then return getmetatable(t) == M.array_mt end
+  for i = 1, count do
+    if t[i] == nil then return false end
+  end
+  return true
+end
+
+M.array_mt = {}
+--- Marks a table as a JSON array (so an empty one encodes as [] rather than {}).
+function M.array(t) return setmetatable(t or {}, M.array_mt) end
+
+local encode_value
+
+local function encode_table(t, seen)
+  if seen[t] then error("cannot write a table that contains itself as JSON", 0) end
+  seen[t] = true
+  local parts = {}
+  if is_array(t) then
+    for i = 1, #t do parts[i] = encode_value(t[i], seen) end
+    seen[t] = nil
+    return "[" .. table.concat(parts, ",") .. "]"
+  end
+  for _, k in ipairs(M.keys_in_order(t)) do
+    if type(k) ~= "string" then error("JSON object keys must be text", 0) end
+    parts[#parts + 1] = encode_string(k) .. ":" .. encode_value(t[k], seen)
+  end
+  seen[t] = nil
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+encode_value = function(v, seen)
+  local kind = type(v)
+  if v == M.null or v == nil then return "null" end
+  if kind == "boolean" then return v and "true" or "false" end
+  if kind == "number" then return encode_number(v) end
+  if kind == "string" then return encode_string(v) end
+  if kind == "table" then return encode_table(v, seen) end
+  error("cannot write a " .. kind .. " as JSON", 0)
+end
+
+--- JSON text for a Lua value. Objects are written with sorted keys (or their decoded order).
+function M.json_encode(value)
+  return encode_value(value, {})
+end
+
+local function decode_error(text, pos, what)
+  local line = 1
+  for _ in text:sub(1, pos - 1):gmatch("\n") do line = line + 1 end
+  error(string.format("bad JSON at line %d (byte %d): %s", line, pos, what), 0)
+end
+
+local function skip_space(text, pos)
+  return text:find("[^ \t\r\n]", pos) or #text + 1
+end
+
+local decode_value
+
+local function decode_string(text, pos)
+  -- pos is at the opening quote
+  local parts = {}
+  local i = pos + 1
+  while true do
+    local j = text:find('["\\\0-\31]', i)
+    if not j then decode_error(text, pos, "unterminated text") end
+    parts[#parts + 1] = text:sub(i, j - 1)
+    local c = text:sub(j, j)
+    if c == '"' then return table.concat(parts), j + 1 end
+    if c ~= "\\" then decode_error(text, j, "control character inside text") end
+    local e = text:sub(j + 1, j + 1)
+    local simple = ({ ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r",
+                      t = "\t" })[e]
+    if simple then
+      parts[#parts + 1] = simple
+      i = j + 2
+    elseif e == "u" then
+      local hex = text:match("^%x%x%x%x", j + 2)
+      if not hex then decode_error(text, j, "bad \\u escape") end
+      local code = tonumber(hex, 16)
+      i = j + 6
+      if code >= 0xD800 and code <= 0xDBFF then
+        local low = text:match("^\\u(%x%x%x%x)", i)
+        local low_code = low and tonumber(low, 16)
+        if low_code and low_code >= 0xDC00 and low_code <= 0xDFFF then
+          code = 0x10000 + (code - 0xD800) * 0x400 + (low_code - 0xDC00)
+          i = i + 6
+        else
+          code = 0xFFFD -- lone surrogate: keep the text readable rather than fail
+        end
+      elseif code >= 0xDC00 and code <= 0xDFFF then
+        code = 0xFFFD
+      end
+      parts[#parts + 1] = utf8.char(code)
+    else
+      decode_error(text, j, "bad escape \\" .. e)
+    end
+  end
+end
+
+local function decode_object(text, pos)
+  local obj, order = {}, {}
+  key_order[obj] = order
+  pos = skip_space(text, pos + 1)
+  if text:sub(pos, pos) == "}" then return obj, pos + 1 end
+  while true do
+    if text:sub(pos, pos) ~= '"' then decode_error(text, pos, "expected a key in quotes") end
+    local key
+    key, pos = decode_string(text, pos)
+    pos = skip_space(text, pos)
+    if text:sub(pos, pos) ~= ":" then decode_error(text, pos, "expected ':'") end
+    local value
+    value, pos = decode_value(text, skip_space(text, pos + 1))
+    if obj[key] == nil then order[#order + 1] = key end
+    obj[key] = value
+    pos = skip_space(text, pos)
+    local c = text:sub(pos, pos)
+    if c == "}" then return obj, pos + 1 end
+    if c ~= "," then decode_error(text, pos, "expected ',' or '}'") end
+    pos = skip_space(text, pos + 1)
+  end
+end
+
+local function decode_array(text, pos)
+  local arr = M.array({})
+  pos = skip_space(text, pos + 1)
+  if text:sub(pos, pos) == "]" then return arr, pos + 1 end
+  while true do
+    local value
+    value, pos = decode_value(text, pos)
+    arr[#arr + 1] = value
+    pos = skip_space(text, pos)
+    local c = text:sub(pos, pos)
+    if c == "]" then return arr, pos + 1 end
+    if c ~= "," then decode_error(text, pos, "expected ',' or ']'") end
+    pos = skip_space(text, pos + 1)
+  end
+end
+
+decode_value = function(text, pos)
+  pos = skip_space(text, pos)
+  local c = text:sub(pos, pos)
+  if c == "{" then return decode_object(text, pos) end
+  if c == "[" then return decode_array(text, pos) end
+  if c == '"' then return decode_string(text, pos) end
+  if text:sub(pos, pos + 3) == "true" then return true, pos + 4 end
+  if text:sub(pos, pos + 4) == "false" then return false, pos + 5 end
+  if text:sub(pos, pos + 3) == "null" then return M.null, pos + 4 end
+  local number = text:match("^-?%d+%.?%d*[eE]?[-+]?%d*", pos)
+  if number and number ~= "" and number ~= "-" then
+    local value = tonumber(number)
+    if value == nil then decode_error(text, pos, "bad number " .. number) end
+    return value, pos + #number
+  end
+  decode_error(text, pos, c == "" and "unexpected end" or ("unexpected '" .. c .. "'"))
+end
+
+--- Lua value for JSON text; returns nil and a message when the text is not JSON.
+function M.json_decode(text)
+  if type(text) ~= "string" then return nil, "no text to read" end
+  local ok, value, pos = pcall(decode_value, text, 1)
+  if not ok then return nil, value end
+  pos = skip_space(text, pos)
+  if pos <= #text then return nil, string.format("bad JSON: extra text at byte %d", pos) end
+  return value
+end
+
+---------------------------------------------------------------------------------------------------
+-- Paths
+---------------------------------------------------------------------------------------------------
+
+--- "windows", "macos" or "linux" from REAPER's GetOS() ("Win64", "OSX64", "macOS-arm64", "linux-x86_64", "Other").
+function M.platform(os_name)
+  os_name = os_name or ""
+  if os_name:find("^Win") then return "windows" end
+  if os_name:find("^OSX") or os_name:find("^macOS") then return "macos" end
+  return "linux"
+end
+
+local function separator_for(path)
+  if path:find("\\", 1, true) and not path:find("/", 1, true) then return "\\" end
+  return "/"
+end
+
+--- Joins path parts with the separator the first part already uses.
+function M.join(first, ...)
+  local sep = separator_for(first)
+  local path = first
+  for _, part in ipairs({ ... }) do
+    if path:sub(-1) == "/" or path:sub(-1) == "\\" then
+      path = path .. part
+    else
+      path = path .. sep .. part
+    end
+  end
+  return path
+end
+
+function M.dirname(path)
+  local dir = path:match("^(.*)[/\\][^/\\]*$")
+  if dir == nil then return "" end
+  if dir == "" then return path:sub(1, 1) end -- "/file" -> "/"
+  if dir:match("^%a:$") then return dir .. path:sub(#dir + 1, #dir + 1) end -- "C:\file" -> "C:\"
+  return dir
+end
+
+function M.basename(path)
+  return path:match("([^/\\]*)$")
+end
+
+--- File extension in lower case without the dot ("" when none).
+function M.extension(path)
+  return (M.basename(path):match("%.([^.]+)$") or ""):lower()
+end
+
+--- File name without its extension.
+function M.stem(path)
+  local name = M.basename(path)
+  return name:match("^(.+)%.[^.]+$") or name
+end
+
+function M.is_absolute(path)
+  return path:sub(1, 1) == "/" or path:match("^%a:[/\\]") ~= nil or path:sub(1, 2) == "\\\\"
+end
+
+---------------------------------------------------------------------------------------------------
+-- State folder (where the daemon writes daemon.json and presets.json)
+---------------------------------------------------------------------------------------------------
+
+local function nonempty(value)
+  if value and value:match("%S") then return value end
+  return nil
+end
+
+--- Folders to look in for daemon.json, most specific first (mirrors platformdirs' user_state_dir).
+function M.state_dir_candidates(platform, getenv)
+  local candidates = {}
+  local function add(path)
+    if path then
+      for _, existing in ipairs(candidates) do
+        if existing == path then return end
+      end
+      candidates[#candidates + 1] = path
+    end
+  end
+  add(nonempty(getenv("SAM_BRIDGE_STATE_DIR")))
+  if platform == "windows" then
+    local local_app_data = nonempty(getenv("LOCALAPPDATA"))
+    if not local_app_data and nonempty(getenv("USERPROFILE")) then
+      local_app_data = M.join(getenv("USERPROFILE"), "AppData", "Local")
+    end
+    if local_app_data then add(M.join(local_app_data, "sam-bridge")) end
+    return candidates
+  end
+  local home = nonempty(getenv("HOME"))
+  local xdg_state = nonempty(getenv("XDG_STATE_HOME"))
+  if xdg_state and xdg_state:sub(1, 1) == "/" then add(M.join(xdg_state, "sam-bridge")) end
+  if home then
+    if platform == "macos" then
+      add(M.join(home, "Library", "Application Support", "sam-bridge"))
+    else
+      add(M.join(home, ".local", "state", "sam-bridge"))
+    end
+  end
+  return candidates
+end
+
+local NOT_RUNNING = "sam-bridge is not running (no daemon.json found in %s).\n\n"
+  .. "Start it in a terminal with:  sam-bridge run\n"
+  .. "or install it as a background service once:  sam-bridge service install"
+
+--- Reads daemon.json from the first candidate folder that has one.
+--- `read_file(path)` returns the file's text or nil. Returns info (with `state_dir`) or nil, message.
+function M.find_daemon(candidates, read_file)
+  for _, dir in ipairs(candidates) do
+    local text = read_file(M.join(dir, "daemon.json"))
+    if text then
+      local info, err = M.json_decode(text)
+      if type(info) ~= "table" then
+        return nil, "sam-bridge's daemon.json in " .. dir .. " could not be read (" .. tostring(err)
+          .. ").\nRestart sam-bridge (sam-bridge run) and try again."
+      end
+      info.state_dir = dir
+      if type(info.requests_dir) ~= "string" or info.requests_dir == "" then
+        info.requests_dir = M.join(dir, "requests")
+      end
+      if type(info.presets_file) ~= "string" or info.presets_file == "" then
+        info.presets_file = M.join(dir, "presets.json")
+      end
+      return info
+    end
+  end
+  return nil, string.format(NOT_RUNNING, table.concat(candidates, " or "))
+end
+
+---------------------------------------------------------------------------------------------------
+-- Presets and the menu
+---------------------------------------------------------------------------------------------------
+
+--- Presets from presets.json text: a list of {name, description, stems}. Unreadable -> empty list, message.
+function M.parse_presets(text)
+  local doc, err = M.json_decode(text or "")
+  if type(doc) ~= "table" or type(doc.presets) ~= "table" then
+    return {}, "sam-bridge's preset list could not be read" .. (err and (" (" .. err .. ")") or "")
+  end
+  local presets = {}
+  for _, p in ipairs(doc.presets) do
+    if type(p) == "table" and type(p.name) == "string" and p.name ~= "" then
+      local stems = nil
+      if type(p.stems) == "table" and #p.stems > 0 then stems = p.stems end
+      presets[#presets + 1] = {
+        name = p.name,
+        description = type(p.description) == "string" and p.description or "",
+        stems = stems,
+      }
+    end
+  end
+  return presets
+end
+
+-- gfx.showmenu gives '!', '#', '>', '<' and '|' special meaning; keep item text plain.
+local function menu_text(text)
+  text = text:gsub("|", "/"):gsub("^[!#><]+", "")
+  return text
+end
+
+--- Menu string for gfx.showmenu and what each numbered choice means.
+--- Choices: {kind="preset", name=...}, {kind="prompt"}, {kind="toggle_mute"}.
+function M.build_preset_menu(presets, mute_source)
+  -- gfx.showmenu numbers every field but separators, greyed ones included: keep `actions` parallel.
+  local items, actions = {}, {}
+  local function add(text, action)
+    items[#items + 1] = text
+    actions[#actions + 1] = action or { kind = "none" }
+  end
+  if #presets == 0 then
+    add("#No presets found (is sam-bridge running?)")
+  end
+  for _, p in ipairs(presets) do
+    local label = menu_text(p.name)
+    if p.stems then label = label .. "  (" .. #p.stems .. " stems)" end
+    add(label, { kind = "preset", name = p.name })
+  end
+  items[#items] = items[#items] .. "|" -- an empty field: a separator
+  add("Describe the sound…", { kind = "prompt" })
+  add((mute_source and "!" or "") .. "Mute source items when the stems arrive", { kind = "toggle_mute" })
+  return table.concat(items, "|"), actions
+end
+
+---------------------------------------------------------------------------------------------------
+-- Item -> request
+---------------------------------------------------------------------------------------------------
+
+-- Containers the daemon reads sample-exactly; anything else (mp3's encoder delay, video, REX...) is
+-- rendered by REAPER first so the stems line up with what REAPER plays.
+M.PLAIN_EXTENSIONS = { wav = true, wave = true, flac = true, aif = true, aiff = true, aifc = true,
+                       w64 = true, rf64 = true, bwf = true }
+
+local EPSILON = 1e-6
+
+--- "file" when the take's source file can be sent as it is (with start/length), else "render", reason.
+--- `take` describes the active take (see sam_bridge_reaper.describe_item for the fields).
+function M.classify_take(take)
+  if take.is_midi then return "render", "MIDI item" end
+  if not take.file_path or take.file_path == "" then return "render", "no source file" end
+  if take.is_section then return "render", "reversed or section source" end
+  if math.abs((take.playrate or 1) - 1) > EPSILON then return "render", "playrate is not 1" end
+  if math.abs(take.pitch or 0) > EPSILON then return "render", "pitch shifted" end
+  if (take.fx_count or 0) > 0 then return "render", "take FX" end
+  if (take.envelope_count or 0) > 0 then return "render", "take envelopes" end
+  if (take.stretch_marker_count or 0) > 0 then return "render", "stretch markers" end
+  if (take.channel_mode or 0) ~= 0 then return "render", "take channel mode" end
+  if not M.PLAIN_EXTENSIONS[M.extension(take.file_path)] then
+    return "render", "." .. M.extension(take.file_path) .. " file"
+  end
+  local start, length = take.start_offset or 0, take.item_length or 0
+  if start < -EPSILON then return "render", "item starts before its source" end
+  if take.source_length and start + length > take.source_length + 1e-4 then
+    return "render", "item loops or runs past its source"
+  end
+  return "file"
+end
+
+--- Channels to render an item with: what REAPER plays for the take's channel mode (I_CHANMODE).
+function M.render_channels(take)
+  if take.is_midi then return 2 end
+  local mode = take.channel_mode or 0
+  if mode == 1 or mode >= 67 then return 2 end -- reversed stereo, or one stereo pair
+  if mode >= 2 then return 1 end -- mono downmix, left, right, or one channel
+  return math.max(1, math.floor(take.channels or 2))
+end
+
+--- Rounds seconds to whole microseconds: enough for sample accuracy, and tidy in the request file.
+function M.round_seconds(value)
+  return math.floor(value * 1e6 + 0.5) / 1e6
+end
+
+--- The request object (request-file schema) for one item.
+--- `what` = {preset=name} or {prompt=text}; `item` = {mode, file_path | rendered_path, start_offset, length};
+--- `opts` = {project_dir, output_dir, tag, options}.
+function M.build_request(item, what, opts)
+  opts = opts or {}
+  local request = {}
+  if item.mode == "file" then
+    request.source = item.file_path
+    request.start = M.round_seconds(math.max(item.start_offset or 0, 0))
+    request.length = M.round_seconds(item.length)
+  else
+    request.source = item.rendered_path
+  end
+  if what.preset and what.preset ~= "" then
+    request.preset = what.preset
+  elseif what.prompt and what.prompt:match("%S") then
+    request.prompt = what.prompt
+  else
+    error("choose a preset or describe the sound to isolate", 0)
+  end
+  if opts.project_dir and opts.project_dir ~= "" then request.project_dir = opts.project_dir end
+  if opts.output_dir and opts.output_dir ~= "" then request.output_dir = opts.output_dir end
+  if opts.tag then request.tag = opts.tag end
+  if opts.options and next(opts.options) then request.options = opts.options end
+  return request
+end
+
+--- A request file name that sorts by time and does not collide: "reaper-20250101-120000-1a2b-3".
+function M.request_name(timestamp, random_hex, counter)
+  return string.format("reaper-%s-%s-%d", timestamp, random_hex, counter)
+end
+
+---------------------------------------------------------------------------------------------------
+-- Status files
+---------------------------------------------------------------------------------------------------
+
+M.FINISHED = { done = true, failed = true, cancelled = true }
+M.STATE_WORDS = {
+  queued = "queued", waiting = "waiting", preparing = "preparing", uploading = "uploading",
+  submitted = "sent", running = "separating", downloading = "downloading", conforming = "lining up",
+  done = "done", failed = "failed", cancelled = "cancelled",
+}
+
+--- Reads a status file's text. Returns a table or nil, message (a half-seen file is simply retried).
+--- Result: {state, progress (0..1), message, error, job_id, tag, manifest, finished, stems = {{label, path}...}}.
+function M.parse_status(text)
+  local doc, err = M.json_decode(text)
+  if type(doc) ~= "table" then return nil, err or "status is not a JSON object" end
+  local state = type(doc.state) == "string" and doc.state or "unknown"
+  local progress = tonumber(doc.progress) or 0
+  if progress ~= progress then progress = 0 end
+  progress = math.max(0, math.min(1, progress))
+  local stems = {}
+  if type(doc.stems) == "table" then
+    for _, label in ipairs(M.keys_in_order(doc.stems)) do
+      local path = doc.stems[label]
+      if type(path) == "string" and path ~= "" then stems[#stems + 1] = { label = label, path = path } end
+    end
+  end
+  local function text_or_nil(v) return type(v) == "string" and v ~= "" and v or nil end
+  return {
+    state = state,
+    progress = progress,
+    message = text_or_nil(doc.message) or "",
+    error = text_or_nil(doc.error),
+    job_id = text_or_nil(doc.job_id),
+    tag = text_or_nil(doc.tag),
+    manifest = text_or_nil(doc.manifest),
+    flags = type(doc.flags) == "table" and doc.flags or {},
+    finished = M.FINISHED[state] == true,
+    stems = stems,
+  }
+end
+
+--- What a failed status tells the musician.
+function M.failure_text(status)
+  local text = status.error or status.message
+  if not text or text == "" then text = "sam-bridge did not say why." end
+  return text
+end
+
+---------------------------------------------------------------------------------------------------
+-- Naming and display
+---------------------------------------------------------------------------------------------------
+
+local function shorten(text, limit)
+  if utf8.len(text) and utf8.len(text) > limit then
+    return text:sub(1, utf8.offset(text, limit) - 1) .. "…"
+  end
+  return text
+end
+
+--- The preset name, or the prompt in quotes (shortened) when there is no preset.
+function M.what_label(what)
+  if what.preset and what.preset ~= "" then return what.preset end
+  local prompt = (what.prompt or ""):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+  return "\"" .. shorten(prompt, 32) .. "\""
+end
+
+--- "<track> · <preset> (<stem>)", e.g. "Guitar · piano (target)".
+function M.track_name(source_track_name, what, stem_label)
+  return string.format("%s · %s (%s)", source_track_name, M.what_label(what), stem_label)
+end
+
+--- Name REAPER shows for a track without one ("Track 3").
+function M.fallback_track_name(name, number)
+  if name and name:match("%S") then return name end
+  return "Track " .. tostring(math.floor(number))
+end
+
+--- One progress line for the window: "Guitar 01 · piano — separating 45% — message".
+function M.progress_line(job)
+  local parts = { job.label }
+  local state = job.status and job.status.state or job.local_state or "sent"
+  local word = M.STATE_WORDS[state] or state
+  if job.status and not job.status.finished then
+    word = string.format("%s %d%%", word, math.floor(job.status.progress * 100 + 0.5))
+  end
+  parts[#parts + 1] = word
+  local note = job.note or (job.status and job.status.message) or ""
+  if note ~= "" then parts[#parts + 1] = note end
+  return table.concat(parts, " — ")
+end
+
+---------------------------------------------------------------------------------------------------
+-- Render settings (used only when an item cannot be sent as a plain file)
+---------------------------------------------------------------------------------------------------
+
+-- Every render setting we change; all are saved before and restored after the render.
+M.RENDER_NUMBER_KEYS = { "RENDER_SETTINGS", "RENDER_BOUNDSFLAG", "RENDER_CHANNELS", "RENDER_SRATE",
+                         "RENDER_STARTPOS", "RENDER_ENDPOS", "RENDER_TAILFLAG", "RENDER_TAILMS",
+                         "RENDER_ADDTOPROJ", "RENDER_DITHER", "RENDER_NORMALIZE" }
+M.RENDER_STRING_KEYS = { "RENDER_FILE", "RENDER_PATTERN", "RENDER_FORMAT", "RENDER_FORMAT2" }
+
+M.RENDER_SOURCE_ITEMS = 32 -- "selected media items": the item with its take FX, fades and volume
+M.RENDER_SOURCE_ITEMS_VIA_MASTER = 64 -- MIDI needs its track's instrument
+M.WAV_24BIT_FORMAT = "ZXZhdxgAAQ==" -- base64 of REAPER's WAV sink config: "evaw", 24-bit PCM
+
+--- The render settings for rendering one selected item to `<folder>/<file_name>.wav`.
+function M.render_settings(folder, file_name, item)
+  local numbers = {
+    RENDER_SETTINGS = item.is_midi and M.RENDER_SOURCE_ITEMS_VIA_MASTER or M.RENDER_SOURCE_ITEMS,
+    RENDER_BOUNDSFLAG = 4, -- selected media items
+    RENDER_CHANNELS = item.render_channels or 2,
+    RENDER_SRATE = item.render_rate or 0, -- 0: the project's rate
+    RENDER_STARTPOS = 0,
+    RENDER_ENDPOS = 0,
+    RENDER_TAILFLAG = 0, -- no tail: the file must be exactly the item
+    RENDER_TAILMS = 0,
+    RENDER_ADDTOPROJ = 0,
+    RENDER_DITHER = 0,
+    RENDER_NORMALIZE = 0, -- no normalising, limiting or fades: the stems must sum back to the item
+  }
+  local strings = {
+    RENDER_FILE = folder,
+    RENDER_PATTERN = file_name,
+    RENDER_FORMAT = M.WAV_24BIT_FORMAT,
+    RENDER_FORMAT2 = "",
+  }
+  return numbers, strings
+end
+
+-- Item and take properties copied onto the stem items when the source file was sent as it is, so the
+-- stems play back at the level and with the fades of the item they came from. A rendered item already
+-- has them baked in.
+M.ITEM_KEYS_TO_COPY = { "D_VOL", "D_FADEINLEN", "D_FADEOUTLEN", "D_FADEINLEN_AUTO", "D_FADEOUTLEN_AUTO",
+                        "C_FADEINSHAPE", "C_FADEOUTSHAPE", "D_FADEINDIR", "D_FADEOUTDIR" }
+M.TAKE_KEYS_TO_COPY = { "D_VOL", "D_PAN" }
+
+return M

@@ -1,0 +1,511 @@
+-- @noindex
+-- sam-bridge for REAPER: everything that talks to REAPER (`reaper.*`, `gfx.*`). The action scripts are
+-- thin wrappers around `separate_selected_items()` and `cancel_all()`; the logic lives in sam_bridge_core.
+-- Lua has no sockets in stock REAPER, so we talk to the sam-bridge daemon through request/status files.
+
+local core = require("sam_bridge_core")
+
+local H = {}
+
+local EXT = core.EXT_SECTION
+local PICKUP_TIMEOUT = 15 -- seconds before we say the daemon has not picked a request up
+local CLOSE_DELAY = 2.5 -- seconds the window stays up after the last job finished
+local CMD_RENDER_MOST_RECENT = 42230 -- File: Render project, using the most recent render settings, auto-close
+local CMD_BUILD_PEAKS = 40047 -- Peaks: Build any missing peaks
+local RENDER_FOLDER = "sam-bridge renders"
+local PICKUP_NOTE = "sam-bridge has not picked this up yet: is it running? (sam-bridge run)"
+
+---------------------------------------------------------------------------------------------------
+-- Files
+---------------------------------------------------------------------------------------------------
+
+function H.read_file(path)
+  local file = io.open(path, "rb")
+  if not file then return nil end
+  local text = file:read("a")
+  file:close()
+  return text
+end
+
+local function exists(path)
+  local file = io.open(path, "rb")
+  if file then file:close() return true end
+  return false
+end
+
+--- Writes `<path>.tmp` then renames it, so the daemon never sees half a file. Never overwrites.
+function H.write_file_atomic(path, text)
+  if exists(path) then return nil, path .. " already exists" end
+  local tmp = path .. ".tmp"
+  local file, err = io.open(tmp, "wb")
+  if not file then return nil, err end
+  local ok, write_err = file:write(text)
+  file:close()
+  if not ok then
+    os.remove(tmp)
+    return nil, write_err
+  end
+  local renamed, rename_err = os.rename(tmp, path)
+  if not renamed then
+    os.remove(tmp)
+    return nil, rename_err
+  end
+  return true
+end
+
+function H.alert(text)
+  reaper.ShowMessageBox(text, "sam-bridge", 0)
+end
+
+---------------------------------------------------------------------------------------------------
+-- The daemon and its presets
+---------------------------------------------------------------------------------------------------
+
+function H.find_daemon()
+  local candidates = core.state_dir_candidates(core.platform(reaper.GetOS()), os.getenv)
+  return core.find_daemon(candidates, H.read_file)
+end
+
+---------------------------------------------------------------------------------------------------
+-- Items
+---------------------------------------------------------------------------------------------------
+
+local function item_string(item, key)
+  local _, value = reaper.GetSetMediaItemInfo_String(item, key, "", false)
+  return value
+end
+
+local function take_string(take, key)
+  local _, value = reaper.GetSetMediaItemTakeInfo_String(take, key, "", false)
+  return value
+end
+
+local function values_of(get, object, keys)
+  local values = {}
+  for _, key in ipairs(keys) do values[key] = get(object, key) end
+  return values
+end
+
+--- Everything the logic needs to know about an item and its active take.
+function H.describe_item(item)
+  local track = reaper.GetMediaItem_Track(item)
+  local _, track_name = reaper.GetSetMediaTrackInfo_String(track, "P_NAME", "", false)
+  local desc = {
+    item = item,
+    track = track,
+    track_name = core.fallback_track_name(track_name, reaper.GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")),
+    position = reaper.GetMediaItemInfo_Value(item, "D_POSITION"),
+    length = reaper.GetMediaItemInfo_Value(item, "D_LENGTH"),
+    guid = item_string(item, "GUID"),
+  }
+  desc.label = desc.track_name
+  desc.item_length = desc.length
+  local take = reaper.GetActiveTake(item)
+  if not take then return desc end
+  desc.take = take
+  desc.is_midi = reaper.TakeIsMIDI(take)
+  local source = reaper.GetMediaItemTake_Source(take)
+  desc.is_section = reaper.GetMediaSourceParent(source) ~= nil
+  desc.file_path = reaper.GetMediaSourceFileName(source, "")
+  desc.source_length = (reaper.GetMediaSourceLength(source))
+  desc.channels = reaper.GetMediaSourceNumChannels(source)
+  desc.sample_rate = reaper.GetMediaSourceSampleRate(source)
+  desc.playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE")
+  desc.pitch = reaper.GetMediaItemTakeInfo_Value(take, "D_PITCH")
+  desc.start_offset = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
+  desc.channel_mode = reaper.GetMediaItemTakeInfo_Value(take, "I_CHANMODE")
+  desc.fx_count = reaper.TakeFX_GetCount(take)
+  desc.envelope_count = reaper.CountTakeEnvelopes(take)
+  desc.stretch_marker_count = reaper.GetTakeNumStretchMarkers(take)
+  local take_name = take_string(take, "P_NAME")
+  desc.label = (take_name ~= "" and take_name) or (desc.file_path ~= "" and core.stem(desc.file_path))
+    or desc.track_name
+  desc.item_values = values_of(reaper.GetMediaItemInfo_Value, item, core.ITEM_KEYS_TO_COPY)
+  desc.take_values = values_of(reaper.GetMediaItemTakeInfo_Value, take, core.TAKE_KEYS_TO_COPY)
+  return desc
+end
+
+function H.selected_items()
+  local items = {}
+  for i = 0, reaper.CountSelectedMediaItems(0) - 1 do
+    items[#items + 1] = reaper.GetSelectedMediaItem(0, i)
+  end
+  return items
+end
+
+local function select_only(items)
+  reaper.SelectAllMediaItems(0, false)
+  for _, item in ipairs(items) do reaper.SetMediaItemSelected(item, true) end
+end
+
+--- The project's folder; for an unsaved project, REAPER's default media folder.
+function H.project_dir()
+  local _, project_file = reaper.EnumProjects(-1, "")
+  if project_file and project_file ~= "" then return core.dirname(project_file) end
+  return reaper.GetProjectPath("")
+end
+
+--- Renders one item (take FX, playrate, reverse... baked in) to `<folder>/<file_name>.wav`.
+--- The user's render settings and item selection are saved first and put back afterwards.
+function H.render_item(desc, folder, file_name)
+  reaper.RecursiveCreateDirectory(folder, 0)
+  desc.render_channels = core.render_channels(desc)
+  desc.render_rate = (not desc.is_midi and desc.sample_rate and desc.sample_rate > 0) and desc.sample_rate or 0
+  local numbers, strings = core.render_settings(folder, file_name, desc)
+  local saved_numbers, saved_strings = {}, {}
+  for _, key in ipairs(core.RENDER_NUMBER_KEYS) do
+    saved_numbers[key] = reaper.GetSetProjectInfo(0, key, 0, false)
+  end
+  for _, key in ipairs(core.RENDER_STRING_KEYS) do
+    local _, value = reaper.GetSetProjectInfo_String(0, key, "", false)
+    saved_strings[key] = value
+  end
+  local selection = H.selected_items()
+
+  local ok, target = pcall(function()
+    for _, key in ipairs(core.RENDER_NUMBER_KEYS) do reaper.GetSetProjectInfo(0, key, numbers[key], true) end
+    for _, key in ipairs(core.RENDER_STRING_KEYS) do reaper.GetSetProjectInfo_String(0, key, strings[key], true) end
+    select_only({ desc.item })
+    local _, targets = reaper.GetSetProjectInfo_String(0, "RENDER_TARGETS", "", false)
+    reaper.Main_OnCommand(CMD_RENDER_MOST_RECENT, 0)
+    return (targets or ""):match("^[^;]+") or core.join(folder, file_name .. ".wav")
+  end)
+
+  for _, key in ipairs(core.RENDER_NUMBER_KEYS) do reaper.GetSetProjectInfo(0, key, saved_numbers[key], true) end
+  for _, key in ipairs(core.RENDER_STRING_KEYS) do reaper.GetSetProjectInfo_String(0, key, saved_strings[key], true) end
+  select_only(selection)
+
+  if not ok then return nil, tostring(target) end
+  if not exists(target) then return nil, "REAPER did not write " .. target end
+  return target
+end
+
+---------------------------------------------------------------------------------------------------
+-- Stems -> tracks
+---------------------------------------------------------------------------------------------------
+
+--- Inserts one track per stem right under the source track, items at the source item's position and
+--- length, in one undo block. Returns true or nil, message.
+function H.insert_stems(job, status)
+  for _, stem in ipairs(status.stems) do
+    if not exists(stem.path) then
+      return nil, "sam-bridge says the stems are ready, but this file is missing:\n" .. stem.path
+    end
+  end
+  if #status.stems == 0 then return nil, "sam-bridge finished but sent no stems." end
+
+  reaper.Undo_BeginBlock()
+  reaper.PreventUIRefresh(1)
+  local ok, err = pcall(function()
+    local track_ok = reaper.ValidatePtr2(job.project, job.track, "MediaTrack*")
+    local index = track_ok and math.floor(reaper.GetMediaTrackInfo_Value(job.track, "IP_TRACKNUMBER"))
+      or reaper.CountTracks(0)
+    local depth = track_ok and reaper.GetMediaTrackInfo_Value(job.track, "I_FOLDERDEPTH") or 0
+    local color = track_ok and reaper.GetMediaTrackInfo_Value(job.track, "I_CUSTOMCOLOR") or 0
+    local last_track
+    for i, stem in ipairs(status.stems) do
+      reaper.InsertTrackAtIndex(index + i - 1, true)
+      local track = reaper.GetTrack(0, index + i - 1)
+      reaper.GetSetMediaTrackInfo_String(track, "P_NAME", core.track_name(job.track_name, job.what, stem.label), true)
+      if color ~= 0 then reaper.SetMediaTrackInfo_Value(track, "I_CUSTOMCOLOR", color) end
+      local item = reaper.AddMediaItemToTrack(track)
+      reaper.SetMediaItemInfo_Value(item, "D_POSITION", job.position)
+      reaper.SetMediaItemInfo_Value(item, "D_LENGTH", job.length)
+      local take = reaper.AddTakeToMediaItem(item)
+      reaper.SetMediaItemTake_Source(take, reaper.PCM_Source_CreateFromFile(stem.path))
+      reaper.SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", 0)
+      reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", core.stem(stem.path), true)
+      if job.mode == "file" then
+        for key, value in pairs(job.item_values or {}) do reaper.SetMediaItemInfo_Value(item, key, value) end
+        for key, value in pairs(job.take_values or {}) do reaper.SetMediaItemTakeInfo_Value(take, key, value) end
+      end
+      last_track = track
+    end
+    if track_ok and depth < 0 then -- the source closed a folder: the stems stay inside it
+      reaper.SetMediaTrackInfo_Value(last_track, "I_FOLDERDEPTH", depth)
+      reaper.SetMediaTrackInfo_Value(job.track, "I_FOLDERDEPTH", 0)
+    end
+    if job.mute_source and reaper.ValidatePtr2(job.project, job.item, "MediaItem*") then
+      reaper.SetMediaItemInfo_Value(job.item, "B_MUTE", 1)
+    end
+  end)
+  reaper.PreventUIRefresh(-1)
+  reaper.Undo_EndBlock("sam-bridge: stems of " .. job.label, -1)
+  reaper.TrackList_AdjustWindows(false)
+  reaper.UpdateArrange()
+  if not ok then return nil, "Could not insert the stems: " .. tostring(err) end
+  reaper.Main_OnCommand(CMD_BUILD_PEAKS, 0)
+  return true
+end
+
+---------------------------------------------------------------------------------------------------
+-- Asking what to separate
+---------------------------------------------------------------------------------------------------
+
+local function mute_source_enabled()
+  return reaper.GetExtState(EXT, "mute_source") == "1"
+end
+
+--- Shows the preset menu (and the prompt box). Returns {preset=...} or {prompt=...}, or nil if dismissed.
+function H.ask_what(presets)
+  while true do
+    local menu, actions = core.build_preset_menu(presets, mute_source_enabled())
+    local x, y = reaper.GetMousePosition()
+    gfx.init("sam-bridge", 0, 0, 0, x, y)
+    gfx.x, gfx.y = gfx.mouse_x or 0, gfx.mouse_y or 0
+    local choice = gfx.showmenu(menu)
+    gfx.quit()
+    local action = actions[choice]
+    if not action or action.kind == "none" then return nil end
+    if action.kind == "preset" then return { preset = action.name } end
+    if action.kind == "toggle_mute" then
+      reaper.SetExtState(EXT, "mute_source", mute_source_enabled() and "0" or "1", true)
+    elseif action.kind == "prompt" then
+      local last = reaper.GetExtState(EXT, "last_prompt")
+      local ok, text = reaper.GetUserInputs("sam-bridge: describe the sound to isolate", 1,
+        "Sound (e.g. piano playing):,extrawidth=300,separator=\n", last)
+      if not ok or not text:match("%S") then return nil end
+      reaper.SetExtState(EXT, "last_prompt", text, true)
+      return { prompt = text }
+    end
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- The running session: jobs, polling, progress window
+---------------------------------------------------------------------------------------------------
+
+local Session = {}
+Session.__index = Session
+
+local function new_session(info, jobs)
+  local self = setmetatable({
+    info = info,
+    jobs = jobs,
+    instance = string.format("%x%04x", os.time(), math.random(0, 0xffff)),
+    window_open = false,
+    finished_at = nil,
+    cancel_seen = reaper.GetExtState(EXT, "cancel"),
+  }, Session)
+  return self
+end
+
+function Session:open_jobs()
+  local open = {}
+  for _, job in ipairs(self.jobs) do
+    if not job.closed then open[#open + 1] = job end
+  end
+  return open
+end
+
+--- Publishes our open requests for the Cancel action (other running instances keep their lines).
+function Session:publish()
+  local lines = {}
+  for line in (reaper.GetExtState(EXT, "active") .. "\n"):gmatch("([^\n]*)\n") do
+    if line ~= "" and line:sub(1, #self.instance + 1) ~= self.instance .. "\t" then lines[#lines + 1] = line end
+  end
+  for _, job in ipairs(self:open_jobs()) do lines[#lines + 1] = self.instance .. "\t" .. job.cancel_path end
+  reaper.SetExtState(EXT, "active", table.concat(lines, "\n"), false)
+end
+
+function Session:cancel_all()
+  for _, job in ipairs(self:open_jobs()) do
+    H.write_cancel_file(job.cancel_path)
+    job.note = "cancelling…"
+  end
+end
+
+function Session:poll(job, now)
+  local text = H.read_file(job.status_path)
+  if text then
+    local status = core.parse_status(text)
+    if status then -- a status caught mid-replace is simply read again next time
+      job.status = status
+      if job.note == PICKUP_NOTE then job.note = nil end
+    end
+  elseif now - job.sent_at > PICKUP_TIMEOUT and not job.note then
+    job.note = PICKUP_NOTE
+  end
+  local status = job.status
+  if not status or not status.finished then return end
+  job.note = nil
+  if status.state == "done" then
+    local current = reaper.EnumProjects(-1, "")
+    if current ~= job.project then
+      job.note = "stems ready: switch back to their project tab to insert them"
+      return
+    end
+    local ok, err = H.insert_stems(job, status)
+    job.closed = true
+    if ok then
+      job.note = "stems inserted"
+    else
+      job.note = "could not insert the stems"
+      H.alert(job.label .. ": " .. err)
+    end
+  elseif status.state == "failed" then
+    job.closed = true
+    H.alert(job.label .. " could not be separated.\n\n" .. core.failure_text(status))
+  else
+    job.closed = true
+  end
+end
+
+function Session:draw()
+  local line_height = 22
+  local width, height = 560, 20 + line_height * (#self.jobs + 2)
+  if not self.window_open then
+    gfx.init("sam-bridge", width, height)
+    gfx.setfont(1, "Arial", 15)
+    self.window_open = true
+  end
+  local char = gfx.getchar()
+  if char < 0 or char == 27 then -- closed or Escape: keep working in the background
+    gfx.quit()
+    self.window_open = nil
+    return
+  end
+  gfx.set(0.13, 0.13, 0.13)
+  gfx.rect(0, 0, gfx.w, gfx.h, 1)
+  for i, job in ipairs(self.jobs) do
+    local y = 10 + (i - 1) * line_height
+    local progress = job.status and job.status.progress or 0
+    if job.status and job.status.state == "done" then progress = 1 end
+    gfx.set(0.2, 0.45, 0.7)
+    gfx.rect(10, y, math.floor((gfx.w - 20) * progress), line_height - 4, 1)
+    gfx.set(0.92, 0.92, 0.92)
+    gfx.x, gfx.y = 14, y + 2
+    gfx.drawstr(core.progress_line(job))
+  end
+  local open = #self:open_jobs()
+  local button = open > 0 and "[ Cancel all ]" or "[ Close ]"
+  local button_w, button_h = gfx.measurestr(button)
+  local bx, by = gfx.w - button_w - 12, gfx.h - button_h - 10
+  gfx.x, gfx.y = bx, by
+  gfx.drawstr(button)
+  local clicked = gfx.mouse_cap & 1 == 1
+  if clicked and not self.mouse_down and gfx.mouse_x >= bx and gfx.mouse_y >= by then
+    if open > 0 then self:cancel_all() else self.finished_at = -math.huge end
+  end
+  self.mouse_down = clicked
+  gfx.update()
+end
+
+--- One pass of the defer loop; schedules the next while anything is open or shown.
+function Session:tick()
+  local now = reaper.time_precise()
+  local cancel_token = reaper.GetExtState(EXT, "cancel")
+  if cancel_token ~= self.cancel_seen then -- the Cancel action ran
+    self.cancel_seen = cancel_token
+    self:cancel_all()
+  end
+  for _, job in ipairs(self:open_jobs()) do self:poll(job, now) end
+  self:publish()
+  if self.window_open ~= nil then self:draw() end
+  if #self:open_jobs() == 0 then
+    self.finished_at = self.finished_at or now
+    if not self.window_open or now - self.finished_at >= CLOSE_DELAY then
+      self:stop()
+      return
+    end
+  end
+  reaper.defer(function() self:tick() end)
+end
+
+function Session:stop()
+  if self.window_open then gfx.quit() end
+  self.window_open = nil
+  for _, job in ipairs(self.jobs) do job.closed = true end
+  self:publish()
+end
+
+---------------------------------------------------------------------------------------------------
+-- Actions
+---------------------------------------------------------------------------------------------------
+
+function H.write_cancel_file(path)
+  if exists(path) then return true end
+  local file = io.open(path, "wb")
+  if not file then return nil end
+  file:close()
+  return true
+end
+
+local request_counter = 0
+
+local function next_request_name()
+  request_counter = request_counter + 1
+  return core.request_name(os.date("%Y%m%d-%H%M%S"), string.format("%04x", math.random(0, 0xffff)),
+    request_counter)
+end
+
+--- Builds and writes one request for an item; returns the job or nil, message.
+local function start_job(info, desc, what, project, project_dir)
+  if not desc.take then return nil, "the item is empty" end
+  local mode = core.classify_take(desc)
+  local name = next_request_name()
+  desc.mode = mode
+  if mode == "render" then
+    local path, err = H.render_item(desc, core.join(project_dir, RENDER_FOLDER), name)
+    if not path then return nil, "REAPER could not render it first (" .. err .. ")" end
+    desc.rendered_path = path
+  end
+  local ok, request = pcall(core.build_request, desc, what,
+    { project_dir = project_dir, tag = "reaper:" .. (desc.guid or name) })
+  if not ok then return nil, request end
+  local encoded_ok, text = pcall(core.json_encode, request)
+  if not encoded_ok then return nil, text end
+  reaper.RecursiveCreateDirectory(info.requests_dir, 0)
+  local base = core.join(info.requests_dir, name)
+  local written, err = H.write_file_atomic(base .. ".json", text)
+  if not written then return nil, "could not write the request (" .. tostring(err) .. ")" end
+  return {
+    name = name, request_path = base .. ".json", status_path = base .. ".status.json",
+    cancel_path = base .. ".cancel", label = desc.label, what = what, mode = mode,
+    item = desc.item, track = desc.track, track_name = desc.track_name, project = project,
+    position = desc.position, length = desc.length, item_values = desc.item_values,
+    take_values = desc.take_values, mute_source = mute_source_enabled(),
+    sent_at = reaper.time_precise(),
+  }
+end
+
+--- Action "sam-bridge: Separate selected items…".
+function H.separate_selected_items()
+  math.randomseed(os.time() + math.floor((reaper.time_precise() % 1) * 1e6))
+  local info, err = H.find_daemon()
+  if not info then return H.alert(err) end
+  local items = H.selected_items()
+  if #items == 0 then return H.alert("Select the items to separate first, then run this action again.") end
+  local presets = core.parse_presets(H.read_file(info.presets_file))
+  local what = H.ask_what(presets)
+  if not what then return end
+
+  local project = reaper.EnumProjects(-1, "")
+  local project_dir = H.project_dir()
+  local jobs, problems = {}, {}
+  for _, item in ipairs(items) do
+    local desc = H.describe_item(item)
+    local job, problem = start_job(info, desc, what, project, project_dir)
+    if job then jobs[#jobs + 1] = job else problems[#problems + 1] = (desc.label or "item") .. ": " .. problem end
+  end
+  if #problems > 0 then H.alert("Some items were not sent:\n\n" .. table.concat(problems, "\n")) end
+  if #jobs == 0 then return end
+  local session = new_session(info, jobs)
+  reaper.atexit(function() session:stop() end)
+  session:tick()
+  return session
+end
+
+--- Action "sam-bridge: Cancel": asks the daemon to cancel every separation this REAPER started.
+function H.cancel_all()
+  local count = 0
+  for line in (reaper.GetExtState(EXT, "active") .. "\n"):gmatch("([^\n]*)\n") do
+    local path = line:match("\t(.+)$")
+    if path and H.write_cancel_file(path) then count = count + 1 end
+  end
+  reaper.SetExtState(EXT, "cancel", tostring(reaper.time_precise()), false)
+  if count == 0 then H.alert("Nothing to cancel: no separation started from REAPER is running.") end
+  return count
+end
+
+return H

@@ -1,0 +1,196 @@
+"""Runs the DAW-side scripts under test: the REAPER Lua on `lua5.4` with a stand-in REAPER host, and the
+Max for Live JavaScript on `node` with stand-ins for Max and the Live Object Model. (The daemon tests use
+the real daemon through tests/conftest.py's `daemon_factory`.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+REAPER_DIR = REPO / "scripts" / "reaper"
+ABLETON_DIR = REPO / "scripts" / "ableton"
+DAW_DIR = Path(__file__).resolve().parent
+
+LUA = shutil.which("lua5.4")
+LUAC = shutil.which("luac5.4")
+NODE = shutil.which("node")
+
+SEPARATE_SCRIPT = REAPER_DIR / "sam-bridge - Separate selected items.lua"
+CANCEL_SCRIPT = REAPER_DIR / "sam-bridge - Cancel.lua"
+
+
+def _without_none(value: Any) -> Any:
+    """JSON null reaches Lua as a truthy sentinel; scenarios leave such keys out instead."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def lua_eval(code: str, timeout: float = 20) -> Any:
+    """Runs Lua `code` (a chunk that `return`s a value) with sam_bridge_core loaded as `core`."""
+    assert LUA, "lua5.4 is not installed"
+    runner = (
+        f"package.path = {json.dumps(str(REAPER_DIR) + '/?.lua;')} .. package.path\n"
+        "local core = require('sam_bridge_core')\n"
+        "local chunk = assert(load(io.read('a'), 'test', 't', setmetatable({core = core}, {__index = _G})))\n"
+        "io.write(core.json_encode({value = chunk()}))\n"
+    )
+    done = subprocess.run(
+        [LUA, "-e", runner], input=code, capture_output=True, text=True, encoding="utf-8", timeout=timeout
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"lua failed ({done.returncode}): {done.stderr}")
+    return json.loads(done.stdout).get("value")
+
+
+class ReaperHost:
+    """The REAPER stand-in in a `lua5.4` process, driven one JSON command at a time."""
+
+    def __init__(self, scenario: Mapping[str, Any], workdir: Path, env: Mapping[str, str],
+                 lua: str | None = None) -> None:
+        lua = lua or LUA
+        assert lua, "lua5.4 is not installed"
+        scenario_path = workdir / "scenario.json"
+        scenario_path.write_text(json.dumps(_without_none(dict(scenario))), encoding="utf-8")
+        self._process = subprocess.Popen(
+            [lua, str(DAW_DIR / "reaper_driver.lua"), str(REAPER_DIR), str(scenario_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env={**os.environ, **env},
+            cwd=workdir,
+        )
+
+    def send(self, **command: Any) -> dict[str, Any]:
+        process = self._process
+        assert process.stdin and process.stdout
+        process.stdin.write(json.dumps(command) + "\n")
+        process.stdin.flush()
+        line = process.stdout.readline()
+        if not line:
+            stderr = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"the Lua driver stopped: {stderr}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def run(self, script: Path) -> dict[str, Any]:
+        answer = self.send(cmd="run", script=str(script))
+        assert answer["ok"], answer.get("error")
+        return answer
+
+    def tick(self, n: int = 1, dt: float = 0.05) -> dict[str, Any]:
+        answer = self.send(cmd="tick", n=n, dt=dt)
+        assert answer["ok"], answer.get("error")
+        return answer
+
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = self.send(cmd="state")["state"]
+        return state
+
+    def close(self) -> None:
+        process = self._process
+        if process.stdin:
+            process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream:
+                stream.close()
+
+
+def write_status(requests_dir: Path, name: str, **fields: Any) -> None:
+    """Writes a status file the way the contract says the daemon does (atomically)."""
+    status = {
+        "schema": 1, "request": f"{name}.json", "job_id": "job-1", "tag": "", "state": "queued",
+        "progress": 0.0, "message": "", "updated_at": "2025-01-01T00:00:00+00:00", "stems": {},
+        "manifest": None, "error": None, "flags": [],
+    }
+    status.update(fields)
+    final = requests_dir / f"{name}.status.json"
+    tmp = requests_dir / f"{name}.status.json.tmp"
+    tmp.write_text(json.dumps(status), encoding="utf-8")
+    os.replace(tmp, final)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class MaxDevice:
+    """The Max for Live device's JavaScript in a `node` process with stand-ins for Max and Live."""
+
+    def __init__(self, scenario: Mapping[str, Any], workdir: Path) -> None:
+        assert NODE, "node is not installed"
+        scenario_path = workdir / "max-scenario.json"
+        scenario_path.write_text(json.dumps(dict(scenario)), encoding="utf-8")
+        self._process = subprocess.Popen(
+            [NODE, str(DAW_DIR / "max_harness.js"), str(ABLETON_DIR / "sam_bridge_device.js"), str(scenario_path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+            cwd=workdir,
+        )
+
+    def send(self, **command: Any) -> dict[str, Any]:
+        process = self._process
+        assert process.stdin and process.stdout
+        process.stdin.write(json.dumps(command) + "\n")
+        process.stdin.flush()
+        line = process.stdout.readline()
+        if not line:
+            stderr = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"the node harness stopped: {stderr}")
+        answer: dict[str, Any] = json.loads(line)
+        assert answer["ok"], answer.get("error")
+        return answer
+
+    def msg(self, name: str, *args: Any) -> list[list[Any]]:
+        """Sends a Max message to the [js] object; returns what came out of its outlets."""
+        outlets: list[list[Any]] = self.send(cmd="msg", name=name, args=list(args))["outlets"]
+        return outlets
+
+    def state(self) -> dict[str, Any]:
+        return self.send(cmd="state")
+
+    def close(self) -> None:
+        process = self._process
+        if process.poll() is None:
+            with contextlib.suppress(AssertionError, OSError, ValueError):
+                self.send(cmd="close")
+        if process.stdin:
+            process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream:
+                stream.close()
+
+
+def osc_out(outlets: list[list[Any]]) -> list[list[Any]]:
+    """The messages the device sent to [udpsend] (outlet 0)."""
+    return [o[1:] for o in outlets if o[0] == 0]
+
+
+def status_texts(outlets: list[list[Any]]) -> list[str]:
+    """What the device showed in its status line (outlet 3, `set <text>`)."""
+    return [str(o[2]) for o in outlets if o[0] == 3 and o[1] == "set"]

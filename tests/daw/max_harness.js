@@ -1,0 +1,387 @@
+// Runs sam-bridge's Max for Live device JavaScript under node, with stand-ins for what Max and Live give
+// it: outlet/post, messagename, the Live Object Model (LiveAPI, on a small Live set from a scenario), and
+// [udpsend]/[udpreceive] (real UDP on 127.0.0.1, encoding messages the way Max does).
+// One JSON command per stdin line, one JSON answer per stdout line.
+// Usage: node max_harness.js <sam_bridge_device.js> <scenario.json>
+"use strict";
+
+const fs = require("fs");
+const dgram = require("dgram");
+const readline = require("readline");
+
+const [devicePath, scenarioPath] = process.argv.slice(2);
+const scenario = JSON.parse(fs.readFileSync(scenarioPath, "utf8"));
+
+// --- a small Live set ------------------------------------------------------------------------------
+
+class LiveSet {
+  constructor(spec) {
+    this.nextId = 1;
+    this.objects = new Map();
+    this.calls = [];
+    this.errors = [];
+    this.caps = Object.assign({ track_create_audio_clip: true, slot_create_audio_clip: true }, spec.capabilities);
+    this.song = this.register({ kind: "Song", tracks: [] });
+    for (const t of spec.tracks || []) this.song.tracks.push(this.makeTrack(t));
+    this.detail = null;
+    if (spec.detail) this.selectDetail(spec.detail);
+  }
+
+  register(obj) {
+    obj.id = this.nextId++;
+    this.objects.set(obj.id, obj);
+    return obj;
+  }
+
+  makeTrack(t) {
+    const track = this.register({ kind: "Track", name: t.name || "", type: t.type || "audio", clip_slots: [],
+                                  arrangement_clips: [] });
+    const slots = t.clip_slots || [null, null, null, null];
+    for (const c of slots) {
+      const slot = this.register({ kind: "ClipSlot", clip: null, track });
+      if (c) slot.clip = this.makeClip(c, track);
+      track.clip_slots.push(slot);
+    }
+    for (const c of t.arrangement_clips || []) track.arrangement_clips.push(this.makeClip(c, track));
+    return track;
+  }
+
+  makeClip(c, track) {
+    return this.register(Object.assign({
+      kind: "Clip", name: "", file_path: "", is_audio_clip: 1, warping: 0, looping: 0, start_marker: 0,
+      end_marker: 1, loop_start: 0, loop_end: 1, start_time: 0, sample_rate: 44100, muted: 0,
+      seconds_per_beat: 0.5, track,
+    }, c));
+  }
+
+  selectDetail(spec) {
+    const track = this.song.tracks[spec.track];
+    this.detail = spec.arrangement !== undefined ? track.arrangement_clips[spec.arrangement]
+      : track.clip_slots[spec.slot].clip;
+  }
+
+  pathOf(obj) {
+    if (obj.kind === "Song") return "live_set";
+    const tracks = this.song.tracks;
+    if (obj.kind === "Track") return "live_set tracks " + tracks.indexOf(obj);
+    if (obj.kind === "ClipSlot") return this.pathOf(obj.track) + " clip_slots " + obj.track.clip_slots.indexOf(obj);
+    if (obj.kind === "Clip") {
+      const slot = obj.track.clip_slots.findIndex((s) => s.clip === obj);
+      if (slot >= 0) return this.pathOf(obj.track) + " clip_slots " + slot + " clip";
+      return this.pathOf(obj.track) + " arrangement_clips " + obj.track.arrangement_clips.indexOf(obj);
+    }
+    return "";
+  }
+
+  resolve(path) {
+    const words = String(path).replace(/"/g, "").trim().split(/\s+/);
+    if (words[0] === "id") {
+      const obj = this.objects.get(Number(words[1]));
+      return obj && !obj.deleted ? obj : null;
+    }
+    if (words[0] !== "live_set") return null;
+    let obj = this.song;
+    for (let i = 1; i < words.length && obj; i++) {
+      const word = words[i];
+      if (word === "view" && words[i + 1] === "detail_clip") return this.detail;
+      if (word === "tracks") obj = this.song.tracks[Number(words[++i])];
+      else if (word === "clip_slots") obj = obj.clip_slots[Number(words[++i])];
+      else if (word === "arrangement_clips") obj = obj.arrangement_clips[Number(words[++i])];
+      else if (word === "clip") obj = obj.clip;
+      else return null;
+    }
+    return obj || null;
+  }
+
+  info(obj) {
+    if (!obj) return "No object";
+    const functions = [];
+    if (obj.kind === "Track" && this.caps.track_create_audio_clip) functions.push("create_audio_clip");
+    if (obj.kind === "ClipSlot" && this.caps.slot_create_audio_clip) functions.push("create_audio_clip");
+    if (obj.kind === "Song") functions.push("create_audio_track");
+    return ["id " + obj.id, "type " + obj.kind, ...functions.map((f) => "function " + f), "done"].join("\n");
+  }
+
+  call(obj, fn, args) {
+    this.calls.push({ path: this.pathOf(obj), fn, args });
+    if (obj.kind === "Song" && fn === "create_audio_track") {
+      const index = args[0] < 0 || args[0] > this.song.tracks.length ? this.song.tracks.length : args[0];
+      this.song.tracks.splice(index, 0, this.makeTrack({ name: "Audio", clip_slots: [null, null, null, null] }));
+      return undefined;
+    }
+    if (obj.kind === "Track" && fn === "create_audio_clip" && this.caps.track_create_audio_clip) {
+      const clip = this.makeClip({ file_path: args[0], start_time: args[1], warping: 1,
+                                   name: String(args[0]).split(/[\\/]/).pop() }, obj);
+      obj.arrangement_clips.push(clip);
+      obj.arrangement_clips.sort((a, b) => a.start_time - b.start_time);
+      return undefined;
+    }
+    if (obj.kind === "ClipSlot" && fn === "create_audio_clip" && this.caps.slot_create_audio_clip) {
+      obj.clip = this.makeClip({ file_path: args[0], warping: 1, name: String(args[0]).split(/[\\/]/).pop() },
+                               obj.track);
+      return undefined;
+    }
+    if (obj.kind === "Clip" && fn === "beat_to_sample_time") {
+      return args[0] * obj.seconds_per_beat * obj.sample_rate;
+    }
+    this.errors.push("unknown function " + fn + " on " + obj.kind);
+    return undefined;
+  }
+
+  snapshot() {
+    const clip = (c) => c && {
+      id: c.id, name: c.name, file_path: c.file_path, start_time: c.start_time, warping: c.warping, muted: c.muted,
+    };
+    return {
+      tracks: this.song.tracks.map((t) => ({
+        name: t.name, arrangement_clips: t.arrangement_clips.map(clip), clip_slots: t.clip_slots.map((s) => clip(s.clip)),
+      })),
+      calls: this.calls,
+      errors: this.errors,
+    };
+  }
+}
+
+const live = new LiveSet(scenario.live || {});
+
+function LiveAPI(path) {
+  if (typeof path === "function") path = arguments[1]; // new LiveAPI(callback, path)
+  const obj = live.resolve(path);
+  this._obj = obj;
+  this.id = obj ? String(obj.id) : "0";
+  this.unquotedpath = obj ? live.pathOf(obj) : "";
+  this.path = obj ? "\"" + this.unquotedpath + "\"" : "";
+  this.type = obj ? obj.kind : "";
+  this.info = live.info(obj);
+}
+LiveAPI.prototype.get = function (prop) {
+  if (!this._obj) return [];
+  const value = this._obj[prop];
+  return value === undefined ? [] : [value];
+};
+LiveAPI.prototype.set = function (prop, value) {
+  if (!this._obj) return;
+  live.calls.push({ path: live.pathOf(this._obj), fn: "set", args: [prop, value] });
+  this._obj[prop] = value;
+};
+LiveAPI.prototype.call = function (fn, ...args) {
+  return this._obj ? live.call(this._obj, fn, args) : undefined;
+};
+LiveAPI.prototype.getcount = function (child) {
+  const value = this._obj && this._obj[child];
+  return Array.isArray(value) ? value.length : 0;
+};
+
+// --- the device, with Max's globals stood in ---------------------------------------------------------
+
+const outlets = [];
+const posts = [];
+let udp = null;
+
+global.outlet = () => { throw new Error("the device must use its host's outlet"); };
+global.post = (text) => posts.push(String(text));
+global.LiveAPI = LiveAPI;
+global.messagename = "";
+
+const device = require(devicePath);
+device.setHost({
+  outlet: (n, ...args) => {
+    outlets.push([n, ...args]);
+    if (n === 0 && udp) udp.send(args);
+  },
+  post: (text) => posts.push(String(text)),
+  liveApi: (path) => new LiveAPI(path),
+  now: () => 1700000000000,
+  listDir: (dir) => {
+    try {
+      return fs.readdirSync(dir);
+    } catch (e) {
+      return null;
+    }
+  },
+});
+
+function deliver(name, args) {
+  if (typeof device.messages[name] === "function" && name !== "anything") {
+    device.messages[name](...args);
+  } else {
+    global.messagename = name;
+    device.messages.anything(...args);
+  }
+}
+
+// --- OSC over UDP, as [udpsend]/[udpreceive] do it ---------------------------------------------------
+
+function pad(buffer) {
+  const size = Math.ceil((buffer.length + 1) / 4) * 4;
+  const out = Buffer.alloc(size);
+  buffer.copy(out);
+  return out;
+}
+
+function encodeMessage(address, args) {
+  const types = [","];
+  const parts = [];
+  for (const arg of args) {
+    if (typeof arg === "number" && Number.isInteger(arg)) { // Max sends a whole number as an int
+      types.push("i");
+      const b = Buffer.alloc(4);
+      b.writeInt32BE(arg);
+      parts.push(b);
+    } else if (typeof arg === "number") {
+      types.push("f");
+      const b = Buffer.alloc(4);
+      b.writeFloatBE(arg);
+      parts.push(b);
+    } else {
+      types.push("s");
+      parts.push(pad(Buffer.from(String(arg), "utf8")));
+    }
+  }
+  return Buffer.concat([pad(Buffer.from(address, "utf8")), pad(Buffer.from(types.join(""), "utf8")), ...parts]);
+}
+
+function readString(buffer, offset) {
+  const end = buffer.indexOf(0, offset);
+  return [buffer.toString("utf8", offset, end), Math.ceil((end + 1) / 4) * 4];
+}
+
+function decodePacket(buffer, out) {
+  const [address, afterAddress] = readString(buffer, 0);
+  if (address === "#bundle") {
+    let offset = 16;
+    while (offset < buffer.length) {
+      const size = buffer.readInt32BE(offset);
+      decodePacket(buffer.subarray(offset + 4, offset + 4 + size), out);
+      offset += 4 + size;
+    }
+    return out;
+  }
+  const [types, afterTypes] = readString(buffer, afterAddress);
+  let offset = afterTypes;
+  const args = [];
+  for (const type of types.slice(1)) {
+    if (type === "i") { args.push(buffer.readInt32BE(offset)); offset += 4; }
+    else if (type === "f") { args.push(buffer.readFloatBE(offset)); offset += 4; }
+    else if (type === "d") { args.push(buffer.readDoubleBE(offset)); offset += 8; }
+    else if (type === "h") { args.push(Number(buffer.readBigInt64BE(offset))); offset += 8; }
+    else if (type === "s") { const [s, next] = readString(buffer, offset); args.push(s); offset = next; }
+    else if (type === "T") args.push(1);
+    else if (type === "F") args.push(0);
+  }
+  out.push({ address, args });
+  return out;
+}
+
+const received = [];
+const waiters = [];
+
+function checkWaiters() {
+  for (let i = waiters.length - 1; i >= 0; i--) {
+    const w = waiters[i];
+    if (received.filter((m) => m.address === w.address).length >= w.count) {
+      waiters.splice(i, 1);
+      clearTimeout(w.timer);
+      w.resolve(true);
+    }
+  }
+}
+
+function connect(daemonPort, listenPort) {
+  return new Promise((resolve, reject) => {
+    const sender = dgram.createSocket("udp4"); // an ephemeral port, like [udpsend]
+    const receiver = dgram.createSocket("udp4"); // [udpreceive <listenPort>]
+    receiver.on("message", (data) => {
+      for (const message of decodePacket(data, [])) {
+        received.push(message);
+        setImmediate(() => { // [deferlow]
+          deliver(message.address, message.args);
+          checkWaiters();
+        });
+      }
+    });
+    receiver.on("error", reject);
+    receiver.bind(listenPort, "127.0.0.1", () => {
+      udp = {
+        send: (args) => sender.send(encodeMessage(String(args[0]), args.slice(1)), daemonPort, "127.0.0.1"),
+        close: () => { sender.close(); receiver.close(); },
+      };
+      resolve();
+    });
+  });
+}
+
+// --- commands ----------------------------------------------------------------------------------------
+
+function drain() {
+  return outlets.splice(0, outlets.length);
+}
+
+const commands = {
+  async msg(cmd) {
+    deliver(cmd.name, cmd.args || []);
+    return { outlets: drain() };
+  },
+  async state() {
+    const d = device.getDevice();
+    return {
+      live: live.snapshot(), posts,
+      device: { presets: d.presets, presetIndex: d.presetIndex, prompt: d.prompt, listenPort: d.listenPort,
+                deactivateSource: d.deactivateSource, openTags: Object.keys(d.jobsByTag),
+                openJobs: Object.keys(d.jobsById) },
+      received,
+    };
+  },
+  async select(cmd) {
+    live.selectDetail(cmd);
+    return {};
+  },
+  async delete_track(cmd) {
+    const [track] = live.song.tracks.splice(cmd.index, 1);
+    track.deleted = true;
+    return {};
+  },
+  async osc_connect(cmd) {
+    await connect(cmd.daemon_port, cmd.listen_port);
+    return {};
+  },
+  async wait(cmd) {
+    const found = await new Promise((resolve) => {
+      const waiter = { address: cmd.address, count: cmd.count || 1, resolve };
+      waiter.timer = setTimeout(() => {
+        waiters.splice(waiters.indexOf(waiter), 1);
+        resolve(false);
+      }, (cmd.timeout || 10) * 1000);
+      waiters.push(waiter);
+      checkWaiters();
+    });
+    return { found, outlets: drain() };
+  },
+  async eval(cmd) {
+    const fn = new Function("device", "live", cmd.code); // eslint-disable-line no-new-func
+    return { value: fn(device, live) };
+  },
+  async close() {
+    if (udp) udp.close();
+    udp = null;
+    return {};
+  },
+};
+
+let chain = Promise.resolve();
+readline.createInterface({ input: process.stdin }).on("line", (line) => {
+  chain = chain.then(async () => {
+    let answer;
+    try {
+      const cmd = JSON.parse(line);
+      answer = Object.assign({ ok: true }, await commands[cmd.cmd](cmd));
+    } catch (err) {
+      answer = { ok: false, error: String(err && err.stack ? err.stack : err) };
+    }
+    process.stdout.write(JSON.stringify(answer) + "\n");
+  });
+}).on("close", () => {
+  chain.then(() => {
+    if (udp) udp.close();
+  });
+});
