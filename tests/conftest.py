@@ -87,7 +87,10 @@ class DaemonProcess:
     def start(self, timeout: float = 30.0) -> dict[str, object]:
         if self.config is not None:
             (self.dirs["config"] / "config.yaml").write_text(self.config, encoding="utf-8")
-        env = {**os.environ, "FAL_KEY": TEST_KEY, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "FAL_KEY": TEST_KEY, "PYTHONUNBUFFERED": "1", "HOME": str(self.dirs["home"]),
+               "SAM_BRIDGE_STATE_DIR": str(self.dirs["state"]),
+               "SAM_BRIDGE_CONFIG": str(self.dirs["config"] / "config.yaml"),
+               "SAM_BRIDGE_HOT_DIR": str(self.dirs["hot"])}
         self.info_path.unlink(missing_ok=True)
         self._log_handle = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

@@ -1,0 +1,86 @@
+"""Hot folders through the real daemon: drop a file, stems appear; two daemons on one shared folder never
+both process a file (the local service's counters prove it); a corrupt file gets an .error.txt."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import wait_for
+from tests.test_daemon import make_source
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def drop(path: Path, data: np.ndarray, rate: int) -> Path:
+    """Write like a DAW export: temp name, then rename into the hot folder."""
+    temp = path.with_name(f".{path.name}.part")
+    sf.write(temp, data, rate, subtype="PCM_24", format="WAV")
+    os.replace(temp, path)
+    return path
+
+
+def stems_for(source: Path, label: str) -> tuple[Path, Path, Path]:
+    base = source.parent / "Stems" / f"{source.stem} - {label}"
+    return (base.with_name(base.name + ".target.wav"), base.with_name(base.name + ".residual.wav"),
+            base.with_name(base.name + ".sam.json"))
+
+
+def test_drop_into_a_preset_subfolder_gives_stems(daemon_factory, service, user_dirs) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    hot = Path(str(info["hot_folder"]))
+    assert (hot / "vocals").is_dir() and (hot / "4-stems").is_dir()  # one subfolder per preset
+    data = np.random.default_rng(1).standard_normal((22050, 2)) * 0.1
+    source = drop(hot / "vocals" / "Lead.wav", data, 44100)
+    target, residual, manifest = stems_for(source, "vocals")
+    wait_for(manifest.exists, timeout=60, what="the manifest")
+    t, _ = sf.read(target)
+    r, _ = sf.read(residual)
+    s, _ = sf.read(source)
+    assert t.shape == s.shape and np.max(np.abs(s - t - r)) < 1e-6
+    time.sleep(1.5)  # a rescan later: our own stems inside the hot folder are not taken again
+    assert service.stats()["submits"] == 1
+    corrupt = hot / "vocals" / "Broken.wav"
+    corrupt.write_text("a text file saved with the wrong extension, not audio")
+    error = corrupt.with_name("Broken.wav.error.txt")
+    wait_for(error.exists, timeout=60, what="the error file")
+    assert "Broken.wav" in error.read_text() or "audio" in error.read_text().lower()
+    daemon.stop()
+
+
+def test_two_daemons_on_one_shared_folder_process_each_file_once(daemon_factory, service, user_dirs,
+                                                                 tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    config = (f"default_hot_folder: false\nhot_rescan_interval: 1\nhot_folders:\n"
+              f"  - path: {shared}\n    preset: piano\n    settle_seconds: 0.3\n")
+    daemons = []
+    for name in ("studio-a", "studio-b"):
+        dirs = {key: tmp_path / name / key for key in ("home", "state", "config", "hot")}
+        for folder in dirs.values():
+            folder.mkdir(parents=True)
+        (dirs["config"] / "config.yaml").write_text(config)
+        daemon = daemon_factory(service.url, dirs=dirs)
+        daemons.append(daemon)
+    for daemon in daemons:
+        daemon.start()
+    sources = [make_source(shared / f"take{n:02d}.wav", seconds=0.4, seed=n) for n in range(12)]
+    for source in sources:
+        wait_for(stems_for(source, "piano")[2].exists, timeout=90, what=f"stems of {source.name}")
+    time.sleep(1.5)
+    stats = service.stats()
+    assert stats["submits"] == len(sources)
+    assert sorted(stats["submits_by_audio"].values()) == [1] * len(sources)
+    leftovers = [p.name for p in (shared / "Stems").iterdir() if "(2)" in p.name]
+    assert leftovers == []  # nobody wrote a second copy
+    for daemon in daemons:
+        assert daemon.stop() == 0
+    manifests = [json.loads(stems_for(s, "piano")[2].read_text()) for s in sources]
+    assert all(m["source"]["frames"] == int(0.4 * 44100) for m in manifests)
