@@ -1,8 +1,9 @@
 """The job engine: owns job state (through the journal), the in-flight limit, cancel, resume, dedupe and
 the budget; runs every job through the one pipeline. Implements `bridge.jobs.JobSink` for the ways in.
 
-Scheduling: FIFO, but a worker takes the oldest job of the way in (origin) with the fewest jobs running,
-so a hundred files dropped in a hot folder do not starve the REAPER user's request behind them.
+Scheduling: FIFO within each way in (origin); between ways in, a worker takes the one with the fewest jobs
+running, then the one served least recently — so a hundred files dropped in a hot folder do not starve
+the REAPER user's request behind them.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class JobEngine(JobSink):
         self._cond = threading.Condition()
         self._pending: set[str] = set()
         self._running: dict[str, str] = {}  # job id -> fairness key (origin)
+        self._last_start: dict[str, float] = {}  # origin -> when it last got a worker
         self._cancelled: set[str] = set()
         self._listeners: list[Callable[[JobEvent], None]] = []
         self._workers: list[threading.Thread] = []
@@ -155,7 +157,9 @@ class JobEngine(JobSink):
                 if job_id is not None:
                     self._pending.discard(job_id)
                     row = self.journal.get(job_id)
-                    self._running[job_id] = row.view.origin if row else ""
+                    origin = row.view.origin if row else ""
+                    self._running[job_id] = origin
+                    self._last_start[origin] = time.monotonic()
                     return job_id
                 self._cond.wait(timeout=self.settings.rescan_interval)
             return None
@@ -167,7 +171,7 @@ class JobEngine(JobSink):
         if not ready:
             return None
         busy = Counter(self._running.values())
-        ready.sort(key=lambda r: (busy[r.view.origin], r.view.created_at))
+        ready.sort(key=lambda r: (busy[r.view.origin], self._last_start.get(r.view.origin, 0.0), r.view.created_at))
         return ready[0].view.job_id
 
     def _watch_journal(self) -> None:

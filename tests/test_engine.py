@@ -1,0 +1,118 @@
+"""The job engine in-process with its real journal, pipeline and the local service: fairness between ways
+in, the daily budget, a lost submit answer, and cancel of a queued job."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.cost import PriceTable
+from bridge.engine import EngineSettings, JobEngine
+from bridge.fal_client import FalClient
+from bridge.jobs import JobEvent, JobState
+from bridge.journal import Journal
+from bridge.pipeline import Pipeline
+from bridge.presets import PresetLibrary, builtin_presets_dir
+from bridge.request import Origin, SeparationRequest
+from tests.conftest import wait_for
+from tests.test_daemon import make_source
+
+
+@pytest.fixture
+def make_engine(client: FalClient, tmp_path: Path) -> Iterator[object]:
+    engines: list[JobEngine] = []
+
+    def make(**settings: object) -> JobEngine:
+        journal = Journal(tmp_path / f"journal{len(engines)}.sqlite")
+        engine = JobEngine(journal, Pipeline(client, poll_interval=0.02, use_stream=False),
+                           PresetLibrary([("built-in", builtin_presets_dir())]),
+                           EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1, **settings))  # type: ignore[arg-type]
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.stop()
+        engine.journal.close()
+
+
+def finished(engine: JobEngine, job_id: str) -> bool:
+    view = engine.get(job_id)
+    return view is not None and view.state.finished
+
+
+def test_fairness_between_ways_in(make_engine, tmp_path: Path) -> None:
+    engine = make_engine(concurrency=1, dedupe=False)
+    started: list[str] = []
+    lock = threading.Lock()
+
+    def record(event: JobEvent) -> None:
+        if event.state == JobState.preparing:
+            with lock:
+                started.append(event.tag)
+
+    engine.subscribe(record)
+    ids = []
+    for n in range(6):  # a hot-folder dump first…
+        source = make_source(tmp_path / f"hot{n}.wav", seconds=0.2, channels=1, seed=n)
+        ids.append(engine.submit(SeparationRequest(source=source, prompt="piano", tag=f"hot{n}",
+                                                   origin=Origin.hot_folder)))
+    for n in range(2):  # …then two requests from REAPER
+        source = make_source(tmp_path / f"reaper{n}.wav", seconds=0.2, channels=1, seed=10 + n)
+        ids.append(engine.submit(SeparationRequest(source=source, prompt="piano", tag=f"reaper{n}",
+                                                   origin=Origin.request_file)))
+    engine.start()
+    wait_for(lambda: all(finished(engine, j) for j in ids), timeout=60, what="all jobs")
+    assert started.index("reaper0") <= 2 and started.index("reaper1") <= 4  # not behind all six hot files
+    assert [t for t in started if t.startswith("hot")] == [f"hot{n}" for n in range(6)]  # FIFO within a way in
+
+
+def test_daily_budget_holds_jobs_with_a_message(make_engine, service, tmp_path: Path) -> None:
+    engine = make_engine(daily_budget=0.001, prices=PriceTable(per_30s=0.05))
+    engine.start()
+    job = engine.submit(SeparationRequest(source=make_source(tmp_path / "a.wav", seconds=1.0), prompt="piano"))
+    wait_for(lambda: (engine.get(job) or object()).state == JobState.waiting, what="the job to wait")  # type: ignore[attr-defined]
+    view = engine.get(job)
+    assert view is not None and "Daily budget reached" in view.message
+    assert service.stats()["submits"] == 0
+
+
+def test_lost_submit_answer_fails_the_job_without_a_second_submit(make_engine, service, tmp_path: Path) -> None:
+    engine = make_engine()
+    engine.start()
+    service.faults.lose_submit_answer(times=1)
+    job = engine.submit(SeparationRequest(source=make_source(tmp_path / "a.wav", seconds=0.3), prompt="piano"))
+    wait_for(lambda: finished(engine, job), what="the job to end")
+    view = engine.get(job)
+    assert view is not None and view.state == JobState.failed
+    assert "may or may not have been accepted" in (view.error or "")
+    time.sleep(0.5)
+    assert service.stats()["submits"] == 1
+
+
+def test_restart_after_a_crash_mid_submit_does_not_resubmit(make_engine, service, tmp_path: Path) -> None:
+    engine = make_engine()
+    request = SeparationRequest(source=make_source(tmp_path / "a.wav", seconds=0.3), prompt="piano")
+    job = engine.submit(request)
+    engine.journal.mark_submitting(job, 0)  # what a crash between "send" and "answer" leaves behind
+    engine.start()
+    wait_for(lambda: finished(engine, job), what="the job to end")
+    view = engine.get(job)
+    assert view is not None and view.state == JobState.failed and "sam-bridge retry" in (view.error or "")
+    assert service.stats()["submits"] == 0
+
+
+def test_cancel_a_queued_job_never_reaches_the_service(make_engine, service, tmp_path: Path) -> None:
+    engine = make_engine()
+    job = engine.submit(SeparationRequest(source=make_source(tmp_path / "a.wav", seconds=0.3), prompt="piano"))
+    assert engine.cancel(job)
+    engine.start()
+    view = engine.get(job)
+    assert view is not None and view.state == JobState.cancelled
+    assert not engine.cancel(job)  # already finished
+    time.sleep(0.3)
+    assert service.stats()["submits"] == 0
