@@ -279,3 +279,25 @@ def test_preset_files_reload_while_running_and_bad_ones_stay_contained(daemon_fa
     other = write_request(requests_dir(info), "other", source=source, preset="vocals")  # built-ins still work
     assert wait_state(other, ("done", "failed"))["state"] == "done"
     daemon.stop()
+
+
+@pytest.mark.parametrize("change", ["rewritten", "deleted"])
+def test_source_changed_or_deleted_mid_job_fails_clearly(daemon_factory, user_dirs, change: str) -> None:
+    from bridge.local_service import LocalFalService
+
+    with LocalFalService(key=TEST_KEY, job_time=1.5) as slow:
+        daemon = daemon_factory(slow.url)
+        info = daemon.start()
+        source = make_source(user_dirs["home"] / "moving.wav", seconds=0.5)
+        request = write_request(requests_dir(info), "moving", source=source, prompt="piano")
+        wait_state(request, ("submitted", "running"))
+        if change == "deleted":
+            source.unlink()
+        else:
+            make_source(source, seconds=0.7, seed=3)
+        status = wait_state(request, ("failed", "done"))
+        assert status["state"] == "failed", status
+        assert ("deleted" if change == "deleted" else "changed") in status["error"] or "no longer" in status["error"]
+        stems = source.parent / "Stems"
+        assert not stems.exists() or [p for p in stems.iterdir() if not p.name.startswith(".")] == []
+        daemon.stop()
