@@ -1,0 +1,156 @@
+"""Benchmark the conform stage alone: a 10-minute stereo 48 kHz/24-bit source.
+
+Makes the source and a fake service result (mono 48 kHz float WAV, or MP3 with --mp3) block by block in
+a temporary folder, then runs `conform` in a child process pinned to ONE CPU core and prints the
+real-time factor and the child's peak RSS (before/after conform). Goal: ≥ 200× real time, RSS bounded.
+
+    /work/venv/bin/python benchmarks/bench_conform.py [--minutes 10] [--rate 48000] [--mp3] [--bwf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BLOCK = 48_000 * 10
+
+
+def make_files(folder: Path, minutes: float, rate: int, mp3: bool, bwf: bool) -> tuple[Path, Path, Path]:
+    """Source = a 'target' part (left-leaning tones + clicks) + a 'residual' part (stereo noise)."""
+    frames = round(minutes * 60 * rate)
+    source = folder / "source.wav"
+    ext = "mp3" if mp3 else "wav"
+    target, residual = folder / f"svc.target.{ext}", folder / f"svc.residual.{ext}"
+    rng = np.random.default_rng(7)
+    svc_args = {"format": "MP3"} if mp3 else {"subtype": "FLOAT"}
+    with (
+        sf.SoundFile(str(source), "w", rate, 2, "PCM_24") as src,
+        sf.SoundFile(str(target), "w", 48_000, 1, **svc_args) as tgt,
+        sf.SoundFile(str(residual), "w", 48_000, 1, **svc_args) as res,
+    ):
+        # the service works at 48 kHz: other source rates go through soxr like the real result would
+        to_service = [
+            soxr.ResampleStream(rate, 48_000, 1, dtype="float64") if rate != 48_000 else None for _ in range(2)
+        ]
+        for start in range(0, frames, BLOCK):
+            n = min(BLOCK, frames - start)
+            t = (np.arange(start, start + n) / rate)[:, None]
+            part_t = 0.3 * np.sin(2 * np.pi * 330 * t) * np.array([[0.9, 0.3]])
+            part_t[rng.random(n) < 2e-4] += 0.4
+            part_r = rng.uniform(-0.15, 0.15, (n, 2))
+            src.write(part_t + part_r)
+            last = start + n >= frames
+            for stream, part, out in zip(to_service, (part_t, part_r), (tgt, res), strict=True):
+                mono = part.mean(axis=1)
+                out.write(stream.resample_chunk(mono, last=last) if stream is not None else mono)
+    if bwf:
+        from bridge import bwf as bwf_chunks
+
+        bext = bytearray(602)
+        bext[:14] = b"bench session "
+        bwf_chunks.append_chunks(source, bwf_chunks.with_time_reference(bytes(bext), 3600 * rate), b"<BWFXML/>")
+    return source, target, residual
+
+
+def run_conform(folder: Path, repeats: int) -> dict[str, object]:
+    """In the child: one core, conform `repeats` times (fresh outputs each time), report time and memory."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    from bridge.audio_source import probe_source
+    from bridge.conform import ConformSpec, conform
+
+    info = probe_source(folder / "source.wav")
+    ext = "mp3" if (folder / "svc.target.mp3").exists() else "wav"
+    rss_before = _rss_mb()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        outputs = folder / "out.target.wav", folder / "out.residual.wav"
+        for path in outputs:
+            path.unlink(missing_ok=True)
+        began, cpu = time.perf_counter(), time.process_time()
+        report = conform(
+            ConformSpec(info, 0, info.frames),
+            folder / f"svc.target.{ext}",
+            folder / f"svc.residual.{ext}",
+            *outputs,
+        )
+        walls.append(time.perf_counter() - began)
+        cpus.append(time.process_time() - cpu)
+    return {
+        "audio_seconds": info.seconds,
+        "walls": walls,
+        "cpus": cpus,
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "offset": report.offset_samples,
+        "null_dbfs": report.null_test_dbfs,
+        "flags": ",".join(report.flags) or "-",
+    }
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--rate", type=int, default=48_000, help="source sample rate")
+    parser.add_argument("--mp3", action="store_true", help="service result as MP3 instead of float WAV")
+    parser.add_argument("--bwf", action="store_true", help="give the source bext/iXML (stems get them too)")
+    parser.add_argument("--repeats", type=int, default=3, help="conform runs (first one is cold)")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_conform(args.child, args.repeats)))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="bench-conform-") as tmp:
+        folder = Path(tmp)
+        began = time.perf_counter()
+        make_files(folder, args.minutes, args.rate, args.mp3, args.bwf)
+        made_in = time.perf_counter() - began
+        print(f"made {args.minutes:g} min stereo {args.rate} Hz/24-bit source in {made_in:.1f} s")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        child = subprocess.run(
+            [sys.executable, __file__, "--child", str(folder), "--repeats", str(args.repeats)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        if child.returncode:
+            print(child.stderr, file=sys.stderr)
+            return child.returncode
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+    audio = result["audio_seconds"]
+    runs = ", ".join(f"{audio / w:.0f}x" for w in result["walls"])
+    print(
+        f"conform, one core: {audio:.0f} s of audio; best {min(result['walls']):.2f} s wall = "
+        f"{audio / min(result['walls']):.0f}x real time, {audio / min(result['cpus']):.0f}x in CPU time "
+        f"(runs: {runs}; goal >= 200x; wall time includes writing + fsync of both stems)"
+    )
+    print(
+        f"memory: RSS {result['rss_before_mb']:.0f} MB before conform, peak {result['peak_rss_mb']:.0f} MB "
+        f"(growth {result['peak_rss_mb'] - result['rss_before_mb']:.0f} MB)"
+    )
+    print(f"offset {result['offset']}, null test {result['null_dbfs']} dBFS, flags {result['flags']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""Where the service result sits against the source, measured, and the result put on the source's grid.
+
+The service returns mono 48 kHz audio that may start late (mp3 encoder delay, ~1105 samples for LAME
+at 48 kHz when the decoder does not strip it), early, or end a few ms short or long. We never assume
+the offset: the service's own mix (target + residual) is resampled to the source rate with the same
+kind of soxr stream the stems are made from, and compared at full resolution (FFT, float64, no
+decimation) with the source's mono mix over a window of up to 15 s, searching ±1 s. The lag is the peak
+of the phase-transform cross-correlation (GCC-PHAT), which stays sharp on tonal or bass-heavy material;
+the reported correlation is the plain normalised cross-correlation at that lag (0..1). The first window
+with signal (up to a minute in) sets the offset; the last window of the segment, measured after that
+correction, gives the drift. The result is then streamed block by block onto the source's grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.fft as sfft
+import soundfile as sf
+import soxr
+from numpy.typing import NDArray
+
+from bridge.audio_source import read_block
+from bridge.errors import JobFailed
+
+Float32Array = NDArray[np.float32]
+Float64Array = NDArray[np.float64]
+
+WINDOW_SECONDS = 15.0  # length of each correlation window...
+WINDOW_MAX_SAMPLES = 1 << 20  # ...capped so a 192/384 kHz source costs no more memory than 48 kHz
+SEARCH_SECONDS = 1.0  # ± lag searched
+START_WINDOWS = 4  # windows tried at the start before giving up on finding signal
+WEAK_CORRELATION = 0.5
+SIGNAL_FLOOR_DBFS = -60.0  # window RMS below this counts as "no signal to align on"
+_READ_BLOCK = 1 << 16
+
+
+@dataclass(frozen=True)
+class LagEstimate:
+    lag: int  # candidate[n + lag] ≈ reference[n]: + means the candidate is late
+    correlation: float  # normalised peak correlation, 0..1 (0 when there was no signal)
+    has_signal: bool  # False when the reference window is (near) silent: the lag means nothing
+
+
+def mono_mix(block: NDArray[np.floating]) -> Float64Array:
+    """(frames, channels) → (frames,) mean of the channels, float64."""
+    if block.ndim == 1:
+        return block.astype(np.float64)
+    channels = block.shape[1]
+    # a matrix product: numpy's mean over a short last axis is several times slower
+    return np.asarray(block.astype(np.float64, copy=False) @ np.full(channels, 1.0 / channels))
+
+
+def rms_dbfs(x: NDArray[np.floating]) -> float:
+    if x.size == 0:
+        return -math.inf
+    power = float(np.mean(np.square(x, dtype=np.float64)))
+    return 10.0 * math.log10(power) if power > 0 else -math.inf
+
+
+def estimate_lag(reference: NDArray[np.floating], candidate: NDArray[np.floating], max_lag: int) -> LagEstimate:
+    """Find the lag of `candidate` against `reference`.
+
+    `candidate[j]` lies at time `j - max_lag` on the reference's clock and must be
+    `len(reference) + 2 * max_lag` long (zeros where the candidate has no audio).
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    n = len(ref)
+    if len(cand) != n + 2 * max_lag:
+        raise ValueError("candidate must be len(reference) + 2 * max_lag long")
+    if n == 0 or rms_dbfs(ref) < SIGNAL_FLOOR_DBFS:
+        return LagEstimate(0, 0.0, False)
+    size = sfft.next_fast_len(len(cand), real=True)
+    cross = np.conj(sfft.rfft(ref, size)) * sfft.rfft(cand, size)
+    xcorr = sfft.irfft(cross, size)[: 2 * max_lag + 1].copy()  # xcorr[k] = Σ ref[i]·cand[i + k]
+    # The lag comes from the phase transform (GCC-PHAT): every frequency votes equally, so a sustained
+    # tone or bass cannot outvote the transients with its near-equal peaks one period away.
+    magnitude = np.abs(cross)
+    floor = 1e-3 * float(magnitude.mean())
+    if floor <= 0:
+        return LagEstimate(0, 0.0, True)
+    cross /= magnitude + floor
+    del magnitude
+    phat = sfft.irfft(cross, size)[: 2 * max_lag + 1]
+    del cross
+    best = int(np.argmax(phat))
+    matched = cand[best : best + n]
+    cand_energy = float(np.dot(matched, matched))
+    ref_energy = float(np.dot(ref, ref))
+    denom = math.sqrt(ref_energy * cand_energy)
+    correlation = float(xcorr[best]) / denom if denom > 0 else 0.0
+    return LagEstimate(best - max_lag, min(1.0, max(0.0, correlation)), True)
+
+
+class ResampledMono:
+    """A service result file read block by block as mono float32 at `out_rate`, zeros after its end."""
+
+    def __init__(self, path: Path, out_rate: int) -> None:
+        try:
+            self._file = sf.SoundFile(str(path))
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise JobFailed(
+                f"The service sent back a result we cannot read ({path.name}).",
+                "Run the separation again; if it keeps failing, try the other result format (wav/mp3).",
+            ) from exc
+        in_rate = int(self._file.samplerate)
+        self._resampler = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32") if in_rate != out_rate else None
+        self._pending: list[Float32Array] = []
+        self._pending_len = 0
+        self._ended = False
+        self.samples_read = 0  # at the file's own rate, for the report
+
+    def read(self, count: int) -> Float32Array:
+        while self._pending_len < count and not self._ended:
+            self._pull()
+        out = np.zeros(count, dtype=np.float32)
+        filled = 0
+        while filled < count and self._pending:
+            head = self._pending[0]
+            take = min(len(head), count - filled)
+            out[filled : filled + take] = head[:take]
+            filled += take
+            if take == len(head):
+                self._pending.pop(0)
+            else:
+                self._pending[0] = head[take:]
+        self._pending_len -= filled
+        return out
+
+    def _pull(self) -> None:
+        try:
+            block = read_block(self._file, _READ_BLOCK, "float32")
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise JobFailed(
+                f"The service's result {Path(self._file.name).name} is damaged and cannot be decoded.",
+                "Run the separation again.",
+            ) from exc
+        last = len(block) < _READ_BLOCK
+        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        if not np.isfinite(mono).all():  # a broken decode must not poison the stems with NaN
+            mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
+        self.samples_read += len(block)
+        if self._resampler is not None:
+            mono = self._resampler.resample_chunk(mono, last=last)
+        if len(mono):
+            self._pending.append(np.ascontiguousarray(mono, dtype=np.float32))
+            self._pending_len += len(mono)
+        self._ended = last
+
+    @property
+    def declared_frames(self) -> int:
+        return int(self._file.frames)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class AlignedService:
+    """Target and residual on the source's grid: `offset` samples skipped (late) or zero-padded (early)."""
+
+    def __init__(self, target: Path, residual: Path, out_rate: int, offset: int = 0) -> None:
+        self.target = ResampledMono(target, out_rate)
+        try:
+            self.residual = ResampledMono(residual, out_rate)
+        except BaseException:
+            self.target.close()
+            raise
+        if self.target.declared_frames == 0 and self.residual.declared_frames == 0:
+            self.close()
+            raise JobFailed("The service sent back an empty result.", "Run the separation again.")
+        self._lead_zeros = max(0, -offset)
+        if offset > 0:
+            self.target.read(offset)
+            self.residual.read(offset)
+
+    def read(self, count: int) -> tuple[Float32Array, Float32Array]:
+        zeros = min(self._lead_zeros, count)
+        self._lead_zeros -= zeros
+        if zeros == 0:
+            return self.target.read(count), self.residual.read(count)
+        pad = np.zeros(zeros, dtype=np.float32)
+        return (
+            np.concatenate((pad, self.target.read(count - zeros))),
+            np.concatenate((pad, self.residual.read(count - zeros))),
+        )
+
+    def close(self) -> None:
+        self.target.close()
+        self.residual.close()
+
+
+def window_length(frames: int, samplerate: int) -> int:
+    return min(frames, round(WINDOW_SECONDS * samplerate), WINDOW_MAX_SAMPLES)
+
+
+def measure_start_offset(
+    read_source_mono: Callable[[int], Float64Array],
+    read_service_mix: Callable[[int], Float32Array],
+    samplerate: int,
+    frames: int,
+) -> LagEstimate:
+    """Offset of the service mix against the source, from the first window that has signal.
+
+    Both readers return the next `n` samples from the segment start (zeros past their ends).
+    """
+    window = window_length(frames, samplerate)
+    max_lag = round(SEARCH_SECONDS * samplerate)
+    # service[-max_lag : ...]: nothing exists before the start, so the first max_lag samples are zeros
+    service = np.concatenate((np.zeros(max_lag, np.float32), read_service_mix(window + max_lag)))
+    start = 0
+    for _ in range(START_WINDOWS):
+        length = min(window, frames - start)
+        if length <= 0:
+            break
+        source = read_source_mono(length)
+        candidate = service[: length + 2 * max_lag]
+        if len(candidate) < length + 2 * max_lag:
+            candidate = np.pad(candidate, (0, length + 2 * max_lag - len(candidate)))
+        estimate = estimate_lag(source, candidate, max_lag)
+        if estimate.has_signal:
+            return estimate
+        start += length
+        service = np.concatenate((service[length:], read_service_mix(length)))
+    return LagEstimate(0, 0.0, False)
+
+
+class DriftProbe:
+    """Collects the last window of the segment during streaming, then measures the remaining lag."""
+
+    def __init__(self, frames: int, samplerate: int) -> None:
+        window = window_length(frames, samplerate)
+        self.max_lag = round(SEARCH_SECONDS * samplerate)
+        self.active = frames > window  # the start window already covers a short segment
+        self._start = frames - window
+        self._reference = np.zeros(window if self.active else 0, np.float64)
+        self._candidate = np.zeros(len(self._reference) + 2 * self.max_lag if self.active else 0, np.float32)
+
+    def wants(self, position: int, count: int) -> bool:
+        """Whether samples [position, position + count) reach into the end window (or its margin)."""
+        return self.active and position + count > self._start - self.max_lag
+
+    def feed_source(self, position: int, mono: Float64Array) -> None:
+        if self.active:
+            _copy_overlap(self._reference, self._start, position, mono)
+
+    def feed_service(self, position: int, mix: Float32Array) -> None:
+        if self.active:
+            _copy_overlap(self._candidate, self._start - self.max_lag, position, mix)
+
+    def estimate(self) -> LagEstimate | None:
+        if not self.active:
+            return None
+        return estimate_lag(self._reference, self._candidate, self.max_lag)
+
+
+def _copy_overlap(dest: NDArray[np.floating], dest_start: int, position: int, block: NDArray[np.floating]) -> None:
+    lo = max(dest_start, position)
+    hi = min(dest_start + len(dest), position + len(block))
+    if hi > lo:
+        dest[lo - dest_start : hi - dest_start] = block[lo - position : hi - position]

@@ -1,0 +1,481 @@
+"""Conform: turn the service's mono 48 kHz result into two stems that drop onto the source's timeline.
+
+Streaming, block by block (64 Ki frames), so an hour-long source costs no more memory than a song:
+
+1. measure where the result sits (`align`): offset at the start, drift at the end;
+2. read the result through a soxr stream at the source's rate, skip/pad the offset, pad/trim to exactly
+   the segment's frame count;
+3. project mono → the source's channels (`projection`: direct for mono, STFT ratio mask otherwise);
+4. quantise the target exactly as it will be written, then residual = source − written target (the
+   "complement": target + residual == source to the last bit for PCM) or the service's own residual;
+5. write both stems in the source's container, sample format, rate and channel count (RF64 past the
+   4 GiB WAV limit, WAV for lossy sources), then copy bext/iXML with the time reference moved to the
+   segment's start.
+
+The null test reported is the PEAK of source − (target + residual) over the values handed to the writer
+(which, for the lossless containers we write, are the values in the files), in dBFS.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+from numpy.typing import NDArray
+
+from bridge import bwf
+from bridge.align import (
+    SEARCH_SECONDS,
+    WEAK_CORRELATION,
+    WINDOW_SECONDS,
+    AlignedService,
+    DriftProbe,
+    LagEstimate,
+    measure_start_offset,
+    mono_mix,
+)
+from bridge.audio_source import INTEGER_BITS, LOSSY_FORMATS, SourceInfo, read_block
+from bridge.errors import BridgeError, OutputError, SourceError
+from bridge.projection import MaskProjector, describe
+
+log = logging.getLogger(__name__)
+
+Float64Array = NDArray[np.float64]
+
+BLOCK = 1 << 16
+UNRELATED_CORRELATION = 0.2  # below this the measured lag is noise: keep the result where it is
+WRITABLE_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC", "CAF"})
+BWF_FORMATS = frozenset({"WAV", "WAVEX", "RF64"})
+_FOUR_GIB_FORMATS = frozenset({"WAV", "WAVEX", "AIFF"})
+# bytes per sample, for the 4 GiB check (ALAC: its uncompressed worst case)
+_BYTES = {**{name: -(-bits // 8) for name, bits in INTEGER_BITS.items()}, "FLOAT": 4, "DOUBLE": 8}
+_FALLBACK_SUBTYPES = ("PCM_24", "PCM_16", "FLOAT")
+
+
+@dataclass(frozen=True)
+class ConformSpec:
+    source: SourceInfo
+    start_frame: int
+    frames: int
+    out_format: str | None = None  # None = same as source (lossy → WAV)
+    out_subtype: str | None = None
+    residual_method: Literal["complement", "service"] = "complement"
+    rf64_threshold: int = 4 * 2**30 - 2**20  # bytes; WAV stems bigger than this are written as RF64
+
+
+@dataclass(frozen=True)
+class ConformReport:
+    offset_samples: int  # where the service result sat vs the source, in SOURCE-rate samples (+ = late)
+    drift_samples: int  # end offset − start offset
+    correlation: float  # normalised peak correlation 0..1
+    null_test_dbfs: float  # peak of source − (target + residual) as written, dBFS (−inf if exact)
+    method: str
+    projection: str
+    out_format: str
+    out_subtype: str
+    format_reason: str | None
+    frames: int
+    samplerate: int
+    channels: int
+    flags: tuple[str, ...]  # "weak-correlation", "drift", "drift-unmeasured", "silent-source", "clipped"
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    format: str
+    subtype: str
+    reason: str | None
+
+
+def plan_output(spec: ConformSpec) -> OutputPlan:
+    """Container and sample format of the stems, and in words why they differ from the source's."""
+    source = spec.source
+    fmt = (spec.out_format or source.format).upper()
+    subtype = (spec.out_subtype or source.subtype).upper()
+    reasons: list[str] = []
+    if source.lossy:
+        chosen = []
+        if spec.out_subtype is None:
+            subtype = "FLOAT"
+            chosen.append("32-bit float")
+        if spec.out_format is None and source.format in LOSSY_FORMATS:
+            fmt = "WAV"
+            chosen.append("WAV")
+        if chosen:
+            reasons.append(
+                f"the source is lossy ({source.format} {source.subtype}): the stems are {' '.join(chosen)} "
+                "so they null exactly against the decoded source and nothing clips"
+            )
+    if fmt not in WRITABLE_FORMATS:
+        reasons.append(f"{fmt} cannot hold lossless stems, so they are WAV")
+        fmt = "WAV"
+    if subtype not in _BYTES:
+        reasons.append(f"{subtype} samples cannot be written exactly, so the stems are 32-bit float")
+        subtype = "FLOAT"
+    if fmt == "FLAC" and source.channels > 8:
+        reasons.append("FLAC holds at most 8 channels, so the stems are WAV")
+        fmt = "WAV"
+    if not sf.check_format(fmt, subtype):
+        usable = next(s for s in _FALLBACK_SUBTYPES if sf.check_format(fmt, s))
+        reasons.append(f"{fmt} cannot store {subtype} samples, so the stems are {usable}")
+        subtype = usable
+    metadata = len(source.bext or b"") + len(source.ixml or b"")
+    size = spec.frames * source.channels * _BYTES[subtype] + metadata + 2**16
+    if fmt in _FOUR_GIB_FORMATS and size > spec.rf64_threshold:
+        reasons.append(f"each stem is {size / 2**30:.2f} GiB, past the 4 GiB limit of {fmt}: written as RF64")
+        fmt = "RF64"
+    return OutputPlan(fmt, subtype, "; ".join(reasons) or None)
+
+
+class _Quantizer:
+    """Turns float64 values into what the writer gets, and says exactly what will be stored."""
+
+    def __init__(self, subtype: str) -> None:
+        self.bits = INTEGER_BITS.get(subtype)
+        self.float32 = subtype == "FLOAT"
+        self.clipped = 0
+
+    def __call__(self, values: Float64Array) -> tuple[NDArray[np.generic], Float64Array]:
+        if self.bits is not None:
+            scale = 2.0 ** (self.bits - 1)
+            steps = values * scale
+            np.rint(steps, out=steps)
+            if steps.size and (steps.max() > scale - 1 or steps.min() < -scale):
+                self.clipped += int(np.count_nonzero((steps > scale - 1) | (steps < -scale)))
+                np.clip(steps, -scale, scale - 1, out=steps)
+            # left-justified int32: libsndfile shifts it down to the file's bit depth without rounding
+            stored = steps.astype(np.int32)
+            stored <<= 32 - self.bits
+            steps *= 1.0 / scale  # a power of two: exact
+            return stored, steps
+        if self.float32:
+            stored = values.astype(np.float32)
+            return stored, stored.astype(np.float64)
+        return values, values
+
+
+class _StemFiles:
+    """The two stem files: created exclusively (never overwriting), removed again on any failure."""
+
+    def __init__(self, paths: tuple[Path, Path], plan: OutputPlan, source: SourceInfo) -> None:
+        self.created: list[Path] = []
+        self.files: list[sf.SoundFile] = []
+        try:
+            for path in paths:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+                self.created.append(path)
+                try:
+                    stem = sf.SoundFile(fd, "w", source.samplerate, source.channels, plan.subtype, format=plan.format)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self.files.append(stem)
+        except BaseException:
+            self.discard()
+            raise
+
+    def write(self, target: NDArray[np.generic], residual: NDArray[np.generic]) -> None:
+        self.files[0].write(target)
+        self.files[1].write(residual)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def discard(self) -> None:
+        for f in self.files:
+            try:
+                f.close()
+            except Exception:  # already failing: removing the half-written files matters more
+                log.debug("closing a failed stem", exc_info=True)
+        for path in self.created:
+            path.unlink(missing_ok=True)
+
+
+@dataclass
+class _Tally:
+    null_peak: float = 0.0
+    clipped: int = 0
+    last_progress: float = -1.0
+
+
+def conform(
+    spec: ConformSpec,
+    service_target: Path,
+    service_residual: Path,
+    out_target: Path,
+    out_residual: Path,
+    progress: Callable[[float], None] | None = None,
+) -> ConformReport:
+    """Write the target and residual stems at exactly `out_target`/`out_residual`; see the module doc."""
+    source = spec.source
+    if spec.frames <= 0 or spec.start_frame < 0 or spec.start_frame + spec.frames > source.frames:
+        raise ValueError(f"segment {spec.start_frame}+{spec.frames} is outside the source")
+    if Path(out_target) == Path(out_residual):
+        raise ValueError("target and residual must be different files")
+    plan = plan_output(spec)
+    start = _measure_start(spec, service_target, service_residual)
+    offset = start.lag if start.correlation >= UNRELATED_CORRELATION else 0
+    probe = DriftProbe(spec.frames, source.samplerate)
+    try:
+        stems = _StemFiles((out_target, out_residual), plan, source)
+    except (OSError, RuntimeError) as exc:
+        raise _output_error(exc, out_target) from exc
+    try:
+        tally = _stream(spec, plan, offset, service_target, service_residual, stems, probe, progress)
+        stems.close()
+        _copy_metadata(spec, plan, (out_target, out_residual))
+        for path in (out_target, out_residual):
+            if sf.info(str(path)).frames != spec.frames:
+                raise OSError(errno.EIO, "the stem came out short")
+    except BridgeError:
+        stems.discard()
+        raise
+    except (OSError, RuntimeError, AssertionError) as exc:  # libsndfile write failures are RuntimeErrors
+        error = _output_error(exc, out_target)  # before discarding: a full disk is only full until then
+        stems.discard()
+        raise error from exc
+    except BaseException:
+        stems.discard()
+        raise
+    if progress is not None:
+        progress(1.0)
+    return _report(spec, plan, start, offset, probe.estimate(), tally)
+
+
+def _measure_start(spec: ConformSpec, target: Path, residual: Path) -> LagEstimate:
+    source = spec.source
+    service = AlignedService(target, residual, source.samplerate)
+    try:
+        with _open_source(source) as src:
+            src.seek(spec.start_frame)
+            remaining = [spec.frames]
+
+            def read_source(n: int) -> Float64Array:
+                n = max(0, min(n, remaining[0]))
+                remaining[0] -= n
+                return mono_mix(read_block(src, n, "float64"))
+
+            def read_service(n: int) -> NDArray[np.float32]:
+                t, r = service.read(n)
+                return t + r
+
+            return measure_start_offset(read_source, read_service, source.samplerate, spec.frames)
+    finally:
+        service.close()
+
+
+def _open_source(source: SourceInfo) -> sf.SoundFile:
+    try:
+        return sf.SoundFile(str(source.path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise SourceError(
+            f"“{source.path.name}” can no longer be read.",
+            "Check that the file is still there and unchanged.",
+        ) from exc
+
+
+def _stream(
+    spec: ConformSpec,
+    plan: OutputPlan,
+    offset: int,
+    target_path: Path,
+    residual_path: Path,
+    stems: _StemFiles,
+    probe: DriftProbe,
+    progress: Callable[[float], None] | None,
+) -> _Tally:
+    source = spec.source
+    tally = _Tally()
+    target_q, residual_q = _Quantizer(plan.subtype), _Quantizer(plan.subtype)
+    complement = spec.residual_method == "complement"
+    pcm_source = source.subtype in INTEGER_BITS
+    projector = MaskProjector(source.channels, service_residual=not complement) if source.channels > 1 else None
+    waiting: list[Float64Array] = []  # exact source blocks not yet matched by projector output
+
+    def emit(exact: Float64Array, target: NDArray[np.float32], service_res: NDArray[np.float32] | None) -> None:
+        stored_t, values_t = target_q(target.astype(np.float64))
+        if complement:
+            residual = exact - values_t
+            stored_r, values_r = residual_q(residual)
+            error = residual - values_r  # == exact - (values_t + values_r): every step here is exact
+        else:
+            stored_r, values_r = residual_q(np.asarray(service_res, dtype=np.float64))
+            error = exact - values_t
+            error -= values_r
+        if error.size:
+            np.abs(error, out=error)
+            tally.null_peak = max(tally.null_peak, float(error.max()))
+        stems.write(stored_t, stored_r)
+
+    def take_waiting(count: int) -> Float64Array:
+        joined = np.concatenate(waiting) if len(waiting) > 1 else waiting[0]
+        waiting[:] = [joined[count:]]
+        return joined[:count]
+
+    service = AlignedService(target_path, residual_path, source.samplerate, offset)
+    try:
+        with _open_source(source) as src:
+            src.seek(spec.start_frame)
+            position = 0
+            while position < spec.frames:
+                count = min(BLOCK, spec.frames - position)
+                exact = _read_exact(src, count, pcm_source, source)
+                target, residual = service.read(count)
+                if probe.wants(position, count):
+                    probe.feed_source(position, mono_mix(exact))
+                    probe.feed_service(position, target + residual)
+                if projector is None:
+                    emit(exact, target[:, None], residual[:, None])
+                else:
+                    waiting.append(exact)
+                    out_t, out_r = projector.process(target, residual, exact)
+                    emit(take_waiting(len(out_t)), out_t, out_r)
+                position += count
+                _report_progress(progress, tally, position / spec.frames)
+            if projector is not None:
+                out_t, out_r = projector.flush()
+                emit(take_waiting(len(out_t)), out_t, out_r)
+            tail_t, tail_r = service.read(probe.max_lag)
+            probe.feed_service(spec.frames, tail_t + tail_r)
+    finally:
+        service.close()
+    tally.clipped = target_q.clipped + residual_q.clipped
+    return tally
+
+
+def _read_exact(src: sf.SoundFile, count: int, pcm: bool, source: SourceInfo) -> Float64Array:
+    """`count` source frames as float64, bit-exact (PCM via int32: no scaling surprises)."""
+    try:
+        if pcm:
+            block = np.multiply(read_block(src, count, "int32"), 2.0**-31, dtype=np.float64)
+        else:
+            block = read_block(src, count, "float64")
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise SourceError(f"“{source.path.name}” could not be read to the end.", "Export it again.") from exc
+    if len(block) < count:
+        raise SourceError(
+            f"“{source.path.name}” ended earlier than expected; it may have changed while the job ran.",
+            "Run the job again once the file is final.",
+        )
+    return np.asarray(block, dtype=np.float64)
+
+
+def _report_progress(progress: Callable[[float], None] | None, tally: _Tally, fraction: float) -> None:
+    if progress is not None and fraction - tally.last_progress >= 0.01:
+        tally.last_progress = fraction
+        progress(min(fraction, 0.99))
+
+
+def _copy_metadata(spec: ConformSpec, plan: OutputPlan, paths: tuple[Path, Path]) -> None:
+    """Speaker layout and bext/iXML from a RIFF-family source into RIFF-family stems."""
+    source = spec.source
+    if plan.format not in BWF_FORMATS or source.format not in BWF_FORMATS | {"W64"}:
+        return
+    mask = bwf.read_channel_mask(source.path)
+    bext = bwf.stem_bext(source.bext, spec.start_frame) if source.bext else None
+    ixml = source.ixml
+    if ixml is not None and bext is not None:
+        ixml = bwf.stem_ixml(ixml, bwf.time_reference(bext))
+    for path in paths:
+        if mask is not None:
+            bwf.write_channel_mask(path, mask)
+        if bext is not None or ixml is not None:
+            bwf.append_chunks(path, bext, ixml)
+
+
+def _output_error(exc: BaseException, out_path: Path) -> OutputError:
+    folder = out_path.parent
+    disk_full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    if not disk_full and not isinstance(exc, OSError):
+        try:
+            # libsndfile reports only "System error": look at the disk itself
+            disk_full = shutil.disk_usage(folder).free < 4 * 2**20 or "space" in str(exc).lower()
+        except OSError:
+            disk_full = False
+    if disk_full:
+        return OutputError(
+            f"The disk holding “{folder}” is full; the stems could not be written.",
+            "Free some space (or choose another output folder) and run the job again.",
+        )
+    if isinstance(exc, FileExistsError):
+        return OutputError(
+            f"“{out_path.name}” already exists in “{folder}”; sam-bridge never overwrites files.",
+            "Move or rename the existing file, then run the job again.",
+        )
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+    return OutputError(
+        f"The stems could not be written to “{folder}”: {reason}.",
+        "Check that the folder exists and that you may write to it, then run the job again.",
+    )
+
+
+def _report(
+    spec: ConformSpec,
+    plan: OutputPlan,
+    start: LagEstimate,
+    offset: int,
+    end: LagEstimate | None,
+    tally: _Tally,
+) -> ConformReport:
+    flags: list[str] = []
+    correlation = start.correlation
+    drift = 0
+    method = (
+        f"gcc-phat lag + normalised xcorr of service target+residual vs source mono mix, "
+        f"±{SEARCH_SECONDS:g} s search, windows of up to {WINDOW_SECONDS:g} s at start and end"
+    )
+    if not start.has_signal:
+        flags.append("silent-source")
+    elif start.correlation < WEAK_CORRELATION:
+        flags.append("weak-correlation")
+        if offset == 0 and start.lag != 0:
+            method += "; offset kept at 0 (the result does not resemble the source)"
+    if end is not None and start.has_signal:
+        usable_end = end.has_signal and end.correlation >= WEAK_CORRELATION
+        if end.has_signal:
+            correlation = min(correlation, end.correlation)
+            if end.correlation < WEAK_CORRELATION and "weak-correlation" not in flags:
+                flags.append("weak-correlation")
+        if usable_end:
+            drift = end.lag
+            if abs(drift) > 1:
+                flags.append("drift")
+        else:
+            flags.append("drift-unmeasured")
+    if tally.clipped:
+        flags.append("clipped")
+    null_dbfs = 20.0 * math.log10(tally.null_peak) if tally.null_peak > 0 else -math.inf
+    log.info(
+        "conformed %s: offset %+d, drift %+d, correlation %.3f, null %.1f dBFS, flags %s",
+        spec.source.path.name,
+        offset,
+        drift,
+        correlation,
+        null_dbfs,
+        flags or "-",
+    )
+    return ConformReport(
+        offset_samples=offset,
+        drift_samples=drift,
+        correlation=round(correlation, 4),
+        null_test_dbfs=null_dbfs,
+        method=method,
+        projection=describe(spec.source.channels),
+        out_format=plan.format,
+        out_subtype=plan.subtype,
+        format_reason=plan.reason,
+        frames=spec.frames,
+        samplerate=spec.source.samplerate,
+        channels=spec.source.channels,
+        flags=tuple(flags),
+    )
