@@ -9,13 +9,12 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
-from bridge.errors import ServiceError
+import httpx
 
-if TYPE_CHECKING:
-    from bridge.fal_client import FalClient
+from bridge.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +25,16 @@ CHUNK = 1 << 20
 Progress = Callable[[int, int], None]
 
 
+class Caller(Protocol):
+    """What storage needs of the client: one HTTP call with its retry rules and typed errors."""
+
+    def call(self, method: str, url: str, what: str, *, idempotent: bool = True, auth: bool = True,
+             ok: tuple[int, ...] = (200, 201, 202), read_timeout: float | None = None,
+             **kwargs: Any) -> httpx.Response: ...
+
+
 class FalStorage:
-    def __init__(self, client: FalClient, *, rest_url: str, data_uri_limit: int,
+    def __init__(self, client: Caller, *, rest_url: str, data_uri_limit: int,
                  multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE) -> None:
         self._client = client
         self.rest_url = rest_url

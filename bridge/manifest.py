@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ from bridge import __version__
 
 if TYPE_CHECKING:
     from bridge.audio_source import SourceInfo
-    from bridge.pipeline import StepRecord
+    from bridge.conform import ConformReport
     from bridge.presets import Recipe
     from bridge.request import SeparationRequest
 
@@ -38,6 +39,19 @@ MANIFEST_FIELDS: dict[str, str] = {
     "reused_from": "manifest of an earlier identical job whose stems were reused (dedupe), else null",
     "request": "the request as received (origin, tag, options, start/length)",
 }
+
+
+@dataclass
+class StepRecord:
+    """One service request of a job, as the pipeline saw it and the manifest records it."""
+
+    label: str
+    prompt: str | None
+    request_id: str | None = None
+    report: ConformReport | None = None
+    seconds: float = 0.0
+    estimated_cost: float = 0.0
+    service_logs: list[str] = field(default_factory=list)
 
 
 def _finite(value: float) -> float | None:

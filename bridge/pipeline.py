@@ -21,13 +21,20 @@ from typing import Protocol
 import soundfile as sf
 
 from bridge import bwf
-from bridge.audio_source import SourceInfo, frame_range, make_upload_file, probe_source, source_sha256
+from bridge.audio_source import (
+    SourceInfo,
+    frame_range,
+    make_upload_file,
+    probe_source,
+    read_block,
+    source_sha256,
+)
 from bridge.conform import ConformReport, ConformSpec, conform
 from bridge.cost import PriceTable
 from bridge.errors import Cancelled, JobFailed, SourceError
 from bridge.fal_client import FalClient, QueueStatus, RequestHandle
 from bridge.jobs import JobState
-from bridge.manifest import build_manifest
+from bridge.manifest import StepRecord, build_manifest
 from bridge.presets import Recipe, Step
 from bridge.request import SeparationRequest
 from bridge.stems import (
@@ -61,17 +68,6 @@ class Hooks(Protocol):
         """Called as soon as the service accepted step `step`; must persist `handle` before returning."""
 
     def cancelled(self) -> bool: ...
-
-
-@dataclass
-class StepRecord:
-    label: str
-    prompt: str | None
-    request_id: str | None = None
-    report: ConformReport | None = None
-    seconds: float = 0.0
-    estimated_cost: float = 0.0
-    service_logs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -343,8 +339,8 @@ def write_complement(source: SourceInfo, start: int, frames: int, target: Path, 
         remaining = frames
         while remaining > 0:
             n = min(block, remaining)
-            a = src.read(n, dtype="float64", always_2d=True)
-            b = tgt.read(n, dtype="float64", always_2d=True)
+            a = read_block(src, n, "float64")  # not src.read: see read_block (MP3 sources)
+            b = read_block(tgt, n, "float64")
             dst.write(a - b)
             remaining -= n
 
