@@ -123,6 +123,7 @@ class JobEngine(JobSink):
                     "sam-bridge stopped while submitting this job, so it cannot tell whether the service "
                     "accepted it.", hint=f"Check your fal dashboard; `sam-bridge retry {row.view.job_id}` "
                     "submits it again (it may be charged twice if it did land)."))
+                self._pending.discard(row.view.job_id)
                 continue
             log.info("resuming job %s (%s, %d accepted request(s))", row.view.job_id, row.view.state,
                      len(accepted))
@@ -211,7 +212,7 @@ class JobEngine(JobSink):
 
     def _run(self, job_id: str) -> None:
         row = self.journal.get(job_id)
-        if row is None:
+        if row is None or row.view.state.finished:
             return
         if row.cancel_requested or job_id in self._cancelled:
             self._finish_cancelled(row)
@@ -356,6 +357,9 @@ class _EngineHooks:
 
     def submitting(self, step: int) -> None:
         self.engine.journal.mark_submitting(self.job_id, step)
+
+    def service_log(self, line: str) -> None:
+        pass  # the pipeline logs each line; status files and OSC carry the latest in their message
 
     def submitted(self, step: int, handle: RequestHandle) -> None:
         self.engine.journal.mark_submitted(self.job_id, step, handle)

@@ -69,6 +69,9 @@ class Hooks(Protocol):
 
     def cancelled(self) -> bool: ...
 
+    def service_log(self, line: str) -> None:
+        """Each new log line of the service, in order (the CLI prints them live)."""
+
 
 @dataclass
 class JobResult:
@@ -240,6 +243,7 @@ class _Run:
             for line in status.logs[len(record.service_logs):]:
                 record.service_logs.append(line.message)
                 log.info("service: %s", line.message)
+                self.hooks.service_log(line.message)
             if status.state == "IN_QUEUE":
                 position = status.queue_position
                 self.report(JobState.running, 0.0, f"In the service's queue (position {position})"
@@ -300,8 +304,14 @@ class _Run:
         check_source_unchanged(source.path, self.source_fingerprint)
         finals, manifest_path = job_names(folder, source.path.name, self.recipe.label, list(stems), extension,
                                           stem_set=len(self.recipe.steps) > 1)
-        for label, temp in stems.items():
-            place(temp, finals[label])
+        placed: list[Path] = []
+        try:  # all of a job's stems, or none: a half set under final names would mislead a DAW script
+            for label, temp in stems.items():
+                place(temp, finals[label])
+                placed.append(finals[label])
+        except BaseException:
+            remove_quietly(*placed)
+            raise
         self.timed("write", t)
         self.timings["total"] = round(time.monotonic() - began, 3)
         flags = sorted({flag for step in self.steps if step.report for flag in step.report.flags})

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from bridge.fal_auth import ApiKey
+from bridge.fal_auth import ENV_VAR, ApiKey, RedactingFilter
 from bridge.fal_client import DEFAULT_QUEUE_URL, DEFAULT_REST_URL, FalClient, Timeouts
 from bridge.retry import RetryPolicy
 
@@ -39,7 +39,7 @@ class ServiceChoice:
 
 @contextmanager
 def open_client(choice: ServiceChoice) -> Iterator[FalClient]:
-    """A ready FalClient; the key check happens here, before any file is touched."""
+    """A ready FalClient; the key check happens here."""
     if choice.local:
         from bridge.local_service import LocalFalService
 
@@ -49,11 +49,13 @@ def open_client(choice: ServiceChoice) -> Iterator[FalClient]:
             yield client
         return
     if choice.url:  # a stand-in you started: it gets FAL_KEY if set (to test keys), else a dummy key
-        key = ApiKey(os.environ.get("FAL_KEY") or LOCAL_KEY)
+        key = ApiKey(os.environ.get(ENV_VAR) or LOCAL_KEY)
+        if os.environ.get(ENV_VAR):
+            RedactingFilter.install(key)  # FAL_KEY may hold a real key: mask it in logs here too
         with FalClient(key, queue_url=choice.url, rest_url=choice.url, retry=choice.retry,
-                       timeouts=Timeouts()) as client:
+                         timeouts=Timeouts()) as client:
             yield client
         return
     with FalClient(ApiKey.from_env(), queue_url=DEFAULT_QUEUE_URL, rest_url=DEFAULT_REST_URL,
-                   retry=choice.retry) as client:
+                     retry=choice.retry) as client:
         yield client

@@ -23,6 +23,7 @@ class Hooks:
         self.states: list[JobState] = []
         self.fractions: list[float] = []
         self.handles: dict[int, RequestHandle] = {}
+        self.log_lines: list[str] = []
 
     def progress(self, state: JobState, fraction: float, message: str) -> None:
         if not self.states or self.states[-1] != state:
@@ -37,6 +38,9 @@ class Hooks:
 
     def cancelled(self) -> bool:
         return False
+
+    def service_log(self, line: str) -> None:
+        self.log_lines.append(line)
 
 
 @pytest.fixture
@@ -80,6 +84,7 @@ def test_stem_set_peels_and_sums_back_to_the_source(client: FalClient, service, 
     assert [s["label"] for s in manifest["steps"]] == ["vocals", "drums", "bass"]
     assert all(s["request_id"] for s in manifest["steps"])
     assert hooks.fractions == sorted(hooks.fractions)  # the progress bar never goes back
+    assert sum(line.startswith("Separating") for line in hooks.log_lines) == 3  # every service line, once
 
 
 def test_part_of_a_source_keeps_its_timeline_position(client: FalClient, library, tmp_path: Path) -> None:

@@ -7,11 +7,13 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import Cancelled, InputError
-from bridge.fal_client import RequestHandle
+from bridge.audio_source import probe_source
+from bridge.errors import BridgeError, Cancelled, InputError, ServiceUnavailable
+from bridge.fal_client import FalClient, RequestHandle
 from bridge.jobs import JobState
 from bridge.options import Acceleration, OutputFormat, ResidualMethod
 from bridge.pipeline import JobResult, Pipeline
@@ -19,6 +21,9 @@ from bridge.presets import PresetLibrary, recipe_for
 from bridge.progress_display import ProgressDisplay
 from bridge.request import Origin, SeparationRequest
 from bridge.service_setup import ServiceChoice, open_client
+
+STEM_FORMATS = ("WAV", "AIFF", "FLAC", "CAF", "W64", "RF64")
+STEM_SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE")
 
 
 def register(subparsers: Any) -> None:
@@ -37,19 +42,33 @@ def register(subparsers: Any) -> None:
     p.add_argument("--output-format", choices=[f.value for f in OutputFormat],
                    help="format the service returns (stems are conformed either way)")
     p.add_argument("--residual", choices=[r.value for r in ResidualMethod])
-    p.add_argument("--format", help="stem container override: WAV, AIFF, FLAC…")
-    p.add_argument("--subtype", help="stem sample format override: PCM_16, PCM_24, FLOAT…")
+    p.add_argument("--format", type=str.upper, choices=STEM_FORMATS, metavar="FORMAT",
+                   help=f"stem container override: {', '.join(STEM_FORMATS)}")
+    p.add_argument("--subtype", type=str.upper, choices=STEM_SUBTYPES, metavar="SUBTYPE",
+                   help=f"stem sample format override: {', '.join(STEM_SUBTYPES)}")
     service = p.add_mutually_exclusive_group()
     service.add_argument("--local", action="store_true", help="use the built-in local stand-in (no key needed)")
     service.add_argument("--service-url", help="use a stand-in service at this URL (`sam-bridge local-service`)")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    # Benchmarks and demos: the in-process stand-in's seconds of work per second of audio.
+    p.add_argument("--local-delay", type=_non_negative, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary (or error)")
     p.set_defaults(func=run)
 
 
 OPTION_ARGS = ("acceleration", "reranking_candidates", "output_format", "residual", "format", "subtype")
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def build_request(args: argparse.Namespace) -> SeparationRequest:
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("The prompt is empty.",
+                         hint='Describe the sound to isolate, e.g. --prompt "piano playing".')
     options = {name: getattr(args, name) for name in OPTION_ARGS if getattr(args, name) is not None}
     try:
         return SeparationRequest(
@@ -71,50 +90,96 @@ def _first_error(exc: ValueError) -> str:
 
 
 class CliHooks:
+    """The pipeline's hooks for one terminal run: progress to the display, handles kept for Ctrl-C."""
+
     def __init__(self, display: ProgressDisplay) -> None:
         self.display = display
         self.handles: dict[int, RequestHandle] = {}
+        self.submit_in_flight = False  # a submit was sent and its answer not yet read
 
     def progress(self, state: JobState, fraction: float, message: str) -> None:
         self.display.update(state.value, fraction, message)
 
     def submitting(self, step: int) -> None:
-        pass
+        self.submit_in_flight = True
 
     def submitted(self, step: int, handle: RequestHandle) -> None:
         self.handles[step] = handle
+        self.submit_in_flight = False
 
     def cancelled(self) -> bool:
         return False
 
+    def service_log(self, line: str) -> None:
+        self.display.service_line(line)
+
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except BridgeError as err:
+        if args.json:  # the error, machine-readable too; main() still prints it and sets the exit code
+            print(json.dumps({"ok": False, "error": err.kind, "message": err.message, "hint": err.hint},
+                             indent=2, ensure_ascii=False))
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     request = build_request(args)
-    if not request.source.exists():
-        raise InputError(f"{request.source} does not exist.", hint="Check the path (quote names with spaces).")
+    probe_source(request.source)  # a bad file is reported before any key check or service start
     library = PresetLibrary.default(project_dir=request.project_dir)
     recipe = recipe_for(request, library)
     choice = ServiceChoice(local=args.local, url=args.service_url)
+    if args.local_delay is not None:
+        choice = replace(choice, local_delay=args.local_delay)
     began = time.monotonic()
     display = ProgressDisplay(enabled=sys.stderr.isatty() and not args.quiet)
     hooks = CliHooks(display)
-    with open_client(choice) as client, tempfile.TemporaryDirectory(prefix="sam-bridge-") as work, display:
-        if choice.is_stand_in and not args.json:
-            print(f"sam-bridge: {choice.describe()}", file=sys.stderr)
-        try:
-            result = Pipeline(client).run(request, recipe, hooks, Path(work))
-        except KeyboardInterrupt:
-            for handle in hooks.handles.values():
-                client.cancel(handle)
-            raise Cancelled("Cancelled by Ctrl-C; the service request was cancelled and no stem was written."
-                            ) from None
+    try:
+        with open_client(choice) as client, tempfile.TemporaryDirectory(prefix="sam-bridge-") as work, display:
+            if choice.is_stand_in and not args.json:
+                print(f"sam-bridge: {choice.describe()}", file=sys.stderr)
+            try:
+                result = Pipeline(client).run(request, recipe, hooks, Path(work))
+                display.update(JobState.done.value, 1.0, "Stems written")
+            except KeyboardInterrupt:
+                raise _cancel_on_ctrl_c(client, hooks) from None
+    except ServiceUnavailable as err:
+        if type(err) is not ServiceUnavailable:  # e.g. RateLimited: its own hint fits
+            raise
+        raise ServiceUnavailable(err.message, hint=_unavailable_hint(choice)) from None
     print_result(result, args.json, time.monotonic() - began)
     return 0
+
+
+def _cancel_on_ctrl_c(client: FalClient, hooks: CliHooks) -> Cancelled:
+    """Cancel every request the service accepted; the pipeline already removed its temp files."""
+    answers = [client.cancel(handle) for handle in hooks.handles.values()]
+    if hooks.submit_in_flight:
+        return Cancelled("Cancelled by Ctrl-C while the job was being sent: it may have reached the service "
+                         "and run there (and be charged). No stem was written.",
+                         hint="Check the requests list in your fal dashboard; cancel it there if it runs.")
+    if not answers:
+        return Cancelled("Cancelled by Ctrl-C before the job reached the service: nothing was charged "
+                         "and no stem was written.")
+    if "ALREADY_COMPLETED" in answers:
+        return Cancelled("Cancelled by Ctrl-C; the service had already finished the separation (so it "
+                         "counts as used), but no stem was written.")
+    return Cancelled("Cancelled by Ctrl-C; the request at the service was cancelled and no stem was written.")
+
+
+def _unavailable_hint(choice: ServiceChoice) -> str:
+    # The daemon retries waiting jobs; this one-shot command does not, so the hint says what to do.
+    if choice.url:
+        return (f"Is the service at {choice.url} running? Start it with `sam-bridge local-service`, "
+                "or leave out --service-url to use SAM Audio on fal.")
+    return "Check your internet connection, then run the command again in a few minutes."
 
 
 def print_result(result: JobResult, as_json: bool, seconds: float) -> None:
     if as_json:
         summary = {
+            "ok": True,
             "stems": {label: str(path) for label, path in result.stems.items()},
             "manifest": str(result.manifest),
             "flags": result.flags,

@@ -1,0 +1,166 @@
+"""Benchmark the one-shot command: `sam-bridge separate --local` on a 3-minute stereo 44.1 kHz/24-bit file.
+
+One run prints:
+- the command's wall time, and the pipeline's own (the manifest's `timings.total`: read, upload, service,
+  download, conform, write), with its stages;
+- the floor, measured in the same run against a local service started here: a plain httpx upload of the
+  same bytes (fal's CDN flow: token, then the raw bytes) + the download of two mono 48 kHz float results
+  + one soxr resample (48 kHz -> the source's rate) of each, decoding included;
+- their ratio (goal <= 1.3) and the command's peak RSS (goal <= 250 MB).
+
+The in-process stand-in runs with zero delay (`--local-delay 0`), but it still does its work (decode,
+resample to 48 kHz, a 4801-tap FIR): that time is inside the pipeline's `service` stage and not in the
+floor, so the ratio without that stage is printed too.
+
+    /work/venv/bin/python benchmarks/bench_oneshot.py [--minutes 3] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import soundfile as sf
+import soxr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RATE = 44_100
+SERVICE_RATE = 48_000
+BLOCK = RATE * 10
+
+
+def make_source(path: Path, minutes: float) -> None:
+    """Stereo 24-bit: tones, clicks and noise, written block by block."""
+    frames = round(minutes * 60 * RATE)
+    rng = np.random.default_rng(11)
+    with sf.SoundFile(str(path), "w", RATE, 2, "PCM_24") as out:
+        for start in range(0, frames, BLOCK):
+            n = min(BLOCK, frames - start)
+            t = (np.arange(start, start + n) / RATE)[:, None]
+            block = 0.25 * np.sin(2 * np.pi * np.array([[110.0, 165.0]]) * t)
+            block += rng.uniform(-0.1, 0.1, (n, 2))
+            block[rng.random(n) < 3e-4] += 0.5
+            out.write(block)
+
+
+def make_service_result(path: Path, seconds: float) -> None:
+    """A mono 48 kHz float WAV as long as the source: what the service returns (twice)."""
+    frames = round(seconds * SERVICE_RATE)
+    rng = np.random.default_rng(12)
+    with sf.SoundFile(str(path), "w", SERVICE_RATE, 1, "FLOAT") as out:
+        for start in range(0, frames, SERVICE_RATE * 10):
+            out.write(rng.uniform(-0.3, 0.3, min(SERVICE_RATE * 10, frames - start)).astype(np.float32))
+
+
+def run_command(source: Path, out_dir: Path) -> dict[str, Any]:
+    """The command as a user runs it, in a child process; its wall time, peak RSS and JSON summary."""
+    command = [sys.executable, "-m", "bridge", "separate", str(source), "--prompt", "piano playing",
+               "--local", "--local-delay", "0", "--output-dir", str(out_dir), "--json"]
+    began = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - began
+    # communicate() has reaped the child: its rusage is in RUSAGE_CHILDREN (the only child so far)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        raise SystemExit(f"separate failed ({proc.returncode}):\n{stderr.decode(errors='replace')}")
+    summary = json.loads(stdout)
+    manifest = json.loads(Path(summary["manifest"]).read_text())
+    return {"wall": wall, "peak_rss_mb": peak_kb / 1024, "summary": summary, "manifest": manifest}
+
+
+def measure_floor(source: Path, results: list[Path], work: Path) -> dict[str, float]:
+    """Upload `source`, download `results`, resample each: the least any client must do."""
+    from bridge.local_service import LocalFalService
+
+    with LocalFalService() as service, httpx.Client(timeout=120) as http:
+        headers = {"Authorization": "Key bench"}
+        token = http.post(f"{service.url}/storage/auth/token", params={"storage_type": "fal-cdn-v3"},
+                          json={}, headers=headers).raise_for_status().json()
+        cdn = {"Authorization": f"{token['token_type']} {token['token']}", "Content-Type": "audio/wav"}
+        urls = []
+        for result in results:  # setup, not timed: put the results where a download can fetch them
+            with open(result, "rb") as body:
+                urls.append(http.post(f"{token['base_url']}/files/upload", content=body,
+                                      headers={**cdn, "X-Fal-File-Name": result.name}).json()["access_url"])
+
+        began = time.perf_counter()
+        with open(source, "rb") as body:
+            http.post(f"{token['base_url']}/files/upload", content=body,
+                      headers={**cdn, "X-Fal-File-Name": source.name}).raise_for_status()
+        upload = time.perf_counter() - began
+
+        began = time.perf_counter()
+        downloaded = []
+        for number, url in enumerate(urls):
+            dest = work / f"floor-{number}.wav"
+            with http.stream("GET", url) as response, open(dest, "wb") as out:
+                for chunk in response.iter_bytes(1 << 20):
+                    out.write(chunk)
+            downloaded.append(dest)
+        download = time.perf_counter() - began
+
+    began = time.perf_counter()
+    for path in downloaded:
+        mono, rate = sf.read(str(path), dtype="float32")
+        soxr.resample(mono, rate, RATE)
+    resample = time.perf_counter() - began
+    return {"upload": upload, "download": download, "resample": resample,
+            "total": upload + download + resample}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--keep", action="store_true", help="print the temp folder and keep it")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-oneshot-"))
+    try:
+        source = tmp / "Guitar 01.wav"
+        make_source(source, args.minutes)
+        results = [tmp / "service-target.wav", tmp / "service-residual.wav"]
+        for result in results:
+            make_service_result(result, args.minutes * 60)
+        size_mb = source.stat().st_size / 2**20
+        print(f"source: {args.minutes:g} min stereo {RATE} Hz/24-bit WAV, {size_mb:.1f} MB")
+
+        run = run_command(source, tmp / "out")
+        floor = measure_floor(source, results, tmp)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            for path in sorted(tmp.rglob("*"), reverse=True):
+                path.rmdir() if path.is_dir() else path.unlink()
+            tmp.rmdir()
+
+    timings = run["manifest"]["timings"]
+    pipeline = float(timings["total"])
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if k != "total")
+    client_side = pipeline - float(timings.get("service", 0.0))
+    print(f"command wall time: {run['wall']:.2f} s (interpreter start, imports, in-process service included)")
+    print(f"pipeline wall time: {pipeline:.2f} s  [{stages}]")
+    print(f"floor: {floor['total']:.2f} s  [upload {floor['upload']:.2f}, download x2 {floor['download']:.2f}, "
+          f"decode + soxr resample x2 {floor['resample']:.2f}]")
+    print(f"ratio pipeline / floor: {pipeline / floor['total']:.2f} (goal <= 1.3)")
+    print(f"ratio without the stand-in's own separation work (service stage): "
+          f"{client_side / floor['total']:.2f}")
+    print(f"command peak RSS: {run['peak_rss_mb']:.0f} MB (goal <= 250 MB; includes the in-process stand-in)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,597 @@
+"""`sam-bridge separate`: the one-shot command end to end, over real HTTP to the local fal service.
+
+Success paths assert on the stems' audio (rate, channels, sample format, exact length, transients to
+±1 sample, target + residual == source); error paths assert on the message a musician reads, the exit
+code, and that no file was left behind. Ctrl-C, the key at DEBUG level and the terminal display run
+the command as a real process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from numpy.typing import NDArray
+
+import bridge.fal_client
+import bridge.service_setup
+from bridge.cli import main
+from bridge.fal_auth import ApiKey
+from bridge.fal_client import FalClient
+from bridge.local_service import LocalFalService
+from tests.audio_fixtures import click_train, peak_positions, tone
+from tests.conftest import FAST_RETRY, TEST_KEY, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+LOW_HZ = 110.0  # the part the stand-in's "hi-hat" band leaves in the residual
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    clicks: NDArray[np.int64]  # sample positions of the transients
+    low: NDArray[np.float64]  # the low tone in channel 0, which must end up in the residual
+
+
+def make_source(path: Path, rate: int, channels: int, subtype: str, seconds: float = 2.0,
+                fmt: str | None = None) -> Source:
+    """Clicks (what "hi-hat" isolates) over a low tone (what it leaves), different per channel."""
+    clicks, positions = click_train(rate, seconds, seed=5)
+    low = tone(rate, seconds, LOW_HZ, 0.3)
+    columns = [clicks + low, 0.6 * clicks + tone(rate, seconds, 2 * LOW_HZ, 0.2)][:channels]
+    sf.write(str(path), np.stack(columns, axis=1), rate, subtype=subtype, format=fmt)
+    return Source(path, positions, low)
+
+
+def cli(*args: str | Path) -> int:
+    return main([str(a) for a in args])
+
+
+def printed_paths(out: str) -> dict[str, Path]:
+    return {label: Path(path) for label, path in re.findall(r"^(target|residual|manifest): (.+)$", out, re.M)}
+
+
+def entries(folder: Path) -> list[str]:
+    """Everything in `folder`, dotfiles included ([] when it does not exist)."""
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def read64(path: Path) -> NDArray[np.float64]:
+    data, _rate = sf.read(str(path), dtype="float64", always_2d=True)
+    return np.asarray(data, dtype=np.float64)
+
+
+def assert_stems_match(source: Source, target: Path, residual: Path, part: slice = slice(None)) -> None:
+    """The stems sit on the source's timeline: same format, length, transients, and they sum to it."""
+    src_info = sf.info(str(source.path))
+    for stem in (target, residual):
+        info = sf.info(str(stem))
+        assert (info.samplerate, info.channels, info.subtype, info.format) == \
+               (src_info.samplerate, src_info.channels, src_info.subtype, src_info.format), stem.name
+    src = read64(source.path)[part]
+    tgt, res = read64(target), read64(residual)
+    assert len(tgt) == len(res) == len(src)
+    # target + residual == source: exact for PCM (the complement), float rounding for float sources
+    tolerance = 1e-6 if src_info.subtype in ("FLOAT", "DOUBLE") else 1e-12
+    assert np.max(np.abs(src - (tgt + res))) <= tolerance
+    # the separation did something: the low tone is in the residual, not in the target
+    low = source.low[part]
+    share = [float(np.dot(x[:, 0], low) / np.dot(low, low)) for x in (tgt, res)]
+    assert abs(share[0]) < 0.05 and share[1] > 0.95, share
+    # every transient of the target lines up with the source's to ±1 sample, in every channel
+    start = part.start or 0
+    clicks = source.clicks[(source.clicks >= start + 40) & (source.clicks < start + len(src) - 40)] - start
+    assert len(clicks) >= 5
+    for channel in range(src.shape[1]):
+        found = peak_positions(tgt[:, channel], clicks, search=30)
+        assert np.max(np.abs(found - clicks)) <= 1, f"channel {channel}: {found - clicks}"
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def data_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "FAL_KEY"}
+    return {**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **extra}
+
+
+@pytest.fixture
+def env(user_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Isolated user folders, FAL_KEY=TEST_KEY, fast retries, and fal's real hosts replaced by a closed
+    loopback port, so no test can ever reach the internet whatever path the command takes."""
+    monkeypatch.setenv("FAL_KEY", TEST_KEY)
+    monkeypatch.setattr(bridge.fal_client, "RetryPolicy", lambda: FAST_RETRY)
+    nowhere = closed_port_url()
+    monkeypatch.setattr(bridge.service_setup, "DEFAULT_QUEUE_URL", nowhere)
+    monkeypatch.setattr(bridge.service_setup, "DEFAULT_REST_URL", nowhere)
+    return user_dirs
+
+
+@pytest.fixture
+def music(tmp_path: Path) -> Path:
+    """The user's music folder (tmp_path also holds user_dirs' home, config and state folders)."""
+    folder = tmp_path / "music"
+    folder.mkdir()
+    return folder
+
+
+# -- success ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "rate", "channels", "subtype", "seconds", "extra"),
+    [
+        # 1.6 MB: goes through the CDN upload (token + upload), not a data URI
+        pytest.param("Guitar 01.wav", 44100, 2, "PCM_24", 6.0, [], id="wav-44k1-24bit-stereo"),
+        pytest.param("Vox.wav", 48000, 1, "FLOAT", 2.0, [], id="wav-48k-mono-float"),
+        pytest.param("Drums.flac", 44100, 2, "PCM_16", 2.0, [], id="flac-44k1-16bit-stereo"),
+        pytest.param("Keys.wav", 44100, 2, "PCM_24", 2.0, ["--output-format", "mp3"], id="mp3-result"),
+    ],
+)
+def test_stems_match_the_source(env: dict[str, Path], service: LocalFalService, music: Path,
+                                capsys: pytest.CaptureFixture[str], name: str, rate: int, channels: int,
+                                subtype: str, seconds: float, extra: list[str]) -> None:
+    source = make_source(music / name, rate, channels, subtype, seconds)
+    before = source.path.read_bytes()
+    out_dir = music / "out"
+    rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
+             "--output-dir", out_dir, *extra)
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    paths = printed_paths(out)
+    assert set(paths) == {"target", "residual", "manifest"}
+    stem_ext = source.path.suffix
+    assert paths["target"] == out_dir / f"{source.path.stem} - hi-hat.target{stem_ext}"
+    assert paths["residual"] == out_dir / f"{source.path.stem} - hi-hat.residual{stem_ext}"
+    assert entries(out_dir) == sorted(p.name for p in paths.values())  # no temp file left
+    assert_stems_match(source, paths["target"], paths["residual"])
+    assert source.path.read_bytes() == before
+    manifest = json.loads(paths["manifest"].read_text())
+    step = manifest["steps"][0]
+    assert step["options"]["output_format"] == (extra[1] if extra else "wav")
+    assert any(f"output_format={step['options']['output_format']}" in line for line in step["service_log_tail"])
+    calls = service.stats()["calls"]
+    assert service.stats()["submits"] == 1
+    assert (calls.get("upload", 0) >= 1) == (seconds > 5)
+
+
+def test_local_json_summary_and_default_stems_folder(env: dict[str, Path], music: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_source(music / "Guitar 01.wav", 44100, 2, "PCM_24")
+    rc = cli("separate", source.path, "--prompt", "hi-hat", "--local", "--local-delay", "0", "--json")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    summary = json.loads(out)
+    stems = {label: Path(path) for label, path in summary["stems"].items()}
+    assert summary["ok"] is True
+    assert stems == {"target": music / "Stems" / "Guitar 01 - hi-hat.target.wav",
+                     "residual": music / "Stems" / "Guitar 01 - hi-hat.residual.wav"}
+    assert Path(summary["manifest"]).is_file()
+    assert len(summary["request_ids"]) == 1 and summary["request_ids"][0]
+    assert summary["estimated_cost"] > 0
+    assert_stems_match(source, stems["target"], stems["residual"])
+    assert "stand-in" not in out  # the notice goes to stderr only, so stdout stays valid JSON
+
+
+def test_second_run_never_overwrites_the_first(env: dict[str, Path], service: LocalFalService,
+                                               music: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_source(music / "Loop.wav", 48000, 1, "PCM_16", 1.0)
+    args = ("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url)
+    assert cli(*args) == 0
+    first = printed_paths(capsys.readouterr().out)
+    first_bytes = {label: path.read_bytes() for label, path in first.items()}
+    assert cli(*args) == 0
+    second = printed_paths(capsys.readouterr().out)
+    assert second["target"].name == "Loop - hi-hat (2).target.wav"
+    assert {label: path.read_bytes() for label, path in first.items()} == first_bytes
+
+
+def test_part_of_a_file_is_aligned_with_that_part(env: dict[str, Path], service: LocalFalService,
+                                                  music: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_source(music / "Take.wav", 44100, 2, "PCM_24", 2.5)
+    rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
+             "--start", "0.5", "--length", "1.25")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    paths = printed_paths(out)
+    assert_stems_match(source, paths["target"], paths["residual"], slice(22050, 22050 + 55125))
+
+
+# -- bad input: refused before anything is sent ------------------------------------------------------
+
+
+def _zero_frames(path: Path) -> None:
+    sf.write(str(path), np.zeros((0, 2)), 44100, subtype="PCM_16")
+
+
+def _truncated(path: Path) -> None:
+    whole = path.with_name("whole.wav")
+    sf.write(str(whole), np.zeros((44100, 2)), 44100, subtype="PCM_24")
+    path.write_bytes(whole.read_bytes()[:100_000])
+    whole.unlink()
+
+
+def _voc(path: Path) -> None:
+    sf.write(str(path), np.zeros((800, 1)), 8000, subtype="PCM_16", format="VOC")
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "expected"),
+    [
+        ("missing.wav", None, "was not found"),
+        ("a folder", lambda p: p.mkdir(), "is a folder, not an audio file"),
+        ("notes.wav", lambda p: p.write_text("these are my lyrics, not audio"), "not an audio file we can read"),
+        ("empty.wav", _zero_frames, "contains no audio"),
+        ("cut.wav", _truncated, "looks incomplete"),
+        ("old.voc", _voc, "which sam-bridge does not handle"),
+    ],
+)
+def test_bad_source_is_refused_clearly(env: dict[str, Path], service: LocalFalService, music: Path,
+                                       capsys: pytest.CaptureFixture[str], name: str,
+                                       make: Callable[[Path], object] | None, expected: str) -> None:
+    path = music / name
+    if make is not None:
+        make(path)
+    before = entries(music)
+    rc = cli("separate", path, "--prompt", "hi-hat", "--service-url", service.url)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert expected in err and f"“{name}”" in err
+    assert "Traceback" not in err
+    assert entries(music) == before  # no Stems folder, nothing written
+    assert service.stats()["calls"] == {}  # nothing was sent
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_empty_prompt_is_refused(env: dict[str, Path], service: LocalFalService, music: Path,
+                                 capsys: pytest.CaptureFixture[str], prompt: str) -> None:
+    source = make_source(music / "a.wav", 44100, 1, "PCM_16", 0.5)
+    assert cli("separate", source.path, "--prompt", prompt, "--service-url", service.url) == 2
+    err = capsys.readouterr().err
+    assert "The prompt is empty" in err and '--prompt "piano playing"' in err
+    assert entries(music) == ["a.wav"] and service.stats()["calls"] == {}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--subtype", "PCM_99"], "invalid choice: 'PCM_99'"),
+        (["--output-format", "ogg"], "invalid choice: 'ogg'"),
+        (["--local-delay", "-1"], "must be 0 or more"),
+    ],
+)
+def test_unknown_option_is_refused(env: dict[str, Path], music: Path, capsys: pytest.CaptureFixture[str],
+                                   args: list[str], expected: str) -> None:
+    source = make_source(music / "a.wav", 44100, 1, "PCM_16", 0.5)
+    with pytest.raises(SystemExit) as exit_info:
+        cli("separate", source.path, "--prompt", "hi-hat", "--local", *args)
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert entries(music) == ["a.wav"]
+
+
+def test_option_out_of_range_is_refused(env: dict[str, Path], music: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_source(music / "a.wav", 44100, 1, "PCM_16", 0.5)
+    assert cli("separate", source.path, "--prompt", "hi-hat", "--local", "--candidates", "50") == 2
+    err = capsys.readouterr().err
+    assert "reranking_candidates" in err and "8" in err
+    assert entries(music) == ["a.wav"]
+
+
+def test_missing_key_says_how_to_set_it_and_mentions_local(env: dict[str, Path], music: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("FAL_KEY")
+    source = make_source(music / "a.wav", 44100, 1, "PCM_16", 0.5)
+    assert cli("separate", source.path, "--prompt", "hi-hat") == 1
+    err = capsys.readouterr().err
+    assert "FAL_KEY is not set" in err
+    assert "export FAL_KEY=" in err and "setx FAL_KEY" in err and "--local" in err
+    assert entries(music) == ["a.wav"]
+
+
+def test_output_folder_not_writable(env: dict[str, Path], service: LocalFalService, music: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_source(music / "a.wav", 44100, 1, "PCM_16", 0.5)
+    blocker = music / "not a folder"
+    blocker.write_text("a regular file")
+    rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
+             "--output-dir", blocker / "Stems")
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "Cannot write stems to" in err and "Choose another output folder" in err
+    assert blocker.read_text() == "a regular file"
+    assert service.stats()["submits"] == 0  # checked before any paid work
+
+
+# -- the service says no ------------------------------------------------------------------------------
+
+
+def run_failing(service: LocalFalService, music: Path, capsys: pytest.CaptureFixture[str],
+                *extra: str) -> tuple[int, str, str, Path]:
+    source = make_source(music / "Bass DI.wav", 44100, 2, "PCM_24", 1.0)
+    out_dir = music / "out"
+    rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
+             "--output-dir", out_dir, *extra)
+    out, err = capsys.readouterr()
+    assert entries(out_dir) == []  # no partial stem, no temp file, no manifest
+    return rc, out, err, out_dir
+
+
+def test_wrong_key(env: dict[str, Path], music: Path, monkeypatch: pytest.MonkeyPatch,
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    wrong = "wrong-key-fedcba9876543210"
+    monkeypatch.setenv("FAL_KEY", wrong)
+    with LocalFalService(key="right") as service:
+        rc, out, err, _ = run_failing(service, music, capsys)
+        assert service.stats()["submits"] == 0
+    assert rc == 1
+    assert "refused the API key" in err and "FAL_KEY" in err and "--local" in err
+    assert wrong not in out + err
+
+
+def test_401_from_the_service(env: dict[str, Path], service: LocalFalService, music: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    service.faults.fail("submit", 401, detail="No user found for Key ID and Secret")
+    rc, _out, err, _ = run_failing(service, music, capsys)
+    assert rc == 1
+    assert "refused the API key (HTTP 401: No user found for Key ID and Secret)" in err
+    assert "https://fal.ai/dashboard/keys" in err
+    assert service.stats()["submits"] == 0
+
+
+def test_422_names_the_field_and_message(env: dict[str, Path], service: LocalFalService, music: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    service.faults.fail("submit", 422, field="prompt", detail="Prompt is too vague")
+    rc, _out, err, _ = run_failing(service, music, capsys)
+    assert rc == 1
+    assert "The service refused the request: prompt: Prompt is too vague" in err
+    assert "Fix the named field" in err
+
+
+def test_json_error_summary(env: dict[str, Path], service: LocalFalService, music: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    service.faults.fail("submit", 422, field="reranking_candidates", detail="Too many candidates")
+    rc, out, err, _ = run_failing(service, music, capsys, "--json")
+    assert rc == 1
+    summary = json.loads(out)
+    assert summary["ok"] is False and summary["error"] == "validation"
+    assert "reranking_candidates: Too many candidates" in summary["message"]
+    assert "reranking_candidates: Too many candidates" in err  # stderr still says it in words
+
+
+def test_service_down_says_nothing_was_charged(env: dict[str, Path], music: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_source(music / "a.wav", 44100, 1, "PCM_16", 0.5)
+    url = closed_port_url()
+    rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", url, "--output-dir", music / "o")
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"after {FAST_RETRY.attempts} tries" in err
+    assert "Nothing was submitted, so nothing was charged" in err
+    assert f"Is the service at {url} running?" in err
+    assert entries(music / "o") == []
+
+
+def test_service_unavailable_at_submit_says_nothing_was_charged(
+        env: dict[str, Path], service: LocalFalService, music: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    service.faults.fail("submit", 503, times=FAST_RETRY.attempts)
+    rc, _out, err, _ = run_failing(service, music, capsys)
+    assert rc == 1
+    assert "HTTP 503 (runner_scheduling_failure)" in err
+    assert "The job was not submitted, so nothing was charged" in err
+    assert service.stats()["calls"]["submit"] == FAST_RETRY.attempts
+    assert service.stats()["submits"] == 0
+
+
+def test_failed_job_shows_the_service_message_and_last_log_lines(
+        env: dict[str, Path], service: LocalFalService, music: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    service.faults.fail_job("CUDA error: out of memory")
+    rc, _out, err, _ = run_failing(service, music, capsys)
+    assert rc == 1
+    assert "The separation failed at the service: CUDA error: out of memory" in err
+    tail = err.split("Last service log lines:", 1)[1]
+    assert "Loading audio (1.0 s, 2 ch, 44100 Hz)" in tail and "Separating 'hi-hat' chunk 1/1" in tail
+    assert "Retry the job" in err
+
+
+def test_not_a_tty_shows_no_progress_display(env: dict[str, Path], service: LocalFalService, music: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_source(music / "a.wav", 44100, 1, "PCM_16", 0.5)
+    assert cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url) == 0
+    out, err = capsys.readouterr()
+    assert "━" not in out + err and "service:" not in err and "\x1b[" not in out + err
+    assert err.strip() == f"sam-bridge: using the service at {service.url} (a local stand-in, not SAM Audio)"
+    assert set(printed_paths(out)) == {"target", "residual", "manifest"}
+
+
+# -- as a real process: Ctrl-C, the key at DEBUG level, the terminal display ---------------------------
+
+
+def start_cli(args: list[str | Path], env: dict[str, str], **popen: object) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "bridge", *(str(a) for a in args)]
+    return subprocess.Popen(command, env=env, cwd=ROOT, **popen)  # type: ignore[call-overload,no-any-return]
+
+
+def test_ctrl_c_cancels_the_request_and_leaves_nothing(user_dirs: dict[str, Path], music: Path) -> None:
+    source = make_source(music / "Long take.wav", 44100, 2, "PCM_24", 1.0)
+    before = source.path.read_bytes()
+    out_dir = music / "out"
+    with LocalFalService(key=TEST_KEY, job_time=10.0) as service:
+        proc = start_cli(["separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
+                          "--output-dir", out_dir], data_env(FAL_KEY=TEST_KEY),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            # running, and the command is following it (so it holds the request id to cancel)
+            wait_for(lambda: (service.stats()["running"] >= 1 and service.stats()["calls"].get("stream", 0) >= 1)
+                     or proc.poll() is not None, timeout=30, what="the job to run at the service")
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        stats = service.stats()
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert stats["cancels"] >= 1 and stats["completed"] == 0
+    assert "Cancelled by Ctrl-C; the request at the service was cancelled" in text
+    assert "Traceback" not in text and out == b""
+    assert entries(out_dir) == []  # not even a dotfile
+    assert entries(music) == ["Long take.wav", "out"] and source.path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected", "submits", "cancels"),
+    [
+        ("uploading", "before the job reached the service: nothing was charged", 0, 0),
+        ("submitted", "while the job was being sent: it may have reached the service", 1, 0),
+        ("running", "the request at the service was cancelled", 1, 1),
+        ("conforming", "the service had already finished the separation", 1, 0),
+    ],
+)
+def test_ctrl_c_at_each_stage_says_what_happened_and_leaves_nothing(
+        env: dict[str, Path], music: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        stage: str, expected: str, submits: int, cancels: int) -> None:
+    """Ctrl-C arriving at a chosen moment, in-process: a KeyboardInterrupt raised from the progress call
+    of that stage (or, for "submitted", from the moment the submit's answer is recorded)."""
+    from bridge.commands import separate
+
+    def interrupt(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    if stage == "submitted":
+        monkeypatch.setattr(separate.CliHooks, "submitted", interrupt)
+    else:
+        original = separate.CliHooks.progress
+
+        def progress(self: separate.CliHooks, state: object, fraction: float, message: str) -> None:
+            # conforming: once the stems are being written (the stage's first call comes before that)
+            if state == stage and (stage != "conforming" or fraction > 0.86):
+                raise KeyboardInterrupt
+            original(self, state, fraction, message)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(separate.CliHooks, "progress", progress)
+    source = make_source(music / "a.wav", 44100, 2, "PCM_24", 1.0)
+    out_dir = music / "out"
+    with LocalFalService(key=TEST_KEY, job_time=3.0 if stage == "running" else 0.0) as service:
+        rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
+                 "--output-dir", out_dir)
+        stats = service.stats()
+    err = capsys.readouterr().err
+    assert rc == 130
+    assert expected in err
+    assert (stats["submits"], stats["cancels"]) == (submits, cancels)
+    assert entries(out_dir) == []
+
+
+def test_key_never_appears_at_debug_level(user_dirs: dict[str, Path], service: LocalFalService,
+                                          music: Path) -> None:
+    source = make_source(music / "a.wav", 44100, 2, "PCM_24", 2.0)  # 0.5 MB: sent as a data URI
+    big = make_source(music / "big.wav", 48000, 2, "PCM_24", 4.0)  # 1.1 MB: CDN token + upload
+    runs: list[tuple[Path, str, Callable[[], object], int]] = [
+        (source.path, TEST_KEY, lambda: None, 0),
+        (big.path, TEST_KEY, lambda: None, 0),
+        (source.path, TEST_KEY, lambda: service.faults.fail("submit", 422, field="prompt"), 1),
+        (source.path, TEST_KEY, lambda: service.faults.fail_job("boom"), 1),
+        (source.path, "wrong-secret-5a5a5a5a5a5a", lambda: None, 1),
+    ]
+    for number, (path, key, arrange, expected_rc) in enumerate(runs):
+        arrange()
+        out_dir = music / f"out{number}"
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge", "-vv", "separate", str(path), "--prompt", "hi-hat",
+             "--service-url", service.url, "--output-dir", str(out_dir)],
+            env=data_env(FAL_KEY=key), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+        output = done.stdout + done.stderr
+        assert done.returncode == expected_rc, output[-2000:]
+        assert " DEBUG " in output and "HTTP Request" in output  # it really logged at DEBUG
+        assert key not in output
+        for file in out_dir.glob("*"):
+            assert key not in file.read_text(errors="replace")
+
+
+def test_terminal_display_shows_queue_position_service_logs_and_time(
+        user_dirs: dict[str, Path], music: Path) -> None:
+    """Two long jobs occupy the one-worker service, so our job waits at position 1; once the display
+    has shown that, the long jobs are cancelled and ours runs."""
+    blocker = music / "blocker.wav"
+    sf.write(str(blocker), np.zeros(8000 * 20), 8000, subtype="PCM_16")  # 20 s: 20 s of work each
+    source = make_source(music / "a.wav", 44100, 1, "PCM_16", 0.5)
+    with LocalFalService(key=TEST_KEY, processing_delay=1.0, concurrency=1) as service, FalClient(
+            ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY) as client:
+        url = client.storage.upload(blocker, "audio/wav")
+        blockers = [client.submit("separate", {"audio_url": url, "prompt": "bass"}) for _ in range(2)]
+        master, slave = pty.openpty()
+        proc = start_cli(["separate", source.path, "--prompt", "hi-hat", "--service-url", service.url],
+                         data_env(FAL_KEY=TEST_KEY, COLUMNS="160", TERM="xterm"),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        screen = b""
+        try:
+            for data in read_until_exit(master, proc):
+                screen += data
+                if blockers and b"position 1" in screen:
+                    for handle in blockers:
+                        client.cancel(handle)
+                    blockers = []
+            out = proc.stdout.read().decode() if proc.stdout else ""
+        finally:
+            os.close(master)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    assert proc.returncode == 0, text[-3000:]
+    assert not blockers, "the display never showed queue position 1"
+    assert "In the service's queue (position 1)" in text
+    for line in ("Loading audio (0.5 s, 1 ch, 44100 Hz)", "Separating 'hi-hat' chunk 1/1", "Done"):
+        assert f"service: {line}" in text
+    assert re.search(r"━.*\d+%.*\d:\d\d:\d\d", text)  # bar, percentage, elapsed time
+    assert re.search(r"done\s+━+\s+100%", text)
+    assert set(printed_paths(out)) == {"target", "residual", "manifest"}  # stdout stays plain text
+
+
+def read_until_exit(master: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> Iterator[bytes]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its side of the terminal
+                return
+            if not data:
+                return
+            yield data
+        elif proc.poll() is not None:
+            return
+    raise AssertionError("the command did not finish")
