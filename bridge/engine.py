@@ -297,14 +297,20 @@ class JobEngine(JobSink):
 
     def _finish_cancelled(self, row: JobRow) -> None:
         self.journal.set_state(row.view.job_id, JobState.cancelled, None, "Cancelled")
-        self._emit(row.view.job_id, row.view.tag, JobState.cancelled, row.view.progress, "Cancelled",
+        self._emit(row.view.job_id, row.view.tag, JobState.cancelled, self._progress_now(row), "Cancelled",
                    error="Cancelled")
 
     def _fail(self, row: JobRow, exc: BridgeError) -> None:
         text = str(exc)
         log.warning("job %s failed: %s", row.view.job_id, exc.message)
         self.journal.set_state(row.view.job_id, JobState.failed, None, exc.message, error=text)
-        self._emit(row.view.job_id, row.view.tag, JobState.failed, row.view.progress, exc.message, error=text)
+        self._emit(row.view.job_id, row.view.tag, JobState.failed, self._progress_now(row), exc.message,
+                   error=text)
+
+    def _progress_now(self, row: JobRow) -> float:
+        """The job's progress as journalled now (`row` may have been read when the job started)."""
+        latest = self.journal.get(row.view.job_id)
+        return latest.view.progress if latest else row.view.progress
 
     def _wait(self, row: JobRow, message: str, until: float | None, count_attempt: bool = True) -> None:
         attempts = row.attempts + (1 if count_attempt else 0)
@@ -312,7 +318,7 @@ class JobEngine(JobSink):
             until = time.time() + min(self.settings.retry_base * 2 ** max(attempts - 1, 0), self.settings.retry_max)
         self.journal.set_state(row.view.job_id, JobState.waiting, None, message, attempts=attempts,
                                not_before=until)
-        self._emit(row.view.job_id, row.view.tag, JobState.waiting, row.view.progress, message)
+        self._emit(row.view.job_id, row.view.tag, JobState.waiting, self._progress_now(row), message)
         with self._cond:
             self._pending.add(row.view.job_id)
 
