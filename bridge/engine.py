@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,6 +50,7 @@ class EngineSettings:
     retry_base: float = 5.0  # seconds before a job waiting on an unavailable service tries again (doubles)
     retry_max: float = 300.0
     rescan_interval: float = 1.0  # how often the journal is checked for work added by other processes
+    local_work: int = 1  # jobs conforming at once: CPU and memory heavy, and no faster in parallel on 2 cores
 
 
 class JobEngine(JobSink):
@@ -63,6 +65,10 @@ class JobEngine(JobSink):
         self._listeners: list[Callable[[JobEvent], None]] = []
         self._workers: list[threading.Thread] = []
         self._stopping = threading.Event()
+        # `concurrency` bounds the jobs between start and the end of their service part (upload → download);
+        # conforming runs outside it, under its own limit, so the next job is at the service meanwhile.
+        self._at_service: set[str] = set()
+        self._local_slots = threading.BoundedSemaphore(settings.local_work)
 
     # -- JobSink ----------------------------------------------------------------------------------
 
@@ -95,7 +101,14 @@ class JobEngine(JobSink):
                 self._pending.discard(job_id)
                 self._finish_cancelled(row)
             self._cond.notify_all()
+        self._cancel_at_service(job_id)
         return True
+
+    def _cancel_at_service(self, job_id: str) -> None:
+        """Cancel the job's accepted requests; the job's status stream then ends and the job unwinds."""
+        for handle in self.journal.handles(job_id)[0].values():
+            threading.Thread(target=self.pipeline.client.cancel, args=(handle,), name="cancel",
+                             daemon=True).start()
 
     def get(self, job_id: str) -> JobView | None:
         row = self.journal.get(job_id)
@@ -128,7 +141,7 @@ class JobEngine(JobSink):
             log.info("resuming job %s (%s, %d accepted request(s))", row.view.job_id, row.view.state,
                      len(accepted))
             self._pending.add(row.view.job_id)
-        for n in range(self.settings.concurrency):
+        for n in range(self.settings.concurrency + self.settings.local_work):
             worker = threading.Thread(target=self._work, name=f"job-worker-{n}", daemon=True)
             worker.start()
             self._workers.append(worker)
@@ -160,12 +173,15 @@ class JobEngine(JobSink):
                     row = self.journal.get(job_id)
                     origin = row.view.origin if row else ""
                     self._running[job_id] = origin
+                    self._at_service.add(job_id)
                     self._last_start[origin] = time.monotonic()
                     return job_id
                 self._cond.wait(timeout=self.settings.rescan_interval)
             return None
 
     def _pick(self) -> str | None:
+        if len(self._at_service) >= self.settings.concurrency:
+            return None
         now = time.time()
         rows = [r for r in (self.journal.get(j) for j in self._pending) if r is not None]
         ready = [r for r in rows if r.not_before <= now]
@@ -186,6 +202,8 @@ class JobEngine(JobSink):
                         if job_id in self._pending:
                             self._pending.discard(job_id)
                             self._finish_cancelled(row)
+                        else:
+                            self._cancel_at_service(job_id)
                     elif (row.view.state in (JobState.queued, JobState.waiting) and job_id not in self._pending
                           and job_id not in self._running):
                         self._cancelled.discard(job_id)  # `sam-bridge retry` of a cancelled job
@@ -206,6 +224,7 @@ class JobEngine(JobSink):
             finally:
                 with self._cond:
                     self._running.pop(job_id, None)
+                    self._at_service.discard(job_id)
                     self._cond.notify_all()
 
     # -- one job ----------------------------------------------------------------------------------
@@ -363,6 +382,35 @@ class _EngineHooks:
 
     def submitting(self, step: int) -> None:
         self.engine.journal.mark_submitting(self.job_id, step)
+
+    @contextmanager
+    def service_slot(self) -> Iterator[None]:
+        """The job took a service slot when it was picked; a later step of a stem set takes one again."""
+        engine = self.engine
+        with engine._cond:
+            while self.job_id not in engine._at_service:
+                if len(engine._at_service) < engine.settings.concurrency:
+                    engine._at_service.add(self.job_id)
+                    break
+                engine._cond.wait(0.2)
+                if self.cancelled():
+                    raise Cancelled("Cancelled.")
+        try:
+            yield
+        finally:
+            with engine._cond:
+                engine._at_service.discard(self.job_id)
+                engine._cond.notify_all()
+
+    @contextmanager
+    def local_slot(self) -> Iterator[None]:
+        while not self.engine._local_slots.acquire(timeout=0.2):
+            if self.cancelled():
+                raise Cancelled("Cancelled.")
+        try:
+            yield
+        finally:
+            self.engine._local_slots.release()
 
     def service_log(self, line: str) -> None:
         pass  # the pipeline logs each line; status files and OSC carry the latest in their message

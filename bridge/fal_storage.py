@@ -74,7 +74,9 @@ class FalStorage:
             response = self._client.call(
                 "PUT", f"{access_url}/multipart/{upload_id}/{number}", f"upload part {number}", auth=False,
                 headers={**headers, "Content-Length": str(length)},
-                content=_read_part(path, offset, length),
+                # a fresh 1 MiB-chunk stream per try: a whole 10 MiB part held by the request would live
+                # until the cyclic GC runs (httpx's response and its stream refer to each other)
+                content=lambda start=offset, count=length: _read_chunks(path, start, count, None, size),
             )
             etag = response.headers.get("etag")
             if not etag:
@@ -118,13 +120,6 @@ def _read_chunks(path: Path, offset: int, length: int, progress: Progress | None
             if progress:
                 progress(offset + sent, total)
             yield chunk
-
-
-def _read_part(path: Path, offset: int, length: int) -> bytes:
-    # A part is at most 10 MiB: read it whole so a retried PUT can resend the same bytes.
-    with open(path, "rb") as source:
-        source.seek(offset)
-        return source.read(length)
 
 
 def _parse_expiry(value: Any) -> float:

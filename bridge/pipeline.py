@@ -14,6 +14,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -72,6 +73,14 @@ class Hooks(Protocol):
     def service_log(self, line: str) -> None:
         """Each new log line of the service, in order (the CLI prints them live)."""
 
+    def service_slot(self) -> AbstractContextManager[object]:
+        """Held from upload to download: the engine's in-flight limit counts jobs at the service only."""
+        ...
+
+    def local_slot(self) -> AbstractContextManager[object]:
+        """Held while conforming: CPU and memory heavy, so few at once whatever the in-flight limit."""
+        ...
+
 
 @dataclass
 class JobResult:
@@ -87,10 +96,8 @@ class JobResult:
 class Pipeline:
     client: FalClient
     prices: PriceTable = field(default_factory=PriceTable)
-    poll_interval: float = 0.5
-    # The CLI follows the server-sent status stream (fast, one connection); the daemon polls, so a
-    # cancel is acted on within `poll_interval` and dozens of jobs don't hold dozens of open streams.
-    use_stream: bool = True
+    poll_interval: float = 0.5  # when the status stream is unavailable
+    use_stream: bool = True  # follow fal's server-sent status stream: completion is seen at once
 
     def run(self, request: SeparationRequest, recipe: Recipe, hooks: Hooks, workdir: Path,
             resume: dict[int, RequestHandle] | None = None, temp_tag: str = "") -> JobResult:
@@ -182,29 +189,32 @@ class _Run:
         record = StepRecord(label=step.label, prompt=step.prompt)
         self.steps.append(record)
         handle = self.resume.get(index)
-        if handle is None:
-            handle = self.submit_step(index, step, step_source, start, frames)
-        else:
-            log.info("resuming step %d: polling request %s (not submitting again)", index, handle.request_id)
-        record.request_id = handle.request_id
-        self.report(JobState.submitted, 1.0, f"Submitted (request {handle.request_id})")
-        self.wait_for(handle, record)
-        target_file, residual_file = self.download(index, handle)
+        # While this job conforms, the next one is already at the service.
+        with self.hooks.service_slot():
+            if handle is None:
+                handle = self.submit_step(index, step, step_source, start, frames)
+            else:
+                log.info("resuming step %d: polling request %s (not submitting again)", index, handle.request_id)
+            record.request_id = handle.request_id
+            self.report(JobState.submitted, 1.0, f"Submitted (request {handle.request_id})")
+            self.wait_for(handle, record)
+            target_file, residual_file = self.download(index, handle)
         self.check_cancel()
         self.report(JobState.conforming, 0.0, "Aligning and writing stems")
-        t = time.monotonic()
-        first = self.steps[0].report  # later steps of a stem set read an intermediate: keep step 1's format
-        spec = ConformSpec(
-            source=step_source, start_frame=start, frames=frames,
-            out_format=self.recipe.output.format or (first.out_format if first else None),
-            out_subtype=self.recipe.output.subtype or (first.out_subtype if first else None),
-            residual_method=self.recipe.output.residual.value,
-        )
-        report = conform(spec, target_file, residual_file, target_out, residual_out,
-                         progress=lambda f: self.report(JobState.conforming, f, "Aligning and writing stems"))
-        if intermediate:  # what the next step peels from: exactly source - target as written, in DOUBLE
-            write_complement(step_source, start, frames, target_out, residual_out)
-        self.timed("conform", t)
+        with self.hooks.local_slot():
+            t = time.monotonic()
+            first = self.steps[0].report  # later steps of a stem set read an intermediate: keep step 1's format
+            spec = ConformSpec(
+                source=step_source, start_frame=start, frames=frames,
+                out_format=self.recipe.output.format or (first.out_format if first else None),
+                out_subtype=self.recipe.output.subtype or (first.out_subtype if first else None),
+                residual_method=self.recipe.output.residual.value,
+            )
+            report = conform(spec, target_file, residual_file, target_out, residual_out,
+                             progress=lambda f: self.report(JobState.conforming, f, "Aligning and writing stems"))
+            if intermediate:  # what the next step peels from: exactly source - target as written, in DOUBLE
+                write_complement(step_source, start, frames, target_out, residual_out)
+            self.timed("conform", t)
         record.report = report
         record.seconds = frames / original.samplerate
         record.estimated_cost = self.p.prices.estimate(record.seconds, step.options.reranking_candidates)
@@ -257,6 +267,10 @@ class _Run:
                                poll_interval=self.p.poll_interval, use_stream=self.p.use_stream)
         except Cancelled:
             self.p.client.cancel(handle)
+            raise
+        except JobFailed:
+            if self.hooks.cancelled():  # the engine cancelled the request at the service: it ended there
+                raise Cancelled("Cancelled.") from None
             raise
         if self.hooks.cancelled():
             self.p.client.cancel(handle)

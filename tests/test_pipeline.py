@@ -4,6 +4,7 @@ source (start/length) with their timeline position, and resuming a step by its r
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,12 @@ class Hooks:
 
     def cancelled(self) -> bool:
         return False
+
+    def service_slot(self) -> AbstractContextManager[object]:
+        return nullcontext()
+
+    def local_slot(self) -> AbstractContextManager[object]:
+        return nullcontext()
 
     def service_log(self, line: str) -> None:
         self.log_lines.append(line)

@@ -7,6 +7,7 @@ import json
 import sys
 import tempfile
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,12 @@ class CliHooks:
 
     def cancelled(self) -> bool:
         return False
+
+    def service_slot(self) -> AbstractContextManager[object]:
+        return nullcontext()
+
+    def local_slot(self) -> AbstractContextManager[object]:
+        return nullcontext()
 
     def service_log(self, line: str) -> None:
         self.display.service_line(line)
