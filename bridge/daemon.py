@@ -26,7 +26,7 @@ from bridge import __version__
 from bridge.config import Config, config_dir, log_dir, state_dir
 from bridge.engine import EngineSettings, JobEngine
 from bridge.errors import BridgeError
-from bridge.fal_auth import ENV_VAR, RedactingFilter
+from bridge.fal_auth import ENV_VAR
 from bridge.hotfolder import HotFolder, HotFolderWatcher, default_hot_folder
 from bridge.journal import Journal
 from bridge.osc_server import OscServer, OscSettings
@@ -272,5 +272,3 @@ def run_daemon(config: Config, choice: ServiceChoice, *, verbose: int = 0, quiet
         daemon.stop()
     return 0
 
-
-__all__ = ["AlreadyRunning", "Daemon", "RedactingFilter", "run_daemon"]

@@ -8,6 +8,7 @@ the REAPER user's request behind them.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ import soundfile as sf
 
 from bridge.cost import PriceTable
 from bridge.dedupe import dedupe_key, reuse_result
-from bridge.errors import BridgeError, Cancelled, InputError, ServiceUnavailable, SourceError, SubmitUncertain
+from bridge.errors import BridgeError, Cancelled, ServiceUnavailable, SourceError, SubmitUncertain
 from bridge.fal_client import RequestHandle
 from bridge.jobs import JobEvent, JobSink, JobState, JobView, RequestRejected
 from bridge.journal import JobRow, Journal
@@ -434,9 +435,4 @@ class _EngineHooks:
 
 
 def _json(value: object) -> str:
-    import json
-
     return json.dumps(value, ensure_ascii=False)
-
-
-__all__ = ["EngineSettings", "InputError", "JobEngine", "ShuttingDown"]
