@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.hotfolder import default_hot_folder, network_filesystem_type
+from bridge.hotfolder import default_hot_folder
 from bridge.hotfolder_names import (
     ManifestIndex,
     SidecarError,
@@ -22,6 +22,7 @@ from bridge.hotfolder_names import (
     source_for_error_file,
     write_error_file,
 )
+from bridge.network_drives import network_filesystem_type
 
 
 @pytest.mark.parametrize(
