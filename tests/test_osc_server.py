@@ -290,7 +290,8 @@ def test_stop_releases_the_port(sink: RecordingSink) -> None:
     with running_server(sink) as server:
         host, port = server.address
     again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    again.bind((host, port))
+    again.bind((host, port))  # raises EADDRINUSE if the server still held it
+    assert again.getsockname() == (host, port)
     again.close()
 
 
