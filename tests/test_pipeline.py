@@ -4,6 +4,8 @@ source (start/length) with their timeline position, and resuming a step by its r
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -125,3 +127,32 @@ def test_a_resumed_step_polls_its_request_instead_of_submitting(client: FalClien
     assert service.stats()["submits"] == 1  # nothing new was paid for
     assert again.handles == {}
     assert result.stems["target"].name == "Vox - vocals (2).target.wav"  # never overwrites the first
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (.ci/run installs it)")
+def test_speech_over_a_hum_comes_back_aligned_at_22k(client: FalClient, library, tmp_path: Path) -> None:
+    """Real speech (espeak-ng) over a 60 Hz hum, at 22.05 kHz: the 'dialogue' target is the speech, in place."""
+    spoken = tmp_path / "spoken.wav"
+    subprocess.run(["espeak-ng", "-w", str(spoken), "Isolate the voice from the mix, please."], check=True,
+                   capture_output=True)
+    speech, rate = sf.read(spoken, dtype="float64")
+    assert rate == 22050
+    t = np.arange(len(speech)) / rate
+    hum = 0.3 * np.sin(2 * np.pi * 60 * t)
+    source = tmp_path / "Interview.wav"
+    sf.write(source, 0.5 * speech + hum, rate, subtype="PCM_16")
+    request = SeparationRequest(source=source, preset="dialogue")
+    result = Pipeline(client, poll_interval=0.02).run(request, recipe_for(request, library), Hooks(),
+                                                      tmp_path / "work")
+    target, _ = sf.read(result.stems["target"], dtype="float64")
+    residual, _ = sf.read(result.stems["residual"], dtype="float64")
+    assert len(target) == len(speech)
+    lag = int(np.argmax(np.correlate(target[:rate], speech[:rate], "full"))) - (rate - 1)
+    assert abs(lag) <= 1  # the words land where they were spoken
+    speech_share = np.corrcoef(target, speech)[0, 1]
+    hum_share = abs(np.corrcoef(target, hum)[0, 1])
+    # the stand-in keeps 300-3400 Hz, so the voice fundamental (~120 Hz) stays behind: 0.7, not 1.0
+    assert speech_share > 0.6 and hum_share < 0.1  # the voice went to the target, the hum did not
+    assert abs(np.corrcoef(residual, hum)[0, 1]) > 0.9
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["steps"][0]["alignment"]["offset_samples"] == 0
