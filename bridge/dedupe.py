@@ -9,11 +9,12 @@ import shutil
 from pathlib import Path
 
 from bridge.audio_source import source_sha256
+from bridge.errors import OutputError
 from bridge.jobs import JobView
 from bridge.pipeline import JobResult
 from bridge.presets import Recipe
 from bridge.request import SeparationRequest
-from bridge.stems import job_names, output_folder, place, temp_path_for, write_json_atomic
+from bridge.stems import job_names, output_folder, place_all, remove_quietly, temp_path_for, write_json_atomic
 
 
 def dedupe_key(request: SeparationRequest, recipe: Recipe) -> str:
@@ -34,18 +35,23 @@ def reuse_result(request: SeparationRequest, recipe: Recipe, earlier: JobView) -
     old_stems = {label: Path(path) for label, path in earlier.stems.items()}
     if not old_stems or not all(p.is_file() for p in old_stems.values()):
         return None
+    written = Path(earlier.manifest).stat().st_mtime  # the manifest is written after the stems
+    if any(p.stat().st_mtime > written + 1 for p in old_stems.values()):
+        return None  # edited since: not the result the service gave, so run the job for real
     folder = output_folder(request.source, request.project_dir, request.output_dir, recipe.output.folder)
-    folder.mkdir(parents=True, exist_ok=True)
     extension = next(iter(old_stems.values())).suffix
-    finals, manifest_path = job_names(folder, request.source.name, recipe.label, list(old_stems), extension,
-                                      stem_set=len(recipe.steps) > 1)
-    for label, old in old_stems.items():
-        temp = temp_path_for(finals[label])
-        try:
-            shutil.copyfile(old, temp)
-            place(temp, finals[label])
-        finally:
-            temp.unlink(missing_ok=True)
+    temps: dict[str, Path] = {}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for label, old in old_stems.items():
+            temps[label] = temp_path_for(folder / old.name)
+            shutil.copyfile(old, temps[label])
+        finals, manifest_path = place_all(temps, lambda: job_names(
+            folder, request.source.name, recipe.label, list(old_stems), extension, stem_set=len(recipe.steps) > 1))
+    except OSError as exc:
+        raise OutputError(f"Cannot copy the earlier stems into {folder}: {exc.strerror or exc}.") from None
+    finally:
+        remove_quietly(*temps.values())
     manifest = json.loads(Path(earlier.manifest).read_text(encoding="utf-8"))
     manifest["reused_from"] = earlier.manifest
     manifest["stems"] = {label: {**manifest["stems"].get(label, {}), "path": str(path)}

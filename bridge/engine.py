@@ -23,7 +23,15 @@ import soundfile as sf
 
 from bridge.cost import PriceTable
 from bridge.dedupe import dedupe_key, reuse_result
-from bridge.errors import BridgeError, Cancelled, ServiceUnavailable, SourceError, SubmitUncertain
+from bridge.errors import (
+    BridgeError,
+    Cancelled,
+    JobFailed,
+    ServiceJobFailed,
+    ServiceUnavailable,
+    SourceError,
+    SubmitUncertain,
+)
 from bridge.fal_client import RequestHandle
 from bridge.jobs import JobEvent, JobSink, JobState, JobView, RequestRejected
 from bridge.journal import JobRow, Journal
@@ -70,6 +78,7 @@ class JobEngine(JobSink):
         # conforming runs outside it, under its own limit, so the next job is at the service meanwhile.
         self._at_service: set[str] = set()
         self._local_slots = threading.BoundedSemaphore(settings.local_work)
+        self._budget_lock = threading.Lock()
 
     # -- JobSink ----------------------------------------------------------------------------------
 
@@ -130,17 +139,11 @@ class JobEngine(JobSink):
     def start(self) -> None:
         """Resume unfinished jobs from the journal, then start the workers."""
         for row in self.journal.unfinished():
-            accepted, uncertain = self.journal.handles(row.view.job_id)
-            lost = [step for step in uncertain if step not in accepted]
-            if lost:
-                self._fail(row, SubmitUncertain(
-                    "sam-bridge stopped while submitting this job, so it cannot tell whether the service "
-                    "accepted it.", hint=f"Check your fal dashboard; `sam-bridge retry {row.view.job_id}` "
-                    "submits it again (it may be charged twice if it did land)."))
+            if self._submit_was_lost(row):
                 self._pending.discard(row.view.job_id)
                 continue
             log.info("resuming job %s (%s, %d accepted request(s))", row.view.job_id, row.view.state,
-                     len(accepted))
+                     len(self.journal.handles(row.view.job_id)[0]))
             self._pending.add(row.view.job_id)
         for n in range(self.settings.concurrency + self.settings.local_work):
             worker = threading.Thread(target=self._work, name=f"job-worker-{n}", daemon=True)
@@ -237,6 +240,8 @@ class JobEngine(JobSink):
         if row.cancel_requested or job_id in self._cancelled:
             self._finish_cancelled(row)
             return
+        if self._submit_was_lost(row):
+            return
         hooks = _EngineHooks(self, row)
         workdir = self.settings.workroot / job_id
         try:
@@ -263,6 +268,10 @@ class JobEngine(JobSink):
                 self._wait(row, f"{exc.message} Retrying automatically.", None)
             else:
                 self._fail(row, exc)
+        except ServiceJobFailed as exc:  # the request ended in an error at fal: a retry submits it again
+            self.journal.clear_steps(job_id)
+            self._fail(row, exc)
+            clean_workdir(workdir)
         except BridgeError as exc:
             self._fail(row, exc)
             clean_workdir(workdir)
@@ -273,6 +282,17 @@ class JobEngine(JobSink):
         else:
             self._finish_done(row, result)
             clean_workdir(workdir)
+
+    def _submit_was_lost(self, row: JobRow) -> bool:
+        """A step marked 'submitting' with no request id: it may have landed. Never resend it blindly."""
+        accepted, uncertain = self.journal.handles(row.view.job_id)
+        if not [step for step in uncertain if step not in accepted]:
+            return False
+        self._fail(row, SubmitUncertain(
+            "sam-bridge lost the answer while submitting this job, so it cannot tell whether the service "
+            "accepted it.", hint=f"Check your fal dashboard; `sam-bridge retry {row.view.job_id}` submits it "
+            "again (it may be charged twice if it did land)."))
+        return True
 
     def _reuse(self, row: JobRow, recipe: Recipe, key: str) -> bool:
         for earlier in self.journal.done_with_dedupe_key(key):
@@ -294,7 +314,11 @@ class JobEngine(JobSink):
             return  # the pipeline reports the unreadable source properly
         estimate = sum(self.settings.prices.estimate(seconds, s.options.reranking_candidates) for s in recipe.steps)
         midnight = datetime.now().replace(hour=0, minute=0, second=0, microsecond=0)
-        spent = self.journal.spent_since(midnight.timestamp())
+        with self._budget_lock:  # check and reserve at once: parallel workers can't all squeeze in
+            self._reserve_budget(row, budget, estimate, midnight)
+
+    def _reserve_budget(self, row: JobRow, budget: float, estimate: float, midnight: datetime) -> None:
+        spent = self.journal.spent_since(midnight.timestamp(), exclude=row.view.job_id)
         if spent + estimate > budget:
             tomorrow = (midnight + timedelta(days=1)).timestamp()
             raise _BudgetWait(
@@ -316,14 +340,21 @@ class JobEngine(JobSink):
                    manifest=str(result.manifest), flags=tuple(result.flags))
 
     def _finish_cancelled(self, row: JobRow) -> None:
-        self.journal.set_state(row.view.job_id, JobState.cancelled, None, "Cancelled")
+        job_id = row.view.job_id
+        self._cancel_at_service(job_id)  # also when it was waiting, or cancelled while the daemon was down
+        accepted = self.journal.handles(job_id)[0]
+        self.journal.clear_steps(job_id)  # cancelled at fal: a retry must submit again
+        self.journal.set_state(job_id, JobState.cancelled, None, "Cancelled",
+                               **({} if accepted else {"cost": 0.0}))
         self._emit(row.view.job_id, row.view.tag, JobState.cancelled, self._progress_now(row), "Cancelled",
                    error="Cancelled")
 
     def _fail(self, row: JobRow, exc: BridgeError) -> None:
         text = str(exc)
         log.warning("job %s failed: %s", row.view.job_id, exc.message)
-        self.journal.set_state(row.view.job_id, JobState.failed, None, exc.message, error=text)
+        paid = bool(self.journal.handles(row.view.job_id)[0]) or isinstance(exc, (SubmitUncertain, JobFailed))
+        self.journal.set_state(row.view.job_id, JobState.failed, None, exc.message, error=text,
+                               **({} if paid else {"cost": 0.0}))
         self._emit(row.view.job_id, row.view.tag, JobState.failed, self._progress_now(row), exc.message,
                    error=text)
 
@@ -383,6 +414,9 @@ class _EngineHooks:
 
     def submitting(self, step: int) -> None:
         self.engine.journal.mark_submitting(self.job_id, step)
+
+    def not_submitted(self, step: int) -> None:
+        self.engine.journal.unmark_submitting(self.job_id, step)
 
     @contextmanager
     def service_slot(self) -> Iterator[None]:

@@ -78,9 +78,13 @@ class RateLimited(ServiceUnavailable):
 
 
 class JobFailed(ServiceError):
-    """The service accepted the job but it failed there."""
+    """The service accepted the job but it failed there (or its result could not be fetched)."""
 
     kind = "job_failed"
+
+
+class ServiceJobFailed(JobFailed):
+    """The request itself ended in an error at the service: a retry must submit it again."""
 
 
 class TimedOut(ServiceError):

@@ -71,6 +71,10 @@ class RedactingFilter(logging.Filter):
         redacted = self._key.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:  # tracebacks too: format them here, masked
+            record.exc_text = self._key.redact(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = self._key.redact(record.exc_text)
         return True
 
     @classmethod

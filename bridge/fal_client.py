@@ -25,6 +25,7 @@ from bridge.errors import (
     JobFailed,
     RateLimited,
     ServiceError,
+    ServiceJobFailed,
     ServiceUnavailable,
     SubmitUncertain,
     TimedOut,
@@ -193,6 +194,14 @@ class FalClient:
             retryable = response.status_code in RETRYABLE_STATUS and (
                 idempotent or _never_reached_queue(response)
             )
+            server_side = response.status_code >= 500 or response.status_code == 408
+            if not idempotent and server_side and not _never_reached_queue(response):
+                # the queue saw it (it answered with a request id): it may be running, and be paid for
+                raise SubmitUncertain(
+                    f"The service answered HTTP {response.status_code} to the {what} after it reached the queue, "
+                    "so the job may or may not be running.",
+                    hint="sam-bridge will not send it again on its own, so you are never charged twice. "
+                    "Check your fal dashboard, then retry the job if it is not there.")
             if retryable and attempt < self.retry.attempts:
                 delay = self.retry.delay(attempt, parse_retry_after(response.headers.get("retry-after")))
                 log.info("%s: HTTP %d, retrying in %.1f s (try %d/%d)", what, response.status_code, delay,
@@ -405,10 +414,10 @@ def error_for_response(response: httpx.Response, what: str, *, attempts: int = 1
     return ServiceError(f"The service answered HTTP {code} to the {what}: {text or 'no details'}.")
 
 
-def job_failed(status: QueueStatus) -> JobFailed:
+def job_failed(status: QueueStatus) -> ServiceJobFailed:
     last = [line.message for line in status.logs[-5:]]
     tail = ("\nLast service log lines:\n  " + "\n  ".join(last)) if last else ""
     if status.error_type == "client_cancelled":
-        return JobFailed("The job was cancelled at the service.")
-    return JobFailed(f"The separation failed at the service: {status.error}{tail}",
+        return ServiceJobFailed("The job was cancelled at the service.")
+    return ServiceJobFailed(f"The separation failed at the service: {status.error}{tail}",
                      hint="Retry the job; if it fails again, try another prompt or a shorter file.")

@@ -133,8 +133,19 @@ class Journal:
                        (job_id, step, "submitted", json.dumps(handle.to_dict()), time.time()))
 
     def clear_steps(self, job_id: str) -> None:
+        """Forget every request of the job (they failed or were cancelled at the service)."""
         with self._tx() as db:
             db.execute("DELETE FROM steps WHERE job_id=?", (job_id,))
+
+    def unmark_submitting(self, job_id: str, step: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM steps WHERE job_id=? AND step=? AND handle IS NULL", (job_id, step))
+
+    def clear_uncertain(self, job_id: str) -> None:
+        """Forget submits whose answer was lost (a person chose to retry); accepted requests stay, so a
+        retry fetches their results instead of paying again."""
+        with self._tx() as db:
+            db.execute("DELETE FROM steps WHERE job_id=? AND handle IS NULL", (job_id,))
 
     def request_cancel(self, job_id: str) -> None:
         self.set_fields(job_id, cancel_requested=1)
@@ -186,10 +197,12 @@ class Journal:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
         return [_row(r) for r in rows]
 
-    def spent_since(self, since: float) -> float:
+    def spent_since(self, since: float, exclude: str = "") -> float:
+        """Estimated cost of the jobs created since `since` that reached (or may reach) the service."""
         with self._lock:
-            row = self._db.execute("SELECT COALESCE(SUM(cost), 0) AS total FROM jobs WHERE updated>=? AND cost>0",
-                                   (since,)).fetchone()
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(cost), 0) AS total FROM jobs WHERE created>=? AND cost>0 AND id!=?",
+                (since, exclude)).fetchone()
         return float(row["total"])
 
 

@@ -32,7 +32,7 @@ from bridge.audio_source import (
 )
 from bridge.conform import ConformReport, ConformSpec, conform
 from bridge.cost import PriceTable
-from bridge.errors import Cancelled, JobFailed, SourceError
+from bridge.errors import Cancelled, JobFailed, ServiceError, SourceError, SubmitUncertain
 from bridge.fal_client import FalClient, QueueStatus, RequestHandle
 from bridge.jobs import JobState
 from bridge.manifest import StepRecord, build_manifest
@@ -43,7 +43,7 @@ from bridge.stems import (
     ensure_writable,
     job_names,
     output_folder,
-    place,
+    place_all,
     remove_quietly,
     remove_stale_temps,
     temp_path_for,
@@ -67,6 +67,9 @@ class Hooks(Protocol):
 
     def submitted(self, step: int, handle: RequestHandle) -> None:
         """Called as soon as the service accepted step `step`; must persist `handle` before returning."""
+
+    def not_submitted(self, step: int) -> None:
+        """The service definitely refused the submit (its answer said so): nothing landed, nothing to fear."""
 
     def cancelled(self) -> bool: ...
 
@@ -211,7 +214,7 @@ class _Run:
                 residual_method=self.recipe.output.residual.value,
             )
             report = conform(spec, target_file, residual_file, target_out, residual_out,
-                             progress=lambda f: self.report(JobState.conforming, f, "Aligning and writing stems"))
+                             progress=self._conform_progress)
             if intermediate:  # what the next step peels from: exactly source - target as written, in DOUBLE
                 write_complement(step_source, start, frames, target_out, residual_out)
             self.timed("conform", t)
@@ -242,7 +245,13 @@ class _Run:
         if step.prompt:
             payload["prompt"] = step.prompt
         self.hooks.submitting(index)
-        handle = self.p.client.submit(endpoint, payload)
+        try:
+            handle = self.p.client.submit(endpoint, payload)
+        except SubmitUncertain:
+            raise  # the marker stays: it may have landed
+        except ServiceError:
+            self.hooks.not_submitted(index)
+            raise
         self.hooks.submitted(index, handle)
         return handle
 
@@ -301,6 +310,10 @@ class _Run:
                 log.info("result links failed; asking the service for the result again")
         raise AssertionError("unreachable")
 
+    def _conform_progress(self, fraction: float) -> None:
+        self.check_cancel()  # a long conform stops for a cancel, and for shutdown (the hooks raise)
+        self.report(JobState.conforming, fraction, "Aligning and writing stems")
+
     def _download_progress(self, index: int) -> Callable[[int, int], None]:
         def progress(done: int, total: int) -> None:
             self.report(JobState.downloading, (index + done / max(total, 1)) / 2, "Downloading results")
@@ -316,16 +329,9 @@ class _Run:
         assert report is not None
         extension = EXTENSIONS.get(report.out_format.upper(), ".wav")
         check_source_unchanged(source.path, self.source_fingerprint)
-        finals, manifest_path = job_names(folder, source.path.name, self.recipe.label, list(stems), extension,
-                                          stem_set=len(self.recipe.steps) > 1)
-        placed: list[Path] = []
-        try:  # all of a job's stems, or none: a half set under final names would mislead a DAW script
-            for label, temp in stems.items():
-                place(temp, finals[label])
-                placed.append(finals[label])
-        except BaseException:
-            remove_quietly(*placed)
-            raise
+        finals, manifest_path = place_all(stems, lambda: job_names(
+            folder, source.path.name, self.recipe.label, list(stems), extension,
+            stem_set=len(self.recipe.steps) > 1))
         self.timed("write", t)
         self.timings["total"] = round(time.monotonic() - began, 3)
         flags = sorted({flag for step in self.steps if step.report for flag in step.report.flags})

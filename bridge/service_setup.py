@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from bridge.fal_auth import ENV_VAR, ApiKey, RedactingFilter
 from bridge.fal_client import DEFAULT_QUEUE_URL, DEFAULT_REST_URL, FalClient, Timeouts
@@ -37,6 +39,16 @@ class ServiceChoice:
         return "using SAM Audio on fal (fal-ai/sam-audio/separate)"
 
 
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @contextmanager
 def open_client(choice: ServiceChoice) -> Iterator[FalClient]:
     """A ready FalClient; the key check happens here."""
@@ -48,9 +60,12 @@ def open_client(choice: ServiceChoice) -> Iterator[FalClient]:
         ) as client:
             yield client
         return
-    if choice.url:  # a stand-in you started: it gets FAL_KEY if set (to test keys), else a dummy key
-        key = ApiKey(os.environ.get(ENV_VAR) or LOCAL_KEY)
-        if os.environ.get(ENV_VAR):
+    if choice.url:
+        # A stand-in you started gets FAL_KEY (to try keys against it) only on this machine: a real key
+        # never travels to another host, least of all over plain http.
+        secret = os.environ.get(ENV_VAR) if is_loopback_url(choice.url) else None
+        key = ApiKey(secret or LOCAL_KEY)
+        if secret:
             RedactingFilter.install(key)  # FAL_KEY may hold a real key: mask it in logs here too
         with FalClient(key, queue_url=choice.url, rest_url=choice.url, retry=choice.retry,
                          timeouts=Timeouts()) as client:

@@ -13,7 +13,7 @@ import re
 import tempfile
 import unicodedata
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,33 +57,30 @@ def ensure_writable(folder: Path) -> None:
                           hint="Choose another output folder, or fix the folder's permissions.") from None
 
 
-def plan_names(folder: Path, source_name: str, label: str, stem_suffixes: Iterable[str]) -> dict[str, Path]:
-    """Final paths for one job's files, all with the same free number so they stay together.
-
-    `stem_suffixes` are like ".target.wav" / ".residual.wav" / ".sam.json"; the returned dict maps each
-    suffix to its path."""
-    suffixes = list(stem_suffixes)
-    base = f"{safe_name(Path(source_name).stem, 80)} - {safe_name(label, 40)}"
-    for number in range(1, 10_000):
-        stem = base if number == 1 else f"{base} ({number})"
-        paths = {suffix: folder / f"{stem}{suffix}" for suffix in suffixes}
-        if not any(p.exists() for p in paths.values()):
-            return paths
-    raise OutputError(f"Too many earlier results named {base!r} in {folder}.")
-
-
 def job_names(folder: Path, source_name: str, label: str, stem_labels: list[str], extension: str,
               stem_set: bool) -> tuple[dict[str, Path], Path]:
-    """(stem label -> final path, manifest path) for one job.
+    """(stem label -> final path, manifest path) for one job, all with the same free number so one run's
+    files stay together and nothing existing is touched.
 
-    Plain presets: `<source> - <label>.target.wav`, `.residual.wav`, `.sam.json`, numbered together.
+    Plain presets: `<source> - <label>.target.wav`, `.residual.wav`, `.sam.json`.
     Stem sets: `<source> - <stem>.wav` each, manifest `<source> - <preset>.sam.json`."""
+    source = safe_name(Path(source_name).stem, 80)
     if stem_set:
-        stems = {s: plan_names(folder, source_name, s, [extension])[extension] for s in stem_labels}
-        return stems, plan_names(folder, source_name, label, [".sam.json"])[".sam.json"]
-    suffixes = {s: f".{s}{extension}" for s in stem_labels}
-    names = plan_names(folder, source_name, label, [*suffixes.values(), ".sam.json"])
-    return {s: names[suffix] for s, suffix in suffixes.items()}, names[".sam.json"]
+        bases = {s: (f"{source} - {safe_name(s, 40)}", extension) for s in stem_labels}
+    else:
+        bases = {s: (f"{source} - {safe_name(label, 40)}", f".{s}{extension}") for s in stem_labels}
+    manifest_base = (f"{source} - {safe_name(label, 40)}", ".sam.json")
+    for number in range(1, 10_000):
+        tag = "" if number == 1 else f" ({number})"
+        stems = {s: folder / f"{base}{tag}{suffix}" for s, (base, suffix) in bases.items()}
+        manifest = folder / f"{manifest_base[0]}{tag}{manifest_base[1]}"
+        if not any(p.exists() for p in (*stems.values(), manifest)):
+            return stems, manifest
+    raise OutputError(f"Too many earlier results for {source_name!r} in {folder}.")
+
+
+class NameTaken(OutputError):
+    """A final name appeared between choosing it and writing it (another job, another program)."""
 
 
 def temp_path_for(final: Path, tag: str = "") -> Path:
@@ -98,13 +95,35 @@ def place(temp: Path, final: Path) -> None:
         os.link(temp, final)  # fails with EEXIST instead of replacing
         os.unlink(temp)
     except FileExistsError:
-        raise OutputError(f"{final} appeared while sam-bridge was writing; it was left untouched.") from None
+        raise NameTaken(f"{final} appeared while sam-bridge was writing; it was left untouched.") from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
             raise OutputError(f"Cannot write {final}: {exc.strerror}.") from None
         if final.exists():  # filesystem without hard links (exFAT, some SMB): check, then rename
-            raise OutputError(f"{final} appeared while sam-bridge was writing; it was left untouched.") from None
+            raise NameTaken(f"{final} appeared while sam-bridge was writing; it was left untouched.") from None
         os.replace(temp, final)
+
+
+def place_all(temps: dict[str, Path],
+              choose: Callable[[], tuple[dict[str, Path], Path]]) -> tuple[dict[str, Path], Path]:
+    """Place a job's temp files under names from `choose()`, all or none. If another writer takes one of
+    the names first, put ours back under their temp names and choose again: never overwrite, and never
+    lose a paid-for result."""
+    for _attempt in range(5):
+        finals, manifest = choose()
+        placed: list[tuple[Path, Path]] = []  # (final, temp)
+        try:
+            for label, temp in temps.items():
+                place(temp, finals[label])
+                placed.append((finals[label], temp))
+            return finals, manifest
+        except NameTaken:
+            for final, temp in placed:
+                os.replace(final, temp)
+        except BaseException:
+            remove_quietly(*(final for final, _temp in placed))
+            raise
+    raise OutputError("Other programs keep taking the stem names in the output folder; try another folder.")
 
 
 def write_json_atomic(path: Path, data: Any, *, overwrite: bool = True) -> None:

@@ -116,3 +116,72 @@ def test_cancel_a_queued_job_never_reaches_the_service(make_engine, service, tmp
     assert not engine.cancel(job)  # already finished
     time.sleep(0.3)
     assert service.stats()["submits"] == 0
+
+
+def test_a_waiting_job_is_not_blocked_by_its_own_budget_reservation(make_engine, service, tmp_path: Path) -> None:
+    engine = make_engine(daily_budget=0.08, prices=PriceTable(per_30s=1.5), retry_base=0.05)  # 1 s = 0.05
+    service.faults.fail("submit", status=503, times=1000)  # the queue is down: the job waits
+    engine.start()
+    job = engine.submit(SeparationRequest(source=make_source(tmp_path / "a.wav", seconds=1.0), prompt="piano"))
+    wait_for(lambda: (engine.get(job) or object()).state == JobState.waiting, what="the job to wait")  # type: ignore[attr-defined]
+    service.faults.clear()
+    wait_for(lambda: finished(engine, job), timeout=60, what="the job to finish")
+    view = engine.get(job)
+    assert view is not None and view.state == JobState.done, view
+
+
+def test_retry_after_a_local_failure_fetches_the_result_instead_of_paying(make_engine, tmp_path: Path) -> None:
+    from bridge.fal_auth import ApiKey
+    from bridge.local_service import LocalFalService
+    from tests.conftest import FAST_RETRY, TEST_KEY
+
+    with LocalFalService(key=TEST_KEY, job_time=1.0) as slow, FalClient(
+            ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
+        journal = Journal(tmp_path / "j.sqlite")
+        engine = JobEngine(journal, Pipeline(client), PresetLibrary([("built-in", builtin_presets_dir())]),
+                           EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
+        try:
+            source = make_source(tmp_path / "a.wav", seconds=0.5)
+            original = source.read_bytes()
+            engine.start()
+            job = engine.submit(SeparationRequest(source=source, prompt="piano"))
+            wait_for(lambda: slow.stats()["running"] == 1, what="the service to run it")
+            source.write_bytes(original[:-100] + bytes(100))  # the user edits the file mid-job
+            wait_for(lambda: finished(engine, job), what="the job to fail")
+            assert (engine.get(job) or object()).state == JobState.failed  # type: ignore[attr-defined]
+            source.write_bytes(original)
+            journal.clear_uncertain(job)  # what `sam-bridge retry` does
+            journal.set_state(job, JobState.queued, 0.0, "Queued again (retry)", error=None)
+            wait_for(lambda: finished(engine, job), what="the retried job")
+            assert (engine.get(job) or object()).state == JobState.done  # type: ignore[attr-defined]
+            assert slow.stats()["submits"] == 1  # the accepted request was fetched again, not paid again
+        finally:
+            engine.stop()
+            journal.close()
+
+
+def test_cancelling_a_waiting_job_cancels_its_request_at_the_service(tmp_path: Path) -> None:
+    from bridge.fal_auth import ApiKey
+    from bridge.local_service import LocalFalService
+    from tests.conftest import FAST_RETRY, TEST_KEY
+
+    with LocalFalService(key=TEST_KEY, job_time=10.0) as slow, FalClient(
+            ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
+        journal = Journal(tmp_path / "j.sqlite")
+        engine = JobEngine(journal, Pipeline(client), PresetLibrary([("built-in", builtin_presets_dir())]),
+                           EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1, retry_base=30.0))
+        try:
+            engine.start()
+            slow.faults.fail("stream", status=503, times=1000)  # following the job breaks down: it waits
+            slow.faults.fail("status", status=503, times=1000)
+            job = engine.submit(SeparationRequest(source=make_source(tmp_path / "a.wav", seconds=0.3),
+                                                  prompt="piano"))
+            wait_for(lambda: (engine.get(job) or object()).state == JobState.waiting,  # type: ignore[attr-defined]
+                     what="the job to wait")
+            assert engine.journal.handles(job)[0]  # fal accepted it and is still running it
+            assert engine.cancel(job)
+            wait_for(lambda: slow.stats()["cancels"] >= 1, what="the cancel to reach the service")
+            assert (engine.get(job) or object()).state == JobState.cancelled  # type: ignore[attr-defined]
+        finally:
+            engine.stop()
+            journal.close()

@@ -199,3 +199,34 @@ def test_key_never_appears_in_logs_reprs_or_errors(service, tmp_path: Path, capl
         import pickle
 
         pickle.dumps(key)
+
+
+@pytest.mark.parametrize("status", [500, 504])
+def test_a_server_error_after_the_queue_saw_the_submit_is_not_repeated(status: int, tmp_path: Path) -> None:
+    """fal's own retry rules: a 5xx carrying a request id came from behind the ingress: it may be running."""
+    import httpx
+
+    calls: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(status, headers={"x-fal-request-id": "req-1"}, json={"detail": "Internal error"})
+
+    with FalClient(ApiKey(TEST_KEY), queue_url="http://127.0.0.1:9", rest_url="http://127.0.0.1:9",
+                   retry=FAST_RETRY, sleep=RecordingSleep()) as client:
+        client._http = httpx.Client(transport=httpx.MockTransport(answer))  # the remote side, not our code
+        with pytest.raises(SubmitUncertain, match="may or may not be running"):
+            client.submit("separate", {"audio_url": "data:audio/wav;base64,AAAA", "prompt": "piano"})
+    assert len(calls) == 1
+
+
+def test_a_real_key_is_only_sent_to_a_stand_in_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge.service_setup import LOCAL_KEY, ServiceChoice, is_loopback_url, open_client
+
+    monkeypatch.setenv("FAL_KEY", "real-key-from-the-user-123456")
+    assert is_loopback_url("http://127.0.0.1:8765") and is_loopback_url("http://localhost:1")
+    assert not is_loopback_url("http://192.0.2.10:8765") and not is_loopback_url("http://studio.example:80")
+    with open_client(ServiceChoice(url="http://127.0.0.1:8765")) as near:  # no request is made here
+        assert near.auth_headers()["Authorization"] == "Key real-key-from-the-user-123456"
+    with open_client(ServiceChoice(url="http://192.0.2.10:8765")) as far:
+        assert far.auth_headers()["Authorization"] == f"Key {LOCAL_KEY}"

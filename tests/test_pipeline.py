@@ -39,6 +39,9 @@ class Hooks:
     def submitted(self, step: int, handle: RequestHandle) -> None:
         self.handles[step] = handle
 
+    def not_submitted(self, step: int) -> None:
+        pass
+
     def cancelled(self) -> bool:
         return False
 

@@ -108,6 +108,9 @@ class CliHooks:
         self.handles[step] = handle
         self.submit_in_flight = False
 
+    def not_submitted(self, step: int) -> None:
+        self.submit_in_flight = False
+
     def cancelled(self) -> bool:
         return False
 

@@ -90,7 +90,7 @@ def retry(args: argparse.Namespace) -> int:
         print(f"Job {job_id} is {row.view.state.value if row else 'unknown'}; only failed or cancelled jobs "
               "can be retried.")
         return 1
-    journal.clear_steps(job_id)
+    journal.clear_uncertain(job_id)  # requests fal accepted are polled again, not paid again
     journal.set_state(job_id, JobState.queued, 0.0, "Queued again (retry)", error=None, attempts=0,
                       not_before=0, cancel_requested=0)
     print(f"Job {job_id} is queued again; a running daemon picks it up within seconds.")
