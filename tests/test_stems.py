@@ -45,6 +45,7 @@ def test_a_name_taken_while_placing_is_chosen_again_and_nothing_is_overwritten(t
         return names
 
     finals, manifest = place_all(temps, choose)
+    assert manifest.name == "Take - piano (2).sam.json"
     assert calls == 2
     assert [p.name for p in finals.values()] == ["Take - piano (2).target.wav", "Take - piano (2).residual.wav"]
     assert (tmp_path / "Take - piano.residual.wav").read_text() == "the other job's"
