@@ -67,7 +67,7 @@ class JobEngine(JobSink):
                  settings: EngineSettings) -> None:
         self.journal, self.pipeline, self.library, self.settings = journal, pipeline, library, settings
         self._cond = threading.Condition()
-        self._pending: set[str] = set()
+        self._pending: dict[str, _Queued] = {}  # kept in memory: scheduling reads no rows
         self._running: dict[str, str] = {}  # job id -> fairness key (origin)
         self._last_start: dict[str, float] = {}  # origin -> when it last got a worker
         self._cancelled: set[str] = set()
@@ -96,7 +96,7 @@ class JobEngine(JobSink):
         job_id = self.journal.add(request, recipe.name if request.preset else (request.prompt or recipe.name))
         self._emit(job_id, request.tag, JobState.queued, 0.0, "Waiting for a free slot")
         with self._cond:
-            self._pending.add(job_id)
+            self._pending[job_id] = _Queued(request.origin.value, time.time(), 0.0)
             self._cond.notify()
         return job_id
 
@@ -108,7 +108,7 @@ class JobEngine(JobSink):
         with self._cond:
             self._cancelled.add(job_id)
             if job_id in self._pending:  # not started: cancelled at once, nothing at the service
-                self._pending.discard(job_id)
+                del self._pending[job_id]
                 self._finish_cancelled(row)
             self._cond.notify_all()
         self._cancel_at_service(job_id)
@@ -140,11 +140,11 @@ class JobEngine(JobSink):
         """Resume unfinished jobs from the journal, then start the workers."""
         for row in self.journal.unfinished():
             if self._submit_was_lost(row):
-                self._pending.discard(row.view.job_id)
+                self._pending.pop(row.view.job_id, None)
                 continue
             log.info("resuming job %s (%s, %d accepted request(s))", row.view.job_id, row.view.state,
                      len(self.journal.handles(row.view.job_id)[0]))
-            self._pending.add(row.view.job_id)
+            self._pending[row.view.job_id] = _Queued.of(row)
         for n in range(self.settings.concurrency + self.settings.local_work):
             worker = threading.Thread(target=self._work, name=f"job-worker-{n}", daemon=True)
             worker.start()
@@ -173,9 +173,7 @@ class JobEngine(JobSink):
             while not self._stopping.is_set():
                 job_id = self._pick()
                 if job_id is not None:
-                    self._pending.discard(job_id)
-                    row = self.journal.get(job_id)
-                    origin = row.view.origin if row else ""
+                    origin = self._pending.pop(job_id).origin
                     self._running[job_id] = origin
                     self._at_service.add(job_id)
                     self._last_start[origin] = time.monotonic()
@@ -187,13 +185,12 @@ class JobEngine(JobSink):
         if len(self._at_service) >= self.settings.concurrency:
             return None
         now = time.time()
-        rows = [r for r in (self.journal.get(j) for j in self._pending) if r is not None]
-        ready = [r for r in rows if r.not_before <= now]
+        ready = [(job_id, queued) for job_id, queued in self._pending.items() if queued.not_before <= now]
         if not ready:
             return None
         busy = Counter(self._running.values())
-        ready.sort(key=lambda r: (busy[r.view.origin], self._last_start.get(r.view.origin, 0.0), r.view.created_at))
-        return ready[0].view.job_id
+        return min(ready, key=lambda item: (busy[item[1].origin], self._last_start.get(item[1].origin, 0.0),
+                                            item[1].created))[0]
 
     def _watch_journal(self) -> None:
         """Pick up jobs queued or cancelled by other processes (`sam-bridge retry/cancel`)."""
@@ -204,14 +201,14 @@ class JobEngine(JobSink):
                     if row.cancel_requested and job_id not in self._cancelled:
                         self._cancelled.add(job_id)
                         if job_id in self._pending:
-                            self._pending.discard(job_id)
+                            del self._pending[job_id]
                             self._finish_cancelled(row)
                         else:
                             self._cancel_at_service(job_id)
                     elif (row.view.state in (JobState.queued, JobState.waiting) and job_id not in self._pending
                           and job_id not in self._running):
                         self._cancelled.discard(job_id)  # `sam-bridge retry` of a cancelled job
-                        self._pending.add(job_id)
+                        self._pending[job_id] = _Queued.of(row)
                         self._cond.notify()
                     elif row.view.state == JobState.waiting and row.not_before <= time.time():
                         self._cond.notify()
@@ -371,7 +368,7 @@ class JobEngine(JobSink):
                                not_before=until)
         self._emit(row.view.job_id, row.view.tag, JobState.waiting, self._progress_now(row), message)
         with self._cond:
-            self._pending.add(row.view.job_id)
+            self._pending[row.view.job_id] = _Queued(row.view.origin, row.view.created_at, until)
 
     def _emit(self, job_id: str, tag: str, state: JobState, progress: float, message: str,
               **extra: object) -> None:
@@ -382,6 +379,19 @@ class JobEngine(JobSink):
                 listener(event)
             except Exception:
                 log.exception("a job event listener failed")
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """What scheduling needs of a queued job."""
+
+    origin: str
+    created: float
+    not_before: float
+
+    @classmethod
+    def of(cls, row: JobRow) -> _Queued:
+        return cls(row.view.origin, row.view.created_at, row.not_before)
 
 
 class _BudgetWait(Exception):
