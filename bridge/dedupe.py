@@ -28,6 +28,25 @@ def dedupe_key(request: SeparationRequest, recipe: Recipe) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
+def written_before(request: SeparationRequest, recipe: Recipe, request_ids: set[str]) -> JobResult | None:
+    """The stems a run of these very requests already placed (the daemon stopped before it could journal
+    "done"): found by the request ids in the manifests of the output folder."""
+    folder = output_folder(request.source, request.project_dir, request.output_dir, recipe.output.folder)
+    if not request_ids or not folder.is_dir():
+        return None
+    for manifest_path in folder.glob("*.sam.json"):
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            ids = {step.get("request_id") for step in manifest.get("steps", [])}
+            stems = {label: Path(entry["path"]) for label, entry in manifest.get("stems", {}).items()}
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            continue
+        if ids == request_ids and stems and all(path.is_file() for path in stems.values()):
+            return JobResult(stems=stems, manifest=manifest_path, flags=list(manifest.get("flags", [])),
+                             steps=[], estimated_cost=0.0, timings={})
+    return None
+
+
 def reuse_result(request: SeparationRequest, recipe: Recipe, earlier: JobView) -> JobResult | None:
     """Copy an earlier job's stems for `request`; None when they are gone (then the job runs for real)."""
     if not earlier.manifest or not Path(earlier.manifest).is_file():

@@ -15,14 +15,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import soundfile as sf
 
 from bridge.cost import PriceTable
-from bridge.dedupe import dedupe_key, reuse_result
+from bridge.dedupe import dedupe_key, reuse_result, written_before
 from bridge.errors import (
     BridgeError,
     Cancelled,
@@ -252,6 +252,11 @@ class JobEngine(JobSink):
                     return
             if not accepted:
                 self._check_budget(row, recipe)
+            elif len(accepted) == len(recipe.steps) and (done := written_before(
+                    row.request, recipe, {h.request_id for h in accepted.values()})) is not None:
+                log.info("job %s had written its stems before the daemon stopped", job_id)
+                self._finish_done(row, replace(done, estimated_cost=row.cost))
+                return
             result = self.pipeline.run(row.request, recipe, hooks, workdir, resume=accepted, temp_tag=job_id)
         except ShuttingDown:
             raise

@@ -16,7 +16,7 @@ from bridge.fal_client import FalClient
 from bridge.jobs import JobEvent, JobState
 from bridge.journal import Journal
 from bridge.pipeline import Pipeline
-from bridge.presets import PresetLibrary, builtin_presets_dir
+from bridge.presets import PresetLibrary, builtin_presets_dir, recipe_for
 from bridge.request import Origin, SeparationRequest
 from tests.conftest import wait_for
 from tests.test_daemon import make_source
@@ -185,3 +185,28 @@ def test_cancelling_a_waiting_job_cancels_its_request_at_the_service(tmp_path: P
         finally:
             engine.stop()
             journal.close()
+
+
+def test_a_job_that_wrote_its_stems_before_a_stop_is_not_written_twice(make_engine, client: FalClient, service,
+                                                                      tmp_path: Path) -> None:
+    """Stems and manifest placed, then the daemon stopped before journalling "done": the restart
+    recognises its own stems by their request id instead of writing a second numbered set."""
+    from tests.test_pipeline import Hooks
+
+    source = make_source(tmp_path / "a.wav", seconds=0.3)
+    request = SeparationRequest(source=source, prompt="piano")
+    library = PresetLibrary([("built-in", builtin_presets_dir())])
+    hooks = Hooks()
+    first = Pipeline(client, poll_interval=0.02).run(request, recipe_for(request, library), hooks, tmp_path / "w")
+    engine = make_engine()
+    job = engine.submit(request)
+    engine.journal.mark_submitted(job, 0, hooks.handles[0])
+    engine.journal.set_state(job, JobState.conforming, 0.9, "Aligning and writing stems")
+    engine.start()
+    wait_for(lambda: finished(engine, job), what="the resumed job")
+    view = engine.get(job)
+    assert view is not None and view.state == JobState.done
+    assert view.manifest == str(first.manifest)
+    assert sorted(p.name for p in (tmp_path / "Stems").iterdir()) == [
+        "a - piano.residual.wav", "a - piano.sam.json", "a - piano.target.wav"]
+    assert service.stats()["submits"] == 1
