@@ -50,7 +50,7 @@ def test_probe_formats(tmp_path: Path, fmt: str, subtype: str | None, lossy: boo
     assert info.bext is None and info.ixml is None
 
 
-def _refused(path: Path, words: str) -> str:
+def _assert_refused(path: Path, words: str) -> str:
     with pytest.raises(SourceError) as caught:
         probe_source(path)
     text = str(caught.value)
@@ -60,19 +60,19 @@ def _refused(path: Path, words: str) -> str:
 
 
 def test_probe_refuses_with_clear_words(tmp_path: Path) -> None:
-    _refused(tmp_path / "missing.wav", "was not found")
-    _refused(tmp_path, "is a folder")
+    _assert_refused(tmp_path / "missing.wav", "was not found")
+    _assert_refused(tmp_path, "is a folder")
     text = tmp_path / "notes.wav"
     text.write_text("these are not the samples you are looking for")
-    _refused(text, "not an audio file we can read")
+    _assert_refused(text, "not an audio file we can read")
     empty = tmp_path / "empty.wav"
     sf.write(str(empty), np.zeros((0, 2)), 48_000)
-    _refused(empty, "contains no audio")
+    _assert_refused(empty, "contains no audio")
     slow = write_audio(tmp_path / "slow.wav", tone(4_000, 0.5, 100), 4_000, "PCM_16")
-    _refused(slow, "8 kHz to 384 kHz")
+    _assert_refused(slow, "8 kHz to 384 kHz")
     voc = tmp_path / "old.voc"
     sf.write(str(voc), tone(8_000, 0.2, 100), 8_000, format="VOC", subtype="PCM_16")
-    _refused(voc, "does not handle")
+    _assert_refused(voc, "does not handle")
 
 
 def test_probe_refuses_a_truncated_wav(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_probe_refuses_a_truncated_wav(tmp_path: Path) -> None:
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size // 2)  # a copy caught halfway
     assert sf.info(str(path)).frames > 0  # libsndfile alone would happily read half the song
-    message = _refused(path, "looks incomplete")
+    message = _assert_refused(path, "looks incomplete")
     assert "still be copying" in message
 
 
@@ -90,7 +90,7 @@ def test_probe_refuses_a_truncated_rf64_and_aiff(tmp_path: Path) -> None:
         sf.write(str(path), _stereo(1.0), 48_000, format=fmt, subtype="PCM_24")
         with open(path, "r+b") as f:
             f.truncate(path.stat().st_size - 3000)
-        _refused(path, "looks incomplete")
+        _assert_refused(path, "looks incomplete")
 
 
 def test_probe_accepts_streaming_placeholder_sizes(tmp_path: Path) -> None:
