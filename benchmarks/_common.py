@@ -333,3 +333,26 @@ def table(rows: list[tuple[str, str, str]]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
              for row in [header, tuple("-" * w for w in widths), *rows]]
     return "\n".join(lines)
+
+
+class NullSink:
+    """The engine's interface doing nothing: benchmarks that time a way in alone subclass it and override
+    `submit` (and what else they need)."""
+
+    def submit(self, request: Any) -> str:
+        raise NotImplementedError
+
+    def cancel(self, job_id: str) -> bool:
+        return False
+
+    def get(self, job_id: str) -> Any:
+        return None
+
+    def jobs(self, active_only: bool = False) -> list[Any]:
+        return []
+
+    def subscribe(self, listener: Callable[[Any], None]) -> Callable[[], None]:
+        return lambda: None
+
+    def preset_names(self) -> list[str]:
+        return []

@@ -39,16 +39,16 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 
 import numpy as np
 import soundfile as sf
+from _common import NullSink
 
 from bridge import __version__
 from bridge.hotfolder import HotFolder, HotFolderWatcher
-from bridge.jobs import JobEvent, JobView
 from bridge.request import SeparationRequest
 
 LATENCY_MARGIN = 0.3  # goal: native median <= settle + this
 
 
-class TimingSink:
+class TimingSink(NullSink):
     """A JobSink that records when each source was submitted and what it held then."""
 
     def __init__(self) -> None:
@@ -61,18 +61,6 @@ class TimingSink:
         with self.lock:
             self.submitted.setdefault(request.source.name, []).append((at, digest))
             return f"job-{sum(len(v) for v in self.submitted.values())}"
-
-    def cancel(self, job_id: str) -> bool:
-        return False
-
-    def get(self, job_id: str) -> JobView | None:
-        return None
-
-    def jobs(self, active_only: bool = False) -> list[JobView]:
-        return []
-
-    def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
-        return lambda: None
 
     def preset_names(self) -> list[str]:
         return ["vocals"]

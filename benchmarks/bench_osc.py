@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,11 +44,11 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 import numpy as np
 import psutil
 import soundfile as sf
+from _common import NullSink
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from bridge import __version__
-from bridge.jobs import JobEvent, JobView
 from bridge.local_service import LocalFalService
 from bridge.osc_server import OscServer, OscSettings
 from bridge.request import SeparationRequest
@@ -61,7 +61,7 @@ DAEMON_CONFIG = "osc:\n  rate_limit: 1000000000\n  rate_window: 1\n"  # the benc
 Server = tuple[tuple[str, int], psutil.Process]
 
 
-class InstantSink:
+class InstantSink(NullSink):
     """A JobSink that accepts every request at once and never emits events."""
 
     def __init__(self) -> None:
@@ -70,18 +70,6 @@ class InstantSink:
     def submit(self, request: SeparationRequest) -> str:
         self.count += 1
         return f"job-{self.count}"
-
-    def cancel(self, job_id: str) -> bool:
-        return False
-
-    def get(self, job_id: str) -> JobView | None:
-        return None
-
-    def jobs(self, active_only: bool = False) -> list[JobView]:
-        return []
-
-    def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
-        return lambda: None
 
     def preset_names(self) -> list[str]:
         return ["piano", "vocals", "drums"]

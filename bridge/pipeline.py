@@ -14,7 +14,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -83,6 +83,35 @@ class Hooks(Protocol):
     def local_slot(self) -> AbstractContextManager[object]:
         """Held while conforming: CPU and memory heavy, so few at once whatever the in-flight limit."""
         ...
+
+
+class StandaloneHooks:
+    """Hooks for a run outside the engine (the CLI, tests): nothing journalled, no limits, never cancelled.
+    Subclasses override what they care about."""
+
+    def progress(self, state: JobState, fraction: float, message: str) -> None:
+        pass
+
+    def submitting(self, step: int) -> None:
+        pass
+
+    def submitted(self, step: int, handle: RequestHandle) -> None:
+        pass
+
+    def not_submitted(self, step: int) -> None:
+        pass
+
+    def cancelled(self) -> bool:
+        return False
+
+    def service_log(self, line: str) -> None:
+        pass
+
+    def service_slot(self) -> AbstractContextManager[object]:
+        return nullcontext()
+
+    def local_slot(self) -> AbstractContextManager[object]:
+        return nullcontext()
 
 
 @dataclass

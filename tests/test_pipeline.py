@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +15,12 @@ import soundfile as sf
 from bridge import bwf
 from bridge.fal_client import FalClient, RequestHandle
 from bridge.jobs import JobState
-from bridge.pipeline import Pipeline
+from bridge.pipeline import Pipeline, StandaloneHooks
 from bridge.presets import PresetLibrary, builtin_presets_dir, recipe_for
 from bridge.request import SeparationRequest
 
 
-class Hooks:
+class Hooks(StandaloneHooks):
     def __init__(self) -> None:
         self.states: list[JobState] = []
         self.fractions: list[float] = []
@@ -33,23 +32,8 @@ class Hooks:
             self.states.append(state)
         self.fractions.append(fraction)
 
-    def submitting(self, step: int) -> None:
-        pass
-
     def submitted(self, step: int, handle: RequestHandle) -> None:
         self.handles[step] = handle
-
-    def not_submitted(self, step: int) -> None:
-        pass
-
-    def cancelled(self) -> bool:
-        return False
-
-    def service_slot(self) -> AbstractContextManager[object]:
-        return nullcontext()
-
-    def local_slot(self) -> AbstractContextManager[object]:
-        return nullcontext()
 
     def service_log(self, line: str) -> None:
         self.log_lines.append(line)

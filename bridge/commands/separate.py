@@ -7,7 +7,6 @@ import json
 import sys
 import tempfile
 import time
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from bridge.errors import BridgeError, Cancelled, InputError, ServiceUnavailable
 from bridge.fal_client import FalClient, RequestHandle
 from bridge.jobs import JobState
 from bridge.options import Acceleration, OutputFormat, ResidualMethod
-from bridge.pipeline import JobResult, Pipeline
+from bridge.pipeline import JobResult, Pipeline, StandaloneHooks
 from bridge.presets import PresetLibrary, recipe_for
 from bridge.progress_display import ProgressDisplay
 from bridge.request import Origin, SeparationRequest
@@ -90,7 +89,7 @@ def _first_error(exc: ValueError) -> str:
     return str(exc)
 
 
-class CliHooks:
+class CliHooks(StandaloneHooks):
     """The pipeline's hooks for one terminal run: progress to the display, handles kept for Ctrl-C."""
 
     def __init__(self, display: ProgressDisplay) -> None:
@@ -110,15 +109,6 @@ class CliHooks:
 
     def not_submitted(self, step: int) -> None:
         self.submit_in_flight = False
-
-    def cancelled(self) -> bool:
-        return False
-
-    def service_slot(self) -> AbstractContextManager[object]:
-        return nullcontext()
-
-    def local_slot(self) -> AbstractContextManager[object]:
-        return nullcontext()
 
     def service_log(self, line: str) -> None:
         self.display.service_line(line)
