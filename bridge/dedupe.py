@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-from bridge.audio_source import source_sha256
 from bridge.errors import OutputError
 from bridge.jobs import JobView
 from bridge.pipeline import JobResult
@@ -17,9 +16,9 @@ from bridge.request import SeparationRequest
 from bridge.stems import job_names, output_folder, place_all, remove_quietly, temp_path_for, write_json_atomic
 
 
-def dedupe_key(request: SeparationRequest, recipe: Recipe) -> str:
+def dedupe_key(request: SeparationRequest, recipe: Recipe, audio_sha256: str) -> str:
     what = {
-        "audio": source_sha256(request.source),
+        "audio": audio_sha256,
         "part": [request.start, request.length],
         "steps": [[s.prompt, [sp.model_dump() for sp in s.spans or ()], s.options.to_payload()]
                   for s in recipe.steps],

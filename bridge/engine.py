@@ -21,6 +21,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from bridge.audio_source import source_sha256
 from bridge.cost import PriceTable
 from bridge.dedupe import dedupe_key, reuse_result, written_before
 from bridge.errors import (
@@ -245,7 +246,8 @@ class JobEngine(JobSink):
             recipe = recipe_for(row.request, self.library)
             accepted, _ = self.journal.handles(job_id)
             hooks.progress(JobState.preparing, 0.0, "Preparing")
-            key = dedupe_key(row.request, recipe) if self.settings.dedupe else None
+            audio_hash = source_sha256(row.request.source)  # read once: dedupe key and manifest share it
+            key = dedupe_key(row.request, recipe, audio_hash) if self.settings.dedupe else None
             if key:
                 self.journal.set_fields(job_id, dedupe_key=key)
                 if not accepted and self._reuse(row, recipe, key):
@@ -257,7 +259,8 @@ class JobEngine(JobSink):
                 log.info("job %s had written its stems before the daemon stopped", job_id)
                 self._finish_done(row, replace(done, estimated_cost=row.cost))
                 return
-            result = self.pipeline.run(row.request, recipe, hooks, workdir, resume=accepted, temp_tag=job_id)
+            result = self.pipeline.run(row.request, recipe, hooks, workdir, resume=accepted, temp_tag=job_id,
+                                       source_hash=audio_hash)
         except ShuttingDown:
             raise
         except Cancelled:

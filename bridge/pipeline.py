@@ -132,15 +132,17 @@ class Pipeline:
     use_stream: bool = True  # follow fal's server-sent status stream: completion is seen at once
 
     def run(self, request: SeparationRequest, recipe: Recipe, hooks: Hooks, workdir: Path,
-            resume: dict[int, RequestHandle] | None = None, temp_tag: str = "") -> JobResult:
-        return _Run(self, request, recipe, hooks, workdir, resume or {}, temp_tag).execute()
+            resume: dict[int, RequestHandle] | None = None, temp_tag: str = "",
+            source_hash: str | None = None) -> JobResult:
+        """`source_hash`: the source's sha256 if the caller has already read it (else it is read here)."""
+        return _Run(self, request, recipe, hooks, workdir, resume or {}, temp_tag, source_hash).execute()
 
 
 class _Run:
     """One execution of a recipe; holds what a run accumulates so the stages stay short."""
 
     def __init__(self, pipeline: Pipeline, request: SeparationRequest, recipe: Recipe, hooks: Hooks,
-                 workdir: Path, resume: dict[int, RequestHandle], temp_tag: str) -> None:
+                 workdir: Path, resume: dict[int, RequestHandle], temp_tag: str, source_hash: str | None) -> None:
         self.p, self.request, self.recipe, self.hooks = pipeline, request, recipe, hooks
         self.workdir, self.resume = workdir, resume
         self.timings: dict[str, float] = {}
@@ -148,6 +150,7 @@ class _Run:
         self.steps: list[StepRecord] = []
         self.step_index = 0
         self.temp_tag = temp_tag
+        self.source_hash = source_hash
         self.source_fingerprint = (0, 0)
 
     # -- progress ----------------------------------------------------------------------------------
@@ -366,7 +369,8 @@ class _Run:
         flags = sorted({flag for step in self.steps if step.report for flag in step.report.flags})
         cost = round(sum(step.estimated_cost for step in self.steps), 4)
         manifest = build_manifest(
-            request=self.request, recipe=self.recipe, source=source, source_hash=source_sha256(source.path),
+            request=self.request, recipe=self.recipe, source=source,
+            source_hash=self.source_hash or source_sha256(source.path),
             start_frame=start_frame, frames=frames, stems=finals, steps=self.steps, flags=flags,
             timings=self.timings, estimated_cost=cost,
         )
