@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,6 +45,7 @@ from bridge.align import (
 )
 from bridge.audio_source import INTEGER_BITS, LOSSY_FORMATS, SourceInfo, read_block
 from bridge.errors import BridgeError, OutputError, SourceError
+from bridge.prefetch import ReadAhead, WriteBehind
 from bridge.projection import MaskProjector, describe
 
 log = logging.getLogger(__name__)
@@ -183,9 +184,9 @@ class _StemFiles:
             self.discard()
             raise
 
-    def write(self, target: NDArray[np.generic], residual: NDArray[np.generic]) -> None:
-        self.files[0].write(target)
-        self.files[1].write(residual)
+    def write_pair(self, pair: tuple[NDArray[np.generic], NDArray[np.generic]]) -> None:
+        self.files[0].write(pair[0])
+        self.files[1].write(pair[1])
 
     def close(self) -> None:
         for f in self.files:
@@ -199,6 +200,37 @@ class _StemFiles:
                 log.debug("closing a failed stem", exc_info=True)
         for path in self.created:
             path.unlink(missing_ok=True)
+
+
+class _StemValues:
+    """Quantises a block's target exactly as it will be stored, makes the residual and measures the null
+    test: the two arrays to write."""
+
+    def __init__(self, subtype: str, complement: bool, tally: _Tally) -> None:
+        self.target_q, self.residual_q = _Quantizer(subtype), _Quantizer(subtype)
+        self.complement = complement
+        self.tally = tally
+
+    @property
+    def clipped(self) -> int:
+        return self.target_q.clipped + self.residual_q.clipped
+
+    def __call__(
+        self, exact: Float64Array, target: NDArray[np.float32], service_residual: NDArray[np.float32] | None
+    ) -> tuple[NDArray[np.generic], NDArray[np.generic]]:
+        stored_t, values_t = self.target_q(target.astype(np.float64))
+        if self.complement:
+            residual = exact - values_t
+            stored_r, values_r = self.residual_q(residual)
+            error = residual - values_r  # == exact - (values_t + values_r): every step here is exact
+        else:
+            stored_r, values_r = self.residual_q(np.asarray(service_residual, dtype=np.float64))
+            error = exact - values_t
+            error -= values_r
+        if error.size:
+            np.abs(error, out=error)
+            self.tally.null_peak = max(self.tally.null_peak, float(error.max()))
+        return stored_t, stored_r
 
 
 @dataclass
@@ -296,26 +328,11 @@ def _stream(
 ) -> _Tally:
     source = spec.source
     tally = _Tally()
-    target_q, residual_q = _Quantizer(plan.subtype), _Quantizer(plan.subtype)
     complement = spec.residual_method == "complement"
+    emit = _StemValues(plan.subtype, complement, tally)
     pcm_source = source.subtype in INTEGER_BITS
     projector = MaskProjector(source.channels, service_residual=not complement) if source.channels > 1 else None
     waiting: list[Float64Array] = []  # exact source blocks not yet matched by projector output
-
-    def emit(exact: Float64Array, target: NDArray[np.float32], service_res: NDArray[np.float32] | None) -> None:
-        stored_t, values_t = target_q(target.astype(np.float64))
-        if complement:
-            residual = exact - values_t
-            stored_r, values_r = residual_q(residual)
-            error = residual - values_r  # == exact - (values_t + values_r): every step here is exact
-        else:
-            stored_r, values_r = residual_q(np.asarray(service_res, dtype=np.float64))
-            error = exact - values_t
-            error -= values_r
-        if error.size:
-            np.abs(error, out=error)
-            tally.null_peak = max(tally.null_peak, float(error.max()))
-        stems.write(stored_t, stored_r)
 
     def take_waiting(count: int) -> Float64Array:
         joined = np.concatenate(waiting) if len(waiting) > 1 else waiting[0]
@@ -324,33 +341,44 @@ def _stream(
 
     service = AlignedService(target_path, residual_path, source.samplerate, offset)
     try:
-        with _open_source(source) as src:
-            src.seek(spec.start_frame)
-            position = 0
-            while position < spec.frames:
-                count = min(BLOCK, spec.frames - position)
-                exact = _read_exact(src, count, pcm_source, source)
-                target, residual = service.read(count)
+        with (
+            _open_source(source) as src,
+            ReadAhead(_blocks(spec, src, service, pcm_source), name="conform-read") as blocks,
+            WriteBehind(stems.write_pair, name="conform-write") as writer,
+        ):
+            for position, exact, target, residual in blocks:
+                count = len(exact)
                 if probe.wants(position, count):
                     probe.feed_source(position, mono_mix(exact))
                     probe.feed_service(position, target + residual)
                 if projector is None:
-                    emit(exact, target[:, None], residual[:, None])
+                    writer.submit(emit(exact, target[:, None], residual[:, None]))
                 else:
                     waiting.append(exact)
                     out_t, out_r = projector.process(target, residual, exact)
-                    emit(take_waiting(len(out_t)), out_t, out_r)
-                position += count
-                _report_progress(progress, tally, position / spec.frames)
+                    writer.submit(emit(take_waiting(len(out_t)), out_t, out_r))
+                _report_progress(progress, tally, (position + count) / spec.frames)
             if projector is not None:
                 out_t, out_r = projector.flush()
-                emit(take_waiting(len(out_t)), out_t, out_r)
+                writer.submit(emit(take_waiting(len(out_t)), out_t, out_r))
             tail_t, tail_r = service.read(probe.max_lag)
             probe.feed_service(spec.frames, tail_t + tail_r)
     finally:
         service.close()
-    tally.clipped = target_q.clipped + residual_q.clipped
+    tally.clipped = emit.clipped
     return tally
+
+
+def _blocks(
+    spec: ConformSpec, src: sf.SoundFile, service: AlignedService, pcm: bool
+) -> Iterator[tuple[int, Float64Array, NDArray[np.float32], NDArray[np.float32]]]:
+    """(position, exact source block, aligned service target, residual) for the whole segment."""
+    src.seek(spec.start_frame)
+    for position in range(0, spec.frames, BLOCK):
+        count = min(BLOCK, spec.frames - position)
+        exact = _read_exact(src, count, pcm, spec.source)
+        target, residual = service.read(count)
+        yield position, exact, target, residual
 
 
 def _read_exact(src: sf.SoundFile, count: int, pcm: bool, source: SourceInfo) -> Float64Array:

@@ -1,0 +1,160 @@
+"""Overlap the stages of a streaming job on a second core: read ahead, write behind.
+
+libsndfile, soxr and the FFTs release the GIL, so reading and decoding the next block, or writing the
+last one, can run while the calling thread computes the current one. Both helpers hold at most `depth`
+blocks, so memory stays bounded whatever the file's length, re-raise the worker's error in the calling
+thread, and stop and join their thread when closed, also when the caller fails half-way.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+
+_POLL = 0.05  # seconds a blocked worker waits before checking whether it was told to stop
+
+
+class _Done:
+    """Marks the end of the stream (carrying the worker's error, if any)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+class ReadAhead(Generic[Item]):
+    """Iterate `source` in a worker thread, up to `depth` items ahead of the consumer."""
+
+    def __init__(self, source: Iterable[Item], depth: int = 2, name: str = "read-ahead") -> None:
+        self._items: queue.Queue[Item | _Done] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._produce, args=(source,), name=name, daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[Item]:
+        return self
+
+    def __next__(self) -> Item:
+        if self._finished:
+            raise StopIteration
+        item = self._items.get()
+        if isinstance(item, _Done):
+            self._finished = True
+            self._thread.join()
+            if item.error is not None:
+                raise item.error
+            raise StopIteration
+        return item
+
+    def _produce(self, source: Iterable[Item]) -> None:
+        end = _Done()
+        try:
+            for item in source:
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            end = _Done(exc)
+        self._put(end)
+
+    def _put(self, item: Item | _Done) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._items.put(item, timeout=_POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self) -> None:
+        """Stop the worker (it finishes the item it is reading) and wait for it."""
+        self._stop.set()
+        self._thread.join()
+        self._finished = True
+
+    def __enter__(self) -> ReadAhead[Item]:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+class WriteBehind(Generic[Item]):
+    """Call `sink(item)` in a worker thread for each submitted item, in order, `depth` items behind.
+
+    A failure of the sink is raised by the next `submit` or by `finish`; later items are dropped.
+    """
+
+    def __init__(self, sink: Callable[[Item], None], depth: int = 2, name: str = "write-behind") -> None:
+        self._sink = sink
+        self._items: queue.Queue[Item | _Done] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._failed = threading.Event()
+        self._thread = threading.Thread(target=self._consume, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Item) -> None:
+        while True:
+            self._raise_failure()
+            try:
+                self._items.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Wait until every submitted item went through the sink; raise the sink's failure, if any."""
+        self._stop()
+        self._raise_failure()
+
+    def abandon(self) -> None:
+        """Stop after the item in hand, dropping the rest (the caller is failing anyway)."""
+        self._failed.set()
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            while not self._failed.is_set():
+                try:
+                    self._items.put(_Done(), timeout=_POLL)
+                    break
+                except queue.Full:
+                    continue
+            self._thread.join()
+
+    def _consume(self) -> None:
+        while True:
+            try:
+                item = self._items.get(timeout=_POLL)
+            except queue.Empty:
+                if self._failed.is_set():
+                    return
+                continue
+            if isinstance(item, _Done) or self._failed.is_set():
+                return
+            try:
+                self._sink(item)
+            except BaseException as exc:  # raised in the caller's thread by submit/finish
+                self._error = exc
+                self._failed.set()
+                return
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def __enter__(self) -> WriteBehind[Item]:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if kind is None:
+            self.finish()
+        else:
+            self.abandon()

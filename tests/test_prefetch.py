@@ -1,0 +1,119 @@
+"""ReadAhead / WriteBehind: order kept, memory bounded, errors raised in the caller, no thread left behind
+(the autouse fixture in conftest fails any test that leaks one)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bridge.prefetch import ReadAhead, WriteBehind
+
+
+def test_read_ahead_yields_every_item_in_order() -> None:
+    with ReadAhead(iter(range(1000)), depth=3) as items:
+        assert list(items) == list(range(1000))
+    assert list(items) == []  # exhausted stays exhausted
+
+
+def test_read_ahead_runs_the_source_in_another_thread_and_no_further_than_depth() -> None:
+    produced: list[int] = []
+    threads: set[str] = set()
+
+    def source() -> Iterator[int]:
+        for n in range(100):
+            threads.add(threading.current_thread().name)
+            produced.append(n)
+            yield n
+
+    with ReadAhead(source(), depth=2, name="test-reader") as items:
+        first = next(items)
+        time.sleep(0.3)  # give the worker every chance to run ahead
+        # consumed 1, queue holds 2, the worker holds 1 it cannot put yet
+        assert first == 0 and len(produced) <= 4
+    assert threads == {"test-reader"}
+
+
+def test_read_ahead_raises_the_sources_error_after_the_items_before_it() -> None:
+    def source() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ValueError("unreadable block")
+
+    got: list[int] = []
+    with ReadAhead(source()) as items, pytest.raises(ValueError, match="unreadable block"):
+        for item in items:
+            got.append(item)
+    assert got == [1, 2]
+
+
+def test_read_ahead_closed_early_stops_its_worker() -> None:
+    def endless() -> Iterator[int]:
+        n = 0
+        while True:
+            yield n
+            n += 1
+
+    with ReadAhead(endless(), depth=1) as items:
+        assert next(items) == 0
+    assert list(items) == []
+
+
+def test_write_behind_writes_every_item_in_order_in_its_thread() -> None:
+    written: list[tuple[int, str]] = []
+    with WriteBehind(lambda n: written.append((n, threading.current_thread().name)), depth=2,
+                     name="test-writer") as writer:
+        for n in range(500):
+            writer.submit(n)
+    assert [n for n, _ in written] == list(range(500))
+    assert {name for _, name in written} == {"test-writer"}
+
+
+def test_write_behind_raises_the_sinks_error_in_the_caller_and_stops_writing() -> None:
+    written: list[int] = []
+
+    def sink(n: int) -> None:
+        if n == 3:
+            raise OSError(28, "No space left on device")
+        written.append(n)
+
+    writer = WriteBehind(sink, depth=1)
+    with pytest.raises(OSError, match="No space"):
+        for n in range(1000):
+            writer.submit(n)
+        writer.finish()
+    writer.abandon()
+    assert written == [0, 1, 2]
+
+
+def test_write_behind_error_surfaces_at_finish_when_nothing_more_is_submitted() -> None:
+    def sink(_n: int) -> None:
+        raise RuntimeError("libsndfile: System error")
+
+    writer = WriteBehind(sink)
+    writer.submit(1)
+    with pytest.raises(RuntimeError, match="System error"):
+        writer.finish()
+
+
+def test_write_behind_abandoned_by_a_failing_caller_drops_the_rest() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    written: list[int] = []
+
+    def slow_sink(n: int) -> None:
+        started.set()
+        release.wait(5)
+        written.append(n)
+
+    releaser = threading.Timer(0.2, release.set)  # lets the sink finish while the writer is abandoned
+    with pytest.raises(KeyError), WriteBehind(slow_sink, depth=4) as writer:
+        for n in range(4):
+            writer.submit(n)
+        started.wait(5)
+        releaser.start()
+        raise KeyError("the caller failed")
+    releaser.join()
+    assert written == [0]  # the item in hand is finished, the queued ones are not written
