@@ -21,8 +21,6 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,6 @@ import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
 
-from bridge import bwf
 from bridge.align import (
     SEARCH_SECONDS,
     WEAK_CORRELATION,
@@ -43,10 +40,19 @@ from bridge.align import (
     measure_start_offset,
     mono_mix,
 )
-from bridge.audio_source import INTEGER_BITS, LOSSY_FORMATS, SourceInfo, read_block
-from bridge.errors import BridgeError, OutputError, SourceError
+from bridge.audio_source import INTEGER_BITS, SourceInfo, read_block
+from bridge.errors import BridgeError, SourceError
 from bridge.prefetch import ReadAhead, WriteBehind
 from bridge.projection import MaskProjector, describe
+from bridge.stem_output import (
+    RF64_THRESHOLD,
+    OutputPlan,
+    Quantizer,
+    StemFiles,
+    copy_metadata,
+    output_error,
+    plan_output,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +60,6 @@ Float64Array = NDArray[np.float64]
 
 BLOCK = 1 << 16
 UNRELATED_CORRELATION = 0.2  # below this the measured lag is noise: keep the result where it is
-WRITABLE_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC", "CAF"})
-BWF_FORMATS = frozenset({"WAV", "WAVEX", "RF64"})
-_FOUR_GIB_FORMATS = frozenset({"WAV", "WAVEX", "AIFF"})
-# bytes per sample, for the 4 GiB check (ALAC: its uncompressed worst case)
-_BYTES = {**{name: -(-bits // 8) for name, bits in INTEGER_BITS.items()}, "FLOAT": 4, "DOUBLE": 8}
-_FALLBACK_SUBTYPES = ("PCM_24", "PCM_16", "FLOAT")
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class ConformSpec:
     out_format: str | None = None  # None = same as source (lossy → WAV)
     out_subtype: str | None = None
     residual_method: Literal["complement", "service"] = "complement"
-    rf64_threshold: int = 4 * 2**30 - 2**20  # bytes; WAV stems bigger than this are written as RF64
+    rf64_threshold: int = RF64_THRESHOLD  # bytes; WAV stems bigger than this are written as RF64
 
 
 @dataclass(frozen=True)
@@ -90,124 +90,13 @@ class ConformReport:
     flags: tuple[str, ...]  # "weak-correlation", "drift", "drift-unmeasured", "silent-source", "clipped"
 
 
-@dataclass(frozen=True)
-class OutputPlan:
-    format: str
-    subtype: str
-    reason: str | None
-
-
-def plan_output(spec: ConformSpec) -> OutputPlan:
-    """Container and sample format of the stems, and in words why they differ from the source's."""
-    source = spec.source
-    fmt = (spec.out_format or source.format).upper()
-    subtype = (spec.out_subtype or source.subtype).upper()
-    reasons: list[str] = []
-    if source.lossy:
-        chosen = []
-        if spec.out_subtype is None:
-            subtype = "FLOAT"
-            chosen.append("32-bit float")
-        if spec.out_format is None and source.format in LOSSY_FORMATS:
-            fmt = "WAV"
-            chosen.append("WAV")
-        if chosen:
-            reasons.append(
-                f"the source is lossy ({source.format} {source.subtype}): the stems are {' '.join(chosen)} "
-                "so they null exactly against the decoded source and nothing clips"
-            )
-    if fmt not in WRITABLE_FORMATS:
-        reasons.append(f"{fmt} cannot hold lossless stems, so they are WAV")
-        fmt = "WAV"
-    if subtype not in _BYTES:
-        reasons.append(f"{subtype} samples cannot be written exactly, so the stems are 32-bit float")
-        subtype = "FLOAT"
-    if fmt == "FLAC" and source.channels > 8:
-        reasons.append("FLAC holds at most 8 channels, so the stems are WAV")
-        fmt = "WAV"
-    if not sf.check_format(fmt, subtype):
-        usable = next(s for s in _FALLBACK_SUBTYPES if sf.check_format(fmt, s))
-        reasons.append(f"{fmt} cannot store {subtype} samples, so the stems are {usable}")
-        subtype = usable
-    metadata = len(source.bext or b"") + len(source.ixml or b"")
-    size = spec.frames * source.channels * _BYTES[subtype] + metadata + 2**16
-    if fmt in _FOUR_GIB_FORMATS and size > spec.rf64_threshold:
-        reasons.append(f"each stem is {size / 2**30:.2f} GiB, past the 4 GiB limit of {fmt}: written as RF64")
-        fmt = "RF64"
-    return OutputPlan(fmt, subtype, "; ".join(reasons) or None)
-
-
-class _Quantizer:
-    """Turns float64 values into what the writer gets, and says exactly what will be stored."""
-
-    def __init__(self, subtype: str) -> None:
-        self.bits = INTEGER_BITS.get(subtype)
-        self.float32 = subtype == "FLOAT"
-        self.clipped = 0
-
-    def __call__(self, values: Float64Array) -> tuple[NDArray[np.generic], Float64Array]:
-        if self.bits is not None:
-            scale = 2.0 ** (self.bits - 1)
-            steps = values * scale
-            np.rint(steps, out=steps)
-            if steps.size and (steps.max() > scale - 1 or steps.min() < -scale):
-                self.clipped += int(np.count_nonzero((steps > scale - 1) | (steps < -scale)))
-                np.clip(steps, -scale, scale - 1, out=steps)
-            # left-justified int32: libsndfile shifts it down to the file's bit depth without rounding
-            stored = steps.astype(np.int32)
-            stored <<= 32 - self.bits
-            steps *= 1.0 / scale  # a power of two: exact
-            return stored, steps
-        if self.float32:
-            stored = values.astype(np.float32)
-            return stored, stored.astype(np.float64)
-        return values, values
-
-
-class _StemFiles:
-    """The two stem files: created exclusively (never overwriting), removed again on any failure."""
-
-    def __init__(self, paths: tuple[Path, Path], plan: OutputPlan, source: SourceInfo) -> None:
-        self.created: list[Path] = []
-        self.files: list[sf.SoundFile] = []
-        try:
-            for path in paths:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-                self.created.append(path)
-                try:
-                    stem = sf.SoundFile(fd, "w", source.samplerate, source.channels, plan.subtype, format=plan.format)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                self.files.append(stem)
-        except BaseException:
-            self.discard()
-            raise
-
-    def write_pair(self, pair: tuple[NDArray[np.generic], NDArray[np.generic]]) -> None:
-        self.files[0].write(pair[0])
-        self.files[1].write(pair[1])
-
-    def close(self) -> None:
-        for f in self.files:
-            f.close()
-
-    def discard(self) -> None:
-        for f in self.files:
-            try:
-                f.close()
-            except Exception:  # already failing: removing the half-written files matters more
-                log.debug("closing a failed stem", exc_info=True)
-        for path in self.created:
-            path.unlink(missing_ok=True)
-
 
 class _StemValues:
     """Quantises a block's target exactly as it will be stored, makes the residual and measures the null
     test: the two arrays to write."""
 
     def __init__(self, subtype: str, complement: bool, tally: _Tally) -> None:
-        self.target_q, self.residual_q = _Quantizer(subtype), _Quantizer(subtype)
+        self.target_q, self.residual_q = Quantizer(subtype), Quantizer(subtype)
         self.complement = complement
         self.tally = tally
 
@@ -254,18 +143,18 @@ def conform(
         raise ValueError(f"segment {spec.start_frame}+{spec.frames} is outside the source")
     if Path(out_target) == Path(out_residual):
         raise ValueError("target and residual must be different files")
-    plan = plan_output(spec)
+    plan = plan_output(source, spec.frames, spec.out_format, spec.out_subtype, spec.rf64_threshold)
     start = _measure_start(spec, service_target, service_residual)
     offset = start.lag if start.correlation >= UNRELATED_CORRELATION else 0
     probe = DriftProbe(spec.frames, source.samplerate)
     try:
-        stems = _StemFiles((out_target, out_residual), plan, source)
+        stems = StemFiles((out_target, out_residual), plan, source)
     except (OSError, RuntimeError) as exc:
-        raise _output_error(exc, out_target) from exc
+        raise output_error(exc, out_target) from exc
     try:
         tally = _stream(spec, plan, offset, service_target, service_residual, stems, probe, progress)
         stems.close()
-        _copy_metadata(spec, plan, (out_target, out_residual))
+        copy_metadata(source, spec.start_frame, plan, (out_target, out_residual))
         for path in (out_target, out_residual):
             if sf.info(str(path)).frames != spec.frames:
                 raise OSError(errno.EIO, "the stem came out short")
@@ -273,7 +162,7 @@ def conform(
         stems.discard()
         raise
     except (OSError, RuntimeError, AssertionError) as exc:  # libsndfile write failures are RuntimeErrors
-        error = _output_error(exc, out_target)  # before discarding: a full disk is only full until then
+        error = output_error(exc, out_target)  # before discarding: a full disk is only full until then
         stems.discard()
         raise error from exc
     except BaseException:
@@ -322,7 +211,7 @@ def _stream(
     offset: int,
     target_path: Path,
     residual_path: Path,
-    stems: _StemFiles,
+    stems: StemFiles,
     probe: DriftProbe,
     progress: Callable[[float], None] | None,
 ) -> _Tally:
@@ -403,48 +292,6 @@ def _report_progress(progress: Callable[[float], None] | None, tally: _Tally, fr
         tally.last_progress = fraction
         progress(min(fraction, 0.99))
 
-
-def _copy_metadata(spec: ConformSpec, plan: OutputPlan, paths: tuple[Path, Path]) -> None:
-    """Speaker layout and bext/iXML from a RIFF-family source into RIFF-family stems."""
-    source = spec.source
-    if plan.format not in BWF_FORMATS or source.format not in BWF_FORMATS | {"W64"}:
-        return
-    mask = bwf.read_channel_mask(source.path)
-    bext = bwf.stem_bext(source.bext, spec.start_frame) if source.bext else None
-    ixml = source.ixml
-    if ixml is not None and bext is not None:
-        ixml = bwf.stem_ixml(ixml, bwf.time_reference(bext))
-    for path in paths:
-        if mask is not None:
-            bwf.write_channel_mask(path, mask)
-        if bext is not None or ixml is not None:
-            bwf.append_chunks(path, bext, ixml)
-
-
-def _output_error(exc: BaseException, out_path: Path) -> OutputError:
-    folder = out_path.parent
-    disk_full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
-    if not disk_full and not isinstance(exc, OSError):
-        try:
-            # libsndfile reports only "System error": look at the disk itself
-            disk_full = shutil.disk_usage(folder).free < 4 * 2**20 or "space" in str(exc).lower()
-        except OSError:
-            disk_full = False
-    if disk_full:
-        return OutputError(
-            f"The disk holding “{folder}” is full; the stems could not be written.",
-            "Free some space (or choose another output folder) and run the job again.",
-        )
-    if isinstance(exc, FileExistsError):
-        return OutputError(
-            f"“{out_path.name}” already exists in “{folder}”; sam-bridge never overwrites files.",
-            "Move or rename the existing file, then run the job again.",
-        )
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-    return OutputError(
-        f"The stems could not be written to “{folder}”: {reason}.",
-        "Check that the folder exists and that you may write to it, then run the job again.",
-    )
 
 
 def _report(

@@ -19,7 +19,7 @@ import wavinfo
 
 from bridge import bwf
 from bridge.audio_source import SourceInfo, probe_source, read_block
-from bridge.conform import ConformReport, ConformSpec, conform, plan_output
+from bridge.conform import ConformReport, ConformSpec, conform
 from bridge.errors import JobFailed, OutputError
 from tests.audio_fixtures import (
     click_train,
@@ -283,16 +283,6 @@ def test_aiff_flac_and_caf_keep_their_container(tmp_path: Path, fmt: str, subtyp
     assert (report.out_format, report.out_subtype, report.format_reason) == (fmt, subtype, None)
     assert (sf.info(str(out_t)).format, sf.info(str(out_r)).subtype) == (fmt, subtype)
     _assert_pcm_nulls(source, out_t, out_r)
-
-
-def test_format_overrides_that_cannot_hold_the_samples_explain_themselves(tmp_path: Path) -> None:
-    info = probe_source(write_audio(tmp_path / "f.wav", noise(48_000, 0.1, channels=2), 48_000, "FLOAT"))
-    plan = plan_output(ConformSpec(info, 0, info.frames, out_format="flac"))
-    assert (plan.format, plan.subtype) == ("FLAC", "PCM_24") and plan.reason and "FLAC" in plan.reason
-    plan = plan_output(ConformSpec(info, 0, info.frames, out_format="MP3"))
-    assert plan.format == "WAV" and plan.reason and "MP3" in plan.reason
-    plan = plan_output(ConformSpec(info, 0, info.frames, out_subtype="PCM_16"))
-    assert (plan.format, plan.subtype, plan.reason) == ("WAV", "PCM_16", None)
 
 
 def test_pcm_override_clips_safely_and_says_so(tmp_path: Path) -> None:

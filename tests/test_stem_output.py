@@ -1,0 +1,63 @@
+"""How stems are written: the format plan and its reasons, exact quantisation, exclusive creation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bridge.audio_source import probe_source
+from bridge.stem_output import Quantizer, StemFiles, plan_output
+from tests.audio_fixtures import noise, tone, write_audio
+
+
+def test_format_overrides_that_cannot_hold_the_samples_explain_themselves(tmp_path: Path) -> None:
+    info = probe_source(write_audio(tmp_path / "f.wav", noise(48_000, 0.1, channels=2), 48_000, "FLOAT"))
+    plan = plan_output(info, info.frames, out_format="flac")
+    assert (plan.format, plan.subtype) == ("FLAC", "PCM_24") and plan.reason and "FLAC" in plan.reason
+    plan = plan_output(info, info.frames, out_format="MP3")
+    assert plan.format == "WAV" and plan.reason and "MP3" in plan.reason
+    plan = plan_output(info, info.frames, out_subtype="PCM_16")
+    assert (plan.format, plan.subtype, plan.reason) == ("WAV", "PCM_16", None)
+
+
+def test_a_lossy_source_gets_float_wav_stems_and_the_reason(tmp_path: Path) -> None:
+    info = probe_source(write_audio(tmp_path / "song.mp3", tone(44_100, 0.5, 440), 44_100, "MPEG_LAYER_III", "MP3"))
+    plan = plan_output(info, info.frames)
+    assert (plan.format, plan.subtype) == ("WAV", "FLOAT")
+    assert plan.reason and "lossy" in plan.reason and "null exactly" in plan.reason
+
+
+def test_wav_stems_past_the_threshold_are_planned_as_rf64(tmp_path: Path) -> None:
+    info = probe_source(write_audio(tmp_path / "s.wav", noise(48_000, 0.1, channels=2), 48_000, "PCM_24"))
+    assert plan_output(info, info.frames).format == "WAV"
+    plan = plan_output(info, info.frames, rf64_threshold=10_000)
+    assert plan.format == "RF64" and plan.reason and "4 GiB" in plan.reason
+
+
+def test_pcm_24_quantiser_gives_exactly_what_the_file_stores(tmp_path: Path) -> None:
+    values = np.concatenate([noise(48_000, 0.05, amplitude=0.9), [0.9999999, -1.0, 1.5, -1.5]])
+    quantise = Quantizer("PCM_24")
+    stored, exact = quantise(values.copy())
+    assert quantise.clipped == 2  # the two values beyond full scale
+    sf.write(str(tmp_path / "q.wav"), stored, 48_000, subtype="PCM_24")
+    read_back = sf.read(str(tmp_path / "q.wav"), dtype="float64")[0]
+    assert np.array_equal(read_back, exact)
+    assert np.max(np.abs(exact[:-2] - values[:-2])) <= 2.0**-24  # rounding, never more than half a step
+
+
+def test_stem_files_never_overwrite_and_remove_what_they_created(tmp_path: Path) -> None:
+    info = probe_source(write_audio(tmp_path / "s.wav", noise(48_000, 0.1, channels=2), 48_000, "PCM_16"))
+    plan = plan_output(info, info.frames)
+    taken = tmp_path / "taken.wav"
+    taken.write_bytes(b"the user's file")
+    with pytest.raises(FileExistsError):
+        StemFiles((tmp_path / "new.wav", taken), plan, info)
+    assert taken.read_bytes() == b"the user's file" and not (tmp_path / "new.wav").exists()
+
+    stems = StemFiles((tmp_path / "t.wav", tmp_path / "r.wav"), plan, info)
+    stems.write_pair((np.zeros((10, 2), np.int32), np.zeros((10, 2), np.int32)))
+    stems.discard()
+    assert not (tmp_path / "t.wav").exists() and not (tmp_path / "r.wav").exists()
