@@ -10,20 +10,18 @@ import hmac
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from bridge.local_service.faults import FAULT_KINDS, CallFault, error_reply
+from bridge.local_service.faults import FAULT_KINDS, CallFault, Faults, error_reply
 from bridge.local_service.inputs import ENDPOINTS, InputRejected, parse_input, resolve_audio
-from bridge.local_service.queue import APP_PATH, Job
-from bridge.local_service.storage import StorageError
-
-if TYPE_CHECKING:
-    from bridge.local_service.server import LocalFalService
+from bridge.local_service.queue import APP_PATH, Job, JobQueue
+from bridge.local_service.storage import FileStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +29,22 @@ MAX_JSON_BODY = 1 << 30  # data URIs of long files are big; fal documents no lim
 COPY_CHUNK = 1 << 20
 _FILE = r"/files/f/(?P<file_id>[0-9a-f]+)/(?P<name>[^/]+)"
 _REQUEST = rf"/{APP_PATH}/requests/(?P<request_id>[0-9a-f]+)"
+
+
+class ServiceState(Protocol):
+    """What a request handler uses of the running service (the server gives itself)."""
+
+    key: str | None
+    sse_ping_interval: float
+    faults: Faults
+    stopping: threading.Event
+
+    @property
+    def store(self) -> FileStore: ...
+    @property
+    def queue(self) -> JobQueue: ...
+    def count_call(self, kind: str) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
 
 
 class _Readable(Protocol):
@@ -139,7 +153,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 300  # idle keep-alive connections do not hold a thread forever
     disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stall
-    service: LocalFalService  # set on the subclass the server makes
+    service: ServiceState  # set on the subclass the server makes
 
     def do_GET(self) -> None:
         self._dispatch()
