@@ -154,6 +154,17 @@ REQUESTS: tuple[Request, ...] = (
         replies=("pong",),
     ),
     Request(
+        "reply_to",
+        required=(Arg("port", "i", "UDP port on your machine where you listen for answers",
+                      minimum=1, maximum=65535),),
+        optional=(),
+        description="Answer this client (this address and sending port) at this port from now on: for "
+        "clients like Max's [udpsend] that send from a random port and listen with [udpreceive] on a "
+        "fixed one. Lasts until the bridge restarts: send it again when your patch loads.",
+        example="9011",
+        replies=("reply_to/ok", "error"),
+    ),
+    Request(
         "subscribe",
         required=(Arg("port", "i", "UDP port on your machine that should receive every job's events",
                       minimum=1, maximum=65535),),
@@ -205,14 +216,16 @@ REPLIES: tuple[Reply, ...] = (
           "piano vocals drums", repeats_last=True),
     Reply("presets/end", (Arg("count", "i", "how many names were sent"),), "End of the preset list.", "12"),
     Reply("pong", (_s("version", "sam-bridge version"),), "Answer to /sam/ping.", "0.1.0"),
+    Reply("reply_to/ok", (Arg("port", "i", "the port answers now go to"),),
+          "Sent to the new port: answers arrive there from now on.", "9011"),
     Reply("subscribe/ok", (Arg("port", "i", "the subscribed port"),), "Subscribed.", "9011"),
     Reply("unsubscribe/ok", (Arg("port", "i", "the port"),), "No longer subscribed.", "9011"),
 )
 
 NOTES = (
-    "- Replies go to the sender's address and port, or to the configured reply port (for Max's "
-    "`[udpreceive]`). A job's events go to the client that sent its `/sam/separate` and to every "
-    "subscriber.",
+    "- Replies go to the sender's address and port; to the port a client named with `/sam/reply_to`; "
+    "or to the configured `osc.reply_port` for every client. A job's events go to the client that sent "
+    "its `/sam/separate` (where it was answered) and to every subscriber.",
     "- At most `rate_limit` separations per client per `rate_window` seconds (default 20 a minute); "
     "more get `/sam/error` and are not queued.",
     "- When a shared token is configured, it is the first argument of every request (before the "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from typing import Any
 import pydantic
 
 from bridge.errors import BridgeError, ConfigError, InputError
-from bridge.jobs import JobEvent, JobSink, RequestRejected
+from bridge.jobs import JobSink, RequestRejected
 from bridge.osc_addresses import (
     DEFAULT_PREFIX,
     REQUESTS,
@@ -33,21 +32,19 @@ from bridge.osc_addresses import (
     shorten,
     validate_args,
 )
+from bridge.osc_events import MAX_SUBSCRIBERS, Address, EventForwarder
 from bridge.osc_guard import ClientGuard, RateLimiter, ThrottledLog, TokenProblem
-from bridge.osc_wire import Incoming, Undecodable, decode_datagram, encode_reply, event_messages
+from bridge.osc_wire import Incoming, Undecodable, decode_datagram, encode_reply
 from bridge.path_policy import PathPolicy
 from bridge.request import Origin, SeparationRequest
 
 logger = logging.getLogger(__name__)
 
-Address = tuple[str, int]
 
 _INTERNAL_ERROR = "sam-bridge failed on this request (an internal error; see its log). Please report it."
 _STATUS_LIMIT = 50
 _PRESET_CHUNK_BYTES = 1024  # well under the 8 KB limit and a typical 1,500-byte MTU
-_MAX_SUBSCRIBERS = 32
-_MAX_OWNED_JOBS = 10_000
-_EVENT_QUEUE_SIZE = 10_000
+_MAX_REPLY_PORTS = 256  # clients that said where they listen (/sam/reply_to), most recent kept
 
 
 @dataclass(frozen=True)
@@ -61,77 +58,6 @@ class OscSettings:
     rate_limit: tuple[int, float] = (20, 60.0)  # max /separate requests per client per window seconds
     source_roots: tuple[Path, ...] = ()  # empty: the user's home folder
     output_roots: tuple[Path, ...] = ()  # empty: the user's home folder
-
-
-# --- events -------------------------------------------------------------------------------------------
-
-class _EventForwarder:
-    """Sends job events to the client that submitted the job and to every subscriber, from its own thread."""
-
-    def __init__(self, prefix: str, send: Callable[[Address, bytes], None]) -> None:
-        self._prefix = prefix
-        self._send = send
-        self._queue: queue.Queue[JobEvent | None] = queue.Queue(_EVENT_QUEUE_SIZE)
-        # Held by the server across submit → "remember the owner" → /accepted, so that a job's first
-        # events can neither overtake its /accepted nor miss its owner.
-        self.lock = threading.RLock()
-        self._owners: dict[str, set[Address]] = {}
-        self._subscribers: set[Address] = set()
-        self._thread = threading.Thread(target=self._run, name="osc-events", daemon=True)
-        self._dropped = 0
-
-    def listener(self, event: JobEvent) -> None:
-        """The sink's listener: called on engine threads, so it only queues."""
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self._dropped += 1
-            if self._dropped % 1000 == 1:
-                logger.warning("OSC: event queue full, %d job events not forwarded", self._dropped)
-
-    def add_owner(self, job_id: str, client: Address) -> None:
-        with self.lock:
-            if len(self._owners) >= _MAX_OWNED_JOBS:
-                self._owners.pop(next(iter(self._owners)))
-            self._owners.setdefault(job_id, set()).add(client)
-
-    def subscribe(self, client: Address) -> bool:
-        with self.lock:
-            if client not in self._subscribers and len(self._subscribers) >= _MAX_SUBSCRIBERS:
-                return False
-            self._subscribers.add(client)
-            return True
-
-    def unsubscribe(self, client: Address) -> None:
-        with self.lock:
-            self._subscribers.discard(client)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def _run(self) -> None:
-        while (event := self._queue.get()) is not None:
-            try:
-                self._deliver(event)
-            except Exception:
-                logger.exception("OSC: could not forward an event of job %s", event.job_id)
-
-    def _deliver(self, event: JobEvent) -> None:
-        with self.lock:
-            owners = self._owners.pop(event.job_id, set()) if event.state.finished \
-                else set(self._owners.get(event.job_id, ()))
-            destinations = owners | self._subscribers
-        if not destinations:
-            return
-        datagrams = [encode_reply(self._prefix, name, args) for name, args in event_messages(event)]
-        for destination in sorted(destinations):
-            for data in datagrams:
-                self._send(destination, data)
 
 
 # --- the server ---------------------------------------------------------------------------------------
@@ -160,13 +86,14 @@ class OscServer:
         self._log = ThrottledLog(logger)
         handlers: dict[str, Callable[[_Call], None]] = {
             "separate": self._separate, "cancel": self._cancel, "status": self._status,
-            "presets": self._presets, "ping": self._ping, "subscribe": self._subscribe,
+            "presets": self._presets, "ping": self._ping, "reply_to": self._reply_to, "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
         }
         if set(handlers) != set(REQUESTS_BY_NAME):
             raise RuntimeError("osc_server handlers and osc_addresses.REQUESTS disagree")
         self._routes = {req.address(self._prefix): (req.name, handlers[req.name]) for req in REQUESTS}
-        self._forwarder = _EventForwarder(self._prefix, self._send_raw)
+        self._forwarder = EventForwarder(self._prefix, self._send_raw)
+        self._reply_ports: dict[Address, int] = {}  # sender -> port it listens on (receiver thread only)
         self._socket: socket.socket | None = None
         self._receiver: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -238,7 +165,7 @@ class OscServer:
             self._log.warning(sender[0], "OSC: ignored a datagram from %s, which is not in the client "
                               "allowlist", sender[0])
             return
-        reply_to = (sender[0], self._settings.reply_port or sender[1])
+        reply_to = self._answer_address(sender)
         for item in decode_datagram(data):
             if isinstance(item, Undecodable):
                 if item.address:
@@ -351,10 +278,23 @@ class OscServer:
     def _ping(self, call: _Call) -> None:
         self._reply(call.reply_to, "pong", [self._version])
 
+    def _reply_to(self, call: _Call) -> None:
+        port = int(call.values["port"])
+        self._reply_ports.pop(call.sender, None)  # re-inserted last: the most recent are kept
+        self._reply_ports[call.sender] = port
+        while len(self._reply_ports) > _MAX_REPLY_PORTS:
+            self._reply_ports.pop(next(iter(self._reply_ports)))
+        self._reply((call.sender[0], port), "reply_to/ok", [port])
+
+    def _answer_address(self, sender: Address) -> Address:
+        """Where answers to `sender` go: the port it named, else the configured one, else its own."""
+        port = self._reply_ports.get(sender) or self._settings.reply_port or sender[1]
+        return sender[0], port
+
     def _subscribe(self, call: _Call) -> None:
         port = int(call.values["port"])
         if not self._forwarder.subscribe((call.sender[0], port)):
-            raise InputError(f"There are already {_MAX_SUBSCRIBERS} subscriptions.",
+            raise InputError(f"There are already {MAX_SUBSCRIBERS} subscriptions.",
                              hint="Unsubscribe ports you no longer use (/sam/unsubscribe), "
                              "or restart the bridge.")
         self._reply(call.reply_to, "subscribe/ok", [port])

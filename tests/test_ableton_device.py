@@ -108,9 +108,9 @@ def test_the_device_script_is_es5_for_maxs_js_object() -> None:
     assert modern.returncode != 0  # the check does catch ES6
 
 
-def test_readme_explains_saving_as_amxd() -> None:
+def test_readme_explains_saving_as_amxd_and_where_answers_go() -> None:
     readme = (ABLETON_DIR / "README.md").read_text(encoding="utf-8")
-    for words in (".amxd", "Freeze", "reply_port", "sam_bridge_device.js"):
+    for words in (".amxd", "Freeze", "/sam/reply_to", "sam_bridge_device.js"):
         assert words in readme
 
 
@@ -180,7 +180,7 @@ def live_project(root: Path, name: str = f"My Set {UNICODE} Project") -> Path:
 def test_init_subscribes_and_asks_for_presets(devices: Devices) -> None:
     device = devices(live_set())
     outlets = device.msg("bang")
-    assert osc_out(outlets) == [["/sam/subscribe", 9011], ["/sam/presets"], ["/sam/ping"]]
+    assert osc_out(outlets) == [["/sam/reply_to", 9011], ["/sam/subscribe", 9011], ["/sam/presets"], ["/sam/ping"]]
     assert status_texts(outlets) == ["Looking for sam-bridge…"]
 
 
@@ -206,8 +206,8 @@ def test_separate_sends_the_clip_region_and_the_projects_stems_folder(devices: D
     with_presets(device, "piano", "vocals")
     device.msg("presetindex", 2)
     outlets = device.msg("separate")
-    subscribe, separate = osc_out(outlets)
-    assert subscribe == ["/sam/subscribe", 9011]
+    reply_to, subscribe, separate = osc_out(outlets)
+    assert (reply_to, subscribe) == (["/sam/reply_to", 9011], ["/sam/subscribe", 9011])
     assert separate == ["/sam/separate", str(source), "vocals", "live-1700000000000-1",
                         str(project / "Samples" / "Processed"), 1.25, 4.5]
     assert [o for o in outlets if o[0] == 2] == [[2, 0]]
@@ -217,7 +217,7 @@ def test_separate_sends_the_clip_region_and_the_projects_stems_folder(devices: D
 def test_a_clip_outside_any_project_gets_its_stems_beside_the_source(devices: Devices, tmp_path: Path) -> None:
     device = devices(live_set(clip(file_path=str(tmp_path / "loose.wav"))))
     device.msg("text", "breathy", "vocal")
-    [_, separate] = osc_out(device.msg("separate"))
+    [_, _, separate] = osc_out(device.msg("separate"))
     assert separate[2] == "breathy vocal" and separate[4] == ""
 
 
@@ -252,7 +252,7 @@ def test_a_warped_clip_is_separated_only_after_a_second_click(devices: Devices) 
     outlets = device.msg("separate")
     assert osc_out(outlets) == []
     assert "warped: the stems come back unwarped" in status_texts(outlets)[0]
-    [_, separate] = osc_out(device.msg("separate"))
+    [_, _, separate] = osc_out(device.msg("separate"))
     assert separate[5:] == [pytest.approx(1.6), pytest.approx(3.2)]  # beats -> seconds via beat_to_sample_time
     third = device.msg("separate")  # each new separation of a warped clip asks again
     assert osc_out(third) == [] and "warped" in status_texts(third)[0]
@@ -261,13 +261,13 @@ def test_a_warped_clip_is_separated_only_after_a_second_click(devices: Devices) 
 def test_a_looping_clip_sends_start_marker_to_loop_end(devices: Devices) -> None:
     device = devices(live_set(clip(looping=1, start_marker=2.0, loop_start=1.0, loop_end=6.0, end_marker=9.0)))
     device.msg("text", "piano")
-    [_, separate] = osc_out(device.msg("separate"))
+    [_, _, separate] = osc_out(device.msg("separate"))
     assert separate[5:] == [2.0, 4.0]
 
 
 def start_job(device: MaxDevice) -> str:
     device.msg("text", "piano")
-    [_, separate] = osc_out(device.msg("separate"))
+    [_, _, separate] = osc_out(device.msg("separate"))
     tag = str(separate[3])
     device.msg("/sam/accepted", tag, "job-7")
     return tag
@@ -341,7 +341,7 @@ def test_errors_reach_the_status_line(devices: Devices) -> None:
     assert status_texts(outlets) == ["Lead Vox: The audio file could not be read."]
     assert [o for o in outlets if o[0] == 2] == [[2, 0]]
     device.msg("text", "piano")
-    [_, separate] = osc_out(device.msg("separate"))
+    [_, _, separate] = osc_out(device.msg("separate"))
     outlets = device.msg("/sam/error", separate[3], "/sam/separate: outside the allowed folders")
     assert status_texts(outlets) == ["Lead Vox: /sam/separate: outside the allowed folders"]
     assert device.state()["device"]["openTags"] == [] and tag != separate[3]
@@ -358,7 +358,8 @@ def test_cancel_sends_the_job_id(devices: Devices) -> None:
 
 def test_changing_the_reply_port_moves_the_subscription(devices: Devices) -> None:
     device = devices(live_set())
-    assert osc_out(device.msg("port", 9100)) == [["/sam/unsubscribe", 9011], ["/sam/subscribe", 9100]]
+    assert osc_out(device.msg("port", 9100)) == [
+        ["/sam/unsubscribe", 9011], ["/sam/reply_to", 9100], ["/sam/subscribe", 9100]]
     assert osc_out(device.msg("port", 0)) == []
     assert osc_out(device.msg("notifydeleted")) == [["/sam/unsubscribe", 9100]]
 
@@ -372,13 +373,14 @@ def test_udp_messages_are_what_the_daemon_accepts(devices: Devices, tmp_path: Pa
         device.send(cmd="osc_connect", daemon_port=daemon.getsockname()[1], listen_port=free_udp_port())
         device.msg("text", "piano")
         device.msg("separate")
-        messages = [OscMessage(daemon.recvfrom(65536)[0]) for _ in range(2)]
-    assert [m.address for m in messages] == ["/sam/subscribe", "/sam/separate"]
-    separate = messages[1]
+        messages = [OscMessage(daemon.recvfrom(65536)[0]) for _ in range(3)]
+    assert [m.address for m in messages] == ["/sam/reply_to", "/sam/subscribe", "/sam/separate"]
+    separate = messages[2]
     assert separate.params == [str(tmp_path / "a b.wav"), "piano", "live-1700000000000-1", "", 0, 4]
     values = validate_args(REQUESTS_BY_NAME["separate"], separate.params)
     assert values["start"] == 0.0 and values["length"] == 4.0 and "project_dir" not in values
-    assert validate_args(REQUESTS_BY_NAME["subscribe"], messages[0].params) == {"port": 9011}
+    assert validate_args(REQUESTS_BY_NAME["reply_to"], messages[0].params) == {"port": 9011}
+    assert validate_args(REQUESTS_BY_NAME["subscribe"], messages[1].params) == {"port": 9011}
 
 
 # --- with the real daemon -------------------------------------------------------------------------
@@ -397,9 +399,10 @@ def test_the_daemon_answers_the_device_and_its_stems_land_on_new_tracks(
     audio = np.stack([0.3 * np.sin(2 * math.pi * 330 * t), 0.3 * np.sin(2 * math.pi * 5000 * t)], axis=1)
     source = project / "Samples" / "Recorded" / f"{UNICODE}.wav"
     sf.write(source, audio, rate, subtype="FLOAT")
-    info = daemon_factory(service.url, config=f"osc:\n  reply_port: {listen_port}\n").start()
+    info = daemon_factory(service.url).start()  # no reply port in the config: the device says where it listens
     device = devices(live_set(clip(file_path=str(source), start_marker=1.5, end_marker=4.0)))
     device.send(cmd="osc_connect", daemon_port=int(info["osc"]["port"]), listen_port=listen_port)
+    device.msg("port", listen_port)  # the "reply port" box, set to where [udpreceive] listens
     device.msg("bang")
     assert device.send(cmd="wait", address="/sam/presets/end", timeout=20)["found"]
     assert device.send(cmd="wait", address="/sam/pong", timeout=20)["found"]

@@ -39,8 +39,8 @@ def test_every_request_example_is_valid_against_its_own_declaration(request_name
 
 def test_the_issue_address_space_is_declared() -> None:
     assert {r.address() for r in REQUESTS} == {
-        "/sam/separate", "/sam/cancel", "/sam/status", "/sam/presets", "/sam/ping", "/sam/subscribe",
-        "/sam/unsubscribe"}
+        "/sam/separate", "/sam/cancel", "/sam/status", "/sam/presets", "/sam/ping", "/sam/reply_to",
+        "/sam/subscribe", "/sam/unsubscribe"}
     assert REQUESTS_BY_NAME["separate"].signature == \
         "s:source_path s:preset_or_prompt [s:tag] [s:project_dir] [f:start f:length]"
     assert REQUESTS_BY_NAME["separate"].arity() == [2, 3, 4, 6]

@@ -160,6 +160,45 @@ def test_reply_port_sends_answers_to_the_configured_port(sink: RecordingSink) ->
     receiver.close()
 
 
+def test_reply_to_sends_this_clients_answers_and_job_events_to_the_port_it_names(
+        server: OscServer, sink: RecordingSink, music: Path) -> None:
+    """Max's [udpsend] sends from a random port and [udpreceive] listens on a fixed one: the device says
+    where it listens, no config needed; other clients are still answered on their own port."""
+    listener = OscClient(server.address)  # the [udpreceive]
+    device = OscClient(server.address)  # the [udpsend]
+    other = OscClient(server.address)
+    device.send("/sam/reply_to", listener.port)
+    assert listener.expect("/sam/reply_to/ok").args == [listener.port]
+    device.send("/sam/ping")
+    assert listener.expect("/sam/pong").args == [TEST_VERSION]
+    device.send("/sam/separate", str(write_wav(music / "a.wav")), "piano", "take-1")
+    tag, job_id = listener.expect("/sam/accepted").args
+    sink.emit(JobEvent(job_id, "take-1", JobState.running, 0.5, "separating"))
+    assert listener.expect("/sam/progress").args[:2] == [job_id, "running"]
+    device.send("/sam/reply_to", 0)
+    assert "port" in listener.expect("/sam/error").args[1]
+    assert tag == "take-1" and device.nothing_waiting()
+
+    other.send("/sam/ping")
+    assert other.expect("/sam/pong").args == [TEST_VERSION] and listener.nothing_waiting()
+    for client in (listener, device, other):
+        client.close()
+
+
+def test_a_named_reply_port_wins_over_the_configured_one(sink: RecordingSink) -> None:
+    configured, named = OscClient(("127.0.0.1", 0)), OscClient(("127.0.0.1", 0))
+    with running_server(sink, reply_port=configured.port) as server:
+        sender = OscClient(server.address)
+        sender.send("/sam/reply_to", named.port)
+        named.expect("/sam/reply_to/ok")
+        sender.send("/sam/ping")
+        assert named.expect("/sam/pong").args == [TEST_VERSION]
+        assert configured.nothing_waiting()
+        sender.close()
+    configured.close()
+    named.close()
+
+
 # --- job events ---
 
 def test_events_reach_the_submitter_stems_before_done(

@@ -664,7 +664,7 @@
       600,
       20
      ],
-     "text": "sam-bridge: select an audio clip, pick a preset (or describe the sound), click Separate. Needs `sam-bridge run` with `osc: reply_port` set to the reply port (see scripts/ableton/README.md)."
+     "text": "sam-bridge: select an audio clip, pick a preset (or describe the sound), click Separate. Needs `sam-bridge run` on this computer (see scripts/ableton/README.md)."
     }
    }
   ],

@@ -281,9 +281,15 @@ function roundSeconds(value) {
 
 // --- messages from the patch -------------------------------------------------------------------------
 
-/** [live.thisdevice] and the refresh button: say hello, subscribe, ask for the presets. */
-function init() {
+/** Tell sam-bridge where [udpreceive] listens ([udpsend] sends from a random port) and subscribe there. */
+function announce() {
+    sendOsc([PREFIX + "/reply_to", device.listenPort]);
     sendOsc([PREFIX + "/subscribe", device.listenPort]);
+}
+
+/** [live.thisdevice] and the refresh button: say where to answer, subscribe, ask for the presets. */
+function init() {
+    announce();
     sendOsc([PREFIX + "/presets"]);
     sendOsc([PREFIX + "/ping"]);
     status("Looking for sam-bridge\u2026");
@@ -297,7 +303,7 @@ function port(value) {
     if (!(next > 0 && next < 65536)) { return; }
     if (next !== device.listenPort) { sendOsc([PREFIX + "/unsubscribe", device.listenPort]); }
     device.listenPort = next;
-    sendOsc([PREFIX + "/subscribe", device.listenPort]);
+    announce();
 }
 
 function presetindex(index) {
@@ -332,7 +338,7 @@ function separate() {
     var tag = "live-" + host.now() + "-" + device.tagCounter;
     var job = { tag: tag, clip: clip, what: what, jobId: null, stems: [], finished: false };
     device.jobsByTag[tag] = job;
-    sendOsc([PREFIX + "/subscribe", device.listenPort]); // the daemon may have restarted since
+    announce(); // the daemon may have restarted since
     sendOsc(buildSeparateMessage(clip, what, tag, stemsProjectDir(clip.filePath, host.listDir)));
     progress(0);
     status("Sent " + clip.name + " \u00b7 " + whatLabel(what) + " to sam-bridge\u2026");
