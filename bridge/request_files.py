@@ -1,6 +1,7 @@
 """Request files: the way in for hosts without sockets (REAPER's Lua). A DAW script writes
 `<name>.json` atomically into the requests folder; we answer with `<name>.status.json` beside it,
-rewritten atomically at each stage. `<name>.cancel` cancels that request's job.
+rewritten atomically at each stage. `<name>.cancel` cancels that request's job. A day after a request
+was answered, it moves to `done/<date>/` with its status (`request_archive`).
 
 This module knows folders and JSON, not HTTP or audio.
 """
@@ -24,6 +25,7 @@ from watchdog.observers.api import BaseObserver
 from bridge.errors import BridgeError
 from bridge.jobs import JobEvent, JobSink, JobState, RequestRejected
 from bridge.request import Origin, SeparationRequest
+from bridge.request_archive import ARCHIVE_AFTER, archive_answered, archive_orphan_status
 from bridge.stems import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,13 @@ def status_path(request_file: Path) -> Path:
 
 
 class RequestFolder:
-    def __init__(self, sink: JobSink, folder: Path, rescan_interval: float = 5.0) -> None:
+    def __init__(self, sink: JobSink, folder: Path, rescan_interval: float = 5.0,
+                 archive_after: float = ARCHIVE_AFTER) -> None:
         self.sink, self.folder, self.rescan_interval = sink, folder, rescan_interval
+        self.archive_after = archive_after
         self._jobs: dict[str, Path] = {}  # job id -> request file
+        # answered request -> (its mtime_ns, when its final status was written): rescans read no JSON
+        self._answered: dict[Path, tuple[int, float]] = {}
         self._queue: queue.Queue[Path | None] = queue.Queue()
         self._observer: BaseObserver | None = None
         self._thread: threading.Thread | None = None
@@ -87,9 +93,13 @@ class RequestFolder:
             self._thread.join(timeout=5)
 
     def _scan(self) -> None:
-        for path in sorted(self.folder.iterdir()):
-            if is_request_name(path.name) or path.name.endswith(".cancel"):
-                self._queue.put(path)
+        names = {path.name for path in self.folder.iterdir()}
+        now = time.time()
+        for name in sorted(names):
+            if is_request_name(name) or name.endswith(".cancel"):
+                self._queue.put(self.folder / name)
+            elif name.endswith(STATUS_SUFFIX) and name[: -len(STATUS_SUFFIX)] + ".json" not in names:
+                archive_orphan_status(self.folder / name, now, self.archive_after)
 
     def _loop(self) -> None:
         next_scan = time.monotonic() + self.rescan_interval
@@ -117,10 +127,14 @@ class RequestFolder:
             stat = path.stat()
         except FileNotFoundError:
             return
-        status = _read_json(status_path(path))
-        if status and status.get("request_mtime_ns") == stat.st_mtime_ns and status.get("state") in (
-            "done", "failed", "cancelled"):
-            return  # answered already
+        answered = self._answered.get(path)
+        if answered is None or answered[0] != stat.st_mtime_ns:
+            answered = self._answered_at(path, stat.st_mtime_ns)
+        if answered is not None:
+            if time.time() - answered[1] >= self.archive_after:
+                self._answered.pop(path, None)
+                archive_answered(path, status_path(path), answered[1])
+            return
         try:
             request = parse_request_file(path, stat.st_mtime_ns)
         except BridgeError as exc:
@@ -141,6 +155,20 @@ class RequestFolder:
                 self._write_status(path, job_id, view.tag, view.state, view.progress, view.message,
                                    stems=view.stems, manifest=view.manifest, error=view.error)
             log.info("request file %s → job %s", path.name, job_id)
+
+    def _answered_at(self, path: Path, mtime_ns: int) -> tuple[int, float] | None:
+        """(mtime_ns, when it ended) when this version of the request has its final status already."""
+        status_file = status_path(path)
+        status = _read_json(status_file)
+        if not status or status.get("request_mtime_ns") != mtime_ns or status.get("state") not in (
+                "done", "failed", "cancelled"):
+            return None
+        try:
+            ended_at = status_file.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        self._answered[path] = (mtime_ns, ended_at)
+        return self._answered[path]
 
     def _cancel(self, marker: Path) -> None:
         request_file = marker.with_name(marker.name[: -len(".cancel")] + ".json")

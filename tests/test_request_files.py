@@ -1,0 +1,131 @@
+"""The request-files way in with the real engine, pipeline and local service: answered requests move to
+done/<date>/ once they are old enough — never onto an existing file, never before they are answered, and
+never submitted again."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bridge.engine import EngineSettings, JobEngine
+from bridge.fal_auth import ApiKey
+from bridge.fal_client import FalClient
+from bridge.journal import Journal
+from bridge.local_service import LocalFalService
+from bridge.pipeline import Pipeline
+from bridge.presets import PresetLibrary, builtin_presets_dir
+from bridge.request_files import RequestFolder
+from tests.conftest import FAST_RETRY, TEST_KEY, wait_for
+from tests.test_daemon import make_source, write_request
+
+Start = Callable[..., tuple[LocalFalService, Path]]
+
+
+@pytest.fixture
+def start_folder(tmp_path: Path) -> Iterator[Start]:
+    """A RequestFolder on `tmp_path/requests` fed to a real engine against a local service."""
+    running: list[tuple[RequestFolder, JobEngine, FalClient, LocalFalService]] = []
+
+    def start(archive_after: float, job_time: float = 0.0) -> tuple[LocalFalService, Path]:
+        service = LocalFalService(key=TEST_KEY, job_time=job_time)
+        service.start()
+        client = FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY)
+        engine = JobEngine(Journal(tmp_path / "journal.sqlite"), Pipeline(client, use_stream=True),
+                           PresetLibrary([("built-in", builtin_presets_dir())]),
+                           EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
+        engine.start()
+        folder = RequestFolder(engine, tmp_path / "requests", rescan_interval=0.2, archive_after=archive_after)
+        folder.start()
+        running.append((folder, engine, client, service))
+        return service, tmp_path / "requests"
+
+    yield start
+    for folder, engine, client, service in running:
+        folder.stop()
+        engine.stop()
+        engine.journal.close()
+        client.close()
+        service.stop()
+
+
+def archived(requests: Path, name: str) -> list[Path]:
+    return sorted(requests.glob(f"done/*/{name}"))
+
+
+def status_of(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+def test_an_answered_request_moves_to_done_with_its_status_and_is_not_submitted_again(
+        start_folder: Start, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "Guitar 01.wav")
+    before = source.read_bytes()
+    service, requests = start_folder(archive_after=1.0)
+    body = {"source": str(source), "preset": "bass", "tag": "item-7", "output_dir": str(tmp_path / "out")}
+    write_request(requests, "item-7", **body)
+    wait_for(lambda: archived(requests, "item-7.status.json"), timeout=60, what="the request to be archived")
+
+    [moved] = archived(requests, "item-7.json")
+    assert json.loads(moved.read_text()) == body  # the request itself, unchanged
+    assert moved.parent.name == time.strftime("%Y-%m-%d")
+    status = status_of(moved.with_name("item-7.status.json"))
+    assert status["state"] == "done" and status["tag"] == "item-7"
+    target, residual = (sf.read(status["stems"][label])[0] for label in ("target", "residual"))
+    assert np.allclose(target + residual, sf.read(source)[0], atol=2.0**-22)  # the stems it points at
+    assert not list(requests.glob("item-7*"))  # nothing left behind in the requests folder
+    time.sleep(0.6)  # a few rescans
+    assert service.stats()["submits"] == 1 and not list(requests.glob("*.json"))
+    assert source.read_bytes() == before
+
+
+def test_an_archived_name_already_taken_gets_a_number_and_nothing_is_overwritten(
+        start_folder: Start, tmp_path: Path) -> None:
+    day = tmp_path / "requests" / "done" / time.strftime("%Y-%m-%d")
+    day.mkdir(parents=True)
+    (day / "take.json").write_text("an older request of the same name")
+    (day / "take.status.json").write_text("its status")
+    _, requests = start_folder(archive_after=0.5)
+    write_request(requests, "take", source=str(tmp_path / "missing.wav"), preset="bass")  # answered: failed
+    wait_for(lambda: (day / "take-2.status.json").exists(), timeout=30, what="the numbered archive")
+    assert (day / "take.json").read_text() == "an older request of the same name"
+    assert (day / "take.status.json").read_text() == "its status"
+    status = status_of(day / "take-2.status.json")
+    assert status["state"] == "failed" and "missing.wav" in status["error"]
+    assert json.loads((day / "take-2.json").read_text())["source"].endswith("missing.wav")
+
+
+def test_a_request_still_running_is_not_moved(start_folder: Start, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "Long.wav", seconds=1.0)
+    service, requests = start_folder(archive_after=0.0, job_time=1.5)
+    write_request(requests, "slow", source=str(source), preset="bass", output_dir=str(tmp_path / "out"))
+    wait_for(lambda: (requests / "slow.status.json").exists()
+             and status_of(requests / "slow.status.json")["state"] == "running", timeout=30, what="running")
+    time.sleep(0.5)  # rescans while the job runs
+    assert (requests / "slow.json").exists() and not archived(requests, "slow.json")
+    wait_for(lambda: archived(requests, "slow.status.json"), timeout=30, what="archived once done")
+    assert status_of(archived(requests, "slow.status.json")[0])["state"] == "done"
+    assert service.stats()["submits"] == 1
+
+
+def test_an_old_status_whose_request_is_gone_is_moved_and_a_new_one_stays(
+        start_folder: Start, tmp_path: Path) -> None:
+    requests = tmp_path / "requests"
+    requests.mkdir()
+    old, young = requests / "lost.status.json", requests / "fresh.status.json"
+    old.write_text('{"state": "done"}')
+    young.write_text('{"state": "done"}')
+    long_ago = time.time() - 7200
+    os.utime(old, (long_ago, long_ago))
+    start_folder(archive_after=3600.0)
+    wait_for(lambda: archived(requests, "lost.status.json"), timeout=10, what="the orphan status to move")
+    [moved] = archived(requests, "lost.status.json")
+    assert moved.parent.name == time.strftime("%Y-%m-%d", time.localtime(long_ago))
+    assert moved.read_text() == '{"state": "done"}' and young.exists()
