@@ -283,6 +283,22 @@ def test_progress_events_update_the_bar_and_status_and_ignore_other_jobs(devices
     assert device.msg("/sam/unknown", 1) == [] and device.msg("/other/progress", "job-7") == []
 
 
+def test_while_a_job_is_open_the_device_says_again_where_to_answer(devices: Devices) -> None:
+    """A daemon restart forgets the reply port and the subscription but resumes the job: announcing
+    again every few seconds lets its later events reach the device."""
+    device = devices(live_set(clip()))
+    idle = device.send(cmd="tick")
+    assert idle["timers"] == 0 and osc_out(idle["outlets"]) == []
+    start_job(device)
+    for _ in range(2):
+        tick = device.send(cmd="tick")
+        assert osc_out(tick["outlets"]) == [["/sam/reply_to", 9011], ["/sam/subscribe", 9011]]
+        assert tick["timers"] == 1
+    device.msg("/sam/error", "job-7", "The service failed.")  # the job ends
+    after = device.send(cmd="tick")
+    assert after["timers"] == 0 and osc_out(after["outlets"]) == []
+
+
 def test_done_puts_stems_on_new_tracks_next_to_the_source(devices: Devices) -> None:
     device = devices(live_set(clip()))
     start_job(device)

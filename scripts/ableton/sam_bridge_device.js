@@ -19,6 +19,7 @@ var OUT_PROGRESS = 2;
 var OUT_STATUS = 3;
 
 var PREFIX = "/sam";
+var KEEPALIVE_MS = 5000; // while jobs are open, say again where to answer: sam-bridge may have restarted
 var PROMPT_ITEM = "Describe it below \u2193";
 var STEMS_SUBFOLDER = ["Samples", "Processed"]; // + the daemon's "Stems": Live 12.3's own place for stems
 var STATE_WORDS = {
@@ -36,8 +37,17 @@ var host = {
     post: function (text) { post(text + "\n"); },
     liveApi: function (path) { return new LiveAPI(path); },
     now: function () { return new Date().getTime(); },
-    listDir: maxListDir
+    listDir: maxListDir,
+    repeat: maxRepeat
 };
+
+function maxRepeat(ms, fn) {
+    // Max's Task runs `fn` every `ms` on the scheduler until cancelled.
+    var task = new Task(fn, maxGlobal);
+    task.interval = ms;
+    task.repeat();
+    return { stop: function () { task.cancel(); } };
+}
 
 function maxListDir(dir) {
     // Max's Folder lists a folder's files and subfolders; null when the folder cannot be read.
@@ -78,11 +88,13 @@ function newDeviceState() {
         jobsByTag: {},
         jobsById: {},
         warnedClipId: null,
-        version: ""
+        version: "",
+        keepalive: null
     };
 }
 
 function resetDevice() {
+    stopAnnouncing();
     device = newDeviceState();
 }
 
@@ -287,6 +299,34 @@ function announce() {
     sendOsc([PREFIX + "/subscribe", device.listenPort]);
 }
 
+/** Announce again every few seconds while a job is open, so events reach us after a daemon restart
+ *  (jobs resume there; the subscription and reply port do not survive it). */
+function keepAnnouncing() {
+    if (device.keepalive) { return; }
+    device.keepalive = host.repeat(KEEPALIVE_MS, function () {
+        if (openJobCount() === 0) {
+            stopAnnouncing();
+        } else {
+            announce();
+        }
+    });
+}
+
+function stopAnnouncing() {
+    if (device.keepalive) {
+        device.keepalive.stop();
+        device.keepalive = null;
+    }
+}
+
+function openJobCount() {
+    var count = 0;
+    for (var tag in device.jobsByTag) {
+        if (device.jobsByTag.hasOwnProperty(tag) && !device.jobsByTag[tag].finished) { count += 1; }
+    }
+    return count;
+}
+
 /** [live.thisdevice] and the refresh button: say where to answer, subscribe, ask for the presets. */
 function init() {
     announce();
@@ -340,6 +380,7 @@ function separate() {
     device.jobsByTag[tag] = job;
     announce(); // the daemon may have restarted since
     sendOsc(buildSeparateMessage(clip, what, tag, stemsProjectDir(clip.filePath, host.listDir)));
+    keepAnnouncing();
     progress(0);
     status("Sent " + clip.name + " \u00b7 " + whatLabel(what) + " to sam-bridge\u2026");
     return job;
@@ -362,6 +403,7 @@ function cancel() {
 }
 
 function notifydeleted() {
+    stopAnnouncing();
     sendOsc([PREFIX + "/unsubscribe", device.listenPort]);
 }
 
@@ -448,6 +490,7 @@ function finish(job) {
     job.finished = true;
     delete device.jobsByTag[job.tag];
     if (job.jobId) { delete device.jobsById[job.jobId]; }
+    if (openJobCount() === 0) { stopAnnouncing(); }
 }
 
 /** Max calls anything() for messages without their own function: the OSC replies, and the prompt's

@@ -176,6 +176,7 @@ LiveAPI.prototype.getcount = function (child) {
 
 const outlets = [];
 const posts = [];
+const timers = []; // Max's Task stand-in: fired by the "tick" command, not by the clock
 let udp = null;
 
 global.outlet = () => { throw new Error("the device must use its host's outlet"); };
@@ -192,6 +193,11 @@ device.setHost({
   post: (text) => posts.push(String(text)),
   liveApi: (path) => new LiveAPI(path),
   now: () => 1700000000000,
+  repeat: (ms, fn) => {
+    const timer = { ms, fn, stopped: false };
+    timers.push(timer);
+    return { stop: () => { timer.stopped = true; } };
+  },
   listDir: (dir) => {
     try {
       return fs.readdirSync(dir);
@@ -340,6 +346,10 @@ const commands = {
     const [track] = live.song.tracks.splice(cmd.index, 1);
     track.deleted = true;
     return {};
+  },
+  async tick() {
+    for (const timer of timers.filter((t) => !t.stopped)) timer.fn();
+    return { outlets: drain(), timers: timers.filter((t) => !t.stopped).length };
   },
   async osc_connect(cmd) {
     await connect(cmd.daemon_port, cmd.listen_port);
