@@ -25,7 +25,7 @@ import soxr
 from numpy.typing import NDArray
 
 from bridge.audio_source import read_block
-from bridge.errors import JobFailed
+from bridge.errors import UnusableResult
 
 Float32Array = NDArray[np.float32]
 Float64Array = NDArray[np.float64]
@@ -104,9 +104,10 @@ class ResampledMono:
         try:
             self._file = sf.SoundFile(str(path))
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            raise JobFailed(
+            raise UnusableResult(
                 f"The service sent back a result we cannot read ({path.name}).",
-                "Run the separation again; if it keeps failing, try the other result format (wav/mp3).",
+                "Run the separation again (it is sent anew and charged again); if it keeps failing, try the "
+                "other result format (wav/mp3).",
             ) from exc
         in_rate = int(self._file.samplerate)
         self._resampler = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32") if in_rate != out_rate else None
@@ -136,9 +137,9 @@ class ResampledMono:
         try:
             block = read_block(self._file, _READ_BLOCK, "float32")
         except (sf.LibsndfileError, RuntimeError) as exc:
-            raise JobFailed(
+            raise UnusableResult(
                 f"The service's result {Path(self._file.name).name} is damaged and cannot be decoded.",
-                "Run the separation again.",
+                "Run the separation again (it is sent anew and charged again).",
             ) from exc
         last = len(block) < _READ_BLOCK
         mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
@@ -172,7 +173,8 @@ class AlignedService:
             raise
         if self.target.declared_frames == 0 and self.residual.declared_frames == 0:
             self.close()
-            raise JobFailed("The service sent back an empty result.", "Run the separation again.")
+            raise UnusableResult("The service sent back an empty result.",
+                                 "Run the separation again (it is sent anew and charged again).")
         self._lead_zeros = max(0, -offset)
         if offset > 0:
             self.target.read(offset)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bridge.audio_source import source_sha256
+from bridge.audio_source import probe_source, source_sha256
 from bridge.cost import PriceTable
 from bridge.dedupe import dedupe_key, reuse_result, written_before
 from bridge.engine_budget import BudgetWait, DailyBudget
@@ -26,11 +26,12 @@ from bridge.engine_queue import FairQueue, QueuedJob
 from bridge.errors import (
     BridgeError,
     Cancelled,
-    ServiceJobFailed,
     ServiceUnavailable,
+    SourceChanged,
     SourceError,
     SubmitUncertain,
 )
+from bridge.fal_client import RequestHandle
 from bridge.jobs import JobEvent, JobSink, JobState, JobView, RequestRejected
 from bridge.journal import JobRow, Journal
 from bridge.pipeline import Pipeline, clean_workdir
@@ -194,7 +195,7 @@ class JobEngine(JobSink):
             recipe = recipe_for(row.request, self.library)
             accepted, _ = self.journal.handles(job_id)
             hooks.progress(JobState.preparing, 0.0, "Preparing")
-            audio_hash = source_sha256(row.request.source)  # read once: dedupe key and manifest share it
+            audio_hash = self._source_hash(row, accepted)
             key = dedupe_key(row.request, recipe, audio_hash) if self.settings.dedupe else None
             if key:
                 self.journal.set_fields(job_id, dedupe_key=key)
@@ -221,11 +222,9 @@ class JobEngine(JobSink):
                 self._wait(row, f"{exc.message} Retrying automatically.", None)
             else:
                 self._outcomes.failed(row, exc)
-        except ServiceJobFailed as exc:  # the request ended in an error at fal: a retry submits it again
-            self.journal.clear_steps(job_id)
-            self._outcomes.failed(row, exc)
-            clean_workdir(workdir)
         except BridgeError as exc:
+            if exc.results_unusable:  # failed at fal, broken, or for other audio: a retry submits anew
+                self.journal.clear_steps(job_id)
             self._outcomes.failed(row, exc)
             clean_workdir(workdir)
         except Exception as exc:  # a bug of ours: the job fails, the daemon keeps going
@@ -241,6 +240,24 @@ class JobEngine(JobSink):
         self._queue.put(row.view.job_id, QueuedJob(row.view.origin, row.view.created_at, until))
 
     # -- resume rules -----------------------------------------------------------------------------
+
+    def _source_hash(self, row: JobRow, accepted: dict[int, RequestHandle]) -> str:
+        """The source's sha256 (read once: the dedupe key and the manifest share it), remembered with the
+        job; SourceChanged when requests were already made from other audio."""
+        probe_source(row.request.source)  # missing, unreadable or not audio: said in words, before reading it
+        try:
+            audio_hash = source_sha256(row.request.source)
+        except OSError as exc:
+            raise SourceError(f"“{row.request.source.name}” could not be read ({exc.strerror or exc}).",
+                              "Check that the file is there and readable, then retry the job.") from None
+        if accepted and row.source_hash and row.source_hash != audio_hash:
+            raise SourceChanged(
+                f"“{row.request.source.name}” changed after it was sent to the service, so the results "
+                "already made belong to the old audio.",
+                hint=f"`sam-bridge retry {row.view.job_id}` sends the new audio (charged again).")
+        if row.source_hash != audio_hash:
+            self.journal.set_fields(row.view.job_id, source_hash=audio_hash)
+        return audio_hash
 
     def _submit_was_lost(self, row: JobRow) -> bool:
         """A step marked 'submitting' with no request id: it may have landed. Never resend it blindly."""

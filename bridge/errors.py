@@ -12,6 +12,9 @@ class BridgeError(Exception):
 
     exit_code = 1
     kind = "error"
+    # True when the results the service gave for this job cannot serve it (they failed, are broken, or
+    # belong to audio that has changed): the daemon forgets them, so a retry submits anew (and pays again).
+    results_unusable = False
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
@@ -33,6 +36,12 @@ class SourceError(InputError):
     """The source audio is missing, unreadable, empty or of an unsupported kind."""
 
     kind = "bad_source"
+
+
+class SourceChanged(SourceError):
+    """The source changed after its audio was sent: the results belong to the old audio."""
+
+    results_unusable = True
 
 
 class PresetError(InputError):
@@ -85,6 +94,14 @@ class JobFailed(ServiceError):
 
 class ServiceJobFailed(JobFailed):
     """The request itself ended in an error at the service: a retry must submit it again."""
+
+    results_unusable = True
+
+
+class UnusableResult(JobFailed):
+    """The service's result came back unreadable or empty: fetching it again would give the same."""
+
+    results_unusable = True
 
 
 class TimedOut(ServiceError):

@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     request TEXT NOT NULL, source TEXT NOT NULL, what TEXT NOT NULL, tag TEXT NOT NULL, origin TEXT NOT NULL,
     idempotency_key TEXT, dedupe_key TEXT, result TEXT, error TEXT, flags TEXT NOT NULL DEFAULT '[]',
     attempts INTEGER NOT NULL DEFAULT 0, not_before REAL NOT NULL DEFAULT 0, cost REAL NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0, source_hash TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_idem ON jobs(idempotency_key);
 CREATE INDEX IF NOT EXISTS jobs_dedupe ON jobs(dedupe_key, state);
@@ -55,6 +55,7 @@ class JobRow:
     cost: float
     cancel_requested: bool
     flags: tuple[str, ...]
+    source_hash: str | None = None  # sha256 of the audio the job's requests were made from
 
 
 class Journal:
@@ -67,6 +68,9 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed request id survives power loss
         self._db.executescript(SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "source_hash" not in columns:  # a journal from before the column (jobs keep running)
+            self._db.execute("ALTER TABLE jobs ADD COLUMN source_hash TEXT")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -217,5 +221,5 @@ def _row(row: sqlite3.Row) -> JobRow:
         view=view, request=SeparationRequest.model_validate_json(row["request"]),
         idempotency_key=row["idempotency_key"], dedupe_key=row["dedupe_key"], attempts=row["attempts"],
         not_before=row["not_before"], cost=row["cost"], cancel_requested=bool(row["cancel_requested"]),
-        flags=tuple(json.loads(row["flags"])),
+        flags=tuple(json.loads(row["flags"])), source_hash=row["source_hash"],
     )

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bridge.cost import PriceTable
@@ -210,3 +211,91 @@ def test_a_job_that_wrote_its_stems_before_a_stop_is_not_written_twice(make_engi
     assert sorted(p.name for p in (tmp_path / "Stems").iterdir()) == [
         "a - piano.residual.wav", "a - piano.sam.json", "a - piano.target.wav"]
     assert service.stats()["submits"] == 1
+
+
+def test_a_source_gone_before_its_job_runs_fails_in_words(make_engine, service, tmp_path: Path) -> None:
+    engine = make_engine()
+    source = make_source(tmp_path / "Gone Take.wav", seconds=0.3)
+    job = engine.submit(SeparationRequest(source=source, prompt="piano"))
+    source.unlink()  # moved or deleted while the job waited in the queue
+    engine.start()
+    wait_for(lambda: finished(engine, job), what="the job to end")
+    view = engine.get(job)
+    assert view is not None and view.state == JobState.failed
+    assert "Gone Take.wav" in (view.error or "") and "not found" in (view.error or "")
+    assert "Internal error" not in (view.error or "")
+    assert service.stats()["submits"] == 0
+
+
+def test_a_source_changed_while_the_daemon_was_stopped_never_gets_the_old_audios_stems(tmp_path: Path) -> None:
+    """A request fal accepted belongs to the audio it was made from: after a re-render the job says so and
+    forgets it, and a retry sends the new audio (paid again, knowingly) instead of stems of the old take."""
+    import soundfile as sf
+
+    from bridge.fal_auth import ApiKey
+    from bridge.local_service import LocalFalService
+    from tests.conftest import FAST_RETRY, TEST_KEY
+
+    with LocalFalService(key=TEST_KEY, job_time=1.0) as slow, FalClient(
+            ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
+        journal = Journal(tmp_path / "j.sqlite")
+
+        def new_engine() -> JobEngine:
+            return JobEngine(journal, Pipeline(client), PresetLibrary([("built-in", builtin_presets_dir())]),
+                             EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
+
+        first, second = new_engine(), new_engine()
+        try:
+            source = make_source(tmp_path / "Take.wav", seconds=0.5, seed=1)
+            first.start()
+            job = first.submit(SeparationRequest(source=source, prompt="piano", output_dir=tmp_path / "out"))
+            wait_for(lambda: slow.stats()["running"] == 1, what="the service to run it")
+            first.stop()  # the daemon stops with the request accepted at fal
+            make_source(source, seconds=0.5, seed=2)  # the user re-renders the take meanwhile
+            second.start()
+            wait_for(lambda: finished(second, job), what="the resumed job to end")
+            view = second.get(job)
+            assert view is not None and view.state == JobState.failed
+            assert "changed after it was sent" in (view.error or "") and "charged again" in (view.error or "")
+            assert journal.handles(job)[0] == {}  # the old audio's request is forgotten
+            assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+            journal.clear_uncertain(job)  # what `sam-bridge retry` does
+            journal.set_state(job, JobState.queued, 0.0, "Queued again (retry)", error=None)
+            wait_for(lambda: finished(second, job), what="the retried job")
+            view = second.get(job)
+            assert view is not None and view.state == JobState.done, view
+            assert slow.stats()["submits"] == 2
+            target, residual = (sf.read(view.stems[label])[0] for label in ("target", "residual"))
+            new_audio = sf.read(source)[0]
+            assert np.max(np.abs(target + residual - new_audio)) < 1e-6  # stems of the new take
+        finally:
+            first.stop()
+            second.stop()
+            journal.close()
+
+
+def test_retry_sends_a_changed_source_again_and_keeps_an_unchanged_ones_request(
+        user_dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.audio_source import source_sha256
+    from bridge.cli import main
+    from bridge.fal_client import RequestHandle
+
+    journal = Journal(user_dirs["state"] / "journal.sqlite")
+    jobs = {}
+    for name in ("same", "edited"):
+        source = make_source(user_dirs["home"] / f"{name}.wav", seconds=0.2, seed=3)
+        job = journal.add(SeparationRequest(source=source, prompt="piano"), "piano")
+        journal.mark_submitted(job, 0, RequestHandle(f"req-{name}", "http://127.0.0.1:9/s", "http://127.0.0.1:9/r",
+                                                     "http://127.0.0.1:9/c"))
+        journal.set_fields(job, source_hash=source_sha256(source))
+        journal.set_state(job, JobState.failed, 0.0, "failed", error="The source changed while the job ran.")
+        jobs[name] = job
+    make_source(user_dirs["home"] / "edited.wav", seconds=0.2, seed=4)
+    assert main(["retry", jobs["same"]]) == 0
+    assert "charged again" not in capsys.readouterr().out
+    assert main(["retry", jobs["edited"]]) == 0
+    assert "edited.wav changed since it was sent" in capsys.readouterr().out
+    assert [h.request_id for h in journal.handles(jobs["same"])[0].values()] == ["req-same"]  # polled, not paid
+    assert journal.handles(jobs["edited"])[0] == {}
+    journal.close()

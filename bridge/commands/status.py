@@ -7,10 +7,11 @@ import json
 import time
 from typing import Any
 
+from bridge.audio_source import source_sha256
 from bridge.config import state_dir
 from bridge.errors import InputError
 from bridge.jobs import JobState
-from bridge.journal import Journal
+from bridge.journal import JobRow, Journal
 
 
 def register(subparsers: Any) -> None:
@@ -33,6 +34,17 @@ def _journal() -> Journal:
         raise InputError("No jobs yet: the daemon has not run for this user.",
                          hint="Start it with `sam-bridge run`.")
     return Journal(path)
+
+
+def _source_changed_since_sent(journal: Journal, row: JobRow) -> bool:
+    """Requests were made from audio that is no longer the source's (a re-render after a failure)."""
+    accepted, _ = journal.handles(row.view.job_id)
+    if not accepted or not row.source_hash:
+        return False
+    try:
+        return source_sha256(row.request.source) != row.source_hash
+    except OSError:  # gone or unreadable: the job says so in words when it runs
+        return False
 
 
 def _resolve(journal: Journal, prefix: str) -> str:
@@ -91,6 +103,10 @@ def retry(args: argparse.Namespace) -> int:
               "can be retried.")
         return 1
     journal.clear_uncertain(job_id)  # requests fal accepted are polled again, not paid again
+    if _source_changed_since_sent(journal, row):
+        journal.clear_steps(job_id)
+        print(f"{row.request.source.name} changed since it was sent, so its new audio is sent again "
+              "(charged again).")
     journal.set_state(job_id, JobState.queued, 0.0, "Queued again (retry)", error=None, attempts=0,
                       not_before=0, cancel_requested=0)
     print(f"Job {job_id} is queued again; a running daemon picks it up within seconds.")
