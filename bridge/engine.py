@@ -35,7 +35,7 @@ from bridge.fal_client import RequestHandle
 from bridge.jobs import JobEvent, JobSink, JobState, JobView, RequestRejected
 from bridge.journal import JobRow, Journal
 from bridge.pipeline import Pipeline, clean_workdir
-from bridge.presets import PresetLibrary, Recipe, recipe_for
+from bridge.presets import PresetLibraries, PresetLibrary, Recipe, recipe_for
 from bridge.request import SeparationRequest
 
 __all__ = ["ACTIVE", "EngineSettings", "JobEngine", "ShuttingDown"]
@@ -63,6 +63,7 @@ class JobEngine(JobSink):
     def __init__(self, journal: Journal, pipeline: Pipeline, library: PresetLibrary,
                  settings: EngineSettings) -> None:
         self.journal, self.pipeline, self.library, self.settings = journal, pipeline, library, settings
+        self._libraries = PresetLibraries(library)  # + `<project>/sam-bridge/presets/` per request
         self._queue = FairQueue(settings.concurrency, settings.local_work, settings.rescan_interval)
         self._events = JobEvents()
         self._outcomes = JobOutcomes(journal, self._events, pipeline.client.cancel, settings.retry_base,
@@ -81,7 +82,7 @@ class JobEngine(JobSink):
             for row in reversed(self.journal.by_idempotency_key(request.idempotency_key)):
                 if row.view.state in ACTIVE or row.view.state == JobState.done:
                     return row.view.job_id
-        recipe = recipe_for(request, self.library)  # PresetError for unknown/broken presets, right away
+        recipe = recipe_for(request, self._libraries.for_project(request.project_dir))  # PresetError now
         if not request.source.is_file():
             raise SourceError(f"{request.source} does not exist or is not a file.",
                               hint="Check the path; the daemon needs an absolute path.")
@@ -113,8 +114,8 @@ class JobEngine(JobSink):
     def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
         return self._events.subscribe(listener)
 
-    def preset_names(self) -> list[str]:
-        return self.library.names()
+    def preset_names(self, project_dir: Path | None = None) -> list[str]:
+        return self._libraries.for_project(project_dir).names()
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -192,7 +193,7 @@ class JobEngine(JobSink):
                             cancelled_ids=self._cancelled, stopping=self._stopping)
         workdir = self.settings.workroot / job_id
         try:
-            recipe = recipe_for(row.request, self.library)
+            recipe = recipe_for(row.request, self._libraries.for_project(row.request.project_dir))
             accepted, _ = self.journal.handles(job_id)
             hooks.progress(JobState.preparing, 0.0, "Preparing")
             audio_hash = self._source_hash(row, accepted)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Protocol
 
 from bridge.request import SeparationRequest
@@ -89,4 +90,6 @@ class JobSink(Protocol):
         """Call `listener` on every job event (from engine threads); returns an unsubscribe function."""
         ...
 
-    def preset_names(self) -> list[str]: ...
+    def preset_names(self, project_dir: Path | None = None) -> list[str]:
+        """Preset names usable for a request of `project_dir` (its own presets included)."""
+        ...

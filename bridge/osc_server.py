@@ -217,7 +217,7 @@ class OscServer:
             project = self._policy.output_folder(str(values["project_dir"]))
         else:  # the stems will go beside the source
             self._policy.output_folder(source.parent, "folder of the source (where the stems would go)")
-        preset, prompt = self._preset_or_prompt(str(values["preset_or_prompt"]))
+        preset, prompt = self._preset_or_prompt(str(values["preset_or_prompt"]), project)
         try:
             request = SeparationRequest(
                 source=source, preset=preset, prompt=prompt, project_dir=project, output_dir=None,
@@ -234,9 +234,9 @@ class OscServer:
             self._reply(call.reply_to, "accepted", [tag, job_id])
         logger.info("OSC: queued job %s for %s (%s)", job_id, client, preset or "prompt")
 
-    def _preset_or_prompt(self, text: str) -> tuple[str | None, str | None]:
-        """A preset name wins (any case); otherwise the text is an ad-hoc prompt."""
-        by_lower = {name.lower(): name for name in self._sink.preset_names()}
+    def _preset_or_prompt(self, text: str, project: Path | None) -> tuple[str | None, str | None]:
+        """A preset name wins (any case; the project's own presets too); otherwise the text is a prompt."""
+        by_lower = {name.lower(): name for name in self._sink.preset_names(project)}
         preset = by_lower.get(text.lower())
         return (preset, None) if preset else (None, text)
 

@@ -293,6 +293,33 @@ class PresetLibrary:
         return PresetError(f"There is no preset called '{name}'.", hint)
 
 
+class PresetLibraries:
+    """The daemon's presets: one shared library (built-in + user), and for a request that names a project
+    with a `sam-bridge/presets/` folder, the same plus that folder (later wins, as for the CLI)."""
+
+    def __init__(self, shared: PresetLibrary, max_projects: int = 32) -> None:
+        self.shared = shared
+        self._max_projects = max_projects
+        self._projects: dict[Path, PresetLibrary] = {}  # most recently used last
+        self._lock = threading.Lock()
+
+    def for_project(self, project_dir: Path | None) -> PresetLibrary:
+        folder = project_presets_dir(project_dir) if project_dir is not None else None
+        if folder is None or not folder.is_dir():
+            return self.shared
+        key = folder.resolve()
+        with self._lock:
+            library = self._projects.pop(key, None)
+            if library is None:
+                library = PresetLibrary((*self.shared.search_path, (PROJECT, key)))
+            else:
+                library.refresh()  # the project's files, and the shared ones it also reads
+            self._projects[key] = library
+            while len(self._projects) > self._max_projects:
+                self._projects.pop(next(iter(self._projects)))
+            return library
+
+
 def _resolve_stems(preset: Preset, entries: Mapping[str, _Entry]) -> Preset:
     """Fill each stem's prompt and options; a stem naming a preset takes that preset's (now current) ones."""
     assert preset.stems is not None

@@ -544,3 +544,27 @@ def test_config_token_rate_limit_and_extra_roots_apply_over_osc(
         assert service.stats()["submits"] == 2  # the refused one was not queued
     assert daemon.stop() == 0
     assert "open-sesame" not in daemon.output()  # the token is never logged
+
+
+def test_a_projects_own_preset_is_used_for_that_project_only(
+        client: Device, service: Any, user_dirs: dict[str, Path]) -> None:
+    """`<project>/sam-bridge/presets/` travels with the session: the daemon resolves it per request."""
+    project = user_dirs["home"] / "Projects" / "Song B"
+    (project / "sam-bridge" / "presets").mkdir(parents=True)
+    (project / "sam-bridge" / "presets" / "ours.yaml").write_text("name: kick-in\nprompt: kick drum\n")
+    source = three_tone_source(user_dirs["home"] / "takes" / "drums.wav")
+    job_id = separate(client, source, "Kick-In", "p1", str(project))  # the project's preset, any case
+    seen = follow_job(client, job_id)
+    assert seen.done is not None, seen.error
+    stems = dict(seen.stems)
+    target = Path(stems["target"])
+    assert target.name == "drums - kick-in.target.wav" and target.parent == project / "Stems"
+    tgt, rate = read(target)
+    assert tone_share(tgt, rate, LOW_HZ) > 0.95  # "kick drum" → the stand-in's low band
+    recorded = json.loads(Path(seen.done[3]).read_text())
+    assert recorded["preset"] == "kick-in" and recorded["steps"][0]["prompt"] == "kick drum"
+
+    other = separate(client, source, "kick-in", "p2")  # no project: not a preset here, so a prompt
+    seen = follow_job(client, other)
+    assert seen.done is not None
+    assert json.loads(Path(seen.done[3]).read_text())["steps"][0]["prompt"] == "kick-in"
