@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 from bridge.errors import OutputError
 from bridge.jobs import JobView
@@ -56,6 +58,9 @@ def reuse_result(request: SeparationRequest, recipe: Recipe, earlier: JobView) -
     written = Path(earlier.manifest).stat().st_mtime  # the manifest is written after the stems
     if any(p.stat().st_mtime > written + 1 for p in old_stems.values()):
         return None  # edited since: not the result the service gave, so run the job for real
+    manifest = _read_manifest(Path(earlier.manifest))
+    if manifest is None:
+        return None  # unreadable: run the job for real rather than leave stems with no manifest
     folder = output_folder(request.source, request.project_dir, request.output_dir, recipe.output.folder)
     extension = next(iter(old_stems.values())).suffix
     temps: dict[str, Path] = {}
@@ -70,12 +75,26 @@ def reuse_result(request: SeparationRequest, recipe: Recipe, earlier: JobView) -
         raise OutputError(f"Cannot copy the earlier stems into {folder}: {exc.strerror or exc}.") from None
     finally:
         remove_quietly(*temps.values())
-    manifest = json.loads(Path(earlier.manifest).read_text(encoding="utf-8"))
     manifest["reused_from"] = earlier.manifest
     manifest["stems"] = {label: {**manifest["stems"].get(label, {}), "path": str(path)}
                          for label, path in finals.items()}
+    # the rest describes this request, not the earlier one (same bytes, so the source's sha256, format
+    # and length stay true; its path and the request do not)
+    manifest["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    manifest["source"] = {**manifest.get("source", {}), "path": str(request.source)}
     manifest["request"] = request.model_dump(mode="json", exclude={"source"})
     manifest["estimated_cost"] = {**manifest.get("estimated_cost", {}), "amount": 0.0}
     write_json_atomic(manifest_path, manifest, overwrite=False)
     return JobResult(stems=finals, manifest=manifest_path, flags=list(manifest.get("flags", [])), steps=[],
                      estimated_cost=0.0, timings={})
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("stems"), dict) \
+            or not isinstance(manifest.get("source", {}), dict):
+        return None
+    return manifest

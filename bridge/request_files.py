@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -31,6 +32,8 @@ from bridge.stems import write_json_atomic
 log = logging.getLogger(__name__)
 
 STATUS_SUFFIX = ".status.json"
+# request fields that name files or folders: `~` and relative paths are resolved beside the request file
+PATH_FIELDS = ("source", "project_dir", "output_dir")
 STATUS_SCHEMA = 1
 STATUS_FIELDS: dict[str, str] = {
     "schema": "status schema version (1)",
@@ -213,9 +216,10 @@ def parse_request_file(path: Path, mtime_ns: int) -> SeparationRequest:
         raise InputError(f"{path.name} is not valid JSON.", hint="Write the file whole, then rename it into place.")
     if not isinstance(data, dict):
         raise InputError(f"{path.name} must hold a JSON object with at least source and preset or prompt.")
-    source = data.get("source")
-    if isinstance(source, str) and source and not Path(source).is_absolute():
-        data["source"] = str(path.parent / source)  # relative to the request file
+    for field in PATH_FIELDS:
+        value = data.get(field)
+        if isinstance(value, str) and value:
+            data[field] = str(_resolve_beside(path, value))
     data.pop("origin", None)
     data.pop("idempotency_key", None)
     try:
@@ -230,6 +234,16 @@ def parse_request_file(path: Path, mtime_ns: int) -> SeparationRequest:
         if first["type"] == "missing":
             message = "required"
         raise InputError(f"{path.name}: {field}: {message}") from None
+
+
+def _resolve_beside(request_file: Path, value: str) -> Path:
+    """`~` is the user's home; a relative path is relative to the request file's folder, not to wherever
+    the daemon happened to start (a DAW script knows its request's folder, never the daemon's)."""
+    expanded = Path(value).expanduser()
+    if expanded.is_absolute():
+        return expanded
+    # normpath: `../Stems` reads as the user wrote it, in status files and manifests alike
+    return Path(os.path.normpath(request_file.absolute().parent / expanded))
 
 
 def _read_json(path: Path) -> Any:

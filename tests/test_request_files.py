@@ -22,7 +22,7 @@ from bridge.journal import Journal
 from bridge.local_service import LocalFalService
 from bridge.pipeline import Pipeline
 from bridge.presets import PresetLibrary, builtin_presets_dir
-from bridge.request_files import RequestFolder
+from bridge.request_files import RequestFolder, parse_request_file, status_path
 from tests.conftest import FAST_RETRY, TEST_KEY, wait_for
 from tests.test_daemon import make_source, write_request
 
@@ -129,3 +129,79 @@ def test_an_old_status_whose_request_is_gone_is_moved_and_a_new_one_stays(
     [moved] = archived(requests, "lost.status.json")
     assert moved.parent.name == time.strftime("%Y-%m-%d", time.localtime(long_ago))
     assert moved.read_text() == '{"state": "done"}' and young.exists()
+
+
+# -- paths in a request file: `~` is the user's home, relative is relative to the request's folder --------
+
+
+def test_relative_paths_are_resolved_beside_the_request_file_not_the_working_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "daemon-cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    requests = tmp_path / "Song" / "requests"
+    path = write_request(requests, "take", source="../Audio/Guitar 01.wav", preset="bass",
+                        project_dir="Project", output_dir="Stems")
+    request = parse_request_file(path, path.stat().st_mtime_ns)
+    assert request.source == tmp_path / "Song" / "Audio" / "Guitar 01.wav"  # `..` folded away
+    assert request.project_dir == requests / "Project"
+    assert request.output_dir == requests / "Stems"
+    assert all(p is not None and p.is_absolute() and elsewhere not in p.parents
+               for p in (request.source, request.project_dir, request.output_dir))
+
+
+def test_tilde_is_the_users_home_in_every_path_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("USERPROFILE", str(home))  # what expanduser reads on Windows
+    path = write_request(tmp_path / "requests", "take", source="~/Audio/Bass.wav", preset="bass",
+                        project_dir="~/Music/Song", output_dir="~/Music/Song/Stems")
+    request = parse_request_file(path, path.stat().st_mtime_ns)
+    assert request.source == home / "Audio" / "Bass.wav"
+    assert request.project_dir == home / "Music" / "Song"
+    assert request.output_dir == home / "Music" / "Song" / "Stems"
+    assert "~" not in str(request.output_dir)
+
+
+def test_absolute_paths_and_missing_fields_are_left_as_written(tmp_path: Path) -> None:
+    source = tmp_path / "Takes" / "Vox.wav"
+    path = write_request(tmp_path / "requests", "take", source=str(source), prompt="voice", project_dir=None)
+    request = parse_request_file(path, path.stat().st_mtime_ns)
+    assert request.source == source and request.project_dir is None and request.output_dir is None
+
+
+def test_a_relative_output_dir_gets_the_stems_beside_the_request_not_in_the_daemons_folder(
+        start_folder: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home, elsewhere = tmp_path / "home", tmp_path / "daemon-cwd"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("USERPROFILE", str(home))
+    monkeypatch.chdir(elsewhere)
+    service, requests = start_folder(archive_after=3600.0)
+    near = make_source(requests / "Guitar 01.wav", seconds=0.5, seed=1)  # relative source too
+    far = make_source(tmp_path / "Bass 01.wav", seconds=0.5, seed=2)
+    first = write_request(requests, "near", source="Guitar 01.wav", preset="bass", output_dir="Stems")
+    second = write_request(requests, "home", source=str(far), preset="bass", project_dir="~/Music/Song")
+
+    def done(request: Path) -> dict[str, Any]:
+        wait_for(lambda: status_of(status_path(request)).get("state") in ("done", "failed")
+                 if status_path(request).exists() else False, timeout=60, what=f"{request.name} to finish")
+        status = status_of(status_path(request))
+        assert status["state"] == "done", status
+        return status
+
+    for request, source, folder in ((first, near, requests / "Stems"),
+                                    (second, far, home / "Music" / "Song" / "Stems")):
+        status = done(request)
+        stems = {label: Path(p) for label, p in status["stems"].items()}
+        assert {p.parent for p in stems.values()} == {folder}
+        assert Path(status["manifest"]).parent == folder
+        target, residual = (sf.read(stems[label])[0] for label in ("target", "residual"))
+        original = sf.read(source)[0]
+        assert len(target) == len(original)
+        assert np.allclose(target + residual, original, atol=2.0**-22)
+    assert not list(elsewhere.iterdir())  # nothing in the daemon's working folder
+    assert not (requests / "~").exists() and not (elsewhere / "~").exists()
+    assert service.stats()["submits"] == 2
