@@ -40,6 +40,9 @@ INTEGER_BITS = {**PCM_BITS, "ALAC_16": 16, "ALAC_20": 20, "ALAC_24": 24, "ALAC_3
 FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 _UPLOAD_AS_IS = {"WAV": "audio/wav", "WAVEX": "audio/wav", "FLAC": "audio/flac", "MP3": "audio/mpeg"}
 _WAV_SUBTYPES_SERVICE_READS = frozenset({"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT"})
+# Upload copies end in ".upload.<ext>", a name nothing else in a work folder takes: a stem set's later steps
+# upload a copy of the 64-bit intermediate "step<k>.residual.wav", which must survive that copy intact.
+_UPLOAD_COPY_NAME = re.compile(r".+\.upload\.(wav|flac)(\.partial)?")
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,11 @@ def upload_plan(info: SourceInfo, start_frame: int, frames: int) -> tuple[str | 
     return "WAV", "FLOAT", "audio/wav"
 
 
+def is_upload_copy(name: str) -> bool:
+    """Whether `name` is that of an upload copy `make_upload_file` writes (or its partial file)."""
+    return _UPLOAD_COPY_NAME.fullmatch(name) is not None
+
+
 def make_upload_file(info: SourceInfo, start_frame: int, frames: int, workdir: Path) -> tuple[Path, str]:
     """Return (file to upload, content type); writes a new file into `workdir` only when needed."""
     fmt, subtype, content_type = upload_plan(info, start_frame, frames)
@@ -196,7 +204,7 @@ def make_upload_file(info: SourceInfo, start_frame: int, frames: int, workdir: P
         return info.path, content_type
     workdir.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9._ -]+", "_", info.path.stem).strip(" .")[:60] or "source"
-    final = workdir / f"{stem}.{'flac' if fmt == 'FLAC' else 'wav'}"
+    final = workdir / f"{stem}.upload.{'flac' if fmt == 'FLAC' else 'wav'}"
     partial = workdir / f".{final.name}.partial"
     bits = PCM_BITS.get(subtype)
     try:

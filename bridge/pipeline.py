@@ -11,6 +11,7 @@ polling its request instead of paying again.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from bridge import bwf
 from bridge.audio_source import (
     SourceInfo,
     frame_range,
+    is_upload_copy,
     make_upload_file,
     probe_source,
     read_block,
@@ -175,6 +177,7 @@ class _Run:
     def execute(self) -> JobResult:
         began = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        clear_intermediates(self.workdir, keep=self.request.source)
         self.report(JobState.preparing, 0.0, "Reading the source")
         source = probe_source(self.request.source)
         stat = source.path.stat()
@@ -406,6 +409,32 @@ def write_complement(source: SourceInfo, start: int, frames: int, target: Path, 
             b = read_block(tgt, n, "float64")
             dst.write(a - b)
             remaining -= n
+
+
+# Files a run writes into its work folder. A resumed run polls its accepted steps and downloads their results
+# again, so nothing an earlier attempt left there is ever reused; left in place, it would block the exclusive
+# create of the step's intermediate.
+_OWN_INTERMEDIATE = re.compile(r"step\d+\.(residual\.wav|service-(target|residual)\.(wav|mp3))")
+
+
+def clear_intermediates(workdir: Path, keep: Path | None = None) -> list[Path]:
+    """Remove what an earlier run of this job left in `workdir`: only our own intermediate, download and
+    upload files directly inside it (never a folder, never `keep`, never any other file)."""
+    removed: list[Path] = []
+    try:
+        entries = list(workdir.iterdir())
+    except FileNotFoundError:
+        return removed
+    kept = keep.resolve() if keep is not None else None
+    for entry in entries:
+        ours = _OWN_INTERMEDIATE.fullmatch(entry.name) is not None or is_upload_copy(entry.name)
+        if not ours or not entry.is_file() or (kept is not None and entry.resolve() == kept):
+            continue
+        entry.unlink(missing_ok=True)
+        removed.append(entry)
+    if removed:
+        log.info("removed %d file(s) an earlier attempt left in %s", len(removed), workdir)
+    return removed
 
 
 def clean_workdir(workdir: Path) -> None:

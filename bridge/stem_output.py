@@ -170,7 +170,10 @@ def copy_metadata(source: SourceInfo, start_frame: int, plan: OutputPlan, paths:
 
 
 def output_error(exc: BaseException, out_path: Path) -> OutputError:
-    folder = out_path.parent
+    """The words for a failed write of `out_path`, naming the file that actually failed when `exc` says
+    which (it may be another file of the job, e.g. an intermediate in the work folder)."""
+    failed = _failed_path(exc) or out_path
+    folder = failed.parent
     disk_full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
     if not disk_full and not isinstance(exc, OSError):
         try:
@@ -185,7 +188,7 @@ def output_error(exc: BaseException, out_path: Path) -> OutputError:
         )
     if isinstance(exc, FileExistsError):
         return OutputError(
-            f"“{out_path.name}” already exists in “{folder}”; sam-bridge never overwrites files.",
+            f"“{failed.name}” already exists in “{folder}”; sam-bridge never overwrites files.",
             "Move or rename the existing file, then run the job again.",
         )
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
@@ -194,3 +197,7 @@ def output_error(exc: BaseException, out_path: Path) -> OutputError:
         "Check that the folder exists and that you may write to it, then run the job again.",
     )
 
+
+def _failed_path(exc: BaseException) -> Path | None:
+    filename = exc.filename if isinstance(exc, OSError) else None  # an int when the OS call took an fd
+    return Path(filename) if isinstance(filename, (str, os.PathLike)) else None

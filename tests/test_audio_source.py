@@ -13,6 +13,7 @@ import soundfile as sf
 from bridge import bwf
 from bridge.audio_source import (
     frame_range,
+    is_upload_copy,
     make_upload_file,
     probe_source,
     read_block,
@@ -143,7 +144,7 @@ def test_part_of_a_24_bit_wav_becomes_an_exact_flac(tmp_path: Path) -> None:
     digest = source_sha256(path)
     info = probe_source(path)
     upload, ctype = make_upload_file(info, 48_000, 70_001, tmp_path / "work")
-    assert ctype == "audio/flac" and upload.parent == tmp_path / "work" and upload.suffix == ".flac"
+    assert ctype == "audio/flac" and upload == tmp_path / "work" / "Song _final_.upload.flac"
     assert sf.info(str(upload)).subtype == "PCM_24"
     part, _ = sf.read(str(upload), dtype="int32")
     whole, _ = sf.read(str(path), dtype="int32")
@@ -161,6 +162,28 @@ def test_float_and_many_channel_sources_go_up_as_float_wav(tmp_path: Path) -> No
     ten = write_audio(tmp_path / "ten.wav", noise(48_000, 0.1, channels=10), 48_000, "PCM_16")
     upload, ctype = make_upload_file(probe_source(ten), 0, 4_800, tmp_path / "w2")
     assert ctype == "audio/wav" and sf.info(str(upload)).channels == 10
+
+
+def test_the_upload_copy_of_a_file_in_the_work_folder_leaves_that_file_intact(tmp_path: Path) -> None:
+    """A stem set's later step uploads a copy of the 64-bit intermediate that sits in the same folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    exact = _stereo(0.5) + 1e-9  # values float32 cannot hold
+    intermediate = work / "step0.residual.wav"
+    sf.write(str(intermediate), exact, 48_000, subtype="DOUBLE")
+    digest = source_sha256(intermediate)
+    upload, ctype = make_upload_file(probe_source(intermediate), 0, len(exact), work)
+    assert ctype == "audio/wav" and upload.name == "step0.residual.upload.wav"
+    assert sf.info(str(upload)).subtype == "FLOAT"
+    assert np.array_equal(sf.read(str(upload), dtype="float32")[0], exact.astype(np.float32))
+    assert source_sha256(intermediate) == digest  # still the 64-bit original
+    assert np.array_equal(sf.read(str(intermediate), dtype="float64")[0], exact)
+    assert sorted(p.name for p in work.iterdir()) == ["step0.residual.upload.wav", "step0.residual.wav"]
+
+
+def test_upload_copies_are_recognised_by_name() -> None:
+    assert is_upload_copy("Song (final).upload.flac") and is_upload_copy(".Song.upload.wav.partial")
+    assert not any(map(is_upload_copy, ["Song.wav", "step0.residual.wav", "upload.wav", "Song.upload.mp3"]))
 
 
 def test_whole_aiff_and_part_of_an_mp3_become_flac(tmp_path: Path) -> None:

@@ -1,9 +1,12 @@
 """The pipeline in-process against the local service: stem sets that sum back to the source, parts of a
-source (start/length) with their timeline position, and resuming a step by its request id."""
+source (start/length) with their timeline position, and resuming a step by its request id (also in the
+work folder an interrupted attempt left behind)."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,9 +18,11 @@ import soundfile as sf
 from bridge import bwf
 from bridge.fal_client import FalClient, RequestHandle
 from bridge.jobs import JobState
-from bridge.pipeline import Pipeline, StandaloneHooks
+from bridge.local_service import LocalFalService
+from bridge.pipeline import Pipeline, StandaloneHooks, clear_intermediates
 from bridge.presets import PresetLibrary, builtin_presets_dir, recipe_for
 from bridge.request import SeparationRequest
+from bridge.stem_output import output_error
 
 
 class Hooks(StandaloneHooks):
@@ -39,23 +44,39 @@ class Hooks(StandaloneHooks):
         self.log_lines.append(line)
 
 
+class DaemonStopped(BaseException):
+    """Stands in for the engine's ShuttingDown: leaves the run mid-way, its work folder kept."""
+
+
+class StopBeforeSubmitting(Hooks):
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.stop_at = step
+
+    def submitting(self, step: int) -> None:
+        if step == self.stop_at:
+            raise DaemonStopped()
+
+
 @pytest.fixture
 def library() -> PresetLibrary:
     return PresetLibrary([("built-in", builtin_presets_dir())])
 
 
-def mix(path: Path, seconds: float = 3.0, rate: int = 44100, channels: int = 2, subtype: str = "PCM_24") -> Path:
+def mix(path: Path, seconds: float = 3.0, rate: int = 44100, channels: int = 2, subtype: str = "PCM_24",
+        gain: float = 1.0) -> Path:
     rng = np.random.default_rng(7)
     n = int(seconds * rate)
     t = np.arange(n) / rate
     mono = (0.25 * np.sin(2 * np.pi * 80 * t) + 0.2 * np.sin(2 * np.pi * 1000 * t)
             + 0.15 * np.sin(2 * np.pi * 9000 * t) + 0.05 * rng.standard_normal(n))
-    data = np.stack([mono * g for g in np.linspace(1.0, 0.6, channels)], axis=1)
+    data = np.stack([gain * mono * g for g in np.linspace(1.0, 0.6, channels)], axis=1)
     sf.write(path, data, rate, subtype=subtype)
     return path
 
 
-def test_stem_set_peels_and_sums_back_to_the_source(client: FalClient, service, library, tmp_path: Path) -> None:
+def test_stem_set_peels_and_sums_back_to_the_source(client: FalClient, service: LocalFalService,
+                                                    library: PresetLibrary, tmp_path: Path) -> None:
     source = mix(tmp_path / "Song.wav")
     request = SeparationRequest(source=source, preset="4-stems")
     recipe = recipe_for(request, library)
@@ -83,7 +104,8 @@ def test_stem_set_peels_and_sums_back_to_the_source(client: FalClient, service, 
     assert sum(line.startswith("Separating") for line in hooks.log_lines) == 3  # every service line, once
 
 
-def test_part_of_a_source_keeps_its_timeline_position(client: FalClient, library, tmp_path: Path) -> None:
+def test_part_of_a_source_keeps_its_timeline_position(client: FalClient, library: PresetLibrary,
+                                                      tmp_path: Path) -> None:
     rate = 48000
     source = mix(tmp_path / "Take.wav", seconds=4.0, rate=rate)
     bext = bwf.with_time_reference(b"sam-bridge test".ljust(602, b"\0"), 1_000_000)
@@ -101,8 +123,8 @@ def test_part_of_a_source_keeps_its_timeline_position(client: FalClient, library
         assert bwf.time_reference(bwf.read_chunks(path).bext or b"") == 1_000_000 + int(1.5 * rate)
 
 
-def test_a_resumed_step_polls_its_request_instead_of_submitting(client: FalClient, service, library,
-                                                                tmp_path: Path) -> None:
+def test_a_resumed_step_polls_its_request_instead_of_submitting(client: FalClient, service: LocalFalService,
+                                                                library: PresetLibrary, tmp_path: Path) -> None:
     source = mix(tmp_path / "Vox.wav", seconds=1.0)
     request = SeparationRequest(source=source, prompt="vocals")
     recipe = recipe_for(request, library)
@@ -116,8 +138,101 @@ def test_a_resumed_step_polls_its_request_instead_of_submitting(client: FalClien
     assert result.stems["target"].name == "Vox - vocals (2).target.wav"  # never overwrites the first
 
 
+def sum_of_stems(stems: dict[str, Path]) -> np.ndarray:
+    return sum((sf.read(path, dtype="float64")[0] for path in stems.values()), start=np.zeros(1))
+
+
+def test_a_stem_set_resumes_in_the_work_folder_its_interrupted_attempt_left(
+        client: FalClient, service: LocalFalService, library: PresetLibrary, tmp_path: Path) -> None:
+    source = mix(tmp_path / "Song.wav", seconds=1.0)
+    request = SeparationRequest(source=source, preset="4-stems")
+    recipe = recipe_for(request, library)
+    work = tmp_path / "work" / "job1"
+    first = StopBeforeSubmitting(step=1)
+    with pytest.raises(DaemonStopped):
+        Pipeline(client, poll_interval=0.02).run(request, recipe, first, work, temp_tag="job1")
+    assert list(first.handles) == [0] and service.stats()["submits"] == 1
+    assert (work / "step0.residual.wav").exists()  # what made the resumed run fail before
+    (work / "step1.service-target.wav").write_bytes(b"half a download")
+    (work / "notes.txt").write_text("not ours")  # clearing the folder must spare anything not ours
+
+    again = Hooks()
+    result = Pipeline(client, poll_interval=0.02).run(request, recipe, again, work, resume=first.handles,
+                                                      temp_tag="job1")
+    assert service.stats()["submits"] == 3  # step 0 was polled again, never paid twice
+    assert sorted(again.handles) == [1, 2]
+    assert result.steps[0].request_id == first.handles[0].request_id
+    assert [p.name for p in result.stems.values()] == [
+        "Song - vocals.wav", "Song - drums.wav", "Song - bass.wav", "Song - other.wav"]
+    original, _ = sf.read(source, dtype="float64")
+    assert np.max(np.abs(sum_of_stems(result.stems) - original)) <= 1.5 / 2**23  # null test
+    assert (work / "notes.txt").read_text() == "not ours"
+    assert not (work / "step1.service-target.wav").exists()  # the stale download went, results came anew
+
+
+def test_a_float_stem_set_sums_back_to_within_the_rounding_of_its_last_write(
+        client: FalClient, library: PresetLibrary, tmp_path: Path) -> None:
+    """Each intermediate stays 64-bit: the only rounding left is that of the stems' own FLOAT writes, and
+    as each later stem's complement absorbs the earlier ones' rounding, only the final residual's remains."""
+    source = mix(tmp_path / "Float.wav", seconds=1.0, subtype="FLOAT", gain=1.4)  # above full scale, too
+    request = SeparationRequest(source=source, preset="4-stems")
+    work = tmp_path / "work"
+    result = Pipeline(client, poll_interval=0.02).run(request, recipe_for(request, library), Hooks(), work)
+    original, _ = sf.read(source, dtype="float64")
+    assert all(sf.info(str(path)).subtype == "FLOAT" for path in result.stems.values())
+    other, _ = sf.read(result.stems["other"], dtype="float64")
+    error = np.max(np.abs(sum_of_stems(result.stems) - original))
+    # at most half a float32 step of the final residual (2.6e-8 here; 1.5e-8 measured). When the upload copy
+    # replaced the 64-bit intermediates with float32 ones, each step's rounding stayed in: 6.9e-8.
+    assert error <= 2.0**-24 * np.max(np.abs(other)) + 1e-15
+    assert error <= 1.2e-7 * np.max(np.abs(original))
+    # the intermediates are still 64-bit, each exactly what the steps before it left
+    left = original
+    for index, label in enumerate(["vocals", "drums"]):
+        intermediate = work / f"step{index}.residual.wav"
+        assert sf.info(str(intermediate)).subtype == "DOUBLE"
+        left = left - sf.read(result.stems[label], dtype="float64")[0]
+        assert np.array_equal(sf.read(intermediate, dtype="float64")[0], left)
+
+
+def test_clearing_a_work_folder_removes_only_our_own_leftovers(tmp_path: Path) -> None:
+    work = tmp_path / "job"
+    ours = ["step0.residual.wav", "step12.service-target.mp3", "step1.service-residual.wav",
+            "Song.upload.flac", ".Song.upload.flac.partial", "step0.residual.upload.wav"]
+    others = ["Song.wav", "step0.residual.wav.bak", "notes.txt", "stepX.residual.wav", "Song.flac"]
+    work.mkdir()
+    for name in ours + others:
+        (work / name).write_bytes(b"x")
+    (work / "step3.residual.wav.d").mkdir()
+    (work / "step4.residual.wav").mkdir()  # a folder, even one with our name, is never ours
+    source = work / "step9.residual.wav"  # a user's file that happens to carry our name
+    source.write_bytes(b"user")
+    removed = clear_intermediates(work, keep=source)
+    assert sorted(p.name for p in removed) == sorted(ours)
+    assert sorted(p.name for p in work.iterdir()) == sorted([*others, "step3.residual.wav.d", "step4.residual.wav",
+                                                             "step9.residual.wav"])
+    assert clear_intermediates(tmp_path / "missing") == []
+
+
+def test_a_write_error_names_the_file_that_failed_not_the_stem(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    clash = work / "step0.residual.wav"
+    clash.write_bytes(b"left over")
+    with pytest.raises(FileExistsError) as caught:
+        os.open(clash, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    stem = tmp_path / "Stems" / ".sam-partial-job1-0123.tmp"
+    error = output_error(caught.value, stem)
+    assert "“step0.residual.wav” already exists in “" + str(work) + "”" in error.message
+    assert ".sam-partial" not in error.message
+    denied = output_error(PermissionError(errno.EACCES, "Permission denied", str(work / "x.wav")), stem)
+    assert str(work) in denied.message and "Permission denied" in denied.message
+    plain = output_error(RuntimeError("Error: System error."), stem)  # libsndfile names no file
+    assert str(stem.parent) in plain.message
+
+
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (.ci/run installs it)")
-def test_speech_over_a_hum_comes_back_aligned_at_22k(client: FalClient, library, tmp_path: Path) -> None:
+def test_speech_over_a_hum_comes_back_aligned_at_22k(client: FalClient, library: PresetLibrary, tmp_path: Path) -> None:
     """Real speech (espeak-ng) over a 60 Hz hum, at 22.05 kHz: the 'dialogue' target is the speech, in place."""
     spoken = tmp_path / "spoken.wav"
     subprocess.run(["espeak-ng", "-w", str(spoken), "Isolate the voice from the mix, please."], check=True,
