@@ -32,9 +32,10 @@ from bridge.errors import (
     SubmitUncertain,
 )
 from bridge.fal_client import RequestHandle
+from bridge.intermediates import clean_workdir
 from bridge.jobs import JobEvent, JobSink, JobState, JobView, RequestRejected
 from bridge.journal import JobRow, Journal
-from bridge.pipeline import Pipeline, clean_workdir
+from bridge.pipeline import Pipeline
 from bridge.presets import PresetLibraries, PresetLibrary, Recipe, recipe_for
 from bridge.request import SeparationRequest
 

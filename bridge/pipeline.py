@@ -11,31 +11,25 @@ polling its request instead of paying again.
 from __future__ import annotations
 
 import logging
-import re
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import soundfile as sf
-
-from bridge import bwf
 from bridge.audio_source import (
     SourceInfo,
     frame_range,
-    is_upload_copy,
     make_upload_file,
     probe_source,
-    read_block,
     source_sha256,
 )
 from bridge.conform import ConformReport, ConformSpec, conform
 from bridge.cost import PriceTable
 from bridge.errors import Cancelled, JobFailed, ServiceError, SourceError, SubmitUncertain
 from bridge.fal_client import FalClient, QueueStatus, RequestHandle
+from bridge.intermediates import carry_position, clear_intermediates, write_complement
 from bridge.jobs import JobState
 from bridge.manifest import StepRecord, build_manifest
 from bridge.presets import Recipe, Step
@@ -211,7 +205,7 @@ class _Run:
                           target_tmp, residual_tmp, intermediate=index < last)
             stems[target_label] = target_tmp
             if index < last:
-                step_source = _carry_position(probe_source(residual_tmp), source, start_frame)
+                step_source = carry_position(probe_source(residual_tmp), source, start_frame)
                 step_start, step_frames = 0, frames
             else:
                 stems[self.recipe.residual_label] = residual_tmp
@@ -380,65 +374,6 @@ class _Run:
         write_json_atomic(manifest_path, manifest, overwrite=False)
         return JobResult(stems=finals, manifest=manifest_path, flags=flags, steps=self.steps,
                          estimated_cost=cost, timings=self.timings)
-
-
-def _carry_position(intermediate: SourceInfo, original: SourceInfo, start_frame: int) -> SourceInfo:
-    """An intermediate file of a stem set, wearing the original's timeline position (bext/iXML, speaker
-    layout), so every stem of the set lands where the first one does."""
-    bext = bwf.stem_bext(original.bext, start_frame) if original.bext else None
-    ixml = original.ixml
-    if ixml is not None and bext is not None:
-        ixml = bwf.stem_ixml(ixml, bwf.time_reference(bext))
-    mask = bwf.read_channel_mask(original.path)
-    if mask is not None:
-        bwf.write_channel_mask(intermediate.path, mask)
-    return replace(intermediate, bext=bext, ixml=ixml)
-
-
-def write_complement(source: SourceInfo, start: int, frames: int, target: Path, out: Path,
-                     block: int = 1 << 16) -> None:
-    """out = source[start:start+frames] - target, block by block, as 64-bit float WAV (exact)."""
-    with sf.SoundFile(source.path) as src, sf.SoundFile(target) as tgt, sf.SoundFile(
-        out, "w", samplerate=source.samplerate, channels=source.channels, format="WAV", subtype="DOUBLE"
-    ) as dst:
-        src.seek(start)
-        remaining = frames
-        while remaining > 0:
-            n = min(block, remaining)
-            a = read_block(src, n, "float64")  # not src.read: see read_block (MP3 sources)
-            b = read_block(tgt, n, "float64")
-            dst.write(a - b)
-            remaining -= n
-
-
-# Files a run writes into its work folder. A resumed run polls its accepted steps and downloads their results
-# again, so nothing an earlier attempt left there is ever reused; left in place, it would block the exclusive
-# create of the step's intermediate.
-_OWN_INTERMEDIATE = re.compile(r"step\d+\.(residual\.wav|service-(target|residual)\.(wav|mp3))")
-
-
-def clear_intermediates(workdir: Path, keep: Path | None = None) -> list[Path]:
-    """Remove what an earlier run of this job left in `workdir`: only our own intermediate, download and
-    upload files directly inside it (never a folder, never `keep`, never any other file)."""
-    removed: list[Path] = []
-    try:
-        entries = list(workdir.iterdir())
-    except FileNotFoundError:
-        return removed
-    kept = keep.resolve() if keep is not None else None
-    for entry in entries:
-        ours = _OWN_INTERMEDIATE.fullmatch(entry.name) is not None or is_upload_copy(entry.name)
-        if not ours or not entry.is_file() or (kept is not None and entry.resolve() == kept):
-            continue
-        entry.unlink(missing_ok=True)
-        removed.append(entry)
-    if removed:
-        log.info("removed %d file(s) an earlier attempt left in %s", len(removed), workdir)
-    return removed
-
-
-def clean_workdir(workdir: Path) -> None:
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def check_source_unchanged(path: Path, fingerprint: tuple[int, int]) -> None:

@@ -4,9 +4,7 @@ work folder an interrupted attempt left behind)."""
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,10 +17,9 @@ from bridge import bwf
 from bridge.fal_client import FalClient, RequestHandle
 from bridge.jobs import JobState
 from bridge.local_service import LocalFalService
-from bridge.pipeline import Pipeline, StandaloneHooks, clear_intermediates
+from bridge.pipeline import Pipeline, StandaloneHooks
 from bridge.presets import PresetLibrary, builtin_presets_dir, recipe_for
 from bridge.request import SeparationRequest
-from bridge.stem_output import output_error
 
 
 class Hooks(StandaloneHooks):
@@ -193,42 +190,6 @@ def test_a_float_stem_set_sums_back_to_within_the_rounding_of_its_last_write(
         assert sf.info(str(intermediate)).subtype == "DOUBLE"
         left = left - sf.read(result.stems[label], dtype="float64")[0]
         assert np.array_equal(sf.read(intermediate, dtype="float64")[0], left)
-
-
-def test_clearing_a_work_folder_removes_only_our_own_leftovers(tmp_path: Path) -> None:
-    work = tmp_path / "job"
-    ours = ["step0.residual.wav", "step12.service-target.mp3", "step1.service-residual.wav",
-            "Song.upload.flac", ".Song.upload.flac.partial", "step0.residual.upload.wav"]
-    others = ["Song.wav", "step0.residual.wav.bak", "notes.txt", "stepX.residual.wav", "Song.flac"]
-    work.mkdir()
-    for name in ours + others:
-        (work / name).write_bytes(b"x")
-    (work / "step3.residual.wav.d").mkdir()
-    (work / "step4.residual.wav").mkdir()  # a folder, even one with our name, is never ours
-    source = work / "step9.residual.wav"  # a user's file that happens to carry our name
-    source.write_bytes(b"user")
-    removed = clear_intermediates(work, keep=source)
-    assert sorted(p.name for p in removed) == sorted(ours)
-    assert sorted(p.name for p in work.iterdir()) == sorted([*others, "step3.residual.wav.d", "step4.residual.wav",
-                                                             "step9.residual.wav"])
-    assert clear_intermediates(tmp_path / "missing") == []
-
-
-def test_a_write_error_names_the_file_that_failed_not_the_stem(tmp_path: Path) -> None:
-    work = tmp_path / "work"
-    work.mkdir()
-    clash = work / "step0.residual.wav"
-    clash.write_bytes(b"left over")
-    with pytest.raises(FileExistsError) as caught:
-        os.open(clash, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    stem = tmp_path / "Stems" / ".sam-partial-job1-0123.tmp"
-    error = output_error(caught.value, stem)
-    assert "“step0.residual.wav” already exists in “" + str(work) + "”" in error.message
-    assert ".sam-partial" not in error.message
-    denied = output_error(PermissionError(errno.EACCES, "Permission denied", str(work / "x.wav")), stem)
-    assert str(work) in denied.message and "Permission denied" in denied.message
-    plain = output_error(RuntimeError("Error: System error."), stem)  # libsndfile names no file
-    assert str(stem.parent) in plain.message
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (.ci/run installs it)")

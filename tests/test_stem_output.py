@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from bridge.audio_source import probe_source
-from bridge.stem_output import Quantizer, StemFiles, plan_output
+from bridge.stem_output import Quantizer, StemFiles, output_error, plan_output
 from tests.audio_fixtures import noise, tone, write_audio
 
 
@@ -61,3 +63,20 @@ def test_stem_files_never_overwrite_and_remove_what_they_created(tmp_path: Path)
     stems.write_pair((np.zeros((10, 2), np.int32), np.zeros((10, 2), np.int32)))
     stems.discard()
     assert not (tmp_path / "t.wav").exists() and not (tmp_path / "r.wav").exists()
+
+
+def test_a_write_error_names_the_file_that_failed_not_the_stem(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    clash = work / "step0.residual.wav"
+    clash.write_bytes(b"left over")
+    with pytest.raises(FileExistsError) as caught:
+        os.open(clash, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    stem = tmp_path / "Stems" / ".sam-partial-job1-0123.tmp"
+    error = output_error(caught.value, stem)
+    assert "“step0.residual.wav” already exists in “" + str(work) + "”" in error.message
+    assert ".sam-partial" not in error.message
+    denied = output_error(PermissionError(errno.EACCES, "Permission denied", str(work / "x.wav")), stem)
+    assert str(work) in denied.message and "Permission denied" in denied.message
+    plain = output_error(RuntimeError("Error: System error."), stem)  # libsndfile names no file
+    assert str(stem.parent) in plain.message
