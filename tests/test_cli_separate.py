@@ -438,77 +438,135 @@ def start_cli(args: list[str | Path], env: dict[str, str], **popen: object) -> s
     return subprocess.Popen(command, env=env, cwd=ROOT, **popen)  # type: ignore[call-overload,no-any-return]
 
 
-def test_ctrl_c_cancels_the_request_and_leaves_nothing(user_dirs: dict[str, Path], music: Path) -> None:
-    source = make_source(music / "Long take.wav", 44100, 2, "PCM_24", 1.0)
+HOLD = 60.0  # seconds a stalled call waits: longer than any case; stopping the service releases it
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A moment in a job, seen from outside the command: the local service's fault injection (or a job
+    ahead of it in the queue) holds the command there, and `reached` sees that it is there."""
+
+    seconds: float  # length of the 44.1 kHz stereo 24-bit source (over 1 MiB: uploaded, not inlined)
+    expected: str  # what stderr says
+    submits: int  # the command's submits, as counted by the service
+    cancels: int
+    completed: int | None  # jobs the service finished (None: the job may still be running there)
+    reached: Callable[[LocalFalService, Path], bool]  # (service, output folder)
+    hold: Callable[[LocalFalService], object] = lambda _service: None
+    job_time: float = 0.0  # the local service's seconds of work per job
+    concurrency: int = 2  # the local service's workers
+    blockers: int = 0  # long jobs submitted first, so the command's job waits in the queue
+
+
+def calls(service: LocalFalService, kind: str) -> int:
+    return int(service.stats()["calls"].get(kind, 0))
+
+
+def following(service: LocalFalService) -> bool:
+    """The command is following its job (so it has recorded the request id it would cancel)."""
+    return calls(service, "stream") + calls(service, "status") >= 1
+
+
+def size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # placed or removed since the folder was listed
+        return 0
+
+
+def writing_stems(service: LocalFalService, out_dir: Path) -> bool:
+    """Both results are downloaded and audio is going into the hidden temp stems (past their headers:
+    the conform's reader and writer threads are running), and no stem has its final name yet. (The
+    output folder's write probe is a hidden temp too, but empty and long gone by then.)"""
+    names = entries(out_dir)
+    temps = [n for n in names if n.startswith(".sam-partial-") and n.endswith(".tmp")]
+    return (calls(service, "download") >= 2 and len(temps) >= 2 and all(n.startswith(".") for n in names)
+            and any(size_or_zero(out_dir / n) > 1 << 16 for n in temps))
+
+
+MOMENTS = {
+    "uploading": Moment(
+        4.0, "before the job reached the service: nothing was charged", 0, 0, 0,
+        reached=lambda service, _out: calls(service, "upload") >= 1,
+        hold=lambda service: service.faults.stall("upload", HOLD)),
+    "sending": Moment(
+        1.0, "while the job was being sent: it may have reached the service", 1, 0, None,
+        reached=lambda service, _out: service.stats()["submits"] >= 1,  # accepted, its answer held back
+        hold=lambda service: service.faults.stall("submit", HOLD)),
+    "queued": Moment(
+        1.0, "the request at the service was cancelled", 1, 1, 0,
+        reached=lambda service, _out: service.stats()["queued"] >= 1 and following(service),
+        concurrency=1, job_time=HOLD, blockers=1),
+    "running": Moment(
+        1.0, "the request at the service was cancelled", 1, 1, 0,
+        reached=lambda service, _out: service.stats()["running"] >= 1 and following(service),
+        job_time=HOLD),
+    "downloading": Moment(
+        1.0, "the service had already finished the separation", 1, 0, 1,
+        reached=lambda service, _out: calls(service, "download") >= 1,
+        hold=lambda service: service.faults.stall("download", HOLD)),
+    # Nothing at the service can hold the conform step: a 60 s source keeps its hidden temp stems on
+    # disk for some 0.4 s (measured) and the test looks every millisecond. A Ctrl-C that came too late
+    # would leave the stems under their final names (or exit 0), and the test would fail.
+    "conforming": Moment(
+        60.0, "the service had already finished the separation", 1, 0, 1, reached=writing_stems),
+}
+
+
+def submit_blockers(service: LocalFalService, count: int, folder: Path) -> None:
+    if not count:
+        return
+    blocker = folder / "blocker.wav"
+    sf.write(str(blocker), np.zeros(8000), 8000, subtype="PCM_16")
+    with FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY) as client:
+        url = client.storage.upload(blocker, "audio/wav")
+        for _ in range(count):
+            client.submit("separate", {"audio_url": url, "prompt": "bass"})
+    blocker.unlink()
+
+
+def ctrl_c_when(proc: subprocess.Popen[bytes], at_moment: Callable[[], bool], what: str) -> None:
+    """Send SIGINT (what Ctrl-C sends) as soon as `at_moment()` holds. (Not SIGSTOP, check, SIGINT,
+    SIGCONT: a signal pending while all threads are stopped may go to any thread on SIGCONT, and the
+    main thread then stays blocked in its socket read.)"""
+    wait_for(lambda: at_moment() or proc.poll() is not None, timeout=30, interval=0.001, what=what)
+    assert proc.poll() is None, f"the command ended before the moment ({what}): {proc.communicate()}"
+    proc.send_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_ctrl_c_says_what_happened_and_leaves_nothing(user_dirs: dict[str, Path], tmp_path: Path,
+                                                       music: Path, moment: str) -> None:
+    """A real SIGINT to `sam-bridge separate` at each moment of a job: exit code 130, a message saying
+    what was charged, the request cancelled when it was at the service, and no file left anywhere."""
+    case = MOMENTS[moment]
+    source = make_source(music / "Long take.wav", 44100, 2, "PCM_24", case.seconds)
     before = source.path.read_bytes()
-    out_dir = music / "out"
-    with LocalFalService(key=TEST_KEY, job_time=10.0) as service:
+    out_dir, temp_dir = music / "out", tmp_path / "tmp"
+    temp_dir.mkdir()  # the command's TMPDIR: its work folder must be gone afterwards too
+    with LocalFalService(key=TEST_KEY, job_time=case.job_time, concurrency=case.concurrency) as service:
+        submit_blockers(service, case.blockers, tmp_path)
+        case.hold(service)
         proc = start_cli(["separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
-                          "--output-dir", out_dir], data_env(FAL_KEY=TEST_KEY),
+                          "--output-dir", out_dir], data_env(FAL_KEY=TEST_KEY, TMPDIR=str(temp_dir)),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            # running, and the command is following it (so it holds the request id to cancel)
-            wait_for(lambda: (service.stats()["running"] >= 1 and service.stats()["calls"].get("stream", 0) >= 1)
-                     or proc.poll() is not None, timeout=30, what="the job to run at the service")
-            assert proc.poll() is None, proc.communicate()
-            proc.send_signal(signal.SIGINT)
+            ctrl_c_when(proc, lambda: case.reached(service, out_dir), moment)
             out, err = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+                proc.communicate()
         stats = service.stats()
     text = err.decode()
-    assert proc.returncode == 130, text
-    assert stats["cancels"] >= 1 and stats["completed"] == 0
-    assert "Cancelled by Ctrl-C; the request at the service was cancelled" in text
+    assert proc.returncode == 130, f"exit code {proc.returncode}: {text}"
+    assert "Cancelled by Ctrl-C" in text and case.expected in text and "no stem was written" in text.lower(), text
     assert "Traceback" not in text and out == b""
-    assert entries(out_dir) == []  # not even a dotfile
+    assert (stats["submits"] - case.blockers, stats["cancels"]) == (case.submits, case.cancels)
+    assert case.completed is None or stats["completed"] == case.completed
+    assert entries(out_dir) == []  # no stem, no hidden temp stem, no manifest
+    assert entries(temp_dir) == []
     assert entries(music) == ["Long take.wav", "out"] and source.path.read_bytes() == before
-
-
-@pytest.mark.parametrize(
-    ("stage", "expected", "submits", "cancels"),
-    [
-        ("uploading", "before the job reached the service: nothing was charged", 0, 0),
-        ("submitted", "while the job was being sent: it may have reached the service", 1, 0),
-        ("running", "the request at the service was cancelled", 1, 1),
-        ("conforming", "the service had already finished the separation", 1, 0),
-    ],
-)
-def test_ctrl_c_at_each_stage_says_what_happened_and_leaves_nothing(
-        env: dict[str, Path], music: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        stage: str, expected: str, submits: int, cancels: int) -> None:
-    """Ctrl-C arriving at a chosen moment, in-process: a KeyboardInterrupt raised from the progress call
-    of that stage (or, for "submitted", from the moment the submit's answer is recorded)."""
-    from bridge.commands import separate
-
-    def interrupt(*_args: object) -> None:
-        raise KeyboardInterrupt
-
-    if stage == "submitted":
-        monkeypatch.setattr(separate.CliHooks, "submitted", interrupt)
-    else:
-        original = separate.CliHooks.progress
-
-        def progress(self: separate.CliHooks, state: object, fraction: float, message: str) -> None:
-            # conforming: once the stems are being written (the stage's first call comes before that)
-            if state == stage and (stage != "conforming" or fraction > 0.86):
-                raise KeyboardInterrupt
-            original(self, state, fraction, message)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(separate.CliHooks, "progress", progress)
-    source = make_source(music / "a.wav", 44100, 2, "PCM_24", 1.0)
-    out_dir = music / "out"
-    with LocalFalService(key=TEST_KEY, job_time=3.0 if stage == "running" else 0.0) as service:
-        rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
-                 "--output-dir", out_dir)
-        stats = service.stats()
-    err = capsys.readouterr().err
-    assert rc == 130
-    assert expected in err
-    assert (stats["submits"], stats["cancels"]) == (submits, cancels)
-    assert entries(out_dir) == []
 
 
 def test_key_never_appears_at_debug_level(user_dirs: dict[str, Path], service: LocalFalService,
