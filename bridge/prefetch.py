@@ -4,6 +4,10 @@ libsndfile, soxr and the FFTs release the GIL, so reading and decoding the next 
 last one, can run while the calling thread computes the current one. Both helpers hold at most `depth`
 blocks, so memory stays bounded whatever the file's length, re-raise the worker's error in the calling
 thread, and stop and join their thread when closed, also when the caller fails half-way.
+
+Use them in a `with` block: the thread starts in `__enter__` and is always joined on the way out, even
+when Ctrl-C lands while it starts or while it is being joined, because the worker may be using files
+the caller closes right after (a thread left reading a closed SoundFile crashes the interpreter).
 """
 
 from __future__ import annotations
@@ -33,8 +37,7 @@ class ReadAhead(Generic[Item]):
         self._items: queue.Queue[Item | _Done] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._finished = False
-        self._thread = threading.Thread(target=self._produce, args=(source,), name=name, daemon=True)
-        self._thread.start()
+        self._worker = _Worker(lambda: self._produce(source), name)
 
     def __iter__(self) -> Iterator[Item]:
         return self
@@ -42,10 +45,12 @@ class ReadAhead(Generic[Item]):
     def __next__(self) -> Item:
         if self._finished:
             raise StopIteration
+        if not self._worker.started:  # used without `with`
+            self._worker.start(self.close)
         item = self._items.get()
         if isinstance(item, _Done):
             self._finished = True
-            self._thread.join()
+            self._worker.join()
             if item.error is not None:
                 raise item.error
             raise StopIteration
@@ -73,10 +78,11 @@ class ReadAhead(Generic[Item]):
     def close(self) -> None:
         """Stop the worker (it finishes the item it is reading) and wait for it."""
         self._stop.set()
-        self._thread.join()
+        self._worker.join()
         self._finished = True
 
     def __enter__(self) -> ReadAhead[Item]:
+        self._worker.start(self.close)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
@@ -95,10 +101,11 @@ class WriteBehind(Generic[Item]):
         self._items: queue.Queue[Item | _Done] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._failed = threading.Event()
-        self._thread = threading.Thread(target=self._consume, name=name, daemon=True)
-        self._thread.start()
+        self._worker = _Worker(self._consume, name)
 
     def submit(self, item: Item) -> None:
+        if not self._worker.started:  # used without `with`
+            self._worker.start(self.abandon)
         while True:
             self._raise_failure()
             try:
@@ -118,14 +125,14 @@ class WriteBehind(Generic[Item]):
         self._stop()
 
     def _stop(self) -> None:
-        if self._thread.is_alive():
-            while not self._failed.is_set():
+        if self._worker.started:
+            while not self._failed.is_set() and not self._worker.ended.is_set():
                 try:
                     self._items.put(_Done(), timeout=_POLL)
                     break
                 except queue.Full:
                     continue
-            self._thread.join()
+        self._worker.join()
 
     def _consume(self) -> None:
         while True:
@@ -150,6 +157,7 @@ class WriteBehind(Generic[Item]):
             raise error
 
     def __enter__(self) -> WriteBehind[Item]:
+        self._worker.start(self.abandon)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
@@ -158,3 +166,46 @@ class WriteBehind(Generic[Item]):
             self.finish()
         else:
             self.abandon()
+
+
+class _Worker:
+    """A daemon thread running `target` once, joined reliably: its own end marker is waited on, because
+    after Ctrl-C interrupts `Thread.join`, CPython 3.11 may report a running thread as no longer alive."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        self.ended = threading.Event()
+        self._target = target
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
+    def _run(self) -> None:
+        try:
+            self._target()
+        finally:
+            self.ended.set()
+
+    def start(self, undo: Callable[[], None]) -> None:
+        """Start the thread; if that is interrupted (Ctrl-C), `undo` (stop and join) before raising."""
+        try:
+            self._thread.start()
+        except BaseException:
+            undo()
+            raise
+
+    def join(self) -> None:
+        """Wait for the thread to end, even through Ctrl-C (re-raised once it has ended)."""
+        if not self.started:
+            return
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                self.ended.wait()
+                self._thread.join()  # only the thread's own exit is left
+                break
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted

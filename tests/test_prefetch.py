@@ -117,3 +117,40 @@ def test_write_behind_abandoned_by_a_failing_caller_drops_the_rest() -> None:
         raise KeyError("the caller failed")
     releaser.join()
     assert written == [0]  # the item in hand is finished, the queued ones are not written
+
+
+def test_ctrl_c_while_closing_still_waits_for_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker may be reading a file the caller closes next: a Ctrl-C during the join must not leave it
+    running (a thread reading a closed SoundFile crashes the interpreter)."""
+    import signal
+
+    def slow() -> Iterator[int]:
+        for n in range(3):
+            time.sleep(0.3)
+            yield n
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        reader = ReadAhead(slow(), depth=1, name="slow-reader")
+        with pytest.raises(KeyboardInterrupt):
+            with reader:
+                signal.setitimer(signal.ITIMER_REAL, 0.05)  # Ctrl-C while close() joins the sleeping worker
+        assert not any(t.name == "slow-reader" for t in threading.enumerate())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_used_without_with_they_still_start_and_stop() -> None:
+    reader = ReadAhead(iter(range(5)))
+    assert list(reader) == list(range(5))
+    reader.close()
+    written: list[int] = []
+    writer = WriteBehind(written.append)
+    for n in range(5):
+        writer.submit(n)
+    writer.finish()
+    assert written == list(range(5))

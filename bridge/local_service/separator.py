@@ -157,8 +157,7 @@ def separate(source: Path, spec: SeparationSpec, target_path: Path, residual_pat
         sf.SoundFile(str(target_path), "x", SAMPLE_RATE, 1, **options) as target_out,
         sf.SoundFile(str(residual_path), "x", SAMPLE_RATE, 1, **options) as residual_out,
     ):
-        decoded = ReadAhead(_mono48(source, spec), name="stand-in-decode")  # decoding overlaps filtering
-        stack.callback(decoded.close)
+        decoded = stack.enter_context(ReadAhead(_mono48(source, spec), name="stand-in-decode"))  # overlaps
         for mono, target in _shifted(_zero_phase_blocks(decoded, taps), spec.shift):
             if spec.spans:
                 target = target * _span_mask(spec.spans, frames, len(target))
