@@ -225,9 +225,10 @@ class JobEngine(JobSink):
             else:
                 self._outcomes.failed(row, exc)
         except BridgeError as exc:
+            made_requests = bool(self.journal.handles(job_id)[0])  # paid for, even if forgotten just below
             if exc.results_unusable:  # failed at fal, broken, or for other audio: a retry submits anew
                 self.journal.clear_steps(job_id)
-            self._outcomes.failed(row, exc)
+            self._outcomes.failed(row, exc, paid=made_requests)
             clean_workdir(workdir)
         except Exception as exc:  # a bug of ours: the job fails, the daemon keeps going
             log.exception("job %s failed unexpectedly", job_id)

@@ -49,10 +49,11 @@ class JobOutcomes:
         self.events.emit(row.view.job_id, row.view.tag, JobState.cancelled, self._progress_now(row), "Cancelled",
                          error="Cancelled")
 
-    def failed(self, row: JobRow, exc: BridgeError) -> None:
+    def failed(self, row: JobRow, exc: BridgeError, paid: bool = False) -> None:
+        """`paid`: requests were made for it (its estimated cost stays counted against the budget)."""
         text = str(exc)
         log.warning("job %s failed: %s", row.view.job_id, exc.message)
-        paid = bool(self.journal.handles(row.view.job_id)[0]) or isinstance(exc, (SubmitUncertain, JobFailed))
+        paid = paid or bool(self.journal.handles(row.view.job_id)[0]) or isinstance(exc, (SubmitUncertain, JobFailed))
         self.journal.set_state(row.view.job_id, JobState.failed, None, exc.message, error=text,
                                **({} if paid else {"cost": 0.0}))
         self.events.emit(row.view.job_id, row.view.tag, JobState.failed, self._progress_now(row), exc.message,

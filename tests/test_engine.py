@@ -242,7 +242,8 @@ def test_a_source_changed_while_the_daemon_was_stopped_never_gets_the_old_audios
 
         def new_engine() -> JobEngine:
             return JobEngine(journal, Pipeline(client), PresetLibrary([("built-in", builtin_presets_dir())]),
-                             EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
+                             EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1, daily_budget=100.0,
+                                            prices=PriceTable(per_30s=0.05)))
 
         first, second = new_engine(), new_engine()
         try:
@@ -257,7 +258,8 @@ def test_a_source_changed_while_the_daemon_was_stopped_never_gets_the_old_audios
             view = second.get(job)
             assert view is not None and view.state == JobState.failed
             assert "changed after it was sent" in (view.error or "") and "charged again" in (view.error or "")
-            assert journal.handles(job)[0] == {}  # the old audio's request is forgotten
+            assert journal.handles(job)[0] == {}  # the old audio's request is forgotten…
+            assert (journal.get(job) or object()).cost > 0  # type: ignore[attr-defined]  # …but still counts as spent
             assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
             journal.clear_uncertain(job)  # what `sam-bridge retry` does
