@@ -115,7 +115,10 @@ class ChildUsage:
 
 
 def wait_with_rusage(proc: subprocess.Popen[Any], timeout: float | None = None) -> ChildUsage:
-    """Reap `proc` with wait4: its exact peak RSS and CPU time, which psutil cannot give after exit."""
+    """Reap `proc` with wait4: its exact peak RSS and CPU time, which psutil cannot give after exit.
+
+    Linux carries the parent's peak RSS into a child's ru_maxrss across exec, so this is never below this
+    process's own peak: keep the parent small (the benchmarks write their inputs block by block)."""
     if timeout is not None:
         deadline = time.monotonic() + timeout
         while psutil.pid_exists(proc.pid) and psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:

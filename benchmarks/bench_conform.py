@@ -29,6 +29,16 @@ sys.path.insert(0, str(ROOT))
 BLOCK = 48_000 * 10
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries a parent's peak into its child's
+    ru_maxrss across exec, so a child started by a bigger parent would report the parent's."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
 def make_files(folder: Path, minutes: float, rate: int, mp3: bool, bwf: bool) -> tuple[Path, Path, Path]:
     """Source = a 'target' part (left-leaning tones + clicks) + a 'residual' part (stereo noise)."""
     frames = round(minutes * 60 * rate)
@@ -95,7 +105,7 @@ def run_conform(folder: Path, repeats: int) -> dict[str, object]:
         "walls": walls,
         "cpus": cpus,
         "rss_before_mb": rss_before,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "offset": report.offset_samples,
         "null_dbfs": report.null_test_dbfs,
         "flags": ",".join(report.flags) or "-",
