@@ -77,9 +77,11 @@ class ReadAhead(Generic[Item]):
 
     def close(self) -> None:
         """Stop the worker (it finishes the item it is reading) and wait for it."""
-        self._stop.set()
-        self._worker.join()
-        self._finished = True
+        try:
+            self._stop.set()
+        finally:  # even if Ctrl-C lands in between
+            self._worker.join()
+            self._finished = True
 
     def __enter__(self) -> ReadAhead[Item]:
         self._worker.start(self.close)
@@ -125,14 +127,18 @@ class WriteBehind(Generic[Item]):
         self._stop()
 
     def _stop(self) -> None:
-        if self._worker.started:
-            while not self._failed.is_set() and not self._worker.ended.is_set():
+        try:
+            while self._worker.started and not self._failed.is_set() and not self._worker.ended.is_set():
                 try:
                     self._items.put(_Done(), timeout=_POLL)
                     break
                 except queue.Full:
                     continue
-        self._worker.join()
+        except BaseException:  # Ctrl-C while waiting for room: drop the rest, the caller is failing
+            self._failed.set()
+            raise
+        finally:  # the worker must be gone before the caller closes the files it writes
+            self._worker.join()
 
     def _consume(self) -> None:
         while True:

@@ -154,3 +154,34 @@ def test_used_without_with_they_still_start_and_stop() -> None:
         writer.submit(n)
     writer.finish()
     assert written == list(range(5))
+
+
+def test_ctrl_c_while_finishing_stops_the_writer_before_the_caller_closes_its_files() -> None:
+    """Leaving the `with` waits for room for the end marker; Ctrl-C there must still stop the worker, or it
+    would go on writing into stem files the caller deletes next."""
+    import signal
+
+    closed = threading.Event()
+    after_close: list[int] = []
+
+    def slow_sink(n: int) -> None:
+        time.sleep(0.3)
+        if closed.is_set():
+            after_close.append(n)
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.45)  # lands while __exit__ waits to put the end marker
+        with pytest.raises(KeyboardInterrupt), WriteBehind(slow_sink, depth=2, name="slow-writer") as writer:
+            for n in range(4):
+                writer.submit(n)
+        closed.set()  # what the caller does next: close and delete its files
+        assert not any(t.name == "slow-writer" for t in threading.enumerate())
+        time.sleep(0.7)
+        assert after_close == []
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
