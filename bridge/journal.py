@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     request TEXT NOT NULL, source TEXT NOT NULL, what TEXT NOT NULL, tag TEXT NOT NULL, origin TEXT NOT NULL,
     idempotency_key TEXT, dedupe_key TEXT, result TEXT, error TEXT, flags TEXT NOT NULL DEFAULT '[]',
     attempts INTEGER NOT NULL DEFAULT 0, not_before REAL NOT NULL DEFAULT 0, cost REAL NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0, source_hash TEXT
+    cancel_requested INTEGER NOT NULL DEFAULT 0, source_hash TEXT, forgotten_cost REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_idem ON jobs(idempotency_key);
 CREATE INDEX IF NOT EXISTS jobs_dedupe ON jobs(dedupe_key, state);
@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS history (
     job_id TEXT NOT NULL, at REAL NOT NULL, state TEXT NOT NULL, message TEXT NOT NULL
 );
 """
+
+# columns added after the first release, with their declarations
+_ADDED_COLUMNS = {"source_hash": "TEXT", "forgotten_cost": "REAL NOT NULL DEFAULT 0"}
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,9 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")  # a committed request id survives power loss
         self._db.executescript(SCHEMA)
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "source_hash" not in columns:  # a journal from before the column (jobs keep running)
-            self._db.execute("ALTER TABLE jobs ADD COLUMN source_hash TEXT")
+        for column, declaration in _ADDED_COLUMNS.items():  # a journal from before them (jobs keep running)
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -137,8 +141,14 @@ class Journal:
                        (job_id, step, "submitted", json.dumps(handle.to_dict()), time.time()))
 
     def clear_steps(self, job_id: str) -> None:
-        """Forget every request of the job (they failed or were cancelled at the service)."""
+        """Forget every request of the job (they failed or were cancelled at the service, or their results
+        belong to audio that changed); what they cost stays counted against the daily budget."""
         with self._tx() as db:
+            had_requests = db.execute("SELECT 1 FROM steps WHERE job_id=? AND handle IS NOT NULL",
+                                      (job_id,)).fetchone()
+            if had_requests:  # the next attempt reserves its own cost; this one's was spent
+                db.execute("UPDATE jobs SET forgotten_cost = forgotten_cost + cost, cost = 0 WHERE id=?",
+                           (job_id,))
             db.execute("DELETE FROM steps WHERE job_id=?", (job_id,))
 
     def unmark_submitting(self, job_id: str, step: int) -> None:
@@ -202,11 +212,12 @@ class Journal:
         return [_row(r) for r in rows]
 
     def spent_since(self, since: float, exclude: str = "") -> float:
-        """Estimated cost of the jobs created since `since` that reached (or may reach) the service."""
+        """Estimated cost of the jobs created since `since` that reached (or may reach) the service, with the
+        requests they made and forgot; `exclude`'s current reservation is left out (not what it spent)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT COALESCE(SUM(cost), 0) AS total FROM jobs WHERE created>=? AND cost>0 AND id!=?",
-                (since, exclude)).fetchone()
+                "SELECT COALESCE(SUM(CASE WHEN id=? THEN 0 ELSE cost END + forgotten_cost), 0) AS total "
+                "FROM jobs WHERE created>=?", (exclude, since)).fetchone()
         return float(row["total"])
 
 
