@@ -35,7 +35,7 @@ from bridge.fal_client import RequestHandle
 from bridge.intermediates import clean_workdir
 from bridge.jobs import JobEvent, JobSink, JobState, JobView, RequestRejected
 from bridge.journal import JobRow, Journal
-from bridge.pipeline import Pipeline
+from bridge.pipeline import Pipeline, file_fingerprint
 from bridge.presets import PresetLibraries, PresetLibrary, Recipe, recipe_for
 from bridge.request import SeparationRequest
 
@@ -197,7 +197,7 @@ class JobEngine(JobSink):
             recipe = recipe_for(row.request, self._libraries.for_project(row.request.project_dir))
             accepted, _ = self.journal.handles(job_id)
             hooks.progress(JobState.preparing, 0.0, "Preparing")
-            audio_hash = self._source_hash(row, accepted)
+            audio_hash, fingerprint = self._source_hash(row, accepted)
             key = dedupe_key(row.request, recipe, audio_hash) if self.settings.dedupe else None
             if key:
                 self.journal.set_fields(job_id, dedupe_key=key)
@@ -211,7 +211,7 @@ class JobEngine(JobSink):
                 self._outcomes.done(row, replace(done, estimated_cost=row.cost))
                 return
             result = self.pipeline.run(row.request, recipe, hooks, workdir, resume=accepted, temp_tag=job_id,
-                                       source_hash=audio_hash)
+                                       source_hash=audio_hash, source_fingerprint=fingerprint)
         except ShuttingDown:
             raise
         except Cancelled:
@@ -244,11 +244,13 @@ class JobEngine(JobSink):
 
     # -- resume rules -----------------------------------------------------------------------------
 
-    def _source_hash(self, row: JobRow, accepted: dict[int, RequestHandle]) -> str:
+    def _source_hash(self, row: JobRow, accepted: dict[int, RequestHandle]) -> tuple[str, tuple[int, int]]:
         """The source's sha256 (read once: the dedupe key and the manifest share it), remembered with the
-        job; SourceChanged when requests were already made from other audio."""
+        job, and the file's fingerprint from before that read (the pipeline checks the file still has it);
+        SourceChanged when requests were already made from other audio."""
         probe_source(row.request.source)  # missing, unreadable or not audio: said in words, before reading it
         try:
+            fingerprint = file_fingerprint(row.request.source)
             audio_hash = source_sha256(row.request.source)
         except OSError as exc:
             raise SourceError(f"“{row.request.source.name}” could not be read ({exc.strerror or exc}).",
@@ -260,7 +262,7 @@ class JobEngine(JobSink):
                 hint=f"`sam-bridge retry {row.view.job_id}` sends the new audio (charged again).")
         if row.source_hash != audio_hash:
             self.journal.set_fields(row.view.job_id, source_hash=audio_hash)
-        return audio_hash
+        return audio_hash, fingerprint
 
     def _submit_was_lost(self, row: JobRow) -> bool:
         """A step marked 'submitting' with no request id: it may have landed. Never resend it blindly."""

@@ -129,16 +129,20 @@ class Pipeline:
 
     def run(self, request: SeparationRequest, recipe: Recipe, hooks: Hooks, workdir: Path,
             resume: dict[int, RequestHandle] | None = None, temp_tag: str = "",
-            source_hash: str | None = None) -> JobResult:
-        """`source_hash`: the source's sha256 if the caller has already read it (else it is read here)."""
-        return _Run(self, request, recipe, hooks, workdir, resume or {}, temp_tag, source_hash).execute()
+            source_hash: str | None = None, source_fingerprint: tuple[int, int] | None = None) -> JobResult:
+        """`source_hash`: the source's sha256 if the caller has already read it (else it is read here), and
+        `source_fingerprint` the (size, mtime_ns) it had before that read: the run checks the file against
+        it before sending anything, so what is uploaded is what was hashed."""
+        return _Run(self, request, recipe, hooks, workdir, resume or {}, temp_tag, source_hash,
+                    source_fingerprint).execute()
 
 
 class _Run:
     """One execution of a recipe; holds what a run accumulates so the stages stay short."""
 
     def __init__(self, pipeline: Pipeline, request: SeparationRequest, recipe: Recipe, hooks: Hooks,
-                 workdir: Path, resume: dict[int, RequestHandle], temp_tag: str, source_hash: str | None) -> None:
+                 workdir: Path, resume: dict[int, RequestHandle], temp_tag: str, source_hash: str | None,
+                 source_fingerprint: tuple[int, int] | None) -> None:
         self.p, self.request, self.recipe, self.hooks = pipeline, request, recipe, hooks
         self.workdir, self.resume = workdir, resume
         self.timings: dict[str, float] = {}
@@ -147,6 +151,7 @@ class _Run:
         self.step_index = 0
         self.temp_tag = temp_tag
         self.source_hash = source_hash
+        self.hashed_fingerprint = source_fingerprint
         self.source_fingerprint = (0, 0)
 
     # -- progress ----------------------------------------------------------------------------------
@@ -174,8 +179,9 @@ class _Run:
         clear_intermediates(self.workdir, keep=self.request.source)
         self.report(JobState.preparing, 0.0, "Reading the source")
         source = probe_source(self.request.source)
-        stat = source.path.stat()
-        self.source_fingerprint = (stat.st_size, stat.st_mtime_ns)
+        if self.hashed_fingerprint is not None:
+            check_source_unchanged(source.path, self.hashed_fingerprint)  # still the audio that was hashed
+        self.source_fingerprint = file_fingerprint(source.path)
         start_frame, frames = frame_range(source, self.request.start, self.request.length)
         folder = output_folder(source.path, self.request.project_dir, self.request.output_dir,
                                self.recipe.output.folder)
@@ -374,6 +380,12 @@ class _Run:
         write_json_atomic(manifest_path, manifest, overwrite=False)
         return JobResult(stems=finals, manifest=manifest_path, flags=flags, steps=self.steps,
                          estimated_cost=cost, timings=self.timings)
+
+
+def file_fingerprint(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns): what changes when a DAW renders the file again."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def check_source_unchanged(path: Path, fingerprint: tuple[int, int]) -> None:

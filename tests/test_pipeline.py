@@ -192,6 +192,24 @@ def test_a_float_stem_set_sums_back_to_within_the_rounding_of_its_last_write(
         assert np.array_equal(sf.read(intermediate, dtype="float64")[0], left)
 
 
+def test_a_source_rewritten_after_it_was_hashed_is_never_sent(client: FalClient, service: LocalFalService,
+                                                              library: PresetLibrary, tmp_path: Path) -> None:
+    """The daemon hashes the source (dedupe key, journal) before the run: if a DAW rewrites the file in
+    between, the run stops before uploading, so the hash never describes other audio than was sent."""
+    from bridge.errors import SourceError
+    from bridge.pipeline import file_fingerprint
+
+    source = mix(tmp_path / "Take.wav", seconds=1.0)
+    hashed_at = file_fingerprint(source)
+    mix(source, seconds=1.2)  # re-rendered right after the hash
+    request = SeparationRequest(source=source, prompt="piano", output_dir=tmp_path / "out")
+    with pytest.raises(SourceError, match="changed while the job ran"):
+        Pipeline(client).run(request, recipe_for(request, library), Hooks(), tmp_path / "work",
+                             source_hash="0" * 64, source_fingerprint=hashed_at)
+    assert service.stats()["calls"] == {} and service.stats()["submits"] == 0  # nothing reached the service
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (.ci/run installs it)")
 def test_speech_over_a_hum_comes_back_aligned_at_22k(client: FalClient, library: PresetLibrary, tmp_path: Path) -> None:
     """Real speech (espeak-ng) over a 60 Hz hum, at 22.05 kHz: the 'dialogue' target is the speech, in place."""
