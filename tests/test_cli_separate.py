@@ -653,3 +653,53 @@ def read_until_exit(master: int, proc: subprocess.Popen[bytes], timeout: float =
         elif proc.poll() is not None:
             return
     raise AssertionError("the command did not finish")
+
+
+# -- several files ---------------------------------------------------------------------------------
+
+
+def test_several_files_are_separated_in_turn_and_a_bad_one_is_skipped_with_its_reason(
+        env: dict[str, Path], music: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = make_source(music / "Take 1.wav", 44100, 2, "PCM_24", seconds=1.0)
+    second = make_source(music / "Take 2.flac", 48000, 1, "PCM_16", seconds=1.0, fmt="FLAC")
+    broken = music / "notes.wav"
+    broken.write_text("not audio at all")
+    before = {p: p.read_bytes() for p in (first.path, second.path, broken)}
+    rc = cli("separate", first.path, broken, second.path, "--prompt", "hi-hat", "--local",
+             "--output-dir", music / "out")
+    out, err = capsys.readouterr()
+    assert rc == 2  # the bad file's exit code; the others were still done
+    assert "notes.wav" in err and "1 of 3" not in err and "2 of 3 files separated" in err
+    assert out.count("target: ") == 2 and "Take 1.wav:" in out and "Take 2.flac:" in out
+    for source in (first, second):
+        data, rate = sf.read(str(source.path), always_2d=True)
+        target = sf.read(str(music / "out" / f"{source.path.stem} - hi-hat.target.{source.path.suffix[1:]}"),
+                         always_2d=True)[0]
+        residual = sf.read(str(music / "out" / f"{source.path.stem} - hi-hat.residual.{source.path.suffix[1:]}"),
+                           always_2d=True)[0]
+        assert target.shape == residual.shape == data.shape
+        assert np.max(np.abs(target + residual - data)) <= 2.0 ** -15  # each file's stems null against it
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_several_files_with_json_give_one_summary_per_file(
+        env: dict[str, Path], music: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = make_source(music / "a.wav", 44100, 1, "PCM_24", seconds=0.5)
+    rc = cli("separate", good.path, music / "missing.wav", "--prompt", "hi-hat", "--local", "--json")
+    summaries = json.loads(capsys.readouterr().out)
+    assert rc == 2 and [s["source"] for s in summaries] == [str(good.path), str(music / "missing.wav")]
+    assert summaries[0]["ok"] and Path(summaries[0]["stems"]["target"]).exists()
+    assert not summaries[1]["ok"] and summaries[1]["error"] == "bad_source"
+    assert "missing.wav" in summaries[1]["message"]
+
+
+def test_a_problem_of_every_file_stops_the_run_once(
+        env: dict[str, Path], music: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("FAL_KEY")
+    sources = [make_source(music / f"{n}.wav", 44100, 1, "PCM_16", seconds=0.3).path for n in range(3)]
+    rc = cli("separate", *sources, "--prompt", "hi-hat")
+    err = capsys.readouterr().err
+    assert rc != 0 and "FAL_KEY" in err and "--local" in err
+    assert err.count("sam-bridge:") == 1  # said once, not once per file
+    assert "files separated" not in err and not list(music.glob("**/*target*"))

@@ -1,4 +1,7 @@
-"""`sam-bridge separate FILE --prompt TEXT | --preset NAME`: one file, two stems, no daemon needed."""
+"""`sam-bridge separate FILE... --prompt TEXT | --preset NAME`: two stems per file, no daemon needed.
+
+Several files are separated one after another with the same options; a file that cannot be used is
+reported and skipped, anything that concerns them all (key, service, prompt, preset) stops the run."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from bridge.fal_client import FalClient, RequestHandle
 from bridge.jobs import JobState
 from bridge.options import Acceleration, OutputFormat, ResidualMethod
 from bridge.pipeline import JobResult, Pipeline, StandaloneHooks
-from bridge.presets import PresetLibrary, recipe_for
+from bridge.presets import PresetLibrary, Recipe, recipe_for
 from bridge.progress_display import ProgressDisplay
 from bridge.request import Origin, SeparationRequest
 from bridge.service_setup import ServiceChoice, open_client
@@ -27,9 +30,10 @@ STEM_SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE")
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("separate", help="separate one audio file into target and residual stems",
-                              description="Isolate a sound in FILE, described by --prompt or a --preset.")
-    p.add_argument("source", type=Path, metavar="FILE", help="audio file (WAV, AIFF, FLAC, MP3, OGG…)")
+    p = subparsers.add_parser("separate", help="separate audio files into target and residual stems",
+                              description="Isolate a sound in each FILE, described by --prompt or a --preset.")
+    p.add_argument("source", type=Path, nargs="+", metavar="FILE",
+                   help="audio file(s) (WAV, AIFF, FLAC, MP3, OGG…); several are done one after another")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help='what to isolate, e.g. "piano playing"')
     what.add_argument("--preset", help="preset name (see `sam-bridge presets list`)")
@@ -65,14 +69,14 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def build_request(args: argparse.Namespace) -> SeparationRequest:
+def build_request(args: argparse.Namespace, source: Path) -> SeparationRequest:
     if args.prompt is not None and not args.prompt.strip():
         raise InputError("The prompt is empty.",
                          hint='Describe the sound to isolate, e.g. --prompt "piano playing".')
     options = {name: getattr(args, name) for name in OPTION_ARGS if getattr(args, name) is not None}
     try:
         return SeparationRequest(
-            source=args.source.expanduser().absolute(), prompt=args.prompt, preset=args.preset,
+            source=source.expanduser().absolute(), prompt=args.prompt, preset=args.preset,
             project_dir=args.project, output_dir=args.output_dir, start=args.start, length=args.length,
             options=options, origin=Origin.cli,
         )
@@ -118,38 +122,87 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except BridgeError as err:
-        if args.json:  # the error, machine-readable too; main() still prints it and sets the exit code
-            print(json.dumps({"ok": False, "error": err.kind, "message": err.message, "hint": err.hint},
-                             indent=2, ensure_ascii=False))
+        if args.json and len(args.source) == 1:  # machine-readable too; main() still prints it and exits
+            print(json.dumps(_error_summary(err), indent=2, ensure_ascii=False))
         raise
 
 
 def _run(args: argparse.Namespace) -> int:
-    request = build_request(args)
-    probe_source(request.source)  # a bad file is reported before any key check or service start
-    library = PresetLibrary.default(project_dir=request.project_dir)
-    recipe = recipe_for(request, library)
+    first = build_request(args, args.source[0])  # the prompt and options are every file's
+    recipe = recipe_for(first, PresetLibrary.default(project_dir=first.project_dir))
+    if len(args.source) == 1:
+        probe_source(first.source)  # a bad file is reported before any key check or service start
     choice = ServiceChoice(local=args.local, url=args.service_url)
     if args.local_delay is not None:
         choice = replace(choice, local_delay=args.local_delay)
-    began = time.monotonic()
-    display = ProgressDisplay(enabled=sys.stderr.isatty() and not args.quiet)
-    hooks = CliHooks(display)
     try:
-        with open_client(choice) as client, tempfile.TemporaryDirectory(prefix="sam-bridge-") as work, display:
+        with open_client(choice) as client:
             if choice.is_stand_in and not args.json:
                 print(f"sam-bridge: {choice.describe()}", file=sys.stderr)
-            try:
-                result = Pipeline(client).run(request, recipe, hooks, Path(work))
-                display.update(JobState.done.value, 1.0, "Stems written")
-            except KeyboardInterrupt:
-                raise _cancel_on_ctrl_c(client, hooks) from None
+            if len(args.source) > 1:
+                return _separate_each(client, recipe, args)
+            result, seconds = _separate(client, first, recipe, args)
     except ServiceUnavailable as err:
         if type(err) is not ServiceUnavailable:  # e.g. RateLimited: its own hint fits
             raise
         raise ServiceUnavailable(err.message, hint=_unavailable_hint(choice)) from None
-    print_result(result, args.json, time.monotonic() - began)
+    print_result(result, args.json, seconds)
     return 0
+
+
+def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe,
+              args: argparse.Namespace) -> tuple[JobResult, float]:
+    """One file through the pipeline with a progress display; Ctrl-C cancels at the service."""
+    began = time.monotonic()
+    display = ProgressDisplay(enabled=sys.stderr.isatty() and not args.quiet)
+    hooks = CliHooks(display)
+    with tempfile.TemporaryDirectory(prefix="sam-bridge-") as work, display:
+        try:
+            result = Pipeline(client).run(request, recipe, hooks, Path(work))
+            display.update(JobState.done.value, 1.0, "Stems written")
+        except KeyboardInterrupt:
+            raise _cancel_on_ctrl_c(client, hooks) from None
+    return result, time.monotonic() - began
+
+
+# A file that cannot be used, or whose stems cannot be written, is skipped; any other error (the key, the
+# service, a Ctrl-C) concerns every file and stops the run.
+_PER_FILE_ERRORS = ("bad_source", "output")
+
+
+def _separate_each(client: FalClient, recipe: Recipe, args: argparse.Namespace) -> int:
+    """Each file in turn; what became of each, and the exit code of the first failure (0 when none)."""
+    summaries: list[dict[str, Any]] = []
+    first_failure = 0
+    for source in args.source:
+        try:
+            request = build_request(args, source)
+            probe_source(request.source)
+            result, seconds = _separate(client, request, recipe, args)
+        except BridgeError as err:
+            summaries.append({"source": str(source), **_error_summary(err)})
+            if err.kind not in _PER_FILE_ERRORS:
+                if args.json:
+                    print(json.dumps(summaries, indent=2, ensure_ascii=False))
+                raise
+            first_failure = first_failure or err.exit_code
+            if not args.json:
+                print(f"sam-bridge: {source.name}: {err}", file=sys.stderr)
+            continue
+        summaries.append({"source": str(source), "ok": True, **result_summary(result, seconds)})
+        if not args.json:
+            print(f"{source.name}:")
+            print_result(result, False, seconds)
+    if args.json:
+        print(json.dumps(summaries, indent=2, ensure_ascii=False))
+    else:
+        done = sum(1 for summary in summaries if summary["ok"])
+        print(f"sam-bridge: {done} of {len(summaries)} files separated.", file=sys.stderr)
+    return first_failure
+
+
+def _error_summary(err: BridgeError) -> dict[str, Any]:
+    return {"ok": False, "error": err.kind, "message": err.message, "hint": err.hint}
 
 
 def _cancel_on_ctrl_c(client: FalClient, hooks: CliHooks) -> Cancelled:
@@ -176,18 +229,20 @@ def _unavailable_hint(choice: ServiceChoice) -> str:
     return "Check your internet connection, then run the command again in a few minutes."
 
 
+def result_summary(result: JobResult, seconds: float) -> dict[str, Any]:
+    return {
+        "stems": {label: str(path) for label, path in result.stems.items()},
+        "manifest": str(result.manifest),
+        "flags": result.flags,
+        "request_ids": [step.request_id for step in result.steps],
+        "estimated_cost": result.estimated_cost,
+        "seconds": round(seconds, 3),
+    }
+
+
 def print_result(result: JobResult, as_json: bool, seconds: float) -> None:
     if as_json:
-        summary = {
-            "ok": True,
-            "stems": {label: str(path) for label, path in result.stems.items()},
-            "manifest": str(result.manifest),
-            "flags": result.flags,
-            "request_ids": [step.request_id for step in result.steps],
-            "estimated_cost": result.estimated_cost,
-            "seconds": round(seconds, 3),
-        }
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        print(json.dumps({"ok": True, **result_summary(result, seconds)}, indent=2, ensure_ascii=False))
         return
     for label, path in result.stems.items():
         print(f"{label}: {path}")
