@@ -673,11 +673,11 @@ def test_several_files_are_separated_in_turn_and_a_bad_one_is_skipped_with_its_r
     assert out.count("target: ") == 2 and "Take 1.wav:" in out and "Take 2.flac:" in out
     for source in (first, second):
         data, rate = sf.read(str(source.path), always_2d=True)
-        target = sf.read(str(music / "out" / f"{source.path.stem} - hi-hat.target.{source.path.suffix[1:]}"),
-                         always_2d=True)[0]
+        target, target_rate = sf.read(
+            str(music / "out" / f"{source.path.stem} - hi-hat.target.{source.path.suffix[1:]}"), always_2d=True)
         residual = sf.read(str(music / "out" / f"{source.path.stem} - hi-hat.residual.{source.path.suffix[1:]}"),
                            always_2d=True)[0]
-        assert target.shape == residual.shape == data.shape
+        assert target.shape == residual.shape == data.shape and target_rate == rate
         assert np.max(np.abs(target + residual - data)) <= 2.0 ** -15  # each file's stems null against it
     assert {p: p.read_bytes() for p in before} == before
 
