@@ -17,17 +17,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bridge.errors import ConfigError
+from bridge.loopback import is_loopback_host
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def is_loopback_host(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: treat as beyond loopback, the safe side
 
 
 class TokenProblem(Exception):

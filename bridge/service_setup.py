@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from bridge.fal_auth import ENV_VAR, ApiKey, RedactingFilter
 from bridge.fal_client import DEFAULT_QUEUE_URL, DEFAULT_REST_URL, FalClient, Timeouts
+from bridge.loopback import is_loopback_url
 from bridge.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -37,16 +36,6 @@ class ServiceChoice:
         if self.url:
             return f"using the service at {self.url} (a local stand-in, not SAM Audio)"
         return "using SAM Audio on fal (fal-ai/sam-audio/separate)"
-
-
-def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @contextmanager

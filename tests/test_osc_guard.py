@@ -7,7 +7,8 @@ import logging
 import pytest
 
 from bridge.errors import ConfigError
-from bridge.osc_guard import ClientGuard, RateLimiter, ThrottledLog, TokenProblem, is_loopback_host
+from bridge.loopback import is_loopback_host
+from bridge.osc_guard import ClientGuard, RateLimiter, ThrottledLog, TokenProblem
 
 
 class FakeClock:

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from bridge.errors import InputError
-from bridge.local_service.server import is_loopback, serve
+from bridge.local_service.server import serve
+from bridge.loopback import is_loopback_host
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--port must be between 0 and 65535, not {args.port}.")
     host = args.host or "127.0.0.1"
     allow_remote = args.host is not None
-    if allow_remote and not is_loopback(host):
+    if allow_remote and not is_loopback_host(host):
         print(f"warning: listening on {host}: other computers that can reach it can use this service "
               "and read the files uploaded to it.", file=sys.stderr, flush=True)
     serve(host, args.port, args.key, args.delay, args.job_time, args.concurrency, allow_remote=allow_remote)

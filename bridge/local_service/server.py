@@ -7,7 +7,6 @@ One base URL answers the queue (`/fal-ai/sam-audio/...`), the CDN token and uplo
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import shutil
 import signal
@@ -27,17 +26,9 @@ from bridge.local_service.faults import Faults
 from bridge.local_service.handler import Handler
 from bridge.local_service.queue import JobQueue, QueueSettings
 from bridge.local_service.storage import FileStore
+from bridge.loopback import is_loopback_host
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _Server(ThreadingHTTPServer):
@@ -100,7 +91,7 @@ class LocalFalService:
         sse_ping_interval: float = 15.0,
         allow_remote: bool = False,
     ) -> None:
-        if not allow_remote and not is_loopback(host):
+        if not allow_remote and not is_loopback_host(host):
             raise InputError(f"The local service only listens on this computer (127.0.0.1), not on {host}.",
                              hint="Leave out --host, or give --host explicitly to accept the risk.")
         if concurrency < 1 or processing_delay < 0 or job_time < 0 or sse_ping_interval <= 0:
