@@ -28,6 +28,19 @@ SEPARATE_SCRIPT = REAPER_DIR / "sam-bridge - Separate selected items.lua"
 CANCEL_SCRIPT = REAPER_DIR / "sam-bridge - Cancel.lua"
 
 
+def exchange(process: subprocess.Popen[str], command: Mapping[str, Any], who: str) -> dict[str, Any]:
+    """One command to a driver process as a JSON line on its stdin, its answer as a JSON line back."""
+    assert process.stdin and process.stdout
+    process.stdin.write(json.dumps(command) + "\n")
+    process.stdin.flush()
+    line = process.stdout.readline()
+    if not line:
+        stderr = process.stderr.read() if process.stderr else ""
+        raise AssertionError(f"{who} stopped: {stderr}")
+    answer: dict[str, Any] = json.loads(line)
+    return answer
+
+
 def _without_none(value: Any) -> Any:
     """JSON null reaches Lua as a truthy sentinel; scenarios leave such keys out instead."""
     if isinstance(value, dict):
@@ -75,16 +88,7 @@ class ReaperHost:
         )
 
     def send(self, **command: Any) -> dict[str, Any]:
-        process = self._process
-        assert process.stdin and process.stdout
-        process.stdin.write(json.dumps(command) + "\n")
-        process.stdin.flush()
-        line = process.stdout.readline()
-        if not line:
-            stderr = process.stderr.read() if process.stderr else ""
-            raise AssertionError(f"the Lua driver stopped: {stderr}")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
+        return exchange(self._process, command, "the Lua driver")
 
     def run(self, script: Path) -> dict[str, Any]:
         answer = self.send(cmd="run", script=str(script))
@@ -149,15 +153,7 @@ class MaxDevice:
         )
 
     def send(self, **command: Any) -> dict[str, Any]:
-        process = self._process
-        assert process.stdin and process.stdout
-        process.stdin.write(json.dumps(command) + "\n")
-        process.stdin.flush()
-        line = process.stdout.readline()
-        if not line:
-            stderr = process.stderr.read() if process.stderr else ""
-            raise AssertionError(f"the node harness stopped: {stderr}")
-        answer: dict[str, Any] = json.loads(line)
+        answer = exchange(self._process, command, "the node harness")
         assert answer["ok"], answer.get("error")
         return answer
 
