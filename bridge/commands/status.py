@@ -47,6 +47,13 @@ def _source_changed_since_sent(journal: Journal, row: JobRow) -> bool:
         return False
 
 
+def _job(prefix: str) -> tuple[Journal, str, JobRow | None]:
+    """The journal, the job id a prefix names, and its row."""
+    journal = _journal()
+    job_id = _resolve(journal, prefix)
+    return journal, job_id, journal.get(job_id)
+
+
 def _resolve(journal: Journal, prefix: str) -> str:
     matches = journal.find_prefix(prefix)
     if len(matches) != 1:
@@ -83,9 +90,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 def cancel(args: argparse.Namespace) -> int:
-    journal = _journal()
-    job_id = _resolve(journal, args.job)
-    row = journal.get(job_id)
+    journal, job_id, row = _job(args.job)
     if row is None or row.view.state.finished:
         print(f"Job {job_id} has already finished ({row.view.state.value if row else 'unknown'}).")
         return 1
@@ -95,9 +100,7 @@ def cancel(args: argparse.Namespace) -> int:
 
 
 def retry(args: argparse.Namespace) -> int:
-    journal = _journal()
-    job_id = _resolve(journal, args.job)
-    row = journal.get(job_id)
+    journal, job_id, row = _job(args.job)
     if row is None or row.view.state not in (JobState.failed, JobState.cancelled):
         print(f"Job {job_id} is {row.view.state.value if row else 'unknown'}; only failed or cancelled jobs "
               "can be retried.")
