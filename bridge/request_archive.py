@@ -24,29 +24,13 @@ def archive_answered(request_file: Path, status_file: Path, ended_at: float) -> 
     """Move an answered request, its status and its cancel marker into `done/<date it ended>/`.
     Returns the moved request file (None when it was gone already)."""
     stem = request_file.name[: -len(".json")]
-    day = time.strftime("%Y-%m-%d", time.localtime(ended_at))
-    folder = request_file.parent / DONE_DIR / day
-    folder.mkdir(parents=True, exist_ok=True)
     cancel_marker = request_file.with_name(stem + ".cancel")
-    for number in range(1, 10_000):
-        name = stem if number == 1 else f"{stem}-{number}"
-        moved = folder / f"{name}.json"
-        try:
-            _move_new(request_file, moved)  # first: if we stop half-way, no request is left without its answer
-        except FileExistsError:
-            continue
-        except FileNotFoundError:
-            return None
-        for extra, suffix in ((status_file, _STATUS_SUFFIX), (cancel_marker, ".cancel")):
-            try:
-                _move_new(extra, folder / f"{name}{suffix}")
-            except FileNotFoundError:
-                pass
-            except FileExistsError:  # a stray file of that name: keep ours where it is, say so
-                log.warning("could not move %s into %s: a file of that name is there", extra.name, folder)
+    # the request first: if we stop half-way, no request is left without its answer
+    moved = _move_numbered(request_file.parent, stem, ended_at,
+                           [(request_file, ".json"), (status_file, _STATUS_SUFFIX), (cancel_marker, ".cancel")])
+    if moved is not None:
         log.info("archived answered request %s to %s", request_file.name, moved)
-        return moved
-    raise FileExistsError(f"no free name for {request_file.name} in {folder}")
+    return moved
 
 
 def archive_orphan_status(status_file: Path, now: float, archive_after: float = ARCHIVE_AFTER) -> bool:
@@ -58,18 +42,36 @@ def archive_orphan_status(status_file: Path, now: float, archive_after: float = 
     if now - ended_at < archive_after:
         return False
     stem = status_file.name[: -len(_STATUS_SUFFIX)]
-    folder = status_file.parent / DONE_DIR / time.strftime("%Y-%m-%d", time.localtime(ended_at))
+    try:
+        return _move_numbered(status_file.parent, stem, ended_at, [(status_file, _STATUS_SUFFIX)]) is not None
+    except FileExistsError:  # 10,000 of that name already: leave it (this runs in the folder's rescan)
+        return False
+
+
+def _move_numbered(requests: Path, stem: str, ended_at: float, files: list[tuple[Path, str]]) -> Path | None:
+    """Move `files` (each with its suffix) into `done/<date>/` as `<stem><suffix>`, or `<stem>-2<suffix>`…
+    when the first file's name is taken there. The first file's new path, or None when it was gone."""
+    folder = requests / DONE_DIR / time.strftime("%Y-%m-%d", time.localtime(ended_at))
     folder.mkdir(parents=True, exist_ok=True)
+    (first, first_suffix), extras = files[0], files[1:]
     for number in range(1, 10_000):
         name = stem if number == 1 else f"{stem}-{number}"
+        moved = folder / f"{name}{first_suffix}"
         try:
-            _move_new(status_file, folder / f"{name}{_STATUS_SUFFIX}")
-            return True
+            _move_new(first, moved)
         except FileExistsError:
             continue
         except FileNotFoundError:
-            return False
-    return False
+            return None
+        for extra, suffix in extras:
+            try:
+                _move_new(extra, folder / f"{name}{suffix}")
+            except FileNotFoundError:
+                pass
+            except FileExistsError:  # a stray file of that name: keep ours where it is, say so
+                log.warning("could not move %s into %s: a file of that name is there", extra.name, folder)
+        return moved
+    raise FileExistsError(f"no free name for {first.name} in {folder}")
 
 
 def _move_new(source: Path, destination: Path) -> None:
