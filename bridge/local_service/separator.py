@@ -12,8 +12,10 @@
 3. target = mono48 through a ZERO-PHASE filter for that band: a 4801-tap linear-phase FIR (Kaiser
    window, beta 8.6; band edges are its -6 dB points) with its 2400-sample delay removed exactly and
    the signal taken as zero outside its ends, so no transient moves by a sample. Computed in 5 s
-   blocks that overlap by the filter's reach: the same as filtering the whole signal at once (to
-   float rounding), with memory bounded whatever the input's length (~50 MB above idle).
+   blocks that overlap by the filter's reach, each by float32 overlap-save (32768-point transforms,
+   one batch per block: 5x faster than one float64 transform per block): the same as filtering the
+   whole signal at once to float32 rounding (within 2e-6 of float64 on a signal peaking at 4), with
+   memory bounded whatever the input's length (~50 MB above idle).
 4. span-separate: the target is silenced outside the spans to keep (the union of `include` spans, or
    everything when there are none, minus the `include: false` spans).
 5. residual = mono48 - target, so target + residual == mono48 up to float32 rounding.
@@ -38,8 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.fft as sfft
 import soundfile as sf
 import soxr
+from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from bridge.prefetch import ReadAhead
@@ -48,6 +52,7 @@ SAMPLE_RATE = 48_000
 TAPS = 4801
 REACH = (TAPS - 1) // 2
 BLOCK = 5 * SAMPLE_RATE
+SEGMENT = 1 << 15  # overlap-save FFT size: 27968 new samples per transform of the 4801 taps
 Audio = NDArray[np.float64]
 
 
@@ -261,28 +266,24 @@ def _zero_phase_blocks(blocks: Iterator[Audio], taps: Audio | None) -> Iterator[
 
 
 def _filter_span(window: Audio, count: int, taps: Audio) -> tuple[Audio, Audio]:
-    """`count` output samples: the 'valid' part of an FFT convolution of the window with the taps."""
-    segment = window[: count + 2 * REACH]
-    size = _fft_size(len(segment) + TAPS - 1)
-    spectrum = np.fft.rfft(segment, size) * _taps_spectrum(taps.tobytes(), size)
-    target = np.fft.irfft(spectrum, size)[TAPS - 1 : TAPS - 1 + count]
-    return window[REACH : REACH + count].copy(), target
+    """`count` output samples: the 'valid' part of the window convolved with the taps, by overlap-save
+    in float32 segments of SEGMENT samples, transformed as one batch (scipy caches the plan)."""
+    useful = SEGMENT - (TAPS - 1)  # valid outputs per segment
+    segments = -(-count // useful)
+    padded = np.zeros(segments * useful + TAPS - 1, np.float32)
+    used = min(len(window), len(padded))
+    padded[:used] = window[:used]
+    frames = sliding_window_view(padded, SEGMENT)[::useful][:segments]
+    spectra = sfft.rfft(frames, axis=-1)
+    spectra *= _taps_spectrum(taps.tobytes())
+    target = sfft.irfft(spectra, SEGMENT, axis=-1, overwrite_x=True)[:, TAPS - 1 :]
+    return window[REACH : REACH + count].copy(), target.reshape(-1)[:count].astype(np.float64)
 
 
 @functools.lru_cache(maxsize=8)
-def _taps_spectrum(taps: bytes, size: int) -> NDArray[np.complex128]:
-    return np.fft.rfft(np.frombuffer(taps, dtype=np.float64), size)
-
-
-def _fft_size(minimum: int) -> int:
-    """The smallest 2^a * 3^b >= minimum (fast for numpy's FFT)."""
-    best = 1 << (minimum - 1).bit_length()
-    power3 = 1
-    while power3 < best:
-        size = power3 * (1 << max(0, (-(-minimum // power3) - 1).bit_length()))
-        best = min(best, size)
-        power3 *= 3
-    return best
+def _taps_spectrum(taps: bytes) -> NDArray[np.complex64]:
+    spectrum: NDArray[np.complex64] = sfft.rfft(np.frombuffer(taps, dtype=np.float64).astype(np.float32), SEGMENT)
+    return spectrum
 
 
 def _span_mask(spans: tuple[tuple[float, float, bool], ...], start: int, count: int) -> Audio:
