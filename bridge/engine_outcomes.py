@@ -37,7 +37,7 @@ class JobOutcomes:
             result=_json({"stems": stems, "manifest": str(result.manifest)}),
             flags=_json(result.flags), cost=0.0 if reused_from else result.estimated_cost, error=None)
         self.events.emit(row.view.job_id, row.view.tag, JobState.done, 1.0, message, stems=stems,
-                         manifest=str(result.manifest), flags=tuple(result.flags))
+                         manifest=str(result.manifest), flags=tuple(result.flags), origin=row.view.origin)
 
     def cancelled(self, row: JobRow) -> None:
         job_id = row.view.job_id
@@ -47,7 +47,7 @@ class JobOutcomes:
         self.journal.set_state(job_id, JobState.cancelled, None, "Cancelled",
                                **({} if accepted else {"cost": 0.0}))
         self.events.emit(row.view.job_id, row.view.tag, JobState.cancelled, self._progress_now(row), "Cancelled",
-                         error="Cancelled")
+                         error="Cancelled", origin=row.view.origin)
 
     def failed(self, row: JobRow, exc: BridgeError, paid: bool = False) -> None:
         """`paid`: requests were made for it (its estimated cost stays counted against the budget)."""
@@ -57,7 +57,7 @@ class JobOutcomes:
         self.journal.set_state(row.view.job_id, JobState.failed, None, exc.message, error=text,
                                **({} if paid else {"cost": 0.0}))
         self.events.emit(row.view.job_id, row.view.tag, JobState.failed, self._progress_now(row), exc.message,
-                         error=text)
+                         error=text, origin=row.view.origin)
 
     def waiting(self, row: JobRow, message: str, until: float | None, count_attempt: bool = True) -> float:
         """Journal the job as waiting; returns when it may run again (backing off when `until` is None)."""

@@ -46,6 +46,7 @@ class JobEvent:
     manifest: str | None = None
     error: str | None = None
     flags: tuple[str, ...] = ()
+    origin: str = ""  # the way in of the job's request (request.Origin's value), on final events
 
 
 @dataclass(frozen=True)

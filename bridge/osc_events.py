@@ -1,15 +1,24 @@
 """OSC job events: sent to the client that submitted the job and to every subscriber, from one thread
-of their own, so an engine thread only ever puts an event on a queue."""
+of their own, so an engine thread only ever puts an event on a queue.
+
+The end of an OSC job that reached nobody is kept a while and sent to the next client that subscribes:
+after a daemon restart the jobs resume, but neither the submitters nor the subscriptions survive it, so
+a job that ends before its device has subscribed again would otherwise never reach Live.
+"""
 
 from __future__ import annotations
 
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from bridge.jobs import JobEvent
 from bridge.osc_wire import encode_reply, event_messages
+from bridge.request import Origin
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +27,22 @@ Address = tuple[str, int]
 MAX_SUBSCRIBERS = 32
 _MAX_OWNED_JOBS = 10_000
 _EVENT_QUEUE_SIZE = 10_000
+UNHEARD_KEPT = 64  # ends of OSC jobs that reached nobody, kept for the next subscriber...
+UNHEARD_SECONDS = 3600.0  # ...for this long
+
+
+@dataclass(frozen=True)
+class _Replay:
+    """Send the kept unheard job ends to this new subscriber (queued: after every earlier event)."""
+
+    client: Address
+
+
+@dataclass(frozen=True)
+class _Flush:
+    """Set `done` once every event queued before it has been sent."""
+
+    done: threading.Event
 
 
 class EventForwarder:
@@ -26,12 +51,13 @@ class EventForwarder:
     def __init__(self, prefix: str, send: Callable[[Address, bytes], None]) -> None:
         self._prefix = prefix
         self._send = send
-        self._queue: queue.Queue[JobEvent | None] = queue.Queue(_EVENT_QUEUE_SIZE)
+        self._queue: queue.Queue[JobEvent | _Replay | _Flush | None] = queue.Queue(_EVENT_QUEUE_SIZE)
         # Held by the server across submit → "remember the owner" → /accepted, so that a job's first
         # events can neither overtake its /accepted nor miss its owner.
         self.lock = threading.RLock()
         self._owners: dict[str, set[Address]] = {}
         self._subscribers: set[Address] = set()
+        self._unheard: deque[tuple[float, JobEvent]] = deque(maxlen=UNHEARD_KEPT)  # forwarder thread only
         self._thread = threading.Thread(target=self._run, name="osc-events", daemon=True)
         self._dropped = 0
 
@@ -52,14 +78,29 @@ class EventForwarder:
 
     def subscribe(self, client: Address) -> bool:
         with self.lock:
-            if client not in self._subscribers and len(self._subscribers) >= MAX_SUBSCRIBERS:
+            if client in self._subscribers:
+                return True
+            if len(self._subscribers) >= MAX_SUBSCRIBERS:
                 return False
             self._subscribers.add(client)
-            return True
+        try:
+            self._queue.put_nowait(_Replay(client))
+        except queue.Full:  # the events in the queue matter more than a replay
+            logger.warning("OSC: event queue full, no replay of unheard job ends for %s:%d", *client)
+        return True
 
     def unsubscribe(self, client: Address) -> None:
         with self.lock:
             self._subscribers.discard(client)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every event queued so far has been sent; False if that took over `timeout` s."""
+        marker = _Flush(threading.Event())
+        try:
+            self._queue.put(marker, timeout=timeout)
+        except queue.Full:
+            return False
+        return marker.done.wait(timeout)
 
     def start(self) -> None:
         self._thread.start()
@@ -70,11 +111,16 @@ class EventForwarder:
             self._thread.join()
 
     def _run(self) -> None:
-        while (event := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
             try:
-                self._deliver(event)
+                if isinstance(item, _Flush):
+                    item.done.set()
+                elif isinstance(item, _Replay):
+                    self._replay(item.client)
+                else:
+                    self._deliver(item)
             except Exception:
-                logger.exception("OSC: could not forward an event of job %s", event.job_id)
+                logger.exception("OSC: could not forward %s", item)
 
     def _deliver(self, event: JobEvent) -> None:
         with self.lock:
@@ -82,8 +128,24 @@ class EventForwarder:
                 else set(self._owners.get(event.job_id, ()))
             destinations = owners | self._subscribers
         if not destinations:
+            if event.state.finished and event.origin == Origin.osc:
+                self._unheard.append((time.monotonic(), event))
             return
-        datagrams = [encode_reply(self._prefix, name, args) for name, args in event_messages(event)]
+        datagrams = self._datagrams(event)
         for destination in sorted(destinations):
             for data in datagrams:
                 self._send(destination, data)
+
+    def _replay(self, client: Address) -> None:
+        kept_since = time.monotonic() - UNHEARD_SECONDS
+        while self._unheard and self._unheard[0][0] < kept_since:
+            self._unheard.popleft()
+        if self._unheard:
+            logger.info("OSC: sending %d job end(s) that reached nobody to new subscriber %s:%d",
+                        len(self._unheard), *client)
+        for _, event in self._unheard:
+            for data in self._datagrams(event):
+                self._send(client, data)
+
+    def _datagrams(self, event: JobEvent) -> list[bytes]:
+        return [encode_reply(self._prefix, name, args) for name, args in event_messages(event)]

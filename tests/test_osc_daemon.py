@@ -399,6 +399,42 @@ def test_a_cancelled_jobs_last_event_keeps_its_progress(daemon_factory: Any, use
     assert fractions[-1] >= fractions[-2]  # … and the bar does not jump back
 
 
+def test_a_job_that_ends_before_its_device_subscribes_again_after_a_restart_still_reaches_it(
+        daemon_factory: Any, user_dirs: dict[str, Path]) -> None:
+    """A restart forgets who sent a job and who subscribed, but resumes the job. Its end, heard by
+    nobody, goes to the next client that subscribes (the Max device does every 5 s while a job is open)."""
+    from bridge.local_service import LocalFalService
+
+    with LocalFalService(key=TEST_KEY, job_time=4.0) as slow:
+        first = daemon_factory(slow.url)
+        source = three_tone_source(user_dirs["home"] / "Song" / "Keys.wav")
+        with device_for(first.start()) as device:
+            job_id = separate(device, source, "piano", "keys-1")
+            wait_until_state(device, job_id, "running")
+        first.kill()  # kill -9 while the service works on it
+        restarted = daemon_factory(slow.url)
+        with device_for(restarted.start()) as device:
+            wait_for(lambda: status_of(device, job_id)[0][0][1] in ("done", "failed"), timeout=60,
+                     what="the resumed job to end")
+            assert device.backlog == []  # not subscribed: nothing of the job came here
+            assert device.ask("/sam/subscribe", device.port, reply="/sam/subscribe/ok") == [device.port]
+            seen = follow_job(device, job_id, timeout=10)
+            assert device.ask("/sam/subscribe", device.port, reply="/sam/subscribe/ok") == [device.port]
+            time.sleep(0.3)
+            assert device.nothing_waiting()  # subscribing again (the keep-alive) does not repeat it
+        assert restarted.stop() == 0
+        assert slow.stats()["submits"] == 1  # polled after the restart, not paid again
+    assert seen.error is None and seen.done is not None, seen
+    stems = dict(seen.stems)
+    assert [seen.done[1], seen.done[2]] == [stems["target"], stems["residual"]]
+    src, rate = read(source)
+    target, target_rate = read(stems["target"])
+    residual, _ = read(stems["residual"])
+    assert target_rate == rate and target.shape == residual.shape == src.shape
+    assert peak(src - (target + residual)) <= 2 * PCM24_STEP  # the stems null against the source
+    assert tone_share(target, rate, VOICE_HZ) > 0.9  # "piano" is the mid band: the 1 kHz tone
+
+
 def test_status_reports_one_job_or_all_jobs(client: Device, user_dirs: dict[str, Path]) -> None:
     assert status_of(client) == ([], 0)
     first = separate(client, three_tone_source(user_dirs["home"] / "a.wav", seconds=0.5), "piano", "ta")

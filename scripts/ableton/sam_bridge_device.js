@@ -300,7 +300,8 @@ function announce() {
 }
 
 /** Announce again every few seconds while a job is open, so events reach us after a daemon restart
- *  (jobs resume there; the subscription and reply port do not survive it). */
+ *  (jobs resume there; the subscription and reply port do not survive it; a job that ended in between
+ *  is sent to us when we subscribe afresh). */
 function keepAnnouncing() {
     if (device.keepalive) { return; }
     device.keepalive = host.repeat(KEEPALIVE_MS, function () {
