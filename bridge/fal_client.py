@@ -391,6 +391,14 @@ def error_for_response(response: httpx.Response, what: str, *, attempts: int = 1
     code = response.status_code
     text, _items = _detail_text(response)
     error_type = response.headers.get("x-fal-error-type", "")
+    if code == 403 and "locked" in text.lower():
+        # fal answers every billable call with 403 "User is locked. Reason: Exhausted balance. ..." when
+        # the account has run out of credit (or was locked by fal): the key itself is fine.
+        return AuthError(
+            f"Your fal account is locked, so the {what} was refused (HTTP 403: {text}).",
+            hint="Top up or unlock the account at https://fal.ai/dashboard/billing (a new key does not help), "
+            "then run the job again; nothing was charged for this request.",
+        )
     if code in (401, 403):
         return AuthError(
             f"fal refused the API key (HTTP {code}{': ' + text if text else ''}).",

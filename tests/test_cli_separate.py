@@ -363,6 +363,22 @@ def test_401_from_the_service(env: dict[str, Path], service: LocalFalService, mu
     assert service.stats()["submits"] == 0
 
 
+LOCKED = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+
+
+def test_a_locked_account_is_not_called_a_bad_key(env: dict[str, Path], service: LocalFalService, music: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """fal answers 403 "User is locked" to every billable call of an account out of credit: the key is
+    fine, so the message must send the user to billing, not to their key."""
+    service.faults.fail("submit", 403, detail=LOCKED)
+    rc, _out, err, _ = run_failing(service, music, capsys)
+    assert rc == 1
+    assert "Your fal account is locked" in err and LOCKED in err
+    assert "https://fal.ai/dashboard/billing" in err and "a new key does not help" in err
+    assert "refused the API key" not in err and "dashboard/keys" not in err
+    assert service.stats()["submits"] == 0
+
+
 def test_422_names_the_field_and_message(env: dict[str, Path], service: LocalFalService, music: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     service.faults.fail("submit", 422, field="prompt", detail="Prompt is too vague")

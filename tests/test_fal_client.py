@@ -69,6 +69,18 @@ def test_upload_paths_deliver_the_same_bytes(service, tmp_path: Path, mode: str)
         assert dest.read_bytes() == audio.read_bytes()
 
 
+def test_a_locked_account_stops_the_upload_with_a_billing_message(service, tmp_path: Path) -> None:
+    """fal's storage token call is billable too: a locked account gets 403 there first."""
+    locked = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+    service.faults.fail("token", 403, detail=locked)
+    with FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY,
+                   data_uri_limit=0) as client:
+        with pytest.raises(AuthError, match="Your fal account is locked") as err:
+            client.storage.upload(make_wav(tmp_path / "in.wav"), "audio/wav")
+    assert locked in str(err.value) and "fal.ai/dashboard/billing" in str(err.value.hint)
+    assert "FAL_KEY" not in str(err.value) + str(err.value.hint)
+
+
 def test_submit_retried_after_ingress_503s_and_charged_once(service, tmp_path: Path) -> None:
     sleeper = RecordingSleep()
     with FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY,
