@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from bridge.fal_client import FalClient, QueueStatus, RequestHandle
 from bridge.intermediates import carry_position, clear_intermediates, write_complement
 from bridge.jobs import JobState
 from bridge.manifest import StepRecord, build_manifest
+from bridge.prefetch import Background
 from bridge.presets import Recipe, Step
 from bridge.request import SeparationRequest
 from bridge.stems import (
@@ -327,33 +327,55 @@ class _Run:
         for attempt in (1, 2):
             result = self.p.client.result(handle)
             try:
-                files = []
-                for n, key in enumerate(("target", "residual")):
-                    entry = result.get(key)
-                    if not isinstance(entry, dict) or "url" not in entry:
-                        raise JobFailed(f"The service's result has no {key} file.")
-                    suffix = ".mp3" if "mp3" in str(entry.get("content_type", "")) + str(entry.get("url")) \
-                        else ".wav"
-                    dest = self.workdir / f"step{index}.service-{key}{suffix}"
-                    self.p.client.download(str(entry["url"]), dest, progress=self._download_progress(n))
-                    files.append(dest)
+                files = [self._result_file(result, key, index) for key in ("target", "residual")]
+                self._fetch_both(files)
                 self.timed("download", t)
-                return files[0], files[1]
+                return files[0][1], files[1][1]
             except JobFailed:
                 if attempt == 2:
                     raise
                 log.info("result links failed; asking the service for the result again")
         raise AssertionError("unreachable")
 
+    def _result_file(self, result: dict[str, object], key: str, index: int) -> tuple[str, Path]:
+        entry = result.get(key)
+        if not isinstance(entry, dict) or "url" not in entry:
+            raise JobFailed(f"The service's result has no {key} file.")
+        suffix = ".mp3" if "mp3" in str(entry.get("content_type", "")) + str(entry.get("url")) else ".wav"
+        return str(entry["url"]), self.workdir / f"step{index}.service-{key}{suffix}"
+
+    def _fetch_both(self, files: list[tuple[str, Path]]) -> None:
+        """Both results at once, the residual in a second thread: over the internet one connection is
+        slower than the line. Only this thread reports progress and looks for a cancel."""
+        received = [(0, 0), (0, 0)]  # (bytes so far, size) per file
+
+        def report() -> None:
+            done, total = sum(r[0] for r in received), sum(r[1] for r in received)
+            self.report(JobState.downloading, done / max(total, 1), "Downloading results")
+
+        def ours(done: int, total: int) -> None:
+            received[0] = (done, total)
+            report()
+            self.check_cancel()
+
+        def theirs(done: int, total: int) -> None:
+            if residual.stopping.is_set():
+                raise Cancelled("Stopped: the other download failed or was cancelled.")
+            received[1] = (done, total)
+
+        (target_url, target_dest), (residual_url, residual_dest) = files
+        residual = Background(lambda: self.p.client.download(residual_url, residual_dest, progress=theirs),
+                              name="download-residual")  # bound before its thread starts: `theirs` uses it
+        with residual:
+            self.p.client.download(target_url, target_dest, progress=ours)
+            while not residual.wait(0.1):
+                report()
+                self.check_cancel()
+            residual.result()
+
     def _conform_progress(self, fraction: float) -> None:
         self.check_cancel()  # a long conform stops for a cancel, and for shutdown (the hooks raise)
         self.report(JobState.conforming, fraction, "Aligning and writing stems")
-
-    def _download_progress(self, index: int) -> Callable[[int, int], None]:
-        def progress(done: int, total: int) -> None:
-            self.report(JobState.downloading, (index + done / max(total, 1)) / 2, "Downloading results")
-
-        return progress
 
     # -- writing ----------------------------------------------------------------------------------
 

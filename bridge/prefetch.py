@@ -1,4 +1,5 @@
-"""Overlap the stages of a streaming job on a second core: read ahead, write behind.
+"""Overlap the stages of a streaming job on a second core: read ahead, write behind, or one call in the
+background (the second of two downloads).
 
 libsndfile, soxr and the FFTs release the GIL, so reading and decoding the next block, or writing the
 last one, can run while the calling thread computes the current one. Both helpers hold at most `depth`
@@ -12,13 +13,17 @@ the caller closes right after (a thread left reading a closed SoundFile crashes 
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Generic, TypeVar
 
+log = logging.getLogger(__name__)
+
 Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 _POLL = 0.05  # seconds a blocked worker waits before checking whether it was told to stop
 
@@ -174,11 +179,63 @@ class WriteBehind(Generic[Item]):
             self.abandon()
 
 
+class Background(Generic[Result]):
+    """Run `call()` once in a worker thread while the caller does something else.
+
+    `result()` returns what `call` returned or raises its error. Leaving the `with` block waits for the
+    thread; when the caller failed (Ctrl-C too), it first sets `stopping`, which `call` should check
+    often, and waits at most `grace` seconds: a call blocked in a network read cannot see it, and is
+    ended by its caller closing the connection (it must hold nothing that may not outlive the block).
+    """
+
+    def __init__(self, call: Callable[[], Result], name: str = "background", grace: float = 2.0) -> None:
+        self.stopping = threading.Event()
+        self.grace = grace
+        self._call = call
+        self._value: Result | None = None
+        self._error: BaseException | None = None
+        self._worker = _Worker(self._run, name)
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as exc:  # raised in the caller's thread by result()
+            self._error = exc
+
+    def wait(self, timeout: float) -> bool:
+        """True once the call has ended (returned or failed)."""
+        return self._worker.ended.wait(timeout)
+
+    def result(self) -> Result:
+        self._worker.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]  # set: the call returned
+
+    def __enter__(self) -> Background[Result]:
+        self._worker.start(self._stop)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if kind is None:
+            self._worker.join()
+        else:
+            self._stop()
+
+    def _stop(self) -> None:
+        self.stopping.set()
+        if self._worker.started and not self._worker.ended.wait(self.grace):
+            log.info("%s: still blocked %g s after being told to stop; leaving it to its timeout",
+                     self._worker.name, self.grace)
+
+
 class _Worker:
     """A daemon thread running `target` once, joined reliably: its own end marker is waited on, because
     after Ctrl-C interrupts `Thread.join`, CPython 3.11 may report a running thread as no longer alive."""
 
     def __init__(self, target: Callable[[], None], name: str) -> None:
+        self.name = name
         self.ended = threading.Event()
         self._target = target
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)

@@ -237,3 +237,31 @@ def test_speech_over_a_hum_comes_back_aligned_at_22k(client: FalClient, library:
     assert abs(np.corrcoef(residual, hum)[0, 1]) > 0.9
     manifest = json.loads(result.manifest.read_text())
     assert manifest["steps"][0]["alignment"]["offset_samples"] == 0
+
+
+def test_target_and_residual_download_at_the_same_time(client: FalClient, service: LocalFalService,
+                                                       library: PresetLibrary, tmp_path: Path) -> None:
+    """With the first download held by the service, the other one is already fetched: over the internet
+    two connections fetch the pair in about the time of one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import wait_for
+
+    source = mix(tmp_path / "Pad.wav", seconds=2.0)
+    request = SeparationRequest(source=source, prompt="piano")
+    service.faults.stall("download", 4.0)  # the first download to arrive waits 4 s
+    hooks = Hooks()
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(Pipeline(client, poll_interval=0.02).run, request, recipe_for(request, library), hooks,
+                          tmp_path / "work")
+        # one download in flight (held), the other already asked for: they overlap
+        wait_for(lambda: int(service.stats()["calls"].get("download", 0)) >= 2 or run.done(), timeout=3.0,
+                 what="the second download while the first is held")
+        assert not run.done() and service.stats()["calls"]["download"] == 2
+        result = run.result(timeout=30)
+    original, _ = sf.read(source, dtype="float64")
+    target, _ = sf.read(result.stems["target"], dtype="float64")
+    residual, _ = sf.read(result.stems["residual"], dtype="float64")
+    assert np.max(np.abs(original - target - residual)) <= 1.5 / 2**23
+    assert JobState.downloading in hooks.states
+    assert hooks.fractions == sorted(hooks.fractions)  # one bar for both files, never going back

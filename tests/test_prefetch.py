@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.prefetch import ReadAhead, WriteBehind
+from bridge.prefetch import Background, ReadAhead, WriteBehind
 
 
 def test_read_ahead_yields_every_item_in_order() -> None:
@@ -185,3 +185,51 @@ def test_ctrl_c_while_finishing_stops_the_writer_before_the_caller_closes_its_fi
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_background_returns_the_calls_value_from_its_own_thread() -> None:
+    with Background(lambda: threading.current_thread().name, name="fetch-other") as other:
+        assert other.wait(5.0)
+        assert other.result() == "fetch-other"
+
+
+def test_background_raises_the_calls_error_in_the_caller() -> None:
+    def broken() -> int:
+        raise OSError("disk full")
+
+    with Background(broken) as other, pytest.raises(OSError, match="disk full"):
+        other.result()
+
+
+def test_background_tells_the_call_to_stop_when_the_caller_fails_and_waits_for_it() -> None:
+    chunks: list[int] = []
+
+    def download() -> None:
+        for chunk in range(1000):
+            if other.stopping.is_set():
+                raise RuntimeError("told to stop")
+            chunks.append(chunk)
+            time.sleep(0.01)
+
+    other = Background(download)
+    with pytest.raises(KeyError), other:
+        time.sleep(0.05)
+        raise KeyError("the caller's own download failed")
+    assert other.stopping.is_set() and other.wait(0)  # ended before the block was left
+    assert 0 < len(chunks) < 1000
+    with pytest.raises(RuntimeError, match="told to stop"):
+        other.result()
+
+
+def test_background_left_blocked_does_not_hold_up_a_failing_caller() -> None:
+    """A call blocked where it cannot look at `stopping` (a stalled network read) is given `grace`
+    seconds, then left to its own timeout; the caller's error goes on at once."""
+    release = threading.Event()
+    other = Background(lambda: release.wait(30.0), grace=0.2)
+    try:
+        with pytest.raises(KeyError), other:
+            raise KeyError("Ctrl-C")
+        assert not other.wait(0)  # still blocked: the caller was not held up until it ended
+    finally:
+        release.set()
+        assert other.result() is True  # ended once released (no thread outlives the test)
