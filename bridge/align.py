@@ -9,10 +9,15 @@ of the phase-transform cross-correlation (GCC-PHAT), which stays sharp on tonal 
 the reported correlation is the plain normalised cross-correlation at that lag (0..1). The first window
 with signal (up to a minute in) sets the offset; the last window of the segment, measured after that
 correction, gives the drift. The result is then streamed block by block onto the source's grid.
+
+A drift (a result running slightly fast or slow: the lag grows along the file) is corrected by
+reading the result again at a rate scaled so that the two windows' lags meet (`drift_rate_scale`),
+its start offset measured anew; the end is measured again to check.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ WINDOW_MAX_SAMPLES = 1 << 20  # ...capped so a 192/384 kHz source costs no more 
 SEARCH_SECONDS = 1.0  # ± lag searched
 START_WINDOWS = 4  # windows tried at the start before giving up on finding signal
 WEAK_CORRELATION = 0.5
+MAX_DRIFT = 0.01  # a result 1 % fast or slow is not a clock drift: flagged, never "corrected"
 SIGNAL_FLOOR_DBFS = -60.0  # window RMS below this counts as "no signal to align on"
 _READ_BLOCK = 1 << 16
 
@@ -44,6 +50,12 @@ class LagEstimate:
     lag: int  # candidate[n + lag] ≈ reference[n]: + means the candidate is late
     correlation: float  # normalised peak correlation, 0..1 (0 when there was no signal)
     has_signal: bool  # False when the reference window is (near) silent: the lag means nothing
+    window_start: int = 0  # where the measured window starts in the segment (source samples)...
+    window: int = 0  # ...and its length: the lag is that of the window's middle
+
+    @property
+    def centre(self) -> float:
+        return self.window_start + self.window / 2
 
 
 def mono_mix(block: NDArray[np.floating]) -> Float64Array:
@@ -102,7 +114,8 @@ def estimate_lag(reference: NDArray[np.floating], candidate: NDArray[np.floating
 class ResampledMono:
     """A service result file read block by block as mono float32 at `out_rate`, zeros after its end."""
 
-    def __init__(self, path: Path, out_rate: int) -> None:
+    def __init__(self, path: Path, out_rate: int, rate_scale: float = 1.0) -> None:
+        """`rate_scale`: read the file as if its rate were that much higher (a drift correction)."""
         try:
             self._file = sf.SoundFile(str(path))
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
@@ -111,7 +124,7 @@ class ResampledMono:
                 "Run the separation again (it is sent anew and charged again); if it keeps failing, try the "
                 "other result format (wav/mp3).",
             ) from exc
-        in_rate = int(self._file.samplerate)
+        in_rate = self._file.samplerate * rate_scale
         self._resampler = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32") if in_rate != out_rate else None
         self._pending: list[Float32Array] = []
         self._pending_len = 0
@@ -166,10 +179,10 @@ class ResampledMono:
 class AlignedService:
     """Target and residual on the source's grid: `offset` samples skipped (late) or zero-padded (early)."""
 
-    def __init__(self, target: Path, residual: Path, out_rate: int, offset: int = 0) -> None:
-        self.target = ResampledMono(target, out_rate)
+    def __init__(self, target: Path, residual: Path, out_rate: int, offset: int = 0, rate_scale: float = 1.0) -> None:
+        self.target = ResampledMono(target, out_rate, rate_scale)
         try:
-            self.residual = ResampledMono(residual, out_rate)
+            self.residual = ResampledMono(residual, out_rate, rate_scale)
         except BaseException:
             self.target.close()
             raise
@@ -227,7 +240,7 @@ def measure_start_offset(
             candidate = np.pad(candidate, (0, length + 2 * max_lag - len(candidate)))
         estimate = estimate_lag(source, candidate, max_lag)
         if estimate.has_signal:
-            return estimate
+            return dataclasses.replace(estimate, window_start=start, window=length)
         start += length
         service = np.concatenate((service[length:], read_service_mix(length)))
     return LagEstimate(0, 0.0, False)
@@ -259,7 +272,21 @@ class DriftProbe:
     def estimate(self) -> LagEstimate | None:
         if not self.active:
             return None
-        return estimate_lag(self._reference, self._candidate, self.max_lag)
+        estimate = estimate_lag(self._reference, self._candidate, self.max_lag)
+        return dataclasses.replace(estimate, window_start=self._start, window=len(self._reference))
+
+
+def drift_rate_scale(start: LagEstimate, end: LagEstimate, max_scale_error: float = MAX_DRIFT) -> float | None:
+    """How much faster to read the result so that the lag at the end window meets the start's (the end's
+    lag is measured after the start's offset was applied); None when there is nothing sure to correct:
+    a lag of a sample or less, a window without signal or with a weak match, or a drift beyond
+    `max_scale_error` (not a clock: something else is wrong)."""
+    usable = all(e.has_signal and e.correlation >= WEAK_CORRELATION for e in (start, end))
+    distance = end.centre - start.centre
+    if not usable or abs(end.lag) <= 1 or distance <= 0:
+        return None
+    scale = 1.0 + end.lag / distance
+    return scale if abs(scale - 1.0) <= max_scale_error else None
 
 
 def _copy_overlap(dest: NDArray[np.floating], dest_start: int, position: int, block: NDArray[np.floating]) -> None:

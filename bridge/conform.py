@@ -4,7 +4,8 @@ Streaming, block by block (64 Ki frames), so an hour-long source costs no more m
 
 1. measure where the result sits (`align`): offset at the start, drift at the end;
 2. read the result through a soxr stream at the source's rate, skip/pad the offset, pad/trim to exactly
-   the segment's frame count;
+   the segment's frame count; when the end window shows a drift, the stems are made a second time from
+   the result read at a corrected rate (and its offset measured anew);
 3. project mono → the source's channels (`projection`: direct for mono, STFT ratio mask otherwise);
 4. quantise the target exactly as it will be written, then residual = source − written target (the
    "complement": target + residual == source to the last bit for PCM) or the service's own residual;
@@ -37,10 +38,11 @@ from bridge.align import (
     AlignedService,
     DriftProbe,
     LagEstimate,
-    measure_start_offset,
+    drift_rate_scale,
     mono_mix,
 )
 from bridge.audio_source import INTEGER_BITS, SourceInfo, read_block
+from bridge.drift import DriftCorrection, Segment, measure_start, open_source, refine_scale, usable_offset
 from bridge.errors import BridgeError, SourceError
 from bridge.prefetch import ReadAhead, WriteBehind
 from bridge.projection import MaskProjector, describe
@@ -59,7 +61,6 @@ log = logging.getLogger(__name__)
 Float64Array = NDArray[np.float64]
 
 BLOCK = 1 << 16
-UNRELATED_CORRELATION = 0.2  # below this the measured lag is noise: keep the result where it is
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,9 @@ class ConformReport:
     frames: int
     samplerate: int
     channels: int
-    flags: tuple[str, ...]  # "weak-correlation", "drift", "drift-unmeasured", "silent-source", "clipped"
+    # "weak-correlation", "drift" (the stems may drift), "drift-corrected", "drift-unmeasured", "silent-source",
+    # "clipped"
+    flags: tuple[str, ...]
 
 
 
@@ -144,15 +147,31 @@ def conform(
     if Path(out_target) == Path(out_residual):
         raise ValueError("target and residual must be different files")
     plan = plan_output(source, spec.frames, spec.out_format, spec.out_subtype, spec.rf64_threshold)
-    start = _measure_start(spec, service_target, service_residual)
-    offset = start.lag if start.correlation >= UNRELATED_CORRELATION else 0
-    probe = DriftProbe(spec.frames, source.samplerate)
+    segment = Segment(source, spec.start_frame, spec.frames, service_target, service_residual)
+    start = measure_start(segment)
+    offset = usable_offset(start)
     try:
         stems = StemFiles((out_target, out_residual), plan, source)
     except (OSError, RuntimeError) as exc:
         raise output_error(exc, out_target) from exc
+    correction: DriftCorrection | None = None
     try:
-        tally = _stream(spec, plan, offset, service_target, service_residual, stems, probe, progress)
+        probe = DriftProbe(spec.frames, source.samplerate)
+        tally = _stream(spec, plan, offset, segment, stems, probe, progress)
+        end = probe.estimate()
+        scale = drift_rate_scale(start, end) if end is not None and offset == start.lag else None
+        if scale is not None and end is not None:
+            scale = refine_scale(segment, scale)
+            log.info("%s: the result drifts %+d samples by the end; making the stems again from it read "
+                     "%+.1f ppm faster", source.path.name, end.lag, (scale - 1) * 1e6)
+            stems.discard()
+            stems = StemFiles((out_target, out_residual), plan, source)
+            corrected_start = measure_start(segment, scale)
+            offset = usable_offset(corrected_start)
+            probe = DriftProbe(spec.frames, source.samplerate)
+            at_end = None if progress is None else (lambda _fraction: progress(0.99))  # the bar stays put
+            tally = _stream(spec, plan, offset, segment, stems, probe, at_end, scale)
+            correction = DriftCorrection(scale, end, start, probe.estimate())
         stems.close()
         copy_metadata(source, spec.start_frame, plan, (out_target, out_residual))
         for path in (out_target, out_residual):
@@ -170,50 +189,20 @@ def conform(
         raise
     if progress is not None:
         progress(1.0)
-    return _report(spec, plan, start, offset, probe.estimate(), tally)
-
-
-def _measure_start(spec: ConformSpec, target: Path, residual: Path) -> LagEstimate:
-    source = spec.source
-    service = AlignedService(target, residual, source.samplerate)
-    try:
-        with _open_source(source) as src:
-            src.seek(spec.start_frame)
-            remaining = [spec.frames]
-
-            def read_source(n: int) -> Float64Array:
-                n = max(0, min(n, remaining[0]))
-                remaining[0] -= n
-                return mono_mix(read_block(src, n, "float64"))
-
-            def read_service(n: int) -> NDArray[np.float32]:
-                t, r = service.read(n)
-                return t + r
-
-            return measure_start_offset(read_source, read_service, source.samplerate, spec.frames)
-    finally:
-        service.close()
-
-
-def _open_source(source: SourceInfo) -> sf.SoundFile:
-    try:
-        return sf.SoundFile(str(source.path))
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise SourceError(
-            f"“{source.path.name}” can no longer be read.",
-            "Check that the file is still there and unchanged.",
-        ) from exc
+    if correction is not None:
+        return _report(spec, plan, correction.first_start, offset, correction.found, tally, correction)
+    return _report(spec, plan, start, offset, end, tally)
 
 
 def _stream(
     spec: ConformSpec,
     plan: OutputPlan,
     offset: int,
-    target_path: Path,
-    residual_path: Path,
+    segment: Segment,
     stems: StemFiles,
     probe: DriftProbe,
     progress: Callable[[float], None] | None,
+    rate_scale: float = 1.0,
 ) -> _Tally:
     source = spec.source
     tally = _Tally()
@@ -228,10 +217,10 @@ def _stream(
         waiting[:] = [joined[count:]]
         return joined[:count]
 
-    service = AlignedService(target_path, residual_path, source.samplerate, offset)
+    service = AlignedService(segment.target, segment.residual, source.samplerate, offset, rate_scale)
     try:
         with (
-            _open_source(source) as src,
+            open_source(source) as src,
             ReadAhead(_blocks(spec, src, service, pcm_source), name="conform-read") as blocks,
             WriteBehind(stems.write_pair, name="conform-write") as writer,
         ):
@@ -301,6 +290,7 @@ def _report(
     offset: int,
     end: LagEstimate | None,
     tally: _Tally,
+    correction: DriftCorrection | None = None,
 ) -> ConformReport:
     flags: list[str] = []
     correlation = start.correlation
@@ -323,7 +313,13 @@ def _report(
                 flags.append("weak-correlation")
         if usable_end:
             drift = end.lag
-            if abs(drift) > 1:
+            left = correction.left if correction is not None else end
+            if correction is not None:
+                flags.append("drift-corrected")
+                left_text = f"{left.lag:+d}" if left is not None and left.has_signal else "unmeasured"
+                method += (f"; a drift of {drift:+d} samples was corrected by reading the result "
+                           f"{(correction.scale - 1) * 1e6:+.1f} ppm faster (left at the end: {left_text})")
+            if left is None or abs(left.lag) > 1:
                 flags.append("drift")
         else:
             flags.append("drift-unmeasured")

@@ -33,7 +33,7 @@ MANIFEST_FIELDS: dict[str, str] = {
     "`estimated_cost`, `service_log_tail`",
     "stems": "label → `path`, `format`, `subtype`, `samplerate`, `channels`, `frames`",
     "residual_method": "`complement` (source − target) or `service`",
-    "flags": "warnings to read: `weak-correlation`, `drift`, `clipped`, `silent-source`, …",
+    "flags": "warnings to read: `weak-correlation`, `drift`, `drift-corrected`, `clipped`, `silent-source`, …",
     "timings": "seconds per stage (`prepare`, `upload`, `service`, `download`, `conform`, `write`, `total`)",
     "estimated_cost": "`amount` and `currency`, from the configured price table",
     "reused_from": "manifest of an earlier identical job whose stems were reused (dedupe), else null",

@@ -194,6 +194,24 @@ def test_local_json_summary_and_default_stems_folder(env: dict[str, Path], music
     assert "stand-in" not in out  # the notice goes to stderr only, so stdout stays valid JSON
 
 
+def test_a_result_on_a_drifting_clock_still_gives_aligned_stems(
+        env: dict[str, Path], service: LocalFalService, music: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The stand-in's result runs 150 ppm fast (~240 samples late by the end window): the stems are made
+    from the result read at a corrected rate, so clicks at the end line up like those at the start.
+    (A mono source, whose target is the result itself, is tested in test_conform.)"""
+    source = make_source(music / "Long take.wav", 44100, 2, "PCM_24", 40.0)
+    service.faults.drift_result(150.0)
+    rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url, "--json")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    summary = json.loads(out)
+    step = json.loads(Path(summary["manifest"]).read_text())["steps"][0]
+    assert step["alignment"]["drift_samples"] > 200  # what the result did...
+    assert "drift-corrected" in step["flags"] and "drift" not in step["flags"]  # ...and nothing is left
+    stems = {label: Path(path) for label, path in summary["stems"].items()}
+    assert_stems_match(source, stems["target"], stems["residual"])  # every click to ±1 sample, null exact
+
+
 def test_second_run_never_overwrites_the_first(env: dict[str, Path], service: LocalFalService,
                                                music: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = make_source(music / "Loop.wav", 48000, 1, "PCM_16", 1.0)

@@ -152,15 +152,21 @@ def test_stereo_source_with_a_late_mp3_result(tmp_path: Path) -> None:
     _assert_pcm_nulls(source, out_t, out_r)
 
 
-def test_a_drifting_result_is_flagged(tmp_path: Path) -> None:
+def test_a_drifting_result_is_corrected_and_says_so(tmp_path: Path) -> None:
     rate, seconds = 16_000, 40.0
     music = low_noise(rate, seconds, seed=11) + tone(rate, seconds, 90, 0.05)
     half = music / 2
     source = write_audio(tmp_path / "src.wav", music, rate, "PCM_24")
     drifting = fake_service_result(half, half, rate, tmp_path, speed=1 + 60e-6, name="drift")  # ~38 samples
-    report, *_ = _run(tmp_path, source, drifting)
-    assert "drift" in report.flags
-    assert 12 <= report.drift_samples <= 35  # the end window sits ~25 s after the start window
+    report, out_t, out_r, _ = _run(tmp_path, source, drifting)
+    assert 12 <= report.drift_samples <= 35  # found: the end window sits ~25 s after the start window
+    assert report.flags == ("drift-corrected",)  # not "drift": nothing is left to see
+    assert "corrected by reading the result +" in report.method and "left at the end: +0" in report.method
+    target = _floats(out_t)[:, 0]
+    for part in (slice(0, 5 * rate), slice(-5 * rate, None)):  # the start and the end line up alike
+        error = target[part] - half[part]
+        assert np.sqrt(np.mean(error**2)) < 0.02 * np.sqrt(np.mean(half[part] ** 2)), part
+    _assert_pcm_nulls(source, out_t, out_r)
     steady = fake_service_result(half, half, rate, tmp_path, name="steady")
     (tmp_path / ".sam-partial-target").unlink()
     (tmp_path / ".sam-partial-residual").unlink()

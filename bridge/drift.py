@@ -1,0 +1,126 @@
+"""Where a service result sits on a segment of the source, and the rate to read it at when its clock drifts.
+
+`measure_start` gives the offset (the first window with signal, see `bridge.align`). A drift shows in
+the end window, measured while the stems are written. To correct it, conform reads the result again at a
+scaled rate. The lag measured over a window is not quite the lag at its middle when the result drifts
+(transients early or late in the window pull the peak their way), so the first scale is refined by
+measuring both windows again at that scale, which only decodes and resamples the result (no stems), until
+the end window's lag is a sample or less.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from numpy.typing import NDArray
+
+from bridge.align import (
+    AlignedService,
+    DriftProbe,
+    LagEstimate,
+    drift_rate_scale,
+    measure_start_offset,
+    mono_mix,
+)
+from bridge.audio_source import SourceInfo, read_block
+from bridge.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+UNRELATED_CORRELATION = 0.2  # below this the measured lag is noise: keep the result where it is
+REFINEMENTS = 3  # cheap measuring passes after the first estimate of the rate
+_BLOCK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The part of the source the stems are for, and the service's two result files."""
+
+    source: SourceInfo
+    start_frame: int
+    frames: int
+    target: Path
+    residual: Path
+
+
+@dataclass(frozen=True)
+class DriftCorrection:
+    scale: float  # the result is read as if its rate were this much higher
+    found: LagEstimate  # the end window's lag before the correction
+    first_start: LagEstimate  # the start window before the correction
+    left: LagEstimate | None  # the end window's lag with the correction (None: not measurable)
+
+
+def usable_offset(start: LagEstimate) -> int:
+    return start.lag if start.correlation >= UNRELATED_CORRELATION else 0
+
+
+def open_source(source: SourceInfo) -> sf.SoundFile:
+    try:
+        return sf.SoundFile(str(source.path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise SourceError(
+            f"“{source.path.name}” can no longer be read.",
+            "Check that the file is still there and unchanged.",
+        ) from exc
+
+
+def measure_start(segment: Segment, rate_scale: float = 1.0) -> LagEstimate:
+    source = segment.source
+    service = AlignedService(segment.target, segment.residual, source.samplerate, rate_scale=rate_scale)
+    try:
+        with open_source(source) as src:
+            src.seek(segment.start_frame)
+            remaining = [segment.frames]
+
+            def read_source(n: int) -> NDArray[np.float64]:
+                n = max(0, min(n, remaining[0]))
+                remaining[0] -= n
+                return mono_mix(read_block(src, n, "float64"))
+
+            def read_service(n: int) -> NDArray[np.float32]:
+                t, r = service.read(n)
+                return t + r
+
+            return measure_start_offset(read_source, read_service, source.samplerate, segment.frames)
+    finally:
+        service.close()
+
+
+def refine_scale(segment: Segment, scale: float) -> float:
+    """`scale` (from the first pass) adjusted until the end window lines up, or the best after
+    REFINEMENTS tries."""
+    for _ in range(REFINEMENTS):
+        start, end = _measure_ends(segment, scale)
+        step = drift_rate_scale(start, end) if end is not None else None
+        if step is None:  # a sample or less left (or nothing sure to go on): done
+            break
+        log.debug("drift: %+d samples left at %+.2f ppm; refining", end.lag if end else 0, (scale - 1) * 1e6)
+        scale *= step
+    return scale
+
+
+def _measure_ends(segment: Segment, scale: float) -> tuple[LagEstimate, LagEstimate | None]:
+    """The start and end windows' lags with the result read at `scale`, the start's offset applied."""
+    start = measure_start(segment, scale)
+    source = segment.source
+    probe = DriftProbe(segment.frames, source.samplerate)
+    service = AlignedService(segment.target, segment.residual, source.samplerate, usable_offset(start), scale)
+    try:
+        with open_source(source) as src:
+            for position in range(0, segment.frames, _BLOCK):
+                count = min(_BLOCK, segment.frames - position)
+                target, residual = service.read(count)  # read through: the resampler streams from the start
+                if probe.wants(position, count):
+                    src.seek(segment.start_frame + position)
+                    probe.feed_source(position, mono_mix(read_block(src, count, "float64")))
+                    probe.feed_service(position, target + residual)
+            tail_t, tail_r = service.read(probe.max_lag)
+            probe.feed_service(segment.frames, tail_t + tail_r)
+    finally:
+        service.close()
+    return start, probe.estimate()
