@@ -30,7 +30,8 @@ MANIFEST_FIELDS: dict[str, str] = {
     "label": "the word used in the file names",
     "steps": "one entry per service request: `label`, `prompt`, `options`, `request_id`, `alignment` "
     "(`offset_samples`, `drift_samples`, `correlation`, `method`), `projection`, `null_test_dbfs`, `flags`, "
-    "`estimated_cost`, `service_log_tail`",
+    "`estimated_cost`, `upload` (`content_type`, `bytes`, `source_file_as_is`: what was sent; null when the "
+    "step was resumed), `service_log_tail`",
     "stems": "label → `path`, `format`, `subtype`, `samplerate`, `channels`, `frames`",
     "residual_method": "`complement` (source − target) or `service`",
     "flags": "warnings to read: `weak-correlation`, `drift`, `drift-corrected`, `clipped`, `silent-source`, …",
@@ -52,6 +53,7 @@ class StepRecord:
     seconds: float = 0.0
     estimated_cost: float = 0.0
     service_logs: list[str] = field(default_factory=list)
+    upload: dict[str, object] | None = None  # what was sent: content type, bytes, the source file as is?
 
 
 def _finite(value: float) -> float | None:
@@ -103,6 +105,7 @@ def build_manifest(
                 "null_test_dbfs": _finite(step.report.null_test_dbfs) if step.report else None,
                 "flags": list(step.report.flags) if step.report else [],
                 "estimated_cost": step.estimated_cost,
+                "upload": step.upload,
                 "service_log_tail": step.service_logs[-5:],
             }
             for i, step in enumerate(steps)

@@ -30,6 +30,7 @@ from bridge.errors import Cancelled, JobFailed, ServiceError, SourceError, Submi
 from bridge.fal_client import FalClient, QueueStatus, RequestHandle
 from bridge.intermediates import carry_position, clear_intermediates, write_complement
 from bridge.jobs import JobState
+from bridge.loopback import is_loopback_url
 from bridge.manifest import StepRecord, build_manifest
 from bridge.prefetch import Background
 from bridge.presets import Recipe, Step
@@ -126,6 +127,12 @@ class Pipeline:
     prices: PriceTable = field(default_factory=PriceTable)
     poll_interval: float = 0.5  # when the status stream is unavailable
     use_stream: bool = True  # follow fal's server-sent status stream: completion is seen at once
+    shrink_uploads: bool | None = None  # WAV sent as FLAC; None: when the service is not on this machine
+
+    def shrinks_uploads(self) -> bool:
+        if self.shrink_uploads is not None:
+            return self.shrink_uploads
+        return not is_loopback_url(self.client.storage.rest_url)  # over loopback bytes cost nothing
 
     def run(self, request: SeparationRequest, recipe: Recipe, hooks: Hooks, workdir: Path,
             resume: dict[int, RequestHandle] | None = None, temp_tag: str = "",
@@ -263,7 +270,9 @@ class _Run:
         self.check_cancel()
         t = time.monotonic()
         self.report(JobState.uploading, 0.0, "Preparing the upload")
-        upload_path, content_type = make_upload_file(source, start, frames, self.workdir)
+        upload_path, content_type = make_upload_file(source, start, frames, self.workdir, self.p.shrinks_uploads())
+        self.steps[-1].upload = {"content_type": content_type, "bytes": upload_path.stat().st_size,
+                                 "source_file_as_is": upload_path == source.path}
         url = self.p.client.storage.upload(
             upload_path, content_type,
             progress=lambda done, total: self.report(JobState.uploading, done / max(total, 1), "Uploading"),

@@ -18,6 +18,7 @@ from bridge.audio_source import (
     probe_source,
     read_block,
     source_sha256,
+    upload_plan,
 )
 from bridge.errors import SourceError
 from tests.audio_fixtures import noise, tone, write_audio
@@ -219,3 +220,27 @@ def test_source_sha256_streams_the_whole_file(tmp_path: Path) -> None:
     data = np.random.default_rng(1).bytes(3 * 2**20 + 17)
     path.write_bytes(data)
     assert source_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(("fmt", "subtype", "shrunk"), [
+    ("WAV", "PCM_16", ("FLAC", "PCM_16", "audio/flac")),
+    ("WAV", "PCM_24", ("FLAC", "PCM_24", "audio/flac")),
+    ("WAV", "FLOAT", (None, "", "audio/wav")),  # FLAC holds no float samples: as is
+    ("WAV", "PCM_32", (None, "", "audio/wav")),  # nor 32-bit ones
+    ("FLAC", "PCM_24", (None, "", "audio/flac")),  # packed already
+])
+def test_shrinking_uploads_packs_pcm_wav_as_flac(tmp_path: Path, fmt: str, subtype: str,
+                                                 shrunk: tuple[str | None, str, str]) -> None:
+    path = tmp_path / f"x.{fmt.lower()}"
+    sf.write(str(path), _stereo(0.2), 48_000, format=fmt, subtype=subtype)
+    info = probe_source(path)
+    assert upload_plan(info, 0, info.frames, shrink=True) == shrunk
+    assert upload_plan(info, 0, info.frames)[0] is None  # not asked to: the file as is
+
+
+def test_a_shrunk_upload_holds_the_same_samples(tmp_path: Path) -> None:
+    path = tmp_path / "x.wav"
+    sf.write(str(path), _stereo(0.5), 44_100, subtype="PCM_24")
+    upload, ctype = make_upload_file(probe_source(path), 0, sf.info(str(path)).frames, tmp_path / "work", shrink=True)
+    assert ctype == "audio/flac" and upload.suffix == ".flac"
+    assert np.array_equal(sf.read(str(upload), dtype="int32")[0], sf.read(str(path), dtype="int32")[0])

@@ -14,12 +14,14 @@ import pytest
 import soundfile as sf
 
 from bridge import bwf
+from bridge.fal_auth import ApiKey
 from bridge.fal_client import FalClient, RequestHandle
 from bridge.jobs import JobState
 from bridge.local_service import LocalFalService
 from bridge.pipeline import Pipeline, StandaloneHooks
 from bridge.presets import PresetLibrary, builtin_presets_dir, recipe_for
 from bridge.request import SeparationRequest
+from tests.conftest import TEST_KEY
 
 
 class Hooks(StandaloneHooks):
@@ -265,3 +267,39 @@ def test_target_and_residual_download_at_the_same_time(client: FalClient, servic
     assert np.max(np.abs(original - target - residual)) <= 1.5 / 2**23
     assert JobState.downloading in hooks.states
     assert hooks.fractions == sorted(hooks.fractions)  # one bar for both files, never going back
+
+
+@pytest.mark.parametrize("shrink", [True, False])
+def test_a_wav_goes_to_a_remote_service_as_flac(client: FalClient, service: LocalFalService, library: PresetLibrary,
+                                               tmp_path: Path, shrink: bool) -> None:
+    """To fal (not on this machine) a PCM WAV is sent as FLAC: the same samples, fewer bytes. The stand-in
+    is on loopback, where it is sent as is unless told otherwise (the default is tested below)."""
+    rng = np.random.default_rng(3)
+    rate, seconds = 44100, 3.0
+    t = np.arange(int(rate * seconds)) / rate
+    music = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.5 * t))
+    music = music + 0.001 * rng.standard_normal(len(t))  # a quiet noise floor, as in real recordings
+    source = tmp_path / "Keys.wav"
+    sf.write(source, np.stack([music, 0.8 * music], axis=1), rate, subtype="PCM_24")
+    request = SeparationRequest(source=source, prompt="piano")
+    pipeline = Pipeline(client, poll_interval=0.02, shrink_uploads=shrink)
+    result = pipeline.run(request, recipe_for(request, library), Hooks(), tmp_path / "work")
+    upload = json.loads(result.manifest.read_text())["steps"][0]["upload"]
+    if shrink:
+        assert upload["content_type"] == "audio/flac" and upload["source_file_as_is"] is False
+        assert upload["bytes"] < 0.8 * source.stat().st_size
+    else:
+        assert upload == {"content_type": "audio/wav", "bytes": source.stat().st_size, "source_file_as_is": True}
+    original, _ = sf.read(source, dtype="float64")
+    target, _ = sf.read(result.stems["target"], dtype="float64")
+    residual, _ = sf.read(result.stems["residual"], dtype="float64")
+    assert np.max(np.abs(original - target - residual)) <= 1.5 / 2**23
+    assert service.stats()["submits"] == 1
+    assert sorted(p.name for p in (tmp_path / "work").rglob("*") if p.is_file()) == []  # the copy is gone
+
+
+def test_uploads_shrink_only_when_the_service_is_elsewhere(client: FalClient) -> None:
+    assert Pipeline(client).shrinks_uploads() is False  # the stand-in: loopback
+    remote = FalClient(ApiKey(TEST_KEY), queue_url="https://queue.fal.run", rest_url="https://rest.alpha.fal.ai")
+    with remote:  # never called: only its address is looked at
+        assert Pipeline(remote).shrinks_uploads() is True
