@@ -319,7 +319,7 @@ def _report(
                 left_text = f"{left.lag:+d}" if left is not None and left.has_signal else "unmeasured"
                 method += (f"; a drift of {drift:+d} samples was corrected by reading the result "
                            f"{(correction.scale - 1) * 1e6:+.1f} ppm faster (left at the end: {left_text})")
-            if left is None or abs(left.lag) > 1:
+            if left is None or not left.has_signal or abs(left.lag) > 1:  # not shown to line up: say so
                 flags.append("drift")
         else:
             flags.append("drift-unmeasured")

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -300,11 +304,19 @@ class FalClient:
             log.warning("could not cancel request %s: %s", handle.request_id, exc.message)
             return "UNKNOWN"
 
-    def download(self, url: str, dest: Path, progress: Callable[[int, int], None] | None = None) -> int:
-        """Stream `url` into `dest` (which the caller names as a temp file); restarts on a broken read."""
+    def download(self, url: str, dest: Path, progress: Callable[[int, int], None] | None = None,
+                 stop: threading.Event | None = None) -> int:
+        """Stream `url` into `dest` (which the caller names as a temp file); restarts on a broken read.
+
+        Each try writes a file of its own beside `dest` and moves it into place only when complete, so a
+        try that outlives its caller (a stalled read, see `stop`) never empties or overwrites a later
+        download of the same file. `stop`: set, no new try starts and nothing is moved into place.
+        """
         attempt = 0
         while True:
             attempt += 1
+            _check_stop(stop)
+            part = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
             try:
                 with self._http.stream("GET", url) as response:
                     if response.status_code != 200:
@@ -319,19 +331,24 @@ class FalClient:
                         raise error_for_response(response, "download")
                     total = int(response.headers.get("content-length") or 0)
                     done = 0
-                    with open(dest, "wb") as out:
+                    with open(part, "xb") as out:
                         for chunk in response.iter_bytes(1 << 20):
+                            _check_stop(stop)
                             out.write(chunk)
                             done += len(chunk)
                             if progress:
                                 progress(done, total)
                     if total and done != total:
                         raise httpx.ReadError(f"short read: {done} of {total} bytes")
+                    _check_stop(stop)
+                    os.replace(part, dest)
                     return done
             except httpx.TransportError as exc:
                 if attempt >= self.retry.attempts:
                     raise _unreachable("download", exc, attempt) from None
                 self._sleep(self.retry.delay(attempt))
+            finally:
+                part.unlink(missing_ok=True)
 
     def close(self) -> None:
         self._http.close()
@@ -387,17 +404,26 @@ def _field_message(item: dict[str, Any]) -> str:
     return f"{'.'.join(loc) or 'request'}: {item.get('msg', 'invalid')}"
 
 
+_ACCOUNT_LOCKED = re.compile(r"\buser is locked\b|\baccount (is |has been )?locked\b", re.IGNORECASE)
+
+
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Cancelled("Download stopped.")
+
+
 def error_for_response(response: httpx.Response, what: str, *, attempts: int = 1) -> ServiceError:
     code = response.status_code
     text, _items = _detail_text(response)
     error_type = response.headers.get("x-fal-error-type", "")
-    if code == 403 and "locked" in text.lower():
+    if code == 403 and _ACCOUNT_LOCKED.search(text):
         # fal answers every billable call with 403 "User is locked. Reason: Exhausted balance. ..." when
         # the account has run out of credit (or was locked by fal): the key itself is fine.
+        charged = "; nothing was charged for it" if what in ("upload", "submit") else ""
         return AuthError(
-            f"Your fal account is locked, so the {what} was refused (HTTP 403: {text}).",
+            f"Your fal account is locked, so the {what} was refused (HTTP 403: {text}){charged}.",
             hint="Top up or unlock the account at https://fal.ai/dashboard/billing (a new key does not help), "
-            "then run the job again; nothing was charged for this request.",
+            "then run the job again.",
         )
     if code in (401, 403):
         return AuthError(

@@ -227,8 +227,8 @@ NOTES = (
     "or to the configured `osc.reply_port` for every client. A job's events go to the client that sent "
     "its `/sam/separate` (where it was answered) and to every subscriber. A daemon restart forgets "
     "both but resumes the jobs: the end (`/sam/done` or `/sam/error`, with its progress and stems) of an "
-    "OSC job that then reached nobody is kept (the last 64, for an hour) and sent to each client that "
-    "subscribes afresh.",
+    "OSC job resumed so is kept (the last 64, for an hour) and sent once to each client that subscribes "
+    "later.",
     "- At most `rate_limit` separations per client per `rate_window` seconds (default 20 a minute); "
     "more get `/sam/error` and are not queued.",
     "- When a shared token is configured, it is the first argument of every request (before the "

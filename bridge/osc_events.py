@@ -1,9 +1,10 @@
 """OSC job events: sent to the client that submitted the job and to every subscriber, from one thread
 of their own, so an engine thread only ever puts an event on a queue.
 
-The end of an OSC job that reached nobody is kept a while and sent to the next client that subscribes:
-after a daemon restart the jobs resume, but neither the submitters nor the subscriptions survive it, so
-a job that ends before its device has subscribed again would otherwise never reach Live.
+The end of an OSC job whose submitter is unknown is kept a while and sent to each client that subscribes
+afterwards and has not had it yet: after a daemon restart the jobs resume, but neither the submitters nor
+the subscriptions survive it, so a job that ends before its device has subscribed again (even if another
+client already has) would otherwise never reach Live.
 """
 
 from __future__ import annotations
@@ -27,13 +28,22 @@ Address = tuple[str, int]
 MAX_SUBSCRIBERS = 32
 _MAX_OWNED_JOBS = 10_000
 _EVENT_QUEUE_SIZE = 10_000
-UNHEARD_KEPT = 64  # ends of OSC jobs that reached nobody, kept for the next subscriber...
+UNHEARD_KEPT = 64  # ends of OSC jobs without a known submitter, kept for later subscribers...
 UNHEARD_SECONDS = 3600.0  # ...for this long
+
+
+@dataclass
+class _Kept:
+    """A kept job end, and the clients it has already been sent to."""
+
+    since: float
+    event: JobEvent
+    sent_to: set[Address]
 
 
 @dataclass(frozen=True)
 class _Replay:
-    """Send the kept unheard job ends to this new subscriber (queued: after every earlier event)."""
+    """Send the kept job ends this new subscriber has not had (queued: after every earlier event)."""
 
     client: Address
 
@@ -57,7 +67,7 @@ class EventForwarder:
         self.lock = threading.RLock()
         self._owners: dict[str, set[Address]] = {}
         self._subscribers: set[Address] = set()
-        self._unheard: deque[tuple[float, JobEvent]] = deque(maxlen=UNHEARD_KEPT)  # forwarder thread only
+        self._unheard: deque[_Kept] = deque(maxlen=UNHEARD_KEPT)  # forwarder thread only
         self._thread = threading.Thread(target=self._run, name="osc-events", daemon=True)
         self._dropped = 0
 
@@ -127,9 +137,9 @@ class EventForwarder:
             owners = self._owners.pop(event.job_id, set()) if event.state.finished \
                 else set(self._owners.get(event.job_id, ()))
             destinations = owners | self._subscribers
+        if event.state.finished and event.origin == Origin.osc and not owners:
+            self._unheard.append(_Kept(time.monotonic(), event, set(destinations)))
         if not destinations:
-            if event.state.finished and event.origin == Origin.osc:
-                self._unheard.append((time.monotonic(), event))
             return
         datagrams = self._datagrams(event)
         for destination in sorted(destinations):
@@ -138,13 +148,15 @@ class EventForwarder:
 
     def _replay(self, client: Address) -> None:
         kept_since = time.monotonic() - UNHEARD_SECONDS
-        while self._unheard and self._unheard[0][0] < kept_since:
+        while self._unheard and self._unheard[0].since < kept_since:
             self._unheard.popleft()
-        if self._unheard:
-            logger.info("OSC: sending %d job end(s) that reached nobody to new subscriber %s:%d",
-                        len(self._unheard), *client)
-        for _, event in self._unheard:
-            for data in self._datagrams(event):
+        missed = [kept for kept in self._unheard if client not in kept.sent_to]
+        if missed:
+            logger.info("OSC: sending %d job end(s) of unknown submitters to new subscriber %s:%d",
+                        len(missed), *client)
+        for kept in missed:
+            kept.sent_to.add(client)
+            for data in self._datagrams(kept.event):
                 self._send(client, data)
 
     def _datagrams(self, event: JobEvent) -> list[bytes]:

@@ -356,25 +356,23 @@ class _Run:
     def _fetch_both(self, files: list[tuple[str, Path]]) -> None:
         """Both results at once, the residual in a second thread: over the internet one connection is
         slower than the line. Only this thread reports progress and looks for a cancel."""
-        received = [(0, 0), (0, 0)]  # (bytes so far, size) per file
+        fractions = [0.0, 0.0]  # of each file, never going back (a retried try starts again from 0)
 
         def report() -> None:
-            done, total = sum(r[0] for r in received), sum(r[1] for r in received)
-            self.report(JobState.downloading, done / max(total, 1), "Downloading results")
+            self.report(JobState.downloading, sum(fractions) / 2, "Downloading results")
 
         def ours(done: int, total: int) -> None:
-            received[0] = (done, total)
+            fractions[0] = max(fractions[0], done / total if total else 0.0)
             report()
             self.check_cancel()
 
         def theirs(done: int, total: int) -> None:
-            if residual.stopping.is_set():
-                raise Cancelled("Stopped: the other download failed or was cancelled.")
-            received[1] = (done, total)
+            fractions[1] = max(fractions[1], done / total if total else 0.0)
 
         (target_url, target_dest), (residual_url, residual_dest) = files
-        residual = Background(lambda: self.p.client.download(residual_url, residual_dest, progress=theirs),
-                              name="download-residual")  # bound before its thread starts: `theirs` uses it
+        residual = Background(lambda: self.p.client.download(residual_url, residual_dest, progress=theirs,
+                                                             stop=residual.stopping),
+                              name="download-residual")  # bound before its thread starts: the call uses it
         with residual:
             self.p.client.download(target_url, target_dest, progress=ours)
             while not residual.wait(0.1):

@@ -14,7 +14,7 @@ from bridge.errors import AuthError, JobFailed, ServiceUnavailable, SubmitUncert
 from bridge.fal_auth import ApiKey
 from bridge.fal_client import FalClient, Timeouts
 from bridge.retry import RetryPolicy
-from tests.conftest import FAST_RETRY, TEST_KEY
+from tests.conftest import FAST_RETRY, TEST_KEY, wait_for
 
 
 def make_wav(path: Path, seconds: float = 1.0, rate: int = 48000) -> Path:
@@ -79,6 +79,29 @@ def test_a_locked_account_stops_the_upload_with_a_billing_message(service, tmp_p
             client.storage.upload(make_wav(tmp_path / "in.wav"), "audio/wav")
     assert locked in str(err.value) and "fal.ai/dashboard/billing" in str(err.value.hint)
     assert "FAL_KEY" not in str(err.value) + str(err.value.hint)
+
+
+@pytest.mark.parametrize(("call", "detail", "says"), [
+    ("submit", "User is locked. Reason: Admin lock. Please contact support@fal.ai", "locked; nothing charged"),
+    ("status", "User is locked. Reason: Exhausted balance.", "locked"),  # submitted already: maybe charged
+    ("submit", "This API key has been blocked.", "bad key"),  # "blocked" is not "locked": a new key helps
+])
+def test_403_tells_a_locked_account_from_a_refused_key(client: FalClient, service, tmp_path: Path, call: str,
+                                                       detail: str, says: str) -> None:
+    audio = make_wav(tmp_path / "in.wav")
+    if call == "status":
+        handle = client.submit("separate", {"audio_url": client.storage.upload(audio, "audio/wav"), "prompt": "x"})
+        service.faults.fail("status", 403, detail=detail)
+        with pytest.raises(AuthError) as err:
+            client.status(handle)
+    else:
+        service.faults.fail("submit", 403, detail=detail)
+        with pytest.raises(AuthError) as err:
+            client.submit("separate", {"audio_url": "data:audio/wav;base64,AAAA", "prompt": "x"})
+    text = f"{err.value} {err.value.hint}"
+    assert ("Your fal account is locked" in text) == says.startswith("locked")
+    assert ("nothing was charged" in text) == (says == "locked; nothing charged")
+    assert ("dashboard/keys" in text) == (says == "bad key")
 
 
 def test_submit_retried_after_ingress_503s_and_charged_once(service, tmp_path: Path) -> None:
@@ -242,3 +265,67 @@ def test_a_real_key_is_only_sent_to_a_stand_in_on_this_machine(monkeypatch: pyte
         assert near.auth_headers()["Authorization"] == "Key real-key-from-the-user-123456"
     with open_client(ServiceChoice(url="http://192.0.2.10:8765")) as far:
         assert far.auth_headers()["Authorization"] == f"Key {LOCAL_KEY}"
+
+
+def _stored_result(client: FalClient, tmp_path: Path) -> tuple[str, bytes]:
+    """A file on the stand-in's CDN (a separated target) and its bytes."""
+    result = separate(client, make_wav(tmp_path / "in.wav", seconds=8.0))
+    url = str(result["target"]["url"])  # type: ignore[index]
+    reference = tmp_path / "reference.wav"
+    client.download(url, reference)
+    return url, reference.read_bytes()
+
+
+def test_a_download_told_to_stop_while_stalled_leaves_a_later_one_intact(
+        client: FalClient, service, tmp_path: Path) -> None:
+    """A try that outlives its caller (its read stalled past the caller's patience) must neither empty
+    nor overwrite the file a later download of the same result wrote meanwhile."""
+    import threading
+
+    from bridge.errors import Cancelled
+
+    url, expected = _stored_result(client, tmp_path)
+    dest = tmp_path / "work" / "step0.service-target.wav"
+    dest.parent.mkdir()
+    service.faults.stall("download", 1.5)
+    stop = threading.Event()
+    outcome: list[BaseException | int] = []
+
+    def stale() -> None:
+        try:
+            outcome.append(client.download(url, dest, stop=stop))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    calls = service.stats()["calls"].get("download", 0)
+    worker = threading.Thread(target=stale)
+    worker.start()
+    wait_for(lambda: service.stats()["calls"].get("download", 0) > calls, timeout=10, what="the held download")
+    stop.set()  # its caller gave up on it while the service holds its answer
+    assert client.download(url, dest) == len(expected)  # the next attempt, same name, not held
+    worker.join(10)
+    assert not worker.is_alive() and isinstance(outcome[0], Cancelled)
+    assert dest.read_bytes() == expected
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # no part file left
+
+
+def test_a_failed_download_leaves_no_part_file_and_a_stopped_one_asks_nothing(
+        client: FalClient, service, tmp_path: Path) -> None:
+    import threading
+
+    from bridge.errors import Cancelled
+
+    url, _ = _stored_result(client, tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    service.faults.drop("download", times=10)  # every try breaks off
+    with pytest.raises(ServiceUnavailable):
+        client.download(url, work / "residual.wav")
+    assert list(work.iterdir()) == []
+    service.faults.clear()
+    before = service.stats()["calls"].get("download", 0)
+    stopped = threading.Event()
+    stopped.set()
+    with pytest.raises(Cancelled):
+        client.download(url, work / "residual.wav", stop=stopped)
+    assert service.stats()["calls"].get("download", 0) == before and list(work.iterdir()) == []

@@ -1,6 +1,6 @@
-"""The OSC event forwarder: who gets a job's events, and the ends of OSC jobs that reached nobody (after a
-daemon restart) kept for the next client that subscribes. Datagrams go out through a real UDP socket to
-real listening sockets on loopback."""
+"""The OSC event forwarder: who gets a job's events, and the ends of OSC jobs whose submitter is unknown
+(resumed after a daemon restart) kept for the clients that subscribe later. Datagrams go out through a
+real UDP socket to real listening sockets on loopback."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def test_an_osc_jobs_end_that_reached_nobody_goes_to_the_next_subscriber(
     ]
 
 
-def test_each_new_subscriber_gets_the_kept_ends_once(forwarder: EventForwarder, listeners: list[Listener]) -> None:
+def test_each_subscriber_gets_a_kept_end_once(forwarder: EventForwarder, listeners: list[Listener]) -> None:
     ended_unheard(forwarder, ended("j-1"))
     first, second = listener(listeners), listener(listeners)
     assert forwarder.subscribe(first.address)
@@ -117,26 +117,39 @@ def test_each_new_subscriber_gets_the_kept_ends_once(forwarder: EventForwarder, 
     assert forwarder.subscribe(second.address)  # another device (another track) may have been waiting too
     assert ends_in(second.receive_until_silent()) == ["j-1"]
     forwarder.unsubscribe(first.address)
-    assert forwarder.subscribe(first.address)  # new again: it gets them again (a device ignores unknown jobs)
-    assert ends_in(first.receive_until_silent()) == ["j-1"]
+    assert forwarder.subscribe(first.address)  # new again (its port changed back and forth): had it already
+    assert first.receive_until_silent() == []
 
 
-def test_only_ends_of_osc_jobs_that_reached_nobody_are_kept(
+def test_an_end_another_subscriber_heard_first_still_reaches_its_device(
         forwarder: EventForwarder, listeners: list[Listener]) -> None:
-    early = listener(listeners)
-    forwarder.subscribe(early.address)
-    ended_unheard(forwarder, ended("heard"))  # reached a subscriber: not kept
-    assert ends_in(early.receive_until_silent()) == ["heard"]
-    forwarder.unsubscribe(early.address)
+    """After a restart a monitor (or another device) may subscribe before the job's own device does."""
+    monitor, device = listener(listeners), listener(listeners)
+    forwarder.subscribe(monitor.address)
+    ended_unheard(forwarder, ended("resumed"))  # its submitter is unknown after the restart
+    assert ends_in(monitor.receive_until_silent()) == ["resumed"]
+    forwarder.subscribe(device.address)
+    assert ends_in(device.receive_until_silent()) == ["resumed"]
+    forwarder.unsubscribe(monitor.address)
+    forwarder.subscribe(monitor.address)
+    assert monitor.receive_until_silent() == []  # not twice to the same client
+
+
+def test_only_ends_of_osc_jobs_without_a_known_submitter_are_kept(
+        forwarder: EventForwarder, listeners: list[Listener]) -> None:
+    owner = listener(listeners)
+    forwarder.add_owner("mine", owner.address)  # sent in this run of the daemon: its submitter has it
     ended_unheard(forwarder,
+                  ended("mine"),
                   ended("from-the-hot-folder", origin=Origin.hot_folder.value),  # has its status file
                   JobEvent("still-running", "", JobState.running, 0.5, "separating", origin="osc"),
-                  ended("unheard"))
+                  ended("resumed"))
+    assert ends_in(owner.receive_until_silent()) == ["mine"]
     late = listener(listeners)
     forwarder.subscribe(late.address)
     messages = late.receive_until_silent()
-    assert ends_in(messages) == ["unheard"]
-    assert {args[0] for _, args in messages} == {"unheard"}
+    assert ends_in(messages) == ["resumed"]
+    assert {args[0] for _, args in messages} == {"resumed"}
 
 
 def test_kept_ends_are_bounded_and_expire(forwarder: EventForwarder, listeners: list[Listener],
