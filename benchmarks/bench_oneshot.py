@@ -68,19 +68,39 @@ def make_service_result(path: Path, seconds: float) -> None:
             out.write(rng.uniform(-0.3, 0.3, min(SERVICE_RATE * 10, frames - start)).astype(np.float32))
 
 
+# `python -m bridge` that, on its way out, writes its own peak RSS (VmHWM: this process's memory only) to
+# stderr. The kernel's ru_maxrss of a child would not do: Linux carries the parent's peak into it across
+# exec, and this script holds the floor's decoded audio by the later runs.
+_REPORT_PEAK = """
+import atexit, sys
+def _peak():
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                sys.stderr.write("PEAK_RSS_KB " + line.split()[1] + "\\n")
+    except OSError:
+        pass
+atexit.register(_peak)
+from bridge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def run_command(source: Path, out_dir: Path) -> dict[str, Any]:
     """The command as a user runs it, in a child process; its wall time, peak RSS and JSON summary."""
-    command = [sys.executable, "-m", "bridge", "separate", str(source), "--prompt", "piano playing",
+    command = [sys.executable, "-c", _REPORT_PEAK, "separate", str(source), "--prompt", "piano playing",
                "--local", "--local-delay", "0", "--output-dir", str(out_dir), "--json"]
     began = time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - began
-    # communicate() has reaped the child: its rusage is in RUSAGE_CHILDREN (the only child so far)
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if proc.returncode != 0:
         raise SystemExit(f"separate failed ({proc.returncode}):\n{stderr.decode(errors='replace')}")
+    reported = [line.split()[1] for line in stderr.decode(errors="replace").splitlines()
+                if line.startswith("PEAK_RSS_KB ")]
+    # elsewhere (no /proc): the kernel's figure, an upper bound (see above)
+    peak_kb = int(reported[-1]) if reported else resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     summary = json.loads(stdout)
     manifest = json.loads(Path(summary["manifest"]).read_text())
     return {"wall": wall, "peak_rss_mb": peak_kb / 1024, "summary": summary, "manifest": manifest}
