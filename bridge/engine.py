@@ -24,6 +24,7 @@ from bridge.engine_hooks import EngineHooks, ShuttingDown
 from bridge.engine_outcomes import JobOutcomes
 from bridge.engine_queue import FairQueue, QueuedJob
 from bridge.errors import (
+    AccountLocked,
     BridgeError,
     Cancelled,
     ServiceUnavailable,
@@ -219,6 +220,9 @@ class JobEngine(JobSink):
             clean_workdir(workdir)
         except BudgetWait as wait:
             self._wait(row, str(wait), wait.until, count_attempt=False)
+        except AccountLocked as exc:  # every job would fail alike: they wait for the account instead
+            self._wait(row, f"{exc.message} Top up or unlock it at https://fal.ai/dashboard/billing: the job "
+                       "goes on by itself then (or cancel it).", None)
         except ServiceUnavailable as exc:
             if self.journal.handles(job_id)[0] or row.attempts < 8:
                 self._wait(row, f"{exc.message} Retrying automatically.", None)

@@ -70,6 +70,11 @@ class AuthError(ServiceError):
     kind = "auth"
 
 
+class AccountLocked(AuthError):
+    """The key is fine but fal refuses every billable call (out of credit, or locked by fal): the daemon's
+    jobs wait for the account instead of failing one after another."""
+
+
 class ValidationError(ServiceError):
     """The service refused the request's fields (HTTP 422)."""
 

@@ -24,6 +24,7 @@ import httpx
 
 from bridge import __version__
 from bridge.errors import (
+    AccountLocked,
     AuthError,
     Cancelled,
     JobFailed,
@@ -420,7 +421,7 @@ def error_for_response(response: httpx.Response, what: str, *, attempts: int = 1
         # fal answers every billable call with 403 "User is locked. Reason: Exhausted balance. ..." when
         # the account has run out of credit (or was locked by fal): the key itself is fine.
         charged = "; nothing was charged for it" if what in ("upload", "submit") else ""
-        return AuthError(
+        return AccountLocked(
             f"Your fal account is locked, so the {what} was refused (HTTP 403: {text}){charged}.",
             hint="Top up or unlock the account at https://fal.ai/dashboard/billing (a new key does not help), "
             "then run the job again.",

@@ -303,3 +303,23 @@ def test_retry_sends_a_changed_source_again_and_keeps_an_unchanged_ones_request(
     assert [h.request_id for h in journal.handles(jobs["same"])[0].values()] == ["req-same"]  # polled, not paid
     assert journal.handles(jobs["edited"])[0] == {}
     journal.close()
+
+
+def test_a_locked_fal_account_holds_the_jobs_until_it_is_unlocked(make_engine, service, tmp_path: Path) -> None:
+    """fal refuses every billable call of an account out of credit: rather than failing a whole hot folder
+    one file after another, the jobs wait with the reason, and go on once the account is topped up."""
+    engine = make_engine(retry_base=0.2, retry_max=0.5, concurrency=1)
+    locked = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+    service.faults.fail("submit", 403, times=1000, detail=locked)
+    engine.start()
+    jobs = [engine.submit(SeparationRequest(source=make_source(tmp_path / f"{n}.wav", seconds=0.3, seed=n),
+                                            prompt="piano", origin=Origin.hot_folder)) for n in range(3)]
+    wait_for(lambda: (engine.get(jobs[0]) or object()).state == JobState.waiting,  # type: ignore[attr-defined]
+             what="the first job to wait")
+    view = engine.get(jobs[0])
+    assert view is not None and "account is locked" in view.message and "dashboard/billing" in view.message
+    assert all(not finished(engine, job) for job in jobs)  # none failed
+    service.faults.clear()  # topped up
+    wait_for(lambda: all(finished(engine, job) for job in jobs), timeout=60, what="all jobs after the top-up")
+    assert [engine.get(job).state for job in jobs] == [JobState.done] * 3  # type: ignore[union-attr]
+    assert service.stats()["submits"] == 3  # each paid once: the refused submits cost nothing
