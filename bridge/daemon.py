@@ -151,6 +151,8 @@ class Daemon:
             "pid": os.getpid(), "version": __version__, "requests_dir": str(requests_dir),
             "osc": {"host": osc_address[0], "port": osc_address[1]} if osc_address else None,
             "presets_file": str(self.state / "presets.json"),
+            # a project's list (shared presets + its own): DAW scripts run this + ["--project", <folder>]
+            "presets_command": [sys.executable, "-m", "bridge", "presets", "list", "--json"],
             "hot_folder": str(hot[0].path) if hot else None, "hot_folders": [str(f.path) for f in hot],
             "service": "local" if self.choice.is_stand_in else "fal",
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -201,7 +203,7 @@ class Daemon:
         for preset in self.library.presets():
             presets.append({
                 "name": preset.name, "description": preset.description, "tags": list(preset.tags),
-                "stems": [s.label for s in preset.stems] if preset.stems else None,
+                "stems": preset.stem_labels,
                 "origin": self.library.origin_of(preset.name),
             })
         write_json_atomic(self.state / "presets.json", {"presets": presets})

@@ -272,6 +272,11 @@ class Preset(BaseModel):
         return self
 
     @property
+    def stem_labels(self) -> list[str] | None:
+        """What a stem set writes: one stem per entry, then "other" (what is left); None for a plain preset."""
+        return None if self.stems is None else [stem.label for stem in self.stems] + [RESIDUAL_OF_STEM_SET]
+
+    @property
     def is_stem_set(self) -> bool:
         return self.stems is not None
 

@@ -62,7 +62,7 @@ def test_list_json(capsys: pytest.CaptureFixture[str], project: Path, user_dirs:
     by_name = {p["name"]: p for p in document["presets"]}
     assert by_name["kick"]["origin"] == "user" and by_name["kick"]["prompt"] == "808 kick drum"
     assert by_name["bass"]["file"] == str(project / "sam-bridge" / "presets" / "song.yaml")
-    assert by_name["4-stems"]["stems"] == ["vocals", "drums", "bass"]
+    assert by_name["4-stems"]["stems"] == ["vocals", "drums", "bass", "other"]  # what it writes
     assert "broken" not in by_name
     assert [(p["line"], p["field"], p["preset"]) for p in document["problems"]] == [
         (3, "options.acceleration", "broken")

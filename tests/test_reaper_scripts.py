@@ -9,6 +9,7 @@ import math
 import re
 import shutil
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -39,6 +40,11 @@ from tests.daw.harness import (
 pytestmark = pytest.mark.skipif(not (LUA and LUAC), reason="needs lua5.4 and luac5.4 (apt-get install lua5.4)")
 
 UNICODE_NAME = "Gitarre Ärger – 吉他 🎸"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lua_list(items: list[str]) -> str:
+    return "{" + ", ".join(lua_string(item) for item in items) + "}"
 
 
 def lua_string(text: str) -> str:
@@ -235,6 +241,27 @@ def test_preset_menu_lists_presets_prompt_and_mute_toggle() -> None:
     assert actions[0] == {"kind": "preset", "name": "piano"}
     assert actions[1] == {"kind": "preset", "name": "!odd | name"}  # the real name goes to the daemon
     assert [a["kind"] for a in actions[3:]] == ["prompt", "toggle_mute"]
+
+
+@pytest.mark.parametrize(("platform", "argv", "line"), [
+    ("linux", ["/opt/py 3/python", "-m", "bridge", "--project", "/Music/Tom's Song"],
+     "'/opt/py 3/python' '-m' 'bridge' '--project' '/Music/Tom'\\''s Song'"),
+    ("windows", ["C:\\Py\\python.exe", "--project", 'C:\\Music\\A "B"\\'],
+     '"C:\\Py\\python.exe" "--project" "C:\\Music\\A \\"B\\"\\\\"'),
+])
+def test_command_lines_quote_every_argument(platform: str, argv: list[str], line: str) -> None:
+    assert lua_eval(f"return core.command_line({lua_list(argv)}, {lua_string(platform)})") == line
+
+
+def test_exec_output_and_the_json_in_it() -> None:
+    assert lua_eval('return {core.parse_exec_output("0\\n{}")}') == [0, "{}"]
+    assert lua_eval('return {core.parse_exec_output("2\\r\\nno such file")}') == [2, "no such file"]
+    assert lua_eval("local code, output = core.parse_exec_output(nil) return {code == nil, output}") == [True, ""]
+    noisy = 'WARNING: slow disk\n{"presets": [{"name": "a}b"}]}\nbye'
+    assert lua_eval(f"return core.json_in_output({lua_string(noisy)})") == '{"presets": [{"name": "a}b"}]}'
+    problems = {"problems": [{"file": "/p/bad.yaml", "line": 2, "field": "yaml", "message": "is not valid"}]}
+    assert lua_eval(f"return core.preset_problems({lua_string(json.dumps(problems))})") == [
+        "/p/bad.yaml:2: yaml: is not valid"]
 
 
 def test_preset_menu_without_presets_still_offers_a_prompt() -> None:
@@ -502,6 +529,62 @@ def test_separate_writes_a_request_for_a_plain_take(setup: Setup) -> None:
     assert state["pending"] == 1  # polling in a defer loop, never blocking
     assert state["last_frame"][0] == "Guitar 01 — sent"
     assert state["ext"]["sam-bridge/active"].endswith(f"\t{setup.requests_dir / name}.cancel")
+
+
+def with_presets_command(setup: Setup) -> dict[str, str]:
+    """daemon.json names the real command (as `sam-bridge run` does); the env lets it import this checkout
+    and keeps the user's own presets out."""
+    info = json.loads((setup.state_dir / "daemon.json").read_text())
+    info["presets_command"] = [sys.executable, "-m", "bridge", "presets", "list", "--json"]
+    (setup.state_dir / "daemon.json").write_text(json.dumps(info))
+    return {"PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(setup.root / "no-config")}
+
+
+def menu_fields(state: dict[str, Any]) -> list[str]:
+    return [f for f in state["menus"][0].split("|") if f]  # what gfx.showmenu numbers
+
+
+def test_a_projects_own_presets_are_in_the_menu_and_go_with_the_request(setup: Setup) -> None:
+    folder = setup.project_dir / "sam-bridge" / "presets"
+    folder.mkdir(parents=True)
+    (folder / "room.yaml").write_text("name: Room tone\nprompt: the hum of the room\n")
+    (folder / "broken.yaml").write_text("name: [oops\n")
+    env = with_presets_command(setup)
+    first = setup.host(setup.scenario(answers={"menu": [0]}), env)  # look at the menu, pick nothing
+    first.run(SEPARATE_SCRIPT)
+    state = first.state()
+    assert len(state["executed"]) == 1 and "--project" in state["executed"][0]
+    fields = menu_fields(state)
+    assert "Room tone" in fields and "piano" in fields and "4-stems  (4 stems)" in fields  # its own + shared
+    [message] = [m["text"] for m in state["messages"]]  # the broken file is named; the rest of the menu works
+    assert "broken.yaml:2: yaml:" in message and "not in the menu" in message
+    assert setup.requests() == []
+    second = setup.host(setup.scenario(answers={"menu": [fields.index("Room tone") + 1]}), env)
+    second.run(SEPARATE_SCRIPT)
+    _, request = only_request(setup)
+    assert request["preset"] == "Room tone" and request["project_dir"] == str(setup.project_dir)
+
+
+def test_without_presets_of_its_own_a_project_gets_the_shared_list_at_once(setup: Setup) -> None:
+    host = setup.host(setup.scenario(answers={"menu": [0]}), with_presets_command(setup))
+    host.run(SEPARATE_SCRIPT)
+    state = host.state()
+    assert state["executed"] == []  # nothing run: the daemon's presets.json is enough
+    assert menu_fields(state)[:2] == ["piano", "band  (4 stems)"]
+
+
+def test_when_the_project_list_cannot_be_made_the_shared_one_is_offered(setup: Setup) -> None:
+    (setup.project_dir / "sam-bridge" / "presets").mkdir(parents=True)
+    (setup.project_dir / "sam-bridge" / "presets" / "room.yaml").write_text("name: Room tone\nprompt: hum\n")
+    info = json.loads((setup.state_dir / "daemon.json").read_text())
+    info["presets_command"] = [str(setup.root / "no-such-python"), "-m", "bridge", "presets", "list", "--json"]
+    (setup.state_dir / "daemon.json").write_text(json.dumps(info))
+    host = setup.host(setup.scenario(answers={"menu": [0]}))
+    host.run(SEPARATE_SCRIPT)
+    state = host.state()
+    [message] = [m["text"] for m in state["messages"]]
+    assert "could not be listed" in message and "shared ones only" in message and "no-such-python" in message
+    assert menu_fields(state)[:2] == ["piano", "band  (4 stems)"]
 
 
 def test_done_inserts_stems_under_the_source_track_in_one_undo_block(setup: Setup) -> None:
@@ -846,3 +929,49 @@ def test_the_daemon_separates_what_the_script_asks_for(
         stems.append(audio)
     assert not np.allclose(stems[0], 0) and not np.allclose(stems[1], 0)
     assert np.allclose(stems[0] + stems[1], segment, atol=1e-4)  # the stems null against the item's audio
+
+
+@pytest.mark.daemon
+@pytest.mark.timeout(180)
+def test_a_projects_own_preset_from_the_menu_is_the_one_the_daemon_uses(
+    user_dirs: dict[str, Path], service: Any, daemon_factory: Any
+) -> None:
+    """daemon.json names the command that lists a project's presets; the script offers them, and the
+    daemon resolves the picked name with the same project folder."""
+    project = user_dirs["home"] / "Podcast"
+    (project / "sam-bridge" / "presets").mkdir(parents=True)
+    (project / "sam-bridge" / "presets" / "hum.yaml").write_text("name: Mains hum\nprompt: low hum\n")
+    rate = 44100
+    t = np.arange(rate * 4) / rate
+    source = project / "voice.wav"
+    sf.write(source, np.stack([0.3 * np.sin(2 * math.pi * 100 * t), 0.2 * np.sin(2 * math.pi * 1000 * t)], axis=1),
+             rate, subtype="PCM_24")
+    info = daemon_factory(service.url).start()
+    scenario = {
+        "os": "linux-x86_64", "project_file": str(project / "Podcast.rpp"),
+        "tracks": [{"name": "Voice", "items": [{
+            "position": 0.0, "length": 4.0, "selected": True, "guid": "{V}",
+            "take": {"name": "voice", "file": str(source), "source_length": 4.0, "channels": 2, "samplerate": rate}}]}],
+        "answers": {"menu": [0]},
+    }
+    env = {"PYTHONPATH": str(ROOT)}  # the command runs this checkout's bridge, as an installed one would
+    looker = ReaperHost(scenario, user_dirs["home"], env)
+    try:
+        looker.run(SEPARATE_SCRIPT)
+        fields = menu_fields(looker.state())
+    finally:
+        looker.close()
+    assert "Mains hum" in fields and "vocals" in fields, fields
+    host = ReaperHost({**scenario, "answers": {"menu": [fields.index("Mains hum") + 1]}}, user_dirs["home"], env)
+    try:
+        host.run(SEPARATE_SCRIPT)
+        state = run_until_finished(host)
+    finally:
+        host.close()
+    assert state["messages"] == [], state["messages"]
+    assert [t["name"] for t in state["tracks"]] == [
+        "Voice", "Voice · Mains hum (target)", "Voice · Mains hum (residual)"]
+    [request_file] = [p for p in Path(str(info["requests_dir"])).rglob("*.json") if not p.name.endswith(".status.json")]
+    assert json.loads(request_file.read_text())["preset"] == "Mains hum"
+    target, _ = sf.read(state["tracks"][1]["items"][0]["takes"][0]["source"], always_2d=True)
+    assert target.shape == (rate * 4, 2) and float(np.max(np.abs(target))) > 0.05  # "low hum": the 100 Hz tone

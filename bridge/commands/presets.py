@@ -105,7 +105,7 @@ def list_presets(args: argparse.Namespace) -> int:
                     "line": preset.line,
                     "description": preset.description,
                     "prompt": preset.prompt,
-                    "stems": [stem.label for stem in preset.stems] if preset.stems is not None else None,
+                    "stems": preset.stem_labels,
                     "tags": preset.tags,
                 }
                 for preset in presets

@@ -377,6 +377,63 @@ function M.parse_presets(text)
   return presets
 end
 
+--- Where a project keeps presets of its own (the daemon reads the same folder for its requests).
+function M.project_presets_folder(project_dir)
+  return M.join(project_dir, "sam-bridge", "presets")
+end
+
+--- One argument quoted for the shell reaper.ExecProcess hands the command line to.
+function M.shell_quote(arg, platform)
+  arg = tostring(arg)
+  if platform == "windows" then
+    -- CommandLineToArgvW: backslashes are literal except before a quote, which they escape
+    local quoted = arg:gsub('(\\*)"', function(slashes) return slashes .. slashes .. '\\"' end)
+    quoted = quoted:gsub("(\\+)$", "%1%1")
+    return '"' .. quoted .. '"'
+  end
+  return "'" .. arg:gsub("'", "'\\''") .. "'"
+end
+
+--- The command line for `argv` (a list), each argument quoted.
+function M.command_line(argv, platform)
+  local parts = {}
+  for i, arg in ipairs(argv) do parts[i] = M.shell_quote(arg, platform) end
+  return table.concat(parts, " ")
+end
+
+--- The JSON object in a command's output, should log lines come with it (the first line opening a
+--- brace up to the last closing one).
+function M.json_in_output(output)
+  local first = output:sub(1, 1) == "{" and 1 or output:find("\n{")
+  local last = output:match(".*()}")
+  if not first or not last then return output end
+  if output:sub(first, first) == "\n" then first = first + 1 end
+  return output:sub(first, last)
+end
+
+--- reaper.ExecProcess's answer ("<exit code>\n<output>", or nil when it could not run): code, output.
+function M.parse_exec_output(answer)
+  if type(answer) ~= "string" then return nil, "" end
+  local code, output = answer:match("^(%-?%d+)\r?\n(.*)$")
+  if not code then return nil, answer end
+  return tonumber(code), output
+end
+
+--- The problems `sam-bridge presets list --json` reports (broken files), as "file:line: field: message".
+function M.preset_problems(text)
+  local doc = M.json_decode(text or "")
+  local lines = {}
+  if type(doc) == "table" and type(doc.problems) == "table" then
+    for _, problem in ipairs(doc.problems) do
+      if type(problem) == "table" then
+        local where = tostring(problem.file or "?") .. (problem.line and (":" .. tostring(problem.line)) or "")
+        lines[#lines + 1] = where .. ": " .. tostring(problem.field or "") .. ": " .. tostring(problem.message or "")
+      end
+    end
+  end
+  return lines
+end
+
 -- gfx.showmenu gives '!', '#', '>', '<' and '|' special meaning; keep item text plain.
 local function menu_text(text)
   text = text:gsub("|", "/"):gsub("^[!#><]+", "")

@@ -66,6 +66,37 @@ function H.find_daemon()
   return core.find_daemon(candidates, H.read_file)
 end
 
+--- The presets to offer: the daemon's shared list, or, for a project with presets of its own
+--- (<project>/sam-bridge/presets/), the list sam-bridge makes for that project (its own win by name).
+function H.presets_for(info, project_dir)
+  local shared = core.parse_presets(H.read_file(info.presets_file))
+  local folder = core.project_presets_folder(project_dir)
+  if type(info.presets_command) ~= "table" or #info.presets_command == 0
+      or not reaper.EnumerateFiles(folder, 0) then
+    return shared
+  end
+  local argv = {}
+  for i, arg in ipairs(info.presets_command) do argv[i] = arg end
+  argv[#argv + 1] = "--project"
+  argv[#argv + 1] = project_dir
+  local code, output = core.parse_exec_output(
+    reaper.ExecProcess(core.command_line(argv, core.platform(reaper.GetOS())), 20000))
+  if code == 0 then
+    local json = core.json_in_output(output)
+    local presets = core.parse_presets(json)
+    if #presets > 0 then
+      local problems = core.preset_problems(json)
+      if #problems > 0 then
+        H.alert("Some presets could not be read and are not in the menu:\n\n" .. table.concat(problems, "\n"))
+      end
+      return presets
+    end
+  end
+  H.alert("This project's own presets (" .. folder .. ") could not be listed, so the menu shows the "
+    .. "shared ones only.\n\n" .. (output ~= "" and output or "sam-bridge did not answer."))
+  return shared
+end
+
 ---------------------------------------------------------------------------------------------------
 -- Items
 ---------------------------------------------------------------------------------------------------
@@ -476,12 +507,11 @@ function H.separate_selected_items()
   if not info then return H.alert(err) end
   local items = H.selected_items()
   if #items == 0 then return H.alert("Select the items to separate first, then run this action again.") end
-  local presets = core.parse_presets(H.read_file(info.presets_file))
-  local what = H.ask_what(presets)
-  if not what then return end
-
   local project = reaper.EnumProjects(-1, "")
   local project_dir = H.project_dir()
+  local what = H.ask_what(H.presets_for(info, project_dir))
+  if not what then return end
+
   local jobs, problems = {}, {}
   for _, item in ipairs(items) do
     local desc = H.describe_item(item)

@@ -26,6 +26,7 @@ function Fake.new(scenario)
     messages = {},
     input_captions = {},
     menus = {},
+    executed = {},
     undo_blocks = {},
     undo_depth = 0,
     refresh_depth = 0,
@@ -122,6 +123,25 @@ function Fake.new(scenario)
     return nil, ""
   end
   function r.GetProjectPath() return scenario.media_path or "/default/media" end
+
+  -- The real thing, on this machine: the scripts list real folders and run real commands.
+  local function quoted(path) return "'" .. path:gsub("'", "'\\''") .. "'" end
+  function r.EnumerateFiles(path, index)
+    local pipe = io.popen("find " .. quoted(path) .. " -mindepth 1 -maxdepth 1 -type f -printf '%f\\n' "
+      .. "2>/dev/null | sort")
+    local names = {}
+    for line in pipe:lines() do names[#names + 1] = line end
+    pipe:close()
+    return names[index + 1]
+  end
+  function r.ExecProcess(cmdline, timeout_ms)
+    host.executed[#host.executed + 1] = cmdline
+    local pipe = io.popen("timeout " .. math.max(1, math.ceil(timeout_ms / 1000)) .. " " .. cmdline .. " 2>&1")
+    if not pipe then return nil end
+    local output = pipe:read("a")
+    local _, _, code = pipe:close()
+    return tostring(code or 0) .. "\n" .. output
+  end
   function r.GetMousePosition() return 100, 200 end
 
   function r.CountSelectedMediaItems(proj) return #selected_items(proj) end

@@ -24,6 +24,7 @@ local function state()
     tracks = host.snapshot(),
     messages = core.array(host.messages),
     menus = core.array(host.menus),
+    executed = core.array(host.executed),
     input_captions = core.array(host.input_captions),
     undo_blocks = core.array(host.undo_blocks),
     undo_depth = host.undo_depth,
