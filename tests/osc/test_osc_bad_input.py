@@ -8,24 +8,16 @@ import os
 import re
 import socket
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from osc_helpers import TEST_VERSION, OscClient, RecordingSink, running_server, write_wav
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from bridge.errors import ConfigError, InputError
 from bridge.jobs import RequestRejected
 from bridge.osc_addresses import MAX_REPLY_BYTES
 from bridge.osc_server import OscServer, OscSettings
-
-
-@pytest.fixture
-def music(tmp_path: Path) -> Path:
-    root = tmp_path / "music"
-    root.mkdir()
-    return root
+from tests.osc_helpers import TEST_VERSION, OscClient, RecordingSink, running_server, write_wav
 
 
 @pytest.fixture
@@ -33,24 +25,6 @@ def elsewhere(tmp_path: Path) -> Path:
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     return outside
-
-
-@pytest.fixture
-def sink() -> RecordingSink:
-    return RecordingSink()
-
-
-@pytest.fixture
-def server(sink: RecordingSink, music: Path) -> Iterator[OscServer]:
-    with running_server(sink, source_roots=(music,), output_roots=(music,)) as started:
-        yield started
-
-
-@pytest.fixture
-def client(server: OscServer) -> Iterator[OscClient]:
-    device = OscClient(server.address)
-    yield device
-    device.close()
 
 
 def osc_string(text: bytes) -> bytes:

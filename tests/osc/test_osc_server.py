@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from osc_helpers import TEST_VERSION, WAIT, OscClient, RecordingSink, done_event, running_server, write_wav
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
@@ -21,31 +19,7 @@ from bridge.jobs import JobEvent, JobState
 from bridge.osc_addresses import MAX_REPLY_BYTES
 from bridge.osc_server import OscServer, OscSettings
 from bridge.request import Origin, SeparationRequest
-
-
-@pytest.fixture
-def music(tmp_path: Path) -> Path:
-    root = tmp_path / "music"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def sink() -> RecordingSink:
-    return RecordingSink()
-
-
-@pytest.fixture
-def server(sink: RecordingSink, music: Path) -> Iterator[OscServer]:
-    with running_server(sink, source_roots=(music,), output_roots=(music,)) as started:
-        yield started
-
-
-@pytest.fixture
-def client(server: OscServer) -> Iterator[OscClient]:
-    device = OscClient(server.address)
-    yield device
-    device.close()
+from tests.osc_helpers import TEST_VERSION, WAIT, OscClient, RecordingSink, done_event, running_server, write_wav
 
 
 def message(address: str, *args: object) -> bytes:
