@@ -381,7 +381,7 @@ def test_401_from_the_service(env: dict[str, Path], service: LocalFalService, mu
     assert service.stats()["submits"] == 0
 
 
-LOCKED = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+LOCKED = "User is locked. Reason: Exhausted balance. Top up your balance."  # fal's words, less its address
 
 
 def test_a_locked_account_is_not_called_a_bad_key(env: dict[str, Path], service: LocalFalService, music: Path,

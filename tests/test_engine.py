@@ -309,7 +309,7 @@ def test_a_locked_fal_account_holds_the_jobs_until_it_is_unlocked(make_engine, s
     """fal refuses every billable call of an account out of credit: rather than failing a whole hot folder
     one file after another, the jobs wait with the reason, and go on once the account is topped up."""
     engine = make_engine(retry_base=0.2, retry_max=0.5, concurrency=1)
-    locked = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+    locked = "User is locked. Reason: Exhausted balance. Top up your balance."
     service.faults.fail("submit", 403, times=1000, detail=locked)
     engine.start()
     jobs = [engine.submit(SeparationRequest(source=make_source(tmp_path / f"{n}.wav", seconds=0.3, seed=n),

@@ -300,6 +300,6 @@ def test_a_wav_goes_to_a_remote_service_as_flac(client: FalClient, service: Loca
 
 def test_uploads_shrink_only_when_the_service_is_elsewhere(client: FalClient) -> None:
     assert Pipeline(client).shrinks_uploads() is False  # the stand-in: loopback
-    remote = FalClient(ApiKey(TEST_KEY), queue_url="https://queue.fal.run", rest_url="https://rest.alpha.fal.ai")
+    remote = FalClient(ApiKey(TEST_KEY), queue_url="https://queue.example.invalid", rest_url="https://rest.example.invalid")
     with remote:  # never called: only its address is looked at
         assert Pipeline(remote).shrinks_uploads() is True
