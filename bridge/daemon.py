@@ -151,8 +151,10 @@ class Daemon:
             "pid": os.getpid(), "version": __version__, "requests_dir": str(requests_dir),
             "osc": {"host": osc_address[0], "port": osc_address[1]} if osc_address else None,
             "presets_file": str(self.state / "presets.json"),
-            # a project's list (shared presets + its own): DAW scripts run this + ["--project", <folder>]
-            "presets_command": [sys.executable, "-m", "bridge", "presets", "list", "--json"],
+            # a project's list (shared presets + its own): DAW scripts run this + ["--project", <folder>].
+            # UTF-8 mode: on Windows a pipe would otherwise get the ANSI code page.
+            "presets_command": [sys.executable, "-X", "utf8", "-m", "bridge", "presets", "list", "--json",
+                                "--config-dir", str(config_dir())],
             "hot_folder": str(hot[0].path) if hot else None, "hot_folders": [str(f.path) for f in hot],
             "service": "local" if self.choice.is_stand_in else "fal",
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

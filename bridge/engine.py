@@ -220,9 +220,11 @@ class JobEngine(JobSink):
             clean_workdir(workdir)
         except BudgetWait as wait:
             self._wait(row, str(wait), wait.until, count_attempt=False)
-        except AccountLocked as exc:  # every job would fail alike: they wait for the account instead
+        except AccountLocked as exc:  # every job would fail alike: they wait for the account instead,
+            # looking again every minute, without using up the tries a service outage is allowed
             self._wait(row, f"{exc.message} Top up or unlock it at https://fal.ai/dashboard/billing: the job "
-                       "goes on by itself then (or cancel it).", None)
+                       "goes on by itself then (or cancel it).", time.time() + min(60.0, self.settings.retry_max),
+                       count_attempt=False)
         except ServiceUnavailable as exc:
             if self.journal.handles(job_id)[0] or row.attempts < 8:
                 self._wait(row, f"{exc.message} Retrying automatically.", None)

@@ -60,12 +60,16 @@ class JobOutcomes:
                          error=text, origin=row.view.origin)
 
     def waiting(self, row: JobRow, message: str, until: float | None, count_attempt: bool = True) -> float:
-        """Journal the job as waiting; returns when it may run again (backing off when `until` is None)."""
+        """Journal the job as waiting; returns when it may run again (backing off when `until` is None).
+
+        A job with no request at the service gives back its budget reservation while it waits (it reserves
+        again when it runs), so it cannot hold other jobs back with money nobody spent."""
         attempts = row.attempts + (1 if count_attempt else 0)
         if until is None:
             until = time.time() + min(self.retry_base * 2 ** max(attempts - 1, 0), self.retry_max)
+        unpaid = {} if self.journal.handles(row.view.job_id)[0] else {"cost": 0.0}
         self.journal.set_state(row.view.job_id, JobState.waiting, None, message, attempts=attempts,
-                               not_before=until)
+                               not_before=until, **unpaid)
         self.events.emit(row.view.job_id, row.view.tag, JobState.waiting, self._progress_now(row), message)
         return until
 

@@ -323,3 +323,33 @@ def test_a_locked_fal_account_holds_the_jobs_until_it_is_unlocked(make_engine, s
     wait_for(lambda: all(finished(engine, job) for job in jobs), timeout=60, what="all jobs after the top-up")
     assert [engine.get(job).state for job in jobs] == [JobState.done] * 3  # type: ignore[union-attr]
     assert service.stats()["submits"] == 3  # each paid once: the refused submits cost nothing
+
+
+def test_time_spent_locked_uses_none_of_the_tries_an_outage_is_allowed(make_engine, service, tmp_path: Path) -> None:
+    """Locked through a dozen looks (more than the 8 tries a service outage gets), then unlocked into a
+    passing outage: the job waits again and finishes instead of failing."""
+    engine = make_engine(retry_base=0.05, retry_max=0.1)
+    service.faults.fail("submit", 403, times=12, detail="User is locked. Reason: Exhausted balance.")
+    service.faults.fail("submit", 503, times=4)  # after the top-up, a short outage: every retry of one try
+    engine.start()
+    job = engine.submit(SeparationRequest(source=make_source(tmp_path / "a.wav", seconds=0.3), prompt="piano"))
+    wait_for(lambda: finished(engine, job), timeout=60, what="the job to end")
+    view = engine.get(job)
+    assert view is not None and view.state == JobState.done, view
+    assert service.stats()["submits"] == 1
+
+
+def test_a_job_waiting_for_a_locked_account_holds_no_budget(make_engine, service, tmp_path: Path) -> None:
+    """While nothing is at the service, a waiting job gives its reservation back: the next job must not be
+    told the daily budget is spent when nothing was."""
+    engine = make_engine(daily_budget=0.003, prices=PriceTable(per_30s=0.05), retry_base=0.2, retry_max=0.3,
+                         concurrency=1)  # one at a time: the second runs while the first waits
+    service.faults.fail("submit", 403, times=1000, detail="User is locked. Reason: Exhausted balance.")
+    engine.start()
+    jobs = [engine.submit(SeparationRequest(source=make_source(tmp_path / f"{n}.wav", seconds=1.0, seed=n),
+                                            prompt="piano")) for n in range(2)]
+    for job in jobs:
+        wait_for(lambda job=job: "account is locked" in getattr(engine.get(job), "message", ""), timeout=30,
+                 what="each job to wait for the account")
+    assert all("Daily budget" not in (engine.get(job).message or "") for job in jobs)  # type: ignore[union-attr]
+    assert service.stats()["submits"] == 0

@@ -70,6 +70,19 @@ def test_list_json(capsys: pytest.CaptureFixture[str], project: Path, user_dirs:
     assert [f["origin"] for f in document["folders"]] == ["built-in", "user", "project"]
 
 
+def test_list_with_another_config_folder_takes_its_user_presets(capsys: pytest.CaptureFixture[str],
+                                                                 tmp_path: Path) -> None:
+    """DAW scripts run `presets list` with the daemon's config folder, whatever their own environment."""
+    daemons = tmp_path / "daemon config"
+    write(daemons / "presets" / "mine.yaml", "name: Daemon only\nprompt: a ringing phone\n")
+    code, out, _ = run(capsys, "list", "--json", "--config-dir", str(daemons))
+    assert code == 0
+    document = json.loads(out)
+    assert {"name": "Daemon only", "origin": "user"}.items() <= next(
+        p for p in document["presets"] if p["name"] == "Daemon only").items()
+    assert document["folders"][1] == {"origin": "user", "path": str(daemons / "presets")}
+
+
 def test_show_prints_resolved_settings(capsys: pytest.CaptureFixture[str], project: Path) -> None:
     code, out, _ = run(capsys, "show", "lead-vocal")
     assert code == 0

@@ -32,6 +32,8 @@ def register(subparsers: Any) -> None:
     listing = actions.add_parser("list", help="every preset with where it comes from")
     listing.add_argument("--project", type=Path, metavar="DIR", help="also the project's presets")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument("--config-dir", type=Path, metavar="DIR",
+                         help="the config folder whose presets/ are the user's (DAW scripts get the daemon's)")
     listing.set_defaults(func=list_presets)
 
     show = actions.add_parser("show", help="the settings a preset resolves to")
@@ -92,7 +94,7 @@ def _what(preset: Preset) -> str:
 
 
 def list_presets(args: argparse.Namespace) -> int:
-    library = PresetLibrary(default_search_path(project_dir=args.project), quiet=True)
+    library = PresetLibrary(default_search_path(project_dir=args.project, config_dir=args.config_dir), quiet=True)
     presets, problems = library.presets(), _problems(library)
     if args.json:
         document = {

@@ -71,6 +71,7 @@ end
 function H.presets_for(info, project_dir)
   local shared = core.parse_presets(H.read_file(info.presets_file))
   local folder = core.project_presets_folder(project_dir)
+  reaper.EnumerateFiles(folder, -1)  -- REAPER caches folder listings: read this one afresh
   if type(info.presets_command) ~= "table" or #info.presets_command == 0
       or not reaper.EnumerateFiles(folder, 0) then
     return shared
