@@ -140,10 +140,11 @@ REQUESTS: tuple[Request, ...] = (
     Request(
         "presets",
         required=(),
-        optional=(),
-        description="List the preset names.",
-        example="",
-        replies=("presets/list", "presets/end"),
+        optional=((_s("project_dir", "project folder whose own presets to list too, as sent with /sam/separate "
+                      "(\"\" = the shared ones only)", max_chars=_PATH_CHARS, may_be_empty=True),),),
+        description="List the preset names: the shared ones, and a project's own when one is named.",
+        example='"/Users/me/Music/Song"',
+        replies=("presets/list", "presets/end", "error"),
     ),
     Request(
         "ping",

@@ -262,7 +262,8 @@ class OscServer:
         self._reply(call.reply_to, "status/end", [len(views)])
 
     def _presets(self, call: _Call) -> None:
-        names = list(self._sink.preset_names())
+        project = self._policy.output_folder(str(call.values["project_dir"])) if "project_dir" in call.values else None
+        names = list(self._sink.preset_names(project))
         chunk: list[ArgValue] = []
         size = 0
         for name in names:

@@ -21,7 +21,7 @@ from bridge.request import Span
 EXAMPLE_PRESET_FILE = """\
 # A sam-bridge preset file (YAML). Put it in your presets folder:
 #   your config folder/presets/        (`sam-bridge presets list` shows where), or
-#   <project>/sam-bridge/presets/      (travels with the project)
+#   <project>/sam-bridge/presets/      (travels with the project; Live: beside the .als)
 # A preset there overrides a built-in preset of the same name. Check a file with
 #   sam-bridge presets check my-presets.yaml
 # A file holds ONE preset (write its fields at the top level) or SEVERAL under `presets:` as here.

@@ -1,9 +1,10 @@
 """Presets: the library a user picks names from, and the recipe (fal requests) a request turns into.
 
 Search path, earliest first: built-ins (`presets/` in the package), the user's config folder
-(`<user config>/sam-bridge/presets`), the project (`<project>/sam-bridge/presets`). A later folder
-overrides an earlier one by name. A broken file never takes the library down: its other presets keep
-working, and whoever asks for a broken preset gets the file's problems (file:line: field: message).
+(`<user config>/sam-bridge/presets`), the project (`<project>/sam-bridge/presets`; for Live, beside the
+.als). A later folder overrides an earlier one by name. A broken file never takes the library down: its
+other presets keep working, and whoever asks for a broken preset gets the file's problems
+(file:line: field: message).
 The file format is documented in `bridge.preset_schema.EXAMPLE_PRESET_FILE`.
 """
 
@@ -107,7 +108,22 @@ def user_presets_dir(config_dir: Path | None = None) -> Path:
 
 
 def project_presets_dir(project_dir: Path) -> Path:
-    return project_dir / "sam-bridge" / "presets"
+    """`<project>/sam-bridge/presets`. Ableton's device names `<Live project>/Samples/Processed` as its
+    project (its stems go there), but a Live Set's presets sit beside its .als, as REAPER's beside its .rpp."""
+    return (_live_project_of_stems_folder(project_dir) or project_dir) / "sam-bridge" / "presets"
+
+
+def _live_project_of_stems_folder(folder: Path) -> Path | None:
+    """The Live project whose `Samples/Processed` folder `folder` is, if it is one."""
+    if tuple(part.lower() for part in folder.parts[-2:]) != ("samples", "processed"):
+        return None
+    project = folder.parent.parent
+    try:
+        if (project / "Ableton Project Info").is_dir() or any(project.glob("*.als")):
+            return project
+    except OSError:  # unreadable: treat it as a plain folder
+        pass
+    return None
 
 
 def default_search_path(

@@ -198,6 +198,41 @@ def test_preset_list_fills_the_menu_and_keeps_the_choice(devices: Devices) -> No
     assert device.state()["device"]["presetIndex"] == 2
 
 
+def test_the_menu_lists_the_selected_clips_live_project_presets_and_follows_the_selection(
+        devices: Devices, tmp_path: Path) -> None:
+    """The daemon lists a Live Set's own presets for its project folder, the same folder /sam/separate
+    names: the device asks for the selected clip's, and again when a clip of another project is selected."""
+    first, second = live_project(tmp_path / "a", "First Project"), live_project(tmp_path / "b", "Second Project")
+    files = [first / "Samples" / "Recorded" / "one.wav", first / "Samples" / "Recorded" / "two.wav",
+             second / "Samples" / "Recorded" / "three.wav", tmp_path / "loose.wav"]
+    slots = [clip(name=f.stem, file_path=str(f)) for f in files]
+    scenario = {"live": {"tracks": [{"name": "Vox", "clip_slots": slots},
+                                    {"name": "Keys", "clip_slots": [clip(is_audio_clip=0), None, None, None]}],
+                         "detail": {"track": 0, "slot": 0}}}
+    device = devices(scenario)
+    device.msg("/sam/pong", "0.1.0")
+    asked = osc_out(device.msg("bang"))
+    assert ["/sam/presets", str(first / "Samples" / "Processed")] in asked
+    outlets = with_presets(device, "piano", "Gig Whistle")
+    assert status_texts(outlets) == ["Connected to sam-bridge 0.1.0: 2 presets for First Project."]
+    assert device.state()["device"]["observers"] == ["live_set view detail_clip"]
+
+    def select(**where: Any) -> list[list[Any]]:
+        return osc_out(device.send(cmd="select", **where)["outlets"])
+
+    assert select(track=0, slot=1) == []  # the same project: the menu stands
+    assert select(track=0, slot=2) == [["/sam/presets", str(second / "Samples" / "Processed")]]
+    assert select(none=True) == [] and select(track=1, slot=0) == []  # no clip, a MIDI clip: it stands
+    assert select(track=0, slot=3) == [["/sam/presets"]]  # outside any project: the shared presets
+    outlets = with_presets(device, "piano")
+    assert status_texts(outlets) == ["Connected to sam-bridge 0.1.0: 1 preset."]
+    assert osc_out(device.msg("refresh"))[2] == ["/sam/presets"]  # the same selection, asked afresh
+    assert device.state()["device"]["observers"] == ["live_set view detail_clip"]  # still one observer
+    device.msg("notifydeleted")
+    assert device.state()["device"]["observers"] == []
+    assert select(track=0, slot=0) == []
+
+
 def test_separate_sends_the_clip_region_and_the_projects_stems_folder(devices: Devices, tmp_path: Path) -> None:
     project = live_project(tmp_path)
     source = project / "Samples" / "Recorded" / f"{UNICODE} take 1.wav"
@@ -415,6 +450,8 @@ def test_the_daemon_answers_the_device_and_its_stems_land_on_new_tracks(
     audio = np.stack([0.3 * np.sin(2 * math.pi * 330 * t), 0.3 * np.sin(2 * math.pi * 5000 * t)], axis=1)
     source = project / "Samples" / "Recorded" / f"{UNICODE}.wav"
     sf.write(source, audio, rate, subtype="FLOAT")
+    (project / "sam-bridge" / "presets").mkdir(parents=True)  # the set's own, beside its .als
+    (project / "sam-bridge" / "presets" / "set.yaml").write_text("name: Set Whistle\nprompt: high whistle\n")
     info = daemon_factory(service.url).start()  # no reply port in the config: the device says where it listens
     device = devices(live_set(clip(file_path=str(source), start_marker=1.5, end_marker=4.0)))
     device.send(cmd="osc_connect", daemon_port=int(info["osc"]["port"]), listen_port=listen_port)
@@ -422,9 +459,9 @@ def test_the_daemon_answers_the_device_and_its_stems_land_on_new_tracks(
     device.msg("bang")
     assert device.send(cmd="wait", address="/sam/presets/end", timeout=20)["found"]
     assert device.send(cmd="wait", address="/sam/pong", timeout=20)["found"]
-    state = device.state()
-    assert state["device"]["presets"]  # the daemon's preset names are in the menu
-    device.msg("text", "high whistle")
+    presets = device.state()["device"]["presets"]
+    assert "piano" in presets and "Set Whistle" in presets  # the shared ones and the set's own
+    device.msg("presetindex", presets.index("Set Whistle") + 1)
     device.msg("separate")
     assert device.send(cmd="wait", address="/sam/accepted", timeout=20)["found"]
     assert device.send(cmd="wait", address="/sam/done", timeout=120)["found"], device.state()["received"]
@@ -432,8 +469,7 @@ def test_the_daemon_answers_the_device_and_its_stems_land_on_new_tracks(
     addresses = [m["address"] for m in state["received"]]
     assert "/sam/progress" in addresses and "/sam/error" not in addresses, state["received"]
     tracks = state["live"]["tracks"]
-    assert [t["name"] for t in tracks][1:4] == ["Vox", 'Vox · "high whistle" (target)',
-                                                'Vox · "high whistle" (residual)']
+    assert [t["name"] for t in tracks][1:4] == ["Vox", "Vox · Set Whistle (target)", "Vox · Set Whistle (residual)"]
     stems_dir = project / "Samples" / "Processed" / "Stems"
     placed = []
     for track in tracks[2:4]:

@@ -604,3 +604,48 @@ def test_a_projects_own_preset_is_used_for_that_project_only(
     seen = follow_job(client, other)
     assert seen.done is not None
     assert json.loads(Path(seen.done[3]).read_text())["steps"][0]["prompt"] == "kick-in"
+
+
+def preset_list(device: Device, *project: str) -> list[str]:
+    device.send("/sam/presets", *project)
+    names: list[str] = []
+    while (got := device.next_where(lambda r: r.address.startswith("/sam/presets/"), "presets")).address \
+            == "/sam/presets/list":
+        names += got.args
+    assert got.args == [len(names)]
+    return names
+
+
+def test_a_live_sets_own_presets_are_listed_and_used_for_its_processed_folder(
+        client: Device, service: Any, user_dirs: dict[str, Path]) -> None:
+    """The Max device names `<Live project>/Samples/Processed` (where its stems go); the set's presets
+    sit beside its .als, in `<Live project>/sam-bridge/presets/`."""
+    live = user_dirs["home"] / "Music" / "Gig Project"
+    (live / "Ableton Project Info").mkdir(parents=True)
+    (live / "Gig.als").write_bytes(b"")
+    (live / "sam-bridge" / "presets").mkdir(parents=True)
+    (live / "sam-bridge" / "presets" / "set.yaml").write_text("name: Gig Whistle\nprompt: shaker\n")
+    processed = live / "Samples" / "Processed"
+
+    shared = preset_list(client)
+    assert shared and "Gig Whistle" not in shared
+    assert preset_list(client, "") == shared  # "" names no project
+    listed = preset_list(client, str(processed))
+    assert sorted(listed) == sorted([*shared, "Gig Whistle"])
+    plain = user_dirs["home"] / "Music" / "Other" / "Samples" / "Processed"  # not inside a Live project
+    (plain.parent.parent / "sam-bridge" / "presets").mkdir(parents=True)
+    (plain.parent.parent / "sam-bridge" / "presets" / "x.yaml").write_text("name: not-here\nprompt: x\n")
+    assert preset_list(client, str(plain)) == shared
+
+    source = three_tone_source(live / "Samples" / "Recorded" / "take.wav")
+    job_id = separate(client, source, "gig whistle", "g1", str(processed))
+    seen = follow_job(client, job_id)
+    assert seen.done is not None, seen.error
+    target = Path(dict(seen.stems)["target"])
+    assert target.parent == processed / "Stems"
+    tgt, rate = read(target)
+    assert tone_share(tgt, rate, HIGH_HZ) > 0.95  # "shaker" -> the stand-in's high band
+
+    client.send("/sam/presets", "/etc")  # outside the folders sam-bridge may write to
+    refusal = client.next_of("/sam/error")
+    assert refusal.args[0] == "" and "/etc" in refusal.args[1] and "outside the folders" in refusal.args[1]

@@ -19,6 +19,7 @@ from bridge.presets import (
     PresetLibrary,
     builtin_presets_dir,
     load_preset_file,
+    project_presets_dir,
     recipe_for,
     recipe_from_preset,
     slug,
@@ -644,3 +645,20 @@ def test_slug_is_always_a_usable_file_name(tmp_path_factory: pytest.TempPathFact
     target = folder / f"Song - {result}.target.wav"
     target.write_bytes(b"x")
     assert [p.name for p in folder.iterdir()] == [target.name]
+
+
+def test_a_live_projects_processed_folder_reads_the_presets_beside_its_set(tmp_path: Path) -> None:
+    """The Max device names `<Live project>/Samples/Processed` as its project: the set's presets are the
+    ones beside its .als; any other folder keeps its own `sam-bridge/presets`."""
+    by_info = tmp_path / "Song Project"
+    (by_info / "Ableton Project Info").mkdir(parents=True)
+    by_als = tmp_path / "Loose"
+    by_als.mkdir()
+    (by_als / "Loose.als").write_bytes(b"")
+    plain = tmp_path / "Not Live"
+    for project in (by_info, by_als):
+        assert project_presets_dir(project / "Samples" / "Processed") == project / "sam-bridge" / "presets"
+        assert project_presets_dir(project / "samples" / "PROCESSED") == project / "sam-bridge" / "presets"
+        assert project_presets_dir(project) == project / "sam-bridge" / "presets"
+    for folder in (plain / "Samples" / "Processed", by_info / "Samples" / "Recorded", by_info / "Processed"):
+        assert project_presets_dir(folder) == folder / "sam-bridge" / "presets"

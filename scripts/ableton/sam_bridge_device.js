@@ -38,7 +38,8 @@ var host = {
     liveApi: function (path) { return new LiveAPI(path); },
     now: function () { return new Date().getTime(); },
     listDir: maxListDir,
-    repeat: maxRepeat
+    repeat: maxRepeat,
+    observe: maxObserve
 };
 
 function maxRepeat(ms, fn) {
@@ -47,6 +48,14 @@ function maxRepeat(ms, fn) {
     task.interval = ms;
     task.repeat();
     return { stop: function () { task.cancel(); } };
+}
+
+function maxObserve(path, property, fn) {
+    // LiveAPI calls back now and at every change of `property` (Live's notifications: reading is fine
+    // there, changing the set is not). Kept referenced by the closure, so it is not collected.
+    var api = new LiveAPI(function () { fn(); }, path);
+    api.property = property;
+    return { stop: function () { api.property = ""; } };
 }
 
 function maxListDir(dir) {
@@ -82,6 +91,9 @@ function newDeviceState() {
         presets: [],
         incomingPresets: [],
         presetIndex: 0, // 0: the prompt item; n: presets[n - 1]
+        presetsProject: null, // the Live project whose own presets the menu lists ("" none, null not asked)
+        projectByFolder: {}, // a clip file's folder -> its Live project ("" none): folder listings are slow
+        selectionWatch: null,
         prompt: "",
         deactivateSource: true,
         tagCounter: 0,
@@ -95,6 +107,7 @@ function newDeviceState() {
 
 function resetDevice() {
     stopAnnouncing();
+    if (device.selectionWatch) { device.selectionWatch.stop(); }
     device = newDeviceState();
 }
 
@@ -199,10 +212,20 @@ function findLiveProject(filePath, listDir) {
     return "";
 }
 
-/** Where the daemon should put the stems: `<project>/Samples/Processed` (+ "Stems"), or "" for beside the source. */
+/** Where the daemon should put the stems: `<project>/Samples/Processed` (+ "Stems"), or "" for beside the source.
+ *  It is also the project the daemon reads the Live Set's own presets for (from `<project>/sam-bridge/presets`). */
 function stemsProjectDir(filePath, listDir) {
     var project = findLiveProject(filePath, listDir);
     return project ? joinPath(project, STEMS_SUBFOLDER) : "";
+}
+
+/** stemsProjectDir for the clip's file, remembered per folder: it runs at every change of selection. */
+function clipProjectDir(filePath) {
+    var folder = dirname(filePath);
+    if (!device.projectByFolder.hasOwnProperty(folder)) {
+        device.projectByFolder[folder] = stemsProjectDir(filePath, host.listDir);
+    }
+    return device.projectByFolder[folder];
 }
 
 // --- the selected clip -------------------------------------------------------------------------------
@@ -291,6 +314,14 @@ function roundSeconds(value) {
     return Math.round(value * 1e6) / 1e6;
 }
 
+/** The project folder of the audio clip in the clip view ("" outside a Live project); null when none is. */
+function selectedClipProject() {
+    var clip = host.liveApi("live_set view detail_clip");
+    if (!clip || !clip.id || Number(clip.id) === 0 || Number(first(clip.get("is_audio_clip"))) !== 1) { return null; }
+    var filePath = first(clip.get("file_path"));
+    return filePath ? clipProjectDir(String(filePath)) : null;
+}
+
 // --- messages from the patch -------------------------------------------------------------------------
 
 /** Tell sam-bridge where [udpreceive] listens ([udpsend] sends from a random port) and subscribe there. */
@@ -328,12 +359,29 @@ function openJobCount() {
     return count;
 }
 
-/** [live.thisdevice] and the refresh button: say where to answer, subscribe, ask for the presets. */
+/** [live.thisdevice] and the refresh button: say where to answer, subscribe, ask for the presets (the
+ *  selected clip's project's own too), and from then on follow the selection to another project. */
 function init() {
     announce();
-    sendOsc([PREFIX + "/presets"]);
+    device.projectByFolder = {}; // Refresh also notices a set saved into a project since
+    var project = selectedClipProject();
+    askPresets(project !== null ? project : (device.presetsProject || ""));
     sendOsc([PREFIX + "/ping"]);
     status("Looking for sam-bridge\u2026");
+    if (!device.selectionWatch) {
+        device.selectionWatch = host.observe("live_set view", "detail_clip", onSelectionChanged);
+    }
+}
+
+function askPresets(projectDir) {
+    device.presetsProject = projectDir;
+    sendOsc(projectDir ? [PREFIX + "/presets", projectDir] : [PREFIX + "/presets"]);
+}
+
+/** A clip from another Live project (or from none) gets that project's presets in the menu. */
+function onSelectionChanged() {
+    var project = selectedClipProject();
+    if (project !== null && project !== device.presetsProject) { askPresets(project); }
 }
 
 function bang() { init(); }
@@ -405,6 +453,10 @@ function cancel() {
 
 function notifydeleted() {
     stopAnnouncing();
+    if (device.selectionWatch) {
+        device.selectionWatch.stop();
+        device.selectionWatch = null;
+    }
     sendOsc([PREFIX + "/unsubscribe", device.listenPort]);
 }
 
@@ -479,8 +531,10 @@ handlers["/presets/end"] = function () {
         if (device.presets[i] === chosen) { device.presetIndex = i + 1; }
     }
     host.outlet(OUT_MENU, "set", device.presetIndex);
+    var project = device.presetsProject ? basename(dirname(dirname(device.presetsProject))) : "";
     status("Connected to sam-bridge" + (device.version ? " " + device.version : "") + ": "
-        + device.presets.length + " presets.");
+        + device.presets.length + (device.presets.length === 1 ? " preset" : " presets")
+        + (project ? " for " + project : "") + ".");
 };
 
 handlers["/pong"] = function (args) {

@@ -22,6 +22,8 @@ class LiveSet {
     this.errors = [];
     this.caps = Object.assign({ track_create_audio_clip: true, slot_create_audio_clip: true }, spec.capabilities);
     this.song = this.register({ kind: "Song", tracks: [] });
+    this.view = this.register({ kind: "SongView" });
+    this.observers = []; // LiveAPI objects with a callback and a property: Live's notifications
     for (const t of spec.tracks || []) this.song.tracks.push(this.makeTrack(t));
     this.detail = null;
     if (spec.detail) this.selectDetail(spec.detail);
@@ -55,13 +57,32 @@ class LiveSet {
   }
 
   selectDetail(spec) {
-    const track = this.song.tracks[spec.track];
-    this.detail = spec.arrangement !== undefined ? track.arrangement_clips[spec.arrangement]
-      : track.clip_slots[spec.slot].clip;
+    if (spec.none) {
+      this.detail = null;
+    } else {
+      const track = this.song.tracks[spec.track];
+      this.detail = spec.arrangement !== undefined ? track.arrangement_clips[spec.arrangement]
+        : track.clip_slots[spec.slot].clip;
+    }
+    this.notify(this.view, "detail_clip");
+  }
+
+  /** What Live sends an observer: [property, value...]; an object property as "id N" (0: none). */
+  notify(obj, property) {
+    for (const api of this.observers.filter((o) => o._obj === obj && o._property === property)) {
+      api._callback.call(api, [property, ...this.observed(obj, property)]);
+    }
+  }
+
+  observed(obj, property) {
+    if (obj.kind === "SongView" && property === "detail_clip") return ["id", this.detail ? this.detail.id : 0];
+    const value = obj[property];
+    return value === undefined ? [] : [value];
   }
 
   pathOf(obj) {
     if (obj.kind === "Song") return "live_set";
+    if (obj.kind === "SongView") return "live_set view";
     const tracks = this.song.tracks;
     if (obj.kind === "Track") return "live_set tracks " + tracks.indexOf(obj);
     if (obj.kind === "ClipSlot") return this.pathOf(obj.track) + " clip_slots " + obj.track.clip_slots.indexOf(obj);
@@ -84,6 +105,7 @@ class LiveSet {
     for (let i = 1; i < words.length && obj; i++) {
       const word = words[i];
       if (word === "view" && words[i + 1] === "detail_clip") return this.detail;
+      if (word === "view" && i === words.length - 1) return this.view;
       if (word === "tracks") obj = this.song.tracks[Number(words[++i])];
       else if (word === "clip_slots") obj = obj.clip_slots[Number(words[++i])];
       else if (word === "arrangement_clips") obj = obj.arrangement_clips[Number(words[++i])];
@@ -145,7 +167,10 @@ class LiveSet {
 const live = new LiveSet(scenario.live || {});
 
 function LiveAPI(path) {
-  if (typeof path === "function") path = arguments[1]; // new LiveAPI(callback, path)
+  if (typeof path === "function") { // new LiveAPI(callback, path)
+    this._callback = path;
+    path = arguments[1];
+  }
   const obj = live.resolve(path);
   this._obj = obj;
   this.id = obj ? String(obj.id) : "0";
@@ -154,6 +179,18 @@ function LiveAPI(path) {
   this.type = obj ? obj.kind : "";
   this.info = live.info(obj);
 }
+// Setting `property` on a LiveAPI made with a callback observes it: Live calls back at once with the
+// current value, then at every change; "" stops observing.
+Object.defineProperty(LiveAPI.prototype, "property", {
+  get() { return this._property || ""; },
+  set(name) {
+    live.observers = live.observers.filter((o) => o !== this);
+    this._property = String(name || "");
+    if (!this._property || !this._callback || !this._obj) return;
+    live.observers.push(this);
+    live.notify(this._obj, this._property);
+  },
+});
 LiveAPI.prototype.get = function (prop) {
   if (!this._obj) return [];
   const value = this._obj[prop];
@@ -334,13 +371,14 @@ const commands = {
       live: live.snapshot(), posts,
       device: { presets: d.presets, presetIndex: d.presetIndex, prompt: d.prompt, listenPort: d.listenPort,
                 deactivateSource: d.deactivateSource, openTags: Object.keys(d.jobsByTag),
-                openJobs: Object.keys(d.jobsById) },
+                openJobs: Object.keys(d.jobsById), presetsProject: d.presetsProject,
+                observers: live.observers.map((o) => live.pathOf(o._obj) + " " + o._property) },
       received,
     };
   },
   async select(cmd) {
     live.selectDetail(cmd);
-    return {};
+    return { outlets: drain() };
   },
   async delete_track(cmd) {
     const [track] = live.song.tracks.splice(cmd.index, 1);
