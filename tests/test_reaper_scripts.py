@@ -245,12 +245,22 @@ def test_preset_menu_lists_presets_prompt_and_mute_toggle() -> None:
 
 @pytest.mark.parametrize(("platform", "argv", "line"), [
     ("linux", ["/opt/py 3/python", "-m", "bridge", "--project", "/Music/Tom's Song"],
-     "'/opt/py 3/python' '-m' 'bridge' '--project' '/Music/Tom'\\''s Song'"),
+     "'/opt/py 3/python' '-m' 'bridge' '--project' \"/Music/Tom's Song\""),
+    ("macos", ["/Apps/$py/python", "--project", '/Music/"Live" `best` \\ take'],
+     "'/Apps/$py/python' '--project' '/Music/\"Live\" `best` \\ take'"),
     ("windows", ["C:\\Py\\python.exe", "--project", 'C:\\Music\\A "B"\\'],
      '"C:\\Py\\python.exe" "--project" "C:\\Music\\A \\"B\\"\\\\"'),
 ])
 def test_command_lines_quote_every_argument(platform: str, argv: list[str], line: str) -> None:
     assert lua_eval(f"return core.command_line({lua_list(argv)}, {lua_string(platform)})") == line
+
+
+@pytest.mark.parametrize("unquotable", ["/Music/Tom's \"Song\"", "/Music/Tom's $5 Song", "/M/Tom's `x`"])
+def test_a_path_reaper_cannot_pass_either_way_is_named(unquotable: str) -> None:
+    """With a ' and one of " $ ` \\, no quoting reads the same to REAPER and to a shell."""
+    argv = lua_list(["/usr/bin/python3", "--project", unquotable])
+    assert lua_eval(f"local line, bad = core.command_line({argv}, 'linux') return {{line == nil, bad}}") \
+        == [True, unquotable]
 
 
 def test_exec_output_and_the_json_in_it() -> None:
@@ -450,12 +460,12 @@ PRESETS = {"presets": [
 
 
 class Setup:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, project_name: str = f"My Song {UNICODE_NAME}") -> None:
         self.root = tmp_path
         self.state_dir = tmp_path / "state"
         self.requests_dir = tmp_path / "state" / "req uests é"
         self.requests_dir.mkdir(parents=True)
-        self.project_dir = tmp_path / f"My Song {UNICODE_NAME}"
+        self.project_dir = tmp_path / project_name
         self.project_dir.mkdir()
         (self.state_dir / "daemon.json").write_text(json.dumps({
             "pid": 1, "version": "0.1.0", "requests_dir": str(self.requests_dir),
@@ -563,6 +573,38 @@ def test_a_projects_own_presets_are_in_the_menu_and_go_with_the_request(setup: S
     second.run(SEPARATE_SCRIPT)
     _, request = only_request(setup)
     assert request["preset"] == "Room tone" and request["project_dir"] == str(setup.project_dir)
+
+
+@pytest.mark.parametrize("via_shell", [False, True], ids=["reaper-splits-the-line", "a-shell-does"])
+def test_a_project_path_with_an_apostrophe_reaches_the_presets_command(tmp_path: Path, via_shell: bool) -> None:
+    setup = Setup(tmp_path, project_name="Tom's Song")
+    folder = setup.project_dir / "sam-bridge" / "presets"
+    folder.mkdir(parents=True)
+    (folder / "room.yaml").write_text("name: Room tone\nprompt: the hum of the room\n")
+    host = setup.host(setup.scenario(answers={"menu": [0]}, exec_via_shell=via_shell), with_presets_command(setup))
+    try:
+        host.run(SEPARATE_SCRIPT)
+        state = host.state()
+    finally:
+        host.close()
+    assert len(state["executed"]) == 1 and state["messages"] == []
+    assert "Room tone" in menu_fields(state) and "piano" in menu_fields(state)
+
+
+def test_a_project_path_reaper_cannot_pass_gets_the_shared_list_and_says_why(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, project_name='Tom\'s "Song"')
+    (setup.project_dir / "sam-bridge" / "presets").mkdir(parents=True)
+    (setup.project_dir / "sam-bridge" / "presets" / "room.yaml").write_text("name: Room tone\nprompt: hum\n")
+    host = setup.host(setup.scenario(answers={"menu": [0]}), with_presets_command(setup))
+    try:
+        host.run(SEPARATE_SCRIPT)
+        state = host.state()
+    finally:
+        host.close()
+    assert state["executed"] == []
+    [message] = [m["text"] for m in state["messages"]]
+    assert "cannot pass this path" in message and str(setup.project_dir) in message
+    assert menu_fields(state)[:2] == ["piano", "band  (4 stems)"]
 
 
 def test_without_presets_of_its_own_a_project_gets_the_shared_list_at_once(setup: Setup) -> None:

@@ -382,7 +382,11 @@ function M.project_presets_folder(project_dir)
   return M.join(project_dir, "sam-bridge", "presets")
 end
 
---- One argument quoted for the shell reaper.ExecProcess hands the command line to.
+--- One argument quoted for reaper.ExecProcess's command line; nil if it cannot be.
+--- On Windows the line goes to CreateProcess (CommandLineToArgvW's rules). Elsewhere REAPER splits it
+--- itself, taking an argument wrapped in ' or " as it is, with no escapes: so an argument with a '
+--- is wrapped in ", and one with ' and " cannot be passed. Nor can one with ' and $ ` \, so that a
+--- shell would read the line the same way.
 function M.shell_quote(arg, platform)
   arg = tostring(arg)
   if platform == "windows" then
@@ -391,13 +395,18 @@ function M.shell_quote(arg, platform)
     quoted = quoted:gsub("(\\+)$", "%1%1")
     return '"' .. quoted .. '"'
   end
-  return "'" .. arg:gsub("'", "'\\''") .. "'"
+  if not arg:find("'", 1, true) then return "'" .. arg .. "'" end
+  if not arg:find('["$`\\]') then return '"' .. arg .. '"' end
+  return nil
 end
 
---- The command line for `argv` (a list), each argument quoted.
+--- The command line for `argv` (a list), each argument quoted; nil and the argument that cannot be.
 function M.command_line(argv, platform)
   local parts = {}
-  for i, arg in ipairs(argv) do parts[i] = M.shell_quote(arg, platform) end
+  for i, arg in ipairs(argv) do
+    parts[i] = M.shell_quote(arg, platform)
+    if not parts[i] then return nil, arg end
+  end
   return table.concat(parts, " ")
 end
 

@@ -80,8 +80,14 @@ function H.presets_for(info, project_dir)
   for i, arg in ipairs(info.presets_command) do argv[i] = arg end
   argv[#argv + 1] = "--project"
   argv[#argv + 1] = project_dir
-  local code, output = core.parse_exec_output(
-    reaper.ExecProcess(core.command_line(argv, core.platform(reaper.GetOS())), 20000))
+  local line, unquotable = core.command_line(argv, core.platform(reaper.GetOS()))
+  if not line then
+    H.alert("This project's own presets (" .. folder .. ") could not be listed, so the menu shows the "
+      .. "shared ones only: REAPER cannot pass this path to sam-bridge, as it has a ' together with "
+      .. "one of \" $ ` \\ in it:\n\n" .. unquotable)
+    return shared
+  end
+  local code, output = core.parse_exec_output(reaper.ExecProcess(line, 20000))
   if code == 0 then
     local json = core.json_in_output(output)
     local presets = core.parse_presets(json)

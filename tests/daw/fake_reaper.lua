@@ -134,9 +134,34 @@ function Fake.new(scenario)
     pipe:close()
     return names[index + 1]
   end
+  -- REAPER (not Windows) splits the line itself, with no shell: words apart at spaces, a word wrapped
+  -- in ' " or ` taken as it is. `exec_via_shell` gives the line to /bin/sh instead, the other reading.
+  local function reaper_words(cmdline)
+    local words, i = {}, 1
+    while true do
+      i = cmdline:find("%S", i)
+      if not i then return words end
+      local quote = cmdline:sub(i, i)
+      if quote == "'" or quote == '"' or quote == "`" then
+        local close = cmdline:find(quote, i + 1, true) or (#cmdline + 1)
+        words[#words + 1] = cmdline:sub(i + 1, close - 1)
+        i = close + 1
+      else
+        local stop = cmdline:find("%s", i) or (#cmdline + 1)
+        words[#words + 1] = cmdline:sub(i, stop - 1)
+        i = stop
+      end
+    end
+  end
   function r.ExecProcess(cmdline, timeout_ms)
     host.executed[#host.executed + 1] = cmdline
-    local pipe = io.popen("timeout " .. math.max(1, math.ceil(timeout_ms / 1000)) .. " " .. cmdline .. " 2>&1")
+    local run = cmdline
+    if not scenario.exec_via_shell then
+      local words = {}
+      for k, word in ipairs(reaper_words(cmdline)) do words[k] = quoted(word) end
+      run = table.concat(words, " ")
+    end
+    local pipe = io.popen("timeout " .. math.max(1, math.ceil(timeout_ms / 1000)) .. " " .. run .. " 2>&1")
     if not pipe then return nil end
     local output = pipe:read("a")
     local _, _, code = pipe:close()
