@@ -39,6 +39,7 @@ class Arg:
     minimum: float | None = None  # numbers only
     maximum: float | None = None
     above: float | None = None  # numbers only: must be strictly greater
+    as_text: bool = False  # numbers only: may come as text ("754.123456") for the digits a float32 drops
 
     @property
     def signature(self) -> str:
@@ -112,8 +113,11 @@ REQUESTS: tuple[Request, ...] = (
                 may_be_empty=True),),
             (_s("project_dir", "project folder; stems go to its Stems/ folder (\"\" = beside the source)",
                 max_chars=_PATH_CHARS, may_be_empty=True),),
-            (Arg("start", "f", "seconds into the source where the part begins", minimum=0.0),
-             Arg("length", "f", "seconds of source to separate", above=0.0)),
+            (Arg("start", "f", "seconds into the source where the part begins (or as text, e.g. \"754.123456\": "
+                 "an OSC float keeps 7 digits, so 10 minutes in it is up to 30 µs off)", minimum=0.0,
+                 as_text=True),
+             Arg("length", "f", "seconds of source to separate (or as text, like start)", above=0.0,
+                 as_text=True)),
         ),
         description="Queue a separation. A known preset name (any case) wins; otherwise the text is the "
         "prompt. The source must be under an allowed source folder and the stems' folder under an "
@@ -305,6 +309,11 @@ def _check(arg: Arg, value: Any) -> str | None:
         if len(value) > arg.max_chars:
             return f"is {len(value)} characters long; at most {arg.max_chars} are allowed"
         return None
+    if arg.as_text and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return f"should be {_TYPE_WORDS[arg.type]} or text holding one, got {describe_value(value)}"
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
     if not numeric:
         return f"should be {_TYPE_WORDS[arg.type]}, got {describe_value(value)}"

@@ -118,8 +118,10 @@ def test_readme_explains_saving_as_amxd_and_where_answers_go() -> None:
 
 
 def clip(**fields: Any) -> dict[str, Any]:
+    """A clip as the LOM shows it: one that does not loop has its start and end in loop_start/loop_end
+    (its end_marker may be anything)."""
     return {"name": "Lead Vox", "file_path": "/nowhere/vox.wav", "warping": 0, "looping": 0, "start_marker": 1.25,
-            "end_marker": 5.75, "loop_start": 0, "loop_end": 8, "start_time": 16.0, "sample_rate": 48000,
+            "end_marker": 9.0, "loop_start": 1.25, "loop_end": 5.75, "start_time": 16.0, "sample_rate": 48000,
             "seconds_per_beat": 0.5, **fields}
 
 
@@ -244,7 +246,7 @@ def test_separate_sends_the_clip_region_and_the_projects_stems_folder(devices: D
     reply_to, subscribe, separate = osc_out(outlets)
     assert (reply_to, subscribe) == (["/sam/reply_to", 9011], ["/sam/subscribe", 9011])
     assert separate == ["/sam/separate", str(source), "vocals", "live-1700000000000-1",
-                        str(project / "Samples" / "Processed"), 1.25, 4.5]
+                        str(project / "Samples" / "Processed"), "1.25", "4.5"]
     assert [o for o in outlets if o[0] == 2] == [[2, 0]]
     assert status_texts(outlets) == ["Sent Lead Vox · vocals to sam-bridge…"]
 
@@ -271,7 +273,7 @@ def test_prompt_arrives_with_or_without_the_text_selector(devices: Devices) -> N
     (live_set(None), "Select an audio clip first"),
     (live_set(clip(is_audio_clip=0)), "That is a MIDI clip"),
     (live_set(clip(file_path="")), "no audio file on disk"),
-    (live_set(clip(start_marker=3.0, end_marker=3.0)), "Could not read where this clip starts"),
+    (live_set(clip(loop_start=3.0, loop_end=3.0, end_marker=3.0)), "Could not read where this clip starts"),
 ])
 def test_separate_explains_what_is_missing(devices: Devices, scenario: dict[str, Any], expected: str) -> None:
     device = devices(scenario)
@@ -282,13 +284,13 @@ def test_separate_explains_what_is_missing(devices: Devices, scenario: dict[str,
 
 
 def test_a_warped_clip_is_separated_only_after_a_second_click(devices: Devices) -> None:
-    device = devices(live_set(clip(warping=1, start_marker=4.0, end_marker=12.0, seconds_per_beat=0.4)))
+    device = devices(live_set(clip(warping=1, loop_start=4.0, loop_end=12.0, seconds_per_beat=0.4)))
     device.msg("text", "piano")
     outlets = device.msg("separate")
     assert osc_out(outlets) == []
     assert "warped: the stems come back unwarped" in status_texts(outlets)[0]
     [_, _, separate] = osc_out(device.msg("separate"))
-    assert separate[5:] == [pytest.approx(1.6), pytest.approx(3.2)]  # beats -> seconds via beat_to_sample_time
+    assert separate[5:] == ["1.6", "3.2"]  # beats -> seconds via beat_to_sample_time
     third = device.msg("separate")  # each new separation of a warped clip asks again
     assert osc_out(third) == [] and "warped" in status_texts(third)[0]
 
@@ -297,7 +299,26 @@ def test_a_looping_clip_sends_start_marker_to_loop_end(devices: Devices) -> None
     device = devices(live_set(clip(looping=1, start_marker=2.0, loop_start=1.0, loop_end=6.0, end_marker=9.0)))
     device.msg("text", "piano")
     [_, _, separate] = osc_out(device.msg("separate"))
-    assert separate[5:] == [2.0, 4.0]
+    assert separate[5:] == ["2", "4"]
+
+
+def test_start_and_length_keep_every_digit_far_into_a_long_file(devices: Devices) -> None:
+    """As OSC float32, 754.123456789 s would arrive as 754.1234741 s: 0.9 samples late at 48 kHz."""
+    device = devices(live_set(clip(loop_start=754.123456789, loop_end=760.5)))
+    device.msg("text", "piano")
+    [_, _, separate] = osc_out(device.msg("separate"))
+    assert separate[5:] == ["754.123456789", "6.376543211"]
+    values = validate_args(REQUESTS_BY_NAME["separate"], separate[1:])
+    assert values["start"] == 754.123456789 and values["length"] == 6.376543211
+    assert abs(float(np.float32(754.123456789)) - 754.123456789) * 48000 > 0.5  # what a float would do
+
+
+def test_folders_are_listed_in_maxs_path_syntax(devices: Devices) -> None:
+    device = devices(live_set())
+    to_max = "return device.maxPath({!r})"
+    assert device.send(cmd="eval", code=to_max.format("C:\\Users\\me\\Music\\Set Project"))["value"] \
+        == "C:/Users/me/Music/Set Project"
+    assert device.send(cmd="eval", code=to_max.format("/Users/me/Music"))["value"] == "/Users/me/Music"
 
 
 def start_job(device: MaxDevice) -> str:
@@ -420,14 +441,14 @@ def test_udp_messages_are_what_the_daemon_accepts(devices: Devices, tmp_path: Pa
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as daemon:
         daemon.bind(("127.0.0.1", 0))
         daemon.settimeout(5)
-        device = devices(live_set(clip(start_marker=0.0, end_marker=4.0, file_path=str(tmp_path / "a b.wav"))))
+        device = devices(live_set(clip(loop_start=0.0, loop_end=4.0, file_path=str(tmp_path / "a b.wav"))))
         device.send(cmd="osc_connect", daemon_port=daemon.getsockname()[1], listen_port=free_udp_port())
         device.msg("text", "piano")
         device.msg("separate")
         messages = [OscMessage(daemon.recvfrom(65536)[0]) for _ in range(3)]
     assert [m.address for m in messages] == ["/sam/reply_to", "/sam/subscribe", "/sam/separate"]
     separate = messages[2]
-    assert separate.params == [str(tmp_path / "a b.wav"), "piano", "live-1700000000000-1", "", 0, 4]
+    assert separate.params == [str(tmp_path / "a b.wav"), "piano", "live-1700000000000-1", "", "0", "4"]
     values = validate_args(REQUESTS_BY_NAME["separate"], separate.params)
     assert values["start"] == 0.0 and values["length"] == 4.0 and "project_dir" not in values
     assert validate_args(REQUESTS_BY_NAME["reply_to"], messages[0].params) == {"port": 9011}
@@ -453,7 +474,7 @@ def test_the_daemon_answers_the_device_and_its_stems_land_on_new_tracks(
     (project / "sam-bridge" / "presets").mkdir(parents=True)  # the set's own, beside its .als
     (project / "sam-bridge" / "presets" / "set.yaml").write_text("name: Set Whistle\nprompt: high whistle\n")
     info = daemon_factory(service.url).start()  # no reply port in the config: the device says where it listens
-    device = devices(live_set(clip(file_path=str(source), start_marker=1.5, end_marker=4.0)))
+    device = devices(live_set(clip(file_path=str(source), loop_start=1.5, loop_end=4.0)))
     device.send(cmd="osc_connect", daemon_port=int(info["osc"]["port"]), listen_port=listen_port)
     device.msg("port", listen_port)  # the "reply port" box, set to where [udpreceive] listens
     device.msg("bang")

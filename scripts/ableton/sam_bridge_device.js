@@ -58,11 +58,16 @@ function maxObserve(path, property, fn) {
     return { stop: function () { api.property = ""; } };
 }
 
+/** Max's own path syntax: forward slashes ("C:/Users/…"); Live gives Windows paths with backslashes. */
+function maxPath(path) {
+    return String(path).replace(/\\/g, "/");
+}
+
 function maxListDir(dir) {
     // Max's Folder lists a folder's files and subfolders; null when the folder cannot be read.
     var names = [];
     try {
-        var folder = new Folder(dir);
+        var folder = new Folder(maxPath(dir));
         folder.typelist = [];
         while (!folder.end) {
             if (folder.filename) { names.push(folder.filename); }
@@ -243,10 +248,12 @@ function parseClipPath(path) {
     };
 }
 
-/** The part of the clip's file that plays, in seconds: from the start marker to the end (or loop end). */
+/** The part of the clip's file that plays, in seconds. A looping clip plays from its start marker to the
+ *  loop end (then loops); for one that does not loop, the LOM's loop_start and loop_end are the clip's
+ *  start and end (its end_marker need not be). */
 function clipRegion(props, beatsToSeconds) {
-    var start = props.startMarker;
-    var end = props.looping ? props.loopEnd : props.endMarker;
+    var start = props.looping ? props.startMarker : props.loopStart;
+    var end = props.loopEnd;
     if (!(end > start)) { end = props.endMarker; }
     if (props.warped) {
         start = beatsToSeconds(start);
@@ -277,6 +284,7 @@ function readSelectedClip() {
         warped: Number(first(clip.get("warping"))) === 1,
         looping: Number(first(clip.get("looping"))) === 1,
         startMarker: Number(first(clip.get("start_marker"))),
+        loopStart: Number(first(clip.get("loop_start"))),
         endMarker: Number(first(clip.get("end_marker"))),
         loopEnd: Number(first(clip.get("loop_end")))
     };
@@ -304,14 +312,16 @@ function readSelectedClip() {
     };
 }
 
-/** The /sam/separate message: source, preset or prompt, tag, project folder, start, length. */
+/** The /sam/separate message: source, preset or prompt, tag, project folder, start, length. Start and
+ *  length go as text: [udpsend] would send numbers as OSC float32, whose 7 digits put a part 10 minutes
+ *  into a file up to 1.5 samples off at 48 kHz. */
 function buildSeparateMessage(clip, what, tag, projectDir) {
     return [PREFIX + "/separate", clip.filePath, what.preset || what.prompt, tag, projectDir,
-        roundSeconds(clip.start), roundSeconds(clip.length)];
+        secondsText(clip.start), secondsText(clip.length)];
 }
 
-function roundSeconds(value) {
-    return Math.round(value * 1e6) / 1e6;
+function secondsText(value) {
+    return String(Math.round(value * 1e9) / 1e9); // to the nanosecond: no float noise like 1.2500000001
 }
 
 /** The project folder of the audio clip in the clip view ("" outside a Live project); null when none is. */
@@ -635,7 +645,7 @@ if (typeof module !== "undefined" && module.exports) {
         findLiveProject: findLiveProject, stemsProjectDir: stemsProjectDir, clipRegion: clipRegion,
         parseClipPath: parseClipPath, readSelectedClip: readSelectedClip, buildSeparateMessage: buildSeparateMessage,
         stemTrackName: stemTrackName, currentWhat: currentWhat, placeStems: placeStems, dirname: dirname,
-        joinPath: joinPath,
+        joinPath: joinPath, maxPath: maxPath,
         messages: {
             init: init, bang: bang, refresh: refresh, port: port, presetindex: presetindex, text: text,
             prompt: prompt, deactivate: deactivate, separate: separate, cancel: cancel,

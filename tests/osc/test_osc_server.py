@@ -67,6 +67,14 @@ def test_separate_with_a_prompt_project_and_part(client: OscClient, sink: Record
     assert (request.start, request.length) == (1.5, 2.0)
 
 
+def test_separate_takes_seconds_as_text_with_more_digits_than_a_float32(
+        client: OscClient, sink: RecordingSink, music: Path) -> None:
+    source = write_wav(music / "mix.wav")
+    client.request("/sam/separate", str(source), "piano", "x", "", "754.123456789", " 0.25 ", reply="/sam/accepted")
+    (request,) = sink.requests
+    assert (request.start, request.length) == (754.123456789, 0.25)
+
+
 def test_separate_takes_whole_numbers_for_seconds_and_empty_strings_as_not_given(
         client: OscClient, sink: RecordingSink, music: Path) -> None:
     source = write_wav(music / "mix.wav")
