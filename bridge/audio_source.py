@@ -90,6 +90,15 @@ def probe_source(path: Path) -> SourceInfo:
     _check_not_truncated(path, name)
     if info.frames <= 0:
         raise SourceError(f"{name} contains no audio.", "Check the export and try again.")
+    if info.frames >= 2**62:  # 2**63 - 1: a FLAC written as a stream, its length never filled in
+        raise SourceError(f"{name} does not say how long it is (it was written as a stream).",
+                          "Export it again, or convert it to WAV, and try again.")
+    if ends_early(path):
+        raise SourceError(
+            f"{name} looks incomplete: it ends before the {info.frames / info.samplerate:.1f} s its header "
+            "announces. It may still be copying, or an export was interrupted.",
+            "Wait until the copy has finished, or export the file again.",
+        )
     chunks = bwf.read_chunks(path) if fmt in ("WAV", "WAVEX", "RF64", "W64") else bwf.BwfChunks(None, None)
     return SourceInfo(
         path=path,
@@ -102,6 +111,25 @@ def probe_source(path: Path) -> SourceInfo:
         ixml=chunks.ixml,
         lossy=fmt in LOSSY_FORMATS or subtype in LOSSY_SUBTYPES,
     )
+
+
+def ends_early(path: Path) -> bool:
+    """True for a FLAC file that stops before the length its header gives: a copy still under way or an
+    interrupted export (the header, written or copied first, is whole). Only the end is read. FLAC alone:
+    an MP3's length is a guess (a complete one without a Xing frame can read short)."""
+    try:
+        audio = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return False  # not readable at all: said elsewhere, in its own words
+    with audio:
+        if audio.format != "FLAC" or not 0 < audio.frames < 2**62:  # 2**63 - 1: length not in the header
+            return False
+        tail = min(audio.frames, 1024)
+        try:
+            audio.seek(audio.frames - tail)
+            return bool(len(audio.read(tail, dtype="float32")) < tail)
+        except (sf.LibsndfileError, RuntimeError):  # the frames the header counts are not there
+            return True
 
 
 def _check_not_truncated(path: Path, name: str) -> None:

@@ -27,6 +27,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from bridge.audio_source import ends_early
 from bridge.claims import ClaimStore
 from bridge.file_gate import FileSnapshot, SettleState, can_open_exclusively, check_container
 from bridge.hotfolder_jobs import RETRY_AFTER_ENGINE_ERROR, HotFolderJobs
@@ -295,7 +296,9 @@ class HotFolderWatcher:
             check = check_container(path)
         except OSError as exc:
             return f"it cannot be read yet ({exc.strerror or exc})"
-        return None if check.ok else check.reason
+        if not check.ok:
+            return check.reason
+        return "it ends before the length its header gives" if ends_early(path) else None
 
     def _wait_for_completion(self, candidate: _Candidate, reason: str, settle: float, now: float) -> None:
         if candidate.incomplete_since is None:

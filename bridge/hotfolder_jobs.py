@@ -20,6 +20,7 @@ from bridge.hotfolder_names import (
     ManifestIndex,
     error_blocks_retry,
     error_file_for,
+    error_file_reports,
     hot_request,
     move_to_done,
     sidecar_age,
@@ -27,6 +28,7 @@ from bridge.hotfolder_names import (
 )
 from bridge.hotfolder_routes import FolderRoutes, HotFolder, Route
 from bridge.jobs import JobEvent, JobSink, JobState, RequestRejected
+from bridge.request import Origin
 
 # The watcher's logger: one name for everything the hot folder reports, however the code is split.
 log = logging.getLogger("bridge.hotfolder")
@@ -52,7 +54,7 @@ class _Taken:
     path: Path
     snapshot: FileSnapshot
     folder: HotFolder
-    claim: Claim
+    claim: Claim | None
     job_id: str = ""
 
 
@@ -64,8 +66,7 @@ class HotFolderJobs:
         self._claims = claims
         self._routes = routes
         self._records: dict[Path, _Record] = {}
-        self._taken: dict[Path, _Taken] = {}
-        self._jobs: dict[str, Path] = {}
+        self._taken: dict[str, _Taken] = {}  # by job id: a file saved again may have a second job meanwhile
         self._manifests = ManifestIndex()
 
     def finished_here(self, path: Path, snapshot: FileSnapshot) -> bool:
@@ -125,8 +126,7 @@ class HotFolderJobs:
             return RETRY_AFTER_ENGINE_ERROR
         log.info("Hot folder: %s → job %s", path.name, job_id)
         self._records[path] = _Record(snapshot, _Status.submitted)
-        self._taken[path] = _Taken(path, snapshot, route.folder, claim, job_id)
-        self._jobs[job_id] = path
+        self._taken[job_id] = _Taken(path, snapshot, route.folder, claim, job_id)
         view = self._sink.get(job_id)
         if view is not None and view.state.finished:  # e.g. done before a restart, per the journal
             self._finish(job_id, view.state, view.error or view.message, view.stems)
@@ -134,13 +134,15 @@ class HotFolderJobs:
 
     def on_event(self, event: JobEvent) -> None:
         self._routes.note_own_outputs(event.stems.values())
-        if event.state.finished:
+        if event.state.finished and event.job_id in self._taken:
             self._finish(event.job_id, event.state, event.error or event.message, event.stems)
+        elif event.state is JobState.done and event.origin == Origin.hot_folder:
+            self._finish_retried(event.job_id)
 
     def heartbeat(self) -> None:
         """Keep our claims alive and catch job outcomes whose events we missed."""
         for taken in list(self._taken.values()):
-            if not self._claims.refresh(taken.claim):
+            if taken.claim is not None and not self._claims.refresh(taken.claim):
                 log.warning("Hot folder: lost the claim on %s to another sam-bridge", taken.path.name)
             view = self._sink.get(taken.job_id)
             if view is not None and view.state.finished:
@@ -160,22 +162,58 @@ class HotFolderJobs:
             self._claims.release(claim)
 
     def _finish(self, job_id: str, state: JobState, message: str | None, stems: dict[str, str]) -> None:
-        path = self._jobs.pop(job_id, None)
-        taken = self._taken.pop(path, None) if path is not None else None
-        if path is None or taken is None:
+        taken = self._taken.pop(job_id, None)
+        if taken is None:
             return  # not one of ours, or already handled
         self._routes.note_own_outputs(stems.values())
         if state is JobState.done:
-            self._records[path] = _Record(taken.snapshot, _Status.done)
-            self._claims.mark_done(taken.claim)
-            error_file = error_file_for(path)
-            if error_file.exists() and not error_blocks_retry(path):
-                error_file.unlink(missing_ok=True)  # our own report of an earlier, now fixed failure
-            if taken.folder.after_success == "move-to-done" and FileSnapshot.of(path) == taken.snapshot:
-                moved = move_to_done(path)
-                if moved is not None:
-                    self._claims.forget_done(path, taken.snapshot)
-                    log.info("Hot folder: moved %s to %s", path.name, moved.parent)
+            self._done(taken)
+            return
+        if FileSnapshot.of(taken.path) != taken.snapshot:
+            # Saved again while the job ran (a copy that paused longer than the settle time): the job
+            # read a version that is gone, and the file as it is now gets a turn of its own.
+            log.info("Hot folder: %s changed while job %s ran; its failure does not count", taken.path.name, job_id)
+            self._set_record(taken, None)
+            if taken.claim is not None:
+                self._claims.release(taken.claim)
             return
         what = "The job was cancelled." if state is JobState.cancelled else (message or "The job failed.")
-        self.fail(path, taken.snapshot, what, claim=taken.claim, job_id=job_id)
+        self.fail(taken.path, taken.snapshot, what, claim=taken.claim, job_id=job_id)
+
+    def _finish_retried(self, job_id: str) -> None:
+        """A job of ours that failed, then `sam-bridge retry` made good: its error file goes, and the file
+        is done as if the first run had worked."""
+        view = self._sink.get(job_id)
+        if view is None:
+            return
+        path = Path(view.source)
+        route, snapshot = self._routes.route(path), FileSnapshot.of(path)
+        if route is None or snapshot is None or not error_file_reports(path, job_id):
+            return
+        claim = self._claims.try_claim(path, snapshot).claim  # so no sibling, nor we after a restart, take it
+        self._done(_Taken(path, snapshot, route.folder, claim, job_id))
+        log.info("Hot folder: %s done by a retry of job %s", path.name, job_id)
+
+    def _done(self, taken: _Taken) -> None:
+        path = taken.path
+        self._set_record(taken, _Status.done)
+        if taken.claim is not None:
+            self._claims.mark_done(taken.claim)
+        error_file = error_file_for(path)
+        if error_file.exists() and (not error_blocks_retry(path) or error_file_reports(path, taken.job_id)):
+            error_file.unlink(missing_ok=True)  # our own report of an earlier, now fixed failure
+        if taken.folder.after_success == "move-to-done" and FileSnapshot.of(path) == taken.snapshot:
+            moved = move_to_done(path)
+            if moved is not None:
+                self._claims.forget_done(path, taken.snapshot)
+                log.info("Hot folder: moved %s to %s", path.name, moved.parent)
+
+    def _set_record(self, taken: _Taken, status: _Status | None) -> None:
+        """Record how this file version ended, unless a newer version of the file is under way already."""
+        record = self._records.get(taken.path)
+        if record is not None and record.snapshot != taken.snapshot:
+            return
+        if status is None:
+            self._records.pop(taken.path, None)
+        else:
+            self._records[taken.path] = _Record(taken.snapshot, status)

@@ -264,6 +264,15 @@ def error_text(source: Path, what_happened: str, job_id: str | None = None) -> s
     )
 
 
+def error_file_reports(source: Path, job_id: str) -> bool:
+    """True when the source's error file is our report of that job's failure."""
+    try:
+        text = error_file_for(source).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return bool(job_id) and f"(job {job_id})" in text.split("\n", 1)[0]
+
+
 def write_error_file(source: Path, what_happened: str, job_id: str | None = None) -> Path:
     target = error_file_for(source)
     write_atomically(target, error_text(source, what_happened, job_id))

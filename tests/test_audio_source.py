@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import soundfile as sf
 
 from bridge import bwf
 from bridge.audio_source import (
+    ends_early,
     frame_range,
     is_upload_copy,
     make_upload_file,
@@ -93,6 +96,33 @@ def test_probe_refuses_a_truncated_rf64_and_aiff(tmp_path: Path) -> None:
         with open(path, "r+b") as f:
             f.truncate(path.stat().st_size - 3000)
         _assert_refused(path, "looks incomplete")
+
+
+def test_probe_refuses_a_flac_cut_short_and_one_that_does_not_say_its_length(tmp_path: Path) -> None:
+    path = write_audio(tmp_path / "copying.flac", _stereo(3.0), 48_000, "PCM_24")
+    assert not ends_early(path) and probe_source(path).frames == 144_000
+    whole = path.read_bytes()
+    for kept in (len(whole) // 3, len(whole) - 200):
+        path.write_bytes(whole[:kept])  # a copy caught before its end: the header counts every frame
+        assert sf.info(str(path)).frames == 144_000 and ends_early(path)
+        assert "still be copying" in _assert_refused(path, "looks incomplete: it ends before the 3.0 s")
+    streamed = tmp_path / "streamed.flac"
+    info_block = whole.index(b"fLaC") + 8  # STREAMINFO: total samples are the low 36 bits at bytes 13..17
+    patched = bytearray(whole)
+    patched[info_block + 13] &= 0xF0
+    patched[info_block + 14 : info_block + 18] = b"\0\0\0\0"
+    streamed.write_bytes(bytes(patched))
+    _assert_refused(streamed, "does not say how long it is")
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_a_whole_mp3_without_a_xing_frame_is_not_taken_for_cut_short(tmp_path: Path) -> None:
+    """Its length is a guess from the file size that can run past the real end: only FLAC is judged."""
+    wav = write_audio(tmp_path / "a.wav", _stereo(7.3), 44_100, "PCM_16")
+    mp3 = tmp_path / "a.mp3"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(wav), "-b:a", "128k", "-write_xing", "0", str(mp3)],
+                   check=True)
+    assert not ends_early(mp3) and probe_source(mp3).frames > 0
 
 
 def test_probe_accepts_streaming_placeholder_sizes(tmp_path: Path) -> None:

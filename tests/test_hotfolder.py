@@ -86,7 +86,8 @@ class RecordingSink:
                                          state.value, view.created_at, time.time(), view.origin, stems or {},
                                          None, error)
             listeners = list(self.listeners)
-        event = JobEvent(job_id, view.tag, state, 1.0, state.value, stems or {}, None, error)
+        event = JobEvent(job_id, view.tag, state, 1.0, state.value, stems or {}, None, error,
+                         origin=view.origin)  # the engine names the way in on final events
         for listener in listeners:
             listener(event)
 
@@ -497,6 +498,67 @@ def test_a_failed_job_writes_the_error_file_and_waits_for_delete_or_touch(
     sink.finish(sink.submissions[2].job_id, JobState.done)
     wait_until(lambda: not error_file.exists(), "the stale error file to go")
     assert source.exists()
+
+
+def test_a_failed_job_made_good_by_retry_clears_its_error_file_and_counts_as_done(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """`sam-bridge retry <job>` runs the same job again: when it succeeds, the file is done as usual."""
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot, after_success="move-to-done")], rescan_interval=0.3)
+    source = drop(hot / "Keys.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the job")
+    job_id = sink.submissions[0].job_id
+    sink.finish(job_id, JobState.failed, error="The service could not be reached.")
+    wait_until(error_file_for(source).exists, "the error file")
+    sink.finish(job_id, JobState.done, stems={"target": str(hot / "Stems" / "Keys - vocals.target.wav")})
+    wait_until(lambda: (hot / "done" / "Keys.wav").exists(), "the source moved to done/")
+    assert not error_file_for(source).exists() and not source.exists()
+    time.sleep(1.0)  # rescans pass
+    assert len(sink.submissions) == 1
+
+
+def test_a_failure_of_a_version_saved_over_meanwhile_leaves_no_error_and_the_new_one_is_taken(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """A copy that pauses longer than the settle time is taken early; its job fails on the partial file.
+    The file as it ends up gets a job of its own, and that failure writes no error file."""
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)], rescan_interval=0.3)
+    source = drop(hot / "Bass.wav", wav_bytes(seconds=0.1, seed=1))
+    wait_until(lambda: len(sink.submissions) == 1, "the first job")
+    drop(source, wav_bytes(seconds=0.3, seed=2))  # the rest of the copy arrives
+    sink.finish(sink.submissions[0].job_id, JobState.failed, error="The file ends early.")
+    wait_until(lambda: len(sink.submissions) == 2, "a job for the file as it is now")
+    assert sink.submissions[1].size == len(wav_bytes(seconds=0.3, seed=2))
+    time.sleep(3 * SETTLE)
+    assert not error_file_for(source).exists()
+    sink.finish(sink.submissions[1].job_id, JobState.done)
+    time.sleep(1.0)
+    assert len(sink.submissions) == 2 and not error_file_for(source).exists()
+
+
+def test_a_flac_copied_with_long_pauses_is_taken_only_once_it_is_whole(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """FLAC has no size fields, but its header counts the frames: a copy that stops for longer than the
+    settle time still is not taken until the last frame is there."""
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(3)
+    sf.write(buffer, rng.uniform(-0.5, 0.5, (48000 * 4, 2)), 48000, format="FLAC", subtype="PCM_16")
+    data = buffer.getvalue()
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)])
+    target = hot / "Strings.flac"
+    with open(target, "wb") as handle:
+        for part in range(4):
+            handle.write(data[part * len(data) // 4 : (part + 1) * len(data) // 4])
+            handle.flush()
+            time.sleep(3 * SETTLE)
+    wait_until(lambda: len(sink.submissions) == 1, "the whole file")
+    time.sleep(3 * SETTLE)
+    [job] = sink.submissions
+    assert job.size == len(data) and job.sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_rejected_request_writes_the_reason(hot: Path, run_watcher: Callable[..., HotFolderWatcher]) -> None:
