@@ -70,7 +70,7 @@ class JobEngine(JobSink):
         self._events = JobEvents()
         self._outcomes = JobOutcomes(journal, self._events, pipeline.client.cancel, settings.retry_base,
                                      settings.retry_max)
-        self._budget = DailyBudget(journal, settings.daily_budget, settings.prices)
+        self._budget = DailyBudget(journal, settings.daily_budget, settings.prices, billed=pipeline.bills())
         self._cancelled: set[str] = set()  # read by the jobs' hooks at every checkpoint
         self._workers: list[threading.Thread] = []
         self._stopping = threading.Event()

@@ -22,13 +22,14 @@ class BudgetWait(Exception):
 
 
 class DailyBudget:
-    def __init__(self, journal: Journal, limit: float | None, prices: PriceTable) -> None:
+    def __init__(self, journal: Journal, limit: float | None, prices: PriceTable, billed: bool = True) -> None:
         self.journal, self.limit, self.prices = journal, limit, prices
+        self.billed = billed  # False on a service on this machine: its jobs spend nothing
         self._lock = threading.Lock()
 
     def reserve(self, row: JobRow, recipe: Recipe) -> None:
         """Journal the job's estimated cost, or raise BudgetWait when today's spending would pass the limit."""
-        if self.limit is None:
+        if self.limit is None or not self.billed:
             return
         try:
             seconds = row.request.length or sf.info(str(row.request.source)).duration

@@ -36,7 +36,7 @@ MANIFEST_FIELDS: dict[str, str] = {
     "residual_method": "`complement` (source − target) or `service`",
     "flags": "warnings to read: `weak-correlation`, `drift`, `drift-corrected`, `clipped`, `silent-source`, …",
     "timings": "seconds per stage (`prepare`, `upload`, `service`, `download`, `conform`, `write`, `total`)",
-    "estimated_cost": "`amount` and `currency`, from the configured price table",
+    "estimated_cost": "`amount` and `currency`, from the configured price table (0 on a service on this machine)",
     "reused_from": "manifest of an earlier identical job whose stems were reused (dedupe), else null",
     "request": "the request as received (origin, tag, options, start/length)",
 }

@@ -128,11 +128,16 @@ class Pipeline:
     poll_interval: float = 0.5  # when the status stream is unavailable
     use_stream: bool = True  # follow fal's server-sent status stream: completion is seen at once
     shrink_uploads: bool | None = None  # WAV sent as FLAC; None: when the service is not on this machine
+    billed: bool | None = None  # requests cost money; None: when the service is not on this machine
 
     def shrinks_uploads(self) -> bool:
         if self.shrink_uploads is not None:
             return self.shrink_uploads
         return not is_loopback_url(self.client.storage.rest_url)  # over loopback bytes cost nothing
+
+    def bills(self) -> bool:
+        """fal bills each request; a service on this machine (the stand-in, or one of your own) does not."""
+        return self.billed if self.billed is not None else not is_loopback_url(self.client.queue_url)
 
     def run(self, request: SeparationRequest, recipe: Recipe, hooks: Hooks, workdir: Path,
             resume: dict[int, RequestHandle] | None = None, temp_tag: str = "",
@@ -262,7 +267,8 @@ class _Run:
             self.timed("conform", t)
         record.report = report
         record.seconds = frames / original.samplerate
-        record.estimated_cost = self.p.prices.estimate(record.seconds, step.options.reranking_candidates)
+        record.estimated_cost = (self.p.prices.estimate(record.seconds, step.options.reranking_candidates)
+                                 if self.p.bills() else 0.0)
         remove_quietly(target_file, residual_file)
         return report
 

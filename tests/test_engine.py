@@ -3,6 +3,7 @@ in, the daily budget, a lost submit answer, and cancel of a queued job."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ def make_engine(client: FalClient, tmp_path: Path) -> Iterator[object]:
 
     def make(**settings: object) -> JobEngine:
         journal = Journal(tmp_path / f"journal{len(engines)}.sqlite")
-        engine = JobEngine(journal, Pipeline(client, poll_interval=0.02, use_stream=False),
+        engine = JobEngine(journal, Pipeline(client, poll_interval=0.02, use_stream=False, billed=True),  # as fal
                            PresetLibrary([("built-in", builtin_presets_dir())]),
                            EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1, **settings))  # type: ignore[arg-type]
         engines.append(engine)
@@ -80,6 +81,30 @@ def test_daily_budget_holds_jobs_with_a_message(make_engine, service, tmp_path: 
     view = engine.get(job)
     assert view is not None and "Daily budget reached" in view.message
     assert service.stats()["submits"] == 0
+
+
+def test_a_service_on_this_machine_bills_nothing_so_the_daily_budget_never_holds_its_jobs(
+        client: FalClient, service, tmp_path: Path) -> None:
+    """Trying things on the stand-in first must not use up the budget of the day's real fal jobs."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    engine = JobEngine(journal, Pipeline(client, poll_interval=0.02, use_stream=False),
+                       PresetLibrary([("built-in", builtin_presets_dir())]),
+                       EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1, daily_budget=0.001,
+                                      prices=PriceTable(per_30s=0.05)))
+    try:
+        engine.start()
+        jobs = [engine.submit(SeparationRequest(source=make_source(tmp_path / f"{n}.wav", seconds=1.0, seed=n),
+                                                prompt="piano")) for n in range(2)]
+        for job in jobs:
+            wait_for(lambda job=job: finished(engine, job), what="the job")  # type: ignore[misc]
+            view = engine.get(job)
+            assert view is not None and view.state == JobState.done, view
+            manifest = json.loads(Path(view.manifest or "").read_text())
+            assert manifest["estimated_cost"]["amount"] == 0.0 and manifest["steps"][0]["estimated_cost"] == 0.0
+        assert journal.spent_since(0) == 0.0 and service.stats()["submits"] == 2
+    finally:
+        engine.stop()
+        journal.close()
 
 
 def test_lost_submit_answer_fails_the_job_without_a_second_submit(make_engine, service, tmp_path: Path) -> None:
@@ -241,7 +266,8 @@ def test_a_source_changed_while_the_daemon_was_stopped_never_gets_the_old_audios
         journal = Journal(tmp_path / "j.sqlite")
 
         def new_engine() -> JobEngine:
-            return JobEngine(journal, Pipeline(client), PresetLibrary([("built-in", builtin_presets_dir())]),
+            return JobEngine(journal, Pipeline(client, billed=True),
+                             PresetLibrary([("built-in", builtin_presets_dir())]),
                              EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1, daily_budget=100.0,
                                             prices=PriceTable(per_30s=0.05)))
 
