@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -45,8 +47,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except BridgeError as err:
-        print(f"sam-bridge: {err}", file=sys.stderr)
+        _tell(f"sam-bridge: {err}")
         return err.exit_code
     except KeyboardInterrupt:
-        print("sam-bridge: interrupted", file=sys.stderr)
+        _tell("sam-bridge: interrupted")
         return 130
+    except BrokenPipeError:  # `sam-bridge status | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141  # 128 + SIGPIPE, as a shell reports it
+
+
+def _tell(text: str) -> None:
+    """To stderr, unless it is gone (the terminal was closed): the exit code still says it."""
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr)

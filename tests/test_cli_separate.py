@@ -603,6 +603,36 @@ def test_ctrl_c_says_what_happened_and_leaves_nothing(user_dirs: dict[str, Path]
     assert entries(music) == ["Long take.wav", "out"] and source.path.read_bytes() == before
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_kill_or_a_closed_terminal_cancels_the_running_request_like_ctrl_c(
+        user_dirs: dict[str, Path], tmp_path: Path, music: Path, signum: signal.Signals) -> None:
+    """Left running, the request would be billed with nobody to collect its result."""
+    source = make_source(music / "Long take.wav", 44100, 2, "PCM_24", 1.0)
+    out_dir, temp_dir = music / "out", tmp_path / "tmp"
+    temp_dir.mkdir()
+    with LocalFalService(key=TEST_KEY, job_time=HOLD) as service:
+        proc = start_cli(["separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
+                          "--output-dir", out_dir], data_env(FAL_KEY=TEST_KEY, TMPDIR=str(temp_dir)),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: (service.stats()["running"] >= 1 and following(service)) or proc.poll() is not None,
+                     timeout=30, interval=0.001, what="the job to run")
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        stats = service.stats()
+    text = err.decode()
+    assert proc.returncode == 128 + signum, f"exit code {proc.returncode}: {text}"
+    assert f"Cancelled by {signum.name}; the request at the service was cancelled" in text, text
+    assert "Traceback" not in text and out == b""
+    assert (stats["submits"], stats["cancels"]) == (1, 1)
+    assert entries(out_dir) == [] and entries(temp_dir) == []
+
+
 def test_key_never_appears_at_debug_level(user_dirs: dict[str, Path], service: LocalFalService,
                                           music: Path) -> None:
     source = make_source(music / "a.wav", 44100, 2, "PCM_24", 2.0)  # 0.5 MB: sent as a data URI

@@ -165,3 +165,16 @@ def test_check_as_a_real_process(tmp_path: Path, user_dirs: dict[str, Path]) -> 
         f"{bad}:4: options.acceleration: must be one of 'fast', 'balanced' or 'quality' (got 'turbo')"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_output_into_a_pipe_closed_early_ends_quietly(tmp_path: Path, user_dirs: dict[str, Path]) -> None:
+    """`sam-bridge presets example | head -1`: the reader stops, the command must not print a traceback."""
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads: the first write fails with EPIPE, as after `head` has exited
+    try:
+        result = subprocess.run([sys.executable, "-m", "bridge", "presets", "example"], cwd=REPO,
+                                env={**os.environ}, stdout=writer, stderr=subprocess.PIPE, text=True,
+                                timeout=60, check=False)
+    finally:
+        os.close(writer)
+    assert result.returncode == 141 and result.stderr == ""

@@ -6,12 +6,16 @@ reported and skipped, anything that concerns them all (key, service, prompt, pre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from bridge.audio_source import probe_source
@@ -156,13 +160,36 @@ def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe,
     began = time.monotonic()
     display = ProgressDisplay(enabled=sys.stderr.isatty() and not args.quiet)
     hooks = CliHooks(display)
-    with tempfile.TemporaryDirectory(prefix="sam-bridge-") as work, display:
+    with _stopped_like_ctrl_c(), tempfile.TemporaryDirectory(prefix="sam-bridge-") as work, display:
         try:
             result = Pipeline(client).run(request, recipe, hooks, Path(work))
             display.update(JobState.done.value, 1.0, "Stems written")
-        except KeyboardInterrupt:
-            raise _cancel_on_ctrl_c(client, hooks) from None
+        except KeyboardInterrupt as stop:
+            raise _cancel_on_ctrl_c(client, hooks, stop) from None
     return result, time.monotonic() - began
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM (`kill`, a logout) or SIGHUP (the terminal closed): a stop like Ctrl-C's, so a request at
+    the service is cancelled rather than left running (and billed) with nobody to collect it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stopped_like_ctrl_c() -> Iterator[None]:
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise _Stopped(signum)
+
+    caught = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, stop) for signum in caught}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # A file that cannot be used, or whose stems cannot be written, is skipped; any other error (the key, the
@@ -205,20 +232,27 @@ def _error_summary(err: BridgeError) -> dict[str, Any]:
     return {"ok": False, "error": err.kind, "message": err.message, "hint": err.hint}
 
 
-def _cancel_on_ctrl_c(client: FalClient, hooks: CliHooks) -> Cancelled:
+def _cancel_on_ctrl_c(client: FalClient, hooks: CliHooks, stop: KeyboardInterrupt) -> Cancelled:
     """Cancel every request the service accepted; the pipeline already removed its temp files."""
-    answers = [client.cancel(handle) for handle in hooks.handles.values()]
+    by = f"{signal.Signals(stop.signum).name}" if isinstance(stop, _Stopped) else "Ctrl-C"
+    cancelled = _cancelled_message(by, [client.cancel(handle) for handle in hooks.handles.values()], hooks)
+    if isinstance(stop, _Stopped):
+        cancelled.exit_code = 128 + stop.signum  # what a shell reports for a process ended by that signal
+    return cancelled
+
+
+def _cancelled_message(by: str, answers: list[str], hooks: CliHooks) -> Cancelled:
     if hooks.submit_in_flight:
-        return Cancelled("Cancelled by Ctrl-C while the job was being sent: it may have reached the service "
+        return Cancelled(f"Cancelled by {by} while the job was being sent: it may have reached the service "
                          "and run there (and be charged). No stem was written.",
                          hint="Check the requests list in your fal dashboard; cancel it there if it runs.")
     if not answers:
-        return Cancelled("Cancelled by Ctrl-C before the job reached the service: nothing was charged "
+        return Cancelled(f"Cancelled by {by} before the job reached the service: nothing was charged "
                          "and no stem was written.")
     if "ALREADY_COMPLETED" in answers:
-        return Cancelled("Cancelled by Ctrl-C; the service had already finished the separation (so it "
+        return Cancelled(f"Cancelled by {by}; the service had already finished the separation (so it "
                          "counts as used), but no stem was written.")
-    return Cancelled("Cancelled by Ctrl-C; the request at the service was cancelled and no stem was written.")
+    return Cancelled(f"Cancelled by {by}; the request at the service was cancelled and no stem was written.")
 
 
 def _unavailable_hint(choice: ServiceChoice) -> str:
