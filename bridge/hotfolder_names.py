@@ -34,8 +34,9 @@ AUDIO_EXTENSIONS = frozenset(
 IGNORED_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".download", ".reapeaks",
                     ".asd", ".pkf", ".peak", ".sfk", ".!sync", ".icloud")
 IGNORED_PREFIXES = (".", "~")  # dotfiles, `.~lock`, `~$` office/DAW locks, our own temp names
-# What sam-bridge writes itself: stems ("<name> - <label>.target.wav"), manifests, status and error files.
-OWN_STEM_MARKERS = (".target", ".residual")
+# What sam-bridge writes beside its stems: manifests, sidecars, status and error files. Stems themselves
+# ("<name> - <label>.target.wav") are told by their manifest, not their name: a stem a user drops into a
+# hot folder (split the residual again) is a file like any other.
 MANIFEST_SUFFIX = ".sam.json"
 OWN_SUFFIXES = (MANIFEST_SUFFIX, ".sam.yaml", ".error.txt", ".status.json")
 STEMS_DIR_NAME = "Stems"  # the default output folder (OutputOptions.folder)
@@ -48,12 +49,9 @@ SIDECAR_KEYS = frozenset({"preset", "prompt", "options", "start", "length", "tag
 
 
 def is_ignored_name(name: str) -> bool:
-    """True for partial/temp names, DAW side files, dotfiles and everything sam-bridge writes."""
+    """True for partial/temp names, DAW side files, dotfiles and the files sam-bridge writes beside stems."""
     folded = name.casefold()
-    if folded.startswith(IGNORED_PREFIXES) or folded.endswith(IGNORED_SUFFIXES + OWN_SUFFIXES):
-        return True
-    stem, _, _ = folded.rpartition(".")
-    return stem.endswith(OWN_STEM_MARKERS)
+    return folded.startswith(IGNORED_PREFIXES) or folded.endswith(IGNORED_SUFFIXES + OWN_SUFFIXES)
 
 
 def is_audio_candidate(name: str) -> bool:

@@ -456,6 +456,25 @@ def test_own_stems_inside_the_hot_folder_are_never_taken(
     assert fresh.submissions == []
 
 
+def test_a_stem_dropped_into_a_hot_folder_is_separated_again(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """Chaining: split the residual of one preset with another. Only a manifest beside a stem makes it
+    ours; a stem copied elsewhere is a file like any other."""
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)], rescan_interval=0.3)
+    drop(hot / "Beat - kick.residual.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the stem's job")
+    assert sink.submissions[0].request.source.name == "Beat - kick.residual.wav"
+    mixed = hot / "mixed"
+    mixed.mkdir()
+    run_watcher(sink, [folder(mixed)], instance_id="studio-b", rescan_interval=0.3)
+    (mixed / "Beat - kick.sam.json").write_text(json.dumps({"stems": {}}))  # its manifest came along
+    drop(mixed / "Beat - kick.target.wav")
+    time.sleep(4 * SETTLE + 0.6)
+    assert len(sink.submissions) == 1
+
+
 def test_an_error_file_from_before_a_restart_still_blocks(
     hot: Path, run_watcher: Callable[..., HotFolderWatcher]
 ) -> None:
