@@ -110,7 +110,7 @@ def choose_service(config: Config, local: bool, url: str | None) -> ServiceChoic
 class DaemonInfo:
     requests_dir: Path
     osc_address: tuple[str, int] | None
-    hot_folders: list[Path]
+    hot_folders: list[HotFolder]
     log_file: Path
 
 
@@ -146,7 +146,7 @@ class Daemon:
         hot = self._start_hot_folders(engine)
         osc_address = self._start_osc(engine, hot)
         self._write_presets_file()
-        info = DaemonInfo(requests_dir, osc_address, [f.path for f in hot], log_file)
+        info = DaemonInfo(requests_dir, osc_address, hot, log_file)
         write_json_atomic(self.state / "daemon.json", {
             "pid": os.getpid(), "version": __version__, "requests_dir": str(requests_dir),
             "osc": {"host": osc_address[0], "port": osc_address[1]} if osc_address else None,
@@ -263,7 +263,8 @@ def run_daemon(config: Config, choice: ServiceChoice, *, verbose: int = 0, quiet
     out(f"sam-bridge {__version__} is running — {choice.describe()}")
     out(f"  requests folder: {info.requests_dir}")
     for folder in info.hot_folders:
-        out(f"  hot folder:      {folder}  (drop audio into a preset's subfolder)")
+        what = f"preset {folder.preset}" if folder.preset else "drop audio into a preset's subfolder"
+        out(f"  hot folder:      {folder.path}  ({what})")
     if info.osc_address:
         out(f"  OSC:             udp://{info.osc_address[0]}:{info.osc_address[1]} (prefix {config.osc.prefix})")
     out(f"  log file:        {info.log_file}")

@@ -87,7 +87,7 @@ class JobEngine(JobSink):
         recipe = recipe_for(request, self._libraries.for_project(request.project_dir))  # PresetError now
         if not request.source.is_file():
             raise SourceError(f"{request.source} does not exist or is not a file.",
-                              hint="Check the path; the daemon needs an absolute path.")
+                              hint="Check the path: the file may have been moved or renamed, or not saved yet.")
         job_id = self.journal.add(request, recipe.name if request.preset else (request.prompt or recipe.name))
         self._events.emit(job_id, request.tag, JobState.queued, 0.0, "Waiting for a free slot")
         self._queue.put(job_id, QueuedJob(request.origin.value, time.time(), 0.0))

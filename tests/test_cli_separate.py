@@ -194,6 +194,20 @@ def test_local_json_summary_and_default_stems_folder(env: dict[str, Path], music
     assert "stand-in" not in out  # the notice goes to stderr only, so stdout stays valid JSON
 
 
+def test_json_paths_are_absolute_when_the_output_folder_is_given_relative(
+        env: dict[str, Path], music: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    source = make_source(music / "Guitar 01.wav", 44100, 1, "PCM_16")
+    monkeypatch.chdir(music)
+    rc = cli("separate", "Guitar 01.wav", "--prompt", "hi-hat", "--local", "--local-delay", "0", "--json",
+             "--output-dir", "out")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    summary = json.loads(out)
+    for path in (*summary["stems"].values(), summary["manifest"]):
+        assert Path(path).is_absolute() and Path(path).parent == music / "out" and Path(path).is_file()
+    assert_stems_match(source, Path(summary["stems"]["target"]), Path(summary["stems"]["residual"]))
+
+
 def test_a_result_on_a_drifting_clock_still_gives_aligned_stems(
         env: dict[str, Path], service: LocalFalService, music: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The stand-in's result runs 150 ppm fast (~240 samples late by the end window): the stems are made

@@ -82,5 +82,6 @@ def test_two_daemons_on_one_shared_folder_process_each_file_once(daemon_factory,
     assert leftovers == []  # nobody wrote a second copy
     for daemon in daemons:
         assert daemon.stop() == 0
+        assert f"hot folder:      {shared}  (preset piano)" in daemon.output()  # no subfolders to drop into
     manifests = [json.loads(stems_for(s, "piano")[2].read_text()) for s in sources]
     assert all(m["source"]["frames"] == int(0.4 * 44100) for m in manifests)

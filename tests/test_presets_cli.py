@@ -178,3 +178,14 @@ def test_output_into_a_pipe_closed_early_ends_quietly(tmp_path: Path, user_dirs:
     finally:
         os.close(writer)
     assert result.returncode == 141 and result.stderr == ""
+
+
+def test_check_of_a_file_in_your_presets_folder_reports_each_problem_once(
+        capsys: pytest.CaptureFixture[str], user_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = user_dirs["config"] / "presets"
+    write(folder / "mine.yaml", "name: pads\nprompt: pad\noptions:\n  reranking_candidates: 0\n")
+    monkeypatch.chdir(folder)  # named relative to where you are, and found in the presets folder too
+    code, out, _ = run(capsys, "check", "mine.yaml")
+    assert code == 1
+    assert out.splitlines() == ["mine.yaml:4: options.reranking_candidates: must be at least 1 (got 0)",
+                                "1 problem found."]

@@ -72,10 +72,12 @@ def _problem_json(problem: PresetProblem) -> dict[str, Any]:
 
 
 def _problems(library: PresetLibrary) -> list[PresetProblem]:
-    found: dict[str, PresetProblem] = {}
+    """Each problem once: a file on two search-path entries (your presets folder, and named on the command
+    line as a relative path) reports once, under the later one's name."""
+    found: dict[tuple[Path, int | None, str, str], PresetProblem] = {}
     for error in library.errors():
         for problem in error.problems if isinstance(error, PresetFileError) else ():
-            found.setdefault(str(problem), problem)  # a file on two search-path entries reports once
+            found[(problem.file.resolve(), problem.line, problem.field, problem.message)] = problem
     return list(found.values())
 
 

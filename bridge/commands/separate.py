@@ -81,11 +81,17 @@ def build_request(args: argparse.Namespace, source: Path) -> SeparationRequest:
     try:
         return SeparationRequest(
             source=source.expanduser().absolute(), prompt=args.prompt, preset=args.preset,
-            project_dir=args.project, output_dir=args.output_dir, start=args.start, length=args.length,
+            project_dir=_absolute(args.project), output_dir=_absolute(args.output_dir), start=args.start,
+            length=args.length,
             options=options, origin=Origin.cli,
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise InputError(_first_error(exc)) from None
+
+
+def _absolute(folder: Path | None) -> Path | None:
+    """Folders as absolute paths, so the paths printed (and in --json) are usable from anywhere."""
+    return folder.expanduser().absolute() if folder is not None else None
 
 
 def _first_error(exc: ValueError) -> str:
