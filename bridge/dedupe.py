@@ -70,7 +70,7 @@ def reuse_result(request: SeparationRequest, recipe: Recipe, earlier: JobView) -
             temps[label] = temp_path_for(folder / old.name)
             shutil.copyfile(old, temps[label])
         finals, manifest_path = place_all(temps, lambda: job_names(
-            folder, request.source.name, recipe.label, list(old_stems), extension, stem_set=len(recipe.steps) > 1))
+            folder, request.source.name, recipe.label, list(old_stems), extension, stem_set=recipe.is_stem_set))
     except OSError as exc:
         raise OutputError(f"Cannot copy the earlier stems into {folder}: {exc.strerror or exc}.") from None
     finally:

@@ -214,8 +214,7 @@ class _Run:
         last = len(self.recipe.steps) - 1
         for index, step in enumerate(self.recipe.steps):
             self.step_index = index
-            is_set = last > 0
-            target_label = step.label if is_set else "target"
+            target_label = step.label if self.recipe.is_stem_set else "target"
             target_tmp = self.new_temp(folder)
             # an intermediate residual (full precision, fed to the next step) stays in the workdir
             residual_tmp = self.workdir / f"step{index}.residual.wav" if index < last else self.new_temp(folder)
@@ -401,7 +400,7 @@ class _Run:
         check_source_unchanged(source.path, self.source_fingerprint)
         finals, manifest_path = place_all(stems, lambda: job_names(
             folder, source.path.name, self.recipe.label, list(stems), extension,
-            stem_set=len(self.recipe.steps) > 1))
+            stem_set=self.recipe.is_stem_set))
         self.timed("write", t)
         self.timings["total"] = round(time.monotonic() - began, 3)
         flags = sorted({flag for step in self.steps if step.report for flag in step.report.flags})

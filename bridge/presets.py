@@ -87,6 +87,11 @@ class Recipe:
     residual_label: str  # "residual" for a plain preset, "other" for a stem set
     output: OutputOptions
 
+    @property
+    def is_stem_set(self) -> bool:
+        """Stems named by stem (`Song - dialogue.wav`, `Song - other.wav`), even for a set of one."""
+        return self.residual_label == RESIDUAL_OF_STEM_SET
+
 
 def builtin_presets_dir() -> Path:
     """The shipped presets: the installed `bridge.presets_builtin`, else `presets/` of a checkout."""

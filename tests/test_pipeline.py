@@ -103,6 +103,22 @@ def test_stem_set_peels_and_sums_back_to_the_source(client: FalClient, service: 
     assert sum(line.startswith("Separating") for line in hooks.log_lines) == 3  # every service line, once
 
 
+def test_a_stem_set_of_one_stem_is_named_like_a_stem_set(client: FalClient, service: LocalFalService,
+                                                        library: PresetLibrary, tmp_path: Path) -> None:
+    """`dialogue-cleanup` is `stems: [dialogue]`: its files are the stem and "other", as any stem set's."""
+    source = mix(tmp_path / "Interview.wav")
+    request = SeparationRequest(source=source, preset="dialogue-cleanup")
+    result = Pipeline(client, poll_interval=0.02).run(request, recipe_for(request, library), Hooks(),
+                                                      tmp_path / "work")
+    assert {label: path.name for label, path in result.stems.items()} == {
+        "dialogue": "Interview - dialogue.wav", "other": "Interview - other.wav"}
+    assert result.manifest.name == "Interview - dialogue-cleanup.sam.json"
+    original, _ = sf.read(source, dtype="float64")
+    total = sum(sf.read(path, dtype="float64")[0] for path in result.stems.values())
+    assert np.max(np.abs(total - original)) <= 1.5 / 2**23
+    assert service.stats()["submits"] == 1
+
+
 def test_part_of_a_source_keeps_its_timeline_position(client: FalClient, library: PresetLibrary,
                                                       tmp_path: Path) -> None:
     rate = 48000
