@@ -34,7 +34,8 @@ MANIFEST_FIELDS: dict[str, str] = {
     "step was resumed), `service_log_tail`",
     "stems": "label → `path`, `format`, `subtype`, `samplerate`, `channels`, `frames`",
     "residual_method": "`complement` (source − target) or `service`",
-    "flags": "warnings to read: `weak-correlation`, `drift`, `drift-corrected`, `clipped`, `silent-source`, …",
+    "flags": "warnings to read: `weak-correlation`, `drift`, `drift-corrected`, `clipped`, `silent-source`, "
+             "`cut-at-end` (the part asked for ran past the file's end), …",
     "timings": "seconds per stage (`prepare`, `upload`, `service`, `download`, `conform`, `write`, `total`)",
     "estimated_cost": "`amount` and `currency`, from the configured price table (0 on a service on this machine)",
     "reused_from": "manifest of an earlier identical job whose stems were reused (dedupe), else null",

@@ -159,6 +159,7 @@ class _Run:
         self.workdir, self.resume = workdir, resume
         self.timings: dict[str, float] = {}
         self.temps: list[Path] = []
+        self.job_flags: set[str] = set()  # flags of the job as a whole, beside each step's
         self.steps: list[StepRecord] = []
         self.step_index = 0
         self.temp_tag = temp_tag
@@ -195,6 +196,10 @@ class _Run:
             check_source_unchanged(source.path, self.hashed_fingerprint)  # still the audio that was hashed
         self.source_fingerprint = file_fingerprint(source.path)
         start_frame, frames = frame_range(source, self.request.start, self.request.length)
+        if self.request.length is not None and frames < round(self.request.length * source.samplerate):
+            self.job_flags.add("cut-at-end")  # the part asked for runs past the end of the file
+            log.warning("the part asked for runs past the end of %s: the stems are %.3f s, not %.3f s",
+                        source.path.name, frames / source.samplerate, self.request.length)
         folder = output_folder(source.path, self.request.project_dir, self.request.output_dir,
                                self.recipe.output.folder)
         ensure_writable(folder)
@@ -403,7 +408,7 @@ class _Run:
             stem_set=self.recipe.is_stem_set))
         self.timed("write", t)
         self.timings["total"] = round(time.monotonic() - began, 3)
-        flags = sorted({flag for step in self.steps if step.report for flag in step.report.flags})
+        flags = sorted({flag for step in self.steps if step.report for flag in step.report.flags} | self.job_flags)
         cost = round(sum(step.estimated_cost for step in self.steps), 4)
         manifest = build_manifest(
             request=self.request, recipe=self.recipe, source=source,

@@ -48,7 +48,7 @@ STATUS_FIELDS: dict[str, str] = {
     "stems": "label → absolute path, in order (`target`, `residual`; stem sets: each stem, then `other`)",
     "manifest": "path of the `.sam.json` manifest when done",
     "error": "what went wrong and how to retry, when failed",
-    "flags": "warnings from alignment (`weak-correlation`, `drift`, …)",
+    "flags": "warnings to read (`weak-correlation`, `drift`, `cut-at-end`, …)",
 }
 
 

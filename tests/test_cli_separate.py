@@ -250,6 +250,19 @@ def test_part_of_a_file_is_aligned_with_that_part(env: dict[str, Path], service:
     assert_stems_match(source, paths["target"], paths["residual"], slice(22050, 22050 + 55125))
 
 
+def test_a_part_that_runs_past_the_end_is_cut_there_and_says_so(
+        env: dict[str, Path], service: LocalFalService, music: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_source(music / "Take.wav", 44100, 2, "PCM_24", 2.5)
+    rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
+             "--start", "0.5", "--length", "5")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    paths = printed_paths(out)
+    assert_stems_match(source, paths["target"], paths["residual"], slice(22050, 110250))  # to the end: 2 s
+    assert "warning: cut-at-end" in err
+    assert json.loads(paths["manifest"].read_text())["flags"] == ["cut-at-end"]
+
+
 # -- bad input: refused before anything is sent ------------------------------------------------------
 
 
