@@ -181,9 +181,10 @@ class PresetLibrary:
         self.refresh()
 
     @classmethod
-    def default(cls, project_dir: Path | None = None, config_dir: Path | None = None) -> PresetLibrary:
+    def default(cls, project_dir: Path | None = None, config_dir: Path | None = None, *,
+                quiet: bool = False) -> PresetLibrary:
         """Built-ins, then the user's presets (config_dir/presets), then the project's."""
-        return cls(default_search_path(project_dir, config_dir))
+        return cls(default_search_path(project_dir, config_dir), quiet=quiet)
 
     def refresh(self) -> bool:
         """Re-read files added or changed (mtime/size/inode) since last time; True if anything changed."""

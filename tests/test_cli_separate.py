@@ -250,6 +250,23 @@ def test_part_of_a_file_is_aligned_with_that_part(env: dict[str, Path], service:
     assert_stems_match(source, paths["target"], paths["residual"], slice(22050, 22050 + 55125))
 
 
+def test_broken_preset_files_of_yours_are_one_note_not_a_log_line_each(
+        env: dict[str, Path], service: LocalFalService, music: Path, capsys: pytest.CaptureFixture[str],
+        user_dirs: dict[str, Path]) -> None:
+    presets = user_dirs["config"] / "presets"
+    presets.mkdir(parents=True, exist_ok=True)
+    (presets / "a.yaml").write_text("name: [oops\n")
+    (presets / "b.yaml").write_text("name: x\nprompt: y\noptions:\n  acceleration: warp\n")
+    source = make_source(music / "Take.wav", 44100, 1, "PCM_16", 0.5)
+    rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url)
+    _, err = capsys.readouterr()
+    assert rc == 0, err
+    assert err.count("some preset files have problems") == 1 and "preset problem" not in err
+    rc = cli("separate", source.path, "--preset", "x", "--service-url", service.url)  # the broken one itself
+    _, err = capsys.readouterr()
+    assert rc == 2 and "b.yaml:4: options.acceleration" in err
+
+
 def test_a_part_that_runs_past_the_end_is_cut_there_and_says_so(
         env: dict[str, Path], service: LocalFalService, music: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = make_source(music / "Take.wav", 44100, 2, "PCM_24", 2.5)

@@ -139,7 +139,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     first = build_request(args, args.source[0])  # the prompt and options are every file's
-    recipe = recipe_for(first, PresetLibrary.default(project_dir=first.project_dir))
+    library = PresetLibrary.default(project_dir=first.project_dir, quiet=True)
+    recipe = recipe_for(first, library)  # a broken preset asked for is refused here, naming its problems
+    if library.errors() and not args.quiet:  # others' problems: one line, not a log line per problem
+        print("sam-bridge: note: some preset files have problems, so their presets cannot be used; "
+              "`sam-bridge presets list` names them.", file=sys.stderr)
     if len(args.source) == 1:
         probe_source(first.source)  # a bad file is reported before any key check or service start
     choice = ServiceChoice(local=args.local, url=args.service_url)
