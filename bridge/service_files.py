@@ -114,9 +114,17 @@ def _systemd_quote(arg: str) -> str:
     return f'"{text}"'
 
 
-def render_systemd_unit(command: Sequence[str], env_file: PurePath) -> str:
+def _systemd_env(key: str, value: str) -> str:
+    # Environment=: quoted like ExecStart, but `$` has no meaning there, so it stays single.
+    text = f"{key}={value}".replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{text}"'
+
+
+def render_systemd_unit(command: Sequence[str], env_file: PurePath,
+                        carried: Mapping[str, str] | None = None) -> str:
     exec_start = " ".join(_systemd_quote(a) for a in command)
     env_path = str(env_file).replace("%", "%%")
+    moved = "".join(f"Environment={_systemd_env(key, value)}\n" for key, value in (carried or {}).items())
     return f"""# {MARKER}
 [Unit]
 Description={DESCRIPTION}
@@ -127,7 +135,7 @@ ExecStart={exec_start}
 # Your fal key: put FAL_KEY=your-key in this file (chmod 600). The leading "-" makes it optional.
 EnvironmentFile=-{env_path}
 Environment=PYTHONUNBUFFERED=1
-Restart=on-failure
+{moved}Restart=on-failure
 RestartSec=5
 TimeoutStopSec=30
 
@@ -140,14 +148,15 @@ WantedBy=default.target
 _LAUNCHD_SHELL = 'if [ -f "$0" ]; then set -a; . "$0"; set +a; fi; exec "$@"'
 
 
-def render_launchd_plist(command: Sequence[str], env_file: PurePath, log_file: PurePath) -> str:
+def render_launchd_plist(command: Sequence[str], env_file: PurePath, log_file: PurePath,
+                         carried: Mapping[str, str] | None = None) -> str:
     agent = {
         "Label": LAUNCHD_LABEL,
         "ProgramArguments": ["/bin/sh", "-c", _LAUNCHD_SHELL, str(env_file), *command],
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},  # restart after a crash, not after a clean stop
         "ThrottleInterval": 10,
-        "EnvironmentVariables": {"PYTHONUNBUFFERED": "1"},
+        "EnvironmentVariables": {"PYTHONUNBUFFERED": "1", **(carried or {})},
         "StandardOutPath": str(log_file),
         "StandardErrorPath": str(log_file),
     }
@@ -210,6 +219,15 @@ def render_task_xml(command: Sequence[str], user_id: str | None, working_dir: Pu
 
 # --- the plan: what install/uninstall/status write and run ---------------------------------------------
 
+# What moves sam-bridge's folders (a portable install): set where `install` runs, the service gets it too,
+# so it uses the config and state `sam-bridge config show` reports there.
+CARRIED_ENV = ("SAM_BRIDGE_CONFIG", "SAM_BRIDGE_STATE_DIR", "SAM_BRIDGE_HOT_DIR")
+
+
+def carried_environment(env: Mapping[str, str]) -> dict[str, str]:
+    return {key: env[key] for key in CARRIED_ENV if env.get(key)}
+
+
 
 @dataclass(frozen=True)
 class ServicePlan:
@@ -221,6 +239,7 @@ class ServicePlan:
     enable: list[list[str]] = field(default_factory=list)  # run after writing the file
     disable: list[list[str]] = field(default_factory=list)  # run before removing it
     queries: list[list[str]] = field(default_factory=list)  # tell whether it is enabled / running
+    not_carried: list[str] = field(default_factory=list)  # CARRIED_ENV set here that the service cannot take
 
     def encoded(self) -> bytes:
         return self.content.encode("utf-16" if self.platform == "windows" else "utf-8")
@@ -230,11 +249,12 @@ def make_plan(platform: Platform, env: Mapping[str, str], command: list[str] | N
               uid: int | None = None) -> ServicePlan:
     paths = service_paths(platform, env)
     command = command or daemon_command(platform)
+    carried = carried_environment(env)
     if platform == "linux":
         assert paths.env_file is not None
         ctl = ["systemctl", "--user"]
         return ServicePlan(
-            platform, paths, command, render_systemd_unit(command, paths.env_file),
+            platform, paths, command, render_systemd_unit(command, paths.env_file, carried),
             enable=[[*ctl, "daemon-reload"], [*ctl, "enable", "--now", UNIT_NAME]],
             disable=[[*ctl, "disable", "--now", UNIT_NAME]],
             queries=[[*ctl, "is-enabled", UNIT_NAME], [*ctl, "is-active", UNIT_NAME]])
@@ -242,14 +262,14 @@ def make_plan(platform: Platform, env: Mapping[str, str], command: list[str] | N
         assert paths.env_file is not None and paths.log_file is not None
         domain = f"gui/{uid if uid is not None else _uid()}"
         return ServicePlan(
-            platform, paths, command, render_launchd_plist(command, paths.env_file, paths.log_file),
+            platform, paths, command, render_launchd_plist(command, paths.env_file, paths.log_file, carried),
             prepare=[["launchctl", "bootout", f"{domain}/{LAUNCHD_LABEL}"]],  # bootstrap refuses a loaded agent
             enable=[["launchctl", "bootstrap", domain, str(paths.service_file)]],
             disable=[["launchctl", "bootout", f"{domain}/{LAUNCHD_LABEL}"]],
             queries=[["launchctl", "print", f"{domain}/{LAUNCHD_LABEL}"]])
     user = f"{env['USERDOMAIN']}\\{env['USERNAME']}" if env.get("USERDOMAIN") and env.get("USERNAME") else None
     return ServicePlan(
-        platform, paths, command, render_task_xml(command, user, paths.home),
+        platform, paths, command, render_task_xml(command, user, paths.home), not_carried=sorted(carried),
         enable=[["schtasks", "/Create", "/TN", TASK_NAME, "/XML", str(paths.service_file), "/F"],
                 ["schtasks", "/Run", "/TN", TASK_NAME]],
         disable=[["schtasks", "/End", "/TN", TASK_NAME], ["schtasks", "/Delete", "/TN", TASK_NAME, "/F"]],
@@ -264,8 +284,10 @@ def _uid() -> int:
 def key_hint(plan: ServicePlan) -> str:
     """How the user gives the service their fal key (we never write it anywhere)."""
     if plan.platform == "windows":
+        moved = "".join(f"\n{key} is set here, but a scheduled task does not take it from this window: run  "
+                        f"setx {key} <its value>  too." for key in plan.not_carried)
         return ("The service reads your fal key from your user environment: run  setx FAL_KEY your-key  once, "
-                "then sign out and in again.")
+                "then sign out and in again." + moved)
     return (f"The service reads your fal key from {plan.paths.env_file}: put the line  FAL_KEY=your-key  "
             "in it (only you should be able to read it: chmod 600). Without a key it uses the built-in "
             "local stand-in, not SAM Audio.")

@@ -28,6 +28,7 @@ from bridge.service_files import (
     daemon_command,
     example_files,
     install,
+    key_hint,
     make_plan,
     render_launchd_plist,
     render_systemd_unit,
@@ -109,6 +110,28 @@ def test_systemd_exec_start_quotes_paths_literally() -> None:
     assert "EnvironmentFile=-/h/100%%/service.env" in text
     assert text.startswith(f"# {MARKER}\n")
     assert "WantedBy=default.target" in text and "Restart=on-failure" in text
+
+
+def test_folders_moved_by_the_environment_go_with_the_service(tmp_path: Path) -> None:
+    """SAM_BRIDGE_CONFIG / _STATE_DIR / _HOT_DIR set where `install` runs: the service must use the same
+    config and state as the commands there (`config show`), or it would start a second, empty setup."""
+    moved = {"SAM_BRIDGE_CONFIG": f"/opt/{ODD}/config.yaml", "SAM_BRIDGE_STATE_DIR": "/srv/state",
+             "HOME": "/home/you", "XDG_CONFIG_HOME": "/home/you/.config"}
+    unit = make_plan("linux", moved, [sys.executable, "-m", "bridge", "run"]).content
+    assert 'Environment="SAM_BRIDGE_CONFIG=/opt/Ünïcode 50%% $HOME \\"quoted\\" & <tag>/config.yaml"' in unit
+    assert 'Environment="SAM_BRIDGE_STATE_DIR=/srv/state"' in unit and "SAM_BRIDGE_HOT_DIR" not in unit
+    if shutil.which("systemd-analyze"):
+        path = tmp_path / UNIT_NAME
+        path.write_text(unit, encoding="utf-8")
+        done = systemd_verify(path, tmp_path / "runtime")
+        assert done.returncode == 0 and str(path) not in done.stderr, done.stderr
+    plist = plistlib.loads(make_plan("macos", {**moved, "HOME": "/Users/you"}, ["/x", "run"], uid=501).content.encode())
+    assert plist["EnvironmentVariables"] == {"PYTHONUNBUFFERED": "1", "SAM_BRIDGE_CONFIG": moved["SAM_BRIDGE_CONFIG"],
+                                             "SAM_BRIDGE_STATE_DIR": "/srv/state"}
+    windows = make_plan("windows", {"USERPROFILE": "C:\\Users\\you", "LOCALAPPDATA": "C:\\Users\\you\\AppData\\Local",
+                                    "SAM_BRIDGE_STATE_DIR": "D:\\state"}, ["C:\\py\\pythonw.exe", "run"])
+    assert "setx SAM_BRIDGE_STATE_DIR" in key_hint(windows)  # a scheduled task cannot take it from here
+    assert "SAM_BRIDGE" not in key_hint(make_plan("linux", moved, ["/x", "run"]))
 
 
 # --- macOS: LaunchAgent --------------------------------------------------------------------------------
