@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,10 @@ from pydantic import BaseModel
 
 from bridge.manifest import MANIFEST_FIELDS
 from bridge.options import OutputOptions, ServiceOptions
-from bridge.request import SeparationRequest
+from bridge.request import INTERNAL_REQUEST_FIELDS, SeparationRequest
 from bridge.request_files import STATUS_FIELDS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-INTERNAL_REQUEST_FIELDS = {"origin", "idempotency_key"}
 
 
 def _type_name(annotation: Any) -> str:
@@ -40,7 +40,7 @@ def _default(field: Any) -> str:
     return "—" if value in (None, {}, []) else f"`{value}`"
 
 
-def model_table(model: type[BaseModel], skip: set[str] | None = None) -> str:
+def model_table(model: type[BaseModel], skip: AbstractSet[str] | None = None) -> str:
     rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for name, field in model.model_fields.items():
         if skip and name in skip:

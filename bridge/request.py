@@ -38,6 +38,10 @@ class Span(BaseModel):
         return self
 
 
+# Set by the way in itself, never by whoever writes a request: not in the documented schema.
+INTERNAL_REQUEST_FIELDS = frozenset({"origin", "idempotency_key"})
+
+
 class SeparationRequest(BaseModel):
     """What to separate, how, and where the stems go."""
 

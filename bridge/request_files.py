@@ -25,7 +25,7 @@ from watchdog.observers.api import BaseObserver
 
 from bridge.errors import BridgeError
 from bridge.jobs import JobEvent, JobSink, JobState, RequestRejected
-from bridge.request import Origin, SeparationRequest
+from bridge.request import INTERNAL_REQUEST_FIELDS, Origin, SeparationRequest
 from bridge.request_archive import ARCHIVE_AFTER, archive_answered, archive_orphan_status
 from bridge.stems import write_json_atomic
 
@@ -226,14 +226,18 @@ def parse_request_file(path: Path, mtime_ns: int) -> SeparationRequest:
         return SeparationRequest(**data, origin=Origin.request_file,
                                  idempotency_key=f"request-file:{path.resolve()}:{mtime_ns}")
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "request"
-        message = str(first["msg"]).removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = f"unknown field; allowed: {', '.join(SeparationRequest.model_fields)}"
-        if first["type"] == "missing":
-            message = "required"
-        raise InputError(f"{path.name}: {field}: {message}") from None
+        raise InputError(f"{path.name}: " + "; ".join(_problem(error) for error in exc.errors())) from None
+
+
+def _problem(error: Any) -> str:
+    """One validation error as `field: what is wrong`, in the request file's words."""
+    field = ".".join(str(p) for p in error["loc"]) or "request"
+    if error["type"] == "extra_forbidden":
+        allowed = [name for name in SeparationRequest.model_fields if name not in INTERNAL_REQUEST_FIELDS]
+        return f"{field}: unknown field; allowed: {', '.join(allowed)}"
+    if error["type"] == "missing":
+        return f"{field}: required"
+    return f"{field}: {str(error['msg']).removeprefix('Value error, ')}"
 
 
 def _resolve_beside(request_file: Path, value: str) -> Path:

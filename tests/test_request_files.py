@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 
 from bridge.engine import EngineSettings, JobEngine
+from bridge.errors import InputError
 from bridge.fal_auth import ApiKey
 from bridge.fal_client import FalClient
 from bridge.journal import Journal
@@ -205,3 +206,16 @@ def test_a_relative_output_dir_gets_the_stems_beside_the_request_not_in_the_daem
     assert not list(elsewhere.iterdir())  # nothing in the daemon's working folder
     assert not (requests / "~").exists() and not (elsewhere / "~").exists()
     assert service.stats()["submits"] == 2
+
+
+def test_every_problem_of_a_request_file_is_named_at_once_and_only_its_own_fields_are_offered(
+        tmp_path: Path) -> None:
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps({"source": str(tmp_path / "a.wav"), "prompt": "piano", "colour": "red",
+                                   "start": -1}))
+    with pytest.raises(InputError) as caught:
+        parse_request_file(request, 0)
+    message = caught.value.message
+    assert message.startswith("r.json: ") and "colour: unknown field; allowed: source, " in message
+    assert "start: Input should be greater than or equal to 0" in message  # both, not only the first
+    assert "origin" not in message and "idempotency_key" not in message  # set by sam-bridge, not by you
