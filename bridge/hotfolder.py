@@ -29,7 +29,7 @@ from watchdog.observers.polling import PollingObserver
 
 from bridge.audio_source import ends_early
 from bridge.claims import ClaimStore
-from bridge.file_gate import FileSnapshot, SettleState, can_open_exclusively, check_container
+from bridge.file_gate import Completeness, FileSnapshot, SettleState, can_open_exclusively, check_container
 from bridge.hotfolder_jobs import RETRY_AFTER_ENGINE_ERROR, HotFolderJobs
 from bridge.hotfolder_names import source_for_error_file
 from bridge.hotfolder_routes import FolderRoutes, HotFolder
@@ -41,6 +41,7 @@ __all__ = ["HotFolder", "HotFolderWatcher", "default_hot_folder"]
 log = logging.getLogger(__name__)
 
 _CLAIM_PRUNE_INTERVAL = 600.0  # seconds between clean-ups of claim markers of vanished files
+UNCHECKED_SETTLE_FACTOR = 3.0  # settle multiplier for formats with nothing in the file that shows it complete
 
 
 def default_hot_folder() -> Path:
@@ -271,7 +272,7 @@ class HotFolderWatcher:
         if route is None or snapshot is None or self._jobs.finished_here(path, snapshot):
             del self._candidates[path]
             return
-        settle_seconds = route.folder.settle_seconds
+        settle_seconds = self._settle_for(path, route.folder.settle_seconds)
         if candidate.settle.observe(snapshot, now):
             candidate.incomplete_since = None
         if now < candidate.settle.settled_at(settle_seconds):
@@ -287,6 +288,17 @@ class HotFolderWatcher:
         outcome_retry = self._jobs.take(path, snapshot, route)
         if outcome_retry is not None:
             self._candidates[path] = _Candidate(path, candidate.settle, time.monotonic() + outcome_retry)
+
+    @staticmethod
+    def _settle_for(path: Path, settle_seconds: float) -> float:
+        """A format whose file shows nothing of being complete (MP3, OGG, CAF…) waits three times as long:
+        a quiet spell is all there is to go by, and a copy taken early costs a paid request."""
+        try:
+            check = check_container(path)
+        except OSError:
+            return settle_seconds  # the completeness check says why, in its turn
+        known = check.completeness is not Completeness.unchecked or check.container == "FLAC"
+        return settle_seconds if known else UNCHECKED_SETTLE_FACTOR * settle_seconds
 
     def _incompleteness(self, path: Path) -> str | None:
         """None when the file may be taken, else why not (yet)."""

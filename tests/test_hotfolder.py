@@ -519,6 +519,27 @@ def test_a_failed_job_writes_the_error_file_and_waits_for_delete_or_touch(
     assert source.exists()
 
 
+def test_an_mp3_copied_with_pauses_waits_for_a_longer_quiet_spell(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """Nothing in an MP3 shows it whole: it settles for three times the folder's settle time, so a copy
+    pausing for twice that is still taken only once, whole (a copy taken early is a paid request)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.random.default_rng(4).uniform(-0.5, 0.5, (48000 * 3, 2)), 48000, format="MP3")
+    data = buffer.getvalue()
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)])
+    with open(hot / "Ref.mp3", "wb") as handle:
+        for part in range(3):
+            handle.write(data[part * len(data) // 3 : (part + 1) * len(data) // 3])
+            handle.flush()
+            time.sleep(2 * SETTLE)
+    wait_until(lambda: len(sink.submissions) == 1, "the whole file")
+    time.sleep(4 * SETTLE)
+    [job] = sink.submissions
+    assert job.size == len(data)
+
+
 def test_a_failed_job_made_good_by_retry_clears_its_error_file_and_counts_as_done(
     hot: Path, run_watcher: Callable[..., HotFolderWatcher]
 ) -> None:
