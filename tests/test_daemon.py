@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -163,6 +164,18 @@ def test_identical_request_reuses_result_without_submitting(daemon_factory, serv
     b, _ = sf.read(status["stems"]["target"])
     assert np.array_equal(a, b)
     daemon.stop()
+
+
+def test_a_closed_terminal_stops_the_daemon_cleanly(daemon_factory, service, user_dirs) -> None:
+    """SIGHUP (the terminal `sam-bridge run` ran in was closed) stops it as Ctrl-C does: exit 0, its
+    daemon.json removed, the journal closed for the next start."""
+    daemon = daemon_factory(service.url)
+    daemon.start()
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert daemon.proc.wait(10) == 0
+    assert not (user_dirs["state"] / "daemon.json").exists()
+    assert "stopping: no new work" in daemon.output()
 
 
 def test_sigterm_exits_cleanly_and_second_instance_is_refused(daemon_factory, service, user_dirs) -> None:
