@@ -260,7 +260,8 @@ def run_daemon(config: Config, choice: ServiceChoice, *, verbose: int = 0, quiet
         raise
     signal.signal(signal.SIGINT, daemon.request_stop)
     signal.signal(signal.SIGTERM, daemon.request_stop)
-    if hasattr(signal, "SIGHUP"):  # the terminal it runs in was closed: stop as cleanly as for Ctrl-C
+    # The terminal it runs in was closed: stop as cleanly as for Ctrl-C (unless `nohup` ignores that).
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
         signal.signal(signal.SIGHUP, daemon.request_stop)
     out(f"sam-bridge {__version__} is running — {choice.describe()}")
     out(f"  requests folder: {info.requests_dir}")

@@ -4,6 +4,8 @@ Silent when disabled (output is not a TTY, or --quiet)."""
 
 from __future__ import annotations
 
+import contextlib
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -31,17 +33,20 @@ class ProgressDisplay:
     def update(self, state: str, fraction: float, message: str) -> None:
         if self._progress is None or self._task is None:
             return
-        self._progress.update(self._task, completed=fraction, state=state, message=message[:60])
-        if message != self._last_message:  # each new message is drawn at least once, however brief
-            self._last_message = message
-            self._progress.refresh()
+        with contextlib.suppress(OSError):  # a closed terminal: the run goes on (or is being cancelled)
+            self._progress.update(self._task, completed=fraction, state=state, message=message[:60])
+            if message != self._last_message:  # each new message is drawn at least once, however brief
+                self._last_message = message
+                self._progress.refresh()
 
     def service_line(self, text: str) -> None:
         """One log line from the service, kept in the scrollback above the bar."""
         if self._progress is not None:
-            self._progress.console.print(f"[dim]service:[/dim] {escape(text)}", highlight=False)
+            with contextlib.suppress(OSError):
+                self._progress.console.print(f"[dim]service:[/dim] {escape(text)}", highlight=False)
 
     def __exit__(self, *_exc: object) -> None:
         if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+            progress, self._progress = self._progress, None
+            with contextlib.suppress(OSError):  # the terminal is gone (closed): nothing left to draw on
+                progress.stop()

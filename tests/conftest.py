@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -84,7 +84,7 @@ class DaemonProcess:
     def info_path(self) -> Path:
         return self.dirs["state"] / "daemon.json"
 
-    def start(self, timeout: float = 30.0) -> dict[str, object]:
+    def start(self, timeout: float = 30.0, **popen: Any) -> dict[str, object]:
         if self.config is not None:
             (self.dirs["config"] / "config.yaml").write_text(self.config, encoding="utf-8")
         env = {**os.environ, "FAL_KEY": TEST_KEY, "PYTHONUNBUFFERED": "1", "HOME": str(self.dirs["home"]),
@@ -95,7 +95,7 @@ class DaemonProcess:
         self._log_handle = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bridge", "run", "--service-url", self.service_url, "--osc-port", "0",
-             *self.extra], env=env, stdout=self._log_handle, stderr=subprocess.STDOUT, text=True)
+             *self.extra], env=env, stdout=self._log_handle, stderr=subprocess.STDOUT, text=True, **popen)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

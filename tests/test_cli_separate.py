@@ -8,6 +8,7 @@ the command as a real process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -239,15 +241,22 @@ def test_second_run_never_overwrites_the_first(env: dict[str, Path], service: Lo
     assert {label: path.read_bytes() for label, path in first.items()} == first_bytes
 
 
-def test_part_of_a_file_is_aligned_with_that_part(env: dict[str, Path], service: LocalFalService,
-                                                  music: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("length", "part", "flags"), [
+    ("1.25", slice(22050, 22050 + 55125), []),
+    ("5", slice(22050, 110250), ["cut-at-end"]),  # past the end: cut there (2 s), and said so
+])
+def test_part_of_a_file_is_aligned_with_that_part(env: dict[str, Path], service: LocalFalService, music: Path,
+                                                  capsys: pytest.CaptureFixture[str], length: str, part: slice,
+                                                  flags: list[str]) -> None:
     source = make_source(music / "Take.wav", 44100, 2, "PCM_24", 2.5)
     rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
-             "--start", "0.5", "--length", "1.25")
+             "--start", "0.5", "--length", length)
     out, err = capsys.readouterr()
     assert rc == 0, err
     paths = printed_paths(out)
-    assert_stems_match(source, paths["target"], paths["residual"], slice(22050, 22050 + 55125))
+    assert_stems_match(source, paths["target"], paths["residual"], part)
+    assert json.loads(paths["manifest"].read_text())["flags"] == flags
+    assert ("warning: cut-at-end" in err) == bool(flags)
 
 
 def test_broken_preset_files_of_yours_are_one_note_not_a_log_line_each(
@@ -265,19 +274,6 @@ def test_broken_preset_files_of_yours_are_one_note_not_a_log_line_each(
     rc = cli("separate", source.path, "--preset", "x", "--service-url", service.url)  # the broken one itself
     _, err = capsys.readouterr()
     assert rc == 2 and "b.yaml:4: options.acceleration" in err
-
-
-def test_a_part_that_runs_past_the_end_is_cut_there_and_says_so(
-        env: dict[str, Path], service: LocalFalService, music: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    source = make_source(music / "Take.wav", 44100, 2, "PCM_24", 2.5)
-    rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
-             "--start", "0.5", "--length", "5")
-    out, err = capsys.readouterr()
-    assert rc == 0, err
-    paths = printed_paths(out)
-    assert_stems_match(source, paths["target"], paths["residual"], slice(22050, 110250))  # to the end: 2 s
-    assert "warning: cut-at-end" in err
-    assert json.loads(paths["manifest"].read_text())["flags"] == ["cut-at-end"]
 
 
 # -- bad input: refused before anything is sent ------------------------------------------------------
@@ -603,13 +599,26 @@ def submit_blockers(service: LocalFalService, count: int, folder: Path) -> None:
     blocker.unlink()
 
 
-def ctrl_c_when(proc: subprocess.Popen[bytes], at_moment: Callable[[], bool], what: str) -> None:
-    """Send SIGINT (what Ctrl-C sends) as soon as `at_moment()` holds. (Not SIGSTOP, check, SIGINT,
-    SIGCONT: a signal pending while all threads are stopped may go to any thread on SIGCONT, and the
-    main thread then stays blocked in its socket read.)"""
+def signal_when(proc: subprocess.Popen[bytes], at_moment: Callable[[], bool], what: str,
+                signum: int = signal.SIGINT) -> None:
+    """Send `signum` (SIGINT: what Ctrl-C sends) as soon as `at_moment()` holds. (Not SIGSTOP, check,
+    SIGINT, SIGCONT: a signal pending while all threads are stopped may go to any thread on SIGCONT, and
+    the main thread then stays blocked in its socket read.)"""
     wait_for(lambda: at_moment() or proc.poll() is not None, timeout=30, interval=0.001, what=what)
     assert proc.poll() is None, f"the command ended before the moment ({what}): {proc.communicate()}"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
+
+
+@contextlib.contextmanager
+def cli_process(args: list[str | Path], env: dict[str, str], **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """`sam-bridge` as a real process with its output piped; killed if a test leaves it running."""
+    proc = start_cli(args, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.mark.parametrize("moment", list(MOMENTS))
@@ -625,16 +634,10 @@ def test_ctrl_c_says_what_happened_and_leaves_nothing(user_dirs: dict[str, Path]
     with LocalFalService(key=TEST_KEY, job_time=case.job_time, concurrency=case.concurrency) as service:
         submit_blockers(service, case.blockers, tmp_path)
         case.hold(service)
-        proc = start_cli(["separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
-                          "--output-dir", out_dir], data_env(FAL_KEY=TEST_KEY, TMPDIR=str(temp_dir)),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            ctrl_c_when(proc, lambda: case.reached(service, out_dir), moment)
+        with cli_process(["separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
+                          "--output-dir", out_dir], data_env(FAL_KEY=TEST_KEY, TMPDIR=str(temp_dir))) as proc:
+            signal_when(proc, lambda: case.reached(service, out_dir), moment)
             out, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         stats = service.stats()
     text = err.decode()
     assert proc.returncode == 130, f"exit code {proc.returncode}: {text}"
@@ -655,19 +658,11 @@ def test_a_kill_or_a_closed_terminal_cancels_the_running_request_like_ctrl_c(
     out_dir, temp_dir = music / "out", tmp_path / "tmp"
     temp_dir.mkdir()
     with LocalFalService(key=TEST_KEY, job_time=HOLD) as service:
-        proc = start_cli(["separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
-                          "--output-dir", out_dir], data_env(FAL_KEY=TEST_KEY, TMPDIR=str(temp_dir)),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            wait_for(lambda: (service.stats()["running"] >= 1 and following(service)) or proc.poll() is not None,
-                     timeout=30, interval=0.001, what="the job to run")
-            assert proc.poll() is None, proc.communicate()
-            proc.send_signal(signum)
+        with cli_process(["separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
+                          "--output-dir", out_dir], data_env(FAL_KEY=TEST_KEY, TMPDIR=str(temp_dir))) as proc:
+            signal_when(proc, lambda: service.stats()["running"] >= 1 and following(service), "the job to run",
+                        signum)
             out, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         stats = service.stats()
     text = err.decode()
     assert proc.returncode == 128 + signum, f"exit code {proc.returncode}: {text}"
@@ -675,6 +670,60 @@ def test_a_kill_or_a_closed_terminal_cancels_the_running_request_like_ctrl_c(
     assert "Traceback" not in text and out == b""
     assert (stats["submits"], stats["cancels"]) == (1, 1)
     assert entries(out_dir) == [] and entries(temp_dir) == []
+
+
+def _ignore_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup` does before it runs the command
+
+
+def test_under_nohup_a_closed_terminal_does_not_stop_the_run(
+        user_dirs: dict[str, Path], tmp_path: Path, music: Path) -> None:
+    source = make_source(music / "Take.wav", 44100, 2, "PCM_24", 1.0)
+    with LocalFalService(key=TEST_KEY, job_time=1.0) as service:
+        with cli_process(["separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
+                          "--output-dir", music / "out"], data_env(FAL_KEY=TEST_KEY),
+                         preexec_fn=_ignore_sighup) as proc:
+            signal_when(proc, lambda: service.stats()["running"] >= 1, "the job to run", signal.SIGHUP)
+            out, err = proc.communicate(timeout=60)
+        stats = service.stats()
+    assert proc.returncode == 0, err.decode()
+    assert stats["cancels"] == 0 and len(printed_paths(out.decode())) == 3
+
+
+def test_a_closed_terminal_with_the_progress_bar_on_it_exits_129_and_cancels(
+        user_dirs: dict[str, Path], tmp_path: Path, music: Path) -> None:
+    """The bar draws on the terminal, which is gone when SIGHUP comes: stopping the bar must not turn
+    the cancel into a crash."""
+    source = make_source(music / "Take.wav", 44100, 2, "PCM_24", 1.0)
+    main_fd, terminal_fd = pty.openpty()
+    with LocalFalService(key=TEST_KEY, job_time=HOLD) as service:
+        proc = start_cli(["separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
+                          "--output-dir", music / "out"], data_env(FAL_KEY=TEST_KEY, TERM="xterm"),
+                         stdin=terminal_fd, stdout=terminal_fd, stderr=terminal_fd, start_new_session=True)
+        os.close(terminal_fd)
+        try:
+            drained = bytearray()
+            def running() -> bool:
+                with contextlib.suppress(OSError):
+                    while select.select([main_fd], [], [], 0)[0]:
+                        drained.extend(os.read(main_fd, 65536))  # keep the terminal from filling up
+                return (service.stats()["running"] >= 1 and following(service)) or proc.poll() is not None
+            wait_for(running, timeout=30, interval=0.01, what="the job to run")
+            assert proc.poll() is None, drained.decode(errors="replace")
+            os.close(main_fd)  # the terminal window closes: writes to it fail from now on
+            main_fd = -1
+            proc.send_signal(signal.SIGHUP)
+            proc.wait(timeout=30)
+        finally:
+            if main_fd >= 0:
+                os.close(main_fd)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        stats = service.stats()
+    assert proc.returncode == 129
+    assert (stats["submits"], stats["cancels"]) == (1, 1)
+    assert entries(music / "out") == []
 
 
 def test_key_never_appears_at_debug_level(user_dirs: dict[str, Path], service: LocalFalService,

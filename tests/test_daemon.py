@@ -178,6 +178,16 @@ def test_a_closed_terminal_stops_the_daemon_cleanly(daemon_factory, service, use
     assert "stopping: no new work" in daemon.output()
 
 
+def test_under_nohup_a_closed_terminal_leaves_the_daemon_running(daemon_factory, service, user_dirs) -> None:
+    daemon = daemon_factory(service.url)
+    daemon.start(preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # what `nohup` does
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert daemon.proc.poll() is None and (user_dirs["state"] / "daemon.json").exists()
+    assert daemon.stop() == 0
+
+
 def test_sigterm_exits_cleanly_and_second_instance_is_refused(daemon_factory, service, user_dirs) -> None:
     daemon = daemon_factory(service.url)
     info = daemon.start()

@@ -6,13 +6,11 @@ reported and skipped, anything that concerns them all (key, service, prompt, pre
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -106,13 +104,15 @@ def _first_error(exc: ValueError) -> str:
 class CliHooks(StandaloneHooks):
     """The pipeline's hooks for one terminal run: progress to the display, handles kept for Ctrl-C."""
 
-    def __init__(self, display: ProgressDisplay) -> None:
+    def __init__(self, display: ProgressDisplay, stops: _StopSignals) -> None:
         self.display = display
+        self.stops = stops
         self.handles: dict[int, RequestHandle] = {}
         self.submit_in_flight = False  # a submit was sent and its answer not yet read
 
     def progress(self, state: JobState, fraction: float, message: str) -> None:
         self.display.update(state.value, fraction, message)
+        self.stops.check()
 
     def submitting(self, step: int) -> None:
         self.submit_in_flight = True
@@ -126,6 +126,7 @@ class CliHooks(StandaloneHooks):
 
     def service_log(self, line: str) -> None:
         self.display.service_line(line)
+        self.stops.check()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,8 +170,9 @@ def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe,
     """One file through the pipeline with a progress display; Ctrl-C cancels at the service."""
     began = time.monotonic()
     display = ProgressDisplay(enabled=sys.stderr.isatty() and not args.quiet)
-    hooks = CliHooks(display)
-    with _stopped_like_ctrl_c(), tempfile.TemporaryDirectory(prefix="sam-bridge-") as work, display:
+    stops = _StopSignals()
+    hooks = CliHooks(display, stops)
+    with stops, tempfile.TemporaryDirectory(prefix="sam-bridge-") as work, display:
         try:
             result = Pipeline(client).run(request, recipe, hooks, Path(work))
             display.update(JobState.done.value, 1.0, "Stems written")
@@ -188,18 +190,34 @@ class _Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-@contextlib.contextmanager
-def _stopped_like_ctrl_c() -> Iterator[None]:
-    def stop(signum: int, _frame: FrameType | None) -> None:
+class _StopSignals:
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does, while it lasts. A stop is also remembered: raised
+    inside a write to a terminal that is gone, it is replaced by that write's error, and `check()` (after
+    each display call) raises it again rather than let the run go on."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        for name in ("SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)
+            # An ignored signal stays ignored: under `nohup` a closed terminal must not stop the run.
+            if signum is not None and signal.getsignal(signum) != signal.SIG_IGN:
+                self._previous[signum] = signal.signal(signum, self._stop)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        self.received = signum
         raise _Stopped(signum)
 
-    caught = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
-    previous = {signum: signal.signal(signum, stop) for signum in caught}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    def check(self) -> None:
+        if self.received is not None:
+            raise _Stopped(self.received)
 
 
 # A file that cannot be used, or whose stems cannot be written, is skipped; any other error (the key, the
