@@ -190,6 +190,10 @@ class HotFolderJobs:
         route, snapshot = self._routes.route(path), FileSnapshot.of(path)
         if route is None or snapshot is None or not error_file_reports(path, job_id):
             return
+        # Saved again since that failure (error file older than the file), or a job for it under way: the
+        # file as it is now is not the version the retry ran, and has a turn of its own.
+        if not error_blocks_retry(path) or any(taken.path == path for taken in self._taken.values()):
+            return
         claim = self._claims.try_claim(path, snapshot).claim  # so no sibling, nor we after a restart, take it
         self._done(_Taken(path, snapshot, route.folder, claim, job_id))
         log.info("Hot folder: %s done by a retry of job %s", path.name, job_id)
