@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.request import MAX_SECONDS
+
 DEFAULT_PREFIX = "/sam"
 # python-osc receives into an 8,192-byte buffer and silently drops anything longer, and many OSC
 # stacks do the same: every datagram we send stays within this.
@@ -115,9 +117,9 @@ REQUESTS: tuple[Request, ...] = (
                 max_chars=_PATH_CHARS, may_be_empty=True),),
             (Arg("start", "f", "seconds into the source where the part begins (or as text, e.g. \"754.123456\": "
                  "an OSC float keeps 7 digits, so 10 minutes in it is up to 30 µs off)", minimum=0.0,
-                 as_text=True),
+                 maximum=MAX_SECONDS, as_text=True),
              Arg("length", "f", "seconds of source to separate (or as text, like start)", above=0.0,
-                 as_text=True)),
+                 maximum=MAX_SECONDS, as_text=True)),
         ),
         description="Queue a separation. A known preset name (any case) wins; otherwise the text is the "
         "prompt. The source must be under an allowed source folder and the stems' folder under an "

@@ -22,13 +22,16 @@ class Origin(StrEnum):
     hot_folder = "hot-folder"
 
 
+MAX_SECONDS = 1e7  # 115 days: beyond any audio file, and far from where seconds × rate overflows
+
+
 class Span(BaseModel):
     """A time span in seconds into the source (the service's AudioTimeSpan)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    start: float = Field(ge=0)
-    end: float = Field(gt=0)
+    start: float = Field(ge=0, le=MAX_SECONDS)
+    end: float = Field(gt=0, le=MAX_SECONDS)
     include: bool = True
 
     @model_validator(mode="after")
@@ -52,8 +55,8 @@ class SeparationRequest(BaseModel):
     prompt: str | None = Field(None, max_length=500, description="ad-hoc description of the sound to isolate")
     project_dir: Path | None = Field(None, description="project folder; stems go to its Stems/ folder")
     output_dir: Path | None = Field(None, description="exact folder for the stems (overrides project_dir)")
-    start: float | None = Field(None, ge=0, description="seconds into the source where the part begins")
-    length: float | None = Field(None, gt=0, description="seconds of source to separate from start")
+    start: float | None = Field(None, ge=0, le=MAX_SECONDS, description="seconds into the source where the part begins")
+    length: float | None = Field(None, gt=0, le=MAX_SECONDS, description="seconds of source to separate from start")
     spans: list[Span] | None = Field(None, description="spans for the span-separate endpoint")
     tag: str = Field("", max_length=200, description="caller's own id, echoed in every reply")
     options: dict[str, Any] = Field(default_factory=dict, description="service/output option overrides")

@@ -86,6 +86,8 @@ BAD_INPUT = {
                           "argument 5 (start) should be a finite number"),
     "length as negative text": (built("/sam/separate", SRC, "piano", "", "", "1.5", "-2"),
                                 "argument 6 (length) must be more than 0, got -2"),
+    "length as huge text": (built("/sam/separate", SRC, "piano", "", "", "0", "1e308"),
+                            "argument 6 (length) must be at most 1e+07, got 1e+308"),
     "port out of range": (built("/sam/subscribe", 70000), "argument 1 (port) must be at most 65535"),
     "fractional port": (built("/sam/subscribe", 9011.5),
                         "should be a whole number (i), got a number (f) 9011.5"),
