@@ -225,7 +225,8 @@ CARRIED_ENV = ("SAM_BRIDGE_CONFIG", "SAM_BRIDGE_STATE_DIR", "SAM_BRIDGE_HOT_DIR"
 
 
 def carried_environment(env: Mapping[str, str]) -> dict[str, str]:
-    return {key: env[key] for key in CARRIED_ENV if env.get(key)}
+    """Absolute, as the service starts in another folder (systemd: home; launchd: /)."""
+    return {key: os.path.abspath(os.path.expanduser(env[key])) for key in CARRIED_ENV if env.get(key)}
 
 
 

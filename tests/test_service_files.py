@@ -134,6 +134,16 @@ def test_folders_moved_by_the_environment_go_with_the_service(tmp_path: Path) ->
     assert "SAM_BRIDGE" not in key_hint(make_plan("linux", moved, ["/x", "run"]))
 
 
+def test_relative_moved_folders_are_made_absolute_where_install_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service starts in another folder (systemd: home, launchd: /): a relative path would move."""
+    monkeypatch.chdir(tmp_path)
+    unit = make_plan("linux", {"HOME": "/home/you", "SAM_BRIDGE_STATE_DIR": "state",
+                               "SAM_BRIDGE_HOT_DIR": "~/hot"}, ["/x", "run"]).content
+    assert f'Environment="SAM_BRIDGE_STATE_DIR={tmp_path / "state"}"' in unit
+    assert f'Environment="SAM_BRIDGE_HOT_DIR={Path("~/hot").expanduser()}"' in unit
+
+
 # --- macOS: LaunchAgent --------------------------------------------------------------------------------
 
 
