@@ -37,7 +37,7 @@ MANIFEST_FIELDS: dict[str, str] = {
     "flags": "warnings to read: `weak-correlation`, `drift`, `drift-corrected`, `clipped`, `silent-source`, "
              "`cut-at-end` (the part asked for ran past the file's end), …",
     "timings": "seconds per stage (`prepare`, `upload`, `service`, `download`, `conform`, `write`, `total`)",
-    "estimated_cost": "`amount` and `currency`, from the configured price table (0 on a service on this machine)",
+    "estimated_cost": "`amount` and `currency`, from the configured price table (0 on a stand-in)",
     "reused_from": "manifest of an earlier identical job whose stems were reused (dedupe), else null",
     "request": "the request as received (origin, tag, options, start/length)",
 }

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from bridge.audio_source import (
     SourceInfo,
@@ -27,7 +28,7 @@ from bridge.audio_source import (
 from bridge.conform import ConformReport, ConformSpec, conform
 from bridge.cost import PriceTable
 from bridge.errors import Cancelled, JobFailed, ServiceError, SourceError, SubmitUncertain
-from bridge.fal_client import FalClient, QueueStatus, RequestHandle
+from bridge.fal_client import DEFAULT_QUEUE_URL, FalClient, QueueStatus, RequestHandle
 from bridge.intermediates import carry_position, clear_intermediates, write_complement
 from bridge.jobs import JobState
 from bridge.loopback import is_loopback_url
@@ -136,8 +137,10 @@ class Pipeline:
         return not is_loopback_url(self.client.storage.rest_url)  # over loopback bytes cost nothing
 
     def bills(self) -> bool:
-        """fal bills each request; a service on this machine (the stand-in, or one of your own) does not."""
-        return self.billed if self.billed is not None else not is_loopback_url(self.client.queue_url)
+        """fal bills each request; a stand-in (built in, or one at --service-url) does not."""
+        if self.billed is not None:
+            return self.billed
+        return urlsplit(self.client.queue_url).hostname == urlsplit(DEFAULT_QUEUE_URL).hostname
 
     def run(self, request: SeparationRequest, recipe: Recipe, hooks: Hooks, workdir: Path,
             resume: dict[int, RequestHandle] | None = None, temp_tag: str = "",

@@ -14,7 +14,8 @@ import pytest
 
 from bridge.cost import PriceTable
 from bridge.engine import EngineSettings, JobEngine
-from bridge.fal_client import FalClient
+from bridge.fal_auth import ApiKey
+from bridge.fal_client import DEFAULT_QUEUE_URL, FalClient
 from bridge.jobs import JobEvent, JobState
 from bridge.journal import Journal
 from bridge.pipeline import Pipeline
@@ -81,6 +82,15 @@ def test_daily_budget_holds_jobs_with_a_message(make_engine, service, tmp_path: 
     view = engine.get(job)
     assert view is not None and "Daily budget reached" in view.message
     assert service.stats()["submits"] == 0
+
+
+def test_only_fal_itself_bills() -> None:
+    """A stand-in bills nothing, on this machine or another (no real key is ever sent to one)."""
+    urls = {DEFAULT_QUEUE_URL: True, "http://127.0.0.1:8899": False, "http://studio-server.lan:8899": False}
+    for url, billed in urls.items():
+        with FalClient(ApiKey("k"), queue_url=url, rest_url=url) as fal:  # made, never called
+            assert Pipeline(fal).bills() is billed, url
+            assert Pipeline(fal, billed=not billed).bills() is not billed  # tests may price a stand-in
 
 
 def test_a_service_on_this_machine_bills_nothing_so_the_daily_budget_never_holds_its_jobs(
