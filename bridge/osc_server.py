@@ -35,7 +35,7 @@ from bridge.osc_addresses import (
 from bridge.osc_events import MAX_SUBSCRIBERS, Address, EventForwarder
 from bridge.osc_guard import ClientGuard, RateLimiter, ThrottledLog, TokenProblem
 from bridge.osc_wire import Incoming, Undecodable, decode_datagram, encode_reply
-from bridge.path_policy import PathPolicy
+from bridge.path_policy import PathNotAllowed, PathPolicy
 from bridge.request import Origin, SeparationRequest
 
 logger = logging.getLogger(__name__)
@@ -262,7 +262,12 @@ class OscServer:
         self._reply(call.reply_to, "status/end", [len(views)])
 
     def _presets(self, call: _Call) -> None:
-        project = self._policy.output_folder(str(call.values["project_dir"])) if "project_dir" in call.values else None
+        project: Path | None = None
+        if "project_dir" in call.values:
+            try:
+                project = self._policy.output_folder(str(call.values["project_dir"]))
+            except PathNotAllowed as refused:  # /sam/separate will say so; the menu still gets the shared list
+                logger.info("OSC: listing the shared presets only: %s", refused.message)
         names = list(self._sink.preset_names(project))
         chunk: list[ArgValue] = []
         size = 0

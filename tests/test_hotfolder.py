@@ -146,6 +146,22 @@ def drop(path: Path, data: bytes | None = None) -> Path:
     return path
 
 
+def encoded(fmt: str, seconds: float, seed: int, **kwargs: str) -> bytes:
+    buffer = io.BytesIO()
+    audio = np.random.default_rng(seed).uniform(-0.5, 0.5, (int(48000 * seconds), 2))
+    sf.write(buffer, audio, 48000, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def copy_with_pauses(path: Path, data: bytes, parts: int, pause: float) -> None:
+    """A copy over a slow network: a piece, then a pause, until the file is whole."""
+    with open(path, "wb") as handle:
+        for part in range(parts):
+            handle.write(data[part * len(data) // parts : (part + 1) * len(data) // parts])
+            handle.flush()
+            time.sleep(pause)
+
+
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -519,27 +535,6 @@ def test_a_failed_job_writes_the_error_file_and_waits_for_delete_or_touch(
     assert source.exists()
 
 
-def test_an_mp3_copied_with_pauses_waits_for_a_longer_quiet_spell(
-    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
-) -> None:
-    """Nothing in an MP3 shows it whole: it settles for three times the folder's settle time, so a copy
-    pausing for twice that is still taken only once, whole (a copy taken early is a paid request)."""
-    buffer = io.BytesIO()
-    sf.write(buffer, np.random.default_rng(4).uniform(-0.5, 0.5, (48000 * 3, 2)), 48000, format="MP3")
-    data = buffer.getvalue()
-    sink = RecordingSink()
-    run_watcher(sink, [folder(hot)])
-    with open(hot / "Ref.mp3", "wb") as handle:
-        for part in range(3):
-            handle.write(data[part * len(data) // 3 : (part + 1) * len(data) // 3])
-            handle.flush()
-            time.sleep(2 * SETTLE)
-    wait_until(lambda: len(sink.submissions) == 1, "the whole file")
-    time.sleep(4 * SETTLE)
-    [job] = sink.submissions
-    assert job.size == len(data)
-
-
 def test_a_failed_job_made_good_by_retry_clears_its_error_file_and_counts_as_done(
     hot: Path, run_watcher: Callable[..., HotFolderWatcher]
 ) -> None:
@@ -556,6 +551,29 @@ def test_a_failed_job_made_good_by_retry_clears_its_error_file_and_counts_as_don
     assert not error_file_for(source).exists() and not source.exists()
     time.sleep(1.0)  # rescans pass
     assert len(sink.submissions) == 1
+
+
+def test_a_retry_of_an_old_version_leaves_the_version_saved_since_to_its_own_job(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """J1 fails; the file is saved again (the README's way to retry) and J2 is queued for it; then
+    `sam-bridge retry J1` succeeds. The new version is J2's: not done, not moved, its outcome still counts."""
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot, after_success="move-to-done")], rescan_interval=0.3)
+    source = drop(hot / "Pad.wav", wav_bytes(seconds=0.2, seed=1))
+    wait_until(lambda: len(sink.submissions) == 1, "the first job")
+    first = sink.submissions[0].job_id
+    sink.finish(first, JobState.failed, error="The service could not be reached.")
+    wait_until(error_file_for(source).exists, "the error file")
+    later = time.time() + 5
+    os.utime(source, (later, later))  # saved again
+    wait_until(lambda: len(sink.submissions) == 2, "a job for the file as saved again")
+    sink.finish(first, JobState.done)  # the retry of J1
+    time.sleep(3 * SETTLE)
+    assert source.exists() and not (hot / "done").exists()
+    sink.finish(sink.submissions[1].job_id, JobState.failed, error="The service failed.")
+    wait_until(lambda: "(job " + sink.submissions[1].job_id + ")" in error_file_for(source).read_text(),
+               "J2's own error file")
 
 
 def test_a_failure_of_a_version_saved_over_meanwhile_leaves_no_error_and_the_new_one_is_taken(
@@ -578,25 +596,20 @@ def test_a_failure_of_a_version_saved_over_meanwhile_leaves_no_error_and_the_new
     assert len(sink.submissions) == 2 and not error_file_for(source).exists()
 
 
-def test_a_flac_copied_with_long_pauses_is_taken_only_once_it_is_whole(
-    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+@pytest.mark.parametrize(("name", "fmt", "pause"),
+                         [("Strings.flac", "FLAC", 3 * SETTLE), ("Ref.mp3", "MP3", 2 * SETTLE)])
+def test_a_copy_that_pauses_longer_than_the_settle_time_is_taken_only_once_whole(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher], name: str, fmt: str, pause: float
 ) -> None:
-    """FLAC has no size fields, but its header counts the frames: a copy that stops for longer than the
-    settle time still is not taken until the last frame is there."""
-    buffer = io.BytesIO()
-    rng = np.random.default_rng(3)
-    sf.write(buffer, rng.uniform(-0.5, 0.5, (48000 * 4, 2)), 48000, format="FLAC", subtype="PCM_16")
-    data = buffer.getvalue()
+    """Neither has size fields. A FLAC's header counts its frames, so the watcher waits for the last one;
+    nothing in an MP3 shows it whole, so it settles for three times as long (a copy taken early is a
+    paid request)."""
+    data = encoded(fmt, 3.0, seed=3)
     sink = RecordingSink()
     run_watcher(sink, [folder(hot)])
-    target = hot / "Strings.flac"
-    with open(target, "wb") as handle:
-        for part in range(4):
-            handle.write(data[part * len(data) // 4 : (part + 1) * len(data) // 4])
-            handle.flush()
-            time.sleep(3 * SETTLE)
+    copy_with_pauses(hot / name, data, 3, pause)
     wait_until(lambda: len(sink.submissions) == 1, "the whole file")
-    time.sleep(3 * SETTLE)
+    time.sleep(4 * SETTLE)
     [job] = sink.submissions
     assert job.size == len(data) and job.sha256 == hashlib.sha256(data).hexdigest()
 
