@@ -93,7 +93,7 @@ def probe_source(path: Path) -> SourceInfo:
     if info.frames >= 2**62:  # 2**63 - 1: a FLAC written as a stream, its length never filled in
         raise SourceError(f"{name} does not say how long it is (it was written as a stream).",
                           "Export it again, or convert it to WAV, and try again.")
-    if ends_early(path):
+    if fmt == "FLAC" and ends_early(path):
         raise SourceError(
             f"{name} looks incomplete: it ends before the {info.frames / info.samplerate:.1f} s its header "
             "announces. It may still be copying, or an export was interrupted.",

@@ -310,7 +310,9 @@ class HotFolderWatcher:
             return f"it cannot be read yet ({exc.strerror or exc})"
         if not check.ok:
             return check.reason
-        return "it ends before the length its header gives" if ends_early(path) else None
+        if check.container == "FLAC" and ends_early(path):
+            return "it ends before the length its header gives"
+        return None
 
     def _wait_for_completion(self, candidate: _Candidate, reason: str, settle: float, now: float) -> None:
         if candidate.incomplete_since is None:

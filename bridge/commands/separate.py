@@ -262,7 +262,7 @@ def _error_summary(err: BridgeError) -> dict[str, Any]:
 
 def _cancel_on_ctrl_c(client: FalClient, hooks: CliHooks, stop: KeyboardInterrupt) -> Cancelled:
     """Cancel every request the service accepted; the pipeline already removed its temp files."""
-    by = f"{signal.Signals(stop.signum).name}" if isinstance(stop, _Stopped) else "Ctrl-C"
+    by = signal.Signals(stop.signum).name if isinstance(stop, _Stopped) else "Ctrl-C"
     cancelled = _cancelled_message(by, [client.cancel(handle) for handle in hooks.handles.values()], hooks)
     if isinstance(stop, _Stopped):
         cancelled.exit_code = 128 + stop.signum  # what a shell reports for a process ended by that signal
