@@ -24,7 +24,7 @@ class BudgetWait(Exception):
 class DailyBudget:
     def __init__(self, journal: Journal, limit: float | None, prices: PriceTable, billed: bool = True) -> None:
         self.journal, self.limit, self.prices = journal, limit, prices
-        self.billed = billed  # False on a service on this machine: its jobs spend nothing
+        self.billed = billed  # False on a stand-in: its jobs spend nothing
         self._lock = threading.Lock()
 
     def reserve(self, row: JobRow, recipe: Recipe) -> None:

@@ -129,7 +129,7 @@ class Pipeline:
     poll_interval: float = 0.5  # when the status stream is unavailable
     use_stream: bool = True  # follow fal's server-sent status stream: completion is seen at once
     shrink_uploads: bool | None = None  # WAV sent as FLAC; None: when the service is not on this machine
-    billed: bool | None = None  # requests cost money; None: when the service is not on this machine
+    billed: bool | None = None  # requests cost money; None: when the service is fal itself
 
     def shrinks_uploads(self) -> bool:
         if self.shrink_uploads is not None:
