@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from bridge.file_gate import FileSnapshot
 from bridge.hotfolder_names import STATE_DIR_NAME, write_atomically
+from bridge.processes import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class ClaimStore:
         pid = record.get("pid")
         if record.get("host") != self.host or not isinstance(pid, int) or pid == os.getpid():
             return False
-        return not _process_alive(pid)
+        return not process_alive(pid)  # on Windows always alive: the TTL decides there
 
     def _create(
         self, folder: Path, key: str, generation: int, source: Path, snapshot: FileSnapshot
@@ -228,18 +228,6 @@ def _generations(folder: Path, key: str) -> list[int]:
         if len(parts) == 3 and parts[0] == key and parts[2] == "claim" and parts[1].isdigit():
             generations.append(int(parts[1]))
     return generations
-
-
-def _process_alive(pid: int) -> bool:
-    if sys.platform == "win32":
-        return True  # no cheap, safe probe there (os.kill(pid, 0) would send Ctrl-C): the TTL decides
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, owned by another user
-    return True
 
 
 def _age(path: Path) -> float | None:

@@ -35,9 +35,11 @@ from bridge.loopback import is_loopback_url
 from bridge.manifest import StepRecord, build_manifest
 from bridge.prefetch import Background
 from bridge.presets import Recipe, Step
+from bridge.processes import remove_left_behind
 from bridge.request import SeparationRequest
 from bridge.stems import (
     EXTENSIONS,
+    TEMP_PREFIX,
     ensure_writable,
     job_names,
     output_folder,
@@ -208,6 +210,7 @@ class _Run:
         ensure_writable(folder)
         if self.temp_tag:
             remove_stale_temps(folder, self.temp_tag)
+        remove_left_behind(folder, TEMP_PREFIX)  # hidden stems of a killed `sam-bridge separate`
         self.timed("prepare", began)
         try:
             stems = self.run_steps(source, start_frame, frames, folder)

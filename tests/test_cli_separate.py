@@ -35,6 +35,7 @@ from bridge.cli import main
 from bridge.fal_auth import ApiKey
 from bridge.fal_client import FalClient
 from bridge.local_service import LocalFalService
+from bridge.processes import owner_tag
 from tests.audio_fixtures import click_train, peak_positions, tone
 from tests.conftest import FAST_RETRY, TEST_KEY, wait_for
 
@@ -670,6 +671,31 @@ def test_a_kill_or_a_closed_terminal_cancels_the_running_request_like_ctrl_c(
     assert "Traceback" not in text and out == b""
     assert (stats["submits"], stats["cancels"]) == (1, 1)
     assert entries(out_dir) == [] and entries(temp_dir) == []
+
+
+def test_what_a_killed_run_left_behind_is_swept_by_the_next_one(
+        user_dirs: dict[str, Path], tmp_path: Path, music: Path) -> None:
+    """SIGKILL cannot be caught: the hidden temp stems and the work folder stay. They carry the dead
+    run's host and pid, so the next run (here or the daemon) removes them; a live run's are left alone."""
+    source = make_source(music / "Long take.wav", 44100, 2, "PCM_24", 60.0)
+    out_dir, temp_dir = music / "out", tmp_path / "tmp"
+    temp_dir.mkdir()
+    env = data_env(FAL_KEY=TEST_KEY, TMPDIR=str(temp_dir))
+    args: list[str | Path] = ["separate", source.path, "--prompt", "hi-hat", "--output-dir", out_dir]
+    with LocalFalService(key=TEST_KEY) as service:
+        with cli_process([*args, "--service-url", service.url], env) as proc:
+            signal_when(proc, lambda: writing_stems(service, out_dir), "the stems being written", signal.SIGKILL)
+            proc.communicate(timeout=30)
+        left = entries(out_dir)
+        assert left and all(name.startswith(".sam-partial-cli@") for name in left), left
+        assert [name for name in entries(temp_dir) if name.startswith("sam-bridge-")], entries(temp_dir)
+        alive = out_dir / f".sam-partial-cli{owner_tag()}-0123456789ab.tmp"
+        alive.write_bytes(b"a run still writing")  # a live process's: never swept
+        done = subprocess.run([sys.executable, "-m", "bridge", *map(str, args), "--service-url", service.url],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert [name for name in entries(out_dir) if name.startswith(".")] == [alive.name]
+    assert entries(temp_dir) == []
 
 
 def _ignore_sighup() -> None:

@@ -23,11 +23,13 @@ from bridge.jobs import JobState
 from bridge.options import Acceleration, OutputFormat, ResidualMethod
 from bridge.pipeline import JobResult, Pipeline, StandaloneHooks
 from bridge.presets import PresetLibrary, Recipe, recipe_for
+from bridge.processes import owner_tag, remove_left_behind
 from bridge.progress_display import ProgressDisplay
 from bridge.request import Origin, SeparationRequest
 from bridge.service_setup import ServiceChoice, open_client
 
 STEM_FORMATS = ("WAV", "AIFF", "FLAC", "CAF", "W64", "RF64")
+WORK_PREFIX = "sam-bridge-"  # the temp directory's work folders (the stand-in's too): ours to clean
 STEM_SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE")
 
 
@@ -139,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    remove_left_behind(Path(tempfile.gettempdir()), WORK_PREFIX)  # work folders of killed runs
     first = build_request(args, args.source[0])  # the prompt and options are every file's
     library = PresetLibrary.default(project_dir=first.project_dir, quiet=True)
     recipe = recipe_for(first, library)  # a broken preset asked for is refused here, naming its problems
@@ -172,9 +175,10 @@ def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe,
     display = ProgressDisplay(enabled=sys.stderr.isatty() and not args.quiet)
     stops = _StopSignals()
     hooks = CliHooks(display, stops)
-    with stops, tempfile.TemporaryDirectory(prefix="sam-bridge-") as work, display:
+    owner = owner_tag()  # in the names of what this run leaves, should it be killed (SIGKILL)
+    with stops, tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{owner}-") as work, display:
         try:
-            result = Pipeline(client).run(request, recipe, hooks, Path(work))
+            result = Pipeline(client).run(request, recipe, hooks, Path(work), temp_tag=f"cli{owner}")
             display.update(JobState.done.value, 1.0, "Stems written")
         except KeyboardInterrupt as stop:
             raise _cancel_on_ctrl_c(client, hooks, stop) from None

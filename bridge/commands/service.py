@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
 
 from bridge.config import state_dir
 from bridge.errors import ConfigError
+from bridge.processes import process_alive
 from bridge.service_files import (
     PLATFORMS,
     ServicePlan,
@@ -91,18 +91,8 @@ def daemon_line() -> str:
         pid = int(info["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return f"Daemon: not running (no {info_path})"
-    if not _alive(pid):
+    if not process_alive(pid):  # on Windows always alive: daemon.json is removed on exit
         return f"Daemon: not running (pid {pid} in {info_path} has exited)"
     return f"Daemon: running, pid {pid}, version {info.get('version', '?')}, requests in {info.get('requests_dir')}"
 
 
-def _alive(pid: int) -> bool:
-    if sys.platform == "win32":
-        return True  # no safe probe there (os.kill would send Ctrl-C); daemon.json is removed on exit
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

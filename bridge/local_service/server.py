@@ -27,6 +27,7 @@ from bridge.local_service.handler import Handler
 from bridge.local_service.queue import JobQueue, QueueSettings
 from bridge.local_service.storage import FileStore
 from bridge.loopback import is_loopback_host
+from bridge.processes import owner_tag
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class LocalFalService:
         if self._server is not None:
             raise RuntimeError("the local service is already running")
         if self._data_dir is None:
-            self._owned_dir = Path(tempfile.mkdtemp(prefix="sam-bridge-local-fal-"))
+            self._owned_dir = Path(tempfile.mkdtemp(prefix=f"sam-bridge-local-fal{owner_tag()}-"))
         root = self._data_dir or self._owned_dir
         assert root is not None
         self._store = FileStore(root)

@@ -1,0 +1,55 @@
+"""Whether a process of ours is still alive: what a killed run left behind (a hidden temp stem, a work
+folder) carries its owner's tag, `@<host>~<pid>`, so a later run can tell it from work in progress."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+_OWNER = re.compile(r"@(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)")
+
+
+def process_alive(pid: int) -> bool:
+    """True unless `pid` is surely gone (on Windows there is no safe probe: always True)."""
+    if sys.platform == "win32":
+        return True  # os.kill(pid, 0) would send Ctrl-C there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    return True
+
+
+def owner_tag() -> str:
+    """This process, as names of the files and folders it owns carry it."""
+    return f"@{_host()}~{os.getpid()}"
+
+
+def left_by_dead_process(name: str) -> bool:
+    """True when `name` carries the owner tag of a process on this machine that has ended (never for
+    another machine's, whose processes cannot be seen from here: a shared folder stays theirs)."""
+    match = _OWNER.search(name)
+    return match is not None and match["host"] == _host() and not process_alive(int(match["pid"]))
+
+
+def remove_left_behind(folder: Path, prefix: str) -> None:
+    """Delete what dead processes of this machine left in `folder` under names starting with `prefix`."""
+    with contextlib.suppress(OSError):
+        for entry in folder.glob(f"{prefix}*"):
+            if left_by_dead_process(entry.name):
+                with contextlib.suppress(OSError):
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
