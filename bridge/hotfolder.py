@@ -29,7 +29,14 @@ from watchdog.observers.polling import PollingObserver
 
 from bridge.audio_source import ends_early
 from bridge.claims import ClaimStore
-from bridge.file_gate import Completeness, FileSnapshot, SettleState, can_open_exclusively, check_container
+from bridge.file_gate import (
+    Completeness,
+    ContainerCheck,
+    FileSnapshot,
+    SettleState,
+    can_open_exclusively,
+    check_container,
+)
 from bridge.hotfolder_jobs import RETRY_AFTER_ENGINE_ERROR, HotFolderJobs
 from bridge.hotfolder_names import source_for_error_file
 from bridge.hotfolder_routes import FolderRoutes, HotFolder
@@ -272,13 +279,17 @@ class HotFolderWatcher:
         if route is None or snapshot is None or self._jobs.finished_here(path, snapshot):
             del self._candidates[path]
             return
-        settle_seconds = self._settle_for(path, route.folder.settle_seconds)
+        try:  # the header, read once per look: it sets the settle time and then judges completeness
+            check: ContainerCheck | OSError = check_container(path)
+        except OSError as exc:
+            check = exc
+        settle_seconds = self._settle_for(check, route.folder.settle_seconds)
         if candidate.settle.observe(snapshot, now):
             candidate.incomplete_since = None
         if now < candidate.settle.settled_at(settle_seconds):
             candidate.due = candidate.settle.settled_at(settle_seconds)
             return
-        reason = self._incompleteness(path)
+        reason = self._incompleteness(path, check)
         if reason is None and FileSnapshot.of(path) != snapshot:
             reason = "it changed while being checked"
         if reason is not None:
@@ -290,24 +301,21 @@ class HotFolderWatcher:
             self._candidates[path] = _Candidate(path, candidate.settle, time.monotonic() + outcome_retry)
 
     @staticmethod
-    def _settle_for(path: Path, settle_seconds: float) -> float:
+    def _settle_for(check: ContainerCheck | OSError, settle_seconds: float) -> float:
         """A format whose file shows nothing of being complete (MP3, OGG, CAF…) waits three times as long:
         a quiet spell is all there is to go by, and a copy taken early costs a paid request."""
-        try:
-            check = check_container(path)
-        except OSError:
+        if isinstance(check, OSError):
             return settle_seconds  # the completeness check says why, in its turn
         known = check.completeness is not Completeness.unchecked or check.container == "FLAC"
         return settle_seconds if known else UNCHECKED_SETTLE_FACTOR * settle_seconds
 
-    def _incompleteness(self, path: Path) -> str | None:
+    @staticmethod
+    def _incompleteness(path: Path, check: ContainerCheck | OSError) -> str | None:
         """None when the file may be taken, else why not (yet)."""
         if not can_open_exclusively(path):
             return "another program still has it open"
-        try:
-            check = check_container(path)
-        except OSError as exc:
-            return f"it cannot be read yet ({exc.strerror or exc})"
+        if isinstance(check, OSError):
+            return f"it cannot be read yet ({check.strerror or check})"
         if not check.ok:
             return check.reason
         if check.container == "FLAC" and ends_early(path):
