@@ -194,9 +194,10 @@ class JobEngine(JobSink):
         hooks = EngineHooks(row, journal=self.journal, events=self._events, queue=self._queue,
                             cancelled_ids=self._cancelled, stopping=self._stopping)
         workdir = self.settings.workroot / job_id
+        recipe: Recipe | None = None
         try:
             recipe = recipe_for(row.request, self._libraries.for_project(row.request.project_dir))
-            accepted, _ = self.journal.handles(job_id)
+            accepted = self._followable_handles(row, len(recipe.steps))
             hooks.progress(JobState.preparing, 0.0, "Preparing")
             audio_hash, fingerprint = self._source_hash(row, accepted)
             key = dedupe_key(row.request, recipe, audio_hash) if self.settings.dedupe else None
@@ -233,7 +234,8 @@ class JobEngine(JobSink):
         except BridgeError as exc:
             made_requests = bool(self.journal.handles(job_id)[0])  # paid for, even if forgotten just below
             if exc.results_unusable:  # failed at fal, broken, or for other audio: a retry submits anew
-                self.journal.clear_steps(job_id)
+                # that step and those after it; the steps before it are fetched again, not paid again
+                self.journal.clear_steps(job_id, exc.step or 0, len(recipe.steps) if recipe else 1)
             self._outcomes.failed(row, exc, paid=made_requests)
             clean_workdir(workdir)
         except Exception as exc:  # a bug of ours: the job fails, the daemon keeps going
@@ -249,6 +251,16 @@ class JobEngine(JobSink):
         self._queue.put(row.view.job_id, QueuedJob(row.view.origin, row.view.created_at, until))
 
     # -- resume rules -----------------------------------------------------------------------------
+
+    def _followable_handles(self, row: JobRow, step_count: int) -> dict[int, RequestHandle]:
+        """The job's accepted requests, less those of a stand-in that is gone (sent again, at no cost)."""
+        accepted, _ = self.journal.handles(row.view.job_id)
+        gone = [step for step, handle in accepted.items() if self.pipeline.made_by_other_stand_in(handle)]
+        if not gone:
+            return accepted
+        log.info("job %s: the stand-in that had its request is gone; sending it again (free)", row.view.job_id)
+        self.journal.clear_steps(row.view.job_id, min(gone), step_count)
+        return {step: handle for step, handle in accepted.items() if step < min(gone)}
 
     def _source_hash(self, row: JobRow, accepted: dict[int, RequestHandle]) -> tuple[str, tuple[int, int]]:
         """The source's sha256 (read once: the dedupe key and the manifest share it), remembered with the

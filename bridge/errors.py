@@ -20,6 +20,7 @@ class BridgeError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.step: int | None = None  # the recipe step it happened in (set by the pipeline), if any
 
     def __str__(self) -> str:
         return f"{self.message}\n{self.hint}" if self.hint else self.message
@@ -105,6 +106,13 @@ class ServiceJobFailed(JobFailed):
 
 class UnusableResult(JobFailed):
     """The service's result came back unreadable or empty: fetching it again would give the same."""
+
+    results_unusable = True
+
+
+class RequestGone(JobFailed):
+    """The service no longer has what it made for the request (the request or its result files expired
+    there, or a stand-in restarted): asking again gives the same answer, so a retry submits anew."""
 
     results_unusable = True
 

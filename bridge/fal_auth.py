@@ -21,6 +21,7 @@ class ApiKey:
         secret = secret.strip()
         if not secret:
             raise AuthError(f"{ENV_VAR} is empty.", hint=missing_key_hint())
+        _check_characters(secret)
         self._secret = secret
 
     @classmethod
@@ -49,6 +50,23 @@ class ApiKey:
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("an ApiKey is not serialisable")
+
+
+def _check_characters(secret: str) -> None:
+    """A key is printable ASCII (it goes into an HTTP header): a pasted quote or space is a typo to name,
+    by position, without showing the key."""
+    for position, char in enumerate(secret, start=1):
+        if 33 <= ord(char) < 127 and char not in "\"'":
+            continue
+        if char in "\"'“”‘’«»":
+            what = "a quote mark"
+        elif char.isspace():
+            what = "a space or line break"
+        else:
+            what = "a character that is not plain ASCII"
+        raise AuthError(f"{ENV_VAR} holds {what} (character {position} of {len(secret)}), which no fal key has.",
+                        hint="Set it again, copied straight from https://fal.ai/dashboard/keys "
+                        f"(export {ENV_VAR}=your-key, without quote marks around the key itself).")
 
 
 def missing_key_hint() -> str:

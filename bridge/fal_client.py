@@ -29,6 +29,7 @@ from bridge.errors import (
     Cancelled,
     JobFailed,
     RateLimited,
+    RequestGone,
     ServiceError,
     ServiceJobFailed,
     ServiceUnavailable,
@@ -319,16 +320,17 @@ class FalClient:
             _check_stop(stop)
             part = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
             try:
-                with self._http.stream("GET", url) as response:
+                # identity: audio gains nothing from gzip, and Content-Length then counts the bytes we get
+                with self._http.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response:
                     if response.status_code != 200:
                         response.read()
                         if response.status_code in RETRYABLE_STATUS and attempt < self.retry.attempts:
                             self._sleep(self.retry.delay(attempt))
                             continue
-                        if response.status_code in (403, 404, 410):
-                            raise JobFailed("The service's result file is no longer available "
-                                            f"(HTTP {response.status_code}); its download link has expired.",
-                                            hint="Retry the job: the result is fetched again.")
+                        if response.status_code in (403, 404, 410):  # the result's links give the same
+                            raise RequestGone("The service's result file is no longer available "
+                                              f"(HTTP {response.status_code}); its download link has expired.",
+                                              hint=RESEND_HINT)
                         raise error_for_response(response, "download")
                     total = int(response.headers.get("content-length") or 0)
                     done = 0
@@ -339,8 +341,9 @@ class FalClient:
                             done += len(chunk)
                             if progress:
                                 progress(done, total)
-                    if total and done != total:
-                        raise httpx.ReadError(f"short read: {done} of {total} bytes")
+                    received = response.num_bytes_downloaded  # as sent: a server may still compress
+                    if total and received != total:
+                        raise httpx.ReadError(f"short read: {received} of {total} bytes")
                     _check_stop(stop)
                     os.replace(part, dest)
                     return done
@@ -405,6 +408,10 @@ def _field_message(item: dict[str, Any]) -> str:
     return f"{'.'.join(loc) or 'request'}: {item.get('msg', 'invalid')}"
 
 
+# Calls about one request the queue accepted: their errors say what became of that request.
+_REQUEST_CALLS = frozenset({"status check", "status stream", "result fetch"})
+RESEND_HINT = "Retry the job to send it again (a new request, charged again)."
+
 _ACCOUNT_LOCKED = re.compile(r"\buser is locked\b|\baccount (is |has been )?locked\b", re.IGNORECASE)
 
 
@@ -432,21 +439,38 @@ def error_for_response(response: httpx.Response, what: str, *, attempts: int = 1
             hint="Check that FAL_KEY holds a valid key (https://fal.ai/dashboard/keys); "
             "or add --local to use the built-in stand-in service.",
         )
+    if code in (404, 410) and what in _REQUEST_CALLS:
+        return RequestGone(f"The service no longer has this request (HTTP {code} at the {what}"
+                           f"{': ' + text if text else ''}): it expired there, or the service was restarted.",
+                           hint=RESEND_HINT)
+    if what == "result fetch" and code in (400, 422):  # "model output JSON, or an error": the job's error
+        return ServiceJobFailed(f"The separation failed at the service: {text or f'HTTP {code}'}.",
+                                hint=f"{RESEND_HINT} If it fails again, try another prompt or a shorter file.")
+    if what == "result fetch" and (code == 500 or (code >= 500 and not _never_reached_queue(response))):
+        return JobFailed(  # the runner's own answer about a finished request: not an outage to wait out
+            f"The service finished the request but answered HTTP {code} when asked for its result"
+            f"{': ' + text if text else ''}.",
+            hint="Retry the job to ask for the result again (free); if that keeps failing, send it anew with "
+            "`sam-bridge retry --resubmit JOB` (charged again).")
     if code == 422:
         return ValidationError(f"The service refused the request: {text or 'invalid input'}.",
                                hint="Fix the named field (preset or option) and try again.")
     if code == 429:
-        return RateLimited(f"The service is rate-limiting us (HTTP 429) at the {what}, after {attempts} tries.",
+        return RateLimited(f"The service is rate-limiting us (HTTP 429) at the {what}{_tries(attempts)}.",
                            hint="Lower the number of jobs in flight, or wait a minute.")
     if code >= 500 or code == 408:
         label = f" ({error_type})" if error_type else ""
         charged = " The job was not submitted, so nothing was charged." if what == "submit" else ""
         return ServiceUnavailable(
-            f"The separation service is unavailable: HTTP {code}{label} at the {what} after {attempts} "
-            f"tries{': ' + text if text else ''}.{charged}",
+            f"The separation service is unavailable: HTTP {code}{label} at the {what}{_tries(attempts)}"
+            f"{': ' + text if text else ''}.{charged}",
             hint="Try again later; queued jobs wait and retry on their own.",
         )
     return ServiceError(f"The service answered HTTP {code} to the {what}: {text or 'no details'}.")
+
+
+def _tries(attempts: int) -> str:
+    return f" after {attempts} tries" if attempts > 1 else ""
 
 
 def job_failed(status: QueueStatus) -> ServiceJobFailed:
@@ -455,4 +479,4 @@ def job_failed(status: QueueStatus) -> ServiceJobFailed:
     if status.error_type == "client_cancelled":
         return ServiceJobFailed("The job was cancelled at the service.")
     return ServiceJobFailed(f"The separation failed at the service: {status.error}{tail}",
-                     hint="Retry the job; if it fails again, try another prompt or a shorter file.")
+                            hint=f"{RESEND_HINT} If it fails again, try another prompt or a shorter file.")

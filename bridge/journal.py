@@ -140,16 +140,21 @@ class Journal:
             db.execute("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?)",
                        (job_id, step, "submitted", json.dumps(handle.to_dict()), time.time()))
 
-    def clear_steps(self, job_id: str) -> None:
-        """Forget every request of the job (they failed or were cancelled at the service, or their results
-        belong to audio that changed); what they cost stays counted against the daily budget."""
+    def clear_steps(self, job_id: str, from_step: int = 0, step_count: int = 1) -> None:
+        """Forget the job's requests from `from_step` on (they failed or were cancelled at the service, or
+        their results belong to audio that changed); earlier steps' requests are fetched again, not paid
+        again. What forgotten requests cost stays counted against the daily budget."""
         with self._tx() as db:
-            had_requests = db.execute("SELECT 1 FROM steps WHERE job_id=? AND handle IS NOT NULL",
-                                      (job_id,)).fetchone()
-            if had_requests:  # the next attempt reserves its own cost; this one's was spent
+            paid = db.execute("SELECT COUNT(*) FROM steps WHERE job_id=? AND step>=? AND handle IS NOT NULL",
+                              (job_id, from_step)).fetchone()[0]
+            if paid and from_step == 0:  # the next attempt reserves its own cost; this one's was spent
                 db.execute("UPDATE jobs SET forgotten_cost = forgotten_cost + cost, cost = 0 WHERE id=?",
                            (job_id,))
-            db.execute("DELETE FROM steps WHERE job_id=?", (job_id,))
+            elif paid:  # the job keeps its reservation, which covers the steps sent again; their first
+                # requests' share of it was spent on top
+                db.execute("UPDATE jobs SET forgotten_cost = forgotten_cost + cost * ? / ? WHERE id=?",
+                           (paid, max(step_count, 1), job_id))
+            db.execute("DELETE FROM steps WHERE job_id=? AND step>=?", (job_id, from_step))
 
     def unmark_submitting(self, job_id: str, step: int) -> None:
         with self._tx() as db:

@@ -27,7 +27,7 @@ from bridge.audio_source import (
 )
 from bridge.conform import ConformReport, ConformSpec, conform
 from bridge.cost import PriceTable
-from bridge.errors import Cancelled, JobFailed, ServiceError, SourceError, SubmitUncertain
+from bridge.errors import BridgeError, Cancelled, JobFailed, ServiceError, SourceError, SubmitUncertain
 from bridge.fal_client import DEFAULT_QUEUE_URL, FalClient, QueueStatus, RequestHandle
 from bridge.intermediates import carry_position, clear_intermediates, write_complement
 from bridge.jobs import JobState
@@ -144,6 +144,13 @@ class Pipeline:
             return self.billed
         return urlsplit(self.client.queue_url).hostname == urlsplit(DEFAULT_QUEUE_URL).hostname
 
+    def made_by_other_stand_in(self, handle: RequestHandle) -> bool:
+        """Whether `handle` is a request of a stand-in other than ours (the built-in one starts afresh on a
+        new port with each daemon): nobody can follow it any more, and it cost nothing to send."""
+        host = urlsplit(handle.status_url).netloc
+        fal_host = urlsplit(DEFAULT_QUEUE_URL).netloc
+        return host not in (urlsplit(self.client.queue_url).netloc, fal_host)
+
     def run(self, request: SeparationRequest, recipe: Recipe, hooks: Hooks, workdir: Path,
             resume: dict[int, RequestHandle] | None = None, temp_tag: str = "",
             source_hash: str | None = None, source_fingerprint: tuple[int, int] | None = None) -> JobResult:
@@ -229,8 +236,12 @@ class _Run:
             target_tmp = self.new_temp(folder)
             # an intermediate residual (full precision, fed to the next step) stays in the workdir
             residual_tmp = self.workdir / f"step{index}.residual.wav" if index < last else self.new_temp(folder)
-            self.run_step(index, step, source, step_source, step_start, step_frames,
-                          target_tmp, residual_tmp, intermediate=index < last)
+            try:
+                self.run_step(index, step, source, step_source, step_start, step_frames,
+                              target_tmp, residual_tmp, intermediate=index < last)
+            except BridgeError as exc:
+                exc.step = index if exc.step is None else exc.step  # a retry keeps the steps before it
+                raise
             stems[target_label] = target_tmp
             if index < last:
                 step_source = carry_position(probe_source(residual_tmp), source, start_frame)

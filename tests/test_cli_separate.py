@@ -492,7 +492,39 @@ def test_failed_job_shows_the_service_message_and_last_log_lines(
     assert "The separation failed at the service: CUDA error: out of memory" in err
     tail = err.split("Last service log lines:", 1)[1]
     assert "Loading audio (1.0 s, 2 ch, 44100 Hz)" in tail and "Separating 'hi-hat' chunk 1/1" in tail
-    assert "Retry the job" in err
+    assert "Retry the job" in err and "charged again" in err  # the job failed there: no result to collect
+    assert "--resume-request" not in err
+
+
+def test_a_run_that_breaks_off_after_submitting_says_how_to_collect_the_paid_result(
+        env: dict[str, Path], service: LocalFalService, music: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The service went away after it accepted the job: running the command again would pay again, so the
+    message names the request, and `--resume-request` collects its result once the service answers."""
+    service.faults.fail("stream", 503, times=1)
+    service.faults.fail("status", 503, times=FAST_RETRY.attempts)
+    rc, _out, err, out_dir = run_failing(service, music, capsys)
+    assert rc == 1 and service.stats()["submits"] == 1
+    request_id = re.search(r"--resume-request (\S+) once", err)
+    assert request_id is not None, err
+    assert "run the command again" not in err and "Is the service" not in err
+
+    source = music / "Bass DI.wav"
+    rc = cli("separate", source, "--prompt", "hi-hat", "--service-url", service.url, "--output-dir", out_dir,
+             "--resume-request", request_id.group(1))
+    out, _err = capsys.readouterr()
+    assert rc == 0 and service.stats()["submits"] == 1  # collected, not paid again
+    stems = printed_paths(out)
+    target, residual = sf.read(stems["target"])[0], sf.read(stems["residual"])[0]
+    assert np.max(np.abs(target + residual - sf.read(source)[0])) < 1e-6
+
+
+def test_resume_request_is_for_one_file_and_its_steps(env: dict[str, Path], music: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = (make_source(music / f"{name}.wav", 44100, 1, "PCM_16", 0.2).path for name in "ab")
+    assert cli("separate", a, b, "--prompt", "bass", "--local", "--resume-request", "r1") == 2
+    assert cli("separate", a, "--prompt", "bass", "--local", "--resume-request", "r1", "--resume-request", "r2") == 2
+    assert "one per step of its preset (1 here)" in capsys.readouterr().err
 
 
 def test_not_a_tty_shows_no_progress_display(env: dict[str, Path], service: LocalFalService, music: Path,

@@ -389,3 +389,97 @@ def test_a_job_waiting_for_a_locked_account_holds_no_budget(make_engine, service
                  what="each job to wait for the account")
     assert all("Daily budget" not in (engine.get(job).message or "") for job in jobs)  # type: ignore[union-attr]
     assert service.stats()["submits"] == 0
+
+
+def test_a_retried_stem_set_pays_again_only_from_the_step_that_failed(tmp_path: Path) -> None:
+    """Step 1 of `4-stems` worked, step 2 failed at the service: a retry fetches step 1's result again (its
+    request is still there) and sends only steps 2 and 3."""
+    import soundfile as sf
+
+    from bridge.fal_auth import ApiKey
+    from bridge.local_service import LocalFalService
+    from tests.conftest import FAST_RETRY, TEST_KEY
+
+    with LocalFalService(key=TEST_KEY, job_time=0.6) as slow, FalClient(
+            ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
+        journal = Journal(tmp_path / "j.sqlite")
+        engine = JobEngine(journal, Pipeline(client, poll_interval=0.02, use_stream=False),
+                           PresetLibrary([("built-in", builtin_presets_dir())]),
+                           EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
+        try:
+            source = make_source(tmp_path / "mix.wav", seconds=0.5)
+            engine.start()
+            job = engine.submit(SeparationRequest(source=source, preset="4-stems", output_dir=tmp_path / "out"))
+            wait_for(lambda: slow.stats()["running"] == 1, what="step 1 to run")
+            slow.faults.fail_job("CUDA error: out of memory")  # taken by the next job: step 2
+            wait_for(lambda: finished(engine, job), what="the job to fail")
+            assert (engine.get(job) or object()).state == JobState.failed  # type: ignore[attr-defined]
+            kept = journal.handles(job)[0]
+            assert list(kept) == [0] and slow.stats()["submits"] == 2
+
+            journal.clear_uncertain(job)  # what `sam-bridge retry` does
+            journal.set_state(job, JobState.queued, 0.0, "Queued again (retry)", error=None)
+            wait_for(lambda: finished(engine, job), timeout=60, what="the retried job")
+            view = engine.get(job)
+            assert view is not None and view.state == JobState.done, view
+            assert slow.stats()["submits"] == 4  # step 1 once, step 2 twice, step 3 once
+            assert journal.handles(job)[0][0] == kept[0]  # step 1's first request served the retry
+            stems = [sf.read(view.stems[label])[0] for label in ("vocals", "drums", "bass", "other")]
+            assert np.max(np.abs(sum(stems) - sf.read(source)[0])) < 1e-4  # the set still sums to the source
+        finally:
+            engine.stop()
+            journal.close()
+
+
+def test_requests_of_a_stand_in_that_is_gone_are_sent_again_at_no_cost(tmp_path: Path) -> None:
+    """The built-in stand-in starts afresh on a new port with each daemon: a job it had accepted before a
+    restart can never be followed there, so it is sent to the new one instead of waiting forever."""
+    from bridge.fal_auth import ApiKey
+    from bridge.fal_client import RequestHandle
+    from bridge.local_service import LocalFalService
+    from tests.conftest import FAST_RETRY, TEST_KEY
+
+    with LocalFalService(key=TEST_KEY) as stand_in, FalClient(
+            ApiKey(TEST_KEY), queue_url=stand_in.url, rest_url=stand_in.url, retry=FAST_RETRY) as client:
+        journal = Journal(tmp_path / "j.sqlite")
+        pipeline = Pipeline(client, poll_interval=0.02, use_stream=False)
+        engine = JobEngine(journal, pipeline, PresetLibrary([("built-in", builtin_presets_dir())]),
+                           EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
+        try:
+            job = engine.submit(SeparationRequest(source=make_source(tmp_path / "a.wav", seconds=0.3),
+                                                  prompt="piano"))
+            old = "http://127.0.0.1:9/fal-ai/sam-audio/requests/r1"  # the stand-in of the daemon's last run
+            journal.mark_submitted(job, 0, RequestHandle("r1", f"{old}/status", old, f"{old}/cancel"))
+            engine.start()
+            wait_for(lambda: finished(engine, job), what="the job to end")
+            view = engine.get(job)
+            assert view is not None and view.state == JobState.done, view
+            assert stand_in.stats()["submits"] == 1
+            fal = f"{DEFAULT_QUEUE_URL}/fal-ai/sam-audio/requests/r2"
+            assert not pipeline.made_by_other_stand_in(RequestHandle("r2", f"{fal}/status", fal, f"{fal}/cancel"))
+        finally:
+            engine.stop()
+            journal.close()
+
+
+def test_retry_resubmit_forgets_the_requests_a_plain_retry_asks_again(
+        user_dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.cli import main
+    from bridge.fal_client import RequestHandle
+
+    journal = Journal(user_dirs["state"] / "journal.sqlite")
+    jobs = {}
+    for name in ("plain", "resubmit"):
+        job = journal.add(SeparationRequest(source=make_source(user_dirs["home"] / f"{name}.wav", seconds=0.2),
+                                            prompt="piano"), "piano")
+        journal.mark_submitted(job, 0, RequestHandle(f"req-{name}", "http://127.0.0.1:9/s", "http://127.0.0.1:9/r",
+                                                     "http://127.0.0.1:9/c"))
+        journal.set_state(job, JobState.failed, 0.0, "failed", error="The service finished the request but ...")
+        jobs[name] = job
+    assert main(["retry", jobs["plain"]]) == 0
+    assert f"`sam-bridge retry --resubmit {jobs['plain']}`" in capsys.readouterr().out
+    assert main(["retry", "--resubmit", jobs["resubmit"]]) == 0
+    assert "anew (charged again)" in capsys.readouterr().out
+    assert list(journal.handles(jobs["plain"])[0]) == [0]
+    assert journal.handles(jobs["resubmit"])[0] == {}
+    journal.close()

@@ -10,10 +10,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bridge.errors import AuthError, JobFailed, ServiceUnavailable, SubmitUncertain, ValidationError
+from bridge.errors import (
+    AuthError,
+    JobFailed,
+    RequestGone,
+    ServiceJobFailed,
+    ServiceUnavailable,
+    SubmitUncertain,
+    ValidationError,
+)
 from bridge.fal_auth import ApiKey
 from bridge.fal_client import FalClient, Timeouts
-from bridge.retry import RetryPolicy
+from bridge.retry import RetryPolicy, parse_retry_after
 from tests.conftest import FAST_RETRY, TEST_KEY, wait_for
 
 
@@ -211,8 +219,91 @@ def test_cancel_a_queued_request(service, tmp_path: Path) -> None:
 def test_expired_result_links_are_reported(client: FalClient, service, tmp_path: Path) -> None:
     result = separate(client, make_wav(tmp_path / "in.wav"))
     service.faults.expire_files()
-    with pytest.raises(JobFailed, match="expired"):
+    with pytest.raises(RequestGone, match="expired") as err:
         client.download(result["target"]["url"], tmp_path / "t.wav")  # type: ignore[index]
+    assert err.value.results_unusable and "charged again" in err.value.hint  # asking again gives the same links
+
+
+def test_a_request_the_service_no_longer_has_is_gone_not_an_outage(client: FalClient, service) -> None:
+    forgotten = client.handle_for("0c3b-forgotten-by-a-restart")
+    for call in (client.status, client.result):
+        with pytest.raises(RequestGone, match="no longer has this request") as err:
+            call(forgotten)
+        assert err.value.results_unusable  # a retry sends it anew; polling it again never ends
+    assert service.stats()["submits"] == 0
+
+
+@pytest.mark.parametrize(("status", "error", "unusable"), [
+    (422, ServiceJobFailed, True),   # the job's own error: a retry must send it anew
+    (500, JobFailed, False),         # the runner's answer: asked for again (free) on a retry, not waited out
+    (503, ServiceUnavailable, False),  # an ingress outage: waited out
+])
+def test_an_error_from_the_result_endpoint_says_what_became_of_the_job(
+        client: FalClient, service, tmp_path: Path, status: int, error: type[Exception], unusable: bool) -> None:
+    url = client.storage.upload(make_wav(tmp_path / "in.wav"), "audio/wav")
+    handle = client.submit("separate", {"audio_url": url, "prompt": "bass"})
+    client.wait(handle, poll_interval=0.02)
+    service.faults.fail("result", status=status, times=100, detail="Audio too short")
+    with pytest.raises(error) as err:
+        client.result(handle)
+    assert type(err.value) is error and err.value.results_unusable is unusable
+    assert "Fix the named field" not in err.value.hint and "after 1 tries" not in err.value.message
+    assert service.stats()["submits"] == 1
+
+
+def test_retry_after_as_an_http_date_is_honoured() -> None:
+    now = 1_767_225_600.0  # Thu, 01 Jan 2026 00:00:00 GMT
+    assert parse_retry_after("Thu, 01 Jan 2026 00:00:42 GMT", now=now) == pytest.approx(42.0)
+    assert parse_retry_after("Wed, 31 Dec 2025 23:59:00 GMT", now=now) == 0.0  # past: no wait
+    assert parse_retry_after("7", now=now) == 7.0
+    assert parse_retry_after("soon", now=now) is None
+
+
+def test_a_download_the_server_compresses_anyway_is_whole(tmp_path: Path) -> None:
+    """httpx decodes gzip on the fly: the size check counts the bytes as sent, and we ask for none."""
+    import gzip
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    payload = bytes(range(256)) * 4096
+    asked: list[str] = []
+
+    class Gzipping(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.headers.get("Accept-Encoding", ""))
+            body = gzip.compress(payload)
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gzipping)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with FalClient(ApiKey(TEST_KEY), queue_url="http://127.0.0.1:9", retry=FAST_RETRY) as client:
+            client.download(f"http://127.0.0.1:{server.server_port}/result.wav", tmp_path / "r.wav")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert (tmp_path / "r.wav").read_bytes() == payload
+    assert asked == ["identity"]
+
+
+@pytest.mark.parametrize(("key", "says"), [
+    ("\u201ctest-key-0123456789abcdef\u201d", "a quote mark (character 1 of 27)"),
+    ("test-key 0123456789abcdef", "a space or line break (character 9 of 25)"),
+    ("test-key-0123456789abcd\u00e9f", "a character that is not plain ASCII (character 24 of 25)"),
+])
+def test_a_mistyped_key_is_named_by_position_never_shown(key: str, says: str) -> None:
+    with pytest.raises(AuthError) as err:
+        ApiKey(key)
+    assert says in err.value.message and "0123456789" not in str(err.value)
 
 
 def test_key_never_appears_in_logs_reprs_or_errors(service, tmp_path: Path, caplog: pytest.LogCaptureFixture,

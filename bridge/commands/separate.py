@@ -59,6 +59,9 @@ def register(subparsers: Any) -> None:
     service.add_argument("--service-url", help="use a stand-in service at this URL (`sam-bridge local-service`)")
     # Benchmarks and demos: the in-process stand-in's seconds of work per second of audio.
     p.add_argument("--local-delay", type=_non_negative, help=argparse.SUPPRESS)
+    p.add_argument("--resume-request", metavar="ID", action="append", default=[],
+                   help="collect the result of a request the service already accepted (a run that broke off "
+                   "names it) instead of sending FILE again; once per step of a stem set")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary (or error)")
     p.set_defaults(func=run)
 
@@ -148,41 +151,60 @@ def _run(args: argparse.Namespace) -> int:
     if library.errors() and not args.quiet:  # others' problems: one line, not a log line per problem
         print("sam-bridge: note: some preset files have problems, so their presets cannot be used; "
               "`sam-bridge presets list` names them.", file=sys.stderr)
+    if args.resume_request and (len(args.source) > 1 or len(args.resume_request) > len(recipe.steps)):
+        raise InputError("--resume-request names the requests of one file: one per step of its preset "
+                         f"({len(recipe.steps)} here).",
+                         hint="Give one FILE, and the request ids the broken-off run printed, in order.")
     if len(args.source) == 1:
         probe_source(first.source)  # a bad file is reported before any key check or service start
     choice = ServiceChoice(local=args.local, url=args.service_url)
     if args.local_delay is not None:
         choice = replace(choice, local_delay=args.local_delay)
-    try:
-        with open_client(choice) as client:
-            if choice.is_stand_in and not args.json:
-                print(f"sam-bridge: {choice.describe()}", file=sys.stderr)
-            if len(args.source) > 1:
-                return _separate_each(client, recipe, args)
-            result, seconds = _separate(client, first, recipe, args)
-    except ServiceUnavailable as err:
-        if type(err) is not ServiceUnavailable:  # e.g. RateLimited: its own hint fits
-            raise
-        raise ServiceUnavailable(err.message, hint=_unavailable_hint(choice)) from None
+    with open_client(choice) as client:
+        if choice.is_stand_in and not args.json:
+            print(f"sam-bridge: {choice.describe()}", file=sys.stderr)
+        if len(args.source) > 1:
+            return _separate_each(client, recipe, args, choice)
+        result, seconds = _separate(client, first, recipe, args, choice)
     print_result(result, args.json, seconds)
     return 0
 
 
-def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe,
-              args: argparse.Namespace) -> tuple[JobResult, float]:
+def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe, args: argparse.Namespace,
+              choice: ServiceChoice) -> tuple[JobResult, float]:
     """One file through the pipeline with a progress display; Ctrl-C cancels at the service."""
     began = time.monotonic()
     display = ProgressDisplay(enabled=sys.stderr.isatty() and not args.quiet)
     stops = _StopSignals()
     hooks = CliHooks(display, stops)
+    resume = {step: client.handle_for(request_id.strip()) for step, request_id in enumerate(args.resume_request)}
+    hooks.handles.update(resume)  # Ctrl-C cancels those too
     owner = owner_tag()  # in the names of what this run leaves, should it be killed (SIGKILL)
     with stops, tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{owner}-") as work, display:
         try:
-            result = Pipeline(client).run(request, recipe, hooks, Path(work), temp_tag=f"cli{owner}")
+            result = Pipeline(client).run(request, recipe, hooks, Path(work), resume=resume,
+                                          temp_tag=f"cli{owner}")
             display.update(JobState.done.value, 1.0, "Stems written")
         except KeyboardInterrupt as stop:
             raise _cancel_on_ctrl_c(client, hooks, stop) from None
+        except BridgeError as err:
+            _say_what_to_do(err, request, hooks.handles, choice)
+            raise
     return result, time.monotonic() - began
+
+
+def _say_what_to_do(err: BridgeError, request: SeparationRequest, accepted: dict[int, RequestHandle],
+                    choice: ServiceChoice) -> None:
+    """The hint of a run that broke off. Once the service has accepted a request, running the command again
+    pays again: say how to collect what was paid for instead (unless that result is of no use)."""
+    if accepted and not err.results_unusable and not isinstance(err, (InputError, Cancelled)):
+        ids = [accepted[step].request_id for step in sorted(accepted)]
+        again = " ".join(f"--resume-request {request_id}" for request_id in ids)
+        err.hint = (f"The service had accepted it (request {', '.join(ids)}), so it may still finish and be "
+                    f"charged. To collect the result without paying again, run the same command for "
+                    f"“{request.source.name}” with {again} once the service answers.")
+    elif type(err) is ServiceUnavailable:  # nothing accepted; a subclass (RateLimited) has its own hint
+        err.hint = _unavailable_hint(choice)
 
 
 class _Stopped(KeyboardInterrupt):
@@ -229,7 +251,7 @@ class _StopSignals:
 _PER_FILE_ERRORS = ("bad_source", "output")
 
 
-def _separate_each(client: FalClient, recipe: Recipe, args: argparse.Namespace) -> int:
+def _separate_each(client: FalClient, recipe: Recipe, args: argparse.Namespace, choice: ServiceChoice) -> int:
     """Each file in turn; what became of each, and the exit code of the first failure (0 when none)."""
     summaries: list[dict[str, Any]] = []
     first_failure = 0
@@ -237,7 +259,7 @@ def _separate_each(client: FalClient, recipe: Recipe, args: argparse.Namespace) 
         try:
             request = build_request(args, source)
             probe_source(request.source)
-            result, seconds = _separate(client, request, recipe, args)
+            result, seconds = _separate(client, request, recipe, args, choice)
         except BridgeError as err:
             summaries.append({"source": str(source), **_error_summary(err)})
             if err.kind not in _PER_FILE_ERRORS:

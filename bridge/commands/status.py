@@ -25,6 +25,9 @@ def register(subparsers: Any) -> None:
     c.set_defaults(func=cancel)
     r = subparsers.add_parser("retry", help="run a failed or cancelled job again")
     r.add_argument("job", help="job id or unique prefix")
+    r.add_argument("--resubmit", action="store_true",
+                   help="send it to the service anew (charged again) instead of asking for the results of "
+                   "the requests it already made")
     r.set_defaults(func=retry)
 
 
@@ -106,10 +109,16 @@ def retry(args: argparse.Namespace) -> int:
               "can be retried.")
         return 1
     journal.clear_uncertain(job_id)  # requests fal accepted are polled again, not paid again
-    if _source_changed_since_sent(journal, row):
+    if args.resubmit:
+        journal.clear_steps(job_id, step_count=1)
+        print("It is sent to the service anew (charged again).")
+    elif _source_changed_since_sent(journal, row):
         journal.clear_steps(job_id)
         print(f"{row.request.source.name} changed since it was sent, so its new audio is sent again "
               "(charged again).")
+    elif journal.handles(job_id)[0]:
+        print("The results of the requests it already made are asked for again, at no cost; if the service "
+              f"no longer has them, `sam-bridge retry --resubmit {job_id}` sends it anew.")
     journal.set_state(job_id, JobState.queued, 0.0, "Queued again (retry)", error=None, attempts=0,
                       not_before=0, cancel_requested=0)
     print(f"Job {job_id} is queued again; a running daemon picks it up within seconds.")
