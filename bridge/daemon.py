@@ -176,7 +176,8 @@ class Daemon:
             folder.path.mkdir(parents=True, exist_ok=True)
         self.hot_watcher = HotFolderWatcher(
             engine, folders, instance_id=f"{socket.gethostname()}:{os.getpid()}",
-            rescan_interval=self.config.hot_rescan_interval, preset_names=self.library.names,
+            rescan_interval=self.config.hot_rescan_interval,
+            preset_names=lambda: self.library.names(include_broken=True),  # a broken one's file says why
         )
         self.hot_watcher.ensure_preset_folders(self.library.names())
         self.hot_watcher.start()

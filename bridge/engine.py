@@ -116,8 +116,8 @@ class JobEngine(JobSink):
     def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
         return self._events.subscribe(listener)
 
-    def preset_names(self, project_dir: Path | None = None) -> list[str]:
-        return self._libraries.for_project(project_dir).names()
+    def preset_names(self, project_dir: Path | None = None, include_broken: bool = False) -> list[str]:
+        return self._libraries.for_project(project_dir).names(include_broken)
 
     # -- life cycle -------------------------------------------------------------------------------
 

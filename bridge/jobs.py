@@ -91,6 +91,7 @@ class JobSink(Protocol):
         """Call `listener` on every job event (from engine threads); returns an unsubscribe function."""
         ...
 
-    def preset_names(self, project_dir: Path | None = None) -> list[str]:
-        """Preset names usable for a request of `project_dir` (its own presets included)."""
+    def preset_names(self, project_dir: Path | None = None, include_broken: bool = False) -> list[str]:
+        """Preset names usable for a request of `project_dir` (its own presets included); with
+        `include_broken`, also those whose file has problems (a request for one gets them)."""
         ...

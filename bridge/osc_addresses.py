@@ -148,7 +148,8 @@ REQUESTS: tuple[Request, ...] = (
         required=(),
         optional=((_s("project_dir", "project folder whose own presets to list too, as sent with /sam/separate "
                       "(\"\" = the shared ones only)", max_chars=_PATH_CHARS, may_be_empty=True),),),
-        description="List the preset names: the shared ones, and a project's own when one is named.",
+        description="List the preset names: the shared ones, and a project's own when one is named. A preset "
+        "whose file has problems is listed too: /sam/separate with it answers with those problems.",
         example='"/Users/me/Music/Song"',
         replies=("presets/list", "presets/end", "error"),
     ),

@@ -236,7 +236,8 @@ class OscServer:
 
     def _preset_or_prompt(self, text: str, project: Path | None) -> tuple[str | None, str | None]:
         """A preset name wins (any case; the project's own presets too); otherwise the text is a prompt."""
-        by_lower = {name.lower(): name for name in self._sink.preset_names(project)}
+        # a broken preset's name too: its sender gets the file's problems, not a paid job for that prompt
+        by_lower = {name.lower(): name for name in self._sink.preset_names(project, include_broken=True)}
         preset = by_lower.get(text.lower())
         return (preset, None) if preset else (None, text)
 
@@ -268,7 +269,7 @@ class OscServer:
                 project = self._policy.output_folder(str(call.values["project_dir"]))
             except PathNotAllowed as refused:  # /sam/separate will say so; the menu still gets the shared list
                 logger.info("OSC: listing the shared presets only: %s", refused.message)
-        names = list(self._sink.preset_names(project))
+        names = list(self._sink.preset_names(project, include_broken=True))  # choosing one shows why
         chunk: list[ArgValue] = []
         size = 0
         for name in names:

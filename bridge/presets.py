@@ -156,6 +156,7 @@ class _Entry:
     origin: str
     preset: Preset | None  # None when broken
     error: PresetError | None = None
+    broken_name: str = ""  # the name a broken preset is asked for by
 
 
 def _stamp(path: Path) -> Stamp:
@@ -224,8 +225,14 @@ class PresetLibrary:
             raise entry.error
         return entry.preset
 
-    def names(self) -> list[str]:
-        return [preset.name for preset in self.presets()]
+    def names(self, include_broken: bool = False) -> list[str]:
+        """Usable presets' names; with `include_broken`, also those whose file has problems (asking for
+        one gives those problems, where a name nobody knows would be taken as a prompt)."""
+        usable = [preset.name for preset in self.presets()]
+        if not include_broken:
+            return usable
+        broken = [entry.broken_name for entry in self._entries.values() if entry.preset is None]
+        return sorted(usable + broken, key=name_key)
 
     def presets(self) -> list[Preset]:
         usable = [entry.preset for entry in self._entries.values() if entry.preset is not None]
@@ -286,7 +293,8 @@ class PresetLibrary:
                 earlier = defined_in.get(key)
                 if key in valid_here or (earlier and earlier[0] == origin):
                     continue
-                entries[key] = _Entry(origin, None, PresetFileError(problems, problems[0].preset or key))
+                name = problems[0].preset or path.stem
+                entries[key] = _Entry(origin, None, PresetFileError(problems, name), name)
                 defined_in[key] = (origin, path)
         snapshot = dict(entries)
         for key, entry in snapshot.items():
@@ -296,7 +304,7 @@ class PresetLibrary:
                 entries[key] = _Entry(entry.origin, _resolve_stems(entry.preset, snapshot))
             except PresetFileError as err:
                 log.log(self._problem_level, "%s", err.message)
-                entries[key] = _Entry(entry.origin, None, err)
+                entries[key] = _Entry(entry.origin, None, err, entry.preset.name)
                 errors.append(err)
         self._entries, self._errors = entries, errors
 

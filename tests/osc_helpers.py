@@ -73,7 +73,7 @@ class RecordingSink:
                 self._listeners.remove(listener)
         return unsubscribe
 
-    def preset_names(self, project_dir: Path | None = None) -> list[str]:
+    def preset_names(self, project_dir: Path | None = None, include_broken: bool = False) -> list[str]:
         return list(self.presets)
 
     @property

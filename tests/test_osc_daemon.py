@@ -606,6 +606,19 @@ def test_a_projects_own_preset_is_used_for_that_project_only(
     assert json.loads(Path(seen.done[3]).read_text())["steps"][0]["prompt"] == "kick-in"
 
 
+def test_a_broken_presets_name_gets_its_files_problems_not_a_paid_job_for_that_prompt(
+        client: Device, service: Any, user_dirs: dict[str, Path]) -> None:
+    project = user_dirs["home"] / "Projects" / "Song C"
+    (project / "sam-bridge" / "presets").mkdir(parents=True)
+    (project / "sam-bridge" / "presets" / "ours.yaml").write_text(
+        "name: kick-in\nprompt: kick drum\noptions:\n  reranking_candidates: 20\n")
+    source = three_tone_source(user_dirs["home"] / "takes" / "drums.wav")
+    message = refused(client, source, "kick-in", "p1", str(project))
+    assert "ours.yaml:4" in message and "reranking_candidates" in message, message
+    assert "kick-in" in preset_list(client, str(project))  # in the menu, so choosing it shows the problem
+    assert service.stats()["submits"] == 0
+
+
 def preset_list(device: Device, *project: str) -> list[str]:
     device.send("/sam/presets", *project)
     names: list[str] = []
