@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+import soundfile
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -58,3 +59,19 @@ class OutputOptions(BaseModel):
     subtype: str | None = Field(None, description="sample format override, e.g. PCM_24, FLOAT")
     residual: ResidualMethod = Field(ResidualMethod.complement, description="complement | service")
     folder: str = Field("Stems", description="output folder, relative to the project (or the source)")
+
+
+def unwritable(output: OutputOptions) -> tuple[str, str] | None:
+    """(field, why) when the stems' file type or sample format is not one sam-bridge can write: presets and
+    requests both check it, so a typo is refused rather than quietly written as the source's format."""
+    formats = soundfile.available_formats()
+    if output.format is not None and output.format.upper() not in formats:
+        return "format", (f"'{output.format}' is not a file type sam-bridge can write; allowed: "
+                          f"{', '.join(sorted(formats))}")
+    if output.subtype is not None:
+        subtypes = soundfile.available_subtypes(output.format.upper() if output.format else None)
+        if output.subtype.upper() not in subtypes:
+            where = f" for {output.format}" if output.format else ""
+            return "subtype", (f"'{output.subtype}' is not a sample format{where}; allowed: "
+                               f"{', '.join(sorted(subtypes))}")
+    return None

@@ -11,11 +11,10 @@ import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Self
 
-import soundfile
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from bridge.options import OutputOptions, ServiceOptions
+from bridge.options import OutputOptions, ServiceOptions, unwritable
 from bridge.request import Span
 
 EXAMPLE_PRESET_FILE = """\
@@ -227,26 +226,9 @@ class Preset(BaseModel):
     def _writable_output(cls, output: OutputOptions) -> OutputOptions:
         if output.label is not None and (problem := label_problem(output.label)):
             raise PydanticCustomError("bad_label", problem, {"at": ("label",)})
-        formats = soundfile.available_formats()
-        if output.format is not None and output.format.upper() not in formats:
-            raise PydanticCustomError(
-                "bad_format",
-                "'{got}' is not a file type sam-bridge can write; allowed: {allowed}",
-                {"got": output.format, "allowed": ", ".join(sorted(formats)), "at": ("format",)},
-            )
-        if output.subtype is not None:
-            subtypes = soundfile.available_subtypes(output.format.upper() if output.format else None)
-            if output.subtype.upper() not in subtypes:
-                raise PydanticCustomError(
-                    "bad_subtype",
-                    "'{got}' is not a sample format{where}; allowed: {allowed}",
-                    {
-                        "got": output.subtype,
-                        "at": ("subtype",),
-                        "where": f" for {output.format}" if output.format else "",
-                        "allowed": ", ".join(sorted(subtypes)),
-                    },
-                )
+        if unwritable_output := unwritable(output):
+            field, why = unwritable_output
+            raise PydanticCustomError(f"bad_{field}", "{why}", {"why": why, "at": (field,)})
         folder = output.folder
         if PurePosixPath(folder).is_absolute() or PureWindowsPath(folder).is_absolute() or ":" in folder:
             raise PydanticCustomError(

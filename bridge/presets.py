@@ -24,7 +24,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from bridge.config import config_dir as sam_bridge_config_dir
 from bridge.errors import InputError, PresetError
-from bridge.options import OutputOptions, ServiceOptions
+from bridge.options import OutputOptions, ServiceOptions, unwritable
 from bridge.preset_files import (
     PresetFileError,
     PresetProblem,
@@ -459,4 +459,7 @@ def recipe_for(request: SeparationRequest, library: PresetLibrary) -> Recipe:
 def _checked_output(output: OutputOptions) -> OutputOptions:
     if output.label is not None and (problem := label_problem(output.label)):
         raise InputError(f"The label '{output.label}' cannot be used: it {problem}.", "Choose a plain word.")
+    if unwritable_output := unwritable(output):
+        field, why = unwritable_output
+        raise InputError(f"The option {field} cannot be used: {why}.", "Check the spelling.")
     return output

@@ -554,6 +554,18 @@ def test_preset_wins_over_prompt_and_options_override(builtins: PresetLibrary) -
     assert recipe.output.format == "FLAC" and recipe.residual_label == "residual"
 
 
+@pytest.mark.parametrize(("preset", "options", "says"), [
+    (None, {"format": "FLACC"}, "'FLACC' is not a file type"),
+    (None, {"subtype": "PCM_42"}, "'PCM_42' is not a sample format"),
+    ("lead-vocal", {"format": "FLAC", "subtype": "FLOAT"}, "'FLOAT' is not a sample format for FLAC"),
+])
+def test_a_mistyped_stem_format_in_a_request_is_refused_like_a_presets(
+        builtins: PresetLibrary, preset: str | None, options: dict[str, str], says: str) -> None:
+    """Refused before anything is paid, rather than written quietly in the source's format."""
+    with pytest.raises(InputError, match=re.escape(says)):
+        recipe_for(request(preset=preset, prompt=None if preset else "piano", options=options), builtins)
+
+
 def test_ad_hoc_prompt_gets_a_file_safe_label(builtins: PresetLibrary) -> None:
     recipe = recipe_for(request(prompt="Dog barking: far away?", options={"output_format": "mp3"}), builtins)
     (step,) = recipe.steps
