@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -39,6 +40,7 @@ from bridge.errors import (
 )
 from bridge.fal_auth import ApiKey
 from bridge.fal_storage import FalStorage
+from bridge.loopback import is_loopback_url
 from bridge.retry import RetryPolicy, Sleeper, default_sleep, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -189,7 +191,7 @@ class FalClient:
                         "twice. Check your fal dashboard, then retry the job if it is not there.",
                     ) from None
                 if attempt >= self.retry.attempts:
-                    raise _unreachable(what, exc, attempt) from None
+                    raise _unreachable(what, exc, attempt, url) from None
                 delay = self.retry.delay(attempt)
                 log.info("%s: %s, retrying in %.1f s (try %d/%d)", what, type(exc).__name__, delay,
                          attempt + 1, self.retry.attempts)
@@ -349,7 +351,7 @@ class FalClient:
                     return done
             except httpx.TransportError as exc:
                 if attempt >= self.retry.attempts:
-                    raise _unreachable("download", exc, attempt) from None
+                    raise _unreachable("download", exc, attempt, url) from None
                 self._sleep(self.retry.delay(attempt))
             finally:
                 part.unlink(missing_ok=True)
@@ -380,12 +382,15 @@ def _never_reached_queue(response: httpx.Response) -> bool:
     return response.status_code in (502, 503, 504) and "x-fal-request-id" not in response.headers
 
 
-def _unreachable(what: str, exc: Exception, attempts: int) -> ServiceUnavailable:
+def _unreachable(what: str, exc: Exception, attempts: int, url: str) -> ServiceUnavailable:
     charged = " Nothing was submitted, so nothing was charged." if what in ("submit", "upload") else ""
+    where = urlsplit(url)
+    check = (f"Is the stand-in service at {where.scheme}://{where.netloc} still running?" if is_loopback_url(url)
+             else "Check your internet connection;")
     return ServiceUnavailable(
         f"Could not reach the separation service for the {what} after {attempts} tries "
         f"({type(exc).__name__}).{charged}",
-        hint="Check your internet connection; sam-bridge retries waiting jobs on its own.",
+        hint=f"{check} sam-bridge retries waiting jobs on its own.",
     )
 
 

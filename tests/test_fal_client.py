@@ -192,6 +192,7 @@ def test_service_down_says_nothing_was_charged(tmp_path: Path) -> None:
         with pytest.raises(ServiceUnavailable, match="nothing was charged") as err:
             c.submit("separate", {"audio_url": "data:audio/wav;base64,AAAA", "prompt": "piano"})
     assert f"{FAST_RETRY.attempts} tries" in str(err.value)
+    assert f"Is the stand-in service at {url} still running?" in err.value.hint  # not "your internet"
 
 
 def test_failed_job_reports_service_message_and_logs(client: FalClient, service, tmp_path: Path) -> None:
