@@ -7,8 +7,9 @@ kind of soxr stream the stems are made from, and compared at full resolution (fl
 decimation) with the source's mono mix over a window of up to 15 s, searching ±1 s. The lag is the peak
 of the phase-transform cross-correlation (GCC-PHAT), which stays sharp on tonal or bass-heavy material;
 the reported correlation is the plain normalised cross-correlation at that lag (0..1). The first window
-with signal (up to a minute in) sets the offset; the last window of the segment, measured after that
-correction, gives the drift. The result is then streamed block by block onto the source's grid.
+with signal sets the offset, however far in it is (silence is skipped a second at a time by the source's
+RMS, without correlating); the last window of the segment, measured after that correction, gives the
+drift. The result is then streamed block by block onto the source's grid.
 
 A drift (a result running slightly fast or slow: the lag grows along the file) is corrected by
 reading the result again at a rate scaled so that the two windows' lags meet (`drift_rate_scale`),
@@ -38,7 +39,7 @@ Float64Array = NDArray[np.float64]
 WINDOW_SECONDS = 15.0  # length of each correlation window...
 WINDOW_MAX_SAMPLES = 1 << 20  # ...capped so a 192/384 kHz source costs no more memory than 48 kHz
 SEARCH_SECONDS = 1.0  # ± lag searched
-START_WINDOWS = 4  # windows tried at the start before giving up on finding signal
+SKIP_SECONDS = 1.0  # silence before the first signal is skipped in steps this long
 WEAK_CORRELATION = 0.5
 MAX_DRIFT = 0.01  # a result 1 % fast or slow is not a clock drift: flagged, never "corrected"
 SIGNAL_FLOOR_DBFS = -60.0  # window RMS below this counts as "no signal to align on"
@@ -221,28 +222,50 @@ def measure_start_offset(
     samplerate: int,
     frames: int,
 ) -> LagEstimate:
-    """Offset of the service mix against the source, from the first window that has signal.
+    """Offset of the service mix against the source, from the first window that has signal, however far
+    into the segment it is (a dialogue track or a late entry may open with minutes of silence).
 
-    Both readers return the next `n` samples from the segment start (zeros past their ends).
+    Silent stretches are skipped a second at a time by the source's RMS alone (no correlation), and the
+    window starts where the signal does. Both readers return the next `n` samples from the segment start
+    (zeros past their ends).
     """
     window = window_length(frames, samplerate)
     max_lag = round(SEARCH_SECONDS * samplerate)
-    # service[-max_lag : ...]: nothing exists before the start, so the first max_lag samples are zeros
-    service = np.concatenate((np.zeros(max_lag, np.float32), read_service_mix(window + max_lag)))
+    step = max(1, min(window, round(SKIP_SECONDS * samplerate)))
+    source = np.zeros(0, np.float64)  # the segment from `start` on, as far as read
+    # the service from `start - max_lag` on: nothing exists before the segment start, so zeros first
+    service = np.zeros(max_lag, np.float32)
     start = 0
-    for _ in range(START_WINDOWS):
+
+    def source_ahead(n: int) -> Float64Array:
+        nonlocal source
+        if len(source) < n:
+            source = np.concatenate((source, read_source_mono(n - len(source))))
+        return source[:n]
+
+    def service_ahead(n: int) -> Float32Array:
+        nonlocal service
+        if len(service) < n:
+            service = np.concatenate((service, read_service_mix(n - len(service))))
+        return service[:n]
+
+    def advance(n: int) -> None:
+        nonlocal source, service, start
+        source_ahead(n)
+        service_ahead(n + max_lag)
+        source, service, start = source[n:], service[n:], start + n
+
+    while start < frames:
         length = min(window, frames - start)
-        if length <= 0:
-            break
-        source = read_source_mono(length)
-        candidate = service[: length + 2 * max_lag]
-        if len(candidate) < length + 2 * max_lag:
-            candidate = np.pad(candidate, (0, length + 2 * max_lag - len(candidate)))
-        estimate = estimate_lag(source, candidate, max_lag)
-        if estimate.has_signal:
-            return dataclasses.replace(estimate, window_start=start, window=length)
-        start += length
-        service = np.concatenate((service[length:], read_service_mix(length)))
+        head = source_ahead(min(step, length))
+        if rms_dbfs(head) < SIGNAL_FLOOR_DBFS:
+            advance(len(head))
+            continue
+        estimate = estimate_lag(source_ahead(length), service_ahead(length + 2 * max_lag), max_lag)
+        if not estimate.has_signal:  # a lone burst, too little over the whole window: align on its second
+            length = len(head)
+            estimate = estimate_lag(head, service_ahead(length + 2 * max_lag), max_lag)
+        return dataclasses.replace(estimate, window_start=start, window=length)
     return LagEstimate(0, 0.0, False)
 
 

@@ -53,24 +53,46 @@ def test_silence_has_no_lag() -> None:
         estimate_lag(silent, np.zeros(10), 100)
 
 
-def test_start_offset_skips_a_silent_intro() -> None:
+def _reader(data: np.ndarray) -> Callable[[int], np.ndarray]:
+    """Reads `data` from its start n samples at a time, zeros past its end."""
+    cursor = [0]
+
+    def read(n: int) -> np.ndarray:
+        at = cursor[0]
+        cursor[0] += n
+        return np.pad(data[at : at + n], (0, max(0, at + n - len(data))))[:n]
+
+    return read
+
+
+@pytest.mark.parametrize("silent_seconds", [20, 70, 200])  # 70, 200: past the four 15 s windows once tried
+def test_start_offset_skips_a_silent_intro(silent_seconds: int) -> None:
     rate = 8_000
-    intro = np.zeros(rate * 20)  # longer than one 15 s window
+    intro = np.zeros(rate * silent_seconds)
     clicks, _ = click_train(rate, 10.0)
     source = np.concatenate((intro, clicks))
     service = np.concatenate((np.zeros(37), source))  # 37 samples late
-    cursor = {"source": 0, "service": 0}
+    estimate = measure_start_offset(_reader(source), _reader(service), rate, len(source))
+    assert estimate.has_signal and estimate.lag == 37 and estimate.correlation > 0.95
+    # the window starts where the signal does (to the second), not on a 15 s grid
+    assert silent_seconds * rate - rate <= estimate.window_start <= silent_seconds * rate
 
-    def reader(name: str, data: np.ndarray) -> Callable[[int], np.ndarray]:
-        def read(n: int) -> np.ndarray:
-            at = cursor[name]
-            cursor[name] += n
-            return np.pad(data[at : at + n], (0, max(0, at + n - len(data))))[:n]
 
-        return read
+def test_a_lone_click_after_silence_still_sets_the_offset() -> None:
+    """One click after 70 s of silence: too little over a 15 s window, enough over its second."""
+    rate = 8_000
+    source = np.zeros(rate * 90)
+    source[rate * 70 + 1234] = 0.12  # -57 dBFS RMS over its second, -69 over 15 s
+    service = np.concatenate((np.zeros(21), source))
+    estimate = measure_start_offset(_reader(source), _reader(service), rate, len(source))
+    assert estimate.has_signal and estimate.lag == 21 and estimate.window == rate
 
-    estimate = measure_start_offset(reader("source", source), reader("service", service), rate, len(source))
-    assert estimate.has_signal and estimate.lag == 37
+
+def test_a_silent_segment_has_no_start_offset() -> None:
+    rate = 8_000
+    silence = np.zeros(rate * 100)
+    estimate = measure_start_offset(_reader(silence), _reader(silence), rate, len(silence))
+    assert (estimate.has_signal, estimate.lag, estimate.correlation) == (False, 0, 0.0)
 
 
 def test_mono_mix() -> None:

@@ -174,6 +174,22 @@ def test_a_drifting_result_is_corrected_and_says_so(tmp_path: Path) -> None:
     assert report.drift_samples == 0 and report.flags == ()
 
 
+def test_a_late_result_after_a_long_silent_opening_is_aligned(tmp_path: Path) -> None:
+    """A dialogue track whose first minute is silent: the offset comes from where the signal starts."""
+    rate, silent = 16_000, 64
+    clicks, positions = click_train(rate, 8.0, seed=5)
+    music = np.concatenate((np.zeros(rate * silent), clicks + _bed(rate, 8.0)))
+    positions = positions + rate * silent
+    source = write_audio(tmp_path / "src.wav", music, rate, "PCM_24")
+    target_part = np.concatenate((np.zeros(rate * silent), clicks))
+    results = fake_service_result(target_part, music - target_part, rate, tmp_path, shift=1105)
+    report, out_t, out_r, _ = _run(tmp_path, source, results)
+    assert abs(report.offset_samples - 1105 * rate / 48_000) <= 1
+    assert report.flags == () and report.correlation > 0.9  # not "silent-source"
+    assert np.max(np.abs(peak_positions(_floats(out_t)[:, 0], positions) - positions)) <= 1
+    _assert_pcm_nulls(source, out_t, out_r)
+
+
 def test_an_unrelated_result_is_flagged_but_written(tmp_path: Path) -> None:
     rate = 48_000
     music = _bed(rate, 3.0) + click_train(rate, 3.0)[0]
