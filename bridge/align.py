@@ -299,15 +299,23 @@ class DriftProbe:
         return dataclasses.replace(estimate, window_start=self._start, window=len(self._reference))
 
 
+def windows_apart(start: LagEstimate, end: LagEstimate) -> bool:
+    """Whether the two windows are far enough apart to measure a clock drift between them: sharing no
+    samples, and their middles at least a window apart. Overlapping windows share content that pulls
+    both lags alike, which can even give the rate the wrong sign (a 15-30 s file)."""
+    disjoint = end.window_start >= start.window_start + start.window
+    return disjoint and end.centre - start.centre >= max(start.window, end.window)
+
+
 def drift_rate_scale(start: LagEstimate, end: LagEstimate, max_scale_error: float = MAX_DRIFT) -> float | None:
     """How much faster to read the result so that the lag at the end window meets the start's (the end's
     lag is measured after the start's offset was applied); None when there is nothing sure to correct:
-    a lag of a sample or less, a window without signal or with a weak match, or a drift beyond
-    `max_scale_error` (not a clock: something else is wrong)."""
+    a lag of a sample or less, a window without signal or with a weak match, windows too close together
+    (`windows_apart`), or a drift beyond `max_scale_error` (not a clock: something else is wrong)."""
     usable = all(e.has_signal and e.correlation >= WEAK_CORRELATION for e in (start, end))
-    distance = end.centre - start.centre
-    if not usable or abs(end.lag) <= 1 or distance <= 0:
+    if not usable or abs(end.lag) <= 1 or not windows_apart(start, end):
         return None
+    distance = end.centre - start.centre
     scale = 1.0 + end.lag / distance
     return scale if abs(scale - 1.0) <= max_scale_error else None
 

@@ -40,6 +40,7 @@ from bridge.align import (
     LagEstimate,
     drift_rate_scale,
     mono_mix,
+    windows_apart,
 )
 from bridge.audio_source import INTEGER_BITS, SourceInfo, read_block
 from bridge.drift import DriftCorrection, Segment, measure_start, open_source, refine_scale, usable_offset
@@ -161,17 +162,21 @@ def conform(
         end = probe.estimate()
         scale = drift_rate_scale(start, end) if end is not None and offset == start.lag else None
         if scale is not None and end is not None:
-            scale = refine_scale(segment, scale)
-            log.info("%s: the result drifts %+d samples by the end; making the stems again from it read "
-                     "%+.1f ppm faster", source.path.name, end.lag, (scale - 1) * 1e6)
-            stems.discard()
-            stems = StemFiles((out_target, out_residual), plan, source)
-            corrected_start = measure_start(segment, scale)
-            offset = usable_offset(corrected_start)
-            probe = DriftProbe(spec.frames, source.samplerate)
-            at_end = None if progress is None else (lambda _fraction: progress(0.99))  # the bar stays put
-            tally = _stream(spec, plan, offset, segment, stems, probe, at_end, scale)
-            correction = DriftCorrection(scale, end, start, probe.estimate())
+            fit = refine_scale(segment, scale)
+            if fit.lines_up_better_than(end):
+                log.info("%s: the result drifts %+d samples by the end; making the stems again from it read "
+                         "%+.1f ppm faster", source.path.name, end.lag, (fit.scale - 1) * 1e6)
+                stems.discard()
+                stems = StemFiles((out_target, out_residual), plan, source)
+                offset = usable_offset(fit.start)
+                probe = DriftProbe(spec.frames, source.samplerate)
+                at_end = None if progress is None else (lambda _fraction: progress(0.99))  # the bar stays put
+                tally = _stream(spec, plan, offset, segment, stems, probe, at_end, fit.scale)
+                correction = DriftCorrection(fit.scale, end, start, probe.estimate())
+            else:  # the stems already written are the better ones
+                log.info("%s: the result drifts %+d samples by the end, and reading it at a corrected rate "
+                         "would not line it up better: kept uncorrected", source.path.name, end.lag)
+                correction = DriftCorrection(fit.scale, end, start, fit.end, applied=False)
         stems.close()
         copy_metadata(source, spec.start_frame, plan, (out_target, out_residual))
         for path in (out_target, out_residual):
@@ -189,9 +194,7 @@ def conform(
         raise
     if progress is not None:
         progress(1.0)
-    if correction is not None:
-        return _report(spec, plan, correction.first_start, offset, correction.found, tally, correction)
-    return _report(spec, plan, start, offset, end, tally)
+    return _report(spec, plan, start, offset, end, tally, correction)
 
 
 def _stream(
@@ -313,12 +316,22 @@ def _report(
                 flags.append("weak-correlation")
         if usable_end:
             drift = end.lag
-            left = correction.left if correction is not None else end
-            if correction is not None:
+            applied = correction is not None and correction.applied
+            left = correction.left if correction is not None and applied else end
+            if correction is not None and applied:
                 flags.append("drift-corrected")
                 left_text = f"{left.lag:+d}" if left is not None and left.has_signal else "unmeasured"
                 method += (f"; a drift of {drift:+d} samples was corrected by reading the result "
                            f"{(correction.scale - 1) * 1e6:+.1f} ppm faster (left at the end: {left_text})")
+            elif correction is not None:
+                tried = correction.left
+                tried_text = f"{tried.lag:+d}" if tried is not None and tried.has_signal else "unmeasured"
+                method += (f"; a drift of {drift:+d} samples was found, but reading the result "
+                           f"{(correction.scale - 1) * 1e6:+.1f} ppm faster would have left {tried_text} at the "
+                           "end: not corrected")
+            elif abs(drift) > 1 and not windows_apart(start, end):
+                method += (f"; a drift of {drift:+d} samples was found, but the start and end windows are too "
+                           "close together to measure a clock rate: not corrected")
             if left is None or not left.has_signal or abs(left.lag) > 1:  # not shown to line up: say so
                 flags.append("drift")
         else:

@@ -5,12 +5,14 @@ the end window, measured while the stems are written. To correct it, conform rea
 scaled rate. The lag measured over a window is not quite the lag at its middle when the result drifts
 (transients early or late in the window pull the peak their way), so the first scale is refined by
 measuring both windows again at that scale, which only decodes and resamples the result (no stems), until
-the end window's lag is a sample or less.
+the end window's lag is a sample or less. Those measurements are exactly what the stems made at that scale
+would show, so a correction that would not line the end up better than none is never made.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import soundfile as sf
 from numpy.typing import NDArray
 
 from bridge.align import (
+    WEAK_CORRELATION,
     AlignedService,
     DriftProbe,
     LagEstimate,
@@ -49,10 +52,11 @@ class Segment:
 
 @dataclass(frozen=True)
 class DriftCorrection:
-    scale: float  # the result is read as if its rate were this much higher
+    scale: float  # the result is (or would have been) read as if its rate were this much higher
     found: LagEstimate  # the end window's lag before the correction
     first_start: LagEstimate  # the start window before the correction
     left: LagEstimate | None  # the end window's lag with the correction (None: not measurable)
+    applied: bool = True  # False: the correction did not line the end up better, the stems are uncorrected
 
 
 def usable_offset(start: LagEstimate) -> int:
@@ -91,17 +95,40 @@ def measure_start(segment: Segment, rate_scale: float = 1.0) -> LagEstimate:
         service.close()
 
 
-def refine_scale(segment: Segment, scale: float) -> float:
-    """`scale` (from the first pass) adjusted until the end window lines up, or the best after
-    REFINEMENTS tries."""
+@dataclass(frozen=True)
+class RateFit:
+    """A rate to read the result at, and both windows measured with it (the start's offset applied)."""
+
+    scale: float
+    start: LagEstimate
+    end: LagEstimate | None
+
+    def lines_up_better_than(self, uncorrected_end: LagEstimate) -> bool:
+        """Whether stems made at this rate end closer to the source than the uncorrected ones."""
+        end = self.end
+        sure = end is not None and end.has_signal and end.correlation >= WEAK_CORRELATION
+        return sure and self.start.has_signal and end is not None and abs(end.lag) < abs(uncorrected_end.lag)
+
+
+def refine_scale(segment: Segment, scale: float) -> RateFit:
+    """`scale` (from the first pass) adjusted until the end window lines up: the best measured in up to
+    REFINEMENTS tries (a try that misses further is never kept)."""
+    best: RateFit | None = None
     for _ in range(REFINEMENTS):
-        start, end = _measure_ends(segment, scale)
-        step = drift_rate_scale(start, end) if end is not None else None
+        fit = RateFit(scale, *_measure_ends(segment, scale))
+        if best is None or _end_miss(fit) < _end_miss(best):
+            best = fit
+        step = drift_rate_scale(fit.start, fit.end) if fit.end is not None else None
         if step is None:  # a sample or less left (or nothing sure to go on): done
             break
-        log.debug("drift: %+d samples left at %+.2f ppm; refining", end.lag if end else 0, (scale - 1) * 1e6)
+        log.debug("drift: %+d samples left at %+.2f ppm; refining", fit.end.lag if fit.end else 0, (scale - 1) * 1e6)
         scale *= step
-    return scale
+    assert best is not None
+    return best
+
+
+def _end_miss(fit: RateFit) -> float:
+    return abs(fit.end.lag) if fit.end is not None and fit.end.has_signal else math.inf
 
 
 def _measure_ends(segment: Segment, scale: float) -> tuple[LagEstimate, LagEstimate | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import scipy.signal
 import soundfile as sf
 import soxr
 from numpy.typing import NDArray
@@ -50,6 +51,23 @@ def low_noise(samplerate: int, seconds: float, *, seed: int = 3, amplitude: floa
     kernel = np.hanning(samplerate // 300)
     smooth = np.convolve(white, kernel / kernel.sum(), mode="same")[4096:]
     return np.asarray(amplitude * smooth / np.max(np.abs(smooth)), dtype=np.float64)
+
+
+def clicky_pink_noise(samplerate: int, seconds: float, *, seed: int = 8, click: float = 0.6) -> Audio:
+    """Pink-ish noise at -26 dBFS RMS with a loud click about every second (at a varying sub-second place)."""
+    frames = round(samplerate * seconds)
+    white = np.random.default_rng(seed).standard_normal(frames)
+    pink = np.asarray(scipy.signal.lfilter([1.0], [1.0, -0.95], white), dtype=np.float64)
+    pink *= 0.05 / pink.std()
+    for second in range(1, int(seconds) - 1):
+        pink[second * samplerate + second * 37] += click
+    return pink
+
+
+def lag_at(signal: Audio, reference: Audio, start: int, length: int) -> int:
+    """Samples `signal` lies behind `reference` over [start, start + length) (+ = late), by cross-correlation."""
+    xcorr = scipy.signal.correlate(signal[start : start + length], reference[start : start + length], method="fft")
+    return int(np.argmax(xcorr)) - (length - 1)
 
 
 def write_audio(path: Path, data: Audio, samplerate: int, subtype: str = "PCM_24", fmt: str | None = None) -> Path:

@@ -23,7 +23,9 @@ from bridge.conform import ConformReport, ConformSpec, conform
 from bridge.errors import JobFailed, OutputError
 from tests.audio_fixtures import (
     click_train,
+    clicky_pink_noise,
     fake_service_result,
+    lag_at,
     level_dbfs,
     low_noise,
     noise,
@@ -187,6 +189,24 @@ def test_a_late_result_after_a_long_silent_opening_is_aligned(tmp_path: Path) ->
     assert abs(report.offset_samples - 1105 * rate / 48_000) <= 1
     assert report.flags == () and report.correlation > 0.9  # not "silent-source"
     assert np.max(np.abs(peak_positions(_floats(out_t)[:, 0], positions) - positions)) <= 1
+    _assert_pcm_nulls(source, out_t, out_r)
+
+
+def test_a_drift_on_a_short_file_is_not_made_worse(tmp_path: Path) -> None:
+    """20 s: the start and end windows overlap, too close to measure a clock; the correction once read the
+    result at the wrong rate (here -112 ppm for +100) and still said "drift-corrected"."""
+    rate, seconds, ppm = 16_000, 20.0, 100.0
+    music = clicky_pink_noise(rate, seconds)
+    half = music / 2
+    source = write_audio(tmp_path / "src.wav", music, rate, "PCM_24")
+    results = fake_service_result(half, half, rate, tmp_path, speed=1 + ppm * 1e-6)
+    report, out_t, out_r, info = _run(tmp_path, source, results)
+    assert "drift-corrected" not in report.flags and "drift" in report.flags  # said, not hidden
+    target = _floats(out_t)[:, 0]
+    uncorrected = round(ppm * 1e-6 * info.frames)  # 32 samples by the end
+    lags = [lag_at(target, half, at, rate) for at in (0, info.frames // 2, info.frames - rate)]
+    assert lags == sorted(lags) and lags[-1] - lags[0] <= uncorrected  # the drift as it was, no worse
+    assert max(abs(lag) for lag in lags) <= uncorrected  # nowhere further off than not aligning at all
     _assert_pcm_nulls(source, out_t, out_r)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from bridge.align import LagEstimate, drift_rate_scale
 from bridge.audio_source import probe_source
-from bridge.drift import Segment, measure_start, refine_scale
+from bridge.drift import RateFit, Segment, measure_start, refine_scale
 from tests.audio_fixtures import fake_service_result, low_noise, tone, write_audio
 
 RATE = 16_000
@@ -30,6 +30,8 @@ def test_the_scale_makes_the_end_windows_lag_meet_the_starts() -> None:
     (window(0, 0), window(30, 25 * RATE, correlation=0.3)),  # a weak match says nothing sure
     (window(0, 0, has_signal=False), window(30, 25 * RATE)),  # nor does silence
     (window(0, 0), window(9_000, 25 * RATE)),  # 2 %: not a clock, something else is wrong
+    (window(0, 0), window(30, 5 * RATE)),  # overlapping windows share their content: no rate to see
+    (window(0, 0), window(30, 15 * RATE - 1)),  # one sample shared is still too close
 ])
 def test_nothing_sure_is_not_corrected(start: LagEstimate, end: LagEstimate) -> None:
     assert drift_rate_scale(start, end) is None
@@ -45,6 +47,15 @@ def test_a_rough_scale_is_refined_to_the_results_clock(tmp_path: Path) -> None:
     target, residual = fake_service_result(music / 2, music / 2, RATE, tmp_path, speed=1 + ppm * 1e-6)
     segment = Segment(probe_source(source), 0, len(music), target, residual)
     rough = 1 + 1.4 * ppm * 1e-6  # 40 % off, as a first estimate can be
-    refined = refine_scale(segment, rough)
+    refined = refine_scale(segment, rough).scale
     assert refined == pytest.approx(1 + ppm * 1e-6, abs=4e-6)  # within 4 ppm of the truth
     assert measure_start(segment, refined).lag == 0  # read at that rate, the start still lines up
+
+
+def test_a_correction_is_kept_only_when_it_ends_closer() -> None:
+    start, found = window(0, 0), window(30, 25 * RATE)
+    assert RateFit(1.0001, start, window(1, 25 * RATE)).lines_up_better_than(found)
+    assert not RateFit(0.9999, start, window(-41, 25 * RATE)).lines_up_better_than(found)  # the wrong way
+    assert not RateFit(1.0001, start, window(-30, 25 * RATE)).lines_up_better_than(found)  # no better
+    assert not RateFit(1.0001, start, window(1, 25 * RATE, correlation=0.3)).lines_up_better_than(found)
+    assert not RateFit(1.0001, start, None).lines_up_better_than(found)  # unmeasured is not better
