@@ -212,7 +212,11 @@ def _stream(
     complement = spec.residual_method == "complement"
     emit = _StemValues(plan.subtype, complement, tally)
     pcm_source = source.subtype in INTEGER_BITS
-    projector = MaskProjector(source.channels, service_residual=not complement) if source.channels > 1 else None
+    projector = (
+        MaskProjector(source.channels, source.samplerate, service_residual=not complement)
+        if source.channels > 1
+        else None
+    )
     waiting: list[Float64Array] = []  # exact source blocks not yet matched by projector output
 
     def take_waiting(count: int) -> Float64Array:

@@ -124,6 +124,20 @@ def fake_service_result(
     return paths[0], paths[1]
 
 
+def through_service(mono: Audio, samplerate: int) -> Audio:
+    """`mono` as the service can hold it: through 48 kHz and back to `samplerate` (no content above 24 kHz)."""
+    there = soxr.resample(mono.astype(np.float64), samplerate, SERVICE_RATE)
+    back = np.asarray(soxr.resample(there, SERVICE_RATE, samplerate), dtype=np.float64)
+    return np.pad(back, (0, max(0, len(mono) - len(back))))[: len(mono)]
+
+
+def band_level_db(x: NDArray[np.floating], samplerate: int, low: float, high: float) -> float:
+    """Power of `x` between `low` and `high` Hz (Welch estimate), in dB."""
+    freqs, power = scipy.signal.welch(np.asarray(x, dtype=np.float64), samplerate, nperseg=8192)
+    in_band = float(power[(freqs >= low) & (freqs < high)].sum())
+    return 10 * np.log10(in_band) if in_band > 0 else -np.inf
+
+
 def peak_positions(signal: Audio, expected: NDArray[np.int64], search: int = 40) -> NDArray[np.int64]:
     """Where the biggest |sample| is within ±search of each expected click position."""
     found = []
