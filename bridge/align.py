@@ -6,7 +6,8 @@ the offset: the service's own mix (target + residual) is resampled to the source
 kind of soxr stream the stems are made from, and compared at full resolution (float32 FFTs, no
 decimation) with the source's mono mix over a window of up to 15 s, searching ±1 s. The lag is the peak
 of the phase-transform cross-correlation (GCC-PHAT), which stays sharp on tonal or bass-heavy material;
-the reported correlation is the plain normalised cross-correlation at that lag (0..1). The first window
+the reported correlation is the plain normalised cross-correlation at that lag (0..1), over the band
+the service can hold (up to 24 kHz: a hi-res source's ultrasonics are not counted as a mismatch). The first window
 with signal sets the offset, however far in it is (silence is skipped a second at a time by the source's
 RMS, without correlating); the last window of the segment, measured after that correction, gives the
 drift. The result is then streamed block by block onto the source's grid.
@@ -43,6 +44,7 @@ SKIP_SECONDS = 1.0  # silence before the first signal is skipped in steps this l
 WEAK_CORRELATION = 0.5
 MAX_DRIFT = 0.01  # a result 1 % fast or slow is not a clock drift: flagged, never "corrected"
 SIGNAL_FLOOR_DBFS = -60.0  # window RMS below this counts as "no signal to align on"
+SERVICE_BANDWIDTH = 24_000.0  # Hz: the service works at 48 kHz, so its result holds nothing above this
 _READ_BLOCK = 1 << 16
 
 
@@ -75,11 +77,20 @@ def rms_dbfs(x: NDArray[np.floating]) -> float:
     return 10.0 * math.log10(power) if power > 0 else -math.inf
 
 
-def estimate_lag(reference: NDArray[np.floating], candidate: NDArray[np.floating], max_lag: int) -> LagEstimate:
+def service_band(samplerate: int) -> float:
+    """The share of a `samplerate` signal's band (0..Nyquist) that the service's 48 kHz result can hold."""
+    return min(1.0, SERVICE_BANDWIDTH / (samplerate / 2))
+
+
+def estimate_lag(
+    reference: NDArray[np.floating], candidate: NDArray[np.floating], max_lag: int, band: float = 1.0
+) -> LagEstimate:
     """Find the lag of `candidate` against `reference`.
 
     `candidate[j]` lies at time `j - max_lag` on the reference's clock and must be
-    `len(reference) + 2 * max_lag` long (zeros where the candidate has no audio).
+    `len(reference) + 2 * max_lag` long (zeros where the candidate has no audio). `band` (0..1 of the
+    Nyquist frequency): how much of the band the candidate can hold; the reported correlation compares
+    only that much of the reference (a hi-res source's ultrasonics are not a mismatch).
     """
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
@@ -91,7 +102,10 @@ def estimate_lag(reference: NDArray[np.floating], candidate: NDArray[np.floating
     size = sfft.next_fast_len(len(cand), real=True)
     # float32 transforms: twice as fast as float64, and their rounding (~1e-7 of the peak) moves
     # neither the peak nor the reported correlation (energies below stay float64)
-    cross = np.conj(sfft.rfft(ref.astype(np.float32), size)) * sfft.rfft(cand.astype(np.float32), size)
+    ref_spectrum = sfft.rfft(ref.astype(np.float32), size)
+    ref_energy = _band_energy(ref_spectrum, size, band) if band < 1.0 else float(np.dot(ref, ref))
+    cross = np.conj(ref_spectrum, out=ref_spectrum)
+    cross *= sfft.rfft(cand.astype(np.float32), size)
     xcorr = sfft.irfft(cross, size)[: 2 * max_lag + 1].copy()  # xcorr[k] = Σ ref[i]·cand[i + k]
     # The lag comes from the phase transform (GCC-PHAT): every frequency votes equally, so a sustained
     # tone or bass cannot outvote the transients with its near-equal peaks one period away.
@@ -106,10 +120,16 @@ def estimate_lag(reference: NDArray[np.floating], candidate: NDArray[np.floating
     best = int(np.argmax(phat))
     matched = cand[best : best + n]
     cand_energy = float(np.dot(matched, matched))
-    ref_energy = float(np.dot(ref, ref))
     denom = math.sqrt(ref_energy * cand_energy)
     correlation = float(xcorr[best]) / denom if denom > 0 else 0.0
     return LagEstimate(best - max_lag, min(1.0, max(0.0, correlation)), True)
+
+
+def _band_energy(spectrum: NDArray[np.complexfloating], size: int, band: float) -> float:
+    """Σx² of the part of a real signal below `band` · Nyquist, from its rfft of length `size` (Parseval)."""
+    bins = min(len(spectrum) - 1, int(band * (size // 2)) + 1)  # never the Nyquist bin: it counts once
+    power = np.square(spectrum[:bins].real, dtype=np.float64) + np.square(spectrum[:bins].imag, dtype=np.float64)
+    return float(2.0 * power.sum() - power[0]) / size
 
 
 class ResampledMono:
@@ -232,6 +252,7 @@ def measure_start_offset(
     window = window_length(frames, samplerate)
     max_lag = round(SEARCH_SECONDS * samplerate)
     step = max(1, min(window, round(SKIP_SECONDS * samplerate)))
+    band = service_band(samplerate)
     source = np.zeros(0, np.float64)  # the segment from `start` on, as far as read
     # the service from `start - max_lag` on: nothing exists before the segment start, so zeros first
     service = np.zeros(max_lag, np.float32)
@@ -261,10 +282,10 @@ def measure_start_offset(
         if rms_dbfs(head) < SIGNAL_FLOOR_DBFS:
             advance(len(head))
             continue
-        estimate = estimate_lag(source_ahead(length), service_ahead(length + 2 * max_lag), max_lag)
+        estimate = estimate_lag(source_ahead(length), service_ahead(length + 2 * max_lag), max_lag, band)
         if not estimate.has_signal:  # a lone burst, too little over the whole window: align on its second
             length = len(head)
-            estimate = estimate_lag(head, service_ahead(length + 2 * max_lag), max_lag)
+            estimate = estimate_lag(head, service_ahead(length + 2 * max_lag), max_lag, band)
         return dataclasses.replace(estimate, window_start=start, window=length)
     return LagEstimate(0, 0.0, False)
 
@@ -275,6 +296,7 @@ class DriftProbe:
     def __init__(self, frames: int, samplerate: int) -> None:
         window = window_length(frames, samplerate)
         self.max_lag = round(SEARCH_SECONDS * samplerate)
+        self._band = service_band(samplerate)
         self.active = frames > window  # the start window already covers a short segment
         self._start = frames - window
         self._reference = np.zeros(window if self.active else 0, np.float64)
@@ -295,7 +317,7 @@ class DriftProbe:
     def estimate(self) -> LagEstimate | None:
         if not self.active:
             return None
-        estimate = estimate_lag(self._reference, self._candidate, self.max_lag)
+        estimate = estimate_lag(self._reference, self._candidate, self.max_lag, self._band)
         return dataclasses.replace(estimate, window_start=self._start, window=len(self._reference))
 
 

@@ -35,11 +35,12 @@ import scipy.fft as sfft
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
+from bridge.align import SERVICE_BANDWIDTH
+
 Float32Array = NDArray[np.float32]
 
 N_FFT = 2048
 HOP = 1024
-SERVICE_BANDWIDTH = 24_000.0  # Hz: the service works at 48 kHz
 UNHEARD = 1e-3  # δ: service power below this fraction of the source's (-30 dB) counts as nothing heard
 _EPS = 1e-30  # keeps digital silence (all powers 0) from dividing by zero
 
