@@ -43,7 +43,15 @@ from bridge.align import (
     windows_apart,
 )
 from bridge.audio_source import INTEGER_BITS, SourceInfo, read_block
-from bridge.drift import DriftCorrection, Segment, measure_start, open_source, refine_scale, usable_offset
+from bridge.drift import (
+    DriftCorrection,
+    Segment,
+    measure_start,
+    open_source,
+    refine_scale,
+    refuse_non_finite,
+    usable_offset,
+)
 from bridge.errors import BridgeError, SourceError
 from bridge.prefetch import ReadAhead, WriteBehind
 from bridge.projection import MaskProjector, describe
@@ -122,7 +130,9 @@ class _StemValues:
             error -= values_r
         if error.size:
             np.abs(error, out=error)
-            self.tally.null_peak = max(self.tally.null_peak, float(error.max()))
+            peak = float(error.max())
+            # a NaN would lose every comparison and leave the test looking fine: it is the worst result
+            self.tally.null_peak = max(self.tally.null_peak, peak if math.isfinite(peak) else math.inf)
         return stored_t, stored_r
 
 
@@ -262,6 +272,8 @@ def _blocks(
     for position in range(0, spec.frames, BLOCK):
         count = min(BLOCK, spec.frames - position)
         exact = _read_exact(src, count, pcm, spec.source)
+        if not pcm:
+            refuse_non_finite(exact, spec.start_frame + position, spec.source)
         target, residual = service.read(count)
         yield position, exact, target, residual
 

@@ -29,7 +29,7 @@ from bridge.align import (
     measure_start_offset,
     mono_mix,
 )
-from bridge.audio_source import SourceInfo, read_block
+from bridge.audio_source import INTEGER_BITS, SourceInfo, read_block
 from bridge.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,22 @@ def open_source(source: SourceInfo) -> sf.SoundFile:
         ) from exc
 
 
+def refuse_non_finite(block: NDArray[np.float64], first_frame: int, source: SourceInfo) -> None:
+    """A float source can hold NaN or ±inf, which would spread through the STFT into both stems."""
+    if np.isfinite(block.sum()):  # one cheap pass; a NaN or inf anywhere makes the sum non-finite
+        return
+    finite = np.isfinite(block).all(axis=1)
+    if finite.all():  # the sum overflowed on huge but finite values
+        return
+    frame = first_frame + int(np.argmin(finite))
+    raise SourceError(
+        f"“{source.path.name}” holds an invalid sample (not a number or infinite) at "
+        f"{frame / source.samplerate:.3f} s (sample {frame}); it cannot be separated.",
+        "Repair or re-export the file from your DAW or editor (a float file with a damaged sample), then run "
+        "the job again.",
+    )
+
+
 def measure_start(segment: Segment, rate_scale: float = 1.0) -> LagEstimate:
     source = segment.source
     service = AlignedService(segment.target, segment.residual, source.samplerate, rate_scale=rate_scale)
@@ -80,11 +96,15 @@ def measure_start(segment: Segment, rate_scale: float = 1.0) -> LagEstimate:
         with open_source(source) as src:
             src.seek(segment.start_frame)
             remaining = [segment.frames]
+            pcm = source.subtype in INTEGER_BITS
 
             def read_source(n: int) -> NDArray[np.float64]:
                 n = max(0, min(n, remaining[0]))
+                block = read_block(src, n, "float64")
+                if not pcm:  # refused before a NaN or inf is measured on
+                    refuse_non_finite(block, segment.start_frame + segment.frames - remaining[0], source)
                 remaining[0] -= n
-                return mono_mix(read_block(src, n, "float64"))
+                return mono_mix(block)
 
             def read_service(n: int) -> NDArray[np.float32]:
                 t, r = service.read(n)

@@ -19,8 +19,8 @@ import wavinfo
 
 from bridge import bwf
 from bridge.audio_source import SourceInfo, probe_source, read_block
-from bridge.conform import ConformReport, ConformSpec, conform
-from bridge.errors import JobFailed, OutputError
+from bridge.conform import ConformReport, ConformSpec, _StemValues, _Tally, conform
+from bridge.errors import JobFailed, OutputError, SourceError
 from tests.audio_fixtures import (
     click_train,
     clicky_pink_noise,
@@ -260,6 +260,33 @@ def test_float_source_gives_float_stems(tmp_path: Path) -> None:
     error = _floats(source) - (_floats(out_t) + _floats(out_r))
     assert 20 * np.log10(np.max(np.abs(error)) + 1e-30) < -90
     assert report.null_test_dbfs < -90
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_float_source_with_a_non_finite_sample_is_refused(tmp_path: Path, bad: float) -> None:
+    """One NaN once gave 2048 NaN samples in both stems, reported as a silent source with a fine null test."""
+    music = noise(48_000, 2.0, channels=2, seed=14, amplitude=0.1)
+    music[60_000, 0] = bad  # 1.250 s in
+    source = write_audio(tmp_path / "float take.wav", music, 48_000, "FLOAT")
+    results = fake_service_result(np.nan_to_num(music, posinf=0.0), np.zeros_like(music), 48_000, tmp_path)
+    with pytest.raises(SourceError, match=r"“float take\.wav”.* 1\.250 s"):
+        _run(tmp_path, source, results)
+    assert not (tmp_path / ".sam-partial-target").exists() and not (tmp_path / ".sam-partial-residual").exists()
+    # the same sample in a part that does not include it is fine
+    report, out_t, _, _ = _run(tmp_path, source, results, start_frame=70_000)
+    assert np.isfinite(_floats(out_t)).all() and report.null_test_dbfs < -150
+
+
+def test_a_non_finite_null_test_is_never_reported_as_fine() -> None:
+    tally = _Tally()
+    emit = _StemValues("FLOAT", True, tally)
+    exact = np.array([[0.5, 0.25], [0.125, -0.75], [0.375, -0.0625]])  # exact in float32: a null of 0
+    emit(exact, np.zeros((3, 2), np.float32), None)
+    assert tally.null_peak == 0.0
+    exact[1, 0] = math.nan
+    emit(exact, np.zeros((3, 2), np.float32), None)
+    emit(exact[:1], np.zeros((1, 2), np.float32), None)  # a later finite block does not hide it
+    assert tally.null_peak == math.inf
 
 
 def test_double_source_gives_exact_double_stems(tmp_path: Path) -> None:
