@@ -21,7 +21,10 @@ from typing import BinaryIO
 
 BEXT_MIN_SIZE = 602  # fixed part of a version 1/2 bext chunk, before the coding history
 _TIME_REFERENCE = slice(338, 346)  # little-endian uint64, samples since midnight
+_VERSION = slice(346, 348)
 _UMID = slice(348, 412)
+_LOUDNESS = slice(412, 422)  # v2: LoudnessValue, LoudnessRange, MaxTruePeakLevel, MaxMomentary, MaxShortTerm
+_LOUDNESS_NOT_COMPUTED = struct.pack("<5h", *([0x7FFF] * 5))  # EBU Tech 3285 v2: 0x7FFF = not known
 _U32_MAX = 0xFFFFFFFF
 _SHIFT_BLOCK = 4 * 2**20
 
@@ -158,14 +161,25 @@ def stem_bext(source_bext: bytes, start_frame: int) -> bytes:
     """The bext for a stem that starts `start_frame` samples into its source.
 
     The UMID is cleared: a stem is new material, and sharing the source's unique id could make an asset
-    manager or DAW treat the two files as one.
+    manager or DAW treat the two files as one. A version 2 chunk's loudness values are the source's, not
+    the stem's: they are marked not computed (in v0/v1 those bytes are reserved and stay as they are).
     """
     data = bytearray(with_time_reference(source_bext, time_reference(source_bext) + start_frame))
     data[_UMID] = bytes(_UMID.stop - _UMID.start)
+    if struct.unpack("<H", data[_VERSION])[0] >= 2:
+        data[_LOUDNESS] = _LOUDNESS_NOT_COMPUTED
     return bytes(data)
 
 
 _IXML_REF = re.compile(rb"<BWF_TIME_REFERENCE_(LOW|HIGH)>\s*(\d+)\s*</BWF_TIME_REFERENCE_\1>")
+
+
+def ixml_time_reference(ixml: bytes) -> int | None:
+    """The BEXT time-reference copy in an iXML chunk (LOW + HIGH · 2³²), or None when it has none."""
+    parts = {match.group(1): int(match.group(2)) for match in _IXML_REF.finditer(ixml)}
+    if b"LOW" not in parts:
+        return None
+    return parts[b"LOW"] + (parts.get(b"HIGH", 0) << 32)
 
 
 def stem_ixml(source_ixml: bytes, new_ref: int) -> bytes:

@@ -159,8 +159,12 @@ def copy_metadata(source: SourceInfo, start_frame: int, plan: OutputPlan, paths:
     mask = bwf.read_channel_mask(source.path)
     bext = bwf.stem_bext(source.bext, start_frame) if source.bext else None
     ixml = source.ixml
-    if ixml is not None and bext is not None:
-        ixml = bwf.stem_ixml(ixml, bwf.time_reference(bext))
+    if ixml is not None:  # its time reference moves with the bext's, or on its own when there is no bext
+        ixml_ref = bwf.ixml_time_reference(ixml)
+        if bext is not None:
+            ixml = bwf.stem_ixml(ixml, bwf.time_reference(bext))
+        elif ixml_ref is not None:
+            ixml = bwf.stem_ixml(ixml, ixml_ref + start_frame)
     for path in paths:
         if mask is not None:
             bwf.write_channel_mask(path, mask)

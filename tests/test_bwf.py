@@ -141,6 +141,30 @@ def test_stem_ixml_keeps_its_time_reference_in_step() -> None:
     assert bwf.stem_ixml(b"<BWFXML/>", 9) == b"<BWFXML/>"
 
 
+def test_ixml_time_reference_is_read_from_its_two_halves() -> None:
+    ixml = (
+        b"<BWFXML><BEXT><BWF_TIME_REFERENCE_LOW>7</BWF_TIME_REFERENCE_LOW>"
+        b"<BWF_TIME_REFERENCE_HIGH>1</BWF_TIME_REFERENCE_HIGH></BEXT></BWFXML>"
+    )
+    assert bwf.ixml_time_reference(ixml) == 2**32 + 7
+    assert bwf.ixml_time_reference(b"<BWFXML><BWF_TIME_REFERENCE_LOW>9</BWF_TIME_REFERENCE_LOW></BWFXML>") == 9
+    assert bwf.ixml_time_reference(b"<BWFXML/>") is None
+
+
+def test_stem_bext_marks_the_loudness_of_a_v2_chunk_not_computed() -> None:
+    """The stems do not have the source's loudness: EBU Tech 3285 v2 says 0x7FFF for a value not known."""
+    source = bytearray(bwf.with_time_reference(b"Take", 0))
+    source[346:348] = struct.pack("<H", 2)
+    source[412:422] = struct.pack("<5h", -1400, 500, -100, -1200, -1300)
+    stem = bwf.stem_bext(bytes(source), 48_000)
+    assert struct.unpack("<5h", stem[412:422]) == (0x7FFF,) * 5
+    assert stem[422:602] == bytes(180)  # the reserved bytes stay zero
+    version_1 = bytearray(source)
+    version_1[346:348] = struct.pack("<H", 1)
+    version_1[412:422] = bytes(10)  # reserved in v1: must stay zero
+    assert bwf.stem_bext(bytes(version_1), 48_000)[412:602] == bytes(190)
+
+
 def test_refuses_files_it_cannot_extend(tmp_path: Path) -> None:
     aiff = _wav(tmp_path / "x.aiff", fmt="AIFF")
     with pytest.raises(ValueError, match="not a RIFF"):

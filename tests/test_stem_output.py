@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from bridge import bwf
 from bridge.audio_source import probe_source
-from bridge.stem_output import Quantizer, StemFiles, output_error, plan_output
+from bridge.stem_output import Quantizer, StemFiles, copy_metadata, output_error, plan_output
 from tests.audio_fixtures import noise, tone, write_audio
 
 
@@ -80,3 +81,24 @@ def test_a_write_error_names_the_file_that_failed_not_the_stem(tmp_path: Path) -
     assert str(work) in denied.message and "Permission denied" in denied.message
     plain = output_error(RuntimeError("Error: System error."), stem)  # libsndfile names no file
     assert str(stem.parent) in plain.message
+
+
+def test_a_source_with_ixml_but_no_bext_gives_stems_whose_ixml_starts_at_the_part(tmp_path: Path) -> None:
+    rate, midnight_plus_1h = 48_000, 3600 * 48_000
+    source_path = write_audio(tmp_path / "take.wav", tone(rate, 1.0, 440, 0.3), rate, "PCM_24")
+    bwf.append_chunks(source_path, None, (
+        b"<BWFXML><BEXT><BWF_TIME_REFERENCE_LOW>%d</BWF_TIME_REFERENCE_LOW>"
+        b"<BWF_TIME_REFERENCE_HIGH>0</BWF_TIME_REFERENCE_HIGH></BEXT></BWFXML>" % midnight_plus_1h
+    ))
+    source = probe_source(source_path)
+    assert source.bext is None and source.ixml is not None
+    start, frames = 12_345, 20_000
+    plan = plan_output(source, frames)
+    stems = (write_audio(tmp_path / "t.wav", np.zeros((frames, 1)), rate, "PCM_24"),
+             write_audio(tmp_path / "r.wav", np.zeros((frames, 1)), rate, "PCM_24"))
+    copy_metadata(source, start, plan, stems)
+    for stem in stems:
+        chunks = bwf.read_chunks(stem)
+        assert chunks.bext is None and chunks.ixml is not None
+        assert bwf.ixml_time_reference(chunks.ixml) == midnight_plus_1h + start
+        assert sf.info(str(stem)).frames == frames  # still a readable file of the same length
