@@ -38,7 +38,7 @@ from bridge.jobs import JobEvent, JobSink, JobState, JobView, RequestRejected
 from bridge.journal import JobRow, Journal
 from bridge.pipeline import Pipeline, file_fingerprint
 from bridge.presets import PresetLibraries, PresetLibrary, Recipe, recipe_for
-from bridge.request import SeparationRequest
+from bridge.request import Origin, SeparationRequest
 
 __all__ = ["ACTIVE", "EngineSettings", "JobEngine", "ShuttingDown"]
 
@@ -82,7 +82,11 @@ class JobEngine(JobSink):
             raise RequestRejected("sam-bridge is shutting down; send the request again after it restarts.")
         if request.idempotency_key:
             for row in reversed(self.journal.by_idempotency_key(request.idempotency_key)):
-                if row.view.state in ACTIVE or row.view.state == JobState.done:
+                # A request file's version is one job for good, even failed or cancelled (its status file
+                # says so); only `retry` or a new version makes new work. A hot folder file whose error
+                # file was deleted asks for a new job.
+                if (row.view.state in ACTIVE or row.view.state == JobState.done
+                        or request.origin is Origin.request_file):
                     return row.view.job_id
         recipe = recipe_for(request, self._libraries.for_project(request.project_dir))  # PresetError now
         if not request.source.is_file():

@@ -324,3 +324,61 @@ def test_source_changed_or_deleted_mid_job_fails_clearly(daemon_factory, user_di
         stems = source.parent / "Stems"
         assert not stems.exists() or [p for p in stems.iterdir() if not p.name.startswith(".")] == []
         daemon.stop()
+
+
+def journal_rows(user_dirs: dict[str, Path], query: str) -> list[dict[str, Any]]:
+    import sqlite3
+
+    db = sqlite3.connect(user_dirs["state"] / "journal.sqlite")
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in db.execute(query)]
+    finally:
+        db.close()
+
+
+def test_a_request_whose_submit_answer_was_lost_in_a_crash_fails_and_is_not_sent_again(
+        daemon_factory, service, user_dirs) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    source = make_source(user_dirs["home"] / "take.wav", seconds=0.5)
+    service.faults.stall("submit", seconds=4.0)  # the service has the job; its answer never reaches us
+    request = write_request(requests_dir(info), "take", source=source, prompt="piano", tag="item-1")
+    wait_for(lambda: service.stats()["submits"] == 1
+             and journal_rows(user_dirs, "SELECT * FROM steps WHERE state='submitting'"), what="the submit")
+    job_id = read_status(request)["job_id"]
+    daemon.kill()
+    restarted = daemon_factory(service.url)
+    restarted.start()
+    status = wait_state(request, ("done", "failed", "cancelled"))
+    assert status["state"] == "failed" and status["job_id"] == job_id and status["tag"] == "item-1"
+    assert "lost the answer" in status["error"] and f"sam-bridge retry {job_id}" in status["error"]
+    time.sleep(1.0)
+    assert service.stats()["submits"] == 1  # not paid twice
+    assert [row["id"] for row in journal_rows(user_dirs, "SELECT id FROM jobs")] == [job_id]
+    assert read_status(request)["state"] == "failed"
+    assert restarted.stop() == 0
+
+
+def test_a_request_cancelled_while_the_daemon_was_down_stays_cancelled(daemon_factory, user_dirs) -> None:
+    from bridge.local_service import LocalFalService
+
+    with LocalFalService(key=TEST_KEY, job_time=3.0) as slow:
+        daemon = daemon_factory(slow.url)
+        info = daemon.start()
+        source = make_source(user_dirs["home"] / "take.wav", seconds=0.5)
+        request = write_request(requests_dir(info), "take", source=source, prompt="piano")
+        job_id = wait_state(request, ("running",), timeout=30)["job_id"]
+        daemon.kill()
+        cancelled = subprocess.run([sys.executable, "-m", "bridge", "cancel", job_id], capture_output=True,
+                                   text=True, timeout=30)
+        assert cancelled.returncode == 0, cancelled.stderr
+        restarted = daemon_factory(slow.url)
+        restarted.start()
+        status = wait_state(request, ("done", "failed", "cancelled"))
+        assert status["state"] == "cancelled" and status["job_id"] == job_id
+        time.sleep(1.5)  # the job's end and the folder's look at its request, whichever came first
+        assert slow.stats()["submits"] == 1
+        assert [row["id"] for row in journal_rows(user_dirs, "SELECT id FROM jobs")] == [job_id]
+        assert read_status(request)["state"] == "cancelled"
+        assert restarted.stop() == 0
