@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydantic
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -60,12 +60,26 @@ def status_path(request_file: Path) -> Path:
     return request_file.with_name(request_file.name[: -len(".json")] + STATUS_SUFFIX)
 
 
+def cancel_marker(request_file: Path) -> Path:
+    return request_file.with_name(request_file.name[: -len(".json")] + ".cancel")
+
+
+class _Followed(NamedTuple):
+    """The request file version a job answers: its events go to that file's status."""
+
+    path: Path
+    mtime_ns: int
+
+
 class RequestFolder:
     def __init__(self, sink: JobSink, folder: Path, rescan_interval: float = 5.0,
                  archive_after: float = ARCHIVE_AFTER) -> None:
         self.sink, self.folder, self.rescan_interval = sink, folder, rescan_interval
         self.archive_after = archive_after
-        self._jobs: dict[str, Path] = {}  # job id -> request file
+        # job id -> the request version it answers; kept after the job ends, for `sam-bridge retry`
+        self._jobs: dict[str, _Followed] = {}
+        self._job_of: dict[Path, str] = {}  # request file -> the job its status file follows
+        self._markers_used: dict[Path, int] = {}  # cancel marker -> its mtime_ns when it was acted on
         # answered request -> (its mtime_ns, when its final status was written): rescans read no JSON
         self._answered: dict[Path, tuple[int, float]] = {}
         self._queue: queue.Queue[Path | None] = queue.Queue()
@@ -73,7 +87,7 @@ class RequestFolder:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._unsubscribe: Callable[[], None] = lambda: None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held while a status file is written: one job's events in order
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -130,34 +144,76 @@ class RequestFolder:
             stat = path.stat()
         except FileNotFoundError:
             return
+        mtime_ns = stat.st_mtime_ns
         answered = self._answered.get(path)
-        if answered is None or answered[0] != stat.st_mtime_ns:
-            answered = self._answered_at(path, stat.st_mtime_ns)
+        if answered is None or answered[0] != mtime_ns:
+            answered = self._answered_at(path, mtime_ns)
         if answered is not None:
             if time.time() - answered[1] >= self.archive_after:
                 self._answered.pop(path, None)
+                self._unfollow(path)
                 archive_answered(path, status_path(path), answered[1])
             return
+        with self._lock:
+            job_id = self._job_of.get(path)
+            if job_id is not None and self._jobs[job_id].mtime_ns == mtime_ns:
+                return  # taken already: its events keep the status file current
+        self._answer(path, mtime_ns)
+
+    def _answer(self, path: Path, mtime_ns: int) -> None:
+        """Submit this version of the request (the engine hands back the job it already has for it)."""
+        earlier = _read_json(status_path(path)) or {}
+        has_job = isinstance(earlier.get("job_id"), str) and earlier.get("request_mtime_ns") == mtime_ns
+        cancel_asked = self._cancel_asked(path, mtime_ns)
+        if cancel_asked and not has_job:  # cancelled before it was taken: nothing is sent
+            self._write_status(path, mtime_ns, None, _raw_tag(path), JobState.cancelled, 0.0,
+                               "Cancelled before it was sent", error="Cancelled")
+            return
         try:
-            request = parse_request_file(path, stat.st_mtime_ns)
+            request = parse_request_file(path, mtime_ns)
         except BridgeError as exc:
-            self._write_status(path, None, "", JobState.failed, 0.0, exc.message, error=str(exc))
+            self._write_status(path, mtime_ns, None, "", JobState.failed, 0.0, exc.message, error=str(exc))
             return
         try:
             job_id = self.sink.submit(request)
         except (BridgeError, RequestRejected) as exc:
-            self._write_status(path, None, request.tag, JobState.failed, 0.0, str(exc).split("\n")[0],
+            self._write_status(path, mtime_ns, None, request.tag, JobState.failed, 0.0, str(exc).split("\n")[0],
                                error=str(exc))
             return
+        self._follow(path, mtime_ns, job_id, write=True)
+        log.info("request file %s → job %s", path.name, job_id)
+        if cancel_asked and self.sink.cancel(job_id):
+            log.info("cancelled job %s (%s)", job_id, cancel_marker(path).name)
+
+    def _follow(self, path: Path, mtime_ns: int, job_id: str, *, write: bool) -> None:
+        """From now on the job's events (a retry's too) go to this request's status file."""
         with self._lock:
-            known = job_id in self._jobs
-            self._jobs[job_id] = path
-        if not known:
-            view = self.sink.get(job_id)
+            self._unfollow(path)
+            self._jobs[job_id] = _Followed(path, mtime_ns)
+            self._job_of[path] = job_id
+            view = self.sink.get(job_id) if write else None
             if view is not None:
-                self._write_status(path, job_id, view.tag, view.state, view.progress, view.message,
+                self._write_status(path, mtime_ns, job_id, view.tag, view.state, view.progress, view.message,
                                    stems=view.stems, manifest=view.manifest, error=view.error)
-            log.info("request file %s → job %s", path.name, job_id)
+
+    def _unfollow(self, path: Path) -> None:
+        with self._lock:
+            job_id = self._job_of.pop(path, None)
+            if job_id is not None:
+                self._jobs.pop(job_id, None)
+
+    def _cancel_asked(self, path: Path, mtime_ns: int) -> bool:
+        """A cancel marker not older than this version of the request, not acted on yet (rescans see
+        every marker again; a job retried after its cancel must not be cancelled again)."""
+        marker = cancel_marker(path)
+        try:
+            marker_mtime = marker.stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
+        if marker_mtime < mtime_ns or self._markers_used.get(marker) == marker_mtime:
+            return False
+        self._markers_used[marker] = marker_mtime
+        return True
 
     def _answered_at(self, path: Path, mtime_ns: int) -> tuple[int, float] | None:
         """(mtime_ns, when it ended) when this version of the request has its final status already."""
@@ -171,33 +227,38 @@ class RequestFolder:
         except FileNotFoundError:
             return None
         self._answered[path] = (mtime_ns, ended_at)
+        if isinstance(status.get("job_id"), str):  # so a `sam-bridge retry` of it reaches this file
+            self._follow(path, mtime_ns, status["job_id"], write=False)
         return self._answered[path]
 
     def _cancel(self, marker: Path) -> None:
         request_file = marker.with_name(marker.name[: -len(".cancel")] + ".json")
-        status = _read_json(status_path(request_file)) or {}
-        job_id = status.get("job_id")
-        if isinstance(job_id, str) and self.sink.cancel(job_id):
+        try:
+            mtime_ns = request_file.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        with self._lock:
+            job_id = self._job_of.get(request_file)
+            if job_id is None or self._jobs[job_id].mtime_ns != mtime_ns:
+                return  # not taken yet: taking it sees the marker
+        if self._cancel_asked(request_file, mtime_ns) and self.sink.cancel(job_id):
             log.info("cancelled job %s (%s)", job_id, marker.name)
 
     def _on_event(self, event: JobEvent) -> None:
         with self._lock:
-            path = self._jobs.get(event.job_id)
-        if path is None:
-            return
-        self._write_status(path, event.job_id, event.tag, event.state, event.progress, event.message,
-                           stems=event.stems, manifest=event.manifest, error=event.error, flags=event.flags)
-        if event.state.finished:
-            with self._lock:
-                self._jobs.pop(event.job_id, None)
+            followed = self._jobs.get(event.job_id)
+            if followed is None:
+                return
+            if not event.state.finished:
+                self._answered.pop(followed.path, None)  # running again (a retry): not answered now
+            self._write_status(followed.path, followed.mtime_ns, event.job_id, event.tag, event.state,
+                               event.progress, event.message, stems=event.stems, manifest=event.manifest,
+                               error=event.error, flags=event.flags)
 
-    def _write_status(self, path: Path, job_id: str | None, tag: str, state: JobState, progress: float,
-                      message: str, *, stems: dict[str, str] | None = None, manifest: str | None = None,
-                      error: str | None = None, flags: tuple[str, ...] = ()) -> None:
-        try:
-            mtime_ns = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            mtime_ns = 0
+    def _write_status(self, path: Path, mtime_ns: int, job_id: str | None, tag: str, state: JobState,
+                      progress: float, message: str, *, stems: dict[str, str] | None = None,
+                      manifest: str | None = None, error: str | None = None, flags: tuple[str, ...] = ()) -> None:
+        """`mtime_ns`: the version of the request this answers (the file may have been saved again since)."""
         write_json_atomic(status_path(path), {
             "schema": STATUS_SCHEMA, "request": path.name, "job_id": job_id, "tag": tag, "state": state.value,
             "progress": round(progress, 4), "message": message,
@@ -248,6 +309,13 @@ def _resolve_beside(request_file: Path, value: str) -> Path:
         return expanded
     # normpath: `../Stems` reads as the user wrote it, in status files and manifests alike
     return Path(os.path.normpath(request_file.absolute().parent / expanded))
+
+
+def _raw_tag(path: Path) -> str:
+    """The request's tag, read without judging the rest of it."""
+    data = _read_json(path)
+    tag = data.get("tag") if isinstance(data, dict) else None
+    return tag if isinstance(tag, str) else ""
 
 
 def _read_json(path: Path) -> Any:

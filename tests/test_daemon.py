@@ -382,3 +382,23 @@ def test_a_request_cancelled_while_the_daemon_was_down_stays_cancelled(daemon_fa
         assert [row["id"] for row in journal_rows(user_dirs, "SELECT id FROM jobs")] == [job_id]
         assert read_status(request)["state"] == "cancelled"
         assert restarted.stop() == 0
+
+
+def test_a_job_retried_after_a_restart_reports_to_its_request_files_status(
+        daemon_factory, service, user_dirs) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    source = make_source(user_dirs["home"] / "take.wav", seconds=0.5)
+    service.faults.fail_job("CUDA error: out of memory")
+    request = write_request(requests_dir(info), "take", source=source, prompt="piano")
+    job_id = wait_state(request, ("failed",))["job_id"]
+    assert daemon.stop() == 0
+    restarted = daemon_factory(service.url)
+    restarted.start()
+    retried = subprocess.run([sys.executable, "-m", "bridge", "retry", job_id], capture_output=True, text=True,
+                             timeout=30)
+    assert retried.returncode == 0, retried.stderr
+    status = wait_state(request, ("done",))
+    assert status["job_id"] == job_id and len(status["stems"]) == 2
+    assert service.stats()["submits"] == 2
+    assert restarted.stop() == 0

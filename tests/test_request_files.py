@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -219,3 +221,62 @@ def test_every_problem_of_a_request_file_is_named_at_once_and_only_its_own_field
     assert message.startswith("r.json: ") and "colour: unknown field; allowed: source, " in message
     assert "start: Input should be greater than or equal to 0" in message  # both, not only the first
     assert "origin" not in message and "idempotency_key" not in message  # set by sam-bridge, not by you
+
+
+# -- cancel markers ---------------------------------------------------------------------------------
+
+
+def test_a_request_cancelled_before_it_was_taken_is_answered_cancelled_and_never_sent(
+        start_folder: Start, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "Guitar 01.wav", seconds=0.5)
+    requests = tmp_path / "requests"
+    write_request(requests, "early", source=str(source), prompt="piano", tag="item-3")
+    (requests / "early.cancel").touch()  # REAPER's Cancel, while the daemon was not running
+    service, _ = start_folder(archive_after=3600.0)
+    wait_for(lambda: status_path(requests / "early.json").exists(), timeout=30, what="the status file")
+    time.sleep(0.5)  # a few rescans
+    status = status_of(status_path(requests / "early.json"))
+    assert status["state"] == "cancelled" and status["job_id"] is None and status["tag"] == "item-3"
+    assert service.stats()["submits"] == 0
+
+
+def test_a_cancel_marker_older_than_the_request_file_does_not_cancel_its_new_version(
+        start_folder: Start, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "Guitar 01.wav", seconds=0.5)
+    requests = tmp_path / "requests"
+    requests.mkdir()
+    (requests / "again.cancel").touch()  # cancelled an earlier version
+    time.sleep(0.01)
+    write_request(requests, "again", source=str(source), prompt="piano")
+    service, _ = start_folder(archive_after=3600.0)
+    wait_for(lambda: status_path(requests / "again.json").exists()
+             and status_of(status_path(requests / "again.json"))["state"] == "done", timeout=60, what="done")
+    time.sleep(0.5)  # rescans see the marker again
+    assert status_of(status_path(requests / "again.json"))["state"] == "done"
+    assert service.stats()["submits"] == 1
+
+
+# -- `sam-bridge retry` of a request file's job --------------------------------------------------------
+
+
+def retry_job(state: Path, job_id: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "bridge", "retry", job_id], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "SAM_BRIDGE_STATE_DIR": str(state)})
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_retried_job_reports_its_progress_and_end_in_the_same_status_file(
+        start_folder: Start, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "Guitar 01.wav", seconds=0.5)
+    service, requests = start_folder(archive_after=3600.0)
+    service.faults.fail_job("CUDA error: out of memory")
+    request = write_request(requests, "take", source=str(source), prompt="piano", tag="item-9")
+    wait_for(lambda: status_path(request).exists() and status_of(status_path(request))["state"] == "failed",
+             timeout=60, what="the job to fail")
+    job_id = status_of(status_path(request))["job_id"]
+    retry_job(tmp_path, job_id)
+    wait_for(lambda: status_of(status_path(request))["state"] == "done", timeout=60, what="the retry to finish")
+    status = status_of(status_path(request))
+    assert status["job_id"] == job_id and status["tag"] == "item-9" and status["error"] is None
+    assert all(Path(path).is_file() for path in status["stems"].values()) and len(status["stems"]) == 2
+    assert service.stats()["submits"] == 2
