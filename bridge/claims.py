@@ -57,6 +57,7 @@ class Claim:
 class ClaimOutcome:
     claim: Claim | None  # set when this instance now holds the file
     done_elsewhere: bool = False  # another holder finished it: never take it
+    done_by: str = ""  # the instance that finished it (a request folder's daemon knows its own, restarted)
     holder: str = ""  # who holds it, when someone else does
     recheck_after: float = 0.0  # seconds until the other holder's claim could expire
 
@@ -75,8 +76,9 @@ class ClaimStore:
         key = claim_key(source.name, snapshot)
         generations = _generations(folder, key)
         records = {gen: self._read(folder / _name(key, gen)) for gen in generations}
-        if any(record.get("state") == ClaimState.done for record in records.values()):
-            return ClaimOutcome(None, done_elsewhere=True)
+        done_by = [record.get("instance") for record in records.values() if record.get("state") == ClaimState.done]
+        if done_by:
+            return ClaimOutcome(None, done_elsewhere=True, done_by=str(done_by[0]))
         latest = max(generations, default=0)
         path = folder / _name(key, latest)
         record = records.get(latest, {})

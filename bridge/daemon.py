@@ -140,7 +140,9 @@ class Daemon:
         engine.start()
         stack.callback(engine.stop)
         requests_dir = self.config.requests_dir or self.state / "requests"
-        request_folder = RequestFolder(engine, requests_dir)
+        # the same across restarts: a restarted daemon knows the requests it took as its own
+        request_folder = RequestFolder(engine, requests_dir,
+                                       instance_id=f"{socket.gethostname()}:{self.state.resolve()}")
         request_folder.start()
         stack.callback(request_folder.stop)
         hot = self._start_hot_folders(engine)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,9 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from bridge.claims import ClaimStore
 from bridge.errors import BridgeError
+from bridge.file_gate import FileSnapshot
 from bridge.jobs import JobEvent, JobSink, JobState, RequestRejected
 from bridge.request import INTERNAL_REQUEST_FIELDS, Origin, SeparationRequest
 from bridge.request_archive import ARCHIVE_AFTER, archive_answered, archive_orphan_status
@@ -71,11 +74,20 @@ class _Followed(NamedTuple):
     mtime_ns: int
 
 
+PRUNE_INTERVAL = 3600.0  # seconds between clearing the claim markers of requests that are gone
+
+
 class RequestFolder:
+    """`instance_id` names this daemon in the folder's claim markers, so of several daemons sharing the
+    folder one takes each request; keep it the same across restarts (the state folder), so a restarted
+    daemon knows the requests it took as its own."""
+
     def __init__(self, sink: JobSink, folder: Path, rescan_interval: float = 5.0,
-                 archive_after: float = ARCHIVE_AFTER) -> None:
+                 archive_after: float = ARCHIVE_AFTER, instance_id: str | None = None) -> None:
         self.sink, self.folder, self.rescan_interval = sink, folder, rescan_interval
         self.archive_after = archive_after
+        self._claims = ClaimStore(instance_id or f"{socket.gethostname()}:{os.getpid()}")
+        self._pruned_at = 0.0
         # job id -> the request version it answers; kept after the job ends, for `sam-bridge retry`
         self._jobs: dict[str, _Followed] = {}
         self._job_of: dict[Path, str] = {}  # request file -> the job its status file follows
@@ -117,6 +129,9 @@ class RequestFolder:
                 self._queue.put(self.folder / name)
             elif name.endswith(STATUS_SUFFIX) and name[: -len(STATUS_SUFFIX)] + ".json" not in names:
                 archive_orphan_status(self.folder / name, now, self.archive_after)
+        if now - self._pruned_at >= PRUNE_INTERVAL:
+            self._pruned_at = now
+            self._claims.prune(self.folder)
 
     def _loop(self) -> None:
         next_scan = time.monotonic() + self.rescan_interval
@@ -158,7 +173,18 @@ class RequestFolder:
             job_id = self._job_of.get(path)
             if job_id is not None and self._jobs[job_id].mtime_ns == mtime_ns:
                 return  # taken already: its events keep the status file current
-        self._answer(path, mtime_ns)
+        outcome = self._claims.try_claim(path, FileSnapshot(stat.st_size, mtime_ns))
+        if outcome.claim is None and outcome.done_by != self._claims.instance_id:
+            log.debug("request file %s is taken by %s", path.name, outcome.done_by or outcome.holder)
+            return
+        try:
+            self._answer(path, mtime_ns)
+        except BaseException:
+            if outcome.claim is not None:
+                self._claims.release(outcome.claim)  # not answered: the next look (ours or another's) tries again
+            raise
+        if outcome.claim is not None:
+            self._claims.mark_done(outcome.claim)  # answered: its job lives in our journal from now on
 
     def _answer(self, path: Path, mtime_ns: int) -> None:
         """Submit this version of the request (the engine hands back the job it already has for it)."""

@@ -203,3 +203,14 @@ def test_unusual_names_get_short_safe_keys(tmp_path: Path, name: str) -> None:
     source, snapshot = make_source(tmp_path, name)
     claim = ClaimStore("holder").try_claim(source, snapshot).claim
     assert claim is not None and len(claim.path.name) < 40
+
+
+def test_a_done_claim_names_who_finished_it(tmp_path: Path) -> None:
+    """A request folder's daemon, restarted under the same instance id, knows a request it took as its own."""
+    source, snapshot = make_source(tmp_path)
+    first = ClaimStore("host:/state-a").try_claim(source, snapshot).claim
+    assert first is not None
+    ClaimStore("host:/state-a").mark_done(first)
+    for instance in ("host:/state-a", "host:/state-b"):
+        outcome = ClaimStore(instance).try_claim(source, snapshot)
+        assert outcome.claim is None and outcome.done_elsewhere and outcome.done_by == "host:/state-a"

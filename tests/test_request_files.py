@@ -37,25 +37,30 @@ def start_folder(tmp_path: Path) -> Iterator[Start]:
     """A RequestFolder on `tmp_path/requests` fed to a real engine against a local service."""
     running: list[tuple[RequestFolder, JobEngine, FalClient, LocalFalService]] = []
 
-    def start(archive_after: float, job_time: float = 0.0) -> tuple[LocalFalService, Path]:
-        service = LocalFalService(key=TEST_KEY, job_time=job_time)
-        service.start()
+    def start(archive_after: float, job_time: float = 0.0, *, state: Path = tmp_path,
+              service: LocalFalService | None = None, instance_id: str | None = None) -> tuple[LocalFalService, Path]:
+        """`state`: the daemon's own folder (journal, work); `service`: share another daemon's."""
+        if service is None:
+            service = LocalFalService(key=TEST_KEY, job_time=job_time)
+            service.start()
         client = FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY)
-        engine = JobEngine(Journal(tmp_path / "journal.sqlite"), Pipeline(client, use_stream=True),
+        engine = JobEngine(Journal(state / "journal.sqlite"), Pipeline(client, use_stream=True),
                            PresetLibrary([("built-in", builtin_presets_dir())]),
-                           EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
+                           EngineSettings(workroot=state / "work", rescan_interval=0.1))
         engine.start()
-        folder = RequestFolder(engine, tmp_path / "requests", rescan_interval=0.2, archive_after=archive_after)
+        folder = RequestFolder(engine, tmp_path / "requests", rescan_interval=0.2, archive_after=archive_after,
+                               instance_id=instance_id)
         folder.start()
         running.append((folder, engine, client, service))
         return service, tmp_path / "requests"
 
     yield start
-    for folder, engine, client, service in running:
+    for folder, engine, client, _service in running:
         folder.stop()
         engine.stop()
         engine.journal.close()
         client.close()
+    for service in {id(entry[3]): entry[3] for entry in running}.values():
         service.stop()
 
 
@@ -280,3 +285,27 @@ def test_a_retried_job_reports_its_progress_and_end_in_the_same_status_file(
     assert status["job_id"] == job_id and status["tag"] == "item-9" and status["error"] is None
     assert all(Path(path).is_file() for path in status["stems"].values()) and len(status["stems"]) == 2
     assert service.stats()["submits"] == 2
+
+
+# -- several daemons on one requests folder ----------------------------------------------------------
+
+
+def test_two_daemons_sharing_a_requests_folder_take_each_request_once(start_folder: Start, tmp_path: Path) -> None:
+    sources = [make_source(tmp_path / f"Take {n}.wav", seconds=0.5, seed=n) for n in range(4)]
+    requests = tmp_path / "requests"
+    for n, source in enumerate(sources):  # there before either starts: both see them at once
+        write_request(requests, f"take-{n}", source=str(source), prompt="piano", output_dir=str(tmp_path / "out"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    service, _ = start_folder(archive_after=3600.0, job_time=0.3, state=tmp_path / "a", instance_id="a")
+    start_folder(archive_after=3600.0, state=tmp_path / "b", service=service, instance_id="b")
+    for n in range(4):
+        wait_for(lambda n=n: status_path(requests / f"take-{n}.json").exists()
+                 and status_of(status_path(requests / f"take-{n}.json"))["state"] == "done", timeout=60,
+                 what=f"take-{n} to be done")
+    time.sleep(0.6)  # rescans by both
+    assert service.stats()["submits"] == 4
+    jobs = [status_of(status_path(requests / f"take-{n}.json"))["job_id"] for n in range(4)]
+    assert len(set(jobs)) == 4
+    stems = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".wav")
+    assert len(stems) == 8  # one target and one residual per take: no numbered second set
