@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bridge.errors import BridgeError
 from bridge.fal_client import RequestHandle
 from bridge.jobs import JobState, JobView
 from bridge.request import SeparationRequest
@@ -61,6 +62,10 @@ class JobRow:
     source_hash: str | None = None  # sha256 of the audio the job's requests were made from
 
 
+class JournalDamaged(BridgeError):
+    """The journal file is not a (readable) sqlite database."""
+
+
 class Journal:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +73,21 @@ class Journal:
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
+        try:
+            self._open()
+        except sqlite3.OperationalError:  # locked by another process, disk full, …: not a damaged file
+            self._db.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise JournalDamaged(
+                f"The job journal {path} is damaged or not a sam-bridge journal ({exc}).",
+                hint=f"Move it aside (with any {path.name}-wal and {path.name}-shm beside it), e.g. rename it to "
+                f"{path.name}.broken: sam-bridge then starts a new, empty journal. The jobs it held are no "
+                "longer tracked; check your fal dashboard for requests that were still running.") from None
+
+    def _open(self) -> None:
+        """WAL mode, the schema, and the columns added since the first release."""
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed request id survives power loss
         self._db.executescript(SCHEMA)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bridge.fal_client import RequestHandle
 from bridge.jobs import JobState
-from bridge.journal import Journal
+from bridge.journal import Journal, JournalDamaged
 from bridge.request import SeparationRequest
 
 HANDLE = RequestHandle("req-1", "http://127.0.0.1:9/s", "http://127.0.0.1:9/r", "http://127.0.0.1:9/c")
@@ -59,3 +62,28 @@ def test_a_journal_from_before_the_new_columns_is_upgraded_in_place(tmp_path: Pa
     journal.set_fields(job, source_hash="ab" * 32)
     assert (journal.get(job) or row).source_hash == "ab" * 32
     journal.close()
+
+
+def test_a_damaged_journal_is_named_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(JournalDamaged) as caught:
+        Journal(path)
+    assert str(path) in caught.value.message and "Move it aside" in caught.value.hint
+
+
+@pytest.mark.parametrize("command", [["status"], ["run", "--local", "--no-osc", "--no-hot-folder"]])
+def test_status_and_run_on_a_damaged_journal_say_so_without_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "journal.sqlite").write_bytes(b"this is not sqlite" * 100)
+    env = {**os.environ, "HOME": str(tmp_path), "SAM_BRIDGE_STATE_DIR": str(state),
+           "SAM_BRIDGE_CONFIG": str(tmp_path / "config.yaml"), "SAM_BRIDGE_HOT_DIR": str(tmp_path / "hot"),
+           "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    done = subprocess.run([sys.executable, "-m", "bridge", *command], capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert f"The job journal {state / 'journal.sqlite'} is damaged" in done.stderr
+    assert "Move it aside" in done.stderr
+    assert not (state / "daemon.json").exists()
