@@ -173,6 +173,7 @@ class RequestFolder:
             job_id = self._job_of.get(path)
             if job_id is not None and self._jobs[job_id].mtime_ns == mtime_ns:
                 return  # taken already: its events keep the status file current
+        self._supersede(path, mtime_ns, job_id)
         outcome = self._claims.try_claim(path, FileSnapshot(stat.st_size, mtime_ns))
         if outcome.claim is None and outcome.done_by != self._claims.instance_id:
             log.debug("request file %s is taken by %s", path.name, outcome.done_by or outcome.holder)
@@ -210,6 +211,18 @@ class RequestFolder:
         log.info("request file %s → job %s", path.name, job_id)
         if cancel_asked and self.sink.cancel(job_id):
             log.info("cancelled job %s (%s)", job_id, cancel_marker(path).name)
+
+    def _supersede(self, path: Path, mtime_ns: int, job_id: str | None) -> None:
+        """The request file was saved again: the job of its earlier version is cancelled (at the service
+        too), and its events no longer reach the status file."""
+        if job_id is None:  # not followed since a restart: the status file names it
+            status = _read_json(status_path(path)) or {}
+            if status.get("request_mtime_ns") == mtime_ns or not isinstance(status.get("job_id"), str):
+                return
+            job_id = str(status["job_id"])
+        self._unfollow(path)
+        if self.sink.cancel(job_id):
+            log.info("request file %s was saved again: cancelled job %s of its earlier version", path.name, job_id)
 
     def _follow(self, path: Path, mtime_ns: int, job_id: str, *, write: bool) -> None:
         """From now on the job's events (a retry's too) go to this request's status file."""

@@ -309,3 +309,25 @@ def test_two_daemons_sharing_a_requests_folder_take_each_request_once(start_fold
     assert len(set(jobs)) == 4
     stems = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".wav")
     assert len(stems) == 8  # one target and one residual per take: no numbered second set
+
+
+def test_a_request_file_saved_again_while_its_job_runs_cancels_that_job_and_follows_the_new_one(
+        start_folder: Start, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "Guitar 01.wav", seconds=0.5)
+    out = tmp_path / "out"
+    service, requests = start_folder(archive_after=3600.0, job_time=1.5)
+    request = write_request(requests, "take", source=str(source), prompt="first prompt", tag="v1",
+                            output_dir=str(out))
+    wait_for(lambda: status_path(request).exists() and status_of(status_path(request))["state"] == "running",
+             timeout=30, what="the first version to run")
+    first_job = status_of(status_path(request))["job_id"]
+    write_request(requests, "take", source=str(source), prompt="second prompt", tag="v2", output_dir=str(out))
+    wait_for(lambda: status_of(status_path(request))["job_id"] != first_job, timeout=30, what="the new job")
+    wait_for(lambda: status_of(status_path(request))["state"] in ("done", "failed", "cancelled"), timeout=60,
+             what="the new version to finish")
+    time.sleep(2.0)  # the first job would have ended by now: nothing of it may land in the status file
+    status = status_of(status_path(request))
+    assert status["state"] == "done" and status["tag"] == "v2" and status["job_id"] != first_job
+    assert service.stats()["cancels"] >= 1  # the first job was cancelled at the service
+    assert sorted(p.name for p in out.glob("*.wav")) == [
+        "Guitar 01 - second-prompt.residual.wav", "Guitar 01 - second-prompt.target.wav"]
