@@ -3,6 +3,10 @@
 rewritten atomically at each stage. `<name>.cancel` cancels that request's job. A day after a request
 was answered, it moves to `done/<date>/` with its status (`request_archive`).
 
+A version of a request file (its mtime) is one job for good: its status file follows that job, a
+`sam-bridge retry` of it included; saving the file again cancels that job and makes a new one. Daemons
+sharing the folder claim each version (`bridge.claims`), so one of them takes it.
+
 This module knows folders and JSON, not HTTP or audio.
 """
 
@@ -167,6 +171,7 @@ class RequestFolder:
             if time.time() - answered[1] >= self.archive_after:
                 self._answered.pop(path, None)
                 self._unfollow(path)
+                self._markers_used.pop(cancel_marker(path), None)
                 archive_answered(path, status_path(path), answered[1])
             return
         with self._lock:
