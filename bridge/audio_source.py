@@ -230,6 +230,34 @@ def is_upload_copy(name: str) -> bool:
     return _UPLOAD_COPY_NAME.fullmatch(name) is not None
 
 
+def refuse_non_finite(block: NDArray[np.float64], first_frame: int, source: SourceInfo) -> None:
+    """A float source can hold NaN or ±inf, which would spread through the STFT into both stems."""
+    if np.isfinite(block.sum()):  # one cheap pass; a NaN or inf anywhere makes the sum non-finite
+        return
+    finite = np.isfinite(block).all(axis=1)
+    if finite.all():  # the sum overflowed on huge but finite values
+        return
+    frame = first_frame + int(np.argmin(finite))
+    raise SourceError(
+        f"“{source.path.name}” holds an invalid sample (not a number or infinite) at "
+        f"{frame / source.samplerate:.3f} s (sample {frame}); it cannot be separated.",
+        "Repair or re-export the file from your DAW or editor (a float file with a damaged sample), then run "
+        "the job again.",
+    )
+
+
+def check_finite(info: SourceInfo, start_frame: int, frames: int) -> None:
+    """A FLOAT/DOUBLE source's part read once and refused if it holds NaN or ±inf: before anything is paid
+    for (integer samples are always finite)."""
+    if info.subtype not in ("FLOAT", "DOUBLE"):
+        return
+    with sf.SoundFile(str(info.path)) as src:
+        src.seek(start_frame)
+        for position in range(start_frame, start_frame + frames, READ_BLOCK):
+            block = read_block(src, min(READ_BLOCK, start_frame + frames - position), "float64")
+            refuse_non_finite(block, position, info)
+
+
 def make_upload_file(info: SourceInfo, start_frame: int, frames: int, workdir: Path,
                      shrink: bool = False) -> tuple[Path, str]:
     """Return (file to upload, content type); writes a new file into `workdir` only when needed (see

@@ -42,14 +42,13 @@ from bridge.align import (
     mono_mix,
     windows_apart,
 )
-from bridge.audio_source import INTEGER_BITS, SourceInfo, read_block
+from bridge.audio_source import INTEGER_BITS, SourceInfo, read_block, refuse_non_finite
 from bridge.drift import (
     DriftCorrection,
     Segment,
     measure_start,
     open_source,
     refine_scale,
-    refuse_non_finite,
     usable_offset,
 )
 from bridge.errors import BridgeError, SourceError

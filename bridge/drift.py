@@ -29,7 +29,7 @@ from bridge.align import (
     measure_start_offset,
     mono_mix,
 )
-from bridge.audio_source import INTEGER_BITS, SourceInfo, read_block
+from bridge.audio_source import INTEGER_BITS, SourceInfo, read_block, refuse_non_finite
 from bridge.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -71,22 +71,6 @@ def open_source(source: SourceInfo) -> sf.SoundFile:
             f"“{source.path.name}” can no longer be read.",
             "Check that the file is still there and unchanged.",
         ) from exc
-
-
-def refuse_non_finite(block: NDArray[np.float64], first_frame: int, source: SourceInfo) -> None:
-    """A float source can hold NaN or ±inf, which would spread through the STFT into both stems."""
-    if np.isfinite(block.sum()):  # one cheap pass; a NaN or inf anywhere makes the sum non-finite
-        return
-    finite = np.isfinite(block).all(axis=1)
-    if finite.all():  # the sum overflowed on huge but finite values
-        return
-    frame = first_frame + int(np.argmin(finite))
-    raise SourceError(
-        f"“{source.path.name}” holds an invalid sample (not a number or infinite) at "
-        f"{frame / source.samplerate:.3f} s (sample {frame}); it cannot be separated.",
-        "Repair or re-export the file from your DAW or editor (a float file with a damaged sample), then run "
-        "the job again.",
-    )
 
 
 def measure_start(segment: Segment, rate_scale: float = 1.0) -> LagEstimate:

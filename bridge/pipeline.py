@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from bridge.audio_source import (
     SourceInfo,
+    check_finite,
     frame_range,
     make_upload_file,
     probe_source,
@@ -208,6 +209,7 @@ class _Run:
             check_source_unchanged(source.path, self.hashed_fingerprint)  # still the audio that was hashed
         self.source_fingerprint = file_fingerprint(source.path)
         start_frame, frames = frame_range(source, self.request.start, self.request.length)
+        check_finite(source, start_frame, frames)  # a damaged float file: refused before it is paid for
         if self.request.length is not None and frames < round(self.request.length * source.samplerate):
             self.job_flags.add("cut-at-end")  # the part asked for runs past the end of the file
             log.warning("the part asked for runs past the end of %s: the stems are %.3f s, not %.3f s",

@@ -295,10 +295,17 @@ def _voc(path: Path) -> None:
     sf.write(str(path), np.zeros((800, 1)), 8000, subtype="PCM_16", format="VOC")
 
 
+def _nan_float(path: Path) -> None:
+    audio = np.full((90_000, 2), 0.1)
+    audio[70_000, 1] = np.nan  # one damaged sample, past the first read block
+    sf.write(str(path), audio, 44100, subtype="FLOAT")
+
+
 @pytest.mark.parametrize(
     ("name", "make", "expected"),
     [
         ("missing.wav", None, "was not found"),
+        ("nan.wav", _nan_float, "holds an invalid sample (not a number or infinite) at 1.587 s"),
         ("a folder", lambda p: p.mkdir(), "is a folder, not an audio file"),
         ("notes.wav", lambda p: p.write_text("these are my lyrics, not audio"), "not an audio file we can read"),
         ("empty.wav", _zero_frames, "contains no audio"),
