@@ -59,6 +59,9 @@ STATUS_FIELDS: dict[str, str] = {
 }
 
 
+ACTED_ON_MARKER = "cancel_marker_mtime_ns"  # internal: the cancel marker (its mtime) already acted on
+
+
 def is_request_name(name: str) -> bool:
     return name.endswith(".json") and not name.endswith(STATUS_SUFFIX) and not name.startswith(".")
 
@@ -248,16 +251,28 @@ class RequestFolder:
 
     def _cancel_asked(self, path: Path, mtime_ns: int) -> bool:
         """A cancel marker not older than this version of the request, not acted on yet (rescans see
-        every marker again; a job retried after its cancel must not be cancelled again)."""
+        every marker again; a job retried after its cancel must not be cancelled again, also after a
+        restart: the status file keeps the marker it acted on)."""
         marker = cancel_marker(path)
         try:
             marker_mtime = marker.stat().st_mtime_ns
         except FileNotFoundError:
             return False
-        if marker_mtime < mtime_ns or self._markers_used.get(marker) == marker_mtime:
+        if marker_mtime < mtime_ns or self._marker_acted_on(path) == marker_mtime:
             return False
         self._markers_used[marker] = marker_mtime
         return True
+
+    def _marker_acted_on(self, path: Path) -> int | None:
+        """The mtime of the request's cancel marker that was acted on, remembered or read back from the
+        status file (after a restart)."""
+        marker = cancel_marker(path)
+        if marker not in self._markers_used:
+            acted_on = (_read_json(status_path(path)) or {}).get(ACTED_ON_MARKER)
+            if not isinstance(acted_on, int):
+                return None
+            self._markers_used[marker] = acted_on
+        return self._markers_used[marker]
 
     def _answered_at(self, path: Path, mtime_ns: int) -> tuple[int, float] | None:
         """(mtime_ns, when it ended) when this version of the request has its final status already."""
@@ -308,7 +323,7 @@ class RequestFolder:
             "progress": round(progress, 4), "message": message,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "stems": stems or {}, "manifest": manifest, "error": error, "flags": list(flags),
-            "request_mtime_ns": mtime_ns,
+            "request_mtime_ns": mtime_ns, ACTED_ON_MARKER: self._marker_acted_on(path),
         })
 
 

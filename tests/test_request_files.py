@@ -287,6 +287,52 @@ def test_a_retried_job_reports_its_progress_and_end_in_the_same_status_file(
     assert service.stats()["submits"] == 2
 
 
+def test_a_cancel_marker_acted_on_before_a_restart_does_not_cancel_the_jobs_retry(tmp_path: Path) -> None:
+    """Cancel by marker, the daemon stops, `sam-bridge retry`, the daemon starts: the old marker (still
+    there: markers are the user's) must not cancel the retried, paid-for job again."""
+
+    def start(service: LocalFalService) -> tuple[RequestFolder, JobEngine, FalClient]:
+        client = FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY)
+        engine = JobEngine(Journal(tmp_path / "journal.sqlite"), Pipeline(client, use_stream=True),
+                           PresetLibrary([("built-in", builtin_presets_dir())]),
+                           EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
+        engine.start()
+        folder = RequestFolder(engine, tmp_path / "requests", rescan_interval=0.2, archive_after=3600.0,
+                               instance_id="me")
+        folder.start()
+        return folder, engine, client
+
+    def stop(folder: RequestFolder, engine: JobEngine, client: FalClient) -> None:
+        folder.stop()
+        engine.stop()
+        engine.journal.close()
+        client.close()
+
+    def state_of(request: Path) -> str:
+        return str(status_of(status_path(request))["state"])
+
+    with LocalFalService(key=TEST_KEY, job_time=1.5) as service:
+        source = make_source(tmp_path / "Guitar 01.wav", seconds=0.5)
+        running = start(service)
+        try:
+            request = write_request(tmp_path / "requests", "take", source=str(source), prompt="piano")
+            wait_for(lambda: status_path(request).exists() and state_of(request) == "running", timeout=30,
+                     what="the job to run")
+            (tmp_path / "requests" / "take.cancel").touch()  # REAPER's Cancel
+            wait_for(lambda: state_of(request) == "cancelled", timeout=30, what="the cancel")
+        finally:
+            stop(*running)
+        retry_job(tmp_path, str(status_of(status_path(request))["job_id"]))
+        running = start(service)
+        try:
+            wait_for(lambda: state_of(request) in ("done", "failed"), timeout=60, what="the retried job")
+            time.sleep(1.0)  # rescans see the old marker again
+            assert state_of(request) == "done", status_of(status_path(request))
+            assert service.stats()["submits"] == 2 and service.stats()["cancels"] == 1
+        finally:
+            stop(*running)
+
+
 # -- several daemons on one requests folder ----------------------------------------------------------
 
 
