@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import tempfile
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import OutputError
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = {"WAV": ".wav", "WAVEX": ".wav", "RF64": ".wav", "W64": ".w64", "AIFF": ".aif", "FLAC": ".flac",
               "CAF": ".caf"}
@@ -150,6 +153,13 @@ def remove_stale_temps(folder: Path, tag: str) -> None:
 
 
 def remove_quietly(*paths: Path | None) -> None:
+    """Clean-up on the way out of a failure: it must never hide that failure behind one of its own."""
     for path in paths:
-        if path is not None:
-            path.unlink(missing_ok=True)
+        if path is None:
+            continue
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):  # gone, or its folder is (an unplugged drive)
+            pass
+        except OSError as exc:
+            log.warning("could not remove %s: %s", path, exc)

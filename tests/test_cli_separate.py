@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -524,6 +525,66 @@ def test_a_run_that_breaks_off_after_submitting_says_how_to_collect_the_paid_res
     stems = printed_paths(out)
     target, residual = sf.read(stems["target"])[0], sf.read(stems["residual"])[0]
     assert np.max(np.abs(target + residual - sf.read(source)[0])) < 1e-6
+
+
+def test_a_lost_submit_answer_keeps_its_own_hint_never_a_resume_that_would_send_it_again(
+        env: dict[str, Path], service: LocalFalService, music: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Step 2 of a stem set reached the service but its answer was lost: resuming step 1 would send step 2
+    again, maybe paying twice; the message says to check the dashboard instead."""
+    source = make_source(music / "Band.wav", 44100, 2, "PCM_24", 1.0)
+    service.faults.stall("submit", 0.0, times=1)  # step 1's submit goes through
+    service.faults.lose_submit_answer(times=1)  # step 2's lands, its answer is lost
+    rc = cli("separate", source.path, "--preset", "4-stems", "--service-url", service.url,
+             "--output-dir", music / "out")
+    err = capsys.readouterr().err
+    assert rc == 1 and service.stats()["submits"] == 2
+    assert "may or may not have been accepted" in err and "dashboard" in err
+    assert "--resume-request" not in err
+
+
+def test_stems_that_cannot_be_written_after_the_separation_say_it_is_done_and_how_to_collect_it(
+        env: dict[str, Path], music: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_source(music / "Bass DI.wav", 44100, 2, "PCM_24", 1.0)
+    out = music / "out"
+    with LocalFalService(key=TEST_KEY, job_time=1.0) as slow:
+        def unplug_the_drive() -> None:
+            wait_for(lambda: slow.stats()["running"] == 1, what="the service to work on it")
+            out.rmdir()
+            out.write_text("not a folder any more")
+
+        unplug = threading.Thread(target=unplug_the_drive)
+        unplug.start()
+        rc = cli("separate", source.path, "--prompt", "bass", "--service-url", slow.url, "--output-dir", out)
+        unplug.join()
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err
+    request_id = re.search(r"The separation is done \(request (\S+)\): once that is fixed, run the same command "
+                           r"for “Bass DI.wav” with --resume-request \1 to collect it instead of running it again",
+                           err)
+    assert request_id is not None, err
+    assert "charged" not in err and "may still finish" not in err  # a stand-in, and it had finished
+
+
+def test_the_built_in_stand_ins_requests_are_never_offered_for_collecting_later(
+        env: dict[str, Path], music: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """They end with the run that started the stand-in: the folder's own hint stands alone."""
+    source = make_source(music / "Bass DI.wav", 44100, 2, "PCM_24", 1.0)
+    out = music / "out"
+
+    def unplug_the_drive() -> None:
+        wait_for(lambda: out.is_dir(), what="the output folder")  # made before the upload
+        time.sleep(0.5)  # submitted by now; the stand-in works 3 s on it
+        out.rmdir()
+        out.write_text("not a folder any more")
+
+    unplug = threading.Thread(target=unplug_the_drive)
+    unplug.start()
+    rc = cli("separate", source.path, "--prompt", "bass", "--local", "--local-delay", "3", "--output-dir", out)
+    unplug.join()
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err and "The stems could not be written" in err, err
+    assert "--resume-request" not in err and "charged" not in err
 
 
 def test_resume_request_is_for_one_file_and_its_steps(env: dict[str, Path], music: Path,

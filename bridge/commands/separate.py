@@ -17,7 +17,7 @@ from types import FrameType
 from typing import Any
 
 from bridge.audio_source import probe_source
-from bridge.errors import BridgeError, Cancelled, InputError, ServiceUnavailable
+from bridge.errors import BridgeError, Cancelled, InputError, OutputError, ServiceUnavailable, SubmitUncertain
 from bridge.fal_client import FalClient, RequestHandle
 from bridge.jobs import JobState
 from bridge.options import Acceleration, OutputFormat, ResidualMethod
@@ -180,31 +180,42 @@ def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe, arg
     resume = {step: client.handle_for(request_id.strip()) for step, request_id in enumerate(args.resume_request)}
     hooks.handles.update(resume)  # Ctrl-C cancels those too
     owner = owner_tag()  # in the names of what this run leaves, should it be killed (SIGKILL)
+    pipeline = Pipeline(client)
     with stops, tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{owner}-") as work, display:
         try:
-            result = Pipeline(client).run(request, recipe, hooks, Path(work), resume=resume,
-                                          temp_tag=f"cli{owner}")
+            result = pipeline.run(request, recipe, hooks, Path(work), resume=resume, temp_tag=f"cli{owner}")
             display.update(JobState.done.value, 1.0, "Stems written")
         except KeyboardInterrupt as stop:
             raise _cancel_on_ctrl_c(client, hooks, stop) from None
         except BridgeError as err:
-            _say_what_to_do(err, request, hooks.handles, choice)
+            # the built-in stand-in's requests end with this run: nothing to collect later
+            _say_what_to_do(err, request, {} if choice.local else hooks.handles, choice, pipeline.bills())
             raise
     return result, time.monotonic() - began
 
 
 def _say_what_to_do(err: BridgeError, request: SeparationRequest, accepted: dict[int, RequestHandle],
-                    choice: ServiceChoice) -> None:
+                    choice: ServiceChoice, billed: bool) -> None:
     """The hint of a run that broke off. Once the service has accepted a request, running the command again
-    pays again: say how to collect what was paid for instead (unless that result is of no use)."""
-    if accepted and not err.results_unusable and not isinstance(err, (InputError, Cancelled)):
-        ids = [accepted[step].request_id for step in sorted(accepted)]
-        again = " ".join(f"--resume-request {request_id}" for request_id in ids)
-        err.hint = (f"The service had accepted it (request {', '.join(ids)}), so it may still finish and be "
-                    f"charged. To collect the result without paying again, run the same command for "
-                    f"“{request.source.name}” with {again} once the service answers.")
-    elif type(err) is ServiceUnavailable:  # nothing accepted; a subclass (RateLimited) has its own hint
-        err.hint = _unavailable_hint(choice)
+    sends (and on fal pays for) it again: say how to collect it instead, unless that result is of no use,
+    or the error is about a submit whose answer was lost (its own hint says what to check)."""
+    if not accepted:
+        if type(err) is ServiceUnavailable:  # a subclass (RateLimited) has its own hint
+            err.hint = _unavailable_hint(choice)
+        return
+    if err.results_unusable or isinstance(err, (InputError, Cancelled, SubmitUncertain)):
+        return
+    ids = ", ".join(accepted[step].request_id for step in sorted(accepted))
+    again = f"run the same command for “{request.source.name}” with " + " ".join(
+        f"--resume-request {accepted[step].request_id}" for step in sorted(accepted))
+    instead = "without paying again" if billed else "instead of running it again"
+    if isinstance(err, OutputError):  # the result was fetched: the separation itself is done
+        err.hint = (f"{err.hint} The separation is done (request {ids}): once that is fixed, {again} to "
+                    f"collect it {instead}.")
+    else:
+        charged = ", so it may still finish and be charged" if billed else ""
+        err.hint = (f"The service had accepted it (request {ids}){charged}. To collect the result {instead}, "
+                    f"{again} once the service answers.")
 
 
 class _Stopped(KeyboardInterrupt):
