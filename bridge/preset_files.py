@@ -7,6 +7,7 @@ item's line is recorded by its path, and pydantic's error locations are mapped b
 from __future__ import annotations
 
 import difflib
+import re
 import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -57,6 +58,20 @@ class PresetFileError(PresetError):
 
 
 LineMap = dict[tuple[Any, ...], int]
+
+
+# `name: X` at the start of a line or of a list item: stems have labels, so only presets have names
+_NAME_LINE = re.compile(r"""^[ \t]*(?:-[ \t]+)?name[ \t]*:[ \t]*(["']?)(.+?)\1[ \t]*(?:#.*)?$""", re.MULTILINE)
+
+
+def names_written_in(path: Path) -> list[str]:
+    """The preset names a file that cannot be read as YAML seems to define (its `name:` lines), so that
+    asking for one of them gets the file's problems rather than being taken as a prompt."""
+    try:
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError:
+        return []
+    return [match.group(2).strip() for match in _NAME_LINE.finditer(text) if match.group(2).strip()]
 
 
 def read_preset_file(path: Path) -> tuple[list[Preset], list[PresetProblem]]:

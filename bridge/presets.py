@@ -30,6 +30,7 @@ from bridge.preset_files import (
     PresetProblem,
     friendly_message,
     load_preset_file,
+    names_written_in,
     read_preset_file,
 )
 from bridge.preset_schema import (
@@ -286,14 +287,16 @@ class PresetLibrary:
                 entries[key] = _Entry(origin, preset)
                 defined_in[key] = (origin, path)
             # A broken preset shadows earlier ones of its name: its author expects theirs, not a fallback.
-            broken: dict[str, list[PresetProblem]] = {}
+            broken: dict[str, tuple[str, list[PresetProblem]]] = {}
             for problem in state.problems:
-                broken.setdefault(name_key(problem.preset or path.stem), []).append(problem)
-            for key, problems in broken.items():
+                # a problem of the whole file (it is no YAML) concerns each preset it names, or its stem
+                names = [problem.preset] if problem.preset else (names_written_in(path) or [path.stem])
+                for name in names:
+                    broken.setdefault(name_key(name), (name, []))[1].append(problem)
+            for key, (name, problems) in broken.items():
                 earlier = defined_in.get(key)
                 if key in valid_here or (earlier and earlier[0] == origin):
                     continue
-                name = problems[0].preset or path.stem
                 entries[key] = _Entry(origin, None, PresetFileError(problems, name), name)
                 defined_in[key] = (origin, path)
         snapshot = dict(entries)

@@ -535,6 +535,20 @@ def test_refresh_re_resolves_stem_sets_when_a_referenced_preset_changes(tmp_path
 # recipes: what the pipeline runs for a request
 
 
+def test_a_file_that_is_no_yaml_is_known_by_the_names_it_writes_so_asking_for_one_says_why(
+        folders: dict[str, Path]) -> None:
+    folders["user"].mkdir(parents=True)
+    (folders["user"] / "my-vocals.yaml").write_text(
+        "presets:\n  - name: Lead Vox\n    prompt: lead vocal\n  - name: 'Backing Vox'  # the pads\n"
+        "    prompt: backing vocals\n    options: {reranking_candidates: 2\n")
+    (folders["user"] / "kick-in.yaml").write_text("prompt: kick drum\noptions: [\n")  # no name: the file's
+    library = library_of(folders)
+    broken = set(library.names(include_broken=True)) - set(library.names())
+    assert broken == {"Lead Vox", "Backing Vox", "kick-in"}  # not "my-vocals", which names no preset
+    with pytest.raises(PresetError, match=r"my-vocals\.yaml:\d+: yaml: is not valid YAML"):
+        library.get("lead vox")
+
+
 @pytest.fixture
 def builtins() -> PresetLibrary:
     return PresetLibrary([("built-in", builtin_presets_dir())])
