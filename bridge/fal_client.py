@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 import uuid
@@ -19,28 +18,28 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from bridge import __version__
 from bridge.errors import (
-    AccountLocked,
-    AuthError,
     Cancelled,
     JobFailed,
-    RateLimited,
     RequestGone,
     ServiceError,
     ServiceJobFailed,
-    ServiceUnavailable,
     SubmitUncertain,
     TimedOut,
-    ValidationError,
 )
 from bridge.fal_auth import ApiKey
+from bridge.fal_errors import (
+    RESEND_HINT,
+    error_for_response,
+    never_reached_queue,
+    service_job_failed,
+    unreachable,
+)
 from bridge.fal_storage import FalStorage
-from bridge.loopback import is_loopback_url
 from bridge.retry import RetryPolicy, Sleeper, default_sleep, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -191,7 +190,7 @@ class FalClient:
                         "twice. Check your fal dashboard, then retry the job if it is not there.",
                     ) from None
                 if attempt >= self.retry.attempts:
-                    raise _unreachable(what, exc, attempt, url) from None
+                    raise unreachable(what, exc, attempt, url) from None
                 delay = self.retry.delay(attempt)
                 log.info("%s: %s, retrying in %.1f s (try %d/%d)", what, type(exc).__name__, delay,
                          attempt + 1, self.retry.attempts)
@@ -200,10 +199,10 @@ class FalClient:
             if response.status_code in ok:
                 return response
             retryable = response.status_code in RETRYABLE_STATUS and (
-                idempotent or _never_reached_queue(response)
+                idempotent or never_reached_queue(response)
             )
             server_side = response.status_code >= 500 or response.status_code == 408
-            if not idempotent and server_side and not _never_reached_queue(response):
+            if not idempotent and server_side and not never_reached_queue(response):
                 # the queue saw it (it answered with a request id): it may be running, and be paid for
                 raise SubmitUncertain(
                     f"The service answered HTTP {response.status_code} to the {what} after it reached the queue, "
@@ -351,7 +350,7 @@ class FalClient:
                     return done
             except httpx.TransportError as exc:
                 if attempt >= self.retry.attempts:
-                    raise _unreachable("download", exc, attempt, url) from None
+                    raise unreachable("download", exc, attempt, url) from None
                 self._sleep(self.retry.delay(attempt))
             finally:
                 part.unlink(missing_ok=True)
@@ -372,116 +371,10 @@ class FalClient:
         return f"{self.queue_url}/{self.app}/requests/{request_id}{suffix}"
 
 
-# -- errors in words a musician understands ----------------------------------------------------------
-
-
-def _never_reached_queue(response: httpx.Response) -> bool:
-    """An ingress 5xx (no request id) or a 429 means the queue never took the request."""
-    if response.status_code == 429:
-        return True
-    return response.status_code in (502, 503, 504) and "x-fal-request-id" not in response.headers
-
-
-def _unreachable(what: str, exc: Exception, attempts: int, url: str) -> ServiceUnavailable:
-    charged = " Nothing was submitted, so nothing was charged." if what in ("submit", "upload") else ""
-    where = urlsplit(url)
-    check = (f"Is the stand-in service at {where.scheme}://{where.netloc} still running?" if is_loopback_url(url)
-             else "Check your internet connection;")
-    return ServiceUnavailable(
-        f"Could not reach the separation service for the {what} after {attempts} tries "
-        f"({type(exc).__name__}).{charged}",
-        hint=f"{check} sam-bridge retries waiting jobs on its own.",
-    )
-
-
-def _detail_text(response: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300].strip(), []
-    detail = body.get("detail") if isinstance(body, dict) else body
-    if isinstance(detail, list):
-        items = [d for d in detail if isinstance(d, dict)]
-        return "; ".join(_field_message(d) for d in items), items
-    if isinstance(detail, str):
-        return detail, []
-    return json.dumps(body)[:300], []
-
-
-def _field_message(item: dict[str, Any]) -> str:
-    loc = [str(p) for p in item.get("loc", []) if p != "body"]
-    return f"{'.'.join(loc) or 'request'}: {item.get('msg', 'invalid')}"
-
-
-# Calls about one request the queue accepted: their errors say what became of that request.
-_REQUEST_CALLS = frozenset({"status check", "status stream", "result fetch"})
-RESEND_HINT = "Retry the job to send it again (a new request, charged again)."
-
-_ACCOUNT_LOCKED = re.compile(r"\buser is locked\b|\baccount (is |has been )?locked\b", re.IGNORECASE)
-
-
 def _check_stop(stop: threading.Event | None) -> None:
     if stop is not None and stop.is_set():
         raise Cancelled("Download stopped.")
 
 
-def error_for_response(response: httpx.Response, what: str, *, attempts: int = 1) -> ServiceError:
-    code = response.status_code
-    text, _items = _detail_text(response)
-    error_type = response.headers.get("x-fal-error-type", "")
-    if code == 403 and _ACCOUNT_LOCKED.search(text):
-        # fal answers every billable call with 403 "User is locked. Reason: Exhausted balance. ..." when
-        # the account has run out of credit (or was locked by fal): the key itself is fine.
-        charged = "; nothing was charged for it" if what in ("upload", "submit") else ""
-        return AccountLocked(
-            f"Your fal account is locked, so the {what} was refused (HTTP 403: {text}){charged}.",
-            hint="Top up or unlock the account at https://fal.ai/dashboard/billing (a new key does not help), "
-            "then run the job again.",
-        )
-    if code in (401, 403):
-        return AuthError(
-            f"fal refused the API key (HTTP {code}{': ' + text if text else ''}).",
-            hint="Check that FAL_KEY holds a valid key (https://fal.ai/dashboard/keys); "
-            "or add --local to use the built-in stand-in service.",
-        )
-    if code in (404, 410) and what in _REQUEST_CALLS:
-        return RequestGone(f"The service no longer has this request (HTTP {code} at the {what}"
-                           f"{': ' + text if text else ''}): it expired there, or the service was restarted.",
-                           hint=RESEND_HINT)
-    if what == "result fetch" and code in (400, 422):  # "model output JSON, or an error": the job's error
-        return ServiceJobFailed(f"The separation failed at the service: {text or f'HTTP {code}'}.",
-                                hint=f"{RESEND_HINT} If it fails again, try another prompt or a shorter file.")
-    if what == "result fetch" and (code == 500 or (code >= 500 and not _never_reached_queue(response))):
-        return JobFailed(  # the runner's own answer about a finished request: not an outage to wait out
-            f"The service finished the request but answered HTTP {code} when asked for its result"
-            f"{': ' + text if text else ''}.",
-            hint="Retry the job to ask for the result again (free); if that keeps failing, send it anew with "
-            "`sam-bridge retry --resubmit JOB` (charged again).")
-    if code == 422:
-        return ValidationError(f"The service refused the request: {text or 'invalid input'}.",
-                               hint="Fix the named field (preset or option) and try again.")
-    if code == 429:
-        return RateLimited(f"The service is rate-limiting us (HTTP 429) at the {what}{_tries(attempts)}.",
-                           hint="Lower the number of jobs in flight, or wait a minute.")
-    if code >= 500 or code == 408:
-        label = f" ({error_type})" if error_type else ""
-        charged = " The job was not submitted, so nothing was charged." if what == "submit" else ""
-        return ServiceUnavailable(
-            f"The separation service is unavailable: HTTP {code}{label} at the {what}{_tries(attempts)}"
-            f"{': ' + text if text else ''}.{charged}",
-            hint="Try again later; queued jobs wait and retry on their own.",
-        )
-    return ServiceError(f"The service answered HTTP {code} to the {what}: {text or 'no details'}.")
-
-
-def _tries(attempts: int) -> str:
-    return f" after {attempts} tries" if attempts > 1 else ""
-
-
 def job_failed(status: QueueStatus) -> ServiceJobFailed:
-    last = [line.message for line in status.logs[-5:]]
-    tail = ("\nLast service log lines:\n  " + "\n  ".join(last)) if last else ""
-    if status.error_type == "client_cancelled":
-        return ServiceJobFailed("The job was cancelled at the service.")
-    return ServiceJobFailed(f"The separation failed at the service: {status.error}{tail}",
-                            hint=f"{RESEND_HINT} If it fails again, try another prompt or a shorter file.")
+    return service_job_failed(status.error, status.error_type, [line.message for line in status.logs[-5:]])
