@@ -109,7 +109,7 @@ def retry(args: argparse.Namespace) -> int:
               "can be retried.")
         return 1
     journal.clear_uncertain(job_id)  # requests fal accepted are polled again, not paid again
-    if args.resubmit:
+    if args.resubmit and journal.handles(job_id)[0]:
         journal.clear_steps(job_id, step_count=1)
         print("It is sent to the service anew (charged again).")
     elif _source_changed_since_sent(journal, row):
