@@ -182,6 +182,9 @@ class RequestFolder:
             if job_id is not None and self._jobs[job_id].mtime_ns == mtime_ns:
                 return  # taken already: its events keep the status file current
         self._supersede(path, mtime_ns, job_id)
+        if self._ours_from_before(path, mtime_ns):  # whatever our id was then (a renamed host)
+            self._answer(path, mtime_ns)
+            return
         outcome = self._claims.try_claim(path, FileSnapshot(stat.st_size, mtime_ns))
         if outcome.claim is None and outcome.done_by != self._claims.instance_id:
             log.debug("request file %s is taken by %s", path.name, outcome.done_by or outcome.holder)
@@ -194,6 +197,14 @@ class RequestFolder:
             raise
         if outcome.claim is not None:
             self._claims.mark_done(outcome.claim)  # answered: its job lives in our journal from now on
+
+    def _ours_from_before(self, path: Path, mtime_ns: int) -> bool:
+        """Whether this version of the request has a job in our own journal (taken before a restart):
+        ours to follow and to cancel, whatever the claim markers say."""
+        status = _read_json(status_path(path)) or {}
+        job_id = status.get("job_id")
+        return (isinstance(job_id, str) and status.get("request_mtime_ns") == mtime_ns
+                and self.sink.get(job_id) is not None)
 
     def _answer(self, path: Path, mtime_ns: int) -> None:
         """Submit this version of the request (the engine hands back the job it already has for it)."""

@@ -287,33 +287,65 @@ def test_a_retried_job_reports_its_progress_and_end_in_the_same_status_file(
     assert service.stats()["submits"] == 2
 
 
+Daemon = tuple[RequestFolder, JobEngine, FalClient]
+
+
+def start_daemon(tmp_path: Path, service: LocalFalService, instance_id: str = "me") -> Daemon:
+    """A daemon's engine and requests folder on `tmp_path`'s journal, stopped with `stop_daemon`."""
+    client = FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY)
+    engine = JobEngine(Journal(tmp_path / "journal.sqlite"), Pipeline(client, use_stream=True),
+                       PresetLibrary([("built-in", builtin_presets_dir())]),
+                       EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
+    engine.start()
+    folder = RequestFolder(engine, tmp_path / "requests", rescan_interval=0.2, archive_after=3600.0,
+                           instance_id=instance_id)
+    folder.start()
+    return folder, engine, client
+
+
+def stop_daemon(folder: RequestFolder, engine: JobEngine, client: FalClient) -> None:
+    folder.stop()
+    engine.stop()
+    engine.journal.close()
+    client.close()
+
+
+def state_of(request: Path) -> str:
+    return str(status_of(status_path(request))["state"])
+
+
+def test_a_daemon_restarted_under_another_name_still_follows_and_cancels_its_requests(tmp_path: Path) -> None:
+    """Its claim markers name the host, which a laptop may rename between networks: the job in its own
+    journal still makes the request its own, so the status file follows it and a cancel reaches it."""
+    with LocalFalService(key=TEST_KEY, job_time=3.0) as service:
+        sources = [make_source(tmp_path / f"Take {n}.wav", seconds=0.5, seed=n) for n in range(2)]
+        running = start_daemon(tmp_path, service, "studio-mac.local:state")
+        try:
+            requests = [write_request(tmp_path / "requests", f"take-{n}", source=str(source), prompt="piano")
+                        for n, source in enumerate(sources)]
+            wait_for(lambda: all(status_path(r).exists() and state_of(r) == "running" for r in requests),
+                     timeout=30, what="both running at the service")
+        finally:
+            stop_daemon(*running)
+        running = start_daemon(tmp_path, service, "studio-mac-2.local:state")
+        try:
+            (tmp_path / "requests" / "take-1.cancel").touch()
+            wait_for(lambda: state_of(requests[0]) == "done" and state_of(requests[1]) == "cancelled", timeout=60,
+                     what="one done, one cancelled")
+            wait_for(lambda: service.stats()["calls"].get("cancel", 0) >= 1, what="the cancel to reach the service")
+            assert Path(status_of(status_path(requests[0]))["stems"]["target"]).is_file()
+            assert service.stats()["submits"] == 2  # both followed by polling, never sent again
+        finally:
+            stop_daemon(*running)
+
+
 def test_a_cancel_marker_acted_on_before_a_restart_does_not_cancel_the_jobs_retry(tmp_path: Path) -> None:
     """Cancel by marker, the daemon stops, `sam-bridge retry`, the daemon starts: the old marker (still
     there: markers are the user's) must not cancel the retried, paid-for job again."""
-
-    def start(service: LocalFalService) -> tuple[RequestFolder, JobEngine, FalClient]:
-        client = FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY)
-        engine = JobEngine(Journal(tmp_path / "journal.sqlite"), Pipeline(client, use_stream=True),
-                           PresetLibrary([("built-in", builtin_presets_dir())]),
-                           EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
-        engine.start()
-        folder = RequestFolder(engine, tmp_path / "requests", rescan_interval=0.2, archive_after=3600.0,
-                               instance_id="me")
-        folder.start()
-        return folder, engine, client
-
-    def stop(folder: RequestFolder, engine: JobEngine, client: FalClient) -> None:
-        folder.stop()
-        engine.stop()
-        engine.journal.close()
-        client.close()
-
-    def state_of(request: Path) -> str:
-        return str(status_of(status_path(request))["state"])
-
+    start, stop = start_daemon, stop_daemon
     with LocalFalService(key=TEST_KEY, job_time=1.5) as service:
         source = make_source(tmp_path / "Guitar 01.wav", seconds=0.5)
-        running = start(service)
+        running = start(tmp_path, service)
         try:
             request = write_request(tmp_path / "requests", "take", source=str(source), prompt="piano")
             wait_for(lambda: status_path(request).exists() and state_of(request) == "running", timeout=30,
@@ -323,7 +355,7 @@ def test_a_cancel_marker_acted_on_before_a_restart_does_not_cancel_the_jobs_retr
         finally:
             stop(*running)
         retry_job(tmp_path, str(status_of(status_path(request))["job_id"]))
-        running = start(service)
+        running = start(tmp_path, service)
         try:
             wait_for(lambda: state_of(request) in ("done", "failed"), timeout=60, what="the retried job")
             time.sleep(1.0)  # rescans see the old marker again
