@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import httpx
 
-from bridge.errors import ServiceError
+from bridge.errors import AccountLocked, AuthError, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,16 @@ class FalStorage:
             if progress:
                 progress(size, size)
             return f"data:{content_type};base64,{data}"
+        try:
+            return self._upload_to_cdn(path, content_type, size, progress)
+        except AuthError as refused:
+            if isinstance(refused, AccountLocked) or not self._forget_token():
+                raise
+            # a token the file store no longer takes (revoked early, or a stand-in restarted): ask anew once
+            log.info("the file store refused the upload token (%s); asking for a new one", refused.message)
+            return self._upload_to_cdn(path, content_type, size, progress)
+
+    def _upload_to_cdn(self, path: Path, content_type: str, size: int, progress: Progress | None) -> str:
         if size > self.multipart_threshold:
             return self._upload_multipart(path, content_type, size, progress)
         token = self._cdn_token()
@@ -98,6 +108,12 @@ class FalStorage:
             data["base_url"] = str(data["base_url"]).rstrip("/")
             self._token = data
             return data
+
+    def _forget_token(self) -> bool:
+        """Drop the cached upload token; False when there was none (the refusal was of a new one)."""
+        with self._token_lock:
+            had, self._token = self._token is not None, None
+            return had
 
     @staticmethod
     def _cdn_headers(token: dict[str, Any], path: Path, content_type: str) -> dict[str, str]:

@@ -252,6 +252,25 @@ def test_an_error_from_the_result_endpoint_says_what_became_of_the_job(
     assert service.stats()["submits"] == 1
 
 
+def test_an_upload_token_the_file_store_no_longer_takes_is_replaced_not_blamed_on_the_key(tmp_path: Path) -> None:
+    """A stand-in restarted on the same port (or a token fal revoked early): the cached token is refused
+    with 401; a new one is asked for once, instead of every later upload failing as "a bad key"."""
+    from bridge.local_service import LocalFalService
+
+    audio = make_wav(tmp_path / "in.wav", seconds=12.0)  # past the data-URI limit: the CDN flow
+    with LocalFalService(key=TEST_KEY) as first:
+        port = int(first.url.rsplit(":", 1)[1])
+        client = FalClient(ApiKey(TEST_KEY), queue_url=first.url, rest_url=first.url, retry=FAST_RETRY)
+        assert client.storage.upload(audio, "audio/wav").startswith(first.url)
+    try:
+        with LocalFalService(key=TEST_KEY, port=port) as restarted:
+            url = client.storage.upload(audio, "audio/wav")
+            assert url.startswith(restarted.url)
+            assert restarted.stats()["calls"]["token"] == 1
+    finally:
+        client.close()
+
+
 def test_retry_after_as_an_http_date_is_honoured() -> None:
     now = 1_767_225_600.0  # Thu, 01 Jan 2026 00:00:00 GMT
     assert parse_retry_after("Thu, 01 Jan 2026 00:00:42 GMT", now=now) == pytest.approx(42.0)
