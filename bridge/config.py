@@ -90,6 +90,10 @@ class Config(_Strict):
     allowed_output_roots: list[Path] = Field(
         default_factory=list, description="extra folders OSC requests may write (home and hot folders always)")
 
+    def requests_folder(self, state: Path) -> Path:
+        """Where request files go: `requests_dir`, or `requests` in the daemon's state folder."""
+        return self.requests_dir or state / "requests"
+
 
 def load_config(path: Path | None = None) -> Config:
     path = path or config_path()

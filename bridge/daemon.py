@@ -139,7 +139,7 @@ class Daemon:
         engine = self.engine = JobEngine(journal, pipeline, self.library, settings)
         engine.start()
         stack.callback(engine.stop)
-        requests_dir = self.config.requests_dir or self.state / "requests"
+        requests_dir = self.config.requests_folder(self.state)
         # the same across restarts: a restarted daemon knows the requests it took as its own
         request_folder = RequestFolder(engine, requests_dir,
                                        instance_id=f"{socket.gethostname()}:{self.state.resolve()}")

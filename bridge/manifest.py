@@ -33,6 +33,8 @@ MANIFEST_FIELDS: dict[str, str] = {
     "`estimated_cost`, `upload` (`content_type`, `bytes`, `source_file_as_is`: what was sent; null when the "
     "step was resumed), `service_log_tail`",
     "stems": "label → `path`, `format`, `subtype`, `samplerate`, `channels`, `frames`",
+    "format_reason": "why the stems' container or sample format is not the source's (e.g. a lossy source gives "
+    "WAV), else null",
     "residual_method": "`complement` (source − target) or `service`",
     "flags": "warnings to read: `weak-correlation`, `drift`, `drift-corrected`, `clipped`, `silent-source`, "
              "`cut-at-end` (the part asked for ran past the file's end), …",

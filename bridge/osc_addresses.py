@@ -132,7 +132,7 @@ REQUESTS: tuple[Request, ...] = (
         required=(_JOB_ID,),
         optional=(),
         description="Cancel a queued or running job; the job's own events then end with /sam/error.",
-        example="j-20240501-0007",
+        example="5bbfef41c050",
         replies=("cancel/ok", "error"),
     ),
     Request(
@@ -140,7 +140,7 @@ REQUESTS: tuple[Request, ...] = (
         required=(),
         optional=((_s("job_id", "a job id; leave out to list the recent jobs"),),),
         description="One job, or the 50 most recently changed jobs when no id is given.",
-        example="j-20240501-0007",
+        example="5bbfef41c050",
         replies=("status/job", "status/end", "error"),
     ),
     Request(
@@ -148,8 +148,9 @@ REQUESTS: tuple[Request, ...] = (
         required=(),
         optional=((_s("project_dir", "project folder whose own presets to list too, as sent with /sam/separate "
                       "(\"\" = the shared ones only)", max_chars=_PATH_CHARS, may_be_empty=True),),),
-        description="List the preset names: the shared ones, and a project's own when one is named. A preset "
-        "whose file has problems is listed too: /sam/separate with it answers with those problems.",
+        description="List the preset names: the shared ones, and a project's own when one is named (a project "
+        "outside the allowed folders gets the shared ones, and the log says why). A preset whose file has "
+        "problems is listed too: /sam/separate with it answers with those problems.",
         example='"/Users/me/Music/Song"',
         replies=("presets/list", "presets/end", "error"),
     ),
@@ -196,28 +197,28 @@ _MESSAGE = _s("message", "what happened, in words", max_chars=1000)
 
 REPLIES: tuple[Reply, ...] = (
     Reply("accepted", (_TAG, _JOB_ID), "The job is queued; later events carry its job id.",
-          "take-3 j-20240501-0007"),
+          "take-3 5bbfef41c050"),
     Reply("progress", (_JOB_ID, _s("state", "queued, uploading, running, … done, failed, cancelled"),
                        Arg("fraction", "f", "0..1 over the whole job"), _MESSAGE),
           "A job changed (to the submitter and every subscriber).",
-          "j-20240501-0007 running 0.4 \"separating on fal\""),
+          "5bbfef41c050 running 0.4 \"separating on fal\""),
     Reply("stem", (_JOB_ID, _s("label", "stem label, e.g. target, residual, vocals"),
                    _s("path", "full path of the stem file", max_chars=_PATH_CHARS)),
           "One per stem file, all before /sam/done.",
-          "j-20240501-0007 target \"/Users/me/Music/Song/Stems/Guitar 01 - piano.target.wav\""),
+          "5bbfef41c050 target \"/Users/me/Music/Song/Stems/Guitar 01 - piano.target.wav\""),
     Reply("done", (_JOB_ID, _s("target", "the target stem (stem sets: the first stem)"),
                    _s("residual", "the residual stem (stem sets: the \"other\" stem, or \"\")"),
                    _s("manifest", "the manifest (.sam.json), written last")),
           "The job finished; every file is complete.",
-          "j-20240501-0007 \".../Guitar 01 - piano.target.wav\" \".../Guitar 01 - piano.residual.wav\" "
+          "5bbfef41c050 \".../Guitar 01 - piano.target.wav\" \".../Guitar 01 - piano.residual.wav\" "
           "\".../Guitar 01 - piano.sam.json\""),
     Reply("error", (_s("tag_or_job_id", "the job id, the request's tag, or \"\""), _MESSAGE),
           "A request was refused, or a job failed or was cancelled. The message names the address and "
           "says what to do.",
           "take-3 \"/sam/separate: The file /tmp/x.wav is outside the folders sam-bridge may read …\""),
-    Reply("cancel/ok", (_JOB_ID,), "Cancellation was requested.", "j-20240501-0007"),
+    Reply("cancel/ok", (_JOB_ID,), "Cancellation was requested.", "5bbfef41c050"),
     Reply("status/job", (_JOB_ID, _s("state", "job state"), Arg("progress", "f", "0..1"), _MESSAGE, _TAG),
-          "One job.", "j-20240501-0007 running 0.4 \"separating on fal\" take-3"),
+          "One job.", "5bbfef41c050 running 0.4 \"separating on fal\" take-3"),
     Reply("status/end", (Arg("count", "i", "how many /sam/status/job were sent"),),
           "End of a status answer.", "1"),
     Reply("presets/list", (_s("name", "preset name"),), "Preset names, split over several messages.",

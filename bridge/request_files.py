@@ -54,8 +54,10 @@ STATUS_FIELDS: dict[str, str] = {
     "updated_at": "ISO-8601 UTC",
     "stems": "label → absolute path, in order (`target`, `residual`; stem sets: each stem, then `other`)",
     "manifest": "path of the `.sam.json` manifest when done",
-    "error": "what went wrong and how to retry, when failed",
+    "error": "what went wrong and how to retry, when failed (`Cancelled` when cancelled)",
     "flags": "warnings to read (`weak-correlation`, `drift`, `cut-at-end`, …)",
+    "request_mtime_ns": "for the daemon: the version (modification time) of the request file this answers",
+    "cancel_marker_mtime_ns": "for the daemon: the `.cancel` marker already acted on, if any",
 }
 
 

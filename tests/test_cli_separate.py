@@ -591,8 +591,22 @@ def test_resume_request_is_for_one_file_and_its_steps(env: dict[str, Path], musi
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     a, b = (make_source(music / f"{name}.wav", 44100, 1, "PCM_16", 0.2).path for name in "ab")
     assert cli("separate", a, b, "--prompt", "bass", "--local", "--resume-request", "r1") == 2
-    assert cli("separate", a, "--prompt", "bass", "--local", "--resume-request", "r1", "--resume-request", "r2") == 2
+    assert cli("separate", a, "--prompt", "bass", "--service-url", "http://127.0.0.1:9", "--resume-request", "r1",
+               "--resume-request", "r2") == 2
     assert "one per step of its preset (1 here)" in capsys.readouterr().err
+    assert cli("separate", a, "--prompt", "bass", "--local", "--resume-request", "r1") == 2
+    assert "the built-in stand-in's requests end with the run that made them" in capsys.readouterr().err
+
+
+def test_a_request_the_service_no_longer_has_says_to_send_it_anew(
+        env: dict[str, Path], service: LocalFalService, music: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_source(music / "a.wav", 44100, 1, "PCM_16", 0.2).path
+    rc = cli("separate", source, "--prompt", "bass", "--service-url", service.url, "--output-dir", music / "out",
+             "--resume-request", "0c3b-long-gone")
+    err = capsys.readouterr().err
+    assert rc == 1 and "no longer has this request" in err
+    assert "Run the same command without --resume-request to send it anew." in err
+    assert service.stats()["submits"] == 0
 
 
 def test_not_a_tty_shows_no_progress_display(env: dict[str, Path], service: LocalFalService, music: Path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -31,6 +32,18 @@ def test_show_redacts_the_key_and_the_osc_token(user_dirs, capsys, monkeypatch) 
     out = capsys.readouterr().out
     assert "hunter2-shared-secret" not in out and "very-secret-fal-key-123" not in out
     assert "FAL_KEY: set (<redacted>)" in out and "token: <redacted>" in out
+
+
+def test_show_prints_the_requests_folder_run_uses(user_dirs, capsys) -> None:
+    assert main(["config", "show"]) == 0
+    assert f"requests_dir: {user_dirs['state'] / 'requests'}" in capsys.readouterr().out
+
+
+def test_status_with_no_jobs_yet_is_an_empty_list_not_an_error(user_dirs, capsys) -> None:
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["status"]) == 0
+    assert "No jobs yet" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -85,6 +85,8 @@ def test_stem_set_peels_and_sums_back_to_the_source(client: FalClient, service: 
     assert [p.name for p in result.stems.values()] == [
         "Song - vocals.wav", "Song - drums.wav", "Song - bass.wav", "Song - other.wav"]
     assert result.manifest.name == "Song - 4-stems.sam.json"
+    from bridge.manifest import MANIFEST_FIELDS
+    assert list(json.loads(result.manifest.read_text())) == list(MANIFEST_FIELDS)  # the README's table, in order
     original, _ = sf.read(source, dtype="float64")
     total = np.zeros_like(original)
     for path in result.stems.values():

@@ -283,6 +283,8 @@ def test_a_retried_job_reports_its_progress_and_end_in_the_same_status_file(
     wait_for(lambda: status_of(status_path(request))["state"] == "done", timeout=60, what="the retry to finish")
     status = status_of(status_path(request))
     assert status["job_id"] == job_id and status["tag"] == "item-9" and status["error"] is None
+    from bridge.request_files import STATUS_FIELDS
+    assert set(status) == set(STATUS_FIELDS)  # the README's table
     assert all(Path(path).is_file() for path in status["stems"].values()) and len(status["stems"]) == 2
     assert service.stats()["submits"] == 2
 

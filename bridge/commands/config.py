@@ -40,6 +40,7 @@ def show_config(args: argparse.Namespace) -> int:
     path = args.config or config_path()
     config = load_config(path)
     data = config.model_dump(mode="json")
+    data["requests_dir"] = str(config.requests_folder(state_dir()))  # resolved, as `run` uses it
     if data["osc"].get("token"):
         data["osc"]["token"] = "<redacted>"
     print(f"# config file: {path}{'' if path.exists() else ' (not present: defaults)'}")

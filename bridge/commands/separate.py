@@ -151,6 +151,9 @@ def _run(args: argparse.Namespace) -> int:
     if library.errors() and not args.quiet:  # others' problems: one line, not a log line per problem
         print("sam-bridge: note: some preset files have problems, so their presets cannot be used; "
               "`sam-bridge presets list` names them.", file=sys.stderr)
+    if args.resume_request and args.local:
+        raise InputError("--resume-request cannot be used with --local: the built-in stand-in's requests end "
+                         "with the run that made them.", hint="Run the command again without --resume-request.")
     if args.resume_request and (len(args.source) > 1 or len(args.resume_request) > len(recipe.steps)):
         raise InputError("--resume-request names the requests of one file: one per step of its preset "
                          f"({len(recipe.steps)} here).",
@@ -189,19 +192,24 @@ def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe, arg
             raise _cancel_on_ctrl_c(client, hooks, stop) from None
         except BridgeError as err:
             # the built-in stand-in's requests end with this run: nothing to collect later
-            _say_what_to_do(err, request, {} if choice.local else hooks.handles, choice, pipeline.bills())
+            _say_what_to_do(err, request, {} if choice.local else hooks.handles, choice, pipeline.bills(),
+                            resumed=bool(resume))
             raise
     return result, time.monotonic() - began
 
 
 def _say_what_to_do(err: BridgeError, request: SeparationRequest, accepted: dict[int, RequestHandle],
-                    choice: ServiceChoice, billed: bool) -> None:
+                    choice: ServiceChoice, billed: bool, resumed: bool) -> None:
     """The hint of a run that broke off. Once the service has accepted a request, running the command again
     sends (and on fal pays for) it again: say how to collect it instead, unless that result is of no use,
     or the error is about a submit whose answer was lost (its own hint says what to check)."""
     if not accepted:
         if type(err) is ServiceUnavailable:  # a subclass (RateLimited) has its own hint
             err.hint = _unavailable_hint(choice)
+        return
+    if err.results_unusable and resumed:  # asking again gives the same: only a new request helps
+        err.hint = ("Run the same command without --resume-request to send it anew"
+                    f"{' (charged again)' if billed else ''}.")
         return
     if err.results_unusable or isinstance(err, (InputError, Cancelled, SubmitUncertain)):
         return

@@ -17,7 +17,7 @@ from bridge.journal import JobRow, Journal
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("status", help="list jobs (the daemon's journal)")
     p.add_argument("job", nargs="?", help="one job id (or a unique prefix)")
-    p.add_argument("--all", action="store_true", help="include finished jobs (default: recent 50)")
+    p.add_argument("--all", action="store_true", help="list up to 1000 jobs (default: the 50 most recent)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=status)
     c = subparsers.add_parser("cancel", help="cancel a job (also cancels its request at the service)")
@@ -73,6 +73,9 @@ def _age(seconds: float) -> str:
 
 
 def status(args: argparse.Namespace) -> int:
+    if not (state_dir() / "journal.sqlite").exists() and not args.job:  # no jobs yet: not an error
+        print("[]" if args.json else "No jobs yet: the daemon has not run for this user.")
+        return 0
     journal = _journal()
     rows = [journal.get(_resolve(journal, args.job))] if args.job else journal.recent(1000 if args.all else 50)
     views = [r.view for r in rows if r is not None]
