@@ -547,7 +547,7 @@ def test_stems_that_cannot_be_written_after_the_separation_say_it_is_done_and_ho
         env: dict[str, Path], music: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = make_source(music / "Bass DI.wav", 44100, 2, "PCM_24", 1.0)
     out = music / "out"
-    with LocalFalService(key=TEST_KEY, job_time=1.0) as slow:
+    with LocalFalService(key=TEST_KEY, job_time=3.0) as slow:  # the drive goes while it works
         def unplug_the_drive() -> None:
             wait_for(lambda: slow.stats()["running"] == 1, what="the service to work on it")
             out.rmdir()
@@ -573,8 +573,7 @@ def test_the_built_in_stand_ins_requests_are_never_offered_for_collecting_later(
     out = music / "out"
 
     def unplug_the_drive() -> None:
-        wait_for(lambda: out.is_dir(), what="the output folder")  # made before the upload
-        time.sleep(0.5)  # submitted by now; the stand-in works 3 s on it
+        wait_for(lambda: out.is_dir(), what="the output folder")  # made before the upload; 3 s of work follow
         out.rmdir()
         out.write_text("not a folder any more")
 

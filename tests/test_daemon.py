@@ -196,9 +196,7 @@ def test_sigterm_exits_cleanly_and_second_instance_is_refused(daemon_factory, se
                             env={**os.environ, "FAL_KEY": TEST_KEY})
     assert second.returncode != 0
     assert f"already running (process {info['pid']})" in second.stderr
-    began = time.monotonic()
-    assert daemon.stop() == 0
-    assert time.monotonic() - began < 5.0
+    assert daemon.stop() == 0  # exited by itself on SIGTERM (a kill after the wait would give -9)
     assert not (user_dirs["state"] / "daemon.json").exists()
 
 
@@ -342,7 +340,7 @@ def test_a_request_whose_submit_answer_was_lost_in_a_crash_fails_and_is_not_sent
     daemon = daemon_factory(service.url)
     info = daemon.start()
     source = make_source(user_dirs["home"] / "take.wav", seconds=0.5)
-    service.faults.stall("submit", seconds=4.0)  # the service has the job; its answer never reaches us
+    service.faults.stall("submit", seconds=60.0)  # the service has the job; its answer never reaches us
     request = write_request(requests_dir(info), "take", source=source, prompt="piano", tag="item-1")
     wait_for(lambda: service.stats()["submits"] == 1
              and journal_rows(user_dirs, "SELECT * FROM steps WHERE state='submitting'"), what="the submit")
@@ -400,5 +398,7 @@ def test_a_job_retried_after_a_restart_reports_to_its_request_files_status(
     assert retried.returncode == 0, retried.stderr
     status = wait_state(request, ("done",))
     assert status["job_id"] == job_id and len(status["stems"]) == 2
+    target, residual = (sf.read(status["stems"][label], dtype="float64")[0] for label in ("target", "residual"))
+    assert np.array_equal(target + residual, sf.read(source, dtype="float64")[0])  # whole stems of this take
     assert service.stats()["submits"] == 2
     assert restarted.stop() == 0

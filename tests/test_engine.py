@@ -391,38 +391,40 @@ def test_a_job_waiting_for_a_locked_account_holds_no_budget(make_engine, service
     assert service.stats()["submits"] == 0
 
 
-def test_a_retried_stem_set_pays_again_only_from_the_step_that_failed(tmp_path: Path) -> None:
-    """Step 1 of `4-stems` worked, step 2 failed at the service: a retry fetches step 1's result again (its
-    request is still there) and sends only steps 2 and 3."""
+def test_a_retried_stem_set_pays_again_only_from_the_step_that_failed(
+        user_dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """Step 1 of `4-stems` worked, step 2 failed at the service: `sam-bridge retry` fetches step 1's result
+    again (its request is still there) and sends only steps 2 and 3."""
     import soundfile as sf
 
+    from bridge.cli import main
     from bridge.fal_auth import ApiKey
     from bridge.local_service import LocalFalService
     from tests.conftest import FAST_RETRY, TEST_KEY
 
-    with LocalFalService(key=TEST_KEY, job_time=0.6) as slow, FalClient(
-            ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
-        journal = Journal(tmp_path / "j.sqlite")
+    with LocalFalService(key=TEST_KEY) as service, FalClient(
+            ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY) as client:
+        journal = Journal(user_dirs["state"] / "journal.sqlite")  # the one `sam-bridge retry` reads
         engine = JobEngine(journal, Pipeline(client, poll_interval=0.02, use_stream=False),
                            PresetLibrary([("built-in", builtin_presets_dir())]),
-                           EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
+                           EngineSettings(workroot=user_dirs["state"] / "work", rescan_interval=0.1))
         try:
-            source = make_source(tmp_path / "mix.wav", seconds=0.5)
+            source = make_source(user_dirs["home"] / "mix.wav", seconds=0.5)
+            service.faults.fail_job("CUDA error: out of memory", after=1)  # step 1 runs, step 2 fails
             engine.start()
-            job = engine.submit(SeparationRequest(source=source, preset="4-stems", output_dir=tmp_path / "out"))
-            wait_for(lambda: slow.stats()["running"] == 1, what="step 1 to run")
-            slow.faults.fail_job("CUDA error: out of memory")  # taken by the next job: step 2
+            job = engine.submit(SeparationRequest(source=source, preset="4-stems",
+                                                  output_dir=user_dirs["home"] / "out"))
             wait_for(lambda: finished(engine, job), what="the job to fail")
             assert (engine.get(job) or object()).state == JobState.failed  # type: ignore[attr-defined]
             kept = journal.handles(job)[0]
-            assert list(kept) == [0] and slow.stats()["submits"] == 2
+            assert list(kept) == [0] and service.stats()["submits"] == 2
 
-            journal.clear_uncertain(job)  # what `sam-bridge retry` does
-            journal.set_state(job, JobState.queued, 0.0, "Queued again (retry)", error=None)
+            assert main(["retry", job]) == 0
+            assert "asked for again, at no cost" in capsys.readouterr().out
             wait_for(lambda: finished(engine, job), timeout=60, what="the retried job")
             view = engine.get(job)
             assert view is not None and view.state == JobState.done, view
-            assert slow.stats()["submits"] == 4  # step 1 once, step 2 twice, step 3 once
+            assert service.stats()["submits"] == 4  # step 1 once, step 2 twice, step 3 once
             assert journal.handles(job)[0][0] == kept[0]  # step 1's first request served the retry
             stems = [sf.read(view.stems[label])[0] for label in ("vocals", "drums", "bass", "other")]
             assert np.max(np.abs(sum(stems) - sf.read(source)[0])) < 1e-4  # the set still sums to the source

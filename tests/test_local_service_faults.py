@@ -185,6 +185,15 @@ def test_fail_job_completes_with_the_error(scene: Scene) -> None:
     assert scene.svc.stats()["failed"] == 1
 
 
+def test_fail_job_after_some_jobs_lets_those_run_first(scene: Scene) -> None:
+    scene.svc.faults.fail_job(message="step two broke", after=1)
+    first = run_job(scene.client, data_uri(wav_bytes(noise(0.3))))
+    second = run_job(scene.client, data_uri(wav_bytes(noise(0.3))))
+    assert first["result"].status_code == 200 and "error" not in first["status"]
+    assert second["status"]["error"] == "step two broke"
+    assert run_job(scene.client, data_uri(wav_bytes(noise(0.3))))["result"].status_code == 200
+
+
 def test_expire_files_makes_issued_urls_404(scene: Scene) -> None:
     done = run_job(scene.client, data_uri(wav_bytes(noise(0.3))))
     target_url = done["result"].json()["target"]["url"]

@@ -78,7 +78,7 @@ class Faults:
         self._lock = threading.Lock()
         self._on_expire_files = on_expire_files
         self._call_faults: list[CallFault] = []
-        self._job_failures: list[list[Any]] = []  # [JobFailure, times left]
+        self._job_failures: list[list[Any]] = []  # [JobFailure, times left, jobs to run normally first]
         self._unrelated = 0
         self._shift = 0
         self._drift_ppm = 0.0
@@ -126,16 +126,22 @@ class Faults:
     # -- job and result faults --------------------------------------------------------------------
 
     def fail_job(self, message: str = "CUDA error: out of memory", times: int = 1,
-                 error_type: str = "runner_error") -> None:
-        """The next `times` jobs end COMPLETED with this error instead of a result."""
+                 error_type: str = "runner_error", after: int = 0) -> None:
+        """The next `times` jobs end COMPLETED with this error instead of a result, once `after` more jobs
+        have run normally (e.g. `after=1`: the second step of a stem set fails)."""
+        if after < 0:
+            raise ValueError("after must not be negative")
         with self._lock:
-            self._job_failures.append([JobFailure(message, error_type), _times(times)])
+            self._job_failures.append([JobFailure(message, error_type), _times(times), after])
 
     def take_job_failure(self) -> JobFailure | None:
         with self._lock:
             if not self._job_failures:
                 return None
             entry = self._job_failures[0]
+            if entry[2] > 0:  # jobs that still run normally first
+                entry[2] -= 1
+                return None
             entry[1] -= 1
             if entry[1] <= 0:
                 self._job_failures.pop(0)
