@@ -166,14 +166,17 @@ def test_a_waiting_job_is_not_blocked_by_its_own_budget_reservation(make_engine,
     assert view is not None and view.state == JobState.done, view
 
 
-def test_retry_after_a_local_failure_fetches_the_result_instead_of_paying(make_engine, tmp_path: Path) -> None:
+def test_retry_after_a_local_failure_fetches_the_result_instead_of_paying(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.cli import main
     from bridge.fal_auth import ApiKey
     from bridge.local_service import LocalFalService
     from tests.conftest import FAST_RETRY, TEST_KEY
 
     with LocalFalService(key=TEST_KEY, job_time=1.0) as slow, FalClient(
             ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
-        journal = Journal(tmp_path / "j.sqlite")
+        monkeypatch.setenv("SAM_BRIDGE_STATE_DIR", str(tmp_path))
+        journal = Journal(tmp_path / "journal.sqlite")  # the one `sam-bridge retry` reads
         engine = JobEngine(journal, Pipeline(client), PresetLibrary([("built-in", builtin_presets_dir())]),
                            EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
         try:
@@ -186,8 +189,8 @@ def test_retry_after_a_local_failure_fetches_the_result_instead_of_paying(make_e
             wait_for(lambda: finished(engine, job), what="the job to fail")
             assert (engine.get(job) or object()).state == JobState.failed  # type: ignore[attr-defined]
             source.write_bytes(original)
-            journal.clear_uncertain(job)  # what `sam-bridge retry` does
-            journal.set_state(job, JobState.queued, 0.0, "Queued again (retry)", error=None)
+            assert main(["retry", job]) == 0
+            assert "asked for again, at no cost" in capsys.readouterr().out
             wait_for(lambda: finished(engine, job), what="the retried job")
             assert (engine.get(job) or object()).state == JobState.done  # type: ignore[attr-defined]
             assert slow.stats()["submits"] == 1  # the accepted request was fetched again, not paid again
@@ -262,18 +265,21 @@ def test_a_source_gone_before_its_job_runs_fails_in_words(make_engine, service, 
     assert service.stats()["submits"] == 0
 
 
-def test_a_source_changed_while_the_daemon_was_stopped_never_gets_the_old_audios_stems(tmp_path: Path) -> None:
+def test_a_source_changed_while_the_daemon_was_stopped_never_gets_the_old_audios_stems(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A request fal accepted belongs to the audio it was made from: after a re-render the job says so and
     forgets it, and a retry sends the new audio (paid again, knowingly) instead of stems of the old take."""
     import soundfile as sf
 
+    from bridge.cli import main
     from bridge.fal_auth import ApiKey
     from bridge.local_service import LocalFalService
     from tests.conftest import FAST_RETRY, TEST_KEY
 
     with LocalFalService(key=TEST_KEY, job_time=1.0) as slow, FalClient(
             ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
-        journal = Journal(tmp_path / "j.sqlite")
+        monkeypatch.setenv("SAM_BRIDGE_STATE_DIR", str(tmp_path))
+        journal = Journal(tmp_path / "journal.sqlite")  # the one `sam-bridge retry` reads
 
         def new_engine() -> JobEngine:
             return JobEngine(journal, Pipeline(client, billed=True),
@@ -299,8 +305,7 @@ def test_a_source_changed_while_the_daemon_was_stopped_never_gets_the_old_audios
             assert first_attempt > 0  # …but what it cost still counts against the daily budget
             assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
-            journal.clear_uncertain(job)  # what `sam-bridge retry` does
-            journal.set_state(job, JobState.queued, 0.0, "Queued again (retry)", error=None)
+            assert main(["retry", job]) == 0
             wait_for(lambda: finished(second, job), what="the retried job")
             view = second.get(job)
             assert view is not None and view.state == JobState.done, view
