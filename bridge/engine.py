@@ -27,6 +27,7 @@ from bridge.errors import (
     AccountLocked,
     BridgeError,
     Cancelled,
+    RequestGone,
     ServiceUnavailable,
     SourceChanged,
     SourceError,
@@ -257,11 +258,16 @@ class JobEngine(JobSink):
     # -- resume rules -----------------------------------------------------------------------------
 
     def _followable_handles(self, row: JobRow, step_count: int) -> dict[int, RequestHandle]:
-        """The job's accepted requests, less those of a stand-in that is gone (sent again, at no cost)."""
+        """The job's accepted requests, less those of a stand-in that is gone (sent again, at no cost; but
+        never to fal on its own, which would pay for what was a free trial)."""
         accepted, _ = self.journal.handles(row.view.job_id)
         gone = [step for step, handle in accepted.items() if self.pipeline.made_by_other_stand_in(handle)]
         if not gone:
             return accepted
+        if self.pipeline.bills():
+            raise RequestGone("Its request was made by a stand-in service that is gone, and sam-bridge now uses "
+                              "SAM Audio on fal.",
+                              hint=f"`sam-bridge retry {row.view.job_id}` sends it to fal (charged).")
         log.info("job %s: the stand-in that had its request is gone; sending it again (free)", row.view.job_id)
         self.journal.clear_steps(row.view.job_id, min(gone), step_count)
         return {step: handle for step, handle in accepted.items() if step < min(gone)}

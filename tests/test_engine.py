@@ -469,6 +469,23 @@ def test_requests_of_a_stand_in_that_is_gone_are_sent_again_at_no_cost(tmp_path:
             journal.close()
 
 
+def test_a_gone_stand_ins_request_is_never_sent_to_fal_on_its_own(make_engine, service, tmp_path: Path) -> None:
+    """Tried on a stand-in, the daemon now on fal: sending it there would pay for a free trial; it fails
+    saying so, and a retry sends it (knowingly)."""
+    from bridge.fal_client import RequestHandle
+
+    engine = make_engine()  # billed, as fal
+    job = engine.submit(SeparationRequest(source=make_source(tmp_path / "a.wav", seconds=0.3), prompt="piano"))
+    old = "http://127.0.0.1:9/fal-ai/sam-audio/requests/r1"
+    engine.journal.mark_submitted(job, 0, RequestHandle("r1", f"{old}/status", old, f"{old}/cancel"))
+    engine.start()
+    wait_for(lambda: finished(engine, job), what="the job to end")
+    view = engine.get(job)
+    assert view is not None and view.state == JobState.failed
+    assert "stand-in service that is gone" in (view.error or "") and "sends it to fal (charged)" in (view.error or "")
+    assert service.stats()["submits"] == 0 and engine.journal.handles(job)[0] == {}
+
+
 def test_retry_resubmit_forgets_the_requests_a_plain_retry_asks_again(
         user_dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from bridge.cli import main
