@@ -100,7 +100,8 @@ class RequestFolder:
         # job id -> the request version it answers; kept after the job ends, for `sam-bridge retry`
         self._jobs: dict[str, _Followed] = {}
         self._job_of: dict[Path, str] = {}  # request file -> the job its status file follows
-        self._markers_used: dict[Path, int] = {}  # cancel marker -> its mtime_ns when it was acted on
+        # cancel marker -> its mtime_ns when it was acted on (None: none was), read once per request
+        self._markers_used: dict[Path, int | None] = {}
         # answered request -> (its mtime_ns, when its final status was written): rescans read no JSON
         self._answered: dict[Path, tuple[int, float]] = {}
         self._queue: queue.Queue[Path | None] = queue.Queue()
@@ -278,13 +279,11 @@ class RequestFolder:
 
     def _marker_acted_on(self, path: Path) -> int | None:
         """The mtime of the request's cancel marker that was acted on, remembered or read back from the
-        status file (after a restart)."""
+        status file once (after a restart): every status write asks, so that read is not repeated."""
         marker = cancel_marker(path)
         if marker not in self._markers_used:
             acted_on = (_read_json(status_path(path)) or {}).get(ACTED_ON_MARKER)
-            if not isinstance(acted_on, int):
-                return None
-            self._markers_used[marker] = acted_on
+            self._markers_used[marker] = acted_on if isinstance(acted_on, int) else None
         return self._markers_used[marker]
 
     def _answered_at(self, path: Path, mtime_ns: int) -> tuple[int, float] | None:
