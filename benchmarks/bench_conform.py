@@ -68,7 +68,7 @@ def make_files(folder: Path, minutes: float, rate: int, mp3: bool, bwf: bool) ->
                 mono = part.mean(axis=1)
                 out.write(stream.resample_chunk(mono, last=last) if stream is not None else mono)
     if bwf:
-        from bridge import bwf as bwf_chunks
+        from bridge.audio import bwf as bwf_chunks
 
         bext = bytearray(602)
         bext[:14] = b"bench session "
@@ -80,8 +80,8 @@ def run_conform(folder: Path, repeats: int) -> dict[str, object]:
     """In the child: one core, conform `repeats` times (fresh outputs each time), report time and memory."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    from bridge.audio_source import probe_source
-    from bridge.conform import ConformSpec, conform
+    from bridge.audio.conform import ConformSpec, conform
+    from bridge.audio.source import probe_source
 
     info = probe_source(folder / "source.wav")
     ext = "mp3" if (folder / "svc.target.mp3").exists() else "wav"

@@ -42,8 +42,8 @@ import soundfile as sf
 from _common import NullSink
 
 from bridge import __version__
-from bridge.hotfolder import HotFolder, HotFolderWatcher
-from bridge.request import SeparationRequest
+from bridge.common.request import SeparationRequest
+from bridge.hotfolder.watcher import HotFolder, HotFolderWatcher
 
 LATENCY_MARGIN = 0.3  # goal: native median <= settle + this
 

@@ -8,7 +8,7 @@
    command's peak RSS (exact, from wait4; and sampled), peak disk use of the whole run.
 3. Checks the stems: frame count, rate, channels and sample format equal the source's, and
    target + residual == source (to one 24-bit step) at a few places along the hour.
-4. Fetches the service's results again and runs `bridge.conform.conform` alone on them in a child
+4. Fetches the service's results again and runs `bridge.audio.conform.conform` alone on them in a child
    process pinned to ONE core: the conform stage's real-time factor without the rest of the pipeline.
 Goals (from the issue): command peak RSS <= 300 MB; conform >= 200x real time on one core.
 Exit status 0 once the run completed (the table says whether a goal was met); 1 if a check failed.

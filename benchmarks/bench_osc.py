@@ -49,9 +49,9 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from bridge import __version__
+from bridge.common.request import SeparationRequest
 from bridge.local_service import LocalFalService
-from bridge.osc_server import OscServer, OscSettings
-from bridge.request import SeparationRequest
+from bridge.osc.server import OscServer, OscSettings
 
 GOALS_MS = {"ping": 5.0, "separate": 20.0}
 RSS_GOAL_MB = 20.0

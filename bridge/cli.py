@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from bridge import __version__
-from bridge.errors import BridgeError
+from bridge.common.errors import BridgeError
 
 # Each module defines `register(subparsers)`, which adds its parser(s) and sets `func(args) -> int`.
 COMMAND_MODULES = ("separate", "run", "status", "presets", "config", "local_service", "service")

@@ -23,18 +23,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bridge import __version__
-from bridge.config import Config, config_dir, log_dir, state_dir
-from bridge.engine import EngineSettings, JobEngine
-from bridge.errors import BridgeError
-from bridge.fal_auth import ENV_VAR
-from bridge.hotfolder import HotFolder, HotFolderWatcher, default_hot_folder
-from bridge.journal import Journal
-from bridge.osc_server import OscServer, OscSettings
-from bridge.pipeline import Pipeline
-from bridge.presets import PresetLibrary
-from bridge.request_files import RequestFolder
-from bridge.service_setup import ServiceChoice, open_client
-from bridge.stems import write_json_atomic
+from bridge.common.config import Config, config_dir, log_dir, state_dir
+from bridge.common.errors import BridgeError
+from bridge.common.stems import write_json_atomic
+from bridge.engine.engine import EngineSettings, JobEngine
+from bridge.engine.journal import Journal
+from bridge.engine.pipeline import Pipeline
+from bridge.engine.service_choice import ServiceChoice, open_client
+from bridge.fal.auth import ENV_VAR
+from bridge.hotfolder.watcher import HotFolder, HotFolderWatcher, default_hot_folder
+from bridge.osc.server import OscServer, OscSettings
+from bridge.presets.library import PresetLibrary
+from bridge.request_files.folder import RequestFolder
 
 log = logging.getLogger(__name__)
 

@@ -15,17 +15,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bridge.manifest import MANIFEST_FIELDS
-from bridge.options import OutputOptions, ServiceOptions
-from bridge.request import INTERNAL_REQUEST_FIELDS, SeparationRequest
-from bridge.request_files import STATUS_FIELDS
+from bridge.common.options import OutputOptions, ServiceOptions
+from bridge.common.request import INTERNAL_REQUEST_FIELDS, SeparationRequest
+from bridge.engine.manifest import MANIFEST_FIELDS
+from bridge.request_files.folder import STATUS_FIELDS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _type_name(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) or str(annotation)
-    text = text.replace("typing.", "").replace("pathlib.", "").replace("bridge.request.", "")
+    text = text.replace("typing.", "").replace("pathlib.", "").replace("bridge.common.request.", "")
     text = re.sub(r"bridge\.\w+\.", "", text)
     return text.replace(" | None", " (optional)").replace(" | ", " or ").replace("dict[str, Any]", "object")
 
@@ -54,7 +54,7 @@ def dict_table(fields: dict[str, str], head: str = "field") -> str:
 
 
 def presets_table() -> str:
-    from bridge.presets import PresetLibrary, builtin_presets_dir
+    from bridge.presets.library import PresetLibrary, builtin_presets_dir
 
     library = PresetLibrary([("built-in", builtin_presets_dir())])
     rows = ["| preset | isolates | options | tags |", "|---|---|---|---|"]
@@ -67,7 +67,7 @@ def presets_table() -> str:
 
 
 def osc_table() -> str:
-    from bridge.osc_addresses import markdown_table
+    from bridge.osc.addresses import markdown_table
 
     return markdown_table()
 

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bridge.fal_auth import ApiKey
-from bridge.fal_client import FalClient
-from bridge.retry import RetryPolicy
+from bridge.fal.auth import ApiKey
+from bridge.fal.client import FalClient
+from bridge.fal.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from bridge.local_service import LocalFalService

@@ -17,16 +17,16 @@ import soundfile as sf
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from bridge.jobs import JobEvent, JobState, JobView
-from bridge.osc_server import OscServer, OscSettings
-from bridge.request import SeparationRequest
+from bridge.common.jobs import JobEvent, JobState, JobView
+from bridge.common.request import SeparationRequest
+from bridge.osc.server import OscServer, OscSettings
 
 TEST_VERSION = "9.9.9-test"
 WAIT = 5.0  # seconds a test waits for an expected datagram before it fails (a guard, not a measurement)
 
 
 class RecordingSink:
-    """Implements bridge.jobs.JobSink: records what the OSC server asks, lets a test emit job events."""
+    """Implements bridge.common.jobs.JobSink: records what the OSC server asks, lets a test emit job events."""
 
     def __init__(self, presets: tuple[str, ...] = ("piano", "Vocals", "drums"),
                  reject: Exception | None = None) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from bridge.config import DEFAULT_CONFIG_TEXT, config_path, load_config, log_dir, state_dir
-from bridge.fal_auth import ENV_VAR
+from bridge.common.config import DEFAULT_CONFIG_TEXT, config_path, load_config, log_dir, state_dir
+from bridge.fal.auth import ENV_VAR
 
 
 def register(subparsers: Any) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bridge.errors import InputError
+from bridge.common.errors import InputError
+from bridge.common.loopback import is_loopback_host
 from bridge.local_service.server import serve
-from bridge.loopback import is_loopback_host
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

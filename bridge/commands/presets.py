@@ -7,15 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bridge.preset_files import PresetFileError, PresetProblem, read_preset_file
-from bridge.preset_schema import EXAMPLE_PRESET_FILE
-from bridge.presets import (
-    Preset,
-    PresetLibrary,
-    Recipe,
-    default_search_path,
-    recipe_from_preset,
-)
+from bridge.presets.files import PresetFileError, PresetProblem, read_preset_file
+from bridge.presets.library import Preset, PresetLibrary, default_search_path
+from bridge.presets.recipe import Recipe, recipe_from_preset
+from bridge.presets.schema import EXAMPLE_PRESET_FILE
 
 
 def register(subparsers: Any) -> None:

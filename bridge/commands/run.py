@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bridge.config import load_config
+from bridge.common.config import load_config
 
 
 def register(subparsers: Any) -> None:

@@ -16,17 +16,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bridge.audio_source import probe_source
-from bridge.errors import BridgeError, Cancelled, InputError, OutputError, ServiceUnavailable, SubmitUncertain
-from bridge.fal_client import FalClient, RequestHandle
-from bridge.jobs import JobState
-from bridge.options import Acceleration, OutputFormat, ResidualMethod
-from bridge.pipeline import JobResult, Pipeline, StandaloneHooks
-from bridge.presets import PresetLibrary, Recipe, recipe_for
-from bridge.processes import owner_tag, remove_left_behind
-from bridge.progress_display import ProgressDisplay
-from bridge.request import Origin, SeparationRequest
-from bridge.service_setup import ServiceChoice, open_client
+from bridge.audio.source import probe_source
+from bridge.commands.progress_display import ProgressDisplay
+from bridge.common.errors import BridgeError, Cancelled, InputError, OutputError, ServiceUnavailable, SubmitUncertain
+from bridge.common.jobs import JobState
+from bridge.common.options import Acceleration, OutputFormat, ResidualMethod
+from bridge.common.processes import owner_tag, remove_left_behind
+from bridge.common.request import Origin, SeparationRequest
+from bridge.engine.pipeline import Pipeline
+from bridge.engine.pipeline_hooks import JobResult, StandaloneHooks
+from bridge.engine.service_choice import ServiceChoice, open_client
+from bridge.fal.client import FalClient, RequestHandle
+from bridge.presets.library import PresetLibrary
+from bridge.presets.recipe import Recipe, recipe_for
 
 STEM_FORMATS = ("WAV", "AIFF", "FLAC", "CAF", "W64", "RF64")
 WORK_PREFIX = "sam-bridge-"  # the temp directory's work folders (the stand-in's too): ours to clean

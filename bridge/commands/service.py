@@ -7,20 +7,11 @@ import json
 import os
 from typing import Any
 
-from bridge.config import state_dir
-from bridge.errors import ConfigError
-from bridge.processes import process_alive
-from bridge.service_files import (
-    PLATFORMS,
-    ServicePlan,
-    current_platform,
-    install,
-    key_hint,
-    make_plan,
-    shell_line,
-    status,
-    uninstall,
-)
+from bridge.common.config import state_dir
+from bridge.common.errors import ConfigError
+from bridge.common.processes import process_alive
+from bridge.os_service.files import PLATFORMS, ServicePlan, current_platform, key_hint, make_plan, shell_line
+from bridge.os_service.manage import install, status, uninstall
 
 
 def register(subparsers: Any) -> None:

@@ -7,11 +7,11 @@ import json
 import time
 from typing import Any
 
-from bridge.audio_source import source_sha256
-from bridge.config import state_dir
-from bridge.errors import InputError
-from bridge.jobs import JobState
-from bridge.journal import JobRow, Journal
+from bridge.audio.source import source_sha256
+from bridge.common.config import state_dir
+from bridge.common.errors import InputError
+from bridge.common.jobs import JobState
+from bridge.engine.journal import JobRow, Journal
 
 
 def register(subparsers: Any) -> None:

@@ -46,7 +46,7 @@ import soxr
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
-from bridge.prefetch import ReadAhead
+from bridge.audio.prefetch import ReadAhead
 
 SAMPLE_RATE = 48_000
 TAPS = 4801

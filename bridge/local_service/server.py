@@ -21,13 +21,13 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, TextIO
 
-from bridge.errors import InputError
+from bridge.common.errors import InputError
+from bridge.common.loopback import is_loopback_host
+from bridge.common.processes import owner_tag
 from bridge.local_service.faults import Faults
 from bridge.local_service.handler import Handler
 from bridge.local_service.queue import JobQueue, QueueSettings
 from bridge.local_service.storage import FileStore
-from bridge.loopback import is_loopback_host
-from bridge.processes import owner_tag
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.osc_server import OscServer
+from bridge.osc.server import OscServer
 from tests.osc_helpers import OscClient, RecordingSink, running_server
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from bridge.errors import ConfigError, InputError
-from bridge.jobs import RequestRejected
-from bridge.osc_addresses import MAX_REPLY_BYTES
-from bridge.osc_server import OscServer, OscSettings
+from bridge.common.errors import ConfigError, InputError
+from bridge.common.jobs import RequestRejected
+from bridge.osc.addresses import MAX_REPLY_BYTES
+from bridge.osc.server import OscServer, OscSettings
 from tests.osc_helpers import TEST_VERSION, OscClient, RecordingSink, running_server, write_wav
 
 
@@ -103,7 +103,7 @@ BAD_INPUT = {
 def test_bad_input_gets_an_error_naming_what_was_expected_and_the_server_goes_on(
         case: str, client: OscClient, sink: RecordingSink, caplog: pytest.LogCaptureFixture) -> None:
     datagram, expected = BAD_INPUT[case]
-    with caplog.at_level(logging.WARNING, logger="bridge.osc_server"):
+    with caplog.at_level(logging.WARNING, logger="bridge.osc.server"):
         client.send_raw(datagram)
         error = client.expect("/sam/error")
         assert_still_serving(client)

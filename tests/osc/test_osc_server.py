@@ -14,11 +14,11 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import BlockingOSCUDPServer
 from pythonosc.udp_client import SimpleUDPClient
 
-from bridge.errors import ConfigError
-from bridge.jobs import JobEvent, JobState
-from bridge.osc_addresses import MAX_REPLY_BYTES
-from bridge.osc_server import OscServer, OscSettings
-from bridge.request import Origin, SeparationRequest
+from bridge.common.errors import ConfigError
+from bridge.common.jobs import JobEvent, JobState
+from bridge.common.request import Origin, SeparationRequest
+from bridge.osc.addresses import MAX_REPLY_BYTES
+from bridge.osc.server import OscServer, OscSettings
 from tests.osc_helpers import TEST_VERSION, WAIT, OscClient, RecordingSink, done_event, running_server, write_wav
 
 

@@ -1,0 +1,380 @@
+"""Conform: turn the service's mono 48 kHz result into two stems that drop onto the source's timeline.
+
+Streaming, block by block (64 Ki frames), so an hour-long source costs no more memory than a song:
+
+1. measure where the result sits (`align`): offset at the start, drift at the end;
+2. read the result through a soxr stream at the source's rate, skip/pad the offset, pad/trim to exactly
+   the segment's frame count; when the end window shows a drift, the stems are made a second time from
+   the result read at a corrected rate (and its offset measured anew);
+3. project mono → the source's channels (`projection`: direct for mono, STFT ratio mask otherwise);
+4. quantise the target exactly as it will be written, then residual = source − written target (the
+   "complement": target + residual == source to the last bit for PCM) or the service's own residual;
+5. write both stems in the source's container, sample format, rate and channel count (RF64 past the
+   4 GiB WAV limit, WAV for lossy sources), then copy bext/iXML with the time reference moved to the
+   segment's start.
+
+The null test reported is the PEAK of source − (target + residual) over the values handed to the writer
+(which, for the lossless containers we write, are the values in the files), in dBFS.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+from numpy.typing import NDArray
+
+from bridge.audio.align import (
+    SEARCH_SECONDS,
+    WEAK_CORRELATION,
+    WINDOW_SECONDS,
+    AlignedService,
+    DriftProbe,
+    LagEstimate,
+    drift_rate_scale,
+    mono_mix,
+    windows_apart,
+)
+from bridge.audio.drift import (
+    DriftCorrection,
+    Segment,
+    measure_start,
+    open_source,
+    refine_scale,
+    usable_offset,
+)
+from bridge.audio.prefetch import ReadAhead, WriteBehind
+from bridge.audio.projection import MaskProjector, describe
+from bridge.audio.source import INTEGER_BITS, SourceInfo, read_block, refuse_non_finite
+from bridge.audio.stem_output import (
+    RF64_THRESHOLD,
+    OutputPlan,
+    Quantizer,
+    StemFiles,
+    copy_metadata,
+    output_error,
+    plan_output,
+)
+from bridge.common.errors import BridgeError, SourceError
+
+log = logging.getLogger(__name__)
+
+Float64Array = NDArray[np.float64]
+
+BLOCK = 1 << 16
+
+
+@dataclass(frozen=True)
+class ConformSpec:
+    source: SourceInfo
+    start_frame: int
+    frames: int
+    out_format: str | None = None  # None = same as source (lossy → WAV)
+    out_subtype: str | None = None
+    residual_method: Literal["complement", "service"] = "complement"
+    rf64_threshold: int = RF64_THRESHOLD  # bytes; WAV stems bigger than this are written as RF64
+
+
+@dataclass(frozen=True)
+class ConformReport:
+    offset_samples: int  # where the service result sat vs the source, in SOURCE-rate samples (+ = late)
+    drift_samples: int  # end offset − start offset
+    correlation: float  # normalised peak correlation 0..1
+    null_test_dbfs: float  # peak of source − (target + residual) as written, dBFS (−inf if exact)
+    method: str
+    projection: str
+    out_format: str
+    out_subtype: str
+    format_reason: str | None
+    frames: int
+    samplerate: int
+    channels: int
+    # "weak-correlation", "drift" (the stems may drift), "drift-corrected", "drift-unmeasured", "silent-source",
+    # "clipped"
+    flags: tuple[str, ...]
+
+
+
+class _StemValues:
+    """Quantises a block's target exactly as it will be stored, makes the residual and measures the null
+    test: the two arrays to write."""
+
+    def __init__(self, subtype: str, complement: bool, tally: _Tally) -> None:
+        self.target_q, self.residual_q = Quantizer(subtype), Quantizer(subtype)
+        self.complement = complement
+        self.tally = tally
+
+    @property
+    def clipped(self) -> int:
+        return self.target_q.clipped + self.residual_q.clipped
+
+    def __call__(
+        self, exact: Float64Array, target: NDArray[np.float32], service_residual: NDArray[np.float32] | None
+    ) -> tuple[NDArray[np.generic], NDArray[np.generic]]:
+        stored_t, values_t = self.target_q(target.astype(np.float64))
+        if self.complement:
+            residual = exact - values_t
+            stored_r, values_r = self.residual_q(residual)
+            error = residual - values_r  # == exact - (values_t + values_r): every step here is exact
+        else:
+            stored_r, values_r = self.residual_q(np.asarray(service_residual, dtype=np.float64))
+            error = exact - values_t
+            error -= values_r
+        if error.size:
+            np.abs(error, out=error)
+            peak = float(error.max())
+            # a NaN would lose every comparison and leave the test looking fine: it is the worst result
+            self.tally.null_peak = max(self.tally.null_peak, peak if math.isfinite(peak) else math.inf)
+        return stored_t, stored_r
+
+
+@dataclass
+class _Tally:
+    null_peak: float = 0.0
+    clipped: int = 0
+    last_progress: float = -1.0
+
+
+def conform(
+    spec: ConformSpec,
+    service_target: Path,
+    service_residual: Path,
+    out_target: Path,
+    out_residual: Path,
+    progress: Callable[[float], None] | None = None,
+) -> ConformReport:
+    """Write the target and residual stems at exactly `out_target`/`out_residual`; see the module doc."""
+    source = spec.source
+    if spec.frames <= 0 or spec.start_frame < 0 or spec.start_frame + spec.frames > source.frames:
+        raise ValueError(f"segment {spec.start_frame}+{spec.frames} is outside the source")
+    if Path(out_target) == Path(out_residual):
+        raise ValueError("target and residual must be different files")
+    plan = plan_output(source, spec.frames, spec.out_format, spec.out_subtype, spec.rf64_threshold)
+    segment = Segment(source, spec.start_frame, spec.frames, service_target, service_residual)
+    start = measure_start(segment)
+    offset = usable_offset(start)
+    try:
+        stems = StemFiles((out_target, out_residual), plan, source)
+    except (OSError, RuntimeError) as exc:
+        raise output_error(exc, out_target) from exc
+    correction: DriftCorrection | None = None
+    try:
+        probe = DriftProbe(spec.frames, source.samplerate)
+        tally = _stream(spec, plan, offset, segment, stems, probe, progress)
+        end = probe.estimate()
+        scale = drift_rate_scale(start, end) if end is not None and offset == start.lag else None
+        if scale is not None and end is not None:
+            fit = refine_scale(segment, scale)
+            if fit.lines_up_better_than(end):
+                log.info("%s: the result drifts %+d samples by the end; making the stems again from it read "
+                         "%+.1f ppm faster", source.path.name, end.lag, (fit.scale - 1) * 1e6)
+                stems.discard()
+                stems = StemFiles((out_target, out_residual), plan, source)
+                offset = usable_offset(fit.start)
+                probe = DriftProbe(spec.frames, source.samplerate)
+                at_end = None if progress is None else (lambda _fraction: progress(0.99))  # the bar stays put
+                tally = _stream(spec, plan, offset, segment, stems, probe, at_end, fit.scale)
+                correction = DriftCorrection(fit.scale, end, start, probe.estimate())
+            else:  # the stems already written are the better ones
+                log.info("%s: the result drifts %+d samples by the end, and reading it at a corrected rate "
+                         "would not line it up better: kept uncorrected", source.path.name, end.lag)
+                correction = DriftCorrection(fit.scale, end, start, fit.end, applied=False)
+        stems.close()
+        copy_metadata(source, spec.start_frame, plan, (out_target, out_residual))
+        for path in (out_target, out_residual):
+            if sf.info(str(path)).frames != spec.frames:
+                raise OSError(errno.EIO, "the stem came out short")
+    except BridgeError:
+        stems.discard()
+        raise
+    except (OSError, RuntimeError, AssertionError) as exc:  # libsndfile write failures are RuntimeErrors
+        error = output_error(exc, out_target)  # before discarding: a full disk is only full until then
+        stems.discard()
+        raise error from exc
+    except BaseException:
+        stems.discard()
+        raise
+    if progress is not None:
+        progress(1.0)
+    return _report(spec, plan, start, offset, end, tally, correction)
+
+
+def _stream(
+    spec: ConformSpec,
+    plan: OutputPlan,
+    offset: int,
+    segment: Segment,
+    stems: StemFiles,
+    probe: DriftProbe,
+    progress: Callable[[float], None] | None,
+    rate_scale: float = 1.0,
+) -> _Tally:
+    source = spec.source
+    tally = _Tally()
+    complement = spec.residual_method == "complement"
+    emit = _StemValues(plan.subtype, complement, tally)
+    pcm_source = source.subtype in INTEGER_BITS
+    projector = (
+        MaskProjector(source.channels, source.samplerate, service_residual=not complement)
+        if source.channels > 1
+        else None
+    )
+    waiting: list[Float64Array] = []  # exact source blocks not yet matched by projector output
+
+    def take_waiting(count: int) -> Float64Array:
+        joined = np.concatenate(waiting) if len(waiting) > 1 else waiting[0]
+        waiting[:] = [joined[count:]]
+        return joined[:count]
+
+    service = AlignedService(segment.target, segment.residual, source.samplerate, offset, rate_scale)
+    try:
+        with (
+            open_source(source) as src,
+            ReadAhead(_blocks(spec, src, service, pcm_source), name="conform-read") as blocks,
+            WriteBehind(stems.write_pair, name="conform-write") as writer,
+        ):
+            for position, exact, target, residual in blocks:
+                count = len(exact)
+                if probe.wants(position, count):
+                    probe.feed_source(position, mono_mix(exact))
+                    probe.feed_service(position, target + residual)
+                if projector is None:
+                    writer.submit(emit(exact, target[:, None], residual[:, None]))
+                else:
+                    waiting.append(exact)
+                    out_t, out_r = projector.process(target, residual, exact)
+                    writer.submit(emit(take_waiting(len(out_t)), out_t, out_r))
+                _report_progress(progress, tally, (position + count) / spec.frames)
+            if projector is not None:
+                out_t, out_r = projector.flush()
+                writer.submit(emit(take_waiting(len(out_t)), out_t, out_r))
+            tail_t, tail_r = service.read(probe.max_lag)
+            probe.feed_service(spec.frames, tail_t + tail_r)
+    finally:
+        service.close()
+    tally.clipped = emit.clipped
+    return tally
+
+
+def _blocks(
+    spec: ConformSpec, src: sf.SoundFile, service: AlignedService, pcm: bool
+) -> Iterator[tuple[int, Float64Array, NDArray[np.float32], NDArray[np.float32]]]:
+    """(position, exact source block, aligned service target, residual) for the whole segment."""
+    src.seek(spec.start_frame)
+    for position in range(0, spec.frames, BLOCK):
+        count = min(BLOCK, spec.frames - position)
+        exact = _read_exact(src, count, pcm, spec.source)
+        if not pcm:
+            refuse_non_finite(exact, spec.start_frame + position, spec.source)
+        target, residual = service.read(count)
+        yield position, exact, target, residual
+
+
+def _read_exact(src: sf.SoundFile, count: int, pcm: bool, source: SourceInfo) -> Float64Array:
+    """`count` source frames as float64, bit-exact (PCM via int32: no scaling surprises)."""
+    try:
+        if pcm:
+            block = np.multiply(read_block(src, count, "int32"), 2.0**-31, dtype=np.float64)
+        else:
+            block = read_block(src, count, "float64")
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise SourceError(f"“{source.path.name}” could not be read to the end.", "Export it again.") from exc
+    if len(block) < count:
+        raise SourceError(
+            f"“{source.path.name}” ended earlier than expected; it may have changed while the job ran.",
+            "Run the job again once the file is final.",
+        )
+    return np.asarray(block, dtype=np.float64)
+
+
+def _report_progress(progress: Callable[[float], None] | None, tally: _Tally, fraction: float) -> None:
+    if progress is not None and fraction - tally.last_progress >= 0.01:
+        tally.last_progress = fraction
+        progress(min(fraction, 0.99))
+
+
+
+def _report(
+    spec: ConformSpec,
+    plan: OutputPlan,
+    start: LagEstimate,
+    offset: int,
+    end: LagEstimate | None,
+    tally: _Tally,
+    correction: DriftCorrection | None = None,
+) -> ConformReport:
+    flags: list[str] = []
+    correlation = start.correlation
+    drift = 0
+    method = (
+        f"gcc-phat lag + normalised xcorr of service target+residual vs source mono mix, "
+        f"±{SEARCH_SECONDS:g} s search, windows of up to {WINDOW_SECONDS:g} s at start and end"
+    )
+    if not start.has_signal:
+        flags.append("silent-source")
+    elif start.correlation < WEAK_CORRELATION:
+        flags.append("weak-correlation")
+        if offset == 0 and start.lag != 0:
+            method += "; offset kept at 0 (the result does not resemble the source)"
+    if end is not None and start.has_signal:
+        usable_end = end.has_signal and end.correlation >= WEAK_CORRELATION
+        if end.has_signal:
+            correlation = min(correlation, end.correlation)
+            if end.correlation < WEAK_CORRELATION and "weak-correlation" not in flags:
+                flags.append("weak-correlation")
+        if usable_end:
+            drift = end.lag
+            applied = correction is not None and correction.applied
+            left = correction.left if correction is not None and applied else end
+            if correction is not None and applied:
+                flags.append("drift-corrected")
+                left_text = f"{left.lag:+d}" if left is not None and left.has_signal else "unmeasured"
+                method += (f"; a drift of {drift:+d} samples was corrected by reading the result "
+                           f"{(correction.scale - 1) * 1e6:+.1f} ppm faster (left at the end: {left_text})")
+            elif correction is not None:
+                tried = correction.left
+                tried_text = f"{tried.lag:+d}" if tried is not None and tried.has_signal else "unmeasured"
+                method += (f"; a drift of {drift:+d} samples was found, but reading the result "
+                           f"{(correction.scale - 1) * 1e6:+.1f} ppm faster would have left {tried_text} at the "
+                           "end: not corrected")
+            elif abs(drift) > 1 and not windows_apart(start, end):
+                method += (f"; a drift of {drift:+d} samples was found, but the start and end windows are too "
+                           "close together to measure a clock rate: not corrected")
+            if left is None or not left.has_signal or abs(left.lag) > 1:  # not shown to line up: say so
+                flags.append("drift")
+        else:
+            flags.append("drift-unmeasured")
+    if tally.clipped:
+        flags.append("clipped")
+    null_dbfs = 20.0 * math.log10(tally.null_peak) if tally.null_peak > 0 else -math.inf
+    log.info(
+        "conformed %s: offset %+d, drift %+d, correlation %.3f, null %.1f dBFS, flags %s",
+        spec.source.path.name,
+        offset,
+        drift,
+        correlation,
+        null_dbfs,
+        flags or "-",
+    )
+    return ConformReport(
+        offset_samples=offset,
+        drift_samples=drift,
+        correlation=round(correlation, 4),
+        null_test_dbfs=null_dbfs,
+        method=method,
+        projection=describe(spec.source.channels),
+        out_format=plan.format,
+        out_subtype=plan.subtype,
+        format_reason=plan.reason,
+        frames=spec.frames,
+        samplerate=spec.source.samplerate,
+        channels=spec.source.channels,
+        flags=tuple(flags),
+    )

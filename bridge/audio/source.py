@@ -1,0 +1,285 @@
+"""The source side: probe a user's audio file, pick the part to separate, and make the file to upload.
+
+A source is only ever read. When the service can take the user's own file as it is (WAV/FLAC/MP3, whole
+file) that file is uploaded untouched; otherwise the wanted part is written block-wise into a work folder
+as FLAC (lossless, small) or, when FLAC cannot hold the samples (float, 32-bit, more than 8 channels),
+as 32-bit float WAV.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import soundfile as sf
+from numpy.typing import NDArray
+
+from bridge.audio import bwf
+from bridge.common.errors import SourceError
+from bridge.common.file_gate import ends_early
+
+log = logging.getLogger(__name__)
+
+MIN_RATE, MAX_RATE = 8_000, 384_000
+READ_BLOCK = 1 << 16
+
+# Containers we conform to; anything else libsndfile opens (VOC, MAT5...) is refused up front.
+SUPPORTED_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC", "CAF", "MP3", "OGG"})
+LOSSY_FORMATS = frozenset({"MP3", "OGG"})
+_LOSSY_CODECS = "VORBIS OPUS MPEG_LAYER_I MPEG_LAYER_II MPEG_LAYER_III GSM610 G721_32 G723_24 G723_40"
+_LOSSY_PCM_LIKE = "IMA_ADPCM MS_ADPCM VOX_ADPCM NMS_ADPCM_16 NMS_ADPCM_24 NMS_ADPCM_32 ULAW ALAW"
+LOSSY_SUBTYPES = frozenset(f"{_LOSSY_CODECS} {_LOSSY_PCM_LIKE}".split())
+PCM_BITS = {"PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32}
+# Integer sample formats, lossless codecs included: read as int32 they are exact.
+INTEGER_BITS = {**PCM_BITS, "ALAC_16": 16, "ALAC_20": 20, "ALAC_24": 24, "ALAC_32": 32}
+FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
+_UPLOAD_AS_IS = {"WAV": "audio/wav", "WAVEX": "audio/wav", "FLAC": "audio/flac", "MP3": "audio/mpeg"}
+_WAV_SUBTYPES_SERVICE_READS = frozenset({"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT"})
+# Upload copies end in ".upload.<ext>", a name nothing else in a work folder takes: a stem set's later steps
+# upload a copy of the 64-bit intermediate "step<k>.residual.wav", which must survive that copy intact.
+_UPLOAD_COPY_NAME = re.compile(r".+\.upload\.(wav|flac)(\.partial)?")
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: Path
+    format: str  # libsndfile container name: WAV, WAVEX, RF64, W64, AIFF, FLAC, CAF, MP3, OGG
+    subtype: str  # libsndfile sample format: PCM_16, PCM_24, FLOAT, VORBIS...
+    samplerate: int
+    channels: int
+    frames: int
+    bext: bytes | None  # raw chunk payloads from WAV/RF64/W64 sources
+    ixml: bytes | None
+    lossy: bool  # MP3/OGG/OPUS, ADPCM, u-law...: decoded values are not the original samples
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.samplerate
+
+
+def probe_source(path: Path) -> SourceInfo:
+    """Describe a source file, or raise SourceError saying in plain words why it cannot be used."""
+    name = f"“{path.name}”"
+    if not path.exists():
+        raise SourceError(f"{name} was not found.", "Check the file name and folder, then try again.")
+    if path.is_dir():
+        raise SourceError(f"{name} is a folder, not an audio file.", "Choose an audio file inside it.")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise SourceError(
+            f"{name} is not an audio file we can read.",
+            "Export it as WAV, AIFF, FLAC or MP3 and try again.",
+        ) from exc
+    fmt, subtype = str(info.format), str(info.subtype)
+    if fmt not in SUPPORTED_FORMATS:
+        raise SourceError(
+            f"{name} is a {info.format_info} file, which sam-bridge does not handle.",
+            "Export it as WAV, AIFF, FLAC or MP3 and try again.",
+        )
+    if not MIN_RATE <= info.samplerate <= MAX_RATE:
+        raise SourceError(
+            f"{name} has a sample rate of {info.samplerate} Hz; sam-bridge works with 8 kHz to 384 kHz.",
+            "Convert it to a common rate such as 44.1 or 48 kHz and try again.",
+        )
+    _check_not_truncated(path, name)
+    if info.frames <= 0:
+        raise SourceError(f"{name} contains no audio.", "Check the export and try again.")
+    if info.frames >= 2**62:  # 2**63 - 1: a FLAC written as a stream, its length never filled in
+        raise SourceError(f"{name} does not say how long it is (it was written as a stream).",
+                          "Export it again, or convert it to WAV, and try again.")
+    if fmt == "FLAC" and ends_early(path):
+        raise SourceError(
+            f"{name} looks incomplete: it ends before the {info.frames / info.samplerate:.1f} s its header "
+            "announces. It may still be copying, or an export was interrupted.",
+            "Wait until the copy has finished, or export the file again.",
+        )
+    chunks = bwf.read_chunks(path) if fmt in ("WAV", "WAVEX", "RF64", "W64") else bwf.BwfChunks(None, None)
+    return SourceInfo(
+        path=path,
+        format=fmt,
+        subtype=subtype,
+        samplerate=int(info.samplerate),
+        channels=int(info.channels),
+        frames=int(info.frames),
+        bext=chunks.bext,
+        ixml=chunks.ixml,
+        lossy=fmt in LOSSY_FORMATS or subtype in LOSSY_SUBTYPES,
+    )
+
+
+
+def _check_not_truncated(path: Path, name: str) -> None:
+    """Refuse a WAV/RF64/W64/AIFF whose header promises more bytes than the file holds."""
+    layout = bwf.inspect_container(path)
+    if not layout.kind:
+        return
+    # 0 and 0xFFFFFFFF are "size unknown" placeholders of streaming writers, which libsndfile reads fine.
+    placeholders = (0, 0xFFFFFFFF) if layout.kind == "RIFF" else ()
+    promised = 0 if layout.declared_size - 8 in placeholders else layout.declared_size
+    audio = layout.chunk("SSND" if layout.kind == "AIFF" else "data")
+    if audio is not None and audio.size not in placeholders:
+        promised = max(promised, audio.data_offset + audio.size)
+    # One byte of slack: the final pad byte of an odd-sized chunk is often missing.
+    if promised > layout.file_size + 1:
+        have, want = layout.file_size / 2**20, promised / 2**20
+        raise SourceError(
+            f"{name} looks incomplete: its header promises {want:.1f} MB of audio but the file holds only "
+            f"{have:.1f} MB. It may still be copying or recording, or an export was interrupted.",
+            "Wait until the copy or recording has finished, or export the file again.",
+        )
+
+
+def frame_range(info: SourceInfo, start: float | None, length: float | None) -> tuple[int, int]:
+    """Seconds → (start_frame, frames), rounded to the nearest sample and clamped to the file's end."""
+    if (start is not None and not np.isfinite(start)) or (length is not None and not np.isfinite(length)):
+        raise SourceError("The start or length given is not a number.", "Give them in seconds, e.g. 12.5.")
+    start_frame = round((start or 0.0) * info.samplerate)
+    if start_frame < 0:
+        raise SourceError("The start time is before the beginning of the file.", "Give a start of 0 or more.")
+    if start_frame >= info.frames:
+        raise SourceError(
+            f"The start time {start_frame / info.samplerate:.2f} s is past the end of “{info.path.name}” "
+            f"({info.seconds:.2f} s long).",
+            "Choose a start time inside the file.",
+        )
+    end_frame = info.frames
+    if length is not None:
+        end_frame = min(info.frames, start_frame + round(length * info.samplerate))
+    if end_frame <= start_frame:
+        raise SourceError("The part of the file you asked for is empty.", "Give a length above zero.")
+    return start_frame, end_frame - start_frame
+
+
+_C_TYPES = {"float32": "float", "float64": "double", "int32": "int"}
+
+
+def read_block(f: sf.SoundFile, count: int, dtype: Literal["float32", "float64", "int32"]) -> NDArray[Any]:
+    """Read up to `count` frames (2-D) sequentially, straight through libsndfile.
+
+    soundfile re-seeks to its own position after every read; for MP3 (libsndfile 1.2 + mpg123) that
+    seek restarts the decoder and corrupts ~1000 samples after every block boundary. Calling
+    libsndfile's sf_readf_* directly keeps the decoder running, so block reads equal one whole read.
+    """
+    out = np.empty((count, f.channels), dtype=dtype)
+    c_type = _C_TYPES[dtype]
+    lib, ffi = getattr(sf, "_snd", None), getattr(sf, "_ffi", None)
+    handle = getattr(f, "_file", None)
+    if lib is None or ffi is None or handle is None:  # a future soundfile: fall back to its public read
+        return np.asarray(f.read(count, dtype=dtype, always_2d=True))
+    got = int(getattr(lib, f"sf_readf_{c_type}")(handle, ffi.cast(f"{c_type} *", out.ctypes.data), count))
+    code = int(lib.sf_error(handle))
+    if code:
+        raise sf.LibsndfileError(code, prefix=f"Error reading {f.name!r}: ")
+    return out[:got]
+
+
+def source_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def upload_plan(info: SourceInfo, start_frame: int, frames: int, shrink: bool = False) -> tuple[str | None, str, str]:
+    """(format, subtype, content_type) of the upload; format None means "send the user's file".
+
+    `shrink`: send a whole PCM WAV (up to 24-bit) as FLAC, the same samples in fewer bytes (music at 24-bit
+    packs to 55-70 %): worth its encoding time (some 0.3 s for 3 minutes) on any link slower than ~1 Gbit/s.
+    """
+    whole = start_frame == 0 and frames == info.frames
+    content_type = _UPLOAD_AS_IS.get(info.format)
+    bits = INTEGER_BITS.get(info.subtype)
+    packable = info.format in ("WAV", "WAVEX") and bits is not None and bits <= 24 and info.channels <= 8
+    if whole and content_type is not None and not (shrink and packable):
+        wav_ok = info.format not in ("WAV", "WAVEX") or info.subtype in _WAV_SUBTYPES_SERVICE_READS
+        if wav_ok:
+            return None, "", content_type
+    if info.channels <= 8 and (info.lossy or (bits is not None and bits <= 24)):
+        # Lossy decodes go to 24-bit: the model hears no difference and the upload stays small.
+        return "FLAC", "PCM_16" if bits is not None and bits <= 16 else "PCM_24", "audio/flac"
+    return "WAV", "FLOAT", "audio/wav"
+
+
+def is_upload_copy(name: str) -> bool:
+    """Whether `name` is that of an upload copy `make_upload_file` writes (or its partial file)."""
+    return _UPLOAD_COPY_NAME.fullmatch(name) is not None
+
+
+def refuse_non_finite(block: NDArray[np.float64], first_frame: int, source: SourceInfo) -> None:
+    """A float source can hold NaN or ±inf, which would spread through the STFT into both stems."""
+    if np.isfinite(block.sum()):  # one cheap pass; a NaN or inf anywhere makes the sum non-finite
+        return
+    finite = np.isfinite(block).all(axis=1)
+    if finite.all():  # the sum overflowed on huge but finite values
+        return
+    frame = first_frame + int(np.argmin(finite))
+    raise SourceError(
+        f"“{source.path.name}” holds an invalid sample (not a number or infinite) at "
+        f"{frame / source.samplerate:.3f} s (sample {frame}); it cannot be separated.",
+        "Repair or re-export the file from your DAW or editor (a float file with a damaged sample), then run "
+        "the job again.",
+    )
+
+
+def check_finite(info: SourceInfo, start_frame: int, frames: int) -> None:
+    """A FLOAT/DOUBLE source's part read once and refused if it holds NaN or ±inf: before anything is paid
+    for (integer samples are always finite)."""
+    if info.subtype not in ("FLOAT", "DOUBLE"):
+        return
+    with sf.SoundFile(str(info.path)) as src:
+        src.seek(start_frame)
+        for position in range(start_frame, start_frame + frames, READ_BLOCK):
+            block = read_block(src, min(READ_BLOCK, start_frame + frames - position), "float64")
+            refuse_non_finite(block, position, info)
+
+
+def make_upload_file(info: SourceInfo, start_frame: int, frames: int, workdir: Path,
+                     shrink: bool = False) -> tuple[Path, str]:
+    """Return (file to upload, content type); writes a new file into `workdir` only when needed (see
+    `upload_plan` for `shrink`)."""
+    fmt, subtype, content_type = upload_plan(info, start_frame, frames, shrink)
+    if fmt is None:
+        return info.path, content_type
+    workdir.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9._ -]+", "_", info.path.stem).strip(" .")[:60] or "source"
+    final = workdir / f"{stem}.upload.{'flac' if fmt == 'FLAC' else 'wav'}"
+    partial = workdir / f".{final.name}.partial"
+    bits = PCM_BITS.get(subtype)
+    try:
+        with (
+            sf.SoundFile(str(info.path)) as src,
+            sf.SoundFile(str(partial), "w", info.samplerate, info.channels, subtype, format=fmt) as dst,
+        ):
+            src.seek(start_frame)
+            remaining = frames
+            while remaining > 0:
+                block = read_block(src, min(READ_BLOCK, remaining), "float64")
+                if len(block) == 0:
+                    raise SourceError(
+                        f"“{info.path.name}” ended early while reading it.",
+                        "The file may have changed or be damaged; export it again.",
+                    )
+                if bits is not None:
+                    np.clip(block, -1.0, 1.0 - 2.0 ** (1 - bits), out=block)  # libsndfile would wrap
+                dst.write(block)
+                remaining -= len(block)
+        os.replace(partial, final)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise SourceError(
+            f"Could not prepare “{info.path.name}” for upload: {exc.strerror or exc}.",
+            "Check free disk space in the temporary folder and try again.",
+        ) from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    log.debug("upload file %s (%s %s, %d frames)", final.name, fmt, subtype, frames)
+    return final, content_type

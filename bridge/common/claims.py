@@ -1,0 +1,240 @@
+"""Cross-daemon claims: several sam-bridge daemons (studio machines) on one shared folder never both
+process a file.
+
+A claim is a small marker file in `.sam-bridge/claims/` beside the source, created with
+O_CREAT|O_EXCL, which is atomic on local disks, SMB and NFSv3+. Each file version (name, size, mtime)
+has numbered generations `<key>.<gen>.claim`; the highest one is the live claim. Its holder refreshes
+the marker's mtime while the job runs. A marker not refreshed for `ttl` seconds (or whose process on
+this machine has ended) belongs to a dead holder; a released marker (job failed, or not submitted)
+is free. Either way the next daemon claims by creating the next generation with O_EXCL, so of several
+racing daemons exactly one wins. Generations are never deleted while their file version exists — a
+directory listing may miss entries created or removed during it, and a deleted generation could be
+created a second time — only `prune` clears markers of versions that are gone. A finished job leaves
+its marker in state "done", which never expires.
+
+Staleness compares the marker's mtime, set by the holder's clock, with the reader's clock: keep `ttl`
+well above the clock skew between machines (the default 120 s is).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from bridge.common.file_gate import FileSnapshot
+from bridge.common.processes import process_alive
+from bridge.common.stems import write_atomically
+
+log = logging.getLogger(__name__)
+
+STATE_DIR_NAME = ".sam-bridge"  # claims live here, beside the sources
+CLAIMS_DIR_NAME = "claims"
+
+
+class ClaimState(StrEnum):
+    active = "active"
+    released = "released"
+    done = "done"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim this instance holds."""
+
+    path: Path
+    source: Path
+    generation: int
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    claim: Claim | None  # set when this instance now holds the file
+    done_elsewhere: bool = False  # another holder finished it: never take it
+    done_by: str = ""  # the instance that finished it (a request folder's daemon knows its own, restarted)
+    holder: str = ""  # who holds it, when someone else does
+    recheck_after: float = 0.0  # seconds until the other holder's claim could expire
+
+
+class ClaimStore:
+    """Claims of one daemon instance. Thread-safe: every operation is a single filesystem step."""
+
+    def __init__(self, instance_id: str, ttl: float = 120.0) -> None:
+        self.instance_id = instance_id
+        self.ttl = ttl
+        self.host = socket.gethostname()
+
+    def try_claim(self, source: Path, snapshot: FileSnapshot) -> ClaimOutcome:
+        folder = claims_dir(source)
+        folder.mkdir(parents=True, exist_ok=True)
+        key = claim_key(source.name, snapshot)
+        generations = _generations(folder, key)
+        records = {gen: self._read(folder / _name(key, gen)) for gen in generations}
+        done_by = [record.get("instance") for record in records.values() if record.get("state") == ClaimState.done]
+        if done_by:
+            return ClaimOutcome(None, done_elsewhere=True, done_by=str(done_by[0]))
+        latest = max(generations, default=0)
+        path = folder / _name(key, latest)
+        record = records.get(latest, {})
+        if latest == 0 or record.get("state") == ClaimState.released:
+            return self._create(folder, key, latest + 1, source, snapshot)
+        if record.get("instance") == self.instance_id:
+            self.refresh(Claim(path, source, latest))  # ours, from before a restart
+            return ClaimOutcome(Claim(path, source, latest))
+        age = _age(path)
+        if age is None or self._holder_died_here(record):
+            log.info("Claim: taking over %s from a sam-bridge that has ended", source.name)
+            return self._create(folder, key, latest + 1, source, snapshot)
+        if age <= self.ttl:
+            holder = str(record.get("host") or record.get("instance") or "another sam-bridge")
+            return ClaimOutcome(None, holder=holder, recheck_after=self.ttl - age + 0.05)
+        log.info("Claim: taking over %s: the claim of %s expired %.0f s ago", source.name, record.get("host"),
+                 age)
+        return self._create(folder, key, latest + 1, source, snapshot)
+
+    def refresh(self, claim: Claim) -> bool:
+        """Keep a claim alive; False when it is gone or someone took it over (we lost it)."""
+        try:
+            os.utime(claim.path)
+        except OSError:
+            return False
+        generations = _generations(claim.path.parent, _key_of(claim.path))
+        return all(gen <= claim.generation for gen in generations)
+
+    def mark_done(self, claim: Claim) -> None:
+        """The job finished: the marker stays for good, so no daemon takes this file version again."""
+        self._set_state(claim, ClaimState.done)
+
+    def release(self, claim: Claim) -> None:
+        """Free a claim (job failed or cancelled, or never submitted): the next claimant takes it."""
+        self._set_state(claim, ClaimState.released)
+
+    def _set_state(self, claim: Claim, state: ClaimState) -> None:
+        record = self._read(claim.path) or self._record(claim.source, None)
+        record["state"] = state
+        record["changed_at"] = time.time()
+        try:
+            write_atomically(claim.path, json.dumps(record, indent=1))
+        except OSError as exc:
+            log.warning("Claim: could not mark %s %s: %s", claim.source.name, state, exc)
+
+    def forget_done(self, source: Path, snapshot: FileSnapshot) -> None:
+        """Remove every marker of one file version (after it moved to done/)."""
+        folder = claims_dir(source)
+        key = claim_key(source.name, snapshot)
+        for gen in _generations(folder, key):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / _name(key, gen))
+
+    def prune(self, folder: Path) -> int:
+        """Remove markers of file versions that no longer exist (done, or expired). Returns the count."""
+        claims = folder / STATE_DIR_NAME / CLAIMS_DIR_NAME
+        try:
+            names = os.listdir(claims)
+        except OSError:
+            return 0
+        removed = 0
+        for name in names:
+            if not name.endswith(".claim"):
+                continue
+            path = claims / name
+            record = self._read(path)
+            source = folder / str(record.get("source", ""))
+            if not record.get("source"):
+                continue
+            snapshot = FileSnapshot.of(source)
+            if snapshot is not None and claim_key(source.name, snapshot) == _key_of(path):
+                continue
+            age = _age(path)
+            if record.get("state") != ClaimState.active or (age is not None and age > self.ttl):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed += 1
+        return removed
+
+    def _holder_died_here(self, record: dict[str, object]) -> bool:
+        """A holder on this machine whose process has ended needs no TTL to be known dead."""
+        pid = record.get("pid")
+        if record.get("host") != self.host or not isinstance(pid, int) or pid == os.getpid():
+            return False
+        return not process_alive(pid)  # on Windows always alive: the TTL decides there
+
+    def _create(
+        self, folder: Path, key: str, generation: int, source: Path, snapshot: FileSnapshot
+    ) -> ClaimOutcome:
+        path = folder / _name(key, generation)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return ClaimOutcome(None, holder="another sam-bridge", recheck_after=self.ttl)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(self._record(source, snapshot), indent=1))
+        return ClaimOutcome(Claim(path, source, generation))
+
+    def _record(self, source: Path, snapshot: FileSnapshot | None) -> dict[str, object]:
+        record: dict[str, object] = {
+            "source": source.name,
+            "instance": self.instance_id,
+            "host": self.host,
+            "pid": os.getpid(),
+            "state": ClaimState.active,
+            "claimed_at": time.time(),
+        }
+        if snapshot is not None:
+            record.update(size=snapshot.size, mtime_ns=snapshot.mtime_ns)
+        return record
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, object]:
+        """A marker's record; {} while its creator is still writing it (or it vanished)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+def claims_dir(source: Path) -> Path:
+    """Beside the source, so every daemon agrees however its own folders are configured."""
+    return source.parent / STATE_DIR_NAME / CLAIMS_DIR_NAME
+
+
+def claim_key(name: str, snapshot: FileSnapshot) -> str:
+    """One key per file version: saving the file again (new size or mtime) makes a new key."""
+    text = f"{name}\0{snapshot.size}\0{snapshot.mtime_ns}"
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
+def _name(key: str, generation: int) -> str:
+    return f"{key}.{generation}.claim"
+
+
+def _key_of(path: Path) -> str:
+    return path.name.split(".", 1)[0]
+
+
+def _generations(folder: Path, key: str) -> list[int]:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    generations = []
+    for name in names:
+        parts = name.split(".")
+        if len(parts) == 3 and parts[0] == key and parts[2] == "claim" and parts[1].isdigit():
+            generations.append(int(parts[1]))
+    return generations
+
+
+def _age(path: Path) -> float | None:
+    try:
+        return time.time() - os.stat(path).st_mtime
+    except OSError:
+        return None

@@ -1,0 +1,146 @@
+"""The daemon's configuration: one YAML file in the user config folder; CLI flags override it.
+
+Folders come from platformdirs; `SAM_BRIDGE_STATE_DIR` / `SAM_BRIDGE_CONFIG` move them (tests, portable
+setups). The fal key is NOT in this file: it stays in the FAL_KEY environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field
+
+from bridge.common.cost import PriceTable
+from bridge.common.errors import ConfigError
+from bridge.common.yaml_model import load_yaml_model
+
+APP = "sam-bridge"
+
+
+def state_dir() -> Path:
+    override = os.environ.get("SAM_BRIDGE_STATE_DIR")
+    return Path(override) if override else Path(platformdirs.user_state_dir(APP, appauthor=False))
+
+
+def config_dir() -> Path:
+    override = os.environ.get("SAM_BRIDGE_CONFIG")
+    return Path(override).parent if override else Path(platformdirs.user_config_dir(APP, appauthor=False))
+
+
+def config_path() -> Path:
+    override = os.environ.get("SAM_BRIDGE_CONFIG")
+    return Path(override) if override else config_dir() / "config.yaml"
+
+
+def log_dir() -> Path:
+    if os.environ.get("SAM_BRIDGE_STATE_DIR"):
+        return state_dir() / "logs"
+    return Path(platformdirs.user_log_dir(APP, appauthor=False))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServiceConfig(_Strict):
+    mode: Literal["auto", "fal", "local"] = Field(
+        "auto", description="auto: fal when FAL_KEY is set, else the built-in local stand-in")
+    url: str | None = Field(None, description="a stand-in service already running (sam-bridge local-service)")
+    local_delay: float = Field(0.02, ge=0, description="stand-in's seconds of work per second of audio")
+
+
+class OscConfig(_Strict):
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="bind address; anything but loopback needs allow_clients")
+    port: int = Field(9010, ge=0, le=65535)
+    prefix: str = Field("/sam", pattern=r"^/[A-Za-z0-9_/-]*$")
+    reply_port: int | None = Field(None, ge=1, le=65535, description="fixed reply port (Max's udpreceive)")
+    allow_clients: list[str] = Field(default_factory=list, description="client addresses allowed off loopback")
+    token: str | None = Field(None, description="shared token, first argument of every request")
+    rate_limit: int = Field(20, ge=1, description="separate requests per client per window")
+    rate_window: float = Field(60.0, gt=0, description="rate-limit window, seconds")
+
+
+class HotFolderConfig(_Strict):
+    path: Path
+    preset: str | None = Field(None, description="None: subfolders named after presets (hot/vocals/, …)")
+    output_dir: Path | None = Field(None, description="default: Stems/ beside each source")
+    recursive: bool = False
+    polling: bool = Field(False, description="poll instead of OS events (network drives, SMB/NFS, cloud sync)")
+    settle_seconds: float = Field(2.0, ge=0.1, le=600)
+    after_success: Literal["keep", "move-to-done"] = "keep"
+
+
+class Config(_Strict):
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    concurrency: int = Field(4, ge=1, le=32, description="jobs in flight at once")
+    dedupe: bool = Field(True, description="reuse an identical earlier job's stems instead of paying again")
+    daily_budget: float | None = Field(None, ge=0, description="estimated spend per day before jobs wait")
+    prices: PriceTable = Field(default_factory=PriceTable)
+    requests_dir: Path | None = Field(None, description="request-file folder (default: <state>/requests)")
+    default_hot_folder: bool = Field(True, description="watch ~/sam-bridge/hot with one subfolder per preset")
+    hot_folders: list[HotFolderConfig] = Field(default_factory=list)
+    hot_rescan_interval: float = Field(30.0, gt=0)
+    osc: OscConfig = Field(default_factory=OscConfig)
+    allowed_source_roots: list[Path] = Field(
+        default_factory=list, description="extra folders OSC requests may read (home and hot folders always)")
+    allowed_output_roots: list[Path] = Field(
+        default_factory=list, description="extra folders OSC requests may write (home and hot folders always)")
+
+    def requests_folder(self, state: Path) -> Path:
+        """Where request files go: `requests_dir`, or `requests` in the daemon's state folder."""
+        return self.requests_dir or state / "requests"
+
+
+def load_config(path: Path | None = None) -> Config:
+    path = path or config_path()
+    if not path.exists():
+        return Config()
+    return load_yaml_model(path, Config, ConfigError)
+
+
+DEFAULT_CONFIG_TEXT = """\
+# sam-bridge configuration. Every setting is optional; delete a line to get its default.
+# The fal API key is NOT stored here: set the FAL_KEY environment variable.
+
+service:
+  mode: auto          # auto: fal when FAL_KEY is set, else the built-in local stand-in | fal | local
+  # url: http://127.0.0.1:8765   # a stand-in started with `sam-bridge local-service`
+
+concurrency: 4        # jobs in flight at once
+dedupe: true          # same audio + prompt + options as an earlier job: reuse its stems, pay nothing
+# daily_budget: 5.00  # estimated spend per day; jobs past it wait with a message
+
+prices:               # used for cost estimates only; check fal's pricing page
+  currency: USD
+  per_30s: 0.05
+  per_30s_extra_candidate: 0.025
+
+# requests_dir: ~/.local/state/sam-bridge/requests   # where DAW scripts drop request files
+
+default_hot_folder: true   # ~/sam-bridge/hot/<preset>/: drop audio in, stems appear in Stems/
+hot_folders: []
+#  - path: /Volumes/Studio/to-separate
+#    preset: vocals          # omit: subfolders are named after presets
+#    output_dir: /Volumes/Studio/stems
+#    polling: true           # network drives (SMB/NFS) and cloud-sync folders
+#    settle_seconds: 3
+#    after_success: keep     # or move-to-done
+
+osc:
+  enabled: true
+  host: 127.0.0.1     # anything else requires allow_clients (UDP has no sender authentication)
+  port: 9010
+  prefix: /sam
+  # reply_port: 9011  # reply to a fixed port (Max's udpreceive) instead of the sender's port
+  allow_clients: []
+  # token: change-me  # required as first argument when bound beyond loopback
+  rate_limit: 20      # /separate requests per client per rate_window seconds
+  rate_window: 60
+
+allowed_source_roots: []   # OSC may read under your home and hot folders, plus these
+allowed_output_roots: []   # OSC may write under your home and hot folders, plus these
+"""

@@ -1,0 +1,94 @@
+"""One request model for every way in (CLI, request file, OSC, hot folder).
+
+A way in only builds a `SeparationRequest` and hands it to the job engine; the same model is the
+request-file schema (documented in the README from these field descriptions).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bridge.common.options import OutputOptions, ServiceOptions
+
+
+class Origin(StrEnum):
+    cli = "cli"
+    request_file = "request-file"
+    osc = "osc"
+    hot_folder = "hot-folder"
+
+
+MAX_SECONDS = 1e7  # 115 days: beyond any audio file, and far from where seconds × rate overflows
+
+
+class Span(BaseModel):
+    """A time span in seconds into the source (the service's AudioTimeSpan)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: float = Field(ge=0, le=MAX_SECONDS)
+    end: float = Field(gt=0, le=MAX_SECONDS)
+    include: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Span:
+        if self.end <= self.start:
+            raise ValueError(f"span end ({self.end}) must be after its start ({self.start})")
+        return self
+
+
+# Set by the way in itself, never by whoever writes a request: not in the documented schema.
+INTERNAL_REQUEST_FIELDS = frozenset({"origin", "idempotency_key"})
+
+
+class SeparationRequest(BaseModel):
+    """What to separate, how, and where the stems go."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Path = Field(description="audio file to separate (absolute, or relative to the request)")
+    preset: str | None = Field(None, description="preset name (wins over prompt when both are given)")
+    prompt: str | None = Field(None, max_length=500, description="ad-hoc description of the sound to isolate")
+    project_dir: Path | None = Field(None, description="project folder; stems go to its Stems/ folder")
+    output_dir: Path | None = Field(None, description="exact folder for the stems (overrides project_dir)")
+    start: float | None = Field(None, ge=0, le=MAX_SECONDS, description="seconds into the source where the part begins")
+    length: float | None = Field(None, gt=0, le=MAX_SECONDS, description="seconds of source to separate from start")
+    spans: list[Span] | None = Field(None, description="spans for the span-separate endpoint")
+    tag: str = Field("", max_length=200, description="caller's own id, echoed in every reply")
+    options: dict[str, Any] = Field(default_factory=dict, description="service/output option overrides")
+    origin: Origin = Field(Origin.cli, description="which way in made this request")
+    idempotency_key: str | None = Field(
+        None, description="a way in's own key: a second request with the same key is not run again"
+    )
+
+    @field_validator("prompt", "preset")
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    @model_validator(mode="after")
+    def _needs_what(self) -> SeparationRequest:
+        if self.preset is None and self.prompt is None and not self.spans:
+            raise ValueError("give a preset name or a prompt (a text describing the sound to isolate)")
+        if self.length is not None and self.start is None:
+            object.__setattr__(self, "start", 0.0)
+        return self
+
+    def split_options(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Split `options` into service-option and output-option overrides (unknown keys raise)."""
+        service_keys = set(ServiceOptions.model_fields)
+        output_keys = set(OutputOptions.model_fields)
+        unknown = set(self.options) - service_keys - output_keys
+        if unknown:
+            allowed = ", ".join(sorted(service_keys | output_keys))
+            raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}; allowed: {allowed}")
+        service = {k: v for k, v in self.options.items() if k in service_keys}
+        output = {k: v for k, v in self.options.items() if k in output_keys}
+        return service, output

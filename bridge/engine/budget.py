@@ -1,0 +1,51 @@
+"""The daily budget: a job about to be submitted reserves its estimated cost, or waits for tomorrow."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta
+
+import soundfile as sf
+
+from bridge.common.cost import PriceTable
+from bridge.engine.journal import JobRow, Journal
+from bridge.presets.recipe import Recipe
+
+
+class BudgetWait(Exception):
+    """The job would overrun today's budget; it waits until `until` (a time.time() value)."""
+
+    def __init__(self, message: str, until: float) -> None:
+        super().__init__(message)
+        self.until = until
+
+
+class DailyBudget:
+    def __init__(self, journal: Journal, limit: float | None, prices: PriceTable, billed: bool = True) -> None:
+        self.journal, self.limit, self.prices = journal, limit, prices
+        self.billed = billed  # False on a stand-in: its jobs spend nothing
+        self._lock = threading.Lock()
+
+    def reserve(self, row: JobRow, recipe: Recipe) -> None:
+        """Journal the job's estimated cost, or raise BudgetWait when today's spending would pass the limit."""
+        if self.limit is None or not self.billed:
+            return
+        try:
+            seconds = row.request.length or sf.info(str(row.request.source)).duration
+        except (RuntimeError, OSError):
+            return  # the pipeline reports the unreadable source properly
+        estimate = sum(self.prices.estimate(seconds, s.options.reranking_candidates) for s in recipe.steps)
+        midnight = datetime.now().replace(hour=0, minute=0, second=0, microsecond=0)
+        with self._lock:  # check and reserve at once: parallel workers can't all squeeze in
+            self._reserve(row, self.limit, estimate, midnight)
+
+    def _reserve(self, row: JobRow, limit: float, estimate: float, midnight: datetime) -> None:
+        spent = self.journal.spent_since(midnight.timestamp(), exclude=row.view.job_id)
+        if spent + estimate > limit:
+            tomorrow = (midnight + timedelta(days=1)).timestamp()
+            raise BudgetWait(
+                f"Daily budget reached: {spent:.2f} of {limit:.2f} {self.prices.currency} spent today, "
+                f"this job needs about {estimate:.2f}. It waits until tomorrow, or raise daily_budget in the "
+                "config.", until=min(tomorrow, time.time() + 60))
+        self.journal.set_fields(row.view.job_id, cost=estimate)

@@ -1,0 +1,315 @@
+"""The job engine: owns job state (through the journal), the in-flight limit, cancel, resume, dedupe and
+the budget; runs every job through the one pipeline. Implements `bridge.common.jobs.JobSink` for the ways in.
+
+Its parts: `engine_queue` (fair scheduling, slots), `engine_hooks` (what the pipeline calls back),
+`engine_outcomes` (journalling a job's end), `engine_budget` (daily budget), `engine_events` (listeners).
+This module keeps the job's life: submit, cancel, resume, the workers, and the rules for one job's run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from bridge.audio.intermediates import clean_workdir
+from bridge.audio.source import probe_source, source_sha256
+from bridge.common.cost import PriceTable
+from bridge.common.errors import (
+    AccountLocked,
+    BridgeError,
+    Cancelled,
+    RequestGone,
+    ServiceUnavailable,
+    SourceChanged,
+    SourceError,
+    SubmitUncertain,
+)
+from bridge.common.jobs import JobEvent, JobSink, JobState, JobView, RequestRejected
+from bridge.common.request import Origin, SeparationRequest
+from bridge.engine.budget import BudgetWait, DailyBudget
+from bridge.engine.dedupe import dedupe_key, reuse_result, written_before
+from bridge.engine.events import JobEvents
+from bridge.engine.hooks import EngineHooks, ShuttingDown
+from bridge.engine.journal import JobRow, Journal
+from bridge.engine.outcomes import JobOutcomes
+from bridge.engine.pipeline import Pipeline, file_fingerprint
+from bridge.engine.queue import FairQueue, QueuedJob
+from bridge.fal.client import RequestHandle
+from bridge.presets.library import PresetLibraries, PresetLibrary
+from bridge.presets.recipe import Recipe, recipe_for
+
+__all__ = ["ACTIVE", "EngineSettings", "JobEngine", "ShuttingDown"]
+
+log = logging.getLogger(__name__)
+
+ACTIVE = (JobState.queued, JobState.waiting, JobState.preparing, JobState.uploading, JobState.submitted,
+          JobState.running, JobState.downloading, JobState.conforming)
+
+
+@dataclass
+class EngineSettings:
+    concurrency: int = 4
+    dedupe: bool = True
+    daily_budget: float | None = None
+    prices: PriceTable = field(default_factory=PriceTable)
+    workroot: Path = Path("work")
+    retry_base: float = 5.0  # seconds before a job waiting on an unavailable service tries again (doubles)
+    retry_max: float = 300.0
+    rescan_interval: float = 1.0  # how often the journal is checked for work added by other processes
+    local_work: int = 1  # jobs conforming at once: CPU and memory heavy, and no faster in parallel on 2 cores
+
+
+class JobEngine(JobSink):
+    def __init__(self, journal: Journal, pipeline: Pipeline, library: PresetLibrary,
+                 settings: EngineSettings) -> None:
+        self.journal, self.pipeline, self.library, self.settings = journal, pipeline, library, settings
+        self._libraries = PresetLibraries(library)  # + `<project>/sam-bridge/presets/` per request
+        self._queue = FairQueue(settings.concurrency, settings.local_work, settings.rescan_interval)
+        self._events = JobEvents()
+        self._outcomes = JobOutcomes(journal, self._events, pipeline.client.cancel, settings.retry_base,
+                                     settings.retry_max)
+        self._budget = DailyBudget(journal, settings.daily_budget, settings.prices, billed=pipeline.bills())
+        self._cancelled: set[str] = set()  # read by the jobs' hooks at every checkpoint
+        self._workers: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    # -- JobSink ----------------------------------------------------------------------------------
+
+    def submit(self, request: SeparationRequest) -> str:
+        if self._stopping.is_set():
+            raise RequestRejected("sam-bridge is shutting down; send the request again after it restarts.")
+        if request.idempotency_key:
+            for row in reversed(self.journal.by_idempotency_key(request.idempotency_key)):
+                # A request file's version is one job for good, even failed or cancelled (its status file
+                # says so); only `retry` or a new version makes new work. A hot folder file whose error
+                # file was deleted asks for a new job.
+                if (row.view.state in ACTIVE or row.view.state == JobState.done
+                        or request.origin is Origin.request_file):
+                    return row.view.job_id
+        recipe = recipe_for(request, self._libraries.for_project(request.project_dir))  # PresetError now
+        if not request.source.is_file():
+            raise SourceError(f"{request.source} does not exist or is not a file.",
+                              hint="Check the path: the file may have been moved or renamed, or not saved yet.")
+        job_id = self.journal.add(request, recipe.name if request.preset else (request.prompt or recipe.name))
+        self._events.emit(job_id, request.tag, JobState.queued, 0.0, "Waiting for a free slot")
+        self._queue.put(job_id, QueuedJob(request.origin.value, time.time(), 0.0))
+        return job_id
+
+    def cancel(self, job_id: str) -> bool:
+        row = self.journal.get(job_id)
+        if row is None or row.view.state.finished:
+            return False
+        self.journal.request_cancel(job_id)
+        with self._queue.lock:
+            self._cancelled.add(job_id)
+            if self._queue.withdraw(job_id):  # not started: cancelled at once, nothing at the service
+                self._outcomes.cancelled(row)
+            self._queue.wake_all()  # a job waiting for a slot notices the cancel now
+        self._outcomes.cancel_at_service(job_id)
+        return True
+
+    def get(self, job_id: str) -> JobView | None:
+        row = self.journal.get(job_id)
+        return row.view if row else None
+
+    def jobs(self, active_only: bool = False) -> list[JobView]:
+        return [row.view for row in self.journal.recent(active_only=active_only)]
+
+    def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
+        return self._events.subscribe(listener)
+
+    def preset_names(self, project_dir: Path | None = None, include_broken: bool = False) -> list[str]:
+        return self._libraries.for_project(project_dir).names(include_broken)
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Resume unfinished jobs from the journal, then start the workers."""
+        for row in self.journal.unfinished():
+            if self._submit_was_lost(row):
+                self._queue.withdraw(row.view.job_id)
+                continue
+            log.info("resuming job %s (%s, %d accepted request(s))", row.view.job_id, row.view.state,
+                     len(self.journal.handles(row.view.job_id)[0]))
+            self._queue.put(row.view.job_id, QueuedJob.of(row))
+        for n in range(self.settings.concurrency + self.settings.local_work):
+            worker = threading.Thread(target=self._work, name=f"job-worker-{n}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        watcher = threading.Thread(target=self._watch_journal, name="journal-watch", daemon=True)
+        watcher.start()
+        self._workers.append(watcher)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop taking work; in-flight jobs unwind at their next checkpoint and resume on the next start."""
+        self._stopping.set()
+        self._queue.wake_all()
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def running_count(self) -> int:
+        return self._queue.running_count
+
+    def _watch_journal(self) -> None:
+        """Pick up jobs queued or cancelled by other processes (`sam-bridge retry/cancel`)."""
+        while not self._stopping.wait(self.settings.rescan_interval):
+            for row in self.journal.unfinished():
+                job_id = row.view.job_id
+                with self._queue.lock:  # one decision per row: no worker takes the job halfway
+                    if row.cancel_requested and job_id not in self._cancelled:
+                        self._cancelled.add(job_id)
+                        if self._queue.withdraw(job_id):
+                            self._outcomes.cancelled(row)
+                        else:
+                            self._outcomes.cancel_at_service(job_id)
+                    elif row.view.state in (JobState.queued, JobState.waiting) and not self._queue.holds(job_id):
+                        self._cancelled.discard(job_id)  # `sam-bridge retry` of a cancelled job
+                        self._queue.put(job_id, QueuedJob.of(row))
+                    elif row.view.state == JobState.waiting and row.not_before <= time.time():
+                        self._queue.wake()
+
+    def _work(self) -> None:
+        while True:
+            job_id = self._queue.take(self._stopping)
+            if job_id is None:
+                return
+            try:
+                self._run(job_id)
+            except ShuttingDown:
+                log.info("job %s paused for shutdown; it resumes on the next start", job_id)
+            finally:
+                self._queue.release(job_id)
+
+    # -- one job ----------------------------------------------------------------------------------
+
+    def _run(self, job_id: str) -> None:
+        row = self.journal.get(job_id)
+        if row is None or row.view.state.finished:
+            return
+        if row.cancel_requested or job_id in self._cancelled:
+            self._outcomes.cancelled(row)
+            return
+        if self._submit_was_lost(row):
+            return
+        hooks = EngineHooks(row, journal=self.journal, events=self._events, queue=self._queue,
+                            cancelled_ids=self._cancelled, stopping=self._stopping)
+        workdir = self.settings.workroot / job_id
+        recipe: Recipe | None = None
+        try:
+            recipe = recipe_for(row.request, self._libraries.for_project(row.request.project_dir))
+            accepted = self._followable_handles(row, len(recipe.steps))
+            hooks.progress(JobState.preparing, 0.0, "Preparing")
+            audio_hash, fingerprint = self._source_hash(row, accepted)
+            key = dedupe_key(row.request, recipe, audio_hash) if self.settings.dedupe else None
+            if key:
+                self.journal.set_fields(job_id, dedupe_key=key)
+                if not accepted and self._reuse(row, recipe, key):
+                    return
+            if not accepted:
+                self._budget.reserve(row, recipe)
+            elif len(accepted) == len(recipe.steps) and (done := written_before(
+                    row.request, recipe, {h.request_id for h in accepted.values()})) is not None:
+                log.info("job %s had written its stems before the daemon stopped", job_id)
+                self._outcomes.done(row, replace(done, estimated_cost=row.cost))
+                return
+            result = self.pipeline.run(row.request, recipe, hooks, workdir, resume=accepted, temp_tag=job_id,
+                                       source_hash=audio_hash, source_fingerprint=fingerprint)
+        except ShuttingDown:
+            raise
+        except Cancelled:
+            self._outcomes.cancelled(row)
+            clean_workdir(workdir)
+        except BudgetWait as wait:
+            self._wait(row, str(wait), wait.until, count_attempt=False)
+        except AccountLocked as exc:  # every job would fail alike: they wait for the account instead,
+            # looking again every minute, without using up the tries a service outage is allowed
+            self._wait(row, f"{exc.message} Top up or unlock it at https://fal.ai/dashboard/billing: the job "
+                       "goes on by itself then (or cancel it).", time.time() + min(60.0, self.settings.retry_max),
+                       count_attempt=False)
+        except ServiceUnavailable as exc:
+            if self.journal.handles(job_id)[0] or row.attempts < 8:
+                self._wait(row, f"{exc.message} Retrying automatically.", None)
+            else:
+                self._outcomes.failed(row, exc)
+        except BridgeError as exc:
+            made_requests = bool(self.journal.handles(job_id)[0])  # paid for, even if forgotten just below
+            if exc.results_unusable:  # failed at fal, broken, or for other audio: a retry submits anew
+                # that step and those after it; the steps before it are fetched again, not paid again
+                self.journal.clear_steps(job_id, exc.step or 0, len(recipe.steps) if recipe else 1)
+            self._outcomes.failed(row, exc, paid=made_requests)
+            clean_workdir(workdir)
+        except Exception as exc:  # a bug of ours: the job fails, the daemon keeps going
+            log.exception("job %s failed unexpectedly", job_id)
+            self._outcomes.failed(row, BridgeError(f"Internal error: {type(exc).__name__}: {exc}",
+                                                   hint="Please report this with the daemon log."))
+        else:
+            self._outcomes.done(row, result)
+            clean_workdir(workdir)
+
+    def _wait(self, row: JobRow, message: str, until: float | None, count_attempt: bool = True) -> None:
+        until = self._outcomes.waiting(row, message, until, count_attempt)
+        self._queue.put(row.view.job_id, QueuedJob(row.view.origin, row.view.created_at, until))
+
+    # -- resume rules -----------------------------------------------------------------------------
+
+    def _followable_handles(self, row: JobRow, step_count: int) -> dict[int, RequestHandle]:
+        """The job's accepted requests, less those of a stand-in that is gone (sent again, at no cost; but
+        never to fal on its own, which would pay for what was a free trial)."""
+        accepted, _ = self.journal.handles(row.view.job_id)
+        gone = [step for step, handle in accepted.items() if self.pipeline.made_by_other_stand_in(handle)]
+        if not gone:
+            return accepted
+        if self.pipeline.bills():
+            raise RequestGone("Its request was made by a stand-in service that is gone, and sam-bridge now uses "
+                              "SAM Audio on fal.",
+                              hint=f"`sam-bridge retry {row.view.job_id}` sends it to fal (charged).")
+        log.info("job %s: the stand-in that had its request is gone; sending it again (free)", row.view.job_id)
+        self.journal.clear_steps(row.view.job_id, min(gone), step_count)
+        return {step: handle for step, handle in accepted.items() if step < min(gone)}
+
+    def _source_hash(self, row: JobRow, accepted: dict[int, RequestHandle]) -> tuple[str, tuple[int, int]]:
+        """The source's sha256 (read once: the dedupe key and the manifest share it), remembered with the
+        job, and the file's fingerprint from before that read (the pipeline checks the file still has it);
+        SourceChanged when requests were already made from other audio."""
+        probe_source(row.request.source)  # missing, unreadable or not audio: said in words, before reading it
+        try:
+            fingerprint = file_fingerprint(row.request.source)
+            audio_hash = source_sha256(row.request.source)
+        except OSError as exc:
+            raise SourceError(f"“{row.request.source.name}” could not be read ({exc.strerror or exc}).",
+                              "Check that the file is there and readable, then retry the job.") from None
+        if accepted and row.source_hash and row.source_hash != audio_hash:
+            raise SourceChanged(
+                f"“{row.request.source.name}” changed after it was sent to the service, so the results "
+                "already made belong to the old audio.",
+                hint=f"`sam-bridge retry {row.view.job_id}` sends the new audio (charged again).")
+        if row.source_hash != audio_hash:
+            self.journal.set_fields(row.view.job_id, source_hash=audio_hash)
+        return audio_hash, fingerprint
+
+    def _submit_was_lost(self, row: JobRow) -> bool:
+        """A step marked 'submitting' with no request id: it may have landed. Never resend it blindly."""
+        accepted, uncertain = self.journal.handles(row.view.job_id)
+        if not [step for step in uncertain if step not in accepted]:
+            return False
+        self._outcomes.failed(row, SubmitUncertain(
+            "sam-bridge lost the answer while submitting this job, so it cannot tell whether the service "
+            "accepted it.", hint=f"Check your fal dashboard; `sam-bridge retry {row.view.job_id}` submits it "
+            "again (it may be charged twice if it did land)."))
+        return True
+
+    def _reuse(self, row: JobRow, recipe: Recipe, key: str) -> bool:
+        for earlier in self.journal.done_with_dedupe_key(key):
+            result = reuse_result(row.request, recipe, earlier.view)
+            if result is not None:
+                log.info("job %s reuses the result of job %s (no new request)", row.view.job_id,
+                         earlier.view.job_id)
+                self._outcomes.done(row, result, reused_from=earlier.view.job_id)
+                return True
+        return False

@@ -1,0 +1,77 @@
+"""The pipeline's view of the engine (`bridge.engine.pipeline.Hooks`): journal first, then tell the ways in."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from bridge.common.jobs import JobState
+from bridge.engine.events import JobEvents
+from bridge.engine.journal import JobRow, Journal
+from bridge.engine.queue import FairQueue
+from bridge.fal.client import RequestHandle
+
+
+class ShuttingDown(BaseException):
+    """Raised inside a job when the daemon stops: the job keeps its journal state and resumes later."""
+
+
+class EngineHooks:
+    def __init__(self, row: JobRow, *, journal: Journal, events: JobEvents, queue: FairQueue,
+                 cancelled_ids: set[str], stopping: threading.Event) -> None:
+        self.row, self.job_id, self.tag = row, row.view.job_id, row.view.tag
+        self.journal, self.events, self.queue = journal, events, queue
+        self.cancelled_ids, self.stopping = cancelled_ids, stopping  # shared with the engine, not copies
+        self._state: JobState | None = None
+        self._last_emit = 0.0
+        self._last_cancel_check = 0.0
+
+    def progress(self, state: JobState, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if state != self._state:
+            self._state = state
+            self.journal.set_state(self.job_id, state, fraction, message)
+        elif now - self._last_emit < 0.2:
+            return  # progress events are throttled; state changes never are
+        else:
+            self.journal.update_progress(self.job_id, fraction, message)
+        self._last_emit = now
+        self.events.emit(self.job_id, self.tag, state, fraction, message)
+
+    def submitting(self, step: int) -> None:
+        self.journal.mark_submitting(self.job_id, step)
+
+    def not_submitted(self, step: int) -> None:
+        self.journal.unmark_submitting(self.job_id, step)
+
+    @contextmanager
+    def service_slot(self) -> Iterator[None]:
+        with self.queue.service_slot(self.job_id, self.cancelled):
+            yield
+
+    @contextmanager
+    def local_slot(self) -> Iterator[None]:
+        with self.queue.local_slot(self.cancelled):
+            yield
+
+    def service_log(self, line: str) -> None:
+        pass  # the pipeline logs each line; status files and OSC carry the latest in their message
+
+    def submitted(self, step: int, handle: RequestHandle) -> None:
+        self.journal.mark_submitted(self.job_id, step, handle)
+
+    def cancelled(self) -> bool:
+        if self.stopping.is_set():
+            raise ShuttingDown()
+        if self.job_id in self.cancelled_ids:
+            return True
+        now = time.monotonic()
+        if now - self._last_cancel_check > 1.0:  # `sam-bridge cancel` from another process
+            self._last_cancel_check = now
+            row = self.journal.get(self.job_id)
+            if row and row.cancel_requested:
+                self.cancelled_ids.add(self.job_id)
+                return True
+        return False

@@ -1,0 +1,392 @@
+"""The one pipeline every way in ends up in:
+
+prepare → upload → submit → wait (status + logs) → fetch result → download → conform → write → manifest.
+
+A recipe of N steps (a stem set) peels one sound after another: step k separates what step k-1 left, so
+the stems plus the final residual sum back to the source. Each step is its own paid request; the hooks
+let the job engine journal a request id BEFORE the job is reported as submitted, and resume a step by
+polling its request instead of paying again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bridge.audio.conform import ConformReport, ConformSpec, conform
+from bridge.audio.intermediates import carry_position, clear_intermediates, write_complement
+from bridge.audio.prefetch import Background
+from bridge.audio.source import (
+    SourceInfo,
+    check_finite,
+    frame_range,
+    make_upload_file,
+    probe_source,
+    source_sha256,
+)
+from bridge.common.cost import PriceTable
+from bridge.common.errors import BridgeError, Cancelled, JobFailed, ServiceError, SourceError, SubmitUncertain
+from bridge.common.jobs import JobState
+from bridge.common.loopback import is_loopback_url
+from bridge.common.processes import remove_left_behind
+from bridge.common.request import SeparationRequest
+from bridge.common.stems import (
+    EXTENSIONS,
+    TEMP_PREFIX,
+    ensure_writable,
+    job_names,
+    output_folder,
+    place_all,
+    remove_quietly,
+    remove_stale_temps,
+    temp_path_for,
+    write_json_atomic,
+)
+from bridge.engine.manifest import StepRecord, build_manifest
+from bridge.engine.pipeline_hooks import STAGE_END, Hooks, JobResult
+from bridge.fal.client import DEFAULT_QUEUE_URL, FalClient, QueueStatus, RequestHandle
+from bridge.presets.recipe import Recipe, Step
+
+log = logging.getLogger(__name__)
+
+
+
+
+
+
+
+
+
+@dataclass
+class Pipeline:
+    client: FalClient
+    prices: PriceTable = field(default_factory=PriceTable)
+    poll_interval: float = 0.5  # when the status stream is unavailable
+    use_stream: bool = True  # follow fal's server-sent status stream: completion is seen at once
+    shrink_uploads: bool | None = None  # WAV sent as FLAC; None: when the service is not on this machine
+    billed: bool | None = None  # requests cost money; None: when the service is fal itself
+
+    def shrinks_uploads(self) -> bool:
+        if self.shrink_uploads is not None:
+            return self.shrink_uploads
+        return not is_loopback_url(self.client.storage.rest_url)  # over loopback bytes cost nothing
+
+    def bills(self) -> bool:
+        """fal bills each request; a stand-in (built in, or one at --service-url) does not."""
+        if self.billed is not None:
+            return self.billed
+        return urlsplit(self.client.queue_url).hostname == urlsplit(DEFAULT_QUEUE_URL).hostname
+
+    def made_by_other_stand_in(self, handle: RequestHandle) -> bool:
+        """Whether `handle` is a request of a stand-in other than ours (the built-in one starts afresh on a
+        new port with each daemon): nobody can follow it any more, and it cost nothing to send."""
+        host = urlsplit(handle.status_url).netloc
+        fal_host = urlsplit(DEFAULT_QUEUE_URL).netloc
+        return host not in (urlsplit(self.client.queue_url).netloc, fal_host)
+
+    def run(self, request: SeparationRequest, recipe: Recipe, hooks: Hooks, workdir: Path,
+            resume: dict[int, RequestHandle] | None = None, temp_tag: str = "",
+            source_hash: str | None = None, source_fingerprint: tuple[int, int] | None = None) -> JobResult:
+        """`source_hash`: the source's sha256 if the caller has already read it (else it is read here), and
+        `source_fingerprint` the (size, mtime_ns) it had before that read: the run checks the file against
+        it before sending anything, so what is uploaded is what was hashed."""
+        return _Run(self, request, recipe, hooks, workdir, resume or {}, temp_tag, source_hash,
+                    source_fingerprint).execute()
+
+
+class _Run:
+    """One execution of a recipe; holds what a run accumulates so the stages stay short."""
+
+    def __init__(self, pipeline: Pipeline, request: SeparationRequest, recipe: Recipe, hooks: Hooks,
+                 workdir: Path, resume: dict[int, RequestHandle], temp_tag: str, source_hash: str | None,
+                 source_fingerprint: tuple[int, int] | None) -> None:
+        self.p, self.request, self.recipe, self.hooks = pipeline, request, recipe, hooks
+        self.workdir, self.resume = workdir, resume
+        self.timings: dict[str, float] = {}
+        self.temps: list[Path] = []
+        self.job_flags: set[str] = set()  # flags of the job as a whole, beside each step's
+        self.steps: list[StepRecord] = []
+        self.step_index = 0
+        self.temp_tag = temp_tag
+        self.source_hash = source_hash
+        self.hashed_fingerprint = source_fingerprint
+        self.source_fingerprint = (0, 0)
+
+    # -- progress ----------------------------------------------------------------------------------
+
+    def report(self, state: JobState, within: float, message: str) -> None:
+        """Progress over the whole job: steps share the bar equally; `within` is 0..1 of this stage."""
+        stages = list(STAGE_END)
+        start = 0.0 if state == stages[0] else STAGE_END[stages[stages.index(state) - 1]]
+        step_fraction = start + (STAGE_END[state] - start) * min(max(within, 0.0), 1.0)
+        total = (self.step_index + step_fraction) / len(self.recipe.steps)
+        self.hooks.progress(state, round(min(total, 0.999), 4), message)
+
+    def check_cancel(self) -> None:
+        if self.hooks.cancelled():
+            raise Cancelled("Cancelled.")
+
+    def timed(self, stage: str, began: float) -> None:
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + time.monotonic() - began, 3)
+
+    # -- the job ----------------------------------------------------------------------------------
+
+    def execute(self) -> JobResult:
+        began = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        clear_intermediates(self.workdir, keep=self.request.source)
+        self.report(JobState.preparing, 0.0, "Reading the source")
+        source = probe_source(self.request.source)
+        if self.hashed_fingerprint is not None:
+            check_source_unchanged(source.path, self.hashed_fingerprint)  # still the audio that was hashed
+        self.source_fingerprint = file_fingerprint(source.path)
+        start_frame, frames = frame_range(source, self.request.start, self.request.length)
+        check_finite(source, start_frame, frames)  # a damaged float file: refused before it is paid for
+        if self.request.length is not None and frames < round(self.request.length * source.samplerate):
+            self.job_flags.add("cut-at-end")  # the part asked for runs past the end of the file
+            log.warning("the part asked for runs past the end of %s: the stems are %.3f s, not %.3f s",
+                        source.path.name, frames / source.samplerate, self.request.length)
+        folder = output_folder(source.path, self.request.project_dir, self.request.output_dir,
+                               self.recipe.output.folder)
+        ensure_writable(folder)
+        if self.temp_tag:
+            remove_stale_temps(folder, self.temp_tag)
+        remove_left_behind(folder, TEMP_PREFIX)  # hidden stems of a killed `sam-bridge separate`
+        self.timed("prepare", began)
+        try:
+            stems = self.run_steps(source, start_frame, frames, folder)
+            return self.finish(source, start_frame, frames, folder, stems, began)
+        finally:
+            remove_quietly(*self.temps)
+
+    def run_steps(self, source: SourceInfo, start_frame: int, frames: int, folder: Path) -> dict[str, Path]:
+        """Run every step; returns label -> temp file of each stem (in `folder`, not yet placed)."""
+        stems: dict[str, Path] = {}
+        step_source, step_start, step_frames = source, start_frame, frames
+        last = len(self.recipe.steps) - 1
+        for index, step in enumerate(self.recipe.steps):
+            self.step_index = index
+            target_label = step.label if self.recipe.is_stem_set else "target"
+            target_tmp = self.new_temp(folder)
+            # an intermediate residual (full precision, fed to the next step) stays in the workdir
+            residual_tmp = self.workdir / f"step{index}.residual.wav" if index < last else self.new_temp(folder)
+            try:
+                self.run_step(index, step, source, step_source, step_start, step_frames,
+                              target_tmp, residual_tmp, intermediate=index < last)
+            except BridgeError as exc:
+                exc.step = index if exc.step is None else exc.step  # a retry keeps the steps before it
+                raise
+            stems[target_label] = target_tmp
+            if index < last:
+                step_source = carry_position(probe_source(residual_tmp), source, start_frame)
+                step_start, step_frames = 0, frames
+            else:
+                stems[self.recipe.residual_label] = residual_tmp
+        return stems
+
+    def new_temp(self, folder: Path) -> Path:
+        temp = temp_path_for(folder / "stem", self.temp_tag)
+        self.temps.append(temp)
+        return temp
+
+    def run_step(self, index: int, step: Step, original: SourceInfo, step_source: SourceInfo, start: int,
+                 frames: int, target_out: Path, residual_out: Path, *, intermediate: bool) -> ConformReport:
+        record = StepRecord(label=step.label, prompt=step.prompt)
+        self.steps.append(record)
+        handle = self.resume.get(index)
+        # While this job conforms, the next one is already at the service.
+        with self.hooks.service_slot():
+            if handle is None:
+                handle = self.submit_step(index, step, step_source, start, frames)
+            else:
+                log.info("resuming step %d: polling request %s (not submitting again)", index, handle.request_id)
+            record.request_id = handle.request_id
+            self.report(JobState.submitted, 1.0, f"Submitted (request {handle.request_id})")
+            self.wait_for(handle, record)
+            target_file, residual_file = self.download(index, handle)
+        self.check_cancel()
+        self.report(JobState.conforming, 0.0, "Aligning and writing stems")
+        with self.hooks.local_slot():
+            t = time.monotonic()
+            first = self.steps[0].report  # later steps of a stem set read an intermediate: keep step 1's format
+            spec = ConformSpec(
+                source=step_source, start_frame=start, frames=frames,
+                out_format=self.recipe.output.format or (first.out_format if first else None),
+                out_subtype=self.recipe.output.subtype or (first.out_subtype if first else None),
+                residual_method=self.recipe.output.residual.value,
+            )
+            report = conform(spec, target_file, residual_file, target_out, residual_out,
+                             progress=self._conform_progress)
+            if intermediate:  # what the next step peels from: exactly source - target as written, in DOUBLE
+                write_complement(step_source, start, frames, target_out, residual_out)
+            self.timed("conform", t)
+        record.report = report
+        record.seconds = frames / original.samplerate
+        record.estimated_cost = (self.p.prices.estimate(record.seconds, step.options.reranking_candidates)
+                                 if self.p.bills() else 0.0)
+        remove_quietly(target_file, residual_file)
+        return report
+
+    def submit_step(self, index: int, step: Step, source: SourceInfo, start: int, frames: int) -> RequestHandle:
+        self.check_cancel()
+        t = time.monotonic()
+        self.report(JobState.uploading, 0.0, "Preparing the upload")
+        upload_path, content_type = make_upload_file(source, start, frames, self.workdir, self.p.shrinks_uploads())
+        self.steps[-1].upload = {"content_type": content_type, "bytes": upload_path.stat().st_size,
+                                 "source_file_as_is": upload_path == source.path}
+        url = self.p.client.storage.upload(
+            upload_path, content_type,
+            progress=lambda done, total: self.report(JobState.uploading, done / max(total, 1), "Uploading"),
+        )
+        if upload_path != source.path:  # a temp file made for the upload (never the user's file)
+            remove_quietly(upload_path)
+        self.timed("upload", t)
+        self.check_cancel()
+        payload: dict[str, object] = {"audio_url": url, **step.options.to_payload()}
+        endpoint = "separate"
+        if step.spans:
+            endpoint = "span-separate"
+            payload["spans"] = [span.model_dump() for span in step.spans]
+        if step.prompt:
+            payload["prompt"] = step.prompt
+        self.hooks.submitting(index)
+        try:
+            handle = self.p.client.submit(endpoint, payload)
+        except SubmitUncertain:
+            raise  # the marker stays: it may have landed
+        except ServiceError:
+            self.hooks.not_submitted(index)
+            raise
+        self.hooks.submitted(index, handle)
+        return handle
+
+    def wait_for(self, handle: RequestHandle, record: StepRecord) -> None:
+        t = time.monotonic()
+
+        def on_status(status: QueueStatus) -> None:
+            for line in status.logs[len(record.service_logs):]:
+                record.service_logs.append(line.message)
+                log.info("service: %s", line.message)
+                self.hooks.service_log(line.message)
+            if status.state == "IN_QUEUE":
+                position = status.queue_position
+                self.report(JobState.running, 0.0, f"In the service's queue (position {position})"
+                            if position is not None else "In the service's queue")
+            elif status.state == "IN_PROGRESS":
+                last = record.service_logs[-1] if record.service_logs else "Separating"
+                self.report(JobState.running, 0.5, last)
+
+        try:
+            self.p.client.wait(handle, on_status=on_status, cancelled=self.hooks.cancelled,
+                               poll_interval=self.p.poll_interval, use_stream=self.p.use_stream)
+        except Cancelled:
+            self.p.client.cancel(handle)
+            raise
+        except JobFailed:
+            if self.hooks.cancelled():  # the engine cancelled the request at the service: it ended there
+                raise Cancelled("Cancelled.") from None
+            raise
+        if self.hooks.cancelled():
+            self.p.client.cancel(handle)
+            raise Cancelled("Cancelled.")
+        self.timed("service", t)
+
+    def download(self, index: int, handle: RequestHandle) -> tuple[Path, Path]:
+        t = time.monotonic()
+        self.report(JobState.downloading, 0.0, "Fetching the results")
+        for attempt in (1, 2):
+            result = self.p.client.result(handle)
+            try:
+                files = [self._result_file(result, key, index) for key in ("target", "residual")]
+                self._fetch_both(files)
+                self.timed("download", t)
+                return files[0][1], files[1][1]
+            except JobFailed:
+                if attempt == 2:
+                    raise
+                log.info("result links failed; asking the service for the result again")
+        raise AssertionError("unreachable")
+
+    def _result_file(self, result: dict[str, object], key: str, index: int) -> tuple[str, Path]:
+        entry = result.get(key)
+        if not isinstance(entry, dict) or "url" not in entry:
+            raise JobFailed(f"The service's result has no {key} file.")
+        suffix = ".mp3" if "mp3" in str(entry.get("content_type", "")) + str(entry.get("url")) else ".wav"
+        return str(entry["url"]), self.workdir / f"step{index}.service-{key}{suffix}"
+
+    def _fetch_both(self, files: list[tuple[str, Path]]) -> None:
+        """Both results at once, the residual in a second thread: over the internet one connection is
+        slower than the line. Only this thread reports progress and looks for a cancel."""
+        fractions = [0.0, 0.0]  # of each file, never going back (a retried try starts again from 0)
+
+        def report() -> None:
+            self.report(JobState.downloading, sum(fractions) / 2, "Downloading results")
+
+        def ours(done: int, total: int) -> None:
+            fractions[0] = max(fractions[0], done / total if total else 0.0)
+            report()
+            self.check_cancel()
+
+        def theirs(done: int, total: int) -> None:
+            fractions[1] = max(fractions[1], done / total if total else 0.0)
+
+        (target_url, target_dest), (residual_url, residual_dest) = files
+        residual = Background(lambda: self.p.client.download(residual_url, residual_dest, progress=theirs,
+                                                             stop=residual.stopping),
+                              name="download-residual")  # bound before its thread starts: the call uses it
+        with residual:
+            self.p.client.download(target_url, target_dest, progress=ours)
+            while not residual.wait(0.1):
+                report()
+                self.check_cancel()
+            residual.result()
+
+    def _conform_progress(self, fraction: float) -> None:
+        self.check_cancel()  # a long conform stops for a cancel, and for shutdown (the hooks raise)
+        self.report(JobState.conforming, fraction, "Aligning and writing stems")
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def finish(self, source: SourceInfo, start_frame: int, frames: int, folder: Path,
+               stems: dict[str, Path], began: float) -> JobResult:
+        t = time.monotonic()
+        report = self.steps[-1].report
+        assert report is not None
+        extension = EXTENSIONS.get(report.out_format.upper(), ".wav")
+        check_source_unchanged(source.path, self.source_fingerprint)
+        finals, manifest_path = place_all(stems, lambda: job_names(
+            folder, source.path.name, self.recipe.label, list(stems), extension,
+            stem_set=self.recipe.is_stem_set))
+        self.timed("write", t)
+        self.timings["total"] = round(time.monotonic() - began, 3)
+        flags = sorted({flag for step in self.steps if step.report for flag in step.report.flags} | self.job_flags)
+        cost = round(sum(step.estimated_cost for step in self.steps), 4)
+        manifest = build_manifest(
+            request=self.request, recipe=self.recipe, source=source,
+            source_hash=self.source_hash or source_sha256(source.path),
+            start_frame=start_frame, frames=frames, stems=finals, steps=self.steps, flags=flags,
+            timings=self.timings, estimated_cost=cost,
+        )
+        write_json_atomic(manifest_path, manifest, overwrite=False)
+        return JobResult(stems=finals, manifest=manifest_path, flags=flags, steps=self.steps,
+                         estimated_cost=cost, timings=self.timings)
+
+
+def file_fingerprint(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns): what changes when a DAW renders the file again."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def check_source_unchanged(path: Path, fingerprint: tuple[int, int]) -> None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise SourceError(f"The source {path} was deleted while the job ran.") from None
+    if (stat.st_size, stat.st_mtime_ns) != fingerprint:
+        raise SourceError(f"The source {path} changed while the job ran; the stems would not match it.",
+                          hint="Retry the job once the file is final.")
+

@@ -1,0 +1,65 @@
+"""Choosing the service: fal (needs FAL_KEY), the built-in local stand-in, or a local service at a URL."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from bridge.common.loopback import is_loopback_url
+from bridge.fal.auth import ENV_VAR, ApiKey, RedactingFilter
+from bridge.fal.client import DEFAULT_QUEUE_URL, DEFAULT_REST_URL, FalClient, Timeouts
+from bridge.fal.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+LOCAL_KEY = "local-stand-in-key"
+LOCAL_NOTICE = "using the built-in local stand-in, not SAM Audio (its stems are a simple band split)"
+
+
+@dataclass(frozen=True)
+class ServiceChoice:
+    local: bool = False  # start the built-in local service in this process
+    url: str | None = None  # a local service already running (e.g. `sam-bridge local-service`)
+    local_delay: float = 0.02  # the in-process stand-in's seconds of work per second of audio
+    retry: RetryPolicy | None = None
+
+    @property
+    def is_stand_in(self) -> bool:
+        return self.local or self.url is not None
+
+    def describe(self) -> str:
+        if self.local:
+            return LOCAL_NOTICE
+        if self.url:
+            return f"using the service at {self.url} (a local stand-in, not SAM Audio)"
+        return "using SAM Audio on fal (fal-ai/sam-audio/separate)"
+
+
+@contextmanager
+def open_client(choice: ServiceChoice) -> Iterator[FalClient]:
+    """A ready FalClient; the key check happens here."""
+    if choice.local:
+        from bridge.local_service import LocalFalService
+
+        with LocalFalService(processing_delay=choice.local_delay) as service, FalClient(
+            ApiKey(LOCAL_KEY), queue_url=service.url, rest_url=service.url, retry=choice.retry
+        ) as client:
+            yield client
+        return
+    if choice.url:
+        # A stand-in you started gets FAL_KEY (to try keys against it) only on this machine: a real key
+        # never travels to another host, least of all over plain http.
+        secret = os.environ.get(ENV_VAR) if is_loopback_url(choice.url) else None
+        key = ApiKey(secret or LOCAL_KEY)
+        if secret:
+            RedactingFilter.install(key)  # FAL_KEY may hold a real key: mask it in logs here too
+        with FalClient(key, queue_url=choice.url, rest_url=choice.url, retry=choice.retry,
+                         timeouts=Timeouts()) as client:
+            yield client
+        return
+    with FalClient(ApiKey.from_env(), queue_url=DEFAULT_QUEUE_URL, rest_url=DEFAULT_REST_URL,
+                     retry=choice.retry) as client:
+        yield client

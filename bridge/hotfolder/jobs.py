@@ -1,0 +1,223 @@
+"""Hot folder jobs: claim a quiet, complete file, submit it, and settle what came of it.
+
+The watcher hands over files that have settled and passed the completeness gate. Here each is claimed
+across daemons, turned into a `SeparationRequest` and submitted; job outcomes then mark the file version
+done (optionally moving it to done/) or write `<file>.error.txt`. A record per file version remembers
+what needs nothing more from us, so rescans and repeated events stay harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from bridge.common.claims import Claim, ClaimStore
+from bridge.common.errors import BridgeError, InputError
+from bridge.common.file_gate import FileSnapshot
+from bridge.common.jobs import JobEvent, JobSink, JobState, RequestRejected
+from bridge.common.request import Origin
+from bridge.hotfolder.names import (
+    ManifestIndex,
+    error_blocks_retry,
+    error_file_for,
+    error_file_reports,
+    hot_request,
+    move_to_done,
+    sidecar_age,
+    write_error_file,
+)
+from bridge.hotfolder.routes import FolderRoutes, HotFolder, Route
+
+# The watcher's logger: one name for everything the hot folder reports, however the code is split.
+log = logging.getLogger("bridge.hotfolder.watcher")
+
+RETRY_AFTER_ENGINE_ERROR = 30.0  # seconds before a file the engine could not take is offered again
+
+
+class _Status(StrEnum):
+    submitted = "submitted"  # claimed and handed to the engine
+    done = "done"  # finished here or elsewhere: never again for this file version
+    failed = "failed"  # error file written: again only when it is deleted or the file saved again
+    ignored = "ignored"  # not ours to take (claimed by a sibling's stems, …)
+
+
+@dataclass
+class _Record:
+    snapshot: FileSnapshot
+    status: _Status
+
+
+@dataclass
+class _Taken:
+    path: Path
+    snapshot: FileSnapshot
+    folder: HotFolder
+    claim: Claim | None
+    job_id: str = ""
+
+
+class HotFolderJobs:
+    """The files taken from the hot folders and their jobs. Used from the watcher's worker thread only."""
+
+    def __init__(self, sink: JobSink, claims: ClaimStore, routes: FolderRoutes) -> None:
+        self._sink = sink
+        self._claims = claims
+        self._routes = routes
+        self._records: dict[Path, _Record] = {}
+        self._taken: dict[str, _Taken] = {}  # by job id: a file saved again may have a second job meanwhile
+        self._manifests = ManifestIndex()
+
+    def finished_here(self, path: Path, snapshot: FileSnapshot) -> bool:
+        """True when this file version needs nothing more from us."""
+        record = self._records.get(path)
+        if record is None or record.snapshot != snapshot:
+            return False
+        if record.status is _Status.failed:
+            return error_blocks_retry(path)
+        return True
+
+    def forget_missing(self, present: set[Path]) -> None:
+        """Drop the records of files that are gone (a file saved there again is new)."""
+        for path in [p for p in self._records if p not in present]:
+            del self._records[path]
+
+    def take(self, path: Path, snapshot: FileSnapshot, route: Route) -> float | None:
+        """Claim, check and submit one quiet, complete file. Returns seconds until a retry, or None."""
+        if error_blocks_retry(path):
+            self._records[path] = _Record(snapshot, _Status.failed)
+            return None
+        if path in self._routes.own_outputs or self._manifests.owns(path):
+            self._records[path] = _Record(snapshot, _Status.ignored)
+            return None
+        if sidecar_age(path) < route.folder.settle_seconds:
+            return route.folder.settle_seconds  # the sidecar itself is still being written
+        outcome = self._claims.try_claim(path, snapshot)
+        if outcome.done_elsewhere:
+            self._records[path] = _Record(snapshot, _Status.done)
+            return None
+        if outcome.claim is None:
+            log.debug("Hot folder: %s is being handled by %s", path.name, outcome.holder)
+            return outcome.recheck_after
+        claim = outcome.claim
+        # Between our checks and the claim, a sibling may have failed it or moved it to done/.
+        if FileSnapshot.of(path) != snapshot or error_blocks_retry(path):
+            self._claims.release(claim)
+            return 0.0
+        try:
+            request = hot_request(
+                path,
+                snapshot,
+                folder_preset=lambda: route.folder.preset or self._routes.preset_for(route),
+                output_dir=route.folder.output_dir,
+                known_presets=self._routes.known_presets,
+            )
+            if request.output_dir not in (None, path.parent, route.root):
+                self._routes.output_dirs.add(request.output_dir)  # never take our own output
+            job_id = self._sink.submit(request)
+        except (InputError, RequestRejected) as exc:  # the file's or its settings' fault
+            self.fail(path, snapshot, str(exc), claim=claim)
+            return None
+        except Exception as exc:  # the engine is busy or shutting down: not the file's fault
+            log.warning("Hot folder: could not queue %s, trying again later: %s", path.name, exc,
+                        exc_info=not isinstance(exc, BridgeError))
+            self._claims.release(claim)
+            return RETRY_AFTER_ENGINE_ERROR
+        log.info("Hot folder: %s → job %s", path.name, job_id)
+        self._records[path] = _Record(snapshot, _Status.submitted)
+        self._taken[job_id] = _Taken(path, snapshot, route.folder, claim, job_id)
+        view = self._sink.get(job_id)
+        if view is not None and view.state.finished:  # e.g. done before a restart, per the journal
+            self._finish(job_id, view.state, view.error or view.message, view.stems)
+        return None
+
+    def on_event(self, event: JobEvent) -> None:
+        self._routes.note_own_outputs(event.stems.values())
+        if event.state.finished and event.job_id in self._taken:
+            self._finish(event.job_id, event.state, event.error or event.message, event.stems)
+        elif event.state is JobState.done and event.origin == Origin.hot_folder:
+            self._finish_retried(event.job_id)
+
+    def heartbeat(self) -> None:
+        """Keep our claims alive and catch job outcomes whose events we missed."""
+        for taken in list(self._taken.values()):
+            if taken.claim is not None and not self._claims.refresh(taken.claim):
+                log.warning("Hot folder: lost the claim on %s to another sam-bridge", taken.path.name)
+            view = self._sink.get(taken.job_id)
+            if view is not None and view.state.finished:
+                self._finish(taken.job_id, view.state, view.error or view.message, view.stems)
+
+    def fail(
+        self, path: Path, snapshot: FileSnapshot, what: str, *, claim: Claim | None = None, job_id: str = ""
+    ) -> None:
+        """Error file first, then release the claim: a sibling daemon then sees the error file."""
+        try:
+            written = write_error_file(path, what, job_id or None)
+            log.warning("Hot folder: %s failed; wrote %s", path.name, written.name)
+        except OSError as exc:
+            log.error("Hot folder: %s failed (%s); the error file could not be written: %s", path, what, exc)
+        self._records[path] = _Record(snapshot, _Status.failed)
+        if claim is not None:
+            self._claims.release(claim)
+
+    def _finish(self, job_id: str, state: JobState, message: str | None, stems: dict[str, str]) -> None:
+        taken = self._taken.pop(job_id, None)
+        if taken is None:
+            return  # not one of ours, or already handled
+        self._routes.note_own_outputs(stems.values())
+        if state is JobState.done:
+            self._done(taken)
+            return
+        if FileSnapshot.of(taken.path) != taken.snapshot:
+            # Saved again while the job ran (a copy that paused longer than the settle time): the job
+            # read a version that is gone, and the file as it is now gets a turn of its own.
+            log.info("Hot folder: %s changed while job %s ran; its failure does not count", taken.path.name, job_id)
+            self._set_record(taken, None)
+            if taken.claim is not None:
+                self._claims.release(taken.claim)
+            return
+        what = "The job was cancelled." if state is JobState.cancelled else (message or "The job failed.")
+        self.fail(taken.path, taken.snapshot, what, claim=taken.claim, job_id=job_id)
+
+    def _finish_retried(self, job_id: str) -> None:
+        """A job of ours that failed, then `sam-bridge retry` made good: its error file goes, and the file
+        is done as if the first run had worked."""
+        view = self._sink.get(job_id)
+        if view is None:
+            return
+        path = Path(view.source)
+        route, snapshot = self._routes.route(path), FileSnapshot.of(path)
+        if route is None or snapshot is None or not error_file_reports(path, job_id):
+            return
+        # Saved again since that failure (error file older than the file), or a job for it under way: the
+        # file as it is now is not the version the retry ran, and has a turn of its own.
+        if not error_blocks_retry(path) or any(taken.path == path for taken in self._taken.values()):
+            return
+        claim = self._claims.try_claim(path, snapshot).claim  # so no sibling, nor we after a restart, take it
+        self._done(_Taken(path, snapshot, route.folder, claim, job_id))
+        log.info("Hot folder: %s done by a retry of job %s", path.name, job_id)
+
+    def _done(self, taken: _Taken) -> None:
+        path = taken.path
+        self._set_record(taken, _Status.done)
+        if taken.claim is not None:
+            self._claims.mark_done(taken.claim)
+        error_file = error_file_for(path)
+        if error_file.exists() and (not error_blocks_retry(path) or error_file_reports(path, taken.job_id)):
+            error_file.unlink(missing_ok=True)  # our own report of an earlier, now fixed failure
+        if taken.folder.after_success == "move-to-done" and FileSnapshot.of(path) == taken.snapshot:
+            moved = move_to_done(path)
+            if moved is not None:
+                self._claims.forget_done(path, taken.snapshot)
+                log.info("Hot folder: moved %s to %s", path.name, moved.parent)
+
+    def _set_record(self, taken: _Taken, status: _Status | None) -> None:
+        """Record how this file version ended, unless a newer version of the file is under way already."""
+        record = self._records.get(taken.path)
+        if record is not None and record.snapshot != taken.snapshot:
+            return
+        if status is None:
+            self._records.pop(taken.path, None)
+        else:
+            self._records[taken.path] = _Record(taken.snapshot, status)

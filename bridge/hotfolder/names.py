@@ -1,0 +1,295 @@
+"""The files of a hot folder: which names are audio to take, which to leave alone, the files
+sam-bridge keeps beside a source (sidecar, error file, done/ folder), and the request a file makes.
+
+Only audio extensions are ever taken; on top of that, names DAWs, sync tools and sam-bridge itself use
+for partial, temporary or derived files are ignored explicitly, so widening the extension list never
+lets them through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import soundfile
+import yaml
+
+from bridge.common.errors import InputError
+from bridge.common.file_gate import FileSnapshot
+from bridge.common.request import Origin, SeparationRequest
+from bridge.common.stems import write_atomically
+
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".wave", ".bwf", ".rf64", ".w64", ".aif", ".aiff", ".aifc", ".flac", ".mp3", ".ogg", ".oga",
+     ".opus", ".caf"}
+)
+# Partial/temporary downloads and renders, DAW peak/analysis files, sync-tool temp files.
+IGNORED_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".download", ".reapeaks",
+                    ".asd", ".pkf", ".peak", ".sfk", ".!sync", ".icloud")
+IGNORED_PREFIXES = (".", "~")  # dotfiles, `.~lock`, `~$` office/DAW locks, our own temp names
+# What sam-bridge writes beside its stems: manifests, sidecars, status and error files. Stems themselves
+# ("<name> - <label>.target.wav") are told by their manifest, not their name: a stem a user drops into a
+# hot folder (split the residual again) is a file like any other.
+MANIFEST_SUFFIX = ".sam.json"
+OWN_SUFFIXES = (MANIFEST_SUFFIX, ".sam.yaml", ".error.txt", ".status.json")
+STEMS_DIR_NAME = "Stems"  # the default output folder (OutputOptions.folder)
+DONE_DIR_NAME = "done"
+EXCLUDED_DIR_NAMES = frozenset({STEMS_DIR_NAME.casefold(), DONE_DIR_NAME})
+ERROR_SUFFIX = ".error.txt"
+SIDECAR_SUFFIX = ".sam.yaml"
+SIDECAR_KEYS = frozenset({"preset", "prompt", "options", "start", "length", "tag"})
+
+
+def is_ignored_name(name: str) -> bool:
+    """True for partial/temp names, DAW side files, dotfiles and the files sam-bridge writes beside stems."""
+    folded = name.casefold()
+    return folded.startswith(IGNORED_PREFIXES) or folded.endswith(IGNORED_SUFFIXES + OWN_SUFFIXES)
+
+
+def is_audio_candidate(name: str) -> bool:
+    """True for a name the watcher may take: an audio extension and nothing that marks it as ignored."""
+    return Path(name).suffix.casefold() in AUDIO_EXTENSIONS and not is_ignored_name(name)
+
+
+def is_excluded_dir(name: str) -> bool:
+    """Folders never looked into: dot folders (our state), Stems/ (our output) and done/."""
+    return name.startswith(".") or name.casefold() in EXCLUDED_DIR_NAMES
+
+
+class ManifestIndex:
+    """Recognises stems sam-bridge wrote, from the manifests (`*.sam.json`) beside them.
+
+    Stem sets are named `<source> - <stem>.wav` with no marker in the name, so the manifest's list
+    is what tells them apart from a user's file. Parsed manifests are cached by mtime."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, tuple[int, frozenset[Path]]] = {}
+
+    def owns(self, path: Path) -> bool:
+        try:
+            names = os.listdir(path.parent)
+        except OSError:
+            return False
+        for name in names:
+            if not name.endswith(MANIFEST_SUFFIX):
+                continue
+            base = name[: -len(MANIFEST_SUFFIX)]
+            if base and path.name.startswith(base + "."):  # "X - piano.sam.json" owns "X - piano.*"
+                return True
+            if path in self._stems(path.parent / name):
+                return True
+        return False
+
+    def _stems(self, manifest: Path) -> frozenset[Path]:
+        try:
+            mtime_ns = os.stat(manifest).st_mtime_ns
+        except OSError:
+            return frozenset()
+        cached = self._cache.get(manifest)
+        if cached is not None and cached[0] == mtime_ns:
+            return cached[1]
+        stems: set[Path] = set()
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            for entry in data.get("stems", {}).values():
+                stem = Path(entry["path"] if isinstance(entry, dict) else entry)
+                stems.add((manifest.parent / stem).resolve())
+        self._cache[manifest] = (mtime_ns, frozenset(stems))
+        return self._cache[manifest][1]
+
+
+def error_file_for(source: Path) -> Path:
+    return source.with_name(source.name + ERROR_SUFFIX)
+
+
+def source_for_error_file(error_file: Path) -> Path | None:
+    if not error_file.name.endswith(ERROR_SUFFIX):
+        return None
+    return error_file.with_name(error_file.name[: -len(ERROR_SUFFIX)])
+
+
+def sidecar_candidates(source: Path) -> tuple[Path, Path]:
+    """`file.sam.yaml` (as documented) and `file.wav.sam.yaml` (what scripts tend to write)."""
+    return source.with_name(source.stem + SIDECAR_SUFFIX), source.with_name(source.name + SIDECAR_SUFFIX)
+
+
+def error_blocks_retry(source: Path) -> bool:
+    """An error file blocks retries until it is deleted or the source is saved again (touched)."""
+    try:
+        error_mtime = os.stat(error_file_for(source)).st_mtime_ns
+        source_mtime = os.stat(source).st_mtime_ns
+    except OSError:
+        return False
+    return error_mtime >= source_mtime
+
+
+class SidecarError(InputError):
+    """A sidecar file cannot be used."""
+
+
+_SIDECAR_HINT = "Fix the settings file (or delete it to use the folder's preset)."
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    path: Path | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def find_sidecar(source: Path) -> Path | None:
+    for candidate in sidecar_candidates(source):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_sidecar(path: Path) -> Sidecar:
+    """Parse a `*.sam.yaml` sidecar into request fields. Raises SidecarError with a readable message."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SidecarError(f'The settings file "{path.name}" cannot be read: {exc}', _SIDECAR_HINT) from exc
+    if data is None:
+        return Sidecar(path)
+    if not isinstance(data, dict):
+        raise SidecarError(f'The settings file "{path.name}" must hold "key: value" lines.', _SIDECAR_HINT)
+    unknown = sorted(str(key) for key in data if key not in SIDECAR_KEYS)
+    if unknown:
+        raise SidecarError(
+            f'The settings file "{path.name}" has unknown key(s) {", ".join(unknown)}; '
+            f"allowed: {', '.join(sorted(SIDECAR_KEYS))}.",
+            _SIDECAR_HINT,
+        )
+    if "options" in data and not isinstance(data["options"], dict):
+        raise SidecarError(f'In "{path.name}", options must be indented "name: value" lines.', _SIDECAR_HINT)
+    return Sidecar(path, dict(data))
+
+
+def sidecar_age(source: Path) -> float:
+    """Seconds since the source's sidecar last changed; infinite when there is none."""
+    sidecar = find_sidecar(source)
+    try:
+        return time.time() - sidecar.stat().st_mtime if sidecar else float("inf")
+    except OSError:
+        return float("inf")
+
+
+def check_audio(path: Path) -> None:
+    """Refuse what is not audio before it costs anything: reading the header tells kind and length."""
+    try:
+        info = soundfile.info(str(path))
+    except Exception as exc:
+        raise InputError(
+            "This file is not audio sam-bridge can read (or it is damaged).",
+            "Export it again as WAV, AIFF or FLAC.",
+        ) from exc
+    if info.frames <= 0:
+        raise InputError("This audio file is empty.", "Export it again with the audio in it.")
+
+
+def hot_request(
+    source: Path,
+    snapshot: FileSnapshot,
+    *,
+    folder_preset: Callable[[], str | None],
+    output_dir: Path | None,
+    known_presets: Sequence[str],
+) -> SeparationRequest:
+    """The request for one complete file: its folder's preset unless a sidecar says otherwise.
+
+    Raises InputError (SidecarError) with a message for the error file."""
+    check_audio(source)
+    sidecar = find_sidecar(source)
+    fields = dict(read_sidecar(sidecar).fields) if sidecar else {}
+    # The folder's preset is looked up only without a sidecar choice: then its name is irrelevant.
+    sidecar_chooses = "prompt" in fields or "preset" in fields
+    preset = fields.pop("preset", None) if sidecar_chooses else folder_preset()
+    if preset is None and not fields.get("prompt"):
+        raise InputError(
+            "The file is not in a preset folder, so sam-bridge does not know what to isolate.",
+            f"Move it into a preset folder ({', '.join(known_presets) or 'e.g. vocals'}), or put a "
+            f'"{source.stem}{SIDECAR_SUFFIX}" file beside it with a line like "prompt: piano playing".',
+        )
+    folder_name = str(fields.get("options", {}).get("folder", STEMS_DIR_NAME))
+    try:
+        return SeparationRequest(
+            source=source,
+            preset=preset,
+            output_dir=(output_dir or source.parent / folder_name).expanduser().resolve(),
+            origin=Origin.hot_folder,
+            idempotency_key=f"hot:{source}:{snapshot.size}:{snapshot.mtime_ns}",
+            **fields,
+        )
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or 'settings'}: {error['msg']}" for error in exc.errors()
+        )
+        raise InputError(f"The settings for this file are not valid: {problems}.",
+                         f"Fix the {SIDECAR_SUFFIX} file beside it.") from exc
+
+
+
+def error_text(source: Path, what_happened: str, job_id: str | None = None) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    job = f" (job {job_id})" if job_id else ""
+    return (
+        f'sam-bridge could not separate "{source.name}"{job}, {stamp}.\n\n'
+        f"What happened:\n{what_happened.strip()}\n\n"
+        f"To try again: fix the cause, then delete this file, or save/export \"{source.name}\" again.\n"
+        "sam-bridge picks the file up again within a few seconds.\n"
+    )
+
+
+def error_file_reports(source: Path, job_id: str) -> bool:
+    """True when the source's error file is our report of that job's failure."""
+    try:
+        text = error_file_for(source).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return bool(job_id) and f"(job {job_id})" in text.split("\n", 1)[0]
+
+
+def write_error_file(source: Path, what_happened: str, job_id: str | None = None) -> Path:
+    target = error_file_for(source)
+    write_atomically(target, error_text(source, what_happened, job_id))
+    return target
+
+
+def move_to_done(source: Path) -> Path | None:
+    """Move a finished source (and its sidecar) into `done/` beside it, never over an existing file.
+
+    Returns the new path, or None when the source is gone."""
+    if not source.exists():
+        return None
+    done_dir = source.parent / DONE_DIR_NAME
+    done_dir.mkdir(exist_ok=True)
+    moved = _move_without_overwrite(source, done_dir)
+    sidecar = find_sidecar(source)
+    if sidecar is not None:
+        _move_without_overwrite(sidecar, done_dir)
+    return moved
+
+
+def _move_without_overwrite(path: Path, folder: Path) -> Path:
+    for number in range(1, 1000):
+        name = path.name if number == 1 else f"{path.stem} ({number}){path.suffix}"
+        target = folder / name
+        try:
+            os.link(path, target)  # fails if the target exists: no race can overwrite a file
+        except FileExistsError:
+            continue
+        except OSError:
+            if target.exists():  # filesystems without hard links (FAT, some SMB shares)
+                continue
+            os.rename(path, target)
+            return target
+        os.unlink(path)
+        return target
+    raise FileExistsError(f"no free name for {path.name} in {folder}")

@@ -1,0 +1,366 @@
+"""Hot folders: export audio into a folder, stems appear — never early, never twice.
+
+Watchdog events (one observer per folder; the polling observer for network drives) only say "look
+at this path". A single worker thread decides: a file is taken once it has been quiet for the settle
+window and passes the completeness gate (`bridge.common.file_gate`), then claimed across daemons
+(`bridge.common.claims`), checked as audio, and submitted as a `SeparationRequest`. Events get lost (watcher
+overflow, network drives, files that arrived while the daemon was down), so a periodic rescan notes
+every file again; the in-memory records, the claim markers and the engine's idempotency keys make the
+repetition harmless. Job outcomes come back as `JobEvent`s: a failure writes `<file>.error.txt`.
+
+This module holds the watcher's threads and its settle loop; `bridge.hotfolder.routes` says which
+folder may take a path, `bridge.hotfolder.jobs` claims, submits and settles the outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watchdog.events import EVENT_TYPE_DELETED, EVENT_TYPE_MOVED, FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from bridge.common.claims import ClaimStore
+from bridge.common.file_gate import (
+    Completeness,
+    ContainerCheck,
+    FileSnapshot,
+    SettleState,
+    can_open_exclusively,
+    check_container,
+    ends_early,
+)
+from bridge.common.jobs import JobEvent, JobSink
+from bridge.hotfolder.jobs import RETRY_AFTER_ENGINE_ERROR, HotFolderJobs
+from bridge.hotfolder.names import source_for_error_file
+from bridge.hotfolder.network_drives import network_filesystem_type
+from bridge.hotfolder.routes import FolderRoutes, HotFolder
+
+__all__ = ["HotFolder", "HotFolderWatcher", "default_hot_folder"]
+
+log = logging.getLogger(__name__)
+
+_CLAIM_PRUNE_INTERVAL = 600.0  # seconds between clean-ups of claim markers of vanished files
+UNCHECKED_SETTLE_FACTOR = 3.0  # settle multiplier for formats with nothing in the file that shows it complete
+
+
+def default_hot_folder() -> Path:
+    """`~/sam-bridge/hot`; the environment variable SAM_BRIDGE_HOT_DIR overrides it."""
+    override = os.environ.get("SAM_BRIDGE_HOT_DIR")
+    return Path(override).expanduser() if override else Path.home() / "sam-bridge" / "hot"
+
+
+@dataclass
+class _Candidate:
+    """A file seen but not yet taken: waiting to be quiet and complete."""
+
+    path: Path
+    settle: SettleState
+    due: float
+    incomplete_since: float | None = None
+
+
+@dataclass
+class _Inbox:
+    paths: list[tuple[Path, bool]] = field(default_factory=list)  # (path, is_directory)
+    events: list[JobEvent] = field(default_factory=list)
+
+
+class _EventForwarder(FileSystemEventHandler):
+    """Turns watchdog events into "look at this path" notes; all decisions happen on the worker."""
+
+    def __init__(self, watcher: HotFolderWatcher) -> None:
+        self._watcher = watcher
+
+    def _note(self, path: Path, is_directory: bool) -> None:
+        self._watcher._note(path, is_directory)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return  # our own reads cause these
+        if event.event_type == EVENT_TYPE_MOVED:
+            self._note(Path(os.fsdecode(event.dest_path)), event.is_directory)
+            return
+        path = Path(os.fsdecode(event.src_path))
+        if event.event_type == EVENT_TYPE_DELETED:
+            source = source_for_error_file(path)
+            if source is not None:  # error file deleted: the user asks for a retry
+                self._note(source, False)
+            return
+        if event.is_directory and event.event_type != "created":
+            return
+        self._note(path, event.is_directory)
+
+
+class HotFolderWatcher:
+    def __init__(
+        self,
+        sink: JobSink,
+        folders: Sequence[HotFolder],
+        *,
+        instance_id: str,
+        rescan_interval: float = 30.0,
+        claim_ttl: float = 120.0,
+        preset_names: Callable[[], list[str]] | None = None,
+        incomplete_report_after: float = 300.0,
+    ) -> None:
+        self._sink = sink
+        self._routes = FolderRoutes(folders)
+        self._claims = ClaimStore(instance_id, claim_ttl)
+        self._jobs = HotFolderJobs(sink, self._claims, self._routes)
+        self._rescan_interval = rescan_interval
+        self._heartbeat_interval = max(0.05, min(claim_ttl / 4, 30.0))
+        self._preset_source = preset_names or sink.preset_names
+        self._incomplete_report_after = incomplete_report_after
+        self._lock = threading.Condition()
+        self._inbox = _Inbox()
+        self._stopping = False
+        self._worker: threading.Thread | None = None
+        self._observers: dict[Path, BaseObserver] = {}
+        self._missing_reported: set[Path] = set()
+        self._unsubscribe: Callable[[], None] | None = None
+        # Worker-thread state only.
+        self._candidates: dict[Path, _Candidate] = {}
+        self._next_claim_prune = 0.0
+
+    # ---- public API -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Watch every folder, then process the files already there (the worker's first rescan)."""
+        if self._worker is not None:
+            raise RuntimeError("HotFolderWatcher already started")
+        self._unsubscribe = self._sink.subscribe(self._on_job_event)
+        self._refresh_presets()
+        self._start_observers()
+        self._worker = threading.Thread(target=self._run, name="hotfolder-worker", daemon=True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        """Stop watching; joins the observers and the worker. Claims of running jobs stay (and expire)."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._worker is not None:
+            self._worker.join()
+        for observer in self._observers.values():
+            observer.stop()
+        for observer in self._observers.values():
+            observer.join()
+        self._observers.clear()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def ensure_preset_folders(self, names: Iterable[str]) -> None:
+        """Create `<folder>/<preset>/` in every parent folder (never removes one: it may hold files)."""
+        self._routes.ensure_preset_folders(names)
+
+    @property
+    def folders(self) -> list[Path]:
+        """The resolved folder paths being watched (for the daemon's start-up message)."""
+        return [root for _, root in self._routes.folders]
+
+    # ---- threads feeding the worker ----------------------------------------------------------------
+
+    def _note(self, path: Path, is_directory: bool) -> None:
+        with self._lock:
+            self._inbox.paths.append((path, is_directory))
+            if len(self._inbox.paths) == 1:
+                self._lock.notify()
+
+    def _on_job_event(self, event: JobEvent) -> None:
+        if not event.state.finished and not event.stems:
+            return
+        with self._lock:
+            self._inbox.events.append(event)
+            self._lock.notify()
+
+    def _start_observers(self) -> None:
+        for folder, root in self._routes.folders:
+            if root in self._observers:
+                continue
+            if not root.is_dir():
+                if root == default_hot_folder().expanduser().resolve():
+                    root.mkdir(parents=True, exist_ok=True)
+                else:
+                    if root not in self._missing_reported:
+                        self._missing_reported.add(root)
+                        log.warning("Hot folder %s is missing (drive not connected?); will look again", root)
+                    continue
+            fs_type = network_filesystem_type(root)
+            if fs_type and not folder.polling:
+                log.warning(
+                    "Hot folder %s is on a network drive (%s): files saved from other computers may go "
+                    "unnoticed until the next rescan. Set 'polling: true' for this folder.", root, fs_type
+                )
+            observer: BaseObserver
+            if folder.polling:
+                observer = PollingObserver(timeout=max(0.1, min(folder.settle_seconds / 2, 1.0)))
+            else:
+                observer = Observer()
+            deep = folder.recursive or folder.preset is None
+            observer.schedule(_EventForwarder(self), str(root), recursive=deep)
+            observer.daemon = True
+            observer.start()
+            self._observers[root] = observer
+            log.info("Watching hot folder %s%s", root, " (polling)" if folder.polling else "")
+
+    # ---- the worker -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_rescan = 0.0
+        next_heartbeat = time.monotonic() + self._heartbeat_interval
+        while True:
+            with self._lock:
+                wake_at = min([next_rescan, next_heartbeat] + [c.due for c in self._candidates.values()])
+                timeout = wake_at - time.monotonic()
+                if timeout > 0 and not self._inbox.paths and not self._inbox.events and not self._stopping:
+                    self._lock.wait(timeout)
+                if self._stopping:
+                    return
+                inbox, self._inbox = self._inbox, _Inbox()
+            now = time.monotonic()
+            for event in inbox.events:
+                self._guarded(self._jobs.on_event, event)
+            for path, is_directory in inbox.paths:
+                self._guarded(self._absorb, path, is_directory, now)
+            if now >= next_rescan:
+                self._guarded(self._rescan)
+                next_rescan = time.monotonic() + self._rescan_interval
+            if now >= next_heartbeat:
+                self._guarded(self._jobs.heartbeat)
+                next_heartbeat = time.monotonic() + self._heartbeat_interval
+            for candidate in [c for c in self._candidates.values() if c.due <= time.monotonic()]:
+                if not self._guarded(self._evaluate, candidate):
+                    candidate.due = time.monotonic() + RETRY_AFTER_ENGINE_ERROR  # never spin on it
+
+    def _guarded(self, step: Callable[..., None], *args: object) -> bool:
+        try:
+            step(*args)
+        except Exception:  # one bad file or folder must never stop the watcher
+            log.exception("Hot folder: unexpected problem (continuing)")
+            return False
+        return True
+
+    def _absorb(self, path: Path, is_directory: bool, now: float) -> None:
+        if is_directory:
+            route_root = self._routes.route_dir(path)
+            if route_root is not None:
+                for file_path in self._routes.walk(*route_root, start=path):
+                    self._absorb(file_path, False, now)
+            return
+        candidate = self._candidates.get(path)
+        if candidate is not None:
+            # Snapshot now, so the settle window counts from the last write, not from the last check.
+            snapshot = FileSnapshot.of(path)
+            if snapshot is not None and candidate.settle.observe(snapshot, now):
+                candidate.incomplete_since = None  # still being written: not "stuck unfinished"
+            candidate.settle.activity(now)
+            candidate.due = max(candidate.due, candidate.settle.settled_at(self._routes.settle_of(path)))
+            return
+        route = self._routes.route(path)
+        snapshot = FileSnapshot.of(path) if route else None
+        if route is None or snapshot is None or self._jobs.finished_here(path, snapshot):
+            return
+        settle = SettleState(snapshot, now)
+        self._candidates[path] = _Candidate(path, settle, settle.settled_at(route.folder.settle_seconds))
+
+    def _evaluate(self, candidate: _Candidate) -> None:
+        path, now = candidate.path, time.monotonic()
+        route = self._routes.route(path)
+        snapshot = FileSnapshot.of(path)
+        if route is None or snapshot is None or self._jobs.finished_here(path, snapshot):
+            del self._candidates[path]
+            return
+        try:  # the header, read once per look: it sets the settle time and then judges completeness
+            check: ContainerCheck | OSError = check_container(path)
+        except OSError as exc:
+            check = exc
+        settle_seconds = self._settle_for(check, route.folder.settle_seconds)
+        if candidate.settle.observe(snapshot, now):
+            candidate.incomplete_since = None
+        if now < candidate.settle.settled_at(settle_seconds):
+            candidate.due = candidate.settle.settled_at(settle_seconds)
+            return
+        reason = self._incompleteness(path, check)
+        if reason is None and FileSnapshot.of(path) != snapshot:
+            reason = "it changed while being checked"
+        if reason is not None:
+            self._wait_for_completion(candidate, reason, settle_seconds, now)
+            return
+        del self._candidates[path]
+        outcome_retry = self._jobs.take(path, snapshot, route)
+        if outcome_retry is not None:
+            self._candidates[path] = _Candidate(path, candidate.settle, time.monotonic() + outcome_retry)
+
+    @staticmethod
+    def _settle_for(check: ContainerCheck | OSError, settle_seconds: float) -> float:
+        """A format whose file shows nothing of being complete (MP3, OGG, CAF…) waits three times as long:
+        a quiet spell is all there is to go by, and a copy taken early costs a paid request."""
+        if isinstance(check, OSError):
+            return settle_seconds  # the completeness check says why, in its turn
+        known = check.completeness is not Completeness.unchecked or check.container == "FLAC"
+        return settle_seconds if known else UNCHECKED_SETTLE_FACTOR * settle_seconds
+
+    @staticmethod
+    def _incompleteness(path: Path, check: ContainerCheck | OSError) -> str | None:
+        """None when the file may be taken, else why not (yet)."""
+        if not can_open_exclusively(path):
+            return "another program still has it open"
+        if isinstance(check, OSError):
+            return f"it cannot be read yet ({check.strerror or check})"
+        if not check.ok:
+            return check.reason
+        if check.container == "FLAC" and ends_early(path):
+            return "it ends before the length its header gives"
+        return None
+
+    def _wait_for_completion(self, candidate: _Candidate, reason: str, settle: float, now: float) -> None:
+        if candidate.incomplete_since is None:
+            candidate.incomplete_since = now
+            log.debug("Hot folder: %s is not complete yet: %s", candidate.path.name, reason)
+        elif now - candidate.incomplete_since >= self._incomplete_report_after:
+            del self._candidates[candidate.path]
+            log.warning("Hot folder: %s still looks unfinished: %s", candidate.path, reason)
+            self._jobs.fail(
+                candidate.path,
+                candidate.settle.snapshot,
+                f"The file still looks unfinished after {self._incomplete_report_after:.0f} seconds: "
+                f"{reason}.\nIf the export finished, the file may be damaged: export it again.",
+            )
+            return
+        candidate.due = now + max(settle, 0.2)
+
+    # ---- folders ----------------------------------------------------------------------------------
+
+    def _rescan(self) -> None:
+        self._refresh_presets()
+        self._start_observers()
+        now, seen = time.monotonic(), set()
+        prune_claims: Callable[[Path], object] | None = None
+        if now >= self._next_claim_prune:  # reads every marker: not on every rescan
+            self._next_claim_prune = now + _CLAIM_PRUNE_INTERVAL
+            prune_claims = self._claims.prune
+        for folder, root in self._routes.folders:
+            if not root.is_dir():
+                continue
+            for path in self._routes.walk(folder, root, start=root, prune_claims=prune_claims):
+                seen.add(path)
+                if path not in self._candidates:
+                    self._absorb(path, False, now)
+        self._jobs.forget_missing(seen)
+
+    def _refresh_presets(self) -> None:
+        try:
+            self._routes.known_presets = list(self._preset_source())
+        except Exception as exc:
+            log.debug("Hot folder: preset list unavailable: %s", exc)
+            return
+        self.ensure_preset_folders(self._routes.known_presets)

@@ -1,0 +1,150 @@
+"""Installing, removing and asking after the service with the service manager's own commands
+(systemctl, launchctl, schtasks)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bridge.common.errors import ConfigError
+from bridge.os_service.files import MARKER, ServicePlan, shell_line
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    output: str
+
+
+Runner = Callable[[Sequence[str]], CommandResult]
+
+
+def run_command(args: Sequence[str]) -> CommandResult:
+    """Runs a service-manager command; a missing program is a result (127), not an exception."""
+    try:
+        done = subprocess.run(list(args), capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        return CommandResult(127, f"{args[0]} was not found")
+    except subprocess.TimeoutExpired:
+        return CommandResult(124, f"{' '.join(args)} did not finish within 60 s")
+    return CommandResult(done.returncode, (done.stdout + done.stderr).strip())
+
+
+def is_ours(plan: ServicePlan, existing: bytes) -> bool:
+    """Whether a file already at the service path was written by us (so it may be replaced or removed)."""
+    for encoding in ("utf-8", "utf-16"):
+        try:
+            text = existing.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        if MARKER in text:
+            return True
+    return False
+
+
+def write_service_file(plan: ServicePlan) -> bool:
+    """Writes the service file atomically; returns False when an identical one is already there.
+
+    A different file of ours is replaced (e.g. sam-bridge moved); anyone else's file is never touched."""
+    path = Path(plan.paths.service_file)
+    data = plan.encoded()
+    if path.exists():
+        existing = path.read_bytes()
+        if existing == data:
+            return False
+        if not is_ours(plan, existing):
+            raise ConfigError(f"{path} already exists and was not written by sam-bridge, so it was left alone.",
+                              hint="Move or rename it, then run  sam-bridge service install  again.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.sam-partial")
+    temp.write_bytes(data)
+    os.replace(temp, path)
+    return True
+
+
+@dataclass
+class Outcome:
+    lines: list[str] = field(default_factory=list)
+    ok: bool = True
+
+
+def install(plan: ServicePlan, runner: Runner = run_command, start: bool = True) -> Outcome:
+    outcome = Outcome()
+    changed = write_service_file(plan)
+    outcome.lines.append(f"{'Wrote' if changed else 'Already up to date:'} {plan.paths.service_file}")
+    if plan.paths.log_file is not None:
+        Path(plan.paths.log_file).parent.mkdir(parents=True, exist_ok=True)
+    if not start:
+        outcome.lines.append("Not started (--no-start). Start it with: " + shell_line(plan.enable[-1]))
+        return outcome
+    for command in plan.prepare:
+        runner(command)
+    for command in plan.enable:
+        result = runner(command)
+        if result.returncode != 0:
+            outcome.ok = False
+            outcome.lines.append(f"`{shell_line(command)}` failed ({result.returncode}): {result.output}")
+            outcome.lines.append(_manager_hint(plan))
+            return outcome
+    outcome.lines.append("sam-bridge now starts when you log in, and it is running now.")
+    return outcome
+
+
+def uninstall(plan: ServicePlan, runner: Runner = run_command) -> Outcome:
+    outcome = Outcome()
+    path = Path(plan.paths.service_file)
+    if not path.exists():
+        outcome.lines.append(f"Nothing to remove: {path} does not exist.")
+        return outcome
+    if not is_ours(plan, path.read_bytes()):
+        raise ConfigError(f"{path} was not written by sam-bridge, so it was left alone.",
+                          hint="Remove it yourself if you no longer need it.")
+    for command in plan.disable:
+        result = runner(command)
+        if result.returncode != 0:
+            log.info("%s: %s", shell_line(command), result.output)  # already stopped or unknown: fine
+    path.unlink()
+    if plan.platform == "linux":
+        runner(plan.enable[0])  # daemon-reload, so systemd forgets the unit
+    outcome.lines.append(f"Removed {path}; sam-bridge no longer starts at login.")
+    return outcome
+
+
+def status(plan: ServicePlan, runner: Runner = run_command) -> Outcome:
+    path = Path(plan.paths.service_file)
+    installed = path.exists()
+    outcome = Outcome(ok=installed)
+    outcome.lines.append(f"Service file: {path} ({'installed' if installed else 'not installed'})")
+    outcome.lines.append(f"Runs: {shell_line(plan.command)}")
+    if installed:
+        for command in plan.queries:
+            result = runner(command)
+            answer = result.output.splitlines()[0] if result.output else f"exit code {result.returncode}"
+            if plan.platform == "macos":
+                answer = _launchd_state(result)
+            outcome.lines.append(f"{shell_line(command)}: {answer}")
+    return outcome
+
+
+def _launchd_state(result: CommandResult) -> str:
+    if result.returncode != 0:
+        return "not loaded"
+    for line in result.output.splitlines():
+        if line.strip().startswith("state ="):
+            return line.strip()
+    return "loaded"
+
+
+def _manager_hint(plan: ServicePlan) -> str:
+    if plan.platform == "linux":
+        return ("systemd's user manager did not take the unit. On systems without it (containers, WSL 1), "
+                "run  sam-bridge run  in a terminal instead, or start it from your desktop's autostart.")
+    if plan.platform == "macos":
+        return "launchd refused the agent; see  launchctl print gui/$(id -u)  and the log file above."
+    return "Task Scheduler refused the task; open Task Scheduler to see why, or run  sam-bridge run  yourself."

@@ -1,0 +1,378 @@
+"""The OSC address space of sam-bridge, declared once.
+
+Dispatch (the server looks entries up by name), argument validation, the error messages a client gets
+and the README table (`markdown_table()`) are all derived from the two tables below, so the documented
+address space and the one the server speaks cannot drift apart.
+
+Conventions (after AbletonOSC's request/reply pairs and listen/unlisten): every request is answered on
+the sender's address and port (or a configured reply port); a reply is the request's address with a
+word appended (`/sam/presets` → `/sam/presets/list` … `/sam/presets/end`); lists end with an `…/end i:count`
+message so a patch knows when it has them all; anything that goes wrong is `/sam/error`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.common.request import MAX_SECONDS
+
+DEFAULT_PREFIX = "/sam"
+# python-osc receives into an 8,192-byte buffer and silently drops anything longer, and many OSC
+# stacks do the same: every datagram we send stays within this.
+MAX_REPLY_BYTES = 8192
+
+ArgValue = str | int | float
+
+_TYPE_WORDS = {"s": "text (s)", "i": "a whole number (i)", "f": "a number (f)"}
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument: OSC type `s` (string), `i` (int32) or `f` (float32)."""
+
+    name: str
+    type: str
+    description: str
+    max_chars: int = 200  # strings only
+    may_be_empty: bool = False  # strings only: "" means "not given"
+    minimum: float | None = None  # numbers only
+    maximum: float | None = None
+    above: float | None = None  # numbers only: must be strictly greater
+    as_text: bool = False  # numbers only: may come as text ("754.123456") for the digits a float32 drops
+
+    @property
+    def signature(self) -> str:
+        return f"{self.type}:{self.name}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request address: required arguments, then optional groups that may only be left off from the end."""
+
+    name: str  # address without the prefix, e.g. "separate" → /sam/separate
+    required: tuple[Arg, ...]
+    optional: tuple[tuple[Arg, ...], ...]
+    description: str
+    example: str  # arguments as a patch would send them
+    replies: tuple[str, ...]  # names of entries in REPLIES
+
+    def address(self, prefix: str = DEFAULT_PREFIX) -> str:
+        return f"{prefix}/{self.name}"
+
+    @property
+    def signature(self) -> str:
+        parts = [a.signature for a in self.required]
+        parts += ["[" + " ".join(a.signature for a in group) + "]" for group in self.optional]
+        return " ".join(parts)
+
+    def arity(self) -> list[int]:
+        """Argument counts this request accepts."""
+        counts = [len(self.required)]
+        for group in self.optional:
+            counts.append(counts[-1] + len(group))
+        return counts
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A message the server sends: a reply to a request or a job event."""
+
+    name: str  # e.g. "accepted" → /sam/accepted
+    args: tuple[Arg, ...]
+    description: str
+    example: str
+    repeats_last: bool = False  # the last argument may repeat (lists)
+
+    def address(self, prefix: str = DEFAULT_PREFIX) -> str:
+        return f"{prefix}/{self.name}"
+
+    @property
+    def signature(self) -> str:
+        text = " ".join(a.signature for a in self.args)
+        return text + "..." if self.repeats_last else text
+
+
+def _s(name: str, description: str, max_chars: int = 200, may_be_empty: bool = False) -> Arg:
+    return Arg(name, "s", description, max_chars=max_chars, may_be_empty=may_be_empty)
+
+
+_JOB_ID = _s("job_id", "the job id from /sam/accepted")
+_PATH_CHARS = 4096  # PATH_MAX on Linux; longer cannot name a real file
+
+REQUESTS: tuple[Request, ...] = (
+    Request(
+        "separate",
+        required=(
+            _s("source_path", "full path of the audio file", max_chars=_PATH_CHARS),
+            _s("preset_or_prompt", "a preset name, or else a description of the sound to isolate",
+               max_chars=500),
+        ),
+        optional=(
+            (_s("tag", "your own id, echoed in /sam/accepted and /sam/error (\"\" = none)",
+                may_be_empty=True),),
+            (_s("project_dir", "project folder; stems go to its Stems/ folder (\"\" = beside the source)",
+                max_chars=_PATH_CHARS, may_be_empty=True),),
+            (Arg("start", "f", "seconds into the source where the part begins (or as text, e.g. \"754.123456\": "
+                 "an OSC float keeps 7 digits, so 10 minutes in it is up to 30 µs off)", minimum=0.0,
+                 maximum=MAX_SECONDS, as_text=True),
+             Arg("length", "f", "seconds of source to separate (or as text, like start)", above=0.0,
+                 maximum=MAX_SECONDS, as_text=True)),
+        ),
+        description="Queue a separation. A known preset name (any case) wins; otherwise the text is the "
+        "prompt. The source must be under an allowed source folder and the stems' folder under an "
+        "allowed output folder.",
+        example='"/Users/me/Music/Guitar 01.wav" piano take-3 "/Users/me/Music/Song" 12.5 8.0',
+        replies=("accepted", "progress", "stem", "done", "error"),
+    ),
+    Request(
+        "cancel",
+        required=(_JOB_ID,),
+        optional=(),
+        description="Cancel a queued or running job; the job's own events then end with /sam/error.",
+        example="5bbfef41c050",
+        replies=("cancel/ok", "error"),
+    ),
+    Request(
+        "status",
+        required=(),
+        optional=((_s("job_id", "a job id; leave out to list the recent jobs"),),),
+        description="One job, or the 50 most recently changed jobs when no id is given.",
+        example="5bbfef41c050",
+        replies=("status/job", "status/end", "error"),
+    ),
+    Request(
+        "presets",
+        required=(),
+        optional=((_s("project_dir", "project folder whose own presets to list too, as sent with /sam/separate "
+                      "(\"\" = the shared ones only)", max_chars=_PATH_CHARS, may_be_empty=True),),),
+        description="List the preset names: the shared ones, and a project's own when one is named (a project "
+        "outside the allowed folders gets the shared ones, and the log says why). A preset whose file has "
+        "problems is listed too: /sam/separate with it answers with those problems.",
+        example='"/Users/me/Music/Song"',
+        replies=("presets/list", "presets/end", "error"),
+    ),
+    Request(
+        "ping",
+        required=(),
+        optional=(),
+        description="Is the bridge there? Answers with its version.",
+        example="",
+        replies=("pong",),
+    ),
+    Request(
+        "reply_to",
+        required=(Arg("port", "i", "UDP port on your machine where you listen for answers",
+                      minimum=1, maximum=65535),),
+        optional=(),
+        description="Answer this client (this address and sending port) at this port from now on: for "
+        "clients like Max's [udpsend] that send from a random port and listen with [udpreceive] on a "
+        "fixed one. Lasts until the bridge restarts: send it again when your patch loads.",
+        example="9011",
+        replies=("reply_to/ok", "error"),
+    ),
+    Request(
+        "subscribe",
+        required=(Arg("port", "i", "UDP port on your machine that should receive every job's events",
+                      minimum=1, maximum=65535),),
+        optional=(),
+        description="Send the events of ALL jobs (not only yours) to this port on the sender's address.",
+        example="9011",
+        replies=("subscribe/ok", "error"),
+    ),
+    Request(
+        "unsubscribe",
+        required=(Arg("port", "i", "a port given to /sam/subscribe", minimum=1, maximum=65535),),
+        optional=(),
+        description="Stop sending all jobs' events to this port.",
+        example="9011",
+        replies=("unsubscribe/ok",),
+    ),
+)
+
+_TAG = _s("tag", "the tag you gave (\"\" if none)")
+_MESSAGE = _s("message", "what happened, in words", max_chars=1000)
+
+REPLIES: tuple[Reply, ...] = (
+    Reply("accepted", (_TAG, _JOB_ID), "The job is queued; later events carry its job id.",
+          "take-3 5bbfef41c050"),
+    Reply("progress", (_JOB_ID, _s("state", "queued, uploading, running, … done, failed, cancelled"),
+                       Arg("fraction", "f", "0..1 over the whole job"), _MESSAGE),
+          "A job changed (to the submitter and every subscriber).",
+          "5bbfef41c050 running 0.4 \"separating on fal\""),
+    Reply("stem", (_JOB_ID, _s("label", "stem label, e.g. target, residual, vocals"),
+                   _s("path", "full path of the stem file", max_chars=_PATH_CHARS)),
+          "One per stem file, all before /sam/done.",
+          "5bbfef41c050 target \"/Users/me/Music/Song/Stems/Guitar 01 - piano.target.wav\""),
+    Reply("done", (_JOB_ID, _s("target", "the target stem (stem sets: the first stem)"),
+                   _s("residual", "the residual stem (stem sets: the \"other\" stem, or \"\")"),
+                   _s("manifest", "the manifest (.sam.json), written last")),
+          "The job finished; every file is complete.",
+          "5bbfef41c050 \".../Guitar 01 - piano.target.wav\" \".../Guitar 01 - piano.residual.wav\" "
+          "\".../Guitar 01 - piano.sam.json\""),
+    Reply("error", (_s("tag_or_job_id", "the job id, the request's tag, or \"\""), _MESSAGE),
+          "A request was refused, or a job failed or was cancelled. The message names the address and "
+          "says what to do.",
+          "take-3 \"/sam/separate: The file /tmp/x.wav is outside the folders sam-bridge may read …\""),
+    Reply("cancel/ok", (_JOB_ID,), "Cancellation was requested.", "5bbfef41c050"),
+    Reply("status/job", (_JOB_ID, _s("state", "job state"), Arg("progress", "f", "0..1"), _MESSAGE, _TAG),
+          "One job.", "5bbfef41c050 running 0.4 \"separating on fal\" take-3"),
+    Reply("status/end", (Arg("count", "i", "how many /sam/status/job were sent"),),
+          "End of a status answer.", "1"),
+    Reply("presets/list", (_s("name", "preset name"),), "Preset names, split over several messages.",
+          "piano vocals drums", repeats_last=True),
+    Reply("presets/end", (Arg("count", "i", "how many names were sent"),), "End of the preset list.", "12"),
+    Reply("pong", (_s("version", "sam-bridge version"),), "Answer to /sam/ping.", "0.1.0"),
+    Reply("reply_to/ok", (Arg("port", "i", "the port answers now go to"),),
+          "Sent to the new port: answers arrive there from now on.", "9011"),
+    Reply("subscribe/ok", (Arg("port", "i", "the subscribed port"),), "Subscribed.", "9011"),
+    Reply("unsubscribe/ok", (Arg("port", "i", "the port"),), "No longer subscribed.", "9011"),
+)
+
+NOTES = (
+    "- Replies go to the sender's address and port; to the port a client named with `/sam/reply_to`; "
+    "or to the configured `osc.reply_port` for every client. A job's events go to the client that sent "
+    "its `/sam/separate` (where it was answered) and to every subscriber. A daemon restart forgets "
+    "both but resumes the jobs: the end (`/sam/done` or `/sam/error`, with its progress and stems) of an "
+    "OSC job resumed so is kept (the last 64, for an hour) and sent once to each client that subscribes "
+    "later.",
+    "- At most `rate_limit` separations per client per `rate_window` seconds (default 20 a minute); "
+    "more get `/sam/error` and are not queued.",
+    "- When a shared token is configured, it is the first argument of every request (before the "
+    "arguments above); it is never sent back.",
+    "- Bundles are taken apart and their messages run at once, in order (timetags are ignored); "
+    "a bundle inside a bundle is refused with `/sam/error`.",
+    "- Addresses are matched exactly (no OSC wildcards). Where a whole number (`i`) is expected, "
+    "9011.0 is accepted (Pd sends every number as a float); where a number (`f`) is expected, a whole "
+    "number is accepted.",
+    "- Requests from addresses outside the configured allowlist get no answer at all.",
+)
+
+REQUESTS_BY_NAME = {r.name: r for r in REQUESTS}
+REPLIES_BY_NAME = {r.name: r for r in REPLIES}
+
+
+class ArgumentProblem(ValueError):
+    """A request's arguments do not match its declaration; `str()` is the whole message for the user."""
+
+
+def shorten(value: object, limit: int = 60, quoted: bool = True) -> str:
+    """A value as it may be quoted back in an error: never the whole of an 8 KB string."""
+    text = repr(value) if not isinstance(value, str) else f'"{value}"' if quoted else value
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe_value(value: object) -> str:
+    """What a client sent, in the words of the OSC types."""
+    if isinstance(value, bool):
+        return "a true/false (T/F)"
+    if isinstance(value, int):
+        return f"a whole number (i) {value}"
+    if isinstance(value, float):
+        return f"a number (f) {value:g}"
+    if isinstance(value, str):
+        return f"text (s) {shorten(value)}"
+    if isinstance(value, bytes):
+        return f"a blob (b) of {len(value)} bytes"
+    if value is None:
+        return "nil (N)"
+    if isinstance(value, list):
+        return "an array ([...])"
+    return "an unsupported value"
+
+
+def validate_args(request: Request, args: Sequence[Any], prefix: str = DEFAULT_PREFIX) -> dict[str, ArgValue]:
+    """Check `args` against `request`; return name → value (omitted optional args absent, "" dropped).
+
+    Raises ArgumentProblem naming the address and what it expects."""
+    address = request.address(prefix)
+    expected = f"{address} expects {request.signature or 'no arguments'}"
+    if len(args) not in request.arity():
+        counts = " or ".join(str(n) for n in request.arity())
+        raise ArgumentProblem(f"{expected}, but got {len(args)} argument(s) (it takes {counts}).")
+    declared = list(request.required) + [a for group in request.optional for a in group]
+    values: dict[str, ArgValue] = {}
+    for position, (arg, value) in enumerate(zip(declared, args, strict=False), start=1):
+        problem = _check(arg, value)
+        if problem:
+            raise ArgumentProblem(f"{expected}; argument {position} ({arg.name}) {problem}.")
+        converted = _convert(arg, value)
+        if converted != "":
+            values[arg.name] = converted
+    return values
+
+
+def _check(arg: Arg, value: Any) -> str | None:
+    if arg.type == "s":
+        if not isinstance(value, str):
+            return f"should be {_TYPE_WORDS['s']}, got {describe_value(value)}"
+        if not value.strip() and not arg.may_be_empty:
+            return "is empty"
+        if len(value) > arg.max_chars:
+            return f"is {len(value)} characters long; at most {arg.max_chars} are allowed"
+        return None
+    if arg.as_text and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return f"should be {_TYPE_WORDS[arg.type]} or text holding one, got {describe_value(value)}"
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if not numeric:
+        return f"should be {_TYPE_WORDS[arg.type]}, got {describe_value(value)}"
+    if not math.isfinite(value):
+        return f"should be a finite number, got {value}"
+    # Pd sends every number as a float: accept 9011.0 where a whole number is expected, not 9011.5.
+    if arg.type == "i" and float(value) != int(value):
+        return f"should be {_TYPE_WORDS['i']}, got {describe_value(value)}"
+    if arg.minimum is not None and value < arg.minimum:
+        return f"must be at least {arg.minimum:g}, got {value:g}"
+    if arg.maximum is not None and value > arg.maximum:
+        return f"must be at most {arg.maximum:g}, got {value:g}"
+    if arg.above is not None and value <= arg.above:
+        return f"must be more than {arg.above:g}, got {value:g}"
+    return None
+
+
+def _convert(arg: Arg, value: Any) -> ArgValue:
+    if arg.type == "s":
+        return str(value).strip()
+    if arg.type == "i":
+        return int(value)
+    return float(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(prefix: str = DEFAULT_PREFIX) -> str:
+    """The README's OSC reference: requests, then replies and events."""
+    lines = [
+        "| Request | Arguments | What it does | Example | Replies |",
+        "|---|---|---|---|---|",
+    ]
+    for req in REQUESTS:
+        replies = ", ".join(f"`{REPLIES_BY_NAME[name].address(prefix)}`" for name in req.replies)
+        args = "<br>".join(f"`{a.signature}` {a.description}" for a in _all_args(req)) or "—"
+        example = "`" + " ".join(filter(None, (req.address(prefix), req.example))) + "`"
+        lines.append(f"| `{req.address(prefix)}` | {_cell(args)} | {_cell(req.description)} | "
+                     f"{_cell(example)} | {replies} |")
+    lines += [
+        "",
+        "| Reply / event | Arguments | Meaning | Example |",
+        "|---|---|---|---|",
+    ]
+    for rep in REPLIES:
+        args = "<br>".join(f"`{a.signature}` {a.description}" for a in rep.args)
+        if rep.repeats_last:
+            args += " (repeated)"
+        lines.append(f"| `{rep.address(prefix)}` | {_cell(args)} | {_cell(rep.description)} | "
+                     f"`{_cell(rep.address(prefix) + ' ' + rep.example)}` |")
+    lines += ["", *NOTES]
+    return "\n".join(lines) + "\n"
+
+
+def _all_args(req: Request) -> list[Arg]:
+    return list(req.required) + [a for group in req.optional for a in group]

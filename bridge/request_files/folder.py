@@ -1,0 +1,409 @@
+"""Request files: the way in for hosts without sockets (REAPER's Lua). A DAW script writes
+`<name>.json` atomically into the requests folder; we answer with `<name>.status.json` beside it,
+rewritten atomically at each stage. `<name>.cancel` cancels that request's job. A day after a request
+was answered, it moves to `done/<date>/` with its status (`request_archive`).
+
+A version of a request file (its mtime) is one job for good: its status file follows that job, a
+`sam-bridge retry` of it included; saving the file again cancels that job and makes a new one. Daemons
+sharing the folder claim each version (`bridge.common.claims`), so one of them takes it.
+
+This module knows folders and JSON, not HTTP or audio.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pydantic
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from bridge.common.claims import ClaimStore
+from bridge.common.errors import BridgeError
+from bridge.common.file_gate import FileSnapshot
+from bridge.common.jobs import JobEvent, JobSink, JobState, RequestRejected
+from bridge.common.request import INTERNAL_REQUEST_FIELDS, Origin, SeparationRequest
+from bridge.common.stems import write_json_atomic
+from bridge.request_files.archive import ARCHIVE_AFTER, archive_answered, archive_orphan_status
+
+log = logging.getLogger(__name__)
+
+STATUS_SUFFIX = ".status.json"
+# request fields that name files or folders: `~` and relative paths are resolved beside the request file
+PATH_FIELDS = ("source", "project_dir", "output_dir")
+STATUS_SCHEMA = 1
+STATUS_FIELDS: dict[str, str] = {
+    "schema": "status schema version (1)",
+    "request": "the request file's name",
+    "job_id": "the daemon's job id (null if the request was refused)",
+    "tag": "the request's tag, echoed",
+    "state": "queued, waiting, preparing, uploading, submitted, running, downloading, conforming, "
+    "done, failed, cancelled",
+    "progress": "0..1 over the whole job",
+    "message": "what is happening, in words",
+    "updated_at": "ISO-8601 UTC",
+    "stems": "label → absolute path, in order (`target`, `residual`; stem sets: each stem, then `other`)",
+    "manifest": "path of the `.sam.json` manifest when done",
+    "error": "what went wrong and how to retry, when failed (`Cancelled` when cancelled)",
+    "flags": "warnings to read (`weak-correlation`, `drift`, `cut-at-end`, …)",
+    "request_mtime_ns": "for the daemon: the version (modification time) of the request file this answers",
+    "cancel_marker_mtime_ns": "for the daemon: the `.cancel` marker already acted on, if any",
+}
+
+
+ACTED_ON_MARKER = "cancel_marker_mtime_ns"  # internal: the cancel marker (its mtime) already acted on
+
+
+def is_request_name(name: str) -> bool:
+    return name.endswith(".json") and not name.endswith(STATUS_SUFFIX) and not name.startswith(".")
+
+
+def status_path(request_file: Path) -> Path:
+    return request_file.with_name(request_file.name[: -len(".json")] + STATUS_SUFFIX)
+
+
+def cancel_marker(request_file: Path) -> Path:
+    return request_file.with_name(request_file.name[: -len(".json")] + ".cancel")
+
+
+class _Followed(NamedTuple):
+    """The request file version a job answers: its events go to that file's status."""
+
+    path: Path
+    mtime_ns: int
+
+
+PRUNE_INTERVAL = 3600.0  # seconds between clearing the claim markers of requests that are gone
+
+
+class RequestFolder:
+    """`instance_id` names this daemon in the folder's claim markers, so of several daemons sharing the
+    folder one takes each request; keep it the same across restarts (the state folder), so a restarted
+    daemon knows the requests it took as its own."""
+
+    def __init__(self, sink: JobSink, folder: Path, rescan_interval: float = 5.0,
+                 archive_after: float = ARCHIVE_AFTER, instance_id: str | None = None) -> None:
+        self.sink, self.folder, self.rescan_interval = sink, folder, rescan_interval
+        self.archive_after = archive_after
+        self._claims = ClaimStore(instance_id or f"{socket.gethostname()}:{os.getpid()}")
+        self._pruned_at = 0.0
+        # job id -> the request version it answers; kept after the job ends, for `sam-bridge retry`
+        self._jobs: dict[str, _Followed] = {}
+        self._job_of: dict[Path, str] = {}  # request file -> the job its status file follows
+        # cancel marker -> its mtime_ns when it was acted on (None: none was), read once per request
+        self._markers_used: dict[Path, int | None] = {}
+        # answered request -> (its mtime_ns, when its final status was written): rescans read no JSON
+        self._answered: dict[Path, tuple[int, float]] = {}
+        self._queue: queue.Queue[Path | None] = queue.Queue()
+        self._observer: BaseObserver | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._unsubscribe: Callable[[], None] = lambda: None
+        self._lock = threading.RLock()  # held while a status file is written: one job's events in order
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._unsubscribe = self.sink.subscribe(self._on_event)
+        self._observer = Observer()
+        self._observer.schedule(_Handler(self._queue), str(self.folder), recursive=False)
+        self._observer.start()
+        self._thread = threading.Thread(target=self._loop, name="request-files", daemon=True)
+        self._thread.start()
+        self._scan()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        self._unsubscribe()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _scan(self) -> None:
+        names = {path.name for path in self.folder.iterdir()}
+        now = time.time()
+        for name in sorted(names):
+            if is_request_name(name) or name.endswith(".cancel"):
+                self._queue.put(self.folder / name)
+            elif name.endswith(STATUS_SUFFIX) and name[: -len(STATUS_SUFFIX)] + ".json" not in names:
+                archive_orphan_status(self.folder / name, now, self.archive_after)
+        if now - self._pruned_at >= PRUNE_INTERVAL:
+            self._pruned_at = now
+            self._claims.prune(self.folder)
+
+    def _loop(self) -> None:
+        next_scan = time.monotonic() + self.rescan_interval
+        while not self._stop.is_set():
+            try:
+                path = self._queue.get(timeout=max(0.05, next_scan - time.monotonic()))
+            except queue.Empty:
+                self._scan()  # events can be lost (overflow, network folders): look again
+                next_scan = time.monotonic() + self.rescan_interval
+                continue
+            if path is None:
+                return
+            try:
+                if path.name.endswith(".cancel"):
+                    self._cancel(path)
+                elif is_request_name(path.name):
+                    self._take(path)
+            except Exception:
+                log.exception("request file %s could not be handled", path)
+
+    # -- one request file -------------------------------------------------------------------------
+
+    def _take(self, path: Path) -> None:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return
+        mtime_ns = stat.st_mtime_ns
+        answered = self._answered.get(path)
+        if answered is None or answered[0] != mtime_ns:
+            answered = self._answered_at(path, mtime_ns)
+        if answered is not None:
+            if time.time() - answered[1] >= self.archive_after:
+                self._answered.pop(path, None)
+                self._unfollow(path)
+                self._markers_used.pop(cancel_marker(path), None)
+                archive_answered(path, status_path(path), answered[1])
+            return
+        with self._lock:
+            job_id = self._job_of.get(path)
+            if job_id is not None and self._jobs[job_id].mtime_ns == mtime_ns:
+                return  # taken already: its events keep the status file current
+        self._supersede(path, mtime_ns, job_id)
+        if self._ours_from_before(path, mtime_ns):  # whatever our id was then (a renamed host)
+            self._answer(path, mtime_ns)
+            return
+        outcome = self._claims.try_claim(path, FileSnapshot(stat.st_size, mtime_ns))
+        if outcome.claim is None and outcome.done_by != self._claims.instance_id:
+            log.debug("request file %s is taken by %s", path.name, outcome.done_by or outcome.holder)
+            return
+        try:
+            self._answer(path, mtime_ns)
+        except BaseException:
+            if outcome.claim is not None:
+                self._claims.release(outcome.claim)  # not answered: the next look (ours or another's) tries again
+            raise
+        if outcome.claim is not None:
+            self._claims.mark_done(outcome.claim)  # answered: its job lives in our journal from now on
+
+    def _ours_from_before(self, path: Path, mtime_ns: int) -> bool:
+        """Whether this version of the request has a job in our own journal (taken before a restart):
+        ours to follow and to cancel, whatever the claim markers say."""
+        status = _read_json(status_path(path)) or {}
+        job_id = status.get("job_id")
+        return (isinstance(job_id, str) and status.get("request_mtime_ns") == mtime_ns
+                and self.sink.get(job_id) is not None)
+
+    def _answer(self, path: Path, mtime_ns: int) -> None:
+        """Submit this version of the request (the engine hands back the job it already has for it)."""
+        earlier = _read_json(status_path(path)) or {}
+        has_job = isinstance(earlier.get("job_id"), str) and earlier.get("request_mtime_ns") == mtime_ns
+        cancel_asked = self._cancel_asked(path, mtime_ns)
+        if cancel_asked and not has_job:  # cancelled before it was taken: nothing is sent
+            self._write_status(path, mtime_ns, None, _raw_tag(path), JobState.cancelled, 0.0,
+                               "Cancelled before it was sent", error="Cancelled")
+            return
+        try:
+            request = parse_request_file(path, mtime_ns)
+        except BridgeError as exc:
+            self._write_status(path, mtime_ns, None, "", JobState.failed, 0.0, exc.message, error=str(exc))
+            return
+        try:
+            job_id = self.sink.submit(request)
+        except (BridgeError, RequestRejected) as exc:
+            self._write_status(path, mtime_ns, None, request.tag, JobState.failed, 0.0, str(exc).split("\n")[0],
+                               error=str(exc))
+            return
+        self._follow(path, mtime_ns, job_id, write=True)
+        log.info("request file %s → job %s", path.name, job_id)
+        if cancel_asked and self.sink.cancel(job_id):
+            log.info("cancelled job %s (%s)", job_id, cancel_marker(path).name)
+
+    def _supersede(self, path: Path, mtime_ns: int, job_id: str | None) -> None:
+        """The request file was saved again: the job of its earlier version is cancelled (at the service
+        too), and its events no longer reach the status file."""
+        if job_id is None:  # not followed since a restart: the status file names it
+            status = _read_json(status_path(path)) or {}
+            if status.get("request_mtime_ns") == mtime_ns or not isinstance(status.get("job_id"), str):
+                return
+            job_id = str(status["job_id"])
+        self._unfollow(path)
+        if self.sink.cancel(job_id):
+            log.info("request file %s was saved again: cancelled job %s of its earlier version", path.name, job_id)
+
+    def _follow(self, path: Path, mtime_ns: int, job_id: str, *, write: bool) -> None:
+        """From now on the job's events (a retry's too) go to this request's status file."""
+        with self._lock:
+            self._unfollow(path)
+            self._jobs[job_id] = _Followed(path, mtime_ns)
+            self._job_of[path] = job_id
+            view = self.sink.get(job_id) if write else None
+            if view is not None:
+                self._write_status(path, mtime_ns, job_id, view.tag, view.state, view.progress, view.message,
+                                   stems=view.stems, manifest=view.manifest, error=view.error)
+
+    def _unfollow(self, path: Path) -> None:
+        with self._lock:
+            job_id = self._job_of.pop(path, None)
+            if job_id is not None:
+                self._jobs.pop(job_id, None)
+
+    def _cancel_asked(self, path: Path, mtime_ns: int) -> bool:
+        """A cancel marker not older than this version of the request, not acted on yet (rescans see
+        every marker again; a job retried after its cancel must not be cancelled again, also after a
+        restart: the status file keeps the marker it acted on)."""
+        marker = cancel_marker(path)
+        try:
+            marker_mtime = marker.stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
+        if marker_mtime < mtime_ns or self._marker_acted_on(path) == marker_mtime:
+            return False
+        self._markers_used[marker] = marker_mtime
+        return True
+
+    def _marker_acted_on(self, path: Path) -> int | None:
+        """The mtime of the request's cancel marker that was acted on, remembered or read back from the
+        status file once (after a restart): every status write asks, so that read is not repeated."""
+        marker = cancel_marker(path)
+        if marker not in self._markers_used:
+            acted_on = (_read_json(status_path(path)) or {}).get(ACTED_ON_MARKER)
+            self._markers_used[marker] = acted_on if isinstance(acted_on, int) else None
+        return self._markers_used[marker]
+
+    def _answered_at(self, path: Path, mtime_ns: int) -> tuple[int, float] | None:
+        """(mtime_ns, when it ended) when this version of the request has its final status already."""
+        status_file = status_path(path)
+        status = _read_json(status_file)
+        if not status or status.get("request_mtime_ns") != mtime_ns or status.get("state") not in (
+                "done", "failed", "cancelled"):
+            return None
+        try:
+            ended_at = status_file.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        self._answered[path] = (mtime_ns, ended_at)
+        if isinstance(status.get("job_id"), str):  # so a `sam-bridge retry` of it reaches this file
+            self._follow(path, mtime_ns, status["job_id"], write=False)
+        return self._answered[path]
+
+    def _cancel(self, marker: Path) -> None:
+        request_file = marker.with_name(marker.name[: -len(".cancel")] + ".json")
+        try:
+            mtime_ns = request_file.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        with self._lock:
+            job_id = self._job_of.get(request_file)
+            if job_id is None or self._jobs[job_id].mtime_ns != mtime_ns:
+                return  # not taken yet: taking it sees the marker
+        if self._cancel_asked(request_file, mtime_ns) and self.sink.cancel(job_id):
+            log.info("cancelled job %s (%s)", job_id, marker.name)
+
+    def _on_event(self, event: JobEvent) -> None:
+        with self._lock:
+            followed = self._jobs.get(event.job_id)
+            if followed is None:
+                return
+            if not event.state.finished:
+                self._answered.pop(followed.path, None)  # running again (a retry): not answered now
+            self._write_status(followed.path, followed.mtime_ns, event.job_id, event.tag, event.state,
+                               event.progress, event.message, stems=event.stems, manifest=event.manifest,
+                               error=event.error, flags=event.flags)
+
+    def _write_status(self, path: Path, mtime_ns: int, job_id: str | None, tag: str, state: JobState,
+                      progress: float, message: str, *, stems: dict[str, str] | None = None,
+                      manifest: str | None = None, error: str | None = None, flags: tuple[str, ...] = ()) -> None:
+        """`mtime_ns`: the version of the request this answers (the file may have been saved again since)."""
+        write_json_atomic(status_path(path), {
+            "schema": STATUS_SCHEMA, "request": path.name, "job_id": job_id, "tag": tag, "state": state.value,
+            "progress": round(progress, 4), "message": message,
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "stems": stems or {}, "manifest": manifest, "error": error, "flags": list(flags),
+            "request_mtime_ns": mtime_ns, ACTED_ON_MARKER: self._marker_acted_on(path),
+        })
+
+
+def parse_request_file(path: Path, mtime_ns: int) -> SeparationRequest:
+    """A request file → SeparationRequest; BridgeError with the field and what is allowed."""
+    from bridge.common.errors import InputError
+
+    data = _read_json(path)
+    if data is None:
+        raise InputError(f"{path.name} is not valid JSON.", hint="Write the file whole, then rename it into place.")
+    if not isinstance(data, dict):
+        raise InputError(f"{path.name} must hold a JSON object with at least source and preset or prompt.")
+    for field in PATH_FIELDS:
+        value = data.get(field)
+        if isinstance(value, str) and value:
+            data[field] = str(_resolve_beside(path, value))
+    data.pop("origin", None)
+    data.pop("idempotency_key", None)
+    try:
+        return SeparationRequest(**data, origin=Origin.request_file,
+                                 idempotency_key=f"request-file:{path.resolve()}:{mtime_ns}")
+    except pydantic.ValidationError as exc:
+        raise InputError(f"{path.name}: " + "; ".join(_problem(error) for error in exc.errors())) from None
+
+
+def _problem(error: Any) -> str:
+    """One validation error as `field: what is wrong`, in the request file's words."""
+    field = ".".join(str(p) for p in error["loc"]) or "request"
+    if error["type"] == "extra_forbidden":
+        allowed = [name for name in SeparationRequest.model_fields if name not in INTERNAL_REQUEST_FIELDS]
+        return f"{field}: unknown field; allowed: {', '.join(allowed)}"
+    if error["type"] == "missing":
+        return f"{field}: required"
+    return f"{field}: {str(error['msg']).removeprefix('Value error, ')}"
+
+
+def _resolve_beside(request_file: Path, value: str) -> Path:
+    """`~` is the user's home; a relative path is relative to the request file's folder, not to wherever
+    the daemon happened to start (a DAW script knows its request's folder, never the daemon's)."""
+    expanded = Path(value).expanduser()
+    if expanded.is_absolute():
+        return expanded
+    # normpath: `../Stems` reads as the user wrote it, in status files and manifests alike
+    return Path(os.path.normpath(request_file.absolute().parent / expanded))
+
+
+def _raw_tag(path: Path) -> str:
+    """The request's tag, read without judging the rest of it."""
+    data = _read_json(path)
+    tag = data.get("tag") if isinstance(data, dict) else None
+    return tag if isinstance(tag, str) else ""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, target: queue.Queue[Path | None]) -> None:
+        self.target = target
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type not in ("created", "moved", "modified", "closed"):
+            return
+        where = event.dest_path if event.event_type == "moved" else event.src_path
+        path = Path(where if isinstance(where, str) else where.decode())
+        if is_request_name(path.name) or path.name.endswith(".cancel"):
+            self.target.put(path)

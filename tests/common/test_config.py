@@ -1,0 +1,70 @@
+"""Configuration: a commented default, the resolved view with secrets redacted, errors with file:line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bridge.cli import main
+from bridge.common.config import Config, load_config
+from bridge.common.errors import ConfigError
+
+
+def test_init_writes_a_valid_commented_default_and_never_overwrites(user_dirs, capsys) -> None:
+    path = user_dirs["config"] / "config.yaml"
+    assert main(["config", "init"]) == 0
+    text = path.read_text()
+    assert text.startswith("# sam-bridge configuration") and "FAL_KEY" in text
+    assert load_config(path) == Config()  # the commented default is exactly the built-in default
+    path.write_text(text + "\nconcurrency: 2\n")
+    assert main(["config", "init"]) == 1
+    assert "concurrency: 2" in path.read_text()  # left untouched
+    assert "already exists" in capsys.readouterr().out
+
+
+def test_show_redacts_the_key_and_the_osc_token(user_dirs, capsys, monkeypatch) -> None:
+    (user_dirs["config"] / "config.yaml").write_text("osc:\n  token: hunter2-shared-secret\n")
+    monkeypatch.setenv("FAL_KEY", "very-secret-fal-key-123")
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2-shared-secret" not in out and "very-secret-fal-key-123" not in out
+    assert "FAL_KEY: set (<redacted>)" in out and "token: <redacted>" in out
+
+
+def test_show_prints_the_requests_folder_run_uses(user_dirs, capsys) -> None:
+    assert main(["config", "show"]) == 0
+    assert f"requests_dir: {user_dirs['state'] / 'requests'}" in capsys.readouterr().out
+
+
+def test_status_with_no_jobs_yet_is_an_empty_list_not_an_error(user_dirs, capsys) -> None:
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["status"]) == 0
+    assert "No jobs yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("concurrency: 0\n", ":1: concurrency: Input should be greater than or equal to 1"),
+    ("osc:\n  port: 9010\n  colour: red\n", ":3: osc.colour: unknown setting"),
+    ("hot_folders:\n  - path: /x\n    after_success: delete\n", ":3: hot_folders.0.after_success: Input should be"),
+    ("concurrency: 4\nservice: [1, 2\n", ":3: not valid YAML"),
+])
+def test_config_errors_name_file_line_and_field(user_dirs, text: str, expected: str) -> None:
+    path = user_dirs["config"] / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) + expected in str(err.value)
+
+
+def test_run_with_a_bad_config_exits_with_the_message(user_dirs) -> None:
+    path = user_dirs["config"] / "config.yaml"
+    path.write_text("daily_budget: -5\n")
+    result = subprocess.run([sys.executable, "-m", "bridge", "run", "--local"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert f"{path}:1: daily_budget" in result.stderr
+    assert not (user_dirs["state"] / "daemon.json").exists()

@@ -1,0 +1,103 @@
+"""Dedupe with the real engine, pipeline and local service: a job whose audio, prompt and options match an
+earlier finished job reuses its stems without a second submit, and its manifest describes its own source
+and request, not the earlier one's."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bridge.common.jobs import JobState, JobView
+from bridge.common.request import Origin, SeparationRequest
+from bridge.engine.engine import EngineSettings, JobEngine
+from bridge.engine.journal import Journal
+from bridge.engine.pipeline import Pipeline
+from bridge.fal.client import FalClient
+from bridge.local_service import LocalFalService
+from bridge.presets.library import PresetLibrary, builtin_presets_dir
+from tests.conftest import wait_for
+from tests.test_daemon import make_source
+
+
+@pytest.fixture
+def engine(client: FalClient, tmp_path: Path) -> Iterator[JobEngine]:
+    running = JobEngine(Journal(tmp_path / "journal.sqlite"), Pipeline(client, poll_interval=0.02, use_stream=False),
+                        PresetLibrary([("built-in", builtin_presets_dir())]),
+                        EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
+    running.start()
+    yield running
+    running.stop()
+    running.journal.close()
+
+
+def run(engine: JobEngine, request: SeparationRequest) -> JobView:
+    job_id = engine.submit(request)
+
+    def finished() -> bool:
+        view = engine.get(job_id)
+        return view is not None and view.state.finished
+
+    wait_for(finished, timeout=60, what=f"job {request.tag}")
+    view = engine.get(job_id)
+    assert view is not None and view.state == JobState.done, view
+    return view
+
+
+def manifest_of(view: JobView) -> dict[str, Any]:
+    assert view.manifest is not None
+    return dict(json.loads(Path(view.manifest).read_text(encoding="utf-8")))
+
+
+def test_a_reused_result_names_the_new_source_and_request(
+        engine: JobEngine, service: LocalFalService, tmp_path: Path) -> None:
+    for session in ("Session A", "Session B"):
+        (tmp_path / session).mkdir()
+    first_source = make_source(tmp_path / "Session A" / "Guitar 01.wav", seconds=0.5)
+    second_source = tmp_path / "Session B" / "Guitar 01 copy.wav"
+    second_source.write_bytes(first_source.read_bytes())  # same bytes, another path
+    before = second_source.read_bytes()
+
+    first = run(engine, SeparationRequest(source=first_source, prompt="piano", tag="first"))
+    second = run(engine, SeparationRequest(source=second_source, prompt="piano", tag="second",
+                                           origin=Origin.request_file))
+
+    assert service.stats()["submits"] == 1  # the second job paid nothing
+    old, new = manifest_of(first), manifest_of(second)
+    assert new["reused_from"] == first.manifest
+    assert new["source"]["path"] == str(second_source)
+    assert old["source"]["path"] == str(first_source)  # the earlier manifest is left as it was
+    assert {k: v for k, v in new["source"].items() if k != "path"} == \
+        {k: v for k, v in old["source"].items() if k != "path"}  # same bytes: same hash, format, length
+    assert new["request"]["tag"] == "second" and new["request"]["origin"] == "request-file"
+    assert str(first_source) not in json.dumps({k: v for k, v in new.items() if k != "reused_from"})
+    assert new["estimated_cost"]["amount"] == 0.0
+    # the stems sit beside the second source, name it, and are the first job's stems sample for sample
+    assert {Path(p).parent for p in second.stems.values()} == {second_source.parent / "Stems"}
+    assert all(Path(p).name.startswith("Guitar 01 copy") for p in second.stems.values())
+    assert {label: entry["path"] for label, entry in new["stems"].items()} == second.stems
+    for label in ("target", "residual"):
+        assert np.array_equal(sf.read(first.stems[label])[0], sf.read(second.stems[label])[0])
+    target, residual = (sf.read(second.stems[label])[0] for label in ("target", "residual"))
+    assert np.allclose(target + residual, sf.read(second_source)[0], atol=2.0**-22)
+    assert second_source.read_bytes() == before
+
+
+def test_an_unreadable_earlier_manifest_runs_the_job_for_real(
+        engine: JobEngine, service: LocalFalService, tmp_path: Path) -> None:
+    first_source = make_source(tmp_path / "a.wav", seconds=0.5)
+    second_source = tmp_path / "b.wav"
+    second_source.write_bytes(first_source.read_bytes())
+    first = run(engine, SeparationRequest(source=first_source, prompt="piano", tag="first"))
+    assert first.manifest is not None
+    Path(first.manifest).write_text("{ half a manifest")  # e.g. a user's editor saved garbage over it
+    second = run(engine, SeparationRequest(source=second_source, prompt="piano", tag="second"))
+    assert service.stats()["submits"] == 2
+    new = manifest_of(second)
+    assert new["reused_from"] is None and new["source"]["path"] == str(second_source)
+    assert len(sf.read(second.stems["target"])[0]) == len(sf.read(second_source)[0])

@@ -1,0 +1,757 @@
+"""Hot-folder watcher against real watchdog observers on temp folders, with real files.
+
+`RecordingSink` stands in for the job engine behind `bridge.common.jobs.JobSink`: it records every request
+(with what the file held at submit time), returns job ids with the engine's idempotency semantics,
+and lets a test finish jobs with `JobEvent`s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import os
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from watchdog.observers.polling import PollingObserver
+
+from bridge.common.jobs import JobEvent, JobState, JobView, RequestRejected
+from bridge.common.request import Origin, SeparationRequest
+from bridge.hotfolder.names import error_file_for
+from bridge.hotfolder.watcher import HotFolder, HotFolderWatcher
+
+SETTLE = 0.3
+pytestmark = pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")  # watchdog's own race note
+PRESETS = ["vocals", "4-stems", "piano"]
+
+
+# ---- the engine stand-in ---------------------------------------------------------------------------
+
+
+@dataclass
+class Submission:
+    request: SeparationRequest
+    job_id: str
+    at: float  # time.monotonic()
+    size: int  # what the file held when it was submitted
+    sha256: str
+
+
+@dataclass
+class RecordingSink:
+    name: str = "sink"
+    on_submit: Callable[[RecordingSink, SeparationRequest, str], None] | None = None
+    submissions: list[Submission] = field(default_factory=list)
+    views: dict[str, JobView] = field(default_factory=dict)
+    keys: dict[str, list[str]] = field(default_factory=dict)
+    listeners: list[Callable[[JobEvent], None]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    counter: Iterator[int] = field(default_factory=itertools.count)
+
+    def submit(self, request: SeparationRequest) -> str:
+        if request.preset not in (None, *PRESETS):
+            raise RequestRejected(f'Unknown preset "{request.preset}".')
+        data = request.source.read_bytes()
+        with self.lock:
+            key = request.idempotency_key or ""
+            for job_id in self.keys.get(key, []):
+                if self.views[job_id].state not in (JobState.failed, JobState.cancelled):
+                    return job_id  # the engine: an active or done job with this key is that job
+            job_id = f"{self.name}-{next(self.counter)}"
+            self.keys.setdefault(key, []).append(job_id)
+            now = time.time()
+            self.views[job_id] = JobView(job_id, request.tag, str(request.source), request.preset or "",
+                                         JobState.queued, 0.0, "queued", now, now, request.origin.value)
+            self.submissions.append(Submission(request, job_id, time.monotonic(), len(data),
+                                               hashlib.sha256(data).hexdigest()))
+        if self.on_submit:
+            self.on_submit(self, request, job_id)
+        return job_id
+
+    def finish(self, job_id: str, state: JobState, error: str | None = None,
+               stems: dict[str, str] | None = None) -> None:
+        with self.lock:
+            view = self.views[job_id]
+            self.views[job_id] = JobView(view.job_id, view.tag, view.source, view.what, state, 1.0,
+                                         state.value, view.created_at, time.time(), view.origin, stems or {},
+                                         None, error)
+            listeners = list(self.listeners)
+        event = JobEvent(job_id, view.tag, state, 1.0, state.value, stems or {}, None, error,
+                         origin=view.origin)  # the engine names the way in on final events
+        for listener in listeners:
+            listener(event)
+
+    def cancel(self, job_id: str) -> bool:
+        return False
+
+    def get(self, job_id: str) -> JobView | None:
+        with self.lock:
+            return self.views.get(job_id)
+
+    def jobs(self, active_only: bool = False) -> list[JobView]:
+        with self.lock:
+            return [v for v in self.views.values() if not (active_only and v.state.finished)]
+
+    def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
+        with self.lock:
+            self.listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self.lock:
+                self.listeners.remove(listener)
+
+        return unsubscribe
+
+    def preset_names(self) -> list[str]:
+        return list(PRESETS)
+
+    def sources(self) -> list[str]:
+        with self.lock:
+            return [s.request.source.name for s in self.submissions]
+
+    def by_name(self, name: str) -> Submission:
+        with self.lock:
+            matches = [s for s in self.submissions if s.request.source.name == name]
+        assert len(matches) == 1, f"{name}: {len(matches)} submissions"
+        return matches[0]
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def wav_bytes(seconds: float = 0.25, rate: int = 48000, channels: int = 2, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    frames = int(seconds * rate)
+    data = (rng.uniform(-0.5, 0.5, size=(frames, channels)) * 32767).astype(np.int16)
+    buffer = io.BytesIO()
+    sf.write(buffer, data, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def drop(path: Path, data: bytes | None = None) -> Path:
+    """Write a file whole and rename it into place, as a careful writer does."""
+    temp = path.with_name(path.name + ".part")
+    temp.write_bytes(data if data is not None else wav_bytes(seed=hash(path.name) % 1000))
+    os.replace(temp, path)
+    return path
+
+
+def encoded(fmt: str, seconds: float, seed: int, **kwargs: str) -> bytes:
+    buffer = io.BytesIO()
+    audio = np.random.default_rng(seed).uniform(-0.5, 0.5, (int(48000 * seconds), 2))
+    sf.write(buffer, audio, 48000, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def copy_with_pauses(path: Path, data: bytes, parts: int, pause: float) -> None:
+    """A copy over a slow network: a piece, then a pause, until the file is whole."""
+    with open(path, "wb") as handle:
+        for part in range(parts):
+            handle.write(data[part * len(data) // parts : (part + 1) * len(data) // parts])
+            handle.flush()
+            time.sleep(pause)
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def hot(tmp_path: Path) -> Path:
+    folder = tmp_path / "hot"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def run_watcher() -> Iterator[Callable[..., HotFolderWatcher]]:
+    started: list[HotFolderWatcher] = []
+
+    def start(sink: RecordingSink, folders: list[HotFolder], instance_id: str = "studio-a",
+              **kwargs: object) -> HotFolderWatcher:
+        kwargs.setdefault("rescan_interval", 60.0)  # events, not rescans, must do the work
+        watcher = HotFolderWatcher(sink, folders, instance_id=instance_id, **kwargs)  # type: ignore[arg-type]
+        watcher.start()
+        started.append(watcher)
+        return watcher
+
+    start.started = started  # type: ignore[attr-defined]
+    yield start
+    for watcher in started:
+        watcher.stop()
+
+
+def started_watchers(run_watcher: Callable[..., HotFolderWatcher]) -> list[HotFolderWatcher]:
+    return run_watcher.started  # type: ignore[attr-defined, no-any-return]
+
+
+def folder(path: Path, **kwargs: object) -> HotFolder:
+    kwargs.setdefault("preset", "vocals")
+    kwargs.setdefault("settle_seconds", SETTLE)
+    return HotFolder(path=path, **kwargs)  # type: ignore[arg-type]
+
+
+# ---- writers -------------------------------------------------------------------------------------
+
+
+class SlowWavWriter(threading.Thread):
+    """Writes a WAV the way DAWs render: audio in chunks, the header's sizes made right only at the end.
+
+    header "zeros": sizes are 0 until the end (soundfile then reads 0 frames);
+    header "lagging": sizes are updated every few chunks, so they describe less than is on disk
+    (soundfile then reads a shorter, perfectly valid file)."""
+
+    def __init__(self, path: Path, data: bytes, duration: float, chunks: int,
+                 pauses: dict[int, float] | None = None, header: str = "zeros") -> None:
+        super().__init__(name=f"writer-{path.name}")
+        self.path, self.data, self.duration, self.chunks = path, data, duration, chunks
+        self.pauses, self.header = pauses or {}, header
+        self.finished_at = 0.0
+
+    def _header(self, body_bytes: int) -> bytes:
+        data_at = self.data.index(b"data") + 8
+        header = bytearray(self.data[:data_at])
+        header[4:8] = struct.pack("<I", data_at - 8 + body_bytes)
+        header[data_at - 4 : data_at] = struct.pack("<I", body_bytes)
+        return bytes(header)
+
+    def run(self) -> None:
+        data_at = self.data.index(b"data") + 8
+        body = self.data[data_at:]
+        step = -(-len(body) // self.chunks)
+        with open(self.path, "wb") as handle:
+            handle.write(self._header(0) if self.header == "lagging" else self._zero_header())
+            for index in range(self.chunks):
+                handle.write(body[index * step : (index + 1) * step])
+                if self.header == "lagging" and index % 8 == 3:
+                    handle.seek(0)
+                    handle.write(self._header(min(len(body), (index + 1) * step)))
+                    handle.seek(0, os.SEEK_END)
+                handle.flush()
+                time.sleep(self.pauses.get(index, self.duration / self.chunks))
+            handle.seek(0)
+            handle.write(self.data[:data_at])  # the real sizes, now that they are known
+            handle.flush()
+        self.finished_at = time.monotonic()
+
+    def _zero_header(self) -> bytes:
+        data_at = self.data.index(b"data") + 8
+        header = bytearray(self.data[:data_at])
+        header[4:8] = struct.pack("<I", 0)
+        header[data_at - 4 : data_at] = struct.pack("<I", 0)
+        return bytes(header)
+
+
+# ---- tests ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", ["zeros", "lagging"])
+def test_slow_render_with_header_patched_last_is_taken_once_after_the_last_write(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher], header: str
+) -> None:
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)])
+    data = wav_bytes(seconds=10 * 1024 * 1024 / (48000 * 4), seed=1)  # 10 MB
+    # 3 s of writing, with one stall twice the settle window: only the header check holds it back then.
+    writer = SlowWavWriter(hot / "Lead Vocal.wav", data, duration=2.4, chunks=40, pauses={21: 2 * SETTLE},
+                           header=header)
+    writer.start()
+    writer.join()
+    wait_until(lambda: len(sink.submissions) >= 1, "the render to be submitted")
+    time.sleep(3 * SETTLE)  # a second submission would show up in this time
+    assert not error_file_for(hot / "Lead Vocal.wav").exists()  # nothing was judged before the end
+    [job] = sink.submissions
+    assert job.at > writer.finished_at
+    assert job.size == len(data) and job.sha256 == hashlib.sha256(data).hexdigest()
+    request = job.request
+    assert request.source == (hot / "Lead Vocal.wav").resolve()
+    assert request.preset == "vocals" and request.origin is Origin.hot_folder
+    assert request.output_dir == (hot / "Stems").resolve()
+    stat = os.stat(hot / "Lead Vocal.wav")
+    assert request.idempotency_key == f"hot:{request.source}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def test_temp_then_rename_is_one_job_for_the_final_name(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)])
+    data = wav_bytes(seconds=2.0, seed=2)
+    for temp_name in ("Bounce.wav.tmp", ".Bounce.wav.part", "~Bounce.wav"):
+        temp = hot / temp_name
+        with open(temp, "wb") as handle:
+            for index in range(0, len(data), 65536):
+                handle.write(data[index : index + 65536])
+                handle.flush()
+                time.sleep(0.01)
+        time.sleep(2 * SETTLE)  # settled temp names must still be left alone
+    os.replace(hot / "~Bounce.wav", hot / "Bounce.wav")  # the final name only ever gets a moved event
+    wait_until(lambda: len(sink.submissions) >= 1, "the renamed file")
+    time.sleep(3 * SETTLE)
+    assert sink.sources() == ["Bounce.wav"]
+    assert sink.submissions[0].sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_hundred_files_at_once_are_each_submitted_once(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)], rescan_interval=0.5)
+    names = [f"take {n:03}.wav" for n in range(100)]
+    for index, name in enumerate(names):
+        (hot / name).write_bytes(wav_bytes(seconds=0.05, seed=index))
+    wait_until(lambda: len(sink.submissions) >= 100, "100 submissions")
+    time.sleep(1.2)  # two rescans later: still once each
+    assert sorted(sink.sources()) == names
+    assert len({s.request.idempotency_key for s in sink.submissions}) == 100
+
+
+def test_files_present_before_start_are_processed(hot: Path,
+                                                  run_watcher: Callable[..., HotFolderWatcher]) -> None:
+    for name in ("a.wav", "b.aif"):
+        data = wav_bytes(seed=3) if name.endswith(".wav") else _aiff_bytes()
+        (hot / name).write_bytes(data)
+    (hot / "notes.txt").write_text("not audio")
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)])
+    wait_until(lambda: len(sink.submissions) >= 2, "both files")
+    assert sorted(sink.sources()) == ["a.wav", "b.aif"]
+
+
+def _aiff_bytes() -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros((4800, 2), dtype=np.float32), 44100, format="AIFF", subtype="PCM_24")
+    return buffer.getvalue()
+
+
+def test_corrupt_file_gets_an_error_file_and_the_watcher_keeps_going(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)])
+    drop(hot / "garbage.wav", os.urandom(50_000))
+    wait_until(lambda: error_file_for(hot / "garbage.wav").exists(), "the error file")
+    drop(hot / "good.wav")
+    wait_until(lambda: len(sink.submissions) >= 1, "the good file")
+    text = error_file_for(hot / "garbage.wav").read_text()
+    assert "not audio" in text and "delete this file" in text and '"garbage.wav"' in text
+    assert sink.sources() == ["good.wav"]
+    assert (hot / "garbage.wav").stat().st_size == 50_000  # the source is untouched
+
+
+def test_a_wav_that_stays_unfinished_is_reported_not_taken(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)], incomplete_report_after=1.0)
+    data = wav_bytes(seconds=1.0, seed=4)
+    drop(hot / "crashed render.wav", data[: len(data) // 2])  # the DAW died mid-export
+    wait_until(lambda: error_file_for(hot / "crashed render.wav").exists(), "the unfinished report")
+    assert sink.submissions == []
+    assert "unfinished" in error_file_for(hot / "crashed render.wav").read_text()
+
+
+def test_a_render_that_keeps_going_is_never_reported_unfinished(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """Stalls add up to more than the report delay, but each one alone stays below it."""
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)], incomplete_report_after=0.5)
+    data = wav_bytes(seconds=3, seed=6)
+    writer = SlowWavWriter(hot / "long.wav", data, duration=1.0, chunks=20, pauses={5: 0.7, 15: 0.7})
+    writer.start()
+    writer.join()
+    wait_until(lambda: len(sink.submissions) == 1, "the render")
+    assert not error_file_for(hot / "long.wav").exists()
+    assert sink.submissions[0].sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_polling_observer_path(hot: Path, run_watcher: Callable[..., HotFolderWatcher]) -> None:
+    sink = RecordingSink()
+    watcher = run_watcher(sink, [folder(hot, polling=True)])
+    assert [type(o) for o in watcher._observers.values()] == [PollingObserver]
+    writer = SlowWavWriter(hot / "share.wav", wav_bytes(seconds=2, seed=5), duration=1.0, chunks=10)
+    writer.start()
+    writer.join()
+    wait_until(lambda: len(sink.submissions) >= 1, "the polled file")
+    assert sink.submissions[0].at > writer.finished_at
+    assert sink.submissions[0].size == (hot / "share.wav").stat().st_size
+
+
+def test_two_watchers_on_one_folder_take_every_file_exactly_once(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    for index in range(10):
+        (hot / f"before {index}.wav").write_bytes(wav_bytes(seconds=0.05, seed=100 + index))
+    sinks = [RecordingSink("studio-a"), RecordingSink("studio-b")]
+    run_watcher(sinks[0], [folder(hot)], instance_id="studio-a:1")
+    run_watcher(sinks[1], [folder(hot, polling=True)], instance_id="studio-b:1")
+    names = [f"before {n}.wav" for n in range(10)]
+    for index in range(30):
+        names.append(f"after {index}.wav")
+        drop(hot / names[-1], wav_bytes(seconds=0.05, seed=200 + index))
+    wait_until(lambda: len(sinks[0].submissions) + len(sinks[1].submissions) >= 40, "40 submissions")
+    time.sleep(3 * SETTLE)
+    taken = Counter(sinks[0].sources() + sinks[1].sources())
+    assert sorted(taken) == sorted(names)
+    assert set(taken.values()) == {1}
+
+
+def test_a_dead_watchers_claim_is_taken_over_after_it_expires(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    first = RecordingSink("first")
+    watcher = run_watcher(first, [folder(hot)], instance_id="first", claim_ttl=1.0)
+    drop(hot / "orphan.wav")
+    wait_until(lambda: len(first.submissions) == 1, "the first watcher's job")
+    watcher.stop()  # "dies" holding the claim, its job unfinished
+    second = RecordingSink("second")
+    run_watcher(second, [folder(hot)], instance_id="second", claim_ttl=1.0)
+    time.sleep(0.5)
+    assert second.submissions == []  # the claim is still fresh
+    wait_until(lambda: len(second.submissions) == 1, "the takeover")
+    assert second.sources() == ["orphan.wav"]
+
+
+def test_own_stems_inside_the_hot_folder_are_never_taken(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """Engine output written into the hot folder itself and into a folder inside it."""
+
+    def engine(sink: RecordingSink, request: SeparationRequest, job_id: str) -> None:
+        assert request.output_dir is not None
+        request.output_dir.mkdir(exist_ok=True)
+        base = request.source.stem
+        stems = {}
+        if request.preset == "4-stems":  # a stem set: names carry no marker, only the manifest knows
+            for stem in ("drums", "bass", "other", "vocals"):
+                stems[stem] = str(drop(request.output_dir / f"{base} - {stem}.wav"))
+        else:
+            for label in ("target", "residual"):
+                stems[label] = str(drop(request.output_dir / f"{base} - piano.{label}.wav"))
+        manifest = request.output_dir / f"{base} - {request.preset}.sam.json"
+        manifest.write_text(json.dumps({"stems": {label: {"path": path} for label, path in stems.items()}}))
+        sink.finish(job_id, JobState.done, stems=stems)
+
+    sink = RecordingSink(on_submit=engine)
+    inside = hot / "out"
+    run_watcher(sink, [folder(hot, preset="piano", output_dir=inside, recursive=True),
+                       folder(hot / "sets", preset="4-stems", output_dir=hot / "sets")],
+                rescan_interval=0.5)
+    (hot / "sets").mkdir(exist_ok=True)
+    drop(hot / "Keys.wav")
+    drop(hot / "sets" / "Band.wav")
+    inside.mkdir()
+    drop(inside / "anything in the output folder.wav")
+    wait_until(lambda: len(list(inside.glob("*.wav"))) == 3 and len(list((hot / "sets").glob("*.wav"))) == 5,
+               "the stems")
+    time.sleep(1.5)  # settle windows and two rescans over the stems
+    assert sorted(sink.sources()) == ["Band.wav", "Keys.wav"]
+    # A restarted watcher knows nothing of those jobs: folder, names and manifests must tell it.
+    for watcher in list(started_watchers(run_watcher)):
+        watcher.stop()
+    fresh = RecordingSink("fresh")
+    run_watcher(fresh, [folder(hot, preset="piano", output_dir=inside, recursive=True),
+                        folder(hot / "sets", preset="4-stems", output_dir=hot / "sets")],
+                instance_id="studio-b")
+    time.sleep(1.0)
+    assert fresh.submissions == []
+
+
+def test_a_stem_dropped_into_a_hot_folder_is_separated_again(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """Chaining: split the residual of one preset with another. Only a manifest beside a stem makes it
+    ours; a stem copied elsewhere is a file like any other."""
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)], rescan_interval=0.3)
+    drop(hot / "Beat - kick.residual.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the stem's job")
+    assert sink.submissions[0].request.source.name == "Beat - kick.residual.wav"
+    mixed = hot / "mixed"
+    mixed.mkdir()
+    run_watcher(sink, [folder(mixed)], instance_id="studio-b", rescan_interval=0.3)
+    (mixed / "Beat - kick.sam.json").write_text(json.dumps({"stems": {}}))  # its manifest came along
+    drop(mixed / "Beat - kick.target.wav")
+    time.sleep(4 * SETTLE + 0.6)
+    assert len(sink.submissions) == 1
+
+
+def test_an_error_file_from_before_a_restart_still_blocks(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    source = drop(hot / "Failed before.wav")
+    error_file_for(source).write_text("it failed yesterday")
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)], rescan_interval=0.3)
+    time.sleep(1.0)
+    assert sink.submissions == []
+    error_file_for(source).unlink()
+    wait_until(lambda: len(sink.submissions) == 1, "the retry")
+
+
+def test_a_failed_job_writes_the_error_file_and_waits_for_delete_or_touch(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)], rescan_interval=0.3)
+    source = drop(hot / "Drums.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the job")
+    failure = "The service could not be reached.\nTry later."
+    sink.finish(sink.submissions[0].job_id, JobState.failed, error=failure)
+    error_file = error_file_for(source)
+    wait_until(error_file.exists, "the error file")
+    text = error_file.read_text()
+    assert "The service could not be reached." in text and "Try later." in text
+    assert "delete this file" in text and sink.submissions[0].job_id in text
+    time.sleep(1.0)  # rescans pass: no retry while the error file is there
+    assert len(sink.submissions) == 1
+    error_file.unlink()  # retry, way 1
+    wait_until(lambda: len(sink.submissions) == 2, "the retry after deleting the error file")
+    assert sink.submissions[1].request.idempotency_key == sink.submissions[0].request.idempotency_key
+    sink.finish(sink.submissions[1].job_id, JobState.cancelled)
+    wait_until(error_file.exists, "the error file for the cancelled job")
+    assert "cancelled" in error_file.read_text()
+    later = time.time() + 5
+    os.utime(source, (later, later))  # retry, way 2: save/touch the source
+    wait_until(lambda: len(sink.submissions) == 3, "the retry after touching the source")
+    assert sink.submissions[2].request.idempotency_key != sink.submissions[0].request.idempotency_key
+    sink.finish(sink.submissions[2].job_id, JobState.done)
+    wait_until(lambda: not error_file.exists(), "the stale error file to go")
+    assert source.exists()
+
+
+def test_a_failed_job_made_good_by_retry_clears_its_error_file_and_counts_as_done(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """`sam-bridge retry <job>` runs the same job again: when it succeeds, the file is done as usual."""
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot, after_success="move-to-done")], rescan_interval=0.3)
+    source = drop(hot / "Keys.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the job")
+    job_id = sink.submissions[0].job_id
+    sink.finish(job_id, JobState.failed, error="The service could not be reached.")
+    wait_until(error_file_for(source).exists, "the error file")
+    sink.finish(job_id, JobState.done, stems={"target": str(hot / "Stems" / "Keys - vocals.target.wav")})
+    wait_until(lambda: (hot / "done" / "Keys.wav").exists(), "the source moved to done/")
+    assert not error_file_for(source).exists() and not source.exists()
+    time.sleep(1.0)  # rescans pass
+    assert len(sink.submissions) == 1
+
+
+def test_a_retry_of_an_old_version_leaves_the_version_saved_since_to_its_own_job(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """J1 fails; the file is saved again (the README's way to retry) and J2 is queued for it; then
+    `sam-bridge retry J1` succeeds. The new version is J2's: not done, not moved, its outcome still counts."""
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot, after_success="move-to-done")], rescan_interval=0.3)
+    source = drop(hot / "Pad.wav", wav_bytes(seconds=0.2, seed=1))
+    wait_until(lambda: len(sink.submissions) == 1, "the first job")
+    first = sink.submissions[0].job_id
+    sink.finish(first, JobState.failed, error="The service could not be reached.")
+    wait_until(error_file_for(source).exists, "the error file")
+    later = time.time() + 5
+    os.utime(source, (later, later))  # saved again
+    wait_until(lambda: len(sink.submissions) == 2, "a job for the file as saved again")
+    sink.finish(first, JobState.done)  # the retry of J1
+    time.sleep(3 * SETTLE)
+    assert source.exists() and not (hot / "done").exists()
+    sink.finish(sink.submissions[1].job_id, JobState.failed, error="The service failed.")
+    wait_until(lambda: "(job " + sink.submissions[1].job_id + ")" in error_file_for(source).read_text(),
+               "J2's own error file")
+
+
+def test_a_failure_of_a_version_saved_over_meanwhile_leaves_no_error_and_the_new_one_is_taken(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """A copy that pauses longer than the settle time is taken early; its job fails on the partial file.
+    The file as it ends up gets a job of its own, and that failure writes no error file."""
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)], rescan_interval=0.3)
+    source = drop(hot / "Bass.wav", wav_bytes(seconds=0.1, seed=1))
+    wait_until(lambda: len(sink.submissions) == 1, "the first job")
+    drop(source, wav_bytes(seconds=0.3, seed=2))  # the rest of the copy arrives
+    sink.finish(sink.submissions[0].job_id, JobState.failed, error="The file ends early.")
+    wait_until(lambda: len(sink.submissions) == 2, "a job for the file as it is now")
+    assert sink.submissions[1].size == len(wav_bytes(seconds=0.3, seed=2))
+    time.sleep(3 * SETTLE)
+    assert not error_file_for(source).exists()
+    sink.finish(sink.submissions[1].job_id, JobState.done)
+    time.sleep(1.0)
+    assert len(sink.submissions) == 2 and not error_file_for(source).exists()
+
+
+@pytest.mark.parametrize(("name", "fmt", "pause"),
+                         [("Strings.flac", "FLAC", 3 * SETTLE), ("Ref.mp3", "MP3", 2 * SETTLE)])
+def test_a_copy_that_pauses_longer_than_the_settle_time_is_taken_only_once_whole(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher], name: str, fmt: str, pause: float
+) -> None:
+    """Neither has size fields. A FLAC's header counts its frames, so the watcher waits for the last one;
+    nothing in an MP3 shows it whole, so it settles for three times as long (a copy taken early is a
+    paid request)."""
+    data = encoded(fmt, 3.0, seed=3)
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)])
+    copy_with_pauses(hot / name, data, 3, pause)
+    wait_until(lambda: len(sink.submissions) == 1, "the whole file")
+    time.sleep(4 * SETTLE)
+    [job] = sink.submissions
+    assert job.size == len(data) and job.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_rejected_request_writes_the_reason(hot: Path, run_watcher: Callable[..., HotFolderWatcher]) -> None:
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot, preset="no-such-preset")])
+    source = drop(hot / "x.wav")
+    wait_until(error_file_for(source).exists, "the error file")
+    assert 'Unknown preset "no-such-preset"' in error_file_for(source).read_text()
+    assert sink.submissions == []
+
+
+def test_parent_folder_maps_subfolders_to_presets(tmp_path: Path,
+                                                  run_watcher: Callable[..., HotFolderWatcher]) -> None:
+    parent = tmp_path / "hot"
+    parent.mkdir()
+    sink = RecordingSink()
+    run_watcher(sink, [folder(parent, preset=None)], preset_names=lambda: PRESETS)
+    assert sorted(p.name for p in parent.iterdir() if p.is_dir()) == sorted(PRESETS)
+    drop(parent / "4-stems" / "mix.wav")
+    drop(parent / "vocals" / "sing.wav")
+    (parent / "vocals" / "deeper").mkdir()
+    drop(parent / "vocals" / "deeper" / "not recursive.wav")
+    drop(parent / "loose.wav")
+    (parent / "archive").mkdir()
+    drop(parent / "archive" / "old.wav")
+    (parent / "archive" / "bells.sam.yaml").write_text("prompt: church bells\n")
+    time.sleep(SETTLE)
+    drop(parent / "archive" / "bells.wav")  # a sidecar's choice makes the folder's name irrelevant
+    wait_until(lambda: len(sink.submissions) == 3, "three jobs")
+    wait_until(lambda: error_file_for(parent / "loose.wav").exists(), "the loose file's error")
+    wait_until(lambda: error_file_for(parent / "archive" / "old.wav").exists(), "the archive error")
+    assert sink.by_name("mix.wav").request.preset == "4-stems"
+    assert sink.by_name("sing.wav").request.preset == "vocals"
+    assert sink.by_name("sing.wav").request.output_dir == (parent / "vocals" / "Stems").resolve()
+    assert "preset folder" in error_file_for(parent / "loose.wav").read_text()
+    assert "not named after a preset" in error_file_for(parent / "archive" / "old.wav").read_text()
+    assert sink.by_name("bells.wav").request.prompt == "church bells"
+    time.sleep(2 * SETTLE)
+    assert len(sink.submissions) == 3
+
+
+def test_preset_folders_follow_the_preset_list(tmp_path: Path,
+                                              run_watcher: Callable[..., HotFolderWatcher]) -> None:
+    parent = tmp_path / "hot"
+    parent.mkdir()
+    presets = ["vocals"]
+    run_watcher(RecordingSink(), [folder(parent, preset=None)], preset_names=lambda: list(presets),
+                rescan_interval=0.2)
+    assert (parent / "vocals").is_dir()
+    presets.append("guitar")
+    wait_until((parent / "guitar").is_dir, "the new preset's folder")
+    presets.remove("vocals")
+    time.sleep(0.5)
+    assert (parent / "vocals").is_dir()  # never removed: it may hold the user's files
+
+
+def test_sidecar_overrides_preset_and_prompt(hot: Path, run_watcher: Callable[..., HotFolderWatcher]) -> None:
+    sink = RecordingSink()
+    (hot / "Gtr.sam.yaml").write_text(
+        "prompt: acoustic guitar strumming\nstart: 1.5\nlength: 4\ntag: reaper-42\n"
+        "options:\n  reranking_candidates: 2\n"
+    )
+    (hot / "Bad.wav.sam.yaml").write_text("prompt: x\ncolour: blue\n")
+    time.sleep(SETTLE)  # sidecars written before the audio, as documented
+    run_watcher(sink, [folder(hot)])
+    drop(hot / "Gtr.wav")
+    drop(hot / "Bad.wav")
+    wait_until(lambda: len(sink.submissions) == 1 and error_file_for(hot / "Bad.wav").exists(), "both")
+    request = sink.by_name("Gtr.wav").request
+    assert request.preset is None and request.prompt == "acoustic guitar strumming"
+    assert (request.start, request.length, request.tag) == (1.5, 4.0, "reaper-42")
+    assert request.options == {"reranking_candidates": 2}
+    assert "colour" in error_file_for(hot / "Bad.wav").read_text()
+
+
+def test_move_to_done_after_success(hot: Path, run_watcher: Callable[..., HotFolderWatcher]) -> None:
+    sink = RecordingSink(on_submit=lambda s, r, j: s.finish(j, JobState.done))
+    (hot / "done").mkdir()
+    (hot / "done" / "Song.wav").write_bytes(b"an older file of the same name")
+    run_watcher(sink, [folder(hot, after_success="move-to-done")], rescan_interval=0.3)
+    data = wav_bytes(seed=9)
+    drop(hot / "Song.wav", data)
+    wait_until(lambda: (hot / "done" / "Song (2).wav").exists(), "the move")
+    assert not (hot / "Song.wav").exists()
+    assert (hot / "done" / "Song (2).wav").read_bytes() == data
+    assert (hot / "done" / "Song.wav").read_bytes() == b"an older file of the same name"
+    time.sleep(1.0)
+    assert sink.sources() == ["Song.wav"]
+
+
+def test_a_restart_does_not_repeat_finished_files(hot: Path,
+                                                  run_watcher: Callable[..., HotFolderWatcher]) -> None:
+    sink = RecordingSink(on_submit=lambda s, r, j: s.finish(j, JobState.done))
+    first = run_watcher(sink, [folder(hot)], instance_id="studio-a")
+    for index in range(3):
+        drop(hot / f"t{index}.wav")
+    wait_until(lambda: len(sink.submissions) == 3, "three jobs")
+    first.stop()
+    drop(hot / "while down.wav")
+    run_watcher(sink, [folder(hot)], instance_id="studio-a")
+    wait_until(lambda: len(sink.submissions) == 4, "the file that arrived while down")
+    time.sleep(3 * SETTLE)
+    assert sorted(sink.sources()) == ["t0.wav", "t1.wav", "t2.wav", "while down.wav"]
+
+
+def test_journal_dedup_holds_when_the_claim_markers_are_gone(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """The engine's idempotency key is the last line: a done job is not started again."""
+    sink = RecordingSink(on_submit=lambda s, r, j: s.finish(j, JobState.done))
+    first = run_watcher(sink, [folder(hot)])
+    drop(hot / "x.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the job")
+    first.stop()
+    for marker in (hot / ".sam-bridge" / "claims").iterdir():
+        marker.unlink()
+    run_watcher(sink, [folder(hot)], instance_id="studio-a")
+    wait_until(lambda: any((hot / ".sam-bridge" / "claims").iterdir()), "the file to be looked at again")
+    time.sleep(2 * SETTLE)
+    assert len(sink.submissions) == 1  # submit returned the done job's id: nothing new ran
+
+
+def test_lost_events_are_recovered_by_the_rescan(hot: Path,
+                                                 run_watcher: Callable[..., HotFolderWatcher]) -> None:
+    sink = RecordingSink()
+    watcher = run_watcher(sink, [folder(hot)], rescan_interval=0.5)
+    watcher._note = lambda path, is_directory: None  # type: ignore[method-assign]  # an overflowed queue
+    drop(hot / "missed.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the rescan to find the file")
+    assert sink.sources() == ["missed.wav"]
+
+
+def test_recursive_folder_takes_nested_files_but_not_done_or_stems(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot, recursive=True)])
+    for sub in ("Session 1/Audio", "Stems", "done", ".hidden"):
+        (hot / sub).mkdir(parents=True)
+        drop(hot / sub / "take.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the nested file")
+    time.sleep(2 * SETTLE)
+    assert [s.request.source for s in sink.submissions] == [(hot / "Session 1/Audio/take.wav").resolve()]

@@ -1,0 +1,168 @@
+"""Which names a hot folder takes, and the files kept beside a source (sidecar, error file, done/)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bridge.hotfolder.names import (
+    ManifestIndex,
+    SidecarError,
+    error_blocks_retry,
+    error_file_for,
+    find_sidecar,
+    is_audio_candidate,
+    is_excluded_dir,
+    move_to_done,
+    read_sidecar,
+    source_for_error_file,
+    write_error_file,
+)
+from bridge.hotfolder.network_drives import network_filesystem_type
+from bridge.hotfolder.watcher import default_hot_folder
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Lead Vox.wav", "take_01.WAV", "mix.aiff", "mix.aif", "loop.flac", "ref.mp3", "long.rf64", "x.w64",
+     "Gesang – Strophe.wav", "My.target practice.wav",
+     "Lead - piano.target.wav", "Lead - piano (2).residual.wav"],  # a stem: ours only if a manifest says so
+)
+def test_audio_names_are_taken(name: str) -> None:
+    assert is_audio_candidate(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["render.wav.tmp", "render.tmp", "render.wav.part", ".~lock.wav", "~render.wav", ".hidden.wav",
+     "take.wav.reapeaks", "take.wav.asd", "take.pkf", "take.sfk", "download.wav.crdownload",
+     "Lead - piano.sam.json",
+     "Lead.wav.error.txt", "Lead.sam.yaml", "Lead.wav.sam.yaml", "Lead.status.json", "notes.txt",
+     "Project.rpp", "Set.als", "noextension"],
+)
+def test_partial_side_and_own_names_are_ignored(name: str) -> None:
+    assert not is_audio_candidate(name)
+
+
+@pytest.mark.parametrize(("name", "excluded"),
+                         [("Stems", True), ("stems", True), ("done", True), (".sam-bridge", True),
+                          (".git", True), ("vocals", False), ("Session 1", False)])
+def test_excluded_folders(name: str, excluded: bool) -> None:
+    assert is_excluded_dir(name) is excluded
+
+
+def test_manifest_index_knows_stem_sets_without_markers(tmp_path: Path) -> None:
+    stems = {s: tmp_path / f"Band - {s}.wav" for s in ("drums", "bass")}
+    for path in stems.values():
+        path.write_bytes(b"x")
+    user_file = tmp_path / "Band - live.wav"
+    user_file.write_bytes(b"x")
+    index = ManifestIndex()
+    assert not index.owns(stems["drums"])  # no manifest yet
+    manifest = tmp_path / "Band - 4-stems.sam.json"
+    manifest.write_text(json.dumps({"stems": {k: {"path": str(v)} for k, v in stems.items()}}))
+    assert index.owns(stems["drums"]) and index.owns(stems["bass"])
+    assert not index.owns(user_file)
+    manifest.write_text(json.dumps({"stems": {"bass": {"path": "Band - bass.wav"}}}))  # relative path
+    os.utime(manifest, ns=(1, 1))  # make sure the cache sees a new mtime
+    assert index.owns(stems["bass"]) and not index.owns(stems["drums"])
+
+
+def test_manifest_name_owns_its_labelled_stems(tmp_path: Path) -> None:
+    (tmp_path / "Keys - piano (2).sam.json").write_text("not even json")
+    assert ManifestIndex().owns(tmp_path / "Keys - piano (2).target.wav")
+    assert not ManifestIndex().owns(tmp_path / "Keys.wav")
+
+
+def test_error_file_names_round_trip(tmp_path: Path) -> None:
+    source = tmp_path / "Guitar 01.wav"
+    assert error_file_for(source).name == "Guitar 01.wav.error.txt"
+    assert source_for_error_file(error_file_for(source)) == source
+    assert source_for_error_file(source) is None
+
+
+def test_error_file_explains_and_blocks_until_deleted_or_touched(tmp_path: Path) -> None:
+    source = tmp_path / "Guitar 01.wav"
+    source.write_bytes(b"audio")
+    assert not error_blocks_retry(source)
+    written = write_error_file(source, "The service refused the prompt.\nUse a shorter prompt.", "job-7")
+    text = written.read_text()
+    assert text.startswith('sam-bridge could not separate "Guitar 01.wav" (job job-7)')
+    assert "The service refused the prompt." in text and "Use a shorter prompt." in text
+    assert "delete this file" in text
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["Guitar 01.wav", "Guitar 01.wav.error.txt"]  # no temp file left behind
+    assert error_blocks_retry(source)
+    later = os.stat(written).st_mtime_ns + 10**9
+    os.utime(source, ns=(later, later))  # saved again
+    assert not error_blocks_retry(source)
+    assert source.read_bytes() == b"audio"
+
+
+def test_sidecar_is_found_by_either_name_and_validated(tmp_path: Path) -> None:
+    source = tmp_path / "Gtr.wav"
+    assert find_sidecar(source) is None
+    (tmp_path / "Gtr.wav.sam.yaml").write_text("prompt: guitar\n")
+    assert find_sidecar(source) == tmp_path / "Gtr.wav.sam.yaml"
+    (tmp_path / "Gtr.sam.yaml").write_text("preset: vocals\ntag: t1\n")
+    found = find_sidecar(source)
+    assert found == tmp_path / "Gtr.sam.yaml"
+    assert read_sidecar(found).fields == {"preset": "vocals", "tag": "t1"}
+    (tmp_path / "Gtr.sam.yaml").write_text("")
+    assert read_sidecar(tmp_path / "Gtr.sam.yaml").fields == {}
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("prompt: [unclosed\n", "cannot be read"),
+    ("- just\n- a list\n", "key: value"),
+    ("prompt: x\nspeed: 2\n", "unknown key(s) speed"),
+    ("options: fast\n", "options must be"),
+])
+def test_bad_sidecars_say_what_is_wrong(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "x.sam.yaml"
+    path.write_text(text)
+    with pytest.raises(SidecarError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        read_sidecar(path)
+
+
+def test_move_to_done_never_overwrites_and_takes_the_sidecar(tmp_path: Path) -> None:
+    source = tmp_path / "Song.wav"
+    source.write_bytes(b"new")
+    (tmp_path / "Song.sam.yaml").write_text("prompt: bass\n")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "Song.wav").write_bytes(b"old")
+    moved = move_to_done(source)
+    assert moved == tmp_path / "done" / "Song (2).wav"
+    assert moved.read_bytes() == b"new" and (tmp_path / "done" / "Song.wav").read_bytes() == b"old"
+    assert not source.exists()
+    assert (tmp_path / "done" / "Song.sam.yaml").read_text() == "prompt: bass\n"
+    assert move_to_done(source) is None
+
+
+MOUNTS = """\
+/dev/sda1 / ext4 rw 0 0
+server:/export /mnt/studio nfs4 rw 0 0
+//nas/audio /mnt/nas\\040share cifs rw 0 0
+/dev/sdb1 /mnt/nas/local ext4 rw 0 0
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="reads /proc/mounts-style text")
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/mnt/studio/hot", "nfs4"), ("/mnt/nas share/hot", "cifs"), ("/mnt/nas/local/hot", None),
+    ("/home/me/sam-bridge/hot", None), ("/mnt/studiox/hot", None),
+])
+def test_network_drives_are_recognised(path: str, expected: str | None) -> None:
+    assert network_filesystem_type(Path(path), MOUNTS) == expected
+
+
+def test_default_hot_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("SAM_BRIDGE_HOT_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("USERPROFILE", str(tmp_path))
+    assert default_hot_folder() == tmp_path / "sam-bridge" / "hot"
+    monkeypatch.setenv("SAM_BRIDGE_HOT_DIR", str(tmp_path / "elsewhere"))
+    assert default_hot_folder() == tmp_path / "elsewhere"

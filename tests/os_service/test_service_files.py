@@ -1,0 +1,327 @@
+"""The background service files: rendered per OS and checked with each format's own tools (systemd's
+verifier, plistlib, an XML parser, the real /bin/sh for the LaunchAgent's start line), installed and
+removed in temp home folders with the service manager's commands recorded, never run."""
+
+from __future__ import annotations
+
+import json
+import os
+import plistlib
+import shutil
+import stat
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from bridge.cli import main
+from bridge.common.errors import ConfigError
+from bridge.os_service.files import (
+    LAUNCHD_LABEL,
+    MARKER,
+    TASK_NAME,
+    UNIT_NAME,
+    daemon_command,
+    example_files,
+    key_hint,
+    make_plan,
+    render_launchd_plist,
+    render_systemd_unit,
+    render_task_xml,
+)
+from bridge.os_service.manage import CommandResult, install, status, uninstall
+
+REPO = Path(__file__).resolve().parents[2]
+TASK_NS = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
+ODD = "Ünïcode 50% $HOME \"quoted\" & <tag>"  # characters each format must escape
+
+
+class Recorder:
+    """Stands in for the service manager's commands (systemctl, launchctl, schtasks): records, never runs."""
+
+    def __init__(self, fail: Sequence[str] = ()) -> None:
+        self.calls: list[list[str]] = []
+        self.fail = set(fail)
+
+    def __call__(self, args: Sequence[str]) -> CommandResult:
+        self.calls.append(list(args))
+        if any(word in self.fail for word in args):
+            return CommandResult(1, "Failed to connect to bus: No medium found")
+        return CommandResult(0, "enabled" if "is-enabled" in args else "active")
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home dir"
+    home.mkdir()
+    for name, value in {"HOME": home, "XDG_CONFIG_HOME": home / ".config",
+                        "SAM_BRIDGE_STATE_DIR": tmp_path / "state"}.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.delenv("SAM_BRIDGE_CONFIG", raising=False)
+    return home
+
+
+# --- the shipped examples ---------------------------------------------------------------------------
+
+
+def test_examples_in_scripts_services_match_the_templates() -> None:
+    rendered = example_files()
+    assert set(rendered) == {UNIT_NAME, f"{LAUNCHD_LABEL}.plist", "sam-bridge-task.xml"}
+    for name, data in rendered.items():
+        assert (REPO / "scripts" / "services" / name).read_bytes() == data, (
+            f"{name} is stale: run  python -m bridge.os_service.files scripts/services")
+    readme = (REPO / "scripts" / "services" / "README.md").read_text(encoding="utf-8")
+    assert all(name in readme for name in rendered)
+
+
+# --- Linux: systemd user unit --------------------------------------------------------------------------
+
+
+def systemd_verify(unit: Path, runtime: Path) -> subprocess.CompletedProcess[str]:
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    return subprocess.run(["systemd-analyze", "verify", "--user", str(unit)], capture_output=True, text=True,
+                          env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, timeout=60)
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_unit_passes_systemds_own_verifier(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bridge", "run"]
+    unit = tmp_path / UNIT_NAME
+    unit.write_text(render_systemd_unit(command, PurePosixPath(tmp_path / ODD / "service.env")), encoding="utf-8")
+    done = systemd_verify(unit, tmp_path / "runtime")
+    assert done.returncode == 0, done.stderr
+    assert str(unit) not in done.stderr and UNIT_NAME not in done.stderr, done.stderr
+    # the same check does see a mistake
+    unit.write_text(unit.read_text(encoding="utf-8").replace("Restart=on-failure", "Restart=sometimes"),
+                    encoding="utf-8")
+    assert f"{unit}:11: Failed to parse service restart" in systemd_verify(unit, tmp_path / "runtime").stderr
+
+
+def test_systemd_exec_start_quotes_paths_literally() -> None:
+    text = render_systemd_unit([f"/opt/{ODD}/sam-bridge", "run"], PurePosixPath("/h/100%/service.env"))
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert exec_start == 'ExecStart="/opt/Ünïcode 50%% $$HOME \\"quoted\\" & <tag>/sam-bridge" "run"'
+    assert "EnvironmentFile=-/h/100%%/service.env" in text
+    assert text.startswith(f"# {MARKER}\n")
+    assert "WantedBy=default.target" in text and "Restart=on-failure" in text
+
+
+def test_folders_moved_by_the_environment_go_with_the_service(tmp_path: Path) -> None:
+    """SAM_BRIDGE_CONFIG / _STATE_DIR / _HOT_DIR set where `install` runs: the service must use the same
+    config and state as the commands there (`config show`), or it would start a second, empty setup."""
+    moved = {"SAM_BRIDGE_CONFIG": f"/opt/{ODD}/config.yaml", "SAM_BRIDGE_STATE_DIR": "/srv/state",
+             "HOME": "/home/you", "XDG_CONFIG_HOME": "/home/you/.config"}
+    unit = make_plan("linux", moved, [sys.executable, "-m", "bridge", "run"]).content
+    assert 'Environment="SAM_BRIDGE_CONFIG=/opt/Ünïcode 50%% $HOME \\"quoted\\" & <tag>/config.yaml"' in unit
+    assert 'Environment="SAM_BRIDGE_STATE_DIR=/srv/state"' in unit and "SAM_BRIDGE_HOT_DIR" not in unit
+    if shutil.which("systemd-analyze"):
+        path = tmp_path / UNIT_NAME
+        path.write_text(unit, encoding="utf-8")
+        done = systemd_verify(path, tmp_path / "runtime")
+        assert done.returncode == 0 and str(path) not in done.stderr, done.stderr
+    plist = plistlib.loads(make_plan("macos", {**moved, "HOME": "/Users/you"}, ["/x", "run"], uid=501).content.encode())
+    assert plist["EnvironmentVariables"] == {"PYTHONUNBUFFERED": "1", "SAM_BRIDGE_CONFIG": moved["SAM_BRIDGE_CONFIG"],
+                                             "SAM_BRIDGE_STATE_DIR": "/srv/state"}
+    windows = make_plan("windows", {"USERPROFILE": "C:\\Users\\you", "LOCALAPPDATA": "C:\\Users\\you\\AppData\\Local",
+                                    "SAM_BRIDGE_STATE_DIR": "D:\\state"}, ["C:\\py\\pythonw.exe", "run"])
+    assert "setx SAM_BRIDGE_STATE_DIR" in key_hint(windows)  # a scheduled task cannot take it from here
+    assert "SAM_BRIDGE" not in key_hint(make_plan("linux", moved, ["/x", "run"]))
+
+
+def test_relative_moved_folders_are_made_absolute_where_install_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service starts in another folder (systemd: home, launchd: /): a relative path would move."""
+    monkeypatch.chdir(tmp_path)
+    unit = make_plan("linux", {"HOME": "/home/you", "SAM_BRIDGE_STATE_DIR": "state",
+                               "SAM_BRIDGE_HOT_DIR": "~/hot"}, ["/x", "run"]).content
+    assert f'Environment="SAM_BRIDGE_STATE_DIR={tmp_path / "state"}"' in unit
+    assert f'Environment="SAM_BRIDGE_HOT_DIR={Path("~/hot").expanduser()}"' in unit
+
+
+# --- macOS: LaunchAgent --------------------------------------------------------------------------------
+
+
+def test_launchd_plist_is_a_valid_agent(tmp_path: Path) -> None:
+    command = ["/Users/you/.local/bin/sam-bridge", "run"]
+    text = render_launchd_plist(command, PurePosixPath("/Users/you/x/service.env"), PurePosixPath("/Users/you/l.log"))
+    agent = plistlib.loads(text.encode("utf-8"))
+    assert agent["Label"] == LAUNCHD_LABEL
+    assert agent["ProgramArguments"][:2] == ["/bin/sh", "-c"]
+    assert agent["ProgramArguments"][3:] == ["/Users/you/x/service.env", *command]
+    assert agent["RunAtLoad"] is True and agent["KeepAlive"] == {"SuccessfulExit": False}
+    assert agent["StandardErrorPath"] == "/Users/you/l.log"
+    assert MARKER in text
+
+
+@pytest.mark.skipif(not Path("/bin/sh").exists(), reason="needs /bin/sh")
+@pytest.mark.parametrize("with_env_file", [True, False])
+def test_launchd_start_line_reads_the_key_file_and_runs_the_command(tmp_path: Path, with_env_file: bool) -> None:
+    env_file = tmp_path / ODD / "service.env"
+    env_file.parent.mkdir()
+    if with_env_file:
+        env_file.write_text("FAL_KEY=key-from-file\nOTHER='two words'\n", encoding="utf-8")
+    probe = [sys.executable, "-c", "import os, sys; print(repr((os.environ.get('FAL_KEY'), "
+             "os.environ.get('OTHER'), sys.argv[1:])))", "arg with spaces", ODD]
+    agent = plistlib.loads(render_launchd_plist(probe, PurePosixPath(env_file), PurePosixPath("/l")).encode())
+    env = {k: v for k, v in os.environ.items() if k not in ("FAL_KEY", "OTHER")}
+    done = subprocess.run(agent["ProgramArguments"], capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 0, done.stderr
+    expected = ("key-from-file", "two words") if with_env_file else (None, None)
+    assert done.stdout.strip() == repr((*expected, ["arg with spaces", ODD]))
+
+
+# --- Windows: Task Scheduler ------------------------------------------------------------------------
+
+
+def test_task_xml_parses_and_keeps_every_character() -> None:
+    command = [f"C:\\Program Files\\{ODD}\\pythonw.exe", "-m", "bridge", "run", "a b"]
+    plan = make_plan("windows", {"USERPROFILE": "C:\\Users\\you", "LOCALAPPDATA": "C:\\Users\\you\\AppData\\Local",
+                                 "USERDOMAIN": "PC", "USERNAME": "you & me"}, command)
+    data = plan.encoded()
+    assert data[:2] in (b"\xff\xfe", b"\xfe\xff")  # UTF-16 with a byte-order mark, as schtasks expects
+    root = ET.fromstring(data.decode("utf-16").split("\n", 1)[1])  # ElementTree refuses the UTF-16 declaration
+    assert root.tag == f"{{{TASK_NS['t']}}}Task"
+    assert root.findtext("t:Actions/t:Exec/t:Command", namespaces=TASK_NS) == command[0]
+    assert root.findtext("t:Actions/t:Exec/t:Arguments", namespaces=TASK_NS) == '-m bridge run "a b"'
+    assert root.findtext("t:Triggers/t:LogonTrigger/t:UserId", namespaces=TASK_NS) == "PC\\you & me"
+    assert root.findtext("t:Settings/t:ExecutionTimeLimit", namespaces=TASK_NS) == "PT0S"
+    assert root.findtext("t:Settings/t:MultipleInstancesPolicy", namespaces=TASK_NS) == "IgnoreNew"
+    assert str(plan.paths.service_file) == "C:\\Users\\you\\AppData\\Local\\sam-bridge\\service\\sam-bridge-task.xml"
+    assert plan.enable[0] == ["schtasks", "/Create", "/TN", TASK_NAME, "/XML", str(plan.paths.service_file), "/F"]
+
+
+def test_task_without_a_known_user_triggers_at_any_logon() -> None:
+    text = render_task_xml(["pythonw.exe", "-m", "bridge", "run"], None, PurePosixPath("/"))
+    assert "<UserId>" not in text
+    ET.fromstring(text.split("\n", 1)[1])
+
+
+# --- which sam-bridge the service runs --------------------------------------------------------------
+
+
+def test_daemon_command_prefers_the_script_beside_python(tmp_path: Path) -> None:
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text("")
+    assert daemon_command("linux", str(python), which=lambda _: None) == [str(python), "-m", "bridge", "run"]
+    assert daemon_command("linux", str(python), which=lambda _: "/usr/local/bin/sam-bridge") == [
+        "/usr/local/bin/sam-bridge", "run"]
+    script = tmp_path / "bin" / "sam-bridge"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    assert daemon_command("linux", str(python), which=lambda _: "/elsewhere") == [str(script), "run"]
+    (tmp_path / "bin" / "pythonw.exe").write_text("")
+    assert daemon_command("windows", str(python)) == [str(tmp_path / "bin" / "pythonw.exe"), "-m", "bridge", "run"]
+
+
+# --- install / uninstall / status in a temp home -----------------------------------------------------
+
+
+def test_install_writes_the_unit_and_enables_it(home: Path) -> None:
+    plan = make_plan("linux", os.environ, ["/opt/sam-bridge", "run"])
+    recorder = Recorder()
+    outcome = install(plan, recorder)
+    unit = home / ".config" / "systemd" / "user" / UNIT_NAME
+    assert outcome.ok and unit.read_text(encoding="utf-8") == plan.content
+    assert [p.name for p in unit.parent.iterdir()] == [UNIT_NAME]  # no temp file left behind
+    assert recorder.calls == [["systemctl", "--user", "daemon-reload"],
+                              ["systemctl", "--user", "enable", "--now", UNIT_NAME]]
+    assert f"EnvironmentFile=-{home}/.config/sam-bridge/service.env" in plan.content
+    again = install(plan, Recorder())
+    assert again.lines[0] == f"Already up to date: {unit}"
+    moved = make_plan("linux", os.environ, ["/new/place/sam-bridge", "run"])
+    install(moved, Recorder())
+    assert '"/new/place/sam-bridge"' in unit.read_text(encoding="utf-8")  # our own older file is replaced
+
+
+def test_install_never_replaces_someone_elses_file(home: Path) -> None:
+    plan = make_plan("linux", os.environ, ["/opt/sam-bridge", "run"])
+    unit = Path(plan.paths.service_file)
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Service]\nExecStart=/my/own/thing\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not written by sam-bridge"):
+        install(plan, Recorder())
+    with pytest.raises(ConfigError, match="not written by sam-bridge"):
+        uninstall(plan, Recorder())
+    assert unit.read_text(encoding="utf-8") == "[Service]\nExecStart=/my/own/thing\n"
+
+
+def test_install_reports_a_service_manager_that_is_not_there(home: Path) -> None:
+    plan = make_plan("linux", os.environ, ["/opt/sam-bridge", "run"])
+    outcome = install(plan, Recorder(fail=["daemon-reload"]))
+    assert not outcome.ok
+    assert "No medium found" in outcome.lines[1] and "sam-bridge run" in outcome.lines[2]
+
+
+def test_macos_install_unloads_a_running_agent_first(home: Path) -> None:
+    plan = make_plan("macos", os.environ, ["/opt/sam-bridge", "run"], uid=501)
+    recorder = Recorder(fail=["bootout"])  # not loaded yet: bootout fails, and that is fine
+    assert install(plan, recorder).ok
+    plist = home / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+    assert plistlib.loads(plist.read_bytes())["ProgramArguments"][-2:] == ["/opt/sam-bridge", "run"]
+    assert (home / "Library" / "Logs" / "sam-bridge").is_dir()
+    assert recorder.calls == [["launchctl", "bootout", f"gui/501/{LAUNCHD_LABEL}"],
+                              ["launchctl", "bootstrap", "gui/501", str(plist)]]
+
+
+def test_uninstall_stops_and_removes(home: Path) -> None:
+    plan = make_plan("linux", os.environ, ["/opt/sam-bridge", "run"])
+    install(plan, Recorder())
+    recorder = Recorder()
+    outcome = uninstall(plan, recorder)
+    assert not Path(plan.paths.service_file).exists()
+    assert recorder.calls == [["systemctl", "--user", "disable", "--now", UNIT_NAME],
+                              ["systemctl", "--user", "daemon-reload"]]
+    assert "no longer starts at login" in outcome.lines[0]
+    assert "Nothing to remove" in uninstall(plan, Recorder()).lines[0]
+
+
+def test_status_asks_the_service_manager(home: Path) -> None:
+    plan = make_plan("linux", os.environ, ["/opt/sam-bridge", "run"])
+    missing = status(plan, Recorder())
+    assert not missing.ok and "not installed" in missing.lines[0]
+    install(plan, Recorder())
+    recorder = Recorder()
+    found = status(plan, recorder)
+    assert found.ok and found.lines[2:] == [f"systemctl --user is-enabled {UNIT_NAME}: enabled",
+                                            f"systemctl --user is-active {UNIT_NAME}: active"]
+
+
+# --- the command line ----------------------------------------------------------------------------------
+
+
+def test_cli_dry_run_prints_everything_and_writes_nothing(home: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAL_KEY", "secret-key-do-not-print-123")
+    before = sorted(home.rglob("*"))
+    for platform in ("linux", "macos", "windows"):
+        assert main(["service", "install", "--dry-run", "--platform", platform]) == 0
+        out = capsys.readouterr().out
+        assert "Would write" in out and "Would run:" in out and "FAL_KEY" in out
+        assert "secret-key-do-not-print-123" not in out
+    assert main(["service", "uninstall", "--dry-run"]) == 0
+    assert "Would remove" in capsys.readouterr().out
+    assert sorted(home.rglob("*")) == before
+
+
+def test_cli_refuses_to_install_for_another_system(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = "windows" if sys.platform != "win32" else "linux"
+    assert main(["service", "install", "--platform", other]) == 2
+    assert "--dry-run" in capsys.readouterr().err
+
+
+def test_cli_status_shows_the_daemon(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "daemon.json").write_text(json.dumps({"pid": os.getpid(), "version": "9.9", "requests_dir": "/r"}))
+    assert main(["service", "status"]) == 1  # not installed
+    out = capsys.readouterr().out
+    assert "not installed" in out and f"Daemon: running, pid {os.getpid()}, version 9.9" in out
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (state / "daemon.json").write_text(json.dumps({"pid": dead.pid, "version": "9.9"}))
+    main(["service", "status"])
+    assert f"pid {dead.pid} in" in capsys.readouterr().out
