@@ -1,1 +1,1 @@
-"""hotfolder"""
+"""A way in: folders watched for audio, each file turned into a separation request."""
