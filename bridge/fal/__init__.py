@@ -1,1 +1,3 @@
-"""HTTP and fal's queue protocol: uploads, submit, status, result, cancel, the key. Knows no folders, jobs or samples."""
+"""HTTP and fal's queue protocol: uploads, submit, status, result, cancel, the key. Knows no folders, jobs or
+samples.
+"""

@@ -1,1 +1,3 @@
-"""Presets as data: the YAML schema, reading files with line numbers, the search path, and recipes (the steps a job runs)."""
+"""Presets as data: the YAML schema, reading files with line numbers, the search path, and recipes (the steps a job
+runs).
+"""

@@ -1,1 +1,3 @@
-"""A way in: JSON request files in the requests folder (what the REAPER script writes), answered by status files beside them."""
+"""A way in: JSON request files in the requests folder (what the REAPER script writes), answered by status files
+beside them.
+"""
