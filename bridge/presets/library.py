@@ -28,7 +28,6 @@ from bridge.presets.files import (
     names_written_in,
     read_preset_file,
 )
-from bridge.presets.recipe import Recipe, Step, recipe_for, recipe_from_preset
 from bridge.presets.schema import (
     EXAMPLE_PRESET_FILE,
     Preset,
@@ -44,12 +43,8 @@ __all__ = [
     "PresetFileError",
     "PresetLibrary",
     "PresetProblem",
-    "Recipe",
     "StemSpec",
-    "Step",
     "load_preset_file",
-    "recipe_for",
-    "recipe_from_preset",
     "slug",
 ]
 
@@ -322,11 +317,7 @@ class PresetLibraries:
             return library
 
 
-
-
-# ---------------------------------------------------------------------------------------------------
-# Recipes: what a request runs
-
+# A stem set's stems, each resolved to its prompt and options
 def _resolve_stems(preset: Preset, entries: Mapping[str, _Entry]) -> Preset:
     """Fill each stem's prompt and options; a stem naming a preset takes that preset's (now current) ones."""
     assert preset.stems is not None
