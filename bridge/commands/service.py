@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import logging.handlers
 import os
+import signal
+import sys
+import threading
 from typing import Any
 
-from bridge.common.config import state_dir
+from bridge.common.config import log_dir, state_dir
 from bridge.common.errors import ConfigError
 from bridge.common.processes import process_alive
 from bridge.os_service.files import PLATFORMS, ServicePlan, current_platform, key_hint, make_plan, shell_line
 from bridge.os_service.manage import install, status, uninstall
+from bridge.os_service.supervise import supervise
 
 
 def register(subparsers: Any) -> None:
@@ -31,6 +37,12 @@ def register(subparsers: Any) -> None:
             action.add_argument("--no-start", action="store_true", help="write the file but do not start it")
         action.add_argument("--platform", choices=PLATFORMS, help=argparse.SUPPRESS)  # dry runs for other OSes
         action.set_defaults(func=run)
+    supervisor = subparsers.add_parser(
+        "service-run", help="run the daemon and restart it if it crashes (what the Windows task runs)",
+        description="Runs `sam-bridge run` and restarts it after a non-zero exit, waiting 1 s, 2 s, 4 s … up to "
+        "a minute between tries, and logs why to service.log in the log folder. Arguments after it go to `run`.")
+    supervisor.add_argument("run_args", nargs=argparse.REMAINDER, help="arguments for `sam-bridge run`")
+    supervisor.set_defaults(func=service_run, configures_logging=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +66,26 @@ def run(args: argparse.Namespace) -> int:
         outcome = status(plan)
         print("\n".join([*outcome.lines, daemon_line()]))
     return 0 if outcome.ok else 1
+
+
+def service_run(args: argparse.Namespace) -> int:
+    from bridge.daemon import ensure_std_streams
+
+    ensure_std_streams()  # pythonw: no console
+    path = log_dir() / "service.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=1_000_000, backupCount=2, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s service-run: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.addHandler(logging.StreamHandler(sys.stderr))
+    root.setLevel(logging.INFO)
+    stop = threading.Event()
+    for name in ("SIGTERM", "SIGINT", "SIGBREAK", "SIGHUP"):  # SIGBREAK: Windows' Ctrl-Break
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda *_: stop.set())
+    run_args = [a for a in args.run_args if a != "--"]
+    return supervise([sys.executable, "-m", "bridge", "run", *run_args], stop)
 
 
 def describe(plan: ServicePlan, action: str, no_start: bool = False) -> str:
