@@ -427,7 +427,7 @@ def test_changing_the_reply_port_moves_udpreceive_and_the_subscription(devices: 
     device = devices(live_set())
     outlets = device.msg("port", 9100)
     assert [o for o in outlets if o[0] == 4] == [[4, "port", 9100]]  # [udpreceive] moves
-    assert [o[1:] for o in outlets if o[0] == 5][0] == ["port", 9100]  # and is probed there
+    assert next(o[1:] for o in outlets if o[0] == 5) == ["port", 9100]  # and is probed there
     assert osc_out(outlets) == [["/sam/reply_to", 9100], ["/sam/subscribe", 9100]]
     assert osc_out(device.msg("port", 0)) == []
     assert osc_out(device.msg("notifydeleted")) == [["/sam/unsubscribe", 9100]]
