@@ -10,11 +10,13 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
-from bridge.common.config import log_dir, state_dir
+from bridge.common.config import Config, load_config, log_dir, state_dir
 from bridge.common.errors import ConfigError
 from bridge.common.processes import process_alive
+from bridge.os_service import macos_privacy
 from bridge.os_service.files import PLATFORMS, ServicePlan, current_platform, key_hint, make_plan, shell_line
 from bridge.os_service.manage import install, status, uninstall
 from bridge.os_service.supervise import supervise
@@ -59,12 +61,16 @@ def run(args: argparse.Namespace) -> int:
         outcome = install(plan, start=not args.no_start)
         print("\n".join(outcome.lines))
         print(key_hint(plan))
+        if platform == "macos":
+            print("\n".join(privacy_notes()))
     elif args.service_command == "uninstall":
         outcome = uninstall(plan)
         print("\n".join(outcome.lines))
     else:
         outcome = status(plan)
         print("\n".join([*outcome.lines, daemon_line()]))
+        if platform == "macos":
+            print("\n".join(blocked_in_logs(plan)))
     return 0 if outcome.ok else 1
 
 
@@ -86,6 +92,43 @@ def service_run(args: argparse.Namespace) -> int:
             signal.signal(getattr(signal, name), lambda *_: stop.set())
     run_args = [a for a in args.run_args if a != "--"]
     return supervise([sys.executable, "-m", "bridge", "run", *run_args], stop)
+
+
+def service_folders(config: Config) -> list[Path]:
+    """The folders the daemon reads and writes besides its own: hot folders, their outputs, allowed roots."""
+    folders = [f.path.expanduser() for f in config.hot_folders]
+    folders += [f.output_dir.expanduser() for f in config.hot_folders if f.output_dir]
+    folders += [p.expanduser() for p in (*config.allowed_source_roots, *config.allowed_output_roots)]
+    if config.requests_dir:
+        folders.append(config.requests_dir.expanduser())
+    return list(dict.fromkeys(folders))
+
+
+def privacy_notes() -> list[str]:
+    """Before the service first needs them: the folders in the config that macOS will ask about."""
+    home = Path.home()
+    protected = macos_privacy.protected_folders(service_folders(load_config()), home)
+    if not protected:
+        return ["macOS: sources in Desktop, Documents, Downloads, iCloud Drive or on external drives need your "
+                "permission for the service; sam-bridge says what to grant when it meets one."]
+    program = macos_privacy.service_program()
+    lines = ["macOS protects these folders from background services until you allow it:"]
+    lines += [f"  {folder}  ({area})" for folder, area in protected]
+    lines.append(f"Allow it once: System Settings > Privacy & Security > Full Disk Access, click +, press "
+                 f"Cmd-Shift-G, paste  {program}  and switch it on; then  sam-bridge service install  again.")
+    return lines
+
+
+def blocked_in_logs(plan: ServicePlan) -> list[str]:
+    """macOS refusals the service met (its output and the daemon's log), each with what to grant."""
+    lines: list[str] = []
+    for path in (plan.paths.log_file, log_dir() / "daemon.log"):
+        try:
+            with open(str(path), encoding="utf-8", errors="replace") as handle:
+                lines += handle.readlines()[-2000:]
+        except (OSError, TypeError):
+            continue
+    return macos_privacy.explain_log(lines, Path.home(), macos_privacy.service_program())
 
 
 def describe(plan: ServicePlan, action: str, no_start: bool = False) -> str:
