@@ -110,7 +110,8 @@ def test_the_device_script_is_es5_for_maxs_js_object() -> None:
 
 def test_readme_explains_saving_as_amxd_and_where_answers_go() -> None:
     readme = (ABLETON_DIR / "README.md").read_text(encoding="utf-8")
-    for words in (".amxd", "Freeze", "/sam/reply_to", "sam_bridge_device.js"):
+    for words in ("sam-bridge.amxd", "sam-bridge ableton install", "build_amxd.py", "/sam/reply_to",
+                  "sam_bridge_device.js", "sam-bridge allow"):
         assert words in readme
 
 
