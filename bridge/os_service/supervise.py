@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ def run_once(command: Sequence[str], stop: threading.Event) -> RunResult:
     """Runs the daemon once; its stderr is read line by line so the last lines can say why it died."""
     proc = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, errors="replace")
+    _ends_with_us(proc)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
     def read() -> None:
@@ -94,3 +96,39 @@ def supervise(command: Sequence[str], stop: threading.Event, backoff: Backoff = 
                   result.code, ran_for, wait, why)
         if stop.wait(wait):
             return 0
+
+
+def _ends_with_us(proc: subprocess.Popen[str]) -> None:
+    """Windows: `schtasks /End` (and `service uninstall`) terminates the supervisor; a job object with
+    JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE takes the daemon with it instead of leaving it running unsupervised
+    (Microsoft, "JOBOBJECT_BASIC_LIMIT_INFORMATION"). The daemon's journal makes such a stop safe: its jobs
+    resume at the next start. Elsewhere systemd and launchd supervise, not this."""
+    if sys.platform != "win32":
+        return
+    import ctypes
+    from ctypes import wintypes
+
+    class Basic(ctypes.Structure):
+        _fields_ = [("PerProcessUserTimeLimit", ctypes.c_int64), ("PerJobUserTimeLimit", ctypes.c_int64),
+                    ("LimitFlags", wintypes.DWORD), ("MinimumWorkingSetSize", ctypes.c_size_t),
+                    ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", wintypes.DWORD),
+                    ("Affinity", ctypes.c_size_t), ("PriorityClass", wintypes.DWORD),
+                    ("SchedulingClass", wintypes.DWORD)]
+
+    class Extended(ctypes.Structure):
+        _fields_ = [("BasicLimitInformation", Basic), ("IoInfo", ctypes.c_uint64 * 6),
+                    ("ProcessMemoryLimit", ctypes.c_size_t), ("JobMemoryLimit", ctypes.c_size_t),
+                    ("PeakProcessMemoryUsed", ctypes.c_size_t), ("PeakJobMemoryUsed", ctypes.c_size_t)]
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.CreateJobObjectW.restype = wintypes.HANDLE
+    job = kernel32.CreateJobObjectW(None, None)
+    info = Extended()
+    info.BasicLimitInformation.LimitFlags = 0x2000  # JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+    job_object_extended_limit_information = 9
+    if not job or not kernel32.SetInformationJobObject(job, job_object_extended_limit_information,
+                                                       ctypes.byref(info), ctypes.sizeof(info)) \
+            or not kernel32.AssignProcessToJobObject(job, wintypes.HANDLE(int(proc._handle))):  # type: ignore[attr-defined]
+        log.warning("could not tie the daemon to the supervisor (error %s): ending the task may leave it running",
+                    ctypes.get_last_error())
+    # the handle stays open for the supervisor's lifetime on purpose: closing it ends the daemon
