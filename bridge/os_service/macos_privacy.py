@@ -88,4 +88,9 @@ def explain_log(lines: Iterable[str], home: Path, program: str) -> list[str]:
         raw = next((g for g in match.groups() if g), None) if match else None
         if raw and raw not in seen:
             seen[raw] = what_to_grant(PurePosixPath(raw), PurePosixPath(home), program)
+        elif not raw:  # e.g. a job's error naming only the file: the grant is the same
+            seen.setdefault("", f"macOS refused the sam-bridge service a file ({NOT_PERMITTED}: see the log). "
+                                f"Open System Settings > Privacy & Security > Full Disk Access, click +, press "
+                                f"Cmd-Shift-G, paste  {program}  and switch it on; then restart the service:  "
+                                "sam-bridge service install")
     return list(seen.values())

@@ -73,6 +73,8 @@ def test_the_services_log_is_read_for_refusals(tmp_path: Path, monkeypatch: pyte
     [note] = blocked_in_logs(plan)
     assert f"read {refused} (Operation not permitted)" in note and "(Desktop Folder)" in note
     assert explain_log(["PermissionError: [Errno 13] Permission denied: '/x'"], home, PROGRAM) == []
+    [unnamed] = explain_log(["job 12 failed: “take.wav” could not be read (Operation not permitted)."], home, PROGRAM)
+    assert "Full Disk Access" in unnamed and PROGRAM in unnamed
 
 
 def test_before_install_the_configs_protected_folders_are_named(tmp_path: Path,
