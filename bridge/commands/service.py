@@ -108,10 +108,11 @@ def privacy_notes() -> list[str]:
     """Before the service first needs them: the folders in the config that macOS will ask about."""
     home = Path.home()
     protected = macos_privacy.protected_folders(service_folders(load_config()), home)
+    program = macos_privacy.service_program()
     if not protected:
         return ["macOS: sources in Desktop, Documents, Downloads, iCloud Drive or on external drives need your "
-                "permission for the service; sam-bridge says what to grant when it meets one."]
-    program = macos_privacy.service_program()
+                f"permission for the service: System Settings > Privacy & Security > Full Disk Access, add  "
+                f"{program}  (sam-bridge service status names any folder macOS refused)."]
     lines = ["macOS protects these folders from background services until you allow it:"]
     lines += [f"  {folder}  ({area})" for folder, area in protected]
     lines.append(f"Allow it once: System Settings > Privacy & Security > Full Disk Access, click +, press "
