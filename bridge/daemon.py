@@ -251,8 +251,18 @@ def limit_malloc_arenas(arenas: int = 1) -> None:
         ctypes.CDLL("libc.so.6").mallopt(m_arena_max, arenas)
 
 
+def ensure_std_streams() -> None:
+    """pythonw (the Windows service) starts with sys.stdout and sys.stderr set to None, so a flush, a log
+    handler or a library's write would raise and end the daemon. They go to os.devnull instead; the log
+    file keeps everything."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - for the process
+
+
 def run_daemon(config: Config, choice: ServiceChoice, *, verbose: int = 0, quiet: bool = False,
                out: Callable[[str], None] = print) -> int:
+    ensure_std_streams()  # before the log handlers take sys.stderr
     limit_malloc_arenas()  # before any thread starts
     log_file = setup_logging(verbose, quiet)
     daemon = Daemon(config, choice)

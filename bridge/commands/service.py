@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import logging.handlers
 import os
+import signal
+import sys
+import threading
+from pathlib import Path
 from typing import Any
 
-from bridge.common.config import state_dir
+from bridge.common.config import Config, load_config, log_dir, state_dir
 from bridge.common.errors import ConfigError
 from bridge.common.processes import process_alive
+from bridge.os_service import macos_privacy
 from bridge.os_service.files import PLATFORMS, ServicePlan, current_platform, key_hint, make_plan, shell_line
 from bridge.os_service.manage import install, status, uninstall
+from bridge.os_service.supervise import supervise
 
 
 def register(subparsers: Any) -> None:
@@ -31,6 +39,12 @@ def register(subparsers: Any) -> None:
             action.add_argument("--no-start", action="store_true", help="write the file but do not start it")
         action.add_argument("--platform", choices=PLATFORMS, help=argparse.SUPPRESS)  # dry runs for other OSes
         action.set_defaults(func=run)
+    supervisor = subparsers.add_parser(
+        "service-run", help="run the daemon and restart it if it crashes (what the Windows task runs)",
+        description="Runs `sam-bridge run` and restarts it after a non-zero exit, waiting 1 s, 2 s, 4 s … up to "
+        "a minute between tries, and logs why to service.log in the log folder. Arguments after it go to `run`.")
+    supervisor.add_argument("run_args", nargs=argparse.REMAINDER, help="arguments for `sam-bridge run`")
+    supervisor.set_defaults(func=service_run, configures_logging=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,13 +61,75 @@ def run(args: argparse.Namespace) -> int:
         outcome = install(plan, start=not args.no_start)
         print("\n".join(outcome.lines))
         print(key_hint(plan))
+        if platform == "macos":
+            print("\n".join(privacy_notes()))
     elif args.service_command == "uninstall":
         outcome = uninstall(plan)
         print("\n".join(outcome.lines))
     else:
         outcome = status(plan)
         print("\n".join([*outcome.lines, daemon_line()]))
+        if platform == "macos":
+            print("\n".join(blocked_in_logs(plan)))
     return 0 if outcome.ok else 1
+
+
+def service_run(args: argparse.Namespace) -> int:
+    from bridge.daemon import ensure_std_streams
+
+    ensure_std_streams()  # pythonw: no console
+    path = log_dir() / "service.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=1_000_000, backupCount=2, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s service-run: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.addHandler(logging.StreamHandler(sys.stderr))
+    root.setLevel(logging.INFO)
+    stop = threading.Event()
+    for name in ("SIGTERM", "SIGINT", "SIGBREAK", "SIGHUP"):  # SIGBREAK: Windows' Ctrl-Break
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda *_: stop.set())
+    run_args = [a for a in args.run_args if a != "--"]
+    return supervise([sys.executable, "-m", "bridge", "run", *run_args], stop)
+
+
+def service_folders(config: Config) -> list[Path]:
+    """The folders the daemon reads and writes besides its own: hot folders, their outputs, allowed roots."""
+    folders = [f.path.expanduser() for f in config.hot_folders]
+    folders += [f.output_dir.expanduser() for f in config.hot_folders if f.output_dir]
+    folders += [p.expanduser() for p in (*config.allowed_source_roots, *config.allowed_output_roots)]
+    if config.requests_dir:
+        folders.append(config.requests_dir.expanduser())
+    return list(dict.fromkeys(folders))
+
+
+def privacy_notes() -> list[str]:
+    """Before the service first needs them: the folders in the config that macOS will ask about."""
+    home = Path.home()
+    protected = macos_privacy.protected_folders(service_folders(load_config()), home)
+    program = macos_privacy.service_program()
+    if not protected:
+        return ["macOS: sources in Desktop, Documents, Downloads, iCloud Drive or on external drives need your "
+                f"permission for the service: System Settings > Privacy & Security > Full Disk Access, add  "
+                f"{program}  (sam-bridge service status names any folder macOS refused)."]
+    lines = ["macOS protects these folders from background services until you allow it:"]
+    lines += [f"  {folder}  ({area})" for folder, area in protected]
+    lines.append(f"Allow it once: System Settings > Privacy & Security > Full Disk Access, click +, press "
+                 f"Cmd-Shift-G, paste  {program}  and switch it on; then  sam-bridge service install  again.")
+    return lines
+
+
+def blocked_in_logs(plan: ServicePlan) -> list[str]:
+    """macOS refusals the service met (its output and the daemon's log), each with what to grant."""
+    lines: list[str] = []
+    for path in (plan.paths.log_file, log_dir() / "daemon.log"):
+        try:
+            with open(str(path), encoding="utf-8", errors="replace") as handle:
+                lines += handle.readlines()[-2000:]
+        except (OSError, TypeError):
+            continue
+    return macos_privacy.explain_log(lines, Path.home(), macos_privacy.service_program())
 
 
 def describe(plan: ServicePlan, action: str, no_start: bool = False) -> str:

@@ -6,7 +6,9 @@ setups). The fal key is NOT in this file: it stays in the FAL_KEY environment va
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -144,3 +146,33 @@ osc:
 allowed_source_roots: []   # OSC may read under your home and hot folders, plus these
 allowed_output_roots: []   # OSC may write under your home and hot folders, plus these
 """
+
+
+ALLOWED_ROOT_KEYS = ("allowed_source_roots", "allowed_output_roots")
+
+
+def with_allowed_root(text: str, key: str, folder: Path) -> str:
+    """The config file's text with `folder` added to the list `key`, its comments and layout kept.
+
+    Handles the two forms the file has: `key: []` (as `config init` writes it) and a block list under `key:`;
+    without the key, the list is added at the end. The caller validates the result before writing it."""
+    if key not in ALLOWED_ROOT_KEYS:
+        raise ValueError(key)
+    item = f"  - {json.dumps(str(folder), ensure_ascii=False)}"  # a JSON string is a valid YAML scalar
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        match = re.match(rf"^{key}:\s*(\[\s*\])?\s*(#.*)?$", line)
+        if not match:
+            continue
+        if match.group(1) is not None:  # `key: []  # comment`
+            comment = f"  {match.group(2)}" if match.group(2) else ""
+            lines[index: index + 1] = [f"{key}:{comment}", item]
+        else:  # a block list: after its last item
+            end = index + 1
+            while end < len(lines) and (lines[end].startswith((" ", "\t", "-")) or not lines[end].strip()):
+                end += 1
+            while end > index + 1 and not lines[end - 1].strip():
+                end -= 1
+            lines.insert(end, item)
+        return "\n".join(lines) + "\n"
+    return text.rstrip("\n") + ("\n" if text.strip() else "") + f"{key}:\n{item}\n"

@@ -1,5 +1,6 @@
 """Keeping `sam-bridge run` going in the background: a systemd user unit (Linux), a launchd LaunchAgent
-(macOS) or a Task Scheduler task (Windows), each started at login and restarted if it crashes.
+(macOS) or a Task Scheduler task (Windows), each started at login and restarted if it crashes (on Windows
+by `sam-bridge service-run`, which the task runs: Task Scheduler itself only retries a failed start).
 
 The templates live here, in code, and nowhere else: a pip-installed sam-bridge has no `scripts/` folder,
 and one source cannot drift. `scripts/services/` holds examples rendered from these functions (a test
@@ -89,12 +90,13 @@ def daemon_command(platform: Platform, executable: str | None = None,
     """The command line that runs this installation's daemon.
 
     The `sam-bridge` script beside the running Python wins (it is the installed one); then one on PATH;
-    else `python -m bridge run`. On Windows `pythonw` runs it without a console window."""
+    else `python -m bridge run`. On Windows `pythonw` runs it without a console window, under
+    `service-run`, which restarts it after a crash (Task Scheduler only retries a failed start)."""
     python = PurePath(executable or sys.executable)
     folder = python.parent
     if platform == "windows":
         pythonw = folder / "pythonw.exe"
-        return [str(pythonw if os.path.exists(pythonw) else python), "-m", "bridge", "run"]
+        return [str(pythonw if os.path.exists(pythonw) else python), "-m", "bridge", "service-run"]
     beside = folder / "sam-bridge"
     if os.access(beside, os.X_OK):
         return [str(beside), "run"]
@@ -274,7 +276,7 @@ def make_plan(platform: Platform, env: Mapping[str, str], command: list[str] | N
         enable=[["schtasks", "/Create", "/TN", TASK_NAME, "/XML", str(paths.service_file), "/F"],
                 ["schtasks", "/Run", "/TN", TASK_NAME]],
         disable=[["schtasks", "/End", "/TN", TASK_NAME], ["schtasks", "/Delete", "/TN", TASK_NAME, "/F"]],
-        queries=[["schtasks", "/Query", "/TN", TASK_NAME, "/FO", "LIST"]])
+        queries=[["schtasks", "/Query", "/TN", TASK_NAME, "/FO", "CSV", "/V"]])
 
 
 def _uid() -> int:
@@ -332,7 +334,7 @@ EXAMPLE_ENVIRONMENTS: dict[Platform, tuple[dict[str, str], list[str]]] = {
     "windows": ({"USERPROFILE": "C:\\Users\\you", "LOCALAPPDATA": "C:\\Users\\you\\AppData\\Local",
                  "USERDOMAIN": "STUDIO-PC", "USERNAME": "you"},
                 ["C:\\Users\\you\\AppData\\Local\\Programs\\Python\\Python311\\pythonw.exe", "-m", "bridge",
-                 "run"]),
+                 "service-run"]),
 }
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 import subprocess
@@ -128,6 +130,8 @@ def status(plan: ServicePlan, runner: Runner = run_command) -> Outcome:
             answer = result.output.splitlines()[0] if result.output else f"exit code {result.returncode}"
             if plan.platform == "macos":
                 answer = _launchd_state(result)
+            elif plan.platform == "windows":
+                answer = task_state(result)
             outcome.lines.append(f"{shell_line(command)}: {answer}")
     return outcome
 
@@ -139,6 +143,41 @@ def _launchd_state(result: CommandResult) -> str:
         if line.strip().startswith("state ="):
             return line.strip()
     return "loaded"
+
+
+# schtasks /Query /FO CSV /V columns, in their fixed order (Microsoft, "schtasks query"); the titles and the
+# Status words are translated on other Windows languages, the positions and Last Result's numbers are not.
+_STATUS, _LAST_RESULT = 3, 6
+# Task Scheduler's result codes (winerror.h, SCHED_S_*), shown in decimal by schtasks.
+SCHED_S_TASK_RUNNING, SCHED_S_TASK_DISABLED, SCHED_S_TASK_HAS_NOT_RUN, SCHED_S_TASK_TERMINATED = (
+    0x41301, 0x41302, 0x41303, 0x41306)
+
+
+def task_state(result: CommandResult) -> str:
+    """The task's real state from `schtasks /Query /TN … /FO CSV /V` (not merely that it exists)."""
+    if result.returncode != 0:
+        return f"not registered with Task Scheduler ({result.output or result.returncode})"
+    rows = [row for row in csv.reader(io.StringIO(result.output)) if len(row) > _LAST_RESULT]
+    data = [row for row in rows[1:] if row != rows[0]]  # one header, then a row per trigger
+    if not data:
+        return f"unreadable answer from schtasks: {result.output[:200]!r}"
+    status, last = data[0][_STATUS], data[0][_LAST_RESULT].strip()
+    try:
+        code = int(last, 16) if last.lower().startswith("0x") else int(last)
+    except ValueError:
+        code = None
+    code = code & 0xFFFFFFFF if code is not None else None
+    if code == SCHED_S_TASK_RUNNING or status == "Running":
+        return f"running ({status})"
+    if code == SCHED_S_TASK_DISABLED or status == "Disabled":
+        return f"disabled ({status}): enable it in Task Scheduler or run  sam-bridge service install"
+    if code == SCHED_S_TASK_HAS_NOT_RUN:
+        return f"not running ({status}); it has not run yet — it starts at your next logon"
+    if code == SCHED_S_TASK_TERMINATED:
+        return f"not running ({status}); it was ended (schtasks /End or Task Scheduler)"
+    if code == 0:
+        return f"not running ({status}); it last stopped cleanly"
+    return f"not running ({status}); it last ended with code {last}: see the service log"
 
 
 def _manager_hint(plan: ServicePlan) -> str:

@@ -68,7 +68,7 @@
      "id": "obj-js",
      "maxclass": "newobj",
      "numinlets": 1,
-     "numoutlets": 4,
+     "numoutlets": 6,
      "patching_rect": [
       300,
       300,
@@ -76,6 +76,8 @@
       22
      ],
      "outlettype": [
+      "",
+      "",
       "",
       "",
       "",
@@ -177,26 +179,28 @@
      ],
      "presentation": 1,
      "presentation_rect": [
-      330,
+      334,
       146,
-      50,
+      46,
       15
      ],
      "parameter_enable": 1,
      "saved_attribute_attributes": {
       "valueof": {
-       "parameter_longname": "Listen port",
-       "parameter_shortname": "Port",
-       "parameter_type": 1,
+       "parameter_longname": "Reply port",
+       "parameter_shortname": "Reply",
+       "parameter_type": 0,
+       "parameter_unitstyle": 0,
        "parameter_initial_enable": 1,
        "parameter_initial": [
         9011
        ],
-       "parameter_mmin": 1024,
-       "parameter_mmax": 65535
+       "parameter_mmin": 1024.0,
+       "parameter_mmax": 65535.0,
+       "parameter_invisible": 1
       }
      },
-     "varname": "Listen port"
+     "varname": "Reply port"
     }
    },
    {
@@ -232,9 +236,9 @@
      "text": "reply port",
      "presentation": 1,
      "presentation_rect": [
-      250,
+      280,
       144,
-      80,
+      54,
       18
      ]
     }
@@ -353,7 +357,8 @@
        "parameter_enum": [
         "Separate",
         "Separate"
-       ]
+       ],
+       "parameter_invisible": 2
       }
      },
      "varname": "Separate"
@@ -431,7 +436,8 @@
        "parameter_enum": [
         "Cancel",
         "Cancel"
-       ]
+       ],
+       "parameter_invisible": 2
       }
      },
      "varname": "Cancel"
@@ -490,7 +496,8 @@
        "parameter_enum": [
         "Refresh",
         "Refresh"
-       ]
+       ],
+       "parameter_invisible": 2
       }
      },
      "varname": "Refresh"
@@ -572,7 +579,7 @@
      "presentation_rect": [
       26,
       144,
-      200,
+      130,
       18
      ]
     }
@@ -666,6 +673,103 @@
      ],
      "text": "sam-bridge: select an audio clip, pick a preset (or describe the sound), click Separate. Needs `sam-bridge run` on this computer (see scripts/ableton/README.md)."
     }
+   },
+   {
+    "box": {
+     "id": "obj-sendport",
+     "maxclass": "live.numbox",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      640,
+      60,
+      60,
+      15
+     ],
+     "outlettype": [
+      "",
+      "float"
+     ],
+     "presentation": 1,
+     "presentation_rect": [
+      230,
+      146,
+      46,
+      15
+     ],
+     "parameter_enable": 1,
+     "saved_attribute_attributes": {
+      "valueof": {
+       "parameter_longname": "sam-bridge port",
+       "parameter_shortname": "Send",
+       "parameter_type": 0,
+       "parameter_unitstyle": 0,
+       "parameter_initial_enable": 1,
+       "parameter_initial": [
+        9010
+       ],
+       "parameter_mmin": 1024.0,
+       "parameter_mmax": 65535.0,
+       "parameter_invisible": 1
+      }
+     },
+     "varname": "sam-bridge port"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-sendport-label",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      710,
+      60,
+      80,
+      18
+     ],
+     "text": "sam-bridge port",
+     "presentation": 1,
+     "presentation_rect": [
+      160,
+      144,
+      70,
+      18
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-prepend-sendport",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      640,
+      90,
+      110,
+      22
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "prepend sendport"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-probe",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      480,
+      380,
+      150,
+      22
+     ],
+     "text": "udpsend 127.0.0.1 9011"
+    }
    }
   ],
   "lines": [
@@ -749,18 +853,6 @@
      ],
      "destination": [
       "obj-prepend-port",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-prepend-port",
-      0
-     ],
-     "destination": [
-      "obj-udpreceive",
       0
      ]
     }
@@ -968,6 +1060,54 @@
       0
      ]
     }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-sendport",
+      0
+     ],
+     "destination": [
+      "obj-prepend-sendport",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-prepend-sendport",
+      0
+     ],
+     "destination": [
+      "obj-js",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-js",
+      4
+     ],
+     "destination": [
+      "obj-udpreceive",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-js",
+      5
+     ],
+     "destination": [
+      "obj-probe",
+      0
+     ]
+    }
    }
   ],
   "dependency_cache": [
@@ -978,6 +1118,12 @@
     "implicit": 1
    }
   ],
-  "autosave": 0
+  "autosave": 0,
+  "openrect": [
+   0.0,
+   0.0,
+   388.0,
+   169.0
+  ]
  }
 }

@@ -7,18 +7,28 @@
 // Written in ES5 for Max's [js] object. Under node (the tests) the same file exports its functions and
 // takes stand-ins for Max's outlet/post and Live's LiveAPI through setHost().
 //
-// Outlets: 0 OSC messages to [udpsend], 1 preset menu ([umenu]), 2 progress 0..1, 3 status text ([comment]).
+// Outlets: 0 OSC messages (and `port N`) to [udpsend], 1 preset menu ([umenu]), 2 progress 0..1, 3 status
+// text ([comment]), 4 `port N` to [udpreceive], 5 the port probe's own [udpsend] (to our reply port).
 
 autowatch = 1;
 inlets = 1;
-outlets = 4;
+outlets = 6;
 
 var OUT_OSC = 0;
 var OUT_MENU = 1;
 var OUT_PROGRESS = 2;
 var OUT_STATUS = 3;
+var OUT_RECEIVE = 4;
+var OUT_PROBE = 5;
 
 var PREFIX = "/sam";
+var DEFAULT_SEND_PORT = 9010; // sam-bridge's OSC port (its config: osc.port)
+var DEFAULT_REPLY_PORT = 9011;
+var PING_MS = 1000; // sam-bridge is asked every second whether it is there
+var DOWN_AFTER_PINGS = 2; // unanswered pings before the device says it is not running (2 s)
+var PROBE_MS = 500; // how long a port probe may take to come back before the next port is tried
+var PORT_TRIES = 20; // reply ports tried: the chosen one and the next 19
+var START_HINT = "start it with  sam-bridge run  in a terminal (or once:  sam-bridge service install)";
 var KEEPALIVE_MS = 5000; // while jobs are open, say again where to answer: sam-bridge may have restarted
 var PROMPT_ITEM = "Describe it below \u2193";
 var STEMS_SUBFOLDER = ["Samples", "Processed"]; // + the daemon's "Stems": Live 12.3's own place for stems
@@ -92,7 +102,15 @@ var device = newDeviceState();
 
 function newDeviceState() {
     return {
-        listenPort: 9011,
+        listenPort: DEFAULT_REPLY_PORT, // where [udpreceive] listens (announced with /sam/reply_to)
+        wantedPort: DEFAULT_REPLY_PORT, // the "reply port" box; the next free one is taken when it is in use
+        sendPort: DEFAULT_SEND_PORT, // the "sam-bridge port" box: where [udpsend] sends
+        probe: null, // {nonce, port, tries, timer}: finding out whether the reply port is ours
+        portConfirmed: false,
+        watchdog: null,
+        unanswered: 0, // pings since the last /sam/pong
+        daemonUp: null, // null: not known yet
+        songProject: undefined, // the Live Set's own project folder (undefined: not asked yet)
         presets: [],
         incomingPresets: [],
         presetIndex: 0, // 0: the prompt item; n: presets[n - 1]
@@ -112,6 +130,8 @@ function newDeviceState() {
 
 function resetDevice() {
     stopAnnouncing();
+    stopTimer("watchdog");
+    if (device.probe && device.probe.timer) { device.probe.timer.stop(); }
     if (device.selectionWatch) { device.selectionWatch.stop(); }
     device = newDeviceState();
 }
@@ -137,6 +157,13 @@ function joinWords(args) {
 
 function sendOsc(parts) {
     host.outlet.apply(null, [OUT_OSC].concat(parts));
+}
+
+function stopTimer(name) {
+    if (device[name]) {
+        device[name].stop();
+        device[name] = null;
+    }
 }
 
 function status(text) {
@@ -296,7 +323,16 @@ function readSelectedClip() {
         return { error: "Could not read where this clip starts and ends. Select it again and retry." };
     }
     var track = host.liveApi("live_set tracks " + where.trackIndex);
+    var settings = {
+        gain: Number(first(clip.get("gain"))),
+        pitch_coarse: Number(first(clip.get("pitch_coarse"))),
+        pitch_fine: Number(first(clip.get("pitch_fine"))),
+        warp_mode: Number(first(clip.get("warp_mode"))),
+        warping: props.warped ? 1 : 0,
+        markers: props.warped ? warpMarkers(clip) : []
+    };
     return {
+        settings: settings,
         id: Number(clip.id),
         path: where.path,
         name: String(first(clip.get("name")) || basename(filePath)),
@@ -310,6 +346,20 @@ function readSelectedClip() {
         start: region.start,
         length: region.length
     };
+}
+
+/** The clip's warp markers ({beat_time, sample_time} in beats and seconds). The LOM gives the read-only
+ *  `warp_markers` property as a dict, which Max hands [js] as JSON text. */
+function warpMarkers(clip) {
+    var raw = clip.get("warp_markers");
+    var text = raw instanceof Array ? raw.join(" ") : String(raw || "");
+    try {
+        var parsed = JSON.parse(text);
+        var list = parsed && parsed.warp_markers ? parsed.warp_markers : parsed;
+        return list instanceof Array ? list : [];
+    } catch (e) {
+        return [];
+    }
 }
 
 /** The /sam/separate message: source, preset or prompt, tag, project folder, start, length. Start and
@@ -329,7 +379,34 @@ function selectedClipProject() {
     var clip = host.liveApi("live_set view detail_clip");
     if (!clip || !clip.id || Number(clip.id) === 0 || Number(first(clip.get("is_audio_clip"))) !== 1) { return null; }
     var filePath = first(clip.get("file_path"));
-    return filePath ? clipProjectDir(String(filePath)) : null;
+    return filePath ? projectFor(String(filePath)) : null;
+}
+
+function hasProperty(api, name) {
+    return String(api.info || "").indexOf("property " + name + " ") >= 0;
+}
+
+/** The saved Live Set's project (`<project>/Samples/Processed`), when the LOM tells where the set is: Song
+ *  has a `file_path` property on the Live versions that have it (it is listed by `info`). "" for an unsaved
+ *  set; null when this Live does not say. */
+function songProjectDir() {
+    if (device.songProject === undefined) {
+        var song = host.liveApi("live_set");
+        device.songProject = null;
+        if (song && hasProperty(song, "file_path")) {
+            var setPath = String(first(song.get("file_path")) || "");
+            device.songProject = setPath ? stemsProjectDir(setPath, host.listDir) : "";
+        }
+    }
+    return device.songProject;
+}
+
+/** The project a clip belongs to: the Live Set's own when the LOM gives it (an uncollected sample from
+ *  another project must not bring that project's presets or receive our stems); else the project around the
+ *  clip's file (the fallback on a Live whose LOM does not tell the set's path). */
+function projectFor(filePath) {
+    var fromSong = songProjectDir();
+    return fromSong ? fromSong : clipProjectDir(filePath);
 }
 
 // --- messages from the patch -------------------------------------------------------------------------
@@ -338,6 +415,74 @@ function selectedClipProject() {
 function announce() {
     sendOsc([PREFIX + "/reply_to", device.listenPort]);
     sendOsc([PREFIX + "/subscribe", device.listenPort]);
+}
+
+// --- the reply port: ours, or the next free one ------------------------------------------------------
+// [udpreceive] cannot tell the patch that its port is taken (a second sam-bridge device, another program):
+// it only posts to the Max window. So the device sends itself a probe with a nonce through its own
+// [udpsend] to the reply port; if the probe comes back, the port is ours; if not within PROBE_MS, the
+// next port is tried and, once one answers, announced with /sam/reply_to.
+
+function listenOn(port) {
+    device.listenPort = port;
+    device.portConfirmed = false;
+    host.outlet(OUT_RECEIVE, "port", port);
+    if (device.probe && device.probe.timer) { device.probe.timer.stop(); }
+    var nonce = "probe-" + host.now() + "-" + Math.floor(Math.random() * 1e9);
+    device.probe = { nonce: nonce, port: port, tries: device.probe ? device.probe.tries : 0, timer: null };
+    host.outlet(OUT_PROBE, "port", port);
+    host.outlet(OUT_PROBE, PREFIX + "/probe", nonce);
+    device.probe.timer = host.repeat(PROBE_MS, probeTimedOut);
+}
+
+function probeTimedOut() {
+    var probe = device.probe;
+    if (!probe || device.portConfirmed) { return; }
+    probe.timer.stop();
+    probe.tries += 1;
+    if (probe.tries >= PORT_TRIES) {
+        device.probe = null;
+        status("No free reply port between " + device.wantedPort + " and " + (device.wantedPort + PORT_TRIES - 1)
+            + ": close what uses them, or type another port in the device's \"reply port\" box.");
+        return;
+    }
+    var next = device.wantedPort + probe.tries;
+    host.post("sam-bridge: reply port " + probe.port + " is in use; trying " + next);
+    listenOn(next > 65535 ? 1024 + (next - 65536) : next);
+}
+
+function onProbe(args) {
+    var probe = device.probe;
+    if (!probe || String(args[0]) !== probe.nonce) { return; } // another device instance's probe
+    probe.timer.stop();
+    device.probe = null;
+    device.portConfirmed = true;
+    if (device.listenPort !== device.wantedPort) {
+        status("Reply port " + device.wantedPort + " is in use: listening on " + device.listenPort + " instead.");
+    }
+    announce();
+}
+
+// --- is sam-bridge there? --------------------------------------------------------------------------
+
+function startWatchdog() {
+    if (!device.watchdog) { device.watchdog = host.repeat(PING_MS, watchdogTick); }
+}
+
+/** Every second: a ping; after DOWN_AFTER_PINGS unanswered ones, say so (and keep asking). Between a first
+ *  miss and the verdict the device announces again: a restarted sam-bridge has forgotten the reply port. */
+function watchdogTick() {
+    if (device.unanswered >= DOWN_AFTER_PINGS && device.daemonUp !== false) {
+        device.daemonUp = false;
+        status("sam-bridge isn't running \u2014 " + START_HINT + ". Retrying\u2026");
+    }
+    if (device.unanswered >= 1) { announce(); }
+    ping();
+}
+
+function ping() {
+    device.unanswered += 1;
+    sendOsc([PREFIX + "/ping"]);
 }
 
 /** Announce again every few seconds while a job is open, so events reach us after a daemon restart
@@ -372,12 +517,16 @@ function openJobCount() {
 /** [live.thisdevice] and the refresh button: say where to answer, subscribe, ask for the presets (the
  *  selected clip's project's own too), and from then on follow the selection to another project. */
 function init() {
+    if (!device.portConfirmed && !device.probe) { listenOn(device.wantedPort); }
     announce();
     device.projectByFolder = {}; // Refresh also notices a set saved into a project since
+    device.songProject = undefined;
     var project = selectedClipProject();
     askPresets(project !== null ? project : (device.presetsProject || ""));
-    sendOsc([PREFIX + "/ping"]);
-    status("Looking for sam-bridge\u2026");
+    ping();
+    status(device.daemonUp === false ? "sam-bridge isn't running \u2014 " + START_HINT + ". Retrying\u2026"
+        : "Looking for sam-bridge\u2026");
+    startWatchdog();
     if (!device.selectionWatch) {
         device.selectionWatch = host.observe("live_set view", "detail_clip", onSelectionChanged);
     }
@@ -397,12 +546,28 @@ function onSelectionChanged() {
 function bang() { init(); }
 function refresh() { init(); }
 
+/** The "reply port" box: where to listen (the next free port is taken when it is in use). */
 function port(value) {
     var next = Math.floor(Number(value));
     if (!(next > 0 && next < 65536)) { return; }
-    if (next !== device.listenPort) { sendOsc([PREFIX + "/unsubscribe", device.listenPort]); }
-    device.listenPort = next;
+    if (next !== device.listenPort && device.portConfirmed) {
+        sendOsc([PREFIX + "/unsubscribe", device.listenPort]); // only our own subscription, never another's
+    }
+    device.wantedPort = next;
+    if (device.probe) { device.probe.tries = 0; }
+    listenOn(next);
     announce();
+}
+
+/** The "sam-bridge port" box: where sam-bridge listens (its config's osc.port). */
+function sendport(value) {
+    var next = Math.floor(Number(value));
+    if (!(next > 0 && next < 65536) || next === device.sendPort) { return; }
+    device.sendPort = next;
+    sendOsc(["port", next]); // [udpsend]'s own message: send there from now on
+    device.unanswered = 0;
+    announce();
+    ping();
 }
 
 function presetindex(index) {
@@ -426,19 +591,13 @@ function separate() {
         status(clip.error);
         return null;
     }
-    if (clip.warped && device.warnedClipId !== clip.id) {
-        device.warnedClipId = clip.id;
-        status("This clip is warped: the stems come back unwarped, at the file's own tempo. "
-            + "Click Separate again to go ahead.");
-        return null;
-    }
-    device.warnedClipId = null;
     device.tagCounter += 1;
     var tag = "live-" + host.now() + "-" + device.tagCounter;
     var job = { tag: tag, clip: clip, what: what, jobId: null, stems: [], finished: false };
     device.jobsByTag[tag] = job;
     announce(); // the daemon may have restarted since
-    sendOsc(buildSeparateMessage(clip, what, tag, stemsProjectDir(clip.filePath, host.listDir)));
+    job.projectDir = projectFor(clip.filePath);
+    sendOsc(buildSeparateMessage(clip, what, tag, job.projectDir));
     keepAnnouncing();
     progress(0);
     status("Sent " + clip.name + " \u00b7 " + whatLabel(what) + " to sam-bridge\u2026");
@@ -463,6 +622,8 @@ function cancel() {
 
 function notifydeleted() {
     stopAnnouncing();
+    stopTimer("watchdog");
+    if (device.probe && device.probe.timer) { device.probe.timer.stop(); }
     if (device.selectionWatch) {
         device.selectionWatch.stop();
         device.selectionWatch = null;
@@ -512,6 +673,13 @@ handlers["/done"] = function (args) {
     if (result.files) { host.post("sam-bridge stems:\n" + result.files.join("\n")); }
 };
 
+/** The exact fix when sam-bridge may not read the clip's file or write into its project. */
+function allowHint(job, message) {
+    if (message.indexOf("outside the folders sam-bridge may") < 0) { return ""; }
+    var folder = job.projectDir ? dirname(dirname(job.projectDir)) : dirname(job.clip.filePath);
+    return " To allow it, run in a terminal:  sam-bridge allow \"" + folder + "\"  then restart sam-bridge.";
+}
+
 handlers["/error"] = function (args) {
     var key = String(args[0]);
     var message = joinWords(args.slice(1));
@@ -519,7 +687,9 @@ handlers["/error"] = function (args) {
     if (job) {
         finish(job);
         progress(0);
-        status(job.clip.name + ": " + message);
+        var hint = allowHint(job, message);
+        status(job.clip.name + ": " + (hint ? "sam-bridge may not use this project's folder." + hint : message));
+        if (hint) { host.post("sam-bridge: " + message); }
     } else if (!key) {
         status("sam-bridge: " + message);
     }
@@ -549,7 +719,17 @@ handlers["/presets/end"] = function () {
 
 handlers["/pong"] = function (args) {
     device.version = String(args[0] || "");
+    device.unanswered = 0;
+    var wasDown = device.daemonUp === false;
+    device.daemonUp = true;
+    if (wasDown) { // it is back: say so, and take up where we were (presets, subscription)
+        status("sam-bridge is back" + (device.version ? " (" + device.version + ")" : "") + ".");
+        announce();
+        askPresets(device.presetsProject || "");
+    }
 };
+
+handlers["/probe"] = onProbe;
 
 function finish(job) {
     job.finished = true;
@@ -603,21 +783,50 @@ function placeStems(job) {
         };
     }
     var song = host.liveApi("live_set");
-    for (var s = 0; s < job.stems.length; s++) {
-        var stem = job.stems[s];
-        var index = trackIndex + 1 + s;
-        song.call("create_audio_track", index);
-        var track = host.liveApi("live_set tracks " + index);
-        track.set("name", stemTrackName(job.clip.trackName, job.what, stem.label));
-        var clip = job.clip.isArrangement ? createArrangementClip(track, index, stem.path, job.clip.startTime)
-            : createSessionClip(index, slotIndex, stem.path);
-        if (clip) {
-            clip.set("warping", 0); // stems are the file's own time, like an unwarped source
-            clip.set("name", stem.label);
+    // One undo step for all of it where the LOM offers Song.begin_undo_step/end_undo_step (Live 12); else
+    // Live records each edit (Cmd/Ctrl-Z then takes several presses).
+    var grouped = hasFunction(song, "begin_undo_step") && hasFunction(song, "end_undo_step");
+    if (grouped) { song.call("begin_undo_step"); }
+    try {
+        for (var s = 0; s < job.stems.length; s++) {
+            var stem = job.stems[s];
+            var index = trackIndex + 1 + s;
+            song.call("create_audio_track", index);
+            var track = host.liveApi("live_set tracks " + index);
+            track.set("name", stemTrackName(job.clip.trackName, job.what, stem.label));
+            var clip = job.clip.isArrangement ? createArrangementClip(track, index, stem.path, job.clip.startTime)
+                : createSessionClip(index, slotIndex, stem.path);
+            if (clip) {
+                applyClipSettings(clip, job.clip);
+                clip.set("name", stem.label);
+            }
+        }
+        if (device.deactivateSource && place) { place.api.set("muted", 1); }
+    } finally {
+        if (grouped) { song.call("end_undo_step"); }
+    }
+    return { text: "Stems of " + job.clip.name + " are on " + job.stems.length + " new tracks.", files: null };
+}
+
+/** The source clip's gain, pitch and warping on a stem clip, so it sounds and stays in time like the source.
+ *  The stem file starts where the separated region starts (clip.start seconds into the source's file), so
+ *  each warp marker keeps its beat and moves by that much in the file; markers outside the stem are left. */
+function applyClipSettings(stemClip, source) {
+    var settings = source.settings;
+    if (!settings) { return; }
+    if (isFinite(settings.gain)) { stemClip.set("gain", settings.gain); }
+    if (isFinite(settings.pitch_coarse)) { stemClip.set("pitch_coarse", Math.round(settings.pitch_coarse)); }
+    if (isFinite(settings.pitch_fine)) { stemClip.set("pitch_fine", settings.pitch_fine); }
+    stemClip.set("warping", settings.warping);
+    if (!settings.warping) { return; }
+    if (isFinite(settings.warp_mode)) { stemClip.set("warp_mode", Math.round(settings.warp_mode)); }
+    for (var i = 0; i < settings.markers.length; i++) {
+        var marker = settings.markers[i];
+        var at = Number(marker.sample_time) - source.start;
+        if (at >= 0 && at <= source.length + 1e-9) {
+            stemClip.call("add_warp_marker", { beat_time: Number(marker.beat_time), sample_time: at });
         }
     }
-    if (device.deactivateSource && place) { place.api.set("muted", 1); }
-    return { text: "Stems of " + job.clip.name + " are on " + job.stems.length + " new tracks.", files: null };
 }
 
 function createArrangementClip(track, trackIndex, path, startTime) {
@@ -647,7 +856,8 @@ if (typeof module !== "undefined" && module.exports) {
         stemTrackName: stemTrackName, currentWhat: currentWhat, placeStems: placeStems, dirname: dirname,
         joinPath: joinPath, maxPath: maxPath,
         messages: {
-            init: init, bang: bang, refresh: refresh, port: port, presetindex: presetindex, text: text,
+            init: init, bang: bang, refresh: refresh, port: port, sendport: sendport, presetindex: presetindex,
+            text: text,
             prompt: prompt, deactivate: deactivate, separate: separate, cancel: cancel,
             notifydeleted: notifydeleted, anything: anything
         }

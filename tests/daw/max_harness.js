@@ -12,6 +12,47 @@ const readline = require("readline");
 const [devicePath, scenarioPath] = process.argv.slice(2);
 const scenario = JSON.parse(fs.readFileSync(scenarioPath, "utf8"));
 
+// --- the Live Object Model's rules ------------------------------------------------------------------
+// From Cycling '74's LOM reference (docs.cycling74.com/apiref/lom: Song, Track, ClipSlot, Clip) for Live 12:
+// each property's type, whether it may be set ("read-only" there) and its documented range; each function's
+// arguments. Live answers a wrong call with an error in the Max window and does nothing: so does this fake
+// (into `errors`, which every test expects empty).
+const BOOL = { type: "bool" };
+const PROPERTIES = {
+  Song: { file_path: { type: "symbol", readOnly: true } },
+  Track: { name: { type: "symbol" } },
+  Clip: {
+    name: { type: "symbol" }, file_path: { type: "symbol", readOnly: true }, is_audio_clip: { type: "bool", readOnly: true },
+    warping: BOOL, looping: BOOL, muted: BOOL,
+    start_marker: { type: "float" }, end_marker: { type: "float" }, loop_start: { type: "float" },
+    loop_end: { type: "float" }, start_time: { type: "float", readOnly: true },
+    sample_rate: { type: "float", readOnly: true },
+    gain: { type: "float", min: 0, max: 1, audioOnly: true },
+    pitch_coarse: { type: "int", min: -48, max: 48, audioOnly: true },
+    pitch_fine: { type: "float", min: -50, max: 49, audioOnly: true },
+    warp_mode: { type: "int", values: [0, 1, 2, 3, 4, 6], audioOnly: true },
+    warp_markers: { type: "dict", readOnly: true, audioOnly: true },
+  },
+};
+const FUNCTIONS = {
+  Song: { create_audio_track: ["int"], begin_undo_step: [], end_undo_step: [] },
+  Track: { create_audio_clip: ["symbol", "float"] },
+  ClipSlot: { create_audio_clip: ["symbol"] },
+  Clip: { beat_to_sample_time: ["float"], add_warp_marker: ["dict"] },
+};
+
+function typeError(spec, value) {
+  if (spec.type === "bool") return value === 0 || value === 1 || value === true || value === false ? null : "not 0/1";
+  if (spec.type === "int" && !Number.isInteger(Number(value))) return "not an int";
+  if ((spec.type === "int" || spec.type === "float") && !Number.isFinite(Number(value))) return "not a number";
+  if (spec.type === "symbol" && typeof value !== "string") return "not a symbol";
+  if (spec.type === "dict" && (typeof value !== "object" || value === null)) return "not a dict";
+  if (spec.min !== undefined && Number(value) < spec.min) return "below " + spec.min;
+  if (spec.max !== undefined && Number(value) > spec.max) return "above " + spec.max;
+  if (spec.values && !spec.values.includes(Number(value))) return "not one of " + spec.values.join(", ");
+  return null;
+}
+
 // --- a small Live set ------------------------------------------------------------------------------
 
 class LiveSet {
@@ -20,8 +61,11 @@ class LiveSet {
     this.objects = new Map();
     this.calls = [];
     this.errors = [];
-    this.caps = Object.assign({ track_create_audio_clip: true, slot_create_audio_clip: true }, spec.capabilities);
-    this.song = this.register({ kind: "Song", tracks: [] });
+    this.caps = Object.assign({ track_create_audio_clip: true, slot_create_audio_clip: true, undo_steps: true,
+                                song_file_path: false }, spec.capabilities);
+    this.song = this.register({ kind: "Song", tracks: [], file_path: spec.set_path || "" });
+    this.undoSteps = 0; // what Cmd-Z would walk back: one per edit, or one per begin/end_undo_step group
+    this.undoDepth = 0;
     this.view = this.register({ kind: "SongView" });
     this.observers = []; // LiveAPI objects with a callback and a property: Live's notifications
     for (const t of spec.tracks || []) this.song.tracks.push(this.makeTrack(t));
@@ -52,7 +96,7 @@ class LiveSet {
     return this.register(Object.assign({
       kind: "Clip", name: "", file_path: "", is_audio_clip: 1, warping: 0, looping: 0, start_marker: 0,
       end_marker: 1, loop_start: 0, loop_end: 1, start_time: 0, sample_rate: 44100, muted: 0,
-      seconds_per_beat: 0.5, track,
+      seconds_per_beat: 0.5, gain: 0.4, pitch_coarse: 0, pitch_fine: 0, warp_mode: 0, markers: [], track,
     }, c));
   }
 
@@ -121,11 +165,76 @@ class LiveSet {
     if (obj.kind === "Track" && this.caps.track_create_audio_clip) functions.push("create_audio_clip");
     if (obj.kind === "ClipSlot" && this.caps.slot_create_audio_clip) functions.push("create_audio_clip");
     if (obj.kind === "Song") functions.push("create_audio_track");
-    return ["id " + obj.id, "type " + obj.kind, ...functions.map((f) => "function " + f), "done"].join("\n");
+    if (obj.kind === "Song" && this.caps.undo_steps) functions.push("begin_undo_step", "end_undo_step");
+    const properties = obj.kind === "Song" && this.caps.song_file_path ? ["property file_path str"] : [];
+    return ["id " + obj.id, "type " + obj.kind, ...properties, ...functions.map((f) => "function " + f), "done"]
+      .join("\n");
+  }
+
+  /** An edit Live would put on its undo history. */
+  edited() {
+    if (this.undoDepth === 0) this.undoSteps += 1;
+  }
+
+  property(obj, prop) {
+    const spec = (PROPERTIES[obj.kind] || {})[prop];
+    if (!spec || (obj.kind === "Song" && prop === "file_path" && !this.caps.song_file_path)) {
+      this.errors.push("get/set: no property called " + prop + " on " + obj.kind);
+      return null;
+    }
+    if (spec.audioOnly && !obj.is_audio_clip) {
+      this.errors.push(prop + " is only valid for audio clips");
+      return null;
+    }
+    return spec;
+  }
+
+  get(obj, prop) {
+    if (obj.kind === "Clip" && prop === "warp_markers") {
+      return this.property(obj, prop) ? [JSON.stringify({ warp_markers: obj.markers })] : [];
+    }
+    if (["Clip", "Track", "Song"].includes(obj.kind) && !this.property(obj, prop)) return [];
+    const value = obj[prop];
+    return value === undefined ? [] : [value];
+  }
+
+  set(obj, prop, value) {
+    const spec = this.property(obj, prop);
+    if (!spec) return;
+    if (spec.readOnly) { this.errors.push("set: " + obj.kind + "." + prop + " is read-only"); return; }
+    const wrong = typeError(spec, value);
+    if (wrong) { this.errors.push("set " + obj.kind + "." + prop + " " + JSON.stringify(value) + ": " + wrong); return; }
+    this.calls.push({ path: this.pathOf(obj), fn: "set", args: [prop, value] });
+    obj[prop] = spec.type === "symbol" || spec.type === "dict" ? value : Number(value);
+    this.edited();
   }
 
   call(obj, fn, args) {
+    const signature = (FUNCTIONS[obj.kind] || {})[fn];
+    if (!signature || (fn.endsWith("_undo_step") && !this.caps.undo_steps)) {
+      this.errors.push("call: no function called " + fn + " on " + obj.kind);
+      return undefined;
+    }
+    if (args.length !== signature.length) {
+      this.errors.push("call " + fn + ": " + args.length + " arguments, expected " + signature.length);
+      return undefined;
+    }
+    for (let i = 0; i < signature.length; i++) {
+      const wrong = typeError({ type: signature[i] }, args[i]);
+      if (wrong) { this.errors.push("call " + fn + " argument " + (i + 1) + ": " + wrong); return undefined; }
+    }
     this.calls.push({ path: this.pathOf(obj), fn, args });
+    if (fn === "begin_undo_step") { this.undoDepth += 1; if (this.undoDepth === 1) this.undoSteps += 1; return undefined; }
+    if (fn === "end_undo_step") { this.undoDepth = Math.max(0, this.undoDepth - 1); return undefined; }
+    if (fn === "add_warp_marker") {
+      const marker = args[0];
+      if (!obj.warping) { this.errors.push("add_warp_marker: the clip is not warped"); return undefined; }
+      if (!Number.isFinite(marker.beat_time)) { this.errors.push("add_warp_marker: no beat_time"); return undefined; }
+      obj.markers.push({ beat_time: marker.beat_time, sample_time: marker.sample_time });
+      this.edited();
+      return undefined;
+    }
+    if (fn !== "beat_to_sample_time") this.edited();
     if (obj.kind === "Song" && fn === "create_audio_track") {
       const index = args[0] < 0 || args[0] > this.song.tracks.length ? this.song.tracks.length : args[0];
       this.song.tracks.splice(index, 0, this.makeTrack({ name: "Audio", clip_slots: [null, null, null, null] }));
@@ -153,6 +262,7 @@ class LiveSet {
   snapshot() {
     const clip = (c) => c && {
       id: c.id, name: c.name, file_path: c.file_path, start_time: c.start_time, warping: c.warping, muted: c.muted,
+      gain: c.gain, pitch_coarse: c.pitch_coarse, pitch_fine: c.pitch_fine, warp_mode: c.warp_mode, markers: c.markers,
     };
     return {
       tracks: this.song.tracks.map((t) => ({
@@ -160,6 +270,7 @@ class LiveSet {
       })),
       calls: this.calls,
       errors: this.errors,
+      undo_steps: this.undoSteps,
     };
   }
 }
@@ -192,14 +303,10 @@ Object.defineProperty(LiveAPI.prototype, "property", {
   },
 });
 LiveAPI.prototype.get = function (prop) {
-  if (!this._obj) return [];
-  const value = this._obj[prop];
-  return value === undefined ? [] : [value];
+  return this._obj ? live.get(this._obj, prop) : [];
 };
 LiveAPI.prototype.set = function (prop, value) {
-  if (!this._obj) return;
-  live.calls.push({ path: live.pathOf(this._obj), fn: "set", args: [prop, value] });
-  this._obj[prop] = value;
+  if (this._obj) live.set(this._obj, prop, value);
 };
 LiveAPI.prototype.call = function (fn, ...args) {
   return this._obj ? live.call(this._obj, fn, args) : undefined;
@@ -225,12 +332,15 @@ const device = require(devicePath);
 device.setHost({
   outlet: (n, ...args) => {
     outlets.push([n, ...args]);
-    if (n === 0 && udp) udp.send(args);
+    if (udp && n === 0) udp.send(args); // [udpsend 127.0.0.1 9010]
+    if (udp && n === 4) udp.receiveOn(args); // [udpreceive 9011]
+    if (udp && n === 5) udp.probe(args); // [udpsend 127.0.0.1 9011], the port probe
   },
   post: (text) => posts.push(String(text)),
   liveApi: (path) => new LiveAPI(path),
   now: () => 1700000000000,
   repeat: (ms, fn) => {
+    if (typeof ms !== "number" || !(ms > 0)) throw new Error("Task.interval must be a positive number of ms");
     const timer = { ms, fn, stopped: false };
     timers.push(timer);
     return { stop: () => { timer.stopped = true; } };
@@ -330,10 +440,11 @@ function checkWaiters() {
   }
 }
 
-function connect(daemonPort, listenPort) {
-  return new Promise((resolve, reject) => {
-    const sender = dgram.createSocket("udp4"); // an ephemeral port, like [udpsend]
-    const receiver = dgram.createSocket("udp4"); // [udpreceive <listenPort>]
+/** [udpreceive N]: a socket on 127.0.0.1:N; its `port M` message moves it. When M is taken, Max posts
+ *  an error to the Max window and the object receives nothing: so does this stand-in. */
+function bindReceiver(port) {
+  return new Promise((resolve) => {
+    const receiver = dgram.createSocket("udp4");
     receiver.on("message", (data) => {
       for (const message of decodePacket(data, [])) {
         received.push(message);
@@ -343,15 +454,50 @@ function connect(daemonPort, listenPort) {
         });
       }
     });
-    receiver.on("error", reject);
-    receiver.bind(listenPort, "127.0.0.1", () => {
-      udp = {
-        send: (args) => sender.send(encodeMessage(String(args[0]), args.slice(1)), daemonPort, "127.0.0.1"),
-        close: () => { sender.close(); receiver.close(); },
-      };
-      resolve();
+    receiver.once("error", (err) => {
+      posts.push("udpreceive: unable to bind to port " + port + " (" + err.code + ")");
+      receiver.close();
+      resolve(null);
     });
+    receiver.bind(port, "127.0.0.1", () => resolve(receiver));
   });
+}
+
+/** [udpsend host port]: sends each message as OSC; `port N` and `host H` change where (Max's udpsend
+ *  reference: the port and host messages). */
+function makeSender(port) {
+  const socket = dgram.createSocket("udp4"); // an ephemeral port, like [udpsend]
+  const target = { port };
+  return {
+    handle(args) {
+      if (args[0] === "port") { target.port = Number(args[1]); return; }
+      if (args[0] === "host") return;
+      if (target.port > 0) socket.send(encodeMessage(String(args[0]), args.slice(1)), target.port, "127.0.0.1");
+    },
+    close() { socket.close(); },
+  };
+}
+
+async function connect(daemonPort, listenPort) {
+  const sender = makeSender(daemonPort || 0);
+  const prober = makeSender(listenPort);
+  let receiver = await bindReceiver(listenPort);
+  let receiverPort = listenPort;
+  let rebinding = Promise.resolve();
+  udp = {
+    send: (args) => sender.handle(args),
+    probe: (args) => { rebinding = rebinding.then(() => prober.handle(args)); }, // after a rebind finishes
+    receiveOn: (args) => {
+      if (args[0] !== "port" || Number(args[1]) === receiverPort) return;
+      receiverPort = Number(args[1]);
+      rebinding = rebinding.then(async () => {
+        if (receiver) receiver.close();
+        receiver = await bindReceiver(receiverPort);
+      });
+    },
+    settled: () => rebinding,
+    close: () => { sender.close(); prober.close(); if (receiver) receiver.close(); },
+  };
 }
 
 // --- commands ----------------------------------------------------------------------------------------
@@ -385,9 +531,17 @@ const commands = {
     track.deleted = true;
     return {};
   },
-  async tick() {
-    for (const timer of timers.filter((t) => !t.stopped)) timer.fn();
-    return { outlets: drain(), timers: timers.filter((t) => !t.stopped).length };
+  async tick(cmd) {
+    // Fires every running Task once (or only those of interval `ms`): the tests' clock moves by that much.
+    const due = (t) => !t.stopped && (cmd.ms === undefined || t.ms === cmd.ms);
+    for (const timer of timers.filter(due)) timer.fn();
+    if (udp) await udp.settled();
+    return { outlets: drain(), timers: timers.filter(due).length };
+  },
+  async settle() {
+    if (udp) await udp.settled();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    return { outlets: drain() };
   },
   async osc_connect(cmd) {
     await connect(cmd.daemon_port, cmd.listen_port);

@@ -214,7 +214,8 @@ def test_daemon_command_prefers_the_script_beside_python(tmp_path: Path) -> None
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     assert daemon_command("linux", str(python), which=lambda _: "/elsewhere") == [str(script), "run"]
     (tmp_path / "bin" / "pythonw.exe").write_text("")
-    assert daemon_command("windows", str(python)) == [str(tmp_path / "bin" / "pythonw.exe"), "-m", "bridge", "run"]
+    assert daemon_command("windows", str(python)) == [str(tmp_path / "bin" / "pythonw.exe"), "-m", "bridge",
+                                                      "service-run"]
 
 
 # --- install / uninstall / status in a temp home -----------------------------------------------------
