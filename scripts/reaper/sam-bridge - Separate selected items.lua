@@ -9,6 +9,7 @@
 --   Needs sam-bridge running (`sam-bridge run`, or `sam-bridge service install` once).
 -- @provides
 --   [main] sam-bridge - Cancel.lua
+--   [main] sam-bridge - Collect finished stems.lua
 --   [nomain] sam_bridge_core.lua
 --   [nomain] sam_bridge_reaper.lua
 -- @changelog

@@ -324,13 +324,48 @@ function M.state_dir_candidates(platform, getenv)
   return candidates
 end
 
-local NOT_RUNNING = "sam-bridge is not running (no daemon.json found in %s).\n\n"
-  .. "Start it in a terminal with:  sam-bridge run\n"
-  .. "or install it as a background service once:  sam-bridge service install"
+--- How to start the daemon on this platform (what "isn't running" messages tell the user).
+function M.start_command_text(platform)
+  if platform == "windows" then
+    return "Start it in a Command Prompt with:  sam-bridge run\n"
+      .. "(installed as a service? then:  schtasks /Run /TN sam-bridge)\n"
+      .. "or install it once to start at every login:  sam-bridge service install"
+  elseif platform == "macos" then
+    return "Start it in Terminal with:  sam-bridge run\n"
+      .. "(installed as a service? then:  launchctl kickstart gui/$(id -u)/org.sam-bridge.daemon)\n"
+      .. "or install it once to start at every login:  sam-bridge service install"
+  end
+  return "Start it in a terminal with:  sam-bridge run\n"
+    .. "(installed as a service? then:  systemctl --user start sam-bridge)\n"
+    .. "or install it once to start at every login:  sam-bridge service install"
+end
+
+M.NOT_RUNNING = "sam-bridge isn't running"
+
+local NOT_RUNNING = M.NOT_RUNNING .. " (no daemon.json found in %s).\n\n%s"
+
+--- Whether heartbeat.json's text shows a live daemon at `now` (seconds since the epoch): its time must
+--- be younger than a few refresh intervals. Returns alive, age (nil when unreadable).
+function M.heartbeat_alive(text, now)
+  local doc = M.json_decode(text or "")
+  if type(doc) ~= "table" or type(doc.time) ~= "number" then return false, nil end
+  local interval = type(doc.interval) == "number" and doc.interval or 1
+  local age = now - doc.time
+  return age <= math.max(4, 4 * interval), age
+end
+
+--- A short stable key for a project folder (FNV-1a, 32 bit, hex): the name of its preset-list files.
+function M.project_key(path)
+  local hash = 2166136261
+  for i = 1, #path do
+    hash = ((hash ~ path:byte(i)) * 16777619) & 0xffffffff
+  end
+  return string.format("%08x", hash)
+end
 
 --- Reads daemon.json from the first candidate folder that has one.
 --- `read_file(path)` returns the file's text or nil. Returns info (with `state_dir`) or nil, message.
-function M.find_daemon(candidates, read_file)
+function M.find_daemon(candidates, read_file, platform)
   for _, dir in ipairs(candidates) do
     local text = read_file(M.join(dir, "daemon.json"))
     if text then
@@ -346,10 +381,16 @@ function M.find_daemon(candidates, read_file)
       if type(info.presets_file) ~= "string" or info.presets_file == "" then
         info.presets_file = M.join(dir, "presets.json")
       end
+      if type(info.heartbeat_file) ~= "string" or info.heartbeat_file == "" then
+        info.heartbeat_file = M.join(dir, "heartbeat.json")
+      end
+      if type(info.project_presets_dir) ~= "string" or info.project_presets_dir == "" then
+        info.project_presets_dir = M.join(dir, "project-presets")
+      end
       return info
     end
   end
-  return nil, string.format(NOT_RUNNING, table.concat(candidates, " or "))
+  return nil, string.format(NOT_RUNNING, table.concat(candidates, " or "), M.start_command_text(platform))
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -654,14 +695,15 @@ M.RENDER_NUMBER_KEYS = { "RENDER_SETTINGS", "RENDER_BOUNDSFLAG", "RENDER_CHANNEL
                          "RENDER_ADDTOPROJ", "RENDER_DITHER", "RENDER_NORMALIZE" }
 M.RENDER_STRING_KEYS = { "RENDER_FILE", "RENDER_PATTERN", "RENDER_FORMAT", "RENDER_FORMAT2" }
 
-M.RENDER_SOURCE_ITEMS = 32 -- "selected media items": the item with its take FX, fades and volume
-M.RENDER_SOURCE_ITEMS_VIA_MASTER = 64 -- MIDI needs its track's instrument
+-- "selected media items": the item with its take FX, fades and volume, before the track's FX. Never
+-- 64 ("via master"), which would add the track's and the master's FX to what is separated.
+M.RENDER_SOURCE_ITEMS = 32
 M.WAV_24BIT_FORMAT = "ZXZhdxgAAQ==" -- base64 of REAPER's WAV sink config: "evaw", 24-bit PCM
 
 --- The render settings for rendering one selected item to `<folder>/<file_name>.wav`.
 function M.render_settings(folder, file_name, item)
   local numbers = {
-    RENDER_SETTINGS = item.is_midi and M.RENDER_SOURCE_ITEMS_VIA_MASTER or M.RENDER_SOURCE_ITEMS,
+    RENDER_SETTINGS = M.RENDER_SOURCE_ITEMS,
     RENDER_BOUNDSFLAG = 4, -- selected media items
     RENDER_CHANNELS = item.render_channels or 2,
     RENDER_SRATE = item.render_rate or 0, -- 0: the project's rate

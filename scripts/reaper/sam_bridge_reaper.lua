@@ -13,7 +13,11 @@ local CLOSE_DELAY = 2.5 -- seconds the window stays up after the last job finish
 local CMD_RENDER_MOST_RECENT = 42230 -- File: Render project, using the most recent render settings, auto-close
 local CMD_BUILD_PEAKS = 40047 -- Peaks: Build any missing peaks
 local RENDER_FOLDER = "sam-bridge renders"
-local PICKUP_NOTE = "sam-bridge has not picked this up yet: is it running? (sam-bridge run)"
+local PICKUP_NOTE = "sam-bridge has not picked this up yet"
+local PRESET_WAIT = 5 -- seconds to wait for the daemon's list of a project's presets
+local HEARTBEAT_CHECK = 1 -- seconds between looks at the daemon's heartbeat while waiting
+local JOBS = "sam-bridge-jobs" -- ProjExtState section: one key per request, saved with the project
+local SCRIPT_DIR = (debug.getinfo(1, "S").source:match("^@?(.*[/\\])") or "")
 
 ---------------------------------------------------------------------------------------------------
 -- Files
@@ -61,47 +65,75 @@ end
 -- The daemon and its presets
 ---------------------------------------------------------------------------------------------------
 
+local function platform() return core.platform(reaper.GetOS()) end
+
+--- The pointer file `sam-bridge reaper install` leaves beside the scripts: the daemon's state folder.
+local function pointed_state_dir()
+  local text = H.read_file(core.join(SCRIPT_DIR ~= "" and SCRIPT_DIR or ".", "sam-bridge-state-dir.txt"))
+  return text and text:match("^%s*(.-)%s*$") or nil
+end
+
 function H.find_daemon()
-  local candidates = core.state_dir_candidates(core.platform(reaper.GetOS()), os.getenv)
-  return core.find_daemon(candidates, H.read_file)
+  local candidates = core.state_dir_candidates(platform(), os.getenv)
+  local pointed = pointed_state_dir()
+  if pointed and pointed ~= "" then table.insert(candidates, os.getenv("SAM_BRIDGE_STATE_DIR") and 2 or 1, pointed) end
+  return core.find_daemon(candidates, H.read_file, platform())
+end
+
+--- nil when the daemon's heartbeat is fresh, else the message to show (with the start command).
+function H.not_running_text(info)
+  local alive = core.heartbeat_alive(H.read_file(info.heartbeat_file), os.time())
+  if alive then return nil end
+  return core.NOT_RUNNING .. " (its heartbeat, " .. info.heartbeat_file .. ", is missing or stale: it stopped or "
+    .. "crashed).\n\n" .. core.start_command_text(platform())
+    .. "\n\nRequests already sent are kept in the project: their stems come in on the next run of a "
+    .. "sam-bridge action (or \"sam-bridge - Collect finished stems\") once it runs again."
 end
 
 --- The presets to offer: the daemon's shared list, or, for a project with presets of its own
---- (<project>/sam-bridge/presets/), the list sam-bridge makes for that project (its own win by name).
+--- (<project>/sam-bridge/presets/), the list the daemon keeps for it. Never waits: returns nil and the
+--- answer file's path when that list is not there yet (the daemon writes it within a second or two).
 function H.presets_for(info, project_dir)
   local shared = core.parse_presets(H.read_file(info.presets_file))
   local folder = core.project_presets_folder(project_dir)
   reaper.EnumerateFiles(folder, -1)  -- REAPER caches folder listings: read this one afresh
-  if type(info.presets_command) ~= "table" or #info.presets_command == 0
-      or not reaper.EnumerateFiles(folder, 0) then
-    return shared
+  if not reaper.EnumerateFiles(folder, 0) then return shared end
+  local key = core.project_key(project_dir)
+  local answer_path = core.join(info.project_presets_dir, key .. ".json")
+  local want_path = core.join(info.project_presets_dir, key .. ".want")
+  if H.read_file(want_path) ~= project_dir then
+    reaper.RecursiveCreateDirectory(info.project_presets_dir, 0)
+    os.remove(want_path)
+    H.write_file_atomic(want_path, project_dir)
   end
-  local argv = {}
-  for i, arg in ipairs(info.presets_command) do argv[i] = arg end
-  argv[#argv + 1] = "--project"
-  argv[#argv + 1] = project_dir
-  local line, unquotable = core.command_line(argv, core.platform(reaper.GetOS()))
-  if not line then
-    H.alert("This project's own presets (" .. folder .. ") could not be listed, so the menu shows the "
-      .. "shared ones only: REAPER cannot pass this path to sam-bridge, as it has a ' together with "
-      .. "one of \" $ ` \\ in it:\n\n" .. unquotable)
-    return shared
+  local text = H.read_file(answer_path)
+  local doc = core.json_decode(text or "")
+  if type(doc) ~= "table" or doc.project_dir ~= project_dir then return nil, answer_path end
+  local presets = core.parse_presets(text)
+  local problems = core.preset_problems(text)
+  if #problems > 0 then
+    H.alert("Some presets could not be read and are not in the menu:\n\n" .. table.concat(problems, "\n"))
   end
-  local code, output = core.parse_exec_output(reaper.ExecProcess(line, 20000))
-  if code == 0 then
-    local json = core.json_in_output(output)
-    local presets = core.parse_presets(json)
-    if #presets > 0 then
-      local problems = core.preset_problems(json)
-      if #problems > 0 then
-        H.alert("Some presets could not be read and are not in the menu:\n\n" .. table.concat(problems, "\n"))
-      end
-      return presets
+  return presets
+end
+
+--- Calls `fn(presets)` with the presets for the menu: at once, or from a defer loop once the daemon has
+--- written the project's list (the shared list after PRESET_WAIT seconds, saying why).
+function H.with_presets(info, project_dir, fn)
+  local presets, answer_path = H.presets_for(info, project_dir)
+  if presets then return fn(presets) end
+  local deadline = reaper.time_precise() + PRESET_WAIT
+  local function wait()
+    local ready = H.presets_for(info, project_dir)
+    if ready then return fn(ready) end
+    if reaper.time_precise() >= deadline then
+      H.alert("This project's own presets (" .. core.project_presets_folder(project_dir) .. ") could not be "
+        .. "listed, so the menu shows the shared ones only: sam-bridge did not write " .. answer_path .. ".")
+      return fn(core.parse_presets(H.read_file(info.presets_file)))
     end
+    reaper.defer(wait)
   end
-  H.alert("This project's own presets (" .. folder .. ") could not be listed, so the menu shows the "
-    .. "shared ones only.\n\n" .. (output ~= "" and output or "sam-bridge did not answer."))
-  return shared
+  reaper.defer(wait)
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -144,7 +176,7 @@ function H.describe_item(item)
   desc.is_midi = reaper.TakeIsMIDI(take)
   local source = reaper.GetMediaItemTake_Source(take)
   desc.is_section = reaper.GetMediaSourceParent(source) ~= nil
-  desc.file_path = reaper.GetMediaSourceFileName(source, "")
+  desc.file_path = reaper.GetMediaSourceFileName(source)
   desc.source_length = (reaper.GetMediaSourceLength(source))
   desc.channels = reaper.GetMediaSourceNumChannels(source)
   desc.sample_rate = reaper.GetMediaSourceSampleRate(source)
@@ -178,9 +210,9 @@ end
 
 --- The project's folder; for an unsaved project, REAPER's default media folder.
 function H.project_dir()
-  local _, project_file = reaper.EnumProjects(-1, "")
+  local _, project_file = reaper.EnumProjects(-1)
   if project_file and project_file ~= "" then return core.dirname(project_file) end
-  return reaper.GetProjectPath("")
+  return reaper.GetProjectPath()
 end
 
 --- Renders one item (take FX, playrate, reverse... baked in) to `<folder>/<file_name>.wav`.
@@ -235,7 +267,7 @@ function H.insert_stems(job, status)
   reaper.Undo_BeginBlock()
   reaper.PreventUIRefresh(1)
   local ok, err = pcall(function()
-    local track_ok = reaper.ValidatePtr2(job.project, job.track, "MediaTrack*")
+    local track_ok = job.track ~= nil and reaper.ValidatePtr2(job.project, job.track, "MediaTrack*")
     local index = track_ok and math.floor(reaper.GetMediaTrackInfo_Value(job.track, "IP_TRACKNUMBER"))
       or reaper.CountTracks(0)
     local depth = track_ok and reaper.GetMediaTrackInfo_Value(job.track, "I_FOLDERDEPTH") or 0
@@ -263,7 +295,7 @@ function H.insert_stems(job, status)
       reaper.SetMediaTrackInfo_Value(last_track, "I_FOLDERDEPTH", depth)
       reaper.SetMediaTrackInfo_Value(job.track, "I_FOLDERDEPTH", 0)
     end
-    if job.mute_source and reaper.ValidatePtr2(job.project, job.item, "MediaItem*") then
+    if job.mute_source and job.item and reaper.ValidatePtr2(job.project, job.item, "MediaItem*") then
       reaper.SetMediaItemInfo_Value(job.item, "B_MUTE", 1)
     end
   end)
@@ -310,22 +342,101 @@ function H.ask_what(presets)
 end
 
 ---------------------------------------------------------------------------------------------------
+-- Requests kept in the project (ProjExtState), so a paid job outlives this script, the project tab
+-- and REAPER itself: any later sam-bridge action re-attaches to them.
+---------------------------------------------------------------------------------------------------
+
+local RECORD_FIELDS = { "name", "status_path", "cancel_path", "label", "what", "mode", "item_guid", "track_guid",
+                        "track_name", "position", "length", "item_values", "take_values", "mute_source" }
+
+function H.persist(job)
+  local record = {}
+  for _, key in ipairs(RECORD_FIELDS) do record[key] = job[key] end
+  reaper.SetProjExtState(job.project, JOBS, job.name, core.json_encode(record))
+end
+
+--- Forgets a request; false when it was already gone (another instance took its stems in).
+function H.forget(job)
+  local _, value = reaper.GetProjExtState(job.project, JOBS, job.name)
+  if value == "" then return false end
+  reaper.SetProjExtState(job.project, JOBS, job.name, "")
+  return true
+end
+
+local function find_track(project, guid)
+  for i = 0, reaper.CountTracks(project) - 1 do
+    local track = reaper.GetTrack(project, i)
+    if reaper.GetTrackGUID(track) == guid then return track end
+  end
+  return nil
+end
+
+local function find_item(track, guid)
+  if not track then return nil end
+  for i = 0, reaper.CountTrackMediaItems(track) - 1 do
+    local item = reaper.GetTrackMediaItem(track, i)
+    local _, item_guid = reaper.GetSetMediaItemInfo_String(item, "GUID", "", false)
+    if item_guid == guid then return item end
+  end
+  return nil
+end
+
+--- The requests saved in the open projects, as jobs (skipping names in `known`).
+function H.saved_jobs(known)
+  local jobs = {}
+  local index = 0
+  while true do
+    local project = reaper.EnumProjects(index)
+    if not project then break end
+    local i = 0
+    while true do
+      local found, name, value = reaper.EnumProjExtState(project, JOBS, i)
+      if not found then break end
+      i = i + 1
+      local record = core.json_decode(value or "")
+      if type(record) == "table" and not known[name] and type(record.status_path) == "string" then
+        record.name, record.project = name, project
+        record.track = find_track(project, record.track_guid or "")
+        record.item = find_item(record.track, record.item_guid or "")
+        record.sent_at = reaper.time_precise()
+        record.reattached = true
+        jobs[#jobs + 1] = record
+      end
+    end
+    index = index + 1
+  end
+  return jobs
+end
+
+---------------------------------------------------------------------------------------------------
 -- The running session: jobs, polling, progress window
 ---------------------------------------------------------------------------------------------------
 
 local Session = {}
 Session.__index = Session
 
-local function new_session(info, jobs)
-  local self = setmetatable({
+local function new_session(info)
+  return setmetatable({
     info = info,
-    jobs = jobs,
+    jobs = {},
+    names = {},
     instance = string.format("%x%04x", os.time(), math.random(0, 0xffff)),
     window_open = false,
     finished_at = nil,
     cancel_seen = reaper.GetExtState(EXT, "cancel"),
+    heartbeat_at = -math.huge,
   }, Session)
-  return self
+end
+
+function Session:add(job)
+  if self.names[job.name] then return end
+  self.names[job.name] = true
+  self.jobs[#self.jobs + 1] = job
+end
+
+--- Picks up the requests saved in the open projects that this session does not follow yet.
+function Session:reattach()
+  for _, job in ipairs(H.saved_jobs(self.names)) do self:add(job) end
 end
 
 function Session:open_jobs()
@@ -346,11 +457,15 @@ function Session:publish()
   reaper.SetExtState(EXT, "active", table.concat(lines, "\n"), false)
 end
 
+--- Cancels every open request and ends the session at once (the daemon cancels at the service).
 function Session:cancel_all()
   for _, job in ipairs(self:open_jobs()) do
     H.write_cancel_file(job.cancel_path)
-    job.note = "cancelling…"
+    H.forget(job)
+    job.closed = true
+    job.note = "cancelled"
   end
+  self.finished_at = -math.huge
 end
 
 function Session:poll(job, now)
@@ -368,13 +483,14 @@ function Session:poll(job, now)
   if not status or not status.finished then return end
   job.note = nil
   if status.state == "done" then
-    local current = reaper.EnumProjects(-1, "")
+    local current = reaper.EnumProjects(-1)
     if current ~= job.project then
       job.note = "stems ready: switch back to their project tab to insert them"
       return
     end
-    local ok, err = H.insert_stems(job, status)
     job.closed = true
+    if not H.forget(job) then return end -- another sam-bridge action inserted them already
+    local ok, err = H.insert_stems(job, status)
     if ok then
       job.note = "stems inserted"
     else
@@ -383,9 +499,10 @@ function Session:poll(job, now)
     end
   elseif status.state == "failed" then
     job.closed = true
-    H.alert(job.label .. " could not be separated.\n\n" .. core.failure_text(status))
+    if H.forget(job) then H.alert(job.label .. " could not be separated.\n\n" .. core.failure_text(status)) end
   else
     job.closed = true
+    H.forget(job)
   end
 end
 
@@ -429,6 +546,16 @@ function Session:draw()
   gfx.update()
 end
 
+--- Whether the daemon still runs (looked at once a second); tells the user and ends when it does not.
+function Session:daemon_gone(now)
+  if now - self.heartbeat_at < HEARTBEAT_CHECK then return false end
+  self.heartbeat_at = now
+  local text = H.not_running_text(self.info)
+  if not text then return false end
+  H.alert(text)
+  return true
+end
+
 --- One pass of the defer loop; schedules the next while anything is open or shown.
 function Session:tick()
   local now = reaper.time_precise()
@@ -438,6 +565,10 @@ function Session:tick()
     self:cancel_all()
   end
   for _, job in ipairs(self:open_jobs()) do self:poll(job, now) end
+  if #self:open_jobs() > 0 and self:daemon_gone(now) then
+    self:stop() -- the requests stay saved in the project for the next run
+    return
+  end
   self:publish()
   if self.window_open ~= nil then self:draw() end
   if #self:open_jobs() == 0 then
@@ -455,6 +586,12 @@ function Session:stop()
   self.window_open = nil
   for _, job in ipairs(self.jobs) do job.closed = true end
   self:publish()
+end
+
+--- Starts the defer loop (and the window) for the session's jobs.
+function Session:run()
+  reaper.atexit(function() self:stop() end)
+  self:tick()
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -495,50 +632,116 @@ local function start_job(info, desc, what, project, project_dir)
   if not encoded_ok then return nil, text end
   reaper.RecursiveCreateDirectory(info.requests_dir, 0)
   local base = core.join(info.requests_dir, name)
-  local written, err = H.write_file_atomic(base .. ".json", text)
-  if not written then return nil, "could not write the request (" .. tostring(err) .. ")" end
-  return {
+  local job = {
     name = name, request_path = base .. ".json", status_path = base .. ".status.json",
     cancel_path = base .. ".cancel", label = desc.label, what = what, mode = mode,
-    item = desc.item, track = desc.track, track_name = desc.track_name, project = project,
+    item = desc.item, item_guid = desc.guid, track = desc.track, track_guid = reaper.GetTrackGUID(desc.track),
+    track_name = desc.track_name, project = project,
     position = desc.position, length = desc.length, item_values = desc.item_values,
     take_values = desc.take_values, mute_source = mute_source_enabled(),
     sent_at = reaper.time_precise(),
   }
+  H.persist(job) -- before the daemon can see the request: a paid job is never only in this script's memory
+  local written, err = H.write_file_atomic(base .. ".json", text)
+  if not written then
+    H.forget(job)
+    return nil, "could not write the request (" .. tostring(err) .. ")"
+  end
+  return job
 end
 
---- Action "sam-bridge: Separate selected items…".
-function H.separate_selected_items()
-  math.randomseed(os.time() + math.floor((reaper.time_precise() % 1) * 1e6))
-  local info, err = H.find_daemon()
-  if not info then return H.alert(err) end
-  local items = H.selected_items()
-  if #items == 0 then return H.alert("Select the items to separate first, then run this action again.") end
-  local project = reaper.EnumProjects(-1, "")
-  local project_dir = H.project_dir()
-  local what = H.ask_what(H.presets_for(info, project_dir))
-  if not what then return end
+--- Lets a second run of an action end the first and start anew, with no "already running" prompt
+--- (REAPER 7.03+; the saved requests make that safe).
+function H.set_action_options()
+  if reaper.set_action_options then reaper.set_action_options(1 | 2) end
+end
 
-  local jobs, problems = {}, {}
-  for _, item in ipairs(items) do
-    local desc = H.describe_item(item)
-    local job, problem = start_job(info, desc, what, project, project_dir)
-    if job then jobs[#jobs + 1] = job else problems[#problems + 1] = (desc.label or "item") .. ": " .. problem end
-  end
-  if #problems > 0 then H.alert("Some items were not sent:\n\n" .. table.concat(problems, "\n")) end
-  if #jobs == 0 then return end
-  local session = new_session(info, jobs)
-  reaper.atexit(function() session:stop() end)
-  session:tick()
+--- The session every action starts with: the requests saved in the open projects, finished ones
+--- inserted at once.
+local function reattached_session(info)
+  local session = new_session(info)
+  session:reattach()
+  local now = reaper.time_precise()
+  for _, job in ipairs(session:open_jobs()) do session:poll(job, now) end
   return session
 end
 
---- Action "sam-bridge: Cancel": asks the daemon to cancel every separation this REAPER started.
+--- Action "sam-bridge: Separate selected items…" (or one preset's action, with `preset`).
+function H.separate_selected_items(preset)
+  H.set_action_options()
+  math.randomseed(os.time() + math.floor((reaper.time_precise() % 1) * 1e6))
+  local info, err = H.find_daemon()
+  local session = reattached_session(info or {})
+  if not info then return H.alert(err) end
+  local not_running = H.not_running_text(info)
+  if not_running then return H.alert(not_running) end
+  local items = H.selected_items()
+  if #items == 0 then
+    if #session:open_jobs() > 0 then session:run() end
+    return H.alert("Select the items to separate first, then run this action again.")
+  end
+  local project = reaper.EnumProjects(-1)
+  local project_dir = H.project_dir()
+
+  local function send(what)
+    local problems = {}
+    for _, item in ipairs(items) do
+      local desc = H.describe_item(item)
+      local job, problem = start_job(info, desc, what, project, project_dir)
+      if job then session:add(job) else problems[#problems + 1] = (desc.label or "item") .. ": " .. problem end
+    end
+    if #problems > 0 then H.alert("Some items were not sent:\n\n" .. table.concat(problems, "\n")) end
+    if #session:open_jobs() > 0 then session:run() end
+  end
+
+  if preset then
+    send({ preset = preset })
+    return session
+  end
+  H.with_presets(info, project_dir, function(presets)
+    local what = H.ask_what(presets)
+    if what then send(what) elseif #session:open_jobs() > 0 then session:run() end
+  end)
+  return session
+end
+
+--- Action "sam-bridge - Collect finished stems": inserts the stems of requests saved in the open
+--- projects, and keeps waiting for those still running.
+function H.collect_finished()
+  H.set_action_options()
+  local info, err = H.find_daemon()
+  local session = reattached_session(info or {})
+  local inserted = 0
+  for _, job in ipairs(session.jobs) do
+    if job.note == "stems inserted" then inserted = inserted + 1 end
+  end
+  local waiting = #session:open_jobs()
+  if waiting == 0 then
+    if inserted == 0 then H.alert("Nothing to collect: this project has no sam-bridge requests waiting.") end
+    return session
+  end
+  if not info then return H.alert(err) end
+  local not_running = H.not_running_text(info)
+  if not_running then return H.alert(not_running) end
+  session:run()
+  return session
+end
+
+--- Action "sam-bridge: Cancel": asks the daemon to cancel every separation this REAPER started,
+--- including requests saved in the open projects by earlier runs.
 function H.cancel_all()
-  local count = 0
+  local count, seen = 0, {}
   for line in (reaper.GetExtState(EXT, "active") .. "\n"):gmatch("([^\n]*)\n") do
     local path = line:match("\t(.+)$")
-    if path and H.write_cancel_file(path) then count = count + 1 end
+    if path and not seen[path] and H.write_cancel_file(path) then
+      seen[path] = true
+      count = count + 1
+    end
+  end
+  for _, job in ipairs(H.saved_jobs({})) do
+    if not seen[job.cancel_path] and H.write_cancel_file(job.cancel_path) then count = count + 1 end
+    seen[job.cancel_path] = true
+    H.forget(job)
   end
   reaper.SetExtState(EXT, "cancel", tostring(reaper.time_precise()), false)
   if count == 0 then H.alert("Nothing to cancel: no separation started from REAPER is running.") end

@@ -34,6 +34,7 @@ from tests.daw.harness import (
     SEPARATE_SCRIPT,
     ReaperHost,
     lua_eval,
+    write_heartbeat,
     write_status,
 )
 
@@ -215,7 +216,7 @@ def test_find_daemon_reads_the_first_daemon_json(tmp_path: Path) -> None:
 def test_find_daemon_explains_when_it_is_not_running(tmp_path: Path) -> None:
     info, err = find_daemon([tmp_path / "nothing"])
     assert info is None
-    assert "not running" in err and "sam-bridge run" in err and "service install" in err
+    assert "isn't running" in err and "sam-bridge run" in err and "service install" in err
     (tmp_path / "daemon.json").write_text("{broken")
     info, err = find_daemon([tmp_path])
     assert info is None and "could not be read" in err
@@ -424,7 +425,8 @@ def test_render_settings_render_exactly_the_item() -> None:
     assert numbers["RENDER_CHANNELS"] == 1 and numbers["RENDER_SRATE"] == 44100
     assert strings == {"RENDER_FILE": "/p/r", "RENDER_PATTERN": "name", "RENDER_FORMAT": "ZXZhdxgAAQ==",
                        "RENDER_FORMAT2": ""}
-    assert lua_eval('return core.render_settings("/p", "n", {is_midi = true}).RENDER_SETTINGS') == 64
+    # MIDI too: the item's own signal before the track's FX, never "via master" (64: track + master FX)
+    assert lua_eval('return core.render_settings("/p", "n", {is_midi = true}).RENDER_SETTINGS') == 32
     keys = lua_eval("return {core.RENDER_NUMBER_KEYS, core.RENDER_STRING_KEYS}")
     assert set(keys[0]) == set(numbers) and set(keys[1]) == set(strings)  # all saved and restored
 
@@ -472,6 +474,7 @@ class Setup:
             "osc": {"host": "127.0.0.1", "port": 9010}, "presets_file": str(self.state_dir / "presets.json"),
             "hot_folder": None, "service": "local", "started_at": "2025-01-01T00:00:00Z"}))
         (self.state_dir / "presets.json").write_text(json.dumps(PRESETS))
+        write_heartbeat(self.state_dir, age=-3600)  # a daemon alive for the whole test
         self.source = self.project_dir / f"{UNICODE_NAME} take.wav"
         sf.write(self.source, np.zeros((48000 * 30, 2), dtype=np.float32), 48000)
         self.hosts: list[ReaperHost] = []
@@ -541,92 +544,69 @@ def test_separate_writes_a_request_for_a_plain_take(setup: Setup) -> None:
     assert state["ext"]["sam-bridge/active"].endswith(f"\t{setup.requests_dir / name}.cancel")
 
 
-def with_presets_command(setup: Setup) -> dict[str, str]:
-    """daemon.json names the real command (as `sam-bridge run` does); the env lets it import this checkout
-    and keeps the user's own presets out."""
-    info = json.loads((setup.state_dir / "daemon.json").read_text())
-    info["presets_command"] = [sys.executable, "-m", "bridge", "presets", "list", "--json"]
-    (setup.state_dir / "daemon.json").write_text(json.dumps(info))
-    return {"PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(setup.root / "no-config")}
-
-
 def menu_fields(state: dict[str, Any]) -> list[str]:
     return [f for f in state["menus"][0].split("|") if f]  # what gfx.showmenu numbers
 
 
-def test_a_projects_own_presets_are_in_the_menu_and_go_with_the_request(setup: Setup) -> None:
+def project_list(setup: Setup) -> Path:
+    """Where the daemon answers this project's preset list (daemon.json's project_presets_dir)."""
+    key = lua_eval(f"return core.project_key({lua_string(str(setup.project_dir))})")
+    return setup.state_dir / "project-presets" / f"{key}.json"
+
+
+def answer_project_list(setup: Setup) -> None:
+    """What the daemon writes for a project's `.want`: the real code that does it, run here."""
+    from bridge.presets.library import PresetLibrary, default_search_path
+    from bridge.presets.project_lists import ProjectPresetLists
+
+    shared = PresetLibrary(default_search_path(config_dir=setup.root / "no-config"), quiet=True)
+    ProjectPresetLists(shared, setup.state_dir / "project-presets").refresh()
+
+
+def test_a_projects_own_presets_come_from_the_daemons_list_without_blocking(setup: Setup) -> None:
     folder = setup.project_dir / "sam-bridge" / "presets"
     folder.mkdir(parents=True)
     (folder / "room.yaml").write_text("name: Room tone\nprompt: the hum of the room\n")
     (folder / "broken.yaml").write_text("name: [oops\n")
-    env = with_presets_command(setup)
-    first = setup.host(setup.scenario(answers={"menu": [0]}), env)  # look at the menu, pick nothing
-    first.run(SEPARATE_SCRIPT)
-    state = first.state()
-    assert len(state["executed"]) == 1 and "--project" in state["executed"][0]
+    host = setup.host(setup.scenario(answers={"menu": [0]}))
+    host.run(SEPARATE_SCRIPT)
+    state = host.state()
+    assert state["menus"] == [] and state["pending"] == 1  # waits for the list in a defer loop
+    want = project_list(setup).with_suffix(".want")
+    assert want.read_text(encoding="utf-8") == str(setup.project_dir)
+    answer_project_list(setup)
+    host.tick()
+    state = host.state()
+    assert state["executed"] == [] and state["longest_cycle"] <= 0.1  # no process, no UI thread held
     fields = menu_fields(state)
     assert "Room tone" in fields and "piano" in fields and "4-stems  (4 stems)" in fields  # its own + shared
     [message] = [m["text"] for m in state["messages"]]  # the broken file is named; the rest of the menu works
-    assert "broken.yaml:2: yaml:" in message and "not in the menu" in message
-    assert setup.requests() == []
-    second = setup.host(setup.scenario(answers={"menu": [fields.index("Room tone") + 1]}), env)
-    second.run(SEPARATE_SCRIPT)
+    assert "broken.yaml:" in message and "not in the menu" in message
+    second = setup.host(setup.scenario(answers={"menu": [fields.index("Room tone") + 1]}))
+    second.run(SEPARATE_SCRIPT)  # the list is there now: the menu comes at once
     _, request = only_request(setup)
     assert request["preset"] == "Room tone" and request["project_dir"] == str(setup.project_dir)
 
 
-@pytest.mark.parametrize("via_shell", [False, True], ids=["reaper-splits-the-line", "a-shell-does"])
-def test_a_project_path_with_an_apostrophe_reaches_the_presets_command(tmp_path: Path, via_shell: bool) -> None:
-    setup = Setup(tmp_path, project_name="Tom's Song")
-    folder = setup.project_dir / "sam-bridge" / "presets"
-    folder.mkdir(parents=True)
-    (folder / "room.yaml").write_text("name: Room tone\nprompt: the hum of the room\n")
-    host = setup.host(setup.scenario(answers={"menu": [0]}, exec_via_shell=via_shell), with_presets_command(setup))
-    try:
-        host.run(SEPARATE_SCRIPT)
-        state = host.state()
-    finally:
-        host.close()
-    assert len(state["executed"]) == 1 and state["messages"] == []
-    assert "Room tone" in menu_fields(state) and "piano" in menu_fields(state)
-
-
-def test_a_project_path_reaper_cannot_pass_gets_the_shared_list_and_says_why(tmp_path: Path) -> None:
-    setup = Setup(tmp_path, project_name='Tom\'s "Song"')
-    (setup.project_dir / "sam-bridge" / "presets").mkdir(parents=True)
-    (setup.project_dir / "sam-bridge" / "presets" / "room.yaml").write_text("name: Room tone\nprompt: hum\n")
-    host = setup.host(setup.scenario(answers={"menu": [0]}), with_presets_command(setup))
-    try:
-        host.run(SEPARATE_SCRIPT)
-        state = host.state()
-    finally:
-        host.close()
-    assert state["executed"] == []
-    [message] = [m["text"] for m in state["messages"]]
-    assert "cannot pass this path" in message and str(setup.project_dir) in message
-    assert menu_fields(state)[:2] == ["piano", "band  (4 stems)"]
-
-
 def test_without_presets_of_its_own_a_project_gets_the_shared_list_at_once(setup: Setup) -> None:
-    host = setup.host(setup.scenario(answers={"menu": [0]}), with_presets_command(setup))
-    host.run(SEPARATE_SCRIPT)
-    state = host.state()
-    assert state["executed"] == []  # nothing run: the daemon's presets.json is enough
-    assert menu_fields(state)[:2] == ["piano", "band  (4 stems)"]
-
-
-def test_when_the_project_list_cannot_be_made_the_shared_one_is_offered(setup: Setup) -> None:
-    (setup.project_dir / "sam-bridge" / "presets").mkdir(parents=True)
-    (setup.project_dir / "sam-bridge" / "presets" / "room.yaml").write_text("name: Room tone\nprompt: hum\n")
-    info = json.loads((setup.state_dir / "daemon.json").read_text())
-    info["presets_command"] = [str(setup.root / "no-such-python"), "-m", "bridge", "presets", "list", "--json"]
-    (setup.state_dir / "daemon.json").write_text(json.dumps(info))
     host = setup.host(setup.scenario(answers={"menu": [0]}))
     host.run(SEPARATE_SCRIPT)
     state = host.state()
-    [message] = [m["text"] for m in state["messages"]]
-    assert "could not be listed" in message and "shared ones only" in message and "no-such-python" in message
+    assert state["executed"] == []
     assert menu_fields(state)[:2] == ["piano", "band  (4 stems)"]
+
+
+def test_when_the_project_list_does_not_come_the_shared_one_is_offered(setup: Setup) -> None:
+    (setup.project_dir / "sam-bridge" / "presets").mkdir(parents=True)
+    (setup.project_dir / "sam-bridge" / "presets" / "room.yaml").write_text("name: Room tone\nprompt: hum\n")
+    host = setup.host(setup.scenario(answers={"menu": [0]}))
+    host.run(SEPARATE_SCRIPT)
+    host.tick(n=200, dt=0.05)
+    state = host.state()
+    [message] = [m["text"] for m in state["messages"]]
+    assert "could not be listed" in message and "shared ones only" in message
+    assert menu_fields(state)[:2] == ["piano", "band  (4 stems)"]
+    assert state["longest_cycle"] <= 0.1
 
 
 def test_done_inserts_stems_under_the_source_track_in_one_undo_block(setup: Setup) -> None:
@@ -740,12 +720,10 @@ def test_cancel_action_writes_cancel_files_and_the_loop_ends(setup: Setup) -> No
     host.run(CANCEL_SCRIPT)
     cancel_file = setup.requests_dir / f"{name}.cancel"
     assert cancel_file.exists() and cancel_file.read_bytes() == b""
-    host.tick()
-    assert host.state()["last_frame"][0] == "Guitar 01 — sent — cancelling…"
-    write_status(setup.requests_dir, name, state="cancelled", progress=0.1, message="Cancelled")
-    host.tick(n=100, dt=0.1)
+    host.tick(n=1, dt=0.05)  # the running instance sees it on its next cycle and ends
     state = host.state()
-    assert state["pending"] == 0 and len(state["tracks"]) == 3 and state["messages"] == []
+    assert state["pending"] == 0 and state["running"] == 0 and len(state["tracks"]) == 3 and state["messages"] == []
+    assert state["proj_ext"].get("sam-bridge-jobs", {}) == {}  # cancelled: not collected later
 
 
 def test_cancel_with_nothing_running_says_so(setup: Setup) -> None:
