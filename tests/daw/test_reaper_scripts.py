@@ -495,8 +495,8 @@ class Setup:
         scenario.update(overrides)
         return scenario
 
-    def host(self, scenario: dict[str, Any], env: dict[str, str] | None = None) -> ReaperHost:
-        host = ReaperHost(scenario, self.root, {"SAM_BRIDGE_STATE_DIR": str(self.state_dir), **(env or {})})
+    def host(self, scenario: dict[str, Any], env: dict[str, str] | None = None, lua: str | None = None) -> ReaperHost:
+        host = ReaperHost(scenario, self.root, {"SAM_BRIDGE_STATE_DIR": str(self.state_dir), **(env or {})}, lua=lua)
         self.hosts.append(host)
         return host
 
@@ -739,6 +739,8 @@ def test_cancel_all_button_in_the_window(setup: Setup) -> None:
     name, _ = only_request(setup)
     assert host.send(cmd="click", x=10_000, y=10_000)["ok"]
     assert (setup.requests_dir / f"{name}.cancel").exists()
+    state = host.state()  # the script ended on that very cycle: no waiting for the daemon's answer
+    assert state["pending"] == 0 and state["running"] == 0 and not state["window_open"]
 
 
 def test_daemon_not_running(setup: Setup, tmp_path: Path) -> None:

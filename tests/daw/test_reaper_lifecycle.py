@@ -1,0 +1,223 @@
+"""The REAPER scripts over a script's life and REAPER's: a daemon that is not (or no longer) running, a
+second run of an action, REAPER restarting with paid requests in flight, and the UI thread never held.
+Each runs under lua5.4 and lua5.3 (REAPER 7 and 6) on the strict stand-in host (tests/daw/fake_reaper.lua)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daw.harness import (
+    CANCEL_SCRIPT,
+    COLLECT_SCRIPT,
+    DAW_DIR,
+    LUA_VERSIONS,
+    REAPER_DIR,
+    SEPARATE_SCRIPT,
+    ReaperHost,
+    write_heartbeat,
+    write_status,
+)
+from tests.daw.test_reaper_scripts import Setup, only_request
+
+pytestmark = pytest.mark.skipif(not LUA_VERSIONS, reason="needs lua5.4 or lua5.3")
+
+
+@pytest.fixture(params=LUA_VERSIONS, ids=lambda path: Path(path).name)
+def lua(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    s = Setup(tmp_path)
+    yield s
+    for host in s.hosts:
+        host.close()
+
+
+def stem_tracks(state: dict) -> list[str]:
+    return [t["name"] for t in state["tracks"] if "(target)" in t["name"] or "(residual)" in t["name"]]
+
+
+# --- 1. the daemon is not running -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("os_name", "command"), [
+    ("linux-x86_64", "systemctl --user start sam-bridge"), ("Win64", "schtasks /Run /TN sam-bridge"),
+    ("macOS-arm64", "launchctl kickstart"),
+])
+def test_a_stale_heartbeat_is_said_before_anything_is_sent(setup: Setup, lua: str, os_name: str, command: str) -> None:
+    write_heartbeat(setup.state_dir, age=60)  # daemon.json left behind by a daemon that died
+    host = setup.host(setup.scenario(os=os_name), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    state = host.state()
+    [message] = [m["text"] for m in state["messages"]]
+    assert "sam-bridge isn't running" in message and "sam-bridge run" in message and command in message
+    assert setup.requests() == [] and state["menus"] == [] and state["pending"] == 0
+
+
+def test_the_daemon_dying_while_waiting_is_said_within_seconds_and_the_script_ends(setup: Setup, lua: str) -> None:
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    host.tick(n=10)
+    assert host.state()["messages"] == []
+    write_heartbeat(setup.state_dir, age=30)  # it crashed: the heartbeat stops
+    host.tick(n=40, dt=0.05)  # two simulated seconds
+    state = host.state()
+    [message] = [m["text"] for m in state["messages"]]
+    assert "isn't running" in message and "Collect finished stems" in message
+    assert state["pending"] == 0 and state["running"] == 0  # no endless defer loop, no relaunch prompt later
+    assert name in state["proj_ext"]["sam-bridge-jobs"]  # the paid request is kept for later
+
+
+def test_a_missing_heartbeat_counts_as_not_running(setup: Setup, lua: str) -> None:
+    (setup.state_dir / "heartbeat.json").unlink()
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    assert "isn't running" in host.state()["messages"][0]["text"] and setup.requests() == []
+
+
+# --- 2. paid requests outlive the script and REAPER ---------------------------------------------------
+
+
+def test_a_second_run_meets_no_relaunch_prompt_and_keeps_following_the_first_request(setup: Setup, lua: str) -> None:
+    host = setup.host(setup.scenario(answers={"menu": [1, 2]}), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    host.tick()
+    assert host.run(SEPARATE_SCRIPT)["result"] == "ran"
+    state = host.state()
+    assert state["relaunch_prompts"] == []
+    first, second = (p.stem for p in setup.requests())
+    stems = setup.stems(["target", "residual"])
+    write_status(setup.requests_dir, first, state="done", progress=1.0, stems=stems)
+    write_status(setup.requests_dir, second, state="done", progress=1.0, stems=stems)
+    host.tick(n=5)
+    assert len(stem_tracks(host.state())) == 4  # both requests' stems, each once
+
+
+def test_without_action_options_reaper_would_ask(setup: Setup, lua: str, tmp_path: Path) -> None:
+    """The fake's rule itself: a script that stays deferred and sets no options meets the prompt."""
+    script = tmp_path / "loop.lua"
+    script.write_text("local function f() reaper.defer(f) end f()\n")
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(script)
+    assert host.run(script)["result"] == "aborted"
+    assert host.state()["relaunch_prompts"] == [str(script)]
+
+
+def test_stems_of_a_request_from_before_a_restart_come_in_exactly_once(setup: Setup, lua: str) -> None:
+    host = setup.host(setup.scenario(ext_state={"sam-bridge/mute_source": "1"}), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    assert host.send(cmd="restart")["ok"]  # REAPER quits (project saved) and opens it again
+    state = host.state()
+    assert state["running"] == 0 and name in state["proj_ext"]["sam-bridge-jobs"]
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]))
+    host.run(COLLECT_SCRIPT)
+    host.tick(n=100)
+    state = host.state()
+    names = [t["name"] for t in state["tracks"]]
+    assert names == ["Drums", "Guitar", "Guitar · piano (target)", "Guitar · piano (residual)", "Bass"]
+    for track in state["tracks"][2:4]:
+        [item] = track["items"]
+        assert item["values"]["D_POSITION"] == 10.0 and item["values"]["D_LENGTH"] == 4.0
+    assert state["tracks"][1]["items"][0]["values"]["B_MUTE"] == 1  # the source found again by its GUID
+    assert state["proj_ext"].get("sam-bridge-jobs", {}) == {}
+    host.run(COLLECT_SCRIPT)  # again, and a Separate run: nothing inserted twice
+    host.run(SEPARATE_SCRIPT)
+    host.tick(n=100)
+    assert len(stem_tracks(host.state())) == 2
+    assert host.state()["messages"][0]["text"].startswith("Nothing to collect")
+
+
+def test_any_later_run_collects_finished_stems(setup: Setup, lua: str) -> None:
+    host = setup.host(setup.scenario(answers={"menu": [1, 0]}), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    host.send(cmd="restart")
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]))
+    host.run(SEPARATE_SCRIPT)  # the menu is dismissed: the earlier stems come in all the same
+    assert len(stem_tracks(host.state())) == 2
+
+
+def test_two_actions_following_one_request_insert_it_once(setup: Setup, lua: str) -> None:
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    host.run(COLLECT_SCRIPT)  # a second instance (another action) follows the same request
+    assert host.state()["running"] == 2
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]))
+    host.tick(n=100)
+    assert len(stem_tracks(host.state())) == 2
+
+
+def test_cancel_after_a_restart_cancels_the_saved_requests(setup: Setup, lua: str) -> None:
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    host.send(cmd="restart")
+    host.run(CANCEL_SCRIPT)
+    assert (setup.requests_dir / f"{name}.cancel").exists()
+    assert host.state()["proj_ext"].get("sam-bridge-jobs", {}) == {}
+
+
+# --- 3. the UI thread -------------------------------------------------------------------------------
+
+
+def test_no_cycle_holds_the_ui_thread_over_100_ms(setup: Setup, lua: str) -> None:
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]))
+    host.tick(n=100)
+    state = host.state()
+    assert len(stem_tracks(state)) == 2
+    assert state["blocks"] == [] and state["longest_cycle"] <= 0.1 and state["executed"] == []
+
+
+# --- the fake is as strict as REAPER ---------------------------------------------------------------------
+
+
+def test_the_fake_rejects_what_reaper_rejects(setup: Setup, lua: str) -> None:
+    host = setup.host(setup.scenario(), lua=lua)
+    code = """
+    local results = {}
+    local function try(f, ...) local ok, err = pcall(f, ...) results[#results + 1] = ok and "accepted" or err end
+    try(reaper.GetTrack, 0, "1")                      -- a string where an integer is documented
+    try(reaper.EnumProjects, -1, "")                  -- more arguments than documented
+    try(reaper.GetMediaTrackInfo_Value, reaper.GetSelectedMediaItem(0, 0), "IP_TRACKNUMBER") -- item for track
+    try(reaper.SetExtState, "a", "b", "c")            -- persist is not optional
+    results[#results + 1] = tostring(reaper.NoSuchFunction)
+    return results
+    """
+    answer = host.send(cmd="eval", code=code)
+    assert answer["ok"], answer
+    results = answer["value"]
+    assert "accepted" not in results
+    assert "integer expected" in results[0] and "takes 1 argument" in results[1]
+    assert "MediaTrack expected, got item" in results[2] and "boolean expected" in results[3]
+    assert results[4] == "nil"  # as in REAPER: an unknown name is nil (so scripts can test for new functions)
+
+
+def test_every_reaper_function_the_scripts_use_has_a_documented_signature() -> None:
+    used = set()
+    for path in REAPER_DIR.glob("*.lua"):
+        used |= set(re.findall(r"(?<![\w.])reaper\.([A-Za-z_][A-Za-z0-9_]*)", path.read_text(encoding="utf-8")))
+    declared = set(re.findall(r"^  ([A-Za-z_][A-Za-z0-9_]*) = \{ \{", (DAW_DIR / "fake_reaper.lua").read_text(), re.M))
+    assert used and used <= declared, sorted(used - declared)
+
+
+def test_restart_invalidates_every_pointer(setup: Setup, lua: str) -> None:
+    host = ReaperHost(setup.scenario(), setup.root, {"SAM_BRIDGE_STATE_DIR": str(setup.state_dir)}, lua=lua)
+    setup.hosts.append(host)
+    host.send(cmd="eval", code="KEPT = reaper.GetTrack(0, 1) reaper.SetExtState('s', 'gone', 'x', false) "
+                               "reaper.SetExtState('s', 'kept', 'y', true) return true")
+    host.send(cmd="restart")
+    answer = host.send(cmd="eval", code="local ok, err = pcall(reaper.GetTrackGUID, KEPT) "
+                                        "return {ok, reaper.GetExtState('s', 'gone'), reaper.GetExtState('s', 'kept')}")
+    assert answer["value"] == [False, "", "y"]
