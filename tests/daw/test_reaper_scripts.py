@@ -24,9 +24,11 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import bridge
 from bridge.common.request import SeparationRequest
 from tests.daw.harness import (
     CANCEL_SCRIPT,
+    COLLECT_SCRIPT,
     DAW_DIR,
     LUA,
     LUAC,
@@ -82,16 +84,35 @@ def test_reapack_index_lists_every_script_with_the_right_roles() -> None:
     version = versions[0]
     header = SEPARATE_SCRIPT.read_text(encoding="utf-8")
     assert f"-- @version {version.get('name')}" in header
-    assert lua_eval("return core.VERSION") == version.get("name")
+    assert lua_eval("return core.VERSION") == version.get("name") == bridge.__version__
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", version.get("time") or "")
+    assert version.get("time") != "2025-01-01T00:00:00Z"
     sources = {unquote(s.text or "").rsplit("/", 1)[-1]: s for s in version.findall("source")}
     assert set(sources) == {p.name for p in REAPER_DIR.glob("*.lua")}
     mains = {name for name, s in sources.items() if s.get("main") == "main"}
-    assert mains == {SEPARATE_SCRIPT.name, CANCEL_SCRIPT.name}
+    assert mains == {SEPARATE_SCRIPT.name, CANCEL_SCRIPT.name, COLLECT_SCRIPT.name}
+    commits = {re.search(r"/([0-9a-f]{40})/scripts/reaper/", s.text or "").group(1) for s in sources.values()}  # type: ignore[union-attr]
+    assert len(commits) == 1  # every URL pinned to one commit
     for name, source in sources.items():
         if name != SEPARATE_SCRIPT.name:
             assert source.get("file") == name  # installed beside the package script so `require` finds it
     for line in re.findall(r"^--\s+\[(\w+)\] (.+)$", header, re.M):
         assert line[1] in sources
+
+
+def test_the_index_is_what_make_index_writes_for_its_commit(tmp_path: Path) -> None:
+    text = (REAPER_DIR / "index.xml").read_text(encoding="utf-8")
+    commit = re.search(r"for commit ([0-9a-f]{40})", text).group(1)  # type: ignore[union-attr]
+    base = re.search(r">(https://[^<]+)/" + commit, text).group(1)  # type: ignore[union-attr]
+    out = tmp_path / "index.xml"
+    done = subprocess.run([sys.executable, str(REAPER_DIR / "make_index.py"), base, commit, "-o", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text(encoding="utf-8") == text  # regenerate it after changing the scripts' list or header
+    other = tmp_path / "other.xml"
+    subprocess.run([sys.executable, str(REAPER_DIR / "make_index.py"), "https://example.org/r", "f" * 40,
+                    "-o", str(other)], check=True, capture_output=True)
+    assert "https://example.org/r/" + "f" * 40 + "/scripts/reaper/sam_bridge_core.lua" in other.read_text()
 
 
 def test_readme_names_every_action_and_library() -> None:
