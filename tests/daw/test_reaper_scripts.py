@@ -979,8 +979,8 @@ def test_the_daemon_separates_what_the_script_asks_for(
 def test_a_projects_own_preset_from_the_menu_is_the_one_the_daemon_uses(
     user_dirs: dict[str, Path], service: Any, daemon_factory: Any
 ) -> None:
-    """daemon.json names the command that lists a project's presets; the script offers them, and the
-    daemon resolves the picked name with the same project folder."""
+    """The daemon keeps the list of a project's presets the script asks for; the script offers them, and
+    the daemon resolves the picked name with the same project folder."""
     project = user_dirs["home"] / "Podcast"
     (project / "sam-bridge" / "presets").mkdir(parents=True)
     (project / "sam-bridge" / "presets" / "hum.yaml").write_text("name: Mains hum\nprompt: low hum\n")
@@ -1000,10 +1000,16 @@ def test_a_projects_own_preset_from_the_menu_is_the_one_the_daemon_uses(
     env = {"PYTHONPATH": str(ROOT)}  # the command runs this checkout's bridge, as an installed one would
     looker = ReaperHost(scenario, user_dirs["home"], env)
     try:
-        looker.run(SEPARATE_SCRIPT)
-        fields = menu_fields(looker.state())
+        looker.run(SEPARATE_SCRIPT)  # the script asks the daemon for the project's list and waits, deferred
+        deadline = time.monotonic() + 30
+        while not looker.state()["menus"] and time.monotonic() < deadline:
+            looker.tick(n=1, dt=0.01)
+            time.sleep(0.1)
+        state = looker.state()
+        fields = menu_fields(state)
     finally:
         looker.close()
+    assert state["executed"] == [] and state["longest_cycle"] <= 0.1
     assert "Mains hum" in fields and "vocals" in fields, fields
     host = ReaperHost({**scenario, "answers": {"menu": [fields.index("Mains hum") + 1]}}, user_dirs["home"], env)
     try:
@@ -1018,3 +1024,23 @@ def test_a_projects_own_preset_from_the_menu_is_the_one_the_daemon_uses(
     assert json.loads(request_file.read_text())["preset"] == "Mains hum"
     target, _ = sf.read(state["tracks"][1]["items"][0]["takes"][0]["source"], always_2d=True)
     assert target.shape == (rate * 4, 2) and float(np.max(np.abs(target))) > 0.05  # "low hum": the 100 Hz tone
+
+
+@pytest.mark.daemon
+@pytest.mark.timeout(120)
+def test_the_daemon_keeps_a_heartbeat_and_removes_it_when_it_stops(
+    user_dirs: dict[str, Path], service: Any, daemon_factory: Any
+) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    heartbeat = Path(str(info["heartbeat_file"]))
+    first = json.loads(heartbeat.read_text(encoding="utf-8"))
+    assert first["pid"] == info["pid"] and abs(first["time"] - time.time()) < 30
+    deadline = time.monotonic() + 10
+    while json.loads(heartbeat.read_text(encoding="utf-8"))["time"] == first["time"]:
+        assert time.monotonic() < deadline, "the heartbeat is not refreshed"
+        time.sleep(0.2)
+    alive = lua_eval(f"return core.heartbeat_alive({lua_string(heartbeat.read_text())}, os.time())")
+    assert alive is True
+    daemon.stop()
+    assert not heartbeat.exists()  # a clean stop says so at once
