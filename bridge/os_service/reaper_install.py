@@ -50,10 +50,7 @@ def default_resource_path(platform: str, env: Mapping[str, str]) -> Path:
 
 def reaper_processes(platform: str) -> list[str]:
     """Names of running REAPER processes (the OS's own process list)."""
-    if platform == "windows":
-        command = ["tasklist", "/FO", "CSV", "/NH"]
-    else:
-        command = ["ps", "-A", "-o", "comm="]
+    command = ["tasklist", "/FO", "CSV", "/NH"] if platform == "windows" else ["ps", "-A", "-o", "comm="]
     try:
         listing = subprocess.run(command, capture_output=True, text=True, timeout=20, check=False).stdout
     except (OSError, subprocess.SubprocessError):

@@ -93,7 +93,8 @@ def test_install_names_a_missing_resource_folder(tmp_path: Path) -> None:
                    env={"SAM_BRIDGE_STATE_DIR": str(tmp_path / "state")})
     if "REAPER is running" in done.stderr:
         pytest.skip("a REAPER process runs on this machine")
-    assert done.returncode != 0 and "No REAPER resource folder" in done.stderr and "Show REAPER resource path" in done.stderr
+    assert done.returncode != 0 and "No REAPER resource folder" in done.stderr
+    assert "Show REAPER resource path" in done.stderr
 
 
 def test_default_resource_folders() -> None:

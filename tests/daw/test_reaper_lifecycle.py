@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         host.close()
 
 
-def stem_tracks(state: dict) -> list[str]:
+def stem_tracks(state: dict[str, Any]) -> list[str]:
     return [t["name"] for t in state["tracks"] if "(target)" in t["name"] or "(residual)" in t["name"]]
 
 
