@@ -724,6 +724,21 @@ function M.render_settings(folder, file_name, item)
   return numbers, strings
 end
 
+--- Items that can share one render: same channel count, rate and kind (MIDI keeps its track's FX, audio
+--- does not). Groups in the order their first item comes.
+function M.render_groups(descs)
+  local groups, by_key = {}, {}
+  for _, desc in ipairs(descs) do
+    local key = string.format("%d/%d/%s", desc.render_channels or 2, desc.render_rate or 0, tostring(desc.is_midi))
+    if not by_key[key] then
+      by_key[key] = {}
+      groups[#groups + 1] = by_key[key]
+    end
+    table.insert(by_key[key], desc)
+  end
+  return groups
+end
+
 -- Item and take properties copied onto the stem items when the source file was sent as it is, so the
 -- stems play back at the level and with the fades of the item they came from. A rendered item already
 -- has them baked in.

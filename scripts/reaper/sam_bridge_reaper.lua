@@ -215,13 +215,39 @@ function H.project_dir()
   return reaper.GetProjectPath()
 end
 
---- Renders one item (take FX, playrate, reverse... baked in) to `<folder>/<file_name>.wav`.
---- The user's render settings and item selection are saved first and put back afterwards.
-function H.render_item(desc, folder, file_name)
-  reaper.RecursiveCreateDirectory(folder, 0)
-  desc.render_channels = core.render_channels(desc)
-  desc.render_rate = (not desc.is_midi and desc.sample_rate and desc.sample_rate > 0) and desc.sample_rate or 0
-  local numbers, strings = core.render_settings(folder, file_name, desc)
+-- What REAPER puts into a "selected media items" render besides the item: the track's FX and fader
+-- (User Guide 7.70, 21.5). An audio item is separated as it sounds before the track's FX, so they are
+-- bypassed for its render; a MIDI item needs its track's instrument, so they stay. The fader and pan go
+-- to unity either way (stems get tracks of their own). All is put back right after the render.
+local function neutral_tracks(group)
+  local saved, seen = {}, {}
+  for _, desc in ipairs(group) do
+    local track = desc.track
+    if not seen[track] then
+      seen[track] = true
+      saved[#saved + 1] = { track = track, fx = reaper.GetMediaTrackInfo_Value(track, "I_FXEN"),
+                            vol = reaper.GetMediaTrackInfo_Value(track, "D_VOL"),
+                            pan = reaper.GetMediaTrackInfo_Value(track, "D_PAN") }
+      if not desc.is_midi then reaper.SetMediaTrackInfo_Value(track, "I_FXEN", 0) end
+      reaper.SetMediaTrackInfo_Value(track, "D_VOL", 1)
+      reaper.SetMediaTrackInfo_Value(track, "D_PAN", 0)
+    end
+  end
+  return function()
+    for _, s in ipairs(saved) do
+      reaper.SetMediaTrackInfo_Value(s.track, "I_FXEN", s.fx)
+      reaper.SetMediaTrackInfo_Value(s.track, "D_VOL", s.vol)
+      reaper.SetMediaTrackInfo_Value(s.track, "D_PAN", s.pan)
+    end
+  end
+end
+
+--- Renders a group of items that share channels, rate and kind in ONE render (one dialog): each to
+--- `<folder>/<desc.request_name>.wav` (the pattern `$item` with each take named after its request for the
+--- moment). Sets desc.rendered_path, or desc.render_error. The user's render settings, item selection,
+--- take names and track FX/fader are saved first and put back afterwards.
+local function render_group(group, folder)
+  local numbers, strings = core.render_settings(folder, "$item", group[1])
   local saved_numbers, saved_strings = {}, {}
   for _, key in ipairs(core.RENDER_NUMBER_KEYS) do
     saved_numbers[key] = reaper.GetSetProjectInfo(0, key, 0, false)
@@ -231,23 +257,55 @@ function H.render_item(desc, folder, file_name)
     saved_strings[key] = value
   end
   local selection = H.selected_items()
+  local names = {}
+  for i, desc in ipairs(group) do names[i] = take_string(desc.take, "P_NAME") end
+  local restore_tracks
 
-  local ok, target = pcall(function()
+  reaper.PreventUIRefresh(1)
+  local ok, err = pcall(function()
     for _, key in ipairs(core.RENDER_NUMBER_KEYS) do reaper.GetSetProjectInfo(0, key, numbers[key], true) end
     for _, key in ipairs(core.RENDER_STRING_KEYS) do reaper.GetSetProjectInfo_String(0, key, strings[key], true) end
-    select_only({ desc.item })
+    local items = {}
+    for i, desc in ipairs(group) do
+      items[i] = desc.item
+      reaper.GetSetMediaItemTakeInfo_String(desc.take, "P_NAME", desc.request_name, true)
+    end
+    select_only(items)
+    restore_tracks = neutral_tracks(group)
     local _, targets = reaper.GetSetProjectInfo_String(0, "RENDER_TARGETS", "", false)
+    local by_name = {}
+    for target in (targets or ""):gmatch("[^;]+") do by_name[core.stem(target)] = target end
     reaper.Main_OnCommand(CMD_RENDER_MOST_RECENT, 0)
-    return (targets or ""):match("^[^;]+") or core.join(folder, file_name .. ".wav")
+    for _, desc in ipairs(group) do desc.rendered_path = by_name[desc.request_name] end
   end)
 
+  if restore_tracks then restore_tracks() end
+  for i, desc in ipairs(group) do reaper.GetSetMediaItemTakeInfo_String(desc.take, "P_NAME", names[i], true) end
   for _, key in ipairs(core.RENDER_NUMBER_KEYS) do reaper.GetSetProjectInfo(0, key, saved_numbers[key], true) end
   for _, key in ipairs(core.RENDER_STRING_KEYS) do reaper.GetSetProjectInfo_String(0, key, saved_strings[key], true) end
   select_only(selection)
+  reaper.PreventUIRefresh(-1)
 
-  if not ok then return nil, tostring(target) end
-  if not exists(target) then return nil, "REAPER did not write " .. target end
-  return target
+  for _, desc in ipairs(group) do
+    if not ok then
+      desc.render_error = tostring(err)
+    elseif not desc.rendered_path or not exists(desc.rendered_path) then
+      desc.render_error = "REAPER did not write " .. (desc.rendered_path or core.join(folder, desc.request_name .. ".wav"))
+      desc.rendered_path = nil
+    end
+  end
+end
+
+--- Renders every item of `descs` that needs it, with as few renders as their channels, rates and kinds
+--- allow (usually one).
+function H.render_items(descs, folder)
+  if #descs == 0 then return end
+  reaper.RecursiveCreateDirectory(folder, 0)
+  for _, desc in ipairs(descs) do
+    desc.render_channels = core.render_channels(desc)
+    desc.render_rate = (not desc.is_midi and desc.sample_rate and desc.sample_rate > 0) and desc.sample_rate or 0
+  end
+  for _, group in ipairs(core.render_groups(descs)) do render_group(group, folder) end
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -614,16 +672,13 @@ local function next_request_name()
     request_counter)
 end
 
---- Builds and writes one request for an item; returns the job or nil, message.
+--- Builds and writes one request for a described (and, if need be, rendered) item; returns the job or
+--- nil, message.
 local function start_job(info, desc, what, project, project_dir)
   if not desc.take then return nil, "the item is empty" end
-  local mode = core.classify_take(desc)
-  local name = next_request_name()
-  desc.mode = mode
-  if mode == "render" then
-    local path, err = H.render_item(desc, core.join(project_dir, RENDER_FOLDER), name)
-    if not path then return nil, "REAPER could not render it first (" .. err .. ")" end
-    desc.rendered_path = path
+  local name = desc.request_name
+  if desc.mode == "render" and not desc.rendered_path then
+    return nil, "REAPER could not render it first (" .. tostring(desc.render_error) .. ")"
   end
   local ok, request = pcall(core.build_request, desc, what,
     { project_dir = project_dir, tag = "reaper:" .. (desc.guid or name) })
@@ -634,7 +689,7 @@ local function start_job(info, desc, what, project, project_dir)
   local base = core.join(info.requests_dir, name)
   local job = {
     name = name, request_path = base .. ".json", status_path = base .. ".status.json",
-    cancel_path = base .. ".cancel", label = desc.label, what = what, mode = mode,
+    cancel_path = base .. ".cancel", label = desc.label, what = what, mode = desc.mode,
     item = desc.item, item_guid = desc.guid, track = desc.track, track_guid = reaper.GetTrackGUID(desc.track),
     track_name = desc.track_name, project = project,
     position = desc.position, length = desc.length, item_values = desc.item_values,
@@ -648,6 +703,22 @@ local function start_job(info, desc, what, project, project_dir)
     return nil, "could not write the request (" .. tostring(err) .. ")"
   end
   return job
+end
+
+--- Describes the items, names their requests and renders those that need it (in one go).
+local function prepare_items(items, project_dir)
+  local descs, to_render = {}, {}
+  for i, item in ipairs(items) do
+    local desc = H.describe_item(item)
+    desc.request_name = next_request_name()
+    if desc.take then
+      desc.mode = core.classify_take(desc)
+      if desc.mode == "render" then to_render[#to_render + 1] = desc end
+    end
+    descs[i] = desc
+  end
+  H.render_items(to_render, core.join(project_dir, RENDER_FOLDER))
+  return descs
 end
 
 --- Lets a second run of an action end the first and start anew, with no "already running" prompt
@@ -685,8 +756,7 @@ function H.separate_selected_items(preset)
 
   local function send(what)
     local problems = {}
-    for _, item in ipairs(items) do
-      local desc = H.describe_item(item)
+    for _, desc in ipairs(prepare_items(items, project_dir)) do
       local job, problem = start_job(info, desc, what, project, project_dir)
       if job then session:add(job) else problems[#problems + 1] = (desc.label or "item") .. ": " .. problem end
     end

@@ -224,7 +224,9 @@ function Fake.new(scenario)
 
   for _, t in ipairs(scenario.tracks or {}) do
     local track = { kind = "track", name = t.name or "", items = {}, project = host.project, guid = t.guid or guid(),
-                    values = { I_FOLDERDEPTH = t.depth or 0, I_CUSTOMCOLOR = t.color or 0 } }
+                    values = { I_FOLDERDEPTH = t.depth or 0, I_CUSTOMCOLOR = t.color or 0, I_FXEN = 1, D_VOL = 1,
+                               D_PAN = 0 } }
+    for k, v in pairs(t.values or {}) do track.values[k] = v end
     for _, it in ipairs(t.items or {}) do
       local item = { kind = "item", track = track, takes = {}, active = 1, selected = it.selected or false,
                      guid = it.guid or guid(), values = copy(ITEM_DEFAULTS) }
@@ -414,7 +416,9 @@ function Fake.new(scenario)
   end
   function r.GetSetProjectInfo_String(_proj, key, value, set)
     if key == "RENDER_TARGETS" then
-      return true, host.project_strings.RENDER_FILE .. "/" .. host.project_strings.RENDER_PATTERN .. ".wav"
+      local targets = {}
+      for _, target in ipairs(host.render_targets()) do targets[#targets + 1] = target.path end
+      return true, table.concat(targets, ";")
     end
     if set then host.project_strings[key] = value end
     return true, host.project_strings[key] or ""
@@ -424,27 +428,53 @@ function Fake.new(scenario)
     return host.loop[1] + 0.0, host.loop[2] + 0.0
   end
 
+  -- The files a render of the selected media items writes: one per item (REAPER User Guide 7.70, 21.5:
+  -- "Selected media items: outputs one file for each media item"), named by the pattern with `$item`
+  -- standing for the take's name. Two items with one name would overwrite each other: an error here.
+  function host.render_targets()
+    local pattern, targets, seen = host.project_strings.RENDER_PATTERN, {}, {}
+    for _, item in ipairs(selected_items(0)) do
+      local take = item.takes[item.active]
+      local name = pattern:gsub("%$item", function() return take and take.name or "" end)
+      local path = host.project_strings.RENDER_FILE .. "/" .. name .. ".wav"
+      if seen[path] then error("the render would write " .. path .. " twice (the pattern tells items apart only "
+        .. "by $item)", 0) end
+      seen[path] = true
+      targets[#targets + 1] = { path = path, item = item }
+    end
+    return targets
+  end
+
   function r.Main_OnCommand(command, _flag)
     host.commands[#host.commands + 1] = command
     if command == 42230 then
-      local target = host.project_strings.RENDER_FILE .. "/" .. host.project_strings.RENDER_PATTERN .. ".wav"
-      local selected, seconds = {}, 0
-      for _, item in ipairs(selected_items(0)) do
-        selected[#selected + 1] = item.guid
+      local settings = host.project_info.RENDER_SETTINGS
+      assert(settings & 32 == 32 and host.project_info.RENDER_BOUNDSFLAG == 4, "the fake renders selected media items only")
+      local targets, seconds, rendered = host.render_targets(), 0, {}
+      for _, target in ipairs(targets) do
+        local item, track = target.item, target.item.track
         seconds = seconds + item.values.D_LENGTH
+        -- what went into the file: the track's FX (on/off) and fader at the time of the render
+        rendered[#rendered + 1] = { guid = item.guid, target = target.path,
+                                    track_fx = (track.values.I_FXEN or 1) ~= 0,
+                                    track_volume = track.values.D_VOL or 1, track_pan = track.values.D_PAN or 0,
+                                    via_master = settings & 64 == 64 }
+        local fixture = (scenario.render_fixtures or {})[item.guid] or scenario.render_fixture
+        if fixture then
+          local input = assert(io.open(fixture, "rb"))
+          local data = input:read("a")
+          input:close()
+          local output = assert(io.open(target.path, "wb"))
+          output:write(data)
+          output:close()
+        end
       end
-      host.renders[#host.renders + 1] = { target = target, numbers = copy(host.project_info),
-                                          strings = copy(host.project_strings), selected = selected }
+      local selected = {}
+      for _, target in ipairs(targets) do selected[#selected + 1] = target.item.guid end
+      host.renders[#host.renders + 1] = { target = targets[1] and targets[1].path or "", items = Fake.array(rendered),
+                                          numbers = copy(host.project_info), strings = copy(host.project_strings),
+                                          selected = Fake.array(selected) }
       block("render", seconds / 20) -- an offline render, about 20x real time, with its dialog up
-      local fixture = scenario.render_fixture
-      if fixture and #selected == 1 then
-        local input = assert(io.open(fixture, "rb"))
-        local data = input:read("a")
-        input:close()
-        local output = assert(io.open(target, "wb"))
-        output:write(data)
-        output:close()
-      end
     end
   end
 

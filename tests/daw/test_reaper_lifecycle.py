@@ -222,3 +222,43 @@ def test_restart_invalidates_every_pointer(setup: Setup, lua: str) -> None:
     answer = host.send(cmd="eval", code="local ok, err = pcall(reaper.GetTrackGUID, KEPT) "
                                         "return {ok, reaper.GetExtState('s', 'gone'), reaper.GetExtState('s', 'kept')}")
     assert answer["value"] == [False, "", "y"]
+
+
+# --- 3b, 5. renders: batched, the item's own signal --------------------------------------------------------
+
+
+def test_items_needing_a_render_share_one_render_and_keep_their_tracks_fx_out(setup: Setup, lua: str) -> None:
+    import json
+
+    fixture = setup.root / "rendered.wav"
+    fixture.write_bytes(Path(setup.source).read_bytes())
+    scenario = setup.scenario(render_fixture=str(fixture), take={"fx": 1})  # take FX: rendered
+    guitar = scenario["tracks"][1]
+    guitar["values"] = {"D_VOL": 0.5, "D_PAN": 0.3}
+    second = json.loads(json.dumps(guitar["items"][0]))
+    second.update(guid="{ITEM-2}", position=20.0)
+    second["take"]["name"] = "Guitar 02"
+    guitar["items"].append(second)
+    scenario["tracks"][0]["items"] = [{"position": 0, "length": 2, "selected": True, "guid": "{MIDI}",
+                                       "take": {"name": "Beat", "midi": True}}]
+    host = setup.host(scenario, lua=lua)
+    before = host.state()
+    host.run(SEPARATE_SCRIPT)
+    state = host.state()
+    assert state["commands"].count(42230) == 2  # audio items together, the MIDI item apart (not one each)
+    audio, midi = sorted(state["renders"], key=lambda r: len(r["items"]), reverse=True)
+    assert [i["guid"] for i in audio["items"]] == ["{ITEM-1}", "{ITEM-2}"]
+    for rendered in audio["items"]:  # the item and its take FX, before the track's FX and fader
+        assert not rendered["track_fx"] and rendered["track_volume"] == 1 and rendered["track_pan"] == 0
+        assert not rendered["via_master"]
+    [beat] = midi["items"]  # its instrument lives on the track: track FX on, no master, fader neutral
+    assert beat["track_fx"] and not beat["via_master"] and beat["track_volume"] == 1
+    requests = {p.stem: json.loads(p.read_text()) for p in setup.requests()}
+    assert len(requests) == 3
+    for name, request in requests.items():
+        assert Path(request["source"]).stem == name and Path(request["source"]).exists()
+    # everything put back: take names, track FX and fader, render settings, selection
+    assert [t["values"] for t in state["tracks"]] == [t["values"] for t in before["tracks"]]
+    assert [[k["name"] for i in t["items"] for k in i["takes"]] for t in state["tracks"]] == [
+        [k["name"] for i in t["items"] for k in i["takes"]] for t in before["tracks"]]
+    assert state["project_info"] == before["project_info"] and state["project_strings"] == before["project_strings"]
