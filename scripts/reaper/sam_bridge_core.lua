@@ -561,18 +561,55 @@ function M.round_seconds(value)
   return math.floor(value * 1e6 + 0.5) / 1e6
 end
 
+--- Seconds on the sample grid of `rate` (whole microseconds when the rate is unknown), so a start and
+--- length cut exactly the samples REAPER plays.
+function M.snap_seconds(value, rate)
+  if rate and rate > 0 then return math.floor(value * rate + 0.5) / rate end
+  return M.round_seconds(value)
+end
+
+--- Narrows an item to the part inside [span_start, span_end] (a time selection or razor area): the
+--- stems go to `position`/`length` of the part, `part.offset` is where it starts in the item. Returns
+--- false when the item lies outside, true otherwise (an item wholly inside is left as it is).
+function M.apply_span(item, span_start, span_end)
+  local first = math.max(item.position, span_start)
+  local last = math.min(item.position + item.length, span_end)
+  if last - first <= 1e-9 then return false end
+  if first - item.position <= 1e-9 and item.position + item.length - last <= 1e-9 then return true end
+  item.part = { offset = first - item.position, length = last - first }
+  item.position, item.length = first, last - first
+  return true
+end
+
+--- Razor edit areas of a track from P_RAZOREDITS ("start end \"envelope GUID\"" triples): the
+--- track-level ones (empty GUID) as {start, end} pairs.
+function M.parse_razor_edits(text)
+  local spans = {}
+  for start, stop, guid in (text or ""):gmatch("(%S+)%s+(%S+)%s+\"([^\"]*)\"") do
+    local a, b = tonumber(start), tonumber(stop)
+    if a and b and b > a and guid == "" then spans[#spans + 1] = { a, b } end
+  end
+  return spans
+end
+
 --- The request object (request-file schema) for one item.
 --- `what` = {preset=name} or {prompt=text}; `item` = {mode, file_path | rendered_path, start_offset, length};
 --- `opts` = {project_dir, output_dir, tag, options}.
 function M.build_request(item, what, opts)
   opts = opts or {}
   local request = {}
+  local part = item.part
   if item.mode == "file" then
+    local rate = item.sample_rate or 0
     request.source = item.file_path
-    request.start = M.round_seconds(math.max(item.start_offset or 0, 0))
-    request.length = M.round_seconds(item.length)
+    request.start = M.snap_seconds(math.max((item.start_offset or 0) + (part and part.offset or 0), 0), rate)
+    request.length = M.snap_seconds(item.length, rate)
   else
     request.source = item.rendered_path
+    if part then -- the render covers the whole item: send the part of it
+      request.start = M.snap_seconds(part.offset, item.render_rate or 0)
+      request.length = M.snap_seconds(part.length, item.render_rate or 0)
+    end
   end
   if what.preset and what.preset ~= "" then
     request.preset = what.preset

@@ -705,17 +705,49 @@ local function start_job(info, desc, what, project, project_dir)
   return job
 end
 
---- Describes the items, names their requests and renders those that need it (in one go).
-local function prepare_items(items, project_dir)
-  local descs, to_render = {}, {}
-  for i, item in ipairs(items) do
-    local desc = H.describe_item(item)
-    desc.request_name = next_request_name()
-    if desc.take then
-      desc.mode = core.classify_take(desc)
-      if desc.mode == "render" then to_render[#to_render + 1] = desc end
+--- What to separate: with razor edit areas, the part of each item under them (selected or not, as
+--- REAPER's own razor edits work); else the selected items, only their part inside the time selection
+--- when there is one. Returns a list of {item, span = {start, end} | nil}, and the items left out.
+function H.targets()
+  local targets, outside = {}, {}
+  for t = 0, reaper.CountTracks(0) - 1 do
+    local track = reaper.GetTrack(0, t)
+    local _, razor = reaper.GetSetMediaTrackInfo_String(track, "P_RAZOREDITS", "", false)
+    for _, span in ipairs(core.parse_razor_edits(razor)) do
+      for i = 0, reaper.CountTrackMediaItems(track) - 1 do
+        local item = reaper.GetTrackMediaItem(track, i)
+        local position = reaper.GetMediaItemInfo_Value(item, "D_POSITION")
+        local length = reaper.GetMediaItemInfo_Value(item, "D_LENGTH")
+        if position < span[2] and position + length > span[1] then targets[#targets + 1] = { item = item, span = span } end
+      end
     end
-    descs[i] = desc
+  end
+  if #targets > 0 then return targets, outside end
+  local start, stop = reaper.GetSet_LoopTimeRange2(0, false, false, 0, 0, false)
+  local span = stop > start and { start, stop } or nil
+  for _, item in ipairs(H.selected_items()) do targets[#targets + 1] = { item = item, span = span } end
+  return targets, outside
+end
+
+--- Describes the items (narrowed to their span), names their requests and renders those that need it
+--- (in one go). Items outside their span are left out with a note in `problems`.
+local function prepare_items(targets, project_dir, problems)
+  local descs, to_render = {}, {}
+  for _, target in ipairs(targets) do
+    local desc = H.describe_item(target.item)
+    if target.span and not core.apply_span(desc, target.span[1], target.span[2]) then
+      problems[#problems + 1] = desc.label .. ": outside the time selection, left as it is"
+    else
+      if desc.part then -- the item's fades belong to its edges, not to the part
+        desc.item_values = { D_VOL = desc.item_values and desc.item_values.D_VOL or 1 }
+      end
+      desc.request_name = next_request_name()
+      if desc.take then
+        desc.mode = core.classify_take(desc)
+        if desc.mode == "render" then to_render[#to_render + 1] = desc end
+      end
+      descs[#descs + 1] = desc
+    end
   end
   H.render_items(to_render, core.join(project_dir, RENDER_FOLDER))
   return descs
@@ -746,7 +778,7 @@ function H.separate_selected_items(preset)
   if not info then return H.alert(err) end
   local not_running = H.not_running_text(info)
   if not_running then return H.alert(not_running) end
-  local items = H.selected_items()
+  local items = H.targets()
   if #items == 0 then
     if #session:open_jobs() > 0 then session:run() end
     return H.alert("Select the items to separate first, then run this action again.")
@@ -756,7 +788,7 @@ function H.separate_selected_items(preset)
 
   local function send(what)
     local problems = {}
-    for _, desc in ipairs(prepare_items(items, project_dir)) do
+    for _, desc in ipairs(prepare_items(items, project_dir, problems)) do
       local job, problem = start_job(info, desc, what, project, project_dir)
       if job then session:add(job) else problems[#problems + 1] = (desc.label or "item") .. ": " .. problem end
     end

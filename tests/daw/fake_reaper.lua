@@ -224,6 +224,7 @@ function Fake.new(scenario)
 
   for _, t in ipairs(scenario.tracks or {}) do
     local track = { kind = "track", name = t.name or "", items = {}, project = host.project, guid = t.guid or guid(),
+                    razor = t.razor,
                     values = { I_FOLDERDEPTH = t.depth or 0, I_CUSTOMCOLOR = t.color or 0, I_FXEN = 1, D_VOL = 1,
                                D_PAN = 0 } }
     for k, v in pairs(t.values or {}) do track.values[k] = v end

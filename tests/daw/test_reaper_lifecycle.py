@@ -262,3 +262,64 @@ def test_items_needing_a_render_share_one_render_and_keep_their_tracks_fx_out(se
     assert [[k["name"] for i in t["items"] for k in i["takes"]] for t in state["tracks"]] == [
         [k["name"] for i in t["items"] for k in i["takes"]] for t in before["tracks"]]
     assert state["project_info"] == before["project_info"] and state["project_strings"] == before["project_strings"]
+
+
+# --- 4. time selection and razor edits ---------------------------------------------------------------
+
+
+def finish(setup: Setup, host: ReaperHost, name: str, seconds: float) -> dict[str, Any]:
+    write_status(setup.requests_dir, name, state="done", progress=1.0,
+                 stems=setup.stems(["target", "residual"], seconds=seconds))
+    host.tick(n=5)
+    return host.state()
+
+
+def test_only_the_part_inside_the_time_selection_is_separated_and_placed_there(setup: Setup, lua: str) -> None:
+    scenario = setup.scenario(time_selection=[11.0, 12.5])  # the item: 10..14 s, source offset 2.5 s
+    scenario["tracks"][2]["items"] = [{"position": 20, "length": 2, "selected": True, "guid": "{LATER}",
+                                       "take": {"name": "Bass 01", "file": str(setup.source), "source_length": 30.0}}]
+    host = setup.host(scenario, lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, request = only_request(setup)  # the bass item lies outside: not sent
+    assert request["start"] == 3.5 and request["length"] == 1.5
+    state = finish(setup, host, name, 1.5)
+    assert "Bass 01: outside the time selection" in state["messages"][0]["text"]
+    [target, residual] = [t for t in state["tracks"] if t["inserted"]]
+    for track in (target, residual):
+        [item] = track["items"]
+        assert item["values"]["D_POSITION"] == 11.0 and item["values"]["D_LENGTH"] == 1.5
+        assert item["values"].get("D_FADEINLEN", 0) == 0  # the source's fades are at its edges, not here
+        assert item["values"]["D_VOL"] == 0.5
+    source = state["tracks"][1]["items"][0]["values"]  # the rest of the item untouched
+    assert source["D_POSITION"] == 10.0 and source["D_LENGTH"] == 4.0
+
+
+def test_a_part_is_cut_on_the_source_sample_grid(setup: Setup, lua: str) -> None:
+    host = setup.host(setup.scenario(time_selection=[11.000013, 12.3333337]), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    _, request = only_request(setup)
+    for key in ("start", "length"):
+        samples = request[key] * 48000
+        assert abs(samples - round(samples)) < 1e-6, (key, request[key])
+    assert round(request["start"] * 48000) == round(3.500013 * 48000)
+
+
+def test_razor_edit_areas_choose_what_is_separated(setup: Setup, lua: str) -> None:
+    scenario = setup.scenario(item={"selected": False})
+    scenario["tracks"][1]["razor"] = '12.0 13.0 "" 10.0 14.0 "{ENVELOPE-GUID}"'  # a track area; an envelope one
+    host = setup.host(scenario, lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, request = only_request(setup)
+    assert request["start"] == 4.5 and request["length"] == 1.0
+    [item] = next(t for t in finish(setup, host, name, 1.0)["tracks"] if t["inserted"])["items"]
+    assert item["values"]["D_POSITION"] == 12.0 and item["values"]["D_LENGTH"] == 1.0
+
+
+def test_a_rendered_item_sends_the_part_of_its_render(setup: Setup, lua: str) -> None:
+    fixture = setup.root / "rendered.wav"
+    fixture.write_bytes(Path(setup.source).read_bytes())
+    host = setup.host(setup.scenario(time_selection=[9.0, 11.0], render_fixture=str(fixture),
+                                     take={"fx": 1}), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    _, request = only_request(setup)
+    assert request["start"] == 0.0 and request["length"] == 1.0  # from the item's start, 1 s of it
