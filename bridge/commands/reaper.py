@@ -21,13 +21,16 @@ def register(subparsers: Any) -> None:
     install.add_argument("--resource-path", type=Path, metavar="DIR",
                          help="REAPER's resource folder (Options > Show REAPER resource path); default: the "
                               "standard one of this OS")
+    install.add_argument("--preset", action="append", default=[], metavar="NAME",
+                         help="also an action that separates with this preset, no menu (for a toolbar button "
+                              "or shortcut); repeat for more")
     install.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     platform = current_platform()
     resource_path = args.resource_path or default_resource_path(platform, os.environ)
-    result = install_scripts(resource_path.expanduser(), state_dir(), platform)
+    result = install_scripts(resource_path.expanduser(), state_dir(), platform, presets=tuple(args.preset))
     print(f"Copied {len(result.copied)} scripts to {result.scripts_dir}")
     for name in result.registered:
         print(f"  new action: {name.removesuffix('.lua')}")

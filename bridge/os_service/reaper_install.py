@@ -77,7 +77,32 @@ class InstallResult:
     already_registered: list[str] = field(default_factory=list)
 
 
-def install_scripts(resource_path: Path, state_dir: Path, platform: str, *,
+def preset_action_name(preset: str) -> str:
+    """The file (and action) name for one preset's action: "sam-bridge - Separate vocals.lua"."""
+    safe = "".join("-" if c in '<>:"/\\|?*' or ord(c) < 32 else c for c in preset).strip(" .")
+    return f"{ACTION_PREFIX}Separate {safe or 'preset'}.lua"
+
+
+def lua_string(text: str) -> str:
+    """A Lua string literal for any text (every byte escaped: no quoting rule to get wrong)."""
+    return '"' + "".join(f"\\{b}" for b in text.encode("utf-8")) + '"'
+
+
+def preset_action_script(preset: str) -> str:
+    return "\n".join([
+        "-- @noindex",
+        f"-- sam-bridge: Separate selected items with the preset {preset!r} (made by `sam-bridge reaper install`",
+        "-- --preset): no menu, for a toolbar button or a shortcut.",
+        "",
+        'local script_dir = debug.getinfo(1, "S").source:match("^@?(.*[/\\\\])") or ""',
+        'package.path = script_dir .. "?.lua;" .. package.path',
+        "",
+        f'require("sam_bridge_reaper").separate_selected_items({lua_string(preset)})',
+        "",
+    ])
+
+
+def install_scripts(resource_path: Path, state_dir: Path, platform: str, *, presets: tuple[str, ...] = (),
                     check_running: bool = True) -> InstallResult:
     if check_running:
         running = reaper_processes(platform)
@@ -96,6 +121,10 @@ def install_scripts(resource_path: Path, state_dir: Path, platform: str, *,
     for script in sorted(source.glob("*.lua")):
         _copy_replacing(script, target / script.name)
         result.copied.append(target / script.name)
+    for preset in presets:  # one action per favourite preset
+        path = target / preset_action_name(preset)
+        _write_replacing(path, preset_action_script(preset))
+        result.copied.append(path)
     _write_replacing(target / POINTER_FILE, str(state_dir) + "\n")
     _register(resource_path / KB_FILE, [p.name for p in result.copied if p.name.startswith(ACTION_PREFIX)], result)
     return result

@@ -492,7 +492,7 @@ end
 
 --- Menu string for gfx.showmenu and what each numbered choice means.
 --- Choices: {kind="preset", name=...}, {kind="prompt"}, {kind="toggle_mute"}.
-function M.build_preset_menu(presets, mute_source)
+function M.build_preset_menu(presets, mute_source, recent_prompts, stems_as_takes)
   -- gfx.showmenu numbers every field but separators, greyed ones included: keep `actions` parallel.
   local items, actions = {}, {}
   local function add(text, action)
@@ -509,8 +509,28 @@ function M.build_preset_menu(presets, mute_source)
   end
   items[#items] = items[#items] .. "|" -- an empty field: a separator
   add("Describe the sound…", { kind = "prompt" })
+  for _, prompt in ipairs(recent_prompts or {}) do
+    add("Again: " .. menu_text(M.what_label({ prompt = prompt })), { kind = "recent", prompt = prompt })
+  end
+  items[#items] = items[#items] .. "|"
   add((mute_source and "!" or "") .. "Mute source items when the stems arrive", { kind = "toggle_mute" })
+  add((stems_as_takes and "!" or "") .. "Stems as takes of the source item (not new tracks)",
+    { kind = "toggle_takes" })
   return table.concat(items, "|"), actions
+end
+
+M.RECENT_PROMPTS = 5
+
+--- The remembered prompts (newest first, one a line) with `prompt` put in front, at most RECENT_PROMPTS.
+function M.remember_prompt(text, prompt)
+  local list, seen = { prompt }, { [prompt] = true }
+  for line in (text or ""):gmatch("[^\n]+") do
+    if not seen[line] and #list < M.RECENT_PROMPTS then
+      list[#list + 1] = line
+      seen[line] = true
+    end
+  end
+  return list
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -709,12 +729,18 @@ function M.fallback_track_name(name, number)
 end
 
 --- One progress line for the window: "Guitar 01 · piano — separating 45% — message".
-function M.progress_line(job)
+function M.progress_line(job, now)
   local parts = { job.label }
   local state = job.status and job.status.state or job.local_state or "sent"
   local word = M.STATE_WORDS[state] or state
   if job.status and not job.status.finished then
-    word = string.format("%s %d%%", word, math.floor(job.status.progress * 100 + 0.5))
+    local progress = job.status.progress
+    word = string.format("%s %d%%", word, math.floor(progress * 100 + 0.5))
+    if now and job.sent_at and progress >= 0.05 and progress < 1 then -- a rough ETA from the pace so far
+      local left = (now - job.sent_at) * (1 - progress) / progress
+      word = word .. (left < 60 and string.format(", about %d s left", math.ceil(left))
+        or string.format(", about %d min left", math.ceil(left / 60)))
+    end
   end
   parts[#parts + 1] = word
   local note = job.note or (job.status and job.status.message) or ""

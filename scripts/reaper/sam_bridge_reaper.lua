@@ -16,6 +16,7 @@ local RENDER_FOLDER = "sam-bridge renders"
 local PICKUP_NOTE = "sam-bridge has not picked this up yet"
 local PRESET_WAIT = 5 -- seconds to wait for the daemon's list of a project's presets
 local HEARTBEAT_CHECK = 1 -- seconds between looks at the daemon's heartbeat while waiting
+local ROW_CANCEL = "[ x ]"
 local JOBS = "sam-bridge-jobs" -- ProjExtState section: one key per request, saved with the project
 local SCRIPT_DIR = (debug.getinfo(1, "S").source:match("^@?(.*[/\\])") or "")
 
@@ -76,7 +77,10 @@ end
 function H.find_daemon()
   local candidates = core.state_dir_candidates(platform(), os.getenv)
   local pointed = pointed_state_dir()
-  if pointed and pointed ~= "" then table.insert(candidates, os.getenv("SAM_BRIDGE_STATE_DIR") and 2 or 1, pointed) end
+  if pointed and pointed ~= "" then -- after SAM_BRIDGE_STATE_DIR, before the platform's defaults
+    local env = os.getenv("SAM_BRIDGE_STATE_DIR")
+    table.insert(candidates, math.min((env and env:match("%S")) and 2 or 1, #candidates + 1), pointed)
+  end
   return core.find_daemon(candidates, H.read_file, platform())
 end
 
@@ -322,6 +326,9 @@ function H.insert_stems(job, status)
   end
   if #status.stems == 0 then return nil, "sam-bridge finished but sent no stems." end
 
+  if job.as_takes and not job.partial and job.item and reaper.ValidatePtr2(job.project, job.item, "MediaItem*") then
+    return H.insert_stems_as_takes(job, status)
+  end
   reaper.Undo_BeginBlock()
   reaper.PreventUIRefresh(1)
   local ok, err = pcall(function()
@@ -366,6 +373,30 @@ function H.insert_stems(job, status)
   return true
 end
 
+--- The "stems as takes" option: each stem becomes a take of the source item (same position and
+--- length; the source take stays the active one, so nothing sounds different until you pick a take).
+function H.insert_stems_as_takes(job, status)
+  reaper.Undo_BeginBlock()
+  reaper.PreventUIRefresh(1)
+  local ok, err = pcall(function()
+    for _, stem in ipairs(status.stems) do
+      local take = reaper.AddTakeToMediaItem(job.item)
+      reaper.SetMediaItemTake_Source(take, reaper.PCM_Source_CreateFromFile(stem.path))
+      reaper.SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", 0)
+      reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", core.what_label(job.what) .. " (" .. stem.label .. ")", true)
+      if job.mode == "file" then
+        for key, value in pairs(job.take_values or {}) do reaper.SetMediaItemTakeInfo_Value(take, key, value) end
+      end
+    end
+  end)
+  reaper.PreventUIRefresh(-1)
+  reaper.Undo_EndBlock("sam-bridge: stems of " .. job.label .. " as takes", -1)
+  reaper.UpdateArrange()
+  if not ok then return nil, "Could not add the stems as takes: " .. tostring(err) end
+  reaper.Main_OnCommand(CMD_BUILD_PEAKS, 0)
+  return true
+end
+
 ---------------------------------------------------------------------------------------------------
 -- Asking what to separate
 ---------------------------------------------------------------------------------------------------
@@ -375,9 +406,26 @@ local function mute_source_enabled()
 end
 
 --- Shows the preset menu (and the prompt box). Returns {preset=...} or {prompt=...}, or nil if dismissed.
+local function stems_as_takes_enabled()
+  return reaper.GetExtState(EXT, "stems_as_takes") == "1"
+end
+
+local function recent_prompts()
+  local list = {}
+  for line in reaper.GetExtState(EXT, "recent_prompts"):gmatch("[^\n]+") do list[#list + 1] = line end
+  return list
+end
+
+local function remember(prompt)
+  local list = core.remember_prompt(reaper.GetExtState(EXT, "recent_prompts"), prompt)
+  reaper.SetExtState(EXT, "recent_prompts", table.concat(list, "\n"), true)
+  reaper.SetExtState(EXT, "last_prompt", prompt, true)
+end
+
 function H.ask_what(presets)
   while true do
-    local menu, actions = core.build_preset_menu(presets, mute_source_enabled())
+    local menu, actions = core.build_preset_menu(presets, mute_source_enabled(), recent_prompts(),
+      stems_as_takes_enabled())
     local x, y = reaper.GetMousePosition()
     gfx.init("sam-bridge", 0, 0, 0, x, y)
     gfx.x, gfx.y = gfx.mouse_x or 0, gfx.mouse_y or 0
@@ -388,12 +436,17 @@ function H.ask_what(presets)
     if action.kind == "preset" then return { preset = action.name } end
     if action.kind == "toggle_mute" then
       reaper.SetExtState(EXT, "mute_source", mute_source_enabled() and "0" or "1", true)
+    elseif action.kind == "toggle_takes" then
+      reaper.SetExtState(EXT, "stems_as_takes", stems_as_takes_enabled() and "0" or "1", true)
+    elseif action.kind == "recent" then
+      remember(action.prompt)
+      return { prompt = action.prompt }
     elseif action.kind == "prompt" then
       local last = reaper.GetExtState(EXT, "last_prompt")
       local ok, text = reaper.GetUserInputs("sam-bridge: describe the sound to isolate", 1,
         "Sound (e.g. piano playing):,extrawidth=300,separator=\n", last)
       if not ok or not text:match("%S") then return nil end
-      reaper.SetExtState(EXT, "last_prompt", text, true)
+      remember(text)
       return { prompt = text }
     end
   end
@@ -405,7 +458,8 @@ end
 ---------------------------------------------------------------------------------------------------
 
 local RECORD_FIELDS = { "name", "status_path", "cancel_path", "label", "what", "mode", "item_guid", "track_guid",
-                        "track_name", "position", "length", "item_values", "take_values", "mute_source" }
+                        "track_name", "position", "length", "item_values", "take_values", "mute_source",
+                        "as_takes", "partial" }
 
 function H.persist(job)
   local record = {}
@@ -515,14 +569,17 @@ function Session:publish()
   reaper.SetExtState(EXT, "active", table.concat(lines, "\n"), false)
 end
 
---- Cancels every open request and ends the session at once (the daemon cancels at the service).
+--- Cancels one request: the daemon cancels it at the service; its stems will not be collected.
+function Session:cancel(job)
+  H.write_cancel_file(job.cancel_path)
+  H.forget(job)
+  job.closed = true
+  job.note = "cancelled"
+end
+
+--- Cancels every open request and ends the session at once.
 function Session:cancel_all()
-  for _, job in ipairs(self:open_jobs()) do
-    H.write_cancel_file(job.cancel_path)
-    H.forget(job)
-    job.closed = true
-    job.note = "cancelled"
-  end
+  for _, job in ipairs(self:open_jobs()) do self:cancel(job) end
   self.finished_at = -math.huge
 end
 
@@ -588,7 +645,13 @@ function Session:draw()
     gfx.rect(10, y, math.floor((gfx.w - 20) * progress), line_height - 4, 1)
     gfx.set(0.92, 0.92, 0.92)
     gfx.x, gfx.y = 14, y + 2
-    gfx.drawstr(core.progress_line(job))
+    gfx.drawstr(core.progress_line(job, reaper.time_precise()))
+    if not job.closed then -- this item's own cancel button at the row's right end
+      local cancel_w = gfx.measurestr(ROW_CANCEL)
+      gfx.x = gfx.w - cancel_w - 14
+      gfx.drawstr(ROW_CANCEL)
+      job.cancel_box = { x = gfx.w - cancel_w - 14, y = y, h = line_height }
+    end
   end
   local open = #self:open_jobs()
   local button = open > 0 and "[ Cancel all ]" or "[ Close ]"
@@ -597,8 +660,17 @@ function Session:draw()
   gfx.x, gfx.y = bx, by
   gfx.drawstr(button)
   local clicked = gfx.mouse_cap & 1 == 1
-  if clicked and not self.mouse_down and gfx.mouse_x >= bx and gfx.mouse_y >= by then
-    if open > 0 then self:cancel_all() else self.finished_at = -math.huge end
+  if clicked and not self.mouse_down then
+    if gfx.mouse_x >= bx and gfx.mouse_y >= by then
+      if open > 0 then self:cancel_all() else self.finished_at = -math.huge end
+    else
+      for _, job in ipairs(self:open_jobs()) do
+        local box = job.cancel_box
+        if box and gfx.mouse_x >= box.x and gfx.mouse_y >= box.y and gfx.mouse_y < box.y + box.h then
+          self:cancel(job)
+        end
+      end
+    end
   end
   self.mouse_down = clicked
   gfx.update()
@@ -694,6 +766,7 @@ local function start_job(info, desc, what, project, project_dir)
     track_name = desc.track_name, project = project,
     position = desc.position, length = desc.length, item_values = desc.item_values,
     take_values = desc.take_values, mute_source = mute_source_enabled(),
+    as_takes = stems_as_takes_enabled(), partial = desc.part ~= nil,
     sent_at = reaper.time_precise(),
   }
   H.persist(job) -- before the daemon can see the request: a paid job is never only in this script's memory

@@ -323,3 +323,79 @@ def test_a_rendered_item_sends_the_part_of_its_render(setup: Setup, lua: str) ->
     host.run(SEPARATE_SCRIPT)
     _, request = only_request(setup)
     assert request["start"] == 0.0 and request["length"] == 1.0  # from the item's start, 1 s of it
+
+
+# --- 6. what STEMwerk users have ---------------------------------------------------------------------------
+
+
+def test_stems_can_go_in_as_takes_of_the_source_item(setup: Setup, lua: str) -> None:
+    host = setup.host(setup.scenario(answers={"menu": [5, 1]}), lua=lua)  # the takes toggle, then "piano"
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    state = host.state()
+    assert state["ext"]["sam-bridge/stems_as_takes"] == "1"
+    assert "|!Stems as takes of the source item (not new tracks)" in state["menus"][1]
+    state = finish(setup, host, name, 4.0)
+    assert [t["name"] for t in state["tracks"]] == ["Drums", "Guitar", "Bass"]  # no new tracks
+    [item] = state["tracks"][1]["items"]
+    assert [t["name"] for t in item["takes"]] == ["Guitar 01", "piano (target)", "piano (residual)"]
+    assert [Path(t["source"]).name for t in item["takes"][1:]] == ["take - target.wav", "take - residual.wav"]
+    assert item["takes"][1]["values"]["D_VOL"] == 0.8  # the source take's level and pan, as for tracks
+
+
+def test_the_last_prompts_are_offered_again(setup: Setup, lua: str) -> None:
+    host = setup.host(setup.scenario(ext_state={"sam-bridge/recent_prompts": "dog barking\nlow hum"},
+                                     answers={"menu": [5]}), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    state = host.state()
+    fields = [f for f in state["menus"][0].split("|") if f]
+    assert fields[2:5] == ["Describe the sound…", 'Again: "dog barking"', 'Again: "low hum"']
+    _, request = only_request(setup)
+    assert request["prompt"] == "low hum"
+    assert state["ext"]["sam-bridge/recent_prompts"] == "low hum\ndog barking"  # newest first
+
+
+def test_one_item_can_be_cancelled_from_its_row(setup: Setup, lua: str) -> None:
+    import json
+
+    scenario = setup.scenario()
+    second = json.loads(json.dumps(scenario["tracks"][1]["items"][0]))
+    second.update(guid="{ITEM-2}", position=20.0)
+    scenario["tracks"][2]["items"] = [second]
+    host = setup.host(scenario, lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    first, other = (p.stem for p in setup.requests())
+    assert host.send(cmd="click", x=520, y=15)["ok"]  # the first row's [ x ]
+    state = host.state()
+    assert (setup.requests_dir / f"{first}.cancel").exists()
+    assert not (setup.requests_dir / f"{other}.cancel").exists()
+    assert state["pending"] == 1 and list(state["proj_ext"]["sam-bridge-jobs"]) == [other]
+
+
+def test_a_preset_action_separates_without_a_menu(setup: Setup, lua: str, tmp_path: Path) -> None:
+    from bridge.os_service.reaper_install import install_scripts, preset_action_name
+
+    resources = tmp_path / "REAPER"
+    resources.mkdir()
+    result = install_scripts(resources, setup.state_dir, "linux", presets=("band",), check_running=False)
+    action = result.scripts_dir / preset_action_name("band")
+    assert action.name == "sam-bridge - Separate band.lua"
+    assert '"sam-bridge/sam-bridge - Separate band.lua"' in (resources / "reaper-kb.ini").read_text()
+    host = setup.host(setup.scenario(answers={"menu": []}), lua=lua)
+    host.run(action)
+    _, request = only_request(setup)
+    assert request["preset"] == "band" and host.state()["menus"] == []
+
+
+def test_installed_scripts_find_the_daemon_through_their_pointer_file(setup: Setup, lua: str, tmp_path: Path) -> None:
+    from bridge.os_service.reaper_install import install_scripts
+
+    resources = tmp_path / "REAPER"
+    resources.mkdir()
+    result = install_scripts(resources, setup.state_dir, "linux", check_running=False)
+    host = setup.host(setup.scenario(), env={"SAM_BRIDGE_STATE_DIR": "", "HOME": str(tmp_path / "elsewhere"),
+                                             "XDG_STATE_HOME": ""}, lua=lua)
+    host.run(result.scripts_dir / SEPARATE_SCRIPT.name)
+    assert host.state()["messages"] == []
+    _, request = only_request(setup)
+    assert request["preset"] == "piano"

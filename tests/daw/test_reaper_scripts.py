@@ -257,12 +257,13 @@ def test_preset_menu_lists_presets_prompt_and_mute_toggle() -> None:
     menu, actions = lua_eval(
         f"local p = core.parse_presets({lua_string(presets)}) return {{core.build_preset_menu(p, true)}}"
     )
-    assert menu == "piano|odd / name|band  (4 stems)||Describe the sound…|!Mute source items when the stems arrive"
+    assert menu == ("piano|odd / name|band  (4 stems)||Describe the sound…||!Mute source items when the stems arrive"
+                    "|Stems as takes of the source item (not new tracks)")
     fields = [f for f in menu.split("|") if f]  # what gfx.showmenu numbers
     assert len(fields) == len(actions)
     assert actions[0] == {"kind": "preset", "name": "piano"}
     assert actions[1] == {"kind": "preset", "name": "!odd | name"}  # the real name goes to the daemon
-    assert [a["kind"] for a in actions[3:]] == ["prompt", "toggle_mute"]
+    assert [a["kind"] for a in actions[3:]] == ["prompt", "toggle_mute", "toggle_takes"]
 
 
 @pytest.mark.parametrize(("platform", "argv", "line"), [
@@ -299,7 +300,7 @@ def test_exec_output_and_the_json_in_it() -> None:
 def test_preset_menu_without_presets_still_offers_a_prompt() -> None:
     menu, actions = lua_eval("local p, err = core.parse_presets(nil) return {core.build_preset_menu(p, false)}")
     assert menu.startswith("#")  # greyed line saying no presets were found
-    assert [a["kind"] for a in actions] == ["none", "prompt", "toggle_mute"]
+    assert [a["kind"] for a in actions] == ["none", "prompt", "toggle_mute", "toggle_takes"]
 
 
 # --- item -> request ------------------------------------------------------------------------------
@@ -636,7 +637,7 @@ def test_done_inserts_stems_under_the_source_track_in_one_undo_block(setup: Setu
     name, _ = only_request(setup)
     write_status(setup.requests_dir, name, state="running", progress=0.45, message="separating on fal")
     host.tick()
-    assert host.state()["last_frame"][0] == "Guitar 01 — separating 45% — separating on fal"
+    assert host.state()["last_frame"][:2] == ["Guitar 01 — separating 45%, about 1 s left — separating on fal", "[ x ]"]
     stems = setup.stems(["target", "residual"])
     write_status(setup.requests_dir, name, state="done", progress=1.0, stems=stems, message="done")
     host.tick()
@@ -805,7 +806,7 @@ def test_mute_toggle_in_the_menu_is_remembered(setup: Setup) -> None:
     host.run(SEPARATE_SCRIPT)
     state = host.state()
     assert state["ext"]["sam-bridge/mute_source"] == "1"
-    assert state["menus"][1].endswith("|!Mute source items when the stems arrive")
+    assert "|!Mute source items when the stems arrive|" in state["menus"][1]
     name, _ = only_request(setup)
     write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]))
     host.tick()
@@ -863,7 +864,7 @@ def test_slow_pickup_is_explained_and_half_written_status_is_ignored(setup: Setu
     assert host.state()["pending"] == 1
     write_status(setup.requests_dir, name, state="uploading", progress=0.1)
     host.tick()
-    assert host.state()["last_frame"][0] == "Guitar 01 — uploading 10%"
+    assert host.state()["last_frame"][0] == "Guitar 01 — uploading 10%, about 4 min left"  # 20 s for 10%
 
 
 def test_closing_the_window_keeps_working_in_the_background(setup: Setup) -> None:
@@ -891,7 +892,7 @@ def test_several_items_each_get_a_request(setup: Setup) -> None:
     requests = [json.loads(p.read_text(encoding="utf-8")) for p in setup.requests()]
     assert sorted((r["tag"], r["start"], r["length"]) for r in requests) == [
         ("reaper:{ITEM-1}", 2.5, 4.0), ("reaper:{ITEM-2}", 0, 1.5)]
-    assert len(host.state()["last_frame"]) == 3  # two lines and the button
+    assert len(host.state()["last_frame"]) == 5  # two lines with their own cancel buttons, and Cancel all
 
 
 @pytest.mark.skipif(not shutil.which("lua5.3"), reason="lua5.3 is not installed (REAPER 6 runs Lua 5.3)")
