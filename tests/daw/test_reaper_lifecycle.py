@@ -364,7 +364,7 @@ def test_one_item_can_be_cancelled_from_its_row(setup: Setup, lua: str) -> None:
     scenario["tracks"][2]["items"] = [second]
     host = setup.host(scenario, lua=lua)
     host.run(SEPARATE_SCRIPT)
-    first, other = (p.stem for p in setup.requests())
+    first, other = sorted((p.stem for p in setup.requests()), key=lambda n: int(n.rsplit("-", 1)[1]))  # row order
     assert host.send(cmd="click", x=520, y=15)["ok"]  # the first row's [ x ]
     state = host.state()
     assert (setup.requests_dir / f"{first}.cancel").exists()
