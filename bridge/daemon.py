@@ -150,6 +150,7 @@ class Daemon:
         osc_address = self._start_osc(engine, hot)
         self._write_presets_file()
         info = DaemonInfo(requests_dir, osc_address, hot, log_file)
+        self._start_keep_alive()  # its first heartbeat before daemon.json: a script never sees one alone
         write_json_atomic(self.state / "daemon.json", {
             "pid": os.getpid(), "version": __version__, "requests_dir": str(requests_dir),
             "osc": {"host": osc_address[0], "port": osc_address[1]} if osc_address else None,
@@ -164,7 +165,6 @@ class Daemon:
             **self._keep_alive_files(),
         })
         stack.callback(lambda: (self.state / "daemon.json").unlink(missing_ok=True))
-        self._start_keep_alive()
         reloader = threading.Thread(target=self._reload_presets, name="preset-reload", daemon=True)
         reloader.start()
         return info
