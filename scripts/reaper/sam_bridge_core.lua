@@ -423,52 +423,6 @@ function M.project_presets_folder(project_dir)
   return M.join(project_dir, "sam-bridge", "presets")
 end
 
---- One argument quoted for reaper.ExecProcess's command line; nil if it cannot be.
---- On Windows the line goes to CreateProcess (CommandLineToArgvW's rules). Elsewhere REAPER splits it
---- itself, taking an argument wrapped in ' or " as it is, with no escapes: so an argument with a '
---- is wrapped in ", and one with ' and " cannot be passed. Nor can one with ' and $ ` \, so that a
---- shell would read the line the same way.
-function M.shell_quote(arg, platform)
-  arg = tostring(arg)
-  if platform == "windows" then
-    -- CommandLineToArgvW: backslashes are literal except before a quote, which they escape
-    local quoted = arg:gsub('(\\*)"', function(slashes) return slashes .. slashes .. '\\"' end)
-    quoted = quoted:gsub("(\\+)$", "%1%1")
-    return '"' .. quoted .. '"'
-  end
-  if not arg:find("'", 1, true) then return "'" .. arg .. "'" end
-  if not arg:find('["$`\\]') then return '"' .. arg .. '"' end
-  return nil
-end
-
---- The command line for `argv` (a list), each argument quoted; nil and the argument that cannot be.
-function M.command_line(argv, platform)
-  local parts = {}
-  for i, arg in ipairs(argv) do
-    parts[i] = M.shell_quote(arg, platform)
-    if not parts[i] then return nil, arg end
-  end
-  return table.concat(parts, " ")
-end
-
---- The JSON object in a command's output, should log lines come with it (the first line opening a
---- brace up to the last closing one).
-function M.json_in_output(output)
-  local first = output:sub(1, 1) == "{" and 1 or output:find("\n{")
-  local last = output:match(".*()}")
-  if not first or not last then return output end
-  if output:sub(first, first) == "\n" then first = first + 1 end
-  return output:sub(first, last)
-end
-
---- reaper.ExecProcess's answer ("<exit code>\n<output>", or nil when it could not run): code, output.
-function M.parse_exec_output(answer)
-  if type(answer) ~= "string" then return nil, "" end
-  local code, output = answer:match("^(%-?%d+)\r?\n(.*)$")
-  if not code then return nil, answer end
-  return tonumber(code), output
-end
-
 --- The problems `sam-bridge presets list --json` reports (broken files), as "file:line: field: message".
 function M.preset_problems(text)
   local doc = M.json_decode(text or "")

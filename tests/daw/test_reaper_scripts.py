@@ -46,10 +46,6 @@ UNICODE_NAME = "Gitarre Ärger – 吉他 🎸"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def lua_list(items: list[str]) -> str:
-    return "{" + ", ".join(lua_string(item) for item in items) + "}"
-
-
 def lua_string(text: str) -> str:
     """A Lua string literal for any text (Lua's long brackets would trip over ]]; escape bytes instead)."""
     return '"' + "".join(f"\\{b}" for b in text.encode("utf-8")) + '"'
@@ -264,37 +260,6 @@ def test_preset_menu_lists_presets_prompt_and_mute_toggle() -> None:
     assert actions[0] == {"kind": "preset", "name": "piano"}
     assert actions[1] == {"kind": "preset", "name": "!odd | name"}  # the real name goes to the daemon
     assert [a["kind"] for a in actions[3:]] == ["prompt", "toggle_mute", "toggle_takes"]
-
-
-@pytest.mark.parametrize(("platform", "argv", "line"), [
-    ("linux", ["/opt/py 3/python", "-m", "bridge", "--project", "/Music/Tom's Song"],
-     "'/opt/py 3/python' '-m' 'bridge' '--project' \"/Music/Tom's Song\""),
-    ("macos", ["/Apps/$py/python", "--project", '/Music/"Live" `best` \\ take'],
-     "'/Apps/$py/python' '--project' '/Music/\"Live\" `best` \\ take'"),
-    ("windows", ["C:\\Py\\python.exe", "--project", 'C:\\Music\\A "B"\\'],
-     '"C:\\Py\\python.exe" "--project" "C:\\Music\\A \\"B\\"\\\\"'),
-])
-def test_command_lines_quote_every_argument(platform: str, argv: list[str], line: str) -> None:
-    assert lua_eval(f"return core.command_line({lua_list(argv)}, {lua_string(platform)})") == line
-
-
-@pytest.mark.parametrize("unquotable", ["/Music/Tom's \"Song\"", "/Music/Tom's $5 Song", "/M/Tom's `x`"])
-def test_a_path_reaper_cannot_pass_either_way_is_named(unquotable: str) -> None:
-    """With a ' and one of " $ ` \\, no quoting reads the same to REAPER and to a shell."""
-    argv = lua_list(["/usr/bin/python3", "--project", unquotable])
-    assert lua_eval(f"local line, bad = core.command_line({argv}, 'linux') return {{line == nil, bad}}") \
-        == [True, unquotable]
-
-
-def test_exec_output_and_the_json_in_it() -> None:
-    assert lua_eval('return {core.parse_exec_output("0\\n{}")}') == [0, "{}"]
-    assert lua_eval('return {core.parse_exec_output("2\\r\\nno such file")}') == [2, "no such file"]
-    assert lua_eval("local code, output = core.parse_exec_output(nil) return {code == nil, output}") == [True, ""]
-    noisy = 'WARNING: slow disk\n{"presets": [{"name": "a}b"}]}\nbye'
-    assert lua_eval(f"return core.json_in_output({lua_string(noisy)})") == '{"presets": [{"name": "a}b"}]}'
-    problems = {"problems": [{"file": "/p/bad.yaml", "line": 2, "field": "yaml", "message": "is not valid"}]}
-    assert lua_eval(f"return core.preset_problems({lua_string(json.dumps(problems))})") == [
-        "/p/bad.yaml:2: yaml: is not valid"]
 
 
 def test_preset_menu_without_presets_still_offers_a_prompt() -> None:
