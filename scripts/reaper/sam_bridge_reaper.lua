@@ -507,7 +507,8 @@ function H.saved_jobs(known)
       i = i + 1
       local record = core.json_decode(value or "")
       if type(record) == "table" and not known[name] and type(record.status_path) == "string" then
-        record.name, record.project = name, project
+        -- the record's own name: REAPER may hand keys back in another case
+        record.name, record.project = type(record.name) == "string" and record.name or name, project
         record.track = find_track(project, record.track_guid or "")
         record.item = find_item(record.track, record.item_guid or "")
         record.sent_at = reaper.time_precise()

@@ -7,8 +7,10 @@
 --     return values of REAPER's own ReaScript documentation (REAPER 7.x, "ReaScript API" help page,
 --     https://www.reaper.fm/sdk/reascript/reascripthelp.html, Lua column; set_action_options since 7.03).
 --     Calling any other name, passing a wrong type, too many arguments, or a MediaItem where a
---     MediaTrack is wanted raises an error, as REAPER's Lua binding does. The fake's own answers are
---     checked against the same table, so the fake cannot drift from the documentation either.
+--     MediaTrack is wanted raises an error, as REAPER's Lua binding does (a name not in the API reads as
+--     nil, as in REAPER). It is stricter in one way: numeric text where a number is documented, which
+--     Lua's C API would convert, is refused. The fake's own answers are checked against the same table,
+--     so the fake cannot drift from the documentation either. gfx.* is checked the same way.
 --   * One instance per action: running a script whose earlier instance still has deferred work shows
 --     REAPER's "script is already running" prompt (answered from the scenario), unless the script set
 --     `set_action_options` (1: terminate the old instance; 1|2: terminate and re-launch).
@@ -111,6 +113,20 @@ Fake.SIGNATURES = {
   ShowConsoleMsg = { { "string" }, {} },
 }
 
+-- gfx.* as the same documentation gives them (optional arguments marked "?").
+Fake.GFX_SIGNATURES = {
+  init = { { "string", "number?", "number?", "number?", "number?", "number?" }, { "number" } },
+  quit = { {}, {} },
+  showmenu = { { "string" }, { "integer" } },
+  getchar = { { "number?" }, { "number" } },
+  set = { { "number", "number?", "number?", "number?", "number?", "number?", "number?" }, {} },
+  rect = { { "number", "number", "number", "number", "number?" }, {} },
+  setfont = { { "integer", "string?", "number?", "number?" }, {} },
+  measurestr = { { "string" }, { "number", "number" } },
+  drawstr = { { "string", "number?", "number?", "number?" }, {} },
+  update = { {}, {} },
+}
+
 local POINTER_KINDS = { ReaProject = "project", MediaTrack = "track", MediaItem = "item", MediaItem_Take = "take",
                         PCM_source = "source" }
 
@@ -133,24 +149,25 @@ local function describe(value)
 end
 
 --- Wraps `impl` so calls and answers are checked against the documented signature of `name`.
-local function checked(name, impl)
-  local signature = assert(Fake.SIGNATURES[name], "no documented signature for reaper." .. name)
+local function checked(name, impl, signatures, prefix)
+  prefix = prefix or "reaper."
+  local signature = assert((signatures or Fake.SIGNATURES)[name], "no documented signature for " .. prefix .. name)
   local args, returns = signature[1], signature[2]
   return function(...)
     local n = select("#", ...)
     if n > #args then
-      error(string.format("reaper.%s takes %d argument(s), got %d", name, #args, n), 2)
+      error(string.format("%s%s takes %d argument(s), got %d", prefix, name, #args, n), 2)
     end
     for i, want in ipairs(args) do
       local value = (select(i, ...))
       if not type_ok(value, want) then
-        error(string.format("bad argument #%d to 'reaper.%s' (%s expected, got %s)", i, name, want, describe(value)), 2)
+        error(string.format("bad argument #%d to '%s%s' (%s expected, got %s)", i, prefix, name, want, describe(value)), 2)
       end
     end
     local results = table.pack(impl(...))
-    assert(results.n <= #returns, "fake reaper." .. name .. " returned more than documented")
+    assert(results.n <= #returns, "fake " .. prefix .. name .. " returned more than documented")
     for i, want in ipairs(returns) do
-      assert(type_ok(results[i], want), "fake reaper." .. name .. " returned a " .. describe(results[i])
+      assert(type_ok(results[i], want), "fake " .. prefix .. name .. " returned a " .. describe(results[i])
         .. " as value #" .. i .. ", documented: " .. want)
     end
     return table.unpack(results, 1, results.n)
@@ -601,6 +618,7 @@ function Fake.new(scenario)
     host.gfx.frames[#host.gfx.frames + 1] = host.gfx.current
     host.gfx.current = {}
   end
+  for name in pairs(Fake.GFX_SIGNATURES) do g[name] = checked(name, assert(g[name]), Fake.GFX_SIGNATURES, "gfx.") end
 
   ---------------------------------------------------------------------------------------------------
   -- Scripts, instances and UI cycles

@@ -189,11 +189,12 @@ def test_the_fake_rejects_what_reaper_rejects(setup: Setup, lua: str) -> None:
     code = """
     local results = {}
     local function try(f, ...) local ok, err = pcall(f, ...) results[#results + 1] = ok and "accepted" or err end
-    try(reaper.GetTrack, 0, "1")                      -- a string where an integer is documented
+    try(reaper.GetTrack, 0, "one")                    -- text where an integer is documented
     try(reaper.EnumProjects, -1, "")                  -- more arguments than documented
     try(reaper.GetMediaTrackInfo_Value, reaper.GetSelectedMediaItem(0, 0), "IP_TRACKNUMBER") -- item for track
     try(reaper.SetExtState, "a", "b", "c")            -- persist is not optional
     results[#results + 1] = tostring(reaper.NoSuchFunction)
+    try(gfx.drawstr, {})                              -- gfx.* too
     return results
     """
     answer = host.send(cmd="eval", code=code)
@@ -203,6 +204,7 @@ def test_the_fake_rejects_what_reaper_rejects(setup: Setup, lua: str) -> None:
     assert "integer expected" in results[0] and "takes 1 argument" in results[1]
     assert "MediaTrack expected, got item" in results[2] and "boolean expected" in results[3]
     assert results[4] == "nil"  # as in REAPER: an unknown name is nil (so scripts can test for new functions)
+    assert "gfx.drawstr" in results[5]
 
 
 def test_every_reaper_function_the_scripts_use_has_a_documented_signature() -> None:
