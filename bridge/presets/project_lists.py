@@ -44,9 +44,12 @@ class ProjectPresetLists:
         for want in wants:
             key = want.stem
             try:
-                project_dir = Path(want.read_text(encoding="utf-8").strip())
+                text = want.read_text(encoding="utf-8").rstrip("\r\n")  # a folder may end in a space
+                project_dir = Path(text)
             except (OSError, UnicodeDecodeError):
                 continue  # half written: read again next time
+            if not text:
+                continue
             known = self._libraries.get(key)
             answer = self.folder / f"{key}.json"
             if known is None or known[0] != project_dir:
@@ -58,6 +61,7 @@ class ProjectPresetLists:
                 library = known[1]
                 changed = library.refresh() or not answer.exists()
             if changed:
-                document = {"project_dir": str(project_dir), **preset_list_document(library)}
+                # the folder exactly as the script wrote it: that is what it compares with
+                document = {"project_dir": text, **preset_list_document(library)}
                 write_json_atomic(answer, document)
                 log.debug("preset list for %s written", project_dir)
