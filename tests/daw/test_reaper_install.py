@@ -102,3 +102,32 @@ def test_default_resource_folders() -> None:
         "C:\\Users\\a\\AppData\\Roaming") / "REAPER"
     assert default_resource_path("macos", {"HOME": "/Users/a"}) == Path("/Users/a/Library/Application Support/REAPER")
     assert default_resource_path("linux", {"HOME": "/home/a"}) == Path("/home/a/.config/REAPER")
+
+
+def test_the_daemons_project_lists_follow_the_projects_preset_files(tmp_path: Path) -> None:
+    import json
+    import time
+
+    from bridge.presets.library import PresetLibrary, default_search_path
+    from bridge.presets.project_lists import ProjectPresetLists
+
+    project = tmp_path / "Song "  # a folder name may end in a space: kept as the script wrote it
+    (project / "sam-bridge" / "presets").mkdir(parents=True)
+    preset = project / "sam-bridge" / "presets" / "room.yaml"
+    preset.write_text("name: Room tone\nprompt: hum\n")
+    folder = tmp_path / "project-presets"
+    folder.mkdir()
+    (folder / "abc.want").write_text(str(project), encoding="utf-8")
+    lists = ProjectPresetLists(PresetLibrary(default_search_path(config_dir=tmp_path / "cfg"), quiet=True), folder)
+    lists.refresh()
+    answer = json.loads((folder / "abc.json").read_text(encoding="utf-8"))
+    assert answer["project_dir"] == str(project)
+    names = [p["name"] for p in answer["presets"]]
+    assert "Room tone" in names and "vocals" in names and answer["problems"] == []
+    time.sleep(0.01)
+    preset.write_text("name: Room hum\nprompt: hum\n")
+    (project / "sam-bridge" / "presets" / "broken.yaml").write_text("name: [oops\n")
+    lists.refresh()
+    answer = json.loads((folder / "abc.json").read_text(encoding="utf-8"))
+    assert "Room hum" in [p["name"] for p in answer["presets"]]
+    assert [Path(p["file"]).name for p in answer["problems"]] == ["broken.yaml"]
