@@ -248,6 +248,7 @@ def test_items_needing_a_render_share_one_render_and_keep_their_tracks_fx_out(se
     host.run(SEPARATE_SCRIPT)
     state = host.state()
     assert state["commands"].count(42230) == 2  # audio items together, the MIDI item apart (not one each)
+    assert [b["what"] for b in state["blocks"]] == ["render", "render"]  # nothing else held the UI thread
     audio, midi = sorted(state["renders"], key=lambda r: len(r["items"]), reverse=True)
     assert [i["guid"] for i in audio["items"]] == ["{ITEM-1}", "{ITEM-2}"]
     for rendered in audio["items"]:  # the item and its take FX, before the track's FX and fader
@@ -401,3 +402,15 @@ def test_installed_scripts_find_the_daemon_through_their_pointer_file(setup: Set
     assert host.state()["messages"] == []
     _, request = only_request(setup)
     assert request["preset"] == "piano"
+
+
+def test_finished_stems_come_in_even_when_the_daemon_is_gone(setup: Setup, lua: str) -> None:
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    host.send(cmd="restart")
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]))
+    write_heartbeat(setup.state_dir, age=600)  # it finished the job, then stopped
+    host.run(COLLECT_SCRIPT)
+    state = host.state()
+    assert len(stem_tracks(state)) == 2 and state["messages"] == [] and state["pending"] == 0
