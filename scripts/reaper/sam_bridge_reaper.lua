@@ -739,10 +739,16 @@ end
 
 local request_counter = 0
 
-local function next_request_name()
-  request_counter = request_counter + 1
-  return core.request_name(os.date("%Y%m%d-%H%M%S"), string.format("%04x", math.random(0, 0xffff)),
-    request_counter)
+--- A request name no earlier request used: not in the requests folder, not saved in the project (two
+--- runs in one second with the same random part must not collide).
+local function next_request_name(requests_dir)
+  while true do
+    request_counter = request_counter + 1
+    local name = core.request_name(os.date("%Y%m%d-%H%M%S"), string.format("%04x", math.random(0, 0xffff)),
+      request_counter)
+    local _, saved = reaper.GetProjExtState(0, JOBS, name)
+    if saved == "" and not exists(core.join(requests_dir, name .. ".json")) then return name end
+  end
 end
 
 --- Builds and writes one request for a described (and, if need be, rendered) item; returns the job or
@@ -805,7 +811,7 @@ end
 
 --- Describes the items (narrowed to their span), names their requests and renders those that need it
 --- (in one go). Items outside their span are left out with a note in `problems`.
-local function prepare_items(targets, project_dir, problems)
+local function prepare_items(targets, project_dir, requests_dir, problems)
   local descs, to_render = {}, {}
   for _, target in ipairs(targets) do
     local desc = H.describe_item(target.item)
@@ -815,7 +821,7 @@ local function prepare_items(targets, project_dir, problems)
       if desc.part then -- the item's fades belong to its edges, not to the part
         desc.item_values = { D_VOL = desc.item_values and desc.item_values.D_VOL or 1 }
       end
-      desc.request_name = next_request_name()
+      desc.request_name = next_request_name(requests_dir)
       if desc.take then
         desc.mode = core.classify_take(desc)
         if desc.mode == "render" then to_render[#to_render + 1] = desc end
@@ -862,7 +868,7 @@ function H.separate_selected_items(preset)
 
   local function send(what)
     local problems = {}
-    for _, desc in ipairs(prepare_items(items, project_dir, problems)) do
+    for _, desc in ipairs(prepare_items(items, project_dir, info.requests_dir, problems)) do
       local job, problem = start_job(info, desc, what, project, project_dir)
       if job then session:add(job) else problems[#problems + 1] = (desc.label or "item") .. ": " .. problem end
     end
@@ -915,9 +921,12 @@ function H.cancel_all()
     end
   end
   for _, job in ipairs(H.saved_jobs({})) do
-    if not seen[job.cancel_path] and H.write_cancel_file(job.cancel_path) then count = count + 1 end
-    seen[job.cancel_path] = true
-    H.forget(job)
+    local status = core.parse_status(H.read_file(job.status_path) or "")
+    if not (status and status.state == "done") then -- finished and paid for: kept for Collect
+      if not seen[job.cancel_path] and H.write_cancel_file(job.cancel_path) then count = count + 1 end
+      seen[job.cancel_path] = true
+      H.forget(job)
+    end
   end
   reaper.SetExtState(EXT, "cancel", tostring(reaper.time_precise()), false)
   if count == 0 then H.alert("Nothing to cancel: no separation started from REAPER is running.") end

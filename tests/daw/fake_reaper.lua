@@ -640,8 +640,15 @@ function Fake.new(scenario)
     for _, fn in ipairs(instance.atexit) do within(script, instance, fn) end
   end
 
+  -- Each ReaScript runs in a Lua state of its own in REAPER: modules it requires are loaded afresh.
+  local baseline_modules = {}
+  for name in pairs(package.loaded) do baseline_modules[name] = true end
+
   --- Runs an action script as REAPER does: a second launch while one runs meets the relaunch rule.
   function host.run_script(script)
+    for name in pairs(package.loaded) do
+      if not baseline_modules[name] then package.loaded[name] = nil end
+    end
     if host.instances[script] then
       local flag = host.action_options[script] or 0
       if flag & 1 == 1 then

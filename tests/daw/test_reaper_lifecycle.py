@@ -157,14 +157,18 @@ def test_two_actions_following_one_request_insert_it_once(setup: Setup, lua: str
     assert len(stem_tracks(host.state())) == 2
 
 
-def test_cancel_after_a_restart_cancels_the_saved_requests(setup: Setup, lua: str) -> None:
-    host = setup.host(setup.scenario(), lua=lua)
+def test_cancel_after_a_restart_cancels_the_saved_requests_but_keeps_finished_ones(setup: Setup, lua: str) -> None:
+    host = setup.host(setup.scenario(answers={"menu": [1, 2]}), lua=lua)
     host.run(SEPARATE_SCRIPT)
-    name, _ = only_request(setup)
+    [running] = [p.stem for p in setup.requests()]
+    host.run(SEPARATE_SCRIPT)
+    [done] = [p.stem for p in setup.requests() if p.stem != running]
+    write_status(setup.requests_dir, done, state="done", progress=1.0, stems=setup.stems(["target", "residual"]))
     host.send(cmd="restart")
     host.run(CANCEL_SCRIPT)
-    assert (setup.requests_dir / f"{name}.cancel").exists()
-    assert host.state()["proj_ext"].get("sam-bridge-jobs", {}) == {}
+    assert (setup.requests_dir / f"{running}.cancel").exists()
+    assert not (setup.requests_dir / f"{done}.cancel").exists()
+    assert list(host.state()["proj_ext"]["sam-bridge-jobs"]) == [done]  # paid for: Collect still brings it
 
 
 # --- 3. the UI thread -------------------------------------------------------------------------------
