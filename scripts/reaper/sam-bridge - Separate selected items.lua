@@ -11,7 +11,12 @@
 --   [main] sam-bridge - Cancel.lua
 --   [main] sam-bridge - Collect finished stems.lua
 --   [nomain] sam_bridge_core.lua
+--   [nomain] sam_bridge_json.lua
+--   [nomain] sam_bridge_text.lua
 --   [nomain] sam_bridge_reaper.lua
+--   [nomain] sam_bridge_items.lua
+--   [nomain] sam_bridge_stems.lua
+--   [nomain] sam_bridge_session.lua
 -- @changelog
 --   Says "sam-bridge isn't running" (with the command to start it) instead of waiting forever.
 --   Requests are saved in the project: stems of earlier runs come in on the next run, or with
