@@ -15,7 +15,7 @@ from bridge.common.errors import BridgeError
 
 # Each module defines `register(subparsers)`, which adds its parser(s) and sets `func(args) -> int`.
 COMMAND_MODULES = ("separate", "run", "status", "presets", "config", "local_service", "service", "ableton",
-                   "allow")
+                   "allow", "reaper")
 
 
 def build_parser() -> argparse.ArgumentParser:

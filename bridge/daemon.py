@@ -34,6 +34,7 @@ from bridge.fal.auth import ENV_VAR
 from bridge.hotfolder.watcher import HotFolder, HotFolderWatcher, default_hot_folder
 from bridge.osc.server import OscServer, OscSettings
 from bridge.presets.library import PresetLibrary
+from bridge.presets.project_lists import ProjectPresetLists
 from bridge.request_files.folder import RequestFolder
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class Daemon:
         osc_address = self._start_osc(engine, hot)
         self._write_presets_file()
         info = DaemonInfo(requests_dir, osc_address, hot, log_file)
+        self._start_keep_alive()  # its first heartbeat before daemon.json: a script never sees one alone
         write_json_atomic(self.state / "daemon.json", {
             "pid": os.getpid(), "version": __version__, "requests_dir": str(requests_dir),
             "osc": {"host": osc_address[0], "port": osc_address[1]} if osc_address else None,
@@ -160,6 +162,7 @@ class Daemon:
             "hot_folder": str(hot[0].path) if hot else None, "hot_folders": [str(f.path) for f in hot],
             "service": "local" if self.choice.is_stand_in else "fal",
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **self._keep_alive_files(),
         })
         stack.callback(lambda: (self.state / "daemon.json").unlink(missing_ok=True))
         reloader = threading.Thread(target=self._reload_presets, name="preset-reload", daemon=True)
@@ -212,6 +215,38 @@ class Daemon:
                 "origin": self.library.origin_of(preset.name),
             })
         write_json_atomic(self.state / "presets.json", {"presets": presets})
+
+    # --- for DAW scripts that must not wait: a heartbeat, and project preset lists -----------------
+
+    HEARTBEAT_INTERVAL = 1.0  # seconds; scripts call a heartbeat older than a few of these dead
+
+    def _keep_alive_files(self) -> dict[str, Any]:
+        return {"heartbeat_file": str(self.state / "heartbeat.json"),
+                "heartbeat_interval": self.HEARTBEAT_INTERVAL,
+                "project_presets_dir": str(self.state / "project-presets")}
+
+    def _write_heartbeat(self) -> None:
+        write_json_atomic(self.state / "heartbeat.json", {"pid": os.getpid(), "time": time.time(),
+                                                          "interval": self.HEARTBEAT_INTERVAL})
+
+    def _start_keep_alive(self) -> None:
+        """Refreshes heartbeat.json (pid + time) and the project preset lists until the daemon stops."""
+        lists = ProjectPresetLists(self.library, self.state / "project-presets")
+        self._write_heartbeat()
+
+        def loop() -> None:
+            while not self._stop.wait(self.HEARTBEAT_INTERVAL):
+                try:
+                    self._write_heartbeat()
+                    lists.refresh()
+                except Exception:
+                    log.exception("heartbeat or project preset lists failed")
+
+        thread = threading.Thread(target=loop, name="keep-alive", daemon=True)
+        thread.start()
+        # a clean stop says so at once: no heartbeat file, no waiting for it to go stale
+        self._stack.callback(lambda: (self.state / "heartbeat.json").unlink(missing_ok=True))
+        self._stack.callback(lambda: thread.join(timeout=5))
 
     def _reload_presets(self) -> None:
         while not self._stop.wait(2.0):

@@ -9,10 +9,20 @@
 --   Needs sam-bridge running (`sam-bridge run`, or `sam-bridge service install` once).
 -- @provides
 --   [main] sam-bridge - Cancel.lua
+--   [main] sam-bridge - Collect finished stems.lua
 --   [nomain] sam_bridge_core.lua
+--   [nomain] sam_bridge_json.lua
+--   [nomain] sam_bridge_text.lua
 --   [nomain] sam_bridge_reaper.lua
+--   [nomain] sam_bridge_items.lua
+--   [nomain] sam_bridge_stems.lua
+--   [nomain] sam_bridge_session.lua
 -- @changelog
---   First release.
+--   Says "sam-bridge isn't running" (with the command to start it) instead of waiting forever.
+--   Requests are saved in the project: stems of earlier runs come in on the next run, or with
+--   "Collect finished stems", even after REAPER restarted. No "already running" prompt (REAPER 7.03+).
+--   Time selections and razor edits; renders batched; MIDI rendered without the master's FX.
+--   Stems as takes, recent prompts, per-item cancel and time left in the progress window.
 
 local script_dir = debug.getinfo(1, "S").source:match("^@?(.*[/\\])") or ""
 package.path = script_dir .. "?.lua;" .. package.path

@@ -1,6 +1,7 @@
 -- @noindex
 -- sam-bridge for REAPER: the pure logic (no `reaper.*` calls), so it runs and is tested under plain Lua.
--- JSON, paths, state-folder discovery, item -> request, status parsing, track naming, render settings.
+-- Paths, state-folder discovery, item -> request, render settings; JSON (sam_bridge_json) and what the
+-- user reads (sam_bridge_text: menu, status, names) are added to this table from their own files.
 -- Written for Lua 5.3 and 5.4 (REAPER 6 and 7).
 
 local M = {}
@@ -8,221 +9,7 @@ local M = {}
 M.VERSION = "0.1.0"
 M.EXT_SECTION = "sam-bridge"
 
----------------------------------------------------------------------------------------------------
--- JSON
----------------------------------------------------------------------------------------------------
-
--- `null` in decoded JSON; distinct from a missing key.
-M.null = setmetatable({}, { __tostring = function() return "null" end })
-
--- Key order of decoded objects (the daemon's `stems` object is ordered: target first).
-local key_order = setmetatable({}, { __mode = "k" })
-
---- Keys of a decoded JSON object in document order (falls back to sorted keys for other tables).
-function M.keys_in_order(obj)
-  local order = key_order[obj] or {}
-  local keys, listed, extra = {}, {}, {}
-  for _, k in ipairs(order) do
-    if obj[k] ~= nil then keys[#keys + 1] = k end
-    listed[k] = true
-  end
-  for k in pairs(obj) do
-    if not listed[k] then extra[#extra + 1] = k end
-  end
-  table.sort(extra, function(a, b) return tostring(a) < tostring(b) end)
-  for _, k in ipairs(extra) do keys[#keys + 1] = k end
-  return keys
-end
-
-local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
-                  ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
-
-local function encode_string(s)
-  if utf8.len(s) == nil then
-    error("text is not valid UTF-8: " .. s:gsub("[^\32-\126]", "?"), 0)
-  end
-  return '"' .. s:gsub('[\0-\31"\\]', function(c)
-    return ESCAPES[c] or string.format("\\u%04x", c:byte())
-  end) .. '"'
-end
-
-local function encode_number(n)
-  if n ~= n or n == math.huge or n == -math.huge then
-    error("cannot write " .. tostring(n) .. " as JSON", 0)
-  end
-  if math.type(n) == "integer" then return string.format("%d", n) end
-  local text = string.format("%.15g", n)
-  if tonumber(text) ~= n then text = string.format("%.17g", n) end
-  return text
-end
-
-local function is_array(t)
-  local count = 0
-  for _ in pairs(t) do count = count + 1 end
-  if count == 0 then return getmetatable(t) == M.array_mt end
-  for i = 1, count do
-    if t[i] == nil then return false end
-  end
-  return true
-end
-
-M.array_mt = {}
---- Marks a table as a JSON array (so an empty one encodes as [] rather than {}).
-function M.array(t) return setmetatable(t or {}, M.array_mt) end
-
-local encode_value
-
-local function encode_table(t, seen)
-  if seen[t] then error("cannot write a table that contains itself as JSON", 0) end
-  seen[t] = true
-  local parts = {}
-  if is_array(t) then
-    for i = 1, #t do parts[i] = encode_value(t[i], seen) end
-    seen[t] = nil
-    return "[" .. table.concat(parts, ",") .. "]"
-  end
-  for _, k in ipairs(M.keys_in_order(t)) do
-    if type(k) ~= "string" then error("JSON object keys must be text", 0) end
-    parts[#parts + 1] = encode_string(k) .. ":" .. encode_value(t[k], seen)
-  end
-  seen[t] = nil
-  return "{" .. table.concat(parts, ",") .. "}"
-end
-
-encode_value = function(v, seen)
-  local kind = type(v)
-  if v == M.null or v == nil then return "null" end
-  if kind == "boolean" then return v and "true" or "false" end
-  if kind == "number" then return encode_number(v) end
-  if kind == "string" then return encode_string(v) end
-  if kind == "table" then return encode_table(v, seen) end
-  error("cannot write a " .. kind .. " as JSON", 0)
-end
-
---- JSON text for a Lua value. Objects are written with sorted keys (or their decoded order).
-function M.json_encode(value)
-  return encode_value(value, {})
-end
-
-local function decode_error(text, pos, what)
-  local line = 1
-  for _ in text:sub(1, pos - 1):gmatch("\n") do line = line + 1 end
-  error(string.format("bad JSON at line %d (byte %d): %s", line, pos, what), 0)
-end
-
-local function skip_space(text, pos)
-  return text:find("[^ \t\r\n]", pos) or #text + 1
-end
-
-local decode_value
-
-local function decode_string(text, pos)
-  -- pos is at the opening quote
-  local parts = {}
-  local i = pos + 1
-  while true do
-    local j = text:find('["\\\0-\31]', i)
-    if not j then decode_error(text, pos, "unterminated text") end
-    parts[#parts + 1] = text:sub(i, j - 1)
-    local c = text:sub(j, j)
-    if c == '"' then return table.concat(parts), j + 1 end
-    if c ~= "\\" then decode_error(text, j, "control character inside text") end
-    local e = text:sub(j + 1, j + 1)
-    local simple = ({ ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r",
-                      t = "\t" })[e]
-    if simple then
-      parts[#parts + 1] = simple
-      i = j + 2
-    elseif e == "u" then
-      local hex = text:match("^%x%x%x%x", j + 2)
-      if not hex then decode_error(text, j, "bad \\u escape") end
-      local code = tonumber(hex, 16)
-      i = j + 6
-      if code >= 0xD800 and code <= 0xDBFF then
-        local low = text:match("^\\u(%x%x%x%x)", i)
-        local low_code = low and tonumber(low, 16)
-        if low_code and low_code >= 0xDC00 and low_code <= 0xDFFF then
-          code = 0x10000 + (code - 0xD800) * 0x400 + (low_code - 0xDC00)
-          i = i + 6
-        else
-          code = 0xFFFD -- lone surrogate: keep the text readable rather than fail
-        end
-      elseif code >= 0xDC00 and code <= 0xDFFF then
-        code = 0xFFFD
-      end
-      parts[#parts + 1] = utf8.char(code)
-    else
-      decode_error(text, j, "bad escape \\" .. e)
-    end
-  end
-end
-
-local function decode_object(text, pos)
-  local obj, order = {}, {}
-  key_order[obj] = order
-  pos = skip_space(text, pos + 1)
-  if text:sub(pos, pos) == "}" then return obj, pos + 1 end
-  while true do
-    if text:sub(pos, pos) ~= '"' then decode_error(text, pos, "expected a key in quotes") end
-    local key
-    key, pos = decode_string(text, pos)
-    pos = skip_space(text, pos)
-    if text:sub(pos, pos) ~= ":" then decode_error(text, pos, "expected ':'") end
-    local value
-    value, pos = decode_value(text, skip_space(text, pos + 1))
-    if obj[key] == nil then order[#order + 1] = key end
-    obj[key] = value
-    pos = skip_space(text, pos)
-    local c = text:sub(pos, pos)
-    if c == "}" then return obj, pos + 1 end
-    if c ~= "," then decode_error(text, pos, "expected ',' or '}'") end
-    pos = skip_space(text, pos + 1)
-  end
-end
-
-local function decode_array(text, pos)
-  local arr = M.array({})
-  pos = skip_space(text, pos + 1)
-  if text:sub(pos, pos) == "]" then return arr, pos + 1 end
-  while true do
-    local value
-    value, pos = decode_value(text, pos)
-    arr[#arr + 1] = value
-    pos = skip_space(text, pos)
-    local c = text:sub(pos, pos)
-    if c == "]" then return arr, pos + 1 end
-    if c ~= "," then decode_error(text, pos, "expected ',' or ']'") end
-    pos = skip_space(text, pos + 1)
-  end
-end
-
-decode_value = function(text, pos)
-  pos = skip_space(text, pos)
-  local c = text:sub(pos, pos)
-  if c == "{" then return decode_object(text, pos) end
-  if c == "[" then return decode_array(text, pos) end
-  if c == '"' then return decode_string(text, pos) end
-  if text:sub(pos, pos + 3) == "true" then return true, pos + 4 end
-  if text:sub(pos, pos + 4) == "false" then return false, pos + 5 end
-  if text:sub(pos, pos + 3) == "null" then return M.null, pos + 4 end
-  local number = text:match("^-?%d+%.?%d*[eE]?[-+]?%d*", pos)
-  if number and number ~= "" and number ~= "-" then
-    local value = tonumber(number)
-    if value == nil then decode_error(text, pos, "bad number " .. number) end
-    return value, pos + #number
-  end
-  decode_error(text, pos, c == "" and "unexpected end" or ("unexpected '" .. c .. "'"))
-end
-
---- Lua value for JSON text; returns nil and a message when the text is not JSON.
-function M.json_decode(text)
-  if type(text) ~= "string" then return nil, "no text to read" end
-  local ok, value, pos = pcall(decode_value, text, 1)
-  if not ok then return nil, value end
-  pos = skip_space(text, pos)
-  if pos <= #text then return nil, string.format("bad JSON: extra text at byte %d", pos) end
-  return value
-end
+for name, value in pairs(require("sam_bridge_json")) do M[name] = value end
 
 ---------------------------------------------------------------------------------------------------
 -- Paths
@@ -324,13 +111,48 @@ function M.state_dir_candidates(platform, getenv)
   return candidates
 end
 
-local NOT_RUNNING = "sam-bridge is not running (no daemon.json found in %s).\n\n"
-  .. "Start it in a terminal with:  sam-bridge run\n"
-  .. "or install it as a background service once:  sam-bridge service install"
+--- How to start the daemon on this platform (what "isn't running" messages tell the user).
+function M.start_command_text(platform)
+  if platform == "windows" then
+    return "Start it in a Command Prompt with:  sam-bridge run\n"
+      .. "(installed as a service? then:  schtasks /Run /TN sam-bridge)\n"
+      .. "or install it once to start at every login:  sam-bridge service install"
+  elseif platform == "macos" then
+    return "Start it in Terminal with:  sam-bridge run\n"
+      .. "(installed as a service? then:  launchctl kickstart gui/$(id -u)/org.sam-bridge.daemon)\n"
+      .. "or install it once to start at every login:  sam-bridge service install"
+  end
+  return "Start it in a terminal with:  sam-bridge run\n"
+    .. "(installed as a service? then:  systemctl --user start sam-bridge)\n"
+    .. "or install it once to start at every login:  sam-bridge service install"
+end
+
+M.NOT_RUNNING = "sam-bridge isn't running"
+
+local NOT_RUNNING = M.NOT_RUNNING .. " (no daemon.json found in %s).\n\n%s"
+
+--- Whether heartbeat.json's text shows a live daemon at `now` (seconds since the epoch): its time must
+--- be younger than a few refresh intervals. Returns alive, age (nil when unreadable).
+function M.heartbeat_alive(text, now)
+  local doc = M.json_decode(text or "")
+  if type(doc) ~= "table" or type(doc.time) ~= "number" then return false, nil end
+  local interval = type(doc.interval) == "number" and doc.interval or 1
+  local age = now - doc.time
+  return age <= math.max(4, 4 * interval), age
+end
+
+--- A short stable key for a project folder (FNV-1a, 32 bit, hex): the name of its preset-list files.
+function M.project_key(path)
+  local hash = 2166136261
+  for i = 1, #path do
+    hash = ((hash ~ path:byte(i)) * 16777619) & 0xffffffff
+  end
+  return string.format("%08x", hash)
+end
 
 --- Reads daemon.json from the first candidate folder that has one.
 --- `read_file(path)` returns the file's text or nil. Returns info (with `state_dir`) or nil, message.
-function M.find_daemon(candidates, read_file)
+function M.find_daemon(candidates, read_file, platform)
   for _, dir in ipairs(candidates) do
     local text = read_file(M.join(dir, "daemon.json"))
     if text then
@@ -346,130 +168,16 @@ function M.find_daemon(candidates, read_file)
       if type(info.presets_file) ~= "string" or info.presets_file == "" then
         info.presets_file = M.join(dir, "presets.json")
       end
+      if type(info.heartbeat_file) ~= "string" or info.heartbeat_file == "" then
+        info.heartbeat_file = M.join(dir, "heartbeat.json")
+      end
+      if type(info.project_presets_dir) ~= "string" or info.project_presets_dir == "" then
+        info.project_presets_dir = M.join(dir, "project-presets")
+      end
       return info
     end
   end
-  return nil, string.format(NOT_RUNNING, table.concat(candidates, " or "))
-end
-
----------------------------------------------------------------------------------------------------
--- Presets and the menu
----------------------------------------------------------------------------------------------------
-
---- Presets from presets.json text: a list of {name, description, stems}. Unreadable -> empty list, message.
-function M.parse_presets(text)
-  local doc, err = M.json_decode(text or "")
-  if type(doc) ~= "table" or type(doc.presets) ~= "table" then
-    return {}, "sam-bridge's preset list could not be read" .. (err and (" (" .. err .. ")") or "")
-  end
-  local presets = {}
-  for _, p in ipairs(doc.presets) do
-    if type(p) == "table" and type(p.name) == "string" and p.name ~= "" then
-      local stems = nil
-      if type(p.stems) == "table" and #p.stems > 0 then stems = p.stems end
-      presets[#presets + 1] = {
-        name = p.name,
-        description = type(p.description) == "string" and p.description or "",
-        stems = stems,
-      }
-    end
-  end
-  return presets
-end
-
---- Where a project keeps presets of its own (the daemon reads the same folder for its requests).
-function M.project_presets_folder(project_dir)
-  return M.join(project_dir, "sam-bridge", "presets")
-end
-
---- One argument quoted for reaper.ExecProcess's command line; nil if it cannot be.
---- On Windows the line goes to CreateProcess (CommandLineToArgvW's rules). Elsewhere REAPER splits it
---- itself, taking an argument wrapped in ' or " as it is, with no escapes: so an argument with a '
---- is wrapped in ", and one with ' and " cannot be passed. Nor can one with ' and $ ` \, so that a
---- shell would read the line the same way.
-function M.shell_quote(arg, platform)
-  arg = tostring(arg)
-  if platform == "windows" then
-    -- CommandLineToArgvW: backslashes are literal except before a quote, which they escape
-    local quoted = arg:gsub('(\\*)"', function(slashes) return slashes .. slashes .. '\\"' end)
-    quoted = quoted:gsub("(\\+)$", "%1%1")
-    return '"' .. quoted .. '"'
-  end
-  if not arg:find("'", 1, true) then return "'" .. arg .. "'" end
-  if not arg:find('["$`\\]') then return '"' .. arg .. '"' end
-  return nil
-end
-
---- The command line for `argv` (a list), each argument quoted; nil and the argument that cannot be.
-function M.command_line(argv, platform)
-  local parts = {}
-  for i, arg in ipairs(argv) do
-    parts[i] = M.shell_quote(arg, platform)
-    if not parts[i] then return nil, arg end
-  end
-  return table.concat(parts, " ")
-end
-
---- The JSON object in a command's output, should log lines come with it (the first line opening a
---- brace up to the last closing one).
-function M.json_in_output(output)
-  local first = output:sub(1, 1) == "{" and 1 or output:find("\n{")
-  local last = output:match(".*()}")
-  if not first or not last then return output end
-  if output:sub(first, first) == "\n" then first = first + 1 end
-  return output:sub(first, last)
-end
-
---- reaper.ExecProcess's answer ("<exit code>\n<output>", or nil when it could not run): code, output.
-function M.parse_exec_output(answer)
-  if type(answer) ~= "string" then return nil, "" end
-  local code, output = answer:match("^(%-?%d+)\r?\n(.*)$")
-  if not code then return nil, answer end
-  return tonumber(code), output
-end
-
---- The problems `sam-bridge presets list --json` reports (broken files), as "file:line: field: message".
-function M.preset_problems(text)
-  local doc = M.json_decode(text or "")
-  local lines = {}
-  if type(doc) == "table" and type(doc.problems) == "table" then
-    for _, problem in ipairs(doc.problems) do
-      if type(problem) == "table" then
-        local where = tostring(problem.file or "?") .. (problem.line and (":" .. tostring(problem.line)) or "")
-        lines[#lines + 1] = where .. ": " .. tostring(problem.field or "") .. ": " .. tostring(problem.message or "")
-      end
-    end
-  end
-  return lines
-end
-
--- gfx.showmenu gives '!', '#', '>', '<' and '|' special meaning; keep item text plain.
-local function menu_text(text)
-  text = text:gsub("|", "/"):gsub("^[!#><]+", "")
-  return text
-end
-
---- Menu string for gfx.showmenu and what each numbered choice means.
---- Choices: {kind="preset", name=...}, {kind="prompt"}, {kind="toggle_mute"}.
-function M.build_preset_menu(presets, mute_source)
-  -- gfx.showmenu numbers every field but separators, greyed ones included: keep `actions` parallel.
-  local items, actions = {}, {}
-  local function add(text, action)
-    items[#items + 1] = text
-    actions[#actions + 1] = action or { kind = "none" }
-  end
-  if #presets == 0 then
-    add("#No presets found (is sam-bridge running?)")
-  end
-  for _, p in ipairs(presets) do
-    local label = menu_text(p.name)
-    if p.stems then label = label .. "  (" .. #p.stems .. " stems)" end
-    add(label, { kind = "preset", name = p.name })
-  end
-  items[#items] = items[#items] .. "|" -- an empty field: a separator
-  add("Describe the sound…", { kind = "prompt" })
-  add((mute_source and "!" or "") .. "Mute source items when the stems arrive", { kind = "toggle_mute" })
-  return table.concat(items, "|"), actions
+  return nil, string.format(NOT_RUNNING, table.concat(candidates, " or "), M.start_command_text(platform))
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -520,18 +228,55 @@ function M.round_seconds(value)
   return math.floor(value * 1e6 + 0.5) / 1e6
 end
 
+--- Seconds on the sample grid of `rate` (whole microseconds when the rate is unknown), so a start and
+--- length cut exactly the samples REAPER plays.
+function M.snap_seconds(value, rate)
+  if rate and rate > 0 then return math.floor(value * rate + 0.5) / rate end
+  return M.round_seconds(value)
+end
+
+--- Narrows an item to the part inside [span_start, span_end] (a time selection or razor area): the
+--- stems go to `position`/`length` of the part, `part.offset` is where it starts in the item. Returns
+--- false when the item lies outside, true otherwise (an item wholly inside is left as it is).
+function M.apply_span(item, span_start, span_end)
+  local first = math.max(item.position, span_start)
+  local last = math.min(item.position + item.length, span_end)
+  if last - first <= 1e-9 then return false end
+  if first - item.position <= 1e-9 and item.position + item.length - last <= 1e-9 then return true end
+  item.part = { offset = first - item.position, length = last - first }
+  item.position, item.length = first, last - first
+  return true
+end
+
+--- Razor edit areas of a track from P_RAZOREDITS ("start end \"envelope GUID\"" triples): the
+--- track-level ones (empty GUID) as {start, end} pairs.
+function M.parse_razor_edits(text)
+  local spans = {}
+  for start, stop, guid in (text or ""):gmatch("(%S+)%s+(%S+)%s+\"([^\"]*)\"") do
+    local a, b = tonumber(start), tonumber(stop)
+    if a and b and b > a and guid == "" then spans[#spans + 1] = { a, b } end
+  end
+  return spans
+end
+
 --- The request object (request-file schema) for one item.
 --- `what` = {preset=name} or {prompt=text}; `item` = {mode, file_path | rendered_path, start_offset, length};
 --- `opts` = {project_dir, output_dir, tag, options}.
 function M.build_request(item, what, opts)
   opts = opts or {}
   local request = {}
+  local part = item.part
   if item.mode == "file" then
+    local rate = item.sample_rate or 0
     request.source = item.file_path
-    request.start = M.round_seconds(math.max(item.start_offset or 0, 0))
-    request.length = M.round_seconds(item.length)
+    request.start = M.snap_seconds(math.max((item.start_offset or 0) + (part and part.offset or 0), 0), rate)
+    request.length = M.snap_seconds(item.length, rate)
   else
     request.source = item.rendered_path
+    if part then -- the render covers the whole item: send the part of it
+      request.start = M.snap_seconds(part.offset, item.render_rate or 0)
+      request.length = M.snap_seconds(part.length, item.render_rate or 0)
+    end
   end
   if what.preset and what.preset ~= "" then
     request.preset = what.preset
@@ -553,98 +298,6 @@ function M.request_name(timestamp, random_hex, counter)
 end
 
 ---------------------------------------------------------------------------------------------------
--- Status files
----------------------------------------------------------------------------------------------------
-
-M.FINISHED = { done = true, failed = true, cancelled = true }
-M.STATE_WORDS = {
-  queued = "queued", waiting = "waiting", preparing = "preparing", uploading = "uploading",
-  submitted = "sent", running = "separating", downloading = "downloading", conforming = "lining up",
-  done = "done", failed = "failed", cancelled = "cancelled",
-}
-
---- Reads a status file's text. Returns a table or nil, message (a half-seen file is simply retried).
---- Result: {state, progress (0..1), message, error, job_id, tag, manifest, finished, stems = {{label, path}...}}.
-function M.parse_status(text)
-  local doc, err = M.json_decode(text)
-  if type(doc) ~= "table" then return nil, err or "status is not a JSON object" end
-  local state = type(doc.state) == "string" and doc.state or "unknown"
-  local progress = tonumber(doc.progress) or 0
-  if progress ~= progress then progress = 0 end
-  progress = math.max(0, math.min(1, progress))
-  local stems = {}
-  if type(doc.stems) == "table" then
-    for _, label in ipairs(M.keys_in_order(doc.stems)) do
-      local path = doc.stems[label]
-      if type(path) == "string" and path ~= "" then stems[#stems + 1] = { label = label, path = path } end
-    end
-  end
-  local function text_or_nil(v) return type(v) == "string" and v ~= "" and v or nil end
-  return {
-    state = state,
-    progress = progress,
-    message = text_or_nil(doc.message) or "",
-    error = text_or_nil(doc.error),
-    job_id = text_or_nil(doc.job_id),
-    tag = text_or_nil(doc.tag),
-    manifest = text_or_nil(doc.manifest),
-    flags = type(doc.flags) == "table" and doc.flags or {},
-    finished = M.FINISHED[state] == true,
-    stems = stems,
-  }
-end
-
---- What a failed status tells the musician.
-function M.failure_text(status)
-  local text = status.error or status.message
-  if not text or text == "" then text = "sam-bridge did not say why." end
-  return text
-end
-
----------------------------------------------------------------------------------------------------
--- Naming and display
----------------------------------------------------------------------------------------------------
-
-local function shorten(text, limit)
-  if utf8.len(text) and utf8.len(text) > limit then
-    return text:sub(1, utf8.offset(text, limit) - 1) .. "…"
-  end
-  return text
-end
-
---- The preset name, or the prompt in quotes (shortened) when there is no preset.
-function M.what_label(what)
-  if what.preset and what.preset ~= "" then return what.preset end
-  local prompt = (what.prompt or ""):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
-  return "\"" .. shorten(prompt, 32) .. "\""
-end
-
---- "<track> · <preset> (<stem>)", e.g. "Guitar · piano (target)".
-function M.track_name(source_track_name, what, stem_label)
-  return string.format("%s · %s (%s)", source_track_name, M.what_label(what), stem_label)
-end
-
---- Name REAPER shows for a track without one ("Track 3").
-function M.fallback_track_name(name, number)
-  if name and name:match("%S") then return name end
-  return "Track " .. tostring(math.floor(number))
-end
-
---- One progress line for the window: "Guitar 01 · piano — separating 45% — message".
-function M.progress_line(job)
-  local parts = { job.label }
-  local state = job.status and job.status.state or job.local_state or "sent"
-  local word = M.STATE_WORDS[state] or state
-  if job.status and not job.status.finished then
-    word = string.format("%s %d%%", word, math.floor(job.status.progress * 100 + 0.5))
-  end
-  parts[#parts + 1] = word
-  local note = job.note or (job.status and job.status.message) or ""
-  if note ~= "" then parts[#parts + 1] = note end
-  return table.concat(parts, " — ")
-end
-
----------------------------------------------------------------------------------------------------
 -- Render settings (used only when an item cannot be sent as a plain file)
 ---------------------------------------------------------------------------------------------------
 
@@ -654,14 +307,15 @@ M.RENDER_NUMBER_KEYS = { "RENDER_SETTINGS", "RENDER_BOUNDSFLAG", "RENDER_CHANNEL
                          "RENDER_ADDTOPROJ", "RENDER_DITHER", "RENDER_NORMALIZE" }
 M.RENDER_STRING_KEYS = { "RENDER_FILE", "RENDER_PATTERN", "RENDER_FORMAT", "RENDER_FORMAT2" }
 
-M.RENDER_SOURCE_ITEMS = 32 -- "selected media items": the item with its take FX, fades and volume
-M.RENDER_SOURCE_ITEMS_VIA_MASTER = 64 -- MIDI needs its track's instrument
+-- "selected media items": the item with its take FX, fades and volume, before the track's FX. Never
+-- 64 ("via master"), which would add the track's and the master's FX to what is separated.
+M.RENDER_SOURCE_ITEMS = 32
 M.WAV_24BIT_FORMAT = "ZXZhdxgAAQ==" -- base64 of REAPER's WAV sink config: "evaw", 24-bit PCM
 
 --- The render settings for rendering one selected item to `<folder>/<file_name>.wav`.
 function M.render_settings(folder, file_name, item)
   local numbers = {
-    RENDER_SETTINGS = item.is_midi and M.RENDER_SOURCE_ITEMS_VIA_MASTER or M.RENDER_SOURCE_ITEMS,
+    RENDER_SETTINGS = M.RENDER_SOURCE_ITEMS,
     RENDER_BOUNDSFLAG = 4, -- selected media items
     RENDER_CHANNELS = item.render_channels or 2,
     RENDER_SRATE = item.render_rate or 0, -- 0: the project's rate
@@ -682,11 +336,28 @@ function M.render_settings(folder, file_name, item)
   return numbers, strings
 end
 
+--- Items that can share one render: same channel count, rate and kind (MIDI keeps its track's FX, audio
+--- does not). Groups in the order their first item comes.
+function M.render_groups(descs)
+  local groups, by_key = {}, {}
+  for _, desc in ipairs(descs) do
+    local key = string.format("%d/%d/%s", desc.render_channels or 2, desc.render_rate or 0, tostring(desc.is_midi))
+    if not by_key[key] then
+      by_key[key] = {}
+      groups[#groups + 1] = by_key[key]
+    end
+    table.insert(by_key[key], desc)
+  end
+  return groups
+end
+
 -- Item and take properties copied onto the stem items when the source file was sent as it is, so the
 -- stems play back at the level and with the fades of the item they came from. A rendered item already
 -- has them baked in.
 M.ITEM_KEYS_TO_COPY = { "D_VOL", "D_FADEINLEN", "D_FADEOUTLEN", "D_FADEINLEN_AUTO", "D_FADEOUTLEN_AUTO",
                         "C_FADEINSHAPE", "C_FADEOUTSHAPE", "D_FADEINDIR", "D_FADEOUTDIR" }
 M.TAKE_KEYS_TO_COPY = { "D_VOL", "D_PAN" }
+
+require("sam_bridge_text")(M)
 
 return M

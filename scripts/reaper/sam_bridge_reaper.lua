@@ -1,6 +1,8 @@
 -- @noindex
--- sam-bridge for REAPER: everything that talks to REAPER (`reaper.*`, `gfx.*`). The action scripts are
--- thin wrappers around `separate_selected_items()` and `cancel_all()`; the logic lives in sam_bridge_core.
+-- sam-bridge for REAPER: everything that talks to REAPER (`reaper.*`, `gfx.*`): the actions, the daemon
+-- and its presets, the menu; items (sam_bridge_items), stems (sam_bridge_stems) and the running session
+-- (sam_bridge_session) add their functions to this table. The action scripts are thin wrappers around
+-- `separate_selected_items()`, `collect_finished()` and `cancel_all()`; the logic lives in sam_bridge_core.
 -- Lua has no sockets in stock REAPER, so we talk to the sam-bridge daemon through request/status files.
 
 local core = require("sam_bridge_core")
@@ -8,12 +10,10 @@ local core = require("sam_bridge_core")
 local H = {}
 
 local EXT = core.EXT_SECTION
-local PICKUP_TIMEOUT = 15 -- seconds before we say the daemon has not picked a request up
-local CLOSE_DELAY = 2.5 -- seconds the window stays up after the last job finished
-local CMD_RENDER_MOST_RECENT = 42230 -- File: Render project, using the most recent render settings, auto-close
-local CMD_BUILD_PEAKS = 40047 -- Peaks: Build any missing peaks
 local RENDER_FOLDER = "sam-bridge renders"
-local PICKUP_NOTE = "sam-bridge has not picked this up yet: is it running? (sam-bridge run)"
+local PRESET_WAIT = 5 -- seconds to wait for the daemon's list of a project's presets
+local JOBS = "sam-bridge-jobs" -- ProjExtState section: one key per request, saved with the project
+local SCRIPT_DIR = (debug.getinfo(1, "S").source:match("^@?(.*[/\\])") or "")
 
 ---------------------------------------------------------------------------------------------------
 -- Files
@@ -32,6 +32,7 @@ local function exists(path)
   if file then file:close() return true end
   return false
 end
+H.exists = exists
 
 --- Writes `<path>.tmp` then renames it, so the daemon never sees half a file. Never overwrites.
 function H.write_file_atomic(path, text)
@@ -57,223 +58,86 @@ function H.alert(text)
   reaper.ShowMessageBox(text, "sam-bridge", 0)
 end
 
+require("sam_bridge_items")(H)
+require("sam_bridge_stems")(H)
+require("sam_bridge_session")(H)
+
 ---------------------------------------------------------------------------------------------------
 -- The daemon and its presets
 ---------------------------------------------------------------------------------------------------
 
+local function platform() return core.platform(reaper.GetOS()) end
+
+--- The pointer file `sam-bridge reaper install` leaves beside the scripts: the daemon's state folder.
+local function pointed_state_dir()
+  local text = H.read_file(core.join(SCRIPT_DIR ~= "" and SCRIPT_DIR or ".", "sam-bridge-state-dir.txt"))
+  return text and text:match("^%s*(.-)%s*$") or nil
+end
+
 function H.find_daemon()
-  local candidates = core.state_dir_candidates(core.platform(reaper.GetOS()), os.getenv)
-  return core.find_daemon(candidates, H.read_file)
+  local candidates = core.state_dir_candidates(platform(), os.getenv)
+  local pointed = pointed_state_dir()
+  if pointed and pointed ~= "" then -- after SAM_BRIDGE_STATE_DIR, before the platform's defaults
+    local env = os.getenv("SAM_BRIDGE_STATE_DIR")
+    table.insert(candidates, math.min((env and env:match("%S")) and 2 or 1, #candidates + 1), pointed)
+  end
+  return core.find_daemon(candidates, H.read_file, platform())
+end
+
+--- nil when the daemon's heartbeat is fresh, else the message to show (with the start command).
+function H.not_running_text(info)
+  local alive = core.heartbeat_alive(H.read_file(info.heartbeat_file), os.time())
+  if alive then return nil end
+  return core.NOT_RUNNING .. " (its heartbeat, " .. info.heartbeat_file .. ", is missing or stale: it stopped or "
+    .. "crashed).\n\n" .. core.start_command_text(platform())
+    .. "\n\nRequests already sent are kept in the project: their stems come in on the next run of a "
+    .. "sam-bridge action (or \"sam-bridge - Collect finished stems\") once it runs again."
 end
 
 --- The presets to offer: the daemon's shared list, or, for a project with presets of its own
---- (<project>/sam-bridge/presets/), the list sam-bridge makes for that project (its own win by name).
+--- (<project>/sam-bridge/presets/), the list the daemon keeps for it. Never waits: returns nil and the
+--- answer file's path when that list is not there yet (the daemon writes it within a second or two).
 function H.presets_for(info, project_dir)
   local shared = core.parse_presets(H.read_file(info.presets_file))
   local folder = core.project_presets_folder(project_dir)
   reaper.EnumerateFiles(folder, -1)  -- REAPER caches folder listings: read this one afresh
-  if type(info.presets_command) ~= "table" or #info.presets_command == 0
-      or not reaper.EnumerateFiles(folder, 0) then
-    return shared
+  if not reaper.EnumerateFiles(folder, 0) then return shared end
+  local key = core.project_key(project_dir)
+  local answer_path = core.join(info.project_presets_dir, key .. ".json")
+  local want_path = core.join(info.project_presets_dir, key .. ".want")
+  if H.read_file(want_path) ~= project_dir then
+    reaper.RecursiveCreateDirectory(info.project_presets_dir, 0)
+    os.remove(want_path)
+    H.write_file_atomic(want_path, project_dir)
   end
-  local argv = {}
-  for i, arg in ipairs(info.presets_command) do argv[i] = arg end
-  argv[#argv + 1] = "--project"
-  argv[#argv + 1] = project_dir
-  local line, unquotable = core.command_line(argv, core.platform(reaper.GetOS()))
-  if not line then
-    H.alert("This project's own presets (" .. folder .. ") could not be listed, so the menu shows the "
-      .. "shared ones only: REAPER cannot pass this path to sam-bridge, as it has a ' together with "
-      .. "one of \" $ ` \\ in it:\n\n" .. unquotable)
-    return shared
+  local text = H.read_file(answer_path)
+  local doc = core.json_decode(text or "")
+  if type(doc) ~= "table" or doc.project_dir ~= project_dir then return nil, answer_path end
+  local presets = core.parse_presets(text)
+  local problems = core.preset_problems(text)
+  if #problems > 0 then
+    H.alert("Some presets could not be read and are not in the menu:\n\n" .. table.concat(problems, "\n"))
   end
-  local code, output = core.parse_exec_output(reaper.ExecProcess(line, 20000))
-  if code == 0 then
-    local json = core.json_in_output(output)
-    local presets = core.parse_presets(json)
-    if #presets > 0 then
-      local problems = core.preset_problems(json)
-      if #problems > 0 then
-        H.alert("Some presets could not be read and are not in the menu:\n\n" .. table.concat(problems, "\n"))
-      end
-      return presets
+  return presets
+end
+
+--- Calls `fn(presets)` with the presets for the menu: at once, or from a defer loop once the daemon has
+--- written the project's list (the shared list after PRESET_WAIT seconds, saying why).
+function H.with_presets(info, project_dir, fn)
+  local presets, answer_path = H.presets_for(info, project_dir)
+  if presets then return fn(presets) end
+  local deadline = reaper.time_precise() + PRESET_WAIT
+  local function wait()
+    local ready = H.presets_for(info, project_dir)
+    if ready then return fn(ready) end
+    if reaper.time_precise() >= deadline then
+      H.alert("This project's own presets (" .. core.project_presets_folder(project_dir) .. ") could not be "
+        .. "listed, so the menu shows the shared ones only: sam-bridge did not write " .. answer_path .. ".")
+      return fn(core.parse_presets(H.read_file(info.presets_file)))
     end
+    reaper.defer(wait)
   end
-  H.alert("This project's own presets (" .. folder .. ") could not be listed, so the menu shows the "
-    .. "shared ones only.\n\n" .. (output ~= "" and output or "sam-bridge did not answer."))
-  return shared
-end
-
----------------------------------------------------------------------------------------------------
--- Items
----------------------------------------------------------------------------------------------------
-
-local function item_string(item, key)
-  local _, value = reaper.GetSetMediaItemInfo_String(item, key, "", false)
-  return value
-end
-
-local function take_string(take, key)
-  local _, value = reaper.GetSetMediaItemTakeInfo_String(take, key, "", false)
-  return value
-end
-
-local function values_of(get, object, keys)
-  local values = {}
-  for _, key in ipairs(keys) do values[key] = get(object, key) end
-  return values
-end
-
---- Everything the logic needs to know about an item and its active take.
-function H.describe_item(item)
-  local track = reaper.GetMediaItem_Track(item)
-  local _, track_name = reaper.GetSetMediaTrackInfo_String(track, "P_NAME", "", false)
-  local desc = {
-    item = item,
-    track = track,
-    track_name = core.fallback_track_name(track_name, reaper.GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")),
-    position = reaper.GetMediaItemInfo_Value(item, "D_POSITION"),
-    length = reaper.GetMediaItemInfo_Value(item, "D_LENGTH"),
-    guid = item_string(item, "GUID"),
-  }
-  desc.label = desc.track_name
-  desc.item_length = desc.length
-  local take = reaper.GetActiveTake(item)
-  if not take then return desc end
-  desc.take = take
-  desc.is_midi = reaper.TakeIsMIDI(take)
-  local source = reaper.GetMediaItemTake_Source(take)
-  desc.is_section = reaper.GetMediaSourceParent(source) ~= nil
-  desc.file_path = reaper.GetMediaSourceFileName(source, "")
-  desc.source_length = (reaper.GetMediaSourceLength(source))
-  desc.channels = reaper.GetMediaSourceNumChannels(source)
-  desc.sample_rate = reaper.GetMediaSourceSampleRate(source)
-  desc.playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE")
-  desc.pitch = reaper.GetMediaItemTakeInfo_Value(take, "D_PITCH")
-  desc.start_offset = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
-  desc.channel_mode = reaper.GetMediaItemTakeInfo_Value(take, "I_CHANMODE")
-  desc.fx_count = reaper.TakeFX_GetCount(take)
-  desc.envelope_count = reaper.CountTakeEnvelopes(take)
-  desc.stretch_marker_count = reaper.GetTakeNumStretchMarkers(take)
-  local take_name = take_string(take, "P_NAME")
-  desc.label = (take_name ~= "" and take_name) or (desc.file_path ~= "" and core.stem(desc.file_path))
-    or desc.track_name
-  desc.item_values = values_of(reaper.GetMediaItemInfo_Value, item, core.ITEM_KEYS_TO_COPY)
-  desc.take_values = values_of(reaper.GetMediaItemTakeInfo_Value, take, core.TAKE_KEYS_TO_COPY)
-  return desc
-end
-
-function H.selected_items()
-  local items = {}
-  for i = 0, reaper.CountSelectedMediaItems(0) - 1 do
-    items[#items + 1] = reaper.GetSelectedMediaItem(0, i)
-  end
-  return items
-end
-
-local function select_only(items)
-  reaper.SelectAllMediaItems(0, false)
-  for _, item in ipairs(items) do reaper.SetMediaItemSelected(item, true) end
-end
-
---- The project's folder; for an unsaved project, REAPER's default media folder.
-function H.project_dir()
-  local _, project_file = reaper.EnumProjects(-1, "")
-  if project_file and project_file ~= "" then return core.dirname(project_file) end
-  return reaper.GetProjectPath("")
-end
-
---- Renders one item (take FX, playrate, reverse... baked in) to `<folder>/<file_name>.wav`.
---- The user's render settings and item selection are saved first and put back afterwards.
-function H.render_item(desc, folder, file_name)
-  reaper.RecursiveCreateDirectory(folder, 0)
-  desc.render_channels = core.render_channels(desc)
-  desc.render_rate = (not desc.is_midi and desc.sample_rate and desc.sample_rate > 0) and desc.sample_rate or 0
-  local numbers, strings = core.render_settings(folder, file_name, desc)
-  local saved_numbers, saved_strings = {}, {}
-  for _, key in ipairs(core.RENDER_NUMBER_KEYS) do
-    saved_numbers[key] = reaper.GetSetProjectInfo(0, key, 0, false)
-  end
-  for _, key in ipairs(core.RENDER_STRING_KEYS) do
-    local _, value = reaper.GetSetProjectInfo_String(0, key, "", false)
-    saved_strings[key] = value
-  end
-  local selection = H.selected_items()
-
-  local ok, target = pcall(function()
-    for _, key in ipairs(core.RENDER_NUMBER_KEYS) do reaper.GetSetProjectInfo(0, key, numbers[key], true) end
-    for _, key in ipairs(core.RENDER_STRING_KEYS) do reaper.GetSetProjectInfo_String(0, key, strings[key], true) end
-    select_only({ desc.item })
-    local _, targets = reaper.GetSetProjectInfo_String(0, "RENDER_TARGETS", "", false)
-    reaper.Main_OnCommand(CMD_RENDER_MOST_RECENT, 0)
-    return (targets or ""):match("^[^;]+") or core.join(folder, file_name .. ".wav")
-  end)
-
-  for _, key in ipairs(core.RENDER_NUMBER_KEYS) do reaper.GetSetProjectInfo(0, key, saved_numbers[key], true) end
-  for _, key in ipairs(core.RENDER_STRING_KEYS) do reaper.GetSetProjectInfo_String(0, key, saved_strings[key], true) end
-  select_only(selection)
-
-  if not ok then return nil, tostring(target) end
-  if not exists(target) then return nil, "REAPER did not write " .. target end
-  return target
-end
-
----------------------------------------------------------------------------------------------------
--- Stems -> tracks
----------------------------------------------------------------------------------------------------
-
---- Inserts one track per stem right under the source track, items at the source item's position and
---- length, in one undo block. Returns true or nil, message.
-function H.insert_stems(job, status)
-  for _, stem in ipairs(status.stems) do
-    if not exists(stem.path) then
-      return nil, "sam-bridge says the stems are ready, but this file is missing:\n" .. stem.path
-    end
-  end
-  if #status.stems == 0 then return nil, "sam-bridge finished but sent no stems." end
-
-  reaper.Undo_BeginBlock()
-  reaper.PreventUIRefresh(1)
-  local ok, err = pcall(function()
-    local track_ok = reaper.ValidatePtr2(job.project, job.track, "MediaTrack*")
-    local index = track_ok and math.floor(reaper.GetMediaTrackInfo_Value(job.track, "IP_TRACKNUMBER"))
-      or reaper.CountTracks(0)
-    local depth = track_ok and reaper.GetMediaTrackInfo_Value(job.track, "I_FOLDERDEPTH") or 0
-    local color = track_ok and reaper.GetMediaTrackInfo_Value(job.track, "I_CUSTOMCOLOR") or 0
-    local last_track
-    for i, stem in ipairs(status.stems) do
-      reaper.InsertTrackAtIndex(index + i - 1, true)
-      local track = reaper.GetTrack(0, index + i - 1)
-      reaper.GetSetMediaTrackInfo_String(track, "P_NAME", core.track_name(job.track_name, job.what, stem.label), true)
-      if color ~= 0 then reaper.SetMediaTrackInfo_Value(track, "I_CUSTOMCOLOR", color) end
-      local item = reaper.AddMediaItemToTrack(track)
-      reaper.SetMediaItemInfo_Value(item, "D_POSITION", job.position)
-      reaper.SetMediaItemInfo_Value(item, "D_LENGTH", job.length)
-      local take = reaper.AddTakeToMediaItem(item)
-      reaper.SetMediaItemTake_Source(take, reaper.PCM_Source_CreateFromFile(stem.path))
-      reaper.SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", 0)
-      reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", core.stem(stem.path), true)
-      if job.mode == "file" then
-        for key, value in pairs(job.item_values or {}) do reaper.SetMediaItemInfo_Value(item, key, value) end
-        for key, value in pairs(job.take_values or {}) do reaper.SetMediaItemTakeInfo_Value(take, key, value) end
-      end
-      last_track = track
-    end
-    if track_ok and depth < 0 then -- the source closed a folder: the stems stay inside it
-      reaper.SetMediaTrackInfo_Value(last_track, "I_FOLDERDEPTH", depth)
-      reaper.SetMediaTrackInfo_Value(job.track, "I_FOLDERDEPTH", 0)
-    end
-    if job.mute_source and reaper.ValidatePtr2(job.project, job.item, "MediaItem*") then
-      reaper.SetMediaItemInfo_Value(job.item, "B_MUTE", 1)
-    end
-  end)
-  reaper.PreventUIRefresh(-1)
-  reaper.Undo_EndBlock("sam-bridge: stems of " .. job.label, -1)
-  reaper.TrackList_AdjustWindows(false)
-  reaper.UpdateArrange()
-  if not ok then return nil, "Could not insert the stems: " .. tostring(err) end
-  reaper.Main_OnCommand(CMD_BUILD_PEAKS, 0)
-  return true
+  reaper.defer(wait)
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -285,9 +149,26 @@ local function mute_source_enabled()
 end
 
 --- Shows the preset menu (and the prompt box). Returns {preset=...} or {prompt=...}, or nil if dismissed.
+local function stems_as_takes_enabled()
+  return reaper.GetExtState(EXT, "stems_as_takes") == "1"
+end
+
+local function recent_prompts()
+  local list = {}
+  for line in reaper.GetExtState(EXT, "recent_prompts"):gmatch("[^\n]+") do list[#list + 1] = line end
+  return list
+end
+
+local function remember(prompt)
+  local list = core.remember_prompt(reaper.GetExtState(EXT, "recent_prompts"), prompt)
+  reaper.SetExtState(EXT, "recent_prompts", table.concat(list, "\n"), true)
+  reaper.SetExtState(EXT, "last_prompt", prompt, true)
+end
+
 function H.ask_what(presets)
   while true do
-    local menu, actions = core.build_preset_menu(presets, mute_source_enabled())
+    local menu, actions = core.build_preset_menu(presets, mute_source_enabled(), recent_prompts(),
+      stems_as_takes_enabled())
     local x, y = reaper.GetMousePosition()
     gfx.init("sam-bridge", 0, 0, 0, x, y)
     gfx.x, gfx.y = gfx.mouse_x or 0, gfx.mouse_y or 0
@@ -298,163 +179,20 @@ function H.ask_what(presets)
     if action.kind == "preset" then return { preset = action.name } end
     if action.kind == "toggle_mute" then
       reaper.SetExtState(EXT, "mute_source", mute_source_enabled() and "0" or "1", true)
+    elseif action.kind == "toggle_takes" then
+      reaper.SetExtState(EXT, "stems_as_takes", stems_as_takes_enabled() and "0" or "1", true)
+    elseif action.kind == "recent" then
+      remember(action.prompt)
+      return { prompt = action.prompt }
     elseif action.kind == "prompt" then
       local last = reaper.GetExtState(EXT, "last_prompt")
       local ok, text = reaper.GetUserInputs("sam-bridge: describe the sound to isolate", 1,
         "Sound (e.g. piano playing):,extrawidth=300,separator=\n", last)
       if not ok or not text:match("%S") then return nil end
-      reaper.SetExtState(EXT, "last_prompt", text, true)
+      remember(text)
       return { prompt = text }
     end
   end
-end
-
----------------------------------------------------------------------------------------------------
--- The running session: jobs, polling, progress window
----------------------------------------------------------------------------------------------------
-
-local Session = {}
-Session.__index = Session
-
-local function new_session(info, jobs)
-  local self = setmetatable({
-    info = info,
-    jobs = jobs,
-    instance = string.format("%x%04x", os.time(), math.random(0, 0xffff)),
-    window_open = false,
-    finished_at = nil,
-    cancel_seen = reaper.GetExtState(EXT, "cancel"),
-  }, Session)
-  return self
-end
-
-function Session:open_jobs()
-  local open = {}
-  for _, job in ipairs(self.jobs) do
-    if not job.closed then open[#open + 1] = job end
-  end
-  return open
-end
-
---- Publishes our open requests for the Cancel action (other running instances keep their lines).
-function Session:publish()
-  local lines = {}
-  for line in (reaper.GetExtState(EXT, "active") .. "\n"):gmatch("([^\n]*)\n") do
-    if line ~= "" and line:sub(1, #self.instance + 1) ~= self.instance .. "\t" then lines[#lines + 1] = line end
-  end
-  for _, job in ipairs(self:open_jobs()) do lines[#lines + 1] = self.instance .. "\t" .. job.cancel_path end
-  reaper.SetExtState(EXT, "active", table.concat(lines, "\n"), false)
-end
-
-function Session:cancel_all()
-  for _, job in ipairs(self:open_jobs()) do
-    H.write_cancel_file(job.cancel_path)
-    job.note = "cancelling…"
-  end
-end
-
-function Session:poll(job, now)
-  local text = H.read_file(job.status_path)
-  if text then
-    local status = core.parse_status(text)
-    if status then -- a status caught mid-replace is simply read again next time
-      job.status = status
-      if job.note == PICKUP_NOTE then job.note = nil end
-    end
-  elseif now - job.sent_at > PICKUP_TIMEOUT and not job.note then
-    job.note = PICKUP_NOTE
-  end
-  local status = job.status
-  if not status or not status.finished then return end
-  job.note = nil
-  if status.state == "done" then
-    local current = reaper.EnumProjects(-1, "")
-    if current ~= job.project then
-      job.note = "stems ready: switch back to their project tab to insert them"
-      return
-    end
-    local ok, err = H.insert_stems(job, status)
-    job.closed = true
-    if ok then
-      job.note = "stems inserted"
-    else
-      job.note = "could not insert the stems"
-      H.alert(job.label .. ": " .. err)
-    end
-  elseif status.state == "failed" then
-    job.closed = true
-    H.alert(job.label .. " could not be separated.\n\n" .. core.failure_text(status))
-  else
-    job.closed = true
-  end
-end
-
-function Session:draw()
-  local line_height = 22
-  local width, height = 560, 20 + line_height * (#self.jobs + 2)
-  if not self.window_open then
-    gfx.init("sam-bridge", width, height)
-    gfx.setfont(1, "Arial", 15)
-    self.window_open = true
-  end
-  local char = gfx.getchar()
-  if char < 0 or char == 27 then -- closed or Escape: keep working in the background
-    gfx.quit()
-    self.window_open = nil
-    return
-  end
-  gfx.set(0.13, 0.13, 0.13)
-  gfx.rect(0, 0, gfx.w, gfx.h, 1)
-  for i, job in ipairs(self.jobs) do
-    local y = 10 + (i - 1) * line_height
-    local progress = job.status and job.status.progress or 0
-    if job.status and job.status.state == "done" then progress = 1 end
-    gfx.set(0.2, 0.45, 0.7)
-    gfx.rect(10, y, math.floor((gfx.w - 20) * progress), line_height - 4, 1)
-    gfx.set(0.92, 0.92, 0.92)
-    gfx.x, gfx.y = 14, y + 2
-    gfx.drawstr(core.progress_line(job))
-  end
-  local open = #self:open_jobs()
-  local button = open > 0 and "[ Cancel all ]" or "[ Close ]"
-  local button_w, button_h = gfx.measurestr(button)
-  local bx, by = gfx.w - button_w - 12, gfx.h - button_h - 10
-  gfx.x, gfx.y = bx, by
-  gfx.drawstr(button)
-  local clicked = gfx.mouse_cap & 1 == 1
-  if clicked and not self.mouse_down and gfx.mouse_x >= bx and gfx.mouse_y >= by then
-    if open > 0 then self:cancel_all() else self.finished_at = -math.huge end
-  end
-  self.mouse_down = clicked
-  gfx.update()
-end
-
---- One pass of the defer loop; schedules the next while anything is open or shown.
-function Session:tick()
-  local now = reaper.time_precise()
-  local cancel_token = reaper.GetExtState(EXT, "cancel")
-  if cancel_token ~= self.cancel_seen then -- the Cancel action ran
-    self.cancel_seen = cancel_token
-    self:cancel_all()
-  end
-  for _, job in ipairs(self:open_jobs()) do self:poll(job, now) end
-  self:publish()
-  if self.window_open ~= nil then self:draw() end
-  if #self:open_jobs() == 0 then
-    self.finished_at = self.finished_at or now
-    if not self.window_open or now - self.finished_at >= CLOSE_DELAY then
-      self:stop()
-      return
-    end
-  end
-  reaper.defer(function() self:tick() end)
-end
-
-function Session:stop()
-  if self.window_open then gfx.quit() end
-  self.window_open = nil
-  for _, job in ipairs(self.jobs) do job.closed = true end
-  self:publish()
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -471,22 +209,25 @@ end
 
 local request_counter = 0
 
-local function next_request_name()
-  request_counter = request_counter + 1
-  return core.request_name(os.date("%Y%m%d-%H%M%S"), string.format("%04x", math.random(0, 0xffff)),
-    request_counter)
+--- A request name no earlier request used: not in the requests folder, not saved in the project (two
+--- runs in one second with the same random part must not collide).
+local function next_request_name(requests_dir)
+  while true do
+    request_counter = request_counter + 1
+    local name = core.request_name(os.date("%Y%m%d-%H%M%S"), string.format("%04x", math.random(0, 0xffff)),
+      request_counter)
+    local _, saved = reaper.GetProjExtState(0, JOBS, name)
+    if saved == "" and not exists(core.join(requests_dir, name .. ".json")) then return name end
+  end
 end
 
---- Builds and writes one request for an item; returns the job or nil, message.
+--- Builds and writes one request for a described (and, if need be, rendered) item; returns the job or
+--- nil, message.
 local function start_job(info, desc, what, project, project_dir)
   if not desc.take then return nil, "the item is empty" end
-  local mode = core.classify_take(desc)
-  local name = next_request_name()
-  desc.mode = mode
-  if mode == "render" then
-    local path, err = H.render_item(desc, core.join(project_dir, RENDER_FOLDER), name)
-    if not path then return nil, "REAPER could not render it first (" .. err .. ")" end
-    desc.rendered_path = path
+  local name = desc.request_name
+  if desc.mode == "render" and not desc.rendered_path then
+    return nil, "REAPER could not render it first (" .. tostring(desc.render_error) .. ")"
   end
   local ok, request = pcall(core.build_request, desc, what,
     { project_dir = project_dir, tag = "reaper:" .. (desc.guid or name) })
@@ -495,50 +236,167 @@ local function start_job(info, desc, what, project, project_dir)
   if not encoded_ok then return nil, text end
   reaper.RecursiveCreateDirectory(info.requests_dir, 0)
   local base = core.join(info.requests_dir, name)
-  local written, err = H.write_file_atomic(base .. ".json", text)
-  if not written then return nil, "could not write the request (" .. tostring(err) .. ")" end
-  return {
+  local job = {
     name = name, request_path = base .. ".json", status_path = base .. ".status.json",
-    cancel_path = base .. ".cancel", label = desc.label, what = what, mode = mode,
-    item = desc.item, track = desc.track, track_name = desc.track_name, project = project,
+    cancel_path = base .. ".cancel", label = desc.label, what = what, mode = desc.mode,
+    item = desc.item, item_guid = desc.guid, track = desc.track, track_guid = reaper.GetTrackGUID(desc.track),
+    track_name = desc.track_name, project = project,
     position = desc.position, length = desc.length, item_values = desc.item_values,
     take_values = desc.take_values, mute_source = mute_source_enabled(),
+    as_takes = stems_as_takes_enabled(), partial = desc.part ~= nil,
     sent_at = reaper.time_precise(),
   }
+  H.persist(job) -- before the daemon can see the request: a paid job is never only in this script's memory
+  local written, err = H.write_file_atomic(base .. ".json", text)
+  if not written then
+    H.forget(job)
+    return nil, "could not write the request (" .. tostring(err) .. ")"
+  end
+  return job
 end
 
---- Action "sam-bridge: Separate selected items…".
-function H.separate_selected_items()
-  math.randomseed(os.time() + math.floor((reaper.time_precise() % 1) * 1e6))
-  local info, err = H.find_daemon()
-  if not info then return H.alert(err) end
-  local items = H.selected_items()
-  if #items == 0 then return H.alert("Select the items to separate first, then run this action again.") end
-  local project = reaper.EnumProjects(-1, "")
-  local project_dir = H.project_dir()
-  local what = H.ask_what(H.presets_for(info, project_dir))
-  if not what then return end
-
-  local jobs, problems = {}, {}
-  for _, item in ipairs(items) do
-    local desc = H.describe_item(item)
-    local job, problem = start_job(info, desc, what, project, project_dir)
-    if job then jobs[#jobs + 1] = job else problems[#problems + 1] = (desc.label or "item") .. ": " .. problem end
+--- What to separate: with razor edit areas, the part of each item under them (selected or not, as
+--- REAPER's own razor edits work); else the selected items, only their part inside the time selection
+--- when there is one. Returns a list of {item, span = {start, end} | nil}, and the items left out.
+function H.targets()
+  local targets, outside = {}, {}
+  for t = 0, reaper.CountTracks(0) - 1 do
+    local track = reaper.GetTrack(0, t)
+    local _, razor = reaper.GetSetMediaTrackInfo_String(track, "P_RAZOREDITS", "", false)
+    for _, span in ipairs(core.parse_razor_edits(razor)) do
+      for i = 0, reaper.CountTrackMediaItems(track) - 1 do
+        local item = reaper.GetTrackMediaItem(track, i)
+        local position = reaper.GetMediaItemInfo_Value(item, "D_POSITION")
+        local length = reaper.GetMediaItemInfo_Value(item, "D_LENGTH")
+        if position < span[2] and position + length > span[1] then targets[#targets + 1] = { item = item, span = span } end
+      end
+    end
   end
-  if #problems > 0 then H.alert("Some items were not sent:\n\n" .. table.concat(problems, "\n")) end
-  if #jobs == 0 then return end
-  local session = new_session(info, jobs)
-  reaper.atexit(function() session:stop() end)
-  session:tick()
+  if #targets > 0 then return targets, outside end
+  local start, stop = reaper.GetSet_LoopTimeRange2(0, false, false, 0, 0, false)
+  local span = stop > start and { start, stop } or nil
+  for _, item in ipairs(H.selected_items()) do targets[#targets + 1] = { item = item, span = span } end
+  return targets, outside
+end
+
+--- Describes the items (narrowed to their span), names their requests and renders those that need it
+--- (in one go). Items outside their span are left out with a note in `problems`.
+local function prepare_items(targets, project_dir, requests_dir, problems)
+  local descs, to_render = {}, {}
+  for _, target in ipairs(targets) do
+    local desc = H.describe_item(target.item)
+    if target.span and not core.apply_span(desc, target.span[1], target.span[2]) then
+      problems[#problems + 1] = desc.label .. ": outside the time selection, left as it is"
+    else
+      if desc.part then -- the item's fades belong to its edges, not to the part
+        desc.item_values = { D_VOL = desc.item_values and desc.item_values.D_VOL or 1 }
+      end
+      desc.request_name = next_request_name(requests_dir)
+      if desc.take then
+        desc.mode = core.classify_take(desc)
+        if desc.mode == "render" then to_render[#to_render + 1] = desc end
+      end
+      descs[#descs + 1] = desc
+    end
+  end
+  H.render_items(to_render, core.join(project_dir, RENDER_FOLDER))
+  return descs
+end
+
+--- Lets a second run of an action end the first and start anew, with no "already running" prompt
+--- (REAPER 7.03+; the saved requests make that safe).
+function H.set_action_options()
+  if reaper.set_action_options then reaper.set_action_options(1 | 2) end
+end
+
+--- The session every action starts with: the requests saved in the open projects, finished ones
+--- inserted at once.
+local function reattached_session(info)
+  local session = H.new_session(info)
+  session:reattach()
+  local now = reaper.time_precise()
+  for _, job in ipairs(session:open_jobs()) do session:poll(job, now) end
   return session
 end
 
---- Action "sam-bridge: Cancel": asks the daemon to cancel every separation this REAPER started.
+--- Action "sam-bridge: Separate selected items…" (or one preset's action, with `preset`).
+function H.separate_selected_items(preset)
+  H.set_action_options()
+  math.randomseed(os.time() + math.floor((reaper.time_precise() % 1) * 1e6))
+  local info, err = H.find_daemon()
+  local session = reattached_session(info or {})
+  if not info then return H.alert(err) end
+  local not_running = H.not_running_text(info)
+  if not_running then return H.alert(not_running) end
+  local items = H.targets()
+  if #items == 0 then
+    if #session:open_jobs() > 0 then session:run() end
+    return H.alert("Select the items to separate first, then run this action again.")
+  end
+  local project = reaper.EnumProjects(-1)
+  local project_dir = H.project_dir()
+
+  local function send(what)
+    local problems = {}
+    for _, desc in ipairs(prepare_items(items, project_dir, info.requests_dir, problems)) do
+      local job, problem = start_job(info, desc, what, project, project_dir)
+      if job then session:add(job) else problems[#problems + 1] = (desc.label or "item") .. ": " .. problem end
+    end
+    if #problems > 0 then H.alert("Some items were not sent:\n\n" .. table.concat(problems, "\n")) end
+    if #session:open_jobs() > 0 then session:run() end
+  end
+
+  if preset then
+    send({ preset = preset })
+    return session
+  end
+  H.with_presets(info, project_dir, function(presets)
+    local what = H.ask_what(presets)
+    if what then send(what) elseif #session:open_jobs() > 0 then session:run() end
+  end)
+  return session
+end
+
+--- Action "sam-bridge - Collect finished stems": inserts the stems of requests saved in the open
+--- projects, and keeps waiting for those still running.
+function H.collect_finished()
+  H.set_action_options()
+  local info, err = H.find_daemon()
+  local session = reattached_session(info or {})
+  local inserted = 0
+  for _, job in ipairs(session.jobs) do
+    if job.note == "stems inserted" then inserted = inserted + 1 end
+  end
+  local waiting = #session:open_jobs()
+  if waiting == 0 then
+    if inserted == 0 then H.alert("Nothing to collect: this project has no sam-bridge requests waiting.") end
+    return session
+  end
+  if not info then return H.alert(err) end
+  local not_running = H.not_running_text(info)
+  if not_running then return H.alert(not_running) end
+  session:run()
+  return session
+end
+
+--- Action "sam-bridge: Cancel": asks the daemon to cancel every separation this REAPER started,
+--- including requests saved in the open projects by earlier runs.
 function H.cancel_all()
-  local count = 0
+  local count, seen = 0, {}
   for line in (reaper.GetExtState(EXT, "active") .. "\n"):gmatch("([^\n]*)\n") do
     local path = line:match("\t(.+)$")
-    if path and H.write_cancel_file(path) then count = count + 1 end
+    if path and not seen[path] and H.write_cancel_file(path) then
+      seen[path] = true
+      count = count + 1
+    end
+  end
+  for _, job in ipairs(H.saved_jobs({})) do
+    local status = core.parse_status(H.read_file(job.status_path) or "")
+    if not (status and status.state == "done") then -- finished and paid for: kept for Collect
+      if not seen[job.cancel_path] and H.write_cancel_file(job.cancel_path) then count = count + 1 end
+      seen[job.cancel_path] = true
+      H.forget(job)
+    end
   end
   reaper.SetExtState(EXT, "cancel", tostring(reaper.time_precise()), false)
   if count == 0 then H.alert("Nothing to cancel: no separation started from REAPER is running.") end

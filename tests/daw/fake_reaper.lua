@@ -1,7 +1,27 @@
--- A small stand-in for the REAPER host (the `reaper` and `gfx` tables ReaScript gets), built from a
--- scenario: tracks, items, takes and their sources. It records what a script does to the project
--- (tracks inserted, items added, render settings, message boxes, undo blocks) so tests can check it.
--- It stands in for REAPER only; the sam-bridge scripts under test run unchanged on top of it.
+-- A stand-in for the REAPER host (the `reaper` and `gfx` tables ReaScript gets), built from a scenario:
+-- tracks, items, takes and their sources. It records what a script does to the project (tracks inserted,
+-- items added, render settings, message boxes, undo blocks) so tests can check it.
+--
+-- It is as strict as REAPER where our scripts could go wrong:
+--   * Every `reaper.*` function the scripts may call is declared (reaper_api.lua) with the argument types
+--     and return values of REAPER's own ReaScript documentation (REAPER 7.x, "ReaScript API" help page,
+--     https://www.reaper.fm/sdk/reascript/reascripthelp.html, Lua column; set_action_options since 7.03).
+--     Calling any other name, passing a wrong type, too many arguments, or a MediaItem where a
+--     MediaTrack is wanted raises an error, as REAPER's Lua binding does (a name not in the API reads as
+--     nil, as in REAPER). It is stricter in one way: numeric text where a number is documented, which
+--     Lua's C API would convert, is refused. The fake's own answers are checked against the same table,
+--     so the fake cannot drift from the documentation either. gfx.* is checked the same way.
+--   * One instance per action: running a script whose earlier instance still has deferred work shows
+--     REAPER's "script is already running" prompt (answered from the scenario), unless the script set
+--     `set_action_options` (1: terminate the old instance; 1|2: terminate and re-launch).
+--   * `defer` runs a function on the next UI cycle; an instance ends (its `atexit` functions run) when
+--     it has nothing deferred any more.
+--   * ExtState with persist=true and the project's ProjExtState survive `restart()`, which also makes
+--     every MediaTrack/MediaItem pointer invalid, as REAPER closing and reopening the project does.
+--   * A simulated clock: calls that block REAPER's UI thread (ExecProcess, renders) advance it; each UI
+--     cycle's blocking time is recorded so a test can check nothing held the UI thread over 100 ms.
+--   * Renders write one file per selected item, named by the pattern's $item (REAPER User Guide 7.70,
+--     21.5). Scripts, defer cycles and restarts live in fake_reaper_runtime.lua.
 
 local Fake = {}
 
@@ -14,15 +34,30 @@ local function copy(t)
   return out
 end
 
+local Api = require("reaper_api")
+Fake.SIGNATURES, Fake.GFX_SIGNATURES = Api.SIGNATURES, Api.GFX_SIGNATURES
+local checked = Api.checked
+
+---------------------------------------------------------------------------------------------------
+-- The host
+---------------------------------------------------------------------------------------------------
+
 local TAKE_DEFAULTS = { D_PLAYRATE = 1, D_VOL = 1, D_PAN = 0, D_PITCH = 0, D_STARTOFFS = 0, I_CHANMODE = 0 }
 local ITEM_DEFAULTS = { D_VOL = 1, B_MUTE = 0 }
+-- What the UI thread spends on a call that blocks it (simulated seconds).
+local PROCESS_START_COST = 0.3 -- a Python start, at the least
+local UI_BUDGET = 0.1
 
 function Fake.new(scenario)
   local host = {
     scenario = scenario,
     clock = 1000.0,
-    deferred = {},
-    atexit = {},
+    instances = {},        -- script path -> {deferred = {...}, atexit = {...}}
+    action_options = {},   -- script path -> flag set by set_action_options
+    relaunch_prompts = {}, -- scripts REAPER asked "already running?" about
+    blocks = {},           -- {what, seconds} for every call that held the UI thread
+    cycle_cost = 0,
+    longest_cycle = 0,
     messages = {},
     input_captions = {},
     menus = {},
@@ -33,6 +68,7 @@ function Fake.new(scenario)
     commands = {},
     renders = {},
     ext = {},
+    ext_persist = {},
     project_info = { RENDER_SETTINGS = 0, RENDER_BOUNDSFLAG = 1, RENDER_CHANNELS = 2, RENDER_SRATE = 44100,
                      RENDER_TAILFLAG = 18, RENDER_TAILMS = 1000, RENDER_ADDTOPROJ = 1, RENDER_NORMALIZE = 5,
                      RENDER_DITHER = 3, RENDER_STARTPOS = 0, RENDER_ENDPOS = 0 },
@@ -40,15 +76,20 @@ function Fake.new(scenario)
                         RENDER_FORMAT2 = "Y2FsZg==" },
     gfx = { open = false, closed_by_user = false, frames = {}, current = {} },
     answers = { menu = copy(scenario.answers and scenario.answers.menu),
-                inputs = copy(scenario.answers and scenario.answers.inputs) },
+                inputs = copy(scenario.answers and scenario.answers.inputs),
+                relaunch = scenario.answers and scenario.answers.relaunch or "abort" },
     next_guid = 1,
+    loop = scenario.time_selection or { 0, 0 },
   }
   for k, v in pairs(scenario.project_info or {}) do host.project_info[k] = v end
   for k, v in pairs(scenario.project_strings or {}) do host.project_strings[k] = v end
-  for k, v in pairs(scenario.ext_state or {}) do host.ext[k] = v end
+  for k, v in pairs(scenario.ext_state or {}) do
+    host.ext[k] = v
+    host.ext_persist[k] = true
+  end
 
-  host.project = { kind = "project", file = scenario.project_file or "", tracks = {} }
-  host.other_project = { kind = "project", file = "/elsewhere/other.rpp", tracks = {} }
+  host.project = { kind = "project", file = scenario.project_file or "", tracks = {}, ext = {} }
+  host.other_project = { kind = "project", file = "/elsewhere/other.rpp", tracks = {}, ext = {} }
   host.current = host.project
 
   local function guid()
@@ -63,8 +104,11 @@ function Fake.new(scenario)
   end
 
   for _, t in ipairs(scenario.tracks or {}) do
-    local track = { kind = "track", name = t.name or "", items = {}, project = host.project,
-                    values = { I_FOLDERDEPTH = t.depth or 0, I_CUSTOMCOLOR = t.color or 0 } }
+    local track = { kind = "track", name = t.name or "", items = {}, project = host.project, guid = t.guid or guid(),
+                    razor = t.razor,
+                    values = { I_FOLDERDEPTH = t.depth or 0, I_CUSTOMCOLOR = t.color or 0, I_FXEN = 1, D_VOL = 1,
+                               D_PAN = 0 } }
+    for k, v in pairs(t.values or {}) do track.values[k] = v end
     for _, it in ipairs(t.items or {}) do
       local item = { kind = "item", track = track, takes = {}, active = 1, selected = it.selected or false,
                      guid = it.guid or guid(), values = copy(ITEM_DEFAULTS) }
@@ -112,59 +156,55 @@ function Fake.new(scenario)
     return items
   end
 
+  local function live(ptr, what)
+    if ptr.deleted then error("reaper." .. what .. ": the object no longer exists (a stale pointer)", 3) end
+    return ptr
+  end
+
+  local function block(what, seconds)
+    host.clock = host.clock + seconds
+    host.cycle_cost = host.cycle_cost + seconds
+    host.blocks[#host.blocks + 1] = { what = what, seconds = seconds }
+  end
+
   local r = {}
-  host.reaper = r
 
   function r.GetOS() return scenario.os or "linux-x86_64" end
   function r.time_precise() return host.clock end
+  function r.GetResourcePath() return scenario.resource_path or "/reaper/resources" end
   function r.EnumProjects(idx)
     if idx == -1 then return host.current, host.current.file end
     if idx == 0 then return host.project, host.project.file end
     return nil, ""
   end
   function r.GetProjectPath() return scenario.media_path or "/default/media" end
+  function r.get_action_context()
+    return true, host.running_script or "", 0, 55000, -1, -1, -1, ""
+  end
+  function r.set_action_options(flag)
+    assert(host.running_script, "set_action_options outside a running script")
+    host.action_options[host.running_script] = flag
+  end
 
   -- The real thing, on this machine: the scripts list real folders and run real commands.
   local function quoted(path) return "'" .. path:gsub("'", "'\\''") .. "'" end
   function r.EnumerateFiles(path, index)
-    local pipe = io.popen("find " .. quoted(path) .. " -mindepth 1 -maxdepth 1 -type f -printf '%f\\n' "
-      .. "2>/dev/null | sort")
+    local pipe = assert(io.popen("find " .. quoted(path) .. " -mindepth 1 -maxdepth 1 -type f -printf '%f\\n' "
+      .. "2>/dev/null | sort"))
     local names = {}
     for line in pipe:lines() do names[#names + 1] = line end
     pipe:close()
     return names[index + 1]
   end
-  -- REAPER (not Windows) splits the line itself, with no shell: words apart at spaces, a word wrapped
-  -- in ' " or ` taken as it is. `exec_via_shell` gives the line to /bin/sh instead, the other reading.
-  local function reaper_words(cmdline)
-    local words, i = {}, 1
-    while true do
-      i = cmdline:find("%S", i)
-      if not i then return words end
-      local quote = cmdline:sub(i, i)
-      if quote == "'" or quote == '"' or quote == "`" then
-        local close = cmdline:find(quote, i + 1, true) or (#cmdline + 1)
-        words[#words + 1] = cmdline:sub(i + 1, close - 1)
-        i = close + 1
-      else
-        local stop = cmdline:find("%s", i) or (#cmdline + 1)
-        words[#words + 1] = cmdline:sub(i, stop - 1)
-        i = stop
-      end
-    end
-  end
   function r.ExecProcess(cmdline, timeout_ms)
     host.executed[#host.executed + 1] = cmdline
-    local run = cmdline
-    if not scenario.exec_via_shell then
-      local words = {}
-      for k, word in ipairs(reaper_words(cmdline)) do words[k] = quoted(word) end
-      run = table.concat(words, " ")
-    end
-    local pipe = io.popen("timeout " .. math.max(1, math.ceil(timeout_ms / 1000)) .. " " .. run .. " 2>&1")
+    local started = os.time()
+    local pipe = io.popen("timeout " .. math.max(1, math.ceil(timeout_ms / 1000)) .. " " .. cmdline .. " 2>&1")
     if not pipe then return nil end
     local output = pipe:read("a")
     local _, _, code = pipe:close()
+    -- synchronous: REAPER's UI waits for the process to end
+    block("ExecProcess", math.max(PROCESS_START_COST, os.time() - started))
     return tostring(code or 0) .. "\n" .. output
   end
   function r.GetMousePosition() return 100, 200 end
@@ -174,43 +214,50 @@ function Fake.new(scenario)
   function r.SelectAllMediaItems(proj, selected)
     for _, item in ipairs(all_items(proj)) do item.selected = selected end
   end
-  function r.SetMediaItemSelected(item, selected) item.selected = selected end
+  function r.SetMediaItemSelected(item, selected) live(item, "SetMediaItemSelected").selected = selected end
 
   function r.CountTracks(proj) return #project_of(proj).tracks end
   function r.GetTrack(proj, idx) return project_of(proj).tracks[idx + 1] end
+  function r.GetTrackGUID(track) return live(track, "GetTrackGUID").guid end
   function r.InsertTrackAtIndex(idx, _wantDefaults)
-    local track = { kind = "track", name = "", items = {}, project = host.current, inserted = true,
+    local track = { kind = "track", name = "", items = {}, project = host.current, inserted = true, guid = guid(),
                     values = { I_FOLDERDEPTH = 0, I_CUSTOMCOLOR = 0 } }
     table.insert(host.current.tracks, idx + 1, track)
   end
   function r.GetSetMediaTrackInfo_String(track, key, value, set)
-    assert(key == "P_NAME", "fake supports P_NAME only, got " .. key)
+    live(track, "GetSetMediaTrackInfo_String")
+    if key == "GUID" and not set then return true, track.guid end
+    if key == "P_RAZOREDITS" and not set then return true, track.razor or "" end
+    assert(key == "P_NAME", "fake supports P_NAME, GUID and P_RAZOREDITS, got " .. key)
     if set then track.name = value end
     return true, track.name
   end
   function r.GetMediaTrackInfo_Value(track, key)
+    live(track, "GetMediaTrackInfo_Value")
     if key == "IP_TRACKNUMBER" then return track_index(track) + 0.0 end
-    return track.values[key] or 0
+    return (track.values[key] or 0) + 0.0
   end
-  function r.SetMediaTrackInfo_Value(track, key, value) track.values[key] = value return true end
+  function r.SetMediaTrackInfo_Value(track, key, value) live(track, "SetMediaTrackInfo_Value").values[key] = value return true end
+  function r.CountTrackMediaItems(track) return #live(track, "CountTrackMediaItems").items end
+  function r.GetTrackMediaItem(track, i) return live(track, "GetTrackMediaItem").items[i + 1] end
 
-  function r.GetMediaItem_Track(item) return item.track end
-  function r.GetMediaItemInfo_Value(item, key) return item.values[key] or 0 end
-  function r.SetMediaItemInfo_Value(item, key, value) item.values[key] = value return true end
+  function r.GetMediaItem_Track(item) return live(item, "GetMediaItem_Track").track end
+  function r.GetMediaItemInfo_Value(item, key) return (live(item, "GetMediaItemInfo_Value").values[key] or 0) + 0.0 end
+  function r.SetMediaItemInfo_Value(item, key, value) live(item, "SetMediaItemInfo_Value").values[key] = value return true end
   function r.GetSetMediaItemInfo_String(item, key, _value, set)
     assert(key == "GUID" and not set, "fake reads GUID only")
-    return true, item.guid
+    return true, live(item, "GetSetMediaItemInfo_String").guid
   end
-  function r.GetActiveTake(item) return item.takes[item.active] end
+  function r.GetActiveTake(item) return live(item, "GetActiveTake").takes[item.active] end
   function r.AddMediaItemToTrack(track)
-    local item = { kind = "item", track = track, takes = {}, active = 1, selected = false, guid = guid(),
-                   values = copy(ITEM_DEFAULTS) }
+    local item = { kind = "item", track = live(track, "AddMediaItemToTrack"), takes = {}, active = 1, selected = false,
+                   guid = guid(), values = copy(ITEM_DEFAULTS) }
     track.items[#track.items + 1] = item
     return item
   end
   function r.AddTakeToMediaItem(item)
-    local take = { kind = "take", item = item, name = "", midi = false, fx = 0, envelopes = 0,
-                   stretch_markers = 0, values = copy(TAKE_DEFAULTS) }
+    local take = { kind = "take", item = live(item, "AddTakeToMediaItem"), name = "", midi = false, fx = 0,
+                   envelopes = 0, stretch_markers = 0, values = copy(TAKE_DEFAULTS) }
     item.takes[#item.takes + 1] = take
     return take
   end
@@ -218,7 +265,7 @@ function Fake.new(scenario)
   function r.TakeIsMIDI(take) return take.midi end
   function r.GetMediaItemTake_Source(take) return take.source end
   function r.SetMediaItemTake_Source(take, source) take.source = source return true end
-  function r.GetMediaItemTakeInfo_Value(take, key) return take.values[key] or 0 end
+  function r.GetMediaItemTakeInfo_Value(take, key) return (take.values[key] or 0) + 0.0 end
   function r.SetMediaItemTakeInfo_Value(take, key, value) take.values[key] = value return true end
   function r.GetSetMediaItemTakeInfo_String(take, key, value, set)
     assert(key == "P_NAME", "fake supports P_NAME only")
@@ -231,7 +278,7 @@ function Fake.new(scenario)
 
   function r.GetMediaSourceParent(source) return source.parent end
   function r.GetMediaSourceFileName(source) return source.file end
-  function r.GetMediaSourceLength(source) return source.length, false end
+  function r.GetMediaSourceLength(source) return source.length + 0.0, false end
   function r.GetMediaSourceNumChannels(source) return source.channels end
   function r.GetMediaSourceSampleRate(source) return source.samplerate end
   function r.PCM_Source_CreateFromFile(path)
@@ -239,7 +286,7 @@ function Fake.new(scenario)
   end
 
   function r.ValidatePtr2(proj, ptr, type_name)
-    if type(ptr) ~= "table" or ptr.deleted then return false end
+    if ptr.deleted then return false end
     if type_name == "MediaTrack*" then return ptr.kind == "track" and ptr.project == project_of(proj) end
     if type_name == "MediaItem*" then return ptr.kind == "item" and ptr.track.project == project_of(proj) end
     return false
@@ -247,37 +294,73 @@ function Fake.new(scenario)
 
   function r.GetSetProjectInfo(_proj, key, value, set)
     if set then host.project_info[key] = value end
-    return host.project_info[key] or 0
+    return (host.project_info[key] or 0) + 0.0
   end
   function r.GetSetProjectInfo_String(_proj, key, value, set)
     if key == "RENDER_TARGETS" then
-      return true, host.project_strings.RENDER_FILE .. "/" .. host.project_strings.RENDER_PATTERN .. ".wav"
+      local targets = {}
+      for _, target in ipairs(host.render_targets()) do targets[#targets + 1] = target.path end
+      return true, table.concat(targets, ";")
     end
     if set then host.project_strings[key] = value end
     return true, host.project_strings[key] or ""
+  end
+  function r.GetSet_LoopTimeRange2(_proj, set, _loop, start, stop, _seek)
+    if set then host.loop = { start, stop } end
+    return host.loop[1] + 0.0, host.loop[2] + 0.0
+  end
+
+  -- The files a render of the selected media items writes: one per item (REAPER User Guide 7.70, 21.5:
+  -- "Selected media items: outputs one file for each media item"), named by the pattern with `$item`
+  -- standing for the take's name. Two items with one name would overwrite each other: an error here.
+  function host.render_targets()
+    local pattern, targets, seen = host.project_strings.RENDER_PATTERN, {}, {}
+    for _, item in ipairs(selected_items(0)) do
+      local take = item.takes[item.active]
+      local name = pattern:gsub("%$item", function() return take and take.name or "" end)
+      local path = host.project_strings.RENDER_FILE .. "/" .. name .. ".wav"
+      if seen[path] then error("the render would write " .. path .. " twice (the pattern tells items apart only "
+        .. "by $item)", 0) end
+      seen[path] = true
+      targets[#targets + 1] = { path = path, item = item }
+    end
+    return targets
   end
 
   function r.Main_OnCommand(command, _flag)
     host.commands[#host.commands + 1] = command
     if command == 42230 then
-      local target = host.project_strings.RENDER_FILE .. "/" .. host.project_strings.RENDER_PATTERN .. ".wav"
-      local selected = {}
-      for _, item in ipairs(selected_items(0)) do selected[#selected + 1] = item.guid end
-      host.renders[#host.renders + 1] = { target = target, numbers = copy(host.project_info),
-                                          strings = copy(host.project_strings), selected = selected }
-      local fixture = scenario.render_fixture
-      if fixture and #selected == 1 then
-        local input = assert(io.open(fixture, "rb"))
-        local data = input:read("a")
-        input:close()
-        local output = assert(io.open(target, "wb"))
-        output:write(data)
-        output:close()
+      local settings = host.project_info.RENDER_SETTINGS
+      assert(settings & 32 == 32 and host.project_info.RENDER_BOUNDSFLAG == 4, "the fake renders selected media items only")
+      local targets, seconds, rendered = host.render_targets(), 0, {}
+      for _, target in ipairs(targets) do
+        local item, track = target.item, target.item.track
+        seconds = seconds + item.values.D_LENGTH
+        -- what went into the file: the track's FX (on/off) and fader at the time of the render
+        rendered[#rendered + 1] = { guid = item.guid, target = target.path,
+                                    track_fx = (track.values.I_FXEN or 1) ~= 0,
+                                    track_volume = track.values.D_VOL or 1, track_pan = track.values.D_PAN or 0,
+                                    via_master = settings & 64 == 64 }
+        local fixture = (scenario.render_fixtures or {})[item.guid] or scenario.render_fixture
+        if fixture then
+          local input = assert(io.open(fixture, "rb"))
+          local data = input:read("a")
+          input:close()
+          local output = assert(io.open(target.path, "wb"))
+          output:write(data)
+          output:close()
+        end
       end
+      local selected = {}
+      for _, target in ipairs(targets) do selected[#selected + 1] = target.item.guid end
+      host.renders[#host.renders + 1] = { target = targets[1] and targets[1].path or "", items = Fake.array(rendered),
+                                          numbers = copy(host.project_info), strings = copy(host.project_strings),
+                                          selected = Fake.array(selected) }
+      block("render", seconds / 20) -- an offline render, about 20x real time, with its dialog up
     end
   end
 
-  function r.RecursiveCreateDirectory(path)
+  function r.RecursiveCreateDirectory(path, _ignored)
     os.execute("mkdir -p '" .. path:gsub("'", "'\\''") .. "'")
     return 1
   end
@@ -300,22 +383,78 @@ function Fake.new(scenario)
   end
 
   function r.GetExtState(section, key) return host.ext[section .. "/" .. key] or "" end
-  function r.SetExtState(section, key, value, _persist) host.ext[section .. "/" .. key] = value end
+  function r.SetExtState(section, key, value, persist)
+    host.ext[section .. "/" .. key] = value
+    host.ext_persist[section .. "/" .. key] = persist or nil
+  end
   function r.HasExtState(section, key) return host.ext[section .. "/" .. key] ~= nil end
-  function r.DeleteExtState(section, key) host.ext[section .. "/" .. key] = nil end
+  function r.DeleteExtState(section, key, _persist)
+    host.ext[section .. "/" .. key] = nil
+    host.ext_persist[section .. "/" .. key] = nil
+  end
 
-  function r.defer(fn) host.deferred[#host.deferred + 1] = fn end
-  function r.atexit(fn) host.atexit[#host.atexit + 1] = fn end
+  -- ProjExtState: saved with the project. An empty value deletes the key; an empty key the section.
+  local function ext_section(proj, section)
+    local ext = project_of(proj).ext
+    ext[section] = ext[section] or {}
+    return ext[section]
+  end
+  function r.GetProjExtState(proj, section, key)
+    local value = ext_section(proj, section)[key]
+    return value and #value or 0, value or ""
+  end
+  function r.SetProjExtState(proj, section, key, value)
+    if key == "" then
+      project_of(proj).ext[section] = nil
+      return 0
+    end
+    ext_section(proj, section)[key] = value ~= "" and value or nil
+    return #value
+  end
+  function r.EnumProjExtState(proj, section, index)
+    local keys = {}
+    for key in pairs(ext_section(proj, section)) do keys[#keys + 1] = key end
+    table.sort(keys)
+    local key = keys[index + 1]
+    if not key then return false, nil, nil end
+    return true, key, ext_section(proj, section)[key]
+  end
+
+  function r.defer(fn)
+    local instance = assert(host.running_instance, "defer outside a running script")
+    instance.deferred[#instance.deferred + 1] = fn
+    return true
+  end
+  function r.atexit(fn)
+    local instance = assert(host.running_instance, "atexit outside a running script")
+    instance.atexit[#instance.atexit + 1] = fn
+    return true
+  end
 
   function r.Undo_BeginBlock() host.undo_depth = host.undo_depth + 1 end
-  function r.Undo_EndBlock(description)
+  function r.Undo_EndBlock(description, _flags)
     host.undo_depth = host.undo_depth - 1
     host.undo_blocks[#host.undo_blocks + 1] = description
   end
   function r.PreventUIRefresh(n) host.refresh_depth = host.refresh_depth + n end
   function r.UpdateArrange() end
-  function r.TrackList_AdjustWindows() end
+  function r.TrackList_AdjustWindows(_minor) end
   function r.ShowConsoleMsg(text) io.stderr:write(text) end
+
+  -- As in REAPER, a name that is not in the API reads as nil (scripts test for newer functions that
+  -- way), and calling it fails; the fake also notes the name so a test can see it was looked for.
+  local functions = {}
+  for name, impl in pairs(r) do functions[name] = checked(name, impl) end
+  for name in pairs(Fake.SIGNATURES) do assert(functions[name], "fake lacks reaper." .. name) end
+  host.unknown_names = {}
+  host.reaper = setmetatable({}, {
+    __index = function(_, name)
+      local fn = functions[name]
+      if fn == nil then host.unknown_names[#host.unknown_names + 1] = tostring(name) end
+      return fn
+    end,
+    __newindex = function() error("the reaper table is read-only", 2) end,
+  })
 
   local g = { x = 0, y = 0, w = 0, h = 0, mouse_x = 0, mouse_y = 0, mouse_cap = 0 }
   host.gfx_table = g
@@ -343,40 +482,11 @@ function Fake.new(scenario)
     host.gfx.frames[#host.gfx.frames + 1] = host.gfx.current
     host.gfx.current = {}
   end
+  for name in pairs(Fake.GFX_SIGNATURES) do g[name] = checked(name, assert(g[name]), Fake.GFX_SIGNATURES, "gfx.") end
 
-  --- Runs the deferred functions once (what one REAPER UI cycle does).
-  function host.run_deferred(dt)
-    host.clock = host.clock + (dt or 0.05)
-    local queue = host.deferred
-    host.deferred = {}
-    for _, fn in ipairs(queue) do fn() end
-    return #host.deferred
-  end
+  require("fake_reaper_runtime")(host, Fake, copy)
 
-  function host.exit_scripts()
-    for _, fn in ipairs(host.atexit) do fn() end
-    host.atexit, host.deferred = {}, {}
-  end
-
-  --- The project as plain data, for the test to check.
-  function host.snapshot()
-    local tracks = {}
-    for i, t in ipairs(host.project.tracks) do
-      local items = {}
-      for _, item in ipairs(t.items) do
-        local takes = {}
-        for _, take in ipairs(item.takes) do
-          takes[#takes + 1] = { name = take.name, source = take.source and take.source.file or "",
-                                values = take.values }
-        end
-        items[#items + 1] = { guid = item.guid, values = item.values, takes = Fake.array(takes),
-                              selected = item.selected }
-      end
-      tracks[i] = { name = t.name, values = t.values, items = Fake.array(items), inserted = t.inserted or false }
-    end
-    return Fake.array(tracks)
-  end
-
+  Fake.UI_BUDGET = UI_BUDGET
   return host
 end
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,17 @@ NODE = shutil.which("node")
 
 SEPARATE_SCRIPT = REAPER_DIR / "sam-bridge - Separate selected items.lua"
 CANCEL_SCRIPT = REAPER_DIR / "sam-bridge - Cancel.lua"
+COLLECT_SCRIPT = REAPER_DIR / "sam-bridge - Collect finished stems.lua"
+LUA_VERSIONS = [lua for lua in (shutil.which("lua5.4"), shutil.which("lua5.3")) if lua]
+
+
+def write_heartbeat(state_dir: Path, age: float = 0.0, interval: float = 1.0) -> None:
+    """heartbeat.json as the daemon keeps it; `age` seconds old (a negative age keeps it fresh for as long
+    as a test takes)."""
+    path = state_dir / "heartbeat.json"
+    tmp = state_dir / "heartbeat.json.tmp"
+    tmp.write_text(json.dumps({"pid": 4242, "time": time.time() - age, "interval": interval}), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def exchange(process: subprocess.Popen[str], command: Mapping[str, Any], who: str) -> dict[str, Any]:

@@ -34,8 +34,12 @@ local function state()
     project_info = host.project_info,
     project_strings = host.project_strings,
     ext = host.ext,
-    pending = #host.deferred,
-    atexit = #host.atexit,
+    pending = host.pending(),
+    running = (function() local n = 0 for _ in pairs(host.instances) do n = n + 1 end return n end)(),
+    relaunch_prompts = core.array(host.relaunch_prompts),
+    blocks = core.array(host.blocks),
+    longest_cycle = host.longest_cycle,
+    proj_ext = host.project.ext,
     window_open = host.gfx.open,
     last_frame = core.array(host.gfx.frames[#host.gfx.frames] or {}),
     frame_count = #host.gfx.frames,
@@ -45,19 +49,24 @@ end
 local handlers = {}
 
 function handlers.run(cmd)
-  local ok, err = pcall(dofile, cmd.script)
-  return { ok = ok, error = not ok and tostring(err) or nil }
+  local ok, result = pcall(host.run_script, cmd.script)
+  return { ok = ok, error = not ok and tostring(result) or nil, result = ok and result or nil }
+end
+
+function handlers.restart()
+  host.restart()
+  return { ok = true }
 end
 
 function handlers.tick(cmd)
   local ran = 0
   for _ = 1, cmd.n or 1 do
-    if #host.deferred == 0 then break end
+    if host.pending() == 0 then break end
     local ok, err = pcall(host.run_deferred, cmd.dt)
     if not ok then return { ok = false, error = tostring(err), ran = ran } end
     ran = ran + 1
   end
-  return { ok = true, ran = ran, pending = #host.deferred }
+  return { ok = true, ran = ran, pending = host.pending() }
 end
 
 function handlers.state() return { ok = true, state = state() } end

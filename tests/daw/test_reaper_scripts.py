@@ -24,9 +24,11 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import bridge
 from bridge.common.request import SeparationRequest
 from tests.daw.harness import (
     CANCEL_SCRIPT,
+    COLLECT_SCRIPT,
     DAW_DIR,
     LUA,
     LUAC,
@@ -34,6 +36,7 @@ from tests.daw.harness import (
     SEPARATE_SCRIPT,
     ReaperHost,
     lua_eval,
+    write_heartbeat,
     write_status,
 )
 
@@ -41,10 +44,6 @@ pytestmark = pytest.mark.skipif(not (LUA and LUAC), reason="needs lua5.4 and lua
 
 UNICODE_NAME = "Gitarre Ärger – 吉他 🎸"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def lua_list(items: list[str]) -> str:
-    return "{" + ", ".join(lua_string(item) for item in items) + "}"
 
 
 def lua_string(text: str) -> str:
@@ -81,16 +80,35 @@ def test_reapack_index_lists_every_script_with_the_right_roles() -> None:
     version = versions[0]
     header = SEPARATE_SCRIPT.read_text(encoding="utf-8")
     assert f"-- @version {version.get('name')}" in header
-    assert lua_eval("return core.VERSION") == version.get("name")
+    assert lua_eval("return core.VERSION") == version.get("name") == bridge.__version__
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", version.get("time") or "")
+    assert version.get("time") != "2025-01-01T00:00:00Z"
     sources = {unquote(s.text or "").rsplit("/", 1)[-1]: s for s in version.findall("source")}
     assert set(sources) == {p.name for p in REAPER_DIR.glob("*.lua")}
     mains = {name for name, s in sources.items() if s.get("main") == "main"}
-    assert mains == {SEPARATE_SCRIPT.name, CANCEL_SCRIPT.name}
+    assert mains == {SEPARATE_SCRIPT.name, CANCEL_SCRIPT.name, COLLECT_SCRIPT.name}
+    commits = {re.search(r"/([0-9a-f]{40})/scripts/reaper/", s.text or "").group(1) for s in sources.values()}  # type: ignore[union-attr]
+    assert len(commits) == 1  # every URL pinned to one commit
     for name, source in sources.items():
         if name != SEPARATE_SCRIPT.name:
             assert source.get("file") == name  # installed beside the package script so `require` finds it
     for line in re.findall(r"^--\s+\[(\w+)\] (.+)$", header, re.M):
         assert line[1] in sources
+
+
+def test_the_index_is_what_make_index_writes_for_its_commit(tmp_path: Path) -> None:
+    text = (REAPER_DIR / "index.xml").read_text(encoding="utf-8")
+    commit = re.search(r"for commit ([0-9a-f]{40})", text).group(1)  # type: ignore[union-attr]
+    base = re.search(r">(https://[^<]+)/" + commit, text).group(1)  # type: ignore[union-attr]
+    out = tmp_path / "index.xml"
+    done = subprocess.run([sys.executable, str(REAPER_DIR / "make_index.py"), base, commit, "-o", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text(encoding="utf-8") == text  # regenerate it after changing the scripts' list or header
+    other = tmp_path / "other.xml"
+    subprocess.run([sys.executable, str(REAPER_DIR / "make_index.py"), "https://example.org/r", "f" * 40,
+                    "-o", str(other)], check=True, capture_output=True)
+    assert "https://example.org/r/" + "f" * 40 + "/scripts/reaper/sam_bridge_core.lua" in other.read_text()
 
 
 def test_readme_names_every_action_and_library() -> None:
@@ -215,7 +233,7 @@ def test_find_daemon_reads_the_first_daemon_json(tmp_path: Path) -> None:
 def test_find_daemon_explains_when_it_is_not_running(tmp_path: Path) -> None:
     info, err = find_daemon([tmp_path / "nothing"])
     assert info is None
-    assert "not running" in err and "sam-bridge run" in err and "service install" in err
+    assert "isn't running" in err and "sam-bridge run" in err and "service install" in err
     (tmp_path / "daemon.json").write_text("{broken")
     info, err = find_daemon([tmp_path])
     assert info is None and "could not be read" in err
@@ -235,49 +253,19 @@ def test_preset_menu_lists_presets_prompt_and_mute_toggle() -> None:
     menu, actions = lua_eval(
         f"local p = core.parse_presets({lua_string(presets)}) return {{core.build_preset_menu(p, true)}}"
     )
-    assert menu == "piano|odd / name|band  (4 stems)||Describe the sound…|!Mute source items when the stems arrive"
+    assert menu == ("piano|odd / name|band  (4 stems)||Describe the sound…||!Mute source items when the stems arrive"
+                    "|Stems as takes of the source item (not new tracks)")
     fields = [f for f in menu.split("|") if f]  # what gfx.showmenu numbers
     assert len(fields) == len(actions)
     assert actions[0] == {"kind": "preset", "name": "piano"}
     assert actions[1] == {"kind": "preset", "name": "!odd | name"}  # the real name goes to the daemon
-    assert [a["kind"] for a in actions[3:]] == ["prompt", "toggle_mute"]
-
-
-@pytest.mark.parametrize(("platform", "argv", "line"), [
-    ("linux", ["/opt/py 3/python", "-m", "bridge", "--project", "/Music/Tom's Song"],
-     "'/opt/py 3/python' '-m' 'bridge' '--project' \"/Music/Tom's Song\""),
-    ("macos", ["/Apps/$py/python", "--project", '/Music/"Live" `best` \\ take'],
-     "'/Apps/$py/python' '--project' '/Music/\"Live\" `best` \\ take'"),
-    ("windows", ["C:\\Py\\python.exe", "--project", 'C:\\Music\\A "B"\\'],
-     '"C:\\Py\\python.exe" "--project" "C:\\Music\\A \\"B\\"\\\\"'),
-])
-def test_command_lines_quote_every_argument(platform: str, argv: list[str], line: str) -> None:
-    assert lua_eval(f"return core.command_line({lua_list(argv)}, {lua_string(platform)})") == line
-
-
-@pytest.mark.parametrize("unquotable", ["/Music/Tom's \"Song\"", "/Music/Tom's $5 Song", "/M/Tom's `x`"])
-def test_a_path_reaper_cannot_pass_either_way_is_named(unquotable: str) -> None:
-    """With a ' and one of " $ ` \\, no quoting reads the same to REAPER and to a shell."""
-    argv = lua_list(["/usr/bin/python3", "--project", unquotable])
-    assert lua_eval(f"local line, bad = core.command_line({argv}, 'linux') return {{line == nil, bad}}") \
-        == [True, unquotable]
-
-
-def test_exec_output_and_the_json_in_it() -> None:
-    assert lua_eval('return {core.parse_exec_output("0\\n{}")}') == [0, "{}"]
-    assert lua_eval('return {core.parse_exec_output("2\\r\\nno such file")}') == [2, "no such file"]
-    assert lua_eval("local code, output = core.parse_exec_output(nil) return {code == nil, output}") == [True, ""]
-    noisy = 'WARNING: slow disk\n{"presets": [{"name": "a}b"}]}\nbye'
-    assert lua_eval(f"return core.json_in_output({lua_string(noisy)})") == '{"presets": [{"name": "a}b"}]}'
-    problems = {"problems": [{"file": "/p/bad.yaml", "line": 2, "field": "yaml", "message": "is not valid"}]}
-    assert lua_eval(f"return core.preset_problems({lua_string(json.dumps(problems))})") == [
-        "/p/bad.yaml:2: yaml: is not valid"]
+    assert [a["kind"] for a in actions[3:]] == ["prompt", "toggle_mute", "toggle_takes"]
 
 
 def test_preset_menu_without_presets_still_offers_a_prompt() -> None:
     menu, actions = lua_eval("local p, err = core.parse_presets(nil) return {core.build_preset_menu(p, false)}")
     assert menu.startswith("#")  # greyed line saying no presets were found
-    assert [a["kind"] for a in actions] == ["none", "prompt", "toggle_mute"]
+    assert [a["kind"] for a in actions] == ["none", "prompt", "toggle_mute", "toggle_takes"]
 
 
 # --- item -> request ------------------------------------------------------------------------------
@@ -424,7 +412,8 @@ def test_render_settings_render_exactly_the_item() -> None:
     assert numbers["RENDER_CHANNELS"] == 1 and numbers["RENDER_SRATE"] == 44100
     assert strings == {"RENDER_FILE": "/p/r", "RENDER_PATTERN": "name", "RENDER_FORMAT": "ZXZhdxgAAQ==",
                        "RENDER_FORMAT2": ""}
-    assert lua_eval('return core.render_settings("/p", "n", {is_midi = true}).RENDER_SETTINGS') == 64
+    # MIDI too: the item's own signal before the track's FX, never "via master" (64: track + master FX)
+    assert lua_eval('return core.render_settings("/p", "n", {is_midi = true}).RENDER_SETTINGS') == 32
     keys = lua_eval("return {core.RENDER_NUMBER_KEYS, core.RENDER_STRING_KEYS}")
     assert set(keys[0]) == set(numbers) and set(keys[1]) == set(strings)  # all saved and restored
 
@@ -472,6 +461,7 @@ class Setup:
             "osc": {"host": "127.0.0.1", "port": 9010}, "presets_file": str(self.state_dir / "presets.json"),
             "hot_folder": None, "service": "local", "started_at": "2025-01-01T00:00:00Z"}))
         (self.state_dir / "presets.json").write_text(json.dumps(PRESETS))
+        write_heartbeat(self.state_dir, age=-3600)  # a daemon alive for the whole test
         self.source = self.project_dir / f"{UNICODE_NAME} take.wav"
         sf.write(self.source, np.zeros((48000 * 30, 2), dtype=np.float32), 48000)
         self.hosts: list[ReaperHost] = []
@@ -492,8 +482,8 @@ class Setup:
         scenario.update(overrides)
         return scenario
 
-    def host(self, scenario: dict[str, Any], env: dict[str, str] | None = None) -> ReaperHost:
-        host = ReaperHost(scenario, self.root, {"SAM_BRIDGE_STATE_DIR": str(self.state_dir), **(env or {})})
+    def host(self, scenario: dict[str, Any], env: dict[str, str] | None = None, lua: str | None = None) -> ReaperHost:
+        host = ReaperHost(scenario, self.root, {"SAM_BRIDGE_STATE_DIR": str(self.state_dir), **(env or {})}, lua=lua)
         self.hosts.append(host)
         return host
 
@@ -541,92 +531,69 @@ def test_separate_writes_a_request_for_a_plain_take(setup: Setup) -> None:
     assert state["ext"]["sam-bridge/active"].endswith(f"\t{setup.requests_dir / name}.cancel")
 
 
-def with_presets_command(setup: Setup) -> dict[str, str]:
-    """daemon.json names the real command (as `sam-bridge run` does); the env lets it import this checkout
-    and keeps the user's own presets out."""
-    info = json.loads((setup.state_dir / "daemon.json").read_text())
-    info["presets_command"] = [sys.executable, "-m", "bridge", "presets", "list", "--json"]
-    (setup.state_dir / "daemon.json").write_text(json.dumps(info))
-    return {"PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(setup.root / "no-config")}
-
-
 def menu_fields(state: dict[str, Any]) -> list[str]:
     return [f for f in state["menus"][0].split("|") if f]  # what gfx.showmenu numbers
 
 
-def test_a_projects_own_presets_are_in_the_menu_and_go_with_the_request(setup: Setup) -> None:
+def project_list(setup: Setup) -> Path:
+    """Where the daemon answers this project's preset list (daemon.json's project_presets_dir)."""
+    key = lua_eval(f"return core.project_key({lua_string(str(setup.project_dir))})")
+    return setup.state_dir / "project-presets" / f"{key}.json"
+
+
+def answer_project_list(setup: Setup) -> None:
+    """What the daemon writes for a project's `.want`: the real code that does it, run here."""
+    from bridge.presets.library import PresetLibrary, default_search_path
+    from bridge.presets.project_lists import ProjectPresetLists
+
+    shared = PresetLibrary(default_search_path(config_dir=setup.root / "no-config"), quiet=True)
+    ProjectPresetLists(shared, setup.state_dir / "project-presets").refresh()
+
+
+def test_a_projects_own_presets_come_from_the_daemons_list_without_blocking(setup: Setup) -> None:
     folder = setup.project_dir / "sam-bridge" / "presets"
     folder.mkdir(parents=True)
     (folder / "room.yaml").write_text("name: Room tone\nprompt: the hum of the room\n")
     (folder / "broken.yaml").write_text("name: [oops\n")
-    env = with_presets_command(setup)
-    first = setup.host(setup.scenario(answers={"menu": [0]}), env)  # look at the menu, pick nothing
-    first.run(SEPARATE_SCRIPT)
-    state = first.state()
-    assert len(state["executed"]) == 1 and "--project" in state["executed"][0]
+    host = setup.host(setup.scenario(answers={"menu": [0]}))
+    host.run(SEPARATE_SCRIPT)
+    state = host.state()
+    assert state["menus"] == [] and state["pending"] == 1  # waits for the list in a defer loop
+    want = project_list(setup).with_suffix(".want")
+    assert want.read_text(encoding="utf-8") == str(setup.project_dir)
+    answer_project_list(setup)
+    host.tick()
+    state = host.state()
+    assert state["executed"] == [] and state["longest_cycle"] <= 0.1  # no process, no UI thread held
     fields = menu_fields(state)
     assert "Room tone" in fields and "piano" in fields and "4-stems  (4 stems)" in fields  # its own + shared
     [message] = [m["text"] for m in state["messages"]]  # the broken file is named; the rest of the menu works
-    assert "broken.yaml:2: yaml:" in message and "not in the menu" in message
-    assert setup.requests() == []
-    second = setup.host(setup.scenario(answers={"menu": [fields.index("Room tone") + 1]}), env)
-    second.run(SEPARATE_SCRIPT)
+    assert "broken.yaml:" in message and "not in the menu" in message
+    second = setup.host(setup.scenario(answers={"menu": [fields.index("Room tone") + 1]}))
+    second.run(SEPARATE_SCRIPT)  # the list is there now: the menu comes at once
     _, request = only_request(setup)
     assert request["preset"] == "Room tone" and request["project_dir"] == str(setup.project_dir)
 
 
-@pytest.mark.parametrize("via_shell", [False, True], ids=["reaper-splits-the-line", "a-shell-does"])
-def test_a_project_path_with_an_apostrophe_reaches_the_presets_command(tmp_path: Path, via_shell: bool) -> None:
-    setup = Setup(tmp_path, project_name="Tom's Song")
-    folder = setup.project_dir / "sam-bridge" / "presets"
-    folder.mkdir(parents=True)
-    (folder / "room.yaml").write_text("name: Room tone\nprompt: the hum of the room\n")
-    host = setup.host(setup.scenario(answers={"menu": [0]}, exec_via_shell=via_shell), with_presets_command(setup))
-    try:
-        host.run(SEPARATE_SCRIPT)
-        state = host.state()
-    finally:
-        host.close()
-    assert len(state["executed"]) == 1 and state["messages"] == []
-    assert "Room tone" in menu_fields(state) and "piano" in menu_fields(state)
-
-
-def test_a_project_path_reaper_cannot_pass_gets_the_shared_list_and_says_why(tmp_path: Path) -> None:
-    setup = Setup(tmp_path, project_name='Tom\'s "Song"')
-    (setup.project_dir / "sam-bridge" / "presets").mkdir(parents=True)
-    (setup.project_dir / "sam-bridge" / "presets" / "room.yaml").write_text("name: Room tone\nprompt: hum\n")
-    host = setup.host(setup.scenario(answers={"menu": [0]}), with_presets_command(setup))
-    try:
-        host.run(SEPARATE_SCRIPT)
-        state = host.state()
-    finally:
-        host.close()
-    assert state["executed"] == []
-    [message] = [m["text"] for m in state["messages"]]
-    assert "cannot pass this path" in message and str(setup.project_dir) in message
-    assert menu_fields(state)[:2] == ["piano", "band  (4 stems)"]
-
-
 def test_without_presets_of_its_own_a_project_gets_the_shared_list_at_once(setup: Setup) -> None:
-    host = setup.host(setup.scenario(answers={"menu": [0]}), with_presets_command(setup))
-    host.run(SEPARATE_SCRIPT)
-    state = host.state()
-    assert state["executed"] == []  # nothing run: the daemon's presets.json is enough
-    assert menu_fields(state)[:2] == ["piano", "band  (4 stems)"]
-
-
-def test_when_the_project_list_cannot_be_made_the_shared_one_is_offered(setup: Setup) -> None:
-    (setup.project_dir / "sam-bridge" / "presets").mkdir(parents=True)
-    (setup.project_dir / "sam-bridge" / "presets" / "room.yaml").write_text("name: Room tone\nprompt: hum\n")
-    info = json.loads((setup.state_dir / "daemon.json").read_text())
-    info["presets_command"] = [str(setup.root / "no-such-python"), "-m", "bridge", "presets", "list", "--json"]
-    (setup.state_dir / "daemon.json").write_text(json.dumps(info))
     host = setup.host(setup.scenario(answers={"menu": [0]}))
     host.run(SEPARATE_SCRIPT)
     state = host.state()
-    [message] = [m["text"] for m in state["messages"]]
-    assert "could not be listed" in message and "shared ones only" in message and "no-such-python" in message
+    assert state["executed"] == []
     assert menu_fields(state)[:2] == ["piano", "band  (4 stems)"]
+
+
+def test_when_the_project_list_does_not_come_the_shared_one_is_offered(setup: Setup) -> None:
+    (setup.project_dir / "sam-bridge" / "presets").mkdir(parents=True)
+    (setup.project_dir / "sam-bridge" / "presets" / "room.yaml").write_text("name: Room tone\nprompt: hum\n")
+    host = setup.host(setup.scenario(answers={"menu": [0]}))
+    host.run(SEPARATE_SCRIPT)
+    host.tick(n=200, dt=0.05)
+    state = host.state()
+    [message] = [m["text"] for m in state["messages"]]
+    assert "could not be listed" in message and "shared ones only" in message
+    assert menu_fields(state)[:2] == ["piano", "band  (4 stems)"]
+    assert state["longest_cycle"] <= 0.1
 
 
 def test_done_inserts_stems_under_the_source_track_in_one_undo_block(setup: Setup) -> None:
@@ -635,7 +602,7 @@ def test_done_inserts_stems_under_the_source_track_in_one_undo_block(setup: Setu
     name, _ = only_request(setup)
     write_status(setup.requests_dir, name, state="running", progress=0.45, message="separating on fal")
     host.tick()
-    assert host.state()["last_frame"][0] == "Guitar 01 — separating 45% — separating on fal"
+    assert host.state()["last_frame"][:2] == ["Guitar 01 — separating 45%, about 1 s left — separating on fal", "[ x ]"]
     stems = setup.stems(["target", "residual"])
     write_status(setup.requests_dir, name, state="done", progress=1.0, stems=stems, message="done")
     host.tick()
@@ -740,12 +707,10 @@ def test_cancel_action_writes_cancel_files_and_the_loop_ends(setup: Setup) -> No
     host.run(CANCEL_SCRIPT)
     cancel_file = setup.requests_dir / f"{name}.cancel"
     assert cancel_file.exists() and cancel_file.read_bytes() == b""
-    host.tick()
-    assert host.state()["last_frame"][0] == "Guitar 01 — sent — cancelling…"
-    write_status(setup.requests_dir, name, state="cancelled", progress=0.1, message="Cancelled")
-    host.tick(n=100, dt=0.1)
+    host.tick(n=1, dt=0.05)  # the running instance sees it on its next cycle and ends
     state = host.state()
-    assert state["pending"] == 0 and len(state["tracks"]) == 3 and state["messages"] == []
+    assert state["pending"] == 0 and state["running"] == 0 and len(state["tracks"]) == 3 and state["messages"] == []
+    assert state["proj_ext"].get("sam-bridge-jobs", {}) == {}  # cancelled: not collected later
 
 
 def test_cancel_with_nothing_running_says_so(setup: Setup) -> None:
@@ -761,6 +726,8 @@ def test_cancel_all_button_in_the_window(setup: Setup) -> None:
     name, _ = only_request(setup)
     assert host.send(cmd="click", x=10_000, y=10_000)["ok"]
     assert (setup.requests_dir / f"{name}.cancel").exists()
+    state = host.state()  # the script ended on that very cycle: no waiting for the daemon's answer
+    assert state["pending"] == 0 and state["running"] == 0 and not state["window_open"]
 
 
 def test_daemon_not_running(setup: Setup, tmp_path: Path) -> None:
@@ -804,7 +771,7 @@ def test_mute_toggle_in_the_menu_is_remembered(setup: Setup) -> None:
     host.run(SEPARATE_SCRIPT)
     state = host.state()
     assert state["ext"]["sam-bridge/mute_source"] == "1"
-    assert state["menus"][1].endswith("|!Mute source items when the stems arrive")
+    assert "|!Mute source items when the stems arrive|" in state["menus"][1]
     name, _ = only_request(setup)
     write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]))
     host.tick()
@@ -862,7 +829,7 @@ def test_slow_pickup_is_explained_and_half_written_status_is_ignored(setup: Setu
     assert host.state()["pending"] == 1
     write_status(setup.requests_dir, name, state="uploading", progress=0.1)
     host.tick()
-    assert host.state()["last_frame"][0] == "Guitar 01 — uploading 10%"
+    assert host.state()["last_frame"][0] == "Guitar 01 — uploading 10%, about 4 min left"  # 20 s for 10%
 
 
 def test_closing_the_window_keeps_working_in_the_background(setup: Setup) -> None:
@@ -890,7 +857,7 @@ def test_several_items_each_get_a_request(setup: Setup) -> None:
     requests = [json.loads(p.read_text(encoding="utf-8")) for p in setup.requests()]
     assert sorted((r["tag"], r["start"], r["length"]) for r in requests) == [
         ("reaper:{ITEM-1}", 2.5, 4.0), ("reaper:{ITEM-2}", 0, 1.5)]
-    assert len(host.state()["last_frame"]) == 3  # two lines and the button
+    assert len(host.state()["last_frame"]) == 5  # two lines with their own cancel buttons, and Cancel all
 
 
 @pytest.mark.skipif(not shutil.which("lua5.3"), reason="lua5.3 is not installed (REAPER 6 runs Lua 5.3)")
@@ -978,8 +945,8 @@ def test_the_daemon_separates_what_the_script_asks_for(
 def test_a_projects_own_preset_from_the_menu_is_the_one_the_daemon_uses(
     user_dirs: dict[str, Path], service: Any, daemon_factory: Any
 ) -> None:
-    """daemon.json names the command that lists a project's presets; the script offers them, and the
-    daemon resolves the picked name with the same project folder."""
+    """The daemon keeps the list of a project's presets the script asks for; the script offers them, and
+    the daemon resolves the picked name with the same project folder."""
     project = user_dirs["home"] / "Podcast"
     (project / "sam-bridge" / "presets").mkdir(parents=True)
     (project / "sam-bridge" / "presets" / "hum.yaml").write_text("name: Mains hum\nprompt: low hum\n")
@@ -999,10 +966,16 @@ def test_a_projects_own_preset_from_the_menu_is_the_one_the_daemon_uses(
     env = {"PYTHONPATH": str(ROOT)}  # the command runs this checkout's bridge, as an installed one would
     looker = ReaperHost(scenario, user_dirs["home"], env)
     try:
-        looker.run(SEPARATE_SCRIPT)
-        fields = menu_fields(looker.state())
+        looker.run(SEPARATE_SCRIPT)  # the script asks the daemon for the project's list and waits, deferred
+        deadline = time.monotonic() + 30
+        while not looker.state()["menus"] and time.monotonic() < deadline:
+            looker.tick(n=1, dt=0.01)
+            time.sleep(0.1)
+        state = looker.state()
+        fields = menu_fields(state)
     finally:
         looker.close()
+    assert state["executed"] == [] and state["longest_cycle"] <= 0.1
     assert "Mains hum" in fields and "vocals" in fields, fields
     host = ReaperHost({**scenario, "answers": {"menu": [fields.index("Mains hum") + 1]}}, user_dirs["home"], env)
     try:
@@ -1017,3 +990,23 @@ def test_a_projects_own_preset_from_the_menu_is_the_one_the_daemon_uses(
     assert json.loads(request_file.read_text())["preset"] == "Mains hum"
     target, _ = sf.read(state["tracks"][1]["items"][0]["takes"][0]["source"], always_2d=True)
     assert target.shape == (rate * 4, 2) and float(np.max(np.abs(target))) > 0.05  # "low hum": the 100 Hz tone
+
+
+@pytest.mark.daemon
+@pytest.mark.timeout(120)
+def test_the_daemon_keeps_a_heartbeat_and_removes_it_when_it_stops(
+    user_dirs: dict[str, Path], service: Any, daemon_factory: Any
+) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    heartbeat = Path(str(info["heartbeat_file"]))
+    first = json.loads(heartbeat.read_text(encoding="utf-8"))
+    assert first["pid"] == info["pid"] and abs(first["time"] - time.time()) < 30
+    deadline = time.monotonic() + 10
+    while json.loads(heartbeat.read_text(encoding="utf-8"))["time"] == first["time"]:
+        assert time.monotonic() < deadline, "the heartbeat is not refreshed"
+        time.sleep(0.2)
+    alive = lua_eval(f"return core.heartbeat_alive({lua_string(heartbeat.read_text())}, os.time())")
+    assert alive is True
+    daemon.stop()
+    assert not heartbeat.exists()  # a clean stop says so at once
