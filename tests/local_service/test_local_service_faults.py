@@ -84,8 +84,8 @@ class Scene:
         return calls[kind]()
 
 
-NORMAL_STATUS = {"token": 200, "upload": 200, "multipart": 200, "storage": 200, "submit": 200, "status": 200, "stream": 200,
-                 "result": 200, "cancel": 400, "download": 200}
+NORMAL_STATUS = {"token": 200, "upload": 200, "multipart": 200, "storage": 200, "submit": 200, "status": 200,
+                 "stream": 200, "result": 200, "cancel": 400, "download": 200}
 
 
 @pytest.fixture
