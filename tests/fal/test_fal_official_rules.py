@@ -18,7 +18,7 @@ from bridge.fal.auth import ApiKey, key_in_env
 from bridge.fal.client import FalClient, RequestHandle, Timeouts
 from bridge.fal.hosts import BACKUP_CONNECT_CAP, FAL_BACKUP_HOSTS
 from bridge.local_service import LocalFalService
-from tests.conftest import FAST_RETRY, TEST_KEY
+from tests.conftest import FAST_RETRY, TEST_KEY, wait_for
 from tests.fal.test_fal_client import make_wav, separate
 
 
@@ -158,6 +158,7 @@ def test_hot_folder_jobs_ask_for_low_priority_and_interactive_ones_go_first(tmp_
             our_client(service, priorities={"hot-folder": "low"}) as client:
         url = client.storage.upload(make_wav(tmp_path / "in.wav"), "audio/wav")
         busy = client.submit("separate", {"audio_url": url, "prompt": "bass"})
+        wait_for(lambda: client.status(busy).state == "IN_PROGRESS", what="the worker to take the first job")
         batch = client.submit("separate", {"audio_url": url, "prompt": "x"}, origin="hot-folder")
         daw = client.submit("separate", {"audio_url": url, "prompt": "y"}, origin="osc")
         assert client.status(daw).queue_position == 0

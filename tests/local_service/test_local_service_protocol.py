@@ -18,7 +18,7 @@ import soundfile as sf
 
 from bridge.common.errors import InputError
 from bridge.local_service import LocalFalService
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, wait_for
 
 KEY_AUTH = {"Authorization": f"Key {TEST_KEY}"}
 SEPARATE = "/fal-ai/sam-audio/separate"
@@ -327,6 +327,8 @@ def test_cancel_queued_running_done_and_unknown() -> None:
             httpx.Client(base_url=svc.url, headers=KEY_AUTH, timeout=30) as client:
         audio = data_uri(wav_bytes())
         running = submit(client, {"audio_url": audio, "prompt": "a"})
+        wait_for(lambda: client.get(running["status_url"]).json()["status"] == "IN_PROGRESS",
+                 what="the worker to take the first job")  # on a busy machine it may take a moment
         queued = submit(client, {"audio_url": audio, "prompt": "b"})
         third = submit(client, {"audio_url": audio, "prompt": "c"})
         assert client.get(third["status_url"]).json()["queue_position"] == 1
