@@ -66,10 +66,16 @@ def unreachable(what: str, exc: Exception, attempts: int, url: str) -> ServiceUn
     )
 
 
+_TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
 def _detail_text(response: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
     try:
         body = response.json()
     except ValueError:
+        if "html" in response.headers.get("content-type", "").lower():  # a proxy's error page: its title
+            title = _TITLE.search(response.text)
+            return (" ".join(title.group(1).split())[:120] if title else "an error page"), []
         return response.text[:300].strip(), []
     detail = body.get("detail") if isinstance(body, dict) else body
     if isinstance(detail, list):
