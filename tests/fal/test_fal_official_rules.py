@@ -16,7 +16,7 @@ from bridge.common.errors import AuthError, ServiceError, ServiceJobFailed, Subm
 from bridge.common.options import ServiceOptions
 from bridge.fal.auth import ApiKey, key_in_env
 from bridge.fal.client import FalClient, RequestHandle, Timeouts
-from bridge.fal.hosts import BACKUP_CONNECT_CAP, FAL_BACKUP_HOSTS
+from bridge.fal.hosts import BACKUP_CONNECT_CAP, FAL_BACKUP_HOSTS, BackupHostTransport
 from bridge.local_service import LocalFalService
 from tests.conftest import FAST_RETRY, TEST_KEY, wait_for
 from tests.fal.test_fal_client import make_wav, separate
@@ -123,6 +123,20 @@ def test_a_connect_failure_on_the_primary_host_moves_to_its_backup(service: Loca
         result = separate(client, make_wav(tmp_path / "in.wav"))
         assert str(result["target"]["url"]).startswith(service.url)  # type: ignore[index]
     assert service.stats()["submits"] == 1
+
+
+def test_the_connect_to_a_host_with_a_backup_is_capped_at_five_seconds() -> None:
+    seen: dict[str, float] = {}
+
+    def remote(request: httpx.Request) -> httpx.Response:  # the far side: records what the client allowed
+        seen[request.url.host] = request.extensions["timeout"]["connect"]
+        return httpx.Response(200, json={})
+
+    transport = BackupHostTransport(FAL_BACKUP_HOSTS, inner=httpx.MockTransport(remote))
+    with httpx.Client(transport=transport, timeout=httpx.Timeout(120, connect=30)) as http:
+        for url in ("https://queue.fal.run/x", "https://queue.falrun.com/x", "https://rest.fal.ai/x"):
+            http.get(url)
+    assert seen == {"queue.fal.run": 5.0, "queue.falrun.com": 5.0, "rest.fal.ai": 30.0}
 
 
 def test_our_timeouts_and_backup_hosts_are_the_official_clients() -> None:
