@@ -5,7 +5,8 @@
 1. Makes a stereo 48 kHz/24-bit WAV block by block (60 min = 989 MiB: above 100 MiB, so both clients go
    multipart: 10 MiB parts, up to 10 at once).
 2. Starts the stand-in (strict mode) in a subprocess, so its work never shares this process's GIL.
-3. Uploads the file `--runs` times with each client, interleaved (ours, official, ours, ...): ours is
+3. Uploads the file `--runs` times with each client, interleaved (which goes first alternates; each upload
+   starts after `sync`, so none pays for writing back the one before): ours is
    `FalStorage.upload` (what the pipeline calls), the official one `fal_client.SyncClient.upload_file`
    (fal-client from the test extra, its module constants pointed at the stand-in). Each upload's size is
    checked at its URL.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -44,6 +46,7 @@ def uploaded_size(url: str) -> int:
 
 
 def timed(upload: Callable[[], str], size: int) -> float:
+    os.sync()  # the previous upload's (or the source's) dirty pages are not this one's to write back
     started = time.perf_counter()
     url = upload()
     seconds = time.perf_counter() - started
@@ -74,9 +77,14 @@ def main() -> int:
         ours = FalClient(ApiKey(BENCH_KEY), queue_url=url, rest_url=url, data_uri_limit=0)
         times: dict[str, list[float]] = {"ours": [], "official": []}
         try:
+            uploads: dict[str, Callable[[], str]] = {
+                "ours": lambda: ours.storage.upload(source, "audio/wav"),
+                "official": lambda: theirs.upload_file(source),
+            }
             for run in range(1, args.runs + 1):
-                times["ours"].append(timed(lambda: ours.storage.upload(source, "audio/wav"), size))
-                times["official"].append(timed(lambda: theirs.upload_file(source), size))
+                order = ["ours", "official"] if run % 2 else ["official", "ours"]  # neither always goes first
+                for name in order:
+                    times[name].append(timed(uploads[name], size))
                 print(f"run {run}: ours {times['ours'][-1]:.2f} s, official {times['official'][-1]:.2f} s",
                       flush=True)
         finally:
