@@ -267,3 +267,19 @@ def test_chunk_fields_are_sent_only_when_a_user_set_them() -> None:
                                                   "output_format"}
     chosen = ServiceOptions(max_chunk_duration=30, chunk_overlap=2).to_payload()
     assert (chosen["max_chunk_duration"], chosen["chunk_overlap"]) == (30, 2)
+
+
+def test_the_key_pair_alone_makes_the_daemon_use_fal_with_the_configured_queue_settings(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge.common.config import Config, ServiceConfig
+    from bridge.daemon import choose_service
+
+    for name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    assert choose_service(Config(), local=False, url=None).local  # no key: the stand-in
+    monkeypatch.setenv("FAL_KEY_ID", "key-id-1234")
+    monkeypatch.setenv("FAL_KEY_SECRET", "secret-5678abcd")
+    config = Config(service=ServiceConfig(start_timeout=120, queue_priority={"osc": "low"}))
+    choice = choose_service(config, local=False, url=None)
+    assert not choice.local and not choice.url
+    assert (choice.start_timeout, dict(choice.priorities)) == (120, {"osc": "low"})
