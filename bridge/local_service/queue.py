@@ -120,6 +120,7 @@ class JobQueue:
             self._jobs[job.request_id] = job
             bisect.insort(self._pending, job, key=lambda queued: queued.order)
             self._counts["submits"] += 1
+            self._counts["submits_low" if low_priority else "submits_normal"] += 1
             self._by_audio[source.sha256] += 1
             position = self._pending.index(job)
             self._cond.notify_all()
@@ -193,6 +194,7 @@ class JobQueue:
             return {
                 "submits": self._counts["submits"],
                 "submits_by_audio": dict(self._by_audio),
+                "submits_by_priority": {"normal": self._counts["submits_normal"], "low": self._counts["submits_low"]},
                 "running": self._running,
                 "max_running": self._max_running,
                 "queued": len(self._pending),

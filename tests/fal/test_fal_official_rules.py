@@ -283,3 +283,24 @@ def test_the_key_pair_alone_makes_the_daemon_use_fal_with_the_configured_queue_s
     choice = choose_service(config, local=False, url=None)
     assert not choice.local and not choice.url
     assert (choice.start_timeout, dict(choice.priorities)) == (120, {"osc": "low"})
+
+
+def test_the_pipeline_sends_a_hot_folder_job_at_low_priority_and_a_cli_job_at_normal(
+        service: LocalFalService, tmp_path: Path) -> None:
+    from bridge.common.request import Origin, SeparationRequest
+    from bridge.engine.pipeline import Pipeline
+    from bridge.engine.pipeline_hooks import StandaloneHooks
+    from bridge.engine.service_choice import ServiceChoice
+    from bridge.presets.library import PresetLibrary, builtin_presets_dir
+    from bridge.presets.recipe import recipe_for
+
+    library = PresetLibrary([("built-in", builtin_presets_dir())])
+    with FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY,
+                   priorities=ServiceChoice().priorities) as client:  # the default: hot folders go low
+        for number, origin in enumerate((Origin.hot_folder, Origin.cli)):
+            source = make_wav(tmp_path / f"in{number}.wav")
+            request = SeparationRequest(source=source, prompt="bass", origin=origin,
+                                        output_dir=tmp_path / f"out{number}")
+            Pipeline(client, poll_interval=0.02).run(request, recipe_for(request, library), StandaloneHooks(),
+                                                     tmp_path / f"work{number}")
+    assert service.stats()["submits_by_priority"] == {"normal": 1, "low": 1}
