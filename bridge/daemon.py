@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,7 +30,7 @@ from bridge.engine.engine import EngineSettings, JobEngine
 from bridge.engine.journal import Journal
 from bridge.engine.pipeline import Pipeline
 from bridge.engine.service_choice import ServiceChoice, open_client
-from bridge.fal.auth import ENV_VAR
+from bridge.fal.auth import key_in_env
 from bridge.hotfolder.watcher import HotFolder, HotFolderWatcher, default_hot_folder
 from bridge.osc.server import OscServer, OscSettings
 from bridge.presets.library import PresetLibrary
@@ -100,11 +100,13 @@ def setup_logging(verbose: int, quiet: bool) -> Path:
 
 
 def choose_service(config: Config, local: bool, url: str | None) -> ServiceChoice:
+    priorities = {str(way): str(priority) for way, priority in config.service.queue_priority.items()}
+    queue = ServiceChoice(start_timeout=config.service.start_timeout, priorities=priorities)
     if url or (config.service.url and not local):
-        return ServiceChoice(url=url or config.service.url)
-    if local or config.service.mode == "local" or (config.service.mode == "auto" and not os.environ.get(ENV_VAR)):
-        return ServiceChoice(local=True, local_delay=config.service.local_delay)
-    return ServiceChoice()
+        return replace(queue, url=url or config.service.url)
+    if local or config.service.mode == "local" or (config.service.mode == "auto" and not key_in_env()):
+        return replace(queue, local=True, local_delay=config.service.local_delay)
+    return queue
 
 
 @dataclass

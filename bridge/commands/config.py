@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bridge.common.config import DEFAULT_CONFIG_TEXT, config_path, load_config, log_dir, state_dir
-from bridge.fal.auth import ENV_VAR
+from bridge.fal.auth import ENV_VAR, key_in_env
 
 
 def register(subparsers: Any) -> None:
@@ -46,6 +45,6 @@ def show_config(args: argparse.Namespace) -> int:
     print(f"# config file: {path}{'' if path.exists() else ' (not present: defaults)'}")
     print(f"# state folder: {state_dir()}")
     print(f"# log folder: {log_dir()}")
-    print(f"# {ENV_VAR}: {'set (<redacted>)' if os.environ.get(ENV_VAR) else 'not set (the local stand-in is used)'}")
+    print(f"# {ENV_VAR}: {'set (<redacted>)' if key_in_env() else 'not set (the local stand-in is used)'}")
     print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), end="")
     return 0

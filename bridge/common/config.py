@@ -43,6 +43,14 @@ def log_dir() -> Path:
     return Path(platformdirs.user_log_dir(APP, appauthor=False))
 
 
+WayIn = Literal["cli", "request-file", "osc", "hot-folder"]
+QueuePriority = Literal["normal", "low"]
+
+
+def _default_priorities() -> dict[WayIn, QueuePriority]:
+    return {"hot-folder": "low"}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -52,6 +60,12 @@ class ServiceConfig(_Strict):
         "auto", description="auto: fal when FAL_KEY is set, else the built-in local stand-in")
     url: str | None = Field(None, description="a stand-in service already running (sam-bridge local-service)")
     local_delay: float = Field(0.02, ge=0, description="stand-in's seconds of work per second of audio")
+    start_timeout: float | None = Field(
+        600.0, gt=1, description="seconds fal may keep a request waiting to start before dropping it (null: no "
+        "limit); a dropped job fails saying so, nothing charged, and its retry sends it anew")
+    queue_priority: dict[WayIn, QueuePriority] = Field(
+        default_factory=_default_priorities,
+        description="fal queue priority per way in: low lets interactive jobs go first")
 
 
 class OscConfig(_Strict):
@@ -111,6 +125,9 @@ DEFAULT_CONFIG_TEXT = """\
 service:
   mode: auto          # auto: fal when FAL_KEY is set, else the built-in local stand-in | fal | local
   # url: http://127.0.0.1:8765   # a stand-in started with `sam-bridge local-service`
+  start_timeout: 600  # seconds a request may wait in fal's queue to start; then fal drops it (null: no limit)
+  queue_priority:     # per way in (cli, request-file, osc, hot-folder): normal | low
+    hot-folder: low   # batch jobs from hot folders let the DAW's jobs go first
 
 concurrency: 4        # jobs in flight at once
 dedupe: true          # same audio + prompt + options as an earlier job: reuse its stems, pay nothing

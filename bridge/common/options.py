@@ -42,11 +42,16 @@ class ServiceOptions(BaseModel):
     output_format: OutputFormat = Field(
         OutputFormat.wav, description="format the service returns (wav | mp3); stems are always conformed"
     )
-    max_chunk_duration: float = Field(60.0, gt=0, le=600, description="seconds per chunk at the service")
-    chunk_overlap: float = Field(5.0, ge=0, le=60, description="seconds of overlap between chunks")
+    # Not on fal's own model page (only in a schema generated from fal's): sent only when set, so a strict
+    # model never meets a field it does not know; unset, the service's default applies (60 s and 5 s).
+    max_chunk_duration: float | None = Field(
+        None, gt=0, le=600, description="seconds per chunk at the service (sent only when set; fal: 60)")
+    chunk_overlap: float | None = Field(
+        None, ge=0, le=60, description="seconds of overlap between chunks (sent only when set; fal: 5)")
 
     def to_payload(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The model input fields: the seed page's always, the chunk fields only when a user set them."""
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 class OutputOptions(BaseModel):

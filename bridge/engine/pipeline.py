@@ -254,7 +254,7 @@ class _Run:
             payload["prompt"] = step.prompt
         self.hooks.submitting(index)
         try:
-            handle = self.p.client.submit(endpoint, payload)
+            handle = self.p.client.submit(endpoint, payload, origin=self.request.origin.value)
         except SubmitUncertain:
             raise  # the marker stays: it may have landed
         except ServiceError:

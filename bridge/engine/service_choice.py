@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bridge.common.loopback import is_loopback_url
-from bridge.fal.auth import ENV_VAR, ApiKey, RedactingFilter
-from bridge.fal.client import DEFAULT_QUEUE_URL, DEFAULT_REST_URL, FalClient, Timeouts
+from bridge.fal.auth import ApiKey, RedactingFilter, secret_from_env
+from bridge.fal.client import DEFAULT_QUEUE_URL, DEFAULT_REST_URL, DEFAULT_START_TIMEOUT, FalClient, Timeouts
 from bridge.fal.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -25,6 +24,8 @@ class ServiceChoice:
     url: str | None = None  # a local service already running (e.g. `sam-bridge local-service`)
     local_delay: float = 0.02  # the in-process stand-in's seconds of work per second of audio
     retry: RetryPolicy | None = None
+    start_timeout: float | None = DEFAULT_START_TIMEOUT  # X-Fal-Request-Timeout (None: no limit)
+    priorities: Mapping[str, str] = field(default_factory=lambda: {"hot-folder": "low"})  # way in → priority
 
     @property
     def is_stand_in(self) -> bool:
@@ -45,21 +46,22 @@ def open_client(choice: ServiceChoice) -> Iterator[FalClient]:
         from bridge.local_service import LocalFalService
 
         with LocalFalService(processing_delay=choice.local_delay) as service, FalClient(
-            ApiKey(LOCAL_KEY), queue_url=service.url, rest_url=service.url, retry=choice.retry
+            ApiKey(LOCAL_KEY), queue_url=service.url, rest_url=service.url, retry=choice.retry,
+            start_timeout=choice.start_timeout, priorities=choice.priorities,
         ) as client:
             yield client
         return
     if choice.url:
         # A stand-in you started gets FAL_KEY (to try keys against it) only on this machine: a real key
         # never travels to another host, least of all over plain http.
-        secret = os.environ.get(ENV_VAR) if is_loopback_url(choice.url) else None
+        secret = secret_from_env() if is_loopback_url(choice.url) else None
         key = ApiKey(secret or LOCAL_KEY)
         if secret:
             RedactingFilter.install(key)  # FAL_KEY may hold a real key: mask it in logs here too
-        with FalClient(key, queue_url=choice.url, rest_url=choice.url, retry=choice.retry,
-                         timeouts=Timeouts()) as client:
+        with FalClient(key, queue_url=choice.url, rest_url=choice.url, retry=choice.retry, timeouts=Timeouts(),
+                       start_timeout=choice.start_timeout, priorities=choice.priorities) as client:
             yield client
         return
     with FalClient(ApiKey.from_env(), queue_url=DEFAULT_QUEUE_URL, rest_url=DEFAULT_REST_URL,
-                     retry=choice.retry) as client:
+                   retry=choice.retry, start_timeout=choice.start_timeout, priorities=choice.priorities) as client:
         yield client

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from bridge.common.errors import AuthError
 
 ENV_VAR = "FAL_KEY"
+# The official client's other form (fal-client 1.0.3, auth.py): both set, sent as "Key <id>:<secret>".
+ID_VAR, SECRET_VAR = "FAL_KEY_ID", "FAL_KEY_SECRET"
 _REDACTED = "<redacted>"
 
 
@@ -26,8 +28,15 @@ class ApiKey:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiKey:
-        value = (env if env is not None else os.environ).get(ENV_VAR, "")
-        if not value.strip():
+        value = secret_from_env(env)
+        if value is None:
+            environ = env if env is not None else os.environ
+            half = ID_VAR if environ.get(ID_VAR, "").strip() else SECRET_VAR if environ.get(SECRET_VAR, "").strip() \
+                else None
+            if half is not None:
+                other = SECRET_VAR if half == ID_VAR else ID_VAR
+                raise AuthError(f"{half} is set but {other} is not, so sam-bridge has no whole fal key.",
+                                hint=f"Set both {ID_VAR} and {SECRET_VAR}, or the whole key in {ENV_VAR}.")
             raise AuthError(f"{ENV_VAR} is not set, so sam-bridge cannot use SAM Audio on fal.",
                             hint=missing_key_hint())
         key = cls(value)
@@ -52,6 +61,20 @@ class ApiKey:
         raise TypeError("an ApiKey is not serialisable")
 
 
+def secret_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """The key as the official client finds it: FAL_KEY, else FAL_KEY_ID and FAL_KEY_SECRET as `id:secret`."""
+    environ = env if env is not None else os.environ
+    whole = environ.get(ENV_VAR, "").strip()
+    if whole:
+        return whole
+    key_id, secret = environ.get(ID_VAR, "").strip(), environ.get(SECRET_VAR, "").strip()
+    return f"{key_id}:{secret}" if key_id and secret else None
+
+
+def key_in_env(env: Mapping[str, str] | None = None) -> bool:
+    return secret_from_env(env) is not None
+
+
 def _check_characters(secret: str) -> None:
     """A key is printable ASCII (it goes into an HTTP header): a pasted quote or space is a typo to name,
     by position, without showing the key."""
@@ -72,7 +95,8 @@ def _check_characters(secret: str) -> None:
 def missing_key_hint() -> str:
     return (
         f"Create a key at https://fal.ai/dashboard/keys and set it: export {ENV_VAR}=your-key "
-        f"(Windows: setx {ENV_VAR} your-key). To try sam-bridge without a key, add --local "
+        f"(Windows: setx {ENV_VAR} your-key; or its two halves in {ID_VAR} and {SECRET_VAR}). "
+        "To try sam-bridge without a key, add --local "
         "(the built-in stand-in service; its stems are a simple band split, not SAM Audio)."
     )
 

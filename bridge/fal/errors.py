@@ -33,6 +33,27 @@ def never_reached_queue(response: httpx.Response) -> bool:
     return response.status_code in (502, 503, 504) and "x-fal-request-id" not in response.headers
 
 
+def ingress_answered(response: httpx.Response) -> bool:
+    """A 502/503/504 from fal's ingress proxy, which never passed the request on: no request id, and the
+    proxy's own page ("nginx" in the body), as the official client (fal-client 1.0.3) tells them apart."""
+    if response.status_code not in (502, 503, 504) or "x-fal-request-id" in response.headers:
+        return False
+    try:
+        return "nginx" in response.text
+    except (httpx.ResponseNotRead, UnicodeDecodeError):
+        return False
+
+
+def start_timed_out(start_timeout: float | None) -> ServiceJobFailed:
+    """fal dropped the request because it had not started within the start timeout (nothing ran)."""
+    within = f" within the start timeout ({start_timeout:g} s)" if start_timeout else " in time"
+    return ServiceJobFailed(
+        f"fal dropped the request because it did not start{within}: its queue was busy or the model was "
+        "starting up. Nothing ran, so nothing was charged.",
+        hint="Retry the job to send it anew; if this keeps happening, raise service.start_timeout in the "
+        "config (seconds, or null for no limit).")
+
+
 def unreachable(what: str, exc: Exception, attempts: int, url: str) -> ServiceUnavailable:
     charged = " Nothing was submitted, so nothing was charged." if what in ("submit", "upload") else ""
     where = urlsplit(url)
@@ -45,10 +66,16 @@ def unreachable(what: str, exc: Exception, attempts: int, url: str) -> ServiceUn
     )
 
 
+_TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
 def _detail_text(response: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
     try:
         body = response.json()
     except ValueError:
+        if "html" in response.headers.get("content-type", "").lower():  # a proxy's error page: its title
+            title = _TITLE.search(response.text)
+            return (" ".join(title.group(1).split())[:120] if title else "an error page"), []
         return response.text[:300].strip(), []
     detail = body.get("detail") if isinstance(body, dict) else body
     if isinstance(detail, list):
@@ -75,6 +102,8 @@ def error_for_response(response: httpx.Response, what: str, *, attempts: int = 1
     code = response.status_code
     text, _items = _detail_text(response)
     error_type = response.headers.get("x-fal-error-type", "")
+    if code == 504 and "x-fal-request-timeout-type" in response.headers and what in _REQUEST_CALLS:
+        return start_timed_out(None)
     if code == 403 and _ACCOUNT_LOCKED.search(text):
         # fal answers every billable call with 403 "User is locked. Reason: Exhausted balance. ..." when
         # the account has run out of credit (or was locked by fal): the key itself is fine.

@@ -1,4 +1,12 @@
-"""Getting audio to fal: a data URI for small files, fal's CDN (token flow, multipart above 100 MiB) else."""
+"""Getting audio to fal: a data URI for small files, fal's CDN else, fal's GCS storage when the CDN fails.
+
+The flows are the official client's (`fal-client` 1.0.3, `client.py`): a CDN token from
+`{rest}/storage/auth/token?storage_type=fal-cdn-v3`; one POST of the bytes, or above 100 MiB a multipart
+upload (10 MiB parts, up to 10 at once, each PUT asking for `Accept-Encoding: identity` so the answer keeps
+its ETag; the complete POST is JSON and its answer is not used). When the CDN upload fails: fal's storage
+(`{rest}/storage/upload/initiate?storage_type=gcs` with the key, then one PUT of the bytes to the signed
+`upload_url` it returns, without the key; the file is at `file_url`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MULTIPART_THRESHOLD = 100 * 1024 * 1024
 PART_SIZE = 10 * 1024 * 1024
+PART_CONCURRENCY = 10
 CHUNK = 1 << 20
 
 Progress = Callable[[int, int], None]
@@ -30,17 +40,19 @@ class Caller(Protocol):
 
     def call(self, method: str, url: str, what: str, *, idempotent: bool = True, auth: bool = True,
              ok: tuple[int, ...] = (200, 201, 202), read_timeout: float | None = None,
-             **kwargs: Any) -> httpx.Response: ...
+             attempts: int | None = None, **kwargs: Any) -> httpx.Response: ...
 
 
 class FalStorage:
     def __init__(self, client: Caller, *, rest_url: str, data_uri_limit: int,
-                 multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE) -> None:
+                 multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE,
+                 part_concurrency: int = PART_CONCURRENCY) -> None:
         self._client = client
         self.rest_url = rest_url
         self.data_uri_limit = data_uri_limit
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
+        self.part_concurrency = part_concurrency
         self._token: dict[str, Any] | None = None
         self._token_lock = threading.Lock()
 
@@ -52,6 +64,20 @@ class FalStorage:
             if progress:
                 progress(size, size)
             return f"data:{content_type};base64,{data}"
+        try:
+            return self._upload_to_cdn_with_fresh_token(path, content_type, size, progress)
+        except AccountLocked:
+            raise  # fal's storage would refuse it just the same
+        except ServiceError as cdn_failed:
+            log.warning("the upload to fal's CDN failed (%s); trying fal's storage instead", cdn_failed.message)
+            try:
+                return self._upload_to_storage(path, content_type, size, progress)
+            except ServiceError as storage_failed:
+                log.warning("the upload to fal's storage failed too: %s", storage_failed.message)
+                raise cdn_failed from None
+
+    def _upload_to_cdn_with_fresh_token(self, path: Path, content_type: str, size: int,
+                                        progress: Progress | None) -> str:
         try:
             return self._upload_to_cdn(path, content_type, size, progress)
         except AuthError as refused:
@@ -74,29 +100,63 @@ class FalStorage:
 
     def _upload_multipart(self, path: Path, content_type: str, size: int, progress: Progress | None) -> str:
         token = self._cdn_token()
-        headers = self._cdn_headers(token, path, content_type)
+        headers = self._cdn_headers(token, path, content_type) | {"Accept": "application/json"}
         started = self._client.call("POST", f"{token['base_url']}/files/upload/multipart", "upload",
                                     auth=False, headers=headers).json()
         access_url, upload_id = str(started["access_url"]), str(started["uploadId"])
-        parts: list[dict[str, Any]] = []
-        for number, offset in enumerate(range(0, size, self.part_size), start=1):
-            length = min(self.part_size, size - offset)
+        part_headers = {"Authorization": headers["Authorization"], "Content-Type": content_type,
+                        "Accept-Encoding": "identity"}  # identity: else the file store may drop the ETag
+
+        def send_part(number: int, offset: int, length: int) -> dict[str, Any]:
             response = self._client.call(
                 "PUT", f"{access_url}/multipart/{upload_id}/{number}", f"upload part {number}", auth=False,
-                headers={**headers, "Content-Length": str(length)},
-                # a fresh 1 MiB-chunk stream per try: a whole 10 MiB part held by the request would live
-                # until the cyclic GC runs (httpx's response and its stream refer to each other)
-                content=lambda start=offset, count=length: _read_chunks(path, start, count, None, size),
+                headers=part_headers | {"Content-Length": str(length)},
+                # a fresh 1 MiB-chunk stream per try: no whole 10 MiB part sits in memory
+                content=lambda: _read_chunks(path, offset, length, None, size),
             )
             etag = response.headers.get("etag")
             if not etag:
-                raise ServiceError(f"The file store did not confirm part {number} of the upload.")
-            parts.append({"partNumber": number, "etag": etag})
-            if progress:
-                progress(offset + length, size)
-        done = self._client.call("POST", f"{access_url}/multipart/{upload_id}/complete", "upload",
-                                 auth=False, headers=headers, json={"parts": parts}).json()
-        return str(done.get("access_url", access_url))
+                raise ServiceError(f"The file store did not confirm part {number} of the upload (no ETag).")
+            return {"partNumber": number, "etag": etag}
+
+        parts: list[dict[str, Any]] = []
+        sent = 0
+        with ThreadPoolExecutor(max_workers=max(1, self.part_concurrency),
+                                thread_name_prefix="fal-upload-part") as pool:
+            pending: dict[Future[dict[str, Any]], int] = {}
+            for number, offset in enumerate(range(0, size, self.part_size), start=1):
+                length = min(self.part_size, size - offset)
+                pending[pool.submit(send_part, number, offset, length)] = length
+            while pending:
+                done, _rest = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    length = pending.pop(future)
+                    if future.exception() is not None:
+                        for other in pending:
+                            other.cancel()
+                        raise future.exception()  # type: ignore[misc]
+                    parts.append(future.result())
+                    sent += length
+                    if progress:
+                        progress(sent, size)  # on the caller's thread, like every other progress report
+        parts.sort(key=lambda part: int(part["partNumber"]))
+        # JSON (Content-Type: application/json); the answer (often empty) is not used: access_url is the file
+        self._client.call("POST", f"{access_url}/multipart/{upload_id}/complete", "upload", auth=False,
+                          headers={"Authorization": headers["Authorization"]}, json={"parts": parts},
+                          ok=(200, 201, 202, 204))
+        return access_url
+
+    def _upload_to_storage(self, path: Path, content_type: str, size: int, progress: Progress | None) -> str:
+        """fal's GCS storage: a signed upload URL from the REST API (with the key), then one PUT there."""
+        started = self._client.call("POST", f"{self.rest_url}/storage/upload/initiate", "upload",
+                                    params={"storage_type": "gcs"},
+                                    json={"file_name": path.name, "content_type": content_type},
+                                    headers={"Accept": "application/json"}).json()
+        upload_url, file_url = str(started["upload_url"]), str(started["file_url"])
+        self._client.call("PUT", upload_url, "upload", auth=False,  # a signed URL: the key never goes there
+                          headers={"Content-Type": content_type, "Content-Length": str(size)},
+                          content=lambda: _read_chunks(path, 0, size, progress, size))
+        return file_url
 
     def _cdn_token(self) -> dict[str, Any]:
         with self._token_lock:

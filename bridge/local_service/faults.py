@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-FAULT_KINDS = ("token", "upload", "multipart", "submit", "status", "stream", "result", "cancel", "download")
+FAULT_KINDS = ("token", "upload", "multipart", "storage", "submit", "status", "stream", "result", "cancel", "download")
 
 # fal's infrastructure errors: status -> (X-Fal-Error-Type, detail).
 INFRA_ERRORS = {
@@ -21,6 +21,9 @@ INFRA_ERRORS = {
     503: ("runner_scheduling_failure", "No runner is available right now, please retry"),
     504: ("request_timeout", "Request timed out"),
 }
+
+
+PROXY_TITLES = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
 
 
 @dataclass
@@ -33,6 +36,7 @@ class CallFault:
     detail: str | None = None
     field: str = "audio_url"
     seconds: float = 0.0
+    answered_by: str = "service"  # service | proxy | gateway (see Faults.fail)
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,14 @@ def error_reply(fault: CallFault) -> ErrorReply:
     status = fault.status
     headers: dict[str, str] = {}
     body: dict[str, Any]
+    if fault.answered_by == "proxy":  # the ingress proxy's own page: what fal-client looks for ("nginx")
+        title = f"{status} {PROXY_TITLES.get(status, 'Error')}"
+        page = f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>" \
+               "\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+        return ErrorReply(status, {"Content-Type": "text/html"}, page.encode())
+    if fault.answered_by == "gateway":  # a load balancer's terse error: neither fal's shape nor nginx's
+        return ErrorReply(status, {"Content-Type": "application/json"},
+                          json.dumps({"message": fault.detail or "upstream error"}).encode())
     if status in INFRA_ERRORS:
         error_type, default = INFRA_ERRORS[status]
         body = {"detail": fault.detail or default, "error_type": error_type}
@@ -82,16 +94,24 @@ class Faults:
         self._unrelated = 0
         self._shift = 0
         self._drift_ppm = 0.0
+        self._foreign_base: str | None = None
 
     # -- per-call faults --------------------------------------------------------------------------
 
     def fail(self, kind: str, status: int = 503, times: int = 1, retry_after: float | None = None,
-             detail: str | None = None, field: str = "audio_url") -> None:
-        """Answer the next `times` calls of `kind` with HTTP `status` in fal's error shape."""
+             detail: str | None = None, field: str = "audio_url", answered_by: str | None = None) -> None:
+        """Answer the next `times` calls of `kind` with HTTP `status`. `answered_by`: `service` (fal's error
+        shape; nothing is done), `proxy` (the ingress proxy's nginx page; nothing reached the service) or
+        `gateway` (the call IS carried out, a submit queued and counted, then a terse 5xx with no request id
+        replaces its answer). Default: `proxy` for a 502/503/504 at submit, else `service`."""
         if not 400 <= status <= 599:
             raise ValueError(f"status must be an HTTP error (400-599), not {status}")
+        if answered_by is None:
+            answered_by = "proxy" if kind == "submit" and status in PROXY_TITLES else "service"
+        if answered_by not in ("service", "proxy", "gateway"):
+            raise ValueError("answered_by must be service, proxy or gateway")
         self._add(CallFault("fail", _kind(kind), _times(times), status=status, retry_after=retry_after,
-                            detail=detail, field=field))
+                            detail=detail, field=field, answered_by=answered_by))
 
     def drop(self, kind: str, times: int = 1) -> None:
         """Read the request, then close the connection without any answer."""
@@ -182,6 +202,17 @@ class Faults:
         with self._lock:
             return self._drift_ppm
 
+    def foreign_urls(self, base: str | None) -> None:
+        """From now on submit answers name `base` (another host) in their status/response/cancel URLs, as a
+        proxy rewriting answers would; None stops it."""
+        with self._lock:
+            self._foreign_base = base.rstrip("/") if base else None
+
+    @property
+    def foreign_base(self) -> str | None:
+        with self._lock:
+            return self._foreign_base
+
     def expire_files(self) -> None:
         """Every file URL issued so far answers 404 from now on (like a CDN link past its lifetime)."""
         self._on_expire_files()
@@ -193,6 +224,7 @@ class Faults:
             self._unrelated = 0
             self._shift = 0
             self._drift_ppm = 0.0
+            self._foreign_base = None
 
     # -- control over HTTP ------------------------------------------------------------------------
 
@@ -205,6 +237,7 @@ class Faults:
             "lose_submit_answer": self.lose_submit_answer, "fail_job": self.fail_job,
             "expire_files": self.expire_files, "shift_result": self.shift_result,
             "unrelated_result": self.unrelated_result, "drift_result": self.drift_result,
+            "foreign_urls": self.foreign_urls,
             "clear": self.clear,
         }
         if action not in actions:

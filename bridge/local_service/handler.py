@@ -1,7 +1,14 @@
-"""HTTP routing of the local fal service: fal's queue, CDN storage and the `/_local` control endpoints.
+"""HTTP routing of the local fal service: fal's queue, CDN storage, fal's GCS storage and the `/_local`
+control endpoints.
 
 Each call is counted by kind, then meets its injected fault (if any), then auth, then its handler.
 Request bodies are always read to the end so keep-alive connections stay in step.
+
+Strict mode (the default) enforces what fal's servers do, as the official Python client (`fal-client`
+1.0.3, `client.py`: `MultipartUpload`, `_upload_via_storage`, `SyncClient`) shows it: a multipart part's
+answer carries its ETag only when the PUT asked for `Accept-Encoding: identity` ("Keep this to ensure we
+get ETag headers"); the complete POST must be JSON, and its answer has no body (the client never reads it);
+every queue and REST call needs `Authorization: Key ...`, every CDN call the upload token.
 """
 
 from __future__ import annotations
@@ -12,8 +19,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -22,11 +28,11 @@ from bridge.local_service.faults import FAULT_KINDS, CallFault, Faults, error_re
 from bridge.local_service.inputs import ENDPOINTS, InputRejected, parse_input, resolve_audio
 from bridge.local_service.queue import APP_PATH, Job, JobQueue
 from bridge.local_service.storage import FileStore, StorageError
+from bridge.local_service.wire import COPY_CHUNK, BadRequestBody, BodyReader, Reply
 
 log = logging.getLogger(__name__)
 
 MAX_JSON_BODY = 1 << 30  # data URIs of long files are big; fal documents no limit
-COPY_CHUNK = 1 << 20
 _FILE = r"/files/f/(?P<file_id>[0-9a-f]+)/(?P<name>[^/]+)"
 _REQUEST = rf"/{APP_PATH}/requests/(?P<request_id>[0-9a-f]+)"
 
@@ -35,6 +41,7 @@ class ServiceState(Protocol):
     """What a request handler uses of the running service (the server gives itself)."""
 
     key: str | None
+    strict: bool
     sse_ping_interval: float
     faults: Faults
     stopping: threading.Event
@@ -44,89 +51,8 @@ class ServiceState(Protocol):
     @property
     def queue(self) -> JobQueue: ...
     def count_call(self, kind: str) -> None: ...
+    def in_flight(self, kind: str) -> AbstractContextManager[None]: ...
     def stats(self) -> dict[str, Any]: ...
-
-
-class _Readable(Protocol):
-    def read(self, size: int, /) -> bytes: ...
-    def readline(self, size: int, /) -> bytes: ...
-
-
-class BadRequestBody(Exception):
-    pass
-
-
-class BodyReader:
-    """The request body (Content-Length or chunked), read in chunks so uploads never sit in memory."""
-
-    def __init__(self, rfile: _Readable, transfer_encoding: str, content_length: str | None) -> None:
-        self._rfile = rfile
-        self._chunked = "chunked" in transfer_encoding.lower()
-        try:
-            self._remaining = 0 if self._chunked else int(content_length or 0)
-        except ValueError:
-            raise BadRequestBody("invalid Content-Length") from None
-        if self._remaining < 0:
-            raise BadRequestBody("invalid Content-Length")
-        self._chunk_left = 0
-        self._finished = not self._chunked and self._remaining == 0
-
-    def chunks(self) -> Iterator[bytes]:
-        while not self._finished:
-            data = self._read_some()
-            if data:
-                yield data
-
-    def read_all(self, limit: int) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        for chunk in self.chunks():
-            size += len(chunk)
-            if size > limit:
-                raise BadRequestBody(f"request body larger than {limit} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
-
-    def drain(self) -> None:
-        for _chunk in self.chunks():
-            pass
-
-    def _read_some(self) -> bytes:
-        if not self._chunked:
-            data = self._rfile.read(min(COPY_CHUNK, self._remaining))
-            if not data:
-                raise ConnectionError("client closed the connection mid-body")
-            self._remaining -= len(data)
-            self._finished = self._remaining == 0
-            return data
-        if self._chunk_left == 0:
-            line = self._rfile.readline(1024)
-            if not line:
-                raise ConnectionError("client closed the connection mid-body")
-            try:
-                self._chunk_left = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                raise BadRequestBody("invalid chunked encoding") from None
-            if self._chunk_left == 0:
-                while self._rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                self._finished = True
-                return b""
-        data = self._rfile.read(min(COPY_CHUNK, self._chunk_left))
-        if not data:
-            raise ConnectionError("client closed the connection mid-body")
-        self._chunk_left -= len(data)
-        if self._chunk_left == 0:
-            self._rfile.readline(16)  # CRLF after the chunk
-        return data
-
-
-@dataclass
-class Reply:
-    status: int
-    body: Any = None  # JSON-encodable, bytes, or None
-    headers: dict[str, str] = field(default_factory=dict)
-    stream: Callable[[Handler], None] | None = None  # writes the body itself (downloads, SSE)
 
 
 Route = tuple[str, str, str, str]  # (method, pattern, kind, auth: key | bearer | none)
@@ -136,6 +62,8 @@ ROUTES: list[Route] = [
     ("POST", r"/files/upload/multipart", "multipart", "bearer"),
     ("PUT", _FILE + r"/multipart/(?P<upload_id>[0-9a-f]+)/(?P<part>\d+)", "multipart", "bearer"),
     ("POST", _FILE + r"/multipart/(?P<upload_id>[0-9a-f]+)/complete", "multipart", "bearer"),
+    ("POST", r"/storage/upload/initiate", "storage", "key"),
+    ("PUT", r"/storage/signed/(?P<file_id>[0-9a-f]+)", "storage", "signed"),
     ("GET", _FILE, "download", "none"),
     ("HEAD", _FILE, "download", "none"),
     ("POST", rf"/{APP_PATH}/(?P<endpoint>{'|'.join(ENDPOINTS)})", "submit", "key"),
@@ -200,7 +128,8 @@ class Handler(BaseHTTPRequestHandler):
         if kind in FAULT_KINDS:
             self.service.count_call(kind)
             fault = self.service.faults.take(kind)
-        if fault is not None and fault.action in ("fail", "drop"):
+        gateway = fault is not None and fault.action == "fail" and fault.answered_by == "gateway"
+        if fault is not None and fault.action in ("fail", "drop") and not gateway:
             body.drain()
             if fault.action == "drop":
                 self.close_connection = True
@@ -208,11 +137,15 @@ class Handler(BaseHTTPRequestHandler):
             error = error_reply(fault)
             self._send(Reply(error.status, error.body, error.headers))
             return
-        reply = self._check_auth(auth) or self._handle(kind, params, query, body)
-        body.drain()
-        if fault is not None and fault.action == "stall" and self.service.stopping.wait(fault.seconds):
-            self.close_connection = True
-            return
+        with self.service.in_flight(kind):
+            reply = self._check_auth(auth) or self._handle(kind, params, query, body)
+            body.drain()
+            if fault is not None and fault.action == "stall" and self.service.stopping.wait(fault.seconds):
+                self.close_connection = True
+                return
+        if gateway and fault is not None:  # carried out, but the answer lost behind a gateway's error
+            error = error_reply(fault)
+            reply = Reply(error.status, error.body, error.headers)
         if fault is not None and fault.action == "lose_answer":
             if reply.status == 200:
                 self.close_connection = True
@@ -247,6 +180,8 @@ class Handler(BaseHTTPRequestHandler):
                 return Reply(200, {"access_url": store.url_for(record)})
             if kind == "multipart":
                 return self._multipart(params, body)
+            if kind == "storage":
+                return self._signed_storage(params, query, body)
             if kind == "download":
                 return self._download(params["file_id"])
             if kind == "submit":
@@ -266,13 +201,45 @@ class Handler(BaseHTTPRequestHandler):
             return Reply(200, {"access_url": store.url_for(record), "uploadId": upload_id})
         if "part" in params:
             etag = store.save_part(params["file_id"], params["upload_id"], int(params["part"]), body.chunks())
+            if self.service.strict and not self._asks_identity():
+                return Reply(200, b"")  # behind a compressing edge the ETag is lost (fal-client's own comment)
             return Reply(200, b"", {"ETag": etag})
+        if self.service.strict and self._content_type().split(";")[0].strip().lower() != "application/json":
+            body.drain()
+            return Reply(415, {"detail": "The complete request must be JSON (Content-Type: application/json)"})
         try:
             parts = json.loads(body.read_all(1 << 24) or b"{}").get("parts")
         except (ValueError, AttributeError):
             raise StorageError(400, 'the body must be JSON: {"parts": [{"partNumber", "etag"}]}') from None
         record = store.complete_multipart(params["file_id"], params["upload_id"], parts)
+        if self.service.strict:
+            return Reply(204)  # its answer is no part of the protocol: the official client never reads it
         return Reply(200, {"access_url": store.url_for(record)})
+
+    def _asks_identity(self) -> bool:
+        codings = [c.split(";")[0].strip().lower() for c in self.headers.get("Accept-Encoding", "").split(",")]
+        return codings == ["identity"]
+
+    def _signed_storage(self, params: dict[str, str], query: dict[str, list[str]], body: BodyReader) -> Reply:
+        """fal's GCS flow: initiate (with the key) gives a signed upload URL and the file's URL; one PUT."""
+        store = self.service.store
+        if "file_id" in params:
+            if self.headers.get("Authorization"):
+                self.service.count_call("authorization_at_signed_url")  # a key sent where it does not belong
+            signature = query.get("X-Goog-Signature", [""])[-1]
+            store.save_signed_upload(params["file_id"], signature, body.chunks())
+            return Reply(200, b"")
+        if query.get("storage_type", [""])[-1] != "gcs":
+            return Reply(400, {"detail": "storage_type must be gcs"})
+        try:
+            asked = json.loads(body.read_all(1 << 16) or b"null")
+            name, content_type = str(asked["file_name"]), str(asked["content_type"])
+        except (ValueError, TypeError, KeyError):
+            return Reply(422, {"detail": [{"loc": ["body"], "msg": "file_name and content_type are required",
+                                           "type": "missing"}]})
+        record, signature = store.start_signed_upload(name, content_type)
+        upload_url = f"{store.base_url}/storage/signed/{record.file_id}?X-Goog-Signature={signature}"
+        return Reply(200, {"upload_url": upload_url, "file_url": store.url_for(record)})
 
     def _download(self, file_id: str) -> Reply:
         record = self.service.store.lookup(file_id)
@@ -286,6 +253,8 @@ class Handler(BaseHTTPRequestHandler):
             with open(record.path, "rb") as source:
                 while chunk := source.read(COPY_CHUNK):
                     handler.wfile.write(chunk)
+            handler.wfile.flush()
+            self.service.store.fetched(file_id)  # all of it went out: the request's files may go
 
         return Reply(200, None, headers, stream=send_file)
 
@@ -308,7 +277,10 @@ class Handler(BaseHTTPRequestHandler):
         low = self.headers.get("X-Fal-Queue-Priority", "").strip().lower() == "low"
         job, position = self.service.queue.submit(endpoint, model_input, source, low_priority=low,
                                                   start_timeout=_seconds(self.headers.get("X-Fal-Request-Timeout")))
-        answer = {**self.service.queue.urls(job.request_id), "status": "IN_QUEUE", "queue_position": position}
+        urls = self.service.queue.urls(job.request_id)
+        if (foreign := self.service.faults.foreign_base) is not None:
+            urls = {name: value.replace(self.service.store.base_url, foreign) for name, value in urls.items()}
+        answer = {**urls, "status": "IN_QUEUE", "queue_position": position}
         return Reply(200, answer, {"X-Fal-Request-Id": job.request_id})
 
     def _request_call(self, kind: str, request_id: str, query: dict[str, list[str]]) -> Reply:

@@ -120,6 +120,7 @@ class JobQueue:
             self._jobs[job.request_id] = job
             bisect.insort(self._pending, job, key=lambda queued: queued.order)
             self._counts["submits"] += 1
+            self._counts["submits_low" if low_priority else "submits_normal"] += 1
             self._by_audio[source.sha256] += 1
             position = self._pending.index(job)
             self._cond.notify_all()
@@ -154,10 +155,17 @@ class JobQueue:
             return 200, body, job.version
 
     def wait_for_change(self, job: Job, seen_version: int, timeout: float) -> bool:
-        """Wait until the job changes; False on timeout or when the service is stopping."""
+        """Wait until the job changes; False on timeout or when the service is stopping. Wakes at the
+        nearest start deadline too, so a request fal would drop is dropped on time for a stream as well."""
+        end = time.monotonic() + timeout
         with self._cond:
-            self._cond.wait_for(lambda: job.version != seen_version or self._stopping, timeout)
-            return job.version != seen_version
+            while True:
+                self._expire_overdue()
+                now = time.monotonic()
+                if job.version != seen_version or self._stopping or now >= end:
+                    return job.version != seen_version
+                deadlines = [j.start_deadline for j in self._pending if j.start_deadline is not None]
+                self._cond.wait(min([end - now, *(max(0.01, d - now) for d in deadlines)]))
 
     def result(self, job: Job) -> tuple[int, Any, dict[str, str]]:
         with self._cond:
@@ -186,6 +194,7 @@ class JobQueue:
             return {
                 "submits": self._counts["submits"],
                 "submits_by_audio": dict(self._by_audio),
+                "submits_by_priority": {"normal": self._counts["submits_normal"], "low": self._counts["submits_low"]},
                 "running": self._running,
                 "max_running": self._max_running,
                 "queued": len(self._pending),
@@ -287,6 +296,7 @@ class JobQueue:
         content_type = "audio/wav" if extension == "wav" else "audio/mpeg"
         target = self._store.adopt(target_path, f"target.{extension}", content_type)
         residual = self._store.adopt(residual_path, f"residual.{extension}", content_type)
+        self._store.link_request([source.stored] if source.stored is not None else [], [target, residual])
         self._log(job, "Done")
         result = {"target": self._file_json(target), "residual": self._file_json(residual),
                   "duration": out.duration, "sample_rate": SAMPLE_RATE}

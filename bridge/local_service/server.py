@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -27,7 +28,7 @@ from bridge.common.processes import owner_tag
 from bridge.local_service.faults import Faults
 from bridge.local_service.handler import Handler
 from bridge.local_service.queue import JobQueue, QueueSettings
-from bridge.local_service.storage import FileStore
+from bridge.local_service.storage import FETCHED_GRACE, FILE_TTL, MAX_STORE_BYTES, FileStore
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,19 @@ class LocalFalService:
         *,
         sse_ping_interval: float = 15.0,
         allow_remote: bool = False,
+        strict: bool = True,
+        store_limits: dict[str, float] | None = None,
     ) -> None:
+        """`strict`: enforce what fal's servers do (see `Handler`); `store_limits`: FileStore's `file_ttl`,
+        `fetched_grace`, `max_bytes` (how long and how much it keeps)."""
         if not allow_remote and not is_loopback_host(host):
             raise InputError(f"The local service only listens on this computer (127.0.0.1), not on {host}.",
                              hint="Leave out --host, or give --host explicitly to accept the risk.")
         if concurrency < 1 or processing_delay < 0 or job_time < 0 or sse_ping_interval <= 0:
             raise InputError("concurrency must be 1 or more, and delays must not be negative.")
         self.key = key
+        self.strict = strict
+        self._store_limits = dict(store_limits or {})
         self.host = host
         self.port = port
         self.sse_ping_interval = sse_ping_interval
@@ -112,6 +119,8 @@ class LocalFalService:
         self._queue: JobQueue | None = None
         self._calls: Counter[str] = Counter()
         self._calls_lock = threading.Lock()
+        self._in_flight: Counter[str] = Counter()
+        self._max_in_flight: Counter[str] = Counter()
 
     def start(self) -> None:
         if self._server is not None:
@@ -120,7 +129,10 @@ class LocalFalService:
             self._owned_dir = Path(tempfile.mkdtemp(prefix=f"sam-bridge-local-fal{owner_tag()}-"))
         root = self._data_dir or self._owned_dir
         assert root is not None
-        self._store = FileStore(root)
+        limits = self._store_limits
+        self._store = FileStore(root, file_ttl=limits.get("file_ttl", FILE_TTL),
+                                fetched_grace=limits.get("fetched_grace", FETCHED_GRACE),
+                                max_bytes=int(limits.get("max_bytes", MAX_STORE_BYTES)))
         handler = type("BoundHandler", (Handler,), {"service": self})
         try:
             self._server = _Server((self.host, self.port), handler)
@@ -176,12 +188,26 @@ class LocalFalService:
         with self._calls_lock:
             self._calls[kind] += 1
 
+    @contextlib.contextmanager
+    def in_flight(self, kind: str) -> Iterator[None]:
+        """Counts calls of `kind` being answered at once (the most at once is in stats: `max_in_flight`)."""
+        with self._calls_lock:
+            self._in_flight[kind] += 1
+            self._max_in_flight[kind] = max(self._max_in_flight[kind], self._in_flight[kind])
+        try:
+            yield
+        finally:
+            with self._calls_lock:
+                self._in_flight[kind] -= 1
+
     def stats(self) -> dict[str, Any]:
         counters = self._queue.counters() if self._queue is not None else {
             "submits": 0, "submits_by_audio": {}, "running": 0, "max_running": 0, "queued": 0,
             "cancels": 0, "completed": 0, "failed": 0}
         with self._calls_lock:
             counters["calls"] = dict(self._calls)
+            counters["max_in_flight"] = dict(self._max_in_flight)
+        counters["stored_bytes"] = self._store.stored_bytes() if self._store is not None else 0
         return counters
 
     def __enter__(self) -> LocalFalService:

@@ -1,8 +1,14 @@
-"""The local service's file store: fal's CDN token, single and multipart uploads, public file URLs.
+"""The local service's file store: fal's CDN token, single and multipart uploads, fal's GCS storage
+(a signed upload URL), public file URLs, and how long files are kept.
 
 Files live under `<data dir>/files/<id>`; their URL is `{base}/files/f/{id}/{quoted name}`. Bodies are
 streamed to disk in chunks (uploads can be hundreds of MB) and appear under their final name only when
 complete (temp name, then `os.replace`).
+
+Kept files: once both results of a request have been downloaded in full, its upload is deleted at once and
+its results after `fetched_grace` seconds (a download retried straight away still works); any file is
+deleted `file_ttl` seconds (an hour) after it was made; past `max_bytes` the oldest files go first. A
+deleted file's URL answers 404, as an expired CDN link does.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 TOKEN_LIFETIME = 3600.0
+FILE_TTL = 3600.0
+FETCHED_GRACE = 60.0
+MAX_STORE_BYTES = 4 << 30
 MAX_PARTS = 10_000
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -45,6 +54,8 @@ class StoredFile:
     sha256: str = ""
     complete: bool = False
     expired: bool = False
+    created: float = field(default_factory=time.monotonic)
+    delete_at: float | None = None  # set once the request it belongs to has had its results fetched
 
 
 @dataclass
@@ -55,11 +66,24 @@ class MultipartUpload:
     etags: dict[int, str] = field(default_factory=dict)
 
 
+@dataclass
+class RequestFiles:
+    """The files of one request: what it read, what it made, which of those were downloaded in full."""
+
+    inputs: list[str]
+    results: list[str]
+    fetched: set[str] = field(default_factory=set)
+
+
 class FileStore:
     """Thread-safe; `base_url` is set once the server knows its port."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, file_ttl: float = FILE_TTL, fetched_grace: float = FETCHED_GRACE,
+                 max_bytes: int = MAX_STORE_BYTES) -> None:
         self.base_url = ""
+        self.file_ttl, self.fetched_grace, self.max_bytes = file_ttl, fetched_grace, max_bytes
+        self._requests: dict[str, RequestFiles] = {}  # result file id -> its request's files
+        self._signed: dict[str, tuple[StoredFile, str]] = {}  # GCS-style uploads awaiting their PUT
         self._files_dir = root / "files"
         self._parts_dir = root / "parts"
         self._work_dir = root / "work"
@@ -94,6 +118,24 @@ class FileStore:
 
     def save_upload(self, body: Iterable[bytes], name: str, content_type: str) -> StoredFile:
         record = self._new_record(name, content_type)
+        record.size, record.sha256 = _write_atomically(body, record.path)
+        return self._publish(record)
+
+    def start_signed_upload(self, name: str, content_type: str) -> tuple[StoredFile, str]:
+        """fal's GCS flow: a record and the signature of its one-time upload URL (the key never goes there)."""
+        record = self._new_record(name, content_type)
+        signature = secrets.token_hex(16)
+        with self._lock:
+            self._signed[record.file_id] = (record, signature)
+        return record, signature
+
+    def save_signed_upload(self, file_id: str, signature: str, body: Iterable[bytes]) -> StoredFile:
+        with self._lock:
+            pending = self._signed.get(file_id)
+            if pending is None or not hmac.compare_digest(pending[1], signature):
+                raise StorageError(403, "The signed upload URL is invalid or was used already")
+            del self._signed[file_id]
+        record = pending[0]
         record.size, record.sha256 = _write_atomically(body, record.path)
         return self._publish(record)
 
@@ -147,6 +189,7 @@ class FileStore:
 
     def lookup(self, file_id: str) -> StoredFile | None:
         """A complete, unexpired file, or None (the URL answers 404)."""
+        self.sweep()
         with self._lock:
             record = self._files.get(file_id)
         if record is None or not record.complete or record.expired:
@@ -177,6 +220,65 @@ class FileStore:
             for record in self._files.values():
                 record.expired = True
 
+    # -- retention --------------------------------------------------------------------------------
+
+    def link_request(self, inputs: list[StoredFile], results: list[StoredFile]) -> None:
+        """Remember which files a finished request read and made, so they go once its results are fetched."""
+        files = RequestFiles([r.file_id for r in inputs], [r.file_id for r in results])
+        with self._lock:
+            for file_id in files.results:
+                self._requests[file_id] = files
+
+    def fetched(self, file_id: str) -> None:
+        """A result file was downloaded in full; when all of its request's are, schedule their deletion."""
+        now = time.monotonic()
+        with self._lock:
+            files = self._requests.get(file_id)
+            if files is None:
+                return
+            files.fetched.add(file_id)
+            if files.fetched != set(files.results):
+                return
+            for known in files.inputs:
+                if (record := self._files.get(known)) is not None:
+                    record.delete_at = now
+            for known in files.results:
+                self._requests.pop(known, None)
+                if (record := self._files.get(known)) is not None:
+                    record.delete_at = now + self.fetched_grace
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Delete files whose time has come, then the oldest while the store holds more than `max_bytes`."""
+        now = time.monotonic()
+        with self._lock:
+            records = sorted(self._files.values(), key=lambda r: r.created)
+            doomed = [r for r in records if (r.delete_at is not None and r.delete_at <= now)
+                      or r.created + self.file_ttl <= now]
+            left = [r for r in records if r not in doomed and r.complete]
+            total = sum(r.size for r in left)
+            while len(left) > 1 and total > self.max_bytes:  # the newest file always stays
+                oldest = left.pop(0)
+                total -= oldest.size
+                doomed.append(oldest)
+            for record in doomed:
+                self._files.pop(record.file_id, None)
+                self._requests.pop(record.file_id, None)
+                record.expired = True
+            stale = [u for u in self._uploads.values() if u.file.created + self.file_ttl <= now]
+            for upload in stale:
+                self._uploads.pop(upload.upload_id, None)
+            for file_id in [f for f, (r, _sig) in self._signed.items() if r.created + self.file_ttl <= now]:
+                del self._signed[file_id]
+        for record in doomed:
+            record.path.unlink(missing_ok=True)
+        for upload in stale:
+            shutil.rmtree(upload.parts_dir, ignore_errors=True)
+
+    def stored_bytes(self) -> int:
+        with self._lock:
+            return sum(r.size for r in self._files.values() if r.complete)
+
     def _new_record(self, name: str, content_type: str) -> StoredFile:
         file_id = uuid.uuid4().hex
         safe_name = unquote(name).replace("/", "_").replace("\\", "_").strip() or "file"
@@ -185,8 +287,10 @@ class FileStore:
 
     def _publish(self, record: StoredFile) -> StoredFile:
         record.complete = True
+        record.created = time.monotonic()
         with self._lock:
             self._files[record.file_id] = record
+        self.sweep()
         return record
 
     def _upload(self, file_id: str, upload_id: str) -> MultipartUpload:

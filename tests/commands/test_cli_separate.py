@@ -485,7 +485,7 @@ def test_service_unavailable_at_submit_says_nothing_was_charged(
     service.faults.fail("submit", 503, times=FAST_RETRY.attempts)
     rc, _out, err, _ = run_failing(service, music, capsys)
     assert rc == 1
-    assert "HTTP 503 (runner_scheduling_failure)" in err
+    assert "HTTP 503 at the submit after 4 tries: 503 Service Temporarily Unavailable." in err  # the proxy's
     assert "The job was not submitted, so nothing was charged" in err
     assert service.stats()["calls"]["submit"] == FAST_RETRY.attempts
     assert service.stats()["submits"] == 0

@@ -373,9 +373,9 @@ def test_a_real_key_is_only_sent_to_a_stand_in_on_this_machine(monkeypatch: pyte
     assert is_loopback_url("http://127.0.0.1:8765") and is_loopback_url("http://localhost:1")
     assert not is_loopback_url("http://192.0.2.10:8765") and not is_loopback_url("http://studio.example:80")
     with open_client(ServiceChoice(url="http://127.0.0.1:8765")) as near:  # no request is made here
-        assert near.auth_headers()["Authorization"] == "Key real-key-from-the-user-123456"
+        assert near.auth_headers("http://127.0.0.1:8765/x")["Authorization"] == "Key real-key-from-the-user-123456"
     with open_client(ServiceChoice(url="http://192.0.2.10:8765")) as far:
-        assert far.auth_headers()["Authorization"] == f"Key {LOCAL_KEY}"
+        assert far.auth_headers("http://192.0.2.10:8765/x")["Authorization"] == f"Key {LOCAL_KEY}"
 
 
 def _stored_result(client: FalClient, tmp_path: Path) -> tuple[str, bytes]:

@@ -70,6 +70,9 @@ class Scene:
                                          timeout=timeout),
             "multipart": lambda: httpx.post(f"{self.svc.url}/files/upload/multipart", headers=bearer,
                                             timeout=timeout),
+            "storage": lambda: self.client.post("/storage/upload/initiate", params={"storage_type": "gcs"},
+                                                json={"file_name": "a.wav", "content_type": "audio/wav"},
+                                                timeout=timeout),
             "submit": lambda: self.client.post(SEPARATE, json={"audio_url": "data:,", "prompt": "x"},
                                                timeout=timeout),
             "status": lambda: self.client.get(self.job["status_url"], timeout=timeout),
@@ -81,8 +84,8 @@ class Scene:
         return calls[kind]()
 
 
-NORMAL_STATUS = {"token": 200, "upload": 200, "multipart": 200, "submit": 200, "status": 200, "stream": 200,
-                 "result": 200, "cancel": 400, "download": 200}
+NORMAL_STATUS = {"token": 200, "upload": 200, "multipart": 200, "storage": 200, "submit": 200, "status": 200,
+                 "stream": 200, "result": 200, "cancel": 400, "download": 200}
 
 
 @pytest.fixture
@@ -98,7 +101,7 @@ def scene(service: LocalFalService) -> Iterator[Scene]:
 @pytest.mark.parametrize("kind", FAULT_KINDS)
 def test_fail_answers_fals_infra_error_then_recovers(scene: Scene, kind: str) -> None:
     calls_before = scene.svc.stats()["calls"].get(kind, 0)
-    scene.svc.faults.fail(kind, status=503, times=2)
+    scene.svc.faults.fail(kind, status=503, times=2, answered_by="service")
     for _ in range(2):
         answer = scene.call(kind)
         assert answer.status_code == 503
