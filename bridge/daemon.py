@@ -303,16 +303,18 @@ def run_daemon(config: Config, choice: ServiceChoice, *, verbose: int = 0, quiet
     limit_malloc_arenas()  # before any thread starts
     log_file = setup_logging(verbose, quiet)
     daemon = Daemon(config, choice)
-    try:
-        info = daemon.start(log_file)
-    except BaseException:
-        daemon.stop()
-        raise
+    # Before start(): a stop asked for while it starts (a service manager, a closed terminal) must find
+    # the handler, or the default action kills the daemon and leaves daemon.json behind.
     signal.signal(signal.SIGINT, daemon.request_stop)
     signal.signal(signal.SIGTERM, daemon.request_stop)
     # The terminal it runs in was closed: stop as cleanly as for Ctrl-C (unless `nohup` ignores that).
     if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
         signal.signal(signal.SIGHUP, daemon.request_stop)
+    try:
+        info = daemon.start(log_file)
+    except BaseException:
+        daemon.stop()
+        raise
     out(f"sam-bridge {__version__} is running — {choice.describe()}")
     out(f"  requests folder: {info.requests_dir}")
     for folder in info.hot_folders:

@@ -402,3 +402,25 @@ def test_a_job_retried_after_a_restart_reports_to_its_request_files_status(
     assert np.array_equal(target + residual, sf.read(source, dtype="float64")[0])  # whole stems of this take
     assert service.stats()["submits"] == 2
     assert restarted.stop() == 0
+
+
+def test_a_stop_asked_for_the_moment_daemon_json_appears_is_still_clean(service, user_dirs) -> None:
+    """A service manager may stop the daemon right after it starts (a supervisor, a logout): SIGTERM as soon
+    as daemon.json is there must stop it cleanly, not kill it and leave a stale daemon.json behind (which
+    the DAW scripts would read as a daemon that is running)."""
+    info_path = user_dirs["state"] / "daemon.json"
+    proc = subprocess.Popen([sys.executable, "-m", "bridge", "run", "--service-url", service.url,
+                             "--osc-port", "0", "--no-hot-folder"], env={**os.environ, "FAL_KEY": TEST_KEY},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not info_path.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.001)
+        assert info_path.exists(), "the daemon never wrote daemon.json"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    assert not info_path.exists()
