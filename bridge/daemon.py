@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from bridge import __version__
 from bridge.common.config import Config, config_dir, log_dir, state_dir
 from bridge.common.errors import BridgeError
+from bridge.common.redact import SafeLogFilter
 from bridge.common.stems import write_json_atomic
 from bridge.engine.engine import EngineSettings, JobEngine
 from bridge.engine.journal import Journal
@@ -92,6 +93,7 @@ def setup_logging(verbose: int, quiet: bool) -> Path:
     rotating.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     for handler in (stderr, rotating):
         handler.setFormatter(formatter)
+        SafeLogFilter.install(handler)  # the key masked, outside text's control characters escaped
         root.addHandler(handler)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("watchdog").setLevel(logging.WARNING)

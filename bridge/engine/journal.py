@@ -7,7 +7,9 @@ never submitted again; a step marked `submitting` without one is "may have lande
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -20,6 +22,7 @@ from typing import Any
 
 from bridge.common.errors import BridgeError
 from bridge.common.jobs import JobState, JobView
+from bridge.common.redact import redact
 from bridge.common.request import SeparationRequest
 from bridge.fal.client import RequestHandle
 
@@ -68,7 +71,8 @@ class JournalDamaged(BridgeError):
 
 class Journal:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
+        _create_private(path)  # job messages and requests are the user's business only: 0600
         self.path = path
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -130,7 +134,8 @@ class Journal:
     def set_state(self, job_id: str, state: JobState, progress: float | None = None, message: str = "",
                   **fields: Any) -> None:
         now = time.time()
-        columns = {"state": state.value, "updated": now, "message": message, **fields}
+        message = redact(message)  # last guard: an error text quoting the key never reaches the file
+        columns = {"state": state.value, "updated": now, "message": message, **_redacted(fields)}
         if progress is not None:
             columns["progress"] = progress
         assignments = ", ".join(f"{name}=?" for name in columns)
@@ -143,9 +148,10 @@ class Journal:
     def update_progress(self, job_id: str, progress: float, message: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE jobs SET progress=?, message=?, updated=? WHERE id=?",
-                       (progress, message, time.time(), job_id))
+                       (progress, redact(message), time.time(), job_id))
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
+        fields = _redacted(fields)
         assignments = ", ".join(f"{name}=?" for name in fields)
         with self._tx() as db:
             db.execute(f"UPDATE jobs SET {assignments} WHERE id=?", (*fields.values(), job_id))
@@ -244,6 +250,33 @@ class Journal:
                 "SELECT COALESCE(SUM(CASE WHEN id=? THEN 0 ELSE cost END + forgotten_cost), 0) AS total "
                 "FROM jobs WHERE created>=?", (exclude, since)).fetchone()
         return float(row["total"])
+
+
+def _redacted(fields: dict[str, Any]) -> dict[str, Any]:
+    return {name: redact(value) if isinstance(value, str) else value for name, value in fields.items()}
+
+
+def private_folder(folder: Path) -> None:
+    """The state folder: created 0700, and tightened if it is open to others (its files name the user's
+    audio and hold job errors)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.name == "posix":
+        with contextlib.suppress(OSError):  # not ours to change (a shared mount): the files are still 0600
+            if folder.stat().st_mode & 0o077:
+                os.chmod(folder, 0o700)
+
+
+def _create_private(path: Path) -> None:
+    """Create the journal 0600 before sqlite opens it (sqlite would use the umask); tighten an old one,
+    and its -wal/-shm files, which sqlite creates with the main file's mode."""
+    if os.name != "posix":
+        return
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):
+            if each.stat().st_mode & 0o077:
+                os.chmod(each, 0o600)
 
 
 def _row(row: sqlite3.Row) -> JobRow:

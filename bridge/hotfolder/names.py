@@ -23,6 +23,7 @@ import yaml
 
 from bridge.common.errors import InputError
 from bridge.common.file_gate import FileSnapshot
+from bridge.common.redact import safe_text
 from bridge.common.request import Origin, SeparationRequest
 from bridge.common.stems import write_atomically
 
@@ -239,10 +240,11 @@ def hot_request(
 def error_text(source: Path, what_happened: str, job_id: str | None = None) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     job = f" (job {job_id})" if job_id else ""
+    name = safe_text(source.name)  # a file name is outside text: no control character, no forged line
     return (
-        f'sam-bridge could not separate "{source.name}"{job}, {stamp}.\n\n'
-        f"What happened:\n{what_happened.strip()}\n\n"
-        f"To try again: fix the cause, then delete this file, or save/export \"{source.name}\" again.\n"
+        f'sam-bridge could not separate "{name}"{job}, {stamp}.\n\n'
+        f"What happened:\n{safe_text(what_happened.strip(), keep_newlines=True)}\n\n"
+        f"To try again: fix the cause, then delete this file, or save/export \"{name}\" again.\n"
         "sam-bridge picks the file up again within a few seconds.\n"
     )
 

@@ -32,6 +32,7 @@ from bridge.common.claims import ClaimStore
 from bridge.common.errors import BridgeError
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.jobs import JobEvent, JobSink, JobState, RequestRejected
+from bridge.common.redact import redact_any
 from bridge.common.request import INTERNAL_REQUEST_FIELDS, Origin, SeparationRequest
 from bridge.common.stems import write_json_atomic
 from bridge.request_files.archive import ARCHIVE_AFTER, archive_answered, archive_orphan_status
@@ -330,13 +331,13 @@ class RequestFolder:
                       progress: float, message: str, *, stems: dict[str, str] | None = None,
                       manifest: str | None = None, error: str | None = None, flags: tuple[str, ...] = ()) -> None:
         """`mtime_ns`: the version of the request this answers (the file may have been saved again since)."""
-        write_json_atomic(status_path(path), {
+        write_json_atomic(status_path(path), redact_any({  # last guard: the key is in no status file
             "schema": STATUS_SCHEMA, "request": path.name, "job_id": job_id, "tag": tag, "state": state.value,
             "progress": round(progress, 4), "message": message,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "stems": stems or {}, "manifest": manifest, "error": error, "flags": list(flags),
             "request_mtime_ns": mtime_ns, ACTED_ON_MARKER: self._marker_acted_on(path),
-        })
+        }))
 
 
 def parse_request_file(path: Path, mtime_ns: int) -> SeparationRequest:
