@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import unicodedata
 import uuid
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.common.errors import OutputError
+from bridge.common.path_policy import PathPolicy
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,57 @@ def output_folder(source: Path, project_dir: Path | None, output_dir: Path | Non
     if output_dir is not None:
         return output_dir
     return (project_dir if project_dir is not None else source.parent) / folder
+
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class DiskFull(OutputError):
+    """The disk (or quota) holding a folder sam-bridge writes to is full, or read-only: nothing was placed,
+    so a retry, once there is room, costs nothing (the service's results are fetched again)."""
+
+    kind = "disk_full"
+
+
+def free_space(folder: Path) -> str:
+    """The free space of the disk holding `folder` (or its nearest existing parent), in words."""
+    for candidate in (folder, *folder.parents):
+        try:
+            free = shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+        for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+            if free >= size:
+                return f"{free / size:.1f} {unit} free"
+        return f"{free} bytes free"
+    return "free space unknown"
+
+
+def disk_full_message(folder: Path, what: str) -> str:
+    return f"The disk holding {what} ({folder}) is full ({free_space(folder)})"
+
+
+def disk_error(exc: OSError, folder: Path, what: str) -> DiskFull | None:
+    """The clear error for a full disk, exceeded quota or read-only disk under `folder`; None for others."""
+    if exc.errno not in DISK_ERRNOS:
+        return None
+    if exc.errno == errno.EROFS:
+        return DiskFull(f"The disk holding {what} ({folder}) is read-only, so nothing was written there.",
+                        hint="Choose a folder on a writable disk (or remount it), then retry the job: "
+                        "it costs nothing, the results are fetched again.")
+    quota = " or your quota there is used up" if exc.errno == errno.EDQUOT else ""
+    return DiskFull(f"{disk_full_message(folder, what)}{quota}; nothing was left behind.",
+                    hint="Free some space there, then retry the job: it costs nothing, the results are "
+                    "fetched again.")
+
+
+def confined_folder(folder: Path, policy: PathPolicy | None, *, create: bool) -> Path:
+    """`folder` as the stems will be written to it: for a confined request (an untrusted way in) resolved
+    and checked against its allowed roots, and with `create` made and checked again once it exists, so
+    a `Stems` symlink or a `..` can't lead out. Trusted requests get `folder` as it is."""
+    if policy is None:
+        return folder
+    return policy.final_output_folder(folder) if create else policy.output_folder(folder, "output folder")
 
 
 def ensure_writable(folder: Path) -> None:

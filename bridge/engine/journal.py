@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.common.errors import BridgeError
+from bridge.common.errors import BridgeError, OutputError
 from bridge.common.jobs import JobState, JobView
 from bridge.common.redact import redact
 from bridge.common.request import SeparationRequest
+from bridge.common.stems import disk_full_message
+from bridge.engine.journal_guard import GuardedConnection
 from bridge.fal.client import RequestHandle
 
 SCHEMA = """
@@ -68,6 +70,15 @@ class JobRow:
 class JournalDamaged(BridgeError):
     """The journal file is not a (readable) sqlite database."""
 
+    exit_code = 4
+    kind = "journal_damaged"
+
+
+class StateDiskFull(OutputError):
+    """The disk holding the state folder (journal, work files) is full."""
+
+    kind = "disk_full"
+
 
 class Journal:
     def __init__(self, path: Path) -> None:
@@ -75,33 +86,52 @@ class Journal:
         _create_private(path)  # job messages and requests are the user's business only: 0600
         self.path = path
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
+        raw = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        raw.row_factory = sqlite3.Row
         try:
-            self._open()
+            self._open(raw)  # a file damaged before we start gets the message below
         except sqlite3.OperationalError:  # locked by another process, disk full, …: not a damaged file
-            self._db.close()
+            raw.close()
             raise
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            raw.close()
             raise JournalDamaged(
                 f"The job journal {path} is damaged or not a sam-bridge journal ({exc}).",
                 hint=f"Move it aside (with any {path.name}-wal and {path.name}-shm beside it), e.g. rename it to "
                 f"{path.name}.broken: sam-bridge then starts a new, empty journal. The jobs it held are no "
                 "longer tracked; check your fal dashboard for requests that were still running.") from None
+        self._db = GuardedConnection(raw, self._damage_error)
 
-    def _open(self) -> None:
+    @property
+    def damage(self) -> str | None:
+        """None while healthy; 'damaged' (the file broke while we ran) or 'full' (its disk is full)."""
+        return self._db.damage
+
+    def damaged_error(self) -> JournalDamaged:
+        return JournalDamaged(
+            f"The job journal {self.path} was damaged while sam-bridge ran: it takes no new work and stops.",
+            hint="Start sam-bridge again (a service manager does so by itself): it then says how to move the "
+            "damaged journal aside.")
+
+    def _damage_error(self, kind: str, exc: sqlite3.Error) -> BridgeError:
+        if kind == "full":
+            return StateDiskFull(f"{disk_full_message(self.path.parent, 'the job journal')} ({exc}).",
+                                 hint="Free some space there; the job goes on when you retry it.")
+        return self.damaged_error()
+
+    @staticmethod
+    def _open(db: sqlite3.Connection) -> None:
         """WAL mode, the schema, and the columns added since the first release."""
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a committed request id survives power loss
-        self._db.executescript(SCHEMA)
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # a committed request id survives power loss
+        db.executescript(SCHEMA)
+        columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
         for column, declaration in _ADDED_COLUMNS.items():  # a journal from before them (jobs keep running)
             if column not in columns:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
+                db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[GuardedConnection]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:

@@ -36,6 +36,7 @@ from bridge.common.request import SeparationRequest
 from bridge.common.stems import (
     EXTENSIONS,
     TEMP_PREFIX,
+    confined_folder,
     ensure_writable,
     job_names,
     output_folder,
@@ -139,7 +140,8 @@ class _Run:
         self.workdir.mkdir(parents=True, exist_ok=True)
         clear_intermediates(self.workdir, keep=self.request.source)
         self.report(JobState.preparing, 0.0, "Reading the source")
-        source = probe_source(self.request.source)
+        policy = self.request.confined_to  # an untrusted way in: checked now, at use, not only on arrival
+        source = probe_source(policy.source_file(self.request.source) if policy else self.request.source)
         if self.hashed_fingerprint is not None:
             check_source_unchanged(source.path, self.hashed_fingerprint)  # still the audio that was hashed
         self.source_fingerprint = file_fingerprint(source.path)
@@ -149,8 +151,8 @@ class _Run:
             self.job_flags.add("cut-at-end")  # the part asked for runs past the end of the file
             log.warning("the part asked for runs past the end of %s: the stems are %.3f s, not %.3f s",
                         source.path.name, frames / source.samplerate, self.request.length)
-        folder = output_folder(source.path, self.request.project_dir, self.request.output_dir,
-                               self.recipe.output.folder)
+        folder = confined_folder(output_folder(source.path, self.request.project_dir, self.request.output_dir,
+                                               self.recipe.output.folder), policy, create=True)
         ensure_writable(folder)
         if self.temp_tag:
             remove_stale_temps(folder, self.temp_tag)

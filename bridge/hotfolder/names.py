@@ -23,6 +23,7 @@ import yaml
 
 from bridge.common.errors import InputError
 from bridge.common.file_gate import FileSnapshot
+from bridge.common.path_policy import PathPolicy
 from bridge.common.redact import safe_text
 from bridge.common.request import Origin, SeparationRequest
 from bridge.common.stems import write_atomically
@@ -202,10 +203,14 @@ def hot_request(
     folder_preset: Callable[[], str | None],
     output_dir: Path | None,
     known_presets: Sequence[str],
+    policy: PathPolicy | None = None,
 ) -> SeparationRequest:
     """The request for one complete file: its folder's preset unless a sidecar says otherwise.
 
-    Raises InputError (SidecarError) with a message for the error file."""
+    Raises InputError (SidecarError) with a message for the error file; PathNotAllowed for a symlink to a
+    file outside the allowed folders (checked before the file is opened at all)."""
+    if policy is not None:
+        policy.source_file(source)
     check_audio(source)
     sidecar = find_sidecar(source)
     fields = dict(read_sidecar(sidecar).fields) if sidecar else {}
@@ -225,6 +230,7 @@ def hot_request(
             preset=preset,
             output_dir=(output_dir or source.parent / folder_name).expanduser().resolve(),
             origin=Origin.hot_folder,
+            confined_to=policy,
             idempotency_key=f"hot:{source}:{snapshot.size}:{snapshot.mtime_ns}",
             **fields,
         )

@@ -29,6 +29,7 @@ from bridge.osc.addresses import (
     DEFAULT_PREFIX,
     REQUESTS,
     REQUESTS_BY_NAME,
+    STATUS_LIMIT,
     ArgumentProblem,
     ArgValue,
     shorten,
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 
 _INTERNAL_ERROR = "sam-bridge failed on this request (an internal error; see its log). Please report it."
-_STATUS_LIMIT = 50
 _PRESET_CHUNK_BYTES = 1024  # well under the 8 KB limit and a typical 1,500-byte MTU
 _MAX_REPLY_PORTS = 256  # clients that said where they listen (/sam/reply_to), most recent kept
 
@@ -73,14 +73,18 @@ class _Call:
 class OscServer:
     """Serves the address space of `bridge.osc.addresses` on UDP; see the module docstring."""
 
-    def __init__(self, sink: JobSink, settings: OscSettings, version: str) -> None:
+    def __init__(self, sink: JobSink, settings: OscSettings, version: str, policy: PathPolicy | None = None,
+                 health: Callable[[], str] | None = None) -> None:
+        """`policy`: the daemon's one door policy (else one from the settings' roots); `health`: the
+        word /sam/pong carries (`ok`, or what is wrong)."""
         _check_prefix(settings.prefix)
         self._sink = sink
         self._settings = settings
         self._version = version
         self._prefix = settings.prefix
         self._guard = ClientGuard(settings.host, settings.allow_clients, settings.token)
-        self._policy = PathPolicy.from_roots(settings.source_roots, settings.output_roots)
+        self._policy = policy or PathPolicy.from_roots(settings.source_roots, settings.output_roots)
+        self._health = health or (lambda: "ok")
         self._separations = RateLimiter(*settings.rate_limit)
         self._error_replies = RateLimiter(50, 1.0)  # a looping patch must not get a storm back
         self._log = ThrottledLog(logger)
@@ -222,7 +226,7 @@ class OscServer:
             request = SeparationRequest(
                 source=source, preset=preset, prompt=prompt, project_dir=project, output_dir=None,
                 start=_number(values.get("start")), length=_number(values.get("length")), spans=None,
-                tag=tag, origin=Origin.osc, idempotency_key=None)
+                tag=tag, origin=Origin.osc, idempotency_key=None, confined_to=self._policy)
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]
             raise InputError(f"The request is not usable: {first['msg']}.",
@@ -254,13 +258,14 @@ class OscServer:
             if view is None:
                 raise InputError(f"There is no job {shorten(call.values['job_id'])}.",
                                  hint="Send /sam/status without arguments to list the jobs.")
-            views = [view]
-        else:
-            views = sorted(self._sink.jobs(), key=lambda v: v.updated_at, reverse=True)[:_STATUS_LIMIT]
+            views, left_out = [view], 0
+        else:  # capped: one datagram in must not become dozens out
+            every = sorted(self._sink.jobs(), key=lambda v: v.updated_at, reverse=True)
+            views, left_out = every[:STATUS_LIMIT], max(0, len(every) - STATUS_LIMIT)
         for view in views:
             self._reply(call.reply_to, "status/job",
                         [view.job_id, view.state.value, view.progress, view.message, view.tag])
-        self._reply(call.reply_to, "status/end", [len(views)])
+        self._reply(call.reply_to, "status/end", [len(views), left_out])
 
     def _presets(self, call: _Call) -> None:
         project: Path | None = None
@@ -283,7 +288,7 @@ class OscServer:
         self._reply(call.reply_to, "presets/end", [len(names)])
 
     def _ping(self, call: _Call) -> None:
-        self._reply(call.reply_to, "pong", [self._version])
+        self._reply(call.reply_to, "pong", [self._version, self._health()])
 
     def _reply_to(self, call: _Call) -> None:
         port = int(call.values["port"])

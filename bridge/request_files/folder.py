@@ -32,6 +32,7 @@ from bridge.common.claims import ClaimStore
 from bridge.common.errors import BridgeError
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.jobs import JobEvent, JobSink, JobState, RequestRejected
+from bridge.common.path_policy import PathPolicy, open_requests_folder
 from bridge.common.redact import redact_any
 from bridge.common.request import INTERNAL_REQUEST_FIELDS, Origin, SeparationRequest
 from bridge.common.stems import write_json_atomic
@@ -93,8 +94,12 @@ class RequestFolder:
     daemon knows the requests it took as its own."""
 
     def __init__(self, sink: JobSink, folder: Path, rescan_interval: float = 5.0,
-                 archive_after: float = ARCHIVE_AFTER, instance_id: str | None = None) -> None:
+                 archive_after: float = ARCHIVE_AFTER, instance_id: str | None = None,
+                 policy: PathPolicy | None = None) -> None:
+        """`policy`: the daemon's one door policy, applied when others can write into the folder."""
         self.sink, self.folder, self.rescan_interval = sink, folder, rescan_interval
+        self._policy = policy or PathPolicy.from_roots()
+        self._confined_to: PathPolicy | None = None  # decided at start, by who can write the folder
         self.archive_after = archive_after
         self._claims = ClaimStore(instance_id or f"{socket.gethostname()}:{os.getpid()}")
         self._pruned_at = 0.0
@@ -113,7 +118,12 @@ class RequestFolder:
         self._lock = threading.RLock()  # held while a status file is written: one job's events in order
 
     def start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        problem = open_requests_folder(self.folder)
+        if problem is not None:  # a shared (NAS) folder: its requests may come from anyone
+            self._confined_to = self._policy
+            log.warning("requests folder %s: %s, so its requests may read and write only inside the allowed "
+                        "folders, as OSC requests (make it private, chmod 700, to use paths anywhere)",
+                        self.folder, problem)
         self._unsubscribe = self.sink.subscribe(self._on_event)
         self._observer = Observer()
         self._observer.schedule(_Handler(self._queue), str(self.folder), recursive=False)
@@ -160,6 +170,8 @@ class RequestFolder:
                     self._cancel(path)
                 elif is_request_name(path.name):
                     self._take(path)
+            except BridgeError as exc:  # the journal broke under us: the daemon says so once and stops
+                log.debug("request file %s could not be handled: %s", path, exc.message)
             except Exception:
                 log.exception("request file %s could not be handled", path)
 
@@ -220,7 +232,7 @@ class RequestFolder:
                                "Cancelled before it was sent", error="Cancelled")
             return
         try:
-            request = parse_request_file(path, mtime_ns)
+            request = parse_request_file(path, mtime_ns, self._confined_to)
         except BridgeError as exc:
             self._write_status(path, mtime_ns, None, "", JobState.failed, 0.0, exc.message, error=str(exc))
             return
@@ -340,8 +352,9 @@ class RequestFolder:
         }))
 
 
-def parse_request_file(path: Path, mtime_ns: int) -> SeparationRequest:
-    """A request file → SeparationRequest; BridgeError with the field and what is allowed."""
+def parse_request_file(path: Path, mtime_ns: int, confined_to: PathPolicy | None = None) -> SeparationRequest:
+    """A request file → SeparationRequest; BridgeError with the field and what is allowed. `confined_to`:
+    the allowed folders when the requests folder is not private (the engine checks them at use)."""
     from bridge.common.errors import InputError
 
     data = _read_json(path)
@@ -353,10 +366,10 @@ def parse_request_file(path: Path, mtime_ns: int) -> SeparationRequest:
         value = data.get(field)
         if isinstance(value, str) and value:
             data[field] = str(_resolve_beside(path, value))
-    data.pop("origin", None)
-    data.pop("idempotency_key", None)
+    for internal in INTERNAL_REQUEST_FIELDS:
+        data.pop(internal, None)
     try:
-        return SeparationRequest(**data, origin=Origin.request_file,
+        return SeparationRequest(**data, origin=Origin.request_file, confined_to=confined_to,
                                  idempotency_key=f"request-file:{path.resolve()}:{mtime_ns}")
     except pydantic.ValidationError as exc:
         raise InputError(f"{path.name}: " + "; ".join(_problem(error) for error in exc.errors())) from None

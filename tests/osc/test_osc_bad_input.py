@@ -43,7 +43,7 @@ def built(address: str, *args: object) -> bytes:
 
 
 def assert_still_serving(client: OscClient) -> None:
-    assert client.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION]
+    assert client.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION, "ok"]
 
 
 SRC = "/music/a.wav"  # never reached: these requests fail before any path is looked at
@@ -210,7 +210,7 @@ def test_a_sender_outside_the_allowlist_gets_no_answer_and_a_log_line(
         stranger.send("/sam/ping")
         stranger.send("/sam/separate", str(source), "piano")
         stranger.send("junk")
-        assert friend.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION]  # handled after those
+        assert friend.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION, "ok"]  # handled after those
         assert stranger.nothing_waiting()
         assert sink.requests == []
         stranger.close()
@@ -222,7 +222,7 @@ def test_an_allowlisted_network_admits_its_members(sink: RecordingSink) -> None:
     bind_second_loopback().close()
     with running_server(sink, allow_clients=("127.0.0.0/30",)) as server:
         member = OscClient(server.address, host="127.0.0.2")
-        assert member.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION]
+        assert member.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION, "ok"]
         member.close()
 
 
@@ -254,7 +254,7 @@ def test_the_token_is_required_checked_and_never_sent_back(
         client.close()
     assert "needs the shared token as the first argument" in replies[0][1]
     assert "token (first argument) is wrong" in replies[1][1]
-    assert replies[2] == [TEST_VERSION] and replies[3] == ["t1", "job-1"]
+    assert replies[2] == [TEST_VERSION, "ok"] and replies[3] == ["t1", "job-1"]
     assert replies[4][0] == "t2" and "argument 1 (source_path) is empty" in replies[4][1]
     assert replies[5][0] == "nope"
     assert token not in repr(replies) and token not in caplog.text
