@@ -213,6 +213,7 @@ class Daemon:
         settings = OscSettings(
             host=osc.host, port=osc.port, prefix=osc.prefix, reply_port=osc.reply_port,
             allow_clients=tuple(osc.allow_clients), token=osc.token, rate_limit=(osc.rate_limit, osc.rate_window),
+            total_rate_limit=(osc.rate_limit_total, osc.rate_window),
         )
         server = OscServer(engine, settings, __version__, policy=self.policy, health=self.health)
         server.start()

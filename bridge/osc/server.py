@@ -36,13 +36,14 @@ from bridge.osc.addresses import (
     validate_args,
 )
 from bridge.osc.events import MAX_SUBSCRIBERS, Address, EventForwarder
-from bridge.osc.guard import ClientGuard, RateLimiter, ThrottledLog, TokenProblem
+from bridge.osc.guard import ClientGuard, RateLimiter, ThrottledLog, TokenProblem, host_key
 from bridge.osc.wire import Incoming, Undecodable, decode_datagram, encode_reply
 
 logger = logging.getLogger(__name__)
 
 
 _INTERNAL_ERROR = "sam-bridge failed on this request (an internal error; see its log). Please report it."
+_ALL = "all"  # the one key of the limiter on paid jobs from every OSC client together
 _PRESET_CHUNK_BYTES = 1024  # well under the 8 KB limit and a typical 1,500-byte MTU
 _MAX_REPLY_PORTS = 256  # clients that said where they listen (/sam/reply_to), most recent kept
 
@@ -55,7 +56,8 @@ class OscSettings:
     reply_port: int | None = None  # fixed reply port (Max's udpreceive) instead of the sender's port
     allow_clients: tuple[str, ...] = ()  # required (non-empty) when host is not loopback
     token: str | None = None  # when set, the first argument of every request
-    rate_limit: tuple[int, float] = (20, 60.0)  # max /separate requests per client per window seconds
+    rate_limit: tuple[int, float] = (20, 60.0)  # max /separate requests per client host per window seconds
+    total_rate_limit: tuple[int, float] = (60, 60.0)  # max paid jobs accepted from all OSC clients together
     source_roots: tuple[Path, ...] = ()  # empty: the user's home folder
     output_roots: tuple[Path, ...] = ()  # empty: the user's home folder
 
@@ -85,7 +87,8 @@ class OscServer:
         self._guard = ClientGuard(settings.host, settings.allow_clients, settings.token)
         self._policy = policy or PathPolicy.from_roots(settings.source_roots, settings.output_roots)
         self._health = health or (lambda: "ok")
-        self._separations = RateLimiter(*settings.rate_limit)
+        self._separations = RateLimiter(*settings.rate_limit)  # per host (any port, any loopback address)
+        self._all_separations = RateLimiter(*settings.total_rate_limit, max_keys=1)
         self._error_replies = RateLimiter(50, 1.0)  # a looping patch must not get a storm back
         self._log = ThrottledLog(logger)
         handlers: dict[str, Callable[[_Call], None]] = {
@@ -209,12 +212,19 @@ class OscServer:
 
     def _separate(self, call: _Call) -> None:
         values, client = call.values, call.sender[0]
+        host = host_key(client)
         tag = str(values.get("tag", ""))
         limit, window = self._settings.rate_limit
-        if not self._separations.allows(client):
-            wait = math.ceil(self._separations.seconds_until_free(client))
+        if not self._separations.allows(host):
+            wait = math.ceil(self._separations.seconds_until_free(host))
             raise InputError(f"Too many separations from {client}: at most {limit} every {window:g} s, so "
                              "this one was not queued.", hint=f"Try again in {wait} s (is a patch looping?).")
+        total, total_window = self._settings.total_rate_limit
+        if not self._all_separations.allows(_ALL):
+            wait = math.ceil(self._all_separations.seconds_until_free(_ALL))
+            raise InputError(f"Too many separations over OSC: at most {total} every {total_window:g} s from all "
+                             "clients together, so this one was not queued.",
+                             hint=f"Try again in {wait} s (osc rate_limit_total in the config sets the cap).")
         source = self._policy.source_file(str(values["source_path"]))
         project: Path | None = None
         if "project_dir" in values:
@@ -233,7 +243,8 @@ class OscServer:
                              hint="Check the arguments against the OSC table in the README.") from exc
         with self._forwarder.lock:
             job_id = self._sink.submit(request)
-            self._separations.record(client)
+            self._separations.record(host)
+            self._all_separations.record(_ALL)
             self._forwarder.add_owner(job_id, call.reply_to)
             self._reply(call.reply_to, "accepted", [tag, job_id])
         logger.info("OSC: queued job %s for %s (%s)", job_id, client, preset or "prompt")

@@ -231,7 +231,8 @@ def test_listening_beyond_loopback_needs_an_allowlist(sink: RecordingSink) -> No
         OscServer(sink, OscSettings(host="0.0.0.0"), TEST_VERSION)
     assert "allow_clients" in caught.value.hint
     with pytest.raises(ConfigError, match="is not an IP address"):
-        OscServer(sink, OscSettings(host="0.0.0.0", allow_clients=("studio-mac.local",)), TEST_VERSION)
+        OscServer(sink, OscSettings(host="0.0.0.0", allow_clients=("studio-mac.local",), token="t0k"),
+                  TEST_VERSION)
     with pytest.raises(ConfigError, match="prefix"):
         OscServer(sink, OscSettings(prefix="/sam/"), TEST_VERSION)
 
@@ -276,6 +277,34 @@ def test_the_rate_limit_stops_a_runaway_patch(sink: RecordingSink, music: Path) 
         assert_still_serving(client)
         client.close()
     assert [r.tag for r in sink.requests] == ["t0", "t1", "t2"]
+
+
+def test_a_new_port_or_loopback_address_does_not_dodge_the_limit(sink: RecordingSink, music: Path) -> None:
+    """Before: the limit was per address string, so 127.0.0.2 (or ::1) got a fresh allowance."""
+    source = write_wav(music / "a.wav")
+    with running_server(sink, rate_limit=(2, 3600.0), source_roots=(music,), output_roots=(music,)) as server:
+        clients = [OscClient(server.address), OscClient(server.address), OscClient(server.address, "127.0.0.2")]
+        for n, client in enumerate(clients[:2]):  # two source ports
+            client.request("/sam/separate", str(source), "piano", f"t{n}", reply="/sam/accepted")
+        key, text = clients[2].request("/sam/separate", str(source), "piano", "t2", reply="/sam/error")
+        assert key == "t2" and "Too many separations from 127.0.0.2" in text
+        for client in clients:
+            client.close()
+    assert [r.tag for r in sink.requests] == ["t0", "t1"]
+
+
+def test_paid_jobs_from_all_clients_together_are_capped(sink: RecordingSink, music: Path) -> None:
+    source = write_wav(music / "a.wav")
+    with running_server(sink, rate_limit=(100, 60.0), total_rate_limit=(3, 60.0), source_roots=(music,),
+                        output_roots=(music,)) as server:
+        client = OscClient(server.address)
+        for n in range(3):
+            client.request("/sam/separate", str(source), "piano", f"t{n}", reply="/sam/accepted")
+        _key, text = client.request("/sam/separate", str(source), "piano", "t3", reply="/sam/error")
+        assert "at most 3 every 60 s from all clients together" in text
+        assert_still_serving(client)
+        client.close()
+    assert len(sink.requests) == 3
 
 
 # --- the engine says no ---
