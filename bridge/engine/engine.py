@@ -86,8 +86,7 @@ class JobEngine(JobSink):
         return {"damaged": "journal-damaged", "full": "state-disk-full"}.get(damage or "", "ok")
 
     def submit(self, request: SeparationRequest) -> str:
-        if self.journal.damage == "damaged":
-            raise self.journal.damaged_error()
+        self.journal.check_file()  # a journal damaged under us: no new work, and the way in says why
         if self._stopping.is_set():
             raise RequestRejected("sam-bridge is shutting down; send the request again after it restarts.")
         if request.idempotency_key:
@@ -172,6 +171,7 @@ class JobEngine(JobSink):
         """Pick up jobs queued or cancelled by other processes (`sam-bridge retry/cancel`)."""
         while not self._stopping.wait(self.settings.rescan_interval):
             try:
+                self.journal.check_file()
                 self._look_at_journal()
             except JournalDamaged:  # the daemon says so once and stops
                 return

@@ -8,6 +8,7 @@ never submitted again; a step marked `submitting` without one is "may have lande
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -101,6 +102,23 @@ class Journal:
                 f"{path.name}.broken: sam-bridge then starts a new, empty journal. The jobs it held are no "
                 "longer tracked; check your fal dashboard for requests that were still running.") from None
         self._db = GuardedConnection(raw, self._damage_error)
+        self._inode = _inode(path)
+
+    def check_file(self) -> None:
+        """Is the file on disk still our database? sqlite keeps working on its open file (and its WAL)
+        for a while after the file was truncated or replaced, then fails at random: look at the file
+        itself (its header, and that it is the same file), cheaply, before taking work."""
+        if self._db.damage == "damaged":
+            raise self.damaged_error()
+        try:
+            with open(self.path, "rb") as handle:
+                header = handle.read(len(_SQLITE_HEADER))
+            same = _inode(self.path) == self._inode
+        except OSError as exc:
+            header, same = b"", exc.errno not in (errno.ENOENT,)
+        if header != _SQLITE_HEADER or not same:
+            self._db.damage = "damaged"
+            raise self.damaged_error()
 
     @property
     def damage(self) -> str | None:
@@ -280,6 +298,14 @@ class Journal:
                 "SELECT COALESCE(SUM(CASE WHEN id=? THEN 0 ELSE cost END + forgotten_cost), 0) AS total "
                 "FROM jobs WHERE created>=?", (exclude, since)).fetchone()
         return float(row["total"])
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _inode(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_dev, info.st_ino
 
 
 def _redacted(fields: dict[str, Any]) -> dict[str, Any]:
