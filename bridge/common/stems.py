@@ -154,6 +154,8 @@ def place(temp: Path, final: Path) -> None:
     except FileExistsError:
         raise NameTaken(f"{final} appeared while sam-bridge was writing; it was left untouched.") from None
     except OSError as exc:
+        if (full := disk_error(exc, final.parent, "the output folder")) is not None:
+            raise full from None
         if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
             raise OutputError(f"Cannot write {final}: {exc.strerror}.") from None
         if final.exists():  # filesystem without hard links (exFAT, some SMB): check, then rename
@@ -181,6 +183,53 @@ def place_all(temps: dict[str, Path],
             remove_quietly(*(final for final, _temp in placed))
             raise
     raise OutputError("Other programs keep taking the stem names in the output folder; try another folder.")
+
+
+def place_unit(temps: dict[str, Path], choose: Callable[[], tuple[dict[str, Path], Path]],
+               manifest_for: Callable[[dict[str, Path]], Any]) -> tuple[dict[str, Path], Path]:
+    """Place a job's stems and its manifest as one unit: the manifest (which names the stems' final
+    paths) is written to a temp first, then everything is moved into place; any failure (a full disk
+    included) removes what was placed, so no stem is ever left without its manifest. The stem temps
+    stay for the caller to remove: a retry fetches the service's results again, at no cost."""
+    for _attempt in range(5):
+        finals, manifest = choose()
+        manifest_temp = temp_path_for(manifest)
+        placed: list[tuple[Path, Path]] = []  # (final, temp)
+        try:
+            _write_json_temp(manifest_temp, manifest_for(finals))
+            for label, temp in temps.items():
+                place(temp, finals[label])
+                placed.append((finals[label], temp))
+            place(manifest_temp, manifest)
+            return finals, manifest
+        except NameTaken:
+            for final, temp in placed:
+                os.replace(final, temp)
+        except BaseException:
+            for final, temp in placed:  # back under its hidden temp name, or gone: never orphaned
+                try:
+                    os.replace(final, temp)
+                except OSError:
+                    remove_quietly(final)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                manifest_temp.unlink(missing_ok=True)
+    raise OutputError("Other programs keep taking the stem names in the output folder; try another folder.")
+
+
+def _write_json_temp(temp: Path, data: Any) -> None:
+    try:
+        with open(temp, "x", encoding="utf-8") as out:
+            json.dump(data, out, indent=2, ensure_ascii=False)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        if (full := disk_error(exc, temp.parent, "the output folder")) is not None:
+            raise full from None
+        raise
 
 
 def write_json_atomic(path: Path, data: Any, *, overwrite: bool = True) -> None:

@@ -30,7 +30,7 @@ from bridge.common.errors import (
 )
 from bridge.common.jobs import JobEvent, JobSink, JobState, JobView, RequestRejected
 from bridge.common.request import Origin, SeparationRequest
-from bridge.common.stems import confined_folder, output_folder
+from bridge.common.stems import confined_folder, disk_error, output_folder
 from bridge.engine.budget import BudgetWait, DailyBudget
 from bridge.engine.dedupe import dedupe_key, reuse_result, written_before
 from bridge.engine.events import JobEvents
@@ -265,6 +265,14 @@ class JobEngine(JobSink):
                 self.journal.clear_steps(job_id, exc.step or 0, len(recipe.steps) if recipe else 1)
             self._outcomes.failed(row, exc, paid=made_requests)
             clean_workdir(workdir)
+        except OSError as exc:
+            full = self._disk_full(exc, row.request, workdir)
+            if full is None:
+                log.exception("job %s failed unexpectedly", job_id)
+                full = BridgeError(f"Internal error: {type(exc).__name__}: {exc}",
+                                   hint="Please report this with the daemon log.")
+            self._outcomes.failed(row, full)  # results kept: a retry fetches them again, at no cost
+            clean_workdir(workdir)
         except Exception as exc:  # a bug of ours: the job fails, the daemon keeps going
             log.exception("job %s failed unexpectedly", job_id)
             self._outcomes.failed(row, BridgeError(f"Internal error: {type(exc).__name__}: {exc}",
@@ -272,6 +280,15 @@ class JobEngine(JobSink):
         else:
             self._outcomes.done(row, result)
             clean_workdir(workdir)
+
+    def _disk_full(self, exc: OSError, request: SeparationRequest, workdir: Path) -> BridgeError | None:
+        """A full disk (or quota, or read-only disk) anywhere: said in words, naming which folder's disk."""
+        where = Path(exc.filename).parent if isinstance(exc.filename, str) else None
+        if where is not None and where.is_relative_to(self.settings.workroot.parent):
+            return disk_error(exc, self.settings.workroot.parent, "the sam-bridge state folder (work files)")
+        if where is None:
+            where = workdir if workdir.exists() else request.source.parent
+        return disk_error(exc, where, "the output folder" if where != workdir else "the sam-bridge state folder")
 
     def _wait(self, row: JobRow, message: str, until: float | None, count_attempt: bool = True) -> None:
         until = self._outcomes.waiting(row, message, until, count_attempt)

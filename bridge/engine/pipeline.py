@@ -11,9 +11,11 @@ polling its request instead of paying again.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.audio.conform import ConformReport, ConformSpec, conform
@@ -36,15 +38,16 @@ from bridge.common.request import SeparationRequest
 from bridge.common.stems import (
     EXTENSIONS,
     TEMP_PREFIX,
+    DiskFull,
     confined_folder,
+    disk_full_message,
     ensure_writable,
     job_names,
     output_folder,
-    place_all,
+    place_unit,
     remove_quietly,
     remove_stale_temps,
     temp_path_for,
-    write_json_atomic,
 )
 from bridge.engine.manifest import StepRecord, build_manifest
 from bridge.engine.pipeline_hooks import STAGE_END, Hooks, JobResult
@@ -154,6 +157,7 @@ class _Run:
         folder = confined_folder(output_folder(source.path, self.request.project_dir, self.request.output_dir,
                                                self.recipe.output.folder), policy, create=True)
         ensure_writable(folder)
+        check_room(folder, stems_bytes(source, frames, len(self.recipe.steps) + 1, self.recipe.output.subtype))
         if self.temp_tag:
             remove_stale_temps(folder, self.temp_tag)
         remove_left_behind(folder, TEMP_PREFIX)  # hidden stems of a killed `sam-bridge separate`
@@ -359,22 +363,45 @@ class _Run:
         assert report is not None
         extension = EXTENSIONS.get(report.out_format.upper(), ".wav")
         check_source_unchanged(source.path, self.source_fingerprint)
-        finals, manifest_path = place_all(stems, lambda: job_names(
-            folder, source.path.name, self.recipe.label, list(stems), extension,
-            stem_set=self.recipe.is_stem_set))
-        self.timed("write", t)
-        self.timings["total"] = round(time.monotonic() - began, 3)
         flags = sorted({flag for step in self.steps if step.report for flag in step.report.flags} | self.job_flags)
         cost = round(sum(step.estimated_cost for step in self.steps), 4)
-        manifest = build_manifest(
-            request=self.request, recipe=self.recipe, source=source,
-            source_hash=self.source_hash or source_sha256(source.path),
-            start_frame=start_frame, frames=frames, stems=finals, steps=self.steps, flags=flags,
-            timings=self.timings, estimated_cost=cost,
-        )
-        write_json_atomic(manifest_path, manifest, overwrite=False)
+        source_hash = self.source_hash or source_sha256(source.path)
+
+        def manifest_for(finals: dict[str, Path]) -> dict[str, Any]:
+            self.timed("write", t)
+            self.timings["total"] = round(time.monotonic() - began, 3)
+            return build_manifest(
+                request=self.request, recipe=self.recipe, source=source, source_hash=source_hash,
+                start_frame=start_frame, frames=frames, stems=finals, steps=self.steps, flags=flags,
+                timings=self.timings, estimated_cost=cost)
+
+        # stems and manifest as one unit: a full disk at any point leaves none of them behind
+        finals, manifest_path = place_unit(stems, lambda: job_names(
+            folder, source.path.name, self.recipe.label, list(stems), extension,
+            stem_set=self.recipe.is_stem_set), manifest_for)
         return JobResult(stems=finals, manifest=manifest_path, flags=flags, steps=self.steps,
                          estimated_cost=cost, timings=self.timings)
+
+
+_BYTES_PER_SAMPLE = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+
+
+def stems_bytes(source: SourceInfo, frames: int, count: int, subtype: str | None) -> int:
+    """About what `count` stems of `frames` take on disk (uncompressed; FLAC and lossy sources less)."""
+    width = _BYTES_PER_SAMPLE.get((subtype or source.subtype).upper(), 4)
+    return count * frames * source.channels * width
+
+
+def check_room(folder: Path, needed: int) -> None:
+    """Before anything is paid for: the stems must fit in the output folder's free space."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # cannot tell (some network shares): writing will say so
+    if free < needed:
+        raise DiskFull(f"{disk_full_message(folder, 'the output folder')}: the stems need about "
+                       f"{needed / 1e6:.1f} MB; nothing was written.",
+                       hint="Free some space there (or choose another output folder), then retry the job.")
 
 
 def file_fingerprint(path: Path) -> tuple[int, int]:
