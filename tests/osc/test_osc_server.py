@@ -17,7 +17,7 @@ from pythonosc.udp_client import SimpleUDPClient
 from bridge.common.errors import ConfigError
 from bridge.common.jobs import JobEvent, JobState
 from bridge.common.request import Origin, SeparationRequest
-from bridge.osc.addresses import MAX_REPLY_BYTES
+from bridge.osc.addresses import MAX_REPLY_BYTES, STATUS_LIMIT
 from bridge.osc.server import OscServer, OscSettings
 from tests.osc_helpers import TEST_VERSION, WAIT, OscClient, RecordingSink, done_event, running_server, write_wav
 
@@ -110,6 +110,20 @@ def test_status_of_one_job_of_all_jobs_and_of_an_unknown_job(
 
     key, text = client.request("/sam/status", "job-404", reply="/sam/error")
     assert key == "job-404" and "no job" in text
+
+
+def test_status_without_an_id_is_capped_with_a_count_of_the_rest(client: OscClient, sink: RecordingSink,
+                                                                  music: Path) -> None:
+    """One datagram in, at most STATUS_LIMIT + 1 out (before: one reply per job, 26 for 26 jobs)."""
+    source = write_wav(music / "a.wav")
+    ids = [sink.submit(SeparationRequest(source=source, prompt="piano", tag=f"t{n}")) for n in range(26)]
+    client.send("/sam/status")
+    replies = []
+    while (got := client.receive()).address != "/sam/status/end":
+        replies.append(got.args[0])
+    assert len(replies) == STATUS_LIMIT == 10 and set(replies) <= set(ids)
+    assert got.args == [10, 16]
+    assert client.nothing_waiting()
 
 
 def test_presets_are_split_over_small_messages_and_end_with_the_count(
