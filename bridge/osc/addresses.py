@@ -244,10 +244,11 @@ NOTES = (
     "both but resumes the jobs: the end (`/sam/done` or `/sam/error`, with its progress and stems) of an "
     "OSC job resumed so is kept (the last 64, for an hour) and sent once to each client that subscribes "
     "later.",
-    "- At most `rate_limit` separations per client per `rate_window` seconds (default 20 a minute); "
-    "more get `/sam/error` and are not queued.",
+    "- At most `rate_limit` separations per client host per `rate_window` seconds (default 20 a minute; "
+    "another port or another loopback address is the same host), and `rate_limit_total` from all clients "
+    "together (default 60); more get `/sam/error` and are not queued.",
     "- When a shared token is configured, it is the first argument of every request (before the "
-    "arguments above); it is never sent back.",
+    "arguments above); it is never sent back. Listening beyond loopback requires it.",
     "- Bundles are taken apart and their messages run at once, in order (timetags are ignored); "
     "a bundle inside a bundle is refused with `/sam/error`.",
     "- Addresses are matched exactly (no OSC wildcards). Where a whole number (`i`) is expected, "
