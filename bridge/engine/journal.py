@@ -8,7 +8,6 @@ never submitted again; a step marked `submitting` without one is "may have lande
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import sqlite3
@@ -102,6 +101,9 @@ class Journal:
                 f"{path.name}.broken: sam-bridge then starts a new, empty journal. The jobs it held are no "
                 "longer tracked; check your fal dashboard for requests that were still running.") from None
         self._db = GuardedConnection(raw, self._damage_error)
+        # One descriptor, opened once and closed after sqlite's: closing any other descriptor of this file
+        # would drop sqlite's POSIX locks for the whole process (and let another process delete the WAL).
+        self._watch_fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         self._inode = _inode(path)
 
     def check_file(self) -> None:
@@ -111,11 +113,10 @@ class Journal:
         if self._db.damage == "damaged":
             raise self.damaged_error()
         try:
-            with open(self.path, "rb") as handle:
-                header = handle.read(len(_SQLITE_HEADER))
             same = _inode(self.path) == self._inode
-        except OSError as exc:
-            header, same = b"", exc.errno not in (errno.ENOENT,)
+            header = os.pread(self._watch_fd, len(_SQLITE_HEADER), 0) if hasattr(os, "pread") else _SQLITE_HEADER
+        except OSError:
+            same, header = False, b""
         if header != _SQLITE_HEADER or not same:
             self._db.damage = "damaged"
             raise self.damaged_error()
@@ -162,6 +163,8 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            with contextlib.suppress(OSError):
+                os.close(self._watch_fd)
 
     # -- writes -----------------------------------------------------------------------------------
 
