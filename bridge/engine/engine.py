@@ -286,9 +286,9 @@ class JobEngine(JobSink):
         where = Path(exc.filename).parent if isinstance(exc.filename, str) else None
         if where is not None and where.is_relative_to(self.settings.workroot.parent):
             return disk_error(exc, self.settings.workroot.parent, "the sam-bridge state folder (work files)")
-        if where is None:
-            where = workdir if workdir.exists() else request.source.parent
-        return disk_error(exc, where, "the output folder" if where != workdir else "the sam-bridge state folder")
+        if where is None and workdir.exists():  # no file named: the work files are the likeliest
+            return disk_error(exc, self.settings.workroot, "the sam-bridge state folder (work files)")
+        return disk_error(exc, where or request.source.parent, "the output folder")
 
     def _wait(self, row: JobRow, message: str, until: float | None, count_attempt: bool = True) -> None:
         until = self._outcomes.waiting(row, message, until, count_attempt)

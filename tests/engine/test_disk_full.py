@@ -114,3 +114,35 @@ def test_a_full_disk_at_each_stage_leaves_nothing_and_the_retry_is_free(client: 
     finally:
         engine.stop()
         engine.journal.close()
+
+
+def test_a_full_state_folder_says_so_and_the_retry_is_free(client: FalClient, service, tiny_disk: Path,
+                                                          tmp_path: Path) -> None:
+    """The work files (downloads, intermediates) live in the state folder: its disk full gives the same
+    clear message, not "Internal error: OSError: [Errno 28]"."""
+    engine = JobEngine(Journal(tmp_path / "journal.sqlite"), Pipeline(client, poll_interval=0.02, use_stream=False),
+                       PresetLibrary([("built-in", builtin_presets_dir())]),
+                       EngineSettings(workroot=tiny_disk / "work", rescan_interval=0.1, dedupe=False))
+    engine.start()
+    try:
+        source = make_source(tmp_path / "take.wav", seconds=2.0)
+        filler = fill_leaving(tiny_disk, 0)
+        job = engine.submit(SeparationRequest(source=source, prompt="bass guitar", output_dir=tmp_path / "out",
+                                              origin=Origin.cli))
+        wait_for(lambda: engine.get(job).state.finished, what="the job")  # type: ignore[union-attr]
+        failed = engine.get(job)
+        assert failed is not None and failed.state == JobState.failed
+        assert "is full" in (failed.error or "") and str(tiny_disk) in (failed.error or ""), failed.error
+        assert "Internal error" not in (failed.error or "")
+        print("\nstate folder full:", (failed.error or "").splitlines()[0])
+        submits = service.stats()["submits"]
+        filler.unlink()
+        engine.journal.clear_uncertain(job)
+        engine.journal.set_state(job, JobState.queued, 0.0, "Queued again (retry)", error=None, attempts=0,
+                                 not_before=0, cancel_requested=0)
+        wait_for(lambda: engine.get(job).state == JobState.done, what="the retry")  # type: ignore[union-attr]
+        assert service.stats()["submits"] == submits <= 1
+        assert leftovers(tmp_path / "out") and not [n for n in leftovers(tmp_path / "out") if "partial" in n]
+    finally:
+        engine.stop()
+        engine.journal.close()
