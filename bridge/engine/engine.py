@@ -97,9 +97,12 @@ class JobEngine(JobSink):
                 if (row.view.state in ACTIVE or row.view.state == JobState.done
                         or request.origin is Origin.request_file):
                     return row.view.job_id
-        recipe = recipe_for(request, self._libraries.for_project(request.project_dir))  # PresetError now
         if request.confined_to is not None:  # an untrusted way in: refused before anything is read
             request.confined_to.source_file(request.source)
+            if request.project_dir is not None:  # its presets are read next
+                request.confined_to.output_folder(request.project_dir)
+        recipe = recipe_for(request, self._libraries.for_project(request.project_dir))  # PresetError now
+        if request.confined_to is not None:
             confined_folder(output_folder(request.source, request.project_dir, request.output_dir,
                                           recipe.output.folder), request.confined_to, create=False)
         if not request.source.is_file():
