@@ -35,7 +35,7 @@ from bridge.engine.budget import BudgetWait, DailyBudget
 from bridge.engine.dedupe import dedupe_key, reuse_result, written_before
 from bridge.engine.events import JobEvents
 from bridge.engine.hooks import EngineHooks, ShuttingDown
-from bridge.engine.journal import JobRow, Journal, JournalDamaged
+from bridge.engine.journal import JobRow, Journal, JournalDamaged, StateDiskFull
 from bridge.engine.outcomes import JobOutcomes
 from bridge.engine.pipeline import Pipeline, file_fingerprint
 from bridge.engine.queue import FairQueue, QueuedJob
@@ -207,6 +207,8 @@ class JobEngine(JobSink):
             except JournalDamaged:  # the daemon says so once and stops; the job resumes after a restart
                 self._stopping.set()
                 self._queue.wake_all()
+            except StateDiskFull as exc:  # the job stays as the journal has it: it resumes on the next start
+                log.error("job %s: %s %s", job_id, exc.message, exc.hint)
             finally:
                 self._queue.release(job_id)
 

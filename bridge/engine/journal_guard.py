@@ -47,7 +47,7 @@ class GuardedConnection:
 
     def call(self, what: Callable[..., Any], *args: Any) -> Any:
         try:
-            return what(*args)
+            result = what(*args)
         except sqlite3.Error as exc:
             kind = damage_of(exc)
             if kind is None:
@@ -56,6 +56,9 @@ class GuardedConnection:
                 if self.damage != "damaged":  # damaged wins over full: it does not heal by itself
                     self.damage = kind
             raise self._on_damage(kind, exc) from None
+        if self.damage == "full":  # room again: a full disk heals, a damaged file does not
+            self.damage = None
+        return result
 
     def execute(self, sql: str, parameters: Any = ()) -> GuardedCursor:
         return GuardedCursor(self.call(self.db.execute, sql, parameters), self)

@@ -146,3 +146,25 @@ def test_a_full_state_folder_says_so_and_the_retry_is_free(client: FalClient, se
     finally:
         engine.stop()
         engine.journal.close()
+
+
+def test_a_full_disk_under_the_journal_is_said_in_words_and_heals(tiny_disk: Path, tmp_path: Path) -> None:
+    from bridge.engine.journal import StateDiskFull
+
+    journal = Journal(tiny_disk / "state" / "journal.sqlite")
+    try:
+        source = make_source(tmp_path / "take.wav", seconds=0.1)
+        request = SeparationRequest(source=source, prompt="piano", origin=Origin.cli)
+        for n in range(3):
+            journal.add(request, "piano")  # the WAL and its index have their pages now
+        filler = fill_leaving(tiny_disk, 0)
+        with pytest.raises(StateDiskFull, match="is full") as caught:
+            for _ in range(200):  # until sqlite needs a page it cannot have
+                journal.add(request.model_copy(update={"tag": "x" * 150}), "piano")
+        assert str(tiny_disk) in caught.value.message and "0 bytes free" in caught.value.message
+        assert journal.damage == "full"
+        filler.unlink()
+        journal.add(request, "piano")
+        assert journal.damage is None
+    finally:
+        journal.close()
