@@ -155,7 +155,7 @@ def test_a_full_disk_under_the_journal_is_said_in_words_and_heals(tiny_disk: Pat
     try:
         source = make_source(tmp_path / "take.wav", seconds=0.1)
         request = SeparationRequest(source=source, prompt="piano", origin=Origin.cli)
-        for n in range(3):
+        for _ in range(3):
             journal.add(request, "piano")  # the WAL and its index have their pages now
         filler = fill_leaving(tiny_disk, 0)
         with pytest.raises(StateDiskFull, match="is full") as caught:
