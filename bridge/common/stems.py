@@ -94,6 +94,26 @@ def disk_error(exc: OSError, folder: Path, what: str) -> DiskFull | None:
                     "fetched again.")
 
 
+_BYTES_PER_SAMPLE = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+
+
+def stems_bytes(frames: int, channels: int, subtype: str, count: int) -> int:
+    """About what `count` stems of `frames` take on disk (uncompressed; FLAC stems take less)."""
+    return count * frames * channels * _BYTES_PER_SAMPLE.get(subtype.upper(), 4)
+
+
+def check_room(folder: Path, needed: int) -> None:
+    """Before anything is paid for: the stems must fit in the output folder's free space."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # cannot tell (some network shares): writing will say so
+    if free < needed:
+        raise DiskFull(f"{disk_full_message(folder, 'the output folder')}: the stems need about "
+                       f"{needed / 1e6:.1f} MB; nothing was written.",
+                       hint="Free some space there (or choose another output folder), then retry the job.")
+
+
 def confined_folder(folder: Path, policy: PathPolicy | None, *, create: bool) -> Path:
     """`folder` as the stems will be written to it: for a confined request (an untrusted way in) resolved
     and checked against its allowed roots, and with `create` made and checked again once it exists, so

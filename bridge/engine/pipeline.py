@@ -11,7 +11,6 @@ polling its request instead of paying again.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,15 +37,15 @@ from bridge.common.request import SeparationRequest
 from bridge.common.stems import (
     EXTENSIONS,
     TEMP_PREFIX,
-    DiskFull,
+    check_room,
     confined_folder,
-    disk_full_message,
     ensure_writable,
     job_names,
     output_folder,
     place_unit,
     remove_quietly,
     remove_stale_temps,
+    stems_bytes,
     temp_path_for,
 )
 from bridge.engine.manifest import StepRecord, build_manifest
@@ -157,7 +156,8 @@ class _Run:
         folder = confined_folder(output_folder(source.path, self.request.project_dir, self.request.output_dir,
                                                self.recipe.output.folder), policy, create=True)
         ensure_writable(folder)
-        check_room(folder, stems_bytes(source, frames, len(self.recipe.steps) + 1, self.recipe.output.subtype))
+        check_room(folder, stems_bytes(frames, source.channels, self.recipe.output.subtype or source.subtype,
+                                       len(self.recipe.steps) + 1))
         if self.temp_tag:
             remove_stale_temps(folder, self.temp_tag)
         remove_left_behind(folder, TEMP_PREFIX)  # hidden stems of a killed `sam-bridge separate`
@@ -381,27 +381,6 @@ class _Run:
             stem_set=self.recipe.is_stem_set), manifest_for)
         return JobResult(stems=finals, manifest=manifest_path, flags=flags, steps=self.steps,
                          estimated_cost=cost, timings=self.timings)
-
-
-_BYTES_PER_SAMPLE = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
-
-
-def stems_bytes(source: SourceInfo, frames: int, count: int, subtype: str | None) -> int:
-    """About what `count` stems of `frames` take on disk (uncompressed; FLAC and lossy sources less)."""
-    width = _BYTES_PER_SAMPLE.get((subtype or source.subtype).upper(), 4)
-    return count * frames * source.channels * width
-
-
-def check_room(folder: Path, needed: int) -> None:
-    """Before anything is paid for: the stems must fit in the output folder's free space."""
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return  # cannot tell (some network shares): writing will say so
-    if free < needed:
-        raise DiskFull(f"{disk_full_message(folder, 'the output folder')}: the stems need about "
-                       f"{needed / 1e6:.1f} MB; nothing was written.",
-                       hint="Free some space there (or choose another output folder), then retry the job.")
 
 
 def file_fingerprint(path: Path) -> tuple[int, int]:
