@@ -8,10 +8,11 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from bridge import __version__
 from bridge.common.errors import BridgeError
+from bridge.common.redact import RedactingStream, SafeLogFilter
 
 # Each module defines `register(subparsers)`, which adds its parser(s) and sets `func(args) -> int`.
 COMMAND_MODULES = ("separate", "run", "status", "presets", "config", "local_service", "service", "ableton",
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 def configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    SafeLogFilter.install()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +47,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not getattr(args, "configures_logging", False):
         configure_logging(args.verbose, args.quiet)
+    with _redacted_output():
+        return _run(args)
+
+
+@contextlib.contextmanager
+def _redacted_output() -> Iterator[None]:
+    """Whatever a command prints passes the key redaction: a last guard for CLI output."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(saved[0]), RedactingStream(saved[1])  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except BridgeError as err:

@@ -25,6 +25,8 @@ from typing import Any, TextIO
 from bridge import __version__
 from bridge.common.config import Config, config_dir, log_dir, state_dir
 from bridge.common.errors import BridgeError
+from bridge.common.path_policy import PathPolicy
+from bridge.common.redact import SafeLogFilter
 from bridge.common.stems import write_json_atomic
 from bridge.engine.engine import EngineSettings, JobEngine
 from bridge.engine.journal import Journal
@@ -38,6 +40,9 @@ from bridge.presets.project_lists import ProjectPresetLists
 from bridge.request_files.folder import RequestFolder
 
 log = logging.getLogger(__name__)
+
+
+DAMAGED_GRACE = 5.0  # seconds a daemon whose journal broke keeps saying so before it exits
 
 
 class AlreadyRunning(BridgeError):
@@ -93,6 +98,7 @@ def setup_logging(verbose: int, quiet: bool) -> Path:
     rotating.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     for handler in (stderr, rotating):
         handler.setFormatter(formatter)
+        SafeLogFilter.install(handler)  # the key masked, outside text's control characters escaped
         root.addHandler(handler)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("watchdog").setLevel(logging.WARNING)
@@ -144,12 +150,14 @@ class Daemon:
         stack.callback(engine.stop)
         requests_dir = self.config.requests_folder(self.state)
         # the same across restarts: a restarted daemon knows the requests it took as its own
-        request_folder = RequestFolder(engine, requests_dir,
+        hot = self._hot_folders()
+        self.policy = self._door_policy(hot)
+        request_folder = RequestFolder(engine, requests_dir, policy=self.policy,
                                        instance_id=f"{socket.gethostname()}:{self.state.resolve()}")
         request_folder.start()
         stack.callback(request_folder.stop)
-        hot = self._start_hot_folders(engine)
-        osc_address = self._start_osc(engine, hot)
+        self._start_hot_folders(engine, hot)
+        osc_address = self._start_osc(engine)
         self._write_presets_file()
         info = DaemonInfo(requests_dir, osc_address, hot, log_file)
         self._start_keep_alive()  # its first heartbeat before daemon.json: a script never sees one alone
@@ -171,42 +179,56 @@ class Daemon:
         reloader.start()
         return info
 
-    def _start_hot_folders(self, engine: JobEngine) -> list[HotFolder]:
+    def _door_policy(self, hot: list[HotFolder]) -> PathPolicy:
+        """The one door policy every untrusted way in uses (OSC, hot folders and their sidecars, a shared
+        requests folder): the home folder, the hot folders, their configured output folders, and the
+        folders the config allows."""
+        roots = (Path.home(), *(f.path for f in hot))
+        outputs = tuple(f.output_dir.expanduser() for f in hot if f.output_dir is not None)
+        return PathPolicy.from_roots((*roots, *self.config.allowed_source_roots),
+                                     (*roots, *outputs, *self.config.allowed_output_roots))
+
+    def _hot_folders(self) -> list[HotFolder]:
         folders = [HotFolder(path=f.path.expanduser(), preset=f.preset, output_dir=f.output_dir,
                              recursive=f.recursive, polling=f.polling, settle_seconds=f.settle_seconds,
                              after_success=f.after_success) for f in self.config.hot_folders]
         if self.config.default_hot_folder:
             folders.insert(0, HotFolder(path=default_hot_folder()))
+        return folders
+
+    def _start_hot_folders(self, engine: JobEngine, folders: list[HotFolder]) -> None:
         if not folders:
-            return []
+            return
         for folder in folders:
             folder.path.mkdir(parents=True, exist_ok=True)
         self.hot_watcher = HotFolderWatcher(
             engine, folders, instance_id=f"{socket.gethostname()}:{os.getpid()}",
             rescan_interval=self.config.hot_rescan_interval,
             preset_names=lambda: self.library.names(include_broken=True),  # a broken one's file says why
+            policy=self.policy,
         )
         self.hot_watcher.ensure_preset_folders(self.library.names())
         self.hot_watcher.start()
         self._stack.callback(self.hot_watcher.stop)
-        return folders
 
-    def _start_osc(self, engine: JobEngine, hot: list[HotFolder]) -> tuple[str, int] | None:
+    def _start_osc(self, engine: JobEngine) -> tuple[str, int] | None:
         osc = self.config.osc
         if not osc.enabled:
             return None
-        home = Path.home()
-        roots = (home, *(f.path for f in hot))
         settings = OscSettings(
             host=osc.host, port=osc.port, prefix=osc.prefix, reply_port=osc.reply_port,
             allow_clients=tuple(osc.allow_clients), token=osc.token, rate_limit=(osc.rate_limit, osc.rate_window),
-            source_roots=(*roots, *self.config.allowed_source_roots),
-            output_roots=(*roots, *self.config.allowed_output_roots),
+            total_rate_limit=(osc.rate_limit_total, osc.rate_window),
         )
-        server = OscServer(engine, settings, __version__)
+        server = OscServer(engine, settings, __version__, policy=self.policy, health=self.health)
         server.start()
         self._stack.callback(server.stop)
         return server.address
+
+    def health(self) -> str:
+        """One word for /sam/pong: `ok`, or what is wrong (`journal-damaged`)."""
+        engine = self.engine
+        return engine.health() if engine is not None else "starting"
 
     def _write_presets_file(self) -> None:
         presets = []
@@ -264,9 +286,18 @@ class Daemon:
             except Exception:
                 log.exception("preset reload failed")
 
-    def wait(self) -> None:
+    def wait(self) -> int:
+        """Until asked to stop (0), or until the journal breaks under us (4): then no new work is taken,
+        every way in says why for DAMAGED_GRACE seconds (/sam/pong's health word included), one log line
+        says what to do, and the exit code lets a service manager restart us into the clear message."""
         while not self._stop.wait(0.5):
-            pass
+            if self.engine is not None and self.engine.health() == "journal-damaged":
+                assert self.engine is not None
+                error = self.engine.journal.damaged_error()
+                log.critical("%s %s", error.message, error.hint)
+                self._stop.wait(DAMAGED_GRACE)
+                return error.exit_code
+        return 0
 
     def request_stop(self, *_args: Any) -> None:
         self._stop.set()
@@ -326,9 +357,9 @@ def run_daemon(config: Config, choice: ServiceChoice, *, verbose: int = 0, quiet
     out("Press Ctrl-C to stop; jobs in flight resume on the next start.")
     sys.stdout.flush()
     try:
-        daemon.wait()
+        code = daemon.wait()
     finally:
         log.info("stopping: no new work; in-flight jobs resume on the next start")
         daemon.stop()
-    return 0
+    return code
 

@@ -78,6 +78,7 @@ class OscConfig(_Strict):
     token: str | None = Field(None, description="shared token, first argument of every request")
     rate_limit: int = Field(20, ge=1, description="separate requests per client per window")
     rate_window: float = Field(60.0, gt=0, description="rate-limit window, seconds")
+    rate_limit_total: int = Field(60, ge=1, description="separate requests from all clients together per window")
 
 
 class HotFolderConfig(_Strict):
@@ -151,14 +152,15 @@ hot_folders: []
 
 osc:
   enabled: true
-  host: 127.0.0.1     # anything else requires allow_clients (UDP has no sender authentication)
+  host: 127.0.0.1     # anything else requires allow_clients and token (UDP has no sender authentication)
   port: 9010
   prefix: /sam
   # reply_port: 9011  # reply to a fixed port (Max's udpreceive) instead of the sender's port
   allow_clients: []
-  # token: change-me  # required as first argument when bound beyond loopback
+  # token: change-me  # required (sam-bridge refuses to start without it) when bound beyond loopback
   rate_limit: 20      # /separate requests per client per rate_window seconds
   rate_window: 60
+  rate_limit_total: 60  # paid jobs accepted from all OSC clients together per rate_window seconds
 
 allowed_source_roots: []   # OSC may read under your home and hot folders, plus these
 allowed_output_roots: []   # OSC may write under your home and hot folders, plus these

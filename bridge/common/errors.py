@@ -6,6 +6,8 @@ print in the CLI, an OSC `/sam/error`, a status file or a `.error.txt`.
 
 from __future__ import annotations
 
+from bridge.common.redact import redact
+
 
 class BridgeError(Exception):
     """Base of every error sam-bridge reports to a user."""
@@ -17,6 +19,9 @@ class BridgeError(Exception):
     results_unusable = False
 
     def __init__(self, message: str, hint: str = "") -> None:
+        # outside text (a service's answer may quote the key) becomes an error message here: masked once,
+        # so no copy of it, in any sink, holds the key
+        message, hint = redact(message), redact(hint)
         super().__init__(message)
         self.message = message
         self.hint = hint

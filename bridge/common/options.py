@@ -6,11 +6,13 @@ models. Unknown keys are refused so a typo never silently does nothing.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 import soundfile
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Acceleration(StrEnum):
@@ -64,6 +66,27 @@ class OutputOptions(BaseModel):
     subtype: str | None = Field(None, description="sample format override, e.g. PCM_24, FLOAT")
     residual: ResidualMethod = Field(ResidualMethod.complement, description="complement | service")
     folder: str = Field("Stems", description="output folder, relative to the project (or the source)")
+
+    @field_validator("folder")
+    @classmethod
+    def _inside(cls, folder: str) -> str:
+        if problem := folder_problem(folder):
+            raise ValueError(problem)
+        return folder
+
+
+def folder_problem(folder: str) -> str | None:
+    """Why an `output.folder`/`options.folder` could lead out of the project (None: it cannot). Presets
+    travel with shared projects and requests come from other programs: a folder is always relative and
+    never climbs (`..`)."""
+    if PurePosixPath(folder).is_absolute() or PureWindowsPath(folder).is_absolute() or ":" in folder \
+            or folder.startswith(("/", "\\", "~")):
+        return f"must be a folder relative to the project, e.g. 'Stems' (got '{folder}')"
+    if ".." in re.split(r"[/\\]", folder):
+        return f"must not climb out of the project with '..' (got '{folder}')"
+    if "\x00" in folder or not folder.strip():
+        return "must name a folder, e.g. 'Stems'"
+    return None
 
 
 def unwritable(output: OutputOptions) -> tuple[str, str] | None:

@@ -1,17 +1,26 @@
-"""Which files a way in may read (to upload them) and which folders it may write stems into.
+"""The one door policy: which files a way in may read (to upload them) and which folders it may write
+stems into, for every way in.
 
-A request arriving over the network must not make sam-bridge upload an arbitrary file to a cloud
-service, nor write into a system folder. Every path is resolved first (`~`, symlinks, `..`) and only
-then compared with the allowed roots, which are resolved the same way, so neither a symlink inside an
-allowed folder nor `Music/../../etc` leads out of it.
+Trust follows who can write there. The CLI, and a requests folder only its owner can write (the default,
+in the user's state folder, created 0700), speak for the user: their paths are used as given, so REAPER
+projects on any drive keep working. OSC, every hot folder and sidecar, and a requests folder others can
+write (group- or world-writable, another owner: a shared NAS folder) get this policy: the request carries
+it (`SeparationRequest.confined_to`, journalled with the job), and the engine checks the source and the
+final output folder (the project's `Stems/` included) at the moment it uses them, not only when the
+request arrives. Every path is resolved first (`~`, symlinks, `..`) and only then compared with the
+allowed roots, which are resolved the same way, so neither a symlink inside an allowed folder nor
+`Music/../../etc` leads out of it. A `..` or absolute `options.folder` is refused for every way in
+(`bridge.common.options.folder_problem`).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
 
 from bridge.common.errors import InputError, SourceError
 
@@ -42,9 +51,11 @@ def is_within(path: Path, roots: Iterable[Path]) -> bool:
     return any(path == root or path.is_relative_to(root) for root in roots)
 
 
-@dataclass(frozen=True)
-class PathPolicy:
-    """Allowed source roots (files that may be read) and output roots (folders stems may be written to)."""
+class PathPolicy(BaseModel):
+    """Allowed source roots (files that may be read) and output roots (folders stems may be written to).
+    A pydantic model, so a request carries it into the journal and the engine checks it at use."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     source_roots: tuple[Path, ...]
     output_roots: tuple[Path, ...]
@@ -55,7 +66,7 @@ class PathPolicy:
         """Resolve the roots; an empty list means the user's home folder."""
         sources = tuple(resolve_path(r, "allowed folder") for r in source_roots) or (_home(),)
         outputs = tuple(resolve_path(r, "allowed folder") for r in output_roots) or (_home(),)
-        return cls(sources, outputs)
+        return cls(source_roots=sources, output_roots=outputs)
 
     def source_file(self, raw: str | os.PathLike[str]) -> Path:
         """The resolved source file; raises PathNotAllowed or SourceError."""
@@ -83,6 +94,36 @@ class PathPolicy:
                 "in the sam-bridge config.",
             )
         return path
+
+
+    def final_output_folder(self, folder: Path) -> Path:
+        """The folder stems are about to be written to, created if needed and checked again once it
+        exists (a `Stems` symlink, or one made between the check and the mkdir, leads nowhere else)."""
+        resolved = self.output_folder(folder, "output folder")
+        resolved.mkdir(parents=True, exist_ok=True)
+        return self.output_folder(resolved, "output folder")
+
+
+def folder_trust_problem(folder: Path) -> str | None:
+    """Why others could write requests into `folder` (None: only its owner, the user, can).
+
+    Decided by who can write there: a folder of another owner, or one its group or everyone may write,
+    may hold requests written by someone else."""
+    if os.name != "posix":
+        return None  # Windows ACLs: the per-user state folder is private by default
+    info = folder.stat()
+    if info.st_uid != os.geteuid():
+        return f"it belongs to another user (uid {info.st_uid})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"others may write to it (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def open_requests_folder(folder: Path) -> str | None:
+    """Create the requests folder 0700 if it is missing; the reason it is not private, if it is not."""
+    if not folder.exists():
+        folder.mkdir(mode=0o700, parents=True)
+    return folder_trust_problem(folder)
 
 
 def _home() -> Path:

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bridge.common.options import OutputOptions, ServiceOptions
+from bridge.common.options import OutputOptions, ServiceOptions, folder_problem
+from bridge.common.path_policy import PathPolicy
 
 
 class Origin(StrEnum):
@@ -42,7 +43,7 @@ class Span(BaseModel):
 
 
 # Set by the way in itself, never by whoever writes a request: not in the documented schema.
-INTERNAL_REQUEST_FIELDS = frozenset({"origin", "idempotency_key"})
+INTERNAL_REQUEST_FIELDS = frozenset({"origin", "idempotency_key", "confined_to"})
 
 
 class SeparationRequest(BaseModel):
@@ -64,6 +65,10 @@ class SeparationRequest(BaseModel):
     idempotency_key: str | None = Field(
         None, description="a way in's own key: a second request with the same key is not run again"
     )
+    confined_to: PathPolicy | None = Field(
+        None, description="the allowed folders of an untrusted way in, checked by the engine at use; "
+        "None: a trusted way in (CLI, a private requests folder)"
+    )
 
     @field_validator("prompt", "preset")
     @classmethod
@@ -72,6 +77,14 @@ class SeparationRequest(BaseModel):
             return None
         value = value.strip()
         return value or None
+
+    @field_validator("options")
+    @classmethod
+    def _folder_inside(cls, options: dict[str, Any]) -> dict[str, Any]:
+        folder = options.get("folder")
+        if isinstance(folder, str) and (problem := folder_problem(folder)):
+            raise ValueError(f"options.folder {problem}")
+        return options
 
     @model_validator(mode="after")
     def _needs_what(self) -> SeparationRequest:

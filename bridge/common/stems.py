@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import unicodedata
 import uuid
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.common.errors import OutputError
+from bridge.common.path_policy import PathPolicy
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,77 @@ def output_folder(source: Path, project_dir: Path | None, output_dir: Path | Non
     if output_dir is not None:
         return output_dir
     return (project_dir if project_dir is not None else source.parent) / folder
+
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class DiskFull(OutputError):
+    """The disk (or quota) holding a folder sam-bridge writes to is full, or read-only: nothing was placed,
+    so a retry, once there is room, costs nothing (the service's results are fetched again)."""
+
+    kind = "disk_full"
+
+
+def free_space(folder: Path) -> str:
+    """The free space of the disk holding `folder` (or its nearest existing parent), in words."""
+    for candidate in (folder, *folder.parents):
+        try:
+            free = shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+        for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+            if free >= size:
+                return f"{free / size:.1f} {unit} free"
+        return f"{free} bytes free"
+    return "free space unknown"
+
+
+def disk_full_message(folder: Path, what: str) -> str:
+    return f"The disk holding {what} ({folder}) is full ({free_space(folder)})"
+
+
+def disk_error(exc: OSError, folder: Path, what: str) -> DiskFull | None:
+    """The clear error for a full disk, exceeded quota or read-only disk under `folder`; None for others."""
+    if exc.errno not in DISK_ERRNOS:
+        return None
+    if exc.errno == errno.EROFS:
+        return DiskFull(f"The disk holding {what} ({folder}) is read-only, so nothing was written there.",
+                        hint="Choose a folder on a writable disk (or remount it), then retry the job: "
+                        "it costs nothing, the results are fetched again.")
+    quota = " or your quota there is used up" if exc.errno == errno.EDQUOT else ""
+    return DiskFull(f"{disk_full_message(folder, what)}{quota}; nothing was left behind.",
+                    hint="Free some space there, then retry the job: it costs nothing, the results are "
+                    "fetched again.")
+
+
+_BYTES_PER_SAMPLE = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+
+
+def stems_bytes(frames: int, channels: int, subtype: str, count: int) -> int:
+    """About what `count` stems of `frames` take on disk (uncompressed; FLAC stems take less)."""
+    return count * frames * channels * _BYTES_PER_SAMPLE.get(subtype.upper(), 4)
+
+
+def check_room(folder: Path, needed: int) -> None:
+    """Before anything is paid for: the stems must fit in the output folder's free space."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # cannot tell (some network shares): writing will say so
+    if free < needed:
+        raise DiskFull(f"{disk_full_message(folder, 'the output folder')}: the stems need about "
+                       f"{needed / 1e6:.1f} MB; nothing was written.",
+                       hint="Free some space there (or choose another output folder), then retry the job.")
+
+
+def confined_folder(folder: Path, policy: PathPolicy | None, *, create: bool) -> Path:
+    """`folder` as the stems will be written to it: for a confined request (an untrusted way in) resolved
+    and checked against its allowed roots, and with `create` made and checked again once it exists, so
+    a `Stems` symlink or a `..` can't lead out. Trusted requests get `folder` as it is."""
+    if policy is None:
+        return folder
+    return policy.final_output_folder(folder) if create else policy.output_folder(folder, "output folder")
 
 
 def ensure_writable(folder: Path) -> None:
@@ -101,6 +174,8 @@ def place(temp: Path, final: Path) -> None:
     except FileExistsError:
         raise NameTaken(f"{final} appeared while sam-bridge was writing; it was left untouched.") from None
     except OSError as exc:
+        if (full := disk_error(exc, final.parent, "the output folder")) is not None:
+            raise full from None
         if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
             raise OutputError(f"Cannot write {final}: {exc.strerror}.") from None
         if final.exists():  # filesystem without hard links (exFAT, some SMB): check, then rename
@@ -128,6 +203,53 @@ def place_all(temps: dict[str, Path],
             remove_quietly(*(final for final, _temp in placed))
             raise
     raise OutputError("Other programs keep taking the stem names in the output folder; try another folder.")
+
+
+def place_unit(temps: dict[str, Path], choose: Callable[[], tuple[dict[str, Path], Path]],
+               manifest_for: Callable[[dict[str, Path]], Any]) -> tuple[dict[str, Path], Path]:
+    """Place a job's stems and its manifest as one unit: the manifest (which names the stems' final
+    paths) is written to a temp first, then everything is moved into place; any failure (a full disk
+    included) removes what was placed, so no stem is ever left without its manifest. The stem temps
+    stay for the caller to remove: a retry fetches the service's results again, at no cost."""
+    for _attempt in range(5):
+        finals, manifest = choose()
+        manifest_temp = temp_path_for(manifest)
+        placed: list[tuple[Path, Path]] = []  # (final, temp)
+        try:
+            _write_json_temp(manifest_temp, manifest_for(finals))
+            for label, temp in temps.items():
+                place(temp, finals[label])
+                placed.append((finals[label], temp))
+            place(manifest_temp, manifest)
+            return finals, manifest
+        except NameTaken:
+            for final, temp in placed:
+                os.replace(final, temp)
+        except BaseException:
+            for final, temp in placed:  # back under its hidden temp name, or gone: never orphaned
+                try:
+                    os.replace(final, temp)
+                except OSError:
+                    remove_quietly(final)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                manifest_temp.unlink(missing_ok=True)
+    raise OutputError("Other programs keep taking the stem names in the output folder; try another folder.")
+
+
+def _write_json_temp(temp: Path, data: Any) -> None:
+    try:
+        with open(temp, "x", encoding="utf-8") as out:
+            json.dump(data, out, indent=2, ensure_ascii=False)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        if (full := disk_error(exc, temp.parent, "the output folder")) is not None:
+            raise full from None
+        raise
 
 
 def write_json_atomic(path: Path, data: Any, *, overwrite: bool = True) -> None:

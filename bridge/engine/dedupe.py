@@ -13,7 +13,15 @@ from typing import Any
 from bridge.common.errors import OutputError
 from bridge.common.jobs import JobView
 from bridge.common.request import SeparationRequest
-from bridge.common.stems import job_names, output_folder, place_all, remove_quietly, temp_path_for, write_json_atomic
+from bridge.common.stems import (
+    confined_folder,
+    job_names,
+    output_folder,
+    place_all,
+    remove_quietly,
+    temp_path_for,
+    write_json_atomic,
+)
 from bridge.engine.pipeline_hooks import JobResult
 from bridge.presets.recipe import Recipe
 
@@ -32,7 +40,8 @@ def dedupe_key(request: SeparationRequest, recipe: Recipe, audio_sha256: str) ->
 def written_before(request: SeparationRequest, recipe: Recipe, request_ids: set[str]) -> JobResult | None:
     """The stems a run of these very requests already placed (the daemon stopped before it could journal
     "done"): found by the request ids in the manifests of the output folder."""
-    folder = output_folder(request.source, request.project_dir, request.output_dir, recipe.output.folder)
+    folder = confined_folder(output_folder(request.source, request.project_dir, request.output_dir,
+                                           recipe.output.folder), request.confined_to, create=False)
     if not request_ids or not folder.is_dir():
         return None
     for manifest_path in folder.glob("*.sam.json"):
@@ -61,7 +70,8 @@ def reuse_result(request: SeparationRequest, recipe: Recipe, earlier: JobView) -
     manifest = _read_manifest(Path(earlier.manifest))
     if manifest is None:
         return None  # unreadable: run the job for real rather than leave stems with no manifest
-    folder = output_folder(request.source, request.project_dir, request.output_dir, recipe.output.folder)
+    folder = confined_folder(output_folder(request.source, request.project_dir, request.output_dir,
+                                           recipe.output.folder), request.confined_to, create=True)
     extension = next(iter(old_stems.values())).suffix
     temps: dict[str, Path] = {}
     try:

@@ -30,11 +30,12 @@ from bridge.common.errors import (
 )
 from bridge.common.jobs import JobEvent, JobSink, JobState, JobView, RequestRejected
 from bridge.common.request import Origin, SeparationRequest
+from bridge.common.stems import confined_folder, disk_error, output_folder
 from bridge.engine.budget import BudgetWait, DailyBudget
 from bridge.engine.dedupe import dedupe_key, reuse_result, written_before
 from bridge.engine.events import JobEvents
 from bridge.engine.hooks import EngineHooks, ShuttingDown
-from bridge.engine.journal import JobRow, Journal
+from bridge.engine.journal import JobRow, Journal, JournalDamaged, StateDiskFull
 from bridge.engine.outcomes import JobOutcomes
 from bridge.engine.pipeline import Pipeline, file_fingerprint
 from bridge.engine.queue import FairQueue, QueuedJob
@@ -79,7 +80,13 @@ class JobEngine(JobSink):
 
     # -- JobSink ----------------------------------------------------------------------------------
 
+    def health(self) -> str:
+        """One word: `ok`, `journal-damaged` (no new work; the daemon stops) or `state-disk-full`."""
+        damage = self.journal.damage
+        return {"damaged": "journal-damaged", "full": "state-disk-full"}.get(damage or "", "ok")
+
     def submit(self, request: SeparationRequest) -> str:
+        self.journal.check_file()  # a journal damaged under us: no new work, and the way in says why
         if self._stopping.is_set():
             raise RequestRejected("sam-bridge is shutting down; send the request again after it restarts.")
         if request.idempotency_key:
@@ -90,7 +97,14 @@ class JobEngine(JobSink):
                 if (row.view.state in ACTIVE or row.view.state == JobState.done
                         or request.origin is Origin.request_file):
                     return row.view.job_id
+        if request.confined_to is not None:  # an untrusted way in: refused before anything is read
+            request.confined_to.source_file(request.source)
+            if request.project_dir is not None:  # its presets are read next
+                request.confined_to.output_folder(request.project_dir)
         recipe = recipe_for(request, self._libraries.for_project(request.project_dir))  # PresetError now
+        if request.confined_to is not None:
+            confined_folder(output_folder(request.source, request.project_dir, request.output_dir,
+                                          recipe.output.folder), request.confined_to, create=False)
         if not request.source.is_file():
             raise SourceError(f"{request.source} does not exist or is not a file.",
                               hint="Check the path: the file may have been moved or renamed, or not saved yet.")
@@ -159,20 +173,27 @@ class JobEngine(JobSink):
     def _watch_journal(self) -> None:
         """Pick up jobs queued or cancelled by other processes (`sam-bridge retry/cancel`)."""
         while not self._stopping.wait(self.settings.rescan_interval):
-            for row in self.journal.unfinished():
-                job_id = row.view.job_id
-                with self._queue.lock:  # one decision per row: no worker takes the job halfway
-                    if row.cancel_requested and job_id not in self._cancelled:
-                        self._cancelled.add(job_id)
-                        if self._queue.withdraw(job_id):
-                            self._outcomes.cancelled(row)
-                        else:
-                            self._outcomes.cancel_at_service(job_id)
-                    elif row.view.state in (JobState.queued, JobState.waiting) and not self._queue.holds(job_id):
-                        self._cancelled.discard(job_id)  # `sam-bridge retry` of a cancelled job
-                        self._queue.put(job_id, QueuedJob.of(row))
-                    elif row.view.state == JobState.waiting and row.not_before <= time.time():
-                        self._queue.wake()
+            try:
+                self.journal.check_file()
+                self._look_at_journal()
+            except JournalDamaged:  # the daemon says so once and stops
+                return
+
+    def _look_at_journal(self) -> None:
+        for row in self.journal.unfinished():
+            job_id = row.view.job_id
+            with self._queue.lock:  # one decision per row: no worker takes the job halfway
+                if row.cancel_requested and job_id not in self._cancelled:
+                    self._cancelled.add(job_id)
+                    if self._queue.withdraw(job_id):
+                        self._outcomes.cancelled(row)
+                    else:
+                        self._outcomes.cancel_at_service(job_id)
+                elif row.view.state in (JobState.queued, JobState.waiting) and not self._queue.holds(job_id):
+                    self._cancelled.discard(job_id)  # `sam-bridge retry` of a cancelled job
+                    self._queue.put(job_id, QueuedJob.of(row))
+                elif row.view.state == JobState.waiting and row.not_before <= time.time():
+                    self._queue.wake()
 
     def _work(self) -> None:
         while True:
@@ -183,6 +204,11 @@ class JobEngine(JobSink):
                 self._run(job_id)
             except ShuttingDown:
                 log.info("job %s paused for shutdown; it resumes on the next start", job_id)
+            except JournalDamaged:  # the daemon says so once and stops; the job resumes after a restart
+                self._stopping.set()
+                self._queue.wake_all()
+            except StateDiskFull as exc:  # the job stays as the journal has it: it resumes on the next start
+                log.error("job %s: %s %s", job_id, exc.message, exc.hint)
             finally:
                 self._queue.release(job_id)
 
@@ -220,7 +246,7 @@ class JobEngine(JobSink):
                 return
             result = self.pipeline.run(row.request, recipe, hooks, workdir, resume=accepted, temp_tag=job_id,
                                        source_hash=audio_hash, source_fingerprint=fingerprint)
-        except ShuttingDown:
+        except (ShuttingDown, JournalDamaged):
             raise
         except Cancelled:
             self._outcomes.cancelled(row)
@@ -244,6 +270,14 @@ class JobEngine(JobSink):
                 self.journal.clear_steps(job_id, exc.step or 0, len(recipe.steps) if recipe else 1)
             self._outcomes.failed(row, exc, paid=made_requests)
             clean_workdir(workdir)
+        except OSError as exc:
+            full = self._disk_full(exc, row.request, workdir)
+            if full is None:
+                log.exception("job %s failed unexpectedly", job_id)
+                full = BridgeError(f"Internal error: {type(exc).__name__}: {exc}",
+                                   hint="Please report this with the daemon log.")
+            self._outcomes.failed(row, full)  # results kept: a retry fetches them again, at no cost
+            clean_workdir(workdir)
         except Exception as exc:  # a bug of ours: the job fails, the daemon keeps going
             log.exception("job %s failed unexpectedly", job_id)
             self._outcomes.failed(row, BridgeError(f"Internal error: {type(exc).__name__}: {exc}",
@@ -251,6 +285,15 @@ class JobEngine(JobSink):
         else:
             self._outcomes.done(row, result)
             clean_workdir(workdir)
+
+    def _disk_full(self, exc: OSError, request: SeparationRequest, workdir: Path) -> BridgeError | None:
+        """A full disk (or quota, or read-only disk) anywhere: said in words, naming which folder's disk."""
+        where = Path(exc.filename).parent if isinstance(exc.filename, str) else None
+        if where is not None and where.is_relative_to(self.settings.workroot.parent):
+            return disk_error(exc, self.settings.workroot.parent, "the sam-bridge state folder (work files)")
+        if where is None and workdir.exists():  # no file named: the work files are the likeliest
+            return disk_error(exc, self.settings.workroot, "the sam-bridge state folder (work files)")
+        return disk_error(exc, where or request.source.parent, "the output folder")
 
     def _wait(self, row: JobRow, message: str, until: float | None, count_attempt: bool = True) -> None:
         until = self._outcomes.waiting(row, message, until, count_attempt)
@@ -277,6 +320,8 @@ class JobEngine(JobSink):
         """The source's sha256 (read once: the dedupe key and the manifest share it), remembered with the
         job, and the file's fingerprint from before that read (the pipeline checks the file still has it);
         SourceChanged when requests were already made from other audio."""
+        if row.request.confined_to is not None:  # an untrusted way in: checked again now, at use
+            row.request.confined_to.source_file(row.request.source)
         probe_source(row.request.source)  # missing, unreadable or not audio: said in words, before reading it
         try:
             fingerprint = file_fingerprint(row.request.source)

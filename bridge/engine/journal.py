@@ -7,7 +7,9 @@ never submitted again; a step marked `submitting` without one is "may have lande
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -18,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.common.errors import BridgeError
+from bridge.common.errors import BridgeError, OutputError
 from bridge.common.jobs import JobState, JobView
+from bridge.common.redact import redact
 from bridge.common.request import SeparationRequest
+from bridge.common.stems import disk_full_message
+from bridge.engine.journal_guard import GuardedConnection
 from bridge.fal.client import RequestHandle
 
 SCHEMA = """
@@ -65,39 +70,87 @@ class JobRow:
 class JournalDamaged(BridgeError):
     """The journal file is not a (readable) sqlite database."""
 
+    exit_code = 4
+    kind = "journal_damaged"
+
+
+class StateDiskFull(OutputError):
+    """The disk holding the state folder (journal, work files) is full."""
+
+    kind = "disk_full"
+
 
 class Journal:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
+        _create_private(path)  # job messages and requests are the user's business only: 0600
         self.path = path
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
+        raw = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        raw.row_factory = sqlite3.Row
         try:
-            self._open()
+            self._open(raw)  # a file damaged before we start gets the message below
         except sqlite3.OperationalError:  # locked by another process, disk full, …: not a damaged file
-            self._db.close()
+            raw.close()
             raise
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            raw.close()
             raise JournalDamaged(
                 f"The job journal {path} is damaged or not a sam-bridge journal ({exc}).",
                 hint=f"Move it aside (with any {path.name}-wal and {path.name}-shm beside it), e.g. rename it to "
                 f"{path.name}.broken: sam-bridge then starts a new, empty journal. The jobs it held are no "
                 "longer tracked; check your fal dashboard for requests that were still running.") from None
+        self._db = GuardedConnection(raw, self._damage_error)
+        # One descriptor, opened once and closed after sqlite's: closing any other descriptor of this file
+        # would drop sqlite's POSIX locks for the whole process (and let another process delete the WAL).
+        self._watch_fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._inode = _inode(path)
 
-    def _open(self) -> None:
+    def check_file(self) -> None:
+        """Is the file on disk still our database? sqlite keeps working on its open file (and its WAL)
+        for a while after the file was truncated or replaced, then fails at random: look at the file
+        itself (its header, and that it is the same file), cheaply, before taking work."""
+        if self._db.damage == "damaged":
+            raise self.damaged_error()
+        try:
+            same = _inode(self.path) == self._inode
+            header = os.pread(self._watch_fd, len(_SQLITE_HEADER), 0) if hasattr(os, "pread") else _SQLITE_HEADER
+        except OSError:
+            same, header = False, b""
+        if header != _SQLITE_HEADER or not same:
+            self._db.damage = "damaged"
+            raise self.damaged_error()
+
+    @property
+    def damage(self) -> str | None:
+        """None while healthy; 'damaged' (the file broke while we ran) or 'full' (its disk is full)."""
+        return self._db.damage
+
+    def damaged_error(self) -> JournalDamaged:
+        return JournalDamaged(
+            f"The job journal {self.path} was damaged while sam-bridge ran: it takes no new work and stops.",
+            hint="Start sam-bridge again (a service manager does so by itself): it then says how to move the "
+            "damaged journal aside.")
+
+    def _damage_error(self, kind: str, exc: sqlite3.Error) -> BridgeError:
+        if kind == "full":
+            return StateDiskFull(f"{disk_full_message(self.path.parent, 'the job journal')} ({exc}).",
+                                 hint="Free some space there; the job goes on when you retry it.")
+        return self.damaged_error()
+
+    @staticmethod
+    def _open(db: sqlite3.Connection) -> None:
         """WAL mode, the schema, and the columns added since the first release."""
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a committed request id survives power loss
-        self._db.executescript(SCHEMA)
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # a committed request id survives power loss
+        db.executescript(SCHEMA)
+        columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
         for column, declaration in _ADDED_COLUMNS.items():  # a journal from before them (jobs keep running)
             if column not in columns:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
+                db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[GuardedConnection]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -110,6 +163,8 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            with contextlib.suppress(OSError):
+                os.close(self._watch_fd)
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -130,7 +185,8 @@ class Journal:
     def set_state(self, job_id: str, state: JobState, progress: float | None = None, message: str = "",
                   **fields: Any) -> None:
         now = time.time()
-        columns = {"state": state.value, "updated": now, "message": message, **fields}
+        message = redact(message)  # last guard: an error text quoting the key never reaches the file
+        columns = {"state": state.value, "updated": now, "message": message, **_redacted(fields)}
         if progress is not None:
             columns["progress"] = progress
         assignments = ", ".join(f"{name}=?" for name in columns)
@@ -143,9 +199,10 @@ class Journal:
     def update_progress(self, job_id: str, progress: float, message: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE jobs SET progress=?, message=?, updated=? WHERE id=?",
-                       (progress, message, time.time(), job_id))
+                       (progress, redact(message), time.time(), job_id))
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
+        fields = _redacted(fields)
         assignments = ", ".join(f"{name}=?" for name in fields)
         with self._tx() as db:
             db.execute(f"UPDATE jobs SET {assignments} WHERE id=?", (*fields.values(), job_id))
@@ -244,6 +301,41 @@ class Journal:
                 "SELECT COALESCE(SUM(CASE WHEN id=? THEN 0 ELSE cost END + forgotten_cost), 0) AS total "
                 "FROM jobs WHERE created>=?", (exclude, since)).fetchone()
         return float(row["total"])
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _inode(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_dev, info.st_ino
+
+
+def _redacted(fields: dict[str, Any]) -> dict[str, Any]:
+    return {name: redact(value) if isinstance(value, str) else value for name, value in fields.items()}
+
+
+def private_folder(folder: Path) -> None:
+    """The state folder: created 0700, and tightened if it is open to others (its files name the user's
+    audio and hold job errors)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.name == "posix":
+        with contextlib.suppress(OSError):  # not ours to change (a shared mount): the files are still 0600
+            if folder.stat().st_mode & 0o077:
+                os.chmod(folder, 0o700)
+
+
+def _create_private(path: Path) -> None:
+    """Create the journal 0600 before sqlite opens it (sqlite would use the umask); tighten an old one,
+    and its -wal/-shm files, which sqlite creates with the main file's mode."""
+    if os.name != "posix":
+        return
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):
+            if each.stat().st_mode & 0o077:
+                os.chmod(each, 0o600)
 
 
 def _row(row: sqlite3.Row) -> JobRow:

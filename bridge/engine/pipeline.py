@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.audio.conform import ConformReport, ConformSpec, conform
@@ -36,14 +37,16 @@ from bridge.common.request import SeparationRequest
 from bridge.common.stems import (
     EXTENSIONS,
     TEMP_PREFIX,
+    check_room,
+    confined_folder,
     ensure_writable,
     job_names,
     output_folder,
-    place_all,
+    place_unit,
     remove_quietly,
     remove_stale_temps,
+    stems_bytes,
     temp_path_for,
-    write_json_atomic,
 )
 from bridge.engine.manifest import StepRecord, build_manifest
 from bridge.engine.pipeline_hooks import STAGE_END, Hooks, JobResult
@@ -139,7 +142,8 @@ class _Run:
         self.workdir.mkdir(parents=True, exist_ok=True)
         clear_intermediates(self.workdir, keep=self.request.source)
         self.report(JobState.preparing, 0.0, "Reading the source")
-        source = probe_source(self.request.source)
+        policy = self.request.confined_to  # an untrusted way in: checked now, at use, not only on arrival
+        source = probe_source(policy.source_file(self.request.source) if policy else self.request.source)
         if self.hashed_fingerprint is not None:
             check_source_unchanged(source.path, self.hashed_fingerprint)  # still the audio that was hashed
         self.source_fingerprint = file_fingerprint(source.path)
@@ -149,9 +153,11 @@ class _Run:
             self.job_flags.add("cut-at-end")  # the part asked for runs past the end of the file
             log.warning("the part asked for runs past the end of %s: the stems are %.3f s, not %.3f s",
                         source.path.name, frames / source.samplerate, self.request.length)
-        folder = output_folder(source.path, self.request.project_dir, self.request.output_dir,
-                               self.recipe.output.folder)
+        folder = confined_folder(output_folder(source.path, self.request.project_dir, self.request.output_dir,
+                                               self.recipe.output.folder), policy, create=True)
         ensure_writable(folder)
+        check_room(folder, stems_bytes(frames, source.channels, self.recipe.output.subtype or source.subtype,
+                                       len(self.recipe.steps) + 1))
         if self.temp_tag:
             remove_stale_temps(folder, self.temp_tag)
         remove_left_behind(folder, TEMP_PREFIX)  # hidden stems of a killed `sam-bridge separate`
@@ -357,20 +363,22 @@ class _Run:
         assert report is not None
         extension = EXTENSIONS.get(report.out_format.upper(), ".wav")
         check_source_unchanged(source.path, self.source_fingerprint)
-        finals, manifest_path = place_all(stems, lambda: job_names(
-            folder, source.path.name, self.recipe.label, list(stems), extension,
-            stem_set=self.recipe.is_stem_set))
-        self.timed("write", t)
-        self.timings["total"] = round(time.monotonic() - began, 3)
         flags = sorted({flag for step in self.steps if step.report for flag in step.report.flags} | self.job_flags)
         cost = round(sum(step.estimated_cost for step in self.steps), 4)
-        manifest = build_manifest(
-            request=self.request, recipe=self.recipe, source=source,
-            source_hash=self.source_hash or source_sha256(source.path),
-            start_frame=start_frame, frames=frames, stems=finals, steps=self.steps, flags=flags,
-            timings=self.timings, estimated_cost=cost,
-        )
-        write_json_atomic(manifest_path, manifest, overwrite=False)
+        source_hash = self.source_hash or source_sha256(source.path)
+
+        def manifest_for(finals: dict[str, Path]) -> dict[str, Any]:
+            self.timed("write", t)
+            self.timings["total"] = round(time.monotonic() - began, 3)
+            return build_manifest(
+                request=self.request, recipe=self.recipe, source=source, source_hash=source_hash,
+                start_frame=start_frame, frames=frames, stems=finals, steps=self.steps, flags=flags,
+                timings=self.timings, estimated_cost=cost)
+
+        # stems and manifest as one unit: a full disk at any point leaves none of them behind
+        finals, manifest_path = place_unit(stems, lambda: job_names(
+            folder, source.path.name, self.recipe.label, list(stems), extension,
+            stem_set=self.recipe.is_stem_set), manifest_for)
         return JobResult(stems=finals, manifest=manifest_path, flags=flags, steps=self.steps,
                          estimated_cost=cost, timings=self.timings)
 

@@ -17,6 +17,7 @@ from bridge.common.claims import Claim, ClaimStore
 from bridge.common.errors import BridgeError, InputError
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.jobs import JobEvent, JobSink, JobState, RequestRejected
+from bridge.common.path_policy import PathPolicy
 from bridge.common.request import Origin
 from bridge.hotfolder.names import (
     ManifestIndex,
@@ -61,8 +62,9 @@ class _Taken:
 class HotFolderJobs:
     """The files taken from the hot folders and their jobs. Used from the watcher's worker thread only."""
 
-    def __init__(self, sink: JobSink, claims: ClaimStore, routes: FolderRoutes) -> None:
+    def __init__(self, sink: JobSink, claims: ClaimStore, routes: FolderRoutes, policy: PathPolicy) -> None:
         self._sink = sink
+        self._policy = policy  # a hot folder is a way in others may write to: every request is confined
         self._claims = claims
         self._routes = routes
         self._records: dict[Path, _Record] = {}
@@ -112,6 +114,7 @@ class HotFolderJobs:
                 folder_preset=lambda: route.folder.preset or self._routes.preset_for(route),
                 output_dir=route.folder.output_dir,
                 known_presets=self._routes.known_presets,
+                policy=self._policy,
             )
             if request.output_dir not in (None, path.parent, route.root):
                 self._routes.output_dirs.add(request.output_dir)  # never take our own output

@@ -23,6 +23,8 @@ import yaml
 
 from bridge.common.errors import InputError
 from bridge.common.file_gate import FileSnapshot
+from bridge.common.path_policy import PathPolicy
+from bridge.common.redact import safe_text
 from bridge.common.request import Origin, SeparationRequest
 from bridge.common.stems import write_atomically
 
@@ -201,10 +203,14 @@ def hot_request(
     folder_preset: Callable[[], str | None],
     output_dir: Path | None,
     known_presets: Sequence[str],
+    policy: PathPolicy | None = None,
 ) -> SeparationRequest:
     """The request for one complete file: its folder's preset unless a sidecar says otherwise.
 
-    Raises InputError (SidecarError) with a message for the error file."""
+    Raises InputError (SidecarError) with a message for the error file; PathNotAllowed for a symlink to a
+    file outside the allowed folders (checked before the file is opened at all)."""
+    if policy is not None:
+        policy.source_file(source)
     check_audio(source)
     sidecar = find_sidecar(source)
     fields = dict(read_sidecar(sidecar).fields) if sidecar else {}
@@ -224,6 +230,7 @@ def hot_request(
             preset=preset,
             output_dir=(output_dir or source.parent / folder_name).expanduser().resolve(),
             origin=Origin.hot_folder,
+            confined_to=policy,
             idempotency_key=f"hot:{source}:{snapshot.size}:{snapshot.mtime_ns}",
             **fields,
         )
@@ -239,10 +246,11 @@ def hot_request(
 def error_text(source: Path, what_happened: str, job_id: str | None = None) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     job = f" (job {job_id})" if job_id else ""
+    name = safe_text(source.name)  # a file name is outside text: no control character, no forged line
     return (
-        f'sam-bridge could not separate "{source.name}"{job}, {stamp}.\n\n'
-        f"What happened:\n{what_happened.strip()}\n\n"
-        f"To try again: fix the cause, then delete this file, or save/export \"{source.name}\" again.\n"
+        f'sam-bridge could not separate "{name}"{job}, {stamp}.\n\n'
+        f"What happened:\n{safe_text(what_happened.strip(), keep_newlines=True)}\n\n"
+        f"To try again: fix the cause, then delete this file, or save/export \"{name}\" again.\n"
         "sam-bridge picks the file up again within a few seconds.\n"
     )
 

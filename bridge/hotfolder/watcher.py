@@ -38,6 +38,7 @@ from bridge.common.file_gate import (
     ends_early,
 )
 from bridge.common.jobs import JobEvent, JobSink
+from bridge.common.path_policy import PathPolicy
 from bridge.hotfolder.jobs import RETRY_AFTER_ENGINE_ERROR, HotFolderJobs
 from bridge.hotfolder.names import source_for_error_file
 from bridge.hotfolder.network_drives import network_filesystem_type
@@ -110,11 +111,18 @@ class HotFolderWatcher:
         claim_ttl: float = 120.0,
         preset_names: Callable[[], list[str]] | None = None,
         incomplete_report_after: float = 300.0,
+        policy: PathPolicy | None = None,
     ) -> None:
+        """`policy`: the daemon's one door policy; by default the home folder, the hot folders and
+        their configured output folders."""
         self._sink = sink
         self._routes = FolderRoutes(folders)
         self._claims = ClaimStore(instance_id, claim_ttl)
-        self._jobs = HotFolderJobs(sink, self._claims, self._routes)
+        if policy is None:
+            own = [f.path for f in folders]
+            outputs = [f.output_dir for f in folders if f.output_dir is not None]
+            policy = PathPolicy.from_roots((Path.home(), *own), (Path.home(), *own, *outputs))
+        self._jobs = HotFolderJobs(sink, self._claims, self._routes, policy)
         self._rescan_interval = rescan_interval
         self._heartbeat_interval = max(0.05, min(claim_ttl / 4, 30.0))
         self._preset_source = preset_names or sink.preset_names

@@ -23,6 +23,7 @@ DEFAULT_PREFIX = "/sam"
 # python-osc receives into an 8,192-byte buffer and silently drops anything longer, and many OSC
 # stacks do the same: every datagram we send stays within this.
 MAX_REPLY_BYTES = 8192
+STATUS_LIMIT = 10  # /sam/status without a job id answers at most this many jobs (no amplification)
 
 ArgValue = str | int | float
 
@@ -139,7 +140,8 @@ REQUESTS: tuple[Request, ...] = (
         "status",
         required=(),
         optional=((_s("job_id", "a job id; leave out to list the recent jobs"),),),
-        description="One job, or the 50 most recently changed jobs when no id is given.",
+        description=f"One job, or the {STATUS_LIMIT} most recently changed jobs when no id is given "
+        "(/sam/status/end says how many more there are).",
         example="5bbfef41c050",
         replies=("status/job", "status/end", "error"),
     ),
@@ -158,7 +160,7 @@ REQUESTS: tuple[Request, ...] = (
         "ping",
         required=(),
         optional=(),
-        description="Is the bridge there? Answers with its version.",
+        description="Is the bridge there? Answers with its version and a health word.",
         example="",
         replies=("pong",),
     ),
@@ -219,12 +221,16 @@ REPLIES: tuple[Reply, ...] = (
     Reply("cancel/ok", (_JOB_ID,), "Cancellation was requested.", "5bbfef41c050"),
     Reply("status/job", (_JOB_ID, _s("state", "job state"), Arg("progress", "f", "0..1"), _MESSAGE, _TAG),
           "One job.", "5bbfef41c050 running 0.4 \"separating on fal\" take-3"),
-    Reply("status/end", (Arg("count", "i", "how many /sam/status/job were sent"),),
-          "End of a status answer.", "1"),
+    Reply("status/end", (Arg("count", "i", "how many /sam/status/job were sent"),
+                         Arg("more", "i", "how many older jobs were left out (ask for one by its id)")),
+          "End of a status answer.", "10 16"),
     Reply("presets/list", (_s("name", "preset name"),), "Preset names, split over several messages.",
           "piano vocals drums", repeats_last=True),
     Reply("presets/end", (Arg("count", "i", "how many names were sent"),), "End of the preset list.", "12"),
-    Reply("pong", (_s("version", "sam-bridge version"),), "Answer to /sam/ping.", "0.1.0"),
+    Reply("pong", (_s("version", "sam-bridge version"),
+                   _s("health", "ok, or what is wrong: journal-damaged (no new work; the bridge stops), "
+                      "state-disk-full")),
+          "Answer to /sam/ping.", "0.1.0 ok"),
     Reply("reply_to/ok", (Arg("port", "i", "the port answers now go to"),),
           "Sent to the new port: answers arrive there from now on.", "9011"),
     Reply("subscribe/ok", (Arg("port", "i", "the subscribed port"),), "Subscribed.", "9011"),
@@ -238,10 +244,11 @@ NOTES = (
     "both but resumes the jobs: the end (`/sam/done` or `/sam/error`, with its progress and stems) of an "
     "OSC job resumed so is kept (the last 64, for an hour) and sent once to each client that subscribes "
     "later.",
-    "- At most `rate_limit` separations per client per `rate_window` seconds (default 20 a minute); "
-    "more get `/sam/error` and are not queued.",
+    "- At most `rate_limit` separations per client host per `rate_window` seconds (default 20 a minute; "
+    "another port or another loopback address is the same host), and `rate_limit_total` from all clients "
+    "together (default 60); more get `/sam/error` and are not queued.",
     "- When a shared token is configured, it is the first argument of every request (before the "
-    "arguments above); it is never sent back.",
+    "arguments above); it is never sent back. Listening beyond loopback requires it.",
     "- Bundles are taken apart and their messages run at once, in order (timetags are ignored); "
     "a bundle inside a bundle is refused with `/sam/error`.",
     "- Addresses are matched exactly (no OSC wildcards). Where a whole number (`i`) is expected, "

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +36,12 @@ class ClientGuard:
                 "addresses are allowed.",
                 hint="List the addresses of the machines that may send requests (osc allow_clients, "
                 "e.g. 192.168.1.20), or listen on 127.0.0.1 only.",
+            )
+        if not is_loopback_host(host) and not token:  # the config template says it is required there
+            raise ConfigError(
+                f"The OSC server is set to listen on {host}, beyond this computer, but no shared token is set.",
+                hint="Set a token (osc token in the sam-bridge config, e.g. token: a-long-random-word) and send "
+                "it as the first argument of every message, or listen on 127.0.0.1 only.",
             )
         self._networks: list[IpNetwork] = []
         for entry in allow_clients:
@@ -77,8 +83,26 @@ class ClientGuard:
         return args[1:]
 
 
+def host_key(client_host: str) -> str:
+    """The key a client is counted under: its host, not its port; every loopback address is one host
+    (127.0.0.2 is the same machine as 127.0.0.1), an IPv4-mapped IPv6 address is its IPv4 address, and an
+    IPv6 host is its /64 (one machine may pick any address in it)."""
+    try:
+        address = ipaddress.ip_address(client_host.split("%", 1)[0])
+    except ValueError:
+        return client_host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return "loopback"
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 class RateLimiter:
-    """At most `limit` events per key within a sliding `window` of seconds. Thread-safe, bounded memory."""
+    """At most `limit` events per key within a sliding `window` of seconds. Thread-safe; the table holds
+    at most `max_keys` keys (the least recently counted go first), and only looking never adds one."""
 
     def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic,
                  max_keys: int = 1024) -> None:
@@ -89,8 +113,11 @@ class RateLimiter:
         self.window = window
         self._clock = clock
         self._max_keys = max_keys
-        self._events: dict[str, deque[float]] = {}
+        self._events: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._events)
 
     def allows(self, key: str) -> bool:
         """Would one more event for `key` be within the limit? (Does not count it.)"""
@@ -100,9 +127,7 @@ class RateLimiter:
     def record(self, key: str) -> None:
         with self._lock:
             now = self._clock()
-            self._recent(key, now).append(now)
-            if len(self._events) > self._max_keys:
-                self._evict_stalest()
+            self._count(key, self._recent(key, now), now)
 
     def try_acquire(self, key: str) -> bool:
         """Count one event for `key` if it is within the limit."""
@@ -111,9 +136,7 @@ class RateLimiter:
             recent = self._recent(key, now)
             if len(recent) >= self.limit:
                 return False
-            recent.append(now)
-            if len(self._events) > self._max_keys:
-                self._evict_stalest()
+            self._count(key, recent, now)
             return True
 
     def seconds_until_free(self, key: str) -> float:
@@ -125,14 +148,20 @@ class RateLimiter:
             return max(0.0, recent[0] + self.window - now)
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        events = self._events.setdefault(key, deque())
+        """The key's events within the window (a fresh, untracked deque for an unknown key)."""
+        events = self._events.get(key)
+        if events is None:
+            return deque()
         while events and events[0] <= now - self.window:
             events.popleft()
         return events
 
-    def _evict_stalest(self) -> None:
-        stalest = min(self._events, key=lambda k: self._events[k][-1] if self._events[k] else float("-inf"))
-        del self._events[stalest]
+    def _count(self, key: str, recent: deque[float], now: float) -> None:
+        recent.append(now)
+        self._events[key] = recent
+        self._events.move_to_end(key)
+        while len(self._events) > self._max_keys:
+            self._events.popitem(last=False)
 
 
 class ThrottledLog:

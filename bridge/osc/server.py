@@ -29,20 +29,21 @@ from bridge.osc.addresses import (
     DEFAULT_PREFIX,
     REQUESTS,
     REQUESTS_BY_NAME,
+    STATUS_LIMIT,
     ArgumentProblem,
     ArgValue,
     shorten,
     validate_args,
 )
 from bridge.osc.events import MAX_SUBSCRIBERS, Address, EventForwarder
-from bridge.osc.guard import ClientGuard, RateLimiter, ThrottledLog, TokenProblem
+from bridge.osc.guard import ClientGuard, RateLimiter, ThrottledLog, TokenProblem, host_key
 from bridge.osc.wire import Incoming, Undecodable, decode_datagram, encode_reply
 
 logger = logging.getLogger(__name__)
 
 
 _INTERNAL_ERROR = "sam-bridge failed on this request (an internal error; see its log). Please report it."
-_STATUS_LIMIT = 50
+_ALL = "all"  # the one key of the limiter on paid jobs from every OSC client together
 _PRESET_CHUNK_BYTES = 1024  # well under the 8 KB limit and a typical 1,500-byte MTU
 _MAX_REPLY_PORTS = 256  # clients that said where they listen (/sam/reply_to), most recent kept
 
@@ -55,7 +56,8 @@ class OscSettings:
     reply_port: int | None = None  # fixed reply port (Max's udpreceive) instead of the sender's port
     allow_clients: tuple[str, ...] = ()  # required (non-empty) when host is not loopback
     token: str | None = None  # when set, the first argument of every request
-    rate_limit: tuple[int, float] = (20, 60.0)  # max /separate requests per client per window seconds
+    rate_limit: tuple[int, float] = (20, 60.0)  # max /separate requests per client host per window seconds
+    total_rate_limit: tuple[int, float] = (60, 60.0)  # max paid jobs accepted from all OSC clients together
     source_roots: tuple[Path, ...] = ()  # empty: the user's home folder
     output_roots: tuple[Path, ...] = ()  # empty: the user's home folder
 
@@ -73,15 +75,20 @@ class _Call:
 class OscServer:
     """Serves the address space of `bridge.osc.addresses` on UDP; see the module docstring."""
 
-    def __init__(self, sink: JobSink, settings: OscSettings, version: str) -> None:
+    def __init__(self, sink: JobSink, settings: OscSettings, version: str, policy: PathPolicy | None = None,
+                 health: Callable[[], str] | None = None) -> None:
+        """`policy`: the daemon's one door policy (else one from the settings' roots); `health`: the
+        word /sam/pong carries (`ok`, or what is wrong)."""
         _check_prefix(settings.prefix)
         self._sink = sink
         self._settings = settings
         self._version = version
         self._prefix = settings.prefix
         self._guard = ClientGuard(settings.host, settings.allow_clients, settings.token)
-        self._policy = PathPolicy.from_roots(settings.source_roots, settings.output_roots)
-        self._separations = RateLimiter(*settings.rate_limit)
+        self._policy = policy or PathPolicy.from_roots(settings.source_roots, settings.output_roots)
+        self._health = health or (lambda: "ok")
+        self._separations = RateLimiter(*settings.rate_limit)  # per host (any port, any loopback address)
+        self._all_separations = RateLimiter(*settings.total_rate_limit, max_keys=1)
         self._error_replies = RateLimiter(50, 1.0)  # a looping patch must not get a storm back
         self._log = ThrottledLog(logger)
         handlers: dict[str, Callable[[_Call], None]] = {
@@ -205,12 +212,19 @@ class OscServer:
 
     def _separate(self, call: _Call) -> None:
         values, client = call.values, call.sender[0]
+        host = host_key(client)
         tag = str(values.get("tag", ""))
         limit, window = self._settings.rate_limit
-        if not self._separations.allows(client):
-            wait = math.ceil(self._separations.seconds_until_free(client))
+        if not self._separations.allows(host):
+            wait = math.ceil(self._separations.seconds_until_free(host))
             raise InputError(f"Too many separations from {client}: at most {limit} every {window:g} s, so "
                              "this one was not queued.", hint=f"Try again in {wait} s (is a patch looping?).")
+        total, total_window = self._settings.total_rate_limit
+        if not self._all_separations.allows(_ALL):
+            wait = math.ceil(self._all_separations.seconds_until_free(_ALL))
+            raise InputError(f"Too many separations over OSC: at most {total} every {total_window:g} s from all "
+                             "clients together, so this one was not queued.",
+                             hint=f"Try again in {wait} s (osc rate_limit_total in the config sets the cap).")
         source = self._policy.source_file(str(values["source_path"]))
         project: Path | None = None
         if "project_dir" in values:
@@ -222,14 +236,15 @@ class OscServer:
             request = SeparationRequest(
                 source=source, preset=preset, prompt=prompt, project_dir=project, output_dir=None,
                 start=_number(values.get("start")), length=_number(values.get("length")), spans=None,
-                tag=tag, origin=Origin.osc, idempotency_key=None)
+                tag=tag, origin=Origin.osc, idempotency_key=None, confined_to=self._policy)
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]
             raise InputError(f"The request is not usable: {first['msg']}.",
                              hint="Check the arguments against the OSC table in the README.") from exc
         with self._forwarder.lock:
             job_id = self._sink.submit(request)
-            self._separations.record(client)
+            self._separations.record(host)
+            self._all_separations.record(_ALL)
             self._forwarder.add_owner(job_id, call.reply_to)
             self._reply(call.reply_to, "accepted", [tag, job_id])
         logger.info("OSC: queued job %s for %s (%s)", job_id, client, preset or "prompt")
@@ -254,13 +269,14 @@ class OscServer:
             if view is None:
                 raise InputError(f"There is no job {shorten(call.values['job_id'])}.",
                                  hint="Send /sam/status without arguments to list the jobs.")
-            views = [view]
-        else:
-            views = sorted(self._sink.jobs(), key=lambda v: v.updated_at, reverse=True)[:_STATUS_LIMIT]
+            views, left_out = [view], 0
+        else:  # capped: one datagram in must not become dozens out
+            every = sorted(self._sink.jobs(), key=lambda v: v.updated_at, reverse=True)
+            views, left_out = every[:STATUS_LIMIT], max(0, len(every) - STATUS_LIMIT)
         for view in views:
             self._reply(call.reply_to, "status/job",
                         [view.job_id, view.state.value, view.progress, view.message, view.tag])
-        self._reply(call.reply_to, "status/end", [len(views)])
+        self._reply(call.reply_to, "status/end", [len(views), left_out])
 
     def _presets(self, call: _Call) -> None:
         project: Path | None = None
@@ -283,7 +299,7 @@ class OscServer:
         self._reply(call.reply_to, "presets/end", [len(names)])
 
     def _ping(self, call: _Call) -> None:
-        self._reply(call.reply_to, "pong", [self._version])
+        self._reply(call.reply_to, "pong", [self._version, self._health()])
 
     def _reply_to(self, call: _Call) -> None:
         port = int(call.values["port"])

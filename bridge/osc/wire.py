@@ -17,6 +17,7 @@ from typing import Any
 from pythonosc.osc_message import OscMessage
 
 from bridge.common.jobs import JobEvent, JobState
+from bridge.common.redact import redact
 from bridge.osc.addresses import MAX_REPLY_BYTES, REPLIES_BY_NAME, ArgValue
 
 _BUNDLE_HEAD = b"#bundle\x00"
@@ -132,7 +133,8 @@ def encode_reply(prefix: str, name: str, args: Sequence[ArgValue]) -> bytes:
         types = types[:-1] + types[-1] * (len(args) - len(types) + 1)
     if len(types) != len(args):
         raise ValueError(f"{name} takes {spec.signature}, got {len(args)} arguments")
-    values = list(args)
+    # last guard: no reply (an error text, a job message) carries the key
+    values = [redact(v) if isinstance(v, str) else v for v in args]
     data = encode_message(f"{prefix}/{name}", types, values)
     while len(data) > MAX_REPLY_BYTES:  # only with absurdly long paths or messages: cut the longest text
         longest = max((i for i, t in enumerate(types) if t == "s"), key=lambda i: len(str(values[i])))

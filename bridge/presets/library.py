@@ -144,6 +144,7 @@ class PresetLibrary:
         self._files: dict[Path, _FileState] = {}
         self._entries: dict[str, _Entry] = {}
         self._errors: list[PresetError] = []
+        self._vanished: set[Path] = set()  # folders whose files all went at once: their presets are kept
         self.refresh()
 
     @classmethod
@@ -156,6 +157,12 @@ class PresetLibrary:
         """Re-read files added or changed (mtime/size/inode) since last time; True if anything changed."""
         with self._lock:
             listing = self._listing()
+            kept = self._kept_when_all_vanished(listing)
+            if kept:  # in their folder's place on the search path: later folders still override them
+                order = {folder: n for n, (_, folder) in enumerate(self.search_path)}
+                listing = sorted(listing + kept, key=lambda entry: order.get(
+                    entry[1], order.get(entry[1].parent, len(order))))
+            kept_paths = {path for _, path in kept}
             present = {path for _, path in listing}
             removed = set(self._files) - present
             for path in removed:
@@ -163,6 +170,8 @@ class PresetLibrary:
                 del self._files[path]
             changed = bool(removed)
             for _, path in listing:
+                if path in kept_paths:
+                    continue  # as last read: there is nothing to read now
                 stamp = _stamp(path)  # taken before reading: a save during the read is seen next time
                 known = self._files.get(path)
                 if known is not None and known.stamp == stamp and stamp is not None:
@@ -180,6 +189,28 @@ class PresetLibrary:
             if changed:
                 self._rebuild(listing)
             return changed
+
+    def _kept_when_all_vanished(self, listing: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+        """The files of a folder whose presets all vanished at once (a package reinstalled under a running
+        daemon, an unmounted drive): kept as they were last read, said once, until files are back there.
+        One file deleted is a change; every file of a folder gone at the same moment is an accident."""
+        kept: list[tuple[str, Path]] = []
+        listed = {path for _, path in listing}
+        for origin, folder in self.search_path:
+            if folder.is_file() or any(path.parent == folder for path in listed):
+                if folder in self._vanished:
+                    self._vanished.discard(folder)
+                    log.info("preset files are back in %s: reading them again", folder)
+                continue
+            known = [path for path in self._files if path.parent == folder]
+            if len(known) < 2:
+                continue
+            if folder not in self._vanished:
+                self._vanished.add(folder)
+                log.warning("all %d preset files in %s vanished at once (a reinstall, or an unplugged drive?): "
+                            "keeping the presets read from them until they are back", len(known), folder)
+            kept += [(origin, path) for path in known]
+        return kept
 
     def get(self, name: str) -> Preset:
         entry = self._entries.get(name_key(name))

@@ -12,7 +12,6 @@ This module knows folders and JSON, not HTTP or audio.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -21,9 +20,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import pydantic
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
@@ -32,15 +30,15 @@ from bridge.common.claims import ClaimStore
 from bridge.common.errors import BridgeError
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.jobs import JobEvent, JobSink, JobState, RequestRejected
-from bridge.common.request import INTERNAL_REQUEST_FIELDS, Origin, SeparationRequest
+from bridge.common.path_policy import PathPolicy, open_requests_folder
+from bridge.common.redact import redact_any
 from bridge.common.stems import write_json_atomic
 from bridge.request_files.archive import ARCHIVE_AFTER, archive_answered, archive_orphan_status
+from bridge.request_files.parse import parse_request_file, read_json
 
 log = logging.getLogger(__name__)
 
 STATUS_SUFFIX = ".status.json"
-# request fields that name files or folders: `~` and relative paths are resolved beside the request file
-PATH_FIELDS = ("source", "project_dir", "output_dir")
 STATUS_SCHEMA = 1
 STATUS_FIELDS: dict[str, str] = {
     "schema": "status schema version (1)",
@@ -92,8 +90,12 @@ class RequestFolder:
     daemon knows the requests it took as its own."""
 
     def __init__(self, sink: JobSink, folder: Path, rescan_interval: float = 5.0,
-                 archive_after: float = ARCHIVE_AFTER, instance_id: str | None = None) -> None:
+                 archive_after: float = ARCHIVE_AFTER, instance_id: str | None = None,
+                 policy: PathPolicy | None = None) -> None:
+        """`policy`: the daemon's one door policy, applied when others can write into the folder."""
         self.sink, self.folder, self.rescan_interval = sink, folder, rescan_interval
+        self._policy = policy or PathPolicy.from_roots()
+        self._confined_to: PathPolicy | None = None  # decided at start, by who can write the folder
         self.archive_after = archive_after
         self._claims = ClaimStore(instance_id or f"{socket.gethostname()}:{os.getpid()}")
         self._pruned_at = 0.0
@@ -112,7 +114,12 @@ class RequestFolder:
         self._lock = threading.RLock()  # held while a status file is written: one job's events in order
 
     def start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        problem = open_requests_folder(self.folder)
+        if problem is not None:  # a shared (NAS) folder: its requests may come from anyone
+            self._confined_to = self._policy
+            log.warning("requests folder %s: %s, so its requests may read and write only inside the allowed "
+                        "folders, as OSC requests (make it private, chmod 700, to use paths anywhere)",
+                        self.folder, problem)
         self._unsubscribe = self.sink.subscribe(self._on_event)
         self._observer = Observer()
         self._observer.schedule(_Handler(self._queue), str(self.folder), recursive=False)
@@ -159,6 +166,8 @@ class RequestFolder:
                     self._cancel(path)
                 elif is_request_name(path.name):
                     self._take(path)
+            except BridgeError as exc:  # the journal broke under us: the daemon says so once and stops
+                log.debug("request file %s could not be handled: %s", path, exc.message)
             except Exception:
                 log.exception("request file %s could not be handled", path)
 
@@ -204,14 +213,14 @@ class RequestFolder:
     def _ours_from_before(self, path: Path, mtime_ns: int) -> bool:
         """Whether this version of the request has a job in our own journal (taken before a restart):
         ours to follow and to cancel, whatever the claim markers say."""
-        status = _read_json(status_path(path)) or {}
+        status = read_json(status_path(path)) or {}
         job_id = status.get("job_id")
         return (isinstance(job_id, str) and status.get("request_mtime_ns") == mtime_ns
                 and self.sink.get(job_id) is not None)
 
     def _answer(self, path: Path, mtime_ns: int) -> None:
         """Submit this version of the request (the engine hands back the job it already has for it)."""
-        earlier = _read_json(status_path(path)) or {}
+        earlier = read_json(status_path(path)) or {}
         has_job = isinstance(earlier.get("job_id"), str) and earlier.get("request_mtime_ns") == mtime_ns
         cancel_asked = self._cancel_asked(path, mtime_ns)
         if cancel_asked and not has_job:  # cancelled before it was taken: nothing is sent
@@ -219,7 +228,7 @@ class RequestFolder:
                                "Cancelled before it was sent", error="Cancelled")
             return
         try:
-            request = parse_request_file(path, mtime_ns)
+            request = parse_request_file(path, mtime_ns, self._confined_to)
         except BridgeError as exc:
             self._write_status(path, mtime_ns, None, "", JobState.failed, 0.0, exc.message, error=str(exc))
             return
@@ -238,7 +247,7 @@ class RequestFolder:
         """The request file was saved again: the job of its earlier version is cancelled (at the service
         too), and its events no longer reach the status file."""
         if job_id is None:  # not followed since a restart: the status file names it
-            status = _read_json(status_path(path)) or {}
+            status = read_json(status_path(path)) or {}
             if status.get("request_mtime_ns") == mtime_ns or not isinstance(status.get("job_id"), str):
                 return
             job_id = str(status["job_id"])
@@ -282,14 +291,14 @@ class RequestFolder:
         status file once (after a restart): every status write asks, so that read is not repeated."""
         marker = cancel_marker(path)
         if marker not in self._markers_used:
-            acted_on = (_read_json(status_path(path)) or {}).get(ACTED_ON_MARKER)
+            acted_on = (read_json(status_path(path)) or {}).get(ACTED_ON_MARKER)
             self._markers_used[marker] = acted_on if isinstance(acted_on, int) else None
         return self._markers_used[marker]
 
     def _answered_at(self, path: Path, mtime_ns: int) -> tuple[int, float] | None:
         """(mtime_ns, when it ended) when this version of the request has its final status already."""
         status_file = status_path(path)
-        status = _read_json(status_file)
+        status = read_json(status_file)
         if not status or status.get("request_mtime_ns") != mtime_ns or status.get("state") not in (
                 "done", "failed", "cancelled"):
             return None
@@ -330,70 +339,20 @@ class RequestFolder:
                       progress: float, message: str, *, stems: dict[str, str] | None = None,
                       manifest: str | None = None, error: str | None = None, flags: tuple[str, ...] = ()) -> None:
         """`mtime_ns`: the version of the request this answers (the file may have been saved again since)."""
-        write_json_atomic(status_path(path), {
+        write_json_atomic(status_path(path), redact_any({  # last guard: the key is in no status file
             "schema": STATUS_SCHEMA, "request": path.name, "job_id": job_id, "tag": tag, "state": state.value,
             "progress": round(progress, 4), "message": message,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "stems": stems or {}, "manifest": manifest, "error": error, "flags": list(flags),
             "request_mtime_ns": mtime_ns, ACTED_ON_MARKER: self._marker_acted_on(path),
-        })
-
-
-def parse_request_file(path: Path, mtime_ns: int) -> SeparationRequest:
-    """A request file → SeparationRequest; BridgeError with the field and what is allowed."""
-    from bridge.common.errors import InputError
-
-    data = _read_json(path)
-    if data is None:
-        raise InputError(f"{path.name} is not valid JSON.", hint="Write the file whole, then rename it into place.")
-    if not isinstance(data, dict):
-        raise InputError(f"{path.name} must hold a JSON object with at least source and preset or prompt.")
-    for field in PATH_FIELDS:
-        value = data.get(field)
-        if isinstance(value, str) and value:
-            data[field] = str(_resolve_beside(path, value))
-    data.pop("origin", None)
-    data.pop("idempotency_key", None)
-    try:
-        return SeparationRequest(**data, origin=Origin.request_file,
-                                 idempotency_key=f"request-file:{path.resolve()}:{mtime_ns}")
-    except pydantic.ValidationError as exc:
-        raise InputError(f"{path.name}: " + "; ".join(_problem(error) for error in exc.errors())) from None
-
-
-def _problem(error: Any) -> str:
-    """One validation error as `field: what is wrong`, in the request file's words."""
-    field = ".".join(str(p) for p in error["loc"]) or "request"
-    if error["type"] == "extra_forbidden":
-        allowed = [name for name in SeparationRequest.model_fields if name not in INTERNAL_REQUEST_FIELDS]
-        return f"{field}: unknown field; allowed: {', '.join(allowed)}"
-    if error["type"] == "missing":
-        return f"{field}: required"
-    return f"{field}: {str(error['msg']).removeprefix('Value error, ')}"
-
-
-def _resolve_beside(request_file: Path, value: str) -> Path:
-    """`~` is the user's home; a relative path is relative to the request file's folder, not to wherever
-    the daemon happened to start (a DAW script knows its request's folder, never the daemon's)."""
-    expanded = Path(value).expanduser()
-    if expanded.is_absolute():
-        return expanded
-    # normpath: `../Stems` reads as the user wrote it, in status files and manifests alike
-    return Path(os.path.normpath(request_file.absolute().parent / expanded))
+        }))
 
 
 def _raw_tag(path: Path) -> str:
     """The request's tag, read without judging the rest of it."""
-    data = _read_json(path)
+    data = read_json(path)
     tag = data.get("tag") if isinstance(data, dict) else None
     return tag if isinstance(tag, str) else ""
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 class _Handler(FileSystemEventHandler):

@@ -43,7 +43,7 @@ def built(address: str, *args: object) -> bytes:
 
 
 def assert_still_serving(client: OscClient) -> None:
-    assert client.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION]
+    assert client.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION, "ok"]
 
 
 SRC = "/music/a.wav"  # never reached: these requests fail before any path is looked at
@@ -210,7 +210,7 @@ def test_a_sender_outside_the_allowlist_gets_no_answer_and_a_log_line(
         stranger.send("/sam/ping")
         stranger.send("/sam/separate", str(source), "piano")
         stranger.send("junk")
-        assert friend.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION]  # handled after those
+        assert friend.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION, "ok"]  # handled after those
         assert stranger.nothing_waiting()
         assert sink.requests == []
         stranger.close()
@@ -222,7 +222,7 @@ def test_an_allowlisted_network_admits_its_members(sink: RecordingSink) -> None:
     bind_second_loopback().close()
     with running_server(sink, allow_clients=("127.0.0.0/30",)) as server:
         member = OscClient(server.address, host="127.0.0.2")
-        assert member.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION]
+        assert member.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION, "ok"]
         member.close()
 
 
@@ -231,7 +231,8 @@ def test_listening_beyond_loopback_needs_an_allowlist(sink: RecordingSink) -> No
         OscServer(sink, OscSettings(host="0.0.0.0"), TEST_VERSION)
     assert "allow_clients" in caught.value.hint
     with pytest.raises(ConfigError, match="is not an IP address"):
-        OscServer(sink, OscSettings(host="0.0.0.0", allow_clients=("studio-mac.local",)), TEST_VERSION)
+        OscServer(sink, OscSettings(host="0.0.0.0", allow_clients=("studio-mac.local",), token="t0k"),
+                  TEST_VERSION)
     with pytest.raises(ConfigError, match="prefix"):
         OscServer(sink, OscSettings(prefix="/sam/"), TEST_VERSION)
 
@@ -254,7 +255,7 @@ def test_the_token_is_required_checked_and_never_sent_back(
         client.close()
     assert "needs the shared token as the first argument" in replies[0][1]
     assert "token (first argument) is wrong" in replies[1][1]
-    assert replies[2] == [TEST_VERSION] and replies[3] == ["t1", "job-1"]
+    assert replies[2] == [TEST_VERSION, "ok"] and replies[3] == ["t1", "job-1"]
     assert replies[4][0] == "t2" and "argument 1 (source_path) is empty" in replies[4][1]
     assert replies[5][0] == "nope"
     assert token not in repr(replies) and token not in caplog.text
@@ -276,6 +277,34 @@ def test_the_rate_limit_stops_a_runaway_patch(sink: RecordingSink, music: Path) 
         assert_still_serving(client)
         client.close()
     assert [r.tag for r in sink.requests] == ["t0", "t1", "t2"]
+
+
+def test_a_new_port_or_loopback_address_does_not_dodge_the_limit(sink: RecordingSink, music: Path) -> None:
+    """Before: the limit was per address string, so 127.0.0.2 (or ::1) got a fresh allowance."""
+    source = write_wav(music / "a.wav")
+    with running_server(sink, rate_limit=(2, 3600.0), source_roots=(music,), output_roots=(music,)) as server:
+        clients = [OscClient(server.address), OscClient(server.address), OscClient(server.address, "127.0.0.2")]
+        for n, client in enumerate(clients[:2]):  # two source ports
+            client.request("/sam/separate", str(source), "piano", f"t{n}", reply="/sam/accepted")
+        key, text = clients[2].request("/sam/separate", str(source), "piano", "t2", reply="/sam/error")
+        assert key == "t2" and "Too many separations from 127.0.0.2" in text
+        for client in clients:
+            client.close()
+    assert [r.tag for r in sink.requests] == ["t0", "t1"]
+
+
+def test_paid_jobs_from_all_clients_together_are_capped(sink: RecordingSink, music: Path) -> None:
+    source = write_wav(music / "a.wav")
+    with running_server(sink, rate_limit=(100, 60.0), total_rate_limit=(3, 60.0), source_roots=(music,),
+                        output_roots=(music,)) as server:
+        client = OscClient(server.address)
+        for n in range(3):
+            client.request("/sam/separate", str(source), "piano", f"t{n}", reply="/sam/accepted")
+        _key, text = client.request("/sam/separate", str(source), "piano", "t3", reply="/sam/error")
+        assert "at most 3 every 60 s from all clients together" in text
+        assert_still_serving(client)
+        client.close()
+    assert len(sink.requests) == 3
 
 
 # --- the engine says no ---

@@ -235,7 +235,7 @@ def client(daemon: Any) -> Iterator[Device]:
 # --- the tests -----------------------------------------------------------------------------------------
 
 def test_ping_answers_with_the_daemons_version(client: Device, daemon: Any) -> None:
-    assert client.ask("/sam/ping", reply="/sam/pong") == [__version__] == [daemon.info["version"]]
+    assert client.ask("/sam/ping", reply="/sam/pong") == [__version__, "ok"] == [daemon.info["version"], "ok"]
 
 
 def test_presets_lists_the_library_then_ends_with_the_count(client: Device, user_dirs: dict[str, Path]) -> None:
@@ -550,7 +550,7 @@ def test_daemon_stays_up_after_junk_datagrams(daemon: Any, client: Device, user_
         for data in junk_datagrams(random.Random(11), 600):
             flooder.send_raw(data)
         assert flooder.receive().address == "/sam/error"  # junk is answered, not swallowed silently
-    assert client.ask("/sam/ping", reply="/sam/pong") == [__version__]
+    assert client.ask("/sam/ping", reply="/sam/pong") == [__version__, "ok"]
     assert daemon.proc.poll() is None
     source = three_tone_source(user_dirs["home"] / "after.wav", seconds=0.5)
     seen = follow_job(client, separate(client, source, "piano", "after"))  # and it still does the work
@@ -567,7 +567,7 @@ def test_config_token_rate_limit_and_extra_roots_apply_over_osc(
     with device_for(daemon.start()) as device:
         assert "needs the shared token" in device.ask("/sam/ping", reply="/sam/error")[1]
         assert "token (first argument) is wrong" in device.ask("/sam/ping", "wrong", reply="/sam/error")[1]
-        assert device.ask("/sam/ping", "open-sesame", reply="/sam/pong") == [__version__]
+        assert device.ask("/sam/ping", "open-sesame", reply="/sam/pong") == [__version__, "ok"]
 
         source = three_tone_source(library / "loop.wav", seconds=0.5)  # outside home, in an extra root
         project = str(user_dirs["home"] / "Proj")

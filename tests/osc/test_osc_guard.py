@@ -8,7 +8,7 @@ import pytest
 
 from bridge.common.errors import ConfigError
 from bridge.common.loopback import is_loopback_host
-from bridge.osc.guard import ClientGuard, RateLimiter, ThrottledLog, TokenProblem
+from bridge.osc.guard import ClientGuard, RateLimiter, ThrottledLog, TokenProblem, host_key
 
 
 class FakeClock:
@@ -33,7 +33,7 @@ def test_without_an_allowlist_on_loopback_everyone_local_is_admitted() -> None:
 
 
 def test_an_allowlist_admits_listed_addresses_and_networks_only() -> None:
-    guard = ClientGuard("0.0.0.0", ("192.168.1.20", "10.0.0.0/24"), None)
+    guard = ClientGuard("0.0.0.0", ("192.168.1.20", "10.0.0.0/24"), "a-token")
     assert guard.allowlist_active
     assert guard.admits("192.168.1.20") and guard.admits("10.0.0.77") and guard.admits("::ffff:10.0.0.3")
     assert not guard.admits("192.168.1.21") and not guard.admits("10.0.1.1") and not guard.admits("nonsense")
@@ -98,3 +98,31 @@ def test_a_flood_becomes_a_few_log_lines_that_count_the_rest(caplog: pytest.LogC
         log.warning("10.0.0.9", "junk %d", 100)
     assert [r.getMessage() for r in caplog.records] == [
         "junk 0", "junk 1", "junk 100 (98 similar lines from this client suppressed)"]
+
+
+def test_binding_beyond_loopback_without_a_token_is_refused_naming_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"beyond this computer, but no shared token") as caught:
+        ClientGuard("0.0.0.0", ("192.168.1.20",), None)
+    assert "osc token" in caught.value.hint
+    assert ClientGuard("127.0.0.1", (), None).admits("127.0.0.1")  # loopback needs none
+
+
+def test_only_looking_adds_no_key_and_the_table_stays_bounded() -> None:
+    """100,000 distinct senders whose requests are refused before they are counted (a bad path) or that
+    are counted: the table never holds more than max_keys (before: every `allows` added a key for good)."""
+    limiter = RateLimiter(20, 60.0, FakeClock(), max_keys=1024)
+    for n in range(100_000):
+        limiter.allows(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}")
+    assert len(limiter) == 0
+    for n in range(100_000):
+        limiter.record(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}")
+    assert len(limiter) == 1024
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("127.0.0.1", "127.0.0.2"), ("127.0.0.1", "::1"), ("10.0.0.5", "::ffff:10.0.0.5"),
+    ("2001:db8::1", "2001:db8::dead:beef"),
+])
+def test_a_host_counts_as_one_whatever_address_it_picks(a: str, b: str) -> None:
+    assert host_key(a) == host_key(b)
+    assert host_key("10.0.0.5") != host_key("10.0.0.6")

@@ -17,7 +17,7 @@ from pythonosc.udp_client import SimpleUDPClient
 from bridge.common.errors import ConfigError
 from bridge.common.jobs import JobEvent, JobState
 from bridge.common.request import Origin, SeparationRequest
-from bridge.osc.addresses import MAX_REPLY_BYTES
+from bridge.osc.addresses import MAX_REPLY_BYTES, STATUS_LIMIT
 from bridge.osc.server import OscServer, OscSettings
 from tests.osc_helpers import TEST_VERSION, WAIT, OscClient, RecordingSink, done_event, running_server, write_wav
 
@@ -40,7 +40,7 @@ def submit(client: OscClient, source: Path, what: str = "piano", tag: str = "t")
 def test_ping_answers_with_the_version_from_the_server_port(server: OscServer, client: OscClient) -> None:
     client.send("/sam/ping")
     pong = client.expect("/sam/pong")
-    assert pong.args == [TEST_VERSION]
+    assert pong.args == [TEST_VERSION, "ok"]
     assert pong.sender[1] == server.address[1]
 
 
@@ -101,15 +101,29 @@ def test_status_of_one_job_of_all_jobs_and_of_an_unknown_job(
     second = submit(client, write_wav(music / "b.wav"), tag="two")
     assert client.request("/sam/status", first, reply="/sam/status/job") == \
         [first, "queued", 0.0, "queued", "one"]
-    assert client.expect("/sam/status/end").args == [1]
+    assert client.expect("/sam/status/end").args == [1, 0]
 
     client.send("/sam/status")
     listed = {client.expect("/sam/status/job").args[0], client.expect("/sam/status/job").args[0]}
     assert listed == {first, second}
-    assert client.expect("/sam/status/end").args == [2]
+    assert client.expect("/sam/status/end").args == [2, 0]
 
     key, text = client.request("/sam/status", "job-404", reply="/sam/error")
     assert key == "job-404" and "no job" in text
+
+
+def test_status_without_an_id_is_capped_with_a_count_of_the_rest(client: OscClient, sink: RecordingSink,
+                                                                  music: Path) -> None:
+    """One datagram in, at most STATUS_LIMIT + 1 out (before: one reply per job, 26 for 26 jobs)."""
+    source = write_wav(music / "a.wav")
+    ids = [sink.submit(SeparationRequest(source=source, prompt="piano", tag=f"t{n}")) for n in range(26)]
+    client.send("/sam/status")
+    replies = []
+    while (got := client.receive()).address != "/sam/status/end":
+        replies.append(got.args[0])
+    assert len(replies) == STATUS_LIMIT == 10 and set(replies) <= set(ids)
+    assert got.args == [10, 16]
+    assert client.nothing_waiting()
 
 
 def test_presets_are_split_over_small_messages_and_end_with_the_count(
@@ -136,7 +150,7 @@ def test_reply_port_sends_answers_to_the_configured_port(sink: RecordingSink) ->
     with running_server(sink, reply_port=receiver.port) as server:
         sender = OscClient(server.address)
         sender.send("/sam/ping")
-        assert receiver.expect("/sam/pong").args == [TEST_VERSION]
+        assert receiver.expect("/sam/pong").args == [TEST_VERSION, "ok"]
         assert sender.nothing_waiting()
         sender.close()
     receiver.close()
@@ -152,7 +166,7 @@ def test_reply_to_sends_this_clients_answers_and_job_events_to_the_port_it_names
     device.send("/sam/reply_to", listener.port)
     assert listener.expect("/sam/reply_to/ok").args == [listener.port]
     device.send("/sam/ping")
-    assert listener.expect("/sam/pong").args == [TEST_VERSION]
+    assert listener.expect("/sam/pong").args == [TEST_VERSION, "ok"]
     device.send("/sam/separate", str(write_wav(music / "a.wav")), "piano", "take-1")
     tag, job_id = listener.expect("/sam/accepted").args
     sink.emit(JobEvent(job_id, "take-1", JobState.running, 0.5, "separating"))
@@ -162,7 +176,7 @@ def test_reply_to_sends_this_clients_answers_and_job_events_to_the_port_it_names
     assert tag == "take-1" and device.nothing_waiting()
 
     other.send("/sam/ping")
-    assert other.expect("/sam/pong").args == [TEST_VERSION] and listener.nothing_waiting()
+    assert other.expect("/sam/pong").args == [TEST_VERSION, "ok"] and listener.nothing_waiting()
     for client in (listener, device, other):
         client.close()
 
@@ -174,7 +188,7 @@ def test_a_named_reply_port_wins_over_the_configured_one(sink: RecordingSink) ->
         sender.send("/sam/reply_to", named.port)
         named.expect("/sam/reply_to/ok")
         sender.send("/sam/ping")
-        assert named.expect("/sam/pong").args == [TEST_VERSION]
+        assert named.expect("/sam/pong").args == [TEST_VERSION, "ok"]
         assert configured.nothing_waiting()
         sender.close()
     configured.close()
@@ -271,7 +285,7 @@ def test_accepted_comes_before_the_jobs_first_event(music: Path) -> None:
 def test_a_burst_of_events_does_not_block_the_engine(client: OscClient, sink: RecordingSink) -> None:
     for i in range(20_000):  # more than the event queue holds: extra ones are dropped, never waited for
         sink.emit(JobEvent(f"nobody-{i}", "", JobState.running, 0.5, "x"))
-    assert client.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION]
+    assert client.request("/sam/ping", reply="/sam/pong") == [TEST_VERSION, "ok"]
 
 
 # --- bundles ---
@@ -293,7 +307,7 @@ def test_a_bundle_runs_its_messages_in_order(client: OscClient) -> None:
 
 def test_a_future_timetag_does_not_stall_the_server(client: OscClient) -> None:
     client.send_raw(bundle(message("/sam/ping"), timetag=time.time() + 3600))
-    assert client.expect("/sam/pong").args == [TEST_VERSION]
+    assert client.expect("/sam/pong").args == [TEST_VERSION, "ok"]
 
 
 def test_a_nested_bundle_is_refused_and_its_messages_not_run(client: OscClient) -> None:

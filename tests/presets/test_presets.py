@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -501,6 +503,27 @@ def test_refresh_picks_up_edits_additions_and_removals(tmp_path: Path) -> None:
     with pytest.raises(PresetError, match="no preset called 'pad'"):
         library.get("pad")
     assert library.refresh() is False
+
+
+def test_presets_that_all_vanish_at_once_are_kept_and_said_once(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A reinstall of the package under a running daemon removes every built-in file for a while: the
+    daemon keeps its last good list (before: zero presets, every hot-folder drop failed)."""
+    builtin, user = tmp_path / "builtin", tmp_path / "user"
+    write(builtin / "piano.yaml", "name: piano\nprompt: piano\n")
+    write(builtin / "vocals.yaml", "name: vocals\nprompt: singing voice\n")
+    write(user / "mine.yaml", "name: vocals\nprompt: my own vocals\n")
+    library = PresetLibrary([("built-in", builtin), ("user", user)])
+    shutil.rmtree(builtin)
+    with caplog.at_level(logging.INFO):
+        library.refresh()
+        library.refresh()
+    assert library.names() == ["piano", "vocals"] and library.get("piano").prompt == "piano"
+    assert library.get("vocals").prompt == "my own vocals"  # the user's still overrides the kept built-in
+    assert sum("vanished at once" in r.getMessage() for r in caplog.records) == 1
+    write(builtin / "piano.yaml", "name: piano\nprompt: grand piano\n")  # the reinstall finishes
+    library.refresh()
+    assert library.names() == ["piano", "vocals"] and library.get("piano").prompt == "grand piano"
 
 
 def test_refresh_notices_a_same_size_replace_and_a_fix(tmp_path: Path) -> None:
