@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 
 from bridge import __version__
 from bridge.common.errors import BridgeError
+from bridge.common.processes import ensure_std_streams
 from bridge.common.redact import RedactingStream, SafeLogFilter
 
 # Each module defines `register(subparsers)`, which adds its parser(s) and sets `func(args) -> int`.
@@ -40,6 +41,7 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    ensure_std_streams()  # pythonw (the Windows service) has none: every later write must still work
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -26,6 +26,7 @@ from bridge import __version__
 from bridge.common.config import Config, config_dir, log_dir, state_dir
 from bridge.common.errors import BridgeError
 from bridge.common.path_policy import PathPolicy
+from bridge.common.processes import ensure_std_streams
 from bridge.common.redact import SafeLogFilter
 from bridge.common.stems import write_json_atomic
 from bridge.engine.engine import EngineSettings, JobEngine
@@ -319,18 +320,11 @@ def limit_malloc_arenas(arenas: int = 1) -> None:
         ctypes.CDLL("libc.so.6").mallopt(m_arena_max, arenas)
 
 
-def ensure_std_streams() -> None:
-    """pythonw (the Windows service) starts with sys.stdout and sys.stderr set to None, so a flush, a log
-    handler or a library's write would raise and end the daemon. They go to os.devnull instead; the log
-    file keeps everything."""
-    for name in ("stdout", "stderr"):
-        if getattr(sys, name) is None:
-            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - for the process
 
 
 def run_daemon(config: Config, choice: ServiceChoice, *, verbose: int = 0, quiet: bool = False,
                out: Callable[[str], None] = print) -> int:
-    ensure_std_streams()  # before the log handlers take sys.stderr
+    ensure_std_streams()  # before the log handlers take sys.stderr (also done by the CLI's main)
     limit_malloc_arenas()  # before any thread starts
     log_file = setup_logging(verbose, quiet)
     daemon = Daemon(config, choice)

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def service_run(args: argparse.Namespace) -> int:
-    from bridge.daemon import ensure_std_streams
+    from bridge.common.processes import ensure_std_streams
 
     ensure_std_streams()  # pythonw: no console
     path = log_dir() / "service.log"

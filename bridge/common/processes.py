@@ -53,3 +53,11 @@ def remove_left_behind(folder: Path, prefix: str) -> None:
 
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+def ensure_std_streams() -> None:
+    """pythonw (the Windows service) starts with sys.stdout and sys.stderr set to None, so a flush, a log
+    handler or a library's write would raise and end the daemon. They go to os.devnull instead; the log
+    file keeps everything."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - for the process
