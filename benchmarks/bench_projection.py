@@ -201,7 +201,7 @@ def pad_share(folder: Path, name: str, mix: Audio, pad: Audio, band: Band, busy_
         energy = 2 * np.sum(pad[part] ** 2)
         if energy > 1e-6:
             shares[bool(busy_mask[s])].append(1 - np.sum((a[part] - b[part]) ** 2) / energy)
-    return float(np.median(shares[True])), float(np.median(shares[False]))
+    return tuple(float(np.median(shares[busy])) if shares[busy] else float("nan") for busy in (True, False))
 
 
 def main() -> int:
@@ -229,7 +229,7 @@ def main() -> int:
         # 5.1: the instruments spread over six channels (L R C LFE Ls Rs)
         seed, parts, _ = pieces[0]
         surround = np.zeros((len(pieces[0][2]), 6))
-        for (name, part), (ch_a, ch_b) in zip(parts.items(), ((3, 2), (0, 1), (0, 4), (1, 5), (2, 1), (4, 5)),
+        for part, (ch_a, ch_b) in zip(parts.values(), ((3, 2), (0, 1), (0, 4), (1, 5), (2, 1), (4, 5)),
                                               strict=True):
             surround[:, ch_a] += part[:, 0]
             surround[:, ch_b] += part[:, 1]

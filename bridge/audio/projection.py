@@ -192,7 +192,7 @@ class MaskProjector:
         pan_r = common + (diag_t * left_r - cross_tr * left_t) / det
         # 3. the gate: deviation power beyond (C − 1) × the mid's comes from sound that cancels in the mix
         ratio = power_dev / ((channels - 1) * power_mid + _EPS)
-        gate = np.minimum(1.0, (OPPOSED / (ratio + _EPS)) ** 2)
+        gate = np.minimum(1.0, OPPOSED / (ratio + _EPS)) ** 2
         # 4. what neither pan explains gets the gain the service gave the mid in this bin and frame, T·M̄/|M|²
         # (bounded by 1: divided by the largest of |M|², |T|², |R|²), 0 where the service's mix holds
         # nothing of what the source's mid has (its band limit, a lossy result's holes)
