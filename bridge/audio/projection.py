@@ -6,34 +6,36 @@ S_c = m + d_c (the deviations sum to 0; in stereo d_L = −d_R = (L − R)/2, th
 
     target_c = T + d̂_c        (time domain: the mean of the target channels is T itself, sample for sample)
 
-and only the deviations d̂_c, which the service never heard, need an estimate. It is made per STFT bin:
+and only the deviations d̂_c, which the service never heard, need an estimate. Per STFT bin and frame
+(capitals: spectra; Σ: sums over ±2 frames and ±2 bins, triangular weights):
 
-1. Explained part. Each deviation is regressed on the mid over a small time-frequency neighbourhood
-   (±2 frames, ±2 bins): α_c = Σ D_c·M̄ / Σ |M|². A source panned anywhere (a·x left, b·x right) has
-   D = α·M in its bins with α its pan, so its share of the target's deviation is α_c · T: the pan applied to
-   the service's own answer. No mask is involved, so the band edges of the deviations are as sharp as T's.
-2. Unexplained part u_c = D_c − α_c·M (decorrelated reverb, wide pads, anti-phase content) gets the
-   service's ratio mask |T|² / (|T|² + |R|²) times a gate:
+    D̂_c = g · (α_c · T + G · (D_c − α_c · M))
+    α_c = Σ D_c·M̄ / Σ |M|²                          the pan of what the source holds in this bin
+    G   = T·M̄ / max(|M|², |T|², |R|²)                the gain the service gave the mid here (|G| ≤ 1),
+          · 1 / (1 + (δ·|M|² / (|T|² + |R|²))²)       0 where its mix holds nothing of the mid (δ = −30 dB)
+    g   = min(1, r₀ / r)²,  r = mean_c Σ|D_c|² / ((C − 1) · Σ|M|²),  r₀ = 6
 
-       g = 1 / (1 + (r / WIDE)²),   r = mean_c Σ|u_c|² / ((C − 1) · Σ|M|²)
+- One sound, panned anywhere (a·x left, b·x right), has D = α·M with α its pan, so it gets α·T: its pan
+  applied to the service's own answer, as sharp at the band edges as T. A source with L = R (D = 0) gets
+  exactly T in every channel.
+- Whatever the pan does not explain (decorrelated reverb, wide stereo instruments, several sounds in one
+  bin) gets the service's gain for that bin, G: the mid's treatment applied to the deviation.
+- The gate: a sound with channel gains of one sign has r ≤ 1 (a hard-panned one exactly 1, independent
+  sounds in every channel about 1). Deviation power far beyond that comes from sound that cancels in
+  the mono mix (an anti-phase pad: L = p, R = −p), which the service never heard: it goes to the
+  residual. r₀ leaves room for the way wide stereo recordings fluctuate from bin to bin.
+- Above the service's bandwidth (24 kHz: it works at 48 kHz) D̂ is 0 and T holds nothing, so a hi-res
+  source's ultrasonics stay in the residual.
 
-   r compares what the mid cannot explain with what the service heard, normalised so that independent
-   sounds of equal level in every channel (what a wide reverb or a 5.1 ambience is) give r ≈ 1. Content
-   that cancels in the mono mix (an anti-phase pad: L = p, R = −p) is far above that wherever it is
-   audible, so it goes to the residual: the service never heard it, whatever else plays.
-3. Above the service's bandwidth (24 kHz: it works at 48 kHz) the mask is 0 and T holds nothing, so a
-   hi-res source's ultrasonics stay in the residual.
-
-So a source with L = R (d = 0) gets exactly T in both channels; a hard-panned source gets T·(1 ± 1); a
-5.1 source gets T + d̂_c in every channel with the same rules (C = 6; the gate is common to all channels so
-that the deviations still sum to 0 and the target's mean stays T). With `service_residual` the residual is
+5.1 (C = 6) follows the same rule with six deviations; the gate is common to all channels so that the
+deviations still sum to 0 and the target's mean stays T. With `service_residual` the residual is
 R + d_c − d̂_c, so target + residual == source up to float32 rounding as with the complement.
 
-STFT: 2048-point frames, hop 1024, periodic sqrt-Hann analysis and synthesis (perfect reconstruction).
-Processing is streaming: each call consumes whole hops; the statistics of the last frames and the
-overlap-add tail carry over, and the two frames of look-ahead the smoothing needs are analysed again on
-the next call. The projector emits samples in source order and `flush` emits the rest, so the total
-equals the input exactly.
+STFT: 2048-point frames, hop 1024, periodic sqrt-Hann analysis and synthesis (perfect reconstruction);
+only C − 1 deviations are synthesised (the last is minus their sum). Processing is streaming: each call
+consumes whole hops; the statistics of the last two frames and the overlap-add tail carry over, and the
+two frames of look-ahead the smoothing needs are analysed again on the next call. The projector emits
+samples in source order and `flush` emits the rest, so the total equals the input exactly.
 """
 
 from __future__ import annotations
@@ -50,23 +52,19 @@ Complex64Array = NDArray[np.complex64]
 
 N_FFT = 2048
 HOP = 1024
-LOOK = 2  # frames either side of a frame its statistics are smoothed over
-SPREAD = 2  # bins either side
-OPPOSED = 6.0  # deviation power per extra channel, × the mid's, above which the gate closes (r₀ in the doc)
+LOOK = 2  # frames either side of a frame its statistics are smoothed over (and bins either side)
+OPPOSED = 6.0  # r₀: deviation power per extra channel, in units of the mid's, where the gate starts closing
 UNHEARD = 1e-3  # service power below this fraction of the source mid's (-30 dB) counts as nothing heard
-COHERENT = 10.0
-RIDGE = 1e-3  # ridge of the target/residual pan regression, relative to their power
 _EPS = 1e-30  # keeps digital silence (all powers 0) from dividing by zero
 
 
 def describe(channels: int, n_fft: int = N_FFT, hop: int = HOP) -> str:
     if channels == 1:
         return "direct (mono source: the aligned service result as is)"
-    return (f"mid-exact: target = the service's target + each channel's deviation from the mid, estimated by "
-            f"STFT {n_fft}/{hop} sqrt-hann: pans of target and residual regressed on the deviation over "
-            f"{2 * LOOK + 1} frames × {2 * SPREAD + 1} bins and applied to the target, the rest by |T|²/(|T|²+|R|²); "
-            f"gated by min(1, ({OPPOSED:g}/r)²), r = deviation power / ((channels − 1) · mid power); "
-            f"nothing above {SERVICE_BANDWIDTH / 1000:g} kHz")
+    return (f"mid-exact: target = the service's target + each channel's deviation from the mid, by STFT "
+            f"{n_fft}/{hop} sqrt-hann: the deviation's pan on the mid (±{LOOK} frames, ±{LOOK} bins) applied to the "
+            f"target, the rest × the service's gain T·M̄ for that bin; gated by min(1, {OPPOSED:g}/r)², r = deviation "
+            f"power / ((channels − 1) · mid power); nothing above {SERVICE_BANDWIDTH / 1000:g} kHz")
 
 
 class MaskProjector:
@@ -97,7 +95,8 @@ class MaskProjector:
         self._tail = np.zeros((channels - 1, self.latency), np.float32)  # the last deviation is minus the sum
         # raw statistics of the last LOOK frames synthesised (rows: see _deviation_spectra)
         used = 1 if channels == 2 else channels
-        self._history = np.zeros((4 + 3 * used, LOOK, bins), np.complex64)
+        self._history = np.zeros((2 + 2 * used, LOOK, bins), np.float32)
+        self._scratch = np.empty((0, 0, 0), np.float32)
         self._skip = self.latency  # leading output samples that belong to the zero padding
         self._fed = 0
         self._emitted = 0
@@ -160,55 +159,61 @@ class MaskProjector:
     def _deviation_spectra(self, spectra: Complex64Array, n_out: int) -> Complex64Array:
         """D̂_c for the first `n_out` frames, channels 0..C−2 (rows: T, R, S_0..S_C−1 of all frames)."""
         channels = self.channels
-        target, residual = spectra[0], spectra[1]
-        mid = spectra[2:].mean(axis=0)  # M: the STFT of what the service heard
-        # stereo: D_R = −D_L, so the left one says everything; else every channel counts for the gate
-        deviation = spectra[2:-1] - mid if channels == 2 else spectra[2:] - mid
+        target, residual, sources = spectra[0], spectra[1], spectra[2:]
+        if channels == 2:  # D_R = −D_L: the left one says everything
+            mid = sources[0] + sources[1]
+            mid *= 0.5
+            deviation = (sources[0] - mid)[None]
+        else:
+            mid = sources.mean(axis=0)
+            deviation = sources - mid
         used = len(deviation)
-        raw = np.empty((4 + 3 * used, *mid.shape), np.complex64)
-        raw[0] = _power(mid)
-        raw[1] = _power(deviation).mean(axis=0)
-        raw[2] = _power(target) + 1j * _power(residual)
-        raw[3] = target * residual.conj()
-        raw[4 : 4 + used] = deviation * mid.conj()
-        raw[4 + used : 4 + 2 * used] = deviation * target.conj()
-        raw[4 + 2 * used :] = deviation * residual.conj()
+        raw = self._raw(2 + 2 * used, mid.shape)
+        _power(mid, raw[0])
+        if used > 1:
+            np.mean(deviation.real**2 + deviation.imag**2, axis=0, out=raw[1])
+        else:
+            _power(deviation[0], raw[1])
+        _split(deviation * mid.conj(), raw[2:])
         history = np.concatenate((self._history, raw), axis=1)  # frames −LOOK .. n_frames−1
         self._history = history[:, n_out : n_out + LOOK].copy()
         stats = _smooth(history, n_out)
-        power_mid, power_dev = stats[0].real, stats[1].real
-        power_t, power_r, cross_tr = stats[2].real, stats[2].imag, stats[3]
-        dev_m, dev_t, dev_r = stats[4 : 4 + used], stats[4 + used : 4 + 2 * used], stats[4 + 2 * used :]
+        power_mid, power_dev = stats[0], stats[1]
         # 1. the pan of what the source holds in this bin: D = α·M for any one sound, wherever it is panned
-        common = dev_m / (power_mid + _EPS)
-        left_t = dev_t - common * (power_t + cross_tr.conj())  # Σ u·T̄ and Σ u·R̄ for u = D − α·M, M ≈ T + R
-        left_r = dev_r - common * (power_r + cross_tr)
-        # 2. then a pan of its own for the target and the residual (another sound, panned elsewhere): a
-        # ridge regression of u on T and R, so that where T ∝ R (one sound split by a filter) nothing changes
-        ridge = RIDGE * (power_t + power_r + power_mid) + COHERENT * np.abs(cross_tr)
-        diag_t, diag_r = power_t + ridge, power_r + ridge
-        det = diag_t * diag_r - _power(cross_tr) + _EPS
-        pan_t = common + (diag_r * left_t - cross_tr.conj() * left_r) / det
-        pan_r = common + (diag_t * left_r - cross_tr * left_t) / det
-        # 3. the gate: deviation power beyond (C − 1) × the mid's comes from sound that cancels in the mix
-        ratio = power_dev / ((channels - 1) * power_mid + _EPS)
-        gate = np.minimum(1.0, OPPOSED / (ratio + _EPS)) ** 2
-        # 4. what neither pan explains gets the gain the service gave the mid in this bin and frame, T·M̄/|M|²
-        # (bounded by 1: divided by the largest of |M|², |T|², |R|²), 0 where the service's mix holds
-        # nothing of what the source's mid has (its band limit, a lossy result's holes)
-        t, r, m = target[:n_out], residual[:n_out], mid[:n_out]
-        power_t_now, power_r_now, power_m_now = _power(t), _power(r), _power(m)
-        heard_now = power_t_now + power_r_now
-        unheard = UNHEARD * power_m_now
-        scale = np.maximum(np.maximum(power_m_now, power_t_now), power_r_now) + _EPS
-        scale *= 1.0 + (unheard / (heard_now + _EPS)) ** 2
-        gain = t * m.conj() / scale
-        # D̂ = g·(a·T + G·(D − a·T − b·R))
+        pan = _join(stats[2:])
+        pan *= 1.0 / (power_mid + _EPS)
+        # 2. the gate: deviation power beyond (C − 1) × the mid's comes from sound that cancels in the mix
+        gate = np.minimum(1.0, OPPOSED * (channels - 1) * power_mid / (power_dev + _EPS))
+        gate *= gate
+        # 3. the gain G the service gave the mid in this bin and frame, T·M̄ bounded by 1 (divided by the
+        # largest of |M|², |T|², |R|²), 0 where the service's mix holds nothing of what the source's mid has
+        # (its band limit, a lossy result's holes)
+        t, m = target[:n_out], mid[:n_out]
+        power_t, power_m, power_r = _power(t), _power(m), _power(residual[:n_out])
+        unheard = power_m * (UNHEARD / (power_t + power_r + _EPS))
+        scale = np.maximum(np.maximum(power_m, power_t, out=power_t), power_r, out=power_t)
+        unheard *= unheard
+        unheard += 1.0
+        scale *= unheard
+        scale += _EPS
+        np.divide(gate, scale, out=scale)
+        gain = t * m.conj()
+        gain *= scale
+        # D̂ = g·(α·T + G·(D − α·M)): the pan acts on the service's answer, the rest of D gets its gain
         d = deviation[: channels - 1, :n_out]
-        pt, pr = pan_t[: channels - 1], pan_r[: channels - 1]
-        result: Complex64Array = gate * (pt * t + gain * (d - pt * t - pr * r))
-        result[..., self._heard_bins :] = 0.0
-        return result
+        pan = pan[: channels - 1]
+        gated_t = gate * t
+        gated_t -= gain * m
+        pan *= gated_t
+        pan += gain * d
+        pan[..., self._heard_bins :] = 0.0
+        return pan
+
+    def _raw(self, rows: int, shape: tuple[int, ...]) -> Float32Array:
+        """Scratch for the raw statistics, kept between calls (fresh big arrays cost page faults)."""
+        if self._scratch.shape != (rows, *shape):
+            self._scratch = np.empty((rows, *shape), np.float32)
+        return self._scratch
 
     def _overlap_add(self, frames: Float32Array) -> Float32Array:
         outputs, n_frames, _ = frames.shape
@@ -224,20 +229,37 @@ class MaskProjector:
         return empty, (empty.copy() if self.service_residual else None)
 
 
-def _power(spectrum: Complex64Array) -> Float32Array:
-    power: Float32Array = spectrum.real**2 + spectrum.imag**2
+def _power(spectrum: Complex64Array, out: Float32Array | None = None) -> Float32Array:
+    power: Float32Array = np.square(spectrum.real, out=out)
+    power += spectrum.imag**2
     return power
 
 
-def _smooth(history: Complex64Array, n_out: int) -> Complex64Array:
-    """Triangular sums over ±LOOK frames and ±SPREAD bins (unnormalised: only ratios of them are used).
-    `history` holds frames −LOOK .. n_out+LOOK−1 on axis 1; the result frames 0 .. n_out−1."""
-    summed = np.zeros((history.shape[0], n_out, history.shape[2]), np.complex64)
-    for shift in range(2 * LOOK + 1):
-        summed += (LOOK + 1 - abs(shift - LOOK)) * history[:, shift : shift + n_out]
-    spread = summed * np.float32(SPREAD + 1)
-    for step in range(1, SPREAD + 1):
-        weight = np.float32(SPREAD + 1 - step)
-        spread[..., step:] += weight * summed[..., :-step]
-        spread[..., :-step] += weight * summed[..., step:]
-    return spread
+def _split(values: Complex64Array, into: Float32Array) -> None:
+    """Complex rows into real and imaginary float32 rows (row k → rows 2k, 2k + 1)."""
+    pairs = into.reshape(-1, 2, *into.shape[1:])
+    pairs[:, 0] = values.real
+    pairs[:, 1] = values.imag
+
+
+def _join(rows: Float32Array) -> Complex64Array:
+    pairs = rows.reshape(-1, 2, *rows.shape[1:])
+    joined: Complex64Array = pairs[:, 0] + 1j * pairs[:, 1]
+    return joined.astype(np.complex64, copy=False)
+
+
+def _smooth(history: Float32Array, n_out: int) -> Float32Array:
+    """Triangular sums over ±2 frames and ±2 bins (two passes of a 3-wide box each way, unnormalised: only
+    ratios of them are used). `history` holds frames −2 .. n_out+1 on axis 1; the result frames
+    0 .. n_out−1."""
+    values = history
+    for _ in range(2):  # along time: each pass drops a frame at either end
+        summed = values[:, :-2] + values[:, 1:-1]
+        summed += values[:, 2:]
+        values = summed
+    for _ in range(2):  # along frequency, the edges summing what there is
+        summed = values.copy()
+        summed[..., 1:] += values[..., :-1]
+        summed[..., :-1] += values[..., 1:]
+        values = summed
+    return values
