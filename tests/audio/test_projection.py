@@ -183,4 +183,4 @@ def test_rejects_a_hop_that_does_not_divide_the_frame() -> None:
 
 def test_description_says_what_was_done() -> None:
     assert describe(1).startswith("direct")
-    assert describe(2).startswith("mid-exact") and "2048/1024" in describe(2)
+    assert describe(2).startswith("mid-exact") and "4096/2048" in describe(2)
