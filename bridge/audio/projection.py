@@ -12,8 +12,8 @@ and only the deviations d̂_c, which the service never heard, need an estimate. 
     D̂_c = α_c · T + g · G · (D_c − α_c · M)
     α_c = t · Σ D_c·M̄ / Σ |M|²        the pan of what the source holds in this bin (complex: a delay too),
                                       trusted by t = min(1, c² / 0.5)² with c² the coherence of D and M
-    G   = T·M̄ / max(|M|², |T|², |R|²)                the gain the service gave the mid here (|G| ≤ 1),
-          · 1 / (1 + (δ·|M|² / (|T|² + |R|²))²)       0 where its mix holds nothing of the mid (δ = −30 dB)
+    G   = T·M̄ / max(|M|², |T|²)          the gain the service gave the mid here (|G| ≤ 1; T/M when the
+                                      service's answer is a filter of what it heard)
     g   = min(1, r₀ / r)²,  r = mean_c Σ|D_c − α_c·M|² / ((C − 1) · Σ|M|²),  r₀ = 6
 
 - One sound, panned anywhere (a·x left, b·x right), has D = α·M with α its pan, so it gets α·T: its pan
@@ -60,7 +60,6 @@ LOOK = 2  # frames either side of a frame its statistics are smoothed over (and 
 OPPOSED = 6.0  # r₀: deviation power per extra channel, in units of the mid's, where the gate starts closing
 GATE_SPREAD = 2
 COHERENT = 0.5  # c₀²: squared coherence of deviation and mid from which a pan is fully trusted
-UNHEARD = 1e-3  # service power below this fraction of the source mid's (-30 dB) counts as nothing heard
 _EPS = 1e-30  # keeps digital silence (all powers 0) from dividing by zero
 
 
@@ -137,7 +136,11 @@ class MaskProjector:
         if n_out <= 0:
             self._input = buffer
             return self._empty()
-        frames = sliding_window_view(buffer, self.n_fft, axis=1)[:, :: self.hop][:, :n_frames] * self._window
+        # the service's target and the source channels (its residual is not needed: R = M − T)
+        view = sliding_window_view(buffer, self.n_fft, axis=1)[:, :: self.hop][:, :n_frames]
+        frames = np.empty((1 + self.channels, n_frames, self.n_fft), np.float32)
+        np.multiply(view[0], self._window, out=frames[0])
+        np.multiply(view[2:], self._window, out=frames[1:])
         spectra: Complex64Array = sfft.rfft(frames, axis=-1, overwrite_x=True)
         deviations = self._deviation_spectra(spectra, n_out)
         synthesized = sfft.irfft(deviations, n=self.n_fft, axis=-1, overwrite_x=True)
@@ -163,9 +166,9 @@ class MaskProjector:
         return np.ascontiguousarray(target.T), None if residual is None else np.ascontiguousarray(residual.T)
 
     def _deviation_spectra(self, spectra: Complex64Array, n_out: int) -> Complex64Array:
-        """D̂_c for the first `n_out` frames, channels 0..C−2 (rows: T, R, S_0..S_C−1 of all frames)."""
+        """D̂_c for the first `n_out` frames, channels 0..C−2 (rows: T, S_0..S_C−1 of all frames)."""
         channels = self.channels
-        target, residual, sources = spectra[0], spectra[1], spectra[2:]
+        target, sources = spectra[0], spectra[1:]
         if channels == 2:  # D_R = −D_L: the left one says everything
             mid = sources[0] + sources[1]
             mid *= 0.5
@@ -174,14 +177,16 @@ class MaskProjector:
             mid = sources.mean(axis=0)
             deviation = sources - mid
         used = len(deviation)
-        raw = self._raw(2 + 2 * used, mid.shape)
+        # raw statistics of frames −LOOK .. n_frames−1 (the first LOOK carried over from the last call)
+        history = self._raw(2 + 2 * used, (LOOK + mid.shape[0], mid.shape[1]))
+        history[:, :LOOK] = self._history
+        raw = history[:, LOOK:]
         _power(mid, raw[0])
         if used > 1:
             np.mean(deviation.real**2 + deviation.imag**2, axis=0, out=raw[1])
         else:
             _power(deviation[0], raw[1])
         _split(deviation * mid.conj(), raw[2:])
-        history = np.concatenate((self._history, raw), axis=1)  # frames −LOOK .. n_frames−1
         self._history = history[:, n_out : n_out + LOOK].copy()
         stats = _smooth(history, n_out)
         power_mid, power_dev = stats[0], stats[1]
@@ -203,16 +208,10 @@ class MaskProjector:
             power_mid = fine[0]
         gate = np.minimum(1.0, OPPOSED * (channels - 1) * power_mid / (np.maximum(unexplained, 0.0) + _EPS))
         gate *= gate
-        # 3. the gain G the service gave the mid in this bin and frame, T·M̄ bounded by 1 (divided by the
-        # largest of |M|², |T|², |R|²), 0 where the service's mix holds nothing of what the source's mid has
-        # (its band limit, a lossy result's holes)
+        # 3. the gain G the service gave the mid in this bin and frame, T·M̄ / max(|M|², |T|²): |G| ≤ 1, and
+        # 0 where the service kept nothing of it (its band limit, a lossy result's holes)
         t, m = target[:n_out], mid[:n_out]
-        power_t, power_m, power_r = _power(t), _power(m), _power(residual[:n_out])
-        unheard = power_m * (UNHEARD / (power_t + power_r + _EPS))
-        scale = np.maximum(np.maximum(power_m, power_t, out=power_t), power_r, out=power_t)
-        unheard *= unheard
-        unheard += 1.0
-        scale *= unheard
+        scale = np.maximum(_power(m), _power(t))
         scale += _EPS
         np.divide(gate, scale, out=scale)
         gain = t * m.conj()
@@ -260,8 +259,10 @@ def _split(values: Complex64Array, into: Float32Array) -> None:
 
 def _join(rows: Float32Array) -> Complex64Array:
     pairs = rows.reshape(-1, 2, *rows.shape[1:])
-    joined: Complex64Array = pairs[:, 0] + 1j * pairs[:, 1]
-    return joined.astype(np.complex64, copy=False)
+    joined: Complex64Array = np.empty(pairs[:, 0].shape, np.complex64)
+    joined.real = pairs[:, 0]
+    joined.imag = pairs[:, 1]
+    return joined
 
 
 def _smooth(history: Float32Array, n_out: int, spread: int = 2) -> Float32Array:
