@@ -1,12 +1,16 @@
 """Benchmark the stereo projection on realistic music against the ideal answer and the copy baseline.
 
-Music: MIDI written here (a tiny SMF writer), each instrument rendered ALONE by fluidsynth with the GM
-soundfont (/usr/share/sounds/sf2/FluidR3_GM.sf2, its reverb on: stereo tails), panned here by up to
-±20 dB and summed, so the mix is exactly the sum of its parts. Per band the stand-in offers (low, voice,
-high, mid) the stand-in separates the mix (`bridge.local_service.separator.separate`) and `conform` makes
-the stems. The IDEAL target is the stand-in's own band filter applied to each source channel; the copy
-baseline puts the service's mono target in both channels. Printed per case: target and residual SDR per
-channel, side SDR, image error (the L/R level ratio against the ideal's, dB), lag and null test.
+Music: MIDI written here (a tiny SMF writer): bass, drums, piano, strings, flute, trumpet, each rendered
+ALONE by fluidsynth with the GM soundfont (/usr/share/sounds/sf2/FluidR3_GM.sf2, its reverb on: stereo
+tails; its piano and strings are wide stereo samples), panned here by up to ±20 dB and summed, so the mix
+is exactly the sum of its parts. (Its "sawtooth lead", program 81, is left out: its two channels are
+nearly in anti-phase, correlation −0.87, which is the anti-phase case measured on its own below.)
+
+Per band the stand-in offers (low, voice, high, mid; and full, no prompt) the stand-in separates the mix
+(`bridge.local_service.separator.separate`) and `conform` makes the stems. The IDEAL target is the
+stand-in's own band filter applied to each source channel; the copy baseline puts the service's mono
+target in both channels. Printed per case: target and residual SDR per channel, side SDR, image error
+(the L/R level ratio against the ideal's, dB), lag and null test.
 
 Cases: two stereo pieces; the same music as mono-in-stereo (L = R); a 5.1 spread; an anti-phase pad
 (L = p, R = −p) in a busy and in a sparse passage: its share in the residual, per second, measured as
@@ -35,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from bridge.audio.conform import ConformSpec, conform  # noqa: E402
 from bridge.audio.source import probe_source  # noqa: E402
 from bridge.local_service.separator import (  # noqa: E402
+    FULL,
     HIGH,
     LOW,
     MID,
@@ -48,7 +53,7 @@ from bridge.local_service.separator import (  # noqa: E402
 
 RATE = 48_000
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
-PROMPTS = {LOW: "bass", VOICE: "vocals", HIGH: "hi-hat", MID: "guitar"}
+PROMPTS: dict[Band, str | None] = {LOW: "bass", VOICE: "vocals", HIGH: "hi-hat", MID: "guitar", FULL: None}
 Audio = np.ndarray
 
 # -- MIDI -----------------------------------------------------------------------------------------
@@ -210,7 +215,8 @@ def main() -> int:
     args = parser.parse_args()
     seconds = args.seconds
     rows: list[str] = []
-    mixes, mono_sdrs, copies = [], [], []
+    mixes: list[float] = []
+    mono_sdrs: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-projection-") as tmp:
         folder = Path(tmp)
         pans = {"bass": 0.0, "drums": 6.0, "piano": -20.0, "strings": 12.0, "flute": 20.0, "lead": -9.0}
@@ -222,6 +228,9 @@ def main() -> int:
             mix = sum(part * np.array(pan_gains(sign * pans[name])) for name, part in parts.items())
             pieces.append((seed, parts, mix))
         for band in PROMPTS:
+            if band is FULL:  # the target is the whole mix: exact, nothing to compare a baseline with
+                measure(folder, "piece1 stereo", pieces[0][2], band, rows)
+                continue
             for seed, _parts, mix in pieces:
                 mixes += measure(folder, f"piece{seed} stereo", mix, band, rows)
             mono = pieces[0][2].mean(axis=1)
@@ -252,7 +261,6 @@ def main() -> int:
     for band_name, (busy_share, sparse_share) in shares.items():
         print(f"anti-phase pad, {band_name} band: {100 * busy_share:.1f} % in the residual in the busy piece, "
               f"{100 * sparse_share:.1f} % over the bass alone (median per second; goal ≥ 90 %)")
-    del copies
     return 0
 
 

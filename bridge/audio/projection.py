@@ -58,7 +58,6 @@ N_FFT = 4096
 HOP = 2048
 LOOK = 2  # frames either side of a frame its statistics are smoothed over (and bins either side)
 OPPOSED = 6.0  # r₀: deviation power per extra channel, in units of the mid's, where the gate starts closing
-GATE_SPREAD = 2
 COHERENT = 0.5  # c₀²: squared coherence of deviation and mid from which a pan is fully trusted
 _EPS = 1e-30  # keeps digital silence (all powers 0) from dividing by zero
 
@@ -202,10 +201,6 @@ class MaskProjector:
         # 2. the gate: the deviation power the pans leave unexplained, beyond (C − 1) × the mid's, comes
         # from sound that cancels in the mono mix: the service never heard it
         unexplained = power_dev - trust * (2.0 - trust) * explained
-        if GATE_SPREAD != 2:
-            fine = _smooth(history[:2], n_out, GATE_SPREAD)
-            unexplained *= fine[1] / (power_dev + _EPS)
-            power_mid = fine[0]
         gate = np.minimum(1.0, OPPOSED * (channels - 1) * power_mid / (np.maximum(unexplained, 0.0) + _EPS))
         gate *= gate
         # 3. the gain G the service gave the mid in this bin and frame, T·M̄ / max(|M|², |T|²): |G| ≤ 1, and
@@ -265,7 +260,7 @@ def _join(rows: Float32Array) -> Complex64Array:
     return joined
 
 
-def _smooth(history: Float32Array, n_out: int, spread: int = 2) -> Float32Array:
+def _smooth(history: Float32Array, n_out: int) -> Float32Array:
     """Triangular sums over ±2 frames and ±2 bins (two passes of a 3-wide box each way, unnormalised: only
     ratios of them are used). `history` holds frames −2 .. n_out+1 on axis 1; the result frames
     0 .. n_out−1."""
@@ -274,7 +269,7 @@ def _smooth(history: Float32Array, n_out: int, spread: int = 2) -> Float32Array:
         summed = values[:, :-2] + values[:, 1:-1]
         summed += values[:, 2:]
         values = summed
-    for _ in range(spread):  # along frequency, the edges summing what there is
+    for _ in range(2):  # along frequency, the edges summing what there is
         summed = values.copy()
         summed[..., 1:] += values[..., :-1]
         summed[..., :-1] += values[..., 1:]
