@@ -206,7 +206,7 @@ class MaskProjector:
         # 3. the gain G the service gave the mid in this bin and frame, T·M̄ / max(|M|², |T|²): |G| ≤ 1, and
         # 0 where the service kept nothing of it (its band limit, a lossy result's holes)
         t, m = target[:n_out], mid[:n_out]
-        scale = np.maximum(_power(m), _power(t))
+        scale = np.maximum(raw[0, :n_out], _power(t))  # raw[0]: |M|² of each frame
         scale += _EPS
         np.divide(gate, scale, out=scale)
         gain = t * m.conj()
