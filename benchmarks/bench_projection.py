@@ -134,8 +134,11 @@ def ideal(source: Audio, band: Band) -> Audio:
 
 
 def sdr(reference: Audio, estimate: Audio) -> float:
-    error = np.sum((reference - estimate) ** 2)
-    return float(10 * np.log10(np.sum(reference**2) / error)) if error > 0 else float("inf")
+    """dB; inf when exact, nan when the reference is silent (the full band's ideal residual)."""
+    error, signal = np.sum((reference - estimate) ** 2), np.sum(reference**2)
+    if signal == 0:
+        return float("nan")
+    return float(10 * np.log10(signal / error)) if error > 0 else float("inf")
 
 
 def image_db(x: Audio) -> float:
@@ -169,7 +172,7 @@ def run(folder: Path, name: str, source: Audio, band: Band) -> Stems:
 
 
 def fmt(values: list[float]) -> str:
-    return "/".join(f"{v:6.1f}" if np.isfinite(v) else "   inf" for v in values)
+    return "/".join(f"{v:6.1f}" if np.isfinite(v) else f"{v!s:>6}" for v in values)
 
 
 def measure(folder: Path, name: str, source: Audio, band: Band, rows: list[str]) -> list[float]:
