@@ -201,7 +201,8 @@ class MaskProjector:
         # 2. the gate: the deviation power the pans leave unexplained, beyond (C − 1) × the mid's, comes
         # from sound that cancels in the mono mix: the service never heard it
         unexplained = power_dev - trust * (2.0 - trust) * explained
-        gate = np.minimum(1.0, OPPOSED * (channels - 1) * power_mid / (np.maximum(unexplained, 0.0) + _EPS))
+        allowed = OPPOSED * (channels - 1) * power_mid
+        gate = allowed / (np.maximum(unexplained, allowed) + _EPS)  # min(1, r₀ / r) without overflow
         gate *= gate
         # 3. the gain G the service gave the mid in this bin and frame, T·M̄ / max(|M|², |T|²): |G| ≤ 1, and
         # 0 where the service kept nothing of it (its band limit, a lossy result's holes)
