@@ -99,8 +99,8 @@ class MaskProjector:
         self._tail = np.zeros((channels - 1, self.latency), np.float32)  # the last deviation is minus the sum
         # raw statistics of the last LOOK frames synthesised (rows: see _deviation_spectra)
         used = 1 if channels == 2 else channels
-        self._history = np.zeros((2 + 2 * used, LOOK, bins), np.float32)
-        self._scratch = np.empty((0, 0, 0), np.float32)
+        self._history = np.zeros((1 + used, LOOK, bins), np.complex64)
+        self._scratch = np.empty((0, 0, 0), np.complex64)
         self._skip = self.latency  # leading output samples that belong to the zero padding
         self._fed = 0
         self._emitted = 0
@@ -176,22 +176,24 @@ class MaskProjector:
             mid = sources.mean(axis=0)
             deviation = sources - mid
         used = len(deviation)
-        # raw statistics of frames −LOOK .. n_frames−1 (the first LOOK carried over from the last call)
-        history = self._raw(2 + 2 * used, (LOOK + mid.shape[0], mid.shape[1]))
+        # raw statistics of frames −LOOK .. n_frames−1 (the first LOOK carried over from the last call),
+        # complex rows: |M|² + i·mean_c|D_c|², then D_c·M̄ for each channel used
+        history = self._raw(1 + used, (LOOK + mid.shape[0], mid.shape[1]))
         history[:, :LOOK] = self._history
         raw = history[:, LOOK:]
-        _power(mid, raw[0])
+        powers = raw[0].view(np.float32).reshape(*mid.shape, 2)
+        _power(mid, powers[..., 0])
         if used > 1:
-            np.mean(deviation.real**2 + deviation.imag**2, axis=0, out=raw[1])
+            np.mean(deviation.real**2 + deviation.imag**2, axis=0, out=powers[..., 1])
         else:
-            _power(deviation[0], raw[1])
-        _split(deviation * mid.conj(), raw[2:])
+            _power(deviation[0], powers[..., 1])
+        np.multiply(deviation, mid.conj(), out=raw[1:])
         self._history = history[:, n_out : n_out + LOOK].copy()
         stats = _smooth(history, n_out)
-        power_mid, power_dev = stats[0], stats[1]
+        power_mid, power_dev = stats[0].real, stats[0].imag
         # 1. the pan of what the source holds in this bin: D = α·M for any one sound, wherever it is panned
         # (a complex α: an inter-channel delay too), trusted as far as D and M are coherent
-        pan = _join(stats[2:])
+        pan = stats[1:]
         inverse_mid = 1.0 / (power_mid + _EPS)
         explained = _power(pan).mean(axis=0) if len(pan) > 1 else _power(pan[0])
         explained *= inverse_mid  # mean_c |Σ D_c·M̄|² / Σ|M|²: the power the pans explain
@@ -207,7 +209,7 @@ class MaskProjector:
         # 3. the gain G the service gave the mid in this bin and frame, T·M̄ / max(|M|², |T|²): |G| ≤ 1, and
         # 0 where the service kept nothing of it (its band limit, a lossy result's holes)
         t, m = target[:n_out], mid[:n_out]
-        scale = np.maximum(raw[0, :n_out], _power(t))  # raw[0]: |M|² of each frame
+        scale = np.maximum(powers[:n_out, :, 0], _power(t))  # |M|² of each frame
         scale += _EPS
         np.divide(gate, scale, out=scale)
         gain = t * m.conj()
@@ -220,10 +222,10 @@ class MaskProjector:
         pan[..., self._heard_bins :] = 0.0
         return pan
 
-    def _raw(self, rows: int, shape: tuple[int, ...]) -> Float32Array:
+    def _raw(self, rows: int, shape: tuple[int, ...]) -> Complex64Array:
         """Scratch for the raw statistics, kept between calls (fresh big arrays cost page faults)."""
         if self._scratch.shape != (rows, *shape):
-            self._scratch = np.empty((rows, *shape), np.float32)
+            self._scratch = np.empty((rows, *shape), np.complex64)
         return self._scratch
 
     def _overlap_add(self, frames: Float32Array) -> Float32Array:
@@ -246,33 +248,20 @@ def _power(spectrum: Complex64Array, out: Float32Array | None = None) -> Float32
     return power
 
 
-def _split(values: Complex64Array, into: Float32Array) -> None:
-    """Complex rows into real and imaginary float32 rows (row k → rows 2k, 2k + 1)."""
-    pairs = into.reshape(-1, 2, *into.shape[1:])
-    pairs[:, 0] = values.real
-    pairs[:, 1] = values.imag
-
-
-def _join(rows: Float32Array) -> Complex64Array:
-    pairs = rows.reshape(-1, 2, *rows.shape[1:])
-    joined: Complex64Array = np.empty(pairs[:, 0].shape, np.complex64)
-    joined.real = pairs[:, 0]
-    joined.imag = pairs[:, 1]
-    return joined
-
-
-def _smooth(history: Float32Array, n_out: int) -> Float32Array:
+def _smooth(history: Complex64Array, n_out: int) -> Complex64Array:
     """Triangular sums over ±2 frames and ±2 bins (two passes of a 3-wide box each way, unnormalised: only
-    ratios of them are used). `history` holds frames −2 .. n_out+1 on axis 1; the result frames
-    0 .. n_out−1."""
-    values = history
+    ratios of them are used), on the float32 view. `history` holds frames −2 .. n_out+1 on axis 1; the
+    result frames 0 .. n_out−1."""
+    rows, frames, bins = history.shape
+    values = history.view(np.float32).reshape(rows, frames, bins, 2)
     for _ in range(2):  # along time: each pass drops a frame at either end
         summed = values[:, :-2] + values[:, 1:-1]
         summed += values[:, 2:]
         values = summed
     for _ in range(2):  # along frequency, the edges summing what there is
         summed = values.copy()
-        summed[..., 1:] += values[..., :-1]
-        summed[..., :-1] += values[..., 1:]
+        summed[:, :, 1:] += values[:, :, :-1]
+        summed[:, :, :-1] += values[:, :, 1:]
         values = summed
-    return values
+    result: Complex64Array = values.reshape(rows, n_out, bins * 2).view(np.complex64)
+    return result
