@@ -29,7 +29,9 @@ MANIFEST_FIELDS: dict[str, str] = {
     "preset": "preset name, or `prompt` for an ad-hoc prompt",
     "label": "the word used in the file names",
     "steps": "one entry per service request: `label`, `prompt`, `options`, `request_id`, `alignment` "
-    "(`offset_samples`, `drift_samples`, `correlation`, `method`), `projection`, `null_test_dbfs`, `flags`, "
+    "(`offset_samples`, `drift_samples`, `correlation`, `method`), `projection`, `null_test` (`exact`: target + "
+    "residual == source to the last bit; `measured`: see `null_test_dbfs`, the peak difference in dBFS; "
+    "`not-finite`: a NaN or infinite sample, the worst result), `null_test_dbfs`, `flags`, "
     "`estimated_cost`, `upload` (`content_type`, `bytes`, `source_file_as_is`: what was sent; null when the "
     "step was resumed), `service_log_tail`",
     "stems": "label → `path`, `format`, `subtype`, `samplerate`, `channels`, `frames`",
@@ -61,6 +63,14 @@ class StepRecord:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def null_test_verdict(peak_dbfs: float) -> str:
+    """−inf is an exact null; +inf or NaN a sample that was not a number, the worst result: JSON has no
+    infinities, so `null_test_dbfs` is null for both and this says which."""
+    if peak_dbfs == -math.inf:
+        return "exact"
+    return "measured" if math.isfinite(peak_dbfs) else "not-finite"
 
 
 def build_manifest(
@@ -105,6 +115,7 @@ def build_manifest(
                     "method": step.report.method,
                 },
                 "projection": step.report.projection if step.report else None,
+                "null_test": null_test_verdict(step.report.null_test_dbfs) if step.report else None,
                 "null_test_dbfs": _finite(step.report.null_test_dbfs) if step.report else None,
                 "flags": list(step.report.flags) if step.report else [],
                 "estimated_cost": step.estimated_cost,

@@ -144,10 +144,10 @@ def test_stereo_source_with_a_late_mp3_result(tmp_path: Path) -> None:
     results = fake_service_result(target_part, bed, rate, tmp_path, fmt="MP3", shift=1105)
     report, out_t, out_r, _ = _run(tmp_path, source, results)
     assert abs(report.offset_samples - 1015) <= 1
-    assert report.projection.startswith("stft-ratio-mask")
+    assert report.projection.startswith("mid-exact")
     target = _floats(out_t)
-    # The mask was applied where the clicks really are, so they come through (a soft mask passes a
-    # click over broadband noise at about half level; 1015 samples off, they fall to about a tenth).
+    # The projection worked where the clicks really are, so they come through (1015 samples off, the mid
+    # would hold the service's clicks a frame away from the source's).
     at_clicks = np.abs(target[positions])
     assert np.all(at_clicks[:, 0] > 0.25 * 0.8) and np.all(at_clicks[:, 1] > 0.25 * 0.4)
     assert np.array_equal(peak_positions(target[:, 0], positions), positions)

@@ -103,6 +103,7 @@ def test_stem_set_peels_and_sums_back_to_the_source(client: FalClient, service: 
     manifest = json.loads(result.manifest.read_text())
     assert [s["label"] for s in manifest["steps"]] == ["vocals", "drums", "bass"]
     assert all(s["request_id"] for s in manifest["steps"])
+    assert all(s["null_test"] == "exact" and s["null_test_dbfs"] is None for s in manifest["steps"])
     assert hooks.fractions == sorted(hooks.fractions)  # the progress bar never goes back
     assert sum(line.startswith("Separating") for line in hooks.log_lines) == 3  # every service line, once
 

@@ -1,0 +1,271 @@
+"""Benchmark the stereo projection on realistic music against the ideal answer and the copy baseline.
+
+Music: MIDI written here (a tiny SMF writer): bass, drums, piano, strings, flute, trumpet, each rendered
+ALONE by fluidsynth with the GM soundfont (/usr/share/sounds/sf2/FluidR3_GM.sf2, its reverb on: stereo
+tails; its piano and strings are wide stereo samples), panned here by up to ±20 dB and summed, so the mix
+is exactly the sum of its parts. (Its "sawtooth lead", program 81, is left out: its two channels are
+nearly in anti-phase, correlation −0.87, which is the anti-phase case measured on its own below.)
+
+Per band the stand-in offers (low, voice, high, mid; and full, no prompt) the stand-in separates the mix
+(`bridge.local_service.separator.separate`) and `conform` makes the stems. The IDEAL target is the
+stand-in's own band filter applied to each source channel; the copy baseline puts the service's mono
+target in both channels. Printed per case: target and residual SDR per channel, side SDR, image error
+(the L/R level ratio against the ideal's, dB), lag and null test.
+
+Cases: two stereo pieces; the same music as mono-in-stereo (L = R); a 5.1 spread; an anti-phase pad
+(L = p, R = −p) in a busy and in a sparse passage: its share in the residual, per second, measured as
+the change the pad makes to the stems (the service's answer is the same with and without it: it cancels
+in the mono mix).
+
+    python benchmarks/bench_projection.py [--seconds 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bridge.audio.conform import ConformSpec, conform  # noqa: E402
+from bridge.audio.source import probe_source  # noqa: E402
+from bridge.local_service.separator import (  # noqa: E402
+    FULL,
+    HIGH,
+    LOW,
+    MID,
+    VOICE,
+    Band,
+    SeparationSpec,
+    _zero_phase_blocks,
+    band_filter,
+    separate,
+)
+
+RATE = 48_000
+SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+PROMPTS: dict[Band, str | None] = {LOW: "bass", VOICE: "vocals", HIGH: "hi-hat", MID: "guitar", FULL: None}
+Audio = np.ndarray
+
+# -- MIDI -----------------------------------------------------------------------------------------
+
+
+def _varlen(value: int) -> bytes:
+    out = [value & 0x7F]
+    while value > 0x7F:
+        value >>= 7
+        out.append((value & 0x7F) | 0x80)
+    return bytes(reversed(out))
+
+
+def write_midi(path: Path, program: int, notes: list[tuple[float, float, int, int]], channel: int = 0) -> None:
+    """A one-track SMF (format 0, 480 ticks per beat at 120 bpm): (start s, length s, pitch, velocity)."""
+    tick = 960  # ticks per second
+    events: list[tuple[int, bytes]] = [(0, bytes([0xC0 | channel, program]))]
+    for start, length, pitch, velocity in notes:
+        events.append((round(start * tick), bytes([0x90 | channel, pitch, velocity])))
+        events.append((round((start + length) * tick), bytes([0x80 | channel, pitch, 0])))
+    events.sort(key=lambda e: (e[0], e[1][0] & 0xF0 == 0x90))
+    track, now = b"\x00\xff\x51\x03\x07\xa1\x20", 0  # tempo: 500000 µs per beat
+    for time, data in events:
+        track += _varlen(time - now) + data
+        now = time
+    track += b"\x00\xff\x2f\x00"
+    path.write_bytes(b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk" + struct.pack(">I", len(track)) + track)
+
+
+def render(folder: Path, name: str, program: int, notes: list[tuple[float, float, int, int]], seconds: float,
+           channel: int = 0) -> Audio:
+    midi, wav = folder / f"{name}.mid", folder / f"{name}.wav"
+    write_midi(midi, program, notes, channel)
+    subprocess.run(["fluidsynth", "-ni", "-q", "-g", "0.6", "-r", str(RATE), "-F", str(wav), str(SOUNDFONT),
+                    str(midi)], check=True, capture_output=True)
+    data, _ = sf.read(str(wav), dtype="float64", always_2d=True)
+    out = np.zeros((round(seconds * RATE), 2))
+    out[: min(len(out), len(data))] = data[: len(out)]
+    return out
+
+
+def arrangement(seconds: float, seed: int) -> dict[str, tuple[int, int, list[tuple[float, float, int, int]]]]:
+    """name → (program, MIDI channel, notes): bass, drums, piano, strings, flute, lead."""
+    rng = np.random.default_rng(seed)
+    beat = 0.5
+    roots = [40, 45, 43, 38]
+    parts: dict[str, tuple[int, int, list[tuple[float, float, int, int]]]] = {}
+    bars = int(seconds / (4 * beat)) - 1
+    parts["bass"] = (33, 0, [(b * 2 + i * beat, beat * 0.9, roots[b % 4] + (7 if i % 2 else 0), 100)
+                             for b in range(bars) for i in range(4)])
+    parts["drums"] = (0, 9, [(b * 2 + i * beat / 2, 0.1, (36 if i % 4 == 0 else 38 if i % 4 == 2 else 42),
+                              90 + int(rng.integers(0, 30))) for b in range(bars) for i in range(8)])
+    parts["piano"] = (0, 0, [(b * 2 + i * beat, beat * 1.8, roots[b % 4] + 24 + c, 70)
+                             for b in range(bars) for i in (0, 2) for c in (0, 4, 7)])
+    parts["strings"] = (48, 0, [(b * 2, 2.0, roots[b % 4] + 12 + c, 60) for b in range(bars) for c in (0, 7, 12)])
+    parts["flute"] = (73, 0, [(b * 2 + i * beat, beat, 72 + int(rng.choice([0, 2, 4, 7, 9, 12])), 85)
+                              for b in range(bars) for i in range(4) if rng.random() < 0.8])
+    parts["lead"] = (56, 0, [(b * 2 + 1, 0.9, 60 + int(rng.choice([0, 3, 5, 7])), 70) for b in range(bars)])
+    return parts
+
+
+def pan_gains(db: float) -> tuple[float, float]:
+    """Left/right gains with the left louder by `db` (negative: right louder), equal power."""
+    ratio = 10 ** (db / 20)
+    right = 1 / np.sqrt(1 + ratio**2)
+    return ratio * right * np.sqrt(2), right * np.sqrt(2)
+
+
+# -- measuring ------------------------------------------------------------------------------------
+
+
+def ideal(source: Audio, band: Band) -> Audio:
+    taps = band_filter(band)
+    if taps is None:
+        return source.copy()
+    return np.stack([np.concatenate([t for _, t in _zero_phase_blocks(iter([source[:, c]]), taps)])
+                     for c in range(source.shape[1])], axis=1)
+
+
+def sdr(reference: Audio, estimate: Audio) -> float:
+    """dB; inf when exact, nan when the reference is silent (the full band's ideal residual)."""
+    error, signal = np.sum((reference - estimate) ** 2), np.sum(reference**2)
+    if signal == 0:
+        return float("nan")
+    return float(10 * np.log10(signal / error)) if error > 0 else float("inf")
+
+
+def image_db(x: Audio) -> float:
+    return float(10 * np.log10(np.sum(x[:, 0] ** 2) / np.sum(x[:, 1] ** 2)))
+
+
+@dataclass
+class Stems:
+    target: Audio
+    residual: Audio
+    copy: Audio  # the baseline: the service's mono target in every channel
+    lag: int
+    null: float
+
+
+def run(folder: Path, name: str, source: Audio, band: Band) -> Stems:
+    path = folder / f"{name}.src.wav"
+    sf.write(str(path), source, RATE, subtype="FLOAT")
+    svc_t, svc_r = folder / f"{name}.svc.t.wav", folder / f"{name}.svc.r.wav"
+    for p in (svc_t, svc_r):
+        p.unlink(missing_ok=True)
+    separate(path, SeparationSpec(PROMPTS[band]), svc_t, svc_r)
+    info = probe_source(path)
+    out_t, out_r = folder / f"{name}.t.wav", folder / f"{name}.r.wav"
+    for p in (out_t, out_r):
+        p.unlink(missing_ok=True)
+    report = conform(ConformSpec(info, 0, info.frames), svc_t, svc_r, out_t, out_r)
+    mono, _ = sf.read(str(svc_t), dtype="float64")
+    return Stems(sf.read(str(out_t), dtype="float64")[0], sf.read(str(out_r), dtype="float64")[0],
+                 np.repeat(mono[:, None], source.shape[1], axis=1), report.offset_samples, report.null_test_dbfs)
+
+
+def fmt(values: list[float]) -> str:
+    return "/".join(f"{v:6.1f}" if np.isfinite(v) else f"{v!s:>6}" for v in values)
+
+
+def measure(folder: Path, name: str, source: Audio, band: Band, rows: list[str]) -> list[float]:
+    stems = run(folder, name, source, band)
+    want = ideal(source, band)
+    want_r = source - want
+    ch = range(source.shape[1])
+    t_sdr = [sdr(want[:, c], stems.target[:, c]) for c in ch]
+    r_sdr = [sdr(want_r[:, c], stems.residual[:, c]) for c in ch]
+    c_sdr = [sdr(want[:, c], stems.copy[:, c]) for c in ch]
+    if source.shape[1] == 2 and np.any(source[:, 0] != source[:, 1]):
+        side = sdr(want[:, 0] - want[:, 1], stems.target[:, 0] - stems.target[:, 1])
+        image = abs(image_db(stems.target) - image_db(want))
+        copy_image = abs(image_db(want))
+    else:
+        side = image = copy_image = float("nan")
+    rows.append(f"{name:<22} {band.name:<6} target {fmt(t_sdr)} residual {fmt(r_sdr)} side {side:6.1f} "
+                f"image {image:5.3f} | copy {fmt(c_sdr)} image {copy_image:5.2f} | lag {stems.lag} "
+                f"null {stems.null:.1f}")
+    return t_sdr
+
+
+def pad_share(folder: Path, name: str, mix: Audio, pad: Audio, band: Band, busy_mask: Audio) -> tuple[float, float]:
+    """Median over seconds of the pad's share in the residual (1 − its change to the target / its energy),
+    in the busy and in the sparse seconds."""
+    with_pad = mix.copy()
+    with_pad[:, 0] += pad
+    with_pad[:, 1] -= pad
+    a = run(folder, name + "+pad", with_pad, band).target
+    b = run(folder, name, mix, band).target
+    shares = {True: [], False: []}  # type: dict[bool, list[float]]
+    for s in range(len(pad) // RATE):
+        part = slice(s * RATE, (s + 1) * RATE)
+        energy = 2 * np.sum(pad[part] ** 2)
+        if energy > 1e-6:
+            shares[bool(busy_mask[s])].append(1 - np.sum((a[part] - b[part]) ** 2) / energy)
+    return tuple(float(np.median(shares[busy])) if shares[busy] else float("nan") for busy in (True, False))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=12.0)
+    args = parser.parse_args()
+    seconds = args.seconds
+    rows: list[str] = []
+    mixes: list[float] = []
+    mono_sdrs: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-projection-") as tmp:
+        folder = Path(tmp)
+        pans = {"bass": 0.0, "drums": 6.0, "piano": -20.0, "strings": 12.0, "flute": 20.0, "lead": -9.0}
+        pieces = []
+        for seed in (1, 2):
+            parts = {name: render(folder, f"p{seed}-{name}", prog, notes, seconds, ch)
+                     for name, (prog, ch, notes) in arrangement(seconds, seed).items()}
+            sign = 1 if seed == 1 else -1
+            mix = sum(part * np.array(pan_gains(sign * pans[name])) for name, part in parts.items())
+            pieces.append((seed, parts, mix))
+        for band in PROMPTS:
+            if band is FULL:  # the target is the whole mix: exact, nothing to compare a baseline with
+                measure(folder, "piece1 stereo", pieces[0][2], band, rows)
+                continue
+            for seed, _parts, mix in pieces:
+                mixes += measure(folder, f"piece{seed} stereo", mix, band, rows)
+            mono = pieces[0][2].mean(axis=1)
+            mono_sdrs += measure(folder, "piece1 L=R", np.stack([mono, mono], axis=1), band, rows)
+        # 5.1: the instruments spread over six channels (L R C LFE Ls Rs)
+        seed, parts, _ = pieces[0]
+        surround = np.zeros((len(pieces[0][2]), 6))
+        for part, (ch_a, ch_b) in zip(parts.values(), ((3, 2), (0, 1), (0, 4), (1, 5), (2, 1), (4, 5)),
+                                              strict=True):
+            surround[:, ch_a] += part[:, 0]
+            surround[:, ch_b] += part[:, 1]
+        surround_sdrs = measure(folder, "piece1 5.1", surround, MID, rows)
+        # the anti-phase pad: a sustained string pad, L = p, R = −p, over the busy piece and a sparse one
+        pad = render(folder, "pad", 89, [(0.5, seconds - 1.5, 60 + c, 80) for c in (0, 4, 7)], seconds)[:, 0]
+        busy = np.ones(int(seconds))
+        sparse_mix = pieces[0][1]["bass"] * np.array(pan_gains(0.0))
+        shares = {}
+        for band in (MID, VOICE):
+            shares[band.name] = (pad_share(folder, "piece1", pieces[0][2], 0.5 * pad, band, busy)[0],
+                                 pad_share(folder, "bass-only", sparse_mix, 0.5 * pad, band, 0 * busy)[1])
+    print(f"{len(rows)} cases, {seconds:g} s each, 48 kHz float; SDR in dB per channel (L/R…) against the ideal")
+    for row in rows:
+        print(row)
+    print(f"stereo mixes: target SDR median {np.median(mixes):.1f} dB, min {np.min(mixes):.1f} "
+          f"(goal ≥ 35 median, none below 25)")
+    print(f"L = R: target SDR min {np.min(mono_sdrs):.1f} dB (goal ≥ 100)")
+    print(f"5.1: target SDR min {np.min(surround_sdrs):.1f} dB, median {np.median(surround_sdrs):.1f}")
+    for band_name, (busy_share, sparse_share) in shares.items():
+        print(f"anti-phase pad, {band_name} band: {100 * busy_share:.1f} % in the residual in the busy piece, "
+              f"{100 * sparse_share:.1f} % over the bass alone (median per second; goal ≥ 90 %)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
