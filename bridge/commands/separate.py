@@ -18,11 +18,14 @@ from typing import Any
 
 from bridge.audio.source import probe_source
 from bridge.commands.progress_display import ProgressDisplay
+from bridge.common.config import load_config
+from bridge.common.cost import money
 from bridge.common.errors import BridgeError, Cancelled, InputError, OutputError, ServiceUnavailable, SubmitUncertain
 from bridge.common.jobs import JobState
-from bridge.common.options import Acceleration, OutputFormat, ResidualMethod
+from bridge.common.options import option_flags
 from bridge.common.processes import owner_tag, remove_left_behind
-from bridge.common.request import Origin, SeparationRequest
+from bridge.common.request import Origin, SeparationRequest, Span
+from bridge.engine.estimate import estimate
 from bridge.engine.pipeline import Pipeline
 from bridge.engine.pipeline_hooks import JobResult, StandaloneHooks
 from bridge.engine.service_choice import ServiceChoice, open_client
@@ -40,22 +43,25 @@ def register(subparsers: Any) -> None:
                               description="Isolate a sound in each FILE, described by --prompt or a --preset.")
     p.add_argument("source", type=Path, nargs="+", metavar="FILE",
                    help="audio file(s) (WAV, AIFF, FLAC, MP3, OGG…); several are done one after another")
-    what = p.add_mutually_exclusive_group(required=True)
+    what = p.add_mutually_exclusive_group()
     what.add_argument("--prompt", help='what to isolate, e.g. "piano playing"')
     what.add_argument("--preset", help="preset name (see `sam-bridge presets list`)")
     p.add_argument("--project", type=Path, help="project folder: stems go to its Stems/ folder")
     p.add_argument("--output-dir", type=Path, help="exact folder for the stems")
     p.add_argument("--start", type=float, help="seconds into FILE where the part to separate begins")
     p.add_argument("--length", type=float, help="seconds to separate from --start")
-    p.add_argument("--acceleration", choices=[a.value for a in Acceleration])
-    p.add_argument("--candidates", type=int, dest="reranking_candidates", help="reranking candidates (1-8)")
-    p.add_argument("--output-format", choices=[f.value for f in OutputFormat],
-                   help="format the service returns (stems are conformed either way)")
-    p.add_argument("--residual", choices=[r.value for r in ResidualMethod])
-    p.add_argument("--format", type=str.upper, choices=STEM_FORMATS, metavar="FORMAT",
-                   help=f"stem container override: {', '.join(STEM_FORMATS)}")
-    p.add_argument("--subtype", type=str.upper, choices=STEM_SUBTYPES, metavar="SUBTYPE",
-                   help=f"stem sample format override: {', '.join(STEM_SUBTYPES)}")
+    for name, flag, kwargs in option_flags():  # every service and output option, from its one declaration
+        if name in _CHOICES:
+            kwargs = {**kwargs, "choices": _CHOICES[name], "help": f"{kwargs['help']}: {', '.join(_CHOICES[name])}"}
+        p.add_argument(flag, **kwargs)
+    p.add_argument("--span", action="append", type=parse_span, dest="spans", metavar="START-END[:exclude]",
+                   help="a span to separate in seconds (span-separate; repeatable); START-END:exclude marks a "
+                   "span to leave out")
+    p.add_argument("--estimate", action="store_true",
+                   help="print seconds, requests and estimated cost per file and in total; send nothing")
+    p.add_argument("--audition", nargs="?", type=_positive, const=AUDITION_DEFAULT, metavar="SECONDS",
+                   help=f"separate only the loudest SECONDS (default {AUDITION_DEFAULT:g}) of the part, or from "
+                   "--start; the stems are named .audition; prints what the whole would cost")
     service = p.add_mutually_exclusive_group()
     service.add_argument("--local", action="store_true", help="use the built-in local stand-in (no key needed)")
     service.add_argument("--service-url", help="use a stand-in service at this URL (`sam-bridge local-service`)")
@@ -68,7 +74,28 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-OPTION_ARGS = ("acceleration", "reranking_candidates", "output_format", "residual", "format", "subtype")
+OPTION_ARGS = tuple(name for name, _flag, _kwargs in option_flags())
+AUDITION_DEFAULT = 10.0
+_CHOICES = {"format": STEM_FORMATS, "subtype": STEM_SUBTYPES}
+
+
+def parse_span(text: str) -> Span:
+    """`12.5-20` (a span to keep) or `12.5-20:exclude` (a span to leave out), in seconds."""
+    body, _, kind = text.partition(":")
+    start, sep, end = body.partition("-")
+    if not sep or kind not in ("", "include", "exclude"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give START-END in seconds, e.g. 12.5-20 (or 12.5-20:exclude)")
+    try:
+        return Span(start=float(start), end=float(end), include=kind != "exclude")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {_first_error(exc)}") from None
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
 
 
 def _non_negative(text: str) -> float:
@@ -87,7 +114,7 @@ def build_request(args: argparse.Namespace, source: Path) -> SeparationRequest:
         return SeparationRequest(
             source=source.expanduser().absolute(), prompt=args.prompt, preset=args.preset,
             project_dir=_absolute(args.project), output_dir=_absolute(args.output_dir), start=args.start,
-            length=args.length,
+            length=args.length, spans=args.spans, audition=args.audition,
             options=options, origin=Origin.cli,
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -153,6 +180,8 @@ def _run(args: argparse.Namespace) -> int:
     if library.errors() and not args.quiet:  # others' problems: one line, not a log line per problem
         print("sam-bridge: note: some preset files have problems, so their presets cannot be used; "
               "`sam-bridge presets list` names them.", file=sys.stderr)
+    if args.estimate:
+        return _print_estimates(args, recipe)
     if args.resume_request and args.local:
         raise InputError("--resume-request cannot be used with --local: the built-in stand-in's requests end "
                          "with the run that made them.", hint="Run the command again without --resume-request.")
@@ -172,6 +201,29 @@ def _run(args: argparse.Namespace) -> int:
             return _separate_each(client, recipe, args, choice)
         result, seconds = _separate(client, first, recipe, args, choice)
     print_result(result, args.json, seconds)
+    return 0
+
+
+def _print_estimates(args: argparse.Namespace, recipe: Recipe) -> int:
+    """Per file and in total what the run would send and cost; nothing is uploaded or sent."""
+    config = load_config()
+    estimates = [estimate(build_request(args, source), recipe, config.prices) for source in args.source]
+    total = round(sum(e.estimated_cost for e in estimates), 4)
+    seconds = round(sum(e.seconds for e in estimates), 3)
+    requests = sum(e.requests for e in estimates)
+    currency = config.prices.currency
+    if args.json:
+        print(json.dumps({"ok": True, "estimate": True, "files": [e.model_dump() for e in estimates],
+                          "total": {"seconds": seconds, "requests": requests, "estimated_cost": total,
+                                    "currency": currency},
+                          "confirm_above": config.confirm_above, "rounding": config.prices.rounding},
+                         indent=2, ensure_ascii=False))
+        return 0
+    for e in estimates:
+        print(e.line())
+    if len(estimates) > 1:
+        print(f"total: {seconds:.1f} s, {requests} requests, {money(total, currency)}")
+    print("Nothing was sent (estimate at the configured prices, as SAM Audio on fal would charge).", file=sys.stderr)
     return 0
 
 
