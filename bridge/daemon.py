@@ -133,7 +133,7 @@ class Daemon:
         client = stack.enter_context(open_client(self.choice))
         settings = EngineSettings(
             concurrency=self.config.concurrency, dedupe=self.config.dedupe, daily_budget=self.config.daily_budget,
-            prices=self.config.prices, workroot=self.state / "work",
+            prices=self.config.prices, workroot=self.state / "work", confirm_above=self.config.confirm_above,
         )
         pipeline = Pipeline(client, prices=self.config.prices)
         engine = self.engine = JobEngine(journal, pipeline, self.library, settings)

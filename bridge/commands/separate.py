@@ -138,14 +138,15 @@ def _first_error(exc: ValueError) -> str:
 class CliHooks(StandaloneHooks):
     """The pipeline's hooks for one terminal run: progress to the display, handles kept for Ctrl-C."""
 
-    def __init__(self, display: ProgressDisplay, stops: _StopSignals) -> None:
+    def __init__(self, display: ProgressDisplay, stops: _StopSignals, verbose: bool = False) -> None:
         self.display = display
+        self.verbose = verbose  # the service's log lines only with -v
         self.stops = stops
         self.handles: dict[int, RequestHandle] = {}
         self.submit_in_flight = False  # a submit was sent and its answer not yet read
 
-    def progress(self, state: JobState, fraction: float, message: str) -> None:
-        self.display.update(state.value, fraction, message)
+    def progress(self, state: JobState, fraction: float, message: str, eta: float | None = None) -> None:
+        self.display.update(state.value, fraction, message, eta)
         self.stops.check()
 
     def submitting(self, step: int) -> None:
@@ -159,7 +160,8 @@ class CliHooks(StandaloneHooks):
         self.submit_in_flight = False
 
     def service_log(self, line: str) -> None:
-        self.display.service_line(line)
+        if self.verbose:
+            self.display.service_line(line)
         self.stops.check()
 
 
@@ -233,7 +235,7 @@ def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe, arg
     began = time.monotonic()
     display = ProgressDisplay(enabled=sys.stderr.isatty() and not args.quiet)
     stops = _StopSignals()
-    hooks = CliHooks(display, stops)
+    hooks = CliHooks(display, stops, verbose=getattr(args, "verbose", 0) > 0)
     resume = {step: client.handle_for(request_id.strip()) for step, request_id in enumerate(args.resume_request)}
     hooks.handles.update(resume)  # Ctrl-C cancels those too
     owner = owner_tag()  # in the names of what this run leaves, should it be killed (SIGKILL)
@@ -328,7 +330,9 @@ def _separate_each(client: FalClient, recipe: Recipe, args: argparse.Namespace, 
     """Each file in turn; what became of each, and the exit code of the first failure (0 when none)."""
     summaries: list[dict[str, Any]] = []
     first_failure = 0
-    for source in args.source:
+    for number, source in enumerate(args.source, start=1):
+        if not args.quiet and not args.json:  # before that file's bar, so the bar is known to be its
+            print(f"[{number}/{len(args.source)}] {source.name}", file=sys.stderr, flush=True)
         try:
             request = build_request(args, source)
             probe_source(request.source)

@@ -52,6 +52,11 @@ class FileEstimate(BaseModel):
     currency: str = "USD"
     whole_seconds: float | None = Field(None, description="an audition: seconds of the whole part")
     whole_cost: float | None = Field(None, description="an audition: what separating the whole part would cost")
+    confirm_above: float | None = Field(None, description="the configured amount above which to ask first")
+
+    @property
+    def needs_confirmation(self) -> bool:
+        return self.confirm_above is not None and self.estimated_cost > self.confirm_above
 
     def line(self) -> str:
         text = (f"{self.source}: {self.seconds:.1f} s, {self.requests} request{'s' if self.requests != 1 else ''}, "

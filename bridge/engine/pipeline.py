@@ -11,7 +11,9 @@ polling its request instead of paying again.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -47,6 +49,7 @@ from bridge.common.stems import (
 )
 from bridge.engine.manifest import StepRecord, build_manifest
 from bridge.engine.pipeline_hooks import STAGE_END, Hooks, JobResult
+from bridge.engine.progress import ServiceClock, ServiceTicker, Transfer
 from bridge.fal.client import DEFAULT_QUEUE_URL, FalClient, QueueStatus, RequestHandle
 from bridge.presets.recipe import Recipe, Step
 
@@ -114,16 +117,20 @@ class _Run:
         self.source_hash = source_hash
         self.hashed_fingerprint = source_fingerprint
         self.source_fingerprint = (0, 0)
+        self.reporting = threading.RLock()  # the service ticker and the job's own thread report in turn
+        self.service_eta = 0.0  # what the service should take, for the ETA while uploading
 
     # -- progress ----------------------------------------------------------------------------------
 
-    def report(self, state: JobState, within: float, message: str) -> None:
-        """Progress over the whole job: steps share the bar equally; `within` is 0..1 of this stage."""
+    def report(self, state: JobState, within: float, message: str, eta: float | None = None) -> None:
+        """Progress over the whole job: steps share the bar equally; `within` is 0..1 of this stage; `eta`
+        the seconds the job should still take (None: unknown). The service ticker calls it too."""
         stages = list(STAGE_END)
         start = 0.0 if state == stages[0] else STAGE_END[stages[stages.index(state) - 1]]
         step_fraction = start + (STAGE_END[state] - start) * min(max(within, 0.0), 1.0)
         total = (self.step_index + step_fraction) / len(self.recipe.steps)
-        self.hooks.progress(state, round(min(total, 0.999), 4), message)
+        with self.reporting:
+            self.hooks.progress(state, round(min(total, 0.999), 4), message, eta=eta)
 
     def check_cancel(self) -> None:
         if self.hooks.cancelled():
@@ -204,8 +211,10 @@ class _Run:
             else:
                 log.info("resuming step %d: polling request %s (not submitting again)", index, handle.request_id)
             record.request_id = handle.request_id
-            self.report(JobState.submitted, 1.0, f"Submitted (request {handle.request_id})")
-            self.wait_for(handle, record)
+            clock = ServiceClock(frames / step_source.samplerate, step.options.max_chunk_duration,
+                                 step.options.chunk_overlap)
+            self.report(JobState.submitted, 1.0, f"Submitted (request {handle.request_id})", eta=clock.eta())
+            self.wait_for(handle, record, clock)
             target_file, residual_file = self.download(index, handle)
         self.check_cancel()
         self.report(JobState.conforming, 0.0, "Aligning and writing stems")
@@ -237,10 +246,17 @@ class _Run:
         upload_path, content_type = make_upload_file(source, start, frames, self.workdir, self.p.shrinks_uploads())
         self.steps[-1].upload = {"content_type": content_type, "bytes": upload_path.stat().st_size,
                                  "source_file_as_is": upload_path == source.path}
-        url = self.p.client.storage.upload(
-            upload_path, content_type,
-            progress=lambda done, total: self.report(JobState.uploading, done / max(total, 1), "Uploading"),
-        )
+        service_eta = ServiceClock(frames / source.samplerate, step.options.max_chunk_duration,
+                                   step.options.chunk_overlap).eta()
+        transfer = Transfer()
+
+        def uploaded(done: int, total: int) -> None:
+            transfer.update(done, total)
+            left = transfer.eta()
+            self.report(JobState.uploading, done / max(total, 1), transfer.describe("Uploading"),
+                        eta=None if left is None else left + service_eta)
+
+        url = self.p.client.storage.upload(upload_path, content_type, progress=uploaded)
         if upload_path != source.path:  # a temp file made for the upload (never the user's file)
             remove_quietly(upload_path)
         self.timed("upload", t)
@@ -263,12 +279,14 @@ class _Run:
         self.hooks.submitted(index, handle)
         return handle
 
-    def wait_for(self, handle: RequestHandle, record: StepRecord) -> None:
+    def wait_for(self, handle: RequestHandle, record: StepRecord, clock: ServiceClock) -> None:
         t = time.monotonic()
+        running = threading.Event()  # the service works: the ticker moves the bar between its log lines
 
         def on_status(status: QueueStatus) -> None:
             for line in status.logs[len(record.service_logs):]:
                 record.service_logs.append(line.message)
+                clock.saw_line(line.message)
                 log.info("service: %s", line.message)
                 self.hooks.service_log(line.message)
             if status.state == "IN_QUEUE":
@@ -276,9 +294,19 @@ class _Run:
                 self.report(JobState.running, 0.0, f"In the service's queue (position {position})"
                             if position is not None else "In the service's queue")
             elif status.state == "IN_PROGRESS":
-                last = record.service_logs[-1] if record.service_logs else "Separating"
-                self.report(JobState.running, 0.5, last)
+                running.set()
+                tick()
 
+        def tick() -> None:
+            with self.reporting:  # measured and reported in one go: the bar never steps back
+                last = record.service_logs[-1] if record.service_logs else "Separating"
+                self.report(JobState.running, clock.fraction(), last, eta=clock.eta())
+
+        with ServiceTicker(running, tick):
+            self._wait(handle, on_status)
+        self.timed("service", t)
+
+    def _wait(self, handle: RequestHandle, on_status: Callable[[QueueStatus], None]) -> None:
         try:
             self.p.client.wait(handle, on_status=on_status, cancelled=self.hooks.cancelled,
                                poll_interval=self.p.poll_interval, use_stream=self.p.use_stream)
@@ -292,7 +320,6 @@ class _Run:
         if self.hooks.cancelled():
             self.p.client.cancel(handle)
             raise Cancelled("Cancelled.")
-        self.timed("service", t)
 
     def download(self, index: int, handle: RequestHandle) -> tuple[Path, Path]:
         t = time.monotonic()
@@ -321,11 +348,15 @@ class _Run:
         """Both results at once, the residual in a second thread: over the internet one connection is
         slower than the line. Only this thread reports progress and looks for a cancel."""
         fractions = [0.0, 0.0]  # of each file, never going back (a retried try starts again from 0)
+        transfer = Transfer()
 
         def report() -> None:
-            self.report(JobState.downloading, sum(fractions) / 2, "Downloading results")
+            left = transfer.eta()
+            self.report(JobState.downloading, sum(fractions) / 2, transfer.describe("Downloading results:"),
+                        eta=None if left is None else left)
 
         def ours(done: int, total: int) -> None:
+            transfer.update(done, total)
             fractions[0] = max(fractions[0], done / total if total else 0.0)
             report()
             self.check_cancel()

@@ -55,7 +55,12 @@ STATUS_FIELDS: dict[str, str] = {
     "stems": "label → absolute path, in order (`target`, `residual`; stem sets: each stem, then `other`)",
     "manifest": "path of the `.sam.json` manifest when done",
     "error": "what went wrong and how to retry, when failed (`Cancelled` when cancelled)",
-    "flags": "warnings to read (`weak-correlation`, `drift`, `cut-at-end`, …)",
+    "flags": "warnings to read (`target-silent`, `target-is-everything`, `target-unlikely`, `weak-correlation`, "
+    "`drift`, `cut-at-end`, …)",
+    "eta_seconds": "seconds the job is expected to take still (null when unknown)",
+    "estimate": "with `\"estimate_only\": true`: `seconds`, `requests`, `estimated_cost`, `currency`, "
+    "`confirm_above`, `needs_confirmation` (and `whole_seconds`/`whole_cost` for an audition); state `done`, "
+    "nothing sent (null otherwise)",
     "request_mtime_ns": "for the daemon: the version (modification time) of the request file this answers",
     "cancel_marker_mtime_ns": "for the daemon: the `.cancel` marker already acted on, if any",
 }
@@ -223,6 +228,9 @@ class RequestFolder:
         except BridgeError as exc:
             self._write_status(path, mtime_ns, None, "", JobState.failed, 0.0, exc.message, error=str(exc))
             return
+        if request.estimate_only:
+            self._answer_estimate(path, mtime_ns, request)
+            return
         try:
             job_id = self.sink.submit(request)
         except (BridgeError, RequestRejected) as exc:
@@ -233,6 +241,18 @@ class RequestFolder:
         log.info("request file %s → job %s", path.name, job_id)
         if cancel_asked and self.sink.cancel(job_id):
             log.info("cancelled job %s (%s)", job_id, cancel_marker(path).name)
+
+    def _answer_estimate(self, path: Path, mtime_ns: int, request: SeparationRequest) -> None:
+        """`"estimate_only": true`: the status file says what the request would send and cost."""
+        try:
+            found = self.sink.estimate(request)
+        except (BridgeError, RequestRejected) as exc:
+            self._write_status(path, mtime_ns, None, request.tag, JobState.failed, 0.0, str(exc).split("\n")[0],
+                               error=str(exc))
+            return
+        self._write_status(path, mtime_ns, None, request.tag, JobState.done, 1.0,
+                           f"Estimate (nothing was sent): {found.line()}",
+                           estimate={**found.model_dump(), "needs_confirmation": found.needs_confirmation})
 
     def _supersede(self, path: Path, mtime_ns: int, job_id: str | None) -> None:
         """The request file was saved again: the job of its earlier version is cancelled (at the service
@@ -324,17 +344,20 @@ class RequestFolder:
                 self._answered.pop(followed.path, None)  # running again (a retry): not answered now
             self._write_status(followed.path, followed.mtime_ns, event.job_id, event.tag, event.state,
                                event.progress, event.message, stems=event.stems, manifest=event.manifest,
-                               error=event.error, flags=event.flags)
+                               error=event.error, flags=event.flags, eta=event.eta)
 
     def _write_status(self, path: Path, mtime_ns: int, job_id: str | None, tag: str, state: JobState,
                       progress: float, message: str, *, stems: dict[str, str] | None = None,
-                      manifest: str | None = None, error: str | None = None, flags: tuple[str, ...] = ()) -> None:
+                      manifest: str | None = None, error: str | None = None, flags: tuple[str, ...] = (),
+                      eta: float | None = None, estimate: dict[str, Any] | None = None) -> None:
         """`mtime_ns`: the version of the request this answers (the file may have been saved again since)."""
         write_json_atomic(status_path(path), {
             "schema": STATUS_SCHEMA, "request": path.name, "job_id": job_id, "tag": tag, "state": state.value,
             "progress": round(progress, 4), "message": message,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "stems": stems or {}, "manifest": manifest, "error": error, "flags": list(flags),
+            "eta_seconds": None if eta is None else round(eta, 1),
+            "estimate": estimate,
             "request_mtime_ns": mtime_ns, ACTED_ON_MARKER: self._marker_acted_on(path),
         })
 
