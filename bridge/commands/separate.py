@@ -21,6 +21,7 @@ from bridge.commands.progress_display import ProgressDisplay
 from bridge.common.config import load_config
 from bridge.common.cost import money
 from bridge.common.errors import BridgeError, Cancelled, InputError, OutputError, ServiceUnavailable, SubmitUncertain
+from bridge.common.flags import NOTES, describe_flag
 from bridge.common.jobs import JobState
 from bridge.common.options import option_flags
 from bridge.common.processes import owner_tag, remove_left_behind
@@ -413,5 +414,5 @@ def print_result(result: JobResult, as_json: bool, seconds: float) -> None:
         print(f"{label}: {path}")
     print(f"manifest: {result.manifest}")
     for flag in result.flags:
-        kind = "note" if flag == "drift-corrected" else "warning"  # the stems are right: nothing to check
-        print(f"{kind}: {flag} (see the manifest)", file=sys.stderr)
+        kind = "note" if flag in NOTES else "warning"
+        print(f"{kind}: {describe_flag(flag)} (see the manifest)", file=sys.stderr)
