@@ -47,6 +47,7 @@ __all__ = ["ACTIVE", "EngineSettings", "JobEngine", "ShuttingDown"]
 
 log = logging.getLogger(__name__)
 
+PAUSED_MESSAGE = "paused (daemon stopped)"
 ACTIVE = (JobState.queued, JobState.waiting, JobState.preparing, JobState.uploading, JobState.submitted,
           JobState.running, JobState.downloading, JobState.conforming)
 
@@ -157,7 +158,12 @@ class JobEngine(JobSink):
     def stop(self, timeout: float = 3.0) -> None:
         """Stop taking work; in-flight jobs unwind at their next checkpoint and resume on the next start."""
         self._stopping.set()
+        held = self._queue.held()
         self._queue.wake_all()
+        for job_id in held:  # `sam-bridge status` says so until the next start resumes them
+            row = self.journal.get(job_id)
+            if row is not None and not row.view.state.finished:
+                self.journal.update_progress(job_id, row.view.progress, PAUSED_MESSAGE)
         deadline = time.monotonic() + timeout
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))

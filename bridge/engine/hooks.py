@@ -29,6 +29,8 @@ class EngineHooks:
         self._last_cancel_check = 0.0
 
     def progress(self, state: JobState, fraction: float, message: str, eta: float | None = None) -> None:
+        if self.stopping.is_set():
+            return  # paused: the journal says so until the next start, whatever the job's threads still report
         now = time.monotonic()
         if state != self._state:
             self._state = state

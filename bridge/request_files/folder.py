@@ -39,6 +39,7 @@ from bridge.request_files.archive import ARCHIVE_AFTER, archive_answered, archiv
 log = logging.getLogger(__name__)
 
 STATUS_SUFFIX = ".status.json"
+PAUSED_MESSAGE = "paused (daemon stopped)"  # the job resumes when the daemon starts again
 # request fields that name files or folders: `~` and relative paths are resolved beside the request file
 PATH_FIELDS = ("source", "project_dir", "output_dir")
 STATUS_SCHEMA = 1
@@ -50,7 +51,7 @@ STATUS_FIELDS: dict[str, str] = {
     "state": "queued, waiting, preparing, uploading, submitted, running, downloading, conforming, "
     "done, failed, cancelled",
     "progress": "0..1 over the whole job",
-    "message": "what is happening, in words",
+    "message": "what is happening, in words (`paused (daemon stopped)` while the daemon is not running)",
     "updated_at": "ISO-8601 UTC",
     "stems": "label → absolute path, in order (`target`, `residual`; stem sets: each stem, then `other`)",
     "manifest": "path of the `.sam.json` manifest when done",
@@ -130,6 +131,7 @@ class RequestFolder:
         self._stop.set()
         self._queue.put(None)
         self._unsubscribe()
+        self._mark_paused()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
@@ -253,6 +255,22 @@ class RequestFolder:
         self._write_status(path, mtime_ns, None, request.tag, JobState.done, 1.0,
                            f"Estimate (nothing was sent): {found.line()}",
                            estimate={**found.model_dump(), "needs_confirmation": found.needs_confirmation})
+
+    def _mark_paused(self) -> None:
+        """The daemon stops: every unfinished job it follows says so in its status file (it resumes on the
+        next start), instead of its last running message that would never change."""
+        with self._lock:
+            for job_id, followed in list(self._jobs.items()):
+                if self._job_of.get(followed.path) != job_id:
+                    continue
+                view = self.sink.get(job_id)
+                if view is None or view.state.finished:
+                    continue
+                try:
+                    self._write_status(followed.path, followed.mtime_ns, job_id, view.tag, view.state, view.progress,
+                                       PAUSED_MESSAGE)
+                except OSError as exc:  # the folder is gone: nothing to tell there
+                    log.warning("could not mark %s paused: %s", followed.path.name, exc)
 
     def _supersede(self, path: Path, mtime_ns: int, job_id: str | None) -> None:
         """The request file was saved again: the job of its earlier version is cancelled (at the service
