@@ -19,7 +19,7 @@ from typing import Any
 from bridge.audio.source import probe_source
 from bridge.commands.progress_display import ProgressDisplay
 from bridge.common.config import load_config
-from bridge.common.cost import money
+from bridge.common.cost import FileEstimate, money
 from bridge.common.errors import BridgeError, Cancelled, InputError, OutputError, ServiceUnavailable, SubmitUncertain
 from bridge.common.flags import NOTES, describe_flag
 from bridge.common.jobs import JobState
@@ -203,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
         if len(args.source) > 1:
             return _separate_each(client, recipe, args, choice)
         result, seconds = _separate(client, first, recipe, args, choice)
-    print_result(result, args.json, seconds)
+    print_result(result, args.json, seconds, _whole(first, recipe))
     return 0
 
 
@@ -351,7 +351,7 @@ def _separate_each(client: FalClient, recipe: Recipe, args: argparse.Namespace, 
         summaries.append({"source": str(source), "ok": True, **result_summary(result, seconds)})
         if not args.json:
             print(f"{source.name}:")
-            print_result(result, False, seconds)
+            print_result(result, False, seconds, _whole(request, recipe))
     if args.json:
         print(json.dumps(summaries, indent=2, ensure_ascii=False))
     else:
@@ -406,9 +406,16 @@ def result_summary(result: JobResult, seconds: float) -> dict[str, Any]:
     }
 
 
-def print_result(result: JobResult, as_json: bool, seconds: float) -> None:
+def _whole(request: SeparationRequest, recipe: Recipe) -> FileEstimate | None:
+    """For an audition: what separating the whole part would send and cost."""
+    return estimate(request, recipe, load_config().prices) if request.audition is not None else None
+
+
+def print_result(result: JobResult, as_json: bool, seconds: float, whole: FileEstimate | None = None) -> None:
     if as_json:
-        print(json.dumps({"ok": True, **result_summary(result, seconds)}, indent=2, ensure_ascii=False))
+        extra = {} if whole is None else {"audition": {"seconds": whole.seconds, "whole_seconds": whole.whole_seconds,
+                                                       "whole_cost": whole.whole_cost, "currency": whole.currency}}
+        print(json.dumps({"ok": True, **result_summary(result, seconds), **extra}, indent=2, ensure_ascii=False))
         return
     for label, path in result.stems.items():
         print(f"{label}: {path}")
@@ -416,3 +423,7 @@ def print_result(result: JobResult, as_json: bool, seconds: float) -> None:
     for flag in result.flags:
         kind = "note" if flag in NOTES else "warning"
         print(f"{kind}: {describe_flag(flag)} (see the manifest)", file=sys.stderr)
+    if whole is not None and whole.whole_cost is not None and whole.whole_seconds is not None:
+        print(f"audition of {whole.seconds:.1f} s; the whole {whole.whole_seconds:.1f} s would cost "
+              f"{money(whole.whole_cost, whole.currency)} ({whole.requests} request"
+              f"{'s' if whole.requests != 1 else ''}): run it without --audition.", file=sys.stderr)

@@ -97,7 +97,10 @@ class JobEngine(JobSink):
         if not request.source.is_file():
             raise SourceError(f"{request.source} does not exist or is not a file.",
                               hint="Check the path: the file may have been moved or renamed, or not saved yet.")
-        job_id = self.journal.add(request, recipe.name if request.preset else (request.prompt or recipe.name))
+        what = recipe.name if request.preset else (request.prompt or recipe.name)
+        if request.audition is not None:  # its own job, named so beside the full run that may follow it
+            what = f"{what} (audition {request.audition:g} s)"
+        job_id = self.journal.add(request, what)
         self._events.emit(job_id, request.tag, JobState.queued, 0.0, "Waiting for a free slot")
         self._queue.put(job_id, QueuedJob(request.origin.value, time.time(), 0.0))
         return job_id

@@ -24,7 +24,6 @@ from bridge.audio.prefetch import Background
 from bridge.audio.source import (
     SourceInfo,
     check_finite,
-    frame_range,
     make_upload_file,
     probe_source,
     source_sha256,
@@ -47,6 +46,7 @@ from bridge.common.stems import (
     temp_path_for,
     write_json_atomic,
 )
+from bridge.engine.estimate import part_of
 from bridge.engine.manifest import StepRecord, build_manifest
 from bridge.engine.pipeline_hooks import STAGE_END, Hooks, JobResult
 from bridge.engine.progress import ServiceClock, ServiceTicker, Transfer
@@ -150,9 +150,14 @@ class _Run:
         if self.hashed_fingerprint is not None:
             check_source_unchanged(source.path, self.hashed_fingerprint)  # still the audio that was hashed
         self.source_fingerprint = file_fingerprint(source.path)
-        start_frame, frames = frame_range(source, self.request.start, self.request.length)
+        start_frame, frames = part_of(self.request, source)  # the part, or its audition window
+        if self.request.audition is not None:
+            self.job_flags.add("audition")
+            log.info("auditioning %.1f s of %s from %.3f s", frames / source.samplerate, source.path.name,
+                     start_frame / source.samplerate)
         check_finite(source, start_frame, frames)  # a damaged float file: refused before it is paid for
-        if self.request.length is not None and frames < round(self.request.length * source.samplerate):
+        if (self.request.length is not None and self.request.audition is None
+                and frames < round(self.request.length * source.samplerate)):
             self.job_flags.add("cut-at-end")  # the part asked for runs past the end of the file
             log.warning("the part asked for runs past the end of %s: the stems are %.3f s, not %.3f s",
                         source.path.name, frames / source.samplerate, self.request.length)
@@ -390,7 +395,7 @@ class _Run:
         check_source_unchanged(source.path, self.source_fingerprint)
         finals, manifest_path = place_all(stems, lambda: job_names(
             folder, source.path.name, self.recipe.label, list(stems), extension,
-            stem_set=self.recipe.is_stem_set))
+            stem_set=self.recipe.is_stem_set, kind="audition" if self.request.audition is not None else ""))
         self.timed("write", t)
         self.timings["total"] = round(time.monotonic() - began, 3)
         flags = sorted({flag for step in self.steps if step.report for flag in step.report.flags} | self.job_flags)

@@ -95,3 +95,43 @@ def test_a_bad_span_is_refused(env: dict[str, Path], music: Path,  # noqa: F811
     with pytest.raises(SystemExit):
         cli("separate", source.path, "--prompt", "x", "--local", "--span", "5-2")
     assert "must be after its start" in capsys.readouterr().err
+
+
+def quiet_then_loud(path: Path, rate: int = 44100, seconds: float = 30.0, loud: tuple[float, float] = (18.0, 24.0)
+                    ) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    data = 0.01 * rng.standard_normal((round(seconds * rate), 2))
+    data[round(loud[0] * rate): round(loud[1] * rate)] *= 15
+    sf.write(str(path), data, rate, subtype="PCM_24")
+    return np.asarray(sf.read(str(path), dtype="float64")[0])
+
+
+def test_audition_separates_the_loudest_window_and_prices_the_whole(
+        env: dict[str, Path], music: Path, service: LocalFalService,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge.audio import bwf
+
+    rate = 44100
+    source = music / "Take.wav"
+    original = quiet_then_loud(source, rate)
+    bwf.append_chunks(source, bwf.with_time_reference(b"t".ljust(602, b"\0"), 1_000_000), None)
+    assert cli("separate", source, "--prompt", "hi-hat", "--service-url", service.url, "--audition", "4",
+               "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    target, residual = Path(summary["stems"]["target"]), Path(summary["stems"]["residual"])
+    assert (target.name, residual.name) == ("Take - hi-hat.audition.target.wav", "Take - hi-hat.audition.residual.wav")
+    assert Path(summary["manifest"]).name == "Take - hi-hat.audition.sam.json"
+    assert "audition" in summary["flags"]
+    start = bwf.time_reference(bwf.read_chunks(target).bext or b"") - 1_000_000
+    assert 18.0 * rate <= start and start + 4 * rate <= 24.0 * rate  # inside the loud stretch, at its position
+    t, _ = sf.read(str(target), dtype="float64")
+    r, _ = sf.read(str(residual), dtype="float64")
+    assert len(t) == 4 * rate
+    assert np.max(np.abs(t + r - original[start:start + 4 * rate])) <= 2 / 2**23  # nulls against that window
+    assert summary["audition"] == {"seconds": 4.0, "whole_seconds": 30.0, "whole_cost": 0.05, "currency": "USD"}
+    assert service.stats()["submits"] == 1
+
+    assert cli("separate", source, "--prompt", "hi-hat", "--service-url", service.url, "--audition",
+               "--start", "2") == 0
+    err = capsys.readouterr().err
+    assert "the whole 28.0 s would cost $0.05" in err  # from --start: its first 10 s

@@ -70,3 +70,27 @@ def test_osc_options_reach_the_service_and_progress_carries_an_eta(client: Devic
     manifest = json.loads(Path(str(seen.done[3])).read_text())
     assert manifest["steps"][0]["options"]["predict_spans"] is True
     assert sf.info(str(seen.done[1])).frames == sf.info(str(source)).frames
+
+
+def test_an_audition_is_its_own_job_and_never_paid_twice(client: Device, service: Any,  # noqa: F811
+                                                          user_dirs: dict[str, Path]) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    source = three_tone_source(user_dirs["home"] / "Song" / "Long.wav", seconds=6.0)
+    first = follow_job(client, separate(client, source, "piano", "aud-1", "", "", "", 2.0))
+    again = follow_job(client, separate(client, source, "piano", "aud-2", "", "", "", 2.0))
+    assert first.done is not None and again.done is not None
+    assert Path(str(first.done[1])).name == "Long - piano.audition.target.wav"
+    assert sf.info(str(first.done[1])).frames == 2 * 44100
+    assert service.stats()["submits"] == 1  # the same audition again: its stems reused, not paid again
+    full = follow_job(client, separate(client, source, "piano", "full"))
+    assert full.done is not None and Path(str(full.done[1])).name == "Long - piano.target.wav"
+    assert service.stats()["submits"] == 2  # the full run is a job of its own
+    jobs = json.loads(subprocess.run([sys.executable, "-m", "bridge", "status", "--json"], capture_output=True,
+                                     text=True, env={**os.environ}, timeout=30).stdout)
+    by_id = {job["job_id"]: job for job in jobs}
+    assert by_id[first.job_id]["what"] == "piano (audition 2 s)" and by_id[full.job_id]["what"] == "piano"
+    assert by_id[again.job_id]["estimated_cost"] == 0.0 and "audition" in by_id[again.job_id]["flags"]
