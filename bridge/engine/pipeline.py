@@ -304,7 +304,9 @@ class _Run:
 
         def tick() -> None:
             with self.reporting:  # measured and reported in one go: the bar never steps back
-                last = record.service_logs[-1] if record.service_logs else "Separating"
+                # the chunk first: a long prompt in the service's line would push it out of a narrow bar
+                last = (f"Separating chunk {clock.chunk}/{clock.chunks}" if clock.chunk
+                        else record.service_logs[-1] if record.service_logs else "Separating")
                 self.report(JobState.running, clock.fraction(), last, eta=clock.eta())
 
         with ServiceTicker(running, tick):
