@@ -893,7 +893,8 @@ def test_key_never_appears_at_debug_level(user_dirs: dict[str, Path], service: L
 
 def test_terminal_display_shows_queue_position_service_logs_and_time(
         user_dirs: dict[str, Path], music: Path) -> None:
-    """(With -v, which shows the service's log lines.) Two long jobs occupy the one-worker service, so our job waits at position 1; once the display
+    """(With -v, which shows the service's log lines.) Two long jobs occupy the one-worker service, so our
+    job waits at position 1; once the display
     has shown that, the long jobs are cancelled and ours runs."""
     blocker = music / "blocker.wav"
     sf.write(str(blocker), np.zeros(8000 * 20), 8000, subtype="PCM_16")  # 20 s: 20 s of work each
