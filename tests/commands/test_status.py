@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_KEY
-from tests.test_daemon import make_source, requests_dir, wait_state, write_request
+from tests.conftest import TEST_KEY, wait_for
+from tests.test_daemon import make_source, read_status, requests_dir, wait_state, write_request
 
 pytestmark = pytest.mark.timeout(120)
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -52,6 +52,8 @@ def test_a_job_paused_by_a_stopping_daemon_says_so(daemon_factory, user_dirs) ->
         source = make_source(user_dirs["home"] / "long.wav", seconds=0.5)
         request = write_request(requests_dir(info), "long", source=source, prompt="piano")
         running = wait_state(request, ("running",))
+        # the progress reaches the status file with its ETA while the service works
+        wait_for(lambda: isinstance(read_status(request).get("eta_seconds"), float), what="an ETA in the status file")
         assert daemon.stop() == 0
         paused = json.loads(request.with_name("long.status.json").read_text())
         assert paused["state"] == "running" and paused["message"] == "paused (daemon stopped)", paused
