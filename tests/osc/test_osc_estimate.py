@@ -94,3 +94,21 @@ def test_an_audition_is_its_own_job_and_never_paid_twice(client: Device, service
     by_id = {job["job_id"]: job for job in jobs}
     assert by_id[first.job_id]["what"] == "piano (audition 2 s)" and by_id[full.job_id]["what"] == "piano"
     assert by_id[again.job_id]["estimated_cost"] == 0.0 and "audition" in by_id[again.job_id]["flags"]
+
+
+def test_a_result_unrelated_to_the_source_is_flagged_over_osc_and_in_the_status_file(
+        client: Device, daemon: Any, service: Any, user_dirs: dict[str, Path]) -> None:  # noqa: F811
+    source = three_tone_source(user_dirs["home"] / "Song" / "Noise.wav", seconds=3.0)
+    service.faults.unrelated_result(times=1)
+    seen = follow_job(client, separate(client, source, "piano", "bad"))
+    assert seen.done is not None
+    flags = [r.args for r in client.about(seen.job_id) if r.address == "/sam/flags"]
+    assert flags and "target-unlikely" in flags[0][1:], client.backlog
+    request = write_request(requests_dir(daemon.info), "good", source=source, prompt="piano")
+    status = wait_state(request, ("done", "failed"))
+    assert status["state"] == "done" and "target-unlikely" not in status["flags"], status  # a genuine band
+    service.faults.unrelated_result(times=1)
+    request = write_request(requests_dir(daemon.info), "bad", source=source, prompt="piano", tag="b",
+                            options={"reranking_candidates": 2})  # not a dedupe hit of "good"
+    status = wait_state(request, ("done", "failed"))
+    assert "target-unlikely" in status["flags"], status
