@@ -159,6 +159,8 @@ class Daemon:
                                 "--config-dir", str(config_dir())],
             "hot_folder": str(hot[0].path) if hot else None, "hot_folders": [str(f.path) for f in hot],
             "service": "local" if self.choice.is_stand_in else "fal",
+            # DAW scripts ask before sending a job estimated above this (`"estimate_only"` gives the estimate)
+            "confirm_above": self.config.confirm_above, "currency": self.config.prices.currency,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
         stack.callback(lambda: (self.state / "daemon.json").unlink(missing_ok=True))

@@ -54,6 +54,7 @@ def test_request_file_estimate_only(daemon: Any, service: Any, user_dirs: dict[s
     assert estimate["estimated_cost"] == pytest.approx(6 * (0.05 + 7 * 0.025))
     assert estimate["needs_confirmation"] is True and estimate["confirm_above"] == 1.0
     assert "nothing was sent" in status["message"]
+    assert (daemon.info["confirm_above"], daemon.info["currency"]) == (1.0, "USD")  # for the DAW scripts
     assert service.stats()["submits"] == 0
     assert read_status(request)["stems"] == {}
 
