@@ -5,18 +5,19 @@ against the source, and the quality flags they give (issue #23):
   for a single-speaker prompt);
 - `target-is-everything`: the residual is below -50 dBFS RMS while the source is not;
 - `target-unlikely`: the target does not look like a part of the source (SAM Audio returns random audio
-  for 10-20 % of crops where the prompted sound is absent). Two measures on 2048-point STFT frames of the
-  mono source S and the aligned mono target T, each frame's power split into 32 log-spaced bands:
-    explained   = Σ min(|T|², 2·|S|²) / Σ |T|²  over all bins: the share of the target's energy the source
-                  holds in the same time-frequency bins (a part of the source is ≤ the source, bin by bin; 3 dB
-                  of slack for a model's level error);
-    correlation = per band, the correlation over time of T's and S's band levels in dB (frames where the
-                  target has energy in that band), averaged with the target's energy as weight: a part of
-                  the source rises and falls with it.
+  for 10-20 % of crops where the prompted sound is absent). Two measures on 2048-point STFT frames (Hann) of
+  the mono source S and the aligned mono target T, 40 Hz to 20 kHz:
+    explained   = Σ min(|T|², 2·|S|²) / Σ |T|²: the share of the target's energy the source holds in the same
+                  time-frequency bins (a part of the source is ≤ the source, bin by bin; 3 dB of slack for a
+                  model's level error);
+    correlation = the correlation of T's and S's levels in dB over the bins where the target sounds (within
+                  30 dB of its frame's strongest bin) and is not masked (no more than 10 dB below the source
+                  there): where it is heard, a part of the source has the source's shape in time and
+                  frequency; random audio has its own.
   Flagged when explained < EXPLAINED_MIN or correlation < CORRELATION_MIN (both chosen on labelled cases,
   `benchmarks/quality_flags.py`; rates in the README).
 
-Streaming: constant memory whatever the length (a few hundred floats of sums).
+Streaming: constant memory whatever the length (a few sums).
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ EXPLAINED_MIN = 0.6
 CORRELATION_MIN = 0.5
 LEVEL_SLACK = 2.0  # a target up to 3 dB louder than the source in a bin still counts (a level error)
 N_FFT = 2048
-BANDS = 32
+LOW_HZ, HIGH_HZ = 40.0, 20_000.0  # the bins judged: what the service hears and returns
 _FLOOR = 1e-12  # power below which a band counts as empty (-120 dB)
-_ACTIVE = 1e-3  # a band takes part in the correlation when the target holds ≥ 1e-3 of its frame's peak band
+_ACTIVE = 1e-3  # a bin is judged where the target is within 30 dB of its frame's strongest bin
+_AUDIBLE = 0.1  # ... and no more than 10 dB below the source in that bin
+_STEADY = 1.0  # dB²: levels varying less than this (1 dB) count as steady
 
 
 @dataclass(frozen=True)
@@ -74,16 +77,13 @@ class QualityMeter:
     def __init__(self, samplerate: int) -> None:
         self._window = np.hanning(N_FFT).astype(np.float64)
         freqs = np.fft.rfftfreq(N_FFT, 1.0 / samplerate)
-        edges = np.geomspace(40.0, min(20000.0, samplerate / 2), BANDS + 1)
-        # bands are runs of neighbouring bins: band b is bins [lo[b], hi[b]) (empty when narrower than a bin)
-        bounds = np.searchsorted(freqs, edges)
-        self._lo, self._hi = bounds[:-1], bounds[1:]
+        top = min(HIGH_HZ, samplerate / 2)
+        self._bins = slice(int(np.searchsorted(freqs, LOW_HZ)), int(np.searchsorted(freqs, top)))
         self._pending = np.zeros((3, 0))
         self._squares = np.zeros(3)  # Σ x² of source, target, residual
         self._count = 0
-        self._explained = np.zeros(2)  # Σ min(T, S), Σ T
-        self._sums = np.zeros((6, BANDS))  # n, Σx, Σy, Σxy, Σx², Σy² per band (x: target dB, y: source dB)
-        self._target_energy = np.zeros(BANDS)
+        self._explained = np.zeros(2)  # Σ min(T, 2S), Σ T
+        self._sums = np.zeros(6)  # n, Σx, Σy, Σxy, Σx², Σy² over the judged bins (x: target dB, y: source dB)
 
     def feed(self, source: NDArray[np.floating], target: NDArray[np.floating],
              residual: NDArray[np.floating]) -> None:
@@ -100,19 +100,14 @@ class QualityMeter:
     def _frames(self, frames: NDArray[np.float64]) -> None:
         spectra = sfft.rfft((frames * self._window).astype(np.float32), axis=-1)  # float32: plenty for levels
         power = np.square(spectra.real, dtype=np.float64) + np.square(spectra.imag, dtype=np.float64)
-        source, target = power[0], power[1]
+        source, target = power[0][:, self._bins], power[1][:, self._bins]
         self._explained += (np.minimum(target, LEVEL_SLACK * source).sum(), target.sum())
-        running = np.zeros((2, power.shape[1], power.shape[2] + 1))
-        np.cumsum(power, axis=-1, out=running[:, :, 1:])  # band sums as differences: no BLAS, no loop
-        s_band, t_band = running[:, :, self._hi] - running[:, :, self._lo]  # (frames, BANDS) each
-        active = t_band >= _ACTIVE * t_band.max(axis=1, keepdims=True)
-        active &= t_band > _FLOOR
-        x = 10 * np.log10(t_band + _FLOOR)
-        y = 10 * np.log10(s_band + _FLOOR)
-        w = active.astype(np.float64)
-        self._sums += np.stack([w.sum(0), (w * x).sum(0), (w * y).sum(0), (w * x * y).sum(0),
-                                (w * x * x).sum(0), (w * y * y).sum(0)])
-        self._target_energy += t_band.sum(axis=0)
+        judged = target >= _ACTIVE * target.max(axis=1, keepdims=True)  # the target's own sound, not its floor
+        judged &= target > _FLOOR
+        judged &= target >= _AUDIBLE * source  # masked by the rest of the source: its level cannot follow
+        x = 10 * np.log10(target[judged] + _FLOOR)
+        y = 10 * np.log10(source[judged] + _FLOOR)
+        self._sums += (x.size, x.sum(), y.sum(), (x * y).sum(), (x * x).sum(), (y * y).sum())
 
     def report(self) -> QualityReport:
         if self._pending.shape[1] >= N_FFT // 4:  # a last partial frame, zero padded
@@ -127,14 +122,10 @@ class QualityMeter:
 
     def _correlation(self) -> float:
         n, sx, sy, sxy, sxx, syy = self._sums
-        usable = n >= 8
-        if not usable.any():
-            return 1.0
-        n, sx, sy, sxy, sxx, syy = (a[usable] for a in (n, sx, sy, sxy, sxx, syy))
+        if n < 16:
+            return 1.0  # nothing of the target to judge: nothing contradicts it
         cov = sxy / n - (sx / n) * (sy / n)
-        var_x = np.maximum(sxx / n - (sx / n) ** 2, 0.0)
-        var_y = np.maximum(syy / n - (sy / n) ** 2, 0.0)
-        steady = (var_x < 1e-6) & (var_y < 1e-6)  # both level in time (a held tone): same shape, counts as 1
-        r = np.where(steady, 1.0, cov / np.sqrt(np.maximum(var_x * var_y, 1e-12)))
-        weight = self._target_energy[usable]
-        return float(np.sum(np.clip(r, -1, 1) * weight) / weight.sum()) if weight.sum() > 0 else 1.0
+        var_x, var_y = max(sxx / n - (sx / n) ** 2, 0.0), max(syy / n - (sy / n) ** 2, 0.0)
+        if var_x < _STEADY and var_y < _STEADY:
+            return 1.0  # one level everywhere in both: the same flat shape
+        return float(np.clip(cov / math.sqrt(max(var_x, _STEADY) * max(var_y, _STEADY)), -1.0, 1.0))

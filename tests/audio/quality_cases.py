@@ -106,6 +106,17 @@ def cases(quick: bool = False) -> Iterator[tuple[str, str, Audio, Audio, Audio]]
             for prompt in ("bass", "piano", "hi-hat"):  # genuine band targets of a music-like source
                 yield f"music{seed} {prompt}", "ok", mix, *_stand_in(mix, prompt, folder)
             yield f"music{seed} noise fault", "unlikely", mix, *_stand_in(mix, "piano", folder, noise_seed=seed + 1)
+        for seed in seeds[:2] if quick else seeds[:3]:
+            # a held tone with sparse clicks over louder noise, the tone and clicks as target (bench_conform's
+            # case): steady bands and a masked part must not read as unrelated
+            rng = np.random.default_rng(seed)
+            t = np.arange(6 * RATE) / RATE
+            tone = 0.18 * np.sin(2 * np.pi * rng.uniform(200, 500) * t)
+            tone[rng.random(len(t)) < 2e-4] += 0.4
+            bed = rng.uniform(-0.15, 0.15, len(t))
+            yield f"tone+clicks over noise {seed}", "ok", tone + bed, tone, bed
+            noise = 0.1 * np.random.default_rng(seed + 50).standard_normal(len(t))
+            yield f"tone+clicks over noise {seed} noise fault", "unlikely", tone + bed, noise, -noise
         sentences = SENTENCES[:2] if quick else SENTENCES
         for index, text in enumerate(sentences):
             voice = speech(text)
