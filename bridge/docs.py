@@ -77,7 +77,7 @@ def presets_table() -> str:
 
 
 def osc_table() -> str:
-    from bridge.osc.addresses import markdown_table
+    from bridge.osc.table import markdown_table
 
     return markdown_table()
 

@@ -17,8 +17,8 @@ from types import FrameType
 from typing import Any
 
 from bridge.audio.source import probe_source
+from bridge.commands.cost_report import print_estimates, whole_of
 from bridge.commands.progress_display import ProgressDisplay
-from bridge.common.config import load_config
 from bridge.common.cost import FileEstimate, money
 from bridge.common.errors import BridgeError, Cancelled, InputError, OutputError, ServiceUnavailable, SubmitUncertain
 from bridge.common.flags import NOTES, describe_flag
@@ -26,7 +26,6 @@ from bridge.common.jobs import JobState
 from bridge.common.options import option_flags
 from bridge.common.processes import owner_tag, remove_left_behind
 from bridge.common.request import Origin, SeparationRequest, Span
-from bridge.engine.estimate import estimate
 from bridge.engine.pipeline import Pipeline
 from bridge.engine.pipeline_hooks import JobResult, StandaloneHooks
 from bridge.engine.service_choice import ServiceChoice, open_client
@@ -184,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
         print("sam-bridge: note: some preset files have problems, so their presets cannot be used; "
               "`sam-bridge presets list` names them.", file=sys.stderr)
     if args.estimate:
-        return _print_estimates(args, recipe)
+        return print_estimates(args, recipe, build_request)
     if args.resume_request and args.local:
         raise InputError("--resume-request cannot be used with --local: the built-in stand-in's requests end "
                          "with the run that made them.", hint="Run the command again without --resume-request.")
@@ -203,30 +202,7 @@ def _run(args: argparse.Namespace) -> int:
         if len(args.source) > 1:
             return _separate_each(client, recipe, args, choice)
         result, seconds = _separate(client, first, recipe, args, choice)
-    print_result(result, args.json, seconds, _whole(first, recipe))
-    return 0
-
-
-def _print_estimates(args: argparse.Namespace, recipe: Recipe) -> int:
-    """Per file and in total what the run would send and cost; nothing is uploaded or sent."""
-    config = load_config()
-    estimates = [estimate(build_request(args, source), recipe, config.prices) for source in args.source]
-    total = round(sum(e.estimated_cost for e in estimates), 4)
-    seconds = round(sum(e.seconds for e in estimates), 3)
-    requests = sum(e.requests for e in estimates)
-    currency = config.prices.currency
-    if args.json:
-        print(json.dumps({"ok": True, "estimate": True, "files": [e.model_dump() for e in estimates],
-                          "total": {"seconds": seconds, "requests": requests, "estimated_cost": total,
-                                    "currency": currency},
-                          "confirm_above": config.confirm_above, "rounding": config.prices.rounding},
-                         indent=2, ensure_ascii=False))
-        return 0
-    for e in estimates:
-        print(e.line())
-    if len(estimates) > 1:
-        print(f"total: {seconds:.1f} s, {requests} requests, {money(total, currency)}")
-    print("Nothing was sent (estimate at the configured prices, as SAM Audio on fal would charge).", file=sys.stderr)
+    print_result(result, args.json, seconds, whole_of(first, recipe))
     return 0
 
 
@@ -351,7 +327,7 @@ def _separate_each(client: FalClient, recipe: Recipe, args: argparse.Namespace, 
         summaries.append({"source": str(source), "ok": True, **result_summary(result, seconds)})
         if not args.json:
             print(f"{source.name}:")
-            print_result(result, False, seconds, _whole(request, recipe))
+            print_result(result, False, seconds, whole_of(request, recipe))
     if args.json:
         print(json.dumps(summaries, indent=2, ensure_ascii=False))
     else:
@@ -404,11 +380,6 @@ def result_summary(result: JobResult, seconds: float) -> dict[str, Any]:
         "estimated_cost": result.estimated_cost,
         "seconds": round(seconds, 3),
     }
-
-
-def _whole(request: SeparationRequest, recipe: Recipe) -> FileEstimate | None:
-    """For an audition: what separating the whole part would send and cost."""
-    return estimate(request, recipe, load_config().prices) if request.audition is not None else None
 
 
 def print_result(result: JobResult, as_json: bool, seconds: float, whole: FileEstimate | None = None) -> None:

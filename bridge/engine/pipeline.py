@@ -49,18 +49,11 @@ from bridge.common.stems import (
 from bridge.engine.estimate import part_of
 from bridge.engine.manifest import StepRecord, build_manifest
 from bridge.engine.pipeline_hooks import STAGE_END, Hooks, JobResult
-from bridge.engine.progress import ServiceClock, ServiceTicker, Transfer
+from bridge.engine.progress import ServiceClock, ServiceTicker, StatusFollower, Transfer
 from bridge.fal.client import DEFAULT_QUEUE_URL, FalClient, QueueStatus, RequestHandle
 from bridge.presets.recipe import Recipe, Step
 
 log = logging.getLogger(__name__)
-
-
-
-
-
-
-
 
 
 @dataclass
@@ -286,32 +279,14 @@ class _Run:
 
     def wait_for(self, handle: RequestHandle, record: StepRecord, clock: ServiceClock) -> None:
         t = time.monotonic()
-        running = threading.Event()  # the service works: the ticker moves the bar between its log lines
-
-        def on_status(status: QueueStatus) -> None:
-            for line in status.logs[len(record.service_logs):]:
-                record.service_logs.append(line.message)
-                clock.saw_line(line.message)
-                log.info("service: %s", line.message)
-                self.hooks.service_log(line.message)
-            if status.state == "IN_QUEUE":
-                position = status.queue_position
-                self.report(JobState.running, 0.0, f"In the service's queue (position {position})"
-                            if position is not None else "In the service's queue")
-            elif status.state == "IN_PROGRESS":
-                running.set()
-                tick()
-
-        def tick() -> None:
-            with self.reporting:  # measured and reported in one go: the bar never steps back
-                # the chunk first: a long prompt in the service's line would push it out of a narrow bar
-                last = (f"Separating chunk {clock.chunk}/{clock.chunks}" if clock.chunk
-                        else record.service_logs[-1] if record.service_logs else "Separating")
-                self.report(JobState.running, clock.fraction(), last, eta=clock.eta())
-
-        with ServiceTicker(running, tick):
-            self._wait(handle, on_status)
+        follower = StatusFollower(clock, record.service_logs, self.report, self.reporting, self._service_line)
+        with ServiceTicker(follower.running, follower.tick):  # the bar moves between the service's lines
+            self._wait(handle, follower.on_status)
         self.timed("service", t)
+
+    def _service_line(self, line: str) -> None:
+        log.info("service: %s", line)
+        self.hooks.service_log(line)
 
     def _wait(self, handle: RequestHandle, on_status: Callable[[QueueStatus], None]) -> None:
         try:

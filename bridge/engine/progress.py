@@ -17,6 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bridge.common.jobs import JobState
+from bridge.fal.client import QueueStatus
+
 log = logging.getLogger(__name__)
 
 CHUNK_LINE = re.compile(r"\bchunk\s+(\d+)\s*(?:/|of)\s*(\d+)", re.I)
@@ -131,3 +134,35 @@ class ServiceTicker:
                     self.tick()
                 except BaseException:
                     log.debug("progress tick failed", exc_info=True)
+
+
+class StatusFollower:
+    """Turns the service's status answers into progress: its log lines (kept in `logs`, each passed to
+    `on_line` once), the queue position, and while it works the chunk it is at, with the ETA. `tick` is
+    also the ticker's: it measures and reports under `lock`, so the bar never steps back."""
+
+    def __init__(self, clock: ServiceClock, logs: list[str],
+                 report: Callable[..., None], lock: threading.RLock, on_line: Callable[[str], None]) -> None:
+        self.clock, self.logs, self.report, self.lock, self.on_line = clock, logs, report, lock, on_line
+        self.running = threading.Event()
+
+    def on_status(self, status: QueueStatus) -> None:
+        for line in status.logs[len(self.logs):]:
+            self.logs.append(line.message)
+            self.clock.saw_line(line.message)
+            self.on_line(line.message)
+        if status.state == "IN_QUEUE":
+            position = status.queue_position
+            self.report(JobState.running, 0.0, f"In the service's queue (position {position})"
+                        if position is not None else "In the service's queue")
+        elif status.state == "IN_PROGRESS":
+            self.running.set()
+            self.tick()
+
+    def tick(self) -> None:
+        with self.lock:
+            clock = self.clock
+            # the chunk first: a long prompt in the service's line would push it out of a narrow bar
+            message = (f"Separating chunk {clock.chunk}/{clock.chunks}" if clock.chunk
+                       else self.logs[-1] if self.logs else "Separating")
+            self.report(JobState.running, clock.fraction(), message, eta=clock.eta())

@@ -1,7 +1,7 @@
 """The OSC address space of sam-bridge, declared once.
 
 Dispatch (the server looks entries up by name), argument validation, the error messages a client gets
-and the README table (`markdown_table()`) are all derived from the two tables below, so the documented
+and the README table (`bridge.osc.table`) are all derived from the two tables below, so the documented
 address space and the one the server speaks cannot drift apart.
 
 Conventions (after AbletonOSC's request/reply pairs and listen/unlisten): every request is answered on
@@ -370,38 +370,3 @@ def _convert(arg: Arg, value: Any) -> ArgValue:
     if arg.type == "i":
         return int(value)
     return float(value)
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(prefix: str = DEFAULT_PREFIX) -> str:
-    """The README's OSC reference: requests, then replies and events."""
-    lines = [
-        "| Request | Arguments | What it does | Example | Replies |",
-        "|---|---|---|---|---|",
-    ]
-    for req in REQUESTS:
-        replies = ", ".join(f"`{REPLIES_BY_NAME[name].address(prefix)}`" for name in req.replies)
-        args = "<br>".join(f"`{a.signature}` {a.description}" for a in _all_args(req)) or "—"
-        example = "`" + " ".join(filter(None, (req.address(prefix), req.example))) + "`"
-        lines.append(f"| `{req.address(prefix)}` | {_cell(args)} | {_cell(req.description)} | "
-                     f"{_cell(example)} | {replies} |")
-    lines += [
-        "",
-        "| Reply / event | Arguments | Meaning | Example |",
-        "|---|---|---|---|",
-    ]
-    for rep in REPLIES:
-        args = "<br>".join(f"`{a.signature}` {a.description}" for a in rep.args)
-        if rep.repeats_last:
-            args += " (repeated)"
-        lines.append(f"| `{rep.address(prefix)}` | {_cell(args)} | {_cell(rep.description)} | "
-                     f"`{_cell(rep.address(prefix) + ' ' + rep.example)}` |")
-    lines += ["", *NOTES]
-    return "\n".join(lines) + "\n"
-
-
-def _all_args(req: Request) -> list[Arg]:
-    return list(req.required) + [a for group in req.optional for a in group]

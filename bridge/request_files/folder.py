@@ -12,7 +12,6 @@ This module knows folders and JSON, not HTTP or audio.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -23,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import pydantic
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
@@ -32,16 +30,17 @@ from bridge.common.claims import ClaimStore
 from bridge.common.errors import BridgeError
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.jobs import JobEvent, JobSink, JobState, RequestRejected
-from bridge.common.request import INTERNAL_REQUEST_FIELDS, Origin, SeparationRequest
+from bridge.common.request import SeparationRequest
 from bridge.common.stems import write_json_atomic
 from bridge.request_files.archive import ARCHIVE_AFTER, archive_answered, archive_orphan_status
+from bridge.request_files.parse import parse_request_file, raw_tag, read_json
+
+__all__ = ["STATUS_FIELDS", "RequestFolder", "parse_request_file", "status_path"]
 
 log = logging.getLogger(__name__)
 
 STATUS_SUFFIX = ".status.json"
 PAUSED_MESSAGE = "paused (daemon stopped)"  # the job resumes when the daemon starts again
-# request fields that name files or folders: `~` and relative paths are resolved beside the request file
-PATH_FIELDS = ("source", "project_dir", "output_dir")
 STATUS_SCHEMA = 1
 STATUS_FIELDS: dict[str, str] = {
     "schema": "status schema version (1)",
@@ -211,18 +210,18 @@ class RequestFolder:
     def _ours_from_before(self, path: Path, mtime_ns: int) -> bool:
         """Whether this version of the request has a job in our own journal (taken before a restart):
         ours to follow and to cancel, whatever the claim markers say."""
-        status = _read_json(status_path(path)) or {}
+        status = read_json(status_path(path)) or {}
         job_id = status.get("job_id")
         return (isinstance(job_id, str) and status.get("request_mtime_ns") == mtime_ns
                 and self.sink.get(job_id) is not None)
 
     def _answer(self, path: Path, mtime_ns: int) -> None:
         """Submit this version of the request (the engine hands back the job it already has for it)."""
-        earlier = _read_json(status_path(path)) or {}
+        earlier = read_json(status_path(path)) or {}
         has_job = isinstance(earlier.get("job_id"), str) and earlier.get("request_mtime_ns") == mtime_ns
         cancel_asked = self._cancel_asked(path, mtime_ns)
         if cancel_asked and not has_job:  # cancelled before it was taken: nothing is sent
-            self._write_status(path, mtime_ns, None, _raw_tag(path), JobState.cancelled, 0.0,
+            self._write_status(path, mtime_ns, None, raw_tag(path), JobState.cancelled, 0.0,
                                "Cancelled before it was sent", error="Cancelled")
             return
         try:
@@ -276,7 +275,7 @@ class RequestFolder:
         """The request file was saved again: the job of its earlier version is cancelled (at the service
         too), and its events no longer reach the status file."""
         if job_id is None:  # not followed since a restart: the status file names it
-            status = _read_json(status_path(path)) or {}
+            status = read_json(status_path(path)) or {}
             if status.get("request_mtime_ns") == mtime_ns or not isinstance(status.get("job_id"), str):
                 return
             job_id = str(status["job_id"])
@@ -320,14 +319,14 @@ class RequestFolder:
         status file once (after a restart): every status write asks, so that read is not repeated."""
         marker = cancel_marker(path)
         if marker not in self._markers_used:
-            acted_on = (_read_json(status_path(path)) or {}).get(ACTED_ON_MARKER)
+            acted_on = (read_json(status_path(path)) or {}).get(ACTED_ON_MARKER)
             self._markers_used[marker] = acted_on if isinstance(acted_on, int) else None
         return self._markers_used[marker]
 
     def _answered_at(self, path: Path, mtime_ns: int) -> tuple[int, float] | None:
         """(mtime_ns, when it ended) when this version of the request has its final status already."""
         status_file = status_path(path)
-        status = _read_json(status_file)
+        status = read_json(status_file)
         if not status or status.get("request_mtime_ns") != mtime_ns or status.get("state") not in (
                 "done", "failed", "cancelled"):
             return None
@@ -378,63 +377,6 @@ class RequestFolder:
             "estimate": estimate,
             "request_mtime_ns": mtime_ns, ACTED_ON_MARKER: self._marker_acted_on(path),
         })
-
-
-def parse_request_file(path: Path, mtime_ns: int) -> SeparationRequest:
-    """A request file → SeparationRequest; BridgeError with the field and what is allowed."""
-    from bridge.common.errors import InputError
-
-    data = _read_json(path)
-    if data is None:
-        raise InputError(f"{path.name} is not valid JSON.", hint="Write the file whole, then rename it into place.")
-    if not isinstance(data, dict):
-        raise InputError(f"{path.name} must hold a JSON object with at least source and preset or prompt.")
-    for field in PATH_FIELDS:
-        value = data.get(field)
-        if isinstance(value, str) and value:
-            data[field] = str(_resolve_beside(path, value))
-    data.pop("origin", None)
-    data.pop("idempotency_key", None)
-    try:
-        return SeparationRequest(**data, origin=Origin.request_file,
-                                 idempotency_key=f"request-file:{path.resolve()}:{mtime_ns}")
-    except pydantic.ValidationError as exc:
-        raise InputError(f"{path.name}: " + "; ".join(_problem(error) for error in exc.errors())) from None
-
-
-def _problem(error: Any) -> str:
-    """One validation error as `field: what is wrong`, in the request file's words."""
-    field = ".".join(str(p) for p in error["loc"]) or "request"
-    if error["type"] == "extra_forbidden":
-        allowed = [name for name in SeparationRequest.model_fields if name not in INTERNAL_REQUEST_FIELDS]
-        return f"{field}: unknown field; allowed: {', '.join(allowed)}"
-    if error["type"] == "missing":
-        return f"{field}: required"
-    return f"{field}: {str(error['msg']).removeprefix('Value error, ')}"
-
-
-def _resolve_beside(request_file: Path, value: str) -> Path:
-    """`~` is the user's home; a relative path is relative to the request file's folder, not to wherever
-    the daemon happened to start (a DAW script knows its request's folder, never the daemon's)."""
-    expanded = Path(value).expanduser()
-    if expanded.is_absolute():
-        return expanded
-    # normpath: `../Stems` reads as the user wrote it, in status files and manifests alike
-    return Path(os.path.normpath(request_file.absolute().parent / expanded))
-
-
-def _raw_tag(path: Path) -> str:
-    """The request's tag, read without judging the rest of it."""
-    data = _read_json(path)
-    tag = data.get("tag") if isinstance(data, dict) else None
-    return tag if isinstance(tag, str) else ""
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 class _Handler(FileSystemEventHandler):

@@ -17,9 +17,9 @@ from bridge.osc.addresses import (
     REQUESTS,
     REQUESTS_BY_NAME,
     ArgumentProblem,
-    markdown_table,
     validate_args,
 )
+from bridge.osc.table import markdown_table
 from bridge.osc.wire import Incoming, Undecodable, decode_datagram, encode_reply, event_messages
 
 

@@ -1,0 +1,72 @@
+"""A request file → `SeparationRequest`: paths resolved beside the request, problems named by field in the
+request file's words (the status file carries them)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from bridge.common.errors import InputError
+from bridge.common.request import INTERNAL_REQUEST_FIELDS, Origin, SeparationRequest
+
+# request fields that name files or folders: `~` and relative paths are resolved beside the request file
+PATH_FIELDS = ("source", "project_dir", "output_dir")
+
+
+def parse_request_file(path: Path, mtime_ns: int) -> SeparationRequest:
+    """A request file → SeparationRequest; BridgeError with the field and what is allowed."""
+    data = read_json(path)
+    if data is None:
+        raise InputError(f"{path.name} is not valid JSON.", hint="Write the file whole, then rename it into place.")
+    if not isinstance(data, dict):
+        raise InputError(f"{path.name} must hold a JSON object with at least source and preset or prompt.")
+    for field in PATH_FIELDS:
+        value = data.get(field)
+        if isinstance(value, str) and value:
+            data[field] = str(_resolve_beside(path, value))
+    data.pop("origin", None)
+    data.pop("idempotency_key", None)
+    try:
+        return SeparationRequest(**data, origin=Origin.request_file,
+                                 idempotency_key=f"request-file:{path.resolve()}:{mtime_ns}")
+    except pydantic.ValidationError as exc:
+        raise InputError(f"{path.name}: " + "; ".join(_problem(error) for error in exc.errors())) from None
+
+
+def _problem(error: Any) -> str:
+    """One validation error as `field: what is wrong`, in the request file's words."""
+    field = ".".join(str(p) for p in error["loc"]) or "request"
+    if error["type"] == "extra_forbidden":
+        allowed = [name for name in SeparationRequest.model_fields if name not in INTERNAL_REQUEST_FIELDS]
+        return f"{field}: unknown field; allowed: {', '.join(allowed)}"
+    if error["type"] == "missing":
+        return f"{field}: required"
+    return f"{field}: {str(error['msg']).removeprefix('Value error, ')}"
+
+
+def _resolve_beside(request_file: Path, value: str) -> Path:
+    """`~` is the user's home; a relative path is relative to the request file's folder, not to wherever
+    the daemon happened to start (a DAW script knows its request's folder, never the daemon's)."""
+    expanded = Path(value).expanduser()
+    if expanded.is_absolute():
+        return expanded
+    # normpath: `../Stems` reads as the user wrote it, in status files and manifests alike
+    return Path(os.path.normpath(request_file.absolute().parent / expanded))
+
+
+def raw_tag(path: Path) -> str:
+    """The request's tag, read without judging the rest of it."""
+    data = read_json(path)
+    tag = data.get("tag") if isinstance(data, dict) else None
+    return tag if isinstance(tag, str) else ""
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
