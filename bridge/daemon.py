@@ -143,7 +143,7 @@ class Daemon:
         client = stack.enter_context(open_client(self.choice))
         settings = EngineSettings(
             concurrency=self.config.concurrency, dedupe=self.config.dedupe, daily_budget=self.config.daily_budget,
-            prices=self.config.prices, workroot=self.state / "work",
+            prices=self.config.prices, workroot=self.state / "work", confirm_above=self.config.confirm_above,
         )
         pipeline = Pipeline(client, prices=self.config.prices)
         engine = self.engine = JobEngine(journal, pipeline, self.library, settings)
@@ -172,6 +172,8 @@ class Daemon:
                                 "--config-dir", str(config_dir())],
             "hot_folder": str(hot[0].path) if hot else None, "hot_folders": [str(f.path) for f in hot],
             "service": "local" if self.choice.is_stand_in else "fal",
+            # DAW scripts ask before sending a job estimated above this (`"estimate_only"` gives the estimate)
+            "confirm_above": self.config.confirm_above, "currency": self.config.prices.currency,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **self._keep_alive_files(),
         })

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bridge.common.options import OutputOptions, ServiceOptions
+from bridge.common.options import OutputOptions, ServiceOptions, flag_for
 from bridge.common.request import INTERNAL_REQUEST_FIELDS, SeparationRequest
 from bridge.engine.manifest import MANIFEST_FIELDS
 from bridge.request_files.folder import STATUS_FIELDS
@@ -49,6 +49,16 @@ def model_table(model: type[BaseModel], skip: AbstractSet[str] | None = None) ->
     return "\n".join(rows)
 
 
+def option_table(model: type[BaseModel]) -> str:
+    """An options model with the CLI flag of each option (OSC: `name=value` in its `options` argument;
+    request files and presets: `options: {name: value}`), all from the one declaration."""
+    rows = ["| option | type | default | CLI flag | meaning |", "|---|---|---|---|---|"]
+    for name, field in model.model_fields.items():
+        rows.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | `{flag_for(name)}` | "
+                    f"{(field.description or '').replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)
+
+
 def dict_table(fields: dict[str, str], head: str = "field") -> str:
     return "\n".join([f"| {head} | meaning |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in fields.items())])
 
@@ -67,7 +77,7 @@ def presets_table() -> str:
 
 
 def osc_table() -> str:
-    from bridge.osc.addresses import markdown_table
+    from bridge.osc.table import markdown_table
 
     return markdown_table()
 
@@ -75,8 +85,8 @@ def osc_table() -> str:
 SECTIONS: dict[str, Callable[[], str]] = {
     "request-schema": lambda: model_table(SeparationRequest, INTERNAL_REQUEST_FIELDS),
     "status-schema": lambda: dict_table(STATUS_FIELDS),
-    "service-options": lambda: model_table(ServiceOptions),
-    "output-options": lambda: model_table(OutputOptions),
+    "service-options": lambda: option_table(ServiceOptions),
+    "output-options": lambda: option_table(OutputOptions),
     "manifest-schema": lambda: dict_table(MANIFEST_FIELDS),
     "osc-table": osc_table,
     "presets-table": presets_table,

@@ -52,6 +52,7 @@ from bridge.audio.drift import (
 )
 from bridge.audio.prefetch import ReadAhead, WriteBehind
 from bridge.audio.projection import MaskProjector, describe
+from bridge.audio.quality import QualityMeter, QualityReport
 from bridge.audio.source import INTEGER_BITS, SourceInfo, read_block, refuse_non_finite
 from bridge.audio.stem_output import (
     RF64_THRESHOLD,
@@ -97,8 +98,9 @@ class ConformReport:
     samplerate: int
     channels: int
     # "weak-correlation", "drift" (the stems may drift), "drift-corrected", "drift-unmeasured", "silent-source",
-    # "clipped"
+    # "clipped", and the quality flags "target-silent", "target-is-everything", "target-unlikely"
     flags: tuple[str, ...]
+    quality: QualityReport | None = None  # how much the result looks like a separation of this source
 
 
 
@@ -137,6 +139,7 @@ class _StemValues:
 
 @dataclass
 class _Tally:
+    quality: QualityReport | None = None
     null_peak: float = 0.0
     clipped: int = 0
     last_progress: float = -1.0
@@ -227,6 +230,7 @@ def _stream(
         else None
     )
     waiting: list[Float64Array] = []  # exact source blocks not yet matched by projector output
+    meter = QualityMeter(source.samplerate)
 
     def take_waiting(count: int) -> Float64Array:
         joined = np.concatenate(waiting) if len(waiting) > 1 else waiting[0]
@@ -242,6 +246,7 @@ def _stream(
         ):
             for position, exact, target, residual in blocks:
                 count = len(exact)
+                meter.feed(mono_mix(exact), target, residual)
                 if probe.wants(position, count):
                     probe.feed_source(position, mono_mix(exact))
                     probe.feed_service(position, target + residual)
@@ -260,6 +265,7 @@ def _stream(
     finally:
         service.close()
     tally.clipped = emit.clipped
+    tally.quality = meter.report()
     return tally
 
 
@@ -353,6 +359,8 @@ def _report(
             flags.append("drift-unmeasured")
     if tally.clipped:
         flags.append("clipped")
+    if tally.quality is not None and start.has_signal:
+        flags.extend(tally.quality.flags)
     null_dbfs = 20.0 * math.log10(tally.null_peak) if tally.null_peak > 0 else -math.inf
     log.info(
         "conformed %s: offset %+d, drift %+d, correlation %.3f, null %.1f dBFS, flags %s",
@@ -377,4 +385,5 @@ def _report(
         samplerate=spec.source.samplerate,
         channels=spec.source.channels,
         flags=tuple(flags),
+        quality=tally.quality,
     )

@@ -17,12 +17,15 @@ from types import FrameType
 from typing import Any
 
 from bridge.audio.source import probe_source
+from bridge.commands.cost_report import print_estimates, whole_of
 from bridge.commands.progress_display import ProgressDisplay
+from bridge.common.cost import FileEstimate, money
 from bridge.common.errors import BridgeError, Cancelled, InputError, OutputError, ServiceUnavailable, SubmitUncertain
+from bridge.common.flags import NOTES, describe_flag
 from bridge.common.jobs import JobState
-from bridge.common.options import Acceleration, OutputFormat, ResidualMethod
+from bridge.common.options import option_flags
 from bridge.common.processes import owner_tag, remove_left_behind
-from bridge.common.request import Origin, SeparationRequest
+from bridge.common.request import Origin, SeparationRequest, Span
 from bridge.engine.pipeline import Pipeline
 from bridge.engine.pipeline_hooks import JobResult, StandaloneHooks
 from bridge.engine.service_choice import ServiceChoice, open_client
@@ -40,22 +43,25 @@ def register(subparsers: Any) -> None:
                               description="Isolate a sound in each FILE, described by --prompt or a --preset.")
     p.add_argument("source", type=Path, nargs="+", metavar="FILE",
                    help="audio file(s) (WAV, AIFF, FLAC, MP3, OGG…); several are done one after another")
-    what = p.add_mutually_exclusive_group(required=True)
+    what = p.add_mutually_exclusive_group()
     what.add_argument("--prompt", help='what to isolate, e.g. "piano playing"')
     what.add_argument("--preset", help="preset name (see `sam-bridge presets list`)")
     p.add_argument("--project", type=Path, help="project folder: stems go to its Stems/ folder")
     p.add_argument("--output-dir", type=Path, help="exact folder for the stems")
     p.add_argument("--start", type=float, help="seconds into FILE where the part to separate begins")
     p.add_argument("--length", type=float, help="seconds to separate from --start")
-    p.add_argument("--acceleration", choices=[a.value for a in Acceleration])
-    p.add_argument("--candidates", type=int, dest="reranking_candidates", help="reranking candidates (1-8)")
-    p.add_argument("--output-format", choices=[f.value for f in OutputFormat],
-                   help="format the service returns (stems are conformed either way)")
-    p.add_argument("--residual", choices=[r.value for r in ResidualMethod])
-    p.add_argument("--format", type=str.upper, choices=STEM_FORMATS, metavar="FORMAT",
-                   help=f"stem container override: {', '.join(STEM_FORMATS)}")
-    p.add_argument("--subtype", type=str.upper, choices=STEM_SUBTYPES, metavar="SUBTYPE",
-                   help=f"stem sample format override: {', '.join(STEM_SUBTYPES)}")
+    for name, flag, kwargs in option_flags():  # every service and output option, from its one declaration
+        if name in _CHOICES:
+            kwargs = {**kwargs, "choices": _CHOICES[name], "help": f"{kwargs['help']}: {', '.join(_CHOICES[name])}"}
+        p.add_argument(flag, **kwargs)
+    p.add_argument("--span", action="append", type=parse_span, dest="spans", metavar="START-END[:exclude]",
+                   help="a span to separate in seconds (span-separate; repeatable); START-END:exclude marks a "
+                   "span to leave out")
+    p.add_argument("--estimate", action="store_true",
+                   help="print seconds, requests and estimated cost per file and in total; send nothing")
+    p.add_argument("--audition", nargs="?", type=_positive, const=AUDITION_DEFAULT, metavar="SECONDS",
+                   help=f"separate only the loudest SECONDS (default {AUDITION_DEFAULT:g}) of the part, or from "
+                   "--start; the stems are named .audition; prints what the whole would cost")
     service = p.add_mutually_exclusive_group()
     service.add_argument("--local", action="store_true", help="use the built-in local stand-in (no key needed)")
     service.add_argument("--service-url", help="use a stand-in service at this URL (`sam-bridge local-service`)")
@@ -68,7 +74,28 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-OPTION_ARGS = ("acceleration", "reranking_candidates", "output_format", "residual", "format", "subtype")
+OPTION_ARGS = tuple(name for name, _flag, _kwargs in option_flags())
+AUDITION_DEFAULT = 10.0
+_CHOICES = {"format": STEM_FORMATS, "subtype": STEM_SUBTYPES}
+
+
+def parse_span(text: str) -> Span:
+    """`12.5-20` (a span to keep) or `12.5-20:exclude` (a span to leave out), in seconds."""
+    body, _, kind = text.partition(":")
+    start, sep, end = body.partition("-")
+    if not sep or kind not in ("", "include", "exclude"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give START-END in seconds, e.g. 12.5-20 (or 12.5-20:exclude)")
+    try:
+        return Span(start=float(start), end=float(end), include=kind != "exclude")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {_first_error(exc)}") from None
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
 
 
 def _non_negative(text: str) -> float:
@@ -87,7 +114,7 @@ def build_request(args: argparse.Namespace, source: Path) -> SeparationRequest:
         return SeparationRequest(
             source=source.expanduser().absolute(), prompt=args.prompt, preset=args.preset,
             project_dir=_absolute(args.project), output_dir=_absolute(args.output_dir), start=args.start,
-            length=args.length,
+            length=args.length, spans=args.spans, audition=args.audition,
             options=options, origin=Origin.cli,
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -111,14 +138,15 @@ def _first_error(exc: ValueError) -> str:
 class CliHooks(StandaloneHooks):
     """The pipeline's hooks for one terminal run: progress to the display, handles kept for Ctrl-C."""
 
-    def __init__(self, display: ProgressDisplay, stops: _StopSignals) -> None:
+    def __init__(self, display: ProgressDisplay, stops: _StopSignals, verbose: bool = False) -> None:
         self.display = display
+        self.verbose = verbose  # the service's log lines only with -v
         self.stops = stops
         self.handles: dict[int, RequestHandle] = {}
         self.submit_in_flight = False  # a submit was sent and its answer not yet read
 
-    def progress(self, state: JobState, fraction: float, message: str) -> None:
-        self.display.update(state.value, fraction, message)
+    def progress(self, state: JobState, fraction: float, message: str, eta: float | None = None) -> None:
+        self.display.update(state.value, fraction, message, eta)
         self.stops.check()
 
     def submitting(self, step: int) -> None:
@@ -132,7 +160,8 @@ class CliHooks(StandaloneHooks):
         self.submit_in_flight = False
 
     def service_log(self, line: str) -> None:
-        self.display.service_line(line)
+        if self.verbose:
+            self.display.service_line(line)
         self.stops.check()
 
 
@@ -153,6 +182,8 @@ def _run(args: argparse.Namespace) -> int:
     if library.errors() and not args.quiet:  # others' problems: one line, not a log line per problem
         print("sam-bridge: note: some preset files have problems, so their presets cannot be used; "
               "`sam-bridge presets list` names them.", file=sys.stderr)
+    if args.estimate:
+        return print_estimates(args, recipe, build_request)
     if args.resume_request and args.local:
         raise InputError("--resume-request cannot be used with --local: the built-in stand-in's requests end "
                          "with the run that made them.", hint="Run the command again without --resume-request.")
@@ -171,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
         if len(args.source) > 1:
             return _separate_each(client, recipe, args, choice)
         result, seconds = _separate(client, first, recipe, args, choice)
-    print_result(result, args.json, seconds)
+    print_result(result, args.json, seconds, whole_of(first, recipe))
     return 0
 
 
@@ -181,7 +212,7 @@ def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe, arg
     began = time.monotonic()
     display = ProgressDisplay(enabled=sys.stderr.isatty() and not args.quiet)
     stops = _StopSignals()
-    hooks = CliHooks(display, stops)
+    hooks = CliHooks(display, stops, verbose=getattr(args, "verbose", 0) > 0)
     resume = {step: client.handle_for(request_id.strip()) for step, request_id in enumerate(args.resume_request)}
     hooks.handles.update(resume)  # Ctrl-C cancels those too
     owner = owner_tag()  # in the names of what this run leaves, should it be killed (SIGKILL)
@@ -276,7 +307,9 @@ def _separate_each(client: FalClient, recipe: Recipe, args: argparse.Namespace, 
     """Each file in turn; what became of each, and the exit code of the first failure (0 when none)."""
     summaries: list[dict[str, Any]] = []
     first_failure = 0
-    for source in args.source:
+    for number, source in enumerate(args.source, start=1):
+        if not args.quiet and not args.json:  # before that file's bar, so the bar is known to be its
+            print(f"[{number}/{len(args.source)}] {source.name}", file=sys.stderr, flush=True)
         try:
             request = build_request(args, source)
             probe_source(request.source)
@@ -294,7 +327,7 @@ def _separate_each(client: FalClient, recipe: Recipe, args: argparse.Namespace, 
         summaries.append({"source": str(source), "ok": True, **result_summary(result, seconds)})
         if not args.json:
             print(f"{source.name}:")
-            print_result(result, False, seconds)
+            print_result(result, False, seconds, whole_of(request, recipe))
     if args.json:
         print(json.dumps(summaries, indent=2, ensure_ascii=False))
     else:
@@ -349,13 +382,19 @@ def result_summary(result: JobResult, seconds: float) -> dict[str, Any]:
     }
 
 
-def print_result(result: JobResult, as_json: bool, seconds: float) -> None:
+def print_result(result: JobResult, as_json: bool, seconds: float, whole: FileEstimate | None = None) -> None:
     if as_json:
-        print(json.dumps({"ok": True, **result_summary(result, seconds)}, indent=2, ensure_ascii=False))
+        extra = {} if whole is None else {"audition": {"seconds": whole.seconds, "whole_seconds": whole.whole_seconds,
+                                                       "whole_cost": whole.whole_cost, "currency": whole.currency}}
+        print(json.dumps({"ok": True, **result_summary(result, seconds), **extra}, indent=2, ensure_ascii=False))
         return
     for label, path in result.stems.items():
         print(f"{label}: {path}")
     print(f"manifest: {result.manifest}")
     for flag in result.flags:
-        kind = "note" if flag == "drift-corrected" else "warning"  # the stems are right: nothing to check
-        print(f"{kind}: {flag} (see the manifest)", file=sys.stderr)
+        kind = "note" if flag in NOTES else "warning"
+        print(f"{kind}: {describe_flag(flag)} (see the manifest)", file=sys.stderr)
+    if whole is not None and whole.whole_cost is not None and whole.whole_seconds is not None:
+        print(f"audition of {whole.seconds:.1f} s; the whole {whole.whole_seconds:.1f} s would cost "
+              f"{money(whole.whole_cost, whole.currency)} ({whole.requests} request"
+              f"{'s' if whole.requests != 1 else ''}): run it without --audition.", file=sys.stderr)

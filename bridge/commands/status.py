@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from bridge.audio.source import source_sha256
 from bridge.common.config import state_dir
+from bridge.common.cost import money
 from bridge.common.errors import InputError
+from bridge.common.flags import NOTES, describe_flag
 from bridge.common.jobs import JobState
 from bridge.engine.journal import JobRow, Journal
 
@@ -72,27 +75,64 @@ def _age(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
+def iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def job_summary(journal: Journal, row: JobRow) -> dict[str, Any]:
+    """A job as `status --json` prints it: the view, times in ISO 8601, flags, cost and request ids."""
+    view = row.view
+    accepted, _ = journal.handles(view.job_id)
+    return {**view.__dict__, "state": view.state.value, "created_at": iso(view.created_at),
+            "updated_at": iso(view.updated_at), "flags": list(row.flags), "estimated_cost": round(row.cost, 4),
+            "request_ids": [accepted[step].request_id for step in sorted(accepted)]}
+
+
 def status(args: argparse.Namespace) -> int:
     if not (state_dir() / "journal.sqlite").exists() and not args.job:  # no jobs yet: not an error
         print("[]" if args.json else "No jobs yet: the daemon has not run for this user.")
         return 0
     journal = _journal()
     rows = [journal.get(_resolve(journal, args.job))] if args.job else journal.recent(1000 if args.all else 50)
-    views = [r.view for r in rows if r is not None]
+    found = [r for r in rows if r is not None]
     if args.json:
-        print(json.dumps([{**v.__dict__, "state": v.state.value} for v in views], indent=2, ensure_ascii=False))
+        print(json.dumps([job_summary(journal, r) for r in found], indent=2, ensure_ascii=False))
         return 0
-    if not views:
+    if not found:
         print("No jobs.")
+        return 0
+    if args.job:
+        _print_job(job_summary(journal, found[0]))
         return 0
     now = time.time()
     print(f"{'JOB':<12}  {'STATE':<11}  {'PROGRESS':>8}  {'AGE':>4}  {'PRESET/PROMPT':<20}  SOURCE")
-    for v in views:
+    for row in found:
+        v = row.view
         print(f"{v.job_id:<12}  {v.state.value:<11}  {v.progress * 100:>7.0f}%  {_age(now - v.created_at):>4}  "
               f"{v.what[:20]:<20}  {v.source}")
-        if args.job or v.state in (JobState.failed, JobState.waiting):
-            print(f"{'':<14}{(v.error or v.message).splitlines()[0] if (v.error or v.message) else ''}")
+        if v.state in (JobState.failed, JobState.waiting) or row.flags:
+            text = (v.error or v.message).splitlines()[0] if (v.error or v.message) else ""
+            print(f"{'':<14}{text}{'  flags: ' + ', '.join(row.flags) if row.flags else ''}")
     return 0
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    """One job in full: what a user needs to find its stems, judge them, and know what it cost."""
+    print(f"job {job['job_id']}: {job['state']} ({job['progress'] * 100:.0f}%) - {job['message']}")
+    print(f"  source:   {job['source']}")
+    print(f"  what:     {job['what']}" + (f"  (tag {job['tag']})" if job["tag"] else ""))
+    print(f"  created:  {job['created_at']}   updated: {job['updated_at']}")
+    for label, path in job["stems"].items():
+        print(f"  {label + ':':<9} {path}")
+    if job["manifest"]:
+        print(f"  manifest: {job['manifest']}")
+    for flag in job["flags"]:
+        print(f"  {'note' if flag in NOTES else 'warning'}: {describe_flag(flag)}")
+    print(f"  cost:     {money(job['estimated_cost'])} (estimated)")
+    if job["request_ids"]:
+        print(f"  requests: {', '.join(job['request_ids'])}")
+    if job["error"]:
+        print(f"  error:    {job['error']}")
 
 
 def cancel(args: argparse.Namespace) -> int:

@@ -97,6 +97,9 @@ class Config(_Strict):
     dedupe: bool = Field(True, description="reuse an identical earlier job's stems instead of paying again")
     daily_budget: float | None = Field(None, ge=0, description="estimated spend per day before jobs wait")
     prices: PriceTable = Field(default_factory=PriceTable)
+    confirm_above: float = Field(
+        1.0, ge=0, description="estimated cost above which the DAW sides ask before sending (OSC and request-file "
+        "estimates carry it)")
     requests_dir: Path | None = Field(None, description="request-file folder (default: <state>/requests)")
     default_hot_folder: bool = Field(True, description="watch ~/sam-bridge/hot with one subfolder per preset")
     hot_folders: list[HotFolderConfig] = Field(default_factory=list)
@@ -138,6 +141,8 @@ prices:               # used for cost estimates only; check fal's pricing page
   currency: USD
   per_30s: 0.05
   per_30s_extra_candidate: 0.025
+  rounding: none      # none: proportional (fal states no rounding) | second | unit (whole 30 s, cautious)
+confirm_above: 1.00   # REAPER and the Live device ask before sending a job estimated above this
 
 # requests_dir: ~/.local/state/sam-bridge/requests   # where DAW scripts drop request files
 

@@ -12,6 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from bridge.common.cost import FileEstimate
 from bridge.common.request import SeparationRequest
 
 
@@ -47,6 +48,7 @@ class JobEvent:
     error: str | None = None
     flags: tuple[str, ...] = ()
     origin: str = ""  # the way in of the job's request (request.Origin's value), on final events
+    eta: float | None = None  # seconds the job is expected to take still; None when unknown
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,11 @@ class JobSink(Protocol):
         """Queue a request; return its job id. Raises `RequestRejected` or `bridge.common.errors.InputError`.
 
         A request whose `idempotency_key` was seen before returns the earlier job's id instead."""
+        ...
+
+    def estimate(self, request: SeparationRequest) -> FileEstimate:
+        """What the request would send and cost (its `confirm_above` set); nothing is sent. Raises as
+        `submit` does for a request that could not run."""
         ...
 
     def cancel(self, job_id: str) -> bool: ...

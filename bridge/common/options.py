@@ -56,6 +56,63 @@ class ServiceOptions(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+# CLI flags whose name is not the field's (`--candidates` is shorter); every other option's flag is its
+# field name with dashes. Every option of both models has a flag: `option_flags()` makes them all.
+FLAG_NAMES = {"reranking_candidates": "--candidates"}
+
+
+def option_models() -> tuple[type[BaseModel], ...]:
+    return (ServiceOptions, OutputOptions)
+
+
+def flag_for(name: str) -> str:
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def option_flags() -> list[tuple[str, str, dict[str, Any]]]:
+    """(field, flag, argparse keywords) for every service and output option: the CLI adds them all, so an
+    option declared here cannot be missing from the command line."""
+    flags: list[tuple[str, str, dict[str, Any]]] = []
+    for model in option_models():
+        for name, field in model.model_fields.items():
+            kwargs: dict[str, Any] = {"dest": name, "help": field.description, "default": None}
+            annotation = field.annotation
+            choices = [member.value for member in annotation] if isinstance(annotation, type) and issubclass(
+                annotation, StrEnum) else None
+            if annotation is bool:
+                kwargs.update(action="store_const", const=True)
+            elif choices:
+                kwargs["choices"] = choices
+            elif annotation is int:
+                kwargs["type"] = int
+            elif annotation is float:
+                kwargs["type"] = float
+            if name in ("format", "subtype"):  # written upper case by libsndfile; any case is fine to type
+                kwargs.update(type=str.upper, metavar=name.upper())
+            flags.append((name, flag_for(name), kwargs))
+    return flags
+
+
+def parse_option_text(text: str) -> dict[str, Any]:
+    """`key=value key=value` (OSC's `options` argument): values as JSON where they parse (numbers, true,
+    false), else text; keys checked against the declared options."""
+    import json
+
+    known = {name for model in option_models() for name in model.model_fields}
+    options: dict[str, Any] = {}
+    for item in text.replace(",", " ").split():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"options: {item!r} is not key=value")
+        if key not in known:
+            raise ValueError(f"options: unknown option {key!r}; allowed: {', '.join(sorted(known))}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
 class OutputOptions(BaseModel):
     """How the stems are written."""
 

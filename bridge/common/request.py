@@ -59,6 +59,11 @@ class SeparationRequest(BaseModel):
     start: float | None = Field(None, ge=0, le=MAX_SECONDS, description="seconds into the source where the part begins")
     length: float | None = Field(None, gt=0, le=MAX_SECONDS, description="seconds of source to separate from start")
     spans: list[Span] | None = Field(None, description="spans for the span-separate endpoint")
+    audition: float | None = Field(
+        None, gt=0, le=600, description="audition: separate only the loudest window of this many seconds of the "
+        "part (or the first, from `start`); stems named `.audition.target`/`.audition.residual`")
+    estimate_only: bool = Field(False, description="send nothing: answer with the seconds, requests and estimated "
+                                "cost")
     tag: str = Field("", max_length=200, description="caller's own id, echoed in every reply")
     options: dict[str, Any] = Field(default_factory=dict, description="service/output option overrides")
     origin: Origin = Field(Origin.cli, description="which way in made this request")

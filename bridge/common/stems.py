@@ -135,18 +135,20 @@ def ensure_writable(folder: Path) -> None:
 
 
 def job_names(folder: Path, source_name: str, label: str, stem_labels: list[str], extension: str,
-              stem_set: bool) -> tuple[dict[str, Path], Path]:
+              stem_set: bool, kind: str = "") -> tuple[dict[str, Path], Path]:
     """(stem label -> final path, manifest path) for one job, all with the same free number so one run's
     files stay together and nothing existing is touched.
 
     Plain presets: `<source> - <label>.target.wav`, `.residual.wav`, `.sam.json`.
-    Stem sets: `<source> - <stem>.wav` each, manifest `<source> - <preset>.sam.json`."""
+    Stem sets: `<source> - <stem>.wav` each, manifest `<source> - <preset>.sam.json`.
+    `kind` ("audition") goes before the stem's suffix: `<source> - <label>.audition.target.wav`."""
     source = safe_name(Path(source_name).stem, 80)
+    kind = f".{kind}" if kind else ""
     if stem_set:
-        bases = {s: (f"{source} - {safe_name(s, 40)}", extension) for s in stem_labels}
+        bases = {s: (f"{source} - {safe_name(s, 40)}{kind}", extension) for s in stem_labels}
     else:
-        bases = {s: (f"{source} - {safe_name(label, 40)}", f".{s}{extension}") for s in stem_labels}
-    manifest_base = (f"{source} - {safe_name(label, 40)}", ".sam.json")
+        bases = {s: (f"{source} - {safe_name(label, 40)}{kind}", f".{s}{extension}") for s in stem_labels}
+    manifest_base = (f"{source} - {safe_name(label, 40)}{kind}", ".sam.json")
     for number in range(1, 10_000):
         tag = "" if number == 1 else f" ({number})"
         stems = {s: folder / f"{base}{tag}{suffix}" for s, (base, suffix) in bases.items()}

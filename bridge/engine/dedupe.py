@@ -29,7 +29,8 @@ from bridge.presets.recipe import Recipe
 def dedupe_key(request: SeparationRequest, recipe: Recipe, audio_sha256: str) -> str:
     what = {
         "audio": audio_sha256,
-        "part": [request.start, request.length],
+        # an audition is its own result (its window of the part), never the whole part's
+        "part": [request.start, request.length] + ([request.audition] if request.audition else []),
         "steps": [[s.prompt, [sp.model_dump() for sp in s.spans or ()], s.options.to_payload()]
                   for s in recipe.steps],
         "output": recipe.output.model_dump(mode="json", exclude={"folder", "label"}),
@@ -80,7 +81,8 @@ def reuse_result(request: SeparationRequest, recipe: Recipe, earlier: JobView) -
             temps[label] = temp_path_for(folder / old.name)
             shutil.copyfile(old, temps[label])
         finals, manifest_path = place_all(temps, lambda: job_names(
-            folder, request.source.name, recipe.label, list(old_stems), extension, stem_set=recipe.is_stem_set))
+            folder, request.source.name, recipe.label, list(old_stems), extension, stem_set=recipe.is_stem_set,
+            kind="audition" if request.audition is not None else ""))  # an audition's copy keeps its name
     except OSError as exc:
         raise OutputError(f"Cannot copy the earlier stems into {folder}: {exc.strerror or exc}.") from None
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bridge.audio.intermediates import clean_workdir
 from bridge.audio.source import probe_source, source_sha256
-from bridge.common.cost import PriceTable
+from bridge.common.cost import FileEstimate, PriceTable
 from bridge.common.errors import (
     AccountLocked,
     BridgeError,
@@ -33,6 +33,7 @@ from bridge.common.request import Origin, SeparationRequest
 from bridge.common.stems import confined_folder, disk_error, output_folder
 from bridge.engine.budget import BudgetWait, DailyBudget
 from bridge.engine.dedupe import dedupe_key, reuse_result, written_before
+from bridge.engine.estimate import estimate
 from bridge.engine.events import JobEvents
 from bridge.engine.hooks import EngineHooks, ShuttingDown
 from bridge.engine.journal import JobRow, Journal, JournalDamaged, StateDiskFull
@@ -47,6 +48,7 @@ __all__ = ["ACTIVE", "EngineSettings", "JobEngine", "ShuttingDown"]
 
 log = logging.getLogger(__name__)
 
+PAUSED_MESSAGE = "paused (daemon stopped)"
 ACTIVE = (JobState.queued, JobState.waiting, JobState.preparing, JobState.uploading, JobState.submitted,
           JobState.running, JobState.downloading, JobState.conforming)
 
@@ -61,6 +63,7 @@ class EngineSettings:
     retry_base: float = 5.0  # seconds before a job waiting on an unavailable service tries again (doubles)
     retry_max: float = 300.0
     rescan_interval: float = 1.0  # how often the journal is checked for work added by other processes
+    confirm_above: float | None = 1.0  # estimates carry it: the DAW sides ask before sending above it
     local_work: int = 1  # jobs conforming at once: CPU and memory heavy, and no faster in parallel on 2 cores
 
 
@@ -108,10 +111,21 @@ class JobEngine(JobSink):
         if not request.source.is_file():
             raise SourceError(f"{request.source} does not exist or is not a file.",
                               hint="Check the path: the file may have been moved or renamed, or not saved yet.")
-        job_id = self.journal.add(request, recipe.name if request.preset else (request.prompt or recipe.name))
+        what = recipe.name if request.preset else (request.prompt or recipe.name)
+        if request.audition is not None:  # its own job, named so beside the full run that may follow it
+            what = f"{what} (audition {request.audition:g} s)"
+        job_id = self.journal.add(request, what)
         self._events.emit(job_id, request.tag, JobState.queued, 0.0, "Waiting for a free slot")
         self._queue.put(job_id, QueuedJob(request.origin.value, time.time(), 0.0))
         return job_id
+
+    def estimate(self, request: SeparationRequest) -> FileEstimate:
+        recipe = recipe_for(request, self._libraries.for_project(request.project_dir))
+        if not request.source.is_file():
+            raise SourceError(f"{request.source} does not exist or is not a file.",
+                              hint="Check the path: the file may have been moved or renamed, or not saved yet.")
+        found = estimate(request, recipe, self.settings.prices)
+        return found.model_copy(update={"confirm_above": self.settings.confirm_above})
 
     def cancel(self, job_id: str) -> bool:
         row = self.journal.get(job_id)
@@ -161,7 +175,12 @@ class JobEngine(JobSink):
     def stop(self, timeout: float = 3.0) -> None:
         """Stop taking work; in-flight jobs unwind at their next checkpoint and resume on the next start."""
         self._stopping.set()
+        held = self._queue.held()
         self._queue.wake_all()
+        for job_id in held:  # `sam-bridge status` says so until the next start resumes them
+            row = self.journal.get(job_id)
+            if row is not None and not row.view.state.finished:
+                self.journal.update_progress(job_id, row.view.progress, PAUSED_MESSAGE)
         deadline = time.monotonic() + timeout
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))

@@ -28,7 +28,9 @@ class EngineHooks:
         self._last_emit = 0.0
         self._last_cancel_check = 0.0
 
-    def progress(self, state: JobState, fraction: float, message: str) -> None:
+    def progress(self, state: JobState, fraction: float, message: str, eta: float | None = None) -> None:
+        if self.stopping.is_set():
+            return  # paused: the journal says so until the next start, whatever the job's threads still report
         now = time.monotonic()
         if state != self._state:
             self._state = state
@@ -38,7 +40,7 @@ class EngineHooks:
         else:
             self.journal.update_progress(self.job_id, fraction, message)
         self._last_emit = now
-        self.events.emit(self.job_id, self.tag, state, fraction, message)
+        self.events.emit(self.job_id, self.tag, state, fraction, message, eta=eta)
 
     def submitting(self, step: int) -> None:
         self.journal.mark_submitting(self.job_id, step)

@@ -32,14 +32,18 @@ MANIFEST_FIELDS: dict[str, str] = {
     "(`offset_samples`, `drift_samples`, `correlation`, `method`), `projection`, `null_test` (`exact`: target + "
     "residual == source to the last bit; `measured`: see `null_test_dbfs`, the peak difference in dBFS; "
     "`not-finite`: a NaN or infinite sample, the worst result), `null_test_dbfs`, `flags`, "
+    "`quality` (`source_dbfs`, `target_dbfs`, `residual_dbfs`, `explained`, `correlation`: what the quality flags "
+    "come from), "
     "`estimated_cost`, `upload` (`content_type`, `bytes`, `source_file_as_is`: what was sent; null when the "
     "step was resumed), `service_log_tail`",
     "stems": "label → `path`, `format`, `subtype`, `samplerate`, `channels`, `frames`",
     "format_reason": "why the stems' container or sample format is not the source's (e.g. a lossy source gives "
     "WAV), else null",
     "residual_method": "`complement` (source − target) or `service`",
-    "flags": "warnings to read: `weak-correlation`, `drift`, `drift-corrected`, `clipped`, `silent-source`, "
-             "`cut-at-end` (the part asked for ran past the file's end), …",
+    "flags": "warnings to read: `target-silent` (target below -50 dBFS RMS, the source not), "
+             "`target-is-everything` (residual below -50 dBFS RMS), `target-unlikely` (the target does not look "
+             "like a part of the source: see Quality flags), `weak-correlation`, `drift`, `drift-corrected`, "
+             "`clipped`, `silent-source`, `cut-at-end` (the part asked for ran past the file's end), `audition`",
     "timings": "seconds per stage (`prepare`, `upload`, `service`, `download`, `conform`, `write`, `total`)",
     "estimated_cost": "`amount` and `currency`, from the configured price table (0 on a stand-in)",
     "reused_from": "manifest of an earlier identical job whose stems were reused (dedupe), else null",
@@ -118,6 +122,7 @@ def build_manifest(
                 "null_test": null_test_verdict(step.report.null_test_dbfs) if step.report else None,
                 "null_test_dbfs": _finite(step.report.null_test_dbfs) if step.report else None,
                 "flags": list(step.report.flags) if step.report else [],
+                "quality": step.report.quality.as_dict() if step.report and step.report.quality else None,
                 "estimated_cost": step.estimated_cost,
                 "upload": step.upload,
                 "service_log_tail": step.service_logs[-5:],

@@ -11,7 +11,9 @@ polling its request instead of paying again.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,6 @@ from bridge.audio.prefetch import Background
 from bridge.audio.source import (
     SourceInfo,
     check_finite,
-    frame_range,
     make_upload_file,
     probe_source,
     source_sha256,
@@ -48,19 +49,14 @@ from bridge.common.stems import (
     stems_bytes,
     temp_path_for,
 )
+from bridge.engine.estimate import part_of
 from bridge.engine.manifest import StepRecord, build_manifest
 from bridge.engine.pipeline_hooks import STAGE_END, Hooks, JobResult
+from bridge.engine.progress import ServiceClock, ServiceTicker, StatusFollower, Transfer
 from bridge.fal.client import DEFAULT_QUEUE_URL, FalClient, QueueStatus, RequestHandle
 from bridge.presets.recipe import Recipe, Step
 
 log = logging.getLogger(__name__)
-
-
-
-
-
-
-
 
 
 @dataclass
@@ -117,16 +113,20 @@ class _Run:
         self.source_hash = source_hash
         self.hashed_fingerprint = source_fingerprint
         self.source_fingerprint = (0, 0)
+        self.reporting = threading.RLock()  # the service ticker and the job's own thread report in turn
+        self.service_eta = 0.0  # what the service should take, for the ETA while uploading
 
     # -- progress ----------------------------------------------------------------------------------
 
-    def report(self, state: JobState, within: float, message: str) -> None:
-        """Progress over the whole job: steps share the bar equally; `within` is 0..1 of this stage."""
+    def report(self, state: JobState, within: float, message: str, eta: float | None = None) -> None:
+        """Progress over the whole job: steps share the bar equally; `within` is 0..1 of this stage; `eta`
+        the seconds the job should still take (None: unknown). The service ticker calls it too."""
         stages = list(STAGE_END)
         start = 0.0 if state == stages[0] else STAGE_END[stages[stages.index(state) - 1]]
         step_fraction = start + (STAGE_END[state] - start) * min(max(within, 0.0), 1.0)
         total = (self.step_index + step_fraction) / len(self.recipe.steps)
-        self.hooks.progress(state, round(min(total, 0.999), 4), message)
+        with self.reporting:
+            self.hooks.progress(state, round(min(total, 0.999), 4), message, eta=eta)
 
     def check_cancel(self) -> None:
         if self.hooks.cancelled():
@@ -147,9 +147,14 @@ class _Run:
         if self.hashed_fingerprint is not None:
             check_source_unchanged(source.path, self.hashed_fingerprint)  # still the audio that was hashed
         self.source_fingerprint = file_fingerprint(source.path)
-        start_frame, frames = frame_range(source, self.request.start, self.request.length)
+        start_frame, frames = part_of(self.request, source)  # the part, or its audition window
+        if self.request.audition is not None:
+            self.job_flags.add("audition")
+            log.info("auditioning %.1f s of %s from %.3f s", frames / source.samplerate, source.path.name,
+                     start_frame / source.samplerate)
         check_finite(source, start_frame, frames)  # a damaged float file: refused before it is paid for
-        if self.request.length is not None and frames < round(self.request.length * source.samplerate):
+        if (self.request.length is not None and self.request.audition is None
+                and frames < round(self.request.length * source.samplerate)):
             self.job_flags.add("cut-at-end")  # the part asked for runs past the end of the file
             log.warning("the part asked for runs past the end of %s: the stems are %.3f s, not %.3f s",
                         source.path.name, frames / source.samplerate, self.request.length)
@@ -210,8 +215,10 @@ class _Run:
             else:
                 log.info("resuming step %d: polling request %s (not submitting again)", index, handle.request_id)
             record.request_id = handle.request_id
-            self.report(JobState.submitted, 1.0, f"Submitted (request {handle.request_id})")
-            self.wait_for(handle, record)
+            clock = ServiceClock(frames / step_source.samplerate, step.options.max_chunk_duration,
+                                 step.options.chunk_overlap)
+            self.report(JobState.submitted, 1.0, f"Submitted (request {handle.request_id})", eta=clock.eta())
+            self.wait_for(handle, record, clock)
             target_file, residual_file = self.download(index, handle)
         self.check_cancel()
         self.report(JobState.conforming, 0.0, "Aligning and writing stems")
@@ -243,10 +250,17 @@ class _Run:
         upload_path, content_type = make_upload_file(source, start, frames, self.workdir, self.p.shrinks_uploads())
         self.steps[-1].upload = {"content_type": content_type, "bytes": upload_path.stat().st_size,
                                  "source_file_as_is": upload_path == source.path}
-        url = self.p.client.storage.upload(
-            upload_path, content_type,
-            progress=lambda done, total: self.report(JobState.uploading, done / max(total, 1), "Uploading"),
-        )
+        service_eta = ServiceClock(frames / source.samplerate, step.options.max_chunk_duration,
+                                   step.options.chunk_overlap).eta()
+        transfer = Transfer()
+
+        def uploaded(done: int, total: int) -> None:
+            transfer.update(done, total)
+            left = transfer.eta()
+            self.report(JobState.uploading, done / max(total, 1), transfer.describe("Uploading"),
+                        eta=None if left is None else left + service_eta)
+
+        url = self.p.client.storage.upload(upload_path, content_type, progress=uploaded)
         if upload_path != source.path:  # a temp file made for the upload (never the user's file)
             remove_quietly(upload_path)
         self.timed("upload", t)
@@ -269,22 +283,18 @@ class _Run:
         self.hooks.submitted(index, handle)
         return handle
 
-    def wait_for(self, handle: RequestHandle, record: StepRecord) -> None:
+    def wait_for(self, handle: RequestHandle, record: StepRecord, clock: ServiceClock) -> None:
         t = time.monotonic()
+        follower = StatusFollower(clock, record.service_logs, self.report, self.reporting, self._service_line)
+        with ServiceTicker(follower.running, follower.tick):  # the bar moves between the service's lines
+            self._wait(handle, follower.on_status)
+        self.timed("service", t)
 
-        def on_status(status: QueueStatus) -> None:
-            for line in status.logs[len(record.service_logs):]:
-                record.service_logs.append(line.message)
-                log.info("service: %s", line.message)
-                self.hooks.service_log(line.message)
-            if status.state == "IN_QUEUE":
-                position = status.queue_position
-                self.report(JobState.running, 0.0, f"In the service's queue (position {position})"
-                            if position is not None else "In the service's queue")
-            elif status.state == "IN_PROGRESS":
-                last = record.service_logs[-1] if record.service_logs else "Separating"
-                self.report(JobState.running, 0.5, last)
+    def _service_line(self, line: str) -> None:
+        log.info("service: %s", line)
+        self.hooks.service_log(line)
 
+    def _wait(self, handle: RequestHandle, on_status: Callable[[QueueStatus], None]) -> None:
         try:
             self.p.client.wait(handle, on_status=on_status, cancelled=self.hooks.cancelled,
                                poll_interval=self.p.poll_interval, use_stream=self.p.use_stream)
@@ -298,7 +308,6 @@ class _Run:
         if self.hooks.cancelled():
             self.p.client.cancel(handle)
             raise Cancelled("Cancelled.")
-        self.timed("service", t)
 
     def download(self, index: int, handle: RequestHandle) -> tuple[Path, Path]:
         t = time.monotonic()
@@ -327,11 +336,15 @@ class _Run:
         """Both results at once, the residual in a second thread: over the internet one connection is
         slower than the line. Only this thread reports progress and looks for a cancel."""
         fractions = [0.0, 0.0]  # of each file, never going back (a retried try starts again from 0)
+        transfer = Transfer()
 
         def report() -> None:
-            self.report(JobState.downloading, sum(fractions) / 2, "Downloading results")
+            left = transfer.eta()
+            self.report(JobState.downloading, sum(fractions) / 2, transfer.describe("Downloading results:"),
+                        eta=None if left is None else left)
 
         def ours(done: int, total: int) -> None:
+            transfer.update(done, total)
             fractions[0] = max(fractions[0], done / total if total else 0.0)
             report()
             self.check_cancel()
@@ -378,7 +391,8 @@ class _Run:
         # stems and manifest as one unit: a full disk at any point leaves none of them behind
         finals, manifest_path = place_unit(stems, lambda: job_names(
             folder, source.path.name, self.recipe.label, list(stems), extension,
-            stem_set=self.recipe.is_stem_set), manifest_for)
+            stem_set=self.recipe.is_stem_set, kind="audition" if self.request.audition is not None else ""),
+            manifest_for)
         return JobResult(stems=finals, manifest=manifest_path, flags=flags, steps=self.steps,
                          estimated_cost=cost, timings=self.timings)
 

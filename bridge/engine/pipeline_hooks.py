@@ -19,7 +19,8 @@ STAGE_END = {
 
 
 class Hooks(Protocol):
-    def progress(self, state: JobState, fraction: float, message: str) -> None: ...
+    def progress(self, state: JobState, fraction: float, message: str, eta: float | None = None) -> None:
+        """`eta`: seconds the job should still take, None when unknown."""
 
     def submitting(self, step: int) -> None:
         """Called just before a submit is sent (the journal marks the step 'submit may have landed')."""
@@ -48,7 +49,7 @@ class StandaloneHooks:
     """Hooks for a run outside the engine (the CLI, tests): nothing journalled, no limits, never cancelled.
     Subclasses override what they care about."""
 
-    def progress(self, state: JobState, fraction: float, message: str) -> None:
+    def progress(self, state: JobState, fraction: float, message: str, eta: float | None = None) -> None:
         pass
 
     def submitting(self, step: int) -> None:

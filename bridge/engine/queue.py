@@ -53,6 +53,11 @@ class FairQueue:
     def running_count(self) -> int:
         return len(self._running)
 
+    def held(self) -> list[str]:
+        """Ids of the jobs this engine has, waiting or running."""
+        with self.lock:
+            return [*self._pending, *self._running]
+
     def put(self, job_id: str, queued: QueuedJob) -> None:
         with self.lock:
             self._pending[job_id] = queued

@@ -1,7 +1,7 @@
 """The OSC address space of sam-bridge, declared once.
 
 Dispatch (the server looks entries up by name), argument validation, the error messages a client gets
-and the README table (`markdown_table()`) are all derived from the two tables below, so the documented
+and the README table (`bridge.osc.table`) are all derived from the two tables below, so the documented
 address space and the one the server speaks cannot drift apart.
 
 Conventions (after AbletonOSC's request/reply pairs and listen/unlisten): every request is answered on
@@ -103,30 +103,45 @@ def _s(name: str, description: str, max_chars: int = 200, may_be_empty: bool = F
 _JOB_ID = _s("job_id", "the job id from /sam/accepted")
 _PATH_CHARS = 4096  # PATH_MAX on Linux; longer cannot name a real file
 
+_SEPARATE_REQUIRED = (
+    _s("source_path", "full path of the audio file", max_chars=_PATH_CHARS),
+    _s("preset_or_prompt", "a preset name, or else a description of the sound to isolate", max_chars=500),
+)
+_SEPARATE_OPTIONAL = (
+    (_s("tag", "your own id, echoed in /sam/accepted and /sam/error (\"\" = none)", may_be_empty=True),),
+    (_s("project_dir", "project folder; stems go to its Stems/ folder (\"\" = beside the source)",
+        max_chars=_PATH_CHARS, may_be_empty=True),),
+    (Arg("start", "f", "seconds into the source where the part begins (or as text, e.g. \"754.123456\": "
+         "an OSC float keeps 7 digits, so 10 minutes in it is up to 30 µs off; \"\" = the beginning)", minimum=0.0,
+         maximum=MAX_SECONDS, as_text=True, may_be_empty=True),
+     Arg("length", "f", "seconds of source to separate (or as text, like start; \"\" = to the end)", above=0.0,
+         maximum=MAX_SECONDS, as_text=True, may_be_empty=True)),
+    (Arg("audition", "f", "seconds to audition: only the loudest window this long of the part (from start when "
+         "start is given) is separated, stems named .audition (0 = the whole part)", minimum=0.0, maximum=600.0),),
+    (_s("options", "service/output options as key=value words, e.g. \"reranking_candidates=2 "
+        "predict_spans=true\" (the README's options tables; \"\" = none)", max_chars=1000, may_be_empty=True),),
+)
+
 REQUESTS: tuple[Request, ...] = (
     Request(
         "separate",
-        required=(
-            _s("source_path", "full path of the audio file", max_chars=_PATH_CHARS),
-            _s("preset_or_prompt", "a preset name, or else a description of the sound to isolate",
-               max_chars=500),
-        ),
-        optional=(
-            (_s("tag", "your own id, echoed in /sam/accepted and /sam/error (\"\" = none)",
-                may_be_empty=True),),
-            (_s("project_dir", "project folder; stems go to its Stems/ folder (\"\" = beside the source)",
-                max_chars=_PATH_CHARS, may_be_empty=True),),
-            (Arg("start", "f", "seconds into the source where the part begins (or as text, e.g. \"754.123456\": "
-                 "an OSC float keeps 7 digits, so 10 minutes in it is up to 30 µs off)", minimum=0.0,
-                 maximum=MAX_SECONDS, as_text=True),
-             Arg("length", "f", "seconds of source to separate (or as text, like start)", above=0.0,
-                 maximum=MAX_SECONDS, as_text=True)),
-        ),
+        required=_SEPARATE_REQUIRED,
+        optional=_SEPARATE_OPTIONAL,
         description="Queue a separation. A known preset name (any case) wins; otherwise the text is the "
         "prompt. The source must be under an allowed source folder and the stems' folder under an "
         "allowed output folder.",
         example='"/Users/me/Music/Guitar 01.wav" piano take-3 "/Users/me/Music/Song" 12.5 8.0',
-        replies=("accepted", "progress", "stem", "done", "error"),
+        replies=("accepted", "progress", "flags", "stem", "done", "error"),
+    ),
+    Request(
+        "estimate",
+        required=_SEPARATE_REQUIRED,
+        optional=_SEPARATE_OPTIONAL,
+        description="What /sam/separate with the same arguments would send and cost; nothing is sent. Ask "
+        "the user to confirm before /sam/separate when `confirm` is 1 (cost above the configured "
+        "`confirm_above`).",
+        example='"/Users/me/Music/Guitar 01.wav" piano take-3 "/Users/me/Music/Song" 12.5 8.0',
+        replies=("estimate/ok", "error"),
     ),
     Request(
         "cancel",
@@ -201,9 +216,21 @@ REPLIES: tuple[Reply, ...] = (
     Reply("accepted", (_TAG, _JOB_ID), "The job is queued; later events carry its job id.",
           "take-3 5bbfef41c050"),
     Reply("progress", (_JOB_ID, _s("state", "queued, uploading, running, … done, failed, cancelled"),
-                       Arg("fraction", "f", "0..1 over the whole job"), _MESSAGE),
+                       Arg("fraction", "f", "0..1 over the whole job"), _MESSAGE,
+                       Arg("eta", "f", "seconds the job is expected to take still (-1 = unknown)")),
           "A job changed (to the submitter and every subscriber).",
-          "5bbfef41c050 running 0.4 \"separating on fal\""),
+          "5bbfef41c050 running 0.4 \"Separating chunk 3/11\" 12.5"),
+    Reply("flags", (_JOB_ID, _s("flag", "a warning: target-silent, target-is-everything, target-unlikely, "
+                                "weak-correlation, drift, clipped, …")),
+          "The result looks wrong or needs a look: sent before /sam/done, only when there are flags.",
+          "5bbfef41c050 target-unlikely", repeats_last=True),
+    Reply("estimate/ok", (_TAG, Arg("seconds", "f", "seconds of audio sent per request"),
+                          Arg("requests", "i", "paid requests (one per step of a stem set)"),
+                          Arg("cost", "f", "estimated cost"), _s("currency", "e.g. USD"),
+                          Arg("confirm_above", "f", "the configured amount above which to ask first"),
+                          Arg("confirm", "i", "1 when the cost is above confirm_above: ask before sending"),
+                          Arg("whole_cost", "f", "an audition: what the whole part would cost (-1 otherwise)")),
+          "Answer to /sam/estimate; nothing was sent.", "take-3 45.0 1 0.075 USD 1.0 0 -1"),
     Reply("stem", (_JOB_ID, _s("label", "stem label, e.g. target, residual, vocals"),
                    _s("path", "full path of the stem file", max_chars=_PATH_CHARS)),
           "One per stem file, all before /sam/done.",
@@ -320,6 +347,8 @@ def _check(arg: Arg, value: Any) -> str | None:
         if len(value) > arg.max_chars:
             return f"is {len(value)} characters long; at most {arg.max_chars} are allowed"
         return None
+    if arg.as_text and arg.may_be_empty and isinstance(value, str) and not value.strip():
+        return None  # "" = not given: later arguments can be sent without this one
     if arg.as_text and isinstance(value, str):
         try:
             value = float(value)
@@ -343,43 +372,8 @@ def _check(arg: Arg, value: Any) -> str | None:
 
 
 def _convert(arg: Arg, value: Any) -> ArgValue:
-    if arg.type == "s":
+    if arg.type == "s" or (isinstance(value, str) and not value.strip()):
         return str(value).strip()
     if arg.type == "i":
         return int(value)
     return float(value)
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(prefix: str = DEFAULT_PREFIX) -> str:
-    """The README's OSC reference: requests, then replies and events."""
-    lines = [
-        "| Request | Arguments | What it does | Example | Replies |",
-        "|---|---|---|---|---|",
-    ]
-    for req in REQUESTS:
-        replies = ", ".join(f"`{REPLIES_BY_NAME[name].address(prefix)}`" for name in req.replies)
-        args = "<br>".join(f"`{a.signature}` {a.description}" for a in _all_args(req)) or "—"
-        example = "`" + " ".join(filter(None, (req.address(prefix), req.example))) + "`"
-        lines.append(f"| `{req.address(prefix)}` | {_cell(args)} | {_cell(req.description)} | "
-                     f"{_cell(example)} | {replies} |")
-    lines += [
-        "",
-        "| Reply / event | Arguments | Meaning | Example |",
-        "|---|---|---|---|",
-    ]
-    for rep in REPLIES:
-        args = "<br>".join(f"`{a.signature}` {a.description}" for a in rep.args)
-        if rep.repeats_last:
-            args += " (repeated)"
-        lines.append(f"| `{rep.address(prefix)}` | {_cell(args)} | {_cell(rep.description)} | "
-                     f"`{_cell(rep.address(prefix) + ' ' + rep.example)}` |")
-    lines += ["", *NOTES]
-    return "\n".join(lines) + "\n"
-
-
-def _all_args(req: Request) -> list[Arg]:
-    return list(req.required) + [a for group in req.optional for a in group]

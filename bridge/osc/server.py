@@ -23,6 +23,7 @@ import pydantic
 
 from bridge.common.errors import BridgeError, ConfigError, InputError
 from bridge.common.jobs import JobSink, RequestRejected
+from bridge.common.options import parse_option_text
 from bridge.common.path_policy import PathNotAllowed, PathPolicy
 from bridge.common.request import Origin, SeparationRequest
 from bridge.osc.addresses import (
@@ -92,7 +93,7 @@ class OscServer:
         self._error_replies = RateLimiter(50, 1.0)  # a looping patch must not get a storm back
         self._log = ThrottledLog(logger)
         handlers: dict[str, Callable[[_Call], None]] = {
-            "separate": self._separate, "cancel": self._cancel, "status": self._status,
+            "separate": self._separate, "estimate": self._estimate, "cancel": self._cancel, "status": self._status,
             "presets": self._presets, "ping": self._ping, "reply_to": self._reply_to, "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
         }
@@ -225,6 +226,25 @@ class OscServer:
             raise InputError(f"Too many separations over OSC: at most {total} every {total_window:g} s from all "
                              "clients together, so this one was not queued.",
                              hint=f"Try again in {wait} s (osc rate_limit_total in the config sets the cap).")
+        request = self._request(call)
+        with self._forwarder.lock:
+            job_id = self._sink.submit(request)
+            self._separations.record(host)
+            self._all_separations.record(_ALL)
+            self._forwarder.add_owner(job_id, call.reply_to)
+            self._reply(call.reply_to, "accepted", [tag, job_id])
+        logger.info("OSC: queued job %s for %s (%s)", job_id, client, request.preset or "prompt")
+
+    def _estimate(self, call: _Call) -> None:
+        found = self._sink.estimate(self._request(call))
+        self._reply(call.reply_to, "estimate/ok", [
+            str(call.values.get("tag", "")), found.seconds, found.requests, found.estimated_cost, found.currency,
+            -1.0 if found.confirm_above is None else found.confirm_above, int(found.needs_confirmation),
+            -1.0 if found.whole_cost is None else found.whole_cost])
+
+    def _request(self, call: _Call) -> SeparationRequest:
+        """/sam/separate's and /sam/estimate's arguments as a request, paths checked against the policy."""
+        values = call.values
         source = self._policy.source_file(str(values["source_path"]))
         project: Path | None = None
         if "project_dir" in values:
@@ -232,22 +252,21 @@ class OscServer:
         else:  # the stems will go beside the source
             self._policy.output_folder(source.parent, "folder of the source (where the stems would go)")
         preset, prompt = self._preset_or_prompt(str(values["preset_or_prompt"]), project)
+        audition = _number(values.get("audition"))
         try:
-            request = SeparationRequest(
+            options = parse_option_text(str(values.get("options", "")))
+            return SeparationRequest(
                 source=source, preset=preset, prompt=prompt, project_dir=project, output_dir=None,
                 start=_number(values.get("start")), length=_number(values.get("length")), spans=None,
-                tag=tag, origin=Origin.osc, idempotency_key=None, confined_to=self._policy)
+                audition=audition or None, options=options, tag=str(values.get("tag", "")), origin=Origin.osc,
+                idempotency_key=None, confined_to=self._policy)
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]
             raise InputError(f"The request is not usable: {first['msg']}.",
                              hint="Check the arguments against the OSC table in the README.") from exc
-        with self._forwarder.lock:
-            job_id = self._sink.submit(request)
-            self._separations.record(host)
-            self._all_separations.record(_ALL)
-            self._forwarder.add_owner(job_id, call.reply_to)
-            self._reply(call.reply_to, "accepted", [tag, job_id])
-        logger.info("OSC: queued job %s for %s (%s)", job_id, client, preset or "prompt")
+        except ValueError as exc:
+            raise InputError(f"The request is not usable: {exc}.",
+                             hint="Options are key=value words; the README's options tables list them.") from exc
 
     def _preset_or_prompt(self, text: str, project: Path | None) -> tuple[str | None, str | None]:
         """A preset name wins (any case; the project's own presets too); otherwise the text is a prompt."""
@@ -360,7 +379,7 @@ class OscServer:
 
 def _reply_key(name: str, args: list[Any]) -> str:
     """The first argument of a /sam/error about this request: the tag or job id the client knows."""
-    position = {"separate": 2, "cancel": 0, "status": 0}.get(name)
+    position = {"separate": 2, "estimate": 2, "cancel": 0, "status": 0}.get(name)
     if position is not None and len(args) > position and isinstance(args[position], str):
         return str(args[position])[:200]
     return ""

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -32,13 +32,17 @@ from bridge.common.file_gate import FileSnapshot
 from bridge.common.jobs import JobEvent, JobSink, JobState, RequestRejected
 from bridge.common.path_policy import PathPolicy, open_requests_folder
 from bridge.common.redact import redact_any
+from bridge.common.request import SeparationRequest
 from bridge.common.stems import write_json_atomic
 from bridge.request_files.archive import ARCHIVE_AFTER, archive_answered, archive_orphan_status
-from bridge.request_files.parse import parse_request_file, read_json
+from bridge.request_files.parse import parse_request_file, raw_tag, read_json
+
+__all__ = ["STATUS_FIELDS", "RequestFolder", "parse_request_file", "status_path"]
 
 log = logging.getLogger(__name__)
 
 STATUS_SUFFIX = ".status.json"
+PAUSED_MESSAGE = "paused (daemon stopped)"  # the job resumes when the daemon starts again
 STATUS_SCHEMA = 1
 STATUS_FIELDS: dict[str, str] = {
     "schema": "status schema version (1)",
@@ -48,12 +52,17 @@ STATUS_FIELDS: dict[str, str] = {
     "state": "queued, waiting, preparing, uploading, submitted, running, downloading, conforming, "
     "done, failed, cancelled",
     "progress": "0..1 over the whole job",
-    "message": "what is happening, in words",
+    "message": "what is happening, in words (`paused (daemon stopped)` while the daemon is not running)",
     "updated_at": "ISO-8601 UTC",
     "stems": "label → absolute path, in order (`target`, `residual`; stem sets: each stem, then `other`)",
     "manifest": "path of the `.sam.json` manifest when done",
     "error": "what went wrong and how to retry, when failed (`Cancelled` when cancelled)",
-    "flags": "warnings to read (`weak-correlation`, `drift`, `cut-at-end`, …)",
+    "flags": "warnings to read (`target-silent`, `target-is-everything`, `target-unlikely`, `weak-correlation`, "
+    "`drift`, `cut-at-end`, …)",
+    "eta_seconds": "seconds the job is expected to take still (null when unknown)",
+    "estimate": "with `\"estimate_only\": true`: `seconds`, `requests`, `estimated_cost`, `currency`, "
+    "`confirm_above`, `needs_confirmation` (and `whole_seconds`/`whole_cost` for an audition); state `done`, "
+    "nothing sent (null otherwise)",
     "request_mtime_ns": "for the daemon: the version (modification time) of the request file this answers",
     "cancel_marker_mtime_ns": "for the daemon: the `.cancel` marker already acted on, if any",
 }
@@ -132,6 +141,7 @@ class RequestFolder:
         self._stop.set()
         self._queue.put(None)
         self._unsubscribe()
+        self._mark_paused()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
@@ -224,13 +234,16 @@ class RequestFolder:
         has_job = isinstance(earlier.get("job_id"), str) and earlier.get("request_mtime_ns") == mtime_ns
         cancel_asked = self._cancel_asked(path, mtime_ns)
         if cancel_asked and not has_job:  # cancelled before it was taken: nothing is sent
-            self._write_status(path, mtime_ns, None, _raw_tag(path), JobState.cancelled, 0.0,
+            self._write_status(path, mtime_ns, None, raw_tag(path), JobState.cancelled, 0.0,
                                "Cancelled before it was sent", error="Cancelled")
             return
         try:
             request = parse_request_file(path, mtime_ns, self._confined_to)
         except BridgeError as exc:
             self._write_status(path, mtime_ns, None, "", JobState.failed, 0.0, exc.message, error=str(exc))
+            return
+        if request.estimate_only:
+            self._answer_estimate(path, mtime_ns, request)
             return
         try:
             job_id = self.sink.submit(request)
@@ -242,6 +255,34 @@ class RequestFolder:
         log.info("request file %s → job %s", path.name, job_id)
         if cancel_asked and self.sink.cancel(job_id):
             log.info("cancelled job %s (%s)", job_id, cancel_marker(path).name)
+
+    def _answer_estimate(self, path: Path, mtime_ns: int, request: SeparationRequest) -> None:
+        """`"estimate_only": true`: the status file says what the request would send and cost."""
+        try:
+            found = self.sink.estimate(request)
+        except (BridgeError, RequestRejected) as exc:
+            self._write_status(path, mtime_ns, None, request.tag, JobState.failed, 0.0, str(exc).split("\n")[0],
+                               error=str(exc))
+            return
+        self._write_status(path, mtime_ns, None, request.tag, JobState.done, 1.0,
+                           f"Estimate (nothing was sent): {found.line()}",
+                           estimate={**found.model_dump(), "needs_confirmation": found.needs_confirmation})
+
+    def _mark_paused(self) -> None:
+        """The daemon stops: every unfinished job it follows says so in its status file (it resumes on the
+        next start), instead of its last running message that would never change."""
+        with self._lock:
+            for job_id, followed in list(self._jobs.items()):
+                if self._job_of.get(followed.path) != job_id:
+                    continue
+                view = self.sink.get(job_id)
+                if view is None or view.state.finished:
+                    continue
+                try:
+                    self._write_status(followed.path, followed.mtime_ns, job_id, view.tag, view.state, view.progress,
+                                       PAUSED_MESSAGE)
+                except OSError as exc:  # the folder is gone: nothing to tell there
+                    log.warning("could not mark %s paused: %s", followed.path.name, exc)
 
     def _supersede(self, path: Path, mtime_ns: int, job_id: str | None) -> None:
         """The request file was saved again: the job of its earlier version is cancelled (at the service
@@ -333,26 +374,22 @@ class RequestFolder:
                 self._answered.pop(followed.path, None)  # running again (a retry): not answered now
             self._write_status(followed.path, followed.mtime_ns, event.job_id, event.tag, event.state,
                                event.progress, event.message, stems=event.stems, manifest=event.manifest,
-                               error=event.error, flags=event.flags)
+                               error=event.error, flags=event.flags, eta=event.eta)
 
     def _write_status(self, path: Path, mtime_ns: int, job_id: str | None, tag: str, state: JobState,
                       progress: float, message: str, *, stems: dict[str, str] | None = None,
-                      manifest: str | None = None, error: str | None = None, flags: tuple[str, ...] = ()) -> None:
+                      manifest: str | None = None, error: str | None = None, flags: tuple[str, ...] = (),
+                      eta: float | None = None, estimate: dict[str, Any] | None = None) -> None:
         """`mtime_ns`: the version of the request this answers (the file may have been saved again since)."""
         write_json_atomic(status_path(path), redact_any({  # last guard: the key is in no status file
             "schema": STATUS_SCHEMA, "request": path.name, "job_id": job_id, "tag": tag, "state": state.value,
             "progress": round(progress, 4), "message": message,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "stems": stems or {}, "manifest": manifest, "error": error, "flags": list(flags),
+            "eta_seconds": None if eta is None else round(eta, 1),
+            "estimate": estimate,
             "request_mtime_ns": mtime_ns, ACTED_ON_MARKER: self._marker_acted_on(path),
         }))
-
-
-def _raw_tag(path: Path) -> str:
-    """The request's tag, read without judging the rest of it."""
-    data = read_json(path)
-    tag = data.get("tag") if isinstance(data, dict) else None
-    return tag if isinstance(tag, str) else ""
 
 
 class _Handler(FileSystemEventHandler):

@@ -62,6 +62,13 @@ def _resolve_beside(request_file: Path, value: str) -> Path:
     return Path(os.path.normpath(request_file.absolute().parent / expanded))
 
 
+def raw_tag(path: Path) -> str:
+    """The request's tag, read without judging the rest of it."""
+    data = read_json(path)
+    tag = data.get("tag") if isinstance(data, dict) else None
+    return tag if isinstance(tag, str) else ""
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))

@@ -218,7 +218,7 @@ def test_an_unrelated_result_is_flagged_but_written(tmp_path: Path) -> None:
     unrelated = noise(rate, 3.0, seed=99, amplitude=0.1)
     results = fake_service_result(unrelated, unrelated * 0.5, rate, tmp_path)
     report, out_t, out_r, info = _run(tmp_path, source, results)
-    assert report.flags == ("weak-correlation",) and report.correlation < 0.2
+    assert report.flags == ("weak-correlation", "target-unlikely") and report.correlation < 0.2
     assert report.offset_samples == 0  # a lag measured on noise means nothing: the result stays put
     assert len(_floats(out_t)) == info.frames
     _assert_pcm_nulls(source, out_t, out_r)

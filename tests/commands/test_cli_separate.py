@@ -893,7 +893,8 @@ def test_key_never_appears_at_debug_level(user_dirs: dict[str, Path], service: L
 
 def test_terminal_display_shows_queue_position_service_logs_and_time(
         user_dirs: dict[str, Path], music: Path) -> None:
-    """Two long jobs occupy the one-worker service, so our job waits at position 1; once the display
+    """(With -v, which shows the service's log lines.) Two long jobs occupy the one-worker service, so our
+    job waits at position 1; once the display
     has shown that, the long jobs are cancelled and ours runs."""
     blocker = music / "blocker.wav"
     sf.write(str(blocker), np.zeros(8000 * 20), 8000, subtype="PCM_16")  # 20 s: 20 s of work each
@@ -903,7 +904,7 @@ def test_terminal_display_shows_queue_position_service_logs_and_time(
         url = client.storage.upload(blocker, "audio/wav")
         blockers = [client.submit("separate", {"audio_url": url, "prompt": "bass"}) for _ in range(2)]
         master, slave = pty.openpty()
-        proc = start_cli(["separate", source.path, "--prompt", "hi-hat", "--service-url", service.url],
+        proc = start_cli(["-v", "separate", source.path, "--prompt", "hi-hat", "--service-url", service.url],
                          data_env(FAL_KEY=TEST_KEY, COLUMNS="160", TERM="xterm"),
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
         os.close(slave)

@@ -33,7 +33,7 @@ class Hooks(StandaloneHooks):
         self.handles: dict[int, RequestHandle] = {}
         self.log_lines: list[str] = []
 
-    def progress(self, state: JobState, fraction: float, message: str) -> None:
+    def progress(self, state: JobState, fraction: float, message: str, eta: float | None = None) -> None:
         if not self.states or self.states[-1] != state:
             self.states.append(state)
         self.fractions.append(fraction)

@@ -17,9 +17,9 @@ from bridge.osc.addresses import (
     REQUESTS,
     REQUESTS_BY_NAME,
     ArgumentProblem,
-    markdown_table,
     validate_args,
 )
+from bridge.osc.table import markdown_table
 from bridge.osc.wire import Incoming, Undecodable, decode_datagram, encode_reply, event_messages
 
 
@@ -40,11 +40,12 @@ def test_every_request_example_is_valid_against_its_own_declaration(request_name
 def test_the_issue_address_space_is_declared() -> None:
     assert {r.address() for r in REQUESTS} == {
         "/sam/separate", "/sam/cancel", "/sam/status", "/sam/presets", "/sam/ping", "/sam/reply_to",
-        "/sam/subscribe", "/sam/unsubscribe"}
-    assert REQUESTS_BY_NAME["separate"].signature == \
-        "s:source_path s:preset_or_prompt [s:tag] [s:project_dir] [f:start f:length]"
-    assert REQUESTS_BY_NAME["separate"].arity() == [2, 3, 4, 6]
-    assert REPLIES_BY_NAME["progress"].signature == "s:job_id s:state f:fraction s:message"
+        "/sam/subscribe", "/sam/unsubscribe", "/sam/estimate"}
+    assert REQUESTS_BY_NAME["separate"].signature == REQUESTS_BY_NAME["estimate"].signature == \
+        "s:source_path s:preset_or_prompt [s:tag] [s:project_dir] [f:start f:length] [f:audition] [s:options]"
+    assert REQUESTS_BY_NAME["separate"].arity() == [2, 3, 4, 6, 7, 8]
+    assert REPLIES_BY_NAME["progress"].signature == "s:job_id s:state f:fraction s:message f:eta"
+    assert REPLIES_BY_NAME["flags"].signature == "s:job_id s:flag..."
     assert REPLIES_BY_NAME["status/job"].signature == "s:job_id s:state f:progress s:message s:tag"
     assert REPLIES_BY_NAME["done"].signature == "s:job_id s:target s:residual s:manifest"
     assert REPLIES_BY_NAME["presets/list"].signature == "s:name..."
@@ -143,10 +144,14 @@ def test_a_done_event_becomes_progress_stems_and_done() -> None:
     event = JobEvent("j", "t", JobState.done, 1.0, "done", stems={"target": "/t.wav", "residual": "/r.wav"},
                      manifest="/m.json")
     assert event_messages(event) == [
-        ("progress", ["j", "done", 1.0, "done"]),
+        ("progress", ["j", "done", 1.0, "done", -1.0]),
         ("stem", ["j", "target", "/t.wav"]),
         ("stem", ["j", "residual", "/r.wav"]),
         ("done", ["j", "/t.wav", "/r.wav", "/m.json"]),
     ]
     odd = JobEvent("j", "t", JobState.running, float("nan"), "?")
-    assert event_messages(odd) == [("progress", ["j", "running", 0.0, "?"])]
+    assert event_messages(odd) == [("progress", ["j", "running", 0.0, "?", -1.0])]
+    flagged = JobEvent("j", "t", JobState.done, 1.0, "done", stems={"target": "/t.wav"}, manifest="/m.json",
+                       flags=("target-unlikely", "drift"), eta=0.0)
+    assert event_messages(flagged)[:2] == [("progress", ["j", "done", 1.0, "done", 0.0]),
+                                           ("flags", ["j", "target-unlikely", "drift"])]

@@ -98,11 +98,11 @@ def test_an_osc_jobs_end_that_reached_nobody_goes_to_the_next_subscriber(
     assert forwarder.subscribe(device.address)
     messages = device.receive_until_silent()
     assert messages == [
-        ("/sam/progress", ["j-1", "done", 1.0, "Done"]),
+        ("/sam/progress", ["j-1", "done", 1.0, "Done", -1.0]),
         ("/sam/stem", ["j-1", "target", "/stems/j-1.target.wav"]),
         ("/sam/stem", ["j-1", "residual", "/stems/j-1.residual.wav"]),
         ("/sam/done", ["j-1", "/stems/j-1.target.wav", "/stems/j-1.residual.wav", "/stems/j-1.sam.json"]),
-        ("/sam/progress", ["j-2", "failed", 1.0, "Done"]),
+        ("/sam/progress", ["j-2", "failed", 1.0, "Done", -1.0]),
         ("/sam/error", ["j-2", "It failed."]),
     ]
 

@@ -1,0 +1,23 @@
+"""What each flag on a result means, in the words the CLI and `sam-bridge status` print."""
+
+from __future__ import annotations
+
+FLAG_TEXT: dict[str, str] = {
+    "target-silent": "the target is silent (below -50 dBFS) though the source is not: the prompt found nothing",
+    "target-is-everything": "the residual is silent: the target is the whole source",
+    "target-unlikely": "the target does not look like a part of the source (the prompted sound may be absent); "
+                       "listen before using it",
+    "weak-correlation": "the result hardly resembles the source",
+    "drift": "the stems may drift against the source",
+    "drift-corrected": "a drift of the result was corrected",
+    "drift-unmeasured": "the drift could not be measured",
+    "clipped": "some samples clipped when written",
+    "silent-source": "the source is silent",
+    "cut-at-end": "the part asked for ran past the end of the file",
+    "audition": "an audition: only a window of the part was separated",
+}
+NOTES = frozenset({"drift-corrected", "audition"})  # the stems are right: nothing to check
+
+
+def describe_flag(flag: str) -> str:
+    return f"{flag}: {FLAG_TEXT[flag]}" if flag in FLAG_TEXT else flag

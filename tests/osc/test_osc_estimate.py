@@ -1,0 +1,115 @@
+"""Issue #23 from the daemon's ways in: /sam/estimate and `"estimate_only"` request files answer with what a
+job would send and cost and send nothing; OSC takes the options and the audition; /sam/flags and the
+progress ETA reach a client. The real daemon process, real UDP, the stand-in over real HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import soundfile as sf
+
+from tests.osc.test_osc_daemon import (  # noqa: F401 - fixtures
+    Device,
+    client,
+    daemon,
+    follow_job,
+    separate,
+    three_tone_source,
+)
+from tests.test_daemon import read_status, requests_dir, wait_state, write_request
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_estimate_answers_and_sends_nothing(client: Device, service: Any,  # noqa: F811
+                                            user_dirs: dict[str, Path]) -> None:
+    source = three_tone_source(user_dirs["home"] / "Song" / "Mix.wav", seconds=45.0, rate=8000, channels=1)
+    client.send("/sam/estimate", str(source), "4-stems", "est-1")
+    got = client.next_where(lambda r: r.address in ("/sam/estimate/ok", "/sam/error"), "estimate answer")
+    assert got.address == "/sam/estimate/ok", got.args
+    tag, seconds, requests, cost, currency, confirm_above, confirm, whole = got.args
+    assert (tag, requests, currency, confirm, whole) == ("est-1", 3, "USD", 0, -1.0)
+    assert seconds == pytest.approx(45.0) and cost == pytest.approx(0.225) and confirm_above == pytest.approx(1.0)
+    # the same arguments as /sam/separate: a part, an audition, options
+    client.send("/sam/estimate", str(source), "piano", "est-2", "", "", "", 30.0, "reranking_candidates=3")
+    got = client.next_where(lambda r: r.address in ("/sam/estimate/ok", "/sam/error"), "estimate answer")
+    assert got.address == "/sam/estimate/ok", got.args
+    assert got.args[1] == pytest.approx(30.0) and got.args[3] == pytest.approx(0.1)  # 1 unit × (0.05 + 2 × 0.025)
+    assert got.args[7] == pytest.approx(0.15)  # the whole 45 s
+    stats = service.stats()
+    assert stats["submits"] == 0
+    assert not (source.parent / "Stems").exists()
+
+
+def test_request_file_estimate_only(daemon: Any, service: Any, user_dirs: dict[str, Path]) -> None:  # noqa: F811
+    source = three_tone_source(user_dirs["home"] / "Song" / "Take.wav", seconds=180.0, rate=8000, channels=1)
+    request = write_request(requests_dir(daemon.info), "ask", source=source, prompt="piano", estimate_only=True,
+                            options={"reranking_candidates": 8}, tag="t")
+    status = wait_state(request, ("done", "failed"))
+    assert status["state"] == "done" and status["job_id"] is None, status
+    estimate = status["estimate"]
+    assert (estimate["seconds"], estimate["requests"]) == (180.0, 1)
+    assert estimate["estimated_cost"] == pytest.approx(6 * (0.05 + 7 * 0.025))
+    assert estimate["needs_confirmation"] is True and estimate["confirm_above"] == 1.0
+    assert "nothing was sent" in status["message"]
+    assert (daemon.info["confirm_above"], daemon.info["currency"]) == (1.0, "USD")  # for the DAW scripts
+    assert service.stats()["submits"] == 0
+    assert read_status(request)["stems"] == {}
+
+
+def test_osc_options_reach_the_service_and_progress_carries_an_eta(client: Device, service: Any,  # noqa: F811
+                                                                   user_dirs: dict[str, Path]) -> None:
+    source = three_tone_source(user_dirs["home"] / "Song" / "Guitar.wav", seconds=3.0)
+    job_id = separate(client, source, "piano", "opt-1", "", "", "", 0.0, "predict_spans=true")
+    seen = follow_job(client, job_id)
+    assert seen.error is None, seen.error
+    assert all(len(p) == 5 for p in seen.progress)  # job, state, fraction, message, eta
+    assert any(float(p[4]) >= 0 for p in seen.progress if p[1] == "running")
+    import json
+    manifest = json.loads(Path(str(seen.done[3])).read_text())
+    assert manifest["steps"][0]["options"]["predict_spans"] is True
+    assert sf.info(str(seen.done[1])).frames == sf.info(str(source)).frames
+
+
+def test_an_audition_is_its_own_job_and_never_paid_twice(client: Device, service: Any,  # noqa: F811
+                                                          user_dirs: dict[str, Path]) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    source = three_tone_source(user_dirs["home"] / "Song" / "Long.wav", seconds=6.0)
+    first = follow_job(client, separate(client, source, "piano", "aud-1", "", "", "", 2.0))
+    again = follow_job(client, separate(client, source, "piano", "aud-2", "", "", "", 2.0))
+    assert first.done is not None and again.done is not None
+    assert Path(str(first.done[1])).name == "Long - piano.audition.target.wav"
+    assert sf.info(str(first.done[1])).frames == 2 * 44100
+    assert service.stats()["submits"] == 1  # the same audition again: its stems reused, not paid again
+    full = follow_job(client, separate(client, source, "piano", "full"))
+    assert full.done is not None and Path(str(full.done[1])).name == "Long - piano.target.wav"
+    assert service.stats()["submits"] == 2  # the full run is a job of its own
+    jobs = json.loads(subprocess.run([sys.executable, "-m", "bridge", "status", "--json"], capture_output=True,
+                                     text=True, env={**os.environ}, timeout=30).stdout)
+    by_id = {job["job_id"]: job for job in jobs}
+    assert by_id[first.job_id]["what"] == "piano (audition 2 s)" and by_id[full.job_id]["what"] == "piano"
+    assert by_id[again.job_id]["estimated_cost"] == 0.0 and "audition" in by_id[again.job_id]["flags"]
+
+
+def test_a_result_unrelated_to_the_source_is_flagged_over_osc_and_in_the_status_file(
+        client: Device, daemon: Any, service: Any, user_dirs: dict[str, Path]) -> None:  # noqa: F811
+    source = three_tone_source(user_dirs["home"] / "Song" / "Noise.wav", seconds=3.0)
+    service.faults.unrelated_result(times=1)
+    seen = follow_job(client, separate(client, source, "piano", "bad"))
+    assert seen.done is not None
+    flags = [r.args for r in client.about(seen.job_id) if r.address == "/sam/flags"]
+    assert flags and "target-unlikely" in flags[0][1:], client.backlog
+    request = write_request(requests_dir(daemon.info), "good", source=source, prompt="piano")
+    status = wait_state(request, ("done", "failed"))
+    assert status["state"] == "done" and "target-unlikely" not in status["flags"], status  # a genuine band
+    service.faults.unrelated_result(times=1)
+    request = write_request(requests_dir(daemon.info), "bad", source=source, prompt="piano", tag="b",
+                            options={"reranking_candidates": 2})  # not a dedupe hit of "good"
+    status = wait_state(request, ("done", "failed"))
+    assert "target-unlikely" in status["flags"], status
