@@ -60,6 +60,8 @@ def register(subparsers: Any) -> None:
     service.add_argument("--local", action="store_true", help="use the built-in local stand-in (no key needed)")
     service.add_argument("--service-url", help="use a stand-in service at this URL (`sam-bridge local-service`)")
     # Benchmarks and demos: the in-process stand-in's seconds of work per second of audio.
+    p.add_argument("--upload-bits", type=int, choices=(16, 24), default=24,
+                   help="bits of the mono 48 kHz FLAC sent to fal (16: ~40%% fewer bytes for a slow uplink)")
     p.add_argument("--local-delay", type=_non_negative, help=argparse.SUPPRESS)
     p.add_argument("--resume-request", metavar="ID", action="append", default=[],
                    help="collect the result of a request the service already accepted (a run that broke off "
@@ -185,7 +187,7 @@ def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe, arg
     resume = {step: client.handle_for(request_id.strip()) for step, request_id in enumerate(args.resume_request)}
     hooks.handles.update(resume)  # Ctrl-C cancels those too
     owner = owner_tag()  # in the names of what this run leaves, should it be killed (SIGKILL)
-    pipeline = Pipeline(client)
+    pipeline = Pipeline(client, upload_bits=args.upload_bits)
     with stops, tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{owner}-") as work, display:
         try:
             result = pipeline.run(request, recipe, hooks, Path(work), resume=resume, temp_tag=f"cli{owner}")

@@ -66,7 +66,9 @@ class Pipeline:
     prices: PriceTable = field(default_factory=PriceTable)
     poll_interval: float = 0.5  # when the status stream is unavailable
     use_stream: bool = True  # follow fal's server-sent status stream: completion is seen at once
-    shrink_uploads: bool | None = None  # WAV sent as FLAC; None: when the service is not on this machine
+    shrink_uploads: bool | None = None  # even a whole file sent as mono 48 kHz FLAC; None: when the service
+    # is not on this machine
+    upload_bits: int = 24  # 16: smaller uploads for slow links (the service hears a -96 dB noise floor)
     billed: bool | None = None  # requests cost money; None: when the service is fal itself
 
     def shrinks_uploads(self) -> bool:
@@ -234,7 +236,8 @@ class _Run:
         self.check_cancel()
         t = time.monotonic()
         self.report(JobState.uploading, 0.0, "Preparing the upload")
-        upload_path, content_type = make_upload_file(source, start, frames, self.workdir, self.p.shrinks_uploads())
+        upload_path, content_type = make_upload_file(source, start, frames, self.workdir, self.p.shrinks_uploads(),
+                                                     self.p.upload_bits)
         self.steps[-1].upload = {"content_type": content_type, "bytes": upload_path.stat().st_size,
                                  "source_file_as_is": upload_path == source.path}
         url = self.p.client.storage.upload(
