@@ -16,19 +16,20 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bridge.audio.source import probe_source
-from bridge.commands.progress_display import ProgressDisplay
+from typing import TYPE_CHECKING
+
 from bridge.common.errors import BridgeError, Cancelled, InputError, OutputError, ServiceUnavailable, SubmitUncertain
 from bridge.common.jobs import JobState
 from bridge.common.options import Acceleration, OutputFormat, ResidualMethod
 from bridge.common.processes import owner_tag, remove_left_behind
 from bridge.common.request import Origin, SeparationRequest
-from bridge.engine.pipeline import Pipeline
 from bridge.engine.pipeline_hooks import JobResult, StandaloneHooks
 from bridge.engine.service_choice import ServiceChoice, open_client
-from bridge.fal.client import FalClient, RequestHandle
-from bridge.presets.library import PresetLibrary
-from bridge.presets.recipe import Recipe, recipe_for
+
+if TYPE_CHECKING:  # the audio, engine and presets code is imported when a run needs it: `--help` stays instant
+    from bridge.commands.progress_display import ProgressDisplay
+    from bridge.fal.client import FalClient, RequestHandle
+    from bridge.presets.recipe import Recipe
 
 STEM_FORMATS = ("WAV", "AIFF", "FLAC", "CAF", "W64", "RF64")
 WORK_PREFIX = "sam-bridge-"  # the temp directory's work folders (the stand-in's too): ours to clean
@@ -59,9 +60,9 @@ def register(subparsers: Any) -> None:
     service = p.add_mutually_exclusive_group()
     service.add_argument("--local", action="store_true", help="use the built-in local stand-in (no key needed)")
     service.add_argument("--service-url", help="use a stand-in service at this URL (`sam-bridge local-service`)")
-    # Benchmarks and demos: the in-process stand-in's seconds of work per second of audio.
     p.add_argument("--upload-bits", type=int, choices=(16, 24), default=24,
                    help="bits of the mono 48 kHz FLAC sent to fal (16: ~40%% fewer bytes for a slow uplink)")
+    # Benchmarks and demos: the in-process stand-in's seconds of work per second of audio.
     p.add_argument("--local-delay", type=_non_negative, help=argparse.SUPPRESS)
     p.add_argument("--resume-request", metavar="ID", action="append", default=[],
                    help="collect the result of a request the service already accepted (a run that broke off "
@@ -148,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from bridge.audio.source import probe_source
+    from bridge.presets.library import PresetLibrary
+    from bridge.presets.recipe import recipe_for
+
     remove_left_behind(Path(tempfile.gettempdir()), WORK_PREFIX)  # work folders of killed runs
     first = build_request(args, args.source[0])  # the prompt and options are every file's
     library = PresetLibrary.default(project_dir=first.project_dir, quiet=True)
@@ -180,6 +185,9 @@ def _run(args: argparse.Namespace) -> int:
 def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe, args: argparse.Namespace,
               choice: ServiceChoice) -> tuple[JobResult, float]:
     """One file through the pipeline with a progress display; Ctrl-C cancels at the service."""
+    from bridge.commands.progress_display import ProgressDisplay
+    from bridge.engine.pipeline import Pipeline
+
     began = time.monotonic()
     display = ProgressDisplay(enabled=sys.stderr.isatty() and not args.quiet)
     stops = _StopSignals()
@@ -276,6 +284,8 @@ _PER_FILE_ERRORS = ("bad_source", "output")
 
 def _separate_each(client: FalClient, recipe: Recipe, args: argparse.Namespace, choice: ServiceChoice) -> int:
     """Each file in turn; what became of each, and the exit code of the first failure (0 when none)."""
+    from bridge.audio.source import probe_source
+
     summaries: list[dict[str, Any]] = []
     first_failure = 0
     for source in args.source:

@@ -7,7 +7,6 @@ import json
 import time
 from typing import Any
 
-from bridge.audio.source import source_sha256
 from bridge.common.config import state_dir
 from bridge.common.errors import InputError
 from bridge.common.jobs import JobState
@@ -41,6 +40,8 @@ def _journal() -> Journal:
 
 def _source_changed_since_sent(journal: Journal, row: JobRow) -> bool:
     """Requests were made from audio that is no longer the source's (a re-render after a failure)."""
+    from bridge.audio.source import source_sha256  # numpy and libsndfile: only when a job is retried
+
     accepted, _ = journal.handles(row.view.job_id)
     if not accepted or not row.source_hash:
         return False

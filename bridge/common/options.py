@@ -9,7 +9,6 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-import soundfile
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -64,6 +63,10 @@ class OutputOptions(BaseModel):
 def unwritable(output: OutputOptions) -> tuple[str, str] | None:
     """(field, why) when the stems' file type or sample format is not one sam-bridge can write: presets and
     requests both check it, so a typo is refused rather than quietly written as the source's format."""
+    if output.format is None and output.subtype is None:
+        return None
+    import soundfile  # libsndfile (and numpy) only when there is something to check: `--help` stays quick
+
     formats = soundfile.available_formats()
     if output.format is not None and output.format.upper() not in formats:
         return "format", (f"'{output.format}' is not a file type sam-bridge can write; allowed: "
