@@ -7,7 +7,6 @@ import json
 import os
 from typing import Any
 
-from bridge.common.config import state_dir
 from bridge.common.errors import ConfigError
 from bridge.common.processes import process_alive
 from bridge.os_service.files import PLATFORMS, ServicePlan, current_platform, key_hint, make_plan, shell_line
@@ -76,6 +75,8 @@ def describe(plan: ServicePlan, action: str, no_start: bool = False) -> str:
 
 def daemon_line() -> str:
     """The daemon as its daemon.json tells it (whoever started it)."""
+    from bridge.common.config import state_dir
+
     info_path = state_dir() / "daemon.json"
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from bridge.common.config import state_dir
 from bridge.common.errors import InputError
-from bridge.common.jobs import JobState
-from bridge.engine.journal import JobRow, Journal
+
+if TYPE_CHECKING:  # the journal (pydantic, httpx) is imported once there is one to read
+    from bridge.engine.journal import JobRow, Journal
 
 
 def register(subparsers: Any) -> None:
@@ -30,8 +31,16 @@ def register(subparsers: Any) -> None:
     r.set_defaults(func=retry)
 
 
+def _journal_path() -> Path:
+    from bridge.common.config import state_dir
+
+    return state_dir() / "journal.sqlite"
+
+
 def _journal() -> Journal:
-    path = state_dir() / "journal.sqlite"
+    from bridge.engine.journal import Journal
+
+    path = _journal_path()
     if not path.exists():
         raise InputError("No jobs yet: the daemon has not run for this user.",
                          hint="Start it with `sam-bridge run`.")
@@ -74,9 +83,11 @@ def _age(seconds: float) -> str:
 
 
 def status(args: argparse.Namespace) -> int:
-    if not (state_dir() / "journal.sqlite").exists() and not args.job:  # no jobs yet: not an error
+    if not _journal_path().exists() and not args.job:  # no jobs yet: not an error
         print("[]" if args.json else "No jobs yet: the daemon has not run for this user.")
         return 0
+    from bridge.common.jobs import JobState
+
     journal = _journal()
     rows = [journal.get(_resolve(journal, args.job))] if args.job else journal.recent(1000 if args.all else 50)
     views = [r.view for r in rows if r is not None]
@@ -107,6 +118,8 @@ def cancel(args: argparse.Namespace) -> int:
 
 
 def retry(args: argparse.Namespace) -> int:
+    from bridge.common.jobs import JobState
+
     journal, job_id, row = _job(args.job)
     if row is None or row.view.state not in (JobState.failed, JobState.cancelled):
         print(f"Job {job_id} is {row.view.state.value if row else 'unknown'}; only failed or cancelled jobs "
