@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,10 +185,13 @@ def read_block(f: sf.SoundFile, count: int, dtype: Literal["float32", "float64",
     return out[:got]
 
 
-def source_sha256(path: Path) -> str:
+def source_sha256(path: Path, stop: threading.Event | None = None) -> str:
+    """The file's sha256; "" when `stop` was set before the end (the job it was for has ended)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
+            if stop is not None and stop.is_set():
+                return ""
             digest.update(block)
     return digest.hexdigest()
 

@@ -10,6 +10,7 @@ polling its request instead of paying again.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
@@ -174,8 +175,13 @@ class _Run:
             remove_stale_temps(folder, self.temp_tag)
         remove_left_behind(folder, TEMP_PREFIX)  # hidden stems of a killed `sam-bridge separate`
         self.timed("prepare", began)
+        # the manifest's hash of a source nobody hashed yet (a one-shot command): read meanwhile, not after
+        hashing = Background(lambda: source_sha256(source.path, hashing.stopping), name="hash-source")
         try:
-            stems = self.run_steps(source, start_frame, frames, folder)
+            with hashing if self.source_hash is None else contextlib.nullcontext():
+                stems = self.run_steps(source, start_frame, frames, folder)
+                if self.source_hash is None:
+                    self.source_hash = hashing.result()
             return self.finish(source, start_frame, frames, folder, stems, began)
         finally:
             remove_quietly(*self.temps)
