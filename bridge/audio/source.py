@@ -272,8 +272,12 @@ def make_upload_file(info: SourceInfo, start_frame: int, frames: int, workdir: P
     partial = workdir / f".{final.name}.partial"
     try:
         with sf.SoundFile(str(partial), "w", SERVICE_RATE, 1, subtype, format=fmt) as dst:
+            written = 0
             for block in service_mix(info, start_frame, frames, PCM_BITS.get(subtype)):
                 dst.write(block)
+                written += len(block)
+            if written == 0:  # a few samples at 192/384 kHz resample to none: an empty file is no audio file
+                dst.write(np.zeros(1, np.float32))
         os.replace(partial, final)
     except OSError as exc:
         partial.unlink(missing_ok=True)

@@ -306,3 +306,11 @@ def test_a_shrunk_upload_is_the_mix_resampled_to_48k(tmp_path: Path, rate: int) 
     sixteen, _ = make_upload_file(info, 0, info.frames, tmp_path / "w16", shrink=True, bits=16)
     assert sf.info(str(sixteen)).subtype == "PCM_16"
     assert np.max(np.abs(sf.read(str(sixteen), dtype="float64")[0] - expected)) < 2**-15
+
+
+@pytest.mark.parametrize("rate", [8_000, 96_000, 384_000])
+def test_a_part_of_a_few_samples_still_makes_an_audio_file(tmp_path: Path, rate: int) -> None:
+    """One sample at 384 kHz is an eighth of a 48 kHz one: soxr gives none, and an empty FLAC is no file."""
+    path = write_audio(tmp_path / "x.wav", noise(rate, 0.01, channels=2), rate, "PCM_24")
+    upload, _ = make_upload_file(probe_source(path), 0, 1, tmp_path / "work")
+    assert sf.info(str(upload)).frames >= 1
