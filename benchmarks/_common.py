@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -357,5 +358,37 @@ class NullSink:
     def subscribe(self, listener: Callable[[Any], None]) -> Callable[[], None]:
         return lambda: None
 
-    def preset_names(self) -> list[str]:
+    def preset_names(self, project_dir: Path | None = None, include_broken: bool = False) -> list[str]:
         return []
+
+
+# -- reporting ------------------------------------------------------------------------------------
+
+RESULT_PREFIX = "BENCH-RESULT "  # one line per benchmark run, read by run_all.py
+
+
+def spread(values: list[float], digits: int = 3, unit: str = "") -> str:
+    """'median (min–max)' of repeated measurements, e.g. '0.41 s (0.38–0.47)'."""
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    middle = statistics.median(ordered)
+    return f"{middle:.{digits}g}{unit} ({ordered[0]:.{digits}g}–{ordered[-1]:.{digits}g})"
+
+
+def ratio_spread(measured: list[float], floor: list[float]) -> str:
+    """Ratio of the medians, and the range of run-by-run ratios (runs interleaved, paired by index)."""
+    if not measured or not floor:
+        return "-"
+    pairs = [m / f for m, f in zip(measured, floor, strict=False) if f > 0]
+    middle = statistics.median(measured) / statistics.median(floor)
+    return f"{middle:.2f} ({min(pairs):.2f}–{max(pairs):.2f})" if pairs else f"{middle:.2f}"
+
+
+def report(benchmark: str, rows: list[dict[str, str]]) -> None:
+    """Print the benchmark's figures as one machine-readable line: run_all.py gathers them into one table.
+    Each row: figure, measured, floor (what the floor or peer is, and its value), ratio, goal."""
+    keys = ("figure", "measured", "floor", "ratio", "goal")
+    print(RESULT_PREFIX + json.dumps({"benchmark": benchmark,
+                                      "rows": [{key: row.get(key, "-") for key in keys} for row in rows]},
+                                     ensure_ascii=False), flush=True)

@@ -40,6 +40,7 @@ from _common import (
     LocalServiceProcess,
     RssSampler,
     cpu_seconds,
+    report,
     status_of,
     table,
     tree_rss,
@@ -232,6 +233,13 @@ def main() -> int:
          f"{results['service']['max_running']}", ""),
     ]))
     print(f"mean pipeline stages per job (s): {stages}")
+    report("bench_daemon", [
+        {"figure": f"daemon, {results['jobs']} requests x {results['audio_seconds']:g} s, "
+                   f"{results['job_time']:g} s service time, concurrency {results['concurrency']} (one run)",
+         "measured": f"{results['actual_s']:.1f} s", "floor": f"ideal {results['ideal_s']:.1f} s",
+         "ratio": f"{ratio:.3f}" if ratio else "-", "goal": f"<= {RATIO_GOAL:.2f}"},
+        {"figure": "daemon peak RSS", "measured": f"{rss:.0f} MB", "goal": f"<= {RSS_GOAL_MB:.0f} MB"},
+    ])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     for problem in results["problems"][:10]:

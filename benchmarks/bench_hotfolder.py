@@ -39,7 +39,7 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 
 import numpy as np
 import soundfile as sf
-from _common import NullSink
+from _common import NullSink, report
 
 from bridge import __version__
 from bridge.common.request import SeparationRequest
@@ -214,6 +214,15 @@ def main() -> int:
           and slow["duplicates"] == 0 and slow["missed"] == 0 and slow["error_files"] == 0)
     verdict = "met" if ok else "MISSED"
     print(f"  goals (native median <= {goal:.2f} s, 0 premature/duplicate/missed/errors): {verdict}")
+    report("bench_hotfolder", [
+        *({"figure": f"hot folder ({label}), last byte written -> job submitted, {row['files']} files",
+           "measured": f"{row['median_s']:.3f} s (p95 {row['p95_s']:.3f}, max {row['max_s']:.3f})",
+           "floor": f"settle window {args.settle:g} s",
+           "goal": f"median <= {goal:.2f} s" if label == "native" else "all detected"}
+          for label, row in (("native", native), ("polling", polling))),
+        {"figure": f"hot folder, {slow['writes']} slow writes", "measured": f"{slow['premature']} premature, "
+         f"{slow['duplicates']} duplicate, {slow['missed']} missed", "goal": "0"},
+    ])
     if args.json:
         args.json.write_text(json.dumps({"settle_s": args.settle, "native": native, "polling": polling,
                                          "slow_writes": slow, "goals_met": ok}, indent=2))

@@ -38,6 +38,7 @@ from _common import (
     ROOT,
     LocalServiceProcess,
     RssSampler,
+    report,
     stopwatch,
     table,
     user_env,
@@ -208,6 +209,13 @@ def main() -> int:
         ("stems vs source", "OK" if not results["problems"] else f"{len(results['problems'])} problem(s)", ""),
     ]))
     print(f"pipeline stages (s): {stages}")
+    report("bench_long", [
+        {"figure": f"`separate`, {results['minutes']:g} min stereo 48 kHz/24-bit (one run): peak RSS",
+         "measured": f"{rss:.0f} MB", "floor": f"wall {results['command_wall_s']:.1f} s",
+         "goal": f"<= {RSS_GOAL_MB:.0f} MB"},
+        {"figure": "conform alone, one core, same file (one run)", "measured": f"{rtf:.0f}x real time",
+         "floor": f"CPU time: {results['conform_rtf_alone_cpu']:.0f}x", "goal": f">= {RTF_GOAL:.0f}x"},
+    ])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     for problem in results["problems"]:

@@ -1,22 +1,19 @@
 """Benchmark the one-shot command: `sam-bridge separate --local` on a 3-minute stereo 44.1 kHz/24-bit file.
 
-One run prints:
-- the command's wall time, and the pipeline's own (the manifest's `timings.total`: read, upload, service,
-  download, conform, write), with its stages;
-- the floor, measured in the same run against a local service started here: a plain httpx upload of the
-  same bytes (fal's CDN flow: token, then the raw bytes) + the download of two mono 48 kHz float results
-  + one soxr resample (48 kHz -> the source's rate) of each, decoding included;
-- their ratio (goal <= 1.3) and the command's peak RSS (goal <= 250 MB).
+Measured: the client's overhead, the WHOLE command's wall time (interpreter start, imports, the in-process
+stand-in's start, probing and hashing the source, upload, download, conform, writing the stems and the
+manifest) minus the service's own time (the manifest's `service` stage: submit until the result is
+ready, which against fal is the model's time).
 
-The machine is shared and a floor of a few tenths of a second is noisy, so both are measured `--repeats`
-times, interleaved, and the medians are compared (the spread is printed too).
+Floor, measured in the same run, interleaved: a new interpreter's bare `import numpy, soundfile, soxr,
+httpx` + a plain httpx upload of the same bytes to a local service (fal's CDN flow: token, then the raw
+bytes) + the download of the two mono 48 kHz results + one soxr pass of each (48 kHz -> the source's rate,
+decoding included) + writing both stems (stereo 24-bit WAV at the source's rate and length).
 
-The in-process stand-in runs with zero delay (`--local-delay 0`), but it still does its work (decode,
-resample to 48 kHz, a 4801-tap FIR): that time is inside the pipeline's `service` stage and not in the
-floor, so the ratio without that stage is printed too, and so is the least ratio any client could reach
-here: (floor + service stage) / floor.
+Goal: overhead <= 1.2x the floor (medians of `--repeats` >= 5, min-max of the run-by-run ratios). Also
+printed: the command's peak RSS (goal <= 250 MB).
 
-    /work/venv/bin/python benchmarks/bench_oneshot.py [--minutes 3] [--repeats 3] [--keep]
+    python benchmarks/bench_oneshot.py [--minutes 3] [--repeats 5] [--keep]
 """
 
 from __future__ import annotations
@@ -40,6 +37,8 @@ import soxr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import ratio_spread, report, spread  # noqa: E402
 
 RATE = 44_100
 SERVICE_RATE = 48_000
@@ -139,22 +138,32 @@ def measure_floor(source: Path, results: list[Path], work: Path) -> dict[str, fl
         download = time.perf_counter() - began
 
     began = time.perf_counter()
+    resampled = []
     for path in downloaded:
         mono, rate = sf.read(str(path), dtype="float32")
-        soxr.resample(mono, rate, RATE)
+        resampled.append(soxr.resample(mono, rate, RATE))
     resample = time.perf_counter() - began
-    return {"upload": upload, "download": download, "resample": resample,
-            "total": upload + download + resample}
+
+    began = time.perf_counter()
+    for number, mono in enumerate(resampled):
+        sf.write(str(work / f"floor-stem-{number}.wav"), np.column_stack((mono, mono)), RATE, subtype="PCM_24")
+    stems = time.perf_counter() - began
+    imports = bare_imports()
+    return {"imports": imports, "upload": upload, "download": download, "resample": resample, "stems": stems,
+            "total": imports + upload + download + resample + stems}
 
 
-def spread(values: list[float]) -> str:
-    return " / ".join(f"{v:.2f}" for v in sorted(values))
+def bare_imports() -> float:
+    """A new interpreter importing the libraries any such client needs, start to exit."""
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import numpy, soundfile, soxr, httpx"], check=True)
+    return time.perf_counter() - began
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=3.0)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of the command and of the floor")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of the command and of the floor")
     parser.add_argument("--keep", action="store_true", help="print the temp folder and keep it")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-oneshot-"))
@@ -179,30 +188,35 @@ def main() -> int:
                 path.rmdir() if path.is_dir() else path.unlink()
             tmp.rmdir()
 
-    pipelines = [float(run["manifest"]["timings"]["total"]) for run in runs]
-    run = runs[pipelines.index(median(pipelines))] if len(runs) % 2 else runs[0]
-    timings = run["manifest"]["timings"]
-    pipeline = median(pipelines)
-    client_side = median(float(r["manifest"]["timings"]["total"]) - float(r["manifest"]["timings"].get("service", 0))
-                         for r in runs)
-    floor_total = median(f["total"] for f in floors)
+    walls = [run["wall"] for run in runs]
+    services = [float(run["manifest"]["timings"].get("service", 0.0)) for run in runs]
+    overheads = [wall - service for wall, service in zip(walls, services, strict=True)]
+    totals = [f["total"] for f in floors]
     floor = {key: median(f[key] for f in floors) for key in floors[0]}
-    stages = ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if k != "total")
-    print(f"runs: {args.repeats} of each, interleaved; medians below")
-    print(f"command wall time: {median(r['wall'] for r in runs):.2f} s "
-          "(interpreter start, imports, in-process service included)")
-    print(f"pipeline wall time: {pipeline:.2f} s (runs {spread(pipelines)})  [{stages}]")
-    print(f"floor: {floor_total:.2f} s (runs {spread([f['total'] for f in floors])})  [upload {floor['upload']:.2f}, "
-          f"download x2 {floor['download']:.2f}, decode + soxr resample x2 {floor['resample']:.2f}]")
-    print(f"ratio pipeline / floor: {pipeline / floor_total:.2f} (goal <= 1.3)")
-    print(f"ratio without the stand-in's own separation work (service stage): {client_side / floor_total:.2f}")
-    # The service stage sits between the upload and the downloads (its input is the one, its output the
-    # other), so nothing overlaps it: floor + service stage is the least any client could take here.
-    service = median(float(r["manifest"]["timings"].get("service", 0)) for r in runs)
-    print(f"least ratio reachable here, before any alignment or projection: (floor + service stage) / floor "
-          f"= {(floor_total + service) / floor_total:.2f}")
+    stages = {key: median(float(run["manifest"]["timings"].get(key, 0.0)) for run in runs)
+              for key in runs[0]["manifest"]["timings"]}
+    outside = [wall - float(run["manifest"]["timings"]["total"]) for wall, run in zip(walls, runs, strict=True)]
+    print(f"runs: {args.repeats} of each, interleaved; medians (min–max)")
+    print(f"command wall time: {spread(walls, unit=' s')}; the service's own time: {spread(services, unit=' s')}")
+    print(f"client overhead (wall - service): {spread(overheads, unit=' s')}  [pipeline stages: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in stages.items() if k not in ("total", "service"))
+          + f"; outside the pipeline (start-up, imports, stand-in start, hash, manifest): "
+          f"{spread(outside, unit=' s')}]")
+    print(f"floor: {spread(totals, unit=' s')}  [" + ", ".join(f"{k} {v:.2f}" for k, v in floor.items()
+                                                      if k != "total") + "]")
+    print(f"ratio overhead / floor: {ratio_spread(overheads, totals)} (goal <= 1.2)")
     peak = max(r["peak_rss_mb"] for r in runs)
     print(f"command peak RSS: {peak:.0f} MB (goal <= 250 MB; includes the in-process stand-in)")
+    report("bench_oneshot", [
+        {"figure": f"`separate --local`, {args.minutes:g} min stereo 44.1 kHz/24-bit: whole command wall - "
+                   "service time",
+         "measured": spread(overheads, unit=" s"),
+         "floor": "bare imports + upload + 2 downloads + 2 soxr passes + writing 2 stems: "
+                  + spread(totals, unit=" s"),
+         "ratio": ratio_spread(overheads, totals), "goal": "<= 1.2"},
+        {"figure": "`separate --local`: peak RSS of the command", "measured": f"{peak:.0f} MB (max of runs)",
+         "goal": "<= 250 MB"},
+    ])
     return 0
 
 

@@ -18,9 +18,15 @@ from bridge.common.redact import RedactingStream, SafeLogFilter
 # Each module defines `register(subparsers)`, which adds its parser(s) and sets `func(args) -> int`.
 COMMAND_MODULES = ("separate", "run", "status", "presets", "config", "local_service", "service", "ableton",
                    "allow", "reaper")
+# The module that registers each sub-command: a command line that names one imports only that module (a
+# DAW script calling `status` or `separate` pays for nothing else); `--help` alone imports them all.
+MODULE_OF = {"separate": "separate", "run": "run", "status": "status", "cancel": "status", "retry": "status",
+             "presets": "presets", "config": "config", "local-service": "local_service", "service": "service",
+             "service-run": "service", "ableton": "ableton", "allow": "allow", "reaper": "reaper"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (given the command line) one with just the sub-command it names."""
     parser = argparse.ArgumentParser(
         prog="sam-bridge",
         description="Isolate any sound by describing it: SAM Audio on fal, from your DAW or a folder.",
@@ -29,9 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    named = _command_named(argv) if argv is not None else None
+    for name in (MODULE_OF[named],) if named is not None else COMMAND_MODULES:
         importlib.import_module(f"bridge.commands.{name}").register(subparsers)
     return parser
+
+
+def _command_named(argv: Sequence[str]) -> str | None:
+    """The sub-command on the command line (the top-level options take no values), if it is a known one."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in MODULE_OF else None
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
@@ -42,7 +55,8 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ensure_std_streams()  # pythonw (the Windows service) has none: every later write must still work
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

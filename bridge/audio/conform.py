@@ -120,13 +120,13 @@ class _StemValues:
     def __call__(
         self, exact: Float64Array, target: NDArray[np.float32], service_residual: NDArray[np.float32] | None
     ) -> tuple[NDArray[np.generic], NDArray[np.generic]]:
-        stored_t, values_t = self.target_q(target.astype(np.float64))
+        stored_t, values_t = self.target_q(target)  # float32 in, exact (see Quantizer)
         if self.complement:
-            residual = exact - values_t
+            residual = exact - values_t  # float64: a difference of two 24-bit values needs 25 bits
             stored_r, values_r = self.residual_q(residual)
             error = residual - values_r  # == exact - (values_t + values_r): every step here is exact
         else:
-            stored_r, values_r = self.residual_q(np.asarray(service_residual, dtype=np.float64))
+            stored_r, values_r = self.residual_q(np.asarray(service_residual, dtype=np.float32))
             error = exact - values_t
             error -= values_r
         if error.size:

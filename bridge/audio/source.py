@@ -1,9 +1,10 @@
 """The source side: probe a user's audio file, pick the part to separate, and make the file to upload.
 
-A source is only ever read. When the service can take the user's own file as it is (WAV/FLAC/MP3, whole
-file) that file is uploaded untouched; otherwise the wanted part is written block-wise into a work folder
-as FLAC (lossless, small) or, when FLAC cannot hold the samples (float, 32-bit, more than 8 channels),
-as 32-bit float WAV.
+A source is only ever read. The service mixes its input to mono and works at 48 kHz, and conform takes the
+stereo image, rate and length from the local source, so what is uploaded is the part's mono mix at 48 kHz as
+FLAC (24-bit, or 16 for slow links), written block-wise into a work folder; a float source louder than
+full scale goes as mono 48 kHz float WAV instead (FLAC would clip it). A whole file the service reads is
+sent untouched when that costs nothing (over loopback) or is smaller (a lossy file).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import hashlib
 import logging
 import os
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
+import soxr
 from numpy.typing import NDArray
 
 from bridge.audio import bwf
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MIN_RATE, MAX_RATE = 8_000, 384_000
 READ_BLOCK = 1 << 16
+SERVICE_RATE = 48_000  # the service mixes to mono and works at this rate
 
 # Containers we conform to; anything else libsndfile opens (VOC, MAT5...) is refused up front.
 SUPPORTED_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC", "CAF", "MP3", "OGG"})
@@ -180,32 +185,44 @@ def read_block(f: sf.SoundFile, count: int, dtype: Literal["float32", "float64",
     return out[:got]
 
 
-def source_sha256(path: Path) -> str:
+def source_sha256(path: Path, stop: threading.Event | None = None) -> str:
+    """The file's sha256; "" when `stop` was set before the end (the job it was for has ended)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
+            if stop is not None and stop.is_set():
+                return ""
             digest.update(block)
     return digest.hexdigest()
 
 
-def upload_plan(info: SourceInfo, start_frame: int, frames: int, shrink: bool = False) -> tuple[str | None, str, str]:
+def upload_plan(info: SourceInfo, start_frame: int, frames: int, shrink: bool = False, bits: int = 24,
+                above_full_scale: bool = False) -> tuple[str | None, str, str]:
     """(format, subtype, content_type) of the upload; format None means "send the user's file".
 
-    `shrink`: send a whole PCM WAV (up to 24-bit) as FLAC, the same samples in fewer bytes (music at 24-bit
-    packs to 55-70 %): worth its encoding time (some 0.3 s for 3 minutes) on any link slower than ~1 Gbit/s.
+    A written upload is always the part's MONO mix (the exact mean of the channels) at 48 kHz: the service
+    mixes to mono and works at 48 kHz, and conform takes the stereo image and the rate from the local
+    source, so nothing more would reach the stems. `shrink` (a service across a network): even a whole file
+    is sent as that mono FLAC, unless it is lossy (an MP3 is smaller than any lossless copy) or that mono
+    FLAC already. Without `shrink` (loopback, bytes cost nothing) a whole file the service reads goes as is.
+    `bits`: 24, or 16 for slow links (the service hears a −96 dB noise floor instead of −144 dB).
+    `above_full_scale`: a float source whose mix exceeds ±1.0, which FLAC would clip: sent as float WAV.
     """
     whole = start_frame == 0 and frames == info.frames
     content_type = _UPLOAD_AS_IS.get(info.format)
-    bits = INTEGER_BITS.get(info.subtype)
-    packable = info.format in ("WAV", "WAVEX") and bits is not None and bits <= 24 and info.channels <= 8
-    if whole and content_type is not None and not (shrink and packable):
-        wav_ok = info.format not in ("WAV", "WAVEX") or info.subtype in _WAV_SUBTYPES_SERVICE_READS
-        if wav_ok:
+    wav_ok = info.format not in ("WAV", "WAVEX") or info.subtype in _WAV_SUBTYPES_SERVICE_READS
+    source_bits = INTEGER_BITS.get(info.subtype)
+    if whole and content_type is not None and wav_ok:
+        floor_already = (info.format == "FLAC" and info.channels == 1 and info.samplerate == SERVICE_RATE
+                         and source_bits is not None and source_bits <= bits)
+        if not shrink or info.lossy or floor_already:
             return None, "", content_type
-    if info.channels <= 8 and (info.lossy or (bits is not None and bits <= 24)):
-        # Lossy decodes go to 24-bit: the model hears no difference and the upload stays small.
-        return "FLAC", "PCM_16" if bits is not None and bits <= 16 else "PCM_24", "audio/flac"
-    return "WAV", "FLOAT", "audio/wav"
+    if above_full_scale:
+        return "WAV", "FLOAT", "audio/wav"
+    # a 16-bit mono 48 kHz source is its own mix: 16 bits hold it exactly (a mean or resampling needs 24)
+    as_is_rate = info.channels == 1 and info.samplerate == SERVICE_RATE and not info.lossy
+    narrow = bits <= 16 or (as_is_rate and source_bits is not None and source_bits <= 16)
+    return "FLAC", "PCM_16" if narrow else "PCM_24", "audio/flac"
 
 
 def is_upload_copy(name: str) -> bool:
@@ -242,35 +259,25 @@ def check_finite(info: SourceInfo, start_frame: int, frames: int) -> None:
 
 
 def make_upload_file(info: SourceInfo, start_frame: int, frames: int, workdir: Path,
-                     shrink: bool = False) -> tuple[Path, str]:
-    """Return (file to upload, content type); writes a new file into `workdir` only when needed (see
-    `upload_plan` for `shrink`)."""
-    fmt, subtype, content_type = upload_plan(info, start_frame, frames, shrink)
+                     shrink: bool = False, bits: int = 24) -> tuple[Path, str]:
+    """Return (file to upload, content type); writes the part's mono 48 kHz mix into `workdir` only when
+    needed (see `upload_plan`)."""
+    above = info.subtype in FLOAT_SUBTYPES and _mono_peak(info, start_frame, frames) > 1.0
+    fmt, subtype, content_type = upload_plan(info, start_frame, frames, shrink, bits, above)
     if fmt is None:
         return info.path, content_type
     workdir.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9._ -]+", "_", info.path.stem).strip(" .")[:60] or "source"
     final = workdir / f"{stem}.upload.{'flac' if fmt == 'FLAC' else 'wav'}"
     partial = workdir / f".{final.name}.partial"
-    bits = PCM_BITS.get(subtype)
     try:
-        with (
-            sf.SoundFile(str(info.path)) as src,
-            sf.SoundFile(str(partial), "w", info.samplerate, info.channels, subtype, format=fmt) as dst,
-        ):
-            src.seek(start_frame)
-            remaining = frames
-            while remaining > 0:
-                block = read_block(src, min(READ_BLOCK, remaining), "float64")
-                if len(block) == 0:
-                    raise SourceError(
-                        f"“{info.path.name}” ended early while reading it.",
-                        "The file may have changed or be damaged; export it again.",
-                    )
-                if bits is not None:
-                    np.clip(block, -1.0, 1.0 - 2.0 ** (1 - bits), out=block)  # libsndfile would wrap
+        with sf.SoundFile(str(partial), "w", SERVICE_RATE, 1, subtype, format=fmt) as dst:
+            written = 0
+            for block in service_mix(info, start_frame, frames, PCM_BITS.get(subtype)):
                 dst.write(block)
-                remaining -= len(block)
+                written += len(block)
+            if written == 0:  # a few samples at 192/384 kHz resample to none: an empty file is no audio file
+                dst.write(np.zeros(1, np.float32))
         os.replace(partial, final)
     except OSError as exc:
         partial.unlink(missing_ok=True)
@@ -281,5 +288,55 @@ def make_upload_file(info: SourceInfo, start_frame: int, frames: int, workdir: P
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    log.debug("upload file %s (%s %s, %d frames)", final.name, fmt, subtype, frames)
+    log.debug("upload file %s (%s %s mono 48 kHz, %d source frames)", final.name, fmt, subtype, frames)
     return final, content_type
+
+
+def channel_mean(block: NDArray[np.floating]) -> NDArray[np.float64]:
+    """(frames, channels) → (frames,): the mean of the channels, in float64 (exact for PCM up to 32-bit
+    and 8 channels but for the last bit of the division). The projection's gate compares the service's
+    power with the channels' mean power: it relies on the service hearing exactly this mix."""
+    if block.shape[1] == 1:
+        return np.asarray(block[:, 0], dtype=np.float64)
+    return np.asarray(block.astype(np.float64, copy=False) @ np.full(block.shape[1], 1.0 / block.shape[1]))
+
+
+def service_mix(info: SourceInfo, start_frame: int, frames: int, clip_bits: int | None = None
+                ) -> Iterator[NDArray[np.floating]]:
+    """The part's mono mix at 48 kHz, block by block: a 48 kHz source's exact mean (float64), any other's
+    resampled by soxr "HQ" (the quality the service's own resampling uses) in float32, whose rounding
+    stays far below a 24-bit step and which is twice as fast.
+    `clip_bits`: clipped to what that many PCM bits hold (libsndfile would wrap an overshoot)."""
+    resampler = (None if info.samplerate == SERVICE_RATE
+                 else soxr.ResampleStream(info.samplerate, SERVICE_RATE, 1, dtype="float32", quality="HQ"))
+    top = 1.0 - 2.0 ** (1 - clip_bits) if clip_bits is not None else None
+    with sf.SoundFile(str(info.path)) as src:
+        src.seek(start_frame)
+        remaining = frames
+        while remaining > 0:
+            block = read_block(src, min(READ_BLOCK, remaining), "float64")
+            if len(block) == 0:
+                raise SourceError(
+                    f"“{info.path.name}” ended early while reading it.",
+                    "The file may have changed or be damaged; export it again.",
+                )
+            remaining -= len(block)
+            mono = channel_mean(block)  # float64 at 48 kHz: rounded once, by the writer
+            if resampler is not None:
+                mono = resampler.resample_chunk(mono.astype(np.float32), last=remaining == 0)
+            if top is not None:
+                np.clip(mono, -1.0, top, out=mono)
+            if len(mono):
+                yield mono
+
+
+def _mono_peak(info: SourceInfo, start_frame: int, frames: int) -> float:
+    """The peak of the part's mono mix at its own rate (a float source's only: PCM cannot exceed ±1)."""
+    peak = 0.0
+    with sf.SoundFile(str(info.path)) as src:
+        src.seek(start_frame)
+        for position in range(start_frame, start_frame + frames, READ_BLOCK):
+            block = read_block(src, min(READ_BLOCK, start_frame + frames - position), "float64")
+            if len(block):
+                peak = max(peak, float(np.max(np.abs(channel_mean(block)))))
+    return peak

@@ -86,17 +86,23 @@ def plan_output(
 
 
 class Quantizer:
-    """Turns float64 values into what the writer gets, and says exactly what will be stored."""
+    """Turns float values into what the writer gets, and says exactly what will be stored.
+
+    float32 input stays float32 up to 24 bits (the service's target is float32): scaling by a power of two
+    and rounding to an integer below 2**24 are exact in float32, so the result equals float64's at half
+    the memory traffic; 32-bit PCM is quantised in float64 (2**31 - 1 has no float32)."""
 
     def __init__(self, subtype: str) -> None:
         self.bits = INTEGER_BITS.get(subtype)
         self.float32 = subtype == "FLOAT"
         self.clipped = 0
 
-    def __call__(self, values: Float64Array) -> tuple[NDArray[np.generic], Float64Array]:
+    def __call__(self, values: NDArray[np.floating]) -> tuple[NDArray[np.generic], NDArray[np.floating]]:
         if self.bits is not None:
+            if self.bits > 24 or values.dtype != np.float32:
+                values = values.astype(np.float64, copy=False)
             scale = 2.0 ** (self.bits - 1)
-            steps = values * scale
+            steps: NDArray[np.floating] = values * values.dtype.type(scale)
             np.rint(steps, out=steps)
             if steps.size and (steps.max() > scale - 1 or steps.min() < -scale):
                 self.clipped += int(np.count_nonzero((steps > scale - 1) | (steps < -scale)))
@@ -104,11 +110,11 @@ class Quantizer:
             # left-justified int32: libsndfile shifts it down to the file's bit depth without rounding
             stored = steps.astype(np.int32)
             stored <<= 32 - self.bits
-            steps *= 1.0 / scale  # a power of two: exact
+            steps *= values.dtype.type(1.0 / scale)  # a power of two: exact
             return stored, steps
         if self.float32:
-            stored = values.astype(np.float32)
-            return stored, stored.astype(np.float64)
+            as_float32 = values.astype(np.float32, copy=False)
+            return as_float32, as_float32
         return values, values
 
 

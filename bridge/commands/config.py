@@ -6,11 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from bridge.common.config import DEFAULT_CONFIG_TEXT, config_path, load_config, log_dir, state_dir
-from bridge.fal.auth import ENV_VAR, key_in_env
-
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("config", help="write or show the configuration")
@@ -24,6 +19,8 @@ def register(subparsers: Any) -> None:
 
 
 def init_config(args: argparse.Namespace) -> int:
+    from bridge.common.config import DEFAULT_CONFIG_TEXT, config_path
+
     path = args.path or config_path()
     if path.exists():
         print(f"{path} already exists; it was left untouched. Edit it, or remove it to start over.")
@@ -36,6 +33,11 @@ def init_config(args: argparse.Namespace) -> int:
 
 
 def show_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from bridge.common.config import config_path, load_config, log_dir, state_dir
+    from bridge.fal.auth import ENV_VAR, key_in_env
+
     path = args.config or config_path()
     config = load_config(path)
     data = config.model_dump(mode="json")

@@ -7,7 +7,6 @@ import sys
 
 from bridge.common.errors import InputError
 from bridge.common.loopback import is_loopback_host
-from bridge.local_service.server import serve
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,5 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if allow_remote and not is_loopback_host(host):
         print(f"warning: listening on {host}: other computers that can reach it can use this service "
               "and read the files uploaded to it.", file=sys.stderr, flush=True)
+    from bridge.local_service.server import serve  # numpy, scipy: only when the stand-in runs
+
     serve(host, args.port, args.key, args.delay, args.job_time, args.concurrency, allow_remote=allow_remote)
     return 0

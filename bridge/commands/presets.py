@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bridge.presets.files import PresetFileError, PresetProblem, read_preset_file
-from bridge.presets.library import Preset, PresetLibrary, default_search_path
-from bridge.presets.recipe import Recipe, recipe_from_preset
-from bridge.presets.schema import EXAMPLE_PRESET_FILE
+if TYPE_CHECKING:  # imported by the function that needs them: `sam-bridge --help` does not load presets
+    from bridge.presets.files import PresetProblem
+    from bridge.presets.library import Preset, PresetLibrary
+    from bridge.presets.recipe import Recipe
 
 
 def register(subparsers: Any) -> None:
@@ -43,7 +43,13 @@ def register(subparsers: Any) -> None:
     check.set_defaults(func=check_files)
 
     example = actions.add_parser("example", help="print a commented example preset file")
-    example.set_defaults(func=lambda args: _print(EXAMPLE_PRESET_FILE.rstrip("\n")))
+    example.set_defaults(func=_print_example)
+
+
+def _print_example(args: argparse.Namespace) -> int:
+    from bridge.presets.schema import EXAMPLE_PRESET_FILE
+
+    return _print(EXAMPLE_PRESET_FILE.rstrip("\n"))
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -69,6 +75,8 @@ def _problem_json(problem: PresetProblem) -> dict[str, Any]:
 def _problems(library: PresetLibrary) -> list[PresetProblem]:
     """Each problem once: a file on two search-path entries (your presets folder, and named on the command
     line as a relative path) reports once, under the later one's name."""
+    from bridge.presets.files import PresetFileError
+
     found: dict[tuple[Path, int | None, str, str], PresetProblem] = {}
     for error in library.errors():
         for problem in error.problems if isinstance(error, PresetFileError) else ():
@@ -91,6 +99,8 @@ def _what(preset: Preset) -> str:
 
 
 def list_presets(args: argparse.Namespace) -> int:
+    from bridge.presets.library import PresetLibrary, default_search_path
+
     library = PresetLibrary(default_search_path(project_dir=args.project, config_dir=args.config_dir), quiet=True)
     presets, problems = library.presets(), _problems(library)
     if args.json:
@@ -146,6 +156,9 @@ def _recipe_json(recipe: Recipe) -> dict[str, Any]:
 
 
 def show_preset(args: argparse.Namespace) -> int:
+    from bridge.presets.library import PresetLibrary, default_search_path
+    from bridge.presets.recipe import recipe_from_preset
+
     library = PresetLibrary(default_search_path(project_dir=args.project), quiet=True)
     preset = library.get(args.name)  # PresetError: unknown or broken, printed by the CLI
     recipe = recipe_from_preset(preset)
@@ -187,6 +200,9 @@ def show_preset(args: argparse.Namespace) -> int:
 
 
 def check_files(args: argparse.Namespace) -> int:
+    from bridge.presets.files import read_preset_file
+    from bridge.presets.library import PresetLibrary, default_search_path
+
     files: list[Path] = args.files
     missing = [path for path in files if not path.is_file()]
     for path in missing:

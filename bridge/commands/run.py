@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bridge.common.config import load_config
-
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("run", help="run the daemon (request files, OSC, hot folders)",
@@ -25,6 +23,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bridge.common.config import load_config
     from bridge.daemon import choose_service, run_daemon
 
     config = load_config(args.config)

@@ -11,15 +11,17 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bridge.common.config import Config, load_config, log_dir, state_dir
 from bridge.common.errors import ConfigError
 from bridge.common.processes import process_alive
 from bridge.os_service import macos_privacy
 from bridge.os_service.files import PLATFORMS, ServicePlan, current_platform, key_hint, make_plan, shell_line
 from bridge.os_service.manage import install, status, uninstall
 from bridge.os_service.supervise import supervise
+
+if TYPE_CHECKING:  # the config (pydantic) is read only by the actions that need it
+    from bridge.common.config import Config
 
 
 def register(subparsers: Any) -> None:
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def service_run(args: argparse.Namespace) -> int:
+    from bridge.common.config import log_dir
     from bridge.common.processes import ensure_std_streams
 
     ensure_std_streams()  # pythonw: no console
@@ -106,6 +109,8 @@ def service_folders(config: Config) -> list[Path]:
 
 def privacy_notes() -> list[str]:
     """Before the service first needs them: the folders in the config that macOS will ask about."""
+    from bridge.common.config import load_config
+
     home = Path.home()
     protected = macos_privacy.protected_folders(service_folders(load_config()), home)
     program = macos_privacy.service_program()
@@ -122,6 +127,8 @@ def privacy_notes() -> list[str]:
 
 def blocked_in_logs(plan: ServicePlan) -> list[str]:
     """macOS refusals the service met (its output and the daemon's log), each with what to grant."""
+    from bridge.common.config import log_dir
+
     lines: list[str] = []
     for path in (plan.paths.log_file, log_dir() / "daemon.log"):
         try:
@@ -152,6 +159,8 @@ def describe(plan: ServicePlan, action: str, no_start: bool = False) -> str:
 
 def daemon_line() -> str:
     """The daemon as its daemon.json tells it (whoever started it)."""
+    from bridge.common.config import state_dir
+
     info_path = state_dir() / "daemon.json"
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))

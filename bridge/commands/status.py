@@ -6,15 +6,13 @@ import argparse
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from bridge.audio.source import source_sha256
-from bridge.common.config import state_dir
-from bridge.common.cost import money
 from bridge.common.errors import InputError
-from bridge.common.flags import NOTES, describe_flag
-from bridge.common.jobs import JobState
-from bridge.engine.journal import JobRow, Journal
+
+if TYPE_CHECKING:  # the journal (pydantic, httpx) is imported once there is one to read
+    from bridge.engine.journal import JobRow, Journal
 
 
 def register(subparsers: Any) -> None:
@@ -34,8 +32,16 @@ def register(subparsers: Any) -> None:
     r.set_defaults(func=retry)
 
 
+def _journal_path() -> Path:
+    from bridge.common.config import state_dir
+
+    return state_dir() / "journal.sqlite"
+
+
 def _journal() -> Journal:
-    path = state_dir() / "journal.sqlite"
+    from bridge.engine.journal import Journal
+
+    path = _journal_path()
     if not path.exists():
         raise InputError("No jobs yet: the daemon has not run for this user.",
                          hint="Start it with `sam-bridge run`.")
@@ -44,6 +50,8 @@ def _journal() -> Journal:
 
 def _source_changed_since_sent(journal: Journal, row: JobRow) -> bool:
     """Requests were made from audio that is no longer the source's (a re-render after a failure)."""
+    from bridge.audio.source import source_sha256  # numpy and libsndfile: only when a job is retried
+
     accepted, _ = journal.handles(row.view.job_id)
     if not accepted or not row.source_hash:
         return False
@@ -89,9 +97,11 @@ def job_summary(journal: Journal, row: JobRow) -> dict[str, Any]:
 
 
 def status(args: argparse.Namespace) -> int:
-    if not (state_dir() / "journal.sqlite").exists() and not args.job:  # no jobs yet: not an error
+    if not _journal_path().exists() and not args.job:  # no jobs yet: not an error
         print("[]" if args.json else "No jobs yet: the daemon has not run for this user.")
         return 0
+    from bridge.common.jobs import JobState
+
     journal = _journal()
     rows = [journal.get(_resolve(journal, args.job))] if args.job else journal.recent(1000 if args.all else 50)
     found = [r for r in rows if r is not None]
@@ -118,6 +128,9 @@ def status(args: argparse.Namespace) -> int:
 
 def _print_job(job: dict[str, Any]) -> None:
     """One job in full: what a user needs to find its stems, judge them, and know what it cost."""
+    from bridge.common.cost import money
+    from bridge.common.flags import NOTES, describe_flag
+
     print(f"job {job['job_id']}: {job['state']} ({job['progress'] * 100:.0f}%) - {job['message']}")
     print(f"  source:   {job['source']}")
     print(f"  what:     {job['what']}" + (f"  (tag {job['tag']})" if job["tag"] else ""))
@@ -146,6 +159,8 @@ def cancel(args: argparse.Namespace) -> int:
 
 
 def retry(args: argparse.Namespace) -> int:
+    from bridge.common.jobs import JobState
+
     journal, job_id, row = _job(args.job)
     if row is None or row.view.state not in (JobState.failed, JobState.cancelled):
         print(f"Job {job_id} is {row.view.state.value if row else 'unknown'}; only failed or cancelled jobs "

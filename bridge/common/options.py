@@ -11,7 +11,6 @@ from enum import StrEnum
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
-import soundfile
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -149,6 +148,10 @@ def folder_problem(folder: str) -> str | None:
 def unwritable(output: OutputOptions) -> tuple[str, str] | None:
     """(field, why) when the stems' file type or sample format is not one sam-bridge can write: presets and
     requests both check it, so a typo is refused rather than quietly written as the source's format."""
+    if output.format is None and output.subtype is None:
+        return None
+    import soundfile  # libsndfile (and numpy) only when there is something to check: `--help` stays quick
+
     formats = soundfile.available_formats()
     if output.format is not None and output.format.upper() not in formats:
         return "format", (f"'{output.format}' is not a file type sam-bridge can write; allowed: "

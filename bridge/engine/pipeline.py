@@ -10,16 +10,18 @@ polling its request instead of paying again.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from bridge.audio.conform import ConformReport, ConformSpec, conform
 from bridge.audio.intermediates import carry_position, clear_intermediates, write_complement
 from bridge.audio.prefetch import Background
 from bridge.audio.source import (
@@ -56,7 +58,19 @@ from bridge.engine.progress import ServiceClock, ServiceTicker, StatusFollower, 
 from bridge.fal.client import DEFAULT_QUEUE_URL, FalClient, QueueStatus, RequestHandle
 from bridge.presets.recipe import Recipe, Step
 
+if TYPE_CHECKING:
+    from bridge.audio.conform import ConformReport
+
 log = logging.getLogger(__name__)
+
+_CONFORM = "bridge.audio.conform"
+
+
+def import_conform_meanwhile() -> None:
+    """Import conform (scipy's FFT and the rest: ~0.2 s) in a thread while the source is read, uploaded and
+    separated, which wait on the network: a one-shot command does not wait for it before sending."""
+    if _CONFORM not in sys.modules:
+        threading.Thread(target=importlib.import_module, args=(_CONFORM,), name="import-conform").start()
 
 
 @dataclass
@@ -65,7 +79,9 @@ class Pipeline:
     prices: PriceTable = field(default_factory=PriceTable)
     poll_interval: float = 0.5  # when the status stream is unavailable
     use_stream: bool = True  # follow fal's server-sent status stream: completion is seen at once
-    shrink_uploads: bool | None = None  # WAV sent as FLAC; None: when the service is not on this machine
+    shrink_uploads: bool | None = None  # even a whole file sent as mono 48 kHz FLAC; None: when the service
+    # is not on this machine
+    upload_bits: int = 24  # 16: smaller uploads for slow links (the service hears a -96 dB noise floor)
     billed: bool | None = None  # requests cost money; None: when the service is fal itself
 
     def shrinks_uploads(self) -> bool:
@@ -139,6 +155,7 @@ class _Run:
 
     def execute(self) -> JobResult:
         began = time.monotonic()
+        import_conform_meanwhile()
         self.workdir.mkdir(parents=True, exist_ok=True)
         clear_intermediates(self.workdir, keep=self.request.source)
         self.report(JobState.preparing, 0.0, "Reading the source")
@@ -167,8 +184,13 @@ class _Run:
             remove_stale_temps(folder, self.temp_tag)
         remove_left_behind(folder, TEMP_PREFIX)  # hidden stems of a killed `sam-bridge separate`
         self.timed("prepare", began)
+        # the manifest's hash of a source nobody hashed yet (a one-shot command): read meanwhile, not after
+        hashing = Background(lambda: source_sha256(source.path, hashing.stopping), name="hash-source")
         try:
-            stems = self.run_steps(source, start_frame, frames, folder)
+            with hashing if self.source_hash is None else contextlib.nullcontext():
+                stems = self.run_steps(source, start_frame, frames, folder)
+                if self.source_hash is None:
+                    self.source_hash = hashing.result()
             return self.finish(source, start_frame, frames, folder, stems, began)
         finally:
             remove_quietly(*self.temps)
@@ -222,6 +244,7 @@ class _Run:
             target_file, residual_file = self.download(index, handle)
         self.check_cancel()
         self.report(JobState.conforming, 0.0, "Aligning and writing stems")
+        from bridge.audio.conform import ConformSpec, conform  # imported meanwhile: see import_conform_meanwhile
         with self.hooks.local_slot():
             t = time.monotonic()
             first = self.steps[0].report  # later steps of a stem set read an intermediate: keep step 1's format
@@ -247,7 +270,8 @@ class _Run:
         self.check_cancel()
         t = time.monotonic()
         self.report(JobState.uploading, 0.0, "Preparing the upload")
-        upload_path, content_type = make_upload_file(source, start, frames, self.workdir, self.p.shrinks_uploads())
+        upload_path, content_type = make_upload_file(source, start, frames, self.workdir, self.p.shrinks_uploads(),
+                                                     self.p.upload_bits)
         self.steps[-1].upload = {"content_type": content_type, "bytes": upload_path.stat().st_size,
                                  "source_file_as_is": upload_path == source.path}
         service_eta = ServiceClock(frames / source.samplerate, step.options.max_chunk_duration,

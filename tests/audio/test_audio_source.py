@@ -170,29 +170,46 @@ def test_whole_mp3_is_uploaded_as_is(tmp_path: Path) -> None:
     assert make_upload_file(info, 0, info.frames, tmp_path / "work") == (path, "audio/mpeg")
 
 
-def test_part_of_a_24_bit_wav_becomes_an_exact_flac(tmp_path: Path) -> None:
+def _mean_24(data: np.ndarray) -> np.ndarray:
+    """The channels' mean as a 24-bit writer rounds it (half to even), in 24-bit steps."""
+    return np.rint(data.mean(axis=1) * 2**23).astype(np.int64)
+
+
+def _int24(path: Path) -> np.ndarray:
+    return sf.read(str(path), dtype="int32")[0].astype(np.int64) >> 8
+
+
+def test_part_of_a_24_bit_wav_becomes_the_exact_mono_mix(tmp_path: Path) -> None:
     path = write_audio(tmp_path / "Song (final).wav", _stereo(3.0), 48_000, "PCM_24")
     digest = source_sha256(path)
     info = probe_source(path)
     upload, ctype = make_upload_file(info, 48_000, 70_001, tmp_path / "work")
     assert ctype == "audio/flac" and upload == tmp_path / "work" / "Song _final_.upload.flac"
-    assert sf.info(str(upload)).subtype == "PCM_24"
-    part, _ = sf.read(str(upload), dtype="int32")
-    whole, _ = sf.read(str(path), dtype="int32")
-    assert np.array_equal(part, whole[48_000:118_001])  # bit-exact, exactly that part
+    described = sf.info(str(upload))
+    assert (described.subtype, described.channels, described.samplerate) == ("PCM_24", 1, 48_000)
+    whole, _ = sf.read(str(path), dtype="float64")
+    assert np.array_equal(_int24(upload), _mean_24(whole[48_000:118_001]))  # exactly the mean, that part
     assert source_sha256(path) == digest  # the source was not touched
     assert [p.name for p in (tmp_path / "work").iterdir()] == [upload.name]  # no partial file left
 
 
-def test_float_and_many_channel_sources_go_up_as_float_wav(tmp_path: Path) -> None:
+def test_a_float_source_above_full_scale_goes_up_as_mono_float_wav(tmp_path: Path) -> None:
     floaty = write_audio(tmp_path / "f.wav", _stereo(1.0) * 3.0, 48_000, "FLOAT")  # above full scale
     info = probe_source(floaty)
     upload, ctype = make_upload_file(info, 100, 1_000, tmp_path / "w1")
     assert ctype == "audio/wav" and sf.info(str(upload)).subtype == "FLOAT"
-    assert np.array_equal(sf.read(str(upload))[0], sf.read(str(floaty))[0][100:1_100])
+    data = sf.read(str(floaty))[0][100:1_100]
+    assert np.array_equal(sf.read(str(upload))[0], data.mean(axis=1).astype(np.float32))  # not clipped
+    quiet = write_audio(tmp_path / "q.wav", _stereo(1.0) * 0.5, 48_000, "FLOAT")
+    upload, ctype = make_upload_file(probe_source(quiet), 0, 1_000, tmp_path / "w2")
+    assert ctype == "audio/flac" and sf.info(str(upload)).subtype == "PCM_24"
+
+
+def test_a_ten_channel_source_goes_up_as_its_mono_mix(tmp_path: Path) -> None:
     ten = write_audio(tmp_path / "ten.wav", noise(48_000, 0.1, channels=10), 48_000, "PCM_16")
-    upload, ctype = make_upload_file(probe_source(ten), 0, 4_800, tmp_path / "w2")
-    assert ctype == "audio/wav" and sf.info(str(upload)).channels == 10
+    upload, ctype = make_upload_file(probe_source(ten), 0, 4_800, tmp_path / "w2", shrink=True)
+    assert ctype == "audio/flac" and sf.info(str(upload)).channels == 1
+    assert np.array_equal(_int24(upload), _mean_24(sf.read(str(ten))[0]))
 
 
 def test_the_upload_copy_of_a_file_in_the_work_folder_leaves_that_file_intact(tmp_path: Path) -> None:
@@ -204,12 +221,11 @@ def test_the_upload_copy_of_a_file_in_the_work_folder_leaves_that_file_intact(tm
     sf.write(str(intermediate), exact, 48_000, subtype="DOUBLE")
     digest = source_sha256(intermediate)
     upload, ctype = make_upload_file(probe_source(intermediate), 0, len(exact), work)
-    assert ctype == "audio/wav" and upload.name == "step0.residual.upload.wav"
-    assert sf.info(str(upload)).subtype == "FLOAT"
-    assert np.array_equal(sf.read(str(upload), dtype="float32")[0], exact.astype(np.float32))
+    assert ctype == "audio/flac" and upload.name == "step0.residual.upload.flac"
+    assert np.max(np.abs(_int24(upload) - exact.mean(axis=1) * 2**23)) <= 0.5 + 1e-6
     assert source_sha256(intermediate) == digest  # still the 64-bit original
     assert np.array_equal(sf.read(str(intermediate), dtype="float64")[0], exact)
-    assert sorted(p.name for p in work.iterdir()) == ["step0.residual.upload.wav", "step0.residual.wav"]
+    assert sorted(p.name for p in work.iterdir()) == ["step0.residual.upload.flac", "step0.residual.wav"]
 
 
 def test_upload_copies_are_recognised_by_name() -> None:
@@ -217,12 +233,12 @@ def test_upload_copies_are_recognised_by_name() -> None:
     assert not any(map(is_upload_copy, ["Song.wav", "step0.residual.wav", "upload.wav", "Song.upload.mp3"]))
 
 
-def test_whole_aiff_and_part_of_an_mp3_become_flac(tmp_path: Path) -> None:
+def test_whole_aiff_and_part_of_an_mp3_become_mono_flac(tmp_path: Path) -> None:
     aiff = tmp_path / "x.aiff"
     sf.write(str(aiff), _stereo(0.5), 48_000, format="AIFF", subtype="PCM_16")
     upload, ctype = make_upload_file(probe_source(aiff), 0, 24_000, tmp_path / "w1")
-    assert ctype == "audio/flac" and sf.info(str(upload)).subtype == "PCM_16"
-    assert np.array_equal(sf.read(str(upload), dtype="int16")[0], sf.read(str(aiff), dtype="int16")[0])
+    assert ctype == "audio/flac" and sf.info(str(upload)).subtype == "PCM_24"  # a mean needs the 17th bit
+    assert np.array_equal(_int24(upload), _mean_24(sf.read(str(aiff))[0]))
     mp3 = tmp_path / "x.mp3"
     sf.write(str(mp3), _stereo(2.0), 48_000, format="MP3")
     info = probe_source(mp3)
@@ -231,8 +247,8 @@ def test_whole_aiff_and_part_of_an_mp3_become_flac(tmp_path: Path) -> None:
     with sf.SoundFile(str(mp3)) as f:
         decoded = read_block(f, info.frames, "float64")
     got = sf.read(str(upload))[0]
-    expected = np.clip(decoded[10_000:60_000], -1.0, 1.0 - 2**-23)  # mp3 overshoots are clipped, not wrapped
-    assert np.max(np.abs(got - expected)) < 2e-7  # 24-bit FLAC of our own decode
+    expected = np.clip(decoded[10_000:60_000].mean(axis=1), -1.0, 1.0 - 2**-23)  # overshoots clipped, not wrapped
+    assert np.max(np.abs(got - expected)) < 2e-7  # 24-bit FLAC of our own decode's mix
 
 
 def test_mp3_block_reads_equal_one_whole_read(tmp_path: Path) -> None:
@@ -252,25 +268,49 @@ def test_source_sha256_streams_the_whole_file(tmp_path: Path) -> None:
     assert source_sha256(path) == hashlib.sha256(data).hexdigest()
 
 
-@pytest.mark.parametrize(("fmt", "subtype", "shrunk"), [
-    ("WAV", "PCM_16", ("FLAC", "PCM_16", "audio/flac")),
-    ("WAV", "PCM_24", ("FLAC", "PCM_24", "audio/flac")),
-    ("WAV", "FLOAT", (None, "", "audio/wav")),  # FLAC holds no float samples: as is
-    ("WAV", "PCM_32", (None, "", "audio/wav")),  # nor 32-bit ones
-    ("FLAC", "PCM_24", (None, "", "audio/flac")),  # packed already
+@pytest.mark.parametrize(("fmt", "subtype", "channels", "rate", "shrunk"), [
+    ("WAV", "PCM_16", 2, 48_000, ("FLAC", "PCM_24", "audio/flac")),
+    ("WAV", "PCM_24", 2, 44_100, ("FLAC", "PCM_24", "audio/flac")),
+    ("WAV", "FLOAT", 2, 48_000, ("FLAC", "PCM_24", "audio/flac")),  # within full scale: FLAC holds it
+    ("WAV", "PCM_32", 6, 96_000, ("FLAC", "PCM_24", "audio/flac")),
+    ("WAV", "PCM_16", 1, 48_000, ("FLAC", "PCM_16", "audio/flac")),  # its own mix: 16 bits hold it
+    ("FLAC", "PCM_24", 2, 48_000, ("FLAC", "PCM_24", "audio/flac")),
+    ("FLAC", "PCM_24", 1, 48_000, (None, "", "audio/flac")),  # the mono 48 kHz FLAC already
+    ("MP3", "MPEG_LAYER_III", 2, 44_100, (None, "", "audio/mpeg")),  # smaller than any lossless copy
 ])
-def test_shrinking_uploads_packs_pcm_wav_as_flac(tmp_path: Path, fmt: str, subtype: str,
-                                                 shrunk: tuple[str | None, str, str]) -> None:
+def test_shrinking_uploads_sends_the_mono_48k_mix(tmp_path: Path, fmt: str, subtype: str, channels: int,
+                                                  rate: int, shrunk: tuple[str | None, str, str]) -> None:
     path = tmp_path / f"x.{fmt.lower()}"
-    sf.write(str(path), _stereo(0.2), 48_000, format=fmt, subtype=subtype)
+    sf.write(str(path), noise(rate, 0.2, channels=channels), rate, format=fmt, subtype=subtype)
     info = probe_source(path)
     assert upload_plan(info, 0, info.frames, shrink=True) == shrunk
     assert upload_plan(info, 0, info.frames)[0] is None  # not asked to: the file as is
+    sixteen = upload_plan(info, 0, info.frames, shrink=True, bits=16)
+    assert sixteen in ((None, "", "audio/mpeg"), ("FLAC", "PCM_16", "audio/flac"))
 
 
-def test_a_shrunk_upload_holds_the_same_samples(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rate", [44_100, 88_200, 96_000])
+def test_a_shrunk_upload_is_the_mix_resampled_to_48k(tmp_path: Path, rate: int) -> None:
+    import soxr
+
     path = tmp_path / "x.wav"
-    sf.write(str(path), _stereo(0.5), 44_100, subtype="PCM_24")
-    upload, ctype = make_upload_file(probe_source(path), 0, sf.info(str(path)).frames, tmp_path / "work", shrink=True)
+    data = noise(rate, 0.5, channels=2, amplitude=0.3)
+    sf.write(str(path), data, rate, subtype="PCM_24")
+    info = probe_source(path)
+    upload, ctype = make_upload_file(info, 0, info.frames, tmp_path / "work", shrink=True)
     assert ctype == "audio/flac" and upload.suffix == ".flac"
-    assert np.array_equal(sf.read(str(upload), dtype="int32")[0], sf.read(str(path), dtype="int32")[0])
+    got = sf.read(str(upload), dtype="float64")[0]
+    expected = soxr.resample(sf.read(str(path))[0].mean(axis=1), rate, 48_000, quality="HQ")
+    assert len(got) == len(expected) == round(info.frames * 48_000 / rate)
+    assert np.max(np.abs(got - expected)) < 1e-5  # streamed in blocks, float32, then 24-bit
+    sixteen, _ = make_upload_file(info, 0, info.frames, tmp_path / "w16", shrink=True, bits=16)
+    assert sf.info(str(sixteen)).subtype == "PCM_16"
+    assert np.max(np.abs(sf.read(str(sixteen), dtype="float64")[0] - expected)) < 2**-15
+
+
+@pytest.mark.parametrize("rate", [8_000, 96_000, 384_000])
+def test_a_part_of_a_few_samples_still_makes_an_audio_file(tmp_path: Path, rate: int) -> None:
+    """One sample at 384 kHz is an eighth of a 48 kHz one: soxr gives none, and an empty FLAC is no file."""
+    path = write_audio(tmp_path / "x.wav", noise(rate, 0.01, channels=2), rate, "PCM_24")
+    upload, _ = make_upload_file(probe_source(path), 0, 1, tmp_path / "work")
+    assert sf.info(str(upload)).frames >= 1

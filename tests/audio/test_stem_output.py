@@ -102,3 +102,16 @@ def test_a_source_with_ixml_but_no_bext_gives_stems_whose_ixml_starts_at_the_par
         assert chunks.bext is None and chunks.ixml is not None
         assert bwf.ixml_time_reference(chunks.ixml) == midnight_plus_1h + start
         assert sf.info(str(stem)).frames == frames  # still a readable file of the same length
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32", "FLOAT"])
+def test_quantizing_float32_stores_exactly_what_float64_would(subtype: str) -> None:
+    """The service's target arrives as float32 and is quantised without a float64 copy: same result."""
+    rng = np.random.default_rng(5)
+    target = rng.uniform(-1.2, 1.2, (4096, 2)).astype(np.float32)  # some beyond full scale: clipped
+    target[:8] = np.float32([1.0, -1.0, 1 - 2**-24, -(1 - 2**-24), 0.5 + 2**-25, 2**-30, 0.0, -0.0])[:, None]
+    wide, narrow = Quantizer(subtype), Quantizer(subtype)
+    stored64, values64 = wide(target.astype(np.float64))
+    stored32, values32 = narrow(target)
+    assert np.array_equal(stored64, stored32) and np.array_equal(values64, values32.astype(np.float64))
+    assert wide.clipped == narrow.clipped

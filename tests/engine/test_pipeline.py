@@ -319,6 +319,42 @@ def test_a_wav_goes_to_a_remote_service_as_flac(client: FalClient, service: Loca
     assert sorted(p.name for p in (tmp_path / "work").rglob("*") if p.is_file()) == []  # the copy is gone
 
 
+@pytest.mark.parametrize("rate", [44_100, 88_200, 96_000])
+def test_stems_line_up_when_the_service_hears_our_mono_48k_mix(client: FalClient, service: LocalFalService,
+                                                               library: PresetLibrary, tmp_path: Path,
+                                                               rate: int) -> None:
+    """The upload is the source's mono mix at 48 kHz (no bigger than a plain mono 48 kHz 24-bit FLAC of it);
+    the stems still land on the source's samples, null against it, and keep its stereo image."""
+    import soxr
+
+    from tests.audio_fixtures import click_train, lag_at, level_dbfs
+
+    clicks, _ = click_train(rate, 4.0, amplitude=0.3)
+    t = np.arange(len(clicks)) / rate
+    left = clicks + 0.3 * np.sin(2 * np.pi * 1000 * t)  # in the stand-in's 500-2000 Hz band ("piano")
+    right = 0.3 * np.sin(2 * np.pi * 100 * t)  # outside it: belongs to the residual
+    source = tmp_path / "Keys.wav"
+    sf.write(source, np.stack([left, right], axis=1), rate, subtype="PCM_24")
+    request = SeparationRequest(source=source, prompt="piano")
+    pipeline = Pipeline(client, poll_interval=0.02, shrink_uploads=True)
+    result = pipeline.run(request, recipe_for(request, library), Hooks(), tmp_path / "work")
+    manifest = json.loads(result.manifest.read_text())
+    floor_file = tmp_path / "floor.flac"
+    original, _ = sf.read(source, dtype="float64")
+    sf.write(floor_file, soxr.resample(original.mean(axis=1), rate, 48_000, quality="HQ"), 48_000, subtype="PCM_24")
+    upload = manifest["steps"][0]["upload"]
+    assert upload["content_type"] == "audio/flac" and upload["bytes"] <= 1.05 * floor_file.stat().st_size
+    assert manifest["steps"][0]["alignment"]["offset_samples"] == 0
+    assert manifest["steps"][0]["alignment"]["drift_samples"] == 0
+    target, target_rate = sf.read(result.stems["target"], dtype="float64")
+    residual, _ = sf.read(result.stems["residual"], dtype="float64")
+    assert target_rate == rate and target.shape == original.shape
+    assert np.max(np.abs(original - target - residual)) <= 1.5 / 2**23  # the null test
+    tone = 0.3 * np.sin(2 * np.pi * 1000 * t)
+    assert lag_at(target[:, 0], tone, rate, rate) == 0  # on the source's own samples
+    assert level_dbfs(target[:, 1]) < level_dbfs(target[:, 0]) - 30  # the right channel's 100 Hz stayed out
+
+
 def test_uploads_shrink_only_when_the_service_is_elsewhere(client: FalClient) -> None:
     assert Pipeline(client).shrinks_uploads() is False  # the stand-in: loopback
     remote = FalClient(ApiKey(TEST_KEY), queue_url="https://queue.example.invalid", rest_url="https://rest.example.invalid")
