@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bridge import __version__
+from bridge.common.claims import ClaimBackend
 from bridge.common.config import Config, config_dir, log_dir, state_dir
 from bridge.common.errors import BridgeError
 from bridge.common.stems import write_json_atomic
 from bridge.engine.engine import EngineSettings, JobEngine
-from bridge.engine.journal import Journal
+from bridge.engine.journal import open_journal
 from bridge.engine.pipeline import Pipeline
 from bridge.engine.service_choice import ServiceChoice, open_client
 from bridge.fal.auth import ENV_VAR
@@ -124,12 +125,18 @@ class Daemon:
         self._stop = threading.Event()
         self.library = PresetLibrary.default(config_dir=config_dir())
         self.engine: JobEngine | None = None
+        self.claims: ClaimBackend | None = None  # the team database's claims (None: marker files)
 
     def start(self, log_file: Path) -> DaemonInfo:
         stack = self._stack
         stack.enter_context(instance_lock(self.state))
-        journal = Journal(self.state / "journal.sqlite")
+        instance = self.config.instance_name(self.state)
+        journal = open_journal(self.config.database, self.state, instance, lease=self.config.lease_seconds,
+                               daemon=True, pool_size=self.config.concurrency + 4)
         stack.callback(journal.close)
+        if journal.team:
+            log.info("team mode: journal %s, instance %s", journal.where, instance)  # where: no password
+        self.claims = journal.claims(instance, limit=self.config.concurrency)  # None: marker files
         client = stack.enter_context(open_client(self.choice))
         settings = EngineSettings(
             concurrency=self.config.concurrency, dedupe=self.config.dedupe, daily_budget=self.config.daily_budget,
@@ -141,8 +148,7 @@ class Daemon:
         stack.callback(engine.stop)
         requests_dir = self.config.requests_folder(self.state)
         # the same across restarts: a restarted daemon knows the requests it took as its own
-        request_folder = RequestFolder(engine, requests_dir,
-                                       instance_id=f"{socket.gethostname()}:{self.state.resolve()}")
+        request_folder = RequestFolder(engine, requests_dir, instance_id=instance, claims=journal.claims(instance))
         request_folder.start()
         stack.callback(request_folder.stop)
         hot = self._start_hot_folders(engine)
@@ -180,6 +186,7 @@ class Daemon:
             engine, folders, instance_id=f"{socket.gethostname()}:{os.getpid()}",
             rescan_interval=self.config.hot_rescan_interval,
             preset_names=lambda: self.library.names(include_broken=True),  # a broken one's file says why
+            claims=self.claims,
         )
         self.hot_watcher.ensure_preset_folders(self.library.names())
         self.hot_watcher.start()

@@ -34,7 +34,7 @@ from bridge.engine.budget import BudgetWait, DailyBudget
 from bridge.engine.dedupe import dedupe_key, reuse_result, written_before
 from bridge.engine.events import JobEvents
 from bridge.engine.hooks import EngineHooks, ShuttingDown
-from bridge.engine.journal import JobRow, Journal
+from bridge.engine.journal import JobJournal, JobRow, JobTakenOver
 from bridge.engine.outcomes import JobOutcomes
 from bridge.engine.pipeline import Pipeline, file_fingerprint
 from bridge.engine.queue import FairQueue, QueuedJob
@@ -64,7 +64,7 @@ class EngineSettings:
 
 
 class JobEngine(JobSink):
-    def __init__(self, journal: Journal, pipeline: Pipeline, library: PresetLibrary,
+    def __init__(self, journal: JobJournal, pipeline: Pipeline, library: PresetLibrary,
                  settings: EngineSettings) -> None:
         self.journal, self.pipeline, self.library, self.settings = journal, pipeline, library, settings
         self._libraries = PresetLibraries(library)  # + `<project>/sam-bridge/presets/` per request
@@ -130,12 +130,7 @@ class JobEngine(JobSink):
     def start(self) -> None:
         """Resume unfinished jobs from the journal, then start the workers."""
         for row in self.journal.unfinished():
-            if self._submit_was_lost(row):
-                self._queue.withdraw(row.view.job_id)
-                continue
-            log.info("resuming job %s (%s, %d accepted request(s))", row.view.job_id, row.view.state,
-                     len(self.journal.handles(row.view.job_id)[0]))
-            self._queue.put(row.view.job_id, QueuedJob.of(row))
+            self._resume(row)
         for n in range(self.settings.concurrency + self.settings.local_work):
             worker = threading.Thread(target=self._work, name=f"job-worker-{n}", daemon=True)
             worker.start()
@@ -143,6 +138,14 @@ class JobEngine(JobSink):
         watcher = threading.Thread(target=self._watch_journal, name="journal-watch", daemon=True)
         watcher.start()
         self._workers.append(watcher)
+
+    def _resume(self, row: JobRow) -> None:
+        if self._submit_was_lost(row):
+            self._queue.withdraw(row.view.job_id)
+            return
+        log.info("resuming job %s (%s, %d accepted request(s))", row.view.job_id, row.view.state,
+                 len(self.journal.handles(row.view.job_id)[0]))
+        self._queue.put(row.view.job_id, QueuedJob.of(row))
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop taking work; in-flight jobs unwind at their next checkpoint and resume on the next start."""
@@ -159,6 +162,8 @@ class JobEngine(JobSink):
     def _watch_journal(self) -> None:
         """Pick up jobs queued or cancelled by other processes (`sam-bridge retry/cancel`)."""
         while not self._stopping.wait(self.settings.rescan_interval):
+            for row in self.journal.adopt_orphans(self.settings.concurrency):  # team: a dead daemon's jobs
+                self._resume(row)
             for row in self.journal.unfinished():
                 job_id = row.view.job_id
                 with self._queue.lock:  # one decision per row: no worker takes the job halfway
@@ -183,6 +188,8 @@ class JobEngine(JobSink):
                 self._run(job_id)
             except ShuttingDown:
                 log.info("job %s paused for shutdown; it resumes on the next start", job_id)
+            except JobTakenOver as lost:  # our lease had expired: the other daemon goes on with it
+                log.warning("stopped working on %s", lost)
             finally:
                 self._queue.release(job_id)
 
@@ -208,7 +215,13 @@ class JobEngine(JobSink):
             audio_hash, fingerprint = self._source_hash(row, accepted)
             key = dedupe_key(row.request, recipe, audio_hash) if self.settings.dedupe else None
             if key:
-                self.journal.set_fields(job_id, dedupe_key=key)
+                leader = self.journal.active_leader(job_id, key) if not accepted else None
+                if leader is not None:  # the same work is under way (in a team: maybe on another machine)
+                    self._wait(row, f"Waiting for job {leader} (the same audio, prompts and options): its stems "
+                               "are reused, not paid for again.", time.time() + 1.0, count_attempt=False)
+                    return
+                if accepted:
+                    self.journal.set_fields(job_id, dedupe_key=key)
                 if not accepted and self._reuse(row, recipe, key):
                     return
             if not accepted:
@@ -220,7 +233,7 @@ class JobEngine(JobSink):
                 return
             result = self.pipeline.run(row.request, recipe, hooks, workdir, resume=accepted, temp_tag=job_id,
                                        source_hash=audio_hash, source_fingerprint=fingerprint)
-        except ShuttingDown:
+        except (ShuttingDown, JobTakenOver):
             raise
         except Cancelled:
             self._outcomes.cancelled(row)

@@ -27,7 +27,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from bridge.common.claims import ClaimStore
+from bridge.common.claims import ClaimBackend, ClaimStore
 from bridge.common.file_gate import (
     Completeness,
     ContainerCheck,
@@ -110,10 +110,11 @@ class HotFolderWatcher:
         claim_ttl: float = 120.0,
         preset_names: Callable[[], list[str]] | None = None,
         incomplete_report_after: float = 300.0,
+        claims: ClaimBackend | None = None,
     ) -> None:
         self._sink = sink
         self._routes = FolderRoutes(folders)
-        self._claims = ClaimStore(instance_id, claim_ttl)
+        self._claims: ClaimBackend = claims or ClaimStore(instance_id, claim_ttl)  # or the team database's
         self._jobs = HotFolderJobs(sink, self._claims, self._routes)
         self._rescan_interval = rescan_interval
         self._heartbeat_interval = max(0.05, min(claim_ttl / 4, 30.0))
@@ -274,6 +275,9 @@ class HotFolderWatcher:
 
     def _evaluate(self, candidate: _Candidate) -> None:
         path, now = candidate.path, time.monotonic()
+        if self._claims.busy():  # team mode: every slot of ours is taken; a daemon with a free one takes it
+            candidate.due = now + 0.05
+            return
         route = self._routes.route(path)
         snapshot = FileSnapshot.of(path)
         if route is None or snapshot is None or self._jobs.finished_here(path, snapshot):
