@@ -54,8 +54,8 @@ class DatabaseClaims:
                 self._held.add(key)
             return ClaimOutcome(Claim(source, source, int(rows[0]["generation"]), key=key))
         held = self.journal.read_waiting(
-            "SELECT owner, host, state, EXTRACT(EPOCH FROM now() - d.heartbeat) AS silent FROM claims "
-            "LEFT JOIN daemons d ON d.instance = claims.owner WHERE key=%s", (key,))
+            "SELECT c.owner, c.host, c.state, EXTRACT(EPOCH FROM now() - d.heartbeat) AS silent FROM claims c "
+            "LEFT JOIN daemons d ON d.instance = c.owner WHERE c.key=%s", (key,))
         if not held:  # removed between the two statements (moved to done/): look again
             return ClaimOutcome(None, holder="another sam-bridge", recheck_after=0.05)
         row = held[0]
