@@ -88,7 +88,9 @@ class JobEngine(JobSink):
                 # says so); only `retry` or a new version makes new work. A hot folder file whose error
                 # file was deleted asks for a new job.
                 if (row.view.state in ACTIVE or row.view.state == JobState.done
-                        or request.origin is Origin.request_file):
+                        or request.origin is Origin.request_file
+                        or self.journal.handles(row.view.job_id)[1]):  # a submit that may have landed (a
+                    # daemon died sending it): never paid again on its own; its failure says what to do
                     return row.view.job_id
         recipe = recipe_for(request, self._libraries.for_project(request.project_dir))  # PresetError now
         if not request.source.is_file():
