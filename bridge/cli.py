@@ -14,7 +14,7 @@ from bridge import __version__
 from bridge.common.errors import BridgeError
 
 # Each module defines `register(subparsers)`, which adds its parser(s) and sets `func(args) -> int`.
-COMMAND_MODULES = ("separate", "run", "status", "presets", "config", "local_service", "service")
+COMMAND_MODULES = ("separate", "run", "status", "team", "presets", "config", "local_service", "service")
 
 
 def build_parser() -> argparse.ArgumentParser:

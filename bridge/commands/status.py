@@ -8,10 +8,11 @@ import time
 from typing import Any
 
 from bridge.audio.source import source_sha256
-from bridge.common.config import state_dir
+from bridge.commands.team import NO_DATABASE, show_team
+from bridge.common.config import load_config, state_dir
 from bridge.common.errors import InputError
 from bridge.common.jobs import JobState
-from bridge.engine.journal import JobRow, Journal
+from bridge.engine.journal import JobJournal, JobRow, Journal, database_url, open_journal
 
 
 def register(subparsers: Any) -> None:
@@ -19,6 +20,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("job", nargs="?", help="one job id (or a unique prefix)")
     p.add_argument("--all", action="store_true", help="list up to 1000 jobs (default: the 50 most recent)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--team", action="store_true",
+                   help="team mode: every machine's jobs in flight (with --all: recent ones too) and which "
+                   "daemons are alive")
     p.set_defaults(func=status)
     c = subparsers.add_parser("cancel", help="cancel a job (also cancels its request at the service)")
     c.add_argument("job", help="job id or unique prefix")
@@ -31,7 +35,12 @@ def register(subparsers: Any) -> None:
     r.set_defaults(func=retry)
 
 
-def _journal() -> Journal:
+def _journal() -> JobJournal:
+    """The team database when one is configured, else this user's sqlite journal."""
+    config = load_config()
+    if database_url(config.database):
+        return open_journal(config.database, state_dir(), config.instance_name(state_dir()),
+                            lease=config.lease_seconds, pool_size=2)
     path = state_dir() / "journal.sqlite"
     if not path.exists():
         raise InputError("No jobs yet: the daemon has not run for this user.",
@@ -39,7 +48,7 @@ def _journal() -> Journal:
     return Journal(path)
 
 
-def _source_changed_since_sent(journal: Journal, row: JobRow) -> bool:
+def _source_changed_since_sent(journal: JobJournal, row: JobRow) -> bool:
     """Requests were made from audio that is no longer the source's (a re-render after a failure)."""
     accepted, _ = journal.handles(row.view.job_id)
     if not accepted or not row.source_hash:
@@ -50,14 +59,14 @@ def _source_changed_since_sent(journal: Journal, row: JobRow) -> bool:
         return False
 
 
-def _job(prefix: str) -> tuple[Journal, str, JobRow | None]:
+def _job(prefix: str) -> tuple[JobJournal, str, JobRow | None]:
     """The journal, the job id a prefix names, and its row."""
     journal = _journal()
     job_id = _resolve(journal, prefix)
     return journal, job_id, journal.get(job_id)
 
 
-def _resolve(journal: Journal, prefix: str) -> str:
+def _resolve(journal: JobJournal, prefix: str) -> str:
     matches = journal.find_prefix(prefix)
     if len(matches) != 1:
         raise InputError(f"No job matches {prefix!r}." if not matches else f"{prefix!r} matches several jobs.",
@@ -73,7 +82,16 @@ def _age(seconds: float) -> str:
 
 
 def status(args: argparse.Namespace) -> int:
-    if not (state_dir() / "journal.sqlite").exists() and not args.job:  # no jobs yet: not an error
+    if args.team:
+        if not database_url(load_config().database):
+            raise NO_DATABASE
+        journal = _journal()
+        try:
+            return show_team(journal, args.json, args.all)
+        finally:
+            journal.close()
+    if (not (state_dir() / "journal.sqlite").exists() and not args.job  # no jobs yet: not an error
+            and not database_url(load_config().database)):
         print("[]" if args.json else "No jobs yet: the daemon has not run for this user.")
         return 0
     journal = _journal()
