@@ -136,7 +136,7 @@ class Daemon:
         stack.callback(journal.close)
         if journal.team:
             log.info("team mode: journal %s, instance %s", journal.where, instance)  # where: no password
-        self.claims = journal.claims(instance, limit=self.config.concurrency)  # None: marker files
+        self.claims = journal.claims(instance, limit=self.config.concurrency + 2)  # None: marker files
         client = stack.enter_context(open_client(self.choice))
         settings = EngineSettings(
             concurrency=self.config.concurrency, dedupe=self.config.dedupe, daily_budget=self.config.daily_budget,

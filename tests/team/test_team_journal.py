@@ -150,6 +150,9 @@ def test_a_dead_daemons_claim_and_jobs_go_to_one_other_daemon_and_its_late_submi
     assert adopted[polled].owner == "taker" and taker.handles(polled)[0] == {0: HANDLE}  # polled, not resent
     with pytest.raises(JobTakenOver):
         dead.mark_submitting(fresh, 0)  # the old owner, back from the dead, never submits it
+    with pytest.raises(JobTakenOver):
+        dead.set_state(fresh, JobState.failed, None, "late")  # nor ends it
+    assert (taker.get(fresh) or adopted[fresh]).view.state is JobState.queued
     assert taker.handles(fresh) == ({}, [])
     assert taker.claims("taker").try_claim(source, snapshot).claim is not None
     for journal in (dead, taker, other):

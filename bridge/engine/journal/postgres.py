@@ -29,6 +29,7 @@ from psycopg_pool import ConnectionPool
 from bridge import __version__
 from bridge.common.claims import ClaimBackend
 from bridge.common.errors import BridgeError
+from bridge.common.jobs import JobState
 from bridge.engine.journal.base import FINISHED, JobJournal, JobRow, JobTakenOver, Row, SchemaTooNew, Tx, job_row
 from bridge.engine.journal.dsn import redact
 
@@ -254,6 +255,24 @@ class PostgresJournal(JobJournal):
     def _check_owner(self, job_id: str, row: Row | None) -> None:
         if self.daemon and row is not None and row["owner"] != self.instance:
             raise JobTakenOver(f"job {job_id} was taken over by {row['owner']}")
+
+    def set_state(self, job_id: str, state: JobState, progress: float | None = None, message: str = "",
+                  **fields: Any) -> None:
+        """The base class's read, update and history row as one statement: one round trip, not five."""
+        now = time.time()
+        columns = {"state": state.value, "updated": now, "message": message, **fields}
+        if progress is not None:
+            columns["progress"] = progress
+        assignments = ", ".join(f"{name}=%s" for name in columns)
+        rows = self._read(
+            "WITH prev AS (SELECT state, owner FROM jobs WHERE id=%s FOR UPDATE), "
+            f"upd AS (UPDATE jobs SET {assignments} WHERE id=%s AND (NOT %s OR owner=%s) RETURNING 1), "
+            "hist AS (INSERT INTO history SELECT %s, %s, %s, %s FROM prev "
+            "WHERE prev.state <> %s AND EXISTS (SELECT 1 FROM upd)) SELECT owner FROM prev",
+            (job_id, *columns.values(), job_id, self.daemon, self.instance, job_id, now, state.value, message,
+             state.value))
+        if rows:
+            self._check_owner(job_id, rows[0])
 
     def _lock_job_sql(self) -> str:
         return "SELECT state, owner FROM jobs WHERE id=? FOR UPDATE"
