@@ -65,3 +65,12 @@ def test_status_team_shows_every_machines_jobs_and_who_is_alive(team_db: str, tm
     table = sam_bridge(tmp_path, "status", "--team", database=team_db).stdout
     assert "studio-a" in table and "yes" in table and jobs[1] in table
     alive.close()
+
+
+def test_config_show_never_prints_the_database_password(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("database: postgresql://sam:hunter2-pw@nas.local/sam_bridge\n")
+    shown = sam_bridge(tmp_path, "config", "show")
+    assert shown.returncode == 0, shown.stderr
+    assert "hunter2-pw" not in shown.stdout and "postgresql://sam:***@nas.local/sam_bridge" in shown.stdout
+    from_env = sam_bridge(tmp_path, "config", "show", database="postgresql://sam:env-pw@db/x")
+    assert "env-pw" not in from_env.stdout and "SAM_BRIDGE_DATABASE: postgresql://sam:***@db/x" in from_env.stdout
