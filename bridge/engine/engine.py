@@ -63,6 +63,12 @@ class EngineSettings:
     local_work: int = 1  # jobs conforming at once: CPU and memory heavy, and no faster in parallel on 2 cores
 
 
+def _reachable(row: JobRow) -> bool:
+    """This machine sees the job's source and where its stems go (a dead daemon's job on a shared drive)."""
+    out = row.request.output_dir or row.request.project_dir
+    return row.request.source.is_file() and (out is None or out.is_dir())
+
+
 class JobEngine(JobSink):
     def __init__(self, journal: JobJournal, pipeline: Pipeline, library: PresetLibrary,
                  settings: EngineSettings) -> None:
@@ -164,8 +170,8 @@ class JobEngine(JobSink):
     def _watch_journal(self) -> None:
         """Pick up jobs queued or cancelled by other processes (`sam-bridge retry/cancel`)."""
         while not self._stopping.wait(self.settings.rescan_interval):
-            for row in self.journal.adopt_orphans(self.settings.concurrency):  # team: a dead daemon's jobs
-                self._resume(row)
+            for row in self.journal.adopt_orphans(self.settings.concurrency, _reachable):  # team: a dead
+                self._resume(row)  # daemon's jobs
             for row in self.journal.unfinished():
                 job_id = row.view.job_id
                 with self._queue.lock:  # one decision per row: no worker takes the job halfway

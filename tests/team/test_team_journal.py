@@ -193,3 +193,27 @@ def test_a_daily_budget_of_n_jobs_admits_n_across_the_team(team_db: str, tmp_pat
     assert len(admitted) == 5 and journals[0].spent_since(0) == pytest.approx(5.0)
     for journal in journals:
         journal.close()
+
+
+def test_a_dead_daemons_job_this_machine_cannot_reach_waits_for_one_that_can_and_says_so(
+        team_db: str, tmp_path: Path) -> None:
+    dead = PostgresJournal(team_db, "dead", daemon=True, lease=2)
+    taker = PostgresJournal(team_db, "taker", daemon=True, lease=2)
+    here = tmp_path / "take.wav"
+    here.write_bytes(b"z")
+    elsewhere = Path("/Volumes/Studio-only-on-that-mac/take.wav")
+    near = dead.add(SeparationRequest(source=here, prompt="piano"), "piano")
+    far = dead.add(SeparationRequest(source=elsewhere, prompt="piano"), "piano")
+    dead._stop.set()
+    expire(team_db, "dead")
+    taker._healthy_since -= 10
+
+    def reachable(row) -> bool:
+        return row.request.source.is_file()
+
+    assert [r.view.job_id for r in taker.adopt_orphans(10, reachable)] == [near]
+    waiting = taker.get(far)
+    assert waiting is not None and waiting.owner == "dead"
+    assert "Waiting for a sam-bridge that can reach /Volumes/Studio-only-on-that-mac" in waiting.view.message
+    dead.close()
+    taker.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -104,8 +104,9 @@ class JobJournal:
         """A claim store in the database for the ways in; None: they keep their marker files."""
         return None
 
-    def adopt_orphans(self, limit: int) -> list[JobRow]:
-        """Unfinished jobs of daemons whose lease expired, now this one's (with a request id: polled)."""
+    def adopt_orphans(self, limit: int, reachable: Callable[[JobRow], bool] | None = None) -> list[JobRow]:
+        """Unfinished jobs of daemons whose lease expired, now this one's (with a request id: polled); those
+        `reachable` refuses (this machine cannot reach their folders) are left for another daemon."""
         return []
 
     def active_leader(self, job_id: str, key: str) -> str | None:

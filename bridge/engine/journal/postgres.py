@@ -277,20 +277,33 @@ class PostgresJournal(JobJournal):
     def _lock_job_sql(self) -> str:
         return "SELECT state, owner FROM jobs WHERE id=? FOR UPDATE"
 
-    def adopt_orphans(self, limit: int) -> list[JobRow]:
+    def adopt_orphans(self, limit: int, reachable: Callable[[JobRow], bool] | None = None) -> list[JobRow]:
         """Unfinished jobs of daemons whose lease expired become this one's. After an outage of the
-        database this daemon first waits one lease, so the others can renew theirs."""
+        database this daemon first waits one lease, so the others can renew theirs. A job whose folders this
+        machine cannot reach (`reachable`) is left for a daemon that can, and its message says so."""
         if not self.daemon or time.monotonic() - self._healthy_since < self.lease:
             return []
-        finished = ",".join(["%s"] * len(FINISHED))
-        rows = self._read(
-            f"WITH picked AS (SELECT id, owner AS was FROM jobs WHERE state NOT IN ({finished}) AND owner <> %s "
-            f"AND owner NOT IN ({ALIVE}) ORDER BY created LIMIT %s FOR UPDATE SKIP LOCKED) "
-            "UPDATE jobs j SET owner=%s FROM picked WHERE j.id=picked.id RETURNING j.*, picked.was",
-            (*FINISHED, self.instance, self.lease, limit, self.instance))
-        for row in rows:
-            log.warning("Taking over job %s (%s) from %s, whose lease expired", row["id"], row["state"], row["was"])
-        return [job_row(row) for row in rows]
+        finished = ",".join(["?"] * len(FINISHED))
+        adopted: list[JobRow] = []
+        with self._tx() as tx:
+            rows = tx.execute(
+                f"SELECT * FROM jobs WHERE state NOT IN ({finished}) AND owner <> ? AND owner NOT IN "
+                f"({ALIVE.replace('%s', '?')}) ORDER BY created LIMIT ? FOR UPDATE SKIP LOCKED",
+                (*FINISHED, self.instance, self.lease, limit)).fetchall()
+            for row in rows:
+                job = job_row(row)
+                if reachable is not None and not reachable(job):
+                    text = (f"Waiting for a sam-bridge that can reach {job.request.source.parent} "
+                            f"({self.instance} cannot)")
+                    if row["message"] != text:
+                        log.warning("Job %s: %s", job.view.job_id, text)
+                        tx.execute("UPDATE jobs SET message=? WHERE id=?", (text, job.view.job_id))
+                    continue
+                tx.execute("UPDATE jobs SET owner=? WHERE id=?", (self.instance, job.view.job_id))
+                log.warning("Taking over job %s (%s) from %s, whose lease expired", job.view.job_id,
+                            job.view.state.value, job.owner)
+                adopted.append(job_row({**row, "owner": self.instance}))
+        return adopted
 
     # -- team-wide dedupe and budget ----------------------------------------------------------------
 
