@@ -172,6 +172,9 @@ class JobEngine(JobSink):
         while not self._stopping.wait(self.settings.rescan_interval):
             for row in self.journal.adopt_orphans(self.settings.concurrency, _reachable):  # team: a dead
                 self._resume(row)  # daemon's jobs
+            if idle := self._queue.idle_slots:  # team: a busy daemon's hot-folder jobs not started yet
+                for row in self.journal.take_queued(idle, _reachable):
+                    self._queue.put(row.view.job_id, QueuedJob.of(row))
             for row in self.journal.unfinished():
                 job_id = row.view.job_id
                 with self._queue.lock:  # one decision per row: no worker takes the job halfway
@@ -205,8 +208,8 @@ class JobEngine(JobSink):
 
     def _run(self, job_id: str) -> None:
         row = self.journal.get(job_id)
-        if row is None or row.view.state.finished:
-            return
+        if row is None or row.view.state.finished or row.owner != self.journal.owner_name:
+            return  # (team: another daemon with a free slot took it before it started here)
         if row.cancel_requested or job_id in self._cancelled:
             self._outcomes.cancelled(row)
             return

@@ -163,3 +163,28 @@ def test_the_same_audio_dropped_on_two_machines_is_paid_once(
     assert owners == [("studio-0",), ("studio-1",)]  # two machines, two jobs, one request
     for source in sources:
         assert sf.read(str(stems_for(source)[0]))[0].shape[0] == int(SECONDS * 44100)
+
+
+def test_a_shared_request_folder_has_each_request_answered_once_through_the_database(
+        daemon_factory, stand_in: StandIn, team_db: str, tmp_path: Path) -> None:
+    from tests.test_daemon import wait_state, write_request
+
+    requests = tmp_path / "requests"
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    daemons = []
+    for n in range(2):
+        dirs = workstation_dirs(tmp_path, f"studio-{n}")
+        config = team_config(team_db, f"studio-{n}", tmp_path / f"hot-{n}") + f"requests_dir: {requests}\n"
+        daemons.append(daemon_factory(stand_in.url, dirs=dirs, config=config))
+    for daemon in daemons:
+        daemon.start()
+    sources = [drop_audio(audio / f"take{n}.wav", SECONDS, 40 + n) for n in range(8)]
+    files = [write_request(requests, f"r{n}", source=s, prompt="piano", output_dir=audio / "out")
+             for n, s in enumerate(sources)]
+    for file in files:
+        assert wait_state(file, ("done", "failed"), timeout=90)["state"] == "done"
+    time.sleep(1.0)
+    assert stand_in.stats()["submits"] == len(files)
+    assert query(team_db, "SELECT count(*) FROM jobs") == [(len(files),)]
+    assert not list(requests.glob(".sam-bridge/claims/*.claim"))  # claimed in the database, no markers

@@ -109,6 +109,10 @@ class JobJournal:
         `reachable` refuses (this machine cannot reach their folders) are left for another daemon."""
         return []
 
+    def take_queued(self, limit: int, reachable: Callable[[JobRow], bool] | None = None) -> list[JobRow]:
+        """Hot-folder jobs a busy live daemon queued but has not started, now this idle one's."""
+        return []
+
     def active_leader(self, job_id: str, key: str) -> str | None:
         """Set the job's dedupe key; return an earlier unfinished job with the same key, if any."""
         self.set_fields(job_id, dedupe_key=key)
@@ -132,6 +136,11 @@ class JobJournal:
 
     def _owner(self) -> str:
         return ""
+
+    @property
+    def owner_name(self) -> str:
+        """This daemon's name on the jobs it owns ("" in a workstation's own journal)."""
+        return self._owner()
 
     def set_state(self, job_id: str, state: JobState, progress: float | None = None, message: str = "",
                   **fields: Any) -> None:

@@ -284,26 +284,43 @@ class PostgresJournal(JobJournal):
         if not self.daemon or time.monotonic() - self._healthy_since < self.lease:
             return []
         finished = ",".join(["?"] * len(FINISHED))
-        adopted: list[JobRow] = []
+        return self._take(f"state NOT IN ({finished}) AND owner NOT IN ({ALIVE.replace('%s', '?')})",
+                          (*FINISHED, self.lease), limit, reachable, "whose lease expired")
+
+    def take_queued(self, limit: int, reachable: Callable[[JobRow], bool] | None = None) -> list[JobRow]:
+        """The oldest hot-folder jobs other daemons claimed ahead of a free slot and have not started: the
+        first state change of a job checks its owner under the row lock, so a job is started by exactly one
+        daemon. (A request file's job stays with the daemon that writes its status file.)"""
+        if not self.daemon:
+            return []
+        return self._take("state = 'queued' AND origin = 'hot-folder' AND cancel_requested = 0 AND NOT EXISTS "
+                          "(SELECT 1 FROM steps s WHERE s.job_id = jobs.id)", (), limit, reachable, "")
+
+    def _take(self, where: str, params: tuple[Any, ...], limit: int, reachable: Callable[[JobRow], bool] | None,
+              why: str) -> list[JobRow]:
+        taken: list[JobRow] = []
         with self._tx() as tx:
-            rows = tx.execute(
-                f"SELECT * FROM jobs WHERE state NOT IN ({finished}) AND owner <> ? AND owner NOT IN "
-                f"({ALIVE.replace('%s', '?')}) ORDER BY created LIMIT ? FOR UPDATE SKIP LOCKED",
-                (*FINISHED, self.instance, self.lease, limit)).fetchall()
+            rows = tx.execute(f"SELECT * FROM jobs WHERE {where} AND owner <> ? ORDER BY created LIMIT ? "
+                              "FOR UPDATE SKIP LOCKED", (*params, self.instance, limit)).fetchall()
             for row in rows:
                 job = job_row(row)
                 if reachable is not None and not reachable(job):
-                    text = (f"Waiting for a sam-bridge that can reach {job.request.source.parent} "
-                            f"({self.instance} cannot)")
-                    if row["message"] != text:
-                        log.warning("Job %s: %s", job.view.job_id, text)
-                        tx.execute("UPDATE jobs SET message=? WHERE id=?", (text, job.view.job_id))
+                    if why:  # a dead daemon's job: say why it waits
+                        text = (f"Waiting for a sam-bridge that can reach {job.request.source.parent} "
+                                f"({self.instance} cannot)")
+                        if row["message"] != text:
+                            log.warning("Job %s: %s", job.view.job_id, text)
+                            tx.execute("UPDATE jobs SET message=? WHERE id=?", (text, job.view.job_id))
                     continue
                 tx.execute("UPDATE jobs SET owner=? WHERE id=?", (self.instance, job.view.job_id))
-                log.warning("Taking over job %s (%s) from %s, whose lease expired", job.view.job_id,
-                            job.view.state.value, job.owner)
-                adopted.append(job_row({**row, "owner": self.instance}))
-        return adopted
+                if why:
+                    log.warning("Taking over job %s (%s) from %s, %s", job.view.job_id, job.view.state.value,
+                                job.owner, why)
+                else:
+                    log.info("Taking job %s from %s, which has not started it (this daemon has a free slot)",
+                             job.view.job_id, job.owner)
+                taken.append(job_row({**row, "owner": self.instance}))
+        return taken
 
     # -- team-wide dedupe and budget ----------------------------------------------------------------
 
@@ -366,7 +383,7 @@ class PostgresJournal(JobJournal):
 for _name in ("add", "set_state", "update_progress", "set_fields", "mark_submitting", "mark_submitted",
               "clear_steps", "unmark_submitting", "clear_uncertain", "reserve_budget", "handles", "get",
               "find_prefix", "by_idempotency_key", "done_with_dedupe_key", "unfinished", "recent", "spent_since",
-              "adopt_orphans", "active_leader", "read_waiting", "write_waiting"):
+              "adopt_orphans", "take_queued", "active_leader", "read_waiting", "write_waiting"):
     setattr(PostgresJournal, _name, _waits_for_database(getattr(PostgresJournal, _name)))
 
 
