@@ -217,3 +217,23 @@ def test_a_dead_daemons_job_this_machine_cannot_reach_waits_for_one_that_can_and
     assert "Waiting for a sam-bridge that can reach /Volumes/Studio-only-on-that-mac" in waiting.view.message
     dead.close()
     taker.close()
+
+
+def test_an_idle_daemon_takes_only_hot_folder_jobs_a_busy_one_has_not_started(
+        team_db: str, tmp_path: Path) -> None:
+    from bridge.common.request import Origin
+
+    busy = PostgresJournal(team_db, "busy", daemon=True)
+    idle = PostgresJournal(team_db, "idle", daemon=True)
+    waiting = busy.add(SeparationRequest(source=tmp_path / "a.wav", prompt="piano", origin=Origin.hot_folder), "p")
+    started = busy.add(SeparationRequest(source=tmp_path / "b.wav", prompt="piano", origin=Origin.hot_folder), "p")
+    busy.set_state(started, JobState.preparing, 0.0, "Preparing")
+    request_file = busy.add(SeparationRequest(source=tmp_path / "c.wav", prompt="piano",
+                                              origin=Origin.request_file), "p")
+    assert [r.view.job_id for r in idle.take_queued(5)] == [waiting]  # not the started one, nor a request file's
+    with pytest.raises(JobTakenOver):
+        busy.set_state(waiting, JobState.preparing, 0.0, "Preparing")  # so only one daemon starts it
+    idle.set_state(waiting, JobState.preparing, 0.0, "Preparing")
+    assert {r.view.job_id for r in busy.unfinished()} == {started, request_file}
+    busy.close()
+    idle.close()
