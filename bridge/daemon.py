@@ -187,6 +187,8 @@ class Daemon:
             rescan_interval=self.config.hot_rescan_interval,
             preset_names=lambda: self.library.names(include_broken=True),  # a broken one's file says why
             claims=self.claims,
+            # team mode: its heartbeat (claims, and jobs another daemon finished for us) follows the lease
+            **({"claim_ttl": self.config.lease_seconds} if self.claims else {}),
         )
         self.hot_watcher.ensure_preset_folders(self.library.names())
         self.hot_watcher.start()

@@ -111,8 +111,10 @@ def test_a_daemon_killed_mid_run_has_its_jobs_finished_by_the_others_without_a_s
     time.sleep(1.0)
     assert len(uncertain) <= len(victims)
     stats = stand_in.stats()
-    assert sorted(stats["submits_by_audio"].values()) == [1] * len(sources)  # 0 second submits
-    assert stats["submits"] == len(sources)
+    assert set(stats["submits_by_audio"].values()) == {1}  # 0 second submits
+    assert stats["submits"] == len(stats["submits_by_audio"])
+    # every file was sent, but one whose submit died before it left may not have been
+    assert len(sources) - len(uncertain) <= stats["submits"] <= len(sources)
     done = [s for s in sources if s not in uncertain]
     assert sorted(r[0] for r in query(team_db, "SELECT source FROM jobs WHERE state='done'")) == [str(s) for s in done]
     assert query(team_db, "SELECT count(*) FROM jobs") == [(len(sources),)]  # one job per file
