@@ -8,8 +8,8 @@ pg_stat_statements: every one a round trip); and each daemon's share of the jobs
 itself under contention (3 claimers race for each file version): p50/p99. Every run checks that each file
 was done exactly once (the stand-in's submit counter). Goal: ≤ 1.10 × ideal at 3 daemons.
 
-    python benchmarks/bench_team.py                    # 300 jobs, 1 s service time, 5 runs each
-    python benchmarks/bench_team.py --jobs 120 --repeats 3   # a few minutes
+    python benchmarks/bench_team.py                    # 300 jobs, 2 s service time, 5 runs each
+    python benchmarks/bench_team.py --jobs 120 --repeats 3   # some 8 minutes
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def claim_latency(cluster: PgCluster, root: Path, files: int = 300, claimers: in
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=300)
-    parser.add_argument("--service-time", type=float, default=1.0, help="the stand-in's fixed seconds per job")
+    parser.add_argument("--service-time", type=float, default=2.0, help="the stand-in's fixed seconds per job")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--daemons", default="1,2,3")
     args = parser.parse_args()

@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from bridge.common.errors import BridgeError
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.jobs import JobState
 from bridge.common.request import SeparationRequest
@@ -58,13 +59,17 @@ def test_both_backends_keep_a_job_the_same_way(journal: JobJournal, tmp_path: Pa
 
 
 def test_schema_is_versioned_and_an_older_sam_bridge_refuses_a_newer_one(team_db: str) -> None:
-    PostgresJournal(team_db, "a").close()
-    PostgresJournal(team_db, "b").close()  # a second daemon finds the schema made: nothing to do
+    with pytest.raises(BridgeError) as caught:  # `sam-bridge status` never creates or migrates the schema
+        PostgresJournal(team_db, "cli")
+    assert "no sam-bridge schema yet" in caught.value.message and "Start a sam-bridge daemon" in caught.value.hint
+    PostgresJournal(team_db, "a", daemon=True).close()
+    PostgresJournal(team_db, "b", daemon=True).close()  # a second daemon finds the schema made: nothing to do
+    PostgresJournal(team_db, "cli").close()
     with psycopg.connect(team_db, autocommit=True) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(VERSION,)]
         conn.execute("UPDATE schema_version SET version=%s", (VERSION + 1,))
     with pytest.raises(SchemaTooNew) as caught:
-        PostgresJournal(team_db, "a")
+        PostgresJournal(team_db, "a", daemon=True)
     assert f"schema version {VERSION + 1}" in caught.value.message and "Update sam-bridge" in caught.value.hint
 
 
@@ -72,7 +77,7 @@ def test_the_password_is_never_in_a_message(pg_cluster, team_db: str) -> None:
     dsn = team_db.replace("postgres@", "postgres:s3cret-pw@")
     assert "s3cret-pw" not in redact(dsn) and "***" in redact(dsn)
     assert "s3cret-pw" not in redact("host=x password=s3cret-pw dbname=y")
-    journal = PostgresJournal(dsn, "a")
+    journal = PostgresJournal(dsn, "a", daemon=True)
     assert "s3cret-pw" not in journal.where
     journal.close()
     wrong = dsn.replace(f":{pg_cluster.port}/", ":1/")

@@ -209,6 +209,11 @@ class PostgresJournal(JobJournal):
             found = int(tx.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()["v"] or 0)
             if found > VERSION:
                 raise SchemaTooNew(self.where, found, VERSION)
+            if found < VERSION and not self.daemon:  # `status`, `retry`…: only a starting daemon migrates
+                raise BridgeError(
+                    f"The team database {self.where} has " + (f"schema version {found}" if found else
+                                                              "no sam-bridge schema yet") + ".",
+                    hint="Start a sam-bridge daemon of this version with it: the daemon creates or migrates it.")
             for version in range(found + 1, VERSION + 1):
                 for statement in MIGRATIONS[version]:
                     tx.execute(statement)
