@@ -3,6 +3,8 @@ exactly one daemon wins, leases and takeover, the team's dedupe leader and one d
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -94,6 +96,14 @@ def test_a_live_instance_name_is_not_taken_twice(team_db: str) -> None:
         PostgresJournal(team_db, "studio-a", daemon=True)
     assert "elsewhere" in caught.value.message
     first.close()
+    crashed = PostgresJournal(team_db, "studio-b", daemon=True)
+    crashed._stop.set()  # killed: no clean stop, its lease still runs
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    with psycopg.connect(team_db, autocommit=True) as conn:  # as if that process had been the daemon
+        conn.execute("UPDATE daemons SET pid=%s WHERE instance='studio-b'", (ended.pid,))
+    PostgresJournal(team_db, "studio-b", daemon=True).close()  # restarted on the same machine: welcome
+    crashed.close()
 
 
 def test_exactly_one_daemon_wins_a_file_version_and_a_done_one_is_never_taken_again(

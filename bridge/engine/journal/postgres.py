@@ -30,6 +30,7 @@ from bridge import __version__
 from bridge.common.claims import ClaimBackend
 from bridge.common.errors import BridgeError
 from bridge.common.jobs import JobState
+from bridge.common.processes import process_alive
 from bridge.engine.journal.base import FINISHED, JobJournal, JobRow, JobTakenOver, Row, SchemaTooNew, Tx, job_row
 from bridge.engine.journal.dsn import redact
 
@@ -234,7 +235,8 @@ class PostgresJournal(JobJournal):
             row = tx.execute(
                 "SELECT host, pid, NOT stopped AND heartbeat >= now() - make_interval(secs => ?) AS alive "
                 "FROM daemons WHERE instance=? FOR UPDATE", (self.lease, self.instance)).fetchone()
-            if row and row["alive"] and (row["host"], row["pid"]) != (host, pid):
+            if (row and row["alive"] and (row["host"], row["pid"]) != (host, pid)
+                    and not (row["host"] == host and not process_alive(row["pid"]))):  # (ended here: a restart)
                 raise InstanceInUse(
                     f"Another sam-bridge runs as instance “{self.instance}” on {row['host']} (process "
                     f"{row['pid']}); each daemon of a team needs a name of its own.",
