@@ -252,3 +252,12 @@ def test_an_idle_daemon_takes_only_hot_folder_jobs_a_busy_one_has_not_started(
     assert {r.view.job_id for r in busy.unfinished()} == {started, request_file}
     busy.close()
     idle.close()
+
+
+def test_a_late_progress_report_never_overwrites_a_finished_jobs_last_word(journal: JobJournal,
+                                                                          tmp_path: Path) -> None:
+    job = journal.add(SeparationRequest(source=tmp_path / "a.wav", prompt="piano"), "piano")
+    journal.set_state(job, JobState.done, 1.0, "Done")
+    journal.update_progress(job, 0.9, "Aligning and writing stems")  # from a helper thread, held up
+    row = journal.get(job)
+    assert row is not None and row.view.message == "Done" and row.view.progress == 1.0

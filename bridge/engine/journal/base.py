@@ -160,8 +160,10 @@ class JobJournal:
         """Raise JobTakenOver when the job is no longer this daemon's (team mode only)."""
 
     def update_progress(self, job_id: str, progress: float, message: str) -> None:
-        self._write("UPDATE jobs SET progress=?, message=?, updated=? WHERE id=?",
-                    (progress, message, time.time(), job_id))
+        # never over a finished job's last word: a late progress report from a helper thread (held up
+        # while the team database was unreachable, say) lands after the job ended
+        self._write(f"UPDATE jobs SET progress=?, message=?, updated=? WHERE id=? AND state NOT IN "
+                    f"({','.join('?' * len(FINISHED))})", (progress, message, time.time(), job_id, *FINISHED))
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         assignments = ", ".join(f"{name}=?" for name in fields)
