@@ -41,8 +41,9 @@ class PgCluster:
         self._counter = 0
 
     def _run(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        # cwd: its own folder, which `nobody` may enter (a checkout under /root may not be)
         return subprocess.run([str(self.bin_dir / args[0]), *args[1:]], check=True, capture_output=True,
-                              text=True, user=self._user, timeout=120, **kwargs)
+                              text=True, user=self._user, timeout=120, cwd=self.root, **kwargs)
 
     def start(self) -> PgCluster:
         if self._user is not None:
