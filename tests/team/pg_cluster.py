@@ -42,8 +42,12 @@ class PgCluster:
 
     def _run(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         # cwd: its own folder, which `nobody` may enter (a checkout under /root may not be)
-        return subprocess.run([str(self.bin_dir / args[0]), *args[1:]], check=True, capture_output=True,
-                              text=True, user=self._user, timeout=120, cwd=self.root, **kwargs)
+        try:
+            return subprocess.run([str(self.bin_dir / args[0]), *args[1:]], check=True, capture_output=True,
+                                  text=True, user=self._user, timeout=120, cwd=self.root, **kwargs)
+        except subprocess.CalledProcessError as exc:
+            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{args[0]} failed ({exc.returncode}): {exc.stderr}{exc.stdout}\n{log}") from None
 
     def start(self) -> PgCluster:
         if self._user is not None:
