@@ -74,3 +74,14 @@ def test_config_show_never_prints_the_database_password(tmp_path: Path) -> None:
     assert "hunter2-pw" not in shown.stdout and "postgresql://sam:***@nas.local/sam_bridge" in shown.stdout
     from_env = sam_bridge(tmp_path, "config", "show", database="postgresql://sam:env-pw@db/x")
     assert "env-pw" not in from_env.stdout and "SAM_BRIDGE_DATABASE: postgresql://sam:***@db/x" in from_env.stdout
+
+
+def test_status_while_the_team_database_is_down_says_so_at_once(pg_cluster, team_db: str, tmp_path: Path) -> None:
+    PostgresJournal(team_db, "studio-a", daemon=True).close()
+    pg_cluster.down()
+    try:
+        result = sam_bridge(tmp_path, "status", "--team", database=team_db)
+    finally:
+        pg_cluster.up()
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "Cannot reach the team database" in result.stderr or "unreachable" in result.stderr

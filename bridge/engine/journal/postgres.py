@@ -100,6 +100,9 @@ def _waits_for_database(method: F) -> F:
             except psycopg.OperationalError as exc:
                 if self._closed:
                     raise
+                if not self.daemon:  # `sam-bridge status`, `retry`…: say so now rather than wait
+                    raise BridgeError(f"The team database {self.where} is unreachable: {_first_line(exc)}",
+                                      hint="`sam-bridge team check` tests the connection.") from None
                 self._outage(exc)
                 continue
             self._back()
