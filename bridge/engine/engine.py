@@ -8,6 +8,7 @@ This module keeps the job's life: submit, cancel, resume, the workers, and the r
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -45,6 +46,9 @@ from bridge.presets.recipe import Recipe, recipe_for
 __all__ = ["ACTIVE", "EngineSettings", "JobEngine", "ShuttingDown"]
 
 log = logging.getLogger(__name__)
+
+REFETCH_FAILED = "refetch-failed"  # a job's flag: the earlier results it asked for again were gone
+RESULTS_KEPT = 24 * 3600.0  # seconds an earlier job's results are asked for again (then: a new request)
 
 ACTIVE = (JobState.queued, JobState.waiting, JobState.preparing, JobState.uploading, JobState.submitted,
           JobState.running, JobState.downloading, JobState.conforming)
@@ -219,6 +223,7 @@ class JobEngine(JobSink):
                             cancelled_ids=self._cancelled, stopping=self._stopping)
         workdir = self.settings.workroot / job_id
         recipe: Recipe | None = None
+        borrowed: dict[int, RequestHandle] = {}
         try:
             recipe = recipe_for(row.request, self._libraries.for_project(row.request.project_dir))
             accepted = self._followable_handles(row, len(recipe.steps))
@@ -235,6 +240,8 @@ class JobEngine(JobSink):
                     self.journal.set_fields(job_id, dedupe_key=key)
                 if not accepted and self._reuse(row, recipe, key):
                     return
+                if not accepted and (borrowed := self._refetch(row, key, len(recipe.steps))):
+                    accepted = borrowed  # the earlier job's requests: their results are fetched, not paid
             if not accepted:
                 self._budget.reserve(row, recipe)
             elif len(accepted) == len(recipe.steps) and (done := written_before(
@@ -262,6 +269,13 @@ class JobEngine(JobSink):
             else:
                 self._outcomes.failed(row, exc)
         except BridgeError as exc:
+            if borrowed and exc.results_unusable:  # the service no longer has them: made anew, once
+                log.info("job %s: the earlier results are gone (%s); sending it anew", job_id, exc.message)
+                self.journal.clear_steps(job_id, 0, len(recipe.steps) if recipe else 1)
+                self.journal.set_fields(job_id, flags=json.dumps([*row.flags, REFETCH_FAILED]))
+                self._wait(row, "The earlier identical job's results are gone at the service: sending it anew.",
+                           time.time(), count_attempt=False)
+                return
             made_requests = bool(self.journal.handles(job_id)[0])  # paid for, even if forgotten just below
             if exc.results_unusable:  # failed at fal, broken, or for other audio: a retry submits anew
                 # that step and those after it; the steps before it are fetched again, not paid again
@@ -327,6 +341,24 @@ class JobEngine(JobSink):
             "accepted it.", hint=f"Check your fal dashboard; `sam-bridge retry {row.view.job_id}` submits it "
             "again (it may be charged twice if it did land)."))
         return True
+
+    def _refetch(self, row: JobRow, key: str, step_count: int) -> dict[int, RequestHandle]:
+        """An earlier identical job whose stems are gone (on any machine of a team): its requests' results
+        are asked for again while the service may still have them, instead of paying for new ones."""
+        if REFETCH_FAILED in row.flags or not self.settings.dedupe:
+            return {}
+        for earlier in self.journal.done_with_dedupe_key(key):
+            if earlier.view.job_id == row.view.job_id or time.time() - earlier.view.updated_at > RESULTS_KEPT:
+                continue
+            handles, _ = self.journal.handles(earlier.view.job_id)
+            if len(handles) != step_count or any(self.pipeline.made_by_other_stand_in(h) for h in handles.values()):
+                continue
+            for step, handle in handles.items():
+                self.journal.mark_submitted(row.view.job_id, step, handle)
+            log.info("job %s fetches the results of job %s again (its stems are gone; no new request)",
+                     row.view.job_id, earlier.view.job_id)
+            return handles
+        return {}
 
     def _reuse(self, row: JobRow, recipe: Recipe, key: str) -> bool:
         for earlier in self.journal.done_with_dedupe_key(key):
