@@ -17,12 +17,13 @@ from bridge.common.redact import RedactingStream, SafeLogFilter
 
 # Each module defines `register(subparsers)`, which adds its parser(s) and sets `func(args) -> int`.
 COMMAND_MODULES = ("separate", "run", "status", "presets", "config", "local_service", "service", "ableton",
-                   "allow", "reaper")
+                   "allow", "reaper", "team")
 # The module that registers each sub-command: a command line that names one imports only that module (a
 # DAW script calling `status` or `separate` pays for nothing else); `--help` alone imports them all.
 MODULE_OF = {"separate": "separate", "run": "run", "status": "status", "cancel": "status", "retry": "status",
              "presets": "presets", "config": "config", "local-service": "local_service", "service": "service",
-             "service-run": "service", "ableton": "ableton", "allow": "allow", "reaper": "reaper"}
+             "service-run": "service", "ableton": "ableton", "allow": "allow", "reaper": "reaper",
+             "team": "team"}
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

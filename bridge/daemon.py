@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bridge import __version__
+from bridge.common.claims import ClaimBackend
 from bridge.common.config import Config, config_dir, log_dir, state_dir
 from bridge.common.errors import BridgeError
 from bridge.common.path_policy import PathPolicy
@@ -30,7 +31,7 @@ from bridge.common.processes import ensure_std_streams
 from bridge.common.redact import SafeLogFilter
 from bridge.common.stems import write_json_atomic
 from bridge.engine.engine import EngineSettings, JobEngine
-from bridge.engine.journal import Journal
+from bridge.engine.journal import open_journal
 from bridge.engine.pipeline import Pipeline
 from bridge.engine.service_choice import ServiceChoice, open_client
 from bridge.fal.auth import key_in_env
@@ -134,12 +135,18 @@ class Daemon:
         self._stop = threading.Event()
         self.library = PresetLibrary.default(config_dir=config_dir())
         self.engine: JobEngine | None = None
+        self.claims: ClaimBackend | None = None  # the team database's claims (None: marker files)
 
     def start(self, log_file: Path) -> DaemonInfo:
         stack = self._stack
         stack.enter_context(instance_lock(self.state))
-        journal = Journal(self.state / "journal.sqlite")
+        instance = self.config.instance_name(self.state)
+        journal = open_journal(self.config.database, self.state, instance, lease=self.config.lease_seconds,
+                               daemon=True, pool_size=self.config.concurrency + 4)
         stack.callback(journal.close)
+        if journal.team:
+            log.info("team mode: journal %s, instance %s", journal.where, instance)  # where: no password
+        self.claims = journal.claims(instance, limit=self.config.concurrency + 2)  # None: marker files
         client = stack.enter_context(open_client(self.choice))
         settings = EngineSettings(
             concurrency=self.config.concurrency, dedupe=self.config.dedupe, daily_budget=self.config.daily_budget,
@@ -153,8 +160,8 @@ class Daemon:
         # the same across restarts: a restarted daemon knows the requests it took as its own
         hot = self._hot_folders()
         self.policy = self._door_policy(hot)
-        request_folder = RequestFolder(engine, requests_dir, policy=self.policy,
-                                       instance_id=f"{socket.gethostname()}:{self.state.resolve()}")
+        request_folder = RequestFolder(engine, requests_dir, policy=self.policy, instance_id=instance,
+                                       claims=journal.claims(instance))
         request_folder.start()
         stack.callback(request_folder.stop)
         self._start_hot_folders(engine, hot)
@@ -209,6 +216,9 @@ class Daemon:
             rescan_interval=self.config.hot_rescan_interval,
             preset_names=lambda: self.library.names(include_broken=True),  # a broken one's file says why
             policy=self.policy,
+            claims=self.claims,
+            # team mode: its heartbeat (claims, and jobs another daemon finished for us) follows the lease
+            **({"claim_ttl": self.config.lease_seconds} if self.claims else {}),
         )
         self.hot_watcher.ensure_preset_folders(self.library.names())
         self.hot_watcher.start()

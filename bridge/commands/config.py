@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ def show_config(args: argparse.Namespace) -> int:
     import yaml
 
     from bridge.common.config import config_path, load_config, log_dir, state_dir
+    from bridge.engine.journal.dsn import ENV_VAR as DATABASE_ENV_VAR
+    from bridge.engine.journal.dsn import redact
     from bridge.fal.auth import ENV_VAR, key_in_env
 
     path = args.config or config_path()
@@ -44,9 +47,13 @@ def show_config(args: argparse.Namespace) -> int:
     data["requests_dir"] = str(config.requests_folder(state_dir()))  # resolved, as `run` uses it
     if data["osc"].get("token"):
         data["osc"]["token"] = "<redacted>"
+    if data.get("database"):
+        data["database"] = redact(data["database"])
     print(f"# config file: {path}{'' if path.exists() else ' (not present: defaults)'}")
     print(f"# state folder: {state_dir()}")
     print(f"# log folder: {log_dir()}")
     print(f"# {ENV_VAR}: {'set (<redacted>)' if key_in_env() else 'not set (the local stand-in is used)'}")
+    if os.environ.get(DATABASE_ENV_VAR):  # it wins over `database:`
+        print(f"# {DATABASE_ENV_VAR}: {redact(os.environ[DATABASE_ENV_VAR])}")
     print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), end="")
     return 0

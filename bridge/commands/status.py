@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from bridge.common.errors import InputError
 
 if TYPE_CHECKING:  # the journal (pydantic, httpx) is imported once there is one to read
-    from bridge.engine.journal import JobRow, Journal
+    from bridge.engine.journal import JobJournal, JobRow
 
 
 def register(subparsers: Any) -> None:
@@ -20,6 +20,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("job", nargs="?", help="one job id (or a unique prefix)")
     p.add_argument("--all", action="store_true", help="list up to 1000 jobs (default: the 50 most recent)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--team", action="store_true",
+                   help="team mode: every machine's jobs in flight (with --all: recent ones too) and which "
+                   "daemons are alive")
     p.set_defaults(func=status)
     c = subparsers.add_parser("cancel", help="cancel a job (also cancels its request at the service)")
     c.add_argument("job", help="job id or unique prefix")
@@ -38,9 +41,23 @@ def _journal_path() -> Path:
     return state_dir() / "journal.sqlite"
 
 
-def _journal() -> Journal:
-    from bridge.engine.journal import Journal
+def _team_database() -> str | None:
+    """The team database's URL when one is configured (config `database:` or SAM_BRIDGE_DATABASE)."""
+    from bridge.common.config import load_config
+    from bridge.engine.journal import database_url
 
+    return database_url(load_config().database)
+
+
+def _journal() -> JobJournal:
+    """The team database when one is configured, else this user's sqlite journal."""
+    from bridge.common.config import load_config, state_dir
+    from bridge.engine.journal import Journal, open_journal
+
+    if _team_database():
+        config = load_config()
+        return open_journal(config.database, state_dir(), config.instance_name(state_dir()),
+                            lease=config.lease_seconds, pool_size=2)
     path = _journal_path()
     if not path.exists():
         raise InputError("No jobs yet: the daemon has not run for this user.",
@@ -48,7 +65,7 @@ def _journal() -> Journal:
     return Journal(path)
 
 
-def _source_changed_since_sent(journal: Journal, row: JobRow) -> bool:
+def _source_changed_since_sent(journal: JobJournal, row: JobRow) -> bool:
     """Requests were made from audio that is no longer the source's (a re-render after a failure)."""
     from bridge.audio.source import source_sha256  # numpy and libsndfile: only when a job is retried
 
@@ -61,14 +78,14 @@ def _source_changed_since_sent(journal: Journal, row: JobRow) -> bool:
         return False
 
 
-def _job(prefix: str) -> tuple[Journal, str, JobRow | None]:
+def _job(prefix: str) -> tuple[JobJournal, str, JobRow | None]:
     """The journal, the job id a prefix names, and its row."""
     journal = _journal()
     job_id = _resolve(journal, prefix)
     return journal, job_id, journal.get(job_id)
 
 
-def _resolve(journal: Journal, prefix: str) -> str:
+def _resolve(journal: JobJournal, prefix: str) -> str:
     matches = journal.find_prefix(prefix)
     if len(matches) != 1:
         raise InputError(f"No job matches {prefix!r}." if not matches else f"{prefix!r} matches several jobs.",
@@ -87,7 +104,7 @@ def iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def job_summary(journal: Journal, row: JobRow) -> dict[str, Any]:
+def job_summary(journal: JobJournal, row: JobRow) -> dict[str, Any]:
     """A job as `status --json` prints it: the view, times in ISO 8601, flags, cost and request ids."""
     view = row.view
     accepted, _ = journal.handles(view.job_id)
@@ -97,7 +114,17 @@ def job_summary(journal: Journal, row: JobRow) -> dict[str, Any]:
 
 
 def status(args: argparse.Namespace) -> int:
-    if not _journal_path().exists() and not args.job:  # no jobs yet: not an error
+    if args.team:
+        from bridge.commands.team import NO_DATABASE, show_team
+
+        if not _team_database():
+            raise NO_DATABASE
+        journal = _journal()
+        try:
+            return show_team(journal, args.json, args.all)
+        finally:
+            journal.close()
+    if not _journal_path().exists() and not args.job and not _team_database():  # no jobs yet: not an error
         print("[]" if args.json else "No jobs yet: the daemon has not run for this user.")
         return 0
     from bridge.common.jobs import JobState

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.processes import process_alive
@@ -52,6 +53,7 @@ class Claim:
     path: Path
     source: Path
     generation: int
+    key: str = ""  # a database claim's row key (its `path` is then only for messages)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,29 @@ class ClaimOutcome:
     done_by: str = ""  # the instance that finished it (a request folder's daemon knows its own, restarted)
     holder: str = ""  # who holds it, when someone else does
     recheck_after: float = 0.0  # seconds until the other holder's claim could expire
+
+
+class ClaimBackend(Protocol):
+    """What the hot folder and the request folder need of a claim store: marker files (`ClaimStore`, a
+    workstation's default) or rows in the team database (`bridge.engine.journal.claims_pg`)."""
+
+    instance_id: str
+
+    def try_claim(self, source: Path, snapshot: FileSnapshot) -> ClaimOutcome: ...
+
+    def refresh(self, claim: Claim) -> bool: ...
+
+    def mark_done(self, claim: Claim) -> None: ...
+
+    def release(self, claim: Claim) -> None: ...
+
+    def forget_done(self, source: Path, snapshot: FileSnapshot) -> None: ...
+
+    def prune(self, folder: Path) -> int: ...
+
+    def busy(self) -> bool:
+        """True while this daemon holds as many claims as it can work on: the rest is left to the others."""
+        ...
 
 
 class ClaimStore:
@@ -98,6 +123,9 @@ class ClaimStore:
         log.info("Claim: taking over %s: the claim of %s expired %.0f s ago", source.name, record.get("host"),
                  age)
         return self._create(folder, key, latest + 1, source, snapshot)
+
+    def busy(self) -> bool:
+        return False  # marker files: every daemon takes what it sees (as before team mode)
 
     def refresh(self, claim: Claim) -> bool:
         """Keep a claim alive; False when it is gone or someone took it over (we lost it)."""

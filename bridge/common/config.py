@@ -111,6 +111,19 @@ class Config(_Strict):
         default_factory=list, description="extra folders OSC requests may read (home and hot folders always)")
     allowed_output_roots: list[Path] = Field(
         default_factory=list, description="extra folders OSC requests may write (home and hot folders always)")
+    database: str | None = Field(
+        None, description="team mode: postgresql://user@host/db shared by the team's daemons (or "
+        "SAM_BRIDGE_DATABASE); none: this machine's own sqlite journal")
+    instance: str | None = Field(
+        None, description="this daemon's name in the team (default: host name and state folder)")
+    lease_seconds: float = Field(
+        30.0, ge=1, le=3600, description="team mode: a daemon silent this long is dead; others take its jobs")
+
+    def instance_name(self, state: Path) -> str:
+        """The same across restarts: a restarted daemon knows its jobs and claims as its own."""
+        import socket
+
+        return self.instance or f"{socket.gethostname()}:{state.resolve()}"
 
     def requests_folder(self, state: Path) -> Path:
         """Where request files go: `requests_dir`, or `requests` in the daemon's state folder."""
@@ -172,6 +185,11 @@ osc:
 
 allowed_source_roots: []   # OSC may read under your home and hot folders, plus these
 allowed_output_roots: []   # OSC may write under your home and hot folders, plus these
+
+# Team mode: several workstations share one journal (jobs, claims, dedupe, budget) on PostgreSQL.
+# database: postgresql://sam@nas.local/sam_bridge   # or SAM_BRIDGE_DATABASE (keeps the password off disk)
+# instance: studio-a       # this daemon's name in the team (default: host name + state folder)
+# lease_seconds: 30        # a daemon silent this long is dead: the others take over its jobs
 """
 
 

@@ -1,4 +1,5 @@
-"""The daily budget: a job about to be submitted reserves its estimated cost, or waits for tomorrow."""
+"""The daily budget: a job about to be submitted reserves its estimated cost, or waits for tomorrow. With a
+team journal the budget is the team's: reservations are serialized in the database."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import datetime, timedelta
 import soundfile as sf
 
 from bridge.common.cost import PriceTable
-from bridge.engine.journal import JobRow, Journal
+from bridge.engine.journal import JobJournal, JobRow
 from bridge.presets.recipe import Recipe
 
 
@@ -22,7 +23,7 @@ class BudgetWait(Exception):
 
 
 class DailyBudget:
-    def __init__(self, journal: Journal, limit: float | None, prices: PriceTable, billed: bool = True) -> None:
+    def __init__(self, journal: JobJournal, limit: float | None, prices: PriceTable, billed: bool = True) -> None:
         self.journal, self.limit, self.prices = journal, limit, prices
         self.billed = billed  # False on a stand-in: its jobs spend nothing
         self._lock = threading.Lock()
@@ -41,11 +42,11 @@ class DailyBudget:
             self._reserve(row, self.limit, estimate, midnight)
 
     def _reserve(self, row: JobRow, limit: float, estimate: float, midnight: datetime) -> None:
-        spent = self.journal.spent_since(midnight.timestamp(), exclude=row.view.job_id)
-        if spent + estimate > limit:
+        # one transaction in the journal: in a team, every daemon reserves from the same budget
+        spent = self.journal.reserve_budget(row.view.job_id, estimate, midnight.timestamp(), limit)
+        if spent is not None:
             tomorrow = (midnight + timedelta(days=1)).timestamp()
             raise BudgetWait(
-                f"Daily budget reached: {spent:.2f} of {limit:.2f} {self.prices.currency} spent today, "
-                f"this job needs about {estimate:.2f}. It waits until tomorrow, or raise daily_budget in the "
-                "config.", until=min(tomorrow, time.time() + 60))
-        self.journal.set_fields(row.view.job_id, cost=estimate)
+                f"Daily budget reached: {spent:.2f} of {limit:.2f} {self.prices.currency} spent today"
+                f"{' by the team' if self.journal.team else ''}, this job needs about {estimate:.2f}. It waits "
+                "until tomorrow, or raise daily_budget in the config.", until=min(tomorrow, time.time() + 60))

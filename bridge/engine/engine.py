@@ -8,6 +8,7 @@ This module keeps the job's life: submit, cancel, resume, the workers, and the r
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -36,7 +37,7 @@ from bridge.engine.dedupe import dedupe_key, reuse_result, written_before
 from bridge.engine.estimate import estimate
 from bridge.engine.events import JobEvents
 from bridge.engine.hooks import EngineHooks, ShuttingDown
-from bridge.engine.journal import JobRow, Journal, JournalDamaged, StateDiskFull
+from bridge.engine.journal import JobJournal, JobRow, JobTakenOver, JournalDamaged, StateDiskFull
 from bridge.engine.outcomes import JobOutcomes
 from bridge.engine.pipeline import Pipeline, file_fingerprint
 from bridge.engine.queue import FairQueue, QueuedJob
@@ -49,6 +50,9 @@ __all__ = ["ACTIVE", "EngineSettings", "JobEngine", "ShuttingDown"]
 log = logging.getLogger(__name__)
 
 PAUSED_MESSAGE = "paused (daemon stopped)"
+REFETCH_FAILED = "refetch-failed"  # a job's flag: the earlier results it asked for again were gone
+RESULTS_KEPT = 24 * 3600.0  # seconds an earlier job's results are asked for again (then: a new request)
+
 ACTIVE = (JobState.queued, JobState.waiting, JobState.preparing, JobState.uploading, JobState.submitted,
           JobState.running, JobState.downloading, JobState.conforming)
 
@@ -67,8 +71,14 @@ class EngineSettings:
     local_work: int = 1  # jobs conforming at once: CPU and memory heavy, and no faster in parallel on 2 cores
 
 
+def _reachable(row: JobRow) -> bool:
+    """This machine sees the job's source and where its stems go (a dead daemon's job on a shared drive)."""
+    out = row.request.output_dir or row.request.project_dir
+    return row.request.source.is_file() and (out is None or out.is_dir())
+
+
 class JobEngine(JobSink):
-    def __init__(self, journal: Journal, pipeline: Pipeline, library: PresetLibrary,
+    def __init__(self, journal: JobJournal, pipeline: Pipeline, library: PresetLibrary,
                  settings: EngineSettings) -> None:
         self.journal, self.pipeline, self.library, self.settings = journal, pipeline, library, settings
         self._libraries = PresetLibraries(library)  # + `<project>/sam-bridge/presets/` per request
@@ -98,7 +108,9 @@ class JobEngine(JobSink):
                 # says so); only `retry` or a new version makes new work. A hot folder file whose error
                 # file was deleted asks for a new job.
                 if (row.view.state in ACTIVE or row.view.state == JobState.done
-                        or request.origin is Origin.request_file):
+                        or request.origin is Origin.request_file
+                        or self.journal.handles(row.view.job_id)[1]):  # a submit that may have landed (a
+                    # daemon died sending it): never paid again on its own; its failure says what to do
                     return row.view.job_id
         if request.confined_to is not None:  # an untrusted way in: refused before anything is read
             request.confined_to.source_file(request.source)
@@ -158,12 +170,7 @@ class JobEngine(JobSink):
     def start(self) -> None:
         """Resume unfinished jobs from the journal, then start the workers."""
         for row in self.journal.unfinished():
-            if self._submit_was_lost(row):
-                self._queue.withdraw(row.view.job_id)
-                continue
-            log.info("resuming job %s (%s, %d accepted request(s))", row.view.job_id, row.view.state,
-                     len(self.journal.handles(row.view.job_id)[0]))
-            self._queue.put(row.view.job_id, QueuedJob.of(row))
+            self._resume(row)
         for n in range(self.settings.concurrency + self.settings.local_work):
             worker = threading.Thread(target=self._work, name=f"job-worker-{n}", daemon=True)
             worker.start()
@@ -171,6 +178,14 @@ class JobEngine(JobSink):
         watcher = threading.Thread(target=self._watch_journal, name="journal-watch", daemon=True)
         watcher.start()
         self._workers.append(watcher)
+
+    def _resume(self, row: JobRow) -> None:
+        if self._submit_was_lost(row):
+            self._queue.withdraw(row.view.job_id)
+            return
+        log.info("resuming job %s (%s, %d accepted request(s))", row.view.job_id, row.view.state,
+                 len(self.journal.handles(row.view.job_id)[0]))
+        self._queue.put(row.view.job_id, QueuedJob.of(row))
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop taking work; in-flight jobs unwind at their next checkpoint and resume on the next start."""
@@ -199,6 +214,11 @@ class JobEngine(JobSink):
                 return
 
     def _look_at_journal(self) -> None:
+        for row in self.journal.adopt_orphans(self.settings.concurrency, _reachable):  # team: a dead
+            self._resume(row)  # daemon's jobs
+        if idle := self._queue.idle_slots:  # team: a busy daemon's hot-folder jobs not started yet
+            for row in self.journal.take_queued(idle, _reachable):
+                self._queue.put(row.view.job_id, QueuedJob.of(row))
         for row in self.journal.unfinished():
             job_id = row.view.job_id
             with self._queue.lock:  # one decision per row: no worker takes the job halfway
@@ -228,6 +248,8 @@ class JobEngine(JobSink):
                 self._queue.wake_all()
             except StateDiskFull as exc:  # the job stays as the journal has it: it resumes on the next start
                 log.error("job %s: %s %s", job_id, exc.message, exc.hint)
+            except JobTakenOver as lost:  # our lease had expired: the other daemon goes on with it
+                log.warning("stopped working on %s", lost)
             finally:
                 self._queue.release(job_id)
 
@@ -235,8 +257,8 @@ class JobEngine(JobSink):
 
     def _run(self, job_id: str) -> None:
         row = self.journal.get(job_id)
-        if row is None or row.view.state.finished:
-            return
+        if row is None or row.view.state.finished or row.owner != self.journal.owner_name:
+            return  # (team: another daemon with a free slot took it before it started here)
         if row.cancel_requested or job_id in self._cancelled:
             self._outcomes.cancelled(row)
             return
@@ -246,6 +268,7 @@ class JobEngine(JobSink):
                             cancelled_ids=self._cancelled, stopping=self._stopping)
         workdir = self.settings.workroot / job_id
         recipe: Recipe | None = None
+        borrowed: dict[int, RequestHandle] = {}
         try:
             recipe = recipe_for(row.request, self._libraries.for_project(row.request.project_dir))
             accepted = self._followable_handles(row, len(recipe.steps))
@@ -253,9 +276,17 @@ class JobEngine(JobSink):
             audio_hash, fingerprint = self._source_hash(row, accepted)
             key = dedupe_key(row.request, recipe, audio_hash) if self.settings.dedupe else None
             if key:
-                self.journal.set_fields(job_id, dedupe_key=key)
+                leader = self.journal.active_leader(job_id, key) if not accepted else None
+                if leader is not None:  # the same work is under way (in a team: maybe on another machine)
+                    self._wait(row, f"Waiting for job {leader} (the same audio, prompts and options): its stems "
+                               "are reused, not paid for again.", time.time() + 1.0, count_attempt=False)
+                    return
+                if accepted:
+                    self.journal.set_fields(job_id, dedupe_key=key)
                 if not accepted and self._reuse(row, recipe, key):
                     return
+                if not accepted and (borrowed := self._refetch(row, key, len(recipe.steps))):
+                    accepted = borrowed  # the earlier job's requests: their results are fetched, not paid
             if not accepted:
                 self._budget.reserve(row, recipe)
             elif len(accepted) == len(recipe.steps) and (done := written_before(
@@ -265,7 +296,7 @@ class JobEngine(JobSink):
                 return
             result = self.pipeline.run(row.request, recipe, hooks, workdir, resume=accepted, temp_tag=job_id,
                                        source_hash=audio_hash, source_fingerprint=fingerprint)
-        except (ShuttingDown, JournalDamaged):
+        except (ShuttingDown, JournalDamaged, JobTakenOver):
             raise
         except Cancelled:
             self._outcomes.cancelled(row)
@@ -283,6 +314,13 @@ class JobEngine(JobSink):
             else:
                 self._outcomes.failed(row, exc)
         except BridgeError as exc:
+            if borrowed and exc.results_unusable:  # the service no longer has them: made anew, once
+                log.info("job %s: the earlier results are gone (%s); sending it anew", job_id, exc.message)
+                self.journal.clear_steps(job_id, 0, len(recipe.steps) if recipe else 1)
+                self.journal.set_fields(job_id, flags=json.dumps([*row.flags, REFETCH_FAILED]))
+                self._wait(row, "The earlier identical job's results are gone at the service: sending it anew.",
+                           time.time(), count_attempt=False)
+                return
             made_requests = bool(self.journal.handles(job_id)[0])  # paid for, even if forgotten just below
             if exc.results_unusable:  # failed at fal, broken, or for other audio: a retry submits anew
                 # that step and those after it; the steps before it are fetched again, not paid again
@@ -367,6 +405,24 @@ class JobEngine(JobSink):
             "accepted it.", hint=f"Check your fal dashboard; `sam-bridge retry {row.view.job_id}` submits it "
             "again (it may be charged twice if it did land)."))
         return True
+
+    def _refetch(self, row: JobRow, key: str, step_count: int) -> dict[int, RequestHandle]:
+        """An earlier identical job whose stems are gone (on any machine of a team): its requests' results
+        are asked for again while the service may still have them, instead of paying for new ones."""
+        if REFETCH_FAILED in row.flags or not self.settings.dedupe:
+            return {}
+        for earlier in self.journal.done_with_dedupe_key(key):
+            if earlier.view.job_id == row.view.job_id or time.time() - earlier.view.updated_at > RESULTS_KEPT:
+                continue
+            handles, _ = self.journal.handles(earlier.view.job_id)
+            if len(handles) != step_count or any(self.pipeline.made_by_other_stand_in(h) for h in handles.values()):
+                continue
+            for step, handle in handles.items():
+                self.journal.mark_submitted(row.view.job_id, step, handle)
+            log.info("job %s fetches the results of job %s again (its stems are gone; no new request)",
+                     row.view.job_id, earlier.view.job_id)
+            return handles
+        return {}
 
     def _reuse(self, row: JobRow, recipe: Recipe, key: str) -> bool:
         for earlier in self.journal.done_with_dedupe_key(key):

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from bridge.common.jobs import JobState
 from bridge.engine.events import JobEvents
-from bridge.engine.journal import JobRow, Journal
+from bridge.engine.journal import JobJournal, JobRow
 from bridge.engine.queue import FairQueue
 from bridge.fal.client import RequestHandle
 
@@ -19,7 +19,7 @@ class ShuttingDown(BaseException):
 
 
 class EngineHooks:
-    def __init__(self, row: JobRow, *, journal: Journal, events: JobEvents, queue: FairQueue,
+    def __init__(self, row: JobRow, *, journal: JobJournal, events: JobEvents, queue: FairQueue,
                  cancelled_ids: set[str], stopping: threading.Event) -> None:
         self.row, self.job_id, self.tag = row, row.view.job_id, row.view.tag
         self.journal, self.events, self.queue = journal, events, queue

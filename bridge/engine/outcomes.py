@@ -11,7 +11,7 @@ from collections.abc import Callable
 from bridge.common.errors import BridgeError, JobFailed, SubmitUncertain
 from bridge.common.jobs import JobState
 from bridge.engine.events import JobEvents
-from bridge.engine.journal import JobRow, Journal
+from bridge.engine.journal import JobJournal, JobRow
 from bridge.engine.pipeline_hooks import JobResult
 from bridge.fal.client import RequestHandle
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class JobOutcomes:
-    def __init__(self, journal: Journal, events: JobEvents, cancel_request: Callable[[RequestHandle], object],
+    def __init__(self, journal: JobJournal, events: JobEvents, cancel_request: Callable[[RequestHandle], object],
                  retry_base: float, retry_max: float) -> None:
         self.journal, self.events, self.cancel_request = journal, events, cancel_request
         self.retry_base, self.retry_max = retry_base, retry_max

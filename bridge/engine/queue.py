@@ -58,6 +58,12 @@ class FairQueue:
         with self.lock:
             return [*self._pending, *self._running]
 
+    @property
+    def idle_slots(self) -> int:
+        """Service slots no job here is using or waiting for (a team daemon takes queued work then)."""
+        with self.lock:
+            return max(0, self.concurrency - len(self._at_service) - len(self._pending))
+
     def put(self, job_id: str, queued: QueuedJob) -> None:
         with self.lock:
             self._pending[job_id] = queued

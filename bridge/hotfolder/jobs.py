@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from bridge.common.claims import Claim, ClaimStore
+from bridge.common.claims import Claim, ClaimBackend
 from bridge.common.errors import BridgeError, InputError
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.jobs import JobEvent, JobSink, JobState, RequestRejected
@@ -62,7 +62,7 @@ class _Taken:
 class HotFolderJobs:
     """The files taken from the hot folders and their jobs. Used from the watcher's worker thread only."""
 
-    def __init__(self, sink: JobSink, claims: ClaimStore, routes: FolderRoutes, policy: PathPolicy) -> None:
+    def __init__(self, sink: JobSink, claims: ClaimBackend, routes: FolderRoutes, policy: PathPolicy) -> None:
         self._sink = sink
         self._policy = policy  # a hot folder is a way in others may write to: every request is confined
         self._claims = claims

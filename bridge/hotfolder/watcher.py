@@ -27,7 +27,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from bridge.common.claims import ClaimStore
+from bridge.common.claims import ClaimBackend, ClaimStore
 from bridge.common.file_gate import (
     Completeness,
     ContainerCheck,
@@ -112,12 +112,13 @@ class HotFolderWatcher:
         preset_names: Callable[[], list[str]] | None = None,
         incomplete_report_after: float = 300.0,
         policy: PathPolicy | None = None,
+        claims: ClaimBackend | None = None,
     ) -> None:
         """`policy`: the daemon's one door policy; by default the home folder, the hot folders and
         their configured output folders."""
         self._sink = sink
         self._routes = FolderRoutes(folders)
-        self._claims = ClaimStore(instance_id, claim_ttl)
+        self._claims: ClaimBackend = claims or ClaimStore(instance_id, claim_ttl)  # or the team database's
         if policy is None:
             own = [f.path for f in folders]
             outputs = [f.output_dir for f in folders if f.output_dir is not None]
@@ -282,6 +283,9 @@ class HotFolderWatcher:
 
     def _evaluate(self, candidate: _Candidate) -> None:
         path, now = candidate.path, time.monotonic()
+        if self._claims.busy():  # team mode: every slot of ours is taken; a daemon with a free one takes it
+            candidate.due = now + 0.05
+            return
         route = self._routes.route(path)
         snapshot = FileSnapshot.of(path)
         if route is None or snapshot is None or self._jobs.finished_here(path, snapshot):

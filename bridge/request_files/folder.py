@@ -26,7 +26,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from bridge.common.claims import ClaimStore
+from bridge.common.claims import ClaimBackend, ClaimStore
 from bridge.common.errors import BridgeError
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.jobs import JobEvent, JobSink, JobState, RequestRejected
@@ -100,13 +100,14 @@ class RequestFolder:
 
     def __init__(self, sink: JobSink, folder: Path, rescan_interval: float = 5.0,
                  archive_after: float = ARCHIVE_AFTER, instance_id: str | None = None,
-                 policy: PathPolicy | None = None) -> None:
+                 policy: PathPolicy | None = None, claims: ClaimBackend | None = None) -> None:
         """`policy`: the daemon's one door policy, applied when others can write into the folder."""
         self.sink, self.folder, self.rescan_interval = sink, folder, rescan_interval
         self._policy = policy or PathPolicy.from_roots()
         self._confined_to: PathPolicy | None = None  # decided at start, by who can write the folder
         self.archive_after = archive_after
-        self._claims = ClaimStore(instance_id or f"{socket.gethostname()}:{os.getpid()}")
+        # marker files beside the requests, or the team database's claims when the daemon has one
+        self._claims: ClaimBackend = claims or ClaimStore(instance_id or f"{socket.gethostname()}:{os.getpid()}")
         self._pruned_at = 0.0
         # job id -> the request version it answers; kept after the job ends, for `sam-bridge retry`
         self._jobs: dict[str, _Followed] = {}

@@ -88,7 +88,7 @@ def test_a_reused_result_names_the_new_source_and_request(
     assert second_source.read_bytes() == before
 
 
-def test_an_unreadable_earlier_manifest_runs_the_job_for_real(
+def test_an_unreadable_earlier_manifest_makes_the_stems_anew_from_the_earlier_requests(
         engine: JobEngine, service: LocalFalService, tmp_path: Path) -> None:
     first_source = make_source(tmp_path / "a.wav", seconds=0.5)
     second_source = tmp_path / "b.wav"
@@ -97,7 +97,33 @@ def test_an_unreadable_earlier_manifest_runs_the_job_for_real(
     assert first.manifest is not None
     Path(first.manifest).write_text("{ half a manifest")  # e.g. a user's editor saved garbage over it
     second = run(engine, SeparationRequest(source=second_source, prompt="piano", tag="second"))
-    assert service.stats()["submits"] == 2
+    assert service.stats()["submits"] == 1  # its results fetched again, not paid again
     new = manifest_of(second)
     assert new["reused_from"] is None and new["source"]["path"] == str(second_source)
     assert len(sf.read(second.stems["target"])[0]) == len(sf.read(second_source)[0])
+
+
+def test_stems_gone_the_earlier_results_are_fetched_again_and_when_those_are_gone_it_is_sent_anew(
+        engine: JobEngine, service: LocalFalService, tmp_path: Path) -> None:
+    first = run(engine, SeparationRequest(source=make_source(tmp_path / "a.wav", seconds=1.0, seed=3),
+                                          prompt="piano", tag="first"))
+    first_ids = [step["request_id"] for step in manifest_of(first)["steps"]]
+    for path in [*first.stems.values(), first.manifest]:
+        Path(str(path)).unlink()  # the stems were deleted (or sit on a drive no one reaches any more)
+    copy = tmp_path / "again"
+    copy.mkdir()
+    again = run(engine, SeparationRequest(source=make_source(copy / "a.wav", seconds=1.0, seed=3), prompt="piano",
+                                          tag="again"))
+    assert service.stats()["submits"] == 1  # nothing paid again
+    assert [step["request_id"] for step in manifest_of(again)["steps"]] == first_ids
+    target = sf.read(str(again.stems["target"]))[0]
+    assert target.shape[0] == 44100 and np.abs(target).max() > 0.01
+    for path in [*again.stems.values(), again.manifest]:
+        Path(str(path)).unlink()
+    service.faults.expire_files()  # the service no longer has those results either
+    third_folder = tmp_path / "third"
+    third_folder.mkdir()
+    third = run(engine, SeparationRequest(source=make_source(third_folder / "a.wav", seconds=1.0, seed=3),
+                                          prompt="piano", tag="third"))
+    assert service.stats()["submits"] == 2  # sent anew, once
+    assert [step["request_id"] for step in manifest_of(third)["steps"]] != first_ids

@@ -12,7 +12,8 @@ import pytest
 
 from bridge.common.jobs import JobState
 from bridge.common.request import SeparationRequest
-from bridge.engine.journal import Journal, JournalDamaged
+from bridge.engine.journal import Journal, JournalDamaged, SchemaTooNew
+from bridge.engine.journal.sqlite import VERSION
 from bridge.fal.client import RequestHandle
 
 HANDLE = RequestHandle("req-1", "http://127.0.0.1:9/s", "http://127.0.0.1:9/r", "http://127.0.0.1:9/c")
@@ -52,9 +53,11 @@ def test_a_journal_from_before_the_new_columns_is_upgraded_in_place(tmp_path: Pa
     job = old.add(SeparationRequest(source=tmp_path / "a.wav", prompt="piano"), "piano")
     old.set_fields(job, cost=0.3)
     old.close()
-    with sqlite3.connect(path) as db:  # what the first release's schema had
+    with sqlite3.connect(path) as db:  # what the first release's schema had (no version table yet)
         db.execute("ALTER TABLE jobs DROP COLUMN source_hash")
         db.execute("ALTER TABLE jobs DROP COLUMN forgotten_cost")
+        db.execute("ALTER TABLE jobs DROP COLUMN owner")
+        db.execute("DROP TABLE schema_version")
     journal = Journal(path)
     row = journal.get(job)
     assert row is not None and row.source_hash is None and row.cost == pytest.approx(0.3)
@@ -62,6 +65,20 @@ def test_a_journal_from_before_the_new_columns_is_upgraded_in_place(tmp_path: Pa
     journal.set_fields(job, source_hash="ab" * 32)
     assert (journal.get(job) or row).source_hash == "ab" * 32
     journal.close()
+
+
+def test_the_journal_records_its_schema_version_and_an_older_sam_bridge_refuses_a_newer_one(
+        tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    Journal(path).close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(VERSION,)]
+        db.execute("UPDATE schema_version SET version=?", (VERSION + 1,))  # as a newer sam-bridge leaves it
+    with pytest.raises(SchemaTooNew) as caught:
+        Journal(path)
+    assert f"schema version {VERSION + 1}" in caught.value.message and "Update sam-bridge" in caught.value.hint
+    with sqlite3.connect(path) as db:  # untouched
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(VERSION + 1,)]
 
 
 def test_a_damaged_journal_is_named_with_what_to_do(tmp_path: Path) -> None:

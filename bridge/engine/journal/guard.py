@@ -35,6 +35,10 @@ class GuardedCursor:
     def fetchall(self) -> list[Any]:
         return list(self._guard.call(self._cursor.fetchall))
 
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
 
 class GuardedConnection:
     """Every call through `call`: a damage error is remembered (`damage`) and handed to `on_damage`."""

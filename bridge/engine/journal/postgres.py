@@ -1,0 +1,401 @@
+"""The team journal on PostgreSQL: several daemons (workstations) share jobs, claims, dedupe and the budget.
+
+Each daemon is an *instance* (a name unique in the team) and owns the jobs it added. It heartbeats its
+lease in `daemons`; when a lease expires (the machine died) another daemon adopts the unfinished jobs with
+`FOR UPDATE SKIP LOCKED`, so each goes to exactly one. `mark_submitting` locks the job row and checks the
+owner, so of a taker and a late original exactly one submits. Times that decide leases are the database's
+own (`now()`), so the machines' clocks may disagree.
+
+While the database is unreachable every journal call waits (and says so once): jobs pause at their next
+journal write, nothing new is claimed, and all carry on when it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from bridge import __version__
+from bridge.common.claims import ClaimBackend
+from bridge.common.errors import BridgeError
+from bridge.common.jobs import JobState
+from bridge.common.processes import process_alive
+from bridge.engine.journal.base import FINISHED, JobJournal, JobRow, JobTakenOver, Row, SchemaTooNew, Tx, job_row
+from bridge.engine.journal.dsn import redact
+
+log = logging.getLogger(__name__)
+
+# version -> statements (run in one transaction, under an advisory lock: daemons starting together wait)
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL,
+            state TEXT NOT NULL, progress DOUBLE PRECISION NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '',
+            request TEXT NOT NULL, source TEXT NOT NULL, what TEXT NOT NULL, tag TEXT NOT NULL,
+            origin TEXT NOT NULL, idempotency_key TEXT, dedupe_key TEXT, result TEXT, error TEXT,
+            flags TEXT NOT NULL DEFAULT '[]', attempts INTEGER NOT NULL DEFAULT 0,
+            not_before DOUBLE PRECISION NOT NULL DEFAULT 0, cost DOUBLE PRECISION NOT NULL DEFAULT 0,
+            cancel_requested INTEGER NOT NULL DEFAULT 0, source_hash TEXT,
+            forgotten_cost DOUBLE PRECISION NOT NULL DEFAULT 0, owner TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX jobs_idem ON jobs(idempotency_key)",
+        "CREATE INDEX jobs_dedupe ON jobs(dedupe_key, state)",
+        "CREATE INDEX jobs_owner_state ON jobs(owner, state)",
+        "CREATE INDEX jobs_created ON jobs(created)",
+        """CREATE TABLE steps (job_id TEXT NOT NULL, step INTEGER NOT NULL, state TEXT NOT NULL, handle TEXT,
+            updated DOUBLE PRECISION NOT NULL, PRIMARY KEY (job_id, step))""",
+        """CREATE TABLE history (job_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, state TEXT NOT NULL,
+            message TEXT NOT NULL)""",
+        """CREATE TABLE daemons (instance TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
+            version TEXT NOT NULL, started TIMESTAMPTZ NOT NULL DEFAULT now(),
+            heartbeat TIMESTAMPTZ NOT NULL DEFAULT now(), stopped BOOLEAN NOT NULL DEFAULT false)""",
+        """CREATE TABLE claims (key TEXT PRIMARY KEY, source TEXT NOT NULL, owner TEXT NOT NULL,
+            host TEXT NOT NULL, state TEXT NOT NULL, generation INTEGER NOT NULL,
+            claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(), changed_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+        "CREATE TABLE dedupe_leaders (key TEXT PRIMARY KEY, job_id TEXT NOT NULL)",
+    ),
+}
+VERSION = max(MIGRATIONS)
+_MIGRATION_LOCK = 0x5A3B_0001  # advisory lock ids (any constants unique to sam-bridge)
+_BUDGET_LOCK = 0x5A3B_0002
+# a daemon's lease holds while its heartbeat is younger than the lease (database clock)
+ALIVE = "SELECT instance FROM daemons WHERE NOT stopped AND heartbeat >= now() - make_interval(secs => %s)"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class InstanceInUse(BridgeError):
+    exit_code = 3
+
+
+class _PgTx:
+    """Runs the shared `?` SQL on a psycopg connection."""
+
+    def __init__(self, conn: psycopg.Connection[Row], counter: Callable[[int], None]) -> None:
+        self.conn, self._count = conn, counter
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Row]:
+        self._count(1)
+        return self.conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+
+
+def _waits_for_database(method: F) -> F:
+    """Retry a journal call while the database is unreachable (it restarts, the network drops)."""
+
+    @wraps(method)
+    def call(self: PostgresJournal, *args: Any, **kwargs: Any) -> Any:
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+            except psycopg.OperationalError as exc:
+                if self._closed:
+                    raise
+                if not self.daemon:  # `sam-bridge status`, `retry`…: say so now rather than wait
+                    raise BridgeError(f"The team database {self.where} is unreachable: {_first_line(exc)}",
+                                      hint="`sam-bridge team check` tests the connection.") from None
+                self._outage(exc)
+                continue
+            self._back()
+            return result
+
+    return call  # type: ignore[return-value]
+
+
+class PostgresJournal(JobJournal):
+    team = True
+
+    def __init__(self, dsn: str, instance: str = "", *, lease: float = 30.0, daemon: bool = False,
+                 pool_size: int = 8, connect_timeout: float = 5.0) -> None:
+        self.where = redact(dsn)
+        self.instance = instance
+        self.lease = lease
+        self.daemon = daemon  # heartbeats and owns jobs; the CLI (status, retry) only reads and steers
+        self.statements = 0  # sent to the server (BEGIN and COMMIT included): the benchmark's round trips
+        self._count_lock = threading.Lock()
+        self._closed = False
+        self._down_since: float | None = None
+        self._healthy_since = time.monotonic()
+        self._outage_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
+            dsn, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
+            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(1, int(connect_timeout)),
+                    "application_name": f"sam-bridge {instance}"[:63]},
+            name="sam-bridge-journal", reconnect_timeout=0)
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+            self._migrate()
+            if daemon:
+                self._register()
+        except psycopg.OperationalError as exc:
+            self._pool.close()
+            raise BridgeError(f"Cannot reach the team database {self.where}: {_first_line(exc)}",
+                              hint="Check `database:` in the config (or SAM_BRIDGE_DATABASE) and that the "
+                              "server runs; `sam-bridge team check` tests the connection.") from None
+        except BaseException:
+            self._pool.close()
+            raise
+        if daemon:
+            self._heartbeat = threading.Thread(target=self._beat, name="journal-heartbeat", daemon=True)
+            self._heartbeat.start()
+
+    # -- connection ---------------------------------------------------------------------------------
+
+    def _counted(self, n: int) -> None:
+        with self._count_lock:
+            self.statements += n
+
+    @contextmanager
+    def _tx(self) -> Iterator[Tx]:
+        with self._pool.connection() as conn, conn.transaction():
+            self._counted(2)  # BEGIN, COMMIT
+            yield _PgTx(conn, self._counted)  # type: ignore[misc]
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self._pool.connection() as conn:
+            return list(_PgTx(conn, self._counted).execute(sql, params).fetchall())
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self._pool.connection() as conn:
+            _PgTx(conn, self._counted).execute(sql, params)
+
+    def _outage(self, exc: Exception) -> None:
+        with self._outage_lock:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                log.warning("The team database %s is unreachable (%s): pausing, no new work is taken until it "
+                            "is back", self.where, _first_line(exc))
+        time.sleep(0.5)
+
+    def _back(self) -> None:
+        if self._down_since is None:
+            return
+        with self._outage_lock:
+            if self._down_since is not None:
+                log.warning("The team database is back after %.0f s: carrying on",
+                            time.monotonic() - self._down_since)
+                self._down_since = None
+                self._healthy_since = time.monotonic()
+
+    @property
+    def reachable(self) -> bool:
+        return self._down_since is None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(5)
+        if self.daemon:
+            try:  # a clean stop: the others may take this daemon's unfinished jobs at once
+                self._write("UPDATE daemons SET stopped=true WHERE instance=%s", (self.instance,))
+            except psycopg.Error as exc:
+                log.info("could not mark this daemon stopped in the team database: %s", _first_line(exc))
+        self._closed = True
+        self._pool.close()
+
+    # -- schema -------------------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._tx() as tx:
+            tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            found = int(tx.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()["v"] or 0)
+            if found > VERSION:
+                raise SchemaTooNew(self.where, found, VERSION)
+            if found < VERSION and not self.daemon:  # `status`, `retry`…: only a starting daemon migrates
+                raise BridgeError(
+                    f"The team database {self.where} has " + (f"schema version {found}" if found else
+                                                              "no sam-bridge schema yet") + ".",
+                    hint="Start a sam-bridge daemon of this version with it: the daemon creates or migrates it.")
+            for version in range(found + 1, VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    tx.execute(statement)
+                log.info("team database %s migrated to schema version %d", self.where, version)
+            if found != VERSION:
+                tx.execute("DELETE FROM schema_version")
+                tx.execute("INSERT INTO schema_version VALUES (?)", (VERSION,))
+
+    def schema_version(self) -> int:
+        return int(self._read("SELECT MAX(version) AS v FROM schema_version")[0]["v"] or 0)
+
+    # -- leases -------------------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        """Take this instance's row; refuse while a live daemon elsewhere holds the name."""
+        host, pid = socket.gethostname(), os.getpid()
+        with self._tx() as tx:
+            row = tx.execute(
+                "SELECT host, pid, NOT stopped AND heartbeat >= now() - make_interval(secs => ?) AS alive "
+                "FROM daemons WHERE instance=? FOR UPDATE", (self.lease, self.instance)).fetchone()
+            if (row and row["alive"] and (row["host"], row["pid"]) != (host, pid)
+                    and not (row["host"] == host and not process_alive(row["pid"]))):  # (ended here: a restart)
+                raise InstanceInUse(
+                    f"Another sam-bridge runs as instance “{self.instance}” on {row['host']} (process "
+                    f"{row['pid']}); each daemon of a team needs a name of its own.",
+                    hint="Set `instance:` in this machine's config, or stop the other daemon.")
+            tx.execute(
+                "INSERT INTO daemons (instance, host, pid, version) VALUES (?,?,?,?) ON CONFLICT (instance) DO "
+                "UPDATE SET host=excluded.host, pid=excluded.pid, version=excluded.version, started=now(), "
+                "heartbeat=now(), stopped=false", (self.instance, host, pid, __version__))
+
+    def _beat(self) -> None:
+        interval = max(0.2, self.lease / 3)
+        while not self._stop.wait(interval):
+            try:
+                self._write("UPDATE daemons SET heartbeat=now(), stopped=false WHERE instance=?", (self.instance,))
+            except psycopg.OperationalError as exc:
+                self._outage(exc)
+                continue
+            self._back()
+
+    def _owner(self) -> str:
+        return self.instance
+
+    def _check_owner(self, job_id: str, row: Row | None) -> None:
+        if self.daemon and row is not None and row["owner"] != self.instance:
+            raise JobTakenOver(f"job {job_id} was taken over by {row['owner']}")
+
+    def set_state(self, job_id: str, state: JobState, progress: float | None = None, message: str = "",
+                  **fields: Any) -> None:
+        """The base class's read, update and history row as one statement: one round trip, not five."""
+        now = time.time()
+        columns = {"state": state.value, "updated": now, "message": message, **fields}
+        if progress is not None:
+            columns["progress"] = progress
+        assignments = ", ".join(f"{name}=%s" for name in columns)
+        rows = self._read(
+            "WITH prev AS (SELECT state, owner FROM jobs WHERE id=%s FOR UPDATE), "
+            f"upd AS (UPDATE jobs SET {assignments} WHERE id=%s AND (NOT %s OR owner=%s) RETURNING 1), "
+            "hist AS (INSERT INTO history SELECT %s, %s, %s, %s FROM prev "
+            "WHERE prev.state <> %s AND EXISTS (SELECT 1 FROM upd)) SELECT owner FROM prev",
+            (job_id, *columns.values(), job_id, self.daemon, self.instance, job_id, now, state.value, message,
+             state.value))
+        if rows:
+            self._check_owner(job_id, rows[0])
+
+    def _lock_job_sql(self) -> str:
+        return "SELECT state, owner FROM jobs WHERE id=? FOR UPDATE"
+
+    def adopt_orphans(self, limit: int, reachable: Callable[[JobRow], bool] | None = None) -> list[JobRow]:
+        """Unfinished jobs of daemons whose lease expired become this one's. After an outage of the
+        database this daemon first waits one lease, so the others can renew theirs. A job whose folders this
+        machine cannot reach (`reachable`) is left for a daemon that can, and its message says so."""
+        if not self.daemon or time.monotonic() - self._healthy_since < self.lease:
+            return []
+        finished = ",".join(["?"] * len(FINISHED))
+        return self._take(f"state NOT IN ({finished}) AND owner NOT IN ({ALIVE.replace('%s', '?')})",
+                          (*FINISHED, self.lease), limit, reachable, "whose lease expired")
+
+    def take_queued(self, limit: int, reachable: Callable[[JobRow], bool] | None = None) -> list[JobRow]:
+        """The oldest hot-folder jobs other daemons claimed ahead of a free slot and have not started: the
+        first state change of a job checks its owner under the row lock, so a job is started by exactly one
+        daemon. (A request file's job stays with the daemon that writes its status file.)"""
+        if not self.daemon:
+            return []
+        return self._take("state = 'queued' AND origin = 'hot-folder' AND cancel_requested = 0 AND NOT EXISTS "
+                          "(SELECT 1 FROM steps s WHERE s.job_id = jobs.id)", (), limit, reachable, "")
+
+    def _take(self, where: str, params: tuple[Any, ...], limit: int, reachable: Callable[[JobRow], bool] | None,
+              why: str) -> list[JobRow]:
+        taken: list[JobRow] = []
+        with self._tx() as tx:
+            rows = tx.execute(f"SELECT * FROM jobs WHERE {where} AND owner <> ? ORDER BY created LIMIT ? "
+                              "FOR UPDATE SKIP LOCKED", (*params, self.instance, limit)).fetchall()
+            for row in rows:
+                job = job_row(row)
+                if reachable is not None and not reachable(job):
+                    if why:  # a dead daemon's job: say why it waits
+                        text = (f"Waiting for a sam-bridge that can reach {job.request.source.parent} "
+                                f"({self.instance} cannot)")
+                        if row["message"] != text:
+                            log.warning("Job %s: %s", job.view.job_id, text)
+                            tx.execute("UPDATE jobs SET message=? WHERE id=?", (text, job.view.job_id))
+                    continue
+                tx.execute("UPDATE jobs SET owner=? WHERE id=?", (self.instance, job.view.job_id))
+                if why:
+                    log.warning("Taking over job %s (%s) from %s, %s", job.view.job_id, job.view.state.value,
+                                job.owner, why)
+                else:
+                    log.info("Taking job %s from %s, which has not started it (this daemon has a free slot)",
+                             job.view.job_id, job.owner)
+                taken.append(job_row({**row, "owner": self.instance}))
+        return taken
+
+    # -- team-wide dedupe and budget ----------------------------------------------------------------
+
+    def active_leader(self, job_id: str, key: str) -> str | None:
+        """The first job with this dedupe key leads; later ones wait while it is unfinished (they reuse
+        its stems then), and take the lead when it failed or was cancelled."""
+        with self._tx() as tx:
+            tx.execute("UPDATE jobs SET dedupe_key=? WHERE id=?", (key, job_id))
+            tx.execute("INSERT INTO dedupe_leaders (key, job_id) VALUES (?,?) ON CONFLICT (key) DO NOTHING",
+                       (key, job_id))
+            row = tx.execute("SELECT l.job_id, j.state FROM dedupe_leaders l LEFT JOIN jobs j ON j.id=l.job_id "
+                             "WHERE l.key=? FOR UPDATE OF l", (key,)).fetchone()
+            if row["job_id"] == job_id:
+                return None
+            if row["state"] is not None and row["state"] not in FINISHED:
+                return str(row["job_id"])
+            tx.execute("UPDATE dedupe_leaders SET job_id=? WHERE key=?", (job_id, key))
+        return None
+
+    @contextmanager
+    def _budget_tx(self) -> Iterator[Tx]:
+        with self._tx() as tx:
+            tx.execute("SELECT pg_advisory_xact_lock(?)", (_BUDGET_LOCK,))  # one reservation at a time, team-wide
+            yield tx
+
+    def claims(self, instance_id: str, limit: int | None = None) -> ClaimBackend | None:
+        from bridge.engine.journal.claims_pg import DatabaseClaims
+
+        return DatabaseClaims(self, self.instance or instance_id, limit)
+
+    def read_waiting(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._read(sql, params)
+
+    def write_waiting(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._write(sql, params)
+
+    # -- the team's view (`sam-bridge status --team`, `team check`) ---------------------------------
+
+    def team_daemons(self) -> list[Row]:
+        return self._read(
+            "SELECT instance, host, pid, version, stopped, EXTRACT(EPOCH FROM now() - heartbeat) AS silent, "
+            f"instance IN ({ALIVE}) AS alive FROM daemons ORDER BY instance", (self.lease,))
+
+    def team_jobs(self, active_only: bool, limit: int = 200) -> list[JobRow]:
+        if active_only:
+            finished = ",".join("?" * len(FINISHED))
+            rows = self._read(f"SELECT * FROM jobs WHERE state NOT IN ({finished}) ORDER BY created", FINISHED)
+        else:
+            rows = self._read("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))
+        return [job_row(row) for row in rows]
+
+    def clock_skew(self) -> float:
+        """This machine's clock minus the database's, in seconds (round trip halved)."""
+        before = time.time()
+        server = float(self._read("SELECT EXTRACT(EPOCH FROM clock_timestamp()) AS t")[0]["t"])
+        after = time.time()
+        return (before + after) / 2 - server
+
+
+for _name in ("add", "set_state", "update_progress", "set_fields", "mark_submitting", "mark_submitted",
+              "clear_steps", "unmark_submitting", "clear_uncertain", "reserve_budget", "handles", "get",
+              "find_prefix", "by_idempotency_key", "done_with_dedupe_key", "unfinished", "recent", "spent_since",
+              "adopt_orphans", "take_queued", "active_leader", "read_waiting", "write_waiting"):
+    setattr(PostgresJournal, _name, _waits_for_database(getattr(PostgresJournal, _name)))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,87 @@
+"""`sam-bridge team check` and `sam-bridge status --team` as a user runs them (real subprocesses, a real
+server): what is fine, what is wrong in words, and never the password."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+from bridge.common.request import SeparationRequest
+from bridge.engine.journal.postgres import VERSION, PostgresJournal
+
+
+def sam_bridge(tmp_path: Path, *args: str, database: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HOME": str(tmp_path), "SAM_BRIDGE_STATE_DIR": str(tmp_path / "state"),
+           "SAM_BRIDGE_CONFIG": str(tmp_path / "config.yaml")}
+    env.pop("SAM_BRIDGE_DATABASE", None)
+    if database:
+        env["SAM_BRIDGE_DATABASE"] = database
+    return subprocess.run([sys.executable, "-m", "bridge", *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_team_check_says_what_is_fine_and_what_is_wrong(pg_cluster, team_db: str, tmp_path: Path) -> None:
+    fresh = sam_bridge(tmp_path, "team", "check", database=team_db)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert "No sam-bridge schema yet" in fresh.stdout and "Clock skew" in fresh.stdout
+    daemon = PostgresJournal(team_db, "studio-a", daemon=True)
+    made = sam_bridge(tmp_path, "team", "check", database=team_db)
+    assert f"Schema version {VERSION} (current)" in made.stdout and "studio-a" in made.stdout
+    daemon.close()
+    with psycopg.connect(team_db, autocommit=True) as conn:
+        conn.execute("UPDATE schema_version SET version=%s", (VERSION + 1,))
+    newer = sam_bridge(tmp_path, "team", "check", database=team_db)
+    assert newer.returncode == 1 and "Update sam-bridge on this machine" in newer.stdout
+    wrong = team_db.replace("postgres@", "postgres:hunter2-pw@").replace(f":{pg_cluster.port}/", ":1/")
+    unreachable = sam_bridge(tmp_path, "team", "check", database=wrong)
+    assert unreachable.returncode == 1 and "FAIL  Cannot connect" in unreachable.stdout
+    assert "hunter2-pw" not in unreachable.stdout + unreachable.stderr and "***" in unreachable.stdout
+
+
+def test_team_commands_without_a_database_say_how_to_set_one(tmp_path: Path) -> None:
+    for args in (("team", "check"), ("status", "--team")):
+        result = sam_bridge(tmp_path, *args)
+        assert result.returncode != 0 and "SAM_BRIDGE_DATABASE" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_status_team_shows_every_machines_jobs_and_who_is_alive(team_db: str, tmp_path: Path) -> None:
+    alive = PostgresJournal(team_db, "studio-a", daemon=True)
+    gone = PostgresJournal(team_db, "studio-b", daemon=True)
+    jobs = [j.add(SeparationRequest(source=tmp_path / f"{j.instance}.wav", prompt="piano"), "piano")
+            for j in (alive, gone)]
+    gone.close()  # stopped cleanly: not alive
+    result = sam_bridge(tmp_path, "status", "--team", "--json", database=team_db)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert {(d["instance"], d["alive"]) for d in shown["daemons"]} == {("studio-a", True), ("studio-b", False)}
+    assert {(j["job_id"], j["owner"], j["state"]) for j in shown["jobs"]} == {
+        (jobs[0], "studio-a", "queued"), (jobs[1], "studio-b", "queued")}
+    table = sam_bridge(tmp_path, "status", "--team", database=team_db).stdout
+    assert "studio-a" in table and "yes" in table and jobs[1] in table
+    alive.close()
+
+
+def test_config_show_never_prints_the_database_password(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("database: postgresql://sam:hunter2-pw@nas.local/sam_bridge\n")
+    shown = sam_bridge(tmp_path, "config", "show")
+    assert shown.returncode == 0, shown.stderr
+    assert "hunter2-pw" not in shown.stdout and "postgresql://sam:***@nas.local/sam_bridge" in shown.stdout
+    from_env = sam_bridge(tmp_path, "config", "show", database="postgresql://sam:env-pw@db/x")
+    assert "env-pw" not in from_env.stdout and "SAM_BRIDGE_DATABASE: postgresql://sam:***@db/x" in from_env.stdout
+
+
+def test_status_while_the_team_database_is_down_says_so_at_once(pg_cluster, team_db: str, tmp_path: Path) -> None:
+    PostgresJournal(team_db, "studio-a", daemon=True).close()
+    pg_cluster.down()
+    try:
+        result = sam_bridge(tmp_path, "status", "--team", database=team_db)
+    finally:
+        pg_cluster.up()
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "Cannot reach the team database" in result.stderr or "unreachable" in result.stderr
