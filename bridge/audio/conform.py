@@ -225,7 +225,9 @@ def _stream(
     emit = _StemValues(plan.subtype, complement, tally)
     pcm_source = source.subtype in INTEGER_BITS
     projector = (
-        MaskProjector(source.channels, source.samplerate, service_residual=not complement)
+        MaskProjector(
+            source.channels, source.samplerate, service_residual=not complement, mid_from_source=rate_scale != 1.0
+        )
         if source.channels > 1
         else None
     )

@@ -176,6 +176,27 @@ def test_a_drifting_result_is_corrected_and_says_so(tmp_path: Path) -> None:
     assert report.drift_samples == 0 and report.flags == ()
 
 
+def test_a_drifting_result_gives_stereo_stems_with_every_click_in_place(tmp_path: Path) -> None:
+    """A stereo source and a result 150 ppm fast: the corrected rate is only good to a sample or two, so a
+    target whose mid was the result itself put the clicks near the end 2 samples off; the mid is now the
+    service's gain on the source's own mid, and every click stays where the source has it."""
+    rate, seconds = 44_100, 40.0
+    clicks, positions = click_train(rate, seconds, seed=5)
+    bed = _bed(rate, seconds, channels=2)
+    music = 0.7 * (np.stack([clicks, 0.6 * clicks], axis=1) + bed)
+    source = write_audio(tmp_path / "src.wav", music, rate, "PCM_24")
+    mid_bed = 0.7 * bed.mean(axis=1)
+    results = fake_service_result(music.mean(axis=1) - mid_bed, mid_bed, rate, tmp_path, speed=1 + 150e-6)
+    report, out_t, out_r, _ = _run(tmp_path, source, results)
+    assert report.drift_samples > 100 and "drift-corrected" in report.flags, report
+    target = _floats(out_t)
+    inner = positions[(positions > 40) & (positions < len(music) - 40)]
+    for channel in range(2):
+        found = peak_positions(target[:, channel], inner, search=30)
+        assert np.max(np.abs(found - inner)) <= 1, f"channel {channel}: {found - inner}"
+    _assert_pcm_nulls(source, out_t, out_r)
+
+
 def test_a_late_result_after_a_long_silent_opening_is_aligned(tmp_path: Path) -> None:
     """A dialogue track whose first minute is silent: the offset comes from where the signal starts."""
     rate, silent = 16_000, 64
