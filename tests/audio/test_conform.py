@@ -189,6 +189,7 @@ def test_a_drifting_result_gives_stereo_stems_with_every_click_in_place(tmp_path
     results = fake_service_result(music.mean(axis=1) - mid_bed, mid_bed, rate, tmp_path, speed=1 + 150e-6)
     report, out_t, out_r, _ = _run(tmp_path, source, results)
     assert report.drift_samples > 100 and "drift-corrected" in report.flags, report
+    assert report.projection.startswith("source-phase")
     target = _floats(out_t)
     inner = positions[(positions > 40) & (positions < len(music) - 40)]
     for channel in range(2):
