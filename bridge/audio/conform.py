@@ -6,7 +6,8 @@ Streaming, block by block (64 Ki frames), so an hour-long source costs no more m
 2. read the result through a soxr stream at the source's rate, skip/pad the offset, pad/trim to exactly
    the segment's frame count; when the end window shows a drift, the stems are made a second time from
    the result read at a corrected rate (and its offset measured anew);
-3. project mono → the source's channels (`projection`: direct for mono, STFT ratio mask otherwise);
+3. project mono → the source's channels (`projection`: direct for mono; otherwise the result as the mid plus
+   estimated deviations, or, for a result read at a drift-corrected rate, its gain on the source's own channels);
 4. quantise the target exactly as it will be written, then residual = source − written target (the
    "complement": target + residual == source to the last bit for PCM) or the service's own residual;
 5. write both stems in the source's container, sample format, rate and channel count (RF64 past the
@@ -225,7 +226,9 @@ def _stream(
     emit = _StemValues(plan.subtype, complement, tally)
     pcm_source = source.subtype in INTEGER_BITS
     projector = (
-        MaskProjector(source.channels, source.samplerate, service_residual=not complement)
+        MaskProjector(
+            source.channels, source.samplerate, service_residual=not complement, mid_from_source=rate_scale != 1.0
+        )
         if source.channels > 1
         else None
     )
@@ -377,7 +380,9 @@ def _report(
         correlation=round(correlation, 4),
         null_test_dbfs=null_dbfs,
         method=method,
-        projection=describe(spec.source.channels),
+        projection=describe(
+            spec.source.channels, mid_from_source=correction is not None and correction.applied
+        ),
         out_format=plan.format,
         out_subtype=plan.subtype,
         format_reason=plan.reason,

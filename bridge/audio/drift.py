@@ -35,7 +35,7 @@ from bridge.common.errors import SourceError
 log = logging.getLogger(__name__)
 
 UNRELATED_CORRELATION = 0.2  # below this the measured lag is noise: keep the result where it is
-REFINEMENTS = 3  # cheap measuring passes after the first estimate of the rate
+REFINEMENTS = 5  # cheap measuring passes after the first estimate of the rate
 _BLOCK = 1 << 16
 
 

@@ -30,6 +30,18 @@ and only the deviations d̂_c, which the service never heard, need an estimate. 
 - Above the service's bandwidth (24 kHz: it works at 48 kHz) D̂ is 0 and T holds nothing, so a hi-res
   source's ultrasonics stay in the residual.
 
+A result on a drifting clock is read at a corrected rate that lines it up only to a sample or two, and
+T + d̂_c would carry that error (clicks 2 samples off near the end of a 40 s take). With `mid_from_source`
+(conform sets it whenever it reads the result at a corrected rate) the mid is made from the source too:
+
+    target_mid = |G| · M,    D̂_c = g · |G| · D_c + (1 − g) · α_c · |G| · M
+
+i.e. the rule above with T replaced by |G|·M and G by its size |G| (so |G|·S_c when the gate is open):
+the phase of G = T·M̄/… carries T's misalignment, and dropping it keeps the source's phase, so every
+transient stays where the source has it, whatever the drift estimate. The price is the mask's band
+edges in the mid (as before issue 22), only for drift-corrected results. With `service_residual` the
+residual is then source − target (the service's R is as far off the clock as T).
+
 5.1 (C = 6) follows the same rule with six deviations; the gate is common to all channels so that the
 deviations still sum to 0 and the target's mean stays T. With `service_residual` the residual is
 R + d_c − d̂_c, so target + residual == source up to float32 rounding as with the complement.
@@ -62,9 +74,14 @@ COHERENT = 0.5  # c₀²: squared coherence of deviation and mid from which a pa
 _EPS = 1e-30  # keeps digital silence (all powers 0) from dividing by zero
 
 
-def describe(channels: int, n_fft: int = N_FFT, hop: int = HOP) -> str:
+def describe(channels: int, n_fft: int = N_FFT, hop: int = HOP, *, mid_from_source: bool = False) -> str:
     if channels == 1:
         return "direct (mono source: the aligned service result as is)"
+    if mid_from_source:
+        return (f"source-phase (the result was read at a drift-corrected rate): each channel × the size of the "
+                f"service's gain |T·M̄| / max(|M|², |T|²) per bin, by STFT {n_fft}/{hop} sqrt-hann; the deviations "
+                f"gated by min(1, {OPPOSED:g}/r)², r = unexplained deviation power / ((channels − 1) · mid power); "
+                f"nothing above {SERVICE_BANDWIDTH / 1000:g} kHz")
     return (f"mid-exact: target = the service's target + each channel's deviation from the mid, by STFT "
             f"{n_fft}/{hop} sqrt-hann: the deviation's pan on the mid (±{LOOK} frames, ±{LOOK} bins) applied to the "
             f"target, the rest × the service's gain T·M̄ for that bin; gated by min(1, {OPPOSED:g}/r)², r = deviation "
@@ -75,7 +92,14 @@ class MaskProjector:
     """Streaming mid-exact projection of a mono target/residual pair onto `channels` source channels."""
 
     def __init__(
-        self, channels: int, samplerate: int, *, service_residual: bool = False, n_fft: int = N_FFT, hop: int = HOP
+        self,
+        channels: int,
+        samplerate: int,
+        *,
+        service_residual: bool = False,
+        mid_from_source: bool = False,
+        n_fft: int = N_FFT,
+        hop: int = HOP,
     ):
         if n_fft % hop:
             raise ValueError("n_fft must be a multiple of hop")
@@ -88,6 +112,7 @@ class MaskProjector:
         self.n_fft = n_fft
         self.hop = hop
         self.service_residual = service_residual
+        self.mid_from_source = mid_from_source
         periodic_hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
         self._window = np.sqrt(periodic_hann).astype(np.float32)
         # Σ over overlapping frames of window² (= Hann) is n_fft / (2·hop): undo it at synthesis.
@@ -96,7 +121,8 @@ class MaskProjector:
         # Rows: target, residual, source channels. Starting with `latency` zeros means the first real
         # sample is covered by every overlapping frame.
         self._input = np.zeros((2 + channels, self.latency), np.float32)
-        self._tail = np.zeros((channels - 1, self.latency), np.float32)  # the last deviation is minus the sum
+        # synthesised rows: C − 1 deviations (the last is minus their sum), then the mid when it is made too
+        self._tail = np.zeros((channels - 1 + mid_from_source, self.latency), np.float32)
         # raw statistics of the last LOOK frames synthesised (rows: see _deviation_spectra)
         used = 1 if channels == 2 else channels
         self._history = np.zeros((1 + used, LOOK, bins), np.complex64)
@@ -147,14 +173,19 @@ class MaskProjector:
         out = self._overlap_add(synthesized)
         consumed = n_out * self.hop
         self._tail = out[:, consumed:]
+        made = self.channels - 1  # deviations synthesised; the mid follows them when it is made too
         ready = np.empty((self.channels, consumed), np.float32)
-        ready[:-1] = out[:, :consumed]
+        ready[:-1] = out[:made, :consumed]
         ready[-1] = -ready[:-1].sum(axis=0)
-        target = ready + buffer[0, :consumed]  # the mid is the service's answer itself
+        # the mid: the service's answer itself, or its gain on the source's own mid (see the module doc)
+        target = ready + (out[made, :consumed] if self.mid_from_source else buffer[0, :consumed])
         residual = None
         if self.service_residual:  # R + d_c − d̂_c, with d_c = S_c − mean(S)
             source = buffer[2:, :consumed]
-            residual = source - source.mean(axis=0) - ready + buffer[1, :consumed]
+            if self.mid_from_source:  # R is as far off the source's clock as T: what the source loses instead
+                residual = source - target
+            else:
+                residual = source - source.mean(axis=0) - ready + buffer[1, :consumed]
         self._input = buffer[:, consumed:]
         if self._skip:
             skipped = min(self._skip, consumed)
@@ -211,12 +242,25 @@ class MaskProjector:
         t, m = target[:n_out], mid[:n_out]
         scale = np.maximum(powers[:n_out, :, 0], _power(t))  # |M|² of each frame
         scale += _EPS
+        d = deviation[: channels - 1, :n_out]
+        pan = pan[: channels - 1]
+        if self.mid_from_source:
+            # T is not on the source's clock to the sample: keep only the size of G, so that the mid (and with
+            # it every channel) keeps the source's phase and its transients stay where they are
+            magnitude = np.abs(t * m.conj())
+            magnitude /= scale
+            made = np.empty((channels, *m.shape), np.complex64)
+            np.multiply(m, magnitude, out=made[-1])  # the mid: |G|·M
+            gain = magnitude * gate
+            pan *= made[-1] - gain * m
+            pan += gain * d
+            made[:-1] = pan
+            made[..., self._heard_bins :] = 0.0
+            return made
         np.divide(gate, scale, out=scale)
         gain = t * m.conj()
         gain *= scale
         # D̂ = g·(α·T + G·(D − α·M)): the pan acts on the service's answer, the rest of D gets its gain
-        d = deviation[: channels - 1, :n_out]
-        pan = pan[: channels - 1]
         pan *= t - gain * m
         pan += gain * d
         pan[..., self._heard_bins :] = 0.0

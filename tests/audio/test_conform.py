@@ -21,6 +21,7 @@ from bridge.audio import bwf
 from bridge.audio.conform import ConformReport, ConformSpec, _StemValues, _Tally, conform
 from bridge.audio.source import SourceInfo, probe_source, read_block
 from bridge.common.errors import JobFailed, OutputError, SourceError
+from bridge.local_service.separator import SeparationSpec, separate
 from tests.audio_fixtures import (
     click_train,
     clicky_pink_noise,
@@ -174,6 +175,51 @@ def test_a_drifting_result_is_corrected_and_says_so(tmp_path: Path) -> None:
     (tmp_path / ".sam-partial-residual").unlink()
     report, *_ = _run(tmp_path, source, steady)
     assert report.drift_samples == 0 and report.flags == ()
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_drifting_result_gives_stems_with_every_click_in_place(tmp_path: Path, channels: int) -> None:
+    """A result 150 ppm fast. The rate fit converges over a few measuring passes (+44, −10, −2, 0 samples
+    left here): it once stopped at −2, which left a mono target 2 samples off and said "drift". In stereo,
+    a target whose mid was the result itself also carried whatever the fit leaves; the mid of a result
+    read at a corrected rate now comes from the source, and every click stays where the source has it."""
+    rate, seconds = 44_100, 40.0
+    clicks, positions = click_train(rate, seconds, seed=5)
+    bed = _bed(rate, seconds, channels)
+    music = 0.7 * ((clicks if channels == 1 else np.stack([clicks, 0.6 * clicks], axis=1)) + bed)
+    source = write_audio(tmp_path / "src.wav", music, rate, "PCM_24")
+    mid_bed = 0.7 * (bed if channels == 1 else bed.mean(axis=1))
+    mid = music if channels == 1 else music.mean(axis=1)
+    results = fake_service_result(mid - mid_bed, mid_bed, rate, tmp_path, speed=1 + 150e-6)
+    report, out_t, out_r, _ = _run(tmp_path, source, results)
+    assert report.drift_samples > 100 and report.flags == ("drift-corrected",), report
+    assert report.projection.startswith("direct" if channels == 1 else "source-phase")
+    target = _floats(out_t)
+    inner = positions[(positions > 40) & (positions < len(music) - 40)]
+    for channel in range(channels):
+        found = peak_positions(target[:, channel], inner, search=30)
+        assert np.max(np.abs(found - inner)) <= 1, f"channel {channel}: {found - inner}"
+    _assert_pcm_nulls(source, out_t, out_r)
+
+
+def test_stereo_stems_keep_every_click_in_place_where_the_corrected_result_does_not(tmp_path: Path) -> None:
+    """The stand-in's "hi-hat" answer on a clock 150 ppm fast: the fit converges (a sample or less left at
+    the end window), yet the result read at that rate has clicks 2 samples late near the end. A target
+    whose mid was that result put them there too; with the mid from the source every click is in place."""
+    rate, seconds = 44_100, 40.0
+    clicks, positions = click_train(rate, seconds, seed=5)
+    music = np.stack([clicks + tone(rate, seconds, 110, 0.3), 0.6 * clicks + tone(rate, seconds, 220, 0.2)], axis=1)
+    source = write_audio(tmp_path / "src.wav", music, rate, "PCM_24")
+    results = tmp_path / "target.wav", tmp_path / "residual.wav"
+    separate(source, SeparationSpec("hi-hat", drift_ppm=150.0), *results)
+    report, out_t, out_r, _ = _run(tmp_path, source, results)
+    assert report.drift_samples > 200 and report.flags == ("drift-corrected",), report
+    target = _floats(out_t)
+    inner = positions[(positions > 40) & (positions < len(music) - 40)]
+    for channel in range(2):
+        found = peak_positions(target[:, channel], inner, search=30)
+        assert np.max(np.abs(found - inner)) <= 1, f"channel {channel}: {found - inner}"
+    _assert_pcm_nulls(source, out_t, out_r)
 
 
 def test_a_late_result_after_a_long_silent_opening_is_aligned(tmp_path: Path) -> None:
