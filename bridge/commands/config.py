@@ -37,8 +37,8 @@ def show_config(args: argparse.Namespace) -> int:
     import yaml
 
     from bridge.common.config import config_path, load_config, log_dir, state_dir
-    from bridge.engine.journal.dsn import ENV_VAR as DATABASE_ENV_VAR
-    from bridge.engine.journal.dsn import redact
+    from bridge.common.database import ENV_VAR as DATABASE_ENV_VAR
+    from bridge.common.database import redact
     from bridge.fal.auth import ENV_VAR, key_in_env
 
     path = args.config or config_path()

@@ -44,7 +44,7 @@ def _journal_path() -> Path:
 def _team_database() -> str | None:
     """The team database's URL when one is configured (config `database:` or SAM_BRIDGE_DATABASE)."""
     from bridge.common.config import load_config
-    from bridge.engine.journal import database_url
+    from bridge.common.database import database_url
 
     return database_url(load_config().database)
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bridge.common.config import load_config
 from bridge.common.errors import InputError
-from bridge.engine.journal import JobJournal, database_url
+
+if TYPE_CHECKING:  # the journal (httpx, pydantic) only when a command reads it: `--help` stays quick
+    from bridge.engine.journal import JobJournal
 
 NO_DATABASE = InputError("No team database is configured, so this machine works on its own journal.",
                          hint="Set `database: postgresql://user@host/db` in the config, or SAM_BRIDGE_DATABASE.")
@@ -24,6 +25,9 @@ def register(subparsers: Any) -> None:
 
 
 def check(args: argparse.Namespace) -> int:
+    from bridge.common.config import load_config
+    from bridge.common.database import database_url
+
     config = load_config()
     url = database_url(config.database)
     if not url:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bridge.common.database import ENV_VAR, database_url, redact
 from bridge.engine.journal.base import JobJournal, JobRow, JobTakenOver, JournalDamaged, SchemaTooNew, StateDiskFull
-from bridge.engine.journal.dsn import ENV_VAR, database_url, redact
 from bridge.engine.journal.sqlite import Journal, SqliteJournal
 
 __all__ = ["ENV_VAR", "JobJournal", "JobRow", "JobTakenOver", "Journal", "JournalDamaged", "SchemaTooNew",

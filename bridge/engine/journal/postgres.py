@@ -28,11 +28,11 @@ from psycopg_pool import ConnectionPool
 
 from bridge import __version__
 from bridge.common.claims import ClaimBackend
+from bridge.common.database import redact
 from bridge.common.errors import BridgeError
 from bridge.common.jobs import JobState
 from bridge.common.processes import process_alive
 from bridge.engine.journal.base import FINISHED, JobJournal, JobRow, JobTakenOver, Row, SchemaTooNew, Tx, job_row
-from bridge.engine.journal.dsn import redact
 
 log = logging.getLogger(__name__)
 

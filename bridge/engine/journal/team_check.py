@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import dict_row
 
-from bridge.engine.journal.dsn import redact
+from bridge.common.database import redact
 from bridge.engine.journal.postgres import ALIVE, VERSION
 
 SKEW_WARN = 2.0  # seconds: job ages and the budget's midnight use this machine's clock
