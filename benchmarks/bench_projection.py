@@ -17,12 +17,18 @@ Cases: two stereo pieces; the same music as mono-in-stereo (L = R); a 5.1 spread
 the change the pad makes to the stems (the service's answer is the same with and without it: it cancels
 in the mono mix).
 
+No clock: every figure is an SDR or a share, in dB or %, against the copy baseline of the same cases (the
+service's mono target copied to every channel: what a client without the projection would give). Without
+fluidsynth or the soundfont (Debian: `fluidsynth`, `fluid-soundfont-gm`) it measures nothing and says so.
+
     python benchmarks/bench_projection.py [--seconds 12]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -35,6 +41,9 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import report  # noqa: E402
 
 from bridge.audio.conform import ConformSpec, conform  # noqa: E402
 from bridge.audio.source import probe_source  # noqa: E402
@@ -175,7 +184,15 @@ def fmt(values: list[float]) -> str:
     return "/".join(f"{v:6.1f}" if np.isfinite(v) else f"{v!s:>6}" for v in values)
 
 
-def measure(folder: Path, name: str, source: Audio, band: Band, rows: list[str]) -> list[float]:
+@dataclass
+class Measured:
+    target: list[float]  # target SDR per channel, dB
+    copy: list[float]  # the copy baseline's SDR per channel, dB
+    image: float  # L/R level ratio error against the ideal, dB (nan unless a true stereo source)
+    copy_image: float
+
+
+def measure(folder: Path, name: str, source: Audio, band: Band, rows: list[str]) -> Measured:
     stems = run(folder, name, source, band)
     want = ideal(source, band)
     want_r = source - want
@@ -192,7 +209,7 @@ def measure(folder: Path, name: str, source: Audio, band: Band, rows: list[str])
     rows.append(f"{name:<22} {band.name:<6} target {fmt(t_sdr)} residual {fmt(r_sdr)} side {side:6.1f} "
                 f"image {image:5.3f} | copy {fmt(c_sdr)} image {copy_image:5.2f} | lag {stems.lag} "
                 f"null {stems.null:.1f}")
-    return t_sdr
+    return Measured(t_sdr, c_sdr, image, copy_image)
 
 
 def pad_share(folder: Path, name: str, mix: Audio, pad: Audio, band: Band, busy_mask: Audio) -> tuple[float, float]:
@@ -209,17 +226,59 @@ def pad_share(folder: Path, name: str, mix: Audio, pad: Audio, band: Band, busy_
         energy = 2 * np.sum(pad[part] ** 2)
         if energy > 1e-6:
             shares[bool(busy_mask[s])].append(1 - np.sum((a[part] - b[part]) ** 2) / energy)
-    return tuple(float(np.median(shares[busy])) if shares[busy] else float("nan") for busy in (True, False))
+    busy_share, sparse_share = (float(np.median(shares[busy])) if shares[busy] else float("nan")
+                                for busy in (True, False))
+    return busy_share, sparse_share
+
+
+def db_spread(values: list[float]) -> str:
+    """'median (min–max) dB' of SDRs (∞ where exact)."""
+    return f"{statistics.median(values):.1f} dB ({min(values):.1f}–{max(values):.1f})"
+
+
+def figures(seconds: float, mixes: list[Measured], mono: list[Measured], surround: Measured,
+            shares: dict[str, tuple[float, float]]) -> list[dict[str, str]]:
+    """run_all's rows: each measured against the copy baseline of the same cases."""
+    copy_floor = "copy baseline (the service's mono target in every channel), same cases: "
+    images = [m.image for m in mixes if np.isfinite(m.image)]
+    copy_images = [m.copy_image for m in mixes if np.isfinite(m.copy_image)]
+    mono_target = [v for m in mono for v in m.target]
+    rows = [
+        {"figure": f"stereo mixes ({len(mixes)}: 2 pieces x 4 bands, {seconds:g} s): target SDR per channel "
+                   "against the ideal (the band filter on each source channel)",
+         "measured": db_spread([v for m in mixes for v in m.target]),
+         "floor": copy_floor + db_spread([v for m in mixes for v in m.copy]), "goal": "median >= 35 dB, none < 25"},
+        {"figure": "stereo mixes: image error (L/R level ratio against the ideal's)",
+         "measured": f"max {max(images):.3g} dB" if images else "-",
+         "floor": copy_floor + (f"{min(copy_images):.3g}–{max(copy_images):.3g} dB" if copy_images else "-"),
+         "goal": "<= 0.1 dB"},
+        {"figure": f"mono in stereo (L = R), {len(mono)} bands: target SDR", "measured": db_spread(mono_target),
+         "floor": copy_floor + db_spread([v for m in mono for v in m.copy]), "goal": "min >= 100 dB"},
+        {"figure": "5.1 spread, mid band: target SDR per channel", "measured": db_spread(surround.target),
+         "floor": copy_floor + db_spread(surround.copy), "goal": "-"},
+    ]
+    for band_name, (busy, sparse) in shares.items():
+        rows.append({"figure": f"anti-phase pad (cancels in the mono mix), {band_name} band: share in the residual",
+                     "measured": f"busy piece {100 * busy:.1f} %, over the bass alone {100 * sparse:.1f} %",
+                     "floor": "median per second; the change the pad makes to the target stem", "goal": ">= 90 %"})
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=12.0)
     args = parser.parse_args()
+    missing = [what for what, ok in (("fluidsynth", shutil.which("fluidsynth")), (str(SOUNDFONT), SOUNDFONT.exists()))
+               if not ok]
+    if missing:
+        reason = f"skipped: {' and '.join(missing)} missing (Debian: fluidsynth, fluid-soundfont-gm)"
+        print(reason, file=sys.stderr)
+        report("bench_projection", [{"figure": "stereo projection on rendered music", "measured": reason}])
+        return 0
     seconds = args.seconds
     rows: list[str] = []
-    mixes: list[float] = []
-    mono_sdrs: list[float] = []
+    mixes: list[Measured] = []
+    mono_sdrs: list[Measured] = []
     with tempfile.TemporaryDirectory(prefix="bench-projection-") as tmp:
         folder = Path(tmp)
         pans = {"bass": 0.0, "drums": 6.0, "piano": -20.0, "strings": 12.0, "flute": 20.0, "lead": -9.0}
@@ -235,9 +294,9 @@ def main() -> int:
                 measure(folder, "piece1 stereo", pieces[0][2], band, rows)
                 continue
             for seed, _parts, mix in pieces:
-                mixes += measure(folder, f"piece{seed} stereo", mix, band, rows)
+                mixes.append(measure(folder, f"piece{seed} stereo", mix, band, rows))
             mono = pieces[0][2].mean(axis=1)
-            mono_sdrs += measure(folder, "piece1 L=R", np.stack([mono, mono], axis=1), band, rows)
+            mono_sdrs.append(measure(folder, "piece1 L=R", np.stack([mono, mono], axis=1), band, rows))
         # 5.1: the instruments spread over six channels (L R C LFE Ls Rs)
         seed, parts, _ = pieces[0]
         surround = np.zeros((len(pieces[0][2]), 6))
@@ -245,7 +304,7 @@ def main() -> int:
                                               strict=True):
             surround[:, ch_a] += part[:, 0]
             surround[:, ch_b] += part[:, 1]
-        surround_sdrs = measure(folder, "piece1 5.1", surround, MID, rows)
+        spread51 = measure(folder, "piece1 5.1", surround, MID, rows)
         # the anti-phase pad: a sustained string pad, L = p, R = −p, over the busy piece and a sparse one
         pad = render(folder, "pad", 89, [(0.5, seconds - 1.5, 60 + c, 80) for c in (0, 4, 7)], seconds)[:, 0]
         busy = np.ones(int(seconds))
@@ -257,13 +316,15 @@ def main() -> int:
     print(f"{len(rows)} cases, {seconds:g} s each, 48 kHz float; SDR in dB per channel (L/R…) against the ideal")
     for row in rows:
         print(row)
-    print(f"stereo mixes: target SDR median {np.median(mixes):.1f} dB, min {np.min(mixes):.1f} "
+    stereo = [v for m in mixes for v in m.target]
+    print(f"stereo mixes: target SDR median {np.median(stereo):.1f} dB, min {np.min(stereo):.1f} "
           f"(goal ≥ 35 median, none below 25)")
-    print(f"L = R: target SDR min {np.min(mono_sdrs):.1f} dB (goal ≥ 100)")
-    print(f"5.1: target SDR min {np.min(surround_sdrs):.1f} dB, median {np.median(surround_sdrs):.1f}")
+    print(f"L = R: target SDR min {np.min([v for m in mono_sdrs for v in m.target]):.1f} dB (goal ≥ 100)")
+    print(f"5.1: target SDR min {np.min(spread51.target):.1f} dB, median {np.median(spread51.target):.1f}")
     for band_name, (busy_share, sparse_share) in shares.items():
         print(f"anti-phase pad, {band_name} band: {100 * busy_share:.1f} % in the residual in the busy piece, "
               f"{100 * sparse_share:.1f} % over the bass alone (median per second; goal ≥ 90 %)")
+    report("bench_projection", figures(seconds, mixes, mono_sdrs, spread51, shares))
     return 0
 
 

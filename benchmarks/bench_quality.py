@@ -1,8 +1,10 @@
 """What measuring the quality flags costs inside conform: the QualityMeter alone on 2 minutes of 48 kHz
 audio fed in conform's blocks, against its peer in the same run, one conform of a stereo 48 kHz/24-bit
-source of the same length (which now includes the meter). Medians of 5 (min–max), real-time factors.
+source of the same length (which now includes the meter: alignment, projection, the meter, quantising
+and writing both stems). Medians of 5 (min–max), real-time factors; the ratio is the meter's share of
+conform.
 
-    python -m benchmarks.bench_quality [--seconds 120]
+    python benchmarks/bench_quality.py [--seconds 120] [--runs 5]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from _common import ratio_spread, report, spread
 
 from bridge.audio.conform import ConformSpec, conform
 from bridge.audio.quality import QualityMeter
@@ -58,6 +61,13 @@ def main() -> int:
         print(f"{name:<22} median {median:.3f} s ({min(times):.3f}–{max(times):.3f}), "
               f"{args.seconds / median:.0f}x real time")
     print(f"meter share of conform: {statistics.median(meter_times) / statistics.median(conform_times):.0%}")
+    speed = [args.seconds / t for t in meter_times]
+    report("bench_quality", [{
+        "figure": f"quality meter alone, {args.seconds:g} s of 48 kHz in conform's blocks ({args.runs} runs)",
+        "measured": f"{spread(meter_times, unit=' s')}; {spread(speed, unit='x')} real time",
+        "floor": "peer: one whole conform of a stereo 48 kHz/24-bit source of that length, meter included: "
+                 f"{spread(conform_times, unit=' s')}",
+        "ratio": ratio_spread(meter_times, conform_times), "goal": "none set (issue #23): the share is the figure"}])
     return 0
 
 

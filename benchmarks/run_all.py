@@ -32,6 +32,14 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "bench_daemon": ([], ["--jobs", "4", "--seconds", "1", "--job-time", "0.2", "--concurrency", "2"]),
     "bench_osc": ([], ["--messages", "20", "--flood", "100"]),
     "bench_hotfolder": ([], ["--files", "2", "--slow-writes", "2", "--parallel", "2", "--settle", "0.3"]),
+    "bench_upload": ([], ["--minutes", "0.05", "--runs", "2"]),
+    "bench_quality": ([], ["--seconds", "5", "--runs", "2"]),
+    "bench_quality_flags": ([], []),
+    "bench_rate_limiter": ([], ["--runs", "1"]),
+    "bench_projection": ([], ["--seconds", "3"]),
+    "bench_reaper_ui": ([], ["--runs", "2"]),
+    "bench_team": ([], ["--jobs", "4", "--service-time", "0.2", "--repeats", "1", "--daemons", "1,2",
+                        "--claim-files", "20"]),
 }
 
 

@@ -15,7 +15,7 @@ against the source, and the quality flags they give (issue #23):
                   there): where it is heard, a part of the source has the source's shape in time and
                   frequency; random audio has its own.
   Flagged when explained < EXPLAINED_MIN or correlation < CORRELATION_MIN (both chosen on labelled cases,
-  `benchmarks/quality_flags.py`; rates in the README).
+  `benchmarks/bench_quality_flags.py`; rates in the README).
 
 Streaming: constant memory whatever the length (a few sums).
 """

@@ -3,7 +3,7 @@ rule (`bridge.local_service.separator.separate`, its unrelated-noise fault too) 
 is absent, by what SAM Audio is reported to do (random audio: speech that is not in the source).
 
 Each case is (name, label, source, target, residual), mono 48 kHz aligned; label "ok" must not flag,
-"unlikely" must flag `target-unlikely`. `benchmarks/quality_flags.py` prints every case's measures and the
+"unlikely" must flag `target-unlikely`. `benchmarks/bench_quality_flags.py` prints every case's measures and the
 hit / false-alarm rates; `tests/audio/test_quality.py` holds the flags to them.
 """
 
