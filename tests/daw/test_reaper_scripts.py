@@ -27,14 +27,18 @@ from hypothesis import strategies as st
 import bridge
 from bridge.common.request import SeparationRequest
 from tests.daw.harness import (
+    AUDITION_SCRIPT,
     CANCEL_SCRIPT,
     COLLECT_SCRIPT,
     DAW_DIR,
+    ESTIMATE_SUFFIX,
     LUA,
     LUAC,
     REAPER_DIR,
     SEPARATE_SCRIPT,
     ReaperHost,
+    answer_estimates,
+    estimate,
     lua_eval,
     write_heartbeat,
     write_status,
@@ -482,13 +486,21 @@ class Setup:
         scenario.update(overrides)
         return scenario
 
-    def host(self, scenario: dict[str, Any], env: dict[str, str] | None = None, lua: str | None = None) -> ReaperHost:
-        host = ReaperHost(scenario, self.root, {"SAM_BRIDGE_STATE_DIR": str(self.state_dir), **(env or {})}, lua=lua)
+    def host(self, scenario: dict[str, Any], env: dict[str, str] | None = None, lua: str | None = None,
+             estimates: bool = True) -> ReaperHost:
+        """`estimates`: a stand-in daemon answers the estimate requests (cheap: no question asked)."""
+        host = ReaperHost(scenario, self.root, {"SAM_BRIDGE_STATE_DIR": str(self.state_dir), **(env or {})}, lua=lua,
+                          estimates_in=self.requests_dir if estimates else None)
         self.hosts.append(host)
         return host
 
     def requests(self) -> list[Path]:
-        return sorted(p for p in self.requests_dir.glob("*.json") if not p.name.endswith(".status.json"))
+        """The real requests (what is paid for), not the estimate requests before them."""
+        return sorted(p for p in self.requests_dir.glob("*.json")
+                      if not p.name.endswith((".status.json", ESTIMATE_SUFFIX)))
+
+    def estimate_requests(self) -> list[Path]:
+        return sorted(self.requests_dir.glob("*" + ESTIMATE_SUFFIX))
 
     def stems(self, labels: list[str], seconds: float = 4.0) -> dict[str, str]:
         stem_dir = self.project_dir / "Stems"
@@ -857,7 +869,9 @@ def test_several_items_each_get_a_request(setup: Setup) -> None:
     requests = [json.loads(p.read_text(encoding="utf-8")) for p in setup.requests()]
     assert sorted((r["tag"], r["start"], r["length"]) for r in requests) == [
         ("reaper:{ITEM-1}", 2.5, 4.0), ("reaper:{ITEM-2}", 0, 1.5)]
-    assert len(host.state()["last_frame"]) == 5  # two lines with their own cancel buttons, and Cancel all
+    # two lines with their own cancel buttons, Cancel all, and what the two cost (asked for first)
+    assert host.state()["last_frame"][4:] == ["[ Cancel all ]", "Estimated cost: $0.10 for 2 items (8.0 s, 2 requests)"]
+    assert len(setup.estimate_requests()) == 2
 
 
 @pytest.mark.skipif(not shutil.which("lua5.3"), reason="lua5.3 is not installed (REAPER 6 runs Lua 5.3)")
@@ -865,7 +879,7 @@ def test_the_scripts_also_run_on_lua_5_3(setup: Setup) -> None:
     for path in REAPER_DIR.glob("*.lua"):
         assert subprocess.run(["luac5.3", "-p", str(path)], capture_output=True).returncode == 0, path
     host = ReaperHost(setup.scenario(), setup.root, {"SAM_BRIDGE_STATE_DIR": str(setup.state_dir)},
-                      lua=shutil.which("lua5.3"))
+                      lua=shutil.which("lua5.3"), estimates_in=setup.requests_dir)
     setup.hosts.append(host)
     host.run(SEPARATE_SCRIPT)
     name, request = only_request(setup)
