@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 import bridge
 from bridge.common.request import SeparationRequest
 from tests.daw.harness import (
-    AUDITION_SCRIPT,
     CANCEL_SCRIPT,
     COLLECT_SCRIPT,
     DAW_DIR,
@@ -37,8 +36,6 @@ from tests.daw.harness import (
     REAPER_DIR,
     SEPARATE_SCRIPT,
     ReaperHost,
-    answer_estimates,
-    estimate,
     lua_eval,
     write_heartbeat,
     write_status,
@@ -901,6 +898,19 @@ def run_until_finished(host: ReaperHost, seconds: float = 60.0) -> dict[str, Any
     return host.state()
 
 
+def wait_for_request(host: ReaperHost, requests_dir: Path, seconds: float = 30.0) -> Path:
+    """Ticks the script until it has the daemon's estimate and writes the real request."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = [p for p in requests_dir.glob("*.json") if not p.name.endswith((".status.json", ESTIMATE_SUFFIX))]
+        if found:
+            [request_file] = found
+            return request_file
+        host.tick(n=1, dt=0.25)
+        time.sleep(0.05)
+    raise AssertionError(f"no request written: {host.state()['messages']}")
+
+
 @pytest.mark.daemon
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("render", [False, True], ids=["plain-take", "rendered-item"])
@@ -934,7 +944,7 @@ def test_the_daemon_separates_what_the_script_asks_for(
     try:
         host.run(SEPARATE_SCRIPT)
         requests_dir = Path(str(info["requests_dir"]))
-        [request_file] = [p for p in requests_dir.glob("*.json") if not p.name.endswith(".status.json")]
+        request_file = wait_for_request(host, requests_dir)  # after the daemon's estimate
         request = json.loads(request_file.read_text(encoding="utf-8"))
         assert ("start" in request) is (not render)
         state = run_until_finished(host)
@@ -1000,7 +1010,8 @@ def test_a_projects_own_preset_from_the_menu_is_the_one_the_daemon_uses(
     assert state["messages"] == [], state["messages"]
     assert [t["name"] for t in state["tracks"]] == [
         "Voice", "Voice · Mains hum (target)", "Voice · Mains hum (residual)"]
-    [request_file] = [p for p in Path(str(info["requests_dir"])).rglob("*.json") if not p.name.endswith(".status.json")]
+    [request_file] = [p for p in Path(str(info["requests_dir"])).rglob("*.json")
+                      if not p.name.endswith((".status.json", ESTIMATE_SUFFIX))]
     assert json.loads(request_file.read_text())["preset"] == "Mains hum"
     target, _ = sf.read(state["tracks"][1]["items"][0]["takes"][0]["source"], always_2d=True)
     assert target.shape == (rate * 4, 2) and float(np.max(np.abs(target))) > 0.05  # "low hum": the 100 Hz tone
