@@ -284,7 +284,8 @@ def test_the_daemon_estimates_and_auditions_what_the_script_asks_for(
         host.close()
     assert state["messages"] == [], state["messages"]
     stems = state["tracks"][1:]
-    assert [t["name"] for t in stems] == ['Mix · "a high tone" (audition target)', 'Mix · "a high tone" (audition residual)']
+    assert [t["name"] for t in stems] == ['Mix · "a high tone" (audition target)',
+                                          'Mix · "a high tone" (audition residual)']
     positions = {t["items"][0]["values"]["D_POSITION"] for t in stems}
     [position] = positions
     window_start = position - 5.0 + 1.0  # seconds into the source
