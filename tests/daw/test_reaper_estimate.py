@@ -233,12 +233,6 @@ def test_the_fake_host_wants_an_answer_for_a_question(setup: Setup) -> None:
     assert not answer["ok"] and "not one a type 4 message box gives" in answer["error"]
 
 
-def test_stems_of_a_real_length_file_read_back(setup: Setup) -> None:
-    """The audition stems the test writes are as long as the window (a sanity check of the fixture)."""
-    stems = setup.stems(["target"], seconds=10.0)
-    assert sf.info(stems["target"]).frames == 480000
-
-
 @pytest.mark.daemon
 @pytest.mark.timeout(180)
 def test_the_daemon_estimates_and_auditions_what_the_script_asks_for(

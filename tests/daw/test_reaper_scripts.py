@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 import bridge
 from bridge.common.request import SeparationRequest
 from tests.daw.harness import (
+    AUDITION_SCRIPT,
     CANCEL_SCRIPT,
     COLLECT_SCRIPT,
     DAW_DIR,
@@ -87,7 +88,7 @@ def test_reapack_index_lists_every_script_with_the_right_roles() -> None:
     sources = {unquote(s.text or "").rsplit("/", 1)[-1]: s for s in version.findall("source")}
     assert set(sources) == {p.name for p in REAPER_DIR.glob("*.lua")}
     mains = {name for name, s in sources.items() if s.get("main") == "main"}
-    assert mains == {SEPARATE_SCRIPT.name, CANCEL_SCRIPT.name, COLLECT_SCRIPT.name}
+    assert mains == {SEPARATE_SCRIPT.name, AUDITION_SCRIPT.name, CANCEL_SCRIPT.name, COLLECT_SCRIPT.name}
     commits = {re.search(r"/([0-9a-f]{40})/scripts/reaper/", s.text or "").group(1) for s in sources.values()}  # type: ignore[union-attr]
     assert len(commits) == 1  # every URL pinned to one commit
     for name, source in sources.items():
