@@ -500,6 +500,7 @@ def test_the_daemon_answers_the_device_and_its_stems_land_on_new_tracks(
     state = device.state()
     addresses = [m["address"] for m in state["received"]]
     assert "/sam/progress" in addresses and "/sam/error" not in addresses, state["received"]
+    assert addresses.index("/sam/estimate/ok") < addresses.index("/sam/accepted")  # the cost came first
     tracks = state["live"]["tracks"]
     assert [t["name"] for t in tracks][1:4] == ["Vox", "Vox · Set Whistle (target)", "Vox · Set Whistle (residual)"]
     stems_dir = project / "Samples" / "Processed" / "Stems"
