@@ -153,3 +153,15 @@ def test_quality_flags_are_shown_with_the_result(devices: Devices) -> None:
     outlets = device.msg("/sam/done", "job-7", "/s/t.wav", "/s/r.wav", "/s/m.json")
     assert status_texts(outlets) == ["Stems of Lead Vox are on 2 new tracks. — check: the target does not look like "
                                      "part of the clip (is the sound there?); drift"]
+
+
+def test_the_audition_message_is_what_the_daemon_accepts(devices: Devices) -> None:
+    """Max sends the whole number 10 as an OSC int: /sam/estimate's and /sam/separate's check must take it."""
+    from bridge.osc.addresses import REQUESTS_BY_NAME, validate_args
+
+    device = devices(live_set(clip()))
+    device.msg("text", "piano")
+    asked = osc_out(device.msg("audition"))[-1]
+    for name in ("estimate", "separate"):
+        values = validate_args(REQUESTS_BY_NAME[name], asked[1:])
+        assert values["audition"] == 10 and values["start"] == 1.25 and values["length"] == 4.5
