@@ -68,7 +68,7 @@
      "id": "obj-js",
      "maxclass": "newobj",
      "numinlets": 1,
-     "numoutlets": 6,
+     "numoutlets": 7,
      "patching_rect": [
       300,
       300,
@@ -76,6 +76,7 @@
       22
      ],
      "outlettype": [
+      "",
       "",
       "",
       "",
@@ -770,6 +771,85 @@
      ],
      "text": "udpsend 127.0.0.1 9011"
     }
+   },
+   {
+    "box": {
+     "id": "obj-audition",
+     "maxclass": "live.text",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      380,
+      250,
+      80,
+      20
+     ],
+     "outlettype": [
+      "",
+      ""
+     ],
+     "text": "Audition",
+     "presentation": 1,
+     "presentation_rect": [
+      316,
+      62,
+      62,
+      18
+     ],
+     "texton": "Audition",
+     "mode": 0,
+     "parameter_enable": 1,
+     "saved_attribute_attributes": {
+      "valueof": {
+       "parameter_longname": "Audition",
+       "parameter_shortname": "Audition",
+       "parameter_type": 2,
+       "parameter_enum": [
+        "Audition",
+        "Audition"
+       ],
+       "parameter_invisible": 2
+      }
+     },
+     "varname": "Audition"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-trigger-audition",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      380,
+      280,
+      40,
+      22
+     ],
+     "outlettype": [
+      "bang",
+      "bang"
+     ],
+     "text": "t b b"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-msg-audition",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      380,
+      310,
+      60,
+      22
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "audition"
+    }
    }
   ],
   "lines": [
@@ -1105,6 +1185,66 @@
      ],
      "destination": [
       "obj-probe",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-audition",
+      0
+     ],
+     "destination": [
+      "obj-trigger-audition",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-trigger-audition",
+      1
+     ],
+     "destination": [
+      "obj-prompt",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-trigger-audition",
+      0
+     ],
+     "destination": [
+      "obj-msg-audition",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-msg-audition",
+      0
+     ],
+     "destination": [
+      "obj-js",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-js",
+      6
+     ],
+     "destination": [
+      "obj-separate",
       0
      ]
     }

@@ -8,11 +8,16 @@
 // takes stand-ins for Max's outlet/post and Live's LiveAPI through setHost().
 //
 // Outlets: 0 OSC messages (and `port N`) to [udpsend], 1 preset menu ([umenu]), 2 progress 0..1, 3 status
-// text ([comment]), 4 `port N` to [udpreceive], 5 the port probe's own [udpsend] (to our reply port).
+// text ([comment]), 4 `port N` to [udpreceive], 5 the port probe's own [udpsend] (to our reply port),
+// 6 `text <label>` to the Separate button ([live.text]: "Confirm $1.50" while a costly job waits).
+//
+// Know before you pay: Separate and Audition first send /sam/estimate (same arguments, nothing is sent to
+// the service); /sam/estimate/ok says the cost, and above sam-bridge's confirm_above the Separate button
+// turns into "Confirm $x.xx" for a few seconds: only a click on it sends /sam/separate.
 
 autowatch = 1;
 inlets = 1;
-outlets = 6;
+outlets = 7;
 
 var OUT_OSC = 0;
 var OUT_MENU = 1;
@@ -20,6 +25,7 @@ var OUT_PROGRESS = 2;
 var OUT_STATUS = 3;
 var OUT_RECEIVE = 4;
 var OUT_PROBE = 5;
+var OUT_SEPARATE_LABEL = 6;
 
 var PREFIX = "/sam";
 var DEFAULT_SEND_PORT = 9010; // sam-bridge's OSC port (its config: osc.port)
@@ -31,6 +37,14 @@ var PORT_TRIES = 20; // reply ports tried: the chosen one and the next 19
 var START_HINT = "start it with  sam-bridge run  in a terminal (or once:  sam-bridge service install)";
 var KEEPALIVE_MS = 5000; // while jobs are open, say again where to answer: sam-bridge may have restarted
 var PROMPT_ITEM = "Describe it below \u2193";
+var SEPARATE_LABEL = "Separate";
+var CONFIRM_MS = 8000; // how long "Confirm $x.xx" waits for its click before the job is dropped
+var AUDITION_SECONDS = 10; // the Audition button: only this much of the clip is separated
+var FLAG_WORDS = {
+    "target-silent": "the target is silent: the prompt found nothing",
+    "target-is-everything": "the target is the whole clip",
+    "target-unlikely": "the target does not look like part of the clip (is the sound there?)"
+};
 var STEMS_SUBFOLDER = ["Samples", "Processed"]; // + the daemon's "Stems": Live 12.3's own place for stems
 var STATE_WORDS = {
     queued: "queued", waiting: "waiting", preparing: "preparing", uploading: "uploading",
@@ -124,13 +138,16 @@ function newDeviceState() {
         jobsById: {},
         warnedClipId: null,
         version: "",
-        keepalive: null
+        keepalive: null,
+        confirming: null, // the job whose cost waits for "Confirm $x.xx"
+        confirmTimer: null
     };
 }
 
 function resetDevice() {
     stopAnnouncing();
     stopTimer("watchdog");
+    stopTimer("confirmTimer");
     if (device.probe && device.probe.timer) { device.probe.timer.stop(); }
     if (device.selectionWatch) { device.selectionWatch.stop(); }
     device = newDeviceState();
@@ -362,12 +379,35 @@ function warpMarkers(clip) {
     }
 }
 
-/** The /sam/separate message: source, preset or prompt, tag, project folder, start, length. Start and
- *  length go as text: [udpsend] would send numbers as OSC float32, whose 7 digits put a part 10 minutes
- *  into a file up to 1.5 samples off at 48 kHz. */
-function buildSeparateMessage(clip, what, tag, projectDir) {
-    return [PREFIX + "/separate", clip.filePath, what.preset || what.prompt, tag, projectDir,
+/** The /sam/separate message: source, preset or prompt, tag, project folder, start, length (and the
+ *  audition's seconds). Start and length go as text: [udpsend] would send numbers as OSC float32, whose
+ *  7 digits put a part 10 minutes into a file up to 1.5 samples off at 48 kHz. `address`: "/estimate"
+ *  asks what the same request would cost. */
+function buildSeparateMessage(clip, what, tag, projectDir, audition, address) {
+    var message = [PREFIX + (address || "/separate"), clip.filePath, what.preset || what.prompt, tag, projectDir,
         secondsText(clip.start), secondsText(clip.length)];
+    if (audition) { message.push(audition); }
+    return message;
+}
+
+/** "$0.05" (USD) or "0.05 EUR". */
+function money(amount, currency) {
+    var text = (Math.round(Number(amount) * 100) / 100).toFixed(2);
+    return !currency || currency === "USD" ? "$" + text : text + " " + currency;
+}
+
+/** The quality flags in words ("" when none; "audition" is no warning). */
+function flagsText(flags) {
+    var words = [];
+    for (var i = 0; i < (flags || []).length; i++) {
+        if (flags[i] !== "audition") { words.push(FLAG_WORDS[flags[i]] || flags[i]); }
+    }
+    return words.length ? "check: " + words.join("; ") : "";
+}
+
+function etaText(eta) {
+    if (!(eta >= 0)) { return ""; }
+    return eta < 60 ? "about " + Math.ceil(eta) + " s left" : "about " + Math.ceil(eta / 60) + " min left";
 }
 
 function secondsText(value) {
@@ -580,7 +620,22 @@ function prompt() { device.prompt = joinWords(argsArray(arguments)); }
 
 function deactivate(value) { device.deactivateSource = Number(value) !== 0; }
 
+/** The Separate button: asks what the selected clip would cost (/sam/estimate); a click while it shows
+ *  "Confirm $x.xx" sends the job waiting for it. */
 function separate() {
+    if (device.confirming) { return send(endConfirm()); }
+    return ask(0);
+}
+
+/** The Audition button (not automatable, like Separate): the same, for only AUDITION_SECONDS of the clip.
+ *  sam-bridge takes them from the clip's start (the device always sends one), so the stems are placed
+ *  like a whole clip's, only shorter. */
+function audition() {
+    if (device.confirming) { dropConfirm("Not sent: " + device.confirming.clip.name + " waited for its confirmation."); }
+    return ask(AUDITION_SECONDS);
+}
+
+function ask(auditionSeconds) {
     var what = currentWhat();
     if (!what) {
         status("Pick a preset, or choose \"" + PROMPT_ITEM + "\" and type what to isolate.");
@@ -593,16 +648,43 @@ function separate() {
     }
     device.tagCounter += 1;
     var tag = "live-" + host.now() + "-" + device.tagCounter;
-    var job = { tag: tag, clip: clip, what: what, jobId: null, stems: [], finished: false };
+    var job = { tag: tag, clip: clip, what: what, jobId: null, stems: [], flags: [], finished: false,
+        audition: auditionSeconds, estimating: true };
     device.jobsByTag[tag] = job;
     announce(); // the daemon may have restarted since
     job.projectDir = projectFor(clip.filePath);
-    sendOsc(buildSeparateMessage(clip, what, tag, job.projectDir));
-    keepAnnouncing();
-    progress(0);
-    status("Sent " + clip.name + " \u00b7 " + whatLabel(what) + " to sam-bridge\u2026");
+    sendOsc(buildSeparateMessage(clip, what, tag, job.projectDir, auditionSeconds, "/estimate"));
+    status("Asking sam-bridge what " + (auditionSeconds ? "an audition of " : "") + clip.name + " \u00b7 "
+        + whatLabel(what) + " would cost\u2026");
     return job;
 }
+
+/** The job whose cost the user agreed to (or that needs no asking) goes to sam-bridge. */
+function send(job) {
+    if (!job) { return null; }
+    job.estimating = false;
+    sendOsc(buildSeparateMessage(job.clip, job.what, job.tag, job.projectDir, job.audition));
+    keepAnnouncing();
+    progress(0);
+    status("Sent " + (job.audition ? "an audition of " : "") + job.clip.name + " \u00b7 " + whatLabel(job.what)
+        + " to sam-bridge" + (job.costText ? " (" + job.costText + ")" : "") + "\u2026");
+    return job;
+}
+
+function endConfirm() {
+    var job = device.confirming;
+    device.confirming = null;
+    stopTimer("confirmTimer");
+    host.outlet(OUT_SEPARATE_LABEL, "text", SEPARATE_LABEL);
+    return job;
+}
+
+function dropConfirm(text) {
+    var job = endConfirm();
+    if (job) { finish(job); }
+    status(text);
+}
+
 
 function cancel() {
     var any = false;
@@ -611,6 +693,7 @@ function cancel() {
         var job = device.jobsByTag[tag];
         if (job.finished) { continue; }
         any = true;
+        if (job === device.confirming) { endConfirm(); }
         if (job.jobId) {
             sendOsc([PREFIX + "/cancel", job.jobId]);
         } else {
@@ -635,6 +718,26 @@ function notifydeleted() {
 
 var handlers = {};
 
+handlers["/estimate/ok"] = function (args) {
+    var job = device.jobsByTag[String(args[0])];
+    if (!job || !job.estimating || job.finished) { return; }
+    var cost = Number(args[3]);
+    var currency = String(args[4] || "USD");
+    var wholeCost = Number(args[7]);
+    job.costText = "about " + money(cost, currency) + (wholeCost >= 0 ? "; the whole clip: " + money(wholeCost, currency)
+        : "");
+    if (Number(args[6]) !== 1) { return send(job); }
+    if (device.confirming) { dropConfirm(""); }
+    device.confirming = job;
+    host.outlet(OUT_SEPARATE_LABEL, "text", "Confirm " + money(cost, currency));
+    status(job.clip.name + " \u00b7 " + whatLabel(job.what) + " would cost " + job.costText
+        + ", more than " + money(Number(args[5]), currency) + ": click Confirm within " + CONFIRM_MS / 1000
+        + " s to send it.");
+    device.confirmTimer = host.repeat(CONFIRM_MS, function () {
+        if (device.confirming === job) { dropConfirm("Not sent: " + job.clip.name + " was not confirmed."); }
+    });
+};
+
 handlers["/accepted"] = function (args) {
     var job = device.jobsByTag[String(args[0])];
     if (!job) { return; }
@@ -648,11 +751,17 @@ handlers["/progress"] = function (args) {
     if (!job || job.finished) { return; } // another client's job (we subscribe to all events)
     var state = String(args[1]);
     var fraction = Number(args[2]) || 0;
-    var message = args.length > 3 ? joinWords(args.slice(3)) : "";
+    var message = args.length > 3 ? String(args[3]) : "";
+    var eta = args.length > 4 ? etaText(Number(args[4])) : ""; // -1: not known yet
     var word = STATE_WORDS[state] || state;
     progress(state === "done" ? 1 : fraction);
-    var line = job.clip.name + ": " + word + " " + Math.round(fraction * 100) + "%";
+    var line = job.clip.name + ": " + word + " " + Math.round(fraction * 100) + "%" + (eta ? ", " + eta : "");
     status(message ? line + " \u2014 " + message : line);
+};
+
+handlers["/flags"] = function (args) {
+    var job = device.jobsById[String(args[0])];
+    if (job) { job.flags = job.flags.concat(args.slice(1).map(String)); }
 };
 
 handlers["/stem"] = function (args) {
@@ -669,7 +778,8 @@ handlers["/done"] = function (args) {
     finish(job);
     progress(1);
     var result = placeStems(job);
-    status(result.text);
+    var warnings = flagsText(job.flags);
+    status(warnings ? result.text + " \u2014 " + warnings : result.text);
     if (result.files) { host.post("sam-bridge stems:\n" + result.files.join("\n")); }
 };
 
@@ -793,7 +903,7 @@ function placeStems(job) {
             var index = trackIndex + 1 + s;
             song.call("create_audio_track", index);
             var track = host.liveApi("live_set tracks " + index);
-            track.set("name", stemTrackName(job.clip.trackName, job.what, stem.label));
+            track.set("name", stemTrackName(job.clip.trackName, job.what, (job.audition ? "audition " : "") + stem.label));
             var clip = job.clip.isArrangement ? createArrangementClip(track, index, stem.path, job.clip.startTime)
                 : createSessionClip(index, slotIndex, stem.path);
             if (clip) {
@@ -801,7 +911,7 @@ function placeStems(job) {
                 clip.set("name", stem.label);
             }
         }
-        if (device.deactivateSource && place) { place.api.set("muted", 1); }
+        if (device.deactivateSource && place && !job.audition) { place.api.set("muted", 1); } // a trial keeps it
     } finally {
         if (grouped) { song.call("end_undo_step"); }
     }
@@ -854,11 +964,11 @@ if (typeof module !== "undefined" && module.exports) {
         findLiveProject: findLiveProject, stemsProjectDir: stemsProjectDir, clipRegion: clipRegion,
         parseClipPath: parseClipPath, readSelectedClip: readSelectedClip, buildSeparateMessage: buildSeparateMessage,
         stemTrackName: stemTrackName, currentWhat: currentWhat, placeStems: placeStems, dirname: dirname,
-        joinPath: joinPath, maxPath: maxPath,
+        joinPath: joinPath, maxPath: maxPath, money: money, flagsText: flagsText,
         messages: {
             init: init, bang: bang, refresh: refresh, port: port, sendport: sendport, presetindex: presetindex,
             text: text,
-            prompt: prompt, deactivate: deactivate, separate: separate, cancel: cancel,
+            prompt: prompt, deactivate: deactivate, separate: separate, audition: audition, cancel: cancel,
             notifydeleted: notifydeleted, anything: anything
         }
     };

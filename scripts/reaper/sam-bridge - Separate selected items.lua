@@ -8,6 +8,7 @@
 --   residual come back as new tracks right under the source track, lined up with the item.
 --   Needs sam-bridge running (`sam-bridge run`, or `sam-bridge service install` once).
 -- @provides
+--   [main] sam-bridge - Audition prompt on selection.lua
 --   [main] sam-bridge - Cancel.lua
 --   [main] sam-bridge - Collect finished stems.lua
 --   [nomain] sam_bridge_core.lua
@@ -17,12 +18,15 @@
 --   [nomain] sam_bridge_items.lua
 --   [nomain] sam_bridge_stems.lua
 --   [nomain] sam_bridge_session.lua
+--   [nomain] sam_bridge_estimate.lua
 -- @changelog
 --   Says "sam-bridge isn't running" (with the command to start it) instead of waiting forever.
 --   Requests are saved in the project: stems of earlier runs come in on the next run, or with
 --   "Collect finished stems", even after REAPER restarted. No "already running" prompt (REAPER 7.03+).
 --   Time selections and razor edits; renders batched; MIDI rendered without the master's FX.
 --   Stems as takes, recent prompts, per-item cancel and time left in the progress window.
+--   Shows the estimated cost before sending and asks above confirm_above; "Audition prompt on
+--   selection" tries a prompt on the loudest 10 s; quality warnings in the progress window.
 
 local script_dir = debug.getinfo(1, "S").source:match("^@?(.*[/\\])") or ""
 package.path = script_dir .. "?.lua;" .. package.path

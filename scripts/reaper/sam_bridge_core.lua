@@ -261,7 +261,7 @@ end
 
 --- The request object (request-file schema) for one item.
 --- `what` = {preset=name} or {prompt=text}; `item` = {mode, file_path | rendered_path, start_offset, length};
---- `opts` = {project_dir, output_dir, tag, options}.
+--- `opts` = {project_dir, output_dir, tag, options, audition (seconds)}.
 function M.build_request(item, what, opts)
   opts = opts or {}
   local request = {}
@@ -289,6 +289,7 @@ function M.build_request(item, what, opts)
   if opts.output_dir and opts.output_dir ~= "" then request.output_dir = opts.output_dir end
   if opts.tag then request.tag = opts.tag end
   if opts.options and next(opts.options) then request.options = opts.options end
+  if opts.audition then request.audition = opts.audition end
   return request
 end
 

@@ -181,4 +181,28 @@ function H.render_items(descs, folder)
   for _, group in ipairs(core.render_groups(descs)) do render_group(group, folder) end
 end
 
+--- What to separate: with razor edit areas, the part of each item under them (selected or not, as
+--- REAPER's own razor edits work); else the selected items, only their part inside the time selection
+--- when there is one. Returns a list of {item, span = {start, end} | nil}, and the items left out.
+function H.targets()
+  local targets, outside = {}, {}
+  for t = 0, reaper.CountTracks(0) - 1 do
+    local track = reaper.GetTrack(0, t)
+    local _, razor = reaper.GetSetMediaTrackInfo_String(track, "P_RAZOREDITS", "", false)
+    for _, span in ipairs(core.parse_razor_edits(razor)) do
+      for i = 0, reaper.CountTrackMediaItems(track) - 1 do
+        local item = reaper.GetTrackMediaItem(track, i)
+        local position = reaper.GetMediaItemInfo_Value(item, "D_POSITION")
+        local length = reaper.GetMediaItemInfo_Value(item, "D_LENGTH")
+        if position < span[2] and position + length > span[1] then targets[#targets + 1] = { item = item, span = span } end
+      end
+    end
+  end
+  if #targets > 0 then return targets, outside end
+  local start, stop = reaper.GetSet_LoopTimeRange2(0, false, false, 0, 0, false)
+  local span = stop > start and { start, stop } or nil
+  for _, item in ipairs(H.selected_items()) do targets[#targets + 1] = { item = item, span = span } end
+  return targets, outside
+end
+
 end

@@ -61,6 +61,7 @@ end
 require("sam_bridge_items")(H)
 require("sam_bridge_stems")(H)
 require("sam_bridge_session")(H)
+require("sam_bridge_estimate")(H)
 
 ---------------------------------------------------------------------------------------------------
 -- The daemon and its presets
@@ -221,17 +222,21 @@ local function next_request_name(requests_dir)
   end
 end
 
---- Builds and writes one request for a described (and, if need be, rendered) item; returns the job or
---- nil, message.
-local function start_job(info, desc, what, project, project_dir)
+--- The request for a described (and, if need be, rendered) item, or nil, message.
+local function request_for(desc, what, project_dir, audition)
   if not desc.take then return nil, "the item is empty" end
-  local name = desc.request_name
   if desc.mode == "render" and not desc.rendered_path then
     return nil, "REAPER could not render it first (" .. tostring(desc.render_error) .. ")"
   end
   local ok, request = pcall(core.build_request, desc, what,
-    { project_dir = project_dir, tag = "reaper:" .. (desc.guid or name) })
+    { project_dir = project_dir, tag = "reaper:" .. (desc.guid or desc.request_name), audition = audition })
   if not ok then return nil, request end
+  return request
+end
+
+--- Writes the request of an item (desc.request) whose cost the user knows; returns the job or nil, message.
+local function start_job(info, desc, what, project)
+  local name, request = desc.request_name, desc.request
   local encoded_ok, text = pcall(core.json_encode, request)
   if not encoded_ok then return nil, text end
   reaper.RecursiveCreateDirectory(info.requests_dir, 0)
@@ -241,10 +246,11 @@ local function start_job(info, desc, what, project, project_dir)
     cancel_path = base .. ".cancel", label = desc.label, what = what, mode = desc.mode,
     item = desc.item, item_guid = desc.guid, track = desc.track, track_guid = reaper.GetTrackGUID(desc.track),
     track_name = desc.track_name, project = project,
-    position = desc.position, length = desc.length, item_values = desc.item_values,
-    take_values = desc.take_values, mute_source = mute_source_enabled(),
-    as_takes = stems_as_takes_enabled(), partial = desc.part ~= nil,
-    sent_at = reaper.time_precise(),
+    position = desc.position, length = desc.length, take_values = desc.take_values,
+    item_values = request.audition and { D_VOL = (desc.item_values or {}).D_VOL or 1 } or desc.item_values,
+    mute_source = mute_source_enabled() and not request.audition, -- a trial never mutes the source
+    as_takes = stems_as_takes_enabled(), partial = desc.part ~= nil or request.audition ~= nil,
+    audition = request.audition, request_start = request.start or 0, sent_at = reaper.time_precise(),
   }
   H.persist(job) -- before the daemon can see the request: a paid job is never only in this script's memory
   local written, err = H.write_file_atomic(base .. ".json", text)
@@ -253,30 +259,6 @@ local function start_job(info, desc, what, project, project_dir)
     return nil, "could not write the request (" .. tostring(err) .. ")"
   end
   return job
-end
-
---- What to separate: with razor edit areas, the part of each item under them (selected or not, as
---- REAPER's own razor edits work); else the selected items, only their part inside the time selection
---- when there is one. Returns a list of {item, span = {start, end} | nil}, and the items left out.
-function H.targets()
-  local targets, outside = {}, {}
-  for t = 0, reaper.CountTracks(0) - 1 do
-    local track = reaper.GetTrack(0, t)
-    local _, razor = reaper.GetSetMediaTrackInfo_String(track, "P_RAZOREDITS", "", false)
-    for _, span in ipairs(core.parse_razor_edits(razor)) do
-      for i = 0, reaper.CountTrackMediaItems(track) - 1 do
-        local item = reaper.GetTrackMediaItem(track, i)
-        local position = reaper.GetMediaItemInfo_Value(item, "D_POSITION")
-        local length = reaper.GetMediaItemInfo_Value(item, "D_LENGTH")
-        if position < span[2] and position + length > span[1] then targets[#targets + 1] = { item = item, span = span } end
-      end
-    end
-  end
-  if #targets > 0 then return targets, outside end
-  local start, stop = reaper.GetSet_LoopTimeRange2(0, false, false, 0, 0, false)
-  local span = stop > start and { start, stop } or nil
-  for _, item in ipairs(H.selected_items()) do targets[#targets + 1] = { item = item, span = span } end
-  return targets, outside
 end
 
 --- Describes the items (narrowed to their span), names their requests and renders those that need it
@@ -319,8 +301,9 @@ local function reattached_session(info)
   return session
 end
 
---- Action "sam-bridge: Separate selected items…" (or one preset's action, with `preset`).
-function H.separate_selected_items(preset)
+--- Action "sam-bridge: Separate selected items…" (or one preset's action, with `preset`); with
+--- `audition` (seconds), "sam-bridge - Audition prompt on selection": only that long a window is sent.
+function H.separate_selected_items(preset, audition)
   H.set_action_options()
   math.randomseed(os.time() + math.floor((reaper.time_precise() % 1) * 1e6))
   local info, err = H.find_daemon()
@@ -337,13 +320,21 @@ function H.separate_selected_items(preset)
   local project_dir = H.project_dir()
 
   local function send(what)
-    local problems = {}
+    local problems, ready = {}, {}
     for _, desc in ipairs(prepare_items(items, project_dir, info.requests_dir, problems)) do
-      local job, problem = start_job(info, desc, what, project, project_dir)
-      if job then session:add(job) else problems[#problems + 1] = (desc.label or "item") .. ": " .. problem end
+      local request, problem = request_for(desc, what, project_dir, audition)
+      desc.request = request
+      if request then ready[#ready + 1] = desc else problems[#problems + 1] = (desc.label or "item") .. ": " .. problem end
     end
-    if #problems > 0 then H.alert("Some items were not sent:\n\n" .. table.concat(problems, "\n")) end
-    if #session:open_jobs() > 0 then session:run() end
+    H.estimate_then(info, ready, problems, function(approved, not_sent, summary) -- the cost first
+      for _, desc in ipairs(approved) do
+        local job, problem = start_job(info, desc, what, project)
+        if job then session:add(job) else not_sent[#not_sent + 1] = (desc.label or "item") .. ": " .. problem end
+      end
+      session.summary = summary
+      if #not_sent > 0 then H.alert("Some items were not sent:\n\n" .. table.concat(not_sent, "\n")) end
+      if #session:open_jobs() > 0 then session:run() end
+    end)
   end
 
   if preset then
@@ -355,6 +346,14 @@ function H.separate_selected_items(preset)
     if what then send(what) elseif #session:open_jobs() > 0 then session:run() end
   end)
   return session
+end
+
+H.AUDITION_SECONDS = 10
+
+--- Action "sam-bridge - Audition prompt on selection": the loudest AUDITION_SECONDS of each selected item
+--- (or of its part in the time selection), for a cheap trial of a preset or prompt before the whole.
+function H.audition_selection()
+  return H.separate_selected_items(nil, H.AUDITION_SECONDS)
 end
 
 --- Action "sam-bridge - Collect finished stems": inserts the stems of requests saved in the open

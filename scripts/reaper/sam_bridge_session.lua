@@ -22,7 +22,7 @@ return function(H)
 
 local RECORD_FIELDS = { "name", "status_path", "cancel_path", "label", "what", "mode", "item_guid", "track_guid",
                         "track_name", "position", "length", "item_values", "take_values", "mute_source",
-                        "as_takes", "partial" }
+                        "as_takes", "partial", "audition", "request_start" }
 
 function H.persist(job)
   local record = {}
@@ -170,7 +170,11 @@ function Session:poll(job, now)
     job.closed = true
     if not H.forget(job) then return end -- another sam-bridge action inserted them already
     local ok, err = H.insert_stems(job, status)
-    if ok then
+    local warnings = core.flags_text(status.flags)
+    if ok and warnings ~= "" then
+      job.note = "stems inserted — " .. warnings
+      self.keep_open = true -- the user reads the warning and closes the window
+    elseif ok then
       job.note = "stems inserted"
     else
       job.note = "could not insert the stems"
@@ -223,6 +227,10 @@ function Session:draw()
   local bx, by = gfx.w - button_w - 12, gfx.h - button_h - 10
   gfx.x, gfx.y = bx, by
   gfx.drawstr(button)
+  if self.summary then -- what the user agreed to pay
+    gfx.x, gfx.y = 14, by
+    gfx.drawstr(self.summary)
+  end
   local clicked = gfx.mouse_cap & 1 == 1
   if clicked and not self.mouse_down then
     if gfx.mouse_x >= bx and gfx.mouse_y >= by then
@@ -267,7 +275,7 @@ function Session:tick()
   if self.window_open ~= nil then self:draw() end
   if #self:open_jobs() == 0 then
     self.finished_at = self.finished_at or now
-    if not self.window_open or now - self.finished_at >= CLOSE_DELAY then
+    if not self.window_open or (now - self.finished_at >= CLOSE_DELAY and not self.keep_open) then
       self:stop()
       return
     end

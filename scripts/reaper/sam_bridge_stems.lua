@@ -21,6 +21,10 @@ function H.insert_stems(job, status)
     end
   end
   if #status.stems == 0 then return nil, "sam-bridge finished but sent no stems." end
+  if job.audition then
+    local placed, err = H.place_audition(job, status)
+    if not placed then return nil, err end
+  end
 
   if job.as_takes and not job.partial and job.item and reaper.ValidatePtr2(job.project, job.item, "MediaItem*") then
     return H.insert_stems_as_takes(job, status)
@@ -37,7 +41,8 @@ function H.insert_stems(job, status)
     for i, stem in ipairs(status.stems) do
       reaper.InsertTrackAtIndex(index + i - 1, true)
       local track = reaper.GetTrack(0, index + i - 1)
-      reaper.GetSetMediaTrackInfo_String(track, "P_NAME", core.track_name(job.track_name, job.what, stem.label), true)
+      reaper.GetSetMediaTrackInfo_String(track, "P_NAME", core.track_name(job.track_name, job.what,
+        job.audition and ("audition " .. stem.label) or stem.label), true)
       if color ~= 0 then reaper.SetMediaTrackInfo_Value(track, "I_CUSTOMCOLOR", color) end
       local item = reaper.AddMediaItemToTrack(track)
       reaper.SetMediaItemInfo_Value(item, "D_POSITION", job.position)
@@ -66,6 +71,21 @@ function H.insert_stems(job, status)
   reaper.UpdateArrange()
   if not ok then return nil, "Could not insert the stems: " .. tostring(err) end
   reaper.Main_OnCommand(CMD_BUILD_PEAKS, 0)
+  return true
+end
+
+--- An audition's stems cover the window the daemon chose (the loudest of the part): its manifest says
+--- where it starts in the source (`part`), so the stems go to that position, that long.
+function H.place_audition(job, status)
+  local manifest = core.json_decode(H.read_file(status.manifest or "") or "")
+  local part = type(manifest) == "table" and manifest.part
+  local rate = type(manifest) == "table" and type(manifest.source) == "table" and tonumber(manifest.source.samplerate)
+  if type(part) ~= "table" or type(part.start_frame) ~= "number" or type(part.frames) ~= "number"
+    or not rate or rate <= 0 then
+    return nil, "sam-bridge's manifest (" .. tostring(status.manifest) .. ") does not say where the audition is."
+  end
+  job.position = job.position + part.start_frame / rate - (job.request_start or 0)
+  job.length = part.frames / rate
   return true
 end
 

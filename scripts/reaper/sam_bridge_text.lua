@@ -135,6 +135,8 @@ function M.parse_status(text)
     tag = text_or_nil(doc.tag),
     manifest = text_or_nil(doc.manifest),
     flags = type(doc.flags) == "table" and doc.flags or {},
+    eta = type(doc.eta_seconds) == "number" and doc.eta_seconds >= 0 and doc.eta_seconds or nil,
+    estimate = type(doc.estimate) == "table" and doc.estimate or nil,
     finished = M.FINISHED[state] == true,
     stems = stems,
   }
@@ -184,8 +186,11 @@ function M.progress_line(job, now)
   if job.status and not job.status.finished then
     local progress = job.status.progress
     word = string.format("%s %d%%", word, math.floor(progress * 100 + 0.5))
-    if now and job.sent_at and progress >= 0.05 and progress < 1 then -- a rough ETA from the pace so far
-      local left = (now - job.sent_at) * (1 - progress) / progress
+    local left = job.status.eta -- the daemon's own ETA; else a rough one from the pace so far
+    if not left and now and job.sent_at and progress >= 0.05 and progress < 1 then
+      left = (now - job.sent_at) * (1 - progress) / progress
+    end
+    if left then
       word = word .. (left < 60 and string.format(", about %d s left", math.ceil(left))
         or string.format(", about %d min left", math.ceil(left / 60)))
     end
@@ -196,5 +201,55 @@ function M.progress_line(job, now)
   return table.concat(parts, " — ")
 end
 
+
+---------------------------------------------------------------------------------------------------
+-- Estimates and quality flags
+---------------------------------------------------------------------------------------------------
+
+--- "$0.05" (USD) or "0.05 EUR".
+function M.money(amount, currency)
+  if currency == nil or currency == "USD" then return string.format("$%.2f", amount) end
+  return string.format("%.2f %s", amount, currency)
+end
+
+M.DEFAULT_CONFIRM_ABOVE = 1.0
+
+--- What the estimates (status `estimate` objects, one per item) add up to: the text to show, the total,
+--- and whether to ask first (the total above `confirm_above`, or the daemon says so for one item).
+function M.estimate_summary(estimates, confirm_above)
+  local total, seconds, requests, whole, currency, ask = 0, 0, 0, 0, nil, false
+  for _, e in ipairs(estimates) do
+    total = total + (tonumber(e.estimated_cost) or 0)
+    seconds = seconds + (tonumber(e.seconds) or 0)
+    requests = requests + (tonumber(e.requests) or 0)
+    whole = whole + (type(e.whole_cost) == "number" and e.whole_cost or 0)
+    currency = currency or (type(e.currency) == "string" and e.currency or nil)
+    if e.needs_confirmation == true then ask = true end
+    if type(e.confirm_above) == "number" then confirm_above = e.confirm_above end
+  end
+  confirm_above = confirm_above or M.DEFAULT_CONFIRM_ABOVE
+  if total > confirm_above + 1e-9 then ask = true end
+  local text = string.format("%s for %s (%.1f s, %d request%s)", M.money(total, currency),
+    #estimates == 1 and "1 item" or (#estimates .. " items"), seconds, requests, requests == 1 and "" or "s")
+  if whole > 0 then text = text .. "; the whole part would cost " .. M.money(whole, currency) end
+  return "Estimated cost: " .. text, total, ask, M.money(confirm_above, currency)
+end
+
+-- The quality flags in words (bridge/common/flags.py says the same at length); `audition` is no warning.
+M.FLAG_WORDS = {
+  ["target-silent"] = "the target is silent: the prompt found nothing",
+  ["target-is-everything"] = "the target is the whole source",
+  ["target-unlikely"] = "the target does not look like a part of the source (is the sound there?)",
+}
+
+--- The warnings of a finished job, in words ("" when none).
+function M.flags_text(flags)
+  local words = {}
+  for _, flag in ipairs(flags or {}) do
+    if type(flag) == "string" and flag ~= "audition" then words[#words + 1] = M.FLAG_WORDS[flag] or flag end
+  end
+  if #words == 0 then return "" end
+  return "check: " .. table.concat(words, "; ")
+end
 
 end

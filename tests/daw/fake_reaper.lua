@@ -77,6 +77,7 @@ function Fake.new(scenario)
     gfx = { open = false, closed_by_user = false, frames = {}, current = {} },
     answers = { menu = copy(scenario.answers and scenario.answers.menu),
                 inputs = copy(scenario.answers and scenario.answers.inputs),
+                dialogs = copy(scenario.answers and scenario.answers.dialogs),
                 relaunch = scenario.answers and scenario.answers.relaunch or "abort" },
     next_guid = 1,
     loop = scenario.time_selection or { 0, 0 },
@@ -370,9 +371,22 @@ function Fake.new(scenario)
     return false
   end
 
+  -- ShowMessageBox's documented answers per type: 0 OK, 1 OK/Cancel, 2 Abort/Retry/Ignore,
+  -- 3 Yes/No/Cancel, 4 Yes/No, 5 Retry/Cancel; returns 1 OK, 2 Cancel, 3 Abort, 4 Retry, 5 Ignore, 6 Yes,
+  -- 7 No. A dialog with a choice takes its answer from scenario.answers.dialogs (a test must give one).
+  local DIALOG_ANSWERS = { [0] = { 1 }, [1] = { 1, 2 }, [2] = { 3, 4, 5 }, [3] = { 6, 7, 2 }, [4] = { 6, 7 },
+                           [5] = { 4, 2 } }
   function r.ShowMessageBox(text, title, kind)
+    local allowed = DIALOG_ANSWERS[kind]
+    if not allowed then error("bad argument #3 to 'reaper.ShowMessageBox' (no message box type " .. kind .. ")", 2) end
     host.messages[#host.messages + 1] = { text = text, title = title, kind = kind }
-    return 1
+    if kind == 0 then return 1 end
+    local answer = table.remove(host.answers.dialogs, 1)
+    assert(answer, "the scenario gives no answer for the dialog: " .. text)
+    for _, ok in ipairs(allowed) do
+      if ok == answer then return answer end
+    end
+    error("answer " .. tostring(answer) .. " is not one a type " .. kind .. " message box gives", 2)
   end
   function r.GetUserInputs(title, count, captions, defaults)
     host.input_captions[#host.input_captions + 1] = { title = title, count = count, captions = captions,

@@ -28,6 +28,7 @@ NODE = shutil.which("node")
 SEPARATE_SCRIPT = REAPER_DIR / "sam-bridge - Separate selected items.lua"
 CANCEL_SCRIPT = REAPER_DIR / "sam-bridge - Cancel.lua"
 COLLECT_SCRIPT = REAPER_DIR / "sam-bridge - Collect finished stems.lua"
+AUDITION_SCRIPT = REAPER_DIR / "sam-bridge - Audition prompt on selection.lua"
 LUA_VERSIONS = [lua for lua in (shutil.which("lua5.4"), shutil.which("lua5.3")) if lua]
 
 
@@ -79,11 +80,41 @@ def lua_eval(code: str, timeout: float = 20) -> Any:
     return json.loads(done.stdout).get("value")
 
 
+ESTIMATE_SUFFIX = ".estimate.json"
+
+
+def estimate(cost: float = 0.05, seconds: float = 4.0, confirm_above: float = 1.0, requests: int = 1,
+             whole_cost: float | None = None, whole_seconds: float | None = None) -> dict[str, Any]:
+    """The `estimate` object of a status file, as bridge/request_files/folder.py writes it."""
+    return {"source": "x.wav", "seconds": seconds, "requests": requests, "estimated_cost": cost, "currency": "USD",
+            "whole_seconds": whole_seconds, "whole_cost": whole_cost, "confirm_above": confirm_above,
+            "needs_confirmation": cost > confirm_above}
+
+
+def answer_estimates(requests_dir: Path, found: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Answers every unanswered `"estimate_only"` request file the way the daemon does (state `done`,
+    `job_id` null, the estimate in `estimate`; nothing sent). Returns the requests it answered."""
+    answered = []
+    for path in sorted(requests_dir.glob("*" + ESTIMATE_SUFFIX)):
+        name = path.name.removesuffix(".json")
+        if (requests_dir / f"{name}.status.json").exists():
+            continue
+        request = json.loads(path.read_text(encoding="utf-8"))
+        assert request.get("estimate_only") is True, request
+        write_status(requests_dir, name, job_id=None, tag=request.get("tag", ""), state="done", progress=1.0,
+                     message="Estimate (nothing was sent)", estimate=dict(found or estimate()))
+        answered.append(request)
+    return answered
+
+
 class ReaperHost:
-    """The REAPER stand-in in a `lua5.4` process, driven one JSON command at a time."""
+    """The REAPER stand-in in a `lua5.4` process, driven one JSON command at a time. With `estimates_in`
+    (a requests folder), a stand-in for the daemon answers the scripts' estimate requests (a cost below
+    `confirm_above`) after each command, and the script gets one more UI cycle to read them."""
 
     def __init__(self, scenario: Mapping[str, Any], workdir: Path, env: Mapping[str, str],
-                 lua: str | None = None) -> None:
+                 lua: str | None = None, estimates_in: Path | None = None) -> None:
+        self.estimates_in = estimates_in
         lua = lua or LUA
         assert lua, "lua5.4 is not installed"
         scenario_path = workdir / "scenario.json"
@@ -102,14 +133,21 @@ class ReaperHost:
     def send(self, **command: Any) -> dict[str, Any]:
         return exchange(self._process, command, "the Lua driver")
 
+    def _answer_estimates(self) -> None:
+        if self.estimates_in is not None and answer_estimates(self.estimates_in):
+            answer = self.send(cmd="tick", n=1, dt=0.05)
+            assert answer["ok"], answer.get("error")
+
     def run(self, script: Path) -> dict[str, Any]:
         answer = self.send(cmd="run", script=str(script))
         assert answer["ok"], answer.get("error")
+        self._answer_estimates()
         return answer
 
     def tick(self, n: int = 1, dt: float = 0.05) -> dict[str, Any]:
         answer = self.send(cmd="tick", n=n, dt=dt)
         assert answer["ok"], answer.get("error")
+        self._answer_estimates()
         return answer
 
     def state(self) -> dict[str, Any]:

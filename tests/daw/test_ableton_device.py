@@ -49,7 +49,7 @@ def test_patcher_is_valid_json_that_loads_the_device_script() -> None:
     declared = re.search(r"^outlets = (\d+);", DEVICE_JS.read_text(encoding="utf-8"), re.M)
     assert declared
     outlets = int(declared.group(1))
-    assert js["numoutlets"] == outlets == 6
+    assert js["numoutlets"] == outlets == 7
     texts = {b.get("text", "") for b in boxes.values()}
     assert {"udpsend 127.0.0.1 9010", "udpreceive 9011", "live.thisdevice", "plugin~", "plugout~"} <= texts
 
@@ -87,7 +87,7 @@ def test_every_message_the_patch_sends_the_script_has_a_function_for() -> None:
             selectors.add(text.split()[0])
         elif text.startswith("prepend "):
             selectors.add(text.split()[1])
-    assert selectors == {"separate", "cancel", "refresh", "port", "sendport", "presetindex", "deactivate"}
+    assert selectors == {"separate", "audition", "cancel", "refresh", "port", "sendport", "presetindex", "deactivate"}
     source = DEVICE_JS.read_text(encoding="utf-8")
     for selector in selectors | {"bang", "text", "anything", "notifydeleted"}:
         assert re.search(rf"^function {selector}\(", source, re.M), selector
@@ -172,6 +172,15 @@ def with_presets(device: MaxDevice, *names: str) -> list[list[Any]]:
     return device.msg("/sam/presets/end", len(names))
 
 
+def separate_now(device: MaxDevice, cost: float = 0.0075) -> list[list[Any]]:
+    """Separate, and sam-bridge's answer to the /sam/estimate the device asks first (below confirm_above):
+    everything the device put out."""
+    outlets = device.msg("separate")
+    asked = osc_out(outlets)[-1]
+    assert asked[0] == "/sam/estimate", asked
+    return outlets + device.msg("/sam/estimate/ok", asked[3], 4.5, 1, cost, "USD", 1.0, 0, -1.0)
+
+
 def live_project(root: Path, name: str = f"My Set {UNICODE} Project") -> Path:
     project = root / name
     (project / "Ableton Project Info").mkdir(parents=True)
@@ -243,19 +252,21 @@ def test_separate_sends_the_clip_region_and_the_projects_stems_folder(devices: D
     device = devices(live_set(clip(file_path=str(source))))
     with_presets(device, "piano", "vocals")
     device.msg("presetindex", 2)
-    outlets = device.msg("separate")
-    reply_to, subscribe, separate = osc_out(outlets)
+    outlets = separate_now(device)
+    reply_to, subscribe, estimate, separate = osc_out(outlets)
     assert (reply_to, subscribe) == (["/sam/reply_to", 9011], ["/sam/subscribe", 9011])
     assert separate == ["/sam/separate", str(source), "vocals", "live-1700000000000-1",
                         str(project / "Samples" / "Processed"), "1.25", "4.5"]
+    assert estimate == ["/sam/estimate", *separate[1:]]  # the cost of exactly that, first
     assert [o for o in outlets if o[0] == 2] == [[2, 0]]
-    assert status_texts(outlets) == ["Sent Lead Vox · vocals to sam-bridge…"]
+    assert status_texts(outlets) == ["Asking sam-bridge what Lead Vox · vocals would cost…",
+                                     "Sent Lead Vox · vocals to sam-bridge (about $0.01)…"]
 
 
 def test_a_clip_outside_any_project_gets_its_stems_beside_the_source(devices: Devices, tmp_path: Path) -> None:
     device = devices(live_set(clip(file_path=str(tmp_path / "loose.wav"))))
     device.msg("text", "breathy", "vocal")
-    [_, _, separate] = osc_out(device.msg("separate"))
+    separate = osc_out(separate_now(device))[-1]
     assert separate[2] == "breathy vocal" and separate[4] == ""
 
 
@@ -287,14 +298,14 @@ def test_separate_explains_what_is_missing(devices: Devices, scenario: dict[str,
 def test_a_warped_clip_is_separated_at_once_from_its_file_region(devices: Devices) -> None:
     device = devices(live_set(clip(warping=1, loop_start=4.0, loop_end=12.0, seconds_per_beat=0.4)))
     device.msg("text", "piano")
-    [_, _, separate] = osc_out(device.msg("separate"))
+    separate = osc_out(separate_now(device))[-1]
     assert separate[5:] == ["1.6", "3.2"]  # beats -> seconds via beat_to_sample_time
 
 
 def test_a_looping_clip_sends_start_marker_to_loop_end(devices: Devices) -> None:
     device = devices(live_set(clip(looping=1, start_marker=2.0, loop_start=1.0, loop_end=6.0, end_marker=9.0)))
     device.msg("text", "piano")
-    [_, _, separate] = osc_out(device.msg("separate"))
+    separate = osc_out(separate_now(device))[-1]
     assert separate[5:] == ["2", "4"]
 
 
@@ -302,7 +313,7 @@ def test_start_and_length_keep_every_digit_far_into_a_long_file(devices: Devices
     """As OSC float32, 754.123456789 s would arrive as 754.1234741 s: 0.9 samples late at 48 kHz."""
     device = devices(live_set(clip(loop_start=754.123456789, loop_end=760.5)))
     device.msg("text", "piano")
-    [_, _, separate] = osc_out(device.msg("separate"))
+    separate = osc_out(separate_now(device))[-1]
     assert separate[5:] == ["754.123456789", "6.376543211"]
     values = validate_args(REQUESTS_BY_NAME["separate"], separate[1:])
     assert values["start"] == 754.123456789 and values["length"] == 6.376543211
@@ -319,7 +330,7 @@ def test_folders_are_listed_in_maxs_path_syntax(devices: Devices) -> None:
 
 def start_job(device: MaxDevice) -> str:
     device.msg("text", "piano")
-    [_, _, separate] = osc_out(device.msg("separate"))
+    separate = osc_out(separate_now(device))[-1]
     tag = str(separate[3])
     device.msg("/sam/accepted", tag, "job-7")
     return tag
@@ -409,7 +420,7 @@ def test_errors_reach_the_status_line(devices: Devices) -> None:
     assert status_texts(outlets) == ["Lead Vox: The audio file could not be read."]
     assert [o for o in outlets if o[0] == 2] == [[2, 0]]
     device.msg("text", "piano")
-    [_, _, separate] = osc_out(device.msg("separate"))
+    separate = osc_out(separate_now(device))[-1]
     outlets = device.msg("/sam/error", separate[3], "/sam/separate: outside the allowed folders")
     assert status_texts(outlets) == ["Lead Vox: /sam/separate: outside the allowed folders"]
     assert device.state()["device"]["openTags"] == [] and tag != separate[3]
@@ -442,10 +453,12 @@ def test_udp_messages_are_what_the_daemon_accepts(devices: Devices, tmp_path: Pa
         device = devices(live_set(clip(loop_start=0.0, loop_end=4.0, file_path=str(tmp_path / "a b.wav"))))
         device.send(cmd="osc_connect", daemon_port=daemon.getsockname()[1], listen_port=free_udp_port())
         device.msg("text", "piano")
-        device.msg("separate")
-        messages = [OscMessage(daemon.recvfrom(65536)[0]) for _ in range(3)]
-    assert [m.address for m in messages] == ["/sam/reply_to", "/sam/subscribe", "/sam/separate"]
-    separate = messages[2]
+        separate_now(device)
+        messages = [OscMessage(daemon.recvfrom(65536)[0]) for _ in range(4)]
+    assert [m.address for m in messages] == ["/sam/reply_to", "/sam/subscribe", "/sam/estimate", "/sam/separate"]
+    assert validate_args(REQUESTS_BY_NAME["estimate"], messages[2].params) == validate_args(
+        REQUESTS_BY_NAME["separate"], messages[3].params)
+    separate = messages[3]
     assert separate.params == [str(tmp_path / "a b.wav"), "piano", "live-1700000000000-1", "", "0", "4"]
     values = validate_args(REQUESTS_BY_NAME["separate"], separate.params)
     assert values["start"] == 0.0 and values["length"] == 4.0 and "project_dir" not in values
@@ -487,6 +500,7 @@ def test_the_daemon_answers_the_device_and_its_stems_land_on_new_tracks(
     state = device.state()
     addresses = [m["address"] for m in state["received"]]
     assert "/sam/progress" in addresses and "/sam/error" not in addresses, state["received"]
+    assert addresses.index("/sam/estimate/ok") < addresses.index("/sam/accepted")  # the cost came first
     tracks = state["live"]["tracks"]
     assert [t["name"] for t in tracks][1:4] == ["Vox", "Vox · Set Whistle (target)", "Vox · Set Whistle (residual)"]
     stems_dir = project / "Samples" / "Processed" / "Stems"

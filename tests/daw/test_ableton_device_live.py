@@ -46,7 +46,7 @@ def test_the_parameter_stand_in_refuses_an_int_beyond_255() -> None:
 def test_buttons_that_start_or_stop_work_cannot_be_automated_or_mapped() -> None:
     patcher = json.loads(PATCH.read_text(encoding="utf-8"))["patcher"]
     parameters = live_parameters(patcher)
-    for button in ("obj-separate", "obj-cancel", "obj-refresh"):
+    for button in ("obj-separate", "obj-audition", "obj-cancel", "obj-refresh"):
         assert parameters[button].visibility == HIDDEN and not parameters[button].automatable
 
 

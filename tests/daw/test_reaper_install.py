@@ -53,7 +53,7 @@ def test_install_copies_the_scripts_points_at_the_daemon_and_registers_the_actio
     assert (target / POINTER_FILE).read_text().strip() == str(tmp_path / "state")
     kb = (resources / KB_FILE).read_text()
     assert kb.startswith('KEY 1 65 _SWS_ABOUT 0\nSCR 4 0 RSabc "Custom: mine.lua" "mine.lua"\n')  # theirs kept
-    for action in ("Separate selected items", "Cancel", "Collect finished stems"):
+    for action in ("Separate selected items", "Audition prompt on selection", "Cancel", "Collect finished stems"):
         assert kb.count(f'"sam-bridge/sam-bridge - {action}.lua"') == 1
     assert "sam_bridge_core" not in kb  # libraries are not actions
     assert (resources / (KB_FILE + ".before-sam-bridge")).exists()

@@ -27,9 +27,11 @@ from hypothesis import strategies as st
 import bridge
 from bridge.common.request import SeparationRequest
 from tests.daw.harness import (
+    AUDITION_SCRIPT,
     CANCEL_SCRIPT,
     COLLECT_SCRIPT,
     DAW_DIR,
+    ESTIMATE_SUFFIX,
     LUA,
     LUAC,
     REAPER_DIR,
@@ -86,7 +88,7 @@ def test_reapack_index_lists_every_script_with_the_right_roles() -> None:
     sources = {unquote(s.text or "").rsplit("/", 1)[-1]: s for s in version.findall("source")}
     assert set(sources) == {p.name for p in REAPER_DIR.glob("*.lua")}
     mains = {name for name, s in sources.items() if s.get("main") == "main"}
-    assert mains == {SEPARATE_SCRIPT.name, CANCEL_SCRIPT.name, COLLECT_SCRIPT.name}
+    assert mains == {SEPARATE_SCRIPT.name, AUDITION_SCRIPT.name, CANCEL_SCRIPT.name, COLLECT_SCRIPT.name}
     commits = {re.search(r"/([0-9a-f]{40})/scripts/reaper/", s.text or "").group(1) for s in sources.values()}  # type: ignore[union-attr]
     assert len(commits) == 1  # every URL pinned to one commit
     for name, source in sources.items():
@@ -482,13 +484,21 @@ class Setup:
         scenario.update(overrides)
         return scenario
 
-    def host(self, scenario: dict[str, Any], env: dict[str, str] | None = None, lua: str | None = None) -> ReaperHost:
-        host = ReaperHost(scenario, self.root, {"SAM_BRIDGE_STATE_DIR": str(self.state_dir), **(env or {})}, lua=lua)
+    def host(self, scenario: dict[str, Any], env: dict[str, str] | None = None, lua: str | None = None,
+             estimates: bool = True) -> ReaperHost:
+        """`estimates`: a stand-in daemon answers the estimate requests (cheap: no question asked)."""
+        host = ReaperHost(scenario, self.root, {"SAM_BRIDGE_STATE_DIR": str(self.state_dir), **(env or {})}, lua=lua,
+                          estimates_in=self.requests_dir if estimates else None)
         self.hosts.append(host)
         return host
 
     def requests(self) -> list[Path]:
-        return sorted(p for p in self.requests_dir.glob("*.json") if not p.name.endswith(".status.json"))
+        """The real requests (what is paid for), not the estimate requests before them."""
+        return sorted(p for p in self.requests_dir.glob("*.json")
+                      if not p.name.endswith((".status.json", ESTIMATE_SUFFIX)))
+
+    def estimate_requests(self) -> list[Path]:
+        return sorted(self.requests_dir.glob("*" + ESTIMATE_SUFFIX))
 
     def stems(self, labels: list[str], seconds: float = 4.0) -> dict[str, str]:
         stem_dir = self.project_dir / "Stems"
@@ -857,7 +867,9 @@ def test_several_items_each_get_a_request(setup: Setup) -> None:
     requests = [json.loads(p.read_text(encoding="utf-8")) for p in setup.requests()]
     assert sorted((r["tag"], r["start"], r["length"]) for r in requests) == [
         ("reaper:{ITEM-1}", 2.5, 4.0), ("reaper:{ITEM-2}", 0, 1.5)]
-    assert len(host.state()["last_frame"]) == 5  # two lines with their own cancel buttons, and Cancel all
+    # two lines with their own cancel buttons, Cancel all, and what the two cost (asked for first)
+    assert host.state()["last_frame"][4:] == ["[ Cancel all ]", "Estimated cost: $0.10 for 2 items (8.0 s, 2 requests)"]
+    assert len(setup.estimate_requests()) == 2
 
 
 @pytest.mark.skipif(not shutil.which("lua5.3"), reason="lua5.3 is not installed (REAPER 6 runs Lua 5.3)")
@@ -865,7 +877,7 @@ def test_the_scripts_also_run_on_lua_5_3(setup: Setup) -> None:
     for path in REAPER_DIR.glob("*.lua"):
         assert subprocess.run(["luac5.3", "-p", str(path)], capture_output=True).returncode == 0, path
     host = ReaperHost(setup.scenario(), setup.root, {"SAM_BRIDGE_STATE_DIR": str(setup.state_dir)},
-                      lua=shutil.which("lua5.3"))
+                      lua=shutil.which("lua5.3"), estimates_in=setup.requests_dir)
     setup.hosts.append(host)
     host.run(SEPARATE_SCRIPT)
     name, request = only_request(setup)
@@ -885,6 +897,19 @@ def run_until_finished(host: ReaperHost, seconds: float = 60.0) -> dict[str, Any
     while host.tick(n=1, dt=0.25)["pending"] and time.monotonic() < deadline:
         time.sleep(0.05)
     return host.state()
+
+
+def wait_for_request(host: ReaperHost, requests_dir: Path, seconds: float = 30.0) -> Path:
+    """Ticks the script until it has the daemon's estimate and writes the real request."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = [p for p in requests_dir.glob("*.json") if not p.name.endswith((".status.json", ESTIMATE_SUFFIX))]
+        if found:
+            [request_file] = found
+            return request_file
+        host.tick(n=1, dt=0.25)
+        time.sleep(0.05)
+    raise AssertionError(f"no request written: {host.state()['messages']}")
 
 
 @pytest.mark.daemon
@@ -920,7 +945,7 @@ def test_the_daemon_separates_what_the_script_asks_for(
     try:
         host.run(SEPARATE_SCRIPT)
         requests_dir = Path(str(info["requests_dir"]))
-        [request_file] = [p for p in requests_dir.glob("*.json") if not p.name.endswith(".status.json")]
+        request_file = wait_for_request(host, requests_dir)  # after the daemon's estimate
         request = json.loads(request_file.read_text(encoding="utf-8"))
         assert ("start" in request) is (not render)
         state = run_until_finished(host)
@@ -986,7 +1011,8 @@ def test_a_projects_own_preset_from_the_menu_is_the_one_the_daemon_uses(
     assert state["messages"] == [], state["messages"]
     assert [t["name"] for t in state["tracks"]] == [
         "Voice", "Voice · Mains hum (target)", "Voice · Mains hum (residual)"]
-    [request_file] = [p for p in Path(str(info["requests_dir"])).rglob("*.json") if not p.name.endswith(".status.json")]
+    [request_file] = [p for p in Path(str(info["requests_dir"])).rglob("*.json")
+                      if not p.name.endswith((".status.json", ESTIMATE_SUFFIX))]
     assert json.loads(request_file.read_text())["preset"] == "Mains hum"
     target, _ = sf.read(state["tracks"][1]["items"][0]["takes"][0]["source"], always_2d=True)
     assert target.shape == (rate * 4, 2) and float(np.max(np.abs(target))) > 0.05  # "low hum": the 100 Hz tone

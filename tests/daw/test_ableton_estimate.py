@@ -1,0 +1,167 @@
+"""Know before you pay, on the Live device (issue 23): Separate and Audition ask /sam/estimate first; above
+confirm_above the Separate button turns into "Confirm $x.xx" for a few seconds and only a click on it sends
+the job; Audition sends 10 s; /sam/progress's ETA and /sam/flags show in the status line. The device's
+JavaScript runs under node with the strict Max/LOM stand-ins (tests/daw/max_harness.js)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daw.harness import NODE, MaxDevice, osc_out, status_texts
+from tests.daw.test_ableton_device import Devices, clip, live_set, separate_now
+
+pytestmark = pytest.mark.skipif(not NODE, reason="needs node")
+
+CONFIRM_MS = 8000
+
+
+@pytest.fixture
+def devices(tmp_path: Path) -> Iterator[Devices]:
+    d = Devices(tmp_path)
+    yield d
+    for device in d.started:
+        device.close()
+
+
+def labels(outlets: list[list[Any]]) -> list[str]:
+    """What the Separate button was told to show (outlet 6, `text <label>`)."""
+    return [str(o[2]) for o in outlets if o[0] == 6 and o[1] == "text"]
+
+
+def costly(device: MaxDevice, button: str = "separate", cost: float = 1.5, whole: float = -1.0) -> list[list[Any]]:
+    outlets = device.msg(button)
+    asked = osc_out(outlets)[-1]
+    assert asked[0] == "/sam/estimate"
+    return outlets + device.msg("/sam/estimate/ok", asked[3], 900.0, 1, cost, "USD", 1.0, 1, whole)
+
+
+def test_above_confirm_above_separate_becomes_confirm_and_a_click_sends(devices: Devices) -> None:
+    device = devices(live_set(clip()))
+    device.msg("text", "piano")
+    outlets = costly(device)
+    sent = [m[0] for m in osc_out(outlets)]
+    assert sent == ["/sam/reply_to", "/sam/subscribe", "/sam/estimate"]  # nothing paid yet
+    assert labels(outlets) == ["Confirm $1.50"]
+    assert status_texts(outlets)[-1] == ('Lead Vox · "piano" would cost about $1.50, more than $1.00: click Confirm '
+                                         'within 8 s to send it.')
+    outlets = device.msg("separate")  # the click on "Confirm $1.50"
+    [separate] = [m for m in osc_out(outlets) if m[0] == "/sam/separate"]
+    assert separate[3] == "live-1700000000000-1" and len(separate) == 7  # the estimated job, no audition
+    assert labels(outlets) == ["Separate"]
+    assert status_texts(outlets)[-1] == 'Sent Lead Vox · "piano" to sam-bridge (about $1.50)…'
+
+
+def test_an_unconfirmed_job_is_dropped_after_a_few_seconds(devices: Devices) -> None:
+    device = devices(live_set(clip()))
+    device.msg("text", "piano")
+    costly(device)
+    tick = device.send(cmd="tick", ms=CONFIRM_MS)
+    assert labels(tick["outlets"]) == ["Separate"]
+    assert status_texts(tick["outlets"]) == ["Not sent: Lead Vox was not confirmed."]
+    assert osc_out(tick["outlets"]) == []
+    assert device.state()["device"]["openTags"] == []
+    outlets = device.msg("separate")  # a later click asks again, it does not send the dropped job
+    assert [m[0] for m in osc_out(outlets)][-1] == "/sam/estimate"
+    assert device.send(cmd="tick", ms=CONFIRM_MS)["timers"] == 0  # the confirmation timer is gone
+
+
+def test_cancel_while_confirm_waits_sends_nothing(devices: Devices) -> None:
+    device = devices(live_set(clip()))
+    device.msg("text", "piano")
+    costly(device)
+    outlets = device.msg("cancel")
+    assert labels(outlets) == ["Separate"] and osc_out(outlets) == []
+    assert [m[0] for m in osc_out(device.msg("separate"))][-1] == "/sam/estimate"
+
+
+def test_below_confirm_above_it_is_sent_at_once(devices: Devices) -> None:
+    device = devices(live_set(clip()))
+    device.msg("text", "piano")
+    outlets = separate_now(device, cost=0.2)
+    assert [m[0] for m in osc_out(outlets)][-1] == "/sam/separate" and labels(outlets) == []
+
+
+def test_an_estimate_sam_bridge_refuses_shows_why_and_sends_nothing(devices: Devices) -> None:
+    device = devices(live_set(clip()))
+    device.msg("text", "piano")
+    asked = osc_out(device.msg("separate"))[-1]
+    outlets = device.msg("/sam/error", asked[3], "/sam/estimate: The file /nowhere/vox.wav does not exist.")
+    assert status_texts(outlets) == ["Lead Vox: /sam/estimate: The file /nowhere/vox.wav does not exist."]
+    assert device.msg("/sam/estimate/ok", asked[3], 4.5, 1, 0.01, "USD", 1.0, 0, -1.0) == []  # too late: ignored
+
+
+def test_audition_sends_ten_seconds_and_says_what_the_whole_would_cost(devices: Devices) -> None:
+    device = devices(live_set(clip()))
+    device.msg("text", "piano")
+    outlets = device.msg("audition")
+    asked = osc_out(outlets)[-1]
+    assert asked[0] == "/sam/estimate" and asked[7] == 10
+    assert status_texts(outlets) == ['Asking sam-bridge what an audition of Lead Vox · "piano" would cost…']
+    outlets = device.msg("/sam/estimate/ok", asked[3], 10.0, 1, 0.0167, "USD", 1.0, 0, 0.4)
+    [separate] = osc_out(outlets)
+    assert separate == ["/sam/separate", *asked[1:]]
+    assert status_texts(outlets) == [
+        'Sent an audition of Lead Vox · "piano" to sam-bridge (about $0.02; the whole clip: $0.40)…']
+    device.msg("/sam/accepted", asked[3], "job-7")
+    device.msg("/sam/flags", "job-7", "audition")
+    device.msg("/sam/stem", "job-7", "target", "/s/vox.audition.target.wav")
+    device.msg("/sam/stem", "job-7", "residual", "/s/vox.audition.residual.wav")
+    outlets = device.msg("/sam/done", "job-7", "/s/vox.audition.target.wav", "/s/vox.audition.residual.wav", "/m")
+    assert status_texts(outlets) == ["Stems of Lead Vox are on 2 new tracks."]  # "audition" is no warning
+    tracks = device.state()["live"]["tracks"]
+    assert [t["name"] for t in tracks][2:4] == ['Vox · "piano" (audition target)', 'Vox · "piano" (audition residual)']
+    assert tracks[1]["arrangement_clips"][0]["muted"] == 0  # a trial never deactivates the source
+
+
+def test_audition_while_confirm_waits_drops_the_waiting_job(devices: Devices) -> None:
+    device = devices(live_set(clip()))
+    device.msg("text", "piano")
+    costly(device)
+    outlets = device.msg("audition")
+    assert labels(outlets) == ["Separate"]
+    assert [m[0] for m in osc_out(outlets)] == ["/sam/reply_to", "/sam/subscribe", "/sam/estimate"]
+    assert len(device.state()["device"]["openTags"]) == 1  # only the audition's
+
+
+def start(device: MaxDevice) -> str:
+    device.msg("text", "piano")
+    tag = str(osc_out(separate_now(device))[-1][3])
+    device.msg("/sam/accepted", tag, "job-7")
+    return tag
+
+
+def test_progress_shows_the_eta_and_the_message(devices: Devices) -> None:
+    device = devices(live_set(clip()))
+    start(device)
+    outlets = device.msg("/sam/progress", "job-7", "running", 0.3, "Separating chunk 3/11", 95.0)
+    assert status_texts(outlets) == ["Lead Vox: separating 30%, about 2 min left — Separating chunk 3/11"]
+    outlets = device.msg("/sam/progress", "job-7", "uploading", 0.1, "Uploading 1.2 of 4.5 MB at 3.1 MB/s", -1.0)
+    assert status_texts(outlets) == ["Lead Vox: uploading 10% — Uploading 1.2 of 4.5 MB at 3.1 MB/s"]
+    outlets = device.msg("/sam/progress", "job-7", "running", 0.5, "", 12.2)
+    assert status_texts(outlets) == ["Lead Vox: separating 50%, about 13 s left"]
+
+
+def test_quality_flags_are_shown_with_the_result(devices: Devices) -> None:
+    device = devices(live_set(clip()))
+    start(device)
+    device.msg("/sam/flags", "job-7", "target-unlikely", "drift")
+    device.msg("/sam/flags", "someone-elses-job", "target-silent")
+    outlets = device.msg("/sam/done", "job-7", "/s/t.wav", "/s/r.wav", "/s/m.json")
+    assert status_texts(outlets) == ["Stems of Lead Vox are on 2 new tracks. — check: the target does not look like "
+                                     "part of the clip (is the sound there?); drift"]
+
+
+def test_the_audition_message_is_what_the_daemon_accepts(devices: Devices) -> None:
+    """Max sends the whole number 10 as an OSC int: /sam/estimate's and /sam/separate's check must take it."""
+    from bridge.osc.addresses import REQUESTS_BY_NAME, validate_args
+
+    device = devices(live_set(clip()))
+    device.msg("text", "piano")
+    asked = osc_out(device.msg("audition"))[-1]
+    for name in ("estimate", "separate"):
+        values = validate_args(REQUESTS_BY_NAME[name], asked[1:])
+        assert values["audition"] == 10 and values["start"] == 1.25 and values["length"] == 4.5
