@@ -55,6 +55,7 @@ from bridge.engine.estimate import part_of
 from bridge.engine.manifest import StepRecord, build_manifest
 from bridge.engine.pipeline_hooks import STAGE_END, Hooks, JobResult
 from bridge.engine.progress import ServiceClock, ServiceTicker, StatusFollower, Transfer
+from bridge.engine.results import fetch_both, result_file
 from bridge.fal.client import DEFAULT_QUEUE_URL, FalClient, QueueStatus, RequestHandle
 from bridge.presets.recipe import Recipe, Step
 
@@ -339,8 +340,9 @@ class _Run:
         for attempt in (1, 2):
             result = self.p.client.result(handle)
             try:
-                files = [self._result_file(result, key, index) for key in ("target", "residual")]
-                self._fetch_both(files)
+                files = [result_file(result, key, self.workdir / f"step{index}.service-{key}")
+                         for key in ("target", "residual")]
+                fetch_both(self.p.client, files, self._download_progress, self.check_cancel)
                 self.timed("download", t)
                 return files[0][1], files[1][1]
             except JobFailed:
@@ -349,43 +351,8 @@ class _Run:
                 log.info("result links failed; asking the service for the result again")
         raise AssertionError("unreachable")
 
-    def _result_file(self, result: dict[str, object], key: str, index: int) -> tuple[str, Path]:
-        entry = result.get(key)
-        if not isinstance(entry, dict) or "url" not in entry:
-            raise JobFailed(f"The service's result has no {key} file.")
-        suffix = ".mp3" if "mp3" in str(entry.get("content_type", "")) + str(entry.get("url")) else ".wav"
-        return str(entry["url"]), self.workdir / f"step{index}.service-{key}{suffix}"
-
-    def _fetch_both(self, files: list[tuple[str, Path]]) -> None:
-        """Both results at once, the residual in a second thread: over the internet one connection is
-        slower than the line. Only this thread reports progress and looks for a cancel."""
-        fractions = [0.0, 0.0]  # of each file, never going back (a retried try starts again from 0)
-        transfer = Transfer()
-
-        def report() -> None:
-            left = transfer.eta()
-            self.report(JobState.downloading, sum(fractions) / 2, transfer.describe("Downloading results:"),
-                        eta=None if left is None else left)
-
-        def ours(done: int, total: int) -> None:
-            transfer.update(done, total)
-            fractions[0] = max(fractions[0], done / total if total else 0.0)
-            report()
-            self.check_cancel()
-
-        def theirs(done: int, total: int) -> None:
-            fractions[1] = max(fractions[1], done / total if total else 0.0)
-
-        (target_url, target_dest), (residual_url, residual_dest) = files
-        residual = Background(lambda: self.p.client.download(residual_url, residual_dest, progress=theirs,
-                                                             stop=residual.stopping),
-                              name="download-residual")  # bound before its thread starts: the call uses it
-        with residual:
-            self.p.client.download(target_url, target_dest, progress=ours)
-            while not residual.wait(0.1):
-                report()
-                self.check_cancel()
-            residual.result()
+    def _download_progress(self, fraction: float, message: str, eta: float | None) -> None:
+        self.report(JobState.downloading, fraction, message, eta=eta)
 
     def _conform_progress(self, fraction: float) -> None:
         self.check_cancel()  # a long conform stops for a cancel, and for shutdown (the hooks raise)
