@@ -13,11 +13,11 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from bridge.common.errors import ConfigError
+from bridge.common.shipped import shipped_dir
 
 DEVICE_FILE = "sam-bridge.amxd"
 DEVICE_FOLDER = ("Presets", "Audio Effects", "Max Audio Effect")
@@ -56,14 +56,7 @@ def user_library(platform: str, env: Mapping[str, str]) -> Path:
 
 def packaged_device() -> Path:
     """The built device: installed as package data, else scripts/ableton/ of a checkout."""
-    try:
-        root = resources.files("bridge.ableton_device")
-        candidate = root / DEVICE_FILE
-        if candidate.is_file():
-            return Path(str(candidate))
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parents[2] / "scripts" / "ableton" / DEVICE_FILE
+    return shipped_dir("bridge.ableton_device", "scripts/ableton") / DEVICE_FILE
 
 
 def is_our_device(data: bytes) -> bool:

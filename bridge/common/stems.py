@@ -258,11 +258,7 @@ def write_json_atomic(path: Path, data: Any, *, overwrite: bool = True) -> None:
     """Write JSON under a temp name, fsync, then rename; readers see the old file or the whole new one."""
     temp = temp_path_for(path)
     try:
-        with open(temp, "x", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, ensure_ascii=False)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
+        _write_json_temp(temp, data)
         if overwrite:
             os.replace(temp, path)
         else:

@@ -12,10 +12,10 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from bridge.common.errors import ConfigError
+from bridge.common.shipped import shipped_dir
 
 SCRIPTS_SUBFOLDER = "sam-bridge"
 POINTER_FILE = "sam-bridge-state-dir.txt"  # read by sam_bridge_reaper.lua: where daemon.json is
@@ -25,17 +25,7 @@ KB_FILE = "reaper-kb.ini"
 
 def shipped_scripts_dir() -> Path:
     """The ReaScripts: the installed `bridge.reaper_scripts`, else `scripts/reaper/` of a checkout."""
-    try:
-        root = resources.files("bridge.reaper_scripts")
-    except ModuleNotFoundError:
-        root = None
-    if isinstance(root, Path) and root.is_dir():
-        return root
-    if root is not None:  # a package without __init__.py is a MultiplexedPath of real folders
-        for child in root.iterdir():
-            if isinstance(child, Path):
-                return child.parent
-    return Path(__file__).resolve().parents[2] / "scripts" / "reaper"
+    return shipped_dir("bridge.reaper_scripts", "scripts/reaper")
 
 
 def default_resource_path(platform: str, env: Mapping[str, str]) -> Path:

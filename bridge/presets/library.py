@@ -15,12 +15,12 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from bridge.common.config import config_dir as sam_bridge_config_dir
 from bridge.common.errors import PresetError
 from bridge.common.options import ServiceOptions
+from bridge.common.shipped import shipped_dir
 from bridge.presets.files import (
     PresetFileError,
     PresetProblem,
@@ -60,17 +60,7 @@ PRESET_SUFFIXES = (".yaml", ".yml")
 
 def builtin_presets_dir() -> Path:
     """The shipped presets: the installed `bridge.presets_builtin`, else `presets/` of a checkout."""
-    try:
-        root = resources.files("bridge.presets_builtin")
-    except ModuleNotFoundError:
-        root = None
-    if isinstance(root, Path) and root.is_dir():
-        return root
-    if root is not None:  # a package without __init__.py is a MultiplexedPath of real folders
-        for child in root.iterdir():
-            if isinstance(child, Path):
-                return child.parent
-    return Path(__file__).resolve().parents[2] / "presets"
+    return shipped_dir("bridge.presets_builtin", "presets")
 
 
 def user_presets_dir(config_dir: Path | None = None) -> Path:
