@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from bridge.common.errors import BridgeError, JobFailed, SubmitUncertain
 from bridge.common.jobs import JobState
@@ -14,6 +16,7 @@ from bridge.engine.events import JobEvents
 from bridge.engine.journal import JobJournal, JobRow
 from bridge.engine.pipeline_hooks import JobResult
 from bridge.fal.client import RequestHandle
+from bridge.os_service.macos_privacy import job_error_hint, service_program
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,9 @@ class JobOutcomes:
     def failed(self, row: JobRow, exc: BridgeError, paid: bool = False) -> None:
         """`paid`: requests were made for it (its estimated cost stays counted against the budget)."""
         text = str(exc)
+        # macOS refused the service a protected folder: the exact grant, in the job's own error
+        if grant := job_error_hint(text, Path.home(), service_program(), sys.platform):
+            text = f"{text}\n{grant}"
         log.warning("job %s failed: %s", row.view.job_id, exc.message)
         paid = paid or bool(self.journal.handles(row.view.job_id)[0]) or isinstance(exc, (SubmitUncertain, JobFailed))
         self.journal.set_state(row.view.job_id, JobState.failed, None, exc.message, error=text,

@@ -94,3 +94,11 @@ def explain_log(lines: Iterable[str], home: Path, program: str) -> list[str]:
                                 f"Cmd-Shift-G, paste  {program}  and switch it on; then restart the service:  "
                                 "sam-bridge service install")
     return list(seen.values())
+
+
+def job_error_hint(text: str, home: Path, program: str, platform: str = sys.platform) -> str | None:
+    """What to grant, for a job that failed on macOS because TCC refused the service a file (EPERM): said
+    in the job's own error, where the user looks first. None elsewhere, and for other errors."""
+    if platform != "darwin" or NOT_PERMITTED not in text:
+        return None
+    return "\n".join(explain_log([text], home, program)) or None
