@@ -3,6 +3,7 @@ reuses its stems (copied to the new request's output folder, the manifest says w
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import shutil
@@ -19,6 +20,7 @@ from bridge.common.stems import (
     output_folder,
     place_all,
     remove_quietly,
+    safe_name,
     temp_path_for,
     write_json_atomic,
 )
@@ -45,7 +47,8 @@ def written_before(request: SeparationRequest, recipe: Recipe, request_ids: set[
                                            recipe.output.folder), request.confined_to, create=False)
     if not request_ids or not folder.is_dir():
         return None
-    for manifest_path in folder.glob("*.sam.json"):
+    for manifest_path in folder.glob(f"{glob.escape(safe_name(request.source.stem, 80))} - *.sam.json"):  # this
+        # source's (job_names starts every name so): cheap enough to look before every placing
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             ids = {step.get("request_id") for step in manifest.get("steps", [])}

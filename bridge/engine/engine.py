@@ -283,6 +283,7 @@ class JobEngine(JobSink):
                     return
                 if accepted:
                     self.journal.set_fields(job_id, dedupe_key=key)
+                self._check_still_ours(row)  # the calls above may have waited out a database outage
                 if not accepted and self._reuse(row, recipe, key):
                     return
                 if not accepted and (borrowed := self._refetch(row, key, len(recipe.steps))):
@@ -424,8 +425,19 @@ class JobEngine(JobSink):
             return handles
         return {}
 
+    def _check_still_ours(self, row: JobRow) -> None:
+        """JobTakenOver when another daemon took the job while this one waited (its lease ran out during
+        a team database outage): it may have finished the job already, so nothing is written here."""
+        latest = self.journal.get(row.view.job_id)
+        if latest is not None and latest.owner != row.owner:
+            raise JobTakenOver(f"job {row.view.job_id} was taken over by {latest.owner}")
+        if latest is not None and latest.view.state.finished:
+            raise JobTakenOver(f"job {row.view.job_id} ended elsewhere ({latest.view.state.value})")
+
     def _reuse(self, row: JobRow, recipe: Recipe, key: str) -> bool:
         for earlier in self.journal.done_with_dedupe_key(key):
+            if earlier.view.job_id == row.view.job_id:
+                continue  # its own stems (a daemon that took it over finished it): never copied to itself
             result = reuse_result(row.request, recipe, earlier.view)
             if result is not None:
                 log.info("job %s reuses the result of job %s (no new request)", row.view.job_id,

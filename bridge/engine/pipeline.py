@@ -51,6 +51,7 @@ from bridge.common.stems import (
     stems_bytes,
     temp_path_for,
 )
+from bridge.engine.dedupe import written_before
 from bridge.engine.estimate import part_of
 from bridge.engine.manifest import StepRecord, build_manifest
 from bridge.engine.pipeline_hooks import STAGE_END, Hooks, JobResult
@@ -379,6 +380,14 @@ class _Run:
                 start_frame=start_frame, frames=frames, stems=finals, steps=self.steps, flags=flags,
                 timings=self.timings, estimated_cost=cost)
 
+        # a job that changed hands (a lease lost while the team database was down) may have been placed by
+        # the other daemon meanwhile: those stems of these very requests are the result, not written again
+        placed = written_before(self.request, self.recipe, {s.request_id for s in self.steps if s.request_id})
+        if placed is not None:
+            log.info("the stems of these requests are in place already (%s): not writing them again",
+                     placed.manifest.name)
+            return JobResult(stems=placed.stems, manifest=placed.manifest, flags=placed.flags, steps=self.steps,
+                             estimated_cost=cost, timings=self.timings)
         # stems and manifest as one unit: a full disk at any point leaves none of them behind
         finals, manifest_path = place_unit(stems, lambda: job_names(
             folder, source.path.name, self.recipe.label, list(stems), extension,

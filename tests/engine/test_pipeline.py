@@ -155,7 +155,30 @@ def test_a_resumed_step_polls_its_request_instead_of_submitting(client: FalClien
     result = Pipeline(client, poll_interval=0.02).run(request, recipe, again, tmp_path / "w2", resume=first.handles)
     assert service.stats()["submits"] == 1  # nothing new was paid for
     assert again.handles == {}
-    assert result.stems["target"].name == "Vox - vocals (2).target.wav"  # never overwrites the first
+    assert result.stems["target"].name == "Vox - vocals.target.wav"  # its own stems: neither overwritten nor
+    assert not [p for p in (tmp_path / "Stems").iterdir() if "(2)" in p.name]  # written a second time
+
+
+def test_stems_another_daemon_placed_while_this_run_fetched_them_are_not_written_again(
+        client: FalClient, service: LocalFalService, library: PresetLibrary, tmp_path: Path) -> None:
+    """A team job that changed hands while the database was down: the daemon that lost it and the one that
+    took it over both fetch the same request's results. Whichever places second finds the first one's stems
+    (by request id, just before placing) and writes nothing: no `… (2)` set."""
+    source = mix(tmp_path / "take06.wav", seconds=1.0)
+    request = SeparationRequest(source=source, prompt="piano")
+    recipe = recipe_for(request, library)
+    first = Hooks()
+    Pipeline(client, poll_interval=0.02).run(request, recipe, first, tmp_path / "w1")
+    placed_meanwhile = sorted((tmp_path / "Stems").iterdir())  # by the other daemon, after this one's
+    # engine had looked for them (it found none then) and while this run fetched the results
+    taker = Hooks()
+    result = Pipeline(client, poll_interval=0.02).run(request, recipe, taker, tmp_path / "w2", resume=first.handles)
+    assert sorted((tmp_path / "Stems").iterdir()) == placed_meanwhile
+    assert result.manifest == tmp_path / "Stems" / "take06 - piano.sam.json"
+    assert result.stems == {"target": tmp_path / "Stems" / "take06 - piano.target.wav",
+                            "residual": tmp_path / "Stems" / "take06 - piano.residual.wav"}
+    assert sf.info(str(result.stems["target"])).frames == 44100
+    assert service.stats()["submits"] == 1
 
 
 def sum_of_stems(stems: dict[str, Path]) -> np.ndarray:

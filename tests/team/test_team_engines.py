@@ -3,8 +3,12 @@ engines, without the rest of the daemon): one daily budget for the team."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from bridge.common.cost import PriceTable
@@ -47,6 +51,57 @@ def test_a_daily_budget_of_two_jobs_admits_two_across_two_machines(
         assert all("Daily budget reached" in v.message and "by the team" in v.message for v in waiting)  # type: ignore[union-attr]
         assert service.stats()["submits"] == 2
     finally:
+        for engine in engines:
+            engine.stop()
+            engine.journal.close()
+
+
+class HeldUpJournal(PostgresJournal):
+    """A workstation's journal whose dedupe call is held up (as by a team database outage) until the test
+    lets it go: meanwhile the other workstation takes the job over and finishes it."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def active_leader(self, job_id: str, key: str) -> str | None:
+        self.entered.set()
+        assert self.release.wait(60)
+        return super().active_leader(job_id, key)
+
+
+def test_a_job_taken_over_and_finished_while_its_first_daemon_waited_is_not_written_again_by_it(
+        client: FalClient, service, team_db: str, tmp_path: Path) -> None:
+    """The database restart case: studio-a's lease ran out while it waited for the database, studio-b took
+    its job and wrote the stems; studio-a, going on, must not copy them as a second set (`… (2)`) for the
+    very job it lost, nor pay again."""
+    held = HeldUpJournal(team_db, "studio-a", daemon=True)
+    other = PostgresJournal(team_db, "studio-b", daemon=True)
+    engines = [JobEngine(journal, Pipeline(client, poll_interval=0.02, use_stream=False, billed=True),
+                         PresetLibrary([("built-in", builtin_presets_dir())]),
+                         EngineSettings(workroot=tmp_path / journal.instance, rescan_interval=0.1))
+               for journal in (held, other)]
+    try:
+        source = make_source(tmp_path / "take06.wav", seconds=0.3)
+        job = engines[0].submit(SeparationRequest(source=source, prompt="piano"))
+        engines[0].start()
+        assert held.entered.wait(30)
+        with psycopg.connect(team_db, autocommit=True) as conn:  # the takeover `adopt_orphans` makes
+            conn.execute("UPDATE jobs SET owner='studio-b' WHERE id=%s", (job,))
+        engines[1].start()  # resumes it as its own
+        wait_for(lambda: engines[1].get(job).state is JobState.done, timeout=60,  # type: ignore[union-attr]
+                 what="studio-b finishing the job")
+        held.release.set()
+        wait_for(lambda: engines[0].running_count == 0, timeout=30, what="studio-a letting go of the job")
+        time.sleep(0.3)  # a late second write would show now
+        assert sorted(p.name for p in (tmp_path / "Stems").iterdir()) == [
+            "take06 - piano.residual.wav", "take06 - piano.sam.json", "take06 - piano.target.wav"]
+        assert service.stats()["submits"] == 1
+        view = engines[1].get(job)
+        assert view is not None and view.state is JobState.done and view.manifest is not None
+        assert json.loads(Path(view.manifest).read_text())["source"]["path"] == str(source)
+    finally:
+        held.release.set()
         for engine in engines:
             engine.stop()
             engine.journal.close()

@@ -261,3 +261,31 @@ def test_a_late_progress_report_never_overwrites_a_finished_jobs_last_word(journ
     journal.update_progress(job, 0.9, "Aligning and writing stems")  # from a helper thread, held up
     row = journal.get(job)
     assert row is not None and row.view.message == "Done" and row.view.progress == 1.0
+
+
+def test_a_database_restart_longer_than_a_lease_takes_no_live_daemons_jobs(pg_cluster, team_db: str,
+                                                                           tmp_path: Path) -> None:
+    """Every heartbeat stops while the server is down, so every lease looks expired when it is back: a
+    daemon that is alive must get its lease back before the others take its jobs (which would make its
+    submits "uncertain" and have two daemons write one job's stems)."""
+    from tests.test_daemon import make_source
+
+    alive = PostgresJournal(team_db, "studio-a", daemon=True, lease=3.0)
+    other = PostgresJournal(team_db, "studio-b", daemon=True, lease=3.0)
+    try:
+        job = alive.add(SeparationRequest(source=make_source(tmp_path / "a.wav", seconds=0.1), prompt="piano"),
+                        "piano")
+        alive.set_state(job, JobState.running, 0.5, "Separating")
+        pg_cluster.down()
+        threading.Event().wait(4.0)  # longer than the lease
+        pg_cluster.up()
+        taken = []
+        for _ in range(25):  # the next 5 s: past one lease after the server is back
+            taken += other.adopt_orphans(10)
+            threading.Event().wait(0.2)
+        assert taken == []
+        row = alive.get(job)
+        assert row is not None and row.owner == "studio-a"
+    finally:
+        alive.close()
+        other.close()

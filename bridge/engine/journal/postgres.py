@@ -117,6 +117,7 @@ class PostgresJournal(JobJournal):
     def __init__(self, dsn: str, instance: str = "", *, lease: float = 30.0, daemon: bool = False,
                  pool_size: int = 8, connect_timeout: float = 5.0) -> None:
         self.where = redact(dsn)
+        self._dsn, self._connect_timeout = dsn, max(1, int(connect_timeout))
         self.instance = instance
         self.lease = lease
         self.daemon = daemon  # heartbeats and owns jobs; the CLI (status, retry) only reads and steers
@@ -250,14 +251,30 @@ class PostgresJournal(JobJournal):
                 "heartbeat=now(), stopped=false", (self.instance, host, pid, __version__))
 
     def _beat(self) -> None:
+        """Renew the lease on a connection of its own: after a database outage the pool may hand out
+        connections only seconds later (a caller waits its timeout), longer than a lease, and the others
+        would take this live daemon's jobs meanwhile."""
         interval = max(0.2, self.lease / 3)
-        while not self._stop.wait(interval):
-            try:
-                self._write("UPDATE daemons SET heartbeat=now(), stopped=false WHERE instance=?", (self.instance,))
-            except psycopg.OperationalError as exc:
-                self._outage(exc)
-                continue
-            self._back()
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            while not self._stop.wait(interval):
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout,
+                                               application_name=f"sam-bridge {self.instance} heartbeat"[:63])
+                    self._counted(1)
+                    conn.execute("UPDATE daemons SET heartbeat=now(), stopped=false WHERE instance=%s",
+                                 (self.instance,))
+                except psycopg.OperationalError as exc:
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    self._outage(exc)
+                    continue
+                self._back()
+        finally:
+            if conn is not None:
+                conn.close()
 
     def _owner(self) -> str:
         return self.instance
@@ -294,8 +311,11 @@ class PostgresJournal(JobJournal):
         if not self.daemon or time.monotonic() - self._healthy_since < self.lease:
             return []
         finished = ",".join(["?"] * len(FINISHED))
-        return self._take(f"state NOT IN ({finished}) AND owner NOT IN ({ALIVE.replace('%s', '?')})",
-                          (*FINISHED, self.lease), limit, reachable, "whose lease expired")
+        # a restarted server stopped every heartbeat: each daemon gets one lease from its start to renew
+        # (this daemon's own view of the outage may have missed it: its calls waited for the pool instead)
+        return self._take(f"state NOT IN ({finished}) AND owner NOT IN ({ALIVE.replace('%s', '?')}) AND "
+                          "pg_postmaster_start_time() < now() - make_interval(secs => ?)",
+                          (*FINISHED, self.lease, self.lease), limit, reachable, "whose lease expired")
 
     def take_queued(self, limit: int, reachable: Callable[[JobRow], bool] | None = None) -> list[JobRow]:
         """The oldest hot-folder jobs other daemons claimed ahead of a free slot and have not started: the
