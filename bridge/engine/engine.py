@@ -3,7 +3,8 @@ the budget; runs every job through the one pipeline. Implements `bridge.common.j
 
 Its parts: `engine_queue` (fair scheduling, slots), `engine_hooks` (what the pipeline calls back),
 `engine_outcomes` (journalling a job's end), `engine_budget` (daily budget), `engine_events` (listeners).
-This module keeps the job's life: submit, cancel, resume, the workers, and the rules for one job's run.
+This module keeps the job's life: submit, cancel, resume, the workers and one job's run; `resume_rules`
+decides what an earlier attempt left may be followed, reused or must not be sent again.
 """
 
 from __future__ import annotations
@@ -17,17 +18,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bridge.audio.intermediates import clean_workdir
-from bridge.audio.source import probe_source, source_sha256
 from bridge.common.cost import FileEstimate, PriceTable
 from bridge.common.errors import (
     AccountLocked,
     BridgeError,
     Cancelled,
-    RequestGone,
     ServiceUnavailable,
-    SourceChanged,
     SourceError,
-    SubmitUncertain,
 )
 from bridge.common.jobs import JobEvent, JobSink, JobState, JobView, RequestRejected
 from bridge.common.request import Origin, SeparationRequest
@@ -39,8 +36,9 @@ from bridge.engine.events import JobEvents
 from bridge.engine.hooks import EngineHooks, ShuttingDown
 from bridge.engine.journal import JobJournal, JobRow, JobTakenOver, JournalDamaged, StateDiskFull
 from bridge.engine.outcomes import JobOutcomes
-from bridge.engine.pipeline import Pipeline, file_fingerprint
+from bridge.engine.pipeline import Pipeline
 from bridge.engine.queue import FairQueue, QueuedJob
+from bridge.engine.resume_rules import REFETCH_FAILED, ResumeRules
 from bridge.fal.client import RequestHandle
 from bridge.presets.library import PresetLibraries, PresetLibrary
 from bridge.presets.recipe import Recipe, recipe_for
@@ -50,8 +48,6 @@ __all__ = ["ACTIVE", "EngineSettings", "JobEngine", "ShuttingDown"]
 log = logging.getLogger(__name__)
 
 PAUSED_MESSAGE = "paused (daemon stopped)"
-REFETCH_FAILED = "refetch-failed"  # a job's flag: the earlier results it asked for again were gone
-RESULTS_KEPT = 24 * 3600.0  # seconds an earlier job's results are asked for again (then: a new request)
 
 ACTIVE = (JobState.queued, JobState.waiting, JobState.preparing, JobState.uploading, JobState.submitted,
           JobState.running, JobState.downloading, JobState.conforming)
@@ -86,6 +82,7 @@ class JobEngine(JobSink):
         self._events = JobEvents()
         self._outcomes = JobOutcomes(journal, self._events, pipeline.client.cancel, settings.retry_base,
                                      settings.retry_max)
+        self._rules = ResumeRules(journal, pipeline, self._outcomes, settings.dedupe)
         self._budget = DailyBudget(journal, settings.daily_budget, settings.prices, billed=pipeline.bills())
         self._cancelled: set[str] = set()  # read by the jobs' hooks at every checkpoint
         self._workers: list[threading.Thread] = []
@@ -180,7 +177,7 @@ class JobEngine(JobSink):
         self._workers.append(watcher)
 
     def _resume(self, row: JobRow) -> None:
-        if self._submit_was_lost(row):
+        if self._rules.submit_was_lost(row):
             self._queue.withdraw(row.view.job_id)
             return
         log.info("resuming job %s (%s, %d accepted request(s))", row.view.job_id, row.view.state,
@@ -262,7 +259,7 @@ class JobEngine(JobSink):
         if row.cancel_requested or job_id in self._cancelled:
             self._outcomes.cancelled(row)
             return
-        if self._submit_was_lost(row):
+        if self._rules.submit_was_lost(row):
             return
         hooks = EngineHooks(row, journal=self.journal, events=self._events, queue=self._queue,
                             cancelled_ids=self._cancelled, stopping=self._stopping)
@@ -271,9 +268,9 @@ class JobEngine(JobSink):
         borrowed: dict[int, RequestHandle] = {}
         try:
             recipe = recipe_for(row.request, self._libraries.for_project(row.request.project_dir))
-            accepted = self._followable_handles(row, len(recipe.steps))
+            accepted = self._rules.followable_handles(row, len(recipe.steps))
             hooks.progress(JobState.preparing, 0.0, "Preparing")
-            audio_hash, fingerprint = self._source_hash(row, accepted)
+            audio_hash, fingerprint = self._rules.source_hash(row, accepted)
             key = dedupe_key(row.request, recipe, audio_hash) if self.settings.dedupe else None
             if key:
                 leader = self.journal.active_leader(job_id, key) if not accepted else None
@@ -283,10 +280,10 @@ class JobEngine(JobSink):
                     return
                 if accepted:
                     self.journal.set_fields(job_id, dedupe_key=key)
-                self._check_still_ours(row)  # the calls above may have waited out a database outage
+                self._rules.check_still_ours(row)  # the calls above may have waited out a database outage
                 if not accepted and self._reuse(row, recipe, key):
                     return
-                if not accepted and (borrowed := self._refetch(row, key, len(recipe.steps))):
+                if not accepted and (borrowed := self._rules.refetch(row, key, len(recipe.steps))):
                     accepted = borrowed  # the earlier job's requests: their results are fetched, not paid
             if not accepted:
                 self._budget.reserve(row, recipe)
@@ -356,83 +353,6 @@ class JobEngine(JobSink):
     def _wait(self, row: JobRow, message: str, until: float | None, count_attempt: bool = True) -> None:
         until = self._outcomes.waiting(row, message, until, count_attempt)
         self._queue.put(row.view.job_id, QueuedJob(row.view.origin, row.view.created_at, until))
-
-    # -- resume rules -----------------------------------------------------------------------------
-
-    def _followable_handles(self, row: JobRow, step_count: int) -> dict[int, RequestHandle]:
-        """The job's accepted requests, less those of a stand-in that is gone (sent again, at no cost; but
-        never to fal on its own, which would pay for what was a free trial)."""
-        accepted, _ = self.journal.handles(row.view.job_id)
-        gone = [step for step, handle in accepted.items() if self.pipeline.made_by_other_stand_in(handle)]
-        if not gone:
-            return accepted
-        if self.pipeline.bills():
-            raise RequestGone("Its request was made by a stand-in service that is gone, and sam-bridge now uses "
-                              "SAM Audio on fal.",
-                              hint=f"`sam-bridge retry {row.view.job_id}` sends it to fal (charged).")
-        log.info("job %s: the stand-in that had its request is gone; sending it again (free)", row.view.job_id)
-        self.journal.clear_steps(row.view.job_id, min(gone), step_count)
-        return {step: handle for step, handle in accepted.items() if step < min(gone)}
-
-    def _source_hash(self, row: JobRow, accepted: dict[int, RequestHandle]) -> tuple[str, tuple[int, int]]:
-        """The source's sha256 (read once: the dedupe key and the manifest share it), remembered with the
-        job, and the file's fingerprint from before that read (the pipeline checks the file still has it);
-        SourceChanged when requests were already made from other audio."""
-        if row.request.confined_to is not None:  # an untrusted way in: checked again now, at use
-            row.request.confined_to.source_file(row.request.source)
-        probe_source(row.request.source)  # missing, unreadable or not audio: said in words, before reading it
-        try:
-            fingerprint = file_fingerprint(row.request.source)
-            audio_hash = source_sha256(row.request.source)
-        except OSError as exc:
-            raise SourceError(f"“{row.request.source.name}” could not be read ({exc.strerror or exc}).",
-                              "Check that the file is there and readable, then retry the job.") from None
-        if accepted and row.source_hash and row.source_hash != audio_hash:
-            raise SourceChanged(
-                f"“{row.request.source.name}” changed after it was sent to the service, so the results "
-                "already made belong to the old audio.",
-                hint=f"`sam-bridge retry {row.view.job_id}` sends the new audio (charged again).")
-        if row.source_hash != audio_hash:
-            self.journal.set_fields(row.view.job_id, source_hash=audio_hash)
-        return audio_hash, fingerprint
-
-    def _submit_was_lost(self, row: JobRow) -> bool:
-        """A step marked 'submitting' with no request id: it may have landed. Never resend it blindly."""
-        accepted, uncertain = self.journal.handles(row.view.job_id)
-        if not [step for step in uncertain if step not in accepted]:
-            return False
-        self._outcomes.failed(row, SubmitUncertain(
-            "sam-bridge lost the answer while submitting this job, so it cannot tell whether the service "
-            "accepted it.", hint=f"Check your fal dashboard; `sam-bridge retry {row.view.job_id}` submits it "
-            "again (it may be charged twice if it did land)."))
-        return True
-
-    def _refetch(self, row: JobRow, key: str, step_count: int) -> dict[int, RequestHandle]:
-        """An earlier identical job whose stems are gone (on any machine of a team): its requests' results
-        are asked for again while the service may still have them, instead of paying for new ones."""
-        if REFETCH_FAILED in row.flags or not self.settings.dedupe:
-            return {}
-        for earlier in self.journal.done_with_dedupe_key(key):
-            if earlier.view.job_id == row.view.job_id or time.time() - earlier.view.updated_at > RESULTS_KEPT:
-                continue
-            handles, _ = self.journal.handles(earlier.view.job_id)
-            if len(handles) != step_count or any(self.pipeline.made_by_other_stand_in(h) for h in handles.values()):
-                continue
-            for step, handle in handles.items():
-                self.journal.mark_submitted(row.view.job_id, step, handle)
-            log.info("job %s fetches the results of job %s again (its stems are gone; no new request)",
-                     row.view.job_id, earlier.view.job_id)
-            return handles
-        return {}
-
-    def _check_still_ours(self, row: JobRow) -> None:
-        """JobTakenOver when another daemon took the job while this one waited (its lease ran out during
-        a team database outage): it may have finished the job already, so nothing is written here."""
-        latest = self.journal.get(row.view.job_id)
-        if latest is not None and latest.owner != row.owner:
-            raise JobTakenOver(f"job {row.view.job_id} was taken over by {latest.owner}")
-        if latest is not None and latest.view.state.finished:
-            raise JobTakenOver(f"job {row.view.job_id} ended elsewhere ({latest.view.state.value})")
 
     def _reuse(self, row: JobRow, recipe: Recipe, key: str) -> bool:
         for earlier in self.journal.done_with_dedupe_key(key):
