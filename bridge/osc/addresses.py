@@ -116,8 +116,9 @@ _SEPARATE_OPTIONAL = (
          maximum=MAX_SECONDS, as_text=True, may_be_empty=True),
      Arg("length", "f", "seconds of source to separate (or as text, like start; \"\" = to the end)", above=0.0,
          maximum=MAX_SECONDS, as_text=True, may_be_empty=True)),
-    (Arg("audition", "f", "seconds to audition: only the loudest window this long of the part (from start when "
-         "start is given) is separated, stems named .audition (0 = the whole part)", minimum=0.0, maximum=600.0),),
+    (Arg("audition", "f", "seconds to audition: only the loudest window this long inside the part (start, length) "
+         "is separated (from start when start is given without a length), stems named .audition "
+         "(0 = the whole part)", minimum=0.0, maximum=600.0),),
     (_s("options", "service/output options as key=value words, e.g. \"reranking_candidates=2 "
         "predict_spans=true\" (the README's options tables; \"\" = none)", max_chars=1000, may_be_empty=True),),
 )
