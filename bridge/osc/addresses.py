@@ -132,7 +132,7 @@ REQUESTS: tuple[Request, ...] = (
         "prompt. The source must be under an allowed source folder and the stems' folder under an "
         "allowed output folder.",
         example='"/Users/me/Music/Guitar 01.wav" piano take-3 "/Users/me/Music/Song" 12.5 8.0',
-        replies=("accepted", "progress", "flags", "stem", "done", "error"),
+        replies=("accepted", "progress", "part", "flags", "stem", "done", "error"),
     ),
     Request(
         "estimate",
@@ -221,6 +221,11 @@ REPLIES: tuple[Reply, ...] = (
                        Arg("eta", "f", "seconds the job is expected to take still (-1 = unknown)")),
           "A job changed (to the submitter and every subscriber).",
           "5bbfef41c050 running 0.4 \"Separating chunk 3/11\" 12.5"),
+    Reply("part", (_JOB_ID, Arg("start_seconds", "f", "seconds into the source where the stems begin"),
+                   Arg("length_seconds", "f", "seconds of source the stems cover")),
+          "The part of the source the stems cover (an audition: its loudest window), from the manifest's `part`: "
+          "sent before /sam/stem and /sam/done of every job.",
+          "5bbfef41c050 17.5 10.0"),
     Reply("flags", (_JOB_ID, _s("flag", "a warning: target-silent, target-is-everything, target-unlikely, "
                                 "weak-correlation, drift, clipped, …")),
           "The result looks wrong or needs a look: sent before /sam/done, only when there are flags.",
