@@ -131,10 +131,11 @@ def test_part_tells_where_the_stems_are_an_audition_its_loudest_window_inside_th
     for tag, rest, window in (("late", (1.0, 10.0, 2.0), (8.0, 2.0)), ("whole", (1.0, 10.0), (1.0, 10.0))):
         seen = follow_job(client, separate(client, source, "piano", tag, "", *rest))
         assert seen.done is not None, seen.error
-        addresses = [r.address for r in client.about(seen.job_id)]
-        assert addresses.count("/sam/part") == 1
-        [part] = [r.args for r in client.about(seen.job_id) if r.address == "/sam/part"]
-        assert part[1] == pytest.approx(window[0], abs=0.11) and part[2] == pytest.approx(window[1], abs=1e-5)
+        assert seen.addresses.count("/sam/part") == 1
+        assert seen.addresses.index("/sam/part") < seen.addresses.index("/sam/stem")  # before stems and done
+        part = seen.part
+        assert part is not None
+        assert part[0] == pytest.approx(window[0], abs=0.11) and part[1] == pytest.approx(window[1], abs=1e-5)
         manifest = json.loads(Path(str(seen.done[3])).read_text())
-        assert part[1] == pytest.approx(manifest["part"]["start_seconds"], abs=1e-5)
+        assert part[0] == pytest.approx(manifest["part"]["start_seconds"], abs=1e-5)
     assert service.stats()["submits"] == 2
