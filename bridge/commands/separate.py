@@ -43,8 +43,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--estimate", action="store_true",
                    help="print seconds, requests and estimated cost per file and in total; send nothing")
     p.add_argument("--audition", nargs="?", type=_positive, const=AUDITION_DEFAULT, metavar="SECONDS",
-                   help=f"separate only the loudest SECONDS (default {AUDITION_DEFAULT:g}) of the part, or from "
-                   "--start; the stems are named .audition; prints what the whole would cost")
+                   help=f"separate only the loudest SECONDS (default {AUDITION_DEFAULT:g}) of the part (--start with "
+                   "--length: inside it; --start alone: from --start); "
+                   "the stems are named .audition; prints what the whole would cost")
     service = p.add_mutually_exclusive_group()
     service.add_argument("--local", action="store_true", help="use the built-in local stand-in (no key needed)")
     service.add_argument("--service-url", help="use a stand-in service at this URL (`sam-bridge local-service`)")

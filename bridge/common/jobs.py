@@ -49,6 +49,7 @@ class JobEvent:
     flags: tuple[str, ...] = ()
     origin: str = ""  # the way in of the job's request (request.Origin's value), on final events
     eta: float | None = None  # seconds the job is expected to take still; None when unknown
+    part: tuple[float, float] | None = None  # done: (start, length) seconds of the source the stems cover
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,8 @@ class SeparationRequest(BaseModel):
     spans: list[Span] | None = Field(None, description="spans for the span-separate endpoint")
     audition: float | None = Field(
         None, gt=0, le=600, description="audition: separate only the loudest window of this many seconds of the "
-        "part (or the first, from `start`); stems named `.audition.target`/`.audition.residual`")
+        "part (with `length`, inside start..start+length; with `start` alone, the first from `start`); "
+        "stems named `.audition.target`/`.audition.residual`")
     estimate_only: bool = Field(False, description="send nothing: answer with the seconds, requests and estimated "
                                 "cost")
     tag: str = Field("", max_length=200, description="caller's own id, echoed in every reply")

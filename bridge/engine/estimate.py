@@ -11,11 +11,14 @@ from bridge.presets.recipe import Recipe
 
 
 def part_of(request: SeparationRequest, source: SourceInfo) -> tuple[int, int]:
-    """(start_frame, frames) the request separates: its part, or the audition window of that part."""
+    """(start_frame, frames) the request separates: its part, or the audition window of that part.
+
+    A bounded part (a `length`, as every DAW sends for the selected item or clip) auditions its loudest
+    window; only an open part (a `start` without a `length`, the CLI's `--start`) auditions from `start`."""
     start_frame, frames = frame_range(source, request.start, request.length)
     if request.audition is not None:
         start_frame, frames = loudest_window(source, start_frame, frames, request.audition,
-                                             from_start=request.start is not None)
+                                             from_start=request.start is not None and request.length is None)
     return start_frame, frames
 
 

@@ -20,9 +20,11 @@ class JobEvents:
 
     def emit(self, job_id: str, tag: str, state: JobState, progress: float, message: str, *,
              stems: dict[str, str] | None = None, manifest: str | None = None, error: str | None = None,
-             flags: tuple[str, ...] = (), origin: str = "", eta: float | None = None) -> None:
+             flags: tuple[str, ...] = (), origin: str = "", eta: float | None = None,
+             part: tuple[float, float] | None = None) -> None:
         event = JobEvent(job_id=job_id, tag=tag, state=state, progress=progress, message=message,
-                         stems=stems or {}, manifest=manifest, error=error, flags=flags, origin=origin, eta=eta)
+                         stems=stems or {}, manifest=manifest, error=error, flags=flags, origin=origin, eta=eta,
+                         part=part)
         for listener in list(self._listeners):
             try:
                 listener(event)

@@ -3,6 +3,7 @@ the signal DAW scripts wait for. Schema documented in the README (`MANIFEST_FIEL
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -148,3 +149,15 @@ def build_manifest(
         "reused_from": reused_from,
         "request": request.model_dump(mode="json", exclude={"source"}),
     }
+
+
+def part_seconds(manifest_path: Path) -> tuple[float, float] | None:
+    """(start, length) in seconds of the source a written manifest's stems cover (its `part`), so that a
+    DAW can place an audition's window; None when the manifest cannot say."""
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        part, rate = manifest["part"], float(manifest["source"]["samplerate"])
+        start, length = part["start_frame"] / rate, part["frames"] / rate
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
+    return (start, length) if math.isfinite(start) and math.isfinite(length) and rate > 0 else None

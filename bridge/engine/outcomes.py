@@ -14,6 +14,7 @@ from bridge.common.errors import BridgeError, JobFailed, SubmitUncertain
 from bridge.common.jobs import JobState
 from bridge.engine.events import JobEvents
 from bridge.engine.journal import JobJournal, JobRow
+from bridge.engine.manifest import part_seconds
 from bridge.engine.pipeline_hooks import JobResult
 from bridge.fal.client import RequestHandle
 from bridge.os_service.macos_privacy import job_error_hint, service_program
@@ -40,7 +41,8 @@ class JobOutcomes:
             result=_json({"stems": stems, "manifest": str(result.manifest)}),
             flags=_json(result.flags), cost=0.0 if reused_from else result.estimated_cost, error=None)
         self.events.emit(row.view.job_id, row.view.tag, JobState.done, 1.0, message, stems=stems,
-                         manifest=str(result.manifest), flags=tuple(result.flags), origin=row.view.origin)
+                         manifest=str(result.manifest), flags=tuple(result.flags), origin=row.view.origin,
+                         part=part_seconds(result.manifest))
 
     def cancelled(self, row: JobRow) -> None:
         job_id = row.view.job_id

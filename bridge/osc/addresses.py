@@ -116,8 +116,9 @@ _SEPARATE_OPTIONAL = (
          maximum=MAX_SECONDS, as_text=True, may_be_empty=True),
      Arg("length", "f", "seconds of source to separate (or as text, like start; \"\" = to the end)", above=0.0,
          maximum=MAX_SECONDS, as_text=True, may_be_empty=True)),
-    (Arg("audition", "f", "seconds to audition: only the loudest window this long of the part (from start when "
-         "start is given) is separated, stems named .audition (0 = the whole part)", minimum=0.0, maximum=600.0),),
+    (Arg("audition", "f", "seconds to audition: only the loudest window this long inside the part (start, length) "
+         "is separated (from start when start is given without a length), stems named .audition "
+         "(0 = the whole part)", minimum=0.0, maximum=600.0),),
     (_s("options", "service/output options as key=value words, e.g. \"reranking_candidates=2 "
         "predict_spans=true\" (the README's options tables; \"\" = none)", max_chars=1000, may_be_empty=True),),
 )
@@ -131,7 +132,7 @@ REQUESTS: tuple[Request, ...] = (
         "prompt. The source must be under an allowed source folder and the stems' folder under an "
         "allowed output folder.",
         example='"/Users/me/Music/Guitar 01.wav" piano take-3 "/Users/me/Music/Song" 12.5 8.0',
-        replies=("accepted", "progress", "flags", "stem", "done", "error"),
+        replies=("accepted", "progress", "part", "flags", "stem", "done", "error"),
     ),
     Request(
         "estimate",
@@ -220,6 +221,11 @@ REPLIES: tuple[Reply, ...] = (
                        Arg("eta", "f", "seconds the job is expected to take still (-1 = unknown)")),
           "A job changed (to the submitter and every subscriber).",
           "5bbfef41c050 running 0.4 \"Separating chunk 3/11\" 12.5"),
+    Reply("part", (_JOB_ID, Arg("start_seconds", "f", "seconds into the source where the stems begin"),
+                   Arg("length_seconds", "f", "seconds of source the stems cover")),
+          "The part of the source the stems cover (an audition: its loudest window), from the manifest's `part`: "
+          "sent before /sam/stem and /sam/done of every job.",
+          "5bbfef41c050 17.5 10.0"),
     Reply("flags", (_JOB_ID, _s("flag", "a warning: target-silent, target-is-everything, target-unlikely, "
                                 "weak-correlation, drift, clipped, …")),
           "The result looks wrong or needs a look: sent before /sam/done, only when there are flags.",

@@ -146,12 +146,15 @@ def encode_reply(prefix: str, name: str, args: Sequence[ArgValue]) -> bytes:
 
 
 def event_messages(event: JobEvent) -> list[tuple[str, list[ArgValue]]]:
-    """The replies one job event becomes: progress, then stems and done (or an error) when it ends."""
+    """The replies one job event becomes: progress, then part, flags, stems and done (or an error) when it
+    ends."""
     progress = event.progress if math.isfinite(event.progress) else 0.0
     messages: list[tuple[str, list[ArgValue]]] = [
         ("progress", [event.job_id, event.state.value, min(1.0, max(0.0, progress)), event.message,
                       -1.0 if event.eta is None or not math.isfinite(event.eta) else round(event.eta, 1)])]
     if event.state is JobState.done:
+        if event.part is not None:
+            messages.append(("part", [event.job_id, *event.part]))
         if event.flags:
             messages.append(("flags", [event.job_id, *event.flags]))
         messages += [("stem", [event.job_id, label, path]) for label, path in event.stems.items()]

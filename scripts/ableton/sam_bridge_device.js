@@ -2,7 +2,8 @@
 //
 // It reads the selected clip through the Live Object Model, sends /sam/separate to the sam-bridge
 // daemon through [udpsend], follows the job through /sam/progress events from [udpreceive], and on
-// /sam/done puts the stems on new audio tracks next to the source track (Live 12's create_audio_clip).
+// /sam/done puts the stems on new audio tracks next to the source track (Live 12's create_audio_clip),
+// an audition's at the window of the clip it covers (/sam/part).
 //
 // Written in ES5 for Max's [js] object. Under node (the tests) the same file exports its functions and
 // takes stand-ins for Max's outlet/post and Live's LiveAPI through setHost().
@@ -333,6 +334,7 @@ function readSelectedClip() {
         loopEnd: Number(first(clip.get("loop_end")))
     };
     var sampleRate = Number(first(clip.get("sample_rate"))) || 0;
+    var startBeats = props.looping ? props.startMarker : props.loopStart; // where clipRegion's start is, in beats
     var region = clipRegion(props, function (beats) {
         return Number(first(clip.call("beat_to_sample_time", beats))) / sampleRate;
     });
@@ -360,6 +362,8 @@ function readSelectedClip() {
         isArrangement: where.isArrangement,
         startTime: Number(first(clip.get("start_time"))) || 0,
         warped: props.warped,
+        startBeats: props.warped ? startBeats : null,
+        sampleRate: sampleRate,
         start: region.start,
         length: region.length
     };
@@ -764,6 +768,16 @@ handlers["/flags"] = function (args) {
     if (job) { job.flags = job.flags.concat(args.slice(1).map(String)); }
 };
 
+// Where in the source the stems begin and how long they are (an audition: the loudest window of the clip's
+// part, which the daemon chose), from the manifest's `part`: before /sam/stem and /sam/done.
+handlers["/part"] = function (args) {
+    var job = device.jobsById[String(args[0])];
+    var start = Number(args[1]), length = Number(args[2]);
+    if (job && isFinite(start) && start >= 0 && isFinite(length) && length > 0) {
+        job.part = { start: start, length: length };
+    }
+};
+
 handlers["/stem"] = function (args) {
     var job = device.jobsById[String(args[0])];
     if (job) { job.stems.push({ label: String(args[1]), path: joinWords(args.slice(2)) }); }
@@ -876,6 +890,27 @@ function currentClipPlace(job) {
     return where.trackIndex >= 0 ? { api: clip, trackIndex: where.trackIndex, slotIndex: where.slotIndex } : null;
 }
 
+/** The stretch of the source the stem files hold: the clip's part, or an audition's window of it (from
+ *  /sam/part; a daemon that does not send it auditioned from the part's start). */
+function stemRegion(job) {
+    if (job.audition && job.part) { return job.part; }
+    return { start: job.clip.start, length: job.clip.length };
+}
+
+/** Beats from the clip's start in the arrangement to `seconds` into its file: through the clip's warping
+ *  (Clip.sample_to_beat_time, in samples) when it is warped, else at the song's tempo (an unwarped clip
+ *  plays its file at its own speed). */
+function beatsIntoClip(job, place, seconds) {
+    var offset = seconds - job.clip.start;
+    if (Math.abs(offset) < 1e-9) { return 0; }
+    if (job.clip.warped && place && job.clip.sampleRate > 0) {
+        var beat = Number(first(place.api.call("sample_to_beat_time", seconds * job.clip.sampleRate)));
+        if (isFinite(beat)) { return beat - job.clip.startBeats; }
+    }
+    var tempo = Number(first(host.liveApi("live_set").get("tempo"))) || 120;
+    return offset * tempo / 60;
+}
+
 /** Creates one audio track per stem right after the source track and places the stems like the clip. */
 function placeStems(job) {
     var files = [];
@@ -892,6 +927,8 @@ function placeStems(job) {
             files: files
         };
     }
+    var region = stemRegion(job);
+    var startTime = job.clip.startTime + (job.clip.isArrangement ? beatsIntoClip(job, place, region.start) : 0);
     var song = host.liveApi("live_set");
     // One undo step for all of it where the LOM offers Song.begin_undo_step/end_undo_step (Live 12); else
     // Live records each edit (Cmd/Ctrl-Z then takes several presses).
@@ -904,10 +941,10 @@ function placeStems(job) {
             song.call("create_audio_track", index);
             var track = host.liveApi("live_set tracks " + index);
             track.set("name", stemTrackName(job.clip.trackName, job.what, (job.audition ? "audition " : "") + stem.label));
-            var clip = job.clip.isArrangement ? createArrangementClip(track, index, stem.path, job.clip.startTime)
+            var clip = job.clip.isArrangement ? createArrangementClip(track, index, stem.path, startTime)
                 : createSessionClip(index, slotIndex, stem.path);
             if (clip) {
-                applyClipSettings(clip, job.clip);
+                applyClipSettings(clip, job.clip, region);
                 clip.set("name", stem.label);
             }
         }
@@ -919,9 +956,9 @@ function placeStems(job) {
 }
 
 /** The source clip's gain, pitch and warping on a stem clip, so it sounds and stays in time like the source.
- *  The stem file starts where the separated region starts (clip.start seconds into the source's file), so
+ *  The stem file starts where the separated region starts (region.start seconds into the source's file), so
  *  each warp marker keeps its beat and moves by that much in the file; markers outside the stem are left. */
-function applyClipSettings(stemClip, source) {
+function applyClipSettings(stemClip, source, region) {
     var settings = source.settings;
     if (!settings) { return; }
     if (isFinite(settings.gain)) { stemClip.set("gain", settings.gain); }
@@ -932,8 +969,8 @@ function applyClipSettings(stemClip, source) {
     if (isFinite(settings.warp_mode)) { stemClip.set("warp_mode", Math.round(settings.warp_mode)); }
     for (var i = 0; i < settings.markers.length; i++) {
         var marker = settings.markers[i];
-        var at = Number(marker.sample_time) - source.start;
-        if (at >= 0 && at <= source.length + 1e-9) {
+        var at = Number(marker.sample_time) - region.start;
+        if (at >= 0 && at <= region.length + 1e-9) {
             stemClip.call("add_warp_marker", { beat_time: Number(marker.beat_time), sample_time: at });
         }
     }

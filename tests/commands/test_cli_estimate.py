@@ -135,3 +135,30 @@ def test_audition_separates_the_loudest_window_and_prices_the_whole(
                "--start", "2") == 0
     err = capsys.readouterr().err
     assert "the whole 28.0 s would cost $0.05" in err  # from --start: its first 10 s
+
+
+def test_audition_of_a_bounded_part_takes_its_loudest_window_an_open_part_starts_at_start(
+        env: dict[str, Path], music: Path, service: LocalFalService,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A DAW always sends start and length (the selected item or clip): the window is the loudest inside that
+    part, not its first seconds. Only `--start` without `--length` auditions from `--start`."""
+    rate = 44100
+    source = music / "Take.wav"
+    original = quiet_then_loud(source, rate)  # loud from 18 s to 24 s, late in the part 2 s..27 s
+    assert cli("separate", source, "--prompt", "hi-hat", "--service-url", service.url, "--audition", "4",
+               "--start", "2", "--length", "25", "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    target = Path(summary["stems"]["target"])
+    part = json.loads(Path(summary["manifest"]).read_text())["part"]
+    start = part["start_frame"]
+    assert 18.0 * rate <= start and start + 4 * rate <= 24.0 * rate and part["frames"] == 4 * rate
+    t, _ = sf.read(str(target), dtype="float64")
+    r, _ = sf.read(str(summary["stems"]["residual"]), dtype="float64")
+    assert np.max(np.abs(t + r - original[start:start + 4 * rate])) <= 2 / 2**23
+    assert summary["audition"]["whole_seconds"] == 25.0
+
+    assert cli("separate", source, "--prompt", "hi-hat", "--service-url", service.url, "--audition", "4",
+               "--start", "2", "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    part = json.loads(Path(summary["manifest"]).read_text())["part"]
+    assert (part["start_frame"], part["frames"]) == (2 * rate, 4 * rate)  # an open part: from --start

@@ -19,7 +19,7 @@ const scenario = JSON.parse(fs.readFileSync(scenarioPath, "utf8"));
 // (into `errors`, which every test expects empty).
 const BOOL = { type: "bool" };
 const PROPERTIES = {
-  Song: { file_path: { type: "symbol", readOnly: true } },
+  Song: { file_path: { type: "symbol", readOnly: true }, tempo: { type: "float", min: 20, max: 999 } },
   Track: { name: { type: "symbol" } },
   Clip: {
     name: { type: "symbol" }, file_path: { type: "symbol", readOnly: true }, is_audio_clip: { type: "bool", readOnly: true },
@@ -38,7 +38,7 @@ const FUNCTIONS = {
   Song: { create_audio_track: ["int"], begin_undo_step: [], end_undo_step: [] },
   Track: { create_audio_clip: ["symbol", "float"] },
   ClipSlot: { create_audio_clip: ["symbol"] },
-  Clip: { beat_to_sample_time: ["float"], add_warp_marker: ["dict"] },
+  Clip: { beat_to_sample_time: ["float"], sample_to_beat_time: ["float"], add_warp_marker: ["dict"] },
 };
 
 function typeError(spec, value) {
@@ -63,7 +63,7 @@ class LiveSet {
     this.errors = [];
     this.caps = Object.assign({ track_create_audio_clip: true, slot_create_audio_clip: true, undo_steps: true,
                                 song_file_path: false }, spec.capabilities);
-    this.song = this.register({ kind: "Song", tracks: [], file_path: spec.set_path || "" });
+    this.song = this.register({ kind: "Song", tracks: [], file_path: spec.set_path || "", tempo: spec.tempo || 120 });
     this.undoSteps = 0; // what Cmd-Z would walk back: one per edit, or one per begin/end_undo_step group
     this.undoDepth = 0;
     this.view = this.register({ kind: "SongView" });
@@ -234,7 +234,12 @@ class LiveSet {
       this.edited();
       return undefined;
     }
-    if (fn !== "beat_to_sample_time") this.edited();
+    const conversion = fn === "beat_to_sample_time" || fn === "sample_to_beat_time";
+    if (conversion && !obj.warping) { // the LOM: "Raises an error if the clip is not warped."
+      this.errors.push(fn + ": the clip is not warped");
+      return undefined;
+    }
+    if (!conversion) this.edited();
     if (obj.kind === "Song" && fn === "create_audio_track") {
       const index = args[0] < 0 || args[0] > this.song.tracks.length ? this.song.tracks.length : args[0];
       this.song.tracks.splice(index, 0, this.makeTrack({ name: "Audio", clip_slots: [null, null, null, null] }));
@@ -254,6 +259,9 @@ class LiveSet {
     }
     if (obj.kind === "Clip" && fn === "beat_to_sample_time") {
       return args[0] * obj.seconds_per_beat * obj.sample_rate;
+    }
+    if (obj.kind === "Clip" && fn === "sample_to_beat_time") { // samples in, beats out (the inverse)
+      return args[0] / obj.sample_rate / obj.seconds_per_beat;
     }
     this.errors.push("unknown function " + fn + " on " + obj.kind);
     return undefined;

@@ -183,11 +183,14 @@ def test_the_lom_stand_in_refuses_what_live_refuses(devices: Devices) -> None:
       clip.set("warp_mode", 5);                   // REX: not settable
       clip.call("add_warp_marker", {beat_time: 1}); // the clip is not warped
       new LiveAPI("live_set").call("create_audio_track");  // its index is missing
+      clip.call("sample_to_beat_time", 48000);    // the clip is not warped
+      new LiveAPI("live_set").set("tempo", 1200); // beyond 20..999
       return live.errors;
     """
     errors = device.send(cmd="eval", code=code)["value"]
-    assert len(errors) == 5, errors
+    assert len(errors) == 7, errors
     assert "read-only" in errors[0] and "above 1" in errors[1]
+    assert "not warped" in errors[5] and "above 999" in errors[6]
 
 
 # --- item 8: the project from the Live Set ----------------------------------------------------------

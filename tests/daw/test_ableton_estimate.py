@@ -165,3 +165,47 @@ def test_the_audition_message_is_what_the_daemon_accepts(devices: Devices) -> No
     for name in ("estimate", "separate"):
         values = validate_args(REQUESTS_BY_NAME[name], asked[1:])
         assert values["audition"] == 10 and values["start"] == 1.25 and values["length"] == 4.5
+
+
+def audition_done(device: MaxDevice, part: tuple[float, float] | None) -> list[dict[str, Any]]:
+    """Audition the selected clip; the daemon answers (with /sam/part when `part` is given) and finishes."""
+    device.msg("text", "piano")
+    asked = osc_out(device.msg("audition"))[-1]
+    device.msg("/sam/estimate/ok", asked[3], 2.0, 1, 0.0033, "USD", 1.0, 0, 0.4)
+    device.msg("/sam/accepted", asked[3], "job-9")
+    if part is not None:
+        device.msg("/sam/part", "job-9", *part)
+    device.msg("/sam/flags", "job-9", "audition")
+    device.msg("/sam/stem", "job-9", "target", "/s/vox.audition.target.wav")
+    device.msg("/sam/stem", "job-9", "residual", "/s/vox.audition.residual.wav")
+    device.msg("/sam/done", "job-9", "/s/vox.audition.target.wav", "/s/vox.audition.residual.wav", "/m")
+    state = device.state()["live"]
+    assert state["errors"] == []
+    return [t["arrangement_clips"][0] for t in state["tracks"][2:4]]
+
+
+def test_audition_stems_land_at_the_window_the_daemon_chose_not_at_the_clip_start(devices: Devices) -> None:
+    """The clip plays 1.25 s..5.75 s of its file from beat 16; the daemon's loudest 2 s start 3.25 s into the
+    file: 2 s into the clip, 4 beats at 120 BPM (an unwarped clip plays at its own speed)."""
+    device = devices(live_set(clip()))
+    stems = audition_done(device, (3.25, 2.0))
+    assert [c["start_time"] for c in stems] == [20.0, 20.0]
+
+
+def test_a_warped_clips_audition_lands_through_its_warping(devices: Devices) -> None:
+    """Warped: beats 4..12 at 0.4 s a beat are 1.6 s..4.8 s of the file; a window from 3.2 s is beat 8 of
+    the clip, 4 beats after its start; the stems' warp markers move with the window."""
+    markers = [{"beat_time": 4.0, "sample_time": 1.6}, {"beat_time": 9.0, "sample_time": 3.6},
+               {"beat_time": 12.0, "sample_time": 4.8}]
+    device = devices(live_set(clip(warping=1, loop_start=4.0, loop_end=12.0, seconds_per_beat=0.4,
+                                   markers=markers)))
+    stems = audition_done(device, (3.2, 1.0))
+    assert [c["start_time"] for c in stems] == [20.0, 20.0]
+    for stem in stems:
+        assert stem["markers"] == [{"beat_time": 9.0, "sample_time": pytest.approx(0.4)}]
+
+
+def test_without_part_an_audition_lands_at_the_clip_start(devices: Devices) -> None:
+    """A daemon that sends no /sam/part (older) auditioned from the part's start."""
+    device = devices(live_set(clip()))
+    assert [c["start_time"] for c in audition_done(device, None)] == [16.0, 16.0]

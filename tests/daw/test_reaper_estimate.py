@@ -238,8 +238,8 @@ def test_the_fake_host_wants_an_answer_for_a_question(setup: Setup) -> None:
 def test_the_daemon_estimates_and_auditions_what_the_script_asks_for(
     user_dirs: dict[str, Path], service: Any, daemon_factory: Any
 ) -> None:
-    """The real daemon answers the estimate, then separates a 10 s window; the stems land in REAPER at that
-    window's position and null against the source there."""
+    """The real daemon answers the estimate, then separates the loudest 10 s window of the item's part (late
+    in it); the stems land in REAPER at that window's position and null against the source there."""
     import math
 
     import numpy as np
@@ -283,9 +283,9 @@ def test_the_daemon_estimates_and_auditions_what_the_script_asks_for(
     positions = {t["items"][0]["values"]["D_POSITION"] for t in stems}
     [position] = positions
     window_start = position - 5.0 + 1.0  # seconds into the source
-    # inside the item's part (the daemon takes the part's first 10 s when a start is sent, as REAPER always
-    # does for a file, else the loudest 10 s); wherever it is, the stems must sit exactly there
-    assert 1.0 - 1e-6 <= window_start <= 1.0 + 28.0 - 10.0 + 1e-6
+    # REAPER sends the item's start and length: the daemon takes the loudest 10 s inside that part (the loud
+    # 18 s..26 s, late in the part 1 s..29 s), not its first 10 s, and the stems must sit exactly there
+    assert 16.0 - 0.1 <= window_start <= 18.0 + 0.1
     first = round(window_start * rate)
     target, _ = sf.read(stems[0]["items"][0]["takes"][0]["source"], always_2d=True)
     residual, _ = sf.read(stems[1]["items"][0]["takes"][0]["source"], always_2d=True)

@@ -77,7 +77,7 @@ def visible_files(folder: Path) -> list[str]:
 
 # --- talking to the daemon ---------------------------------------------------------------------------
 
-JOB_EVENTS = ("/sam/progress", "/sam/stem", "/sam/done", "/sam/error")
+JOB_EVENTS = ("/sam/progress", "/sam/part", "/sam/stem", "/sam/done", "/sam/error")
 
 
 class Device(OscClient):
@@ -124,6 +124,7 @@ class JobMessages:
     addresses: list[str] = field(default_factory=list)
     progress: list[list[Any]] = field(default_factory=list)
     stems: list[tuple[str, str]] = field(default_factory=list)
+    part: list[Any] | None = None  # /sam/part: start and length in seconds of the source the stems cover
     done: list[Any] | None = None
     error: list[Any] | None = None
 
@@ -142,6 +143,8 @@ def follow_job(device: Device, job_id: str, timeout: float = 60.0) -> JobMessage
         seen.addresses.append(got.address)
         if got.address == "/sam/progress":
             seen.progress.append(got.args)
+        elif got.address == "/sam/part":
+            seen.part = got.args[1:]
         elif got.address == "/sam/stem":
             seen.stems.append((str(got.args[1]), str(got.args[2])))
         elif got.address == "/sam/done":
@@ -189,12 +192,12 @@ def status_of(device: Device, *job_id: str) -> tuple[list[list[Any]], int]:
 
 
 def assert_finished_in_order(seen: JobMessages, stem_count: int, steps: int = 1) -> None:
-    """Progress only moves forward and ends at done 1.0, then every /sam/stem, then /sam/done. A stem
-    set (`steps` service requests) goes back to "uploading" once per further request."""
+    """Progress only moves forward and ends at done 1.0, then /sam/part, every /sam/stem, then /sam/done. A
+    stem set (`steps` service requests) goes back to "uploading" once per further request."""
     assert seen.error is None, seen.error
-    tail = seen.addresses[-(stem_count + 1):]
-    assert tail == ["/sam/stem"] * stem_count + ["/sam/done"], seen.addresses
-    assert set(seen.addresses[:-(stem_count + 1)]) == {"/sam/progress"}
+    tail = seen.addresses[-(stem_count + 2):]
+    assert tail == ["/sam/part"] + ["/sam/stem"] * stem_count + ["/sam/done"], seen.addresses
+    assert set(seen.addresses[:-(stem_count + 2)]) == {"/sam/progress"}
     # States move forward (a quick job may skip "running": it was done at the first status poll).
     ranks = [STAGES.index(state) for state in seen.states]
     back_to = [seen.states[i + 1] for i in range(len(ranks) - 1) if ranks[i + 1] < ranks[i]]

@@ -4,6 +4,7 @@ progress ETA reach a client. The real daemon process, real UDP, the stand-in ove
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,28 @@ def test_a_result_unrelated_to_the_source_is_flagged_over_osc_and_in_the_status_
                             options={"reranking_candidates": 2})  # not a dedupe hit of "good"
     status = wait_state(request, ("done", "failed"))
     assert "target-unlikely" in status["flags"], status
+
+
+def test_part_tells_where_the_stems_are_an_audition_its_loudest_window_inside_the_part(
+        client: Device, service: Any, user_dirs: dict[str, Path]) -> None:  # noqa: F811
+    """A DAW sends the clip as start and length: the audition is the loudest window inside it (late in it
+    here), and /sam/part, before /sam/stem and /sam/done, says where that is, so the device can place it."""
+    import numpy as np
+
+    rate = 44100
+    noise = 0.01 * np.random.default_rng(4).standard_normal((12 * rate, 1))
+    noise[8 * rate: 10 * rate] *= 20  # loud from 8 s to 10 s
+    source = user_dirs["home"] / "Song" / "Late.wav"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(source, noise, rate, subtype="PCM_24")
+    for tag, rest, window in (("late", (1.0, 10.0, 2.0), (8.0, 2.0)), ("whole", (1.0, 10.0), (1.0, 10.0))):
+        seen = follow_job(client, separate(client, source, "piano", tag, "", *rest))
+        assert seen.done is not None, seen.error
+        assert seen.addresses.count("/sam/part") == 1
+        assert seen.addresses.index("/sam/part") < seen.addresses.index("/sam/stem")  # before stems and done
+        part = seen.part
+        assert part is not None
+        assert part[0] == pytest.approx(window[0], abs=0.11) and part[1] == pytest.approx(window[1], abs=1e-5)
+        manifest = json.loads(Path(str(seen.done[3])).read_text())
+        assert part[0] == pytest.approx(manifest["part"]["start_seconds"], abs=1e-5)
+    assert service.stats()["submits"] == 2
