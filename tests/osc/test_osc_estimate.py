@@ -5,12 +5,14 @@ progress ETA reach a client. The real daemon process, real UDP, the stand-in ove
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import soundfile as sf
 
+from tests.conftest import TEST_KEY
 from tests.osc.test_osc_daemon import (  # noqa: F401 - fixtures
     Device,
     client,
@@ -22,6 +24,16 @@ from tests.osc.test_osc_daemon import (  # noqa: F401 - fixtures
 from tests.test_daemon import read_status, requests_dir, wait_state, write_request
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def service() -> Iterator[Any]:
+    """A stand-in that takes a second per job: a job that ends in a few milliseconds may never report
+    "running", so its ETA would go unseen and the test would depend on the machine's load."""
+    from bridge.local_service import LocalFalService
+
+    with LocalFalService(key=TEST_KEY, job_time=1.0) as svc:
+        yield svc
 
 
 def test_estimate_answers_and_sends_nothing(client: Device, service: Any,  # noqa: F811
