@@ -67,16 +67,12 @@ _CHOICES = {"format": STEM_FORMATS, "subtype": STEM_SUBTYPES}
 
 def parse_span(text: str) -> Span:
     """`12.5-20` (a span to keep) or `12.5-20:exclude` (a span to leave out), in seconds."""
-    body, _, kind = text.partition(":")
-    start, sep, end = body.partition("-")
-    if not sep or kind not in ("", "include", "exclude"):
-        raise argparse.ArgumentTypeError(f"{text!r}: give START-END in seconds, e.g. 12.5-20 (or 12.5-20:exclude)")
     from bridge.common.request import Span
 
     try:
-        return Span(start=float(start), end=float(end), include=kind != "exclude")
+        return Span.parse(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {_first_error(exc)}") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(text: str) -> float:

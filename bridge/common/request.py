@@ -41,6 +41,21 @@ class Span(BaseModel):
             raise ValueError(f"span end ({self.end}) must be after its start ({self.start})")
         return self
 
+    @classmethod
+    def parse(cls, text: str) -> Span:
+        """`12.5-20` (a span to keep) or `12.5-20:exclude` (a span to leave out), in seconds: how the CLI's
+        --span and OSC's spans argument write one. ValueError says what is wrong, in words."""
+        body, _, kind = text.strip().partition(":")
+        start, sep, end = body.partition("-")
+        if not sep or kind not in ("", "include", "exclude"):
+            raise ValueError(f"{text!r}: give START-END in seconds, e.g. 12.5-20 (or 12.5-20:exclude)")
+        try:
+            return cls(start=float(start), end=float(end), include=kind != "exclude")
+        except ValueError as exc:  # pydantic's ValidationError is one: its first message, in words
+            errors = getattr(exc, "errors", None)
+            detail = str(errors()[0]["msg"]).removeprefix("Value error, ") if callable(errors) else str(exc)
+            raise ValueError(f"{text!r}: {detail}") from None
+
 
 # Set by the way in itself, never by whoever writes a request: not in the documented schema.
 INTERNAL_REQUEST_FIELDS = frozenset({"origin", "idempotency_key", "confined_to"})

@@ -121,6 +121,9 @@ _SEPARATE_OPTIONAL = (
          "(0 = the whole part)", minimum=0.0, maximum=600.0),),
     (_s("options", "service/output options as key=value words, e.g. \"reranking_candidates=2 "
         "predict_spans=true\" (the README's options tables; \"\" = none)", max_chars=1000, may_be_empty=True),),
+    (_s("spans", "spans to separate instead of a prompt's whole part (span-separate): START-END words in seconds, "
+        "START-END:exclude for one to leave out, e.g. \"12.5-20 30-35:exclude\" (\"\" = none)", max_chars=1000,
+        may_be_empty=True),),
 )
 
 REQUESTS: tuple[Request, ...] = (

@@ -25,7 +25,7 @@ from bridge.common.errors import BridgeError, ConfigError, InputError
 from bridge.common.jobs import JobSink, RequestRejected
 from bridge.common.options import parse_option_text
 from bridge.common.path_policy import PathNotAllowed, PathPolicy
-from bridge.common.request import Origin, SeparationRequest
+from bridge.common.request import Origin, SeparationRequest, Span
 from bridge.osc.addresses import (
     DEFAULT_PREFIX,
     REQUESTS,
@@ -255,9 +255,10 @@ class OscServer:
         audition = _number(values.get("audition"))
         try:
             options = parse_option_text(str(values.get("options", "")))
+            spans = [Span.parse(word) for word in str(values.get("spans", "")).split()] or None
             return SeparationRequest(
                 source=source, preset=preset, prompt=prompt, project_dir=project, output_dir=None,
-                start=_number(values.get("start")), length=_number(values.get("length")), spans=None,
+                start=_number(values.get("start")), length=_number(values.get("length")), spans=spans,
                 audition=audition or None, options=options, tag=str(values.get("tag", "")), origin=Origin.osc,
                 idempotency_key=None, confined_to=self._policy)
         except pydantic.ValidationError as exc:
@@ -266,7 +267,8 @@ class OscServer:
                              hint="Check the arguments against the OSC table in the README.") from exc
         except ValueError as exc:
             raise InputError(f"The request is not usable: {exc}.",
-                             hint="Options are key=value words; the README's options tables list them.") from exc
+                             hint="Options are key=value words, spans START-END words: the README's OSC "
+                             "table says how.") from exc
 
     def _preset_or_prompt(self, text: str, project: Path | None) -> tuple[str | None, str | None]:
         """A preset name wins (any case; the project's own presets too); otherwise the text is a prompt."""

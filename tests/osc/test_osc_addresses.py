@@ -41,9 +41,10 @@ def test_the_issue_address_space_is_declared() -> None:
     assert {r.address() for r in REQUESTS} == {
         "/sam/separate", "/sam/cancel", "/sam/status", "/sam/presets", "/sam/ping", "/sam/reply_to",
         "/sam/subscribe", "/sam/unsubscribe", "/sam/estimate"}
-    assert REQUESTS_BY_NAME["separate"].signature == REQUESTS_BY_NAME["estimate"].signature == \
-        "s:source_path s:preset_or_prompt [s:tag] [s:project_dir] [f:start f:length] [f:audition] [s:options]"
-    assert REQUESTS_BY_NAME["separate"].arity() == [2, 3, 4, 6, 7, 8]
+    assert REQUESTS_BY_NAME["separate"].signature == REQUESTS_BY_NAME["estimate"].signature == (
+        "s:source_path s:preset_or_prompt [s:tag] [s:project_dir] [f:start f:length] [f:audition] [s:options] "
+        "[s:spans]")
+    assert REQUESTS_BY_NAME["separate"].arity() == [2, 3, 4, 6, 7, 8, 9]
     assert REPLIES_BY_NAME["progress"].signature == "s:job_id s:state f:fraction s:message f:eta"
     assert REPLIES_BY_NAME["flags"].signature == "s:job_id s:flag..."
     assert REPLIES_BY_NAME["status/job"].signature == "s:job_id s:state f:progress s:message s:tag"

@@ -52,9 +52,9 @@ BAD_INPUT = {
     "another prefix": (built("/live/ping"), "Is the prefix in your patch set to /sam?"),
     "wrong type": (built("/sam/separate", 42, "piano"),
                    "/sam/separate expects s:source_path s:preset_or_prompt [s:tag] [s:project_dir] "
-                   "[f:start f:length] [f:audition] [s:options]; argument 1 (source_path) should be text (s), "
-                   "got a whole number (i) 42"),
-    "too few": (built("/sam/separate", SRC), "but got 1 argument(s) (it takes 2 or 3 or 4 or 6 or 7 or 8)"),
+                   "[f:start f:length] [f:audition] [s:options] [s:spans]; argument 1 (source_path) should be "
+                   "text (s), got a whole number (i) 42"),
+    "too few": (built("/sam/separate", SRC), "but got 1 argument(s) (it takes 2 or 3 or 4 or 6 or 7 or 8 or 9)"),
     "too many": (built("/sam/ping", 1), "/sam/ping expects no arguments, but got 1"),
     "start without length": (built("/sam/separate", SRC, "piano", "t", "", 1.0), "got 5 argument(s)"),
     "empty source": (built("/sam/separate", "", "piano"), "argument 1 (source_path) is empty"),

@@ -151,3 +151,21 @@ def test_part_tells_where_the_stems_are_an_audition_its_loudest_window_inside_th
         manifest = json.loads(Path(str(seen.done[3])).read_text())
         assert part[0] == pytest.approx(manifest["part"]["start_seconds"], abs=1e-5)
     assert service.stats()["submits"] == 2
+
+
+def test_spans_over_osc_reach_the_service_and_a_bad_one_is_refused(client: Device, service: Any,  # noqa: F811
+                                                                   user_dirs: dict[str, Path]) -> None:
+    """Every option from every way in: OSC takes spans as the CLI's --span writes them."""
+    source = three_tone_source(user_dirs["home"] / "Song" / "Spans.wav", seconds=3.0)
+    job_id = separate(client, source, "piano", "span-1", "", "", "", 0.0, "", "0.5-2 1-1.5:exclude")
+    seen = follow_job(client, job_id)
+    assert seen.error is None, seen.error
+    manifest = json.loads(Path(str(seen.done[3])).read_text())
+    assert manifest["request"]["spans"] == [{"start": 0.5, "end": 2.0, "include": True},
+                                            {"start": 1.0, "end": 1.5, "include": False}]
+    target, rate = sf.read(str(seen.done[1]))
+    assert abs(target[: int(0.4 * rate)]).max() < 1e-4  # silent outside the span kept
+    assert abs(target[int(1.1 * rate): int(1.4 * rate)]).max() < 1e-4  # and in the one left out
+    client.send("/sam/separate", str(source), "piano", "span-2", "", "", "", 0.0, "", "2-1")
+    got = client.next_where(lambda r: r.address in ("/sam/accepted", "/sam/error"), "an answer")
+    assert got.address == "/sam/error" and "'2-1'" in got.args[1] and "after its start" in got.args[1]
