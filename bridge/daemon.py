@@ -140,7 +140,7 @@ class Daemon:
     def start(self, log_file: Path) -> DaemonInfo:
         stack = self._stack
         stack.enter_context(instance_lock(self.state))
-        instance = self.config.instance_name(self.state)
+        instance = self.config.instance_name(self.state)  # the same across restarts: it knows its own requests
         journal = open_journal(self.config.database, self.state, instance, lease=self.config.lease_seconds,
                                daemon=True, pool_size=self.config.concurrency + 4)
         stack.callback(journal.close)
@@ -157,7 +157,6 @@ class Daemon:
         engine.start()
         stack.callback(engine.stop)
         requests_dir = self.config.requests_folder(self.state)
-        # the same across restarts: a restarted daemon knows the requests it took as its own
         hot = self._hot_folders()
         self.policy = self._door_policy(hot)
         request_folder = RequestFolder(engine, requests_dir, policy=self.policy, instance_id=instance,
