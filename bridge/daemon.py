@@ -133,6 +133,7 @@ class Daemon:
         self.state = state or state_dir()
         self._stack = ExitStack()
         self._stop = threading.Event()
+        self._stop_asked = False  # set by signal handlers (see request_stop)
         self.library = PresetLibrary.default(config_dir=config_dir())
         self.engine: JobEngine | None = None
         self.claims: ClaimBackend | None = None  # the team database's claims (None: marker files)
@@ -302,7 +303,7 @@ class Daemon:
         """Until asked to stop (0), or until the journal breaks under us (4): then no new work is taken,
         every way in says why for DAMAGED_GRACE seconds (/sam/pong's health word included), one log line
         says what to do, and the exit code lets a service manager restart us into the clear message."""
-        while not self._stop.wait(0.5):
+        while not self._stop_asked and not self._stop.wait(0.5):
             if self.engine is not None and self.engine.health() == "journal-damaged":
                 assert self.engine is not None
                 error = self.engine.journal.damaged_error()
@@ -312,7 +313,9 @@ class Daemon:
         return 0
 
     def request_stop(self, *_args: Any) -> None:
-        self._stop.set()
+        """A signal handler: only a plain flag, no lock. A second signal arriving while a handler is inside
+        Event.set would wait forever for the lock that handler holds; `wait` sees the flag within 0.5 s."""
+        self._stop_asked = True
 
     def stop(self) -> None:
         self._stop.set()

@@ -424,3 +424,23 @@ def test_a_stop_asked_for_the_moment_daemon_json_appears_is_still_clean(service,
             proc.kill()
     assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
     assert not info_path.exists()
+
+
+def test_a_burst_of_stop_signals_still_stops_the_daemon_cleanly(service, user_dirs) -> None:
+    """A service manager and the supervisor (`service-run`) may both signal the daemon, and a user presses
+    Ctrl-C twice: a second signal arriving while the first one's handler runs must not deadlock it (it
+    did: the handler set a threading.Event, whose lock the interrupted handler already held)."""
+    info_path = user_dirs["state"] / "daemon.json"
+    proc = subprocess.Popen([sys.executable, "-m", "bridge", "run", "--service-url", service.url,
+                             "--osc-port", "0", "--no-hot-folder"], env={**os.environ, "FAL_KEY": TEST_KEY},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(info_path.exists, timeout=60, what="the daemon to start")
+        for _ in range(200):
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    assert not info_path.exists()

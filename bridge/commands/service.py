@@ -9,7 +9,6 @@ import logging.handlers
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 def service_run(args: argparse.Namespace) -> int:
     from bridge.common.config import log_dir
-    from bridge.common.processes import ensure_std_streams
+    from bridge.common.processes import SignalStop, ensure_std_streams
 
     ensure_std_streams()  # pythonw: no console
     path = log_dir() / "service.log"
@@ -89,10 +88,10 @@ def service_run(args: argparse.Namespace) -> int:
     root.addHandler(handler)
     root.addHandler(logging.StreamHandler(sys.stderr))
     root.setLevel(logging.INFO)
-    stop = threading.Event()
+    stop = SignalStop()  # set from a signal handler: no lock (see SignalStop)
     for name in ("SIGTERM", "SIGINT", "SIGBREAK", "SIGHUP"):  # SIGBREAK: Windows' Ctrl-Break
         if hasattr(signal, name):
-            signal.signal(getattr(signal, name), lambda *_: stop.set())
+            signal.signal(getattr(signal, name), stop.set)
     run_args = [a for a in args.run_args if a != "--"]
     return supervise([sys.executable, "-m", "bridge", "run", *run_args], stop)
 

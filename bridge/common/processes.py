@@ -9,6 +9,7 @@ import re
 import shutil
 import socket
 import sys
+import time
 from pathlib import Path
 
 _OWNER = re.compile(r"@(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)")
@@ -61,3 +62,29 @@ def ensure_std_streams() -> None:
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - for the process
+
+
+class SignalStop:
+    """A stop that a signal handler may ask for: a plain flag (no lock), waited on by polling. A
+    threading.Event would deadlock when a second signal arrives while the first handler is inside
+    Event.set: the handler would wait for the lock it already holds (a service manager and a supervisor
+    may both send SIGTERM; a user presses Ctrl-C twice)."""
+
+    def __init__(self, poll: float = 0.1) -> None:
+        self._asked = False
+        self._poll = poll
+
+    def set(self, *_signal: object) -> None:  # usable as the handler itself: signal.signal(SIGTERM, stop.set)
+        self._asked = True
+
+    def is_set(self) -> bool:
+        return self._asked
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._asked:
+            left = self._poll if deadline is None else min(self._poll, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            time.sleep(left)
+        return True

@@ -19,12 +19,12 @@ from collections import Counter
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, TextIO
 
 from bridge.common.errors import InputError
 from bridge.common.loopback import is_loopback_host
-from bridge.common.processes import owner_tag
+from bridge.common.processes import SignalStop, owner_tag
 from bridge.local_service.faults import Faults
 from bridge.local_service.handler import Handler
 from bridge.local_service.queue import JobQueue, QueueSettings
@@ -233,16 +233,12 @@ def serve(host: str = "127.0.0.1", port: int = 8765, key: str | None = None, pro
           out: TextIO | None = None) -> None:
     """Run the local service until SIGINT or SIGTERM (or Ctrl-C)."""
     out = out or sys.stdout
-    stop = threading.Event()
+    stop = SignalStop()  # set from a signal handler: no lock (see SignalStop)
     previous: dict[signal.Signals, Any] = {}
     on_main_thread = threading.current_thread() is threading.main_thread()
-
-    def request_stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
     if on_main_thread:
         for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, request_stop)
+            previous[signum] = signal.signal(signum, stop.set)
     try:
         with LocalFalService(key, host, port, processing_delay, job_time, concurrency,
                              allow_remote=allow_remote) as service:

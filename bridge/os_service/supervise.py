@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bridge.common.processes import SignalStop
+
 log = logging.getLogger(__name__)
 
 ALREADY_RUNNING = 3  # bridge.daemon.AlreadyRunning.exit_code
@@ -45,7 +47,7 @@ class RunResult:
     tail: list[str]
 
 
-def run_once(command: Sequence[str], stop: threading.Event) -> RunResult:
+def run_once(command: Sequence[str], stop: threading.Event | SignalStop) -> RunResult:
     """Runs the daemon once; its stderr is read line by line so the last lines can say why it died."""
     proc = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, errors="replace")
@@ -71,8 +73,8 @@ def run_once(command: Sequence[str], stop: threading.Event) -> RunResult:
     return RunResult(proc.returncode, list(tail))
 
 
-def supervise(command: Sequence[str], stop: threading.Event, backoff: Backoff = Backoff(),
-              runner: Callable[[Sequence[str], threading.Event], RunResult] = run_once,
+def supervise(command: Sequence[str], stop: threading.Event | SignalStop, backoff: Backoff = Backoff(),
+              runner: Callable[[Sequence[str], threading.Event | SignalStop], RunResult] = run_once,
               clock: Callable[[], float] = time.monotonic) -> int:
     """Restarts `command` after each failure until it exits cleanly or `stop` is set; returns its last code."""
     wait = 0.0
