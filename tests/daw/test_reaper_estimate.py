@@ -7,7 +7,6 @@ stand-in host (tests/daw/fake_reaper.lua)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +28,6 @@ from tests.daw.test_reaper_scripts import Setup, only_request
 pytestmark = pytest.mark.skipif(not LUA_VERSIONS, reason="needs lua5.4 or lua5.3")
 
 MB_YESNO, YES, NO = 4, 6, 7
-
-
-@pytest.fixture(params=LUA_VERSIONS, ids=lambda path: Path(path).name)
-def lua(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
-    s = Setup(tmp_path)
-    yield s
-    for host in s.hosts:
-        host.close()
 
 
 def only_estimate_request(setup: Setup) -> dict[str, Any]:

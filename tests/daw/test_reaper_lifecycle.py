@@ -5,7 +5,6 @@ Each runs under lua5.4 and lua5.3 (REAPER 7 and 6) on the strict stand-in host (
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +24,6 @@ from tests.daw.harness import (
 from tests.daw.test_reaper_scripts import Setup, only_request
 
 pytestmark = pytest.mark.skipif(not LUA_VERSIONS, reason="needs lua5.4 or lua5.3")
-
-
-@pytest.fixture(params=LUA_VERSIONS, ids=lambda path: Path(path).name)
-def lua(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
-    s = Setup(tmp_path)
-    yield s
-    for host in s.hosts:
-        host.close()
 
 
 def stem_tracks(state: dict[str, Any]) -> list[str]:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -509,14 +508,6 @@ class Setup:
             sf.write(path, np.zeros((int(48000 * seconds), 2), dtype=np.float32), 48000)
             paths[label] = str(path)
         return paths
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
-    s = Setup(tmp_path)
-    yield s
-    for host in s.hosts:
-        host.close()
 
 
 def only_request(setup: Setup) -> tuple[str, dict[str, Any]]:
