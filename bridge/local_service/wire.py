@@ -37,11 +37,14 @@ class BodyReader:
 
 
     def chunks(self) -> Iterator[bytes]:
+        if not self._finished and self.first_byte_at is None:
+            peek = getattr(self._rfile, "peek", None)  # a read waits for a whole chunk: peek for the first byte
+            if peek is not None:
+                peek(1)
+            self.first_byte_at = time.time()
         while not self._finished:
             data = self._read_some()
             if data:
-                if self.first_byte_at is None:
-                    self.first_byte_at = time.time()
                 yield data
 
     def read_all(self, limit: int) -> bytes:
