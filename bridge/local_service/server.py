@@ -209,7 +209,7 @@ class LocalFalService:
     def stats(self) -> dict[str, Any]:
         counters = self._queue.counters() if self._queue is not None else {
             "submits": 0, "submits_by_audio": {}, "running": 0, "max_running": 0, "queued": 0,
-            "cancels": 0, "completed": 0, "failed": 0}
+            "cancels": 0, "completed": 0, "failed": 0, "started": 0, "start_timeouts": 0}
         with self._calls_lock:
             counters["calls"] = dict(self._calls)
             counters["max_in_flight"] = dict(self._max_in_flight)
