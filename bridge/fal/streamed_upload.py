@@ -192,9 +192,10 @@ def run_multipart(file: StreamedFile, *, part_size: int, concurrency: int, start
             started.set_exception(exc)
             pipe.fail(exc)
             raise
-        _wait_for_producer(pipe, file, progress)
+        _follow(pipe, lambda: pipe.ended, file, progress)
         if pipe.size <= part_size:  # one part: as a small file goes, one POST (the multipart is left unused)
             return single(bytes(pipe.parts[0].data) if pipe.parts else b"")
+        _follow(pipe, lambda: pipe.unsent == 0, file, progress)  # every part answered, or a failure raised
         parts = [future.result() for future in futures]
         if progress:
             progress(pipe.size, pipe.size)
@@ -214,23 +215,24 @@ def _fail_on_error(pipe: Pipe, done: Future[dict[str, Any]]) -> None:
         pipe.fail(exc)
 
 
-def _wait_for_producer(pipe: Pipe, file: StreamedFile, progress: Progress | None) -> None:
-    """Until the producer ends (or anything fails), reporting progress as parts are answered."""
+def _follow(pipe: Pipe, finished: Callable[[], bool], file: StreamedFile, progress: Progress | None) -> None:
+    """Wait until `finished()` (checked under the pipe's lock), reporting progress as parts are answered;
+    raises the first failure of the producer or of a part."""
     reported = -1
     with pipe.changed:
-        while not pipe.ended and pipe.failure is None:
+        while not finished() and pipe.failure is None:
             done = pipe.answered
             if progress and done != reported:
                 reported = done
-                total = max(file.size_estimate, pipe.size + 1)  # the size is known only at the end
+                total = pipe.size if pipe.ended else max(file.size_estimate, pipe.size + 1)  # known at the end
                 pipe.changed.release()
                 try:
                     progress(done, total)
                 finally:
                     pipe.changed.acquire()
             pipe.changed.wait(0.25)
-        if pipe.failure is not None:
-            failure = pipe.failure
-            if isinstance(failure, _Stopped):
-                raise ServiceError("The upload stopped.")
-            raise failure
+        failure = pipe.failure
+    if isinstance(failure, _Stopped):
+        raise ServiceError("The upload stopped.")
+    if failure is not None:
+        raise failure
