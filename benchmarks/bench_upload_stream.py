@@ -7,9 +7,10 @@
 2. Starts the stand-in (strict mode) in a subprocess; it notes the wall-clock time each upload body's first
    byte arrives (`/_local/stats` -> `upload_body_started`).
 3. Runs the upload stage as the pipeline does for fal (`send_upload`, shrink on, 24-bit: the part's mono
-   48 kHz FLAC) `--runs` times per source and path, interleaved (which goes first alternates), each in a
-   fresh child process so its peak RSS is its own: "streamed" (encoded while sent: the new path) and
-   "serial" (the file encoded whole into the work folder, then uploaded: the old path, `stream=False`).
+   48 kHz FLAC) `--runs` times per source and path, interleaved (which goes first alternates), each after
+   `sync` (outside the clocks) in a fresh child process so its peak RSS is its own: "streamed" (encoded
+   while sent: the new path) and "serial" (the file encoded whole into the work folder, then uploaded: the
+   old path, `stream=False`).
 Figures per source: time from the stage's start (in the child, before `send_upload`, after imports and
 probing) to the first upload byte the stand-in received; the whole stage (encode + upload, to the URL);
 the child's peak RSS. Also, once, what the first part costs: the time the encoder takes for its first block
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -73,6 +75,7 @@ def child(mode: str, url: str, source: Path, work: Path) -> None:
 
 
 def run_child(mode: str, url: str, source: Path, work: Path, service: LocalServiceProcess) -> dict[str, Any]:
+    os.sync()  # the previous run's dirty pages (its upload, the stand-in's parts) are not this run's to write
     proc = subprocess.run([sys.executable, __file__, "--child", mode, "--url", url, "--source", str(source),
                            "--work", str(work)], capture_output=True, text=True, env=python_env(), check=False)
     if proc.returncode != 0:
