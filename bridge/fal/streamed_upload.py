@@ -132,7 +132,8 @@ class Pipe:
                     raise _Stopped
                 if len(part.data) <= offset:
                     raise _PartCut
-                chunk = bytes(part.data[offset:min(len(part.data), declared, offset + CHUNK)])
+                with memoryview(part.data) as view:  # one copy; released before the producer appends again
+                    chunk = bytes(view[offset:min(len(part.data), declared, offset + CHUNK)])
             offset += len(chunk)
             yield chunk
 
