@@ -25,7 +25,6 @@ from bridge.common.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 Emit = Callable[[bytes], None]
 Progress = Callable[[int, int], None]
 
@@ -54,8 +53,12 @@ class _PartCut(Exception):
 class _Part:
     def __init__(self, number: int) -> None:
         self.number = number
-        self.data = bytearray()
+        self.chunks: list[bytes] = []  # as the producer passed them on: no copy, no growing buffer
+        self.size = 0
         self.sealed = False  # no more bytes will come
+
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 class Pipe:
@@ -78,10 +81,11 @@ class Pipe:
         while len(view):
             with self.changed:
                 part = self._open_part()
-                take = min(len(view), self.part_size - len(part.data))
-                part.data += view[:take]
+                take = min(len(view), self.part_size - part.size)
+                part.chunks.append(data if take == len(data) else bytes(view[:take]))
+                part.size += take
                 self.size += take
-                if len(part.data) == self.part_size:
+                if part.size == self.part_size:
                     part.sealed = True
                 self.changed.notify_all()
             view = view[take:]
@@ -116,30 +120,31 @@ class Pipe:
     def sent(self, part: _Part) -> None:
         with self.changed:
             self.unsent -= 1
-            self.answered += len(part.data)
+            self.answered += part.size
             if part.number > 1:  # part 1 stays: a file that ends inside it goes as one POST of its bytes
-                part.data = bytearray()
+                part.chunks = []
             self.changed.notify_all()
 
     def body(self, part: _Part, declared: int) -> Iterator[bytes]:
         """Part `part`'s bytes as they come, up to `declared`; `_PartCut` when it is sealed short of that."""
-        offset = 0
+        offset = index = 0
         while offset < declared:
             with self.changed:
-                while len(part.data) <= offset and not part.sealed and self.failure is None:
+                while index >= len(part.chunks) and not part.sealed and self.failure is None:
                     self.changed.wait()
                 if self.failure is not None:
                     raise _Stopped
-                if len(part.data) <= offset:
+                if index >= len(part.chunks):
                     raise _PartCut
-                with memoryview(part.data) as view:  # one copy; released before the producer appends again
-                    chunk = bytes(view[offset:min(len(part.data), declared, offset + CHUNK)])
+                chunk = part.chunks[index]
+            index += 1
+            chunk = chunk[:declared - offset]  # a copy only if it runs past the declared length
             offset += len(chunk)
             yield chunk
 
     def final_length(self, part: _Part) -> int | None:
         with self.changed:
-            return len(part.data) if part.sealed else None
+            return part.size if part.sealed else None
 
 
 def run_multipart(file: StreamedFile, *, part_size: int, concurrency: int, start: Callable[[], tuple[str, str]],
@@ -195,7 +200,7 @@ def run_multipart(file: StreamedFile, *, part_size: int, concurrency: int, start
             raise
         _follow(pipe, lambda: pipe.ended, file, progress)
         if pipe.size <= part_size:  # one part: as a small file goes, one POST (the multipart is left unused)
-            return single(bytes(pipe.parts[0].data) if pipe.parts else b"")
+            return single(pipe.parts[0].data() if pipe.parts else b"")
         _follow(pipe, lambda: pipe.unsent == 0, file, progress)  # every part answered, or a failure raised
         parts = [future.result() for future in futures]
         if progress:
