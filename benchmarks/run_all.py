@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "bench_osc": ([], ["--messages", "20", "--flood", "100"]),
     "bench_hotfolder": ([], ["--files", "2", "--slow-writes", "2", "--parallel", "2", "--settle", "0.3"]),
     "bench_upload": ([], ["--minutes", "0.05", "--runs", "2"]),
+    "bench_upload_stream": ([], ["--minutes", "0.05", "--runs", "2"]),
     "bench_quality": ([], ["--seconds", "5", "--runs", "2"]),
     "bench_quality_flags": ([], []),
     "bench_rate_limiter": ([], ["--runs", "1"]),

@@ -258,17 +258,28 @@ def check_finite(info: SourceInfo, start_frame: int, frames: int) -> None:
             refuse_non_finite(block, position, info)
 
 
-def make_upload_file(info: SourceInfo, start_frame: int, frames: int, workdir: Path,
-                     shrink: bool = False, bits: int = 24) -> tuple[Path, str]:
-    """Return (file to upload, content type); writes the part's mono 48 kHz mix into `workdir` only when
-    needed (see `upload_plan`)."""
+def upload_format(info: SourceInfo, start_frame: int, frames: int, shrink: bool = False,
+                  bits: int = 24) -> tuple[str | None, str, str]:
+    """`upload_plan` of this part, a float source's peak read to know whether FLAC would clip it."""
     above = info.subtype in FLOAT_SUBTYPES and _mono_peak(info, start_frame, frames) > 1.0
-    fmt, subtype, content_type = upload_plan(info, start_frame, frames, shrink, bits, above)
+    return upload_plan(info, start_frame, frames, shrink, bits, above)
+
+
+def upload_copy_name(info: SourceInfo, fmt: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._ -]+", "_", info.path.stem).strip(" .")[:60] or "source"
+    return f"{stem}.upload.{'flac' if fmt == 'FLAC' else 'wav'}"
+
+
+def make_upload_file(info: SourceInfo, start_frame: int, frames: int, workdir: Path,
+                     shrink: bool = False, bits: int = 24,
+                     plan: tuple[str | None, str, str] | None = None) -> tuple[Path, str]:
+    """Return (file to upload, content type); writes the part's mono 48 kHz mix into `workdir` only when
+    needed (see `upload_plan`; `plan`: its `upload_format`, when the caller has it already)."""
+    fmt, subtype, content_type = plan or upload_format(info, start_frame, frames, shrink, bits)
     if fmt is None:
         return info.path, content_type
     workdir.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9._ -]+", "_", info.path.stem).strip(" .")[:60] or "source"
-    final = workdir / f"{stem}.upload.{'flac' if fmt == 'FLAC' else 'wav'}"
+    final = workdir / upload_copy_name(info, fmt)
     partial = workdir / f".{final.name}.partial"
     try:
         with sf.SoundFile(str(partial), "w", SERVICE_RATE, 1, subtype, format=fmt) as dst:

@@ -27,7 +27,6 @@ from bridge.audio.prefetch import Background
 from bridge.audio.source import (
     SourceInfo,
     check_finite,
-    make_upload_file,
     probe_source,
     source_sha256,
 )
@@ -57,6 +56,7 @@ from bridge.engine.manifest import StepRecord, build_manifest
 from bridge.engine.pipeline_hooks import STAGE_END, Hooks, JobResult
 from bridge.engine.progress import ServiceClock, ServiceTicker, StatusFollower, Transfer
 from bridge.engine.results import fetch_both, result_file
+from bridge.engine.upload_stage import send_upload
 from bridge.fal.client import DEFAULT_QUEUE_URL, FalClient, QueueStatus, RequestHandle
 from bridge.presets.recipe import Recipe, Step
 
@@ -272,10 +272,6 @@ class _Run:
         self.check_cancel()
         t = time.monotonic()
         self.report(JobState.uploading, 0.0, "Preparing the upload")
-        upload_path, content_type = make_upload_file(source, start, frames, self.workdir, self.p.shrinks_uploads(),
-                                                     self.p.upload_bits)
-        self.steps[-1].upload = {"content_type": content_type, "bytes": upload_path.stat().st_size,
-                                 "source_file_as_is": upload_path == source.path}
         service_eta = ServiceClock(frames / source.samplerate, step.options.max_chunk_duration,
                                    step.options.chunk_overlap).eta()
         transfer = Transfer()
@@ -286,9 +282,9 @@ class _Run:
             self.report(JobState.uploading, done / max(total, 1), transfer.describe("Uploading"),
                         eta=None if left is None else left + service_eta)
 
-        url = self.p.client.storage.upload(upload_path, content_type, progress=uploaded)
-        if upload_path != source.path:  # a temp file made for the upload (never the user's file)
-            remove_quietly(upload_path)
+        url, self.steps[-1].upload = send_upload(self.p.client.storage, source, start, frames, self.workdir,
+                                                 shrink=self.p.shrinks_uploads(), bits=self.p.upload_bits,
+                                                 progress=uploaded)  # encoded while it is sent
         self.timed("upload", t)
         self.check_cancel()
         payload: dict[str, object] = {"audio_url": url, **step.options.to_payload()}

@@ -5,7 +5,8 @@ The flows are the official client's (`fal-client` 1.0.3, `client.py`): a CDN tok
 upload (10 MiB parts, up to 10 at once, each PUT asking for `Accept-Encoding: identity` so the answer keeps
 its ETag; the complete POST is JSON and its answer is not used). When the CDN upload fails: fal's storage
 (`{rest}/storage/upload/initiate?storage_type=gcs` with the key, then one PUT of the bytes to the signed
-`upload_url` it returns, without the key; the file is at `file_url`).
+`upload_url` it returns, without the key; the file is at `file_url`). A file made while it is uploaded (the
+FLAC of a part, encoded as it goes): see streamed_upload.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from urllib.parse import quote
 import httpx
 
 from bridge.common.errors import AccountLocked, AuthError, ServiceError
+from bridge.fal.streamed_upload import StreamedFile, run_multipart
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +78,82 @@ class FalStorage:
                 log.warning("the upload to fal's storage failed too: %s", storage_failed.message)
                 raise cdn_failed from None
 
+    def upload_streamed(self, file: StreamedFile, progress: Progress | None = None) -> str:
+        """Upload `file` while it is made: see streamed_upload. fal's storage (the fallback when the CDN
+        fails) takes one PUT of a known length, so it gets `file.whole_file()`, written whole."""
+        try:
+            return self._with_fresh_token(lambda: self._stream_to_cdn(file, progress))
+        except AccountLocked:
+            raise
+        except ServiceError as cdn_failed:
+            log.warning("the upload to fal's CDN failed (%s); trying fal's storage instead", cdn_failed.message)
+            try:
+                path = file.whole_file()
+                return self._upload_to_storage(path, file.content_type, path.stat().st_size, progress)
+            except ServiceError as storage_failed:
+                log.warning("the upload to fal's storage failed too: %s", storage_failed.message)
+                raise cdn_failed from None
+
+    def _stream_to_cdn(self, file: StreamedFile, progress: Progress | None) -> str:
+        if file.size_bound <= self.part_size:  # one POST with its length: made in memory first (<= 10 MiB)
+            data = bytearray()
+            file.produce(data.extend)
+            return self._post_bytes(bytes(data), file, progress)
+        token = self._cdn_token()
+        headers = self._cdn_headers(token, file.name, file.content_type)
+        state: dict[str, str] = {}
+
+        def start() -> tuple[str, str]:
+            started = self._client.call("POST", f"{token['base_url']}/files/upload/multipart", "upload",
+                                        auth=False, headers=headers | {"Accept": "application/json"}).json()
+            state["url"], state["id"] = str(started["access_url"]), str(started["uploadId"])
+            return state["url"], state["id"]
+
+        def put_part(number: int, length: int, body: Callable[[], Iterator[bytes]]) -> str:
+            response = self._client.call(
+                "PUT", f"{state['url']}/multipart/{state['id']}/{number}", f"upload part {number}", auth=False,
+                headers={"Authorization": headers["Authorization"], "Content-Type": file.content_type,
+                         "Accept-Encoding": "identity", "Content-Length": str(length)},
+                content=body)
+            etag = response.headers.get("etag")
+            if not etag:
+                raise ServiceError(f"The file store did not confirm part {number} of the upload (no ETag).")
+            return str(etag)
+
+        def complete(parts: list[dict[str, Any]]) -> None:
+            self._client.call("POST", f"{state['url']}/multipart/{state['id']}/complete", "upload", auth=False,
+                              headers={"Authorization": headers["Authorization"]}, json={"parts": parts},
+                              ok=(200, 201, 202, 204))
+
+        return run_multipart(file, part_size=self.part_size, concurrency=self.part_concurrency, start=start,
+                             put_part=put_part, complete=complete,
+                             single=lambda data: self._post_bytes(data, file, progress), progress=progress)
+
+    def _post_bytes(self, data: bytes, file: StreamedFile, progress: Progress | None) -> str:
+        if len(data) <= self.data_uri_limit:
+            if progress:
+                progress(len(data), len(data))
+            return f"data:{file.content_type};base64,{base64.b64encode(data).decode('ascii')}"
+        token = self._cdn_token()
+        response = self._client.call(
+            "POST", f"{token['base_url']}/files/upload", "upload", auth=False,
+            headers=self._cdn_headers(token, file.name, file.content_type) | {"Content-Length": str(len(data))},
+            content=lambda: _byte_chunks(data, progress))
+        return str(response.json()["access_url"])
+
     def _upload_to_cdn_with_fresh_token(self, path: Path, content_type: str, size: int,
                                         progress: Progress | None) -> str:
+        return self._with_fresh_token(lambda: self._upload_to_cdn(path, content_type, size, progress))
+
+    def _with_fresh_token(self, upload: Callable[[], str]) -> str:
         try:
-            return self._upload_to_cdn(path, content_type, size, progress)
+            return upload()
         except AuthError as refused:
             if isinstance(refused, AccountLocked) or not self._forget_token():
                 raise
             # a token the file store no longer takes (revoked early, or a stand-in restarted): ask anew once
             log.info("the file store refused the upload token (%s); asking for a new one", refused.message)
-            return self._upload_to_cdn(path, content_type, size, progress)
+            return upload()
 
     def _upload_to_cdn(self, path: Path, content_type: str, size: int, progress: Progress | None) -> str:
         if size > self.multipart_threshold:
@@ -93,14 +161,14 @@ class FalStorage:
         token = self._cdn_token()
         response = self._client.call(
             "POST", f"{token['base_url']}/files/upload", "upload", auth=False,
-            headers=self._cdn_headers(token, path, content_type) | {"Content-Length": str(size)},
+            headers=self._cdn_headers(token, path.name, content_type) | {"Content-Length": str(size)},
             content=lambda: _read_chunks(path, 0, size, progress, size),
         )
         return str(response.json()["access_url"])
 
     def _upload_multipart(self, path: Path, content_type: str, size: int, progress: Progress | None) -> str:
         token = self._cdn_token()
-        headers = self._cdn_headers(token, path, content_type) | {"Accept": "application/json"}
+        headers = self._cdn_headers(token, path.name, content_type) | {"Accept": "application/json"}
         started = self._client.call("POST", f"{token['base_url']}/files/upload/multipart", "upload",
                                     auth=False, headers=headers).json()
         access_url, upload_id = str(started["access_url"]), str(started["uploadId"])
@@ -176,11 +244,11 @@ class FalStorage:
             return had
 
     @staticmethod
-    def _cdn_headers(token: dict[str, Any], path: Path, content_type: str) -> dict[str, str]:
+    def _cdn_headers(token: dict[str, Any], name: str, content_type: str) -> dict[str, str]:
         return {
             "Authorization": f"{token.get('token_type', 'Bearer')} {token['token']}",
             "Content-Type": content_type,
-            "X-Fal-File-Name": quote(path.name),
+            "X-Fal-File-Name": quote(name),
         }
 
 
@@ -196,6 +264,15 @@ def _read_chunks(path: Path, offset: int, length: int, progress: Progress | None
             if progress:
                 progress(offset + sent, total)
             yield chunk
+
+
+def _byte_chunks(data: bytes, progress: Progress | None) -> Iterator[bytes]:
+    view = memoryview(data)
+    for offset in range(0, len(data), CHUNK):
+        chunk = view[offset:offset + CHUNK]
+        if progress:
+            progress(offset + len(chunk), len(data))
+        yield bytes(chunk)
 
 
 def _parse_expiry(value: Any) -> float:

@@ -51,6 +51,7 @@ class ServiceState(Protocol):
     @property
     def queue(self) -> JobQueue: ...
     def count_call(self, kind: str) -> None: ...
+    def upload_body_started(self, at: float) -> None: ...
     def in_flight(self, kind: str) -> AbstractContextManager[None]: ...
     def stats(self) -> dict[str, Any]: ...
 
@@ -140,6 +141,8 @@ class Handler(BaseHTTPRequestHandler):
         with self.service.in_flight(kind):
             reply = self._check_auth(auth) or self._handle(kind, params, query, body)
             body.drain()
+            if kind in ("upload", "multipart", "storage") and body.first_byte_at is not None:
+                self.service.upload_body_started(body.first_byte_at)  # when uploaded bytes began to arrive
             if fault is not None and fault.action == "stall" and self.service.stopping.wait(fault.seconds):
                 self.close_connection = True
                 return

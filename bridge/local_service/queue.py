@@ -201,6 +201,8 @@ class JobQueue:
                 "cancels": self._counts["cancels"],
                 "completed": self._counts["completed"],
                 "failed": self._counts["failed"],
+                "started": self._counts["started"],
+                "start_timeouts": self._counts["start_timeouts"],
             }
 
     # -- the workers ------------------------------------------------------------------------------
@@ -216,6 +218,7 @@ class JobQueue:
                     continue
                 job = self._pending.pop(0)
                 job.state = RUNNING
+                self._counts["started"] += 1  # a request that ran: what fal bills
                 self._running += 1
                 self._max_running = max(self._max_running, self._running)
                 self._changed(job)
@@ -352,6 +355,7 @@ class JobQueue:
             job.result_status = 504
             job.result_body = {"detail": "Request timed out", "error_type": "request_timeout"}
             job.result_headers = {"X-Fal-Error-Type": "request_timeout", "X-Fal-Request-Timeout-Type": "user"}
+            self._counts["start_timeouts"] += 1  # dropped before it ran: nothing billed
             self._done(job, "failed")
 
     def _done(self, job: Job, outcome: str) -> None:

@@ -15,7 +15,7 @@ import socketserver
 import sys
 import tempfile
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -121,6 +121,8 @@ class LocalFalService:
         self._calls_lock = threading.Lock()
         self._in_flight: Counter[str] = Counter()
         self._max_in_flight: Counter[str] = Counter()
+        # wall-clock times the last uploads' bodies (a POST, a part, a signed PUT) began to arrive
+        self._upload_starts: deque[float] = deque(maxlen=256)
 
     def start(self) -> None:
         if self._server is not None:
@@ -188,6 +190,10 @@ class LocalFalService:
         with self._calls_lock:
             self._calls[kind] += 1
 
+    def upload_body_started(self, at: float) -> None:
+        with self._calls_lock:
+            self._upload_starts.append(at)
+
     @contextlib.contextmanager
     def in_flight(self, kind: str) -> Iterator[None]:
         """Counts calls of `kind` being answered at once (the most at once is in stats: `max_in_flight`)."""
@@ -203,10 +209,11 @@ class LocalFalService:
     def stats(self) -> dict[str, Any]:
         counters = self._queue.counters() if self._queue is not None else {
             "submits": 0, "submits_by_audio": {}, "running": 0, "max_running": 0, "queued": 0,
-            "cancels": 0, "completed": 0, "failed": 0}
+            "cancels": 0, "completed": 0, "failed": 0, "started": 0, "start_timeouts": 0}
         with self._calls_lock:
             counters["calls"] = dict(self._calls)
             counters["max_in_flight"] = dict(self._max_in_flight)
+            counters["upload_body_started"] = list(self._upload_starts)
         counters["stored_bytes"] = self._store.stored_bytes() if self._store is not None else 0
         return counters
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,8 +33,15 @@ class BodyReader:
             raise BadRequestBody("invalid Content-Length")
         self._chunk_left = 0
         self._finished = not self._chunked and self._remaining == 0
+        self.first_byte_at: float | None = None  # wall clock (time.time) when its first byte was read
+
 
     def chunks(self) -> Iterator[bytes]:
+        if not self._finished and self.first_byte_at is None:
+            peek = getattr(self._rfile, "peek", None)  # a read waits for a whole chunk: peek for the first byte
+            if peek is not None:
+                peek(1)
+            self.first_byte_at = time.time()
         while not self._finished:
             data = self._read_some()
             if data:

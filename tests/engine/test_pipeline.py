@@ -383,3 +383,61 @@ def test_uploads_shrink_only_when_the_service_is_elsewhere(client: FalClient) ->
     remote = FalClient(ApiKey(TEST_KEY), queue_url="https://queue.example.invalid", rest_url="https://rest.example.invalid")
     with remote:  # never called: only its address is looked at
         assert Pipeline(remote).shrinks_uploads() is True
+
+
+def test_an_upload_encoded_while_it_is_sent_in_parts_still_gives_exact_stems(
+        client: FalClient, service: LocalFalService, library: PresetLibrary, tmp_path: Path) -> None:
+    """The part's mono 48 kHz FLAC goes out in multipart parts as it is encoded (small parts here); the
+    service hears exactly the whole-file encode, the stems land on the source's samples and null."""
+    from bridge.audio.source import make_upload_file, probe_source
+
+    rng = np.random.default_rng(11)
+    rate = 44_100
+    source = tmp_path / "Take.wav"
+    sf.write(source, 0.1 * rng.standard_normal((rate * 6, 2)), rate, subtype="PCM_24")
+    client.storage.data_uri_limit, client.storage.part_size = 0, 128 * 1024
+    request = SeparationRequest(source=source, prompt="piano", start=0.5, length=5.0)
+    result = Pipeline(client, poll_interval=0.02, shrink_uploads=True).run(
+        request, recipe_for(request, library), Hooks(), tmp_path / "work")
+    manifest = json.loads(result.manifest.read_text())
+    upload = manifest["steps"][0]["upload"]
+    whole, _ = make_upload_file(probe_source(source), rate // 2, rate * 5, tmp_path / "whole", shrink=True)
+    assert upload == {"content_type": "audio/flac", "bytes": whole.stat().st_size, "source_file_as_is": False,
+                      "streamed": True}
+    assert service.stats()["calls"]["multipart"] >= 1 + 3 + 1  # begun, >= 3 parts, completed
+    assert manifest["steps"][0]["alignment"]["offset_samples"] == 0
+    original, _ = sf.read(source, dtype="float64", start=rate // 2, frames=rate * 5)
+    target, _ = sf.read(result.stems["target"], dtype="float64")
+    residual, _ = sf.read(result.stems["residual"], dtype="float64")
+    assert target.shape == original.shape
+    assert np.max(np.abs(original - target - residual)) <= 1.5 / 2**23  # the null test
+    assert sorted(p.name for p in (tmp_path / "work").rglob("*") if p.is_file()) == []
+
+
+@pytest.mark.parametrize("parts", [True, False])
+def test_when_fals_cdn_fails_the_whole_file_encode_goes_to_fals_storage(
+        client: FalClient, service: LocalFalService, library: PresetLibrary, tmp_path: Path, parts: bool) -> None:
+    """fal's storage takes one PUT of a known length: the part is then encoded whole (as a partial file, renamed
+    when complete), sent, and removed; the stems are as exact as ever."""
+    from bridge.audio.source import make_upload_file, probe_source
+
+    rng = np.random.default_rng(12)
+    source = tmp_path / "Take.wav"
+    sf.write(source, 0.1 * rng.standard_normal((44_100 * 3, 2)), 44_100, subtype="PCM_24")
+    client.storage.data_uri_limit = 0
+    if parts:  # the multipart path (the file is made while sent), else one POST of the file made in memory
+        client.storage.part_size = 96 * 1024
+    service.faults.fail("multipart" if parts else "upload", 500, times=1000)
+    request = SeparationRequest(source=source, prompt="piano")
+    result = Pipeline(client, poll_interval=0.02, shrink_uploads=True).run(
+        request, recipe_for(request, library), Hooks(), tmp_path / "work")
+    upload = json.loads(result.manifest.read_text())["steps"][0]["upload"]
+    whole, _ = make_upload_file(probe_source(source), 0, 44_100 * 3, tmp_path / "whole", shrink=True)
+    assert upload == {"content_type": "audio/flac", "bytes": whole.stat().st_size, "source_file_as_is": False,
+                      "streamed": False}
+    assert service.stats()["calls"]["storage"] == 2  # initiate + the one PUT
+    original, _ = sf.read(source, dtype="float64")
+    target, _ = sf.read(result.stems["target"], dtype="float64")
+    residual, _ = sf.read(result.stems["residual"], dtype="float64")
+    assert np.max(np.abs(original - target - residual)) <= 1.5 / 2**23
+    assert sorted(p.name for p in (tmp_path / "work").rglob("*") if p.is_file()) == []  # the whole file is gone
