@@ -148,9 +148,13 @@ class MaskProjector:
         # synthesised rows: C − 1 deviations (the last is minus their sum), then the mid when it is made too
         self._tail = np.zeros((channels - 1 + mid_from_source, self.latency), np.float32)
         self._used = 1 if channels == 2 else channels  # deviations the statistics need (stereo: D_R = −D_L)
-        # raw statistics of the last LOOK frames synthesised (rows: see _statistics)
+        # raw statistics of the LOOK frames before the next call's first and of those it is given again
         self._history = np.zeros((stat_rows(self._used), LOOK, bins + 1), np.float32)
+        # the real and imaginary planes of the frames the next call is given again (see _deviation_spectra)
+        self._ahead = np.zeros((2, 3 + self._used, 0, bins + 1), np.float32)
         self._scratch: dict[str, Float32Array] = {}
+        self._pending: list[tuple[Float32Array, Float32Array, NDArray[np.floating]]] = []  # fed, not yet run
+        self._pending_count = 0
         self._skip = self.latency  # leading output samples that belong to the zero padding
         self._fed = 0
         self._emitted = 0
@@ -159,56 +163,69 @@ class MaskProjector:
         self, target: Float32Array, residual: Float32Array, source: NDArray[np.floating]
     ) -> tuple[Float32Array, Float32Array | None]:
         """Feed n aligned samples (source: (n, channels)); returns (target, residual) as (m, channels)
-        for the samples now complete, in order."""
-        # a long block goes through in pieces of CHUNK frames: the planes of one piece stay in the cache
-        # (10 s blocks at once cost 1.2x the CPU time), and the output does not depend on how it is cut
-        step = CHUNK * self.hop
-        if len(target) <= step:
-            return self._feed(target, residual, source)
-        parts = [self._feed(target[at : at + step], residual[at : at + step], source[at : at + step])
-                 for at in range(0, len(target), step)]
-        targets = np.concatenate([t for t, _ in parts])
-        if not self.service_residual:
-            return targets, None
-        return targets, np.concatenate([r for _, r in parts if r is not None])
-
-    def _feed(
-        self, target: Float32Array, residual: Float32Array, source: NDArray[np.floating]
-    ) -> tuple[Float32Array, Float32Array | None]:
-        count = len(target)
-        kept = self._input.shape[1]
-        buffer = np.empty((2 + self.channels, kept + count), np.float32)
-        buffer[:, :kept] = self._input
-        buffer[0, kept:] = target
-        buffer[1, kept:] = residual
-        buffer[2:, kept:] = source.T
-        self._fed += count
-        return self._run(buffer)
+        for the samples now complete, in order (nothing until CHUNK frames are complete: see _drain)."""
+        self._pending.append((target, residual, source))
+        self._pending_count += len(target)
+        self._fed += len(target)
+        if self._input.shape[1] + self._pending_count < self.n_fft + (CHUNK + LOOK) * self.hop:
+            return self._empty()
+        return self._drain(self._take_pending(), final=False)
 
     def flush(self) -> tuple[Float32Array, Float32Array | None]:
         """Emit every remaining sample (the total emitted then equals the total fed)."""
+        buffer = self._take_pending()
         pad = np.zeros((2 + self.channels, self.n_fft + (LOOK + 1) * self.hop), np.float32)
-        target, residual = self._run(np.concatenate((self._input, pad), axis=1))
+        target, residual = self._drain(np.concatenate((buffer, pad), axis=1), final=True)
         keep = self._fed - (self._emitted - len(target))
         self._emitted = self._fed
         return target[:keep], None if residual is None else residual[:keep]
 
-    def _run(self, buffer: Float32Array) -> tuple[Float32Array, Float32Array | None]:
-        length = buffer.shape[1]
-        n_frames = (length - self.n_fft) // self.hop + 1 if length >= self.n_fft else 0
-        n_out = n_frames - LOOK  # frames synthesised now; the last LOOK are only looked ahead at
-        n_out -= n_out % 2  # whole pairs (see _deviation_spectra)
-        if n_out <= 0:
-            self._input = buffer
+    def _take_pending(self) -> Float32Array:
+        """The kept input and the blocks fed since, as one buffer (rows: target, residual, channels)."""
+        kept = self._input.shape[1]
+        buffer = np.empty((2 + self.channels, kept + self._pending_count), np.float32)
+        buffer[:, :kept] = self._input
+        for target, residual, source in self._pending:
+            count = len(target)
+            buffer[0, kept : kept + count] = target
+            buffer[1, kept : kept + count] = residual
+            buffer[2:, kept : kept + count] = source.T
+            kept += count
+        self._pending, self._pending_count = [], 0
+        return buffer
+
+    def _drain(self, buffer: Float32Array, *, final: bool) -> tuple[Float32Array, Float32Array | None]:
+        """Synthesise `buffer` CHUNK frames at a time and keep what is left. Pieces of CHUNK frames keep the
+        planes of one piece in the cache, and fewer, longer calls (conform feeds 32 frames at a time) spend
+        less on numpy's per-call costs; the output does not depend on how the input is cut."""
+        pieces = []
+        while True:
+            n_frames = (buffer.shape[1] - self.n_fft) // self.hop + 1 if buffer.shape[1] >= self.n_fft else 0
+            n_out = min(CHUNK, n_frames - LOOK)  # the last LOOK frames are only looked ahead at
+            n_out -= n_out % 2  # whole pairs (see _deviation_spectra)
+            if n_out <= 0 or (n_out < CHUNK and not final):
+                break
+            pieces.append(self._run(buffer, n_out))
+            buffer = buffer[:, n_out * self.hop :]
+        self._input = buffer
+        if not pieces:
             return self._empty()
-        spectra = self._spectra(buffer, n_frames)
-        deviations = self._deviation_spectra(spectra, n_out)
+        if len(pieces) == 1:
+            return pieces[0]
+        residuals = [r for _, r in pieces if r is not None]
+        return np.concatenate([t for t, _ in pieces]), np.concatenate(residuals) if residuals else None
+
+    def _run(self, buffer: Float32Array, n_out: int) -> tuple[Float32Array, Float32Array | None]:
+        """Synthesise the first `n_out` frames' hops of `buffer`, which holds LOOK frames more."""
+        n_frames = n_out + LOOK
+        known = self._ahead.shape[2]  # the first frames of this buffer, analysed by the last call
+        spectra = self._spectra(buffer[:, known * self.hop :], n_frames - known)
+        deviations = self._deviation_spectra(spectra, known, n_out)
         synthesized = self._fft.irfft(deviations, n=self.n_fft, axis=-1, overwrite_x=True)
         synthesized *= self._synthesis
         out = self._overlap_add(synthesized)
         consumed = n_out * self.hop
         self._tail = out[:, consumed:]
-        self._input = buffer[:, consumed:]
         skip = min(self._skip, consumed)
         self._skip -= skip
         self._emitted += consumed - skip
@@ -268,15 +285,17 @@ class MaskProjector:
         np.subtract(spectra[1:], mid, out=out[2:])
         return out
 
-    def _deviation_spectra(self, spectra: Complex64Array, n_out: int) -> Complex64Array:
-        """D̂_c for the first `n_out` frames, channels 0..C−2 (rows of `spectra`: T, M, D_0 … of all frames),
-        then the mid |G|·M when it is made from the source."""
+    def _deviation_spectra(self, spectra: Complex64Array, known: int, n_out: int) -> Complex64Array:
+        """D̂_c for the first `n_out` frames, channels 0..C−2, then the mid |G|·M when it is made from the
+        source. `spectra`: rows T, M, D_0 … of the frames after the `known` ones the last call analysed."""
         used = self._used
-        n_frames, bins = spectra.shape[1:]
+        fresh, bins = spectra.shape[1:]
+        n_frames = known + fresh
         width = bins + 1  # each frame's planes end in a zero bin, so that whole planes are one contiguous run
         # real and imaginary planes: T, M, R = M − T, D_0 …
         parts = self._plane("parts", (2, 3 + used, n_frames, width))
-        re, im = parts[0], parts[1]
+        parts[:, :, :known] = self._ahead
+        re, im = parts[0, :, known:], parts[1, :, known:]
         np.copyto(re[0, :, :bins], spectra[0].real)
         np.copyto(im[0, :, :bins], spectra[0].imag)
         np.copyto(re[1, :, :bins], spectra[1].real)
@@ -285,10 +304,14 @@ class MaskProjector:
         np.subtract(im[1], im[0], out=im[2])
         np.copyto(re[3:, :, :bins], spectra[2 : 2 + used].real)
         np.copyto(im[3:, :, :bins], spectra[2 : 2 + used].imag)
+        # raw statistics of frames −LOOK … n_frames − 1: those the last call computed, then the fresh ones
         raw = self._plane("raw", (stat_rows(used), LOOK + n_frames, width))
-        raw[:, :LOOK] = self._history
-        raw_statistics(re, im, raw[:, LOOK:], self._plane("tmp", (n_frames, width)))
-        self._history = raw[:, n_out : n_out + LOOK].copy()
+        raw[:, : LOOK + known] = self._history
+        raw_statistics(re, im, raw[:, LOOK + known :], self._plane("tmp", (fresh, width)))
+        # what the next call starts with: the frames it looks back at, and those it is now given again
+        self._history = raw[:, n_out:].copy()
+        self._ahead = parts[:, :, n_out:].copy()
+        re, im = parts[0], parts[1]
         # the sums over frames, one per pair of frames (frames 2j and 2j + 1 share their pan, share and gate:
         # the sums span ±4 frames either way, and this halves the cost of all that follows them)
         pairs = n_out // 2
