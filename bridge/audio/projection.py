@@ -7,7 +7,8 @@ S_c = m + d_c (the deviations sum to 0; in stereo d_L = −d_R = (L − R)/2, th
     target_c = T + d̂_c        (time domain: the mean of the target channels is T itself, sample for sample)
 
 and only the deviations d̂_c, which the service never heard, need an estimate. Per STFT bin and frame
-(capitals: spectra; Σ: weighted sums over ±4 frames (1 2 2 2 2 2 2 2 1) and ±1 bin (1 2 1)):
+(capitals: spectra; Σ: sums over ±2 pairs of frames, weighted 1 2 2 2 1, and ±1 bin, weighted 1 2 1; the
+two frames of a pair share α, γ and g, which halves the cost of the statistics; Σₜ: over the frames only):
 
     D̂_c = g · (α_c · T + G · (D_c − α_c · M − γ_c · R))
     α_c = t · Σ D_c·M̄ / Σ |M|²          the pan of what the source holds in this bin (complex: a delay too),
@@ -31,7 +32,7 @@ and only the deviations d̂_c, which the service never heard, need an estimate. 
   cancels in the mono mix, incoherent with what the service heard (an anti-phase pad: L = p, R = −p): the
   service never heard it, so the bin's deviation goes to the residual. Its statistics Σₜ are summed over
   the ±4 frames only, not over neighbouring bins: a sustained pad's partials are a bin wide, and summing
-  over ±2 bins mixed the mid around them in (a pad's share in the residual of a busy mix 52 → 63 %, voice
+  over ±2 bins mixed the mid around them in (a pad's share in the residual of a busy mix 52 → 61 %, voice
   band). Independent sounds in every channel (a wide reverb, a spaced pair) give r about 1; r₀ leaves
   room for the way wide stereo recordings fluctuate from bin to bin. A partial out of phase between the
   channels but coherent with the mid (a spaced pair's comb) is a pan, not gated.
@@ -58,10 +59,10 @@ STFT: 4096-point frames (11.7 Hz bins at 48 kHz: the deviations' band edges meas
 with 2048 and 8192 smeared the hats), hop 2048, periodic sqrt-Hann analysis and synthesis (perfect
 reconstruction); in stereo the mid and side are transformed, not the channels, and only C − 1 deviations
 are synthesised (the last is minus their sum). The statistics run on separate real and imaginary float32
-planes (numpy's complex arithmetic on interleaved values costs ~2× per value). Processing is streaming:
-each call consumes whole hops; the raw statistics of the last 4 frames and the overlap-add tail carry
-over, and the 4 frames of look-ahead the smoothing needs are analysed again on the next call. The projector
-emits samples in source order and `flush` emits the rest, so the total equals the input exactly.
+planes (numpy's complex arithmetic on interleaved values costs ~2× per value). Processing is streaming,
+32 frames at a time: the planes and raw statistics of the frames the next piece looks back and ahead at,
+and the overlap-add tail, carry over (nothing is transformed twice). The projector emits samples in source
+order and `flush` emits the rest, so the total equals the input exactly.
 """
 
 from __future__ import annotations
