@@ -37,7 +37,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "bench_quality": ([], ["--seconds", "5", "--runs", "2"]),
     "bench_quality_flags": ([], []),
     "bench_rate_limiter": ([], ["--runs", "1"]),
-    "bench_projection": ([], ["--seconds", "3"]),
+    "bench_projection": ([], ["--seconds", "3", "--repeats", "1"]),
     "bench_reaper_ui": ([], ["--runs", "2"]),
     "bench_team": ([], ["--jobs", "4", "--service-time", "0.2", "--repeats", "1", "--daemons", "1,2",
                         "--claim-files", "20"]),

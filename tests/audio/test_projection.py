@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bridge.audio.projection import MaskProjector, describe
-from bridge.local_service.separator import HIGH, MID, VOICE, Band, _zero_phase_blocks, band_filter
+from bridge.local_service.separator import FULL, HIGH, MID, VOICE, Band, _zero_phase_blocks, band_filter
 from tests.audio_fixtures import (
     band_level_db,
     click_train,
@@ -186,8 +186,9 @@ def test_what_the_service_could_not_hear_goes_to_the_residual() -> None:
     for low, high in ((24_000, 30_000), (30_000, 48_000)):
         assert band_level_db(out[:, 1], rate, low, high) < band_level_db(hiss, rate, low, high) - 60, (low, high)
     steady = slice(rate // 10, -rate // 10)
-    # the bass itself is all there (its STFT skirt in the bins the hiss owns takes the hiss's pan: -31 dB)
-    assert level_dbfs(out[steady, 0] - bass[steady]) < level_dbfs(bass) - 30
+    # the bass itself is all there: the hiss in the bass's own bins follows the service's residual, so it
+    # stays out (measured -45.8 dB; it was -31 dB when the mid's gain was applied to it)
+    assert level_dbfs(out[steady, 0] - bass[steady]) < level_dbfs(bass) - 40
 
 
 def test_anti_phase_content_the_mono_mix_cancels_goes_to_the_residual() -> None:
@@ -201,6 +202,34 @@ def test_anti_phase_content_the_mono_mix_cancels_goes_to_the_residual() -> None:
     # target, carry the side along: one mask for all channels cannot split a bin.)
     leaked = band_level_db(side_in_target, RATE, 1_000, 20_000) - band_level_db(side, RATE, 1_000, 20_000)
     assert leaked < -45
+
+
+def _pad_share_in_residual(bed: np.ndarray, pad: np.ndarray, band: Band) -> float:
+    """The anti-phase pad's share in the residual: 1 − (the change it makes to the target stem) / its energy
+    (the service's answer is the same with and without it: it cancels in the mono mix)."""
+    with_pad = bed + np.stack([pad, -pad], axis=1)
+    changed = _project(*_band_service(with_pad, band), with_pad, [65_536])[0]
+    plain = _project(*_band_service(bed, band), bed, [65_536])[0]
+    steady = slice(RATE // 2, -RATE // 2)
+    return float(1 - np.sum((changed[steady] - plain[steady]) ** 2) / (2 * np.sum(pad[steady] ** 2)))
+
+
+@pytest.mark.parametrize("busy", [False, True])
+@pytest.mark.parametrize(("band", "least"), [(MID, 0.85), (VOICE, 0.85), (FULL, 0.75)])
+def test_an_anti_phase_pad_goes_to_the_residual_in_busy_and_sparse_passages(
+    busy: bool, band: Band, least: float
+) -> None:
+    """A sustained pad, L = p, R = −p, its partials one or two bins from a centred instrument's (sparse), and
+    with a wide noise bed and a panned chord too (busy). The gate's statistics once summed ±2 bins, which
+    took the instrument's mid into the pad's bins: 0-55 % in the residual; measured now 83-97 %."""
+    seconds = 3.0
+    pad = sum(tone(RATE, seconds, f, 0.05) for f in (262, 330, 392, 524, 660, 784))
+    centre = sum(tone(RATE, seconds, f, 0.1) for f in (247, 345, 380, 510, 675, 800))
+    bed = np.stack([centre, centre], axis=1)
+    if busy:
+        chord = sum(tone(RATE, seconds, f, 0.08) for f in (300, 440, 600))
+        bed += noise(RATE, seconds, channels=2, seed=7, amplitude=0.02) + np.stack([chord, 0.3 * chord], axis=1)
+    assert _pad_share_in_residual(bed, pad, band) > least
 
 
 def _delayed(signal: np.ndarray, samples: float) -> np.ndarray:
