@@ -36,7 +36,6 @@ from bridge.audio.align import (
     SEARCH_SECONDS,
     WEAK_CORRELATION,
     WINDOW_SECONDS,
-    AlignedService,
     DriftProbe,
     LagEstimate,
     drift_rate_scale,
@@ -46,15 +45,14 @@ from bridge.audio.align import (
 from bridge.audio.drift import (
     DriftCorrection,
     Segment,
-    measure_start,
-    open_source,
+    SegmentReader,
     refine_scale,
     usable_offset,
 )
 from bridge.audio.prefetch import ReadAhead, WriteBehind
 from bridge.audio.projection import MaskProjector, describe
 from bridge.audio.quality import QualityMeter, QualityReport
-from bridge.audio.source import INTEGER_BITS, SourceInfo, read_block, refuse_non_finite
+from bridge.audio.source import SourceInfo
 from bridge.audio.stem_output import (
     RF64_THRESHOLD,
     OutputPlan,
@@ -64,7 +62,7 @@ from bridge.audio.stem_output import (
     output_error,
     plan_output,
 )
-from bridge.common.errors import BridgeError, SourceError
+from bridge.common.errors import BridgeError
 
 log = logging.getLogger(__name__)
 
@@ -162,16 +160,22 @@ def conform(
         raise ValueError("target and residual must be different files")
     plan = plan_output(source, spec.frames, spec.out_format, spec.out_subtype, spec.rf64_threshold)
     segment = Segment(source, spec.start_frame, spec.frames, service_target, service_residual)
-    start = measure_start(segment)
-    offset = usable_offset(start)
+    reader = SegmentReader(segment)
     try:
+        start = reader.measure_start()
+        offset = usable_offset(start)
+        reader.restart(offset)  # the stems are made from the opening the measurement decoded
         stems = StemFiles((out_target, out_residual), plan, source)
     except (OSError, RuntimeError) as exc:
+        reader.close()
         raise output_error(exc, out_target) from exc
+    except BaseException:
+        reader.close()
+        raise
     correction: DriftCorrection | None = None
     try:
         probe = DriftProbe(spec.frames, source.samplerate)
-        tally = _stream(spec, plan, offset, segment, stems, probe, progress)
+        tally = _stream(spec, plan, reader, stems, probe, progress)
         end = probe.estimate()
         scale = drift_rate_scale(start, end) if end is not None and offset == start.lag else None
         if scale is not None and end is not None:
@@ -184,7 +188,9 @@ def conform(
                 offset = usable_offset(fit.start)
                 probe = DriftProbe(spec.frames, source.samplerate)
                 at_end = None if progress is None else (lambda _fraction: progress(0.99))  # the bar stays put
-                tally = _stream(spec, plan, offset, segment, stems, probe, at_end, fit.scale)
+                reader = SegmentReader(segment, fit.scale)
+                reader.restart(offset)
+                tally = _stream(spec, plan, reader, stems, probe, at_end)
                 correction = DriftCorrection(fit.scale, end, start, probe.estimate())
             else:  # the stems already written are the better ones
                 log.info("%s: the result drifts %+d samples by the end, and reading it at a corrected rate "
@@ -213,18 +219,17 @@ def conform(
 def _stream(
     spec: ConformSpec,
     plan: OutputPlan,
-    offset: int,
-    segment: Segment,
+    reader: SegmentReader,
     stems: StemFiles,
     probe: DriftProbe,
     progress: Callable[[float], None] | None,
-    rate_scale: float = 1.0,
 ) -> _Tally:
+    """Make the stems from `reader` (restarted at the segment's start; closed here)."""
     source = spec.source
+    rate_scale = reader.rate_scale
     tally = _Tally()
     complement = spec.residual_method == "complement"
     emit = _StemValues(plan.subtype, complement, tally)
-    pcm_source = source.subtype in INTEGER_BITS
     projector = (
         MaskProjector(
             source.channels, source.samplerate, service_residual=not complement, mid_from_source=rate_scale != 1.0
@@ -240,11 +245,9 @@ def _stream(
         waiting[:] = [joined[count:]]
         return joined[:count]
 
-    service = AlignedService(segment.target, segment.residual, source.samplerate, offset, rate_scale)
     try:
         with (
-            open_source(source) as src,
-            ReadAhead(_blocks(spec, src, service, pcm_source), name="conform-read") as blocks,
+            ReadAhead(_blocks(spec, reader), name="conform-read") as blocks,
             WriteBehind(stems.write_pair, name="conform-write") as writer,
         ):
             for position, exact, target, residual in blocks:
@@ -263,44 +266,24 @@ def _stream(
             if projector is not None:
                 out_t, out_r = projector.flush()
                 writer.submit(emit(take_waiting(len(out_t)), out_t, out_r))
-            tail_t, tail_r = service.read(probe.max_lag)
+            tail_t, tail_r = reader.service(probe.max_lag)
             probe.feed_service(spec.frames, tail_t + tail_r)
     finally:
-        service.close()
+        reader.close()
     tally.clipped = emit.clipped
     tally.quality = meter.report()
     return tally
 
 
 def _blocks(
-    spec: ConformSpec, src: sf.SoundFile, service: AlignedService, pcm: bool
+    spec: ConformSpec, reader: SegmentReader
 ) -> Iterator[tuple[int, Float64Array, NDArray[np.float32], NDArray[np.float32]]]:
     """(position, exact source block, aligned service target, residual) for the whole segment."""
-    src.seek(spec.start_frame)
     for position in range(0, spec.frames, BLOCK):
         count = min(BLOCK, spec.frames - position)
-        exact = _read_exact(src, count, pcm, spec.source)
-        if not pcm:
-            refuse_non_finite(exact, spec.start_frame + position, spec.source)
-        target, residual = service.read(count)
+        exact = reader.source(count)
+        target, residual = reader.service(count)
         yield position, exact, target, residual
-
-
-def _read_exact(src: sf.SoundFile, count: int, pcm: bool, source: SourceInfo) -> Float64Array:
-    """`count` source frames as float64, bit-exact (PCM via int32: no scaling surprises)."""
-    try:
-        if pcm:
-            block = np.multiply(read_block(src, count, "int32"), 2.0**-31, dtype=np.float64)
-        else:
-            block = read_block(src, count, "float64")
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise SourceError(f"“{source.path.name}” could not be read to the end.", "Export it again.") from exc
-    if len(block) < count:
-        raise SourceError(
-            f"“{source.path.name}” ended earlier than expected; it may have changed while the job ran.",
-            "Run the job again once the file is final.",
-        )
-    return np.asarray(block, dtype=np.float64)
 
 
 def _report_progress(progress: Callable[[float], None] | None, tally: _Tally, fraction: float) -> None:
