@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
 
-from bridge.audio import bwf
+from bridge.audio import bwf, pcm_wav
 from bridge.audio.source import INTEGER_BITS, LOSSY_FORMATS, SourceInfo
 from bridge.common.errors import OutputError
 
@@ -123,13 +123,18 @@ class StemFiles:
 
     def __init__(self, paths: tuple[Path, Path], plan: OutputPlan, source: SourceInfo) -> None:
         self.created: list[Path] = []
-        self.files: list[sf.SoundFile] = []
+        self.files: list[sf.SoundFile | pcm_wav.PcmWavWriter] = []
         try:
             for path in paths:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
                 self.created.append(path)
                 try:
-                    stem = sf.SoundFile(fd, "w", source.samplerate, source.channels, plan.subtype, format=plan.format)
+                    stem: sf.SoundFile | pcm_wav.PcmWavWriter
+                    if pcm_wav.handles(plan.format, plan.subtype):  # the same bytes, cheaper (see pcm_wav)
+                        stem = pcm_wav.PcmWavWriter(fd, source.samplerate, source.channels, plan.subtype)
+                    else:
+                        stem = sf.SoundFile(fd, "w", source.samplerate, source.channels, plan.subtype,
+                                            format=plan.format)
                 except BaseException:
                     os.close(fd)
                     raise
