@@ -131,7 +131,7 @@ class SegmentReader:
 
     def _next_source(self, count: int) -> Float64Array:
         count = max(0, min(count, self.segment.frames - self._read))
-        block = read_exact(self._src, count, self.pcm, self.segment.source)
+        block = read_exact(self._src, count, self.segment.source)
         if not self.pcm:  # refused before a NaN or inf is measured on or written
             refuse_non_finite(block, self.segment.start_frame + self._read, self.segment.source)
         self._read += count
@@ -194,13 +194,11 @@ class SegmentReader:
         self.close()
 
 
-def read_exact(src: sf.SoundFile, count: int, pcm: bool, source: SourceInfo) -> Float64Array:
-    """`count` source frames as float64, bit-exact (PCM via int32: no scaling surprises)."""
+def read_exact(src: sf.SoundFile, count: int, source: SourceInfo) -> Float64Array:
+    """`count` source frames as float64, bit-exact: libsndfile scales integer samples by a power of two
+    (what their int32 reading × 2**-31 gives, pinned by a test), so no second pass is needed."""
     try:
-        if pcm:
-            block = np.multiply(read_block(src, count, "int32"), 2.0**-31, dtype=np.float64)
-        else:
-            block = read_block(src, count, "float64")
+        block = read_block(src, count, "float64")
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise SourceError(f"“{source.path.name}” could not be read to the end.", "Export it again.") from exc
     if len(block) < count:

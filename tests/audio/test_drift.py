@@ -113,15 +113,19 @@ def test_the_stems_are_made_from_the_decoded_opening_with_the_same_samples(
             assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
-@pytest.mark.parametrize(("subtype", "fmt"), [("PCM_16", "WAV"), ("PCM_24", "WAV"), ("PCM_32", "WAV"),
-                                              ("PCM_U8", "WAV"), ("PCM_24", "FLAC"), ("PCM_16", "AIFF")])
-def test_integer_samples_read_as_int32_equal_libsndfiles_float64(tmp_path: Path, subtype: str, fmt: str) -> None:
-    """The alignment once read PCM sources as float64 and now reads the int32 values the stems are made from
-    (scaled by 2**-31): the same numbers, so it measures what it measured before."""
+@pytest.mark.parametrize(("subtype", "fmt"), [
+    ("PCM_16", "WAV"), ("PCM_24", "WAV"), ("PCM_32", "WAV"), ("PCM_U8", "WAV"), ("PCM_24", "FLAC"),
+    ("PCM_16", "AIFF"), ("PCM_S8", "AIFF"), ("PCM_24", "W64"), ("PCM_24", "RF64"), ("PCM_32", "CAF"),
+    ("ALAC_24", "CAF"), ("ALAC_16", "CAF"), ("ALAC_32", "CAF")])
+def test_integer_samples_read_as_float64_are_their_int32_values_times_a_power_of_two(
+    tmp_path: Path, subtype: str, fmt: str
+) -> None:
+    """The stems' exact source values are libsndfile's float64 reading, once made from the int32 reading
+    × 2**-31 in a second pass: the same numbers, in every integer format."""
     data = np.random.default_rng(2).uniform(-1.0, 1.0, (5_000, 2))
     data[:4] = [[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0], [2**-23, -(2**-15)]]
     path = write_audio(tmp_path / f"s.{fmt.lower()}", data, 44_100, subtype, fmt)
     with sf.SoundFile(str(path)) as a, sf.SoundFile(str(path)) as b:
-        as_double = read_block(a, 5_000, "float64")
-        exact = read_exact(b, 5_000, True, probe_source(path))
-    assert np.array_equal(as_double, exact)
+        as_int = read_block(a, 5_000, "int32")
+        exact = read_exact(b, 5_000, probe_source(path))
+    assert exact.dtype == np.float64 and np.array_equal(exact, as_int * 2.0**-31)
