@@ -52,7 +52,7 @@ from bridge.audio.drift import (
 from bridge.audio.prefetch import ReadAhead, WriteBehind
 from bridge.audio.projection import MaskProjector, describe
 from bridge.audio.quality import QualityMeter, QualityReport
-from bridge.audio.source import SourceInfo
+from bridge.audio.source import INTEGER_BITS, SourceInfo
 from bridge.audio.stem_output import (
     RF64_THRESHOLD,
     OutputPlan,
@@ -107,10 +107,13 @@ class _StemValues:
     """Quantises a block's target exactly as it will be stored, makes the residual and measures the null
     test: the two arrays to write."""
 
-    def __init__(self, subtype: str, complement: bool, tally: _Tally) -> None:
+    def __init__(self, subtype: str, complement: bool, tally: _Tally, source_subtype: str = "") -> None:
         self.target_q, self.residual_q = Quantizer(subtype), Quantizer(subtype)
         self.complement = complement
         self.tally = tally
+        # an integer source no finer than the stems: source − target is whole steps of the stems' format
+        stem_bits, source_bits = INTEGER_BITS.get(subtype), INTEGER_BITS.get(source_subtype)
+        self.on_grid = complement and stem_bits is not None and source_bits is not None and source_bits <= stem_bits
 
     @property
     def clipped(self) -> int:
@@ -120,6 +123,10 @@ class _StemValues:
         self, exact: Float64Array, target: NDArray[np.float32], service_residual: NDArray[np.float32] | None
     ) -> tuple[NDArray[np.generic], NDArray[np.generic]]:
         stored_t, values_t = self.target_q(target)  # float32 in, exact (see Quantizer)
+        if self.on_grid:
+            stored_r, peak = self.residual_q.on_grid(exact - values_t)  # exact: both are whole steps
+            self.tally.null_peak = max(self.tally.null_peak, peak)
+            return stored_t, stored_r
         if self.complement:
             residual = exact - values_t  # float64: a difference of two 24-bit values needs 25 bits
             stored_r, values_r = self.residual_q(residual)
@@ -229,7 +236,7 @@ def _stream(
     rate_scale = reader.rate_scale
     tally = _Tally()
     complement = spec.residual_method == "complement"
-    emit = _StemValues(plan.subtype, complement, tally)
+    emit = _StemValues(plan.subtype, complement, tally, source.subtype)
     projector = (
         MaskProjector(
             source.channels, source.samplerate, service_residual=not complement, mid_from_source=rate_scale != 1.0
