@@ -254,15 +254,11 @@ def _stream(
 
     try:
         with (
-            ReadAhead(_blocks(spec, reader), name="conform-read") as blocks,
+            ReadAhead(_blocks(spec, reader, meter, probe), name="conform-read") as blocks,
             WriteBehind(stems.write_pair, name="conform-write") as writer,
         ):
             for position, exact, target, residual in blocks:
                 count = len(exact)
-                meter.feed(mono_mix(exact), target, residual)
-                if probe.wants(position, count):
-                    probe.feed_source(position, mono_mix(exact))
-                    probe.feed_service(position, target + residual)
                 if projector is None:
                     writer.submit(emit(exact, target[:, None], residual[:, None]))
                 else:
@@ -283,13 +279,20 @@ def _stream(
 
 
 def _blocks(
-    spec: ConformSpec, reader: SegmentReader
+    spec: ConformSpec, reader: SegmentReader, meter: QualityMeter, probe: DriftProbe
 ) -> Iterator[tuple[int, Float64Array, NDArray[np.float32], NDArray[np.float32]]]:
-    """(position, exact source block, aligned service target, residual) for the whole segment."""
+    """(position, exact source block, aligned service target, residual) for the whole segment, measured
+    on the way (quality, end window): in the read-ahead thread, so that on two cores this work runs
+    beside the projection instead of after it. Both are read only once the thread has ended."""
     for position in range(0, spec.frames, BLOCK):
         count = min(BLOCK, spec.frames - position)
         exact = reader.source(count)
         target, residual = reader.service(count)
+        mono = mono_mix(exact)
+        meter.feed(mono, target, residual)
+        if probe.wants(position, count):
+            probe.feed_source(position, mono)
+            probe.feed_service(position, target + residual)
         yield position, exact, target, residual
 
 
