@@ -70,6 +70,8 @@ class PcmWavWriter:
 def pack(block: NDArray[np.generic], bits: int) -> bytes | memoryview:
     """Little-endian `bits`-bit samples of the left-justified int32 `block`, interleaved."""
     samples = np.ascontiguousarray(block, dtype=np.int32).reshape(-1)
+    if not samples.size:  # the projector's first call may complete no sample yet
+        return b""
     if bits == 16:
         return np.right_shift(samples, 16).astype("<i2").data.cast("B")
     words = samples.view(np.uint32)
