@@ -4,8 +4,9 @@ Streaming, block by block (64 Ki frames), so an hour-long source costs no more m
 
 1. measure where the result sits (`align`): offset at the start, drift at the end;
 2. read the result through a soxr stream at the source's rate, skip/pad the offset, pad/trim to exactly
-   the segment's frame count; when the end window shows a drift, the stems are made a second time from
-   the result read at a corrected rate (and its offset measured anew);
+   the segment's frame count (the opening the measurement decoded, source and result, is replayed, not
+   decoded again: `drift.SegmentReader`); when the end window shows a drift, the stems are made a second
+   time from the result read at a corrected rate (and its offset measured anew);
 3. project mono → the source's channels (`projection`: direct for mono; otherwise the result as the mid plus
    estimated deviations, or, for a result read at a drift-corrected rate, its gain on the source's own channels);
 4. quantise the target exactly as it will be written, then residual = source − written target (the
@@ -171,7 +172,6 @@ def conform(
     try:
         start = reader.measure_start()
         offset = usable_offset(start)
-        reader.restart(offset)  # the stems are made from the opening the measurement decoded
         stems = StemFiles((out_target, out_residual), plan, source)
     except (OSError, RuntimeError) as exc:
         reader.close()
@@ -182,7 +182,7 @@ def conform(
     correction: DriftCorrection | None = None
     try:
         probe = DriftProbe(spec.frames, source.samplerate)
-        tally = _stream(spec, plan, reader, stems, probe, progress)
+        tally = _stream(spec, plan, reader, offset, stems, probe, progress)
         end = probe.estimate()
         scale = drift_rate_scale(start, end) if end is not None and offset == start.lag else None
         if scale is not None and end is not None:
@@ -195,9 +195,7 @@ def conform(
                 offset = usable_offset(fit.start)
                 probe = DriftProbe(spec.frames, source.samplerate)
                 at_end = None if progress is None else (lambda _fraction: progress(0.99))  # the bar stays put
-                reader = SegmentReader(segment, fit.scale)
-                reader.restart(offset)
-                tally = _stream(spec, plan, reader, stems, probe, at_end)
+                tally = _stream(spec, plan, SegmentReader(segment, fit.scale), offset, stems, probe, at_end)
                 correction = DriftCorrection(fit.scale, end, start, probe.estimate())
             else:  # the stems already written are the better ones
                 log.info("%s: the result drifts %+d samples by the end, and reading it at a corrected rate "
@@ -227,11 +225,13 @@ def _stream(
     spec: ConformSpec,
     plan: OutputPlan,
     reader: SegmentReader,
+    offset: int,
     stems: StemFiles,
     probe: DriftProbe,
     progress: Callable[[float], None] | None,
 ) -> _Tally:
-    """Make the stems from `reader` (restarted at the segment's start; closed here)."""
+    """Make the stems from `reader`, restarted at the segment's start with the result `offset` samples late
+    (the opening it decoded to measure that is replayed); closes it."""
     source = spec.source
     rate_scale = reader.rate_scale
     tally = _Tally()
@@ -253,6 +253,7 @@ def _stream(
         return joined[:count]
 
     try:
+        reader.restart(offset)
         with (
             ReadAhead(_blocks(spec, reader, meter, probe), name="conform-read") as blocks,
             WriteBehind(stems.write_pair, name="conform-write") as writer,
