@@ -11,7 +11,10 @@ bytes) + the download of the two mono 48 kHz results + one soxr pass of each (48
 decoding included) + writing both stems (stereo 24-bit WAV at the source's rate and length).
 
 Goal: overhead <= 1.2x the floor (medians of `--repeats` >= 5, min-max of the run-by-run ratios). Also
-printed: the command's peak RSS (goal <= 250 MB).
+printed: the command's peak RSS (goal <= 250 MB), and the ratio without the stereo projection (the part of
+conform that turns the mono result into the source's stereo image, which no floor client does): its CPU
+time measured here on the same audio (the same blocks the command feeds it, timed on its own thread),
+once per repeat, taken out of the overhead.
 
     python benchmarks/bench_oneshot.py [--minutes 3] [--repeats 5] [--keep]
 """
@@ -153,6 +156,27 @@ def measure_floor(source: Path, results: list[Path], work: Path) -> dict[str, fl
             "total": imports + upload + download + resample + stems}
 
 
+def measure_projection(source: Path, result: Path) -> float:
+    """CPU seconds the stereo projection takes on this source, fed as conform feeds it."""
+    from bridge.audio.conform import BLOCK
+    from bridge.audio.projection import MaskProjector
+
+    exact, rate = sf.read(str(source), dtype="float64")
+    mono, result_rate = sf.read(str(result), dtype="float32")
+    target = soxr.resample(mono, result_rate, rate)[: len(exact)]
+    residual = np.zeros_like(target)
+    projector = MaskProjector(exact.shape[1], rate)
+    spent = 0.0
+    for start in range(0, len(exact), BLOCK):
+        stop = start + BLOCK
+        began = time.thread_time()
+        projector.process(target[start:stop], residual[start:stop], exact[start:stop])
+        spent += time.thread_time() - began
+    began = time.thread_time()
+    projector.flush()
+    return spent + time.thread_time() - began
+
+
 def bare_imports() -> float:
     """A new interpreter importing the libraries any such client needs, start to exit."""
     began = time.perf_counter()
@@ -176,10 +200,11 @@ def main() -> int:
         size_mb = source.stat().st_size / 2**20
         print(f"source: {args.minutes:g} min stereo {RATE} Hz/24-bit WAV, {size_mb:.1f} MB")
 
-        runs, floors = [], []
+        runs, floors, projections = [], [], []
         for repeat in range(args.repeats):
             runs.append(run_command(source, tmp / f"out-{repeat}"))
             floors.append(measure_floor(source, results, tmp))
+            projections.append(measure_projection(source, results[0]))
     finally:
         if args.keep:
             print(f"kept {tmp}")
@@ -205,6 +230,9 @@ def main() -> int:
     print(f"floor: {spread(totals, unit=' s')}  [" + ", ".join(f"{k} {v:.2f}" for k, v in floor.items()
                                                       if k != "total") + "]")
     print(f"ratio overhead / floor: {ratio_spread(overheads, totals)} (goal <= 1.2)")
+    without = [overhead - projection for overhead, projection in zip(overheads, projections, strict=True)]
+    print(f"the stereo projection alone: {spread(projections, unit=' s')} CPU; overhead without it: "
+          f"{spread(without, unit=' s')}, ratio {ratio_spread(without, totals)}")
     peak = max(r["peak_rss_mb"] for r in runs)
     print(f"command peak RSS: {peak:.0f} MB (goal <= 250 MB; includes the in-process stand-in)")
     report("bench_oneshot", [
@@ -214,6 +242,9 @@ def main() -> int:
          "floor": "bare imports + upload + 2 downloads + 2 soxr passes + writing 2 stems: "
                   + spread(totals, unit=" s"),
          "ratio": ratio_spread(overheads, totals), "goal": "<= 1.2"},
+        {"figure": "the same without the stereo projection (its CPU time on the same audio taken out)",
+         "measured": spread(without, unit=" s"), "floor": f"projection {spread(projections, unit=' s')} CPU",
+         "ratio": ratio_spread(without, totals), "goal": "-"},
         {"figure": "`separate --local`: peak RSS of the command", "measured": f"{peak:.0f} MB (max of runs)",
          "goal": "<= 250 MB"},
     ])

@@ -4,8 +4,9 @@ Streaming, block by block (64 Ki frames), so an hour-long source costs no more m
 
 1. measure where the result sits (`align`): offset at the start, drift at the end;
 2. read the result through a soxr stream at the source's rate, skip/pad the offset, pad/trim to exactly
-   the segment's frame count; when the end window shows a drift, the stems are made a second time from
-   the result read at a corrected rate (and its offset measured anew);
+   the segment's frame count (the opening the measurement decoded, source and result, is replayed, not
+   decoded again: `drift.SegmentReader`); when the end window shows a drift, the stems are made a second
+   time from the result read at a corrected rate (and its offset measured anew);
 3. project mono → the source's channels (`projection`: direct for mono; otherwise the result as the mid plus
    estimated deviations, or, for a result read at a drift-corrected rate, its gain on the source's own channels);
 4. quantise the target exactly as it will be written, then residual = source − written target (the
@@ -36,7 +37,6 @@ from bridge.audio.align import (
     SEARCH_SECONDS,
     WEAK_CORRELATION,
     WINDOW_SECONDS,
-    AlignedService,
     DriftProbe,
     LagEstimate,
     drift_rate_scale,
@@ -46,15 +46,14 @@ from bridge.audio.align import (
 from bridge.audio.drift import (
     DriftCorrection,
     Segment,
-    measure_start,
-    open_source,
+    SegmentReader,
     refine_scale,
     usable_offset,
 )
 from bridge.audio.prefetch import ReadAhead, WriteBehind
 from bridge.audio.projection import MaskProjector, describe
 from bridge.audio.quality import QualityMeter, QualityReport
-from bridge.audio.source import INTEGER_BITS, SourceInfo, read_block, refuse_non_finite
+from bridge.audio.source import INTEGER_BITS, SourceInfo
 from bridge.audio.stem_output import (
     RF64_THRESHOLD,
     OutputPlan,
@@ -64,7 +63,7 @@ from bridge.audio.stem_output import (
     output_error,
     plan_output,
 )
-from bridge.common.errors import BridgeError, SourceError
+from bridge.common.errors import BridgeError
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +108,13 @@ class _StemValues:
     """Quantises a block's target exactly as it will be stored, makes the residual and measures the null
     test: the two arrays to write."""
 
-    def __init__(self, subtype: str, complement: bool, tally: _Tally) -> None:
+    def __init__(self, subtype: str, complement: bool, tally: _Tally, source_subtype: str = "") -> None:
         self.target_q, self.residual_q = Quantizer(subtype), Quantizer(subtype)
         self.complement = complement
         self.tally = tally
+        # an integer source no finer than the stems: source − target is whole steps of the stems' format
+        stem_bits, source_bits = INTEGER_BITS.get(subtype), INTEGER_BITS.get(source_subtype)
+        self.on_grid = complement and stem_bits is not None and source_bits is not None and source_bits <= stem_bits
 
     @property
     def clipped(self) -> int:
@@ -122,6 +124,10 @@ class _StemValues:
         self, exact: Float64Array, target: NDArray[np.float32], service_residual: NDArray[np.float32] | None
     ) -> tuple[NDArray[np.generic], NDArray[np.generic]]:
         stored_t, values_t = self.target_q(target)  # float32 in, exact (see Quantizer)
+        if self.on_grid:
+            stored_r, peak = self.residual_q.on_grid(exact - values_t)  # exact: both are whole steps
+            self.tally.null_peak = max(self.tally.null_peak, peak)
+            return stored_t, stored_r
         if self.complement:
             residual = exact - values_t  # float64: a difference of two 24-bit values needs 25 bits
             stored_r, values_r = self.residual_q(residual)
@@ -162,16 +168,21 @@ def conform(
         raise ValueError("target and residual must be different files")
     plan = plan_output(source, spec.frames, spec.out_format, spec.out_subtype, spec.rf64_threshold)
     segment = Segment(source, spec.start_frame, spec.frames, service_target, service_residual)
-    start = measure_start(segment)
-    offset = usable_offset(start)
+    reader = SegmentReader(segment)
     try:
+        start = reader.measure_start()
+        offset = usable_offset(start)
         stems = StemFiles((out_target, out_residual), plan, source)
     except (OSError, RuntimeError) as exc:
+        reader.close()
         raise output_error(exc, out_target) from exc
+    except BaseException:
+        reader.close()
+        raise
     correction: DriftCorrection | None = None
     try:
         probe = DriftProbe(spec.frames, source.samplerate)
-        tally = _stream(spec, plan, offset, segment, stems, probe, progress)
+        tally = _stream(spec, plan, reader, offset, stems, probe, progress)
         end = probe.estimate()
         scale = drift_rate_scale(start, end) if end is not None and offset == start.lag else None
         if scale is not None and end is not None:
@@ -184,7 +195,7 @@ def conform(
                 offset = usable_offset(fit.start)
                 probe = DriftProbe(spec.frames, source.samplerate)
                 at_end = None if progress is None else (lambda _fraction: progress(0.99))  # the bar stays put
-                tally = _stream(spec, plan, offset, segment, stems, probe, at_end, fit.scale)
+                tally = _stream(spec, plan, SegmentReader(segment, fit.scale), offset, stems, probe, at_end)
                 correction = DriftCorrection(fit.scale, end, start, probe.estimate())
             else:  # the stems already written are the better ones
                 log.info("%s: the result drifts %+d samples by the end, and reading it at a corrected rate "
@@ -213,18 +224,19 @@ def conform(
 def _stream(
     spec: ConformSpec,
     plan: OutputPlan,
+    reader: SegmentReader,
     offset: int,
-    segment: Segment,
     stems: StemFiles,
     probe: DriftProbe,
     progress: Callable[[float], None] | None,
-    rate_scale: float = 1.0,
 ) -> _Tally:
+    """Make the stems from `reader`, restarted at the segment's start with the result `offset` samples late
+    (the opening it decoded to measure that is replayed); closes it."""
     source = spec.source
+    rate_scale = reader.rate_scale
     tally = _Tally()
     complement = spec.residual_method == "complement"
-    emit = _StemValues(plan.subtype, complement, tally)
-    pcm_source = source.subtype in INTEGER_BITS
+    emit = _StemValues(plan.subtype, complement, tally, source.subtype)
     projector = (
         MaskProjector(
             source.channels, source.samplerate, service_residual=not complement, mid_from_source=rate_scale != 1.0
@@ -240,19 +252,14 @@ def _stream(
         waiting[:] = [joined[count:]]
         return joined[:count]
 
-    service = AlignedService(segment.target, segment.residual, source.samplerate, offset, rate_scale)
     try:
+        reader.restart(offset)
         with (
-            open_source(source) as src,
-            ReadAhead(_blocks(spec, src, service, pcm_source), name="conform-read") as blocks,
+            ReadAhead(_blocks(spec, reader, meter, probe), name="conform-read") as blocks,
             WriteBehind(stems.write_pair, name="conform-write") as writer,
         ):
             for position, exact, target, residual in blocks:
                 count = len(exact)
-                meter.feed(mono_mix(exact), target, residual)
-                if probe.wants(position, count):
-                    probe.feed_source(position, mono_mix(exact))
-                    probe.feed_service(position, target + residual)
                 if projector is None:
                     writer.submit(emit(exact, target[:, None], residual[:, None]))
                 else:
@@ -263,44 +270,31 @@ def _stream(
             if projector is not None:
                 out_t, out_r = projector.flush()
                 writer.submit(emit(take_waiting(len(out_t)), out_t, out_r))
-            tail_t, tail_r = service.read(probe.max_lag)
+            tail_t, tail_r = reader.service(probe.max_lag)
             probe.feed_service(spec.frames, tail_t + tail_r)
     finally:
-        service.close()
+        reader.close()
     tally.clipped = emit.clipped
     tally.quality = meter.report()
     return tally
 
 
 def _blocks(
-    spec: ConformSpec, src: sf.SoundFile, service: AlignedService, pcm: bool
+    spec: ConformSpec, reader: SegmentReader, meter: QualityMeter, probe: DriftProbe
 ) -> Iterator[tuple[int, Float64Array, NDArray[np.float32], NDArray[np.float32]]]:
-    """(position, exact source block, aligned service target, residual) for the whole segment."""
-    src.seek(spec.start_frame)
+    """(position, exact source block, aligned service target, residual) for the whole segment, measured
+    on the way (quality, end window): in the read-ahead thread, so that on two cores this work runs
+    beside the projection instead of after it. Both are read only once the thread has ended."""
     for position in range(0, spec.frames, BLOCK):
         count = min(BLOCK, spec.frames - position)
-        exact = _read_exact(src, count, pcm, spec.source)
-        if not pcm:
-            refuse_non_finite(exact, spec.start_frame + position, spec.source)
-        target, residual = service.read(count)
+        exact = reader.source(count)
+        target, residual = reader.service(count)
+        mono = mono_mix(exact)
+        meter.feed(mono, target, residual)
+        if probe.wants(position, count):
+            probe.feed_source(position, mono)
+            probe.feed_service(position, target + residual)
         yield position, exact, target, residual
-
-
-def _read_exact(src: sf.SoundFile, count: int, pcm: bool, source: SourceInfo) -> Float64Array:
-    """`count` source frames as float64, bit-exact (PCM via int32: no scaling surprises)."""
-    try:
-        if pcm:
-            block = np.multiply(read_block(src, count, "int32"), 2.0**-31, dtype=np.float64)
-        else:
-            block = read_block(src, count, "float64")
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise SourceError(f"“{source.path.name}” could not be read to the end.", "Export it again.") from exc
-    if len(block) < count:
-        raise SourceError(
-            f"“{source.path.name}” ended earlier than expected; it may have changed while the job ran.",
-            "Run the job again once the file is final.",
-        )
-    return np.asarray(block, dtype=np.float64)
 
 
 def _report_progress(progress: Callable[[float], None] | None, tally: _Tally, fraction: float) -> None:

@@ -79,7 +79,7 @@ class QualityMeter:
         freqs = np.fft.rfftfreq(N_FFT, 1.0 / samplerate)
         top = min(HIGH_HZ, samplerate / 2)
         self._bins = slice(int(np.searchsorted(freqs, LOW_HZ)), int(np.searchsorted(freqs, top)))
-        self._pending = np.zeros((3, 0))
+        self._pending = np.zeros((2, 0))  # source and target samples not yet a whole frame
         self._squares = np.zeros(3)  # Σ x² of source, target, residual
         self._count = 0
         self._explained = np.zeros(2)  # Σ min(T, 2S), Σ T
@@ -87,19 +87,27 @@ class QualityMeter:
 
     def feed(self, source: NDArray[np.floating], target: NDArray[np.floating],
              residual: NDArray[np.floating]) -> None:
-        block = np.stack([np.asarray(source, np.float64), np.asarray(target, np.float64),
-                          np.asarray(residual, np.float64)])
-        self._squares += np.square(block).sum(axis=1)
-        self._count += block.shape[1]
-        data = np.concatenate((self._pending, block), axis=1) if self._pending.size else block
+        # one row at a time, each summed as numpy sums a contiguous row: no stacked copy of the three
+        self._squares += [np.square(x, dtype=np.float64).sum() for x in (source, target, residual)]
+        count = len(source)
+        self._count += count
+        kept = self._pending.shape[1]
+        data = np.empty((2, kept + count))
+        data[:, :kept] = self._pending
+        data[0, kept:] = source
+        data[1, kept:] = target
         whole = data.shape[1] // N_FFT * N_FFT
         if whole:
-            self._frames(data[:2, :whole].reshape(2, -1, N_FFT))
+            self._frames(data[:, :whole].reshape(2, -1, N_FFT))
         self._pending = data[:, whole:]
 
     def _frames(self, frames: NDArray[np.float64]) -> None:
-        spectra = sfft.rfft((frames * self._window).astype(np.float32), axis=-1)  # float32: plenty for levels
-        power = np.square(spectra.real, dtype=np.float64) + np.square(spectra.imag, dtype=np.float64)
+        # windowed in float64 and rounded once to float32 (no float64 temporary): float32 is plenty for levels
+        windowed = np.empty(frames.shape, np.float32)
+        np.multiply(frames, self._window, out=windowed, casting="same_kind")
+        spectra = sfft.rfft(windowed, axis=-1, overwrite_x=True)
+        power = np.square(spectra.real, dtype=np.float64)
+        power += np.square(spectra.imag, dtype=np.float64)
         source, target = power[0][:, self._bins], power[1][:, self._bins]
         self._explained += (np.minimum(target, LEVEL_SLACK * source).sum(), target.sum())
         judged = target >= _ACTIVE * target.max(axis=1, keepdims=True)  # the target's own sound, not its floor
@@ -112,9 +120,9 @@ class QualityMeter:
     def report(self) -> QualityReport:
         if self._pending.shape[1] >= N_FFT // 4:  # a last partial frame, zero padded
             padded = np.zeros((2, N_FFT))
-            padded[:, : self._pending.shape[1]] = self._pending[:2]
+            padded[:, : self._pending.shape[1]] = self._pending
             self._frames(padded.reshape(2, 1, N_FFT))
-            self._pending = np.zeros((3, 0))
+            self._pending = np.zeros((2, 0))
         rms = np.sqrt(self._squares / max(self._count, 1))
         dbfs = [20 * math.log10(value) if value > 0 else -math.inf for value in rms]
         explained = float(self._explained[0] / self._explained[1]) if self._explained[1] > _FLOOR else 1.0

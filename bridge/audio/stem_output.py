@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
 
-from bridge.audio import bwf
+from bridge.audio import bwf, pcm_wav
 from bridge.audio.source import INTEGER_BITS, LOSSY_FORMATS, SourceInfo
 from bridge.common.errors import OutputError
 
@@ -117,19 +118,46 @@ class Quantizer:
             return as_float32, as_float32
         return values, values
 
+    def on_grid(self, values: Float64Array) -> tuple[NDArray[np.generic], float]:
+        """What `__call__` stores for `values` that are whole steps of this integer format already (the
+        complement of a PCM source no finer than the stems), and the peak of values − stored values:
+        the same numbers in fewer passes, as rounding a whole step changes nothing and only clipping
+        moves a value. `values` is consumed (scaled in place)."""
+        assert self.bits is not None
+        scale = 2.0 ** (self.bits - 1)
+        steps = np.multiply(values, scale, out=values)  # exact: a power of two
+        peak = 0.0
+        high, low = (float(steps.max()), float(steps.min())) if steps.size else (0.0, 0.0)
+        if math.isnan(high) or math.isnan(low):  # a NaN is the worst null test, never a fine one
+            peak = math.inf
+        elif high > scale - 1 or low < -scale:
+            clipped = (steps > scale - 1) | (steps < -scale)
+            self.clipped += int(np.count_nonzero(clipped))
+            beyond = steps[clipped]
+            peak = float(np.max(np.abs(beyond - np.clip(beyond, -scale, scale - 1)))) / scale
+            np.clip(steps, -scale, scale - 1, out=steps)
+        stored = steps.astype(np.int32)
+        stored <<= 32 - self.bits
+        return stored, peak
+
 
 class StemFiles:
     """The two stem files: created exclusively (never overwriting), removed again on any failure."""
 
     def __init__(self, paths: tuple[Path, Path], plan: OutputPlan, source: SourceInfo) -> None:
         self.created: list[Path] = []
-        self.files: list[sf.SoundFile] = []
+        self.files: list[sf.SoundFile | pcm_wav.PcmWavWriter] = []
         try:
             for path in paths:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
                 self.created.append(path)
                 try:
-                    stem = sf.SoundFile(fd, "w", source.samplerate, source.channels, plan.subtype, format=plan.format)
+                    stem: sf.SoundFile | pcm_wav.PcmWavWriter
+                    if pcm_wav.handles(plan.format, plan.subtype):  # the same bytes, cheaper (see pcm_wav)
+                        stem = pcm_wav.PcmWavWriter(fd, source.samplerate, source.channels, plan.subtype)
+                    else:
+                        stem = sf.SoundFile(fd, "w", source.samplerate, source.channels, plan.subtype,
+                                            format=plan.format)
                 except BaseException:
                     os.close(fd)
                     raise

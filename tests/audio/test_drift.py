@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
+from numpy.typing import NDArray
 
 from bridge.audio.align import LagEstimate, drift_rate_scale
-from bridge.audio.drift import RateFit, Segment, measure_start, refine_scale
-from bridge.audio.source import probe_source
+from bridge.audio.drift import (
+    REPLAY_BYTES,
+    RateFit,
+    Segment,
+    SegmentReader,
+    measure_start,
+    read_exact,
+    refine_scale,
+    usable_offset,
+)
+from bridge.audio.source import probe_source, read_block
 from tests.audio_fixtures import fake_service_result, low_noise, tone, write_audio
 
 RATE = 16_000
@@ -59,3 +71,61 @@ def test_a_correction_is_kept_only_when_it_ends_closer() -> None:
     assert not RateFit(1.0001, start, window(-30, 25 * RATE)).lines_up_better_than(found)  # no better
     assert not RateFit(1.0001, start, window(1, 25 * RATE, correlation=0.3)).lines_up_better_than(found)
     assert not RateFit(1.0001, start, None).lines_up_better_than(found)  # unmeasured is not better
+
+
+def _read_through(reader: SegmentReader, frames: int, block: int = 65_536) -> tuple[NDArray[np.float64], ...]:
+    parts = [(reader.source(min(block, frames - at)), *reader.service(min(block, frames - at)))
+             for at in range(0, frames, block)]
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+
+
+@pytest.mark.parametrize(("subtype", "shift", "silence"), [("PCM_24", 700, 0.0), ("FLOAT", -90, 0.0),
+                                                             ("PCM_16", 45, 3.0)])
+def test_the_stems_are_made_from_the_decoded_opening_with_the_same_samples(
+    tmp_path: Path, subtype: str, shift: int, silence: float
+) -> None:
+    """The opening the alignment decoded is replayed for the stems (not decoded and resampled a second
+    time): source and aligned result come out sample for sample as from files opened anew, also when the
+    opening was too long to keep (then it is decoded again)."""
+    rate = 44_100
+    music = np.column_stack((low_noise(rate, 24.0, seed=5), low_noise(rate, 24.0, seed=6)))
+    music[: round(silence * rate)] = 0.0
+    source = probe_source(write_audio(tmp_path / "src.wav", music, rate, subtype))
+    part = music[rate:]  # the segment starts a second in: the service received only it
+    target, residual = fake_service_result(part / 3, 2 * part / 3, rate, tmp_path, shift=shift)
+    segment = Segment(source, rate, source.frames - rate, target, residual)
+    with SegmentReader(segment) as fresh:
+        measured = fresh.measure_start()
+    offset = usable_offset(measured)
+    assert abs(offset - round(shift * rate / 48_000)) <= 1
+    with SegmentReader(segment) as untouched:  # nothing decoded before: what decoding twice gave
+        untouched.restart(offset)
+        expected = _read_through(untouched, segment.frames)
+    result_frames = sf.info(str(target)).frames
+    for replay_bytes in (REPLAY_BYTES, 0):
+        with SegmentReader(segment, replay_bytes=replay_bytes) as reader:
+            assert reader.measure_start() == measured
+            reader.restart(offset)
+            got = _read_through(reader, segment.frames, block=50_000)
+            once = (reader.decoded_source, reader.decoded_result) == (segment.frames, result_frames)
+            assert once == (replay_bytes > 0)  # each sample decoded once, unless too much was read to keep
+        for a, b in zip(got, expected, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(("subtype", "fmt"), [
+    ("PCM_16", "WAV"), ("PCM_24", "WAV"), ("PCM_32", "WAV"), ("PCM_U8", "WAV"), ("PCM_24", "FLAC"),
+    ("PCM_16", "AIFF"), ("PCM_S8", "AIFF"), ("PCM_24", "W64"), ("PCM_24", "RF64"), ("PCM_32", "CAF"),
+    ("ALAC_24", "CAF"), ("ALAC_16", "CAF"), ("ALAC_32", "CAF")])
+def test_integer_samples_read_as_float64_are_their_int32_values_times_a_power_of_two(
+    tmp_path: Path, subtype: str, fmt: str
+) -> None:
+    """The stems' exact source values are libsndfile's float64 reading, once made from the int32 reading
+    × 2**-31 in a second pass: the same numbers, in every integer format."""
+    data = np.random.default_rng(2).uniform(-1.0, 1.0, (5_000, 2))
+    data[:4] = [[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0], [2**-23, -(2**-15)]]
+    path = write_audio(tmp_path / f"s.{fmt.lower()}", data, 44_100, subtype, fmt)
+    with sf.SoundFile(str(path)) as a, sf.SoundFile(str(path)) as b:
+        as_int = read_block(a, 5_000, "int32")
+        exact = read_exact(b, 5_000, probe_source(path))
+    assert exact.dtype == np.float64 and np.array_equal(exact, as_int * 2.0**-31)

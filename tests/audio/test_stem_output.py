@@ -115,3 +115,27 @@ def test_quantizing_float32_stores_exactly_what_float64_would(subtype: str) -> N
     stored32, values32 = narrow(target)
     assert np.array_equal(stored64, stored32) and np.array_equal(values64, values32.astype(np.float64))
     assert wide.clipped == narrow.clipped
+
+
+@pytest.mark.parametrize(("source_bits", "subtype"), [(24, "PCM_24"), (16, "PCM_16"), (16, "PCM_24"), (32, "PCM_32"),
+                                                      (8, "PCM_16")])
+def test_a_complement_on_the_stems_grid_is_stored_as_the_general_quantiser_stores_it(
+    source_bits: int, subtype: str
+) -> None:
+    """An integer source minus a quantised target is whole steps of the stems' format: `on_grid` skips the
+    rounding and the null test's passes and must store the same values and find the same null peak,
+    clipped values and a NaN included."""
+    rng = np.random.default_rng(source_bits)
+    grid = 2.0 ** (source_bits - 1)
+    exact = np.round(rng.uniform(-1.0, 1.0 - 1 / grid, (20_000, 2)) * grid) / grid
+    target = Quantizer(subtype)(rng.uniform(-1.3, 1.3, (20_000, 2)).astype(np.float32))[1]  # some clipped
+    residual = exact - target
+    general, fast = Quantizer(subtype), Quantizer(subtype)
+    stored, values = general(residual.copy())
+    fast_stored, peak = fast.on_grid(residual.copy())
+    assert general.clipped == fast.clipped > 0
+    assert np.array_equal(stored, fast_stored)
+    assert peak == float(np.max(np.abs(residual - values))) > 0
+    residual[5, 1] = np.nan
+    with np.errstate(invalid="ignore"):  # a NaN has no integer to be stored as
+        assert Quantizer(subtype).on_grid(residual)[1] == np.inf
