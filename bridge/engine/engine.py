@@ -215,7 +215,10 @@ class JobEngine(JobSink):
             self._resume(row)  # daemon's jobs
         if idle := self._queue.idle_slots:  # team: a busy daemon's hot-folder jobs not started yet
             for row in self.journal.take_queued(idle, _reachable):
-                self._queue.put(row.view.job_id, QueuedJob.of(row))
+                with self._queue.lock:  # a job taken back that this engine still holds (another daemon had
+                    # taken it meanwhile) is queued once: two workers would run it side by side, and pay twice
+                    if not self._queue.holds(row.view.job_id):
+                        self._queue.put(row.view.job_id, QueuedJob.of(row))
         for row in self.journal.unfinished():
             job_id = row.view.job_id
             with self._queue.lock:  # one decision per row: no worker takes the job halfway
