@@ -16,7 +16,7 @@ from bridge.engine.journal.postgres import PostgresJournal
 from bridge.fal.client import RequestHandle
 from tests.team.lossy_proxy import LossyProxy
 from tests.team.pg_cluster import PgCluster
-from tests.team.team_helpers import query
+from tests.team.team_helpers import query, wait_server_up_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -88,6 +88,7 @@ def test_a_takeover_retried_after_a_lost_commit_still_hands_the_jobs_over(
         with psycopg.connect(team_db, autocommit=True) as conn:
             conn.execute("UPDATE daemons SET heartbeat = now() - interval '1 hour' WHERE instance='dead'")
         taker._healthy_since -= 10  # connected for longer than a lease
+        wait_server_up_for(team_db, 1)
 
         adopted = lose_commit(proxy, b"UPDATE jobs SET owner", taker.adopt_orphans, 10)
         assert [r.view.job_id for r in adopted] == [orphan] and adopted[0].owner == "taker"

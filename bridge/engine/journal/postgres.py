@@ -319,6 +319,19 @@ class PostgresJournal(JobJournal):
     def _lock_job_sql(self) -> str:
         return "SELECT state, owner FROM jobs WHERE id=? FOR UPDATE"
 
+    def mark_submitting(self, job_id: str, step: int) -> None:
+        """The base class's lock, owner check and upsert as one statement (one round trip, not four, right
+        before the submit): the row lock orders it against a takeover, so exactly one daemon submits."""
+        rows = self._read(
+            "WITH prev AS (SELECT owner FROM jobs WHERE id=? FOR UPDATE), "
+            "ins AS (INSERT INTO steps (job_id, step, state, handle, updated) SELECT ?, ?, 'submitting', NULL, ? "
+            "FROM prev WHERE NOT ? OR prev.owner = ? ON CONFLICT (job_id, step) DO UPDATE SET "
+            "state=excluded.state, handle=excluded.handle, updated=excluded.updated RETURNING 1) "
+            "SELECT owner FROM prev",
+            (job_id, job_id, step, time.time(), self.daemon, self.instance))
+        if rows:
+            self._check_owner(job_id, rows[0])
+
     def _insert_job(self, job_id: str, request: SeparationRequest, what: str, now: float) -> None:
         """The job and its first history row in one statement; a retry whose first try was committed (its
         answer lost) finds the id taken and adds neither again."""
