@@ -165,3 +165,47 @@ def test_a_job_taken_back_while_its_daemon_starts_it_runs_once(team_db: str, tmp
             engine.stop()
             held.close()
             other.close()
+
+
+class SlowToAnswerAdd(PostgresJournal):
+    """A journal whose `add` answers late (a busy database): the engine's journal watcher meanwhile finds
+    the new job and a worker starts it, before `submit` queues it itself."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.started = threading.Event()
+
+    def add(self, request: SeparationRequest, what: str) -> str:
+        job = super().add(request, what)
+        assert self.started.wait(30)
+        return job
+
+    def get(self, job_id: str):  # type: ignore[no-untyped-def]
+        row = super().get(job_id)
+        if threading.current_thread().name.startswith("job-worker") and not self.started.is_set():
+            self.started.set()
+            time.sleep(0.3)  # still starting when `submit` goes on
+        return row
+
+
+def test_a_new_job_the_journal_watcher_started_first_runs_once(
+        client: FalClient, service, team_db: str, tmp_path: Path) -> None:
+    journal = SlowToAnswerAdd(team_db, "studio-a", daemon=True)
+    engine = JobEngine(journal, Pipeline(client, poll_interval=0.02, use_stream=False),
+                       PresetLibrary([("built-in", builtin_presets_dir())]),
+                       EngineSettings(workroot=tmp_path / "work", rescan_interval=0.05, concurrency=2))
+    try:
+        engine.start()
+        job = engine.submit(SeparationRequest(source=make_source(tmp_path / "take.wav", seconds=0.3),
+                                              prompt="piano"))
+        wait_for(lambda: engine.get(job).state is JobState.done, timeout=30,  # type: ignore[union-attr]
+                 what="the job done")
+        wait_for(lambda: engine.running_count == 0, timeout=30, what="every worker done with it")
+        time.sleep(0.3)
+        states = [s for (s,) in query(team_db, "SELECT state FROM history WHERE job_id=%s ORDER BY at", (job,))]
+        assert states == ["queued", "preparing", "uploading", "submitted", "running", "downloading", "conforming",
+                          "done"]  # one run: no state twice, none going back, no failure
+        assert service.stats()["submits"] == 1
+    finally:
+        engine.stop()
+        journal.close()
