@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +53,7 @@ def percentile(values: list[float], q: float) -> float:
 def one_run(cluster: PgCluster, stand_in: StandIn, root: Path, daemons: int, jobs: int,
             service_time: float) -> dict[str, float]:
     dsn = cluster.new_database()
+    cpu_before = _children_cpu()
     shared = root / "shared"
     shared.mkdir(parents=True)
     running = []
@@ -84,18 +87,43 @@ def one_run(cluster: PgCluster, stand_in: StandIn, root: Path, daemons: int, job
         shares: dict[str, int] = dict(conn.execute("SELECT owner, count(*) FROM jobs GROUP BY owner").fetchall())
         done = conn.execute("SELECT count(*) FROM jobs WHERE state='done'").fetchone()
         database = conn.execute("SELECT current_database()").fetchone()
+        stages = stage_times(conn)
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         calls = conn.execute("SELECT COALESCE(SUM(s.calls), 0) FROM pg_stat_statements s JOIN pg_database d "
                              "ON d.oid = s.dbid WHERE d.datname = %s", (database[0] if database else "",)).fetchone()
     for daemon in running:
         daemon.stop()
+    cpu = _children_cpu() - cpu_before  # the daemons' own CPU (reaped now), from start to stop
     if submits != jobs or (done and done[0] != jobs):
         raise SystemExit(f"NOT exactly once: {submits} submits, {done} done for {jobs} files")
     waits = [claimed[name] - at for name, at in dropped.items() if name in claimed]
     return {"total": total, "ideal": service_time * jobs / (CONCURRENCY * daemons),
             "wait_p50": percentile(waits, 0.5), "wait_p99": percentile(waits, 0.99),
-            "statements_per_job": float(calls[0] if calls else 0) / jobs,
+            "statements_per_job": float(calls[0] if calls else 0) / jobs, "cpu_per_job": cpu / jobs,
+            "cpu_share": cpu / total / (os.cpu_count() or 1), "stages": stages,
             "shares": "/".join(str(shares.get(f"studio-{n}", 0)) for n in range(daemons))}  # type: ignore[dict-item]
+
+
+STAGES = ("queued", "preparing", "uploading", "submitted", "running", "downloading", "conforming", "done")
+
+
+def stage_times(conn: psycopg.Connection) -> str:  # type: ignore[type-arg]
+    """Median seconds a job spent in each state (from the journal's history): where the time goes."""
+    rows = conn.execute("SELECT job_id, state, MIN(at) FROM history GROUP BY job_id, state").fetchall()
+    at: dict[str, dict[str, float]] = {}
+    for job, state, when in rows:
+        at.setdefault(job, {})[state] = float(when)
+    parts = []
+    for before, after in pairwise(STAGES):
+        spans = [t[after] - t[before] for t in at.values() if before in t and after in t]
+        if spans:
+            parts.append(f"{before} {statistics.median(spans):.2f}")
+    return ", ".join(parts)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def claim_latency(cluster: PgCluster, root: Path, files: int = 300, claimers: int = 3) -> tuple[float, float]:
@@ -170,7 +198,9 @@ def main() -> int:
                     run = one_run(cluster, stand_in, root / f"r{repeat}-d{n}", n, args.jobs, args.service_time)
                     results[n].append(run)
                     print(f"run {repeat + 1}, {n} daemon(s): {run['total']:.2f} s (ideal {run['ideal']:.2f} s), "
-                          f"shares {run['shares']}", flush=True)
+                          f"shares {run['shares']}, daemons' CPU {run['cpu_per_job'] * 1000:.0f} ms/job "
+                          f"({run['cpu_share']:.0%} of the machine); median s per state: {run['stages']}",
+                          flush=True)
             p50, p99 = claim_latency(cluster, root, files=args.claim_files)
         finally:
             stand_in.stop()
@@ -216,7 +246,8 @@ def rows(args: argparse.Namespace, counts: list[int], results: dict[int, list[di
             "measured": f"p50 {spread([r['wait_p50'] for r in runs], unit=' s')}, "
                         f"p99 {spread([r['wait_p99'] for r in runs], unit=' s')}; "
                         f"{spread([r['statements_per_job'] for r in runs])} statements (pg_stat_statements, "
-                        f"BEGIN/COMMIT and polling included); shares {runs[-1]['shares']}",
+                        f"BEGIN/COMMIT and polling included); shares {runs[-1]['shares']}; daemons' CPU "
+                        f"{spread([r['cpu_per_job'] * 1000 for r in runs], unit=' ms')}/job",
             "goal": "every file exactly once (checked)"})
     out.append({"figure": f"claim statement, 3 claimers racing for each of {args.claim_files} file versions",
                 "measured": f"p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms",

@@ -44,6 +44,7 @@ def show_team(journal: JobJournal, as_json: bool, everything: bool) -> int:
     """Every machine's jobs (owner, state, age) and which daemons are alive."""
     if not journal.team:
         raise NO_DATABASE
+    from bridge.common.jobs import JobState
     from bridge.engine.journal.postgres import PostgresJournal  # psycopg: only in team mode
 
     assert isinstance(journal, PostgresJournal)
@@ -55,7 +56,8 @@ def show_team(journal: JobJournal, as_json: bool, everything: bool) -> int:
             "daemons": [{"instance": d["instance"], "host": d["host"], "alive": bool(d["alive"]),
                          "silent_seconds": round(float(d["silent"]), 1)} for d in daemons],
             "jobs": [{"job_id": r.view.job_id, "owner": r.owner, "state": r.view.state.value,
-                      "age_seconds": round(now - r.view.created_at, 1), "source": r.view.source} for r in rows],
+                      "age_seconds": round(now - r.view.created_at, 1), "source": r.view.source,
+                      "message": r.view.message} for r in rows],
         }, indent=2, ensure_ascii=False))
         return 0
     print(f"{'DAEMON':<24}  {'HOST':<20}  {'ALIVE':<5}  LAST HEARD")
@@ -69,6 +71,8 @@ def show_team(journal: JobJournal, as_json: bool, everything: bool) -> int:
     for r in rows:
         print(f"{r.view.job_id:<12}  {r.owner[:24]:<24}  {r.view.state.value:<11}  "
               f"{_age(now - r.view.created_at):>4}  {r.view.source}")
+        if r.view.state in (JobState.failed, JobState.waiting):  # what to do about it, as `status JOB` says
+            print(f"{'':<12}  {r.view.message}")
     return 0
 
 

@@ -125,8 +125,16 @@ class JobEngine(JobSink):
             what = f"{what} (audition {request.audition:g} s)"
         job_id = self.journal.add(request, what)
         self._events.emit(job_id, request.tag, JobState.queued, 0.0, "Waiting for a free slot")
-        self._queue.put(job_id, QueuedJob(request.origin.value, time.time(), 0.0))
+        self._queue_once(job_id, QueuedJob(request.origin.value, time.time(), 0.0))
         return job_id
+
+    def _queue_once(self, job_id: str, queued: QueuedJob) -> None:
+        """Queue a job this engine does not hold yet. The journal watcher may have queued it already (it
+        sees every queued job of ours, a new one too) and a worker may be running it: queued again, a second
+        worker would run it beside the first, one failing on the other's work files, both paying."""
+        with self._queue.lock:
+            if not self._queue.holds(job_id):
+                self._queue.put(job_id, queued)
 
     def estimate(self, request: SeparationRequest) -> FileEstimate:
         recipe = recipe_for(request, self._libraries.for_project(request.project_dir))
@@ -182,7 +190,7 @@ class JobEngine(JobSink):
             return
         log.info("resuming job %s (%s, %d accepted request(s))", row.view.job_id, row.view.state,
                  len(self.journal.handles(row.view.job_id)[0]))
-        self._queue.put(row.view.job_id, QueuedJob.of(row))
+        self._queue_once(row.view.job_id, QueuedJob.of(row))
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop taking work; in-flight jobs unwind at their next checkpoint and resume on the next start."""
@@ -214,8 +222,8 @@ class JobEngine(JobSink):
         for row in self.journal.adopt_orphans(self.settings.concurrency, _reachable):  # team: a dead
             self._resume(row)  # daemon's jobs
         if idle := self._queue.idle_slots:  # team: a busy daemon's hot-folder jobs not started yet
-            for row in self.journal.take_queued(idle, _reachable):
-                self._queue.put(row.view.job_id, QueuedJob.of(row))
+            for row in self.journal.take_queued(idle, _reachable):  # (maybe one taken back: still held here)
+                self._queue_once(row.view.job_id, QueuedJob.of(row))
         for row in self.journal.unfinished():
             job_id = row.view.job_id
             with self._queue.lock:  # one decision per row: no worker takes the job halfway

@@ -93,3 +93,11 @@ def stems_for(source: Path, label: str = "piano") -> tuple[Path, Path, Path]:
 def query(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return list(conn.execute(sql, params).fetchall())  # type: ignore[arg-type]
+
+
+def wait_server_up_for(dsn: str, seconds: float) -> None:
+    """A daemon takes over no jobs while the server is younger than a lease (after a restart every daemon
+    gets one lease to renew its own): a test run first after the cluster started waits that long."""
+    up = float(query(dsn, "SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())")[0][0])
+    if up < seconds:
+        time.sleep(seconds - up + 0.1)

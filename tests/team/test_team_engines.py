@@ -20,6 +20,7 @@ from bridge.engine.pipeline import Pipeline
 from bridge.fal.client import FalClient
 from bridge.presets.library import PresetLibrary, builtin_presets_dir
 from tests.conftest import wait_for
+from tests.team.team_helpers import query
 from tests.test_daemon import make_source
 
 pytestmark = pytest.mark.timeout(120)
@@ -105,3 +106,112 @@ def test_a_job_taken_over_and_finished_while_its_first_daemon_waited_is_not_writ
         for engine in engines:
             engine.stop()
             engine.journal.close()
+
+
+STAGES = ["queued", "preparing", "uploading", "submitted", "running", "downloading", "conforming", "done"]
+
+
+def assert_one_run(states: list[str]) -> None:
+    """One run of a job: every state once, in order (a quick service may skip `running`), ending done."""
+    assert states == sorted(set(states), key=STAGES.index) and states[0] == "queued" and states[-1] == "done", states
+
+
+class HeldAtStart(PostgresJournal):
+    """A workstation whose first job start is held up after it read the job (as by a busy machine): the
+    job is still queued meanwhile, so another daemon with a free slot may take it, and this one take it back."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def get(self, job_id: str):  # type: ignore[no-untyped-def]
+        row = super().get(job_id)
+        if threading.current_thread().name.startswith("job-worker") and not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(60)
+        return row
+
+
+def test_a_job_taken_back_while_its_daemon_starts_it_runs_once(team_db: str, tmp_path: Path) -> None:
+    """studio-b took studio-a's queued job and studio-a, with a free slot, took it back while one of its
+    workers was starting it: queued again there, a second worker would run it beside the first and pay twice."""
+    from bridge.common.request import Origin
+    from bridge.fal.auth import ApiKey
+    from bridge.local_service import LocalFalService
+    from tests.conftest import FAST_RETRY, TEST_KEY
+
+    held = HeldAtStart(team_db, "studio-a", daemon=True)
+    other = PostgresJournal(team_db, "studio-b", daemon=True)
+    with LocalFalService(key=TEST_KEY, job_time=2.0) as slow, \
+            FalClient(ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
+        engine = JobEngine(held, Pipeline(client, poll_interval=0.02, use_stream=False),
+                           PresetLibrary([("built-in", builtin_presets_dir())]),
+                           EngineSettings(workroot=tmp_path / "studio-a", rescan_interval=0.1, concurrency=2))
+        try:
+            source = make_source(tmp_path / "take.wav", seconds=0.3)
+            job = engine.submit(SeparationRequest(source=source, prompt="piano", origin=Origin.hot_folder))
+            engine.start()
+            assert held.entered.wait(30)  # a worker of studio-a has read the job, not started it
+            assert [row.view.job_id for row in other.take_queued(1)] == [job]
+            wait_for(lambda: held.get(job).owner == "studio-a", timeout=10,  # type: ignore[union-attr]
+                     what="studio-a taking it back (a free slot)")
+            deadline = time.monotonic() + 3.0  # a second worker of studio-a, had it been queued twice, would
+            while time.monotonic() < deadline:  # have it at the service now
+                if held.get(job).view.state is JobState.running:  # type: ignore[union-attr]
+                    break
+                time.sleep(0.05)
+            held.release.set()
+            wait_for(lambda: engine.get(job).state is JobState.done, timeout=30,  # type: ignore[union-attr]
+                     what="the job done")
+            wait_for(lambda: engine.running_count == 0, timeout=30, what="every worker done with it")
+            assert slow.stats()["submits"] == 1
+            states = [s for (s,) in query(team_db, "SELECT state FROM history WHERE job_id=%s ORDER BY at", (job,))]
+            assert_one_run(states)
+        finally:
+            held.release.set()
+            engine.stop()
+            held.close()
+            other.close()
+
+
+class SlowToAnswerAdd(PostgresJournal):
+    """A journal whose `add` answers late (a busy database): the engine's journal watcher meanwhile finds
+    the new job and a worker starts it, before `submit` queues it itself."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.started = threading.Event()
+
+    def add(self, request: SeparationRequest, what: str) -> str:
+        job = super().add(request, what)
+        assert self.started.wait(30)
+        return job
+
+    def get(self, job_id: str):  # type: ignore[no-untyped-def]
+        row = super().get(job_id)
+        if threading.current_thread().name.startswith("job-worker") and not self.started.is_set():
+            self.started.set()
+            time.sleep(0.3)  # still starting when `submit` goes on
+        return row
+
+
+def test_a_new_job_the_journal_watcher_started_first_runs_once(
+        client: FalClient, service, team_db: str, tmp_path: Path) -> None:
+    journal = SlowToAnswerAdd(team_db, "studio-a", daemon=True)
+    engine = JobEngine(journal, Pipeline(client, poll_interval=0.02, use_stream=False),
+                       PresetLibrary([("built-in", builtin_presets_dir())]),
+                       EngineSettings(workroot=tmp_path / "work", rescan_interval=0.05, concurrency=2))
+    try:
+        engine.start()
+        job = engine.submit(SeparationRequest(source=make_source(tmp_path / "take.wav", seconds=0.3),
+                                              prompt="piano"))
+        wait_for(lambda: engine.get(job).state is JobState.done, timeout=30,  # type: ignore[union-attr]
+                 what="the job done")
+        wait_for(lambda: engine.running_count == 0, timeout=30, what="every worker done with it")
+        time.sleep(0.3)
+        states = [s for (s,) in query(team_db, "SELECT state FROM history WHERE job_id=%s ORDER BY at", (job,))]
+        assert_one_run(states)
+        assert service.stats()["submits"] == 1
+    finally:
+        engine.stop()
+        journal.close()

@@ -18,6 +18,7 @@ from bridge.common.request import SeparationRequest
 from bridge.engine.journal import JobJournal, JobTakenOver, Journal, SchemaTooNew, redact
 from bridge.engine.journal.postgres import VERSION, InstanceInUse, PostgresJournal
 from bridge.fal.client import RequestHandle
+from tests.team.team_helpers import wait_server_up_for
 
 HANDLE = RequestHandle("req-1", "http://127.0.0.1:9/s", "http://127.0.0.1:9/r", "http://127.0.0.1:9/c")
 
@@ -160,6 +161,7 @@ def test_a_dead_daemons_claim_and_jobs_go_to_one_other_daemon_and_its_late_submi
     expire(team_db, "dead")
     for journal in (taker, other):
         journal._healthy_since -= 10  # connected for longer than a lease
+    wait_server_up_for(team_db, 2)
     adopted = {r.view.job_id: r for r in taker.adopt_orphans(10)}
     assert set(adopted) == {polled, fresh} and other.adopt_orphans(10) == []
     assert adopted[polled].owner == "taker" and taker.handles(polled)[0] == {0: HANDLE}  # polled, not resent
@@ -222,6 +224,7 @@ def test_a_dead_daemons_job_this_machine_cannot_reach_waits_for_one_that_can_and
     dead._stop.set()
     expire(team_db, "dead")
     taker._healthy_since -= 10
+    wait_server_up_for(team_db, 2)
 
     def reachable(row) -> bool:
         return row.request.source.is_file()

@@ -147,8 +147,11 @@ class JobJournal:
     # -- writes -------------------------------------------------------------------------------------
 
     def add(self, request: SeparationRequest, what: str) -> str:
-        job_id = uuid.uuid4().hex[:12]
-        now = time.time()
+        job_id = uuid.uuid4().hex[:12]  # made once, before any retry: a retried insert finds its own job
+        self._insert_job(job_id, request, what, time.time())
+        return job_id
+
+    def _insert_job(self, job_id: str, request: SeparationRequest, what: str, now: float) -> None:
         with self._tx() as tx:
             tx.execute(
                 "INSERT INTO jobs (id, created, updated, state, message, request, source, what, tag, origin,"
@@ -158,7 +161,6 @@ class JobJournal:
                  request.idempotency_key, self._owner()),
             )
             tx.execute("INSERT INTO history VALUES (?,?,?,?)", (job_id, now, JobState.queued.value, "queued"))
-        return job_id
 
     def _owner(self) -> str:
         return ""

@@ -12,11 +12,13 @@ journal write, nothing new is claimed, and all carry on when it is back.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import wraps
@@ -32,6 +34,7 @@ from bridge.common.database import redact
 from bridge.common.errors import BridgeError
 from bridge.common.jobs import JobState
 from bridge.common.processes import process_alive
+from bridge.common.request import SeparationRequest
 from bridge.engine.journal.base import FINISHED, JobJournal, JobRow, JobTakenOver, Row, SchemaTooNew, Tx, job_row
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(), changed_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
         "CREATE TABLE dedupe_leaders (key TEXT PRIMARY KEY, job_id TEXT NOT NULL)",
     ),
+    # which takeover made a job this daemon's: a takeover retried after its COMMIT's answer was lost finds
+    # the jobs it took already, instead of none (they would stay unfinished under a live daemon)
+    2: ("ALTER TABLE jobs ADD COLUMN take_id TEXT",),
 }
 VERSION = max(MIGRATIONS)
 _MIGRATION_LOCK = 0x5A3B_0001  # advisory lock ids (any constants unique to sam-bridge)
@@ -72,6 +78,7 @@ _BUDGET_LOCK = 0x5A3B_0002
 ALIVE = "SELECT instance FROM daemons WHERE NOT stopped AND heartbeat >= now() - make_interval(secs => %s)"
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class InstanceInUse(BridgeError):
@@ -90,23 +97,16 @@ class _PgTx:
 
 
 def _waits_for_database(method: F) -> F:
-    """Retry a journal call while the database is unreachable (it restarts, the network drops)."""
+    """Retry a journal call while the database is unreachable (it restarts, the network drops).
+
+    A retried write may have been committed already (the connection broke after the server committed,
+    before its answer came), so every write is idempotent: absolute values, upserts, `ON CONFLICT DO
+    NOTHING` on ids made before the first try (a job's id), history rows only on a real state change, the
+    budget kept as the job's own reservation, a takeover tagged with an id of its own (`_take`)."""
 
     @wraps(method)
     def call(self: PostgresJournal, *args: Any, **kwargs: Any) -> Any:
-        while True:
-            try:
-                result = method(self, *args, **kwargs)
-            except psycopg.OperationalError as exc:
-                if self._closed:
-                    raise
-                if not self.daemon:  # `sam-bridge status`, `retry`…: say so now rather than wait
-                    raise BridgeError(f"The team database {self.where} is unreachable: {_first_line(exc)}",
-                                      hint="`sam-bridge team check` tests the connection.") from None
-                self._outage(exc)
-                continue
-            self._back()
-            return result
+        return self._waiting(lambda: method(self, *args, **kwargs))
 
     return call  # type: ignore[return-value]
 
@@ -170,6 +170,21 @@ class PostgresJournal(JobJournal):
     def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
         with self._pool.connection() as conn:
             _PgTx(conn, self._counted).execute(sql, params)
+
+    def _waiting(self, attempt: Callable[[], T]) -> T:
+        while True:
+            try:
+                result = attempt()
+            except psycopg.OperationalError as exc:
+                if self._closed:
+                    raise
+                if not self.daemon:  # `sam-bridge status`, `retry`…: say so now rather than wait
+                    raise BridgeError(f"The team database {self.where} is unreachable: {_first_line(exc)}",
+                                      hint="`sam-bridge team check` tests the connection.") from None
+                self._outage(exc)
+                continue
+            self._back()
+            return result
 
     def _outage(self, exc: Exception) -> None:
         with self._outage_lock:
@@ -304,6 +319,30 @@ class PostgresJournal(JobJournal):
     def _lock_job_sql(self) -> str:
         return "SELECT state, owner FROM jobs WHERE id=? FOR UPDATE"
 
+    def mark_submitting(self, job_id: str, step: int) -> None:
+        """The base class's lock, owner check and upsert as one statement (one round trip, not four, right
+        before the submit): the row lock orders it against a takeover, so exactly one daemon submits."""
+        rows = self._read(
+            "WITH prev AS (SELECT owner FROM jobs WHERE id=? FOR UPDATE), "
+            "ins AS (INSERT INTO steps (job_id, step, state, handle, updated) SELECT ?, ?, 'submitting', NULL, ? "
+            "FROM prev WHERE NOT ? OR prev.owner = ? ON CONFLICT (job_id, step) DO UPDATE SET "
+            "state=excluded.state, handle=excluded.handle, updated=excluded.updated RETURNING 1) "
+            "SELECT owner FROM prev",
+            (job_id, job_id, step, time.time(), self.daemon, self.instance))
+        if rows:
+            self._check_owner(job_id, rows[0])
+
+    def _insert_job(self, job_id: str, request: SeparationRequest, what: str, now: float) -> None:
+        """The job and its first history row in one statement; a retry whose first try was committed (its
+        answer lost) finds the id taken and adds neither again."""
+        self._write(
+            "WITH job AS (INSERT INTO jobs (id, created, updated, state, message, request, source, what, tag, "
+            "origin, idempotency_key, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING "
+            "RETURNING id) INSERT INTO history SELECT id, ?, ?, ? FROM job",
+            (job_id, now, now, JobState.queued.value, "Waiting for a free slot", request.model_dump_json(),
+             str(request.source), what, request.tag, request.origin.value, request.idempotency_key, self.instance,
+             now, JobState.queued.value, "queued"))
+
     def adopt_orphans(self, limit: int, reachable: Callable[[JobRow], bool] | None = None) -> list[JobRow]:
         """Unfinished jobs of daemons whose lease expired become this one's. After an outage of the
         database this daemon first waits one lease, so the others can renew theirs. A job whose folders this
@@ -328,8 +367,21 @@ class PostgresJournal(JobJournal):
 
     def _take(self, where: str, params: tuple[Any, ...], limit: int, reachable: Callable[[JobRow], bool] | None,
               why: str) -> list[JobRow]:
+        """Jobs matching `where` become this daemon's, tagged with this takeover's own id: when the database
+        answer to its COMMIT is lost, the retry hands over the jobs it took rather than none."""
+        take_id, tries = uuid.uuid4().hex, itertools.count()
+        return self._waiting(lambda: self._take_once(where, params, limit, reachable, why, take_id,
+                                                     retried=next(tries) > 0))
+
+    def _take_once(self, where: str, params: tuple[Any, ...], limit: int,
+                   reachable: Callable[[JobRow], bool] | None, why: str, take_id: str, retried: bool) -> list[JobRow]:
         taken: list[JobRow] = []
         with self._tx() as tx:
+            if retried and (done := tx.execute("SELECT * FROM jobs WHERE owner=? AND take_id=?",
+                                               (self.instance, take_id)).fetchall()):
+                log.info("The takeover of %d job(s) was committed before the database connection broke",
+                         len(done))
+                return [job_row(row) for row in done]
             rows = tx.execute(f"SELECT * FROM jobs WHERE {where} AND owner <> ? ORDER BY created LIMIT ? "
                               "FOR UPDATE SKIP LOCKED", (*params, self.instance, limit)).fetchall()
             for row in rows:
@@ -342,7 +394,6 @@ class PostgresJournal(JobJournal):
                             log.warning("Job %s: %s", job.view.job_id, text)
                             tx.execute("UPDATE jobs SET message=? WHERE id=?", (text, job.view.job_id))
                     continue
-                tx.execute("UPDATE jobs SET owner=? WHERE id=?", (self.instance, job.view.job_id))
                 if why:
                     log.warning("Taking over job %s (%s) from %s, %s", job.view.job_id, job.view.state.value,
                                 job.owner, why)
@@ -350,6 +401,9 @@ class PostgresJournal(JobJournal):
                     log.info("Taking job %s from %s, which has not started it (this daemon has a free slot)",
                              job.view.job_id, job.owner)
                 taken.append(job_row({**row, "owner": self.instance}))
+            if taken:  # one statement for all of them
+                tx.execute("UPDATE jobs SET owner=?, take_id=? WHERE id = ANY(?)",
+                           (self.instance, take_id, [job.view.job_id for job in taken]))
         return taken
 
     # -- team-wide dedupe and budget ----------------------------------------------------------------
@@ -410,10 +464,10 @@ class PostgresJournal(JobJournal):
         return (before + after) / 2 - server
 
 
-for _name in ("add", "set_state", "update_progress", "set_fields", "mark_submitting", "mark_submitted",
+for _name in ("_insert_job", "set_state", "update_progress", "set_fields", "mark_submitting", "mark_submitted",
               "clear_steps", "unmark_submitting", "clear_uncertain", "reserve_budget", "handles", "get",
               "find_prefix", "by_idempotency_key", "done_with_dedupe_key", "unfinished", "recent", "spent_since",
-              "adopt_orphans", "take_queued", "active_leader", "read_waiting", "write_waiting"):
+              "active_leader", "read_waiting", "write_waiting"):
     setattr(PostgresJournal, _name, _waits_for_database(getattr(PostgresJournal, _name)))
 
 

@@ -1,0 +1,114 @@
+"""A TCP proxy on 127.0.0.1 between psycopg and the PostgreSQL server that loses the answer to a COMMIT for
+real: armed with a needle (a statement's text), it watches the connection that sends it until the server
+ends that statement's transaction (a ReadyForQuery saying "idle": the COMMIT of a transaction, or the
+statement itself in autocommit), swallows that answer and cuts both connections. The server has
+committed; the client sees a broken connection and cannot tell whether it did."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import struct
+import threading
+
+
+class LossyProxy:
+    def __init__(self, server_port: int) -> None:
+        self.server = ("127.0.0.1", server_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._needle: bytes | None = None
+        self.cut = 0  # answers lost so far
+        self._stopped = False
+        self._sockets: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, name="lossy-proxy", daemon=True)]
+        self._threads[0].start()
+
+    def dsn(self, dsn: str) -> str:
+        """`dsn` (a postgresql:// URL on the server's port) through this proxy."""
+        return dsn.replace(f":{self.server[1]}/", f":{self.port}/")
+
+    def lose_answer_to(self, needle: bytes) -> None:
+        """The next message holding `needle` (on any connection) is carried out, its answer lost."""
+        with self._lock:
+            self._needle = needle
+
+    def _take_needle(self, chunk: bytes) -> bool:
+        with self._lock:
+            if self._needle is not None and self._needle in chunk:
+                self._needle = None
+                return True
+            return False
+
+    def close(self) -> None:
+        self._stopped = True
+        for sock in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked on it
+        for thread in self._threads:
+            thread.join(5)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.server)
+            self._sockets += [client, server]
+            pump = threading.Thread(target=self._pump, args=(client, server), name="lossy-proxy-pump", daemon=True)
+            self._threads.append(pump)
+            pump.start()
+
+    def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        cutting = False
+        answer = b""  # the server's messages since the armed message (from a message boundary)
+        try:
+            while True:
+                readable, _, _ = select.select([client, server], [], [])
+                if client in readable:
+                    chunk = client.recv(65536)
+                    if not chunk:
+                        return
+                    if not cutting and self._take_needle(chunk):
+                        cutting = True  # psycopg sent it and waits: the server's next bytes answer it
+                        answer = b""
+                    server.sendall(chunk)
+                if server in readable:
+                    chunk = server.recv(65536)
+                    if not chunk:
+                        return
+                    if not cutting:
+                        client.sendall(chunk)
+                        continue
+                    answer += chunk
+                    status, end = _ready_for_query(answer)
+                    if status == b"I":  # the transaction ended (committed): its answer never arrives
+                        with self._lock:
+                            self.cut += 1
+                        return
+                    if status is not None:  # an answer inside the transaction: passed on
+                        client.sendall(answer[:end])
+                        answer = answer[end:]
+        except OSError:
+            return
+        finally:
+            client.close()
+            server.close()
+
+
+def _ready_for_query(data: bytes) -> tuple[bytes | None, int]:
+    """The status of the first ReadyForQuery ('Z') in `data` (whole backend messages from a boundary on)
+    and where it ends; (None, 0) while none has come."""
+    at = 0
+    while at + 5 <= len(data):
+        kind, length = data[at:at + 1], struct.unpack("!i", data[at + 1:at + 5])[0]
+        if at + 1 + length > len(data):
+            break
+        if kind == b"Z":
+            return data[at + 5:at + 6], at + 1 + length
+        at += 1 + length
+    return None, 0
