@@ -883,9 +883,14 @@ def test_the_scripts_also_run_on_lua_5_3(setup: Setup) -> None:
 
 
 def run_until_finished(host: ReaperHost, seconds: float = 60.0) -> dict[str, Any]:
-    """Ticks the script, letting real time pass between ticks, until its defer loop ends."""
+    """Ticks the script, letting real time pass between ticks, until its defer loop ends. Stems inserted
+    with a warning keep the window up until the user closes it: the user reads it and closes it here (the
+    loop waited out its whole minute for that before)."""
     deadline = time.monotonic() + seconds
     while host.tick(n=1, dt=0.25)["pending"] and time.monotonic() < deadline:
+        frame = host.state()["last_frame"]
+        if frame and all(" — stems inserted — " in line for line in frame if " — " in line and "[" not in line):
+            host.send(cmd="close_window")
         time.sleep(0.05)
     return host.state()
 
