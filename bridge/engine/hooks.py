@@ -77,3 +77,10 @@ class EngineHooks:
                 self.cancelled_ids.add(self.job_id)
                 return True
         return False
+
+    def cancel_requested(self) -> bool:
+        row = self.journal.get(self.job_id)
+        if row and row.cancel_requested:
+            self.cancelled_ids.add(self.job_id)
+            return True
+        return self.job_id in self.cancelled_ids

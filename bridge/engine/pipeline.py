@@ -324,7 +324,8 @@ class _Run:
             self.p.client.cancel(handle)
             raise
         except JobFailed:
-            if self.hooks.cancelled():  # the engine cancelled the request at the service: it ended there
+            if self.hooks.cancelled() or self.hooks.cancel_requested():  # the request was cancelled at the
+                # service for the user (here or by another machine, before this one saw the cancel): it ended there
                 raise Cancelled("Cancelled.") from None
             raise
         if self.hooks.cancelled():

@@ -33,6 +33,10 @@ class Hooks(Protocol):
 
     def cancelled(self) -> bool: ...
 
+    def cancel_requested(self) -> bool:
+        """Asked afresh when the service ended a request as cancelled: did a user cancel this job (maybe on
+        another machine, which cancels at the service at once), or was it cancelled at the service alone?"""
+
     def service_log(self, line: str) -> None:
         """Each new log line of the service, in order (the CLI prints them live)."""
 
@@ -62,6 +66,9 @@ class StandaloneHooks:
         pass
 
     def cancelled(self) -> bool:
+        return False
+
+    def cancel_requested(self) -> bool:
         return False
 
     def service_log(self, line: str) -> None:

@@ -215,3 +215,42 @@ def test_a_new_job_the_journal_watcher_started_first_runs_once(
     finally:
         engine.stop()
         journal.close()
+
+
+def test_a_cancel_through_another_machine_ends_the_job_cancelled_not_failed(team_db: str, tmp_path: Path) -> None:
+    """The other machine's engine flags the cancel in the team journal and cancels the request at fal at once;
+    the owner's wait then sees fal's `client_cancelled` end, usually before its own (throttled) look at the
+    journal: that end is the user's cancel, not a failure (it was "failed: cancelled at the service", with an
+    error file, one CI run in a few)."""
+    from bridge.fal.auth import ApiKey
+    from bridge.local_service import LocalFalService
+    from tests.conftest import FAST_RETRY, TEST_KEY
+
+    with LocalFalService(key=TEST_KEY, job_time=30.0) as slow, FalClient(
+            ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
+        engines = [JobEngine(PostgresJournal(team_db, name, daemon=True),
+                             Pipeline(client, poll_interval=0.02, use_stream=False),
+                             PresetLibrary([("built-in", builtin_presets_dir())]),
+                             EngineSettings(workroot=tmp_path / name, rescan_interval=0.1))
+                   for name in ("studio-a", "studio-b")]
+        owner, other = engines
+        try:
+            for engine in engines:
+                engine.start()
+            outcomes = []
+            for n in range(3):  # the race is won by the cancel most of the time: three tries show it
+                job = owner.submit(SeparationRequest(source=make_source(tmp_path / f"take{n}.wav", seconds=0.5, seed=n),
+                                                     prompt="piano"))
+                wait_for(lambda job=job: owner.get(job).state is JobState.running, timeout=30,  # type: ignore[union-attr]
+                         what="the job running at the service")
+                assert other.cancel(job)
+                wait_for(lambda job=job: owner.get(job).state.finished, timeout=30,  # type: ignore[union-attr]
+                         what="the job ended")
+                view = owner.get(job)
+                outcomes.append((view.state, view.message))  # type: ignore[union-attr]
+            assert outcomes == [(JobState.cancelled, "Cancelled")] * 3, outcomes
+            assert slow.stats()["submits"] == 3
+        finally:
+            for engine in engines:
+                engine.stop()
+                engine.journal.close()
