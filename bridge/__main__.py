@@ -1,3 +1,3 @@
-from bridge.cli import main
+from bridge.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import importlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from bridge import __version__
 from bridge.common.errors import BridgeError
@@ -52,6 +55,32 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     SafeLogFilter.install()
+
+
+def entry() -> NoReturn:
+    """The `sam-bridge` script and `python -m bridge`: `main()`, then the process ends (see `exit_now`)."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown, unless something still runs.
+
+    Freeing every module's objects and the last garbage collections took 160-200 ms after `separate`
+    returned (measured between `main()` returning and the process ending), which a DAW script waits for on
+    every call. By now the command's files are closed (stems and status files are written under temporary
+    names, synced and renamed); the exit handlers still run (logging's flush, temporary folders' cleanup)
+    and stdout/stderr are flushed. A live non-daemon thread, work a normal exit waits for, keeps the normal
+    exit, as does a Python without the exit handlers' runner.
+    """
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if others or run_exit_handlers is None:
+        raise SystemExit(code)
+    run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # gone or closed (the reader of a pipe left): nothing to flush to
+            stream.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
