@@ -84,8 +84,9 @@ def _peak():
     except OSError:
         pass
 atexit.register(_peak)
-from bridge.cli import main
-sys.exit(main(sys.argv[1:]))
+sys.argv[0] = "sam-bridge"
+from bridge.cli import entry  # as the installed script runs it, its ending included
+entry()
 """
 
 
