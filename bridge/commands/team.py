@@ -54,7 +54,8 @@ def show_team(journal: JobJournal, as_json: bool, everything: bool) -> int:
     if as_json:
         print(json.dumps({
             "daemons": [{"instance": d["instance"], "host": d["host"], "alive": bool(d["alive"]),
-                         "silent_seconds": round(float(d["silent"]), 1)} for d in daemons],
+                         "silent_seconds": round(float(d["silent"]), 1), "lease_seconds": float(d["lease"])}
+                        for d in daemons],
             "jobs": [{"job_id": r.view.job_id, "owner": r.owner, "state": r.view.state.value,
                       "age_seconds": round(now - r.view.created_at, 1), "source": r.view.source,
                       "message": r.view.message} for r in rows],

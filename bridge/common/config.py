@@ -117,7 +117,7 @@ class Config(_Strict):
     instance: str | None = Field(
         None, description="this daemon's name in the team (default: host name and state folder)")
     lease_seconds: float = Field(
-        30.0, ge=1, le=3600, description="team mode: a daemon silent this long is dead; others take its jobs")
+        30.0, ge=1, le=3600, description="team mode: this daemon, silent this long, is dead; others take its jobs")
 
     def instance_name(self, state: Path) -> str:
         """The same across restarts: a restarted daemon knows its jobs and claims as its own."""

@@ -292,3 +292,43 @@ def test_a_database_restart_longer_than_a_lease_takes_no_live_daemons_jobs(pg_cl
     finally:
         alive.close()
         other.close()
+
+
+def test_each_daemon_is_judged_by_its_own_lease_not_by_the_judges(team_db: str, tmp_path: Path) -> None:
+    """The lease is each machine's config: a daemon configured shorter must not take a live daemon's jobs
+    between its heartbeats, and one configured longer must not wait its own lease for a dead daemon's."""
+    slow = PostgresJournal(team_db, "slow-beat", daemon=True, lease=30.0)  # heartbeats every 10 s
+    quick = PostgresJournal(team_db, "quick", daemon=True, lease=1.0)
+    patient = PostgresJournal(team_db, "patient", daemon=True, lease=60.0)
+    try:
+        for journal in (quick, patient):
+            journal._healthy_since -= 120  # connected for longer than a lease
+        wait_server_up_for(team_db, 2.5)  # a dead daemon's lease counts from the server's start too
+        source = tmp_path / "claimed.wav"
+        source.write_bytes(b"z" * 10)
+        snapshot = FileSnapshot.of(source)
+        assert snapshot is not None and slow.claims("slow-beat").try_claim(source, snapshot).claim is not None
+        job = slow.add(SeparationRequest(source=tmp_path / "a.wav", prompt="piano"), "piano")
+        slow.set_state(job, JobState.running, 0.5, "Separating")
+        with psycopg.connect(team_db, autocommit=True) as conn:  # 5 s since its last beat: well inside its lease
+            conn.execute("UPDATE daemons SET heartbeat = now() - interval '5 seconds' WHERE instance='slow-beat'")
+        assert quick.adopt_orphans(10) == []
+        assert {d["instance"]: bool(d["alive"]) for d in quick.team_daemons()}["slow-beat"] is True
+        outcome = quick.claims("quick").try_claim(source, snapshot)  # nor its claim on a file
+        assert outcome.claim is None and outcome.holder is not None and "slow-beat" in outcome.holder
+        assert 20 <= outcome.recheck_after <= 26  # its lease (30 s) less its silence (5 s)
+        row = slow.get(job)
+        assert row is not None and row.owner == "slow-beat"
+
+        dies = PostgresJournal(team_db, "dies", daemon=True, lease=2.0)
+        orphan = dies.add(SeparationRequest(source=tmp_path / "b.wav", prompt="drums"), "drums")
+        dies._stop.set()  # killed: no more heartbeats, no clean stop
+        with psycopg.connect(team_db, autocommit=True) as conn:  # silent for three of its leases
+            conn.execute("UPDATE daemons SET heartbeat = now() - interval '6 seconds' WHERE instance='dies'")
+        assert [r.view.job_id for r in patient.adopt_orphans(10)] == [orphan]
+        daemons = {d["instance"]: d for d in patient.team_daemons()}
+        assert daemons["dies"]["alive"] is False and float(daemons["dies"]["lease"]) == 2.0
+        dies.close()
+    finally:
+        for journal in (slow, quick, patient):
+            journal.close()

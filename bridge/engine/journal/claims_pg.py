@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING
 
 from bridge.common.claims import Claim, ClaimOutcome
 from bridge.common.file_gate import FileSnapshot
+from bridge.engine.journal.postgres import ALIVE
 
 if TYPE_CHECKING:
     from bridge.engine.journal.postgres import PostgresJournal
 
-_TRY = """
+_TRY = f"""
 INSERT INTO claims AS c (key, source, owner, host, state, generation) VALUES (%s, %s, %s, %s, 'active', 1)
 ON CONFLICT (key) DO UPDATE SET owner=excluded.owner, host=excluded.host, state='active',
     generation=c.generation + 1, claimed_at=now(), changed_at=now()
-WHERE c.state = 'released' OR (c.state = 'active' AND (c.owner = excluded.owner OR c.owner NOT IN (
-    SELECT instance FROM daemons WHERE NOT stopped AND heartbeat >= now() - make_interval(secs => %s))))
+WHERE c.state = 'released' OR (c.state = 'active' AND (c.owner = excluded.owner OR c.owner NOT IN ({ALIVE})))
 RETURNING generation
 """
 
@@ -54,14 +54,15 @@ class DatabaseClaims:
                 self._held.add(key)
             return ClaimOutcome(Claim(source, source, int(rows[0]["generation"]), key=key))
         held = self.journal.read_waiting(
-            "SELECT c.owner, c.host, c.state, EXTRACT(EPOCH FROM now() - d.heartbeat) AS silent FROM claims c "
-            "LEFT JOIN daemons d ON d.instance = c.owner WHERE c.key=%s", (key,))
+            "SELECT c.owner, c.host, c.state, EXTRACT(EPOCH FROM now() - d.heartbeat) AS silent, "
+            "COALESCE(d.lease, %s) AS lease FROM claims c LEFT JOIN daemons d ON d.instance = c.owner WHERE c.key=%s",
+            (self.journal.lease, key))
         if not held:  # removed between the two statements (moved to done/): look again
             return ClaimOutcome(None, holder="another sam-bridge", recheck_after=0.05)
         row = held[0]
         if row["state"] == "done":
             return ClaimOutcome(None, done_elsewhere=True, done_by=str(row["owner"]))
-        remaining = self.journal.lease - float(row["silent"] or 0.0)
+        remaining = float(row["lease"]) - float(row["silent"] or 0.0)  # the holder's own lease
         return ClaimOutcome(None, holder=f"{row['owner']} on {row['host']}", recheck_after=max(0.5, remaining))
 
     @staticmethod

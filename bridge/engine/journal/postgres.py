@@ -1,7 +1,9 @@
 """The team journal on PostgreSQL: several daemons (workstations) share jobs, claims, dedupe and the budget.
 
 Each daemon is an *instance* (a name unique in the team) and owns the jobs it added. It heartbeats its
-lease in `daemons`; when a lease expires (the machine died) another daemon adopts the unfinished jobs with
+lease in `daemons`, and writes its length there: every daemon, `status --team` and `team check` judge a
+daemon by its own lease, whatever theirs is. When a lease expires (the machine died) another daemon adopts
+the unfinished jobs with
 `FOR UPDATE SKIP LOCKED`, so each goes to exactly one. `mark_submitting` locks the job row and checks the
 owner, so of a taker and a late original exactly one submits. Times that decide leases are the database's
 own (`now()`), so the machines' clocks may disagree.
@@ -70,12 +72,17 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # which takeover made a job this daemon's: a takeover retried after its COMMIT's answer was lost finds
     # the jobs it took already, instead of none (they would stay unfinished under a live daemon)
     2: ("ALTER TABLE jobs ADD COLUMN take_id TEXT",),
+    # each daemon's own lease: the others judge it by that, not by theirs (a machine configured with a
+    # shorter lease took a live daemon's jobs between its heartbeats; one with a longer lease waited for a dead one)
+    3: ("ALTER TABLE daemons ADD COLUMN lease DOUBLE PRECISION",),
 }
 VERSION = max(MIGRATIONS)
 _MIGRATION_LOCK = 0x5A3B_0001  # advisory lock ids (any constants unique to sam-bridge)
 _BUDGET_LOCK = 0x5A3B_0002
-# a daemon's lease holds while its heartbeat is younger than the lease (database clock)
-ALIVE = "SELECT instance FROM daemons WHERE NOT stopped AND heartbeat >= now() - make_interval(secs => %s)"
+# a daemon's lease holds while its heartbeat is younger than its own lease (database clock); the parameter
+# is the lease of a daemon that did not say (rows written before schema version 3)
+LEASE_OF_ROW = "make_interval(secs => COALESCE(lease, %s))"
+ALIVE = f"SELECT instance FROM daemons WHERE NOT stopped AND heartbeat >= now() - {LEASE_OF_ROW}"
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -252,8 +259,8 @@ class PostgresJournal(JobJournal):
         host, pid = socket.gethostname(), os.getpid()
         with self._tx() as tx:
             row = tx.execute(
-                "SELECT host, pid, NOT stopped AND heartbeat >= now() - make_interval(secs => ?) AS alive "
-                "FROM daemons WHERE instance=? FOR UPDATE", (self.lease, self.instance)).fetchone()
+                "SELECT host, pid, NOT stopped AND heartbeat >= now() - make_interval(secs => COALESCE(lease, ?)) "
+                "AS alive FROM daemons WHERE instance=? FOR UPDATE", (self.lease, self.instance)).fetchone()
             if (row and row["alive"] and (row["host"], row["pid"]) != (host, pid)
                     and not (row["host"] == host and not process_alive(row["pid"]))):  # (ended here: a restart)
                 raise InstanceInUse(
@@ -261,9 +268,10 @@ class PostgresJournal(JobJournal):
                     f"{row['pid']}); each daemon of a team needs a name of its own.",
                     hint="Set `instance:` in this machine's config, or stop the other daemon.")
             tx.execute(
-                "INSERT INTO daemons (instance, host, pid, version) VALUES (?,?,?,?) ON CONFLICT (instance) DO "
-                "UPDATE SET host=excluded.host, pid=excluded.pid, version=excluded.version, started=now(), "
-                "heartbeat=now(), stopped=false", (self.instance, host, pid, __version__))
+                "INSERT INTO daemons (instance, host, pid, version, lease) VALUES (?,?,?,?,?) ON CONFLICT (instance) "
+                "DO UPDATE SET host=excluded.host, pid=excluded.pid, version=excluded.version, started=now(), "
+                "heartbeat=now(), stopped=false, lease=excluded.lease",
+                (self.instance, host, pid, __version__, self.lease))
 
     def _beat(self) -> None:
         """Renew the lease on a connection of its own: after a database outage the pool may hand out
@@ -344,17 +352,21 @@ class PostgresJournal(JobJournal):
              now, JobState.queued.value, "queued"))
 
     def adopt_orphans(self, limit: int, reachable: Callable[[JobRow], bool] | None = None) -> list[JobRow]:
-        """Unfinished jobs of daemons whose lease expired become this one's. After an outage of the
-        database this daemon first waits one lease, so the others can renew theirs. A job whose folders this
-        machine cannot reach (`reachable`) is left for a daemon that can, and its message says so."""
-        if not self.daemon or time.monotonic() - self._healthy_since < self.lease:
+        """Unfinished jobs of daemons whose lease expired become this one's, each daemon judged by its own
+        lease. Every heartbeat stops while the database is unreachable, so a daemon first gets one lease of
+        its own to renew after the server (re)started and after this daemon's own outage ended (its view of
+        the outage may have missed a restart: its calls waited for the pool instead). A job whose folders
+        this machine cannot reach (`reachable`) is left for a daemon that can, and its message says so."""
+        healthy_for = time.monotonic() - self._healthy_since
+        if not self.daemon or healthy_for < 1.0:  # 1 s: the shortest lease there is
             return []
         finished = ",".join(["?"] * len(FINISHED))
-        # a restarted server stopped every heartbeat: each daemon gets one lease from its start to renew
-        # (this daemon's own view of the outage may have missed it: its calls waited for the pool instead)
-        return self._take(f"state NOT IN ({finished}) AND owner NOT IN ({ALIVE.replace('%s', '?')}) AND "
-                          "pg_postmaster_start_time() < now() - make_interval(secs => ?)",
-                          (*FINISHED, self.lease, self.lease), limit, reachable, "whose lease expired")
+        lease = LEASE_OF_ROW.replace("%s", "?")
+        may_renew = (f"SELECT instance FROM daemons WHERE NOT stopped AND (heartbeat >= now() - {lease} OR "
+                     f"pg_postmaster_start_time() >= now() - {lease} OR COALESCE(lease, ?) > ?)")
+        return self._take(f"state NOT IN ({finished}) AND owner NOT IN ({may_renew})",
+                          (*FINISHED, self.lease, self.lease, self.lease, healthy_for), limit, reachable,
+                          "whose lease expired")
 
     def take_queued(self, limit: int, reachable: Callable[[JobRow], bool] | None = None) -> list[JobRow]:
         """The oldest hot-folder jobs other daemons claimed ahead of a free slot and have not started: the
@@ -446,7 +458,8 @@ class PostgresJournal(JobJournal):
     def team_daemons(self) -> list[Row]:
         return self._read(
             "SELECT instance, host, pid, version, stopped, EXTRACT(EPOCH FROM now() - heartbeat) AS silent, "
-            f"instance IN ({ALIVE}) AS alive FROM daemons ORDER BY instance", (self.lease,))
+            "COALESCE(lease, ?) AS lease, "
+            f"instance IN ({ALIVE}) AS alive FROM daemons ORDER BY instance", (self.lease, self.lease))
 
     def team_jobs(self, active_only: bool, limit: int = 200) -> list[JobRow]:
         if active_only:

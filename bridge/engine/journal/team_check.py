@@ -59,8 +59,8 @@ def check_team(dsn: str, lease: float, timeout: float = 5.0) -> list[Finding]:
         else:
             findings.append(Finding(True, f"Clock skew to the server: {skew:+.2f} s."))
         if found:
-            rows = conn.execute(f"SELECT instance, host, instance IN ({ALIVE}) AS alive FROM daemons "
-                                "ORDER BY instance", (lease,)).fetchall()
-            alive = [f"{r['instance']} ({r['host']})" for r in rows if r["alive"]]
+            rows = conn.execute(f"SELECT instance, host, COALESCE(lease, %s) AS lease, instance IN ({ALIVE}) AS alive "
+                                "FROM daemons ORDER BY instance", (lease, lease)).fetchall()
+            alive = [f"{r['instance']} ({r['host']}, lease {float(r['lease']):g} s)" for r in rows if r["alive"]]
             findings.append(Finding(True, f"Daemons alive: {', '.join(alive) if alive else 'none'}."))
     return findings
