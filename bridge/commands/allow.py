@@ -2,17 +2,20 @@
 
 OSC may only touch your home folder and the hot folders; a Live project on an external drive is refused
 until its folder is allowed. This adds it to `allowed_source_roots` and `allowed_output_roots` in the config
-file, keeping the file's comments, after checking the folder and the resulting config.
+file, keeping the file's comments and mode (it may hold secrets) and a symlink to it, after checking the folder
+and the resulting config.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import stat
+import uuid
 from pathlib import Path
 from typing import Any
 
-from bridge.common.config import config_path, load_config, with_allowed_root
+from bridge.common.config import CONFIG_FILE_MODE, Config, config_path, load_config, with_allowed_root
 from bridge.common.errors import ConfigError
 
 
@@ -43,6 +46,28 @@ def checked_folder(raw: Path) -> Path:
     return resolved
 
 
+def replace_config(target: Path, text: str) -> Config:
+    """Write `text` beside `target` with `target`'s mode (a new config: private), check it, then rename it
+    over `target`: never a config the daemon would refuse, never a secret made readable to others."""
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = CONFIG_FILE_MODE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            if hasattr(os, "fchmod"):  # exactly the old mode, whatever the umask (not on Windows)
+                os.fchmod(out.fileno(), mode)
+            out.write(text)
+        updated = load_config(temp)
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    return updated
+
+
 def run(args: argparse.Namespace) -> int:
     folder = checked_folder(args.path)
     path = args.config or config_path()
@@ -59,15 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if not changed:
         print(f"{folder} is already allowed in {path}.")
         return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.partial")
-    temp.write_text(text, encoding="utf-8")
-    try:
-        updated = load_config(temp)  # never write a config the daemon would refuse
-    except ConfigError:
-        temp.unlink()
-        raise
-    os.replace(temp, path)
+    updated = replace_config(path.resolve(), text)  # a symlinked config (dotfiles): the file it points to
     if not all(folder in [p.resolve() for p in getattr(updated, key)] for key in changed):
         raise ConfigError(f"{path} was updated but does not list {folder}; please check the file.")
     print(f"Allowed {folder} ({' and '.join('reading sources' if 'source' in k else 'writing stems' for k in changed)})"

@@ -20,14 +20,15 @@ def register(subparsers: Any) -> None:
 
 
 def init_config(args: argparse.Namespace) -> int:
-    from bridge.common.config import DEFAULT_CONFIG_TEXT, config_path
+    from bridge.common.config import CONFIG_FILE_MODE, DEFAULT_CONFIG_TEXT, config_path
 
     path = args.path or config_path()
     if path.exists():
         print(f"{path} already exists; it was left untouched. Edit it, or remove it to start over.")
         return 1
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "x", encoding="utf-8") as out:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), CONFIG_FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(DEFAULT_CONFIG_TEXT)
     print(f"wrote {path}")
     return 0

@@ -10,7 +10,8 @@ is free. Either way the next daemon claims by creating the next generation with 
 racing daemons exactly one wins. Generations are never deleted while their file version exists — a
 directory listing may miss entries created or removed during it, and a deleted generation could be
 created a second time — only `prune` clears markers of versions that are gone. A finished job leaves
-its marker in state "done", which never expires.
+its marker in state "done", which never expires. Markers are readable by every user (daemons sharing a
+folder may run as different users); one this daemon may not read is held by someone, never free.
 
 Staleness compares the marker's mtime, set by the holder's clock, with the reader's clock: keep `ttl`
 well above the clock skew between machines (the default 120 s is).
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 STATE_DIR_NAME = ".sam-bridge"  # claims live here, beside the sources
 CLAIMS_DIR_NAME = "claims"
+# Every daemon sharing the folder, whatever user it runs as, must read every marker: a marker it cannot
+# read counts as held (never free), so a private one would block the file for the others for good.
+MARKER_MODE = 0o644
 
 
 class ClaimState(StrEnum):
@@ -95,16 +99,20 @@ class ClaimStore:
         self.instance_id = instance_id
         self.ttl = ttl
         self.host = socket.gethostname()
+        self._warned: set[Path] = set()
 
     def try_claim(self, source: Path, snapshot: FileSnapshot) -> ClaimOutcome:
         folder = claims_dir(source)
         folder.mkdir(parents=True, exist_ok=True)
         key = claim_key(source.name, snapshot)
         generations = _generations(folder, key)
-        records = {gen: self._read(folder / _name(key, gen)) for gen in generations}
+        read = {gen: self._read(folder / _name(key, gen)) for gen in generations}
+        records = {gen: record for gen, record in read.items() if record is not None}
         done_by = [record.get("instance") for record in records.values() if record.get("state") == ClaimState.done]
         if done_by:
             return ClaimOutcome(None, done_elsewhere=True, done_by=str(done_by[0]))
+        if unreadable := [folder / _name(key, gen) for gen, record in read.items() if record is None]:
+            return self._held_unreadable(source, unreadable[0])  # it may say done: never pay twice
         latest = max(generations, default=0)
         path = folder / _name(key, latest)
         record = records.get(latest, {})
@@ -123,6 +131,15 @@ class ClaimStore:
         log.info("Claim: taking over %s: the claim of %s expired %.0f s ago", source.name, record.get("host"),
                  age)
         return self._create(folder, key, latest + 1, source, snapshot)
+
+    def _held_unreadable(self, source: Path, marker: Path) -> ClaimOutcome:
+        if marker not in self._warned:  # once per marker: it stays until someone fixes its permissions
+            self._warned.add(marker)
+            log.warning("Claim: %s is left alone: this user may not read its claim marker %s (another user's "
+                        "sam-bridge made it private); make the folder's .sam-bridge readable to every daemon "
+                        "sharing it", source.name, marker)
+        return ClaimOutcome(None, holder="another sam-bridge (its claim marker is not readable here)",
+                            recheck_after=self.ttl)
 
     def busy(self) -> bool:
         return False  # marker files: every daemon takes what it sees (as before team mode)
@@ -149,7 +166,7 @@ class ClaimStore:
         record["state"] = state
         record["changed_at"] = time.time()
         try:
-            write_atomically(claim.path, json.dumps(record, indent=1))
+            write_atomically(claim.path, json.dumps(record, indent=1), mode=MARKER_MODE)
         except OSError as exc:
             log.warning("Claim: could not mark %s %s: %s", claim.source.name, state, exc)
 
@@ -174,9 +191,9 @@ class ClaimStore:
                 continue
             path = claims / name
             record = self._read(path)
-            source = folder / str(record.get("source", ""))
-            if not record.get("source"):
+            if not record or not record.get("source"):  # unreadable, or being written: not ours to judge
                 continue
+            source = folder / str(record["source"])
             snapshot = FileSnapshot.of(source)
             if snapshot is not None and claim_key(source.name, snapshot) == _key_of(path):
                 continue
@@ -199,7 +216,7 @@ class ClaimStore:
     ) -> ClaimOutcome:
         path = folder / _name(key, generation)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, MARKER_MODE)
         except FileExistsError:
             return ClaimOutcome(None, holder="another sam-bridge", recheck_after=self.ttl)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -220,10 +237,13 @@ class ClaimStore:
         return record
 
     @staticmethod
-    def _read(path: Path) -> dict[str, object]:
-        """A marker's record; {} while its creator is still writing it (or it vanished)."""
+    def _read(path: Path) -> dict[str, object] | None:
+        """A marker's record; {} while its creator is still writing it (or it vanished); None when this user
+        may not read it (another user's private marker): held by someone, never expired nor free."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+        except PermissionError:
+            return None
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}

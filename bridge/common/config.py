@@ -37,6 +37,9 @@ def config_path() -> Path:
     return Path(override) if override else config_dir() / "config.yaml"
 
 
+CONFIG_FILE_MODE = 0o600  # a new config: only its user reads it (`database:` may hold a password, `osc.token`)
+
+
 def log_dir() -> Path:
     if os.environ.get("SAM_BRIDGE_STATE_DIR"):
         return state_dir() / "logs"

@@ -285,9 +285,15 @@ def remove_quietly(*paths: Path | None) -> None:
         except OSError as exc:
             log.warning("could not remove %s: %s", path, exc)
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write under a temp name no watcher takes, then rename into place (replacing our own old file)."""
-    fd, temp_name = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
+
+def write_atomically(path: Path, text: str, *, mode: int = 0o666) -> None:
+    """Write under a temp name no watcher takes, then rename into place (replacing our own old file).
+
+    The file gets `mode` less the umask, as a plain create gives (not mkstemp's private 0600): on a shared
+    folder a colleague's daemon must read our claim markers, and colleagues our error reports. Pass 0o600
+    for a file that must stay private."""
+    temp_name = path.with_name(f".{uuid.uuid4().hex}.tmp")  # dot-prefixed: no watcher takes it
+    fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)

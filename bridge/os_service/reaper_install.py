@@ -121,23 +121,28 @@ def install_scripts(resource_path: Path, state_dir: Path, platform: str, *, pres
 
 
 def _register(kb_file: Path, actions: list[str], result: InstallResult) -> None:
-    text = kb_file.read_text(encoding="utf-8", errors="surrogateescape") if kb_file.exists() else ""
-    lines = text.splitlines()
+    """Append our SCR lines, editing bytes: the rest of the file comes back byte for byte, whatever its
+    encoding (REAPER on Windows may write the ANSI code page) and line ends (CRLF there)."""
+    data = kb_file.read_bytes() if kb_file.exists() else b""
+    newline = b"\r\n" if b"\r\n" in data else b"\n"
+    scr_lines = [line for line in data.splitlines() if line.startswith(b"SCR ")]
     added = []
     for name in actions:
         relative = f"{SCRIPTS_SUBFOLDER}/{name}"
-        if any(f'"{relative}"' in line for line in lines if line.startswith("SCR ")):
+        if any(f'"{relative}"'.encode() in line for line in scr_lines):
             result.already_registered.append(name)
             continue
         # SCR <flags> <section: 0 = main> <id> "<shown name>" "<path under Scripts/>"
-        added.append(f'SCR 4 0 {command_id(relative)} "Custom: {name}" "{relative}"')
+        added.append(f'SCR 4 0 {command_id(relative)} "Custom: {name}" "{relative}"'.encode())
         result.registered.append(name)
     if added:
         if kb_file.exists():
             backup = kb_file.with_name(KB_FILE + ".before-sam-bridge")
             if not backup.exists():
                 shutil.copy2(kb_file, backup)
-        _write_replacing(kb_file, "\n".join([*lines, *added]) + "\n")
+        if data and not data.endswith((b"\n", b"\r")):
+            data += newline
+        _write_replacing(kb_file, data + newline.join(added) + newline)
 
 
 def _copy_replacing(source: Path, target: Path) -> None:

@@ -3,6 +3,8 @@ keeps its comments, stays valid, and the policy the OSC server applies accepts f
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,42 @@ def test_allow_leaves_a_broken_config_alone(config: Path, tmp_path: Path, capsys
     assert main(["allow", str(tmp_path)]) != 0
     assert config.read_text(encoding="utf-8") == "concurrency: many\n"
     assert [p.name for p in config.parent.iterdir()] == ["config.yaml"]
+
+
+SECRET_CONFIG = DEFAULT_CONFIG_TEXT + "database: postgresql://sam:s3cret@nas.local/sam_bridge\n"
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o660])
+def test_allow_keeps_the_config_files_mode(config: Path, tmp_path: Path, mode: int) -> None:
+    """The config may hold a database password or the OSC token: it was rewritten world-readable (0644)."""
+    config.parent.mkdir()
+    config.write_text(SECRET_CONFIG, encoding="utf-8")
+    config.chmod(mode)
+    assert main(["allow", str(tmp_path)]) == 0
+    assert stat.S_IMODE(os.stat(config).st_mode) == mode
+    assert load_config(config).allowed_source_roots == [tmp_path]
+    assert [p.name for p in config.parent.iterdir()] == ["config.yaml"]  # no temp left
+
+
+def test_allow_writes_a_new_config_private(config: Path, tmp_path: Path) -> None:
+    assert main(["allow", str(tmp_path)]) == 0
+    assert stat.S_IMODE(os.stat(config).st_mode) == 0o600
+
+
+def test_allow_updates_the_file_a_symlinked_config_points_to(config: Path, tmp_path: Path) -> None:
+    """A config kept in a dotfiles folder and linked into place: the link stays, its target is updated."""
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    real = dotfiles / "sam-bridge.yaml"
+    real.write_text(SECRET_CONFIG, encoding="utf-8")
+    real.chmod(0o600)
+    config.parent.mkdir()
+    config.symlink_to(real)
+    project = tmp_path / "project"
+    project.mkdir()
+    assert main(["allow", str(project)]) == 0
+    assert config.is_symlink() and config.resolve() == real
+    assert load_config(real).allowed_source_roots == [project]
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o600
+    assert sorted(p.name for p in dotfiles.iterdir()) == ["sam-bridge.yaml"]
+    assert sorted(p.name for p in config.parent.iterdir()) == ["config.yaml"]

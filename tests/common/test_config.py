@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -23,6 +25,16 @@ def test_init_writes_a_valid_commented_default_and_never_overwrites(user_dirs, c
     assert main(["config", "init"]) == 1
     assert "concurrency: 2" in path.read_text()  # left untouched
     assert "already exists" in capsys.readouterr().out
+
+
+def test_init_writes_the_config_private(user_dirs) -> None:
+    """It is where `database:` (with a password) and `osc.token` go; `allow` creates it 0600 too."""
+    previous = os.umask(0o022)
+    try:
+        assert main(["config", "init"]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(user_dirs["config"] / "config.yaml").st_mode) == 0o600
 
 
 def test_show_redacts_the_key_and_the_osc_token(user_dirs, capsys, monkeypatch) -> None:

@@ -16,6 +16,7 @@ from bridge.os_service.reaper_install import (
     KB_FILE,
     POINTER_FILE,
     default_resource_path,
+    install_scripts,
     reaper_processes,
     shipped_scripts_dir,
 )
@@ -60,6 +61,42 @@ def test_install_copies_the_scripts_points_at_the_daemon_and_registers_the_actio
     again = run_cli("reaper", "install", "--resource-path", str(resources), env=env)
     assert again.returncode == 0 and "already there" in again.stdout
     assert (resources / KB_FILE).read_text() == kb
+
+
+# REAPER on Windows: the ANSI code page (\xe9 is "é" in cp1252, not UTF-8) and CRLF line endings
+ANSI_KB = (b'KEY 1 65 _SWS_ABOUT 0\r\nSCR 4 0 RSabc "Custom: caf\xe9.lua" "caf\xe9.lua"\r\n'
+           b'ACT 0 0 "mine" "Custom: r\xe9glage" 40001\r\n')
+
+
+@pytest.mark.parametrize(("original", "newline"), [
+    (ANSI_KB, b"\r\n"),
+    (ANSI_KB.rstrip(b"\r\n"), b"\r\n"),  # no line end after the last line
+    (ANSI_KB.replace(b"\r\n", b"\n"), b"\n"),
+    (ANSI_KB.replace(b"\xe9", "\u00e9".encode()), b"\r\n"),  # UTF-8 with CRLF: the line ends stay CRLF
+])
+def test_install_adds_its_lines_and_leaves_every_other_byte_of_the_action_list(
+        tmp_path: Path, original: bytes, newline: bytes) -> None:
+    """It crashed (UnicodeEncodeError) on a non-UTF-8 reaper-kb.ini after copying the scripts, and turned
+    CRLF into LF."""
+    resources = tmp_path / "REAPER"
+    resources.mkdir()
+    kb_file = resources / KB_FILE
+    kb_file.write_bytes(original)
+    result = install_scripts(resources, tmp_path / "state", "windows", presets=("Room tone é",),
+                             check_running=False)
+    assert len(result.registered) == 5 and "sam-bridge - Separate Room tone é.lua" in result.registered
+    after = kb_file.read_bytes()
+    head = original if original.endswith(newline) else original + newline
+    assert after.startswith(head)
+    added = after[len(head):].split(newline)
+    assert added[-1] == b"" and len(added) == 1 + len(result.registered)
+    for line, name in zip(added, result.registered, strict=False):
+        assert line.startswith(b"SCR 4 0 RS") and line.endswith(f'"sam-bridge/{name}"'.encode())
+    assert (resources / (KB_FILE + ".before-sam-bridge")).read_bytes() == original
+    again = install_scripts(resources, tmp_path / "state", "windows", presets=("Room tone é",),
+                            check_running=False)
+    assert again.registered == [] and len(again.already_registered) == 5
+    assert kb_file.read_bytes() == after
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,17 @@ def test_default_hot_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert default_hot_folder() == tmp_path / "sam-bridge" / "hot"
     monkeypatch.setenv("SAM_BRIDGE_HOT_DIR", str(tmp_path / "elsewhere"))
     assert default_hot_folder() == tmp_path / "elsewhere"
+
+
+def test_error_file_is_readable_by_colleagues_on_a_shared_folder(tmp_path: Path) -> None:
+    """It gets the mode a plain create gives (0666 less the umask); it was private (0600), so a colleague
+    could not read why their file failed."""
+    source = tmp_path / "Guitar 01.wav"
+    source.write_bytes(b"audio")
+    previous = os.umask(0o002)
+    try:
+        written = write_error_file(source, "The service refused the prompt.", "job-8")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(written).st_mode) == 0o664
+    assert "The service refused the prompt." in written.read_text()
