@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -191,22 +191,20 @@ class FalStorage:
         sent = 0
         with ThreadPoolExecutor(max_workers=max(1, self.part_concurrency),
                                 thread_name_prefix="fal-upload-part") as pool:
-            pending: dict[Future[dict[str, Any]], int] = {}
+            lengths: dict[Future[dict[str, Any]], int] = {}
             for number, offset in enumerate(range(0, size, self.part_size), start=1):
                 length = min(self.part_size, size - offset)
-                pending[pool.submit(send_part, number, offset, length)] = length
-            while pending:
-                done, _rest = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    length = pending.pop(future)
-                    if future.exception() is not None:
-                        for other in pending:
-                            other.cancel()
-                        raise future.exception()  # type: ignore[misc]
+                lengths[pool.submit(send_part, number, offset, length)] = length
+            try:
+                for future in as_completed(lengths):  # each part as it is answered; its failure raised here
                     parts.append(future.result())
-                    sent += length
+                    sent += lengths[future]
                     if progress:
                         progress(sent, size)  # on the caller's thread, like every other progress report
+            except BaseException:
+                for other in lengths:
+                    other.cancel()  # parts not yet begun are never sent
+                raise
         parts.sort(key=lambda part: int(part["partNumber"]))
         # JSON (Content-Type: application/json); the answer (often empty) is not used: access_url is the file
         self._client.call("POST", f"{access_url}/multipart/{upload_id}/complete", "upload", auth=False,

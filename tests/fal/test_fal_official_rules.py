@@ -51,6 +51,20 @@ def test_multipart_passes_the_strict_store_with_parts_in_parallel(service: Local
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
 
 
+def test_multipart_progress_moves_as_parts_are_answered_not_all_at_the_end(service: LocalFalService,
+                                                                           tmp_path: Path) -> None:
+    audio = make_wav(tmp_path / "in.wav", seconds=3.0)
+    service.faults.stall("multipart", seconds=0.2, times=100)
+    with our_client(service) as client:
+        client.storage.multipart_threshold = 50_000
+        client.storage.part_size = 40_000  # 8 parts, two at a time: four rounds of 0.2 s
+        client.storage.part_concurrency = 2
+        calls_seen: list[int] = []  # the stand-in's multipart calls begun (the initiate, then each part's PUT)
+        client.storage.upload(audio, "audio/wav",
+                              progress=lambda _done, _total: calls_seen.append(service.stats()["calls"]["multipart"]))
+    assert calls_seen and calls_seen[0] < 1 + 8  # the first report came before the last part was sent
+
+
 def test_the_strict_store_gives_no_etag_without_identity_and_refuses_a_complete_that_is_not_json(
         service: LocalFalService) -> None:
     with httpx.Client(base_url=service.url) as http:

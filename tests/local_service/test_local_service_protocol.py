@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -120,7 +122,7 @@ def test_multipart_assembles_parts_in_part_order(service: LocalFalService, http:
                         headers=auth | {"Accept-Encoding": "identity"})
         assert put.status_code == 200
         etags[number] = put.headers["etag"]
-        assert etags[number].strip('"') == hashlib.md5(parts[number - 1]).hexdigest()
+    assert len(set(etags.values())) == 3 and all(etag.startswith('"') for etag in etags.values())
     listing = [{"partNumber": n, "etag": etags[n]} for n in (2, 3, 1)]
     done = httpx.post(f"{access_url}/multipart/{upload_id}/complete", json={"parts": listing},
                       headers={"Authorization": auth["Authorization"]})
@@ -140,6 +142,47 @@ def test_multipart_refuses_a_wrong_etag(service: LocalFalService, http: httpx.Cl
     missing = httpx.post(f"{base}/complete", json={"parts": [{"partNumber": 2, "etag": "x"}]}, headers=auth)
     assert missing.status_code == 400 and "never uploaded" in missing.json()["detail"]
     assert httpx.put(f"{base}/1", content=b"x").status_code == 401
+
+
+def test_a_part_sent_again_gets_a_new_etag_and_only_the_newest_completes(service: LocalFalService,
+                                                                          http: httpx.Client) -> None:
+    token = upload_token(http)
+    auth = {"Authorization": f"Bearer {token['token']}", "X-Fal-File-Name": "again.wav"}
+    started = httpx.post(f"{service.url}/files/upload/multipart", headers=auth).json()
+    base = f"{started['access_url']}/multipart/{started['uploadId']}"
+    identity = auth | {"Accept-Encoding": "identity"}
+    first = httpx.put(f"{base}/1", content=b"first try", headers=identity).headers["etag"]
+    second = httpx.put(f"{base}/1", content=b"second try", headers=identity).headers["etag"]
+    assert first != second
+    stale = httpx.post(f"{base}/complete", json={"parts": [{"partNumber": 1, "etag": first}]}, headers=auth)
+    assert stale.status_code == 400 and "etag" in stale.json()["detail"]
+    done = httpx.post(f"{base}/complete", json={"parts": [{"partNumber": 1, "etag": second}]}, headers=auth)
+    assert done.status_code == 204
+    assert httpx.get(started["access_url"]).content == b"second try"
+
+
+@pytest.mark.parametrize("kernel", ["refuses", "absent"])
+def test_multipart_joins_its_parts_where_the_kernel_cannot_copy(service: LocalFalService, http: httpx.Client,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                kernel: str) -> None:
+    refused: list[object] = []
+    if kernel == "absent":  # macOS: no copy_file_range
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    else:  # a file system (or an old kernel) that cannot copy between these files
+        def refuse(*args: object) -> int:
+            refused.append(args)
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    token = upload_token(http)
+    auth = {"Authorization": f"Bearer {token['token']}", "X-Fal-File-Name": "joined.wav"}
+    started = httpx.post(f"{service.url}/files/upload/multipart", headers=auth).json()
+    base = f"{started['access_url']}/multipart/{started['uploadId']}"
+    parts = [np.random.default_rng(n).bytes(300_000 + n) for n in range(1, 5)]
+    listing = [{"partNumber": n, "etag": httpx.put(f"{base}/{n}", content=parts[n - 1], headers=auth | {
+        "Accept-Encoding": "identity"}).headers["etag"]} for n in range(1, 5)]
+    assert httpx.post(f"{base}/complete", json={"parts": listing}, headers=auth).status_code == 204
+    assert httpx.get(started["access_url"]).content == b"".join(parts)
+    assert len(refused) == (4 if kernel == "refuses" else 0)
 
 
 def test_unknown_file_is_404(service: LocalFalService) -> None:
