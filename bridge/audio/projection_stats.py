@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 Float32Array = NDArray[np.float32]
 
 OPPOSED = 6.0  # r₀: deviation power per extra channel, in units of the mid's, where the gate starts closing
+OPPOSED_LONG = 5.0  # r₁: the same over the long window (a piece of frames, the last piece and LOOK ahead)
 COHERENT = 0.5  # c₀²: squared coherence from which a pan (or the residual's share) is fully trusted
 RESIDUAL_FLOOR = 1e-6  # a residual this much weaker than the deviation (float rounding) explains none of it
 EPS = np.float32(1e-30)  # keeps digital silence (all powers 0) from dividing by zero
@@ -76,13 +77,28 @@ def smooth_bins(values: Float32Array, out: Float32Array) -> Float32Array:
 
 def gates(timed: Float32Array, used: int, channels: int) -> Float32Array:
     """g = min(1, r₀ / r)² from the statistics summed over frames only (a pad's partials are a bin wide)."""
-    power_mid, power_dev = timed[0], timed[1]
-    explained = _mean_power(timed[5::4], timed[6::4], used)
+    return _gate(timed[0], timed[1], timed[5::4], timed[6::4], used, channels, OPPOSED)
+
+
+def long_sums(summed: Float32Array) -> Float32Array:
+    """What the long gate needs of the statistics `summed` over frames (axis 1, summed over): |M|²,
+    mean_c|D_c|², then D_c·M̄ re of each deviation used, then im."""
+    return np.concatenate((summed[:2].sum(axis=1), summed[5::4].sum(axis=1), summed[6::4].sum(axis=1)))
+
+
+def long_gates(sums: Float32Array, used: int, channels: int) -> Float32Array:
+    """g₁ = min(1, r₁ / r)², r over the long window (rows: see long_sums): one per bin."""
+    return _gate(sums[0], sums[1], sums[2 : 2 + used], sums[2 + used :], used, channels, OPPOSED_LONG)
+
+
+def _gate(power_mid: Float32Array, power_dev: Float32Array, x_re: Float32Array, x_im: Float32Array, used: int,
+          channels: int, opposed: float) -> Float32Array:
+    explained = _mean_power(x_re, x_im, used)
     explained /= power_mid + EPS
     trust = np.minimum(1.0, explained / (COHERENT * power_dev + EPS))
     trust *= trust
     unexplained = power_dev - trust * (2.0 - trust) * explained
-    allowed = OPPOSED * (channels - 1) * power_mid
+    allowed = opposed * (channels - 1) * power_mid
     gate: Float32Array = allowed / (np.maximum(unexplained, allowed) + EPS)  # min(1, r₀ / r) without overflow
     gate *= gate
     return gate
