@@ -139,7 +139,7 @@ def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe, arg
     resume = {step: client.handle_for(request_id.strip()) for step, request_id in enumerate(args.resume_request)}
     hooks.handles.update(resume)  # Ctrl-C cancels those too
     owner = owner_tag()  # in the names of what this run leaves, should it be killed (SIGKILL)
-    pipeline = Pipeline(client, upload_bits=args.upload_bits)
+    pipeline = Pipeline(client, upload_bits=args.upload_bits, service=choice.service_name)
     with stops, tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{owner}-") as work, display:
         try:
             result = pipeline.run(request, recipe, hooks, Path(work), resume=resume, temp_tag=f"cli{owner}")

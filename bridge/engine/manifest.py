@@ -27,6 +27,9 @@ MANIFEST_FIELDS: dict[str, str] = {
     "created_at": "ISO-8601 UTC time the stems were written",
     "source": "`path`, `sha256`, `format`, `subtype`, `samplerate`, `channels`, `frames` of the source file",
     "part": "`start_frame`, `frames`, `start_seconds`: the part of the source the stems cover",
+    "service": "what made the stems: `stand-in` (the built-in stand-in: a band split, not SAM Audio), else the "
+    "app and the host it was asked at, e.g. `fal-ai/sam-audio@queue.fal.run`; dedupe reuses only stems of the "
+    "service in use",
     "preset": "preset name, or `prompt` for an ad-hoc prompt",
     "label": "the word used in the file names",
     "steps": "one entry per service request: `label`, `prompt`, `options`, `request_id`, `alignment` "
@@ -93,6 +96,7 @@ def build_manifest(
     estimated_cost: float,
     currency: str = "USD",
     reused_from: str | None = None,
+    service: str,
 ) -> dict[str, Any]:
     last = steps[-1].report if steps else None
     return {
@@ -105,6 +109,7 @@ def build_manifest(
         },
         "part": {"start_frame": start_frame, "frames": frames,
                  "start_seconds": round(start_frame / source.samplerate, 6)},
+        "service": service,
         "preset": recipe.name,
         "label": recipe.label,
         "steps": [

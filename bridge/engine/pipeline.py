@@ -85,6 +85,12 @@ class Pipeline:
     # is not on this machine
     upload_bits: int = 24  # 16: smaller uploads for slow links (the service hears a -96 dB noise floor)
     billed: bool | None = None  # requests cost money; None: when the service is fal itself
+    service: str | None = None  # what makes the stems (manifest, dedupe key); None: the app at the client's host
+
+    def service_name(self) -> str:
+        """`fal-ai/sam-audio@queue.fal.run`, a stand-in's `…@127.0.0.1:8765`, or the name it was given (the
+        built-in stand-in's `stand-in`, whatever port it has): stems of one service are never another's."""
+        return self.service or f"{self.client.app}@{urlsplit(self.client.queue_url).netloc}"
 
     def shrinks_uploads(self) -> bool:
         if self.shrink_uploads is not None:
@@ -375,7 +381,7 @@ class _Run:
             return build_manifest(
                 request=self.request, recipe=self.recipe, source=source, source_hash=source_hash,
                 start_frame=start_frame, frames=frames, stems=finals, steps=self.steps, flags=flags,
-                timings=self.timings, estimated_cost=cost)
+                timings=self.timings, estimated_cost=cost, service=self.p.service_name())
 
         # a job that changed hands (a lease lost while the team database was down) may have been placed by
         # the other daemon meanwhile: those stems of these very requests are the result, not written again
