@@ -51,7 +51,7 @@ from bridge.common.stems import (
     temp_path_for,
 )
 from bridge.engine.dedupe import written_before
-from bridge.engine.estimate import part_of
+from bridge.engine.estimate import check_spans, part_of, spans_sent
 from bridge.engine.manifest import StepRecord, build_manifest
 from bridge.engine.pipeline_hooks import STAGE_END, Hooks, JobResult
 from bridge.engine.progress import ServiceClock, ServiceTicker, StatusFollower, Transfer
@@ -173,6 +173,10 @@ class _Run:
             check_source_unchanged(source.path, self.hashed_fingerprint)  # still the audio that was hashed
         self.source_fingerprint = file_fingerprint(source.path)
         start_frame, frames = part_of(self.request, source)  # the part, or its audition window
+        if check_spans(self.recipe, source, start_frame, frames):  # every way in passes here, before any upload
+            self.job_flags.add("span-cut-at-end")
+            log.warning("a span runs past the end of the %.3f s of %s sent: it is sent cut there",
+                        frames / source.samplerate, source.path.name)
         if self.request.audition is not None:
             self.job_flags.add("audition")
             log.info("auditioning %.1f s of %s from %.3f s", frames / source.samplerate, source.path.name,
@@ -297,7 +301,7 @@ class _Run:
         endpoint = "separate"
         if step.spans:
             endpoint = "span-separate"
-            payload["spans"] = [span.model_dump() for span in step.spans]
+            payload["spans"] = [span.model_dump() for span in spans_sent(step.spans, frames / source.samplerate)]
         if step.prompt:
             payload["prompt"] = step.prompt
         self.hooks.submitting(index)
