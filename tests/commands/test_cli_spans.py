@@ -15,7 +15,7 @@ import soundfile as sf
 
 from bridge.cli import main
 from bridge.local_service import LocalFalService
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, wait_for
 from tests.test_daemon import make_source, requests_dir, wait_state, write_request
 
 
@@ -127,4 +127,19 @@ def test_a_request_file_with_a_part_past_the_end_fails_before_anything_is_sent(
     assert "The start time 4.00 s is past the end of “s.wav” (3.00 s long)." in status["error"], status
     assert nothing_reached(service), service.stats()
     assert not (source.parent / "Stems").exists()
+    assert daemon.stop() == 0
+
+
+def test_a_hot_folder_sidecar_with_a_part_past_the_end_gets_an_error_file_and_nothing_is_sent(
+        daemon_factory: type, service: LocalFalService, user_dirs: dict[str, Path]) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    folder = Path(str(info["hot_folder"])) / "vocals"
+    (folder / "Late.sam.yaml").write_text("start: 5\nlength: 1\n")
+    staged = make_source(user_dirs["home"] / "Late.wav", seconds=3.0)
+    source = staged.replace(folder / "Late.wav")  # dropped whole, as a DAW export is renamed in
+    error = source.with_name("Late.wav.error.txt")
+    wait_for(error.exists, timeout=60, what="the error file")
+    assert "The start time 5.00 s is past the end of “Late.wav” (3.00 s long)." in error.read_text(), error.read_text()
+    assert nothing_reached(service), service.stats()
     assert daemon.stop() == 0
