@@ -153,7 +153,8 @@ class Daemon:
             concurrency=self.config.concurrency, dedupe=self.config.dedupe, daily_budget=self.config.daily_budget,
             prices=self.config.prices, workroot=self.state / "work", confirm_above=self.config.confirm_above,
         )
-        pipeline = Pipeline(client, prices=self.config.prices, upload_bits=self.config.upload_bits)
+        pipeline = Pipeline(client, prices=self.config.prices, upload_bits=self.config.upload_bits,
+                            service=self.choice.service_name)
         engine = self.engine = JobEngine(journal, pipeline, self.library, settings)
         engine.start()
         stack.callback(engine.stop)

@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -20,6 +21,7 @@ from typing import Any
 from bridge.audio.source import probe_source
 from bridge.commands.cost_report import print_estimates, whole_of
 from bridge.commands.progress_display import ProgressDisplay
+from bridge.commands.resume_records import check_resumable, record_sent, what_was_sent
 from bridge.commands.separate import OPTION_ARGS, WORK_PREFIX, _first_error
 from bridge.common.cost import FileEstimate, money
 from bridge.common.errors import BridgeError, Cancelled, InputError, OutputError, ServiceUnavailable, SubmitUncertain
@@ -61,8 +63,10 @@ def _absolute(folder: Path | None) -> Path | None:
 class CliHooks(StandaloneHooks):
     """The pipeline's hooks for one terminal run: progress to the display, handles kept for Ctrl-C."""
 
-    def __init__(self, display: ProgressDisplay, stops: _StopSignals, verbose: bool = False) -> None:
+    def __init__(self, display: ProgressDisplay, stops: _StopSignals, verbose: bool = False,
+                 note_sent: Callable[[int, RequestHandle], None] | None = None) -> None:
         self.display = display
+        self.note_sent = note_sent  # what each accepted request was for, so resuming it can be checked
         self.verbose = verbose  # the service's log lines only with -v
         self.stops = stops
         self.handles: dict[int, RequestHandle] = {}
@@ -78,6 +82,8 @@ class CliHooks(StandaloneHooks):
     def submitted(self, step: int, handle: RequestHandle) -> None:
         self.handles[step] = handle
         self.submit_in_flight = False
+        if self.note_sent is not None:
+            self.note_sent(step, handle)
 
     def not_submitted(self, step: int) -> None:
         self.submit_in_flight = False
@@ -133,13 +139,24 @@ def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe, arg
               choice: ServiceChoice) -> tuple[JobResult, float]:
     """One file through the pipeline with a progress display; Ctrl-C cancels at the service."""
     began = time.monotonic()
+    pipeline = Pipeline(client, upload_bits=args.upload_bits, service=choice.service_name)
+    service = pipeline.service_name()
+    request_ids = [request_id.strip() for request_id in args.resume_request]
+    for unchecked in check_resumable(request_ids, request, recipe, service, pipeline.bills()):  # before any write
+        print(f"sam-bridge: note: there is no record on this machine of what request {unchecked} was sent for, "
+              f"so it cannot be checked to be “{request.source.name}”'s.", file=sys.stderr)
+
+    def note_sent(step: int, handle: RequestHandle) -> None:
+        record_sent(handle.request_id, request.source, what_was_sent(request, recipe, step, service))
+
     display = ProgressDisplay(enabled=sys.stderr.isatty() and not args.quiet)
     stops = _StopSignals()
-    hooks = CliHooks(display, stops, verbose=getattr(args, "verbose", 0) > 0)
-    resume = {step: client.handle_for(request_id.strip()) for step, request_id in enumerate(args.resume_request)}
+    # the built-in stand-in's requests end with this run: nothing to resume, nothing to note
+    hooks = CliHooks(display, stops, verbose=getattr(args, "verbose", 0) > 0,
+                     note_sent=None if choice.local else note_sent)
+    resume = {step: client.handle_for(request_id) for step, request_id in enumerate(request_ids)}
     hooks.handles.update(resume)  # Ctrl-C cancels those too
     owner = owner_tag()  # in the names of what this run leaves, should it be killed (SIGKILL)
-    pipeline = Pipeline(client, upload_bits=args.upload_bits)
     with stops, tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{owner}-") as work, display:
         try:
             result = pipeline.run(request, recipe, hooks, Path(work), resume=resume, temp_tag=f"cli{owner}")

@@ -14,9 +14,10 @@ FLAG_TEXT: dict[str, str] = {
     "clipped": "some samples clipped when written",
     "silent-source": "the source is silent",
     "cut-at-end": "the part asked for ran past the end of the file",
+    "span-cut-at-end": "a span ran past the end of the audio sent: it was sent cut at that end",
     "audition": "an audition: only a window of the part was separated",
 }
-NOTES = frozenset({"drift-corrected", "audition"})  # the stems are right: nothing to check
+NOTES = frozenset({"drift-corrected", "audition", "span-cut-at-end"})  # the stems are right: nothing to check
 
 
 def describe_flag(flag: str) -> str:

@@ -1,5 +1,9 @@
 """Never pay twice for the same thing: the same audio + prompt(s) + options as an earlier finished job
-reuses its stems (copied to the new request's output folder, the manifest says where they came from)."""
+reuses its stems (copied to the new request's output folder, the manifest says where they came from).
+
+Only stems of the service in use: the service is part of the key (so a job never waits for another service's
+job either, team-wide), and the earlier manifest must name it. A journal row from before the service was
+in the key never matches: such stems may be the built-in stand-in's band split, so they are not reused."""
 
 from __future__ import annotations
 
@@ -28,8 +32,10 @@ from bridge.engine.pipeline_hooks import JobResult
 from bridge.presets.recipe import Recipe
 
 
-def dedupe_key(request: SeparationRequest, recipe: Recipe, audio_sha256: str) -> str:
+def dedupe_key(request: SeparationRequest, recipe: Recipe, audio_sha256: str, service: str) -> str:
+    """`service`: what makes the stems (`Pipeline.service_name`)."""
     what = {
+        "service": service,
         "audio": audio_sha256,
         # an audition is its own result (its window of the part), never the whole part's
         "part": [request.start, request.length] + ([request.audition] if request.audition else []),
@@ -61,8 +67,9 @@ def written_before(request: SeparationRequest, recipe: Recipe, request_ids: set[
     return None
 
 
-def reuse_result(request: SeparationRequest, recipe: Recipe, earlier: JobView) -> JobResult | None:
-    """Copy an earlier job's stems for `request`; None when they are gone (then the job runs for real)."""
+def reuse_result(request: SeparationRequest, recipe: Recipe, earlier: JobView, service: str) -> JobResult | None:
+    """Copy an earlier job's stems for `request`; None when they are gone or another service's (then the job
+    runs for real)."""
     if not earlier.manifest or not Path(earlier.manifest).is_file():
         return None
     old_stems = {label: Path(path) for label, path in earlier.stems.items()}
@@ -74,6 +81,8 @@ def reuse_result(request: SeparationRequest, recipe: Recipe, earlier: JobView) -
     manifest = _read_manifest(Path(earlier.manifest))
     if manifest is None:
         return None  # unreadable: run the job for real rather than leave stems with no manifest
+    if manifest.get("service") != service:
+        return None  # another service's stems, or from before manifests said (maybe a stand-in's band split)
     folder = confined_folder(output_folder(request.source, request.project_dir, request.output_dir,
                                            recipe.output.folder), request.confined_to, create=True)
     extension = next(iter(old_stems.values())).suffix

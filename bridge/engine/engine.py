@@ -279,7 +279,8 @@ class JobEngine(JobSink):
             accepted = self._rules.followable_handles(row, len(recipe.steps))
             hooks.progress(JobState.preparing, 0.0, "Preparing")
             audio_hash, fingerprint = self._rules.source_hash(row, accepted)
-            key = dedupe_key(row.request, recipe, audio_hash) if self.settings.dedupe else None
+            key = dedupe_key(row.request, recipe, audio_hash, self.pipeline.service_name()) \
+                if self.settings.dedupe else None
             if key:
                 leader = self.journal.active_leader(job_id, key) if not accepted else None
                 if leader is not None:  # the same work is under way (in a team: maybe on another machine)
@@ -366,7 +367,7 @@ class JobEngine(JobSink):
         for earlier in self.journal.done_with_dedupe_key(key):
             if earlier.view.job_id == row.view.job_id:
                 continue  # its own stems (a daemon that took it over finished it): never copied to itself
-            result = reuse_result(row.request, recipe, earlier.view)
+            result = reuse_result(row.request, recipe, earlier.view, self.pipeline.service_name())
             if result is not None:
                 log.info("job %s reuses the result of job %s (no new request)", row.view.job_id,
                          earlier.view.job_id)

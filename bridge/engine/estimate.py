@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from bridge.audio.audition import loudest_window
 from bridge.audio.source import SourceInfo, frame_range, probe_source
 from bridge.common.cost import FileEstimate, PriceTable
-from bridge.common.request import SeparationRequest
+from bridge.common.errors import SourceError
+from bridge.common.request import SeparationRequest, Span
 from bridge.presets.recipe import Recipe
 
 
@@ -22,10 +25,38 @@ def part_of(request: SeparationRequest, source: SourceInfo) -> tuple[int, int]:
     return start_frame, frames
 
 
+def check_spans(recipe: Recipe, source: SourceInfo, start_frame: int, frames: int) -> bool:
+    """Refuse a span that starts at or after the end of the audio sent (`frames` from `start_frame`): the
+    service would find nothing there and charge all the same. Spans count from the start of what is sent.
+    True when a span runs past that end (it is sent cut there: see `spans_sent`)."""
+    runs_past = False
+    for step in recipe.steps:
+        for span in step.spans or ():
+            if round(span.start * source.samplerate) < frames:
+                runs_past = runs_past or span.end > frames / source.samplerate
+                continue
+            whole = start_frame == 0 and frames == source.frames
+            what = f"“{source.path.name}”" if whole else f"the part of “{source.path.name}” sent"
+            raise SourceError(
+                f"The span {span.start:g}–{span.end:g} s starts at {span.start:g} s, after the end of {what} "
+                f"({frames / source.samplerate:.2f} s long): nothing would be separated there, and it would "
+                "still be charged.",
+                "Give spans inside the audio: spans count from the start of the part sent (the whole file "
+                "unless a start is given).")
+    return runs_past
+
+
+def spans_sent(spans: Sequence[Span], seconds: float) -> list[Span]:
+    """The spans as sent for `seconds` of audio: one running past its end is cut there (what the audio has;
+    a service's behaviour for an end past the audio is not documented)."""
+    return [span if span.end <= seconds else span.model_copy(update={"end": seconds}) for span in spans]
+
+
 def estimate(request: SeparationRequest, recipe: Recipe, prices: PriceTable) -> FileEstimate:
     """Seconds, requests and cost at the configured prices (what SAM Audio on fal would charge)."""
     source = probe_source(request.source)
-    _, frames = part_of(request, source)
+    start_frame, frames = part_of(request, source)
+    check_spans(recipe, source, start_frame, frames)
     seconds = frames / source.samplerate
     cost = round(sum(prices.estimate(seconds, step.options.reranking_candidates) for step in recipe.steps), 4)
     whole_seconds = whole_cost = None

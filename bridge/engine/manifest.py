@@ -27,6 +27,9 @@ MANIFEST_FIELDS: dict[str, str] = {
     "created_at": "ISO-8601 UTC time the stems were written",
     "source": "`path`, `sha256`, `format`, `subtype`, `samplerate`, `channels`, `frames` of the source file",
     "part": "`start_frame`, `frames`, `start_seconds`: the part of the source the stems cover",
+    "service": "what made the stems: `stand-in` (the built-in stand-in: a band split, not SAM Audio), else the "
+    "app and the host it was asked at, e.g. `fal-ai/sam-audio@queue.fal.run`; dedupe reuses only stems of the "
+    "service in use",
     "preset": "preset name, or `prompt` for an ad-hoc prompt",
     "label": "the word used in the file names",
     "steps": "one entry per service request: `label`, `prompt`, `options`, `request_id`, `alignment` "
@@ -44,7 +47,8 @@ MANIFEST_FIELDS: dict[str, str] = {
     "flags": "warnings to read: `target-silent` (target below -50 dBFS RMS, the source not), "
              "`target-is-everything` (residual below -50 dBFS RMS), `target-unlikely` (the target does not look "
              "like a part of the source: see Quality flags), `weak-correlation`, `drift`, `drift-corrected`, "
-             "`clipped`, `silent-source`, `cut-at-end` (the part asked for ran past the file's end), `audition`",
+             "`clipped`, `silent-source`, `cut-at-end` (the part asked for ran past the file's end), "
+             "`span-cut-at-end` (a span ran past the end of the audio sent: sent cut there), `audition`",
     "timings": "seconds per stage (`prepare`, `upload`, `service`, `download`, `conform`, `write`, `total`)",
     "estimated_cost": "`amount` and `currency`, from the configured price table (0 on a stand-in)",
     "reused_from": "manifest of an earlier identical job whose stems were reused (dedupe), else null",
@@ -93,6 +97,7 @@ def build_manifest(
     estimated_cost: float,
     currency: str = "USD",
     reused_from: str | None = None,
+    service: str,
 ) -> dict[str, Any]:
     last = steps[-1].report if steps else None
     return {
@@ -105,6 +110,7 @@ def build_manifest(
         },
         "part": {"start_frame": start_frame, "frames": frames,
                  "start_seconds": round(start_frame / source.samplerate, 6)},
+        "service": service,
         "preset": recipe.name,
         "label": recipe.label,
         "steps": [

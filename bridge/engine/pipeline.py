@@ -51,7 +51,7 @@ from bridge.common.stems import (
     temp_path_for,
 )
 from bridge.engine.dedupe import written_before
-from bridge.engine.estimate import part_of
+from bridge.engine.estimate import check_spans, part_of, spans_sent
 from bridge.engine.manifest import StepRecord, build_manifest
 from bridge.engine.pipeline_hooks import STAGE_END, Hooks, JobResult
 from bridge.engine.progress import ServiceClock, ServiceTicker, StatusFollower, Transfer
@@ -85,6 +85,12 @@ class Pipeline:
     # is not on this machine
     upload_bits: int = 24  # 16: smaller uploads for slow links (the service hears a -96 dB noise floor)
     billed: bool | None = None  # requests cost money; None: when the service is fal itself
+    service: str | None = None  # what makes the stems (manifest, dedupe key); None: the app at the client's host
+
+    def service_name(self) -> str:
+        """`fal-ai/sam-audio@queue.fal.run`, a stand-in's `…@127.0.0.1:8765`, or the name it was given (the
+        built-in stand-in's `stand-in`, whatever port it has): stems of one service are never another's."""
+        return self.service or f"{self.client.app}@{urlsplit(self.client.queue_url).netloc}"
 
     def shrinks_uploads(self) -> bool:
         if self.shrink_uploads is not None:
@@ -167,6 +173,10 @@ class _Run:
             check_source_unchanged(source.path, self.hashed_fingerprint)  # still the audio that was hashed
         self.source_fingerprint = file_fingerprint(source.path)
         start_frame, frames = part_of(self.request, source)  # the part, or its audition window
+        if check_spans(self.recipe, source, start_frame, frames):  # every way in passes here, before any upload
+            self.job_flags.add("span-cut-at-end")
+            log.warning("a span runs past the end of the %.3f s of %s sent: it is sent cut there",
+                        frames / source.samplerate, source.path.name)
         if self.request.audition is not None:
             self.job_flags.add("audition")
             log.info("auditioning %.1f s of %s from %.3f s", frames / source.samplerate, source.path.name,
@@ -291,7 +301,7 @@ class _Run:
         endpoint = "separate"
         if step.spans:
             endpoint = "span-separate"
-            payload["spans"] = [span.model_dump() for span in step.spans]
+            payload["spans"] = [span.model_dump() for span in spans_sent(step.spans, frames / source.samplerate)]
         if step.prompt:
             payload["prompt"] = step.prompt
         self.hooks.submitting(index)
@@ -375,7 +385,7 @@ class _Run:
             return build_manifest(
                 request=self.request, recipe=self.recipe, source=source, source_hash=source_hash,
                 start_frame=start_frame, frames=frames, stems=finals, steps=self.steps, flags=flags,
-                timings=self.timings, estimated_cost=cost)
+                timings=self.timings, estimated_cost=cost, service=self.p.service_name())
 
         # a job that changed hands (a lease lost while the team database was down) may have been placed by
         # the other daemon meanwhile: those stems of these very requests are the result, not written again

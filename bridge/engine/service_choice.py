@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 LOCAL_KEY = "local-stand-in-key"
 LOCAL_NOTICE = "using the built-in local stand-in, not SAM Audio (its stems are a simple band split)"
+STAND_IN = "stand-in"  # the built-in stand-in's name in manifests and dedupe keys: one on every port it gets
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class ServiceChoice:
     @property
     def is_stand_in(self) -> bool:
         return self.local or self.url is not None
+
+    @property
+    def service_name(self) -> str | None:
+        """What made the stems, for the manifest and the dedupe key; None: the client's app at its host."""
+        return STAND_IN if self.local else None
 
     def describe(self) -> str:
         if self.local:
