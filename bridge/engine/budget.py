@@ -7,9 +7,9 @@ import threading
 import time
 from datetime import datetime, timedelta
 
-import soundfile as sf
-
 from bridge.common.cost import PriceTable
+from bridge.common.errors import BridgeError
+from bridge.engine.estimate import estimate
 from bridge.engine.journal import JobJournal, JobRow
 from bridge.presets.recipe import Recipe
 
@@ -32,14 +32,13 @@ class DailyBudget:
         """Journal the job's estimated cost, or raise BudgetWait when today's spending would pass the limit."""
         if self.limit is None or not self.billed:
             return
-        try:
-            seconds = row.request.length or sf.info(str(row.request.source)).duration
-        except (RuntimeError, OSError):
-            return  # the pipeline reports the unreadable source properly
-        estimate = sum(self.prices.estimate(seconds, s.options.reranking_candidates) for s in recipe.steps)
+        try:  # what is sent: the part cut at the file's end, or its audition window, as the estimate says
+            cost = estimate(row.request, recipe, self.prices).estimated_cost
+        except (BridgeError, RuntimeError, OSError):
+            return  # the pipeline reports the unreadable source or the span it refuses properly
         midnight = datetime.now().replace(hour=0, minute=0, second=0, microsecond=0)
         with self._lock:  # check and reserve at once: parallel workers can't all squeeze in
-            self._reserve(row, self.limit, estimate, midnight)
+            self._reserve(row, self.limit, cost, midnight)
 
     def _reserve(self, row: JobRow, limit: float, estimate: float, midnight: datetime) -> None:
         # one transaction in the journal: in a team, every daemon reserves from the same budget

@@ -85,6 +85,26 @@ def test_daily_budget_holds_jobs_with_a_message(make_engine, service, tmp_path: 
     assert service.stats()["submits"] == 0
 
 
+@pytest.mark.parametrize("part", [
+    {"start": 50.0},  # the rest of a 60 s file: 10 s, not the whole file
+    {"start": 40.0, "length": 60.0},  # runs past the end: sent cut at it, 20 s
+    {"audition": 5.0},  # the loudest 5 s only
+])
+def test_the_daily_budget_reserves_what_is_sent_not_the_whole_file(make_engine, service, tmp_path: Path,
+                                                                    part: dict[str, float]) -> None:
+    """The budget reserved the request's raw length, or the whole file without one: a job sending 5-20 s
+    of a 60 s file waited for tomorrow under a budget its estimate fits in (60 s = 2 units, 0.10)."""
+    engine = make_engine(daily_budget=0.06, prices=PriceTable(per_30s=0.05))
+    engine.start()
+    source = make_source(tmp_path / "long.wav", seconds=60.0)
+    job = engine.submit(SeparationRequest(source=source, prompt="piano", **part))
+    wait_for(lambda: (engine.get(job) or object()).state in (JobState.done, JobState.waiting, JobState.failed),  # type: ignore[attr-defined]
+             what="the job to end or wait", timeout=60)
+    view = engine.get(job)
+    assert view is not None and view.state == JobState.done, view.message
+    assert service.stats()["submits"] == 1
+
+
 def test_only_fal_itself_bills() -> None:
     """A stand-in bills nothing, on this machine or another (no real key is ever sent to one)."""
     urls = {DEFAULT_QUEUE_URL: True, "http://127.0.0.1:8899": False, "http://studio-server.lan:8899": False}
