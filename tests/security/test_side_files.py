@@ -6,13 +6,14 @@ the daemon's memory."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import wait_for
-from tests.test_daemon import make_source
+from tests.test_daemon import make_source, read_status, requests_dir, wait_state, write_request
 
 pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX thing")]
@@ -73,3 +74,26 @@ def test_a_fifo_named_like_a_manifest_stops_no_hot_folder(daemon_factory, servic
     wait_for(lambda: service.stats()["submits"] >= 1, timeout=60, what="take.wav to be sent")
     daemon.stop()
 
+
+def test_request_folder_fifos_and_huge_requests_stop_nothing(daemon_factory, service, user_dirs) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    folder = requests_dir(info)
+    source = make_source(user_dirs["home"] / "take.wav")
+    # planted: a FIFO as a request, and one as the status file of a real request
+    os.mkfifo(folder / "stuck.json")
+    os.mkfifo(folder / "answered.status.json")
+    answered = write_request(folder, "answered", source=source, prompt="piano")  # each its own prompt: no
+    huge = write_request(folder, "huge", source=source, prompt="drums", tag="x" * (2 * 1024 * 1024))  # reuse
+    after = write_request(folder, "after", source=source, prompt="bass guitar")
+    status = wait_state(after, ("done", "failed"), timeout=60)
+    assert status["state"] == "done", status
+    refused = wait_state(huge, ("done", "failed"), timeout=30)
+    assert refused["state"] == "failed", refused
+    assert "too large" in refused["error"] and "1 MiB" in refused["error"], refused["error"]
+    stuck = json.loads((folder / "stuck.status.json").read_text(encoding="utf-8"))
+    assert stuck["state"] == "failed" and "not a regular file" in stuck["error"], stuck
+    # the planted status FIFO is no answer: the request is taken, and its status replaces the FIFO
+    assert wait_state(answered, ("done", "failed"), timeout=60)["state"] == "done", read_status(answered)
+    daemon.stop()
+    assert service.stats()["submits"] == 2  # after and answered; the huge one was never sent
