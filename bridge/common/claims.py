@@ -32,6 +32,7 @@ from typing import Protocol
 
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.processes import process_alive
+from bridge.common.small_files import KIB, read_small_text
 from bridge.common.stems import write_atomically
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ class ClaimStore:
     def _read(path: Path) -> dict[str, object]:
         """A marker's record; {} while its creator is still writing it (or it vanished)."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_small_text(path, 64 * KIB))  # a planted FIFO must not stop the scan
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
