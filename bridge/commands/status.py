@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge.common.errors import InputError
+from bridge.common.redact import safe_json, safe_text
 
 if TYPE_CHECKING:  # the journal (pydantic, httpx) is imported once there is one to read
     from bridge.engine.journal import JobJournal, JobRow
+
+
+def say(line: str = "", *, keep_newlines: bool = False) -> None:
+    """Print one line of status output. Every such line passes here: file names, prompts, tags, messages
+    and errors come from outside, and a control sequence in them (ESC [ 2J, an OSC 52 clipboard write)
+    must reach the terminal as visible text, never as a command."""
+    print(safe_text(line, keep_newlines=keep_newlines))
 
 
 def register(subparsers: Any) -> None:
@@ -133,23 +140,23 @@ def status(args: argparse.Namespace) -> int:
     rows = [journal.get(_resolve(journal, args.job))] if args.job else journal.recent(1000 if args.all else 50)
     found = [r for r in rows if r is not None]
     if args.json:
-        print(json.dumps([job_summary(journal, r) for r in found], indent=2, ensure_ascii=False))
+        print(safe_json([job_summary(journal, r) for r in found]))
         return 0
     if not found:
-        print("No jobs.")
+        say("No jobs.")
         return 0
     if args.job:
         _print_job(job_summary(journal, found[0]))
         return 0
     now = time.time()
-    print(f"{'JOB':<12}  {'STATE':<11}  {'PROGRESS':>8}  {'AGE':>4}  {'PRESET/PROMPT':<20}  SOURCE")
+    say(f"{'JOB':<12}  {'STATE':<11}  {'PROGRESS':>8}  {'AGE':>4}  {'PRESET/PROMPT':<20}  SOURCE")
     for row in found:
         v = row.view
-        print(f"{v.job_id:<12}  {v.state.value:<11}  {v.progress * 100:>7.0f}%  {_age(now - v.created_at):>4}  "
-              f"{v.what[:20]:<20}  {v.source}")
+        say(f"{v.job_id:<12}  {v.state.value:<11}  {v.progress * 100:>7.0f}%  {_age(now - v.created_at):>4}  "
+            f"{v.what[:20]:<20}  {v.source}")
         if v.state in (JobState.failed, JobState.waiting) or row.flags:
-            text = (v.error or v.message).splitlines()[0] if (v.error or v.message) else ""
-            print(f"{'':<14}{text}{'  flags: ' + ', '.join(row.flags) if row.flags else ''}")
+            text = (v.error or v.message).split("\n", 1)[0]  # not splitlines: a \r from outside is no line end
+            say(f"{'':<14}{text}{'  flags: ' + ', '.join(row.flags) if row.flags else ''}")
     return 0
 
 
@@ -158,30 +165,30 @@ def _print_job(job: dict[str, Any]) -> None:
     from bridge.common.cost import money
     from bridge.common.flags import NOTES, describe_flag
 
-    print(f"job {job['job_id']}: {job['state']} ({job['progress'] * 100:.0f}%) - {job['message']}")
-    print(f"  source:   {job['source']}")
-    print(f"  what:     {job['what']}" + (f"  (tag {job['tag']})" if job["tag"] else ""))
-    print(f"  created:  {job['created_at']}   updated: {job['updated_at']}")
+    say(f"job {job['job_id']}: {job['state']} ({job['progress'] * 100:.0f}%) - {job['message']}")
+    say(f"  source:   {job['source']}")
+    say(f"  what:     {job['what']}" + (f"  (tag {job['tag']})" if job["tag"] else ""))
+    say(f"  created:  {job['created_at']}   updated: {job['updated_at']}")
     for label, path in job["stems"].items():
-        print(f"  {label + ':':<9} {path}")
+        say(f"  {label + ':':<9} {path}")
     if job["manifest"]:
-        print(f"  manifest: {job['manifest']}")
+        say(f"  manifest: {job['manifest']}")
     for flag in job["flags"]:
-        print(f"  {'note' if flag in NOTES else 'warning'}: {describe_flag(flag)}")
-    print(f"  cost:     {money(job['estimated_cost'])} (estimated)")
+        say(f"  {'note' if flag in NOTES else 'warning'}: {describe_flag(flag)}")
+    say(f"  cost:     {money(job['estimated_cost'])} (estimated)")
     if job["request_ids"]:
-        print(f"  requests: {', '.join(job['request_ids'])}")
+        say(f"  requests: {', '.join(job['request_ids'])}")
     if job["error"]:
-        print(f"  error:    {job['error']}")
+        say(f"  error:    {job['error']}".replace("\n", "\n            "), keep_newlines=True)
 
 
 def cancel(args: argparse.Namespace) -> int:
     journal, job_id, row = _job(args.job)
     if row is None or row.view.state.finished:
-        print(f"Job {job_id} has already finished ({row.view.state.value if row else 'unknown'}).")
+        say(f"Job {job_id} has already finished ({row.view.state.value if row else 'unknown'}).")
         return 1
     journal.request_cancel(job_id)
-    print(f"Cancel requested for job {job_id}; the daemon stops it and cancels its service request.")
+    say(f"Cancel requested for job {job_id}; the daemon stops it and cancels its service request.")
     return 0
 
 
@@ -190,21 +197,21 @@ def retry(args: argparse.Namespace) -> int:
 
     journal, job_id, row = _job(args.job)
     if row is None or row.view.state not in (JobState.failed, JobState.cancelled):
-        print(f"Job {job_id} is {row.view.state.value if row else 'unknown'}; only failed or cancelled jobs "
-              "can be retried.")
+        say(f"Job {job_id} is {row.view.state.value if row else 'unknown'}; only failed or cancelled jobs "
+            "can be retried.")
         return 1
     journal.clear_uncertain(job_id)  # requests fal accepted are polled again, not paid again
     if args.resubmit and journal.handles(job_id)[0]:
         journal.clear_steps(job_id, step_count=1)
-        print("It is sent to the service anew (charged again).")
+        say("It is sent to the service anew (charged again).")
     elif _source_changed_since_sent(journal, row):
         journal.clear_steps(job_id)
-        print(f"{row.request.source.name} changed since it was sent, so its new audio is sent again "
-              "(charged again).")
+        say(f"{row.request.source.name} changed since it was sent, so its new audio is sent again "
+            "(charged again).")
     elif journal.handles(job_id)[0]:
-        print("The results of the requests it already made are asked for again, at no cost; if the service "
-              f"no longer has them, `sam-bridge retry --resubmit {job_id}` sends it anew.")
+        say("The results of the requests it already made are asked for again, at no cost; if the service "
+            f"no longer has them, `sam-bridge retry --resubmit {job_id}` sends it anew.")
     journal.set_state(job_id, JobState.queued, 0.0, "Queued again (retry)", error=None, attempts=0,
                       not_before=0, cancel_requested=0)
-    print(f"Job {job_id} is queued again; a running daemon picks it up within seconds.")
+    say(f"Job {job_id} is queued again; a running daemon picks it up within seconds.")
     return 0

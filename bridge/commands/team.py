@@ -4,11 +4,12 @@ PostgreSQL (`database:` in the config, or SAM_BRIDGE_DATABASE)."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from bridge.commands.status import say
 from bridge.common.errors import InputError
+from bridge.common.redact import safe_json
 
 if TYPE_CHECKING:  # the journal (httpx, pydantic) only when a command reads it: `--help` stays quick
     from bridge.engine.journal import JobJournal
@@ -52,28 +53,29 @@ def show_team(journal: JobJournal, as_json: bool, everything: bool) -> int:
     rows = journal.team_jobs(active_only=not everything)
     now = time.time()
     if as_json:
-        print(json.dumps({
+        print(safe_json({
             "daemons": [{"instance": d["instance"], "host": d["host"], "alive": bool(d["alive"]),
                          "silent_seconds": round(float(d["silent"]), 1), "lease_seconds": float(d["lease"])}
                         for d in daemons],
             "jobs": [{"job_id": r.view.job_id, "owner": r.owner, "state": r.view.state.value,
                       "age_seconds": round(now - r.view.created_at, 1), "source": r.view.source,
                       "message": r.view.message} for r in rows],
-        }, indent=2, ensure_ascii=False))
+        }))
         return 0
-    print(f"{'DAEMON':<24}  {'HOST':<20}  {'ALIVE':<5}  LAST HEARD")
+    say(f"{'DAEMON':<24}  {'HOST':<20}  {'ALIVE':<5}  LAST HEARD")
     for d in daemons:
-        print(f"{d['instance'][:24]:<24}  {d['host'][:20]:<20}  {'yes' if d['alive'] else 'no':<5}  "
-              f"{_age(float(d['silent']))} ago{' (stopped)' if d['stopped'] else ''}")
+        say(f"{d['instance'][:24]:<24}  {d['host'][:20]:<20}  {'yes' if d['alive'] else 'no':<5}  "
+            f"{_age(float(d['silent']))} ago{' (stopped)' if d['stopped'] else ''}")
     if not rows:
-        print("No jobs in flight." if not everything else "No jobs.")
+        say("No jobs in flight." if not everything else "No jobs.")
         return 0
-    print(f"\n{'JOB':<12}  {'DAEMON':<24}  {'STATE':<11}  {'AGE':>4}  SOURCE")
+    say()
+    say(f"{'JOB':<12}  {'DAEMON':<24}  {'STATE':<11}  {'AGE':>4}  SOURCE")
     for r in rows:
-        print(f"{r.view.job_id:<12}  {r.owner[:24]:<24}  {r.view.state.value:<11}  "
-              f"{_age(now - r.view.created_at):>4}  {r.view.source}")
+        say(f"{r.view.job_id:<12}  {r.owner[:24]:<24}  {r.view.state.value:<11}  "
+            f"{_age(now - r.view.created_at):>4}  {r.view.source}")
         if r.view.state in (JobState.failed, JobState.waiting):  # what to do about it, as `status JOB` says
-            print(f"{'':<12}  {r.view.message}")
+            say(f"{'':<12}  {r.view.message}")
     return 0
 
 

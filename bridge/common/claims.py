@@ -33,6 +33,7 @@ from typing import Protocol
 
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.processes import process_alive
+from bridge.common.small_files import KIB, read_small_text
 from bridge.common.stems import write_atomically
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ class ClaimStore:
         """A marker's record; {} while its creator is still writing it (or it vanished); None when this user
         may not read it (another user's private marker): held by someone, never expired nor free."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_small_text(path, 64 * KIB))  # a planted FIFO must not stop the scan
         except PermissionError:
             return None
         except (OSError, ValueError):

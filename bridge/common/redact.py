@@ -4,12 +4,14 @@ A service answer may echo the key (a 401/422 detail quoting the Authorization he
 are built from such text, so `BridgeError` masks it where it is made; every sink (OSC replies, status
 files, `.error.txt`, the journal, CLI output, logs) masks again as a last guard. The key counts whole, and
 each half of an `id:secret` pair. Control characters from outside are escaped, so a newline in a path
-cannot forge a log line.
+cannot forge a log line, and a file name cannot drive the terminal that prints it (ESC [ …, an OSC 52
+clipboard write, the 8-bit CSI \x9b).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
@@ -22,8 +24,11 @@ _MIN_PART = 8  # a shorter half of id:secret is too common a string to mask (and
 
 _lock = threading.Lock()
 _registered: set[str] = set()
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029\x85]")
-_CONTROL_AND_NEWLINES = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]")
+# C0 (tab and newline kept where asked), DEL, C1 (its CSI \x9b and OSC \x9d work like ESC [ and ESC ])
+# and the Unicode line separators
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_AND_NEWLINES = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_LEFT_BY_JSON = re.compile(r"[\x7f-\x9f\u2028\u2029]")  # json.dumps escapes C0 itself
 
 
 def secret_parts(secret: str) -> set[str]:
@@ -81,6 +86,13 @@ def escape_control(text: str, *, keep_newlines: bool = False) -> str:
 def safe_text(text: str, *, keep_newlines: bool = False) -> str:
     """Both at once: what any sink writes."""
     return escape_control(redact(text), keep_newlines=keep_newlines)
+
+
+def safe_json(data: object, indent: int | None = 2) -> str:
+    """`json.dumps` (non-ASCII kept) for a terminal: the key masked, and the control characters JSON
+    leaves raw written as `\\u` escapes, so the text still parses to the same data."""
+    text = json.dumps(redact_any(data), indent=indent, ensure_ascii=False)
+    return _LEFT_BY_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 class SafeLogFilter(logging.Filter):

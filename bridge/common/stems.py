@@ -13,7 +13,9 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
+import time
 import unicodedata
 import uuid
 from collections.abc import Callable
@@ -254,13 +256,39 @@ def _write_json_temp(temp: Path, data: Any) -> None:
         raise
 
 
+# On Windows a file another program has open (an antivirus scanning it, a DAW script reading a status
+# file) cannot be replaced for that moment: os.replace raises PermissionError (ERROR_ACCESS_DENIED or
+# ERROR_SHARING_VIOLATION). Such holds last milliseconds, so replacing our own files is tried again.
+ON_WINDOWS = sys.platform == "win32"
+REPLACE_PAUSES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.35)  # ~1 s in all, then the error is reported
+
+
+def replace_own_file(temp: Path | str, path: Path) -> None:
+    """`os.replace(temp, path)` for a file of ours (a status, marker or error file), tried again for about
+    a second on Windows while another program holds `path` open. Then a PermissionError that says so."""
+    pauses = iter(REPLACE_PAUSES if ON_WINDOWS else ())
+    while True:
+        try:
+            os.replace(temp, path)
+            return
+        except PermissionError as exc:
+            pause = next(pauses, None)
+            if pause is None:
+                if not ON_WINDOWS:
+                    raise
+                raise PermissionError(
+                    exc.errno, f"{path.name} could not be replaced: another program (an antivirus, or the one "
+                    f"reading it) kept it open for {sum(REPLACE_PAUSES):.0f} s", str(path)) from exc
+            time.sleep(pause)
+
+
 def write_json_atomic(path: Path, data: Any, *, overwrite: bool = True) -> None:
     """Write JSON under a temp name, fsync, then rename; readers see the old file or the whole new one."""
     temp = temp_path_for(path)
     try:
         _write_json_temp(temp, data)
         if overwrite:
-            os.replace(temp, path)
+            replace_own_file(temp, path)
         else:
             place(temp, path)
     finally:
@@ -299,7 +327,7 @@ def write_atomically(path: Path, text: str, *, mode: int = 0o666) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp_name, path)
+        replace_own_file(temp_name, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp_name)

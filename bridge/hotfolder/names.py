@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +24,10 @@ import yaml
 
 from bridge.common.errors import InputError
 from bridge.common.file_gate import FileSnapshot
-from bridge.common.path_policy import PathPolicy
+from bridge.common.path_policy import PathNotAllowed, PathPolicy, is_within, resolve_path
 from bridge.common.redact import safe_text
 from bridge.common.request import Origin, SeparationRequest
+from bridge.common.small_files import KIB, MIB, SideFileError, read_small_file, read_small_text
 from bridge.common.stems import write_atomically
 
 AUDIO_EXTENSIONS = frozenset(
@@ -47,6 +49,8 @@ EXCLUDED_DIR_NAMES = frozenset({STEMS_DIR_NAME.casefold(), DONE_DIR_NAME})
 ERROR_SUFFIX = ".error.txt"
 SIDECAR_SUFFIX = ".sam.yaml"
 SIDECAR_KEYS = frozenset({"preset", "prompt", "options", "start", "length", "tag"})
+SIDECAR_LIMIT = 64 * KIB  # a sidecar is a few lines
+MANIFEST_LIMIT = MIB  # a manifest or an error file of ours: a few KiB
 
 
 def is_ignored_name(name: str) -> bool:
@@ -98,8 +102,8 @@ class ManifestIndex:
         if cached is not None and cached[0] == mtime_ns:
             return cached[1]
         stems: set[Path] = set()
-        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
-            data = json.loads(manifest.read_text(encoding="utf-8"))
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):  # a FIFO too: never waited on
+            data = json.loads(read_small_text(manifest, MANIFEST_LIMIT))
             for entry in data.get("stems", {}).values():
                 stem = Path(entry["path"] if isinstance(entry, dict) else entry)
                 stems.add((manifest.parent / stem).resolve())
@@ -146,32 +150,70 @@ class Sidecar:
 
 
 def find_sidecar(source: Path) -> Path | None:
+    """The source's sidecar, if either name is taken: whatever is there (a symlink, a FIFO) is judged
+    when it is read, so a sidecar that cannot be used is reported rather than silently passed over."""
     for candidate in sidecar_candidates(source):
-        if candidate.is_file():
+        if os.path.lexists(candidate):
             return candidate
     return None
 
 
-def read_sidecar(path: Path) -> Sidecar:
-    """Parse a `*.sam.yaml` sidecar into request fields. Raises SidecarError with a readable message."""
+def read_sidecar(path: Path, policy: PathPolicy | None = None) -> Sidecar:
+    """Parse a `*.sam.yaml` sidecar into request fields. Raises SidecarError with a readable message.
+
+    With a policy (a hot folder is a way in others may write to), a symlinked sidecar is followed only to
+    a file inside the allowed folders, and that file is opened without following a link swapped in since.
+    Never more than SIDECAR_LIMIT bytes, never a FIFO or device, and no text of the file in a message."""
+    where, follow = path, True
+    if policy is not None:
+        where, follow = resolve_path(path, "settings file"), False
+        if not is_within(where, policy.source_roots):
+            raise PathNotAllowed(f'The settings file "{path.name}" leads outside the folders sam-bridge may '
+                                 "read, so it was not read.", _SIDECAR_HINT)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise SidecarError(f'The settings file "{path.name}" cannot be read: {exc}', _SIDECAR_HINT) from exc
+        data = yaml.safe_load(read_small_text(where, SIDECAR_LIMIT, follow_symlinks=follow))
+    except SideFileError as exc:
+        raise SidecarError(f'The settings file "{path.name}" cannot be used: {exc.reason}.', _SIDECAR_HINT) from exc
+    except OSError as exc:
+        raise SidecarError(f'The settings file "{path.name}" cannot be read ({exc.strerror or "error"}).',
+                           _SIDECAR_HINT) from exc
+    except UnicodeDecodeError as exc:
+        raise SidecarError(f'The settings file "{path.name}" is not UTF-8 text.', _SIDECAR_HINT) from exc
+    except yaml.YAMLError as exc:
+        raise SidecarError(f'The settings file "{path.name}" is not valid YAML ({_yaml_problem(exc)}).',
+                           _SIDECAR_HINT) from exc
     if data is None:
         return Sidecar(path)
     if not isinstance(data, dict):
         raise SidecarError(f'The settings file "{path.name}" must hold "key: value" lines.', _SIDECAR_HINT)
-    unknown = sorted(str(key) for key in data if key not in SIDECAR_KEYS)
+    unknown = sorted(str(key)[:40] for key in data if key not in SIDECAR_KEYS)
     if unknown:
         raise SidecarError(
-            f'The settings file "{path.name}" has unknown key(s) {", ".join(unknown)}; '
+            f'The settings file "{path.name}" has unknown key(s) {", ".join(unknown[:5])}'
+            f'{" …" if len(unknown) > 5 else ""}; '
             f"allowed: {', '.join(sorted(SIDECAR_KEYS))}.",
             _SIDECAR_HINT,
         )
     if "options" in data and not isinstance(data["options"], dict):
         raise SidecarError(f'In "{path.name}", options must be indented "name: value" lines.', _SIDECAR_HINT)
     return Sidecar(path, dict(data))
+
+
+# PyYAML quotes what it found in the file ('<scalar>' token names, but also tags and alias names)
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_TOKEN_NAME = re.compile(r"""^'<[a-z ]+>'$""")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without the file's text: PyYAML's own message quotes the line with a caret under
+    it, and the file may be one a user was not meant to read."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return "syntax error"
+    mark = exc.problem_mark or exc.context_mark
+    problem = _QUOTED.sub(lambda m: m.group() if _TOKEN_NAME.match(m.group()) else "…",
+                          exc.problem or exc.context or "syntax error")
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + problem
 
 
 def sidecar_age(source: Path) -> float:
@@ -213,7 +255,7 @@ def hot_request(
         policy.source_file(source)
     check_audio(source)
     sidecar = find_sidecar(source)
-    fields = dict(read_sidecar(sidecar).fields) if sidecar else {}
+    fields = dict(read_sidecar(sidecar, policy).fields) if sidecar else {}
     # The folder's preset is looked up only without a sidecar choice: then its name is irrelevant.
     sidecar_chooses = "prompt" in fields or "preset" in fields
     preset = fields.pop("preset", None) if sidecar_chooses else folder_preset()
@@ -258,8 +300,8 @@ def error_text(source: Path, what_happened: str, job_id: str | None = None) -> s
 def error_file_reports(source: Path, job_id: str) -> bool:
     """True when the source's error file is our report of that job's failure."""
     try:
-        text = error_file_for(source).read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        text = read_small_file(error_file_for(source), MANIFEST_LIMIT).decode("utf-8", errors="replace")
+    except OSError:  # gone, or not a file of ours (a FIFO, a huge file)
         return False
     return bool(job_id) and f"(job {job_id})" in text.split("\n", 1)[0]
 

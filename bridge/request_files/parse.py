@@ -13,6 +13,11 @@ import pydantic
 
 from bridge.common.path_policy import PathPolicy
 from bridge.common.request import INTERNAL_REQUEST_FIELDS, Origin, SeparationRequest
+from bridge.common.small_files import MIB, SideFileError, TooLarge, read_small_text
+
+# A request or status file is a few KiB: anything larger (or a FIFO, a device) is refused unread, so a
+# planted one neither fills memory nor stops the folder's only reader thread.
+REQUEST_LIMIT = MIB
 
 # request fields that name files or folders: `~` and relative paths are resolved beside the request file
 PATH_FIELDS = ("source", "project_dir", "output_dir")
@@ -23,9 +28,17 @@ def parse_request_file(path: Path, mtime_ns: int, confined_to: PathPolicy | None
     the allowed folders when the requests folder is not private (the engine checks them at use)."""
     from bridge.common.errors import InputError
 
-    data = read_json(path)
-    if data is None:
-        raise InputError(f"{path.name} is not valid JSON.", hint="Write the file whole, then rename it into place.")
+    try:
+        data = json.loads(read_small_text(path, REQUEST_LIMIT))
+    except TooLarge as exc:
+        raise InputError(f"{path.name} is too large: {exc.reason}.",
+                         hint="A request names its audio by path; it never holds the audio itself.") from None
+    except SideFileError as exc:
+        raise InputError(f"{path.name} cannot be used as a request: {exc.reason}.",
+                         hint="Write the request as an ordinary file, then rename it into place.") from None
+    except (OSError, ValueError):  # gone since it was seen, not UTF-8, not JSON
+        raise InputError(f"{path.name} is not valid JSON.",
+                         hint="Write the file whole, then rename it into place.") from None
     if not isinstance(data, dict):
         raise InputError(f"{path.name} must hold a JSON object with at least source and preset or prompt.")
     for field in PATH_FIELDS:
@@ -70,7 +83,8 @@ def raw_tag(path: Path) -> str:
 
 
 def read_json(path: Path) -> Any:
+    """The file's JSON; None when it is missing, not JSON, or not a file to read (a FIFO, huge)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_small_text(path, REQUEST_LIMIT))
     except (OSError, ValueError):
         return None

@@ -59,3 +59,38 @@ def test_a_job_paused_by_a_stopping_daemon_says_so(daemon_factory, user_dirs) ->
         assert paused["state"] == "running" and paused["message"] == "paused (daemon stopped)", paused
         assert "paused (daemon stopped)" in status(running["job_id"]).stdout
     assert Path(str(info["requests_dir"])).exists()
+
+
+# ESC [ 2J clears the screen, OSC 52 writes the clipboard, \x9b is the 8-bit CSI, \r rewrites the line
+HOSTILE = "\x1b[2J\x1b]52;c;cm0gLXJmIH4=\x07\x9b31m\rok"
+RAW_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def test_status_shows_control_sequences_from_outside_as_text(user_dirs) -> None:
+    """File names, prompts, tags, messages and errors come from whoever wrote a request or named a file:
+    none of them may drive the terminal `sam-bridge status` prints to."""
+    from bridge.common.jobs import JobState
+    from bridge.common.request import SeparationRequest
+    from bridge.engine.journal import Journal
+
+    source = user_dirs["home"] / f"take{HOSTILE}.wav"
+    journal = Journal(user_dirs["state"] / "journal.sqlite")
+    job = journal.add(SeparationRequest(source=source, prompt=f"piano{HOSTILE}", tag=f"tag{HOSTILE}"),
+                      f"piano{HOSTILE}")
+    journal.set_state(job, JobState.failed, 0.5, f"Failed{HOSTILE}",
+                      error=f"{source.name} is gone{HOSTILE}\nExport it{HOSTILE} again.")
+    journal.close()
+    listing, one, as_json = status(), status(job), status("--json", job)
+    for shown in (listing, one, as_json):
+        assert shown.returncode == 0, shown.stderr
+        assert not RAW_CONTROL.search(shown.stdout), repr(shown.stdout)
+    assert "take\\x1b[2J\\x1b]52;c;cm0gLXJmIH4=\\x07\\x9b31m\\rok.wav" in listing.stdout
+    escaped = HOSTILE.encode("unicode_escape").decode()
+    assert f"\n              take{escaped}.wav is gone{escaped}\n" in listing.stdout  # the error's first line
+    for field in (f"source:   {str(source).encode('unicode_escape').decode()}\n", f"Failed{escaped}\n",
+                  f"what:     piano{escaped}  (tag tag{escaped})\n",
+                  f"error:    take{escaped}.wav is gone{escaped}\n            Export it{escaped} again.\n"):
+        assert field in one.stdout, one.stdout
+    summary = json.loads(as_json.stdout)[0]  # still JSON, and the same text once parsed
+    assert summary["source"] == str(source) and summary["tag"] == f"tag{HOSTILE}"
+    assert "\\u009b" in as_json.stdout and "\\u001b" in as_json.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -214,3 +215,30 @@ def test_a_done_claim_names_who_finished_it(tmp_path: Path) -> None:
     for instance in ("host:/state-a", "host:/state-b"):
         outcome = ClaimStore(instance).try_claim(source, snapshot)
         assert outcome.claim is None and outcome.done_elsewhere and outcome.done_by == "host:/state-a"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_a_fifo_among_the_markers_stops_neither_a_claim_nor_the_prune(tmp_path: Path) -> None:
+    """Anyone who can write a shared folder can plant `.sam-bridge/claims/<key>.1.claim` as a FIFO: reading
+    it as a marker waited for a writer for ever, stopping the folder's thread."""
+    source, snapshot = make_source(tmp_path)
+    folder = claims_dir(source)
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / f"{claim_key(source.name, snapshot)}.1.claim")  # the first claim's own name
+    os.mkfifo(folder / "planted.claim")
+    store = ClaimStore("studio-a")
+    outcome: list[object] = []
+
+    def claim_and_prune() -> None:
+        outcome.append(store.try_claim(source, snapshot))
+        outcome.append(store.prune(tmp_path))
+
+    worker = threading.Thread(target=claim_and_prune, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # free the reader, then fail
+        for fifo in folder.iterdir():
+            with contextlib.suppress(OSError):  # ENXIO: the FIFO nobody is reading
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading a FIFO marker blocked")
+    assert outcome[1] == 0  # nothing of ours to prune; the FIFOs are not ours to remove

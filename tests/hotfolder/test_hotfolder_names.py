@@ -117,7 +117,7 @@ def test_sidecar_is_found_by_either_name_and_validated(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "words"), [
-    ("prompt: [unclosed\n", "cannot be read"),
+    ("prompt: [unclosed\n", "is not valid YAML (line 2, column 1: "),
     ("- just\n- a list\n", "key: value"),
     ("prompt: x\nspeed: 2\n", "unknown key(s) speed"),
     ("options: fast\n", "options must be"),
