@@ -16,7 +16,7 @@ from typing import NoReturn
 from bridge import __version__
 from bridge.common.errors import BridgeError
 from bridge.common.processes import ensure_std_streams
-from bridge.common.redact import RedactingStream, SafeLogFilter
+from bridge.common.redact import RedactingStream, SafeLogFilter, safe_text
 
 # Each module defines `register(subparsers)`, which adds its parser(s) and sets `func(args) -> int`.
 COMMAND_MODULES = ("separate", "run", "status", "presets", "config", "local_service", "service", "ableton",
@@ -123,6 +123,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tell(text: str) -> None:
-    """To stderr, unless it is gone (the terminal was closed): the exit code still says it."""
+    """To stderr, unless it is gone (the terminal was closed): the exit code still says it. File names and
+    service answers in it come from outside: their control sequences are shown as text."""
     with contextlib.suppress(OSError):
-        print(text, file=sys.stderr)
+        print(safe_text(text, keep_newlines=True), file=sys.stderr)

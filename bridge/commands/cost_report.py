@@ -4,13 +4,13 @@ audition what the whole part would cost."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from bridge.common.config import load_config
 from bridge.common.cost import FileEstimate, money
+from bridge.common.redact import safe_json, safe_text
 from bridge.common.request import SeparationRequest
 from bridge.engine.estimate import estimate
 from bridge.presets.recipe import Recipe
@@ -26,14 +26,13 @@ def print_estimates(args: argparse.Namespace, recipe: Recipe,
     requests = sum(e.requests for e in estimates)
     currency = config.prices.currency
     if args.json:
-        print(json.dumps({"ok": True, "estimate": True, "files": [e.model_dump() for e in estimates],
-                          "total": {"seconds": seconds, "requests": requests, "estimated_cost": total,
-                                    "currency": currency},
-                          "confirm_above": config.confirm_above, "rounding": config.prices.rounding},
-                         indent=2, ensure_ascii=False))
+        print(safe_json({"ok": True, "estimate": True, "files": [e.model_dump() for e in estimates],
+                         "total": {"seconds": seconds, "requests": requests, "estimated_cost": total,
+                                   "currency": currency},
+                         "confirm_above": config.confirm_above, "rounding": config.prices.rounding}))
         return 0
     for e in estimates:
-        print(e.line())
+        print(safe_text(e.line()))  # the file's name is whoever made the file's
     if len(estimates) > 1:
         print(f"total: {seconds:.1f} s, {requests} requests, {money(total, currency)}")
     print("Nothing was sent (estimate at the configured prices, as SAM Audio on fal would charge).", file=sys.stderr)

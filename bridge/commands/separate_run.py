@@ -7,7 +7,6 @@ reported and skipped, anything that concerns them all (key, service, prompt, pre
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from bridge.common.errors import BridgeError, Cancelled, InputError, OutputError
 from bridge.common.flags import NOTES, describe_flag
 from bridge.common.jobs import JobState
 from bridge.common.processes import owner_tag, remove_left_behind
+from bridge.common.redact import safe_json, safe_text
 from bridge.common.request import Origin, SeparationRequest
 from bridge.engine.pipeline import Pipeline
 from bridge.engine.pipeline_hooks import JobResult, StandaloneHooks
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
     except BridgeError as err:
         if args.json and len(args.source) == 1:  # machine-readable too; main() still prints it and exits
-            print(json.dumps(_error_summary(err), indent=2, ensure_ascii=False))
+            print(safe_json(_error_summary(err)))
         raise
 
 
@@ -143,8 +143,8 @@ def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe, arg
     service = pipeline.service_name()
     request_ids = [request_id.strip() for request_id in args.resume_request]
     for unchecked in check_resumable(request_ids, request, recipe, service, pipeline.bills()):  # before any write
-        print(f"sam-bridge: note: there is no record on this machine of what request {unchecked} was sent for, "
-              f"so it cannot be checked to be “{request.source.name}”'s.", file=sys.stderr)
+        print(safe_text(f"sam-bridge: note: there is no record on this machine of what request {unchecked} was "
+                        f"sent for, so it cannot be checked to be “{request.source.name}”'s."), file=sys.stderr)
 
     def note_sent(step: int, handle: RequestHandle) -> None:
         record_sent(handle.request_id, request.source, what_was_sent(request, recipe, step, service))
@@ -249,7 +249,7 @@ def _separate_each(client: FalClient, recipe: Recipe, args: argparse.Namespace, 
     first_failure = 0
     for number, source in enumerate(args.source, start=1):
         if not args.quiet and not args.json:  # before that file's bar, so the bar is known to be its
-            print(f"[{number}/{len(args.source)}] {source.name}", file=sys.stderr, flush=True)
+            print(safe_text(f"[{number}/{len(args.source)}] {source.name}"), file=sys.stderr, flush=True)
         try:
             request = build_request(args, source)
             probe_source(request.source)
@@ -258,18 +258,18 @@ def _separate_each(client: FalClient, recipe: Recipe, args: argparse.Namespace, 
             summaries.append({"source": str(source), **_error_summary(err)})
             if err.kind not in _PER_FILE_ERRORS:
                 if args.json:
-                    print(json.dumps(summaries, indent=2, ensure_ascii=False))
+                    print(safe_json(summaries))
                 raise
             first_failure = first_failure or err.exit_code
             if not args.json:
-                print(f"sam-bridge: {source.name}: {err}", file=sys.stderr)
+                print(safe_text(f"sam-bridge: {source.name}: {err}", keep_newlines=True), file=sys.stderr)
             continue
         summaries.append({"source": str(source), "ok": True, **result_summary(result, seconds)})
         if not args.json:
-            print(f"{source.name}:")
+            print(safe_text(f"{source.name}:"))
             print_result(result, False, seconds, whole_of(request, recipe))
     if args.json:
-        print(json.dumps(summaries, indent=2, ensure_ascii=False))
+        print(safe_json(summaries))
     else:
         done = sum(1 for summary in summaries if summary["ok"])
         print(f"sam-bridge: {done} of {len(summaries)} files separated.", file=sys.stderr)
@@ -326,11 +326,11 @@ def print_result(result: JobResult, as_json: bool, seconds: float, whole: FileEs
     if as_json:
         extra = {} if whole is None else {"audition": {"seconds": whole.seconds, "whole_seconds": whole.whole_seconds,
                                                        "whole_cost": whole.whole_cost, "currency": whole.currency}}
-        print(json.dumps({"ok": True, **result_summary(result, seconds), **extra}, indent=2, ensure_ascii=False))
+        print(safe_json({"ok": True, **result_summary(result, seconds), **extra}))
         return
     for label, path in result.stems.items():
-        print(f"{label}: {path}")
-    print(f"manifest: {result.manifest}")
+        print(safe_text(f"{label}: {path}"))
+    print(safe_text(f"manifest: {result.manifest}"))
     for flag in result.flags:
         kind = "note" if flag in NOTES else "warning"
         print(f"{kind}: {describe_flag(flag)} (see the manifest)", file=sys.stderr)
