@@ -9,17 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge.common.errors import InputError
-from bridge.common.redact import safe_json, safe_text
+from bridge.common.redact import safe_json, say
 
 if TYPE_CHECKING:  # the journal (pydantic, httpx) is imported once there is one to read
     from bridge.engine.journal import JobJournal, JobRow
-
-
-def say(line: str = "", *, keep_newlines: bool = False) -> None:
-    """Print one line of status output. Every such line passes here: file names, prompts, tags, messages
-    and errors come from outside, and a control sequence in them (ESC [ 2J, an OSC 52 clipboard write)
-    must reach the terminal as visible text, never as a command."""
-    print(safe_text(line, keep_newlines=keep_newlines))
 
 
 def register(subparsers: Any) -> None:

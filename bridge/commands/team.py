@@ -7,9 +7,8 @@ import argparse
 import time
 from typing import TYPE_CHECKING, Any
 
-from bridge.commands.status import say
 from bridge.common.errors import InputError
-from bridge.common.redact import safe_json
+from bridge.common.redact import safe_json, say
 
 if TYPE_CHECKING:  # the journal (httpx, pydantic) only when a command reads it: `--help` stays quick
     from bridge.engine.journal import JobJournal

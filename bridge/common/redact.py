@@ -88,6 +88,13 @@ def safe_text(text: str, *, keep_newlines: bool = False) -> str:
     return escape_control(redact(text), keep_newlines=keep_newlines)
 
 
+def say(line: str = "", *, keep_newlines: bool = False) -> None:
+    """Print one line of command output (status, team) to stdout: file names, prompts, tags, messages and
+    errors come from outside, and a control sequence in them (ESC [ 2J, an OSC 52 clipboard write) must
+    reach the terminal as visible text, never as a command."""
+    print(safe_text(line, keep_newlines=keep_newlines))
+
+
 def safe_json(data: object, indent: int | None = 2) -> str:
     """`json.dumps` (non-ASCII kept) for a terminal: the key masked, and the control characters JSON
     leaves raw written as `\\u` escapes, so the text still parses to the same data."""
