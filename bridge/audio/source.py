@@ -75,6 +75,9 @@ def probe_source(path: Path) -> SourceInfo:
         raise SourceError(f"{name} was not found.", "Check the file name and folder, then try again.")
     if path.is_dir():
         raise SourceError(f"{name} is a folder, not an audio file.", "Choose an audio file inside it.")
+    if not path.is_file():  # a FIFO: opening it would wait for a writer, for ever
+        raise SourceError(f"{name} is not an ordinary file (a pipe, socket or device), so it cannot be read "
+                          "as audio.", "Save the audio to a file (WAV, AIFF, FLAC or MP3) and give that file.")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:

@@ -308,12 +308,15 @@ def _nan_float(path: Path) -> None:
         ("missing.wav", None, "was not found"),
         ("nan.wav", _nan_float, "holds an invalid sample (not a number or infinite) at 1.587 s"),
         ("a folder", lambda p: p.mkdir(), "is a folder, not an audio file"),
+        # a FIFO: opening it to read waits for a writer, and the command hung for good
+        ("pipe.wav", lambda p: os.mkfifo(p), "is not an ordinary file"),
         ("notes.wav", lambda p: p.write_text("these are my lyrics, not audio"), "not an audio file we can read"),
         ("empty.wav", _zero_frames, "contains no audio"),
         ("cut.wav", _truncated, "looks incomplete"),
         ("old.voc", _voc, "which sam-bridge does not handle"),
     ],
 )
+@pytest.mark.timeout(30)
 def test_bad_source_is_refused_clearly(env: dict[str, Path], service: LocalFalService, music: Path,
                                        capsys: pytest.CaptureFixture[str], name: str,
                                        make: Callable[[Path], object] | None, expected: str) -> None:
