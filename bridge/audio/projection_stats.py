@@ -99,7 +99,9 @@ def _gate(power_mid: Float32Array, power_dev: Float32Array, x_re: Float32Array, 
     trust *= trust
     unexplained = power_dev - trust * (2.0 - trust) * explained
     allowed = opposed * (channels - 1) * power_mid
-    gate: Float32Array = allowed / (np.maximum(unexplained, allowed) + EPS)  # min(1, r₀ / r) without overflow
+    # min(1, r₀ / r) without overflow, and 1 where there is nothing at all (digital silence over the whole
+    # window: 0 / 0 read as 0 closed the gate on a sound starting where the long window does not reach)
+    gate: Float32Array = (allowed + EPS) / (np.maximum(unexplained, allowed) + EPS)
     gate *= gate
     return gate
 

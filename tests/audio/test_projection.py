@@ -84,6 +84,28 @@ def test_a_hard_left_tone_stays_left() -> None:
     assert level_dbfs(left[steady] - tone_left[steady]) < level_dbfs(tone_left) - 25  # and it is the tone
 
 
+@pytest.mark.parametrize("frame", [30, 31, 32, 63, 64])
+def test_a_sound_after_digital_silence_keeps_its_image_wherever_it_starts(frame: int) -> None:
+    """Stems of MIDI parts and drums hold exact zeros between notes. The long gate's sums cover frames
+    −4 … 29 of each piece of 32: a sound whose first frame was 30 or 31 (or 0 of the next piece) met sums
+    of pure silence there, and 0 / 0 closed the gate: a hard-left sound reached the right channel at
+    −14 dB for ~170 ms (the left off by as much)."""
+    from bridge.audio.projection import HOP
+
+    onset = frame * HOP - HOP + 100  # the first analysis frame that sees it is about `frame`
+    length = RATE * 6
+    rng = np.random.default_rng(1)
+    sound = np.zeros(length)
+    t = np.arange(length - onset) / RATE
+    sound[onset:] = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * rng.standard_normal(length - onset)
+    source = np.stack([sound, np.zeros(length)], axis=1)  # hard left, digital silence before
+    mid = source.mean(axis=1)
+    out, _ = _project(mid, np.zeros(length), source, [4_800])  # the service kept all of it
+    span = slice(onset, onset + 8 * HOP)
+    assert level_dbfs(out[span, 1]) < level_dbfs(source[span, 0]) - 100  # nothing on the right
+    assert level_dbfs(out[span, 0] - source[span, 0]) < level_dbfs(source[span, 0]) - 100
+
+
 def test_silent_service_target_gives_a_silent_stem() -> None:
     source = noise(RATE, 0.5, channels=2)
     out, _ = _project(np.zeros(len(source)), source.mean(axis=1), source, [4_096])
