@@ -1,6 +1,7 @@
 """A live progress display on a terminal (rich): state, a bar, percentage, elapsed time, the time left and
 the latest message (queue position, chunk, upload size and speed); with -v the service's log lines are
-printed above it. Silent when disabled (output is not a TTY, or --quiet).
+printed above it. What came from outside is shown as text (control characters escaped).
+Silent when disabled (output is not a TTY, or --quiet).
 
 Fits 80 columns: the bar takes what the fixed columns leave, and the message is cut to the rest."""
 
@@ -12,6 +13,8 @@ import math
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from bridge.common.redact import safe_text
 
 FIXED_COLUMNS = 11 + 1 + 4 + 1 + 7 + 1 + 8 + 1  # state, percentage, elapsed, "~12m05s", spaces
 BAR_WIDTH = 16
@@ -52,6 +55,7 @@ class ProgressDisplay:
     def update(self, state: str, fraction: float, message: str, eta: float | None = None) -> None:
         if self._progress is None or self._task is None:
             return
+        message = safe_text(message)  # the service's log line, a file name: text, never a terminal command
         with contextlib.suppress(OSError):  # a closed terminal: the run goes on (or is being cancelled)
             shown = message if len(message) <= self._message_width else message[: self._message_width - 1] + "…"
             self._progress.update(self._task, completed=fraction, state=state, message=shown, eta=eta_text(eta))
@@ -63,13 +67,13 @@ class ProgressDisplay:
         """A line kept in the scrollback above the bar (or printed plainly when there is no bar)."""
         if self._progress is not None:
             with contextlib.suppress(OSError):
-                self._progress.console.print(escape(text), highlight=False)
+                self._progress.console.print(escape(safe_text(text)), highlight=False)
 
     def service_line(self, text: str) -> None:
         """One log line from the service, kept in the scrollback above the bar."""
         if self._progress is not None:
             with contextlib.suppress(OSError):
-                self._progress.console.print(f"[dim]service:[/dim] {escape(text)}", highlight=False)
+                self._progress.console.print(f"[dim]service:[/dim] {escape(safe_text(text))}", highlight=False)
 
     def __exit__(self, *_exc: object) -> None:
         if self._progress is not None:
