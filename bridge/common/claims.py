@@ -31,6 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from bridge.common import stems
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.processes import process_alive
 from bridge.common.small_files import KIB, read_small_text
@@ -43,6 +44,7 @@ CLAIMS_DIR_NAME = "claims"
 # Every daemon sharing the folder, whatever user it runs as, must read every marker: a marker it cannot
 # read counts as held (never free), so a private one would block the file for the others for good.
 MARKER_MODE = 0o644
+WINDOWS_RECHECK = 1.0  # seconds: Windows refuses to open a marker being deleted or replaced, briefly
 
 
 class ClaimState(StrEnum):
@@ -134,6 +136,9 @@ class ClaimStore:
         return self._create(folder, key, latest + 1, source, snapshot)
 
     def _held_unreadable(self, source: Path, marker: Path) -> ClaimOutcome:
+        if stems.ON_WINDOWS:  # a file being deleted or replaced refuses opens for a moment: look again soon
+            return ClaimOutcome(None, holder="another sam-bridge (its claim marker is being changed)",
+                                recheck_after=WINDOWS_RECHECK)
         if marker not in self._warned:  # once per marker: it stays until someone fixes its permissions
             self._warned.add(marker)
             log.warning("Claim: %s is left alone: this user may not read its claim marker %s (another user's "

@@ -242,3 +242,35 @@ def test_a_fifo_among_the_markers_stops_neither_a_claim_nor_the_prune(tmp_path: 
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         pytest.fail("reading a FIFO marker blocked")
     assert outcome[1] == 0  # nothing of ours to prune; the FIFOs are not ours to remove
+
+
+def test_on_windows_a_marker_refused_for_a_moment_is_looked_at_again_soon(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Windows refuses to open a file another process is deleting or replacing (ERROR_ACCESS_DENIED, a
+    PermissionError) for a moment. That is not another user's private marker: the file waited the whole
+    TTL and the log blamed the other user's permissions. It is now looked at again within seconds."""
+    import bridge.common.stems as stems
+
+    source, snapshot = make_source(tmp_path)
+    holder = ClaimStore("studio-a", ttl=120)
+    held = holder.try_claim(source, snapshot).claim
+    assert held is not None
+    holder.release(held)  # released: the next look may take it
+    monkeypatch.setattr(stems, "ON_WINDOWS", True)
+    real_open = os.open
+    refusals = {"left": 1}
+
+    def windows_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if str(path).endswith(".claim") and refusals["left"] > 0:
+            refusals["left"] -= 1
+            raise PermissionError(13, "Access is denied", str(path))  # WinError 5, as Windows reports it
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", windows_open)
+    other = ClaimStore("studio-b", ttl=120)
+    with caplog.at_level("INFO", logger="bridge.common.claims"):
+        first = other.try_claim(source, snapshot)
+    assert first.claim is None and first.recheck_after is not None and first.recheck_after <= 2.0
+    assert "may not read" not in caplog.text and "private" not in caplog.text
+    again = other.try_claim(source, snapshot)
+    assert again.claim is not None  # the marker was readable again: released, so taken
