@@ -127,10 +127,13 @@ def resolve_audio(audio_url: str, store: FileStore) -> AudioSource:
         return _unreadable(audio_url, f"Could not download the file at audio_url ({shown}): the local "
                            "service only reads data URIs and files uploaded to it")
     record = store.lookup(file_id)
+    gone = "Could not download the file at audio_url: 404 Not Found (the file link has expired or never existed)"
     if record is None:
-        return _unreadable(audio_url, "Could not download the file at audio_url: 404 Not Found "
-                           "(the file link has expired or never existed)")
-    return AudioSource(store.file_hash(record), record.path, stored=record)
+        return _unreadable(audio_url, gone)
+    try:
+        return AudioSource(store.file_hash(record), record.path, stored=record)
+    except FileNotFoundError:  # deleted between the lookup and the read (its time came, or the store was full)
+        return _unreadable(audio_url, gone)
 
 
 def _unreadable(audio_url: str, problem: str) -> AudioSource:

@@ -74,3 +74,22 @@ def test_the_store_is_bounded_oldest_files_first(tmp_path: Path) -> None:
         assert [httpx.get(u).status_code for u in urls] == [404, 404, 200, 200]
         assert service.stats()["stored_bytes"] <= 250_000
         assert len(files_on_disk(data)) == 2
+
+
+def test_an_upload_deleted_as_a_job_reads_it_fails_that_job_as_an_expired_link(tmp_path: Path) -> None:
+    """The sweep may delete a file between a submit's lookup and its reading of the file (its time came,
+    or the store was full): the submit then broke with an unhandled FileNotFoundError (a 500) instead of
+    failing the job the way fal does for an expired link."""
+    from tests.local_service.test_local_service_faults import KEY_AUTH, run_job
+
+    data = tmp_path / "data"
+    with LocalFalService(key=TEST_KEY, data_dir=data) as service, \
+            FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, retry=FAST_RETRY,
+                      data_uri_limit=0) as client, \
+            httpx.Client(base_url=service.url, headers=KEY_AUTH, timeout=30) as http:
+        url = client.storage.upload(make_wav(tmp_path / "in.wav"), "audio/wav")
+        (uploaded,) = files_on_disk(data)
+        uploaded.unlink()  # as the sweep does, after the submit looked the file up
+        failed = run_job(http, url)
+        assert failed["accepted"]["status_url"], failed
+        assert "404" in failed["status"]["error"] and failed["result"].status_code == 422
