@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from bridge.common.options import OutputOptions, ServiceOptions, unwritable
 from bridge.common.request import Span
+from bridge.common.stems import label_part
 
 EXAMPLE_PRESET_FILE = """\
 # A sam-bridge preset file (YAML). Put it in your presets folder:
@@ -204,6 +205,7 @@ class Preset(BaseModel):
                 "stems_conflict", "a stem set takes its prompts from its stems: remove `prompt`/`spans`"
             )
         seen: set[str] = set()
+        named: dict[str, str] = {}  # each stem's file name part (casefolded: macOS and Windows ignore case)
         for index, stem in enumerate(stems):
             folded = stem.label.casefold()
             if folded == RESIDUAL_OF_STEM_SET:
@@ -219,6 +221,15 @@ class Preset(BaseModel):
                     {"label": stem.label, "at": (index, "label")},
                 )
             seen.add(folded)
+            name = label_part(stem.label)
+            if (other := named.get(name.casefold())) is not None:
+                raise PydanticCustomError(
+                    "same_file_name",
+                    "the stems '{other}' and '{label}' would be written to the same file ('… - {name}.wav'): "
+                    "make them differ within their first 40 characters",
+                    {"other": other, "label": stem.label, "name": name, "at": (index, "label")},
+                )
+            named[name.casefold()] = stem.label
         return stems
 
     @field_validator("output")

@@ -231,6 +231,21 @@ def test_errors_in_a_list_point_at_the_right_preset(tmp_path: Path) -> None:
     assert [(p.line, p.field, p.preset) for p in problems] == [(8, "options.reranking_candidates", "bad")]
 
 
+@pytest.mark.parametrize("labels", [
+    ("electric guitar rhythm part left channel A", "electric guitar rhythm part left channel B"),  # > 40
+    ("lead  vox", "lead vox"),  # runs of spaces are one in a file name
+    ("Caf\u00e9", "Cafe\u0301"),  # composed and decomposed: the same name
+])
+def test_stem_labels_that_would_name_the_same_file_are_refused(tmp_path: Path, labels: tuple[str, str]) -> None:
+    """Labels are cut to 40 characters, spaces merged and unsafe characters replaced in file names: two
+    labels the check let through named one file, and the stem set failed after every step was paid."""
+    first, second = labels
+    problem = only_problem(tmp_path, f'name: s\nstems:\n  - label: "{first}"\n    prompt: x\n'
+                                     f'  - label: "{second}"\n    prompt: y\n')
+    assert (problem.line, problem.field) == (5, "stems[1].label"), problem
+    assert "the same file" in problem.message and "first 40 characters" in problem.message
+
+
 def test_stem_set_validation(tmp_path: Path) -> None:
     problem = only_problem(tmp_path, "name: s\nprompt: x\nstems: [vocals]\n")
     assert (problem.line, problem.field) == (3, "stems") and "remove `prompt`" in problem.message
