@@ -34,18 +34,43 @@ _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 1
 _UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
 
 
-def safe_name(text: str, max_len: int = 60) -> str:
-    """A file-name part safe on Windows, macOS and Linux; unicode letters are kept."""
+def safe_name(text: str, max_len: int = 60, max_bytes: int | None = None) -> str:
+    """A file-name part safe on Windows, macOS and Linux; unicode letters are kept. At most `max_len`
+    characters and, when given, `max_bytes` bytes in UTF-8 whether composed or decomposed (file systems
+    count a name's bytes, 255 at most, and macOS may store it decomposed: é is 2 bytes or 3)."""
     text = unicodedata.normalize("NFC", text)
     text = _UNSAFE.sub(" ", text)
     text = re.sub(r"\s+", " ", text).strip(" .")
     if len(text) > max_len:
         text = text[:max_len].rstrip(" .")
+    while max_bytes is not None and _stored_bytes(text) > max_bytes:
+        text = text[:-1].rstrip(" .")
     if not text:
         text = "stem"
     if text.split(".")[0].upper() in _WINDOWS_RESERVED:
         text = f"_{text}"
     return text
+
+
+def _stored_bytes(text: str) -> int:
+    return max(len(text.encode("utf-8")), len(unicodedata.normalize("NFD", text).encode("utf-8")))
+
+
+# A stem's name: `<source part> - <label part>[.audition][ (9999)][.residual].<ext>`. The parts' budgets
+# leave the longest name (37 bytes besides them) under 255 bytes in any script (CJK takes 3 bytes a
+# character: 80 characters of a Japanese file name are 240 bytes on their own).
+SOURCE_PART_BYTES, LABEL_PART_BYTES = 120, 60
+
+
+def source_part(source_name: str) -> str:
+    """What stem and manifest names begin with: the source file's name without its extension."""
+    return safe_name(Path(source_name).stem, 80, SOURCE_PART_BYTES)
+
+
+def label_part(label: str) -> str:
+    """A preset's, prompt's or stem's label as it stands in a file name (two labels that come out the
+    same here would name the same file)."""
+    return safe_name(label, 40, LABEL_PART_BYTES)
 
 
 def output_folder(source: Path, project_dir: Path | None, output_dir: Path | None, folder: str) -> Path:
@@ -144,18 +169,23 @@ def job_names(folder: Path, source_name: str, label: str, stem_labels: list[str]
     Plain presets: `<source> - <label>.target.wav`, `.residual.wav`, `.sam.json`.
     Stem sets: `<source> - <stem>.wav` each, manifest `<source> - <preset>.sam.json`.
     `kind` ("audition") goes before the stem's suffix: `<source> - <label>.audition.target.wav`."""
-    source = safe_name(Path(source_name).stem, 80)
+    source = source_part(source_name)
     kind = f".{kind}" if kind else ""
     if stem_set:
-        bases = {s: (f"{source} - {safe_name(s, 40)}{kind}", extension) for s in stem_labels}
+        bases = {s: (f"{source} - {label_part(s)}{kind}", extension) for s in stem_labels}
     else:
-        bases = {s: (f"{source} - {safe_name(label, 40)}{kind}", f".{s}{extension}") for s in stem_labels}
-    manifest_base = (f"{source} - {safe_name(label, 40)}{kind}", ".sam.json")
+        bases = {s: (f"{source} - {label_part(label)}{kind}", f".{s}{extension}") for s in stem_labels}
+    manifest_base = (f"{source} - {label_part(label)}{kind}", ".sam.json")
     for number in range(1, 10_000):
         tag = "" if number == 1 else f" ({number})"
         stems = {s: folder / f"{base}{tag}{suffix}" for s, (base, suffix) in bases.items()}
         manifest = folder / f"{manifest_base[0]}{tag}{manifest_base[1]}"
-        if not any(p.exists() for p in (*stems.values(), manifest)):
+        try:  # lexists: a dangling symlink takes its name as surely as a file does
+            taken = any(os.path.lexists(p) for p in (*stems.values(), manifest))
+        except OSError as exc:
+            raise OutputError(f"Cannot name stems in {folder}: {exc.strerror or exc}.",
+                              hint="Choose an output folder with a shorter path.") from None
+        if not taken:
             return stems, manifest
     raise OutputError(f"Too many earlier results for {source_name!r} in {folder}.")
 

@@ -19,14 +19,15 @@ from bridge.common.errors import OutputError
 from bridge.common.jobs import JobView
 from bridge.common.request import SeparationRequest
 from bridge.common.stems import (
+    check_room,
     confined_folder,
+    disk_error,
     job_names,
     output_folder,
-    place_all,
+    place_unit,
     remove_quietly,
-    safe_name,
+    source_part,
     temp_path_for,
-    write_json_atomic,
 )
 from bridge.engine.pipeline_hooks import JobResult
 from bridge.presets.recipe import Recipe
@@ -53,7 +54,7 @@ def written_before(request: SeparationRequest, recipe: Recipe, request_ids: set[
                                            recipe.output.folder), request.confined_to, create=False)
     if not request_ids or not folder.is_dir():
         return None
-    for manifest_path in folder.glob(f"{glob.escape(safe_name(request.source.stem, 80))} - *.sam.json"):  # this
+    for manifest_path in folder.glob(f"{glob.escape(source_part(request.source.name))} - *.sam.json"):  # this
         # source's (job_names starts every name so): cheap enough to look before every placing
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -86,29 +87,35 @@ def reuse_result(request: SeparationRequest, recipe: Recipe, earlier: JobView, s
     folder = confined_folder(output_folder(request.source, request.project_dir, request.output_dir,
                                            recipe.output.folder), request.confined_to, create=True)
     extension = next(iter(old_stems.values())).suffix
-    temps: dict[str, Path] = {}
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for label, old in old_stems.items():
-            temps[label] = temp_path_for(folder / old.name)
-            shutil.copyfile(old, temps[label])
-        finals, manifest_path = place_all(temps, lambda: job_names(
-            folder, request.source.name, recipe.label, list(old_stems), extension, stem_set=recipe.is_stem_set,
-            kind="audition" if request.audition is not None else ""))  # an audition's copy keeps its name
-    except OSError as exc:
-        raise OutputError(f"Cannot copy the earlier stems into {folder}: {exc.strerror or exc}.") from None
-    finally:
-        remove_quietly(*temps.values())
     manifest["reused_from"] = earlier.manifest
-    manifest["stems"] = {label: {**manifest["stems"].get(label, {}), "path": str(path)}
-                         for label, path in finals.items()}
     # the rest describes this request, not the earlier one (same bytes, so the source's sha256, format
     # and length stay true; its path and the request do not)
     manifest["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     manifest["source"] = {**manifest.get("source", {}), "path": str(request.source)}
     manifest["request"] = request.model_dump(mode="json", exclude={"source"})
     manifest["estimated_cost"] = {**manifest.get("estimated_cost", {}), "amount": 0.0}
-    write_json_atomic(manifest_path, manifest, overwrite=False)
+
+    def manifest_for(finals: dict[str, Path]) -> dict[str, Any]:
+        return {**manifest, "stems": {label: {**manifest["stems"].get(label, {}), "path": str(path)}
+                                      for label, path in finals.items()}}
+
+    temps: dict[str, Path] = {}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        check_room(folder, sum(old.stat().st_size for old in old_stems.values()) + 65_536)
+        for label, old in old_stems.items():
+            temps[label] = temp_path_for(folder / old.name)
+            shutil.copyfile(old, temps[label])
+        # stems and manifest as one unit, as a job's own: no copied stem is ever left without its manifest
+        finals, manifest_path = place_unit(temps, lambda: job_names(
+            folder, request.source.name, recipe.label, list(old_stems), extension, stem_set=recipe.is_stem_set,
+            kind="audition" if request.audition is not None else ""), manifest_for)  # an audition keeps its name
+    except OSError as exc:
+        if (full := disk_error(exc, folder, "the output folder")) is not None:
+            raise full from None
+        raise OutputError(f"Cannot copy the earlier stems into {folder}: {exc.strerror or exc}.") from None
+    finally:
+        remove_quietly(*temps.values())
     return JobResult(stems=finals, manifest=manifest_path, flags=list(manifest.get("flags", [])), steps=[],
                      estimated_cost=0.0, timings={})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,36 @@ def test_giving_up_after_repeated_races_keeps_nothing_half_placed(tmp_path: Path
     with pytest.raises(OutputError, match="keep taking"):
         place_all({"target": temp}, always_taken)
     assert temp.read_text() == "ours"  # still ours to clean up, not lost under a final name
+
+
+JAPANESE_SOURCE = ("東京ドーム公演2026年12月7日アンコール最終リハーサル録音"
+                   "ステレオミックス・ボーカル入り第三版完全版マスター音源ファイル.wav")
+JAPANESE_PROMPT = "アコースティックギターのアルペジオと歌声のハーモニーとストリングスの響き"
+
+
+@pytest.mark.parametrize(("source", "label", "stems", "stem_set"), [
+    (JAPANESE_SOURCE, JAPANESE_PROMPT, ["target", "residual"], False),
+    ("音" * 200 + ".flac", "bass", ["target", "residual"], False),
+    ("Cafe\u0301 " * 40 + ".wav", "한국어 보컬 " * 10, ["한국어 보컬 하모니 " * 4, "other"], True),  # NFD, Hangul
+], ids=["japanese", "200-cjk-characters", "decomposed-and-hangul-stem-set"])
+def test_names_fit_every_file_system_in_any_script(tmp_path: Path, source: str, label: str, stems: list[str],
+                                                  stem_set: bool) -> None:
+    """A name is at most 255 bytes (macOS may store it decomposed: Hangul takes 3× the bytes then). The
+    parts were cut by characters: a long Japanese name and prompt gave a stem name of 300+ bytes, and the
+    job crashed with "File name too long" after the service had been paid."""
+    for number in range(1, 4):  # each run takes the next free number: " (2)", " (3)" fit as well
+        names, manifest = job_names(tmp_path, source, label, stems, ".flac", stem_set, kind="audition")
+        for path in (*names.values(), manifest):
+            assert path.name.endswith(".sam.json" if path == manifest else ".flac")
+            assert (f" ({number})" in path.name) == (number > 1)
+            for form in ("NFC", "NFD"):
+                assert len(unicodedata.normalize(form, path.name).encode()) <= 255, path.name
+            path.write_bytes(b"taken")  # and the OS takes it
+
+
+def test_a_dangling_symlink_takes_its_name(tmp_path: Path) -> None:
+    """Path.exists() is False for a symlink to nothing, but the name is taken: placing a stem there failed
+    five times over and the paid job ended "Other programs keep taking the stem names"."""
+    (tmp_path / "Song - bass.target.wav").symlink_to(tmp_path / "gone.wav")
+    stems, manifest = job_names(tmp_path, "Song.wav", "bass", ["target", "residual"], ".wav", False)
+    assert stems["target"].name == "Song - bass (2).target.wav" and manifest.name == "Song - bass (2).sam.json"

@@ -230,6 +230,22 @@ def test_a_result_on_a_drifting_clock_still_gives_aligned_stems(
     assert_stems_match(source, stems["target"], stems["residual"])  # every click to ±1 sample, null exact
 
 
+def test_a_long_japanese_name_and_prompt_give_stems_not_a_crash(
+        env: dict[str, Path], service: LocalFalService, music: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """56 Japanese characters (168 bytes) and a 35-character prompt made a 300-byte stem name: after the
+    service had been paid the command ended in a traceback, "File name too long" (errno 36)."""
+    name = "東京ドーム公演2026年12月7日アンコール最終リハーサル録音ステレオミックス・ボーカル入り第三版.wav"
+    source = make_source(music / name, 44100, 2, "PCM_24")
+    prompt = "アコースティックギターのアルペジオと歌声のハーモニーとストリングスの響き"
+    rc = cli("separate", source.path, "--prompt", prompt, "--service-url", service.url)
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    paths = printed_paths(out)
+    assert all(len(path.name.encode()) <= 255 for path in paths.values())
+    assert_stems_match(source, paths["target"], paths["residual"])
+    assert service.stats()["submits"] == 1
+
+
 def test_second_run_never_overwrites_the_first(env: dict[str, Path], service: LocalFalService,
                                                music: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = make_source(music / "Loop.wav", 48000, 1, "PCM_16", 1.0)

@@ -168,3 +168,36 @@ def test_a_full_disk_under_the_journal_is_said_in_words_and_heals(tiny_disk: Pat
         assert journal.damage is None
     finally:
         journal.close()
+
+
+def test_a_full_disk_while_copying_earlier_stems_leaves_no_stem_without_its_manifest(
+        client: FalClient, service, tiny_disk: Path, tmp_path: Path) -> None:
+    """Dedupe copies an earlier job's stems into the new output folder. The copies were placed first and
+    the manifest written after: with room for the stems but not the manifest, the stems stayed with no
+    manifest while the error said nothing was left behind."""
+    state = tmp_path / "state"
+    engine = JobEngine(Journal(state / "journal.sqlite"), Pipeline(client, poll_interval=0.02, use_stream=False),
+                       PresetLibrary([("built-in", builtin_presets_dir())]),
+                       EngineSettings(workroot=state / "work", rescan_interval=0.1, dedupe=True))
+    engine.start()
+    try:
+        source = make_source(tmp_path / "take.wav", seconds=2.0)
+        first = engine.submit(SeparationRequest(source=source, prompt="bass guitar", output_dir=tmp_path / "roomy",
+                                                origin=Origin.cli))
+        wait_for(lambda: engine.get(first).state.finished, what="the first job")  # type: ignore[union-attr]
+        view = engine.get(first)
+        assert view is not None and view.state == JobState.done, view
+        submits = service.stats()["submits"]
+        fill_leaving(tiny_disk, sum(pages(Path(p).stat().st_size) for p in view.stems.values()))
+        out = tiny_disk / "Stems"
+        again = engine.submit(SeparationRequest(source=source, prompt="bass guitar", output_dir=out,
+                                                origin=Origin.cli))
+        wait_for(lambda: engine.get(again).state.finished, what="the reuse")  # type: ignore[union-attr]
+        reused = engine.get(again)
+        assert reused is not None and reused.state == JobState.failed, reused
+        assert "is full" in (reused.error or ""), reused.error
+        assert leftovers(out) == []  # no stem without its manifest, no temp
+        assert service.stats()["submits"] == submits  # and nothing paid for it
+    finally:
+        engine.stop()
+        engine.journal.close()
