@@ -315,31 +315,44 @@ def write_error_file(source: Path, what_happened: str, job_id: str | None = None
 def move_to_done(source: Path) -> Path | None:
     """Move a finished source (and its sidecar) into `done/` beside it, never over an existing file.
 
-    Returns the new path, or None when the source is gone."""
+    The sidecar takes the name that pairs it with the source where it lands (`Song (2).sam.yaml` beside
+    `Song (2).wav`), so moving both back retries with the same settings. Returns the new path, or None
+    when the source is gone."""
     if not source.exists():
         return None
     done_dir = source.parent / DONE_DIR_NAME
     done_dir.mkdir(exist_ok=True)
-    moved = _move_without_overwrite(source, done_dir)
     sidecar = find_sidecar(source)
+    moved = _move_without_overwrite(source, done_dir, source.stem, source.suffix)
     if sidecar is not None:
-        _move_without_overwrite(sidecar, done_dir)
+        documented = sidecar.name == sidecar_candidates(source)[0].name  # `Song.sam.yaml`, not `Song.wav.sam.yaml`
+        stem = moved.stem if documented else moved.name
+        _move_without_overwrite(sidecar, done_dir, stem, SIDECAR_SUFFIX)
     return moved
 
 
-def _move_without_overwrite(path: Path, folder: Path) -> Path:
+def _move_without_overwrite(path: Path, folder: Path, stem: str, suffix: str) -> Path:
+    """`path` moved into `folder` as `<stem><suffix>`, or `<stem> (n)<suffix>` when that is taken."""
     for number in range(1, 1000):
-        name = path.name if number == 1 else f"{path.stem} ({number}){path.suffix}"
-        target = folder / name
+        target = folder / _numbered(stem, number, suffix)
         try:
             os.link(path, target)  # fails if the target exists: no race can overwrite a file
         except FileExistsError:
             continue
         except OSError:
-            if target.exists():  # filesystems without hard links (FAT, some SMB shares)
+            if os.path.lexists(target):  # filesystems without hard links (FAT, some SMB shares)
                 continue
             os.rename(path, target)
             return target
         os.unlink(path)
         return target
     raise FileExistsError(f"no free name for {path.name} in {folder}")
+
+
+def _numbered(stem: str, number: int, suffix: str, limit: int = 255) -> str:
+    """`stem (n)suffix` (just `stem suffix` for 1), the stem shortened so that the name stays within
+    `limit` bytes: a name that filled the file system's 255 could not take " (2)" (File name too long)."""
+    tag = "" if number == 1 else f" ({number})"
+    while stem and len(f"{stem}{tag}{suffix}".encode()) > limit:
+        stem = stem[:-1]
+    return f"{stem}{tag}{suffix}"

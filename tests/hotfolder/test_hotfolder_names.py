@@ -139,8 +139,33 @@ def test_move_to_done_never_overwrites_and_takes_the_sidecar(tmp_path: Path) -> 
     assert moved == tmp_path / "done" / "Song (2).wav"
     assert moved.read_bytes() == b"new" and (tmp_path / "done" / "Song.wav").read_bytes() == b"old"
     assert not source.exists()
-    assert (tmp_path / "done" / "Song.sam.yaml").read_text() == "prompt: bass\n"
+    # the sidecar pairs with the source where it lands (it was `Song.sam (2).yaml`, beside nothing)
+    assert (tmp_path / "done" / "Song (2).sam.yaml").read_text() == "prompt: bass\n"
     assert move_to_done(source) is None
+
+
+def test_a_sidecar_named_after_the_whole_file_name_still_pairs_in_done(tmp_path: Path) -> None:
+    source = tmp_path / "Take.wav"
+    source.write_bytes(b"new")
+    (tmp_path / "Take.wav.sam.yaml").write_text("prompt: drums\n")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "Take.wav").write_bytes(b"old")
+    (tmp_path / "done" / "Take (2).wav.sam.yaml").write_text("someone's\n")  # taken: the next number
+    assert move_to_done(source) == tmp_path / "done" / "Take (2).wav"
+    assert (tmp_path / "done" / "Take (2).wav (2).sam.yaml").read_text() == "prompt: drums\n"  # kept, numbered
+    assert (tmp_path / "done" / "Take (2).wav.sam.yaml").read_text() == "someone's\n"
+
+
+def test_a_name_that_fills_the_file_system_still_moves_to_done(tmp_path: Path) -> None:
+    """A 255-byte name taken in done/ could not take " (2)": File name too long, and the source stayed."""
+    name = "ü" * 125 + ".wav"  # 254 bytes
+    source = tmp_path / name
+    source.write_bytes(b"new")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / name).write_bytes(b"old")
+    moved = move_to_done(source)
+    assert moved is not None and moved.parent == tmp_path / "done" and moved.name.endswith(" (2).wav")
+    assert len(moved.name.encode()) <= 255 and moved.read_bytes() == b"new" and not source.exists()
 
 
 MOUNTS = """\
