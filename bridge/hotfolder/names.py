@@ -111,14 +111,29 @@ class ManifestIndex:
         return self._cache[manifest][1]
 
 
+NAME_BYTES = 255  # what file systems allow a name
+
+
 def error_file_for(source: Path) -> Path:
-    return source.with_name(source.name + ERROR_SUFFIX)
+    """`<source name>.error.txt`; for a name within 10 bytes of the limit, the source's name cut to fit
+    (such a report could not be written, and the file was offered again on every look)."""
+    name = source.name
+    while len((name + ERROR_SUFFIX).encode()) > NAME_BYTES:
+        name = name[:-1]
+    return source.with_name(name + ERROR_SUFFIX)
 
 
 def source_for_error_file(error_file: Path) -> Path | None:
     if not error_file.name.endswith(ERROR_SUFFIX):
         return None
-    return error_file.with_name(error_file.name[: -len(ERROR_SUFFIX)])
+    plain = error_file.with_name(error_file.name[: -len(ERROR_SUFFIX)])
+    if len(error_file.name.encode()) > NAME_BYTES - 4:  # maybe cut: the source whose report it is
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(error_file.parent):
+                if entry.name.startswith(plain.name) and error_file_for(Path(entry.path)) == error_file \
+                        and not entry.name.endswith(ERROR_SUFFIX):
+                    return Path(entry.path)
+    return plain
 
 
 def sidecar_candidates(source: Path) -> tuple[Path, Path]:

@@ -206,3 +206,19 @@ def test_error_file_is_readable_by_colleagues_on_a_shared_folder(tmp_path: Path)
         os.umask(previous)
     assert stat.S_IMODE(os.stat(written).st_mode) == 0o664
     assert "The service refused the prompt." in written.read_text()
+
+
+def test_a_name_near_the_limit_still_gets_its_error_report(tmp_path: Path) -> None:
+    """`<name>.error.txt` of a 250-byte name is 260 bytes: the report could not be written (only logged),
+    and the file was offered again on every look. The report's name is now cut to fit, and still leads
+    back to its source when it is deleted."""
+    source = tmp_path / ("ß" * 123 + ".wav")  # 250 bytes
+    source.write_bytes(b"audio")
+    (tmp_path / ("ß" * 122 + ".wav")).write_bytes(b"another")  # a neighbour with a shorter name
+    report = error_file_for(source)
+    assert len(report.name.encode()) <= 255 and report.name.endswith(".error.txt")
+    write_error_file(source, "the service refused it")
+    assert report.is_file() and error_blocks_retry(source)
+    assert source_for_error_file(report) == source
+    short = tmp_path / "Take.wav"
+    assert source_for_error_file(error_file_for(short)) == short
