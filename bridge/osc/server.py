@@ -90,7 +90,10 @@ class OscServer:
         self._health = health or (lambda: "ok")
         self._separations = RateLimiter(*settings.rate_limit)  # per host (any port, any loopback address)
         self._all_separations = RateLimiter(*settings.total_rate_limit, max_keys=1)
-        self._error_replies = RateLimiter(50, 1.0)  # a looping patch must not get a storm back
+        # a looping patch must not get a storm back, nor silence the errors of a device beside it: per reply
+        # address (host and port), and a larger cap per host (a sender spraying ports)
+        self._error_replies = RateLimiter(50, 1.0)
+        self._host_error_replies = RateLimiter(500, 1.0)
         self._log = ThrottledLog(logger)
         handlers: dict[str, Callable[[_Call], None]] = {
             "separate": self._separate, "estimate": self._estimate, "cancel": self._cancel, "status": self._status,
@@ -355,7 +358,7 @@ class OscServer:
 
     def _refuse(self, to: Address, key: str, message: str) -> None:
         self._log.warning(to[0], "OSC: refused a request from %s: %s", to[0], message)
-        if self._error_replies.try_acquire(to[0]):
+        if self._error_replies.try_acquire(f"{to[0]}:{to[1]}") and self._host_error_replies.try_acquire(to[0]):
             self._reply(to, "error", [key, message])
 
     def _send_raw(self, to: Address, data: bytes) -> None:

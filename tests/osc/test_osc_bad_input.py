@@ -331,3 +331,18 @@ def test_the_engines_refusals_and_failures_are_reported(
     assert key == "tag-1"
     if isinstance(problem, RuntimeError):
         assert "Traceback" in caplog.text and "boom" not in text  # details go to the log, not the patch
+
+
+def test_a_looping_client_does_not_silence_the_errors_of_another_on_the_same_machine(server: OscServer) -> None:
+    """The error replies were limited per host: one patch looping bad messages (120 in a moment) took all 50
+    of 127.0.0.1's error replies for the second, and a DAW device beside it waiting for /sam/error heard
+    nothing. The limit is per reply address now, with a larger cap per host."""
+    looping, device = OscClient(server.address), OscClient(server.address)
+    try:
+        for _ in range(120):
+            looping.send("/sam/status", "no-such-job")
+        reply = device.request("/sam/status", "other-job", reply="/sam/error")
+        assert reply[0] == "other-job" and "There is no job" in reply[1], reply
+    finally:
+        looping.close()
+        device.close()
