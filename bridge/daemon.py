@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from bridge import __version__
 from bridge.common.claims import ClaimBackend
 from bridge.common.config import Config, config_dir, log_dir, state_dir
-from bridge.common.errors import BridgeError
+from bridge.common.errors import BridgeError, ConfigError
 from bridge.common.path_policy import PathPolicy
 from bridge.common.processes import ensure_std_streams
 from bridge.common.redact import SafeLogFilter
@@ -54,9 +54,12 @@ class AlreadyRunning(BridgeError):
 @contextmanager
 def instance_lock(folder: Path) -> Iterator[None]:
     """One daemon per user: an OS lock on `daemon.lock` (released by the OS if we die)."""
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "daemon.lock"
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the daemon's lifetime
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the daemon's lifetime
+    except OSError as exc:
+        raise unwritable_folder(folder, "state", exc) from None
     try:
         _lock_file(handle)
     except OSError:
@@ -86,17 +89,26 @@ def _lock_file(handle: TextIO) -> None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def unwritable_folder(folder: Path, what: str, exc: OSError) -> ConfigError:
+    """A folder the daemon must write (its state, its log) that it cannot: said plainly, not a traceback."""
+    return ConfigError(f"Cannot write the {what} folder {folder}: {exc.strerror or exc}.",
+                       hint="Make it a writable folder, or point SAM_BRIDGE_STATE_DIR at one.")
+
+
 def setup_logging(verbose: int, quiet: bool) -> Path:
     folder = log_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "daemon.log"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        rotating = logging.handlers.RotatingFileHandler(path, maxBytes=5_000_000, backupCount=3, encoding="utf-8")
+    except OSError as exc:
+        raise unwritable_folder(folder, "log", exc) from None
     level = logging.WARNING if quiet else (logging.INFO, logging.DEBUG)[min(verbose, 1)]
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(min(level, logging.INFO))
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setLevel(level)
-    rotating = logging.handlers.RotatingFileHandler(path, maxBytes=5_000_000, backupCount=3, encoding="utf-8")
     rotating.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     for handler in (stderr, rotating):
         handler.setFormatter(formatter)

@@ -188,6 +188,21 @@ def test_under_nohup_a_closed_terminal_leaves_the_daemon_running(daemon_factory,
     assert daemon.stop() == 0
 
 
+def test_a_state_folder_it_cannot_write_is_said_plainly(service, user_dirs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAM_BRIDGE_STATE_DIR naming a file (or a read-only folder) ended `sam-bridge run` in a traceback."""
+    blocked = user_dirs["home"] / "state-is-a-file"
+    blocked.write_text("not a folder\n")
+    monkeypatch.setenv("SAM_BRIDGE_STATE_DIR", str(blocked))
+    started = subprocess.run([sys.executable, "-m", "bridge", "run", "--service-url", service.url,
+                              "--osc-port", "0"], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "FAL_KEY": TEST_KEY})
+    assert started.returncode == 2, started.stderr
+    assert "Traceback" not in started.stderr
+    assert f"Cannot write the log folder {blocked / 'logs'}" in started.stderr
+    assert "SAM_BRIDGE_STATE_DIR" in started.stderr
+    assert blocked.read_text() == "not a folder\n"
+
+
 def test_sigterm_exits_cleanly_and_second_instance_is_refused(daemon_factory, service, user_dirs) -> None:
     daemon = daemon_factory(service.url)
     info = daemon.start()
