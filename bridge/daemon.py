@@ -327,7 +327,10 @@ class Daemon:
 
     def request_stop(self, *_args: Any) -> None:
         """A signal handler: only a plain flag, no lock. A second signal arriving while a handler is inside
-        Event.set would wait forever for the lock that handler holds; `wait` sees the flag within 0.5 s."""
+        Event.set would wait forever for the lock that handler holds; `wait` sees the flag within 0.5 s.
+        Asked again while stopping: the stop no longer waits for a submit's answer (a plain flag too)."""
+        if self._stop_asked and self.engine is not None:
+            self.engine.hurry()
         self._stop_asked = True
 
     def stop(self) -> None:

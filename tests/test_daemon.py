@@ -373,6 +373,51 @@ def test_a_request_whose_submit_answer_was_lost_in_a_crash_fails_and_is_not_sent
     assert restarted.stop() == 0
 
 
+def test_a_stop_while_a_submit_awaits_its_answer_waits_for_it_and_the_job_completes_after_a_restart(
+        daemon_factory, service, user_dirs) -> None:
+    """The service has the request (it is paid) but its answer is slow: a stop that exited at once lost the
+    request id, and the next start failed the job ('lost the answer'); the stop now waits for the answer."""
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    source = make_source(user_dirs["home"] / "take.wav", seconds=0.5)
+    service.faults.stall("submit", seconds=6.0)
+    request = write_request(requests_dir(info), "take", source=source, prompt="piano")
+    wait_for(lambda: service.stats()["submits"] == 1
+             and journal_rows(user_dirs, "SELECT * FROM steps WHERE state='submitting'"), what="the submit")
+    assert daemon.stop(timeout=60) == 0  # SIGTERM while the answer is on its way
+    assert "waiting up to" in daemon.output()
+    assert journal_rows(user_dirs, "SELECT * FROM steps WHERE state='submitting'") == []
+    restarted = daemon_factory(service.url)
+    restarted.start()
+    status = wait_state(request, ("done", "failed", "cancelled"))
+    assert status["state"] == "done", status
+    target, residual = (sf.read(status["stems"][label], dtype="float64")[0] for label in ("target", "residual"))
+    assert np.max(np.abs(target + residual - sf.read(source, dtype="float64")[0])) <= 2.0 / 2**23
+    assert service.stats()["submits"] == 1  # followed by its request id, never sent again
+    assert restarted.stop() == 0
+
+
+def test_a_second_stop_signal_ends_the_wait_for_a_submits_answer(daemon_factory, service, user_dirs) -> None:
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    source = make_source(user_dirs["home"] / "take.wav", seconds=0.5)
+    service.faults.stall("submit", seconds=60.0)
+    request = write_request(requests_dir(info), "take", source=source, prompt="piano")
+    wait_for(lambda: service.stats()["submits"] == 1
+             and journal_rows(user_dirs, "SELECT * FROM steps WHERE state='submitting'"), what="the submit")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "waiting up to" in daemon.output(), timeout=20, what="the stop to wait for the answer")
+    daemon.proc.send_signal(signal.SIGTERM)  # impatient: quit now
+    assert daemon.proc.wait(10) == 0
+    restarted = daemon_factory(service.url)
+    restarted.start()
+    status = wait_state(request, ("done", "failed", "cancelled"))
+    assert status["state"] == "failed" and "lost the answer" in status["error"]  # said, and not sent again
+    assert service.stats()["submits"] == 1
+    assert restarted.stop() == 0
+
+
 def test_a_request_cancelled_while_the_daemon_was_down_stays_cancelled(daemon_factory, user_dirs) -> None:
     from bridge.local_service import LocalFalService
 

@@ -33,7 +33,7 @@ from bridge.engine.budget import BudgetWait, DailyBudget
 from bridge.engine.dedupe import dedupe_key, reuse_result, written_before
 from bridge.engine.estimate import estimate
 from bridge.engine.events import JobEvents
-from bridge.engine.hooks import EngineHooks, ShuttingDown
+from bridge.engine.hooks import EngineHooks, ShuttingDown, SubmitsInFlight
 from bridge.engine.journal import JobJournal, JobRow, JobTakenOver, JournalDamaged, StateDiskFull
 from bridge.engine.outcomes import JobOutcomes
 from bridge.engine.pipeline import Pipeline
@@ -87,6 +87,8 @@ class JobEngine(JobSink):
         self._cancelled: set[str] = set()  # read by the jobs' hooks at every checkpoint
         self._workers: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._sending = SubmitsInFlight()
+        self._hurry = False  # a second stop: set from a signal handler, so a plain flag
 
     # -- JobSink ----------------------------------------------------------------------------------
 
@@ -204,6 +206,31 @@ class JobEngine(JobSink):
         deadline = time.monotonic() + timeout
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
+        self._await_submits()
+
+    def hurry(self) -> None:
+        """Asked to stop again: a stop waiting for a submit's answer ends now. Safe in a signal handler."""
+        self._hurry = True
+
+    def _await_submits(self) -> None:
+        """A submit the service has (it is paid) but whose answer is not here yet: without its request id the
+        next start could only fail the job, so the stop waits for the answer, as long as the client would."""
+        if not (sending := self._sending.jobs()):
+            return
+        timeouts = self.pipeline.client.timeouts
+        bound = timeouts.connect + timeouts.read
+        log.warning("waiting up to %.0f s for the service's answer to the request just sent for job(s) %s, so "
+                    "the job is not lost (stop again to quit now)", bound, ", ".join(sorted(sending)))
+        until = time.monotonic() + bound
+        while (sending := self._sending.jobs()) and not self._hurry and time.monotonic() < until:
+            time.sleep(0.1)  # not a blocking wait: a second stop signal is handled at once
+        if sending:
+            log.warning("stopped without the service's answer for job(s) %s: the next start says how to check "
+                        "them", ", ".join(sorted(sending)))
+            return
+        deadline = time.monotonic() + 1.0  # the answer is recorded; the job's worker pauses it at once
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def running_count(self) -> int:
@@ -256,6 +283,7 @@ class JobEngine(JobSink):
             except JobTakenOver as lost:  # our lease had expired: the other daemon goes on with it
                 log.warning("stopped working on %s", lost)
             finally:
+                self._sending.end(job_id)  # a submit whose answer never came (SubmitUncertain): no stop waits
                 self._queue.release(job_id)
 
     # -- one job ----------------------------------------------------------------------------------
@@ -270,7 +298,7 @@ class JobEngine(JobSink):
         if self._rules.submit_was_lost(row):
             return
         hooks = EngineHooks(row, journal=self.journal, events=self._events, queue=self._queue,
-                            cancelled_ids=self._cancelled, stopping=self._stopping)
+                            cancelled_ids=self._cancelled, stopping=self._stopping, sending=self._sending)
         workdir = self.settings.workroot / job_id
         recipe: Recipe | None = None
         borrowed: dict[int, RequestHandle] = {}

@@ -18,12 +18,37 @@ class ShuttingDown(BaseException):
     """Raised inside a job when the daemon stops: the job keeps its journal state and resumes later."""
 
 
+class SubmitsInFlight:
+    """The jobs whose submit is sent and whose answer (the request id) is not recorded yet. A stop waits for
+    them: the service has the request (it is paid), and without its id the job could only fail."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: set[str] = set()
+
+    def begin(self, job_id: str, stopping: threading.Event) -> bool:
+        with self._lock:  # with stop's look at the set: a submit starts before the stop sees it, or not at all
+            if stopping.is_set():
+                return False
+            self._jobs.add(job_id)
+            return True
+
+    def end(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.discard(job_id)
+
+    def jobs(self) -> set[str]:
+        with self._lock:
+            return set(self._jobs)
+
+
 class EngineHooks:
     def __init__(self, row: JobRow, *, journal: JobJournal, events: JobEvents, queue: FairQueue,
-                 cancelled_ids: set[str], stopping: threading.Event) -> None:
+                 cancelled_ids: set[str], stopping: threading.Event, sending: SubmitsInFlight) -> None:
         self.row, self.job_id, self.tag = row, row.view.job_id, row.view.tag
         self.journal, self.events, self.queue = journal, events, queue
         self.cancelled_ids, self.stopping = cancelled_ids, stopping  # shared with the engine, not copies
+        self.sending = sending
         self._state: JobState | None = None
         self._last_emit = 0.0
         self._last_cancel_check = 0.0
@@ -43,9 +68,12 @@ class EngineHooks:
         self.events.emit(self.job_id, self.tag, state, fraction, message, eta=eta)
 
     def submitting(self, step: int) -> None:
+        if not self.sending.begin(self.job_id, self.stopping):  # a stop came first: nothing new is paid for
+            raise ShuttingDown()
         self.journal.mark_submitting(self.job_id, step)
 
     def not_submitted(self, step: int) -> None:
+        self.sending.end(self.job_id)
         self.journal.unmark_submitting(self.job_id, step)
 
     @contextmanager
@@ -63,6 +91,7 @@ class EngineHooks:
 
     def submitted(self, step: int, handle: RequestHandle) -> None:
         self.journal.mark_submitted(self.job_id, step, handle)
+        self.sending.end(self.job_id)  # its request id is kept: a stop need not wait for it any more
 
     def cancelled(self) -> bool:
         if self.stopping.is_set():
