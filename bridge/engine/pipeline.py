@@ -137,6 +137,7 @@ class _Run:
         self.source_hash = source_hash
         self.hashed_fingerprint = source_fingerprint
         self.source_fingerprint = (0, 0)
+        self.source_path: Path | None = None  # the user's file (a stem set's later steps send intermediates)
         self.reporting = threading.RLock()  # the service ticker and the job's own thread report in turn
         self.service_eta = 0.0  # what the service should take, for the ETA while uploading
 
@@ -172,6 +173,7 @@ class _Run:
         if self.hashed_fingerprint is not None:
             check_source_unchanged(source.path, self.hashed_fingerprint)  # still the audio that was hashed
         self.source_fingerprint = file_fingerprint(source.path)
+        self.source_path = source.path
         start_frame, frames = part_of(self.request, source)  # the part, or its audition window
         if check_spans(self.recipe, source, start_frame, frames):  # every way in passes here, before any upload
             self.job_flags.add("span-cut-at-end")
@@ -297,6 +299,8 @@ class _Run:
                                                  progress=uploaded)  # encoded while it is sent
         self.timed("upload", t)
         self.check_cancel()
+        if source.path == self.source_path:  # the user's file, still as it was: before anything is paid
+            check_source_unchanged(source.path, self.source_fingerprint, uploading=True)
         payload: dict[str, object] = {"audio_url": url, **step.options.to_payload()}
         endpoint = "separate"
         if step.spans:
@@ -410,12 +414,18 @@ def file_fingerprint(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def check_source_unchanged(path: Path, fingerprint: tuple[int, int]) -> None:
+def check_source_unchanged(path: Path, fingerprint: tuple[int, int], *, uploading: bool = False) -> None:
+    """`uploading`: checked after the upload, before the submit. A request file or an OSC message may name a
+    file a DAW is still rendering (no settle window there): refused then, nothing was sent for it."""
     try:
         stat = path.stat()
     except FileNotFoundError:
         raise SourceError(f"The source {path} was deleted while the job ran.") from None
-    if (stat.st_size, stat.st_mtime_ns) != fingerprint:
-        raise SourceError(f"The source {path} changed while the job ran; the stems would not match it.",
-                          hint="Retry the job once the file is final.")
+    if (stat.st_size, stat.st_mtime_ns) == fingerprint:
+        return
+    if uploading:
+        raise SourceError(f"The source {path} changed while it was uploaded (is it still being written?); "
+                          "nothing was sent to the service.", hint="Retry the job once the file is final.")
+    raise SourceError(f"The source {path} changed while the job ran; the stems would not match it.",
+                      hint="Retry the job once the file is final.")
 

@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from bridge.audio import bwf
+from bridge.common.errors import SourceError
 from bridge.common.jobs import JobState
 from bridge.common.request import SeparationRequest
 from bridge.engine.pipeline import Pipeline
@@ -441,3 +442,29 @@ def test_when_fals_cdn_fails_the_whole_file_encode_goes_to_fals_storage(
     residual, _ = sf.read(result.stems["residual"], dtype="float64")
     assert np.max(np.abs(original - target - residual)) <= 1.5 / 2**23
     assert sorted(p.name for p in (tmp_path / "work").rglob("*") if p.is_file()) == []  # the whole file is gone
+
+
+def test_a_source_still_being_written_while_it_uploads_is_not_sent(service: LocalFalService,
+                                                                   library: PresetLibrary, tmp_path: Path) -> None:
+    """A request file or OSC message can name a file the DAW is still rendering (no settle window there).
+    The file was uploaded, submitted and paid for, and only then the job failed because it had changed.
+    It is now checked again after the upload, before the submit: nothing is paid for."""
+    import threading
+
+    source = mix(tmp_path / "Render.wav")
+    service.faults.stall("upload", 1.0)  # the upload's answer comes a second late
+    with FalClient(ApiKey(TEST_KEY), queue_url=service.url, rest_url=service.url, data_uri_limit=0) as client:
+        request = SeparationRequest(source=source, prompt="bass guitar")
+
+        def render_goes_on() -> None:  # the DAW writes more of the file while it is uploaded
+            while service.stats()["calls"].get("upload", 0) == 0:
+                threading.Event().wait(0.01)
+            with open(source, "ab") as out:
+                out.write(b"\0" * 4096)
+
+        writer = threading.Thread(target=render_goes_on)
+        writer.start()
+        with pytest.raises(SourceError, match="changed while it was uploaded"):
+            Pipeline(client, poll_interval=0.02).run(request, recipe_for(request, library), Hooks(), tmp_path / "w")
+        writer.join()
+    assert service.stats()["submits"] == 0
