@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from bridge.common.claims import ClaimBackend, ClaimStore
 from bridge.common.errors import BridgeError
@@ -94,6 +94,7 @@ class _Followed(NamedTuple):
 
 
 PRUNE_INTERVAL = 3600.0  # seconds between clearing the claim markers of requests that are gone
+UNREACHABLE_WARN_EVERY = 600.0  # seconds between warnings that the requests folder is still unreachable
 
 
 class RequestFolder:
@@ -121,6 +122,10 @@ class RequestFolder:
         self._answered: dict[Path, tuple[RequestVersion, float]] = {}
         self._queue: queue.Queue[Path | None] = queue.Queue()
         self._observer: BaseObserver | None = None
+        self._watch: ObservedWatch | None = None
+        # monotonic time the folder could not be listed since (None: it can), and of the last warning
+        self._unreachable_since: float | None = None
+        self._warned_at = 0.0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._unsubscribe: Callable[[], None] = lambda: None
@@ -135,7 +140,7 @@ class RequestFolder:
                         self.folder, problem)
         self._unsubscribe = self.sink.subscribe(self._on_event)
         self._observer = Observer()
-        self._observer.schedule(_Handler(self._queue), str(self.folder), recursive=False)
+        self._watch = self._observer.schedule(_Handler(self._queue), str(self.folder), recursive=False)
         self._observer.start()
         self._thread = threading.Thread(target=self._loop, name="request-files", daemon=True)
         self._thread.start()
@@ -152,8 +157,19 @@ class RequestFolder:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    @property
+    def reachable(self) -> bool:
+        """False while the requests folder cannot be listed (a network share dropped, renamed away)."""
+        return self._unreachable_since is None
+
     def _scan(self) -> None:
-        names = {path.name for path in self.folder.iterdir()}
+        try:
+            names = {path.name for path in self.folder.iterdir()}
+        except OSError as exc:
+            self._unreachable(exc)
+            return
+        if self._unreachable_since is not None:
+            self._back()
         now = time.time()
         for name in sorted(names):
             if is_request_name(name) or name.endswith(".cancel"):
@@ -170,7 +186,10 @@ class RequestFolder:
             try:
                 path = self._queue.get(timeout=max(0.05, next_scan - time.monotonic()))
             except queue.Empty:
-                self._scan()  # events can be lost (overflow, network folders): look again
+                try:
+                    self._scan()  # events can be lost (overflow, network folders): look again
+                except Exception:  # whatever it was, the next look tries again: this thread must not end
+                    log.exception("requests folder %s could not be looked at", self.folder)
                 next_scan = time.monotonic() + self.rescan_interval
                 continue
             if path is None:
@@ -184,6 +203,39 @@ class RequestFolder:
                 log.debug("request file %s could not be handled: %s", path, exc.message)
             except Exception:
                 log.exception("request file %s could not be handled", path)
+
+    def _unreachable(self, exc: OSError) -> None:
+        """The folder cannot be listed: said once (then every UNREACHABLE_WARN_EVERY), looked at again on
+        the next rescan. Its requests wait; nothing else stops."""
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = self._warned_at = now
+            log.warning("requests folder %s cannot be read (%s): its requests wait until it is back; "
+                        "looking again every %g s", self.folder, exc, self.rescan_interval)
+        elif now - self._warned_at >= UNREACHABLE_WARN_EVERY:
+            self._warned_at = now
+            log.warning("requests folder %s still cannot be read, for %.0f min now (%s)", self.folder,
+                        (now - self._unreachable_since) / 60, exc)
+
+    def _back(self) -> None:
+        """The folder can be listed again: its change events are watched afresh (a watch dies with a
+        folder deleted or a share unmounted; one that survived a rename is replaced, harmlessly)."""
+        since, self._unreachable_since = self._unreachable_since, None
+        observer = self._observer
+        if observer is not None:
+            if self._watch is not None:
+                try:
+                    observer.unschedule(self._watch)
+                except Exception as exc:  # already gone with its folder
+                    log.debug("requests folder watch: %s", exc)
+                self._watch = None
+            try:
+                self._watch = observer.schedule(_Handler(self._queue), str(self.folder), recursive=False)
+            except OSError as exc:
+                log.warning("requests folder %s: its changes cannot be watched (%s); it is looked at every %g s",
+                            self.folder, exc, self.rescan_interval)
+        log.warning("requests folder %s can be read again (after %.0f s)", self.folder,
+                    time.monotonic() - (since or time.monotonic()))
 
     # -- one request file -------------------------------------------------------------------------
 
