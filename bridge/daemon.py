@@ -148,6 +148,7 @@ class Daemon:
         self._stop_asked = False  # set by signal handlers (see request_stop)
         self.library = PresetLibrary.default(config_dir=config_dir())
         self.engine: JobEngine | None = None
+        self.request_folder: RequestFolder | None = None
         self.claims: ClaimBackend | None = None  # the team database's claims (None: marker files)
 
     def start(self, log_file: Path) -> DaemonInfo:
@@ -173,8 +174,8 @@ class Daemon:
         requests_dir = self.config.requests_folder(self.state)
         hot = self._hot_folders()
         self.policy = self._door_policy(hot)
-        request_folder = RequestFolder(engine, requests_dir, policy=self.policy, instance_id=instance,
-                                       claims=journal.claims(instance))
+        request_folder = self.request_folder = RequestFolder(engine, requests_dir, policy=self.policy,
+                                                             instance_id=instance, claims=journal.claims(instance))
         request_folder.start()
         stack.callback(request_folder.stop)
         self._start_hot_folders(engine, hot)
@@ -252,9 +253,14 @@ class Daemon:
         return server.address
 
     def health(self) -> str:
-        """One word for /sam/pong: `ok`, or what is wrong (`journal-damaged`)."""
+        """One word for /sam/pong: `ok`, or what is wrong (`journal-damaged`, `requests-folder-unreachable`)."""
         engine = self.engine
-        return engine.health() if engine is not None else "starting"
+        if engine is None:
+            return "starting"
+        word = engine.health()
+        if word == "ok" and self.request_folder is not None and not self.request_folder.reachable:
+            return "requests-folder-unreachable"  # its requests wait; everything else works
+        return word
 
     def _write_presets_file(self) -> None:
         presets = []

@@ -504,3 +504,38 @@ def test_a_burst_of_stop_signals_still_stops_the_daemon_cleanly(service, user_di
             proc.kill()
     assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
     assert not info_path.exists()
+
+
+def test_a_requests_folder_unreachable_for_a_while_is_served_again_when_it_is_back(
+        daemon_factory, service, user_dirs) -> None:
+    """A network share dropped, a NAS asleep, the folder renamed away and back: the rescan could not list
+    it and its thread ended for good, while /sam/pong still said `ok` and no request was answered again."""
+    from tests.osc_helpers import OscClient
+
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    requests = requests_dir(info)
+    osc = info["osc"]
+    assert isinstance(osc, dict)
+    client = OscClient((str(osc["host"]), int(osc["port"])))
+    try:
+        assert client.request("/sam/ping", reply="/sam/pong")[1] == "ok"
+        away = requests.with_name(requests.name + " (away)")
+        requests.rename(away)
+        wait_for(lambda: "cannot be read" in daemon.output(), timeout=30, what="the rescan to find the folder gone")
+        assert client.request("/sam/ping", reply="/sam/pong")[1] == "requests-folder-unreachable"
+        time.sleep(6)  # more rescans while it is gone: said once
+        assert daemon.output().count("cannot be read") == 1
+        away.rename(requests)
+        wait_for(lambda: "can be read again" in daemon.output(), timeout=30, what="the folder to be seen back")
+        assert client.request("/sam/ping", reply="/sam/pong")[1] == "ok"
+        source = make_source(user_dirs["home"] / "Guitar 01.wav")
+        request = write_request(requests, "after", source=source, prompt="bass guitar")
+        status = wait_state(request, ("done", "failed"), timeout=30)
+        assert status["state"] == "done", status
+        target, residual = (sf.read(status["stems"][label], dtype="float64")[0] for label in ("target", "residual"))
+        assert np.max(np.abs(sf.read(source, dtype="float64")[0] - (target + residual))) <= 2.0 / 2**23
+        assert "Traceback" not in daemon.output()
+        assert daemon.stop() == 0
+    finally:
+        client.close()

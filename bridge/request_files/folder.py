@@ -3,9 +3,10 @@
 rewritten atomically at each stage. `<name>.cancel` cancels that request's job. A day after a request
 was answered, it moves to `done/<date>/` with its status (`request_archive`).
 
-A version of a request file (its mtime) is one job for good: its status file follows that job, a
-`sam-bridge retry` of it included; saving the file again cancels that job and makes a new one. Daemons
-sharing the folder claim each version (`bridge.common.claims`), so one of them takes it.
+A version of a request file (its mtime, size and content: `RequestVersion`) is one job for good: its
+status file follows that job, a `sam-bridge retry` of it included; saving the file again cancels that job
+and makes a new one. Daemons sharing the folder claim each version (`bridge.common.claims`, by size and
+mtime), so one of them takes it.
 
 This module knows folders and JSON, not HTTP or audio.
 """
@@ -24,7 +25,7 @@ from typing import Any, NamedTuple
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from bridge.common.claims import ClaimBackend, ClaimStore
 from bridge.common.errors import BridgeError
@@ -35,7 +36,7 @@ from bridge.common.redact import redact_any
 from bridge.common.request import SeparationRequest
 from bridge.common.stems import write_json_atomic
 from bridge.request_files.archive import ARCHIVE_AFTER, archive_answered, archive_orphan_status
-from bridge.request_files.parse import parse_request_file, raw_tag, read_json
+from bridge.request_files.parse import RequestVersion, parse_request_file, raw_tag, read_json, read_version
 
 __all__ = ["STATUS_FIELDS", "RequestFolder", "parse_request_file", "status_path"]
 
@@ -64,6 +65,8 @@ STATUS_FIELDS: dict[str, str] = {
     "`confirm_above`, `needs_confirmation` (and `whole_seconds`/`whole_cost` for an audition); state `done`, "
     "nothing sent (null otherwise)",
     "request_mtime_ns": "for the daemon: the version (modification time) of the request file this answers",
+    "request_sha256": "for the daemon: with `request_mtime_ns`, that version's content hash (coarse file times "
+    "can give two saves the same mtime)",
     "cancel_marker_mtime_ns": "for the daemon: the `.cancel` marker already acted on, if any",
 }
 
@@ -87,10 +90,11 @@ class _Followed(NamedTuple):
     """The request file version a job answers: its events go to that file's status."""
 
     path: Path
-    mtime_ns: int
+    version: RequestVersion
 
 
 PRUNE_INTERVAL = 3600.0  # seconds between clearing the claim markers of requests that are gone
+UNREACHABLE_WARN_EVERY = 600.0  # seconds between warnings that the requests folder is still unreachable
 
 
 class RequestFolder:
@@ -114,10 +118,14 @@ class RequestFolder:
         self._job_of: dict[Path, str] = {}  # request file -> the job its status file follows
         # cancel marker -> its mtime_ns when it was acted on (None: none was), read once per request
         self._markers_used: dict[Path, int | None] = {}
-        # answered request -> (its mtime_ns, when its final status was written): rescans read no JSON
-        self._answered: dict[Path, tuple[int, float]] = {}
+        # answered request -> (its version, when its final status was written): rescans parse no JSON
+        self._answered: dict[Path, tuple[RequestVersion, float]] = {}
         self._queue: queue.Queue[Path | None] = queue.Queue()
         self._observer: BaseObserver | None = None
+        self._watch: ObservedWatch | None = None
+        # monotonic time the folder could not be listed since (None: it can), and of the last warning
+        self._unreachable_since: float | None = None
+        self._warned_at = 0.0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._unsubscribe: Callable[[], None] = lambda: None
@@ -132,7 +140,7 @@ class RequestFolder:
                         self.folder, problem)
         self._unsubscribe = self.sink.subscribe(self._on_event)
         self._observer = Observer()
-        self._observer.schedule(_Handler(self._queue), str(self.folder), recursive=False)
+        self._watch = self._observer.schedule(_Handler(self._queue), str(self.folder), recursive=False)
         self._observer.start()
         self._thread = threading.Thread(target=self._loop, name="request-files", daemon=True)
         self._thread.start()
@@ -149,8 +157,19 @@ class RequestFolder:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    @property
+    def reachable(self) -> bool:
+        """False while the requests folder cannot be listed (a network share dropped, renamed away)."""
+        return self._unreachable_since is None
+
     def _scan(self) -> None:
-        names = {path.name for path in self.folder.iterdir()}
+        try:
+            names = {path.name for path in self.folder.iterdir()}
+        except OSError as exc:
+            self._unreachable(exc)
+            return
+        if self._unreachable_since is not None:
+            self._back()
         now = time.time()
         for name in sorted(names):
             if is_request_name(name) or name.endswith(".cancel"):
@@ -167,7 +186,10 @@ class RequestFolder:
             try:
                 path = self._queue.get(timeout=max(0.05, next_scan - time.monotonic()))
             except queue.Empty:
-                self._scan()  # events can be lost (overflow, network folders): look again
+                try:
+                    self._scan()  # events can be lost (overflow, network folders): look again
+                except Exception:  # whatever it was, the next look tries again: this thread must not end
+                    log.exception("requests folder %s could not be looked at", self.folder)
                 next_scan = time.monotonic() + self.rescan_interval
                 continue
             if path is None:
@@ -182,17 +204,49 @@ class RequestFolder:
             except Exception:
                 log.exception("request file %s could not be handled", path)
 
+    def _unreachable(self, exc: OSError) -> None:
+        """The folder cannot be listed: said once (then every UNREACHABLE_WARN_EVERY), looked at again on
+        the next rescan. Its requests wait; nothing else stops."""
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = self._warned_at = now
+            log.warning("requests folder %s cannot be read (%s): its requests wait until it is back; "
+                        "looking again every %g s", self.folder, exc, self.rescan_interval)
+        elif now - self._warned_at >= UNREACHABLE_WARN_EVERY:
+            self._warned_at = now
+            log.warning("requests folder %s still cannot be read, for %.0f min now (%s)", self.folder,
+                        (now - self._unreachable_since) / 60, exc)
+
+    def _back(self) -> None:
+        """The folder can be listed again: its change events are watched afresh (a watch dies with a
+        folder deleted or a share unmounted; one that survived a rename is replaced, harmlessly)."""
+        since, self._unreachable_since = self._unreachable_since, None
+        observer = self._observer
+        if observer is not None:
+            if self._watch is not None:
+                try:
+                    observer.unschedule(self._watch)
+                except Exception as exc:  # already gone with its folder
+                    log.debug("requests folder watch: %s", exc)
+                self._watch = None
+            try:
+                self._watch = observer.schedule(_Handler(self._queue), str(self.folder), recursive=False)
+            except OSError as exc:
+                log.warning("requests folder %s: its changes cannot be watched (%s); it is looked at every %g s",
+                            self.folder, exc, self.rescan_interval)
+        log.warning("requests folder %s can be read again (after %.0f s)", self.folder,
+                    time.monotonic() - (since or time.monotonic()))
+
     # -- one request file -------------------------------------------------------------------------
 
     def _take(self, path: Path) -> None:
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
+        found = read_version(path)
+        if found is None:  # gone, or still changing: its next event or the rescan looks again
             return
-        mtime_ns = stat.st_mtime_ns
+        version, data = found
         answered = self._answered.get(path)
-        if answered is None or answered[0] != mtime_ns:
-            answered = self._answered_at(path, mtime_ns)
+        if answered is None or answered[0] != version:
+            answered = self._answered_at(path, version)
         if answered is not None:
             if time.time() - answered[1] >= self.archive_after:
                 self._answered.pop(path, None)
@@ -202,18 +256,18 @@ class RequestFolder:
             return
         with self._lock:
             job_id = self._job_of.get(path)
-            if job_id is not None and self._jobs[job_id].mtime_ns == mtime_ns:
+            if job_id is not None and self._jobs[job_id].version == version:
                 return  # taken already: its events keep the status file current
-        self._supersede(path, mtime_ns, job_id)
-        if self._ours_from_before(path, mtime_ns):  # whatever our id was then (a renamed host)
-            self._answer(path, mtime_ns)
+        self._supersede(path, version, job_id)
+        if self._ours_from_before(path, version):  # whatever our id was then (a renamed host)
+            self._answer(path, version, data)
             return
-        outcome = self._claims.try_claim(path, FileSnapshot(stat.st_size, mtime_ns))
+        outcome = self._claims.try_claim(path, FileSnapshot(version.size, version.mtime_ns))
         if outcome.claim is None and outcome.done_by != self._claims.instance_id:
             log.debug("request file %s is taken by %s", path.name, outcome.done_by or outcome.holder)
             return
         try:
-            self._answer(path, mtime_ns)
+            self._answer(path, version, data)
         except BaseException:
             if outcome.claim is not None:
                 self._claims.release(outcome.claim)  # not answered: the next look (ours or another's) tries again
@@ -221,51 +275,58 @@ class RequestFolder:
         if outcome.claim is not None:
             self._claims.mark_done(outcome.claim)  # answered: its job lives in our journal from now on
 
-    def _ours_from_before(self, path: Path, mtime_ns: int) -> bool:
+    def _ours_from_before(self, path: Path, version: RequestVersion) -> bool:
         """Whether this version of the request has a job in our own journal (taken before a restart):
         ours to follow and to cancel, whatever the claim markers say."""
         status = read_json(status_path(path)) or {}
         job_id = status.get("job_id")
-        return (isinstance(job_id, str) and status.get("request_mtime_ns") == mtime_ns
-                and self.sink.get(job_id) is not None)
+        return isinstance(job_id, str) and version.answers(status) and self.sink.get(job_id) is not None
 
-    def _answer(self, path: Path, mtime_ns: int) -> None:
-        """Submit this version of the request (the engine hands back the job it already has for it)."""
+    def _answer(self, path: Path, version: RequestVersion, data: bytes | None) -> None:
+        """Submit this version of the request (`data`: the bytes it was read from; the engine hands back
+        the job it already has for it)."""
         earlier = read_json(status_path(path)) or {}
-        has_job = isinstance(earlier.get("job_id"), str) and earlier.get("request_mtime_ns") == mtime_ns
-        cancel_asked = self._cancel_asked(path, mtime_ns)
+        has_job = isinstance(earlier.get("job_id"), str) and version.answers(earlier)
+        cancel_asked = self._cancel_asked(path, version)
         if cancel_asked and not has_job:  # cancelled before it was taken: nothing is sent
-            self._write_status(path, mtime_ns, None, raw_tag(path), JobState.cancelled, 0.0,
+            self._write_status(path, version, None, raw_tag(path), JobState.cancelled, 0.0,
                                "Cancelled before it was sent", error="Cancelled")
             return
+        if has_job and self.sink.get(str(earlier["job_id"])) is not None:
+            # taken before a restart (perhaps by a sam-bridge whose idempotency key named the version by its
+            # mtime alone): follow that job, never send the version again
+            self._follow(path, version, str(earlier["job_id"]), write=True)
+            if cancel_asked and self.sink.cancel(str(earlier["job_id"])):
+                log.info("cancelled job %s (%s)", earlier["job_id"], cancel_marker(path).name)
+            return
         try:
-            request = parse_request_file(path, mtime_ns, self._confined_to)
+            request = parse_request_file(path, version, self._confined_to, data)
         except BridgeError as exc:
-            self._write_status(path, mtime_ns, None, "", JobState.failed, 0.0, exc.message, error=str(exc))
+            self._write_status(path, version, None, "", JobState.failed, 0.0, exc.message, error=str(exc))
             return
         if request.estimate_only:
-            self._answer_estimate(path, mtime_ns, request)
+            self._answer_estimate(path, version, request)
             return
         try:
             job_id = self.sink.submit(request)
         except (BridgeError, RequestRejected) as exc:
-            self._write_status(path, mtime_ns, None, request.tag, JobState.failed, 0.0, str(exc).split("\n")[0],
+            self._write_status(path, version, None, request.tag, JobState.failed, 0.0, str(exc).split("\n")[0],
                                error=str(exc))
             return
-        self._follow(path, mtime_ns, job_id, write=True)
+        self._follow(path, version, job_id, write=True)
         log.info("request file %s → job %s", path.name, job_id)
         if cancel_asked and self.sink.cancel(job_id):
             log.info("cancelled job %s (%s)", job_id, cancel_marker(path).name)
 
-    def _answer_estimate(self, path: Path, mtime_ns: int, request: SeparationRequest) -> None:
+    def _answer_estimate(self, path: Path, version: RequestVersion, request: SeparationRequest) -> None:
         """`"estimate_only": true`: the status file says what the request would send and cost."""
         try:
             found = self.sink.estimate(request)
         except (BridgeError, RequestRejected) as exc:
-            self._write_status(path, mtime_ns, None, request.tag, JobState.failed, 0.0, str(exc).split("\n")[0],
+            self._write_status(path, version, None, request.tag, JobState.failed, 0.0, str(exc).split("\n")[0],
                                error=str(exc))
             return
-        self._write_status(path, mtime_ns, None, request.tag, JobState.done, 1.0,
+        self._write_status(path, version, None, request.tag, JobState.done, 1.0,
                            f"Estimate (nothing was sent): {found.line()}",
                            estimate={**found.model_dump(), "needs_confirmation": found.needs_confirmation})
 
@@ -280,32 +341,32 @@ class RequestFolder:
                 if view is None or view.state.finished:
                     continue
                 try:
-                    self._write_status(followed.path, followed.mtime_ns, job_id, view.tag, view.state, view.progress,
+                    self._write_status(followed.path, followed.version, job_id, view.tag, view.state, view.progress,
                                        PAUSED_MESSAGE)
                 except OSError as exc:  # the folder is gone: nothing to tell there
                     log.warning("could not mark %s paused: %s", followed.path.name, exc)
 
-    def _supersede(self, path: Path, mtime_ns: int, job_id: str | None) -> None:
+    def _supersede(self, path: Path, version: RequestVersion, job_id: str | None) -> None:
         """The request file was saved again: the job of its earlier version is cancelled (at the service
         too), and its events no longer reach the status file."""
         if job_id is None:  # not followed since a restart: the status file names it
             status = read_json(status_path(path)) or {}
-            if status.get("request_mtime_ns") == mtime_ns or not isinstance(status.get("job_id"), str):
+            if version.answers(status) or not isinstance(status.get("job_id"), str):
                 return
             job_id = str(status["job_id"])
         self._unfollow(path)
         if self.sink.cancel(job_id):
             log.info("request file %s was saved again: cancelled job %s of its earlier version", path.name, job_id)
 
-    def _follow(self, path: Path, mtime_ns: int, job_id: str, *, write: bool) -> None:
+    def _follow(self, path: Path, version: RequestVersion, job_id: str, *, write: bool) -> None:
         """From now on the job's events (a retry's too) go to this request's status file."""
         with self._lock:
             self._unfollow(path)
-            self._jobs[job_id] = _Followed(path, mtime_ns)
+            self._jobs[job_id] = _Followed(path, version)
             self._job_of[path] = job_id
             view = self.sink.get(job_id) if write else None
             if view is not None:
-                self._write_status(path, mtime_ns, job_id, view.tag, view.state, view.progress, view.message,
+                self._write_status(path, version, job_id, view.tag, view.state, view.progress, view.message,
                                    stems=view.stems, manifest=view.manifest, error=view.error)
 
     def _unfollow(self, path: Path) -> None:
@@ -314,7 +375,7 @@ class RequestFolder:
             if job_id is not None:
                 self._jobs.pop(job_id, None)
 
-    def _cancel_asked(self, path: Path, mtime_ns: int) -> bool:
+    def _cancel_asked(self, path: Path, version: RequestVersion) -> bool:
         """A cancel marker not older than this version of the request, not acted on yet (rescans see
         every marker again; a job retried after its cancel must not be cancelled again, also after a
         restart: the status file keeps the marker it acted on)."""
@@ -323,7 +384,7 @@ class RequestFolder:
             marker_mtime = marker.stat().st_mtime_ns
         except FileNotFoundError:
             return False
-        if marker_mtime < mtime_ns or self._marker_acted_on(path) == marker_mtime:
+        if marker_mtime < version.mtime_ns or self._marker_acted_on(path) == marker_mtime:
             return False
         self._markers_used[marker] = marker_mtime
         return True
@@ -337,33 +398,33 @@ class RequestFolder:
             self._markers_used[marker] = acted_on if isinstance(acted_on, int) else None
         return self._markers_used[marker]
 
-    def _answered_at(self, path: Path, mtime_ns: int) -> tuple[int, float] | None:
-        """(mtime_ns, when it ended) when this version of the request has its final status already."""
+    def _answered_at(self, path: Path, version: RequestVersion) -> tuple[RequestVersion, float] | None:
+        """(version, when it ended) when this version of the request has its final status already."""
         status_file = status_path(path)
         status = read_json(status_file)
-        if not status or status.get("request_mtime_ns") != mtime_ns or status.get("state") not in (
+        if not isinstance(status, dict) or not version.answers(status) or status.get("state") not in (
                 "done", "failed", "cancelled"):
             return None
         try:
             ended_at = status_file.stat().st_mtime
         except FileNotFoundError:
             return None
-        self._answered[path] = (mtime_ns, ended_at)
+        self._answered[path] = (version, ended_at)
         if isinstance(status.get("job_id"), str):  # so a `sam-bridge retry` of it reaches this file
-            self._follow(path, mtime_ns, status["job_id"], write=False)
+            self._follow(path, version, status["job_id"], write=False)
         return self._answered[path]
 
     def _cancel(self, marker: Path) -> None:
         request_file = marker.with_name(marker.name[: -len(".cancel")] + ".json")
-        try:
-            mtime_ns = request_file.stat().st_mtime_ns
-        except FileNotFoundError:
+        found = read_version(request_file)
+        if found is None:
             return
+        version = found[0]
         with self._lock:
             job_id = self._job_of.get(request_file)
-            if job_id is None or self._jobs[job_id].mtime_ns != mtime_ns:
+            if job_id is None or self._jobs[job_id].version != version:
                 return  # not taken yet: taking it sees the marker
-        if self._cancel_asked(request_file, mtime_ns) and self.sink.cancel(job_id):
+        if self._cancel_asked(request_file, version) and self.sink.cancel(job_id):
             log.info("cancelled job %s (%s)", job_id, marker.name)
 
     def _on_event(self, event: JobEvent) -> None:
@@ -373,15 +434,15 @@ class RequestFolder:
                 return
             if not event.state.finished:
                 self._answered.pop(followed.path, None)  # running again (a retry): not answered now
-            self._write_status(followed.path, followed.mtime_ns, event.job_id, event.tag, event.state,
+            self._write_status(followed.path, followed.version, event.job_id, event.tag, event.state,
                                event.progress, event.message, stems=event.stems, manifest=event.manifest,
                                error=event.error, flags=event.flags, eta=event.eta)
 
-    def _write_status(self, path: Path, mtime_ns: int, job_id: str | None, tag: str, state: JobState,
+    def _write_status(self, path: Path, version: RequestVersion, job_id: str | None, tag: str, state: JobState,
                       progress: float, message: str, *, stems: dict[str, str] | None = None,
                       manifest: str | None = None, error: str | None = None, flags: tuple[str, ...] = (),
                       eta: float | None = None, estimate: dict[str, Any] | None = None) -> None:
-        """`mtime_ns`: the version of the request this answers (the file may have been saved again since)."""
+        """`version`: the version of the request this answers (the file may have been saved again since)."""
         write_json_atomic(status_path(path), redact_any({  # last guard: the key is in no status file
             "schema": STATUS_SCHEMA, "request": path.name, "job_id": job_id, "tag": tag, "state": state.value,
             "progress": round(progress, 4), "message": message,
@@ -389,7 +450,8 @@ class RequestFolder:
             "stems": stems or {}, "manifest": manifest, "error": error, "flags": list(flags),
             "eta_seconds": None if eta is None else round(eta, 1),
             "estimate": estimate,
-            "request_mtime_ns": mtime_ns, ACTED_ON_MARKER: self._marker_acted_on(path),
+            "request_mtime_ns": version.mtime_ns, "request_sha256": version.sha256,
+            ACTED_ON_MARKER: self._marker_acted_on(path),
         }))
 
 

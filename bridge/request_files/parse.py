@@ -4,16 +4,17 @@ the door policy attached for the engine to check at use."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydantic
 
 from bridge.common.path_policy import PathPolicy
 from bridge.common.request import INTERNAL_REQUEST_FIELDS, Origin, SeparationRequest
-from bridge.common.small_files import MIB, SideFileError, TooLarge, read_small_text
+from bridge.common.small_files import MIB, SideFileError, TooLarge, read_small_file, read_small_text
 
 # A request or status file is a few KiB: anything larger (or a FIFO, a device) is refused unread, so a
 # planted one neither fills memory nor stops the folder's only reader thread.
@@ -23,13 +24,57 @@ REQUEST_LIMIT = MIB
 PATH_FIELDS = ("source", "project_dir", "output_dir")
 
 
-def parse_request_file(path: Path, mtime_ns: int, confined_to: PathPolicy | None = None) -> SeparationRequest:
+class RequestVersion(NamedTuple):
+    """One version of a request file. Its mtime alone is not enough: on a folder with coarse times (FAT,
+    some NAS: 2 s) a file saved again within the same slot keeps it, so its content (its hash; a request
+    is read whole anyway) tells the versions apart. `size` is what the folder's claim markers know."""
+
+    mtime_ns: int
+    size: int
+    sha256: str  # "" when the file cannot be read as a request (a FIFO, too large): its mtime and size say
+
+    def answers(self, status: dict[str, Any]) -> bool:
+        """Whether a status file's `request_mtime_ns`/`request_sha256` name this version (a status written
+        before the hash was kept names its version by mtime alone)."""
+        return (status.get("request_mtime_ns") == self.mtime_ns
+                and status.get("request_sha256", self.sha256) == self.sha256)
+
+    def key(self) -> str:
+        return f"{self.mtime_ns}:{self.size}:{self.sha256}"
+
+
+def read_version(path: Path, attempts: int = 3) -> tuple[RequestVersion, bytes | None] | None:
+    """The request file's version and its bytes (None when it is not a file to read as a request); None
+    when it is gone. Stat, read, stat again: the bytes belong to the version only if the file did not
+    change (replaced, rewritten) meanwhile; while it keeps changing, None (its next event looks again)."""
+    for _ in range(attempts):
+        try:
+            before = os.stat(path)
+            try:
+                data: bytes | None = read_small_file(path, REQUEST_LIMIT)
+            except SideFileError:
+                data = None
+            after = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if (before.st_ino, before.st_mtime_ns, before.st_size) != (after.st_ino, after.st_mtime_ns, after.st_size):
+            continue
+        if data is None:
+            return RequestVersion(after.st_mtime_ns, after.st_size, ""), None
+        return RequestVersion(after.st_mtime_ns, len(data), hashlib.sha256(data).hexdigest()), data
+    return None
+
+
+def parse_request_file(path: Path, version: RequestVersion, confined_to: PathPolicy | None = None,
+                       data: bytes | None = None) -> SeparationRequest:
     """A request file → SeparationRequest; BridgeError with the field and what is allowed. `confined_to`:
-    the allowed folders when the requests folder is not private (the engine checks them at use)."""
+    the allowed folders when the requests folder is not private (the engine checks them at use); `data`:
+    the bytes `version` was read from (else the file is read now)."""
     from bridge.common.errors import InputError
 
     try:
-        data = json.loads(read_small_text(path, REQUEST_LIMIT))
+        text = read_small_text(path, REQUEST_LIMIT) if data is None else data.decode("utf-8")
+        data_read = json.loads(text)
     except TooLarge as exc:
         raise InputError(f"{path.name} is too large: {exc.reason}.",
                          hint="A request names its audio by path; it never holds the audio itself.") from None
@@ -39,6 +84,13 @@ def parse_request_file(path: Path, mtime_ns: int, confined_to: PathPolicy | None
     except (OSError, ValueError):  # gone since it was seen, not UTF-8, not JSON
         raise InputError(f"{path.name} is not valid JSON.",
                          hint="Write the file whole, then rename it into place.") from None
+    return _request_from(path, version, data_read, confined_to)
+
+
+def _request_from(path: Path, version: RequestVersion, data: Any,
+                  confined_to: PathPolicy | None) -> SeparationRequest:
+    from bridge.common.errors import InputError
+
     if not isinstance(data, dict):
         raise InputError(f"{path.name} must hold a JSON object with at least source and preset or prompt.")
     for field in PATH_FIELDS:
@@ -49,7 +101,7 @@ def parse_request_file(path: Path, mtime_ns: int, confined_to: PathPolicy | None
         data.pop(internal, None)
     try:
         return SeparationRequest(**data, origin=Origin.request_file, confined_to=confined_to,
-                                 idempotency_key=f"request-file:{path.resolve()}:{mtime_ns}")
+                                 idempotency_key=f"request-file:{path.resolve()}:{version.key()}")
     except pydantic.ValidationError as exc:
         raise InputError(f"{path.name}: " + "; ".join(_problem(error) for error in exc.errors())) from None
 

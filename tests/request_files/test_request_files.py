@@ -26,6 +26,7 @@ from bridge.fal.client import FalClient
 from bridge.local_service import LocalFalService
 from bridge.presets.library import PresetLibrary, builtin_presets_dir
 from bridge.request_files.folder import RequestFolder, parse_request_file, status_path
+from bridge.request_files.parse import RequestVersion, read_version
 from tests.conftest import FAST_RETRY, TEST_KEY, wait_for
 from tests.test_daemon import make_source, write_request
 
@@ -62,6 +63,12 @@ def start_folder(tmp_path: Path) -> Iterator[Start]:
         client.close()
     for service in {id(entry[3]): entry[3] for entry in running}.values():
         service.stop()
+
+
+def version_of(path: Path) -> RequestVersion:
+    found = read_version(path)
+    assert found is not None
+    return found[0]
 
 
 def archived(requests: Path, name: str) -> list[Path]:
@@ -150,7 +157,7 @@ def test_relative_paths_are_resolved_beside_the_request_file_not_the_working_fol
     requests = tmp_path / "Song" / "requests"
     path = write_request(requests, "take", source="../Audio/Guitar 01.wav", preset="bass",
                         project_dir="Project", output_dir="Stems")
-    request = parse_request_file(path, path.stat().st_mtime_ns)
+    request = parse_request_file(path, version_of(path))
     assert request.source == tmp_path / "Song" / "Audio" / "Guitar 01.wav"  # `..` folded away
     assert request.project_dir == requests / "Project"
     assert request.output_dir == requests / "Stems"
@@ -165,7 +172,7 @@ def test_tilde_is_the_users_home_in_every_path_field(tmp_path: Path, monkeypatch
     monkeypatch.setenv("USERPROFILE", str(home))  # what expanduser reads on Windows
     path = write_request(tmp_path / "requests", "take", source="~/Audio/Bass.wav", preset="bass",
                         project_dir="~/Music/Song", output_dir="~/Music/Song/Stems")
-    request = parse_request_file(path, path.stat().st_mtime_ns)
+    request = parse_request_file(path, version_of(path))
     assert request.source == home / "Audio" / "Bass.wav"
     assert request.project_dir == home / "Music" / "Song"
     assert request.output_dir == home / "Music" / "Song" / "Stems"
@@ -175,7 +182,7 @@ def test_tilde_is_the_users_home_in_every_path_field(tmp_path: Path, monkeypatch
 def test_absolute_paths_and_missing_fields_are_left_as_written(tmp_path: Path) -> None:
     source = tmp_path / "Takes" / "Vox.wav"
     path = write_request(tmp_path / "requests", "take", source=str(source), prompt="voice", project_dir=None)
-    request = parse_request_file(path, path.stat().st_mtime_ns)
+    request = parse_request_file(path, version_of(path))
     assert request.source == source and request.project_dir is None and request.output_dir is None
 
 
@@ -221,11 +228,60 @@ def test_every_problem_of_a_request_file_is_named_at_once_and_only_its_own_field
     request.write_text(json.dumps({"source": str(tmp_path / "a.wav"), "prompt": "piano", "colour": "red",
                                    "start": -1}))
     with pytest.raises(InputError) as caught:
-        parse_request_file(request, 0)
+        parse_request_file(request, version_of(request))
     message = caught.value.message
     assert message.startswith("r.json: ") and "colour: unknown field; allowed: source, " in message
     assert "start: Input should be greater than or equal to 0" in message  # both, not only the first
     assert "origin" not in message and "idempotency_key" not in message  # set by sam-bridge, not by you
+
+
+# -- versions: a folder with coarse file times (FAT, some NAS: 2 s) --------------------------------------
+
+
+def finished(request: Path) -> dict[str, Any]:
+    wait_for(lambda: status_path(request).exists()
+             and status_of(status_path(request)).get("state") in ("done", "failed", "cancelled"),
+             timeout=60, what=f"{request.name} to be answered")
+    return status_of(status_path(request))
+
+
+def test_a_request_saved_again_within_the_same_mtime_is_a_new_version(start_folder: Start, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "Guitar 01.wav", seconds=0.5)
+    service, requests = start_folder(archive_after=3600.0)
+    request = write_request(requests, "take", source=str(source), prompt="piano", tag="first")
+    first = finished(request)
+    assert first["state"] == "done" and first["tag"] == "first", first
+    slot = request.stat().st_mtime_ns
+    write_request(requests, "take", source=str(source), prompt="bass guitar", tag="second, saved again")
+    os.utime(request, ns=(slot, slot))  # the same 2 s slot: the file system gives it the first one's mtime
+    wait_for(lambda: status_of(status_path(request)).get("tag") == "second, saved again"
+             and status_of(status_path(request)).get("state") == "done", timeout=60, what="the second version")
+    second = status_of(status_path(request))
+    assert second["job_id"] != first["job_id"] and second["request_mtime_ns"] == slot
+    assert Path(second["stems"]["target"]).name == "Guitar 01 - bass-guitar.target.wav"
+    target, residual = (sf.read(second["stems"][label], dtype="float64")[0] for label in ("target", "residual"))
+    assert np.array_equal(target + residual, sf.read(source, dtype="float64")[0])
+    time.sleep(1.0)  # rescans: the untouched second version is not taken again
+    assert status_of(status_path(request))["job_id"] == second["job_id"]
+    assert service.stats()["submits"] == 2
+
+
+def test_a_request_written_in_two_steps_within_one_mtime_is_answered_once_whole(
+        start_folder: Start, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "Guitar 01.wav", seconds=0.5)
+    service, requests = start_folder(archive_after=3600.0)
+    request = requests / "take.json"
+    whole = json.dumps({"source": str(source), "prompt": "piano", "tag": "whole"})
+    request.write_text(whole[:25])  # a writer that does not rename into place, seen half way
+    slot = request.stat().st_mtime_ns
+    assert finished(request)["error"].startswith("take.json is not valid JSON")
+    request.write_text(whole)
+    os.utime(request, ns=(slot, slot))
+    wait_for(lambda: status_of(status_path(request)).get("state") == "done", timeout=60, what="the whole request")
+    status = status_of(status_path(request))
+    assert status["tag"] == "whole" and status["error"] is None and status["request_mtime_ns"] == slot
+    assert sf.read(status["stems"]["target"])[0].shape == sf.read(source)[0].shape
+    assert service.stats()["submits"] == 1
 
 
 # -- cancel markers ---------------------------------------------------------------------------------
