@@ -122,6 +122,11 @@ def _systemd_env(key: str, value: str) -> str:
     return f'"{text}"'
 
 
+# How long a service manager lets a stop take before it kills the daemon: a stop waits for the answer to a
+# submit already on its way (up to the client's connect + read timeouts, 150 s), or the paid job is lost.
+STOP_GRACE_SECONDS = 180
+
+
 def render_systemd_unit(command: Sequence[str], env_file: PurePath,
                         carried: Mapping[str, str] | None = None) -> str:
     exec_start = " ".join(_systemd_quote(a) for a in command)
@@ -139,7 +144,7 @@ EnvironmentFile=-{env_path}
 Environment=PYTHONUNBUFFERED=1
 {moved}Restart=on-failure
 RestartSec=5
-TimeoutStopSec=30
+TimeoutStopSec={STOP_GRACE_SECONDS}
 
 [Install]
 WantedBy=default.target
@@ -158,6 +163,7 @@ def render_launchd_plist(command: Sequence[str], env_file: PurePath, log_file: P
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},  # restart after a crash, not after a clean stop
         "ThrottleInterval": 10,
+        "ExitTimeOut": STOP_GRACE_SECONDS,  # launchd's default, 20 s, would kill a stop waiting for an answer
         "EnvironmentVariables": {"PYTHONUNBUFFERED": "1", **(carried or {})},
         "StandardOutPath": str(log_file),
         "StandardErrorPath": str(log_file),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import plistlib
+import re
 import shutil
 import stat
 import subprocess
@@ -326,3 +327,17 @@ def test_cli_status_shows_the_daemon(home: Path, tmp_path: Path, capsys: pytest.
     (state / "daemon.json").write_text(json.dumps({"pid": dead.pid, "version": "9.9"}))
     main(["service", "status"])
     assert f"pid {dead.pid} in" in capsys.readouterr().out
+
+
+def test_service_managers_let_a_stop_wait_for_a_submits_answer() -> None:
+    """A stop waits for the answer to a submit on its way (up to the client's connect + read timeouts):
+    systemd's 30 s and launchd's default 20 s killed the daemon first, and the paid job was lost."""
+    from bridge.fal.queue_types import Timeouts
+
+    longest_wait = Timeouts().connect + Timeouts().read
+    unit = render_systemd_unit(["/usr/bin/sam-bridge", "run"], PurePosixPath("/home/you/service.env"))
+    grace = re.search(r"^TimeoutStopSec=(\d+)$", unit, re.M)
+    assert grace is not None and int(grace.group(1)) > longest_wait
+    agent = plistlib.loads(render_launchd_plist(["/usr/local/bin/sam-bridge", "run"], PurePosixPath("/Users/you/e"),
+                                                PurePosixPath("/Users/you/l.log")).encode("utf-8"))
+    assert agent["ExitTimeOut"] > longest_wait
