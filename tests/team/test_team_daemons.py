@@ -237,9 +237,10 @@ def test_a_submit_whose_daemon_was_killed_before_its_answer_ends_on_the_others_a
     source = drop_audio(shared / "take.wav", SECONDS, 1)
     request = write_request(requests, "r1", source=drop_audio(tmp_path / "vocal.wav", SECONDS, 2), prompt="piano",
                             output_dir=tmp_path / "out")
+    # the journal marks a step 'submitting' just before its request leaves: wait for the service to count both
     wait_for(lambda: query(team_db, "SELECT count(*) FROM steps WHERE state='submitting' AND handle IS NULL")
-             == [(2,)], timeout=30, interval=0.02, what="both submits sent, their answers held back")
-    assert stand_in.stats()["submits"] == 2
+             == [(2,)] and stand_in.stats()["submits"] == 2, timeout=30, interval=0.02,
+             what="both submits sent, their answers held back")
     for daemon in daemons[1:]:
         daemon.start()
     daemons[0].kill()  # between sending the submits and journalling their request ids
