@@ -373,17 +373,24 @@ def test_a_request_whose_submit_answer_was_lost_in_a_crash_fails_and_is_not_sent
     assert restarted.stop() == 0
 
 
+def a_submit_on_its_way(daemon_factory, service, user_dirs, answer_after: float) -> tuple[Any, Path, Path]:
+    """A daemon whose request file's submit reached the service, its answer held back `answer_after` s:
+    (the daemon, the source, the request file)."""
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    source = make_source(user_dirs["home"] / "take.wav", seconds=0.5)
+    service.faults.stall("submit", seconds=answer_after)
+    request = write_request(requests_dir(info), "take", source=source, prompt="piano")
+    wait_for(lambda: service.stats()["submits"] == 1
+             and journal_rows(user_dirs, "SELECT * FROM steps WHERE state='submitting'"), what="the submit")
+    return daemon, source, request
+
+
 def test_a_stop_while_a_submit_awaits_its_answer_waits_for_it_and_the_job_completes_after_a_restart(
         daemon_factory, service, user_dirs) -> None:
     """The service has the request (it is paid) but its answer is slow: a stop that exited at once lost the
     request id, and the next start failed the job ('lost the answer'); the stop now waits for the answer."""
-    daemon = daemon_factory(service.url)
-    info = daemon.start()
-    source = make_source(user_dirs["home"] / "take.wav", seconds=0.5)
-    service.faults.stall("submit", seconds=6.0)
-    request = write_request(requests_dir(info), "take", source=source, prompt="piano")
-    wait_for(lambda: service.stats()["submits"] == 1
-             and journal_rows(user_dirs, "SELECT * FROM steps WHERE state='submitting'"), what="the submit")
+    daemon, source, request = a_submit_on_its_way(daemon_factory, service, user_dirs, answer_after=6.0)
     assert daemon.stop(timeout=60) == 0  # SIGTERM while the answer is on its way
     assert "waiting up to" in daemon.output()
     assert journal_rows(user_dirs, "SELECT * FROM steps WHERE state='submitting'") == []
@@ -398,13 +405,7 @@ def test_a_stop_while_a_submit_awaits_its_answer_waits_for_it_and_the_job_comple
 
 
 def test_a_second_stop_signal_ends_the_wait_for_a_submits_answer(daemon_factory, service, user_dirs) -> None:
-    daemon = daemon_factory(service.url)
-    info = daemon.start()
-    source = make_source(user_dirs["home"] / "take.wav", seconds=0.5)
-    service.faults.stall("submit", seconds=60.0)
-    request = write_request(requests_dir(info), "take", source=source, prompt="piano")
-    wait_for(lambda: service.stats()["submits"] == 1
-             and journal_rows(user_dirs, "SELECT * FROM steps WHERE state='submitting'"), what="the submit")
+    daemon, _source, request = a_submit_on_its_way(daemon_factory, service, user_dirs, answer_after=60.0)
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGTERM)
     wait_for(lambda: "waiting up to" in daemon.output(), timeout=20, what="the stop to wait for the answer")

@@ -11,20 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bridge.cli import main
 from bridge.local_service import LocalFalService
-from tests.conftest import TEST_KEY
+from tests.commands.test_cli_separate import cli
 from tests.test_daemon import make_source
-
-
-@pytest.fixture
-def keyed(user_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    monkeypatch.setenv("FAL_KEY", TEST_KEY)
-    return user_dirs
-
-
-def cli(*args: str | Path) -> int:
-    return main([str(a) for a in args])
 
 
 def separated(source: Path, service: LocalFalService, capsys: pytest.CaptureFixture[str], *extra: str) -> str:

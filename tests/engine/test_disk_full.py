@@ -60,17 +60,21 @@ def pages(size: int) -> int:
     return -(-size // PAGE) * PAGE
 
 
+def started_engine(client: FalClient, state: Path, *, dedupe: bool) -> JobEngine:
+    engine = JobEngine(Journal(state / "journal.sqlite"), Pipeline(client, poll_interval=0.02, use_stream=False),
+                       PresetLibrary([("built-in", builtin_presets_dir())]),
+                       EngineSettings(workroot=state / "work", rescan_interval=0.1, dedupe=dedupe))
+    engine.start()
+    return engine
+
+
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
 def test_a_full_disk_at_each_stage_leaves_nothing_and_the_retry_is_free(client: FalClient, service,
                                                                        tiny_disk: Path, tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    engine = JobEngine(Journal(state / "journal.sqlite"), Pipeline(client, poll_interval=0.02, use_stream=False),
-                       PresetLibrary([("built-in", builtin_presets_dir())]),
-                       EngineSettings(workroot=state / "work", rescan_interval=0.1, dedupe=False))
-    engine.start()
+    engine = started_engine(client, tmp_path / "state", dedupe=False)
     try:
         source = make_source(tmp_path / "take.wav", seconds=2.0)
         roomy = tmp_path / "roomy"
@@ -175,11 +179,7 @@ def test_a_full_disk_while_copying_earlier_stems_leaves_no_stem_without_its_mani
     """Dedupe copies an earlier job's stems into the new output folder. The copies were placed first and
     the manifest written after: with room for the stems but not the manifest, the stems stayed with no
     manifest while the error said nothing was left behind."""
-    state = tmp_path / "state"
-    engine = JobEngine(Journal(state / "journal.sqlite"), Pipeline(client, poll_interval=0.02, use_stream=False),
-                       PresetLibrary([("built-in", builtin_presets_dir())]),
-                       EngineSettings(workroot=state / "work", rescan_interval=0.1, dedupe=True))
-    engine.start()
+    engine = started_engine(client, tmp_path / "state", dedupe=True)
     try:
         source = make_source(tmp_path / "take.wav", seconds=2.0)
         first = engine.submit(SeparationRequest(source=source, prompt="bass guitar", output_dir=tmp_path / "roomy",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -71,8 +72,12 @@ def test_a_fifo_named_like_a_manifest_stops_no_hot_folder(daemon_factory, servic
     vocals = Path(str(info["hot_folder"])) / "vocals"
     os.mkfifo(vocals / "planted.sam.json")
     make_source(vocals / "take.wav", seed=7)
-    wait_for(lambda: service.stats()["submits"] >= 1, timeout=60, what="take.wav to be sent")
+    stems = vocals / "Stems"
+    wait_for(lambda: len(list(stems.glob("take - *.wav"))) == 2, timeout=60, what="take.wav's stems")
     daemon.stop()
+    assert service.stats()["submits"] == 1
+    assert not (vocals / "take.wav.error.txt").exists()
+    assert stat.S_ISFIFO(os.lstat(vocals / "planted.sam.json").st_mode)  # left as it was: never opened to wait
 
 
 def test_request_folder_fifos_and_huge_requests_stop_nothing(daemon_factory, service, user_dirs) -> None:
