@@ -6,7 +6,8 @@ end, and a half-written WAV reads without error. So a file is taken only when
 2. on Windows, an exclusive open succeeds (the writer has closed it), and
 3. the container's size fields (RIFF/RIFX, RF64/BW64, Wave64, AIFF/AIFC) agree with the file's length
    and its audio-data chunk lies inside the file.
-Formats without such fields (FLAC, MP3, Ogg, CAF) rely on 1 and 2 only.
+Formats without such fields (FLAC, MP3, Ogg, CAF), and a WAV written to a pipe (its sizes 0xFFFFFFFF for
+good), rely on 1 and 2 only, with a longer settle window.
 """
 
 from __future__ import annotations
@@ -155,6 +156,10 @@ def _check_riff(handle: BinaryIO, head: bytes, length: int) -> ContainerCheck:
     container = head[:4].decode()
     order = "<" if container == "RIFF" else ">"
     (riff_size,) = struct.unpack(order + "I", head[4:8])
+    if riff_size == 0xFFFFFFFF and container == "RIFF":
+        streamed = _check_data_chunk(handle, container, order, 12, length, data_id=b"data", streamed=True)
+        if streamed.completeness is Completeness.unchecked:
+            return streamed
     if riff_size in _PLACEHOLDER_SIZES:
         return _incomplete(container, "its header still holds a placeholder size")
     mismatch = _length_mismatch(handle, container, riff_size + 8, length)
@@ -198,8 +203,11 @@ def _check_data_chunk(
     *,
     data_id: bytes,
     large_data_size: int | None = None,
+    streamed: bool = False,
 ) -> ContainerCheck:
-    """Walk the chunk list up to the audio-data chunk and check that it ends inside the file."""
+    """Walk the chunk list up to the audio-data chunk and check that it ends inside the file. `streamed`:
+    the RIFF size is 0xFFFFFFFF; a data size of 0xFFFFFFFF too is a WAV written to a pipe (ffmpeg's wav
+    muxer, arecord), whose writer can never patch them: judged by stability alone, like an MP3."""
     for _ in range(_MAX_CHUNKS):
         handle.seek(offset)
         header = handle.read(8)
@@ -209,6 +217,9 @@ def _check_data_chunk(
         if header[:4] == data_id:
             if size == 0xFFFFFFFF and large_data_size is not None:
                 size = large_data_size  # RF64: the real size lives in ds64
+            if streamed and size == 0xFFFFFFFF:
+                return ContainerCheck(Completeness.unchecked, container,
+                                      "its sizes were never filled in (written to a pipe)")
             unpatched = size == 0xFFFFFFFF or (size == 0 and offset + 8 < length)
             if unpatched and large_data_size is None:
                 return _incomplete(container, "its audio chunk still holds a placeholder size")

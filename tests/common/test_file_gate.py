@@ -85,6 +85,21 @@ def test_placeholder_header_written_first_waits_until_patched(tmp_path: Path) ->
     assert check_container(path).completeness is Completeness.complete
 
 
+def test_a_wav_written_to_a_pipe_is_judged_by_stability_alone(tmp_path: Path) -> None:
+    """ffmpeg's wav muxer on a pipe writes 0xFFFFFFFF for the RIFF and data sizes and can never patch
+    them: no size field tells it whole, like an MP3 (libsndfile reads it to its end)."""
+    data = bytearray(audio_bytes("WAV"))
+    data[4:8] = b"\xff\xff\xff\xff"
+    data_at = data.index(b"data")
+    data[data_at + 4 : data_at + 8] = b"\xff\xff\xff\xff"
+    check = check_container(write(tmp_path, "piped.wav", bytes(data)))
+    assert check.completeness is Completeness.unchecked and check.container == "RIFF"
+    assert "pipe" in check.reason
+    # zero sizes are a seekable writer's provisional header, which it patches at the end: still waited for
+    data[4:8] = data[data_at + 4 : data_at + 8] = b"\0\0\0\0"
+    assert check_container(write(tmp_path, "render.wav", bytes(data))).completeness is Completeness.incomplete
+
+
 def test_audio_streamed_past_a_provisional_header_waits(tmp_path: Path) -> None:
     """A header written for the first second while ten are on disk: more bytes than it declares."""
     short = audio_bytes("WAV", frames=4800)
