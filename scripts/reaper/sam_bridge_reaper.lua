@@ -390,7 +390,7 @@ function H.cancel_all()
     end
   end
   for _, job in ipairs(H.saved_jobs({})) do
-    local status = core.parse_status(H.read_file(job.status_path) or "")
+    local status = core.parse_status(H.read_status(job) or "")
     if not (status and status.state == "done") then -- finished and paid for: kept for Collect
       if not seen[job.cancel_path] and H.write_cancel_file(job.cancel_path) then count = count + 1 end
       seen[job.cancel_path] = true

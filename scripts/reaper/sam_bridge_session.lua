@@ -10,6 +10,7 @@ local PICKUP_TIMEOUT = 15 -- seconds before we say the daemon has not picked a r
 local PICKUP_NOTE = "sam-bridge has not picked this up yet"
 local CLOSE_DELAY = 2.5 -- seconds the window stays up after the last job finished
 local HEARTBEAT_CHECK = 1 -- seconds between looks at the daemon's heartbeat while waiting
+local ARCHIVE_LOOK = 10 -- seconds between looks in requests/done/ for a status the daemon has archived
 local ROW_CANCEL = "[ x ]"
 local JOBS = "sam-bridge-jobs" -- ProjExtState section: one key per request, saved with the project
 
@@ -24,7 +25,19 @@ local RECORD_FIELDS = { "name", "status_path", "cancel_path", "label", "what", "
                         "track_name", "position", "length", "item_values", "take_values", "mute_source",
                         "as_takes", "partial", "audition", "request_start" }
 
+--- Whether the project (a ReaProject pointer) is still open in a tab: a closed one's pointer is dead.
+local function project_open(project)
+  local index = 0
+  while true do
+    local open = reaper.EnumProjects(index)
+    if not open then return false end
+    if open == project then return true end
+    index = index + 1
+  end
+end
+
 function H.persist(job)
+  if not project_open(job.project) then return end -- closed: its saved file keeps the record it had
   local record = {}
   for _, key in ipairs(RECORD_FIELDS) do record[key] = job[key] end
   reaper.SetProjExtState(job.project, JOBS, job.name, core.json_encode(record))
@@ -32,10 +45,47 @@ end
 
 --- Forgets a request; false when it was already gone (another instance took its stems in).
 function H.forget(job)
+  if not project_open(job.project) then return false end
   local _, value = reaper.GetProjExtState(job.project, JOBS, job.name)
   if value == "" then return false end
   reaper.SetProjExtState(job.project, JOBS, job.name, "")
   return true
+end
+
+--- The status of a request whose answer the daemon moved to `done/<date>/` a day after it ended
+--- (REAPER or the project was closed meanwhile): its path and text, or nil.
+local function archived_status(status_path)
+  local folder, sep, file = status_path:match("^(.*)([/\\])([^/\\]+)$")
+  if not folder then return nil end
+  local done = folder .. sep .. "done"
+  reaper.EnumerateSubdirectories(done, -1) -- REAPER caches folder listings: read this one afresh
+  local days, i = {}, 0
+  while true do
+    local day = reaper.EnumerateSubdirectories(done, i)
+    if not day then break end
+    days[#days + 1] = day
+    i = i + 1
+  end
+  table.sort(days, function(a, b) return a > b end) -- newest first: dated YYYY-MM-DD
+  for _, day in ipairs(days) do
+    local path = done .. sep .. day .. sep .. file
+    local text = H.read_file(path)
+    if text then return path, text end
+  end
+  return nil
+end
+
+--- The request's status text, or nil: beside the request, else (looked for now and then) where the
+--- daemon archived it, which the job then follows.
+function H.read_status(job)
+  local text = H.read_file(job.status_path)
+  if text then return text end
+  local now = reaper.time_precise()
+  if job.archive_looked_at and now - job.archive_looked_at < ARCHIVE_LOOK then return nil end
+  job.archive_looked_at = now
+  local path, archived = archived_status(job.status_path)
+  if path then job.status_path = path end
+  return archived
 end
 
 local function find_track(project, guid)
@@ -148,7 +198,7 @@ function Session:cancel_all()
 end
 
 function Session:poll(job, now)
-  local text = H.read_file(job.status_path)
+  local text = H.read_status(job)
   if text then
     local status = core.parse_status(text)
     if status then -- a status caught mid-replace is simply read again next time
@@ -161,6 +211,18 @@ function Session:poll(job, now)
   local status = job.status
   if not status or not status.finished then return end
   job.note = nil
+  if not project_open(job.project) then -- its tab was closed: the request stays saved in the project file
+    job.closed = true
+    if status.state == "done" then
+      job.note = "its project was closed: open it and run Collect finished stems"
+    elseif status.state == "failed" then
+      job.note = "failed (its project was closed)"
+      H.alert(job.label .. " could not be separated.\n\n" .. core.failure_text(status))
+    else
+      job.note = "its project was closed"
+    end
+    return
+  end
   if status.state == "done" then
     local current = reaper.EnumProjects(-1)
     if current ~= job.project then
@@ -170,6 +232,7 @@ function Session:poll(job, now)
     job.closed = true
     if not H.forget(job) then return end -- another sam-bridge action inserted them already
     local ok, err = H.insert_stems(job, status)
+    if not ok then H.persist(job) end -- paid for: Collect finished stems tries again
     local warnings = core.flags_text(status.flags)
     if ok and warnings ~= "" then
       job.note = "stems inserted — " .. warnings
@@ -178,7 +241,8 @@ function Session:poll(job, now)
       job.note = "stems inserted"
     else
       job.note = "could not insert the stems"
-      H.alert(job.label .. ": " .. err)
+      H.alert(job.label .. ": " .. err .. "\n\nThe request stays saved in the project: run "
+        .. "\"sam-bridge - Collect finished stems\" to insert them once this is fixed.")
     end
   elseif status.state == "failed" then
     job.closed = true

@@ -18,6 +18,9 @@
 --     it has nothing deferred any more.
 --   * ExtState with persist=true and the project's ProjExtState survive `restart()`, which also makes
 --     every MediaTrack/MediaItem pointer invalid, as REAPER closing and reopening the project does.
+--   * EnumProjects lists the open tabs only; closing one (the driver's close_project) makes its
+--     ReaProject pointer an error wherever a project is passed (REAPER would crash on freed memory).
+--   * EnumerateFiles/EnumerateSubdirectories list the real folders; index -1 re-reads (lists nothing).
 --   * A simulated clock: calls that block REAPER's UI thread (ExecProcess, renders) advance it; each UI
 --     cycle's blocking time is recorded so a test can check nothing held the UI thread over 100 ms.
 --   * Renders write one file per selected item, named by the pattern's $item (REAPER User Guide 7.70,
@@ -92,6 +95,7 @@ function Fake.new(scenario)
   host.project = { kind = "project", file = scenario.project_file or "", tracks = {}, ext = {} }
   host.other_project = { kind = "project", file = "/elsewhere/other.rpp", tracks = {}, ext = {} }
   host.current = host.project
+  host.tabs = { host.project } -- the open project tabs, in EnumProjects order
 
   local function guid()
     host.next_guid = host.next_guid + 1
@@ -131,6 +135,8 @@ function Fake.new(scenario)
 
   local function project_of(proj)
     if proj == nil or proj == 0 then return host.current end
+    -- a closed tab's ReaProject* is freed memory: REAPER crashes on it (ValidatePtr says false)
+    if proj.deleted then error("reaper: a ReaProject* of a closed project tab (a stale pointer)", 3) end
     return proj
   end
 
@@ -175,7 +181,8 @@ function Fake.new(scenario)
   function r.GetResourcePath() return scenario.resource_path or "/reaper/resources" end
   function r.EnumProjects(idx)
     if idx == -1 then return host.current, host.current.file end
-    if idx == 0 then return host.project, host.project.file end
+    local project = host.tabs[idx + 1] -- the open tabs only: a closed one is never listed again
+    if project then return project, project.file end
     return nil, ""
   end
   function r.GetProjectPath() return scenario.media_path or "/default/media" end
@@ -189,14 +196,16 @@ function Fake.new(scenario)
 
   -- The real thing, on this machine: the scripts list real folders and run real commands.
   local function quoted(path) return "'" .. path:gsub("'", "'\\''") .. "'" end
-  function r.EnumerateFiles(path, index)
-    local pipe = assert(io.popen("find " .. quoted(path) .. " -mindepth 1 -maxdepth 1 -type f -printf '%f\\n' "
-      .. "2>/dev/null | sort"))
+  local function listing(path, index, kind)
+    local pipe = assert(io.popen("find " .. quoted(path) .. " -mindepth 1 -maxdepth 1 -type " .. kind
+      .. " -printf '%f\\n' 2>/dev/null | sort"))
     local names = {}
     for line in pipe:lines() do names[#names + 1] = line end
     pipe:close()
-    return names[index + 1]
+    return names[index + 1] -- index -1 (REAPER: re-read the folder, invalidating its cache) lists nothing
   end
+  function r.EnumerateFiles(path, index) return listing(path, index, "f") end
+  function r.EnumerateSubdirectories(path, index) return listing(path, index, "d") end
   function r.ExecProcess(cmdline, timeout_ms)
     host.executed[#host.executed + 1] = cmdline
     local started = os.time()

@@ -112,6 +112,7 @@ return function(host, Fake, copy)
     end
     old.deleted = true
     host.project, host.current = project, project
+    host.tabs = { project }
     host.gfx = { open = false, closed_by_user = false, frames = {}, current = {} }
   end
 

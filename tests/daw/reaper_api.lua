@@ -21,6 +21,7 @@ Api.SIGNATURES = {
   EnumProjects = { { "integer" }, { "ReaProject?", "string" } },
   GetProjectPath = { {}, { "string" } },
   EnumerateFiles = { { "string", "integer" }, { "string?" } },
+  EnumerateSubdirectories = { { "string", "integer" }, { "string?" } },
   ExecProcess = { { "string", "integer" }, { "string?" } },
   GetMousePosition = { {}, { "integer", "integer" } },
   get_action_context = { {}, { "boolean", "string", "integer", "integer", "integer", "integer", "integer", "string" } },

@@ -83,8 +83,27 @@ function handlers.click(cmd)
   return result
 end
 
+local function open_tab(project)
+  for _, tab in ipairs(host.tabs) do
+    if tab == project then return end
+  end
+  host.tabs[#host.tabs + 1] = project
+end
+
 function handlers.switch_project(cmd)
   host.current = cmd.other and host.other_project or host.project
+  open_tab(host.current)
+  return { ok = true }
+end
+
+--- The user closes the project's tab (saved): the other project is current, the closed one's pointer dead.
+function handlers.close_project()
+  open_tab(host.other_project)
+  for i, tab in ipairs(host.tabs) do
+    if tab == host.project then table.remove(host.tabs, i) end
+  end
+  host.project.deleted = true
+  host.current = host.other_project
   return { ok = true }
 end
 

@@ -404,3 +404,74 @@ def test_finished_stems_come_in_even_when_the_daemon_is_gone(setup: Setup, lua: 
     host.run(COLLECT_SCRIPT)
     state = host.state()
     assert len(stem_tracks(state)) == 2 and state["messages"] == [] and state["pending"] == 0
+
+
+# --- 4. a day later, a failed insert, a closed tab ----------------------------------------------------
+
+
+def archive_request(setup: Setup, name: str, day: str = "2026-12-06") -> Path:
+    """What the daemon does a day after a request's final status (bridge/request_files/archive.py): the
+    request and its status move to requests/done/<day>/."""
+    folder = setup.requests_dir / "done" / day
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix in (".json", ".status.json"):
+        (setup.requests_dir / f"{name}{suffix}").rename(folder / f"{name}{suffix}")
+    return folder
+
+
+def test_stems_of_a_request_archived_a_day_later_still_come_in(setup: Setup, lua: str) -> None:
+    """REAPER closed while a paid job ran and opened again more than a day later: the daemon has moved
+    the answered request to done/<date>/. Collect used to say "not picked up yet" for good, never inserted
+    the stems and never ended; Cancel threw the finished job's record away."""
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    host.send(cmd="restart")
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]))
+    archive_request(setup, name, "2026-12-01")
+    (setup.requests_dir / "done" / "2026-12-05").mkdir()  # other days' folders are looked through too
+    host.run(CANCEL_SCRIPT)  # finished and paid for: kept for Collect, no cancel marker
+    assert list(host.state()["proj_ext"]["sam-bridge-jobs"]) == [name]
+    assert not list(setup.requests_dir.glob("*.cancel"))
+    host.run(COLLECT_SCRIPT)
+    host.tick(n=100)
+    state = host.state()
+    assert len(stem_tracks(state)) == 2 and state["pending"] == 0 and state["running"] == 0
+    assert state["proj_ext"].get("sam-bridge-jobs", {}) == {}
+
+
+def test_stems_that_cannot_be_inserted_stay_for_collect(setup: Setup, lua: str) -> None:
+    """The stems' drive was briefly away when the job finished: the alert says so, and the request stays
+    saved so that Collect inserts them later (it used to be forgotten before the insert was tried)."""
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    stems = setup.stems(["target", "residual"])
+    for path in stems.values():
+        Path(path).rename(path + ".away")
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=stems)
+    host.tick(n=20)
+    state = host.state()
+    assert "Collect finished stems" in state["messages"][-1]["text"]
+    assert list(state["proj_ext"]["sam-bridge-jobs"]) == [name]
+    for path in stems.values():
+        Path(path + ".away").rename(path)
+    host.run(COLLECT_SCRIPT)
+    host.tick(n=100)
+    state = host.state()
+    assert len(stem_tracks(state)) == 2 and state["proj_ext"].get("sam-bridge-jobs", {}) == {}
+
+
+def test_a_job_whose_project_tab_was_closed_ends_the_session(setup: Setup, lua: str) -> None:
+    """The tab was closed while its job ran: its pointer is gone for good (REAPER would crash on it), so
+    the session ends with a note instead of asking, forever, to switch back to a tab that is not there."""
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    host.tick(n=5)
+    assert host.send(cmd="close_project")["ok"]
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]))
+    host.tick(n=100, dt=0.25)
+    state = host.state()
+    assert state["running"] == 0 and state["pending"] == 0
+    assert any("project" in line and "closed" in line for line in state["last_frame"])
