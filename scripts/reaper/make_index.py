@@ -40,6 +40,25 @@ def commit_time(commit: str) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def check_version_moved(version: str, commit: str, published: Path) -> None:
+    """ReaPack installs an update only when its version is newer: the same version pinned to another commit
+    whose scripts differ would never reach anyone who installed the earlier one."""
+    if not published.exists():
+        return
+    text = published.read_text(encoding="utf-8")
+    old_commit = re.search(r"for commit ([0-9a-f]{40})", text)
+    old_version = re.search(r'<version name="([^"]+)"', text)
+    if not old_commit or not old_version or old_version.group(1) != version or old_commit.group(1) == commit:
+        return
+    done = subprocess.run(["git", "-C", str(HERE), "diff", "--quiet", old_commit.group(1), commit, "--",
+                           f":(top){FOLDER_IN_REPO}/*.lua"], capture_output=True, check=False)
+    if done.returncode == 1:  # 0: the same scripts; 128: git does not know a commit (nothing to compare)
+        raise SystemExit(f"the scripts changed since {old_commit.group(1)[:12]}, which {published.name} serves "
+                         f"as version {version}: ReaPack updates only to a newer version, so bump it "
+                         "(pyproject.toml, bridge/__init__.py, sam_bridge_core.lua's VERSION, the main script's "
+                         "@version and @changelog)")
+
+
 def header(text: str) -> dict[str, list[str]]:
     """The ReaPack tags of a script's header: @tag value, and indented lines that follow it."""
     tags: dict[str, list[str]] = {}
@@ -108,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("commit", help="the commit the URLs point at (a full hash)")
     parser.add_argument("-o", "--output", type=Path, default=HERE / "index.xml")
     args = parser.parse_args(argv)
+    check_version_moved(package_version(HERE.parents[1]), args.commit, HERE / "index.xml")
     text = make_index(args.base_url, args.commit, HERE.parents[1])
     args.output.write_text(text, encoding="utf-8")
     print(f"wrote {args.output}", file=sys.stderr)

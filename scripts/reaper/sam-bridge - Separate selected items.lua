@@ -1,5 +1,5 @@
 -- @description sam-bridge: Separate selected items…
--- @version 0.1.0
+-- @version 0.2.0
 -- @author sam-bridge
 -- @about
 --   # sam-bridge for REAPER
@@ -20,6 +20,9 @@
 --   [nomain] sam_bridge_session.lua
 --   [nomain] sam_bridge_estimate.lua
 -- @changelog
+--   Stems of a request the daemon archived (REAPER closed for over a day) still come in.
+--   Stems that could not be inserted (their drive away) stay saved for "Collect finished stems";
+--   a job whose project tab was closed ends the wait with a note instead of asking forever.
 --   Says "sam-bridge isn't running" (with the command to start it) instead of waiting forever.
 --   Requests are saved in the project: stems of earlier runs come in on the next run, or with
 --   "Collect finished stems", even after REAPER restarted. No "already running" prompt (REAPER 7.03+).

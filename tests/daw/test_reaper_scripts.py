@@ -112,6 +112,60 @@ def test_the_index_is_what_make_index_writes_for_its_commit(tmp_path: Path) -> N
     assert "https://example.org/r/" + "f" * 40 + "/scripts/reaper/sam_bridge_core.lua" in other.read_text()
 
 
+def pinned_commit() -> str:
+    text = (REAPER_DIR / "index.xml").read_text(encoding="utf-8")
+    return re.search(r"for commit ([0-9a-f]{40})", text).group(1)  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not (REAPER_DIR.parents[1] / ".git").exists(), reason="needs the git history")
+def test_the_index_serves_the_scripts_of_this_tree() -> None:
+    """A user installing from the index gets the scripts at its pinned commit: they must be these."""
+    done = subprocess.run(["git", "-C", str(REAPER_DIR), "diff", "--stat", pinned_commit(), "--", "*.lua"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "", f"index.xml serves older scripts: commit, then run make_index.py\n{done.stdout}"
+
+
+def test_make_index_refuses_changed_scripts_under_a_published_version(tmp_path: Path) -> None:
+    """ReaPack updates only to a newer version: three indexes once served different scripts as 0.1.0."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copytree(REAPER_DIR, repo / "scripts" / "reaper", ignore=shutil.ignore_patterns("index.xml"))
+    shutil.copy(REAPER_DIR.parents[1] / "pyproject.toml", repo / "pyproject.toml")
+    make = [sys.executable, str(repo / "scripts" / "reaper" / "make_index.py"), "https://example.org/r"]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    first = git("rev-parse", "HEAD")
+    subprocess.run([*make, first], check=True, capture_output=True)
+    git("add", "-A")
+    git("commit", "-qm", "index")
+    readme_only = repo / "scripts" / "reaper" / "README.md"
+    readme_only.write_text(readme_only.read_text(encoding="utf-8") + "\nmore\n", encoding="utf-8")
+    git("commit", "-qam", "docs")  # no script changed: the same version may point at it
+    assert subprocess.run([*make, git("rev-parse", "HEAD")], capture_output=True).returncode == 0
+    git("checkout", "-q", "--", ".")
+    core = repo / "scripts" / "reaper" / "sam_bridge_core.lua"
+    core.write_text(core.read_text(encoding="utf-8") + "\n-- a fix\n", encoding="utf-8")
+    git("commit", "-qam", "fix")
+    refused = subprocess.run([*make, git("rev-parse", "HEAD")], capture_output=True, text=True)
+    assert refused.returncode != 0 and "bump it" in refused.stderr
+    pyproject = repo / "pyproject.toml"
+    text = pyproject.read_text(encoding="utf-8")
+    version = re.search(r'^version = "([^"]+)"', text, re.M).group(1)  # type: ignore[union-attr]
+    pyproject.write_text(text.replace(f'version = "{version}"', 'version = "99.0.0"'), encoding="utf-8")
+    main = repo / "scripts" / "reaper" / SEPARATE_SCRIPT.name
+    main.write_text(main.read_text(encoding="utf-8").replace(f"@version {version}", "@version 99.0.0"),
+                    encoding="utf-8")
+    git("commit", "-qam", "bump")
+    assert subprocess.run([*make, git("rev-parse", "HEAD")], capture_output=True).returncode == 0
+
+
 def test_readme_names_every_action_and_library() -> None:
     readme = (REAPER_DIR / "README.md").read_text(encoding="utf-8")
     for path in REAPER_DIR.glob("*.lua"):
