@@ -68,10 +68,12 @@ var host = {
 };
 
 function maxRepeat(ms, fn) {
-    // Max's Task runs `fn` every `ms` on the scheduler until cancelled.
+    // Max's Task runs `fn` every `ms` on the scheduler until cancelled (a negative count). Its first run
+    // comes after `initialdelay`, which is given: without it the first run may come at once, and a timeout
+    // (the port probe, the cost confirmation) would fire before anything could answer.
     var task = new Task(fn, maxGlobal);
     task.interval = ms;
-    task.repeat();
+    task.repeat(-1, ms);
     return { stop: function () { task.cancel(); } };
 }
 
@@ -997,7 +999,7 @@ function createSessionClip(trackIndex, slotIndex, path) {
 
 if (typeof module !== "undefined" && module.exports) {
     module.exports = {
-        setHost: setHost, resetDevice: resetDevice, getDevice: function () { return device; },
+        setHost: setHost, resetDevice: resetDevice, getDevice: function () { return device; }, maxRepeat: maxRepeat,
         findLiveProject: findLiveProject, stemsProjectDir: stemsProjectDir, clipRegion: clipRegion,
         parseClipPath: parseClipPath, readSelectedClip: readSelectedClip, buildSeparateMessage: buildSeparateMessage,
         stemTrackName: stemTrackName, currentWhat: currentWhat, placeStems: placeStems, dirname: dirname,

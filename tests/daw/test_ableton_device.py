@@ -108,6 +108,33 @@ def test_the_device_script_is_es5_for_maxs_js_object() -> None:
     assert modern.returncode != 0  # the check does catch ES6
 
 
+def test_timers_first_fire_after_their_interval_in_max() -> None:
+    """Max's Task (js reference, "The Task Object"): repeat(number, initialdelay) repeats until cancelled when
+    number is negative or absent; initialdelay is the delay until the first iteration. Read strictly, no
+    initialdelay is no delay: the stand-in Task runs the first iteration at once then, as Max may."""
+    script = """
+    global.post = () => {}; global.outlet = () => {}; global.messagename = "";
+    global.LiveAPI = function () {};
+    const calls = [];
+    global.Task = function (fn) { this.fn = fn; this.interval = 500; };
+    global.Task.prototype.repeat = function (count, initialdelay) {
+      calls.push([count === undefined ? null : count, initialdelay === undefined ? null : initialdelay]);
+      if (initialdelay === undefined || initialdelay <= 0) this.fn();  // the first iteration: now
+    };
+    global.Task.prototype.cancel = function () {};
+    const device = require(process.argv[1]);
+    let fired = 0;
+    device.maxRepeat(1500, () => { fired += 1; });
+    console.log(JSON.stringify({ fired, calls }));
+    """
+    done = subprocess.run([NODE or "node", "-e", script, str(DEVICE_JS)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["fired"] == 0  # the port probe's 1.5 s timeout did not go off before any answer could come
+    [[count, delay]] = result["calls"]
+    assert (count is None or count < 0) and delay == 1500
+
+
 def test_readme_explains_saving_as_amxd_and_where_answers_go() -> None:
     readme = (ABLETON_DIR / "README.md").read_text(encoding="utf-8")
     for words in ("sam-bridge.amxd", "sam-bridge ableton install", "build_amxd.py", "/sam/reply_to",
