@@ -123,6 +123,29 @@ class _StemValues:
     def __call__(
         self, exact: Float64Array, target: NDArray[np.float32], service_residual: NDArray[np.float32] | None
     ) -> tuple[NDArray[np.generic], NDArray[np.generic]]:
+        counts, null_peak = (self.target_q.clipped, self.residual_q.clipped), self.tally.null_peak
+        stored = self._values(exact, target, service_residual)
+        bits = self.target_q.bits
+        if not self.complement or bits is None or (self.target_q.clipped, self.residual_q.clipped) == counts:
+            return stored
+        # A loud block: near full scale, the kept part can swing against the rest (a mastered mix's kick at
+        # +0.8 where the limited mix is at +0.95), so source − target is beyond what the residual's format
+        # holds, and a clipped residual no longer adds up to the source. The target gives way there, just
+        # enough: each sample into [source − (FS − lsb), source + FS] ∩ [−FS, FS − lsb], which is never
+        # empty for a source within full scale. The clip counts of the first pass stay: "clipped" says the
+        # target was limited; the null is measured again.
+        first = (self.target_q.clipped, self.residual_q.clipped)
+        self.tally.null_peak = null_peak
+        largest = 1.0 - 2.0 ** (1 - bits)
+        lowest = np.maximum(exact - largest, -1.0)
+        highest = np.minimum(exact + 1.0, largest)
+        stored = self._values(exact, np.clip(target.astype(np.float64), lowest, highest), None)
+        self.target_q.clipped, self.residual_q.clipped = first
+        return stored
+
+    def _values(
+        self, exact: Float64Array, target: NDArray[np.floating], service_residual: NDArray[np.float32] | None
+    ) -> tuple[NDArray[np.generic], NDArray[np.generic]]:
         stored_t, values_t = self.target_q(target)  # float32 in, exact (see Quantizer)
         if self.on_grid:
             stored_r, peak = self.residual_q.on_grid(exact - values_t)  # exact: both are whole steps

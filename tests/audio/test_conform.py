@@ -411,6 +411,29 @@ def test_pcm_override_clips_safely_and_says_so(tmp_path: Path) -> None:
     assert target.max() == (2**23 - 1) << 8 and target.min() == -(2**23) << 8  # clipped, not wrapped
 
 
+@pytest.mark.parametrize(("subtype", "channels"), [("PCM_24", 1), ("PCM_16", 2), ("PCM_24", 2)])
+def test_a_loud_source_still_nulls_exactly(tmp_path: Path, subtype: str, channels: int) -> None:
+    """A mastered mix near full scale whose kept part swings against the rest (a kick at +0.8 where the mix,
+    limited, is at +0.95 and everything else at -0.5): source - target is beyond full scale there. The
+    residual used to clip (target + residual missed the source by -5.5 dBFS, said only as "clipped"); now
+    the target gives way just enough that the residual fits, and the null stays exact."""
+    rate = 48_000
+    mix = tone(rate, 1.0, 100, 0.97) + 0.02 * low_noise(rate, 1.0)
+    kept = -0.6 * tone(rate, 1.0, 100, 1.0)  # against the mix: the rest is mix - kept, up to 1.57
+    if channels == 2:
+        mix, kept = np.stack([mix, 0.9 * mix], axis=1), np.stack([kept, 0.9 * kept], axis=1)
+    source = write_audio(tmp_path / "master.wav", mix, rate, subtype)
+    results = fake_service_result(kept if channels == 1 else kept.mean(axis=1), np.zeros(len(mix)), rate, tmp_path)
+    report, out_t, out_r, _ = _run(tmp_path, source, results)
+    _assert_pcm_nulls(source, out_t, out_r)
+    assert report.null_test_dbfs == -math.inf
+    assert "clipped" in report.flags  # the target was limited: said
+    target = sf.read(str(out_t), always_2d=True)[0][:, 0]
+    expected = kept if channels == 1 else kept[:, 0]
+    quiet = np.abs(mix if channels == 1 else mix[:, 0]) < 0.3  # where nothing is near full scale: as served
+    assert np.max(np.abs(target[quiet] - expected[quiet])) < 1e-3
+
+
 def test_big_wav_stems_become_rf64(tmp_path: Path) -> None:
     data = noise(48_000, 1.0, channels=2)
     source = write_audio(tmp_path / "src.wav", data, 48_000, "PCM_24")
