@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.common.errors import ConfigError
 from bridge.common.processes import process_alive
+from bridge.common.redact import SafeLogFilter
 from bridge.os_service import macos_privacy
 from bridge.os_service.files import PLATFORMS, ServicePlan, current_platform, key_hint, make_plan, shell_line
 from bridge.os_service.manage import install, status, uninstall
@@ -85,8 +86,9 @@ def service_run(args: argparse.Namespace) -> int:
     handler = logging.handlers.RotatingFileHandler(path, maxBytes=1_000_000, backupCount=2, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s service-run: %(message)s"))
     root = logging.getLogger()
-    root.addHandler(handler)
-    root.addHandler(logging.StreamHandler(sys.stderr))
+    for each in (handler, logging.StreamHandler(sys.stderr)):
+        SafeLogFilter.install(each)  # the daemon's last stderr lines are logged here: the key stays out
+        root.addHandler(each)
     root.setLevel(logging.INFO)
     stop = SignalStop()  # set from a signal handler: no lock (see SignalStop)
     for name in ("SIGTERM", "SIGINT", "SIGBREAK", "SIGHUP"):  # SIGBREAK: Windows' Ctrl-Break

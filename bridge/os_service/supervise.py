@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bridge.common.processes import SignalStop
+from bridge.common.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ def run_once(command: Sequence[str], stop: threading.Event | SignalStop) -> RunR
 
     def read() -> None:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            tail.append(line.rstrip("\n"))
+        for line in proc.stderr:  # a traceback can quote the key (the daemon's own redaction is gone by then)
+            tail.append(redact(line.rstrip("\n")))
 
     reader = threading.Thread(target=read, name="daemon-stderr", daemon=True)
     reader.start()
@@ -93,9 +94,10 @@ def supervise(command: Sequence[str], stop: threading.Event | SignalStop, backof
             log.warning("another sam-bridge daemon is already running; this one is not restarted")
             return result.code
         wait = backoff.next_wait(wait, ran_for)
-        why = "\n    ".join(result.tail) if result.tail else "(it wrote nothing to stderr; see daemon.log)"
-        log.error("the daemon exited with code %s after %.0f s; restarting in %.0f s. Its last words:\n    %s",
-                  result.code, ran_for, wait, why)
+        log.error("the daemon exited with code %s after %.0f s; restarting in %.0f s. %s", result.code, ran_for,
+                  wait, "Its last words:" if result.tail else "It wrote nothing to stderr; see daemon.log.")
+        for line in result.tail:  # a record each: the log filter escapes newlines inside one (no forged lines)
+            log.error("  daemon stderr: %s", line)
         if stop.wait(wait):
             return 0
 

@@ -116,9 +116,10 @@ def test_service_run_restarts_a_crashed_program_with_backoff_and_says_why(
     assert code == 0 and count.read_text() == "3"  # crashed twice, restarted twice, then stopped cleanly
     assert waits == [1.0, 2.0]  # backoff doubles
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 2
-    assert "exited with code 71" in errors[0] and "Traceback: crash number 1" in errors[0]
-    assert "exited with code 72" in errors[1] and "restarting in 2 s" in errors[1]
+    assert len(errors) == 4  # per crash: why, then each line the daemon left on stderr
+    assert "exited with code 71" in errors[0] and errors[1] == "  daemon stderr: Traceback: crash number 1"
+    assert "exited with code 72" in errors[2] and "restarting in 2 s" in errors[2]
+    assert errors[3] == "  daemon stderr: Traceback: crash number 2"
 
 
 def test_a_second_daemon_is_not_restarted_forever() -> None:
@@ -155,3 +156,38 @@ def test_service_run_brings_a_killed_daemon_back(service, user_dirs) -> None:
     log = (user_dirs["state"] / "logs" / "service.log").read_text()
     assert "exited with code -9" in log and "restarting in 1 s" in log
     assert not info_path.exists()  # the second daemon stopped cleanly with the supervisor
+
+
+# The supervisor's own log, written by `service-run` in a process of its own (it sets signal handlers and
+# root log handlers): its "daemon" dies once with the key in its last stderr line (an uncaught exception's
+# traceback, printed after the daemon's own redaction is gone), then exits cleanly.
+LEAKING_SERVICE_RUN = """
+import sys
+import bridge.commands.service as service
+from bridge.cli import main
+from bridge.os_service import supervise as real
+
+CRASH = ("import os, sys; sys.stderr.write('RuntimeError: bad header Key ' + os.environ['FAL_KEY'] + '\\\\n'); "
+         "sys.exit(1)")
+runs = []
+
+def one_crash(command, stop):
+    def runner(_command, stop):
+        runs.append(1)
+        return real.run_once([sys.executable, "-c", CRASH if len(runs) == 1 else "pass"], stop)
+    return real.supervise(command, stop, backoff=real.Backoff(first=0.01), runner=runner)
+
+service.supervise = one_crash
+raise SystemExit(main(["service-run"]))
+"""
+
+
+def test_service_run_never_writes_the_key_to_its_log(user_dirs: dict[str, Path]) -> None:
+    env = {**os.environ, "FAL_KEY": TEST_KEY, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", LEAKING_SERVICE_RUN], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2])
+    log = (user_dirs["state"] / "logs" / "service.log").read_text(encoding="utf-8")
+    assert done.returncode == 0, done.stderr
+    assert "exited with code 1" in log and "RuntimeError: bad header Key <redacted>" in log, log
+    for half in (TEST_KEY, *TEST_KEY.split("-")[-1:]):
+        assert half not in log and half not in done.stderr
