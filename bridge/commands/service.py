@@ -16,7 +16,15 @@ from bridge.common.errors import ConfigError
 from bridge.common.processes import process_alive
 from bridge.common.redact import SafeLogFilter
 from bridge.os_service import macos_privacy
-from bridge.os_service.files import PLATFORMS, ServicePlan, current_platform, key_hint, make_plan, shell_line
+from bridge.os_service.files import (
+    PLATFORMS,
+    ServicePlan,
+    current_platform,
+    key_hint,
+    make_plan,
+    module_command,
+    shell_line,
+)
 from bridge.os_service.manage import install, status, uninstall
 from bridge.os_service.supervise import supervise
 
@@ -94,8 +102,12 @@ def service_run(args: argparse.Namespace) -> int:
     for name in ("SIGTERM", "SIGINT", "SIGBREAK", "SIGHUP"):  # SIGBREAK: Windows' Ctrl-Break
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), stop.set)
-    run_args = [a for a in args.run_args if a != "--"]
-    return supervise([sys.executable, "-m", "bridge", "run", *run_args], stop)
+    return supervise(daemon_child_command(args.run_args), stop)
+
+
+def daemon_child_command(run_args: list[str]) -> list[str]:
+    """What `service-run` runs: `sam-bridge run` in this Python."""
+    return module_command(sys.executable, "run", *(a for a in run_args if a != "--"))
 
 
 def service_folders(config: Config) -> list[Path]:

@@ -90,20 +90,27 @@ def daemon_command(platform: Platform, executable: str | None = None,
     """The command line that runs this installation's daemon.
 
     The `sam-bridge` script beside the running Python wins (it is the installed one); then one on PATH;
-    else `python -m bridge run`. On Windows `pythonw` runs it without a console window, under
+    else `python -P -m bridge run`. On Windows `pythonw` runs it without a console window, under
     `service-run`, which restarts it after a crash (Task Scheduler only retries a failed start)."""
     python = PurePath(executable or sys.executable)
     folder = python.parent
     if platform == "windows":
         pythonw = folder / "pythonw.exe"
-        return [str(pythonw if os.path.exists(pythonw) else python), "-m", "bridge", "service-run"]
+        return module_command(str(pythonw if os.path.exists(pythonw) else python), "service-run")
     beside = folder / "sam-bridge"
     if os.access(beside, os.X_OK):
         return [str(beside), "run"]
     found = which("sam-bridge")
     if found:
         return [found, "run"]
-    return [str(python), "-m", "bridge", "run"]
+    return module_command(str(python), "run")
+
+
+def module_command(python: str, *args: str) -> list[str]:
+    """`python -m bridge ARGS`, safe in any start folder: `-m` alone puts the current folder first on sys.path,
+    and services start in the user's home (or /), where a folder named `bridge` would run instead. `-P`
+    (Python 3.11+, sam-bridge's minimum) leaves it off."""
+    return [python, "-P", "-m", "bridge", *args]
 
 
 # --- the templates ------------------------------------------------------------------------------------
@@ -339,8 +346,8 @@ EXAMPLE_ENVIRONMENTS: dict[Platform, tuple[dict[str, str], list[str]]] = {
     "macos": ({"HOME": "/Users/you"}, ["/Users/you/.local/bin/sam-bridge", "run"]),
     "windows": ({"USERPROFILE": "C:\\Users\\you", "LOCALAPPDATA": "C:\\Users\\you\\AppData\\Local",
                  "USERDOMAIN": "STUDIO-PC", "USERNAME": "you"},
-                ["C:\\Users\\you\\AppData\\Local\\Programs\\Python\\Python311\\pythonw.exe", "-m", "bridge",
-                 "service-run"]),
+                module_command("C:\\Users\\you\\AppData\\Local\\Programs\\Python\\Python311\\pythonw.exe",
+                               "service-run")),
 }
 
 

@@ -207,7 +207,7 @@ def test_daemon_command_prefers_the_script_beside_python(tmp_path: Path) -> None
     python = tmp_path / "bin" / "python"
     python.parent.mkdir()
     python.write_text("")
-    assert daemon_command("linux", str(python), which=lambda _: None) == [str(python), "-m", "bridge", "run"]
+    assert daemon_command("linux", str(python), which=lambda _: None) == [str(python), "-P", "-m", "bridge", "run"]
     assert daemon_command("linux", str(python), which=lambda _: "/usr/local/bin/sam-bridge") == [
         "/usr/local/bin/sam-bridge", "run"]
     script = tmp_path / "bin" / "sam-bridge"
@@ -215,7 +215,7 @@ def test_daemon_command_prefers_the_script_beside_python(tmp_path: Path) -> None
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     assert daemon_command("linux", str(python), which=lambda _: "/elsewhere") == [str(script), "run"]
     (tmp_path / "bin" / "pythonw.exe").write_text("")
-    assert daemon_command("windows", str(python)) == [str(tmp_path / "bin" / "pythonw.exe"), "-m", "bridge",
+    assert daemon_command("windows", str(python)) == [str(tmp_path / "bin" / "pythonw.exe"), "-P", "-m", "bridge",
                                                       "service-run"]
 
 
@@ -341,3 +341,26 @@ def test_service_managers_let_a_stop_wait_for_a_submits_answer() -> None:
     agent = plistlib.loads(render_launchd_plist(["/usr/local/bin/sam-bridge", "run"], PurePosixPath("/Users/you/e"),
                                                 PurePosixPath("/Users/you/l.log")).encode("utf-8"))
     assert agent["ExitTimeOut"] > longest_wait
+
+
+def test_a_bridge_folder_in_the_start_folder_does_not_replace_sam_bridge(tmp_path: Path) -> None:
+    """`python -m` puts the current folder first on sys.path, and the services start in the user's home
+    (systemd, Task Scheduler's WorkingDirectory) or / (launchd): a folder named `bridge` there would run
+    instead of sam-bridge. Each `-m` command the services run is started here in such a folder."""
+    from bridge.commands.service import daemon_child_command
+
+    impostor = tmp_path / "bridge"
+    impostor.mkdir()
+    (impostor / "__init__.py").write_text("")
+    (impostor / "__main__.py").write_text("print('not sam-bridge')\n")
+    no_script = str(tmp_path / "bin" / "python")  # no sam-bridge script beside it, none on PATH
+    commands = {"linux, macOS": daemon_command("linux", no_script, which=lambda _: None),
+                "the Windows task": daemon_command("windows", no_script),
+                "service-run's daemon": daemon_child_command([])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for what, command in commands.items():
+        assert "-m" in command, what
+        options = command[1:command.index("-m") + 2]  # what the service runs, with this Python
+        done = subprocess.run([sys.executable, *options, "--version"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.stdout.startswith("sam-bridge "), (what, command, done.stdout, done.stderr)
