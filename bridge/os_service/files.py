@@ -129,6 +129,22 @@ def _systemd_env(key: str, value: str) -> str:
     return f'"{text}"'
 
 
+# Exits a restart cannot cure, each with why: restarting them every few seconds would only fill the log.
+# The codes are declared where they are raised (this layer cannot import them; a test keeps them equal):
+# bridge.common.errors.InputError/ConfigError 2, bridge.daemon.AlreadyRunning and the team journal's
+# InstanceInUse 3, bridge.engine.journal.JournalDamaged 4. The texts go into a shell line: no $ " ` \.
+NOT_RESTARTED: dict[int, str] = {
+    2: "its configuration or command line is wrong: see the log above",
+    3: "another sam-bridge daemon is already running",
+    4: "its job journal is damaged: the log above says what to do",
+}
+
+
+def stop_reason(code: int) -> str:
+    """Why an exit is not restarted, for `service status`."""
+    return f"the daemon exited with code {code} ({NOT_RESTARTED[code]})"
+
+
 # How long a service manager lets a stop take before it kills the daemon: a stop waits for the answer to a
 # submit already on its way (up to the client's connect + read timeouts, 150 s), or the paid job is lost.
 STOP_GRACE_SECONDS = 180
@@ -151,6 +167,7 @@ EnvironmentFile=-{env_path}
 Environment=PYTHONUNBUFFERED=1
 {moved}Restart=on-failure
 RestartSec=5
+RestartPreventExitStatus={" ".join(str(code) for code in NOT_RESTARTED)}
 TimeoutStopSec={STOP_GRACE_SECONDS}
 
 [Install]
@@ -158,8 +175,23 @@ WantedBy=default.target
 """
 
 
-# Sources the optional key file, then runs the daemon: launchd has no EnvironmentFile of its own.
-_LAUNCHD_SHELL = 'if [ -f "$0" ]; then set -a; . "$0"; set +a; fi; exec "$@"'
+# Sources the optional key file (launchd has no EnvironmentFile of its own), then runs the daemon. launchd
+# restarts any non-zero exit (KeepAlive SuccessfulExit false) and has no list of exits to leave alone, so
+# the shell stays as the daemon's parent and turns an exit in NOT_RESTARTED into 0 after saying why in the
+# log. It passes launchd's SIGTERM on (a stop waits for the daemon) and waits again until the daemon is gone.
+_LAUNCHD_SHELL = ('if [ -f "$0" ]; then set -a; . "$0"; set +a; fi\n'
+                  'trap \'sam_stop=1; [ -z "$sam_pid" ] || kill -TERM "$sam_pid" 2>/dev/null\' TERM INT HUP\n'
+                  '"$@" & sam_pid=$!\n'
+                  '[ -z "$sam_stop" ] || kill -TERM "$sam_pid" 2>/dev/null\n'
+                  'wait "$sam_pid"; sam_code=$?\n'
+                  'while [ "$sam_code" -gt 128 ] && kill -0 "$sam_pid" 2>/dev/null\n'
+                  'do wait "$sam_pid"; sam_code=$?; done\n'
+                  'case $sam_code in\n'
+                  + "".join(f'{code}) echo "sam-bridge service: the daemon exited with code {code} ({why}); launchd '
+                            'does not restart it." >&2; exit 0;;\n' for code, why in NOT_RESTARTED.items())
+                  + 'esac\n'
+                  'echo "sam-bridge service: the daemon exited with code $sam_code." >&2\n'
+                  'exit "$sam_code"')
 
 
 def render_launchd_plist(command: Sequence[str], env_file: PurePath, log_file: PurePath,
@@ -255,6 +287,7 @@ class ServicePlan:
     enable: list[list[str]] = field(default_factory=list)  # run after writing the file
     disable: list[list[str]] = field(default_factory=list)  # run before removing it
     queries: list[list[str]] = field(default_factory=list)  # tell whether it is enabled / running
+    last_exit: list[str] = field(default_factory=list)  # systemd: the daemon's last exit code, when stopped
     not_carried: list[str] = field(default_factory=list)  # CARRIED_ENV set here that the service cannot take
 
     def encoded(self) -> bytes:
@@ -273,7 +306,8 @@ def make_plan(platform: Platform, env: Mapping[str, str], command: list[str] | N
             platform, paths, command, render_systemd_unit(command, paths.env_file, carried),
             enable=[[*ctl, "daemon-reload"], [*ctl, "enable", "--now", UNIT_NAME]],
             disable=[[*ctl, "disable", "--now", UNIT_NAME]],
-            queries=[[*ctl, "is-enabled", UNIT_NAME], [*ctl, "is-active", UNIT_NAME]])
+            queries=[[*ctl, "is-enabled", UNIT_NAME], [*ctl, "is-active", UNIT_NAME]],
+            last_exit=[*ctl, "show", "--property=ExecMainStatus", "--value", UNIT_NAME])
     if platform == "macos":
         assert paths.env_file is not None and paths.log_file is not None
         domain = f"gui/{uid if uid is not None else _uid()}"

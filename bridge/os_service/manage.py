@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.common.errors import ConfigError
-from bridge.os_service.files import MARKER, ServicePlan, shell_line
+from bridge.os_service.files import MARKER, NOT_RESTARTED, ServicePlan, shell_line, stop_reason
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ def status(plan: ServicePlan, runner: Runner = run_command) -> Outcome:
     outcome.lines.append(f"Service file: {path} ({'installed' if installed else 'not installed'})")
     outcome.lines.append(f"Runs: {shell_line(plan.command)}")
     if installed:
-        for command in plan.queries:
+        running = False
+        for command in plan.queries:  # the last one tells whether it runs
             result = runner(command)
             answer = result.output.splitlines()[0] if result.output else f"exit code {result.returncode}"
             if plan.platform == "macos":
@@ -133,7 +134,31 @@ def status(plan: ServicePlan, runner: Runner = run_command) -> Outcome:
             elif plan.platform == "windows":
                 answer = task_state(result)
             outcome.lines.append(f"{shell_line(command)}: {answer}")
+            running = answer in ("active", "state = running") or answer.startswith("running")
+        if not running:
+            outcome.lines += _why_stopped(plan, runner)
     return outcome
+
+
+def _why_stopped(plan: ServicePlan, runner: Runner) -> list[str]:
+    """The exit the service manager does not restart (NOT_RESTARTED), if that is why it is down."""
+    if plan.platform == "linux" and plan.last_exit:
+        answer = runner(plan.last_exit).output.strip()
+        if answer.isdigit() and int(answer) in NOT_RESTARTED:
+            return [f"Stopped: {stop_reason(int(answer))}; systemd does not restart it. After fixing that: "
+                    f"systemctl --user restart {plan.last_exit[-1]}"]
+    if plan.platform == "macos" and plan.paths.log_file is not None:
+        try:
+            with open(str(plan.paths.log_file), encoding="utf-8", errors="replace") as handle:
+                ends = [line.strip() for line in handle.readlines()[-2000:] if line.startswith(_LAUNCHD_END)]
+        except OSError:
+            return []
+        if ends and "does not restart" in ends[-1]:
+            return [f"Stopped: {ends[-1].removeprefix(_LAUNCHD_END)}"]
+    return []
+
+
+_LAUNCHD_END = "sam-bridge service: "  # the start line's last words in the log (files._LAUNCHD_SHELL)
 
 
 def _launchd_state(result: CommandResult) -> str:
@@ -177,6 +202,8 @@ def task_state(result: CommandResult) -> str:
         return f"not running ({status}); it was ended (schtasks /End or Task Scheduler)"
     if code == 0:
         return f"not running ({status}); it last stopped cleanly"
+    if code in NOT_RESTARTED:  # service-run ends with the daemon's code
+        return f"not running ({status}); {stop_reason(code)}; it is not restarted"
     return f"not running ({status}); it last ended with code {last}: see the service log"
 
 

@@ -6,8 +6,9 @@ task runs this supervisor, which restarts the daemon after a non-zero exit, wait
 crash (1 s, 2 s, 4 s … up to a minute; back to 1 s after an hour of good running), and logs why it restarted:
 the exit code and the last lines the daemon wrote to stderr (its traceback).
 
-A clean exit (0: stopped on purpose) ends the supervisor too; so does exit code 3 (another daemon already
-runs: restarting could never succeed).
+A clean exit (0: stopped on purpose) ends the supervisor too; so does an exit a restart cannot cure
+(`NOT_RESTARTED`: a bad config, another daemon already running, a damaged journal), with the daemon's code,
+which Task Scheduler shows as the task's last result.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from dataclasses import dataclass
 
 from bridge.common.processes import SignalStop
 from bridge.common.redact import redact
+from bridge.os_service.files import NOT_RESTARTED
 
 log = logging.getLogger(__name__)
 
-ALREADY_RUNNING = 3  # bridge.daemon.AlreadyRunning.exit_code
 TAIL_LINES = 20
 
 
@@ -90,8 +91,11 @@ def supervise(command: Sequence[str], stop: threading.Event | SignalStop, backof
         if result.code == 0:
             log.info("the daemon stopped cleanly after %.0f s; not restarting it", ran_for)
             return 0
-        if result.code == ALREADY_RUNNING:
-            log.warning("another sam-bridge daemon is already running; this one is not restarted")
+        if result.code in NOT_RESTARTED:
+            log.error("the daemon exited with code %s (%s); it is not restarted", result.code,
+                      NOT_RESTARTED[result.code])
+            for line in result.tail:
+                log.error("  daemon stderr: %s", line)
             return result.code
         wait = backoff.next_wait(wait, ran_for)
         log.error("the daemon exited with code %s after %.0f s; restarting in %.0f s. %s", result.code, ran_for,

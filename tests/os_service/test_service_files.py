@@ -364,3 +364,98 @@ def test_a_bridge_folder_in_the_start_folder_does_not_replace_sam_bridge(tmp_pat
         done = subprocess.run([sys.executable, *options, "--version"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=60)
         assert done.stdout.startswith("sam-bridge "), (what, command, done.stdout, done.stderr)
+
+
+# --- exits a restart cannot cure -----------------------------------------------------------------------
+
+
+def incurable_exits() -> set[int]:
+    """Where the daemon's exit codes are declared: a bad config or command line (2), another daemon already
+    running (3, the team journal's instance in use too), a damaged journal (4)."""
+    from bridge.daemon import AlreadyRunning
+    from bridge.engine.journal import JournalDamaged
+    from bridge.engine.journal.postgres import InstanceInUse
+
+    assert AlreadyRunning.exit_code == InstanceInUse.exit_code
+    return {ConfigError.exit_code, AlreadyRunning.exit_code, JournalDamaged.exit_code}
+
+
+def test_systemd_does_not_restart_an_exit_a_restart_cannot_cure() -> None:
+    """systemd.service(5): RestartPreventExitStatus= takes exit codes that are not restarted even with
+    Restart=on-failure; without it a config error restarted every RestartSec=5 s, forever."""
+    unit = render_systemd_unit(["/usr/bin/sam-bridge", "run"], PurePosixPath("/home/you/service.env"))
+    found = re.search(r"^RestartPreventExitStatus=(.*)$", unit, re.M)
+    assert found is not None and {int(c) for c in found.group(1).split()} == set(incurable_exits())
+    assert "Restart=on-failure" in unit
+
+
+EXIT_WITH = """
+import signal, sys, time
+if sys.argv[1] == "term":
+    signal.signal(signal.SIGTERM, lambda *_: (print("stopped on SIGTERM", flush=True), sys.exit(0)))
+    print("ready", flush=True)
+    time.sleep(60)
+    sys.exit(9)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.skipif(not Path("/bin/sh").exists(), reason="needs /bin/sh")
+def test_launchd_leaves_an_exit_a_restart_cannot_cure_alone(tmp_path: Path) -> None:
+    """launchd.plist(5): KeepAlive's SuccessfulExit false restarts only a non-zero exit, and launchd has no
+    list of codes to leave alone; so the start line turns those exits into 0 after saying why in the log."""
+    def start_line(*args: str) -> list[str]:
+        agent = plistlib.loads(render_launchd_plist([sys.executable, "-c", EXIT_WITH, *args],
+                                                    PurePosixPath(tmp_path / "none.env"), PurePosixPath("/l")).encode())
+        assert agent["KeepAlive"] == {"SuccessfulExit": False}
+        return list(agent["ProgramArguments"])
+
+    for code in sorted({*incurable_exits(), 0, 1, 70}):
+        done = subprocess.run(start_line(str(code)), capture_output=True, text=True, timeout=30)
+        restarted = code not in incurable_exits() and code != 0
+        assert done.returncode == (code if restarted else 0), (code, done.stderr)
+        assert f"the daemon exited with code {code}" in done.stderr
+        assert ("launchd does not restart it" in done.stderr) == (not restarted and code != 0), done.stderr
+    # the daemon still gets launchd's SIGTERM (a stop waits for it to finish) and its clean exit counts
+    proc = subprocess.Popen(start_line("term"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        proc.terminate()  # launchd signals the job's own process: the shell
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert out == "stopped on SIGTERM\n" and proc.returncode == 0, err
+
+
+class Answers:
+    """The service manager's answers to status's questions, by the command's last words."""
+
+    def __init__(self, answers: dict[str, CommandResult]) -> None:
+        self.answers = answers
+
+    def __call__(self, args: Sequence[str]) -> CommandResult:
+        for words, result in self.answers.items():
+            if " ".join(args).endswith(words):
+                return result
+        return CommandResult(1, f"unexpected: {args}")
+
+
+def test_status_says_why_the_service_stopped_for_good(home: Path) -> None:
+    linux = make_plan("linux", os.environ, ["/opt/sam-bridge", "run"])
+    install(linux, Recorder())
+    config_code = ConfigError.exit_code
+    lines = status(linux, Answers({f"is-enabled {UNIT_NAME}": CommandResult(0, "enabled"),
+                                   f"is-active {UNIT_NAME}": CommandResult(3, "failed"),
+                                   f"--value {UNIT_NAME}": CommandResult(0, str(config_code))})).lines
+    assert lines[-1].startswith(f"Stopped: the daemon exited with code {config_code} (its configuration") and (
+        "systemd does not restart it" in lines[-1]), lines
+    mac = make_plan("macos", os.environ, ["/opt/sam-bridge", "run"], uid=501)
+    install(mac, Recorder())
+    assert mac.paths.log_file is not None
+    Path(mac.paths.log_file).write_text("sam-bridge: sam-bridge is already running (process 42)\nsam-bridge service: "
+                                        "the daemon exited with code 3 (another sam-bridge daemon is already running); "
+                                        "launchd does not restart it.\n", encoding="utf-8")
+    lines = status(mac, Answers({LAUNCHD_LABEL: CommandResult(0, "gui/501/org.sam-bridge.daemon = {\n"
+                                                              "\tstate = not running\n\tlast exit code = 0\n}")})).lines
+    assert lines[-1].endswith("the daemon exited with code 3 (another sam-bridge daemon is already running); "
+                              "launchd does not restart it."), lines

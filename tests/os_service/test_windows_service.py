@@ -191,3 +191,28 @@ def test_service_run_never_writes_the_key_to_its_log(user_dirs: dict[str, Path])
     assert "exited with code 1" in log and "RuntimeError: bad header Key <redacted>" in log, log
     for half in (TEST_KEY, *TEST_KEY.split("-")[-1:]):
         assert half not in log and half not in done.stderr
+
+
+@pytest.mark.parametrize("code", [2, 3, 4])  # a bad config, another daemon running, a damaged journal
+def test_service_run_does_not_restart_an_exit_a_restart_cannot_cure(code: int) -> None:
+    calls: list[object] = []
+    stop = threading.Event()
+
+    def incurable(*args: object) -> RunResult:
+        calls.append(args)
+        if len(calls) == 3:  # restarted over and over: enough to tell
+            stop.set()
+        return RunResult(code, ["sam-bridge: something a restart cannot change"])
+
+    assert supervise(["x"], stop, backoff=Backoff(first=0.01, longest=0.01), runner=incurable) == code
+    assert len(calls) == 1
+
+
+def test_windows_status_says_why_the_supervisor_gave_up(tmp_path: Path) -> None:
+    plan = windows_plan(tmp_path)
+    schtasks = FakeSchtasks()
+    install(plan, schtasks)
+    schtasks.process_exited(TASK_NAME, 3)  # service-run ends with the daemon's code
+    assert status(plan, schtasks).lines[-1].endswith(
+        "not running (Ready); the daemon exited with code 3 (another sam-bridge daemon is already running); "
+        "it is not restarted")
