@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import plistlib
+import re
 import shutil
 import subprocess
 import sys
@@ -116,10 +117,25 @@ def module_command(python: str, *args: str) -> list[str]:
 # --- the templates ------------------------------------------------------------------------------------
 
 
-def _systemd_quote(arg: str) -> str:
-    # ExecStart: double quotes group words; `\` and `"` are escaped; `%` (specifiers) and `$` (variables)
-    # are doubled so a path is taken literally.
-    text = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+# systemd refuses an executable path holding these ("Executable name contains special characters").
+_UNSAFE_EXECUTABLE = re.compile(r"['\"\\\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _systemd_exec(command: Sequence[str]) -> str:
+    """ExecStart's value running `command` as it is (systemd.service(5), "Command lines")."""
+    if _UNSAFE_EXECUTABLE.search(command[0]):  # a shell runs it instead: any character may be in an argument
+        command = ["/bin/sh", "-c", 'exec "$0" "$@"', *command]
+    return " ".join([_systemd_quote(command[0], executable=True), *(_systemd_quote(a) for a in command[1:])])
+
+
+def _systemd_quote(arg: str, executable: bool = False) -> str:
+    # Double quotes group words; `\` and `"` are escaped, control characters C-escaped; `%` (specifiers) is
+    # doubled, and `$` (variables) in the arguments only: systemd expands none in the executable's path.
+    text = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    if not executable:
+        text = text.replace("$", "$$")
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
     return f'"{text}"'
 
 
@@ -152,7 +168,7 @@ STOP_GRACE_SECONDS = 180
 
 def render_systemd_unit(command: Sequence[str], env_file: PurePath,
                         carried: Mapping[str, str] | None = None) -> str:
-    exec_start = " ".join(_systemd_quote(a) for a in command)
+    exec_start = _systemd_exec(command)
     env_path = str(env_file).replace("%", "%%")
     moved = "".join(f"Environment={_systemd_env(key, value)}\n" for key, value in (carried or {}).items())
     return f"""# {MARKER}

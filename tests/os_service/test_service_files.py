@@ -104,7 +104,11 @@ def test_systemd_unit_passes_systemds_own_verifier(tmp_path: Path) -> None:
 def test_systemd_exec_start_quotes_paths_literally() -> None:
     text = render_systemd_unit([f"/opt/{ODD}/sam-bridge", "run"], PurePosixPath("/h/100%/service.env"))
     exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
-    assert exec_start == 'ExecStart="/opt/Ünïcode 50%% $$HOME \\"quoted\\" & <tag>/sam-bridge" "run"'
+    # systemd refuses `"` in an executable's path: a shell runs it (see test_systemd_runs_a_program_in_any_folder)
+    assert exec_start == ('ExecStart="/bin/sh" "-c" "exec \\"$$0\\" \\"$$@\\"" '
+                          '"/opt/Ünïcode 50%% $$HOME \\"quoted\\" & <tag>/sam-bridge" "run"')
+    plain = render_systemd_unit(["/opt/50% $HOME/sam-bridge", "run"], PurePosixPath("/h/service.env"))
+    assert 'ExecStart="/opt/50%% $HOME/sam-bridge" "run"' in plain  # no variables in the executable's path
     assert "EnvironmentFile=-/h/100%%/service.env" in text
     assert text.startswith(f"# {MARKER}\n")
     assert "WantedBy=default.target" in text and "Restart=on-failure" in text
@@ -459,3 +463,75 @@ def test_status_says_why_the_service_stopped_for_good(home: Path) -> None:
                                                               "\tstate = not running\n\tlast exit code = 0\n}")})).lines
     assert lines[-1].endswith("the daemon exited with code 3 (another sam-bridge daemon is already running); "
                               "launchd does not restart it."), lines
+
+
+# --- systemd: any program path ---------------------------------------------------------------------------
+
+_C_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\", '"': '"',
+              "'": "'", "s": " "}
+
+
+def systemd_exec_argv(line: str) -> list[str]:
+    """What systemd runs for an ExecStart= value (systemd.service(5) "Command lines", systemd.syntax(7)):
+    specifiers first (only %% is ours: any other is refused here), then words split at whitespace, quoted
+    with "…" or '…', C escapes undone; `$VAR`/`${VAR}` expanded in the arguments (refused here: we never
+    mean one) and `$$` made `$` there, never in the executable; the executable must hold none of ' " \\
+    nor a control character ("Executable name contains special characters")."""
+    if re.search(r"%[^%]", line.replace("%%", "")):
+        raise AssertionError(f"an unintended specifier in {line!r}")
+    line = line.replace("%%", "%")
+    words: list[str] = []
+    i = 0
+    while i < len(line):
+        if line[i].isspace():
+            i += 1
+            continue
+        word, quote = "", ""
+        while i < len(line) and (quote or not line[i].isspace()):
+            char = line[i]
+            if char == "\\":
+                nxt = line[i + 1]
+                if nxt == "x":
+                    word, i = word + chr(int(line[i + 2:i + 4], 16)), i + 4
+                    continue
+                word, i = word + _C_ESCAPES[nxt], i + 2
+                continue
+            if quote and char == quote:
+                quote = ""
+            elif not quote and char in "\"'":
+                quote = char
+            else:
+                word += char
+            i += 1
+        assert not quote, f"an unclosed quote in {line!r}"
+        words.append(word)
+    executable, args = words[0], words[1:]
+    unsafe = re.search(r"['\"\\\x00-\x1f\x7f]", executable)
+    assert not unsafe, f"Executable name contains special characters: {executable}"
+    for arg in args:
+        assert not re.search(r"\$(?!\$)\{?\w", arg.replace("$$", "")), f"a variable would be expanded in {arg!r}"
+    return [executable, *(arg.replace("$$", "$") for arg in args)]
+
+
+ODD_FOLDERS = ["plain", "it's", 'say "hi"', "back\\slash", "dollar$HOME", "50%", "Ünïcode & <tag>", "new\nline",
+               "tab\tand ${HOME}", ODD]
+
+
+@pytest.mark.skipif(not Path("/bin/sh").exists(), reason="needs /bin/sh")
+@pytest.mark.parametrize("folder", ODD_FOLDERS)
+def test_systemd_runs_a_program_in_any_folder(tmp_path: Path, folder: str) -> None:
+    program = tmp_path / folder / "sam-bridge"
+    program.parent.mkdir()
+    program.write_text('#!/bin/sh\nfor a in "$0" "$@"; do printf "[%s]" "$a"; done\n', encoding="utf-8")
+    program.chmod(0o755)
+    unit_text = render_systemd_unit([str(program), "run", "a $HOME b"], PurePosixPath("/h/service.env"))
+    exec_start = next(line for line in unit_text.splitlines() if line.startswith("ExecStart="))
+    argv = systemd_exec_argv(exec_start.removeprefix("ExecStart="))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/")
+    assert done.stdout == f"[{program}][run][a $HOME b]", (exec_start, argv, done.stderr)
+    if shutil.which("systemd-analyze"):  # systemd's own parser agrees, and finds every program it names
+        unit = tmp_path / UNIT_NAME
+        unit.write_text(unit_text, encoding="utf-8")
+        verified = systemd_verify(unit, tmp_path / "runtime")
+        assert verified.returncode == 0 and str(unit) not in verified.stderr, verified.stderr
+        assert "not executable" not in verified.stderr, verified.stderr
