@@ -13,6 +13,7 @@ the user's environment (Windows, `setx FAL_KEY ...`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import plistlib
@@ -39,6 +40,26 @@ TASK_NAME = "sam-bridge"
 ENV_FILE_NAME = "service.env"
 MARKER = "Written by `sam-bridge service install`; remove it with `sam-bridge service uninstall`."
 DESCRIPTION = "sam-bridge: text-prompted audio separation for DAWs and hot folders"
+
+
+def stamped(content: str) -> str:
+    """`content` with a digest of itself after the marker: `install` tells from it whether the user edited the
+    file since (their changes are then kept aside, not overwritten)."""
+    return content.replace(MARKER, f"{STAMP_PREFIX}{_digest(content)}]", 1)
+
+
+def edited_since_written(text: str) -> bool:
+    """Whether a file of ours differs from what we wrote (or is too old to tell: then it may)."""
+    found = _STAMP.search(text)
+    return found is None or _digest(text.replace(found.group(0), MARKER, 1)) != found.group(1)
+
+
+def _digest(content: str) -> str:
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+
+
+STAMP_PREFIX = f"{MARKER} [sha256 "
+_STAMP = re.compile(re.escape(STAMP_PREFIX) + r"([0-9a-f]{16})\]")
 
 
 def current_platform() -> Platform:
@@ -319,7 +340,7 @@ def make_plan(platform: Platform, env: Mapping[str, str], command: list[str] | N
         assert paths.env_file is not None
         ctl = ["systemctl", "--user"]
         return ServicePlan(
-            platform, paths, command, render_systemd_unit(command, paths.env_file, carried),
+            platform, paths, command, stamped(render_systemd_unit(command, paths.env_file, carried)),
             enable=[[*ctl, "daemon-reload"], [*ctl, "enable", "--now", UNIT_NAME]],
             disable=[[*ctl, "disable", "--now", UNIT_NAME]],
             queries=[[*ctl, "is-enabled", UNIT_NAME], [*ctl, "is-active", UNIT_NAME]],
@@ -328,14 +349,14 @@ def make_plan(platform: Platform, env: Mapping[str, str], command: list[str] | N
         assert paths.env_file is not None and paths.log_file is not None
         domain = f"gui/{uid if uid is not None else _uid()}"
         return ServicePlan(
-            platform, paths, command, render_launchd_plist(command, paths.env_file, paths.log_file, carried),
+            platform, paths, command, stamped(render_launchd_plist(command, paths.env_file, paths.log_file, carried)),
             prepare=[["launchctl", "bootout", f"{domain}/{LAUNCHD_LABEL}"]],  # bootstrap refuses a loaded agent
             enable=[["launchctl", "bootstrap", domain, str(paths.service_file)]],
             disable=[["launchctl", "bootout", f"{domain}/{LAUNCHD_LABEL}"]],
             queries=[["launchctl", "print", f"{domain}/{LAUNCHD_LABEL}"]])
     user = f"{env['USERDOMAIN']}\\{env['USERNAME']}" if env.get("USERDOMAIN") and env.get("USERNAME") else None
     return ServicePlan(
-        platform, paths, command, render_task_xml(command, user, paths.home), not_carried=sorted(carried),
+        platform, paths, command, stamped(render_task_xml(command, user, paths.home)), not_carried=sorted(carried),
         enable=[["schtasks", "/Create", "/TN", TASK_NAME, "/XML", str(paths.service_file), "/F"],
                 ["schtasks", "/Run", "/TN", TASK_NAME]],
         disable=[["schtasks", "/End", "/TN", TASK_NAME], ["schtasks", "/Delete", "/TN", TASK_NAME, "/F"]],

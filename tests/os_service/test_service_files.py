@@ -535,3 +535,43 @@ def test_systemd_runs_a_program_in_any_folder(tmp_path: Path, folder: str) -> No
         verified = systemd_verify(unit, tmp_path / "runtime")
         assert verified.returncode == 0 and str(unit) not in verified.stderr, verified.stderr
         assert "not executable" not in verified.stderr, verified.stderr
+
+
+# --- a service file the user edited ------------------------------------------------------------------------
+
+
+def test_install_keeps_a_service_file_the_user_edited(home: Path) -> None:
+    plan = make_plan("linux", os.environ, ["/opt/sam-bridge", "run"])
+    install(plan, Recorder())
+    unit = Path(plan.paths.service_file)
+    edited = unit.read_text(encoding="utf-8").replace("RestartSec=5", "RestartSec=5\nEnvironment=HTTPS_PROXY=http://proxy:3128")
+    unit.write_text(edited, encoding="utf-8")
+    moved = make_plan("linux", os.environ, ["/new/place/sam-bridge", "run"])  # reinstalled from a new venv
+    outcome = install(moved, Recorder())
+    kept = unit.with_name(f"{UNIT_NAME}.edited-1")
+    assert kept.read_text(encoding="utf-8") == edited and unit.read_text(encoding="utf-8") == moved.content
+    assert any(f"kept as {kept}" in line for line in outcome.lines), outcome.lines
+    assert unit.read_text(encoding="utf-8") == moved.content
+    unit.write_text(moved.content.replace("RestartSec=5", "RestartSec=7"), encoding="utf-8")
+    install(plan, Recorder())
+    assert kept.read_text(encoding="utf-8") == edited  # an earlier copy is never overwritten
+    assert "RestartSec=7" in unit.with_name(f"{UNIT_NAME}.edited-2").read_text(encoding="utf-8")
+    install(moved, Recorder())  # a file as sam-bridge wrote it is simply replaced
+    assert sorted(p.name for p in unit.parent.iterdir()) == [UNIT_NAME, f"{UNIT_NAME}.edited-1",
+                                                              f"{UNIT_NAME}.edited-2"]
+    unit.write_text(moved.content + "# mine\n", encoding="utf-8")
+    lines = uninstall(moved, Recorder()).lines
+    assert not unit.exists() and "# mine" in unit.with_name(f"{UNIT_NAME}.edited-3").read_text(encoding="utf-8")
+    assert "You had edited" in lines[0] and "Removed" in lines[-1], lines
+
+
+def test_install_keeps_a_file_an_older_sam_bridge_wrote(home: Path) -> None:
+    """Written before files recorded a digest: whether the user edited it cannot be told, so it is kept."""
+    plan = make_plan("linux", os.environ, ["/opt/sam-bridge", "run"])
+    unit = Path(plan.paths.service_file)
+    unit.parent.mkdir(parents=True)
+    old = render_systemd_unit(["/old/sam-bridge", "run"], PurePosixPath("/h/service.env"))
+    unit.write_text(old, encoding="utf-8")
+    lines = install(plan, Recorder()).lines
+    assert unit.with_name(f"{UNIT_NAME}.edited-1").read_text(encoding="utf-8") == old
+    assert "An older sam-bridge wrote" in lines[1], lines
