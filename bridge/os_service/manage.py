@@ -17,6 +17,7 @@ from bridge.os_service.files import (
     MARKER,
     NOT_RESTARTED,
     STAMP_PREFIX,
+    TASK_NAME,
     ServicePlan,
     edited_since_written,
     shell_line,
@@ -157,16 +158,18 @@ def uninstall(plan: ServicePlan, runner: Runner = run_command) -> Outcome:
     outcome = Outcome()
     path = Path(plan.paths.service_file)
     if not path.exists():
-        outcome.lines.append(f"Nothing to remove: {path} does not exist.")
+        if _task_without_file(plan, runner):
+            _run_all(plan.disable, runner)
+            outcome.lines.append(f"Removed the task {TASK_NAME} from Task Scheduler ({path} was already gone); "
+                                 "sam-bridge no longer starts at login.")
+        else:
+            outcome.lines.append(f"Nothing to remove: {path} does not exist.")
         return outcome
     text = _text(path.read_bytes())
     if text is None:
         raise ConfigError(f"{path} was not written by sam-bridge, so it was left alone.",
                           hint="Remove it yourself if you no longer need it.")
-    for command in plan.disable:
-        result = runner(command)
-        if result.returncode != 0:
-            log.info("%s: %s", shell_line(command), result.output)  # already stopped or unknown: fine
+    _run_all(plan.disable, runner)
     if edited_since_written(text):
         outcome.lines.append(_kept_line(path, keep_aside(path), text, replaced=False))
     else:
@@ -177,11 +180,27 @@ def uninstall(plan: ServicePlan, runner: Runner = run_command) -> Outcome:
     return outcome
 
 
+def _run_all(commands: list[list[str]], runner: Runner) -> None:
+    for command in commands:
+        result = runner(command)
+        if result.returncode != 0:
+            log.info("%s: %s", shell_line(command), result.output)  # already stopped or unknown: fine
+
+
+def _task_without_file(plan: ServicePlan, runner: Runner) -> bool:
+    """Windows: the task lives in Task Scheduler once imported, so it outlives a deleted task file."""
+    return plan.platform == "windows" and runner(plan.queries[0]).returncode == 0
+
+
 def status(plan: ServicePlan, runner: Runner = run_command) -> Outcome:
     path = Path(plan.paths.service_file)
     installed = path.exists()
+    state = "installed" if installed else "not installed"
+    if not installed and _task_without_file(plan, runner):
+        installed, state = True, (f"missing, but the task {TASK_NAME} is still registered with Task Scheduler and "
+                                  "starts at every logon: sam-bridge service uninstall  removes it")
     outcome = Outcome(ok=installed)
-    outcome.lines.append(f"Service file: {path} ({'installed' if installed else 'not installed'})")
+    outcome.lines.append(f"Service file: {path} ({state})")
     outcome.lines.append(f"Runs: {shell_line(plan.command)}")
     if installed:
         running = False

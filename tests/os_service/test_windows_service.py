@@ -216,3 +216,19 @@ def test_windows_status_says_why_the_supervisor_gave_up(tmp_path: Path) -> None:
     assert status(plan, schtasks).lines[-1].endswith(
         "not running (Ready); the daemon exited with code 3 (another sam-bridge daemon is already running); "
         "it is not restarted")
+
+
+def test_a_task_whose_file_is_gone_is_still_seen_and_removed(tmp_path: Path) -> None:
+    """The task lives in Task Scheduler, not in its XML file (schtasks /Create imports it): deleting the
+    sam-bridge folder leaves the task starting at every logon, so status and uninstall ask schtasks."""
+    plan = windows_plan(tmp_path)
+    schtasks = FakeSchtasks()
+    install(plan, schtasks)
+    Path(plan.paths.service_file).unlink()
+    found = status(plan, schtasks)
+    assert found.ok and "still registered with Task Scheduler" in found.lines[0], found.lines
+    assert found.lines[-1].split(": ", 1)[1].startswith("running"), found.lines
+    removed = uninstall(plan, schtasks)
+    assert TASK_NAME not in schtasks.tasks and "no longer starts at login" in removed.lines[-1], removed.lines
+    assert "Nothing to remove" in uninstall(plan, schtasks).lines[0]
+    assert not status(plan, schtasks).ok
