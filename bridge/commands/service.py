@@ -14,8 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.common.errors import ConfigError
 from bridge.common.processes import process_alive
+from bridge.common.redact import SafeLogFilter
 from bridge.os_service import macos_privacy
-from bridge.os_service.files import PLATFORMS, ServicePlan, current_platform, key_hint, make_plan, shell_line
+from bridge.os_service.files import (
+    PLATFORMS,
+    ServicePlan,
+    current_platform,
+    key_hint,
+    make_plan,
+    module_command,
+    shell_line,
+)
 from bridge.os_service.manage import install, status, uninstall
 from bridge.os_service.supervise import supervise
 
@@ -85,15 +94,20 @@ def service_run(args: argparse.Namespace) -> int:
     handler = logging.handlers.RotatingFileHandler(path, maxBytes=1_000_000, backupCount=2, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s service-run: %(message)s"))
     root = logging.getLogger()
-    root.addHandler(handler)
-    root.addHandler(logging.StreamHandler(sys.stderr))
+    for each in (handler, logging.StreamHandler(sys.stderr)):
+        SafeLogFilter.install(each)  # the daemon's last stderr lines are logged here: the key stays out
+        root.addHandler(each)
     root.setLevel(logging.INFO)
     stop = SignalStop()  # set from a signal handler: no lock (see SignalStop)
     for name in ("SIGTERM", "SIGINT", "SIGBREAK", "SIGHUP"):  # SIGBREAK: Windows' Ctrl-Break
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), stop.set)
-    run_args = [a for a in args.run_args if a != "--"]
-    return supervise([sys.executable, "-m", "bridge", "run", *run_args], stop)
+    return supervise(daemon_child_command(args.run_args), stop)
+
+
+def daemon_child_command(run_args: list[str]) -> list[str]:
+    """What `service-run` runs: `sam-bridge run` in this Python."""
+    return module_command(sys.executable, "run", *(a for a in run_args if a != "--"))
 
 
 def service_folders(config: Config) -> list[Path]:

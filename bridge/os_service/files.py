@@ -13,9 +13,11 @@ the user's environment (Windows, `setx FAL_KEY ...`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import plistlib
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +40,26 @@ TASK_NAME = "sam-bridge"
 ENV_FILE_NAME = "service.env"
 MARKER = "Written by `sam-bridge service install`; remove it with `sam-bridge service uninstall`."
 DESCRIPTION = "sam-bridge: text-prompted audio separation for DAWs and hot folders"
+
+
+def stamped(content: str) -> str:
+    """`content` with a digest of itself after the marker: `install` tells from it whether the user edited the
+    file since (their changes are then kept aside, not overwritten)."""
+    return content.replace(MARKER, f"{STAMP_PREFIX}{_digest(content)}]", 1)
+
+
+def edited_since_written(text: str) -> bool:
+    """Whether a file of ours differs from what we wrote (or is too old to tell: then it may)."""
+    found = _STAMP.search(text)
+    return found is None or _digest(text.replace(found.group(0), MARKER, 1)) != found.group(1)
+
+
+def _digest(content: str) -> str:
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+
+
+STAMP_PREFIX = f"{MARKER} [sha256 "
+_STAMP = re.compile(re.escape(STAMP_PREFIX) + r"([0-9a-f]{16})\]")
 
 
 def current_platform() -> Platform:
@@ -90,29 +112,51 @@ def daemon_command(platform: Platform, executable: str | None = None,
     """The command line that runs this installation's daemon.
 
     The `sam-bridge` script beside the running Python wins (it is the installed one); then one on PATH;
-    else `python -m bridge run`. On Windows `pythonw` runs it without a console window, under
+    else `python -P -m bridge run`. On Windows `pythonw` runs it without a console window, under
     `service-run`, which restarts it after a crash (Task Scheduler only retries a failed start)."""
     python = PurePath(executable or sys.executable)
     folder = python.parent
     if platform == "windows":
         pythonw = folder / "pythonw.exe"
-        return [str(pythonw if os.path.exists(pythonw) else python), "-m", "bridge", "service-run"]
+        return module_command(str(pythonw if os.path.exists(pythonw) else python), "service-run")
     beside = folder / "sam-bridge"
     if os.access(beside, os.X_OK):
         return [str(beside), "run"]
     found = which("sam-bridge")
     if found:
         return [found, "run"]
-    return [str(python), "-m", "bridge", "run"]
+    return module_command(str(python), "run")
+
+
+def module_command(python: str, *args: str) -> list[str]:
+    """`python -m bridge ARGS`, safe in any start folder: `-m` alone puts the current folder first on sys.path,
+    and services start in the user's home (or /), where a folder named `bridge` would run instead. `-P`
+    (Python 3.11+, sam-bridge's minimum) leaves it off."""
+    return [python, "-P", "-m", "bridge", *args]
 
 
 # --- the templates ------------------------------------------------------------------------------------
 
 
-def _systemd_quote(arg: str) -> str:
-    # ExecStart: double quotes group words; `\` and `"` are escaped; `%` (specifiers) and `$` (variables)
-    # are doubled so a path is taken literally.
-    text = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+# systemd refuses an executable path holding these ("Executable name contains special characters").
+_UNSAFE_EXECUTABLE = re.compile(r"['\"\\\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _systemd_exec(command: Sequence[str]) -> str:
+    """ExecStart's value running `command` as it is (systemd.service(5), "Command lines")."""
+    if _UNSAFE_EXECUTABLE.search(command[0]):  # a shell runs it instead: any character may be in an argument
+        command = ["/bin/sh", "-c", 'exec "$0" "$@"', *command]
+    return " ".join([_systemd_quote(command[0], executable=True), *(_systemd_quote(a) for a in command[1:])])
+
+
+def _systemd_quote(arg: str, executable: bool = False) -> str:
+    # Double quotes group words; `\` and `"` are escaped, control characters C-escaped; `%` (specifiers) is
+    # doubled, and `$` (variables) in the arguments only: systemd expands none in the executable's path.
+    text = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    if not executable:
+        text = text.replace("$", "$$")
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
     return f'"{text}"'
 
 
@@ -122,6 +166,22 @@ def _systemd_env(key: str, value: str) -> str:
     return f'"{text}"'
 
 
+# Exits a restart cannot cure, each with why: restarting them every few seconds would only fill the log.
+# The codes are declared where they are raised (this layer cannot import them; a test keeps them equal):
+# bridge.common.errors.InputError/ConfigError 2, bridge.daemon.AlreadyRunning and the team journal's
+# InstanceInUse 3, bridge.engine.journal.JournalDamaged 4. The texts go into a shell line: no $ " ` \.
+NOT_RESTARTED: dict[int, str] = {
+    2: "its configuration or command line is wrong: see the log above",
+    3: "another sam-bridge daemon is already running",
+    4: "its job journal is damaged: the log above says what to do",
+}
+
+
+def stop_reason(code: int) -> str:
+    """Why an exit is not restarted, for `service status`."""
+    return f"the daemon exited with code {code} ({NOT_RESTARTED[code]})"
+
+
 # How long a service manager lets a stop take before it kills the daemon: a stop waits for the answer to a
 # submit already on its way (up to the client's connect + read timeouts, 150 s), or the paid job is lost.
 STOP_GRACE_SECONDS = 180
@@ -129,7 +189,7 @@ STOP_GRACE_SECONDS = 180
 
 def render_systemd_unit(command: Sequence[str], env_file: PurePath,
                         carried: Mapping[str, str] | None = None) -> str:
-    exec_start = " ".join(_systemd_quote(a) for a in command)
+    exec_start = _systemd_exec(command)
     env_path = str(env_file).replace("%", "%%")
     moved = "".join(f"Environment={_systemd_env(key, value)}\n" for key, value in (carried or {}).items())
     return f"""# {MARKER}
@@ -144,6 +204,7 @@ EnvironmentFile=-{env_path}
 Environment=PYTHONUNBUFFERED=1
 {moved}Restart=on-failure
 RestartSec=5
+RestartPreventExitStatus={" ".join(str(code) for code in NOT_RESTARTED)}
 TimeoutStopSec={STOP_GRACE_SECONDS}
 
 [Install]
@@ -151,8 +212,23 @@ WantedBy=default.target
 """
 
 
-# Sources the optional key file, then runs the daemon: launchd has no EnvironmentFile of its own.
-_LAUNCHD_SHELL = 'if [ -f "$0" ]; then set -a; . "$0"; set +a; fi; exec "$@"'
+# Sources the optional key file (launchd has no EnvironmentFile of its own), then runs the daemon. launchd
+# restarts any non-zero exit (KeepAlive SuccessfulExit false) and has no list of exits to leave alone, so
+# the shell stays as the daemon's parent and turns an exit in NOT_RESTARTED into 0 after saying why in the
+# log. It passes launchd's SIGTERM on (a stop waits for the daemon) and waits again until the daemon is gone.
+_LAUNCHD_SHELL = ('if [ -f "$0" ]; then set -a; . "$0"; set +a; fi\n'
+                  'trap \'sam_stop=1; [ -z "$sam_pid" ] || kill -TERM "$sam_pid" 2>/dev/null\' TERM INT HUP\n'
+                  '"$@" & sam_pid=$!\n'
+                  '[ -z "$sam_stop" ] || kill -TERM "$sam_pid" 2>/dev/null\n'
+                  'wait "$sam_pid"; sam_code=$?\n'
+                  'while [ "$sam_code" -gt 128 ] && kill -0 "$sam_pid" 2>/dev/null\n'
+                  'do wait "$sam_pid"; sam_code=$?; done\n'
+                  'case $sam_code in\n'
+                  + "".join(f'{code}) echo "sam-bridge service: the daemon exited with code {code} ({why}); launchd '
+                            'does not restart it." >&2; exit 0;;\n' for code, why in NOT_RESTARTED.items())
+                  + 'esac\n'
+                  'echo "sam-bridge service: the daemon exited with code $sam_code." >&2\n'
+                  'exit "$sam_code"')
 
 
 def render_launchd_plist(command: Sequence[str], env_file: PurePath, log_file: PurePath,
@@ -248,6 +324,7 @@ class ServicePlan:
     enable: list[list[str]] = field(default_factory=list)  # run after writing the file
     disable: list[list[str]] = field(default_factory=list)  # run before removing it
     queries: list[list[str]] = field(default_factory=list)  # tell whether it is enabled / running
+    last_exit: list[str] = field(default_factory=list)  # systemd: the daemon's last exit code, when stopped
     not_carried: list[str] = field(default_factory=list)  # CARRIED_ENV set here that the service cannot take
 
     def encoded(self) -> bytes:
@@ -263,22 +340,23 @@ def make_plan(platform: Platform, env: Mapping[str, str], command: list[str] | N
         assert paths.env_file is not None
         ctl = ["systemctl", "--user"]
         return ServicePlan(
-            platform, paths, command, render_systemd_unit(command, paths.env_file, carried),
+            platform, paths, command, stamped(render_systemd_unit(command, paths.env_file, carried)),
             enable=[[*ctl, "daemon-reload"], [*ctl, "enable", "--now", UNIT_NAME]],
             disable=[[*ctl, "disable", "--now", UNIT_NAME]],
-            queries=[[*ctl, "is-enabled", UNIT_NAME], [*ctl, "is-active", UNIT_NAME]])
+            queries=[[*ctl, "is-enabled", UNIT_NAME], [*ctl, "is-active", UNIT_NAME]],
+            last_exit=[*ctl, "show", "--property=ExecMainStatus", "--value", UNIT_NAME])
     if platform == "macos":
         assert paths.env_file is not None and paths.log_file is not None
         domain = f"gui/{uid if uid is not None else _uid()}"
         return ServicePlan(
-            platform, paths, command, render_launchd_plist(command, paths.env_file, paths.log_file, carried),
+            platform, paths, command, stamped(render_launchd_plist(command, paths.env_file, paths.log_file, carried)),
             prepare=[["launchctl", "bootout", f"{domain}/{LAUNCHD_LABEL}"]],  # bootstrap refuses a loaded agent
             enable=[["launchctl", "bootstrap", domain, str(paths.service_file)]],
             disable=[["launchctl", "bootout", f"{domain}/{LAUNCHD_LABEL}"]],
             queries=[["launchctl", "print", f"{domain}/{LAUNCHD_LABEL}"]])
     user = f"{env['USERDOMAIN']}\\{env['USERNAME']}" if env.get("USERDOMAIN") and env.get("USERNAME") else None
     return ServicePlan(
-        platform, paths, command, render_task_xml(command, user, paths.home), not_carried=sorted(carried),
+        platform, paths, command, stamped(render_task_xml(command, user, paths.home)), not_carried=sorted(carried),
         enable=[["schtasks", "/Create", "/TN", TASK_NAME, "/XML", str(paths.service_file), "/F"],
                 ["schtasks", "/Run", "/TN", TASK_NAME]],
         disable=[["schtasks", "/End", "/TN", TASK_NAME], ["schtasks", "/Delete", "/TN", TASK_NAME, "/F"]],
@@ -339,8 +417,8 @@ EXAMPLE_ENVIRONMENTS: dict[Platform, tuple[dict[str, str], list[str]]] = {
     "macos": ({"HOME": "/Users/you"}, ["/Users/you/.local/bin/sam-bridge", "run"]),
     "windows": ({"USERPROFILE": "C:\\Users\\you", "LOCALAPPDATA": "C:\\Users\\you\\AppData\\Local",
                  "USERDOMAIN": "STUDIO-PC", "USERNAME": "you"},
-                ["C:\\Users\\you\\AppData\\Local\\Programs\\Python\\Python311\\pythonw.exe", "-m", "bridge",
-                 "service-run"]),
+                module_command("C:\\Users\\you\\AppData\\Local\\Programs\\Python\\Python311\\pythonw.exe",
+                               "service-run")),
 }
 
 

@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.common.errors import ConfigError
-from bridge.os_service.files import MARKER, ServicePlan, shell_line
+from bridge.os_service.files import (
+    MARKER,
+    NOT_RESTARTED,
+    STAMP_PREFIX,
+    TASK_NAME,
+    ServicePlan,
+    edited_since_written,
+    shell_line,
+    stop_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,36 +47,81 @@ def run_command(args: Sequence[str]) -> CommandResult:
     return CommandResult(done.returncode, (done.stdout + done.stderr).strip())
 
 
-def is_ours(plan: ServicePlan, existing: bytes) -> bool:
-    """Whether a file already at the service path was written by us (so it may be replaced or removed)."""
-    for encoding in ("utf-8", "utf-16"):
+def _text(existing: bytes) -> str | None:
+    for encoding in ("utf-8", "utf-16"):  # the task XML is UTF-16, with its byte-order mark
         try:
             text = existing.decode(encoding)
         except UnicodeDecodeError:
             continue
         if MARKER in text:
-            return True
-    return False
+            return text
+    return None
 
 
-def write_service_file(plan: ServicePlan) -> bool:
-    """Writes the service file atomically; returns False when an identical one is already there.
+def is_ours(plan: ServicePlan, existing: bytes) -> bool:
+    """Whether a file already at the service path was written by us (so it may be replaced or removed)."""
+    return _text(existing) is not None
 
-    A different file of ours is replaced (e.g. sam-bridge moved); anyone else's file is never touched."""
+
+@dataclass(frozen=True)
+class Written:
+    changed: bool  # False: an identical file was already there
+    kept: Path | None = None  # where the user's edited file went, if it was one
+    old_text: str = ""
+
+
+def write_service_file(plan: ServicePlan) -> Written:
+    """Writes the service file atomically.
+
+    A different file of ours is replaced (e.g. sam-bridge moved); if the user edited it since we wrote it,
+    their file is first kept beside it as `<name>.edited-<n>`. Anyone else's file is never touched."""
     path = Path(plan.paths.service_file)
     data = plan.encoded()
+    kept, text = None, ""
     if path.exists():
         existing = path.read_bytes()
         if existing == data:
-            return False
-        if not is_ours(plan, existing):
+            return Written(False)
+        found = _text(existing)
+        if found is None:
             raise ConfigError(f"{path} already exists and was not written by sam-bridge, so it was left alone.",
                               hint="Move or rename it, then run  sam-bridge service install  again.")
+        text = found
+        if edited_since_written(text):
+            kept = keep_aside(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.sam-partial")
     temp.write_bytes(data)
     os.replace(temp, path)
-    return True
+    return Written(True, kept, text if kept else "")
+
+
+def keep_aside(path: Path) -> Path:
+    """Renames `path` to the first free `<name>.edited-<n>`; an earlier copy is never overwritten."""
+    n = 1
+    while True:
+        target = path.with_name(f"{path.name}.edited-{n}")
+        try:
+            os.link(path, target)  # fails if target exists: no race can overwrite a copy
+        except FileExistsError:
+            n += 1
+            continue
+        except OSError:  # a file system without hard links
+            if target.exists():
+                n += 1
+                continue
+            path.rename(target)
+            return target
+        path.unlink()
+        return target
+
+
+def _kept_line(path: Path, kept: Path, text: str, replaced: bool = True) -> str:
+    why = ("You had edited" if STAMP_PREFIX in text else
+           "An older sam-bridge wrote (it kept no record to tell whether you edited it)")
+    then = (": the new file does not have any changes you made, so copy over what you still need."
+            if replaced else ".")
+    return f"{why} {path}: that version is kept as {kept}{then}"
 
 
 @dataclass
@@ -78,8 +132,10 @@ class Outcome:
 
 def install(plan: ServicePlan, runner: Runner = run_command, start: bool = True) -> Outcome:
     outcome = Outcome()
-    changed = write_service_file(plan)
-    outcome.lines.append(f"{'Wrote' if changed else 'Already up to date:'} {plan.paths.service_file}")
+    written = write_service_file(plan)
+    outcome.lines.append(f"{'Wrote' if written.changed else 'Already up to date:'} {plan.paths.service_file}")
+    if written.kept is not None:
+        outcome.lines.append(_kept_line(Path(plan.paths.service_file), written.kept, written.old_text))
     if plan.paths.log_file is not None:
         Path(plan.paths.log_file).parent.mkdir(parents=True, exist_ok=True)
     if not start:
@@ -102,30 +158,53 @@ def uninstall(plan: ServicePlan, runner: Runner = run_command) -> Outcome:
     outcome = Outcome()
     path = Path(plan.paths.service_file)
     if not path.exists():
-        outcome.lines.append(f"Nothing to remove: {path} does not exist.")
+        if _task_without_file(plan, runner):
+            _run_all(plan.disable, runner)
+            outcome.lines.append(f"Removed the task {TASK_NAME} from Task Scheduler ({path} was already gone); "
+                                 "sam-bridge no longer starts at login.")
+        else:
+            outcome.lines.append(f"Nothing to remove: {path} does not exist.")
         return outcome
-    if not is_ours(plan, path.read_bytes()):
+    text = _text(path.read_bytes())
+    if text is None:
         raise ConfigError(f"{path} was not written by sam-bridge, so it was left alone.",
                           hint="Remove it yourself if you no longer need it.")
-    for command in plan.disable:
-        result = runner(command)
-        if result.returncode != 0:
-            log.info("%s: %s", shell_line(command), result.output)  # already stopped or unknown: fine
-    path.unlink()
+    _run_all(plan.disable, runner)
+    if edited_since_written(text):
+        outcome.lines.append(_kept_line(path, keep_aside(path), text, replaced=False))
+    else:
+        path.unlink()
     if plan.platform == "linux":
         runner(plan.enable[0])  # daemon-reload, so systemd forgets the unit
     outcome.lines.append(f"Removed {path}; sam-bridge no longer starts at login.")
     return outcome
 
 
+def _run_all(commands: list[list[str]], runner: Runner) -> None:
+    for command in commands:
+        result = runner(command)
+        if result.returncode != 0:
+            log.info("%s: %s", shell_line(command), result.output)  # already stopped or unknown: fine
+
+
+def _task_without_file(plan: ServicePlan, runner: Runner) -> bool:
+    """Windows: the task lives in Task Scheduler once imported, so it outlives a deleted task file."""
+    return plan.platform == "windows" and runner(plan.queries[0]).returncode == 0
+
+
 def status(plan: ServicePlan, runner: Runner = run_command) -> Outcome:
     path = Path(plan.paths.service_file)
     installed = path.exists()
+    state = "installed" if installed else "not installed"
+    if not installed and _task_without_file(plan, runner):
+        installed, state = True, (f"missing, but the task {TASK_NAME} is still registered with Task Scheduler and "
+                                  "starts at every logon: sam-bridge service uninstall  removes it")
     outcome = Outcome(ok=installed)
-    outcome.lines.append(f"Service file: {path} ({'installed' if installed else 'not installed'})")
+    outcome.lines.append(f"Service file: {path} ({state})")
     outcome.lines.append(f"Runs: {shell_line(plan.command)}")
     if installed:
-        for command in plan.queries:
+        running = False
+        for command in plan.queries:  # the last one tells whether it runs
             result = runner(command)
             answer = result.output.splitlines()[0] if result.output else f"exit code {result.returncode}"
             if plan.platform == "macos":
@@ -133,7 +212,31 @@ def status(plan: ServicePlan, runner: Runner = run_command) -> Outcome:
             elif plan.platform == "windows":
                 answer = task_state(result)
             outcome.lines.append(f"{shell_line(command)}: {answer}")
+            running = answer in ("active", "state = running") or answer.startswith("running")
+        if not running:
+            outcome.lines += _why_stopped(plan, runner)
     return outcome
+
+
+def _why_stopped(plan: ServicePlan, runner: Runner) -> list[str]:
+    """The exit the service manager does not restart (NOT_RESTARTED), if that is why it is down."""
+    if plan.platform == "linux" and plan.last_exit:
+        answer = runner(plan.last_exit).output.strip()
+        if answer.isdigit() and int(answer) in NOT_RESTARTED:
+            return [f"Stopped: {stop_reason(int(answer))}; systemd does not restart it. After fixing that: "
+                    f"systemctl --user restart {plan.last_exit[-1]}"]
+    if plan.platform == "macos" and plan.paths.log_file is not None:
+        try:
+            with open(str(plan.paths.log_file), encoding="utf-8", errors="replace") as handle:
+                ends = [line.strip() for line in handle.readlines()[-2000:] if line.startswith(_LAUNCHD_END)]
+        except OSError:
+            return []
+        if ends and "does not restart" in ends[-1]:
+            return [f"Stopped: {ends[-1].removeprefix(_LAUNCHD_END)}"]
+    return []
+
+
+_LAUNCHD_END = "sam-bridge service: "  # the start line's last words in the log (files._LAUNCHD_SHELL)
 
 
 def _launchd_state(result: CommandResult) -> str:
@@ -177,6 +280,8 @@ def task_state(result: CommandResult) -> str:
         return f"not running ({status}); it was ended (schtasks /End or Task Scheduler)"
     if code == 0:
         return f"not running ({status}); it last stopped cleanly"
+    if code in NOT_RESTARTED:  # service-run ends with the daemon's code
+        return f"not running ({status}); {stop_reason(code)}; it is not restarted"
     return f"not running ({status}); it last ended with code {last}: see the service log"
 
 

@@ -6,8 +6,9 @@ task runs this supervisor, which restarts the daemon after a non-zero exit, wait
 crash (1 s, 2 s, 4 s … up to a minute; back to 1 s after an hour of good running), and logs why it restarted:
 the exit code and the last lines the daemon wrote to stderr (its traceback).
 
-A clean exit (0: stopped on purpose) ends the supervisor too; so does exit code 3 (another daemon already
-runs: restarting could never succeed).
+A clean exit (0: stopped on purpose) ends the supervisor too; so does an exit a restart cannot cure
+(`NOT_RESTARTED`: a bad config, another daemon already running, a damaged journal), with the daemon's code,
+which Task Scheduler shows as the task's last result.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bridge.common.processes import SignalStop
+from bridge.common.redact import redact
+from bridge.os_service.files import NOT_RESTARTED
 
 log = logging.getLogger(__name__)
 
-ALREADY_RUNNING = 3  # bridge.daemon.AlreadyRunning.exit_code
 TAIL_LINES = 20
 
 
@@ -56,8 +58,8 @@ def run_once(command: Sequence[str], stop: threading.Event | SignalStop) -> RunR
 
     def read() -> None:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            tail.append(line.rstrip("\n"))
+        for line in proc.stderr:  # a traceback can quote the key (the daemon's own redaction is gone by then)
+            tail.append(redact(line.rstrip("\n")))
 
     reader = threading.Thread(target=read, name="daemon-stderr", daemon=True)
     reader.start()
@@ -89,13 +91,17 @@ def supervise(command: Sequence[str], stop: threading.Event | SignalStop, backof
         if result.code == 0:
             log.info("the daemon stopped cleanly after %.0f s; not restarting it", ran_for)
             return 0
-        if result.code == ALREADY_RUNNING:
-            log.warning("another sam-bridge daemon is already running; this one is not restarted")
+        if result.code in NOT_RESTARTED:
+            log.error("the daemon exited with code %s (%s); it is not restarted", result.code,
+                      NOT_RESTARTED[result.code])
+            for line in result.tail:
+                log.error("  daemon stderr: %s", line)
             return result.code
         wait = backoff.next_wait(wait, ran_for)
-        why = "\n    ".join(result.tail) if result.tail else "(it wrote nothing to stderr; see daemon.log)"
-        log.error("the daemon exited with code %s after %.0f s; restarting in %.0f s. Its last words:\n    %s",
-                  result.code, ran_for, wait, why)
+        log.error("the daemon exited with code %s after %.0f s; restarting in %.0f s. %s", result.code, ran_for,
+                  wait, "Its last words:" if result.tail else "It wrote nothing to stderr; see daemon.log.")
+        for line in result.tail:  # a record each: the log filter escapes newlines inside one (no forged lines)
+            log.error("  daemon stderr: %s", line)
         if stop.wait(wait):
             return 0
 

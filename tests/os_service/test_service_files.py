@@ -104,7 +104,11 @@ def test_systemd_unit_passes_systemds_own_verifier(tmp_path: Path) -> None:
 def test_systemd_exec_start_quotes_paths_literally() -> None:
     text = render_systemd_unit([f"/opt/{ODD}/sam-bridge", "run"], PurePosixPath("/h/100%/service.env"))
     exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
-    assert exec_start == 'ExecStart="/opt/Ünïcode 50%% $$HOME \\"quoted\\" & <tag>/sam-bridge" "run"'
+    # systemd refuses `"` in an executable's path: a shell runs it (see test_systemd_runs_a_program_in_any_folder)
+    assert exec_start == ('ExecStart="/bin/sh" "-c" "exec \\"$$0\\" \\"$$@\\"" '
+                          '"/opt/Ünïcode 50%% $$HOME \\"quoted\\" & <tag>/sam-bridge" "run"')
+    plain = render_systemd_unit(["/opt/50% $HOME/sam-bridge", "run"], PurePosixPath("/h/service.env"))
+    assert 'ExecStart="/opt/50%% $HOME/sam-bridge" "run"' in plain  # no variables in the executable's path
     assert "EnvironmentFile=-/h/100%%/service.env" in text
     assert text.startswith(f"# {MARKER}\n")
     assert "WantedBy=default.target" in text and "Restart=on-failure" in text
@@ -207,7 +211,7 @@ def test_daemon_command_prefers_the_script_beside_python(tmp_path: Path) -> None
     python = tmp_path / "bin" / "python"
     python.parent.mkdir()
     python.write_text("")
-    assert daemon_command("linux", str(python), which=lambda _: None) == [str(python), "-m", "bridge", "run"]
+    assert daemon_command("linux", str(python), which=lambda _: None) == [str(python), "-P", "-m", "bridge", "run"]
     assert daemon_command("linux", str(python), which=lambda _: "/usr/local/bin/sam-bridge") == [
         "/usr/local/bin/sam-bridge", "run"]
     script = tmp_path / "bin" / "sam-bridge"
@@ -215,7 +219,7 @@ def test_daemon_command_prefers_the_script_beside_python(tmp_path: Path) -> None
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     assert daemon_command("linux", str(python), which=lambda _: "/elsewhere") == [str(script), "run"]
     (tmp_path / "bin" / "pythonw.exe").write_text("")
-    assert daemon_command("windows", str(python)) == [str(tmp_path / "bin" / "pythonw.exe"), "-m", "bridge",
+    assert daemon_command("windows", str(python)) == [str(tmp_path / "bin" / "pythonw.exe"), "-P", "-m", "bridge",
                                                       "service-run"]
 
 
@@ -341,3 +345,233 @@ def test_service_managers_let_a_stop_wait_for_a_submits_answer() -> None:
     agent = plistlib.loads(render_launchd_plist(["/usr/local/bin/sam-bridge", "run"], PurePosixPath("/Users/you/e"),
                                                 PurePosixPath("/Users/you/l.log")).encode("utf-8"))
     assert agent["ExitTimeOut"] > longest_wait
+
+
+def test_a_bridge_folder_in_the_start_folder_does_not_replace_sam_bridge(tmp_path: Path) -> None:
+    """`python -m` puts the current folder first on sys.path, and the services start in the user's home
+    (systemd, Task Scheduler's WorkingDirectory) or / (launchd): a folder named `bridge` there would run
+    instead of sam-bridge. Each `-m` command the services run is started here in such a folder."""
+    from bridge.commands.service import daemon_child_command
+
+    impostor = tmp_path / "bridge"
+    impostor.mkdir()
+    (impostor / "__init__.py").write_text("")
+    (impostor / "__main__.py").write_text("print('not sam-bridge')\n")
+    no_script = str(tmp_path / "bin" / "python")  # no sam-bridge script beside it, none on PATH
+    commands = {"linux, macOS": daemon_command("linux", no_script, which=lambda _: None),
+                "the Windows task": daemon_command("windows", no_script),
+                "service-run's daemon": daemon_child_command([])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for what, command in commands.items():
+        assert "-m" in command, what
+        options = command[1:command.index("-m") + 2]  # what the service runs, with this Python
+        done = subprocess.run([sys.executable, *options, "--version"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.stdout.startswith("sam-bridge "), (what, command, done.stdout, done.stderr)
+
+
+# --- exits a restart cannot cure -----------------------------------------------------------------------
+
+
+def incurable_exits() -> set[int]:
+    """Where the daemon's exit codes are declared: a bad config or command line (2), another daemon already
+    running (3, the team journal's instance in use too), a damaged journal (4)."""
+    from bridge.daemon import AlreadyRunning
+    from bridge.engine.journal import JournalDamaged
+    from bridge.engine.journal.postgres import InstanceInUse
+
+    assert AlreadyRunning.exit_code == InstanceInUse.exit_code
+    return {ConfigError.exit_code, AlreadyRunning.exit_code, JournalDamaged.exit_code}
+
+
+def test_systemd_does_not_restart_an_exit_a_restart_cannot_cure() -> None:
+    """systemd.service(5): RestartPreventExitStatus= takes exit codes that are not restarted even with
+    Restart=on-failure; without it a config error restarted every RestartSec=5 s, forever."""
+    unit = render_systemd_unit(["/usr/bin/sam-bridge", "run"], PurePosixPath("/home/you/service.env"))
+    found = re.search(r"^RestartPreventExitStatus=(.*)$", unit, re.M)
+    assert found is not None and {int(c) for c in found.group(1).split()} == set(incurable_exits())
+    assert "Restart=on-failure" in unit
+
+
+EXIT_WITH = """
+import signal, sys, time
+if sys.argv[1] == "term":
+    signal.signal(signal.SIGTERM, lambda *_: (print("stopped on SIGTERM", flush=True), sys.exit(0)))
+    print("ready", flush=True)
+    time.sleep(60)
+    sys.exit(9)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.skipif(not Path("/bin/sh").exists(), reason="needs /bin/sh")
+def test_launchd_leaves_an_exit_a_restart_cannot_cure_alone(tmp_path: Path) -> None:
+    """launchd.plist(5): KeepAlive's SuccessfulExit false restarts only a non-zero exit, and launchd has no
+    list of codes to leave alone; so the start line turns those exits into 0 after saying why in the log."""
+    def start_line(*args: str) -> list[str]:
+        agent = plistlib.loads(render_launchd_plist([sys.executable, "-c", EXIT_WITH, *args],
+                                                    PurePosixPath(tmp_path / "none.env"), PurePosixPath("/l")).encode())
+        assert agent["KeepAlive"] == {"SuccessfulExit": False}
+        return list(agent["ProgramArguments"])
+
+    for code in sorted({*incurable_exits(), 0, 1, 70}):
+        done = subprocess.run(start_line(str(code)), capture_output=True, text=True, timeout=30)
+        restarted = code not in incurable_exits() and code != 0
+        assert done.returncode == (code if restarted else 0), (code, done.stderr)
+        assert f"the daemon exited with code {code}" in done.stderr
+        assert ("launchd does not restart it" in done.stderr) == (not restarted and code != 0), done.stderr
+    # the daemon still gets launchd's SIGTERM (a stop waits for it to finish) and its clean exit counts
+    proc = subprocess.Popen(start_line("term"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        proc.terminate()  # launchd signals the job's own process: the shell
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert out == "stopped on SIGTERM\n" and proc.returncode == 0, err
+
+
+class Answers:
+    """The service manager's answers to status's questions, by the command's last words."""
+
+    def __init__(self, answers: dict[str, CommandResult]) -> None:
+        self.answers = answers
+
+    def __call__(self, args: Sequence[str]) -> CommandResult:
+        for words, result in self.answers.items():
+            if " ".join(args).endswith(words):
+                return result
+        return CommandResult(1, f"unexpected: {args}")
+
+
+def test_status_says_why_the_service_stopped_for_good(home: Path) -> None:
+    linux = make_plan("linux", os.environ, ["/opt/sam-bridge", "run"])
+    install(linux, Recorder())
+    config_code = ConfigError.exit_code
+    lines = status(linux, Answers({f"is-enabled {UNIT_NAME}": CommandResult(0, "enabled"),
+                                   f"is-active {UNIT_NAME}": CommandResult(3, "failed"),
+                                   f"--value {UNIT_NAME}": CommandResult(0, str(config_code))})).lines
+    assert lines[-1].startswith(f"Stopped: the daemon exited with code {config_code} (its configuration") and (
+        "systemd does not restart it" in lines[-1]), lines
+    mac = make_plan("macos", os.environ, ["/opt/sam-bridge", "run"], uid=501)
+    install(mac, Recorder())
+    assert mac.paths.log_file is not None
+    Path(mac.paths.log_file).write_text("sam-bridge: sam-bridge is already running (process 42)\nsam-bridge service: "
+                                        "the daemon exited with code 3 (another sam-bridge daemon is already running); "
+                                        "launchd does not restart it.\n", encoding="utf-8")
+    lines = status(mac, Answers({LAUNCHD_LABEL: CommandResult(0, "gui/501/org.sam-bridge.daemon = {\n"
+                                                              "\tstate = not running\n\tlast exit code = 0\n}")})).lines
+    assert lines[-1].endswith("the daemon exited with code 3 (another sam-bridge daemon is already running); "
+                              "launchd does not restart it."), lines
+
+
+# --- systemd: any program path ---------------------------------------------------------------------------
+
+_C_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\", '"': '"',
+              "'": "'", "s": " "}
+
+
+def systemd_exec_argv(line: str) -> list[str]:
+    """What systemd runs for an ExecStart= value (systemd.service(5) "Command lines", systemd.syntax(7)):
+    specifiers first (only %% is ours: any other is refused here), then words split at whitespace, quoted
+    with "…" or '…', C escapes undone; `$VAR`/`${VAR}` expanded in the arguments (refused here: we never
+    mean one) and `$$` made `$` there, never in the executable; the executable must hold none of ' " \\
+    nor a control character ("Executable name contains special characters")."""
+    if re.search(r"%[^%]", line.replace("%%", "")):
+        raise AssertionError(f"an unintended specifier in {line!r}")
+    line = line.replace("%%", "%")
+    words: list[str] = []
+    i = 0
+    while i < len(line):
+        if line[i].isspace():
+            i += 1
+            continue
+        word, quote = "", ""
+        while i < len(line) and (quote or not line[i].isspace()):
+            char = line[i]
+            if char == "\\":
+                nxt = line[i + 1]
+                if nxt == "x":
+                    word, i = word + chr(int(line[i + 2:i + 4], 16)), i + 4
+                    continue
+                word, i = word + _C_ESCAPES[nxt], i + 2
+                continue
+            if quote and char == quote:
+                quote = ""
+            elif not quote and char in "\"'":
+                quote = char
+            else:
+                word += char
+            i += 1
+        assert not quote, f"an unclosed quote in {line!r}"
+        words.append(word)
+    executable, args = words[0], words[1:]
+    unsafe = re.search(r"['\"\\\x00-\x1f\x7f]", executable)
+    assert not unsafe, f"Executable name contains special characters: {executable}"
+    for arg in args:
+        assert not re.search(r"\$(?!\$)\{?\w", arg.replace("$$", "")), f"a variable would be expanded in {arg!r}"
+    return [executable, *(arg.replace("$$", "$") for arg in args)]
+
+
+ODD_FOLDERS = ["plain", "it's", 'say "hi"', "back\\slash", "dollar$HOME", "50%", "Ünïcode & <tag>", "new\nline",
+               "tab\tand ${HOME}", ODD]
+
+
+@pytest.mark.skipif(not Path("/bin/sh").exists(), reason="needs /bin/sh")
+@pytest.mark.parametrize("folder", ODD_FOLDERS)
+def test_systemd_runs_a_program_in_any_folder(tmp_path: Path, folder: str) -> None:
+    program = tmp_path / folder / "sam-bridge"
+    program.parent.mkdir()
+    program.write_text('#!/bin/sh\nfor a in "$0" "$@"; do printf "[%s]" "$a"; done\n', encoding="utf-8")
+    program.chmod(0o755)
+    unit_text = render_systemd_unit([str(program), "run", "a $HOME b"], PurePosixPath("/h/service.env"))
+    exec_start = next(line for line in unit_text.splitlines() if line.startswith("ExecStart="))
+    argv = systemd_exec_argv(exec_start.removeprefix("ExecStart="))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/")
+    assert done.stdout == f"[{program}][run][a $HOME b]", (exec_start, argv, done.stderr)
+    if shutil.which("systemd-analyze"):  # systemd's own parser agrees, and finds every program it names
+        unit = tmp_path / UNIT_NAME
+        unit.write_text(unit_text, encoding="utf-8")
+        verified = systemd_verify(unit, tmp_path / "runtime")
+        assert verified.returncode == 0 and str(unit) not in verified.stderr, verified.stderr
+        assert "not executable" not in verified.stderr, verified.stderr
+
+
+# --- a service file the user edited ------------------------------------------------------------------------
+
+
+def test_install_keeps_a_service_file_the_user_edited(home: Path) -> None:
+    plan = make_plan("linux", os.environ, ["/opt/sam-bridge", "run"])
+    install(plan, Recorder())
+    unit = Path(plan.paths.service_file)
+    edited = unit.read_text(encoding="utf-8").replace("RestartSec=5", "RestartSec=5\nEnvironment=HTTPS_PROXY=http://proxy:3128")
+    unit.write_text(edited, encoding="utf-8")
+    moved = make_plan("linux", os.environ, ["/new/place/sam-bridge", "run"])  # reinstalled from a new venv
+    outcome = install(moved, Recorder())
+    kept = unit.with_name(f"{UNIT_NAME}.edited-1")
+    assert kept.read_text(encoding="utf-8") == edited and unit.read_text(encoding="utf-8") == moved.content
+    assert any(f"kept as {kept}" in line for line in outcome.lines), outcome.lines
+    assert unit.read_text(encoding="utf-8") == moved.content
+    unit.write_text(moved.content.replace("RestartSec=5", "RestartSec=7"), encoding="utf-8")
+    install(plan, Recorder())
+    assert kept.read_text(encoding="utf-8") == edited  # an earlier copy is never overwritten
+    assert "RestartSec=7" in unit.with_name(f"{UNIT_NAME}.edited-2").read_text(encoding="utf-8")
+    install(moved, Recorder())  # a file as sam-bridge wrote it is simply replaced
+    assert sorted(p.name for p in unit.parent.iterdir()) == [UNIT_NAME, f"{UNIT_NAME}.edited-1",
+                                                              f"{UNIT_NAME}.edited-2"]
+    unit.write_text(moved.content + "# mine\n", encoding="utf-8")
+    lines = uninstall(moved, Recorder()).lines
+    assert not unit.exists() and "# mine" in unit.with_name(f"{UNIT_NAME}.edited-3").read_text(encoding="utf-8")
+    assert "You had edited" in lines[0] and "Removed" in lines[-1], lines
+
+
+def test_install_keeps_a_file_an_older_sam_bridge_wrote(home: Path) -> None:
+    """Written before files recorded a digest: whether the user edited it cannot be told, so it is kept."""
+    plan = make_plan("linux", os.environ, ["/opt/sam-bridge", "run"])
+    unit = Path(plan.paths.service_file)
+    unit.parent.mkdir(parents=True)
+    old = render_systemd_unit(["/old/sam-bridge", "run"], PurePosixPath("/h/service.env"))
+    unit.write_text(old, encoding="utf-8")
+    lines = install(plan, Recorder()).lines
+    assert unit.with_name(f"{UNIT_NAME}.edited-1").read_text(encoding="utf-8") == old
+    assert "An older sam-bridge wrote" in lines[1], lines

@@ -116,9 +116,10 @@ def test_service_run_restarts_a_crashed_program_with_backoff_and_says_why(
     assert code == 0 and count.read_text() == "3"  # crashed twice, restarted twice, then stopped cleanly
     assert waits == [1.0, 2.0]  # backoff doubles
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 2
-    assert "exited with code 71" in errors[0] and "Traceback: crash number 1" in errors[0]
-    assert "exited with code 72" in errors[1] and "restarting in 2 s" in errors[1]
+    assert len(errors) == 4  # per crash: why, then each line the daemon left on stderr
+    assert "exited with code 71" in errors[0] and errors[1] == "  daemon stderr: Traceback: crash number 1"
+    assert "exited with code 72" in errors[2] and "restarting in 2 s" in errors[2]
+    assert errors[3] == "  daemon stderr: Traceback: crash number 2"
 
 
 def test_a_second_daemon_is_not_restarted_forever() -> None:
@@ -155,3 +156,79 @@ def test_service_run_brings_a_killed_daemon_back(service, user_dirs) -> None:
     log = (user_dirs["state"] / "logs" / "service.log").read_text()
     assert "exited with code -9" in log and "restarting in 1 s" in log
     assert not info_path.exists()  # the second daemon stopped cleanly with the supervisor
+
+
+# The supervisor's own log, written by `service-run` in a process of its own (it sets signal handlers and
+# root log handlers): its "daemon" dies once with the key in its last stderr line (an uncaught exception's
+# traceback, printed after the daemon's own redaction is gone), then exits cleanly.
+LEAKING_SERVICE_RUN = """
+import sys
+import bridge.commands.service as service
+from bridge.cli import main
+from bridge.os_service import supervise as real
+
+CRASH = ("import os, sys; sys.stderr.write('RuntimeError: bad header Key ' + os.environ['FAL_KEY'] + '\\\\n'); "
+         "sys.exit(1)")
+runs = []
+
+def one_crash(command, stop):
+    def runner(_command, stop):
+        runs.append(1)
+        return real.run_once([sys.executable, "-c", CRASH if len(runs) == 1 else "pass"], stop)
+    return real.supervise(command, stop, backoff=real.Backoff(first=0.01), runner=runner)
+
+service.supervise = one_crash
+raise SystemExit(main(["service-run"]))
+"""
+
+
+def test_service_run_never_writes_the_key_to_its_log(user_dirs: dict[str, Path]) -> None:
+    env = {**os.environ, "FAL_KEY": TEST_KEY, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", LEAKING_SERVICE_RUN], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2])
+    log = (user_dirs["state"] / "logs" / "service.log").read_text(encoding="utf-8")
+    assert done.returncode == 0, done.stderr
+    assert "exited with code 1" in log and "RuntimeError: bad header Key <redacted>" in log, log
+    for half in (TEST_KEY, *TEST_KEY.split("-")[-1:]):
+        assert half not in log and half not in done.stderr
+
+
+@pytest.mark.parametrize("code", [2, 3, 4])  # a bad config, another daemon running, a damaged journal
+def test_service_run_does_not_restart_an_exit_a_restart_cannot_cure(code: int) -> None:
+    calls: list[object] = []
+    stop = threading.Event()
+
+    def incurable(*args: object) -> RunResult:
+        calls.append(args)
+        if len(calls) == 3:  # restarted over and over: enough to tell
+            stop.set()
+        return RunResult(code, ["sam-bridge: something a restart cannot change"])
+
+    assert supervise(["x"], stop, backoff=Backoff(first=0.01, longest=0.01), runner=incurable) == code
+    assert len(calls) == 1
+
+
+def test_windows_status_says_why_the_supervisor_gave_up(tmp_path: Path) -> None:
+    plan = windows_plan(tmp_path)
+    schtasks = FakeSchtasks()
+    install(plan, schtasks)
+    schtasks.process_exited(TASK_NAME, 3)  # service-run ends with the daemon's code
+    assert status(plan, schtasks).lines[-1].endswith(
+        "not running (Ready); the daemon exited with code 3 (another sam-bridge daemon is already running); "
+        "it is not restarted")
+
+
+def test_a_task_whose_file_is_gone_is_still_seen_and_removed(tmp_path: Path) -> None:
+    """The task lives in Task Scheduler, not in its XML file (schtasks /Create imports it): deleting the
+    sam-bridge folder leaves the task starting at every logon, so status and uninstall ask schtasks."""
+    plan = windows_plan(tmp_path)
+    schtasks = FakeSchtasks()
+    install(plan, schtasks)
+    Path(plan.paths.service_file).unlink()
+    found = status(plan, schtasks)
+    assert found.ok and "still registered with Task Scheduler" in found.lines[0], found.lines
+    assert found.lines[-1].split(": ", 1)[1].startswith("running"), found.lines
+    removed = uninstall(plan, schtasks)
+    assert TASK_NAME not in schtasks.tasks and "no longer starts at login" in removed.lines[-1], removed.lines
+    assert "Nothing to remove" in uninstall(plan, schtasks).lines[0]
+    assert not status(plan, schtasks).ok

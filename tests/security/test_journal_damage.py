@@ -1,6 +1,6 @@
 """A journal damaged while the daemon runs (#19 item 4): detected, no new work taken, said on every channel
-(OSC replies, /sam/pong's health word, status files, one log line with what to do), then a non-zero exit
-so a service manager restarts it (into the clear "damaged journal" message when the file stays broken)."""
+(OSC replies, /sam/pong's health word, status files, one log line with what to do), then exit code 4, which
+the service managers do not restart (started again, it names the damaged file when it stays broken)."""
 
 from __future__ import annotations
 

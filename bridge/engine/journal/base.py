@@ -121,8 +121,8 @@ class JobJournal:
     def damaged_error(self) -> JournalDamaged:
         return JournalDamaged(
             f"The job journal {self.where} was damaged while sam-bridge ran: it takes no new work and stops.",
-            hint="Start sam-bridge again (a service manager does so by itself): it then says how to move the "
-            "damaged journal aside.")
+            hint="Start sam-bridge again (`sam-bridge run`, or restart the service: it does not restart this exit "
+            "by itself): it then says how to move the damaged journal aside.")
 
     # -- team mode (a workstation's own journal has no team: these do nothing) ----------------------
 
