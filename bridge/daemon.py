@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from bridge import __version__
 from bridge.common.claims import ClaimBackend
 from bridge.common.config import Config, config_dir, log_dir, state_dir
-from bridge.common.errors import BridgeError, ConfigError
+from bridge.common.errors import BridgeError, FolderUnavailable
 from bridge.common.path_policy import PathPolicy
 from bridge.common.processes import ensure_std_streams
 from bridge.common.redact import SafeLogFilter
@@ -89,9 +89,9 @@ def _lock_file(handle: TextIO) -> None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def unwritable_folder(folder: Path, what: str, exc: OSError) -> ConfigError:
+def unwritable_folder(folder: Path, what: str, exc: OSError) -> FolderUnavailable:
     """A folder the daemon must write (its state, its log) that it cannot: said plainly, not a traceback."""
-    return ConfigError(f"Cannot write the {what} folder {folder}: {exc.strerror or exc}.",
+    return FolderUnavailable(f"Cannot write the {what} folder {folder}: {exc.strerror or exc}.",
                        hint="Make it a writable folder, or point SAM_BRIDGE_STATE_DIR at one.")
 
 

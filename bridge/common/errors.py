@@ -60,6 +60,13 @@ class ConfigError(InputError):
     kind = "bad_config"
 
 
+class FolderUnavailable(ConfigError):
+    """A folder the daemon must write (its state, its logs) cannot be written now: perhaps a drive not
+    mounted yet at login. EX_TEMPFAIL, not a config error's 2, so a service manager tries again later."""
+
+    exit_code = 75
+
+
 class OutputError(BridgeError):
     """The stems cannot be written (folder not writable, disk full)."""
 
