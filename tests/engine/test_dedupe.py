@@ -127,3 +127,32 @@ def test_stems_gone_the_earlier_results_are_fetched_again_and_when_those_are_gon
                                           prompt="piano", tag="third"))
     assert service.stats()["submits"] == 2  # sent anew, once
     assert [step["request_id"] for step in manifest_of(third)["steps"]] != first_ids
+
+
+def test_the_same_work_twice_at_once_is_paid_once(tmp_path: Path) -> None:
+    """A double-click in the DAW, the same request file saved twice, a running request renamed: the second
+    job came while the first still ran and both were submitted and paid (dedupe only knew finished jobs on
+    one workstation; a team waited already). Now the later one waits for the first and reuses its stems."""
+    from bridge.fal.auth import ApiKey
+    from tests.conftest import FAST_RETRY, TEST_KEY
+
+    source = make_source(tmp_path / "Take.wav", seconds=0.5)
+    with LocalFalService(key=TEST_KEY, job_time=1.5) as slow, FalClient(
+            ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
+        engine = JobEngine(Journal(tmp_path / "journal.sqlite"), Pipeline(client, poll_interval=0.02, use_stream=False),
+                           PresetLibrary([("built-in", builtin_presets_dir())]),
+                           EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1, concurrency=2))
+        engine.start()
+        try:
+            first = engine.submit(SeparationRequest(source=source, prompt="piano", tag="first"))
+            second = engine.submit(SeparationRequest(source=source, prompt="piano", tag="second"))
+            wait_for(lambda: all((engine.get(j) or object()).state.finished for j in (first, second)),  # type: ignore[attr-defined]
+                     timeout=60, what="both jobs")
+            views = [engine.get(j) for j in (first, second)]
+            assert all(v is not None and v.state == JobState.done for v in views), views
+            assert slow.stats()["submits"] == 1  # paid once
+            reused = [manifest_of(v)["reused_from"] for v in views if v is not None]
+            assert sorted(r is None for r in reused) == [False, True]  # one made them, the other reused them
+        finally:
+            engine.stop()
+            engine.journal.close()

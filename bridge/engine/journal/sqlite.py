@@ -58,6 +58,8 @@ class Journal(JobJournal):
         self.path = path
         self.where = str(path)
         self._lock = threading.RLock()
+        # dedupe key -> the job doing that work (see active_leader): one daemon per journal, so memory will do
+        self._leaders: dict[str, str] = {}
         raw = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         raw.row_factory = sqlite3.Row
         self._db: sqlite3.Connection | GuardedConnection = raw
@@ -131,6 +133,21 @@ class Journal(JobJournal):
             if found != VERSION:
                 tx.execute("DELETE FROM schema_version")
                 tx.execute("INSERT INTO schema_version VALUES (?)", (VERSION,))
+
+    def active_leader(self, job_id: str, key: str) -> str | None:
+        """As the team journal: the first job with this dedupe key leads; later ones wait while it is
+        unfinished (then reuse its stems) and take the lead when it failed or was cancelled. A double-click
+        in the DAW, a request file saved twice or renamed while it ran was paid twice without it."""
+        self.set_fields(job_id, dedupe_key=key)
+        with self._lock:
+            leader = self._leaders.setdefault(key, job_id)
+            if leader == job_id:
+                return None
+            row = self.get(leader)
+            if row is not None and not row.view.state.finished:
+                return leader
+            self._leaders[key] = job_id
+            return None
 
     @contextmanager
     def _tx(self) -> Iterator[Tx]:
