@@ -25,6 +25,7 @@ import soxr
 from numpy.typing import NDArray
 
 from bridge.audio import bwf
+from bridge.audio.mpeg_length import exact_frames
 from bridge.common.errors import SourceError
 from bridge.common.file_gate import ends_early
 
@@ -108,6 +109,11 @@ def probe_source(path: Path) -> SourceInfo:
             "announces. It may still be copying, or an export was interrupted.",
             "Wait until the copy has finished, or export the file again.",
         )
+    frames = int(info.frames)
+    if fmt == "MP3":  # libsndfile's "MP3" is any MPEG layer; without a length header its figure is a guess
+        frames = exact_frames(path, frames)
+        if frames <= 0:
+            raise SourceError(f"{name} contains no audio.", "Check the export and try again.")
     chunks = bwf.read_chunks(path) if fmt in ("WAV", "WAVEX", "RF64", "W64") else bwf.BwfChunks(None, None)
     return SourceInfo(
         path=path,
@@ -115,7 +121,7 @@ def probe_source(path: Path) -> SourceInfo:
         subtype=subtype,
         samplerate=int(info.samplerate),
         channels=int(info.channels),
-        frames=int(info.frames),
+        frames=frames,
         bext=chunks.bext,
         ixml=chunks.ixml,
         lossy=fmt in LOSSY_FORMATS or subtype in LOSSY_SUBTYPES,

@@ -14,6 +14,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -1019,3 +1020,26 @@ def test_a_problem_of_every_file_stops_the_run_once(
     assert rc != 0 and "FAL_KEY" in err and "--local" in err
     assert err.count("sam-bridge:") == 1  # said once, not once per file
     assert "files separated" not in err and not list(music.glob("**/*target*"))
+
+
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg")
+@pytest.mark.parametrize(("name", "codec"), [("no header.mp3", ["-c:a", "libmp3lame", "-b:a", "128k",
+                                                                 "-write_xing", "0"]),
+                                             ("broadcast.mp2", ["-c:a", "mp2"])])
+def test_an_mpeg_file_without_a_length_header_gets_stems_of_its_decoded_length(
+        env: dict[str, Path], music: Path, capsys: pytest.CaptureFixture[str], name: str, codec: list[str]) -> None:
+    """libsndfile guesses such a file's length from its size (134,062 said, 133,632 decoded): the job was
+    paid for and then failed at conform ("ended earlier than expected"), and every retry paid again."""
+    wav = make_source(music / "take.wav", 44100, 2, "PCM_16")
+    source = music / name
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(wav.path), *codec, str(source)], check=True)
+    decoded = len(sf.read(str(source), dtype="float32")[0])
+    assert sf.info(str(source)).frames != decoded  # the guess this is about
+    rc = cli("separate", source, "--prompt", "hi-hat", "--local", "--local-delay", "0", "--json")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    stems = json.loads(out)["stems"]
+    target, residual = (sf.read(stems[label], dtype="float64")[0] for label in ("target", "residual"))
+    audio = sf.read(str(source), dtype="float64")[0]
+    assert len(target) == len(residual) == decoded
+    assert np.max(np.abs(audio - (target + residual))) < 1e-6  # float stems of a lossy source: they null
