@@ -162,7 +162,7 @@ def _separate(client: FalClient, request: SeparationRequest, recipe: Recipe, arg
             result = pipeline.run(request, recipe, hooks, Path(work), resume=resume, temp_tag=f"cli{owner}")
             display.update(JobState.done.value, 1.0, "Stems written")
         except KeyboardInterrupt as stop:
-            raise _cancel_on_ctrl_c(client, hooks, stop) from None
+            raise _cancel_on_ctrl_c(client, hooks, stop, None if choice.local else request.source.name) from None
         except BridgeError as err:
             # the built-in stand-in's requests end with this run: nothing to collect later
             _say_what_to_do(err, request, {} if choice.local else hooks.handles, choice, pipeline.bills(),
@@ -280,10 +280,21 @@ def _error_summary(err: BridgeError) -> dict[str, Any]:
     return {"ok": False, "error": err.kind, "message": err.message, "hint": err.hint}
 
 
-def _cancel_on_ctrl_c(client: FalClient, hooks: CliHooks, stop: KeyboardInterrupt) -> Cancelled:
-    """Cancel every request the service accepted; the pipeline already removed its temp files."""
+def _cancel_on_ctrl_c(client: FalClient, hooks: CliHooks, stop: KeyboardInterrupt,
+                      collectable: str | None) -> Cancelled:
+    """Cancel every request the service accepted; the pipeline already removed its temp files.
+    `collectable`: the source's name when finished requests can be collected later (not the stand-in's)."""
     by = signal.Signals(stop.signum).name if isinstance(stop, _Stopped) else "Ctrl-C"
-    cancelled = _cancelled_message(by, [client.cancel(handle) for handle in hooks.handles.values()], hooks)
+    answers = {step: client.cancel(handle) for step, handle in sorted(hooks.handles.items())}
+    cancelled = _cancelled_message(by, list(answers.values()), hooks)
+    finished: list[str] = []  # the steps from the first on that the service had finished: --resume-request takes them
+    for step, answer in answers.items():
+        if step != len(finished) or answer != "ALREADY_COMPLETED":
+            break
+        finished.append(hooks.handles[step].request_id)
+    if finished and collectable:
+        cancelled.hint = ("To collect what was finished without paying for it again, run the same command for "
+                          f"“{collectable}” with " + " ".join(f"--resume-request {rid}" for rid in finished) + ".")
     if isinstance(stop, _Stopped):
         cancelled.exit_code = 128 + stop.signum  # what a shell reports for a process ended by that signal
     return cancelled

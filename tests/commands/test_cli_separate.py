@@ -777,7 +777,11 @@ def test_ctrl_c_says_what_happened_and_leaves_nothing(user_dirs: dict[str, Path]
     assert proc.returncode == 130, f"exit code {proc.returncode}: {text}"
     assert "Cancelled by Ctrl-C" in text and case.expected in text and "no stem was written" in text.lower(), text
     assert "Traceback" not in text and out == b""
-    assert (stats["submits"] - case.blockers, stats["cancels"]) == (case.submits, case.cancels)
+    # a finished separation is said with the command that collects it without paying again (it said only
+    # "no stem was written", and a user who ran the command again paid again)
+    collect = re.search(r"with --resume-request (\S+)\.", text)
+    assert (collect is not None) == ("already finished" in case.expected), text
+    assert collect is None or "Long take.wav" in text
     assert case.completed is None or stats["completed"] == case.completed
     assert entries(out_dir) == []  # no stem, no hidden temp stem, no manifest
     assert entries(temp_dir) == []
