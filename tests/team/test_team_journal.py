@@ -61,6 +61,23 @@ def test_both_backends_keep_a_job_the_same_way(journal: JobJournal, tmp_path: Pa
     assert journal.handles(job) == ({}, []) and journal.spent_since(0) == pytest.approx(0.3)
 
 
+def test_a_state_change_never_writes_the_fal_key_to_the_journal(journal: JobJournal, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error text quoting the key (a 401's detail) is masked by every backend, so a shared team
+    database (and `status --team`) never holds it."""
+    monkeypatch.setenv("FAL_KEY", "keyid-12345678:secretpart-ABCDEFGH")
+    job = journal.add(SeparationRequest(source=tmp_path / "a.wav", prompt="piano"), "piano")
+    said = "fal said: 401 invalid key keyid-12345678:secretpart-ABCDEFGH"
+    journal.set_state(job, JobState.failed, None, said, error=said)
+    row = journal.get(job)
+    assert row is not None
+    kept = f"{row.view.message} {row.view.error}"
+    assert "secretpart" not in kept and "keyid-12345678" not in kept and "<redacted>" in row.view.message
+    if isinstance(journal, PostgresJournal):
+        with psycopg.connect(journal._dsn) as conn:  # the history row too
+            assert "secretpart" not in str(conn.execute("SELECT * FROM history").fetchall())
+
+
 def test_schema_is_versioned_and_an_older_sam_bridge_refuses_a_newer_one(team_db: str) -> None:
     with pytest.raises(BridgeError) as caught:  # `sam-bridge status` never creates or migrates the schema
         PostgresJournal(team_db, "cli")

@@ -37,7 +37,17 @@ from bridge.common.errors import BridgeError
 from bridge.common.jobs import JobState
 from bridge.common.processes import process_alive
 from bridge.common.request import SeparationRequest
-from bridge.engine.journal.base import FINISHED, JobJournal, JobRow, JobTakenOver, Row, SchemaTooNew, Tx, job_row
+from bridge.engine.journal.base import (
+    FINISHED,
+    JobJournal,
+    JobRow,
+    JobTakenOver,
+    Row,
+    SchemaTooNew,
+    Tx,
+    job_row,
+    state_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -310,9 +320,8 @@ class PostgresJournal(JobJournal):
                   **fields: Any) -> None:
         """The base class's read, update and history row as one statement: one round trip, not five."""
         now = time.time()
-        columns = {"state": state.value, "updated": now, "message": message, **fields}
-        if progress is not None:
-            columns["progress"] = progress
+        columns = state_columns(state, now, progress, message, fields)
+        message = columns["message"]
         assignments = ", ".join(f"{name}=%s" for name in columns)
         rows = self._read(
             "WITH prev AS (SELECT state, owner FROM jobs WHERE id=%s FOR UPDATE), "
