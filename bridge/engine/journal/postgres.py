@@ -35,7 +35,7 @@ from bridge.common.claims import ClaimBackend
 from bridge.common.database import redact
 from bridge.common.errors import BridgeError
 from bridge.common.jobs import JobState
-from bridge.common.processes import process_alive
+from bridge.common.processes import pid_space, process_alive
 from bridge.common.request import SeparationRequest
 from bridge.engine.journal.base import (
     FINISHED,
@@ -85,6 +85,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # each daemon's own lease: the others judge it by that, not by theirs (a machine configured with a
     # shorter lease took a live daemon's jobs between its heartbeats; one with a longer lease waited for a dead one)
     3: ("ALTER TABLE daemons ADD COLUMN lease DOUBLE PRECISION",),
+    # where a daemon's pid means something (processes.pid_space): a live name was taken over when its row's
+    # host name matched and its pid was not alive HERE, so a second machine of the same host name (cloned
+    # Macs, VMs) ran as the same instance and submitted the same jobs again
+    4: ("ALTER TABLE daemons ADD COLUMN pid_space TEXT",),
 }
 VERSION = max(MIGRATIONS)
 _MIGRATION_LOCK = 0x5A3B_0001  # advisory lock ids (any constants unique to sam-bridge)
@@ -265,23 +269,31 @@ class PostgresJournal(JobJournal):
     # -- leases -------------------------------------------------------------------------------------
 
     def _register(self) -> None:
-        """Take this instance's row; refuse while a live daemon elsewhere holds the name."""
-        host, pid = socket.gethostname(), os.getpid()
+        """Take this instance's row; refuse while a live daemon that is not provably ended holds the name."""
+        host, pid, space = socket.gethostname(), os.getpid(), pid_space()
         with self._tx() as tx:
             row = tx.execute(
-                "SELECT host, pid, NOT stopped AND heartbeat >= now() - make_interval(secs => COALESCE(lease, ?)) "
-                "AS alive FROM daemons WHERE instance=? FOR UPDATE", (self.lease, self.instance)).fetchone()
-            if (row and row["alive"] and (row["host"], row["pid"]) != (host, pid)
-                    and not (row["host"] == host and not process_alive(row["pid"]))):  # (ended here: a restart)
+                "SELECT host, pid, pid_space, EXTRACT(EPOCH FROM now() - heartbeat) AS silent, "
+                "COALESCE(lease, ?) AS lease, NOT stopped AND heartbeat >= now() - "
+                "make_interval(secs => COALESCE(lease, ?)) AS alive FROM daemons WHERE instance=? FOR UPDATE",
+                (self.lease, self.lease, self.instance)).fetchone()
+            # a pid is judged only in its own pid space (this boot, this pid namespace): a restart after a
+            # crash here is welcome at once; another machine's row waits out its lease, whatever its host name
+            ours = space is not None and row is not None and row["pid_space"] == space and row["host"] == host
+            if row and row["alive"] and not (ours and (row["pid"] == pid or not process_alive(row["pid"]))):
                 raise InstanceInUse(
                     f"Another sam-bridge runs as instance “{self.instance}” on {row['host']} (process "
-                    f"{row['pid']}); each daemon of a team needs a name of its own.",
-                    hint="Set `instance:` in this machine's config, or stop the other daemon.")
+                    f"{row['pid']}, heard from {float(row['silent']):.0f} s ago); each daemon of a team needs a "
+                    "name of its own.",
+                    hint="Set a distinct `instance:` in this machine's config (machines with the same host name "
+                         "and state folder get the same default name), or stop the other daemon. If it ended "
+                         f"without stopping, the name is free once its lease ({float(row['lease']):g} s) runs out.")
             tx.execute(
-                "INSERT INTO daemons (instance, host, pid, version, lease) VALUES (?,?,?,?,?) ON CONFLICT (instance) "
-                "DO UPDATE SET host=excluded.host, pid=excluded.pid, version=excluded.version, started=now(), "
-                "heartbeat=now(), stopped=false, lease=excluded.lease",
-                (self.instance, host, pid, __version__, self.lease))
+                "INSERT INTO daemons (instance, host, pid, version, lease, pid_space) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT (instance) DO UPDATE SET host=excluded.host, pid=excluded.pid, "
+                "version=excluded.version, started=now(), heartbeat=now(), stopped=false, lease=excluded.lease, "
+                "pid_space=excluded.pid_space",
+                (self.instance, host, pid, __version__, self.lease, space))
 
     def _beat(self) -> None:
         """Renew the lease on a connection of its own: after a database outage the pool may hand out
