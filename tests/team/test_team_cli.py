@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import psycopg
 
@@ -85,3 +86,37 @@ def test_status_while_the_team_database_is_down_says_so_at_once(pg_cluster, team
         pg_cluster.up()
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "Cannot reach the team database" in result.stderr or "unreachable" in result.stderr
+
+
+def test_a_wrong_or_unreadable_password_is_said_at_once_and_never_shown(pg_cluster, alice: str, team_db: str,
+                                                                        tmp_path: Path) -> None:
+    """libpq quotes a token it cannot parse, password and all, and psycopg.pool logs that on every try; a
+    wrong password was reported as 'pool initialization incomplete after 5.0 sec'."""
+    database = team_db.rsplit("/", 1)[1]
+    for password, reason in (("WrongPw99", "password authentication failed"),
+                             ("50%off-Secret", "percent-encoded"), ("Wr%6Fng%21Pw", "password authentication failed")):
+        dsn = pg_cluster.dsn(database, user=alice, password=password)
+        check = sam_bridge(tmp_path, "team", "check", database=dsn)
+        status = sam_bridge(tmp_path, "status", "--team", database=dsn)
+        run = sam_bridge(tmp_path, "run", "--local", "--no-osc", "--no-hot-folder", database=dsn)
+        log = tmp_path / "state" / "logs" / "daemon.log"
+        shown = "\n".join([check.stdout, check.stderr, status.stdout, status.stderr, run.stdout, run.stderr,
+                           log.read_text() if log.exists() else ""])
+        for secret in (password, unquote(password), "off-Secret", "Wrong!Pw"):
+            assert secret not in shown, f"{secret!r} shown:\n{shown}"
+        assert check.returncode == 1 and "FAIL  Cannot connect" in check.stdout and reason in check.stdout
+        for result in (status, run):
+            assert result.returncode != 0 and reason in result.stderr, result.stderr
+            assert "Traceback" not in result.stderr and "pool initialization" not in result.stderr
+
+
+def test_psycopg_pools_own_log_lines_never_show_the_password(caplog) -> None:
+    """The pool logs libpq's error on every reconnection try (after the server went away and came back with
+    the password changed, say): its logger masks every form of a journal's password."""
+    import logging
+
+    from bridge.common.database import PoolLogMask
+
+    PoolLogMask.guard("postgresql://alice:50%25off%2FSecret@db.local/team")
+    logging.getLogger("psycopg.pool").warning("error connecting in %r: %s", "pool", 'bad "50%off/Secret"')
+    assert "off/Secret" not in caplog.text and "off%2FSecret" not in caplog.text and '"***"' in caplog.text

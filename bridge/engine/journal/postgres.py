@@ -28,11 +28,11 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge import __version__
 from bridge.common.claims import ClaimBackend
-from bridge.common.database import redact
+from bridge.common.database import PoolLogMask, mask_password, redact
 from bridge.common.errors import BridgeError
 from bridge.common.jobs import JobState
 from bridge.common.processes import pid_space, process_alive
@@ -150,21 +150,29 @@ class PostgresJournal(JobJournal):
         self._outage_lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        PoolLogMask.guard(dsn)
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
             kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(1, int(connect_timeout)),
                     "application_name": f"sam-bridge {instance}"[:63]},
             name="sam-bridge-journal", reconnect_timeout=0)
         try:
+            self._connect_once()  # a wrong password or DSN fails at once, in libpq's words (masked)
             self._pool.open(wait=True, timeout=connect_timeout)
             self._migrate()
             if daemon:
                 self._register()
         except psycopg.OperationalError as exc:
             self._pool.close()
-            raise BridgeError(f"Cannot reach the team database {self.where}: {_first_line(exc)}",
+            raise BridgeError(f"Cannot reach the team database {self.where}: {self._reason(exc)}",
                               hint="Check `database:` in the config (or SAM_BRIDGE_DATABASE) and that the "
                               "server runs; `sam-bridge team check` tests the connection.") from None
+        except psycopg.ProgrammingError as exc:  # libpq could not parse the DSN
+            self._pool.close()
+            raise BridgeError(f"The team database address {self.where} is not valid: {self._reason(exc)}",
+                              hint="Check `database:` in the config (or SAM_BRIDGE_DATABASE); a password with "
+                              "%, @, : or / in a postgresql:// URL needs them percent-encoded (%25, %40, %3A, "
+                              "%2F).") from None
         except BaseException:
             self._pool.close()
             raise
@@ -173,6 +181,19 @@ class PostgresJournal(JobJournal):
             self._heartbeat.start()
 
     # -- connection ---------------------------------------------------------------------------------
+
+    def _connect_once(self) -> None:
+        psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout).close()
+
+    def _reason(self, exc: Exception) -> str:
+        """What went wrong, in libpq's words with the password masked: a pool that timed out says only
+        that it did ('couldn't get a connection after 5.0 sec'), so one direct connection tells why."""
+        if isinstance(exc, PoolTimeout):
+            try:
+                self._connect_once()
+            except psycopg.Error as direct:
+                exc = direct
+        return mask_password(_first_line(exc), self._dsn)
 
     def _counted(self, n: int) -> None:
         with self._count_lock:
@@ -200,7 +221,7 @@ class PostgresJournal(JobJournal):
                 if self._closed:
                     raise
                 if not self.daemon:  # `sam-bridge status`, `retry`…: say so now rather than wait
-                    raise BridgeError(f"The team database {self.where} is unreachable: {_first_line(exc)}",
+                    raise BridgeError(f"The team database {self.where} is unreachable: {self._reason(exc)}",
                                       hint="`sam-bridge team check` tests the connection.") from None
                 self._outage(exc)
                 continue
@@ -212,7 +233,7 @@ class PostgresJournal(JobJournal):
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 log.warning("The team database %s is unreachable (%s): pausing, no new work is taken until it "
-                            "is back", self.where, _first_line(exc))
+                            "is back", self.where, mask_password(_first_line(exc), self._dsn))
         time.sleep(0.5)
 
     def _back(self) -> None:
@@ -237,7 +258,8 @@ class PostgresJournal(JobJournal):
             try:  # a clean stop: the others may take this daemon's unfinished jobs at once
                 self._write("UPDATE daemons SET stopped=true WHERE instance=%s", (self.instance,))
             except psycopg.Error as exc:
-                log.info("could not mark this daemon stopped in the team database: %s", _first_line(exc))
+                log.info("could not mark this daemon stopped in the team database: %s",
+                         mask_password(_first_line(exc), self._dsn))
         self._closed = True
         self._pool.close()
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import dict_row
 
-from bridge.common.database import redact
+from bridge.common.database import mask_password, redact
 from bridge.engine.journal.postgres import ALIVE, VERSION
 
 SKEW_WARN = 2.0  # seconds: job ages and the budget's midnight use this machine's clock
@@ -26,7 +26,7 @@ def check_team(dsn: str, lease: float, timeout: float = 5.0) -> list[Finding]:
     try:
         conn = psycopg.connect(dsn, connect_timeout=max(1, int(timeout)), autocommit=True, row_factory=dict_row)
     except psycopg.Error as exc:
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        text = mask_password((str(exc).strip().splitlines() or [type(exc).__name__])[0], dsn)  # libpq quotes it
         return [Finding(False, f"Cannot connect to {where}: {text}. Check the address, user and password "
                                "(SAM_BRIDGE_DATABASE or `database:` in the config), and that the server accepts "
                                "connections from this machine (pg_hba.conf, firewall).")]
