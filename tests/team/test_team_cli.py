@@ -120,3 +120,20 @@ def test_psycopg_pools_own_log_lines_never_show_the_password(caplog) -> None:
     PoolLogMask.guard("postgresql://alice:50%25off%2FSecret@db.local/team")
     logging.getLogger("psycopg.pool").warning("error connecting in %r: %s", "pool", 'bad "50%off/Secret"')
     assert "off/Secret" not in caplog.text and "off%2FSecret" not in caplog.text and '"***"' in caplog.text
+
+
+def test_team_check_reads_a_schema_an_older_sam_bridge_made(team_db: str, tmp_path: Path) -> None:
+    """Versions 1 and 2 had no `lease` column: exactly the database `team check` is run on before an update."""
+    from bridge.engine.journal.postgres import MIGRATIONS
+
+    with psycopg.connect(team_db, autocommit=True) as conn:
+        for version in (1, 2):
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (2)")
+        conn.execute("INSERT INTO daemons (instance, host, pid, version) VALUES ('old-a', 'hostA', 1, '0.9')")
+    result = sam_bridge(tmp_path, "team", "check", database=team_db)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert f"Schema version 2: the next daemon started migrates it to {VERSION}" in result.stdout
+    assert "Daemons alive: old-a (hostA, lease 30 s)" in result.stdout
