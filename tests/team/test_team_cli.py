@@ -11,9 +11,11 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import psycopg
+import pytest
 
 from bridge.common.request import SeparationRequest
 from bridge.engine.journal.postgres import VERSION, PostgresJournal
+from tests.team.conftest import ALICE_PASSWORD
 
 
 def sam_bridge(tmp_path: Path, *args: str, database: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -137,3 +139,34 @@ def test_team_check_reads_a_schema_an_older_sam_bridge_made(team_db: str, tmp_pa
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
     assert f"Schema version 2: the next daemon started migrates it to {VERSION}" in result.stdout
     assert "Daemons alive: old-a (hostA, lease 30 s)" in result.stdout
+
+
+def test_a_role_with_ordinary_rights_runs_on_a_schema_an_administrator_made(pg_cluster, alice: str, team_db: str,
+                                                                             tmp_path: Path) -> None:
+    """PostgreSQL 15 gives an ordinary role no CREATE on schema public: with the tables made (and granted) by
+    an administrator a daemon and `status --team` need none. What it lacks is named, never a traceback."""
+    from bridge.common.errors import BridgeError
+
+    as_alice = pg_cluster.dsn(team_db.rsplit("/", 1)[1], user=alice, password=ALICE_PASSWORD)
+    with pytest.raises(BridgeError) as caught:  # an empty database: alice cannot create the schema
+        PostgresJournal(as_alice, "studio-a", daemon=True)
+    assert "CREATE" in caught.value.message + caught.value.hint and "permission denied" in caught.value.message
+    empty = sam_bridge(tmp_path, "team", "check", database=as_alice)
+    assert empty.returncode == 1 and "may not create" in empty.stdout, empty.stdout
+    PostgresJournal(team_db, "admin", daemon=True).close()  # the administrator starts one daemon first
+    with psycopg.connect(team_db, autocommit=True) as conn:
+        conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO alice")
+    daemon = PostgresJournal(as_alice, "studio-a", daemon=True)
+    job = daemon.add(SeparationRequest(source=tmp_path / "a.wav", prompt="piano"), "piano")
+    status = sam_bridge(tmp_path, "status", "--team", database=as_alice)
+    assert status.returncode == 0 and job in status.stdout, status.stdout + status.stderr
+    check = sam_bridge(tmp_path, "team", "check", database=as_alice)
+    assert check.returncode == 0 and "FAIL" not in check.stdout, check.stdout
+    daemon.close()
+    with psycopg.connect(team_db, autocommit=True) as conn:
+        conn.execute("REVOKE ALL ON jobs, history FROM alice")
+    refused = sam_bridge(tmp_path, "status", "--team", database=as_alice)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+    assert "permission denied for table" in refused.stderr and "GRANT" in refused.stderr
+    lacking = sam_bridge(tmp_path, "team", "check", database=as_alice)
+    assert lacking.returncode == 1 and "FAIL" in lacking.stdout and "history, jobs" in lacking.stdout, lacking.stdout

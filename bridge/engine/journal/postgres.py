@@ -91,6 +91,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE daemons ADD COLUMN pid_space TEXT",),
 }
 VERSION = max(MIGRATIONS)
+TABLES = ("claims", "daemons", "dedupe_leaders", "history", "jobs", "schema_version", "steps")  # sam-bridge's own
 _MIGRATION_LOCK = 0x5A3B_0001  # advisory lock ids (any constants unique to sam-bridge)
 _BUDGET_LOCK = 0x5A3B_0002
 # a daemon's lease holds while its heartbeat is younger than its own lease (database clock); the parameter
@@ -157,30 +158,44 @@ class PostgresJournal(JobJournal):
                     "application_name": f"sam-bridge {instance}"[:63]},
             name="sam-bridge-journal", reconnect_timeout=0)
         try:
-            self._connect_once()  # a wrong password or DSN fails at once, in libpq's words (masked)
-            self._pool.open(wait=True, timeout=connect_timeout)
-            self._migrate()
-            if daemon:
-                self._register()
-        except psycopg.OperationalError as exc:
+            self._setup()
+        except BaseException as exc:
             self._pool.close()
-            raise BridgeError(f"Cannot reach the team database {self.where}: {self._reason(exc)}",
-                              hint="Check `database:` in the config (or SAM_BRIDGE_DATABASE) and that the "
-                              "server runs; `sam-bridge team check` tests the connection.") from None
-        except psycopg.ProgrammingError as exc:  # libpq could not parse the DSN
-            self._pool.close()
-            raise BridgeError(f"The team database address {self.where} is not valid: {self._reason(exc)}",
-                              hint="Check `database:` in the config (or SAM_BRIDGE_DATABASE); a password with "
-                              "%, @, : or / in a postgresql:// URL needs them percent-encoded (%25, %40, %3A, "
-                              "%2F).") from None
-        except BaseException:
-            self._pool.close()
+            if isinstance(exc, psycopg.Error):
+                raise self._refused(exc) from None
             raise
         if daemon:
             self._heartbeat = threading.Thread(target=self._beat, name="journal-heartbeat", daemon=True)
             self._heartbeat.start()
 
     # -- connection ---------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        try:
+            self._connect_once()  # a wrong password or DSN fails at once, in libpq's words (masked)
+        except psycopg.ProgrammingError as exc:  # libpq could not parse the DSN: nothing reached the server
+            raise BridgeError(f"The team database address {self.where} is not valid: {self._reason(exc)}",
+                              hint="Check `database:` in the config (or SAM_BRIDGE_DATABASE); a password with "
+                              "%, @, : or / in a postgresql:// URL needs them percent-encoded (%25, %40, %3A, "
+                              "%2F).") from None
+        self._pool.open(wait=True, timeout=self._connect_timeout)
+        self._migrate()
+        if self.daemon:
+            self._register()
+
+    def _refused(self, exc: psycopg.Error) -> BridgeError:
+        """A database error as words: unreachable, a right this role lacks, or what the server said."""
+        if isinstance(exc, psycopg.OperationalError):
+            return BridgeError(f"Cannot reach the team database {self.where}: {self._reason(exc)}",
+                               hint="Check `database:` in the config (or SAM_BRIDGE_DATABASE) and that the "
+                               "server runs; `sam-bridge team check` tests the connection.")
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            return BridgeError(f"The team database {self.where} refused this role: {self._reason(exc)}.",
+                               hint="Have an administrator grant it the rights on sam-bridge's tables: GRANT "
+                               "SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO <role>; "
+                               "`sam-bridge team check` names what it lacks.")
+        return BridgeError(f"The team database {self.where} refused: {self._reason(exc)}",
+                           hint="`sam-bridge team check` tests the connection, the schema and this role's rights.")
 
     def _connect_once(self) -> None:
         psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout).close()
@@ -217,6 +232,8 @@ class PostgresJournal(JobJournal):
         while True:
             try:
                 result = attempt()
+            except psycopg.errors.InsufficientPrivilege as exc:  # a right taken away: words, not a traceback
+                raise self._refused(exc) from None
             except psycopg.OperationalError as exc:
                 if self._closed:
                     raise
@@ -266,24 +283,49 @@ class PostgresJournal(JobJournal):
     # -- schema -------------------------------------------------------------------------------------
 
     def _migrate(self) -> None:
+        """Look first, change only what needs it: an ordinary role (PostgreSQL 15 gives none CREATE on schema
+        public) runs on a schema its administrator made, so DDL runs only when a migration is due."""
         with self._tx() as tx:
-            tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
-            tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            found = int(tx.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()["v"] or 0)
-            if found > VERSION:
-                raise SchemaTooNew(self.where, found, VERSION)
-            if found < VERSION and not self.daemon:  # `status`, `retry`…: only a starting daemon migrates
-                raise BridgeError(
-                    f"The team database {self.where} has " + (f"schema version {found}" if found else
-                                                              "no sam-bridge schema yet") + ".",
-                    hint="Start a sam-bridge daemon of this version with it: the daemon creates or migrates it.")
-            for version in range(found + 1, VERSION + 1):
-                for statement in MIGRATIONS[version]:
-                    tx.execute(statement)
-                log.info("team database %s migrated to schema version %d", self.where, version)
-            if found != VERSION:
+            found = self._found_version(tx)
+        if found == VERSION:
+            return
+        try:
+            with self._tx() as tx:
+                tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+                found = self._found_version(tx)  # another daemon may have migrated it while this one waited
+                if found == VERSION:
+                    return
+                if not found:
+                    tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                for version in range(found + 1, VERSION + 1):
+                    for statement in MIGRATIONS[version]:
+                        tx.execute(statement)
+                    log.info("team database %s migrated to schema version %d", self.where, version)
                 tx.execute("DELETE FROM schema_version")
                 tx.execute("INSERT INTO schema_version VALUES (?)", (VERSION,))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise BridgeError(
+                f"The team database {self.where} needs " + (f"migrating from schema version {found} to {VERSION}"
+                                                            if found else "its sam-bridge schema") +
+                f", and this role may not do that: {self._reason(exc)}.",
+                hint="Start one sam-bridge daemon of this version with a role that may (the database's owner: "
+                     "CREATE on its schema, and owner of sam-bridge's tables); the others then need only SELECT, "
+                     "INSERT, UPDATE, DELETE on the tables.") from None
+
+    def _found_version(self, tx: Tx) -> int:
+        """The schema version in the database (0: none yet); raises where this version may not go on."""
+        if not tx.execute("SELECT to_regclass('schema_version') IS NOT NULL AS t").fetchone()["t"]:
+            found = 0
+        else:
+            found = int(tx.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()["v"] or 0)
+        if found > VERSION:
+            raise SchemaTooNew(self.where, found, VERSION)
+        if found < VERSION and not self.daemon:  # `status`, `retry`…: only a starting daemon migrates
+            raise BridgeError(
+                f"The team database {self.where} has " + (f"schema version {found}" if found else
+                                                          "no sam-bridge schema yet") + ".",
+                hint="Start a sam-bridge daemon of this version with it: the daemon creates or migrates it.")
+        return found
 
     def schema_version(self) -> int:
         return int(self._read("SELECT MAX(version) AS v FROM schema_version")[0]["v"] or 0)
@@ -523,7 +565,8 @@ class PostgresJournal(JobJournal):
 for _name in ("_insert_job", "set_state", "update_progress", "set_fields", "mark_submitting", "mark_submitted",
               "clear_steps", "unmark_submitting", "clear_uncertain", "reserve_budget", "handles", "get",
               "find_prefix", "by_idempotency_key", "done_with_dedupe_key", "unfinished", "recent", "spent_since",
-              "active_leader", "read_waiting", "write_waiting"):
+              "active_leader", "read_waiting", "write_waiting", "schema_version", "team_daemons", "team_jobs",
+              "clock_skew"):
     setattr(PostgresJournal, _name, _waits_for_database(getattr(PostgresJournal, _name)))
 
 
