@@ -4,10 +4,12 @@ folder) carries its owner's tag, `@<host>~<pid>`, so a later run can tell it fro
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +28,24 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True  # alive, owned by another user
     return True
+
+
+@functools.cache
+def pid_space() -> str | None:
+    """Where this process's pid means something: this boot of this machine (a random id the kernel makes
+    at boot; cloned machines share host names, even /etc/machine-id, never this) and, on Linux, its pid
+    namespace (containers share the kernel's boot id). None where unknown: then no pid is judged."""
+    try:
+        if sys.platform.startswith("linux"):
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+            return f"{boot}/{os.readlink('/proc/self/ns/pid')}" if boot else None
+        if sys.platform == "darwin":
+            found = subprocess.run(["/usr/sbin/sysctl", "-n", "kern.bootsessionuuid"], capture_output=True,
+                                   text=True, timeout=5, check=True)
+            return found.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
+        return None
+    return None
 
 
 def owner_tag() -> str:

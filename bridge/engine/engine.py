@@ -67,10 +67,16 @@ class EngineSettings:
     local_work: int = 1  # jobs conforming at once: CPU and memory heavy, and no faster in parallel on 2 cores
 
 
+WATCH_PROBLEM_EVERY = 600.0  # seconds between log lines about the same journal-watch problem
+
+
 def _reachable(row: JobRow) -> bool:
     """This machine sees the job's source and where its stems go (a dead daemon's job on a shared drive)."""
     out = row.request.output_dir or row.request.project_dir
-    return row.request.source.is_file() and (out is None or out.is_dir())
+    try:
+        return row.request.source.is_file() and (out is None or out.is_dir())
+    except OSError:  # EACCES, ESTALE, ENAMETOOLONG…: not from here; a machine that can reach it takes it
+        return False
 
 
 class JobEngine(JobSink):
@@ -238,12 +244,21 @@ class JobEngine(JobSink):
 
     def _watch_journal(self) -> None:
         """Pick up jobs queued or cancelled by other processes (`sam-bridge retry/cancel`)."""
+        said: dict[str, float] = {}  # problem -> when it was last logged
         while not self._stopping.wait(self.settings.rescan_interval):
             try:
                 self.journal.check_file()
                 self._look_at_journal()
             except JournalDamaged:  # the daemon says so once and stops
                 return
+            except Exception as exc:  # one bad row must not end the watch: orphans would never be adopted
+                problem, now = f"{type(exc).__name__}: {exc}", time.monotonic()
+                if now - said.get(problem, -WATCH_PROBLEM_EVERY) >= WATCH_PROBLEM_EVERY:
+                    if len(said) > 100:  # texts that differ every time: bounded, at worst said again
+                        said.clear()
+                    said[problem] = now
+                    log.error("Could not look at the journal for other processes' work (trying again every "
+                              "%g s): %s", self.settings.rescan_interval, problem, exc_info=True)
 
     def _look_at_journal(self) -> None:
         for row in self.journal.adopt_orphans(self.settings.concurrency, _reachable):  # team: a dead

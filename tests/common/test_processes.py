@@ -27,3 +27,11 @@ def test_what_a_dead_process_of_this_machine_left_is_told_from_live_work(tmp_pat
     (tmp_path / "sam-bridge-notes").mkdir()
     remove_left_behind(tmp_path, "sam-bridge-")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"sam-bridge-{owner_tag()}-def", "sam-bridge-notes"])
+
+
+def test_pid_space_names_this_boot_and_pid_namespace_the_same_way_every_time() -> None:
+    from bridge.common.processes import pid_space
+
+    if sys.platform.startswith("linux"):
+        space = pid_space()
+        assert space is not None and space.endswith(os.readlink("/proc/self/ns/pid")) and space == pid_space()

@@ -3,8 +3,10 @@ worker), a fresh database per test. Without PostgreSQL's binaries they skip and 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from tests.team.pg_cluster import PgCluster, find_bin_dir
@@ -27,3 +29,25 @@ def pg_cluster() -> Iterator[PgCluster]:
 def team_db(pg_cluster: PgCluster) -> str:
     """The DSN of an empty database of this test's own."""
     return pg_cluster.new_database()
+
+
+ALICE_PASSWORD = "S3cretPw-alice"
+
+
+@pytest.fixture(scope="session")
+def alice(pg_cluster: PgCluster) -> str:
+    """A role with a password the server checks (the others log in by trust) and no more rights than
+    PostgreSQL gives any role: on 15 and later, no CREATE on schema public. Returns its name."""
+    hba = pg_cluster.data / "pg_hba.conf"
+    hba.write_text("host all alice 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE alice LOGIN PASSWORD '{ALICE_PASSWORD}'")
+        conn.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the reload takes effect at once, but asynchronously
+        try:
+            psycopg.connect(pg_cluster.dsn(user="alice", password="not-it"), connect_timeout=2).close()
+        except psycopg.OperationalError:
+            break
+        time.sleep(0.05)
+    return "alice"

@@ -8,11 +8,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import psycopg
+import pytest
 
 from bridge.common.request import SeparationRequest
 from bridge.engine.journal.postgres import VERSION, PostgresJournal
+from tests.team.conftest import ALICE_PASSWORD
 
 
 def sam_bridge(tmp_path: Path, *args: str, database: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -85,3 +88,85 @@ def test_status_while_the_team_database_is_down_says_so_at_once(pg_cluster, team
         pg_cluster.up()
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "Cannot reach the team database" in result.stderr or "unreachable" in result.stderr
+
+
+def test_a_wrong_or_unreadable_password_is_said_at_once_and_never_shown(pg_cluster, alice: str, team_db: str,
+                                                                        tmp_path: Path) -> None:
+    """libpq quotes a token it cannot parse, password and all, and psycopg.pool logs that on every try; a
+    wrong password was reported as 'pool initialization incomplete after 5.0 sec'."""
+    database = team_db.rsplit("/", 1)[1]
+    for password, reason in (("WrongPw99", "password authentication failed"),
+                             ("50%off-Secret", "percent-encoded"), ("Wr%6Fng%21Pw", "password authentication failed")):
+        dsn = pg_cluster.dsn(database, user=alice, password=password)
+        check = sam_bridge(tmp_path, "team", "check", database=dsn)
+        status = sam_bridge(tmp_path, "status", "--team", database=dsn)
+        run = sam_bridge(tmp_path, "run", "--local", "--no-osc", "--no-hot-folder", database=dsn)
+        log = tmp_path / "state" / "logs" / "daemon.log"
+        shown = "\n".join([check.stdout, check.stderr, status.stdout, status.stderr, run.stdout, run.stderr,
+                           log.read_text() if log.exists() else ""])
+        for secret in (password, unquote(password), "off-Secret", "Wrong!Pw"):
+            assert secret not in shown, f"{secret!r} shown:\n{shown}"
+        assert check.returncode == 1 and "FAIL  Cannot connect" in check.stdout and reason in check.stdout
+        for result in (status, run):
+            assert result.returncode != 0 and reason in result.stderr, result.stderr
+            assert "Traceback" not in result.stderr and "pool initialization" not in result.stderr
+
+
+def test_psycopg_pools_own_log_lines_never_show_the_password(caplog) -> None:
+    """The pool logs libpq's error on every reconnection try (after the server went away and came back with
+    the password changed, say): its logger masks every form of a journal's password."""
+    import logging
+
+    from bridge.common.database import PoolLogMask
+
+    PoolLogMask.guard("postgresql://alice:50%25off%2FSecret@db.local/team")
+    logging.getLogger("psycopg.pool").warning("error connecting in %r: %s", "pool", 'bad "50%off/Secret"')
+    assert "off/Secret" not in caplog.text and "off%2FSecret" not in caplog.text and '"***"' in caplog.text
+
+
+def test_team_check_reads_a_schema_an_older_sam_bridge_made(team_db: str, tmp_path: Path) -> None:
+    """Versions 1 and 2 had no `lease` column: exactly the database `team check` is run on before an update."""
+    from bridge.engine.journal.postgres import MIGRATIONS
+
+    with psycopg.connect(team_db, autocommit=True) as conn:
+        for version in (1, 2):
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (2)")
+        conn.execute("INSERT INTO daemons (instance, host, pid, version) VALUES ('old-a', 'hostA', 1, '0.9')")
+    result = sam_bridge(tmp_path, "team", "check", database=team_db)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert f"Schema version 2: the next daemon started migrates it to {VERSION}" in result.stdout
+    assert "Daemons alive: old-a (hostA, lease 30 s)" in result.stdout
+
+
+def test_a_role_with_ordinary_rights_runs_on_a_schema_an_administrator_made(pg_cluster, alice: str, team_db: str,
+                                                                             tmp_path: Path) -> None:
+    """PostgreSQL 15 gives an ordinary role no CREATE on schema public: with the tables made (and granted) by
+    an administrator a daemon and `status --team` need none. What it lacks is named, never a traceback."""
+    from bridge.common.errors import BridgeError
+
+    as_alice = pg_cluster.dsn(team_db.rsplit("/", 1)[1], user=alice, password=ALICE_PASSWORD)
+    with pytest.raises(BridgeError) as caught:  # an empty database: alice cannot create the schema
+        PostgresJournal(as_alice, "studio-a", daemon=True)
+    assert "CREATE" in caught.value.message + caught.value.hint and "permission denied" in caught.value.message
+    empty = sam_bridge(tmp_path, "team", "check", database=as_alice)
+    assert empty.returncode == 1 and "may not create" in empty.stdout, empty.stdout
+    PostgresJournal(team_db, "admin", daemon=True).close()  # the administrator starts one daemon first
+    with psycopg.connect(team_db, autocommit=True) as conn:
+        conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO alice")
+    daemon = PostgresJournal(as_alice, "studio-a", daemon=True)
+    job = daemon.add(SeparationRequest(source=tmp_path / "a.wav", prompt="piano"), "piano")
+    status = sam_bridge(tmp_path, "status", "--team", database=as_alice)
+    assert status.returncode == 0 and job in status.stdout, status.stdout + status.stderr
+    check = sam_bridge(tmp_path, "team", "check", database=as_alice)
+    assert check.returncode == 0 and "FAIL" not in check.stdout, check.stdout
+    daemon.close()
+    with psycopg.connect(team_db, autocommit=True) as conn:
+        conn.execute("REVOKE ALL ON jobs, history FROM alice")
+    refused = sam_bridge(tmp_path, "status", "--team", database=as_alice)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+    assert "permission denied for table" in refused.stderr and "GRANT" in refused.stderr
+    lacking = sam_bridge(tmp_path, "team", "check", database=as_alice)
+    assert lacking.returncode == 1 and "FAIL" in lacking.stdout and "history, jobs" in lacking.stdout, lacking.stdout

@@ -20,7 +20,7 @@ from bridge.engine.pipeline import Pipeline
 from bridge.fal.client import FalClient
 from bridge.presets.library import PresetLibrary, builtin_presets_dir
 from tests.conftest import wait_for
-from tests.team.team_helpers import query
+from tests.team.team_helpers import query, wait_server_up_for
 from tests.test_daemon import make_source
 
 pytestmark = pytest.mark.timeout(120)
@@ -254,3 +254,47 @@ def test_a_cancel_through_another_machine_ends_the_job_cancelled_not_failed(team
             for engine in engines:
                 engine.stop()
                 engine.journal.close()
+
+
+def test_a_dead_daemons_job_this_machine_cannot_even_stat_leaves_the_journal_watch_running(
+        client: FalClient, service, team_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Its source raises on stat here (File name too long; EACCES, ESTALE on a stale share alike): that job
+    waits for a machine that can reach it, and the watch goes on adopting the next dead daemon's jobs. A
+    row this version cannot read at all is logged, and the watch carries on too."""
+    from tests.team.test_team_journal import expire
+
+    wait_server_up_for(team_db, 2)
+    dead = PostgresJournal(team_db, "dead", daemon=True, lease=2)
+    too_long = tmp_path / ("x" * 300) / "take.wav"
+    blocked = dead.add(SeparationRequest(source=too_long, prompt="piano"), "piano")
+    garbled = dead.add(SeparationRequest(source=tmp_path / "garbled.wav", prompt="piano"), "piano")
+    dead._stop.set()  # killed: no clean stop
+    expire(team_db, "dead")
+    with psycopg.connect(team_db, autocommit=True) as conn:  # as a newer or broken writer might leave it
+        conn.execute("UPDATE jobs SET request='{not json' WHERE id=%s", (garbled,))
+    journal = PostgresJournal(team_db, "studio-b", daemon=True, lease=2)
+    engine = JobEngine(journal, Pipeline(client, poll_interval=0.02, use_stream=False),
+                       PresetLibrary([("built-in", builtin_presets_dir())]),
+                       EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
+    later: PostgresJournal | None = None
+    try:
+        engine.start()
+        wait_for(lambda: "Could not look at the journal" in caplog.text, timeout=30, what="the unreadable row logged")
+        query(team_db, "DELETE FROM jobs WHERE id=%s RETURNING id", (garbled,))
+        wait_for(lambda: "can reach" in (journal.get(blocked).view.message), timeout=30,  # type: ignore[union-attr]
+                 what="the unreachable job's message")
+        later = PostgresJournal(team_db, "dead-2", daemon=True, lease=2)
+        reachable = later.add(SeparationRequest(source=make_source(tmp_path / "take.wav", seconds=0.3),
+                                                prompt="piano"), "piano")
+        later._stop.set()
+        expire(team_db, "dead-2")
+        wait_for(lambda: journal.get(reachable).view.state is JobState.done, timeout=60,  # type: ignore[union-attr]
+                 what="the next dead daemon's job adopted and done")
+        assert journal.get(blocked).owner == "dead"  # type: ignore[union-attr]
+        assert caplog.text.count("Could not look at the journal") == 1  # said once, not on every pass
+    finally:
+        engine.stop()
+        journal.close()
+        dead.close()
+        if later is not None:
+            later.close()

@@ -16,11 +16,17 @@ from bridge.common.file_gate import FileSnapshot
 from bridge.common.jobs import JobState
 from bridge.common.request import SeparationRequest
 from bridge.engine.journal import JobJournal, JobTakenOver, Journal, SchemaTooNew, redact
-from bridge.engine.journal.postgres import VERSION, InstanceInUse, PostgresJournal
+from bridge.engine.journal.postgres import MIGRATIONS, VERSION, InstanceInUse, PostgresJournal
 from bridge.fal.client import RequestHandle
 from tests.team.team_helpers import wait_server_up_for
 
 HANDLE = RequestHandle("req-1", "http://127.0.0.1:9/s", "http://127.0.0.1:9/r", "http://127.0.0.1:9/c")
+
+
+def query_one(dsn: str, sql: str) -> object:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(sql).fetchone()
+    return row[0] if row else None
 
 
 def expire(dsn: str, instance: str) -> None:
@@ -59,6 +65,23 @@ def test_both_backends_keep_a_job_the_same_way(journal: JobJournal, tmp_path: Pa
     assert journal.find_prefix(job[:5]) == [job] and journal.unfinished() == []
     journal.clear_steps(job)
     assert journal.handles(job) == ({}, []) and journal.spent_since(0) == pytest.approx(0.3)
+
+
+def test_a_state_change_never_writes_the_fal_key_to_the_journal(journal: JobJournal, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error text quoting the key (a 401's detail) is masked by every backend, so a shared team
+    database (and `status --team`) never holds it."""
+    monkeypatch.setenv("FAL_KEY", "keyid-12345678:secretpart-ABCDEFGH")
+    job = journal.add(SeparationRequest(source=tmp_path / "a.wav", prompt="piano"), "piano")
+    said = "fal said: 401 invalid key keyid-12345678:secretpart-ABCDEFGH"
+    journal.set_state(job, JobState.failed, None, said, error=said)
+    row = journal.get(job)
+    assert row is not None
+    kept = f"{row.view.message} {row.view.error}"
+    assert "secretpart" not in kept and "keyid-12345678" not in kept and "<redacted>" in row.view.message
+    if isinstance(journal, PostgresJournal):
+        with psycopg.connect(journal._dsn) as conn:  # the history row too
+            assert "secretpart" not in str(conn.execute("SELECT * FROM history").fetchall())
 
 
 def test_schema_is_versioned_and_an_older_sam_bridge_refuses_a_newer_one(team_db: str) -> None:
@@ -105,6 +128,47 @@ def test_a_live_instance_name_is_not_taken_twice(team_db: str) -> None:
         conn.execute("UPDATE daemons SET pid=%s WHERE instance='studio-b'", (ended.pid,))
     PostgresJournal(team_db, "studio-b", daemon=True).close()  # restarted on the same machine: welcome
     crashed.close()
+
+
+def test_a_live_name_held_by_another_machine_of_the_same_host_name_is_refused(team_db: str) -> None:
+    """Cloned Macs, 'ubuntu' VMs, containers: the same host name and state folder give the same default
+    instance name. The other machine's pid means nothing here, so it never overrules a live heartbeat:
+    otherwise both daemons own the same jobs and both submit them (paid twice)."""
+    name = "Studio-iMac.local:/Users/studio/Library/Application Support/sam-bridge"
+    other = PostgresJournal(team_db, name, daemon=True)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    with psycopg.connect(team_db, autocommit=True) as conn:  # its row, as the other machine wrote it
+        conn.execute("UPDATE daemons SET pid=%s, pid_space='another machine:pid:[4026531836]' WHERE instance=%s",
+                     (ended.pid, name))
+    with pytest.raises(InstanceInUse) as caught:
+        PostgresJournal(team_db, name, daemon=True)
+    assert name in caught.value.message and "`instance:`" in caught.value.hint
+    with psycopg.connect(team_db, autocommit=True) as conn:  # a row of a daemon older than pid_space: the same
+        conn.execute("UPDATE daemons SET pid_space=NULL WHERE instance=%s", (name,))
+    with pytest.raises(InstanceInUse):
+        PostgresJournal(team_db, name, daemon=True)
+    assert query_one(team_db, "SELECT count(*) FROM daemons") == 1
+    other._stop.set()  # it died: once its lease ran out the name is free
+    expire(team_db, name)
+    PostgresJournal(team_db, name, daemon=True).close()
+    other.close()
+
+
+def test_a_schema_3_database_migrates_and_its_daemons_rows_keep_working(team_db: str) -> None:
+    with psycopg.connect(team_db, autocommit=True) as conn:  # as sam-bridge with schema version 3 left it
+        for version in (1, 2, 3):
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (3)")
+        conn.execute("INSERT INTO daemons (instance, host, pid, version, lease) VALUES ('old', 'x', 1, '0.9', 30)")
+    journal = PostgresJournal(team_db, "new", daemon=True)
+    assert journal.schema_version() == VERSION
+    assert {(d["instance"], d["alive"]) for d in journal.team_daemons()} == {("old", True), ("new", True)}
+    with pytest.raises(InstanceInUse):  # its old row (no pid_space) is live: refused, whatever its pid
+        PostgresJournal(team_db, "old", daemon=True)
+    journal.close()
 
 
 def test_exactly_one_daemon_wins_a_file_version_and_a_done_one_is_never_taken_again(

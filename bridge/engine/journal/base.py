@@ -173,10 +173,8 @@ class JobJournal:
     def set_state(self, job_id: str, state: JobState, progress: float | None = None, message: str = "",
                   **fields: Any) -> None:
         now = time.time()
-        message = redact(message)  # last guard: an error text quoting the key never reaches the journal
-        columns = {"state": state.value, "updated": now, "message": message, **_redacted(fields)}
-        if progress is not None:
-            columns["progress"] = progress
+        columns = state_columns(state, now, progress, message, fields)
+        message = columns["message"]
         assignments = ", ".join(f"{name}=?" for name in columns)
         with self._tx() as tx:
             previous = tx.execute("SELECT state, owner FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -317,6 +315,16 @@ def job_row(row: Row) -> JobRow:
         not_before=row["not_before"], cost=row["cost"], cancel_requested=bool(row["cancel_requested"]),
         flags=tuple(json.loads(row["flags"])), source_hash=row["source_hash"], owner=row["owner"] or "",
     )
+
+
+def state_columns(state: JobState, now: float, progress: float | None, message: str,
+                  fields: dict[str, Any]) -> dict[str, Any]:
+    """The columns a state change writes, in every backend's `set_state`; the last guard for the key is
+    here so no backend's own statement can skip it: an error text quoting it never reaches the journal."""
+    columns = {"state": state.value, "updated": now, "message": redact(message), **_redacted(fields)}
+    if progress is not None:
+        columns["progress"] = progress
+    return columns
 
 
 def _redacted(fields: dict[str, Any]) -> dict[str, Any]:

@@ -28,16 +28,26 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge import __version__
 from bridge.common.claims import ClaimBackend
-from bridge.common.database import redact
+from bridge.common.database import PoolLogMask, mask_password, redact
 from bridge.common.errors import BridgeError
 from bridge.common.jobs import JobState
-from bridge.common.processes import process_alive
+from bridge.common.processes import pid_space, process_alive
 from bridge.common.request import SeparationRequest
-from bridge.engine.journal.base import FINISHED, JobJournal, JobRow, JobTakenOver, Row, SchemaTooNew, Tx, job_row
+from bridge.engine.journal.base import (
+    FINISHED,
+    JobJournal,
+    JobRow,
+    JobTakenOver,
+    Row,
+    SchemaTooNew,
+    Tx,
+    job_row,
+    state_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +85,13 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # each daemon's own lease: the others judge it by that, not by theirs (a machine configured with a
     # shorter lease took a live daemon's jobs between its heartbeats; one with a longer lease waited for a dead one)
     3: ("ALTER TABLE daemons ADD COLUMN lease DOUBLE PRECISION",),
+    # where a daemon's pid means something (processes.pid_space): a live name was taken over when its row's
+    # host name matched and its pid was not alive HERE, so a second machine of the same host name (cloned
+    # Macs, VMs) ran as the same instance and submitted the same jobs again
+    4: ("ALTER TABLE daemons ADD COLUMN pid_space TEXT",),
 }
 VERSION = max(MIGRATIONS)
+TABLES = ("claims", "daemons", "dedupe_leaders", "history", "jobs", "schema_version", "steps")  # sam-bridge's own
 _MIGRATION_LOCK = 0x5A3B_0001  # advisory lock ids (any constants unique to sam-bridge)
 _BUDGET_LOCK = 0x5A3B_0002
 # a daemon's lease holds while its heartbeat is younger than its own lease (database clock); the parameter
@@ -136,29 +151,64 @@ class PostgresJournal(JobJournal):
         self._outage_lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        PoolLogMask.guard(dsn)
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
             kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(1, int(connect_timeout)),
                     "application_name": f"sam-bridge {instance}"[:63]},
             name="sam-bridge-journal", reconnect_timeout=0)
         try:
-            self._pool.open(wait=True, timeout=connect_timeout)
-            self._migrate()
-            if daemon:
-                self._register()
-        except psycopg.OperationalError as exc:
+            self._setup()
+        except BaseException as exc:
             self._pool.close()
-            raise BridgeError(f"Cannot reach the team database {self.where}: {_first_line(exc)}",
-                              hint="Check `database:` in the config (or SAM_BRIDGE_DATABASE) and that the "
-                              "server runs; `sam-bridge team check` tests the connection.") from None
-        except BaseException:
-            self._pool.close()
+            if isinstance(exc, psycopg.Error):
+                raise self._refused(exc) from None
             raise
         if daemon:
             self._heartbeat = threading.Thread(target=self._beat, name="journal-heartbeat", daemon=True)
             self._heartbeat.start()
 
     # -- connection ---------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        try:
+            self._connect_once()  # a wrong password or DSN fails at once, in libpq's words (masked)
+        except psycopg.ProgrammingError as exc:  # libpq could not parse the DSN: nothing reached the server
+            raise BridgeError(f"The team database address {self.where} is not valid: {self._reason(exc)}",
+                              hint="Check `database:` in the config (or SAM_BRIDGE_DATABASE); a password with "
+                              "%, @, : or / in a postgresql:// URL needs them percent-encoded (%25, %40, %3A, "
+                              "%2F).") from None
+        self._pool.open(wait=True, timeout=self._connect_timeout)
+        self._migrate()
+        if self.daemon:
+            self._register()
+
+    def _refused(self, exc: psycopg.Error) -> BridgeError:
+        """A database error as words: unreachable, a right this role lacks, or what the server said."""
+        if isinstance(exc, psycopg.OperationalError):
+            return BridgeError(f"Cannot reach the team database {self.where}: {self._reason(exc)}",
+                               hint="Check `database:` in the config (or SAM_BRIDGE_DATABASE) and that the "
+                               "server runs; `sam-bridge team check` tests the connection.")
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            return BridgeError(f"The team database {self.where} refused this role: {self._reason(exc)}.",
+                               hint="Have an administrator grant it the rights on sam-bridge's tables: GRANT "
+                               "SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO <role>; "
+                               "`sam-bridge team check` names what it lacks.")
+        return BridgeError(f"The team database {self.where} refused: {self._reason(exc)}",
+                           hint="`sam-bridge team check` tests the connection, the schema and this role's rights.")
+
+    def _connect_once(self) -> None:
+        psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout).close()
+
+    def _reason(self, exc: Exception) -> str:
+        """What went wrong, in libpq's words with the password masked: a pool that timed out says only
+        that it did ('couldn't get a connection after 5.0 sec'), so one direct connection tells why."""
+        if isinstance(exc, PoolTimeout):
+            try:
+                self._connect_once()
+            except psycopg.Error as direct:
+                exc = direct
+        return mask_password(_first_line(exc), self._dsn)
 
     def _counted(self, n: int) -> None:
         with self._count_lock:
@@ -182,11 +232,13 @@ class PostgresJournal(JobJournal):
         while True:
             try:
                 result = attempt()
+            except psycopg.errors.InsufficientPrivilege as exc:  # a right taken away: words, not a traceback
+                raise self._refused(exc) from None
             except psycopg.OperationalError as exc:
                 if self._closed:
                     raise
                 if not self.daemon:  # `sam-bridge status`, `retry`…: say so now rather than wait
-                    raise BridgeError(f"The team database {self.where} is unreachable: {_first_line(exc)}",
+                    raise BridgeError(f"The team database {self.where} is unreachable: {self._reason(exc)}",
                                       hint="`sam-bridge team check` tests the connection.") from None
                 self._outage(exc)
                 continue
@@ -198,7 +250,7 @@ class PostgresJournal(JobJournal):
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 log.warning("The team database %s is unreachable (%s): pausing, no new work is taken until it "
-                            "is back", self.where, _first_line(exc))
+                            "is back", self.where, mask_password(_first_line(exc), self._dsn))
         time.sleep(0.5)
 
     def _back(self) -> None:
@@ -223,31 +275,57 @@ class PostgresJournal(JobJournal):
             try:  # a clean stop: the others may take this daemon's unfinished jobs at once
                 self._write("UPDATE daemons SET stopped=true WHERE instance=%s", (self.instance,))
             except psycopg.Error as exc:
-                log.info("could not mark this daemon stopped in the team database: %s", _first_line(exc))
+                log.info("could not mark this daemon stopped in the team database: %s",
+                         mask_password(_first_line(exc), self._dsn))
         self._closed = True
         self._pool.close()
 
     # -- schema -------------------------------------------------------------------------------------
 
     def _migrate(self) -> None:
+        """Look first, change only what needs it: an ordinary role (PostgreSQL 15 gives none CREATE on schema
+        public) runs on a schema its administrator made, so DDL runs only when a migration is due."""
         with self._tx() as tx:
-            tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
-            tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            found = int(tx.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()["v"] or 0)
-            if found > VERSION:
-                raise SchemaTooNew(self.where, found, VERSION)
-            if found < VERSION and not self.daemon:  # `status`, `retry`…: only a starting daemon migrates
-                raise BridgeError(
-                    f"The team database {self.where} has " + (f"schema version {found}" if found else
-                                                              "no sam-bridge schema yet") + ".",
-                    hint="Start a sam-bridge daemon of this version with it: the daemon creates or migrates it.")
-            for version in range(found + 1, VERSION + 1):
-                for statement in MIGRATIONS[version]:
-                    tx.execute(statement)
-                log.info("team database %s migrated to schema version %d", self.where, version)
-            if found != VERSION:
+            found = self._found_version(tx)
+        if found == VERSION:
+            return
+        try:
+            with self._tx() as tx:
+                tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+                found = self._found_version(tx)  # another daemon may have migrated it while this one waited
+                if found == VERSION:
+                    return
+                if not found:
+                    tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                for version in range(found + 1, VERSION + 1):
+                    for statement in MIGRATIONS[version]:
+                        tx.execute(statement)
+                    log.info("team database %s migrated to schema version %d", self.where, version)
                 tx.execute("DELETE FROM schema_version")
                 tx.execute("INSERT INTO schema_version VALUES (?)", (VERSION,))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise BridgeError(
+                f"The team database {self.where} needs " + (f"migrating from schema version {found} to {VERSION}"
+                                                            if found else "its sam-bridge schema") +
+                f", and this role may not do that: {self._reason(exc)}.",
+                hint="Start one sam-bridge daemon of this version with a role that may (the database's owner: "
+                     "CREATE on its schema, and owner of sam-bridge's tables); the others then need only SELECT, "
+                     "INSERT, UPDATE, DELETE on the tables.") from None
+
+    def _found_version(self, tx: Tx) -> int:
+        """The schema version in the database (0: none yet); raises where this version may not go on."""
+        if not tx.execute("SELECT to_regclass('schema_version') IS NOT NULL AS t").fetchone()["t"]:
+            found = 0
+        else:
+            found = int(tx.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()["v"] or 0)
+        if found > VERSION:
+            raise SchemaTooNew(self.where, found, VERSION)
+        if found < VERSION and not self.daemon:  # `status`, `retry`…: only a starting daemon migrates
+            raise BridgeError(
+                f"The team database {self.where} has " + (f"schema version {found}" if found else
+                                                          "no sam-bridge schema yet") + ".",
+                hint="Start a sam-bridge daemon of this version with it: the daemon creates or migrates it.")
+        return found
 
     def schema_version(self) -> int:
         return int(self._read("SELECT MAX(version) AS v FROM schema_version")[0]["v"] or 0)
@@ -255,23 +333,31 @@ class PostgresJournal(JobJournal):
     # -- leases -------------------------------------------------------------------------------------
 
     def _register(self) -> None:
-        """Take this instance's row; refuse while a live daemon elsewhere holds the name."""
-        host, pid = socket.gethostname(), os.getpid()
+        """Take this instance's row; refuse while a live daemon that is not provably ended holds the name."""
+        host, pid, space = socket.gethostname(), os.getpid(), pid_space()
         with self._tx() as tx:
             row = tx.execute(
-                "SELECT host, pid, NOT stopped AND heartbeat >= now() - make_interval(secs => COALESCE(lease, ?)) "
-                "AS alive FROM daemons WHERE instance=? FOR UPDATE", (self.lease, self.instance)).fetchone()
-            if (row and row["alive"] and (row["host"], row["pid"]) != (host, pid)
-                    and not (row["host"] == host and not process_alive(row["pid"]))):  # (ended here: a restart)
+                "SELECT host, pid, pid_space, EXTRACT(EPOCH FROM now() - heartbeat) AS silent, "
+                "COALESCE(lease, ?) AS lease, NOT stopped AND heartbeat >= now() - "
+                "make_interval(secs => COALESCE(lease, ?)) AS alive FROM daemons WHERE instance=? FOR UPDATE",
+                (self.lease, self.lease, self.instance)).fetchone()
+            # a pid is judged only in its own pid space (this boot, this pid namespace): a restart after a
+            # crash here is welcome at once; another machine's row waits out its lease, whatever its host name
+            ours = space is not None and row is not None and row["pid_space"] == space and row["host"] == host
+            if row and row["alive"] and not (ours and (row["pid"] == pid or not process_alive(row["pid"]))):
                 raise InstanceInUse(
                     f"Another sam-bridge runs as instance “{self.instance}” on {row['host']} (process "
-                    f"{row['pid']}); each daemon of a team needs a name of its own.",
-                    hint="Set `instance:` in this machine's config, or stop the other daemon.")
+                    f"{row['pid']}, heard from {float(row['silent']):.0f} s ago); each daemon of a team needs a "
+                    "name of its own.",
+                    hint="Set a distinct `instance:` in this machine's config (machines with the same host name "
+                         "and state folder get the same default name), or stop the other daemon. If it ended "
+                         f"without stopping, the name is free once its lease ({float(row['lease']):g} s) runs out.")
             tx.execute(
-                "INSERT INTO daemons (instance, host, pid, version, lease) VALUES (?,?,?,?,?) ON CONFLICT (instance) "
-                "DO UPDATE SET host=excluded.host, pid=excluded.pid, version=excluded.version, started=now(), "
-                "heartbeat=now(), stopped=false, lease=excluded.lease",
-                (self.instance, host, pid, __version__, self.lease))
+                "INSERT INTO daemons (instance, host, pid, version, lease, pid_space) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT (instance) DO UPDATE SET host=excluded.host, pid=excluded.pid, "
+                "version=excluded.version, started=now(), heartbeat=now(), stopped=false, lease=excluded.lease, "
+                "pid_space=excluded.pid_space",
+                (self.instance, host, pid, __version__, self.lease, space))
 
     def _beat(self) -> None:
         """Renew the lease on a connection of its own: after a database outage the pool may hand out
@@ -310,9 +396,8 @@ class PostgresJournal(JobJournal):
                   **fields: Any) -> None:
         """The base class's read, update and history row as one statement: one round trip, not five."""
         now = time.time()
-        columns = {"state": state.value, "updated": now, "message": message, **fields}
-        if progress is not None:
-            columns["progress"] = progress
+        columns = state_columns(state, now, progress, message, fields)
+        message = columns["message"]
         assignments = ", ".join(f"{name}=%s" for name in columns)
         rows = self._read(
             "WITH prev AS (SELECT state, owner FROM jobs WHERE id=%s FOR UPDATE), "
@@ -480,7 +565,8 @@ class PostgresJournal(JobJournal):
 for _name in ("_insert_job", "set_state", "update_progress", "set_fields", "mark_submitting", "mark_submitted",
               "clear_steps", "unmark_submitting", "clear_uncertain", "reserve_budget", "handles", "get",
               "find_prefix", "by_idempotency_key", "done_with_dedupe_key", "unfinished", "recent", "spent_since",
-              "active_leader", "read_waiting", "write_waiting"):
+              "active_leader", "read_waiting", "write_waiting", "schema_version", "team_daemons", "team_jobs",
+              "clock_skew"):
     setattr(PostgresJournal, _name, _waits_for_database(getattr(PostgresJournal, _name)))
 
 
