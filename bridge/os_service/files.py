@@ -324,6 +324,7 @@ class ServicePlan:
     enable: list[list[str]] = field(default_factory=list)  # run after writing the file
     disable: list[list[str]] = field(default_factory=list)  # run before removing it
     queries: list[list[str]] = field(default_factory=list)  # tell whether it is enabled / running
+    restart: list[list[str]] = field(default_factory=list)  # after `enable`, when an earlier file was replaced
     last_exit: list[str] = field(default_factory=list)  # systemd: the daemon's last exit code, when stopped
     not_carried: list[str] = field(default_factory=list)  # CARRIED_ENV set here that the service cannot take
 
@@ -342,6 +343,7 @@ def make_plan(platform: Platform, env: Mapping[str, str], command: list[str] | N
         return ServicePlan(
             platform, paths, command, stamped(render_systemd_unit(command, paths.env_file, carried)),
             enable=[[*ctl, "daemon-reload"], [*ctl, "enable", "--now", UNIT_NAME]],
+            restart=[[*ctl, "restart", UNIT_NAME]],  # `enable --now` leaves a running unit on its old command
             disable=[[*ctl, "disable", "--now", UNIT_NAME]],
             queries=[[*ctl, "is-enabled", UNIT_NAME], [*ctl, "is-active", UNIT_NAME]],
             last_exit=[*ctl, "show", "--property=ExecMainStatus", "--value", UNIT_NAME])
@@ -359,6 +361,8 @@ def make_plan(platform: Platform, env: Mapping[str, str], command: list[str] | N
         platform, paths, command, stamped(render_task_xml(command, user, paths.home)), not_carried=sorted(carried),
         enable=[["schtasks", "/Create", "/TN", TASK_NAME, "/XML", str(paths.service_file), "/F"],
                 ["schtasks", "/Run", "/TN", TASK_NAME]],
+        # a running instance keeps its old command and /Run (IgnoreNew) starts no second one: end it, run anew
+        restart=[["schtasks", "/End", "/TN", TASK_NAME], ["schtasks", "/Run", "/TN", TASK_NAME]],
         disable=[["schtasks", "/End", "/TN", TASK_NAME], ["schtasks", "/Delete", "/TN", TASK_NAME, "/F"]],
         queries=[["schtasks", "/Query", "/TN", TASK_NAME, "/FO", "CSV", "/V"]])
 

@@ -68,6 +68,7 @@ class Written:
     changed: bool  # False: an identical file was already there
     kept: Path | None = None  # where the user's edited file went, if it was one
     old_text: str = ""
+    replaced: bool = False  # an earlier file of ours was there: a service started from it may be running
 
 
 def write_service_file(plan: ServicePlan) -> Written:
@@ -93,7 +94,7 @@ def write_service_file(plan: ServicePlan) -> Written:
     temp = path.with_name(f".{path.name}.sam-partial")
     temp.write_bytes(data)
     os.replace(temp, path)
-    return Written(True, kept, text if kept else "")
+    return Written(True, kept, text if kept else "", replaced=bool(text))
 
 
 def keep_aside(path: Path) -> Path:
@@ -143,14 +144,18 @@ def install(plan: ServicePlan, runner: Runner = run_command, start: bool = True)
         return outcome
     for command in plan.prepare:
         runner(command)
-    for command in plan.enable:
+    # a service started from the earlier file keeps running it (systemd's `enable --now` and Task Scheduler's
+    # /Run with IgnoreNew leave a running one alone): the changed one is restarted, so it runs what was written
+    for command in plan.enable + (plan.restart if written.replaced else []):
         result = runner(command)
         if result.returncode != 0:
             outcome.ok = False
             outcome.lines.append(f"`{shell_line(command)}` failed ({result.returncode}): {result.output}")
             outcome.lines.append(_manager_hint(plan))
             return outcome
-    outcome.lines.append("sam-bridge now starts when you log in, and it is running now.")
+    outcome.lines.append("sam-bridge now starts when you log in, and it is running now"
+                         + (" (restarted, so it runs what was just written)." if written.replaced and plan.restart
+                            else "."))
     return outcome
 
 

@@ -14,7 +14,11 @@ Sources (Microsoft Learn):
   Comment, Scheduled Task State, …).
 - Task Scheduler result codes (winerror.h): SCHED_S_TASK_RUNNING 0x41301, SCHED_S_TASK_HAS_NOT_RUN 0x41303,
   SCHED_S_TASK_TERMINATED 0x41306; "Last Result" is printed in decimal.
-What it does not do: start the program (tests call `process_exited` for what the program would do).
+- A running instance is a process: re-registering the task (/Create /F) changes the definition for the
+  next start and leaves the instance running its old command; /Run while an instance runs starts none
+  under MultipleInstancesPolicy IgnoreNew ("the new instance is not started").
+What it does not do: start the program (tests call `process_exited` for what the program would do; the
+instance's command is kept, `running_command`).
 """
 
 from __future__ import annotations
@@ -137,6 +141,13 @@ class Task:
     xml: ET.Element
     status: str = "Ready"
     last_result: int = SCHED_S_TASK_HAS_NOT_RUN
+    running_command: str | None = None  # what the running instance was started with
+
+    @property
+    def command(self) -> str:
+        action = f"{NS}Actions/{NS}Exec/"
+        return " ".join(filter(None, (self.xml.findtext(action + f"{NS}Command"),
+                                      self.xml.findtext(action + f"{NS}Arguments"))))
 
 
 class FakeSchtasks:
@@ -158,18 +169,26 @@ class FakeSchtasks:
             if task is not None and "/f" not in options:
                 return CommandResult(1, f'WARNING: The task name "{name}" already exists.')
             try:
-                self.tasks[name] = Task(validate_task_xml(Path(options["/xml"]).read_bytes()))
+                fresh = Task(validate_task_xml(Path(options["/xml"]).read_bytes()))
             except (TaskXmlError, ET.ParseError, KeyError, UnicodeDecodeError) as err:
                 return CommandResult(1, f"ERROR: The task XML is malformed. {err}")
+            if task is not None:  # an instance still running goes on running its old command
+                fresh.status, fresh.last_result, fresh.running_command = (
+                    task.status, task.last_result, task.running_command)
+            self.tasks[name] = fresh
             return CommandResult(0, f'SUCCESS: The scheduled task "{name}" has successfully been created.')
         if task is None:
             return missing
         if verb == "/run":
+            policy = task.xml.findtext(f"{NS}Settings/{NS}MultipleInstancesPolicy") or "IgnoreNew"
+            if task.status != "Running" or policy != "IgnoreNew":
+                task.running_command = task.command
             task.status, task.last_result = "Running", SCHED_S_TASK_RUNNING
             return CommandResult(0, f'SUCCESS: Attempted to run the scheduled task "{name}".')
         if verb == "/end":
             if task.status == "Running":
                 task.status, task.last_result = "Ready", SCHED_S_TASK_TERMINATED
+                task.running_command = None
             return CommandResult(0, f'SUCCESS: The scheduled task "{name}" has been terminated successfully.')
         if verb == "/delete":
             if "/f" not in options:
@@ -189,7 +208,7 @@ class FakeSchtasks:
     def process_exited(self, name: str, code: int) -> None:
         """What Task Scheduler records when the task's program ends on its own."""
         task = self.tasks[name]
-        task.status, task.last_result = "Ready", code
+        task.status, task.last_result, task.running_command = "Ready", code, None
 
 
 def _options(args: Sequence[str]) -> dict[str, str]:

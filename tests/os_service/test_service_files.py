@@ -243,6 +243,18 @@ def test_install_writes_the_unit_and_enables_it(home: Path) -> None:
     assert '"/new/place/sam-bridge"' in unit.read_text(encoding="utf-8")  # our own older file is replaced
 
 
+def test_installing_again_from_another_place_restarts_the_running_unit(home: Path) -> None:
+    """systemd's `enable --now` does nothing to a unit that runs already (systemctl(1): "start" of an active
+    unit is a no-op), so after sam-bridge moved, the old daemon kept running the old program."""
+    install(make_plan("linux", os.environ, ["/opt/sam-bridge", "run"]), Recorder())
+    recorder = Recorder()
+    outcome = install(make_plan("linux", os.environ, ["/new/place/sam-bridge", "run"]), recorder)
+    assert recorder.calls[-1] == ["systemctl", "--user", "restart", UNIT_NAME] and "restarted" in outcome.lines[-1]
+    unchanged = Recorder()
+    install(make_plan("linux", os.environ, ["/new/place/sam-bridge", "run"]), unchanged)
+    assert ["systemctl", "--user", "restart", UNIT_NAME] not in unchanged.calls  # nothing new: left running
+
+
 def test_install_never_replaces_someone_elses_file(home: Path) -> None:
     plan = make_plan("linux", os.environ, ["/opt/sam-bridge", "run"])
     unit = Path(plan.paths.service_file)

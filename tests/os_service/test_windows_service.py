@@ -26,9 +26,9 @@ WINDOWS_ENV = {"USERPROFILE": "C:\\Users\\you", "LOCALAPPDATA": "C:\\Users\\you\
                "USERDOMAIN": "PC", "USERNAME": "you"}
 
 
-def windows_plan(tmp_path: Path):  # type: ignore[no-untyped-def]
+def windows_plan(tmp_path: Path, python: str = "C:\\Python\\pythonw.exe"):  # type: ignore[no-untyped-def]
     """The Windows plan, with its task file in tmp_path (a Windows path means nothing on this machine)."""
-    plan = make_plan("windows", WINDOWS_ENV, ["C:\\Python\\pythonw.exe", "-m", "bridge", "service-run"])
+    plan = make_plan("windows", WINDOWS_ENV, [python, "-m", "bridge", "service-run"])
     file = tmp_path / "sam-bridge-task.xml"
     enable = [[*command[:5], str(file), *command[6:]] if "/XML" in command else command for command in plan.enable]
     return dataclasses.replace(plan, paths=dataclasses.replace(plan.paths, service_file=file), enable=enable)
@@ -232,3 +232,19 @@ def test_a_task_whose_file_is_gone_is_still_seen_and_removed(tmp_path: Path) -> 
     assert TASK_NAME not in schtasks.tasks and "no longer starts at login" in removed.lines[-1], removed.lines
     assert "Nothing to remove" in uninstall(plan, schtasks).lines[0]
     assert not status(plan, schtasks).ok
+
+
+def test_installing_again_from_another_place_restarts_the_running_task(tmp_path: Path) -> None:
+    """sam-bridge moved (a new venv): /Create /F changes the task for its next start, and /Run leaves the
+    running instance alone (IgnoreNew), so the old daemon kept running until the next logon."""
+    schtasks = FakeSchtasks()
+    assert install(windows_plan(tmp_path), schtasks).ok
+    old = schtasks.tasks[TASK_NAME].running_command
+    assert old and "service-run" in old
+    moved = windows_plan(tmp_path, "C:\\new venv\\Scripts\\pythonw.exe")
+    outcome = install(moved, schtasks)
+    assert outcome.ok and "restarted" in outcome.lines[-1], outcome.lines
+    running = schtasks.tasks[TASK_NAME].running_command
+    assert running is not None and "new venv" in running
+    again = install(moved, schtasks)  # nothing changed: the running daemon is left alone
+    assert "restarted" not in again.lines[-1] and ["schtasks", "/End", "/TN", TASK_NAME] not in schtasks.calls[-2:]
