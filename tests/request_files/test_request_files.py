@@ -235,6 +235,30 @@ def test_every_problem_of_a_request_file_is_named_at_once_and_only_its_own_field
     assert "origin" not in message and "idempotency_key" not in message  # set by sam-bridge, not by you
 
 
+def test_a_request_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    # What Windows PowerShell 5.1 writes with `Out-File` or `Set-Content -Encoding UTF8`.
+    request = tmp_path / "r.json"
+    request.write_bytes(b"\xef\xbb\xbf" + json.dumps({"source": str(tmp_path / "a.wav"), "prompt": "piano"}).encode())
+    assert parse_request_file(request, version_of(request)).prompt == "piano"
+
+
+def test_a_json_syntax_error_names_its_line_and_column(tmp_path: Path) -> None:
+    request = tmp_path / "r.json"
+    request.write_text('{\n  "source": "a.wav"\n  "prompt": "piano"\n}')
+    with pytest.raises(InputError) as caught:
+        parse_request_file(request, version_of(request))
+    assert caught.value.message.startswith("r.json is not valid JSON")
+    assert "line 3, column 3" in caught.value.message
+
+
+def test_a_field_written_twice_is_refused_by_name(tmp_path: Path) -> None:
+    request = tmp_path / "r.json"
+    request.write_text('{"source": "a.wav", "preset": "piano", "preset": "bass"}')
+    with pytest.raises(InputError) as caught:
+        parse_request_file(request, version_of(request))
+    assert caught.value.message == "r.json: preset is written twice; keep one."
+
+
 # -- versions: a folder with coarse file times (FAT, some NAS: 2 s) --------------------------------------
 
 
