@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pydantic
+from pydantic_core import ErrorDetails
 
 from bridge.common.path_policy import PathPolicy
+from bridge.common.plain import plain_problem
 from bridge.common.request import INTERNAL_REQUEST_FIELDS, Origin, SeparationRequest
 from bridge.common.small_files import MIB, SideFileError, TooLarge, read_small_file
 
@@ -137,7 +139,7 @@ def _request_from(path: Path, version: RequestVersion, data: Any,
         raise InputError(f"{path.name}: " + "; ".join(_problem(error) for error in exc.errors())) from None
 
 
-def _problem(error: Any) -> str:
+def _problem(error: ErrorDetails) -> str:
     """One validation error as `field: what is wrong`, in the request file's words."""
     field = ".".join(str(p) for p in error["loc"]) or "request"
     if error["type"] == "extra_forbidden":
@@ -145,7 +147,7 @@ def _problem(error: Any) -> str:
         return f"{field}: unknown field; allowed: {', '.join(allowed)}"
     if error["type"] == "missing":
         return f"{field}: required"
-    return f"{field}: {str(error['msg']).removeprefix('Value error, ')}"
+    return f"{field}: {plain_problem(error)}"
 
 
 def _resolve_beside(request_file: Path, value: str) -> Path:
