@@ -91,9 +91,9 @@ def _non_negative(text: str) -> float:
 def _first_error(exc: ValueError) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return f"{where + ': ' if where else ''}{str(first.get('msg', exc)).removeprefix('Value error, ')}"
+        from bridge.common.plain import field_problem
+
+        return field_problem(errors()[0])
     return str(exc)
 
 

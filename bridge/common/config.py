@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from bridge.common.cost import PriceTable
 from bridge.common.errors import ConfigError
+from bridge.common.plain import UserModel
 from bridge.common.yaml_model import load_yaml_model
 
 APP = "sam-bridge"
@@ -54,7 +55,7 @@ def _default_priorities() -> dict[WayIn, QueuePriority]:
     return {"hot-folder": "low"}
 
 
-class _Strict(BaseModel):
+class _Strict(UserModel):
     model_config = ConfigDict(extra="forbid")
 
 

@@ -14,10 +14,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bridge.common.plain import UserModel
+
 UNIT_SECONDS = 30.0
 
 
-class PriceTable(BaseModel):
+class PriceTable(UserModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     currency: str = "USD"

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bridge.common.plain import UserModel
+
 
 class Acceleration(StrEnum):
     fast = "fast"
@@ -30,7 +32,7 @@ class ResidualMethod(StrEnum):
     service = "service"  # the residual the service returned, conformed like the target
 
 
-class ServiceOptions(BaseModel):
+class ServiceOptions(UserModel):
     """Model input of `fal-ai/sam-audio/separate` besides `audio_url` and `prompt`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -112,7 +114,7 @@ def parse_option_text(text: str) -> dict[str, Any]:
     return options
 
 
-class OutputOptions(BaseModel):
+class OutputOptions(UserModel):
     """How the stems are written."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

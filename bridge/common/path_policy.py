@@ -73,10 +73,10 @@ class PathPolicy(BaseModel):
         path = resolve_path(raw, "source path")
         if not is_within(path, self.source_roots):
             raise PathNotAllowed(
-                f"The file {os.fspath(raw)} is outside the folders sam-bridge may read "
+                f"The file {_as_given(raw, path)} is outside the folders sam-bridge may read "
                 f"({_listing(self.source_roots)}).",
-                hint="Move or copy it into one of those folders, or add its folder to the allowed "
-                "source folders in the sam-bridge config.",
+                hint="Move or copy it into one of those folders, or allow its folder:  "
+                f"sam-bridge allow \"{_existing_folder(path.parent)}\"",
             )
         if not path.is_file():
             raise SourceError(f"There is no audio file at {os.fspath(raw)}.",
@@ -88,10 +88,10 @@ class PathPolicy(BaseModel):
         path = resolve_path(raw, what)
         if not is_within(path, self.output_roots):
             raise PathNotAllowed(
-                f"The {what} {os.fspath(raw)} is outside the folders sam-bridge may write stems to "
+                f"The {what} {_as_given(raw, path)} is outside the folders sam-bridge may write stems to "
                 f"({_listing(self.output_roots)}).",
-                hint="Use a project folder inside one of those, or add it to the allowed output folders "
-                "in the sam-bridge config.",
+                hint="Use a project folder inside one of those, or allow this one:  "
+                f"sam-bridge allow \"{_existing_folder(path)}\"",
             )
         return path
 
@@ -124,6 +124,23 @@ def open_requests_folder(folder: Path) -> str | None:
     if not folder.exists():
         folder.mkdir(mode=0o700, parents=True)
     return folder_trust_problem(folder)
+
+
+def _as_given(raw: str | os.PathLike[str], real: Path) -> str:
+    """The path as the user gave it, and where it really leads when a symlink on the way makes that
+    differ: a link inside the allowed folders is itself inside, so its own path alone would contradict
+    the message."""
+    given = os.fspath(raw)
+    if Path(os.path.normpath(Path(given).expanduser())) == real:
+        return given
+    return f"{given} (it links to {real})"
+
+
+def _existing_folder(folder: Path) -> Path:
+    """`folder`, or the nearest folder above it that exists: what `sam-bridge allow` accepts."""
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def _home() -> Path:

@@ -10,10 +10,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from bridge.common.options import OutputOptions, ServiceOptions, folder_problem
 from bridge.common.path_policy import PathPolicy
+from bridge.common.plain import UserModel, plain_problem
 
 
 class Origin(StrEnum):
@@ -26,7 +27,7 @@ class Origin(StrEnum):
 MAX_SECONDS = 1e7  # 115 days: beyond any audio file, and far from where seconds × rate overflows
 
 
-class Span(BaseModel):
+class Span(UserModel):
     """A time span in seconds into the source (the service's AudioTimeSpan)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -53,7 +54,7 @@ class Span(BaseModel):
             return cls(start=float(start), end=float(end), include=kind != "exclude")
         except ValueError as exc:  # pydantic's ValidationError is one: its first message, in words
             errors = getattr(exc, "errors", None)
-            detail = str(errors()[0]["msg"]).removeprefix("Value error, ") if callable(errors) else str(exc)
+            detail = plain_problem(errors()[0]) if callable(errors) else str(exc)
             raise ValueError(f"{text!r}: {detail}") from None
 
 
@@ -61,7 +62,7 @@ class Span(BaseModel):
 INTERNAL_REQUEST_FIELDS = frozenset({"origin", "idempotency_key", "confined_to"})
 
 
-class SeparationRequest(BaseModel):
+class SeparationRequest(UserModel):
     """What to separate, how, and where the stems go."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -90,6 +91,13 @@ class SeparationRequest(BaseModel):
         None, description="the allowed folders of an untrusted way in, checked by the engine at use; "
         "None: a trusted way in (CLI, a private requests folder)"
     )
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_is_a_path(cls, value: Any) -> Any:
+        if not isinstance(value, str | Path) or not str(value).strip():
+            raise ValueError("give the path of an audio file")
+        return value
 
     @field_validator("prompt", "preset")
     @classmethod

@@ -8,6 +8,9 @@ from typing import Any, TypeVar
 
 import pydantic
 import yaml
+from pydantic_core import ErrorDetails
+
+from bridge.common.plain import plain_problem
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -35,12 +38,11 @@ def line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
     return 1
 
 
-def describe_error(error: Any) -> str:
+def describe_error(error: ErrorDetails) -> str:
     """A pydantic error in plain words, with what is allowed."""
-    kind, message = error.get("type", ""), str(error.get("msg", "invalid"))
-    if kind == "extra_forbidden":
+    if error["type"] == "extra_forbidden":
         return "unknown setting (check the spelling)"
-    return message.removeprefix("Value error, ")
+    return plain_problem(error)
 
 
 def load_yaml_model(path: Path, model: type[M], error: type[Exception]) -> M:

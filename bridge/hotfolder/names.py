@@ -25,6 +25,7 @@ import yaml
 from bridge.common.errors import InputError
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.path_policy import PathNotAllowed, PathPolicy, is_within, resolve_path
+from bridge.common.plain import field_problem
 from bridge.common.redact import safe_text
 from bridge.common.request import Origin, SeparationRequest
 from bridge.common.small_files import KIB, MIB, SideFileError, read_small_file, read_small_text
@@ -292,9 +293,7 @@ def hot_request(
             **fields,
         )
     except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, error['loc'])) or 'settings'}: {error['msg']}" for error in exc.errors()
-        )
+        problems = "; ".join(field_problem(error) for error in exc.errors())
         raise InputError(f"The settings for this file are not valid: {problems}.",
                          f"Fix the {SIDECAR_SUFFIX} file beside it.") from exc
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.common.plain import not_finite
 from bridge.common.request import MAX_SECONDS
 
 DEFAULT_PREFIX = "/sam"
@@ -367,7 +368,7 @@ def _check(arg: Arg, value: Any) -> str | None:
     if not numeric:
         return f"should be {_TYPE_WORDS[arg.type]}, got {describe_value(value)}"
     if not math.isfinite(value):
-        return f"should be a finite number, got {value}"
+        return not_finite(value)
     # Pd sends every number as a float: accept 9011.0 where a whole number is expected, not 9011.5.
     if arg.type == "i" and float(value) != int(value):
         return f"should be {_TYPE_WORDS['i']}, got {describe_value(value)}"

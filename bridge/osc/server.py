@@ -25,6 +25,7 @@ from bridge.common.errors import BridgeError, ConfigError, InputError
 from bridge.common.jobs import JobSink, RequestRejected
 from bridge.common.options import parse_option_text
 from bridge.common.path_policy import PathNotAllowed, PathPolicy
+from bridge.common.plain import field_problem
 from bridge.common.request import Origin, SeparationRequest, Span
 from bridge.osc.addresses import (
     DEFAULT_PREFIX,
@@ -265,8 +266,7 @@ class OscServer:
                 audition=audition or None, options=options, tag=str(values.get("tag", "")), origin=Origin.osc,
                 idempotency_key=None, confined_to=self._policy)
         except pydantic.ValidationError as exc:
-            first = exc.errors()[0]
-            raise InputError(f"The request is not usable: {first['msg']}.",
+            raise InputError(f"The request is not usable: {field_problem(exc.errors()[0])}.",
                              hint="Check the arguments against the OSC table in the README.") from exc
         except ValueError as exc:
             raise InputError(f"The request is not usable: {exc}.",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import ErrorDetails
 
 from bridge.common.errors import PresetError
+from bridge.common.plain import plain_problem
 from bridge.presets.schema import LOADER_FIELDS, Preset, StemSpec, name_key
 
 
@@ -324,52 +324,11 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def _bound(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-_SHORT_REPR = reprlib.Repr()
-_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict, _SHORT_REPR.maxstring = 2, 4, 4, 36
-
-
-def _shown(value: Any) -> str:
-    text = _SHORT_REPR.repr(value)  # bounded: a value built from YAML aliases can be huge
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def friendly_message(error: ErrorDetails) -> str:
     """A pydantic error in words a musician reads: what is wrong and what is allowed."""
-    kind, ctx, got = error["type"], error.get("ctx") or {}, error.get("input")
     loc = tuple(error["loc"])
-    if kind == "extra_forbidden":
+    if error["type"] == "extra_forbidden":
         model = _model_at(loc[:-1])
         allowed = _file_fields(model) if model else ()
         return _unknown_field_message(loc[-1], allowed) if allowed else "unknown field"
-    messages = {
-        "missing": "is required",
-        "greater_than_equal": f"must be at least {_bound(ctx.get('ge'))} (got {_shown(got)})",
-        "less_than_equal": f"must be at most {_bound(ctx.get('le'))} (got {_shown(got)})",
-        "greater_than": f"must be more than {_bound(ctx.get('gt'))} (got {_shown(got)})",
-        "less_than": f"must be less than {_bound(ctx.get('lt'))} (got {_shown(got)})",
-        "enum": f"must be one of {ctx.get('expected')} (got {_shown(got)})",
-        "literal_error": f"must be one of {ctx.get('expected')} (got {_shown(got)})",
-        "string_too_short": "must not be empty",
-        "string_too_long": f"must be at most {ctx.get('max_length')} characters",
-        "too_short": f"must have at least {ctx.get('min_length')} entr(y/ies)",
-        "too_long": f"must have at most {ctx.get('max_length')} entries (got {ctx.get('actual_length')})",
-        "string_type": f"must be text (got {_shown(got)}); put it in quotes",
-        "bool_parsing": f"must be true or false (got {_shown(got)})",
-        "bool_type": f"must be true or false (got {_shown(got)})",
-        "int_parsing": f"must be a whole number (got {_shown(got)})",
-        "int_type": f"must be a whole number (got {_shown(got)})",
-        "int_from_float": f"must be a whole number (got {_shown(got)})",
-        "float_parsing": f"must be a number (got {_shown(got)})",
-        "float_type": f"must be a number (got {_shown(got)})",
-        "list_type": f"must be a list, e.g. [a, b] or one `- item` per line (got {_shown(got)})",
-        "model_type": f"must be a block of `field: value` lines (got {_shown(got)})",
-        "model_attributes_type": f"must be a block of `field: value` lines (got {_shown(got)})",
-        "dict_type": f"must be a block of `field: value` lines (got {_shown(got)})",
-    }
-    if kind in messages:
-        return messages[kind]
-    return str(error["msg"]).removeprefix("Value error, ")
+    return plain_problem(error)

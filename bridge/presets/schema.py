@@ -11,10 +11,11 @@ import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from bridge.common.options import OutputOptions, ServiceOptions, unwritable
+from bridge.common.plain import UserModel
 from bridge.common.request import Span
 from bridge.common.stems import label_part
 
@@ -111,7 +112,7 @@ def _clean_prompt(value: str | None) -> str | None:
     return value
 
 
-class StemSpec(BaseModel):
+class StemSpec(UserModel):
     """One stem of a stem set: a prompt (or spans) to peel off what is left of the source."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -161,7 +162,7 @@ class StemSpec(BaseModel):
         return self
 
 
-class Preset(BaseModel):
+class Preset(UserModel):
     """A named recipe: one prompt (or spans), or a stem set; plus service and output options."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pydantic
+from pydantic_core import ErrorDetails
 
 from bridge.common.path_policy import PathPolicy
+from bridge.common.plain import plain_problem
 from bridge.common.request import INTERNAL_REQUEST_FIELDS, Origin, SeparationRequest
-from bridge.common.small_files import MIB, SideFileError, TooLarge, read_small_file, read_small_text
+from bridge.common.small_files import MIB, SideFileError, TooLarge, read_small_file
 
 # A request or status file is a few KiB: anything larger (or a FIFO, a device) is refused unread, so a
 # planted one neither fills memory nor stops the folder's only reader thread.
@@ -73,18 +75,49 @@ def parse_request_file(path: Path, version: RequestVersion, confined_to: PathPol
     from bridge.common.errors import InputError
 
     try:
-        text = read_small_text(path, REQUEST_LIMIT) if data is None else data.decode("utf-8")
-        data_read = json.loads(text)
+        data_read = decode_json(read_small_file(path, REQUEST_LIMIT) if data is None else data)
+    except FieldTwice as exc:
+        raise InputError(f"{path.name}: {exc.field} is written twice; keep one.") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path.name} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
+                         hint="Write the file whole, then rename it into place.") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path.name} is not UTF-8 text.",
+                         hint="Save the request as UTF-8 (with or without a byte order mark).") from None
     except TooLarge as exc:
         raise InputError(f"{path.name} is too large: {exc.reason}.",
                          hint="A request names its audio by path; it never holds the audio itself.") from None
     except SideFileError as exc:
         raise InputError(f"{path.name} cannot be used as a request: {exc.reason}.",
                          hint="Write the request as an ordinary file, then rename it into place.") from None
-    except (OSError, ValueError):  # gone since it was seen, not UTF-8, not JSON
-        raise InputError(f"{path.name} is not valid JSON.",
+    except OSError as exc:  # gone since it was seen
+        raise InputError(f"{path.name} cannot be read: {exc.strerror or exc}.",
                          hint="Write the file whole, then rename it into place.") from None
     return _request_from(path, version, data_read, confined_to)
+
+
+class FieldTwice(ValueError):
+    """A JSON object names a key twice: JSON itself keeps the last one silently, so which was meant is unknown."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+def _refuse_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise FieldTwice(key)
+        found[key] = value
+    return found
+
+
+def decode_json(data: bytes) -> Any:
+    """A request's or status file's bytes → JSON. utf-8-sig: Windows PowerShell 5.1's `Out-File` and
+    `Set-Content -Encoding UTF8` start the file with a byte order mark. Raises FieldTwice, or the
+    JSONDecodeError/UnicodeDecodeError (both ValueError) that says where it stops being JSON."""
+    return json.loads(data.decode("utf-8-sig"), object_pairs_hook=_refuse_twice)
 
 
 def _request_from(path: Path, version: RequestVersion, data: Any,
@@ -106,7 +139,7 @@ def _request_from(path: Path, version: RequestVersion, data: Any,
         raise InputError(f"{path.name}: " + "; ".join(_problem(error) for error in exc.errors())) from None
 
 
-def _problem(error: Any) -> str:
+def _problem(error: ErrorDetails) -> str:
     """One validation error as `field: what is wrong`, in the request file's words."""
     field = ".".join(str(p) for p in error["loc"]) or "request"
     if error["type"] == "extra_forbidden":
@@ -114,7 +147,7 @@ def _problem(error: Any) -> str:
         return f"{field}: unknown field; allowed: {', '.join(allowed)}"
     if error["type"] == "missing":
         return f"{field}: required"
-    return f"{field}: {str(error['msg']).removeprefix('Value error, ')}"
+    return f"{field}: {plain_problem(error)}"
 
 
 def _resolve_beside(request_file: Path, value: str) -> Path:
@@ -137,6 +170,6 @@ def raw_tag(path: Path) -> str:
 def read_json(path: Path) -> Any:
     """The file's JSON; None when it is missing, not JSON, or not a file to read (a FIFO, huge)."""
     try:
-        return json.loads(read_small_text(path, REQUEST_LIMIT))
+        return decode_json(read_small_file(path, REQUEST_LIMIT))
     except (OSError, ValueError):
         return None

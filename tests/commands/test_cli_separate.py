@@ -388,6 +388,16 @@ def test_option_out_of_range_is_refused(env: dict[str, Path], music: Path,
     assert entries(music) == ["a.wav"]
 
 
+@pytest.mark.parametrize(("flag", "value"), [("--length", "nan"), ("--start", "inf")])
+def test_a_number_that_is_not_finite_is_refused_in_plain_words(
+        env: dict[str, Path], music: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str) -> None:
+    source = make_source(music / "a.wav", 44100, 1, "PCM_16", 0.5)
+    assert cli("separate", source.path, "--prompt", "hi-hat", "--local", flag, value) == 2
+    err = capsys.readouterr().err
+    assert f"{flag[2:]}: should be a finite number, got {value}" in err and "Input should" not in err
+    assert entries(music) == ["a.wav"]
+
+
 def test_missing_key_says_how_to_set_it_and_mentions_local(env: dict[str, Path], music: Path,
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:

@@ -59,9 +59,11 @@ def test_status_with_no_jobs_yet_is_an_empty_list_not_an_error(user_dirs, capsys
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("concurrency: 0\n", ":1: concurrency: Input should be greater than or equal to 1"),
+    ("concurrency: 0\n", ":1: concurrency: must be at least 1 (got 0)"),
+    ("concurrency: true\n", ":1: concurrency: should be a number, got true"),
+    ("daily_budget: .nan\n", ":1: daily_budget: should be a finite number, got nan"),
     ("osc:\n  port: 9010\n  colour: red\n", ":3: osc.colour: unknown setting"),
-    ("hot_folders:\n  - path: /x\n    after_success: delete\n", ":3: hot_folders.0.after_success: Input should be"),
+    ("hot_folders:\n  - path: /x\n    after_success: delete\n", ":3: hot_folders.0.after_success: must be one of"),
     ("concurrency: 4\nservice: [1, 2\n", ":3: not valid YAML"),
 ])
 def test_config_errors_name_file_line_and_field(user_dirs, text: str, expected: str) -> None:

@@ -86,3 +86,20 @@ def test_no_roots_means_the_home_folder(monkeypatch: pytest.MonkeyPatch, tree: d
     assert policy.source_roots == policy.output_roots == (tree["music"].resolve(),)
     assert policy.source_file("~/Song/take.wav") == (tree["music"] / "Song" / "take.wav").resolve()
     assert is_within(tree["music"].resolve(), policy.source_roots)
+
+
+def test_a_symlink_leading_out_names_where_it_links_and_how_to_allow_that(tree: dict[str, Path]) -> None:
+    """The symlink itself is inside: quoting only its path would contradict the message."""
+    policy = PathPolicy.from_roots([tree["music"]], [tree["music"]])
+    outside = tree["outside"].resolve()
+    with pytest.raises(PathNotAllowed) as caught:
+        policy.source_file(tree["music"] / "link-out.wav")
+    assert f"(it links to {outside / 'secret.wav'})" in caught.value.message
+    assert f'sam-bridge allow "{outside}"' in caught.value.hint
+    with pytest.raises(PathNotAllowed) as caught:
+        policy.output_folder(tree["music"] / "dir-out", "project folder")
+    assert f"The project folder {tree['music'] / 'dir-out'} (it links to {outside}) is outside" in caught.value.message
+    assert f'sam-bridge allow "{outside}"' in caught.value.hint
+    with pytest.raises(PathNotAllowed) as caught:  # no link: nothing to explain
+        policy.source_file(outside / "secret.wav")
+    assert "links to" not in caught.value.message and f'sam-bridge allow "{outside}"' in caught.value.hint

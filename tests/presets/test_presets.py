@@ -118,6 +118,13 @@ def test_loader_fields_cannot_be_written_in_a_file(tmp_path: Path) -> None:
             "options.reranking_candidates",
             "whole number (got 'two')",
         ),
+        (
+            "options:\n  reranking_candidates: true\n",
+            4,
+            "options.reranking_candidates",
+            "should be a number, got true",
+        ),
+        ("spans:\n  - {start: .nan, end: 1}\n", 4, "spans[0].start", "should be a finite number, got nan"),
         ("options:\n  predict_spans: maybe\n", 4, "options.predict_spans", "true or false (got 'maybe')"),
         ("options: fast\n", 3, "options", "block of `field: value` lines (got 'fast')"),
         ("tags: vocals\n", 3, "tags", "must be a list"),

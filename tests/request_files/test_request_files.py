@@ -231,8 +231,58 @@ def test_every_problem_of_a_request_file_is_named_at_once_and_only_its_own_field
         parse_request_file(request, version_of(request))
     message = caught.value.message
     assert message.startswith("r.json: ") and "colour: unknown field; allowed: source, " in message
-    assert "start: Input should be greater than or equal to 0" in message  # both, not only the first
+    assert "start: must be at least 0 (got -1)" in message  # both, not only the first
     assert "origin" not in message and "idempotency_key" not in message  # set by sam-bridge, not by you
+
+
+def test_a_request_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    # What Windows PowerShell 5.1 writes with `Out-File` or `Set-Content -Encoding UTF8`.
+    request = tmp_path / "r.json"
+    request.write_bytes(b"\xef\xbb\xbf" + json.dumps({"source": str(tmp_path / "a.wav"), "prompt": "piano"}).encode())
+    assert parse_request_file(request, version_of(request)).prompt == "piano"
+
+
+def test_a_json_syntax_error_names_its_line_and_column(tmp_path: Path) -> None:
+    request = tmp_path / "r.json"
+    request.write_text('{\n  "source": "a.wav"\n  "prompt": "piano"\n}')
+    with pytest.raises(InputError) as caught:
+        parse_request_file(request, version_of(request))
+    assert caught.value.message.startswith("r.json is not valid JSON")
+    assert "line 3, column 3" in caught.value.message
+
+
+def test_a_field_written_twice_is_refused_by_name(tmp_path: Path) -> None:
+    request = tmp_path / "r.json"
+    request.write_text('{"source": "a.wav", "preset": "piano", "preset": "bass"}')
+    with pytest.raises(InputError) as caught:
+        parse_request_file(request, version_of(request))
+    assert caught.value.message == "r.json: preset is written twice; keep one."
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"start": float("nan")}, "start: should be a finite number, got nan"),
+    ({"length": float("inf")}, "length: should be a finite number, got inf"),
+    ({"start": True}, "start: should be a number, got true"),
+    ({"source": None}, "source: give the path of an audio file"),
+])
+def test_wrong_values_in_a_request_file_are_named_in_plain_words(
+        tmp_path: Path, fields: dict[str, Any], expected: str) -> None:
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps({"source": str(tmp_path / "a.wav"), "prompt": "piano", **fields}))
+    with pytest.raises(InputError) as caught:
+        parse_request_file(request, version_of(request))
+    assert caught.value.message == f"r.json: {expected}"
+
+
+def test_true_is_not_a_number_of_candidates(tmp_path: Path) -> None:
+    from bridge.presets.recipe import recipe_for
+
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps({"source": str(tmp_path / "a.wav"), "prompt": "piano",
+                                   "options": {"reranking_candidates": True}}))
+    with pytest.raises(InputError) as caught:
+        recipe_for(parse_request_file(request, version_of(request)), PresetLibrary([]))
+    assert "reranking_candidates: should be a number, got true" in caught.value.message
 
 
 # -- versions: a folder with coarse file times (FAT, some NAS: 2 s) --------------------------------------
