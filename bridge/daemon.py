@@ -223,8 +223,12 @@ class Daemon:
     def _start_hot_folders(self, engine: JobEngine, folders: list[HotFolder]) -> None:
         if not folders:
             return
+        known = set(self.library.names(include_broken=True))
         for folder in folders:
             folder.path.mkdir(parents=True, exist_ok=True)
+            if folder.preset is not None and folder.preset not in known:  # each file dropped there would fail
+                log.warning("hot folder %s names the preset %r, which does not exist: files dropped there fail "
+                            "until it does (`sam-bridge presets list` names the presets)", folder.path, folder.preset)
         self.hot_watcher = HotFolderWatcher(
             engine, folders, instance_id=f"{socket.gethostname()}:{os.getpid()}",
             rescan_interval=self.config.hot_rescan_interval,

@@ -57,4 +57,11 @@ def show_config(args: argparse.Namespace) -> int:
     if os.environ.get(DATABASE_ENV_VAR):  # it wins over `database:`
         print(f"# {DATABASE_ENV_VAR}: {redact(os.environ[DATABASE_ENV_VAR])}")
     print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), end="")
+    from bridge.presets.library import PresetLibrary
+
+    known = set(PresetLibrary.default(quiet=True).names(include_broken=True))
+    for folder in config.hot_folders:
+        if folder.preset is not None and folder.preset not in known:
+            print(f"# warning: hot folder {folder.path} names the preset {folder.preset!r}, which does not exist: "
+                  "files dropped there fail until it does (`sam-bridge presets list`)")
     return 0

@@ -10,10 +10,10 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
 from bridge.common.cost import PriceTable
 from bridge.common.errors import ConfigError
@@ -59,6 +59,19 @@ class _Strict(UserModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _full_path(path: Path) -> Path:
+    """A folder of the config: `~` is the home folder; anything else relative would depend on the folder the
+    daemon happens to start in (a service starts in another one), so it is refused here, with its line."""
+    expanded = path.expanduser()
+    if not expanded.is_absolute():
+        raise ValueError(f"should be a full path, starting with / or ~ (or a drive letter like C:\\ on "
+                         f"Windows), got {str(path)!r}")
+    return expanded
+
+
+FullPath = Annotated[Path, AfterValidator(_full_path)]
+
+
 class ServiceConfig(_Strict):
     mode: Literal["auto", "fal", "local"] = Field(
         "auto", description="auto: fal when FAL_KEY is set, else the built-in local stand-in")
@@ -86,9 +99,9 @@ class OscConfig(_Strict):
 
 
 class HotFolderConfig(_Strict):
-    path: Path
+    path: FullPath
     preset: str | None = Field(None, description="None: subfolders named after presets (hot/vocals/, …)")
-    output_dir: Path | None = Field(None, description="default: Stems/ beside each source")
+    output_dir: FullPath | None = Field(None, description="default: Stems/ beside each source")
     recursive: bool = False
     polling: bool = Field(False, description="poll instead of OS events (network drives, SMB/NFS, cloud sync)")
     settle_seconds: float = Field(2.0, ge=0.1, le=600)
@@ -106,14 +119,14 @@ class Config(_Strict):
     confirm_above: float = Field(
         1.0, ge=0, description="estimated cost above which the DAW sides ask before sending (OSC and request-file "
         "estimates carry it)")
-    requests_dir: Path | None = Field(None, description="request-file folder (default: <state>/requests)")
+    requests_dir: FullPath | None = Field(None, description="request-file folder (default: <state>/requests)")
     default_hot_folder: bool = Field(True, description="watch ~/sam-bridge/hot with one subfolder per preset")
     hot_folders: list[HotFolderConfig] = Field(default_factory=list)
     hot_rescan_interval: float = Field(30.0, gt=0)
     osc: OscConfig = Field(default_factory=OscConfig)
-    allowed_source_roots: list[Path] = Field(
+    allowed_source_roots: list[FullPath] = Field(
         default_factory=list, description="extra folders OSC requests may read (home and hot folders always)")
-    allowed_output_roots: list[Path] = Field(
+    allowed_output_roots: list[FullPath] = Field(
         default_factory=list, description="extra folders OSC requests may write (home and hot folders always)")
     database: str | None = Field(
         None, description="team mode: postgresql://user@host/db shared by the team's daemons (or "

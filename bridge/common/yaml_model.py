@@ -30,6 +30,32 @@ def node_lines(node: yaml.Node, path: tuple[Any, ...] = ()) -> Iterator[tuple[tu
             yield from node_lines(item, (*path, index))
 
 
+def keys_written_twice(node: yaml.Node) -> list[tuple[tuple[Any, ...], int]]:
+    """(location, line) of every mapping key written a second time: YAML keeps the last one silently.
+    Each node is walked once (an alias reuses its anchor's node)."""
+    found: list[tuple[tuple[Any, ...], int]] = []
+    seen_nodes: set[int] = set()
+
+    def walk(current: yaml.Node, path: tuple[Any, ...]) -> None:
+        if id(current) in seen_nodes:
+            return
+        seen_nodes.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            keys: set[Any] = set()
+            for key, value in current.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else None
+                if name in keys:
+                    found.append(((*path, name), key.start_mark.line + 1))
+                keys.add(name)
+                walk(value, (*path, name))
+        elif isinstance(current, yaml.SequenceNode):
+            for index, item in enumerate(current.value):
+                walk(item, (*path, index))
+
+    walk(node, ())
+    return found
+
+
 def line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
     """Line of the deepest known part of `loc` (pydantic locations may name a missing field)."""
     for depth in range(len(loc), -1, -1):
@@ -58,6 +84,10 @@ def load_yaml_model(path: Path, model: type[M], error: type[Exception]) -> M:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise error(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    twice = keys_written_twice(node) if node is not None else []
+    if twice:
+        raise error("\n".join(f"{path}:{line}: {'.'.join(str(p) for p in where)}: is written twice; keep one"
+                              for where, line in twice))
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +66,12 @@ def test_status_with_no_jobs_yet_is_an_empty_list_not_an_error(user_dirs, capsys
     ("osc:\n  port: 9010\n  colour: red\n", ":3: osc.colour: unknown setting"),
     ("hot_folders:\n  - path: /x\n    after_success: delete\n", ":3: hot_folders.0.after_success: must be one of"),
     ("concurrency: 4\nservice: [1, 2\n", ":3: not valid YAML"),
+    # a relative folder depends on where the daemon starts (a service starts elsewhere): refused with its line;
+    # it used to pass `config show` and end `run` with OSC's wording and no line
+    ("hot_folders:\n  - path: relative/dir\n", ":2: hot_folders.0.path: should be a full path"),
+    ("allowed_source_roots:\n  - /music\n  - samples\n", ":3: allowed_source_roots.1: should be a full path"),
+    # YAML keeps the last of two keys silently: refused, as the presets loader does
+    ("osc:\n  port: 9010\nconcurrency: 2\nosc:\n  port: 9011\n", ":4: osc: is written twice; keep one"),
 ])
 def test_config_errors_name_file_line_and_field(user_dirs, text: str, expected: str) -> None:
     path = user_dirs["config"] / "config.yaml"
@@ -82,3 +89,19 @@ def test_run_with_a_bad_config_exits_with_the_message(user_dirs) -> None:
     assert result.returncode == 2
     assert f"{path}:1: daily_budget" in result.stderr
     assert not (user_dirs["state"] / "daemon.json").exists()
+
+
+def test_a_folder_under_the_home_folder_may_start_with_a_tilde(user_dirs) -> None:
+    path = user_dirs["config"] / "config.yaml"
+    path.write_text("hot_folders:\n  - path: ~/hot/drums\n    preset: drums\n")
+    assert load_config(path).hot_folders[0].path == Path.home() / "hot" / "drums"
+
+
+def test_show_warns_of_a_hot_folder_naming_a_preset_that_does_not_exist(user_dirs, capsys) -> None:
+    """It started without a word, and every file dropped there then failed with its own error file."""
+    (user_dirs["config"] / "config.yaml").write_text(
+        f"hot_folders:\n  - path: {user_dirs['home'] / 'hot-x'}\n    preset: vocalz\n"
+        f"  - path: {user_dirs['home'] / 'hot-y'}\n    preset: vocals\n")
+    assert main(["config", "show"]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# warning:")]
+    assert len(warnings) == 1 and "'vocalz'" in warnings[0] and "hot-x" in warnings[0]
