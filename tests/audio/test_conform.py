@@ -20,7 +20,7 @@ import wavinfo
 from bridge.audio import bwf
 from bridge.audio.conform import ConformReport, ConformSpec, _StemValues, _Tally, conform
 from bridge.audio.source import SourceInfo, probe_source, read_block
-from bridge.common.errors import JobFailed, OutputError, SourceError
+from bridge.common.errors import BridgeError, JobFailed, OutputError, SourceError
 from bridge.local_service.separator import SeparationSpec, separate
 from tests.audio_fixtures import (
     click_train,
@@ -309,19 +309,38 @@ def test_float_source_gives_float_stems(tmp_path: Path) -> None:
     assert report.null_test_dbfs < -90
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 1e20, 3e38])
 def test_a_float_source_with_a_non_finite_sample_is_refused(tmp_path: Path, bad: float) -> None:
-    """One NaN once gave 2048 NaN samples in both stems, reported as a silent source with a fine null test."""
+    """One NaN once gave 2048 NaN samples in both stems, reported as a silent source with a fine null test;
+    a finite 1e20 overflowed the projection's float32 power sums into stems that were all NaN."""
     music = noise(48_000, 2.0, channels=2, seed=14, amplitude=0.1)
     music[60_000, 0] = bad  # 1.250 s in
     source = write_audio(tmp_path / "float take.wav", music, 48_000, "FLOAT")
-    results = fake_service_result(np.nan_to_num(music, posinf=0.0), np.zeros_like(music), 48_000, tmp_path)
+    sane = np.where(np.abs(music) <= 1.0, music, 0.0)
+    results = fake_service_result(sane, np.zeros_like(music), 48_000, tmp_path)
     with pytest.raises(SourceError, match=r"“float take\.wav”.* 1\.250 s"):
         _run(tmp_path, source, results)
     assert not (tmp_path / ".sam-partial-target").exists() and not (tmp_path / ".sam-partial-residual").exists()
     # the same sample in a part that does not include it is fine
     report, out_t, _, _ = _run(tmp_path, source, results, start_frame=70_000)
     assert np.isfinite(_floats(out_t)).all() and report.null_test_dbfs < -150
+
+
+def test_stems_that_come_out_not_finite_fail_the_job_and_are_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last guard: were a huge sample let through, its NaN stems once passed as a success (null test
+    "not-finite", exit 0). Here the source check is switched off to reach it."""
+    monkeypatch.setattr("bridge.audio.drift.refuse_non_finite", lambda *_args: None)
+    music = noise(44_100, 2.0, channels=2, seed=14, amplitude=0.3)
+    music[100:102, 0] = 1e20
+    source = write_audio(tmp_path / "huge.wav", music, 44_100, "FLOAT")
+    results = fake_service_result(np.where(np.abs(music) <= 1.0, music, 0.0), np.zeros_like(music), 44_100,
+                                  tmp_path)
+    with np.errstate(all="ignore"), pytest.raises(BridgeError, match=r"“huge\.wav” came out damaged") as caught:
+        _run(tmp_path, source, results)
+    assert "again" not in str(caught.value)
+    assert not (tmp_path / ".sam-partial-target").exists() and not (tmp_path / ".sam-partial-residual").exists()
 
 
 def test_a_non_finite_null_test_is_never_reported_as_fine() -> None:

@@ -318,11 +318,18 @@ def _nan_float(path: Path) -> None:
     sf.write(str(path), audio, 44100, subtype="FLOAT")
 
 
+def _huge_float(path: Path) -> None:
+    audio = np.full((90_000, 2), 0.1)
+    audio[100:102, 0] = 1e20  # finite, but its power overflowed float32 into stems that were all NaN, exit 0
+    sf.write(str(path), audio, 44100, subtype="FLOAT")
+
+
 @pytest.mark.parametrize(
     ("name", "make", "expected"),
     [
         ("missing.wav", None, "was not found"),
         ("nan.wav", _nan_float, "holds an invalid sample (not a number or infinite) at 1.587 s"),
+        ("huge.wav", _huge_float, "holds an invalid sample (a value of 1e+20, far beyond any real audio"),
         ("a folder", lambda p: p.mkdir(), "is a folder, not an audio file"),
         # a FIFO: opening it to read waits for a writer, and the command hung for good
         ("pipe.wav", lambda p: os.mkfifo(p), "is not an ordinary file"),
