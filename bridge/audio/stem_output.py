@@ -51,19 +51,13 @@ def plan_output(
     fmt = (out_format or source.format).upper()
     subtype = (out_subtype or source.subtype).upper()
     reasons: list[str] = []
-    if source.lossy:
-        chosen = []
-        if out_subtype is None:
-            subtype = "FLOAT"
-            chosen.append("32-bit float")
-        if out_format is None and source.format in LOSSY_FORMATS:
-            fmt = "WAV"
-            chosen.append("WAV")
-        if chosen:
-            reasons.append(
-                f"the source is lossy ({source.format} {source.subtype}): the stems are {' '.join(chosen)} "
-                "so they null exactly against the decoded source and nothing clips"
-            )
+    # a lossy source's decode is not its samples: we choose the stems' format, and say so from the final one
+    chosen_subtype = source.lossy and out_subtype is None
+    chosen_format = source.lossy and out_format is None and source.format in LOSSY_FORMATS
+    if chosen_subtype:
+        subtype = "FLOAT"
+    if chosen_format:
+        fmt = "WAV"
     if fmt not in WRITABLE_FORMATS:
         reasons.append(f"{fmt} cannot hold lossless stems, so they are WAV")
         fmt = "WAV"
@@ -75,15 +69,34 @@ def plan_output(
         fmt = "WAV"
     if not sf.check_format(fmt, subtype):
         usable = next(s for s in _FALLBACK_SUBTYPES if sf.check_format(fmt, s))
-        reasons.append(f"{fmt} cannot store {subtype} samples, so the stems are {usable}")
+        if not chosen_subtype:  # our own choice for a lossy source: said in its reason below
+            reasons.append(f"{fmt} cannot store {subtype} samples, so the stems are {usable}")
         subtype = usable
     metadata = len(source.bext or b"") + len(source.ixml or b"")
     size = frames * source.channels * _BYTES[subtype] + metadata + 2**16
     if fmt in _FOUR_GIB_FORMATS and size > rf64_threshold:
         reasons.append(f"each stem is {size / 2**30:.2f} GiB, past the 4 GiB limit of {fmt}: written as RF64")
         fmt = "RF64"
+    if chosen_subtype or chosen_format:
+        reasons.insert(0, _lossy_reason(source, fmt, subtype))
     return OutputPlan(fmt, subtype, "; ".join(reasons) or None)
 
+
+def _lossy_reason(source: SourceInfo, fmt: str, subtype: str) -> str:
+    """Why a lossy source's stems are what they are, in words true of the format finally chosen: their null
+    against the decoded source is measured (null_test_dbfs), never exact, and only float stems cannot clip."""
+    bits = INTEGER_BITS.get(subtype)
+    if bits is None:
+        kind = "64-bit float" if subtype == "DOUBLE" else "32-bit float"
+    else:
+        kind = f"{bits}-bit" if subtype.startswith("PCM_") else subtype  # ALAC_20...
+    text = f"the source is lossy ({source.format} {source.subtype}): the stems are {kind} {fmt}"
+    if bits is not None and fmt == "FLAC":
+        text += " (FLAC holds no float samples)"
+    precision = "float" if bits is None else f"{bits}-bit"
+    clips = ", so nothing clips," if bits is None else ""
+    return (f"{text}{clips} and they null against the decoded source to {precision} precision, not exactly "
+            "(see null_test_dbfs)")
 
 
 class Quantizer:

@@ -409,6 +409,38 @@ def test_lossy_source_gives_float_wav_with_a_reason(tmp_path: Path, fmt: str, su
     assert np.max(np.abs(decoded - _floats(out_t) - _floats(out_r))) < 1e-6  # nulls against our decode
 
 
+@pytest.mark.parametrize(
+    ("overrides", "stems", "words", "null_range"),
+    [
+        ({}, ("WAV", "FLOAT"), "32-bit float WAV, so nothing clips, and they null against the decoded source to "
+         "float precision", (-200.0, -120.0)),
+        ({"out_subtype": "PCM_16"}, ("WAV", "PCM_16"), "16-bit WAV and they null against the decoded source to "
+         "16-bit precision", (-110.0, -90.0)),
+        ({"out_format": "FLAC"}, ("FLAC", "PCM_24"), "24-bit FLAC (FLAC holds no float samples) and they null "
+         "against the decoded source to 24-bit precision", (-160.0, -130.0)),
+    ],
+)
+def test_a_lossy_sources_format_reason_tells_the_truth_about_the_stems(
+    tmp_path: Path, overrides: dict[str, str], stems: tuple[str, str], words: str, null_range: tuple[float, float]
+) -> None:
+    """It said "32-bit float WAV so they null exactly" of stems that null at −150 dBFS, of 16-bit stems at
+    −96 dBFS, and of 24-bit FLAC stems it said both "32-bit float" and "PCM_24"."""
+    rate = 44_100
+    target_part, bed = tone(rate, 2.0, 440, 0.4), _bed(rate, 2.0)
+    source = tmp_path / "song.mp3"
+    sf.write(str(source), np.stack([target_part + bed] * 2, axis=1), rate, format="MP3")
+    report, out_t, out_r, info = _run(tmp_path, source, fake_service_result(target_part, bed, rate, tmp_path),
+                                      **overrides)
+    assert (report.out_format, report.out_subtype) == stems == (sf.info(str(out_t)).format, sf.info(str(out_t)).subtype)
+    with sf.SoundFile(str(source)) as f:
+        decoded = read_block(f, info.frames, "float64")
+    null = 20 * np.log10(np.max(np.abs(decoded - _floats(out_t) - _floats(out_r))))
+    assert null_range[0] < null < null_range[1] and report.null_test_dbfs == pytest.approx(null, abs=0.01)
+    assert report.format_reason is not None and words in report.format_reason
+    assert "null exactly" not in report.format_reason and "not exactly (see null_test_dbfs)" in report.format_reason
+    assert ("float" in report.format_reason.replace("no float samples", "")) == (stems[1] == "FLOAT")
+
+
 @pytest.mark.parametrize(("fmt", "subtype"), [("AIFF", "PCM_16"), ("FLAC", "PCM_24"), ("CAF", "ALAC_20")])
 def test_aiff_flac_and_caf_keep_their_container(tmp_path: Path, fmt: str, subtype: str) -> None:
     rate = 48_000
