@@ -214,7 +214,9 @@ def upload_plan(info: SourceInfo, start_frame: int, frames: int, shrink: bool = 
     `bits`: 24, or 16 for slow links (the service hears a −96 dB noise floor instead of −144 dB).
     `above_full_scale`: a float source whose mix exceeds ±1.0, which FLAC would clip: sent as float WAV.
     """
-    whole = start_frame == 0 and frames == info.frames
+    # a part shorter than one 48 kHz sample (1 frame at 192 kHz) resamples to nothing at the service, whose
+    # empty result would fail every time: the written copy holds at least one sample
+    whole = start_frame == 0 and frames == info.frames and frames * SERVICE_RATE >= info.samplerate
     content_type = _UPLOAD_AS_IS.get(info.format)
     wav_ok = info.format not in ("WAV", "WAVEX") or info.subtype in _WAV_SUBTYPES_SERVICE_READS
     source_bits = INTEGER_BITS.get(info.subtype)

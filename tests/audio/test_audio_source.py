@@ -335,3 +335,19 @@ def test_a_float_source_far_above_full_scale_is_still_taken(tmp_path: Path) -> N
     music[1_000, 1] = 9_000.0  # +79 dBFS: absurdly loud, yet within what the stems can carry
     path = write_audio(tmp_path / "hot.wav", music, 48_000, "FLOAT")
     check_finite(probe_source(path), 0, 24_000)
+
+
+@pytest.mark.parametrize(("rate", "frames"), [(176_400, 1), (192_000, 1), (384_000, 3)])
+def test_a_whole_file_shorter_than_one_48k_sample_is_sent_as_a_padded_copy(
+    tmp_path: Path, rate: int, frames: int
+) -> None:
+    """Sent as is over loopback, it resampled to nothing at the service, whose empty result failed every time
+    with "run the separation again (charged again)"."""
+    path = write_audio(tmp_path / "blip.wav", noise(rate, 0.001, channels=2)[:frames], rate, "PCM_24")
+    info = probe_source(path)
+    assert upload_plan(info, 0, frames)[0] is not None  # never the user's file as is
+    upload, ctype = make_upload_file(info, 0, frames, tmp_path / "work")
+    assert upload != path and ctype == "audio/flac"
+    assert sf.info(str(upload)).samplerate == 48_000 and sf.info(str(upload)).frames >= 1
+    four = write_audio(tmp_path / "four.wav", noise(192_000, 0.001, channels=2)[:4], 192_000, "PCM_24")
+    assert upload_plan(probe_source(four), 0, 4)[0] is None  # one whole 48 kHz sample: as is, as before

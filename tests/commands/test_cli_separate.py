@@ -180,6 +180,23 @@ def test_stems_match_the_source(env: dict[str, Path], service: LocalFalService, 
     assert (calls.get("upload", 0) >= 1) == (seconds > 5)
 
 
+@pytest.mark.parametrize(("rate", "frames"), [(192_000, 1), (384_000, 3)])
+def test_a_file_shorter_than_one_48k_sample_gives_exact_stems_not_a_paid_retry(
+        env: dict[str, Path], service: LocalFalService, music: Path, capsys: pytest.CaptureFixture[str],
+        rate: int, frames: int) -> None:
+    """Sent as is, it resampled to nothing at the service: "empty result, run it again (charged again)",
+    every time."""
+    path = music / "blip.wav"
+    sf.write(str(path), np.array([[0.25, -0.5], [0.125, 0.75], [-0.375, 0.0625]])[:frames], rate, "PCM_24")
+    rc = cli("separate", path, "--prompt", "hi-hat", "--service-url", service.url, "--output-dir", music / "out")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    paths = printed_paths(out)
+    source, target, residual = read64(path), read64(paths["target"]), read64(paths["residual"])
+    assert sf.info(str(paths["target"])).samplerate == rate and len(target) == len(residual) == frames
+    assert np.array_equal(target + residual, source)  # PCM: the complement nulls exactly
+
+
 def test_local_json_summary_and_default_stems_folder(env: dict[str, Path], music: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     source = make_source(music / "Guitar 01.wav", 44100, 2, "PCM_24")
