@@ -60,6 +60,7 @@ from bridge.audio.stem_output import (
     Quantizer,
     StemFiles,
     copy_metadata,
+    loses_position,
     output_error,
     plan_output,
 )
@@ -98,7 +99,8 @@ class ConformReport:
     samplerate: int
     channels: int
     # "weak-correlation", "drift" (the stems may drift), "drift-corrected", "drift-unmeasured", "silent-source",
-    # "clipped", and the quality flags "target-silent", "target-is-everything", "target-unlikely"
+    # "clipped", "position-not-kept" (FLAC/AIFF/CAF stems of a source with a time reference), and the quality
+    # flags "target-silent", "target-is-everything", "target-unlikely"
     flags: tuple[str, ...]
     quality: QualityReport | None = None  # how much the result looks like a separation of this source
 
@@ -394,6 +396,8 @@ def _report(
             flags.append("drift-unmeasured")
     if tally.clipped:
         flags.append("clipped")
+    if loses_position(spec.source, plan):
+        flags.append("position-not-kept")
     if tally.quality is not None and start.has_signal:
         flags.extend(tally.quality.flags)
     null_dbfs = 20.0 * math.log10(tally.null_peak) if tally.null_peak > 0 else -math.inf

@@ -25,6 +25,7 @@ Float64Array = NDArray[np.float64]
 
 WRITABLE_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC", "CAF"})
 BWF_FORMATS = frozenset({"WAV", "WAVEX", "RF64"})
+METADATA_FORMATS = BWF_FORMATS | {"W64"}  # the containers whose bext/iXML we read and write
 _FOUR_GIB_FORMATS = frozenset({"WAV", "WAVEX", "AIFF"})
 # bytes per sample, for the 4 GiB check (ALAC: its uncompressed worst case)
 _BYTES = {**{name: -(-bits // 8) for name, bits in INTEGER_BITS.items()}, "FLOAT": 4, "DOUBLE": 8}
@@ -199,9 +200,9 @@ class StemFiles:
 
 
 def copy_metadata(source: SourceInfo, start_frame: int, plan: OutputPlan, paths: tuple[Path, Path]) -> None:
-    """Speaker layout and bext/iXML from a RIFF-family source into RIFF-family stems starting at
+    """Speaker layout and bext/iXML from a RIFF-family or Wave64 source into such stems starting at
     `start_frame` of it (their time reference moves by as much)."""
-    if plan.format not in BWF_FORMATS or source.format not in BWF_FORMATS | {"W64"}:
+    if plan.format not in METADATA_FORMATS or source.format not in METADATA_FORMATS:
         return
     mask = bwf.read_channel_mask(source.path)
     bext = bwf.stem_bext(source.bext, start_frame) if source.bext else None
@@ -218,6 +219,14 @@ def copy_metadata(source: SourceInfo, start_frame: int, plan: OutputPlan, paths:
         if bext is not None or ixml is not None:
             bwf.append_chunks(path, bext, ixml)
 
+
+
+def loses_position(source: SourceInfo, plan: OutputPlan) -> bool:
+    """Whether the source's time reference (bext, or iXML's copy) has nowhere to go in the stems' format
+    (FLAC, AIFF, CAF): the stems then no longer say where on the timeline they start."""
+    if plan.format in METADATA_FORMATS:
+        return False
+    return source.bext is not None or (source.ixml is not None and bwf.ixml_time_reference(source.ixml) is not None)
 
 
 def output_error(exc: BaseException, out_path: Path) -> OutputError:

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import textwrap
@@ -523,6 +524,79 @@ def test_bext_time_reference_moves_to_the_segment_start(tmp_path: Path) -> None:
         assert f"<BWF_TIME_REFERENCE_LOW>{midnight_plus_1h + start}<".encode() in info.ixml.source
     assert report.offset_samples == 0 and len(_ints(out_t)) == rate * 2
     _assert_pcm_nulls(source, out_t, out_r, start=start)
+
+
+_W64_TAIL = bytes.fromhex("f3acd3118cd100c04f8edb8a")  # Wave64: a RIFF FOURCC's GUID is the FOURCC + this
+
+
+def _w64_chunk(fourcc: bytes, payload: bytes) -> bytes:
+    size = 24 + len(payload)
+    return fourcc + _W64_TAIL + struct.pack("<Q", size) + payload + bytes(-size % 8)
+
+
+def _w64_take(path: Path, music: np.ndarray, rate: int, chunks: bytes) -> Path:
+    """A 24-bit stereo Wave64 file with `chunks` before its audio, as a recorder writes it (built by hand)."""
+    ints = np.round(np.clip(music, -1, 1 - 2**-23) * 2**23).astype("<i4")
+    pcm = ints.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 2, rate, rate * 6, 6, 24)
+    body = b"wave" + _W64_TAIL + _w64_chunk(b"fmt ", fmt) + chunks + _w64_chunk(b"data", pcm)
+    riff = b"riff" + bytes.fromhex("2e91cf11a5d628db04c10000")
+    path.write_bytes(riff + struct.pack("<Q", 24 + len(body)) + body)
+    return path
+
+
+def _bext_time_reference_in(path: Path) -> int | None:
+    """The TimeReference of the Wave64 `bext` chunk, read straight from the bytes (not with bwf)."""
+    raw = path.read_bytes()
+    at = raw.find(b"bext" + _W64_TAIL)
+    return None if at < 0 else int(struct.unpack("<Q", raw[at + 24 + 338 : at + 24 + 346])[0])
+
+
+def test_a_wave64_take_keeps_its_timeline_position_in_wave64_stems(tmp_path: Path) -> None:
+    """W64 stems of a W64 take with a bext chunk came out without it, and nothing said so."""
+    rate = 48_000
+    music = np.stack([_bed(rate, 3.0) + click_train(rate, 3.0)[0], _bed(rate, 3.0) * 0.5], axis=1)
+    ten_hours = 10 * 3600 * rate + 12_345
+    ixml = (b"<BWFXML><BEXT><BWF_TIME_REFERENCE_LOW>%d</BWF_TIME_REFERENCE_LOW><BWF_TIME_REFERENCE_HIGH>%d"
+            b"</BWF_TIME_REFERENCE_HIGH></BEXT></BWFXML>" % (ten_hours & 0xFFFFFFFF, ten_hours >> 32))
+    source = _w64_take(tmp_path / "take.w64", music, rate,
+                       _w64_chunk(b"bext", bwf.with_time_reference(b"Take 7", ten_hours)) + _w64_chunk(b"iXML", ixml))
+    start = 40_001
+    segment = music[start : start + rate]
+    results = fake_service_result(segment, np.zeros_like(segment), rate, tmp_path)
+    report, out_t, out_r, info = _run(tmp_path, source, results, start_frame=start, frames=rate)
+    assert info.bext is not None and report.out_format == "W64" and "position-not-kept" not in report.flags
+    for path in (out_t, out_r):
+        assert sf.info(str(path)).format == "W64" and sf.info(str(path)).frames == rate  # libsndfile reads it
+        assert _bext_time_reference_in(path) == ten_hours + start
+        assert bwf.ixml_time_reference(bwf.read_chunks(path).ixml or b"") == ten_hours + start
+        assert bwf.inspect_container(path).declared_size == path.stat().st_size
+    _assert_pcm_nulls(source, out_t, out_r, start=start)
+
+
+@pytest.mark.parametrize(("fmt", "kept"), [("W64", True), ("FLAC", False), ("AIFF", False), ("CAF", False)])
+def test_a_bwf_take_written_as_another_format_keeps_its_position_or_says_it_cannot(
+    tmp_path: Path, fmt: str, kept: bool
+) -> None:
+    rate = 48_000
+    music = _bed(rate, 2.0) + click_train(rate, 2.0)[0]
+    source = write_audio(tmp_path / "take.wav", music, rate, "PCM_24")
+    bwf.append_chunks(source, bwf.with_time_reference(b"Take 3", 3600 * rate), None)
+    results = fake_service_result(music, np.zeros_like(music), rate, tmp_path)
+    report, out_t, out_r, _ = _run(tmp_path, source, results, out_format=fmt)
+    assert (report.out_format, sf.info(str(out_t)).format) == (fmt, fmt)
+    assert ("position-not-kept" not in report.flags) == kept
+    if kept:
+        assert _bext_time_reference_in(out_t) == _bext_time_reference_in(out_r) == 3600 * rate
+    _assert_pcm_nulls(source, out_t, out_r)
+
+
+def test_a_take_without_a_time_reference_loses_nothing_as_flac(tmp_path: Path) -> None:
+    music = _bed(48_000, 1.0)
+    source = write_audio(tmp_path / "take.wav", music, 48_000, "PCM_24")
+    report, *_ = _run(tmp_path, source, fake_service_result(music, np.zeros_like(music), 48_000, tmp_path),
+                      out_format="FLAC")
+    assert "position-not-kept" not in report.flags
 
 
 # -- residual method, progress --------------------------------------------------------------------
