@@ -5,9 +5,10 @@ ourselves, so the same walker also tells `audio_source` whether a header promise
 file holds (a truncated copy or an unfinished recording).
 
 Writing (`append_chunks`) INSERTS the chunks just BEFORE the `data` chunk of a RIFF or RF64 file: some
-DAWs and field-recorder tools only look for `bext` before the audio. The audio bytes are moved forward in
-place (no second file is made), then the RIFF size (or the RF64 `ds64` RIFF size) is corrected. Every
-chunk we write has an even size (see `_riff_chunk`), so no reader has to handle a RIFF pad byte.
+DAWs and field-recorder tools only look for `bext` before the audio (Wave64 files alike: see
+`_append_w64_chunks`). The audio bytes are moved forward in place (no second file is made), then the
+RIFF size (or the RF64 `ds64` RIFF size) is corrected. Every chunk we write has an even size (see
+`_riff_chunk`), so no reader has to handle a RIFF pad byte.
 """
 
 from __future__ import annotations
@@ -203,9 +204,10 @@ def _riff_chunk(chunk_id: bytes, payload: bytes) -> bytes:
 
 
 def append_chunks(wav_path: Path, bext: bytes | None, ixml: bytes | None) -> None:
-    """Insert `bext` and `iXML` chunks before the `data` chunk of a RIFF/RF64 file, in place.
+    """Insert `bext` and `iXML` chunks before the `data` chunk of a RIFF/RF64 file, in place (a Wave64 file:
+    see `_append_w64_chunks`).
 
-    Raises ValueError when the file is not RIFF/RF64, already has one of these chunks, or would grow past
+    Raises ValueError when the file is not RIFF/RF64/W64, already has one of these chunks, or would grow past
     the 4 GiB a plain RIFF can describe (write RF64 instead).
     """
     new_bytes = b"".join(
@@ -216,8 +218,11 @@ def append_chunks(wav_path: Path, bext: bytes | None, ixml: bytes | None) -> Non
     if not new_bytes:
         return
     layout = inspect_container(wav_path)
+    if layout.kind == "W64":
+        _append_w64_chunks(wav_path, layout, bext, ixml)
+        return
     if layout.kind not in ("RIFF", "RF64"):
-        raise ValueError(f"{wav_path.name} is not a RIFF/RF64 WAV file")
+        raise ValueError(f"{wav_path.name} is not a RIFF/RF64/W64 file")
     data = layout.chunk("data")
     if data is None:
         raise ValueError(f"{wav_path.name} has no data chunk")
@@ -245,6 +250,33 @@ def append_chunks(wav_path: Path, bext: bytes | None, ixml: bytes | None) -> Non
             f.write(struct.pack("<Q", riff_size + grow))
         f.seek(data.header_offset)
         f.write(new_bytes)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _w64_chunk(chunk_id: bytes, payload: bytes) -> bytes:
+    """A Wave64 chunk: the FOURCC's GUID, a 64-bit size counting the 24-byte header, zeros to 8 bytes."""
+    size = 24 + len(payload)
+    return chunk_id + _W64_FOURCC_TAIL + struct.pack("<Q", size) + payload + bytes(-size % 8)
+
+
+def _append_w64_chunks(path: Path, layout: ContainerLayout, bext: bytes | None, ixml: bytes | None) -> None:
+    """`bext` and `iXML` before the `data` chunk of a Wave64 file, as in a WAV: libsndfile reads a Wave64
+    file's audio up to the end of the file, so a chunk after `data` would become noise at the stem's end."""
+    data = layout.chunk("data")
+    if data is None:
+        raise ValueError(f"{path.name} has no data chunk")
+    present = [c.id for c in layout.chunks if c.id in ("bext", "iXML")]
+    if present:
+        raise ValueError(f"{path.name} already has {', '.join(present)}")
+    new_bytes = b"".join(_w64_chunk(chunk_id, payload) for chunk_id, payload in ((b"bext", bext), (b"iXML", ixml))
+                         if payload is not None)
+    with open(path, "r+b") as f:
+        _shift_tail(f, data.header_offset, layout.file_size, len(new_bytes))
+        f.seek(data.header_offset)
+        f.write(new_bytes)
+        f.seek(16)
+        f.write(struct.pack("<Q", layout.file_size + len(new_bytes)))  # the riff size is the whole file's
         f.flush()
         os.fsync(f.fileno())
 

@@ -60,6 +60,7 @@ from bridge.audio.stem_output import (
     Quantizer,
     StemFiles,
     copy_metadata,
+    loses_position,
     output_error,
     plan_output,
 )
@@ -98,7 +99,8 @@ class ConformReport:
     samplerate: int
     channels: int
     # "weak-correlation", "drift" (the stems may drift), "drift-corrected", "drift-unmeasured", "silent-source",
-    # "clipped", and the quality flags "target-silent", "target-is-everything", "target-unlikely"
+    # "clipped", "position-not-kept" (FLAC/AIFF/CAF stems of a source with a time reference), and the quality
+    # flags "target-silent", "target-is-everything", "target-unlikely"
     flags: tuple[str, ...]
     quality: QualityReport | None = None  # how much the result looks like a separation of this source
 
@@ -225,6 +227,7 @@ def conform(
                          "would not line it up better: kept uncorrected", source.path.name, end.lag)
                 correction = DriftCorrection(fit.scale, end, start, fit.end, applied=False)
         stems.close()
+        _refuse_non_finite_stems(tally, source)
         copy_metadata(source, spec.start_frame, plan, (out_target, out_residual))
         for path in (out_target, out_residual):
             if sf.info(str(path)).frames != spec.frames:
@@ -242,6 +245,20 @@ def conform(
     if progress is not None:
         progress(1.0)
     return _report(spec, plan, start, offset, end, tally, correction)
+
+
+def _refuse_non_finite_stems(tally: _Tally, source: SourceInfo) -> None:
+    """Stems holding a NaN or infinite sample (the null test is then +inf) are no result: never written as
+    one. The source's samples were checked, so only an overflow of our own arithmetic gets here; the same
+    audio would fail again, so nothing suggests running it again."""
+    if math.isfinite(tally.null_peak):
+        return
+    raise BridgeError(
+        f"The stems of “{source.path.name}” came out damaged (samples that are not numbers), so none were "
+        "written.",
+        "Check the source in your editor for extreme values (a float file far above full scale); if it "
+        "looks and plays normally, report this with the file.",
+    )
 
 
 def _stream(
@@ -379,6 +396,8 @@ def _report(
             flags.append("drift-unmeasured")
     if tally.clipped:
         flags.append("clipped")
+    if loses_position(spec.source, plan):
+        flags.append("position-not-kept")
     if tally.quality is not None and start.has_signal:
         flags.extend(tally.quality.flags)
     null_dbfs = 20.0 * math.log10(tally.null_peak) if tally.null_peak > 0 else -math.inf

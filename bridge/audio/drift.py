@@ -132,7 +132,7 @@ class SegmentReader:
     def _next_source(self, count: int) -> Float64Array:
         count = max(0, min(count, self.segment.frames - self._read))
         block = read_exact(self._src, count, self.segment.source)
-        if not self.pcm:  # refused before a NaN or inf is measured on or written
+        if not self.pcm:  # refused before a NaN, inf or absurd value is measured on or written
             refuse_non_finite(block, self.segment.start_frame + self._read, self.segment.source)
         self._read += count
         self.decoded_source += count

@@ -45,6 +45,9 @@ PCM_BITS = {"PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32}
 # Integer sample formats, lossless codecs included: read as int32 they are exact.
 INTEGER_BITS = {**PCM_BITS, "ALAC_16": 16, "ALAC_20": 20, "ALAC_24": 24, "ALAC_32": 32}
 FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
+# The largest float sample taken: +80 dBFS, far above any real mix (a float bus rarely passes +24 dBFS)
+# and far below what overflows float32 power sums (~1e19 per sample), so a damaged sample is refused.
+MAX_SAMPLE = 1e4
 _UPLOAD_AS_IS = {"WAV": "audio/wav", "WAVEX": "audio/wav", "FLAC": "audio/flac", "MP3": "audio/mpeg"}
 _WAV_SUBTYPES_SERVICE_READS = frozenset({"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT"})
 # Upload copies end in ".upload.<ext>", a name nothing else in a work folder takes: a stem set's later steps
@@ -217,7 +220,9 @@ def upload_plan(info: SourceInfo, start_frame: int, frames: int, shrink: bool = 
     `bits`: 24, or 16 for slow links (the service hears a −96 dB noise floor instead of −144 dB).
     `above_full_scale`: a float source whose mix exceeds ±1.0, which FLAC would clip: sent as float WAV.
     """
-    whole = start_frame == 0 and frames == info.frames
+    # a part shorter than one 48 kHz sample (1 frame at 192 kHz) resamples to nothing at the service, whose
+    # empty result would fail every time: the written copy holds at least one sample
+    whole = start_frame == 0 and frames == info.frames and frames * SERVICE_RATE >= info.samplerate
     content_type = _UPLOAD_AS_IS.get(info.format)
     wav_ok = info.format not in ("WAV", "WAVEX") or info.subtype in _WAV_SUBTYPES_SERVICE_READS
     source_bits = INTEGER_BITS.get(info.subtype)
@@ -240,15 +245,23 @@ def is_upload_copy(name: str) -> bool:
 
 
 def refuse_non_finite(block: NDArray[np.float64], first_frame: int, source: SourceInfo) -> None:
-    """A float source can hold NaN or ±inf, which would spread through the STFT into both stems."""
-    if np.isfinite(block.sum()):  # one cheap pass; a NaN or inf anywhere makes the sum non-finite
+    """A float source can hold NaN or ±inf, which would spread through the STFT into both stems, or a huge
+    but finite value (1e20: a damaged or mis-scaled sample) whose power overflows the float32 statistics of
+    the projection into NaN stems: both refused."""
+    if not block.size:
         return
-    finite = np.isfinite(block).all(axis=1)
-    if finite.all():  # the sum overflowed on huge but finite values
+    high, low = float(block.max()), float(block.min())  # a NaN anywhere makes them NaN
+    if low >= -MAX_SAMPLE and high <= MAX_SAMPLE:  # False for a NaN too
         return
-    frame = first_frame + int(np.argmin(finite))
+    bad = ~(np.abs(block) <= MAX_SAMPLE).all(axis=1)  # NaN, ±inf and the absurd alike
+    row = int(np.argmax(bad))
+    values = block[row][~(np.abs(block[row]) <= MAX_SAMPLE)]
+    what = ("not a number or infinite" if not np.isfinite(values).all()
+            else f"a value of {float(values[np.argmax(np.abs(values))]):.3g}, far beyond any real audio: "
+                 f"over {20 * np.log10(MAX_SAMPLE):+.0f} dBFS")
+    frame = first_frame + row
     raise SourceError(
-        f"“{source.path.name}” holds an invalid sample (not a number or infinite) at "
+        f"“{source.path.name}” holds an invalid sample ({what}) at "
         f"{frame / source.samplerate:.3f} s (sample {frame}); it cannot be separated.",
         "Repair or re-export the file from your DAW or editor (a float file with a damaged sample), then run "
         "the job again.",
@@ -256,8 +269,8 @@ def refuse_non_finite(block: NDArray[np.float64], first_frame: int, source: Sour
 
 
 def check_finite(info: SourceInfo, start_frame: int, frames: int) -> None:
-    """A FLOAT/DOUBLE source's part read once and refused if it holds NaN or ±inf: before anything is paid
-    for (integer samples are always finite)."""
+    """A FLOAT/DOUBLE source's part read once and refused if it holds NaN, ±inf or an absurd value (see
+    `refuse_non_finite`): before anything is paid for (integer samples are always within ±1)."""
     if info.subtype not in ("FLOAT", "DOUBLE"):
         return
     with sf.SoundFile(str(info.path)) as src:

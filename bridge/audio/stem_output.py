@@ -25,6 +25,7 @@ Float64Array = NDArray[np.float64]
 
 WRITABLE_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC", "CAF"})
 BWF_FORMATS = frozenset({"WAV", "WAVEX", "RF64"})
+METADATA_FORMATS = BWF_FORMATS | {"W64"}  # the containers whose bext/iXML we read and write
 _FOUR_GIB_FORMATS = frozenset({"WAV", "WAVEX", "AIFF"})
 # bytes per sample, for the 4 GiB check (ALAC: its uncompressed worst case)
 _BYTES = {**{name: -(-bits // 8) for name, bits in INTEGER_BITS.items()}, "FLOAT": 4, "DOUBLE": 8}
@@ -51,19 +52,13 @@ def plan_output(
     fmt = (out_format or source.format).upper()
     subtype = (out_subtype or source.subtype).upper()
     reasons: list[str] = []
-    if source.lossy:
-        chosen = []
-        if out_subtype is None:
-            subtype = "FLOAT"
-            chosen.append("32-bit float")
-        if out_format is None and source.format in LOSSY_FORMATS:
-            fmt = "WAV"
-            chosen.append("WAV")
-        if chosen:
-            reasons.append(
-                f"the source is lossy ({source.format} {source.subtype}): the stems are {' '.join(chosen)} "
-                "so they null exactly against the decoded source and nothing clips"
-            )
+    # a lossy source's decode is not its samples: we choose the stems' format, and say so from the final one
+    chosen_subtype = source.lossy and out_subtype is None
+    chosen_format = source.lossy and out_format is None and source.format in LOSSY_FORMATS
+    if chosen_subtype:
+        subtype = "FLOAT"
+    if chosen_format:
+        fmt = "WAV"
     if fmt not in WRITABLE_FORMATS:
         reasons.append(f"{fmt} cannot hold lossless stems, so they are WAV")
         fmt = "WAV"
@@ -75,15 +70,34 @@ def plan_output(
         fmt = "WAV"
     if not sf.check_format(fmt, subtype):
         usable = next(s for s in _FALLBACK_SUBTYPES if sf.check_format(fmt, s))
-        reasons.append(f"{fmt} cannot store {subtype} samples, so the stems are {usable}")
+        if not chosen_subtype:  # our own choice for a lossy source: said in its reason below
+            reasons.append(f"{fmt} cannot store {subtype} samples, so the stems are {usable}")
         subtype = usable
     metadata = len(source.bext or b"") + len(source.ixml or b"")
     size = frames * source.channels * _BYTES[subtype] + metadata + 2**16
     if fmt in _FOUR_GIB_FORMATS and size > rf64_threshold:
         reasons.append(f"each stem is {size / 2**30:.2f} GiB, past the 4 GiB limit of {fmt}: written as RF64")
         fmt = "RF64"
+    if chosen_subtype or chosen_format:
+        reasons.insert(0, _lossy_reason(source, fmt, subtype))
     return OutputPlan(fmt, subtype, "; ".join(reasons) or None)
 
+
+def _lossy_reason(source: SourceInfo, fmt: str, subtype: str) -> str:
+    """Why a lossy source's stems are what they are, in words true of the format finally chosen: their null
+    against the decoded source is measured (null_test_dbfs), never exact, and only float stems cannot clip."""
+    bits = INTEGER_BITS.get(subtype)
+    if bits is None:
+        kind = "64-bit float" if subtype == "DOUBLE" else "32-bit float"
+    else:
+        kind = f"{bits}-bit" if subtype.startswith("PCM_") else subtype  # ALAC_20...
+    text = f"the source is lossy ({source.format} {source.subtype}): the stems are {kind} {fmt}"
+    if bits is not None and fmt == "FLAC":
+        text += " (FLAC holds no float samples)"
+    precision = "float" if bits is None else f"{bits}-bit"
+    clips = ", so nothing clips," if bits is None else ""
+    return (f"{text}{clips} and they null against the decoded source to {precision} precision, not exactly "
+            "(see null_test_dbfs)")
 
 
 class Quantizer:
@@ -186,9 +200,9 @@ class StemFiles:
 
 
 def copy_metadata(source: SourceInfo, start_frame: int, plan: OutputPlan, paths: tuple[Path, Path]) -> None:
-    """Speaker layout and bext/iXML from a RIFF-family source into RIFF-family stems starting at
+    """Speaker layout and bext/iXML from a RIFF-family or Wave64 source into such stems starting at
     `start_frame` of it (their time reference moves by as much)."""
-    if plan.format not in BWF_FORMATS or source.format not in BWF_FORMATS | {"W64"}:
+    if plan.format not in METADATA_FORMATS or source.format not in METADATA_FORMATS:
         return
     mask = bwf.read_channel_mask(source.path)
     bext = bwf.stem_bext(source.bext, start_frame) if source.bext else None
@@ -205,6 +219,14 @@ def copy_metadata(source: SourceInfo, start_frame: int, plan: OutputPlan, paths:
         if bext is not None or ixml is not None:
             bwf.append_chunks(path, bext, ixml)
 
+
+
+def loses_position(source: SourceInfo, plan: OutputPlan) -> bool:
+    """Whether the source's time reference (bext, or iXML's copy) has nowhere to go in the stems' format
+    (FLAC, AIFF, CAF): the stems then no longer say where on the timeline they start."""
+    if plan.format in METADATA_FORMATS:
+        return False
+    return source.bext is not None or (source.ixml is not None and bwf.ixml_time_reference(source.ixml) is not None)
 
 
 def output_error(exc: BaseException, out_path: Path) -> OutputError:

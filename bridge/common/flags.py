@@ -12,6 +12,8 @@ FLAG_TEXT: dict[str, str] = {
     "drift-corrected": "a drift of the result was corrected",
     "drift-unmeasured": "the drift could not be measured",
     "clipped": "some samples clipped when written",
+    "position-not-kept": "the stems' format cannot hold the source's time reference (bext/iXML): they do not say "
+                         "where on the timeline they start; place them at the part's start, or write WAV or W64",
     "silent-source": "the source is silent",
     "cut-at-end": "the part asked for ran past the end of the file",
     "span-cut-at-end": "a span ran past the end of the audio sent: it was sent cut at that end",

@@ -47,7 +47,8 @@ MANIFEST_FIELDS: dict[str, str] = {
     "flags": "warnings to read: `target-silent` (target below -50 dBFS RMS, the source not), "
              "`target-is-everything` (residual below -50 dBFS RMS), `target-unlikely` (the target does not look "
              "like a part of the source: see Quality flags), `weak-correlation`, `drift`, `drift-corrected`, "
-             "`clipped`, `silent-source`, `cut-at-end` (the part asked for ran past the file's end), "
+             "`clipped`, `position-not-kept` (the stems' format cannot hold the source's bext/iXML time "
+             "reference), `silent-source`, `cut-at-end` (the part asked for ran past the file's end), "
              "`span-cut-at-end` (a span ran past the end of the audio sent: sent cut there), `audition`",
     "timings": "seconds per stage (`prepare`, `upload`, `service`, `download`, `conform`, `write`, `total`)",
     "estimated_cost": "`amount` and `currency`, from the configured price table (0 on a stand-in)",

@@ -14,6 +14,7 @@ import soundfile as sf
 
 from bridge.audio import bwf
 from bridge.audio.source import (
+    check_finite,
     ends_early,
     frame_range,
     is_upload_copy,
@@ -314,3 +315,39 @@ def test_a_part_of_a_few_samples_still_makes_an_audio_file(tmp_path: Path, rate:
     path = write_audio(tmp_path / "x.wav", noise(rate, 0.01, channels=2), rate, "PCM_24")
     upload, _ = make_upload_file(probe_source(path), 0, 1, tmp_path / "work")
     assert sf.info(str(upload)).frames >= 1
+
+
+@pytest.mark.parametrize("huge", [1e20, 3e38, -2e4])
+def test_a_float_sample_of_absurd_size_is_refused_before_upload(tmp_path: Path, huge: float) -> None:
+    """Two samples of 1e20 in a stereo float WAV once overflowed the projection's float32 power sums: both
+    stems 100 % NaN, exit 0."""
+    music = noise(44_100, 2.0, channels=2, amplitude=0.3)
+    music[100:102, 0] = huge  # 2.3 ms in
+    path = write_audio(tmp_path / "float mix.wav", music, 44_100, "FLOAT")
+    with pytest.raises(SourceError, match=r"“float mix\.wav” holds an invalid sample \(a value of .*far beyond "
+                                          r"any real audio.*\) at 0\.002 s \(sample 100\)"):
+        check_finite(probe_source(path), 0, 88_200)
+    check_finite(probe_source(path), 200, 10_000)  # a part without it is fine
+
+
+def test_a_float_source_far_above_full_scale_is_still_taken(tmp_path: Path) -> None:
+    music = noise(48_000, 0.5, channels=2, amplitude=0.3)
+    music[1_000, 1] = 9_000.0  # +79 dBFS: absurdly loud, yet within what the stems can carry
+    path = write_audio(tmp_path / "hot.wav", music, 48_000, "FLOAT")
+    check_finite(probe_source(path), 0, 24_000)
+
+
+@pytest.mark.parametrize(("rate", "frames"), [(176_400, 1), (192_000, 1), (384_000, 3)])
+def test_a_whole_file_shorter_than_one_48k_sample_is_sent_as_a_padded_copy(
+    tmp_path: Path, rate: int, frames: int
+) -> None:
+    """Sent as is over loopback, it resampled to nothing at the service, whose empty result failed every time
+    with "run the separation again (charged again)"."""
+    path = write_audio(tmp_path / "blip.wav", noise(rate, 0.001, channels=2)[:frames], rate, "PCM_24")
+    info = probe_source(path)
+    assert upload_plan(info, 0, frames)[0] is not None  # never the user's file as is
+    upload, ctype = make_upload_file(info, 0, frames, tmp_path / "work")
+    assert upload != path and ctype == "audio/flac"
+    assert sf.info(str(upload)).samplerate == 48_000 and sf.info(str(upload)).frames >= 1
+    four = write_audio(tmp_path / "four.wav", noise(192_000, 0.001, channels=2)[:4], 192_000, "PCM_24")
+    assert upload_plan(probe_source(four), 0, 4)[0] is None  # one whole 48 kHz sample: as is, as before

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import textwrap
@@ -20,7 +21,7 @@ import wavinfo
 from bridge.audio import bwf
 from bridge.audio.conform import ConformReport, ConformSpec, _StemValues, _Tally, conform
 from bridge.audio.source import SourceInfo, probe_source, read_block
-from bridge.common.errors import JobFailed, OutputError, SourceError
+from bridge.common.errors import BridgeError, JobFailed, OutputError, SourceError
 from bridge.local_service.separator import SeparationSpec, separate
 from tests.audio_fixtures import (
     click_train,
@@ -309,19 +310,38 @@ def test_float_source_gives_float_stems(tmp_path: Path) -> None:
     assert report.null_test_dbfs < -90
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 1e20, 3e38])
 def test_a_float_source_with_a_non_finite_sample_is_refused(tmp_path: Path, bad: float) -> None:
-    """One NaN once gave 2048 NaN samples in both stems, reported as a silent source with a fine null test."""
+    """One NaN once gave 2048 NaN samples in both stems, reported as a silent source with a fine null test;
+    a finite 1e20 overflowed the projection's float32 power sums into stems that were all NaN."""
     music = noise(48_000, 2.0, channels=2, seed=14, amplitude=0.1)
     music[60_000, 0] = bad  # 1.250 s in
     source = write_audio(tmp_path / "float take.wav", music, 48_000, "FLOAT")
-    results = fake_service_result(np.nan_to_num(music, posinf=0.0), np.zeros_like(music), 48_000, tmp_path)
+    sane = np.where(np.abs(music) <= 1.0, music, 0.0)
+    results = fake_service_result(sane, np.zeros_like(music), 48_000, tmp_path)
     with pytest.raises(SourceError, match=r"“float take\.wav”.* 1\.250 s"):
         _run(tmp_path, source, results)
     assert not (tmp_path / ".sam-partial-target").exists() and not (tmp_path / ".sam-partial-residual").exists()
     # the same sample in a part that does not include it is fine
     report, out_t, _, _ = _run(tmp_path, source, results, start_frame=70_000)
     assert np.isfinite(_floats(out_t)).all() and report.null_test_dbfs < -150
+
+
+def test_stems_that_come_out_not_finite_fail_the_job_and_are_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last guard: were a huge sample let through, its NaN stems once passed as a success (null test
+    "not-finite", exit 0). Here the source check is switched off to reach it."""
+    monkeypatch.setattr("bridge.audio.drift.refuse_non_finite", lambda *_args: None)
+    music = noise(44_100, 2.0, channels=2, seed=14, amplitude=0.3)
+    music[100:102, 0] = 1e20
+    source = write_audio(tmp_path / "huge.wav", music, 44_100, "FLOAT")
+    results = fake_service_result(np.where(np.abs(music) <= 1.0, music, 0.0), np.zeros_like(music), 44_100,
+                                  tmp_path)
+    with np.errstate(all="ignore"), pytest.raises(BridgeError, match=r"“huge\.wav” came out damaged") as caught:
+        _run(tmp_path, source, results)
+    assert "again" not in str(caught.value)
+    assert not (tmp_path / ".sam-partial-target").exists() and not (tmp_path / ".sam-partial-residual").exists()
 
 
 def test_a_non_finite_null_test_is_never_reported_as_fine() -> None:
@@ -388,6 +408,38 @@ def test_lossy_source_gives_float_wav_with_a_reason(tmp_path: Path, fmt: str, su
     with sf.SoundFile(str(source)) as f:
         decoded = read_block(f, info.frames, "float64")
     assert np.max(np.abs(decoded - _floats(out_t) - _floats(out_r))) < 1e-6  # nulls against our decode
+
+
+@pytest.mark.parametrize(
+    ("overrides", "stems", "words", "null_range"),
+    [
+        ({}, ("WAV", "FLOAT"), "32-bit float WAV, so nothing clips, and they null against the decoded source to "
+         "float precision", (-200.0, -120.0)),
+        ({"out_subtype": "PCM_16"}, ("WAV", "PCM_16"), "16-bit WAV and they null against the decoded source to "
+         "16-bit precision", (-110.0, -90.0)),
+        ({"out_format": "FLAC"}, ("FLAC", "PCM_24"), "24-bit FLAC (FLAC holds no float samples) and they null "
+         "against the decoded source to 24-bit precision", (-160.0, -130.0)),
+    ],
+)
+def test_a_lossy_sources_format_reason_tells_the_truth_about_the_stems(
+    tmp_path: Path, overrides: dict[str, str], stems: tuple[str, str], words: str, null_range: tuple[float, float]
+) -> None:
+    """It said "32-bit float WAV so they null exactly" of stems that null at −150 dBFS, of 16-bit stems at
+    −96 dBFS, and of 24-bit FLAC stems it said both "32-bit float" and "PCM_24"."""
+    rate = 44_100
+    target_part, bed = tone(rate, 2.0, 440, 0.4), _bed(rate, 2.0)
+    source = tmp_path / "song.mp3"
+    sf.write(str(source), np.stack([target_part + bed] * 2, axis=1), rate, format="MP3")
+    report, out_t, out_r, info = _run(tmp_path, source, fake_service_result(target_part, bed, rate, tmp_path),
+                                      **overrides)
+    assert (report.out_format, report.out_subtype) == stems == (sf.info(str(out_t)).format, sf.info(str(out_t)).subtype)
+    with sf.SoundFile(str(source)) as f:
+        decoded = read_block(f, info.frames, "float64")
+    null = 20 * np.log10(np.max(np.abs(decoded - _floats(out_t) - _floats(out_r))))
+    assert null_range[0] < null < null_range[1] and report.null_test_dbfs == pytest.approx(null, abs=0.01)
+    assert report.format_reason is not None and words in report.format_reason
+    assert "null exactly" not in report.format_reason and "not exactly (see null_test_dbfs)" in report.format_reason
+    assert ("float" in report.format_reason.replace("no float samples", "")) == (stems[1] == "FLOAT")
 
 
 @pytest.mark.parametrize(("fmt", "subtype"), [("AIFF", "PCM_16"), ("FLAC", "PCM_24"), ("CAF", "ALAC_20")])
@@ -472,6 +524,79 @@ def test_bext_time_reference_moves_to_the_segment_start(tmp_path: Path) -> None:
         assert f"<BWF_TIME_REFERENCE_LOW>{midnight_plus_1h + start}<".encode() in info.ixml.source
     assert report.offset_samples == 0 and len(_ints(out_t)) == rate * 2
     _assert_pcm_nulls(source, out_t, out_r, start=start)
+
+
+_W64_TAIL = bytes.fromhex("f3acd3118cd100c04f8edb8a")  # Wave64: a RIFF FOURCC's GUID is the FOURCC + this
+
+
+def _w64_chunk(fourcc: bytes, payload: bytes) -> bytes:
+    size = 24 + len(payload)
+    return fourcc + _W64_TAIL + struct.pack("<Q", size) + payload + bytes(-size % 8)
+
+
+def _w64_take(path: Path, music: np.ndarray, rate: int, chunks: bytes) -> Path:
+    """A 24-bit stereo Wave64 file with `chunks` before its audio, as a recorder writes it (built by hand)."""
+    ints = np.round(np.clip(music, -1, 1 - 2**-23) * 2**23).astype("<i4")
+    pcm = ints.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 2, rate, rate * 6, 6, 24)
+    body = b"wave" + _W64_TAIL + _w64_chunk(b"fmt ", fmt) + chunks + _w64_chunk(b"data", pcm)
+    riff = b"riff" + bytes.fromhex("2e91cf11a5d628db04c10000")
+    path.write_bytes(riff + struct.pack("<Q", 24 + len(body)) + body)
+    return path
+
+
+def _bext_time_reference_in(path: Path) -> int | None:
+    """The TimeReference of the Wave64 `bext` chunk, read straight from the bytes (not with bwf)."""
+    raw = path.read_bytes()
+    at = raw.find(b"bext" + _W64_TAIL)
+    return None if at < 0 else int(struct.unpack("<Q", raw[at + 24 + 338 : at + 24 + 346])[0])
+
+
+def test_a_wave64_take_keeps_its_timeline_position_in_wave64_stems(tmp_path: Path) -> None:
+    """W64 stems of a W64 take with a bext chunk came out without it, and nothing said so."""
+    rate = 48_000
+    music = np.stack([_bed(rate, 3.0) + click_train(rate, 3.0)[0], _bed(rate, 3.0) * 0.5], axis=1)
+    ten_hours = 10 * 3600 * rate + 12_345
+    ixml = (b"<BWFXML><BEXT><BWF_TIME_REFERENCE_LOW>%d</BWF_TIME_REFERENCE_LOW><BWF_TIME_REFERENCE_HIGH>%d"
+            b"</BWF_TIME_REFERENCE_HIGH></BEXT></BWFXML>" % (ten_hours & 0xFFFFFFFF, ten_hours >> 32))
+    source = _w64_take(tmp_path / "take.w64", music, rate,
+                       _w64_chunk(b"bext", bwf.with_time_reference(b"Take 7", ten_hours)) + _w64_chunk(b"iXML", ixml))
+    start = 40_001
+    segment = music[start : start + rate]
+    results = fake_service_result(segment, np.zeros_like(segment), rate, tmp_path)
+    report, out_t, out_r, info = _run(tmp_path, source, results, start_frame=start, frames=rate)
+    assert info.bext is not None and report.out_format == "W64" and "position-not-kept" not in report.flags
+    for path in (out_t, out_r):
+        assert sf.info(str(path)).format == "W64" and sf.info(str(path)).frames == rate  # libsndfile reads it
+        assert _bext_time_reference_in(path) == ten_hours + start
+        assert bwf.ixml_time_reference(bwf.read_chunks(path).ixml or b"") == ten_hours + start
+        assert bwf.inspect_container(path).declared_size == path.stat().st_size
+    _assert_pcm_nulls(source, out_t, out_r, start=start)
+
+
+@pytest.mark.parametrize(("fmt", "kept"), [("W64", True), ("FLAC", False), ("AIFF", False), ("CAF", False)])
+def test_a_bwf_take_written_as_another_format_keeps_its_position_or_says_it_cannot(
+    tmp_path: Path, fmt: str, kept: bool
+) -> None:
+    rate = 48_000
+    music = _bed(rate, 2.0) + click_train(rate, 2.0)[0]
+    source = write_audio(tmp_path / "take.wav", music, rate, "PCM_24")
+    bwf.append_chunks(source, bwf.with_time_reference(b"Take 3", 3600 * rate), None)
+    results = fake_service_result(music, np.zeros_like(music), rate, tmp_path)
+    report, out_t, out_r, _ = _run(tmp_path, source, results, out_format=fmt)
+    assert (report.out_format, sf.info(str(out_t)).format) == (fmt, fmt)
+    assert ("position-not-kept" not in report.flags) == kept
+    if kept:
+        assert _bext_time_reference_in(out_t) == _bext_time_reference_in(out_r) == 3600 * rate
+    _assert_pcm_nulls(source, out_t, out_r)
+
+
+def test_a_take_without_a_time_reference_loses_nothing_as_flac(tmp_path: Path) -> None:
+    music = _bed(48_000, 1.0)
+    source = write_audio(tmp_path / "take.wav", music, 48_000, "PCM_24")
+    report, *_ = _run(tmp_path, source, fake_service_result(music, np.zeros_like(music), 48_000, tmp_path),
+                      out_format="FLAC")
+    assert "position-not-kept" not in report.flags
 
 
 # -- residual method, progress --------------------------------------------------------------------

@@ -30,7 +30,8 @@ def test_a_lossy_source_gets_float_wav_stems_and_the_reason(tmp_path: Path) -> N
     info = probe_source(write_audio(tmp_path / "song.mp3", tone(44_100, 0.5, 440), 44_100, "MPEG_LAYER_III", "MP3"))
     plan = plan_output(info, info.frames)
     assert (plan.format, plan.subtype) == ("WAV", "FLOAT")
-    assert plan.reason and "lossy" in plan.reason and "null exactly" in plan.reason
+    assert plan.reason and "lossy" in plan.reason and "32-bit float WAV" in plan.reason
+    assert "null exactly" not in plan.reason and "to float precision" in plan.reason
 
 
 def test_wav_stems_past_the_threshold_are_planned_as_rf64(tmp_path: Path) -> None:

@@ -181,6 +181,23 @@ def test_stems_match_the_source(env: dict[str, Path], service: LocalFalService, 
     assert (calls.get("upload", 0) >= 1) == (seconds > 5)
 
 
+@pytest.mark.parametrize(("rate", "frames"), [(192_000, 1), (384_000, 3)])
+def test_a_file_shorter_than_one_48k_sample_gives_exact_stems_not_a_paid_retry(
+        env: dict[str, Path], service: LocalFalService, music: Path, capsys: pytest.CaptureFixture[str],
+        rate: int, frames: int) -> None:
+    """Sent as is, it resampled to nothing at the service: "empty result, run it again (charged again)",
+    every time."""
+    path = music / "blip.wav"
+    sf.write(str(path), np.array([[0.25, -0.5], [0.125, 0.75], [-0.375, 0.0625]])[:frames], rate, "PCM_24")
+    rc = cli("separate", path, "--prompt", "hi-hat", "--service-url", service.url, "--output-dir", music / "out")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    paths = printed_paths(out)
+    source, target, residual = read64(path), read64(paths["target"]), read64(paths["residual"])
+    assert sf.info(str(paths["target"])).samplerate == rate and len(target) == len(residual) == frames
+    assert np.array_equal(target + residual, source)  # PCM: the complement nulls exactly
+
+
 def test_local_json_summary_and_default_stems_folder(env: dict[str, Path], music: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     source = make_source(music / "Guitar 01.wav", 44100, 2, "PCM_24")
@@ -319,11 +336,18 @@ def _nan_float(path: Path) -> None:
     sf.write(str(path), audio, 44100, subtype="FLOAT")
 
 
+def _huge_float(path: Path) -> None:
+    audio = np.full((90_000, 2), 0.1)
+    audio[100:102, 0] = 1e20  # finite, but its power overflowed float32 into stems that were all NaN, exit 0
+    sf.write(str(path), audio, 44100, subtype="FLOAT")
+
+
 @pytest.mark.parametrize(
     ("name", "make", "expected"),
     [
         ("missing.wav", None, "was not found"),
         ("nan.wav", _nan_float, "holds an invalid sample (not a number or infinite) at 1.587 s"),
+        ("huge.wav", _huge_float, "holds an invalid sample (a value of 1e+20, far beyond any real audio"),
         ("a folder", lambda p: p.mkdir(), "is a folder, not an audio file"),
         # a FIFO: opening it to read waits for a writer, and the command hung for good
         ("pipe.wav", lambda p: os.mkfifo(p), "is not an ordinary file"),
