@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bridge.common.errors import InputError
+from bridge.common.errors import BridgeError, InputError
 from bridge.common.redact import safe_json, say
 
 if TYPE_CHECKING:  # the journal (pydantic, httpx) is imported once there is one to read
@@ -114,6 +114,15 @@ def job_summary(journal: JobJournal, row: JobRow) -> dict[str, Any]:
 
 
 def status(args: argparse.Namespace) -> int:
+    try:
+        return _status(args)
+    except BridgeError as err:
+        if args.json:  # machine-readable too (main() still prints it to stderr and sets the exit code)
+            print(safe_json({"ok": False, "error": err.kind, "message": err.message, "hint": err.hint}))
+        raise
+
+
+def _status(args: argparse.Namespace) -> int:
     if args.team:
         from bridge.commands.team import NO_DATABASE, show_team
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bridge.common.errors import OutputError
+from bridge.common.errors import InputError, OutputError
 from bridge.common.path_policy import PathPolicy
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,9 @@ def ensure_writable(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=TEMP_PREFIX, suffix=".probe"):
             pass
+    except (FileExistsError, NotADirectoryError):  # the folder asked for (or one above it) is a file: input
+        raise InputError(f"The output folder {folder} is a file (or lies inside one), not a folder.",
+                         hint="Give a folder to write the stems to.") from None
     except OSError as exc:
         raise OutputError(f"Cannot write stems to {folder}: {exc.strerror or exc}.",
                           hint="Choose another output folder, or fix the folder's permissions.") from None

@@ -34,6 +34,11 @@ def test_estimate_prints_seconds_requests_and_cost_and_sends_nothing(
     text = capsys.readouterr().out
     assert "a.wav: 45.0 s, 1 request, $0.15" in text  # 1.5 units × (0.05 + 2 × 0.025)
     assert "total: 60.0 s, 2 requests, $0.20" in text
+    # the lines add up to the total: $0.075 was shown as $0.07 beside $0.03 under a $0.10 total
+    assert cli("separate", a, b, "--prompt", "hi-hat", "--estimate") == 0
+    text = capsys.readouterr().out
+    assert "a.wav: 45.0 s, 1 request, $0.075" in text and "b.wav: 15.0 s, 1 request, $0.025" in text
+    assert "total: 60.0 s, 2 requests, $0.10" in text
 
 
 def test_estimate_of_a_stem_set_counts_each_step(env: dict[str, Path], music: Path,  # noqa: F811
@@ -134,7 +139,7 @@ def test_audition_separates_the_loudest_window_and_prices_the_whole(
     assert cli("separate", source, "--prompt", "hi-hat", "--service-url", service.url, "--audition",
                "--start", "2") == 0
     err = capsys.readouterr().err
-    assert "the whole 28.0 s would cost $0.05" in err  # from --start: its first 10 s
+    assert "the whole 28.0 s would cost $0.047" in err  # from --start: its first 10 s
 
 
 def test_audition_of_a_bounded_part_takes_its_loudest_window_an_open_part_starts_at_start(

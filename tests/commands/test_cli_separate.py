@@ -442,8 +442,8 @@ def test_output_folder_not_writable(env: dict[str, Path], service: LocalFalServi
     rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
              "--output-dir", blocker / "Stems")
     err = capsys.readouterr().err
-    assert rc == 1
-    assert "Cannot write stems to" in err and "Choose another output folder" in err
+    assert rc == 2  # bad input, not a service problem (it was 1)
+    assert "is a file (or lies inside one), not a folder" in err and "Give a folder" in err
     assert blocker.read_text() == "a regular file"
     assert service.stats()["submits"] == 0  # checked before any paid work
 

@@ -94,3 +94,15 @@ def test_status_shows_control_sequences_from_outside_as_text(user_dirs) -> None:
     summary = json.loads(as_json.stdout)[0]  # still JSON, and the same text once parsed
     assert summary["source"] == str(source) and summary["tag"] == f"tag{HOSTILE}"
     assert "\\u009b" in as_json.stdout and "\\u001b" in as_json.stdout
+
+
+def test_status_json_of_an_unknown_job_is_json(daemon_factory, service, user_dirs, capsys) -> None:
+    """A script reading `status --json ID` got plain text for an id that is not there."""
+    from bridge.cli import main
+
+    daemon = daemon_factory(service.url)
+    daemon.start()
+    daemon.stop()
+    assert main(["status", "--json", "nope"]) == 2
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["ok"] is False and answer["error"] == "bad_input" and "nope" in answer["message"]
