@@ -268,7 +268,7 @@ def test_unwritable_output_folder_fails_the_job_cleanly(daemon_factory, service,
     request = write_request(requests_dir(info), "x", source=source, prompt="piano",
                             output_dir=str(blocker / "Stems"))
     status = wait_state(request, ("failed",))
-    assert "Cannot write stems" in status["error"]
+    assert "is a file (or lies inside one), not a folder" in status["error"]
     assert service.stats()["submits"] == 0  # checked before anything was paid for
     daemon.stop()
 

@@ -72,5 +72,5 @@ def money(amount: float, currency: str = "USD") -> str:
     """Whole cents, or a tenth of a cent where fal's prices give one ($0.075 for 45 s): rounded to cents, the
     lines of an estimate did not add up to its total ($0.01 + $0.07 + $0.02 under a $0.10 total)."""
     cents = round(amount * 100, 6)
-    text = f"{amount:.2f}" if cents == round(cents) or abs(amount) >= 1 else f"{amount:.3f}"
+    text = f"{amount:.2f}" if cents == round(cents) else f"{amount:.3f}"
     return f"${text}" if currency == "USD" else f"{text} {currency}"

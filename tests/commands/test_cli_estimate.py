@@ -39,6 +39,9 @@ def test_estimate_prints_seconds_requests_and_cost_and_sends_nothing(
     text = capsys.readouterr().out
     assert "a.wav: 45.0 s, 1 request, $0.075" in text and "b.wav: 15.0 s, 1 request, $0.025" in text
     assert "total: 60.0 s, 2 requests, $0.10" in text
+    from bridge.common.cost import money
+
+    assert (money(1.075), money(1.125), money(12.5), money(0.1)) == ("$1.075", "$1.125", "$12.50", "$0.10")
 
 
 def test_estimate_of_a_stem_set_counts_each_step(env: dict[str, Path], music: Path,  # noqa: F811
