@@ -156,3 +156,40 @@ def test_the_same_work_twice_at_once_is_paid_once(tmp_path: Path) -> None:
         finally:
             engine.stop()
             engine.journal.close()
+
+
+def test_the_same_work_waiting_across_a_restart_is_paid_once(tmp_path: Path) -> None:
+    """The first job was sent, its twin waited for it, the daemon restarted: the leader was kept in memory
+    only, and the resuming job never asks for it, so the twin took the lead and paid again."""
+    from bridge.fal.auth import ApiKey
+    from tests.conftest import FAST_RETRY, TEST_KEY
+
+    def new_engine(client: FalClient) -> JobEngine:
+        return JobEngine(Journal(tmp_path / "journal.sqlite"), Pipeline(client, poll_interval=0.02, use_stream=False),
+                         PresetLibrary([("built-in", builtin_presets_dir())]),
+                         EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1, concurrency=4))
+
+    source = make_source(tmp_path / "Take.wav", seconds=0.5)
+    with LocalFalService(key=TEST_KEY, job_time=3.0) as slow, FalClient(
+            ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
+        engine = new_engine(client)
+        engine.start()
+        try:
+            first = engine.submit(SeparationRequest(source=source, prompt="piano", tag="first"))
+            wait_for(lambda: engine.journal.handles(first)[0], timeout=20, what="the first job sent")
+            second = engine.submit(SeparationRequest(source=source, prompt="piano", tag="second"))
+            wait_for(lambda: "Waiting for job" in ((engine.get(second) or object()).message or ""),  # type: ignore[attr-defined]
+                     timeout=20, what="the second job waiting for it")
+        finally:
+            engine.stop()
+            engine.journal.close()
+        engine = new_engine(client)
+        engine.start()
+        try:
+            wait_for(lambda: all((engine.get(j) or object()).state.finished for j in (first, second)),  # type: ignore[attr-defined]
+                     timeout=60, what="both jobs")
+            assert [(engine.get(j) or object()).state for j in (first, second)] == [JobState.done] * 2  # type: ignore[attr-defined]
+            assert slow.stats()["submits"] == 1  # paid once
+        finally:
+            engine.stop()
+            engine.journal.close()

@@ -16,7 +16,15 @@ from typing import Any
 
 from bridge.common.errors import BridgeError
 from bridge.common.stems import disk_full_message
-from bridge.engine.journal.base import JobJournal, JournalDamaged, Row, SchemaTooNew, StateDiskFull, Tx
+from bridge.engine.journal.base import (
+    FINISHED,
+    JobJournal,
+    JournalDamaged,
+    Row,
+    SchemaTooNew,
+    StateDiskFull,
+    Tx,
+)
 from bridge.engine.journal.guard import GuardedConnection
 
 BASE_SCHEMA = """
@@ -140,12 +148,19 @@ class Journal(JobJournal):
         in the DAW, a request file saved twice or renamed while it ran was paid twice without it."""
         self.set_fields(job_id, dedupe_key=key)
         with self._lock:
-            leader = self._leaders.setdefault(key, job_id)
-            if leader == job_id:
-                return None
-            row = self.get(leader)
-            if row is not None and not row.view.state.finished:
-                return leader
+            leader = self._leaders.get(key)
+            if leader is not None and leader != job_id:
+                row = self.get(leader)
+                if row is not None and not row.view.state.finished:
+                    return leader
+            # No live leader known here (none yet, it ended, or a restart emptied this memory): a job already
+            # sent for this work leads (one resuming after a restart never asks: it has its requests), else this.
+            finished = ",".join("?" * len(FINISHED))
+            for other in self._read(f"SELECT id FROM jobs WHERE dedupe_key=? AND id<>? AND state NOT IN ({finished})"
+                                    " ORDER BY created", (key, job_id, *FINISHED)):
+                if self.handles(other["id"])[0]:
+                    self._leaders[key] = other["id"]
+                    return str(other["id"])
             self._leaders[key] = job_id
             return None
 
