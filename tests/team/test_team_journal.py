@@ -3,9 +3,11 @@ exactly one daemon wins, leases and takeover, the team's dedupe leader and one d
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -135,7 +137,7 @@ def test_a_live_name_held_by_another_machine_of_the_same_host_name_is_refused(te
     instance name. The other machine's pid means nothing here, so it never overrules a live heartbeat:
     otherwise both daemons own the same jobs and both submit them (paid twice)."""
     name = "Studio-iMac.local:/Users/studio/Library/Application Support/sam-bridge"
-    other = PostgresJournal(team_db, name, daemon=True)
+    other = PostgresJournal(team_db, name, daemon=True, lease=2.0)  # short: an unjudged row's lease is waited out
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
     with psycopg.connect(team_db, autocommit=True) as conn:  # its row, as the other machine wrote it
@@ -153,6 +155,24 @@ def test_a_live_name_held_by_another_machine_of_the_same_host_name_is_refused(te
     expire(team_db, name)
     PostgresJournal(team_db, name, daemon=True).close()
     other.close()
+
+
+def test_a_crashed_run_without_a_pid_space_is_followed_once_its_lease_runs_out(
+        team_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows has no pid space: a daemon restarted on the same machine after a crash met its own live-looking
+    row, exited 3 ("another daemon is running"), and service-run, which does not restart exit 3, gave up for
+    good. It now waits the row's lease out once, and only a heartbeat renewed meanwhile refuses the name."""
+    import bridge.engine.journal.postgres as postgres
+
+    monkeypatch.setattr(postgres, "pid_space", lambda: None)
+    crashed = PostgresJournal(team_db, "studio", daemon=True, lease=2.0)
+    crashed._stop.set()  # killed: its heartbeat ends, its row is not marked stopped
+    began = time.monotonic()
+    again = PostgresJournal(team_db, "studio", daemon=True, lease=2.0)
+    assert time.monotonic() - began >= 1.0  # it waited for the lease
+    assert query_one(team_db, "SELECT pid FROM daemons WHERE instance='studio'") == os.getpid()
+    again.close()
+    crashed.close()
 
 
 def test_a_schema_3_database_migrates_and_its_daemons_rows_keep_working(team_db: str) -> None:

@@ -105,6 +105,7 @@ T = TypeVar("T")
 
 class InstanceInUse(BridgeError):
     exit_code = 3
+    holder_pid = 0  # the process the row names
 
 
 class _PgTx:
@@ -333,7 +334,28 @@ class PostgresJournal(JobJournal):
     # -- leases -------------------------------------------------------------------------------------
 
     def _register(self) -> None:
-        """Take this instance's row; refuse while a live daemon that is not provably ended holds the name."""
+        """Take this instance's row; refuse while a live daemon that is not provably ended holds the name.
+        A live row of this host whose pid cannot be judged here (no pid space: Windows, or written by an
+        older version) may be this machine's own run that crashed a moment ago (a service restarting it):
+        its lease is waited out once, and only a heartbeat renewed meanwhile refuses the name."""
+        waited = False
+        while True:
+            refused = self._register_once()
+            if refused is None:
+                return
+            error, silent, lease, maybe_ours = refused
+            if waited or not maybe_ours:
+                raise error
+            wait = max(0.0, lease - silent) + 1.0
+            log.warning("instance %s: its row was renewed %.0f s ago by process %s of this host, which cannot be "
+                        "told apart from this machine's own crashed run; waiting %.0f s for its lease to run out",
+                        self.instance, silent, error.holder_pid, wait)
+            time.sleep(wait)
+            waited = True
+
+    def _register_once(self) -> tuple[InstanceInUse, float, float, bool] | None:
+        """None when the row is taken; else the refusal, the row's silence and lease, and whether it may be
+        this host's own crashed run (see _register)."""
         host, pid, space = socket.gethostname(), os.getpid(), pid_space()
         with self._tx() as tx:
             row = tx.execute(
@@ -345,19 +367,23 @@ class PostgresJournal(JobJournal):
             # crash here is welcome at once; another machine's row waits out its lease, whatever its host name
             ours = space is not None and row is not None and row["pid_space"] == space and row["host"] == host
             if row and row["alive"] and not (ours and (row["pid"] == pid or not process_alive(row["pid"]))):
-                raise InstanceInUse(
+                unjudged = row["host"] == host and (space is None or row["pid_space"] is None)
+                error = InstanceInUse(
                     f"Another sam-bridge runs as instance “{self.instance}” on {row['host']} (process "
                     f"{row['pid']}, heard from {float(row['silent']):.0f} s ago); each daemon of a team needs a "
                     "name of its own.",
                     hint="Set a distinct `instance:` in this machine's config (machines with the same host name "
                          "and state folder get the same default name), or stop the other daemon. If it ended "
                          f"without stopping, the name is free once its lease ({float(row['lease']):g} s) runs out.")
+                error.holder_pid = int(row["pid"])
+                return error, float(row["silent"]), float(row["lease"]), unjudged
             tx.execute(
                 "INSERT INTO daemons (instance, host, pid, version, lease, pid_space) VALUES (?,?,?,?,?,?) "
                 "ON CONFLICT (instance) DO UPDATE SET host=excluded.host, pid=excluded.pid, "
                 "version=excluded.version, started=now(), heartbeat=now(), stopped=false, lease=excluded.lease, "
                 "pid_space=excluded.pid_space",
                 (self.instance, host, pid, __version__, self.lease, space))
+        return None
 
     def _beat(self) -> None:
         """Renew the lease on a connection of its own: after a database outage the pool may hand out
