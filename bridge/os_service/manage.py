@@ -7,6 +7,7 @@ import csv
 import io
 import logging
 import os
+import time
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -147,6 +148,8 @@ def install(plan: ServicePlan, runner: Runner = run_command, start: bool = True)
     # a service started from the earlier file keeps running it (systemd's `enable --now` and Task Scheduler's
     # /Run with IgnoreNew leave a running one alone): the changed one is restarted, so it runs what was written
     for command in plan.enable + (plan.restart if written.replaced else []):
+        if plan.platform == "windows" and command[1:2] == ["/Run"] and written.replaced:
+            _wait_task_ended(plan, runner)
         result = runner(command)
         if result.returncode != 0:
             outcome.ok = False
@@ -183,6 +186,14 @@ def uninstall(plan: ServicePlan, runner: Runner = run_command) -> Outcome:
         runner(plan.enable[0])  # daemon-reload, so systemd forgets the unit
     outcome.lines.append(f"Removed {path}; sam-bridge no longer starts at login.")
     return outcome
+
+
+def _wait_task_ended(plan: ServicePlan, runner: Runner, seconds: float = 15.0) -> None:
+    """schtasks /End returns before the instance is gone; a /Run meanwhile starts none (IgnoreNew), so the
+    old daemon would be all there is once it ends. Wait (a while) for the task to stop being Running."""
+    deadline = time.monotonic() + seconds
+    while task_state(runner(plan.queries[0])).startswith("running") and time.monotonic() < deadline:
+        time.sleep(0.25)
 
 
 def _run_all(commands: list[list[str]], runner: Runner) -> None:

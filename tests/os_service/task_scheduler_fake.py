@@ -153,9 +153,13 @@ class Task:
 class FakeSchtasks:
     """`schtasks` as a `Runner`: keeps registered tasks and their state like the Task Scheduler service."""
 
-    def __init__(self) -> None:
+    def __init__(self, end_takes_queries: int = 0) -> None:
         self.tasks: dict[str, Task] = {}
         self.calls: list[list[str]] = []
+        # /End returns before the instance's process is gone: it still shows Running for this many /Query calls
+        # (and a /Run meanwhile starts none, IgnoreNew)
+        self.end_takes_queries = end_takes_queries
+        self._ending: dict[str, int] = {}
 
     def __call__(self, args: Sequence[str]) -> CommandResult:
         self.calls.append(list(args))
@@ -186,7 +190,9 @@ class FakeSchtasks:
             task.status, task.last_result = "Running", SCHED_S_TASK_RUNNING
             return CommandResult(0, f'SUCCESS: Attempted to run the scheduled task "{name}".')
         if verb == "/end":
-            if task.status == "Running":
+            if task.status == "Running" and self.end_takes_queries:
+                self._ending[name] = self.end_takes_queries
+            elif task.status == "Running":
                 task.status, task.last_result = "Ready", SCHED_S_TASK_TERMINATED
                 task.running_command = None
             return CommandResult(0, f'SUCCESS: The scheduled task "{name}" has been terminated successfully.')
@@ -195,6 +201,11 @@ class FakeSchtasks:
                 return CommandResult(1, "ERROR: a confirmation is needed (no console to ask on); pass /F")
             del self.tasks[name]
             return CommandResult(0, f'SUCCESS: The scheduled task "{name}" was successfully deleted.')
+        if verb == "/query" and name in self._ending:
+            self._ending[name] -= 1
+            if self._ending[name] < 0:  # the instance's process has ended now
+                del self._ending[name]
+                task.status, task.last_result, task.running_command = "Ready", SCHED_S_TASK_TERMINATED, None
         if verb == "/query" and options.get("/fo", "").upper() == "CSV" and "/v" in options:
             out = io.StringIO()
             writer = csv.writer(out, quoting=csv.QUOTE_ALL, lineterminator="\r\n")

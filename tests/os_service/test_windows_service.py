@@ -234,10 +234,12 @@ def test_a_task_whose_file_is_gone_is_still_seen_and_removed(tmp_path: Path) -> 
     assert not status(plan, schtasks).ok
 
 
-def test_installing_again_from_another_place_restarts_the_running_task(tmp_path: Path) -> None:
+@pytest.mark.parametrize("end_takes_queries", [0, 3])
+def test_installing_again_from_another_place_restarts_the_running_task(tmp_path: Path, end_takes_queries: int) -> None:
     """sam-bridge moved (a new venv): /Create /F changes the task for its next start, and /Run leaves the
-    running instance alone (IgnoreNew), so the old daemon kept running until the next logon."""
-    schtasks = FakeSchtasks()
+    running instance alone (IgnoreNew), so the old daemon kept running until the next logon. /End returns
+    before the instance is gone: the /Run waits until it is, or it would start nothing."""
+    schtasks = FakeSchtasks(end_takes_queries)
     assert install(windows_plan(tmp_path), schtasks).ok
     old = schtasks.tasks[TASK_NAME].running_command
     assert old and "service-run" in old
