@@ -7,8 +7,8 @@ import csv
 import io
 import logging
 import os
-import time
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
