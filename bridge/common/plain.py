@@ -82,6 +82,8 @@ def plain_problem(error: ErrorDetails) -> str:
         "model_type": f"must be a block of `field: value` lines (got {shown(got)})",
         "model_attributes_type": f"must be a block of `field: value` lines (got {shown(got)})",
         "dict_type": f"must be a block of `field: value` lines (got {shown(got)})",
+        "string_pattern_mismatch": f"is not written as expected (got {shown(got)}; the form: {ctx.get('pattern')})",
+        "extra_forbidden": "unknown field (check the spelling)",
     }
     if kind in messages:
         return messages[kind]

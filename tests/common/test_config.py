@@ -66,6 +66,7 @@ def test_status_with_no_jobs_yet_is_an_empty_list_not_an_error(user_dirs, capsys
     ("osc:\n  port: 9010\n  colour: red\n", ":3: osc.colour: unknown setting"),
     ("hot_folders:\n  - path: /x\n    after_success: delete\n", ":3: hot_folders.0.after_success: must be one of"),
     ("concurrency: 4\nservice: [1, 2\n", ":3: not valid YAML"),
+    ("osc:\n  prefix: sam\n", ":2: osc.prefix: is not written as expected (got 'sam'"),  # pydantic's own words
     # a relative folder depends on where the daemon starts (a service starts elsewhere): refused with its line;
     # it used to pass `config show` and end `run` with OSC's wording and no line
     ("hot_folders:\n  - path: relative/dir\n", ":2: hot_folders.0.path: should be a full path"),
