@@ -90,7 +90,7 @@ def write_service_file(plan: ServicePlan) -> Written:
                               hint="Move or rename it, then run  sam-bridge service install  again.")
         text = found
         if edited_since_written(text):
-            kept = keep_aside(path)
+            kept = keep_aside(path, _aside_folder(plan))
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.sam-partial")
     temp.write_bytes(data)
@@ -98,24 +98,37 @@ def write_service_file(plan: ServicePlan) -> Written:
     return Written(True, kept, text if kept else "", replaced=bool(text))
 
 
-def keep_aside(path: Path) -> Path:
-    """Renames `path` to the first free `<name>.edited-<n>`; an earlier copy is never overwritten."""
+def keep_aside(path: Path, folder: Path | None = None) -> Path:
+    """Moves `path` to the first free `<name>.edited-<n>` in `folder` (default: its own); an earlier copy is
+    never overwritten."""
+    folder = folder or path.parent
+    folder.mkdir(parents=True, exist_ok=True)
     n = 1
     while True:
-        target = path.with_name(f"{path.name}.edited-{n}")
+        target = folder / f"{path.name}.edited-{n}"
         try:
             os.link(path, target)  # fails if target exists: no race can overwrite a copy
         except FileExistsError:
             n += 1
             continue
-        except OSError:  # a file system without hard links
-            if target.exists():
+        except OSError:  # no hard links here, or another file system: an exclusive copy
+            try:
+                with open(target, "xb") as copy:
+                    copy.write(path.read_bytes())
+            except FileExistsError:
                 n += 1
                 continue
-            path.rename(target)
-            return target
         path.unlink()
         return target
+
+
+def _aside_folder(plan: ServicePlan) -> Path:
+    """Where an edited service file is kept. launchd loads what lies in LaunchAgents at login, so a copy
+    there (with the same Label) could start as a second agent: on macOS it goes to sam-bridge's config
+    folder. systemd reads only unit suffixes and Task Scheduler its own store: beside the file is fine."""
+    if plan.platform == "macos" and plan.paths.env_file is not None:
+        return Path(plan.paths.env_file).parent
+    return Path(plan.paths.service_file).parent
 
 
 def _kept_line(path: Path, kept: Path, text: str, replaced: bool = True) -> str:
@@ -179,7 +192,7 @@ def uninstall(plan: ServicePlan, runner: Runner = run_command) -> Outcome:
                           hint="Remove it yourself if you no longer need it.")
     _run_all(plan.disable, runner)
     if edited_since_written(text):
-        outcome.lines.append(_kept_line(path, keep_aside(path), text, replaced=False))
+        outcome.lines.append(_kept_line(path, keep_aside(path, _aside_folder(plan)), text, replaced=False))
     else:
         path.unlink()
     if plan.platform == "linux":

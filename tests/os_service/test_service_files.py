@@ -285,6 +285,20 @@ def test_macos_install_unloads_a_running_agent_first(home: Path) -> None:
                               ["launchctl", "bootstrap", "gui/501", str(plist)]]
 
 
+def test_macos_keeps_an_edited_agent_outside_launch_agents(home: Path) -> None:
+    """launchd loads what lies in ~/Library/LaunchAgents at login: an edited copy kept there, with the same
+    Label, could start as a second agent after `uninstall` said it no longer starts."""
+    plan = make_plan("macos", os.environ, ["/opt/sam-bridge", "run"], uid=501)
+    install(plan, Recorder())
+    plist = Path(plan.paths.service_file)
+    plist.write_bytes(plist.read_bytes().replace(b"<key>RunAtLoad</key>", b"<!-- mine --><key>RunAtLoad</key>"))
+    lines = uninstall(plan, Recorder()).lines
+    assert sorted(p.name for p in plist.parent.iterdir()) == []  # nothing left for launchd to load
+    assert plan.paths.env_file is not None
+    kept = Path(plan.paths.env_file).parent / f"{plist.name}.edited-1"
+    assert b"<!-- mine -->" in kept.read_bytes() and f"kept as {kept}" in lines[0], lines
+
+
 def test_uninstall_stops_and_removes(home: Path) -> None:
     plan = make_plan("linux", os.environ, ["/opt/sam-bridge", "run"])
     install(plan, Recorder())
