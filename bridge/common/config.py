@@ -64,8 +64,8 @@ def _full_path(path: Path) -> Path:
     daemon happens to start in (a service starts in another one), so it is refused here, with its line."""
     expanded = path.expanduser()
     if not expanded.is_absolute():
-        raise ValueError(f"should be a full path, starting with / or ~ (or a drive letter like C:\\ on "
-                         f"Windows), got {str(path)!r}")
+        start = "a drive letter like C:\\ (or ~)" if os.name == "nt" else "/ or ~"
+        raise ValueError(f"should be a full path, starting with {start}, got {str(path)!r}")
     return expanded
 
 
