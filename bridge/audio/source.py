@@ -197,8 +197,44 @@ def read_block(f: sf.SoundFile, count: int, dtype: Literal["float32", "float64",
     return out[:got]
 
 
+# the chunks that hold a chunked file's audio: its format and its samples (not bext, iXML, LIST, cue…)
+_AUDIO_CHUNKS = {"RIFF": ("fmt ", "data"), "RF64": ("fmt ", "data"), "W64": ("fmt ", "data"),
+                 "AIFF": ("COMM", "SSND")}
+
+
 def source_sha256(path: Path, stop: threading.Event | None = None) -> str:
-    """The file's sha256; "" when `stop` was set before the end (the job it was for has ended)."""
+    """The sha256 of the source's audio, which dedupe and the changed-source checks go by: of a WAV, RF64,
+    W64 or AIFF file its format and audio-data chunks and its timeline position only, so a re-export that
+    changes nothing but metadata (a BWF date, a LIST tag, a description) is the same audio and is not paid
+    for again; of other formats (FLAC, MP3…) the whole file. "" when `stop` was set before the end (the job
+    it was for has ended)."""
+    layout = bwf.inspect_container(path)
+    chunks = [layout.chunk(name) for name in _AUDIO_CHUNKS.get(layout.kind, ())]
+    if not chunks or None in chunks:
+        return file_sha256(path, stop)
+    digest = hashlib.sha256(f"sam-bridge audio of a {layout.kind} file\n".encode())
+    # where the audio sits on a timeline is part of it: reused stems carry the earlier file's bext and iXML,
+    # so a take moved on the timeline is other audio to dedupe (a new date or description is not)
+    if layout.kind != "AIFF":
+        placed = bwf.read_chunks(path)
+        digest.update(f"at {bwf.time_reference(placed.bext) if placed.bext else None} "
+                      f"{bwf.ixml_time_reference(placed.ixml) if placed.ixml else None}\n".encode())
+    with open(path, "rb") as f:
+        for chunk in chunks:
+            assert chunk is not None
+            f.seek(chunk.data_offset)
+            left = max(0, min(chunk.size, layout.file_size - chunk.data_offset))  # a piped WAV's size: to the end
+            digest.update(f"{chunk.id}:{left}\n".encode())
+            while left and (block := f.read(min(left, 1 << 20))):
+                if stop is not None and stop.is_set():
+                    return ""
+                digest.update(block)
+                left -= len(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path, stop: threading.Event | None = None) -> str:
+    """The whole file's sha256 (what source_sha256 was up to 0.2.0: a job journalled then still matches)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -206,6 +242,11 @@ def source_sha256(path: Path, stop: threading.Event | None = None) -> str:
                 return ""
             digest.update(block)
     return digest.hexdigest()
+
+
+def same_audio(path: Path, recorded: str) -> bool:
+    """Whether `path` still holds the audio a job recorded `recorded` for (either hash: see file_sha256)."""
+    return recorded in (source_sha256(path), file_sha256(path))
 
 
 def upload_plan(info: SourceInfo, start_frame: int, frames: int, shrink: bool = False, bits: int = 24,

@@ -67,13 +67,13 @@ def _journal() -> JobJournal:
 
 def _source_changed_since_sent(journal: JobJournal, row: JobRow) -> bool:
     """Requests were made from audio that is no longer the source's (a re-render after a failure)."""
-    from bridge.audio.source import source_sha256  # numpy and libsndfile: only when a job is retried
+    from bridge.audio.source import same_audio  # numpy and libsndfile: only when a job is retried
 
     accepted, _ = journal.handles(row.view.job_id)
     if not accepted or not row.source_hash:
         return False
     try:
-        return source_sha256(row.request.source) != row.source_hash
+        return not same_audio(row.request.source, row.source_hash)
     except OSError:  # gone or unreadable: the job says so in words when it runs
         return False
 

@@ -25,7 +25,8 @@ MANIFEST_FIELDS: dict[str, str] = {
     "schema": "manifest schema version (1)",
     "tool": "`sam-bridge <version>`",
     "created_at": "ISO-8601 UTC time the stems were written",
-    "source": "`path`, `sha256`, `format`, `subtype`, `samplerate`, `channels`, `frames` of the source file",
+    "source": "`path`, `sha256` (of its audio: a WAV/RF64/W64/AIFF file's format and audio chunks, another "
+              "format's whole file), `format`, `subtype`, `samplerate`, `channels`, `frames` of the source file",
     "part": "`start_frame`, `frames`, `start_seconds`: the part of the source the stems cover",
     "service": "what made the stems: `stand-in` (the built-in stand-in: a band split, not SAM Audio), else the "
     "app and the host it was asked at, e.g. `fal-ai/sam-audio@queue.fal.run`; dedupe reuses only stems of the "

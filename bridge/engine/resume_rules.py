@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from bridge.audio.source import probe_source, source_sha256
+from bridge.audio.source import probe_source, same_audio, source_sha256
 from bridge.common.errors import RequestGone, SourceChanged, SourceError, SubmitUncertain
 from bridge.engine.journal import JobJournal, JobRow, JobTakenOver
 from bridge.engine.outcomes import JobOutcomes
@@ -56,7 +56,8 @@ class ResumeRules:
         except OSError as exc:
             raise SourceError(f"“{row.request.source.name}” could not be read ({exc.strerror or exc}).",
                               "Check that the file is there and readable, then retry the job.") from None
-        if accepted and row.source_hash and row.source_hash != audio_hash:
+        if accepted and row.source_hash and row.source_hash != audio_hash and not same_audio(
+                row.request.source, row.source_hash):  # a job journalled by 0.2.0 recorded the file's hash
             raise SourceChanged(
                 f"“{row.request.source.name}” changed after it was sent to the service, so the results "
                 "already made belong to the old audio.",

@@ -351,3 +351,37 @@ def test_a_whole_file_shorter_than_one_48k_sample_is_sent_as_a_padded_copy(
     assert sf.info(str(upload)).samplerate == 48_000 and sf.info(str(upload)).frames >= 1
     four = write_audio(tmp_path / "four.wav", noise(192_000, 0.001, channels=2)[:4], 192_000, "PCM_24")
     assert upload_plan(probe_source(four), 0, 4)[0] is None  # one whole 48 kHz sample: as is, as before
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "RF64", "W64", "AIFF"])
+def test_the_audio_hash_ignores_metadata_but_not_audio(tmp_path: Path, fmt: str) -> None:
+    """A re-export that changes only a BWF date or a tag is the same audio: dedupe went by the file's bytes
+    and paid for it again. A change of a single sample is other audio."""
+    from bridge.audio import bwf
+    from bridge.audio.source import file_sha256, same_audio
+
+    audio = _stereo(1.0)
+    first, second, other = (tmp_path / f"{name}.{fmt.lower()}" for name in ("a", "b", "c"))
+    for path in (first, second):
+        sf.write(str(path), audio, 48_000, format=fmt, subtype="PCM_24")
+    if fmt != "AIFF":  # the same place on the timeline, a new description and an iXML chunk
+        bwf.append_chunks(first, bwf.with_time_reference(b"take 1", 48_000), None)
+        bwf.append_chunks(second, bwf.with_time_reference(b"re-exported 2026-12-07", 48_000), b"<BWFXML/>")
+    else:  # an AIFF text chunk after the sound
+        with open(second, "r+b") as f:
+            f.seek(0, 2)
+            f.write(b"NAME\x00\x00\x00\x04take")
+            size = f.tell() - 8
+            f.seek(4)
+            f.write(size.to_bytes(4, "big"))
+    assert first.read_bytes() != second.read_bytes()
+    assert source_sha256(first) == source_sha256(second)
+    changed = audio.copy()
+    changed[1000, 0] += 2**-20
+    sf.write(str(other), changed, 48_000, format=fmt, subtype="PCM_24")
+    assert source_sha256(other) != source_sha256(first)
+    if fmt != "AIFF":  # moved on the timeline: reused stems would carry the old position, so other audio
+        sf.write(str(other), audio, 48_000, format=fmt, subtype="PCM_24")
+        bwf.append_chunks(other, bwf.with_time_reference(b"take 1", 96_000), None)
+        assert source_sha256(other) != source_sha256(first)
+    assert same_audio(first, file_sha256(first))  # a hash journalled by 0.2.0 (the whole file) still matches

@@ -193,3 +193,20 @@ def test_the_same_work_waiting_across_a_restart_is_paid_once(tmp_path: Path) -> 
         finally:
             engine.stop()
             engine.journal.close()
+
+
+def test_a_re_export_that_changes_only_metadata_is_reused(
+        engine: JobEngine, service: LocalFalService, tmp_path: Path) -> None:
+    """A DAW's re-export with a new BWF description or date is the same audio at the same place: it was paid
+    for again (dedupe hashed the file's bytes)."""
+    from bridge.audio import bwf
+
+    first_source = make_source(tmp_path / "Take.wav", seconds=0.5)
+    second_source = tmp_path / "Take (re-export).wav"
+    second_source.write_bytes(first_source.read_bytes())
+    bwf.append_chunks(first_source, bwf.with_time_reference(b"take", 96_000), None)
+    run(engine, SeparationRequest(source=first_source, prompt="piano", tag="first"))
+    bwf.append_chunks(second_source, bwf.with_time_reference(b"exported again", 96_000), b"<BWFXML/>")
+    second = run(engine, SeparationRequest(source=second_source, prompt="piano", tag="second"))
+    assert service.stats()["submits"] == 1  # the same audio: paid once
+    assert manifest_of(second)["reused_from"] is not None
