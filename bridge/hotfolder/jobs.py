@@ -35,6 +35,7 @@ from bridge.hotfolder.routes import FolderRoutes, HotFolder, Route
 log = logging.getLogger("bridge.hotfolder.watcher")
 
 RETRY_AFTER_ENGINE_ERROR = 30.0  # seconds before a file the engine could not take is offered again
+RETRY_AFTER_UNWRITABLE = 30.0  # seconds before a file in a folder we could not write in is offered again
 
 
 class _Status(StrEnum):
@@ -70,6 +71,7 @@ class HotFolderJobs:
         self._records: dict[Path, _Record] = {}
         self._taken: dict[str, _Taken] = {}  # by job id: a file saved again may have a second job meanwhile
         self._manifests = ManifestIndex()
+        self._unwritable: set[Path] = set()  # folders said to be unwritable (once each, until they are again)
 
     def finished_here(self, path: Path, snapshot: FileSnapshot) -> bool:
         """True when this file version needs nothing more from us."""
@@ -95,7 +97,17 @@ class HotFolderJobs:
             return None
         if sidecar_age(path) < route.folder.settle_seconds:
             return route.folder.settle_seconds  # the sidecar itself is still being written
-        outcome = self._claims.try_claim(path, snapshot)
+        try:
+            outcome = self._claims.try_claim(path, snapshot)
+        except OSError as exc:  # a read-only share: no claim marker can be made beside the file
+            if path.parent not in self._unwritable:
+                self._unwritable.add(path.parent)
+                log.warning("Hot folder %s: sam-bridge cannot write there (%s): it needs to make a .sam-bridge "
+                            "folder (its claim markers, so no file is paid for twice) beside the files, and Stems/ "
+                            "unless the folder has an output_dir. Make the folder writable; its files wait until "
+                            "then.", path.parent, exc.strerror or exc)
+            return RETRY_AFTER_UNWRITABLE
+        self._unwritable.discard(path.parent)
         if outcome.done_elsewhere:
             self._records[path] = _Record(snapshot, _Status.done)
             return None

@@ -11,6 +11,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import os
 import struct
 import threading
@@ -767,3 +768,29 @@ def test_recursive_folder_takes_nested_files_but_not_done_or_stems(
     wait_until(lambda: len(sink.submissions) == 1, "the nested file")
     time.sleep(2 * SETTLE)
     assert [s.request.source for s in sink.submissions] == [(hot / "Session 1/Audio/take.wav").resolve()]
+
+
+def test_a_folder_where_sam_bridge_cannot_write_is_said_once_and_taken_once_it_can(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only folder (a mounted share) logged a traceback at every rescan, forever, and said nothing a
+    user could act on: the claim marker's folder could not be made. (Here `.sam-bridge` is a file, which
+    fails the same way for root, whom a read-only mode would not stop.)"""
+    import bridge.hotfolder.jobs
+
+    monkeypatch.setattr(bridge.hotfolder.jobs, "RETRY_AFTER_UNWRITABLE", 0.5)
+    blocker = hot / ".sam-bridge"
+    blocker.write_text("in the way")
+    sink = RecordingSink()
+    with caplog.at_level(logging.WARNING, logger="bridge.hotfolder.watcher"):
+        run_watcher(sink, [folder(hot)], rescan_interval=0.2)
+        drop(hot / "Vox.wav")
+        wait_until(lambda: any("cannot write" in r.getMessage() for r in caplog.records), "the warning")
+        time.sleep(6 * 0.2 + 3 * SETTLE)  # several rescans
+    assert sink.submissions == []
+    warnings = [r for r in caplog.records if "cannot write" in r.getMessage()]
+    assert len(warnings) == 1 and str(hot) in warnings[0].getMessage() and ".sam-bridge" in warnings[0].getMessage()
+    assert not [r for r in caplog.records if "unexpected problem" in r.getMessage()]
+    blocker.unlink()  # writable again: the file is taken
+    wait_until(lambda: len(sink.submissions) == 1, "the file once the folder is writable")
