@@ -9,6 +9,7 @@ lets them through.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -282,6 +283,11 @@ def hot_request(
             f'"{source.stem}{SIDECAR_SUFFIX}" file beside it with a line like "prompt: piano playing".',
         )
     folder_name = str(fields.get("options", {}).get("folder", STEMS_DIR_NAME))
+    key = f"hot:{source}:{snapshot.size}:{snapshot.mtime_ns}"
+    if sidecar:  # what the sidecar asks is part of the request: a file moved back from done/ with a new
+        # sidecar (mv keeps its mtime) is a new request, not the finished job of the old one
+        asked = json.dumps({"preset": preset, **fields}, sort_keys=True, default=str)
+        key += ":" + hashlib.sha256(asked.encode()).hexdigest()[:16]
     try:
         return SeparationRequest(
             source=source,
@@ -289,7 +295,7 @@ def hot_request(
             output_dir=(output_dir or source.parent / folder_name).expanduser().resolve(),
             origin=Origin.hot_folder,
             confined_to=policy,
-            idempotency_key=f"hot:{source}:{snapshot.size}:{snapshot.mtime_ns}",
+            idempotency_key=key,
             **fields,
         )
     except pydantic.ValidationError as exc:

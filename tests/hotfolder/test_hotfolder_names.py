@@ -222,3 +222,35 @@ def test_a_name_near_the_limit_still_gets_its_error_report(tmp_path: Path) -> No
     assert source_for_error_file(report) == source
     short = tmp_path / "Take.wav"
     assert source_for_error_file(error_file_for(short)) == short
+
+
+def test_what_a_sidecar_asks_is_part_of_the_request_key(tmp_path: Path) -> None:
+    """A file moved back from done/ keeps its mtime: with another sidecar it asked for other work under the
+    same key, and the engine handed back the finished job of the old request (the trumpet never came)."""
+    import numpy as np
+    import soundfile as sf
+
+    from bridge.common.file_gate import FileSnapshot
+    from bridge.hotfolder.names import hot_request
+
+    source = tmp_path / "Take.wav"
+    sf.write(str(source), np.zeros((4800, 2)), 48000)
+    snapshot = FileSnapshot.of(source)
+    assert snapshot is not None
+
+    def key() -> str:
+        request = hot_request(source, snapshot, folder_preset=lambda: "vocals", output_dir=None,
+                              known_presets=["vocals"])
+        assert request.idempotency_key is not None
+        return request.idempotency_key
+
+    plain = key()
+    assert plain == f"hot:{source}:{snapshot.size}:{snapshot.mtime_ns}"  # as before: jobs taken earlier match
+    sidecar = tmp_path / "Take.sam.yaml"
+    sidecar.write_text("prompt: flute\n")
+    flute = key()
+    sidecar.write_text("prompt: trumpet\n")
+    trumpet = key()
+    assert len({plain, flute, trumpet}) == 3
+    sidecar.write_text("prompt: trumpet\n")
+    assert key() == trumpet  # the same sidecar again: the same request
