@@ -82,6 +82,7 @@ class ContainerCheck:
     completeness: Completeness
     container: str  # "RIFF", "RF64", "W64", "AIFF", … or "" when not recognised
     reason: str = ""
+    streamed: bool = False  # a WAV whose sizes were never filled in: written to a pipe, or still being written
 
     @property
     def ok(self) -> bool:
@@ -219,7 +220,7 @@ def _check_data_chunk(
                 size = large_data_size  # RF64: the real size lives in ds64
             if streamed and size == 0xFFFFFFFF:
                 return ContainerCheck(Completeness.unchecked, container,
-                                      "its sizes were never filled in (written to a pipe)")
+                                      "its sizes were never filled in (written to a pipe)", streamed=True)
             unpatched = size == 0xFFFFFFFF or (size == 0 and offset + 8 < length)
             if unpatched and large_data_size is None:
                 return _incomplete(container, "its audio chunk still holds a placeholder size")
@@ -256,6 +257,15 @@ def _check_w64(handle: BinaryIO, length: int) -> ContainerCheck:
             return ContainerCheck(Completeness.complete, container)
         offset += (size + 7) // 8 * 8  # chunks are aligned to 8 bytes
     return _incomplete(container, "no audio chunk found")
+
+def flac_length_unknown(path: Path) -> bool:
+    """True for a FLAC whose header does not give its length yet: libsndfile and sox write it only when
+    they close the file, so a FLAC still being exported looks like this (as does one written as a stream)."""
+    try:
+        return bool(sf.info(str(path)).frames >= 2**62)  # 2**63 - 1: no length in the header
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return False  # not readable at all: said elsewhere, in its own words
+
 
 def ends_early(path: Path) -> bool:
     """True for a FLAC file that stops before the length its header gives: a copy still under way or an

@@ -36,6 +36,7 @@ from bridge.common.file_gate import (
     can_open_exclusively,
     check_container,
     ends_early,
+    flac_length_unknown,
 )
 from bridge.common.jobs import JobEvent, JobSink
 from bridge.common.path_policy import PathPolicy
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 
 _CLAIM_PRUNE_INTERVAL = 600.0  # seconds between clean-ups of claim markers of vanished files
 UNCHECKED_SETTLE_FACTOR = 3.0  # settle multiplier for formats with nothing in the file that shows it complete
+# a WAV with its sizes unfilled is either written to a pipe (done) or still being written by a program that
+# patches them at the end (ffmpeg to a file): no header check can tell, so it waits longer still
+STREAMED_SETTLE_FACTOR = 10.0
 
 
 def default_hot_folder() -> Path:
@@ -318,6 +322,8 @@ class HotFolderWatcher:
         a quiet spell is all there is to go by, and a copy taken early costs a paid request."""
         if isinstance(check, OSError):
             return settle_seconds  # the completeness check says why, in its turn
+        if check.streamed:
+            return STREAMED_SETTLE_FACTOR * settle_seconds
         known = check.completeness is not Completeness.unchecked or check.container == "FLAC"
         return settle_seconds if known else UNCHECKED_SETTLE_FACTOR * settle_seconds
 
@@ -332,6 +338,8 @@ class HotFolderWatcher:
             return check.reason
         if check.container == "FLAC" and ends_early(path):
             return "it ends before the length its header gives"
+        if check.container == "FLAC" and flac_length_unknown(path):  # written only when the export closes it
+            return "its header does not give its length yet (still being exported?)"
         return None
 
     def _wait_for_completion(self, candidate: _Candidate, reason: str, settle: float, now: float) -> None:

@@ -609,14 +609,15 @@ def piped_wav(seconds: float, seed: int) -> bytes:
 
 @pytest.mark.parametrize(("name", "fmt", "pause"),
                          [("Strings.flac", "FLAC", 3 * SETTLE), ("Ref.mp3", "MP3", 2 * SETTLE),
-                          ("Piped.wav", "piped WAV", 2 * SETTLE)])
+                          ("Piped.wav", "piped WAV", 4 * SETTLE)])
 def test_a_copy_that_pauses_longer_than_the_settle_time_is_taken_only_once_whole(
     hot: Path, run_watcher: Callable[..., HotFolderWatcher], name: str, fmt: str, pause: float
 ) -> None:
     """None has size fields to go by. A FLAC's header counts its frames, so the watcher waits for the last
-    one; nothing in an MP3 or a piped WAV (its sizes never filled in) shows it whole, so they settle for
-    three times as long (a copy taken early is a paid request). A piped WAV used to wait for a header
-    patch that never comes and fail as "unfinished" after five minutes."""
+    one; nothing in an MP3 shows it whole, so it settles for three times as long (a copy taken early is a
+    paid request). A WAV with its sizes unfilled (written to a pipe, or by ffmpeg still writing a file that
+    it patches at the end) settles for ten times as long: it used to wait for a header patch that never
+    comes and fail as "unfinished" after five minutes, then was taken after three."""
     data = piped_wav(3.0, seed=3) if fmt == "piped WAV" else encoded(fmt, 3.0, seed=3)
     sink = RecordingSink()
     run_watcher(sink, [folder(hot)])
@@ -794,3 +795,22 @@ def test_a_folder_where_sam_bridge_cannot_write_is_said_once_and_taken_once_it_c
     assert not [r for r in caplog.records if "unexpected problem" in r.getMessage()]
     blocker.unlink()  # writable again: the file is taken
     wait_until(lambda: len(sink.submissions) == 1, "the file once the folder is writable")
+
+
+def test_a_flac_still_being_exported_waits_for_its_length(hot: Path,
+                                                        run_watcher: Callable[..., HotFolderWatcher]) -> None:
+    """libsndfile and sox write a FLAC's length only when they close it: one paused longer than the settle
+    time was taken, refused as "written as a stream", and got an error file beside the export, five times."""
+    sink = RecordingSink()
+    run_watcher(sink, [folder(hot)])
+    audio = np.random.default_rng(4).uniform(-0.3, 0.3, (48000, 2))
+    path = hot / "Strings.flac"
+    with sf.SoundFile(str(path), "w", 48000, 2, "PCM_24", format="FLAC") as out:
+        for part in np.array_split(audio, 4):
+            out.write(part)
+            out.flush()
+            time.sleep(4 * SETTLE)
+    wait_until(lambda: len(sink.submissions) == 1, "the finished export")
+    time.sleep(2 * SETTLE)
+    [job] = sink.submissions
+    assert job.size == path.stat().st_size and not error_file_for(path).exists()
