@@ -158,7 +158,10 @@ class HotFolderJobs:
         """Keep our claims alive and catch job outcomes whose events we missed."""
         for taken in list(self._taken.values()):
             if taken.claim is not None and not self._claims.refresh(taken.claim):
-                log.warning("Hot folder: lost the claim on %s to another sam-bridge", taken.path.name)
+                gone = not taken.path.parent.is_dir()  # the folder itself was deleted or moved
+                log.warning("Hot folder: lost the claim on %s: %s", taken.path.name,
+                            "its folder is gone (deleted or moved?)" if gone else
+                            "its claim marker was taken over by another sam-bridge or removed")
             view = self._sink.get(taken.job_id)
             if view is not None and view.state.finished:
                 self._finish(taken.job_id, view.state, view.error or view.message, view.stems)
