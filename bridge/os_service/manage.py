@@ -160,9 +160,11 @@ def install(plan: ServicePlan, runner: Runner = run_command, start: bool = True)
         runner(command)
     # a service started from the earlier file keeps running it (systemd's `enable --now` and Task Scheduler's
     # /Run with IgnoreNew leave a running one alone): the changed one is restarted, so it runs what was written
+    ended = False  # a /Run after our /End waits for that instance to be gone
     for command in plan.enable + (plan.restart if written.replaced else []):
-        if plan.platform == "windows" and command[1:2] == ["/Run"] and written.replaced:
+        if ended and command[1:2] == ["/Run"]:
             _wait_task_ended(plan, runner)
+        ended = plan.platform == "windows" and command[1:2] == ["/End"]
         result = runner(command)
         if result.returncode != 0:
             outcome.ok = False

@@ -244,8 +244,11 @@ def test_installing_again_from_another_place_restarts_the_running_task(tmp_path:
     old = schtasks.tasks[TASK_NAME].running_command
     assert old and "service-run" in old
     moved = windows_plan(tmp_path, "C:\\new venv\\Scripts\\pythonw.exe")
+    calls_before = len(schtasks.calls)
     outcome = install(moved, schtasks)
     assert outcome.ok and "restarted" in outcome.lines[-1], outcome.lines
+    queries = [c for c in schtasks.calls[calls_before:] if c[1] == "/Query"]
+    assert len(queries) <= end_takes_queries + 1  # it waits for the ended instance, and for nothing else
     running = schtasks.tasks[TASK_NAME].running_command
     assert running is not None and "new venv" in running
     again = install(moved, schtasks)  # nothing changed: the running daemon is left alone
