@@ -6,6 +6,7 @@ programmers."""
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Callable
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
@@ -16,7 +17,7 @@ from pydantic_core import ErrorDetails
 def not_finite(value: Any) -> str:
     """The one wording for NaN and infinity, which compare false with every bound (so a range check alone
     lets them through, or reports the wrong bound)."""
-    return f"should be a finite number, got {value}"
+    return f"should be a finite number, got {shown(value)}"
 
 
 def _numeric(annotation: Any) -> bool:
@@ -56,37 +57,40 @@ def _bound(value: Any) -> str:
 def plain_problem(error: ErrorDetails) -> str:
     """A pydantic error in words a musician reads: what is wrong and what is allowed (no field name)."""
     kind, ctx, got = error["type"], error.get("ctx") or {}, error.get("input")
-    messages = {
-        "missing": "is required",
-        "finite_number": not_finite(got),
-        "greater_than_equal": f"must be at least {_bound(ctx.get('ge'))} (got {shown(got)})",
-        "less_than_equal": f"must be at most {_bound(ctx.get('le'))} (got {shown(got)})",
-        "greater_than": f"must be more than {_bound(ctx.get('gt'))} (got {shown(got)})",
-        "less_than": f"must be less than {_bound(ctx.get('lt'))} (got {shown(got)})",
-        "enum": f"must be one of {ctx.get('expected')} (got {shown(got)})",
-        "literal_error": f"must be one of {ctx.get('expected')} (got {shown(got)})",
-        "string_too_short": "must not be empty",
-        "string_too_long": f"must be at most {ctx.get('max_length')} characters",
-        "too_short": f"must have at least {ctx.get('min_length')} entr(y/ies)",
-        "too_long": f"must have at most {ctx.get('max_length')} entries (got {ctx.get('actual_length')})",
-        "string_type": f"must be text (got {shown(got)}); put it in quotes",
-        "bool_parsing": f"must be true or false (got {shown(got)})",
-        "bool_type": f"must be true or false (got {shown(got)})",
-        "int_parsing": f"must be a whole number (got {shown(got)})",
-        "int_type": f"must be a whole number (got {shown(got)})",
-        "int_from_float": f"must be a whole number (got {shown(got)})",
-        "float_parsing": f"must be a number (got {shown(got)})",
-        "float_type": f"must be a number (got {shown(got)})",
-        "path_type": f"must be a path, written as text (got {shown(got)})",
-        "list_type": f"must be a list, e.g. [a, b] or one `- item` per line (got {shown(got)})",
-        "model_type": f"must be a block of `field: value` lines (got {shown(got)})",
-        "model_attributes_type": f"must be a block of `field: value` lines (got {shown(got)})",
-        "dict_type": f"must be a block of `field: value` lines (got {shown(got)})",
-        "string_pattern_mismatch": f"is not written as expected (got {shown(got)}; the form: {ctx.get('pattern')})",
-        "extra_forbidden": "unknown field (check the spelling)",
+    # each wording made only when it is the one: the value may be huge (a YAML alias bomb), so none is
+    # formatted in vain
+    messages: dict[str, Callable[[], str]] = {
+        "missing": lambda: "is required",
+        "finite_number": lambda: not_finite(got),
+        "greater_than_equal": lambda: f"must be at least {_bound(ctx.get('ge'))} (got {shown(got)})",
+        "less_than_equal": lambda: f"must be at most {_bound(ctx.get('le'))} (got {shown(got)})",
+        "greater_than": lambda: f"must be more than {_bound(ctx.get('gt'))} (got {shown(got)})",
+        "less_than": lambda: f"must be less than {_bound(ctx.get('lt'))} (got {shown(got)})",
+        "enum": lambda: f"must be one of {ctx.get('expected')} (got {shown(got)})",
+        "literal_error": lambda: f"must be one of {ctx.get('expected')} (got {shown(got)})",
+        "string_too_short": lambda: "must not be empty",
+        "string_too_long": lambda: f"must be at most {ctx.get('max_length')} characters",
+        "too_short": lambda: f"must have at least {ctx.get('min_length')} entr(y/ies)",
+        "too_long": lambda: f"must have at most {ctx.get('max_length')} entries (got {ctx.get('actual_length')})",
+        "string_type": lambda: f"must be text (got {shown(got)}); put it in quotes",
+        "bool_parsing": lambda: f"must be true or false (got {shown(got)})",
+        "bool_type": lambda: f"must be true or false (got {shown(got)})",
+        "int_parsing": lambda: f"must be a whole number (got {shown(got)})",
+        "int_type": lambda: f"must be a whole number (got {shown(got)})",
+        "int_from_float": lambda: f"must be a whole number (got {shown(got)})",
+        "float_parsing": lambda: f"must be a number (got {shown(got)})",
+        "float_type": lambda: f"must be a number (got {shown(got)})",
+        "path_type": lambda: f"must be a path, written as text (got {shown(got)})",
+        "list_type": lambda: f"must be a list, e.g. [a, b] or one `- item` per line (got {shown(got)})",
+        "model_type": lambda: f"must be a block of `field: value` lines (got {shown(got)})",
+        "model_attributes_type": lambda: f"must be a block of `field: value` lines (got {shown(got)})",
+        "dict_type": lambda: f"must be a block of `field: value` lines (got {shown(got)})",
+        "string_pattern_mismatch": lambda: (f"is not written as expected (got {shown(got)}; the form: "
+                                            f"{ctx.get('pattern')})"),
+        "extra_forbidden": lambda: "unknown field (check the spelling)",
     }
     if kind in messages:
-        return messages[kind]
+        return messages[kind]()
     return str(error["msg"]).removeprefix("Value error, ")
 
 
