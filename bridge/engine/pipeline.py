@@ -16,7 +16,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +31,15 @@ from bridge.audio.source import (
     source_sha256,
 )
 from bridge.common.cost import PriceTable
-from bridge.common.errors import BridgeError, Cancelled, JobFailed, ServiceError, SourceError, SubmitUncertain
+from bridge.common.errors import (
+    BridgeError,
+    Cancelled,
+    JobFailed,
+    ServiceError,
+    SourceChanged,
+    SourceError,
+    SubmitUncertain,
+)
 from bridge.common.jobs import JobState
 from bridge.common.loopback import is_loopback_url
 from bridge.common.processes import remove_left_behind
@@ -331,17 +339,25 @@ class _Run:
         self.hooks.service_log(line)
 
     def _wait(self, handle: RequestHandle, on_status: Callable[[QueueStatus], None]) -> None:
-        try:
-            self.p.client.wait(handle, on_status=on_status, cancelled=self.hooks.cancelled,
-                               poll_interval=self.p.poll_interval, use_stream=self.p.use_stream)
-        except Cancelled:
-            self.p.client.cancel(handle)
-            raise
-        except JobFailed:
-            if self.hooks.cancelled() or self.hooks.cancel_requested():  # the request was cancelled at the
-                # service for the user (here or by another machine, before this one saw the cancel): it ended there
-                raise Cancelled("Cancelled.") from None
-            raise
+        changed = _SourceWatch(self.request.source, self.source_fingerprint)
+        with _cancel_when(changed, lambda: self.p.client.cancel(handle)):
+            try:
+                self.p.client.wait(handle, on_status=on_status, cancelled=self.hooks.cancelled,
+                                   poll_interval=self.p.poll_interval, use_stream=self.p.use_stream)
+            except Cancelled:
+                self.p.client.cancel(handle)
+                raise
+            except JobFailed:
+                if self.hooks.cancelled() or self.hooks.cancel_requested():  # the request was cancelled at the
+                    # service for the user (here or by another machine, before this one saw the cancel)
+                    raise Cancelled("Cancelled.") from None
+                if changed.seen:  # cancelled by the watch below
+                    raise SourceChanged(
+                        f"The source {self.request.source} changed while the service worked on it (was it still "
+                        "being copied or rendered?): the request was cancelled at the service.",
+                        hint="The file as it is now is separated as a job of its own (hot folders), or retry the "
+                        "job once the file is final.") from None
+                raise
         if self.hooks.cancelled():
             self.p.client.cancel(handle)
             raise Cancelled("Cancelled.")
@@ -406,6 +422,45 @@ class _Run:
             manifest_for)
         return JobResult(stems=finals, manifest=manifest_path, flags=flags, steps=self.steps,
                          estimated_cost=cost, timings=self.timings)
+
+
+@contextlib.contextmanager
+def _cancel_when(changed: _SourceWatch, cancel: Callable[[], object]) -> Iterator[None]:
+    """While a request waits, look at the user's file once a second; when it changed, cancel the request at
+    the service: its results would belong to the old audio (a copy taken early, a render still under way),
+    and fal bills only what completes. On its own thread: a status stream may stay silent for minutes."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            if changed():
+                try:
+                    cancel()
+                except Exception as exc:  # the wait itself says what the service answered
+                    log.info("cancelling a request whose source changed: %s", exc)
+                return
+
+    thread = threading.Thread(target=watch, name="source-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+class _SourceWatch:
+    """Whether the user's file changed since it was read."""
+
+    def __init__(self, path: Path, fingerprint: tuple[int, int]) -> None:
+        self.path, self.fingerprint, self.seen = path, fingerprint, False
+
+    def __call__(self) -> bool:
+        if self.seen or self.fingerprint == (0, 0):
+            return self.seen
+        with contextlib.suppress(OSError):  # gone: said in words where the file is read next
+            self.seen = file_fingerprint(self.path) != self.fingerprint
+        return self.seen
 
 
 def file_fingerprint(path: Path) -> tuple[int, int]:

@@ -187,8 +187,11 @@ def test_a_waiting_job_is_not_blocked_by_its_own_budget_reservation(make_engine,
     assert view is not None and view.state == JobState.done, view
 
 
-def test_retry_after_a_local_failure_fetches_the_result_instead_of_paying(
+def test_a_file_edited_mid_job_has_its_request_cancelled_and_a_retry_pays_once_in_all(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The request made from the audio as it was is cancelled at the service as soon as the edit is seen
+    (fal bills only what completes); the retry of the file as restored sends it anew: one billed result in
+    all, as when the first request was left to complete and fetched again."""
     from bridge.cli import main
     from bridge.fal.auth import ApiKey
     from bridge.local_service import LocalFalService
@@ -208,13 +211,16 @@ def test_retry_after_a_local_failure_fetches_the_result_instead_of_paying(
             wait_for(lambda: slow.stats()["running"] == 1, what="the service to run it")
             source.write_bytes(original[:-100] + bytes(100))  # the user edits the file mid-job
             wait_for(lambda: finished(engine, job), what="the job to fail")
-            assert (engine.get(job) or object()).state == JobState.failed  # type: ignore[attr-defined]
+            view = engine.get(job)
+            assert view is not None and view.state == JobState.failed
+            assert "changed while the service worked on it" in (view.error or "")
+            assert (slow.stats()["cancels"], slow.stats()["completed"]) == (1, 0)  # nothing billed for it
             source.write_bytes(original)
             assert main(["retry", job]) == 0
-            assert "asked for again, at no cost" in capsys.readouterr().out
+            assert "queued again" in capsys.readouterr().out
             wait_for(lambda: finished(engine, job), what="the retried job")
             assert (engine.get(job) or object()).state == JobState.done  # type: ignore[attr-defined]
-            assert slow.stats()["submits"] == 1  # the accepted request was fetched again, not paid again
+            assert (slow.stats()["submits"], slow.stats()["completed"]) == (2, 1)  # one billed result in all
         finally:
             engine.stop()
             journal.close()
@@ -531,3 +537,35 @@ def test_retry_resubmit_forgets_the_requests_a_plain_retry_asks_again(
     assert list(journal.handles(jobs["plain"])[0]) == [0]
     assert journal.handles(jobs["resubmit"])[0] == {}
     journal.close()
+
+
+@pytest.mark.parametrize("use_stream", [False, True], ids=["polling", "streaming"])
+def test_a_source_changed_while_the_service_works_cancels_its_request_there(tmp_path: Path, use_stream: bool) -> None:
+    """A copy that paused longer than its settle window was taken early; the rest arrived while the service
+    worked. The job failed only at conform, after the early request had completed (and been charged); the
+    request is now cancelled at the service as soon as the change is seen, and the job fails saying so."""
+    from bridge.fal.auth import ApiKey
+    from bridge.local_service import LocalFalService
+    from tests.conftest import FAST_RETRY, TEST_KEY
+
+    with LocalFalService(key=TEST_KEY, job_time=8.0) as slow, FalClient(
+            ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
+        journal = Journal(tmp_path / "j.sqlite")
+        engine = JobEngine(journal, Pipeline(client, poll_interval=0.1, use_stream=use_stream),
+                           PresetLibrary([("built-in", builtin_presets_dir())]),
+                           EngineSettings(workroot=tmp_path / "work", rescan_interval=0.1))
+        try:
+            engine.start()
+            source = make_source(tmp_path / "a.wav", seconds=0.3)
+            job = engine.submit(SeparationRequest(source=source, prompt="piano", output_dir=tmp_path / "out"))
+            wait_for(lambda: slow.stats()["running"] >= 1, what="the service to work on it")
+            make_source(source, seconds=0.6)  # the rest of the copy arrives
+            wait_for(lambda: (engine.get(job) or object()).state.finished,  # type: ignore[attr-defined]
+                     timeout=6.0, what="the job to end before the service would have finished")
+            view = engine.get(job)
+            assert view is not None and view.state == JobState.failed
+            assert "changed while the service worked on it" in (view.error or "")
+            assert slow.stats()["cancels"] == 1 and slow.stats()["completed"] == 0  # nothing to be billed for
+        finally:
+            engine.stop()
+            journal.close()
