@@ -197,7 +197,8 @@ def test_a_file_edited_mid_job_has_its_request_cancelled_and_a_retry_pays_once_i
     from bridge.local_service import LocalFalService
     from tests.conftest import FAST_RETRY, TEST_KEY
 
-    with LocalFalService(key=TEST_KEY, job_time=1.0) as slow, FalClient(
+    # the service works long enough for the once-a-second look at the file to see the edit first
+    with LocalFalService(key=TEST_KEY, job_time=5.0) as slow, FalClient(
             ApiKey(TEST_KEY), queue_url=slow.url, rest_url=slow.url, retry=FAST_RETRY) as client:
         monkeypatch.setenv("SAM_BRIDGE_STATE_DIR", str(tmp_path))
         journal = Journal(tmp_path / "journal.sqlite")  # the one `sam-bridge retry` reads

@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -450,6 +451,7 @@ def test_launchd_leaves_an_exit_a_restart_cannot_cure_alone(tmp_path: Path) -> N
     proc = subprocess.Popen(start_line("term"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        time.sleep(0.5)  # the shell is waiting for the daemon by now (a CI run once hung with the signal sent at once)
         proc.terminate()  # launchd signals the job's own process: the shell
         out, err = proc.communicate(timeout=30)
     finally:
