@@ -218,10 +218,7 @@ def append_chunks(wav_path: Path, bext: bytes | None, ixml: bytes | None) -> Non
     if not new_bytes:
         return
     layout = inspect_container(wav_path)
-    if layout.kind == "W64":
-        _append_w64_chunks(wav_path, layout, bext, ixml)
-        return
-    if layout.kind not in ("RIFF", "RF64"):
+    if layout.kind not in ("RIFF", "RF64", "W64"):
         raise ValueError(f"{wav_path.name} is not a RIFF/RF64/W64 file")
     data = layout.chunk("data")
     if data is None:
@@ -229,6 +226,9 @@ def append_chunks(wav_path: Path, bext: bytes | None, ixml: bytes | None) -> Non
     present = [c.id for c in layout.chunks if c.id in ("bext", "iXML")]
     if present:
         raise ValueError(f"{wav_path.name} already has {', '.join(present)}")
+    if layout.kind == "W64":
+        _append_w64_chunks(wav_path, layout, data, bext, ixml)
+        return
     grow = len(new_bytes)
     with open(wav_path, "r+b") as f:
         if layout.kind == "RIFF":
@@ -260,15 +260,10 @@ def _w64_chunk(chunk_id: bytes, payload: bytes) -> bytes:
     return chunk_id + _W64_FOURCC_TAIL + struct.pack("<Q", size) + payload + bytes(-size % 8)
 
 
-def _append_w64_chunks(path: Path, layout: ContainerLayout, bext: bytes | None, ixml: bytes | None) -> None:
+def _append_w64_chunks(path: Path, layout: ContainerLayout, data: Chunk, bext: bytes | None,
+                       ixml: bytes | None) -> None:
     """`bext` and `iXML` before the `data` chunk of a Wave64 file, as in a WAV: libsndfile reads a Wave64
     file's audio up to the end of the file, so a chunk after `data` would become noise at the stem's end."""
-    data = layout.chunk("data")
-    if data is None:
-        raise ValueError(f"{path.name} has no data chunk")
-    present = [c.id for c in layout.chunks if c.id in ("bext", "iXML")]
-    if present:
-        raise ValueError(f"{path.name} already has {', '.join(present)}")
     new_bytes = b"".join(_w64_chunk(chunk_id, payload) for chunk_id, payload in ((b"bext", bext), (b"iXML", ixml))
                          if payload is not None)
     with open(path, "r+b") as f:
