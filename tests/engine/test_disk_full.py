@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.common.jobs import JobState
+from bridge.common.jobs import JobState, JobView
 from bridge.common.request import Origin, SeparationRequest
 from bridge.engine.engine import EngineSettings, JobEngine
 from bridge.engine.journal import Journal
@@ -68,6 +68,15 @@ def started_engine(client: FalClient, state: Path, *, dedupe: bool) -> JobEngine
     return engine
 
 
+def done_where_there_is_room(engine: JobEngine, source: Path, roomy: Path) -> JobView:
+    """A first job whose stems land on a disk with room (their sizes are what the tests measure)."""
+    first = engine.submit(SeparationRequest(source=source, prompt="bass guitar", output_dir=roomy, origin=Origin.cli))
+    wait_for(lambda: engine.get(first).state.finished, what="the first job")  # type: ignore[union-attr]
+    view = engine.get(first)
+    assert view is not None and view.state == JobState.done, view
+    return view
+
+
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
@@ -79,11 +88,7 @@ def test_a_full_disk_at_each_stage_leaves_nothing_and_the_retry_is_free(client: 
         source = make_source(tmp_path / "take.wav", seconds=2.0)
         roomy = tmp_path / "roomy"
         # the stem sizes, measured: one run where there is room
-        first = engine.submit(SeparationRequest(source=source, prompt="bass guitar", output_dir=roomy,
-                                                origin=Origin.cli))
-        wait_for(lambda: engine.get(first).state.finished, what="the first job")  # type: ignore[union-attr]
-        view = engine.get(first)
-        assert view is not None and view.state == JobState.done, view
+        view = done_where_there_is_room(engine, source, roomy)
         stem_pages = sum(pages(Path(p).stat().st_size) for p in view.stems.values())
         out = tiny_disk / "Stems"
         figures = []
@@ -182,11 +187,7 @@ def test_a_full_disk_while_copying_earlier_stems_leaves_no_stem_without_its_mani
     engine = started_engine(client, tmp_path / "state", dedupe=True)
     try:
         source = make_source(tmp_path / "take.wav", seconds=2.0)
-        first = engine.submit(SeparationRequest(source=source, prompt="bass guitar", output_dir=tmp_path / "roomy",
-                                                origin=Origin.cli))
-        wait_for(lambda: engine.get(first).state.finished, what="the first job")  # type: ignore[union-attr]
-        view = engine.get(first)
-        assert view is not None and view.state == JobState.done, view
+        view = done_where_there_is_room(engine, source, tmp_path / "roomy")
         submits = service.stats()["submits"]
         fill_leaving(tiny_disk, sum(pages(Path(p).stat().st_size) for p in view.stems.values()))
         out = tiny_disk / "Stems"
