@@ -82,6 +82,27 @@ def test_config_errors_name_file_line_and_field(user_dirs, text: str, expected: 
     assert str(path) + expected in str(err.value)
 
 
+@pytest.mark.parametrize(("system", "wording"), [("posix", "starting with / or ~,"),
+                                                  ("nt", "starting with a drive letter like C:\\ (or ~),")])
+def test_the_full_path_message_names_this_systems_kind_of_full_path(
+    user_dirs, monkeypatch: pytest.MonkeyPatch, system: str, wording: str
+) -> None:
+    """On Windows a path starting with / is not a full one: telling a Windows user to start with / led them
+    to another refusal. Only the module's view of the system changes (pathlib's own must stay POSIX here)."""
+    from types import SimpleNamespace
+
+    import bridge.common.config as config_module
+
+    monkeypatch.setattr(config_module, "os", SimpleNamespace(**{**vars(os), "name": system}))
+    path = user_dirs["config"] / "config.yaml"
+    path.write_text("hot_folders:\n  - path: stems/in\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"hot_folders.0.path: should be a full path, {wording} got 'stems/in'" in str(err.value)
+    if system == "nt":
+        assert "starting with /" not in str(err.value)
+
+
 def test_run_with_a_bad_config_exits_with_the_message(user_dirs) -> None:
     path = user_dirs["config"] / "config.yaml"
     path.write_text("daily_budget: -5\n")

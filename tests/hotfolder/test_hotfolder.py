@@ -428,6 +428,31 @@ def test_a_dead_watchers_claim_is_taken_over_after_it_expires(
     assert second.sources() == ["orphan.wav"]
 
 
+@pytest.mark.parametrize("how", ["marker removed", "folder deleted"])
+def test_a_lost_claim_says_why_in_the_log(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher], caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """The log line of a claim that could not be renewed tells a user which of the two it was: blaming
+    another sam-bridge for a folder the user deleted sent people looking for a second daemon."""
+    sink = RecordingSink()  # the job stays unfinished: its claim is renewed every heartbeat
+    run_watcher(sink, [folder(hot)], claim_ttl=0.6)
+    drop(hot / "held.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the job")
+    caplog.set_level(logging.WARNING, logger="bridge")
+    if how == "folder deleted":
+        for path in sorted(hot.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()
+        hot.rmdir()
+        expected = "lost the claim on held.wav: its folder is gone (deleted or moved?)"
+    else:
+        for marker in (hot / ".sam-bridge" / "claims").iterdir():
+            marker.unlink()
+        expected = "lost the claim on held.wav: its claim marker was taken over by another sam-bridge or removed"
+    wait_until(lambda: any(expected in record.getMessage() for record in caplog.records), "the lost-claim line")
+    other = "its claim marker" if how == "folder deleted" else "its folder is gone"
+    assert not any(other in record.getMessage() for record in caplog.records)
+
+
 def test_own_stems_inside_the_hot_folder_are_never_taken(
     hot: Path, run_watcher: Callable[..., HotFolderWatcher]
 ) -> None:
