@@ -55,12 +55,12 @@ two frames of a pair share α, γ and g, which halves the cost of the statistics
   the notes, falls to nothing. So the least unexplained side power over seconds, beyond k × the least mid
   power, is sound that cancels in the mono mix (minimum statistics, as noise estimators track a noise
   floor), and the U term keeps only what rises above it. β = 6 because a minimum is well below the mean of
-  what it tracks: the soundfont pad's power in a bin swings 2.5-25× over 4 s. k = 8, above r₀, leaves
+  what it tracks: the soundfont pad's power in a bin averages 2.5-25× its minimum over 4 s. k = 8, above r₀, leaves
   alone steady wide sound that the gates pass (a stereo noise bed: with k = 2 its minima crossed in 6 % of
-  the bins and a test's target fell 40 → 19 dB). In the bench's busy piece the pad's share in the residual
+  the bins and a test's target fell 39 → 19 dB). In the bench's busy piece the pad's share in the residual
   rose 59.9 → 79.7 % (low band), 69.3 → 85.7 (voice), 58.0 → 75.3 (mid), 56.2 → 83.1 (full), over the bass
-  alone 77.1 → 91.5 (low), 84.4 → 95.2 (voice), 76.7 → 93.6 (full), the mixes' SDR unchanged (they have
-  no such floor) and +5 % CPU. The price: where a kept instrument's wide part is much louder than the
+  alone 77.1 → 91.5 (low), 84.4 → 95.2 (voice), 76.7 → 93.6 (full), the mixes' SDR unchanged (every mix
+  row the same to the digit) and +5 % CPU. The price: where a kept instrument's wide part is much louder than the
   floor under it, the subtraction takes some of it (a pure-tone pad 26 dB under wide notes of its pitches:
   that target 21 → 18 dB against the ideal, while a pad as loud as them gains 2 dB); and while a note
   holds the pad's pitch through the whole window (the bench's strings hold E4 for 4 s) the mid never
