@@ -12,6 +12,8 @@ Float32Array = NDArray[np.float32]
 
 OPPOSED = 6.0  # r₀: deviation power per extra channel, in units of the mid's, where the gate starts closing
 OPPOSED_LONG = 5.0  # r₁: the same over the long window (a piece of frames, the last piece and LOOK ahead)
+STEADY_MID = 8.0  # k: a floor of the unexplained deviation power within k × the mid's floor is not steady
+STEADY_OVER = 6.0  # β: the U term is kept by (1 − β·e / u)², e the steady floor, u the power over ±4 frames
 COHERENT = 0.5  # c₀²: squared coherence from which a pan (or the residual's share) is fully trusted
 RESIDUAL_FLOOR = 1e-6  # a residual this much weaker than the deviation (float rounding) explains none of it
 EPS = np.float32(1e-30)  # keeps digital silence (all powers 0) from dividing by zero
@@ -75,9 +77,32 @@ def smooth_bins(values: Float32Array, out: Float32Array) -> Float32Array:
     return out
 
 
-def gates(timed: Float32Array, used: int, channels: int) -> Float32Array:
-    """g = min(1, r₀ / r)² from the statistics summed over frames only (a pad's partials are a bin wide)."""
+def gates(timed: Float32Array, used: int, channels: int) -> tuple[Float32Array, Float32Array]:
+    """g = min(1, r₀ / r)² from the statistics summed over frames only (a pad's partials are a bin wide), and
+    the unexplained deviation power u = mean_c Σₜ|D_c − α_c·M|² it was computed from."""
     return _gate(timed[0], timed[1], timed[5::4], timed[6::4], used, channels, OPPOSED)
+
+
+def piece_floors(unexplained: Float32Array, power_mid: Float32Array) -> Float32Array:
+    """The least unexplained deviation power and the least mid power over a piece's pairs of frames (axis 0):
+    (2, bins), what the steady floor of this piece and the next two is taken from."""
+    return np.stack((unexplained.min(axis=0), power_mid.min(axis=0)))
+
+
+def steady_weights(unexplained: Float32Array, floors: Float32Array, channels: int) -> Float32Array:
+    """f = max(0, 1 − β·e / u)², e = max(0, min u − k · (C − 1) · min Σₜ|M|²) over the window `floors`
+    covers: the deviation power that never went away while the mid did, taken off what no pan explains."""
+    steady = floors[1] * np.float32(-STEADY_MID * (channels - 1))
+    steady += floors[0]
+    np.maximum(steady, 0.0, out=steady)
+    steady *= np.float32(STEADY_OVER)
+    # 1 − β·e / max(u, β·e): exactly 1 where no steady floor (e = 0), 0 where u is no more than β·e
+    weight: Float32Array = np.maximum(unexplained, steady)
+    weight += EPS
+    np.divide(steady, weight, out=weight)
+    np.subtract(1.0, weight, out=weight)
+    weight *= weight
+    return weight
 
 
 def long_sums(summed: Float32Array) -> Float32Array:
@@ -88,22 +113,22 @@ def long_sums(summed: Float32Array) -> Float32Array:
 
 def long_gates(sums: Float32Array, used: int, channels: int) -> Float32Array:
     """g₁ = min(1, r₁ / r)², r over the long window (rows: see long_sums): one per bin."""
-    return _gate(sums[0], sums[1], sums[2 : 2 + used], sums[2 + used :], used, channels, OPPOSED_LONG)
+    return _gate(sums[0], sums[1], sums[2 : 2 + used], sums[2 + used :], used, channels, OPPOSED_LONG)[0]
 
 
 def _gate(power_mid: Float32Array, power_dev: Float32Array, x_re: Float32Array, x_im: Float32Array, used: int,
-          channels: int, opposed: float) -> Float32Array:
+          channels: int, opposed: float) -> tuple[Float32Array, Float32Array]:
     explained = _mean_power(x_re, x_im, used)
     explained /= power_mid + EPS
     trust = np.minimum(1.0, explained / (COHERENT * power_dev + EPS))
     trust *= trust
-    unexplained = power_dev - trust * (2.0 - trust) * explained
+    unexplained: Float32Array = np.subtract(power_dev, trust * (2.0 - trust) * explained, dtype=np.float32)
     allowed = opposed * (channels - 1) * power_mid
     # min(1, r₀ / r) without overflow, and 1 where there is nothing at all (digital silence over the whole
     # window: 0 / 0 read as 0 closed the gate on a sound starting where the long window does not reach)
     gate: Float32Array = (allowed + EPS) / (np.maximum(unexplained, allowed) + EPS)
     gate *= gate
-    return gate
+    return gate, unexplained
 
 
 def pans(stats: Float32Array, used: int) -> tuple[Float32Array, Float32Array, Float32Array, Float32Array]:

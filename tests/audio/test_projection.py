@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.signal
 
 from bridge.audio.projection import MaskProjector, describe
 from bridge.local_service.separator import FULL, HIGH, MID, VOICE, Band, _zero_phase_blocks, band_filter
@@ -268,6 +269,30 @@ def test_an_anti_phase_pad_under_rare_hits_goes_to_the_residual_between_and_duri
     assert _pad_share_in_residual(np.stack([hits, hits], axis=1), pad, FULL) > 0.97
 
 
+def test_an_anti_phase_pad_under_wide_notes_of_its_own_pitches_goes_to_the_residual() -> None:
+    """A pad, L = p, R = −p, under notes of the same pitches that sound 1 s in every 1.5 s, wide (each
+    channel's own narrow-band noise around the note beside a centred tone). While a note sounds its mid hides
+    the pad from the short gate, and over the long window the notes' mid outweighs it too; but the side never
+    falls below the pad's while the mid falls to nothing between the notes: that steady floor is taken off
+    the U term. Measured 45 % in the residual without it, 66 % with it."""
+    seconds, notes = 8.0, (262, 330, 392)
+    count = round(seconds * RATE)
+    pad = sum(tone(RATE, seconds, f, 0.05) for f in notes)
+    envelope = np.zeros(count)
+    length = RATE
+    for start in np.arange(0.0, seconds, 1.5):
+        at = int(start * RATE)
+        envelope[at : at + length] = np.hanning(length)[: count - at]
+    wide = np.zeros((count, 2))
+    for index, f in enumerate(notes):
+        sos = scipy.signal.butter(2, (0.98 * f, 1.02 * f), "bandpass", fs=RATE, output="sos")
+        for channel in range(2):
+            wide[:, channel] += scipy.signal.sosfilt(sos, noise(RATE, seconds, seed=3 + 10 * channel + index))
+    centre = sum(tone(RATE, seconds, 1.002 * f, 1.0) for f in notes)
+    bed = 0.1 * envelope[:, None] * (centre[:, None] / np.std(centre) + 0.7 * wide / np.std(wide))
+    assert _pad_share_in_residual(bed, pad, FULL) > 0.6
+
+
 def _delayed(signal: np.ndarray, samples: float) -> np.ndarray:
     """`signal` later by a fraction of a sample (a phase ramp): a result read at a rate a hair off."""
     spectrum = np.fft.rfft(signal)
@@ -303,6 +328,6 @@ def test_rejects_a_hop_that_does_not_divide_the_frame() -> None:
 
 def test_description_says_what_was_done() -> None:
     assert describe(1).startswith("direct")
-    assert describe(2).startswith("mid-exact") and "4096/2048" in describe(2)
+    assert describe(2).startswith("mid-exact") and "4096/2048" in describe(2) and "steady floor" in describe(2)
     assert describe(2, mid_from_source=True).startswith("source-phase")
     assert describe(1, mid_from_source=True) == describe(1)
