@@ -7,8 +7,9 @@ committed; the client sees a broken connection and cannot tell whether it did.
 Frozen (`freeze()`), it models a peer that stops answering while the kernel keeps the connection open (the
 server's host lost, a cable pulled, a NAT that dropped the connection's state, a server frozen): the bytes
 of either side stay where they are, nothing is relayed and nothing is closed, so a client waits for an
-answer that never comes. New connections are accepted and held the same way. `thaw()` relays again (what
-was held first).
+answer that never comes. New connections are accepted and held the same way. `freeze_at(needle)` freezes
+when a message holding `needle` comes from the client (held too): the server goes silent mid-conversation.
+`thaw()` relays again (what was held first).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class LossyProxy:
         self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
         self._needle: bytes | None = None
+        self._freeze_needle: bytes | None = None
         self._thawed = threading.Event()
         self._thawed.set()
         self.cut = 0  # answers lost so far
@@ -48,6 +50,11 @@ class LossyProxy:
         """From now on nothing is relayed, on any connection, and none is closed (see the module's docstring)."""
         self._thawed.clear()
 
+    def freeze_at(self, needle: bytes) -> None:
+        """Freeze when the next message holding `needle` (on any connection) comes, before it is relayed."""
+        with self._lock:
+            self._freeze_needle = needle
+
     def thaw(self) -> None:
         self._thawed.set()
 
@@ -55,6 +62,14 @@ class LossyProxy:
         with self._lock:
             if self._needle is not None and self._needle in chunk:
                 self._needle = None
+                return True
+            return False
+
+    def _freezes_at(self, chunk: bytes) -> bool:
+        with self._lock:
+            if self._freeze_needle is not None and self._freeze_needle in chunk:
+                self._freeze_needle = None
+                self._thawed.clear()
                 return True
             return False
 
@@ -95,6 +110,10 @@ class LossyProxy:
                     chunk = client.recv(65536)
                     if not chunk:
                         return
+                    if self._freezes_at(chunk):  # held until thawed
+                        self._thawed.wait()
+                        if self._stopped:
+                            return
                     if not cutting and self._take_needle(chunk):
                         cutting = True  # psycopg sent it and waits: the server's next bytes answer it
                         answer = b""
