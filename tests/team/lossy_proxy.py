@@ -2,7 +2,15 @@
 real: armed with a needle (a statement's text), it watches the connection that sends it until the server
 ends that statement's transaction (a ReadyForQuery saying "idle": the COMMIT of a transaction, or the
 statement itself in autocommit), swallows that answer and cuts both connections. The server has
-committed; the client sees a broken connection and cannot tell whether it did."""
+committed; the client sees a broken connection and cannot tell whether it did.
+
+Frozen (`freeze()`), it models a peer that stops answering while the kernel keeps the connection open (the
+server's host lost, a cable pulled, a NAT that dropped the connection's state, a server frozen): the bytes
+of either side stay where they are, nothing is relayed and nothing is closed, so a client waits for an
+answer that never comes. New connections are accepted and held the same way. `freeze_at(needle)` freezes
+when a message holding `needle` comes from the client (held too): the server goes silent mid-conversation.
+`thaw()` relays again (what was held first).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +28,9 @@ class LossyProxy:
         self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
         self._needle: bytes | None = None
+        self._freeze_needle: bytes | None = None
+        self._thawed = threading.Event()
+        self._thawed.set()
         self.cut = 0  # answers lost so far
         self._stopped = False
         self._sockets: list[socket.socket] = []
@@ -35,6 +46,18 @@ class LossyProxy:
         with self._lock:
             self._needle = needle
 
+    def freeze(self) -> None:
+        """From now on nothing is relayed, on any connection, and none is closed (see the module's docstring)."""
+        self._thawed.clear()
+
+    def freeze_at(self, needle: bytes) -> None:
+        """Freeze when the next message holding `needle` (on any connection) comes, before it is relayed."""
+        with self._lock:
+            self._freeze_needle = needle
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
     def _take_needle(self, chunk: bytes) -> bool:
         with self._lock:
             if self._needle is not None and self._needle in chunk:
@@ -42,8 +65,17 @@ class LossyProxy:
                 return True
             return False
 
+    def _freezes_at(self, chunk: bytes) -> bool:
+        with self._lock:
+            if self._freeze_needle is not None and self._freeze_needle in chunk:
+                self._freeze_needle = None
+                self._thawed.clear()
+                return True
+            return False
+
     def close(self) -> None:
         self._stopped = True
+        self._thawed.set()
         for sock in [self._listener, *self._sockets]:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked on it
@@ -68,11 +100,20 @@ class LossyProxy:
         answer = b""  # the server's messages since the armed message (from a message boundary)
         try:
             while True:
-                readable, _, _ = select.select([client, server], [], [])
+                self._thawed.wait()
+                if self._stopped:
+                    return
+                readable, _, _ = select.select([client, server], [], [], 0.05)  # a freeze takes effect at once
+                if not self._thawed.is_set():
+                    continue  # frozen meanwhile: what is readable stays unread
                 if client in readable:
                     chunk = client.recv(65536)
                     if not chunk:
                         return
+                    if self._freezes_at(chunk):  # held until thawed
+                        self._thawed.wait()
+                        if self._stopped:
+                            return
                     if not cutting and self._take_needle(chunk):
                         cutting = True  # psycopg sent it and waits: the server's next bytes answer it
                         answer = b""

@@ -9,7 +9,8 @@ owner, so of a taker and a late original exactly one submits. Times that decide 
 own (`now()`), so the machines' clocks may disagree.
 
 While the database is unreachable every journal call waits (and says so once): jobs pause at their next
-journal write, nothing new is claimed, and all carry on when it is back.
+journal write, nothing new is claimed, and all carry on when it is back. A server that goes silent (its host
+lost, the network cut) is unreachable too: every wait for it ends within `statement_bound(lease)` (deadline.py).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from bridge.engine.journal.base import (
     job_row,
     state_columns,
 )
+from bridge.engine.journal.deadline import BoundedConnection, Watchdog, statement_bound, tcp_parameters
 
 log = logging.getLogger(__name__)
 
@@ -152,16 +154,21 @@ class PostgresJournal(JobJournal):
         self._outage_lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self.statement_bound = statement_bound(lease)  # every wait for the server ends within it
+        self._tcp = tcp_parameters(dsn, self.statement_bound)
+        self._watchdog = Watchdog(self.statement_bound)
         PoolLogMask.guard(dsn)
-        self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
+        self._pool: ConnectionPool[BoundedConnection] = ConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
             kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(1, int(connect_timeout)),
-                    "application_name": f"sam-bridge {instance}"[:63]},
+                    "application_name": f"sam-bridge {instance}"[:63], **self._tcp},
+            connection_class=BoundedConnection, configure=self._watchdog.watch,
             name="sam-bridge-journal", reconnect_timeout=0)
         try:
             self._setup()
         except BaseException as exc:
             self._pool.close()
+            self._watchdog.stop()
             if isinstance(exc, psycopg.Error):
                 raise self._refused(exc) from None
             raise
@@ -280,6 +287,7 @@ class PostgresJournal(JobJournal):
                          mask_password(_first_line(exc), self._dsn))
         self._closed = True
         self._pool.close()
+        self._watchdog.stop()
 
     # -- schema -------------------------------------------------------------------------------------
 
@@ -388,15 +396,20 @@ class PostgresJournal(JobJournal):
     def _beat(self) -> None:
         """Renew the lease on a connection of its own: after a database outage the pool may hand out
         connections only seconds later (a caller waits its timeout), longer than a lease, and the others
-        would take this live daemon's jobs meanwhile."""
+        would take this live daemon's jobs meanwhile. A renewal the server does not answer within the
+        statement bound is an outage too (said, its connection dropped); after a failed one the next try
+        comes after the outage's pause rather than a full interval, so it may still renew in time."""
         interval = max(0.2, self.lease / 3)
-        conn: psycopg.Connection[Any] | None = None
+        pause = interval
+        conn: BoundedConnection | None = None
         try:
-            while not self._stop.wait(interval):
+            while not self._stop.wait(pause):
                 try:
                     if conn is None or conn.closed:
-                        conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout,
-                                               application_name=f"sam-bridge {self.instance} heartbeat"[:63])
+                        conn = BoundedConnection.connect(
+                            self._dsn, autocommit=True, connect_timeout=self._connect_timeout,
+                            application_name=f"sam-bridge {self.instance} heartbeat"[:63], **self._tcp)
+                        self._watchdog.watch(conn)
                     self._counted(1)
                     conn.execute("UPDATE daemons SET heartbeat=now(), stopped=false WHERE instance=%s",
                                  (self.instance,))
@@ -404,8 +417,10 @@ class PostgresJournal(JobJournal):
                     if conn is not None:
                         conn.close()
                     conn = None
-                    self._outage(exc)
+                    self._outage(exc)  # (it pauses 0.5 s)
+                    pause = 0.0
                     continue
+                pause = interval
                 self._back()
         finally:
             if conn is not None:

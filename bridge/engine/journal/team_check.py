@@ -11,6 +11,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bridge.common.database import mask_password, redact
+from bridge.engine.journal.deadline import BoundedConnection, Watchdog, tcp_parameters
 from bridge.engine.journal.postgres import ALIVE, TABLES, VERSION
 
 SKEW_WARN = 2.0  # seconds: job ages and the budget's midnight use this machine's clock
@@ -23,21 +24,27 @@ class Finding:
 
 
 def check_team(dsn: str, lease: float, timeout: float = 5.0) -> list[Finding]:
+    """`timeout` bounds the connecting and each answer (a silent server: deadline.py)."""
     where = redact(dsn)
     try:
-        conn = psycopg.connect(dsn, connect_timeout=max(1, int(timeout)), autocommit=True, row_factory=dict_row)
+        conn = BoundedConnection.connect(dsn, connect_timeout=max(1, int(timeout)), autocommit=True,
+                                         row_factory=dict_row, **tcp_parameters(dsn, timeout))
     except psycopg.Error as exc:
         text = mask_password((str(exc).strip().splitlines() or [type(exc).__name__])[0], dsn)  # libpq quotes it
         return [Finding(False, f"Cannot connect to {where}: {text}. Check the address, user and password "
                                "(SAM_BRIDGE_DATABASE or `database:` in the config), and that the server accepts "
                                "connections from this machine (pg_hba.conf, firewall).")]
     findings: list[Finding] = []
+    watchdog = Watchdog(timeout, "team-check-watchdog")
+    watchdog.watch(conn)
     with conn:
         try:
             _check(conn, where, lease, findings)
         except psycopg.Error as exc:  # a query refused or broken: a line that says so, never a traceback
             text = mask_password((str(exc).strip().splitlines() or [type(exc).__name__])[0], dsn)
             findings.append(Finding(False, f"Could not read {where}: {text}."))
+        finally:
+            watchdog.stop()
     return findings
 
 

@@ -1,0 +1,173 @@
+"""A database that goes silent (its host lost, a cable pulled, a NAT that dropped the connection's state, a
+frozen server) leaves the connection open and never answers: without a bound of its own a daemon would wait
+forever, its heartbeat never saying so while the others take its jobs over. A real proxy between psycopg
+and a real server freezes (holds every byte, closes nothing); each wait for the server must end within the
+statement bound (`bridge.engine.journal.deadline`) as an outage, and everything carries on after a thaw."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.common.errors import BridgeError
+from bridge.common.request import SeparationRequest
+from bridge.engine.journal.postgres import PostgresJournal
+from tests.team.lossy_proxy import LossyProxy
+from tests.team.pg_cluster import PgCluster
+from tests.team.team_helpers import query
+
+pytestmark = pytest.mark.timeout(60)
+
+# lease 3 s: the bound is 1 s and a heartbeat every second, so an outage is due ~2.5 s after the freeze.
+# The limits below are far wider, for a loaded machine: what they tell apart is a bound from none.
+LEASE = 3.0
+WITHIN = 15.0
+UNREACHABLE = "is unreachable"
+
+
+@pytest.fixture
+def proxy(pg_cluster: PgCluster) -> Iterator[LossyProxy]:
+    frozen = LossyProxy(pg_cluster.port)
+    yield frozen
+    frozen.close()
+
+
+def wait_for(condition: Callable[[], bool], seconds: float) -> float:
+    """Seconds until `condition` held; raises when it did not within `seconds`."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > seconds:
+            raise AssertionError(f"not within {seconds:.0f} s")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def heartbeat(dsn: str, instance: str) -> float:
+    """The instance's last renewal (database clock, epoch seconds), read past the proxy."""
+    return float(query(dsn, "SELECT EXTRACT(EPOCH FROM heartbeat) FROM daemons WHERE instance=%s", (instance,))[0][0])
+
+
+class Call:
+    """A journal call in a thread of its own: a test that hangs says so instead of hanging."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self._call = call
+        self.started = time.monotonic()
+        threading.Thread(target=self._run, name="journal-call", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self._call()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+def outages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if UNREACHABLE in r.getMessage()]
+
+
+def test_a_heartbeat_on_a_silent_database_reports_the_outage_and_renews_after_it(
+        proxy: LossyProxy, team_db: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge.engine.journal.postgres")
+    journal = PostgresJournal(proxy.dsn(team_db), "studio-a", daemon=True, lease=LEASE)
+    try:
+        first = heartbeat(team_db, "studio-a")
+        wait_for(lambda: heartbeat(team_db, "studio-a") > first, WITHIN)  # it beats through the proxy
+        proxy.freeze()
+        wait_for(lambda: not journal.reachable and bool(outages(caplog)), WITHIN)  # (it logs right after)
+
+        proxy.thaw()  # the server answers again: the next beat (on a new connection) renews the lease
+        before = heartbeat(team_db, "studio-a")
+        wait_for(lambda: journal.reachable and heartbeat(team_db, "studio-a") > before, WITHIN)
+        assert any("is back after" in r.getMessage() for r in caplog.records)
+    finally:
+        proxy.thaw()
+        journal.close()
+
+
+def test_a_daemons_statement_on_a_silent_database_waits_as_an_outage_and_carries_on(
+        proxy: LossyProxy, team_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker's journal call on a pooled connection: the outage is said (no heartbeat here to say it),
+    and the call returns once the database answers again."""
+    caplog.set_level(logging.WARNING, logger="bridge.engine.journal.postgres")
+    journal = PostgresJournal(proxy.dsn(team_db), "studio-a", daemon=True, lease=LEASE)
+    journal._stop.set()  # the heartbeat ends: only the pooled statement can notice
+    try:
+        job = journal.add(SeparationRequest(source=tmp_path / "a.wav", prompt="piano"), "piano")
+        proxy.freeze()
+        call = Call(lambda: journal.get(job))
+        wait_for(lambda: bool(outages(caplog)), WITHIN)
+        assert not call.done.is_set()  # it waits, as for any outage
+
+        proxy.thaw()
+        assert call.done.wait(WITHIN), "the call did not carry on after the database answered again"
+        assert call.error is None and call.result is not None and call.result.view.job_id == job
+        assert journal.reachable
+    finally:
+        proxy.thaw()
+        journal.close()
+
+
+def test_a_command_on_a_silent_database_says_it_is_unreachable_instead_of_hanging(
+        proxy: LossyProxy, team_db: str) -> None:
+    """`sam-bridge status` and the like (daemon=False) raise at once rather than wait for the database."""
+    PostgresJournal(team_db, "studio-a", daemon=True, lease=LEASE).close()  # the schema
+    journal = PostgresJournal(proxy.dsn(team_db), "studio-a", lease=LEASE)
+    try:
+        assert journal.team_daemons()  # a pooled connection through the proxy, in use
+        proxy.freeze()
+        call = Call(lambda: journal.team_daemons())
+        assert call.done.wait(WITHIN), "the statement hangs on the silent database"
+        assert isinstance(call.error, BridgeError) and UNREACHABLE in call.error.message
+    finally:
+        proxy.thaw()
+        journal.close()
+
+
+def test_team_check_on_a_server_that_goes_silent_says_so_instead_of_hanging(
+        proxy: LossyProxy, team_db: str) -> None:
+    """`sam-bridge team check` is what one runs when the database seems gone: connected, it asks for the
+    server's version, and the server answers nothing more."""
+    from bridge.engine.journal.team_check import check_team
+
+    proxy.freeze_at(b"server_version")
+    try:
+        call = Call(lambda: check_team(proxy.dsn(team_db), LEASE, timeout=2))
+        assert call.done.wait(WITHIN), "team check hangs on the silent database"
+        assert call.error is None and [f.ok for f in call.result] == [False]
+        assert "no answer from the server within 2 s" in call.result[0].text
+    finally:
+        proxy.thaw()
+
+def test_the_kernel_is_asked_to_drop_a_silent_server_too(team_db: str) -> None:
+    """Real network loss is also the kernel's to notice (it cannot be made on loopback): the heartbeat's and
+    the pool's connections carry libpq's keepalive and TCP user timeout settings for the bound, and a
+    setting the address makes itself is kept."""
+    journal = PostgresJournal(f"{team_db}?keepalives_count=7", "studio-a", daemon=True, lease=LEASE)
+    try:
+        with journal._pool.connection() as conn:
+            settings = {o.keyword.decode(): (o.val or b"").decode() for o in conn.pgconn.info}
+        assert journal.statement_bound == 1.0
+        assert {name: settings[name] for name in ("keepalives", "keepalives_idle", "tcp_user_timeout",
+                                                 "keepalives_count")} == {
+            "keepalives": "1", "keepalives_idle": "1", "tcp_user_timeout": "1000", "keepalives_count": "7"}
+    finally:
+        journal.close()
+
+
+def test_the_bound_is_a_third_of_the_lease_within_one_to_ten_seconds() -> None:
+    """A renewal hanging from a third of the lease is given up by two thirds: the next try still comes in time."""
+    from bridge.engine.journal.deadline import statement_bound
+
+    assert [statement_bound(lease) for lease in (1, 3, 6, 30, 3600)] == [1.0, 1.0, 2.0, 10.0, 10.0]
