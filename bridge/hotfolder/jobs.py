@@ -100,7 +100,7 @@ class HotFolderJobs:
         seen = sidecar_stat(path)
         if seen == record.sidecar and (seen is not None or not record.variant):
             return True
-        if sidecar_version(path) != record.variant:
+        if sidecar_version(path, self._policy) != record.variant:
             return False
         record.sidecar = seen  # saved unchanged, or touched: the same version
         return True
@@ -187,10 +187,9 @@ class HotFolderJobs:
             self._finish(job_id, view.state, view.error or view.message, view.stems)
         return None
 
-    @staticmethod
-    def _sidecar_now(path: Path) -> tuple[str, tuple[str, int, int, int] | None]:
+    def _sidecar_now(self, path: Path) -> tuple[str, tuple[str, int, int, int] | None]:
         seen = sidecar_stat(path)  # before the read: a sidecar saved meanwhile is read again next time
-        return sidecar_version(path), seen
+        return sidecar_version(path, self._policy), seen
 
     def _submit(self, request: SeparationRequest, arrived_at: float | None) -> str:
         """Submit; for a file that arrived again, a done job of its key that ended before it arrived is the
@@ -238,8 +237,9 @@ class HotFolderJobs:
             log.error("Hot folder: %s failed (%s); the error file could not be written: %s", path, what, exc)
         # the sidecar as it is now is paired with its version only when read now (it may have changed since)
         seen = sidecar_stat(path) if variant is None else None
-        self._records[path] = _Record(snapshot, _Status.failed, sidecar_version(path) if variant is None else variant,
-                                      seen)
+        if variant is None:
+            variant = sidecar_version(path, self._policy)
+        self._records[path] = _Record(snapshot, _Status.failed, variant, seen)
         if claim is not None:
             self._claims.release(claim)
 
@@ -276,7 +276,7 @@ class HotFolderJobs:
         # file as it is now is not the version the retry ran, and has a turn of its own.
         if not error_blocks_retry(path) or any(taken.path == path for taken in self._taken.values()):
             return
-        variant = sidecar_version(path)
+        variant = sidecar_version(path, self._policy)
         claim = self._claims.try_claim(path, snapshot, variant).claim  # so no sibling, nor we after a restart, take it
         self._done(_Taken(path, snapshot, route.folder, claim, job_id, variant))
         log.info("Hot folder: %s done by a retry of job %s", path.name, job_id)

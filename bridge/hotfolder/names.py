@@ -157,16 +157,23 @@ def sources_of_sidecar(sidecar: Path) -> list[Path]:
             if (name == base or Path(name).stem == base) and is_audio_candidate(name)]
 
 
-def sidecar_version(source: Path) -> str:
+def sidecar_version(source: Path, policy: PathPolicy | None = None) -> str:
     """What the source's sidecar holds, as a short digest ("" when it has none): a sidecar saved with the
     same bytes (or touched) is the same version, whichever of its two names it has. One that cannot be read
-    has a version of its own ("unreadable": the request says why, in the error file)."""
+    has a version of its own ("unreadable": the request says why, in the error file). With a policy, as in
+    `read_sidecar`: a symlink is followed only to a file inside the allowed folders (the digest goes into a
+    claim marker others may read: never one of a file they may not)."""
     sidecar = find_sidecar(source)
     if sidecar is None:
         return ""
+    where, follow = sidecar, True
     try:
-        data = read_small_file(sidecar, SIDECAR_LIMIT)
-    except OSError:  # gone since, a FIFO, too large: hot_request reports it
+        if policy is not None:
+            where, follow = resolve_path(sidecar, "settings file"), False
+            if not is_within(where, policy.source_roots):
+                return "outside"
+        data = read_small_file(where, SIDECAR_LIMIT, follow_symlinks=follow)
+    except (OSError, InputError):  # gone since, a FIFO, too large: hot_request reports it
         return "unreadable"
     return hashlib.sha256(data).hexdigest()[:16]
 
