@@ -2,9 +2,10 @@
 process a file.
 
 A claim is a small marker file in `.sam-bridge/claims/` beside the source, created with
-O_CREAT|O_EXCL, which is atomic on local disks, SMB and NFSv3+. Each file version (name, size, mtime)
-has numbered generations `<key>.<gen>.claim`; the highest one is the live claim. Its holder refreshes
-the marker's mtime while the job runs. A marker not refreshed for `ttl` seconds (or whose process on
+O_CREAT|O_EXCL, which is atomic on local disks, SMB and NFSv3+. Each file version (name, size, mtime, and
+a variant the way in may add: a hot folder's sidecar content) has numbered generations
+`<key>.<gen>.claim`; the highest one is the live claim. Its holder refreshes the marker's mtime while the
+job runs. A marker not refreshed for `ttl` seconds (or whose process on
 this machine has ended) belongs to a dead holder; a released marker (job failed, or not submitted)
 is free. Either way the next daemon claims by creating the next generation with O_EXCL, so of several
 racing daemons exactly one wins. Generations are never deleted while their file version exists — a
@@ -78,7 +79,7 @@ class ClaimBackend(Protocol):
 
     instance_id: str
 
-    def try_claim(self, source: Path, snapshot: FileSnapshot) -> ClaimOutcome: ...
+    def try_claim(self, source: Path, snapshot: FileSnapshot, variant: str = "") -> ClaimOutcome: ...
 
     def refresh(self, claim: Claim) -> bool: ...
 
@@ -86,7 +87,7 @@ class ClaimBackend(Protocol):
 
     def release(self, claim: Claim) -> None: ...
 
-    def forget_done(self, source: Path, snapshot: FileSnapshot) -> None: ...
+    def forget_done(self, source: Path, snapshot: FileSnapshot, variant: str = "") -> None: ...
 
     def prune(self, folder: Path) -> int: ...
 
@@ -104,10 +105,11 @@ class ClaimStore:
         self.host = socket.gethostname()
         self._warned: set[Path] = set()
 
-    def try_claim(self, source: Path, snapshot: FileSnapshot) -> ClaimOutcome:
+    def try_claim(self, source: Path, snapshot: FileSnapshot, variant: str = "") -> ClaimOutcome:
+        """`variant`: what else makes this version (a hot folder's sidecar content); "" for none."""
         folder = claims_dir(source)
         folder.mkdir(parents=True, exist_ok=True)
-        key = claim_key(source.name, snapshot)
+        key = claim_key(source.name, snapshot, variant)
         generations = _generations(folder, key)
         read = {gen: self._read(folder / _name(key, gen)) for gen in generations}
         records = {gen: record for gen, record in read.items() if record is not None}
@@ -120,20 +122,20 @@ class ClaimStore:
         path = folder / _name(key, latest)
         record = records.get(latest, {})
         if latest == 0 or record.get("state") == ClaimState.released:
-            return self._create(folder, key, latest + 1, source, snapshot)
+            return self._create(folder, key, latest + 1, source, snapshot, variant)
         if record.get("instance") == self.instance_id:
             self.refresh(Claim(path, source, latest))  # ours, from before a restart
             return ClaimOutcome(Claim(path, source, latest))
         age = _age(path)
         if age is None or self._holder_died_here(record):
             log.info("Claim: taking over %s from a sam-bridge that has ended", source.name)
-            return self._create(folder, key, latest + 1, source, snapshot)
+            return self._create(folder, key, latest + 1, source, snapshot, variant)
         if age <= self.ttl:
             holder = str(record.get("host") or record.get("instance") or "another sam-bridge")
             return ClaimOutcome(None, holder=holder, recheck_after=self.ttl - age + 0.05)
         log.info("Claim: taking over %s: the claim of %s expired %.0f s ago", source.name, record.get("host"),
                  age)
-        return self._create(folder, key, latest + 1, source, snapshot)
+        return self._create(folder, key, latest + 1, source, snapshot, variant)
 
     def _held_unreadable(self, source: Path, marker: Path) -> ClaimOutcome:
         if stems.ON_WINDOWS:  # a file being deleted or replaced refuses opens for a moment: look again soon
@@ -176,10 +178,10 @@ class ClaimStore:
         except OSError as exc:
             log.warning("Claim: could not mark %s %s: %s", claim.source.name, state, exc)
 
-    def forget_done(self, source: Path, snapshot: FileSnapshot) -> None:
+    def forget_done(self, source: Path, snapshot: FileSnapshot, variant: str = "") -> None:
         """Remove every marker of one file version (after it moved to done/)."""
         folder = claims_dir(source)
-        key = claim_key(source.name, snapshot)
+        key = claim_key(source.name, snapshot, variant)
         for gen in _generations(folder, key):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / _name(key, gen))
@@ -201,7 +203,8 @@ class ClaimStore:
                 continue
             source = folder / str(record["source"])
             snapshot = FileSnapshot.of(source)
-            if snapshot is not None and claim_key(source.name, snapshot) == _key_of(path):
+            if snapshot is not None and claim_key(source.name, snapshot, str(record.get("variant", ""))) == \
+                    _key_of(path):
                 continue
             age = _age(path)
             if record.get("state") != ClaimState.active or (age is not None and age > self.ttl):
@@ -218,7 +221,7 @@ class ClaimStore:
         return not process_alive(pid)  # on Windows always alive: the TTL decides there
 
     def _create(
-        self, folder: Path, key: str, generation: int, source: Path, snapshot: FileSnapshot
+        self, folder: Path, key: str, generation: int, source: Path, snapshot: FileSnapshot, variant: str
     ) -> ClaimOutcome:
         path = folder / _name(key, generation)
         try:
@@ -226,10 +229,10 @@ class ClaimStore:
         except FileExistsError:
             return ClaimOutcome(None, holder="another sam-bridge", recheck_after=self.ttl)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(self._record(source, snapshot), indent=1))
+            handle.write(json.dumps(self._record(source, snapshot, variant), indent=1))
         return ClaimOutcome(Claim(path, source, generation))
 
-    def _record(self, source: Path, snapshot: FileSnapshot | None) -> dict[str, object]:
+    def _record(self, source: Path, snapshot: FileSnapshot | None, variant: str = "") -> dict[str, object]:
         record: dict[str, object] = {
             "source": source.name,
             "instance": self.instance_id,
@@ -240,6 +243,8 @@ class ClaimStore:
         }
         if snapshot is not None:
             record.update(size=snapshot.size, mtime_ns=snapshot.mtime_ns)
+        if variant:
+            record["variant"] = variant
         return record
 
     @staticmethod
@@ -260,9 +265,10 @@ def claims_dir(source: Path) -> Path:
     return source.parent / STATE_DIR_NAME / CLAIMS_DIR_NAME
 
 
-def claim_key(name: str, snapshot: FileSnapshot) -> str:
-    """One key per file version: saving the file again (new size or mtime) makes a new key."""
-    text = f"{name}\0{snapshot.size}\0{snapshot.mtime_ns}"
+def claim_key(name: str, snapshot: FileSnapshot, variant: str = "") -> str:
+    """One key per file version: saving the file again (new size or mtime), or another variant (a hot folder
+    file's sidecar saved with other content), makes a new key. No variant: the key it always was."""
+    text = f"{name}\0{snapshot.size}\0{snapshot.mtime_ns}" + (f"\0{variant}" if variant else "")
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 

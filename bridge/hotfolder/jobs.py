@@ -4,11 +4,19 @@ The watcher hands over files that have settled and passed the completeness gate.
 across daemons, turned into a `SeparationRequest` and submitted; job outcomes then mark the file version
 done (optionally moving it to done/) or write `<file>.error.txt`. A record per file version remembers
 what needs nothing more from us, so rescans and repeated events stay harmless.
+
+A file version is the audio file (name, size, mtime) and what its sidecar holds: a sidecar saved with other
+content makes a new version (a new claim, a new request), one saved unchanged or touched does not. A version
+is done once per stay in the folder: a file the watcher saw leave and come back (`mv` keeps its time) is a
+new arrival, and its request is a new job even when the engine finished one with the same key before (the
+engine's dedupe then reuses that result). A file that stays is never taken again, rescans and restarts
+included.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -18,7 +26,7 @@ from bridge.common.errors import BridgeError, InputError
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.jobs import JobEvent, JobSink, JobState, RequestRejected
 from bridge.common.path_policy import PathPolicy
-from bridge.common.request import Origin
+from bridge.common.request import Origin, SeparationRequest
 from bridge.hotfolder.names import (
     ManifestIndex,
     error_blocks_retry,
@@ -27,6 +35,8 @@ from bridge.hotfolder.names import (
     hot_request,
     move_to_done,
     sidecar_age,
+    sidecar_stat,
+    sidecar_version,
     write_error_file,
 )
 from bridge.hotfolder.routes import FolderRoutes, HotFolder, Route
@@ -36,6 +46,7 @@ log = logging.getLogger("bridge.hotfolder.watcher")
 
 RETRY_AFTER_ENGINE_ERROR = 30.0  # seconds before a file the engine could not take is offered again
 RETRY_AFTER_UNWRITABLE = 30.0  # seconds before a file in a folder we could not write in is offered again
+MAX_ARRIVALS = 100  # a file that came back more often than this is the earlier job's again (keys stay short)
 
 
 class _Status(StrEnum):
@@ -49,6 +60,8 @@ class _Status(StrEnum):
 class _Record:
     snapshot: FileSnapshot
     status: _Status
+    variant: str = ""  # what the sidecar held (`sidecar_version`), "" without one
+    sidecar: tuple[str, int, int, int] | None = None  # its `sidecar_stat` then: unchanged, no need to read it
 
 
 @dataclass
@@ -58,6 +71,7 @@ class _Taken:
     folder: HotFolder
     claim: Claim | None
     job_id: str = ""
+    variant: str = ""
 
 
 class HotFolderJobs:
@@ -74,31 +88,57 @@ class HotFolderJobs:
         self._unwritable: set[Path] = set()  # folders said to be unwritable (once each, until they are again)
 
     def finished_here(self, path: Path, snapshot: FileSnapshot) -> bool:
-        """True when this file version needs nothing more from us."""
+        """True when this file version (audio and sidecar) needs nothing more from us."""
         record = self._records.get(path)
-        if record is None or record.snapshot != snapshot:
+        if record is None or record.snapshot != snapshot or not self._same_sidecar(path, record):
             return False
         if record.status is _Status.failed:
             return error_blocks_retry(path)
         return True
 
-    def forget_missing(self, present: set[Path]) -> None:
-        """Drop the records of files that are gone (a file saved there again is new)."""
-        for path in [p for p in self._records if p not in present]:
-            del self._records[path]
+    def _same_sidecar(self, path: Path, record: _Record) -> bool:
+        seen = sidecar_stat(path)
+        if seen == record.sidecar and (seen is not None or not record.variant):
+            return True
+        if sidecar_version(path, self._policy) != record.variant:
+            return False
+        record.sidecar = seen  # saved unchanged, or touched: the same version
+        return True
 
-    def take(self, path: Path, snapshot: FileSnapshot, route: Route) -> float | None:
-        """Claim, check and submit one quiet, complete file. Returns seconds until a retry, or None."""
+    def forget(self, path: Path) -> None:
+        """The file left the folder (deleted, moved away): whatever arrives under its name later is new."""
+        self._records.pop(path, None)
+
+    def forget_gone_under(self, folder: Path) -> list[Path]:
+        """A folder was deleted or moved away: forget the files under it that went with it. Returns them."""
+        gone = [p for p in self._records if p.is_relative_to(folder) and not os.path.lexists(p)]
+        for path in gone:
+            del self._records[path]
+        return gone
+
+    def forget_missing(self, present: set[Path]) -> list[Path]:
+        """Drop the records of files that are gone (a file saved there again is new). Returns their paths."""
+        gone = [p for p in self._records if p not in present]
+        for path in gone:
+            del self._records[path]
+        return gone
+
+    def take(self, path: Path, snapshot: FileSnapshot, route: Route, arrived_at: float | None = None) -> float | None:
+        """Claim, check and submit one quiet, complete file. Returns seconds until a retry, or None.
+
+        `arrived_at`: when the watcher saw the file arrive (created or moved in; wall clock), if it did: a done
+        job with the same key that ended before then was the job of an earlier stay of the file."""
         if error_blocks_retry(path):
-            self._records[path] = _Record(snapshot, _Status.failed)
+            self._records[path] = _Record(snapshot, _Status.failed, *self._sidecar_now(path))
             return None
         if path in self._routes.own_outputs or self._manifests.owns(path):
-            self._records[path] = _Record(snapshot, _Status.ignored)
+            self._records[path] = _Record(snapshot, _Status.ignored, *self._sidecar_now(path))
             return None
         if sidecar_age(path) < route.folder.settle_seconds:
             return route.folder.settle_seconds  # the sidecar itself is still being written
+        variant, seen = self._sidecar_now(path)
         try:
-            outcome = self._claims.try_claim(path, snapshot)
+            outcome = self._claims.try_claim(path, snapshot, variant)
         except OSError as exc:  # a read-only share: no claim marker can be made beside the file
             if path.parent not in self._unwritable:
                 self._unwritable.add(path.parent)
@@ -109,7 +149,7 @@ class HotFolderJobs:
             return RETRY_AFTER_UNWRITABLE
         self._unwritable.discard(path.parent)
         if outcome.done_elsewhere:
-            self._records[path] = _Record(snapshot, _Status.done)
+            self._records[path] = _Record(snapshot, _Status.done, variant, seen)
             return None
         if outcome.claim is None:
             log.debug("Hot folder: %s is being handled by %s", path.name, outcome.holder)
@@ -130,9 +170,9 @@ class HotFolderJobs:
             )
             if request.output_dir not in (None, path.parent, route.root):
                 self._routes.output_dirs.add(request.output_dir)  # never take our own output
-            job_id = self._sink.submit(request)
+            job_id = self._submit(request, arrived_at)
         except (InputError, RequestRejected) as exc:  # the file's or its settings' fault
-            self.fail(path, snapshot, str(exc), claim=claim)
+            self.fail(path, snapshot, str(exc), claim=claim, variant=variant)
             return None
         except Exception as exc:  # the engine is busy or shutting down: not the file's fault
             log.warning("Hot folder: could not queue %s, trying again later: %s", path.name, exc,
@@ -140,12 +180,31 @@ class HotFolderJobs:
             self._claims.release(claim)
             return RETRY_AFTER_ENGINE_ERROR
         log.info("Hot folder: %s → job %s", path.name, job_id)
-        self._records[path] = _Record(snapshot, _Status.submitted)
-        self._taken[job_id] = _Taken(path, snapshot, route.folder, claim, job_id)
+        self._records[path] = _Record(snapshot, _Status.submitted, variant, seen)
+        self._taken[job_id] = _Taken(path, snapshot, route.folder, claim, job_id, variant)
         view = self._sink.get(job_id)
         if view is not None and view.state.finished:  # e.g. done before a restart, per the journal
             self._finish(job_id, view.state, view.error or view.message, view.stems)
         return None
+
+    def _sidecar_now(self, path: Path) -> tuple[str, tuple[str, int, int, int] | None]:
+        seen = sidecar_stat(path)  # before the read: a sidecar saved meanwhile is read again next time
+        return sidecar_version(path, self._policy), seen
+
+    def _submit(self, request: SeparationRequest, arrived_at: float | None) -> str:
+        """Submit; for a file that arrived again, a done job of its key that ended before it arrived is the
+        earlier stay's: the request then asks for a job after that one (a new key), and so on."""
+        job_id = self._sink.submit(request)
+        if arrived_at is None:
+            return job_id
+        for _ in range(MAX_ARRIVALS):
+            view = self._sink.get(job_id)
+            if view is None or view.state is not JobState.done or view.updated_at >= arrived_at:
+                break
+            log.info("Hot folder: %s came back after job %s: a new job", request.source.name, job_id)
+            request = request.model_copy(update={"idempotency_key": f"{request.idempotency_key}:after:{job_id}"})
+            job_id = self._sink.submit(request)
+        return job_id
 
     def on_event(self, event: JobEvent) -> None:
         self._routes.note_own_outputs(event.stems.values())
@@ -167,7 +226,8 @@ class HotFolderJobs:
                 self._finish(taken.job_id, view.state, view.error or view.message, view.stems)
 
     def fail(
-        self, path: Path, snapshot: FileSnapshot, what: str, *, claim: Claim | None = None, job_id: str = ""
+        self, path: Path, snapshot: FileSnapshot, what: str, *, claim: Claim | None = None, job_id: str = "",
+        variant: str | None = None,
     ) -> None:
         """Error file first, then release the claim: a sibling daemon then sees the error file."""
         try:
@@ -175,7 +235,11 @@ class HotFolderJobs:
             log.warning("Hot folder: %s failed; wrote %s", path.name, written.name)
         except OSError as exc:
             log.error("Hot folder: %s failed (%s); the error file could not be written: %s", path, what, exc)
-        self._records[path] = _Record(snapshot, _Status.failed)
+        # the sidecar as it is now is paired with its version only when read now (it may have changed since)
+        seen = sidecar_stat(path) if variant is None else None
+        if variant is None:
+            variant = sidecar_version(path, self._policy)
+        self._records[path] = _Record(snapshot, _Status.failed, variant, seen)
         if claim is not None:
             self._claims.release(claim)
 
@@ -196,7 +260,7 @@ class HotFolderJobs:
                 self._claims.release(taken.claim)
             return
         what = "The job was cancelled." if state is JobState.cancelled else (message or "The job failed.")
-        self.fail(taken.path, taken.snapshot, what, claim=taken.claim, job_id=job_id)
+        self.fail(taken.path, taken.snapshot, what, claim=taken.claim, job_id=job_id, variant=taken.variant)
 
     def _finish_retried(self, job_id: str) -> None:
         """A job of ours that failed, then `sam-bridge retry` made good: its error file goes, and the file
@@ -212,8 +276,9 @@ class HotFolderJobs:
         # file as it is now is not the version the retry ran, and has a turn of its own.
         if not error_blocks_retry(path) or any(taken.path == path for taken in self._taken.values()):
             return
-        claim = self._claims.try_claim(path, snapshot).claim  # so no sibling, nor we after a restart, take it
-        self._done(_Taken(path, snapshot, route.folder, claim, job_id))
+        variant = sidecar_version(path, self._policy)
+        claim = self._claims.try_claim(path, snapshot, variant).claim  # so no sibling, nor we after a restart, take it
+        self._done(_Taken(path, snapshot, route.folder, claim, job_id, variant))
         log.info("Hot folder: %s done by a retry of job %s", path.name, job_id)
 
     def _done(self, taken: _Taken) -> None:
@@ -227,15 +292,16 @@ class HotFolderJobs:
         if taken.folder.after_success == "move-to-done" and FileSnapshot.of(path) == taken.snapshot:
             moved = move_to_done(path)
             if moved is not None:
-                self._claims.forget_done(path, taken.snapshot)
+                self._claims.forget_done(path, taken.snapshot, taken.variant)
                 log.info("Hot folder: moved %s to %s", path.name, moved.parent)
 
     def _set_record(self, taken: _Taken, status: _Status | None) -> None:
         """Record how this file version ended, unless a newer version of the file is under way already."""
         record = self._records.get(taken.path)
-        if record is not None and record.snapshot != taken.snapshot:
+        if record is not None and (record.snapshot, record.variant) != (taken.snapshot, taken.variant):
             return
         if status is None:
             self._records.pop(taken.path, None)
         else:
-            self._records[taken.path] = _Record(taken.snapshot, status)
+            self._records[taken.path] = _Record(taken.snapshot, status, taken.variant,
+                                                record.sidecar if record is not None else None)

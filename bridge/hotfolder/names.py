@@ -143,6 +143,54 @@ def sidecar_candidates(source: Path) -> tuple[Path, Path]:
     return source.with_name(source.stem + SIDECAR_SUFFIX), source.with_name(source.name + SIDECAR_SUFFIX)
 
 
+def sources_of_sidecar(sidecar: Path) -> list[Path]:
+    """The audio files `sidecar` belongs to: `Song.wav` for `Song.wav.sam.yaml`, and every `Song.<audio>`
+    for `Song.sam.yaml`. [] for a name that is no sidecar's."""
+    if not sidecar.name.endswith(SIDECAR_SUFFIX) or sidecar.name == SIDECAR_SUFFIX:
+        return []
+    base = sidecar.name[: -len(SIDECAR_SUFFIX)]
+    try:
+        names = os.listdir(sidecar.parent)
+    except OSError:
+        return []
+    return [sidecar.parent / name for name in names
+            if (name == base or Path(name).stem == base) and is_audio_candidate(name)]
+
+
+def sidecar_version(source: Path, policy: PathPolicy | None = None) -> str:
+    """What the source's sidecar holds, as a short digest ("" when it has none): a sidecar saved with the
+    same bytes (or touched) is the same version, whichever of its two names it has. One that cannot be read
+    has a version of its own ("unreadable": the request says why, in the error file). With a policy, as in
+    `read_sidecar`: a symlink is followed only to a file inside the allowed folders (the digest goes into a
+    claim marker others may read: never one of a file they may not)."""
+    sidecar = find_sidecar(source)
+    if sidecar is None:
+        return ""
+    where, follow = sidecar, True
+    try:
+        if policy is not None:
+            where, follow = resolve_path(sidecar, "settings file"), False
+            if not is_within(where, policy.source_roots):
+                return "outside"
+        data = read_small_file(where, SIDECAR_LIMIT, follow_symlinks=follow)
+    except (OSError, InputError):  # gone since, a FIFO, too large: hot_request reports it
+        return "unreadable"
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def sidecar_stat(source: Path) -> tuple[str, int, int, int] | None:
+    """The source's sidecar's name, size, mtime and ctime: unchanged, its version is unchanged too (cheap
+    enough for every rescan, which then reads only sidecars that were saved)."""
+    sidecar = find_sidecar(source)
+    if sidecar is None:
+        return None
+    try:
+        info = os.stat(sidecar)
+    except OSError:
+        return (sidecar.name, -1, -1, -1)
+    return (sidecar.name, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 def error_blocks_retry(source: Path) -> bool:
     """An error file blocks retries until it is deleted or the source is saved again (touched)."""
     try:

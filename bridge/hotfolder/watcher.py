@@ -8,12 +8,19 @@ overflow, network drives, files that arrived while the daemon was down), so a pe
 every file again; the in-memory records, the claim markers and the engine's idempotency keys make the
 repetition harmless. Job outcomes come back as `JobEvent`s: a failure writes `<file>.error.txt`.
 
+Events also say when a file arrives (created, moved in) or leaves (deleted, moved away): a file the watcher
+saw leave and come back is taken again (`bridge.hotfolder.jobs`), and a sidecar's events make its audio file
+looked at again (a sidecar saved with other content makes a new version of the file). Each folder's parent
+(or, for a folder that does not exist, its nearest existing ancestor) is watched too, without its contents,
+so a folder deleted or moved away and made again, or one made after the start, is watched at once.
+
 This module holds the watcher's threads and its settle loop; `bridge.hotfolder.routes` says which
 folder may take a path, `bridge.hotfolder.jobs` claims, submits and settles the outcomes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -24,7 +31,7 @@ from pathlib import Path
 
 from watchdog.events import EVENT_TYPE_DELETED, EVENT_TYPE_MOVED, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
 from bridge.common.claims import ClaimBackend, ClaimStore
@@ -41,7 +48,7 @@ from bridge.common.file_gate import (
 from bridge.common.jobs import JobEvent, JobSink
 from bridge.common.path_policy import PathPolicy
 from bridge.hotfolder.jobs import RETRY_AFTER_ENGINE_ERROR, HotFolderJobs
-from bridge.hotfolder.names import source_for_error_file
+from bridge.hotfolder.names import SIDECAR_SUFFIX, source_for_error_file, sources_of_sidecar
 from bridge.hotfolder.network_drives import network_filesystem_type
 from bridge.hotfolder.routes import FolderRoutes, HotFolder
 
@@ -54,6 +61,10 @@ UNCHECKED_SETTLE_FACTOR = 3.0  # settle multiplier for formats with nothing in t
 # a WAV with its sizes unfilled is either written to a pipe (done) or still being written by a program that
 # patches them at the end (ffmpeg to a file): no header check can tell, so it waits longer still
 STREAMED_SETTLE_FACTOR = 10.0
+_DEPARTED_KEPT = 10_000  # files seen leaving, remembered until they come back (the oldest forgotten first)
+
+# What an event says about its path: look at it; it arrived (created, moved in); it left (deleted, moved away).
+LOOK, ARRIVED, LEFT = "look", "arrived", "left"
 
 
 def default_hot_folder() -> Path:
@@ -70,11 +81,12 @@ class _Candidate:
     settle: SettleState
     due: float
     incomplete_since: float | None = None
+    arrived_at: float | None = None  # wall clock: when the watcher saw it arrive (created, moved in), if it did
 
 
 @dataclass
 class _Inbox:
-    paths: list[tuple[Path, bool]] = field(default_factory=list)  # (path, is_directory)
+    paths: list[tuple[Path, bool, str]] = field(default_factory=list)  # (path, is_directory, LOOK/ARRIVED/LEFT)
     events: list[JobEvent] = field(default_factory=list)
 
 
@@ -84,24 +96,36 @@ class _EventForwarder(FileSystemEventHandler):
     def __init__(self, watcher: HotFolderWatcher) -> None:
         self._watcher = watcher
 
-    def _note(self, path: Path, is_directory: bool) -> None:
-        self._watcher._note(path, is_directory)
+    def _note(self, path: Path, is_directory: bool, kind: str = LOOK) -> None:
+        self._watcher._note(path, is_directory, kind)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return  # our own reads cause these
         if event.event_type == EVENT_TYPE_MOVED:
-            self._note(Path(os.fsdecode(event.dest_path)), event.is_directory)
+            if event.src_path:
+                self._note(Path(os.fsdecode(event.src_path)), event.is_directory, LEFT)
+            self._note(Path(os.fsdecode(event.dest_path)), event.is_directory, ARRIVED)
             return
         path = Path(os.fsdecode(event.src_path))
         if event.event_type == EVENT_TYPE_DELETED:
             source = source_for_error_file(path)
             if source is not None:  # error file deleted: the user asks for a retry
                 self._note(source, False)
+            self._note(path, event.is_directory, LEFT)
             return
         if event.is_directory and event.event_type != "created":
             return
-        self._note(path, event.is_directory)
+        self._note(path, event.is_directory, ARRIVED if event.event_type == "created" else LOOK)
+
+
+class _AnchorForwarder(_EventForwarder):
+    """A hot folder's parent (or nearest existing ancestor), watched without its contents: only folders
+    made, deleted or moved there count (the hot folder itself, or a folder on the way to it)."""
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory and event.event_type in ("created", EVENT_TYPE_DELETED, EVENT_TYPE_MOVED):
+            super().on_any_event(event)
 
 
 class HotFolderWatcher:
@@ -137,11 +161,16 @@ class HotFolderWatcher:
         self._stopping = False
         self._worker: threading.Thread | None = None
         self._observers: dict[Path, BaseObserver] = {}
+        self._anchor_observers: dict[bool, BaseObserver] = {}  # by polling: the folders' parents, not deep
+        self._anchors: dict[tuple[Path, bool], ObservedWatch] = {}
+        self._retired: list[BaseObserver] = []  # observers of folders that went away: joined at stop()
         self._missing_reported: set[Path] = set()
         self._unsubscribe: Callable[[], None] | None = None
         # Worker-thread state only.
         self._candidates: dict[Path, _Candidate] = {}
         self._next_claim_prune = 0.0
+        self._departed: dict[Path, None] = {}  # files seen leaving (oldest first): back again, they arrived
+        self._prune_soon: set[Path] = set()  # folders a file left: its claim markers go (it may come back)
 
     # ---- public API -------------------------------------------------------------------------------
 
@@ -151,7 +180,7 @@ class HotFolderWatcher:
             raise RuntimeError("HotFolderWatcher already started")
         self._unsubscribe = self._sink.subscribe(self._on_job_event)
         self._refresh_presets()
-        self._start_observers()
+        self._start_observers(create_default=True)
         self._worker = threading.Thread(target=self._run, name="hotfolder-worker", daemon=True)
         self._worker.start()
 
@@ -162,11 +191,15 @@ class HotFolderWatcher:
             self._lock.notify_all()
         if self._worker is not None:
             self._worker.join()
-        for observer in self._observers.values():
+        observers = [*self._observers.values(), *self._anchor_observers.values(), *self._retired]
+        for observer in observers:
             observer.stop()
-        for observer in self._observers.values():
+        for observer in observers:
             observer.join()
         self._observers.clear()
+        self._anchor_observers.clear()
+        self._anchors.clear()
+        self._retired.clear()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -182,9 +215,9 @@ class HotFolderWatcher:
 
     # ---- threads feeding the worker ----------------------------------------------------------------
 
-    def _note(self, path: Path, is_directory: bool) -> None:
+    def _note(self, path: Path, is_directory: bool, kind: str = LOOK) -> None:
         with self._lock:
-            self._inbox.paths.append((path, is_directory))
+            self._inbox.paths.append((path, is_directory, kind))
             if len(self._inbox.paths) == 1:
                 self._lock.notify()
 
@@ -195,35 +228,108 @@ class HotFolderWatcher:
             self._inbox.events.append(event)
             self._lock.notify()
 
-    def _start_observers(self) -> None:
+    def _start_observers(self, create_default: bool = False) -> list[Path]:
+        """Watch every folder there is, and the parent (or nearest existing ancestor) of each, so that a
+        folder made (again) is seen at once. Returns the folders newly watched (their files need a look).
+
+        Runs until nothing changes: a folder made while its ancestor's watch was being set up is seen."""
+        started: list[Path] = []
+        for _ in range(8):
+            new = [root for folder, root in self._routes.folders
+                   if root not in self._observers and self._watch_folder(folder, root, create_default)]
+            started += new
+            moved = self._watch_anchors()
+            if not new and not moved:
+                break
+        return started
+
+    def _watch_anchors(self) -> bool:
+        """Watch where each folder would appear; True when a watch was added (look again: a folder on the way
+        may have been made meanwhile)."""
+        wanted: dict[tuple[Path, bool], None] = {}
         for folder, root in self._routes.folders:
-            if root in self._observers:
+            anchor = next((p for p in root.parents if p.is_dir()), None)
+            if anchor is not None:
+                wanted[(anchor, folder.polling)] = None
+        for key in [k for k in self._anchors if k not in wanted]:
+            self._unwatch_anchor(key)
+        added = False
+        for anchor, polling in wanted:
+            if (anchor, polling) in self._anchors:
                 continue
-            if not root.is_dir():
-                if root == default_hot_folder().expanduser().resolve():
-                    root.mkdir(parents=True, exist_ok=True)
-                else:
-                    if root not in self._missing_reported:
-                        self._missing_reported.add(root)
-                        log.warning("Hot folder %s is missing (drive not connected?); will look again", root)
-                    continue
-            fs_type = network_filesystem_type(root)
-            if fs_type and not folder.polling:
-                log.warning(
-                    "Hot folder %s is on a network drive (%s): files saved from other computers may go "
-                    "unnoticed until the next rescan. Set 'polling: true' for this folder.", root, fs_type
-                )
-            observer: BaseObserver
-            if folder.polling:
-                observer = PollingObserver(timeout=max(0.1, min(folder.settle_seconds / 2, 1.0)))
+            observer = self._anchor_observers.get(polling)
+            if observer is None:
+                observer = PollingObserver(timeout=1.0) if polling else Observer()
+                observer.daemon = True
+                observer.start()
+                self._anchor_observers[polling] = observer
+            try:
+                self._anchors[(anchor, polling)] = observer.schedule(_AnchorForwarder(self), str(anchor),
+                                                                     recursive=False)
+            except OSError as exc:  # gone meanwhile: the next round looks again
+                log.debug("Hot folder: cannot watch %s for the folders in it: %s", anchor, exc)
+                continue
+            added = True
+        return added
+
+    def _unwatch_anchor(self, key: tuple[Path, bool]) -> None:
+        watch = self._anchors.pop(key, None)
+        observer = self._anchor_observers.get(key[1])
+        if watch is not None and observer is not None:
+            with contextlib.suppress(KeyError, OSError):
+                observer.unschedule(watch)
+
+    def _watch_folder(self, folder: HotFolder, root: Path, create_default: bool) -> bool:
+        """Start the observer of one folder; False when the folder is not there (yet)."""
+        if not root.is_dir():
+            if create_default and root == default_hot_folder().expanduser().resolve():
+                root.mkdir(parents=True, exist_ok=True)
             else:
-                observer = Observer()
-            deep = folder.recursive or folder.preset is None
+                if root not in self._missing_reported:
+                    self._missing_reported.add(root)
+                    log.warning("Hot folder %s is missing (drive not connected?); watching for it", root)
+                return False
+        self._missing_reported.discard(root)
+        fs_type = network_filesystem_type(root)
+        if fs_type and not folder.polling:
+            log.warning(
+                "Hot folder %s is on a network drive (%s): files saved from other computers may go "
+                "unnoticed until the next rescan. Set 'polling: true' for this folder.", root, fs_type
+            )
+        observer: BaseObserver
+        if folder.polling:
+            observer = PollingObserver(timeout=max(0.1, min(folder.settle_seconds / 2, 1.0)))
+        else:
+            observer = Observer()
+        deep = folder.recursive or folder.preset is None
+        observer.daemon = True
+        try:
             observer.schedule(_EventForwarder(self), str(root), recursive=deep)
-            observer.daemon = True
             observer.start()
-            self._observers[root] = observer
-            log.info("Watching hot folder %s%s", root, " (polling)" if folder.polling else "")
+        except OSError as exc:  # deleted again meanwhile
+            log.debug("Hot folder: cannot watch %s: %s", root, exc)
+            return False
+        self._observers[root] = observer
+        log.info("Watching hot folder %s%s", root, " (polling)" if folder.polling else "")
+        return True
+
+    def _folders_gone(self, path: Path) -> None:
+        """`path`, a folder, was deleted or moved away: the watches on it and under it are dead (inotify
+        follows the folder, not its name), so a folder made there again gets new ones."""
+        for root in [r for r in self._observers if r.is_relative_to(path)]:
+            observer = self._observers.pop(root)
+            observer.stop()
+            self._retired.append(observer)
+            log.info("Hot folder %s is gone; watching for it to be made again", root)
+        for key in [k for k in self._anchors if k[0].is_relative_to(path)]:
+            self._unwatch_anchor(key)
+        self._look_at_new_folders()
+
+    def _look_at_new_folders(self) -> None:
+        if self._routes.known_presets:
+            self.ensure_preset_folders(self._routes.known_presets)
+        for root in self._start_observers():
+            self._absorb(root, True, time.monotonic())  # what was dropped in before the watch began
 
     # ---- the worker -------------------------------------------------------------------------------
 
@@ -242,8 +348,15 @@ class HotFolderWatcher:
             now = time.monotonic()
             for event in inbox.events:
                 self._guarded(self._jobs.on_event, event)
-            for path, is_directory in inbox.paths:
-                self._guarded(self._absorb, path, is_directory, now)
+            for path, is_directory, kind in inbox.paths:
+                if kind == LEFT:
+                    self._guarded(self._depart, path, is_directory)
+                else:
+                    self._guarded(self._absorb, path, is_directory, now, kind == ARRIVED)
+            if self._prune_soon:
+                folders, self._prune_soon = self._prune_soon, set()
+                for folder in folders:
+                    self._guarded(self._claims.prune, folder)
             if now >= next_rescan:
                 self._guarded(self._rescan)
                 next_rescan = time.monotonic() + self._rescan_interval
@@ -254,7 +367,7 @@ class HotFolderWatcher:
                 if not self._guarded(self._evaluate, candidate):
                     candidate.due = time.monotonic() + RETRY_AFTER_ENGINE_ERROR  # never spin on it
 
-    def _guarded(self, step: Callable[..., None], *args: object) -> bool:
+    def _guarded(self, step: Callable[..., object], *args: object) -> bool:
         try:
             step(*args)
         except Exception:  # one bad file or folder must never stop the watcher
@@ -262,15 +375,27 @@ class HotFolderWatcher:
             return False
         return True
 
-    def _absorb(self, path: Path, is_directory: bool, now: float) -> None:
+    def _absorb(self, path: Path, is_directory: bool, now: float, arrived: bool = False) -> None:
         if is_directory:
+            if path in self._watched_or_wanted():  # a hot folder (or a folder on the way to one) was made
+                self._look_at_new_folders()
             route_root = self._routes.route_dir(path)
             if route_root is not None:
                 for file_path in self._routes.walk(*route_root, start=path):
                     self._absorb(file_path, False, now)
             return
+        if path.name.endswith(SIDECAR_SUFFIX):
+            self._sidecar_changed(path, now)
+            return
+        if arrived or path in self._departed:  # it came (back): whatever was done under its name was before
+            self._departed.pop(path, None)
+            self._jobs.forget(path)
+            arrived_at: float | None = time.time()
+        else:
+            arrived_at = None
         candidate = self._candidates.get(path)
         if candidate is not None:
+            candidate.arrived_at = arrived_at or candidate.arrived_at
             # Snapshot now, so the settle window counts from the last write, not from the last check.
             snapshot = FileSnapshot.of(path)
             if snapshot is not None and candidate.settle.observe(snapshot, now):
@@ -283,7 +408,54 @@ class HotFolderWatcher:
         if route is None or snapshot is None or self._jobs.finished_here(path, snapshot):
             return
         settle = SettleState(snapshot, now)
-        self._candidates[path] = _Candidate(path, settle, settle.settled_at(route.folder.settle_seconds))
+        self._candidates[path] = _Candidate(path, settle, settle.settled_at(route.folder.settle_seconds),
+                                            arrived_at=arrived_at)
+
+    def _sidecar_changed(self, sidecar: Path, now: float) -> None:
+        """A sidecar was saved, made, deleted or moved: its audio file is looked at again. One waiting to be
+        taken waits for the sidecar to settle; a finished one is a new version only if the sidecar's content
+        changed (`HotFolderJobs.finished_here`)."""
+        for source in sources_of_sidecar(sidecar):
+            candidate = self._candidates.get(source)
+            if candidate is not None:
+                candidate.settle.activity(now)
+                candidate.due = max(candidate.due, candidate.settle.settled_at(self._routes.settle_of(source)))
+            else:
+                self._absorb(source, False, now)
+
+    def _depart(self, path: Path, is_directory: bool) -> None:
+        """A file or folder was deleted or moved away. A file that is really gone is forgotten (its record,
+        and its claim markers, which say it is done: back again, it is a new arrival)."""
+        if is_directory:
+            if path in self._watched_or_wanted() or any(r.is_relative_to(path) for r in self._observers):
+                self._folders_gone(path)
+            for gone in [p for p in self._candidates if p.is_relative_to(path) and FileSnapshot.of(p) is None]:
+                del self._candidates[gone]
+            self._note_departed(self._jobs.forget_gone_under(path))
+            return
+        if path.name.endswith(SIDECAR_SUFFIX):
+            self._sidecar_changed(path, time.monotonic())
+            return
+        if self._routes.route(path) is None or os.path.lexists(path):
+            return  # not ours, or there again already (then its claim markers stay: it never looked gone)
+        self._jobs.forget(path)
+        self._candidates.pop(path, None)
+        self._note_departed([path])
+
+    def _note_departed(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            self._departed[path] = None
+            self._prune_soon.add(path.parent)
+        while len(self._departed) > _DEPARTED_KEPT:
+            del self._departed[next(iter(self._departed))]
+
+    def _watched_or_wanted(self) -> set[Path]:
+        """The hot folders, and every folder on the way to one (where one may be made)."""
+        wanted: set[Path] = set()
+        for _, root in self._routes.folders:
+            wanted.add(root)
+            wanted.update(root.parents)
+        return wanted
 
     def _evaluate(self, candidate: _Candidate) -> None:
         path, now = candidate.path, time.monotonic()
@@ -312,9 +484,10 @@ class HotFolderWatcher:
             self._wait_for_completion(candidate, reason, settle_seconds, now)
             return
         del self._candidates[path]
-        outcome_retry = self._jobs.take(path, snapshot, route)
+        outcome_retry = self._jobs.take(path, snapshot, route, candidate.arrived_at)
         if outcome_retry is not None:
-            self._candidates[path] = _Candidate(path, candidate.settle, time.monotonic() + outcome_retry)
+            self._candidates[path] = _Candidate(path, candidate.settle, time.monotonic() + outcome_retry,
+                                                arrived_at=candidate.arrived_at)
 
     @staticmethod
     def _settle_for(check: ContainerCheck | OSError, settle_seconds: float) -> float:
@@ -375,7 +548,7 @@ class HotFolderWatcher:
                 seen.add(path)
                 if path not in self._candidates:
                     self._absorb(path, False, now)
-        self._jobs.forget_missing(seen)
+        self._note_departed(self._jobs.forget_missing(seen))
 
     def _refresh_presets(self) -> None:
         try:

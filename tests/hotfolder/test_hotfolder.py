@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import struct
 import threading
 import time
@@ -777,7 +778,7 @@ def test_lost_events_are_recovered_by_the_rescan(hot: Path,
                                                  run_watcher: Callable[..., HotFolderWatcher]) -> None:
     sink = RecordingSink()
     watcher = run_watcher(sink, [folder(hot)], rescan_interval=0.5)
-    watcher._note = lambda path, is_directory: None  # type: ignore[method-assign]  # an overflowed queue
+    watcher._note = lambda *args: None  # type: ignore[method-assign]  # an overflowed queue
     drop(hot / "missed.wav")
     wait_until(lambda: len(sink.submissions) == 1, "the rescan to find the file")
     assert sink.sources() == ["missed.wav"]
@@ -839,3 +840,198 @@ def test_a_flac_still_being_exported_waits_for_its_length(hot: Path,
     time.sleep(2 * SETTLE)
     [job] = sink.submissions
     assert job.size == path.stat().st_size and not error_file_for(path).exists()
+
+
+# ---- taken again: a changed sidecar, a file that comes back, a folder that comes back ----------------
+
+
+def _done_at_once(sink: RecordingSink, request: SeparationRequest, job_id: str) -> None:
+    sink.finish(job_id, JobState.done)
+
+
+def _stays(sink: RecordingSink, count: int, seconds: float) -> None:
+    """Nothing more is submitted for `seconds` (settle windows and a look at every event pass)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert len(sink.submissions) == count, sink.sources()
+        time.sleep(0.05)
+
+
+def test_a_sidecar_edited_after_the_job_makes_a_new_job_and_one_saved_unchanged_does_not(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """Only what the sidecar says counts: saving it unchanged (or touching it) costs nothing; a new prompt
+    makes the file a new job once the sidecar has settled, with the audio untouched. No rescan helps."""
+    sink = RecordingSink(on_submit=_done_at_once)
+    sidecar = hot / "Gtr.sam.yaml"
+    sidecar.write_text("prompt: acoustic guitar\n")
+    time.sleep(SETTLE)
+    run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    source = drop(hot / "Gtr.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the first job")
+    audio_stat = source.stat()
+    sidecar.write_text("prompt: acoustic guitar\n")  # saved again, same text
+    later = time.time() + 3
+    os.utime(sidecar, (later, later))  # and touched
+    _stays(sink, 1, 6 * SETTLE)
+    sidecar.write_text("prompt: electric guitar\n")
+    written = time.monotonic()
+    wait_until(lambda: len(sink.submissions) == 2, "a job for the new prompt")
+    first, second = sink.submissions
+    assert (first.request.prompt, second.request.prompt) == ("acoustic guitar", "electric guitar")
+    assert second.request.idempotency_key != first.request.idempotency_key
+    assert second.at - written >= SETTLE - 0.05  # not before the sidecar settled
+    assert source.stat().st_mtime_ns == audio_stat.st_mtime_ns  # the audio was never touched
+    _stays(sink, 2, 6 * SETTLE)
+    # The other sidecar name, `Gtr.wav.sam.yaml`, is watched the same way.
+    sidecar.unlink()
+    (hot / "Gtr.wav.sam.yaml").write_text("prompt: electric guitar\n")  # what the last job asked: nothing new
+    _stays(sink, 2, 6 * SETTLE)
+    (hot / "Gtr.wav.sam.yaml").write_text("prompt: nylon guitar\n")
+    wait_until(lambda: len(sink.submissions) == 3, "a job for the third prompt")
+    assert sink.submissions[2].request.prompt == "nylon guitar"
+
+
+def test_a_sidecar_saved_while_the_daemon_was_down_counts_and_an_unchanged_one_does_not(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    sink = RecordingSink(on_submit=_done_at_once)
+    (hot / "Pad.sam.yaml").write_text("prompt: pad\n")
+    time.sleep(SETTLE)
+    first = run_watcher(sink, [folder(hot)])
+    drop(hot / "Pad.wav")
+    drop(hot / "Keys.wav")
+    wait_until(lambda: len(sink.submissions) == 2, "the first jobs")
+    first.stop()
+    (hot / "Pad.sam.yaml").write_text("prompt: pad\n")  # unchanged
+    (hot / "Keys.sam.yaml").write_text("prompt: keys\n")  # new: the file asks for other work now
+    time.sleep(SETTLE)
+    run_watcher(sink, [folder(hot)])
+    wait_until(lambda: len(sink.submissions) == 3, "the job the new sidecar asks for")
+    _stays(sink, 3, 6 * SETTLE)
+    assert sink.submissions[2].request.source.name == "Keys.wav"
+    assert sink.submissions[2].request.prompt == "keys"
+
+
+def test_a_file_moved_back_from_done_is_taken_again_and_not_while_it_stays(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """`mv` keeps the file's time: its name, size and time are those of the finished job. Coming back is
+    what counts: it is taken again (as a new job: the engine may reuse the earlier result), once; staying,
+    over rescans and a restart, never."""
+    sink = RecordingSink(on_submit=_done_at_once)
+    run_watcher(sink, [folder(hot, after_success="move-to-done")], rescan_interval=600.0)
+    data = wav_bytes(seed=11)
+    drop(hot / "Song.wav", data)
+    wait_until(lambda: (hot / "done" / "Song.wav").exists(), "the move to done/")
+    stat = (hot / "done" / "Song.wav").stat()
+    os.rename(hot / "done" / "Song.wav", hot / "Song.wav")  # what `mv done/Song.wav .` does
+    assert (hot / "Song.wav").stat().st_mtime_ns == stat.st_mtime_ns
+    wait_until(lambda: len(sink.submissions) == 2, "the file to be taken again")
+    first, second = sink.submissions
+    assert second.sha256 == first.sha256 == hashlib.sha256(data).hexdigest()
+    assert second.request.idempotency_key != first.request.idempotency_key  # a new job, not the done one
+    wait_until(lambda: (hot / "done" / "Song.wav").exists(), "the second move to done/")
+    os.rename(hot / "done" / "Song.wav", hot / "Song.wav")  # and once more
+    wait_until(lambda: len(sink.submissions) == 3, "the third arrival")
+    assert len({s.request.idempotency_key for s in sink.submissions}) == 3
+    _stays(sink, 3, 6 * SETTLE)
+
+
+def test_a_file_moved_out_and_back_is_taken_again_but_one_that_stays_never_is(
+    hot: Path, tmp_path: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    sink = RecordingSink(on_submit=_done_at_once)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    first = run_watcher(sink, [folder(hot)], rescan_interval=0.3)
+    drop(hot / "Stay.wav", wav_bytes(seed=12))
+    drop(hot / "Roam.wav", wav_bytes(seed=13))
+    wait_until(lambda: len(sink.submissions) == 2, "both files")
+    _stays(sink, 2, 4 * 0.3 + 3 * SETTLE)  # several rescans: neither is taken again
+    os.rename(hot / "Roam.wav", elsewhere / "Roam.wav")
+    time.sleep(2 * SETTLE)
+    os.rename(elsewhere / "Roam.wav", hot / "Roam.wav")
+    wait_until(lambda: len(sink.submissions) == 3, "the file that came back")
+    assert sink.submissions[2].request.source.name == "Roam.wav"
+    _stays(sink, 3, 4 * 0.3 + 3 * SETTLE)
+    first.stop()  # a restart: both stayed, neither is taken again
+    run_watcher(sink, [folder(hot)], rescan_interval=0.3)
+    _stays(sink, 3, 4 * 0.3 + 6 * SETTLE)
+
+
+def test_a_file_copied_in_with_its_time_kept_after_its_twin_left_is_taken(
+    hot: Path, tmp_path: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """`cp -p` (or a Finder copy) keeps the time too: a copy arriving where the done one was is new."""
+    sink = RecordingSink(on_submit=_done_at_once)
+    run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    source = drop(hot / "Take.wav", wav_bytes(seed=14))
+    wait_until(lambda: len(sink.submissions) == 1, "the job")
+    keep = tmp_path / "Take.wav"
+    keep.write_bytes(source.read_bytes())
+    stat = source.stat()
+    os.utime(keep, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    source.unlink()
+    time.sleep(2 * SETTLE)
+    drop(source, keep.read_bytes())
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    wait_until(lambda: len(sink.submissions) == 2, "the copy")
+    _stays(sink, 2, 6 * SETTLE)
+
+
+@pytest.mark.parametrize("polling", [False, True])
+def test_a_hot_folder_deleted_and_made_again_is_watched_at_once(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher], polling: bool
+) -> None:
+    sink = RecordingSink(on_submit=_done_at_once)
+    run_watcher(sink, [folder(hot, polling=polling)], rescan_interval=600.0)
+    drop(hot / "Before.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the first file")
+    for attempt in range(2):  # deleted and made again, twice
+        shutil.rmtree(hot)
+        time.sleep(0.3)  # the watcher sees it gone
+        hot.mkdir()
+        drop(hot / f"After {attempt}.wav")  # straight after: before any watch could be set up again
+        wait_until(lambda n=attempt: len(sink.submissions) == 2 + n, f"the file in the new folder ({attempt})")
+    assert sink.sources() == ["Before.wav", "After 0.wav", "After 1.wav"]
+    later = hot / "Later.wav"  # and files dropped later still raise events
+    time.sleep(0.5)
+    drop(later)
+    wait_until(lambda: len(sink.submissions) == 4, "a file dropped later into the new folder")
+
+
+def test_a_hot_folder_missing_at_start_is_watched_as_soon_as_it_is_made(
+    tmp_path: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """A folder on a drive not yet connected, or not made yet: no waiting for the rescan when it appears,
+    however many of its parent folders were missing too."""
+    sink = RecordingSink(on_submit=_done_at_once)
+    near, deep = tmp_path / "near", tmp_path / "a" / "b" / "deep"
+    run_watcher(sink, [folder(near), folder(deep, preset="piano")], rescan_interval=600.0)
+    time.sleep(0.3)
+    near.mkdir()
+    drop(near / "One.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the file in the folder made after the start")
+    deep.mkdir(parents=True)
+    drop(deep / "Two.wav")
+    wait_until(lambda: len(sink.submissions) == 2, "the file in the deep folder")
+    time.sleep(0.5)
+    drop(deep / "Three.wav")
+    wait_until(lambda: len(sink.submissions) == 3, "a later file there")
+    assert sink.by_name("Two.wav").request.preset == "piano"
+
+
+def test_a_hot_folder_moved_away_and_back_is_watched_again(
+    hot: Path, tmp_path: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    sink = RecordingSink(on_submit=_done_at_once)
+    run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    os.rename(hot, tmp_path / "hot (old)")
+    drop(tmp_path / "hot (old)" / "Not ours.wav")  # the old folder is not watched any more
+    time.sleep(0.3)
+    os.rename(tmp_path / "hot (old)", hot)  # its file comes back with it: taken
+    wait_until(lambda: len(sink.submissions) == 1, "the file of the folder that came back")
+    drop(hot / "New.wav")
+    wait_until(lambda: len(sink.submissions) == 2, "a file dropped into it")
+    _stays(sink, 2, 6 * SETTLE)

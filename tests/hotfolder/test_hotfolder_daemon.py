@@ -85,3 +85,66 @@ def test_two_daemons_on_one_shared_folder_process_each_file_once(daemon_factory,
         assert f"hot folder:      {shared}  (preset piano)" in daemon.output()  # no subfolders to drop into
     manifests = [json.loads(stems_for(s, "piano")[2].read_text()) for s in sources]
     assert all(m["source"]["frames"] == int(0.4 * 44100) for m in manifests)
+
+
+def _stems_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix == ".wav"}
+
+
+def test_a_file_moved_back_from_done_is_taken_again_at_no_charge_under_new_names(
+        daemon_factory, service, user_dirs, tmp_path: Path) -> None:
+    """`mv done/Take.wav .` keeps the file's time: it used to be left alone. Back in the folder, it is a new
+    job; the engine's dedupe reuses the first result (no second request to the service) and writes the stems
+    beside the first ones under new names, overwriting nothing. No rescan helps (its interval is long)."""
+    hot = tmp_path / "retake"
+    hot.mkdir()
+    (user_dirs["config"] / "config.yaml").write_text(
+        f"default_hot_folder: false\nhot_rescan_interval: 600\nhot_folders:\n"
+        f"  - path: {hot}\n    preset: piano\n    settle_seconds: 0.3\n    after_success: move-to-done\n")
+    daemon = daemon_factory(service.url)
+    daemon.start()
+    source = make_source(hot / "Take.wav", seconds=0.5, seed=7)
+    first_manifest = stems_for(source, "piano")[2]
+    wait_for(lambda: (hot / "done" / "Take.wav").exists(), timeout=60, what="the first job and the move")
+    first = _stems_of(hot / "Stems")
+    assert len(first) == 2 and first_manifest.exists() and service.stats()["submits"] == 1
+    os.rename(hot / "done" / "Take.wav", source)
+    wait_for(lambda: len(_stems_of(hot / "Stems")) == 4 and (hot / "done" / "Take.wav").exists(), timeout=60,
+             what="the second job's stems and the second move")
+    stems = _stems_of(hot / "Stems")
+    assert {name: stems[name] for name in first} == first  # the first stems untouched
+    new = {name: data for name, data in stems.items() if name not in first}
+    assert sorted(new.values()) == sorted(first.values())  # the same result, under new names
+    assert all("(2)" in name for name in new), sorted(new)
+    reused = [json.loads(p.read_text()) for p in (hot / "Stems").glob("*.sam.json") if p != first_manifest]
+    assert len(reused) == 1 and reused[0]["reused_from"] == str(first_manifest)
+    time.sleep(1.5)
+    assert service.stats()["submits"] == 1  # never paid twice
+    assert daemon.stop() == 0
+
+
+def test_a_sidecar_edited_after_the_job_is_a_new_job_and_one_saved_unchanged_costs_nothing(
+        daemon_factory, service, user_dirs, tmp_path: Path) -> None:
+    hot = tmp_path / "sidecars"
+    hot.mkdir()
+    (user_dirs["config"] / "config.yaml").write_text(
+        f"default_hot_folder: false\nhot_rescan_interval: 600\nhot_folders:\n"
+        f"  - path: {hot}\n    preset: piano\n    settle_seconds: 0.3\n")
+    sidecar = hot / "Band.sam.yaml"
+    sidecar.write_text("prompt: bass guitar\n")
+    time.sleep(0.4)
+    daemon = daemon_factory(service.url)
+    daemon.start()
+    make_source(hot / "Band.wav", seconds=0.5, seed=8)
+    wait_for(lambda: len(list((hot / "Stems").glob("*.sam.json"))) == 1 if (hot / "Stems").is_dir() else False,
+             timeout=60, what="the first job's stems")
+    assert service.stats()["submits"] == 1
+    sidecar.write_text("prompt: bass guitar\n")  # saved again, unchanged
+    time.sleep(2.0)
+    assert service.stats()["submits"] == 1 and len(list((hot / "Stems").glob("*.sam.json"))) == 1
+    sidecar.write_text("prompt: drum kit\n")
+    wait_for(lambda: len(list((hot / "Stems").glob("*.sam.json"))) == 2, timeout=60, what="the new prompt's stems")
+    assert service.stats()["submits"] == 2
+    prompts = sorted(json.loads(p.read_text())["request"]["prompt"] for p in (hot / "Stems").glob("*.sam.json"))
+    assert prompts == ["bass guitar", "drum kit"]
+    assert daemon.stop() == 0

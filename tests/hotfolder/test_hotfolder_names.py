@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.common.path_policy import PathPolicy
 from bridge.hotfolder.names import (
     ManifestIndex,
     SidecarError,
@@ -19,7 +20,9 @@ from bridge.hotfolder.names import (
     is_excluded_dir,
     move_to_done,
     read_sidecar,
+    sidecar_version,
     source_for_error_file,
+    sources_of_sidecar,
     write_error_file,
 )
 from bridge.hotfolder.network_drives import network_filesystem_type
@@ -254,3 +257,31 @@ def test_what_a_sidecar_asks_is_part_of_the_request_key(tmp_path: Path) -> None:
     assert len({plain, flute, trumpet}) == 3
     sidecar.write_text("prompt: trumpet\n")
     assert key() == trumpet  # the same sidecar again: the same request
+
+
+def test_a_sidecars_version_is_its_content_under_either_name_and_never_of_a_file_outside(tmp_path: Path) -> None:
+    """The version goes into a claim marker anyone sharing the folder may read: a symlinked sidecar counts
+    only for a file inside the allowed folders, as when it is read for the request."""
+    hot, outside = tmp_path / "hot", tmp_path / "private"
+    hot.mkdir()
+    outside.mkdir()
+    source = hot / "Song.wav"
+    source.write_bytes(b"RIFF")
+    (hot / "Song.take2.wav").write_bytes(b"RIFF")
+    policy = PathPolicy.from_roots((hot,), (hot,))
+    assert sidecar_version(source, policy) == ""
+    (hot / "Song.sam.yaml").write_text("prompt: piano\n")
+    first = sidecar_version(source, policy)
+    assert first not in ("", "unreadable", "outside")
+    os.rename(hot / "Song.sam.yaml", hot / "Song.wav.sam.yaml")
+    assert sidecar_version(source, policy) == first  # the other name, the same content
+    (hot / "Song.wav.sam.yaml").write_text("prompt: drums\n")
+    assert sidecar_version(source, policy) not in (first, "", "unreadable")
+    (hot / "Song.wav.sam.yaml").unlink()
+    (outside / "secret.yaml").write_text("prompt: piano\n")
+    os.symlink(outside / "secret.yaml", hot / "Song.sam.yaml")
+    assert sidecar_version(source, policy) == "outside"
+    assert sources_of_sidecar(hot / "Song.sam.yaml") == [source]
+    assert sources_of_sidecar(hot / "Song.take2.sam.yaml") == [hot / "Song.take2.wav"]
+    assert sources_of_sidecar(hot / "Song.wav.sam.yaml") == [source]
+    assert sources_of_sidecar(hot / "Other.sam.yaml") == []

@@ -43,10 +43,10 @@ class DatabaseClaims:
         with self._lock:
             return self.limit is not None and len(self._held) >= self.limit
 
-    def try_claim(self, source: Path, snapshot: FileSnapshot) -> ClaimOutcome:
+    def try_claim(self, source: Path, snapshot: FileSnapshot, variant: str = "") -> ClaimOutcome:
         if self.busy():
             return ClaimOutcome(None, holder="this sam-bridge (all its slots busy)", recheck_after=0.05)
-        key = db_claim_key(source, snapshot)
+        key = db_claim_key(source, snapshot, variant)
         host = self.journal_host()
         rows = self.journal.read_waiting(_TRY, (key, source.name, self.instance_id, host, self.journal.lease))
         if rows:
@@ -88,7 +88,7 @@ class DatabaseClaims:
         with self._lock:
             self._held.discard(claim.key)
 
-    def forget_done(self, source: Path, snapshot: FileSnapshot) -> None:
+    def forget_done(self, source: Path, snapshot: FileSnapshot, variant: str = "") -> None:
         """The file moved to done/: its row stays "done" (a copy put back later with the same name, size and
         time is the same version, as with marker files until they are pruned)."""
 
@@ -96,6 +96,8 @@ class DatabaseClaims:
         return 0  # rows are small; `done` rows must outlive the files' stay in the folder
 
 
-def db_claim_key(source: Path, snapshot: FileSnapshot) -> str:
-    text = f"{source.parent.name}\0{source.name}\0{snapshot.size}\0{snapshot.mtime_ns}"
+def db_claim_key(source: Path, snapshot: FileSnapshot, variant: str = "") -> str:
+    """As `bridge.common.claims.claim_key`: no variant, the key it always was."""
+    text = f"{source.parent.name}\0{source.name}\0{snapshot.size}\0{snapshot.mtime_ns}" + \
+        (f"\0{variant}" if variant else "")
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
