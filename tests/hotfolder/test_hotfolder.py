@@ -892,6 +892,30 @@ def test_a_sidecar_edited_after_the_job_makes_a_new_job_and_one_saved_unchanged_
     assert sink.submissions[2].request.prompt == "nylon guitar"
 
 
+def test_deleting_the_sidecar_of_a_finished_file_asks_for_nothing_not_even_after_a_restart(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """Tidying up a finished file's sidecar is no request to separate it again with the folder's preset:
+    that would be a charge and stems nobody asked for. A new sidecar with other content still is one."""
+    sink = RecordingSink(on_submit=_done_at_once)
+    sidecar = hot / "Vox.sam.yaml"
+    sidecar.write_text("prompt: lead vocal\n")
+    time.sleep(SETTLE)
+    first = run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    drop(hot / "Vox.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the job")
+    wait_until(lambda: any(m.read_text().count('"done"') for m in (hot / ".sam-bridge" / "claims").iterdir()),
+               "the file marked done")
+    sidecar.unlink()
+    _stays(sink, 1, 6 * SETTLE)
+    first.stop()
+    run_watcher(sink, [folder(hot)], rescan_interval=600.0)  # a restart remembers nothing but the markers
+    _stays(sink, 1, 6 * SETTLE)
+    sidecar.write_text("prompt: backing vocals\n")
+    wait_until(lambda: len(sink.submissions) == 2, "a job for the new sidecar")
+    assert sink.submissions[1].request.prompt == "backing vocals"
+
+
 def test_a_sidecar_saved_while_the_daemon_was_down_counts_and_an_unchanged_one_does_not(
     hot: Path, run_watcher: Callable[..., HotFolderWatcher]
 ) -> None:
