@@ -6,7 +6,8 @@ done (optionally moving it to done/) or write `<file>.error.txt`. A record per f
 what needs nothing more from us, so rescans and repeated events stay harmless.
 
 A file version is the audio file (name, size, mtime) and what its sidecar holds: a sidecar saved with other
-content makes a new version (a new claim, a new request), one saved unchanged or touched does not. A version
+content makes a new version (a new claim, a new request), one saved unchanged, touched or deleted does not
+(a version done with a sidecar is marked done without it too). A version
 is done once per stay in the folder: a file the watcher saw leave and come back (`mv` keeps its time) is a
 new arrival, and its request is a new job even when the engine finished one with the same key before (the
 engine's dedupe then reuses that result). A file that stays is never taken again, rescans and restarts
