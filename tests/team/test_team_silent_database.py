@@ -1,8 +1,9 @@
 """A database that goes silent (its host lost, a cable pulled, a NAT that dropped the connection's state, a
 frozen server) leaves the connection open and never answers: without a bound of its own a daemon would wait
 forever, its heartbeat never saying so while the others take its jobs over. A real proxy between psycopg
-and a real server freezes (holds every byte, closes nothing); each wait for the server must end within the
-statement bound (`bridge.engine.journal.deadline`) as an outage, and everything carries on after a thaw."""
+and a real server freezes (holds every byte, closes nothing); the heartbeat's wait (and `team check`'s) must
+end within the statement bound (`bridge.engine.journal.deadline`) as an outage, and carry on after a thaw.
+A lock wait is no outage: the pool's statements wait for it, and the heartbeat's is ended by the server."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from bridge.common.errors import BridgeError
 from bridge.common.request import SeparationRequest
 from bridge.engine.journal.postgres import PostgresJournal
 from tests.team.lossy_proxy import LossyProxy
@@ -96,42 +96,53 @@ def test_a_heartbeat_on_a_silent_database_reports_the_outage_and_renews_after_it
         journal.close()
 
 
-def test_a_daemons_statement_on_a_silent_database_waits_as_an_outage_and_carries_on(
-        proxy: LossyProxy, team_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A worker's journal call on a pooled connection: the outage is said (no heartbeat here to say it),
-    and the call returns once the database answers again."""
+def test_a_job_statement_waiting_for_a_lock_is_not_cut_and_runs_once(
+        team_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A lock held longer than the bound (another daemon's transaction, a report, a migration) is no outage:
+    the pool's statement waits for it and runs once. Cutting it on the client left it running on the
+    server (applied after the caller was told it failed) and every retry added a server process."""
+    import psycopg
+
+    from bridge.common.jobs import JobState
+
     caplog.set_level(logging.WARNING, logger="bridge.engine.journal.postgres")
-    journal = PostgresJournal(proxy.dsn(team_db), "studio-a", daemon=True, lease=LEASE)
-    journal._stop.set()  # the heartbeat ends: only the pooled statement can notice
+    journal = PostgresJournal(team_db, "studio-a", daemon=True, lease=LEASE)
     try:
         job = journal.add(SeparationRequest(source=tmp_path / "a.wav", prompt="piano"), "piano")
-        proxy.freeze()
-        call = Call(lambda: journal.get(job))
-        wait_for(lambda: bool(outages(caplog)), WITHIN)
-        assert not call.done.is_set()  # it waits, as for any outage
-
-        proxy.thaw()
-        assert call.done.wait(WITHIN), "the call did not carry on after the database answered again"
-        assert call.error is None and call.result is not None and call.result.view.job_id == job
-        assert journal.reachable
+        with psycopg.connect(team_db) as holder:  # a transaction holding the job's row, 3 bounds long
+            holder.execute("SELECT 1 FROM jobs WHERE id=%s FOR UPDATE", (job,))
+            call = Call(lambda: journal.set_state(job, JobState.uploading))
+            time.sleep(3 * journal.statement_bound)
+            waiting = query(team_db, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type='Lock'")[0][0]
+            assert not call.done.is_set() and waiting == 1, (call.error, waiting)
+        assert call.done.wait(WITHIN) and call.error is None, call.error
+        assert journal.get(job).view.state is JobState.uploading
+        assert not outages(caplog)
     finally:
-        proxy.thaw()
         journal.close()
 
 
-def test_a_command_on_a_silent_database_says_it_is_unreachable_instead_of_hanging(
-        proxy: LossyProxy, team_db: str) -> None:
-    """`sam-bridge status` and the like (daemon=False) raise at once rather than wait for the database."""
-    PostgresJournal(team_db, "studio-a", daemon=True, lease=LEASE).close()  # the schema
-    journal = PostgresJournal(proxy.dsn(team_db), "studio-a", lease=LEASE)
+def test_a_heartbeat_behind_a_lock_is_ended_by_the_server_not_piled_up(
+        team_db: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The heartbeat's own statement waiting for a lock is ended by the server before the client's bound
+    (statement_timeout), so no abandoned renewal keeps waiting there, one more per try."""
+    import psycopg
+
+    caplog.set_level(logging.WARNING, logger="bridge.engine.journal.postgres")
+    journal = PostgresJournal(team_db, "studio-a", daemon=True, lease=LEASE)
     try:
-        assert journal.team_daemons()  # a pooled connection through the proxy, in use
-        proxy.freeze()
-        call = Call(lambda: journal.team_daemons())
-        assert call.done.wait(WITHIN), "the statement hangs on the silent database"
-        assert isinstance(call.error, BridgeError) and UNREACHABLE in call.error.message
+        with psycopg.connect(team_db) as holder:
+            holder.execute("SELECT 1 FROM daemons WHERE instance='studio-a' FOR UPDATE")
+            wait_for(lambda: bool(outages(caplog)), WITHIN)
+            most = 0
+            for _ in range(int(4 * journal.statement_bound / 0.1)):
+                most = max(most, query(team_db, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                                "wait_event_type='Lock' AND query LIKE 'UPDATE daemons%%'")[0][0])
+                time.sleep(0.1)
+            assert most <= 1, f"{most} renewals waiting on the server at once"
+        before = heartbeat(team_db, "studio-a")
+        wait_for(lambda: journal.reachable and heartbeat(team_db, "studio-a") > before, WITHIN)
     finally:
-        proxy.thaw()
         journal.close()
 
 

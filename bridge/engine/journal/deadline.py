@@ -1,21 +1,25 @@
-"""A bound on every wait for the team database: a silent server becomes an ordinary connection error.
+"""A bound on the heartbeat's wait for the team database: a silent server becomes an ordinary connection error.
 
 A peer that stops answering while the kernel keeps the connection open (the server's host lost, a cable
 pulled, a NAT that dropped the connection's state, a frozen server) leaves libpq waiting for an answer
 forever: psycopg has no client-side statement timeout, and the server's `statement_timeout` cannot help
-(the server never sees the statement). Two lines, each within `statement_bound(lease)`:
+when the server never sees the statement. What is bounded, and how:
 
-- The kernel's, for real network loss: libpq's connection parameters `keepalives`, `keepalives_idle`,
-  `keepalives_interval`, `keepalives_count` (seconds) and `tcp_user_timeout` (milliseconds, libpq 12 and
-  later) make the OS drop a connection whose peer stopped acknowledging (PostgreSQL docs, libpq, "Parameter
-  Key Words"). Only those this libpq knows (`psycopg.pq.Conninfo.get_defaults()`) and the address does not
-  set are added. They never fire while the peer's kernel still acknowledges (a frozen server process).
-- The application's, whatever the kernel does: psycopg runs every exchange with the server (a query, BEGIN,
-  COMMIT, the pool's rollback) through `Connection.wait` (psycopg/connection.py), which `BoundedConnection`
-  times; a `Watchdog` thread shuts the connection's socket (`pgconn.socket`, psycopg.pq's documented file
-  descriptor) down when a wait outlasts the bound. The blocked wait wakes at end of file, libpq fails, and
-  the caller gets `NoAnswer` (a psycopg.OperationalError): the journal's outage and reconnect paths run, and
-  the pool discards the connection (libpq marked it bad).
+- Every connection (the pool's, the heartbeat's, `team check`'s), by the kernel, for real network loss:
+  libpq's connection parameters `keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_count`
+  (seconds) and `tcp_user_timeout` (milliseconds, libpq 12 and later; Linux only) make the OS drop a
+  connection whose peer stopped acknowledging (PostgreSQL docs, libpq, "Parameter Key Words"). Only those
+  this libpq knows (`psycopg.pq.Conninfo.get_defaults()`) and the address does not set are added. They never
+  fire while the peer's kernel still acknowledges (a frozen server process).
+- The heartbeat and `team check`, whatever the kernel does: psycopg runs every exchange with the server
+  through `Connection.wait` (psycopg/connection.py), which `BoundedConnection` times; a `Watchdog` thread
+  shuts the connection's socket (`pgconn.socket`, psycopg.pq's documented file descriptor) down when a wait
+  outlasts the bound. The blocked wait wakes at end of file, libpq fails, and the caller gets `NoAnswer` (a
+  psycopg.OperationalError): the heartbeat says the database is unreachable and connects anew. Before that,
+  the server ends a statement of theirs that waits for a lock itself (`bound_on_server`).
+- Not the pool's statements: those of jobs wait for locks legitimately (another daemon's transaction, a
+  migration, a report), and a statement cut on the client goes on running on the server (it would be
+  applied after the caller was told it failed, and each retry would leave one more server process).
 """
 
 from __future__ import annotations
@@ -61,6 +65,15 @@ def tcp_parameters(dsn: str, bound: float) -> dict[str, Any]:
     return {name: value for name, value in wanted.items() if name in known and name not in given}
 
 
+def bound_on_server(conn: psycopg.Connection[Any], bound: float) -> None:
+    """The first line, on the server: a statement of `conn` that waits (for a lock: a migration, another
+    daemon's transaction) is ended by the server itself before the watchdog's bound, as an ordinary error
+    (QueryCanceled), rolled back, so nothing runs on after the client gave up and connections do not pile up
+    (PostgreSQL docs, "Client Connection Defaults": statement_timeout). The watchdog is left for a server
+    that does not answer at all. A SET, not a startup option: poolers such as PgBouncer refuse `options`."""
+    conn.execute(f"SET statement_timeout = {max(100, int(bound * 800))}")  # 0.8 × the bound, in ms
+
+
 class NoAnswer(psycopg.OperationalError):
     """The server did not answer within the bound: its connection was closed."""
 
@@ -79,7 +92,7 @@ class Watchdog:
         self._thread.start()
 
     def watch(self, conn: psycopg.Connection[Any]) -> None:
-        """Bound every wait of `conn` (a BoundedConnection; the pool's `configure`)."""
+        """Bound every wait of `conn` (a BoundedConnection)."""
         if isinstance(conn, BoundedConnection):
             conn.watchdog = self
 

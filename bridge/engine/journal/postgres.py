@@ -10,7 +10,8 @@ own (`now()`), so the machines' clocks may disagree.
 
 While the database is unreachable every journal call waits (and says so once): jobs pause at their next
 journal write, nothing new is claimed, and all carry on when it is back. A server that goes silent (its host
-lost, the network cut) is unreachable too: every wait for it ends within `statement_bound(lease)` (deadline.py).
+lost, the network cut) is unreachable too: the heartbeat's wait for it ends within `statement_bound(lease)`,
+and the kernel drops every connection whose peer stopped acknowledging (deadline.py).
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ from bridge.engine.journal.base import (
     job_row,
     state_columns,
 )
-from bridge.engine.journal.deadline import BoundedConnection, Watchdog, statement_bound, tcp_parameters
+from bridge.engine.journal.deadline import (
+    BoundedConnection,
+    Watchdog,
+    bound_on_server,
+    statement_bound,
+    tcp_parameters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +165,12 @@ class PostgresJournal(JobJournal):
         self._tcp = tcp_parameters(dsn, self.statement_bound)
         self._watchdog = Watchdog(self.statement_bound)
         PoolLogMask.guard(dsn)
-        self._pool: ConnectionPool[BoundedConnection] = ConnectionPool(
+        # The pool's statements are not cut by the watchdog: a lock wait (another daemon's transaction, a
+        # migration, a report) is no outage, and a cut statement would go on running on the server.
+        self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
             kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(1, int(connect_timeout)),
                     "application_name": f"sam-bridge {instance}"[:63], **self._tcp},
-            connection_class=BoundedConnection, configure=self._watchdog.watch,
             name="sam-bridge-journal", reconnect_timeout=0)
         try:
             self._setup()
@@ -409,6 +417,7 @@ class PostgresJournal(JobJournal):
                         conn = BoundedConnection.connect(
                             self._dsn, autocommit=True, connect_timeout=self._connect_timeout,
                             application_name=f"sam-bridge {self.instance} heartbeat"[:63], **self._tcp)
+                        bound_on_server(conn, self.statement_bound)
                         self._watchdog.watch(conn)
                     self._counted(1)
                     conn.execute("UPDATE daemons SET heartbeat=now(), stopped=false WHERE instance=%s",
