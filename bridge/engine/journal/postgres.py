@@ -52,7 +52,6 @@ from bridge.engine.journal.base import (
 )
 from bridge.engine.journal.deadline import (
     BoundedConnection,
-    Watchdog,
     bound_on_server,
     statement_bound,
     tcp_parameters,
@@ -163,9 +162,8 @@ class PostgresJournal(JobJournal):
         self._heartbeat: threading.Thread | None = None
         self.statement_bound = statement_bound(lease)  # every wait for the server ends within it
         self._tcp = tcp_parameters(dsn, self.statement_bound)
-        self._watchdog = Watchdog(self.statement_bound)
         PoolLogMask.guard(dsn)
-        # The pool's statements are not cut by the watchdog: a lock wait (another daemon's transaction, a
+        # The pool's statements are not bounded: a lock wait (another daemon's transaction, a
         # migration, a report) is no outage, and a cut statement would go on running on the server.
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
@@ -176,7 +174,6 @@ class PostgresJournal(JobJournal):
             self._setup()
         except BaseException as exc:
             self._pool.close()
-            self._watchdog.stop()
             if isinstance(exc, psycopg.Error):
                 raise self._refused(exc) from None
             raise
@@ -295,7 +292,6 @@ class PostgresJournal(JobJournal):
                          mask_password(_first_line(exc), self._dsn))
         self._closed = True
         self._pool.close()
-        self._watchdog.stop()
 
     # -- schema -------------------------------------------------------------------------------------
 
@@ -418,7 +414,7 @@ class PostgresJournal(JobJournal):
                             self._dsn, autocommit=True, connect_timeout=self._connect_timeout,
                             application_name=f"sam-bridge {self.instance} heartbeat"[:63], **self._tcp)
                         bound_on_server(conn, self.statement_bound)
-                        self._watchdog.watch(conn)
+                        conn.bound = self.statement_bound
                     self._counted(1)
                     conn.execute("UPDATE daemons SET heartbeat=now(), stopped=false WHERE instance=%s",
                                  (self.instance,))

@@ -11,7 +11,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bridge.common.database import mask_password, redact
-from bridge.engine.journal.deadline import BoundedConnection, Watchdog, bound_on_server, tcp_parameters
+from bridge.engine.journal.deadline import BoundedConnection, bound_on_server, tcp_parameters
 from bridge.engine.journal.postgres import ALIVE, TABLES, VERSION
 
 SKEW_WARN = 2.0  # seconds: job ages and the budget's midnight use this machine's clock
@@ -35,8 +35,7 @@ def check_team(dsn: str, lease: float, timeout: float = 5.0) -> list[Finding]:
                                "(SAM_BRIDGE_DATABASE or `database:` in the config), and that the server accepts "
                                "connections from this machine (pg_hba.conf, firewall).")]
     findings: list[Finding] = []
-    watchdog = Watchdog(timeout, "team-check-watchdog")
-    watchdog.watch(conn)
+    conn.bound = timeout
     with conn:
         try:
             bound_on_server(conn, timeout)  # a read behind another session's lock ends as an error, not a hang
@@ -44,8 +43,6 @@ def check_team(dsn: str, lease: float, timeout: float = 5.0) -> list[Finding]:
         except psycopg.Error as exc:  # a query refused or broken: a line that says so, never a traceback
             text = mask_password((str(exc).strip().splitlines() or [type(exc).__name__])[0], dsn)
             findings.append(Finding(False, f"Could not read {where}: {text}."))
-        finally:
-            watchdog.stop()
     return findings
 
 
