@@ -88,20 +88,16 @@ def pack(block: NDArray[np.generic], bits: int) -> bytes | memoryview:
     if bits == 16:
         return np.right_shift(samples, 16).astype("<i2").data.cast("B")
     words = samples.view(np.uint32)
-    whole = len(words) // 4 * 4
-    # four samples' top three bytes a, b, c, d (each v << 8 in its word) as three words: a|b<<24, b>>8|c<<16, c>>16|d<<8
-    a, b, c, d = (words[k:whole:4] for k in range(4))
-    out = np.empty((whole // 4, 3), "<u4")
-    np.right_shift(a, 8, out=out[:, 0])
-    out[:, 0] |= b << 16
-    np.right_shift(b, 16, out=out[:, 1])
-    out[:, 1] |= c << 8
-    np.right_shift(c, 24, out=out[:, 2])
-    out[:, 2] |= d
-    if whole == len(words):
-        return out.data.cast("B")
-    tail = words[whole:].astype("<u4").view(np.uint8).reshape(-1, 4)[:, 1:]
-    return out.tobytes() + tail.tobytes()
+    # Each sample's three bytes (v << 8 in its word) go out as one unaligned 32-bit store every 3 bytes, its
+    # fourth byte being the next sample's first: a byte two stores share gets the same value from both, so
+    # the result does not depend on the order numpy stores them in (2 passes and a store, not 6 and a copy).
+    out = np.empty(len(words) * 3 + 1, np.uint8)  # the last store's fourth byte lands on the spare byte
+    stores = np.ndarray((len(words),), "<u4", out, strides=(3,))
+    joined = np.left_shift(words[1:], 16)  # the next sample's first byte (bits 8-15) to bits 24-31
+    joined |= words[:-1] >> 8
+    stores[:-1] = joined
+    stores[-1] = words[-1] >> 8
+    return out.data[:-1]
 
 
 class PcmWavReader:
