@@ -1,15 +1,16 @@
 """A plain 16/24-bit PCM WAV writer for stems, byte for byte what libsndfile writes, at less than half its cost.
 
 libsndfile packs left-justified int32 samples into 3-byte words one sample at a time (~90 ms per stereo stem of
-3 min at 44.1 kHz, more than the rest of writing it); numpy packs four samples into three 32-bit words a
-whole block at a time. The file is the canonical 44-byte header (WAVE_FORMAT_PCM, as libsndfile writes for
-the "WAV" container at any channel count), the data and a pad byte when the data's size is odd; the sizes
-are filled in at `close`, which fsyncs like libsndfile's close. tests/audio/test_pcm_wav.py pins the bytes
-against libsndfile's. RF64, WAVEX, float and every other container or format stay with libsndfile.
+3 min at 44.1 kHz, more than the rest of writing it); numpy packs a whole block at a time (see `pack`). The
+file is the canonical 44-byte header (WAVE_FORMAT_PCM, as libsndfile writes for the "WAV" container at any
+channel count), the data and a pad byte when the data's size is odd; the sizes are filled in at `close`,
+which fsyncs like libsndfile's close. tests/audio/test_pcm_wav.py pins the bytes against libsndfile's.
+RF64, WAVEX, float and every other container or format stay with libsndfile.
 
 `PcmWavReader` is the other way: conform reads the source's integer samples of a WAV, WAVEX, RF64 or Wave64
 file with numpy, the values libsndfile's float64 read gives (the sample × 2**(1 − bits): both exact), at a
-quarter of its cost (it converts each sample through a function call of its own).
+quarter of its cost (0.09 s against 0.36 s of CPU for 10 min of stereo 24-bit; libsndfile converts sample by
+sample).
 """
 
 from __future__ import annotations
