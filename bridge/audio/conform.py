@@ -287,10 +287,20 @@ def _stream(
     waiting: list[Float64Array] = []  # exact source blocks not yet matched by projector output
     meter = QualityMeter(source.samplerate)
 
-    def take_waiting(count: int) -> Float64Array:
-        joined = np.concatenate(waiting) if len(waiting) > 1 else waiting[0]
-        waiting[:] = [joined[count:]]
-        return joined[:count]
+    def submit_projected(out_t: NDArray[np.float32], out_r: NDArray[np.float32] | None) -> None:
+        """The projector's output, written against the waiting source blocks it matches, block by block:
+        its pieces straddle them (by its latency), and joining the blocks copied every exact sample again."""
+        done = 0
+        while done < len(out_t):
+            head = waiting[0]
+            take = min(len(head), len(out_t) - done)
+            part_r = None if out_r is None else out_r[done : done + take]
+            writer.submit(emit(head[:take], out_t[done : done + take], part_r))
+            if take == len(head):
+                waiting.pop(0)
+            else:
+                waiting[0] = head[take:]
+            done += take
 
     try:
         reader.restart(offset)
@@ -304,12 +314,10 @@ def _stream(
                     writer.submit(emit(exact, target[:, None], residual[:, None]))
                 else:
                     waiting.append(exact)
-                    out_t, out_r = projector.process(target, residual, exact)
-                    writer.submit(emit(take_waiting(len(out_t)), out_t, out_r))
+                    submit_projected(*projector.process(target, residual, exact))
                 _report_progress(progress, tally, (position + count) / spec.frames)
             if projector is not None:
-                out_t, out_r = projector.flush()
-                writer.submit(emit(take_waiting(len(out_t)), out_t, out_r))
+                submit_projected(*projector.flush())
             tail_t, tail_r = reader.service(probe.max_lag)
             probe.feed_service(spec.frames, tail_t + tail_r)
     finally:

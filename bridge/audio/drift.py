@@ -32,6 +32,7 @@ from bridge.audio.align import (
     measure_start_offset,
     mono_mix,
 )
+from bridge.audio.pcm_wav import PcmWavReader
 from bridge.audio.source import INTEGER_BITS, SourceInfo, read_block, refuse_non_finite
 from bridge.common.errors import SourceError
 
@@ -102,6 +103,14 @@ class SegmentReader:
         except BaseException:
             self._service.close()
             raise
+        try:  # integer PCM WAV read with numpy (see pcm_wav): the same values at a quarter of the cost
+            self._direct = PcmWavReader.open(source.path, source.format, source.subtype, source.channels)
+        except (OSError, RuntimeError):  # libsndfile has just opened it: let it read it and say what is wrong
+            self._direct = None
+        except BaseException:
+            self._service.close()
+            self._src.close()
+            raise
         self._read = 0  # source frames taken from the file since the last seek...
         self.decoded_source = 0  # ...and in all (what `restart` saves shows in these two)
         self._decoded_before = 0  # result frames decoded by services closed since
@@ -131,7 +140,12 @@ class SegmentReader:
 
     def _next_source(self, count: int) -> Float64Array:
         count = max(0, min(count, self.segment.frames - self._read))
-        block = read_exact(self._src, count, self.segment.source)
+        if self._direct is not None:
+            block = self._direct.read(self.segment.start_frame + self._read, count)
+            if len(block) < count:
+                raise _ended_early(self.segment.source)
+        else:
+            block = read_exact(self._src, count, self.segment.source)
         if not self.pcm:  # refused before a NaN, inf or absurd value is measured on or written
             refuse_non_finite(block, self.segment.start_frame + self._read, self.segment.source)
         self._read += count
@@ -186,6 +200,8 @@ class SegmentReader:
             self._service.close()
         finally:
             self._src.close()
+            if self._direct is not None:
+                self._direct.close()
 
     def __enter__(self) -> SegmentReader:
         return self
@@ -202,11 +218,15 @@ def read_exact(src: sf.SoundFile, count: int, source: SourceInfo) -> Float64Arra
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise SourceError(f"“{source.path.name}” could not be read to the end.", "Export it again.") from exc
     if len(block) < count:
-        raise SourceError(
-            f"“{source.path.name}” ended earlier than expected; it may have changed while the job ran.",
-            "Run the job again once the file is final.",
-        )
+        raise _ended_early(source)
     return np.asarray(block, dtype=np.float64)
+
+
+def _ended_early(source: SourceInfo) -> SourceError:
+    return SourceError(
+        f"“{source.path.name}” ended earlier than expected; it may have changed while the job ran.",
+        "Run the job again once the file is final.",
+    )
 
 
 def _take(queue: list[Float64Array], count: int, more: Callable[[int], Float64Array]) -> Float64Array:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import soundfile as sf
 from numpy.typing import NDArray
 
+from bridge.audio import bwf
 from bridge.audio.align import LagEstimate, drift_rate_scale
 from bridge.audio.drift import (
     REPLAY_BYTES,
@@ -20,7 +22,9 @@ from bridge.audio.drift import (
     refine_scale,
     usable_offset,
 )
+from bridge.audio.pcm_wav import PcmWavReader
 from bridge.audio.source import probe_source, read_block
+from bridge.common.errors import SourceError
 from tests.audio_fixtures import fake_service_result, low_noise, tone, write_audio
 
 RATE = 16_000
@@ -129,3 +133,41 @@ def test_integer_samples_read_as_float64_are_their_int32_values_times_a_power_of
         as_int = read_block(a, 5_000, "int32")
         exact = read_exact(b, 5_000, probe_source(path))
     assert exact.dtype == np.float64 and np.array_equal(exact, as_int * 2.0**-31)
+
+
+@pytest.mark.parametrize(("subtype", "fmt", "direct"), [
+    ("PCM_24", "WAV", True), ("PCM_16", "W64", True), ("PCM_32", "RF64", True), ("PCM_16", "WAVEX", True),
+    ("PCM_24", "FLAC", False), ("FLOAT", "WAV", False)])
+def test_the_segments_source_samples_are_libsndfiles_however_they_are_read(
+    tmp_path: Path, subtype: str, fmt: str, direct: bool
+) -> None:
+    """Integer PCM in the WAV family is read with numpy (`PcmWavReader`), the rest through libsndfile: the
+    same float64 values either way, from the segment's first frame on."""
+    rate, channels = 44_100, 3
+    data = np.random.default_rng(4).uniform(-1.0, 1.0, (3 * rate, channels))
+    path = write_audio(tmp_path / f"s.{'w64' if fmt == 'W64' else fmt.lower()}", data, rate, subtype, fmt)
+    if fmt in ("WAV", "RF64"):  # a chunk before the audio: its samples start further on
+        bwf.append_chunks(path, bwf.with_time_reference(bytes(602), 0), b"<BWFXML/>")
+    source = probe_source(path)
+    assert (PcmWavReader.open(path, source.format, source.subtype, channels) is not None) == direct
+    target, residual = fake_service_result(data / 3, 2 * data / 3, rate, tmp_path)
+    segment = Segment(source, 1_234, 2 * rate, target, residual)
+    with SegmentReader(segment) as reader:
+        got = np.concatenate([reader.source(n) for n in (1, 65_536, 50_000)])
+    with sf.SoundFile(str(path)) as f:
+        f.seek(1_234)
+        expected = read_exact(f, 2 * rate, source)
+    assert got.dtype == np.float64 and np.array_equal(got, expected)
+
+
+def test_a_source_cut_short_while_read_directly_says_so(tmp_path: Path) -> None:
+    rate = 44_100
+    data = np.random.default_rng(5).uniform(-0.5, 0.5, (4 * rate, 2))
+    path = write_audio(tmp_path / "s.wav", data, rate, "PCM_24")
+    source = probe_source(path)
+    target, residual = fake_service_result(data / 3, 2 * data / 3, rate, tmp_path)
+    with SegmentReader(Segment(source, 0, source.frames, target, residual)) as reader:
+        reader.source(rate)
+        os.truncate(path, 44 + 2 * rate * 6)  # the file now ends 2 s in
+        with pytest.raises(SourceError, match="ended earlier than expected"):
+            reader.source(2 * rate)

@@ -1,4 +1,5 @@
-"""The stems' own PCM WAV writer writes exactly the bytes libsndfile writes."""
+"""The stems' own PCM WAV writer writes exactly the bytes libsndfile writes; the source reader reads exactly the
+values libsndfile reads."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 import soundfile as sf
 from numpy.typing import NDArray
 
-from bridge.audio.pcm_wav import PcmWavWriter, handles
-from bridge.audio.source import probe_source
+from bridge.audio import bwf
+from bridge.audio.pcm_wav import PcmWavReader, PcmWavWriter, handles
+from bridge.audio.source import probe_source, read_block
 from bridge.audio.stem_output import Quantizer, StemFiles, plan_output
 from tests.audio_fixtures import noise, write_audio
 
@@ -58,3 +60,37 @@ def test_stems_of_wav_pcm_sources_use_it_and_others_libsndfile(tmp_path: Path) -
     assert all(isinstance(f, PcmWavWriter) for f in stems.files)
     stems.discard()
     assert not list(tmp_path.glob("[tr].wav"))
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32"])
+@pytest.mark.parametrize(("fmt", "channels"), [("WAV", 1), ("WAV", 2), ("WAVEX", 6), ("RF64", 2), ("W64", 3)])
+def test_the_reader_gives_libsndfiles_values(tmp_path: Path, fmt: str, subtype: str, channels: int) -> None:
+    frames = 10_007
+    values = np.random.default_rng(channels).uniform(-1.0, 1.0, (frames, channels))
+    values[0], values[1] = 1.0, -1.0  # full scale both ways (+1.0 is clipped to the largest step)
+    path = tmp_path / f"s.{'w64' if fmt == 'W64' else 'wav'}"
+    sf.write(str(path), values, 48_000, subtype, format=fmt)
+    if fmt != "W64":  # a chunk before the audio moves it
+        bwf.append_chunks(path, bwf.with_time_reference(bytes(602), 48_000), b"<BWFXML/>")
+    reader = PcmWavReader.open(path, fmt, subtype, channels)
+    assert reader is not None
+    with sf.SoundFile(str(path)) as f:
+        for start, count in [(0, 1), (0, frames), (4_999, 3), (frames - 5, 100), (frames, 10), (7, 0)]:
+            f.seek(start)
+            theirs = read_block(f, count, "float64")
+            ours = reader.read(start, count)
+            assert ours.dtype == np.float64 and ours.shape == theirs.shape
+            assert np.array_equal(ours, theirs)
+    reader.close()
+
+
+def test_the_reader_leaves_other_files_to_libsndfile(tmp_path: Path) -> None:
+    audio = noise(8_000, 0.1, channels=2)
+    for fmt, subtype, name in [("WAV", "FLOAT", "f.wav"), ("WAV", "PCM_U8", "u.wav"), ("AIFF", "PCM_24", "a.aiff"),
+                               ("FLAC", "PCM_24", "f.flac")]:
+        path = write_audio(tmp_path / name, audio, 8_000, subtype, fmt)
+        assert PcmWavReader.open(path, fmt, subtype, 2) is None, name
+    big_endian = tmp_path / "rifx.wav"
+    sf.write(str(big_endian), audio, 8_000, "PCM_24", format="WAV", endian="BIG")
+    assert sf.info(str(big_endian)).format == "WAV"
+    assert PcmWavReader.open(big_endian, "WAV", "PCM_24", 2) is None
