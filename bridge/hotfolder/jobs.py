@@ -6,8 +6,10 @@ done (optionally moving it to done/) or write `<file>.error.txt`. A record per f
 what needs nothing more from us, so rescans and repeated events stay harmless.
 
 A file version is the audio file (name, size, mtime) and what its sidecar holds: a sidecar saved with other
-content makes a new version (a new claim, a new request), one saved unchanged, touched or deleted does not
-(a version done with a sidecar is marked done without it too). A version
+content makes a new version (a new claim, a new request), one saved unchanged, touched or deleted does not,
+whatever became of the version's job (queued, running, done or failed). A job with a sidecar marks the same
+audio without a sidecar done when it is submitted (for restarts and sibling daemons), and frees it again if
+it fails or is cancelled. A version
 is done once per stay in the folder: a file the watcher saw leave and come back (`mv` keeps its time) is a
 new arrival, and its request is a new job even when the engine finished one with the same key before (the
 engine's dedupe then reuses that result). A file that stays is never taken again, rescans and restarts
@@ -73,6 +75,7 @@ class _Taken:
     claim: Claim | None
     job_id: str = ""
     variant: str = ""
+    cover: Claim | None = None  # the bare key's marker, marked done at submit (a job with a sidecar)
 
 
 class HotFolderJobs:
@@ -100,6 +103,11 @@ class HotFolderJobs:
     def _same_sidecar(self, path: Path, record: _Record) -> bool:
         seen = sidecar_stat(path)
         if seen == record.sidecar and (seen is not None or not record.variant):
+            return True
+        if seen is None and record.variant:
+            # A sidecar that disappears never makes a new version, whatever became of the one it had (queued,
+            # running, done, failed): deleting it is tidying up, not a request to run the file again with the
+            # folder's preset (a charge nobody asked for). A failed one waits for its error file, as ever.
             return True
         if sidecar_version(path, self._policy) != record.variant:
             return False
@@ -181,12 +189,40 @@ class HotFolderJobs:
             self._claims.release(claim)
             return RETRY_AFTER_ENGINE_ERROR
         log.info("Hot folder: %s → job %s", path.name, job_id)
+        cover = self._cover(path, snapshot) if variant else None
         self._records[path] = _Record(snapshot, _Status.submitted, variant, seen)
-        self._taken[job_id] = _Taken(path, snapshot, route.folder, claim, job_id, variant)
+        self._taken[job_id] = _Taken(path, snapshot, route.folder, claim, job_id, variant, cover)
         view = self._sink.get(job_id)
         if view is not None and view.state.finished:  # e.g. done before a restart, per the journal
             self._finish(job_id, view.state, view.error or view.message, view.stems)
         return None
+
+    def _cover(self, path: Path, snapshot: FileSnapshot) -> Claim | None:
+        """A job with a sidecar was submitted: mark the same audio without a sidecar (the bare key) done now,
+        so that a sibling daemon, or this one after a restart, never takes the file with the folder's preset
+        when the sidecar is deleted while the job is queued or running. Released if the job fails."""
+        try:
+            outcome = self._claims.try_claim(path, snapshot)
+        except OSError as exc:
+            log.warning("Hot folder: could not mark %s done without its sidecar: %s", path.name, exc)
+            return None
+        if outcome.claim is None:
+            return None  # done already (a cover, or a job without a sidecar), or held by someone else
+        self._claims.mark_done(outcome.claim)
+        return outcome.claim
+
+    def _release_cover(self, taken: _Taken) -> None:
+        """The job with a sidecar failed or was cancelled: the file without its sidecar is free again (its
+        error file deleted with the sidecar, it runs with the folder's preset), unless another job of the same
+        audio with a sidecar is still under way: that one keeps the cover."""
+        if taken.cover is None:
+            return
+        heir = next((t for t in self._taken.values() if t.path == taken.path and t.snapshot == taken.snapshot
+                     and t.variant and t.cover is None), None)
+        if heir is not None:
+            heir.cover = taken.cover
+        else:
+            self._claims.release(taken.cover)
 
     def _sidecar_now(self, path: Path) -> tuple[str, tuple[str, int, int, int] | None]:
         seen = sidecar_stat(path)  # before the read: a sidecar saved meanwhile is read again next time
@@ -259,9 +295,11 @@ class HotFolderJobs:
             self._set_record(taken, None)
             if taken.claim is not None:
                 self._claims.release(taken.claim)
+            self._release_cover(taken)
             return
         what = "The job was cancelled." if state is JobState.cancelled else (message or "The job failed.")
         self.fail(taken.path, taken.snapshot, what, claim=taken.claim, job_id=job_id, variant=taken.variant)
+        self._release_cover(taken)
 
     def _finish_retried(self, job_id: str) -> None:
         """A job of ours that failed, then `sam-bridge retry` made good: its error file goes, and the file

@@ -1059,3 +1059,54 @@ def test_a_hot_folder_moved_away_and_back_is_watched_again(
     drop(hot / "New.wav")
     wait_until(lambda: len(sink.submissions) == 2, "a file dropped into it")
     _stays(sink, 2, 6 * SETTLE)
+
+
+def test_a_sidecar_deleted_while_its_job_is_under_way_asks_for_nothing_here_nor_on_a_sibling(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """The engine is busy: the job with a sidecar is still queued when the user tidies the sidecar away. That
+    is no request to run the file with the folder's preset: not here, not on a sibling daemon sharing the
+    folder, not after a restart, not once the job is done."""
+    sink = RecordingSink()  # jobs stay queued
+    (hot / "Vox.sam.yaml").write_text("prompt: lead vocal\n")
+    time.sleep(SETTLE)
+    first = run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    drop(hot / "Vox.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the job with the sidecar")
+    (hot / "Vox.sam.yaml").unlink()
+    _stays(sink, 1, 8 * SETTLE)
+    sibling = RecordingSink("sibling")
+    run_watcher(sibling, [folder(hot)], instance_id="studio-b", rescan_interval=600.0)
+    _stays(sibling, 0, 8 * SETTLE)
+    first.stop()  # a restart while the job still runs (the journal keeps it)
+    run_watcher(sink, [folder(hot)], instance_id="studio-a2", rescan_interval=600.0)
+    _stays(sink, 1, 8 * SETTLE)
+    sink.finish(sink.submissions[0].job_id, JobState.done)
+    _stays(sink, 1, 6 * SETTLE)
+    assert sink.submissions[0].request.prompt == "lead vocal" and sibling.submissions == []
+
+
+def test_a_failed_sidecar_job_frees_the_file_without_its_sidecar(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """The job with a sidecar failed: deleting the error file and the sidecar runs the file with the folder's
+    preset, as before sidecars counted, also on a sibling daemon (the cover taken at submit is released)."""
+    sink = RecordingSink()
+    (hot / "Vox.sam.yaml").write_text("prompt: lead vocal\n")
+    time.sleep(SETTLE)
+    run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    source = drop(hot / "Vox.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the job with the sidecar")
+    (hot / "Vox.sam.yaml").unlink()
+    _stays(sink, 1, 6 * SETTLE)  # deleted while queued: nothing
+    sink.finish(sink.submissions[0].job_id, JobState.failed, error="out of credit")
+    wait_until(lambda: error_file_for(source).exists(), "the error file")
+    _stays(sink, 1, 4 * SETTLE)  # the error file blocks, the missing sidecar changes nothing
+    sibling = RecordingSink("sibling")
+    run_watcher(sibling, [folder(hot)], instance_id="studio-b", rescan_interval=600.0)
+    _stays(sibling, 0, 6 * SETTLE)
+    error_file_for(source).unlink()
+    wait_until(lambda: len(sink.submissions) + len(sibling.submissions) == 2, "the retry")
+    _stays(sink, len(sink.submissions), 4 * SETTLE)
+    [retry] = [s for s in (*sink.submissions[1:], *sibling.submissions)]
+    assert retry.request.preset == "vocals" and retry.request.prompt is None
