@@ -1110,3 +1110,38 @@ def test_a_failed_sidecar_job_frees_the_file_without_its_sidecar(
     _stays(sink, len(sink.submissions), 4 * SETTLE)
     [retry] = [s for s in (*sink.submissions[1:], *sibling.submissions)]
     assert retry.request.preset == "vocals" and retry.request.prompt is None
+
+
+def test_a_file_done_by_an_older_sam_bridge_is_not_paid_for_again_whatever_its_sidecar_holds(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """A rolling upgrade of daemons sharing a folder: markers written before sidecars counted have the bare
+    key (name, size, time) and no format, also for files with a sidecar. Done, they cover the file whatever
+    its sidecar holds. A bare done marker of this version (a file done without a sidecar) does not: a sidecar
+    added later still asks for a new job."""
+    (hot / "Pad.sam.yaml").write_text("prompt: pad\n")
+    pad = drop(hot / "Pad.wav", wav_bytes(seed=31))
+    stat = pad.stat()
+    key = hashlib.sha256(f"Pad.wav\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+    claims = hot / ".sam-bridge" / "claims"
+    claims.mkdir(parents=True)
+    (claims / f"{key}.1.claim").write_text(json.dumps({  # as the version before sidecar variants wrote it
+        "source": "Pad.wav", "instance": "studio-old:123", "host": "studio-old", "pid": 123, "state": "done",
+        "claimed_at": time.time() - 60, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+        "changed_at": time.time() - 30}))
+    time.sleep(SETTLE)
+    sink = RecordingSink(on_submit=_done_at_once)  # a sibling on another machine: its journal has no such job
+    run_watcher(sink, [folder(hot)], instance_id="studio-new", rescan_interval=600.0)
+    drop(hot / "Keys.wav", wav_bytes(seed=32))  # done here, without a sidecar
+    wait_until(lambda: "Keys.wav" in sink.sources(), "the file without a sidecar")
+    _stays(sink, 1, 6 * SETTLE)  # and not Pad.wav, done by the older daemon
+    # The old marker cannot say what the sidecar held: the file is done whatever it holds (save the audio
+    # again to run it with a new prompt). A sidecar added to a file done here without one is a new job.
+    (hot / "Pad.sam.yaml").write_text("prompt: warm pad\n")
+    (hot / "Keys.sam.yaml").write_text("prompt: keys\n")
+    wait_until(lambda: len(sink.submissions) == 2, "the job the new sidecar asks for")
+    _stays(sink, 2, 6 * SETTLE)
+    assert (sink.submissions[1].request.source.name, sink.submissions[1].request.prompt) == ("Keys.wav", "keys")
+    pad.touch()  # saved again: a new version of the audio
+    wait_until(lambda: len(sink.submissions) == 3, "the audio saved again")
+    assert sink.submissions[2].request.prompt == "warm pad"
