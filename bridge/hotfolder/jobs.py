@@ -49,6 +49,14 @@ log = logging.getLogger("bridge.hotfolder.watcher")
 
 RETRY_AFTER_ENGINE_ERROR = 30.0  # seconds before a file the engine could not take is offered again
 RETRY_AFTER_UNWRITABLE = 30.0  # seconds before a file in a folder we could not write in is offered again
+# A sidecar edited for a file already submitted or done is often saved while it is being typed (editors that
+# autosave: VS Code's afterDelay, TextEdit), and every save with other content is a new paid job. The folder's
+# settle time (2 s by default) is shorter than a pause to think in the middle of a prompt, so such an edit waits
+# until the sidecar has been quiet for SIDECAR_EDIT_SETTLE seconds at least, or SIDECAR_EDIT_SETTLE_FACTOR times
+# the folder's settle time when that is longer (a slow share): a few seconds' delay for a deliberate edit, no
+# charge for half a prompt. A new file's first drop keeps the folder's settle time.
+SIDECAR_EDIT_SETTLE = 10.0
+SIDECAR_EDIT_SETTLE_FACTOR = 5.0
 MAX_ARRIVALS = 100  # a file that came back more often than this is the earlier job's again (keys stay short)
 
 
@@ -143,8 +151,10 @@ class HotFolderJobs:
         if path in self._routes.own_outputs or self._manifests.owns(path):
             self._records[path] = _Record(snapshot, _Status.ignored, *self._sidecar_now(path))
             return None
-        if sidecar_age(path) < route.folder.settle_seconds:
-            return route.folder.settle_seconds  # the sidecar itself is still being written
+        quiet_for = self._sidecar_settle(path, snapshot, route.folder.settle_seconds)
+        age = sidecar_age(path)
+        if age < quiet_for:
+            return quiet_for - age + 0.01  # the sidecar itself is still being written (or typed)
         variant, seen = self._sidecar_now(path)
         try:
             outcome = self._claims.try_claim(path, snapshot, variant)
@@ -196,6 +206,14 @@ class HotFolderJobs:
         if view is not None and view.state.finished:  # e.g. done before a restart, per the journal
             self._finish(job_id, view.state, view.error or view.message, view.stems)
         return None
+
+    def _sidecar_settle(self, path: Path, snapshot: FileSnapshot, settle_seconds: float) -> float:
+        """How long the sidecar must be quiet before the file is taken: the folder's settle time, or for a
+        sidecar edited after this version of the audio was submitted or done, longer (SIDECAR_EDIT_SETTLE)."""
+        record = self._records.get(path)
+        if record is not None and record.snapshot == snapshot and record.status in (_Status.submitted, _Status.done):
+            return max(SIDECAR_EDIT_SETTLE, SIDECAR_EDIT_SETTLE_FACTOR * settle_seconds)
+        return settle_seconds
 
     def _cover(self, path: Path, snapshot: FileSnapshot) -> Claim | None:
         """A job with a sidecar was submitted: mark the same audio without a sidecar (the bare key) done now,

@@ -29,6 +29,7 @@ from watchdog.observers.polling import PollingObserver
 
 from bridge.common.jobs import JobEvent, JobState, JobView, RequestRejected
 from bridge.common.request import Origin, SeparationRequest
+from bridge.hotfolder import jobs
 from bridge.hotfolder.names import error_file_for
 from bridge.hotfolder.watcher import HotFolder, HotFolderWatcher
 
@@ -170,6 +171,12 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def fast_sidecar_edits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sidecar edited after its file's job waits 5 × the folder's settle time here, not 10 s at least."""
+    monkeypatch.setattr(jobs, "SIDECAR_EDIT_SETTLE", 0.0)
 
 
 @pytest.fixture
@@ -1145,3 +1152,34 @@ def test_a_file_done_by_an_older_sam_bridge_is_not_paid_for_again_whatever_its_s
     pad.touch()  # saved again: a new version of the audio
     wait_until(lambda: len(sink.submissions) == 3, "the audio saved again")
     assert sink.submissions[2].request.prompt == "warm pad"
+
+
+def test_a_sidecar_being_typed_with_autosave_is_one_job_for_the_prompt_it_ends_with(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An editor that autosaves (VS Code's afterDelay, TextEdit) saves the sidecar of a finished file while the
+    user types a new prompt, pausing longer than the folder's settle time: only the prompt it ends with is a
+    job, once the sidecar has been quiet for the longer edit settle time. A new file's first drop keeps the
+    folder's settle time."""
+    edit_settle = jobs.SIDECAR_EDIT_SETTLE_FACTOR * SETTLE
+    sink = RecordingSink(on_submit=_done_at_once)
+    sidecar = hot / "Gtr.sam.yaml"
+    sidecar.write_text("prompt: acoustic guitar\n")
+    time.sleep(SETTLE)
+    run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    drop(hot / "Gtr.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the first job")
+    for partial in ("prompt: e\n", "prompt: electr\n", "prompt: electric guitar\n"):
+        sidecar.write_text(partial)  # an autosave
+        saved = time.monotonic()
+        time.sleep(4 * SETTLE)  # a pause longer than the folder's settle time, shorter than the edit's
+    wait_until(lambda: sink.submissions[-1].request.prompt == "electric guitar", "the job for the prompt typed")
+    assert [s.request.prompt for s in sink.submissions] == ["acoustic guitar", "electric guitar"]
+    _stays(sink, 2, edit_settle + 2 * SETTLE)
+    assert sink.submissions[1].at - saved >= edit_settle - 0.05
+    # A new file with its sidecar: the folder's settle time, not the edit's (made far longer here).
+    monkeypatch.setattr(jobs, "SIDECAR_EDIT_SETTLE", 600.0)
+    (hot / "Bass.sam.yaml").write_text("prompt: bass\n")
+    drop(hot / "Bass.wav")
+    wait_until(lambda: len(sink.submissions) == 3, "the new file", timeout=15.0)
+    assert sink.submissions[2].request.prompt == "bass"
