@@ -9,11 +9,11 @@ A file version is the audio file (name, size, mtime) and what its sidecar holds:
 content makes a new version (a new claim, a new request), one saved unchanged, touched or deleted does not,
 whatever became of the version's job (queued, running, done or failed). A job with a sidecar marks the same
 audio without a sidecar done when it is submitted (for restarts and sibling daemons), and frees it again if
-it fails or is cancelled. A version
-is done once per stay in the folder: a file the watcher saw leave and come back (`mv` keeps its time) is a
-new arrival, and its request is a new job even when the engine finished one with the same key before (the
-engine's dedupe then reuses that result). A file that stays is never taken again, rescans and restarts
-included.
+it fails or is cancelled. A version is done once per stay in the folder: a file the watcher saw leave and
+come back (`mv` keeps its time) is a new arrival, and its request is a new job even when the engine finished
+one with the same key before (the engine's dedupe reuses that result only from its own journal, with its
+stems still there or within a day: the README's "When a file is taken again" says when it is charged). A
+file that stays is never taken again, rescans and restarts included.
 """
 
 from __future__ import annotations
