@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -205,7 +206,8 @@ class ClaimStore:
                 os.unlink(folder / _name(key, gen))
 
     def prune(self, folder: Path) -> int:
-        """Remove markers of file versions that no longer exist (done, or expired). Returns the count."""
+        """Remove markers of file versions that no longer exist (done, or expired). Returns the count. Only
+        "no such file" says a file is gone: one a share fails to stat now (EIO, ESTALE) keeps its markers."""
         claims = folder / STATE_DIR_NAME / CLAIMS_DIR_NAME
         try:
             names = os.listdir(claims)
@@ -220,7 +222,14 @@ class ClaimStore:
             if not record or not record.get("source"):  # unreadable, or being written: not ours to judge
                 continue
             source = folder / str(record["source"])
-            snapshot = FileSnapshot.of(source)
+            try:
+                info = os.stat(source)
+            except (FileNotFoundError, NotADirectoryError):
+                snapshot = None  # gone: only these say so
+            except OSError:  # a flaky share (EIO, ESTALE, a timeout): there or not, it cannot be told now,
+                continue  # and a done marker deleted for a file that stayed would have it paid for again
+            else:
+                snapshot = FileSnapshot(info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
             if snapshot is not None and claim_key(source.name, snapshot, str(record.get("variant", ""))) == \
                     _key_of(path):
                 continue
