@@ -225,7 +225,12 @@ class Daemon:
             return
         known = set(self.library.names(include_broken=True))
         for folder in folders:
-            folder.path.mkdir(parents=True, exist_ok=True)
+            # Only the default hot folder is made (with its preset subfolders, below). A configured one that is
+            # missing is on a drive not connected (/Volumes/X), or not made yet: making it would put it on the
+            # wrong disk, or fail and stop the daemon. The watcher says so in the log and watches for it; the
+            # start-up lines say it too.
+            if folder.path == default_hot_folder():
+                folder.path.mkdir(parents=True, exist_ok=True)
             if folder.preset is not None and folder.preset not in known:  # each file dropped there would fail
                 log.warning("hot folder %s names the preset %r, which does not exist: files dropped there fail "
                             "until it does (`sam-bridge presets list` names the presets)", folder.path, folder.preset)
@@ -384,6 +389,8 @@ def run_daemon(config: Config, choice: ServiceChoice, *, verbose: int = 0, quiet
     out(f"  requests folder: {info.requests_dir}")
     for folder in info.hot_folders:
         what = f"preset {folder.preset}" if folder.preset else "drop audio into a preset's subfolder"
+        if not folder.path.is_dir():
+            what += "; missing (a drive not connected?): watched for, used as soon as it appears"
         out(f"  hot folder:      {folder.path}  ({what})")
     if info.osc_address:
         out(f"  OSC:             udp://{info.osc_address[0]}:{info.osc_address[1]} (prefix {config.osc.prefix})")

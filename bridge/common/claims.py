@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -46,6 +47,11 @@ CLAIMS_DIR_NAME = "claims"
 # read counts as held (never free), so a private one would block the file for the others for good.
 MARKER_MODE = 0o644
 WINDOWS_RECHECK = 1.0  # seconds: Windows refuses to open a marker being deleted or replaced, briefly
+# Markers say which format wrote them. Format 2 keys a hot folder file with a sidecar by the sidecar's content
+# too (the key's variant); a marker without a format is older: it has the bare key (name, size, mtime) for
+# every file, sidecar or not, so its "done" covers the file whatever its sidecar holds now (a rolling upgrade
+# of daemons sharing a folder must not pay for their predecessors' finished files again).
+MARKER_FORMAT = 2
 
 
 class ClaimState(StrEnum):
@@ -116,6 +122,8 @@ class ClaimStore:
         done_by = [record.get("instance") for record in records.values() if record.get("state") == ClaimState.done]
         if done_by:
             return ClaimOutcome(None, done_elsewhere=True, done_by=str(done_by[0]))
+        if variant and (legacy := self._done_before_variants(folder, source, snapshot)) is not None:
+            return ClaimOutcome(None, done_elsewhere=True, done_by=legacy)
         if unreadable := [folder / _name(key, gen) for gen, record in read.items() if record is None]:
             return self._held_unreadable(source, unreadable[0])  # it may say done: never pay twice
         latest = max(generations, default=0)
@@ -136,6 +144,17 @@ class ClaimStore:
         log.info("Claim: taking over %s: the claim of %s expired %.0f s ago", source.name, record.get("host"),
                  age)
         return self._create(folder, key, latest + 1, source, snapshot, variant)
+
+    def _done_before_variants(self, folder: Path, source: Path, snapshot: FileSnapshot) -> str | None:
+        """Who finished this file by a marker of a version without variants (no format field: the bare key
+        stood for the file whatever its sidecar held), if one did; None otherwise. A format-2 bare marker is
+        the file without a sidecar (or a cover for one with a sidecar): a new sidecar still makes a new job."""
+        key = claim_key(source.name, snapshot)
+        for gen in _generations(folder, key):
+            record = self._read(folder / _name(key, gen))
+            if record and record.get("state") == ClaimState.done and "format" not in record:
+                return str(record.get("instance") or "an earlier sam-bridge")
+        return None
 
     def _held_unreadable(self, source: Path, marker: Path) -> ClaimOutcome:
         if stems.ON_WINDOWS:  # a file being deleted or replaced refuses opens for a moment: look again soon
@@ -187,7 +206,8 @@ class ClaimStore:
                 os.unlink(folder / _name(key, gen))
 
     def prune(self, folder: Path) -> int:
-        """Remove markers of file versions that no longer exist (done, or expired). Returns the count."""
+        """Remove markers of file versions that no longer exist (done, or expired). Returns the count. Only
+        "no such file" says a file is gone: one a share fails to stat now (EIO, ESTALE) keeps its markers."""
         claims = folder / STATE_DIR_NAME / CLAIMS_DIR_NAME
         try:
             names = os.listdir(claims)
@@ -202,7 +222,14 @@ class ClaimStore:
             if not record or not record.get("source"):  # unreadable, or being written: not ours to judge
                 continue
             source = folder / str(record["source"])
-            snapshot = FileSnapshot.of(source)
+            try:
+                info = os.stat(source)
+            except (FileNotFoundError, NotADirectoryError):
+                snapshot = None  # gone: only these say so
+            except OSError:  # a flaky share (EIO, ESTALE, a timeout): there or not, it cannot be told now,
+                continue  # and a done marker deleted for a file that stayed would have it paid for again
+            else:
+                snapshot = FileSnapshot(info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
             if snapshot is not None and claim_key(source.name, snapshot, str(record.get("variant", ""))) == \
                     _key_of(path):
                 continue
@@ -234,6 +261,7 @@ class ClaimStore:
 
     def _record(self, source: Path, snapshot: FileSnapshot | None, variant: str = "") -> dict[str, object]:
         record: dict[str, object] = {
+            "format": MARKER_FORMAT,
             "source": source.name,
             "instance": self.instance_id,
             "host": self.host,

@@ -6,12 +6,14 @@ done (optionally moving it to done/) or write `<file>.error.txt`. A record per f
 what needs nothing more from us, so rescans and repeated events stay harmless.
 
 A file version is the audio file (name, size, mtime) and what its sidecar holds: a sidecar saved with other
-content makes a new version (a new claim, a new request), one saved unchanged, touched or deleted does not
-(a version done with a sidecar is marked done without it too). A version
-is done once per stay in the folder: a file the watcher saw leave and come back (`mv` keeps its time) is a
-new arrival, and its request is a new job even when the engine finished one with the same key before (the
-engine's dedupe then reuses that result). A file that stays is never taken again, rescans and restarts
-included.
+content makes a new version (a new claim, a new request), one saved unchanged, touched or deleted does not,
+whatever became of the version's job (queued, running, done or failed). A job with a sidecar marks the same
+audio without a sidecar done when it is submitted (for restarts and sibling daemons), and frees it again if
+it fails or is cancelled. A version is done once per stay in the folder: a file the watcher saw leave and
+come back (`mv` keeps its time) is a new arrival, and its request is a new job even when the engine finished
+one with the same key before (the engine's dedupe reuses that result only from its own journal, with its
+stems still there or within a day: the README's "When a file is taken again" says when it is charged). A
+file that stays is never taken again, rescans and restarts included.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ log = logging.getLogger("bridge.hotfolder.watcher")
 
 RETRY_AFTER_ENGINE_ERROR = 30.0  # seconds before a file the engine could not take is offered again
 RETRY_AFTER_UNWRITABLE = 30.0  # seconds before a file in a folder we could not write in is offered again
+# A sidecar edited for a file already submitted or done is often saved while it is being typed (editors that
+# autosave: VS Code's afterDelay, TextEdit), and every save with other content is a new paid job. The folder's
+# settle time (2 s by default) is shorter than a pause to think in the middle of a prompt, so such an edit waits
+# until the sidecar has been quiet for SIDECAR_EDIT_SETTLE seconds at least, or SIDECAR_EDIT_SETTLE_FACTOR times
+# the folder's settle time when that is longer (a slow share): a few seconds' delay for a deliberate edit, no
+# charge for half a prompt. A new file's first drop keeps the folder's settle time.
+SIDECAR_EDIT_SETTLE = 10.0
+SIDECAR_EDIT_SETTLE_FACTOR = 5.0
 MAX_ARRIVALS = 100  # a file that came back more often than this is the earlier job's again (keys stay short)
 
 
@@ -73,6 +83,7 @@ class _Taken:
     claim: Claim | None
     job_id: str = ""
     variant: str = ""
+    cover: Claim | None = None  # the bare key's marker, marked done at submit (a job with a sidecar)
 
 
 class HotFolderJobs:
@@ -100,6 +111,11 @@ class HotFolderJobs:
     def _same_sidecar(self, path: Path, record: _Record) -> bool:
         seen = sidecar_stat(path)
         if seen == record.sidecar and (seen is not None or not record.variant):
+            return True
+        if seen is None and record.variant:
+            # A sidecar that disappears never makes a new version, whatever became of the one it had (queued,
+            # running, done, failed): deleting it is tidying up, not a request to run the file again with the
+            # folder's preset (a charge nobody asked for). A failed one waits for its error file, as ever.
             return True
         if sidecar_version(path, self._policy) != record.variant:
             return False
@@ -135,8 +151,10 @@ class HotFolderJobs:
         if path in self._routes.own_outputs or self._manifests.owns(path):
             self._records[path] = _Record(snapshot, _Status.ignored, *self._sidecar_now(path))
             return None
-        if sidecar_age(path) < route.folder.settle_seconds:
-            return route.folder.settle_seconds  # the sidecar itself is still being written
+        quiet_for = self._sidecar_settle(path, snapshot, route.folder.settle_seconds)
+        age = sidecar_age(path)
+        if age < quiet_for:
+            return quiet_for - age + 0.01  # the sidecar itself is still being written (or typed)
         variant, seen = self._sidecar_now(path)
         try:
             outcome = self._claims.try_claim(path, snapshot, variant)
@@ -181,12 +199,48 @@ class HotFolderJobs:
             self._claims.release(claim)
             return RETRY_AFTER_ENGINE_ERROR
         log.info("Hot folder: %s → job %s", path.name, job_id)
+        cover = self._cover(path, snapshot) if variant else None
         self._records[path] = _Record(snapshot, _Status.submitted, variant, seen)
-        self._taken[job_id] = _Taken(path, snapshot, route.folder, claim, job_id, variant)
+        self._taken[job_id] = _Taken(path, snapshot, route.folder, claim, job_id, variant, cover)
         view = self._sink.get(job_id)
         if view is not None and view.state.finished:  # e.g. done before a restart, per the journal
             self._finish(job_id, view.state, view.error or view.message, view.stems)
         return None
+
+    def _sidecar_settle(self, path: Path, snapshot: FileSnapshot, settle_seconds: float) -> float:
+        """How long the sidecar must be quiet before the file is taken: the folder's settle time, or for a
+        sidecar edited after this version of the audio was submitted or done, longer (SIDECAR_EDIT_SETTLE)."""
+        record = self._records.get(path)
+        if record is not None and record.snapshot == snapshot and record.status in (_Status.submitted, _Status.done):
+            return max(SIDECAR_EDIT_SETTLE, SIDECAR_EDIT_SETTLE_FACTOR * settle_seconds)
+        return settle_seconds
+
+    def _cover(self, path: Path, snapshot: FileSnapshot) -> Claim | None:
+        """A job with a sidecar was submitted: mark the same audio without a sidecar (the bare key) done now,
+        so that a sibling daemon, or this one after a restart, never takes the file with the folder's preset
+        when the sidecar is deleted while the job is queued or running. Released if the job fails."""
+        try:
+            outcome = self._claims.try_claim(path, snapshot)
+        except OSError as exc:
+            log.warning("Hot folder: could not mark %s done without its sidecar: %s", path.name, exc)
+            return None
+        if outcome.claim is None:
+            return None  # done already (a cover, or a job without a sidecar), or held by someone else
+        self._claims.mark_done(outcome.claim)
+        return outcome.claim
+
+    def _release_cover(self, taken: _Taken) -> None:
+        """The job with a sidecar failed or was cancelled: the file without its sidecar is free again (its
+        error file deleted with the sidecar, it runs with the folder's preset), unless another job of the same
+        audio with a sidecar is still under way: that one keeps the cover."""
+        if taken.cover is None:
+            return
+        heir = next((t for t in self._taken.values() if t.path == taken.path and t.snapshot == taken.snapshot
+                     and t.variant and t.cover is None), None)
+        if heir is not None:
+            heir.cover = taken.cover
+        else:
+            self._claims.release(taken.cover)
 
     def _sidecar_now(self, path: Path) -> tuple[str, tuple[str, int, int, int] | None]:
         seen = sidecar_stat(path)  # before the read: a sidecar saved meanwhile is read again next time
@@ -259,9 +313,11 @@ class HotFolderJobs:
             self._set_record(taken, None)
             if taken.claim is not None:
                 self._claims.release(taken.claim)
+            self._release_cover(taken)
             return
         what = "The job was cancelled." if state is JobState.cancelled else (message or "The job failed.")
         self.fail(taken.path, taken.snapshot, what, claim=taken.claim, job_id=job_id, variant=taken.variant)
+        self._release_cover(taken)
 
     def _finish_retried(self, job_id: str) -> None:
         """A job of ours that failed, then `sam-bridge retry` made good: its error file goes, and the file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import multiprocessing
 import os
@@ -274,3 +275,30 @@ def test_on_windows_a_marker_refused_for_a_moment_is_looked_at_again_soon(
     assert "may not read" not in caplog.text and "private" not in caplog.text
     again = other.try_claim(source, snapshot)
     assert again.claim is not None  # the marker was readable again: released, so taken
+
+
+@pytest.mark.parametrize("error", [errno.EIO, errno.ESTALE, errno.ETIMEDOUT])
+def test_prune_keeps_the_done_marker_of_a_file_a_flaky_share_cannot_stat_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int
+) -> None:
+    """On a network share a file that stays may fail to stat for a moment (EIO, ESTALE): only "no such file"
+    says it is gone. Its done marker removed, the file would look new and be paid for again."""
+    source, snapshot = make_source(tmp_path, "Net.wav")
+    store = ClaimStore("a")
+    claim = store.try_claim(source, snapshot).claim
+    assert claim is not None
+    store.mark_done(claim)
+    real_stat = os.stat
+
+    def flaky(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if os.fspath(path) == os.fspath(source):  # type: ignore[arg-type]
+            raise OSError(error, os.strerror(error))
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", flaky)
+    assert store.prune(tmp_path) == 0
+    monkeypatch.undo()
+    assert claim.path.exists()
+    assert store.try_claim(source, snapshot).done_elsewhere
+    source.unlink()  # gone for real: its marker goes
+    assert store.prune(tmp_path) == 1

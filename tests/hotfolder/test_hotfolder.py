@@ -29,6 +29,7 @@ from watchdog.observers.polling import PollingObserver
 
 from bridge.common.jobs import JobEvent, JobState, JobView, RequestRejected
 from bridge.common.request import Origin, SeparationRequest
+from bridge.hotfolder import jobs
 from bridge.hotfolder.names import error_file_for
 from bridge.hotfolder.watcher import HotFolder, HotFolderWatcher
 
@@ -170,6 +171,12 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def fast_sidecar_edits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sidecar edited after its file's job waits 5 × the folder's settle time here, not 10 s at least."""
+    monkeypatch.setattr(jobs, "SIDECAR_EDIT_SETTLE", 0.0)
 
 
 @pytest.fixture
@@ -1059,3 +1066,120 @@ def test_a_hot_folder_moved_away_and_back_is_watched_again(
     drop(hot / "New.wav")
     wait_until(lambda: len(sink.submissions) == 2, "a file dropped into it")
     _stays(sink, 2, 6 * SETTLE)
+
+
+def test_a_sidecar_deleted_while_its_job_is_under_way_asks_for_nothing_here_nor_on_a_sibling(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """The engine is busy: the job with a sidecar is still queued when the user tidies the sidecar away. That
+    is no request to run the file with the folder's preset: not here, not on a sibling daemon sharing the
+    folder, not after a restart, not once the job is done."""
+    sink = RecordingSink()  # jobs stay queued
+    (hot / "Vox.sam.yaml").write_text("prompt: lead vocal\n")
+    time.sleep(SETTLE)
+    first = run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    drop(hot / "Vox.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the job with the sidecar")
+    (hot / "Vox.sam.yaml").unlink()
+    _stays(sink, 1, 8 * SETTLE)
+    sibling = RecordingSink("sibling")
+    run_watcher(sibling, [folder(hot)], instance_id="studio-b", rescan_interval=600.0)
+    _stays(sibling, 0, 8 * SETTLE)
+    first.stop()  # a restart while the job still runs (the journal keeps it)
+    run_watcher(sink, [folder(hot)], instance_id="studio-a2", rescan_interval=600.0)
+    _stays(sink, 1, 8 * SETTLE)
+    sink.finish(sink.submissions[0].job_id, JobState.done)
+    _stays(sink, 1, 6 * SETTLE)
+    assert sink.submissions[0].request.prompt == "lead vocal" and sibling.submissions == []
+
+
+def test_a_failed_sidecar_job_frees_the_file_without_its_sidecar(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """The job with a sidecar failed: deleting the error file and the sidecar runs the file with the folder's
+    preset, as before sidecars counted, also on a sibling daemon (the cover taken at submit is released)."""
+    sink = RecordingSink()
+    (hot / "Vox.sam.yaml").write_text("prompt: lead vocal\n")
+    time.sleep(SETTLE)
+    run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    source = drop(hot / "Vox.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the job with the sidecar")
+    (hot / "Vox.sam.yaml").unlink()
+    _stays(sink, 1, 6 * SETTLE)  # deleted while queued: nothing
+    sink.finish(sink.submissions[0].job_id, JobState.failed, error="out of credit")
+    wait_until(lambda: error_file_for(source).exists(), "the error file")
+    _stays(sink, 1, 4 * SETTLE)  # the error file blocks, the missing sidecar changes nothing
+    sibling = RecordingSink("sibling")
+    run_watcher(sibling, [folder(hot)], instance_id="studio-b", rescan_interval=600.0)
+    _stays(sibling, 0, 6 * SETTLE)
+    error_file_for(source).unlink()
+    wait_until(lambda: len(sink.submissions) + len(sibling.submissions) == 2, "the retry")
+    _stays(sink, len(sink.submissions), 4 * SETTLE)
+    [retry] = [s for s in (*sink.submissions[1:], *sibling.submissions)]
+    assert retry.request.preset == "vocals" and retry.request.prompt is None
+
+
+def test_a_file_done_by_an_older_sam_bridge_is_not_paid_for_again_whatever_its_sidecar_holds(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """A rolling upgrade of daemons sharing a folder: markers written before sidecars counted have the bare
+    key (name, size, time) and no format, also for files with a sidecar. Done, they cover the file whatever
+    its sidecar holds. A bare done marker of this version (a file done without a sidecar) does not: a sidecar
+    added later still asks for a new job."""
+    (hot / "Pad.sam.yaml").write_text("prompt: pad\n")
+    pad = drop(hot / "Pad.wav", wav_bytes(seed=31))
+    stat = pad.stat()
+    key = hashlib.sha256(f"Pad.wav\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+    claims = hot / ".sam-bridge" / "claims"
+    claims.mkdir(parents=True)
+    (claims / f"{key}.1.claim").write_text(json.dumps({  # as the version before sidecar variants wrote it
+        "source": "Pad.wav", "instance": "studio-old:123", "host": "studio-old", "pid": 123, "state": "done",
+        "claimed_at": time.time() - 60, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+        "changed_at": time.time() - 30}))
+    time.sleep(SETTLE)
+    sink = RecordingSink(on_submit=_done_at_once)  # a sibling on another machine: its journal has no such job
+    run_watcher(sink, [folder(hot)], instance_id="studio-new", rescan_interval=600.0)
+    drop(hot / "Keys.wav", wav_bytes(seed=32))  # done here, without a sidecar
+    wait_until(lambda: "Keys.wav" in sink.sources(), "the file without a sidecar")
+    _stays(sink, 1, 6 * SETTLE)  # and not Pad.wav, done by the older daemon
+    # The old marker cannot say what the sidecar held: the file is done whatever it holds (save the audio
+    # again to run it with a new prompt). A sidecar added to a file done here without one is a new job.
+    (hot / "Pad.sam.yaml").write_text("prompt: warm pad\n")
+    (hot / "Keys.sam.yaml").write_text("prompt: keys\n")
+    wait_until(lambda: len(sink.submissions) == 2, "the job the new sidecar asks for")
+    _stays(sink, 2, 6 * SETTLE)
+    assert (sink.submissions[1].request.source.name, sink.submissions[1].request.prompt) == ("Keys.wav", "keys")
+    pad.touch()  # saved again: a new version of the audio
+    wait_until(lambda: len(sink.submissions) == 3, "the audio saved again")
+    assert sink.submissions[2].request.prompt == "warm pad"
+
+
+def test_a_sidecar_being_typed_with_autosave_is_one_job_for_the_prompt_it_ends_with(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An editor that autosaves (VS Code's afterDelay, TextEdit) saves the sidecar of a finished file while the
+    user types a new prompt, pausing longer than the folder's settle time: only the prompt it ends with is a
+    job, once the sidecar has been quiet for the longer edit settle time. A new file's first drop keeps the
+    folder's settle time."""
+    edit_settle = jobs.SIDECAR_EDIT_SETTLE_FACTOR * SETTLE
+    sink = RecordingSink(on_submit=_done_at_once)
+    sidecar = hot / "Gtr.sam.yaml"
+    sidecar.write_text("prompt: acoustic guitar\n")
+    time.sleep(SETTLE)
+    run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    drop(hot / "Gtr.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the first job")
+    for partial in ("prompt: e\n", "prompt: electr\n", "prompt: electric guitar\n"):
+        sidecar.write_text(partial)  # an autosave
+        saved = time.monotonic()
+        time.sleep(4 * SETTLE)  # a pause longer than the folder's settle time, shorter than the edit's
+    wait_until(lambda: sink.submissions[-1].request.prompt == "electric guitar", "the job for the prompt typed")
+    assert [s.request.prompt for s in sink.submissions] == ["acoustic guitar", "electric guitar"]
+    _stays(sink, 2, edit_settle + 2 * SETTLE)
+    assert sink.submissions[1].at - saved >= edit_settle - 0.05
+    # A new file with its sidecar: the folder's settle time, not the edit's (made far longer here).
+    monkeypatch.setattr(jobs, "SIDECAR_EDIT_SETTLE", 600.0)
+    (hot / "Bass.sam.yaml").write_text("prompt: bass\n")
+    drop(hot / "Bass.wav")
+    wait_until(lambda: len(sink.submissions) == 3, "the new file", timeout=15.0)
+    assert sink.submissions[2].request.prompt == "bass"

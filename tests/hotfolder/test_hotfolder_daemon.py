@@ -148,3 +148,29 @@ def test_a_sidecar_edited_after_the_job_is_a_new_job_and_one_saved_unchanged_cos
     prompts = sorted(json.loads(p.read_text())["request"]["prompt"] for p in (hot / "Stems").glob("*.sam.json"))
     assert prompts == ["bass guitar", "drum kit"]
     assert daemon.stop() == 0
+
+
+def test_a_configured_hot_folder_missing_at_start_is_not_made_and_is_watched_once_it_appears(
+        daemon_factory, service, user_dirs, tmp_path: Path) -> None:
+    """A hot folder on a drive not connected (`/Volumes/Projects/hot`): the daemon starts without making it
+    (on the wrong disk, or failing for a path it may not make), says so in its start-up lines and the log,
+    and takes files from it as soon as it appears."""
+    drive = tmp_path / "Volumes" / "Projects"
+    hot = drive / "hot"
+    unmakeable = tmp_path / "offline.txt" / "hot"  # mkdir fails (even as root): it used to stop the daemon
+    unmakeable.parent.write_text("not a folder")
+    (user_dirs["config"] / "config.yaml").write_text(
+        f"default_hot_folder: false\nhot_rescan_interval: 600\nhot_folders:\n"
+        f"  - path: {hot}\n    preset: piano\n    settle_seconds: 0.3\n"
+        f"  - path: {unmakeable}\n    preset: piano\n")
+    daemon = daemon_factory(service.url)
+    daemon.start()
+    wait_for(lambda: "Press Ctrl-C" in daemon.output(), timeout=30, what="the start-up lines")
+    assert not drive.exists()
+    lines = [line for line in daemon.output().splitlines() if str(hot) in line]
+    assert any("hot folder:" in line and "missing" in line for line in lines), daemon.output()
+    drive.mkdir(parents=True)  # the drive is connected
+    hot.mkdir()
+    source = make_source(hot / "Take.wav", seconds=0.5, seed=9)
+    wait_for(stems_for(source, "piano")[2].exists, timeout=60, what="the stems of the file in the new folder")
+    assert daemon.stop() == 0
