@@ -12,7 +12,10 @@ Events also say when a file arrives (created, moved in) or leaves (deleted, move
 saw leave and come back is taken again (`bridge.hotfolder.jobs`), and a sidecar's events make its audio file
 looked at again (a sidecar saved with other content makes a new version of the file). Each folder's parent
 (or, for a folder that does not exist, its nearest existing ancestor) is watched too, without its contents,
-so a folder deleted or moved away and made again, or one made after the start, is watched at once.
+so a folder deleted or moved away and made again, or one made after the start, is watched at once. Those
+events are not always sent (macOS's FSEvents drops a non-recursive watch's folder events, watchdog issues
+#918 and #1013; a drive mounted on a folder makes none), so the worker also looks at each folder itself once a
+second (a stat each): one that appeared, or that is another folder than the one watched, is watched anew.
 
 This module holds the watcher's threads and its settle loop; `bridge.hotfolder.routes` says which
 folder may take a path, `bridge.hotfolder.jobs` claims, submits and settles the outcomes.
@@ -61,6 +64,7 @@ UNCHECKED_SETTLE_FACTOR = 3.0  # settle multiplier for formats with nothing in t
 # a WAV with its sizes unfilled is either written to a pipe (done) or still being written by a program that
 # patches them at the end (ffmpeg to a file): no header check can tell, so it waits longer still
 STREAMED_SETTLE_FACTOR = 10.0
+FOLDER_LOOK_INTERVAL = 1.0  # seconds between the worker's own looks at the folders (a stat each)
 _DEPARTED_KEPT = 10_000  # files seen leaving, remembered until they come back (the oldest forgotten first)
 
 # What an event says about its path: look at it; it arrived (created, moved in); it left (deleted, moved away).
@@ -161,6 +165,7 @@ class HotFolderWatcher:
         self._stopping = False
         self._worker: threading.Thread | None = None
         self._observers: dict[Path, BaseObserver] = {}
+        self._watched_ids: dict[Path, tuple[int, int]] = {}  # (device, inode) of each folder as it was watched
         self._anchor_observers: dict[bool, BaseObserver] = {}  # by polling: the folders' parents, not deep
         self._anchors: dict[tuple[Path, bool], ObservedWatch] = {}
         self._retired: list[BaseObserver] = []  # observers of folders that went away: joined at stop()
@@ -310,6 +315,9 @@ class HotFolderWatcher:
             log.debug("Hot folder: cannot watch %s: %s", root, exc)
             return False
         self._observers[root] = observer
+        with contextlib.suppress(OSError):
+            info = root.stat()
+            self._watched_ids[root] = (info.st_dev, info.st_ino)
         log.info("Watching hot folder %s%s", root, " (polling)" if folder.polling else "")
         return True
 
@@ -318,12 +326,32 @@ class HotFolderWatcher:
         follows the folder, not its name), so a folder made there again gets new ones."""
         for root in [r for r in self._observers if r.is_relative_to(path)]:
             observer = self._observers.pop(root)
+            self._watched_ids.pop(root, None)
             observer.stop()
             self._retired.append(observer)
             log.info("Hot folder %s is gone; watching for it to be made again", root)
         for key in [k for k in self._anchors if k[0].is_relative_to(path)]:
             self._unwatch_anchor(key)
         self._look_at_new_folders()
+
+    def _look_at_folders(self) -> None:
+        """The folders themselves, whatever events came: one gone or replaced (deleted and made again, a drive
+        mounted on it) gets new watches, one that appeared gets its first."""
+        changed = False
+        for _, root in self._routes.folders:
+            try:
+                info = root.stat()
+                now_id: tuple[int, int] | None = (info.st_dev, info.st_ino) if os.path.isdir(root) else None
+            except OSError:
+                now_id = None
+            watched = root in self._observers
+            if watched and now_id != self._watched_ids.get(root):
+                self._folders_gone(root)  # looks at new folders too
+                changed = True
+            elif not watched and now_id is not None:
+                changed = True
+        if changed:
+            self._look_at_new_folders()
 
     def _look_at_new_folders(self) -> None:
         if self._routes.known_presets:
@@ -336,9 +364,11 @@ class HotFolderWatcher:
     def _run(self) -> None:
         next_rescan = 0.0
         next_heartbeat = time.monotonic() + self._heartbeat_interval
+        next_folder_look = time.monotonic() + FOLDER_LOOK_INTERVAL
         while True:
             with self._lock:
-                wake_at = min([next_rescan, next_heartbeat] + [c.due for c in self._candidates.values()])
+                wake_at = min([next_rescan, next_heartbeat, next_folder_look]
+                              + [c.due for c in self._candidates.values()])
                 timeout = wake_at - time.monotonic()
                 if timeout > 0 and not self._inbox.paths and not self._inbox.events and not self._stopping:
                     self._lock.wait(timeout)
@@ -360,6 +390,9 @@ class HotFolderWatcher:
             if now >= next_rescan:
                 self._guarded(self._rescan)
                 next_rescan = time.monotonic() + self._rescan_interval
+            if now >= next_folder_look:
+                self._guarded(self._look_at_folders)
+                next_folder_look = time.monotonic() + FOLDER_LOOK_INTERVAL
             if now >= next_heartbeat:
                 self._guarded(self._jobs.heartbeat)
                 next_heartbeat = time.monotonic() + self._heartbeat_interval

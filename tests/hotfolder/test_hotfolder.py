@@ -1032,6 +1032,31 @@ def test_a_hot_folder_deleted_and_made_again_is_watched_at_once(
     wait_until(lambda: len(sink.submissions) == 4, "a file dropped later into the new folder")
 
 
+def test_folders_come_back_even_when_no_event_says_so(
+    tmp_path: Path, hot: Path, run_watcher: Callable[..., HotFolderWatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS's FSEvents drops a non-recursive watch's folder events (watchdog #918, #1013), and a drive mounted
+    on a folder makes none: the parent's watch then says nothing. The worker's own look at each folder
+    still finds a folder made again (a new inode) and one that appeared, well before the rescan."""
+    from bridge.hotfolder import watcher as watcher_module
+
+    monkeypatch.setattr(watcher_module._AnchorForwarder, "on_any_event", lambda self, event: None)
+    sink = RecordingSink(on_submit=_done_at_once)
+    later = tmp_path / "later"
+    run_watcher(sink, [folder(hot), folder(later, preset="piano")], rescan_interval=600.0)
+    drop(hot / "Before.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the first file")
+    hot.rename(tmp_path / "hot (old)")  # moved away: its own watch follows it there and says nothing
+    hot.mkdir()  # a new folder by the old name: the same by name, not by inode
+    drop(hot / "After.wav")
+    wait_until(lambda: len(sink.submissions) == 2, "the file in the folder made again", timeout=15)
+    time.sleep(1.0)
+    later.mkdir()  # a folder that appears long after the start, with no event for it
+    drop(later / "Keys.wav")
+    wait_until(lambda: len(sink.submissions) == 3, "the file in the folder that appeared", timeout=15)
+    assert sink.sources() == ["Before.wav", "After.wav", "Keys.wav"]
+
+
 def test_a_hot_folder_missing_at_start_is_watched_as_soon_as_it_is_made(
     tmp_path: Path, run_watcher: Callable[..., HotFolderWatcher]
 ) -> None:
