@@ -85,7 +85,9 @@ class ClaimBackend(Protocol):
 
     instance_id: str
 
-    def try_claim(self, source: Path, snapshot: FileSnapshot, variant: str = "") -> ClaimOutcome: ...
+    def try_claim(self, source: Path, snapshot: FileSnapshot, variant: str = "", *, slot: bool = True) -> ClaimOutcome:
+        """`slot`: False for a claim marked done at once (a cover), which needs no free slot."""
+        ...
 
     def refresh(self, claim: Claim) -> bool: ...
 
@@ -111,7 +113,7 @@ class ClaimStore:
         self.host = socket.gethostname()
         self._warned: set[Path] = set()
 
-    def try_claim(self, source: Path, snapshot: FileSnapshot, variant: str = "") -> ClaimOutcome:
+    def try_claim(self, source: Path, snapshot: FileSnapshot, variant: str = "", *, slot: bool = True) -> ClaimOutcome:
         """`variant`: what else makes this version (a hot folder's sidecar content); "" for none."""
         folder = claims_dir(source)
         folder.mkdir(parents=True, exist_ok=True)

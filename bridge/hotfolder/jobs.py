@@ -219,8 +219,10 @@ class HotFolderJobs:
         """A job with a sidecar was submitted: mark the same audio without a sidecar (the bare key) done now,
         so that a sibling daemon, or this one after a restart, never takes the file with the folder's preset
         when the sidecar is deleted while the job is queued or running. Released if the job fails."""
+        if any(t.path == path and t.snapshot == snapshot and not t.variant for t in self._taken.values()):
+            return None  # our own job of the file without a sidecar runs: its claim is its own, not a cover
         try:
-            outcome = self._claims.try_claim(path, snapshot)
+            outcome = self._claims.try_claim(path, snapshot, slot=False)
         except OSError as exc:
             log.warning("Hot folder: could not mark %s done without its sidecar: %s", path.name, exc)
             return None

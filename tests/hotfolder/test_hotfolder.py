@@ -923,6 +923,22 @@ def test_deleting_the_sidecar_of_a_finished_file_asks_for_nothing_not_even_after
     assert sink.submissions[1].request.prompt == "backing vocals"
 
 
+def test_a_sidecar_job_leaves_the_claim_of_our_running_job_without_a_sidecar_alone(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher]
+) -> None:
+    """The file runs with the folder's preset; a sidecar added meanwhile is a job of its own, whose cover (the
+    file without a sidecar, marked done) must not mark the running job's own claim done before it ends."""
+    sink = RecordingSink()  # jobs stay under way
+    run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    drop(hot / "Bass.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the job without a sidecar")
+    (hot / "Bass.sam.yaml").write_text("prompt: bass guitar\n")
+    wait_until(lambda: len(sink.submissions) == 2, "the job for the sidecar")
+    time.sleep(2 * SETTLE)
+    states = sorted(json.loads(m.read_text())["state"] for m in (hot / ".sam-bridge" / "claims").iterdir())
+    assert states == ["active", "active"], states
+
+
 def test_a_sidecar_saved_while_the_daemon_was_down_counts_and_an_unchanged_one_does_not(
     hot: Path, run_watcher: Callable[..., HotFolderWatcher]
 ) -> None:

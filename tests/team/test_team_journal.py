@@ -416,3 +416,27 @@ def test_each_daemon_is_judged_by_its_own_lease_not_by_the_judges(team_db: str, 
     finally:
         for journal in (slow, quick, patient):
             journal.close()
+
+
+def test_a_cover_claim_needs_no_free_slot(team_db: str, tmp_path: Path) -> None:
+    """A hot-folder job with a sidecar marks the same audio without its sidecar done at once (the cover), so
+    that deleting the sidecar while the job runs starts nothing on a sibling daemon. The daemon's claim slots
+    (concurrency + 2) are often all held just then, by that very job among others: the cover must not wait
+    for a slot, or it is skipped and the sibling pays for the file with the folder's preset."""
+    from bridge.common.file_gate import FileSnapshot
+    from bridge.engine.journal.claims_pg import DatabaseClaims
+
+    journal = PostgresJournal(team_db, "studio-a", daemon=True, lease=30.0)
+    try:
+        claims = DatabaseClaims(journal, "studio-a", limit=2)
+        snapshot = FileSnapshot(1000, 1)
+        assert claims.try_claim(tmp_path / "other.wav", snapshot).claim is not None
+        assert claims.try_claim(tmp_path / "Song.wav", snapshot, "sidecar-digest").claim is not None
+        assert claims.try_claim(tmp_path / "third.wav", snapshot).claim is None  # the slots are full
+        cover = claims.try_claim(tmp_path / "Song.wav", snapshot, slot=False)
+        assert cover.claim is not None
+        claims.mark_done(cover.claim)
+        sibling = DatabaseClaims(journal, "studio-b")
+        assert sibling.try_claim(tmp_path / "Song.wav", snapshot).done_elsewhere
+    finally:
+        journal.close()

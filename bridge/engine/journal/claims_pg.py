@@ -43,8 +43,8 @@ class DatabaseClaims:
         with self._lock:
             return self.limit is not None and len(self._held) >= self.limit
 
-    def try_claim(self, source: Path, snapshot: FileSnapshot, variant: str = "") -> ClaimOutcome:
-        if self.busy():
+    def try_claim(self, source: Path, snapshot: FileSnapshot, variant: str = "", *, slot: bool = True) -> ClaimOutcome:
+        if slot and self.busy():  # a cover (slot=False) is marked done at once: it holds no slot
             return ClaimOutcome(None, holder="this sam-bridge (all its slots busy)", recheck_after=0.05)
         key = db_claim_key(source, snapshot, variant)
         host = self.journal_host()
