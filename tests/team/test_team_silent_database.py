@@ -170,9 +170,11 @@ def test_the_kernel_is_asked_to_drop_a_silent_server_too(team_db: str) -> None:
         with journal._pool.connection() as conn:
             settings = {o.keyword.decode(): (o.val or b"").decode() for o in conn.pgconn.info}
         assert journal.statement_bound == 1.0
+        # the pool's: 30 s at least (a short Wi-Fi drop must not cut a job's statement); the heartbeat's: the bound
         assert {name: settings[name] for name in ("keepalives", "keepalives_idle", "tcp_user_timeout",
                                                  "keepalives_count")} == {
-            "keepalives": "1", "keepalives_idle": "1", "tcp_user_timeout": "1000", "keepalives_count": "7"}
+            "keepalives": "1", "keepalives_idle": "30", "tcp_user_timeout": "30000", "keepalives_count": "7"}
+        assert journal._tcp["tcp_user_timeout"] == 1000 and journal._tcp["keepalives_idle"] == 1
     finally:
         journal.close()
 
@@ -182,3 +184,32 @@ def test_the_bound_is_a_third_of_the_lease_within_one_to_ten_seconds() -> None:
     from bridge.engine.journal.deadline import statement_bound
 
     assert [statement_bound(lease) for lease in (1, 3, 6, 30, 3600)] == [1.0, 1.0, 2.0, 10.0, 10.0]
+
+
+def test_the_heartbeat_lives_on_a_psycopg_without_timed_waits(
+        team_db: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """psycopg before its timed `Connection.wait(gen, interval, timeout)` (3.2 has `wait(gen, interval)`) is
+    allowed by the requirements: the heartbeat then waits unbounded (the kernel's line only) instead of failing
+    on every renewal, its thread ended and its jobs taken over by the others while it still ran them."""
+    import psycopg
+
+    from bridge.engine.journal import deadline
+
+    original = psycopg.Connection.wait
+
+    def old_wait(self: psycopg.Connection[Any], gen: Any, interval: float = 0.1) -> Any:
+        return original(self, gen, interval)
+
+    monkeypatch.setattr(psycopg.Connection, "wait", old_wait)
+    deadline.timed_wait.cache_clear()
+    caplog.set_level(logging.WARNING, logger="bridge.engine.journal.postgres")
+    journal = PostgresJournal(team_db, "studio-a", daemon=True, lease=LEASE)
+    try:
+        first = heartbeat(team_db, "studio-a")
+        wait_for(lambda: heartbeat(team_db, "studio-a") > first, WITHIN)
+        later = heartbeat(team_db, "studio-a")
+        wait_for(lambda: heartbeat(team_db, "studio-a") > later, WITHIN)
+        assert journal.reachable and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    finally:
+        journal.close()
+        deadline.timed_wait.cache_clear()

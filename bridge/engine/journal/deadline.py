@@ -5,7 +5,8 @@ pulled, a NAT that dropped the connection's state, a frozen server) leaves libpq
 forever: psycopg has no client-side statement timeout, and the server's `statement_timeout` cannot help
 when the server never sees the statement. What is bounded, and how:
 
-- Every connection (the pool's, the heartbeat's, `team check`'s), by the kernel, for real network loss:
+- Every connection (the pool's after POOL_TCP_BOUND, the heartbeat's, `team check`'s), by the kernel, for
+  real network loss:
   libpq's connection parameters `keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_count`
   (seconds) and `tcp_user_timeout` (milliseconds, libpq 12 and later; Linux only) make the OS drop a
   connection whose peer stopped acknowledging (PostgreSQL docs, libpq, "Parameter Key Words"). Only those
@@ -24,6 +25,8 @@ when the server never sees the statement. What is bounded, and how:
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, TypeVar
 
 import psycopg
@@ -34,6 +37,7 @@ from psycopg.conninfo import conninfo_to_dict
 RV = TypeVar("RV")
 
 MIN_BOUND = 1.0  # the shortest lease there is; shorter, a busy machine's pause would pass for an outage
+POOL_TCP_BOUND = 30.0  # the kernel's bound on the pool: a Wi-Fi drop of a few seconds cuts no job's statement
 MAX_BOUND = 10.0  # every statement sam-bridge sends takes milliseconds, or waits briefly for another daemon's lock
 
 
@@ -68,6 +72,17 @@ def bound_on_server(conn: psycopg.Connection[Any], bound: float) -> None:
     conn.execute(f"SET statement_timeout = {max(100, int(bound * 800))}")  # 0.8 × the bound, in ms
 
 
+# psycopg's timed wait (`Connection.wait(timeout=)`, raising `errors._WaitTimeout`) is recent: without it a
+# wait stays unbounded (the kernel's line only), never an error on every statement
+_WAIT_TIMEOUT: tuple[type[BaseException], ...] = tuple(
+    error for error in (getattr(errors, "_WaitTimeout", None),) if isinstance(error, type))
+
+
+@functools.cache
+def timed_wait() -> bool:
+    return bool(_WAIT_TIMEOUT) and "timeout" in inspect.signature(psycopg.Connection.wait).parameters
+
+
 class NoAnswer(psycopg.OperationalError):
     """The server did not answer within the bound: its connection was closed."""
 
@@ -79,10 +94,10 @@ class BoundedConnection(psycopg.Connection[Any]):
     bound: float | None = None
 
     def wait(self, gen: PQGen[RV], *args: Any, **kwargs: Any) -> RV:
-        if self.bound is None or len(args) > 1 or "timeout" in kwargs:  # a caller's own timeout stands
+        if self.bound is None or not timed_wait() or len(args) > 1 or "timeout" in kwargs:  # a caller's own stands
             return super().wait(gen, *args, **kwargs)
         try:
             return super().wait(gen, *args, **{**kwargs, "timeout": self.bound})
-        except errors._WaitTimeout:  # psycopg's own timed wait (waiting.py): select with a deadline
+        except _WAIT_TIMEOUT:  # psycopg's own timed wait (waiting.py): select with a deadline
             self.pgconn.finish()
             raise NoAnswer(f"no answer from the server within {self.bound:g} s") from None

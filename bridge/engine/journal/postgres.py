@@ -51,6 +51,7 @@ from bridge.engine.journal.base import (
     state_columns,
 )
 from bridge.engine.journal.deadline import (
+    POOL_TCP_BOUND,
     BoundedConnection,
     bound_on_server,
     statement_bound,
@@ -168,7 +169,8 @@ class PostgresJournal(JobJournal):
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
             kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(1, int(connect_timeout)),
-                    "application_name": f"sam-bridge {instance}"[:63], **self._tcp},
+                    "application_name": f"sam-bridge {instance}"[:63],
+                    **tcp_parameters(dsn, max(self.statement_bound, POOL_TCP_BOUND))},
             name="sam-bridge-journal", reconnect_timeout=0)
         try:
             self._setup()
@@ -413,8 +415,8 @@ class PostgresJournal(JobJournal):
                         conn = BoundedConnection.connect(
                             self._dsn, autocommit=True, connect_timeout=self._connect_timeout,
                             application_name=f"sam-bridge {self.instance} heartbeat"[:63], **self._tcp)
+                        conn.bound = self.statement_bound  # (the SET below is bounded too)
                         bound_on_server(conn, self.statement_bound)
-                        conn.bound = self.statement_bound
                     self._counted(1)
                     conn.execute("UPDATE daemons SET heartbeat=now(), stopped=false WHERE instance=%s",
                                  (self.instance,))
@@ -424,6 +426,12 @@ class PostgresJournal(JobJournal):
                     conn = None
                     self._outage(exc)  # (it pauses 0.5 s)
                     pause = 0.0
+                    continue
+                except Exception as exc:  # never a silent end of the heartbeat: the others would take its jobs
+                    log.error("Team heartbeat of %s failed: %s", self.instance, exc, exc_info=True)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
                     continue
                 pause = interval
                 self._back()
