@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -165,7 +166,8 @@ class HotFolderWatcher:
         self._stopping = False
         self._worker: threading.Thread | None = None
         self._observers: dict[Path, BaseObserver] = {}
-        self._watched_ids: dict[Path, tuple[int, int]] = {}  # (device, inode) of each folder as it was watched
+        self._watched_ids: dict[Path, tuple[int, int]] = {}  # each folder as it was watched (see _identity)
+        self._by_name: set[Path] = set()  # folders told apart by device alone (see _identity)
         self._anchor_observers: dict[bool, BaseObserver] = {}  # by polling: the folders' parents, not deep
         self._anchors: dict[tuple[Path, bool], ObservedWatch] = {}
         self._retired: list[BaseObserver] = []  # observers of folders that went away: joined at stop()
@@ -315,9 +317,10 @@ class HotFolderWatcher:
             log.debug("Hot folder: cannot watch %s: %s", root, exc)
             return False
         self._observers[root] = observer
+        if folder.polling or fs_type:
+            self._by_name.add(root)  # polled by its path anyway; a network drive's inode numbers may change
         with contextlib.suppress(OSError):
-            info = root.stat()
-            self._watched_ids[root] = (info.st_dev, info.st_ino)
+            self._watched_ids[root] = self._identity(root, os.stat(root))
         log.info("Watching hot folder %s%s", root, " (polling)" if folder.polling else "")
         return True
 
@@ -340,10 +343,12 @@ class HotFolderWatcher:
         changed = False
         for _, root in self._routes.folders:
             try:
-                info = root.stat()
-                now_id: tuple[int, int] | None = (info.st_dev, info.st_ino) if os.path.isdir(root) else None
-            except OSError:
+                info = os.stat(root)
+                now_id: tuple[int, int] | None = self._identity(root, info) if stat.S_ISDIR(info.st_mode) else None
+            except (FileNotFoundError, NotADirectoryError):
                 now_id = None
+            except OSError:  # a share that does not answer now: no reason to think the folder changed
+                continue
             watched = root in self._observers
             if watched and now_id != self._watched_ids.get(root):
                 self._folders_gone(root)  # looks at new folders too
@@ -352,6 +357,11 @@ class HotFolderWatcher:
                 changed = True
         if changed:
             self._look_at_new_folders()
+
+    def _identity(self, root: Path, info: os.stat_result) -> tuple[int, int]:
+        """What tells a folder made again from the one watched: its device and inode, or its device alone
+        where the watch follows the path (polling) or the inode may change (a network drive)."""
+        return info.st_dev, 0 if root in self._by_name else info.st_ino
 
     def _look_at_new_folders(self) -> None:
         if self._routes.known_presets:

@@ -1073,6 +1073,36 @@ def test_folders_come_back_even_when_no_event_says_so(
     assert sink.sources() == ["Before.wav", "After.wav", "Keys.wav"]
 
 
+def test_a_folder_the_share_cannot_stat_for_a_moment_keeps_its_watch(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A network share that does not answer a stat for a while (EIO, ESTALE) is no folder gone: its watch is
+    not torn down and made again every second (nor its files' departures noted)."""
+    import errno
+
+    from bridge.hotfolder import watcher as watcher_module
+
+    sink = RecordingSink(on_submit=_done_at_once)
+    watcher = run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    observer = watcher._observers[hot]
+    real_stat = os.stat
+
+    def flaky_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if Path(str(path)) == hot:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    caplog.set_level(logging.INFO, logger="bridge.hotfolder.watcher")
+    monkeypatch.setattr(os, "stat", flaky_stat)  # every caller's: pathlib's too
+    time.sleep(3 * watcher_module.FOLDER_LOOK_INTERVAL)
+    monkeypatch.undo()
+    assert watcher._observers.get(hot) is observer
+    assert not [r for r in caplog.records if "is gone" in r.getMessage()]
+    drop(hot / "Still.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "a file in the folder still watched")
+
+
 def test_a_hot_folder_missing_at_start_is_watched_as_soon_as_it_is_made(
     tmp_path: Path, run_watcher: Callable[..., HotFolderWatcher]
 ) -> None:
