@@ -117,7 +117,12 @@ class HotFolderJobs:
             # running, done, failed): deleting it is tidying up, not a request to run the file again with the
             # folder's preset (a charge nobody asked for). A failed one waits for its error file, as ever.
             return True
-        if sidecar_version(path, self._policy) != record.variant:
+        version = sidecar_version(path, self._policy)
+        if version == "unreadable" and record.variant and record.status is not _Status.failed:
+            # a share that fails a read for a moment is no new version of a file taken already: looked at again
+            # next time (its stat is not kept), rather than an error file beside a finished file
+            return True
+        if version != record.variant:
             return False
         record.sidecar = seen  # saved unchanged, or touched: the same version
         return True

@@ -939,6 +939,50 @@ def test_a_sidecar_job_leaves_the_claim_of_our_running_job_without_a_sidecar_alo
     assert states == ["active", "active"], states
 
 
+def test_a_sidecar_the_share_cannot_read_for_a_moment_is_no_new_version(
+    hot: Path, run_watcher: Callable[..., HotFolderWatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network share failing the read of a finished file's sidecar (EIO) for a while wrote an error file
+    beside the finished file. Nothing happens now; the sidecar saved with other content later is a new job."""
+    import errno
+
+    from bridge.hotfolder import names
+
+    sink = RecordingSink(on_submit=_done_at_once)
+    sidecar = hot / "Keys.sam.yaml"
+    sidecar.write_text("prompt: electric piano\n")
+    time.sleep(SETTLE)
+    run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    drop(hot / "Keys.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the job")
+    real_read = names.read_small_file
+
+    def failing_read(path: Path, *args: object, **kwargs: object) -> bytes:
+        if path.name == sidecar.name:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_read(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    real_text = names.read_small_text
+
+    def failing_text(path: Path, *args: object, **kwargs: object) -> str:
+        if path.name == sidecar.name:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_text(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(names, "read_small_file", failing_read)
+    monkeypatch.setattr(names, "read_small_text", failing_text)
+    sidecar.write_text("prompt: electric piano\n")  # saved again: its stat changed, it is read, the read fails
+    deadline = time.monotonic() + 12 * SETTLE  # past the sidecar edit's settle (5 × SETTLE in these tests)
+    while time.monotonic() < deadline:
+        assert len(sink.submissions) == 1 and not error_file_for(hot / "Keys.wav").exists()
+        time.sleep(0.05)
+    monkeypatch.setattr(names, "read_small_file", real_read)
+    monkeypatch.setattr(names, "read_small_text", real_text)
+    sidecar.write_text("prompt: organ\n")
+    wait_until(lambda: len(sink.submissions) == 2, "a job for the new prompt")
+    assert sink.submissions[1].request.prompt == "organ"
+
+
 def test_a_sidecar_saved_while_the_daemon_was_down_counts_and_an_unchanged_one_does_not(
     hot: Path, run_watcher: Callable[..., HotFolderWatcher]
 ) -> None:
