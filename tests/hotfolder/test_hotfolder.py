@@ -955,22 +955,16 @@ def test_a_sidecar_the_share_cannot_read_for_a_moment_is_no_new_version(
     run_watcher(sink, [folder(hot)], rescan_interval=600.0)
     drop(hot / "Keys.wav")
     wait_until(lambda: len(sink.submissions) == 1, "the job")
-    real_read = names.read_small_file
+    def failing(real: Callable[..., object]) -> Callable[..., object]:
+        def read(path: Path, *args: object, **kwargs: object) -> object:
+            if path.name == sidecar.name:
+                raise OSError(errno.EIO, "Input/output error")
+            return real(path, *args, **kwargs)
+        return read
 
-    def failing_read(path: Path, *args: object, **kwargs: object) -> bytes:
-        if path.name == sidecar.name:
-            raise OSError(errno.EIO, "Input/output error")
-        return real_read(path, *args, **kwargs)  # type: ignore[arg-type]
-
-    real_text = names.read_small_text
-
-    def failing_text(path: Path, *args: object, **kwargs: object) -> str:
-        if path.name == sidecar.name:
-            raise OSError(errno.EIO, "Input/output error")
-        return real_text(path, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(names, "read_small_file", failing_read)
-    monkeypatch.setattr(names, "read_small_text", failing_text)
+    real_read, real_text = names.read_small_file, names.read_small_text
+    monkeypatch.setattr(names, "read_small_file", failing(real_read))
+    monkeypatch.setattr(names, "read_small_text", failing(real_text))
     sidecar.write_text("prompt: electric piano\n")  # saved again: its stat changed, it is read, the read fails
     deadline = time.monotonic() + 12 * SETTLE  # past the sidecar edit's settle (5 × SETTLE in these tests)
     while time.monotonic() < deadline:
@@ -1069,6 +1063,8 @@ def test_a_file_copied_in_with_its_time_kept_after_its_twin_left_is_taken(
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     wait_until(lambda: len(sink.submissions) == 2, "the copy")
     _stays(sink, 2, 6 * SETTLE)
+    assert sink.sources() == ["Take.wav", "Take.wav"]
+    assert sink.submissions[1].request.idempotency_key != sink.submissions[0].request.idempotency_key
 
 
 @pytest.mark.parametrize("polling", [False, True])
@@ -1181,6 +1177,7 @@ def test_a_hot_folder_moved_away_and_back_is_watched_again(
     drop(hot / "New.wav")
     wait_until(lambda: len(sink.submissions) == 2, "a file dropped into it")
     _stays(sink, 2, 6 * SETTLE)
+    assert sink.sources() == ["Not ours.wav", "New.wav"]
 
 
 def test_a_sidecar_deleted_while_its_job_is_under_way_asks_for_nothing_here_nor_on_a_sibling(
