@@ -350,12 +350,8 @@ class HotFolderJobs:
         self._set_record(taken, _Status.done)
         if taken.claim is not None:
             self._claims.mark_done(taken.claim)
-        if taken.variant:
-            # the same audio without its sidecar is done too: deleting a finished file's sidecar is tidying
-            # up, not a request to separate it again with the folder's preset (a charge nobody asked for)
-            bare = self._claims.try_claim(path, taken.snapshot)
-            if bare.claim is not None:
-                self._claims.mark_done(bare.claim)
+        if taken.variant and taken.cover is None:  # the cover could not be made at submit: now, then
+            self._cover(path, taken.snapshot)
         error_file = error_file_for(path)
         if error_file.exists() and (not error_blocks_retry(path) or error_file_reports(path, taken.job_id)):
             error_file.unlink(missing_ok=True)  # our own report of an earlier, now fixed failure
