@@ -10,33 +10,22 @@ repetition harmless. Job outcomes come back as `JobEvent`s: a failure writes `<f
 
 Events also say when a file arrives (created, moved in) or leaves (deleted, moved away): a file the watcher
 saw leave and come back is taken again (`bridge.hotfolder.jobs`), and a sidecar's events make its audio file
-looked at again (a sidecar saved with other content makes a new version of the file). Each folder's parent
-(or, for a folder that does not exist, its nearest existing ancestor) is watched too, without its contents,
-so a folder deleted or moved away and made again, or one made after the start, is watched at once. Those
-events are not always sent (macOS's FSEvents drops a non-recursive watch's folder events, watchdog issues
-#918 and #1013; a drive mounted on a folder makes none), so the worker also looks at each folder itself once a
-second (a stat each): one that appeared, or that is another folder than the one watched, is watched anew.
+looked at again (a sidecar saved with other content makes a new version of the file).
 
-This module holds the watcher's threads and its settle loop; `bridge.hotfolder.routes` says which
-folder may take a path, `bridge.hotfolder.jobs` claims, submits and settles the outcomes.
+This module holds the worker and its settle loop; `bridge.hotfolder.folder_watches` the observers (of the
+folders, and of their parents, so that a folder made again is watched at once), `bridge.hotfolder.routes`
+says which folder may take a path, `bridge.hotfolder.jobs` claims, submits and settles the outcomes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from watchdog.events import EVENT_TYPE_DELETED, EVENT_TYPE_MOVED, FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.polling import PollingObserver
 
 from bridge.common.claims import ClaimBackend, ClaimStore
 from bridge.common.file_gate import (
@@ -51,9 +40,9 @@ from bridge.common.file_gate import (
 )
 from bridge.common.jobs import JobEvent, JobSink
 from bridge.common.path_policy import PathPolicy
+from bridge.hotfolder.folder_watches import ARRIVED, LEFT, LOOK, FolderWatches
 from bridge.hotfolder.jobs import RETRY_AFTER_ENGINE_ERROR, HotFolderJobs
-from bridge.hotfolder.names import SIDECAR_SUFFIX, source_for_error_file, sources_of_sidecar
-from bridge.hotfolder.network_drives import network_filesystem_type
+from bridge.hotfolder.names import SIDECAR_SUFFIX, sources_of_sidecar
 from bridge.hotfolder.routes import FolderRoutes, HotFolder
 
 __all__ = ["HotFolder", "HotFolderWatcher", "default_hot_folder"]
@@ -67,9 +56,6 @@ UNCHECKED_SETTLE_FACTOR = 3.0  # settle multiplier for formats with nothing in t
 STREAMED_SETTLE_FACTOR = 10.0
 FOLDER_LOOK_INTERVAL = 1.0  # seconds between the worker's own looks at the folders (a stat each)
 _DEPARTED_KEPT = 10_000  # files seen leaving, remembered until they come back (the oldest forgotten first)
-
-# What an event says about its path: look at it; it arrived (created, moved in); it left (deleted, moved away).
-LOOK, ARRIVED, LEFT = "look", "arrived", "left"
 
 
 def default_hot_folder() -> Path:
@@ -93,44 +79,6 @@ class _Candidate:
 class _Inbox:
     paths: list[tuple[Path, bool, str]] = field(default_factory=list)  # (path, is_directory, LOOK/ARRIVED/LEFT)
     events: list[JobEvent] = field(default_factory=list)
-
-
-class _EventForwarder(FileSystemEventHandler):
-    """Turns watchdog events into "look at this path" notes; all decisions happen on the worker."""
-
-    def __init__(self, watcher: HotFolderWatcher) -> None:
-        self._watcher = watcher
-
-    def _note(self, path: Path, is_directory: bool, kind: str = LOOK) -> None:
-        self._watcher._note(path, is_directory, kind)
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return  # our own reads cause these
-        if event.event_type == EVENT_TYPE_MOVED:
-            if event.src_path:
-                self._note(Path(os.fsdecode(event.src_path)), event.is_directory, LEFT)
-            self._note(Path(os.fsdecode(event.dest_path)), event.is_directory, ARRIVED)
-            return
-        path = Path(os.fsdecode(event.src_path))
-        if event.event_type == EVENT_TYPE_DELETED:
-            source = source_for_error_file(path)
-            if source is not None:  # error file deleted: the user asks for a retry
-                self._note(source, False)
-            self._note(path, event.is_directory, LEFT)
-            return
-        if event.is_directory and event.event_type != "created":
-            return
-        self._note(path, event.is_directory, ARRIVED if event.event_type == "created" else LOOK)
-
-
-class _AnchorForwarder(_EventForwarder):
-    """A hot folder's parent (or nearest existing ancestor), watched without its contents: only folders
-    made, deleted or moved there count (the hot folder itself, or a folder on the way to it)."""
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory and event.event_type in ("created", EVENT_TYPE_DELETED, EVENT_TYPE_MOVED):
-            super().on_any_event(event)
 
 
 class HotFolderWatcher:
@@ -165,13 +113,8 @@ class HotFolderWatcher:
         self._inbox = _Inbox()
         self._stopping = False
         self._worker: threading.Thread | None = None
-        self._observers: dict[Path, BaseObserver] = {}
-        self._watched_ids: dict[Path, tuple[int, int]] = {}  # each folder as it was watched (see _identity)
-        self._by_name: set[Path] = set()  # folders told apart by device alone (see _identity)
-        self._anchor_observers: dict[bool, BaseObserver] = {}  # by polling: the folders' parents, not deep
-        self._anchors: dict[tuple[Path, bool], ObservedWatch] = {}
-        self._retired: list[BaseObserver] = []  # observers of folders that went away: joined at stop()
-        self._missing_reported: set[Path] = set()
+        # watchdog's threads call the note through the watcher, so that it stays the one way in
+        self._watches = FolderWatches(self._routes, lambda path, is_dir, kind: self._note(path, is_dir, kind))
         self._unsubscribe: Callable[[], None] | None = None
         # Worker-thread state only.
         self._candidates: dict[Path, _Candidate] = {}
@@ -187,7 +130,7 @@ class HotFolderWatcher:
             raise RuntimeError("HotFolderWatcher already started")
         self._unsubscribe = self._sink.subscribe(self._on_job_event)
         self._refresh_presets()
-        self._start_observers(create_default=True)
+        self._watches.watch(create=default_hot_folder().expanduser().resolve())
         self._worker = threading.Thread(target=self._run, name="hotfolder-worker", daemon=True)
         self._worker.start()
 
@@ -198,15 +141,7 @@ class HotFolderWatcher:
             self._lock.notify_all()
         if self._worker is not None:
             self._worker.join()
-        observers = [*self._observers.values(), *self._anchor_observers.values(), *self._retired]
-        for observer in observers:
-            observer.stop()
-        for observer in observers:
-            observer.join()
-        self._observers.clear()
-        self._anchor_observers.clear()
-        self._anchors.clear()
-        self._retired.clear()
+        self._watches.stop()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -235,138 +170,14 @@ class HotFolderWatcher:
             self._inbox.events.append(event)
             self._lock.notify()
 
-    def _start_observers(self, create_default: bool = False) -> list[Path]:
-        """Watch every folder there is, and the parent (or nearest existing ancestor) of each, so that a
-        folder made (again) is seen at once. Returns the folders newly watched (their files need a look).
-
-        Runs until nothing changes: a folder made while its ancestor's watch was being set up is seen."""
-        started: list[Path] = []
-        for _ in range(8):
-            new = [root for folder, root in self._routes.folders
-                   if root not in self._observers and self._watch_folder(folder, root, create_default)]
-            started += new
-            moved = self._watch_anchors()
-            if not new and not moved:
-                break
-        return started
-
-    def _watch_anchors(self) -> bool:
-        """Watch where each folder would appear; True when a watch was added (look again: a folder on the way
-        may have been made meanwhile)."""
-        wanted: dict[tuple[Path, bool], None] = {}
-        for folder, root in self._routes.folders:
-            anchor = next((p for p in root.parents if p.is_dir()), None)
-            if anchor is not None:
-                wanted[(anchor, folder.polling)] = None
-        for key in [k for k in self._anchors if k not in wanted]:
-            self._unwatch_anchor(key)
-        added = False
-        for anchor, polling in wanted:
-            if (anchor, polling) in self._anchors:
-                continue
-            observer = self._anchor_observers.get(polling)
-            if observer is None:
-                observer = PollingObserver(timeout=1.0) if polling else Observer()
-                observer.daemon = True
-                observer.start()
-                self._anchor_observers[polling] = observer
-            try:
-                self._anchors[(anchor, polling)] = observer.schedule(_AnchorForwarder(self), str(anchor),
-                                                                     recursive=False)
-            except OSError as exc:  # gone meanwhile: the next round looks again
-                log.debug("Hot folder: cannot watch %s for the folders in it: %s", anchor, exc)
-                continue
-            added = True
-        return added
-
-    def _unwatch_anchor(self, key: tuple[Path, bool]) -> None:
-        watch = self._anchors.pop(key, None)
-        observer = self._anchor_observers.get(key[1])
-        if watch is not None and observer is not None:
-            with contextlib.suppress(KeyError, OSError):
-                observer.unschedule(watch)
-
-    def _watch_folder(self, folder: HotFolder, root: Path, create_default: bool) -> bool:
-        """Start the observer of one folder; False when the folder is not there (yet)."""
-        if not root.is_dir():
-            if create_default and root == default_hot_folder().expanduser().resolve():
-                root.mkdir(parents=True, exist_ok=True)
-            else:
-                if root not in self._missing_reported:
-                    self._missing_reported.add(root)
-                    log.warning("Hot folder %s is missing (drive not connected?); watching for it", root)
-                return False
-        self._missing_reported.discard(root)
-        fs_type = network_filesystem_type(root)
-        if fs_type and not folder.polling:
-            log.warning(
-                "Hot folder %s is on a network drive (%s): files saved from other computers may go "
-                "unnoticed until the next rescan. Set 'polling: true' for this folder.", root, fs_type
-            )
-        observer: BaseObserver
-        if folder.polling:
-            observer = PollingObserver(timeout=max(0.1, min(folder.settle_seconds / 2, 1.0)))
-        else:
-            observer = Observer()
-        deep = folder.recursive or folder.preset is None
-        observer.daemon = True
-        try:
-            observer.schedule(_EventForwarder(self), str(root), recursive=deep)
-            observer.start()
-        except OSError as exc:  # deleted again meanwhile
-            log.debug("Hot folder: cannot watch %s: %s", root, exc)
-            return False
-        self._observers[root] = observer
-        if folder.polling or fs_type:
-            self._by_name.add(root)  # polled by its path anyway; a network drive's inode numbers may change
-        with contextlib.suppress(OSError):
-            self._watched_ids[root] = self._identity(root, os.stat(root))
-        log.info("Watching hot folder %s%s", root, " (polling)" if folder.polling else "")
-        return True
-
-    def _folders_gone(self, path: Path) -> None:
-        """`path`, a folder, was deleted or moved away: the watches on it and under it are dead (inotify
-        follows the folder, not its name), so a folder made there again gets new ones."""
-        for root in [r for r in self._observers if r.is_relative_to(path)]:
-            observer = self._observers.pop(root)
-            self._watched_ids.pop(root, None)
-            observer.stop()
-            self._retired.append(observer)
-            log.info("Hot folder %s is gone; watching for it to be made again", root)
-        for key in [k for k in self._anchors if k[0].is_relative_to(path)]:
-            self._unwatch_anchor(key)
-        self._look_at_new_folders()
-
     def _look_at_folders(self) -> None:
-        """The folders themselves, whatever events came: one gone or replaced (deleted and made again, a drive
-        mounted on it) gets new watches, one that appeared gets its first."""
-        changed = False
-        for _, root in self._routes.folders:
-            try:
-                info = os.stat(root)
-                now_id: tuple[int, int] | None = self._identity(root, info) if stat.S_ISDIR(info.st_mode) else None
-            except (FileNotFoundError, NotADirectoryError):
-                now_id = None
-            except OSError:  # a share that does not answer now: no reason to think the folder changed
-                continue
-            watched = root in self._observers
-            if watched and now_id != self._watched_ids.get(root):
-                self._folders_gone(root)  # looks at new folders too
-                changed = True
-            elif not watched and now_id is not None:
-                changed = True
-        if changed:
+        if self._watches.look():
             self._look_at_new_folders()
-
-    def _identity(self, root: Path, info: os.stat_result) -> tuple[int, int]:
-        """What tells a folder made again from the one watched: its device and inode, or its device alone
-        where the watch follows the path (polling) or the inode may change (a network drive)."""
-        return info.st_dev, 0 if root in self._by_name else info.st_ino
 
     def _look_at_new_folders(self) -> None:
         if self._routes.known_presets:
             self.ensure_preset_folders(self._routes.known_presets)
-        for root in self._start_observers():
+        for root in self._watches.watch():
             self._absorb(root, True, time.monotonic())  # what was dropped in before the watch began
 
     # ---- the worker -------------------------------------------------------------------------------
@@ -470,8 +281,9 @@ class HotFolderWatcher:
         """A file or folder was deleted or moved away. A file that is really gone is forgotten (its record,
         and its claim markers, which say it is done: back again, it is a new arrival)."""
         if is_directory:
-            if path in self._watched_or_wanted() or any(r.is_relative_to(path) for r in self._observers):
-                self._folders_gone(path)
+            if path in self._watched_or_wanted() or self._watches.watches_under(path):
+                self._watches.gone(path)
+                self._look_at_new_folders()
             for gone in [p for p in self._candidates if p.is_relative_to(path) and FileSnapshot.of(p) is None]:
                 del self._candidates[gone]
             self._note_departed(self._jobs.forget_gone_under(path))
@@ -578,7 +390,7 @@ class HotFolderWatcher:
 
     def _rescan(self) -> None:
         self._refresh_presets()
-        self._start_observers()
+        self._watches.watch()
         now, seen = time.monotonic(), set()
         prune_claims: Callable[[Path], object] | None = None
         if now >= self._next_claim_prune:  # reads every marker: not on every rescan

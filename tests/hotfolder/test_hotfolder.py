@@ -392,7 +392,7 @@ def test_a_render_that_keeps_going_is_never_reported_unfinished(
 def test_polling_observer_path(hot: Path, run_watcher: Callable[..., HotFolderWatcher]) -> None:
     sink = RecordingSink()
     watcher = run_watcher(sink, [folder(hot, polling=True)])
-    assert [type(o) for o in watcher._observers.values()] == [PollingObserver]
+    assert [type(o) for o in watcher._watches._observers.values()] == [PollingObserver]
     writer = SlowWavWriter(hot / "share.wav", wav_bytes(seconds=2, seed=5), duration=1.0, chunks=10)
     writer.start()
     writer.join()
@@ -1094,9 +1094,9 @@ def test_folders_come_back_even_when_no_event_says_so(
     """macOS's FSEvents drops a non-recursive watch's folder events (watchdog #918, #1013), and a drive mounted
     on a folder makes none: the parent's watch then says nothing. The worker's own look at each folder
     still finds a folder made again (a new inode) and one that appeared, well before the rescan."""
-    from bridge.hotfolder import watcher as watcher_module
+    from bridge.hotfolder import folder_watches
 
-    monkeypatch.setattr(watcher_module._AnchorForwarder, "on_any_event", lambda self, event: None)
+    monkeypatch.setattr(folder_watches._AnchorForwarder, "on_any_event", lambda self, event: None)
     sink = RecordingSink(on_submit=_done_at_once)
     later = tmp_path / "later"
     run_watcher(sink, [folder(hot), folder(later, preset="piano")], rescan_interval=600.0)
@@ -1125,7 +1125,7 @@ def test_a_folder_the_share_cannot_stat_for_a_moment_keeps_its_watch(
 
     sink = RecordingSink(on_submit=_done_at_once)
     watcher = run_watcher(sink, [folder(hot)], rescan_interval=600.0)
-    observer = watcher._observers[hot]
+    observer = watcher._watches._observers[hot]
     real_stat = os.stat
 
     def flaky_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
@@ -1133,11 +1133,11 @@ def test_a_folder_the_share_cannot_stat_for_a_moment_keeps_its_watch(
             raise OSError(errno.EIO, "Input/output error")
         return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    caplog.set_level(logging.INFO, logger="bridge.hotfolder.watcher")
+    caplog.set_level(logging.INFO, logger="bridge.hotfolder.folder_watches")
     monkeypatch.setattr(os, "stat", flaky_stat)  # every caller's: pathlib's too
     time.sleep(3 * watcher_module.FOLDER_LOOK_INTERVAL)
     monkeypatch.undo()
-    assert watcher._observers.get(hot) is observer
+    assert watcher._watches._observers.get(hot) is observer
     assert not [r for r in caplog.records if "is gone" in r.getMessage()]
     drop(hot / "Still.wav")
     wait_until(lambda: len(sink.submissions) == 1, "a file in the folder still watched")
