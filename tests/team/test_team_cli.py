@@ -14,7 +14,8 @@ import psycopg
 import pytest
 
 from bridge.common.request import SeparationRequest
-from bridge.engine.journal.postgres import VERSION, PostgresJournal
+from bridge.engine.journal.pg_schema import VERSION
+from bridge.engine.journal.postgres import PostgresJournal
 from tests.team.conftest import ALICE_PASSWORD
 
 
@@ -126,7 +127,7 @@ def test_psycopg_pools_own_log_lines_never_show_the_password(caplog) -> None:
 
 def test_team_check_reads_a_schema_an_older_sam_bridge_made(team_db: str, tmp_path: Path) -> None:
     """Versions 1 and 2 had no `lease` column: exactly the database `team check` is run on before an update."""
-    from bridge.engine.journal.postgres import MIGRATIONS
+    from bridge.engine.journal.pg_schema import MIGRATIONS
 
     with psycopg.connect(team_db, autocommit=True) as conn:
         for version in (1, 2):

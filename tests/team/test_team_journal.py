@@ -18,7 +18,8 @@ from bridge.common.file_gate import FileSnapshot
 from bridge.common.jobs import JobState
 from bridge.common.request import SeparationRequest
 from bridge.engine.journal import JobJournal, JobTakenOver, Journal, SchemaTooNew, redact
-from bridge.engine.journal.postgres import MIGRATIONS, VERSION, InstanceInUse, PostgresJournal
+from bridge.engine.journal.pg_schema import MIGRATIONS, VERSION
+from bridge.engine.journal.postgres import InstanceInUse, PostgresJournal
 from bridge.fal.client import RequestHandle
 from tests.team.team_helpers import wait_server_up_for
 

@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from bridge.common.claims import Claim, ClaimOutcome
 from bridge.common.file_gate import FileSnapshot
-from bridge.engine.journal.postgres import ALIVE
+from bridge.engine.journal.base import Row
+from bridge.engine.journal.pg_schema import ALIVE
 
-if TYPE_CHECKING:
-    from bridge.engine.journal.postgres import PostgresJournal
+
+class TeamDatabase(Protocol):
+    """What the claims need of the team journal (`PostgresJournal`): statements that wait out an outage."""
+
+    lease: float
+
+    def read_waiting(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    def write_waiting(self, sql: str, params: Sequence[Any] = ()) -> None: ...
 
 _TRY = f"""
 INSERT INTO claims AS c (key, source, owner, host, state, generation) VALUES (%s, %s, %s, %s, 'active', 1)
@@ -34,7 +43,7 @@ RETURNING generation
 class DatabaseClaims:
     """`bridge.common.claims.ClaimBackend` on the team database."""
 
-    def __init__(self, journal: PostgresJournal, instance_id: str, limit: int | None = None) -> None:
+    def __init__(self, journal: TeamDatabase, instance_id: str, limit: int | None = None) -> None:
         self.journal, self.instance_id, self.limit = journal, instance_id, limit
         self._held: set[str] = set()
         self._lock = threading.Lock()

@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 
 from bridge.common.database import mask_password, redact
 from bridge.engine.journal.deadline import BoundedConnection, bound_on_server, tcp_parameters
-from bridge.engine.journal.postgres import ALIVE, TABLES, VERSION
+from bridge.engine.journal.pg_schema import ALIVE, TABLES, VERSION
 
 SKEW_WARN = 2.0  # seconds: job ages and the budget's midnight use this machine's clock
 
