@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -76,6 +76,78 @@ def presets_table() -> str:
     return "\n".join(rows)
 
 
+def _config_type(annotation: Any) -> str:
+    """A config value's type as a user writes it: the choices of a Literal, "path" for a checked path."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    optional = " (optional)" if type(None) in get_args(annotation) else ""
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(f"`{a}`" for a in args)
+    if get_origin(annotation) is Annotated:
+        return _config_type(args[0])
+    if optional and len(args) == 1:
+        return _config_type(args[0]) + optional
+    if annotation is Path:
+        return "path"
+    return _type_name(annotation)
+
+
+def _yaml_default(field: Any) -> str:
+    """A default as it is written in the YAML file (`true`, `{hot-folder: low}`), not as Python prints it."""
+    value = None if field.is_required() else field.get_default(call_default_factory=True)
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, dict) and value:
+        return "`{" + ", ".join(f"{k}: {getattr(v, 'value', v)}" for k, v in value.items()) + "}`"
+    return _default(field)
+
+
+def config_table() -> str:
+    """Every key of the config file, nested ones dotted (`osc.port`; `hot_folders[].path` for each entry of
+    the list), from the config model itself."""
+    from bridge.common.config import Config
+
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            inner = field.annotation
+            nested = getattr(inner, "__args__", (None,))[0] if getattr(inner, "__origin__", None) is list else None
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                walk(inner, f"{prefix}{name}.")
+            elif isinstance(nested, type) and issubclass(nested, BaseModel):
+                rows.append(f"| `{prefix}{name}` | list | `[]` | {field.description or ''} |")
+                walk(nested, f"{prefix}{name}[].")
+            else:
+                meaning = (field.description or "").replace("|", chr(92) + "|")
+                rows.append(f"| `{prefix}{name}` | {_config_type(inner)} | {_yaml_default(field)} | {meaning} |")
+
+    walk(Config, "")
+    return "\n".join(rows)
+
+
+def hot_folder_ignored() -> str:
+    """The names a hot folder never takes, from the lists the watcher itself uses."""
+    from bridge.hotfolder.names import (
+        DONE_DIR_NAME,
+        IGNORED_PREFIXES,
+        IGNORED_SUFFIXES,
+        OWN_SUFFIXES,
+        STEMS_DIR_NAME,
+    )
+
+    names = ", ".join(f"`*{suffix}`" for suffix in IGNORED_SUFFIXES)
+    starts = ", ".join(f"`{prefix}`" for prefix in IGNORED_PREFIXES)
+    own = ", ".join(f"`*{suffix}`" for suffix in OWN_SUFFIXES)
+    folders = f"`{STEMS_DIR_NAME}/` and `{DONE_DIR_NAME}/`"
+    return (f"- Ignored (a file is skipped without an error file): names ending in {names} (partial downloads and "
+            f"renders, DAW peak and analysis files, sync tools' temp files); names starting with {starts} "
+            f"(dotfiles, `~$` and `.~lock` lock files, temp names); the files beside stems and sources "
+            f"({own}: manifests, sidecars, error and status files) and the stems a manifest beside them "
+            f"lists, even when the output folder is inside the hot folder; with `recursive`, the folders "
+            f"{folders} (any case) and dot folders. A stem you copy into "
+            f"a hot folder on its own is separated again (chain presets).")
+
+
 def osc_table() -> str:
     from bridge.osc.table import markdown_table
 
@@ -90,6 +162,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "manifest-schema": lambda: dict_table(MANIFEST_FIELDS),
     "osc-table": osc_table,
     "presets-table": presets_table,
+    "config-keys": config_table,
+    "hot-ignored": hot_folder_ignored,
 }
 
 

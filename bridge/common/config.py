@@ -86,10 +86,10 @@ class ServiceConfig(_Strict):
 
 
 class OscConfig(_Strict):
-    enabled: bool = True
+    enabled: bool = Field(True, description="false: no OSC server (the Live device and OSC clients need it)")
     host: str = Field("127.0.0.1", description="bind address; anything but loopback needs allow_clients")
-    port: int = Field(9010, ge=0, le=65535)
-    prefix: str = Field("/sam", pattern=r"^/[A-Za-z0-9_/-]*$")
+    port: int = Field(9010, ge=0, le=65535, description="UDP port (0: any free one, said in daemon.json)")
+    prefix: str = Field("/sam", pattern=r"^/[A-Za-z0-9_/-]*$", description="the start of every OSC address")
     reply_port: int | None = Field(None, ge=1, le=65535, description="fixed reply port (Max's udpreceive)")
     allow_clients: list[str] = Field(default_factory=list, description="client addresses allowed off loopback")
     token: str | None = Field(None, description="shared token, first argument of every request")
@@ -99,13 +99,15 @@ class OscConfig(_Strict):
 
 
 class HotFolderConfig(_Strict):
-    path: FullPath
+    path: FullPath = Field(description="the folder (full path or ~/…); watched as soon as it exists")
     preset: str | None = Field(None, description="None: subfolders named after presets (hot/vocals/, …)")
     output_dir: FullPath | None = Field(None, description="default: Stems/ beside each source")
-    recursive: bool = False
+    recursive: bool = Field(False, description="take files in subfolders too (never in Stems/ or done/)")
     polling: bool = Field(False, description="poll instead of OS events (network drives, SMB/NFS, cloud sync)")
-    settle_seconds: float = Field(2.0, ge=0.1, le=600)
-    after_success: Literal["keep", "move-to-done"] = "keep"
+    settle_seconds: float = Field(2.0, ge=0.1, le=600, description="seconds a file must stay unchanged before it "
+                                  "is taken (×3 for formats that cannot show they are whole)")
+    after_success: Literal["keep", "move-to-done"] = Field(
+        "keep", description="move-to-done: the source moves to done/ beside it once its stems are written")
 
 
 class Config(_Strict):
@@ -121,8 +123,10 @@ class Config(_Strict):
         "estimates carry it)")
     requests_dir: FullPath | None = Field(None, description="request-file folder (default: <state>/requests)")
     default_hot_folder: bool = Field(True, description="watch ~/sam-bridge/hot with one subfolder per preset")
-    hot_folders: list[HotFolderConfig] = Field(default_factory=list)
-    hot_rescan_interval: float = Field(30.0, gt=0)
+    hot_folders: list[HotFolderConfig] = Field(
+        default_factory=list, description="more hot folders, each with the keys below")
+    hot_rescan_interval: float = Field(
+        30.0, gt=0, description="seconds between full looks at every hot folder (finds what events missed)")
     osc: OscConfig = Field(default_factory=OscConfig)
     allowed_source_roots: list[FullPath] = Field(
         default_factory=list, description="extra folders OSC requests may read (home and hot folders always)")

@@ -22,7 +22,7 @@ UNIT_SECONDS = 30.0
 class PriceTable(UserModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    currency: str = "USD"
+    currency: str = Field("USD", description="shown beside every cost")
     per_30s: float = Field(0.05, ge=0, description="price per 30 s of output audio")
     per_30s_extra_candidate: float = Field(0.025, ge=0, description="added per 30 s per extra candidate")
     rounding: Literal["none", "second", "unit"] = Field(
@@ -51,7 +51,7 @@ class FileEstimate(BaseModel):
     seconds: float = Field(description="seconds of audio sent per request (the part, or the audition window)")
     requests: int = Field(description="paid requests: one per step of the preset")
     estimated_cost: float
-    currency: str = "USD"
+    currency: str = Field("USD", description="shown beside every cost")
     whole_seconds: float | None = Field(None, description="an audition: seconds of the whole part")
     whole_cost: float | None = Field(None, description="an audition: what separating the whole part would cost")
     confirm_above: float | None = Field(None, description="the configured amount above which to ask first")
