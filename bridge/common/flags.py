@@ -24,3 +24,13 @@ NOTES = frozenset({"drift-corrected", "audition", "span-cut-at-end"})  # the ste
 
 def describe_flag(flag: str) -> str:
     return f"{flag}: {FLAG_TEXT[flag]}" if flag in FLAG_TEXT else flag
+
+
+def flags_in_words(meanings: bool) -> str:
+    """Every flag, warnings then notes, for the README's manifest and status tables: made from FLAG_TEXT, so
+    a flag added there is documented there too (the hand-written lists had left some out)."""
+    def listed(notes: bool) -> str:
+        flags = [flag for flag in FLAG_TEXT if (flag in NOTES) == notes]
+        return "; ".join(f"`{flag}`: {FLAG_TEXT[flag]}" for flag in flags) if meanings else \
+            ", ".join(f"`{flag}`" for flag in flags)
+    return f"warnings to read — {listed(notes=False)}; notes (the stems are right) — {listed(notes=True)}"

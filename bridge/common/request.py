@@ -14,7 +14,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from bridge.common.options import OutputOptions, ServiceOptions, folder_problem
 from bridge.common.path_policy import PathPolicy
-from bridge.common.plain import UserModel, plain_problem
+from bridge.common.plain import UserModel, plain_problem, shown
 
 
 class Origin(StrEnum):
@@ -36,6 +36,18 @@ class Span(UserModel):
     end: float = Field(gt=0, le=MAX_SECONDS)
     include: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text_or_fields(cls, value: Any) -> Any:
+        # A request file may write a span as the CLI and OSC do ("2-9.5", "4-5:exclude"), through the same
+        # parser, so a script author can copy either form.
+        if isinstance(value, str):
+            return cls.parse(value).model_dump()
+        if not isinstance(value, dict | Span):
+            raise ValueError(f"give a span as text, e.g. \"12.5-20\" or \"12.5-20:exclude\", or as "
+                             f"{{\"start\": 12.5, \"end\": 20}} (got {shown(value)})")
+        return value
+
     @model_validator(mode="after")
     def _ordered(self) -> Span:
         if self.end <= self.start:
@@ -48,10 +60,15 @@ class Span(UserModel):
         --span and OSC's spans argument write one. ValueError says what is wrong, in words."""
         body, _, kind = text.strip().partition(":")
         start, sep, end = body.partition("-")
+        form = f"{text!r}: give START-END in seconds, e.g. 12.5-20 (or 12.5-20:exclude)"
         if not sep or kind not in ("", "include", "exclude"):
-            raise ValueError(f"{text!r}: give START-END in seconds, e.g. 12.5-20 (or 12.5-20:exclude)")
+            raise ValueError(form)
         try:
-            return cls(start=float(start), end=float(end), include=kind != "exclude")
+            seconds = float(start), float(end)
+        except ValueError:  # float's own words ("could not convert string to float") are for programmers
+            raise ValueError(form) from None
+        try:
+            return cls(start=seconds[0], end=seconds[1], include=kind != "exclude")
         except ValueError as exc:  # pydantic's ValidationError is one: its first message, in words
             errors = getattr(exc, "errors", None)
             detail = plain_problem(errors()[0]) if callable(errors) else str(exc)
@@ -74,7 +91,10 @@ class SeparationRequest(UserModel):
     output_dir: Path | None = Field(None, description="exact folder for the stems (overrides project_dir)")
     start: float | None = Field(None, ge=0, le=MAX_SECONDS, description="seconds into the source where the part begins")
     length: float | None = Field(None, gt=0, le=MAX_SECONDS, description="seconds of source to separate from start")
-    spans: list[Span] | None = Field(None, description="spans for the span-separate endpoint")
+    spans: list[Span] | None = Field(
+        None, description="spans to separate instead of the prompt's whole part (span-separate), in seconds: each "
+        "as `--span` writes it, `\"12.5-20\"` (keep) or `\"30-35:exclude\"` (leave out), or as "
+        "`{\"start\": 12.5, \"end\": 20, \"include\": true}`; e.g. `\"spans\": [\"12.5-20\", \"30-35:exclude\"]`")
     audition: float | None = Field(
         None, gt=0, le=600, description="audition: separate only the loudest window of this many seconds of the "
         "part (with `length`, inside start..start+length; with `start` alone, the first from `start`); "

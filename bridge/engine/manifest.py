@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge import __version__
+from bridge.common.flags import flags_in_words
 
 if TYPE_CHECKING:
     from bridge.audio.conform import ConformReport
@@ -45,12 +46,7 @@ MANIFEST_FIELDS: dict[str, str] = {
     "format_reason": "why the stems' container or sample format is not the source's (e.g. a lossy source gives "
     "WAV), else null",
     "residual_method": "`complement` (source − target) or `service`",
-    "flags": "warnings to read: `target-silent` (target below -50 dBFS RMS, the source not), "
-             "`target-is-everything` (residual below -50 dBFS RMS), `target-unlikely` (the target does not look "
-             "like a part of the source: see Quality flags), `weak-correlation`, `drift`, `drift-corrected`, "
-             "`clipped`, `position-not-kept` (the stems' format cannot hold the source's bext/iXML time "
-             "reference), `silent-source`, `cut-at-end` (the part asked for ran past the file's end), "
-             "`span-cut-at-end` (a span ran past the end of the audio sent: sent cut there), `audition`",
+    "flags": flags_in_words(meanings=True) + " (see [Quality flags](#quality-flags))",
     "timings": "seconds per stage (`prepare`, `upload`, `service`, `download`, `conform`, `write`, `total`)",
     "estimated_cost": "`amount` and `currency`, from the configured price table (0 on a stand-in)",
     "reused_from": "manifest of an earlier identical job whose stems were reused (dedupe), else null",

@@ -39,7 +39,7 @@ class Arg:
     type: str
     description: str
     max_chars: int = 200  # strings only
-    may_be_empty: bool = False  # strings only: "" means "not given"
+    may_be_empty: bool = False  # "" means "not given": later arguments can be sent without this one
     minimum: float | None = None  # numbers only
     maximum: float | None = None
     above: float | None = None  # numbers only: must be strictly greater
@@ -115,11 +115,11 @@ _SEPARATE_OPTIONAL = (
     (Arg("start", "f", "seconds into the source where the part begins (or as text, e.g. \"754.123456\": "
          "an OSC float keeps 7 digits, so 10 minutes in it is up to 30 µs off; \"\" = the beginning)", minimum=0.0,
          maximum=MAX_SECONDS, as_text=True, may_be_empty=True),
-     Arg("length", "f", "seconds of source to separate (or as text, like start; \"\" = to the end)", above=0.0,
-         maximum=MAX_SECONDS, as_text=True, may_be_empty=True)),
+     Arg("length", "f", "seconds of source to separate, a positive number (more than 0; or as text, like "
+         "start), or \"\" = to the end of the file", above=0.0, maximum=MAX_SECONDS, as_text=True, may_be_empty=True)),
     (Arg("audition", "f", "seconds to audition: only the loudest window this long inside the part (start, length) "
          "is separated (from start when start is given without a length), stems named .audition "
-         "(0 = the whole part)", minimum=0.0, maximum=600.0),),
+         "(0 or \"\" = no audition: the whole part)", minimum=0.0, maximum=600.0, may_be_empty=True),),
     (_s("options", "service/output options as key=value words, e.g. \"reranking_candidates=2 "
         "predict_spans=true\" (the README's options tables; \"\" = none)", max_chars=1000, may_be_empty=True),),
     (_s("spans", "spans to separate instead of a prompt's whole part (span-separate): START-END words in seconds, "
@@ -357,7 +357,7 @@ def _check(arg: Arg, value: Any) -> str | None:
         if len(value) > arg.max_chars:
             return f"is {len(value)} characters long; at most {arg.max_chars} are allowed"
         return None
-    if arg.as_text and arg.may_be_empty and isinstance(value, str) and not value.strip():
+    if arg.may_be_empty and isinstance(value, str) and not value.strip():
         return None  # "" = not given: later arguments can be sent without this one
     if arg.as_text and isinstance(value, str):
         try:

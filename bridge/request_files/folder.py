@@ -30,6 +30,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from bridge.common.claims import ClaimBackend, ClaimStore
 from bridge.common.errors import BridgeError
 from bridge.common.file_gate import FileSnapshot
+from bridge.common.flags import flags_in_words
 from bridge.common.jobs import JobEvent, JobSink, JobState, RequestRejected
 from bridge.common.path_policy import PathPolicy, open_requests_folder
 from bridge.common.redact import redact_any
@@ -58,8 +59,7 @@ STATUS_FIELDS: dict[str, str] = {
     "stems": "label → absolute path, in order (`target`, `residual`; stem sets: each stem, then `other`)",
     "manifest": "path of the `.sam.json` manifest when done",
     "error": "what went wrong and how to retry, when failed (`Cancelled` when cancelled)",
-    "flags": "warnings to read (`target-silent`, `target-is-everything`, `target-unlikely`, `weak-correlation`, "
-    "`drift`, `cut-at-end`, …)",
+    "flags": flags_in_words(meanings=False) + " (each explained under the manifest's `flags`)",
     "eta_seconds": "seconds the job is expected to take still (null when unknown)",
     "estimate": "with `\"estimate_only\": true`: `seconds`, `requests`, `estimated_cost`, `currency`, "
     "`confirm_above`, `needs_confirmation` (and `whole_seconds`/`whole_cost` for an audition); state `done`, "

@@ -66,6 +66,24 @@ def test_the_readme_table_lists_every_address_with_its_example() -> None:
     assert "| `/live/sam/ping` |" in markdown_table("/live/sam")
 
 
+def test_the_table_says_when_an_empty_text_or_a_zero_is_taken_as_the_declaration_checks_it() -> None:
+    """A patch author reads the table, not the code: "" (not given) and a bound that refuses 0 are in it."""
+    from bridge.docs import README
+
+    table, readme = markdown_table(), README.read_text(encoding="utf-8")
+    for request in REQUESTS:
+        for arg in (*request.required, *(a for group in request.optional for a in group)):
+            shown = f"`{arg.signature}` {arg.description}".replace("|", "\\|")
+            assert shown in table and shown in readme, (request.name, arg.name)
+            if arg.may_be_empty:
+                assert '""' in arg.description, (request.name, arg.name)
+            if arg.above is not None:
+                assert f"more than {arg.above:g}" in arg.description, (request.name, arg.name)
+    length = REQUESTS_BY_NAME["separate"].optional[2][1]
+    assert length.name == "length" and 'a positive number' in length.description
+    assert '"" = to the end of the file' in length.description
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (["/a.wav", "piano"], {"source_path": "/a.wav", "preset_or_prompt": "piano"}),
     (["/a.wav", " piano ", "", "", 0, 2], {"source_path": "/a.wav", "preset_or_prompt": "piano",

@@ -86,6 +86,17 @@ def test_separate_takes_whole_numbers_for_seconds_and_empty_strings_as_not_given
     assert isinstance(request.start, float)
 
 
+def test_an_empty_audition_is_not_given_like_an_empty_start_or_length(
+        client: OscClient, sink: RecordingSink, music: Path) -> None:
+    """A patch that sends options or spans must fill the audition slot: "" leaves it out, as for start/length."""
+    source = write_wav(music / "mix.wav")
+    assert client.request("/sam/separate", str(source), "piano", "t", "", "", "", "", "reranking_candidates=2",
+                          reply="/sam/accepted") == ["t", "job-1"]
+    (request,) = sink.requests
+    assert request.audition is None and request.start is None and request.length is None
+    assert request.options == {"reranking_candidates": 2}
+
+
 def test_cancel_known_and_unknown_jobs(client: OscClient, sink: RecordingSink, music: Path) -> None:
     job_id = submit(client, write_wav(music / "a.wav"))
     assert client.request("/sam/cancel", job_id, reply="/sam/cancel/ok") == [job_id]

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 
 from bridge.common.errors import InputError
+from bridge.common.request import Span
 from bridge.engine.engine import EngineSettings, JobEngine
 from bridge.engine.journal import Journal
 from bridge.engine.pipeline import Pipeline
@@ -272,6 +273,30 @@ def test_wrong_values_in_a_request_file_are_named_in_plain_words(
     with pytest.raises(InputError) as caught:
         parse_request_file(request, version_of(request))
     assert caught.value.message == f"r.json: {expected}"
+
+
+def test_spans_written_as_the_cli_writes_them_give_the_same_request_as_spans_written_as_fields(
+        tmp_path: Path) -> None:
+    requests = []
+    for name, spans in (("text", ["2-9.5", "4-5:exclude"]),
+                        ("fields", [{"start": 2, "end": 9.5}, {"start": 4, "end": 5, "include": False}])):
+        request = tmp_path / f"{name}.json"
+        request.write_text(json.dumps({"source": str(tmp_path / "a.wav"), "prompt": "piano", "spans": spans}))
+        requests.append(parse_request_file(request, version_of(request)))
+    text, fields = requests
+    assert text.spans == fields.spans == [Span(start=2, end=9.5), Span(start=4, end=5, include=False)]
+    assert text.model_dump(exclude={"idempotency_key"}) == fields.model_dump(exclude={"idempotency_key"})
+
+
+def test_a_span_written_wrong_is_named_in_the_requests_status_and_nothing_is_sent(
+        start_folder: Start, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "Guitar 01.wav", seconds=0.5)
+    service, requests = start_folder(archive_after=3600.0)
+    request = write_request(requests, "take", source=source, prompt="piano", spans=["0.1-0.2", "0.3-x"])
+    status = finished(request)
+    assert status["state"] == "failed"
+    assert "spans.1: '0.3-x': give START-END in seconds, e.g. 12.5-20 (or 12.5-20:exclude)" in status["error"]
+    assert service.stats()["submits"] == 0
 
 
 def test_true_is_not_a_number_of_candidates(tmp_path: Path) -> None:
