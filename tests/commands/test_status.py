@@ -1,6 +1,6 @@
 """`sam-bridge status JOB` says what a user needs (issue #23, item 5): stems, flags, cost and request ids;
-`--json` times in ISO 8601; a job paused because the daemon stopped says so in its status file. The real
-daemon process against the stand-in over real HTTP."""
+`--json` times in ISO 8601; a job paused because the daemon stopped says so in its status file and in the
+list. The real daemon process against the stand-in over real HTTP."""
 
 from __future__ import annotations
 
@@ -58,6 +58,13 @@ def test_a_job_paused_by_a_stopping_daemon_says_so(daemon_factory, user_dirs) ->
         paused = json.loads(request.with_name("long.status.json").read_text())
         assert paused["state"] == "running" and paused["message"] == "paused (daemon stopped)", paused
         assert "paused (daemon stopped)" in status(running["job_id"]).stdout
+        # the list says so too: it showed only `running 43%`
+        listing = status().stdout.splitlines()
+        row = next(i for i, line in enumerate(listing) if line.startswith(running["job_id"]))
+        assert listing[row].split()[1] == "running", listing
+        assert listing[row + 1:row + 2] == [" " * 14 + "paused (daemon stopped)"], listing
+        listed = {job["job_id"]: job for job in json.loads(status("--json").stdout)}[running["job_id"]]
+        assert (listed["state"], listed["message"]) == ("running", "paused (daemon stopped)"), listed
     assert Path(str(info["requests_dir"])).exists()
 
 
