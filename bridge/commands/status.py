@@ -141,8 +141,11 @@ def _status(args: argparse.Namespace) -> int:
     journal = _journal()
     rows = [journal.get(_resolve(journal, args.job))] if args.job else journal.recent(1000 if args.all else 50)
     found = [r for r in rows if r is not None]
-    if args.json:
-        print(safe_json([job_summary(journal, r) for r in found]))
+    if args.job and not found:  # removed between finding its id and reading it
+        raise InputError(f"No job matches {args.job!r}.", hint="Use `sam-bridge status` to see job ids.")
+    if args.json:  # one job asked for: that job's object, as the text shows it; else the list
+        summaries = [job_summary(journal, r) for r in found]
+        print(safe_json(summaries[0] if args.job else summaries))
         return 0
     if not found:
         say("No jobs.")

@@ -33,7 +33,9 @@ def test_status_of_a_job_shows_stems_flags_cost_and_request_ids(daemon_factory, 
     done = wait_state(request, ("done", "failed"))
     assert done["state"] == "done", done
     shown = status("--json", done["job_id"][:6])
-    job = json.loads(shown.stdout)[0]
+    job = json.loads(shown.stdout)  # the job itself, not a list of one, as its text shows only that job
+    assert isinstance(job, dict), job
+    assert [job] == json.loads(status("--json").stdout)  # the same summary as the list's
     assert ISO.match(job["created_at"]) and ISO.match(job["updated_at"])
     assert job["stems"] == done["stems"] and job["flags"] == done["flags"]
     assert len(job["request_ids"]) == 1 and job["estimated_cost"] == 0.0  # the stand-in costs nothing
@@ -98,7 +100,7 @@ def test_status_shows_control_sequences_from_outside_as_text(user_dirs) -> None:
                   f"what:     piano{escaped}  (tag tag{escaped})\n",
                   f"error:    take{escaped}.wav is gone{escaped}\n            Export it{escaped} again.\n"):
         assert field in one.stdout, one.stdout
-    summary = json.loads(as_json.stdout)[0]  # still JSON, and the same text once parsed
+    summary = json.loads(as_json.stdout)  # still JSON, and the same text once parsed
     assert summary["source"] == str(source) and summary["tag"] == f"tag{HOSTILE}"
     assert "\\u009b" in as_json.stdout and "\\u001b" in as_json.stdout
 
