@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from bridge import __version__
 from bridge.common.errors import BridgeError
@@ -28,6 +28,8 @@ MODULE_OF = {"separate": "separate", "run": "run", "status": "status", "cancel":
              "service-run": "service", "ableton": "ableton", "allow": "allow", "reaper": "reaper",
              "team": "team"}
 
+AFTER_VERBOSE, AFTER_QUIET = "verbose after ", "quiet after "  # + the sub-command: -v/-q given after it
+
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser, or (given the command line) one with just the sub-command it names."""
@@ -36,13 +38,43 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Isolate any sound by describing it: SAM Audio on fal, from your DAW or a folder.",
     )
     parser.add_argument("--version", action="version", version=f"sam-bridge {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_log_options(parser, "verbose", "quiet", default_count=0, default_flag=False)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     named = _command_named(argv) if argv is not None else None
     for name in (MODULE_OF[named],) if named is not None else COMMAND_MODULES:
         importlib.import_module(f"bridge.commands.{name}").register(subparsers)
     return parser
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser (and its own sub-commands', which argparse makes of the same class): it takes
+    -v/-q too, so `sam-bridge status -v` works as `sam-bridge -v status` does. argparse copies a sub-parser's
+    values over its parent's, so each level has its own names and no value unless given: `-v status -v`
+    counts twice, and nothing given before the sub-command is overwritten."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_log_options(self, f"{AFTER_VERBOSE}{self.prog}", f"{AFTER_QUIET}{self.prog}",
+                         default_count=argparse.SUPPRESS, default_flag=argparse.SUPPRESS)
+
+
+def _add_log_options(parser: argparse.ArgumentParser, verbose: str, quiet: str, *, default_count: Any,
+                     default_flag: Any) -> None:
+    parser.add_argument("-v", "--verbose", action="count", dest=verbose, default=default_count,
+                        help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", dest=quiet, default=default_flag,
+                        help="only errors")
+
+
+def _merge_log_options(args: argparse.Namespace) -> None:
+    """-v/-q given after the sub-command count as if given before it: commands read `verbose` and `quiet`."""
+    values = vars(args)
+    for name in [name for name in values if name.startswith((AFTER_VERBOSE, AFTER_QUIET))]:
+        given = values.pop(name)
+        if name.startswith(AFTER_VERBOSE):
+            args.verbose += given
+        else:
+            args.quiet = args.quiet or given
 
 
 def _command_named(argv: Sequence[str]) -> str | None:
@@ -88,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    _merge_log_options(args)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

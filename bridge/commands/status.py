@@ -136,13 +136,16 @@ def _status(args: argparse.Namespace) -> int:
     if not _journal_path().exists() and not args.job and not _team_database():  # no jobs yet: not an error
         print("[]" if args.json else "No jobs yet: the daemon has not run for this user.")
         return 0
-    from bridge.common.jobs import JobState
+    from bridge.common.jobs import PAUSED_MESSAGE, JobState
 
     journal = _journal()
     rows = [journal.get(_resolve(journal, args.job))] if args.job else journal.recent(1000 if args.all else 50)
     found = [r for r in rows if r is not None]
-    if args.json:
-        print(safe_json([job_summary(journal, r) for r in found]))
+    if args.job and not found:  # removed between finding its id and reading it
+        raise InputError(f"No job matches {args.job!r}.", hint="Use `sam-bridge status` to see job ids.")
+    if args.json:  # one job asked for: that job's object, as the text shows it; else the list
+        summaries = [job_summary(journal, r) for r in found]
+        print(safe_json(summaries[0] if args.job else summaries))
         return 0
     if not found:
         say("No jobs.")
@@ -156,8 +159,11 @@ def _status(args: argparse.Namespace) -> int:
         v = row.view
         say(f"{v.job_id:<12}  {v.state.value:<11}  {v.progress * 100:>7.0f}%  {_age(now - v.created_at):>4}  "
             f"{v.what[:20]:<20}  {v.source}")
-        if v.state in (JobState.failed, JobState.waiting) or row.flags:
-            text = (v.error or v.message).split("\n", 1)[0]  # not splitlines: a \r from outside is no line end
+        # a job the daemon stopped keeps the state it was in: its message says it is paused
+        paused = not v.state.finished and v.message == PAUSED_MESSAGE
+        if v.state in (JobState.failed, JobState.waiting) or paused or row.flags:
+            # not splitlines: a \r from outside is no line end
+            text = v.message if paused else (v.error or v.message).split("\n", 1)[0]
             say(f"{'':<14}{text}{'  flags: ' + ', '.join(row.flags) if row.flags else ''}")
     return 0
 

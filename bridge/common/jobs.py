@@ -15,6 +15,10 @@ from typing import Protocol
 from bridge.common.cost import FileEstimate
 from bridge.common.request import SeparationRequest
 
+# The message of an unfinished job the daemon was working on when it stopped, in the journal and its status
+# file, until the next start resumes it.
+PAUSED_MESSAGE = "paused (daemon stopped)"
+
 
 class JobState(StrEnum):
     queued = "queued"

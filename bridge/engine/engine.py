@@ -26,7 +26,7 @@ from bridge.common.errors import (
     ServiceUnavailable,
     SourceError,
 )
-from bridge.common.jobs import JobEvent, JobSink, JobState, JobView, RequestRejected
+from bridge.common.jobs import PAUSED_MESSAGE, JobEvent, JobSink, JobState, JobView, RequestRejected
 from bridge.common.request import Origin, SeparationRequest
 from bridge.common.stems import confined_folder, disk_error, output_folder
 from bridge.engine.budget import BudgetWait, DailyBudget
@@ -46,8 +46,6 @@ from bridge.presets.recipe import Recipe, recipe_for
 __all__ = ["ACTIVE", "EngineSettings", "JobEngine", "ShuttingDown"]
 
 log = logging.getLogger(__name__)
-
-PAUSED_MESSAGE = "paused (daemon stopped)"
 
 ACTIVE = (JobState.queued, JobState.waiting, JobState.preparing, JobState.uploading, JobState.submitted,
           JobState.running, JobState.downloading, JobState.conforming)

@@ -31,7 +31,7 @@ from bridge.common.claims import ClaimBackend, ClaimStore
 from bridge.common.errors import BridgeError
 from bridge.common.file_gate import FileSnapshot
 from bridge.common.flags import flags_in_words
-from bridge.common.jobs import JobEvent, JobSink, JobState, RequestRejected
+from bridge.common.jobs import PAUSED_MESSAGE, JobEvent, JobSink, JobState, RequestRejected
 from bridge.common.path_policy import PathPolicy, open_requests_folder
 from bridge.common.redact import redact_any
 from bridge.common.request import SeparationRequest
@@ -44,7 +44,6 @@ __all__ = ["STATUS_FIELDS", "RequestFolder", "parse_request_file", "status_path"
 log = logging.getLogger(__name__)
 
 STATUS_SUFFIX = ".status.json"
-PAUSED_MESSAGE = "paused (daemon stopped)"  # the job resumes when the daemon starts again
 STATUS_SCHEMA = 1
 STATUS_FIELDS: dict[str, str] = {
     "schema": "status schema version (1)",

@@ -1,6 +1,6 @@
 """`sam-bridge status JOB` says what a user needs (issue #23, item 5): stems, flags, cost and request ids;
-`--json` times in ISO 8601; a job paused because the daemon stopped says so in its status file. The real
-daemon process against the stand-in over real HTTP."""
+`--json` times in ISO 8601; a job paused because the daemon stopped says so in its status file and in the
+list. The real daemon process against the stand-in over real HTTP."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def test_status_of_a_job_shows_stems_flags_cost_and_request_ids(daemon_factory, 
     done = wait_state(request, ("done", "failed"))
     assert done["state"] == "done", done
     shown = status("--json", done["job_id"][:6])
-    job = json.loads(shown.stdout)[0]
+    job = json.loads(shown.stdout)  # the job itself, not a list of one, as its text shows only that job
+    assert isinstance(job, dict), job
+    assert [job] == json.loads(status("--json").stdout)  # the same summary as the list's
     assert ISO.match(job["created_at"]) and ISO.match(job["updated_at"])
     assert job["stems"] == done["stems"] and job["flags"] == done["flags"]
     assert len(job["request_ids"]) == 1 and job["estimated_cost"] == 0.0  # the stand-in costs nothing
@@ -58,6 +60,13 @@ def test_a_job_paused_by_a_stopping_daemon_says_so(daemon_factory, user_dirs) ->
         paused = json.loads(request.with_name("long.status.json").read_text())
         assert paused["state"] == "running" and paused["message"] == "paused (daemon stopped)", paused
         assert "paused (daemon stopped)" in status(running["job_id"]).stdout
+        # the list says so too: it showed only `running 43%`
+        listing = status().stdout.splitlines()
+        row = next(i for i, line in enumerate(listing) if line.startswith(running["job_id"]))
+        assert listing[row].split()[1] == "running", listing
+        assert listing[row + 1:row + 2] == [" " * 14 + "paused (daemon stopped)"], listing
+        listed = {job["job_id"]: job for job in json.loads(status("--json").stdout)}[running["job_id"]]
+        assert (listed["state"], listed["message"]) == ("running", "paused (daemon stopped)"), listed
     assert Path(str(info["requests_dir"])).exists()
 
 
@@ -91,7 +100,7 @@ def test_status_shows_control_sequences_from_outside_as_text(user_dirs) -> None:
                   f"what:     piano{escaped}  (tag tag{escaped})\n",
                   f"error:    take{escaped}.wav is gone{escaped}\n            Export it{escaped} again.\n"):
         assert field in one.stdout, one.stdout
-    summary = json.loads(as_json.stdout)[0]  # still JSON, and the same text once parsed
+    summary = json.loads(as_json.stdout)  # still JSON, and the same text once parsed
     assert summary["source"] == str(source) and summary["tag"] == f"tag{HOSTILE}"
     assert "\\u009b" in as_json.stdout and "\\u001b" in as_json.stdout
 
