@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from bridge.common.request import Span
 
 STEM_FORMATS = ("WAV", "AIFF", "FLAC", "CAF", "W64", "RF64")
-WORK_PREFIX = "sam-bridge-"  # the temp directory's work folders (the stand-in's too): ours to clean
 STEM_SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE")
 
 
@@ -60,7 +59,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-OPTION_ARGS = tuple(name for name, _flag, _kwargs in option_flags())
 AUDITION_DEFAULT = 10.0
 _CHOICES = {"format": STEM_FORMATS, "subtype": STEM_SUBTYPES}
 
@@ -87,15 +85,6 @@ def _non_negative(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
-
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        from bridge.common.plain import field_problem
-
-        return field_problem(errors()[0])
-    return str(exc)
-
 
 def run(args: argparse.Namespace) -> int:
     from bridge.commands.separate_run import run as run_separate

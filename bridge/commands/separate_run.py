@@ -21,11 +21,12 @@ from bridge.audio.source import probe_source
 from bridge.commands.cost_report import print_estimates, whole_of
 from bridge.commands.progress_display import ProgressDisplay
 from bridge.commands.resume_records import check_resumable, record_sent, what_was_sent
-from bridge.commands.separate import OPTION_ARGS, WORK_PREFIX, _first_error
 from bridge.common.cost import FileEstimate, money
 from bridge.common.errors import BridgeError, Cancelled, InputError, OutputError, ServiceUnavailable, SubmitUncertain
 from bridge.common.flags import NOTES, describe_flag
 from bridge.common.jobs import JobState
+from bridge.common.options import option_flags
+from bridge.common.plain import field_problem
 from bridge.common.processes import owner_tag, remove_left_behind
 from bridge.common.redact import safe_json, safe_text
 from bridge.common.request import Origin, SeparationRequest
@@ -35,6 +36,9 @@ from bridge.engine.service_choice import ServiceChoice, open_client
 from bridge.fal.client import FalClient, RequestHandle
 from bridge.presets.library import PresetLibrary
 from bridge.presets.recipe import Recipe, recipe_for
+
+OPTION_ARGS = tuple(name for name, _flag, _kwargs in option_flags())  # the flags `separate` registered
+WORK_PREFIX = "sam-bridge-"  # the temp directory's work folders (the stand-in's too): ours to clean
 
 
 def build_request(args: argparse.Namespace, source: Path) -> SeparationRequest:
@@ -51,6 +55,12 @@ def build_request(args: argparse.Namespace, source: Path) -> SeparationRequest:
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise InputError(_first_error(exc)) from None
+
+
+def _first_error(exc: ValueError) -> str:
+    """pydantic's first complaint, in words (a ValidationError is a ValueError)."""
+    errors = getattr(exc, "errors", None)
+    return field_problem(errors()[0]) if callable(errors) else str(exc)
 
 
 def _absolute(folder: Path | None) -> Path | None:
