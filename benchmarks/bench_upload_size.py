@@ -87,7 +87,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp:
         folder = Path(tmp)
-        print(f"{'source':20} {'MB sent':>8} {'floor MB':>9} {'ratio':>6} {'before':>7} {'16-bit':>7}  make (s)")
+        print(f"{'source':20} {'MiB sent':>8} {'floor MiB':>9} {'ratio':>6} {'before':>7} {'16-bit':>7}  make (s)")
         for name in SOURCES:
             source = make_source(folder, name, args.seconds)
             info = probe_source(source)
@@ -109,10 +109,10 @@ def main() -> int:
             ratio = sent / floor
             print(f"{name:20} {sent / 2**20:8.2f} {floor / 2**20:9.2f} {ratio:6.3f} {before / 2**20:7.2f} "
                   f"{sixteen_bytes / 2**20:7.2f}  {spread(times)}")
-            rows.append({"figure": f"upload of {args.seconds:g} s {name} (MB)",
-                         "measured": f"{sent / 2**20:.2f} MB; 16-bit {sixteen_bytes / 2**20:.2f} MB; "
+            rows.append({"figure": f"upload of {args.seconds:g} s {name} (MiB)",
+                         "measured": f"{sent / 2**20:.2f} MiB; 16-bit {sixteen_bytes / 2**20:.2f} MiB; "
                                      f"made in {spread(times, unit=' s')}",
-                         "floor": f"mono 48 kHz 24-bit FLAC {floor / 2**20:.2f} MB (before: {before / 2**20:.2f} MB)",
+                         "floor": f"mono 48 kHz 24-bit FLAC {floor / 2**20:.2f} MiB (before: {before / 2**20:.2f} MiB)",
                          "ratio": f"{ratio:.3f}", "goal": f"<= {GOAL:g}" + (" (lossy: as is)" if info.lossy else "")})
             source.unlink()
     report("bench_upload_size", rows)
