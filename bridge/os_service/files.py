@@ -216,6 +216,9 @@ WantedBy=default.target
 # restarts any non-zero exit (KeepAlive SuccessfulExit false) and has no list of exits to leave alone, so
 # the shell stays as the daemon's parent and turns an exit in NOT_RESTARTED into 0 after saying why in the
 # log. It passes launchd's SIGTERM on (a stop waits for the daemon) and waits again until the daemon is gone.
+# A signal makes `wait` return >128 at once (POSIX); a daemon that stopped at once may then be reaped already
+# and its own code lost (dash and bash alike; dash's `wait` then blocks for good, hence the `kill -0`): a stop
+# that was asked for and ended so is said as one, exit 0, not as "code 143".
 _LAUNCHD_SHELL = ('if [ -f "$0" ]; then set -a; . "$0"; set +a; fi\n'
                   'trap \'sam_stop=1; [ -z "$sam_pid" ] || kill -TERM "$sam_pid" 2>/dev/null\' TERM INT HUP\n'
                   '"$@" & sam_pid=$!\n'
@@ -223,6 +226,8 @@ _LAUNCHD_SHELL = ('if [ -f "$0" ]; then set -a; . "$0"; set +a; fi\n'
                   'wait "$sam_pid"; sam_code=$?\n'
                   'while [ "$sam_code" -gt 128 ] && kill -0 "$sam_pid" 2>/dev/null\n'
                   'do wait "$sam_pid"; sam_code=$?; done\n'
+                  'if [ -n "$sam_stop" ] && [ "$sam_code" -gt 128 ]; then\n'
+                  'echo "sam-bridge service: the daemon stopped, as launchd asked." >&2; exit 0; fi\n'
                   'case $sam_code in\n'
                   + "".join(f'{code}) echo "sam-bridge service: the daemon exited with code {code} ({why}); launchd '
                             'does not restart it." >&2; exit 0;;\n' for code, why in NOT_RESTARTED.items())
