@@ -18,6 +18,7 @@ from bridge.os_service.files import (
     MARKER,
     NOT_RESTARTED,
     STAMP_PREFIX,
+    STOP_GRACE_SECONDS,
     TASK_NAME,
     ServicePlan,
     edited_since_written,
@@ -158,6 +159,8 @@ def install(plan: ServicePlan, runner: Runner = run_command, start: bool = True)
         return outcome
     for command in plan.prepare:
         runner(command)
+    if plan.platform == "macos":
+        _wait_agent_unloaded(plan, runner)
     # a service started from the earlier file keeps running it (systemd's `enable --now` and Task Scheduler's
     # /Run with IgnoreNew leave a running one alone): the changed one is restarted, so it runs what was written
     ended = False  # a /Run after our /End waits for that instance to be gone
@@ -208,6 +211,20 @@ def _wait_task_ended(plan: ServicePlan, runner: Runner, seconds: float = 15.0) -
     old daemon would be all there is once it ends. Wait (a while) for the task to stop being Running."""
     deadline = time.monotonic() + seconds
     while task_state(runner(plan.queries[0])).startswith("running") and time.monotonic() < deadline:
+        time.sleep(0.25)
+
+
+def _wait_agent_unloaded(plan: ServicePlan, runner: Runner, seconds: float = STOP_GRACE_SECONDS + 10.0) -> None:
+    """launchctl bootout returns while the agent's daemon is still stopping (launchd sends SIGTERM and waits
+    up to its ExitTimeOut), and a bootstrap of a label still loaded fails ("Bootstrap failed: 5: Input/output
+    error"): wait until `launchctl print` no longer finds it. The daemon may be finishing what it sent."""
+    deadline = time.monotonic() + seconds
+    said = time.monotonic() + 2.0
+    while runner(plan.queries[0]).returncode == 0 and time.monotonic() < deadline:
+        if time.monotonic() >= said:
+            log.warning("waiting for the running sam-bridge to stop before the new one starts (it finishes a "
+                        "request it sent first; at most %.0f s)", seconds)
+            said = deadline
         time.sleep(0.25)
 
 

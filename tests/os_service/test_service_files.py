@@ -42,14 +42,21 @@ ODD = "Ünïcode 50% $HOME \"quoted\" & <tag>"  # characters each format must es
 
 
 class Recorder:
-    """Stands in for the service manager's commands (systemctl, launchctl, schtasks): records, never runs."""
+    """Stands in for the service manager's commands: records, never runs. launchctl is answered as launchd
+    would (`LaunchdDomain`); systemctl as systemctl(1) answers a unit that is there: `is-enabled` prints
+    "enabled", `is-active` "active", the rest exit 0 (and a word in `fail` fails the call as a user session
+    without a bus does: "Failed to connect to bus: No medium found"); schtasks' answers are modelled by the
+    Task Scheduler tests' own stand-ins."""
 
     def __init__(self, fail: Sequence[str] = ()) -> None:
         self.calls: list[list[str]] = []
         self.fail = set(fail)
+        self.launchd = LaunchdDomain()
 
     def __call__(self, args: Sequence[str]) -> CommandResult:
         self.calls.append(list(args))
+        if args[0] == "launchctl":
+            return self.launchd(args)
         if any(word in self.fail for word in args):
             return CommandResult(1, "Failed to connect to bus: No medium found")
         return CommandResult(0, "enabled" if "is-enabled" in args else "active")
@@ -277,13 +284,65 @@ def test_install_reports_a_service_manager_that_is_not_there(home: Path) -> None
 
 def test_macos_install_unloads_a_running_agent_first(home: Path) -> None:
     plan = make_plan("macos", os.environ, ["/opt/sam-bridge", "run"], uid=501)
-    recorder = Recorder(fail=["bootout"])  # not loaded yet: bootout fails, and that is fine
+    recorder = Recorder()  # not loaded yet: bootout fails, and that is fine
     assert install(plan, recorder).ok
     plist = home / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
     assert plistlib.loads(plist.read_bytes())["ProgramArguments"][-2:] == ["/opt/sam-bridge", "run"]
     assert (home / "Library" / "Logs" / "sam-bridge").is_dir()
     assert recorder.calls == [["launchctl", "bootout", f"gui/501/{LAUNCHD_LABEL}"],
+                              ["launchctl", "print", f"gui/501/{LAUNCHD_LABEL}"],
                               ["launchctl", "bootstrap", "gui/501", str(plist)]]
+
+
+class LaunchdDomain:
+    """launchctl against one gui/<uid> domain, as strict as launchd: `bootstrap`, `bootout` and `print` of
+    launchctl(1) (macOS 10.11+). A label can be loaded once: bootstrapping it again answers "Bootstrap failed:
+    5: Input/output error". `bootout` returns while the job's process is still stopping (launchd sends SIGTERM
+    and waits up to the plist's ExitTimeOut before SIGKILL; "launchctl unload returned 0. The daemon was still
+    running", Nick Liu, 2025), so the label stays loaded for `stopping` more `print`s. `print` of a label not
+    loaded exits 113 ("Could not find service"); `bootout` of one exits 3 ("Boot-out failed: 3: No such
+    process")."""
+
+    def __init__(self, loaded: bool = False, stopping: int = 3) -> None:
+        self.loaded, self.stopping, self.left = loaded, stopping, 0
+        self.calls: list[list[str]] = []
+
+    def __call__(self, args: Sequence[str]) -> CommandResult:
+        self.calls.append(list(args))
+        verb = args[1]
+        if verb == "print":
+            if self.left:
+                self.left -= 1
+                self.loaded = self.left > 0
+                return CommandResult(0, "state = running")
+            return CommandResult(0, "state = running") if self.loaded else CommandResult(
+                113, f"Could not find service \"{LAUNCHD_LABEL}\" in domain for user gui: 501")
+        if verb == "bootout":
+            if not self.loaded:
+                return CommandResult(3, "Boot-out failed: 3: No such process")
+            self.left = self.stopping  # still loaded while its daemon stops
+            return CommandResult(0, "")
+        if verb == "bootstrap":
+            if self.loaded:
+                return CommandResult(5, "Bootstrap failed: 5: Input/output error")
+            self.loaded = True
+            return CommandResult(0, "")
+        raise AssertionError(f"launchctl has no {verb!r} here")
+
+
+def test_macos_install_again_waits_for_the_running_agent_to_unload(home: Path) -> None:
+    """`service install` again (after adding FAL_KEY, as scripts/services/README.md says) booted the agent out
+    and bootstrapped it at once: launchd still had it loaded while its daemon stopped, and the bootstrap
+    failed with "5: Input/output error", leaving sam-bridge stopped."""
+    plan = make_plan("macos", os.environ, ["/opt/sam-bridge", "run"], uid=501)
+    launchd = LaunchdDomain()
+    assert install(plan, launchd).ok and launchd.loaded
+    again = install(plan, launchd)
+    assert again.ok, again.lines
+    verbs = [call[1] for call in launchd.calls]
+    assert verbs[-1] == "bootstrap" and launchd.loaded
+    between = verbs[verbs.index("bootout", 2) + 1 : -1]
+    assert between and set(between) == {"print"}, verbs  # it asked until the label was gone
 
 
 def test_macos_keeps_an_edited_agent_outside_launch_agents(home: Path) -> None:
