@@ -23,10 +23,16 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge.common.config import load_config
+    from bridge.common.config import config_path, load_config
+    from bridge.common.errors import ConfigError
     from bridge.daemon import choose_service, run_daemon
 
-    config = load_config(args.config)
+    if args.config is not None and not args.config.exists():  # named on purpose: its settings must not be lost
+        raise ConfigError(f"The config file {args.config} does not exist.",
+                          hint="Check the path; without --config the daemon reads "
+                               f"{config_path()} (`sam-bridge config init` writes one).")
+    config_file = args.config or config_path()
+    config = load_config(config_file)
     updates: dict[str, Any] = {}
     if args.concurrency is not None:
         updates["concurrency"] = args.concurrency
@@ -41,4 +47,5 @@ def run(args: argparse.Namespace) -> int:
         updates["osc"] = config.osc.model_copy(update=osc_updates)
     config = config.model_validate({**config.model_dump(), **updates})
     choice = choose_service(config, args.local, args.service_url)
-    return run_daemon(config, choice, verbose=args.verbose, quiet=args.quiet)
+    return run_daemon(config, choice, verbose=args.verbose, quiet=args.quiet,
+                      config_file=config_file if config_file.exists() else None)

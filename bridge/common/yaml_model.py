@@ -74,9 +74,15 @@ def describe_error(error: ErrorDetails) -> str:
 def load_yaml_model(path: Path, model: type[M], error: type[Exception]) -> M:
     """Parse `path` into `model`; raise `error("file:line: field: message; …")` on any problem."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data_bytes = path.read_bytes()
     except OSError as exc:
         raise error(f"{path}: cannot read it: {exc.strerror}") from None
+    try:
+        text = data_bytes.decode("utf-8-sig")  # a byte-order mark (some Windows editors write one) is fine
+    except UnicodeDecodeError as exc:  # Latin-1 from an old editor, UTF-16 from Notepad's "Unicode"
+        bad_line = data_bytes[: exc.start].count(b"\n") + 1
+        raise error(f"{path}:{bad_line}: not UTF-8 text; save the file as UTF-8 (in Notepad: Save as, Encoding "
+                    "UTF-8)") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text) if node is not None else {}

@@ -127,3 +127,59 @@ def test_show_warns_of_a_hot_folder_naming_a_preset_that_does_not_exist(user_dir
     assert main(["config", "show"]) == 0
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# warning:")]
     assert len(warnings) == 1 and "'vocalz'" in warnings[0] and "hot-x" in warnings[0]
+
+
+@pytest.mark.parametrize(("data", "line"), [
+    ("concurrency: 2\n# café, from an old editor\n".encode("latin-1"), 2),
+    ("concurrency: 2\n".encode("utf-16"), 1),  # Notepad's "Unicode"
+])
+def test_a_config_that_is_not_utf8_is_named_with_its_line(user_dirs, data: bytes, line: int) -> None:
+    """It ended `sam-bridge run` and `config show` in a UnicodeDecodeError traceback, naming no file."""
+    path = user_dirs["config"] / "config.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"{path}:{line}: not UTF-8 text; save the file as UTF-8" in str(err.value)
+    result = subprocess.run([sys.executable, "-m", "bridge", "run", "--local"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{path}:{line}: not UTF-8 text" in result.stderr
+
+
+def test_a_config_saved_with_a_byte_order_mark_is_read(user_dirs) -> None:
+    path = user_dirs["config"] / "config.yaml"
+    path.write_bytes("concurrency: 3\n".encode("utf-8-sig"))
+    assert load_config(path).concurrency == 3
+
+
+def test_run_with_a_config_file_that_does_not_exist_refuses_to_start(user_dirs) -> None:
+    """A misspelt --config ran on the defaults without a word: the budget, concurrency and hot folders the
+    user set were silently not in force."""
+    missing = user_dirs["config"] / "confg.yaml"
+    result = subprocess.run([sys.executable, "-m", "bridge", "run", "--local", "--config", str(missing)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"The config file {missing} does not exist." in result.stderr
+    assert not (user_dirs["state"] / "daemon.json").exists()
+
+
+@pytest.mark.parametrize("written", [True, False])
+def test_the_daemon_says_which_config_file_it_runs_on(user_dirs, written: bool) -> None:
+    path = user_dirs["config"] / "config.yaml"
+    if written:
+        path.write_text("concurrency: 2\n")
+    proc = subprocess.Popen([sys.executable, "-m", "bridge", "run", "--local", "--no-osc", "--no-hot-folder"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("Press Ctrl-C"):
+                break
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    said = [line for line in lines if line.strip().startswith("config:")]
+    assert said == [f"  config:          {path if written else 'none (the defaults)'}"], lines
