@@ -475,3 +475,38 @@ def test_a_job_whose_project_tab_was_closed_ends_the_session(setup: Setup, lua: 
     state = host.state()
     assert state["running"] == 0 and state["pending"] == 0
     assert any("project" in line and "closed" in line for line in state["last_frame"])
+
+
+@pytest.mark.parametrize("how", ["cancel-action", "cancel-all-button", "row-button"])
+def test_a_cancel_keeps_finished_stems_waiting_for_their_project_tab(setup: Setup, lua: str, how: str) -> None:
+    """The job finished while another project tab was in front: its stems are paid for. A cancel (the
+    action, the window's "Cancel all", the row's [ x ]) used to forget the saved request, so the stems
+    never came in and Collect said "Nothing to collect"."""
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]))
+    host.send(cmd="switch_project", other=True)
+    host.tick(n=5)
+    assert "switch back" in host.state()["last_frame"][0]
+    if how == "cancel-action":
+        host.run(CANCEL_SCRIPT)
+    else:
+        assert host.send(cmd="click", x=10_000 if how == "cancel-all-button" else 520,
+                         y=10_000 if how == "cancel-all-button" else 15)["ok"]
+    host.tick()
+    state = host.state()
+    assert not (setup.requests_dir / f"{name}.cancel").exists()
+    assert list(state["proj_ext"]["sam-bridge-jobs"]) == [name]  # still saved for Collect
+    assert state["window_open"] is True  # says so, until the user closes it
+    assert "kept" in state["last_frame"][0] and "Collect finished stems" in state["last_frame"][0]
+    host.tick(n=100, dt=0.1)
+    assert host.state()["window_open"] is True and stem_tracks(host.state()) == []
+    host.send(cmd="close_window")
+    host.tick()
+    host.send(cmd="switch_project", other=False)
+    host.run(COLLECT_SCRIPT)
+    host.tick(n=100)
+    state = host.state()
+    assert len(stem_tracks(state)) == 2 and state["proj_ext"].get("sam-bridge-jobs", {}) == {}
+    assert not any(m["text"].startswith("Nothing to collect") for m in state["messages"])
