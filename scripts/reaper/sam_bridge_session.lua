@@ -160,6 +160,11 @@ function Session:add(job)
   self.jobs[#self.jobs + 1] = job
 end
 
+--- Whether the session has anything to follow or to show: open jobs, or a warning to be read.
+function Session:worth_running()
+  return #self:open_jobs() > 0 or self.keep_open == true
+end
+
 --- Picks up the requests saved in the open projects that this session does not follow yet.
 function Session:reattach()
   for _, job in ipairs(H.saved_jobs(self.names)) do self:add(job) end
@@ -249,6 +254,7 @@ function Session:poll(job, now)
     if not H.forget(job) then return end -- another sam-bridge action inserted them already
     local ok, err = H.insert_stems(job, status)
     if not ok then H.persist(job) end -- paid for: Collect finished stems tries again
+    job.inserted = ok
     local warnings = core.flags_text(status.flags)
     if ok and warnings ~= "" then
       job.note = "stems inserted — " .. warnings

@@ -510,3 +510,24 @@ def test_a_cancel_keeps_finished_stems_waiting_for_their_project_tab(setup: Setu
     state = host.state()
     assert len(stem_tracks(state)) == 2 and state["proj_ext"].get("sam-bridge-jobs", {}) == {}
     assert not any(m["text"].startswith("Nothing to collect") for m in state["messages"])
+
+
+def test_collect_reports_stems_inserted_with_a_warning_and_shows_it(setup: Setup, lua: str) -> None:
+    """Collect counted only jobs whose note was exactly "stems inserted": stems inserted with a warning
+    came in, then "Nothing to collect" was said and the warning was never shown."""
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    host.send(cmd="restart")
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]),
+                 flags=["target-unlikely"])
+    host.run(COLLECT_SCRIPT)
+    host.tick(n=100, dt=0.1)  # long past the usual close delay
+    state = host.state()
+    assert len(stem_tracks(state)) == 2 and state["messages"] == []  # no "Nothing to collect"
+    assert state["window_open"] is True and state["pending"] == 1  # the warning waits to be read
+    assert state["last_frame"][0].startswith("Guitar 01 — done — stems inserted — check: ")
+    assert "the target does not look like a part of the source" in state["last_frame"][0]
+    host.send(cmd="close_window")
+    host.tick()
+    assert host.state()["pending"] == 0
