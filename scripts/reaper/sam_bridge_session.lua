@@ -255,7 +255,7 @@ function Session:poll(job, now)
     local ok, err = H.insert_stems(job, status)
     if not ok then H.persist(job) end -- paid for: Collect finished stems tries again
     job.inserted = ok
-    local warnings = core.flags_text(status.flags)
+    local warnings = core.flags_text(status)
     if ok and warnings ~= "" then
       job.note = "stems inserted — " .. warnings
       self.keep_open = true -- the user reads the warning and closes the window
