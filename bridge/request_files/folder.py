@@ -30,7 +30,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from bridge.common.claims import ClaimBackend, ClaimStore
 from bridge.common.errors import BridgeError
 from bridge.common.file_gate import FileSnapshot
-from bridge.common.flags import flags_in_words
+from bridge.common.flags import FLAG_TEXT, NOTES, flags_in_words
 from bridge.common.jobs import PAUSED_MESSAGE, JobEvent, JobSink, JobState, RequestRejected
 from bridge.common.path_policy import PathPolicy, open_requests_folder
 from bridge.common.redact import redact_any
@@ -59,6 +59,8 @@ STATUS_FIELDS: dict[str, str] = {
     "manifest": "path of the `.sam.json` manifest when done",
     "error": "what went wrong and how to retry, when failed (`Cancelled` when cancelled)",
     "flags": flags_in_words(meanings=False) + " (each explained under the manifest's `flags`)",
+    "warnings": "the `flags` that need a look, in order (the others are notes: the stems are right)",
+    "flag_words": "each of the `flags` → what it means, in words (as `sam-bridge status` says it)",
     "eta_seconds": "seconds the job is expected to take still (null when unknown)",
     "estimate": "with `\"estimate_only\": true`: `seconds`, `requests`, `estimated_cost`, `currency`, "
     "`confirm_above`, `needs_confirmation` (and `whole_seconds`/`whole_cost` for an audition); state `done`, "
@@ -71,6 +73,13 @@ STATUS_FIELDS: dict[str, str] = {
 
 
 ACTED_ON_MARKER = "cancel_marker_mtime_ns"  # internal: the cancel marker (its mtime) already acted on
+
+
+def flag_fields(flags: tuple[str, ...]) -> dict[str, Any]:
+    """A status file's `warnings` and `flag_words` for a job's flags: what is a warning and what each
+    flag means, said here once, so a DAW script shows the daemon's words instead of keeping its own."""
+    return {"warnings": [flag for flag in flags if flag not in NOTES],
+            "flag_words": {flag: FLAG_TEXT[flag] for flag in flags if flag in FLAG_TEXT}}
 
 
 def is_request_name(name: str) -> bool:
@@ -446,7 +455,7 @@ class RequestFolder:
             "schema": STATUS_SCHEMA, "request": path.name, "job_id": job_id, "tag": tag, "state": state.value,
             "progress": round(progress, 4), "message": message,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "stems": stems or {}, "manifest": manifest, "error": error, "flags": list(flags),
+            "stems": stems or {}, "manifest": manifest, "error": error, "flags": list(flags), **flag_fields(flags),
             "eta_seconds": None if eta is None else round(eta, 1),
             "estimate": estimate,
             "request_mtime_ns": version.mtime_ns, "request_sha256": version.sha256,

@@ -313,7 +313,7 @@ function H.separate_selected_items(preset, audition)
   if not_running then return H.alert(not_running) end
   local items = H.targets()
   if #items == 0 then
-    if #session:open_jobs() > 0 then session:run() end
+    if session:worth_running() then session:run() end
     return H.alert("Select the items to separate first, then run this action again.")
   end
   local project = reaper.EnumProjects(-1)
@@ -333,7 +333,7 @@ function H.separate_selected_items(preset, audition)
       end
       session.summary = summary
       if #not_sent > 0 then H.alert("Some items were not sent:\n\n" .. table.concat(not_sent, "\n")) end
-      if #session:open_jobs() > 0 then session:run() end
+      if session:worth_running() then session:run() end
     end)
   end
 
@@ -343,7 +343,7 @@ function H.separate_selected_items(preset, audition)
   end
   H.with_presets(info, project_dir, function(presets)
     local what = H.ask_what(presets)
-    if what then send(what) elseif #session:open_jobs() > 0 then session:run() end
+    if what then send(what) elseif session:worth_running() then session:run() end
   end)
   return session
 end
@@ -364,11 +364,12 @@ function H.collect_finished()
   local session = reattached_session(info or {})
   local inserted = 0
   for _, job in ipairs(session.jobs) do
-    if job.note == "stems inserted" then inserted = inserted + 1 end
+    if job.inserted then inserted = inserted + 1 end
   end
   local waiting = #session:open_jobs()
   if waiting == 0 then
     if inserted == 0 then H.alert("Nothing to collect: this project has no sam-bridge requests waiting.") end
+    if session.keep_open then session:run() end -- stems inserted with a warning: the window shows it
     return session
   end
   if not info then return H.alert(err) end

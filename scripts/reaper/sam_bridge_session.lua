@@ -160,9 +160,19 @@ function Session:add(job)
   self.jobs[#self.jobs + 1] = job
 end
 
+--- Whether the session has anything to follow or to show: open jobs, or a warning to be read.
+function Session:worth_running()
+  return #self:open_jobs() > 0 or self.keep_open == true
+end
+
 --- Picks up the requests saved in the open projects that this session does not follow yet.
 function Session:reattach()
   for _, job in ipairs(H.saved_jobs(self.names)) do self:add(job) end
+end
+
+--- Whether a job's stems are ready (paid for) but not inserted yet: no cancel can take them back.
+local function stems_ready(job)
+  return job.status ~= nil and job.status.state == "done"
 end
 
 function Session:open_jobs()
@@ -179,19 +189,30 @@ function Session:publish()
   for line in (reaper.GetExtState(EXT, "active") .. "\n"):gmatch("([^\n]*)\n") do
     if line ~= "" and line:sub(1, #self.instance + 1) ~= self.instance .. "\t" then lines[#lines + 1] = line end
   end
-  for _, job in ipairs(self:open_jobs()) do lines[#lines + 1] = self.instance .. "\t" .. job.cancel_path end
+  for _, job in ipairs(self:open_jobs()) do -- finished ones are paid for: nothing left to cancel
+    if not stems_ready(job) then lines[#lines + 1] = self.instance .. "\t" .. job.cancel_path end
+  end
   reaper.SetExtState(EXT, "active", table.concat(lines, "\n"), false)
 end
 
---- Cancels one request: the daemon cancels it at the service; its stems will not be collected.
+--- Cancels one request: the daemon cancels it at the service; its stems will not be collected. A
+--- finished one (its stems ready, waiting for its project tab) is paid for: it stays saved for Collect,
+--- and the window stays up to say so.
 function Session:cancel(job)
+  if stems_ready(job) then
+    job.closed = true
+    job.note = "stems ready, kept (paid for): in their project, run \"sam-bridge - Collect finished stems\""
+    self.keep_open = true
+    return
+  end
   H.write_cancel_file(job.cancel_path)
   H.forget(job)
   job.closed = true
   job.note = "cancelled"
 end
 
---- Cancels every open request and ends the session at once.
+--- Cancels every open request and ends the session at once (the window stays up to say which finished
+--- ones were kept).
 function Session:cancel_all()
   for _, job in ipairs(self:open_jobs()) do self:cancel(job) end
   self.finished_at = -math.huge
@@ -233,7 +254,8 @@ function Session:poll(job, now)
     if not H.forget(job) then return end -- another sam-bridge action inserted them already
     local ok, err = H.insert_stems(job, status)
     if not ok then H.persist(job) end -- paid for: Collect finished stems tries again
-    local warnings = core.flags_text(status.flags)
+    job.inserted = ok
+    local warnings = core.flags_text(status)
     if ok and warnings ~= "" then
       job.note = "stems inserted — " .. warnings
       self.keep_open = true -- the user reads the warning and closes the window

@@ -135,6 +135,8 @@ function M.parse_status(text)
     tag = text_or_nil(doc.tag),
     manifest = text_or_nil(doc.manifest),
     flags = type(doc.flags) == "table" and doc.flags or {},
+    warnings = type(doc.warnings) == "table" and doc.warnings or nil, -- nil: a daemon from before them
+    flag_words = type(doc.flag_words) == "table" and doc.flag_words or {},
     eta = type(doc.eta_seconds) == "number" and doc.eta_seconds >= 0 and doc.eta_seconds or nil,
     estimate = type(doc.estimate) == "table" and doc.estimate or nil,
     finished = M.FINISHED[state] == true,
@@ -235,18 +237,27 @@ function M.estimate_summary(estimates, confirm_above)
   return "Estimated cost: " .. text, total, ask, M.money(confirm_above, currency)
 end
 
--- The quality flags in words (bridge/common/flags.py says the same at length); `audition` is no warning.
-M.FLAG_WORDS = {
-  ["target-silent"] = "the target is silent: the prompt found nothing",
-  ["target-is-everything"] = "the target is the whole source",
-  ["target-unlikely"] = "the target does not look like a part of the source (is the sound there?)",
-}
+-- The quality flags: the daemon's status says which are warnings (`warnings`) and what each means
+-- (`flag_words`, from bridge/common/flags.py); a daemon from before those fields sends neither, and then
+-- every flag but these notes (bridge/common/flags.py's NOTES: the stems are right) is a warning.
+M.NOTES_OF_OLDER_DAEMONS = { ["audition"] = true, ["drift-corrected"] = true, ["span-cut-at-end"] = true }
 
---- The warnings of a finished job, in words ("" when none).
-function M.flags_text(flags)
+--- The warnings of a finished job's status, in the daemon's words ("" when none; a flag it has no words
+--- for is shown as it is). Notes are no warnings.
+function M.flags_text(status)
+  local warnings = status.warnings
+  if not warnings then
+    warnings = {}
+    for _, flag in ipairs(status.flags or {}) do
+      if not M.NOTES_OF_OLDER_DAEMONS[flag] then warnings[#warnings + 1] = flag end
+    end
+  end
   local words = {}
-  for _, flag in ipairs(flags or {}) do
-    if type(flag) == "string" and flag ~= "audition" then words[#words + 1] = M.FLAG_WORDS[flag] or flag end
+  for _, flag in ipairs(warnings) do
+    if type(flag) == "string" then
+      local said = (status.flag_words or {})[flag]
+      words[#words + 1] = type(said) == "string" and said ~= "" and said or flag
+    end
   end
   if #words == 0 then return "" end
   return "check: " .. table.concat(words, "; ")

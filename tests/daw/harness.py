@@ -169,13 +169,18 @@ class ReaperHost:
 
 
 def write_status(requests_dir: Path, name: str, **fields: Any) -> None:
-    """Writes a status file the way the contract says the daemon does (atomically)."""
+    """Writes a status file the way the contract says the daemon does (atomically): `warnings` and
+    `flag_words` made from `flags` as the daemon makes them, unless given (None: a daemon from before them)."""
+    from bridge.request_files.folder import flag_fields
+
     status = {
         "schema": 1, "request": f"{name}.json", "job_id": "job-1", "tag": "", "state": "queued",
         "progress": 0.0, "message": "", "updated_at": "2025-01-01T00:00:00+00:00", "stems": {},
         "manifest": None, "error": None, "flags": [],
     }
     status.update(fields)
+    for key, value in flag_fields(tuple(status["flags"])).items():
+        status.setdefault(key, value)
     final = requests_dir / f"{name}.status.json"
     tmp = requests_dir / f"{name}.status.json.tmp"
     tmp.write_text(json.dumps(status), encoding="utf-8")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import soundfile as sf
 
+from bridge.common.flags import FLAG_TEXT, NOTES
 from tests.daw.harness import (
     AUDITION_SCRIPT,
     LUA_VERSIONS,
@@ -193,12 +194,58 @@ def test_quality_flags_are_shown_and_the_window_waits_to_be_read(setup: Setup, l
                  flags=["target-unlikely", "drift"])
     host.tick(n=100, dt=0.1)  # long past the usual close delay
     state = host.state()
-    assert state["last_frame"][0] == ("Guitar 01 — done — stems inserted — check: the target does not look like a "
-                                      "part of the source (is the sound there?); drift")
+    assert state["last_frame"][0] == ("Guitar 01 — done — stems inserted — check: "
+                                      f"{FLAG_TEXT['target-unlikely']}; {FLAG_TEXT['drift']}")
     assert state["window_open"] is True and state["pending"] == 1
     assert host.send(cmd="close_window")["ok"]
     host.tick()
     assert host.state()["pending"] == 0
+
+
+def test_notes_are_no_warnings_and_do_not_keep_the_window_open(setup: Setup, lua: str) -> None:
+    """`drift-corrected` and `span-cut-at-end` say the stems are right: they were shown as "check:
+    drift-corrected; span-cut-at-end" and kept the window up as if something were wrong."""
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]),
+                 flags=["drift-corrected", "span-cut-at-end"])
+    host.tick()
+    assert host.state()["last_frame"][0] == "Guitar 01 — done — stems inserted"
+    host.tick(n=100, dt=0.1)
+    state = host.state()
+    assert state["window_open"] is False and state["pending"] == 0
+
+
+def test_warnings_are_shown_in_the_daemons_words(setup: Setup, lua: str) -> None:
+    """Only three flags had words in the script: `clipped`, `weak-correlation`, … were shown as codes."""
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]),
+                 flags=["clipped", "drift-corrected", "weak-correlation"])
+    host.tick(n=100, dt=0.1)
+    state = host.state()
+    assert state["last_frame"][0] == ("Guitar 01 — done — stems inserted — check: "
+                                      f"{FLAG_TEXT['clipped']}; {FLAG_TEXT['weak-correlation']}")
+    assert state["window_open"] is True and state["pending"] == 1
+
+
+def test_flags_from_a_daemon_without_warnings_or_words() -> None:
+    """A daemon from before `warnings`/`flag_words`: its notes are still no warnings, its flags shown as
+    they are; words the daemon sends are used as they are, and a flag it has none for is shown as it is."""
+    old = lua_eval("return core.flags_text({flags = {'drift-corrected', 'drift', 'audition', 'clipped'}})")
+    assert old == "check: drift; clipped"
+    new = lua_eval("return core.flags_text({flags = {'x', 'y'}, warnings = {'x', 'y'}, "
+                   "flag_words = {x = 'the x in words'}})")
+    assert new == "check: the x in words; y"
+    assert lua_eval("return core.flags_text({flags = {'drift'}, warnings = {}, flag_words = {}})") == ""
+
+
+def test_the_scripts_notes_for_older_daemons_are_the_daemons_notes() -> None:
+    notes = lua_eval("local list = {} for flag in pairs(core.NOTES_OF_OLDER_DAEMONS) do list[#list + 1] = flag end "
+                     "table.sort(list) return list")
+    assert notes == sorted(NOTES)
 
 
 def test_estimate_summary_in_words() -> None:

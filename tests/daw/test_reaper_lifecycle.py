@@ -475,3 +475,59 @@ def test_a_job_whose_project_tab_was_closed_ends_the_session(setup: Setup, lua: 
     state = host.state()
     assert state["running"] == 0 and state["pending"] == 0
     assert any("project" in line and "closed" in line for line in state["last_frame"])
+
+
+@pytest.mark.parametrize("how", ["cancel-action", "cancel-all-button", "row-button"])
+def test_a_cancel_keeps_finished_stems_waiting_for_their_project_tab(setup: Setup, lua: str, how: str) -> None:
+    """The job finished while another project tab was in front: its stems are paid for. A cancel (the
+    action, the window's "Cancel all", the row's [ x ]) used to forget the saved request, so the stems
+    never came in and Collect said "Nothing to collect"."""
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]))
+    host.send(cmd="switch_project", other=True)
+    host.tick(n=5)
+    assert "switch back" in host.state()["last_frame"][0]
+    if how == "cancel-action":
+        host.run(CANCEL_SCRIPT)
+    else:
+        assert host.send(cmd="click", x=10_000 if how == "cancel-all-button" else 520,
+                         y=10_000 if how == "cancel-all-button" else 15)["ok"]
+    host.tick()
+    state = host.state()
+    assert not (setup.requests_dir / f"{name}.cancel").exists()
+    assert list(state["proj_ext"]["sam-bridge-jobs"]) == [name]  # still saved for Collect
+    assert state["window_open"] is True  # says so, until the user closes it
+    assert "kept" in state["last_frame"][0] and "Collect finished stems" in state["last_frame"][0]
+    host.tick(n=100, dt=0.1)
+    assert host.state()["window_open"] is True and stem_tracks(host.state()) == []
+    host.send(cmd="close_window")
+    host.tick()
+    host.send(cmd="switch_project", other=False)
+    host.run(COLLECT_SCRIPT)
+    host.tick(n=100)
+    state = host.state()
+    assert len(stem_tracks(state)) == 2 and state["proj_ext"].get("sam-bridge-jobs", {}) == {}
+    assert not any(m["text"].startswith("Nothing to collect") for m in state["messages"])
+
+
+def test_collect_reports_stems_inserted_with_a_warning_and_shows_it(setup: Setup, lua: str) -> None:
+    """Collect counted only jobs whose note was exactly "stems inserted": stems inserted with a warning
+    came in, then "Nothing to collect" was said and the warning was never shown."""
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    host.send(cmd="restart")
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]),
+                 flags=["target-unlikely"])
+    host.run(COLLECT_SCRIPT)
+    host.tick(n=100, dt=0.1)  # long past the usual close delay
+    state = host.state()
+    assert len(stem_tracks(state)) == 2 and state["messages"] == []  # no "Nothing to collect"
+    assert state["window_open"] is True and state["pending"] == 1  # the warning waits to be read
+    assert state["last_frame"][0].startswith("Guitar 01 — done — stems inserted — check: ")
+    assert "the target does not look like a part of the source" in state["last_frame"][0]
+    host.send(cmd="close_window")
+    host.tick()
+    assert host.state()["pending"] == 0

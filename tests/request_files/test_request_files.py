@@ -544,3 +544,37 @@ def test_a_request_file_saved_again_while_its_job_runs_cancels_that_job_and_foll
     assert service.stats()["cancels"] >= 1  # the first job was cancelled at the service
     assert sorted(p.name for p in out.glob("*.wav")) == [
         "Guitar 01 - second-prompt.residual.wav", "Guitar 01 - second-prompt.target.wav"]
+
+
+# -- the flags in words, from the daemon ---------------------------------------------------------------
+
+
+def test_a_flagged_jobs_status_says_which_flags_are_warnings_and_what_each_means(
+        start_folder: Start, tmp_path: Path) -> None:
+    """A DAW script had its own few words for three flags and took every flag but `audition` for a
+    warning: the status file now carries the daemon's words (FLAG_TEXT) and which flags are warnings."""
+    from bridge.common.flags import FLAG_TEXT
+    from bridge.request_files.folder import STATUS_FIELDS
+
+    source = make_source(tmp_path / "Guitar 01.wav", seconds=0.5)
+    _, requests = start_folder(archive_after=3600.0)
+    request = write_request(requests, "past-end", source=str(source), prompt="piano", start=0.25, length=1.0)
+    wait_for(lambda: status_path(request).exists() and status_of(status_path(request))["state"] == "done",
+             timeout=60, what="done")
+    status = status_of(status_path(request))
+    assert status["flags"] == ["cut-at-end"]  # the part asked for runs past the end of the file
+    assert status["warnings"] == ["cut-at-end"]
+    assert status["flag_words"] == {"cut-at-end": FLAG_TEXT["cut-at-end"]}
+    assert set(status) == set(STATUS_FIELDS)
+
+
+def test_notes_are_worded_but_no_warnings() -> None:
+    from bridge.common.flags import FLAG_TEXT, NOTES
+    from bridge.request_files.folder import flag_fields
+
+    fields = flag_fields(("drift-corrected", "target-unlikely", "audition", "span-cut-at-end", "drift", "new-one"))
+    assert fields["warnings"] == ["target-unlikely", "drift", "new-one"]  # in order; a flag with no words too
+    assert fields["flag_words"] == {flag: FLAG_TEXT[flag] for flag in (
+        "drift-corrected", "target-unlikely", "audition", "span-cut-at-end", "drift")}
+    assert not NOTES & set(fields["warnings"])
+    assert flag_fields(()) == {"warnings": [], "flag_words": {}}
