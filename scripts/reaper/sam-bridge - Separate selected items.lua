@@ -1,5 +1,5 @@
 -- @description sam-bridge: Separate selected items…
--- @version 0.2.0
+-- @version 0.2.1
 -- @author sam-bridge
 -- @about
 --   # sam-bridge for REAPER
@@ -20,6 +20,8 @@
 --   [nomain] sam_bridge_session.lua
 --   [nomain] sam_bridge_estimate.lua
 -- @changelog
+--   A cancel keeps stems that are finished (paid for) for their project; Collect shows the warnings of
+--   the stems it inserts; the daemon's notes are no warnings, and flags are shown in the daemon's words.
 --   Stems of a request the daemon archived (REAPER closed for over a day) still come in.
 --   Stems that could not be inserted (their drive away) stay saved for "Collect finished stems";
 --   a job whose project tab was closed ends the wait with a note instead of asking forever.
