@@ -9,6 +9,7 @@ sent untouched when that costs nothing (over loopback) or is smaller (a lossy fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -82,6 +83,11 @@ def probe_source(path: Path) -> SourceInfo:
     if not path.is_file():  # a FIFO: opening it would wait for a writer, for ever
         raise SourceError(f"{name} is not an ordinary file (a pipe, socket or device), so it cannot be read "
                           "as audio.", "Save the audio to a file (WAV, AIFF, FLAC or MP3) and give that file.")
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            raise SourceError(f"{name} is empty (0 bytes): no audio was written to it.",
+                              "If your DAW or editor is still exporting it, wait for the export to finish; "
+                              "else export the audio again.")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:

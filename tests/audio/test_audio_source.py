@@ -74,6 +74,9 @@ def test_probe_refuses_with_clear_words(tmp_path: Path) -> None:
     empty = tmp_path / "empty.wav"
     sf.write(str(empty), np.zeros((0, 2)), 48_000)
     _assert_refused(empty, "contains no audio")
+    nothing = tmp_path / "Bounce.wav"  # an export that wrote nothing (yet): said as such, not as "not audio"
+    nothing.touch()
+    assert "still exporting" in _assert_refused(nothing, "“Bounce.wav” is empty (0 bytes)")
     slow = write_audio(tmp_path / "slow.wav", tone(4_000, 0.5, 100), 4_000, "PCM_16")
     _assert_refused(slow, "8 kHz to 384 kHz")
     voc = tmp_path / "old.voc"
