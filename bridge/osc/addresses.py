@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.common.flags import FLAG_TEXT, NOTES
 from bridge.common.plain import not_finite
 from bridge.common.request import MAX_SECONDS
 
@@ -136,7 +137,7 @@ REQUESTS: tuple[Request, ...] = (
         "prompt. The source must be under an allowed source folder and the stems' folder under an "
         "allowed output folder.",
         example='"/Users/me/Music/Guitar 01.wav" piano take-3 "/Users/me/Music/Song" 12.5 8.0',
-        replies=("accepted", "progress", "part", "flags", "stem", "done", "error"),
+        replies=("accepted", "progress", "part", "flags", "flag", "stem", "done", "error"),
     ),
     Request(
         "estimate",
@@ -214,6 +215,11 @@ REQUESTS: tuple[Request, ...] = (
     ),
 )
 
+FLAG_WARNING = "warning"  # /sam/flag's kind: the result needs a look
+FLAG_NOTE = "note"  # the stems are right: nothing to check
+_WARNINGS = ", ".join(flag for flag in FLAG_TEXT if flag not in NOTES)
+_NOTES = ", ".join(flag for flag in FLAG_TEXT if flag in NOTES)
+
 _TAG = _s("tag", "the tag you gave (\"\" if none)")
 _MESSAGE = _s("message", "what happened, in words", max_chars=1000)
 
@@ -230,10 +236,17 @@ REPLIES: tuple[Reply, ...] = (
           "The part of the source the stems cover (an audition: its loudest window), from the manifest's `part`: "
           "sent before /sam/stem and /sam/done of every job.",
           "5bbfef41c050 17.5 10.0"),
-    Reply("flags", (_JOB_ID, _s("flag", "a warning: target-silent, target-is-everything, target-unlikely, "
-                                "weak-correlation, drift, clipped, …")),
-          "The result looks wrong or needs a look: sent before /sam/done, only when there are flags.",
-          "5bbfef41c050 target-unlikely", repeats_last=True),
+    Reply("flags", (_JOB_ID, _s("flag", f"a warning ({_WARNINGS}) or a note, the stems are right ({_NOTES})")),
+          "The result's flags: sent before /sam/done, only when there are flags. /sam/flag says each in words.",
+          "5bbfef41c050 target-unlikely audition", repeats_last=True),
+    Reply("flag", (_JOB_ID, _s("flag", "one flag of /sam/flags"),
+                   _s("kind", f"{FLAG_WARNING} (the result needs a look) or {FLAG_NOTE} (the stems are right: "
+                      "nothing to check)"),
+                   _s("words", "what the flag means, in words (\"\" for a flag this bridge has no words for)",
+                      max_chars=1000)),
+          "One per flag, right after /sam/flags: what it means, for a device to show the warnings' words "
+          "(and not the notes).",
+          "5bbfef41c050 target-unlikely warning \"the target does not look like a part of the source …\""),
     Reply("estimate/ok", (_TAG, Arg("seconds", "f", "seconds of audio sent per request"),
                           Arg("requests", "i", "paid requests (one per step of a stem set)"),
                           Arg("cost", "f", "estimated cost"), _s("currency", "e.g. USD"),

@@ -41,11 +41,6 @@ var PROMPT_ITEM = "Describe it below \u2193";
 var SEPARATE_LABEL = "Separate";
 var CONFIRM_MS = 8000; // how long "Confirm $x.xx" waits for its click before the job is dropped
 var AUDITION_SECONDS = 10; // the Audition button: only this much of the clip is separated
-var FLAG_WORDS = {
-    "target-silent": "the target is silent: the prompt found nothing",
-    "target-is-everything": "the target is the whole clip",
-    "target-unlikely": "the target does not look like part of the clip (is the sound there?)"
-};
 var STEMS_SUBFOLDER = ["Samples", "Processed"]; // + the daemon's "Stems": Live 12.3's own place for stems
 var STATE_WORDS = {
     queued: "queued", waiting: "waiting", preparing: "preparing", uploading: "uploading",
@@ -402,11 +397,15 @@ function money(amount, currency) {
     return !currency || currency === "USD" ? "$" + text : text + " " + currency;
 }
 
-/** The quality flags in words ("" when none; "audition" is no warning). */
-function flagsText(flags) {
+/** The warnings among the job's flags, in sam-bridge's words from /sam/flag ("" when none). A note (the stems
+ *  are right, e.g. an audition's) is left out; a flag sam-bridge sent no words for shows as its code. */
+function flagsText(flags, about) {
     var words = [];
     for (var i = 0; i < (flags || []).length; i++) {
-        if (flags[i] !== "audition") { words.push(FLAG_WORDS[flags[i]] || flags[i]); }
+        var said = (about || {})[flags[i]];
+        if (said && said.note) { continue; }
+        var text = said && said.words ? said.words : flags[i];
+        if (words.indexOf(text) < 0) { words.push(text); }
     }
     return words.length ? "check: " + words.join("; ") : "";
 }
@@ -654,7 +653,7 @@ function ask(auditionSeconds) {
     }
     device.tagCounter += 1;
     var tag = "live-" + host.now() + "-" + device.tagCounter;
-    var job = { tag: tag, clip: clip, what: what, jobId: null, stems: [], flags: [], finished: false,
+    var job = { tag: tag, clip: clip, what: what, jobId: null, stems: [], flags: [], flagWords: {}, finished: false,
         audition: auditionSeconds, estimating: true };
     device.jobsByTag[tag] = job;
     announce(); // the daemon may have restarted since
@@ -770,6 +769,15 @@ handlers["/flags"] = function (args) {
     if (job) { job.flags = job.flags.concat(args.slice(1).map(String)); }
 };
 
+// One per flag, after /sam/flags: sam-bridge's words for it, and whether it is only a note (declared once, in
+// the daemon: bridge/common/flags.py).
+handlers["/flag"] = function (args) {
+    var job = device.jobsById[String(args[0])];
+    if (job) {
+        job.flagWords[String(args[1])] = { note: String(args[2]) === "note", words: joinWords(args.slice(3)) };
+    }
+};
+
 // Where in the source the stems begin and how long they are (an audition: the loudest window of the clip's
 // part, which the daemon chose), from the manifest's `part`: before /sam/stem and /sam/done.
 handlers["/part"] = function (args) {
@@ -794,7 +802,7 @@ handlers["/done"] = function (args) {
     finish(job);
     progress(1);
     var result = placeStems(job);
-    var warnings = flagsText(job.flags);
+    var warnings = flagsText(job.flags, job.flagWords);
     status(warnings ? result.text + " \u2014 " + warnings : result.text);
     if (result.files) { host.post("sam-bridge stems:\n" + result.files.join("\n")); }
 };

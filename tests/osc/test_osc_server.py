@@ -15,6 +15,7 @@ from pythonosc.osc_server import BlockingOSCUDPServer
 from pythonosc.udp_client import SimpleUDPClient
 
 from bridge.common.errors import ConfigError
+from bridge.common.flags import FLAG_TEXT
 from bridge.common.jobs import JobEvent, JobState
 from bridge.common.request import Origin, SeparationRequest
 from bridge.osc.addresses import MAX_REPLY_BYTES, STATUS_LIMIT
@@ -223,6 +224,25 @@ def test_events_reach_the_submitter_stems_before_done(
     assert client.expect("/sam/stem").args == [job_id, "residual", stems["residual"]]
     assert client.expect("/sam/done").args == [job_id, stems["target"], stems["residual"],
                                                str(music / "Stems/g.sam.json")]
+
+
+def test_flags_come_each_in_words_saying_whether_it_is_a_warning_or_a_note(
+        client: OscClient, sink: RecordingSink, music: Path) -> None:
+    """The words are the daemon's (bridge.common.flags, as the CLI prints them): a device shows the warnings'
+    words and leaves the notes out, and declares none of them itself."""
+    job_id = submit(client, write_wav(music / "a.wav"))
+    flags = ("drift", "drift-corrected", "target-unlikely", "some-new-flag")
+    sink.emit(JobEvent(job_id, "t", JobState.done, 1.0, "done", stems={"target": "/s/t.wav"}, manifest="/s/m.json",
+                       flags=flags))
+    client.expect("/sam/progress")
+    assert client.expect("/sam/flags").args == [job_id, *flags]  # as before: older devices read the codes
+    assert [client.expect("/sam/flag").args for _ in flags] == [
+        [job_id, "drift", "warning", FLAG_TEXT["drift"]],
+        [job_id, "drift-corrected", "note", FLAG_TEXT["drift-corrected"]],
+        [job_id, "target-unlikely", "warning", FLAG_TEXT["target-unlikely"]],
+        [job_id, "some-new-flag", "warning", ""]]  # no words: a device shows the code
+    client.expect("/sam/stem")
+    client.expect("/sam/done")
 
 
 def test_a_stem_set_is_done_with_the_first_stem_and_other(
