@@ -172,10 +172,10 @@ REQUESTS: tuple[Request, ...] = (
         optional=((_s("project_dir", "project folder whose own presets to list too, as sent with /sam/separate "
                       "(\"\" = the shared ones only)", max_chars=_PATH_CHARS, may_be_empty=True),),),
         description="List the preset names: the shared ones, and a project's own when one is named (a project "
-        "outside the allowed folders gets the shared ones, and the log says why). A preset whose file has "
-        "problems is listed too: /sam/separate with it answers with those problems.",
+        "outside the allowed folders gets the shared ones, and /sam/presets/refused says why). A preset whose "
+        "file has problems is listed too: /sam/separate with it answers with those problems.",
         example='"/Users/me/Music/Song"',
-        replies=("presets/list", "presets/end", "error"),
+        replies=("presets/list", "presets/refused", "presets/end", "error"),
     ),
     Request(
         "ping",
@@ -276,6 +276,13 @@ REPLIES: tuple[Reply, ...] = (
           "End of a status answer.", "10 16"),
     Reply("presets/list", (_s("name", "preset name"),), "Preset names, split over several messages.",
           "piano vocals drums", repeats_last=True),
+    Reply("presets/refused", (_s("project_dir", "the project folder as it was sent", max_chars=_PATH_CHARS),
+                              _s("message", "why its own presets were not read, and how to allow it",
+                                 max_chars=1000)),
+          "Sent before /sam/presets/end when the project named is outside the allowed folders: the list holds "
+          "the shared presets only.",
+          "\"/Volumes/SSD/Song\" \"The project folder … is outside the folders sam-bridge may write stems to "
+          "(…). … sam-bridge allow …\""),
     Reply("presets/end", (Arg("count", "i", "how many names were sent"),), "End of the preset list.", "12"),
     Reply("pong", (_s("version", "sam-bridge version"),
                    _s("health", "ok, or what is wrong: journal-damaged (no new work; the bridge stops), "

@@ -127,6 +127,7 @@ function newDeviceState() {
         incomingPresets: [],
         presetIndex: 0, // 0: the prompt item; n: presets[n - 1]
         presetsProject: null, // the Live project whose own presets the menu lists ("" none, null not asked)
+        presetsRefused: "", // why sam-bridge did not read that project's own presets (/sam/presets/refused)
         projectByFolder: {}, // a clip file's folder -> its Live project ("" none): folder listings are slow
         selectionWatch: null,
         prompt: "",
@@ -579,6 +580,7 @@ function init() {
 
 function askPresets(projectDir) {
     device.presetsProject = projectDir;
+    device.presetsRefused = "";
     sendOsc(projectDir ? [PREFIX + "/presets", projectDir] : [PREFIX + "/presets"]);
 }
 
@@ -833,6 +835,12 @@ handlers["/presets/list"] = function (args) {
     for (var i = 0; i < args.length; i++) { device.incomingPresets.push(String(args[i])); }
 };
 
+// Before /sam/presets/end when sam-bridge may not use the project asked for: the list holds the shared presets
+// only, and this says why (with the command that allows the project).
+handlers["/presets/refused"] = function (args) {
+    device.presetsRefused = joinWords(args.slice(1));
+};
+
 handlers["/presets/end"] = function () {
     var chosen = device.presetIndex > 0 ? device.presets[device.presetIndex - 1] : null;
     device.presets = device.incomingPresets;
@@ -846,9 +854,17 @@ handlers["/presets/end"] = function () {
     }
     host.outlet(OUT_MENU, "set", device.presetIndex);
     var project = device.presetsProject ? basename(dirname(dirname(device.presetsProject))) : "";
-    status("Connected to sam-bridge" + (device.version ? " " + device.version : "") + ": "
-        + device.presets.length + (device.presets.length === 1 ? " preset" : " presets")
-        + (project ? " for " + project : "") + ".");
+    var refused = device.presetsRefused;
+    device.presetsRefused = "";
+    var count = device.presets.length + (device.presets.length === 1 ? " preset" : " presets");
+    var connected = "Connected to sam-bridge" + (device.version ? " " + device.version : "") + ": ";
+    if (refused) {
+        status(connected + count + ", the shared ones only \u2014 " + (project ? project + ": " : "") + refused
+            + (refused.indexOf("sam-bridge allow") >= 0 ? ", then restart sam-bridge." : ""));
+        host.post("sam-bridge: " + refused);
+        return;
+    }
+    status(connected + count + (project ? " for " + project : "") + ".");
 };
 
 handlers["/pong"] = function (args) {

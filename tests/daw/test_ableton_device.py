@@ -272,6 +272,30 @@ def test_the_menu_lists_the_selected_clips_live_project_presets_and_follows_the_
     assert select(track=0, slot=0) == []
 
 
+def test_a_project_sam_bridge_refused_is_not_said_to_have_its_presets_listed(
+        devices: Devices, tmp_path: Path) -> None:
+    """The daemon lists the shared presets for a project outside its allowed folders and says so with
+    /sam/presets/refused (before /sam/presets/end): the device says the menu holds the shared ones only, why,
+    and how to allow the project, never "N presets for <project>"."""
+    project = live_project(tmp_path / "SSD", "Gig Project")
+    take = project / "Samples" / "Recorded" / "take.wav"
+    device = devices({"live": {"tracks": [{"name": "Vox", "clip_slots": [clip(file_path=str(take))]}],
+                               "detail": {"track": 0, "slot": 0}}})
+    device.msg("/sam/pong", "0.1.0")
+    processed = str(project / "Samples" / "Processed")
+    assert ["/sam/presets", processed] in osc_out(device.msg("bang"))
+    why = (f"Its own presets were not read: The project folder {processed} is outside the folders sam-bridge may "
+           f"write stems to (~). Use a project folder inside one of those, or allow this one:  "
+           f'sam-bridge allow "{project}"')
+    device.msg("/sam/presets/refused", processed, why)
+    outlets = with_presets(device, "piano", "drums")
+    assert status_texts(outlets) == [f"Connected to sam-bridge 0.1.0: 2 presets, the shared ones only — Gig Project: "
+                                     f"{why}, then restart sam-bridge."]
+    assert device.state()["posts"][-1] == f"sam-bridge: {why}"
+    outlets = with_presets(device, "piano", "drums")  # asked again, and read this time (allowed meanwhile)
+    assert status_texts(outlets) == ["Connected to sam-bridge 0.1.0: 2 presets for Gig Project."]
+
+
 def test_separate_sends_the_clip_region_and_the_projects_stems_folder(devices: Devices, tmp_path: Path) -> None:
     project = live_project(tmp_path)
     source = project / "Samples" / "Recorded" / f"{UNICODE} take 1.wav"

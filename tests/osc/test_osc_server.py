@@ -157,6 +157,24 @@ def test_no_presets_is_just_the_end(client: OscClient, sink: RecordingSink) -> N
     assert client.request("/sam/presets", reply="/sam/presets/end") == [0]
 
 
+def test_a_project_outside_the_allowed_folders_gets_the_shared_presets_and_is_told_why(
+        client: OscClient, sink: RecordingSink, music: Path, tmp_path: Path) -> None:
+    """The menu still fills, but a device must not say the list is that project's: /sam/presets/refused
+    says its own presets were not read, why, and the `sam-bridge allow` command."""
+    outside = tmp_path / "SSD" / "Song Project"
+    outside.mkdir(parents=True)
+    client.send("/sam/presets", str(outside))
+    project, message = client.expect("/sam/presets/refused").args
+    assert project == str(outside)
+    assert message.startswith("Its own presets were not read: ") and "outside the folders" in message
+    assert f'sam-bridge allow "{outside}"' in message
+    assert client.expect("/sam/presets/list").args == sink.presets
+    assert client.expect("/sam/presets/end").args == [3]
+    client.send("/sam/presets", str(music))  # an allowed project: no refusal
+    assert client.expect("/sam/presets/list").args == sink.presets
+    assert client.expect("/sam/presets/end").args == [3]
+
+
 def test_reply_port_sends_answers_to_the_configured_port(sink: RecordingSink) -> None:
     receiver = OscClient(("127.0.0.1", 0))  # Max's [udpreceive] on a fixed port; it never sends
     with running_server(sink, reply_port=receiver.port) as server:
