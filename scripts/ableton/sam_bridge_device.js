@@ -122,6 +122,7 @@ function newDeviceState() {
         watchdog: null,
         unanswered: 0, // pings since the last /sam/pong
         daemonUp: null, // null: not known yet
+        health: "ok", // /sam/pong's health word: ok, or what is wrong (journal-damaged, …)
         songProject: undefined, // the Live Set's own project folder (undefined: not asked yet)
         presets: [],
         incomingPresets: [],
@@ -857,7 +858,8 @@ handlers["/presets/end"] = function () {
     var refused = device.presetsRefused;
     device.presetsRefused = "";
     var count = device.presets.length + (device.presets.length === 1 ? " preset" : " presets");
-    var connected = "Connected to sam-bridge" + (device.version ? " " + device.version : "") + ": ";
+    var connected = healthText() ? healthText() + " " : "Connected to sam-bridge"
+        + (device.version ? " " + device.version : "") + ": ";
     if (refused) {
         status(connected + count + ", the shared ones only \u2014 " + (project ? project + ": " : "") + refused
             + (refused.indexOf("sam-bridge allow") >= 0 ? ", then restart sam-bridge." : ""));
@@ -867,15 +869,28 @@ handlers["/presets/end"] = function () {
     status(connected + count + (project ? " for " + project : "") + ".");
 };
 
+/** What is wrong with sam-bridge, in its own health words ("journal-damaged" -> "journal damaged"), or ""
+ *  when it is well. */
+function healthText() {
+    if (device.health === "ok") { return ""; }
+    return "sam-bridge" + (device.version ? " " + device.version : "") + " is running but not well: "
+        + device.health.replace(/-/g, " ") + " (its log says more).";
+}
+
 handlers["/pong"] = function (args) {
     device.version = String(args[0] || "");
     device.unanswered = 0;
     var wasDown = device.daemonUp === false;
     device.daemonUp = true;
+    var health = args.length > 1 && String(args[1]) ? String(args[1]) : "ok"; // an older sam-bridge sends none
+    var previous = device.health;
+    device.health = health;
     if (wasDown) { // it is back: say so, and take up where we were (presets, subscription)
-        status("sam-bridge is back" + (device.version ? " (" + device.version + ")" : "") + ".");
+        status(healthText() || "sam-bridge is back" + (device.version ? " (" + device.version + ")" : "") + ".");
         announce();
         askPresets(device.presetsProject || "");
+    } else if (health !== previous) { // said when it changes: in between, the status line follows the jobs
+        status(healthText() || "sam-bridge" + (device.version ? " " + device.version : "") + " is well again.");
     }
 };
 

@@ -296,6 +296,23 @@ def test_a_project_sam_bridge_refused_is_not_said_to_have_its_presets_listed(
     assert status_texts(outlets) == ["Connected to sam-bridge 0.1.0: 2 presets for Gig Project."]
 
 
+def test_the_device_says_what_is_wrong_when_sam_bridge_answers_but_is_not_well(devices: Devices) -> None:
+    """/sam/pong's health word (bridge/osc/addresses.py): when it is not `ok` the device does not say
+    "Connected" but what sam-bridge reports, once when it changes (the pings come every second), and that it
+    is well again when it is."""
+    device = devices(live_set())
+    device.msg("bang")
+    assert status_texts(device.msg("/sam/pong", "0.2.0", "ok")) == []
+    damaged = "sam-bridge 0.2.0 is running but not well: journal damaged (its log says more)."
+    assert status_texts(device.msg("/sam/pong", "0.2.0", "journal-damaged")) == [damaged]
+    assert status_texts(device.msg("/sam/pong", "0.2.0", "journal-damaged")) == []  # said once
+    assert status_texts(with_presets(device, "piano")) == [f"{damaged} 1 preset."]  # not "Connected"
+    unreachable = "sam-bridge 0.2.0 is running but not well: requests folder unreachable (its log says more)."
+    assert status_texts(device.msg("/sam/pong", "0.2.0", "requests-folder-unreachable")) == [unreachable]
+    assert status_texts(device.msg("/sam/pong", "0.2.0", "ok")) == ["sam-bridge 0.2.0 is well again."]
+    assert status_texts(with_presets(device, "piano")) == ["Connected to sam-bridge 0.2.0: 1 preset."]
+
+
 def test_separate_sends_the_clip_region_and_the_projects_stems_folder(devices: Devices, tmp_path: Path) -> None:
     project = live_project(tmp_path)
     source = project / "Samples" / "Recorded" / f"{UNICODE} take 1.wav"
