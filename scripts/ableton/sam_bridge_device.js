@@ -636,8 +636,8 @@ function separate() {
 }
 
 /** The Audition button (not automatable, like Separate): the same, for only AUDITION_SECONDS of the clip.
- *  sam-bridge takes them from the clip's start (the device always sends one), so the stems are placed
- *  like a whole clip's, only shorter. */
+ *  sam-bridge separates the loudest window that long inside the clip's part and says where it is (/sam/part):
+ *  the stems are placed at that window's place in the clip (stemRegion). */
 function audition() {
     if (device.confirming) { dropConfirm("Not sent: " + device.confirming.clip.name + " waited for its confirmation."); }
     return ask(AUDITION_SECONDS);

@@ -142,6 +142,20 @@ def test_readme_explains_saving_as_amxd_and_where_answers_go() -> None:
         assert words in readme
 
 
+def test_readme_and_script_say_where_an_audition_comes_from_as_the_daemon_does_it() -> None:
+    """sam-bridge auditions the loudest window of the part (bridge/osc/addresses.py's `audition`) and the device
+    places the stems from /sam/part (stemRegion), as the main README's Live section says: not the clip's first
+    seconds at the clip's position."""
+    readme = " ".join((ABLETON_DIR / "README.md").read_text(encoding="utf-8").split())
+    audition = readme[readme.index("**Audition** does"):]
+    audition = audition[:audition.index("4. ")]
+    assert "loudest" in audition and "/sam/part" in audition and "from its start" not in audition
+    assert "at the clip's position" not in audition
+    source = DEVICE_JS.read_text(encoding="utf-8")
+    comment = source[source.rindex("/**", 0, source.index("function audition(")):source.index("function audition(")]
+    assert "loudest" in comment and "/sam/part" in comment and "clip's start" not in comment
+
+
 # --- the device logic on stand-ins ----------------------------------------------------------------
 
 
