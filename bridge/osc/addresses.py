@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.common.flags import FLAG_TEXT, NOTES
+from bridge.common.flags import FLAG_TEXT
+from bridge.common.flags import NOTES as FLAG_NOTES
 from bridge.common.plain import not_finite
 from bridge.common.request import MAX_SECONDS
 
@@ -217,8 +218,8 @@ REQUESTS: tuple[Request, ...] = (
 
 FLAG_WARNING = "warning"  # /sam/flag's kind: the result needs a look
 FLAG_NOTE = "note"  # the stems are right: nothing to check
-_WARNINGS = ", ".join(flag for flag in FLAG_TEXT if flag not in NOTES)
-_NOTES = ", ".join(flag for flag in FLAG_TEXT if flag in NOTES)
+_WARNINGS = ", ".join(flag for flag in FLAG_TEXT if flag not in FLAG_NOTES)
+_NOTES = ", ".join(flag for flag in FLAG_TEXT if flag in FLAG_NOTES)
 
 _TAG = _s("tag", "the tag you gave (\"\" if none)")
 _MESSAGE = _s("message", "what happened, in words", max_chars=1000)
