@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.common.flags import FLAG_TEXT
+from bridge.common.flags import NOTES as FLAG_NOTES
 from bridge.common.plain import not_finite
 from bridge.common.request import MAX_SECONDS
 
@@ -136,7 +138,7 @@ REQUESTS: tuple[Request, ...] = (
         "prompt. The source must be under an allowed source folder and the stems' folder under an "
         "allowed output folder.",
         example='"/Users/me/Music/Guitar 01.wav" piano take-3 "/Users/me/Music/Song" 12.5 8.0',
-        replies=("accepted", "progress", "part", "flags", "stem", "done", "error"),
+        replies=("accepted", "progress", "part", "flags", "flag", "stem", "done", "error"),
     ),
     Request(
         "estimate",
@@ -171,10 +173,10 @@ REQUESTS: tuple[Request, ...] = (
         optional=((_s("project_dir", "project folder whose own presets to list too, as sent with /sam/separate "
                       "(\"\" = the shared ones only)", max_chars=_PATH_CHARS, may_be_empty=True),),),
         description="List the preset names: the shared ones, and a project's own when one is named (a project "
-        "outside the allowed folders gets the shared ones, and the log says why). A preset whose file has "
-        "problems is listed too: /sam/separate with it answers with those problems.",
+        "outside the allowed folders gets the shared ones, and /sam/presets/refused says why). A preset whose "
+        "file has problems is listed too: /sam/separate with it answers with those problems.",
         example='"/Users/me/Music/Song"',
-        replies=("presets/list", "presets/end", "error"),
+        replies=("presets/list", "presets/refused", "presets/end", "error"),
     ),
     Request(
         "ping",
@@ -214,6 +216,11 @@ REQUESTS: tuple[Request, ...] = (
     ),
 )
 
+FLAG_WARNING = "warning"  # /sam/flag's kind: the result needs a look
+FLAG_NOTE = "note"  # the stems are right: nothing to check
+_WARNINGS = ", ".join(flag for flag in FLAG_TEXT if flag not in FLAG_NOTES)
+_NOTES = ", ".join(flag for flag in FLAG_TEXT if flag in FLAG_NOTES)
+
 _TAG = _s("tag", "the tag you gave (\"\" if none)")
 _MESSAGE = _s("message", "what happened, in words", max_chars=1000)
 
@@ -230,10 +237,17 @@ REPLIES: tuple[Reply, ...] = (
           "The part of the source the stems cover (an audition: its loudest window), from the manifest's `part`: "
           "sent before /sam/stem and /sam/done of every job.",
           "5bbfef41c050 17.5 10.0"),
-    Reply("flags", (_JOB_ID, _s("flag", "a warning: target-silent, target-is-everything, target-unlikely, "
-                                "weak-correlation, drift, clipped, …")),
-          "The result looks wrong or needs a look: sent before /sam/done, only when there are flags.",
-          "5bbfef41c050 target-unlikely", repeats_last=True),
+    Reply("flags", (_JOB_ID, _s("flag", f"a warning ({_WARNINGS}) or a note, the stems are right ({_NOTES})")),
+          "The result's flags: sent before /sam/done, only when there are flags. /sam/flag says each in words.",
+          "5bbfef41c050 target-unlikely audition", repeats_last=True),
+    Reply("flag", (_JOB_ID, _s("flag", "one flag of /sam/flags"),
+                   _s("kind", f"{FLAG_WARNING} (the result needs a look) or {FLAG_NOTE} (the stems are right: "
+                      "nothing to check)"),
+                   _s("words", "what the flag means, in words (\"\" for a flag this bridge has no words for)",
+                      max_chars=1000)),
+          "One per flag, right after /sam/flags: what it means, for a device to show the warnings' words "
+          "(and not the notes).",
+          "5bbfef41c050 target-unlikely warning \"the target does not look like a part of the source …\""),
     Reply("estimate/ok", (_TAG, Arg("seconds", "f", "seconds of audio sent per request"),
                           Arg("requests", "i", "paid requests (one per step of a stem set)"),
                           Arg("cost", "f", "estimated cost"), _s("currency", "e.g. USD"),
@@ -263,6 +277,13 @@ REPLIES: tuple[Reply, ...] = (
           "End of a status answer.", "10 16"),
     Reply("presets/list", (_s("name", "preset name"),), "Preset names, split over several messages.",
           "piano vocals drums", repeats_last=True),
+    Reply("presets/refused", (_s("project_dir", "the project folder as it was sent", max_chars=_PATH_CHARS),
+                              _s("message", "why its own presets were not read, and how to allow it",
+                                 max_chars=1000)),
+          "Sent before /sam/presets/end when the project named is outside the allowed folders: the list holds "
+          "the shared presets only.",
+          "\"/Volumes/SSD/Song\" \"The project folder … is outside the folders sam-bridge may write stems to "
+          "(…). … sam-bridge allow …\""),
     Reply("presets/end", (Arg("count", "i", "how many names were sent"),), "End of the preset list.", "12"),
     Reply("pong", (_s("version", "sam-bridge version"),
                    _s("health", "ok, or what is wrong: journal-damaged (no new work; the bridge stops), "

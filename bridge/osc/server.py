@@ -305,10 +305,13 @@ class OscServer:
     def _presets(self, call: _Call) -> None:
         project: Path | None = None
         if "project_dir" in call.values:
+            asked = str(call.values["project_dir"])
             try:
-                project = self._policy.output_folder(str(call.values["project_dir"]))
-            except PathNotAllowed as refused:  # /sam/separate will say so; the menu still gets the shared list
+                project = self._policy.output_folder(asked)
+            except PathNotAllowed as refused:  # the menu still gets the shared list, and the client hears why
                 logger.info("OSC: listing the shared presets only: %s", refused.message)
+                self._reply(call.reply_to, "presets/refused",
+                            [asked, f"Its own presets were not read: {refused.message} {refused.hint}".strip()])
         names = list(self._sink.preset_names(project, include_broken=True))  # choosing one shows why
         chunk: list[ArgValue] = []
         size = 0

@@ -16,9 +16,10 @@ from typing import Any
 
 from pythonosc.osc_message import OscMessage
 
+from bridge.common.flags import FLAG_TEXT, NOTES
 from bridge.common.jobs import JobEvent, JobState
 from bridge.common.redact import redact
-from bridge.osc.addresses import MAX_REPLY_BYTES, REPLIES_BY_NAME, ArgValue
+from bridge.osc.addresses import FLAG_NOTE, FLAG_WARNING, MAX_REPLY_BYTES, REPLIES_BY_NAME, ArgValue
 
 _BUNDLE_HEAD = b"#bundle\x00"
 _MAX_BUNDLE_MESSAGES = 64
@@ -146,8 +147,8 @@ def encode_reply(prefix: str, name: str, args: Sequence[ArgValue]) -> bytes:
 
 
 def event_messages(event: JobEvent) -> list[tuple[str, list[ArgValue]]]:
-    """The replies one job event becomes: progress, then part, flags, stems and done (or an error) when it
-    ends."""
+    """The replies one job event becomes: progress, then part, flags (each in words), stems and done (or an
+    error) when it ends."""
     progress = event.progress if math.isfinite(event.progress) else 0.0
     messages: list[tuple[str, list[ArgValue]]] = [
         ("progress", [event.job_id, event.state.value, min(1.0, max(0.0, progress)), event.message,
@@ -157,6 +158,8 @@ def event_messages(event: JobEvent) -> list[tuple[str, list[ArgValue]]]:
             messages.append(("part", [event.job_id, *event.part]))
         if event.flags:
             messages.append(("flags", [event.job_id, *event.flags]))
+            messages += [("flag", [event.job_id, flag, FLAG_NOTE if flag in NOTES else FLAG_WARNING,
+                                   FLAG_TEXT.get(flag, "")]) for flag in event.flags]
         messages += [("stem", [event.job_id, label, path]) for label, path in event.stems.items()]
         target = event.stems.get("target") or next(iter(event.stems.values()), "")
         residual = event.stems.get("residual") or event.stems.get("other", "")

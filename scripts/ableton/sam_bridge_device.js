@@ -41,11 +41,6 @@ var PROMPT_ITEM = "Describe it below \u2193";
 var SEPARATE_LABEL = "Separate";
 var CONFIRM_MS = 8000; // how long "Confirm $x.xx" waits for its click before the job is dropped
 var AUDITION_SECONDS = 10; // the Audition button: only this much of the clip is separated
-var FLAG_WORDS = {
-    "target-silent": "the target is silent: the prompt found nothing",
-    "target-is-everything": "the target is the whole clip",
-    "target-unlikely": "the target does not look like part of the clip (is the sound there?)"
-};
 var STEMS_SUBFOLDER = ["Samples", "Processed"]; // + the daemon's "Stems": Live 12.3's own place for stems
 var STATE_WORDS = {
     queued: "queued", waiting: "waiting", preparing: "preparing", uploading: "uploading",
@@ -127,11 +122,13 @@ function newDeviceState() {
         watchdog: null,
         unanswered: 0, // pings since the last /sam/pong
         daemonUp: null, // null: not known yet
+        health: "ok", // /sam/pong's health word: ok, or what is wrong (journal-damaged, …)
         songProject: undefined, // the Live Set's own project folder (undefined: not asked yet)
         presets: [],
         incomingPresets: [],
         presetIndex: 0, // 0: the prompt item; n: presets[n - 1]
         presetsProject: null, // the Live project whose own presets the menu lists ("" none, null not asked)
+        presetsRefused: "", // why sam-bridge did not read that project's own presets (/sam/presets/refused)
         projectByFolder: {}, // a clip file's folder -> its Live project ("" none): folder listings are slow
         selectionWatch: null,
         prompt: "",
@@ -402,11 +399,15 @@ function money(amount, currency) {
     return !currency || currency === "USD" ? "$" + text : text + " " + currency;
 }
 
-/** The quality flags in words ("" when none; "audition" is no warning). */
-function flagsText(flags) {
+/** The warnings among the job's flags, in sam-bridge's words from /sam/flag ("" when none). A note (the stems
+ *  are right, e.g. an audition's) is left out; a flag sam-bridge sent no words for shows as its code. */
+function flagsText(flags, about) {
     var words = [];
     for (var i = 0; i < (flags || []).length; i++) {
-        if (flags[i] !== "audition") { words.push(FLAG_WORDS[flags[i]] || flags[i]); }
+        var said = (about || {})[flags[i]];
+        if (said && said.note) { continue; }
+        var text = said && said.words ? said.words : flags[i];
+        if (words.indexOf(text) < 0) { words.push(text); }
     }
     return words.length ? "check: " + words.join("; ") : "";
 }
@@ -580,6 +581,7 @@ function init() {
 
 function askPresets(projectDir) {
     device.presetsProject = projectDir;
+    device.presetsRefused = "";
     sendOsc(projectDir ? [PREFIX + "/presets", projectDir] : [PREFIX + "/presets"]);
 }
 
@@ -634,8 +636,8 @@ function separate() {
 }
 
 /** The Audition button (not automatable, like Separate): the same, for only AUDITION_SECONDS of the clip.
- *  sam-bridge takes them from the clip's start (the device always sends one), so the stems are placed
- *  like a whole clip's, only shorter. */
+ *  sam-bridge separates the loudest window that long inside the clip's part and says where it is (/sam/part):
+ *  the stems are placed at that window's place in the clip (stemRegion). */
 function audition() {
     if (device.confirming) { dropConfirm("Not sent: " + device.confirming.clip.name + " waited for its confirmation."); }
     return ask(AUDITION_SECONDS);
@@ -654,7 +656,7 @@ function ask(auditionSeconds) {
     }
     device.tagCounter += 1;
     var tag = "live-" + host.now() + "-" + device.tagCounter;
-    var job = { tag: tag, clip: clip, what: what, jobId: null, stems: [], flags: [], finished: false,
+    var job = { tag: tag, clip: clip, what: what, jobId: null, stems: [], flags: [], flagWords: {}, finished: false,
         audition: auditionSeconds, estimating: true };
     device.jobsByTag[tag] = job;
     announce(); // the daemon may have restarted since
@@ -770,6 +772,15 @@ handlers["/flags"] = function (args) {
     if (job) { job.flags = job.flags.concat(args.slice(1).map(String)); }
 };
 
+// One per flag, after /sam/flags: sam-bridge's words for it, and whether it is only a note (declared once, in
+// the daemon: bridge/common/flags.py).
+handlers["/flag"] = function (args) {
+    var job = device.jobsById[String(args[0])];
+    if (job) {
+        job.flagWords[String(args[1])] = { note: String(args[2]) === "note", words: joinWords(args.slice(3)) };
+    }
+};
+
 // Where in the source the stems begin and how long they are (an audition: the loudest window of the clip's
 // part, which the daemon chose), from the manifest's `part`: before /sam/stem and /sam/done.
 handlers["/part"] = function (args) {
@@ -794,7 +805,7 @@ handlers["/done"] = function (args) {
     finish(job);
     progress(1);
     var result = placeStems(job);
-    var warnings = flagsText(job.flags);
+    var warnings = flagsText(job.flags, job.flagWords);
     status(warnings ? result.text + " \u2014 " + warnings : result.text);
     if (result.files) { host.post("sam-bridge stems:\n" + result.files.join("\n")); }
 };
@@ -825,6 +836,12 @@ handlers["/presets/list"] = function (args) {
     for (var i = 0; i < args.length; i++) { device.incomingPresets.push(String(args[i])); }
 };
 
+// Before /sam/presets/end when sam-bridge may not use the project asked for: the list holds the shared presets
+// only, and this says why (with the command that allows the project).
+handlers["/presets/refused"] = function (args) {
+    device.presetsRefused = joinWords(args.slice(1));
+};
+
 handlers["/presets/end"] = function () {
     var chosen = device.presetIndex > 0 ? device.presets[device.presetIndex - 1] : null;
     device.presets = device.incomingPresets;
@@ -838,20 +855,42 @@ handlers["/presets/end"] = function () {
     }
     host.outlet(OUT_MENU, "set", device.presetIndex);
     var project = device.presetsProject ? basename(dirname(dirname(device.presetsProject))) : "";
-    status("Connected to sam-bridge" + (device.version ? " " + device.version : "") + ": "
-        + device.presets.length + (device.presets.length === 1 ? " preset" : " presets")
-        + (project ? " for " + project : "") + ".");
+    var refused = device.presetsRefused;
+    device.presetsRefused = "";
+    var count = device.presets.length + (device.presets.length === 1 ? " preset" : " presets");
+    var connected = healthText() ? healthText() + " " : "Connected to sam-bridge"
+        + (device.version ? " " + device.version : "") + ": ";
+    if (refused) {
+        status(connected + count + ", the shared ones only \u2014 " + (project ? project + ": " : "") + refused
+            + (refused.indexOf("sam-bridge allow") >= 0 ? ", then restart sam-bridge." : ""));
+        host.post("sam-bridge: " + refused);
+        return;
+    }
+    status(connected + count + (project ? " for " + project : "") + ".");
 };
+
+/** What is wrong with sam-bridge, in its own health words ("journal-damaged" -> "journal damaged"), or ""
+ *  when it is well. */
+function healthText() {
+    if (device.health === "ok") { return ""; }
+    return "sam-bridge" + (device.version ? " " + device.version : "") + " is running but not well: "
+        + device.health.replace(/-/g, " ") + " (its log says more).";
+}
 
 handlers["/pong"] = function (args) {
     device.version = String(args[0] || "");
     device.unanswered = 0;
     var wasDown = device.daemonUp === false;
     device.daemonUp = true;
+    var health = args.length > 1 && String(args[1]) ? String(args[1]) : "ok"; // an older sam-bridge sends none
+    var previous = device.health;
+    device.health = health;
     if (wasDown) { // it is back: say so, and take up where we were (presets, subscription)
-        status("sam-bridge is back" + (device.version ? " (" + device.version + ")" : "") + ".");
+        status(healthText() || "sam-bridge is back" + (device.version ? " (" + device.version + ")" : "") + ".");
         announce();
         askPresets(device.presetsProject || "");
+    } else if (health !== previous) { // said when it changes: in between, the status line follows the jobs
+        status(healthText() || "sam-bridge" + (device.version ? " " + device.version : "") + " is well again.");
     }
 };
 

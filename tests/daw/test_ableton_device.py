@@ -142,6 +142,20 @@ def test_readme_explains_saving_as_amxd_and_where_answers_go() -> None:
         assert words in readme
 
 
+def test_readme_and_script_say_where_an_audition_comes_from_as_the_daemon_does_it() -> None:
+    """sam-bridge auditions the loudest window of the part (bridge/osc/addresses.py's `audition`) and the device
+    places the stems from /sam/part (stemRegion), as the main README's Live section says: not the clip's first
+    seconds at the clip's position."""
+    readme = " ".join((ABLETON_DIR / "README.md").read_text(encoding="utf-8").split())
+    audition = readme[readme.index("**Audition** does"):]
+    audition = audition[:audition.index("4. ")]
+    assert "loudest" in audition and "/sam/part" in audition and "from its start" not in audition
+    assert "at the clip's position" not in audition
+    source = DEVICE_JS.read_text(encoding="utf-8")
+    comment = source[source.rindex("/**", 0, source.index("function audition(")):source.index("function audition(")]
+    assert "loudest" in comment and "/sam/part" in comment and "clip's start" not in comment
+
+
 # --- the device logic on stand-ins ----------------------------------------------------------------
 
 
@@ -270,6 +284,47 @@ def test_the_menu_lists_the_selected_clips_live_project_presets_and_follows_the_
     device.msg("notifydeleted")
     assert device.state()["device"]["observers"] == []
     assert select(track=0, slot=0) == []
+
+
+def test_a_project_sam_bridge_refused_is_not_said_to_have_its_presets_listed(
+        devices: Devices, tmp_path: Path) -> None:
+    """The daemon lists the shared presets for a project outside its allowed folders and says so with
+    /sam/presets/refused (before /sam/presets/end): the device says the menu holds the shared ones only, why,
+    and how to allow the project, never "N presets for <project>"."""
+    project = live_project(tmp_path / "SSD", "Gig Project")
+    take = project / "Samples" / "Recorded" / "take.wav"
+    device = devices({"live": {"tracks": [{"name": "Vox", "clip_slots": [clip(file_path=str(take))]}],
+                               "detail": {"track": 0, "slot": 0}}})
+    device.msg("/sam/pong", "0.1.0")
+    processed = str(project / "Samples" / "Processed")
+    assert ["/sam/presets", processed] in osc_out(device.msg("bang"))
+    why = (f"Its own presets were not read: The project folder {processed} is outside the folders sam-bridge may "
+           f"write stems to (~). Use a project folder inside one of those, or allow this one:  "
+           f'sam-bridge allow "{project}"')
+    device.msg("/sam/presets/refused", processed, why)
+    outlets = with_presets(device, "piano", "drums")
+    assert status_texts(outlets) == [f"Connected to sam-bridge 0.1.0: 2 presets, the shared ones only — Gig Project: "
+                                     f"{why}, then restart sam-bridge."]
+    assert device.state()["posts"][-1] == f"sam-bridge: {why}"
+    outlets = with_presets(device, "piano", "drums")  # asked again, and read this time (allowed meanwhile)
+    assert status_texts(outlets) == ["Connected to sam-bridge 0.1.0: 2 presets for Gig Project."]
+
+
+def test_the_device_says_what_is_wrong_when_sam_bridge_answers_but_is_not_well(devices: Devices) -> None:
+    """/sam/pong's health word (bridge/osc/addresses.py): when it is not `ok` the device does not say
+    "Connected" but what sam-bridge reports, once when it changes (the pings come every second), and that it
+    is well again when it is."""
+    device = devices(live_set())
+    device.msg("bang")
+    assert status_texts(device.msg("/sam/pong", "0.2.0", "ok")) == []
+    damaged = "sam-bridge 0.2.0 is running but not well: journal damaged (its log says more)."
+    assert status_texts(device.msg("/sam/pong", "0.2.0", "journal-damaged")) == [damaged]
+    assert status_texts(device.msg("/sam/pong", "0.2.0", "journal-damaged")) == []  # said once
+    assert status_texts(with_presets(device, "piano")) == [f"{damaged} 1 preset."]  # not "Connected"
+    unreachable = "sam-bridge 0.2.0 is running but not well: requests folder unreachable (its log says more)."
+    assert status_texts(device.msg("/sam/pong", "0.2.0", "requests-folder-unreachable")) == [unreachable]
+    assert status_texts(device.msg("/sam/pong", "0.2.0", "ok")) == ["sam-bridge 0.2.0 is well again."]
+    assert status_texts(with_presets(device, "piano")) == ["Connected to sam-bridge 0.2.0: 1 preset."]
 
 
 def test_separate_sends_the_clip_region_and_the_projects_stems_folder(devices: Devices, tmp_path: Path) -> None:

@@ -176,6 +176,6 @@ def test_a_done_event_becomes_progress_stems_and_done() -> None:
                                            ("flags", ["j", "target-unlikely", "drift"])]
     placed = JobEvent("j", "t", JobState.done, 1.0, "done", stems={"target": "/t.wav"}, manifest="/m.json",
                       flags=("audition",), part=(17.5, 10.0))
-    assert [name for name, _ in event_messages(placed)] == ["progress", "part", "flags", "stem", "done"]
+    assert [name for name, _ in event_messages(placed)] == ["progress", "part", "flags", "flag", "stem", "done"]
     assert event_messages(placed)[1] == ("part", ["j", 17.5, 10.0])
     assert REPLIES_BY_NAME["part"].signature == "s:job_id f:start_seconds f:length_seconds"

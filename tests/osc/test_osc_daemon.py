@@ -627,8 +627,9 @@ def preset_list(device: Device, *project: str) -> list[str]:
     device.send("/sam/presets", *project)
     names: list[str] = []
     while (got := device.next_where(lambda r: r.address.startswith("/sam/presets/"), "presets")).address \
-            == "/sam/presets/list":
-        names += got.args
+            != "/sam/presets/end":
+        if got.address == "/sam/presets/list":
+            names += got.args
     assert got.args == [len(names)]
     return names
 

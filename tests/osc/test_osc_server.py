@@ -15,6 +15,7 @@ from pythonosc.osc_server import BlockingOSCUDPServer
 from pythonosc.udp_client import SimpleUDPClient
 
 from bridge.common.errors import ConfigError
+from bridge.common.flags import FLAG_TEXT
 from bridge.common.jobs import JobEvent, JobState
 from bridge.common.request import Origin, SeparationRequest
 from bridge.osc.addresses import MAX_REPLY_BYTES, STATUS_LIMIT
@@ -156,6 +157,24 @@ def test_no_presets_is_just_the_end(client: OscClient, sink: RecordingSink) -> N
     assert client.request("/sam/presets", reply="/sam/presets/end") == [0]
 
 
+def test_a_project_outside_the_allowed_folders_gets_the_shared_presets_and_is_told_why(
+        client: OscClient, sink: RecordingSink, music: Path, tmp_path: Path) -> None:
+    """The menu still fills, but a device must not say the list is that project's: /sam/presets/refused
+    says its own presets were not read, why, and the `sam-bridge allow` command."""
+    outside = tmp_path / "SSD" / "Song Project"
+    outside.mkdir(parents=True)
+    client.send("/sam/presets", str(outside))
+    project, message = client.expect("/sam/presets/refused").args
+    assert project == str(outside)
+    assert message.startswith("Its own presets were not read: ") and "outside the folders" in message
+    assert f'sam-bridge allow "{outside}"' in message
+    assert client.expect("/sam/presets/list").args == sink.presets
+    assert client.expect("/sam/presets/end").args == [3]
+    client.send("/sam/presets", str(music))  # an allowed project: no refusal
+    assert client.expect("/sam/presets/list").args == sink.presets
+    assert client.expect("/sam/presets/end").args == [3]
+
+
 def test_reply_port_sends_answers_to_the_configured_port(sink: RecordingSink) -> None:
     receiver = OscClient(("127.0.0.1", 0))  # Max's [udpreceive] on a fixed port; it never sends
     with running_server(sink, reply_port=receiver.port) as server:
@@ -223,6 +242,25 @@ def test_events_reach_the_submitter_stems_before_done(
     assert client.expect("/sam/stem").args == [job_id, "residual", stems["residual"]]
     assert client.expect("/sam/done").args == [job_id, stems["target"], stems["residual"],
                                                str(music / "Stems/g.sam.json")]
+
+
+def test_flags_come_each_in_words_saying_whether_it_is_a_warning_or_a_note(
+        client: OscClient, sink: RecordingSink, music: Path) -> None:
+    """The words are the daemon's (bridge.common.flags, as the CLI prints them): a device shows the warnings'
+    words and leaves the notes out, and declares none of them itself."""
+    job_id = submit(client, write_wav(music / "a.wav"))
+    flags = ("drift", "drift-corrected", "target-unlikely", "some-new-flag")
+    sink.emit(JobEvent(job_id, "t", JobState.done, 1.0, "done", stems={"target": "/s/t.wav"}, manifest="/s/m.json",
+                       flags=flags))
+    client.expect("/sam/progress")
+    assert client.expect("/sam/flags").args == [job_id, *flags]  # as before: older devices read the codes
+    assert [client.expect("/sam/flag").args for _ in flags] == [
+        [job_id, "drift", "warning", FLAG_TEXT["drift"]],
+        [job_id, "drift-corrected", "note", FLAG_TEXT["drift-corrected"]],
+        [job_id, "target-unlikely", "warning", FLAG_TEXT["target-unlikely"]],
+        [job_id, "some-new-flag", "warning", ""]]  # no words: a device shows the code
+    client.expect("/sam/stem")
+    client.expect("/sam/done")
 
 
 def test_a_stem_set_is_done_with_the_first_stem_and_other(
