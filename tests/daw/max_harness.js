@@ -18,6 +18,13 @@ const scenario = JSON.parse(fs.readFileSync(scenarioPath, "utf8"));
 // arguments. Live answers a wrong call with an error in the Max window and does nothing: so does this fake
 // (into `errors`, which every test expects empty).
 const BOOL = { type: "bool" };
+// What Live refuses of a file given to create_audio_clip: a path that is not absolute. (Whether the file is
+// there and is audio, Live checks too; the scenarios name stems the daemon reported, not files on disk.)
+function clipFileProblem(path) {
+  const text = String(path);
+  return text.startsWith("/") || /^[A-Za-z]:[\\/]/.test(text) ? null
+    : "the path " + JSON.stringify(text) + " is not absolute";
+}
 const PROPERTIES = {
   Song: { file_path: { type: "symbol", readOnly: true }, tempo: { type: "float", min: 20, max: 999 } },
   Track: { name: { type: "symbol" } },
@@ -241,11 +248,23 @@ class LiveSet {
     }
     if (!conversion) this.edited();
     if (obj.kind === "Song" && fn === "create_audio_track") {
-      const index = args[0] < 0 || args[0] > this.song.tracks.length ? this.song.tracks.length : args[0];
+      // the LOM: "only valid between 0 and len(song.tracks). Using an index of -1 will add the new track at
+      // the end"; any other index is an error, and nothing is made
+      if (args[0] !== -1 && (args[0] < 0 || args[0] > this.song.tracks.length)) {
+        this.errors.push("create_audio_track: index " + args[0] + " is out of range");
+        return undefined;
+      }
+      const index = args[0] === -1 ? this.song.tracks.length : args[0];
       this.song.tracks.splice(index, 0, this.makeTrack({ name: "Audio", clip_slots: [null, null, null, null] }));
       return undefined;
     }
     if (obj.kind === "Track" && fn === "create_audio_clip" && this.caps.track_create_audio_clip) {
+      // the LOM: "Given an absolute path to a valid audio file …, creates an audio clip … at the specified
+      // position in the arrangement view. Prints an error if … the track is frozen … position is not within
+      // [0., 1576800.]"
+      const problem = clipFileProblem(args[0]) || (obj.frozen ? "the track is frozen" : null) ||
+        (!(args[1] >= 0 && args[1] <= 1576800) ? "position " + args[1] + " is not within [0., 1576800.]" : null);
+      if (problem) { this.errors.push("Track.create_audio_clip: " + problem); return undefined; }
       const clip = this.makeClip({ file_path: args[0], start_time: args[1], warping: 1,
                                    name: String(args[0]).split(/[\\/]/).pop() }, obj);
       obj.arrangement_clips.push(clip);
@@ -253,6 +272,10 @@ class LiveSet {
       return undefined;
     }
     if (obj.kind === "ClipSlot" && fn === "create_audio_clip" && this.caps.slot_create_audio_clip) {
+      // the LOM: an absolute path to a valid audio file, into an empty slot of an audio track that is not frozen
+      const problem = clipFileProblem(args[0]) || (obj.clip ? "the clip slot is not empty" : null) ||
+        (obj.track && obj.track.frozen ? "the track is frozen" : null);
+      if (problem) { this.errors.push("ClipSlot.create_audio_clip: " + problem); return undefined; }
       obj.clip = this.makeClip({ file_path: args[0], warping: 1, name: String(args[0]).split(/[\\/]/).pop() },
                                obj.track);
       return undefined;

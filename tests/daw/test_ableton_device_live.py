@@ -193,6 +193,35 @@ def test_the_lom_stand_in_refuses_what_live_refuses(devices: Devices) -> None:
     assert "not warped" in errors[5] and "above 999" in errors[6]
 
 
+@needs_node
+def test_the_lom_stand_in_refuses_clips_and_tracks_live_refuses(devices: Devices) -> None:
+    """The LOM reference: create_audio_track's index is 0 … len(tracks) or -1 (the end); create_audio_clip wants
+    an absolute path, an arrangement position within [0., 1576800.], and an empty slot."""
+    device = devices(live_set(clip()))
+    code = """
+      const song = new LiveAPI("live_set");
+      const before = live.song.tracks.length;
+      song.call("create_audio_track", 99);                              // beyond the tracks
+      song.call("create_audio_track", -2);                              // only -1 means the end
+      const track = new LiveAPI("live_set tracks 0");
+      track.call("create_audio_clip", "stems/t.wav", 0.0);               // not an absolute path
+      track.call("create_audio_clip", "/s/t.wav", -4.0);                 // before the start
+      track.call("create_audio_clip", "/s/t.wav", 2000000.0);            // past 1576800
+      const slot = new LiveAPI("live_set tracks 0 clip_slots 3");
+      slot.call("create_audio_clip", "/s/t.wav");                        // fine: the slot was empty
+      slot.call("create_audio_clip", "/s/r.wav");                        // it holds a clip now
+      song.call("create_audio_track", -1);                               // fine: at the end
+      return {errors: live.errors, added: live.song.tracks.length - before};
+    """
+    value = device.send(cmd="eval", code=code)["value"]
+    errors = value["errors"]
+    assert len(errors) == 6, errors
+    assert "out of range" in errors[0] and "out of range" in errors[1]
+    assert "not absolute" in errors[2] and "1576800" in errors[3] and "1576800" in errors[4]
+    assert "not empty" in errors[5]
+    assert value["added"] == 1  # only the -1 made a track
+
+
 # --- item 8: the project from the Live Set ----------------------------------------------------------
 
 
