@@ -1,6 +1,11 @@
 -- The REAPER stand-in's run time (used by fake_reaper.lua): scripts and their instances (one per action,
 -- the relaunch prompt, set_action_options), `defer` cycles with the UI-thread clock, `atexit`, a
 -- simulated REAPER restart, and a plain-data snapshot of the project for tests.
+-- Sources: REAPER's ReaScript API reference (reaper.fm/sdk/reascript/reascripthelp.html): `defer` runs a
+-- function once on a later UI cycle, `atexit` when the script ends, `set_action_options` (7.03+: 1 ends
+-- a running instance on a re-run, 2 relaunches it, 4 sets the toggle); and REAPER's own behaviour when an
+-- action that is still running is run again ("ReaScript task control" dialog: terminate, or run a new
+-- instance), which the relaunch prompt models.
 
 return function(host, Fake, copy)
   ---------------------------------------------------------------------------------------------------

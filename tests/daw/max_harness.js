@@ -351,7 +351,9 @@ LiveAPI.prototype.getcount = function (child) {
 
 const outlets = [];
 const posts = [];
-const timers = []; // Max's Task stand-in: fired by the "tick" command, not by the clock
+// Max's Task stand-in (docs.cycling74.com/apiref/js/task: `interval` in ms, `repeat(n)` with -1 for ever,
+// `cancel`): fired by the "tick" command, not by the clock
+const timers = [];
 let udp = null;
 
 global.outlet = () => { throw new Error("the device must use its host's outlet"); };
@@ -395,6 +397,10 @@ function deliver(name, args) {
 }
 
 // --- OSC over UDP, as [udpsend]/[udpreceive] do it ---------------------------------------------------
+// Sources: Cycling '74's reference pages for udpsend and udpreceive (docs.cycling74.com/reference/udpsend,
+// /udpreceive): a Max message goes out as one OSC message (address = the message name, int → i, float →
+// f, symbol → s), `host`/`port` messages retarget udpsend, `port` rebinds udpreceive (and a port in use is
+// posted to the Max window, nothing else happens); and the OSC 1.0 specification for the encoding.
 
 function pad(buffer) {
   const size = Math.ceil((buffer.length + 1) / 4) * 4;

@@ -543,7 +543,11 @@ def test_a_stop_the_daemon_obeys_at_once_is_no_failure_whatever_the_shell(tmp_pa
 
 
 class Answers:
-    """The service manager's answers to status's questions, by the command's last words."""
+    """The service manager's answers to status's questions, by the command's last words, as the managers
+    print them: systemctl(1) `is-enabled`/`is-active` (one word: enabled, disabled, active, inactive, failed;
+    exit 0 only for enabled/active), `systemctl show --property=ExecMainStatus --value` (the number alone),
+    launchctl(1) `print` (a block with "state = …" and "last exit code = N" lines). A question not given an
+    answer fails, as one about an unknown unit or label does."""
 
     def __init__(self, answers: dict[str, CommandResult]) -> None:
         self.answers = answers
