@@ -78,6 +78,9 @@ class PathPolicy(BaseModel):
                 hint="Move or copy it into one of those folders, or allow its folder:  "
                 f"sam-bridge allow \"{_existing_folder(path.parent)}\"",
             )
+        if path.is_dir():
+            raise SourceError(f"{os.fspath(raw)} is a folder, not an audio file.",
+                              hint="Choose an audio file inside it.")
         if not path.is_file():
             raise SourceError(f"There is no audio file at {os.fspath(raw)}.",
                               hint="Check the path: the file may have been moved, renamed or not saved yet.")

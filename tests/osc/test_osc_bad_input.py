@@ -166,6 +166,9 @@ def test_a_symlink_within_the_allowed_folders_is_followed(
 def test_relative_and_missing_sources(client: OscClient, music: Path) -> None:
     assert "is not a full path" in refused(client, "a.wav", "piano")
     assert f"There is no audio file at {music}/gone.wav" in refused(client, str(music / "gone.wav"), "piano")
+    (music / "Session").mkdir()  # a folder is said to be one, as the command line says it
+    said = refused(client, str(music / "Session"), "piano")
+    assert f"{music}/Session is a folder, not an audio file." in said and "There is no" not in said
 
 
 def test_stems_only_go_to_allowed_output_folders(
