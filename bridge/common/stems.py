@@ -142,16 +142,21 @@ def check_room(folder: Path, needed: int) -> None:
 
 
 def confined_folder(folder: Path, policy: PathPolicy | None, *, create: bool) -> Path:
-    """`folder` as the stems will be written to it: for a confined request (an untrusted way in) resolved
-    and checked against its allowed roots, and with `create` made and checked again once it exists, so
-    a `Stems` symlink or a `..` can't lead out. Trusted requests get `folder` as it is."""
-    if policy is None:
+    """`folder` as the stems will be written to it. For a confined request (an untrusted way in) resolved
+    and checked against its allowed roots. With `create`, made and proven writable (`ensure_writable`,
+    for every way in, so each says a folder that cannot be made in the same words) and, confined, checked
+    again once it exists, so a `Stems` symlink or a `..` can't lead out."""
+    if policy is not None:
+        folder = policy.output_folder(folder, "output folder")
+    if not create:
         return folder
-    return policy.final_output_folder(folder) if create else policy.output_folder(folder, "output folder")
+    ensure_writable(folder)
+    return folder if policy is None else policy.output_folder(folder, "output folder")
 
 
 def ensure_writable(folder: Path) -> None:
-    """Create `folder` if needed and prove we can write there, before any paid work starts."""
+    """Create `folder` if needed and prove we can write there, before any paid work starts. The one place
+    that words why an output folder cannot be used."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=TEMP_PREFIX, suffix=".probe"):
