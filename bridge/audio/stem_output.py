@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from bridge.audio import bwf, pcm_wav
 from bridge.audio.source import INTEGER_BITS, LOSSY_FORMATS, SourceInfo
 from bridge.common.errors import OutputError
+from bridge.common.stems import DiskFull
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +243,9 @@ def output_error(exc: BaseException, out_path: Path) -> OutputError:
         except OSError:
             disk_full = False
     if disk_full:
-        return OutputError(
+        return DiskFull(  # how to run it again (and at what cost) is the way in's to say
             f"The disk holding “{folder}” is full; the stems could not be written.",
-            "Free some space (or choose another output folder) and run the job again.",
+            "Free some space there (or choose another output folder).",
         )
     if isinstance(exc, FileExistsError):
         return OutputError(

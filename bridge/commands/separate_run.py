@@ -30,6 +30,7 @@ from bridge.common.plain import field_problem
 from bridge.common.processes import owner_tag, remove_left_behind
 from bridge.common.redact import safe_json, safe_text
 from bridge.common.request import Origin, SeparationRequest
+from bridge.common.stems import DiskFull
 from bridge.engine.pipeline import Pipeline
 from bridge.engine.pipeline_hooks import JobResult, StandaloneHooks
 from bridge.engine.service_choice import ServiceChoice, open_client
@@ -189,6 +190,10 @@ def _say_what_to_do(err: BridgeError, request: SeparationRequest, accepted: dict
     if not accepted:
         if type(err) is ServiceUnavailable:  # a subclass (RateLimited) has its own hint
             err.hint = _unavailable_hint(choice)
+        elif isinstance(err, DiskFull):  # its hint says what to fix; this run has no job to retry
+            free = ("the built-in stand-in charges nothing" if choice.local
+                    else "nothing had reached the service, so nothing was charged")
+            err.hint = f"{err.hint} Then run the same command again: {free}."
         return
     if err.results_unusable and resumed:  # asking again gives the same: only a new request helps
         err.hint = ("Run the same command without --resume-request to send it anew"

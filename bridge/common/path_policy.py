@@ -7,10 +7,10 @@ projects on any drive keep working. OSC, every hot folder and sidecar, and a req
 write (group- or world-writable, another owner: a shared NAS folder) get this policy: the request carries
 it (`SeparationRequest.confined_to`, journalled with the job), and the engine checks the source and the
 final output folder (the project's `Stems/` included) at the moment it uses them, not only when the
-request arrives. Every path is resolved first (`~`, symlinks, `..`) and only then compared with the
-allowed roots, which are resolved the same way, so neither a symlink inside an allowed folder nor
-`Music/../../etc` leads out of it. A `..` or absolute `options.folder` is refused for every way in
-(`bridge.common.options.folder_problem`).
+request arrives (`bridge.common.stems.confined_folder`: checked, created, checked again). Every path is
+resolved first (`~`, symlinks, `..`) and only then compared with the allowed roots, which are resolved the
+same way, so neither a symlink inside an allowed folder nor `Music/../../etc` leads out of it. A `..` or
+absolute `options.folder` is refused for every way in (`bridge.common.options.folder_problem`).
 """
 
 from __future__ import annotations
@@ -97,14 +97,6 @@ class PathPolicy(BaseModel):
                 f"sam-bridge allow \"{_existing_folder(path)}\"",
             )
         return path
-
-
-    def final_output_folder(self, folder: Path) -> Path:
-        """The folder stems are about to be written to, created if needed and checked again once it
-        exists (a `Stems` symlink, or one made between the check and the mkdir, leads nowhere else)."""
-        resolved = self.output_folder(folder, "output folder")
-        resolved.mkdir(parents=True, exist_ok=True)
-        return self.output_folder(resolved, "output folder")
 
 
 def folder_trust_problem(folder: Path) -> str | None:

@@ -83,8 +83,9 @@ DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class DiskFull(OutputError):
-    """The disk (or quota) holding a folder sam-bridge writes to is full, or read-only: nothing was placed,
-    so a retry, once there is room, costs nothing (the service's results are fetched again)."""
+    """The disk (or quota) holding a folder sam-bridge writes to is full, or read-only: nothing was placed.
+    Its hint says what to fix; how to run it again, and whether that costs anything, depends on the way in
+    and on whether anything had been sent: the daemon (`JobEngine`) and the CLI (`separate_run`) add it."""
 
     kind = "disk_full"
 
@@ -113,12 +114,10 @@ def disk_error(exc: OSError, folder: Path, what: str) -> DiskFull | None:
         return None
     if exc.errno == errno.EROFS:
         return DiskFull(f"The disk holding {what} ({folder}) is read-only, so nothing was written there.",
-                        hint="Choose a folder on a writable disk (or remount it), then retry the job: "
-                        "it costs nothing, the results are fetched again.")
+                        hint="Choose a folder on a writable disk (or remount it).")
     quota = " or your quota there is used up" if exc.errno == errno.EDQUOT else ""
     return DiskFull(f"{disk_full_message(folder, what)}{quota}; nothing was left behind.",
-                    hint="Free some space there, then retry the job: it costs nothing, the results are "
-                    "fetched again.")
+                    hint="Free some space there.")
 
 
 _BYTES_PER_SAMPLE = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
@@ -138,20 +137,25 @@ def check_room(folder: Path, needed: int) -> None:
     if free < needed:
         raise DiskFull(f"{disk_full_message(folder, 'the output folder')}: the stems need about "
                        f"{needed / 1e6:.1f} MB; nothing was written.",
-                       hint="Free some space there (or choose another output folder), then retry the job.")
+                       hint="Free some space there (or choose another output folder).")
 
 
 def confined_folder(folder: Path, policy: PathPolicy | None, *, create: bool) -> Path:
-    """`folder` as the stems will be written to it: for a confined request (an untrusted way in) resolved
-    and checked against its allowed roots, and with `create` made and checked again once it exists, so
-    a `Stems` symlink or a `..` can't lead out. Trusted requests get `folder` as it is."""
-    if policy is None:
+    """`folder` as the stems will be written to it. For a confined request (an untrusted way in) resolved
+    and checked against its allowed roots. With `create`, made and proven writable (`ensure_writable`,
+    for every way in, so each says a folder that cannot be made in the same words) and, confined, checked
+    again once it exists, so a `Stems` symlink or a `..` can't lead out."""
+    if policy is not None:
+        folder = policy.output_folder(folder, "output folder")
+    if not create:
         return folder
-    return policy.final_output_folder(folder) if create else policy.output_folder(folder, "output folder")
+    ensure_writable(folder)
+    return folder if policy is None else policy.output_folder(folder, "output folder")
 
 
 def ensure_writable(folder: Path) -> None:
-    """Create `folder` if needed and prove we can write there, before any paid work starts."""
+    """Create `folder` if needed and prove we can write there, before any paid work starts. The one place
+    that words why an output folder cannot be used."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=TEMP_PREFIX, suffix=".probe"):
@@ -160,6 +164,8 @@ def ensure_writable(folder: Path) -> None:
         raise InputError(f"The output folder {folder} is a file (or lies inside one), not a folder.",
                          hint="Give a folder to write the stems to.") from None
     except OSError as exc:
+        if (full := disk_error(exc, folder, "the output folder")) is not None:
+            raise full from None
         raise OutputError(f"Cannot write stems to {folder}: {exc.strerror or exc}.",
                           hint="Choose another output folder, or fix the folder's permissions.") from None
 

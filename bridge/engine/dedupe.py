@@ -101,7 +101,6 @@ def reuse_result(request: SeparationRequest, recipe: Recipe, earlier: JobView, s
 
     temps: dict[str, Path] = {}
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         check_room(folder, sum(old.stat().st_size for old in old_stems.values()) + 65_536)
         for label, old in old_stems.items():
             temps[label] = temp_path_for(folder / old.name)

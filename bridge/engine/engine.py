@@ -28,7 +28,7 @@ from bridge.common.errors import (
 )
 from bridge.common.jobs import PAUSED_MESSAGE, JobEvent, JobSink, JobState, JobView, RequestRejected
 from bridge.common.request import Origin, SeparationRequest
-from bridge.common.stems import confined_folder, disk_error, output_folder
+from bridge.common.stems import DiskFull, confined_folder, disk_error, output_folder
 from bridge.engine.budget import BudgetWait, DailyBudget
 from bridge.engine.dedupe import dedupe_key, reuse_result, written_before
 from bridge.engine.estimate import estimate
@@ -373,15 +373,19 @@ class JobEngine(JobSink):
             if exc.results_unusable:  # failed at fal, broken, or for other audio: a retry submits anew
                 # that step and those after it; the steps before it are fetched again, not paid again
                 self.journal.clear_steps(job_id, exc.step or 0, len(recipe.steps) if recipe else 1)
+            if isinstance(exc, DiskFull):
+                exc.hint = run_again_hint(exc.hint, job_id, sent=made_requests)
             self._outcomes.failed(row, exc, paid=made_requests)
             clean_workdir(workdir)
         except OSError as exc:
             full = self._disk_full(exc, row.request, workdir)
-            if full is None:
+            if full is not None:
+                full.hint = run_again_hint(full.hint, job_id, sent=bool(self.journal.handles(job_id)[0]))
+            else:
                 log.exception("job %s failed unexpectedly", job_id)
                 full = BridgeError(f"Internal error: {type(exc).__name__}: {exc}",
                                    hint="Please report this with the daemon log.")
-            self._outcomes.failed(row, full)  # results kept: a retry fetches them again, at no cost
+            self._outcomes.failed(row, full)  # requests kept: a retry collects them, at no cost
             clean_workdir(workdir)
         except Exception as exc:  # a bug of ours: the job fails, the daemon keeps going
             log.exception("job %s failed unexpectedly", job_id)
@@ -415,3 +419,14 @@ class JobEngine(JobSink):
                 self._outcomes.done(row, result, reused_from=earlier.view.job_id)
                 return True
         return False
+
+
+def run_again_hint(hint: str, job_id: str, *, sent: bool) -> str:
+    """A disk problem's hint (what to fix) completed with how to run the job again, as the facts are: before
+    anything was sent it simply runs again, nothing was paid; once the service had the job, a retry fetches
+    its results (or waits for them) without paying again."""
+    if sent:
+        return (f"{hint} The service already has the job: once that is fixed, `sam-bridge retry {job_id}` "
+                "collects its results without paying again.")
+    return (f"{hint} Nothing had been sent to the service, so nothing was paid: once that is fixed, simply run "
+            f"it again (or `sam-bridge retry {job_id}`).")

@@ -49,7 +49,6 @@ from bridge.common.stems import (
     TEMP_PREFIX,
     check_room,
     confined_folder,
-    ensure_writable,
     job_names,
     output_folder,
     place_unit,
@@ -199,7 +198,6 @@ class _Run:
                         source.path.name, frames / source.samplerate, self.request.length)
         folder = confined_folder(output_folder(source.path, self.request.project_dir, self.request.output_dir,
                                                self.recipe.output.folder), policy, create=True)
-        ensure_writable(folder)
         check_room(folder, stems_bytes(frames, source.channels, self.recipe.output.subtype or source.subtype,
                                        len(self.recipe.steps) + 1))
         if self.temp_tag:

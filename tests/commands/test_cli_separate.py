@@ -9,6 +9,7 @@ the command as a real process.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pty
@@ -1081,3 +1082,47 @@ def test_an_mpeg_file_without_a_length_header_gets_stems_of_its_decoded_length(
     audio = sf.read(str(source), dtype="float64")[0]
     assert len(target) == len(residual) == decoded
     assert np.max(np.abs(audio - (target + residual))) < 1e-6  # float stems of a lossy source: they null
+
+
+def fill_disk_under(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk holding `folder` fills as the stems are put in place there (ENOSPC from the link that
+    places them): the service has answered by then."""
+    real_link = os.link
+
+    def link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(dst).is_relative_to(folder):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        real_link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr("bridge.common.stems.os.link", link)
+
+
+def test_a_disk_that_fills_under_the_local_stand_in_says_to_run_the_command_again(
+        env: dict[str, Path], music: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI has no job to retry: it said "then retry the job: it costs nothing, the results are fetched
+    again". With the built-in stand-in the way to the result is the same command again, at no charge."""
+    source = make_source(music / "a.wav", 44100, 1, "PCM_16", 0.5)
+    fill_disk_under(music / "out", monkeypatch)
+    rc = cli("separate", source.path, "--prompt", "hi-hat", "--local", "--local-delay", "0",
+             "--output-dir", music / "out")
+    err = capsys.readouterr().err
+    assert rc != 0 and "is full" in err, err
+    assert "Then run the same command again: the built-in stand-in charges nothing." in err, err
+    assert "retry the job" not in err and "fetched again" not in err and "--resume-request" not in err, err
+    assert [name for name in entries(music / "out") if not name.startswith(".")] == []
+
+
+def test_a_disk_that_fills_after_the_service_answered_says_how_to_collect_it_without_paying(
+        env: dict[str, Path], service: LocalFalService, music: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_source(music / "a.wav", 44100, 1, "PCM_16", 0.5)
+    fill_disk_under(music / "out", monkeypatch)
+    rc = cli("separate", source.path, "--prompt", "hi-hat", "--service-url", service.url,
+             "--output-dir", music / "out")
+    err = capsys.readouterr().err
+    assert rc != 0 and "is full" in err, err
+    request_id = re.search(r"--resume-request (\S+)", err)
+    assert request_id is not None, err
+    assert f"run the same command for “a.wav” with --resume-request {request_id[1]} to collect it" in err
+    assert "retry the job" not in err and "it costs nothing" not in err, err
+    assert service.stats()["submits"] == 1

@@ -174,3 +174,21 @@ def test_a_configured_hot_folder_missing_at_start_is_not_made_and_is_watched_onc
     source = make_source(hot / "Take.wav", seconds=0.5, seed=9)
     wait_for(stems_for(source, "piano")[2].exists, timeout=60, what="the stems of the file in the new folder")
     assert daemon.stop() == 0
+
+
+def test_a_file_named_stems_in_a_hot_folder_is_said_in_the_error_file(daemon_factory, service, user_dirs) -> None:
+    """`Stems` beside the dropped file is a file, not a folder: the `.error.txt` says so in words (it said
+    "Internal error: FileExistsError … Please report this")."""
+    daemon = daemon_factory(service.url)
+    info = daemon.start()
+    hot = Path(str(info["hot_folder"])) / "drums"
+    (hot / "Stems").write_text("not a folder")
+    source = drop(hot / "take.wav", np.random.default_rng(2).standard_normal((22050, 2)) * 0.1, 44100)
+    error = source.with_name("take.wav.error.txt")
+    wait_for(error.exists, timeout=60, what="the error file")
+    text = error.read_text()
+    assert "is a file (or lies inside one), not a folder" in text and "Give a folder" in text, text
+    assert "Internal error" not in text and "report this" not in text, text
+    assert (hot / "Stems").read_text() == "not a folder"
+    assert service.stats()["submits"] == 0
+    daemon.stop()

@@ -665,3 +665,25 @@ def test_a_live_sets_own_presets_are_listed_and_used_for_its_processed_folder(
     assert tone_share(tgt, rate, HIGH_HZ) > 0.95  # "shaker" -> the stand-in's high band
 
     assert preset_list(client, "/etc") == shared  # outside the allowed folders: /sam/separate says so later
+
+
+def test_an_output_folder_that_is_a_file_is_said_in_words_not_as_an_internal_error(
+        client: Device, service: Any, user_dirs: dict[str, Path]) -> None:
+    """A project whose `Stems` is a file, and a project folder that is itself a file: the job fails with the
+    words a request file or the CLI gets, before anything is sent (it was "Internal error: FileExistsError"
+    and "Internal error: NotADirectoryError")."""
+    source = three_tone_source(user_dirs["home"] / "m" / "ok.wav", seconds=0.5)
+    project = user_dirs["home"] / "Proj"
+    project.mkdir()
+    (project / "Stems").write_text("a file where the stems folder goes")
+    project_file = user_dirs["home"] / "projfile"
+    project_file.write_text("a file named like the project folder")
+    for tag, folder in (("stems-file", project), ("project-file", project_file)):
+        seen = follow_job(client, separate(client, source, "drums", tag, str(folder)))
+        assert seen.error is not None and seen.stems == [], tag
+        message = str(seen.error[1])
+        assert "is a file (or lies inside one), not a folder" in message and "Give a folder" in message, message
+        assert "Internal error" not in message and "report this" not in message, message
+    assert (project / "Stems").read_text() == "a file where the stems folder goes"
+    assert project_file.read_text() == "a file named like the project folder"
+    assert service.stats()["submits"] == 0  # refused before anything was sent

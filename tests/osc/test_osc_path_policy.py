@@ -3,12 +3,15 @@ reusable by any other way in)."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
-from bridge.common.errors import InputError, SourceError
+from bridge.common.errors import InputError, OutputError, SourceError
 from bridge.common.path_policy import PathNotAllowed, PathPolicy, is_within, resolve_path
+from bridge.common.stems import confined_folder
 
 
 @pytest.fixture
@@ -103,3 +106,27 @@ def test_a_symlink_leading_out_names_where_it_links_and_how_to_allow_that(tree: 
     with pytest.raises(PathNotAllowed) as caught:  # no link: nothing to explain
         policy.source_file(outside / "secret.wav")
     assert "links to" not in caught.value.message and f'sam-bridge allow "{outside}"' in caught.value.hint
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EACCES])
+def test_an_output_folder_that_cannot_be_made_is_said_in_words(tree: dict[str, Path], code: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A confined request (OSC, hot folder) whose project folder may not be written: the same words a request
+    file or the CLI gets, not a raw PermissionError (an "Internal error" to the user)."""
+    def refuse(path: object, mode: int = 0o777) -> None:
+        raise PermissionError(code, os.strerror(code), os.fspath(path))  # type: ignore[arg-type]
+
+    monkeypatch.setattr("bridge.common.stems.os.mkdir", refuse)
+    policy = PathPolicy.from_roots([tree["music"]], [tree["music"]])
+    with pytest.raises(OutputError, match="Cannot write stems to") as caught:
+        confined_folder(tree["music"] / "Song" / "Stems", policy, create=True)
+    assert os.strerror(code) in caught.value.message
+    assert "Choose another output folder, or fix the folder's permissions" in caught.value.hint
+
+
+def test_an_output_folder_that_is_a_file_is_input_for_a_confined_request(tree: dict[str, Path]) -> None:
+    (tree["music"] / "Song" / "Stems").write_text("a file")
+    policy = PathPolicy.from_roots([tree["music"]], [tree["music"]])
+    for folder in (tree["music"] / "Song" / "Stems", tree["music"] / "Song" / "take.wav" / "Stems"):
+        with pytest.raises(InputError, match="is a file \\(or lies inside one\\), not a folder"):
+            confined_folder(folder, policy, create=True)
