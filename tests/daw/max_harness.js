@@ -351,9 +351,37 @@ LiveAPI.prototype.getcount = function (child) {
 
 const outlets = [];
 const posts = [];
-// Max's Task stand-in (docs.cycling74.com/apiref/js/task: `interval` in ms, `repeat(n)` with -1 for ever,
-// `cancel`): fired by the "tick" command, not by the clock
+// Max's Task (docs.cycling74.com/apiref/js/task): `new Task(function, object, ...arguments)` runs the
+// function, called on `object` with those arguments, on Max's scheduler: `interval` ms apart (500 unless
+// set), started by `repeat(count, initialdelay)` (count -1: until cancelled), stopped by `cancel()`;
+// `running` says whether it runs. Here its runs are fired by the "tick" command, not by the clock.
 const timers = [];
+class Task {
+  constructor(fn, object, ...args) {
+    if (typeof fn !== "function") throw new Error("Task: its first argument must be a function");
+    Object.assign(this, { fn, object, args, interval: 500, running: false, left: -1 });
+  }
+
+  repeat(count = -1, initialdelay = 0) {
+    if (typeof this.interval !== "number" || !(this.interval > 0)) {
+      throw new Error("Task.interval must be a positive number of ms");
+    }
+    if (typeof initialdelay !== "number" || initialdelay < 0) throw new Error("Task.repeat: initialdelay >= 0");
+    Object.assign(this, { running: true, left: count });
+    if (!timers.includes(this)) timers.push(this);
+  }
+
+  cancel() { this.running = false; }
+
+  // what the "tick" command reads of a timer
+  get ms() { return this.interval; }
+  get stopped() { return !this.running; }
+  run() {
+    this.fn.apply(this.object, this.args);
+    if (this.left > 0 && --this.left === 0) this.running = false;
+  }
+}
+global.Task = Task;
 let udp = null;
 
 global.outlet = () => { throw new Error("the device must use its host's outlet"); };
@@ -372,12 +400,9 @@ device.setHost({
   post: (text) => posts.push(String(text)),
   liveApi: (path) => new LiveAPI(path),
   now: () => 1700000000000,
-  repeat: (ms, fn) => {
-    if (typeof ms !== "number" || !(ms > 0)) throw new Error("Task.interval must be a positive number of ms");
-    const timer = { ms, fn, stopped: false };
-    timers.push(timer);
-    return { stop: () => { timer.stopped = true; } };
-  },
+  // `repeat` is the device's own (maxRepeat, on the Task above); `observe` too (maxObserve, on LiveAPI's
+  // callbacks). Max's Folder is not stood in: what it does with a folder that is not there is not
+  // documented, so the folder listing is node's, with the device's own answer for that case (null).
   listDir: (dir) => {
     try {
       return fs.readdirSync(dir);
@@ -571,7 +596,7 @@ const commands = {
   async tick(cmd) {
     // Fires every running Task once (or only those of interval `ms`): the tests' clock moves by that much.
     const due = (t) => !t.stopped && (cmd.ms === undefined || t.ms === cmd.ms);
-    for (const timer of timers.filter(due)) timer.fn();
+    for (const timer of timers.filter(due)) timer.run();
     if (udp) await udp.settled();
     return { outlets: drain(), timers: timers.filter(due).length };
   },

@@ -222,6 +222,29 @@ def test_the_lom_stand_in_refuses_clips_and_tracks_live_refuses(devices: Devices
     assert value["added"] == 1  # only the -1 made a track
 
 
+@needs_node
+def test_the_devices_own_timers_run_on_maxs_task(devices: Devices) -> None:
+    """The device's timers (the port probe, the watchdog, the cost confirmation) are made by its own Max code
+    (`maxRepeat`: a Task with `interval` and `repeat(-1, initialdelay)`), not by a test shortcut, and the
+    stand-in of Task refuses what Max's would not run."""
+    device = devices(live_set(clip()))
+    device.send(cmd="eval", code="""
+      const real = global.Task;
+      global.madeTasks = [];
+      global.Task = class extends real { constructor(...a) { super(...a); global.madeTasks.push(this); } };
+    """)
+    device.msg("bang")  # probes the daemon's port: a timer for its answer
+    made = device.send(cmd="eval", code="return global.madeTasks.map((t) => [t.interval, t.running]);")["value"]
+    assert made and all(interval > 0 and running for interval, running in made), made
+    assert device.send(cmd="tick", n=1, dt=0.05)["timers"] >= 1  # Max's scheduler runs them
+    refused = device.send(cmd="eval", code="""
+      const task = new Task(function () {}, null);
+      task.interval = 0;
+      try { task.repeat(-1, 0); return "started"; } catch (e) { return String(e.message); }
+    """)["value"]
+    assert "interval" in refused
+
+
 # --- item 8: the project from the Live Set ----------------------------------------------------------
 
 
