@@ -84,7 +84,7 @@ def label_problem(label: str) -> str | None:
     if label != label.strip():
         return "must not start or end with a space"
     if label.lower() in _WINDOWS_RESERVED:
-        return f"'{label}' is a reserved file name on Windows; choose another word"
+        return "is a reserved file name on Windows; choose another word"
     return None
 
 

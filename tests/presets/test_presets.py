@@ -625,6 +625,13 @@ def test_a_mistyped_stem_format_in_a_request_is_refused_like_a_presets(
         recipe_for(request(preset=preset, prompt=None if preset else "piano", options=options), builtins)
 
 
+def test_a_reserved_label_in_a_request_is_refused_in_plain_words(builtins: PresetLibrary) -> None:
+    """It said "cannot be used: it 'CON' is a reserved file name" (the name twice, the grammar broken)."""
+    with pytest.raises(InputError) as err:
+        recipe_for(request(prompt="piano", options={"label": "CON"}), builtins)
+    assert str(err.value).startswith("The label 'CON' cannot be used: it is a reserved file name on Windows")
+
+
 def test_ad_hoc_prompt_gets_a_file_safe_label(builtins: PresetLibrary) -> None:
     recipe = recipe_for(request(prompt="Dog barking: far away?", options={"output_format": "mp3"}), builtins)
     (step,) = recipe.steps
