@@ -18,6 +18,8 @@ FLAG_TEXT: dict[str, str] = {
     "cut-at-end": "the part asked for ran past the end of the file",
     "span-cut-at-end": "a span ran past the end of the audio sent: it was sent cut at that end",
     "audition": "an audition: only a window of the part was separated",
+    "refetch-failed": "the earlier results it asked for again were gone: a retry sends the audio again, and "
+                      "that is paid",
 }
 NOTES = frozenset({"drift-corrected", "audition", "span-cut-at-end"})  # the stems are right: nothing to check
 

@@ -19,6 +19,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -149,15 +150,17 @@ def confined_folder(folder: Path, policy: PathPolicy | None, *, create: bool) ->
         folder = policy.output_folder(folder, "output folder")
     if not create:
         return folder
-    ensure_writable(folder)
-    return folder if policy is None else policy.output_folder(folder, "output folder")
+    return ensure_writable(folder, None if policy is None else partial(policy.output_folder, what="output folder"))
 
 
-def ensure_writable(folder: Path) -> None:
+def ensure_writable(folder: Path, recheck: Callable[[Path], Path] | None = None) -> Path:
     """Create `folder` if needed and prove we can write there, before any paid work starts. The one place
-    that words why an output folder cannot be used."""
+    that words why an output folder cannot be used. `recheck` (a confined request's policy) runs once the
+    folder exists and before anything is written in it: a `Stems` symlink swapped in meanwhile leads nowhere."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        if recheck is not None:
+            folder = recheck(folder)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=TEMP_PREFIX, suffix=".probe"):
             pass
     except (FileExistsError, NotADirectoryError):  # the folder asked for (or one above it) is a file: input
@@ -168,6 +171,7 @@ def ensure_writable(folder: Path) -> None:
             raise full from None
         raise OutputError(f"Cannot write stems to {folder}: {exc.strerror or exc}.",
                           hint="Choose another output folder, or fix the folder's permissions.") from None
+    return folder
 
 
 def job_names(folder: Path, source_name: str, label: str, stem_labels: list[str], extension: str,

@@ -423,10 +423,11 @@ class JobEngine(JobSink):
 
 def run_again_hint(hint: str, job_id: str, *, sent: bool) -> str:
     """A disk problem's hint (what to fix) completed with how to run the job again, as the facts are: before
-    anything was sent it simply runs again, nothing was paid; once the service had the job, a retry fetches
+    anything was sent a retry runs it again, nothing was paid; once the service had the job, a retry fetches
     its results (or waits for them) without paying again."""
     if sent:
         return (f"{hint} The service already has the job: once that is fixed, `sam-bridge retry {job_id}` "
                 "collects its results without paying again.")
-    return (f"{hint} Nothing had been sent to the service, so nothing was paid: once that is fixed, simply run "
-            f"it again (or `sam-bridge retry {job_id}`).")
+    # not "run it again": a request file's or a hot folder's version of a file is one job for good
+    return (f"{hint} Nothing had been sent to the service, so nothing was paid: once that is fixed, "
+            f"`sam-bridge retry {job_id}` runs it again.")

@@ -1,5 +1,5 @@
 """A daemon job stopped by its output disk: the hint says how to run it again as the facts are. Before
-anything was sent it simply runs again (nothing was paid); once the service had it, `sam-bridge retry JOB`
+anything was sent a retry runs it again (nothing was paid); once the service had it, `sam-bridge retry JOB`
 collects the results without paying again. (A read-only disk failed at 0% saying "retry the job: it costs
 nothing, the results are fetched again", though nothing had been sent.)"""
 
@@ -71,7 +71,7 @@ def test_a_read_only_output_disk_before_anything_was_sent_says_it_simply_runs_ag
     error = view.error or ""
     assert "is read-only, so nothing was written there" in error, error
     assert "Nothing had been sent to the service, so nothing was paid" in error, error
-    assert f"simply run it again (or `sam-bridge retry {view.job_id}`)" in error, error
+    assert f"`sam-bridge retry {view.job_id}` runs it again" in error, error
     assert "fetched again" not in error and "costs nothing" not in error and "Internal error" not in error, error
     assert service.stats()["submits"] == 0
 

@@ -130,3 +130,19 @@ def test_an_output_folder_that_is_a_file_is_input_for_a_confined_request(tree: d
     for folder in (tree["music"] / "Song" / "Stems", tree["music"] / "Song" / "take.wav" / "Stems"):
         with pytest.raises(InputError, match="is a file \\(or lies inside one\\), not a folder"):
             confined_folder(folder, policy, create=True)
+
+
+def test_a_made_folder_is_checked_again_before_anything_is_written_in_it(tmp_path: Path) -> None:
+    """The probe file went in before the second check: a `Stems` symlink swapped in between led it (made and
+    deleted, but written) outside the allowed folders."""
+    from bridge.common.path_policy import PathNotAllowed
+    from bridge.common.stems import ensure_writable
+
+    made = tmp_path / "Stems"
+
+    def swapped(path: Path) -> Path:
+        raise PathNotAllowed(f"{path} leads outside")
+
+    with pytest.raises(PathNotAllowed):
+        ensure_writable(made, swapped)
+    assert made.is_dir() and list(made.iterdir()) == []
