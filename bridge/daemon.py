@@ -369,7 +369,7 @@ def limit_malloc_arenas(arenas: int = 1) -> None:
 
 def run_daemon(config: Config, choice: ServiceChoice, *, verbose: int = 0, quiet: bool = False,
                out: Callable[[str], None] = print, config_file: Path | None = None) -> int:
-    """`config_file`: the file `config` was read from (said at start), None for the defaults."""
+    """`config_file`: where the config was looked for (said at start, and whether it was there)."""
     ensure_std_streams()  # before the log handlers take sys.stderr (also done by the CLI's main)
     limit_malloc_arenas()  # before any thread starts
     log_file = setup_logging(verbose, quiet)
@@ -396,7 +396,9 @@ def run_daemon(config: Config, choice: ServiceChoice, *, verbose: int = 0, quiet
     if info.osc_address:
         out(f"  OSC:             udp://{info.osc_address[0]}:{info.osc_address[1]} (prefix {config.osc.prefix})")
     out(f"  log file:        {info.log_file}")
-    out(f"  config:          {config_file if config_file is not None else 'none (the defaults)'}")
+    if config_file is not None:
+        found = config_file.exists()
+        out(f"  config:          {config_file}{'' if found else ' (not there: the defaults)'}")
     out("Press Ctrl-C to stop; jobs in flight resume on the next start.")
     sys.stdout.flush()
     try:

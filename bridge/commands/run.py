@@ -47,5 +47,4 @@ def run(args: argparse.Namespace) -> int:
         updates["osc"] = config.osc.model_copy(update=osc_updates)
     config = config.model_validate({**config.model_dump(), **updates})
     choice = choose_service(config, args.local, args.service_url)
-    return run_daemon(config, choice, verbose=args.verbose, quiet=args.quiet,
-                      config_file=config_file if config_file.exists() else None)
+    return run_daemon(config, choice, verbose=args.verbose, quiet=args.quiet, config_file=config_file)

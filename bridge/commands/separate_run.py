@@ -255,7 +255,7 @@ class _StopSignals:
 
 # A file that cannot be used, or whose stems cannot be written, is skipped; any other error (the key, the
 # service, a Ctrl-C) concerns every file and stops the run.
-_PER_FILE_ERRORS = ("bad_source", "output")
+_PER_FILE_ERRORS = ("bad_source", "output", "disk_full")  # a full or read-only disk: that file's folder
 
 
 def _separate_each(client: FalClient, recipe: Recipe, args: argparse.Namespace, choice: ServiceChoice) -> int:

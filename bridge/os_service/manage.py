@@ -159,8 +159,10 @@ def install(plan: ServicePlan, runner: Runner = run_command, start: bool = True)
         return outcome
     for command in plan.prepare:
         runner(command)
-    if plan.platform == "macos":
-        _wait_agent_unloaded(plan, runner)
+    if plan.platform == "macos" and not _wait_agent_unloaded(plan, runner):
+        outcome.lines.append("The sam-bridge already running did not stop within "
+                             f"{STOP_GRACE_SECONDS + 10:.0f} s, so the new one may not start: see its log file, "
+                             "then run  sam-bridge service install  again.")
     # a service started from the earlier file keeps running it (systemd's `enable --now` and Task Scheduler's
     # /Run with IgnoreNew leave a running one alone): the changed one is restarted, so it runs what was written
     ended = False  # a /Run after our /End waits for that instance to be gone
@@ -214,18 +216,22 @@ def _wait_task_ended(plan: ServicePlan, runner: Runner, seconds: float = 15.0) -
         time.sleep(0.25)
 
 
-def _wait_agent_unloaded(plan: ServicePlan, runner: Runner, seconds: float = STOP_GRACE_SECONDS + 10.0) -> None:
+def _wait_agent_unloaded(plan: ServicePlan, runner: Runner, seconds: float = STOP_GRACE_SECONDS + 10.0) -> bool:
     """launchctl bootout returns while the agent's daemon is still stopping (launchd sends SIGTERM and waits
     up to its ExitTimeOut), and a bootstrap of a label still loaded fails ("Bootstrap failed: 5: Input/output
-    error"): wait until `launchctl print` no longer finds it. The daemon may be finishing what it sent."""
+    error"): wait until `launchctl print` no longer finds it. The daemon may be finishing what it sent.
+    False when it is still loaded at the end."""
     deadline = time.monotonic() + seconds
     said = time.monotonic() + 2.0
-    while runner(plan.queries[0]).returncode == 0 and time.monotonic() < deadline:
+    while runner(plan.queries[0]).returncode == 0:
+        if time.monotonic() >= deadline:
+            return False
         if time.monotonic() >= said:
             log.warning("waiting for the running sam-bridge to stop before the new one starts (it finishes a "
                         "request it sent first; at most %.0f s)", seconds)
             said = deadline
         time.sleep(0.25)
+    return True
 
 
 def _run_all(commands: list[list[str]], runner: Runner) -> None:

@@ -1038,6 +1038,32 @@ def test_several_files_are_separated_in_turn_and_a_bad_one_is_skipped_with_its_r
     assert {p: p.read_bytes() for p in before} == before
 
 
+def test_a_file_whose_stems_folder_is_on_a_read_only_disk_is_skipped_and_the_others_are_done(
+        env: dict[str, Path], music: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only (or full) disk under one file's Stems stopped the whole run: the files after it got
+    nothing, though their own folders were writable."""
+    import errno
+
+    for folder in ("card", "disk"):
+        (music / folder).mkdir()
+    stuck = make_source(music / "card" / "a.wav", 44100, 1, "PCM_16", seconds=0.5)
+    fine = make_source(music / "disk" / "b.wav", 44100, 1, "PCM_16", seconds=0.5)
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        if self == stuck.path.parent / "Stems":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    rc = cli("separate", stuck.path, fine.path, "--prompt", "hi-hat", "--local", "--json")
+    summaries = json.loads(capsys.readouterr().out)
+    assert rc != 0 and [s["ok"] for s in summaries] == [False, True]
+    assert summaries[0]["error"] == "disk_full" and "read-only" in summaries[0]["message"]
+    assert Path(summaries[1]["stems"]["target"]).exists()
+
+
 def test_several_files_with_json_give_one_summary_per_file(
         env: dict[str, Path], music: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = make_source(music / "a.wav", 44100, 1, "PCM_24", seconds=0.5)

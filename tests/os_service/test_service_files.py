@@ -345,6 +345,24 @@ def test_macos_install_again_waits_for_the_running_agent_to_unload(home: Path) -
     assert between and set(between) == {"print"}, verbs  # it asked until the label was gone
 
 
+def test_macos_install_says_when_the_running_agent_would_not_unload(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait for the old agent has an end (its daemon's stop grace and a little more): then the install
+    says so, rather than a bare "Bootstrap failed: 5" and the generic hint."""
+    from bridge.os_service import manage
+
+    monkeypatch.setattr(manage, "STOP_GRACE_SECONDS", 0.0)
+    monkeypatch.setattr(manage.time, "sleep", lambda _s: None)
+    plan = make_plan("macos", os.environ, ["/opt/sam-bridge", "run"], uid=501)
+    launchd = LaunchdDomain(stopping=10**9)
+    install(plan, launchd)
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(manage.time, "monotonic", lambda: float(next(ticks)))
+    again = install(plan, launchd)
+    assert not again.ok
+    assert any("did not stop within" in line for line in again.lines), again.lines
+
+
 def test_macos_keeps_an_edited_agent_outside_launch_agents(home: Path) -> None:
     """launchd loads what lies in ~/Library/LaunchAgents at login: an edited copy kept there, with the same
     Label, could start as a second agent after `uninstall` said it no longer starts."""
