@@ -399,6 +399,9 @@ function money(amount, currency) {
     return !currency || currency === "USD" ? "$" + text : text + " " + currency;
 }
 
+// The notes of a sam-bridge from before /sam/flag (0.2.0), which says nothing of them: the stems are right.
+var NOTES_OF_OLDER_DAEMONS = ["audition", "drift-corrected", "span-cut-at-end"];
+
 /** The warnings among the job's flags, in sam-bridge's words from /sam/flag ("" when none). A note (the stems
  *  are right, e.g. an audition's) is left out; a flag sam-bridge sent no words for shows as its code. */
 function flagsText(flags, about) {
@@ -406,6 +409,7 @@ function flagsText(flags, about) {
     for (var i = 0; i < (flags || []).length; i++) {
         var said = (about || {})[flags[i]];
         if (said && said.note) { continue; }
+        if (!said && NOTES_OF_OLDER_DAEMONS.indexOf(flags[i]) >= 0) { continue; }
         var text = said && said.words ? said.words : flags[i];
         if (words.indexOf(text) < 0) { words.push(text); }
     }

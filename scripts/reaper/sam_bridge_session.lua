@@ -320,7 +320,11 @@ function Session:draw()
   local clicked = gfx.mouse_cap & 1 == 1
   if clicked and not self.mouse_down then
     if gfx.mouse_x >= bx and gfx.mouse_y >= by then
-      if open > 0 then self:cancel_all() else self.finished_at = -math.huge end
+      if open > 0 then
+        self:cancel_all()
+      else -- [ Close ]: also a window kept open for its warning, read now
+        self.finished_at, self.keep_open = -math.huge, false
+      end
     else
       for _, job in ipairs(self:open_jobs()) do
         local box = job.cancel_box

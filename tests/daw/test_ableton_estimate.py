@@ -6,13 +6,14 @@ the job; Audition sends 10 s; /sam/progress's ETA and /sam/flags' warnings (in t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridge.common.flags import FLAG_TEXT
+from bridge.common.flags import FLAG_TEXT, NOTES
 from bridge.common.jobs import JobEvent, JobState
 from bridge.osc.wire import event_messages
 from tests.daw.harness import NODE, MaxDevice, osc_out, status_texts
@@ -177,6 +178,27 @@ def test_a_note_is_no_warning(devices: Devices, note: str) -> None:
     device = devices(live_set(clip()))
     start(device)
     assert status_texts(daemon_done(device, "job-7", flags=(note,))) == ["Stems of Lead Vox are on 2 new tracks."]
+
+
+@pytest.mark.parametrize("note", sorted(NOTES))
+def test_a_note_from_a_daemon_before_flag_words_is_no_warning_either(devices: Devices, note: str) -> None:
+    """sam-bridge 0.2.0 sends no /sam/flag: the device (upgraded while the old service still runs) showed
+    an audition as "check: audition"."""
+    device = devices(live_set(clip()))
+    start(device)
+    event = JobEvent("job-7", "", JobState.done, 1.0, "done", manifest="/s/m.json", flags=(note,),
+                     stems={"target": "/s/t.wav", "residual": "/s/r.wav"})
+    outlets: list[list[Any]] = []
+    for name, args in event_messages(event):
+        if name != "flag":  # what an older daemon sends
+            outlets = device.msg(f"/sam/{name}", *args)
+    assert status_texts(outlets) == ["Stems of Lead Vox are on 2 new tracks."]
+
+
+def test_the_devices_notes_for_older_daemons_are_the_daemons_notes() -> None:
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "ableton" / "sam_bridge_device.js").read_text()
+    listed = re.search(r"var NOTES_OF_OLDER_DAEMONS = \[([^\]]*)\]", script)
+    assert listed is not None and set(re.findall(r'"([^"]+)"', listed.group(1))) == set(NOTES)
 
 
 def test_the_audition_message_is_what_the_daemon_accepts(devices: Devices) -> None:

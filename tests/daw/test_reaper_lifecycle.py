@@ -512,6 +512,22 @@ def test_a_cancel_keeps_finished_stems_waiting_for_their_project_tab(setup: Setu
     assert not any(m["text"].startswith("Nothing to collect") for m in state["messages"])
 
 
+def test_the_close_button_closes_a_window_kept_open_for_a_warning(setup: Setup, lua: str) -> None:
+    """A window kept open for the user to read (a warning, stems kept for Collect) ignored its own [ Close ]
+    button: only the window's close box ended it."""
+    host = setup.host(setup.scenario(), lua=lua)
+    host.run(SEPARATE_SCRIPT)
+    name, _ = only_request(setup)
+    write_status(setup.requests_dir, name, state="done", progress=1.0, stems=setup.stems(["target", "residual"]),
+                 flags=["target-unlikely"])
+    host.tick(n=100, dt=0.1)
+    assert host.state()["window_open"] is True  # the warning waits to be read
+    assert "[ Close ]" in " ".join(host.state()["last_frame"])
+    assert host.send(cmd="click", x=10_000, y=10_000)["ok"]  # the button at the bottom right
+    host.tick(n=3)
+    assert host.state()["pending"] == 0 and not host.state()["window_open"]
+
+
 def test_collect_reports_stems_inserted_with_a_warning_and_shows_it(setup: Setup, lua: str) -> None:
     """Collect counted only jobs whose note was exactly "stems inserted": stems inserted with a warning
     came in, then "Nothing to collect" was said and the warning was never shown."""
