@@ -1,3 +1,3 @@
 """sam-bridge: text-prompted audio separation (SAM Audio on fal) for DAWs and hot folders."""
 
-__version__ = "0.2.1"
+__version__ = "0.2.2"

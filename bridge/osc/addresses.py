@@ -288,7 +288,7 @@ REPLIES: tuple[Reply, ...] = (
     Reply("pong", (_s("version", "sam-bridge version"),
                    _s("health", "ok, or what is wrong: journal-damaged (no new work; the bridge stops), "
                       "state-disk-full, requests-folder-unreachable (its requests wait until it is back)")),
-          "Answer to /sam/ping.", "0.2.1 ok"),
+          "Answer to /sam/ping.", "0.2.2 ok"),
     Reply("reply_to/ok", (Arg("port", "i", "the port answers now go to"),),
           "Sent to the new port: answers arrive there from now on.", "9011"),
     Reply("subscribe/ok", (Arg("port", "i", "the subscribed port"),), "Subscribed.", "9011"),

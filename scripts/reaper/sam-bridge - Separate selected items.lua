@@ -1,5 +1,5 @@
 -- @description sam-bridge: Separate selected items…
--- @version 0.2.1
+-- @version 0.2.2
 -- @author sam-bridge
 -- @about
 --   # sam-bridge for REAPER
@@ -20,6 +20,7 @@
 --   [nomain] sam_bridge_session.lua
 --   [nomain] sam_bridge_estimate.lua
 -- @changelog
+--   The window's [ Close ] also closes a window kept open for a warning or for kept stems.
 --   A cancel keeps stems that are finished (paid for) for their project; Collect shows the warnings of
 --   the stems it inserts; the daemon's notes are no warnings, and flags are shown in the daemon's words.
 --   Stems of a request the daemon archived (REAPER closed for over a day) still come in.

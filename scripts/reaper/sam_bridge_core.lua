@@ -6,7 +6,7 @@
 
 local M = {}
 
-M.VERSION = "0.2.1"
+M.VERSION = "0.2.2"
 M.EXT_SECTION = "sam-bridge"
 
 for name, value in pairs(require("sam_bridge_json")) do M[name] = value end

@@ -61,7 +61,7 @@ def test_the_readme_table_lists_every_address_with_its_example() -> None:
     assert all(line.count(" | ") == 4 for line in rows[: len(REQUESTS)])  # five cells, no stray pipes
     assert "| `/sam/separate` | `s:source_path` full path of the audio file<br>" in table
     assert '`/sam/separate "/Users/me/Music/Guitar 01.wav" piano take-3' in table
-    assert "`/sam/ping`" in table and "`/sam/pong 0.2.1 ok`" in table
+    assert "`/sam/ping`" in table and "`/sam/pong 0.2.2 ok`" in table
     assert "first argument of every request" in table  # the token note
     assert "| `/live/sam/ping` |" in markdown_table("/live/sam")
 
