@@ -6,6 +6,7 @@ request-file schema (documented in the README from these field descriptions).
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ class Origin(StrEnum):
 
 
 MAX_SECONDS = 1e7  # 115 days: beyond any audio file, and far from where seconds × rate overflows
+
+
+# START-END[:include|exclude] in seconds, plain decimal numbers, spaces allowed around each part
+_SPAN_TEXT = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*-\s*(\d+(?:\.\d*)?|\.\d+)\s*(?::\s*(include|exclude)\s*)?",
+                        re.ASCII)
 
 
 class Span(UserModel):
@@ -58,17 +64,12 @@ class Span(UserModel):
     def parse(cls, text: str) -> Span:
         """`12.5-20` (a span to keep) or `12.5-20:exclude` (a span to leave out), in seconds: how the CLI's
         --span and OSC's spans argument write one. ValueError says what is wrong, in words."""
-        body, _, kind = text.strip().partition(":")
-        start, sep, end = body.partition("-")
-        form = f"{text!r}: give START-END in seconds, e.g. 12.5-20 (or 12.5-20:exclude)"
-        if not sep or kind not in ("", "include", "exclude"):
-            raise ValueError(form)
+        written = _SPAN_TEXT.fullmatch(text)
+        if written is None:  # float() alone took "1_000", other scripts' digits and "nan"
+            raise ValueError(f"{text!r}: give START-END in seconds, e.g. 12.5-20 (or 12.5-20:exclude)")
+        start, end, kind = written.groups()
         try:
-            seconds = float(start), float(end)
-        except ValueError:  # float's own words ("could not convert string to float") are for programmers
-            raise ValueError(form) from None
-        try:
-            return cls(start=seconds[0], end=seconds[1], include=kind != "exclude")
+            return cls(start=float(start), end=float(end), include=kind != "exclude")
         except ValueError as exc:  # pydantic's ValidationError is one: its first message, in words
             errors = getattr(exc, "errors", None)
             detail = plain_problem(errors()[0]) if callable(errors) else str(exc)
