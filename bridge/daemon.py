@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from bridge import __version__
 from bridge.common.claims import ClaimBackend
-from bridge.common.config import Config, config_dir, log_dir, state_dir
+from bridge.common.config import Config, config_dir, config_file_present, log_dir, state_dir
 from bridge.common.errors import BridgeError, FolderUnavailable
 from bridge.common.path_policy import PathPolicy
 from bridge.common.processes import ensure_std_streams
@@ -397,7 +397,7 @@ def run_daemon(config: Config, choice: ServiceChoice, *, verbose: int = 0, quiet
         out(f"  OSC:             udp://{info.osc_address[0]}:{info.osc_address[1]} (prefix {config.osc.prefix})")
     out(f"  log file:        {info.log_file}")
     if config_file is not None:
-        found = config_file.exists()
+        found = config_file_present(config_file)
         out(f"  config:          {config_file}{'' if found else ' (not there: the defaults)'}")
     out("Press Ctrl-C to stop; jobs in flight resume on the next start.")
     sys.stdout.flush()

@@ -23,11 +23,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge.common.config import config_path, load_config
+    from bridge.common.config import config_file_present, config_path, load_config
     from bridge.common.errors import ConfigError
     from bridge.daemon import choose_service, run_daemon
 
-    if args.config is not None and not args.config.exists():  # named on purpose: its settings must not be lost
+    if args.config is not None and not config_file_present(args.config):  # named on purpose: not to be lost
         raise ConfigError(f"The config file {args.config} does not exist.",
                           hint="Check the path; without --config the daemon reads "
                                f"{config_path()} (`sam-bridge config init` writes one).")

@@ -151,9 +151,21 @@ class Config(_Strict):
         return self.requests_dir or state / "requests"
 
 
+def config_file_present(path: Path) -> bool:
+    """False only when nothing is there; a file in a folder this user may not read counts as present, so
+    that reading it says why it cannot be read (`exists()` raises, or says False, for it)."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def load_config(path: Path | None = None) -> Config:
     path = path or config_path()
-    if not path.exists():
+    if not config_file_present(path):
         return Config()
     return load_yaml_model(path, Config, ConfigError)
 

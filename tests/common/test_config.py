@@ -184,3 +184,27 @@ def test_the_daemon_says_which_config_file_it_runs_on(user_dirs, written: bool) 
     said = [line for line in lines if line.strip().startswith("config:")]
     # where it looked, and whether the file was there (SAM_BRIDGE_CONFIG naming a file moved away: the defaults)
     assert said == [f"  config:          {path}{'' if written else ' (not there: the defaults)'}"], lines
+
+
+def test_a_config_file_in_a_folder_this_user_may_not_read_is_said_so(
+        user_dirs, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A --config in a folder the user may not enter ended in a PermissionError traceback from exists()
+    (or, where exists() says False, "does not exist"): reading it says why it cannot be read."""
+    import errno
+
+    locked = user_dirs["home"] / "locked" / "config.yaml"
+    real_stat = Path.stat
+
+    def stat(self: Path, *args: object, **kwargs: object) -> os.stat_result:
+        if self == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    def read_bytes(self: Path) -> bytes:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "stat", stat)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    assert main(["run", "--local", "--config", str(locked)]) == 2
+    err = capsys.readouterr().err
+    assert f"{locked}: cannot read it: Permission denied" in err and "does not exist" not in err
