@@ -1,5 +1,6 @@
-"""Shared fixtures: the local fal service on 127.0.0.1, isolated user folders, a real daemon process,
-and a guard that fails any test leaking threads (as watchdog's own suite does)."""
+"""Shared fixtures: the local fal service on 127.0.0.1, isolated user folders, a real daemon process, a
+guard that fails any test leaking threads (as watchdog's own suite does), and one that refuses any socket
+or name lookup off 127.0.0.0/8 (tests/loopback_guard.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,14 @@ if TYPE_CHECKING:
 
 TEST_KEY = "test-key-0123456789abcdef"
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, max_retry_after=2.0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def only_loopback() -> Iterator[None]:
+    from tests.loopback_guard import loopback_only
+
+    with loopback_only():
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -146,6 +146,7 @@ def test_the_connect_to_a_host_with_a_backup_is_capped_at_five_seconds() -> None
         seen[request.url.host] = request.extensions["timeout"]["connect"]
         return httpx.Response(200, json={})
 
+    # fal's host names only as URLs: the mock transport answers, nothing leaves (tests/loopback_guard.py)
     transport = BackupHostTransport(FAL_BACKUP_HOSTS, inner=httpx.MockTransport(remote))
     with httpx.Client(transport=transport, timeout=httpx.Timeout(120, connect=30)) as http:
         for url in ("https://queue.fal.run/x", "https://queue.falrun.com/x", "https://rest.fal.ai/x"):
@@ -253,7 +254,7 @@ def test_a_submit_answer_naming_another_host_is_refused_and_gets_no_key(
 
 
 def test_the_key_goes_to_fals_own_hosts_and_the_configured_service_only() -> None:
-    with FalClient(ApiKey(TEST_KEY)) as fal:
+    with FalClient(ApiKey(TEST_KEY)) as fal:  # headers only are computed: no request is made
         for url in ("https://queue.fal.run/x", "https://queue.falrun.com/x", "https://rest.fal.ai/storage"):
             assert fal.auth_headers(url)["Authorization"] == f"Key {TEST_KEY}"
         for url in ("https://queue.fal.run.evil.example/x", "http://127.0.0.1:8765/x", "https://v3.fal.media/x"):
