@@ -864,18 +864,26 @@ def _stays(sink: RecordingSink, count: int, seconds: float) -> None:
         time.sleep(0.05)
 
 
+def _sidecar_job_done(hot: Path, run_watcher: Callable[..., HotFolderWatcher], name: str,
+                      prompt: str) -> tuple[RecordingSink, Path, Path, HotFolderWatcher]:
+    """`name`.wav dropped after its sidecar asking for `prompt`, taken, and finished at once (no rescan):
+    (the sink, the sidecar, the audio file, the watcher)."""
+    sink = RecordingSink(on_submit=_done_at_once)
+    sidecar = hot / f"{name}.sam.yaml"
+    sidecar.write_text(f"prompt: {prompt}\n")
+    time.sleep(SETTLE)
+    watcher = run_watcher(sink, [folder(hot)], rescan_interval=600.0)
+    source = drop(hot / f"{name}.wav")
+    wait_until(lambda: len(sink.submissions) == 1, "the first job")
+    return sink, sidecar, source, watcher
+
+
 def test_a_sidecar_edited_after_the_job_makes_a_new_job_and_one_saved_unchanged_does_not(
     hot: Path, run_watcher: Callable[..., HotFolderWatcher]
 ) -> None:
     """Only what the sidecar says counts: saving it unchanged (or touching it) costs nothing; a new prompt
     makes the file a new job once the sidecar has settled, with the audio untouched. No rescan helps."""
-    sink = RecordingSink(on_submit=_done_at_once)
-    sidecar = hot / "Gtr.sam.yaml"
-    sidecar.write_text("prompt: acoustic guitar\n")
-    time.sleep(SETTLE)
-    run_watcher(sink, [folder(hot)], rescan_interval=600.0)
-    source = drop(hot / "Gtr.wav")
-    wait_until(lambda: len(sink.submissions) == 1, "the first job")
+    sink, sidecar, source, _ = _sidecar_job_done(hot, run_watcher, "Gtr", "acoustic guitar")
     audio_stat = source.stat()
     sidecar.write_text("prompt: acoustic guitar\n")  # saved again, same text
     later = time.time() + 3
@@ -904,13 +912,7 @@ def test_deleting_the_sidecar_of_a_finished_file_asks_for_nothing_not_even_after
 ) -> None:
     """Tidying up a finished file's sidecar is no request to separate it again with the folder's preset:
     that would be a charge and stems nobody asked for. A new sidecar with other content still is one."""
-    sink = RecordingSink(on_submit=_done_at_once)
-    sidecar = hot / "Vox.sam.yaml"
-    sidecar.write_text("prompt: lead vocal\n")
-    time.sleep(SETTLE)
-    first = run_watcher(sink, [folder(hot)], rescan_interval=600.0)
-    drop(hot / "Vox.wav")
-    wait_until(lambda: len(sink.submissions) == 1, "the job")
+    sink, sidecar, _, first = _sidecar_job_done(hot, run_watcher, "Vox", "lead vocal")
     wait_until(lambda: any(m.read_text().count('"done"') for m in (hot / ".sam-bridge" / "claims").iterdir()),
                "the file marked done")
     sidecar.unlink()
@@ -948,13 +950,7 @@ def test_a_sidecar_the_share_cannot_read_for_a_moment_is_no_new_version(
 
     from bridge.hotfolder import names
 
-    sink = RecordingSink(on_submit=_done_at_once)
-    sidecar = hot / "Keys.sam.yaml"
-    sidecar.write_text("prompt: electric piano\n")
-    time.sleep(SETTLE)
-    run_watcher(sink, [folder(hot)], rescan_interval=600.0)
-    drop(hot / "Keys.wav")
-    wait_until(lambda: len(sink.submissions) == 1, "the job")
+    sink, sidecar, _, _ = _sidecar_job_done(hot, run_watcher, "Keys", "electric piano")
     def failing(real: Callable[..., object]) -> Callable[..., object]:
         def read(path: Path, *args: object, **kwargs: object) -> object:
             if path.name == sidecar.name:
