@@ -23,7 +23,7 @@ from bridge.commands.progress_display import ProgressDisplay
 from bridge.commands.resume_records import check_resumable, record_sent, what_was_sent
 from bridge.common.cost import FileEstimate, money
 from bridge.common.errors import BridgeError, Cancelled, InputError, OutputError, ServiceUnavailable, SubmitUncertain
-from bridge.common.flags import NOTES, describe_flag
+from bridge.common.flags import describe_flag, flag_kind
 from bridge.common.jobs import JobState
 from bridge.common.options import option_flags
 from bridge.common.plain import field_problem
@@ -358,8 +358,7 @@ def print_result(result: JobResult, as_json: bool, seconds: float, whole: FileEs
         print(safe_text(f"{label}: {path}"))
     print(safe_text(f"manifest: {result.manifest}"))
     for flag in result.flags:
-        kind = "note" if flag in NOTES else "warning"
-        print(f"{kind}: {describe_flag(flag)} (see the manifest)", file=sys.stderr)
+        print(f"{flag_kind(flag)}: {describe_flag(flag)} (see the manifest)", file=sys.stderr)
     if whole is not None and whole.whole_cost is not None and whole.whole_seconds is not None:
         print(f"audition of {whole.seconds:.1f} s; the whole {whole.whole_seconds:.1f} s would cost "
               f"{money(whole.whole_cost, whole.currency)} ({whole.requests} request"

@@ -171,7 +171,7 @@ def _status(args: argparse.Namespace) -> int:
 def _print_job(job: dict[str, Any]) -> None:
     """One job in full: what a user needs to find its stems, judge them, and know what it cost."""
     from bridge.common.cost import money
-    from bridge.common.flags import NOTES, describe_flag
+    from bridge.common.flags import describe_flag, flag_kind
 
     say(f"job {job['job_id']}: {job['state']} ({job['progress'] * 100:.0f}%) - {job['message']}")
     say(f"  source:   {job['source']}")
@@ -182,7 +182,7 @@ def _print_job(job: dict[str, Any]) -> None:
     if job["manifest"]:
         say(f"  manifest: {job['manifest']}")
     for flag in job["flags"]:
-        say(f"  {'note' if flag in NOTES else 'warning'}: {describe_flag(flag)}")
+        say(f"  {flag_kind(flag)}: {describe_flag(flag)}")
     say(f"  cost:     {money(job['estimated_cost'])} (estimated)")
     if job["request_ids"]:
         say(f"  requests: {', '.join(job['request_ids'])}")

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.common.flags import FLAG_TEXT
-from bridge.common.flags import NOTES as FLAG_NOTES
+from bridge.common.flags import FLAG_TEXT, NOTE, WARNING, flag_kind
 from bridge.common.plain import not_finite
 from bridge.common.request import MAX_SECONDS
 
@@ -216,10 +215,8 @@ REQUESTS: tuple[Request, ...] = (
     ),
 )
 
-FLAG_WARNING = "warning"  # /sam/flag's kind: the result needs a look
-FLAG_NOTE = "note"  # the stems are right: nothing to check
-_WARNINGS = ", ".join(flag for flag in FLAG_TEXT if flag not in FLAG_NOTES)
-_NOTES = ", ".join(flag for flag in FLAG_TEXT if flag in FLAG_NOTES)
+_WARNINGS = ", ".join(flag for flag in FLAG_TEXT if flag_kind(flag) == WARNING)
+_NOTES = ", ".join(flag for flag in FLAG_TEXT if flag_kind(flag) == NOTE)
 
 _TAG = _s("tag", "the tag you gave (\"\" if none)")
 _MESSAGE = _s("message", "what happened, in words", max_chars=1000)
@@ -241,7 +238,7 @@ REPLIES: tuple[Reply, ...] = (
           "The result's flags: sent before /sam/done, only when there are flags. /sam/flag says each in words.",
           "5bbfef41c050 target-unlikely audition", repeats_last=True),
     Reply("flag", (_JOB_ID, _s("flag", "one flag of /sam/flags"),
-                   _s("kind", f"{FLAG_WARNING} (the result needs a look) or {FLAG_NOTE} (the stems are right: "
+                   _s("kind", f"{WARNING} (the result needs a look) or {NOTE} (the stems are right: "
                       "nothing to check)"),
                    _s("words", "what the flag means, in words (\"\" for a flag this bridge has no words for)",
                       max_chars=1000)),

@@ -16,10 +16,10 @@ from typing import Any
 
 from pythonosc.osc_message import OscMessage
 
-from bridge.common.flags import FLAG_TEXT, NOTES
+from bridge.common.flags import FLAG_TEXT, flag_kind
 from bridge.common.jobs import JobEvent, JobState
 from bridge.common.redact import redact
-from bridge.osc.addresses import FLAG_NOTE, FLAG_WARNING, MAX_REPLY_BYTES, REPLIES_BY_NAME, ArgValue
+from bridge.osc.addresses import MAX_REPLY_BYTES, REPLIES_BY_NAME, ArgValue
 
 _BUNDLE_HEAD = b"#bundle\x00"
 _MAX_BUNDLE_MESSAGES = 64
@@ -158,7 +158,7 @@ def event_messages(event: JobEvent) -> list[tuple[str, list[ArgValue]]]:
             messages.append(("part", [event.job_id, *event.part]))
         if event.flags:
             messages.append(("flags", [event.job_id, *event.flags]))
-            messages += [("flag", [event.job_id, flag, FLAG_NOTE if flag in NOTES else FLAG_WARNING,
+            messages += [("flag", [event.job_id, flag, flag_kind(flag),
                                    FLAG_TEXT.get(flag, "")]) for flag in event.flags]
         messages += [("stem", [event.job_id, label, path]) for label, path in event.stems.items()]
         target = event.stems.get("target") or next(iter(event.stems.values()), "")

@@ -30,7 +30,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from bridge.common.claims import ClaimBackend, ClaimStore
 from bridge.common.errors import BridgeError
 from bridge.common.file_gate import FileSnapshot
-from bridge.common.flags import FLAG_TEXT, NOTES, flags_in_words
+from bridge.common.flags import FLAG_TEXT, WARNING, flag_kind, flags_in_words
 from bridge.common.jobs import PAUSED_MESSAGE, JobEvent, JobSink, JobState, RequestRejected
 from bridge.common.path_policy import PathPolicy, open_requests_folder
 from bridge.common.redact import redact_any
@@ -78,7 +78,7 @@ ACTED_ON_MARKER = "cancel_marker_mtime_ns"  # internal: the cancel marker (its m
 def flag_fields(flags: tuple[str, ...]) -> dict[str, Any]:
     """A status file's `warnings` and `flag_words` for a job's flags: what is a warning and what each
     flag means, said here once, so a DAW script shows the daemon's words instead of keeping its own."""
-    return {"warnings": [flag for flag in flags if flag not in NOTES],
+    return {"warnings": [flag for flag in flags if flag_kind(flag) == WARNING],
             "flag_words": {flag: FLAG_TEXT[flag] for flag in flags if flag in FLAG_TEXT}}
 
 
